@@ -1,0 +1,47 @@
+"""torchstn: spatial transformer networks for PyTorch.
+
+>>> import torchstn as stn
+>>> x = torch.rand(1, 1, 28, 28)
+>>> stn.warp(x, torch.tensor([[0.5, 0.0, 0.0, 0.0, 0.5, 0.0]]), stn.Affine()).shape
+torch.Size([1, 1, 28, 28])
+"""
+
+from __future__ import annotations
+
+from torchstn._version import __version__
+from torchstn.nn import IdentityRegressor, SpatialTransformer, conv_localization
+from torchstn.sampling import reference_sample, sample, warp
+from torchstn.transforms import (
+    Affine,
+    Affine3D,
+    Attention,
+    MatrixTransform,
+    Projective,
+    Similarity,
+    ThinPlateSpline,
+    Transform,
+    Translation,
+    base_grid,
+    get_transform,
+)
+
+__all__ = [
+    "Affine",
+    "Affine3D",
+    "Attention",
+    "IdentityRegressor",
+    "MatrixTransform",
+    "Projective",
+    "Similarity",
+    "SpatialTransformer",
+    "ThinPlateSpline",
+    "Transform",
+    "Translation",
+    "__version__",
+    "base_grid",
+    "conv_localization",
+    "get_transform",
+    "reference_sample",
+    "sample",
+    "warp",
+]

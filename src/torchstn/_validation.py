@@ -1,0 +1,87 @@
+"""The one place where user input is checked.
+
+Every public function validates its arguments through these helpers so that
+messages read the same everywhere: they name the argument, say what was
+expected and what arrived. ``TypeError`` for a wrong type, ``ValueError`` for
+a wrong shape or value, ``NotImplementedError`` for an unsupported dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+__all__ = [
+    "check_choice",
+    "check_floating",
+    "check_params",
+    "check_same_batch",
+    "check_size",
+    "check_tensor",
+]
+
+
+def check_tensor(name: str, value: object, *, ndim: int | Iterable[int] | None = None) -> torch.Tensor:
+    """Check that ``value`` is a tensor, optionally of rank ``ndim`` (an int or a set of ints)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if value.dim() not in allowed:
+            expected = " or ".join(str(n) for n in allowed)
+            raise ValueError(f"{name} must have {expected} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+def check_floating(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Check that a tensor has a floating-point dtype (the sampler and grids are not defined on integers)."""
+    if not value.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating-point dtype (float16, bfloat16, float32 or float64), "
+            f"got {value.dtype}; convert it with .float() first"
+        )
+    return value
+
+
+def check_params(name: str, params: object, num_params: int, family: str) -> torch.Tensor:
+    """Check a ``(B, P)`` parameter tensor for a transform with ``num_params`` parameters."""
+    params = check_tensor(name, params, ndim=2)
+    check_floating(name, params)
+    if params.shape[1] != num_params:
+        raise ValueError(
+            f"{name} for {family} must have shape (B, {num_params}), got {tuple(params.shape)}"
+        )
+    return params
+
+
+def check_same_batch(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Check that two tensors share their batch size (nothing is broadcast silently)."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same batch size, "
+            f"got {a.shape[0]} ({name_a} shape {tuple(a.shape)}) and {b.shape[0]} ({name_b} shape {tuple(b.shape)})"
+        )
+
+
+def check_size(name: str, size: object, ndim: int) -> tuple[int, ...]:
+    """Check an output spatial size: ``ndim`` positive ints, ``(H, W)`` or ``(D, H, W)``."""
+    names = {1: "(L,)", 2: "(H, W)", 3: "(D, H, W)"}[ndim]
+    if isinstance(size, torch.Size):
+        size = tuple(size)
+    if not isinstance(size, Sequence) or isinstance(size, str):
+        raise TypeError(f"{name} must be a sequence of {ndim} ints {names}, got {type(size).__name__}")
+    if len(size) != ndim or not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+        raise ValueError(f"{name} must be {ndim} ints {names}, got {tuple(size)!r}")
+    if any(s <= 0 for s in size):
+        raise ValueError(f"{name} must be positive, got {tuple(size)!r}")
+    return tuple(size)
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """Check a string option against its allowed values."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {list(choices)}, got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value

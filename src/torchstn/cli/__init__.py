@@ -1,0 +1,56 @@
+"""The ``torchstn`` command: a thin layer of argument parsing over importable functions.
+
+Each subcommand lives in its own module ``torchstn.cli._<name>`` that defines
+``register(subparsers)`` (adding its parser and setting ``func``) and is listed in
+:data:`SUBCOMMANDS`. Errors a user can fix are raised as :class:`CLIError` and
+printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from torchstn._version import __version__
+
+__all__ = ["CLIError", "SUBCOMMANDS", "build_parser", "main"]
+
+#: modules under ``torchstn.cli`` that each register one subcommand, in help order
+SUBCOMMANDS: list[str] = []
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as ``torchstn: error: <message>`` with exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchstn",
+        description="Spatial transformer networks for PyTorch: train, inspect, benchmark and reproduce.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'torchstn COMMAND --help' for the examples of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"torchstn {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"torchstn.cli._{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``torchstn`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as err:
+        print(f"torchstn: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("torchstn: interrupted", file=sys.stderr)
+        return 130

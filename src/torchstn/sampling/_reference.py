@@ -1,0 +1,190 @@
+r"""The reference sampler: bilinear (trilinear in 3-D) and nearest, gradients written out by hand.
+
+This is the readable definition of what every backend must compute. For an output
+point with unnormalised source coordinate :math:`u` (one per axis), the kernel reads
+the :math:`2^n` neighbours :math:`q = \lfloor u \rfloor + o`, :math:`o \in \{0, 1\}^n`,
+with weights
+
+.. math:: w_q(u) = \prod_d \bigl(o_d\, f_d + (1 - o_d)(1 - f_d)\bigr), \qquad f_d = u_d - \lfloor u_d \rfloor
+
+so that :math:`V = \sum_q w_q(u)\, U_q` and
+
+.. math::
+    \frac{\partial V}{\partial U_q} = w_q(u), \qquad
+    \frac{\partial V}{\partial u_d} = \sum_q U_q\, (2 o_d - 1) \prod_{e \ne d} w_{q,e}(u).
+
+The floor is piecewise constant, so its derivative is taken as 0 everywhere,
+including at integers (a sub-gradient). At an integer coordinate :math:`u_d = k`
+the neighbours are :math:`k` and :math:`k + 1`, so :math:`\partial V/\partial u_d`
+is the *right-sided* difference :math:`U_{k+1} - U_k`: the one-sided derivative
+from above, which is also what ``torch.nn.functional.grid_sample`` returns.
+
+Nearest sampling is piecewise constant in the grid: its gradient with respect to the
+grid is zero everywhere (exactly, not a sub-gradient choice), and with respect to
+the input it routes each output gradient to the one pixel read. Rounding is half to
+even, as ``grid_sample`` does.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch.autograd.function import once_differentiable
+
+__all__ = ["reference_sample"]
+
+
+def _unnormalize(grid: torch.Tensor, size: int, align_corners: bool) -> tuple[torch.Tensor, float]:
+    """Normalised coordinate -> pixel index, and the constant derivative of that map."""
+    if align_corners:
+        scale = (size - 1) / 2
+        return (grid + 1) * scale, scale
+    return ((grid + 1) * size - 1) / 2, size / 2
+
+
+def _clip(u: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip to ``[0, size - 1]``; derivative 1 strictly inside, 0 where clipped."""
+    inside = (u > 0) & (u < size - 1)
+    return u.clamp(0, size - 1), inside.to(u.dtype)
+
+
+def _reflect(u: torch.Tensor, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reflect ``u`` into ``[low, high]`` by mirroring at both ends; derivative ±1."""
+    span = high - low
+    if span <= 0:
+        return torch.zeros_like(u), torch.zeros_like(u)
+    v = u - low
+    sign = torch.where(v < 0, -1.0, 1.0).to(u.dtype)
+    v = v.abs()
+    flips = torch.floor(v / span)
+    extra = v - flips * span
+    even = torch.remainder(flips, 2) == 0
+    out = torch.where(even, low + extra, high - extra)
+    return out, sign * torch.where(even, 1.0, -1.0).to(u.dtype)
+
+
+def _source_index(
+    grid: torch.Tensor, size: int, padding: str, align_corners: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinate of one axis after padding, and ``d(coordinate)/d(grid)``."""
+    u, scale = _unnormalize(grid, size, align_corners)
+    grad = torch.full_like(u, scale)
+    if padding == "border":
+        u, d = _clip(u, size)
+        grad = grad * d
+    elif padding == "reflection":
+        low, high = (0.0, size - 1.0) if align_corners else (-0.5, size - 0.5)
+        u, d = _reflect(u, low, high)
+        u, d2 = _clip(u, size)
+        grad = grad * d * d2
+    return u, grad
+
+
+class _Corners:
+    """Per-corner linear indices, validity masks and weight factors for one grid."""
+
+    def __init__(self, x_shape: torch.Size, grid: torch.Tensor, padding: str, align_corners: bool, mode: str) -> None:
+        spatial = list(x_shape[2:])  # (D,) H, W
+        n = len(spatial)
+        # grid's last axis is (x, y[, z]) = reversed spatial axes
+        self.coords: list[torch.Tensor] = []
+        self.dcoords: list[torch.Tensor] = []
+        for d in range(n):
+            size = spatial[n - 1 - d]
+            u, du = _source_index(grid[..., d], size, padding, align_corners)
+            self.coords.append(u)
+            self.dcoords.append(du)
+        self.sizes = [spatial[n - 1 - d] for d in range(n)]  # per grid component
+        strides = [1] * n
+        for d in range(1, n):
+            strides[d] = strides[d - 1] * self.sizes[d - 1]
+        self.strides = strides
+        self.mode = mode
+        self.n = n
+        if mode == "nearest":
+            self.base = [torch.round(u) for u in self.coords]  # half to even, as grid_sample
+            self.offsets = [(0,) * n]
+        else:
+            self.base = [torch.floor(u) for u in self.coords]
+            self.offsets = list(itertools.product((0, 1), repeat=n))
+        self.frac = [u - b for u, b in zip(self.coords, self.base)]
+
+    def corner(self, offset: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Linear index (B, N), validity (B, N) and per-axis weight factors of one corner."""
+        lin = torch.zeros_like(self.base[0], dtype=torch.long)
+        valid = torch.ones_like(self.base[0], dtype=torch.bool)
+        factors = []
+        for d, o in enumerate(offset):
+            idx = self.base[d] + o
+            valid &= (idx >= 0) & (idx <= self.sizes[d] - 1)
+            lin += idx.clamp(0, self.sizes[d] - 1).long() * self.strides[d]
+            if self.mode == "nearest":
+                factors.append(torch.ones_like(self.frac[d]))
+            else:
+                factors.append(self.frac[d] if o else 1 - self.frac[d])
+        return lin, valid, factors
+
+
+def _flat(grid: torch.Tensor) -> torch.Tensor:
+    return grid.reshape(grid.shape[0], -1, grid.shape[-1])
+
+
+class _ReferenceSample(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:  # type: ignore[override]
+        b, c = x.shape[:2]
+        corners = _Corners(x.shape, _flat(grid), padding, align_corners, mode)
+        xf = x.reshape(b, c, -1)
+        out = x.new_zeros(b, c, corners.base[0].shape[1])
+        for offset in corners.offsets:
+            lin, valid, factors = corners.corner(offset)
+            weight = torch.stack(factors).prod(0) * valid
+            out += weight[:, None] * xf.gather(2, lin[:, None].expand(b, c, -1))
+        ctx.save_for_backward(x, grid)
+        ctx.options = (mode, padding, align_corners)
+        return out.reshape(b, c, *grid.shape[1:-1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        x, grid = ctx.saved_tensors
+        mode, padding, align_corners = ctx.options
+        b, c = x.shape[:2]
+        corners = _Corners(x.shape, _flat(grid), padding, align_corners, mode)
+        go = grad_out.reshape(b, c, -1)
+        xf = x.reshape(b, c, -1)
+        grad_x = torch.zeros_like(xf) if ctx.needs_input_grad[0] else None
+        grad_u = [torch.zeros_like(corners.frac[0]) for _ in range(corners.n)]
+        for offset in corners.offsets:
+            lin, valid, factors = corners.corner(offset)
+            index = lin[:, None].expand(b, c, -1)
+            if grad_x is not None:
+                weight = torch.stack(factors).prod(0) * valid
+                grad_x.scatter_add_(2, index, weight[:, None] * go)
+            if mode == "nearest" or not ctx.needs_input_grad[1]:
+                continue
+            # sum over channels of dL/dV * U_q, then the derivative of the weight per axis
+            g_val = (go * xf.gather(2, index)).sum(1) * valid
+            for d in range(corners.n):
+                others = [f for e, f in enumerate(factors) if e != d]
+                partial = torch.stack(others).prod(0) if others else torch.ones_like(g_val)
+                grad_u[d] += g_val * partial * (1.0 if offset[d] else -1.0)
+        grad_grid = None
+        if ctx.needs_input_grad[1]:
+            grad_grid = torch.stack([gu * du for gu, du in zip(grad_u, corners.dcoords)], -1).reshape(grid.shape)
+        if grad_x is not None:
+            grad_x = grad_x.reshape(x.shape)
+        return grad_x, grad_grid, None, None, None
+
+
+def reference_sample(
+    x: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding: str = "zeros", align_corners: bool = False
+) -> torch.Tensor:
+    """Sample ``x`` (B, C, *in) at ``grid`` (B, *out, n) with the hand-written kernel (no validation)."""
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(
+            f"mode {mode!r} is not implemented by backend='reference' (bilinear and nearest are); "
+            "use backend='torch' for bicubic"
+        )
+    return _ReferenceSample.apply(x, grid, mode, padding, align_corners)

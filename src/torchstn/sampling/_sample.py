@@ -1,0 +1,155 @@
+"""``sample`` and ``warp``: the sampler's public entry points and its backends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from torchstn._validation import check_choice, check_floating, check_same_batch, check_tensor
+from torchstn.sampling._reference import reference_sample
+from torchstn.transforms import Transform, get_transform
+
+__all__ = ["BACKENDS", "MODES", "PADDINGS", "Mode", "Padding", "check_sample_args", "sample", "warp"]
+
+Mode = Literal["bilinear", "nearest", "bicubic"]
+Padding = Literal["zeros", "border", "reflection"]
+MODES: tuple[str, ...] = ("bilinear", "nearest", "bicubic")
+PADDINGS: tuple[str, ...] = ("zeros", "border", "reflection")
+
+SampleFn = Callable[[torch.Tensor, torch.Tensor, str, str, bool], torch.Tensor]
+
+
+def _torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:
+    return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
+
+
+#: backend name -> kernel; ``"auto"`` resolves to the fastest correct one for the device
+BACKENDS: dict[str, SampleFn] = {
+    "torch": _torch_sample,
+    "reference": reference_sample,
+}
+
+
+def _resolve_backend(backend: str | None, device: torch.device) -> SampleFn:
+    if backend is None or backend == "auto":
+        return BACKENDS["torch"]
+    check_choice("backend", backend, tuple(BACKENDS) + ("auto",))
+    return BACKENDS[backend]
+
+
+def check_sample_args(x: object, grid: object, mode: str, padding: str) -> None:
+    """Validate the arguments of :func:`sample` (shared with the fused paths of :func:`warp`)."""
+    check_tensor("x", x, ndim=(4, 5))
+    check_floating("x", x)
+    check_tensor("grid", grid, ndim=x.dim())
+    check_floating("grid", grid)
+    check_choice("mode", mode, MODES)
+    check_choice("padding", padding, PADDINGS)
+    n = x.dim() - 2
+    if grid.shape[-1] != n:
+        raise ValueError(
+            f"grid for a {x.dim()}-D input must have shape (B, {'D, ' if n == 3 else ''}H, W, {n}), "
+            f"got {tuple(grid.shape)}"
+        )
+    check_same_batch("x", x, "grid", grid)
+    if grid.dtype != x.dtype:
+        raise TypeError(f"grid must have the dtype of x ({x.dtype}), got {grid.dtype}")
+    if grid.device != x.device:
+        raise ValueError(f"grid must be on the device of x ({x.device}), got {grid.device}")
+    if mode == "bicubic" and n == 3:
+        raise ValueError("mode='bicubic' is 2-D only (inputs (B, C, H, W)); got a 5-D input, use 'bilinear'")
+
+
+def sample(
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    mode: Mode = "bilinear",
+    padding: Padding = "zeros",
+    align_corners: bool = False,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    r"""Read ``x`` at the points of ``grid``: the STN's sampler.
+
+    Args:
+        x: input ``(B, C, H, W)`` or ``(B, C, D, H, W)``, floating point.
+        grid: sampling points ``(B, H_out, W_out, 2)`` or ``(B, D_out, H_out, W_out, 3)``
+            in the dtype and on the device of ``x``.
+        mode: ``"bilinear"`` (trilinear in 3-D), ``"nearest"`` or ``"bicubic"`` (2-D only).
+        padding: value read outside the input: ``"zeros"``, ``"border"`` (nearest edge
+            pixel) or ``"reflection"``.
+        align_corners: as in :func:`torch.nn.functional.grid_sample`; must be the value the
+            grid was made with.
+        backend: ``None``/``"auto"`` (the fastest correct kernel for the device),
+            ``"torch"`` (``F.grid_sample``) or ``"reference"`` (the hand-written kernel
+            with its gradients, bilinear and nearest; see
+            :mod:`torchstn.sampling._reference`).
+
+    Returns:
+        ``(B, C, *grid.shape[1:-1])``: the output has the grid's spatial size, so the
+        sampler down- or over-samples as the grid says.
+
+    Convention:
+        ``grid[..., 0]`` is x (along the width), ``grid[..., 1]`` is y (along the
+        height), ``grid[..., 2]`` is z (depth); coordinates are normalised to [-1, 1]
+        and give, for each output pixel, the input point to read (output to input).
+        Gradients: exact with respect to ``x``; with respect to the grid the bilinear
+        kernel has a sub-gradient at integer pixel coordinates (the right-sided
+        difference), nearest has zero gradient with respect to the grid.
+        float16 and bfloat16 inputs are sampled in their own dtype.
+
+    Example:
+        >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
+        >>> grid = torch.tensor([[[[0.0, 0.0]]]])  # the centre of the image
+        >>> sample(x, grid)
+        tensor([[[[1.5000]]]])
+    """
+    check_sample_args(x, grid, mode, padding)
+    return _resolve_backend(backend, x.device)(x, grid, mode, padding, bool(align_corners))
+
+
+def warp(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    transform: Transform | str,
+    size: Sequence[int] | None = None,
+    mode: Mode = "bilinear",
+    padding: Padding = "zeros",
+    align_corners: bool = False,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Warp ``x`` by ``params`` of ``transform``: grid generation and sampling in one call.
+
+    Args:
+        x: input ``(B, C, H, W)`` (``(B, C, D, H, W)`` for 3-D transforms).
+        params: ``(B, P)`` parameters of ``transform``; cast to the dtype of ``x`` (so a
+            localisation net under autocast can drive a float32 sampler).
+        transform: a :class:`~torchstn.transforms.Transform` or its name (``"affine"``, ...).
+        size: output spatial size; ``None`` keeps the input's.
+        mode, padding, align_corners, backend: as in :func:`sample`.
+
+    Returns:
+        The warped tensor ``(B, C, *size)``.
+
+    Convention:
+        ``params`` map output points to input points (``src_from_dst``); the same
+        ``align_corners`` is used for the grid and the sampler.
+
+    Example:
+        >>> x = torch.rand(2, 3, 8, 8)
+        >>> theta = stn.Affine().identity(batch=2)
+        >>> torch.allclose(stn.warp(x, theta, stn.Affine()), x, atol=1e-6)
+        True
+    """
+    transform = get_transform(transform)
+    check_tensor("x", x, ndim=transform.ndim + 2)
+    params = transform.check_params(params)
+    check_same_batch("x", x, "params", params)
+    if size is None:
+        size = tuple(x.shape[2:])
+    grid = transform.grid(params.to(x.dtype), size, align_corners)
+    return sample(x, grid, mode, padding, align_corners, backend=backend)

@@ -1,0 +1,56 @@
+"""Grid generators: parameterised maps from output coordinates to input coordinates.
+
+Layer 1 of torchstn: pure tensor maths, no ``nn.Module`` state.
+"""
+
+from __future__ import annotations
+
+from torchstn.transforms._base import MatrixTransform, Transform, base_grid
+from torchstn.transforms._matrix import Affine, Affine3D, Attention, Projective, Similarity, Translation
+from torchstn.transforms._tps import ThinPlateSpline
+
+__all__ = [
+    "Affine",
+    "Affine3D",
+    "Attention",
+    "MatrixTransform",
+    "Projective",
+    "Similarity",
+    "ThinPlateSpline",
+    "Transform",
+    "Translation",
+    "base_grid",
+    "get_transform",
+]
+
+_BY_NAME: dict[str, type[Transform]] = {
+    "translation": Translation,
+    "attention": Attention,
+    "similarity": Similarity,
+    "affine": Affine,
+    "aff": Affine,
+    "projective": Projective,
+    "proj": Projective,
+    "tps": ThinPlateSpline,
+    "thin-plate-spline": ThinPlateSpline,
+    "affine3d": Affine3D,
+}
+
+
+def get_transform(name: str | Transform, **kwargs: object) -> Transform:
+    """A transform by name (``"affine"``/``"aff"``, ``"projective"``/``"proj"``, ``"tps"``, ...).
+
+    A :class:`Transform` instance is returned unchanged, so functions can accept either.
+
+    Example:
+        >>> get_transform("tps", control=(3, 3)).num_params
+        18
+    """
+    if isinstance(name, Transform):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"transform must be a Transform or a name, got {type(name).__name__}")
+    key = name.lower()
+    if key not in _BY_NAME:
+        raise ValueError(f"transform must be one of {sorted(_BY_NAME)}, got {name!r}")
+    return _BY_NAME[key](**kwargs)

@@ -1,0 +1,233 @@
+"""The grid-generator interface shared by every transform family, and the cached base grid."""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+
+from torchstn._validation import check_floating, check_params, check_size, check_tensor
+
+__all__ = ["MatrixTransform", "Transform", "base_grid"]
+
+
+def _linspace(steps: int, align_corners: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Normalised pixel-centre (or pixel-corner) coordinates along one axis, as ``affine_grid`` uses."""
+    if steps == 1:
+        return torch.zeros(1, device=device, dtype=dtype)
+    coords = torch.linspace(-1.0, 1.0, steps, device=device, dtype=torch.float64)
+    if not align_corners:
+        coords = coords * (steps - 1) / steps
+    return coords.to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _base_grid_cached(
+    size: tuple[int, ...], align_corners: bool, homogeneous: bool, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    axes = [_linspace(s, align_corners, device, dtype) for s in size]  # (D,) H, W
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    # points in (x, y[, z]) order: the last spatial axis is x
+    columns = [m.reshape(-1) for m in reversed(mesh)]
+    if homogeneous:
+        columns.append(torch.ones_like(columns[0]))
+    return torch.stack(columns, dim=-1).contiguous()
+
+
+def base_grid(
+    size: Sequence[int],
+    align_corners: bool = False,
+    *,
+    homogeneous: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The identity sampling grid of an output of spatial ``size``, flattened to points.
+
+    Args:
+        size: output spatial size ``(H, W)`` or ``(D, H, W)`` (``(L,)`` for signals).
+        align_corners: as in :func:`torch.nn.functional.grid_sample`.
+        homogeneous: append a column of ones (for matrix transforms).
+        device: device of the result.
+        dtype: floating dtype of the result (default: torch's default dtype).
+
+    Returns:
+        ``(N, ndim)`` (or ``(N, ndim + 1)``) points, ``N = prod(size)``, in row-major
+        order over ``size``.
+
+    Convention:
+        Points are ``(x, y[, z])``: x along the width (last axis), y along the height,
+        normalised to [-1, 1]. With ``align_corners=False`` they are pixel centres
+        ``(2i + 1) / W - 1``; with ``True`` the extreme pixel centres sit at -1 and 1.
+        The result is cached per (size, align_corners, device, dtype); do not modify it.
+
+    Example:
+        >>> base_grid((1, 2))
+        tensor([[-0.5000,  0.0000],
+                [ 0.5000,  0.0000]])
+    """
+    dtype = dtype if dtype is not None else torch.get_default_dtype()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return _base_grid_cached(tuple(int(s) for s in size), bool(align_corners), homogeneous, device, dtype)
+
+
+class Transform(ABC):
+    """A parameterised map from output (target) coordinates to input (source) coordinates.
+
+    A transform is pure tensor maths with no learnable state: ``params`` of shape
+    ``(B, num_params)`` come from a localisation net (or anywhere else) and the
+    transform turns them into a sampling grid for :func:`torchstn.sample`.
+
+    Convention:
+        Coordinates are normalised to [-1, 1], ``(x, y)`` with x along the width
+        (``(x, y, z)`` in 3-D, z along the depth). The map goes from output points to
+        input points (``T_θ(G)`` of the paper, as ``affine_grid`` does), so the grid
+        says, for every output pixel, where in the input to read. The same
+        ``align_corners`` flag must be given to :meth:`grid` and to the sampler.
+    """
+
+    #: number of parameters ``P``
+    num_params: int
+    #: number of spatial dimensions (2 for images, 3 for volumes, 1 for signals)
+    ndim: int = 2
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @abstractmethod
+    def _identity(self) -> torch.Tensor:
+        """The identity parameters as a float64 ``(P,)`` tensor."""
+
+    @abstractmethod
+    def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Map ``points`` ((N, ndim) shared, or (B, N, ndim)) with ``params`` (B, P) -> (B, N, ndim)."""
+
+    def identity(
+        self, batch: int | None = None, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Parameters of the identity map: ``(P,)``, or ``(B, P)`` when ``batch`` is given."""
+        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        p = self._identity().to(device=device, dtype=dtype)
+        return p if batch is None else p.expand(batch, -1).clone()
+
+    def check_params(self, params: object, name: str = "params") -> torch.Tensor:
+        """Validate a ``(B, P)`` parameter tensor for this family and return it."""
+        return check_params(name, params, self.num_params, self.name)
+
+    def transform_points(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Map output-frame ``points`` ``(B, N, ndim)`` to input-frame points ``(B, N, ndim)``.
+
+        This is the map :meth:`grid` applies to every output pixel centre.
+        """
+        params = self.check_params(params)
+        check_tensor("points", points, ndim=3)
+        check_floating("points", points)
+        if points.shape[0] != params.shape[0] or points.shape[-1] != self.ndim:
+            raise ValueError(
+                f"points must have shape ({params.shape[0]}, N, {self.ndim}) to match params of shape "
+                f"{tuple(params.shape)}, got {tuple(points.shape)}"
+            )
+        return self._map(params, points)
+
+    def grid(self, params: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
+        """The sampling grid ``(B, *size, ndim)`` for an output of spatial ``size``.
+
+        Args:
+            params: ``(B, P)`` transformation parameters.
+            size: output spatial size, ``(H, W)`` (``(D, H, W)`` in 3-D).
+            align_corners: as in :func:`torch.nn.functional.grid_sample`; give the
+                sampler the same value.
+        """
+        params = self.check_params(params)
+        size = check_size("size", size, self.ndim)
+        points = self._grid_points(params, size, align_corners)
+        return points.reshape(params.shape[0], *size, self.ndim)
+
+    def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
+        base = base_grid(size, align_corners, device=params.device, dtype=params.dtype)
+        return self._map(params, base)
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
+
+
+class MatrixTransform(Transform):
+    """A transform given by a homogeneous matrix: ``(B, ndim + 1, ndim + 1)``.
+
+    Subclasses say how parameters become a matrix (:meth:`matrix`) and back
+    (:meth:`params_from_matrix`); composition and inversion follow in closed form.
+    """
+
+    #: the map divides by the homogeneous coordinate (projective) or not (affine)
+    projective: bool = False
+
+    @abstractmethod
+    def _matrix(self, params: torch.Tensor) -> torch.Tensor:
+        """``(B, P)`` -> ``(B, ndim + 1, ndim + 1)`` without validation."""
+
+    @abstractmethod
+    def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``(B, ndim + 1, ndim + 1)`` -> ``(B, P)`` without validation."""
+
+    def matrix(self, params: torch.Tensor) -> torch.Tensor:
+        """The homogeneous matrix ``src_from_dst`` of shape ``(B, ndim + 1, ndim + 1)``."""
+        return self._matrix(self.check_params(params))
+
+    def params_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        """Parameters of a matrix of this family (the inverse of :meth:`matrix`).
+
+        The matrix is assumed to lie in the family; parts outside it are dropped.
+        """
+        n = self.ndim + 1
+        check_tensor("matrix", matrix, ndim=3)
+        check_floating("matrix", matrix)
+        if matrix.shape[1:] != (n, n):
+            raise ValueError(f"matrix for {self.name} must have shape (B, {n}, {n}), got {tuple(matrix.shape)}")
+        return self._from_matrix(matrix)
+
+    def compose(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Parameters of ``matrix(a) @ matrix(b)``.
+
+        Warping by ``compose(a, b)`` equals warping by ``a`` and then warping the
+        result by ``b``: the output point ``g`` reads the input at ``M_a M_b g``.
+        A cascade that refines its estimate with a step ``dp`` predicted on the
+        warped image therefore updates ``p <- compose(p, dp)``.
+        """
+        a = self.check_params(a, "a")
+        b = self.check_params(b, "b")
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
+        return self._from_matrix(self._matrix(a) @ self._matrix(b))
+
+    def inverse(self, params: torch.Tensor) -> torch.Tensor:
+        """Parameters of the inverse map: ``compose(p, inverse(p))`` is the identity."""
+        return self._from_matrix(torch.linalg.inv(self._matrix(self.check_params(params))))
+
+    def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        m = self._matrix(params)
+        n = self.ndim
+        if self.projective:
+            ones = points.new_ones(points.shape[:-1] + (1,))
+            hom = torch.matmul(torch.cat([points, ones], dim=-1), m.transpose(1, 2))
+            return hom[..., :n] / _guard(hom[..., n:], self.eps)
+        # affine: x' = A x + t as one batched matmul
+        return torch.matmul(points, m[:, :n, :n].transpose(1, 2)) + m[:, None, :n, n]
+
+    def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
+        # one batched matmul of the cached homogeneous base grid with the (B, ndim+1, ndim) matrix
+        base = base_grid(size, align_corners, homogeneous=True, device=params.device, dtype=params.dtype)
+        m = self._matrix(params)
+        n = self.ndim
+        if self.projective:
+            hom = torch.matmul(base, m.transpose(1, 2))
+            return hom[..., :n] / _guard(hom[..., n:], self.eps)
+        return torch.matmul(base, m[:, :n, :].transpose(1, 2))
+
+
+def _guard(w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Keep ``|w| >= eps`` with its sign (0 counts as positive) so a division stays finite."""
+    small = w.abs() < eps
+    return torch.where(small, torch.where(w < 0, -eps, eps).to(w.dtype), w)

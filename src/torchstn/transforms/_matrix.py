@@ -1,0 +1,208 @@
+"""The matrix families: translation, attention, similarity, affine, projective and 3-D affine."""
+
+from __future__ import annotations
+
+import torch
+
+from torchstn.transforms._base import MatrixTransform
+
+__all__ = ["Affine", "Affine3D", "Attention", "Projective", "Similarity", "Translation"]
+
+
+def _from_rows(params: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Rows of an affine matrix -> homogeneous ``(B, rows + 1, cols)`` with a last row ``0 ... 0 1``."""
+    b = params.shape[0]
+    last = params.new_zeros(b, 1, cols)
+    last[:, 0, -1] = 1
+    return torch.cat([params.reshape(b, rows, cols), last], dim=1)
+
+
+class Translation(MatrixTransform):
+    r"""Translation, ``P = 2``: ``(tx, ty)``.
+
+    .. math:: x_s = x_t + t_x, \quad y_s = y_t + t_y
+
+    Convention:
+        Normalised (x, y) in [-1, 1], output to input (a positive ``tx`` reads the
+        input further right, so the content moves left). Same ``align_corners`` for
+        grid and sampler.
+
+    Example:
+        >>> Translation().matrix(torch.tensor([[0.5, -0.25]]))
+        tensor([[[ 1.0000,  0.0000,  0.5000],
+                 [ 0.0000,  1.0000, -0.2500],
+                 [ 0.0000,  0.0000,  1.0000]]])
+    """
+
+    num_params = 2
+
+    def _identity(self) -> torch.Tensor:
+        return torch.zeros(2, dtype=torch.float64)
+
+    def _matrix(self, params: torch.Tensor) -> torch.Tensor:
+        tx, ty = params.unbind(1)
+        one, zero = torch.ones_like(tx), torch.zeros_like(tx)
+        return _from_rows(torch.stack([one, zero, tx, zero, one, ty], 1), 2, 3)
+
+    def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix[:, :2, 2] / matrix[:, 2:, 2]
+
+    def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        return points + params[:, None, :]
+
+
+class Attention(MatrixTransform):
+    r"""Isotropic scale and translation (the paper's attention), ``P = 3``: ``(s, tx, ty)``.
+
+    .. math:: x_s = s\,x_t + t_x, \quad y_s = s\,y_t + t_y
+
+    ``s < 1`` zooms in on a window of the input of half-width ``s`` centred at ``(tx, ty)``.
+
+    Convention:
+        Normalised (x, y) in [-1, 1], output to input; same ``align_corners`` for grid
+        and sampler.
+    """
+
+    num_params = 3
+
+    def _identity(self) -> torch.Tensor:
+        return torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+
+    def _matrix(self, params: torch.Tensor) -> torch.Tensor:
+        s, tx, ty = params.unbind(1)
+        zero = torch.zeros_like(s)
+        return _from_rows(torch.stack([s, zero, tx, zero, s, ty], 1), 2, 3)
+
+    def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        m = matrix / matrix[:, 2:, 2:]
+        return torch.stack([0.5 * (m[:, 0, 0] + m[:, 1, 1]), m[:, 0, 2], m[:, 1, 2]], 1)
+
+    def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        return points * params[:, None, :1] + params[:, None, 1:]
+
+
+class Similarity(MatrixTransform):
+    r"""Rotation, isotropic scale and translation, ``P = 4``: ``(s, α, tx, ty)``, α in radians.
+
+    .. math::
+        \begin{pmatrix} x_s \\ y_s \end{pmatrix} =
+        s \begin{pmatrix} \cos α & -\sin α \\ \sin α & \cos α \end{pmatrix}
+        \begin{pmatrix} x_t \\ y_t \end{pmatrix} + \begin{pmatrix} t_x \\ t_y \end{pmatrix}
+
+    Convention:
+        Normalised (x, y) in [-1, 1], output to input, so a positive α rotates the
+        *content* clockwise on screen (y points down). The rotation acts on normalised
+        coordinates, as ``affine_grid`` does: on a non-square image it is a rotation of
+        the normalised square. Same ``align_corners`` for grid and sampler.
+    """
+
+    num_params = 4
+
+    def _identity(self) -> torch.Tensor:
+        return torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+
+    def _matrix(self, params: torch.Tensor) -> torch.Tensor:
+        s, angle, tx, ty = params.unbind(1)
+        c, n = s * torch.cos(angle), s * torch.sin(angle)
+        return _from_rows(torch.stack([c, -n, tx, n, c, ty], 1), 2, 3)
+
+    def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        m = matrix / matrix[:, 2:, 2:]
+        c = 0.5 * (m[:, 0, 0] + m[:, 1, 1])
+        n = 0.5 * (m[:, 1, 0] - m[:, 0, 1])
+        return torch.stack([torch.hypot(c, n), torch.atan2(n, c), m[:, 0, 2], m[:, 1, 2]], 1)
+
+
+class Affine(MatrixTransform):
+    r"""General 2-D affine map, ``P = 6``: the rows of the ``2 x 3`` matrix, as ``affine_grid`` takes it.
+
+    .. math::
+        \begin{pmatrix} x_s \\ y_s \end{pmatrix} =
+        \begin{pmatrix} θ_{11} & θ_{12} & θ_{13} \\ θ_{21} & θ_{22} & θ_{23} \end{pmatrix}
+        \begin{pmatrix} x_t \\ y_t \\ 1 \end{pmatrix}
+
+    Convention:
+        Normalised (x, y) in [-1, 1], output to input (``src_from_dst``); the grid
+        equals ``F.affine_grid(params.view(-1, 2, 3), ...)`` for both values of
+        ``align_corners``. Same ``align_corners`` for grid and sampler.
+
+    Example:
+        >>> Affine().identity()
+        tensor([1., 0., 0., 0., 1., 0.])
+    """
+
+    num_params = 6
+
+    def _identity(self) -> torch.Tensor:
+        return torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+
+    def _matrix(self, params: torch.Tensor) -> torch.Tensor:
+        return _from_rows(params, 2, 3)
+
+    def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        return (matrix[:, :2, :] / matrix[:, 2:, 2:]).reshape(-1, 6)
+
+
+class Projective(MatrixTransform):
+    r"""Homography, ``P = 8``: the first eight entries of the ``3 x 3`` matrix ``H``, row-major, ``H[2, 2] = 1``.
+
+    .. math::
+        x_s = \frac{h_{11} x_t + h_{12} y_t + h_{13}}{w}, \quad
+        y_s = \frac{h_{21} x_t + h_{22} y_t + h_{23}}{w}, \quad
+        w = h_{31} x_t + h_{32} y_t + 1
+
+    Division guard: where ``|w| < eps`` the division uses ``sign(w) * eps`` instead
+    (``w = 0`` counts as positive), so grids stay finite (points near the horizon land
+    far outside [-1, 1] and sample padding). Inside the guard the gradient with
+    respect to ``w`` is zero.
+
+    Args:
+        eps: the smallest ``|w|`` used in the division.
+
+    Convention:
+        Normalised (x, y) in [-1, 1], output to input (``src_from_dst``). Same
+        ``align_corners`` for grid and sampler.
+    """
+
+    num_params = 8
+    projective = True
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        self.eps = float(eps)
+
+    def _identity(self) -> torch.Tensor:
+        return torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+
+    def _matrix(self, params: torch.Tensor) -> torch.Tensor:
+        ones = params.new_ones(params.shape[0], 1)
+        return torch.cat([params, ones], 1).reshape(-1, 3, 3)
+
+    def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        return (matrix / matrix[:, 2:, 2:]).reshape(-1, 9)[:, :8]
+
+    def __repr__(self) -> str:
+        return f"Projective(eps={self.eps:g})"
+
+
+class Affine3D(MatrixTransform):
+    r"""General 3-D affine map, ``P = 12``: the rows of the ``3 x 4`` matrix, as 5-D ``affine_grid`` takes it.
+
+    Convention:
+        Normalised (x, y, z) in [-1, 1], x along the width, y along the height, z
+        along the depth of a ``(B, C, D, H, W)`` volume; output to input. The grid
+        equals ``F.affine_grid(params.view(-1, 3, 4), (B, C, D, H, W))``.
+    """
+
+    num_params = 12
+    ndim = 3
+
+    def _identity(self) -> torch.Tensor:
+        return torch.eye(3, 4, dtype=torch.float64).reshape(12)
+
+    def _matrix(self, params: torch.Tensor) -> torch.Tensor:
+        return _from_rows(params, 3, 4)
+
+    def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        return (matrix[:, :3, :] / matrix[:, 3:, 3:]).reshape(-1, 12)

@@ -1,0 +1,131 @@
+"""Thin-plate spline grid generator with the θ-independent part precomputed."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+
+from torchstn.transforms._base import Transform, base_grid
+
+__all__ = ["ThinPlateSpline"]
+
+
+def _kernel(points: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+    """Radial basis ``U(r) = r² log r²`` between ``points`` (..., N, 2) and ``control`` (K, 2) -> (..., N, K)."""
+    d2 = (points[..., :, None, :] - control).pow(2).sum(-1)
+    # U(0) = 0; the clamp keeps log finite (and its gradient) at the control points themselves
+    return d2 * torch.log(d2.clamp_min(torch.finfo(d2.dtype).tiny))
+
+
+def _basis(points: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+    """``[U(|p - c_k|)_k, 1, x, y]`` for each point: (..., N, K + 3)."""
+    ones = points.new_ones(points.shape[:-1] + (1,))
+    return torch.cat([_kernel(points, control), ones, points], dim=-1)
+
+
+@functools.lru_cache(maxsize=32)
+def _solution(control: tuple[float, ...], regularization: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``W`` of shape (K + 3, K) with ``coefficients = W @ targets``, solved once in float64."""
+    c = torch.tensor(control, dtype=torch.float64).reshape(-1, 2)
+    k = c.shape[0]
+    p = torch.cat([torch.ones(k, 1, dtype=torch.float64), c], 1)
+    system = torch.zeros(k + 3, k + 3, dtype=torch.float64)
+    system[:k, :k] = _kernel(c, c) + regularization * torch.eye(k, dtype=torch.float64)
+    system[:k, k:] = p
+    system[k:, :k] = p.T
+    rhs = torch.zeros(k + 3, k, dtype=torch.float64)
+    rhs[:k] = torch.eye(k, dtype=torch.float64)
+    return torch.linalg.solve(system, rhs).to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _grid_operator(
+    control: tuple[float, ...],
+    regularization: float,
+    size: tuple[int, ...],
+    align_corners: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``G`` of shape (N, K) with ``grid = G @ targets``: everything that does not depend on θ."""
+    c = torch.tensor(control, dtype=torch.float64).reshape(-1, 2)
+    base = base_grid(size, align_corners, device="cpu", dtype=torch.float64)
+    g = _basis(base, c) @ _solution(control, regularization, torch.device("cpu"), torch.float64)
+    return g.to(device=device, dtype=dtype).contiguous()
+
+
+class ThinPlateSpline(Transform):
+    r"""Thin-plate spline through ``K`` control points, ``P = 2K``.
+
+    The parameters are the *input-frame* positions ``(x_k, y_k)`` that the ``K``
+    control points of the output frame map to, interleaved
+    ``x0, y0, x1, y1, ...``. The map is the spline
+
+    .. math::
+        f(p) = a_0 + a_1 x + a_2 y + \sum_k w_k\, U(\lVert p - c_k \rVert), \quad U(r) = r^2 \log r^2
+
+    whose coefficients solve ``[[K + λI, P], [Pᵀ, 0]] [w; a] = [θ; 0]``. That system
+    depends on the control points only, so it is solved once (in float64) and cached;
+    for a fixed output size the whole grid is ``G @ θ`` with a cached ``(H W, K)``
+    matrix ``G``: one batched matmul per call, linear in θ. With ``regularization = 0``
+    each control point lands exactly on its target; ``λ > 0`` trades that for a
+    smoother map.
+
+    Args:
+        control: ``(rows, cols)`` of a regular control grid spanning [-1, 1] (default
+            4 x 4, ordered row by row, x fastest), or explicit ``(K, 2)`` points.
+        regularization: the ridge ``λ`` added to the kernel's diagonal.
+
+    Convention:
+        Normalised (x, y) in [-1, 1], output to input: the identity parameters are
+        the control points themselves. Same ``align_corners`` for grid and sampler.
+
+    Example:
+        >>> tps = ThinPlateSpline(control=(2, 2))
+        >>> tps.identity()
+        tensor([-1., -1.,  1., -1., -1.,  1.,  1.,  1.])
+    """
+
+    def __init__(self, control: Sequence[int] | torch.Tensor = (4, 4), regularization: float = 0.0) -> None:
+        if isinstance(control, torch.Tensor):
+            if control.dim() != 2 or control.shape[1] != 2 or control.shape[0] < 3:
+                raise ValueError(f"control points must have shape (K, 2) with K >= 3, got {tuple(control.shape)}")
+            points = control.detach().to(torch.float64).cpu()
+        else:
+            if len(control) != 2 or not all(isinstance(n, int) and n >= 2 for n in control):
+                raise ValueError(f"control must be (rows, cols) with both >= 2, got {tuple(control)!r}")
+            rows, cols = control
+            ys, xs = torch.meshgrid(
+                torch.linspace(-1, 1, rows, dtype=torch.float64),
+                torch.linspace(-1, 1, cols, dtype=torch.float64),
+                indexing="ij",
+            )
+            points = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
+        if not regularization >= 0:
+            raise ValueError(f"regularization must be >= 0, got {regularization!r}")
+        self.control_points: torch.Tensor = points
+        self.regularization = float(regularization)
+        self.num_params = 2 * points.shape[0]
+        self._key = tuple(points.reshape(-1).tolist())
+
+    @property
+    def num_control_points(self) -> int:
+        return self.control_points.shape[0]
+
+    def _identity(self) -> torch.Tensor:
+        return self.control_points.reshape(-1).clone()
+
+    def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        w = _solution(self._key, self.regularization, params.device, params.dtype)
+        control = self.control_points.to(device=params.device, dtype=params.dtype)
+        operator = _basis(points, control) @ w  # (N, K) or (B, N, K)
+        return torch.matmul(operator, params.reshape(params.shape[0], -1, 2))
+
+    def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
+        g = _grid_operator(self._key, self.regularization, size, bool(align_corners), params.device, params.dtype)
+        return torch.matmul(g, params.reshape(params.shape[0], -1, 2))
+
+    def __repr__(self) -> str:
+        return f"ThinPlateSpline(K={self.num_control_points}, regularization={self.regularization:g})"
