@@ -13,6 +13,7 @@ from torchstn.nn import IdentityRegressor, SpatialTransformer, conv_localization
 from torchstn.sampling import reference_sample, sample, warp
 from torchstn.transforms import (
     Affine,
+    Affine1D,
     Affine3D,
     Attention,
     MatrixTransform,
@@ -27,6 +28,7 @@ from torchstn.transforms import (
 
 __all__ = [
     "Affine",
+    "Affine1D",
     "Affine3D",
     "Attention",
     "IdentityRegressor",

@@ -42,7 +42,7 @@ def _resolve_backend(backend: str | None, device: torch.device) -> SampleFn:
 
 def check_sample_args(x: object, grid: object, mode: str, padding: str) -> None:
     """Validate the arguments of :func:`sample` (shared with the fused paths of :func:`warp`)."""
-    check_tensor("x", x, ndim=(4, 5))
+    check_tensor("x", x, ndim=(3, 4, 5))
     check_floating("x", x)
     check_tensor("grid", grid, ndim=x.dim())
     check_floating("grid", grid)
@@ -50,10 +50,8 @@ def check_sample_args(x: object, grid: object, mode: str, padding: str) -> None:
     check_choice("padding", padding, PADDINGS)
     n = x.dim() - 2
     if grid.shape[-1] != n:
-        raise ValueError(
-            f"grid for a {x.dim()}-D input must have shape (B, {'D, ' if n == 3 else ''}H, W, {n}), "
-            f"got {tuple(grid.shape)}"
-        )
+        layout = {1: "L", 2: "H, W", 3: "D, H, W"}[n]
+        raise ValueError(f"grid for a {x.dim()}-D input must have shape (B, {layout}, {n}), got {tuple(grid.shape)}")
     check_same_batch("x", x, "grid", grid)
     if grid.dtype != x.dtype:
         raise TypeError(f"grid must have the dtype of x ({x.dtype}), got {grid.dtype}")
@@ -75,9 +73,9 @@ def sample(
     r"""Read ``x`` at the points of ``grid``: the STN's sampler.
 
     Args:
-        x: input ``(B, C, H, W)`` or ``(B, C, D, H, W)``, floating point.
-        grid: sampling points ``(B, H_out, W_out, 2)`` or ``(B, D_out, H_out, W_out, 3)``
-            in the dtype and on the device of ``x``.
+        x: input ``(B, C, H, W)``, ``(B, C, D, H, W)`` or a signal ``(B, C, L)``, floating point.
+        grid: sampling points ``(B, H_out, W_out, 2)``, ``(B, D_out, H_out, W_out, 3)`` or
+            ``(B, L_out, 1)``, in the dtype and on the device of ``x``.
         mode: ``"bilinear"`` (trilinear in 3-D), ``"nearest"`` or ``"bicubic"`` (2-D only).
         padding: value read outside the input: ``"zeros"``, ``"border"`` (nearest edge
             pixel) or ``"reflection"``.
@@ -108,7 +106,11 @@ def sample(
         tensor([[[[1.5000]]]])
     """
     check_sample_args(x, grid, mode, padding)
-    return _resolve_backend(backend, x.device)(x, grid, mode, padding, bool(align_corners))
+    kernel = _resolve_backend(backend, x.device)
+    if x.dim() == 3:  # a signal is an image of height 1 read on its centre row
+        grid2d = torch.cat([grid, torch.zeros_like(grid)], -1)[:, None]
+        return kernel(x[:, :, None], grid2d, mode, padding, bool(align_corners))[:, :, 0]
+    return kernel(x, grid, mode, padding, bool(align_corners))
 
 
 def warp(

@@ -6,11 +6,12 @@ Layer 1 of torchstn: pure tensor maths, no ``nn.Module`` state.
 from __future__ import annotations
 
 from torchstn.transforms._base import MatrixTransform, Transform, base_grid
-from torchstn.transforms._matrix import Affine, Affine3D, Attention, Projective, Similarity, Translation
+from torchstn.transforms._matrix import Affine, Affine1D, Affine3D, Attention, Projective, Similarity, Translation
 from torchstn.transforms._tps import ThinPlateSpline
 
 __all__ = [
     "Affine",
+    "Affine1D",
     "Affine3D",
     "Attention",
     "MatrixTransform",
@@ -34,6 +35,7 @@ _BY_NAME: dict[str, type[Transform]] = {
     "tps": ThinPlateSpline,
     "thin-plate-spline": ThinPlateSpline,
     "affine3d": Affine3D,
+    "affine1d": Affine1D,
 }
 
 

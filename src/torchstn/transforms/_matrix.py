@@ -6,7 +6,7 @@ import torch
 
 from torchstn.transforms._base import MatrixTransform
 
-__all__ = ["Affine", "Affine3D", "Attention", "Projective", "Similarity", "Translation"]
+__all__ = ["Affine", "Affine1D", "Affine3D", "Attention", "Projective", "Similarity", "Translation"]
 
 
 def _from_rows(params: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -206,3 +206,27 @@ class Affine3D(MatrixTransform):
 
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         return (matrix[:, :3, :] / matrix[:, 3:, 3:]).reshape(-1, 12)
+
+
+class Affine1D(MatrixTransform):
+    r"""1-D affine map for signals ``(B, C, L)``, ``P = 2``: ``(a, b)`` with ``x_s = a x_t + b``.
+
+    Scale and shift of the time axis, the transformation the P-STN paper applies to
+    time series.
+
+    Convention:
+        Normalised x in [-1, 1] along the length, output to input; grids are
+        ``(B, L, 1)`` and the sampler reads ``(B, C, L)`` signals.
+    """
+
+    num_params = 2
+    ndim = 1
+
+    def _identity(self) -> torch.Tensor:
+        return torch.tensor([1.0, 0.0], dtype=torch.float64)
+
+    def _matrix(self, params: torch.Tensor) -> torch.Tensor:
+        return _from_rows(params, 1, 2)
+
+    def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        return (matrix[:, :1, :] / matrix[:, 1:, 1:]).reshape(-1, 2)
