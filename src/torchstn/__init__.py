@@ -9,6 +9,7 @@ torch.Size([1, 1, 28, 28])
 from __future__ import annotations
 
 from torchstn._version import __version__
+from torchstn.models import create_model, list_models, register_model
 from torchstn.nn import IdentityRegressor, SpatialTransformer, conv_localization
 from torchstn.sampling import reference_sample, sample, warp
 from torchstn.transforms import (
@@ -42,8 +43,11 @@ __all__ = [
     "__version__",
     "base_grid",
     "conv_localization",
+    "create_model",
     "get_transform",
+    "list_models",
     "reference_sample",
+    "register_model",
     "sample",
     "warp",
 ]

@@ -1,0 +1,21 @@
+"""Paper architectures by name (layer 4): ``create_model``, ``list_models``, ``register_model``.
+
+Every model is an :class:`STClassifier`: ``model.transformers`` lists its spatial
+transformers (empty for the FCN and CNN baselines), ``model.transform_input(x)`` is what
+its classifier sees, ``model.input_shape`` and ``model.num_classes`` what it was built for.
+
+Example:
+    >>> from torchstn.models import create_model, list_models
+    >>> "st-cnn-tps" in list_models()
+    True
+    >>> len(create_model("st-cnn-tps").transformers)
+    1
+"""
+
+from __future__ import annotations
+
+from torchstn.models import _paper, _tutorial  # noqa: F401  (registers the models)
+from torchstn.models._base import STClassifier
+from torchstn.models._registry import create_model, get_model_builder, list_models, register_model
+
+__all__ = ["STClassifier", "create_model", "get_model_builder", "list_models", "register_model"]

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+import torchstn as stn
+
+MNIST_MODELS = [m for m in stn.list_models() if m != "st-cnn-cifar"]
+CASES = [(m, 1, s) for m in MNIST_MODELS for s in (28, 42, 60)] + [("st-cnn-cifar", 3, 32)]
+
+
+@pytest.mark.parametrize("name,channels,size", CASES)
+def test_forward_and_backward_on_declared_input(name, channels, size):
+    torch.manual_seed(0)
+    model = stn.create_model(name, in_channels=channels, input_size=size, num_classes=7)
+    assert model.input_shape == (channels, size, size)
+    x = torch.rand(3, channels, size, size)
+    logits = model(x)
+    assert logits.shape == (3, 7)
+    logits.logsumexp(1).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    # the classifier learns, and so does each transformer's regressor (the loc net's
+    # own gradient is zero at the start, since the regressor's weights are zero)
+    assert all(p.grad.abs().sum() > 0 for p in model.classifier.parameters())
+    for st in model.transformers:
+        assert st.regressor.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", [m for m in stn.list_models() if m.startswith("st-") or m == "tutorial"])
+def test_st_models_start_as_the_identity(name):
+    channels, size = (3, 32) if name == "st-cnn-cifar" else (1, 42)
+    model = stn.create_model(name, in_channels=channels, input_size=size)
+    assert len(model.transformers) == 1
+    x = torch.rand(2, channels, size, size)
+    for st in model.transformers:
+        theta = st.predict_params(x)
+        assert torch.allclose(theta, st.transform.identity(batch=2), atol=1e-6)
+    assert torch.allclose(model.transform_input(x), x, atol=1e-5)
+
+
+def test_baselines_have_no_transformer():
+    for name in ("fcn", "cnn"):
+        model = stn.create_model(name)
+        assert len(model.transformers) == 0
+        x = torch.rand(1, 1, 28, 28)
+        assert model.transform_input(x) is x
+
+
+def test_pool_halves_what_the_classifier_sees():
+    model = stn.create_model("st-cnn-aff", input_size=42, pool=2)
+    x = torch.rand(2, 1, 42, 42)
+    assert torch.allclose(model.transform_input(x), torch.nn.functional.avg_pool2d(x, 2), atol=1e-5)
+    assert model(x).shape == (2, 10)
+
+
+def test_two_parallel_transformers_for_addition():
+    model = stn.create_model("st-fcn-aff", in_channels=2, input_size=42, num_classes=19, num_transformers=2)
+    assert len(model.transformers) == 2
+    x = torch.rand(2, 2, 42, 42)
+    assert model.transform_input(x).shape == (2, 4, 42, 42)
+    assert model(x).shape == (2, 19)
+
+
+def test_transform_families_and_parameter_counts():
+    expected = {"aff": 6, "proj": 8, "tps": 32}
+    for key, p in expected.items():
+        st = stn.create_model(f"st-cnn-{key}").transformers[0]
+        assert st.transform.num_params == p
+
+
+def test_too_small_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="input_size .* too small for the ST-CNN localisation net"):
+        stn.create_model("st-cnn-aff", input_size=16)
