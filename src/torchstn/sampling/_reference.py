@@ -127,7 +127,7 @@ class _Corners:
 
 
 def _flat(grid: torch.Tensor) -> torch.Tensor:
-    return grid.reshape(grid.shape[0], -1, grid.shape[-1])
+    return grid.flatten(1, -2)
 
 
 class _ReferenceSample(torch.autograd.Function):
@@ -135,7 +135,7 @@ class _ReferenceSample(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:  # type: ignore[override]
         b, c = x.shape[:2]
         corners = _Corners(x.shape, _flat(grid), padding, align_corners, mode)
-        xf = x.reshape(b, c, -1)
+        xf = x.flatten(2)
         out = x.new_zeros(b, c, corners.base[0].shape[1])
         for offset in corners.offsets:
             lin, valid, factors = corners.corner(offset)
@@ -152,8 +152,8 @@ class _ReferenceSample(torch.autograd.Function):
         mode, padding, align_corners = ctx.options
         b, c = x.shape[:2]
         corners = _Corners(x.shape, _flat(grid), padding, align_corners, mode)
-        go = grad_out.reshape(b, c, -1)
-        xf = x.reshape(b, c, -1)
+        go = grad_out.flatten(2)
+        xf = x.flatten(2)
         grad_x = torch.zeros_like(xf) if ctx.needs_input_grad[0] else None
         grad_u = [torch.zeros_like(corners.frac[0]) for _ in range(corners.n)]
         for offset in corners.offsets:

@@ -148,7 +148,7 @@ def warp(
         True
     """
     transform = get_transform(transform)
-    check_tensor("x", x, ndim=transform.ndim + 2)
+    check_floating("x", check_tensor("x", x, ndim=transform.ndim + 2))
     params = transform.check_params(params)
     check_same_batch("x", x, "params", params)
     if size is None:

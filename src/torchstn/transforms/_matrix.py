@@ -140,7 +140,7 @@ class Affine(MatrixTransform):
         return _from_rows(params, 2, 3)
 
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
-        return (matrix[:, :2, :] / matrix[:, 2:, 2:]).reshape(-1, 6)
+        return (matrix[:, :2, :] / matrix[:, 2:, 2:]).flatten(1)
 
 
 class Projective(MatrixTransform):
@@ -177,10 +177,10 @@ class Projective(MatrixTransform):
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         ones = params.new_ones(params.shape[0], 1)
-        return torch.cat([params, ones], 1).reshape(-1, 3, 3)
+        return torch.cat([params, ones], 1).reshape(params.shape[0], 3, 3)
 
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
-        return (matrix / matrix[:, 2:, 2:]).reshape(-1, 9)[:, :8]
+        return (matrix / matrix[:, 2:, 2:]).flatten(1)[:, :8]
 
     def __repr__(self) -> str:
         return f"Projective(eps={self.eps:g})"
@@ -205,7 +205,7 @@ class Affine3D(MatrixTransform):
         return _from_rows(params, 3, 4)
 
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
-        return (matrix[:, :3, :] / matrix[:, 3:, 3:]).reshape(-1, 12)
+        return (matrix[:, :3, :] / matrix[:, 3:, 3:]).flatten(1)
 
 
 class Affine1D(MatrixTransform):
@@ -229,4 +229,4 @@ class Affine1D(MatrixTransform):
         return _from_rows(params, 1, 2)
 
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
-        return (matrix[:, :1, :] / matrix[:, 1:, 1:]).reshape(-1, 2)
+        return (matrix[:, :1, :] / matrix[:, 1:, 1:]).flatten(1)

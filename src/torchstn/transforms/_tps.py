@@ -121,11 +121,11 @@ class ThinPlateSpline(Transform):
         w = _solution(self._key, self.regularization, params.device, params.dtype)
         control = self.control_points.to(device=params.device, dtype=params.dtype)
         operator = _basis(points, control) @ w  # (N, K) or (B, N, K)
-        return torch.matmul(operator, params.reshape(params.shape[0], -1, 2))
+        return torch.matmul(operator, params.reshape(params.shape[0], self.num_control_points, 2))
 
     def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
         g = _grid_operator(self._key, self.regularization, size, bool(align_corners), params.device, params.dtype)
-        return torch.matmul(g, params.reshape(params.shape[0], -1, 2))
+        return torch.matmul(g, params.reshape(params.shape[0], self.num_control_points, 2))
 
     def __repr__(self) -> str:
         return f"ThinPlateSpline(K={self.num_control_points}, regularization={self.regularization:g})"

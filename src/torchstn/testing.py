@@ -1,0 +1,108 @@
+"""Property checks for transforms and samplers, shipped so users can test their own.
+
+Each checker raises ``AssertionError`` with a message saying which property failed.
+
+Example:
+    >>> from torchstn.testing import check_transform
+    >>> check_transform(stn.Affine(), stn.Affine().identity(batch=3) + 0.1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from torchstn.sampling import warp
+from torchstn.transforms import Transform, base_grid
+
+__all__ = ["check_sampler", "check_transform"]
+
+
+def _close(name: str, actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float = 1e-5) -> None:
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}")
+    if not torch.allclose(actual, expected, atol=atol, rtol=rtol):
+        err = (actual - expected).abs().max().item()
+        raise AssertionError(f"{name}: max abs difference {err:.3g} > atol {atol:g}")
+
+
+def check_transform(
+    transform: Transform,
+    params: torch.Tensor,
+    size: Sequence[int] | None = None,
+    *,
+    align_corners: bool = False,
+    gradcheck: bool = True,
+    compile: bool = False,
+) -> None:
+    """Check the properties every transform must have, at ``params`` ``(B, P)``.
+
+    - the grid is :meth:`~Transform.transform_points` applied to the base grid;
+    - batched equals one-by-one, and an empty batch gives an empty grid;
+    - ``params`` is not modified in place; dtype and device are preserved;
+    - the identity parameters give the identity grid;
+    - ``warp`` has the right float64 gradient with respect to ``params``
+      (finite differences, :func:`torch.autograd.gradcheck`);
+    - optionally, ``torch.compile`` of the grid equals eager.
+    """
+    n = transform.ndim
+    size = tuple(size) if size is not None else (5, 7, 6)[-n:] if n > 1 else (9,)
+    before = params.clone()
+    grid = transform.grid(params, size, align_corners)
+    if not torch.equal(params, before):
+        raise AssertionError("grid modified params in place")
+    if grid.dtype != params.dtype or grid.device != params.device:
+        raise AssertionError(f"grid has dtype/device {grid.dtype}/{grid.device}, params {params.dtype}/{params.device}")
+    b = params.shape[0]
+    atol = 1e-5 if params.dtype == torch.float32 else 1e-10 if params.dtype == torch.float64 else 1e-2
+    base = base_grid(size, align_corners, device=params.device, dtype=params.dtype)
+    points = transform.transform_points(params, base.expand(b, -1, -1))
+    _close("grid vs transform_points", grid.reshape(b, -1, n), points, atol)
+    singles = torch.cat([transform.grid(params[i : i + 1], size, align_corners) for i in range(b)]) if b else grid
+    _close("batched vs one-by-one", grid, singles, atol)
+    empty = transform.grid(params[:0], size, align_corners)
+    if empty.shape != (0, *size, n):
+        raise AssertionError(f"empty batch gives shape {tuple(empty.shape)}")
+    ident = transform.grid(transform.identity(b, params.device, params.dtype), size, align_corners)
+    _close("identity params vs base grid", ident.reshape(b, -1, n), base.expand(b, -1, -1), atol)
+    if gradcheck:
+        p64 = params[:2].detach().double().requires_grad_()
+        x = torch.rand(p64.shape[0], 2, *size, dtype=torch.float64, device=params.device)
+        if not torch.autograd.gradcheck(lambda p: warp(x, p, transform), (p64,), eps=1e-6, atol=1e-5):
+            raise AssertionError("gradcheck of warp wrt params failed")
+    if compile:
+        compiled = torch.compile(lambda p: transform.grid(p, size, align_corners), fullgraph=False)
+        _close("torch.compile vs eager", compiled(params), grid, atol)
+
+
+def check_sampler(
+    fn: Callable[..., torch.Tensor],
+    reference: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    atol: float = 1e-5,
+    **options: object,
+) -> None:
+    """Check a sampler ``fn(x, grid, **options)`` against ``reference`` in values and both gradients.
+
+    Also checks that neither input is modified in place and that the output keeps the
+    dtype of ``x``.
+    """
+    x0, g0 = x.detach().clone(), grid.detach().clone()
+    outs, grads = [], []
+    for f in (fn, reference):
+        xi, gi = x0.clone().requires_grad_(), g0.clone().requires_grad_()
+        out = f(xi, gi, **options)
+        weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
+        (out * weight).sum().backward()
+        if not torch.equal(xi.detach(), x0) or not torch.equal(gi.detach(), g0):
+            raise AssertionError(f"{getattr(f, '__name__', f)} modified its input in place")
+        if out.dtype != x.dtype:
+            raise AssertionError(f"output dtype {out.dtype} != input dtype {x.dtype}")
+        outs.append(out.detach())
+        grads.append((xi.grad, gi.grad))
+    _close("output", outs[0], outs[1], atol)
+    _close("gradient wrt input", grads[0][0], grads[1][0], atol)
+    _close("gradient wrt grid", grads[0][1], grads[1][1], atol * 10)

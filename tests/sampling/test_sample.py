@@ -1,0 +1,228 @@
+"""The sampler: reference kernel against grid_sample and finite differences, warp, 1-D signals."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchstn as stn
+from torchstn.testing import check_sampler
+
+PADDINGS = ["zeros", "border", "reflection"]
+
+
+def _grid(shape, dtype, device, seed=0, spread=1.3):
+    g = torch.Generator().manual_seed(seed)
+    # points inside and outside [-1, 1], so every padding mode is exercised
+    return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * spread).to(device=device, dtype=dtype)
+
+
+def _input(shape, dtype, device, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def _grid_sample(x, grid, mode, padding, align_corners):
+    return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_reference_matches_grid_sample_2d(mode, padding, align_corners, device, dtype):
+    x = _input((2, 3, 6, 7), dtype, device)
+    grid = _grid((2, 5, 9, 2), dtype, device)
+    check_sampler(
+        stn.reference_sample, _grid_sample, x, grid, mode=mode, padding=padding, align_corners=align_corners,
+        atol=1e-5 if dtype == torch.float32 else 1e-10,
+    )
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_reference_matches_grid_sample_3d(mode, padding, align_corners, dtype):
+    x = _input((2, 2, 4, 5, 6), dtype, "cpu")
+    grid = _grid((2, 3, 4, 5, 3), dtype, "cpu")
+    check_sampler(
+        stn.reference_sample, _grid_sample, x, grid, mode=mode, padding=padding, align_corners=align_corners,
+        atol=1e-5 if dtype == torch.float32 else 1e-10,
+    )
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_reference_gradcheck(padding, align_corners, ndim):
+    spatial = (4, 5) if ndim == 2 else (3, 4, 3)
+    x = _input((2, 2, *spatial), torch.float64, "cpu").requires_grad_()
+    grid = _grid((2, *spatial[::-1][:ndim], ndim), torch.float64, "cpu", spread=1.2).requires_grad_()
+    fn = lambda x, g: stn.sample(x, g, "bilinear", padding, align_corners, backend="reference")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, grid), eps=1e-6, atol=1e-6)
+
+
+def test_sub_gradient_at_integer_coordinates_is_right_sided():
+    # one row 0, 1, 4, 9: at the pixel centre of column 1 (u = 1, an integer) the derivative
+    # of the interpolant is taken from the right: U[2] - U[1] = 3, not from the left (1)
+    x = torch.tensor([[[[0.0, 1.0, 4.0, 9.0]]]], dtype=torch.float64)
+    u = 1.0
+    gx = (2 * u + 1) / 4 - 1  # align_corners=False: normalised position of pixel centre 1
+    grads = []
+    for backend in ("reference", "torch"):
+        grid = torch.tensor([[[[gx, 0.0]]]], dtype=torch.float64, requires_grad=True)
+        stn.sample(x, grid, backend=backend).sum().backward()
+        grads.append(grid.grad[0, 0, 0, 0].item())
+    d_norm = 4 / 2  # du / d(grid)
+    assert grads[0] == pytest.approx(3.0 * d_norm)
+    assert grads[1] == pytest.approx(grads[0])
+    # it is the one-sided finite difference from above, not the one from below
+    h = 1e-7
+    f = lambda g: stn.sample(x, torch.tensor([[[[g, 0.0]]]], dtype=torch.float64)).item()  # noqa: E731
+    assert (f(gx + h) - f(gx)) / h == pytest.approx(grads[0], rel=1e-5)
+    assert (f(gx) - f(gx - h)) / h == pytest.approx(1.0 * d_norm, rel=1e-5)
+
+
+def test_nearest_has_zero_gradient_wrt_grid_and_routes_input_gradient():
+    x = _input((1, 2, 5, 5), torch.float64, "cpu").requires_grad_()
+    grid = _grid((1, 3, 3, 2), torch.float64, "cpu", spread=0.9).requires_grad_()
+    out = stn.sample(x, grid, mode="nearest", backend="reference")
+    out.sum().backward()
+    assert torch.count_nonzero(grid.grad) == 0
+    assert x.grad.sum().item() == pytest.approx(out.numel())  # each output reads exactly one pixel
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_bicubic_default_backend_equals_grid_sample(padding):
+    x = _input((2, 3, 6, 7), torch.float64, "cpu")
+    grid = _grid((2, 4, 5, 2), torch.float64, "cpu")
+    ref = F.grid_sample(x, grid, mode="bicubic", padding_mode=padding, align_corners=False)
+    torch.testing.assert_close(stn.sample(x, grid, mode="bicubic", padding=padding), ref)
+
+
+def test_reference_backend_rejects_bicubic():
+    x, grid = torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 2, 2)
+    with pytest.raises(ValueError, match="bicubic.*backend='torch'"):
+        stn.sample(x, grid, mode="bicubic", backend="reference")
+
+
+@pytest.mark.parametrize("out_size", [(3, 4), (12, 16)], ids=["downsample", "oversample"])
+def test_output_has_the_grid_size(out_size):
+    x = _input((2, 3, 6, 8), torch.float32, "cpu")
+    out = stn.warp(x, stn.Affine().identity(2), stn.Affine(), size=out_size)
+    assert out.shape == (2, 3, *out_size)
+    ref = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
+    if out_size[0] > 6:  # over-sampling the identity is plain bilinear up-sampling (antialiasing aside)
+        torch.testing.assert_close(out[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1])
+
+
+TRANSFORMS = [
+    stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(),
+    stn.ThinPlateSpline(control=(3, 3)), stn.Affine3D(), stn.Affine1D(),
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("transform", TRANSFORMS, ids=lambda t: t.name)
+def test_warp_gradcheck_wrt_params_and_input(transform, backend):
+    g = torch.Generator().manual_seed(3)
+    b = 2
+    p = transform.identity(b, dtype=torch.float64) + 0.1 * torch.randn(b, transform.num_params, generator=g, dtype=torch.float64)
+    p.requires_grad_()
+    spatial = {1: (7,), 2: (5, 6), 3: (3, 4, 5)}[transform.ndim]
+    x = torch.randn(b, 2, *spatial, generator=g, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, p: stn.warp(x, p, transform, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, p), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_signal_sampling_equals_linear_interpolation(align_corners):
+    length = 9
+    x = _input((2, 3, length), torch.float64, "cpu")
+    grid = _grid((2, 20, 1), torch.float64, "cpu", spread=0.95)
+    out = stn.sample(x, grid, padding="border", align_corners=align_corners)
+    u = (grid[..., 0] + 1) / 2 * (length - 1) if align_corners else ((grid[..., 0] + 1) * length - 1) / 2
+    for b in range(2):
+        for c in range(3):
+            expected = np.interp(u[b].numpy(), np.arange(length), x[b, c].numpy())
+            np.testing.assert_allclose(out[b, c].numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype16", [torch.float16, torch.bfloat16])
+def test_half_precision_works(dtype16):
+    x = _input((2, 3, 8, 8), torch.float32, "cpu")
+    theta = torch.tensor([[0.9, 0.1, 0.05, -0.1, 0.9, 0.0]] * 2)
+    ref = stn.warp(x, theta, stn.Affine())
+    out = stn.warp(x.to(dtype16), theta.to(dtype16), stn.Affine())
+    assert out.dtype == dtype16
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+
+
+def test_empty_batch():
+    out = stn.warp(torch.rand(0, 3, 8, 8), torch.zeros(0, 6), stn.Affine(), backend="reference")
+    assert out.shape == (0, 3, 8, 8)
+
+
+# ---- bad input: each raises a clear error naming the argument, the expectation and what arrived
+
+
+def test_wrong_parameter_count():
+    with pytest.raises(ValueError, match=r"params for Affine must have shape \(B, 6\), got \(2, 5\)"):
+        stn.warp(torch.rand(2, 1, 8, 8), torch.zeros(2, 5), stn.Affine())
+
+
+def test_wrong_input_rank():
+    with pytest.raises(ValueError, match=r"x must have 4 dimensions, got shape \(1, 8, 8\)"):
+        stn.warp(torch.rand(1, 8, 8), torch.zeros(1, 6), stn.Affine())
+    with pytest.raises(ValueError, match=r"x must have 3 or 4 or 5 dimensions, got shape \(8, 8\)"):
+        stn.sample(torch.rand(8, 8), torch.zeros(1, 2, 2, 2))
+
+
+def test_wrong_grid_shape():
+    with pytest.raises(ValueError, match=r"grid for a 4-D input must have shape \(B, H, W, 2\), got \(1, 2, 2, 3\)"):
+        stn.sample(torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 2, 3))
+
+
+def test_mismatched_batch():
+    with pytest.raises(ValueError, match=r"x and params must have the same batch size, got 3 .* and 2"):
+        stn.warp(torch.rand(3, 1, 8, 8), torch.zeros(2, 6), stn.Affine())
+    with pytest.raises(ValueError, match=r"x and grid must have the same batch size"):
+        stn.sample(torch.rand(3, 1, 8, 8), torch.zeros(2, 4, 4, 2))
+
+
+def test_integer_dtype():
+    with pytest.raises(TypeError, match=r"x must have a floating-point dtype .* got torch.uint8"):
+        stn.warp(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.zeros(1, 6), stn.Affine())
+    with pytest.raises(TypeError, match=r"params must have a floating-point dtype .* got torch.int64"):
+        stn.warp(torch.rand(1, 1, 8, 8), torch.zeros(1, 6, dtype=torch.long), stn.Affine())
+
+
+def test_mismatched_grid_dtype():
+    with pytest.raises(TypeError, match=r"grid must have the dtype of x \(torch.float32\), got torch.float64"):
+        stn.sample(torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 2, 2, dtype=torch.float64))
+
+
+def test_unknown_mode():
+    with pytest.raises(ValueError, match=r"mode must be one of \['bilinear', 'nearest', 'bicubic'\], got 'linear'"):
+        stn.sample(torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 2, 2), mode="linear")
+
+
+def test_unknown_padding():
+    with pytest.raises(ValueError, match=r"padding must be one of \['zeros', 'border', 'reflection'\], got 'wrap'"):
+        stn.sample(torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 2, 2), padding="wrap")
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match=r"backend must be one of .*got 'cuda-magic'"):
+        stn.sample(torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 2, 2), backend="cuda-magic")
+
+
+def test_bicubic_in_3d():
+    with pytest.raises(ValueError, match=r"mode='bicubic' is 2-D only .* got a 5-D input"):
+        stn.sample(torch.rand(1, 1, 4, 4, 4), torch.zeros(1, 2, 2, 2, 3), mode="bicubic")
+
+
+def test_bad_size():
+    with pytest.raises(ValueError, match=r"size must be 2 ints \(H, W\), got \(4, 4, 4\)"):
+        stn.Affine().grid(torch.zeros(1, 6), (4, 4, 4))
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got ndarray"):
+        stn.sample(np.zeros((1, 1, 4, 4)), torch.zeros(1, 2, 2, 2))

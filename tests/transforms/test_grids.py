@@ -1,0 +1,202 @@
+"""Every grid generator against a closed-form or independent reference."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchstn as stn
+from torchstn.testing import check_transform
+
+FAMILIES_2D = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.ThinPlateSpline()]
+
+
+def _random_params(transform: stn.Transform, batch: int, dtype, device, scale: float = 0.15) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(batch, transform.num_params, generator=g, dtype=torch.float64) * scale
+    return (transform.identity(batch, dtype=torch.float64) + noise).to(device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("transform", FAMILIES_2D + [stn.Affine3D(), stn.Affine1D()], ids=lambda t: t.name)
+def test_transform_properties(transform, device, dtype):
+    check_transform(transform, _random_params(transform, 3, dtype, device), gradcheck=dtype == torch.float64)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_affine_equals_affine_grid(align_corners, device, dtype, atol):
+    params = _random_params(stn.Affine(), 4, dtype, device, scale=0.5)
+    ours = stn.Affine().grid(params, (5, 7), align_corners)
+    ref = F.affine_grid(params.view(-1, 2, 3), [4, 1, 5, 7], align_corners=align_corners)
+    torch.testing.assert_close(ours, ref, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_affine3d_equals_affine_grid(align_corners, device, dtype, atol):
+    params = _random_params(stn.Affine3D(), 2, dtype, device, scale=0.5)
+    ours = stn.Affine3D().grid(params, (3, 4, 5), align_corners)
+    ref = F.affine_grid(params.view(-1, 3, 4), [2, 1, 3, 4, 5], align_corners=align_corners)
+    torch.testing.assert_close(ours, ref, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("family", [stn.Translation(), stn.Attention(), stn.Similarity()], ids=lambda t: t.name)
+def test_restricted_families_equal_affine_of_their_matrix(family, dtype, atol):
+    params = _random_params(family, 3, dtype, "cpu", scale=0.4)
+    matrix = family.matrix(params)
+    affine = matrix[:, :2].reshape(-1, 6)
+    torch.testing.assert_close(family.grid(params, (6, 5)), stn.Affine().grid(affine, (6, 5)), atol=atol, rtol=0)
+
+
+def test_similarity_matrix_closed_form(dtype):
+    s, a, tx, ty = 1.5, math.pi / 3, 0.2, -0.1
+    matrix = stn.Similarity().matrix(torch.tensor([[s, a, tx, ty]], dtype=dtype))[0]
+    expected = torch.tensor(
+        [[s * math.cos(a), -s * math.sin(a), tx], [s * math.sin(a), s * math.cos(a), ty], [0, 0, 1]], dtype=dtype
+    )
+    torch.testing.assert_close(matrix, expected)
+
+
+def test_attention_and_translation_closed_form(dtype):
+    pts = torch.tensor([[[0.5, -0.25], [-1.0, 1.0]]], dtype=dtype)
+    out = stn.Attention().transform_points(torch.tensor([[0.5, 0.1, -0.2]], dtype=dtype), pts)
+    torch.testing.assert_close(out, pts * 0.5 + torch.tensor([0.1, -0.2], dtype=dtype))
+    out = stn.Translation().transform_points(torch.tensor([[0.1, -0.2]], dtype=dtype), pts)
+    torch.testing.assert_close(out, pts + torch.tensor([0.1, -0.2], dtype=dtype))
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_projective_with_affine_h_equals_affine(align_corners, device, dtype, atol):
+    affine = _random_params(stn.Affine(), 3, dtype, device, scale=0.5)
+    homography = torch.cat([affine, torch.zeros(3, 2, dtype=dtype, device=device)], 1)
+    torch.testing.assert_close(
+        stn.Projective().grid(homography, (6, 4), align_corners),
+        stn.Affine().grid(affine, (6, 4), align_corners),
+        atol=atol,
+        rtol=0,
+    )
+
+
+def test_projective_closed_form(dtype):
+    h = torch.tensor([[1.1, 0.2, 0.1, -0.1, 0.9, 0.05, 0.3, -0.2]], dtype=dtype)
+    grid = stn.Projective().grid(h, (3, 4))
+    base = stn.base_grid((3, 4), dtype=dtype)
+    x, y = base[:, 0], base[:, 1]
+    w = 0.3 * x - 0.2 * y + 1
+    expected = torch.stack([(1.1 * x + 0.2 * y + 0.1) / w, (-0.1 * x + 0.9 * y + 0.05) / w], -1)
+    torch.testing.assert_close(grid.reshape(-1, 2), expected)
+
+
+def test_projective_guard_keeps_grid_and_gradient_finite():
+    # w = x + 1 is exactly 0 on the left edge with align_corners=True
+    h = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]], requires_grad=True)
+    grid = stn.Projective().grid(h, (4, 5), align_corners=True)
+    assert torch.isfinite(grid).all()
+    assert grid[0, :, 0, 0].abs().min() >= 1e5  # the horizon lands far outside [-1, 1]
+    out = stn.sample(torch.rand(1, 1, 4, 5), grid, align_corners=True)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(h.grad).all()
+
+
+def test_tps_identity_is_identity_grid(dtype, atol):
+    tps = stn.ThinPlateSpline()
+    grid = tps.grid(tps.identity(2, dtype=dtype), (7, 9))
+    torch.testing.assert_close(grid, stn.Affine().grid(stn.Affine().identity(2, dtype=dtype), (7, 9)), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("control", [(4, 4), (3, 5)])
+def test_tps_maps_control_points_to_targets(control, dtype):
+    tps = stn.ThinPlateSpline(control=control)
+    params = _random_params(tps, 3, dtype, "cpu", scale=0.2)
+    control_points = tps.control_points.to(dtype).expand(3, -1, -1)
+    mapped = tps.transform_points(params, control_points)
+    torch.testing.assert_close(mapped, params.view(3, -1, 2), atol=1e-5, rtol=0)
+
+
+def test_tps_control_points_land_on_grid_pixels():
+    # with align_corners=True and a 4x4 control grid, a 7x7 output has pixels on the control points
+    tps = stn.ThinPlateSpline()
+    params = _random_params(tps, 2, torch.float64, "cpu", scale=0.2)
+    grid = tps.grid(params, (7, 7), align_corners=True)
+    torch.testing.assert_close(grid[:, ::2, ::2].reshape(2, -1, 2), params.view(2, -1, 2), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("regularization", [0.0, 0.1])
+def test_affine_only_tps_equals_affine_grid(regularization, dtype, atol):
+    tps = stn.ThinPlateSpline(regularization=regularization)
+    affine = _random_params(stn.Affine(), 2, dtype, "cpu", scale=0.3)
+    targets = stn.Affine().transform_points(affine, tps.control_points.to(dtype).expand(2, -1, -1))
+    torch.testing.assert_close(
+        tps.grid(targets.reshape(2, -1), (6, 8)), stn.Affine().grid(affine, (6, 8)), atol=max(atol, 1e-6), rtol=0
+    )
+
+
+def test_tps_regularization_smooths_instead_of_interpolating():
+    tps = stn.ThinPlateSpline(regularization=1.0)
+    params = _random_params(tps, 1, torch.float64, "cpu", scale=0.2)
+    mapped = tps.transform_points(params, tps.control_points.expand(1, -1, -1))
+    assert (mapped - params.view(1, -1, 2)).abs().max() > 1e-3
+
+
+def test_tps_explicit_control_points():
+    points = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [0.0, 1.0], [0.2, 0.1]])
+    tps = stn.ThinPlateSpline(control=points)
+    assert tps.num_params == 8
+    params = tps.identity(1) + 0.1
+    torch.testing.assert_close(tps.transform_points(params, points[None]), params.view(1, 4, 2), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "family", [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.Affine3D()],
+    ids=lambda t: t.name,
+)
+def test_compose_inverse_round_trip(family, dtype):
+    p = _random_params(family, 4, dtype, "cpu", scale=0.2)
+    identity = family.identity(4, dtype=dtype)
+    atol = 1e-5 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(family.compose(p, family.inverse(p)), identity, atol=atol, rtol=0)
+    torch.testing.assert_close(family.compose(family.inverse(p), p), identity, atol=atol, rtol=0)
+    torch.testing.assert_close(family.inverse(family.inverse(p)), p, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("family", [stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective()], ids=lambda t: t.name)
+def test_compose_is_matrix_product_and_warp_order(family):
+    a = _random_params(family, 2, torch.float64, "cpu", scale=0.2)
+    b = _random_params(family, 2, torch.float64, "cpu", scale=0.3).flip(0)
+    product = family.matrix(a) @ family.matrix(b)
+    torch.testing.assert_close(family.matrix(family.compose(a, b)), product / product[:, 2:, 2:])
+    # warping by compose(a, b) reads the input at M_a M_b g: the points of a applied after those of b
+    pts = torch.rand(2, 10, 2, dtype=torch.float64) * 2 - 1
+    torch.testing.assert_close(
+        family.transform_points(family.compose(a, b), pts), family.transform_points(a, family.transform_points(b, pts))
+    )
+
+
+@pytest.mark.parametrize("family", [stn.Similarity(), stn.Affine(), stn.Projective()], ids=lambda t: t.name)
+def test_warp_then_inverse_returns_the_interior(family):
+    # a smooth image, so that two bilinear resamplings differ from it by O(h^2) only
+    pts = stn.base_grid((64, 64), dtype=torch.float64)
+    image = torch.sin(3 * pts[:, 0]) * torch.cos(2 * pts[:, 1]) + pts[:, 1]
+    x = image.reshape(1, 1, 64, 64).expand(2, 3, -1, -1)
+    p = _random_params(family, 2, torch.float64, "cpu", scale=0.05)
+    back = stn.warp(stn.warp(x, p, family), family.inverse(p), family)
+    # the outer ring may hold padding; the interior is the input up to interpolation error
+    inner = (slice(None), slice(None), slice(12, -12), slice(12, -12))
+    assert (back[inner] - x[inner]).abs().max() < 5e-3
+    # and the inverse is needed: warping by p twice does not come back
+    twice = stn.warp(stn.warp(x, p, family), p, family)
+    assert (twice[inner] - x[inner]).abs().max() > 5e-2
+
+
+def test_identity_shapes_and_dtype():
+    assert stn.Affine().identity().shape == (6,)
+    p = stn.ThinPlateSpline().identity(5, dtype=torch.float64)
+    assert p.shape == (5, 32) and p.dtype == torch.float64
+    p[0, 0] = 3.0  # identity(batch) is a fresh tensor, not a view of a shared one
+    assert stn.ThinPlateSpline().identity(5)[1, 0] != 3.0
+
+
+def test_get_transform_by_name():
+    assert isinstance(stn.get_transform("proj"), stn.Projective)
+    assert stn.get_transform("tps", control=(3, 3)).num_params == 18
+    with pytest.raises(ValueError, match="transform must be one of"):
+        stn.get_transform("homography2")
