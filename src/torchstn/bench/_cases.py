@@ -1,0 +1,339 @@
+"""The benchmark cases and, for each, the contenders doing the same work.
+
+A warp case times ``torchstn.warp`` against the plain-PyTorch warp
+(``F.affine_grid + F.grid_sample``, where the family is affine-representable) and
+kornia's warp for the family (where kornia has one). The training case times one
+optimiser step of the ST-CNN against the same CNN without the transformer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from torchstn.bench import _peers
+from torchstn.sampling import BACKENDS, sample, warp
+from torchstn.transforms import MatrixTransform, ThinPlateSpline, Transform, get_transform
+
+__all__ = [
+    "AFFINE_FAMILIES",
+    "CASES",
+    "Case",
+    "Contender",
+    "Workload",
+    "build_training_step",
+    "build_workload",
+    "select_cases",
+]
+
+#: families whose grid ``F.affine_grid`` can make (the plain-PyTorch peer exists)
+AFFINE_FAMILIES: tuple[str, ...] = ("translation", "attention", "similarity", "affine", "affine3d")
+
+#: how far the random parameters stray from the identity, per family
+_PARAM_NOISE: dict[str, float] = {"projective": 0.05, "tps": 0.05}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case.
+
+    Attributes:
+        name: short identifier used by ``--cases`` (``"affine-28"``).
+        family: transform name (``"affine"``, ``"tps"``, ...) or ``"train"`` for the
+            ST-CNN training step.
+        shape: input shape ``(B, C, *spatial)``.
+        size: output spatial size; ``None`` keeps the input's.
+    """
+
+    name: str
+    family: str
+    shape: tuple[int, ...]
+    size: tuple[int, ...] | None = None
+
+    @property
+    def out_size(self) -> tuple[int, ...]:
+        """The output spatial size."""
+        return self.size if self.size is not None else self.shape[2:]
+
+    @property
+    def label(self) -> str:
+        """Human-readable description: family, input shape, and the output size when it differs."""
+        dims = "x".join(str(s) for s in self.shape)
+        if self.family == "train":
+            return f"ST-CNN step {dims}"
+        text = f"{self.family} {dims}"
+        if self.size is not None:
+            text += "->" + "x".join(str(s) for s in self.size)
+        return text
+
+    def quick(self) -> Case:
+        """A tiny version of the case (batch <= 4, sides / 4, at least 8) for smoke tests."""
+        def shrink(sides: Sequence[int]) -> tuple[int, ...]:
+            return tuple(max(8, s // 4) for s in sides)
+
+        if self.family == "train":  # the paper networks need 28x28 inputs
+            return replace(self, shape=(min(self.shape[0], 4), *self.shape[1:]))
+        shape = (min(self.shape[0], 4), self.shape[1], *shrink(self.shape[2:]))
+        return replace(self, shape=shape, size=None if self.size is None else shrink(self.size))
+
+
+#: the cases of issue 8, in report order
+CASES: tuple[Case, ...] = (
+    Case("affine-28", "affine", (256, 1, 28, 28)),
+    Case("affine-60to30", "affine", (256, 1, 60, 60), (30, 30)),
+    Case("affine-64", "affine", (64, 3, 64, 64)),
+    Case("affine-224", "affine", (32, 3, 224, 224)),
+    Case("translation-28", "translation", (256, 1, 28, 28)),
+    Case("attention-28", "attention", (256, 1, 28, 28)),
+    Case("similarity-28", "similarity", (256, 1, 28, 28)),
+    Case("projective-64", "projective", (64, 3, 64, 64)),
+    Case("tps-28", "tps", (256, 1, 28, 28)),
+    Case("tps-224", "tps", (32, 3, 224, 224)),
+    Case("affine3d-32", "affine3d", (8, 1, 32, 32, 32)),
+    Case("st-cnn", "train", (256, 1, 28, 28)),
+)
+
+
+def select_cases(patterns: Sequence[str] | None = None, cases: Sequence[Case] = CASES) -> list[Case]:
+    """The cases whose name matches any of ``patterns`` (shell-style, ``"affine-*"``); all for ``None``.
+
+    Raises:
+        ValueError: a pattern matches no case (the message lists the names).
+    """
+    if not patterns:
+        return list(cases)
+    chosen: list[Case] = []
+    for pattern in patterns:
+        matched = [c for c in cases if fnmatch.fnmatchcase(c.name, pattern)]
+        if not matched:
+            raise ValueError(f"no benchmark case matches {pattern!r}; the cases are: {', '.join(c.name for c in cases)}")
+        chosen += [c for c in matched if c not in chosen]
+    return [c for c in cases if c in chosen]
+
+
+@dataclass
+class Contender:
+    """One implementation of a case: ``run(*leaves)`` returns the warped tensor.
+
+    ``leaves`` are the tensors the backward pass differentiates with respect to (the
+    input image and this contender's own parameterisation of the transform).
+    """
+
+    run: Callable[..., torch.Tensor]
+    leaves: tuple[torch.Tensor, ...]
+
+    def forward(self) -> torch.Tensor:
+        """The forward pass (autograd off: inference)."""
+        with torch.no_grad():
+            return self.run(*self.leaves)
+
+    def forward_backward(self, grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Forward, then the gradients with respect to every leaf for the output gradient ``grad_out``."""
+        return torch.autograd.grad(self.run(*self.leaves), self.leaves, grad_out)
+
+
+@dataclass
+class Workload:
+    """Everything one warp case times, built once per run."""
+
+    case: Case
+    transform: Transform
+    x: torch.Tensor
+    params: torch.Tensor
+    grad_out: torch.Tensor
+    contenders: dict[str, Contender]
+    #: grid generation alone, per contender that has a separate grid step
+    grid_fns: dict[str, Callable[[], torch.Tensor]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def sampler_fns(self) -> dict[str, Callable[[], torch.Tensor]]:
+        """``sample(x, grid, backend=name)`` for every registered backend, on torchstn's grid."""
+        grid = self.transform.grid(self.params, self.case.out_size).detach()
+        x = self.x.detach()
+
+        def make(name: str) -> Callable[[], torch.Tensor]:
+            def fn() -> torch.Tensor:
+                with torch.no_grad():
+                    return sample(x, grid, backend=name)
+
+            return fn
+
+        return {name: make(name) for name in BACKENDS}
+
+    def traffic_bytes(self) -> int:
+        """Bytes a sampler must move at least: read the input and the grid, write the output."""
+        b, c = self.x.shape[:2]
+        n_out = 1
+        for s in self.case.out_size:
+            n_out *= s
+        item = self.x.element_size()
+        return self.x.numel() * item + b * n_out * len(self.case.out_size) * item + b * c * n_out * item
+
+
+def _random_params(transform: Transform, family: str, batch: int, generator: torch.Generator) -> torch.Tensor:
+    identity = transform.identity(batch, dtype=torch.float64)
+    noise = torch.randn(identity.shape, generator=generator, dtype=torch.float64)
+    return identity + _PARAM_NOISE.get(family, 0.1) * noise
+
+
+def build_workload(
+    case: Case,
+    device: torch.device | str = "cpu",
+    *,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    peers: Sequence[str] = ("torch", "kornia"),
+    align_corners: bool = False,
+    params: torch.Tensor | None = None,
+) -> Workload:
+    """The contenders of a warp case, on ``device``, with random inputs and near-identity parameters.
+
+    Args:
+        case: a warp case (not ``"train"``).
+        device: where to run.
+        dtype: floating dtype of inputs and parameters.
+        seed: seed of the inputs and parameters.
+        peers: which peers to build (``"torch"``, ``"kornia"``); a peer that does not
+            apply to the family, or kornia when it is not installed, is skipped with a
+            note in :attr:`Workload.notes`.
+        align_corners: given to every contender.
+        params: the ``(B, P)`` parameters to warp with, instead of random ones near the
+            identity.
+    """
+    if case.family == "train":
+        raise ValueError("the 'train' case has no warp workload; use build_training_step")
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(seed)
+    transform = get_transform(case.family)
+    batch = case.shape[0]
+    size = case.out_size
+    x = torch.rand(case.shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    if params is None:
+        params64 = _random_params(transform, case.family, batch, generator)
+    else:
+        params64 = transform.check_params(params).detach().to("cpu", torch.float64)
+        if params64.shape[0] != batch:
+            raise ValueError(f"params must have shape ({batch}, {transform.num_params}), got {tuple(params.shape)}")
+    params = params64.to(device=device, dtype=dtype)
+    grad_out = torch.randn(batch, case.shape[1], *size, generator=generator, dtype=torch.float64)
+    grad_out = grad_out.to(device=device, dtype=dtype)
+    x.requires_grad_(True)
+
+    def leaf(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().clone().requires_grad_(True)
+
+    def stn_run(x_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return warp(x_, p, transform, size, align_corners=align_corners)
+
+    contenders = {"torchstn": Contender(stn_run, (x, leaf(params)))}
+    grid_fns: dict[str, Callable[[], torch.Tensor]] = {
+        "torchstn": lambda: transform.grid(params, size, align_corners)
+    }
+    notes: list[str] = []
+    affine = case.family in AFFINE_FAMILIES
+    if "torch" in peers:
+        if affine:
+            if case.family in ("affine", "affine3d"):  # the parameters are the rows affine_grid takes
+                rows = transform.ndim, transform.ndim + 1
+
+                def torch_run(x_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+                    return _peers.torch_affine_warp(x_, p.view(-1, *rows), size, align_corners)
+            else:  # the user builds the 2x3 matrix of the family first
+
+                def torch_run(x_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+                    return _peers.torch_affine_warp(x_, _peers.affine_rows(transform, p), size, align_corners)
+
+            contenders["torch"] = Contender(torch_run, (x, leaf(params)))
+            theta_rows = _peers.affine_rows(transform, params)
+            grid_fns["torch"] = lambda: F.affine_grid(theta_rows, [batch, case.shape[1], *size], align_corners)
+        else:
+            notes.append(f"torch: F.affine_grid cannot represent {transform.name}; no plain-PyTorch peer")
+    if "kornia" in peers:
+        kornia = _kornia_contender(case, transform, x, params64, size, align_corners, leaf)
+        if isinstance(kornia, str):
+            notes.append(kornia)
+        else:
+            contenders["kornia"] = kornia
+    return Workload(case, transform, x, params, grad_out, contenders, grid_fns, notes)
+
+
+def _kornia_contender(
+    case: Case,
+    transform: Transform,
+    x: torch.Tensor,
+    params64: torch.Tensor,
+    size: tuple[int, ...],
+    align_corners: bool,
+    leaf: Callable[[torch.Tensor], torch.Tensor],
+) -> Contender | str:
+    """kornia's warp for the case's family, or a note saying why there is none."""
+    if not _peers.kornia_available():
+        return "kornia: not installed (pip install 'torchstn[bench]'); kornia columns skipped"
+    device, dtype = x.device, x.dtype
+    if case.family == "affine3d":
+        return (
+            "kornia: warp_affine3d normalises its matrix corner-aligned only (kornia #4503), so it "
+            "cannot do the align_corners=False work of the other contenders; skipped"
+        )
+    if isinstance(transform, MatrixTransform):
+        matrix = _peers.pixel_matrix_dst_from_src(
+            transform.matrix(params64), x.shape[2:], size, align_corners
+        ).to(device=device, dtype=dtype)
+        if transform.projective:
+
+            def run(x_: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+                return _peers.kornia_warp_perspective(x_, m, size, align_corners)
+
+            return Contender(run, (x, leaf(matrix)))
+
+        def run_affine(x_: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+            return _peers.kornia_warp_affine(x_, m, size, align_corners)
+
+        return Contender(run_affine, (x, leaf(matrix[:, :2])))
+    if isinstance(transform, ThinPlateSpline):
+        if tuple(size) != tuple(x.shape[2:]):
+            return "kornia: warp_image_tps keeps the input size; no peer for a resizing TPS case"
+        controls = _peers.tps_controls(transform, x.shape[0], device=device, dtype=dtype)
+        targets = params64.reshape(x.shape[0], -1, 2).to(device=device, dtype=dtype)
+
+        def run_tps(x_: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return _peers.kornia_tps(x_, controls, t, align_corners)
+
+        return Contender(run_tps, (x, leaf(targets)))
+    return f"kornia: no warp for {transform.name}"
+
+
+def build_training_step(
+    case: Case, device: torch.device | str = "cpu", *, seed: int = 0
+) -> tuple[dict[str, Callable[[], None]], str]:
+    """One SGD step (forward, cross-entropy, backward, update) of the ST-CNN and of the bare CNN.
+
+    Returns:
+        ``({"torchstn": st_cnn_step, "cnn": cnn_step}, source)`` where ``source`` says
+        which networks were built (see :func:`torchstn.bench._models.training_models`).
+    """
+    from torchstn.bench._models import training_models
+
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    st_cnn, cnn, source = training_models(case.shape[-1])
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(case.shape, generator=generator).to(device)
+    y = torch.randint(0, 10, (case.shape[0],), generator=generator).to(device)
+
+    def make_step(model: torch.nn.Module) -> Callable[[], None]:
+        model.to(device).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+        return step
+
+    return {"torchstn": make_step(st_cnn), "cnn": make_step(cnn)}, source

@@ -1,0 +1,194 @@
+"""Turn a :class:`~torchstn.bench.BenchReport` into the printed tables and the issue-8 target checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torchstn.bench._runner import PASSES, STEP, BenchReport, CaseResult, Measurement
+
+__all__ = ["TargetCheck", "check_targets", "format_report"]
+
+#: the affine-family cases of the "at least 1.5x on the 28-64 px cases" target
+_SMALL_AFFINE = ("affine-28", "affine-60to30", "affine-64", "translation-28", "attention-28", "similarity-28")
+
+
+@dataclass
+class TargetCheck:
+    """One target of issue 8: what it asks, whether it is met (``None``: not measured in this run), the numbers."""
+
+    target: str
+    met: bool | None
+    detail: str
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:9.3f} ms"
+
+
+def _mb(nbytes: int | None) -> str:
+    return "" if nbytes is None else f" {nbytes / 2**20:7.1f} MiB"
+
+
+def _cell(m: Measurement | None) -> str:
+    if m is None:
+        return "-"
+    text = _ms(m.seconds) + _mb(m.peak_bytes)
+    if m.ratio is not None:
+        text += f" {m.ratio:6.2f}x"
+    return text
+
+
+def _warp_table(cases: list[CaseResult]) -> list[str]:
+    peers = [p for p in ("torch", "kornia") if any(p in c.passes.get(PASSES[0], {}) for c in cases)]
+    widths = [34, 17, 24] + [34] * len(peers)
+    header = ["case", "pass", "torchstn"] + [f"{p} (time, ratio)" for p in peers]
+    lines = ["".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    for case in cases:
+        for i, pass_name in enumerate(PASSES):
+            row = case.passes.get(pass_name, {})
+            cells = [case.label if i == 0 else "", pass_name, _cell(row.get("torchstn"))]
+            cells += [_cell(row.get(p)) for p in peers]
+            lines.append("".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    return lines
+
+
+def _components_table(cases: list[CaseResult]) -> list[str]:
+    names: list[str] = []
+    for case in cases:
+        names += [n for n in case.components if n not in names]
+    samplers = [n for n in names if n.startswith("sample:")]
+    grids = [n for n in names if n.startswith("grid:")]
+    widths = [34, 22] + [30] * len(samplers) + [26] * len(grids)
+    header = ["case", "memcpy"] + samplers + grids
+    lines = ["".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    for case in cases:
+        if not case.components:
+            continue
+        copy = case.components.get("memcpy")
+        cells = [case.label, "-" if copy is None else f"{copy.bandwidth / 1e9:6.2f} GB/s{_ms(copy.seconds)}"]
+        for name in samplers:
+            m = case.components.get(name)
+            if m is None or m.bandwidth is None:
+                cells.append("-")
+                continue
+            share = f"{100 * m.bandwidth / copy.bandwidth:4.0f}%" if copy is not None and copy.bandwidth else ""
+            cells.append(f"{m.bandwidth / 1e9:6.2f} GB/s {share}{_ms(m.seconds)}")
+        for name in grids:
+            m = case.components.get(name)
+            cells.append("-" if m is None else _ms(m.seconds) + ("" if m.ratio is None else f" {m.ratio:5.2f}x"))
+        lines.append("".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    return lines
+
+
+def _training_lines(case: CaseResult) -> list[str]:
+    step = case.passes.get(STEP, {})
+    st, plain = step.get("torchstn"), step.get("cnn")
+    if st is None or plain is None or plain.ratio is None:
+        return []
+    overhead = 1 / plain.ratio - 1  # plain.ratio = cnn time / st-cnn time, per round
+    lines = [
+        f"{case.label} (SGD, forward + cross-entropy + backward + update): ST-CNN{_ms(st.seconds)}{_mb(st.peak_bytes)}, "
+        f"CNN{_ms(plain.seconds)}{_mb(plain.peak_bytes)}; ST overhead {100 * overhead:+.1f}% "
+        "(median of per-round ratios)"
+    ]
+    return lines + [f"  {n}" for n in case.notes]
+
+
+def check_targets(report: BenchReport) -> list[TargetCheck]:
+    """The speed targets of issue 8, checked against the measured ratios.
+
+    Targets: affine family >= 1.5x ``affine_grid + grid_sample`` forward and
+    forward+backward on the 28-64 px cases; never below 1.0x any peer on any case;
+    projective >= 1.2x kornia forward+backward; TPS >= 20x kornia forward+backward on
+    both TPS cases; ST overhead on the ST-CNN step < 15%.
+    """
+    checks = []
+
+    def ratios(names: tuple[str, ...] | list[str], peer: str, passes: tuple[str, ...]) -> list[tuple[str, float]]:
+        out = []
+        for name in names:
+            case = report.case(name)
+            if case is None:
+                continue
+            for p in passes:
+                m = case.passes.get(p, {}).get(peer)
+                if m is not None and m.ratio is not None:
+                    out.append((f"{name} {p}", m.ratio))
+        return out
+
+    def summary(found: list[tuple[str, float]]) -> str:
+        return ", ".join(f"{where} {r:.2f}x" for where, r in found)
+
+    def check(target: str, found: list[tuple[str, float]], bound: float) -> TargetCheck:
+        if not found:
+            return TargetCheck(target, None, "not measured in this run")
+        worst = min(found, key=lambda t: t[1])
+        return TargetCheck(target, worst[1] >= bound, f"lowest {worst[1]:.2f}x ({worst[0]}); " + summary(found))
+
+    checks.append(check("affine family >= 1.5x affine_grid+grid_sample on the 28-64 px cases, fwd and fwd+bwd",
+                        ratios(_SMALL_AFFINE, "torch", PASSES), 1.5))
+    every = []
+    for case in report.cases:
+        if case.family == "train":
+            continue
+        every += ratios([case.name], "torch", PASSES) + ratios([case.name], "kornia", PASSES)
+    if every:
+        worst = min(every, key=lambda t: t[1])
+        checks.append(TargetCheck("never below 1.0x any peer on any case", worst[1] >= 1.0,
+                                  f"lowest {worst[1]:.2f}x ({worst[0]})"))
+    else:
+        checks.append(TargetCheck("never below 1.0x any peer on any case", None, "not measured in this run"))
+    checks.append(check("projective >= 1.2x kornia warp_perspective, fwd+bwd",
+                        ratios(("projective-64",), "kornia", ("forward+backward",)), 1.2))
+    checks.append(check("TPS 4x4 >= 20x kornia get_tps_transform+warp_image_tps, fwd+bwd, both cases",
+                        ratios(("tps-28", "tps-224"), "kornia", ("forward+backward",)), 20.0))
+    train = report.case("st-cnn")
+    plain = None if train is None else train.passes.get(STEP, {}).get("cnn")
+    if plain is None or plain.ratio is None:
+        checks.append(TargetCheck("ST overhead on the ST-CNN training step < 15%", None, "not measured in this run"))
+    else:
+        overhead = 1 / plain.ratio - 1
+        checks.append(TargetCheck("ST overhead on the ST-CNN training step < 15%", overhead < 0.15,
+                                  f"{100 * overhead:+.1f}% over the bare CNN"))
+    return checks
+
+
+def format_report(report: BenchReport) -> str:
+    """The benchmark's printed output: settings, the timing table, components, training step, targets."""
+    meta = report.meta
+    kornia = meta.get("kornia") or "not installed"
+    lines = [
+        f"torchstn {meta['torchstn']} bench on {meta['device']}"
+        + (f" ({meta['gpu']})" if "gpu" in meta else "")
+        + f": torch {meta['torch']}, kornia {kornia}, {meta['threads']} threads, {meta['cpu_count']} cores, "
+        f"{meta['machine']}",
+        f"{meta['rounds']} interleaved rounds, ~{float(meta['min_time']) * 1e3:g} ms per measurement"
+        + ("; QUICK (tiny sizes: checks the machinery, the numbers mean nothing)" if meta.get("quick") else ""),
+        "time: median per call; ratio: median over rounds of (peer time / torchstn time) in the same round,"
+        " > 1 means torchstn is faster",
+        "forward runs under torch.no_grad(); forward+backward takes gradients wrt the input and the parameters",
+        "",
+    ]
+    if meta.get("command"):
+        lines.insert(0, f"$ {meta['command']}")
+    warp_cases = [c for c in report.cases if c.family != "train"]
+    if warp_cases:
+        lines += _warp_table(warp_cases)
+        notes = [f"  {c.name}: {n}" for c in warp_cases for n in c.notes]
+        if notes:
+            lines += ["", "notes:", *notes]
+        if any(c.components for c in warp_cases):
+            lines += [
+                "",
+                "forward taken apart, interleaved with a memcpy of the same traffic (input + grid + output bytes):",
+                "sample:<backend> = bandwidth, % of memcpy, time; grid:<who> = time, ratio to sample:torch",
+                *_components_table(warp_cases),
+            ]
+    for case in report.cases:
+        if case.family == "train":
+            lines += ["", *_training_lines(case)]
+    lines += ["", "targets (issue 8):"]
+    for t in check_targets(report):
+        status = {True: "met ", False: "MISS", None: "n/a "}[t.met]
+        lines.append(f"  [{status}] {t.target}: {t.detail}")
+    return "\n".join(lines)

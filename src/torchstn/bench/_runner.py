@@ -1,0 +1,233 @@
+"""Run the benchmark cases and collect the measurements (no printing; see ``_report``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from torchstn._version import __version__
+from torchstn.bench import _peers
+from torchstn.bench._cases import CASES, Case, Workload, build_training_step, build_workload, select_cases
+from torchstn.bench._timing import Timings, interleaved, peak_memory
+
+__all__ = ["BenchReport", "CaseResult", "Measurement", "run_benchmark", "run_case"]
+
+#: the passes of a warp case and of the training case
+PASSES: tuple[str, ...] = ("forward", "forward+backward")
+STEP = "step"
+
+
+@dataclass
+class Measurement:
+    """One contender in one pass of one case.
+
+    Attributes:
+        seconds: median seconds per call over the rounds.
+        ratio: median over rounds of ``seconds / reference seconds`` in the same round
+            (for peers the reference is torchstn, so > 1 means torchstn is faster);
+            ``None`` for the reference itself.
+        ratio_quartiles: lower and upper quartile of those per-round ratios.
+        peak_bytes: peak device memory of one call above what was allocated before
+            (CUDA only; ``None`` where the device does not report it).
+        bandwidth: effective bytes per second of a sampler or memcpy (input + grid +
+            output bytes over time), where it applies.
+    """
+
+    seconds: float
+    ratio: float | None = None
+    ratio_quartiles: tuple[float, float] | None = None
+    peak_bytes: int | None = None
+    bandwidth: float | None = None
+
+
+@dataclass
+class CaseResult:
+    """The measurements of one case.
+
+    Attributes:
+        name, label, family: from the :class:`~torchstn.bench.Case`.
+        passes: pass (``"forward"``, ``"forward+backward"``, or ``"step"`` for the
+            training case) -> contender -> measurement.
+        components: the forward pass taken apart, timed interleaved with a memcpy of
+            the same traffic: ``"memcpy"``, ``"sample:<backend>"`` for every sampling
+            backend (ratio to the default ``"sample:torch"``), ``"grid:<contender>"``
+            (grid generation alone, ratio to ``"sample:torch"``).
+        notes: why a peer is missing, where the models came from, ...
+    """
+
+    name: str
+    label: str
+    family: str
+    passes: dict[str, dict[str, Measurement]] = field(default_factory=dict)
+    components: dict[str, Measurement] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BenchReport:
+    """A whole benchmark run: the machine and settings (``meta``) and one result per case."""
+
+    meta: dict[str, object]
+    cases: list[CaseResult]
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-serialisable data."""
+        return {"meta": self.meta, "cases": [asdict(c) for c in self.cases]}
+
+    def case(self, name: str) -> CaseResult | None:
+        """The result of the case called ``name``, if it was run."""
+        return next((c for c in self.cases if c.name == name), None)
+
+
+def _measurements(
+    timings: Timings, reference: str, peaks: dict[str, int | None] | None = None
+) -> dict[str, Measurement]:
+    out = {}
+    for name in timings.seconds:
+        m = Measurement(seconds=timings.median(name), peak_bytes=(peaks or {}).get(name))
+        if name != reference:
+            m.ratio = timings.ratio(reference, name)
+            m.ratio_quartiles = timings.ratio_spread(reference, name)
+        out[name] = m
+    return out
+
+
+def _component_fns(work: Workload) -> tuple[dict[str, Callable[[], object]], int]:
+    """memcpy, every sampler backend and each grid generator, for the component breakdown."""
+    traffic = work.traffic_bytes()
+    element = work.x.element_size()
+    src = torch.rand(max(1, traffic // (2 * element)), device=work.x.device, dtype=work.x.dtype)
+    dst = torch.empty_like(src)
+    fns: dict[str, Callable[[], object]] = {"memcpy": lambda: dst.copy_(src)}
+    for name, fn in work.sampler_fns().items():
+        fns[f"sample:{name}"] = fn
+    for name, fn in work.grid_fns.items():
+        fns[f"grid:{name}"] = fn
+    return fns, traffic
+
+
+def run_case(
+    case: Case,
+    *,
+    device: torch.device,
+    rounds: int,
+    min_time: float,
+    peers: Sequence[str] = ("torch", "kornia"),
+    components: bool = True,
+) -> CaseResult:
+    """Time one case: every pass interleaved over ``rounds``, then (warp cases) its components."""
+    result = CaseResult(case.name, case.label, case.family)
+    if case.family == "train":
+        steps, source = build_training_step(case, device)
+        result.notes.append(f"models: {source}")
+        peaks = {name: peak_memory(fn, device) for name, fn in steps.items()}
+        result.passes[STEP] = _measurements(
+            interleaved(steps, rounds=rounds, min_time=min_time, device=device), "torchstn", peaks
+        )
+        return result
+
+    work = build_workload(case, device, peers=peers)
+    result.notes += work.notes
+    forward = {name: c.forward for name, c in work.contenders.items()}
+    backward = {name: (lambda c=c: c.forward_backward(work.grad_out)) for name, c in work.contenders.items()}
+    for pass_name, fns in zip(PASSES, (forward, backward)):
+        peaks = {name: peak_memory(fn, device) for name, fn in fns.items()}
+        timings = interleaved(fns, rounds=rounds, min_time=min_time, device=device)
+        result.passes[pass_name] = _measurements(timings, "torchstn", peaks)
+
+    if components:
+        fns, traffic = _component_fns(work)
+        usable = {}
+        for name, fn in fns.items():
+            try:
+                fn()
+            except (NotImplementedError, ValueError, RuntimeError) as err:
+                result.notes.append(f"{name}: skipped ({str(err).splitlines()[0]})")
+                continue
+            usable[name] = fn
+        timings = interleaved(usable, rounds=rounds, min_time=min_time, device=device)
+        reference = "sample:torch" if "sample:torch" in usable else next(iter(usable))
+        for name in usable:
+            m = Measurement(seconds=timings.median(name))
+            if name != reference and not name == "memcpy":
+                m.ratio = timings.ratio(reference, name)
+                m.ratio_quartiles = timings.ratio_spread(reference, name)
+            if name == "memcpy" or name.startswith("sample:"):
+                m.bandwidth = traffic / m.seconds
+            result.components[name] = m
+    return result
+
+
+def _meta(device: torch.device, rounds: int, min_time: float, quick: bool) -> dict[str, object]:
+    meta: dict[str, object] = {
+        "torchstn": __version__,
+        "torch": torch.__version__,
+        "kornia": _peers.kornia_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
+        "processor": platform.processor() or platform.machine(),
+        "rounds": rounds,
+        "min_time": min_time,
+        "quick": quick,
+    }
+    if device.type == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name(device)
+    return meta
+
+
+def run_benchmark(
+    cases: Sequence[str] | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    quick: bool = False,
+    rounds: int | None = None,
+    min_time: float | None = None,
+    peers: Sequence[str] = ("torch", "kornia"),
+    components: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Run the benchmark: every selected case, every contender interleaved in the same rounds.
+
+    Args:
+        cases: case names or shell patterns (``["affine-*", "tps-28"]``); ``None``: all of
+            :data:`~torchstn.bench.CASES`.
+        device: ``"cpu"`` or ``"cuda"``.
+        quick: tiny sizes and few rounds: checks the machinery, measures nothing useful.
+        rounds: interleaved rounds per pass (default 15, quick 2).
+        min_time: target seconds per measurement (default 0.02, quick 0.001).
+        peers: which peers to time (``"torch"``, ``"kornia"``).
+        components: also time memcpy, each sampler backend and each grid generator
+            alone (bandwidths and the grid/sampler split).
+        progress: called with the label of each case before it runs.
+
+    Returns:
+        The :class:`BenchReport`; print it with :func:`~torchstn.bench.format_report`.
+
+    Example:
+        >>> from torchstn.bench import run_benchmark
+        >>> report = run_benchmark(["affine-28"], quick=True, peers=("torch",), components=False)
+        >>> sorted(report.cases[0].passes["forward"])
+        ['torch', 'torchstn']
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but torch.cuda.is_available() is False")
+    selected = select_cases(cases, CASES)
+    if quick:
+        selected = [c.quick() for c in selected]
+    rounds = rounds if rounds is not None else (2 if quick else 15)
+    min_time = min_time if min_time is not None else (0.001 if quick else 0.02)
+    results = []
+    for case in selected:
+        if progress is not None:
+            progress(case.label)
+        results.append(
+            run_case(case, device=device, rounds=rounds, min_time=min_time, peers=peers, components=components)
+        )
+    return BenchReport(_meta(device, rounds, min_time, quick), results)

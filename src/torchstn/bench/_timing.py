@@ -1,0 +1,132 @@
+"""Interleaved timing: every contender is timed in every round, so machine noise hits all alike.
+
+On a shared machine absolute timings drift by several times within a minute. Timing
+contender A for ten seconds and then contender B for ten seconds compares two different
+machines; timing A, B, C, A, B, C, ... and taking the ratio *within each round*
+compares them on the same machine, and the median of those per-round ratios is robust
+to the rounds a noisy neighbour spoiled.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Timings", "interleaved", "peak_memory", "synchronizer"]
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """A function that waits for the device's queued work (a no-op on CPU)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+@dataclass
+class Timings:
+    """Seconds per call of each contender, one entry per round (rounds aligned across contenders).
+
+    Attributes:
+        seconds: contender name -> per-round seconds per call.
+        calls: contender name -> calls per measurement (chosen so one measurement
+            lasts about ``min_time``).
+    """
+
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def median(self, name: str) -> float:
+        """Median seconds per call of ``name``."""
+        return statistics.median(self.seconds[name])
+
+    def ratio(self, reference: str, other: str) -> float:
+        """Median over rounds of ``time(other) / time(reference)``: > 1 means ``reference`` is faster."""
+        return statistics.median(o / r for r, o in zip(self.seconds[reference], self.seconds[other]))
+
+    def ratio_spread(self, reference: str, other: str) -> tuple[float, float]:
+        """The lower and upper quartile of the per-round ratios (how much the rounds disagree)."""
+        ratios = sorted(o / r for r, o in zip(self.seconds[reference], self.seconds[other]))
+        if len(ratios) < 4:
+            return ratios[0], ratios[-1]
+        q = statistics.quantiles(ratios, n=4)
+        return q[0], q[2]
+
+
+def interleaved(
+    contenders: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int,
+    min_time: float = 0.02,
+    max_calls: int = 1000,
+    device: torch.device | None = None,
+) -> Timings:
+    """Time every contender once per round, rotating who goes first.
+
+    Each contender is warmed up, then calibrated: a measurement repeats it ``n`` times
+    so that it lasts about ``min_time`` seconds (timer resolution and per-call jitter
+    average out). The garbage collector is paused during measurements.
+
+    Args:
+        contenders: name -> zero-argument callable doing one unit of work.
+        rounds: number of rounds (each contender is measured once per round).
+        min_time: target seconds per measurement.
+        max_calls: upper bound on ``n``.
+        device: synchronised around each measurement (CUDA kernels are asynchronous).
+
+    Returns:
+        The per-round seconds per call of each contender.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    sync = synchronizer(device if device is not None else torch.device("cpu"))
+    result = Timings()
+    for name, fn in contenders.items():
+        fn()  # warm-up: caches, allocator, lazy initialisation
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        once = time.perf_counter() - start
+        result.calls[name] = max(1, min(max_calls, math.ceil(min_time / max(once, 1e-7))))
+        result.seconds[name] = []
+    names: Sequence[str] = list(contenders)
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            shift = r % len(names)
+            for name in [*names[shift:], *names[:shift]]:
+                fn, n = contenders[name], result.calls[name]
+                sync()
+                start = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                sync()
+                result.seconds[name].append((time.perf_counter() - start) / n)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return result
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Peak bytes allocated while ``fn`` runs, above what was allocated before; ``None`` where not reported.
+
+    Only CUDA reports it (``torch.cuda.max_memory_allocated``); CPU allocations are not
+    tracked by torch.
+    """
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before

@@ -1,0 +1,119 @@
+"""The benchmark machinery runs and reports; no timing is asserted (the machine is shared)."""
+
+import json
+
+import pytest
+import torch
+
+from torchstn.bench import (
+    CASES,
+    Case,
+    Timings,
+    check_targets,
+    format_report,
+    interleaved,
+    run_benchmark,
+    select_cases,
+)
+from torchstn.cli import main
+
+
+def test_cases_cover_issue_8() -> None:
+    names = {c.name for c in CASES}
+    assert {"affine-28", "affine-60to30", "affine-64", "affine-224", "projective-64", "tps-28", "tps-224",
+            "affine3d-32", "st-cnn"} <= names
+    assert len(names) == len(CASES)
+
+
+def test_select_cases_by_pattern_keeps_report_order() -> None:
+    assert [c.name for c in select_cases(["tps-*", "affine-28"])] == ["affine-28", "tps-28", "tps-224"]
+    assert select_cases(None) == list(CASES)
+    with pytest.raises(ValueError, match="no benchmark case matches 'nope'.*affine-28"):
+        select_cases(["nope"])
+
+
+def test_quick_cases_are_tiny() -> None:
+    for case in CASES:
+        small = case.quick()
+        assert small.shape[0] <= 4 and small.family == case.family
+        if case.family != "train":
+            assert all(8 <= s <= 56 for s in small.out_size)
+
+
+def test_interleaved_measures_every_contender_every_round() -> None:
+    calls = {"a": 0, "b": 0}
+
+    def make(name: str):
+        def fn() -> None:
+            calls[name] += 1
+
+        return fn
+
+    t = interleaved({"a": make("a"), "b": make("b")}, rounds=3, min_time=1e-4, max_calls=5)
+    assert [len(t.seconds[n]) for n in "ab"] == [3, 3]
+    assert 1 <= t.calls["a"] <= 5
+    assert calls["a"] == 2 + 3 * t.calls["a"]  # warm-up and calibration, then the rounds
+    with pytest.raises(ValueError, match="rounds"):
+        interleaved({"a": make("a")}, rounds=0)
+
+
+def test_ratio_is_the_median_of_per_round_ratios() -> None:
+    # round 2 is 10x slower for both (a noisy neighbour): per-round ratios ignore it
+    t = Timings(seconds={"stn": [1.0, 10.0, 1.0], "peer": [2.0, 20.0, 3.0]}, calls={"stn": 1, "peer": 1})
+    assert t.ratio("stn", "peer") == 2.0
+    assert t.median("peer") == 3.0
+
+
+def test_quick_run_reports_every_part() -> None:
+    report = run_benchmark(["affine-28", "tps-28", "st-cnn"], quick=True)
+    affine = report.case("affine-28")
+    assert set(affine.passes) == {"forward", "forward+backward"}
+    assert {"torchstn", "torch"} <= set(affine.passes["forward"])
+    for m in affine.passes["forward+backward"].values():
+        assert m.seconds > 0
+    assert affine.passes["forward"]["torch"].ratio > 0
+    assert affine.passes["forward"]["torchstn"].ratio is None
+    assert affine.components["memcpy"].bandwidth > 0
+    assert affine.components["sample:torch"].bandwidth > 0
+    assert "grid:torchstn" in affine.components and "grid:torch" in affine.components
+    assert any("affine_grid cannot represent" in n for n in report.case("tps-28").notes)
+    step = report.case("st-cnn").passes["step"]
+    assert set(step) == {"torchstn", "cnn"}
+
+    text = format_report(report)
+    for expected in ("affine 4x1x8x8", "forward+backward", "memcpy", "ST overhead", "targets (issue 8)", "QUICK"):
+        assert expected in text
+    checks = {c.target.split(" ")[0]: c for c in check_targets(report)}
+    assert checks["ST"].met is not None
+    assert checks["projective"].met is None  # not run
+    json.dumps(report.to_dict())
+
+
+def test_cli_quick_json(tmp_path, capsys) -> None:
+    out = tmp_path / "sub" / "bench.json"
+    assert main(["bench", "--quick", "--cases", "translation-28", "--no-kornia", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "$ torchstn bench --device cpu --quick --cases translation-28 --no-kornia" in printed
+    data = json.loads(out.read_text())
+    assert data["meta"]["quick"] is True
+    assert data["cases"][0]["name"] == "translation-28"
+    assert "kornia" not in data["cases"][0]["passes"]["forward"]
+    assert {t["target"].split(" ")[0] for t in data["targets"]} >= {"affine", "never", "TPS"}
+
+
+def test_cli_errors_are_one_line(capsys) -> None:
+    assert main(["bench", "--quick", "--cases", "nope"]) == 2
+    assert "no benchmark case matches 'nope'" in capsys.readouterr().err
+    assert main(["bench", "--rounds", "0"]) == 2
+    if not torch.cuda.is_available():
+        assert main(["bench", "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_kornia_absent_is_a_note(monkeypatch) -> None:
+    from torchstn.bench import _peers, build_workload
+
+    monkeypatch.setattr(_peers, "kornia_available", lambda: False)
+    work = build_workload(Case("t", "affine", (1, 1, 8, 8)))
+    assert set(work.contenders) == {"torchstn", "torch"}
+    assert any("kornia: not installed" in n for n in work.notes)
