@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from torchstn._version import __version__
 from torchstn.models import create_model, list_models, register_model
-from torchstn.nn import IdentityRegressor, SpatialTransformer, conv_localization
+from torchstn.nn import (
+    CascadedSpatialTransformer,
+    IdentityRegressor,
+    ParallelSpatialTransformers,
+    ProbabilisticSpatialTransformer,
+    SpatialTransformer,
+    conv_localization,
+)
 from torchstn.sampling import reference_sample, sample, warp
 from torchstn.transforms import (
     Affine,
@@ -32,8 +39,11 @@ __all__ = [
     "Affine1D",
     "Affine3D",
     "Attention",
+    "CascadedSpatialTransformer",
     "IdentityRegressor",
     "MatrixTransform",
+    "ParallelSpatialTransformers",
+    "ProbabilisticSpatialTransformer",
     "Projective",
     "Similarity",
     "SpatialTransformer",

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from torchstn.nn._cascade import CascadedSpatialTransformer
 from torchstn.nn._localization import IdentityRegressor, conv_localization, make_regressor
+from torchstn.nn._parallel import ParallelSpatialTransformers
+from torchstn.nn._probabilistic import ProbabilisticSpatialTransformer, total_kl
 from torchstn.nn._spatial_transformer import SpatialTransformer
 
-__all__ = ["IdentityRegressor", "SpatialTransformer", "conv_localization", "make_regressor"]
+__all__ = [
+    "CascadedSpatialTransformer",
+    "IdentityRegressor",
+    "ParallelSpatialTransformers",
+    "ProbabilisticSpatialTransformer",
+    "SpatialTransformer",
+    "conv_localization",
+    "make_regressor",
+    "total_kl",
+]

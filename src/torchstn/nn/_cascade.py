@@ -1,0 +1,200 @@
+"""Cascaded spatial transformers: the plain cascade and the (inverse) compositional STN."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from torchstn.nn._spatial_transformer import SpatialTransformer
+from torchstn.sampling import Mode, Padding
+from torchstn.transforms import MatrixTransform, Transform
+
+__all__ = ["CascadedSpatialTransformer"]
+
+
+def _fresh_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with every layer re-initialised (its own random weights)."""
+    clone = copy.deepcopy(module)
+    for m in clone.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return clone
+
+
+class CascadedSpatialTransformer(SpatialTransformer):
+    r"""``steps`` spatial transformers in series, each refining the warp of the last.
+
+    Step ``k`` looks at the input warped by the current estimate ``p`` and predicts an
+    update ``Δp_k`` (its regressor starts at the identity, so a new cascade is the
+    identity warp). The estimate is updated by composition,
+
+    .. math:: M(p_{k+1}) = M(p_k)\, M(Δp_k),
+
+    i.e. ``p <- transform.compose(p, Δp)``: warping by the composed parameters equals
+    warping by ``p`` and then warping that result by ``Δp``, which is what the step
+    saw and corrected. The two modes differ only in what is propagated:
+
+    - ``compositional=False`` (the plain cascade, "STN stacked in series"): the image
+      itself is propagated; each step resamples the previous step's *output*, so pixels
+      pushed outside the frame (and the blur of each interpolation) are lost for good.
+    - ``compositional=True`` (c-STN / IC-STN, Lin & Lucey 2017, sections 3.2-3.3): the
+      *parameters* are propagated; every step warps the *original* input by the current
+      ``p`` and the output is one resampling of the original by the final ``p``, so
+      nothing is lost at the borders ("boundary effect", section 3.1).
+
+    Given the same predictions both modes reach the same ``p``; with ``share=True`` all
+    steps use one localisation net and regressor (the recurrent IC-STN, section 3.3),
+    with ``share=False`` each step has its own (c-STN, section 3.2). The authors' code
+    composes on the other side (``M(Δp) M(p)``, the update acting in the input frame);
+    a learned predictor can express either, and this side keeps the plain and
+    compositional cascades geometrically identical.
+
+    Args:
+        transform: a :class:`~torchstn.transforms.MatrixTransform` (or its name); a
+            compositional cascade needs its ``compose``. A plain cascade also accepts
+            other families (e.g. TPS), without a total ``θ``.
+        localization: the localisation net of the steps: one module (shared, or
+            deep-copied and re-initialised per step when ``share=False``), or a
+            sequence of ``steps`` modules (``share=False``).
+        steps: number of refinement steps ``N >= 1``.
+        compositional: propagate parameters (True) or warped images (False).
+        share: one localisation net and regressor for all steps.
+        output_size: spatial size of the output; ``None`` keeps the input's. The steps
+            look at warps of this size (the current output); only the first step of a
+            plain cascade sees the input itself, so a plain cascade whose shared
+            localisation net needs a fixed input size needs ``output_size`` equal to
+            the input's.
+        in_features, mode, padding, align_corners, backend: as in
+            :class:`~torchstn.nn.SpatialTransformer`.
+
+    Attributes:
+        localization, regressor: the predictor of the first step (of every step when
+            shared), as in :class:`~torchstn.nn.SpatialTransformer`.
+        refiners: the :class:`~torchstn.nn.SpatialTransformer` predictors of steps
+            ``2 .. N`` when not shared (empty when shared).
+        last_params: total ``θ`` ``(B, P)`` of the last forward pass (warping the
+            original input by it gives the compositional output); ``None`` for a plain
+            cascade of a non-matrix family.
+        last_step_params: the ``N`` updates ``Δθ_k`` ``(B, P)`` of the last forward pass.
+
+    Convention:
+        ``θ`` maps output points to input points (normalised (x, y), ``src_from_dst``);
+        the same ``align_corners`` is used for every grid and sampler.
+
+    Example:
+        >>> loc = stn.conv_localization(1, (28, 28))
+        >>> ic = stn.CascadedSpatialTransformer(stn.Projective(), loc, steps=4)
+        >>> x = torch.rand(2, 1, 28, 28)
+        >>> torch.allclose(ic(x), x, atol=1e-5)  # identity-initialised steps
+        True
+        >>> len(ic.last_step_params), ic.last_params.shape
+        (4, torch.Size([2, 8]))
+    """
+
+    last_params: torch.Tensor | None
+    last_step_params: list[torch.Tensor]
+
+    def __init__(
+        self,
+        transform: Transform | str,
+        localization: nn.Module | Sequence[nn.Module],
+        steps: int = 4,
+        compositional: bool = True,
+        share: bool = True,
+        output_size: Sequence[int] | None = None,
+        *,
+        in_features: int | None = None,
+        mode: Mode = "bilinear",
+        padding: Padding = "zeros",
+        align_corners: bool = False,
+        backend: str | None = None,
+    ) -> None:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if isinstance(localization, nn.Module):
+            locs = [localization] if share else [localization] + [_fresh_copy(localization) for _ in range(steps - 1)]
+        elif isinstance(localization, Sequence) and all(isinstance(m, nn.Module) for m in localization):
+            if share or len(localization) != steps:
+                raise ValueError(
+                    f"a sequence of localization nets needs share=False and one net per step ({steps}), "
+                    f"got {len(localization)} with share={share}"
+                )
+            locs = list(localization)
+        else:
+            raise TypeError(f"localization must be an nn.Module or a sequence of them, got {type(localization).__name__}")
+        options = dict(in_features=in_features, mode=mode, padding=padding, align_corners=align_corners, backend=backend)
+        super().__init__(transform, locs[0], output_size, **options)
+        if compositional and not isinstance(self.transform, MatrixTransform):
+            raise TypeError(
+                f"a compositional cascade needs a MatrixTransform (it composes parameters), got {self.transform.name}; "
+                "use compositional=False to resample at every step instead"
+            )
+        self.refiners = nn.ModuleList(SpatialTransformer(self.transform, loc, output_size, **options) for loc in locs[1:])
+        self.num_steps = steps
+        self.compositional = bool(compositional)
+        self.share = bool(share)
+        self.last_step_params = []
+
+    def predict_step(self, k: int, view: torch.Tensor) -> torch.Tensor:
+        """The update ``Δθ_k`` ``(B, P)`` that step ``k`` (0-based) predicts from its view of the input."""
+        if k == 0 or self.share:
+            return super().predict_params(view)
+        return self.refiners[k - 1].predict_params(view)
+
+    def _cascade(
+        self, x: torch.Tensor, init_params: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+        """Run the steps: (output, total θ or None, per-step updates)."""
+        transform = self.transform
+        composable = isinstance(transform, MatrixTransform)
+        p = init_params
+        if p is None and composable:
+            p = transform.identity(x.shape[0], x.device, x.dtype)
+        updates: list[torch.Tensor] = []
+        if self.compositional:
+            for k in range(self.num_steps):
+                dp = self.predict_step(k, self.transform_input(x, p))
+                p = transform.compose(p, dp)
+                updates.append(dp)
+            return self.transform_input(x, p), p, updates
+        current = x if init_params is None else self.transform_input(x, init_params)
+        for k in range(self.num_steps):
+            dp = self.predict_step(k, current)
+            current = self.transform_input(current, dp)
+            p = transform.compose(p, dp) if composable else None
+            updates.append(dp)
+        return current, p, updates
+
+    def predict_params(self, x: torch.Tensor, *, init_params: torch.Tensor | None = None) -> torch.Tensor:
+        """The total ``θ`` ``(B, P)`` the cascade reaches on ``x`` (starting from ``init_params``)."""
+        if not isinstance(self.transform, MatrixTransform):
+            raise TypeError(f"a total θ needs a MatrixTransform, this cascade uses {self.transform.name}")
+        return self._cascade(x, init_params)[1]
+
+    def forward(
+        self, x: torch.Tensor, return_params: bool = False, *, init_params: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """Refine the warp of ``x`` in ``N`` steps.
+
+        Args:
+            x: input ``(B, C, H, W)`` (``(B, C, D, H, W)``, ``(B, C, L)`` for 3-D / 1-D
+                transforms).
+            init_params: optional starting ``θ`` ``(B, P)`` (e.g. the known perturbation
+                of the IC-STN experiment, section 4.2): the compositional cascade starts
+                its estimate there on the *original* ``x``; the plain cascade first
+                resamples ``x`` by it.
+            return_params: also return the total ``θ``.
+
+        Returns:
+            the output ``(B, C, *output_size)``, or ``(output, θ)``.
+        """
+        out, params, updates = self._cascade(x, init_params)
+        self.last_params, self.last_step_params = params, updates
+        return (out, params) if return_params else out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, steps={self.num_steps}, compositional={self.compositional}, share={self.share}"

@@ -1,0 +1,88 @@
+"""Parallel spatial transformers: several heads attending to the same input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from torchstn._validation import check_choice
+
+__all__ = ["ParallelSpatialTransformers"]
+
+Merge = Literal["concat", "list"]
+MERGES: tuple[str, ...] = ("concat", "list")
+
+
+class ParallelSpatialTransformers(nn.Module):
+    r"""``K`` spatial transformers applied to the same input, each with its own localisation net.
+
+    Jaderberg et al. (2015) use two or four transformers in parallel so that each one
+    attends to a different part of the input: one digit each in the MNIST addition
+    task (appendix A.3), head and body of a bird in CUB-200-2011 (section 4.3):
+
+    .. math:: V_k = \mathcal{T}_{θ_k}(U), \quad θ_k = f_{loc,k}(U), \quad k = 1 \dots K
+
+    Args:
+        transformers: the ``K`` modules, usually :class:`~torchstn.nn.SpatialTransformer`
+            (any module mapping ``(B, C, ...)`` to a warped tensor works; those with a
+            ``predict_params`` / ``last_params`` expose their ``θ_k``).
+        merge: ``"concat"`` joins the outputs along channels, ``(B, sum_k C_k, ...)``
+            (they must share their spatial size); ``"list"`` returns the ``K`` outputs.
+
+    Attributes:
+        last_params: ``[θ_1, ..., θ_K]`` of the last forward pass (``None`` entries for
+            modules that do not record one).
+
+    Example:
+        >>> heads = [stn.SpatialTransformer("affine", stn.conv_localization(2, (42, 42))) for _ in range(2)]
+        >>> par = stn.ParallelSpatialTransformers(heads, merge="concat")
+        >>> par(torch.rand(3, 2, 42, 42)).shape
+        torch.Size([3, 4, 42, 42])
+        >>> [tuple(t.shape) for t in par.predict_params(torch.rand(3, 2, 42, 42))]
+        [(3, 6), (3, 6)]
+    """
+
+    def __init__(self, transformers: Sequence[nn.Module], merge: Merge = "concat") -> None:
+        super().__init__()
+        if isinstance(transformers, nn.Module) or not isinstance(transformers, Sequence):
+            raise TypeError(f"transformers must be a sequence of modules, got {type(transformers).__name__}")
+        if len(transformers) == 0 or not all(isinstance(t, nn.Module) for t in transformers):
+            raise ValueError(f"transformers must be a non-empty sequence of nn.Module, got {list(map(type, transformers))}")
+        self.transformers = nn.ModuleList(transformers)
+        self.merge = check_choice("merge", merge, MERGES)
+
+    @property
+    def last_params(self) -> list[torch.Tensor | None]:
+        return [getattr(t, "last_params", None) for t in self.transformers]
+
+    def predict_params(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``[θ_1, ..., θ_K]``, each ``(B, P_k)``."""
+        return [t.predict_params(x) for t in self.transformers]
+
+    def forward(
+        self, x: torch.Tensor, return_params: bool = False
+    ) -> torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor | list[torch.Tensor], list[torch.Tensor | None]]:
+        """Warp ``x`` by every transformer.
+
+        Returns:
+            ``(B, sum_k C_k, *size)`` for ``merge="concat"``, the list of ``K`` outputs for
+            ``"list"``; with ``return_params=True`` also ``[θ_1, ..., θ_K]``.
+        """
+        outs = [t(x) for t in self.transformers]
+        if self.merge == "concat":
+            sizes = {tuple(o.shape[2:]) for o in outs}
+            if len(sizes) > 1:
+                raise ValueError(
+                    f"merge='concat' needs outputs of one spatial size, got {sorted(sizes)}; "
+                    "give the transformers the same output_size or use merge='list'"
+                )
+            merged: torch.Tensor | list[torch.Tensor] = torch.cat(outs, dim=1)
+        else:
+            merged = outs
+        return (merged, self.last_params) if return_params else merged
+
+    def extra_repr(self) -> str:
+        return f"K={len(self.transformers)}, merge={self.merge!r}"

@@ -1,0 +1,264 @@
+"""The probabilistic spatial transformer (P-STN): a distribution over θ, sampled and marginalised."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchstn._validation import check_choice
+from torchstn.nn._localization import make_regressor
+from torchstn.nn._spatial_transformer import SpatialTransformer
+from torchstn.sampling import Mode, Padding
+from torchstn.transforms import Transform
+
+__all__ = ["ProbabilisticSpatialTransformer", "total_kl"]
+
+Distribution = Literal["student-t", "gaussian"]
+DISTRIBUTIONS: tuple[str, ...] = ("student-t", "gaussian")
+
+
+def _gamma_kl(alpha_q: torch.Tensor, beta_q: torch.Tensor, alpha_p: float, beta_p: float) -> torch.Tensor:
+    r"""Elementwise ``KL(Gamma(α_q, β_q) || Gamma(α_p, β_p))`` (shape-rate parameterisation).
+
+    .. math::
+        (α_q - α_p)\,ψ(α_q) - \ln Γ(α_q) + \ln Γ(α_p)
+        + α_p (\ln β_q - \ln β_p) + α_q \frac{β_p - β_q}{β_q}
+    """
+    beta_q = beta_q.clamp_min(torch.finfo(beta_q.dtype).tiny)  # a rate of exactly 0 has an infinite KL
+    return (
+        (alpha_q - alpha_p) * torch.special.digamma(alpha_q)
+        - torch.lgamma(alpha_q)
+        + math.lgamma(alpha_p)
+        + alpha_p * (beta_q.log() - math.log(beta_p))
+        + alpha_q * (beta_p - beta_q) / beta_q
+    )
+
+
+def _gaussian_kl(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sigma_p: float) -> torch.Tensor:
+    r"""Elementwise ``KL(N(μ_q, σ_q²) || N(μ_p, σ_p²))``: :math:`\ln\frac{σ_p}{σ_q} + \frac{σ_q^2 + (μ_q - μ_p)^2}{2σ_p^2} - \frac12`."""
+    sigma_q = sigma_q.clamp_min(torch.finfo(sigma_q.dtype).tiny)
+    return math.log(sigma_p) - sigma_q.log() + (sigma_q**2 + (mu_q - mu_p) ** 2) / (2 * sigma_p**2) - 0.5
+
+
+def _check_samples(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+class _ConstantStart:
+    """Stands in for a transform in :func:`make_regressor`, whose head starts with zero
+    weights and its bias at ``identity()``: here a constant (the initial spread)."""
+
+    def __init__(self, num_params: int, value: float) -> None:
+        self.num_params = num_params
+        self.value = value
+
+    def identity(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.full((self.num_params,), self.value, dtype=dtype)
+
+
+class ProbabilisticSpatialTransformer(SpatialTransformer):
+    r"""A spatial transformer whose localisation net predicts a distribution over θ (P-STN).
+
+    Schwöbel et al., *Probabilistic Spatial Transformer Networks* (arXiv 2004.03637,
+    section 3). The localisation features feed two heads: the mean ``μ(x)`` (the usual
+    identity-initialised regressor) and a spread (softplus of a second linear head).
+
+    ``distribution="student-t"`` (the paper's model and its reference code): each
+    parameter has a Gaussian with a Gamma-distributed precision ``τ``; marginalising
+    ``τ`` gives a Student-t,
+
+    .. math::
+        θ \mid τ \sim \mathcal N(μ(x), τ^{-1}), \quad q(τ) = \mathrm{Gamma}(α, β(x))
+        \;\Rightarrow\; θ \sim t_{2α}\!\left(μ(x), \sqrt{β(x)/α}\right),
+
+    with the concentration ``α`` fixed to the prior's and the rate ``β(x)`` predicted;
+    the regulariser is :math:`\mathrm{KL}(\mathrm{Gamma}(α, β(x)) \,\|\, \mathrm{Gamma}(α, β_p))`
+    summed over the ``P`` parameters.
+
+    ``distribution="gaussian"`` (the simpler option): :math:`θ \sim \mathcal N(μ(x), σ(x)^2)`
+    with the regulariser :math:`\mathrm{KL}(\mathcal N(μ, σ^2) \,\|\, \mathcal N(θ_{id}, σ_p^2))`
+    to a prior centred on the identity.
+
+    In training, ``samples`` θ per input are drawn with the reparameterisation trick
+    (``θ = μ + scale · ε``, ε standard Student-t or normal, so gradients reach both
+    heads); in evaluation ``test_samples`` are drawn, or ``test_samples="mean"`` warps
+    once at ``μ``. The output stacks the samples sample-major, ``(S·B, C, ...)`` (row
+    ``s·B + b``); :meth:`marginalize` averages a classifier's predictive distribution
+    over them. :meth:`kl` is the weighted term to add to the loss (the negative ELBO is
+    ``NLL + kl_weight · KL`` per example).
+
+    Args:
+        transform: a :class:`~torchstn.transforms.Transform` or its name.
+        localization: any module mapping the input to features.
+        output_size: spatial size of the output; ``None`` keeps the input's.
+        samples: ``S`` in training.
+        test_samples: ``S`` in evaluation (default ``samples``), or ``"mean"``.
+        distribution: ``"student-t"`` or ``"gaussian"``.
+        prior_alpha, prior_beta: the Gamma prior on the precision (student-t); the
+            reference code's defaults are 1 and 1.
+        prior_sigma: standard deviation of the Gaussian prior around the identity.
+        init_scale: the initial spread of θ (student-t scale ``sqrt(β/α)`` or σ),
+            the same for every input (the spread head starts with zero weights); 0.08 is
+            about the reference code's ``var_init=-5``.
+        kl_weight: weight of the KL term in :meth:`kl`; the paper tunes it per training
+            set size (1e-5 to 1e-3 on MNIST subsets).
+        in_features, mode, padding, align_corners, backend: as in
+            :class:`~torchstn.nn.SpatialTransformer`.
+
+    Attributes:
+        last_params: the sampled θ ``(S·B, P)`` of the last forward pass.
+        last_mean, last_scale: ``μ`` and the scale of θ ``(B, P)`` of the last pass.
+        last_kl: the KL of the last pass, summed over parameters and averaged over the
+            batch (unweighted).
+        last_samples: ``S`` of the last pass.
+
+    Example:
+        >>> loc = stn.conv_localization(1, (28, 28))
+        >>> pst = stn.ProbabilisticSpatialTransformer(stn.Similarity(), loc, samples=4)
+        >>> y = pst(torch.rand(3, 1, 28, 28))
+        >>> y.shape, pst.last_params.shape  # 4 warps of each of the 3 inputs
+        (torch.Size([12, 1, 28, 28]), torch.Size([12, 4]))
+        >>> pst.marginalize(torch.randn(12, 10)).shape  # average over the samples
+        torch.Size([3, 10])
+        >>> bool(pst.kl() >= 0)
+        True
+    """
+
+    last_mean: torch.Tensor | None
+    last_scale: torch.Tensor | None
+    last_kl: torch.Tensor | None
+
+    def __init__(
+        self,
+        transform: Transform | str,
+        localization: nn.Module,
+        output_size: Sequence[int] | None = None,
+        *,
+        samples: int = 8,
+        test_samples: int | Literal["mean"] | None = None,
+        distribution: Distribution = "student-t",
+        prior_alpha: float = 1.0,
+        prior_beta: float = 1.0,
+        prior_sigma: float = 0.1,
+        init_scale: float = 0.08,
+        kl_weight: float = 1e-4,
+        in_features: int | None = None,
+        mode: Mode = "bilinear",
+        padding: Padding = "zeros",
+        align_corners: bool = False,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(
+            transform, localization, output_size, in_features=in_features, mode=mode, padding=padding,
+            align_corners=align_corners, backend=backend,
+        )
+        self.samples = _check_samples("samples", samples)
+        self.test_samples = samples if test_samples is None else (
+            "mean" if test_samples == "mean" else _check_samples("test_samples", test_samples)
+        )
+        self.distribution = check_choice("distribution", distribution, DISTRIBUTIONS)
+        for name, value in [("prior_alpha", prior_alpha), ("prior_beta", prior_beta), ("prior_sigma", prior_sigma),
+                            ("init_scale", init_scale)]:
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not (isinstance(kl_weight, (int, float)) and kl_weight >= 0):
+            raise ValueError(f"kl_weight must be a number >= 0, got {kl_weight!r}")
+        self.prior_alpha, self.prior_beta, self.prior_sigma = float(prior_alpha), float(prior_beta), float(prior_sigma)
+        self.kl_weight = float(kl_weight)
+        # the spread head predicts softplus^{-1} of β (student-t) or σ (gaussian)
+        spread0 = self.prior_alpha * init_scale**2 if self.distribution == "student-t" else float(init_scale)
+        start = _ConstantStart(self.transform.num_params, math.log(math.expm1(spread0)))
+        self.variance_regressor = make_regressor(localization, start, in_features)  # type: ignore[arg-type]
+        self.last_mean = self.last_scale = self.last_kl = None
+        self.last_samples = 0
+
+    def predict_distribution(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(μ, spread)``, each ``(B, P)``: the spread is ``β`` (student-t) or ``σ`` (gaussian)."""
+        features = self.localization(x).flatten(1)
+        return self.regressor(features), F.softplus(self.variance_regressor(features))
+
+    def _scale(self, spread: torch.Tensor) -> torch.Tensor:
+        return (spread / self.prior_alpha).sqrt() if self.distribution == "student-t" else spread
+
+    def _noise(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        if self.distribution == "gaussian":
+            return torch.randn(shape, dtype=like.dtype, device=like.device)
+        df = torch.tensor(2 * self.prior_alpha, dtype=like.dtype, device=like.device)
+        return torch.distributions.StudentT(df).sample(shape)
+
+    def _kl(self, mean: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+        if self.distribution == "student-t":
+            alpha = torch.full_like(spread, self.prior_alpha)
+            per_param = _gamma_kl(alpha, spread, self.prior_alpha, self.prior_beta)
+        else:
+            identity = self.transform.identity(device=mean.device, dtype=mean.dtype)
+            per_param = _gaussian_kl(mean, spread, identity, self.prior_sigma)
+        return per_param.sum(1).mean()
+
+    def kl(self) -> torch.Tensor:
+        """``kl_weight · KL`` of the last forward pass: the term to add to the loss."""
+        if self.last_kl is None:
+            raise RuntimeError("kl() needs a forward pass first")
+        return self.kl_weight * self.last_kl
+
+    def marginalize(self, logits: torch.Tensor) -> torch.Tensor:
+        r"""Average a classifier's predictive distribution over the samples of the last pass.
+
+        Args:
+            logits: ``(S·B, K)`` logits (or log-probabilities) of the warped samples, in
+                the order of the output.
+
+        Returns:
+            ``(B, K)`` log-probabilities :math:`\log \frac1S \sum_s p(y \mid x, θ_s)`;
+            ``cross_entropy`` / ``nll_loss`` of them is the paper's data term.
+        """
+        s = self.last_samples
+        if s == 0 or logits.dim() != 2 or logits.shape[0] % s:
+            raise ValueError(
+                f"logits must have shape (S*B, K) with S={s} samples of the last forward pass, got {tuple(logits.shape)}"
+            )
+        log_probs = F.log_softmax(logits, dim=-1).reshape(s, -1, logits.shape[-1])
+        return torch.logsumexp(log_probs, dim=0) - math.log(s)
+
+    def forward(self, x: torch.Tensor, return_params: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Warp ``x`` by ``S`` sampled θ.
+
+        Returns:
+            ``(S·B, C, *output_size)`` (sample-major), or ``(warped, θ)`` with θ ``(S·B, P)``.
+        """
+        mean, spread = self.predict_distribution(x)
+        scale = self._scale(spread)
+        s = self.samples if self.training else self.test_samples
+        if s == "mean":
+            s, params = 1, mean
+        else:
+            noise = self._noise((s, *mean.shape), mean)
+            params = (mean + scale * noise).flatten(0, 1)
+            x = x.repeat(s, *([1] * (x.dim() - 1)))
+        self.last_params, self.last_mean, self.last_scale, self.last_samples = params, mean, scale, s
+        self.last_kl = self._kl(mean, spread)
+        out = self.transform_input(x, params)
+        return (out, params) if return_params else out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, distribution={self.distribution!r}, samples={self.samples}, "
+            f"test_samples={self.test_samples!r}, kl_weight={self.kl_weight:g}"
+        )
+
+
+def total_kl(model: nn.Module) -> torch.Tensor | float:
+    """The sum of :meth:`ProbabilisticSpatialTransformer.kl` over a model's P-STN modules.
+
+    What a training loop adds to the data loss (``0.0`` for a model without any), so one
+    loop serves every model: ``loss = criterion(model(x), y) + total_kl(model)``.
+    """
+    terms = [m.kl() for m in model.modules() if isinstance(m, ProbabilisticSpatialTransformer)]
+    return sum(terms) if terms else 0.0
