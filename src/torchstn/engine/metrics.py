@@ -1,0 +1,114 @@
+"""Calibration metrics: expected calibration error and negative log-likelihood.
+
+The P-STN paper (Schwöbel et al., arXiv 2004.03637, section 5) reports both beside the
+error: a model that marginalises over transformations should be better calibrated, not
+only more accurate. Both take predicted class probabilities, not logits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from torchstn._validation import check_floating, check_same_batch, check_tensor
+
+__all__ = ["calibration_bins", "expected_calibration_error", "negative_log_likelihood"]
+
+
+def _check_probs_labels(probs: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:
+    probs = check_floating("probs", check_tensor("probs", probs, ndim=2))
+    labels = check_tensor("labels", labels, ndim=1)
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"labels must be an integer tensor of class indices, got {labels.dtype}")
+    check_same_batch("probs", probs, "labels", labels)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= probs.shape[1]):
+        raise ValueError(
+            f"labels must be class indices in [0, {probs.shape[1] - 1}] for probs of shape {tuple(probs.shape)}, "
+            f"got values in [{int(labels.min())}, {int(labels.max())}]"
+        )
+    return probs, labels.long()
+
+
+def calibration_bins(
+    probs: torch.Tensor, labels: torch.Tensor, bins: int = 15
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Per-bin confidence, accuracy and count: the data of a reliability diagram.
+
+    The confidence of a prediction is its top probability :math:`\hat p_i = \max_k p_{ik}`;
+    predictions fall into ``bins`` equal-width bins :math:`(\frac{m-1}{M}, \frac{m}{M}]`
+    (a confidence of exactly 0 goes to the first bin), as in Guo et al., *On Calibration
+    of Modern Neural Networks* (2017).
+
+    Args:
+        probs: ``(N, K)`` predicted class probabilities.
+        labels: ``(N,)`` integer class indices.
+        bins: number of bins ``M``.
+
+    Returns:
+        ``(confidence, accuracy, count)``, each ``(M,)``: the mean confidence and the
+        accuracy of the predictions in each bin (0 for an empty bin) and their number.
+
+    Example:
+        >>> p = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+        >>> conf, acc, count = calibration_bins(p, torch.tensor([0, 1, 1]), bins=2)
+        >>> conf, acc, count
+        (tensor([0.0000, 0.7333]), tensor([0.0000, 0.6667]), tensor([0., 3.]))
+    """
+    probs, labels = _check_probs_labels(probs, labels)
+    if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
+        raise ValueError(f"bins must be an int >= 1, got {bins!r}")
+    confidence, prediction = probs.max(dim=1)
+    correct = (prediction == labels).to(probs.dtype)
+    index = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
+    count = torch.zeros(bins, dtype=probs.dtype, device=probs.device).index_add_(0, index, torch.ones_like(confidence))
+    conf_sum = torch.zeros_like(count).index_add_(0, index, confidence)
+    acc_sum = torch.zeros_like(count).index_add_(0, index, correct)
+    denom = count.clamp_min(1)
+    return conf_sum / denom, acc_sum / denom, count
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> torch.Tensor:
+    r"""Expected calibration error (ECE) with ``bins`` equal-width confidence bins.
+
+    .. math:: \mathrm{ECE} = \sum_{m=1}^{M} \frac{|B_m|}{N}\,
+              \bigl|\mathrm{acc}(B_m) - \mathrm{conf}(B_m)\bigr|
+
+    Bins as in :func:`calibration_bins`. 0 for a perfectly calibrated model, at most 1.
+
+    Args:
+        probs: ``(N, K)`` predicted class probabilities.
+        labels: ``(N,)`` integer class indices.
+        bins: number of bins ``M`` (15, as the P-STN paper and Guo et al. use).
+
+    Returns:
+        A 0-dim tensor (``nan`` for ``N = 0``).
+
+    Example:
+        >>> p = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+        >>> round(float(expected_calibration_error(p, torch.tensor([0, 1, 1]), bins=2)), 4)
+        0.0667
+    """
+    confidence, accuracy, count = calibration_bins(probs, labels, bins)
+    return (count * (accuracy - confidence).abs()).sum() / count.sum()
+
+
+def negative_log_likelihood(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    r"""Mean negative log-likelihood of the true classes: :math:`-\frac1N \sum_i \log p_{i, y_i}`.
+
+    Probabilities are clamped below at the dtype's smallest positive normal number, so a
+    confidently wrong prediction costs a large but finite amount.
+
+    Args:
+        probs: ``(N, K)`` predicted class probabilities.
+        labels: ``(N,)`` integer class indices.
+
+    Returns:
+        A 0-dim tensor (``nan`` for ``N = 0``).
+
+    Example:
+        >>> p = torch.tensor([[0.5, 0.5], [0.25, 0.75]])
+        >>> negative_log_likelihood(p, torch.tensor([0, 1]))  # (log 2 + log 4/3) / 2
+        tensor(0.4904)
+    """
+    probs, labels = _check_probs_labels(probs, labels)
+    picked = probs.gather(1, labels[:, None]).squeeze(1)
+    return -picked.clamp_min(torch.finfo(probs.dtype).tiny).log().mean()

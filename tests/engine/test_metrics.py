@@ -1,0 +1,79 @@
+"""ECE and NLL against hand-computed examples and their defining properties."""
+
+import math
+
+import pytest
+import torch
+
+from torchstn.engine.metrics import calibration_bins, expected_calibration_error, negative_log_likelihood
+
+
+def test_ece_hand_computed_example(dtype):
+    # five predictions, three bins (0, 1/3], (1/3, 2/3], (2/3, 1]
+    probs = torch.tensor(
+        [
+            [0.90, 0.05, 0.05],  # conf 0.90, predicts 0, label 0: right   -> bin 3
+            [0.20, 0.70, 0.10],  # conf 0.70, predicts 1, label 2: wrong   -> bin 3
+            [0.50, 0.30, 0.20],  # conf 0.50, predicts 0, label 0: right   -> bin 2
+            [0.40, 0.35, 0.25],  # conf 0.40, predicts 0, label 1: wrong   -> bin 2
+            [0.34, 0.33, 0.33],  # conf 0.34, predicts 0, label 0: right   -> bin 2
+        ],
+        dtype=dtype,
+    )
+    labels = torch.tensor([0, 2, 0, 1, 0])
+    # bin 2: conf (0.5 + 0.4 + 0.34) / 3 = 0.41333, acc 2/3; bin 3: conf 0.8, acc 1/2
+    # ECE = 3/5 * |2/3 - 0.41333| + 2/5 * |1/2 - 0.8| = 0.152 + 0.12 = 0.272
+    ece = expected_calibration_error(probs, labels, bins=3)
+    assert ece.dtype == dtype
+    assert math.isclose(float(ece), 0.272, abs_tol=1e-6)
+    conf, acc, count = calibration_bins(probs, labels, bins=3)
+    torch.testing.assert_close(count, torch.tensor([0.0, 3.0, 2.0], dtype=dtype))
+    torch.testing.assert_close(acc, torch.tensor([0.0, 2 / 3, 0.5], dtype=dtype))
+    torch.testing.assert_close(conf, torch.tensor([0.0, 1.24 / 3, 0.8], dtype=dtype))
+
+
+def test_ece_bin_edges_belong_to_the_lower_bin():
+    # confidence exactly 0.6 with 5 bins sits in (0.4, 0.6], not (0.6, 0.8]
+    probs = torch.tensor([[0.6, 0.4], [0.6, 0.4]])
+    conf, _, count = calibration_bins(probs, torch.tensor([0, 1]), bins=5)
+    assert count.tolist() == [0, 0, 2, 0, 0]
+    assert math.isclose(float(expected_calibration_error(probs, torch.tensor([0, 1]), bins=5)), 0.1, abs_tol=1e-6)
+
+
+def test_ece_is_zero_when_calibrated_and_one_when_confidently_wrong():
+    # 4 predictions at confidence 0.75, 3 of them right: perfectly calibrated
+    probs = torch.tensor([[0.75, 0.25]] * 4)
+    assert float(expected_calibration_error(probs, torch.tensor([0, 0, 0, 1]))) == pytest.approx(0.0, abs=1e-7)
+    onehot = torch.eye(3)[[0, 1, 2]]
+    assert float(expected_calibration_error(onehot, torch.tensor([1, 2, 0]))) == pytest.approx(1.0)
+
+
+def test_nll_hand_computed_example(dtype):
+    probs = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]], dtype=dtype)
+    nll = negative_log_likelihood(probs, torch.tensor([1, 1]))
+    assert nll.dtype == dtype
+    assert math.isclose(float(nll), (math.log(4) - math.log(0.8)) / 2, rel_tol=1e-6)
+    # a zero probability on the true class costs a large but finite amount
+    assert math.isfinite(float(negative_log_likelihood(torch.tensor([[1.0, 0.0]]), torch.tensor([1]))))
+
+
+def test_nll_equals_cross_entropy_of_log_probabilities():
+    torch.manual_seed(0)
+    logits = torch.randn(50, 7)
+    labels = torch.randint(0, 7, (50,))
+    expected = torch.nn.functional.cross_entropy(logits, labels)
+    torch.testing.assert_close(negative_log_likelihood(logits.softmax(-1), labels), expected)
+
+
+def test_bad_inputs_are_named():
+    probs = torch.full((3, 4), 0.25)
+    with pytest.raises(ValueError, match="probs"):
+        expected_calibration_error(probs[0], torch.tensor([0]))
+    with pytest.raises(TypeError, match="labels"):
+        negative_log_likelihood(probs, torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="batch size"):
+        negative_log_likelihood(probs, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"\[0, 3\]"):
+        expected_calibration_error(probs, torch.tensor([0, 1, 4]))
+    with pytest.raises(ValueError, match="bins"):
+        expected_calibration_error(probs, torch.tensor([0, 1, 2]), bins=0)

@@ -1,0 +1,185 @@
+"""ProbabilisticSpatialTransformer: deterministic limit, reparameterised gradients, KL, marginalisation."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Gamma, Normal, kl_divergence
+from torch.func import functional_call
+
+import torchstn as stn
+from torchstn.nn import total_kl
+
+DISTRIBUTIONS = ["student-t", "gaussian"]
+
+
+def _loc(in_features: int, width: int = 6) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.Tanh())
+
+
+def _pstn(transform="affine", in_features=64, **kw) -> stn.ProbabilisticSpatialTransformer:
+    torch.manual_seed(0)
+    pst = stn.ProbabilisticSpatialTransformer(transform, _loc(in_features), **kw)
+    with torch.no_grad():  # a mean that depends on the input
+        pst.regressor.weight.normal_(0, 0.05)
+    return pst
+
+
+def _deterministic_twin(pst: stn.ProbabilisticSpatialTransformer) -> stn.SpatialTransformer:
+    """A SpatialTransformer with the same localisation net and mean regressor."""
+    det = stn.SpatialTransformer(pst.transform, pst.localization, pst.output_size)
+    det.regressor.load_state_dict(pst.regressor.state_dict())
+    return det.to(pst.regressor.weight.dtype)
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_zero_variance_equals_the_deterministic_transformer(distribution, dtype):
+    pst = _pstn(distribution=distribution, samples=3).to(dtype)
+    with torch.no_grad():  # softplus(-1e4) == 0 exactly: every sample is the mean
+        pst.variance_regressor.weight.zero_()
+        pst.variance_regressor.bias.fill_(-1e4)
+    x = torch.rand(2, 1, 8, 8, dtype=dtype)
+    out = pst(x)
+    expected = _deterministic_twin(pst)(x)
+    assert out.shape == (6, 1, 8, 8) and out.dtype == dtype
+    for s in range(3):
+        torch.testing.assert_close(out[2 * s : 2 * s + 2], expected, atol=0, rtol=0)
+    torch.testing.assert_close(pst.last_params, pst.last_mean.repeat(3, 1), atol=0, rtol=0)
+
+
+def test_test_time_mean_is_one_deterministic_warp():
+    pst = _pstn(test_samples="mean", init_scale=0.3)
+    x = torch.rand(4, 1, 8, 8)
+    pst.eval()
+    out = pst(x)
+    assert pst.last_samples == 1
+    torch.testing.assert_close(out, _deterministic_twin(pst)(x), atol=0, rtol=0)
+    pst.train()
+    assert pst(x).shape[0] == 4 * pst.samples
+
+
+def test_samples_are_sample_major_and_spread_as_configured():
+    pst = _pstn(distribution="gaussian", samples=5, init_scale=0.2)
+    x = torch.rand(3, 1, 8, 8)
+    out = pst(x)
+    theta = pst.last_params
+    assert theta.shape == (15, 6)
+    for s in range(5):  # row s*B + b is input b warped by its own sample
+        torch.testing.assert_close(out[3 * s : 3 * s + 3], pst.transform_input(x, theta[3 * s : 3 * s + 3]))
+    torch.testing.assert_close(pst.last_scale, torch.full((3, 6), 0.2), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("distribution", "alpha", "expected_std"),
+    # student-t with 2α = 6 degrees of freedom: std = scale * sqrt(6 / 4)
+    [("gaussian", 1.0, 0.2), ("student-t", 3.0, 0.2 * math.sqrt(1.5))],
+)
+def test_sample_spread_matches_the_distribution(distribution, alpha, expected_std):
+    torch.manual_seed(0)
+    pst = stn.ProbabilisticSpatialTransformer(
+        "translation", _loc(4), samples=20000, distribution=distribution, prior_alpha=alpha, init_scale=0.2
+    )
+    with torch.no_grad():
+        pst(torch.rand(1, 1, 2, 2))
+    theta = pst.last_params
+    assert abs(float(theta.mean())) < 0.01
+    assert abs(float(theta.std()) / expected_std - 1) < 0.05
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_gradients_reach_mean_and_variance_heads(distribution):
+    dtype = torch.float64
+    pst = _pstn(distribution=distribution, in_features=16, samples=2, init_scale=0.1).to(dtype)
+    with torch.no_grad():
+        pst.variance_regressor.weight.normal_(0, 0.3)
+    x = torch.rand(2, 1, 4, 4, dtype=dtype)
+    names = ["regressor.weight", "regressor.bias", "variance_regressor.weight", "variance_regressor.bias"]
+    params = {n: p.detach().clone().requires_grad_() for n, p in pst.named_parameters() if n in names}
+
+    def run(*values):
+        torch.manual_seed(1)  # the same noise ε at every evaluation: θ = μ + scale · ε is smooth in both heads
+        out = functional_call(pst, dict(zip(names, values)), (x,))
+        return out, pst.last_kl
+
+    assert torch.autograd.gradcheck(run, tuple(params[n] for n in names), eps=1e-6, atol=1e-5)
+    out, kl = run(*(params[n] for n in names))
+    (out.square().sum() + kl).backward()
+    for n in names:
+        assert params[n].grad.abs().sum() > 0, n
+
+
+def test_student_t_kl_is_the_kl_between_gammas():
+    pst = _pstn(samples=2, prior_alpha=2.0, prior_beta=0.5)
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        pst.variance_regressor.weight.normal_(0, 0.5)
+        pst(x)
+        _, beta = pst.predict_distribution(x)
+    expected = kl_divergence(Gamma(torch.full_like(beta, 2.0), beta), Gamma(torch.tensor(2.0), torch.tensor(0.5)))
+    torch.testing.assert_close(pst.last_kl, expected.sum(1).mean())
+    torch.testing.assert_close(pst.last_scale, (beta / 2.0).sqrt())
+    # posterior equal to the prior: KL 0
+    with torch.no_grad():
+        pst.variance_regressor.weight.zero_()
+        pst.variance_regressor.bias.fill_(math.log(math.expm1(0.5)))
+        pst(x)
+    torch.testing.assert_close(pst.last_kl, torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+def test_gaussian_kl_is_to_a_prior_around_the_identity():
+    pst = _pstn(distribution="gaussian", prior_sigma=0.3, init_scale=0.1)
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        pst(x)
+    mean, sigma = pst.last_mean, pst.last_scale
+    expected = kl_divergence(Normal(mean, sigma), Normal(stn.Affine().identity(), 0.3))
+    torch.testing.assert_close(pst.last_kl, expected.sum(1).mean())
+    torch.testing.assert_close(pst.kl(), pst.kl_weight * pst.last_kl)
+
+
+def test_marginalize_averages_probabilities_over_samples():
+    pst = _pstn(samples=2)
+    pst(torch.rand(1, 1, 8, 8))
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])  # p = (1/4, 3/4) and (3/4, 1/4)
+    torch.testing.assert_close(pst.marginalize(logits), torch.log(torch.tensor([[0.5, 0.5]])))
+    with pytest.raises(ValueError, match="S=2"):
+        pst.marginalize(torch.zeros(3, 2))
+
+
+def test_one_dimensional_signals_with_affine1d():
+    torch.manual_seed(0)
+    loc = nn.Sequential(nn.Conv1d(2, 4, 5, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 32, 8), nn.Tanh())
+    pst = stn.ProbabilisticSpatialTransformer(stn.Affine1D(), loc, samples=4)
+    x = torch.rand(3, 2, 32)
+    out = pst(x)
+    assert out.shape == (12, 2, 32) and pst.last_params.shape == (12, 2)
+    assert torch.equal(pst.last_scale, pst.last_scale[:1].expand(3, 2)) and float(pst.kl().detach()) > 0
+    with torch.no_grad():
+        pst.variance_regressor.bias.fill_(-1e4)
+        pst.regressor.bias.copy_(torch.tensor([0.8, 0.1]))  # scale and shift the time axis
+    torch.testing.assert_close(pst(x), stn.warp(x, torch.tensor([[0.8, 0.1]]).expand(3, 2), "affine1d").repeat(4, 1, 1))
+
+
+def test_total_kl_sums_every_probabilistic_transformer():
+    a, b = _pstn(), _pstn(distribution="gaussian")
+    model = nn.ModuleDict({"a": a, "b": b, "plain": stn.SpatialTransformer("affine", _loc(64))})
+    assert total_kl(nn.Linear(2, 2)) == 0.0
+    with pytest.raises(RuntimeError, match="forward"):
+        total_kl(model)
+    x = torch.rand(2, 1, 8, 8)
+    a(x), b(x)
+    torch.testing.assert_close(total_kl(model), a.kl() + b.kl())
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="samples"):
+        _pstn(samples=0)
+    with pytest.raises(ValueError, match="test_samples"):
+        _pstn(test_samples="median")
+    with pytest.raises(ValueError, match="distribution"):
+        _pstn(distribution="cauchy")
+    with pytest.raises(ValueError, match="prior_beta"):
+        _pstn(prior_beta=0.0)
+    with pytest.raises(ValueError, match="kl_weight"):
+        _pstn(kl_weight=-1.0)
