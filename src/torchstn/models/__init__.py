@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from torchstn.models import _paper, _tutorial  # noqa: F401  (registers the models)
+from torchstn.models import _paper, _tutorial, _variants  # noqa: F401  (registers the models)
 from torchstn.models._base import STClassifier
 from torchstn.models._registry import create_model, get_model_builder, list_models, register_model
 
