@@ -34,6 +34,8 @@ from torchstn.transforms import (
     get_transform,
 )
 
+from torchstn import data  # layer 5, as ``stn.data`` (light: no matplotlib, no download at import)
+
 __all__ = [
     "Affine",
     "Affine1D",

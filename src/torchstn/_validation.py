@@ -13,8 +13,11 @@ from collections.abc import Iterable, Sequence
 import torch
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_floating",
+    "check_int",
+    "check_number",
     "check_params",
     "check_same_batch",
     "check_size",
@@ -84,4 +87,33 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
         raise TypeError(f"{name} must be one of {list(choices)}, got {type(value).__name__}")
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Check a flag: a real ``bool`` (not 0/1 or a string)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_int(name: str, value: object, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Check an integer option (``bool`` is refused), optionally within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]" if minimum is not None else f"<= {maximum}"
+        raise ValueError(f"{name} must be {bounds}, got {value!r}")
+    return value
+
+
+def check_number(name: str, value: object, low: float | None = None, high: float | None = None) -> float:
+    """Check a finite real number (``bool`` is refused), optionally within ``[low, high]``; returns a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")) or (low is not None and value < low) or (
+        high is not None and value > high
+    ):
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
     return value

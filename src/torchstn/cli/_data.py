@@ -1,0 +1,139 @@
+"""``torchstn data``: list, preview and generate the distorted-MNIST data sets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from torchstn.cli import CLIError
+
+__all__ = ["register"]
+
+_EXAMPLES = """examples:
+  torchstn data list
+  torchstn data preview rts --out rts.png
+  torchstn data preview e --split test --seed 1 -n 25 --option sigma=2.5 --out e.png
+  torchstn data generate rts                  # both splits, cached under ~/.cache/torchstn
+  torchstn data generate mnist-p --split train --seed 3 --data-dir ../shared/data/mnist
+"""
+
+
+def _options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["key=value", ...]`` -> options; values are JSON where they parse (``36``, ``[0.7, 1.2]``, ``false``)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--option must be KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip().replace("-", "_")] = value
+    return options
+
+
+def _kind(value: str) -> str:
+    from torchstn.data import KINDS
+
+    key = value.lower().removeprefix("mnist-")
+    if key not in KINDS:
+        raise argparse.ArgumentTypeError(f"unknown kind {value!r}; choose from {', '.join(KINDS)}")
+    return key
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from torchstn.data import KINDS
+
+    print("mnist            the undistorted digits (1x28x28, 10 classes)")
+    for kind, recipe in KINDS.items():
+        print(f"mnist-{kind:<10s} {recipe.summary}")
+    return 0
+
+
+def _run_preview(args: argparse.Namespace) -> int:
+    from torchstn.data._preview import preview
+
+    try:
+        path = preview(
+            args.kind, args.out, split=args.split, seed=args.seed, n=args.n, originals=args.originals,
+            root=args.data_dir, columns=args.columns, **_options(args.option),
+        )
+    except ImportError as err:
+        raise CLIError(f"{err}; install the extra: pip install 'torchstn[cli]'") from err
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        raise CLIError(str(err)) from err
+    print(path)
+    return 0
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from torchstn.data import distorted_mnist
+
+    splits = ("train", "test") if args.split == "all" else (args.split,)
+    options = _options(args.option)
+    for split in splits:
+        bar = None
+        if not args.quiet:
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(desc=f"mnist-{args.kind} {split}", unit="img", leave=False)
+            except ImportError:  # progress is optional
+                bar = None
+        try:
+            data = distorted_mnist(
+                args.kind, split, args.data_dir, args.seed, cache_dir=args.cache_dir,
+                progress=bar.update if bar is not None else None, **options,
+            )
+        except (FileNotFoundError, ValueError, TypeError) as err:
+            raise CLIError(str(err)) from err
+        finally:
+            if bar is not None:
+                bar.close()
+        c, h, w = data.images.shape[1:]
+        print(f"mnist-{args.kind} {split}: {len(data)} images {c}x{h}x{w}, params {tuple(data.params.shape)} -> {data.path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``torchstn data`` and its subcommands."""
+    parser = subparsers.add_parser(
+        "data",
+        help="list, preview and generate the distorted-MNIST data sets",
+        description="The distorted-MNIST data sets of the STN papers: list them, preview samples, generate caches.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(title="actions", metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("kind", type=_kind, help="r, rts, p, e, cluttered, addition, perturbed, rotated (mnist- prefix ok)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the distortions (default 0)")
+        p.add_argument("--data-dir", default=None, help="where the MNIST files are (default: $TORCHSTN_DATA, the cache)")
+        p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                       help="a recipe option, e.g. canvas=36, sigma=2.5, keep_inside=false (repeatable)")
+
+    p = actions.add_parser("list", help="the data set names and what each one is", epilog=_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=_run_list)
+
+    p = actions.add_parser("preview", help="a figure of samples with labels and their originals", epilog=_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(p)
+    p.add_argument("--split", choices=("train", "test"), default="train")
+    p.add_argument("--out", default="preview.png", help="image file to write (default preview.png)")
+    p.add_argument("-n", type=int, default=16, help="number of samples (default 16)")
+    p.add_argument("--columns", type=int, default=None, help="samples per row (default: about square)")
+    p.add_argument("--no-originals", dest="originals", action="store_false", help="do not show the undistorted digits")
+    p.set_defaults(func=_run_preview)
+
+    p = actions.add_parser("generate", help="generate a split (or both) into the cache and print where",
+                           epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(p)
+    p.add_argument("--split", choices=("train", "test", "all"), default="all")
+    p.add_argument("--cache-dir", default=None, help="cache root (default: $TORCHSTN_CACHE or ~/.cache/torchstn)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_generate)
+
+    parser.set_defaults(func=lambda args: parser.print_help() or 0)

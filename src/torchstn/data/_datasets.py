@@ -1,0 +1,351 @@
+"""PyTorch datasets over MNIST and its distortions: the path the training engine uses.
+
+Items are ``(image, label)``: ``image`` float32 ``(C, H, W)`` in [0, 1], ``label`` an
+int. Every dataset has ``num_classes`` and ``input_shape``; distorted ones also
+``params`` ``(N, P)`` (the ground truth of each sample) and ``transform`` (its
+family, ``None`` where the parameters are not one family). Datasets implement
+``__getitems__``, so a :class:`torch.utils.data.DataLoader` fetches (and an online
+set renders) a whole batch at once; they hold plain tensors and pickle, so
+``num_workers > 0`` works with every start method.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from torchstn._validation import check_bool, check_choice, check_int
+from torchstn.data._generate import BLOCK, distorted_mnist, draw_blocks, load_sources
+from torchstn.data._geometry import make_generator
+from torchstn.data._mnist import SPLITS, load_mnist
+from torchstn.data._recipes import KINDS, Draw, Recipe, Sources, get_recipe
+from torchstn.transforms import Transform
+
+__all__ = ["DATASETS", "PSTN_SIZES", "MNISTDataset", "OnlineDistortedMNIST", "get_dataset", "list_datasets", "pstn_fold"]
+
+#: dataset names accepted by :func:`get_dataset`
+DATASETS: tuple[str, ...] = ("mnist",) + tuple(f"mnist-{k}" for k in KINDS)
+
+#: the P-STN small-data training-set sizes
+PSTN_SIZES: tuple[int, ...] = (30, 100, 1000, 3000, 10000)
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`get_dataset`.
+
+    Example:
+        >>> stn.data.list_datasets()[:3]
+        ['mnist', 'mnist-r', 'mnist-rts']
+    """
+    return list(DATASETS)
+
+
+def pstn_fold(labels: torch.Tensor, n: int, fold: int, folds: int = 5) -> torch.Tensor:
+    """Indices of the P-STN small-data subset of ``n`` images, fold ``fold`` of ``folds``.
+
+    The subsets are class-balanced (``n // C`` images of each of the ``C`` classes, the
+    first ``n % C`` classes one more) and the folds are disjoint. They are fixed: drawn
+    from a constant stream, independent of any seed, so every run trains on the same
+    images (P-STN uses 30, 100, 1000, 3000 and 10000 images, 5 folds).
+
+    Args:
+        labels: ``(N,)`` int64 labels of the split.
+        n: subset size.
+        fold: which fold, ``0 <= fold < folds``.
+        folds: number of disjoint folds.
+
+    Returns:
+        ``(n,)`` int64 sorted indices into the split.
+
+    Example:
+        >>> labels = torch.arange(100) % 10
+        >>> idx = pstn_fold(labels, 30, 0)
+        >>> len(idx), torch.bincount(labels[idx]).tolist()
+        (30, [3, 3, 3, 3, 3, 3, 3, 3, 3, 3])
+    """
+    check_int("n", n, 1)
+    check_int("folds", folds, 1)
+    check_int("fold", fold, 0, folds - 1)
+    classes = int(labels.max()) + 1 if len(labels) else 0
+    generator = make_generator("pstn-folds", len(labels))
+    order = torch.randperm(len(labels), generator=generator)
+    picked = []
+    for c in range(classes):
+        members = order[labels[order] == c]
+        take = n // classes + (1 if c < n % classes else 0)
+        if folds * take > len(members):
+            raise ValueError(
+                f"{folds} disjoint folds of {n} images need {folds * take} images of class {c}, "
+                f"the split has {len(members)}"
+            )
+        picked.append(members[fold * take : (fold + 1) * take])
+    return torch.cat(picked).sort().values
+
+
+class MNISTDataset(Dataset):
+    """A fixed set of images with labels (and, if distorted, their ground-truth parameters).
+
+    Args:
+        images: ``(N, C, H, W)`` uint8.
+        labels: ``(N,)`` int64.
+        num_classes: number of classes (10; 19 for addition).
+        params: ``(N, P)`` ground truth, or ``None`` for undistorted MNIST.
+        transform: the family of ``params`` (``None`` if none or not a single family).
+        name: the dataset's name (``"mnist-rts"``, ...).
+        split: ``"train"`` or ``"test"``.
+        source: ``(N,)`` (or ``(N, 2)``) index of the source digit(s) in the split.
+
+    Items are ``(image float32 (C, H, W) in [0, 1], label int)``.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        num_classes: int = 10,
+        params: torch.Tensor | None = None,
+        transform: Transform | None = None,
+        name: str = "mnist",
+        split: str = "train",
+        source: torch.Tensor | None = None,
+    ) -> None:
+        if images.dim() != 4 or images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels
+        self.num_classes = num_classes
+        self.params = params
+        self.transform = transform
+        self.name = name
+        self.split = split
+        self.source = source
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index].float().div_(255), int(self.labels[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        images = self.images[index].float().div_(255)
+        return list(zip(images.unbind(0), self.labels[index].tolist()))
+
+    def _take(self, index: torch.Tensor, name: str | None = None) -> MNISTDataset:
+        return MNISTDataset(
+            self.images[index],
+            self.labels[index],
+            num_classes=self.num_classes,
+            params=None if self.params is None else self.params[index],
+            transform=self.transform,
+            name=name or self.name,
+            split=self.split,
+            source=None if self.source is None else self.source[index],
+        )
+
+    def subset(self, n: int, fold: int = 0, folds: int = 5) -> MNISTDataset:
+        """The P-STN small-data subset: ``n`` images of fold ``fold`` (see :func:`pstn_fold`)."""
+        return self._take(pstn_fold(self.labels, n, fold, folds), f"{self.name}[{n}/{fold}]")
+
+    def __repr__(self) -> str:
+        return f"MNISTDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, input_shape={self.input_shape})"
+
+
+class OnlineDistortedMNIST(Dataset):
+    """Fresh distortions every epoch, rendered on the fly (batched per ``__getitems__`` call).
+
+    Epoch ``e`` draws from the stream ``(seed, kind, split, e)``: epoch 0 is the fixed
+    set of :func:`~torchstn.data.distorted_mnist`, and every epoch is reproducible. Call
+    :meth:`set_epoch` at the start of each epoch (as with ``DistributedSampler``); with
+    ``DataLoader(num_workers > 0)`` workers copy the dataset when an iterator is made,
+    so use ``persistent_workers=False`` (the default) for the new epoch to reach them.
+
+    Args:
+        recipe: the distortion.
+        sources: the undistorted split.
+        split: its name.
+        seed: seed of the distortions.
+        limit: use only the first ``limit`` samples.
+        index: restrict to these samples of the split (e.g. a P-STN fold).
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        sources: Sources,
+        split: str,
+        seed: int = 0,
+        *,
+        limit: int | None = None,
+        index: torch.Tensor | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.sources = sources
+        self.split = split
+        self.seed = seed
+        self.name = f"mnist-{recipe.kind}"
+        self.num_classes = recipe.num_classes
+        self.transform = recipe.transform
+        full = torch.arange(len(sources)) if index is None else index
+        self.index = full if limit is None else full[:limit]
+        self.epoch = 0
+        self._blocks: dict[int, Draw] = {}
+        self._blocks_epoch = 0
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.recipe.input_shape
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the distortions of ``epoch`` from now on."""
+        self.epoch = check_int("epoch", epoch, 0)
+
+    def _draw_of(self, rows: torch.Tensor) -> tuple[Draw, torch.Tensor]:
+        """The current epoch's draws of the blocks holding ``rows`` (drawn once per epoch and
+        process), and where ``rows`` are in them."""
+        if self._blocks_epoch != self.epoch:
+            self._blocks, self._blocks_epoch = {}, self.epoch
+        needed = torch.unique(rows // BLOCK).tolist()
+        for b in needed:
+            if b not in self._blocks:
+                self._blocks[b] = draw_blocks(self.recipe, self.sources, self.split, self.seed, self.epoch, range(b, b + 1))
+        draw = Draw.cat([self._blocks[b] for b in needed])
+        starts = torch.tensor([b * BLOCK for b in needed])
+        offsets = torch.cumsum(torch.tensor([0] + [len(self._blocks[b].labels) for b in needed[:-1]]), 0)
+        block = torch.searchsorted(starts, rows, right=True) - 1
+        return draw, offsets[block] + rows - starts[block]
+
+    def current_draw(self) -> Draw:
+        """Every random choice of the current epoch, for the samples of this dataset (in order)."""
+        draw, where = self._draw_of(self.index)
+        return Draw(draw.params[where], draw.source[where], draw.labels[where],
+                    {k: v[where] for k, v in draw.extras.items()}, draw.stats)
+
+    @property
+    def params(self) -> torch.Tensor:
+        """``(N, P)`` ground truth of the current epoch."""
+        return self.current_draw().params
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.current_draw().labels
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        rows = self.index[torch.as_tensor(indices, dtype=torch.long)]
+        draw, where = self._draw_of(rows)
+        images = self.recipe.render(self.sources, draw, where).float().div_(255)
+        return list(zip(images.unbind(0), draw.labels[where].tolist()))
+
+    def subset(self, n: int, fold: int = 0, folds: int = 5) -> OnlineDistortedMNIST:
+        """The P-STN small-data subset of this set (see :func:`pstn_fold`)."""
+        picked = self.index[pstn_fold(self.sources.labels[self.index], n, fold, folds)]
+        out = OnlineDistortedMNIST(self.recipe, self.sources, self.split, self.seed, index=picked)
+        out.epoch = self.epoch
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"OnlineDistortedMNIST(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"epoch={self.epoch}, recipe={self.recipe!r})"
+        )
+
+
+def get_dataset(
+    name: str,
+    split: str = "train",
+    *,
+    root: str | os.PathLike | None = None,
+    seed: int = 0,
+    online: bool = False,
+    limit: int | None = None,
+    **kwargs: Any,
+) -> MNISTDataset | OnlineDistortedMNIST:
+    """A dataset by name: ``"mnist"`` or a distortion ``"mnist-<kind>"`` (see :func:`list_datasets`).
+
+    Args:
+        name: ``"mnist"``, ``"mnist-r"``, ``"mnist-rts"``, ``"mnist-p"``, ``"mnist-e"``,
+            ``"mnist-cluttered"``, ``"mnist-addition"``, ``"mnist-perturbed"``,
+            ``"mnist-rotated"``.
+        split: ``"train"`` or ``"test"``.
+        root: where the MNIST files are (see :func:`~torchstn.data.load_mnist`).
+        seed: seed of the distortions.
+        online: fresh distortions every epoch (:class:`OnlineDistortedMNIST`, call
+            ``set_epoch``); the test split is always the fixed set.
+        limit: only the first ``limit`` samples (after ``subset``).
+        **kwargs: ``subset`` and ``fold`` (a P-STN small-data fold, see
+            :func:`pstn_fold`), ``cache`` and ``cache_dir`` (see
+            :func:`~torchstn.data.distorted_mnist`), and the recipe's options.
+
+    Returns:
+        A dataset of ``(image float32 (C, H, W) in [0, 1], label int)`` with
+        ``num_classes``, ``input_shape`` and, for distorted sets, ``params`` and ``transform``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones).
+
+    Example:
+        >>> ds = stn.data.get_dataset("mnist-rts", "test", limit=8, cache=False)  # doctest: +SKIP
+        >>> ds.input_shape, ds.num_classes, ds.params.shape  # doctest: +SKIP
+        ((1, 42, 42), 10, torch.Size([8, 4]))
+    """
+    if not isinstance(name, str) or name.lower() not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    check_choice("split", split, SPLITS)
+    if limit is not None:
+        check_int("limit", limit, 0)
+    check_bool("online", online)
+    name = name.lower()
+    subset = kwargs.pop("subset", None)
+    fold = kwargs.pop("fold", 0)
+
+    def restrict(labels: torch.Tensor) -> torch.Tensor:
+        index = torch.arange(len(labels)) if subset is None else pstn_fold(labels, subset, fold)
+        return index if limit is None else index[:limit]
+
+    if name == "mnist":
+        load_kwargs = {k: kwargs.pop(k) for k in ("download", "verify") if k in kwargs}
+        if kwargs:
+            raise TypeError(f"unknown argument(s) {sorted(kwargs)} for dataset 'mnist'")
+        images, labels = load_mnist(root, split, **load_kwargs)
+        dataset = MNISTDataset(images.unsqueeze(1), labels, name=name, split=split)
+        return dataset if subset is None and limit is None else dataset._take(restrict(labels))
+
+    kind = name.removeprefix("mnist-")
+    if online and split == "train":
+        cache_kwargs = {k: kwargs.pop(k) for k in ("cache", "cache_dir") if k in kwargs}
+        del cache_kwargs  # an online set is never cached
+        recipe = get_recipe(kind, kwargs)
+        sources = load_sources(root, split)
+        index = restrict(sources.labels)
+        return OnlineDistortedMNIST(recipe, sources, split, seed, index=index)
+
+    data = distorted_mnist(kind, split, root, seed, limit=limit if subset is None else None, **kwargs)
+    dataset = MNISTDataset(
+        data.images,
+        data.labels,
+        num_classes=data.recipe.num_classes,
+        params=data.params,
+        transform=data.transform,
+        name=name,
+        split=split,
+        source=data.source,
+    )
+    return dataset if subset is None else dataset._take(restrict(data.labels))

@@ -1,0 +1,322 @@
+"""Fixed distorted-MNIST sets: batched generation and the on-disk cache with its manifest.
+
+A generated split is cached as one directory of ``.npy`` arrays plus a
+``manifest.json`` (recipe, options, seed, split, library version, a fingerprint of the
+source digits and a SHA-256 of the content). The directory's name carries a hash of
+everything that determines the bytes, so a changed recipe (an option, the recipe's
+version, the seed or the source data) is looked up under a new name and the old
+cache is never reused; a cache whose content hash disagrees with its manifest is
+regenerated. A cache is written to a temporary directory and renamed into place,
+so a half-written cache is never found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchstn._validation import check_choice, check_int
+from torchstn._version import __version__
+from torchstn.data._geometry import make_generator
+from torchstn.data._mnist import SPLITS, default_cache_dir, find_mnist, load_mnist
+from torchstn.data._recipes import Draw, Recipe, Sources, get_recipe
+from torchstn.transforms import Transform
+
+__all__ = ["BLOCK", "DistortedMNIST", "cache_path", "distorted_mnist", "draw_blocks", "draw_split", "load_sources", "render_all"]
+
+_FORMAT = 1
+_CHUNK = 2048  # samples rendered per warp call: bounds the memory of one grid
+#: samples per independently seeded block of draws (part of the data's identity)
+BLOCK = 1024
+
+
+@dataclass
+class DistortedMNIST:
+    """A generated split with the ground truth of every sample.
+
+    Attributes:
+        images: ``(N, C, H, W)`` uint8.
+        labels: ``(N,)`` int64.
+        params: ``(N, P)`` float32: ``warp(original / 255, params, transform, size=(H, W))``
+            reproduces ``images / 255`` (up to the uint8 rounding).
+        transform: the family of ``params`` (``None`` for ``addition``: two Similarities).
+        source: ``(N,)`` int64 index into ``sources`` of each sample's digit
+            (``(N, 2)`` for ``addition``).
+        extras: kind-specific ``(N, ...)`` tensors (``cluttered``: the patches).
+        recipe: the :class:`~torchstn.data._recipes.Recipe` (kind and options).
+        split, seed: as requested.
+        sources: the undistorted split (``sources.images`` ``(M, 28, 28)`` uint8).
+        path: the cache directory the arrays came from or went to (``None`` if not cached).
+        manifest: the cache manifest (``None`` if not cached).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    params: torch.Tensor
+    transform: Transform | None
+    source: torch.Tensor
+    extras: dict[str, torch.Tensor]
+    recipe: Recipe
+    split: str
+    seed: int
+    sources: Sources
+    path: Path | None = None
+    manifest: dict[str, Any] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def kind(self) -> str:
+        return self.recipe.kind
+
+    def originals(self) -> torch.Tensor:
+        """The undistorted digit(s) of each sample: ``(N, 28, 28)`` (``(N, 2, 28, 28)`` for addition) uint8."""
+        return self.sources.images[self.source]
+
+
+_SOURCES: dict[tuple[Any, ...], Sources] = {}
+
+
+def load_sources(root: str | os.PathLike | None, split: str) -> Sources:
+    """The undistorted digits of ``split`` (see :func:`~torchstn.data.load_mnist`).
+
+    Kept per process for the files found (by path, size and modification time), so
+    asking for several sets of the same split reads and checks the files once.
+    """
+    hit = find_mnist(root, split)
+    key = None
+    if hit is not None:
+        paths = hit[1] if isinstance(hit[1], tuple) else (hit[1],)
+        key = (split, *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
+        if key in _SOURCES:
+            return _SOURCES[key]
+    sources = Sources(*load_mnist(root, split))
+    if key is not None:
+        while len(_SOURCES) >= 2:  # the train and the test split
+            _SOURCES.pop(next(iter(_SOURCES)))
+        _SOURCES[key] = sources
+    return sources
+
+
+def draw_blocks(recipe: Recipe, sources: Sources, split: str, seed: int, epoch: int, blocks: range) -> Draw:
+    """The random choices of the sample blocks ``blocks`` (each :data:`BLOCK` samples).
+
+    Block ``b`` is drawn from its own stream seeded by ``(seed, kind, split, epoch, b)``:
+    the splits (and the epochs) never share a draw, and the first ``n`` samples are the
+    same whether or not the rest of the split is drawn.
+    """
+    n = len(sources)
+    draws = []
+    for b in blocks:
+        index = torch.arange(b * BLOCK, min((b + 1) * BLOCK, n))
+        draws.append(recipe.draw(sources, index, make_generator(seed, recipe.kind, split, epoch, b)))
+    return Draw.cat(draws)
+
+
+def draw_split(recipe: Recipe, sources: Sources, split: str, seed: int, epoch: int = 0, count: int | None = None) -> Draw:
+    """The random choices of the first ``count`` (default all) samples of a split.
+
+    Epoch 0 is the fixed set; later epochs are fresh draws (see :func:`draw_blocks`).
+    """
+    n = len(sources) if count is None else min(count, len(sources))
+    draw = draw_blocks(recipe, sources, split, seed, epoch, range(max(1, -(-n // BLOCK))))
+    if n == len(draw.labels):
+        return draw
+    return Draw(draw.params[:n], draw.source[:n], draw.labels[:n], {k: v[:n] for k, v in draw.extras.items()}, draw.stats)
+
+
+def render_all(
+    recipe: Recipe,
+    sources: Sources,
+    draw: Draw,
+    count: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Render the first ``count`` (default all) samples of ``draw`` in chunks: uint8 ``(N, C, H, W)``."""
+    n = len(draw.labels) if count is None else count
+    out = torch.empty((n, *recipe.input_shape), dtype=torch.uint8)
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        out[start:stop] = recipe.render(sources, draw, torch.arange(start, stop))
+        if progress is not None:
+            progress(stop - start)
+    return out
+
+
+def _key(recipe: Recipe, split: str, seed: int, source: str) -> tuple[str, dict[str, Any]]:
+    identity = {
+        "format": _FORMAT,
+        "block": BLOCK,
+        "recipe": recipe.describe(),
+        "split": split,
+        "seed": seed,
+        "source_sha256": source,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(), identity
+
+
+def cache_path(kind: str, split: str = "train", seed: int = 0, *, cache_dir: str | os.PathLike | None = None,
+               root: str | os.PathLike | None = None, **options: Any) -> Path:
+    """Where :func:`distorted_mnist` caches this set (whether or not it exists yet)."""
+    recipe = get_recipe(kind, options)
+    sources = load_sources(root, split)
+    key, _ = _key(recipe, split, seed, sources.fingerprint)
+    return _cache_dir(cache_dir) / f"{recipe.kind}-{split}-seed{seed}-{key[:16]}"
+
+
+def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    return (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "distorted"
+
+
+def _content_hash(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        digest.update(memoryview(a).cast("B"))
+    return digest.hexdigest()
+
+
+def _arrays(images: torch.Tensor, draw: Draw) -> dict[str, np.ndarray]:
+    arrays = {"images": images, "labels": draw.labels, "params": draw.params, "source": draw.source}
+    arrays.update({f"extra_{k}": v for k, v in draw.extras.items()})
+    return {k: v.contiguous().numpy() for k, v in arrays.items()}
+
+
+def _write_cache(path: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if _read_cache(path, manifest["key"]) is None:  # not a concurrent writer's valid copy
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_cache(path: Path, key: str, verify: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """The cached arrays and manifest, or ``None`` if missing, stale or corrupt."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        if manifest.get("key") != key or manifest.get("format") != _FORMAT:
+            return None
+        arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in manifest["files"]}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if verify and _content_hash(arrays) != manifest.get("content_sha256"):
+        return None
+    return arrays, manifest
+
+
+def distorted_mnist(
+    kind: str,
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    seed: int = 0,
+    *,
+    limit: int | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Callable[[int], None] | None = None,
+    **options: Any,
+) -> DistortedMNIST:
+    """A distorted-MNIST split with the transformation of every sample.
+
+    Kinds (STN paper, appendix A; IC-STN; P-STN), each a recipe in
+    :mod:`torchstn.data._recipes` whose docstring gives the exact law and the choices
+    the papers leave open: ``"r"`` (rotation ±90°), ``"rts"`` (rotation ±45°, scale
+    0.7-1.2, translation on 42x42), ``"p"`` (projective), ``"e"`` (elastic,
+    thin-plate spline), ``"cluttered"`` (60x60 with 6 patches of clutter),
+    ``"addition"`` (two RTS digits on two channels, label = sum), ``"perturbed"``
+    (IC-STN perturbed homographies), ``"rotated"`` (P-STN, rotation ±180°).
+
+    Generation is batched through :func:`torchstn.warp`; the same ``(kind, options,
+    split, seed)`` gives the same bytes on every run, and the train and test splits
+    never share a draw. The full split is cached (see the module docstring) unless
+    ``cache=False``.
+
+    Args:
+        kind: one of the kinds above (an ``"mnist-"`` prefix is accepted).
+        split: ``"train"`` or ``"test"``.
+        root: where the MNIST files are (see :func:`~torchstn.data.load_mnist`).
+        seed: seed of the distortions.
+        limit: render only the first ``limit`` samples (the same as the first ``limit``
+            of the full set; nothing is written to the cache).
+        cache: read and write the cache.
+        cache_dir: cache root (default ``$TORCHSTN_CACHE`` or ``~/.cache/torchstn``);
+            sets live under ``<cache_dir>/distorted/``.
+        progress: called with the number of samples rendered after each chunk.
+        **options: recipe options (e.g. ``canvas=36``, ``sigma=2.0``, ``mode="bicubic"``,
+            ``keep_inside=False``); unknown names raise ``TypeError``.
+
+    Returns:
+        A :class:`DistortedMNIST` (images uint8 ``(N, C, H, W)``, labels, params, ...).
+
+    Example:
+        >>> d = stn.data.distorted_mnist("rts", "test", limit=4, cache=False)  # doctest: +SKIP
+        >>> d.images.shape, d.params.shape, d.transform  # doctest: +SKIP
+        (torch.Size([4, 1, 42, 42]), torch.Size([4, 4]), Similarity())
+    """
+    check_choice("split", split, SPLITS)
+    check_int("seed", seed)
+    if limit is not None:
+        check_int("limit", limit, 0)
+    recipe = get_recipe(kind, options)
+    sources = load_sources(root, split)
+    n = len(sources) if limit is None else min(limit, len(sources))
+    key, identity = _key(recipe, split, seed, sources.fingerprint)
+    path = _cache_dir(cache_dir) / f"{recipe.kind}-{split}-seed{seed}-{key[:16]}"
+
+    if cache and (hit := _read_cache(path, key)) is not None:
+        arrays, manifest = hit
+        tensors = {k: torch.from_numpy(v[:n]) for k, v in arrays.items()}
+        extras = {k.removeprefix("extra_"): v for k, v in tensors.items() if k.startswith("extra_")}
+        return DistortedMNIST(
+            tensors["images"], tensors["labels"], tensors["params"], recipe.transform, tensors["source"], extras,
+            recipe, split, seed, sources, path, manifest,
+        )
+
+    draw = draw_split(recipe, sources, split, seed, count=n)
+    images = render_all(recipe, sources, draw, n, progress)
+    manifest = None
+    if cache and limit is None:
+        arrays = _arrays(images, draw)
+        manifest = {
+            **identity,
+            "key": key,
+            "kind": recipe.kind,
+            "torchstn_version": __version__,
+            "torch_version": torch.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "count": n,
+            "stats": draw.stats,
+            "files": {k: {"dtype": v.dtype.str, "shape": list(v.shape)} for k, v in sorted(arrays.items())},
+            "content_sha256": _content_hash(arrays),
+        }
+        _write_cache(path, arrays, manifest)
+    else:
+        path = None
+    return DistortedMNIST(
+        images, draw.labels, draw.params, recipe.transform, draw.source, draw.extras, recipe, split, seed, sources,
+        path, manifest,
+    )

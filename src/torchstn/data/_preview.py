@@ -1,0 +1,113 @@
+"""Preview figures: a grid of generated samples with their labels and the originals beside them.
+
+matplotlib is imported inside :func:`preview` (it is an optional dependency, the
+``cli`` extra), through its object-oriented API so no global backend is changed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchstn._validation import check_int
+from torchstn.data._generate import DistortedMNIST, distorted_mnist
+
+__all__ = ["preview", "sample_mosaic"]
+
+_GAP = 0.35  # grey of the 1-pixel frames and gaps, so a canvas edge is visible on black
+
+
+def _framed(panel: torch.Tensor, height: int) -> torch.Tensor:
+    """A ``(h, w)`` float panel centred vertically on ``height`` rows, with a 1-pixel grey frame."""
+    h, w = panel.shape
+    top = (height - h) // 2
+    out = torch.zeros(height + 2, w + 2)
+    out[0, :] = out[-1, :] = out[:, 0] = out[:, -1] = _GAP
+    out[1 + top : 1 + top + h, 1 : 1 + w] = panel
+    return out
+
+
+def sample_mosaic(data: DistortedMNIST, i: int, originals: bool = True) -> torch.Tensor:
+    """One sample as a float ``(h, w)`` image: its original digit(s), then each channel, framed.
+
+    Each panel has a 1-pixel grey frame just outside the canvas, so a digit cut by the
+    canvas edge or an empty canvas shows.
+    """
+    height = data.images.shape[2]
+    panels = []
+    if originals:
+        source = data.originals()[i].reshape(-1, *data.sources.images.shape[1:])
+        panels += [_framed(o.float() / 255, height) for o in source]
+    panels += [_framed(c.float() / 255, height) for c in data.images[i]]
+    gap = torch.full((height + 2, 2), 0.0)
+    pieces = []
+    for k, p in enumerate(panels):
+        if k:
+            pieces.append(gap)
+        pieces.append(p)
+    return torch.cat(pieces, 1)
+
+
+def _title(data: DistortedMNIST, i: int) -> str:
+    if data.kind == "addition":
+        a, b = data.sources.labels[data.source[i]].tolist()
+        return f"{a}+{b}={int(data.labels[i])}"
+    return f"label {int(data.labels[i])}"
+
+
+def preview(
+    kind: str,
+    out: str | os.PathLike,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    n: int = 16,
+    originals: bool = True,
+    root: str | os.PathLike | None = None,
+    columns: int | None = None,
+    **options: Any,
+) -> Path:
+    """Save a grid of the first ``n`` samples of a distorted set (labels as titles) to ``out``.
+
+    Args:
+        kind: a distortion (see :func:`~torchstn.data.distorted_mnist`).
+        out: the image file to write (PNG, PDF, SVG: by its suffix).
+        split, seed, root, **options: as in :func:`~torchstn.data.distorted_mnist`.
+        n: number of samples shown.
+        originals: show each sample's undistorted digit(s) to its left.
+        columns: samples per row (default: about square).
+
+    Returns:
+        The written path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    check_int("n", n, 1)
+    data = distorted_mnist(kind, split, root, seed, limit=n, cache=False, **options)
+    n = len(data)
+    columns = columns or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / columns)
+    mosaics = [sample_mosaic(data, i, originals) for i in range(n)]
+    aspect = mosaics[0].shape[1] / mosaics[0].shape[0]
+    fig = Figure(figsize=(columns * 1.25 * aspect + 0.4, rows * 1.5 + 0.6), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < n:
+            ax.imshow(mosaics[i].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(_title(data, i), fontsize=8)
+    recipe = data.recipe
+    c, h, w = recipe.input_shape
+    what = "original | distorted" if originals else "distorted"
+    fig.suptitle(f"mnist-{recipe.kind} ({split}, seed {seed}): {recipe.summary}; {c}x{h}x{w}, {what}", fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
