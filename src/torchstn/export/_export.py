@@ -1,0 +1,205 @@
+"""``export_onnx`` and ``export_torchscript``: deployable copies of a model, checked against eager."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["check_export", "export_onnx", "export_torchscript", "load_exported", "run_exported"]
+
+Example = torch.Tensor | Sequence[torch.Tensor]
+
+
+def _as_tuple(example: Example) -> tuple[torch.Tensor, ...]:
+    inputs = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise TypeError(
+            "example must be a torch.Tensor or a sequence of tensors (the model's positional inputs), "
+            f"got {type(example).__name__}"
+        )
+    return inputs
+
+
+def _prepare(model: object, example: Example, dynamic_batch: bool) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """Validate, and run the model once eagerly on the example.
+
+    The eager pass fills torchstn's caches of θ-independent grid parts (the base grid,
+    the TPS operator) with real tensors for this size, device and dtype, so that the
+    exporters record them as constants instead of tracing their construction (and so
+    that tracing never stores a placeholder tensor in those caches).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = _as_tuple(example)
+    if dynamic_batch:
+        if any(t.dim() == 0 for t in inputs):
+            raise ValueError("dynamic_batch=True needs a batch axis: every example input must have at least 1 dimension")
+        # an exporter specialises a size-1 axis to 1; a batch of 2 keeps the batch axis symbolic
+        inputs = tuple(torch.cat([t, t]) if t.shape[0] == 1 else t for t in inputs)
+    with torch.no_grad():
+        model(*inputs)
+    return model, inputs
+
+
+class _EvalMode:
+    """Put a model in eval mode for the export and restore its mode afterwards."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.training = model.training
+
+    def __enter__(self) -> nn.Module:
+        return self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.train(self.training)
+
+
+def _names(prefix: str, n: int) -> list[str]:
+    return [prefix] if n == 1 else [f"{prefix}{i}" for i in range(n)]
+
+
+def export_onnx(
+    model: nn.Module,
+    example: Example,
+    path: str | Path,
+    dynamic_batch: bool = True,
+    *,
+    opset: int | None = None,
+    dynamo: bool = True,
+) -> Path:
+    """Export ``model`` (in eval mode) to an ONNX file.
+
+    Args:
+        model: any module, e.g. a :class:`~torchstn.SpatialTransformer` or a registry
+            model; exported in eval mode (its mode is restored afterwards).
+        example: the positional input(s) to trace with, e.g. ``torch.rand(2, 1, 28, 28)``.
+            A batch of 1 is repeated to 2 when ``dynamic_batch`` (exporters treat size-1
+            axes as constants).
+        path: where to write the ``.onnx`` file (parent folders are created).
+        dynamic_batch: leave the first axis of every input and output symbolic, so the
+            file runs with any batch size; otherwise the example's batch is fixed.
+        opset: ONNX opset version (default: the exporter's).
+        dynamo: use ``torch.export`` (PyTorch's current exporter, needs ``onnxscript``);
+            ``False`` uses the older TorchScript-based exporter.
+
+    Returns:
+        The path written. Inputs are named ``input`` (``input0``, ``input1``, ... for
+        several) and outputs ``output`` (``output0``, ...).
+
+    Convention:
+        The spatial size is fixed at the example's: the grid's θ-independent part
+        (normalised base grid, TPS operator) is stored in the file as a constant, and
+        θ flows through the graph as in eager mode. Needs the ``export`` extra
+        (``pip install 'torchstn[export]'``).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (28, 28)))
+        >>> with tempfile.TemporaryDirectory() as d:  # doctest: +SKIP
+        ...     path = export_onnx(st, torch.rand(2, 1, 28, 28), pathlib.Path(d) / "st.onnx")
+    """
+    model, inputs = _prepare(model, example, dynamic_batch)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _EvalMode(model), torch.no_grad():
+        outputs = model(*inputs)
+        n_out = 1 if isinstance(outputs, torch.Tensor) else len(outputs)
+        input_names, output_names = _names("input", len(inputs)), _names("output", n_out)
+        with warnings.catch_warnings():
+            # SpatialTransformer keeps the last θ as a plain attribute; harmless in an export
+            warnings.filterwarnings("ignore", message=".*last_params was assigned during export.*")
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            if dynamo:
+                dynamic_shapes = (
+                    tuple({0: torch.export.Dim("batch", min=1)} for _ in inputs) if dynamic_batch else None
+                )
+                torch.onnx.export(
+                    model, inputs, path, dynamo=True, input_names=input_names, output_names=output_names,
+                    dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False,
+                )
+            else:
+                dynamic_axes = (
+                    {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
+                )
+                torch.onnx.export(
+                    model, inputs, path, dynamo=False, input_names=input_names, output_names=output_names,
+                    dynamic_axes=dynamic_axes, opset_version=opset if opset is not None else 17,
+                )
+    return path
+
+
+def export_torchscript(model: nn.Module, example: Example, path: str | Path, dynamic_batch: bool = True) -> Path:
+    """Trace ``model`` (in eval mode) with ``torch.jit.trace`` and save it.
+
+    Args:
+        model: any module; traced in eval mode (its mode is restored afterwards).
+        example: the positional input(s) to trace with.
+        path: where to write the ``.pt`` file (load it with ``torch.jit.load``, no
+            torchstn needed).
+        dynamic_batch: repeat a batch-1 example to 2, so that tracing records the batch
+            size as a value read from the input rather than a constant.
+
+    Returns:
+        The path written.
+
+    Convention:
+        Tracing records one path through the Python code: the spatial size and the
+        sampling options are fixed at the example's, the batch size is not. θ flows
+        through the graph; the θ-independent grid parts are constants.
+    """
+    model, inputs = _prepare(model, example, dynamic_batch)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _EvalMode(model), torch.no_grad():
+        traced = torch.jit.trace(model, inputs, check_trace=False)
+    traced.save(str(path))
+    return path
+
+
+def load_exported(path: str | Path) -> object:
+    """Load a file written by :func:`export_onnx` (an onnxruntime session) or :func:`export_torchscript`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported model at {path}")
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.jit.load(str(path), map_location="cpu")
+
+
+def run_exported(exported: object, example: Example) -> tuple[torch.Tensor, ...]:
+    """Run what :func:`load_exported` returned on CPU inputs; the outputs as a tuple of tensors."""
+    inputs = tuple(t.detach().cpu() for t in _as_tuple(example))
+    if isinstance(exported, torch.jit.ScriptModule):
+        with torch.no_grad():
+            out = exported(*inputs)
+        return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+    names = [i.name for i in exported.get_inputs()]  # type: ignore[attr-defined]
+    feeds = {name: t.numpy() for name, t in zip(names, inputs)}
+    return tuple(torch.from_numpy(o) for o in exported.run(None, feeds))  # type: ignore[attr-defined]
+
+
+def check_export(path: str | Path, model: nn.Module, example: Example) -> float:
+    """The largest absolute difference between the exported file and eager ``model`` on ``example``.
+
+    Run it with a batch size other than the export's to check that the batch is dynamic.
+    """
+    inputs = _as_tuple(example)
+    with _EvalMode(model), torch.no_grad():
+        expected = model(*inputs)
+    expected = (expected,) if isinstance(expected, torch.Tensor) else tuple(expected)
+    got = run_exported(load_exported(path), inputs)
+    if len(got) != len(expected):
+        raise ValueError(f"the exported model returns {len(got)} outputs, the eager model {len(expected)}")
+    errors = []
+    for g, e in zip(got, expected):
+        if tuple(g.shape) != tuple(e.shape):
+            raise ValueError(f"exported output shape {tuple(g.shape)} differs from eager {tuple(e.shape)}")
+        errors.append((g.to(torch.float64) - e.detach().cpu().to(torch.float64)).abs().max().item() if g.numel() else 0.0)
+    return max(errors)

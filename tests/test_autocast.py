@@ -1,0 +1,68 @@
+"""Mixed precision: ``torch.autocast`` on CPU (bfloat16) runs the spatial transformer without dtype errors.
+
+Under autocast the localisation net runs in bfloat16; the warp must still sample the
+float32 input (the sampler may compute in float32: ``grid_sample`` is on autocast's
+float32 list) and give eager float32's result to bfloat16 accuracy.
+"""
+
+import pytest
+import torch
+
+import torchstn as stn
+
+FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.ThinPlateSpline()]
+
+_GRID_DTYPE = (
+    "under autocast the grid generator's matmul (transforms/_base.py MatrixTransform._grid_points, _tps.py "
+    "ThinPlateSpline._grid_points) runs in bfloat16 while x stays float32, and sampling/_sample.py "
+    "check_sample_args raises 'grid must have the dtype of x (torch.float32), got torch.bfloat16'. Fix: make the "
+    "grid in x's dtype with autocast disabled for the grid (torch.autocast(device_type, enabled=False) around "
+    "transform.grid in warp(), params cast to x.dtype), so the sampler gets matching float32 inputs."
+)
+
+
+def _transformer(transform: stn.Transform) -> stn.SpatialTransformer:
+    st = stn.SpatialTransformer(transform, stn.conv_localization(1, (28, 28)))
+    with torch.no_grad():
+        st.regressor.weight.copy_(0.05 * torch.randn(st.regressor.weight.shape, generator=torch.Generator().manual_seed(0)))
+    return st
+
+
+def _smooth_images() -> torch.Tensor:
+    """Images without pixel-scale noise, so a bfloat16-rounded grid moves values little."""
+    coarse = torch.rand(4, 1, 7, 7, generator=torch.Generator().manual_seed(1))
+    return torch.nn.functional.interpolate(coarse, size=(28, 28), mode="bilinear", align_corners=False)
+
+
+def _interior(y: torch.Tensor) -> torch.Tensor:
+    """Away from the border, where zero padding makes a jump that any grid rounding can cross."""
+    return y[..., 3:-3, 3:-3]
+
+
+@pytest.mark.parametrize("transform", FAMILIES, ids=str)
+@pytest.mark.xfail(strict=True, reason=_GRID_DTYPE)
+def test_autocast_bfloat16_float32_input(transform: stn.Transform) -> None:
+    st = _transformer(transform)
+    x = _smooth_images()
+    expected = st(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, params = st(x, return_params=True)
+    assert params.dtype == torch.bfloat16  # the localisation net really ran in bfloat16
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    # θ is rounded to bfloat16 (8 bits of mantissa): a grid error of ~1e-2 px, not more
+    torch.testing.assert_close(_interior(out), _interior(expected), atol=0.05, rtol=0)
+    out.sum().backward()  # and the backward pass runs too
+    assert st.regressor.bias.grad is not None and torch.isfinite(st.regressor.bias.grad).all()
+
+
+@pytest.mark.parametrize("transform", FAMILIES, ids=str)
+def test_autocast_bfloat16_input(transform: stn.Transform) -> None:
+    # a bfloat16 input: θ, grid and input agree on bfloat16 and grid_sample runs in float32
+    st = _transformer(transform)
+    x = _smooth_images()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = st(x.to(torch.bfloat16))
+    assert out.is_floating_point() and out.shape == x.shape
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(_interior(out.float()), _interior(st(x)), atol=0.05, rtol=0)
