@@ -62,7 +62,7 @@ def pstn_fold(labels: torch.Tensor, n: int, fold: int, folds: int = 5) -> torch.
         ``(n,)`` int64 sorted indices into the split.
 
     Example:
-        >>> labels = torch.arange(100) % 10
+        >>> labels = torch.arange(1000) % 10
         >>> idx = pstn_fold(labels, 30, 0)
         >>> len(idx), torch.bincount(labels[idx]).tolist()
         (30, [3, 3, 3, 3, 3, 3, 3, 3, 3, 3])
@@ -240,6 +240,9 @@ class OnlineDistortedMNIST(Dataset):
 
     @property
     def labels(self) -> torch.Tensor:
+        """``(N,)`` labels (of the current epoch: for ``addition`` the second digit is redrawn)."""
+        if self.recipe.channels == 1:  # one digit per sample: its label, whatever the draw
+            return self.sources.labels[self.index]
         return self.current_draw().labels
 
     def __len__(self) -> int:

@@ -1,0 +1,168 @@
+"""The Dataset path (get_dataset, online epochs, DataLoader workers), the cache and its manifest, folds, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import torchstn as stn
+from torchstn.cli import main
+from torchstn.data import _generate, distorted_mnist, get_dataset, list_datasets, pstn_fold
+
+NAMES = [
+    "mnist", "mnist-r", "mnist-rts", "mnist-p", "mnist-e", "mnist-cluttered",
+    "mnist-addition", "mnist-perturbed", "mnist-rotated",
+]
+
+
+def test_names_and_unknown_name():
+    assert list_datasets() == NAMES
+    with pytest.raises(ValueError) as err:
+        get_dataset("mnist-twirl")
+    for name in NAMES:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_items_and_attributes(mnist_dir, name):
+    ds = get_dataset(name, "test", root=mnist_dir, limit=5, cache=False) if name != "mnist" else get_dataset(
+        name, "test", root=mnist_dir, limit=5
+    )
+    assert len(ds) == 5
+    image, label = ds[3]
+    assert image.dtype == torch.float32 and image.shape == ds.input_shape
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0 and float(image.max()) > 0.3
+    assert isinstance(label, int) and 0 <= label < ds.num_classes
+    assert ds.num_classes == (19 if name == "mnist-addition" else 10)
+    if name == "mnist":
+        assert ds.input_shape == (1, 28, 28) and ds.params is None and ds.transform is None
+    else:
+        assert ds.params.shape[0] == 5
+        if name != "mnist-addition":
+            assert ds.params.shape[1] == ds.transform.num_params
+            # the dataset's image is the warp of the original by its params
+            original = stn.data.load_mnist(mnist_dir, "test")[0][3].float().div(255)[None, None]
+            again = stn.warp(original, ds.params[3:4], ds.transform, size=ds.input_shape[1:])[0]
+            if name == "mnist-cluttered":  # the clutter is pasted over the digit with max
+                assert (image >= again - 0.5 / 255 - 1e-6).all()
+            else:
+                assert (again - image).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_online_epochs_are_fresh_reproducible_and_epoch_zero_is_the_fixed_set(mnist_dir):
+    online = get_dataset("mnist-rts", "train", root=mnist_dir, online=True, limit=32)
+    fixed = get_dataset("mnist-rts", "train", root=mnist_dir, limit=32, cache=False)
+    assert len(online) == 32 and online.input_shape == (1, 42, 42)
+    first = torch.stack([online[i][0] for i in range(8)])
+    assert torch.equal(online.params, fixed.params)
+    assert (first - torch.stack([fixed[i][0] for i in range(8)])).abs().max() <= 1 / 255 + 1e-6
+    online.set_epoch(1)
+    assert not torch.equal(online.params, fixed.params)
+    second = torch.stack([online[i][0] for i in range(8)])
+    assert (second - first).abs().max() > 0.5
+    online.set_epoch(0)
+    assert torch.equal(torch.stack([online[i][0] for i in range(8)]), first)
+    # the labels stay those of the digits
+    assert online.labels.tolist() == fixed.labels.tolist()
+    # the test split is always fixed
+    assert isinstance(get_dataset("mnist-rts", "test", root=mnist_dir, online=True, limit=4, cache=False),
+                      stn.data.MNISTDataset)
+
+
+def _batches(ds, workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader = DataLoader(ds, batch_size=8, shuffle=False, num_workers=workers)
+    return list(loader)
+
+
+@pytest.mark.parametrize("online", [False, True], ids=["fixed", "online"])
+def test_dataloader_with_workers_gives_the_same_batches(mnist_dir, online):
+    ds = get_dataset("mnist-e", "train", root=mnist_dir, online=online, limit=24, cache=False)
+    single = _batches(ds, 0)
+    parallel = _batches(ds, 2)
+    assert len(single) == 3
+    for (x0, y0), (x1, y1) in zip(single, parallel):
+        assert x0.shape == (8, 1, 28, 28) and x0.dtype == torch.float32 and y0.dtype == torch.int64
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+
+def test_pstn_folds_are_balanced_disjoint_and_fixed():
+    labels = torch.arange(6000) % 10
+    folds = [pstn_fold(labels, 100, k) for k in range(5)]
+    for idx in folds:
+        assert len(idx) == 100 and torch.bincount(labels[idx], minlength=10).tolist() == [10] * 10
+    assert len(torch.unique(torch.cat(folds))) == 500
+    assert torch.equal(pstn_fold(labels, 100, 2), folds[2])
+    assert len(pstn_fold(labels, 33, 0)) == 33
+    with pytest.raises(ValueError, match="fold must be in"):
+        pstn_fold(labels, 30, 5)
+    with pytest.raises(ValueError, match="disjoint folds"):
+        pstn_fold(labels, 2000, 0)
+
+
+def test_rotated_subset_through_get_dataset(mnist_dir):
+    ds = get_dataset("mnist-rotated", "test", root=mnist_dir, subset=30, fold=1, cache=False, limit=None)
+    assert len(ds) == 30 and torch.bincount(ds.labels, minlength=10).tolist() == [3] * 10
+    assert ds.params.shape == (30, 4)
+    online = get_dataset("mnist-rotated", "train", root=mnist_dir, online=True, subset=100, fold=0)
+    assert len(online) == 100 and torch.bincount(online.labels, minlength=10).tolist() == [10] * 10
+
+
+def test_cache_is_written_reused_and_invalidated(mnist_dir, tmp_path, monkeypatch):
+    first = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path)
+    assert first.path is not None and first.path.parent == tmp_path / "distorted"
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    assert manifest["recipe"] == first.recipe.describe() and manifest["seed"] == 0 and manifest["split"] == "test"
+    assert manifest["torchstn_version"] == stn.__version__ and manifest["count"] == 10000
+    arrays = {k: np.load(first.path / f"{k}.npy") for k in manifest["files"]}
+    assert _generate._content_hash(arrays) == manifest["content_sha256"]
+    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]  # no temporary left
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("rendered although the cache holds this set")
+
+    with monkeypatch.context() as m:
+        m.setattr(_generate, "render_all", no_render)
+        again = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path)
+        assert again.path == first.path and torch.equal(again.images, first.images)
+        limited = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path, limit=7)
+        assert torch.equal(limited.images, first.images[:7])
+        with pytest.raises(AssertionError, match="rendered"):  # a changed recipe is not served from the cache
+            distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path, angle=45.0)
+
+    changed = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path, angle=45.0)
+    assert changed.path != first.path and changed.params[:, 1].abs().max() <= np.radians(45) + 1e-6
+
+    # a corrupted cache is detected by its content hash and regenerated
+    images = np.load(first.path / "images.npy")
+    images[0, 0, 14, 14] ^= 0xFF
+    np.save(first.path / "images.npy", images)
+    repaired = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path)
+    assert torch.equal(repaired.images, first.images)
+
+
+def test_cli_preview_and_generate(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "fig.png"
+    assert main(["data", "preview", "cluttered", "--out", str(out), "-n", "4", "--data-dir", str(mnist_dir)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["data", "generate", "mnist-r", "--split", "test", "--seed", "2", "--quiet",
+                 "--data-dir", str(mnist_dir), "--cache-dir", str(tmp_path), "--option", "angle=30"]) == 0
+    printed = capsys.readouterr().out
+    assert "mnist-r test: 10000 images 1x28x28" in printed and str(tmp_path / "distorted") in printed
+    assert main(["data", "list"]) == 0
+    assert "mnist-perturbed" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(mnist_dir, tmp_path, capsys, monkeypatch):
+    assert main(["data", "preview", "r", "--data-dir", str(mnist_dir), "--option", "sigma=2",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "unknown option" in capsys.readouterr().err
+    monkeypatch.setattr(stn.data._mnist, "MIRRORS", [])
+    assert main(["data", "generate", "r", "--data-dir", str(tmp_path / "none"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "t10k-images-idx3-ubyte.gz" in err
+    with pytest.raises(SystemExit):
+        main(["data", "preview", "twirl"])

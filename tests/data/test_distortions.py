@@ -1,0 +1,203 @@
+"""The distorted-MNIST recipes: ground truth reproduces each sample, laws, whole digits, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import torchstn as stn
+from torchstn.data import KINDS, DistortedMNIST, distorted_mnist
+
+N = 48  # samples per kind: enough for the properties, small enough to be fast
+SINGLE = ("r", "rts", "p", "e", "perturbed", "rotated")  # one digit, one transform family
+
+
+@pytest.fixture(scope="module")
+def generated(mnist_dir):
+    """``kind -> DistortedMNIST`` of the first N test samples (made once per module)."""
+    made: dict[str, DistortedMNIST] = {}
+
+    def get(kind: str) -> DistortedMNIST:
+        if kind not in made:
+            made[kind] = distorted_mnist(kind, "test", mnist_dir, seed=0, limit=N, cache=False)
+        return made[kind]
+
+    return get
+
+
+def _rewarp(data: DistortedMNIST, size: tuple[int, int] | None = None, params: torch.Tensor | None = None,
+            transform: stn.Transform | None = None) -> torch.Tensor:
+    """Warp the originals with the stored ground truth: float (N, 1, H, W)."""
+    x = data.originals().unsqueeze(1).float() / 255
+    size = size or tuple(data.images.shape[2:])
+    return stn.warp(x, data.params if params is None else params, transform or data.transform, size=size)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_count_labels_shapes(generated, kind):
+    data = generated(kind)
+    assert len(data) == N and data.images.dtype == torch.uint8
+    assert data.images.shape[1:] == data.recipe.input_shape
+    assert data.labels.dtype == torch.int64 and data.labels.shape == (N,)
+    source_labels = data.sources.labels[data.source]
+    expected = source_labels.sum(1) if kind == "addition" else source_labels
+    assert torch.equal(data.labels, expected)
+    if kind != "addition":
+        assert torch.equal(data.source, torch.arange(N))  # sample i shows digit i of the split
+    assert data.params.shape[0] == N and torch.isfinite(data.params).all()
+    assert (data.images.flatten(1).amax(1) > 100).all()  # no empty canvas
+
+
+@pytest.mark.parametrize("kind", SINGLE + ("cluttered",))
+def test_stored_parameters_reproduce_the_sample(generated, kind):
+    data = generated(kind)
+    layer = _rewarp(data).mul(255)
+    if kind == "cluttered":
+        # the digit layer is under the clutter (pasted with max): equal wherever no patch covers it
+        covered = torch.zeros_like(data.images, dtype=torch.bool)
+        for i in range(N):
+            for (r, c) in data.extras["clutter_at"][i].tolist():
+                covered[i, 0, r : r + 6, c : c + 6] = True
+        diff = (layer - data.images.float()).abs()[~covered]
+        assert diff.max() <= 0.5 + 1e-3
+        assert (data.images.float() >= layer.round() - 1e-3).all()
+    else:
+        assert (layer - data.images.float()).abs().max() <= 0.5 + 1e-3  # the uint8 rounding only
+    # and the parameters are not the identity: the samples really are distorted
+    identity = data.transform.identity(N) * data.recipe.k  # the digit at its natural size, centred
+    assert (data.params - identity).abs().amax(1).min() > 1e-3
+
+
+def test_addition_channels_reproduce_and_labels_are_sums(generated):
+    data = generated("addition")
+    assert data.transform is None and data.params.shape == (N, 8) and data.source.shape == (N, 2)
+    assert data.recipe.num_classes == 19
+    assert int(data.labels.min()) >= 0 and int(data.labels.max()) <= 18
+    assert (data.source[:, 0] != data.source[:, 1]).all()
+    for c in range(2):
+        x = data.originals()[:, c].unsqueeze(1).float() / 255
+        y = stn.warp(x, data.params[:, 4 * c : 4 * c + 4], stn.Similarity(), size=(42, 42))
+        assert (y.mul(255) - data.images[:, c : c + 1].float()).abs().max() <= 0.5 + 1e-3
+
+
+def test_cluttered_has_exactly_six_patches_of_other_digits(generated):
+    data = generated("cluttered")
+    assert data.images.shape[1:] == (1, 60, 60)
+    assert data.extras["clutter_source"].shape == (N, 6)
+    assert data.extras["clutter_crop"].shape == (N, 6, 2) and data.extras["clutter_at"].shape == (N, 6, 2)
+    assert (data.extras["clutter_source"] != torch.arange(N)[:, None]).all()
+    # recompose every sample from its digit layer and its six patches: exactly the image
+    digit = _rewarp(data).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+    for i in range(N):
+        canvas = digit[i, 0].clone()
+        for src, (sr, sc), (r, c) in zip(
+            data.extras["clutter_source"][i].tolist(),
+            data.extras["clutter_crop"][i].tolist(),
+            data.extras["clutter_at"][i].tolist(),
+        ):
+            patch = data.sources.images[src, sr : sr + 6, sc : sc + 6]
+            canvas[r : r + 6, c : c + 6] = torch.maximum(canvas[r : r + 6, c : c + 6], patch)
+        assert torch.equal(canvas, data.images[i, 0])
+    # the digit is pasted whole at an integer offset: an exact copy of the original
+    s, tx, ty = data.params.double().unbind(1)
+    assert torch.allclose(s, torch.full_like(s, 60 / 28))
+    cols = ((-tx / s + 1) * 30 - 14).round().long()
+    rows = ((-ty / s + 1) * 30 - 14).round().long()
+    assert ((rows >= 0) & (rows <= 32) & (cols >= 0) & (cols <= 32)).all()
+
+
+def test_angle_and_scale_ranges(generated):
+    for kind, limit in (("r", 90.0), ("rotated", 180.0), ("rts", 45.0)):
+        params = generated(kind).params.double()
+        angle = params[:, 1].abs().max()
+        assert angle <= math.radians(limit) + 1e-6
+        assert angle > math.radians(limit) * 0.5  # the range is used, not just its centre
+    r = generated("r").params.double()
+    assert torch.allclose(r[:, 0], torch.ones(N, dtype=torch.float64)) and (r[:, 2:] == 0).all()
+    rts = generated("rts").params.double()
+    scale = (42 / 28) / rts[:, 0]
+    assert scale.min() >= 0.7 - 1e-6 and scale.max() <= 1.2 + 1e-6
+    assert scale.max() - scale.min() > 0.25
+
+
+def _outside_mass(data: DistortedMNIST, ring: int) -> torch.Tensor:
+    """Ink (0..255) that the warp puts beyond the canvas, rendered on a canvas extended by ``ring`` pixels."""
+    w = data.images.shape[-1]
+    outer = w + 2 * ring
+    rho = outer / w
+    if isinstance(data.transform, stn.ThinPlateSpline):
+        wide = stn.ThinPlateSpline(control=data.transform.control_points / rho)
+        big = _rewarp(data, (outer, outer), transform=wide)
+    else:
+        scale = torch.diag(torch.tensor([rho, rho, 1.0])).expand(N, 3, 3)
+        params = data.transform.params_from_matrix(data.transform.matrix(data.params) @ scale)
+        big = _rewarp(data, (outer, outer), params=params)
+        # sanity: the middle of the extended render is the sample itself
+        assert (big[..., ring : ring + w, ring : ring + w].mul(255) - data.images.float()).abs().max() <= 0.5 + 1e-3
+    big[..., ring : ring + w, ring : ring + w] = 0
+    return big.mul(255).flatten(1).amax(1)
+
+
+@pytest.mark.parametrize("kind", SINGLE)
+def test_whole_digit_stays_on_the_canvas(generated, kind):
+    assert (_outside_mass(generated(kind), ring=10) < 0.5).all()
+
+
+def test_rts_digits_keep_a_blank_border(generated):
+    for kind in ("rts", "addition"):
+        images = generated(kind).images
+        border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], -1)
+        assert border.max() == 0
+
+
+def test_without_keep_inside_digits_do_leave_the_canvas(mnist_dir):
+    # the check above is not vacuous: the unconditioned IC-STN law does push ink off the canvas
+    data = distorted_mnist("perturbed", "test", mnist_dir, limit=N, cache=False, keep_inside=False)
+    assert (_outside_mass(data, ring=10) >= 0.5).sum() > N // 10
+
+
+def test_noise_laws_without_rejection(mnist_dir):
+    e = distorted_mnist("e", "test", mnist_dir, limit=256, cache=False, keep_inside=False, sigma=1.5)
+    noise_px = (e.params.double() - e.transform.identity(dtype=torch.float64)) * 14  # 2/28 per pixel
+    assert abs(noise_px.std().item() - 1.5) < 0.1 and abs(noise_px.mean().item()) < 0.1
+
+    p = distorted_mnist("perturbed", "test", mnist_dir, limit=256, cache=False, keep_inside=False)
+    corners = torch.tensor([[-1.0, -1], [1, -1], [1, 1], [-1, 1]], dtype=torch.float64).expand(256, 4, 2)
+    moved = p.transform.transform_points(p.params.double(), corners) - corners
+    # corner noise N(0, 0.25) plus a shared translation N(0, 0.25): per coordinate std 0.25 * sqrt(2)
+    assert abs(moved.std().item() - 0.25 * math.sqrt(2)) < 0.03
+    shared = moved.mean(1)  # the translation plus a quarter of the corner noise
+    assert abs(shared.std().item() - math.sqrt(0.25**2 + 0.25**2 / 4)) < 0.03
+
+
+def test_same_seed_same_bytes_and_first_samples_do_not_depend_on_limit(mnist_dir, generated):
+    for kind in ("rts", "e", "cluttered"):
+        again = distorted_mnist(kind, "test", mnist_dir, seed=0, limit=N, cache=False)
+        assert torch.equal(again.images, generated(kind).images)
+        assert torch.equal(again.params, generated(kind).params)
+    longer = distorted_mnist("rts", "test", mnist_dir, seed=0, limit=1100, cache=False)  # crosses a draw block
+    assert torch.equal(longer.images[:N], generated("rts").images)
+    other = distorted_mnist("rts", "test", mnist_dir, seed=1, limit=N, cache=False)
+    assert not torch.equal(other.params, generated("rts").params)
+
+
+def test_splits_never_share_draws(mnist_dir):
+    train = distorted_mnist("rts", "train", mnist_dir, seed=0, limit=1100, cache=False)
+    test = distorted_mnist("rts", "test", mnist_dir, seed=0, limit=1100, cache=False)
+    # angle and scale of a sample come from the draw alone (the digit only limits the position)
+    shared = torch.isin(train.params[:, :2].reshape(-1), test.params[:, :2].reshape(-1))
+    assert not shared.any()
+
+
+def test_options_are_checked_and_change_the_output(mnist_dir, generated):
+    with pytest.raises(TypeError, match="unknown option"):
+        distorted_mnist("r", "test", mnist_dir, limit=2, cache=False, sigma=2.0)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        distorted_mnist("twirl", "test", mnist_dir, limit=2, cache=False)
+    with pytest.raises(ValueError, match="split must be one of"):
+        distorted_mnist("r", "validation", mnist_dir, limit=2, cache=False)
+    big = distorted_mnist("r", "test", mnist_dir, limit=4, cache=False, canvas=36)
+    assert big.images.shape == (4, 1, 36, 36)
+    assert (_rewarp(big).mul(255) - big.images.float()).abs().max() <= 0.5 + 1e-3

@@ -1,0 +1,190 @@
+"""Loading MNIST: IDX (gzipped or not) and npz, root resolution, checksums, corrupt files, downloads."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import http.server
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchstn.data import MNIST_FILES, download_mnist, find_mnist, load_mnist, read_idx
+from torchstn.data import _mnist
+
+
+@pytest.fixture(scope="module")
+def test_split(mnist_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_mnist(mnist_dir, "test")
+
+
+def _plain_copy(mnist_dir: Path, target: Path, split: str = "test") -> Path:
+    """Decompressed IDX files of ``split`` in ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    prefix = "t10k" if split == "test" else "train"
+    for kind in ("images-idx3", "labels-idx1"):
+        name = f"{prefix}-{kind}-ubyte"
+        with gzip.open(mnist_dir / f"{name}.gz", "rb") as f:
+            (target / name).write_bytes(f.read())
+    return target
+
+
+def test_loads_both_splits_with_shapes_dtypes_and_counts(mnist_dir):
+    for split, n in (("train", 60000), ("test", 10000)):
+        images, labels = load_mnist(mnist_dir, split)
+        assert images.shape == (n, 28, 28) and images.dtype == torch.uint8
+        assert labels.shape == (n,) and labels.dtype == torch.int64
+        assert int(labels.min()) == 0 and int(labels.max()) == 9
+        assert torch.bincount(labels).min() > n // 20  # every class is there
+        assert int(images.max()) == 255 and int(images.min()) == 0
+
+
+def test_returns_fresh_tensors(mnist_dir):
+    a, _ = load_mnist(mnist_dir, "test")
+    a[0] = 7
+    b, _ = load_mnist(mnist_dir, "test")
+    assert not torch.equal(a[0], b[0])
+
+
+def test_plain_idx_and_npz_read_the_same_digits(mnist_dir, tmp_path, test_split):
+    plain = _plain_copy(mnist_dir, tmp_path / "plain")
+    images, labels = load_mnist(plain, "test")
+    assert torch.equal(images, test_split[0]) and torch.equal(labels, test_split[1])
+
+    npz_dir = tmp_path / "npz"
+    npz_dir.mkdir()
+    train_images, train_labels = load_mnist(mnist_dir, "train")
+    np.savez(
+        npz_dir / "mnist.npz",
+        x_train=train_images.numpy(), y_train=train_labels.numpy(),
+        x_test=test_split[0].numpy(), y_test=test_split[1].numpy(),
+    )
+    images, labels = load_mnist(npz_dir, "test")
+    assert torch.equal(images, test_split[0]) and torch.equal(labels, test_split[1])
+    assert find_mnist(npz_dir, "test")[0] == "npz"
+
+
+def test_environment_variable_and_mnist_subdirectory_are_searched(mnist_dir, tmp_path, monkeypatch, test_split):
+    data = tmp_path / "data"
+    shutil.copytree(mnist_dir, data / "mnist")
+    monkeypatch.setenv("TORCHSTN_DATA", str(data))
+    images, _ = load_mnist(split="test")
+    assert torch.equal(images, test_split[0])
+    # an explicit root wins over the environment
+    other = _plain_copy(mnist_dir, tmp_path / "other")
+    kind, where = find_mnist(other, "test")
+    assert kind == "idx" and where[0].parent == other
+
+
+def test_wrong_magic_number_is_named(mnist_dir, tmp_path):
+    plain = _plain_copy(mnist_dir, tmp_path)
+    path = plain / "t10k-images-idx3-ubyte"
+    data = bytearray(path.read_bytes())
+    data[2:4] = b"\x08\x01"  # a labels magic in an images file
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="wrong magic number 0x00000801, expected 0x00000803"):
+        read_idx(path, "images")
+
+
+def test_truncated_files_raise_clear_errors(mnist_dir, tmp_path):
+    plain = _plain_copy(mnist_dir, tmp_path / "plain")
+    path = plain / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="wrong length.*truncated"):
+        read_idx(path, "images")
+    with pytest.raises(ValueError, match="SHA-256"):  # with the checksum, that is what fails first
+        load_mnist(plain, "test")
+
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_dir / name, gz / name)
+    cut = gz / "t10k-images-idx3-ubyte.gz"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_mnist(gz, "test")
+
+
+def test_checksum_mismatch_is_an_error_unless_verify_is_off(mnist_dir, tmp_path, test_split):
+    plain = _plain_copy(mnist_dir, tmp_path)
+    path = plain / "t10k-images-idx3-ubyte"
+    data = bytearray(path.read_bytes())
+    data[16 + 14 * 28 + 14] ^= 0xFF  # one pixel of the first digit
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256 of the content is .* expected " + MNIST_FILES["t10k-images-idx3-ubyte"]):
+        load_mnist(plain, "test")
+    images, _ = load_mnist(plain, "test", verify=False)
+    assert (images != test_split[0]).sum() == 1
+
+
+def _refused_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def test_missing_and_offline_names_the_four_files_and_where(tmp_path, monkeypatch):
+    monkeypatch.setattr(_mnist, "MIRRORS", [_refused_url()])
+    empty = tmp_path / "empty"
+    with pytest.raises(FileNotFoundError) as err:
+        load_mnist(empty, "train")
+    message = str(err.value)
+    for name in MNIST_FILES:
+        assert f"{name}.gz" in message
+    assert str(empty) in message and "TORCHSTN_DATA" in message
+    assert not any(empty.iterdir())  # nothing half-written
+    with pytest.raises(FileNotFoundError, match="download=False"):
+        load_mnist(tmp_path / "nothing", "test", download=False)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A loopback HTTP server over a directory, for the download path; yields (directory, url)."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep the test output clean
+        pass
+
+
+def test_download_checks_checksums_and_renames_into_place(mnist_dir, tmp_path, served, monkeypatch):
+    mirror, url = served
+    for name in MNIST_FILES:
+        shutil.copy(mnist_dir / f"{name}.gz", mirror / f"{name}.gz")
+    # a first mirror that refuses, then a working one: the second one is used
+    monkeypatch.setattr(_mnist, "MIRRORS", [_refused_url(), url])
+    target = tmp_path / "downloaded"
+    images, labels = load_mnist(target, "test")
+    assert images.shape == (10000, 28, 28)
+    assert sorted(p.name for p in target.iterdir()) == sorted(f"{n}.gz" for n in MNIST_FILES)
+
+
+def test_download_with_a_bad_checksum_leaves_nothing(mnist_dir, tmp_path, served):
+    mirror, url = served
+    for name in MNIST_FILES:
+        shutil.copy(mnist_dir / f"{name}.gz", mirror / f"{name}.gz")
+    with gzip.open(mirror / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x01" + (10000).to_bytes(4, "big") + bytes(10000))  # valid IDX, wrong labels
+    target = tmp_path / "target"
+    with pytest.raises(FileNotFoundError, match="SHA-256 of the content"):
+        download_mnist(target, mirrors=[url])
+    names = sorted(p.name for p in target.iterdir())
+    assert "t10k-labels-idx1-ubyte.gz" not in names
+    assert not [n for n in names if n.endswith(".part")]
