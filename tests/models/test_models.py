@@ -3,8 +3,22 @@ import torch
 
 import torchstn as stn
 
-MNIST_MODELS = [m for m in stn.list_models() if m != "st-cnn-cifar"]
+# the models of this file's builders (other files register their variants and test them)
+PAPER = ["fcn", "cnn"] + [f"st-{k}-{t}" for k in ("fcn", "cnn") for t in ("aff", "proj", "tps")]
+MNIST_MODELS = [*PAPER, "tutorial"]
+ST_MODELS = [m for m in MNIST_MODELS if m.startswith("st-")] + ["tutorial", "st-cnn-cifar"]
 CASES = [(m, 1, s) for m in MNIST_MODELS for s in (28, 42, 60)] + [("st-cnn-cifar", 3, 32)]
+
+
+@pytest.mark.parametrize("name", stn.list_models())
+def test_every_registry_model_runs_on_its_declared_input(name):
+    torch.manual_seed(0)
+    model = stn.create_model(name)
+    x = torch.rand(2, *model.input_shape)
+    logits = model(x)
+    assert logits.shape == (2, model.num_classes)
+    logits.logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("name,channels,size", CASES)
@@ -25,7 +39,7 @@ def test_forward_and_backward_on_declared_input(name, channels, size):
         assert st.regressor.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", [m for m in stn.list_models() if m.startswith("st-") or m == "tutorial"])
+@pytest.mark.parametrize("name", ST_MODELS)
 def test_st_models_start_as_the_identity(name):
     channels, size = (3, 32) if name == "st-cnn-cifar" else (1, 42)
     model = stn.create_model(name, in_channels=channels, input_size=size)
@@ -70,3 +84,11 @@ def test_transform_families_and_parameter_counts():
 def test_too_small_input_is_a_clear_error():
     with pytest.raises(ValueError, match="input_size .* too small for the ST-CNN localisation net"):
         stn.create_model("st-cnn-aff", input_size=16)
+
+
+def test_baseline_pool_matches_the_st_model_classifier():
+    cnn = stn.create_model("cnn", input_size=42, pool=2)
+    st = stn.create_model("st-cnn-aff", input_size=42, pool=2)
+    x = torch.rand(2, 1, 42, 42)
+    assert torch.allclose(cnn.transform_input(x), torch.nn.functional.avg_pool2d(x, 2))
+    assert [p.shape for p in cnn.classifier.parameters()] == [p.shape for p in st.classifier.parameters()]

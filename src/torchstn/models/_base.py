@@ -52,13 +52,14 @@ class STClassifier(nn.Module):
     """Spatial transformers (zero or more) in parallel, an optional pooling, then a classifier.
 
     ``forward(x)`` is ``classifier(pool(cat([st(x) for st in transformers], dim=1)))``;
-    with no transformer it is ``classifier(x)``.
+    with no transformer it is ``classifier(pool(x))``.
 
     Args:
         classifier: maps ``(B, C', H', W')`` to logits ``(B, num_classes)``.
         transformers: spatial transformers applied to the input, outputs
             concatenated along channels (``C' = C * len(transformers)``).
-        pool: average-pooling factor applied to the transformers' output (1: none).
+        pool: average-pooling factor applied to the transformers' output (to the input
+            when there is no transformer); 1: none.
         input_shape: ``(C, H, W)`` the model is built for.
         num_classes: number of output classes.
 
@@ -87,9 +88,9 @@ class STClassifier(nn.Module):
         self.num_classes = int(num_classes)
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the classifier sees: ``(B, C * len(transformers), H', W')`` (``x`` itself without transformers)."""
+        """What the classifier sees: ``(B, C * len(transformers), H', W')`` (the pooled ``x`` without transformers)."""
         if len(self.transformers) == 0:
-            return x
+            return self.pool(x)
         warped = [st(x) for st in self.transformers]
         out = warped[0] if len(warped) == 1 else torch.cat(warped, dim=1)
         return self.pool(out)

@@ -88,6 +88,12 @@ def cnn_classifier(
     return nn.Sequential(*layers, *_mlp(features, (hidden,) if hidden else (), num_classes))
 
 
+def _pooled(size: tuple[int, int], pool: int) -> tuple[int, int]:
+    if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
+        raise ValueError(f"pool must be a positive int, got {pool!r}")
+    return (size[0] // pool, size[1] // pool)
+
+
 def _widths(widths: int | Sequence[int]) -> tuple[int, ...]:
     return (widths,) if isinstance(widths, int) else tuple(widths)
 
@@ -128,13 +134,14 @@ def st_cnn_localization(
 @register_model("fcn")
 def fcn(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10,
-    hidden: Sequence[int] = (128, 128),
+    hidden: Sequence[int] = (128, 128), pool: int = 1,
 ) -> STClassifier:
     """FCN baseline (STN paper, section 4.1, Table 1; appendix A.1).
 
     ``Flatten -> FC 128 -> ReLU -> FC 128 -> ReLU -> FC num_classes`` (softmax in the
     loss). The widths are our choice (``hidden``): the paper gives no layer sizes we
-    could use verbatim.
+    could use verbatim. ``pool`` average-pools the input first (the same classifier
+    then serves as the baseline of an ST-FCN with that ``pool``).
 
     Example:
         >>> stn.create_model("fcn", input_size=42)(torch.rand(2, 1, 42, 42)).shape
@@ -142,21 +149,22 @@ def fcn(
     """
     size = as_size("input_size", input_size)
     return STClassifier(
-        fcn_classifier(in_channels, size, num_classes, hidden),
-        input_shape=(in_channels, *size), num_classes=num_classes,
+        fcn_classifier(in_channels, _pooled(size, pool), num_classes, hidden),
+        pool=pool, input_shape=(in_channels, *size), num_classes=num_classes,
     )
 
 
 @register_model("cnn")
 def cnn(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10,
-    channels: Sequence[int] = (32, 32), kernel_sizes: Sequence[int] = (9, 7), hidden: int = 128,
+    channels: Sequence[int] = (32, 32), kernel_sizes: Sequence[int] = (9, 7), hidden: int = 128, pool: int = 1,
 ) -> STClassifier:
     """CNN baseline (STN paper, section 4.1, Table 1; appendix A.1).
 
     ``conv 9x9 (32, same) -> max-pool 2 -> ReLU -> conv 7x7 (32, same) -> max-pool 2 ->
     ReLU -> FC 128 -> ReLU -> FC num_classes``. The paper gives the kernel sizes and
-    the layer order; filter counts, padding and the FC width are our choice.
+    the layer order; filter counts, padding and the FC width are our choice. ``pool``
+    average-pools the input first (the classifier of an ST-CNN with that ``pool``).
 
     Example:
         >>> stn.create_model("cnn", input_size=60)(torch.rand(2, 1, 60, 60)).shape
@@ -164,8 +172,8 @@ def cnn(
     """
     size = as_size("input_size", input_size)
     return STClassifier(
-        cnn_classifier(in_channels, size, num_classes, channels, kernel_sizes, hidden),
-        input_shape=(in_channels, *size), num_classes=num_classes,
+        cnn_classifier(in_channels, _pooled(size, pool), num_classes, channels, kernel_sizes, hidden),
+        pool=pool, input_shape=(in_channels, *size), num_classes=num_classes,
     )
 
 
@@ -233,7 +241,7 @@ def _make_st_builder(kind: str, key: str):  # type: ignore[no-untyped-def]
                 SpatialTransformer(transform_cls(), loc, out_size, mode=mode, padding=padding, align_corners=align_corners)  # type: ignore[arg-type]
             )
         head_channels = in_channels * num_transformers
-        head_size = (out_size[0] // pool, out_size[1] // pool) if pool > 1 else out_size
+        head_size = _pooled(out_size, pool)
         make_head = fcn_classifier if kind == "fcn" else cnn_classifier
         head = make_head(head_channels, head_size, num_classes, **classifier_kwargs)  # type: ignore[arg-type]
         return STClassifier(head, transformers, pool=pool, input_shape=(in_channels, *size), num_classes=num_classes)

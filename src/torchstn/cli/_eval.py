@@ -1,0 +1,55 @@
+"""``torchstn eval``: test error, loss and per-class error of a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from torchstn.cli._common import add_checkpoint_args, formatter, load_checkpoint_and_data, user_errors
+
+__all__ = ["register", "run"]
+
+EXAMPLES = """\
+examples:
+  torchstn eval runs/st-cnn-rts                      # best checkpoint, on the data it was trained on
+  torchstn eval runs/st-cnn-rts --which last --json
+  torchstn eval runs/st-cnn-rts/checkpoints/best.safetensors --data mnist-r --limit 2000
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval", help="test error, loss and per-class error of a run or checkpoint",
+        description="Evaluate a trained model on the test split of its dataset (or of --data).",
+        epilog=EXAMPLES, formatter_class=formatter,
+    )
+    add_checkpoint_args(p, which="best")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="split to evaluate")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=int, default=512, metavar="N", help="evaluation batch size")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchstn.engine import evaluate
+
+    with user_errors():
+        model, config, info, device, dataset = load_checkpoint_and_data(args, args.split, args.limit)
+        metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device)
+    metrics = {"checkpoint": str(info["path"]), "epoch": info["epoch"], "model": config.model,
+               "data": config.data, "split": args.split, **metrics}
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    n = metrics["n"]
+    line = (f"{config.model} ({info['path']}, epoch {info['epoch']}) on {config.data} {args.split}: "
+            f"error {metrics['error']:.2%} ({round(metrics['error'] * n)}/{n}), loss {metrics['loss']:.4f}")
+    if "ece" in metrics:
+        line += f", ECE {metrics['ece']:.4f}, NLL {metrics['nll']:.4f}"
+    print(line)
+    per_class = "  ".join(
+        f"{k}: {'-' if e is None else f'{e:.1%}'}" for k, e in enumerate(metrics["per_class_error"])
+    )
+    print(f"per-class error  {per_class}")
+    return 0

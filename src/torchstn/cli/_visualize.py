@@ -1,0 +1,54 @@
+"""``torchstn visualize``: a figure of what a trained spatial transformer does."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from torchstn.cli._common import add_checkpoint_args, formatter, load_checkpoint_and_data, user_errors
+
+__all__ = ["register", "run"]
+
+EXAMPLES = """\
+examples:
+  torchstn visualize runs/st-cnn-rts --out st-cnn-rts.png
+  torchstn visualize runs/st-cnn-rts --num 12 --start 100 --which last --out fig.png
+  torchstn visualize runs/st-cnn-rts/checkpoints/best.safetensors --data mnist-r --out r.png
+
+The figure shows test inputs with the predicted warp drawn on them (the border of the
+transformer's output frame mapped into the input: a quadrilateral, or a bent grid for a
+thin-plate spline), what the transformer made of each, and the training curves of the run.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "visualize", help="figure: inputs, predicted warps, transformer outputs, training curves",
+        description="Draw what a trained spatial transformer does to test images, and its training curves.",
+        epilog=EXAMPLES, formatter_class=formatter,
+    )
+    add_checkpoint_args(p, which="last")
+    p.add_argument("--out", default="visualize.png", metavar="PNG", help="figure to write")
+    p.add_argument("--num", type=int, default=8, metavar="N", help="examples shown")
+    p.add_argument("--start", type=int, default=0, metavar="I", help="index of the first test example shown")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchstn.engine._figures import plot_run
+
+    with user_errors():
+        if args.num < 1:
+            raise ValueError(f"--num must be at least 1, got {args.num}")
+        model, config, info, device, dataset = load_checkpoint_and_data(args, "test", args.start + args.num)
+        run_dir = Path(info["path"]).parent.parent
+        metrics = run_dir / "metrics.jsonl"
+        history = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.is_file() else []
+        title = f"{config.model} on {config.data} (epoch {info['epoch']}"
+        if history:
+            title += f", test error {history[-1]['test_error']:.2%}"
+        out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start,
+                       title=title + ")", device=device)
+    print(f"wrote {out}")
+    return 0

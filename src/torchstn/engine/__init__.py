@@ -1,0 +1,41 @@
+"""Training, evaluation, checkpoints and figures (layer 6).
+
+Example:
+    >>> from torchstn.engine import TrainConfig
+    >>> TrainConfig(model="st-cnn-tps", data="mnist-rts", epochs=3).optimizer
+    'sgd'
+"""
+
+from __future__ import annotations
+
+from torchstn.engine._checkpoint import (
+    CheckpointError,
+    load_model,
+    read_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from torchstn.engine._config import TrainConfig
+from torchstn.engine._data import load_split
+from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
+from torchstn.engine._evaluate import evaluate, predict
+from torchstn.engine._trainer import TrainResult, build_optimizer, identity_penalty, resume_config, train
+
+__all__ = [
+    "CheckpointError",
+    "TrainConfig",
+    "TrainResult",
+    "build_optimizer",
+    "collapse_warnings",
+    "evaluate",
+    "identity_penalty",
+    "load_model",
+    "load_split",
+    "predict",
+    "read_checkpoint",
+    "resolve_checkpoint",
+    "resume_config",
+    "save_checkpoint",
+    "theta_diagnostics",
+    "train",
+]

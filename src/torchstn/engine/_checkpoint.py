@@ -1,0 +1,198 @@
+"""Checkpoints: weights in safetensors with the config as metadata, training state beside them.
+
+A run directory looks like::
+
+    runs/NAME/
+        config.json                    the TrainConfig
+        metrics.jsonl                  one line per epoch
+        checkpoints/last.safetensors   weights + config + epoch/step/metrics (metadata)
+        checkpoints/last.state.pt      optimiser, scheduler and RNG state (for --resume)
+        checkpoints/best.safetensors   the weights of the epoch with the lowest test error
+
+The ``.safetensors`` file alone is enough to rebuild and evaluate the model
+(:func:`load_model`); the ``.state.pt`` file is only needed to continue training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchstn.engine._config import TrainConfig
+from torchstn.models import create_model
+
+__all__ = [
+    "CheckpointError",
+    "capture_rng",
+    "load_model",
+    "read_checkpoint",
+    "read_training_state",
+    "resolve_checkpoint",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+FORMAT = "torchstn-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not a torchstn checkpoint."""
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every random generator's state (python, numpy, torch CPU and CUDA), as tensors and lists."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    state["numpy"] = [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)]
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore what :func:`capture_rng` captured."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _state_path(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".safetensors") + ".state.pt")
+
+
+def _atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    config: TrainConfig,
+    *,
+    epoch: int,
+    step: int,
+    metrics: dict[str, Any] | None = None,
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``path`` (``.safetensors``) and, with ``training_state``, ``<stem>.state.pt`` beside it.
+
+    Args:
+        path: the weights file, ending in ``.safetensors``.
+        model: the model (unwrapped from DDP).
+        config: the run's config; stored in the metadata, so the file rebuilds the model.
+        epoch, step: epochs and iterations done.
+        metrics: the last evaluation, stored in the metadata.
+        training_state: optimiser/scheduler/RNG state (anything ``torch.save`` takes).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(config.to_dict(), sort_keys=True),
+        "epoch": str(epoch),
+        "step": str(step),
+        "metrics": json.dumps(metrics or {}, sort_keys=True),
+    }
+    if training_state is not None:
+        _atomic(_state_path(path), lambda p: torch.save({**training_state, "epoch": epoch, "step": step}, p))
+    _atomic(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+    return path
+
+
+def resolve_checkpoint(run_or_ckpt: str | Path, which: str = "best") -> Path:
+    """The weights file meant by a run directory or a checkpoint path.
+
+    A ``.safetensors`` file is returned as is; a run directory gives
+    ``checkpoints/<which>.safetensors`` (falling back to ``last``).
+
+    Raises:
+        CheckpointError: nothing usable at that path (the message says what is expected).
+    """
+    path = Path(run_or_ckpt)
+    if path.is_dir():
+        for name in (which, "last"):
+            candidate = path / "checkpoints" / f"{name}.safetensors"
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(
+            f"no checkpoint in {path}: expected {path}/checkpoints/{which}.safetensors "
+            "(a run directory written by 'torchstn train --out DIR')"
+        )
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist: give a run directory or a .safetensors checkpoint")
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path} is not a .safetensors checkpoint or a run directory")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], TrainConfig, dict[str, Any]]:
+    """Weights, config and ``{"epoch", "step", "metrics"}`` of a checkpoint file.
+
+    Raises:
+        CheckpointError: the file is not a readable torchstn checkpoint.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a torchstn checkpoint (no '{FORMAT}' metadata)")
+    config = TrainConfig.from_dict(json.loads(metadata["config"]))
+    info = {"epoch": int(metadata["epoch"]), "step": int(metadata["step"]), "metrics": json.loads(metadata["metrics"])}
+    return tensors, config, info
+
+
+def read_training_state(path: str | Path) -> dict[str, Any]:
+    """The optimiser/scheduler/RNG state saved beside a checkpoint (for ``--resume``)."""
+    state_path = _state_path(Path(path))
+    if not state_path.is_file():
+        raise CheckpointError(f"cannot resume: {state_path} is missing (only 'last' checkpoints hold training state)")
+    try:
+        return torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read training state {state_path}: {str(err).splitlines()[0]}") from None
+
+
+def load_model(run_or_ckpt: str | Path, which: str = "best", map_location: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """Rebuild the model a checkpoint was trained as and load its weights.
+
+    Returns:
+        ``(model, config, info)`` with the model in eval mode; ``info`` has ``epoch``,
+        ``step``, ``metrics`` and ``path``.
+
+    Example:
+        >>> model, config, info = load_model("runs/demo-st")  # doctest: +SKIP
+    """
+    path = resolve_checkpoint(run_or_ckpt, which)
+    tensors, config, info = read_checkpoint(path)
+    model = create_model(config.model, **config.model_args)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not fit model {config.model!r}: {str(err).splitlines()[0]}") from None
+    model.to(map_location).eval()
+    info["path"] = path
+    return model, config, info

@@ -1,0 +1,127 @@
+"""The configuration of a training run: one dataclass, saved as ``config.json`` in the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from torchstn._validation import check_choice
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig"]
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+SCHEDULES: tuple[str, ...] = ("step", "constant", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run computes.
+
+    The defaults follow the STN paper's distorted-MNIST recipe (appendix A.1): SGD with
+    momentum, learning rate 0.01 divided by 10 twice (at a third and two thirds of the
+    iterations), batch 256, no weight decay. ``loc_lr_mult`` scales the learning rate of
+    every localisation net (its regressor included).
+
+    Attributes:
+        model: registry name (:func:`torchstn.list_models`).
+        model_args: builder overrides; ``in_channels``, ``input_size`` and
+            ``num_classes`` are filled in from the dataset when missing.
+        data: dataset name (:func:`torchstn.data.list_datasets`).
+        data_dir: where the MNIST files are (``None``: ``TORCHSTN_DATA``, the cache,
+            or a checksummed download).
+        data_seed: seed of the dataset's distortions.
+        online: draw fresh distortions of the training images every epoch.
+        train_limit, test_limit: use only the first N examples of a split.
+        epochs: passes over the training set (ignored when ``steps`` is given).
+        steps: total number of iterations (the paper counts iterations).
+        batch_size: global batch size (split across processes under DDP).
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
+        lr, momentum, weight_decay: optimiser settings.
+        schedule: ``"step"`` (multiply by ``lr_gamma`` every ``lr_decay_every``
+            iterations; default a third of the run), ``"cosine"`` or ``"constant"``.
+        loc_lr_mult: learning-rate multiplier of the localisation nets.
+        identity_reg: weight of ``mean((θ - θ_identity)^2)`` added to the loss.
+        grad_clip: clip the global gradient norm to this value (``None``: off).
+        seed: seed of initialisation, shuffling and dropout.
+        deterministic: ask torch for deterministic kernels only.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        eval_batch_size: batch size of evaluation.
+        diagnostics_samples: test images used for the per-epoch θ diagnostics.
+    """
+
+    model: str = "st-cnn-aff"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    data: str = "mnist-rts"
+    data_dir: str | None = None
+    data_seed: int = 0
+    online: bool = False
+    train_limit: int | None = None
+    test_limit: int | None = None
+    epochs: int = 10
+    steps: int | None = None
+    batch_size: int = 256
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Literal["step", "constant", "cosine"] = "step"
+    lr_decay_every: int | None = None
+    lr_gamma: float = 0.1
+    loc_lr_mult: float = 1.0
+    identity_reg: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    eval_batch_size: int = 512
+    diagnostics_samples: int = 512
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("steps", "lr_decay_every", "train_limit", "test_limit"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+        for name in ("lr", "loc_lr_mult", "lr_gamma"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("momentum", "weight_decay", "identity_reg", "diagnostics_samples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        self.model_args = dict(self.model_args)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as indented JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a config written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))

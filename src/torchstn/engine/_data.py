@@ -1,0 +1,91 @@
+"""Datasets for a run and their seeded, shardable batches.
+
+Batches are drawn from a permutation that depends only on ``(seed, epoch)``, so a
+resumed run sees exactly the batches it would have seen, and under DDP every process
+takes its slice of the same global batch (so the averaged gradient is the one-process
+gradient).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from torchstn.engine._config import TrainConfig
+
+__all__ = ["dataset_model_args", "epoch_batches", "fetch", "iterate", "load_split", "shard"]
+
+
+def load_split(config: TrainConfig, split: str) -> Dataset:
+    """The ``split`` (``"train"`` or ``"test"``) of ``config.data``, limited as configured.
+
+    Raises whatever :func:`torchstn.data.get_dataset` raises for an unknown name or
+    missing files (``ValueError``, ``FileNotFoundError``), with a message saying what to do.
+    """
+    from torchstn.data import get_dataset
+
+    limit = config.train_limit if split == "train" else config.test_limit
+    return get_dataset(
+        config.data, split, root=config.data_dir, seed=config.data_seed, online=config.online, limit=limit
+    )
+
+
+def dataset_model_args(dataset: Any) -> dict[str, Any]:
+    """``in_channels``, ``input_size`` and ``num_classes`` of a dataset, for :func:`create_model`."""
+    channels, height, width = (int(s) for s in dataset.input_shape)
+    return {"in_channels": channels, "input_size": [height, width], "num_classes": int(dataset.num_classes)}
+
+
+def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> torch.Tensor:
+    """Index batches ``(num_batches, batch_size)`` of one epoch; the last partial batch is dropped.
+
+    The permutation depends only on ``seed`` and ``epoch``.
+
+    Example:
+        >>> epoch_batches(10, 4, seed=0, epoch=0).shape
+        torch.Size([2, 4])
+        >>> torch.equal(epoch_batches(10, 4, 0, 1), epoch_batches(10, 4, 0, 1))
+        True
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(num_items, generator=generator)
+    num_batches = num_items // batch_size
+    return perm[: num_batches * batch_size].view(num_batches, batch_size)
+
+
+def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This process's contiguous slice of a global batch (``world_size`` nearly equal parts)."""
+    if world_size == 1:
+        return indices
+    return torch.tensor_split(indices, world_size)[rank]
+
+
+def fetch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(B, C, H, W)`` float32 and labels ``(B,)`` int64 at ``indices``.
+
+    Datasets holding their tensors (``.tensors`` as a ``TensorDataset``, or ``.images``
+    and ``.labels`` tensors) are indexed in one go; others item by item.
+    """
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is None and isinstance(getattr(dataset, "images", None), torch.Tensor):
+        tensors = (dataset.images, dataset.labels)
+    if tensors is not None:
+        x, y = tensors[0][indices], tensors[1][indices]
+    else:
+        getitems = getattr(dataset, "__getitems__", None)  # a batch at once (an online set renders it)
+        items = getitems(indices.tolist()) if getitems is not None else [dataset[int(i)] for i in indices]
+        x = torch.stack([torch.as_tensor(item[0]) for item in items])
+        y = torch.as_tensor([int(item[1]) for item in items])
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
+    return x.float(), y.long()
+
+
+def iterate(dataset: Any, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This process's share of ``dataset`` in order, in batches (evaluation)."""
+    indices = torch.arange(rank, len(dataset), world_size)
+    for start in range(0, len(indices), batch_size):
+        yield fetch(dataset, indices[start : start + batch_size])

@@ -1,0 +1,196 @@
+"""Figures of what a spatial transformer learned: inputs beside outputs, warps, training curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchstn.engine._data import fetch
+from torchstn.nn import SpatialTransformer
+from torchstn.transforms import ThinPlateSpline
+
+__all__ = ["plot_run", "warp_outline"]
+
+_COLORS = ("#e8412c", "#2c8be8", "#33b04a", "#e8a92c")
+
+
+def warp_outline(st: SpatialTransformer, theta: torch.Tensor, input_size: Sequence[int], lines: int = 5) -> list[torch.Tensor]:
+    """Polylines, in input pixel coordinates, of where the transformer reads its output from.
+
+    The first polyline is the border of the output frame mapped into the input (a
+    quadrilateral for matrix transforms); for a thin-plate spline ``lines`` interior
+    grid lines in each direction follow, to show the bending.
+
+    Args:
+        st: the transformer (its transform, output size and ``align_corners``).
+        theta: ``(P,)`` parameters of one example.
+        input_size: ``(H, W)`` of the input.
+        lines: interior grid lines per direction (thin-plate spline only).
+
+    Returns:
+        a list of ``(N, 2)`` tensors of ``(column, row)`` pixel coordinates, ready for
+        ``plt.plot(*line.T)`` on ``imshow`` of the input.
+
+    Example:
+        >>> st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (28, 28)))
+        >>> border = warp_outline(st, stn.Affine().identity(), (28, 28))[0]
+        >>> border.min().item(), border.max().item()  # the identity reads the whole image
+        (-0.5, 27.5)
+    """
+    t = torch.linspace(-1.0, 1.0, 41, dtype=torch.float64)
+    one = torch.ones_like(t)
+    border = torch.cat([torch.stack([t, -one], 1), torch.stack([one, t], 1), torch.stack([t.flip(0), one], 1),
+                        torch.stack([-one, t.flip(0)], 1)])
+    curves = [border]
+    if isinstance(st.transform, ThinPlateSpline):
+        for v in torch.linspace(-1.0, 1.0, lines + 2, dtype=torch.float64)[1:-1]:
+            curves += [torch.stack([t, v * one], 1), torch.stack([v * one, t], 1)]
+    h, w = input_size
+    out = []
+    for curve in curves:
+        mapped = st.transform.transform_points(theta.detach().double().reshape(1, -1).cpu(), curve[None])[0]
+        if st.align_corners:  # -1 and 1 are the extreme pixel centres
+            cols, rows = (mapped[:, 0] + 1) * (w - 1) / 2, (mapped[:, 1] + 1) * (h - 1) / 2
+        else:  # -1 and 1 are the outer edges of the extreme pixels
+            cols, rows = ((mapped[:, 0] + 1) * w - 1) / 2, ((mapped[:, 1] + 1) * h - 1) / 2
+        out.append(torch.stack([cols, rows], 1))
+    return out
+
+
+def _image(x: torch.Tensor) -> tuple[Any, str | None]:
+    """A ``(C, H, W)`` tensor as something ``imshow`` draws: RGB for 3 channels, else grey."""
+    x = x.detach().float().cpu()
+    if x.shape[0] == 3:
+        return x.permute(1, 2, 0).clamp(0, 1).numpy(), None
+    return x.mean(0).numpy(), "gray"
+
+
+def plot_run(
+    model: nn.Module,
+    dataset: Any,
+    out: str | Path,
+    *,
+    history: Sequence[dict[str, Any]] = (),
+    num: int = 8,
+    start: int = 0,
+    title: str | None = None,
+    device: str | torch.device = "cpu",
+) -> Path:
+    """Write a PNG: inputs with the predicted warp drawn on them, the transformers' outputs, and curves.
+
+    Row 1 shows ``num`` test inputs with, for each transformer, the border of its
+    output frame mapped into the input (a quadrilateral, or a bent grid for a
+    thin-plate spline) and the predicted / true label. Row 2 (one per transformer)
+    shows what the transformer made of each input. The last row shows loss and error
+    per epoch (train and test) and the θ diagnostics (distance from the identity,
+    fraction of sampling points outside the input) when ``history`` is given.
+
+    Args:
+        model: a registry model (``.transformers``, ``.transform_input``).
+        dataset: items ``(image (C, H, W), label)``.
+        out: PNG path (parent directories are created).
+        history: the per-epoch records of ``metrics.jsonl``.
+        num: examples shown.
+        start: index of the first example.
+        title: figure title.
+        device: where the model runs.
+
+    Returns:
+        the path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    transformers = list(getattr(model, "transformers", ()))
+    num = max(1, min(num, len(dataset) - start))
+    x, y = fetch(dataset, torch.arange(start, start + num))
+    model.eval()
+    with torch.no_grad():
+        x_dev = x.to(device)
+        pred = model(x_dev).argmax(1).cpu()
+        thetas = [st.predict_params(x_dev).cpu() for st in transformers]
+        outputs = [st.transform_input(x_dev, th.to(device)).cpu() for st, th in zip(transformers, thetas)]
+
+    image_rows = 1 + len(transformers)
+    curve_panels = 3 if transformers and history else 2 if history else 0
+    height_ratios = [1.0] * image_rows + ([2.2] if curve_panels else [])
+    fig = plt.figure(figsize=(max(1.45 * num, 9.0), 1.6 * image_rows + (3.2 if curve_panels else 0) + 0.6))
+    grid = fig.add_gridspec(len(height_ratios), 1, height_ratios=height_ratios, hspace=0.35)
+    rows = grid[:image_rows].subgridspec(image_rows, num, wspace=0.08, hspace=0.25)
+    for j in range(num):
+        ax = fig.add_subplot(rows[0, j])
+        img, cmap = _image(x[j])
+        ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        # the view grows to show warps that read outside the input (a zoomed-out transformer)
+        low, high = torch.tensor([-0.5, -0.5]), torch.tensor([x.shape[3] - 0.5, x.shape[2] - 0.5])
+        for k, (st, th) in enumerate(zip(transformers, thetas)):
+            for n_line, line in enumerate(warp_outline(st, th[j], x.shape[2:])):
+                ax.plot(line[:, 0], line[:, 1], color=_COLORS[k % len(_COLORS)], lw=1.4 if n_line == 0 else 0.6)
+                finite = line[torch.isfinite(line).all(1)].float()
+                if len(finite):
+                    low, high = torch.minimum(low, finite.min(0).values), torch.maximum(high, finite.max(0).values)
+        size = torch.tensor([x.shape[3], x.shape[2]], dtype=torch.float32)
+        low, high = torch.maximum(low, -size), torch.minimum(high, 2 * size)  # a diverged warp stays legible
+        margin = 0.04 * float((high - low).max())
+        ax.set_xlim(float(low[0]) - margin, float(high[0]) + margin)
+        ax.set_ylim(float(high[1]) + margin, float(low[1]) - margin)
+        ax.set_facecolor("#d8d8d8")
+        ok = int(pred[j]) == int(y[j])
+        ax.set_title(f"{int(pred[j])}" if ok else f"{int(pred[j])} (true {int(y[j])})", fontsize=9,
+                     color="black" if ok else "#c0392b")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if j == 0:
+            ax.set_ylabel("input", fontsize=9)
+        for k, warped in enumerate(outputs):
+            ax = fig.add_subplot(rows[1 + k, j])
+            img, cmap = _image(warped[j])
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_color(_COLORS[k % len(_COLORS)])
+                side.set_linewidth(1.5)
+            if j == 0:
+                ax.set_ylabel(f"ST {k + 1} output" if len(outputs) > 1 else "ST output", fontsize=9)
+    if curve_panels:
+        _plot_curves(fig, grid[image_rows].subgridspec(1, curve_panels, wspace=0.3), history, bool(transformers))
+    fig.suptitle(title or "", fontsize=11)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _plot_curves(fig: Any, cells: Any, history: Sequence[dict[str, Any]], with_theta: bool) -> None:
+    epochs = [h["epoch"] for h in history]
+    ax = fig.add_subplot(cells[0, 0])
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train", ms=3)
+    ax.plot(epochs, [h["test_loss"] for h in history], "o-", label="test", ms=3)
+    ax.set_xlabel("epoch")
+    ax.set_title("cross-entropy loss", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = fig.add_subplot(cells[0, 1])
+    ax.plot(epochs, [100 * h["train_error"] for h in history], "o-", label="train", ms=3)
+    ax.plot(epochs, [100 * h["test_error"] for h in history], "o-", label="test", ms=3)
+    ax.set_xlabel("epoch")
+    ax.set_title("error (%)", fontsize=10)
+    ax.legend(fontsize=8)
+    if with_theta and all(h.get("theta") for h in history):
+        ax = fig.add_subplot(cells[0, 2])
+        for k in range(len(history[0]["theta"])):
+            color = _COLORS[k % len(_COLORS)]
+            ax.plot(epochs, [h["theta"][k]["distance"] for h in history], "o-", color=color, ms=3,
+                    label=f"ST {k + 1}: |θ - identity|")
+            ax.plot(epochs, [h["theta"][k]["outside"] for h in history], "s--", color=color, ms=3, alpha=0.7,
+                    label=f"ST {k + 1}: samples outside")
+        ax.set_xlabel("epoch")
+        ax.set_title("transformer diagnostics", fontsize=10)
+        ax.legend(fontsize=7)

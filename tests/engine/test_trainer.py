@@ -1,0 +1,133 @@
+import math
+
+import pytest
+import torch
+
+from torchstn.engine import TrainConfig, build_optimizer, identity_penalty, load_model, resume_config, train
+from torchstn.engine._data import epoch_batches, shard
+
+
+def _config(**kw):
+    base = dict(model="tutorial", data="shapes", epochs=2, batch_size=32, lr=0.05, seed=3, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_resume_is_bit_exact(tmp_path, shapes):
+    # tutorial has dropout, so the RNG state must be restored too
+    train_set, test_set = shapes
+    config = _config(loc_lr_mult=0.5)
+    straight = train(config, tmp_path / "a", train_set=train_set, test_set=test_set, progress=False)
+    train(config, tmp_path / "b", train_set=train_set, test_set=test_set, progress=False, stop_after=1)
+    resumed = train(config, tmp_path / "b", train_set=train_set, test_set=test_set, progress=False, resume=True)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+    # and an interrupted run really differs from the finished one
+    first, _, _ = load_model(tmp_path / "b", "best")
+    assert (tmp_path / "b" / "metrics.jsonl").read_text().count("\n") == 2
+    assert not all(torch.equal(first.state_dict()[k], a[k]) for k in a) or straight.history[0]["test_error"] <= straight.history[1]["test_error"]
+
+
+def test_resume_refuses_a_changed_config(tmp_path, shapes):
+    train(_config(epochs=1), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False)
+    assert resume_config(tmp_path / "r", epochs=3).epochs == 3
+    with pytest.raises(ValueError, match="cannot change lr"):
+        resume_config(tmp_path / "r", lr=0.5)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(_config(epochs=1), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False)
+
+
+def test_run_directory_contents(tmp_path, shapes):
+    result = train(_config(model="st-cnn-aff", epochs=2), tmp_path / "run", train_set=shapes[0],
+                   test_set=shapes[1], progress=False)
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "checkpoints/best.safetensors", "checkpoints/last.safetensors",
+                 "checkpoints/last.state.pt"):
+        assert (run / name).is_file(), name
+    assert TrainConfig.load(run / "config.json").model_args == {"in_channels": 1, "input_size": [28, 28], "num_classes": 4}
+    record = result.history[-1]
+    for key in ("epoch", "step", "lr", "train_loss", "train_error", "test_loss", "test_error", "test_per_class_error",
+                "images_per_s", "seconds", "theta", "warnings"):
+        assert key in record
+    assert record["step"] == 2 * (256 // 32)
+    assert len(record["test_per_class_error"]) == 4
+    theta = record["theta"][0]
+    assert len(theta["mean"]) == 6 and theta["finite"] and 0 <= theta["outside"] <= 1
+    model, config, info = load_model(run, "last")
+    x = shapes[1].tensors[0][:5]
+    assert torch.allclose(model(x), result.model(x))
+    assert info["epoch"] == 2 and config.model == "st-cnn-aff"
+
+
+def test_steps_and_step_schedule(tmp_path, shapes):
+    # 256 images / batch 32 = 8 steps per epoch; 12 steps = 2 epochs, the second one cut short;
+    # lr divided by 10 every ceil(12 / 3) = 4 steps: 0.05 * 0.1 ** 3 at the end
+    result = train(_config(model="cnn", steps=12), None, train_set=shapes[0], test_set=shapes[1], progress=False)
+    assert [h["step"] for h in result.history] == [8, 12]
+    assert math.isclose(result.history[-1]["lr"], 0.05 * 0.1**3)
+
+
+def test_loc_lr_multiplier_makes_two_groups():
+    import torchstn as stn
+
+    model = stn.create_model("st-cnn-aff")
+    opt = build_optimizer(model, _config(loc_lr_mult=0.1, lr=0.01))
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"classifier": 0.01, "localization": pytest.approx(0.001)}
+    loc = {id(p) for g in opt.param_groups if g["name"] == "localization" for p in g["params"]}
+    assert loc == {id(p) for p in model.transformers.parameters()}
+    assert len(build_optimizer(stn.create_model("cnn"), _config()).param_groups) == 1
+    assert isinstance(build_optimizer(model, _config(optimizer="adam")), torch.optim.Adam)
+
+
+def test_identity_penalty():
+    import torchstn as stn
+
+    model = stn.create_model("st-cnn-aff")
+    x = torch.rand(4, 1, 28, 28)
+    model(x)
+    assert float(identity_penalty(model).detach()) == 0.0
+    with torch.no_grad():
+        model.transformers[0].regressor.bias += 0.1
+    model(x)
+    assert float(identity_penalty(model).detach()) == pytest.approx(0.01, rel=1e-4)
+    assert identity_penalty(stn.create_model("cnn")) == 0.0
+
+
+def test_identity_regulariser_keeps_theta_near_identity(shapes):
+    kw = dict(model="st-fcn-aff", epochs=3, lr=0.1, loc_lr_mult=5.0)
+    free = train(_config(**kw), None, train_set=shapes[0], test_set=shapes[1], progress=False)
+    held = train(_config(identity_reg=1.0, **kw), None, train_set=shapes[0], test_set=shapes[1], progress=False)
+    assert held.history[-1]["theta"][0]["distance"] < 0.5 * free.history[-1]["theta"][0]["distance"]
+
+
+def test_grad_clip_and_deterministic_run(shapes):
+    cfg = _config(model="st-cnn-aff", epochs=1, grad_clip=0.5, deterministic=True)
+    try:
+        a = train(cfg, None, train_set=shapes[0], test_set=shapes[1], progress=False)
+        b = train(cfg, None, train_set=shapes[0], test_set=shapes[1], progress=False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+
+
+def test_epoch_batches_and_shards():
+    b0, b1 = epoch_batches(100, 10, seed=1, epoch=0), epoch_batches(100, 10, seed=1, epoch=1)
+    assert b0.shape == (10, 10) and sorted(b0.flatten().tolist()) == list(range(100))
+    assert not torch.equal(b0, b1)
+    assert epoch_batches(105, 10, 1, 0).shape == (10, 10)  # the last partial batch is dropped
+    parts = [shard(b0[0], r, 2) for r in range(2)]
+    assert torch.equal(torch.cat(parts), b0[0])
+
+
+def test_config_validation_and_roundtrip(tmp_path):
+    cfg = _config(model_args={"pool": 2})
+    cfg.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == cfg
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        TrainConfig(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.from_dict({"modle": "cnn"})
