@@ -10,7 +10,7 @@ import torch
 
 from torchstn._validation import check_floating, check_params, check_size, check_tensor
 
-__all__ = ["MatrixTransform", "Transform", "base_grid"]
+__all__ = ["MatrixTransform", "Transform", "base_grid", "linear_grid"]
 
 
 def _linspace(steps: int, align_corners: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -71,6 +71,32 @@ def base_grid(
     dtype = dtype if dtype is not None else torch.get_default_dtype()
     device = torch.device(device) if device is not None else torch.device("cpu")
     return _base_grid_cached(tuple(int(s) for s in size), bool(align_corners), homogeneous, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _interleaved_operator(
+    base: torch.Tensor, outputs: int
+) -> torch.Tensor:
+    """``K`` of shape ``(outputs * F, N * outputs)`` with ``(coefficients (B, outputs * F) @ K)``
+    ``.view(B, N, outputs) == base (N, F) @ coefficients.view(B, outputs, F).T``.
+
+    It turns a grid that is linear in its coefficients into one dense matmul whose result
+    is already laid out as the interleaved ``(B, *size, ndim)`` grid the sampler reads.
+    """
+    n, f = base.shape
+    op = base.new_zeros(outputs, f, n, outputs)
+    for j in range(outputs):
+        op[j, :, :, j] = base.T
+    return op.reshape(outputs * f, n * outputs)
+
+
+def linear_grid(coefficients: torch.Tensor, base: torch.Tensor, outputs: int) -> torch.Tensor:
+    """``base (N, F) @ coefficients.view(B, outputs, F).T`` as ``(B, N, outputs)``, in one matmul.
+
+    ``base`` must be a cached tensor (the operator is cached by its identity).
+    """
+    op = _interleaved_operator(base, outputs)
+    return torch.mm(coefficients.flatten(1), op).view(coefficients.shape[0], base.shape[0], outputs)
 
 
 class Transform(ABC):
@@ -217,14 +243,16 @@ class MatrixTransform(Transform):
         return torch.matmul(points, m[:, :n, :n].transpose(1, 2)) + m[:, None, :n, n]
 
     def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
-        # one batched matmul of the cached homogeneous base grid with the (B, ndim+1, ndim) matrix
+        # The grid is linear in the matrix rows: one dense (B, rows * (n + 1)) @ (rows * (n + 1), N * rows)
+        # matmul against a cached operator writes it directly in the sampler's interleaved layout
+        # (F.affine_grid's batched (N, 3) @ (3, 2) products are several times slower on CPU).
         base = base_grid(size, align_corners, homogeneous=True, device=params.device, dtype=params.dtype)
-        m = self._matrix(params)
         n = self.ndim
+        rows = n + 1 if self.projective else n
+        points = linear_grid(self._matrix(params)[:, :rows, :], base, rows)
         if self.projective:
-            hom = torch.matmul(base, m.transpose(1, 2))
-            return hom[..., :n] / _guard(hom[..., n:], self.eps)
-        return torch.matmul(base, m[:, :n, :].transpose(1, 2))
+            return points[..., :n] / _guard(points[..., n:], self.eps)
+        return points
 
 
 def _guard(w: torch.Tensor, eps: float) -> torch.Tensor:

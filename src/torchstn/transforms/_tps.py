@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from torchstn.transforms._base import Transform, base_grid
+from torchstn.transforms._base import Transform, base_grid, linear_grid
 
 __all__ = ["ThinPlateSpline"]
 
@@ -125,7 +125,9 @@ class ThinPlateSpline(Transform):
 
     def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
         g = _grid_operator(self._key, self.regularization, size, bool(align_corners), params.device, params.dtype)
-        return torch.matmul(g, params.reshape(params.shape[0], self.num_control_points, 2))
+        # params (B, 2K) viewed as (B, K, 2); the grid is G @ params[b] for each b, as one matmul
+        coefficients = params.reshape(params.shape[0], self.num_control_points, 2).transpose(1, 2)
+        return linear_grid(coefficients, g, 2)
 
     def __repr__(self) -> str:
         return f"ThinPlateSpline(K={self.num_control_points}, regularization={self.regularization:g})"
