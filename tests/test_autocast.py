@@ -12,15 +12,6 @@ import torchstn as stn
 
 FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.ThinPlateSpline()]
 
-_GRID_DTYPE = (
-    "under autocast the grid generator's matmul (transforms/_base.py MatrixTransform._grid_points, _tps.py "
-    "ThinPlateSpline._grid_points) runs in bfloat16 while x stays float32, and sampling/_sample.py "
-    "check_sample_args raises 'grid must have the dtype of x (torch.float32), got torch.bfloat16'. Fix: make the "
-    "grid in x's dtype with autocast disabled for the grid (torch.autocast(device_type, enabled=False) around "
-    "transform.grid in warp(), params cast to x.dtype), so the sampler gets matching float32 inputs."
-)
-
-
 def _transformer(transform: stn.Transform) -> stn.SpatialTransformer:
     st = stn.SpatialTransformer(transform, stn.conv_localization(1, (28, 28)))
     with torch.no_grad():
@@ -40,7 +31,6 @@ def _interior(y: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("transform", FAMILIES, ids=str)
-@pytest.mark.xfail(strict=True, reason=_GRID_DTYPE)
 def test_autocast_bfloat16_float32_input(transform: stn.Transform) -> None:
     st = _transformer(transform)
     x = _smooth_images()

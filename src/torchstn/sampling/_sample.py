@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -141,6 +142,13 @@ def warp(
         ``params`` map output points to input points (``src_from_dst``); the same
         ``align_corners`` is used for the grid and the sampler.
 
+    Precision:
+        The grid and the sampling run in the dtype of ``x`` when it is float32 or
+        float64, and in float32 for float16/bfloat16 inputs (the result is cast back),
+        with autocast disabled inside: a bfloat16 grid would misplace points by up to
+        ``2^-8`` of the image size. Under ``torch.autocast`` the localisation net runs in
+        low precision; its θ is cast to the sampling dtype.
+
     Example:
         >>> x = torch.rand(2, 3, 8, 8)
         >>> theta = stn.Affine().identity(batch=2)
@@ -153,5 +161,18 @@ def warp(
     check_same_batch("x", x, "params", params)
     if size is None:
         size = tuple(x.shape[2:])
-    grid = transform.grid(params.to(x.dtype), size, align_corners)
-    return sample(x, grid, mode, padding, align_corners, backend=backend)
+    # grids need more than 8 mantissa bits: low-precision inputs are warped in float32
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    with _autocast_off(x.device.type):
+        grid = transform.grid(params.to(dtype), size, align_corners)
+        out = sample(x.to(dtype), grid, mode, padding, align_corners, backend=backend)
+    return out.to(x.dtype)
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Disable autocast where it is on (it would run the grid's matmul in low precision)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no per-device query
+        enabled = torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+    return torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
