@@ -1,0 +1,45 @@
+"""DDP: ``torchrun --nproc_per_node=2 -m torchstn train`` gives the one-process result."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from torchstn.engine import load_model
+from torchstn.models import create_model
+
+MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+ARGS = ["train", "--model", "st-cnn-aff", "--model-arg", "pool=2", "--data", "mnist-rts", "--data-dir", str(MNIST),
+        "--train-limit", "256", "--test-limit", "128", "--batch-size", "32", "--epochs", "1", "--lr", "0.05",
+        "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST files expected in {MNIST}")
+def test_two_processes_match_one(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "torchstn",
+         *ARGS, "--out", str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "2 processes" in ddp.stdout
+    assert ddp.stdout.count("done:") == 1  # only rank 0 reports
+    one = subprocess.run([sys.executable, "-m", "torchstn", *ARGS, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1]) for name in ("ddp", "one"))
+    # each process takes half of every global batch and DDP averages the gradients, so the
+    # runs differ only by floating-point summation order
+    assert a["step"] == b["step"] == 8
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert abs(a["test_error"] - b["test_error"]) <= 1 / 128 + 1e-9
+    (ma, config, _), (mb, _, _) = (load_model(tmp_path / name, "last") for name in ("ddp", "one"))
+    wa, wb = ma.state_dict(), mb.state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+    torch.manual_seed(config.seed)  # the trainer's initialisation: training did move the weights
+    init = create_model(config.model, **config.model_args).state_dict()
+    assert max(float((wa[k] - init[k]).abs().max()) for k in wa) > 1e-2
