@@ -18,15 +18,14 @@ def test_resume_is_bit_exact(tmp_path, shapes):
     config = _config(loc_lr_mult=0.5)
     straight = train(config, tmp_path / "a", train_set=train_set, test_set=test_set, progress=False)
     train(config, tmp_path / "b", train_set=train_set, test_set=test_set, progress=False, stop_after=1)
+    halfway = load_model(tmp_path / "b", "last")[0].state_dict()
     resumed = train(config, tmp_path / "b", train_set=train_set, test_set=test_set, progress=False, resume=True)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], halfway[k]) for k in a)  # the resumed epoch did train
     assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
-    # and an interrupted run really differs from the finished one
-    first, _, _ = load_model(tmp_path / "b", "best")
     assert (tmp_path / "b" / "metrics.jsonl").read_text().count("\n") == 2
-    assert not all(torch.equal(first.state_dict()[k], a[k]) for k in a) or straight.history[0]["test_error"] <= straight.history[1]["test_error"]
 
 
 def test_resume_refuses_a_changed_config(tmp_path, shapes):

@@ -1,0 +1,132 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import TensorDataset
+
+import torchstn as stn
+from torchstn.engine import (
+    CheckpointError,
+    TrainConfig,
+    collapse_warnings,
+    evaluate,
+    load_model,
+    read_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    theta_diagnostics,
+)
+from torchstn.engine._checkpoint import capture_rng, restore_rng
+from torchstn.engine._figures import plot_run, warp_outline
+
+
+def _model_and_config():
+    config = TrainConfig(model="st-cnn-tps", model_args={"num_classes": 4, "input_size": [28, 28], "in_channels": 1})
+    return stn.create_model(config.model, **config.model_args), config
+
+
+def test_checkpoint_roundtrip_rebuilds_the_model(tmp_path):
+    model, config = _model_and_config()
+    with torch.no_grad():
+        model.transformers[0].regressor.bias.add_(0.05)
+    path = save_checkpoint(tmp_path / "ck.safetensors", model, config, epoch=3, step=42, metrics={"test_error": 0.5})
+    tensors, loaded_config, info = read_checkpoint(path)
+    assert loaded_config == config and info == {"epoch": 3, "step": 42, "metrics": {"test_error": 0.5}}
+    rebuilt, _, _ = load_model(path)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(rebuilt(x), model.eval()(x))
+    assert not rebuilt.training
+
+
+def test_bad_checkpoints_raise_checkpoint_error(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_model(garbage)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not a torchstn checkpoint"):
+        load_model(foreign)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        resolve_checkpoint(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        resolve_checkpoint(tmp_path)
+    (tmp_path / "weights.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="not a .safetensors checkpoint"):
+        resolve_checkpoint(tmp_path / "weights.pt")
+    model, config = _model_and_config()
+    path = save_checkpoint(tmp_path / "ck.safetensors", model, config.replace(model="st-cnn-aff"), epoch=1, step=1)
+    with pytest.raises(CheckpointError, match="does not fit model 'st-cnn-aff'"):
+        load_model(path)
+
+
+def test_rng_capture_and_restore():
+    state = capture_rng()
+    a = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    restore_rng(state)
+    b = (torch.rand(3), __import__("random").random(), __import__("numpy").random.rand())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+class _Fixed(torch.nn.Module):
+    """Predicts the class stored in the first pixel."""
+
+    num_classes = 3
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 3).float() * 10
+
+
+def test_evaluate_counts_errors_per_class():
+    # labels 0,0,1,1,2 ; predictions 0,1,1,1,0 -> class 0: 1/2 wrong, class 1: 0/2, class 2: 1/1
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    x = torch.zeros(5, 1, 2, 2)
+    x[:, 0, 0, 0] = torch.tensor([0.0, 1, 1, 1, 0])
+    result = evaluate(_Fixed(), TensorDataset(x, labels), batch_size=2)
+    assert result["n"] == 5
+    assert result["error"] == pytest.approx(2 / 5)
+    assert result["per_class_error"] == [0.5, 0.0, 1.0]
+    logits = _Fixed()(x)
+    assert result["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)))
+    assert {"ece", "nll"} <= result.keys()  # the calibration metrics of torchstn.engine.metrics
+    assert evaluate(_Fixed(), TensorDataset(x[:2], labels[:2]))["per_class_error"] == [0.5, None, None]
+
+
+def test_diagnostics_flag_a_zoomed_out_transformer():
+    st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (28, 28)))
+    x = torch.rand(8, 1, 28, 28)
+    healthy = theta_diagnostics([st], x)
+    assert collapse_warnings(healthy) == []
+    with torch.no_grad():
+        st.regressor.bias.copy_(torch.tensor([20.0, 0, 0, 0, 20.0, 0]))  # reads a 20x larger frame
+    (d,) = theta_diagnostics([st], x)
+    assert d["outside"] > 0.9 and d["kept"] < 0.1 and d["distance"] == pytest.approx(19 * 2**0.5, rel=1e-4)
+    (warning,) = collapse_warnings([d])
+    assert "collapsed" in warning and "outside the input" in warning and "--loc-lr-mult" in warning
+    with torch.no_grad():
+        st.regressor.bias.fill_(float("nan"))
+    assert "not finite" in collapse_warnings(theta_diagnostics([st], x))[0]
+
+
+def test_warp_outline_maps_the_frame_into_the_input():
+    st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (28, 28)))
+    half = torch.tensor([0.5, 0, 0, 0, 0.5, 0])  # reads the central half of the input
+    border = warp_outline(st, half, (28, 28))[0]
+    assert border.min().item() == pytest.approx(6.5) and border.max().item() == pytest.approx(20.5)
+    tps = stn.SpatialTransformer(stn.ThinPlateSpline(), stn.conv_localization(1, (28, 28)))
+    lines = warp_outline(tps, stn.ThinPlateSpline().identity(), (28, 28), lines=3)
+    assert len(lines) == 1 + 2 * 3
+
+
+def test_plot_run_draws_every_kind_of_model(tmp_path):
+    x, y = torch.rand(6, 1, 28, 28), torch.arange(6) % 4
+    data = TensorDataset(x, y)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.1 / e, "train_error": 0.5 / e,
+                "test_error": 0.6 / e, "theta": [{"distance": 0.1 * e, "outside": 0.0}] * 2} for e in (1, 2)]
+    models = {
+        "two": stn.create_model("st-fcn-proj", num_classes=4, num_transformers=2),
+        "tps": stn.create_model("st-cnn-tps", num_classes=4),
+        "plain": stn.create_model("cnn", num_classes=4),
+    }
+    for name, model in models.items():
+        out = plot_run(model, data, tmp_path / f"{name}.png", history=history, num=4, title=name)
+        assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 5_000
