@@ -34,7 +34,7 @@ def _deterministic_twin(pst: stn.ProbabilisticSpatialTransformer) -> stn.Spatial
 
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
-def test_zero_variance_equals_the_deterministic_transformer(distribution, dtype):
+def test_zero_variance_equals_the_deterministic_transformer(distribution, dtype, atol):
     pst = _pstn(distribution=distribution, samples=3).to(dtype)
     with torch.no_grad():  # softplus(-1e4) == 0 exactly: every sample is the mean
         pst.variance_regressor.weight.zero_()
@@ -43,9 +43,11 @@ def test_zero_variance_equals_the_deterministic_transformer(distribution, dtype)
     out = pst(x)
     expected = _deterministic_twin(pst)(x)
     assert out.shape == (6, 1, 8, 8) and out.dtype == dtype
-    for s in range(3):
-        torch.testing.assert_close(out[2 * s : 2 * s + 2], expected, atol=0, rtol=0)
+    # θ is exactly the mean; the images agree to rounding (a batch of S*B grids may round
+    # differently from a batch of B)
     torch.testing.assert_close(pst.last_params, pst.last_mean.repeat(3, 1), atol=0, rtol=0)
+    for s in range(3):
+        torch.testing.assert_close(out[2 * s : 2 * s + 2], expected, atol=atol, rtol=0)
 
 
 def test_test_time_mean_is_one_deterministic_warp():
@@ -54,7 +56,7 @@ def test_test_time_mean_is_one_deterministic_warp():
     pst.eval()
     out = pst(x)
     assert pst.last_samples == 1
-    torch.testing.assert_close(out, _deterministic_twin(pst)(x), atol=0, rtol=0)
+    torch.testing.assert_close(out, _deterministic_twin(pst)(x), atol=1e-6, rtol=0)
     pst.train()
     assert pst(x).shape[0] == 4 * pst.samples
 
