@@ -166,6 +166,10 @@ def icstn_stn(
     classifier (:func:`icstn_classifier`) sees that image resampled again: intensities,
     not parameters, are propagated. 39,048 parameters at 28x28.
 
+    Args:
+        in_channels, input_size, num_classes: the data (``input_size``: ``S`` or ``(H, W)``).
+        mode, padding, align_corners: sampling options of the warps.
+
     Example:
         >>> sum(p.numel() for p in stn.create_model("icstn-stn").parameters())
         39048
@@ -184,6 +188,11 @@ def c_stn_1(
     Each of ``steps`` predictors (not shared) looks at the original input warped by the
     current estimate and its update is composed into it; the classifier sees one
     resampling of the original. With one step it has the STN's architecture and capacity.
+
+    Args:
+        in_channels, input_size, num_classes: the data (``input_size``: ``S`` or ``(H, W)``).
+        steps: number of compositional steps, each with its own predictor.
+        mode, padding, align_corners: sampling options of the warps.
     """
     return _icstn(steps, True, False, in_channels=in_channels, input_size=input_size, num_classes=num_classes,
                   mode=mode, padding=padding, align_corners=align_corners)
