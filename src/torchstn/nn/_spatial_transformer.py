@@ -45,7 +45,7 @@ class SpatialTransformer(nn.Module):
         >>> loc = stn.conv_localization(1, (28, 28))
         >>> st = stn.SpatialTransformer(stn.Affine(), loc)
         >>> x = torch.rand(4, 1, 28, 28)
-        >>> torch.allclose(st(x), x, atol=1e-6)  # a new transformer is the identity
+        >>> torch.allclose(st(x), x, atol=1e-5)  # a new transformer is the identity
         True
         >>> st.predict_params(x).shape
         torch.Size([4, 6])
