@@ -29,9 +29,7 @@ def test_names_and_unknown_name():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_items_and_attributes(mnist_dir, name):
-    ds = get_dataset(name, "test", root=mnist_dir, limit=5, cache=False) if name != "mnist" else get_dataset(
-        name, "test", root=mnist_dir, limit=5
-    )
+    ds = get_dataset(name, "test", root=mnist_dir, limit=5, cache=False)
     assert len(ds) == 5
     image, label = ds[3]
     assert image.dtype == torch.float32 and image.shape == ds.input_shape

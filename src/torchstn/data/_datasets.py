@@ -325,6 +325,8 @@ def get_dataset(
 
     if name == "mnist":
         load_kwargs = {k: kwargs.pop(k) for k in ("download", "verify") if k in kwargs}
+        kwargs.pop("cache", None)  # nothing is generated, so nothing is cached
+        kwargs.pop("cache_dir", None)
         if kwargs:
             raise TypeError(f"unknown argument(s) {sorted(kwargs)} for dataset 'mnist'")
         images, labels = load_mnist(root, split, **load_kwargs)
@@ -333,8 +335,8 @@ def get_dataset(
 
     kind = name.removeprefix("mnist-")
     if online and split == "train":
-        cache_kwargs = {k: kwargs.pop(k) for k in ("cache", "cache_dir") if k in kwargs}
-        del cache_kwargs  # an online set is never cached
+        kwargs.pop("cache", None)  # an online set is rendered on the fly, never cached
+        kwargs.pop("cache_dir", None)
         recipe = get_recipe(kind, kwargs)
         sources = load_sources(root, split)
         index = restrict(sources.labels)
