@@ -150,8 +150,8 @@ class Workload:
     grid_fns: dict[str, Callable[[], torch.Tensor]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def sampler_fns(self) -> dict[str, Callable[[], torch.Tensor]]:
-        """``sample(x, grid, backend=name)`` for every registered backend, on torchstn's grid."""
+    def sampler_fns(self, backends: Sequence[str] | None = None) -> dict[str, Callable[[], torch.Tensor]]:
+        """``sample(x, grid, backend=name)`` for each of ``backends`` (default: every registered one), on torchstn's grid."""
         grid = self.transform.grid(self.params, self.case.out_size).detach()
         x = self.x.detach()
 
@@ -162,7 +162,7 @@ class Workload:
 
             return fn
 
-        return {name: make(name) for name in BACKENDS}
+        return {name: make(name) for name in (BACKENDS if backends is None else backends)}
 
     def traffic_bytes(self) -> int:
         """Bytes a sampler must move at least: read the input and the grid, write the output."""

@@ -13,8 +13,9 @@ from torchstn._version import __version__
 from torchstn.bench import _peers
 from torchstn.bench._cases import CASES, Case, Workload, build_training_step, build_workload, select_cases
 from torchstn.bench._timing import Timings, interleaved, peak_memory
+from torchstn.sampling import BACKENDS
 
-__all__ = ["BenchReport", "CaseResult", "Measurement", "run_benchmark", "run_case"]
+__all__ = ["BenchReport", "CaseResult", "Measurement", "default_backends", "run_benchmark", "run_case"]
 
 #: the passes of a warp case and of the training case
 PASSES: tuple[str, ...] = ("forward", "forward+backward")
@@ -96,14 +97,19 @@ def _measurements(
     return out
 
 
-def _component_fns(work: Workload) -> tuple[dict[str, Callable[[], object]], int]:
+def default_backends() -> list[str]:
+    """Every registered sampling backend but ``"reference"`` (the readable definition, 100x slower)."""
+    return [name for name in BACKENDS if name != "reference"]
+
+
+def _component_fns(work: Workload, backends: Sequence[str]) -> tuple[dict[str, Callable[[], object]], int]:
     """memcpy, every sampler backend and each grid generator, for the component breakdown."""
     traffic = work.traffic_bytes()
     element = work.x.element_size()
     src = torch.rand(max(1, traffic // (2 * element)), device=work.x.device, dtype=work.x.dtype)
     dst = torch.empty_like(src)
     fns: dict[str, Callable[[], object]] = {"memcpy": lambda: dst.copy_(src)}
-    for name, fn in work.sampler_fns().items():
+    for name, fn in work.sampler_fns(backends).items():
         fns[f"sample:{name}"] = fn
     for name, fn in work.grid_fns.items():
         fns[f"grid:{name}"] = fn
@@ -118,6 +124,7 @@ def run_case(
     min_time: float,
     peers: Sequence[str] = ("torch", "kornia"),
     components: bool = True,
+    backends: Sequence[str] | None = None,
 ) -> CaseResult:
     """Time one case: every pass interleaved over ``rounds``, then (warp cases) its components."""
     result = CaseResult(case.name, case.label, case.family)
@@ -140,7 +147,7 @@ def run_case(
         result.passes[pass_name] = _measurements(timings, "torchstn", peaks)
 
     if components:
-        fns, traffic = _component_fns(work)
+        fns, traffic = _component_fns(work, default_backends() if backends is None else backends)
         usable = {}
         for name, fn in fns.items():
             try:
@@ -164,6 +171,7 @@ def run_case(
 
 def _meta(device: torch.device, rounds: int, min_time: float, quick: bool) -> dict[str, object]:
     meta: dict[str, object] = {
+        "command": None,
         "torchstn": __version__,
         "torch": torch.__version__,
         "kornia": _peers.kornia_version(),
@@ -190,6 +198,7 @@ def run_benchmark(
     min_time: float | None = None,
     peers: Sequence[str] = ("torch", "kornia"),
     components: bool = True,
+    backends: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Run the benchmark: every selected case, every contender interleaved in the same rounds.
@@ -202,8 +211,10 @@ def run_benchmark(
         rounds: interleaved rounds per pass (default 15, quick 2).
         min_time: target seconds per measurement (default 0.02, quick 0.001).
         peers: which peers to time (``"torch"``, ``"kornia"``).
-        components: also time memcpy, each sampler backend and each grid generator
+        components: also time memcpy, the sampler backends and each grid generator
             alone (bandwidths and the grid/sampler split).
+        backends: the sampling backends of the components (default: every registered
+            backend but ``"reference"``).
         progress: called with the label of each case before it runs.
 
     Returns:
@@ -228,6 +239,9 @@ def run_benchmark(
         if progress is not None:
             progress(case.label)
         results.append(
-            run_case(case, device=device, rounds=rounds, min_time=min_time, peers=peers, components=components)
+            run_case(
+                case, device=device, rounds=rounds, min_time=min_time, peers=peers, components=components,
+                backends=backends,
+            )
         )
     return BenchReport(_meta(device, rounds, min_time, quick), results)

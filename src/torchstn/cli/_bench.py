@@ -44,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads", type=int, metavar="N", help="torch intra-op threads (default: torch's, usually the core count)"
     )
+    parser.add_argument(
+        "--backends", nargs="+", metavar="NAME",
+        help="sampling backends timed alone (default: all registered but 'reference')",
+    )
     parser.add_argument("--no-kornia", action="store_true", help="do not time kornia even when installed")
     parser.add_argument(
         "--no-components", action="store_true", help="skip the memcpy / sampler / grid breakdown"
@@ -62,6 +66,8 @@ def _command(args: argparse.Namespace) -> str:
         words += ["--rounds", str(args.rounds)]
     if args.threads is not None:
         words += ["--threads", str(args.threads)]
+    if args.backends:
+        words += ["--backends", *args.backends]
     words += ["--no-kornia"] if args.no_kornia else []
     words += ["--no-components"] if args.no_components else []
     return " ".join(words)
@@ -72,11 +78,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from torchstn.bench import check_targets, format_report, run_benchmark
+    from torchstn.sampling import BACKENDS
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda: no CUDA device is available to torch (torch.cuda.is_available() is False)")
     if args.rounds is not None and args.rounds < 1:
         raise CLIError(f"--rounds must be >= 1, got {args.rounds}")
+    unknown = sorted(set(args.backends or ()) - set(BACKENDS))
+    if unknown:
+        raise CLIError(f"--backends: unknown {unknown}; the registered backends are {sorted(BACKENDS)}")
     if args.threads is not None:
         if args.threads < 1:
             raise CLIError(f"--threads must be >= 1, got {args.threads}")
@@ -90,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             peers=peers,
             components=not args.no_components,
+            backends=args.backends,
             progress=lambda label: print(f"  timing {label} ...", file=sys.stderr, flush=True),
         )
     except ValueError as err:
