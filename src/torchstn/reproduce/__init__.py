@@ -1,0 +1,49 @@
+"""Reproduce the published STN results with one command (``torchstn reproduce``).
+
+An experiment is a table of cells (model x dataset x seed) with the paper's number
+beside each; :func:`plan` lists the cells of a budget, :func:`run_experiment` trains
+the unfinished ones with the engine (resuming an interrupted one) and records each in
+``results/<experiment>.json``, and :func:`write_report` renders
+``results/<experiment>.md`` from that record.
+
+Example:
+    >>> from torchstn.reproduce import get_experiment, plan
+    >>> cells = plan(get_experiment("stn-table1"), "standard", only=["cnn", "st-cnn-aff"], datasets=["rts"])
+    >>> [(c.row.key, c.column.key, c.config["steps"]) for c in cells]
+    [('cnn', 'rts', 1404), ('st-cnn-aff', 'rts', 1404)]
+"""
+
+from __future__ import annotations
+
+from torchstn.reproduce._experiments import (
+    BUDGETS,
+    EXPERIMENTS,
+    Column,
+    Experiment,
+    Row,
+    get_experiment,
+    list_experiments,
+)
+from torchstn.reproduce._report import figure_path, render_report, summarize, write_figure, write_report
+from torchstn.reproduce._runner import Cell, Results, machine_info, plan, run_cell, run_experiment
+
+__all__ = [
+    "BUDGETS",
+    "EXPERIMENTS",
+    "Cell",
+    "Column",
+    "Experiment",
+    "Results",
+    "Row",
+    "figure_path",
+    "get_experiment",
+    "list_experiments",
+    "machine_info",
+    "plan",
+    "render_report",
+    "run_cell",
+    "run_experiment",
+    "summarize",
+    "write_figure",
+    "write_report",
+]

@@ -1,0 +1,228 @@
+"""The report of an experiment: ``results/<experiment>.md`` and the figures, from the recorded cells.
+
+The report is rendered only from the results file (and, for figures, the run
+directories), so it can be rewritten at any time and always says what was measured.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torchstn.reproduce._experiments import BUDGETS, Experiment
+from torchstn.reproduce._runner import Cell, Results
+
+__all__ = ["figure_path", "render_report", "summarize", "write_figure", "write_report"]
+
+
+def summarize(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (``None`` for one value).
+
+    Example:
+        >>> summarize([1.0, 2.0, 3.0])
+        (2.0, 1.0)
+        >>> summarize([0.5])
+        (0.5, None)
+    """
+    mean = sum(values) / len(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _fmt(mean: float, std: float | None, n: int) -> str:
+    if std is None:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def figure_path(results_dir: str | Path, experiment: str, budget: str, row: str, column: str) -> Path:
+    """Where the figure of one cell goes: ``<results>/<experiment>/<budget>-<row>-<column>.png``."""
+    return Path(results_dir) / experiment / f"{budget}-{row}-{column}.png"
+
+
+def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *, data_dir: str | None = None) -> Path | None:
+    """Draw what the transformer(s) of a finished cell learned (:func:`torchstn.engine._figures.plot_run`).
+
+    Returns:
+        the PNG path, or ``None`` for a model without transformers or a run that is gone.
+    """
+    import json
+
+    from torchstn.engine import load_model, load_split
+    from torchstn.engine._figures import plot_run
+
+    run_dir = Path(record["run"])
+    if not cell.row.transformer or not (run_dir / "checkpoints").is_dir():
+        return None
+    model, config, _ = load_model(run_dir, "last")
+    config = config.replace(data_dir=data_dir)
+    test_set = load_split(config, "test")
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    paper = f", paper {cell.paper:.1f}%" if cell.paper is not None else ""
+    title = (f"{cell.row.label} on {cell.column.label} ({cell.experiment.name}, budget {cell.budget}, seed "
+             f"{cell.seed}): test error {record['error']:.2f}%{paper}")
+    out = figure_path(results_dir, cell.experiment.name, cell.budget, cell.row.key, cell.column.key)
+    return plot_run(model, test_set, out, history=history, num=10, title=title)
+
+
+def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[str, Any]], results_dir: Path) -> list[str]:
+    records = [r for r in cells.values() if r.get("budget") == budget]
+    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        by_pair.setdefault((r["row"], r["column"]), []).append(r)
+    pairs = [(row.key, col.key) for row, col in experiment.pairs()]
+    columns = [c for c in experiment.columns if any(p[1] == c.key for p in pairs)]
+    rows = [r for r in experiment.rows if any(p[0] == r.key for p in pairs)]
+    lines = [f"## Test error (%), budget `{budget}`", ""]
+    lines.append(
+        f"{len(records)} finished run(s); seeds per cell: {', '.join(str(len(v)) for v in by_pair.values()) or '0'}. "
+        "Each cell: **ours** (mean ± std over seeds) and the paper's number; — = not run yet."
+    )
+    lines.append("")
+    header = "| model | " + " | ".join(f"{c.label} ours | {c.label} paper" for c in columns) + " |"
+    lines += [header, "|---|" + "---:|---:|" * len(columns)]
+    means: dict[tuple[str, str], float] = {}
+    for row in rows:
+        cells_text = []
+        for col in columns:
+            if (row.key, col.key) not in pairs:
+                cells_text += ["", ""]
+                continue
+            paper = experiment.paper.get((row.key, col.key))
+            runs = by_pair.get((row.key, col.key), [])
+            if runs:
+                mean, std = summarize([r["error"] for r in runs])
+                means[(row.key, col.key)] = mean
+                ours = f"**{_fmt(mean, std, len(runs))}**"
+            else:
+                ours = "—"
+            cells_text += [ours, "—" if paper is None else f"{paper:.1f}"]
+        lines.append(f"| {row.label} | " + " | ".join(cells_text) + " |")
+    lines.append("")
+
+    # checks: every ST model against its baseline, and the paper's numbers
+    checks = []
+    for (row_key, col_key), mean in means.items():
+        row = experiment.row(row_key)
+        col = experiment.column(col_key)
+        if row.baseline is not None and (row.baseline, col_key) in means:
+            base = means[(row.baseline, col_key)]
+            verdict = "beats" if mean < base else "does **not** beat"
+            checks.append(f"- {row.label} on {col.label}: {mean:.2f}% {verdict} {experiment.row(row.baseline).label} "
+                          f"({base:.2f}%).")
+    gaps = []
+    for (row_key, col_key), mean in means.items():
+        paper = experiment.paper.get((row_key, col_key))
+        if paper is not None:
+            gaps.append(f"{experiment.row(row_key).label} on {experiment.column(col_key).label}: "
+                        f"{mean - paper:+.2f} points")
+    if checks:
+        lines += ["Each transformer model against its own baseline (same classifier, same recipe):", "", *checks, ""]
+    if gaps:
+        lines += ["Ours minus the paper: " + "; ".join(gaps) + ".", ""]
+
+    # per-cell details
+    lines += ["### Runs", "",
+              "| model | dataset | seed | test error (%) | best epoch (%) | train error (%) | iterations | "
+              "wall time | images/s | θ distance from identity | finished |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    order = {(r.key, c.key): i for i, (r, c) in enumerate(experiment.pairs())}
+    for r in sorted(records, key=lambda r: (order.get((r["row"], r["column"]), 1e9), r["seed"])):
+        theta = ", ".join(f"{t['distance']:.2f}" for t in r.get("theta", [])) or "–"
+        lines.append(
+            f"| {experiment.row(r['row']).label} | {experiment.column(r['column']).label} | {r['seed']} | "
+            f"{r['error']:.2f} | {r['best_error']:.2f} | {r['train_error']:.2f} | {r['steps']:,} | "
+            f"{_minutes(r['wall_seconds'])} | {r['images_per_s']:,.0f} | {theta} | {r.get('finished', '')} |"
+        )
+    lines.append("")
+    warned = [r for r in records if r.get("warnings")]
+    for r in warned:
+        lines.append(f"- warning in {experiment.row(r['row']).label} on {experiment.column(r['column']).label}, "
+                     f"seed {r['seed']}: {'; '.join(r['warnings'])}")
+    if warned:
+        lines.append("")
+
+    pending = [f"{experiment.row(a).label} on {experiment.column(b).label}" for a, b in pairs if (a, b) not in by_pair]
+    if pending:
+        lines += [f"Not run yet at this budget: {', '.join(pending)}.", ""]
+
+    machines = {tuple(sorted(r["machine"].items())) for r in records if "machine" in r}
+    if machines:
+        lines += ["Machine(s):", ""]
+        for m in sorted(machines):
+            d = dict(m)
+            lines.append(f"- {d.get('cpu')}, {d.get('cores')} cores ({d.get('threads')} torch threads), "
+                         f"device {d.get('device')}, torch {d.get('torch')}, torchstn {d.get('torchstn')}, "
+                         f"python {d.get('python')}")
+        lines.append("")
+    commands = sorted({r["command"] for r in records if r.get("command")})
+    if commands:
+        lines += ["Commands that produced these runs:", "", "```", *commands, "```", ""]
+    recipe = experiment.recipes[budget]
+    lines += ["Recipe: " + ", ".join(f"`{k}={v}`" for k, v in recipe.items()) + " (per-column overrides: "
+              + ("; ".join(f"{c.label}: " + ", ".join(f"`{k}={v}`" for k, v in {**c.model_args, **c.data_kwargs,
+                                                                                **c.budgets.get(budget, {})}.items())
+                           for c in columns if c.model_args or c.data_kwargs or c.budgets.get(budget)) or "none")
+              + ").", ""]
+
+    figures = []
+    for row_key, col_key in [(r.key, c.key) for r, c in experiment.pairs()]:
+        path = figure_path(results_dir, experiment.name, budget, row_key, col_key)
+        if path.is_file():
+            figures.append((row_key, col_key, path))
+    if figures:
+        lines += ["### What the transformers learned", ""]
+        head = experiment.headline
+        figures.sort(key=lambda f: (f[:2] != head,))
+        for row_key, col_key, path in figures:
+            rel = path.relative_to(results_dir)
+            label = f"{experiment.row(row_key).label} on {experiment.column(col_key).label}"
+            if (row_key, col_key) == head:
+                lines += [f"![{label}]({rel.as_posix()})", "",
+                          f"{label}: test inputs with the predicted warp drawn on them (top), the transformer's "
+                          "output (below), and the training curves.", ""]
+            else:
+                lines.append(f"- [{label}]({rel.as_posix()})")
+        lines.append("")
+    return lines
+
+
+def render_report(experiment: Experiment, results: Results, results_dir: str | Path, budget: str | None = None) -> str:
+    """The markdown report of every budget with finished cells (``budget`` first, even if empty)."""
+    results_dir = Path(results_dir)
+    budgets_present = {r.get("budget") for r in results.cells.values()}
+    budgets = [b for b in BUDGETS if b in budgets_present or b == budget]
+    budgets.sort(key=lambda b: (b != budget, {"standard": 0, "paper": 1, "quick": 2}[b]))
+    lines = [
+        f"# `{experiment.name}`: {experiment.title}",
+        "",
+        f"Paper: {experiment.source}.",
+        "",
+        f"Written by `torchstn reproduce {experiment.name}` from `{results.path.name}` (the record of the "
+        "finished runs); not edited by hand. Rerun the command to continue: finished cells are skipped and "
+        "an interrupted one resumes from its last checkpoint.",
+        "",
+        "```",
+        f"torchstn reproduce {experiment.name} --budget {budget or 'standard'}",
+        "```",
+        "",
+    ]
+    for b in budgets:
+        lines += _budget_section(experiment, b, results.cells, results_dir)
+    if experiment.notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in experiment.notes], ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(experiment: Experiment, results: Results, results_dir: str | Path, budget: str | None = None) -> Path:
+    """Write ``<results_dir>/<experiment>.md``; returns its path."""
+    path = Path(results_dir) / f"{experiment.name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(experiment, results, results_dir, budget))
+    return path
+

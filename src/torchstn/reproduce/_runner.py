@@ -1,0 +1,313 @@
+"""Run an experiment's cells with the training engine, resumably, and record what they gave.
+
+State lives in two places:
+
+* ``<results>/<experiment>.json`` (committed): one record per *finished* cell (its
+  config, test error, wall time, machine, the command that ran it). A finished cell
+  whose recorded config equals the current one is skipped.
+* ``<runs>/<experiment>/<budget>/<cell>-<hash>/`` (not committed): the engine's run
+  directory. A cell interrupted mid-run continues from its last checkpoint with the
+  engine's bit-exact resume; ``<hash>`` is of the config, so a changed recipe starts
+  a fresh run instead of resuming a different one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
+
+__all__ = ["Cell", "Results", "machine_info", "plan", "run_cell", "run_experiment"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of an experiment: a row, a column, a seed, under a budget.
+
+    Attributes:
+        experiment, row, column, seed, budget: what it is.
+        config: the :class:`~torchstn.engine.TrainConfig` fields (without ``data_dir``,
+            which does not change what is computed).
+    """
+
+    experiment: Experiment
+    row: Row
+    column: Column
+    seed: int
+    budget: str
+    config: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        """``budget/row/column/seed``: the cell's name in the results file."""
+        return f"{self.budget}/{self.row.key}/{self.column.key}/s{self.seed}"
+
+    @property
+    def digest(self) -> str:
+        """A short hash of the config: a changed recipe is a different cell."""
+        text = json.dumps(self.config, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    @property
+    def run_name(self) -> str:
+        """The run directory's name: ``<row>-<column>-s<seed>-<digest>``."""
+        return f"{self.row.key}-{self.column.key}-s{self.seed}-{self.digest}"
+
+    @property
+    def paper(self) -> float | None:
+        """The paper's test error (%) for this row and column, if it has one."""
+        return self.experiment.paper.get((self.row.key, self.column.key))
+
+
+def plan(
+    experiment: Experiment,
+    budget: str,
+    *,
+    seeds: int | None = None,
+    only: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[Cell]:
+    """The cells to run, in order (columns by the experiment's ``order``, then rows, then seeds).
+
+    Args:
+        experiment: the experiment.
+        budget: ``"quick"``, ``"standard"`` or ``"paper"``.
+        seeds: seeds per cell (``0 .. seeds-1``); default the budget's.
+        only: row keys to keep (``None``: all).
+        datasets: column keys to keep (``None``: all).
+        limit: use only the first ``limit`` training and test images (a test subset).
+
+    Raises:
+        ValueError: an unknown budget, row or column key (the message lists the known ones).
+    """
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    row_keys = [r.key for r in experiment.rows]
+    col_keys = [c.key for c in experiment.columns]
+    for given, known, what in ((only, row_keys, "model"), (datasets, col_keys, "dataset")):
+        unknown = [k for k in given or () if k not in known]
+        if unknown:
+            raise ValueError(
+                f"{experiment.name} has no {what} {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}"
+            )
+    n_seeds = experiment.seeds[budget] if seeds is None else seeds
+    if n_seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {n_seeds}")
+    cells = []
+    for row, column in experiment.pairs():
+        if (only and row.key not in only) or (datasets and column.key not in datasets):
+            continue
+        for seed in range(n_seeds):
+            config = {**experiment.recipe(budget, row, column), "seed": seed}
+            if limit is not None:
+                config["train_limit"] = min(limit, config.get("train_limit") or limit)
+                config["test_limit"] = min(limit, config.get("test_limit") or limit)
+                config["diagnostics_samples"] = min(limit, config.get("diagnostics_samples", 512))
+            cells.append(Cell(experiment, row, column, seed, budget, config))
+    return cells
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, torch threads, and the versions of python, torch and torchstn."""
+    import torch
+
+    from torchstn._version import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = "cpu"
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "torch": torch.__version__,
+        "torchstn": __version__,
+        "python": platform.python_version(),
+    }
+
+
+class Results:
+    """The committed record of finished cells: ``<dir>/<experiment>.json``.
+
+    Args:
+        directory: the results directory (``results/``).
+        experiment: the experiment's name.
+    """
+
+    def __init__(self, directory: str | Path, experiment: str) -> None:
+        self.path = Path(directory) / f"{experiment}.json"
+        self.experiment = experiment
+        self.cells: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            data = json.loads(self.path.read_text())
+            self.cells = dict(data.get("cells", {}))
+
+    def finished(self, cell: Cell) -> dict[str, Any] | None:
+        """The record of ``cell`` if it finished with the same config, else ``None``."""
+        record = self.cells.get(cell.key)
+        if record is not None and record.get("digest") == cell.digest:
+            return record
+        return None
+
+    def add(self, cell: Cell, record: dict[str, Any]) -> None:
+        """Record a finished cell and write the file (atomically)."""
+        self.cells[cell.key] = record
+        self.save()
+
+    def save(self) -> None:
+        """Write the file, cells sorted by key."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"experiment": self.experiment, "cells": dict(sorted(self.cells.items()))}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+        os.replace(tmp, self.path)
+
+
+def _wall_seconds(history: Sequence[dict[str, Any]]) -> float:
+    """Training wall time (evaluation included) summed over epochs, across resumed sessions.
+
+    ``elapsed`` restarts at each session of the engine; an epoch whose ``elapsed`` is
+    not above the previous one starts a new session.
+    """
+    total, previous = 0.0, None
+    for record in history:
+        elapsed = float(record.get("elapsed", record.get("seconds", 0.0)))
+        total += elapsed - previous if previous is not None and elapsed > previous else elapsed
+        previous = elapsed
+    return total
+
+
+def run_cell(
+    cell: Cell,
+    runs: str | Path,
+    *,
+    data_dir: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train one cell with :func:`torchstn.engine.train` (resuming an interrupted run) and return its record.
+
+    Args:
+        cell: the cell.
+        runs: the runs root; the run directory is ``runs/<experiment>/<budget>/<run_name>``.
+        data_dir: where the MNIST files are (``None``: ``TORCHSTN_DATA``, the cache, a download).
+        progress: the engine's progress bar.
+        log: where progress lines go.
+
+    Returns:
+        the record :class:`Results` stores: ``error`` (last-iteration test error, %),
+        ``loss``, ``best_error``, ``steps``, ``epochs``, ``wall_seconds``, ``images_per_s``,
+        ``run``, ``digest``, ``config`` and the ``theta`` diagnostics of the last epoch.
+    """
+    from torchstn.engine import TrainConfig, train
+
+    run_dir = Path(runs) / cell.experiment.name / cell.budget / cell.run_name
+    config = TrainConfig(**cell.config, data_dir=data_dir)
+    last = run_dir / "checkpoints" / "last.safetensors"
+    resume = last.is_file() and (run_dir / "checkpoints" / "last.state.pt").is_file()
+    if not resume and run_dir.exists():  # interrupted before its first checkpoint: start again
+        shutil.rmtree(run_dir)
+    if resume:
+        log(f"  resuming {run_dir} from its last checkpoint")
+    result = train(config, run_dir, resume=resume, progress=progress)
+    history = result.history
+    if not history:
+        raise RuntimeError(f"{run_dir}: training recorded no epoch")
+    final = history[-1]
+    return {
+        "row": cell.row.key,
+        "column": cell.column.key,
+        "seed": cell.seed,
+        "budget": cell.budget,
+        "error": 100.0 * float(final["test_error"]),
+        "loss": float(final["test_loss"]),
+        "best_error": 100.0 * min(float(h["test_error"]) for h in history),
+        "train_error": 100.0 * float(final["train_error"]),
+        "steps": int(final["step"]),
+        "epochs": int(final["epoch"]),
+        "wall_seconds": round(_wall_seconds(history), 1),
+        "images_per_s": round(sum(float(h["images_per_s"]) for h in history) / len(history), 1),
+        "theta": final.get("theta", []),
+        "warnings": final.get("warnings", []),
+        "paper": cell.paper,
+        "run": str(run_dir),
+        "digest": cell.digest,
+        "config": cell.config,
+    }
+
+
+def run_experiment(
+    cells: Sequence[Cell],
+    results: Results,
+    runs: str | Path,
+    *,
+    data_dir: str | None = None,
+    command: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    after_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the cells not yet finished, in order, recording each as it finishes.
+
+    Args:
+        cells: from :func:`plan`.
+        results: the record (finished cells are skipped; new ones are added as they finish).
+        runs: the runs root.
+        data_dir: where the MNIST files are.
+        command: the command line to record with each cell (default: ``sys.argv``).
+        progress: the engine's progress bar.
+        log: where progress lines go.
+        after_cell: called with each newly finished cell and its record (e.g. to
+            rewrite the report).
+
+    Returns:
+        the records of every cell in ``cells`` (finished before or now).
+    """
+    command = command or shlex.join(["torchstn", *sys.argv[1:]])
+    machine = machine_info()
+    done = sum(results.finished(c) is not None for c in cells)
+    log(f"{cells[0].experiment.name if cells else '?'} ({cells[0].budget if cells else '?'}): "
+        f"{len(cells)} cells, {done} already finished, {len(cells) - done} to run")
+    records = []
+    started = time.perf_counter()
+    for i, cell in enumerate(cells, 1):
+        record = results.finished(cell)
+        what = f"[{i}/{len(cells)}] {cell.row.label} on {cell.column.label}, seed {cell.seed}"
+        if record is not None:
+            log(f"{what}: finished earlier, {record['error']:.2f}% error (skipped)")
+            records.append(record)
+            continue
+        paper = f" (paper {cell.paper:.1f}%)" if cell.paper is not None else ""
+        log(f"{what}: training{paper} ...")
+        record = run_cell(cell, runs, data_dir=data_dir, progress=progress, log=log)
+        record["machine"] = machine
+        record["command"] = command
+        record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        results.add(cell, record)
+        records.append(record)
+        log(f"{what}: {record['error']:.2f}% test error{paper} in {record['wall_seconds'] / 60:.1f} min "
+            f"(total {(time.perf_counter() - started) / 60:.1f} min)")
+        if after_cell is not None:
+            after_cell(cell, record)
+    return records

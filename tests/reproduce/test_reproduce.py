@@ -1,0 +1,124 @@
+"""``torchstn reproduce``: cells, the committed record, skipping and resuming, the report."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from torchstn.cli import main
+from torchstn.reproduce import BUDGETS, Results, get_experiment, list_experiments, plan, run_experiment, summarize
+
+MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
+needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST files expected in {MNIST}")
+
+
+def test_every_experiment_plans_every_budget():
+    for name in list_experiments():
+        experiment = get_experiment(name)
+        for budget in BUDGETS:
+            cells = plan(experiment, budget)
+            assert cells, (name, budget)
+            assert len({c.key for c in cells}) == len(cells)
+            for cell in cells:  # every recipe is a valid engine config naming a registry model and dataset
+                from torchstn import list_models
+                from torchstn.data import list_datasets
+                from torchstn.engine import TrainConfig
+
+                TrainConfig(**cell.config)
+                assert cell.config["model"] in list_models()
+                assert cell.config["data"] in list_datasets()
+
+
+def test_table1_holds_the_papers_numbers_and_runs_rts_first():
+    experiment = get_experiment("stn-table1")
+    assert experiment.paper[("st-cnn-aff", "rts")] == 0.5
+    assert experiment.paper[("fcn", "rts")] == 5.2
+    assert len(experiment.paper) == 32
+    cells = plan(experiment, "standard")
+    assert [c.column.key for c in cells[:8]] == ["rts"] * 8
+    assert all(c.config["model_args"] == {"pool": 2} for c in cells if c.column.key == "rts")
+    paper = plan(experiment, "paper")
+    assert {c.seed for c in paper} == {0, 1, 2}
+    assert all(c.config["steps"] == 150_000 and c.config["lr_decay_every"] == 50_000 for c in paper)
+
+
+def test_plan_filters_and_rejects_unknown_names():
+    experiment = get_experiment("stn-table1")
+    cells = plan(experiment, "quick", only=["cnn"], datasets=["rts", "e"], seeds=2, limit=64)
+    assert [(c.row.key, c.column.key, c.seed) for c in cells] == [
+        ("cnn", "rts", 0), ("cnn", "rts", 1), ("cnn", "e", 0), ("cnn", "e", 1)]
+    assert all(c.config["train_limit"] == 64 and c.config["test_limit"] == 64 for c in cells)
+    assert cells[0].digest != plan(experiment, "quick", only=["cnn"], datasets=["rts"])[0].digest
+    with pytest.raises(ValueError, match="no model 'nope'"):
+        plan(experiment, "quick", only=["nope"])
+    with pytest.raises(ValueError, match="no dataset 'q'"):
+        plan(experiment, "quick", datasets=["q"])
+    with pytest.raises(ValueError, match="budget"):
+        plan(experiment, "huge")
+    with pytest.raises(ValueError, match="unknown experiment"):
+        get_experiment("stn-table9")
+
+
+def test_summarize():
+    assert summarize([0.4, 0.6]) == pytest.approx((0.5, 0.1414213), rel=1e-5)
+    assert summarize([0.7]) == (0.7, None)
+
+
+@needs_mnist
+def test_reproduce_table1_quick_end_to_end(tmp_path, capsys):
+    args = ["reproduce", "stn-table1", "--budget", "quick", "--only", "cnn,st-cnn-aff", "--limit", "64",
+            "--data-dir", str(MNIST), "--out", str(tmp_path / "results"), "--runs", str(tmp_path / "runs"),
+            "--no-progress"]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "results" / "stn-table1.json").read_text())
+    assert sorted(record["cells"]) == sorted(
+        f"quick/{m}/{d}/s0" for m in ("cnn", "st-cnn-aff") for d in ("r", "rts", "p", "e"))
+    for cell in record["cells"].values():
+        assert 0.0 <= cell["error"] <= 100.0
+        assert cell["steps"] == 16 and cell["wall_seconds"] >= 0
+        assert cell["machine"]["torch"] and cell["command"].startswith("torchstn reproduce stn-table1")
+    report = (tmp_path / "results" / "stn-table1.md").read_text()
+    assert "| ST-CNN Aff |" in report and "| 0.5 |" in report  # the paper's RTS number beside ours
+    assert "budget `quick`" in report and "AMD" in report or "cores" in report
+    figure = tmp_path / "results" / "stn-table1" / "quick-st-cnn-aff-rts.png"
+    assert figure.is_file() and figure.read_bytes()[:4] == b"\x89PNG"
+    assert "quick-st-cnn-aff-rts.png" in report
+
+    capsys.readouterr()
+    assert main(args) == 0  # everything is finished: nothing is trained again
+    out = capsys.readouterr().out
+    assert out.count("finished earlier") == 8 and "training" not in out.replace("training (", "")
+
+
+@needs_mnist
+def test_an_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
+    from torchstn.engine import TrainConfig, train
+
+    cell = plan(get_experiment("stn-table1"), "quick", only=["cnn"], datasets=["rts"], limit=64)[0]
+    run_dir = tmp_path / "runs" / "stn-table1" / "quick" / cell.run_name
+    config = TrainConfig(**cell.config, data_dir=str(MNIST))
+    train(config, run_dir, progress=False, stop_after=1)  # as if killed after the first epoch
+    straight = train(config, tmp_path / "straight", progress=False)
+
+    lines: list[str] = []
+    results = Results(tmp_path / "results", "stn-table1")
+    (record,) = run_experiment([cell], results, tmp_path / "runs", data_dir=str(MNIST), progress=False,
+                               log=lines.append)
+    assert any("resuming" in line for line in lines)
+    assert record["steps"] == 16
+    assert record["error"] == pytest.approx(100 * straight.final["test_error"])
+    assert Results(tmp_path / "results", "stn-table1").finished(cell) is not None
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["reproduce", "stn-table9", "--out", str(tmp_path)]) == 2
+    assert "unknown experiment 'stn-table9'" in capsys.readouterr().err
+    assert main(["reproduce", "stn-table1", "--only", "resnet", "--out", str(tmp_path)]) == 2
+    assert "no model 'resnet'" in capsys.readouterr().err
+
+
+def test_list_shows_state_without_training(tmp_path, capsys):
+    assert main(["reproduce", "stn-table1", "--list", "--only", "st-cnn-aff", "--datasets", "rts",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "standard/st-cnn-aff/rts/s0" in out and "pending" in out and "paper 0.5%" in out
