@@ -18,7 +18,7 @@ from torchstn._version import __version__
 __all__ = ["CLIError", "SUBCOMMANDS", "build_parser", "main"]
 
 #: modules under ``torchstn.cli`` that each register one subcommand, in help order
-SUBCOMMANDS: list[str] = ["demo", "data", "train", "eval", "visualize", "bench", "export"]
+SUBCOMMANDS: list[str] = ["demo", "data", "train", "eval", "visualize", "bench", "export", "reproduce"]
 
 
 class CLIError(Exception):
