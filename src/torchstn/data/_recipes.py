@@ -451,17 +451,17 @@ class PerturbedICSTN(ProjectiveMNIST):
 
     Normalised units of the 28x28 digit. The canvas corners are sent to the perturbed
     positions in the digit (a canvas -> digit homography), as in Lin & Lucey's
-    perturbed MNIST. Draws whose digit would reach past the canvas are redrawn
-    (``keep_inside``, on by default: about 57 % of first draws, so the kept
-    perturbations are smaller than the unconditioned law's; ``keep_inside=False``
-    gives that law, with digits partly off the canvas).
+    perturbed MNIST. The default is the paper's law unconditioned, so parts of some
+    digits leave the canvas (as in the authors' data; the classifier must cope).
+    ``keep_inside=True`` redraws such samples instead (about 57 % of first draws, so
+    the kept perturbations are markedly smaller than the paper's).
 
     Parameters: :class:`~torchstn.Projective`.
     """
 
     kind = "perturbed"
     summary = "IC-STN: corners N(0, 0.25) + translation N(0, 0.25), projective, 28x28"
-    defaults = {"sigma": 0.25, "translation": 0.25, **_WHOLE_28}
+    defaults = {"sigma": 0.25, "translation": 0.25, **_WHOLE_28, "keep_inside": False}
 
     def _draw(self, sources: Sources, index: torch.Tensor, generator: torch.Generator) -> Draw:
         k = self.k
