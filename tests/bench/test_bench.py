@@ -78,7 +78,7 @@ def test_quick_run_reports_every_part() -> None:
     assert "grid:torchstn" in affine.components and "grid:torch" in affine.components
     assert any("affine_grid cannot represent" in n for n in report.case("tps-28").notes)
     step = report.case("st-cnn").passes["step"]
-    assert set(step) == {"torchstn", "cnn"}
+    assert set(step) == {"torchstn", "cnn", "cnn+dx"}
 
     text = format_report(report)
     for expected in ("affine 4x1x8x8", "forward+backward", "memcpy", "ST overhead", "targets (issue 8)", "QUICK"):

@@ -312,9 +312,17 @@ def build_training_step(
 ) -> tuple[dict[str, Callable[[], None]], str]:
     """One SGD step (forward, cross-entropy, backward, update) of the ST-CNN and of the bare CNN.
 
+    The bare CNN is timed twice: as it is (``"cnn"``) and with the gradient with
+    respect to its input (``"cnn+dx"``), which a network pays for any module in front
+    of it that learns (a transformer needs the gradient of its output). The ST
+    overhead over ``"cnn"`` therefore splits into that gradient (``cnn+dx`` over
+    ``cnn``) and the transformer itself: localisation net, grid and sampler
+    (``torchstn`` over ``cnn+dx``).
+
     Returns:
-        ``({"torchstn": st_cnn_step, "cnn": cnn_step}, source)`` where ``source`` says
-        which networks were built (see :func:`torchstn.bench._models.training_models`).
+        ``({"torchstn": st_cnn_step, "cnn": cnn_step, "cnn+dx": cnn_dx_step}, source)``
+        where ``source`` says which networks were built (see
+        :func:`torchstn.bench._models.training_models`).
     """
     from torchstn.bench._models import training_models
 
@@ -323,17 +331,20 @@ def build_training_step(
     st_cnn, cnn, source = training_models(case.shape[-1])
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(case.shape, generator=generator).to(device)
+    x_dx = x.clone().requires_grad_(True)
     y = torch.randint(0, 10, (case.shape[0],), generator=generator).to(device)
 
-    def make_step(model: torch.nn.Module) -> Callable[[], None]:
+    def make_step(model: torch.nn.Module, inputs: torch.Tensor) -> Callable[[], None]:
         model.to(device).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            inputs.grad = None
+            F.cross_entropy(model(inputs), y).backward()
             optimizer.step()
 
         return step
 
-    return {"torchstn": make_step(st_cnn), "cnn": make_step(cnn)}, source
+    steps = {"torchstn": make_step(st_cnn, x), "cnn": make_step(cnn, x), "cnn+dx": make_step(cnn, x_dx)}
+    return steps, source

@@ -82,15 +82,22 @@ def _components_table(cases: list[CaseResult]) -> list[str]:
 
 def _training_lines(case: CaseResult) -> list[str]:
     step = case.passes.get(STEP, {})
-    st, plain = step.get("torchstn"), step.get("cnn")
+    st, plain, dx = step.get("torchstn"), step.get("cnn"), step.get("cnn+dx")
     if st is None or plain is None or plain.ratio is None:
         return []
     overhead = 1 / plain.ratio - 1  # plain.ratio = cnn time / st-cnn time, per round
     lines = [
-        f"{case.label} (SGD, forward + cross-entropy + backward + update): ST-CNN{_ms(st.seconds)}{_mb(st.peak_bytes)}, "
-        f"CNN{_ms(plain.seconds)}{_mb(plain.peak_bytes)}; ST overhead {100 * overhead:+.1f}% "
-        "(median of per-round ratios)"
+        f"{case.label} (SGD, forward + cross-entropy + backward + update):",
+        f"  ST-CNN{_ms(st.seconds)}{_mb(st.peak_bytes)}, CNN{_ms(plain.seconds)}{_mb(plain.peak_bytes)}: "
+        f"ST overhead {100 * overhead:+.1f}% (median of per-round ratios)",
     ]
+    if dx is not None and dx.ratio is not None:
+        # dx.ratio = (cnn+dx time) / st-cnn time: the share of the overhead the CNN's input gradient explains
+        lines.append(
+            f"  CNN with the gradient wrt its input{_ms(dx.seconds)}: the gradient alone {100 * (dx.ratio / plain.ratio - 1):+.1f}%"
+            f" over the CNN; the transformer itself (localisation net + grid + sampler) {100 * (1 / dx.ratio - 1):+.1f}%"
+            " over that"
+        )
     return lines + [f"  {n}" for n in case.notes]
 
 

@@ -1,0 +1,101 @@
+"""``torch.compile`` (default backend, CPU) gives eager's outputs, with no graph break.
+
+The default run compiles one module holding a spatial transformer of every 2-D family
+(with a flatten-only localisation net: the grid generator and the sampler are what is
+under test) and one registry model, the ST-FCN with a thin-plate spline. Inductor's code
+generation grows faster than the graph, so the slow test (``pytest -m slow``) compiles
+every registry model separately.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import torchstn as stn
+from torchstn.models import create_model, list_models
+
+FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.ThinPlateSpline()]
+REGISTRY = ["st-fcn-tps"]
+
+
+def _perturb(module: nn.Module, seed: int) -> nn.Module:
+    """Non-zero regressor weights: θ depends on the input and the warp is not the identity."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, stn.SpatialTransformer):
+                m.regressor.weight.copy_(0.05 * torch.randn(m.regressor.weight.shape, generator=generator))
+    return module
+
+
+class _Everything(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformers = nn.ModuleList(
+            _perturb(stn.SpatialTransformer(t, nn.Flatten(), output_size=(20, 24), in_features=28 * 28), i)
+            for i, t in enumerate(FAMILIES)
+        )
+        self.models = nn.ModuleList(_perturb(create_model(name), 10 + i) for i, name in enumerate(REGISTRY))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (*[st(x) for st in self.transformers], *[m(x) for m in self.models])
+
+
+NAMES = [t.name for t in FAMILIES] + REGISTRY
+
+
+def _images(batch: int = 4) -> torch.Tensor:
+    return torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def outputs() -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
+    torch._dynamo.reset()
+    model = _Everything().eval()
+    x = _images()
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True)(x)  # fullgraph: a graph break is an error
+    return eager, compiled, x
+
+
+@pytest.mark.parametrize("index", range(len(NAMES)), ids=NAMES)
+def test_compiled_matches_eager(outputs, index: int) -> None:
+    eager, compiled, _ = outputs
+    assert compiled[index].shape == eager[index].shape
+    torch.testing.assert_close(compiled[index], eager[index], atol=1e-5, rtol=1e-5)
+
+
+def test_the_transformers_really_warp(outputs) -> None:
+    eager, _, x = outputs
+    for out in eager[: len(FAMILIES)]:
+        resized = nn.functional.interpolate(x, size=out.shape[-2:], mode="bilinear")
+        assert (out - resized).abs().max() > 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_every_registry_model_compiles(name: str) -> None:
+    torch._dynamo.reset()
+    model = _perturb(create_model(name), 0).eval()
+    shape = getattr(model, "input_shape", (1, 28, 28))
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(model)
+    with torch.no_grad(), _eager_random_numbers():  # the P-STN samples θ in evaluation too
+        torch.manual_seed(1)
+        got = compiled(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(got, model(x), atol=1e-5, rtol=1e-5)
+
+
+class _eager_random_numbers:
+    """Make compiled code draw the same random numbers as eager (inductor has its own generator)."""
+
+    def __enter__(self) -> None:
+        import torch._inductor.config as config
+
+        self.config, self.before = config, config.fallback_random
+        config.fallback_random = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.config.fallback_random = self.before
