@@ -15,6 +15,7 @@ __all__ = [
     "add_checkpoint_args",
     "add_data_args",
     "add_device_arg",
+    "apply_threads",
     "check_data_args",
     "check_model",
     "formatter",
@@ -62,6 +63,7 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
     from torchstn.engine._trainer import resolve_device
 
     check_data_args(args.data, args.data_dir)
+    apply_threads(args)
     device = resolve_device(args.device or "auto")
     model, config, info = load_model(args.checkpoint, args.which, map_location=device)
     changes = {"data": args.data, "data_dir": args.data_dir, "data_seed": args.data_seed}
@@ -76,7 +78,20 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
 
 
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--threads``."""
     parser.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads of torch (default: torch's; 1 is faster on a busy machine)")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's CPU thread count from ``--threads``."""
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise CLIError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def check_model(name: str | None, model_args: dict[str, Any] | None = None) -> None:

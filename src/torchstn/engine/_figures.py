@@ -123,21 +123,23 @@ def plot_run(
     fig = plt.figure(figsize=(max(1.45 * num, 9.0), 1.6 * image_rows + (3.2 if curve_panels else 0) + 0.6))
     grid = fig.add_gridspec(len(height_ratios), 1, height_ratios=height_ratios, hspace=0.35)
     rows = grid[:image_rows].subgridspec(image_rows, num, wspace=0.08, hspace=0.25)
+    outlines = [[warp_outline(st, th[j], x.shape[2:]) for st, th in zip(transformers, thetas)] for j in range(num)]
+    # one view for the whole row, grown to show warps that read outside the input (grey)
+    low, high = torch.tensor([-0.5, -0.5]), torch.tensor([x.shape[3] - 0.5, x.shape[2] - 0.5])
+    for line in (line for per_example in outlines for per_st in per_example for line in per_st):
+        finite = line[torch.isfinite(line).all(1)].float()
+        if len(finite):
+            low, high = torch.minimum(low, finite.min(0).values), torch.maximum(high, finite.max(0).values)
+    size = torch.tensor([x.shape[3], x.shape[2]], dtype=torch.float32)
+    low, high = torch.maximum(low, -size), torch.minimum(high, 2 * size)  # a diverged warp stays legible
+    margin = 0.04 * float((high - low).max())
     for j in range(num):
         ax = fig.add_subplot(rows[0, j])
         img, cmap = _image(x[j])
         ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        # the view grows to show warps that read outside the input (a zoomed-out transformer)
-        low, high = torch.tensor([-0.5, -0.5]), torch.tensor([x.shape[3] - 0.5, x.shape[2] - 0.5])
-        for k, (st, th) in enumerate(zip(transformers, thetas)):
-            for n_line, line in enumerate(warp_outline(st, th[j], x.shape[2:])):
+        for k, per_st in enumerate(outlines[j]):
+            for n_line, line in enumerate(per_st):
                 ax.plot(line[:, 0], line[:, 1], color=_COLORS[k % len(_COLORS)], lw=1.4 if n_line == 0 else 0.6)
-                finite = line[torch.isfinite(line).all(1)].float()
-                if len(finite):
-                    low, high = torch.minimum(low, finite.min(0).values), torch.maximum(high, finite.max(0).values)
-        size = torch.tensor([x.shape[3], x.shape[2]], dtype=torch.float32)
-        low, high = torch.maximum(low, -size), torch.minimum(high, 2 * size)  # a diverged warp stays legible
-        margin = 0.04 * float((high - low).max())
         ax.set_xlim(float(low[0]) - margin, float(high[0]) + margin)
         ax.set_ylim(float(high[1]) + margin, float(low[1]) - margin)
         ax.set_facecolor("#d8d8d8")
@@ -170,27 +172,30 @@ def plot_run(
 
 
 def _plot_curves(fig: Any, cells: Any, history: Sequence[dict[str, Any]], with_theta: bool) -> None:
-    epochs = [h["epoch"] for h in history]
-    ax = fig.add_subplot(cells[0, 0])
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train", ms=3)
-    ax.plot(epochs, [h["test_loss"] for h in history], "o-", label="test", ms=3)
-    ax.set_xlabel("epoch")
-    ax.set_title("cross-entropy loss", fontsize=10)
-    ax.legend(fontsize=8)
-    ax = fig.add_subplot(cells[0, 1])
-    ax.plot(epochs, [100 * h["train_error"] for h in history], "o-", label="train", ms=3)
-    ax.plot(epochs, [100 * h["test_error"] for h in history], "o-", label="test", ms=3)
-    ax.set_xlabel("epoch")
-    ax.set_title("error (%)", fontsize=10)
-    ax.legend(fontsize=8)
+    """Loss and error against the step: the running train curve, test at the end of each epoch."""
+    steps = [h.get("step", h["epoch"]) for h in history]
+    curve = [point for h in history for point in h.get("train_curve", [])]
+    for col, (key, title, scale) in enumerate((("loss", "cross-entropy loss", 1.0), ("error", "error (%)", 100.0))):
+        ax = fig.add_subplot(cells[0, col])
+        if curve:
+            ax.plot([p[0] for p in curve], [scale * p[1 + col] for p in curve], "-", lw=1, label="train")
+        else:
+            ax.plot(steps, [scale * h[f"train_{key}"] for h in history], "o-", ms=3, label="train")
+        ax.plot(steps, [scale * h[f"test_{key}"] for h in history], "o-", ms=4, label="test")
+        ax.set_xlabel("step")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
     if with_theta and all(h.get("theta") for h in history):
         ax = fig.add_subplot(cells[0, 2])
         for k in range(len(history[0]["theta"])):
             color = _COLORS[k % len(_COLORS)]
-            ax.plot(epochs, [h["theta"][k]["distance"] for h in history], "o-", color=color, ms=3,
+            ax.plot(steps, [h["theta"][k]["distance"] for h in history], "o-", color=color, ms=3,
                     label=f"ST {k + 1}: |θ - identity|")
-            ax.plot(epochs, [h["theta"][k]["outside"] for h in history], "s--", color=color, ms=3, alpha=0.7,
+            ax.plot(steps, [h["theta"][k]["outside"] for h in history], "s--", color=color, ms=3, alpha=0.7,
                     label=f"ST {k + 1}: samples outside")
-        ax.set_xlabel("epoch")
-        ax.set_title("transformer diagnostics", fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_title("transformer diagnostics (test images)", fontsize=10)
+        ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)

@@ -287,6 +287,7 @@ def _train(
     if ddp.world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[ddp.device] if ddp.device.type == "cuda" else None)
     grad_params = [p for p in core.parameters() if p.requires_grad]
+    curve_every = max(1, total_steps // 100)
     diag_x = fetch(test_set, torch.arange(min(config.diagnostics_samples, len(test_set))))[0].to(ddp.device)
     last_epoch = epochs if stop_after is None else min(epochs, stop_after)
     if ddp.main and start_epoch == 0:
@@ -308,6 +309,8 @@ def _train(
         loss_sum = torch.zeros((), dtype=torch.float64, device=ddp.device)
         wrong_sum = torch.zeros((), dtype=torch.float64, device=ddp.device)
         seen = 0
+        curve: list[list[float]] = []
+        window = torch.zeros(3, device=ddp.device)
         tic = time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
                    disable=not (progress and ddp.main), file=sys.stderr, dynamic_ncols=True)
@@ -324,9 +327,15 @@ def _train(
             optimizer.step()
             scheduler.step()
             step += 1
-            loss_sum += loss.detach() * y.numel()
-            wrong_sum += (logits.detach().argmax(1) != y).sum()
+            batch_loss, batch_wrong = loss.detach() * y.numel(), (logits.detach().argmax(1) != y).sum()
+            loss_sum += batch_loss
+            wrong_sum += batch_wrong
             seen += y.numel()
+            window += torch.stack([batch_loss, batch_wrong.to(batch_loss.dtype), batch_loss.new_tensor(y.numel())])
+            if step % curve_every == 0:  # this process's train loss and error since the last point
+                total = window.tolist()
+                curve.append([step, total[0] / total[2], total[1] / total[2]])
+                window.zero_()
             if i % 20 == 0 and bar.disable is False:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", err=f"{wrong_sum.item() / seen:.2%}")
         bar.close()
@@ -340,6 +349,7 @@ def _train(
             "train_loss": loss_total / seen_total,
             "train_error": wrong_total / seen_total,
             **{f"test_{k}": v for k, v in test.items() if k != "n"},
+            "train_curve": curve,
             "images_per_s": seen_total / train_seconds,
             "seconds": train_seconds,
             "elapsed": time.perf_counter() - started,
