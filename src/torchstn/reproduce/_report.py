@@ -70,6 +70,23 @@ def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *,
     return plot_run(model, test_set, out, history=history, num=10, title=title)
 
 
+def _misses(experiment: Experiment, by_pair: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
+    """One line per cell more than 0.3 points above the paper, saying whether it under-trained or overfit."""
+    out = []
+    for (row_key, col_key), runs in by_pair.items():
+        paper = experiment.paper.get((row_key, col_key))
+        test, _ = summarize([r["error"] for r in runs])
+        if paper is None or test <= paper + 0.3:
+            continue
+        train, _ = summarize([r["train_error"] for r in runs])
+        epochs = runs[0]["epochs"]
+        verdict = ("not converged: the training error is as high as the test error" if train >= 0.7 * test
+                   else "overfits: the training error is well below the test error")
+        out.append(f"- {experiment.row(row_key).label} on {experiment.column(col_key).label}: {test:.2f}% "
+                   f"(paper {paper:.1f}%), training error {train:.2f}% after {epochs} epoch(s): {verdict}.")
+    return out
+
+
 def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[str, Any]], results_dir: Path) -> list[str]:
     records = [r for r in cells.values() if r.get("budget") == budget]
     by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -125,6 +142,11 @@ def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[s
         lines += ["Each transformer model against its own baseline (same classifier, same recipe):", "", *checks, ""]
     if gaps:
         lines += ["Ours minus the paper: " + "; ".join(gaps) + ".", ""]
+    misses = _misses(experiment, by_pair)
+    if misses:
+        lines += ["Cells more than 0.3 points above the paper, with the training error at the end of the run "
+                  "(averaged over the last epoch; a training error as high as the test error means the model had not converged when the "
+                  "budget ran out; a low one, that it overfits):", "", *misses, ""]
 
     # per-cell details
     lines += ["### Runs", "",
