@@ -13,7 +13,7 @@ EXAMPLES = """\
 examples:
   torchstn eval runs/st-cnn-rts                      # best checkpoint, on the data it was trained on
   torchstn eval runs/st-cnn-rts --which last --json
-  torchstn eval runs/st-cnn-rts/checkpoints/best.safetensors --data mnist-r --limit 2000
+  torchstn eval runs/st-cnn-rts/checkpoints/best.safetensors --data-seed 1 --limit 2000   # fresh distortions
 """
 
 

@@ -14,7 +14,7 @@ EXAMPLES = """\
 examples:
   torchstn visualize runs/st-cnn-rts --out st-cnn-rts.png
   torchstn visualize runs/st-cnn-rts --num 12 --start 100 --which last --out fig.png
-  torchstn visualize runs/st-cnn-rts/checkpoints/best.safetensors --data mnist-r --out r.png
+  torchstn visualize runs/st-cnn-rts/checkpoints/best.safetensors --data-seed 1 --out fresh.png
 
 The figure shows test inputs with the predicted warp drawn on them (the border of the
 transformer's output frame mapped into the input: a quadrilateral, or a bent grid for a

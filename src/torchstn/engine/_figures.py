@@ -197,5 +197,6 @@ def _plot_curves(fig: Any, cells: Any, history: Sequence[dict[str, Any]], with_t
                     label=f"ST {k + 1}: samples outside")
         ax.set_xlabel("step")
         ax.set_title("transformer diagnostics (test images)", fontsize=10)
+        ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)

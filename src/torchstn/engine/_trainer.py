@@ -41,8 +41,8 @@ from torchstn.models import create_model
 
 __all__ = ["TrainResult", "build_optimizer", "identity_penalty", "resolve_device", "resume_config", "train"]
 
-#: config fields a resumed run may change (extending the run)
-RESUMABLE_CHANGES = ("epochs", "steps", "device")
+#: config fields a resumed run may change: its length, and where it runs or finds MNIST
+RESUMABLE_CHANGES = ("epochs", "steps", "device", "data_dir", "eval_batch_size")
 
 
 @dataclass
@@ -139,7 +139,7 @@ def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
 
     Raises:
         CheckpointError: no ``config.json`` in ``run_dir``.
-        ValueError: a change to a field other than ``epochs``, ``steps`` or ``device``.
+        ValueError: a change to a field not in :data:`RESUMABLE_CHANGES`.
     """
     path = Path(run_dir) / "config.json"
     if not path.is_file():
