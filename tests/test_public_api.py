@@ -24,8 +24,11 @@ PUBLIC = [
     "__version__",
     "base_grid",
     "conv_localization",
+    "create_model",
     "get_transform",
+    "list_models",
     "reference_sample",
+    "register_model",
     "sample",
     "warp",
 ]
