@@ -81,17 +81,24 @@ def test_visualize_writes_a_png(run_dir, tmp_path):
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, run_dir):
-    assert_user_error(cli("train", "--model", "resnet9000", *TINY), "unknown model 'resnet9000'", "st-cnn-aff")
-    assert_user_error(cli("train", "--data", "imagenet"), "unknown dataset 'imagenet'", "mnist-rts")
-    assert_user_error(cli("train", "--data-dir", tmp_path / "nowhere"), "does not exist")
-    assert_user_error(cli("train", "--model", "cnn", "--model-arg", "widht=3", *TINY), "widht")
-    assert_user_error(cli("train", "--resume", "--out", tmp_path), "config.json is missing")
-    assert_user_error(cli("train", "--resume", "--out", run_dir, "--lr", 1.0), "cannot change lr")
     garbage = tmp_path / "bad.safetensors"
     garbage.write_bytes(b"not a checkpoint at all")
-    assert_user_error(cli("eval", garbage), "cannot read checkpoint")
-    assert_user_error(cli("visualize", garbage), "cannot read checkpoint")
-    assert_user_error(cli("eval", tmp_path / "missing"), "does not exist")
-    assert_user_error(cli("visualize", tmp_path), "no checkpoint in")
-    assert_user_error(cli("eval", run_dir, "--data", "mnist", "--data-dir", MNIST, "--limit", 8),
-                      "(1, 28, 28)", "(1, 42, 42)")
+    cases = [  # (arguments, fragments of the one-line error)
+        (["train", "--model", "resnet9000", *TINY], ["unknown model 'resnet9000'", "st-cnn-aff"]),
+        (["train", "--data", "imagenet"], ["unknown dataset 'imagenet'", "mnist-rts"]),
+        (["train", "--data-dir", tmp_path / "nowhere"], ["does not exist"]),
+        (["train", "--model", "cnn", "--model-arg", "widht=3", *TINY], ["widht"]),
+        (["train", "--resume", "--out", tmp_path], ["config.json is missing"]),
+        (["train", "--resume", "--out", run_dir, "--lr", 1.0], ["cannot change lr"]),
+        (["eval", garbage], ["cannot read checkpoint"]),
+        (["visualize", garbage], ["cannot read checkpoint"]),
+        (["eval", tmp_path / "missing"], ["does not exist"]),
+        (["visualize", tmp_path], ["no checkpoint in"]),
+        (["eval", run_dir, "--data", "mnist", "--data-dir", MNIST, "--limit", 8], ["(1, 28, 28)", "(1, 42, 42)"]),
+    ]
+    # each case is its own process; they run side by side (most of each is importing torch)
+    procs = [subprocess.Popen([sys.executable, "-m", "torchstn", *map(str, args)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=ENV) for args, _ in cases]
+    for proc, (args, fragments) in zip(procs, cases):
+        _, stderr = proc.communicate(timeout=600)
+        assert_user_error(subprocess.CompletedProcess(args, proc.returncode, "", stderr), *fragments)

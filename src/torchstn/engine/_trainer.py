@@ -236,8 +236,6 @@ def _train(
     run_dir = Path(out) if out is not None else None
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run directory (out)")
-    _seed_everything(config.seed, config.deterministic)
-
     # data (the main process first, so a download happens once)
     if not ddp.main:
         ddp.barrier()
@@ -245,6 +243,7 @@ def _train(
     test_set = test_set if test_set is not None else load_split(config, "test")
     if ddp.main:
         ddp.barrier()
+    _seed_everything(config.seed, config.deterministic)  # after the data: its loading draws nothing here
 
     config = config.replace(model_args={**dataset_model_args(train_set), **config.model_args})
     model = create_model(config.model, **config.model_args).to(ddp.device)
@@ -276,6 +275,8 @@ def _train(
         start_epoch, step, best_error = info["epoch"], info["step"], state["best_error"]
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         history = history[:start_epoch]
+        if ddp.main:  # drop epochs logged after the checkpoint (an interruption between the two)
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     elif run_dir is not None and ddp.main:
         if (run_dir / "checkpoints").exists():
             raise ValueError(f"{run_dir} already holds a run: resume it (--resume) or choose another --out")
