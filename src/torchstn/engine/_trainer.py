@@ -221,9 +221,11 @@ def train(
     """
     device = resolve_device(config.device)
     ddp = _Distributed(device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(config, out, ddp, train_set, test_set, resume, progress, stop_after)
     finally:
+        torch.use_deterministic_algorithms(deterministic)  # --deterministic ends with the run
         ddp.close()
 
 
