@@ -139,9 +139,8 @@ def fcn(
     """FCN baseline (STN paper, section 4.1, Table 1; appendix A.1).
 
     ``Flatten -> FC 128 -> ReLU -> FC 128 -> ReLU -> FC num_classes`` (softmax in the
-    loss). The widths are our choice (``hidden``): the paper gives no layer sizes we
-    could use verbatim. ``pool`` average-pools the input first (the same classifier
-    then serves as the baseline of an ST-FCN with that ``pool``).
+    loss). The widths are our choice (``hidden``). ``pool`` average-pools the input
+    first (the same classifier then serves as the baseline of an ST-FCN with that ``pool``).
 
     Example:
         >>> stn.create_model("fcn", input_size=42)(torch.rand(2, 1, 42, 42)).shape
