@@ -90,9 +90,6 @@ def run(args: argparse.Namespace) -> int:
         experiment = get_experiment(args.experiment)
         cells = plan(experiment, args.budget, seeds=args.seeds, only=_keys(args.only), datasets=_keys(args.datasets),
                      limit=args.limit)
-        if args.device is not None:
-            cells = [type(c)(c.experiment, c.row, c.column, c.seed, c.budget, {**c.config, "device": args.device})
-                     for c in cells]
         if not cells:
             raise CLIError(f"no cells of {experiment.name} match --only/--datasets")
         results = Results(args.out, experiment.name)
@@ -112,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
                     print(f"warning: no figure for {cell.key}: {err}", file=sys.stderr)
             write_report(experiment, results, args.out, args.budget)
 
-        run_experiment(cells, results, args.runs, data_dir=args.data_dir, command=command_line(args),
+        run_experiment(cells, results, args.runs, data_dir=args.data_dir, device=args.device or "auto",
+                       command=command_line(args),
                        progress=not args.no_progress and sys.stderr.isatty(), after_cell=after_cell)
         path = write_report(experiment, results, args.out, args.budget)
     print(f"report: {path}")

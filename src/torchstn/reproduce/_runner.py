@@ -203,6 +203,7 @@ def run_cell(
     runs: str | Path,
     *,
     data_dir: str | None = None,
+    device: str = "auto",
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -212,6 +213,7 @@ def run_cell(
         cell: the cell.
         runs: the runs root; the run directory is ``runs/<experiment>/<budget>/<run_name>``.
         data_dir: where the MNIST files are (``None``: ``TORCHSTN_DATA``, the cache, a download).
+        device: where to train (not part of the cell: a run may resume on another device).
         progress: the engine's progress bar.
         log: where progress lines go.
 
@@ -223,7 +225,7 @@ def run_cell(
     from torchstn.engine import TrainConfig, train
 
     run_dir = Path(runs) / cell.experiment.name / cell.budget / cell.run_name
-    config = TrainConfig(**cell.config, data_dir=data_dir)
+    config = TrainConfig(**cell.config, data_dir=data_dir, device=device)
     last = run_dir / "checkpoints" / "last.safetensors"
     resume = last.is_file() and (run_dir / "checkpoints" / "last.state.pt").is_file()
     if not resume and run_dir.exists():  # interrupted before its first checkpoint: start again
@@ -263,6 +265,7 @@ def run_experiment(
     runs: str | Path,
     *,
     data_dir: str | None = None,
+    device: str = "auto",
     command: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -275,6 +278,7 @@ def run_experiment(
         results: the record (finished cells are skipped; new ones are added as they finish).
         runs: the runs root.
         data_dir: where the MNIST files are.
+        device: where to train.
         command: the command line to record with each cell (default: ``sys.argv``).
         progress: the engine's progress bar.
         log: where progress lines go.
@@ -300,7 +304,7 @@ def run_experiment(
             continue
         paper = f" (paper {cell.paper:.1f}%)" if cell.paper is not None else ""
         log(f"{what}: training{paper} ...")
-        record = run_cell(cell, runs, data_dir=data_dir, progress=progress, log=log)
+        record = run_cell(cell, runs, data_dir=data_dir, device=device, progress=progress, log=log)
         record["machine"] = machine
         record["command"] = command
         record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
