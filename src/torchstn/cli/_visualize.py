@@ -18,7 +18,9 @@ examples:
 
 The figure shows test inputs with the predicted warp drawn on them (the border of the
 transformer's output frame mapped into the input: a quadrilateral, or a bent grid for a
-thin-plate spline), what the transformer made of each, and the training curves of the run.
+thin-plate spline), what the transformer made of each, the training curves of the run and
+a reliability diagram (accuracy per confidence bin; ECE) of the first --calibration-images
+test images. For a P-STN, a row draws --warp-samples sampled warps on each input.
 """
 
 
@@ -32,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="visualize.png", metavar="PNG", help="figure to write")
     p.add_argument("--num", type=int, default=8, metavar="N", help="examples shown")
     p.add_argument("--start", type=int, default=0, metavar="I", help="index of the first test example shown")
+    p.add_argument("--calibration-images", type=int, default=2000, metavar="N",
+                   help="test images (from the first) in the reliability diagram")
+    p.add_argument("--warp-samples", type=int, default=8, metavar="S", help="sampled warps drawn per input (P-STN)")
     p.set_defaults(func=run)
 
 
@@ -41,14 +46,21 @@ def run(args: argparse.Namespace) -> int:
     with user_errors():
         if args.num < 1:
             raise ValueError(f"--num must be at least 1, got {args.num}")
-        model, config, info, device, dataset = load_checkpoint_and_data(args, "test", args.start + args.num)
+        for name in ("calibration_images", "warp_samples"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+        limit = max(args.start + args.num, args.calibration_images)
+        model, config, info, device, dataset = load_checkpoint_and_data(args, "test", limit)
         run_dir = Path(info["path"]).parent.parent
         metrics = run_dir / "metrics.jsonl"
         history = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.is_file() else []
         title = f"{config.model} on {config.data} (epoch {info['epoch']}"
         if history:
             title += f", test error {history[-1]['test_error']:.2%}"
+            if "test_ece" in history[-1]:
+                title += f", ECE {history[-1]['test_ece']:.3f}, NLL {history[-1]['test_nll']:.3f}"
         out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start,
-                       title=title + ")", device=device)
+                       title=title + ")", device=device, calibration_images=args.calibration_images,
+                       warp_samples=args.warp_samples)
     print(f"wrote {out}")
     return 0

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from torchstn.engine._data import fetch
-from torchstn.nn import SpatialTransformer
+from torchstn.engine.metrics import calibration_bins, expected_calibration_error
+from torchstn.nn import ProbabilisticSpatialTransformer, SpatialTransformer
 from torchstn.transforms import ThinPlateSpline
 
-__all__ = ["plot_run", "warp_outline"]
+__all__ = ["plot_run", "sampled_params", "warp_outline"]
 
 _COLORS = ("#e8412c", "#2c8be8", "#33b04a", "#e8a92c")
 
@@ -61,6 +62,65 @@ def warp_outline(st: SpatialTransformer, theta: torch.Tensor, input_size: Sequen
     return out
 
 
+@torch.no_grad()
+def sampled_params(st: ProbabilisticSpatialTransformer, x: torch.Tensor, samples: int = 8) -> torch.Tensor:
+    """``samples`` θ drawn by a P-STN for each input: ``(samples, B, P)``.
+
+    The transformer's own sampling (its training distribution, whatever ``test_samples``
+    says), with the module's mode and sample counts restored afterwards.
+
+    Example:
+        >>> pst = stn.ProbabilisticSpatialTransformer(stn.Similarity(), stn.conv_localization(1, (28, 28)))
+        >>> sampled_params(pst, torch.rand(2, 1, 28, 28), samples=5).shape
+        torch.Size([5, 2, 4])
+    """
+    was_training, saved = st.training, st.samples
+    st.train()
+    st.samples = samples
+    try:
+        _, params = st(x, return_params=True)
+    finally:
+        st.samples = saved
+        st.train(was_training)
+    return params.reshape(samples, x.shape[0], -1)
+
+
+@torch.no_grad()
+def _probabilities(model: nn.Module, dataset: Any, n: int, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities ``(n, K)`` and labels of the first ``n`` items (a P-STN model's
+    log-probabilities and a classifier's logits both go through ``softmax``)."""
+    probs, labels = [], []
+    for first in range(0, n, 500):
+        x, y = fetch(dataset, torch.arange(first, min(first + 500, n)))
+        probs.append(model(x.to(device)).float().softmax(1).cpu())
+        labels.append(y)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def _plot_reliability(ax: Any, probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> None:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, counts shaded."""
+    confidence, accuracy, count = (t.double().numpy() for t in calibration_bins(probs, labels, bins=bins))
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64).numpy()
+    centres, width = (edges[:-1] + edges[1:]) / 2, 1.0 / bins
+    filled = count > 0
+    ax.bar(centres[filled], accuracy[filled], width=width * 0.95, color="#2c8be8", edgecolor="#1b5c9e",
+           label="accuracy")
+    ax.bar(centres[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=width * 0.95,
+           color="#e8412c", alpha=0.35, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "--", color="gray", lw=1)
+    share = ax.twinx()
+    share.step(edges[:-1], count / max(count.sum(), 1), where="post", color="black", lw=0.8, alpha=0.6)
+    share.set_ylim(0, 1)
+    share.set_yticks([])
+    ece = float(expected_calibration_error(probs, labels, bins=bins))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (line: share of images)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability, {len(labels)} test images: ECE {ece:.3f}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+
+
 def _image(x: torch.Tensor) -> tuple[Any, str | None]:
     """A ``(C, H, W)`` tensor as something ``imshow`` draws: RGB for 3 channels, else grey."""
     x = x.detach().float().cpu()
@@ -79,6 +139,8 @@ def plot_run(
     start: int = 0,
     title: str | None = None,
     device: str | torch.device = "cpu",
+    calibration_images: int = 2000,
+    warp_samples: int = 8,
 ) -> Path:
     """Write a PNG: inputs with the predicted warp drawn on them, the transformers' outputs, and curves.
 
@@ -87,7 +149,10 @@ def plot_run(
     thin-plate spline) and the predicted / true label. Row 2 (one per transformer)
     shows what the transformer made of each input. The last row shows loss and error
     per epoch (train and test) and the θ diagnostics (distance from the identity,
-    fraction of sampling points outside the input) when ``history`` is given.
+    fraction of sampling points outside the input) when ``history`` is given, and a
+    reliability diagram (accuracy per confidence bin, 15 bins, with the ECE) of the first
+    ``calibration_images`` items. For a P-STN a row after the inputs draws
+    ``warp_samples`` sampled warps on each input (thin) around the mean warp (thick).
 
     Args:
         model: a registry model (``.transformers``, ``.transform_input``).
@@ -98,6 +163,8 @@ def plot_run(
         start: index of the first example.
         title: figure title.
         device: where the model runs.
+        calibration_images: items of ``dataset`` (from the first) in the reliability diagram.
+        warp_samples: θ samples drawn per input for a P-STN.
 
     Returns:
         the path written.
@@ -116,17 +183,25 @@ def plot_run(
         pred = model(x_dev).argmax(1).cpu()
         thetas = [st.predict_params(x_dev).cpu() for st in transformers]
         outputs = [st.transform_input(x_dev, th.to(device)).cpu() for st, th in zip(transformers, thetas)]
+        samples = [(k, sampled_params(st, x_dev, warp_samples).cpu()) for k, st in enumerate(transformers)
+                   if isinstance(st, ProbabilisticSpatialTransformer)]
+    probs, labels = _probabilities(model, dataset, min(calibration_images, len(dataset)), device)
 
-    image_rows = 1 + len(transformers)
-    curve_panels = 3 if transformers and history else 2 if history else 0
-    height_ratios = [1.0] * image_rows + ([2.2] if curve_panels else [])
-    fig = plt.figure(figsize=(max(1.45 * num, 9.0), 1.6 * image_rows + (3.2 if curve_panels else 0) + 0.6))
+    sample_rows = len(samples)
+    image_rows = 1 + sample_rows + len(transformers)
+    curve_panels = (3 if transformers and history else 2 if history else 0) + 1  # + the reliability diagram
+    height_ratios = [1.0] * image_rows + [2.2]
+    fig = plt.figure(figsize=(max(1.45 * num, 3.2 * curve_panels), 1.6 * image_rows + 3.2 + 0.6))
     grid = fig.add_gridspec(len(height_ratios), 1, height_ratios=height_ratios, hspace=0.35)
     rows = grid[:image_rows].subgridspec(image_rows, num, wspace=0.08, hspace=0.25)
     outlines = [[warp_outline(st, th[j], x.shape[2:]) for st, th in zip(transformers, thetas)] for j in range(num)]
     # one view for the whole row, grown to show warps that read outside the input (grey)
     low, high = torch.tensor([-0.5, -0.5]), torch.tensor([x.shape[3] - 0.5, x.shape[2] - 0.5])
-    for line in (line for per_example in outlines for per_st in per_example for line in per_st):
+    sample_outlines = [[[warp_outline(transformers[k], th[s, j], x.shape[2:])[0] for s in range(th.shape[0])]
+                        for k, th in samples] for j in range(num)]
+    every_line = [line for per_example in outlines for per_st in per_example for line in per_st]
+    every_line += [line for per_example in sample_outlines for per_st in per_example for line in per_st]
+    for line in every_line:
         finite = line[torch.isfinite(line).all(1)].float()
         if len(finite):
             low, high = torch.minimum(low, finite.min(0).values), torch.maximum(high, finite.max(0).values)
@@ -150,8 +225,22 @@ def plot_run(
         ax.set_yticks([])
         if j == 0:
             ax.set_ylabel("input", fontsize=9)
+        for r, (k, _) in enumerate(samples):
+            ax = fig.add_subplot(rows[1 + r, j])
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            for line in sample_outlines[j][r]:
+                ax.plot(line[:, 0], line[:, 1], color=_COLORS[k % len(_COLORS)], lw=0.6, alpha=0.7)
+            mean_border = outlines[j][k][0]
+            ax.plot(mean_border[:, 0], mean_border[:, 1], color="black", lw=1.2, ls="--")
+            ax.set_xlim(float(low[0]) - margin, float(high[0]) + margin)
+            ax.set_ylim(float(high[1]) + margin, float(low[1]) - margin)
+            ax.set_facecolor("#d8d8d8")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(f"{warp_samples} sampled θ", fontsize=9)
         for k, warped in enumerate(outputs):
-            ax = fig.add_subplot(rows[1 + k, j])
+            ax = fig.add_subplot(rows[1 + sample_rows + k, j])
             img, cmap = _image(warped[j])
             ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
@@ -161,8 +250,10 @@ def plot_run(
                 side.set_linewidth(1.5)
             if j == 0:
                 ax.set_ylabel(f"ST {k + 1} output" if len(outputs) > 1 else "ST output", fontsize=9)
-    if curve_panels:
-        _plot_curves(fig, grid[image_rows].subgridspec(1, curve_panels, wspace=0.3), history, bool(transformers))
+    cells = grid[image_rows].subgridspec(1, curve_panels, wspace=0.3)
+    if history:
+        _plot_curves(fig, cells, history, bool(transformers))
+    _plot_reliability(fig.add_subplot(cells[0, curve_panels - 1]), probs, labels)
     fig.suptitle(title or "", fontsize=11)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from torchstn.engine._data import dataset_model_args, epoch_batches, fetch, load
 from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
 from torchstn.engine._evaluate import evaluate
 from torchstn.models import create_model
+from torchstn.nn import total_kl
 
 __all__ = ["TrainResult", "build_optimizer", "identity_penalty", "resolve_device", "resume_config", "train"]
 
@@ -311,6 +312,7 @@ def _train(
         batches = epoch_batches(n_train, batch_size, config.seed, epoch)[: total_steps - step]
         loss_sum = torch.zeros((), dtype=torch.float64, device=ddp.device)
         wrong_sum = torch.zeros((), dtype=torch.float64, device=ddp.device)
+        kl_sum = torch.zeros((), dtype=torch.float64, device=ddp.device)
         seen = 0
         curve: list[list[float]] = []
         window = torch.zeros(3, device=ddp.device)
@@ -321,8 +323,11 @@ def _train(
             x, y = fetch(train_set, shard(batch, ddp.rank, ddp.world))
             x, y = x.to(ddp.device, non_blocking=True), y.to(ddp.device, non_blocking=True)
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            objective = loss + config.identity_reg * identity_penalty(core) if config.identity_reg else loss
+            loss = F.cross_entropy(logits, y)  # a P-STN model returns log-probabilities: the same data term
+            kl = total_kl(core)  # the weighted KL of P-STN modules (0.0 for other models)
+            objective = loss + kl
+            if config.identity_reg:
+                objective = objective + config.identity_reg * identity_penalty(core)
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             if config.grad_clip is not None:
@@ -333,6 +338,8 @@ def _train(
             batch_loss, batch_wrong = loss.detach() * y.numel(), (logits.detach().argmax(1) != y).sum()
             loss_sum += batch_loss
             wrong_sum += batch_wrong
+            if isinstance(kl, torch.Tensor):
+                kl_sum += kl.detach() * y.numel()
             seen += y.numel()
             window += torch.stack([batch_loss, batch_wrong.to(batch_loss.dtype), batch_loss.new_tensor(y.numel())])
             if step % curve_every == 0:  # this process's train loss and error since the last point
@@ -343,7 +350,9 @@ def _train(
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", err=f"{wrong_sum.item() / seen:.2%}")
         bar.close()
         train_seconds = time.perf_counter() - tic
-        loss_total, wrong_total, seen_total = ddp.sum([loss_sum.item(), wrong_sum.item(), float(seen)])
+        loss_total, wrong_total, kl_total, seen_total = ddp.sum(
+            [loss_sum.item(), wrong_sum.item(), kl_sum.item(), float(seen)]
+        )
         test = evaluate(core, test_set, batch_size=config.eval_batch_size, device=ddp.device)
         record: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -351,6 +360,7 @@ def _train(
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": loss_total / seen_total,
             "train_error": wrong_total / seen_total,
+            "train_kl": kl_total / seen_total,  # the weighted KL term of the objective (0 without a P-STN)
             **{f"test_{k}": v for k, v in test.items() if k != "n"},
             "train_curve": curve,
             "images_per_s": seen_total / train_seconds,
@@ -370,7 +380,8 @@ def _train(
                     f.write(json.dumps(record) + "\n")
                 improved = record["test_error"] < best_error
                 best_error = min(best_error, record["test_error"])
-                summary = {k: record[k] for k in ("train_loss", "train_error", "test_loss", "test_error")}
+                summary = {k: record[k] for k in ("train_loss", "train_error", "test_loss", "test_error", "test_ece", "test_nll")
+                           if k in record}
                 if improved:
                     save_checkpoint(run_dir / "checkpoints" / "best.safetensors", core, config,
                                     epoch=epoch + 1, step=step, metrics=summary)
@@ -388,7 +399,8 @@ def _train(
         _print(
             f"done: {config.model} on {config.data}, {final['epoch']} epochs / {final['step']} steps in "
             f"{final['elapsed']:.1f} s: test error {final['test_error']:.2%} (best {best:.2%}), "
-            f"test loss {final['test_loss']:.4f}" + (f"; run in {run_dir}" if run_dir is not None else ""),
+            f"test loss {final['test_loss']:.4f}" + _calibration_text(final)
+            + (f"; run in {run_dir}" if run_dir is not None else ""),
             main=True,
         )
     core.eval()
@@ -398,8 +410,17 @@ def _train(
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     line = (
         f"epoch {record['epoch']:>3}/{epochs}  loss {record['train_loss']:.4f}  train err {record['train_error']:6.2%}"
-        f"  test err {record['test_error']:6.2%}  lr {record['lr']:.2g}  {record['images_per_s']:,.0f} img/s"
+        f"  test err {record['test_error']:6.2%}"
     )
+    if "test_ece" in record:
+        line += f"  ECE {record['test_ece']:.4f}  NLL {record['test_nll']:.4f}"
+    line += f"  lr {record['lr']:.2g}  {record['images_per_s']:,.0f} img/s"
     for i, d in enumerate(record.get("theta", [])):
         line += f"  θ{i}: dist {d['distance']:.2f} out {d['outside']:.0%} kept {d['kept']:.2f}"
     return line
+
+
+def _calibration_text(record: dict[str, Any]) -> str:
+    if "test_ece" not in record:
+        return ""
+    return f", ECE {record['test_ece']:.4f}, NLL {record['test_nll']:.4f}"

@@ -1,0 +1,99 @@
+"""The engine with the transformer variants: P-STN's KL in the objective, calibration in
+every record, and how online (batched, per-epoch) datasets are fed."""
+
+import json
+
+import pytest
+import torch
+
+from torchstn.engine import TrainConfig, train
+from torchstn.engine._data import fetch
+from torchstn.engine._figures import plot_run, sampled_params
+
+
+def _pstn_config(**changes):
+    base = dict(model="p-stn", optimizer="adam", lr=1e-3, batch_size=32, schedule="constant", device="cpu",
+                diagnostics_samples=8, model_args={"samples": 2, "test_samples": 2})
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def test_pstn_objective_includes_the_weighted_kl(shapes):
+    train_set, test_set = shapes
+    runs = {}
+    for weight in (0.0, 1.0):
+        config = _pstn_config(steps=1, model_args={"samples": 2, "test_samples": 2, "kl_weight": weight})
+        runs[weight] = train(config, train_set=train_set, test_set=test_set, progress=False)
+    kl0, kl1 = runs[0.0].final["train_kl"], runs[1.0].final["train_kl"]
+    assert kl0 == 0.0 and kl1 > 0.0
+    # same seed, data and initialisation: the data term is the same, so any change comes from the KL
+    assert runs[0.0].final["train_loss"] == pytest.approx(runs[1.0].final["train_loss"])
+    spread = {w: r.model.transformers[0].variance_regressor.bias for w, r in runs.items()}
+    assert not torch.allclose(spread[0.0], spread[1.0])
+
+
+def test_pstn_trains_on_a_tiny_set_and_reports_calibration(tmp_path, shapes):
+    train_set, test_set = shapes
+    result = train(_pstn_config(epochs=4), tmp_path / "run", train_set=train_set, test_set=test_set, progress=False)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all({"test_error", "test_ece", "test_nll", "train_kl"} <= line.keys() for line in lines)
+    assert all(0.0 <= line["test_ece"] <= 1.0 and line["test_nll"] > 0 for line in lines)
+
+
+def test_pstn_figure_has_sampled_warps_and_a_reliability_diagram(tmp_path, shapes):
+    from torchstn.models import create_model
+
+    model = create_model("p-stn", input_size=28, num_classes=4).eval()
+    pst = model.transformers[0]
+    x = shapes[1].tensors[0][:3]
+    theta = sampled_params(pst, x, samples=5)
+    assert theta.shape == (5, 3, 4)
+    assert not torch.allclose(theta[0], theta[1])  # different draws for the same input
+    assert not pst.training and pst.samples == 1  # the module's mode and sample count are restored
+    out = plot_run(model, shapes[1], tmp_path / "fig.png", num=3, calibration_images=50)
+    assert out.stat().st_size > 0
+
+
+class _OnlineSet:
+    """Stands in for an online distorted set: renders a batch per ``__getitems__`` call, one draw per epoch."""
+
+    num_classes = 4
+    input_shape = (1, 28, 28)
+
+    def __init__(self, base):
+        self.base = base
+        self.epochs, self.batch_calls = [], 0
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+        self.epoch = epoch
+
+    def __getitem__(self, index):
+        raise AssertionError("the engine must fetch a batch at once through __getitems__")
+
+    def __getitems__(self, indices):
+        self.batch_calls += 1
+        x, y = self.base.tensors[0][indices], self.base.tensors[1][indices]
+        x = torch.roll(x, self.epoch, dims=-1)  # this epoch's "distortion"
+        return list(zip(x, y.tolist()))
+
+
+def test_fetch_uses_getitems_in_one_call(shapes):
+    online = _OnlineSet(shapes[0])
+    x, y = fetch(online, torch.tensor([3, 1, 2]))
+    assert online.batch_calls == 1
+    assert torch.equal(x, shapes[0].tensors[0][[3, 1, 2]]) and torch.equal(y, shapes[0].tensors[1][[3, 1, 2]])
+
+
+def test_online_set_gets_set_epoch_every_epoch(shapes):
+    online = _OnlineSet(shapes[0])
+    config = TrainConfig(model="cnn", optimizer="adam", lr=1e-3, batch_size=64, epochs=3, device="cpu")
+    train(config, train_set=online, test_set=shapes[1], progress=False)
+    assert online.epochs == [0, 1, 2]
+    assert online.batch_calls == 3 * (len(online) // 64)  # one call per training batch
