@@ -111,12 +111,6 @@ def test_bad_arguments_name_themselves(tmp_path: Path) -> None:
         check_export(tmp_path / "missing.onnx", st, torch.rand(2, 1, 16, 16))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transforms/_base.py and _tps.py cache θ-independent grids with functools.lru_cache; torch.export's "
-    "non-strict tracing calls them with FakeTensors on a cache miss and the cache keeps the FakeTensor, so every "
-    "later eager call at that size returns FakeTensors. export_onnx avoids it by running the model eagerly first.",
-)
 def test_torch_export_leaves_eager_mode_working() -> None:
     from torchstn.transforms import _base
 
@@ -127,15 +121,9 @@ def test_torch_export_leaves_eager_mode_working() -> None:
         out = st(x)
         assert type(out) is torch.Tensor, f"eager call after torch.export returned {type(out).__name__}"
     finally:
-        getattr(_base, "_base_grid_cached", None) and _base._base_grid_cached.cache_clear()
+        _base._CACHE.clear()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sampling/_sample.py warp() takes size=tuple(x.shape[2:]) when output_size is None; under "
-    "torch.jit.trace those are tensors and check_size rejects them ('size must be 2 ints (H, W), got "
-    "(tensor(16), tensor(16))'). Converting with int() (or reading x.shape only after validation) fixes it.",
-)
 def test_torchscript_without_output_size(tmp_path: Path) -> None:
     st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (16, 16)))
     path = export_torchscript(st, torch.rand(2, 1, 16, 16), tmp_path / "st.pt")

@@ -160,7 +160,7 @@ def warp(
     params = transform.check_params(params)
     check_same_batch("x", x, "params", params)
     if size is None:
-        size = tuple(x.shape[2:])
+        size = tuple(int(s) for s in x.shape[2:])  # ints, also under torch.jit.trace
     # grids need more than 8 mantissa bits: low-precision inputs are warped in float32
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     with _autocast_off(x.device.type):

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
-import functools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
 from torchstn._validation import check_floating, check_params, check_size, check_tensor
 
-__all__ = ["MatrixTransform", "Transform", "base_grid", "linear_grid"]
+__all__ = ["MatrixTransform", "Transform", "base_grid", "cached", "interleaved_operator", "linear_grid"]
+
+_CACHE: dict[Hashable, torch.Tensor] = {}
+_CACHE_SIZE = 128
+
+
+def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Return the θ-independent tensor stored under ``key``, building it on a miss.
+
+    Only real tensors built outside a tracer are stored: under ``torch.export`` or
+    ``torch.compile`` a miss builds a fake/traced tensor, which is returned but never
+    kept (a plain ``functools.lru_cache`` would keep it and hand it to later eager
+    calls). The oldest entry is dropped beyond 128.
+    """
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    value = build()
+    if type(value) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+        if len(_CACHE) >= _CACHE_SIZE:
+            del _CACHE[next(iter(_CACHE))]
+        _CACHE[key] = value
+    return value
 
 
 def _linspace(steps: int, align_corners: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -23,8 +44,7 @@ def _linspace(steps: int, align_corners: bool, device: torch.device, dtype: torc
     return coords.to(dtype)
 
 
-@functools.lru_cache(maxsize=64)
-def _base_grid_cached(
+def _build_base_grid(
     size: tuple[int, ...], align_corners: bool, homogeneous: bool, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
     axes = [_linspace(s, align_corners, device, dtype) for s in size]  # (D,) H, W
@@ -70,13 +90,11 @@ def base_grid(
     """
     dtype = dtype if dtype is not None else torch.get_default_dtype()
     device = torch.device(device) if device is not None else torch.device("cpu")
-    return _base_grid_cached(tuple(int(s) for s in size), bool(align_corners), homogeneous, device, dtype)
+    key = ("base", tuple(int(s) for s in size), bool(align_corners), homogeneous, device, dtype)
+    return cached(key, lambda: _build_base_grid(key[1], key[2], homogeneous, device, dtype))
 
 
-@functools.lru_cache(maxsize=64)
-def _interleaved_operator(
-    base: torch.Tensor, outputs: int
-) -> torch.Tensor:
+def interleaved_operator(base: torch.Tensor, outputs: int) -> torch.Tensor:
     """``K`` of shape ``(outputs * F, N * outputs)`` with ``(coefficients (B, outputs * F) @ K)``
     ``.view(B, N, outputs) == base (N, F) @ coefficients.view(B, outputs, F).T``.
 
@@ -90,13 +108,9 @@ def _interleaved_operator(
     return op.reshape(outputs * f, n * outputs)
 
 
-def linear_grid(coefficients: torch.Tensor, base: torch.Tensor, outputs: int) -> torch.Tensor:
-    """``base (N, F) @ coefficients.view(B, outputs, F).T`` as ``(B, N, outputs)``, in one matmul.
-
-    ``base`` must be a cached tensor (the operator is cached by its identity).
-    """
-    op = _interleaved_operator(base, outputs)
-    return torch.mm(coefficients.flatten(1), op).view(coefficients.shape[0], base.shape[0], outputs)
+def linear_grid(coefficients: torch.Tensor, operator: torch.Tensor, outputs: int) -> torch.Tensor:
+    """``coefficients (B, outputs, F)`` through an :func:`interleaved_operator`: ``(B, N, outputs)``, one matmul."""
+    return torch.mm(coefficients.flatten(1), operator).view(coefficients.shape[0], operator.shape[1] // outputs, outputs)
 
 
 class Transform(ABC):
@@ -246,10 +260,14 @@ class MatrixTransform(Transform):
         # The grid is linear in the matrix rows: one dense (B, rows * (n + 1)) @ (rows * (n + 1), N * rows)
         # matmul against a cached operator writes it directly in the sampler's interleaved layout
         # (F.affine_grid's batched (N, 3) @ (3, 2) products are several times slower on CPU).
-        base = base_grid(size, align_corners, homogeneous=True, device=params.device, dtype=params.dtype)
         n = self.ndim
         rows = n + 1 if self.projective else n
-        points = linear_grid(self._matrix(params)[:, :rows, :], base, rows)
+        device, dtype = params.device, params.dtype
+        operator = cached(
+            ("matrix", size, bool(align_corners), rows, device, dtype),
+            lambda: interleaved_operator(base_grid(size, align_corners, homogeneous=True, device=device, dtype=dtype), rows),
+        )
+        points = linear_grid(self._matrix(params)[:, :rows, :], operator, rows)
         if self.projective:
             return points[..., :n] / _guard(points[..., n:], self.eps)
         return points

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
 
-from torchstn.transforms._base import Transform, base_grid, linear_grid
+from torchstn.transforms._base import Transform, base_grid, cached, interleaved_operator, linear_grid
 
 __all__ = ["ThinPlateSpline"]
 
@@ -25,9 +24,15 @@ def _basis(points: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
     return torch.cat([_kernel(points, control), ones, points], dim=-1)
 
 
-@functools.lru_cache(maxsize=32)
 def _solution(control: tuple[float, ...], regularization: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``W`` of shape (K + 3, K) with ``coefficients = W @ targets``, solved once in float64."""
+    """``W`` of shape (K + 3, K) with ``coefficients = W @ targets``, solved once in float64 and cached."""
+    return cached(
+        ("tps-solution", control, regularization, device, dtype),
+        lambda: _solve(control, regularization).to(device=device, dtype=dtype),
+    )
+
+
+def _solve(control: tuple[float, ...], regularization: float) -> torch.Tensor:
     c = torch.tensor(control, dtype=torch.float64).reshape(-1, 2)
     k = c.shape[0]
     p = torch.cat([torch.ones(k, 1, dtype=torch.float64), c], 1)
@@ -37,10 +42,9 @@ def _solution(control: tuple[float, ...], regularization: float, device: torch.d
     system[k:, :k] = p.T
     rhs = torch.zeros(k + 3, k, dtype=torch.float64)
     rhs[:k] = torch.eye(k, dtype=torch.float64)
-    return torch.linalg.solve(system, rhs).to(device=device, dtype=dtype)
+    return torch.linalg.solve(system, rhs)
 
 
-@functools.lru_cache(maxsize=32)
 def _grid_operator(
     control: tuple[float, ...],
     regularization: float,
@@ -49,11 +53,15 @@ def _grid_operator(
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """``G`` of shape (N, K) with ``grid = G @ targets``: everything that does not depend on θ."""
-    c = torch.tensor(control, dtype=torch.float64).reshape(-1, 2)
-    base = base_grid(size, align_corners, device="cpu", dtype=torch.float64)
-    g = _basis(base, c) @ _solution(control, regularization, torch.device("cpu"), torch.float64)
-    return g.to(device=device, dtype=dtype).contiguous()
+    """The interleaved operator of ``G`` (N, K), ``grid = G @ targets``: everything that does not depend on θ."""
+
+    def build() -> torch.Tensor:
+        c = torch.tensor(control, dtype=torch.float64).reshape(-1, 2)
+        base = base_grid(size, align_corners, device="cpu", dtype=torch.float64)
+        g = _basis(base, c) @ _solve(control, regularization)
+        return interleaved_operator(g, 2).to(device=device, dtype=dtype)
+
+    return cached(("tps-grid", control, regularization, size, align_corners, device, dtype), build)
 
 
 class ThinPlateSpline(Transform):
