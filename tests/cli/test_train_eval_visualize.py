@@ -37,6 +37,7 @@ def run_dir(tmp_path_factory):
     proc = cli("train", "--model", "st-cnn-aff", "--model-arg", "pool=2", "--epochs", 1, "--out", out, *TINY)
     assert proc.returncode == 0, proc.stderr
     assert "done: st-cnn-aff on mnist-rts, 1 epochs / 8 steps" in proc.stdout
+    assert ", ECE 0." in proc.stdout and ", NLL " in proc.stdout  # calibration beside the error, every run
     return out
 
 
@@ -64,10 +65,12 @@ def test_eval_reports_error_loss_and_per_class_error(run_dir):
     proc = cli("eval", run_dir, "--data-dir", MNIST, "--limit", 128)
     assert proc.returncode == 0, proc.stderr
     assert "on mnist-rts test: error" in proc.stdout and "per-class error  0:" in proc.stdout
+    assert ", ECE 0." in proc.stdout and ", NLL " in proc.stdout
     proc = cli("eval", run_dir, "--data-dir", MNIST, "--limit", 128, "--json", "--which", "last")
     metrics = json.loads(proc.stdout)
     assert metrics["n"] == 128 and len(metrics["per_class_error"]) == 10
     assert 0 <= metrics["error"] <= 1 and metrics["loss"] > 0
+    assert 0 <= metrics["ece"] <= 1 and metrics["nll"] > 0
     # the error eval measures is the one training logged for the same checkpoint and data
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     assert metrics["error"] == pytest.approx(logged["test_error"], abs=1 / 128 + 1e-9)
@@ -75,7 +78,7 @@ def test_eval_reports_error_loss_and_per_class_error(run_dir):
 
 def test_visualize_writes_a_png(run_dir, tmp_path):
     out = tmp_path / "fig.png"
-    proc = cli("visualize", run_dir, "--data-dir", MNIST, "--out", out, "--num", 4)
+    proc = cli("visualize", run_dir, "--data-dir", MNIST, "--out", out, "--num", 4, "--calibration-images", 128)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
