@@ -71,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="results", metavar="DIR", help="where EXPERIMENT.json/.md and the figures go")
     p.add_argument("--runs", default="runs/reproduce", metavar="DIR", help="where the run directories go")
     p.add_argument("--list", action="store_true", help="print the cells and their state, train nothing")
+    p.add_argument("--refresh", action="store_true",
+                   help="redraw the figures and analyses of the finished cells from their runs and rewrite the "
+                   "report, train nothing")
     p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads of torch (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -80,7 +83,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchstn.reproduce import Results, get_experiment, plan, run_experiment, write_figure, write_report
+    from torchstn.reproduce import (
+        Results,
+        error_by_rotation,
+        get_experiment,
+        plan,
+        run_experiment,
+        write_figure,
+        write_report,
+    )
 
     check_data_args(None, args.data_dir)
     apply_threads(args)
@@ -102,12 +113,23 @@ def run(args: argparse.Namespace) -> int:
             return 0
 
         def after_cell(cell, record):  # type: ignore[no-untyped-def]
-            if cell.seed == 0:
-                try:
+            try:  # analyses and figures must not cost the run
+                record["by_rotation"] = error_by_rotation(cell, record, data_dir=args.data_dir)
+                results.add(cell, record)
+                if cell.seed == 0:
                     write_figure(cell, record, args.out, data_dir=args.data_dir)
-                except Exception as err:  # a figure must not cost the run
-                    print(f"warning: no figure for {cell.key}: {err}", file=sys.stderr)
+            except Exception as err:
+                print(f"warning: no figure or analysis for {cell.key}: {err}", file=sys.stderr)
             write_report(experiment, results, args.out, args.budget)
+
+        if args.refresh:
+            for cell in cells:
+                record = results.finished(cell)
+                if record is not None:
+                    print(f"refreshing {cell.key}")
+                    after_cell(cell, record)
+            print(f"report: {write_report(experiment, results, args.out, args.budget)}")
+            return 0
 
         run_experiment(cells, results, args.runs, data_dir=args.data_dir, device=args.device or "auto",
                        command=command_line(args),

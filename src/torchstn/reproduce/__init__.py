@@ -24,17 +24,27 @@ from torchstn.reproduce._experiments import (
     get_experiment,
     list_experiments,
 )
-from torchstn.reproduce._report import figure_path, render_report, summarize, write_figure, write_report
+from torchstn.reproduce._report import (
+    ROTATION_BINS,
+    error_by_rotation,
+    figure_path,
+    render_report,
+    summarize,
+    write_figure,
+    write_report,
+)
 from torchstn.reproduce._runner import Cell, Results, machine_info, plan, run_cell, run_experiment
 
 __all__ = [
     "BUDGETS",
+    "ROTATION_BINS",
     "EXPERIMENTS",
     "Cell",
     "Column",
     "Experiment",
     "Results",
     "Row",
+    "error_by_rotation",
     "figure_path",
     "get_experiment",
     "list_experiments",

@@ -14,7 +14,7 @@ from typing import Any
 from torchstn.reproduce._experiments import BUDGETS, Experiment
 from torchstn.reproduce._runner import Cell, Results
 
-__all__ = ["figure_path", "render_report", "summarize", "write_figure", "write_report"]
+__all__ = ["ROTATION_BINS", "error_by_rotation", "figure_path", "render_report", "summarize", "write_figure", "write_report"]
 
 
 def summarize(values: Sequence[float]) -> tuple[float, float | None]:
@@ -68,6 +68,46 @@ def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *,
              f"{cell.seed}): test error {record['error']:.2f}%{paper}")
     out = figure_path(results_dir, cell.experiment.name, cell.budget, cell.row.key, cell.column.key)
     return plot_run(model, test_set, out, history=history, num=10, title=title)
+
+
+#: rotation bins (degrees) of :func:`error_by_rotation`
+ROTATION_BINS: tuple[float, ...] = (0.0, 15.0, 30.0, 45.0, 90.0, 180.0)
+
+
+def error_by_rotation(cell: Cell, record: dict[str, Any], *, data_dir: str | None = None) -> list[dict[str, Any]]:
+    """Test error (%) of a finished cell by the rotation of the test digit, where the data has one.
+
+    For datasets drawn with a similarity transform (``mnist-r``, ``mnist-rts``: the
+    ground-truth angle is ``params[:, 1]``) the test set is split by ``|angle|`` into
+    :data:`ROTATION_BINS`. An error that grows with the angle says the model has not
+    learned to undo the rotation.
+
+    Returns:
+        ``[{"degrees": [lo, hi], "n": count, "error": percent}, ...]`` for non-empty bins,
+        or ``[]`` for other data or a run that is gone.
+    """
+    import math
+
+    from torchstn.engine import load_model, load_split
+    from torchstn.engine._evaluate import predict
+    from torchstn.transforms import Similarity
+
+    run_dir = Path(record["run"])
+    if not (run_dir / "checkpoints").is_dir():
+        return []
+    model, config, _ = load_model(run_dir, "last")
+    test_set = load_split(config.replace(data_dir=data_dir), "test")
+    if not isinstance(getattr(test_set, "transform", None), Similarity) or test_set.params is None:
+        return []
+    logits, labels = predict(model, test_set, batch_size=config.eval_batch_size)
+    wrong = (logits.argmax(1) != labels).float()
+    degrees = test_set.params[:, 1].abs() * (180.0 / math.pi)
+    out = []
+    for lo, hi in zip(ROTATION_BINS[:-1], ROTATION_BINS[1:]):
+        inside = (degrees >= lo) & (degrees < hi) if hi < ROTATION_BINS[-1] else (degrees >= lo)
+        if inside.any():
+            out.append({"degrees": [lo, hi], "n": int(inside.sum()), "error": 100.0 * float(wrong[inside].mean())})
+    return out
 
 
 def _misses(experiment: Experiment, by_pair: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
@@ -162,6 +202,19 @@ def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[s
             f"{_minutes(r['wall_seconds'])} | {r['images_per_s']:,.0f} | {theta} | {r.get('finished', '')} |"
         )
     lines.append("")
+    for col in columns:
+        rotated = [r for r in records if r.get("by_rotation") and r["column"] == col.key]
+        if not rotated:
+            continue
+        bins = [tuple(b["degrees"]) for b in rotated[0]["by_rotation"]]
+        lines += [f"Test error (%) on {col.label} by the rotation of the test digit (|angle|):", "",
+                  "| model | seed | " + " | ".join(f"{lo:.0f}-{hi:.0f}°" for lo, hi in bins) + " |",
+                  "|---|---:|" + "---:|" * len(bins)]
+        for r in sorted(rotated, key=lambda r: (order.get((r["row"], r["column"]), 1e9), r["seed"])):
+            errors = {tuple(b["degrees"]): b["error"] for b in r["by_rotation"]}
+            lines.append(f"| {experiment.row(r['row']).label} | {r['seed']} | "
+                         + " | ".join(f"{errors[b]:.2f}" if b in errors else "" for b in bins) + " |")
+        lines.append("")
     warned = [r for r in records if r.get("warnings")]
     for r in warned:
         lines.append(f"- warning in {experiment.row(r['row']).label} on {experiment.column(r['column']).label}, "
