@@ -124,3 +124,12 @@ def test_list_shows_state_without_training(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "standard/st-cnn-aff/rts/s0" in out and "pending" in out and "paper 0.5%" in out
+
+
+def test_two_processes_recording_cells_keep_each_others(tmp_path):
+    cells = plan(get_experiment("stn-table1"), "quick", only=["cnn"], datasets=["rts", "r"])
+    first, second = Results(tmp_path, "stn-table1"), Results(tmp_path, "stn-table1")
+    first.add(cells[0], {"error": 1.0, "digest": cells[0].digest})
+    second.add(cells[1], {"error": 2.0, "digest": cells[1].digest})
+    again = Results(tmp_path, "stn-table1")
+    assert again.finished(cells[0])["error"] == 1.0 and again.finished(cells[1])["error"] == 2.0

@@ -171,7 +171,14 @@ class Results:
         return None
 
     def add(self, cell: Cell, record: dict[str, Any]) -> None:
-        """Record a finished cell and write the file (atomically)."""
+        """Record a finished cell and write the file (atomically).
+
+        The file is read again first, so cells that another process recorded
+        meanwhile (another ``--only`` or ``--datasets`` run) are kept.
+        """
+        if self.path.is_file():
+            on_disk = json.loads(self.path.read_text()).get("cells", {})
+            self.cells = {**on_disk, **{k: v for k, v in self.cells.items() if k not in on_disk}}
         self.cells[cell.key] = record
         self.save()
 
