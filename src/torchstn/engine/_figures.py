@@ -117,7 +117,7 @@ def _plot_reliability(ax: Any, probs: torch.Tensor, labels: torch.Tensor, bins: 
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (line: share of images)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability, {len(labels)} test images: ECE {ece:.3f}", fontsize=10)
+    ax.set_title(f"reliability ({len(labels)} images), ECE {ece:.3f}", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
 
 
@@ -287,7 +287,7 @@ def _plot_curves(fig: Any, cells: Any, history: Sequence[dict[str, Any]], with_t
             ax.plot(steps, [h["theta"][k]["outside"] for h in history], "s--", color=color, ms=3, alpha=0.7,
                     label=f"ST {k + 1}: samples outside")
         ax.set_xlabel("step")
-        ax.set_title("transformer diagnostics (test images)", fontsize=10)
+        ax.set_title("transformer diagnostics (test)", fontsize=10)
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
