@@ -35,12 +35,3 @@ class ShapesDataset(TensorDataset):
 @pytest.fixture(scope="session")
 def shapes():
     return ShapesDataset(256, seed=0), ShapesDataset(128, seed=1)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Train with one thread: on a shared 2-core machine two OpenMP threads per process oversubscribe it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

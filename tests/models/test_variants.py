@@ -15,15 +15,6 @@ from torchstn.models._variants import PartsClassifier, PerturbedClassifier, PSTN
 ICSTN = ["icstn-stn", "c-stn-1", "ic-stn-1", "ic-stn-2", "ic-stn-4"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on shared cores two threads contend and run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_icstn_models_have_the_paper_capacity():
     # Lin & Lucey 2017, Table 1: the CNN baseline and every STN variant have ~39k parameters
     count = lambda name, **kw: sum(p.numel() for p in stn.create_model(name, **kw).parameters())  # noqa: E731
