@@ -51,7 +51,7 @@ def test_interleaved_measures_every_contender_every_round() -> None:
 
     t = interleaved({"a": make("a"), "b": make("b")}, rounds=3, min_time=1e-4, max_calls=5)
     assert [len(t.seconds[n]) for n in "ab"] == [3, 3]
-    assert 1 <= t.calls["a"] <= 5
+    assert t.calls["a"] >= 1 and t.calls["a"] <= 5
     assert calls["a"] == 2 + 3 * t.calls["a"]  # warm-up and calibration, then the rounds
     with pytest.raises(ValueError, match="rounds"):
         interleaved({"a": make("a")}, rounds=0)

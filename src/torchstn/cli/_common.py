@@ -20,6 +20,7 @@ __all__ = [
     "check_model",
     "formatter",
     "load_checkpoint_and_data",
+    "parse_key_values",
     "parse_model_args",
     "user_errors",
 ]
@@ -126,18 +127,27 @@ def check_data_args(data: str | None, data_dir: str | None) -> None:
         )
 
 
-def parse_model_args(items: list[str] | None) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; values are JSON (``pool=2``, ``hidden=[64,64]``) or else plain strings."""
+def parse_key_values(items: list[str] | None, flag: str, example: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs of a repeated ``flag``; values are JSON (``2``, ``[64, 64]``, ``false``) or else strings.
+
+    Dashes in keys become underscores, so ``--model-arg loc-hidden=32`` names ``loc_hidden``.
+    """
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
-            raise CLIError(f"--model-arg expects KEY=VALUE (e.g. pool=2), got {item!r}")
+            raise CLIError(f"{flag} expects KEY=VALUE (e.g. {example}), got {item!r}")
         try:
             out[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
             out[key.replace("-", "_")] = value
     return out
+
+
+def parse_model_args(items: list[str] | None) -> dict[str, Any]:
+    """The ``--model-arg KEY=VALUE`` overrides of a model builder (``pool=2``, ``hidden=[64,64]``)."""
+    return parse_key_values(items, "--model-arg", "pool=2")
 
 
 @contextlib.contextmanager

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from torchstn.cli import CLIError
+from torchstn.cli._common import parse_key_values
 
 __all__ = ["register"]
 
@@ -20,17 +20,8 @@ _EXAMPLES = """examples:
 
 
 def _options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["key=value", ...]`` -> options; values are JSON where they parse (``36``, ``[0.7, 1.2]``, ``false``)."""
-    options: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CLIError(f"--option must be KEY=VALUE, got {pair!r}")
-        try:
-            options[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip().replace("-", "_")] = value
-    return options
+    """``--option KEY=VALUE`` pairs -> recipe options (``canvas=36``, ``scale=[0.7, 1.2]``, ``keep_inside=false``)."""
+    return parse_key_values(pairs, "--option", "sigma=2.5")
 
 
 def _kind(value: str) -> str:
