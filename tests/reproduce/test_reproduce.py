@@ -12,10 +12,11 @@ MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST files expected in {MNIST}")
 
 
-def test_every_experiment_plans_every_budget():
+def test_every_experiment_plans_every_budget_it_defines():
     for name in list_experiments():
         experiment = get_experiment(name)
-        for budget in BUDGETS:
+        assert {"quick", "standard", "paper"} <= set(experiment.recipes) <= set(BUDGETS), name
+        for budget in experiment.recipes:
             cells = plan(experiment, budget)
             assert cells, (name, budget)
             assert len({c.key for c in cells}) == len(cells)
@@ -27,6 +28,20 @@ def test_every_experiment_plans_every_budget():
                 TrainConfig(**cell.config)
                 assert cell.config["model"] in list_models()
                 assert cell.config["data"] in list_datasets()
+
+
+def test_a_budget_an_experiment_does_not_define_names_the_ones_it_does():
+    with pytest.raises(ValueError, match="tutorial has no budget 'long'; its budgets are quick, standard, paper"):
+        plan(get_experiment("tutorial"), "long")
+
+
+def test_long_budget_is_ten_times_standard_with_fresh_distortions():
+    experiment = get_experiment("stn-table1")
+    for column in ("rts", "r"):
+        standard = plan(experiment, "standard", only=["st-cnn-aff"], datasets=[column])[0].config
+        long = plan(experiment, "long", only=["st-cnn-aff"], datasets=[column])[0].config
+        assert long["steps"] == 10 * standard["steps"]
+        assert long["online"] and not standard.get("online", False)
 
 
 def test_table1_holds_the_papers_numbers_and_runs_rts_first():

@@ -16,6 +16,7 @@ examples:
   torchstn reproduce stn-table1 --budget quick                    # the whole table in minutes (smoke test)
   torchstn reproduce stn-table1 --only cnn,st-cnn-aff --datasets rts --threads 2
   torchstn reproduce stn-table1 --budget standard                 # ~10-15 CPU minutes per cell
+  torchstn reproduce stn-table1 --budget long --only cnn,st-cnn-aff --datasets rts   # 10x standard
   torchstn reproduce stn-cluttered --only cnn,st-cnn-aff
   torchstn reproduce tutorial
   torchstn reproduce stn-table1 --budget paper --seeds 3 --device cuda   # the paper's 150k iterations
@@ -61,8 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("experiment", metavar="EXPERIMENT", help=f"one of: {', '.join(list_experiments())}")
     p.add_argument("--budget", choices=BUDGETS, default="standard",
-                   help="quick: smoke test in minutes; standard: ~10-15 CPU minutes per cell; paper: the paper's "
-                   "iterations")
+                   help="quick: smoke test in minutes; standard: ~10-15 CPU minutes per cell; long: 10x "
+                   "standard (stn-table1); paper: the paper's iterations")
     p.add_argument("--seeds", type=int, metavar="N", help="seeds per cell (default: 1, or 3 for --budget paper)")
     p.add_argument("--only", metavar="MODEL,...", help="run only these rows, e.g. cnn,st-cnn-aff")
     p.add_argument("--datasets", metavar="NAME,...", help="run only these columns, e.g. rts,r")

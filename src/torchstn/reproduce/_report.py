@@ -272,7 +272,7 @@ def render_report(experiment: Experiment, results: Results, results_dir: str | P
     results_dir = Path(results_dir)
     budgets_present = {r.get("budget") for r in results.cells.values()}
     budgets = [b for b in BUDGETS if b in budgets_present or b == budget]
-    budgets.sort(key=lambda b: (b != budget, {"standard": 0, "paper": 1, "quick": 2}[b]))
+    budgets.sort(key=lambda b: (b != budget, {"standard": 0, "long": 1, "paper": 2, "quick": 3}[b]))
     lines = [
         f"# `{experiment.name}`: {experiment.title}",
         "",

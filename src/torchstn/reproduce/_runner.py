@@ -102,7 +102,7 @@ def plan(
             raise ValueError(
                 f"{experiment.name} has no {what} {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}"
             )
-    n_seeds = experiment.seeds[budget] if seeds is None else seeds
+    n_seeds = experiment.seeds.get(budget, 1) if seeds is None else seeds
     if n_seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {n_seeds}")
     cells = []
