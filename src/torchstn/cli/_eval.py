@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     with user_errors():
         model, config, info, device, dataset = load_checkpoint_and_data(args, args.split, args.limit)
-        metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device)
+        metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device,
+                           ground_truth_init=config.ground_truth_init)
     metrics = {"checkpoint": str(info["path"]), "epoch": info["epoch"], "model": config.model,
                "data": config.data, "split": args.split, **metrics}
     if args.json:

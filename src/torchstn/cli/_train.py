@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_args(p)
     p.add_argument("--online", action="store_const", const=True,
                    help="fresh distortions of the training images every epoch")
+    p.add_argument("--ground-truth-init", action="store_const", const=True,
+                   help="IC-STN protocol: feed the undistorted digit and its ground-truth distortion as "
+                   "init_params (mnist-perturbed with the ic-stn/c-stn/icstn-stn models)")
     p.add_argument("--train-limit", "--limit", type=int, metavar="N", help="use only the first N training images")
     p.add_argument("--test-limit", type=int, metavar="N", help="use only the first N test images")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/MODEL-DATA)")

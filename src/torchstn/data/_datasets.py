@@ -86,6 +86,11 @@ def pstn_fold(labels: torch.Tensor, n: int, fold: int, folds: int = 5) -> torch.
     return torch.cat(picked).sort().values
 
 
+def _originals(sources: Sources, source: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, 28, 28)`` float32 in [0, 1]: the source digits at ``source``."""
+    return sources.images[source].unsqueeze(1).float().div_(255)
+
+
 class MNISTDataset(Dataset):
     """A fixed set of images with labels (and, if distorted, their ground-truth parameters).
 
@@ -98,6 +103,7 @@ class MNISTDataset(Dataset):
         name: the dataset's name (``"mnist-rts"``, ...).
         split: ``"train"`` or ``"test"``.
         source: ``(N,)`` (or ``(N, 2)``) index of the source digit(s) in the split.
+        sources: the undistorted split ``source`` indexes (for :meth:`ground_truth`).
 
     Items are ``(image float32 (C, H, W) in [0, 1], label int)``.
     """
@@ -113,6 +119,7 @@ class MNISTDataset(Dataset):
         name: str = "mnist",
         split: str = "train",
         source: torch.Tensor | None = None,
+        sources: Sources | None = None,
     ) -> None:
         if images.dim() != 4 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -126,6 +133,7 @@ class MNISTDataset(Dataset):
         self.name = name
         self.split = split
         self.source = source
+        self.sources = sources
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -153,7 +161,27 @@ class MNISTDataset(Dataset):
             name=name or self.name,
             split=self.split,
             source=None if self.source is None else self.source[index],
+            sources=self.sources,
         )
+
+    def ground_truth(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The undistorted digits and the parameters that distorted them, at ``indices``.
+
+        Returns:
+            ``(originals, params)``: ``(B, 1, 28, 28)`` float32 in [0, 1] and ``(B, P)``, such
+            that ``warp(originals, params, self.transform, size)`` renders the images.
+
+        Raises:
+            ValueError: a set without one transform family per sample (undistorted MNIST,
+                ``addition``) or built without its sources.
+        """
+        if self.params is None or self.transform is None or self.source is None or self.sources is None:
+            raise ValueError(
+                f"{self.name} has no ground truth to start from: it needs one transform family per sample "
+                "and its undistorted sources (a distorted set from get_dataset, not mnist or mnist-addition)"
+            )
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return _originals(self.sources, self.source[index]), self.params[index]
 
     def subset(self, n: int, fold: int = 0, folds: int = 5) -> MNISTDataset:
         """The P-STN small-data subset: ``n`` images of fold ``fold`` (see :func:`pstn_fold`)."""
@@ -257,6 +285,14 @@ class OnlineDistortedMNIST(Dataset):
         images = self.recipe.render(self.sources, draw, where).float().div_(255)
         return list(zip(images.unbind(0), draw.labels[where].tolist()))
 
+    def ground_truth(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The undistorted digits and this epoch's parameters at ``indices`` (see :meth:`MNISTDataset.ground_truth`)."""
+        if self.recipe.channels != 1 or self.transform is None:
+            raise ValueError(f"{self.name} has no ground truth to start from: it needs one transform family per sample")
+        rows = self.index[torch.as_tensor(indices, dtype=torch.long)]
+        draw, where = self._draw_of(rows)
+        return _originals(self.sources, draw.source[where]), draw.params[where]
+
     def subset(self, n: int, fold: int = 0, folds: int = 5) -> OnlineDistortedMNIST:
         """The P-STN small-data subset of this set (see :func:`pstn_fold`)."""
         picked = self.index[pstn_fold(self.sources.labels[self.index], n, fold, folds)]
@@ -352,5 +388,6 @@ def get_dataset(
         name=name,
         split=split,
         source=data.source,
+        sources=data.sources,
     )
     return dataset if subset is None else dataset._take(restrict(data.labels))

@@ -34,6 +34,12 @@ class TrainConfig:
             or a checksummed download).
         data_seed: seed of the dataset's distortions.
         online: draw fresh distortions of the training images every epoch.
+        ground_truth_init: the IC-STN paper's protocol: feed the model the undistorted
+            digit and the sample's ground-truth distortion as ``init_params``
+            (``model(original, init_params=θ_gt)``), so a compositional model warps the
+            original once by the composed estimate; training and evaluation alike. Needs
+            a dataset with one transform family per sample (``mnist-perturbed``, ...) and a
+            model whose forward takes ``init_params`` (the IC-STN registry models).
         train_limit, test_limit: use only the first N examples of a split.
         epochs: passes over the training set (ignored when ``steps`` is given).
         steps: total number of iterations (the paper counts iterations).
@@ -61,6 +67,7 @@ class TrainConfig:
     data_dir: str | None = None
     data_seed: int = 0
     online: bool = False
+    ground_truth_init: bool = False
     train_limit: int | None = None
     test_limit: int | None = None
     epochs: int = 10

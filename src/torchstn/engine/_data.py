@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from torchstn.engine._config import TrainConfig
 
-__all__ = ["dataset_model_args", "epoch_batches", "fetch", "iterate", "load_split", "shard"]
+__all__ = ["dataset_model_args", "epoch_batches", "fetch", "fetch_inputs", "iterate", "load_split", "shard"]
 
 
 def load_split(config: TrainConfig, split: str) -> Dataset:
@@ -84,8 +84,32 @@ def fetch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return x.float(), y.long()
 
 
-def iterate(dataset: Any, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This process's share of ``dataset`` in order, in batches (evaluation)."""
+def fetch_inputs(
+    dataset: Any, indices: torch.Tensor, ground_truth_init: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """What the model is called with at ``indices``: ``model(x, **kwargs)``, and the labels.
+
+    Returns:
+        ``(x, y, kwargs)``: the images and no keywords; with ``ground_truth_init`` the
+        undistorted digits and ``{"init_params": θ_gt}`` (see ``TrainConfig.ground_truth_init``).
+
+    Raises:
+        ValueError: ``ground_truth_init`` on a dataset without ground truth.
+    """
+    x, y = fetch(dataset, indices)
+    if not ground_truth_init:
+        return x, y, {}
+    ground_truth = getattr(dataset, "ground_truth", None)
+    if ground_truth is None:
+        raise ValueError(f"ground_truth_init needs a distorted dataset with ground truth, got {type(dataset).__name__}")
+    originals, params = ground_truth(indices)
+    return originals, y, {"init_params": params}
+
+
+def iterate(
+    dataset: Any, batch_size: int, rank: int = 0, world_size: int = 1, *, ground_truth_init: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+    """This process's share of ``dataset`` in order, in batches ``(x, y, kwargs)`` (see :func:`fetch_inputs`)."""
     indices = torch.arange(rank, len(dataset), world_size)
     for start in range(0, len(indices), batch_size):
-        yield fetch(dataset, indices[start : start + batch_size])
+        yield fetch_inputs(dataset, indices[start : start + batch_size], ground_truth_init)

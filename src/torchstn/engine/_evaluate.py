@@ -31,19 +31,23 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Any, *, batch_size: int = 512, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: nn.Module, dataset: Any, *, batch_size: int = 512, device: str | torch.device = "cpu",
+    ground_truth_init: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``(N, K)`` and labels ``(N,)`` over ``dataset`` (gathered over processes under DDP).
 
     Under DDP each process evaluates every ``world_size``-th example; the result is
-    reordered to the dataset's order on every process.
+    reordered to the dataset's order on every process. ``ground_truth_init`` calls the
+    model as ``TrainConfig.ground_truth_init`` says (the IC-STN protocol).
     """
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     was_training = model.training
     model.eval()
     logits, labels = [], []
-    for x, y in iterate(dataset, batch_size, rank, world):
-        logits.append(model(x.to(device)).float())
+    for x, y, kwargs in iterate(dataset, batch_size, rank, world, ground_truth_init=ground_truth_init):
+        logits.append(model(x.to(device), **{k: v.to(device) for k, v in kwargs.items()}).float())
         labels.append(y.to(device))
     model.train(was_training)
     num_classes = int(getattr(model, "num_classes", 0)) or (logits[0].shape[1] if logits else 0)
@@ -69,9 +73,12 @@ def _calibration(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 
 def evaluate(
-    model: nn.Module, dataset: Any, *, batch_size: int = 512, device: str | torch.device = "cpu"
+    model: nn.Module, dataset: Any, *, batch_size: int = 512, device: str | torch.device = "cpu",
+    ground_truth_init: bool = False,
 ) -> dict[str, Any]:
     """Test metrics of a classifier on a dataset of ``(image, label)`` items.
+
+    ``ground_truth_init``: call the model as ``TrainConfig.ground_truth_init`` says.
 
     Returns:
         ``{"n", "loss", "error", "per_class_error", "ece", "nll"}``: mean
@@ -79,7 +86,7 @@ def evaluate(
         (``None`` for a class absent from the data), and the 15-bin expected calibration
         error and negative log-likelihood when :mod:`torchstn.engine.metrics` is installed.
     """
-    logits, labels = predict(model, dataset, batch_size=batch_size, device=device)
+    logits, labels = predict(model, dataset, batch_size=batch_size, device=device, ground_truth_init=ground_truth_init)
     n = int(labels.numel())
     if n == 0:
         raise ValueError("evaluate needs a non-empty dataset")

@@ -8,6 +8,7 @@ trains with DistributedDataParallel (gloo on CPU, nccl on GPU).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from torchstn.engine._checkpoint import (
     save_checkpoint,
 )
 from torchstn.engine._config import TrainConfig
-from torchstn.engine._data import dataset_model_args, epoch_batches, fetch, load_split, shard
+from torchstn.engine._data import dataset_model_args, epoch_batches, fetch, fetch_inputs, load_split, shard
 from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
 from torchstn.engine._evaluate import evaluate
 from torchstn.models import create_model
@@ -250,6 +251,8 @@ def _train(
 
     config = config.replace(model_args={**dataset_model_args(train_set), **config.model_args})
     model = create_model(config.model, **config.model_args).to(ddp.device)
+    if config.ground_truth_init:
+        _check_ground_truth_init(config, model, train_set)
     n_train = len(train_set)
     batch_size = min(config.batch_size, n_train)
     if batch_size < ddp.world:
@@ -320,9 +323,9 @@ def _train(
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
                    disable=not (progress and ddp.main), file=sys.stderr, dynamic_ncols=True)
         for i, batch in enumerate(bar):
-            x, y = fetch(train_set, shard(batch, ddp.rank, ddp.world))
+            x, y, inputs = fetch_inputs(train_set, shard(batch, ddp.rank, ddp.world), config.ground_truth_init)
             x, y = x.to(ddp.device, non_blocking=True), y.to(ddp.device, non_blocking=True)
-            logits = model(x)
+            logits = model(x, **{k: v.to(ddp.device, non_blocking=True) for k, v in inputs.items()})
             loss = F.cross_entropy(logits, y)  # a P-STN model returns log-probabilities: the same data term
             kl = total_kl(core)  # the weighted KL of P-STN modules (0.0 for other models)
             objective = loss + kl
@@ -353,7 +356,8 @@ def _train(
         loss_total, wrong_total, kl_total, seen_total = ddp.sum(
             [loss_sum.item(), wrong_sum.item(), kl_sum.item(), float(seen)]
         )
-        test = evaluate(core, test_set, batch_size=config.eval_batch_size, device=ddp.device)
+        test = evaluate(core, test_set, batch_size=config.eval_batch_size, device=ddp.device,
+                        ground_truth_init=config.ground_truth_init)
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": step,
@@ -405,6 +409,17 @@ def _train(
         )
     core.eval()
     return TrainResult(model=core, config=config, history=history, run_dir=run_dir)
+
+
+def _check_ground_truth_init(config: TrainConfig, model: nn.Module, train_set: Any) -> None:
+    if "init_params" not in inspect.signature(model.forward).parameters:
+        raise ValueError(
+            f"ground_truth_init needs a model whose forward takes init_params (icstn-stn, c-stn-1, ic-stn-N); "
+            f"{config.model} does not"
+        )
+    if not callable(getattr(train_set, "ground_truth", None)):
+        raise ValueError(f"ground_truth_init needs a distorted dataset with ground truth, got {config.data}")
+    train_set.ground_truth(torch.arange(min(1, len(train_set))))  # raises, saying why, for a set without it
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:

@@ -99,7 +99,8 @@ def error_by_rotation(cell: Cell, record: dict[str, Any], *, data_dir: str | Non
     test_set = load_split(config.replace(data_dir=data_dir), "test")
     if not isinstance(getattr(test_set, "transform", None), Similarity) or test_set.params is None:
         return []
-    logits, labels = predict(model, test_set, batch_size=config.eval_batch_size)
+    logits, labels = predict(model, test_set, batch_size=config.eval_batch_size,
+                             ground_truth_init=config.ground_truth_init)
     wrong = (logits.argmax(1) != labels).float()
     degrees = test_set.params[:, 1].abs() * (180.0 / math.pi)
     out = []
