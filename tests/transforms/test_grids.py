@@ -97,6 +97,59 @@ def test_projective_guard_keeps_grid_and_gradient_finite():
     assert torch.isfinite(out).all() and torch.isfinite(h.grad).all()
 
 
+def _projective_grid_both_ways(transform, h, size, align_corners, monkeypatch):
+    """The grid and its gradient wrt ``h`` from the closed-form Function and from the plain expression."""
+    import torchstn.transforms._base as base
+
+    results = []
+    for eager in (True, False):  # False: the expression tracers and exporters get
+        with monkeypatch.context() as m:
+            m.setattr(base, "eager_tensors", lambda *tensors: eager)
+            p = h.detach().clone().requires_grad_()
+            grid = transform.grid(p, size, align_corners)
+            grad_out = torch.randn(grid.shape, generator=torch.Generator().manual_seed(5), dtype=grid.dtype)
+            (grad,) = torch.autograd.grad(grid, p, grad_out)
+            results.append((grid.detach(), grad))
+    return results
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("eps", [1e-6, 0.3, 1.0])
+def test_projective_closed_form_backward_equals_autograd(eps, align_corners, dtype, monkeypatch):
+    # eps = 0.3: many points inside the guard; eps = 1.0 with h31 = h32 = 0 below: |w| == eps exactly,
+    # where the guard is not active and w keeps its gradient
+    transform = stn.Projective(eps=eps)
+    h = _random_params(transform, 3, dtype, "cpu", scale=0.2)
+    h[:, 6:] = torch.tensor([[-1.1, 0.2], [0.3, 1.0], [0.0, 0.0]], dtype=dtype)
+    if eps == 0.3:
+        w = 1 + stn.base_grid((5, 6), align_corners, dtype=dtype) @ h[:2, 6:].T
+        assert ((w.abs() < eps).sum(0) > 0).all(), "the guard must be active in the first two samples"
+    (grid, grad), (grid_plain, grad_plain) = _projective_grid_both_ways(transform, h, (5, 6), align_corners, monkeypatch)
+    assert torch.equal(grid, grid_plain)  # the same forward, bit for bit
+    torch.testing.assert_close(grad, grad_plain, atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=1e-5)
+
+
+def test_projective_guard_signs_match_plain_expression(monkeypatch):
+    # w = 1 - x: 0 exactly at x = 1 (counts as positive), negative beyond, inside the guard near it
+    h = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0]], dtype=torch.float64)
+    transform = stn.Projective(eps=0.2)
+    (grid, grad), (grid_plain, grad_plain) = _projective_grid_both_ways(transform, h, (3, 9), True, monkeypatch)
+    assert torch.equal(grid, grid_plain)
+    assert torch.equal(grid[0, 0, -1], torch.tensor([1 / 0.2, -1 / 0.2], dtype=torch.float64))
+    torch.testing.assert_close(grad, grad_plain, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_projective_gradcheck_inside_the_guard(align_corners):
+    transform = stn.Projective(eps=0.3)
+    h = _random_params(transform, 2, torch.float64, "cpu", scale=0.2)
+    h[:, 6:] = torch.tensor([[-1.05, 0.12], [0.3, 0.9]], dtype=torch.float64)
+    h.requires_grad_()
+    w = 1 + stn.base_grid((4, 5), align_corners, dtype=torch.float64) @ h[:, 6:].detach().T
+    assert (w.abs() < transform.eps).any() and (w.abs() >= transform.eps).any()
+    assert torch.autograd.gradcheck(lambda p: transform.grid(p, (4, 5), align_corners), (h,), eps=1e-7, atol=1e-6)
+
+
 def test_tps_identity_is_identity_grid(dtype, atol):
     tps = stn.ThinPlateSpline()
     grid = tps.grid(tps.identity(2, dtype=dtype), (7, 9))
