@@ -81,3 +81,19 @@ def test_a_dataset_without_ground_truth_is_refused(perturbed):
     config = TrainConfig(model="ic-stn-1", data="mnist", ground_truth_init=True, steps=1, device="cpu")
     with pytest.raises(ValueError, match="mnist has no ground truth"):
         train(config, train_set=plain, test_set=perturbed[1], progress=False)
+
+
+def test_the_figure_shows_the_originals_with_the_total_warp(perturbed, tmp_path):
+    from torchstn.engine._figures import plot_run
+
+    net = stn.create_model("ic-stn-2").eval()
+    out = plot_run(net, perturbed[1], tmp_path / "fig.png", num=3, calibration_images=20, ground_truth_init=True)
+    assert out.stat().st_size > 0
+    # at initialisation the total warp is the ground truth: the diagnostics see the perturbation
+    from torchstn.engine import theta_diagnostics
+
+    x, _, inputs = fetch_inputs(perturbed[1], torch.arange(8), ground_truth_init=True)
+    with_init = theta_diagnostics(net.transformers, x, **inputs)[0]["distance"]
+    expected = (inputs["init_params"] - stn.Projective().identity()).norm(dim=1).mean().item()
+    assert with_init == pytest.approx(expected, rel=1e-5)
+    assert theta_diagnostics(net.transformers, x)[0]["distance"] == 0.0

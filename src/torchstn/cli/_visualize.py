@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
                 title += f", ECE {history[-1]['test_ece']:.3f}, NLL {history[-1]['test_nll']:.3f}"
         out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start,
                        title=title + ")", device=device, calibration_images=args.calibration_images,
-                       warp_samples=args.warp_samples)
+                       warp_samples=args.warp_samples, ground_truth_init=config.ground_truth_init)
     print(f"wrote {out}")
     return 0

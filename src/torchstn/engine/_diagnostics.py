@@ -27,8 +27,13 @@ MAX_DISTANCE = 10.0
 
 
 @torch.no_grad()
-def theta_diagnostics(transformers: nn.ModuleList | list[SpatialTransformer], x: torch.Tensor) -> list[dict[str, Any]]:
+def theta_diagnostics(
+    transformers: nn.ModuleList | list[SpatialTransformer], x: torch.Tensor, **inputs: torch.Tensor
+) -> list[dict[str, Any]]:
     """Statistics of the θ each transformer predicts for a batch ``x`` ``(B, C, H, W)``.
+
+    ``inputs`` go to ``predict_params`` (a cascade's ``init_params``): θ is then the total
+    warp of ``x``.
 
     Returns one dict per transformer with:
 
@@ -48,7 +53,7 @@ def theta_diagnostics(transformers: nn.ModuleList | list[SpatialTransformer], x:
     """
     out = []
     for st in transformers:
-        theta = st.predict_params(x)
+        theta = st.predict_params(x, **inputs)
         finite = bool(torch.isfinite(theta).all())
         identity = st.transform.identity(device=theta.device, dtype=theta.dtype)
         stats: dict[str, Any] = {

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchstn.engine._data import fetch
+from torchstn.engine._data import fetch_inputs
 from torchstn.engine.metrics import calibration_bins, expected_calibration_error
 from torchstn.nn import ProbabilisticSpatialTransformer, SpatialTransformer
 from torchstn.transforms import ThinPlateSpline
@@ -86,13 +86,15 @@ def sampled_params(st: ProbabilisticSpatialTransformer, x: torch.Tensor, samples
 
 
 @torch.no_grad()
-def _probabilities(model: nn.Module, dataset: Any, n: int, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _probabilities(
+    model: nn.Module, dataset: Any, n: int, device: str | torch.device, ground_truth_init: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities ``(n, K)`` and labels of the first ``n`` items (a P-STN model's
     log-probabilities and a classifier's logits both go through ``softmax``)."""
     probs, labels = [], []
     for first in range(0, n, 500):
-        x, y = fetch(dataset, torch.arange(first, min(first + 500, n)))
-        probs.append(model(x.to(device)).float().softmax(1).cpu())
+        x, y, inputs = fetch_inputs(dataset, torch.arange(first, min(first + 500, n)), ground_truth_init)
+        probs.append(model(x.to(device), **{k: v.to(device) for k, v in inputs.items()}).float().softmax(1).cpu())
         labels.append(y)
     return torch.cat(probs), torch.cat(labels)
 
@@ -141,6 +143,7 @@ def plot_run(
     device: str | torch.device = "cpu",
     calibration_images: int = 2000,
     warp_samples: int = 8,
+    ground_truth_init: bool = False,
 ) -> Path:
     """Write a PNG: inputs with the predicted warp drawn on them, the transformers' outputs, and curves.
 
@@ -165,6 +168,9 @@ def plot_run(
         device: where the model runs.
         calibration_images: items of ``dataset`` (from the first) in the reliability diagram.
         warp_samples: θ samples drawn per input for a P-STN.
+        ground_truth_init: run the model as ``TrainConfig.ground_truth_init`` says: row 1
+            then shows the undistorted digits with the total warp (the ground-truth
+            perturbation composed with the predicted updates) drawn on them.
 
     Returns:
         the path written.
@@ -176,16 +182,17 @@ def plot_run(
 
     transformers = list(getattr(model, "transformers", ()))
     num = max(1, min(num, len(dataset) - start))
-    x, y = fetch(dataset, torch.arange(start, start + num))
+    x, y, inputs = fetch_inputs(dataset, torch.arange(start, start + num), ground_truth_init)
     model.eval()
     with torch.no_grad():
         x_dev = x.to(device)
-        pred = model(x_dev).argmax(1).cpu()
-        thetas = [st.predict_params(x_dev).cpu() for st in transformers]
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        pred = model(x_dev, **inputs).argmax(1).cpu()
+        thetas = [st.predict_params(x_dev, **inputs).cpu() for st in transformers]
         outputs = [st.transform_input(x_dev, th.to(device)).cpu() for st, th in zip(transformers, thetas)]
         samples = [(k, sampled_params(st, x_dev, warp_samples).cpu()) for k, st in enumerate(transformers)
                    if isinstance(st, ProbabilisticSpatialTransformer)]
-    probs, labels = _probabilities(model, dataset, min(calibration_images, len(dataset)), device)
+    probs, labels = _probabilities(model, dataset, min(calibration_images, len(dataset)), device, ground_truth_init)
 
     sample_rows = len(samples)
     image_rows = 1 + sample_rows + len(transformers)
@@ -224,7 +231,7 @@ def plot_run(
         ax.set_xticks([])
         ax.set_yticks([])
         if j == 0:
-            ax.set_ylabel("input", fontsize=9)
+            ax.set_ylabel("original + init" if ground_truth_init else "input", fontsize=9)
         for r, (k, _) in enumerate(samples):
             ax = fig.add_subplot(rows[1 + r, j])
             ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")

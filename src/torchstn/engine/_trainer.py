@@ -35,7 +35,7 @@ from torchstn.engine._checkpoint import (
     save_checkpoint,
 )
 from torchstn.engine._config import TrainConfig
-from torchstn.engine._data import dataset_model_args, epoch_batches, fetch, fetch_inputs, load_split, shard
+from torchstn.engine._data import dataset_model_args, epoch_batches, fetch_inputs, load_split, shard
 from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
 from torchstn.engine._evaluate import evaluate
 from torchstn.models import create_model
@@ -295,7 +295,10 @@ def _train(
         model = nn.parallel.DistributedDataParallel(model, device_ids=[ddp.device] if ddp.device.type == "cuda" else None)
     grad_params = [p for p in core.parameters() if p.requires_grad]
     curve_every = max(1, total_steps // 100)
-    diag_x = fetch(test_set, torch.arange(min(config.diagnostics_samples, len(test_set))))[0].to(ddp.device)
+    diag_x, _, diag_inputs = fetch_inputs(
+        test_set, torch.arange(min(config.diagnostics_samples, len(test_set))), config.ground_truth_init
+    )
+    diag_x, diag_inputs = diag_x.to(ddp.device), {k: v.to(ddp.device) for k, v in diag_inputs.items()}
     last_epoch = epochs if stop_after is None else min(epochs, stop_after)
     if ddp.main and start_epoch == 0:
         n_params = sum(p.numel() for p in core.parameters())
@@ -372,7 +375,7 @@ def _train(
             "elapsed": time.perf_counter() - started,
         }
         if ddp.main:
-            diagnostics = theta_diagnostics(core.transformers, diag_x) if len(getattr(core, "transformers", ())) else []
+            diagnostics = theta_diagnostics(core.transformers, diag_x, **diag_inputs) if len(getattr(core, "transformers", ())) else []
             record["theta"] = diagnostics
             record["warnings"] = collapse_warnings(diagnostics)
             history.append(record)

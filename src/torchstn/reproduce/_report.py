@@ -67,7 +67,8 @@ def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *,
     title = (f"{cell.row.label} on {cell.column.label} ({cell.experiment.name}, budget {cell.budget}, seed "
              f"{cell.seed}): test error {record['error']:.2f}%{paper}")
     out = figure_path(results_dir, cell.experiment.name, cell.budget, cell.row.key, cell.column.key)
-    return plot_run(model, test_set, out, history=history, num=10, title=title)
+    return plot_run(model, test_set, out, history=history, num=10, title=title,
+                    ground_truth_init=config.ground_truth_init)
 
 
 #: rotation bins (degrees) of :func:`error_by_rotation`
