@@ -16,6 +16,7 @@ from torchstn.bench import (
     select_cases,
 )
 from torchstn.cli import main
+from torchstn.sampling import _fused
 
 
 def test_cases_cover_issue_8() -> None:
@@ -76,6 +77,10 @@ def test_quick_run_reports_every_part() -> None:
     assert affine.components["memcpy"].bandwidth > 0
     assert affine.components["sample:torch"].bandwidth > 0
     assert "grid:torchstn" in affine.components and "grid:torch" in affine.components
+    if _fused.fused_available():  # the fused kernel against the grid path, both passes
+        assert set(affine.backends) == {"forward", "forward+backward"}
+        assert affine.backends["forward+backward"]["warp:torch"].ratio > 0
+        assert not report.case("tps-28").backends  # the kernel does not cover TPS
     assert any("affine_grid cannot represent" in n for n in report.case("tps-28").notes)
     step = report.case("st-cnn").passes["step"]
     assert set(step) == {"torchstn", "cnn", "cnn+dx"}

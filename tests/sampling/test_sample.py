@@ -121,7 +121,7 @@ TRANSFORMS = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["torch", "fused", "reference"])
 @pytest.mark.parametrize("transform", TRANSFORMS, ids=lambda t: t.name)
 def test_warp_gradcheck_wrt_params_and_input(transform, backend):
     g = torch.Generator().manual_seed(3)

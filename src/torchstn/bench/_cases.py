@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from torchstn.bench import _peers
-from torchstn.sampling import BACKENDS, sample, warp
+from torchstn.sampling import BACKENDS, _fused, sample, warp
 from torchstn.transforms import MatrixTransform, ThinPlateSpline, Transform, get_transform
 
 __all__ = [
@@ -149,6 +149,9 @@ class Workload:
     #: grid generation alone, per contender that has a separate grid step
     grid_fns: dict[str, Callable[[], torch.Tensor]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: ``warp`` with each backend that warps the case its own way (``"warp:fused"``,
+    #: ``"warp:torch"`` = grid + ``F.grid_sample``), where the fused kernel applies
+    warp_backends: dict[str, Contender] = field(default_factory=dict)
 
     def sampler_fns(self, backends: Sequence[str] | None = None) -> dict[str, Callable[[], torch.Tensor]]:
         """``sample(x, grid, backend=name)`` for each of ``backends`` (default: every registered one), on torchstn's grid."""
@@ -258,7 +261,18 @@ def build_workload(
             notes.append(kornia)
         else:
             contenders["kornia"] = kornia
-    return Workload(case, transform, x, params, grad_out, contenders, grid_fns, notes)
+    work = Workload(case, transform, x, params, grad_out, contenders, grid_fns, notes)
+    if isinstance(transform, MatrixTransform) and transform.ndim == 2 and _fused.applies(x, "bilinear"):
+        if _fused.fused_available():
+            for name in ("fused", "torch"):
+
+                def run(x_: torch.Tensor, p: torch.Tensor, backend: str = name) -> torch.Tensor:
+                    return warp(x_, p, transform, size, align_corners=align_corners, backend=backend)
+
+                work.warp_backends[f"warp:{name}"] = Contender(run, (x, leaf(params)))
+        else:
+            notes.append(f"the fused kernel could not be built ({_fused._state.get('error')}); no backend comparison")
+    return work
 
 
 def _kornia_contender(

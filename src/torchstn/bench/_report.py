@@ -80,6 +80,20 @@ def _components_table(cases: list[CaseResult]) -> list[str]:
     return lines
 
 
+def _backends_table(cases: list[CaseResult]) -> list[str]:
+    widths = [34, 17, 24, 34]
+    header = ["case", "pass", "warp:fused", "warp:torch (time, ratio)"]
+    lines = ["".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    for case in cases:
+        if not case.backends:
+            continue
+        for i, pass_name in enumerate(PASSES):
+            row = case.backends.get(pass_name, {})
+            cells = [case.label if i == 0 else "", pass_name, _cell(row.get("warp:fused")), _cell(row.get("warp:torch"))]
+            lines.append("".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    return lines
+
+
 def _training_lines(case: CaseResult) -> list[str]:
     step = case.passes.get(STEP, {})
     st, plain, dx = step.get("torchstn"), step.get("cnn"), step.get("cnn+dx")
@@ -190,6 +204,13 @@ def format_report(report: BenchReport) -> str:
                 "forward taken apart, interleaved with a memcpy of the same traffic (input + grid + output bytes):",
                 "sample:<backend> = bandwidth, % of memcpy, time; grid:<who> = time, ratio to sample:torch",
                 *_components_table(warp_cases),
+            ]
+        if any(c.backends for c in warp_cases):
+            lines += [
+                "",
+                "warp backends, interleaved: the fused kernel (θ in, no grid) against grid + F.grid_sample;",
+                "ratio = warp:torch time / warp:fused time in the same round, > 1 means the fused kernel is faster",
+                *_backends_table(warp_cases),
             ]
     for case in report.cases:
         if case.family == "train":

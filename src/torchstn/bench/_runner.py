@@ -57,6 +57,10 @@ class CaseResult:
             the same traffic: ``"memcpy"``, ``"sample:<backend>"`` for every sampling
             backend (ratio to the default ``"sample:torch"``), ``"grid:<contender>"``
             (grid generation alone, ratio to ``"sample:torch"``).
+        backends: pass -> ``"warp:fused"`` / ``"warp:torch"`` (``torchstn.warp`` with the
+            fused kernel, and with grid + ``F.grid_sample``), timed interleaved; the
+            ratio of ``"warp:torch"`` is its time over the fused kernel's (> 1: fused
+            is faster). Only for the cases the fused kernel covers.
         notes: why a peer is missing, where the models came from, ...
     """
 
@@ -65,6 +69,7 @@ class CaseResult:
     family: str
     passes: dict[str, dict[str, Measurement]] = field(default_factory=dict)
     components: dict[str, Measurement] = field(default_factory=dict)
+    backends: dict[str, dict[str, Measurement]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -146,6 +151,12 @@ def run_case(
         timings = interleaved(fns, rounds=rounds, min_time=min_time, device=device)
         result.passes[pass_name] = _measurements(timings, "torchstn", peaks)
 
+    if components and work.warp_backends:
+        forward = {name: c.forward for name, c in work.warp_backends.items()}
+        backward = {name: (lambda c=c: c.forward_backward(work.grad_out)) for name, c in work.warp_backends.items()}
+        for pass_name, fns in zip(PASSES, (forward, backward)):
+            timings = interleaved(fns, rounds=rounds, min_time=min_time, device=device)
+            result.backends[pass_name] = _measurements(timings, "warp:fused")
     if components:
         fns, traffic = _component_fns(work, default_backends() if backends is None else backends)
         usable = {}

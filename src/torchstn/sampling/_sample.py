@@ -9,9 +9,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from torchstn._validation import check_choice, check_floating, check_same_batch, check_tensor
+from torchstn._validation import check_choice, check_floating, check_same_batch, check_size, check_tensor
+from torchstn.sampling import _fused
 from torchstn.sampling._reference import reference_sample
-from torchstn.transforms import Transform, get_transform
+from torchstn.transforms import MatrixTransform, Transform, get_transform
+from torchstn.transforms._base import eager_tensors
 
 __all__ = ["BACKENDS", "MODES", "PADDINGS", "Mode", "Padding", "check_sample_args", "sample", "warp"]
 
@@ -27,18 +29,50 @@ def _torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, 
     return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
 
 
+def _fused_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:
+    if _fused.applies(x, mode) and eager_tensors(x, grid) and _fused.fused_available():
+        return _fused.fused_sample(x, grid, padding, align_corners)
+    return _torch_sample(x, grid, mode, padding, align_corners)  # what the fused kernel does not cover
+
+
 #: backend name -> kernel; ``"auto"`` resolves to the fastest correct one for the device
 BACKENDS: dict[str, SampleFn] = {
     "torch": _torch_sample,
+    "fused": _fused_sample,
     "reference": reference_sample,
 }
 
 
-def _resolve_backend(backend: str | None, device: torch.device) -> SampleFn:
+def _backend_name(backend: str | None) -> str:
     if backend is None or backend == "auto":
-        return BACKENDS["torch"]
+        # sample() with a given grid: F.grid_sample. The fused kernel reading a grid wins only
+        # with 3 channels and loses up to 20% on 1-channel 28-60 px inputs (docs/benchmarks.md);
+        # warp() picks it separately, where it never writes the grid (_fused_warp_applies).
+        return "torch"
     check_choice("backend", backend, tuple(BACKENDS) + ("auto",))
-    return BACKENDS[backend]
+    return backend
+
+
+def _resolve_backend(backend: str | None, device: torch.device) -> SampleFn:
+    return BACKENDS[_backend_name(backend)]
+
+
+def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tensor, params: torch.Tensor, mode: str) -> bool:
+    """Whether :func:`warp` runs the fused kernel from θ: asked for (``"fused"``) or ``"auto"``,
+    a 2-D matrix family, bilinear, a float32/float64 CPU input, eager mode, and a built kernel.
+
+    ``"auto"`` takes it for every such case: measured faster than grid + ``F.grid_sample``
+    on every matrix case of ``torchstn bench``, forward and forward+backward.
+    """
+    if backend not in (None, "auto", "fused"):
+        return False
+    return (
+        eager_tensors(x, params)
+        and isinstance(transform, MatrixTransform)
+        and transform.ndim == 2
+        and _fused.applies(x, mode)
+        and _fused.fused_available()
+    )
 
 
 def check_sample_args(x: object, grid: object, mode: str, padding: str) -> None:
@@ -82,8 +116,10 @@ def sample(
             pixel) or ``"reflection"``.
         align_corners: as in :func:`torch.nn.functional.grid_sample`; must be the value the
             grid was made with.
-        backend: ``None``/``"auto"`` (the fastest correct kernel for the device),
-            ``"torch"`` (``F.grid_sample``) or ``"reference"`` (the hand-written kernel
+        backend: ``None``/``"auto"`` (the fastest correct kernel for the device: here
+            ``"torch"``), ``"torch"`` (``F.grid_sample``), ``"fused"`` (the C++/OpenMP CPU
+            kernel, bilinear; other modes and devices use ``F.grid_sample``; see
+            :mod:`torchstn.sampling._fused`) or ``"reference"`` (the hand-written kernel
             with its gradients, bilinear and nearest; see
             :mod:`torchstn.sampling._reference`).
 
@@ -133,7 +169,12 @@ def warp(
             localisation net under autocast can drive a float32 sampler).
         transform: a :class:`~torchstn.transforms.Transform` or its name (``"affine"``, ...).
         size: output spatial size; ``None`` keeps the input's.
-        mode, padding, align_corners, backend: as in :func:`sample`.
+        mode, padding, align_corners: as in :func:`sample`.
+        backend: as in :func:`sample`, but ``None``/``"auto"`` and ``"fused"`` warp a
+            2-D matrix family (translation ... projective) bilinearly on the CPU with the
+            fused kernel, which computes each source point from θ and never writes the
+            grid (:mod:`torchstn.sampling._fused`); everything else makes the grid and
+            samples it.
 
     Returns:
         The warped tensor ``(B, C, *size)``.
@@ -164,8 +205,17 @@ def warp(
     # grids need more than 8 mantissa bits: low-precision inputs are warped in float32
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     with _autocast_off(x.device.type):
-        grid = transform.grid(params.to(dtype), size, align_corners)
-        out = sample(x.to(dtype), grid, mode, padding, align_corners, backend=backend)
+        xd, params = x.to(dtype), params.to(dtype)
+        if _fused_warp_applies(backend, transform, xd, params, mode):  # no grid in memory
+            check_choice("padding", padding, PADDINGS)
+            size = check_size("size", size, 2)
+            if transform.projective:
+                out = _fused.fused_warp(xd, transform._matrix(params), size, padding, bool(align_corners), True, transform.eps)
+            else:
+                out = _fused.fused_warp(xd, transform._rows(params), size, padding, bool(align_corners))
+        else:
+            grid = transform.grid(params, size, align_corners)
+            out = sample(xd, grid, mode, padding, align_corners, backend=backend)
     return out.to(x.dtype)
 
 

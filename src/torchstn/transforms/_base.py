@@ -213,6 +213,10 @@ class MatrixTransform(Transform):
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         """``(B, ndim + 1, ndim + 1)`` -> ``(B, P)`` without validation."""
 
+    def _rows(self, params: torch.Tensor) -> torch.Tensor:
+        """The first ``ndim`` rows of the matrix, ``(B, ndim, ndim + 1)`` (all an affine map needs)."""
+        return self._matrix(params)[:, : self.ndim]
+
     def matrix(self, params: torch.Tensor) -> torch.Tensor:
         """The homogeneous matrix ``src_from_dst`` of shape ``(B, ndim + 1, ndim + 1)``."""
         return self._matrix(self.check_params(params))
@@ -296,14 +300,21 @@ class MatrixTransform(Transform):
 
 def eager_tensors(*tensors: torch.Tensor) -> bool:
     """True for plain tensors in eager mode: not under ``torch.jit.trace``, ONNX export,
-    ``torch.compile`` or ``torch.export`` (whose fake tensors are subclasses).
+    ``torch.compile`` or ``torch.export`` (whose fake tensors are subclasses), nor inside
+    ``torch.func`` transforms.
 
     Custom autograd Functions and kernels are used only then; tracers get the plain
     expression, which every exporter and compiler understands.
     """
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False
-    return all(type(t) is torch.Tensor for t in tensors)
+    return all(type(t) is torch.Tensor and not _functorch_wrapped(t) for t in tensors)
+
+
+def _functorch_wrapped(t: torch.Tensor) -> bool:
+    """A tensor inside ``torch.func.vmap``/``grad`` (no data pointer of its own)."""
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check(t)) if check is not None else False
 
 
 class _ProjectiveGrid(torch.autograd.Function):

@@ -139,6 +139,9 @@ class Affine(MatrixTransform):
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _from_rows(params, 2, 3)
 
+    def _rows(self, params: torch.Tensor) -> torch.Tensor:
+        return params.reshape(-1, 2, 3)
+
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         return (matrix[:, :2, :] / matrix[:, 2:, 2:]).flatten(1)
 

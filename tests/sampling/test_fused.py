@@ -1,0 +1,189 @@
+"""The fused C++ backend against F.grid_sample, the reference sampler and the grid path of warp."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchstn as stn
+from torchstn.sampling import _fused
+from torchstn.testing import check_sampler
+
+PADDINGS = ["zeros", "border", "reflection"]
+FAMILIES_2D = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective()]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    """Build (or load from torch's extension cache) the kernel once for this module."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if not _fused.fused_available():
+            pytest.skip(f"the fused kernel could not be built here: {_fused._state.get('error')}")
+
+
+def _grid(shape, dtype, seed=0, spread=1.3):
+    g = torch.Generator().manual_seed(seed)
+    return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * spread).to(dtype)
+
+
+def _input(shape, dtype, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def _params(transform, batch, dtype, scale=0.2, seed=2):
+    noise = torch.randn(batch, transform.num_params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (transform.identity(batch, dtype=torch.float64) + scale * noise).to(dtype)
+
+
+def _fused_sample(x, grid, padding, align_corners):
+    return stn.sample(x, grid, "bilinear", padding, align_corners, backend="fused")
+
+
+def _reference_sample(x, grid, padding, align_corners):
+    return stn.reference_sample(x, grid, "bilinear", padding, align_corners)
+
+
+def _grid_sample(x, grid, padding, align_corners):
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=align_corners)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_fused_sample_matches_grid_sample_and_reference(padding, align_corners, dtype):
+    x = _input((2, 3, 6, 7), dtype)
+    grid = _grid((2, 5, 9, 2), dtype)
+    atol = 1e-5 if dtype == torch.float32 else 1e-10
+    for reference in (_grid_sample, _reference_sample):
+        check_sampler(_fused_sample, reference, x, grid, padding=padding, align_corners=align_corners, atol=atol)
+
+
+def test_fused_sample_right_sided_sub_gradient_at_integer_coordinates():
+    # as the reference and grid_sample: at an integer pixel coordinate the derivative is U[k+1] - U[k]
+    x = torch.tensor([[[[0.0, 1.0, 4.0, 9.0]]]], dtype=torch.float64)
+    grid = torch.tensor([[[[(2 * 1.0 + 1) / 4 - 1, 0.0]]]], dtype=torch.float64, requires_grad=True)
+    stn.sample(x, grid, backend="fused").sum().backward()
+    assert grid.grad[0, 0, 0, 0].item() == pytest.approx(3.0 * 4 / 2)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("transform", FAMILIES_2D, ids=lambda t: t.name)
+def test_fused_warp_equals_grid_path(transform, padding, align_corners, dtype):
+    """Values, input gradient and θ gradient of warp(backend='fused') against grid + F.grid_sample."""
+    x0 = _input((3, 2, 7, 9), dtype)
+    p0 = _params(transform, 3, dtype, scale=0.3)
+    results = []
+    for backend in ("fused", "torch"):
+        x, p = x0.clone().requires_grad_(), p0.clone().requires_grad_()
+        out = stn.warp(x, p, transform, size=(6, 11), padding=padding, align_corners=align_corners, backend=backend)
+        weight = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
+        (out * weight).sum().backward()
+        results.append((out.detach(), x.grad, p.grad))
+    atol = 2e-5 if dtype == torch.float32 else 1e-10
+    for name, a, b in zip(("output", "gradient wrt x", "gradient wrt params"), *results):
+        torch.testing.assert_close(a, b, atol=atol * (10 if name == "gradient wrt params" else 1), rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("eps", [1e-6, 0.3])
+def test_fused_projective_inside_the_guard(eps):
+    # w crosses 0 inside the image: eps = 0.3 puts a band of points inside the guard
+    transform = stn.Projective(eps=eps)
+    h0 = _params(transform, 2, torch.float64, scale=0.1)
+    # (no output pixel has w within rounding of 0 or of ±eps, where the two paths may round apart)
+    h0[:, 6:] = torch.tensor([[-1.05, 0.12], [0.35, 0.9]], dtype=torch.float64)
+    x0 = _input((2, 2, 6, 7), torch.float64)
+    results = []
+    for backend in ("fused", "torch"):
+        x, h = x0.clone().requires_grad_(), h0.clone().requires_grad_()
+        out = stn.warp(x, h, transform, padding="border", align_corners=True, backend=backend)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape))
+        results.append((out.detach(), x.grad, h.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("transform", [stn.Similarity(), stn.Affine(), stn.Projective(eps=0.3)], ids=lambda t: t.name)
+def test_fused_warp_gradcheck(transform, padding, align_corners):
+    x = _input((2, 2, 4, 5), torch.float64).requires_grad_()
+    p = _params(transform, 2, torch.float64, scale=0.1)
+    if transform.projective:  # points inside the guard and outside it
+        p[:, 6:] = torch.tensor([[-1.05, 0.12], [0.3, 0.9]], dtype=torch.float64)
+    p.requires_grad_()
+    fn = lambda x, p: stn.warp(x, p, transform, size=(3, 6), padding=padding, align_corners=align_corners, backend="fused")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, p), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_fused_sample_gradcheck(padding):
+    x = _input((2, 2, 4, 5), torch.float64).requires_grad_()
+    grid = _grid((2, 3, 4, 2), torch.float64, spread=1.2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, g: _fused_sample(x, g, padding, False), (x, grid), eps=1e-6, atol=1e-6)
+
+
+def test_only_the_gradients_asked_for():
+    transform = stn.Affine()
+    x, p = _input((2, 3, 8, 8), torch.float32), _params(transform, 2, torch.float32)
+    ref_p = p.clone().requires_grad_()
+    stn.warp(x, ref_p, transform, backend="torch").sum().backward()
+    p.requires_grad_()
+    out = stn.warp(x, p, transform, backend="fused")  # the image needs no gradient: the STN case
+    out.sum().backward()
+    torch.testing.assert_close(p.grad, ref_p.grad, atol=1e-4, rtol=1e-4)
+    xg = x.clone().requires_grad_()
+    stn.warp(xg, p.detach(), transform, backend="fused").sum().backward()
+    assert xg.grad is not None and xg.grad.shape == x.shape
+
+
+def test_default_warp_takes_the_fused_kernel_and_sample_does_not(monkeypatch):
+    calls = []
+    for name in ("fused_warp", "fused_sample"):
+        original = getattr(_fused, name)
+        monkeypatch.setattr(_fused, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    x = torch.rand(2, 1, 8, 8)
+    for transform in FAMILIES_2D:
+        stn.warp(x, transform.identity(2), transform)
+    assert calls == ["fused_warp"] * len(FAMILIES_2D)
+    stn.sample(x, stn.Affine().grid(stn.Affine().identity(2), (8, 8)))
+    stn.warp(x, stn.Affine().identity(2), stn.Affine(), mode="nearest")
+    stn.warp(x.double(), stn.ThinPlateSpline().identity(2, dtype=torch.float64), stn.ThinPlateSpline())
+    stn.warp(torch.rand(1, 1, 4, 4, 4), stn.Affine3D().identity(1), stn.Affine3D())
+    assert calls == ["fused_warp"] * len(FAMILIES_2D)
+
+
+def test_non_contiguous_input_and_empty_batch():
+    transform = stn.Affine()
+    x = _input((2, 8, 9, 3), torch.float32).permute(0, 3, 1, 2)  # channels-last view
+    p = _params(transform, 2, torch.float32)
+    torch.testing.assert_close(stn.warp(x, p, transform, backend="fused"), stn.warp(x, p, transform, backend="torch"))
+    assert stn.warp(torch.rand(0, 3, 8, 8), torch.zeros(0, 6), transform, backend="fused").shape == (0, 3, 8, 8)
+
+
+def test_far_away_points_read_padding():
+    # a homography whose horizon crosses the image sends points to |coordinate| ~ 1e6 or more
+    h = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]])
+    x = torch.rand(1, 2, 5, 6)
+    for padding in PADDINGS:
+        fused = stn.warp(x, h, stn.Projective(), padding=padding, align_corners=True, backend="fused")
+        ref = stn.warp(x, h, stn.Projective(), padding=padding, align_corners=True, backend="torch")
+        assert torch.isfinite(fused).all()
+        torch.testing.assert_close(fused, ref)
+
+
+def test_failed_build_warns_once_and_falls_back(monkeypatch):
+    def broken():
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(_fused, "_state", {})
+    monkeypatch.setattr(_fused, "_build", broken)
+    x, p = torch.rand(2, 1, 8, 8), stn.Affine().identity(2) + 0.1
+    with pytest.warns(RuntimeWarning, match="could not be built.*RuntimeError: no compiler here"):
+        out = stn.warp(x, p, stn.Affine(), backend="fused")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: no second warning
+        out2 = stn.sample(x, stn.Affine().grid(p, (8, 8)), backend="fused")
+    torch.testing.assert_close(out, stn.warp(x, p, stn.Affine(), backend="torch"))
+    torch.testing.assert_close(out2, out)
