@@ -138,7 +138,7 @@ def test_only_the_gradients_asked_for():
     assert xg.grad is not None and xg.grad.shape == x.shape
 
 
-def test_default_warp_takes_the_fused_kernel_and_sample_does_not(monkeypatch):
+def test_default_backend_takes_the_fused_kernel_where_it_was_measured_faster(monkeypatch):
     calls = []
     for name in ("fused_warp", "fused_sample"):
         original = getattr(_fused, name)
@@ -151,7 +151,12 @@ def test_default_warp_takes_the_fused_kernel_and_sample_does_not(monkeypatch):
     stn.warp(x, stn.Affine().identity(2), stn.Affine(), mode="nearest")
     stn.warp(x.double(), stn.ThinPlateSpline().identity(2, dtype=torch.float64), stn.ThinPlateSpline())
     stn.warp(torch.rand(1, 1, 4, 4, 4), stn.Affine3D().identity(1), stn.Affine3D())
-    assert calls == ["fused_warp"] * len(FAMILIES_2D)
+    assert calls == ["fused_warp"] * len(FAMILIES_2D)  # 1 channel: a given grid goes to F.grid_sample
+    x3 = torch.rand(2, 3, 8, 8)
+    stn.sample(x3, stn.Affine().grid(stn.Affine().identity(2), (8, 8)))
+    stn.warp(x3, stn.ThinPlateSpline().identity(2), stn.ThinPlateSpline())
+    stn.sample(x3, stn.Affine().grid(stn.Affine().identity(2), (8, 8)), mode="bicubic")
+    assert calls == ["fused_warp"] * len(FAMILIES_2D) + ["fused_sample"] * 2
 
 
 def test_non_contiguous_input_and_empty_batch():

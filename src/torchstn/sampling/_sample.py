@@ -43,18 +43,19 @@ BACKENDS: dict[str, SampleFn] = {
 }
 
 
-def _backend_name(backend: str | None) -> str:
+#: "auto" samples a given grid with the fused kernel from this many channels on: measured
+#: 1.1-1.4x F.grid_sample with 3 channels, 0.7-1.0x with 1 (docs/benchmarks.md), where the
+#: per-point work is not shared by enough channels
+FUSED_MIN_CHANNELS = 3
+
+
+def _backend_name(backend: str | None, x: torch.Tensor, mode: str) -> str:
     if backend is None or backend == "auto":
-        # sample() with a given grid: F.grid_sample. The fused kernel reading a grid wins only
-        # with 3 channels and loses up to 20% on 1-channel 28-60 px inputs (docs/benchmarks.md);
-        # warp() picks it separately, where it never writes the grid (_fused_warp_applies).
+        if _fused.applies(x, mode) and x.shape[1] >= FUSED_MIN_CHANNELS:
+            return "fused"
         return "torch"
     check_choice("backend", backend, tuple(BACKENDS) + ("auto",))
     return backend
-
-
-def _resolve_backend(backend: str | None, device: torch.device) -> SampleFn:
-    return BACKENDS[_backend_name(backend)]
 
 
 def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tensor, params: torch.Tensor, mode: str) -> bool:
@@ -116,9 +117,10 @@ def sample(
             pixel) or ``"reflection"``.
         align_corners: as in :func:`torch.nn.functional.grid_sample`; must be the value the
             grid was made with.
-        backend: ``None``/``"auto"`` (the fastest correct kernel for the device: here
-            ``"torch"``), ``"torch"`` (``F.grid_sample``), ``"fused"`` (the C++/OpenMP CPU
-            kernel, bilinear; other modes and devices use ``F.grid_sample``; see
+        backend: ``None``/``"auto"`` (the fastest correct kernel measured: ``"fused"``
+            for bilinear float CPU images with 3 or more channels, else ``"torch"``),
+            ``"torch"`` (``F.grid_sample``), ``"fused"`` (the C++/OpenMP CPU kernel,
+            bilinear; other modes and devices use ``F.grid_sample``; see
             :mod:`torchstn.sampling._fused`) or ``"reference"`` (the hand-written kernel
             with its gradients, bilinear and nearest; see
             :mod:`torchstn.sampling._reference`).
@@ -143,7 +145,7 @@ def sample(
         tensor([[[[1.5000]]]])
     """
     check_sample_args(x, grid, mode, padding)
-    kernel = _resolve_backend(backend, x.device)
+    kernel = BACKENDS[_backend_name(backend, x, mode)]
     if x.dim() == 3:  # a signal is an image of height 1 read on its centre row
         grid2d = torch.cat([grid, torch.zeros_like(grid)], -1)[:, None]
         return kernel(x[:, :, None], grid2d, mode, padding, bool(align_corners))[:, :, 0]
@@ -174,7 +176,7 @@ def warp(
             2-D matrix family (translation ... projective) bilinearly on the CPU with the
             fused kernel, which computes each source point from θ and never writes the
             grid (:mod:`torchstn.sampling._fused`); everything else makes the grid and
-            samples it.
+            samples it with the backend :func:`sample` would choose.
 
     Returns:
         The warped tensor ``(B, C, *size)``.
