@@ -165,6 +165,9 @@ def test_non_contiguous_input_and_empty_batch():
     p = _params(transform, 2, torch.float32)
     torch.testing.assert_close(stn.warp(x, p, transform, backend="fused"), stn.warp(x, p, transform, backend="torch"))
     assert stn.warp(torch.rand(0, 3, 8, 8), torch.zeros(0, 6), transform, backend="fused").shape == (0, 3, 8, 8)
+    assert stn.warp(torch.rand(2, 0, 8, 8), torch.zeros(2, 6), transform, backend="fused").shape == (2, 0, 8, 8)
+    with pytest.raises(RuntimeError, match="non-empty spatial dimensions"):  # as F.grid_sample says
+        stn.warp(torch.rand(1, 1, 0, 8), torch.zeros(1, 6), transform, size=(4, 4), backend="fused")
 
 
 def test_far_away_points_read_padding():

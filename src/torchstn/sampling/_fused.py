@@ -108,13 +108,14 @@ def fused_available() -> bool:
 
 
 def applies(x: torch.Tensor, mode: str) -> bool:
-    """Whether the kernel covers this input: bilinear, a float32/float64 CPU image (B, C, H, W), int32 offsets."""
+    """Whether the kernel covers this input: bilinear, a float32/float64 CPU image (B, C, H, W)
+    with non-empty H and W (F.grid_sample reports empty ones) and int32 pixel offsets."""
     return (
         mode == "bilinear"
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and x.dim() == 4
-        and x.shape[2] * x.shape[3] + x.shape[3] < 2**31
+        and 0 < x.shape[2] * x.shape[3] < 2**31 - x.shape[3]
     )
 
 
