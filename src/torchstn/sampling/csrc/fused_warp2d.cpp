@@ -3,10 +3,12 @@
 // dL/dx and dL/dθ directly (no grid gradient).
 //
 // Plain C++ and OpenMP with a C interface, called through ctypes from
-// torchstn/sampling/_fused.py: no torch headers, so the JIT build takes about a second
-// instead of half a minute. The arithmetic follows ATen's GridSampler.h (unnormalisation,
-// padding, bilinear weights and their gradients) so that every backend agrees with
-// F.grid_sample and with torchstn's reference sampler.
+// torchstn/sampling/_fused.py: no torch headers, so the JIT build takes seconds instead
+// of half a minute. The arithmetic follows ATen's GridSampler.h (unnormalisation, border
+// clipping, bilinear weights and their gradients; reflection as torchstn's reference
+// sampler computes it) so that every backend agrees with F.grid_sample and the reference.
+// The bilinear sub-gradient at integer pixel coordinates is the right-sided difference,
+// as in both.
 //
 // Layouts (all contiguous): x (B, C, H, W); out / grad_out (B, C, Ho, Wo);
 // loc = GRID: grid (B, Ho, Wo, 2), grad_grid the same;
@@ -59,10 +61,11 @@ struct Locator {
   int64_t Ho, Wo;
 };
 
-// Points are processed a block of one output row at a time, in three loops that the
-// compiler vectorises (with -mavx2 where the CPU has it): (A) locations, padding, corner
-// offsets and weights for the block; (B) per channel, the gathers (and in the backward the
-// scatters into grad_x and the location gradient); (C) the matrix gradient's sums.
+// Points are processed a block of one output row at a time, in loops that the compiler
+// vectorises (with -mavx2 where the CPU has it): (A) locations, padding, corner offsets
+// and weights for the block; (B) per channel, the gathers (in the backward also the
+// scatter into grad_x, which stays scalar, and the location gradient); (C) the matrix
+// gradient's sums.
 constexpr int64_t BLOCK = 64;
 
 // per-block scratch: structure of arrays
