@@ -148,3 +148,26 @@ def test_two_processes_recording_cells_keep_each_others(tmp_path):
     second.add(cells[1], {"error": 2.0, "digest": cells[1].digest})
     again = Results(tmp_path, "stn-table1")
     assert again.finished(cells[0])["error"] == 1.0 and again.finished(cells[1])["error"] == 2.0
+
+
+def _record(cell, error):
+    return {"digest": cell.digest, "budget": cell.budget, "row": cell.row.key, "column": cell.column.key,
+            "seed": cell.seed, "error": error, "best_error": error, "train_error": error, "epochs": 1, "steps": 10,
+            "wall_seconds": 60.0, "images_per_s": 100.0}
+
+
+def test_report_orders_budgets_fixed_and_compares_a_longer_run_with_standard(tmp_path):
+    from torchstn.reproduce import render_report
+
+    experiment = get_experiment("stn-table1")
+    results = Results(tmp_path, "stn-table1")
+    standard = plan(experiment, "standard", only=["st-cnn-aff"], datasets=["rts"])[0]
+    long = plan(experiment, "long", only=["st-cnn-aff"], datasets=["rts"])[0]
+    results.add(standard, _record(standard, 3.46))
+    results.add(long, _record(long, 0.86))
+    texts = [render_report(experiment, results, tmp_path, budget) for budget in ("long", "standard")]
+    assert texts[0] == texts[1]  # the same file whichever budget ran last
+    text = texts[0]
+    assert text.index("budget `standard`") < text.index("budget `long`")
+    assert "--budget standard\ntorchstn reproduce stn-table1 --budget long" in text
+    assert "The same cells at budget `standard`, then at `long`: ST-CNN Aff on RTS 3.46% → 0.86%." in text

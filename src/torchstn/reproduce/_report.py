@@ -129,6 +129,25 @@ def _misses(experiment: Experiment, by_pair: dict[tuple[str, str], list[dict[str
     return out
 
 
+def _against_standard(
+    experiment: Experiment, budget: str, cells: dict[str, dict[str, Any]], means: dict[tuple[str, str], float]
+) -> list[str]:
+    """For a budget other than ``standard``: how its cells moved from their ``standard`` runs."""
+    if budget == "standard":
+        return []
+    moved = []
+    for (row_key, col_key), mean in means.items():
+        before = [r["error"] for r in cells.values()
+                  if r.get("budget") == "standard" and r["row"] == row_key and r["column"] == col_key]
+        if before:
+            base = summarize(before)[0]
+            moved.append(f"{experiment.row(row_key).label} on {experiment.column(col_key).label} "
+                         f"{base:.2f}% → {mean:.2f}%")
+    if not moved:
+        return []
+    return [f"The same cells at budget `standard`, then at `{budget}`: " + "; ".join(moved) + ".", ""]
+
+
 def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[str, Any]], results_dir: Path) -> list[str]:
     records = [r for r in cells.values() if r.get("budget") == budget]
     by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -184,6 +203,7 @@ def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[s
         lines += ["Each transformer model against its own baseline (same classifier, same recipe):", "", *checks, ""]
     if gaps:
         lines += ["Ours minus the paper: " + "; ".join(gaps) + ".", ""]
+    lines += _against_standard(experiment, budget, cells, means)
     misses = _misses(experiment, by_pair)
     if misses:
         lines += ["Cells more than 0.3 points above the paper, with the training error at the end of the run "
@@ -270,11 +290,14 @@ def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[s
 
 
 def render_report(experiment: Experiment, results: Results, results_dir: str | Path, budget: str | None = None) -> str:
-    """The markdown report of every budget with finished cells (``budget`` first, even if empty)."""
+    """The markdown report of every budget with finished cells (and ``budget``, even if empty).
+
+    Sections come in a fixed order (standard, long, paper, quick), whichever budget ran last.
+    """
     results_dir = Path(results_dir)
     budgets_present = {r.get("budget") for r in results.cells.values()}
     budgets = [b for b in BUDGETS if b in budgets_present or b == budget]
-    budgets.sort(key=lambda b: (b != budget, {"standard": 0, "long": 1, "paper": 2, "quick": 3}[b]))
+    budgets.sort(key=lambda b: {"standard": 0, "long": 1, "paper": 2, "quick": 3}[b])
     lines = [
         f"# `{experiment.name}`: {experiment.title}",
         "",
@@ -285,7 +308,7 @@ def render_report(experiment: Experiment, results: Results, results_dir: str | P
         "an interrupted one resumes from its last checkpoint.",
         "",
         "```",
-        f"torchstn reproduce {experiment.name} --budget {budget or 'standard'}",
+        *(f"torchstn reproduce {experiment.name} --budget {b}" for b in budgets or ["standard"]),
         "```",
         "",
     ]
