@@ -335,18 +335,21 @@ ICSTN_PERTURBED = Experiment(
     paper={(row.key, "perturbed"): None for row in _IC_ROWS},
     recipes=_budgets(
         {**_STN_QUICK},
+        # CPU budget: Adam (the authors' SGD is at 47% error after 2,400 of its 200,000 steps)
+        {"optimizer": "adam", "lr": 1e-3, "batch_size": 100, "steps": 3000, "schedule": "constant",
+         "loc_lr_mult": 0.1},
         # the authors' code: SGD, batch 100, lr 1e-2 (classifier), 1e-4 (geometric predictor)
-        {"optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "batch_size": 100, "steps": 3000, "schedule": "constant",
-         "loc_lr_mult": 0.01},
         {"optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "batch_size": 100, "steps": 200_000,
          "schedule": "constant", "loc_lr_mult": 0.01},
     ),
     seeds={"quick": 1, "standard": 1, "paper": 1},
     headline=("ic-stn-2", "perturbed"),
     notes=(
-        "The recipe follows the authors' released code (SGD, batch 100, lr 0.01 for the classifier and "
-        "1e-4 for the geometric predictor); the paper's error per model is not entered here yet, so this "
-        "table compares the models with each other only.",
+        "Budget `paper` follows the authors' released code (SGD, batch 100, lr 0.01 for the classifier and "
+        "1e-4 for the geometric predictor, 200,000 iterations). That recipe learns slowly at first (47% "
+        "error after 2,400 iterations for IC-STN-2), so `standard` trains 3,000 iterations of batch 100 "
+        "with Adam (lr 1e-3, the geometric predictor at 1e-4) and a constant rate. The paper's error per "
+        "model is not entered here yet, so this table compares the models with each other only.",
         "Protocol (`ground_truth_init`): as in the paper, every transformer model is given the undistorted "
         "digit and its ground-truth perturbation as the initial warp; the STN and c-STN resample the "
         "perturbed image, the IC-STNs compose their updates with the perturbation and resample the original "
