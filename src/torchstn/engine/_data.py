@@ -85,31 +85,38 @@ def fetch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def fetch_inputs(
-    dataset: Any, indices: torch.Tensor, ground_truth_init: bool = False
+    dataset: Any, indices: torch.Tensor, ground_truth_init: bool = False, device: str | torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """What the model is called with at ``indices``: ``model(x, **kwargs)``, and the labels.
 
     Returns:
         ``(x, y, kwargs)``: the images and no keywords; with ``ground_truth_init`` the
-        undistorted digits and ``{"init_params": θ_gt}`` (see ``TrainConfig.ground_truth_init``).
+        undistorted digits and ``{"init_params": θ_gt}`` (see ``TrainConfig.ground_truth_init``);
+        all on ``device`` when given.
 
     Raises:
         ValueError: ``ground_truth_init`` on a dataset without ground truth.
     """
     x, y = fetch(dataset, indices)
-    if not ground_truth_init:
-        return x, y, {}
-    ground_truth = getattr(dataset, "ground_truth", None)
-    if ground_truth is None:
-        raise ValueError(f"ground_truth_init needs a distorted dataset with ground truth, got {type(dataset).__name__}")
-    originals, params = ground_truth(indices)
-    return originals, y, {"init_params": params}
+    kwargs: dict[str, torch.Tensor] = {}
+    if ground_truth_init:
+        ground_truth = getattr(dataset, "ground_truth", None)
+        if ground_truth is None:
+            raise ValueError(
+                f"ground_truth_init needs a distorted dataset with ground truth, got {type(dataset).__name__}"
+            )
+        x, kwargs["init_params"] = ground_truth(indices)
+    if device is not None:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        kwargs = {k: v.to(device, non_blocking=True) for k, v in kwargs.items()}
+    return x, y, kwargs
 
 
 def iterate(
-    dataset: Any, batch_size: int, rank: int = 0, world_size: int = 1, *, ground_truth_init: bool = False
+    dataset: Any, batch_size: int, rank: int = 0, world_size: int = 1, *, ground_truth_init: bool = False,
+    device: str | torch.device | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
     """This process's share of ``dataset`` in order, in batches ``(x, y, kwargs)`` (see :func:`fetch_inputs`)."""
     indices = torch.arange(rank, len(dataset), world_size)
     for start in range(0, len(indices), batch_size):
-        yield fetch_inputs(dataset, indices[start : start + batch_size], ground_truth_init)
+        yield fetch_inputs(dataset, indices[start : start + batch_size], ground_truth_init, device)

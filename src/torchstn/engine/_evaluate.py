@@ -46,9 +46,9 @@ def predict(
     was_training = model.training
     model.eval()
     logits, labels = [], []
-    for x, y, kwargs in iterate(dataset, batch_size, rank, world, ground_truth_init=ground_truth_init):
-        logits.append(model(x.to(device), **{k: v.to(device) for k, v in kwargs.items()}).float())
-        labels.append(y.to(device))
+    for x, y, kwargs in iterate(dataset, batch_size, rank, world, ground_truth_init=ground_truth_init, device=device):
+        logits.append(model(x, **kwargs).float())
+        labels.append(y)
     model.train(was_training)
     num_classes = int(getattr(model, "num_classes", 0)) or (logits[0].shape[1] if logits else 0)
     out = torch.cat(logits) if logits else torch.zeros(0, num_classes, device=device)

@@ -93,9 +93,9 @@ def _probabilities(
     log-probabilities and a classifier's logits both go through ``softmax``)."""
     probs, labels = [], []
     for first in range(0, n, 500):
-        x, y, inputs = fetch_inputs(dataset, torch.arange(first, min(first + 500, n)), ground_truth_init)
-        probs.append(model(x.to(device), **{k: v.to(device) for k, v in inputs.items()}).float().softmax(1).cpu())
-        labels.append(y)
+        x, y, inputs = fetch_inputs(dataset, torch.arange(first, min(first + 500, n)), ground_truth_init, device)
+        probs.append(model(x, **inputs).float().softmax(1).cpu())
+        labels.append(y.cpu())
     return torch.cat(probs), torch.cat(labels)
 
 
@@ -182,11 +182,10 @@ def plot_run(
 
     transformers = list(getattr(model, "transformers", ()))
     num = max(1, min(num, len(dataset) - start))
-    x, y, inputs = fetch_inputs(dataset, torch.arange(start, start + num), ground_truth_init)
+    x_dev, y, inputs = fetch_inputs(dataset, torch.arange(start, start + num), ground_truth_init, device)
+    x, y = x_dev.cpu(), y.cpu()
     model.eval()
     with torch.no_grad():
-        x_dev = x.to(device)
-        inputs = {k: v.to(device) for k, v in inputs.items()}
         pred = model(x_dev, **inputs).argmax(1).cpu()
         thetas = [st.predict_params(x_dev, **inputs).cpu() for st in transformers]
         outputs = [st.transform_input(x_dev, th.to(device)).cpu() for st, th in zip(transformers, thetas)]

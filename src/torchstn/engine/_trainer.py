@@ -296,9 +296,8 @@ def _train(
     grad_params = [p for p in core.parameters() if p.requires_grad]
     curve_every = max(1, total_steps // 100)
     diag_x, _, diag_inputs = fetch_inputs(
-        test_set, torch.arange(min(config.diagnostics_samples, len(test_set))), config.ground_truth_init
+        test_set, torch.arange(min(config.diagnostics_samples, len(test_set))), config.ground_truth_init, ddp.device
     )
-    diag_x, diag_inputs = diag_x.to(ddp.device), {k: v.to(ddp.device) for k, v in diag_inputs.items()}
     last_epoch = epochs if stop_after is None else min(epochs, stop_after)
     if ddp.main and start_epoch == 0:
         n_params = sum(p.numel() for p in core.parameters())
@@ -326,9 +325,8 @@ def _train(
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
                    disable=not (progress and ddp.main), file=sys.stderr, dynamic_ncols=True)
         for i, batch in enumerate(bar):
-            x, y, inputs = fetch_inputs(train_set, shard(batch, ddp.rank, ddp.world), config.ground_truth_init)
-            x, y = x.to(ddp.device, non_blocking=True), y.to(ddp.device, non_blocking=True)
-            logits = model(x, **{k: v.to(ddp.device, non_blocking=True) for k, v in inputs.items()})
+            x, y, inputs = fetch_inputs(train_set, shard(batch, ddp.rank, ddp.world), config.ground_truth_init, ddp.device)
+            logits = model(x, **inputs)
             loss = F.cross_entropy(logits, y)  # a P-STN model returns log-probabilities: the same data term
             kl = total_kl(core)  # the weighted KL of P-STN modules (0.0 for other models)
             objective = loss + kl
@@ -420,9 +418,7 @@ def _check_ground_truth_init(config: TrainConfig, model: nn.Module, train_set: A
             f"ground_truth_init needs a model whose forward takes init_params (icstn-stn, c-stn-1, ic-stn-N); "
             f"{config.model} does not"
         )
-    if not callable(getattr(train_set, "ground_truth", None)):
-        raise ValueError(f"ground_truth_init needs a distorted dataset with ground truth, got {config.data}")
-    train_set.ground_truth(torch.arange(min(1, len(train_set))))  # raises, saying why, for a set without it
+    fetch_inputs(train_set, torch.arange(min(1, len(train_set))), ground_truth_init=True)  # raises, saying why
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
