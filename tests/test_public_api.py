@@ -23,6 +23,7 @@ PUBLIC = [
     "Translation",
     "__version__",
     "base_grid",
+    "clear_caches",
     "conv_localization",
     "create_model",
     "get_transform",

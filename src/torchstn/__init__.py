@@ -31,6 +31,7 @@ from torchstn.transforms import (
     Transform,
     Translation,
     base_grid,
+    clear_caches,
     get_transform,
 )
 
@@ -54,6 +55,7 @@ __all__ = [
     "Translation",
     "__version__",
     "base_grid",
+    "clear_caches",
     "conv_localization",
     "create_model",
     "get_transform",

@@ -5,7 +5,7 @@ Layer 1 of torchstn: pure tensor maths, no ``nn.Module`` state.
 
 from __future__ import annotations
 
-from torchstn.transforms._base import MatrixTransform, Transform, base_grid
+from torchstn.transforms._base import MatrixTransform, Transform, base_grid, clear_caches, matrix_grid
 from torchstn.transforms._matrix import Affine, Affine1D, Affine3D, Attention, Projective, Similarity, Translation
 from torchstn.transforms._tps import ThinPlateSpline
 
@@ -21,7 +21,9 @@ __all__ = [
     "Transform",
     "Translation",
     "base_grid",
+    "clear_caches",
     "get_transform",
+    "matrix_grid",
 ]
 
 _BY_NAME: dict[str, type[Transform]] = {

@@ -6,33 +6,61 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from torchstn._validation import check_floating, check_params, check_size, check_tensor
 
-__all__ = ["MatrixTransform", "Transform", "base_grid", "cached", "eager_tensors", "interleaved_operator", "linear_grid"]
+__all__ = [
+    "MatrixTransform",
+    "Transform",
+    "base_grid",
+    "cached",
+    "clear_caches",
+    "differentiable_vjp",
+    "eager_tensors",
+    "in_functorch",
+    "interleaved_operator",
+    "linear_grid",
+    "matrix_grid",
+]
 
-_CACHE: dict[Hashable, torch.Tensor] = {}
+_CACHE: dict[Hashable, tuple[torch.Tensor, int]] = {}
 _CACHE_SIZE = 128
 
 
 def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     """Return the θ-independent tensor stored under ``key``, building it on a miss.
 
-    Only real tensors built outside a tracer are stored: under ``torch.export`` or
+    Entries are plain tensors that every mode can use: they are built with inference
+    mode off (an inference tensor would poison a later training step), only real
+    tensors built outside a tracer are stored (under ``torch.export`` or
     ``torch.compile`` a miss builds a fake/traced tensor, which is returned but never
-    kept (a plain ``functools.lru_cache`` would keep it and hand it to later eager
-    calls). The oldest entry is dropped beyond 128.
+    kept), and an entry modified in place since it was stored is rebuilt. The key
+    holds everything the value depends on (size, device, dtype, ...); the oldest entry
+    is dropped beyond 128, and :func:`clear_caches` empties the cache.
     """
     hit = _CACHE.get(key)
-    if hit is not None:
-        return hit
-    value = build()
+    if hit is not None and (torch.compiler.is_compiling() or hit[0]._version == hit[1]):
+        return hit[0]
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            value = build()
+    else:
+        value = build()
     if type(value) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
         if len(_CACHE) >= _CACHE_SIZE:
             del _CACHE[next(iter(_CACHE))]
-        _CACHE[key] = value
+        _CACHE[key] = (value, value._version)
     return value
+
+
+def clear_caches() -> None:
+    """Drop every cached grid part (base grids, grid operators, TPS solutions).
+
+    torchstn keeps the θ-independent parts of its grids per (size, device, dtype, ...),
+    at most 128 of them; call this to free their memory, e.g. after warping at many
+    sizes. Later calls rebuild what they need.
+    """
+    _CACHE.clear()
 
 
 def _linspace(steps: int, align_corners: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -262,40 +290,87 @@ class MatrixTransform(Transform):
         return torch.matmul(points, m[:, :n, :n].transpose(1, 2)) + m[:, None, :n, n]
 
     def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
-        # The grid is linear in the matrix rows: one dense (B, n * (n + 1)) @ (n * (n + 1), N * n) matmul
-        # against a cached operator writes it directly in the sampler's interleaved layout
-        # (F.affine_grid's batched (N, 3) @ (3, 2) products are several times slower on CPU).
-        n = self.ndim
-        m = self._matrix(params)
-        operator = self._operator(size, align_corners, n, params)
-        if self.projective and eager_tensors(m):
-            w_operator = self._operator(size, align_corners, n, params, repeat=True)
-            return _ProjectiveGrid.apply(m, operator, w_operator, self.eps)
-        points = linear_grid(m[:, :n, :], operator, n)
-        if self.projective:
-            # The homogeneous coordinate w comes from a second matmul that writes it once per grid
-            # component, (B, N, n): the division is then elementwise on equal shapes. Slicing w out of
-            # one (B, N, n + 1) result and broadcasting it was measured 2x slower forward+backward
-            # (an innermost loop of length n, and a zero-fill and copy per slice in the backward).
-            # Eager calls take _ProjectiveGrid above: the same values, with a closed-form backward.
-            w = linear_grid(m[:, n:, :], self._operator(size, align_corners, n, params, repeat=True), n)
-            return points / _guard(w, self.eps)
-        return points
+        eps = self.eps if self.projective else None
+        return matrix_grid(self._matrix(params), size, align_corners, eps=eps).flatten(1, -2)
 
-    @staticmethod
-    def _operator(
-        size: tuple[int, ...], align_corners: bool, rows: int, like: torch.Tensor, repeat: bool = False
-    ) -> torch.Tensor:
-        """The cached operator of ``rows`` matrix rows (or, with ``repeat``, of one row written ``rows`` times)."""
-        device, dtype = like.device, like.dtype
 
-        def build() -> torch.Tensor:
-            base = base_grid(size, align_corners, homogeneous=True, device=device, dtype=dtype)
-            if repeat:
-                return interleaved_operator(base, 1).repeat_interleave(rows, dim=1)
-            return interleaved_operator(base, rows)
+def _operator(size: tuple[int, ...], align_corners: bool, like: torch.Tensor, repeat: bool = False) -> torch.Tensor:
+    """The cached operator of the ``n`` rows of a matrix (or, with ``repeat``, of one row written ``n`` times)."""
+    device, dtype, rows = like.device, like.dtype, len(size)
 
-        return cached(("matrix", size, bool(align_corners), rows, repeat, device, dtype), build)
+    def build() -> torch.Tensor:
+        base = base_grid(size, align_corners, homogeneous=True, device=device, dtype=dtype)
+        if repeat:
+            return interleaved_operator(base, 1).repeat_interleave(rows, dim=1)
+        return interleaved_operator(base, rows)
+
+    return cached(("matrix", size, bool(align_corners), rows, repeat, device, dtype), build)
+
+
+def matrix_grid(
+    matrix: torch.Tensor, size: Sequence[int], align_corners: bool = False, *, eps: float | None = None
+) -> torch.Tensor:
+    r"""The sampling grid ``(B, *size, n)`` of ``src_from_dst`` matrices, without validation.
+
+    Args:
+        matrix: ``(B, n, n + 1)`` affine rows or ``(B, n + 1, n + 1)`` homogeneous
+            matrices (``n = len(size)``); an affine map reads only the first ``n`` rows.
+        size: output spatial size ``(H, W)`` or ``(D, H, W)``.
+        align_corners: as in :func:`torch.nn.functional.grid_sample`.
+        eps: ``None`` for an affine map; for a projective one the guard of the
+            homogeneous coordinate ``w`` (:class:`~torchstn.Projective`): the points are
+            ``p / w`` with ``|w| >= eps``, sign kept.
+
+    The grid is linear in the matrix rows: one dense ``(B, n (n + 1)) @ (n (n + 1), N n)``
+    matmul against a cached operator writes it directly in the sampler's interleaved
+    layout (``F.affine_grid``'s batched ``(N, 3) @ (3, 2)`` products are several times
+    slower on CPU). Differentiable to every order.
+
+    Convention:
+        Normalised (x, y[, z]) in [-1, 1], output to input, the same ``align_corners``
+        for grid and sampler.
+    """
+    size = tuple(int(s) for s in size)
+    n = len(size)
+    operator = _operator(size, align_corners, matrix)
+    if eps is None:
+        points = linear_grid(matrix[:, :n, :], operator, n)
+    elif eager_tensors(matrix):
+        points = _ProjectiveGrid.apply(matrix, operator, _operator(size, align_corners, matrix, repeat=True), eps)
+    else:
+        points = _projective_points(matrix, operator, _operator(size, align_corners, matrix, repeat=True), eps)
+    return points.view(matrix.shape[0], *size, n)
+
+
+def _projective_points(m: torch.Tensor, operator: torch.Tensor, w_operator: torch.Tensor, eps: float) -> torch.Tensor:
+    """``p / guard(w)`` as plain differentiable operations (what :class:`_ProjectiveGrid` computes).
+
+    The homogeneous coordinate ``w`` comes from a second matmul that writes it once per grid
+    component, ``(B, N, n)``: the division is then elementwise on equal shapes. Slicing ``w``
+    out of one ``(B, N, n + 1)`` result and broadcasting it was measured 2x slower
+    forward+backward (an innermost loop of length ``n``, and a zero-fill and copy per slice
+    in the backward).
+    """
+    n = m.shape[1] - 1
+    return linear_grid(m[:, :n, :], operator, n) / _guard(linear_grid(m[:, n:, :], w_operator, n), eps)
+
+
+def differentiable_vjp(
+    fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], grad_output: torch.Tensor, needed: Sequence[bool]
+) -> tuple[torch.Tensor | None, ...]:
+    """The vector-Jacobian product of ``fn`` at ``inputs``, itself differentiable.
+
+    What a hand-written backward returns when the graph of the gradient is asked for
+    (``create_graph=True``: gradient penalties, Hessians, ``torch.func``): the closed-form
+    kernels are first-order only, so the gradient is recomputed through ``fn``, plain
+    differentiable operations, and autograd records it. ``needed`` says which inputs get
+    a gradient (``ctx.needs_input_grad``); the others get ``None``.
+    """
+    wanted = [t for t, need in zip(inputs, needed) if need]
+    with torch.enable_grad():
+        out = fn(*inputs)
+        grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if need else None for need in needed)
 
 
 def eager_tensors(*tensors: torch.Tensor) -> bool:
@@ -303,24 +378,30 @@ def eager_tensors(*tensors: torch.Tensor) -> bool:
     ``torch.compile`` or ``torch.export`` (whose fake tensors are subclasses), nor inside
     ``torch.func`` transforms.
 
-    Custom autograd Functions and kernels are used only then; tracers get the plain
-    expression, which every exporter and compiler understands.
+    Custom autograd Functions are used only then; tracers get the plain expression,
+    which every exporter and compiler understands.
     """
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False
-    return all(type(t) is torch.Tensor and not _functorch_wrapped(t) for t in tensors)
+    return all(type(t) is torch.Tensor for t in tensors) and not in_functorch(*tensors)
 
 
-def _functorch_wrapped(t: torch.Tensor) -> bool:
-    """A tensor inside ``torch.func.vmap``/``grad`` (no data pointer of its own)."""
+def in_functorch(*tensors: torch.Tensor) -> bool:
+    """True if a tensor is inside a ``torch.func`` transform (``grad``, ``vmap``, ...).
+
+    torchstn's operators take the plain-expression path there: ``torch.library``'s
+    autograd formulas do not support ``torch.func`` in torch 2.13.
+    """
     check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(check(t)) if check is not None else False
+    if check is None or torch.compiler.is_compiling():  # dynamo handles torch.func itself
+        return False
+    return any(bool(check(t)) for t in tensors)
 
 
 class _ProjectiveGrid(torch.autograd.Function):
     r"""The projective grid ``hom[..., :n] / guard(w)`` with a closed-form backward.
 
-    Forward: the two matmuls of :meth:`MatrixTransform._grid_points` (the rows of ``x``,
+    Forward: the two matmuls of :func:`matrix_grid` (the rows of ``x``,
     ``y``, and ``w`` written once per component), then the guard and the division: the
     same values, bit for bit, as the plain expression. Backward, with ``g = guard(w)``
     and ``o = p / g`` the output:
@@ -332,7 +413,9 @@ class _ProjectiveGrid(torch.autograd.Function):
     (inside the guard ``g`` is the constant ``±ε``, so ``w`` gets no gradient, as autograd
     gives the plain ``torch.where``), then one matmul per operator back to the matrix rows.
     Autograd of the plain expression takes about 12 kernels with full-size zero fills;
-    this takes four elementwise passes and two small matmuls.
+    this takes four elementwise passes and two small matmuls. When the gradient's own
+    graph is asked for (``create_graph=True``), the backward is the plain expression's
+    instead (:func:`differentiable_vjp`), so higher-order gradients are exact.
     """
 
     @staticmethod
@@ -345,14 +428,18 @@ class _ProjectiveGrid(torch.autograd.Function):
         # Adding 0.0 turns -0.0 into +0.0, which _guard counts as positive.
         g = w.add_(0.0).abs().clamp_min_(eps).copysign_(w)
         out = points.div_(g)
-        ctx.save_for_backward(operator, w_operator, w, g, out)
+        ctx.save_for_backward(m, operator, w_operator, w, g, out)
         ctx.eps = eps
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        operator, w_operator, w, g, out = ctx.saved_tensors
+        m, operator, w_operator, w, g, out = ctx.saved_tensors
+        if torch.is_grad_enabled():  # the gradient's own graph is wanted: the plain expression's
+            grad_m = differentiable_vjp(
+                lambda m: _projective_points(m, operator, w_operator, ctx.eps), (m,), grad_out, (True,)
+            )[0]
+            return grad_m, None, None, None
         b, n = out.shape[0], out.shape[-1]
         grad_points = grad_out / g
         # 1 where |w| >= eps (w is used as is), 0 inside the guard; exact, no boolean pass:

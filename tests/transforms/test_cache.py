@@ -1,0 +1,59 @@
+"""The grid caches never leak across modes: inference mode, no_grad and training in any order."""
+
+import pytest
+import torch
+
+import torchstn as stn
+from torchstn.transforms import _base
+
+FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(),
+            stn.ThinPlateSpline(control=(3, 3)), stn.Affine3D(), stn.Affine1D()]
+
+
+def _input(transform: stn.Transform) -> torch.Tensor:
+    shape = {1: (2, 2, 11), 2: (2, 2, 9, 10), 3: (2, 2, 5, 6, 7)}[transform.ndim]
+    return torch.rand(*shape)
+
+
+@pytest.mark.parametrize("backend", ["fused", "torch", "reference"])
+@pytest.mark.parametrize("transform", FAMILIES, ids=lambda t: t.name)
+def test_inference_mode_then_training_then_no_grad_then_training(transform, backend):
+    stn.clear_caches()  # every grid part is built for the first time under inference_mode
+    x = _input(transform)
+    theta = transform.identity(2) + 0.05
+    with torch.inference_mode():
+        evaluated = stn.warp(x, theta, transform, backend=backend)
+    for step in range(2):
+        leaf = theta.clone().requires_grad_()
+        out = stn.warp(x, leaf, transform, backend=backend)
+        out.square().sum().backward()  # would raise "Inference tensors cannot be saved for backward"
+        assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+        torch.testing.assert_close(out.detach(), evaluated)
+        with torch.no_grad():
+            torch.testing.assert_close(stn.warp(x, theta, transform, backend=backend), evaluated)
+
+
+def test_entries_are_never_inference_tensors():
+    stn.clear_caches()
+    with torch.inference_mode():
+        grid = stn.base_grid((4, 5))
+    assert not grid.is_inference()
+    assert all(not value.is_inference() for value, _ in _base._CACHE.values())
+
+
+def test_an_entry_modified_in_place_is_rebuilt():
+    stn.clear_caches()
+    grid = stn.base_grid((3, 4))
+    expected = grid.clone()
+    grid.add_(1.0)  # the docstring says not to; if a user does, the next call does not see it
+    torch.testing.assert_close(stn.base_grid((3, 4)), expected)
+
+
+def test_the_cache_is_bounded_and_can_be_cleared():
+    stn.clear_caches()
+    for n in range(1, 200):
+        stn.base_grid((n, 2))
+    assert len(_base._CACHE) == _base._CACHE_SIZE
+    stn.clear_caches()
+    assert len(_base._CACHE) == 0
+    torch.testing.assert_close(stn.base_grid((1, 2)), torch.tensor([[-0.5, 0.0], [0.5, 0.0]]))
