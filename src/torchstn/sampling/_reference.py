@@ -23,6 +23,14 @@ Nearest sampling is piecewise constant in the grid: its gradient with respect to
 grid is zero everywhere (exactly, not a sub-gradient choice), and with respect to
 the input it routes each output gradient to the one pixel read. Rounding is half to
 even, as ``grid_sample`` does.
+
+A grid point that is not finite (NaN or ±Inf in any coordinate) reads no pixel: its
+output is NaN in every channel, its gradient is NaN, and it adds nothing to the
+gradient with respect to the input. This is torchstn's policy on every backend.
+
+The backward pass is written with differentiable operations, so autograd
+differentiates it again: second- and higher-order gradients (``create_graph=True``)
+are exact, with the same sub-gradient conventions.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ from __future__ import annotations
 import itertools
 
 import torch
-from torch.autograd.function import once_differentiable
 
 __all__ = ["reference_sample"]
 
@@ -87,6 +94,10 @@ class _Corners:
     def __init__(self, x_shape: torch.Size, grid: torch.Tensor, padding: str, align_corners: bool, mode: str) -> None:
         spatial = list(x_shape[2:])  # (D,) H, W
         n = len(spatial)
+        # (B, N): points with finite coordinates; the others read nothing (a stand-in of 0 keeps
+        # the index arithmetic defined) and are set to NaN by the caller
+        self.finite = torch.isfinite(grid).all(-1)
+        grid = torch.where(self.finite[..., None], grid, 0.0)
         # grid's last axis is (x, y[, z]) = reversed spatial axes
         self.coords: list[torch.Tensor] = []
         self.dcoords: list[torch.Tensor] = []
@@ -113,7 +124,7 @@ class _Corners:
     def corner(self, offset: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Linear index (B, N), validity (B, N) and per-axis weight factors of one corner."""
         lin = torch.zeros_like(self.base[0], dtype=torch.long)
-        valid = torch.ones_like(self.base[0], dtype=torch.bool)
+        valid = self.finite.clone()
         factors = []
         for d, o in enumerate(offset):
             idx = self.base[d] + o
@@ -141,12 +152,12 @@ class _ReferenceSample(torch.autograd.Function):
             lin, valid, factors = corners.corner(offset)
             weight = torch.stack(factors).prod(0) * valid
             out += weight[:, None] * xf.gather(2, lin[:, None].expand(b, c, -1))
+        out = torch.where(corners.finite[:, None], out, float("nan"))
         ctx.save_for_backward(x, grid)
         ctx.options = (mode, padding, align_corners)
         return out.reshape(b, c, *grid.shape[1:-1])
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         x, grid = ctx.saved_tensors
         mode, padding, align_corners = ctx.options
@@ -172,7 +183,8 @@ class _ReferenceSample(torch.autograd.Function):
                 grad_u[d] += g_val * partial * (1.0 if offset[d] else -1.0)
         grad_grid = None
         if ctx.needs_input_grad[1]:
-            grad_grid = torch.stack([gu * du for gu, du in zip(grad_u, corners.dcoords)], -1).reshape(grid.shape)
+            grad_grid = torch.stack([gu * du for gu, du in zip(grad_u, corners.dcoords)], -1)
+            grad_grid = torch.where(corners.finite[..., None], grad_grid, float("nan")).reshape(grid.shape)
         if grad_x is not None:
             grad_x = grad_x.reshape(x.shape)
         return grad_x, grad_grid, None, None, None

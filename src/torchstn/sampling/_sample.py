@@ -7,13 +7,12 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from torchstn._validation import check_choice, check_floating, check_same_batch, check_size, check_tensor
 from torchstn.sampling import _fused
+from torchstn.sampling._grid_sample import torch_sample
 from torchstn.sampling._reference import reference_sample
 from torchstn.transforms import MatrixTransform, Transform, get_transform
-from torchstn.transforms._base import eager_tensors
 
 __all__ = ["BACKENDS", "MODES", "PADDINGS", "Mode", "Padding", "check_sample_args", "sample", "warp"]
 
@@ -25,19 +24,15 @@ PADDINGS: tuple[str, ...] = ("zeros", "border", "reflection")
 SampleFn = Callable[[torch.Tensor, torch.Tensor, str, str, bool], torch.Tensor]
 
 
-def _torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:
-    return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
-
-
 def _fused_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:
-    if _fused.applies(x, mode) and eager_tensors(x, grid) and _fused.fused_available():
+    if _fused.applies(x, mode) and _fused.operator_applies(x, grid) and _fused.fused_available():
         return _fused.fused_sample(x, grid, padding, align_corners)
-    return _torch_sample(x, grid, mode, padding, align_corners)  # what the fused kernel does not cover
+    return torch_sample(x, grid, mode, padding, align_corners)  # what the fused kernel does not cover
 
 
 #: backend name -> kernel; ``"auto"`` resolves to the fastest correct one for the device
 BACKENDS: dict[str, SampleFn] = {
-    "torch": _torch_sample,
+    "torch": torch_sample,
     "fused": _fused_sample,
     "reference": reference_sample,
 }
@@ -60,7 +55,7 @@ def _backend_name(backend: str | None, x: torch.Tensor, mode: str) -> str:
 
 def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tensor, params: torch.Tensor, mode: str) -> bool:
     """Whether :func:`warp` runs the fused kernel from θ: asked for (``"fused"``) or ``"auto"``,
-    a 2-D matrix family, bilinear, a float32/float64 CPU input, eager mode, and a built kernel.
+    a 2-D matrix family, bilinear, a float32/float64 CPU input, and a built kernel.
 
     ``"auto"`` takes it for every such case: measured faster than grid + ``F.grid_sample``
     on every matrix case of ``torchstn bench``, forward and forward+backward.
@@ -68,10 +63,10 @@ def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tens
     if backend not in (None, "auto", "fused"):
         return False
     return (
-        eager_tensors(x, params)
-        and isinstance(transform, MatrixTransform)
+        isinstance(transform, MatrixTransform)
         and transform.ndim == 2
         and _fused.applies(x, mode)
+        and _fused.operator_applies(x, params)
         and _fused.fused_available()
     )
 
@@ -147,7 +142,8 @@ def sample(
     check_sample_args(x, grid, mode, padding)
     kernel = BACKENDS[_backend_name(backend, x, mode)]
     if x.dim() == 3:  # a signal is an image of height 1 read on its centre row
-        grid2d = torch.cat([grid, torch.zeros_like(grid)], -1)[:, None]
+        # y = 0 * x rather than zeros: a NaN x keeps its NaN gradient through either component
+        grid2d = torch.cat([grid, grid * 0], -1)[:, None]
         return kernel(x[:, :, None], grid2d, mode, padding, bool(align_corners))[:, :, 0]
     return kernel(x, grid, mode, padding, bool(align_corners))
 

@@ -8,7 +8,9 @@
 // clipping, bilinear weights and their gradients; reflection as torchstn's reference
 // sampler computes it) so that every backend agrees with F.grid_sample and the reference.
 // The bilinear sub-gradient at integer pixel coordinates is the right-sided difference,
-// as in both.
+// as in both. A location that is not finite (NaN or +-Inf, before padding) gives NaN in
+// every channel and a NaN location gradient, and adds nothing to dL/dx: torchstn's policy
+// on every backend (F.grid_sample's own handling differs between paddings).
 //
 // Layouts (all contiguous): x (B, C, H, W); out / grad_out (B, C, Ho, Wo);
 // loc = GRID: grid (B, Ho, Wo, 2), grad_grid the same;
@@ -19,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 namespace {
 
@@ -75,6 +78,7 @@ struct Block {
   T g[BLOCK], keep[BLOCK];   // PROJECTIVE: guarded w, and 1 where the guard is off
   T dix[BLOCK], diy[BLOCK];  // d(pixel coordinate) / d(normalised coordinate)
   T tx[BLOCK], ty[BLOCK];    // fractional parts
+  T bad[BLOCK];              // 1 where the location is not finite, else 0
   T w[4][BLOCK];             // bilinear weights
   T valid[4][BLOCK];         // 1 for corners inside the image, else 0
   int32_t off[4][BLOCK];     // corner offsets in a channel (0 for corners outside)
@@ -134,6 +138,9 @@ inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
       }
     }
   }
+  for (int64_t t = 0; t < n; ++t) {  // v - v is 0 for finite v only (no fast-math here)
+    blk.bad[t] = (blk.gx[t] - blk.gx[t] == 0) & (blk.gy[t] - blk.gy[t] == 0) ? T(0) : T(1);
+  }
   const int64_t W = k.W, H = k.H;
   const T limit = static_cast<T>(1 << 30);
   const T high_x = static_cast<T>(W - 1), high_y = static_cast<T>(H - 1);
@@ -174,7 +181,8 @@ inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
     blk.ty[t] = ty;
     const int32_t vx0 = (x0 >= 0) & (x0 < W32), vx1 = (x0 >= -1) & (x0 < W32 - 1);
     const int32_t vy0 = (y0 >= 0) & (y0 < H32), vy1 = (y0 >= -1) & (y0 < H32 - 1);
-    const int32_t v0 = vx0 & vy0, v1 = vx1 & vy0, v2 = vx0 & vy1, v3 = vx1 & vy1;
+    const int32_t ok = blk.bad[t] == 0;  // a non-finite location reads no pixel
+    const int32_t v0 = vx0 & vy0 & ok, v1 = vx1 & vy0 & ok, v2 = vx0 & vy1 & ok, v3 = vx1 & vy1 & ok;
     const int32_t o = y0 * W32 + x0;
     blk.w[0][t] = (1 - tx) * (1 - ty);
     blk.w[1][t] = tx * (1 - ty);
@@ -195,6 +203,7 @@ template <typename T, int LOC, int PAD>
 void forward_impl(const T* x, const Locator<T, LOC>& loc, T* out, int64_t B, int64_t C, const Constants<T>& k,
                   int threads) {
   const int64_t Ho = k.Ho, Wo = k.Wo, plane = k.H * k.W, out_plane = Ho * Wo;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t row = 0; row < B * Ho; ++row) {
     const int64_t b = row / Ho, i = row % Ho;
@@ -214,7 +223,8 @@ void forward_impl(const T* x, const Locator<T, LOC>& loc, T* out, int64_t B, int
             const T u = xc[blk.off[q][t]];
             v[q] = blk.valid[q][t] != 0 ? u : T(0);
           }
-          acc[t] = v[0] * blk.w[0][t] + v[1] * blk.w[1][t] + v[2] * blk.w[2][t] + v[3] * blk.w[3][t];
+          const T value = v[0] * blk.w[0][t] + v[1] * blk.w[1][t] + v[2] * blk.w[2][t] + v[3] * blk.w[3][t];
+          acc[t] = blk.bad[t] != 0 ? nan : value;
         }
         std::memcpy(oc, acc, sizeof(T) * n);
       }
@@ -231,6 +241,7 @@ template <typename T, int LOC, int PAD>
 void backward_impl(const T* x, const Locator<T, LOC>& loc, const T* grad_out, T* grad_x, T* grad_loc, int64_t B,
                    int64_t C, const Constants<T>& k, int threads) {
   const int64_t Ho = k.Ho, Wo = k.Wo, plane = k.H * k.W, out_plane = Ho * Wo;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
     if (grad_x) std::memset(grad_x + b * C * plane, 0, sizeof(T) * C * plane);
@@ -267,9 +278,9 @@ void backward_impl(const T* x, const Locator<T, LOC>& loc, const T* grad_out, T*
           }
         }
         if (!grad_loc) continue;
-        for (int64_t t = 0; t < n; ++t) {  // dL / d(normalised location)
-          gix[t] *= blk.dix[t];
-          giy[t] *= blk.diy[t];
+        for (int64_t t = 0; t < n; ++t) {  // dL / d(normalised location); NaN where it is not finite
+          gix[t] = blk.bad[t] != 0 ? nan : gix[t] * blk.dix[t];
+          giy[t] = blk.bad[t] != 0 ? nan : giy[t] * blk.diy[t];
         }
         if (LOC == GRID) {
           T* q = grad_loc + ((b * Ho + i) * Wo + j0) * 2;
@@ -391,5 +402,5 @@ TORCHSTN_EXPORT(torchstn_warp2d_f32, float)
 TORCHSTN_EXPORT(torchstn_warp2d_f64, double)
 #undef TORCHSTN_EXPORT
 
-int torchstn_warp2d_abi_version() { return 2; }
+int torchstn_warp2d_abi_version() { return 3; }
 }

@@ -1,0 +1,34 @@
+"""The ``"torch"`` backend: ``F.grid_sample`` with torchstn's policy for non-finite points."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["torch_sample"]
+
+
+def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:
+    """``F.grid_sample``, where a grid point that is not finite (NaN, ±Inf) gives NaN.
+
+    For 2-D bilinear and bicubic sampling with zeros padding ``F.grid_sample`` already
+    returns NaN there (with a NaN in the point's gradient), and the call goes straight to
+    it. Elsewhere it does not (torch 2.13, CPU): nearest reads 0 or an arbitrary pixel,
+    border and reflection an arbitrary pixel for ±Inf and crash the process for NaN, and
+    3-D sampling reads 0 with a zero gradient. There a grid with a non-finite point
+    (one check, a pass over the grid; always so under a tracer, which cannot branch on
+    it) is sampled at a finite stand-in and the non-finite points are then set to NaN in
+    every channel, with a NaN gradient for those grid points and none from them for ``x``.
+    """
+    direct = grid.dim() == 4 and padding == "zeros" and mode != "nearest"
+    if direct or (_eager() and bool(torch.isfinite(grid).all())):
+        return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
+    finite = torch.isfinite(grid).all(-1, keepdim=True)  # (B, *out, 1)
+    out = F.grid_sample(x, torch.where(finite, grid, 0.0), mode=mode, padding_mode=padding, align_corners=align_corners)
+    # NaN at the non-finite points, differentiable there (the grid gets NaN) and only there
+    poison = torch.where(finite, 0.0, grid).sum(-1) * float("nan")  # (B, *out)
+    return torch.where(finite.squeeze(-1).unsqueeze(1), out, poison.unsqueeze(1))
+
+
+def _eager() -> bool:
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())

@@ -1,0 +1,72 @@
+"""One policy for non-finite grid points on every backend: a NaN in is a NaN out.
+
+A grid point with a NaN or ±Inf coordinate gives NaN in every channel, a NaN gradient
+for θ (and for that point of a given grid), and adds nothing to the gradient of the
+input; the finite points are untouched. ``F.grid_sample`` itself is the reference for
+the finite points; for the others it is not (it reads 0 or an arbitrary pixel, or
+crashes with border padding), so the policy is asserted directly.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchstn as stn
+
+BACKENDS = ["fused", "torch", "reference"]
+PADDINGS = ["zeros", "border", "reflection"]
+BAD = [float("nan"), float("inf"), -float("inf")]
+
+
+def _grid(value: float, dims: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (2, 3, 4[, 2], dims) grid with two non-finite points, and the mask of those points."""
+    shape = (2, 3, 4) if dims == 2 else (2, 2, 3, 4) if dims == 3 else (2, 5)
+    grid = torch.rand(*shape, dims, generator=torch.Generator().manual_seed(0), dtype=dtype) * 2.2 - 1.1
+    bad = torch.zeros(shape, dtype=torch.bool)
+    bad.view(2, -1)[0, 1] = bad.view(2, -1)[1, -1] = True
+    grid.view(2, -1, dims)[0, 1, 0] = value
+    grid.view(2, -1, dims)[1, -1, -1] = value
+    return grid, bad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("value", BAD, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("dims", [2, 3, 1])
+def test_non_finite_points_give_nan_and_nothing_else(dims, value, mode, padding, backend, dtype):
+    grid, bad = _grid(value, dims, dtype)
+    shape = (2, 3, 5, 6) if dims == 2 else (2, 3, 4, 5, 6) if dims == 3 else (2, 3, 7)
+    x = torch.rand(*shape, dtype=dtype, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    g = grid.clone().requires_grad_()
+    out = stn.sample(x, g, mode=mode, padding=padding, backend=backend)
+    nan_points = out.isnan().all(1)
+    assert torch.equal(nan_points, bad) and not out.isnan().any(1)[~bad].any()
+    # the finite points are exactly what grid_sample reads there
+    safe = torch.where(bad[..., None], 0.0, grid)
+    if dims == 1:
+        x_ref, safe = x.detach()[:, :, None], torch.cat([safe, torch.zeros_like(safe)], -1)[:, None]
+        ref = F.grid_sample(x_ref, safe, mode=mode, padding_mode=padding, align_corners=False)[:, :, 0]
+    else:
+        ref = F.grid_sample(x.detach(), safe, mode=mode, padding_mode=padding, align_corners=False)
+    torch.testing.assert_close(out.detach().masked_fill(bad[:, None], 0), ref.masked_fill(bad[:, None], 0))
+    out.masked_fill(bad[:, None], 0).sum().backward()  # a loss that ignores the NaN points
+    assert not x.grad.isnan().any()  # the non-finite points read no pixel
+    if mode == "bilinear":
+        assert g.grad[bad].isnan().any(-1).all() and not g.grad[~bad].isnan().any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.ThinPlateSpline(control=(3, 3))],
+                         ids=lambda t: t.name)
+def test_a_nan_theta_gives_a_nan_output_and_gradient(transform, padding, backend):
+    """A diverging localisation net shows up as a NaN loss and NaN gradients, not blank images."""
+    x = torch.rand(2, 3, 8, 9).requires_grad_()
+    theta = transform.identity(2).clone()
+    theta[1, 0] = float("nan")
+    theta.requires_grad_()
+    out = stn.warp(x, theta, transform, padding=padding, backend=backend)
+    assert not out[0].isnan().any() and out[1].isnan().all()
+    out.sum().backward()
+    assert not theta.grad[0].isnan().any() and theta.grad[1].isnan().any()
