@@ -7,7 +7,9 @@ import gzip
 import http.server
 import shutil
 import socket
+import struct
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,69 @@ def test_truncated_files_raise_clear_errors(mnist_dir, tmp_path):
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     with pytest.raises(ValueError, match="corrupt or truncated"):
         load_mnist(gz, "test")
+
+
+def _idx_labels(n: int = 1000, seed: int = 5) -> tuple[np.ndarray, bytes]:
+    """Random labels and their IDX encoding (random, so the gzip stream is long enough to damage)."""
+    labels = np.random.default_rng(seed).integers(0, 10, n).astype(np.uint8)
+    return labels, (0x00000801).to_bytes(4, "big") + n.to_bytes(4, "big") + labels.tobytes()
+
+
+def test_corrupt_gzip_streams_are_value_errors_naming_the_file(tmp_path):
+    labels, raw = _idx_labels()
+    stream = gzip.compress(raw, mtime=0)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    # a valid gzip header, then a deflate block of the reserved type 3: zlib.error, not BadGzipFile
+    path.write_bytes(stream[:10] + b"\x07" + bytes(100))
+    with pytest.raises(ValueError, match="cannot be read as gzip.*invalid block type.*corrupt") as err:
+        read_idx(path, "labels")
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+    # every flipped byte of the deflate data and its trailer: zlib.error, BadGzipFile or EOFError underneath
+    causes = set()
+    for offset in range(10, len(stream)):
+        damaged = bytearray(stream)
+        damaged[offset] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ValueError) as err:
+            read_idx(path, "labels")
+        assert str(err.value).startswith(f"{path}: cannot be read as gzip ("), err.value
+        causes.add(type(err.value.__cause__).__name__)
+    assert {"error", "BadGzipFile"} <= causes  # zlib.error is among them
+    path.write_bytes(stream)
+    np.testing.assert_array_equal(read_idx(path, "labels"), labels)
+
+
+def test_corrupt_npz_is_a_value_error_naming_the_file(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (8, 28, 28)).astype(np.uint8), rng.integers(0, 10, 8).astype(np.uint8)
+    path = tmp_path / "mnist.npz"
+    np.savez_compressed(path, x_test=images, y_test=labels)
+    good = path.read_bytes()
+    got = load_mnist(tmp_path, "test", download=False, verify=False)
+    assert np.array_equal(got[0].numpy(), images) and np.array_equal(got[1].numpy(), labels)
+    with zipfile.ZipFile(path) as archive:
+        start = archive.getinfo("x_test.npy").header_offset
+    start += 30 + sum(struct.unpack("<HH", good[start + 26 : start + 30]))  # the local header, its name and extra field
+    reserved = bytearray(good)
+    reserved[start] = 0x07  # the member's deflate data opens with a block of the reserved type
+    damaged = [bytes(reserved)]
+    for cut in (0, 1, 30, len(good) // 2, len(good) - 1):  # truncated anywhere
+        damaged.append(good[:cut])
+    for offset in range(0, len(good), 3):  # a flipped byte anywhere, the compressed data included
+        flipped = bytearray(good)
+        flipped[offset] ^= 0xFF
+        damaged.append(bytes(flipped))
+    causes = set()
+    for data in damaged:
+        path.write_bytes(data)
+        try:
+            got = load_mnist(tmp_path, "test", download=False, verify=False)
+        except ValueError as err:
+            assert str(err).startswith(f"{path}: ") and "\n" not in str(err), err
+            causes.add(type(err.__cause__).__name__)
+        else:  # a byte nobody reads (a timestamp, a comment): the arrays must be intact
+            assert np.array_equal(got[0].numpy(), images) and np.array_equal(got[1].numpy(), labels)
+    assert {"BadZipFile", "error", "EOFError"} <= causes  # zlib.error among them
 
 
 def test_checksum_mismatch_is_an_error_unless_verify_is_off(mnist_dir, tmp_path, test_split):

@@ -16,7 +16,7 @@ import gzip
 import hashlib
 import os
 import tempfile
-import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -204,15 +204,30 @@ def _fetch_verified(url: str, final: Path, sha: str, timeout: float) -> None:
             os.unlink(tmp)
 
 
+#: what a damaged gzip stream raises: a bad header or CRC (``BadGzipFile``, an ``OSError``),
+#: a cut stream (``EOFError``) or garbage in the deflate data (``zlib.error``)
+_GZIP_ERRORS = (EOFError, OSError, zlib.error)
+
+
+def _corrupt(path: Path, what: str, err: BaseException) -> ValueError:
+    """The one-line ``ValueError`` naming a file that cannot be decoded as ``what``."""
+    reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+    if len(reason) > 120:  # zipfile quotes whole headers
+        reason = reason[:117] + "..."
+    return ValueError(
+        f"{path}: cannot be read as {what} ({reason}); the file is corrupt or truncated, "
+        "delete it and fetch it again"
+    )
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (EOFError, gzip.BadGzipFile, OSError) as err:
-        raise ValueError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'} ({err}); "
-                         "the file is corrupt or truncated, delete it and fetch it again") from err
+    except _GZIP_ERRORS as err:
+        raise _corrupt(path, "gzip" if path.suffix == ".gz" else "IDX", err) from err
 
 
 def read_idx(path: str | os.PathLike, kind: Literal["images", "labels"], *, sha256: str | None = None) -> np.ndarray:
@@ -263,15 +278,25 @@ def _idx_bytes(array: np.ndarray, kind: str) -> bytes:
 
 
 def _read_npz(path: Path, split: str, verify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The ``split`` arrays of a Keras-style ``mnist.npz``, checked (``ValueError`` naming ``path``).
+
+    A damaged ``.npz`` fails inside ``np.load`` in many ways: a bad archive or CRC
+    (``BadZipFile``), garbage in the deflate data (``zlib.error``), a cut file
+    (``EOFError``), a mangled ``.npy`` header (``ValueError``, ``tokenize.TokenError``),
+    flag bits asking for encryption (``RuntimeError``) or an unknown method
+    (``NotImplementedError``). The ``try`` holds nothing but the reading, so any error
+    there means the file cannot be read.
+    """
     keys = _NPZ_KEYS[split]
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in keys if k not in npz.files]
-            if missing:
-                raise ValueError(f"{path}: missing arrays {missing}; a Keras-style mnist.npz has {list(keys)}")
-            images, labels = (npz[k] for k in keys)
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: cannot be read as .npz ({err}); the file is corrupt or truncated") from err
+            if not missing:
+                images, labels = (npz[k] for k in keys)
+    except Exception as err:  # damage surfaces as many types, see _read_npz's docstring
+        raise _corrupt(path, ".npz", err) from err
+    if missing:
+        raise ValueError(f"{path}: missing arrays {missing}; a Keras-style mnist.npz has {list(keys)}")
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise ValueError(
             f"{path}: {keys[0]} must be (N, H, W) and {keys[1]} (N,), got {images.shape} and {labels.shape}"

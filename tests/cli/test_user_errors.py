@@ -1,0 +1,67 @@
+"""Mistakes a user can make on the command line end in one ``torchstn: error:`` line, in-process and fast."""
+
+import gzip
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from torchstn.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """No test reads the user's cache or follows their TORCHSTN_DATA, or downloads anything."""
+    monkeypatch.setenv("TORCHSTN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHSTN_DATA", raising=False)
+    monkeypatch.setattr("torchstn.data._mnist.MIRRORS", [])
+
+
+def one_line_error(capsys, argv):
+    """Run ``torchstn ARGV``; the exit status must be 2 and stderr one ``torchstn: error:`` line, which is returned."""
+    status = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("torchstn: error: "), err
+    return lines[0]
+
+
+def _corrupt_mnist(directory):
+    """Train files whose images are a gzip stream with garbage deflate data (zlib.error underneath)."""
+    directory.mkdir()
+    labels = (0x00000801).to_bytes(4, "big") + (4).to_bytes(4, "big") + bytes([1, 2, 3, 4])
+    (directory / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    images = directory / "train-images-idx3-ubyte.gz"
+    images.write_bytes(gzip.compress(b"")[:10] + b"\x07" + bytes(64))  # a gzip header, then a reserved block type
+    return images
+
+
+TRAIN = ["train", "--model", "cnn", "--data", "mnist", "--epochs", 1, "--device", "cpu", "--no-progress"]
+
+
+def test_corrupt_gzip_names_the_file(tmp_path, capsys):
+    images = _corrupt_mnist(tmp_path / "data")
+    line = one_line_error(capsys, [*TRAIN, "--data-dir", tmp_path / "data", "--out", tmp_path / "run"])
+    assert f"{images}: cannot be read as gzip (" in line and "corrupt or truncated" in line
+    assert not (tmp_path / "run").exists()
+    pytest.importorskip("matplotlib")
+    preview = ["data", "preview", "rts", "--data-dir", tmp_path / "data", "--out", tmp_path / "p.png"]
+    line = one_line_error(capsys, preview)
+    assert f"{images}: cannot be read as gzip (" in line
+
+
+def test_corrupt_npz_names_the_file(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    npz = tmp_path / "data" / "mnist.npz"
+    np.savez_compressed(npz, x_train=np.zeros((4, 28, 28), np.uint8), y_train=np.arange(4, dtype=np.uint8))
+    with zipfile.ZipFile(npz) as archive:
+        start = archive.getinfo("x_train.npy").header_offset
+    data = bytearray(npz.read_bytes())
+    start += 30 + sum(struct.unpack("<HH", data[start + 26 : start + 30]))  # the local header, its name and extra field
+    data[start] = 0x07  # the member's deflate data opens with a block of the reserved type: zlib.error
+    npz.write_bytes(bytes(data))
+    line = one_line_error(capsys, [*TRAIN, "--data-dir", tmp_path / "data", "--out", tmp_path / "run"])
+    assert f"{npz}: cannot be read as .npz (Error -3 while decompressing data: invalid block type)" in line
+
