@@ -45,6 +45,44 @@ def _solve(control: tuple[float, ...], regularization: float) -> torch.Tensor:
     return torch.linalg.solve(system, rhs)
 
 
+def _check_solvable(points: torch.Tensor, regularization: float) -> None:
+    """``ValueError`` naming ``control`` when the spline system of these (K, 2) float64 points is singular.
+
+    The system ``[[U + λI, P], [Pᵀ, 0]]`` is invertible exactly when ``P = [1, x, y]``
+    has rank 3 (not all points on one line: the affine part is determined) and
+    ``U + λI`` is definite on the null space of ``Pᵀ``. For distinct points ``U`` is,
+    so with ``λ = 0`` only duplicates break it (two equal rows); ``λ > 0`` makes the
+    block definite even then. The float64 solve is tried last for anything else.
+    """
+    affine = torch.cat([torch.ones_like(points[:, :1]), points], 1)
+    if torch.linalg.matrix_rank(affine) < 3:
+        raise ValueError(
+            f"control must hold points not all on one line, got {points.shape[0]} points on one line "
+            f"{_preview(points)}: the affine part of the spline is then undetermined and its system singular"
+        )
+    if regularization == 0:
+        same = (points[:, None, :] == points[None, :, :]).all(-1).triu(1).nonzero()
+        if len(same):
+            i, j = same[0].tolist()
+            x, y = points[i].tolist()
+            raise ValueError(
+                f"control must hold distinct points when regularization=0, got points {i} and {j} both at "
+                f"({x:g}, {y:g}): the spline system is singular; remove the duplicate or use regularization > 0"
+            )
+    try:
+        solution = _solve(tuple(points.reshape(-1).tolist()), regularization)
+    except torch.linalg.LinAlgError as err:
+        raise ValueError(f"control {_preview(points)} gives a singular spline system ({err})") from None
+    if not torch.isfinite(solution).all():
+        raise ValueError(f"control {_preview(points)} gives a spline system too ill-conditioned to solve")
+
+
+def _preview(points: torch.Tensor, limit: int = 4) -> str:
+    """The first ``limit`` points as a short list for a message."""
+    shown = ", ".join(f"({x:g}, {y:g})" for x, y in points[:limit].tolist())
+    return f"[{shown}{', ...' if points.shape[0] > limit else ''}]"
+
+
 def _grid_operator(
     control: tuple[float, ...],
     regularization: float,
@@ -83,8 +121,16 @@ class ThinPlateSpline(Transform):
 
     Args:
         control: ``(rows, cols)`` of a regular control grid spanning [-1, 1] (default
-            4 x 4, ordered row by row, x fastest), or explicit ``(K, 2)`` points.
+            4 x 4, ordered row by row, x fastest), or explicit ``(K, 2)`` points:
+            finite, not all on one line, and distinct unless ``regularization > 0``.
         regularization: the ridge ``λ`` added to the kernel's diagonal.
+
+    Raises:
+        ValueError: ``control`` points for which the spline system is singular, found
+            at construction, not at the first grid: all on one line (the affine part
+            is undetermined, whatever ``λ``), or two equal points with ``λ = 0``
+            (``λ > 0`` makes the kernel block definite, so duplicates are solvable
+            then). The message says which.
 
     Convention:
         Normalised (x, y) in [-1, 1], output to input: the identity parameters are
@@ -101,6 +147,8 @@ class ThinPlateSpline(Transform):
             if control.dim() != 2 or control.shape[1] != 2 or control.shape[0] < 3:
                 raise ValueError(f"control points must have shape (K, 2) with K >= 3, got {tuple(control.shape)}")
             points = control.detach().to(torch.float64).cpu()
+            if not torch.isfinite(points).all():
+                raise ValueError(f"control must hold finite points, got {_preview(points)}")
         else:
             if len(control) != 2 or not all(isinstance(n, int) and n >= 2 for n in control):
                 raise ValueError(f"control must be (rows, cols) with both >= 2, got {tuple(control)!r}")
@@ -113,6 +161,7 @@ class ThinPlateSpline(Transform):
             points = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
         if not regularization >= 0:
             raise ValueError(f"regularization must be >= 0, got {regularization!r}")
+        _check_solvable(points, float(regularization))
         self.control_points: torch.Tensor = points
         self.regularization = float(regularization)
         self.num_params = 2 * points.shape[0]

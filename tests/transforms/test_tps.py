@@ -1,0 +1,55 @@
+"""Thin-plate spline control points whose spline system is singular fail at construction, saying why."""
+
+import pytest
+import torch
+
+import torchstn as stn
+from torchstn.transforms import _tps
+
+COLLINEAR = [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [0.5, 0.5]]
+DUPLICATE = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("regularization", [0.0, 0.5])
+@pytest.mark.parametrize("points", [COLLINEAR, [[0.0, 0.0]] * 4, [[-1.0, 0.3], [0.0, 0.3], [1.0, 0.3]]],
+                         ids=["diagonal", "one-point", "horizontal"])
+def test_collinear_control_points_are_refused_whatever_the_regularization(points, regularization, dtype):
+    with pytest.raises(ValueError, match=r"control must hold points not all on one line, got \d+ points on one line"):
+        stn.ThinPlateSpline(control=torch.tensor(points, dtype=dtype), regularization=regularization)
+
+
+def test_duplicate_control_points_need_regularization(dtype):
+    control = torch.tensor(DUPLICATE, dtype=dtype)
+    with pytest.raises(ValueError, match=r"control must hold distinct points when regularization=0, "
+                                         r"got points 0 and 3 both at \(0, 0\): .*singular"):
+        stn.ThinPlateSpline(control=control)
+    # λ > 0 makes the kernel block definite: the system is solvable and the grid finite
+    tps = stn.ThinPlateSpline(control=control, regularization=0.1)
+    grid = tps.grid(tps.identity(2, dtype=dtype) + 0.05, (5, 6))
+    assert grid.dtype == dtype and torch.isfinite(grid).all()
+
+
+def test_non_finite_control_points_are_refused():
+    with pytest.raises(ValueError, match=r"control must hold finite points, got \[\(0, nan\)"):
+        stn.ThinPlateSpline(control=torch.tensor([[0.0, float("nan")], [1.0, 0.0], [0.0, 1.0]]))
+
+
+def test_a_failing_solve_becomes_a_value_error(monkeypatch):
+    def singular(control, regularization):
+        raise torch.linalg.LinAlgError("torch.linalg.solve: The solver failed because the input matrix is singular.")
+
+    monkeypatch.setattr(_tps, "_solve", singular)
+    with pytest.raises(ValueError, match=r"control \[\(-1, -1\), .*\] gives a singular spline system \(torch.linalg"):
+        stn.ThinPlateSpline(control=(3, 3))
+
+
+def test_valid_control_points_are_unchanged(dtype, atol):
+    # the fewest points that determine a spline (a triangle), and a scattered set; both interpolate their targets
+    triangle = [[-0.5, -0.5], [0.5, -0.5], [0.0, 0.5]]
+    scattered = [[-0.9, 0.1], [0.2, -0.7], [0.8, 0.9], [-0.3, 0.4], [0.0, 0.0]]
+    for points in (triangle, scattered):
+        control = torch.tensor(points, dtype=dtype)
+        tps = stn.ThinPlateSpline(control=control)
+        params = tps.identity(1, dtype=dtype) + 0.1 * torch.arange(2 * len(points), dtype=dtype)
+        mapped = tps.transform_points(params, control[None])
+        torch.testing.assert_close(mapped, params.view(1, -1, 2), atol=max(atol, 1e-6), rtol=0)
