@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from torchstn.cli import main
+from torchstn.engine import _trainer
 
 
 @pytest.fixture(autouse=True)
@@ -65,3 +66,18 @@ def test_corrupt_npz_names_the_file(tmp_path, capsys):
     line = one_line_error(capsys, [*TRAIN, "--data-dir", tmp_path / "data", "--out", tmp_path / "run"])
     assert f"{npz}: cannot be read as .npz (Error -3 while decompressing data: invalid block type)" in line
 
+
+def test_a_misspelt_model_arg_fails_before_any_data_is_loaded(tmp_path, capsys, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the model arguments were checked")
+
+    monkeypatch.setattr(_trainer, "load_split", no_data)
+    # st-cnn-aff (the default model) hands unknown arguments on to its CNN head
+    line = one_line_error(capsys, ["train", "--model-arg", "poool=2", "--out", tmp_path / "run"])
+    assert "model 'st-cnn-aff' got unknown argument 'poool'; it takes: " in line
+    assert all(name in line for name in ("pool", "hidden", "channels", "loc_hidden", "num_transformers"))
+    line = one_line_error(capsys, ["train", "--model", "cnn", "--model-arg", "widht=3", "--out", tmp_path / "run"])
+    assert "'widht'" in line and "kernel_sizes" in line
+    line = one_line_error(capsys, ["train", "--model", "resnet9000", "--out", tmp_path / "run"])
+    assert "unknown model 'resnet9000'" in line and "st-cnn-aff" in line
+    assert not (tmp_path / "run").exists()

@@ -141,3 +141,14 @@ def test_grad_clip_bounds_the_update(shapes):
     # 8 steps of lr 0.05 with momentum 0.9 move no weight by more than 8 * 0.05 * 1e-6 / (1 - 0.9)
     assert max(float((clipped[k] - init[k]).abs().max()) for k in init) < 8 * 0.05 * 1e-6 / 0.1 + 1e-9
     assert max(float((free.model.state_dict()[k] - init[k]).abs().max()) for k in init) > 1e-3
+
+
+def test_a_misspelt_model_argument_fails_before_the_data_is_loaded(monkeypatch):
+    from torchstn.engine import _trainer
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the model arguments were checked")
+
+    monkeypatch.setattr(_trainer, "load_split", no_data)
+    with pytest.raises(TypeError, match="model 'st-cnn-aff' got unknown argument 'poool'; it takes: .*pool"):
+        train(_config(model="st-cnn-aff", model_args={"poool": 2}), progress=False)

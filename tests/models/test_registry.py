@@ -53,3 +53,52 @@ def test_unknown_model_lists_the_known_ones():
 def test_unknown_argument_names_the_accepted_ones():
     with pytest.raises(TypeError, match="unknown argument.*'widht'.*input_size"):
         stn.create_model("fcn", widht=3)
+
+
+def test_check_model_args_names_the_accepted_arguments_without_building(monkeypatch):
+    from torchstn.models import check_model_args, model_arguments
+
+    # st-cnn-aff passes **classifier_kwargs to the CNN head: a typo used to pass every check
+    accepted = model_arguments("st-cnn-aff")
+    assert {"pool", "hidden", "channels", "kernel_sizes", "loc_hidden"} <= set(accepted)
+    built = []
+    original = _registry._REGISTRY["st-cnn-aff"]
+    monkeypatch.setitem(_registry._REGISTRY, "st-cnn-aff", _registry.forwards_kwargs(original)(
+        lambda **kw: built.append(kw) or original(**kw)))
+    with pytest.raises(TypeError, match=r"model 'st-cnn-aff' got unknown argument 'poool'; it takes: .*\bpool\b"):
+        check_model_args("st-cnn-aff", {"poool": 2, "pool": 2})
+    assert not built
+    with pytest.raises(TypeError, match="unknown argument 'poool'.*kernel_sizes"):
+        stn.create_model("st-cnn-aff", poool=2)
+    assert not built
+    with pytest.raises(TypeError, match=r"unknown arguments 'a', 'b'; it takes: hidden, in_channels"):
+        check_model_args("fcn", {"b": 1, "a": 2})
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'"):
+        check_model_args("resnet9000", {})
+    check_model_args("st-cnn-aff", {"pool": 2, "hidden": 64, "poool": None})  # None is ignored, as by create_model
+
+
+def test_every_builder_declares_all_its_arguments():
+    from torchstn.models import model_arguments
+
+    # no builder takes an open **kwargs any more, so the CLI catches every misspelt --model-arg
+    for name in stn.list_models():
+        assert model_arguments(name) is not None, name
+    # the forwarded arguments still arrive: a head without its hidden layer, through two hops
+    for name in ("st-cnn-aff", "st-cnn-addition"):
+        widths = [m.out_features for m in stn.create_model(name, hidden=0).modules() if isinstance(m, torch.nn.Linear)]
+        assert 128 not in widths and widths[-1] in (10, 19)
+    assert "channels" in model_arguments("st-cnn-addition") and "hidden" in model_arguments("st-fcn-tps")
+
+
+def test_forwards_kwargs_keeps_an_open_target_open():
+    def head(features, *, depth=2, **options):
+        return torch.nn.Identity()
+
+    @_registry.forwards_kwargs(head, passed=["features"])
+    def net(*, width=8, **kwargs):
+        return head(4 * width, **kwargs)
+
+    import inspect
+
+    assert list(inspect.signature(net).parameters) == ["width", "depth", "kwargs"]

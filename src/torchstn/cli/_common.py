@@ -96,21 +96,19 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 
 def check_model(name: str | None, model_args: dict[str, Any] | None = None) -> None:
-    """One-line errors for a model name the registry does not know or an argument its builder does not take."""
-    import inspect
+    """One-line errors for a model name the registry does not know or an argument its builder does not take.
 
-    from torchstn.models import get_model_builder, list_models
+    Cheap (:func:`torchstn.models.check_model_args` reads the builder's signature), so
+    commands call it before loading any data.
+    """
+    from torchstn.models import check_model_args
 
     if name is None:
         return
-    if name not in list_models():
-        raise CLIError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    params = inspect.signature(get_model_builder(name)).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = sorted(set(model_args or {}) - set(params))
-    if unknown:
-        raise CLIError(f"model {name!r} has no argument(s) {', '.join(unknown)}; it takes: {', '.join(sorted(params))}")
+    try:
+        check_model_args(name, model_args or {})
+    except (TypeError, ValueError) as err:
+        raise CLIError(str(err)) from None
 
 
 def check_data_args(data: str | None, data_dir: str | None) -> None:

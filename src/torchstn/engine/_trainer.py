@@ -38,7 +38,7 @@ from torchstn.engine._config import TrainConfig
 from torchstn.engine._data import dataset_model_args, epoch_batches, fetch_inputs, load_split, shard
 from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
 from torchstn.engine._evaluate import evaluate
-from torchstn.models import create_model
+from torchstn.models import check_model_args, create_model
 from torchstn.nn import total_kl
 
 __all__ = ["TrainResult", "build_optimizer", "identity_penalty", "resolve_device", "resume_config", "train"]
@@ -240,6 +240,7 @@ def _train(
     run_dir = Path(out) if out is not None else None
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run directory (out)")
+    check_model_args(config.model, config.model_args)  # a misspelt argument fails now, not after the data
     # data (the main process first, so a download happens once)
     if not ddp.main:
         ddp.barrier()

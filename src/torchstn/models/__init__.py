@@ -16,6 +16,23 @@ from __future__ import annotations
 
 from torchstn.models import _paper, _tutorial, _variants  # noqa: F401  (registers the models)
 from torchstn.models._base import STClassifier
-from torchstn.models._registry import create_model, get_model_builder, list_models, register_model
+from torchstn.models._registry import (
+    check_model_args,
+    create_model,
+    forwards_kwargs,
+    get_model_builder,
+    list_models,
+    model_arguments,
+    register_model,
+)
 
-__all__ = ["STClassifier", "create_model", "get_model_builder", "list_models", "register_model"]
+__all__ = [
+    "STClassifier",
+    "check_model_args",
+    "create_model",
+    "forwards_kwargs",
+    "get_model_builder",
+    "list_models",
+    "model_arguments",
+    "register_model",
+]

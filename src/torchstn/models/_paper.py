@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from torchstn.models._base import STClassifier, as_size, feature_shape
-from torchstn.models._registry import register_model
+from torchstn.models._registry import forwards_kwargs, register_model
 from torchstn.nn import SpatialTransformer
 from torchstn.transforms import Affine, Projective, ThinPlateSpline, Transform
 
@@ -246,6 +246,7 @@ def _make_st_builder(kind: str, key: str):  # type: ignore[no-untyped-def]
         return STClassifier(head, transformers, pool=pool, input_shape=(in_channels, *size), num_classes=num_classes)
 
     builder.__name__ = builder.__qualname__ = name.replace("-", "_")
+    forwards_kwargs(fcn_classifier if kind == "fcn" else cnn_classifier)(builder)  # **classifier_kwargs
     builder.__doc__ = _DOC.format(
         title=f"ST-{kind.upper()} {key.capitalize()}", num="One or more", transform=description,
         loc=_LOC_TEXT[kind], classifier=kind.upper(), name=name,

@@ -3,17 +3,29 @@
 Builders are functions with keyword-only arguments, registered under a lower-case,
 dash-separated name. :func:`create_model` drops ``None`` overrides, so a command line
 whose options default to ``None`` never overrides a model's own defaults.
+:func:`check_model_args` checks overrides against a builder's signature without
+building anything (a CLI calls it before loading data); a builder whose ``**kwargs``
+go on to another function declares so with :func:`forwards_kwargs`, so that its
+signature lists every argument it really takes.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar, overload
 
 from torch import nn
 
-__all__ = ["create_model", "get_model_builder", "list_models", "register_model"]
+__all__ = [
+    "check_model_args",
+    "create_model",
+    "forwards_kwargs",
+    "get_model_builder",
+    "list_models",
+    "model_arguments",
+    "register_model",
+]
 
 Builder = Callable[..., nn.Module]
 _B = TypeVar("_B", bound=Builder)
@@ -81,6 +93,79 @@ def get_model_builder(name: str) -> Builder:
     return _REGISTRY[name]
 
 
+def forwards_kwargs(target: Callable[..., object], *, passed: Iterable[str] = ()) -> Callable[[_B], _B]:
+    """Declare that a builder's ``**kwargs`` go on to ``target``, so its signature lists them.
+
+    The builder's ``__signature__`` becomes its own named parameters followed by
+    ``target``'s parameters, keyword-only, except those the builder already names or
+    sets itself (``passed``); :func:`create_model`, :func:`model_arguments`,
+    ``help()`` and the CLI then see every argument the builder takes. If ``target``
+    itself takes ``**kwargs``, so does the declared signature.
+
+    Example:
+        >>> def head(features: int, depth: int = 2) -> torch.nn.Module: ...
+        >>> @forwards_kwargs(head, passed=["features"])  # net calls head(4 * width, **head_kwargs)
+        ... def net(*, width: int = 8, **head_kwargs: object) -> torch.nn.Module: ...
+        >>> list(inspect.signature(net).parameters)
+        ['width', 'depth']
+    """
+    skip = set(passed)
+
+    def decorator(builder: _B) -> _B:
+        own = inspect.signature(builder)
+        params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        names = {p.name for p in params} | skip
+        forwarded = inspect.signature(target).parameters.values()
+        params += [p.replace(kind=p.KEYWORD_ONLY) for p in forwarded
+                   if p.name not in names and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        params += [p for p in own.parameters.values() if p.kind is p.VAR_KEYWORD
+                   and any(q.kind is q.VAR_KEYWORD for q in forwarded)]
+        builder.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        return builder
+
+    return decorator
+
+
+def model_arguments(name: str) -> list[str] | None:
+    """The keyword arguments the builder of ``name`` takes, sorted; ``None`` if it takes any.
+
+    Example:
+        >>> model_arguments("fcn")
+        ['hidden', 'in_channels', 'input_size', 'num_classes', 'pool']
+    """
+    params = inspect.signature(get_model_builder(name)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return sorted(params)
+
+
+def check_model_args(name: str, args: Mapping[str, object]) -> None:
+    """Check builder overrides for ``name`` without building the model.
+
+    The same check :func:`create_model` makes, and like it this ignores ``None``
+    values; it is cheap, so a command line can call it before loading any data.
+
+    Raises:
+        ValueError: unknown model name (the message lists the known ones).
+        TypeError: an argument the builder does not take (the message lists those it does).
+
+    Example:
+        >>> check_model_args("fcn", {"widht": 3})
+        Traceback (most recent call last):
+            ...
+        TypeError: model 'fcn' got unknown argument 'widht'; it takes: hidden, in_channels, input_size, num_classes, pool
+    """
+    accepted = model_arguments(name)
+    if accepted is None:
+        return
+    unknown = sorted(k for k, v in args.items() if v is not None and k not in accepted)
+    if unknown:
+        raise TypeError(
+            f"model {name!r} got unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"it takes: {', '.join(accepted)}"
+        )
+
+
 def create_model(name: str, **overrides: object) -> nn.Module:
     """Build a registered model; ``None`` overrides are ignored.
 
@@ -91,20 +176,14 @@ def create_model(name: str, **overrides: object) -> nn.Module:
 
     Raises:
         ValueError: unknown model name.
-        TypeError: an override the builder does not take (the message lists those it does).
+        TypeError: an override the builder does not take (the message lists those it
+            does; :func:`check_model_args` checks the same without building).
 
     Example:
         >>> model = create_model("st-cnn-aff", input_size=42, num_classes=None)
         >>> model(torch.rand(2, 1, 42, 42)).shape
         torch.Size([2, 10])
     """
-    builder = get_model_builder(name)
     kwargs = {k: v for k, v in overrides.items() if v is not None}
-    params = inspect.signature(builder).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(kwargs) - set(params))
-        if unknown:
-            raise TypeError(
-                f"model {name!r} got unknown argument(s) {unknown}; it takes {sorted(params)}"
-            )
-    return builder(**kwargs)
+    check_model_args(name, kwargs)
+    return get_model_builder(name)(**kwargs)

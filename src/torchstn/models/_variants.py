@@ -23,7 +23,7 @@ from torch import nn
 
 from torchstn.models._base import STClassifier, as_size, feature_shape
 from torchstn.models._paper import cnn_classifier, st_cnn_aff, st_cnn_localization
-from torchstn.models._registry import register_model
+from torchstn.models._registry import forwards_kwargs, register_model
 from torchstn.nn import (
     CascadedSpatialTransformer,
     ParallelSpatialTransformers,
@@ -227,6 +227,7 @@ ic_stn_4 = _make_ic_stn(4)
 
 
 @register_model("st-cnn-addition")
+@forwards_kwargs(st_cnn_aff)
 def st_cnn_addition(
     *, in_channels: int = 2, input_size: int | Sequence[int] = 42, num_classes: int = 19, num_transformers: int = 2,
     **kwargs: object,
