@@ -1,4 +1,6 @@
 import math
+import re
+import shutil
 
 import pytest
 import torch
@@ -35,6 +37,54 @@ def test_resume_refuses_a_changed_config(tmp_path, shapes):
         resume_config(tmp_path / "r", lr=0.5)
     with pytest.raises(ValueError, match="already holds a run"):
         train(_config(epochs=1), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False)
+
+
+def _tiny_run(run, shapes, **kw):
+    return train(_config(), run, train_set=shapes[0], test_set=shapes[1], progress=False, **kw)
+
+
+def test_resume_refuses_weights_and_state_from_different_saves(tmp_path, shapes):
+    run = tmp_path / "r"
+    weights, state = run / "checkpoints" / "last.safetensors", run / "checkpoints" / "last.state.pt"
+    _tiny_run(run, shapes, stop_after=1)
+    epoch_one = state.read_bytes()
+    _tiny_run(run, shapes, resume=True)
+    state.write_bytes(epoch_one)  # as a save interrupted between its two files would leave them
+    pattern = (re.escape(f"cannot resume: {weights} (epoch 2, step 16, write id ") + r"\w+"
+               + re.escape(f") and {state} (epoch 1, step 8, write id ") + r"\w+\) were not written together")
+    with pytest.raises(ValueError, match=pattern):
+        train(_config(epochs=3), run, train_set=shapes[0], test_set=shapes[1], progress=False, resume=True)
+    # the same epoch and step from another run: only the write id tells them apart
+    _tiny_run(tmp_path / "other", shapes, stop_after=1)
+    _tiny_run(tmp_path / "same", shapes, stop_after=1)
+    shutil.copy(tmp_path / "other" / "checkpoints" / "last.state.pt", tmp_path / "same" / "checkpoints")
+    stamp = r"\(epoch 1, step 8, write id \w+\)"
+    with pytest.raises(ValueError, match=f"{stamp} and .* {stamp} were not written together"):
+        _tiny_run(tmp_path / "same", shapes, resume=True)
+    assert load_model(tmp_path / "same", "last")[2]["epoch"] == 1  # the weights alone still evaluate
+
+
+def test_resume_accepts_an_old_pair_without_write_ids(tmp_path, shapes):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run = tmp_path / "old"
+    weights, state_path = run / "checkpoints" / "last.safetensors", run / "checkpoints" / "last.state.pt"
+    _tiny_run(run, shapes, stop_after=1)
+    with safe_open(str(weights), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    assert metadata.pop("write_id") == torch.load(state_path, weights_only=True)["write_id"]
+    save_file(tensors, str(weights), metadata=metadata)  # as written before the write id existed
+    with pytest.raises(ValueError, match="write id none.*were not written together"):  # one file without, one with
+        _tiny_run(run, shapes, resume=True)
+    state = torch.load(state_path, weights_only=True)
+    del state["write_id"]
+    torch.save(state, state_path)
+    assert load_model(run, "last")[2]["epoch"] == 1
+    resumed = _tiny_run(run, shapes, resume=True)  # epochs and steps agree: accepted
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    straight = _tiny_run(tmp_path / "straight", shapes).model.state_dict()
+    assert all(torch.equal(v, straight[k]) for k, v in resumed.model.state_dict().items())  # still bit-exact
 
 
 def test_run_directory_contents(tmp_path, shapes):

@@ -11,6 +11,11 @@ A run directory looks like::
 
 The ``.safetensors`` file alone is enough to rebuild and evaluate the model
 (:func:`load_model`); the ``.state.pt`` file is only needed to continue training.
+The two are written one after the other, so an interrupted save (or a file copied
+in from elsewhere) can leave a pair from different epochs: both carry the epoch,
+the step and a random write id, and :func:`read_training_state` refuses a pair
+whose three disagree rather than resume with weights of one epoch and optimiser
+state of another.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +103,9 @@ def save_checkpoint(
         config: the run's config; stored in the metadata, so the file rebuilds the model.
         epoch, step: epochs and iterations done.
         metrics: the last evaluation, stored in the metadata.
-        training_state: optimiser/scheduler/RNG state (anything ``torch.save`` takes).
+        training_state: optimiser/scheduler/RNG state (anything ``torch.save`` takes);
+            it is stored with ``epoch``, ``step`` and a random ``write_id`` that the
+            weights' metadata repeats, so that the pair can be checked on resume.
     """
     from safetensors.torch import save_file
 
@@ -112,7 +120,10 @@ def save_checkpoint(
         "metrics": json.dumps(metrics or {}, sort_keys=True),
     }
     if training_state is not None:
-        _atomic(_state_path(path), lambda p: torch.save({**training_state, "epoch": epoch, "step": step}, p))
+        # from os.urandom: the id draws nothing from the generators a resumed run restores
+        stamp = {"epoch": epoch, "step": step, "write_id": uuid.uuid4().hex}
+        metadata["write_id"] = stamp["write_id"]
+        _atomic(_state_path(path), lambda p: torch.save({**training_state, **stamp}, p))
     _atomic(path, lambda p: save_file(tensors, str(p), metadata=metadata))
     return path
 
@@ -149,31 +160,62 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], TrainCon
     Raises:
         CheckpointError: the file is not a readable torchstn checkpoint.
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a safetensors file but not a torchstn checkpoint (no '{FORMAT}' metadata)")
+    metadata, tensors = _read_safetensors(path)
     config = TrainConfig.from_dict(json.loads(metadata["config"]))
     info = {"epoch": int(metadata["epoch"]), "step": int(metadata["step"]), "metrics": json.loads(metadata["metrics"])}
     return tensors, config, info
 
 
+def _read_safetensors(path: Path, *, tensors: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and (if ``tensors``) the tensors of a torchstn checkpoint file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            loaded = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118 (safe_open has no iterator)
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a torchstn checkpoint (no '{FORMAT}' metadata)")
+    return metadata, loaded
+
+
+def _stamp_text(epoch: object, step: object, write_id: object) -> str:
+    return f"epoch {epoch}, step {step}, write id {write_id or 'none'}"
+
+
 def read_training_state(path: str | Path) -> dict[str, Any]:
-    """The optimiser/scheduler/RNG state saved beside a checkpoint (for ``--resume``)."""
-    state_path = _state_path(Path(path))
+    """The optimiser/scheduler/RNG state saved beside a checkpoint (for ``--resume``), checked against it.
+
+    The state and the weights must have been written together: the same epoch, step
+    and write id (see :func:`save_checkpoint`). Pairs written before the write id
+    existed carry none in either file; they are accepted when their epochs and steps
+    agree.
+
+    Raises:
+        CheckpointError: the state file is missing or unreadable, or it does not belong
+            to the weights ``path`` (the message names both files and what each holds).
+    """
+    path = Path(path)
+    state_path = _state_path(path)
     if not state_path.is_file():
         raise CheckpointError(f"cannot resume: {state_path} is missing (only 'last' checkpoints hold training state)")
     try:
-        return torch.load(state_path, map_location="cpu", weights_only=True)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"cannot read training state {state_path}: {str(err).splitlines()[0]}") from None
+    metadata, _ = _read_safetensors(path, tensors=False)
+    weights = (int(metadata["epoch"]), int(metadata["step"]), metadata.get("write_id"))
+    saved = tuple(state.get(k) if isinstance(state, dict) else None for k in ("epoch", "step", "write_id"))
+    if saved != weights:
+        raise CheckpointError(
+            f"cannot resume: {path} ({_stamp_text(*weights)}) and {state_path} ({_stamp_text(*saved)}) were not "
+            "written together (a save interrupted between the two files, or a file copied from another run or "
+            "epoch); resuming would mix two epochs. Put back the matching pair or start a new run"
+        )
+    return state
 
 
 def load_model(run_or_ckpt: str | Path, which: str = "best", map_location: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict[str, Any]]:

@@ -213,7 +213,10 @@ def train(
             (items ``(image (C, H, W), label)``, attributes ``input_shape`` and
             ``num_classes``).
         resume: continue from ``out/checkpoints/last`` (weights, optimiser, schedule,
-            RNG and data order), bit-exactly.
+            RNG and data order), bit-exactly. A ``last.safetensors`` and
+            ``last.state.pt`` that were not written together (an interrupted save, a
+            copied file) are refused with a ``ValueError`` naming both; a pair from
+            before checkpoints carried a write id is resumed when its epochs and steps agree.
         progress: show a progress bar per epoch.
         stop_after: stop after this epoch (as an interruption would; the schedule
             still follows ``config``).
