@@ -28,7 +28,7 @@ from torch import nn
 
 from torchstn.models._base import STClassifier, as_size, feature_shape
 from torchstn.models._registry import forwards_kwargs, register_model
-from torchstn.nn import SpatialTransformer
+from torchstn.nn import SpatialTransformer, declare_input
 from torchstn.transforms import Affine, Projective, ThinPlateSpline, Transform
 
 __all__ = [
@@ -107,7 +107,8 @@ def _prod(shape: Sequence[int]) -> int:
 
 def st_fcn_localization(in_channels: int, input_size: tuple[int, int], hidden: Sequence[int] = (32, 32)) -> nn.Sequential:
     """The ST-FCN localisation net: ``Flatten -> [FC -> ReLU] * len(hidden)``, ``(B, C, H, W) -> (B, hidden[-1])``."""
-    return nn.Sequential(*_mlp(in_channels * input_size[0] * input_size[1], hidden, None))
+    net = nn.Sequential(*_mlp(in_channels * input_size[0] * input_size[1], hidden, None))
+    return declare_input(net, in_channels, input_size)
 
 
 def st_cnn_localization(
@@ -128,7 +129,8 @@ def st_cnn_localization(
         nn.ReLU(inplace=True),
     )
     features = _prod(feature_shape(convs, in_channels, input_size, "ST-CNN localisation net"))
-    return nn.Sequential(*convs, nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(inplace=True))
+    net = nn.Sequential(*convs, nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(inplace=True))
+    return declare_input(net, in_channels, input_size)
 
 
 @register_model("fcn")

@@ -8,7 +8,7 @@ from torch import nn
 
 from torchstn.models._base import STClassifier, as_size, feature_shape
 from torchstn.models._registry import register_model
-from torchstn.nn import SpatialTransformer
+from torchstn.nn import SpatialTransformer, declare_input
 from torchstn.transforms import Affine
 
 __all__ = ["lenet_classifier", "lenet_localization", "st_cnn_cifar", "tutorial"]
@@ -63,7 +63,8 @@ def lenet_localization(
         nn.ReLU(inplace=True),
     )
     features = _flat(feature_shape(convs, in_channels, input_size, "localisation net"))
-    return nn.Sequential(*convs, nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(inplace=True))
+    net = nn.Sequential(*convs, nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(inplace=True))
+    return declare_input(net, in_channels, input_size)
 
 
 def _lenet_st(

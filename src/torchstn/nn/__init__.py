@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from torchstn.nn._cascade import CascadedSpatialTransformer
-from torchstn.nn._localization import IdentityRegressor, conv_localization, make_regressor
+from torchstn.nn._localization import IdentityRegressor, conv_localization, declare_input, make_regressor
 from torchstn.nn._parallel import ParallelSpatialTransformers
 from torchstn.nn._probabilistic import ProbabilisticSpatialTransformer, total_kl
 from torchstn.nn._spatial_transformer import SpatialTransformer
@@ -15,6 +15,7 @@ __all__ = [
     "ProbabilisticSpatialTransformer",
     "SpatialTransformer",
     "conv_localization",
+    "declare_input",
     "make_regressor",
     "total_kl",
 ]

@@ -77,8 +77,9 @@ class CascadedSpatialTransformer(SpatialTransformer):
         refiners: the :class:`~torchstn.nn.SpatialTransformer` predictors of steps
             ``2 .. N`` when not shared (empty when shared).
         last_params: total ``θ`` ``(B, P)`` of the last forward pass (warping the
-            original input by it gives the compositional output); ``None`` for a plain
-            cascade of a non-matrix family.
+            original input by it gives the compositional output), with its graph as
+            in :class:`~torchstn.nn.SpatialTransformer`; ``None`` for a plain cascade of a
+            non-matrix family.
         last_step_params: the ``N`` updates ``Δθ_k`` ``(B, P)`` of the last forward pass.
 
     Convention:

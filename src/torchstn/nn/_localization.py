@@ -10,7 +10,7 @@ from torch import nn
 from torchstn._validation import check_size
 from torchstn.transforms import Transform
 
-__all__ = ["IdentityRegressor", "conv_localization", "make_regressor"]
+__all__ = ["IdentityRegressor", "conv_localization", "declare_input", "make_regressor"]
 
 
 class IdentityRegressor(nn.Linear):
@@ -42,6 +42,23 @@ class _LazyIdentityRegressor(nn.LazyLinear):
     def reset_parameters(self) -> None:
         if not self.has_uninitialized_params() and self.in_features != 0:
             IdentityRegressor.reset_parameters(self)  # type: ignore[arg-type]
+
+
+def declare_input(net: nn.Module, in_channels: int, input_size: Sequence[int]) -> nn.Module:
+    """Record on ``net`` the input it was built for, ``(B, in_channels, *input_size)``, and return it.
+
+    A :class:`~torchstn.nn.SpatialTransformer` checks its input against this shape before
+    running the localisation net, so a wrong channel count or size fails with a message
+    that names them (instead of a matrix-shape error deep inside the net). Builders of
+    localisation nets for a fixed input (:func:`conv_localization`, the paper models') call it.
+
+    Example:
+        >>> net = declare_input(nn.Sequential(nn.Flatten(), nn.Linear(2 * 8 * 8, 16)), 2, (8, 8))
+        >>> net.input_shape
+        (2, 8, 8)
+    """
+    net.input_shape = (int(in_channels), *(int(s) for s in input_size))
+    return net
 
 
 def _last_linear_width(module: nn.Module) -> int | None:
@@ -115,4 +132,4 @@ def conv_localization(
         c = out
     features = c * int(torch.tensor(size).prod())
     layers += [nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
+    return declare_input(nn.Sequential(*layers), in_channels, input_size)

@@ -116,7 +116,7 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         last_params: the sampled θ ``(S·B, P)`` of the last forward pass.
         last_mean, last_scale: ``μ`` and the scale of θ ``(B, P)`` of the last pass.
         last_kl: the KL of the last pass, summed over parameters and averaged over the
-            batch (unweighted).
+            batch (unweighted), with its graph: :meth:`kl` is a term of the loss.
         last_samples: ``S`` of the last pass.
 
     Example:
@@ -181,7 +181,7 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
 
     def predict_distribution(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(μ, spread)``, each ``(B, P)``: the spread is ``β`` (student-t) or ``σ`` (gaussian)."""
-        features = self.localization(x).flatten(1)
+        features = self.features(x)
         return self.regressor(features), F.softplus(self.variance_regressor(features))
 
     def _scale(self, spread: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from torchstn._validation import check_choice, check_size
+from torchstn._validation import check_choice, check_size, check_tensor
 from torchstn.nn._localization import make_regressor
 from torchstn.sampling import MODES, PADDINGS, Mode, Padding, warp
 from torchstn.transforms import Transform, get_transform
@@ -33,8 +33,15 @@ class SpatialTransformer(nn.Module):
         mode, padding, align_corners, backend: passed to :func:`torchstn.sample`.
 
     Attributes:
-        last_params: θ of the last forward pass (with its graph), for visualisation
-            and regularisation; ``None`` before the first call.
+        last_params: θ of the last forward pass, with its graph (for regularisers
+            such as the engine's ``identity_reg``) and for diagnostics; ``None`` before
+            the first call. Copies of the module (``copy.deepcopy``, pickle) hold it
+            detached.
+
+    The module is a plain ``nn.Module``: ``copy.deepcopy`` (EMA and SWA copies),
+    pickle and ``state_dict`` work at any point of training, and the localisation
+    net's input is checked against the shape it was built for (see
+    :func:`~torchstn.nn.declare_input`).
 
     Convention:
         θ maps output points to input points in normalised (x, y) coordinates; the same
@@ -80,7 +87,32 @@ class SpatialTransformer(nn.Module):
 
     def predict_params(self, x: torch.Tensor) -> torch.Tensor:
         """θ for each input: ``(B, P)``."""
-        return self.regressor(self.localization(x).flatten(1))
+        return self.regressor(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The localisation net's features ``(B, F)`` of ``x``, its shape checked first.
+
+        Raises:
+            ValueError: ``x`` does not have the rank of the transform's inputs, or not the
+                ``(C, *input_size)`` that the localisation net declares
+                (:func:`~torchstn.nn.declare_input`), or the features are not
+                ``in_features`` wide.
+        """
+        check_tensor("x", x, ndim=self.transform.ndim + 2)
+        expected = getattr(self.localization, "input_shape", None)
+        if expected is not None and tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"x must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}: the localisation "
+                f"net was built for in_channels={expected[0]}, input_size={expected[1:]}"
+            )
+        features = self.localization(x).flatten(1)
+        width = getattr(self.regressor, "in_features", 0)  # 0: a lazy regressor, inferred now
+        if width and features.shape[1] != width:
+            raise ValueError(
+                f"the localisation net gives {features.shape[1]} features for x of shape {tuple(x.shape)}, the "
+                f"regressor expects in_features={width}: build the localisation net for this input size"
+            )
+        return features
 
     def transform_input(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Warp ``x`` by given parameters with this module's output size and sampling options."""
@@ -101,8 +133,25 @@ class SpatialTransformer(nn.Module):
         out = self.transform_input(x, params)
         return (out, params) if return_params else out
 
+    def __getstate__(self) -> dict[str, object]:
+        """What ``copy.deepcopy`` and pickle copy: the module, with the ``last_*`` records of
+        the last forward pass detached from its graph (a tensor with a graph cannot be copied)."""
+        state = self.__dict__.copy()
+        for key, value in state.items():
+            if key.startswith("last_"):
+                state[key] = _detached(value)
+        return state
+
     def extra_repr(self) -> str:
         return (
             f"transform={self.transform!r}, output_size={self.output_size}, mode={self.mode!r}, "
             f"padding={self.padding!r}, align_corners={self.align_corners}"
         )
+
+
+def _detached(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(v) for v in value)
+    return value

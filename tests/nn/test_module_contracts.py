@@ -1,0 +1,99 @@
+"""Spatial transformers behave like any ``nn.Module``: copies, EMA/SWA, pickle, state_dict,
+and input checks that name what the localisation net was built for."""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+import torchstn as stn
+from torchstn.models import create_model
+
+
+def _modules() -> dict[str, nn.Module]:
+    loc = lambda: stn.conv_localization(1, (16, 16))  # noqa: E731
+    return {
+        "st": stn.SpatialTransformer("affine", loc()),
+        "cascade": stn.CascadedSpatialTransformer("affine", loc(), steps=2),
+        "pstn": stn.ProbabilisticSpatialTransformer("affine", loc(), samples=2),
+        "parallel": stn.ParallelSpatialTransformers([stn.SpatialTransformer("affine", loc()) for _ in range(2)]),
+    }
+
+
+def _perturb(module: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, stn.IdentityRegressor):
+                m.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    return module
+
+
+@pytest.mark.parametrize("name", ["st", "cascade", "pstn", "parallel"])
+def test_deepcopy_pickle_and_state_dict_after_a_training_forward(name):
+    module = _perturb(_modules()[name]).train()
+    x = torch.rand(3, 1, 16, 16)
+    loss = module(x).square().mean() + stn.nn.total_kl(module)  # graph still alive
+    for copied in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+        assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(), copied.state_dict().values()))
+        copied.eval()
+        module.eval()
+        torch.manual_seed(1)
+        expected = module(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(copied(x), expected)
+        module.train()
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    fresh = _modules()[name]
+    fresh.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))
+    loss.backward()  # copying did not break the original's graph
+
+
+def test_last_params_keep_the_graph_for_regularisers():
+    st = _perturb(stn.SpatialTransformer("affine", stn.conv_localization(1, (16, 16))))
+    out, theta = st(torch.rand(2, 1, 16, 16), return_params=True)
+    assert theta.requires_grad and theta.grad_fn is not None
+    assert st.last_params is theta
+
+
+def test_averaged_model_and_ema_of_an_st_cnn_during_training():
+    torch.manual_seed(0)
+    model = create_model("st-cnn-aff")
+    swa, ema = AveragedModel(model), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(model(x), y)
+        copy.deepcopy(model)  # what many EMA helpers do every step, mid-graph
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        swa.update_parameters(model)
+        ema.update_parameters(model)
+    for averaged in (swa, ema):
+        diffs = [(a - b).abs().max() for a, b in zip(averaged.module.parameters(), model.parameters())]
+        assert max(diffs) > 0  # an average, not a copy
+        assert averaged(x).shape == (8, 10)
+
+
+def test_wrong_input_names_what_the_localisation_net_was_built_for():
+    st = stn.SpatialTransformer("affine", stn.conv_localization(1, (28, 28)))
+    with pytest.raises(ValueError, match=r"x must have 4 dimensions, got shape \(28, 28\)"):
+        st(torch.rand(28, 28))
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 28, 28\), got \(10, 3, 28, 28\).*in_channels=1"):
+        st(torch.rand(10, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"got \(10, 1, 20, 20\).*input_size=\(28, 28\)"):
+        st(torch.rand(10, 1, 20, 20))
+    model = create_model("st-cnn-aff")  # the paper models' localisation nets declare their input too
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 28, 28\)"):
+        model(torch.rand(2, 1, 42, 42))
+
+
+def test_a_localisation_net_without_a_declared_input_is_checked_by_its_feature_width():
+    st = stn.SpatialTransformer("affine", nn.Flatten(), in_features=28 * 28)
+    with pytest.raises(ValueError, match=r"gives 400 features .* regressor expects in_features=784"):
+        st(torch.rand(2, 1, 20, 20))
