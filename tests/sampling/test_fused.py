@@ -195,3 +195,26 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
         out2 = stn.sample(x, stn.Affine().grid(p, (8, 8)), backend="fused")
     torch.testing.assert_close(out, stn.warp(x, p, stn.Affine(), backend="torch"))
     torch.testing.assert_close(out2, out)
+
+
+def test_the_extension_name_separates_torch_builds_flags_and_sources(monkeypatch):
+    name, flags = _fused._build_options()
+    assert name.startswith(f"torchstn_fused_warp2d_v{_fused._ABI}_") and "-O3" in flags
+    monkeypatch.setattr(torch, "__version__", "0.0.0+other")
+    assert _fused._build_options()[0] != name
+
+
+def test_the_first_build_says_so_on_stderr_with_its_duration(monkeypatch, tmp_path, capsys):
+    from torch.utils import cpp_extension
+
+    built = cpp_extension._get_build_directory(_fused._build_options()[0], verbose=False)
+    library = f"{built}/{_fused._build_options()[0]}.so"  # the real build, made by the fixture above
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: library)
+    _fused._build()
+    err = capsys.readouterr().err
+    assert err.startswith(f"torchstn: building the fused CPU sampler (first use, cached in {tmp_path}) ... done in ")
+    assert err.rstrip().endswith(" s") and err.count("\n") == 1
+    (tmp_path / f"{_fused._build_options()[0]}.so").touch()  # now cached: silent
+    _fused._build()
+    assert capsys.readouterr().err == ""

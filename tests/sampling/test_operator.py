@@ -39,26 +39,39 @@ def _location(name: str, batch: int, dtype: torch.dtype) -> torch.Tensor:
     return matrix[:, :2] if name == "affine" else matrix
 
 
-@pytest.mark.parametrize("location", ["affine", "projective", "grid"])
-@pytest.mark.parametrize("padding", PADDINGS)
-@pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("batch", [3, 0])
-def test_opcheck(location, padding, align_corners, dtype, batch):
+def _opcheck(location, padding, align_corners, dtype, batch, test_utils):
     x = torch.rand(batch, 2, 6, 8, dtype=dtype, requires_grad=True)
     loc = _location(location, batch, dtype).requires_grad_()
     eps = 1e-6 if location == "projective" else 0.0
     args = (x, loc, location, [5, 7], padding, align_corners, eps)
-    torch.library.opcheck(torch.ops.torchstn.warp2d.default, args)
+    torch.library.opcheck(torch.ops.torchstn.warp2d.default, args, test_utils=test_utils)
     grad_out = torch.rand(batch, 2, 5, 7, dtype=dtype)
     for mask in ([True, True], [False, True], [True, False]):
         backward_args = (grad_out, x.detach(), loc.detach(), location, padding, align_corners, eps, mask)
-        torch.library.opcheck(torch.ops.torchstn.warp2d_backward.default, backward_args)
+        torch.library.opcheck(torch.ops.torchstn.warp2d_backward.default, backward_args, test_utils=test_utils)
 
 
-def _warp_case(transform, backend, padding, batch=2, channels=2, size=(5, 6)):
+@pytest.mark.parametrize("location", ["affine", "projective", "grid"])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_opcheck_every_padding(location, padding, align_corners):
+    """Schema, autograd registration and fake implementation; the AOT compile below per dtype."""
+    _opcheck(location, padding, align_corners, torch.float64, 3,
+             ("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("location", ["affine", "projective", "grid"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [3, 0])
+def test_opcheck_dtypes_and_empty_batches(location, dtype, batch):
+    """Every opcheck test, with ``torch.compile``'s AOT dispatch of forward and backward."""
+    _opcheck(location, "border", True, dtype, batch, ("test_schema", "test_autograd_registration", "test_faketensor",
+                                                      "test_aot_dispatch_dynamic"))
+
+
+def _warp_case(transform, backend, padding, batch=2, channels=1, size=(4, 5)):
     dtype = torch.float64
-    x = torch.rand(batch, channels, 6, 7, dtype=dtype, generator=torch.Generator().manual_seed(2)).requires_grad_()
+    x = torch.rand(batch, channels, 5, 6, dtype=dtype, generator=torch.Generator().manual_seed(2)).requires_grad_()
     theta = _theta(transform, batch, dtype).requires_grad_()
     return (lambda x, t: stn.warp(x, t, transform, size, padding=padding, backend=backend)), (x, theta)
 
@@ -76,7 +89,7 @@ def test_gradgradcheck_2d(transform, padding, backend):
 def test_gradgradcheck_volumes_and_signals(padding, backend):
     dtype = torch.float64
     generator = torch.Generator().manual_seed(3)
-    for transform, shape in [(stn.Affine3D(), (1, 2, 4, 5, 3)), (stn.Affine1D(), (2, 2, 9))]:
+    for transform, shape in [(stn.Affine3D(), (1, 1, 3, 4, 3)), (stn.Affine1D(), (2, 1, 7))]:
         x = torch.rand(*shape, dtype=dtype, generator=generator).requires_grad_()
         theta = _theta(transform, shape[0], dtype).requires_grad_()
         fn = lambda x, t, tr=transform: stn.warp(x, t, tr, padding=padding, backend=backend)  # noqa: E731
@@ -86,8 +99,8 @@ def test_gradgradcheck_volumes_and_signals(padding, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradgradcheck_sample_of_a_given_grid(backend):
     dtype = torch.float64
-    x = torch.rand(2, 3, 6, 7, dtype=dtype).requires_grad_()
-    grid = (torch.rand(2, 4, 5, 2, dtype=dtype, generator=torch.Generator().manual_seed(4)) * 2.2 - 1.1).requires_grad_()
+    x = torch.rand(1, 3, 4, 5, dtype=dtype).requires_grad_()  # 3 channels: "auto" would take the fused kernel
+    grid = (torch.rand(1, 3, 4, 2, dtype=dtype, generator=torch.Generator().manual_seed(4)) * 2.2 - 1.1).requires_grad_()
     assert torch.autograd.gradgradcheck(lambda x, g: stn.sample(x, g, backend=backend), (x, grid), eps=1e-6, atol=1e-5)
 
 
