@@ -1,0 +1,351 @@
+"""torchstn inside the frameworks people train in.
+
+Each test runs a spatial transformer through one framework's machinery and checks the
+result against an independent reference computed with plain PyTorch: Lightning's
+training, validation and resumption against a hand-written loop; ``AveragedModel``'s
+EMA against the EMA computed by hand; ``torch.compile`` and ``torch.func`` gradients
+against eager autograd; a ``torch.export`` program against the module it came from.
+The compile and export tests also check that the fused sampler stays one operator
+(``torch.ops.torchstn.warp2d``) in the captured graphs rather than being traced away.
+"""
+
+import copy
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, TensorDataset
+
+import torchstn as stn
+from torchstn.models import create_model
+
+SIZE = (28, 28)  # the ST-CNN's input size; 10 classes
+
+
+def _perturb(model: nn.Module, seed: int) -> nn.Module:
+    """Non-zero regressor weights (they start at zero): θ depends on the input, the warp is not the identity."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, stn.SpatialTransformer):
+                m.regressor.weight.copy_(0.05 * torch.randn(m.regressor.weight.shape, generator=generator))
+    return model
+
+
+def _batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, *SIZE, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+
+
+def _regressors(model: nn.Module) -> list[nn.Linear]:
+    return [m.regressor for m in model.modules() if isinstance(m, stn.SpatialTransformer)]
+
+
+def _gradients(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _assert_far_from_identity(model: nn.Module, x: torch.Tensor) -> None:
+    """The test's warps really move points: θ differs from the identity by more than the tolerances."""
+    for st in (m for m in model.modules() if isinstance(m, stn.SpatialTransformer)):
+        with torch.no_grad():
+            theta = st.predict_params(x)
+        identity = st.transform.identity(dtype=theta.dtype).flatten()
+        assert (theta - identity).abs().max() > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch Lightning
+
+
+@pytest.mark.parametrize("backend", [None, "torch"], ids=["fused", "grid-path"])
+def test_lightning_trains_validates_in_inference_mode_and_resumes(tmp_path: Path, backend: str | None) -> None:
+    """Validation under ``torch.inference_mode`` (``Trainer.validate``; Lightning's in-fit
+    validation uses ``no_grad``) between training steps, then a resume from Lightning's
+    checkpoint: the weights after 4 and 6 steps equal a plain loop over the same batches.
+
+    Both samplers: the grid path saves the cached base grid for backward, so a cache entry
+    built in inference mode would break the next training step there.
+    """
+    lightning = pytest.importorskip("lightning")
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    class LitSTCNN(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = create_model("st-cnn-aff")
+            for st in self.model.modules():
+                if isinstance(st, stn.SpatialTransformer):
+                    st.backend = backend
+            self.events: list[tuple] = []  # (what, global_step, inference mode on)
+
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            x, y = batch
+            self.events.append(("train", self.global_step, torch.is_inference_mode_enabled()))
+            return F.cross_entropy(self.model(x), y)
+
+        def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+            x, y = batch
+            self.events.append(("val", self.global_step, torch.is_inference_mode_enabled()))
+            self.log("val_loss", F.cross_entropy(self.model(x), y))
+
+        def on_train_start(self) -> None:  # after Lightning restored a checkpoint, before the first step
+            self.events.append(("start", self.global_step, copy.deepcopy(self.model.state_dict())))
+
+        def configure_optimizers(self):  # noqa: ANN201
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)  # momentum: the optimiser has state
+
+    train = TensorDataset(*_batch(64, seed=0))
+    val = TensorDataset(*_batch(32, seed=1))
+
+    def loaders() -> tuple[DataLoader, DataLoader]:
+        return DataLoader(train, batch_size=16), DataLoader(val, batch_size=16)  # 4 and 2 batches, in order
+
+    def trainer(max_steps: int):  # noqa: ANN202
+        return lightning.Trainer(
+            max_steps=max_steps, limit_val_batches=2, val_check_interval=2, accelerator="cpu", devices=1,
+            enable_progress_bar=False, enable_model_summary=False, logger=False, enable_checkpointing=False,
+            default_root_dir=tmp_path,
+        )
+
+    stn.clear_caches()  # the first forward pass of this test builds the caches, in inference mode
+    torch.manual_seed(0)
+    lit = LitSTCNN()
+    initial = copy.deepcopy(lit.model)
+    assert all(bool((r.weight == 0).all()) for r in _regressors(lit.model))
+
+    with warnings.catch_warnings():  # Lightning's advice (few workers, ...) and its use of deprecated torch names
+        warnings.filterwarnings("ignore", category=PossibleUserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.")
+        first = trainer(max_steps=4)
+        first.validate(lit, loaders()[1], verbose=False)  # inference mode, before any training step
+        first.fit(lit, *loaders())
+        checkpoint = tmp_path / "after-4-steps.ckpt"
+        first.save_checkpoint(checkpoint)
+        after_four = copy.deepcopy(lit.model.state_dict())
+        first.validate(lit, loaders()[1], verbose=False)  # inference mode again, then training resumes below
+
+        resumed = LitSTCNN()  # other random weights: what it trains from must come from the checkpoint
+        second = trainer(max_steps=6)
+        second.fit(resumed, *loaders(), ckpt_path=checkpoint)
+
+    # Lightning ran what was asked, in the modes we claim (its sanity check validates before step 0)
+    steps = [event for event in lit.events if event[0] != "start"]
+    assert steps == [
+        *[("val", 0, True)] * 2,  # Trainer.validate
+        *[("val", 0, False)] * 2,  # Trainer.fit's sanity check
+        ("train", 0, False), ("train", 1, False), *[("val", 2, False)] * 2,
+        ("train", 2, False), ("train", 3, False), *[("val", 4, False)] * 2,
+        *[("val", 4, True)] * 2,  # Trainer.validate
+    ]  # (global_step, inference mode on); Lightning validates inside fit under no_grad
+    assert first.global_step == 4
+    assert not all(bool((r.weight == 0).all()) for r in _regressors(lit.model))  # the ST learnt something
+
+    # the resumed run starts at the saved step from the saved weights, and trains two more steps
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 4
+    (what, start_step, start_weights), *rest = resumed.events
+    assert (what, start_step) == ("start", 4)
+    for name, value in after_four.items():
+        torch.testing.assert_close(start_weights[name], value, rtol=0, atol=0)
+        torch.testing.assert_close(saved["state_dict"][f"model.{name}"], value, rtol=0, atol=0)
+    assert rest == [("train", 4, False), ("train", 5, False), ("val", 6, False), ("val", 6, False)]
+    assert second.global_step == 6
+
+    # the reference: the same model, optimiser and batches in a plain loop (epoch 2 restarts the data)
+    batches = list(loaders()[0])
+    optimiser = torch.optim.SGD(initial.parameters(), lr=0.1, momentum=0.9)
+    for step, index in enumerate([0, 1, 2, 3, 0, 1]):
+        x, y = batches[index]
+        optimiser.zero_grad()
+        F.cross_entropy(initial(x), y).backward()
+        optimiser.step()
+        if step == 3:
+            for name, value in initial.state_dict().items():
+                torch.testing.assert_close(after_four[name], value, rtol=1e-5, atol=1e-6)
+    for name, value in initial.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# EMA with torch.optim.swa_utils
+
+
+def test_averaged_model_is_the_ema_of_the_recorded_parameters() -> None:
+    decay = 0.99
+    torch.manual_seed(0)
+    model = create_model("st-cnn-aff")
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.2)
+    x, y = _batch(16, seed=3)
+    recorded = []
+    for _ in range(5):
+        optimiser.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimiser.step()
+        ema.update_parameters(model)
+        recorded.append({name: p.detach().double().clone() for name, p in model.named_parameters()})
+
+    # the EMA by hand, in float64: the first update copies, each later one is decay·ema + (1 - decay)·p
+    expected = dict(recorded[0])
+    for params in recorded[1:]:
+        expected = {name: decay * expected[name] + (1 - decay) * params[name] for name in expected}
+    averaged = dict(ema.module.named_parameters())
+    for name, value in expected.items():
+        torch.testing.assert_close(averaged[name].double(), value, rtol=0, atol=1e-6)
+    # an average, neither the first nor the last parameters (else the check above proves little)
+    assert max((expected[n] - recorded[0][n]).abs().max() for n in expected) > 1e-5
+    assert max((expected[n] - recorded[-1][n]).abs().max() for n in expected) > 1e-4
+
+    x2 = _batch(8, seed=4)[0]
+    reference = torch.func.functional_call(model, {n: v.float() for n, v in expected.items()}, (x2,))
+    with torch.inference_mode():
+        prediction = ema(x2)
+    torch.testing.assert_close(prediction, reference.detach(), rtol=1e-5, atol=1e-5)
+    # training the live model continues after the EMA's inference-mode prediction
+    optimiser.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile
+
+
+def _recording_backend(graphs: dict[str, str]):  # noqa: ANN202
+    """A ``torch.compile`` backend: AOTAutograd's forward and backward graphs, run as traced,
+    their text stored in ``graphs["forward"]`` and ``graphs["backward"]``."""
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    def recorder(key: str):  # noqa: ANN202
+        def compile_graph(graph_module: torch.fx.GraphModule, example_inputs):  # noqa: ANN001, ANN202
+            graphs[key] = str(graph_module.graph)
+            return make_boxed_func(graph_module.forward)
+
+        return compile_graph
+
+    def backend(graph_module: torch.fx.GraphModule, example_inputs):  # noqa: ANN001, ANN202
+        return aot_module_simplified(
+            graph_module, example_inputs, fw_compiler=recorder("forward"), bw_compiler=recorder("backward")
+        )
+
+    return backend
+
+
+def _compiled_training_step_matches_eager(backend) -> None:  # noqa: ANN001
+    """Forward and cross-entropy compiled with ``fullgraph=True`` (a graph break is an error),
+    the backward AOTAutograd's compiled graph: loss and every parameter gradient equal eager's.
+
+    ``loss.backward()`` stays outside the compiled function: Dynamo does not trace
+    ``Tensor.backward()`` (torch 2.13: "Unsupported Tensor.backward() call").
+    """
+    torch._dynamo.reset()
+    model = _perturb(create_model("st-cnn-aff"), seed=1)
+    x, y = _batch(8, seed=2)
+    _assert_far_from_identity(model, x)
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x), y)
+
+    eager_loss = loss_of(x, y)
+    eager = _gradients(model, eager_loss)
+    compiled_loss = torch.compile(loss_of, fullgraph=True, backend=backend)(x, y)
+    compiled = _gradients(model, compiled_loss)
+
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
+    for name, grad in eager.items():
+        torch.testing.assert_close(compiled[name], grad, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert all(bool(r.weight.grad.abs().max() > 1e-4) for r in _regressors(model))  # θ gets a gradient
+
+
+def test_compiled_training_step_matches_eager_and_keeps_the_fused_operator() -> None:
+    graphs: dict[str, str] = {}
+    _compiled_training_step_matches_eager(_recording_backend(graphs))
+    assert set(graphs) == {"forward", "backward"}
+    forward, backward = graphs["forward"], graphs["backward"]
+    assert "torch.ops.torchstn.warp2d.default" in forward
+    assert "torch.ops.torchstn.warp2d_backward.default" in backward
+    assert "warp2d_backward" not in forward
+    for graph in (forward, backward):  # the fused operator, not the grid path, in both directions
+        assert "grid_sampler" not in graph
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inductor's imports
+def test_inductor_training_step_matches_eager() -> None:
+    """Inductor compiles the same step (about 30 s on one core without its on-disk cache)."""
+    _compiled_training_step_matches_eager("inductor")
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.export
+
+
+@pytest.fixture
+def trained_st() -> nn.Module:
+    """A spatial transformer after a few SGD steps towards mirrored images, in eval mode."""
+    torch.manual_seed(0)
+    model = stn.SpatialTransformer("affine", stn.conv_localization(1, SIZE))
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(3):
+        x = _batch(8, seed=10 + step)[0]
+        optimiser.zero_grad()
+        (model(x) - x.flip(-1)).square().mean().backward()
+        optimiser.step()
+    assert model.regressor.weight.abs().max() > 1e-2
+    return model.eval()
+
+
+# the module records θ as a plain attribute (``last_params``); torchstn.export filters the same warning
+@pytest.mark.filterwarnings("ignore:The tensor attribute self.last_params was assigned during export")
+def test_torch_export_keeps_the_fused_operator_and_matches_the_module(trained_st: nn.Module) -> None:
+    x, x2 = _batch(4, seed=20)[0], _batch(4, seed=21)[0]
+    _assert_far_from_identity(trained_st, x2)
+    program = torch.export.export(trained_st, (x,))
+    graph = str(program.graph)
+    assert "torch.ops.torchstn.warp2d.default" in graph and "grid_sampler" not in graph
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x2), trained_st(x2), rtol=0, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:The tensor attribute self.last_params was assigned during export")
+def test_torch_export_with_a_dynamic_batch(trained_st: nn.Module) -> None:
+    x = _batch(4, seed=20)[0]
+    program = torch.export.export(trained_st, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    assert "torch.ops.torchstn.warp2d.default" in str(program.graph)
+    for batch in (5, 1):
+        other = _batch(batch, seed=30 + batch)[0]
+        with torch.no_grad():
+            out = program.module()(other)
+            torch.testing.assert_close(out, trained_st(other), rtol=0, atol=1e-6)
+        assert out.shape == (batch, 1, *SIZE)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.func
+
+
+def test_torch_func_grad_of_a_functional_call_equals_autograd() -> None:
+    """``torch.func`` runs the grid path (the operator's autograd formula does not support
+    functorch), autograd the fused kernel's backward: two implementations, one gradient."""
+    model = _perturb(create_model("st-cnn-aff"), seed=5)
+    x, y = _batch(8, seed=6)
+    _assert_far_from_identity(model, x)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(torch.func.functional_call(model, params, (x,)), y)
+
+    functional = torch.func.grad(loss)(params)
+    autograd = _gradients(model, F.cross_entropy(model(x), y))
+    assert functional.keys() == autograd.keys()
+    for name, grad in autograd.items():
+        torch.testing.assert_close(functional[name], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    assert all(bool(r.weight.grad.abs().max() > 1e-4) for r in _regressors(model))
