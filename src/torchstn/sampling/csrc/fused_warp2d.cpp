@@ -78,7 +78,8 @@ struct Block {
   T g[BLOCK], keep[BLOCK];   // PROJECTIVE: guarded w, and 1 where the guard is off
   T dix[BLOCK], diy[BLOCK];  // d(pixel coordinate) / d(normalised coordinate)
   T tx[BLOCK], ty[BLOCK];    // fractional parts
-  T bad[BLOCK];              // 1 where the location is not finite, else 0
+  T bad[BLOCK];              // 1 where the location is not finite, else 0; set only when any_bad
+  int32_t any_bad;           // the block has a non-finite location (rare: the common path skips bad)
   T w[4][BLOCK];             // bilinear weights
   T valid[4][BLOCK];         // 1 for corners inside the image, else 0
   int32_t off[4][BLOCK];     // corner offsets in a channel (0 for corners outside)
@@ -138,9 +139,9 @@ inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
       }
     }
   }
-  for (int64_t t = 0; t < n; ++t) {  // v - v is 0 for finite v only (no fast-math here)
-    blk.bad[t] = (blk.gx[t] - blk.gx[t] == 0) & (blk.gy[t] - blk.gy[t] == 0) ? T(0) : T(1);
-  }
+  int32_t any_bad = 0;  // v - v is 0 for finite v only (no fast-math here); an OR vectorises
+  for (int64_t t = 0; t < n; ++t) any_bad |= !((blk.gx[t] - blk.gx[t] == 0) & (blk.gy[t] - blk.gy[t] == 0));
+  blk.any_bad = any_bad;
   const int64_t W = k.W, H = k.H;
   const T limit = static_cast<T>(1 << 30);
   const T high_x = static_cast<T>(W - 1), high_y = static_cast<T>(H - 1);
@@ -181,8 +182,7 @@ inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
     blk.ty[t] = ty;
     const int32_t vx0 = (x0 >= 0) & (x0 < W32), vx1 = (x0 >= -1) & (x0 < W32 - 1);
     const int32_t vy0 = (y0 >= 0) & (y0 < H32), vy1 = (y0 >= -1) & (y0 < H32 - 1);
-    const int32_t ok = blk.bad[t] == 0;  // a non-finite location reads no pixel
-    const int32_t v0 = vx0 & vy0 & ok, v1 = vx1 & vy0 & ok, v2 = vx0 & vy1 & ok, v3 = vx1 & vy1 & ok;
+    const int32_t v0 = vx0 & vy0, v1 = vx1 & vy0, v2 = vx0 & vy1, v3 = vx1 & vy1;
     const int32_t o = y0 * W32 + x0;
     blk.w[0][t] = (1 - tx) * (1 - ty);
     blk.w[1][t] = tx * (1 - ty);
@@ -196,6 +196,15 @@ inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
     blk.off[1][t] = v1 * (o + 1);
     blk.off[2][t] = v2 * (o + W32);
     blk.off[3][t] = v3 * (o + W32 + 1);
+  }
+  if (!any_bad) return;
+  for (int64_t t = 0; t < n; ++t) {  // a non-finite location reads no pixel (border padding clips +-Inf)
+    const bool bad = !((blk.gx[t] - blk.gx[t] == 0) & (blk.gy[t] - blk.gy[t] == 0));
+    blk.bad[t] = bad ? T(1) : T(0);
+    for (int q = 0; q < 4; ++q) {
+      blk.valid[q][t] = bad ? T(0) : blk.valid[q][t];
+      blk.off[q][t] = bad ? 0 : blk.off[q][t];
+    }
   }
 }
 
@@ -223,8 +232,10 @@ void forward_impl(const T* x, const Locator<T, LOC>& loc, T* out, int64_t B, int
             const T u = xc[blk.off[q][t]];
             v[q] = blk.valid[q][t] != 0 ? u : T(0);
           }
-          const T value = v[0] * blk.w[0][t] + v[1] * blk.w[1][t] + v[2] * blk.w[2][t] + v[3] * blk.w[3][t];
-          acc[t] = blk.bad[t] != 0 ? nan : value;
+          acc[t] = v[0] * blk.w[0][t] + v[1] * blk.w[1][t] + v[2] * blk.w[2][t] + v[3] * blk.w[3][t];
+        }
+        if (blk.any_bad) {
+          for (int64_t t = 0; t < n; ++t) acc[t] = blk.bad[t] != 0 ? nan : acc[t];
         }
         std::memcpy(oc, acc, sizeof(T) * n);
       }
@@ -278,9 +289,15 @@ void backward_impl(const T* x, const Locator<T, LOC>& loc, const T* grad_out, T*
           }
         }
         if (!grad_loc) continue;
-        for (int64_t t = 0; t < n; ++t) {  // dL / d(normalised location); NaN where it is not finite
-          gix[t] = blk.bad[t] != 0 ? nan : gix[t] * blk.dix[t];
-          giy[t] = blk.bad[t] != 0 ? nan : giy[t] * blk.diy[t];
+        for (int64_t t = 0; t < n; ++t) {  // dL / d(normalised location)
+          gix[t] *= blk.dix[t];
+          giy[t] *= blk.diy[t];
+        }
+        if (blk.any_bad) {  // NaN where the location is not finite
+          for (int64_t t = 0; t < n; ++t) {
+            gix[t] = blk.bad[t] != 0 ? nan : gix[t];
+            giy[t] = blk.bad[t] != 0 ? nan : giy[t];
+          }
         }
         if (LOC == GRID) {
           T* q = grad_loc + ((b * Ho + i) * Wo + j0) * 2;
