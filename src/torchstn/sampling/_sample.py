@@ -130,7 +130,10 @@ def sample(
         and give, for each output pixel, the input point to read (output to input).
         Gradients: exact with respect to ``x``; with respect to the grid the bilinear
         kernel has a sub-gradient at integer pixel coordinates (the right-sided
-        difference), nearest has zero gradient with respect to the grid.
+        difference), nearest has zero gradient with respect to the grid; second- and
+        higher-order gradients are exact on every backend. A grid point that is not
+        finite (NaN, ±Inf) gives NaN in every channel and a NaN gradient for that point,
+        and adds nothing to the gradient of ``x``, on every backend.
         float16 and bfloat16 inputs are sampled in their own dtype.
 
     Example:
