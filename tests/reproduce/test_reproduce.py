@@ -171,3 +171,18 @@ def test_report_orders_budgets_fixed_and_compares_a_longer_run_with_standard(tmp
     assert text.index("budget `standard`") < text.index("budget `long`")
     assert "--budget standard\ntorchstn reproduce stn-table1 --budget long" in text
     assert "The same cells at budget `standard`, then at `long`: ST-CNN Aff on RTS 3.46% → 0.86%." in text
+
+
+def test_the_recorded_command_has_no_absolute_paths(tmp_path, monkeypatch):
+    """A results file records a command another user can run from the same place in a checkout."""
+    import argparse
+
+    from torchstn.cli._reproduce import command_line
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    args = argparse.Namespace(experiment="stn-table1", budget="standard", seeds=None, only=None, datasets="rts",
+                              data_dir=str(tmp_path / "data"), out=str(tmp_path / "results"),
+                              runs=str(tmp_path / "elsewhere"), device=None, threads=1, limit=None)
+    assert command_line(args) == ("torchstn reproduce stn-table1 --budget standard --datasets rts --data-dir data "
+                                  "--runs elsewhere --threads 1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -39,13 +40,21 @@ def _keys(text: str | None) -> list[str] | None:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces these cells: the experiment and every option that was given."""
+    """The command that reproduces these cells: the experiment and every option that was given.
+
+    Paths are written relative to the current directory, so the recorded command runs on
+    another machine from the same place in a checkout (``--data-dir ../shared/data/mnist``),
+    not only on the one that ran it.
+    """
     parts = ["torchstn", "reproduce", args.experiment, "--budget", args.budget]
+    paths = {"--data-dir", "--out", "--runs"}
     for flag, value, default in (
         ("--seeds", args.seeds, None), ("--only", args.only, None), ("--datasets", args.datasets, None),
         ("--data-dir", args.data_dir, None), ("--out", args.out, "results"), ("--runs", args.runs, "runs/reproduce"),
         ("--device", args.device, None), ("--threads", args.threads, None), ("--limit", args.limit, None),
     ):
+        if value is not None and flag in paths:
+            value = os.path.relpath(value)
         if value is not None and value != default:
             parts += [flag, str(value)]
     return shlex.join(parts)
