@@ -9,7 +9,7 @@ never written to memory, and its backward accumulates :math:`\partial L/\partial
 
 The kernel is two registered PyTorch operators, ``torchstn::warp2d`` and
 ``torchstn::warp2d_backward`` (:mod:`torch.library`), each with a fake implementation,
-and ``warp2d`` with an autograd formula, so ``torch.compile(fullgraph=True)``,
+and ``warp2d`` with an autograd formula, so ``torch.compile(fullgraph=True)`` and
 ``torch.export`` keep it (``torch.library.opcheck`` is in the tests).
 Its backward is the closed-form kernel; when the gradient's own graph is asked for
 (``create_graph=True``: gradient penalties, Hessians, ``torch.func.grad``) it is

@@ -335,10 +335,9 @@ def matrix_grid(
     operator = _operator(size, align_corners, matrix)
     if eps is None:
         points = linear_grid(matrix[:, :n, :], operator, n)
-    elif eager_tensors(matrix):
-        points = _ProjectiveGrid.apply(matrix, operator, _operator(size, align_corners, matrix, repeat=True), eps)
-    else:
-        points = _projective_points(matrix, operator, _operator(size, align_corners, matrix, repeat=True), eps)
+    else:  # eager calls take the closed-form backward, tracers the plain expression
+        project = _ProjectiveGrid.apply if eager_tensors(matrix) else _projective_points
+        points = project(matrix, operator, _operator(size, align_corners, matrix, repeat=True), eps)
     return points.view(matrix.shape[0], *size, n)
 
 
