@@ -19,6 +19,7 @@ __all__ = [
     "check_int",
     "check_number",
     "check_params",
+    "check_positive",
     "check_same_batch",
     "check_size",
     "check_tensor",
@@ -116,4 +117,12 @@ def check_number(name: str, value: object, low: float | None = None, high: float
         high is not None and value > high
     ):
         raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
+    return value
+
+
+def check_positive(name: str, value: object) -> float:
+    """Check a finite real number ``> 0`` (a rate, a scale); returns a float."""
+    value = check_number(name, value)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
     return value

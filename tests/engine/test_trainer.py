@@ -174,8 +174,18 @@ def test_config_validation_and_roundtrip(tmp_path):
     assert TrainConfig.load(tmp_path / "c.json") == cfg
     with pytest.raises(ValueError, match="optimizer must be one of"):
         TrainConfig(optimizer="lbfgs")
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         TrainConfig(batch_size=0)
+    with pytest.raises(TypeError, match="batch_size must be an int, got float"):
+        TrainConfig(batch_size=64.0)
+    with pytest.raises(TypeError, match="epochs must be an int, got bool"):
+        TrainConfig(epochs=True)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        TrainConfig(lr=0.0)
+    with pytest.raises(ValueError, match="warmup must be a fraction < 1 or a whole number"):
+        TrainConfig(warmup=2.5)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="fp16")
     with pytest.raises(ValueError, match="unknown config key"):
         TrainConfig.from_dict({"modle": "cnn"})
 

@@ -22,6 +22,7 @@ from torchstn.data._datasets import (
 )
 from torchstn.data._generate import DistortedMNIST, cache_path, distorted_mnist
 from torchstn.data._mnist import MIRRORS, MNIST_FILES, default_cache_dir, download_mnist, find_mnist, load_mnist, read_idx
+from torchstn.data._preview import preview
 from torchstn.data._recipes import KINDS, Recipe, get_recipe
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "get_recipe",
     "list_datasets",
     "load_mnist",
+    "preview",
     "pstn_fold",
     "read_idx",
 ]

@@ -17,12 +17,15 @@ from torchstn.engine._checkpoint import (
 )
 from torchstn.engine._config import TrainConfig
 from torchstn.engine._data import load_split
+from torchstn.engine._demo import DemoResult, run_demo
 from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
 from torchstn.engine._evaluate import evaluate, predict
-from torchstn.engine._trainer import TrainResult, build_optimizer, identity_penalty, resume_config, train
+from torchstn.engine._figures import plot_run
+from torchstn.engine._trainer import TrainResult, build_optimizer, identity_penalty, resolve_device, resume_config, train
 
 __all__ = [
     "CheckpointError",
+    "DemoResult",
     "TrainConfig",
     "TrainResult",
     "build_optimizer",
@@ -31,10 +34,13 @@ __all__ = [
     "identity_penalty",
     "load_model",
     "load_split",
+    "plot_run",
     "predict",
     "read_checkpoint",
     "resolve_checkpoint",
+    "resolve_device",
     "resume_config",
+    "run_demo",
     "save_checkpoint",
     "theta_diagnostics",
     "train",

@@ -6,14 +6,19 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from torchstn._validation import check_choice
+from torchstn._validation import check_bool, check_choice, check_int, check_number, check_positive
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig"]
+__all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULES", "Optimizer", "Precision", "Schedule", "TrainConfig"]
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
-SCHEDULES: tuple[str, ...] = ("step", "constant", "cosine")
+Optimizer = Literal["sgd", "adam"]
+Schedule = Literal["step", "constant", "cosine"]
+Precision = Literal["fp32", "bf16"]
+#: the allowed values, read from the ``Literal`` types (the CLI's choices come from here too)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass
@@ -48,6 +53,9 @@ class TrainConfig:
         lr, momentum, weight_decay: optimiser settings.
         schedule: ``"step"`` (multiply by ``lr_gamma`` every ``lr_decay_every``
             iterations; default a third of the run), ``"cosine"`` or ``"constant"``.
+        warmup: linear warm-up of the learning rate from 0 before the schedule: a
+            fraction of the run's iterations when < 1, else a number of iterations;
+            0 is off.
         loc_lr_mult: learning-rate multiplier of the localisation nets (0.1, as the
             paper's localisation nets learned slower; at 1.0 an affine ST-CNN on RTS
             MNIST drifted to a zoomed-out view and ended at 22% test error after 1500
@@ -57,6 +65,10 @@ class TrainConfig:
         seed: seed of initialisation, shuffling and dropout.
         deterministic: ask torch for deterministic kernels only.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        channels_last: keep 4-D images and convolution weights in channels-last memory
+            format (faster convolutions and pooling on CPU); the values are the same.
+        precision: ``"fp32"``, or ``"bf16"`` autocast for the network's matmuls and
+            convolutions in training and evaluation (the sampler stays float32).
         eval_batch_size: batch size of evaluation.
         diagnostics_samples: test images used for the per-epoch θ diagnostics.
     """
@@ -73,41 +85,47 @@ class TrainConfig:
     epochs: int = 10
     steps: int | None = None
     batch_size: int = 256
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: Literal["step", "constant", "cosine"] = "step"
+    schedule: Schedule = "step"
     lr_decay_every: int | None = None
     lr_gamma: float = 0.1
+    warmup: float = 0.0
     loc_lr_mult: float = 0.1
     identity_reg: float = 0.0
     grad_clip: float | None = None
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
+    channels_last: bool = False
+    precision: Precision = "fp32"
     eval_batch_size: int = 512
     diagnostics_samples: int = 512
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("precision", self.precision, PRECISIONS)
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("steps", "lr_decay_every", "train_limit", "test_limit"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), minimum=1)
+        for name in ("data_seed", "seed"):
+            check_int(name, getattr(self, name))
+        check_int("diagnostics_samples", self.diagnostics_samples, minimum=0)
+        for name in ("online", "ground_truth_init", "deterministic", "channels_last"):
+            check_bool(name, getattr(self, name))
         for name in ("lr", "loc_lr_mult", "lr_gamma"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("momentum", "weight_decay", "identity_reg", "diagnostics_samples"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+            check_positive(name, getattr(self, name))
+        for name in ("momentum", "weight_decay", "identity_reg", "warmup"):
+            check_number(name, getattr(self, name), low=0.0)
+        if self.warmup >= 1 and self.warmup != int(self.warmup):
+            raise ValueError(f"warmup must be a fraction < 1 or a whole number of steps, got {self.warmup!r}")
+        if self.grad_clip is not None:
+            check_positive("grad_clip", self.grad_clip)
         self.model_args = dict(self.model_args)
 
     def to_dict(self) -> dict[str, Any]:
