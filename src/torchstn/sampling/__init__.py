@@ -5,7 +5,32 @@ Layer 2 of torchstn; imports only :mod:`torchstn.transforms`.
 
 from __future__ import annotations
 
+from torchstn.sampling._options import SamplerOptions
 from torchstn.sampling._reference import reference_sample
-from torchstn.sampling._sample import BACKENDS, MODES, PADDINGS, Mode, Padding, sample, warp
+from torchstn.sampling._sample import (
+    BACKEND_CHOICES,
+    BACKENDS,
+    MODES,
+    PADDINGS,
+    Backend,
+    BackendName,
+    Mode,
+    Padding,
+    sample,
+    warp,
+)
 
-__all__ = ["BACKENDS", "MODES", "PADDINGS", "Mode", "Padding", "reference_sample", "sample", "warp"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_CHOICES",
+    "MODES",
+    "PADDINGS",
+    "Backend",
+    "BackendName",
+    "Mode",
+    "Padding",
+    "SamplerOptions",
+    "reference_sample",
+    "sample",
+    "warp",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -14,12 +14,24 @@ from torchstn.sampling._grid_sample import torch_sample
 from torchstn.sampling._reference import reference_sample
 from torchstn.transforms import MatrixTransform, Transform, get_transform
 
-__all__ = ["BACKENDS", "MODES", "PADDINGS", "Mode", "Padding", "check_sample_args", "sample", "warp"]
+__all__ = [
+    "BACKENDS", "BACKEND_CHOICES", "MODES", "PADDINGS", "Backend", "BackendName", "Mode", "Padding",
+    "check_sample_args", "sample", "warp",
+]
 
+# Each option's choices are stated once, as a Literal (for type checkers); the tuples that
+# validation and the CLI read are derived from it.
 Mode = Literal["bilinear", "nearest", "bicubic"]
 Padding = Literal["zeros", "border", "reflection"]
-MODES: tuple[str, ...] = ("bilinear", "nearest", "bicubic")
-PADDINGS: tuple[str, ...] = ("zeros", "border", "reflection")
+#: a kernel a caller can name
+BackendName = Literal["torch", "fused", "reference"]
+#: what ``backend=`` accepts: a kernel, or ``"auto"`` (the fastest correct one for the input)
+Backend = Literal["auto", BackendName]
+MODES: tuple[str, ...] = get_args(Mode)
+PADDINGS: tuple[str, ...] = get_args(Padding)
+#: the kernels, in the order the benchmarks list them (``"auto"`` is not one: it picks one)
+BACKENDS: tuple[str, ...] = get_args(BackendName)
+BACKEND_CHOICES: tuple[str, ...] = get_args(Backend)
 
 SampleFn = Callable[[torch.Tensor, torch.Tensor, str, str, bool], torch.Tensor]
 
@@ -31,7 +43,7 @@ def _fused_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, 
 
 
 #: backend name -> kernel; ``"auto"`` resolves to the fastest correct one for the device
-BACKENDS: dict[str, SampleFn] = {
+_KERNELS: dict[str, SampleFn] = {
     "torch": torch_sample,
     "fused": _fused_sample,
     "reference": reference_sample,
@@ -49,7 +61,7 @@ def _backend_name(backend: str | None, x: torch.Tensor, mode: str) -> str:
         if _fused.applies(x, mode) and x.shape[1] >= FUSED_MIN_CHANNELS:
             return "fused"
         return "torch"
-    check_choice("backend", backend, tuple(BACKENDS) + ("auto",))
+    check_choice("backend", backend, BACKEND_CHOICES)
     return backend
 
 
@@ -99,7 +111,7 @@ def sample(
     padding: Padding = "zeros",
     align_corners: bool = False,
     *,
-    backend: str | None = None,
+    backend: Backend | None = None,
 ) -> torch.Tensor:
     r"""Read ``x`` at the points of ``grid``: the STN's sampler.
 
@@ -143,7 +155,7 @@ def sample(
         tensor([[[[1.5000]]]])
     """
     check_sample_args(x, grid, mode, padding)
-    kernel = BACKENDS[_backend_name(backend, x, mode)]
+    kernel = _KERNELS[_backend_name(backend, x, mode)]
     if x.dim() == 3:  # a signal is an image of height 1 read on its centre row
         # y = 0 * x rather than zeros: a NaN x keeps its NaN gradient through either component
         grid2d = torch.cat([grid, grid * 0], -1)[:, None]
@@ -160,7 +172,7 @@ def warp(
     padding: Padding = "zeros",
     align_corners: bool = False,
     *,
-    backend: str | None = None,
+    backend: Backend | None = None,
 ) -> torch.Tensor:
     """Warp ``x`` by ``params`` of ``transform``: grid generation and sampling in one call.
 

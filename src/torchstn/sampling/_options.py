@@ -1,0 +1,60 @@
+"""``SamplerOptions``: the sampler's four options as one validated, immutable value."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from torchstn._validation import check_bool, check_choice
+from torchstn.sampling._sample import BACKEND_CHOICES, MODES, PADDINGS, Backend, Mode, Padding, sample, warp
+from torchstn.transforms import Transform
+
+__all__ = ["SamplerOptions"]
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """How a sampler reads its input: ``mode``, ``padding``, ``align_corners`` and ``backend``.
+
+    One value to hand to a module or a model builder instead of four keywords threaded
+    by hand. The options are validated once, when the object is made; it is immutable,
+    hashable, picklable and deep-copyable, so a module can keep it as configuration.
+
+    Args:
+        mode: ``"bilinear"``, ``"nearest"`` or ``"bicubic"``, as in :func:`~torchstn.sample`.
+        padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
+        align_corners: as in :func:`torch.nn.functional.grid_sample`; the same flag is
+            given to the grid and to the sampler.
+        backend: ``"auto"`` (the fastest correct kernel for the input), ``"torch"``,
+            ``"fused"`` or ``"reference"``, as in :func:`~torchstn.sample`.
+
+    Example:
+        >>> options = SamplerOptions(padding="border")
+        >>> x = torch.rand(2, 1, 8, 8)
+        >>> out = options.warp(x, stn.Affine().identity(batch=2), "affine")
+        >>> torch.allclose(out, stn.warp(x, stn.Affine().identity(batch=2), "affine", padding="border"))
+        True
+    """
+
+    mode: Mode = "bilinear"
+    padding: Padding = "zeros"
+    align_corners: bool = False
+    backend: Backend = "auto"
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        check_choice("padding", self.padding, PADDINGS)
+        check_bool("align_corners", self.align_corners)
+        check_choice("backend", self.backend, BACKEND_CHOICES)
+
+    def sample(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """:func:`~torchstn.sample` of ``x`` at ``grid`` with these options."""
+        return sample(x, grid, self.mode, self.padding, self.align_corners, backend=self.backend)
+
+    def warp(
+        self, x: torch.Tensor, params: torch.Tensor, transform: Transform | str, size: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """:func:`~torchstn.warp` of ``x`` by ``params`` of ``transform`` with these options."""
+        return warp(x, params, transform, size, self.mode, self.padding, self.align_corners, backend=self.backend)

@@ -1,0 +1,97 @@
+"""SamplerOptions: the sampler's options as one validated value, equal to the functional calls."""
+
+import copy
+import dataclasses
+import pickle
+import typing
+
+import pytest
+import torch
+
+import torchstn as stn
+from torchstn.sampling import BACKEND_CHOICES, BACKENDS, MODES, PADDINGS, Backend, Mode, Padding, SamplerOptions
+from torchstn.sampling._sample import _KERNELS
+
+OPTIONS = [
+    SamplerOptions(),
+    SamplerOptions(mode="nearest", padding="border", align_corners=True, backend="torch"),
+    SamplerOptions(mode="bicubic", padding="reflection", backend="auto"),
+    SamplerOptions(padding="reflection", align_corners=True, backend="fused"),
+    SamplerOptions(mode="nearest", padding="zeros", backend="reference"),
+]
+
+
+def _keywords(options: SamplerOptions) -> dict[str, object]:
+    return {"mode": options.mode, "padding": options.padding, "align_corners": options.align_corners,
+            "backend": options.backend}
+
+
+def test_defaults_are_the_functions_defaults():
+    options = SamplerOptions()
+    assert (options.mode, options.padding, options.align_corners, options.backend) == ("bilinear", "zeros", False, "auto")
+
+
+def test_choices_are_read_from_the_literals():
+    assert MODES == typing.get_args(Mode) == ("bilinear", "nearest", "bicubic")
+    assert PADDINGS == typing.get_args(Padding) == ("zeros", "border", "reflection")
+    assert BACKEND_CHOICES == typing.get_args(Backend) == ("auto", *BACKENDS)
+    assert BACKENDS == tuple(_KERNELS)  # one kernel per name a caller can give
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+def test_sample_equals_the_functional_call(options):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 7, 8, generator=g)
+    grid = torch.rand(2, 5, 6, 2, generator=g) * 2.4 - 1.2
+    torch.testing.assert_close(options.sample(x, grid), stn.sample(x, grid, **_keywords(options)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.ThinPlateSpline(control=(3, 3))],
+                         ids=lambda t: t.name)
+def test_warp_equals_the_functional_call(options, transform):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 9, 10, generator=g)
+    theta = (transform.identity(2) + 0.1 * torch.randn(2, transform.num_params, generator=g)).requires_grad_()
+    out = options.warp(x, theta, transform, (6, 7))
+    expected = stn.warp(x, theta, transform, (6, 7), **_keywords(options))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(out.square().sum(), theta)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), theta)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+
+
+def test_warp_keeps_the_input_size_and_takes_a_name():
+    x = torch.rand(1, 2, 5, 6)
+    out = SamplerOptions(align_corners=True).warp(x, stn.Affine().identity(1), "affine")
+    torch.testing.assert_close(out, x)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("mode", "linear", ValueError),
+        ("mode", 1, TypeError),
+        ("padding", "constant", ValueError),
+        ("padding", None, TypeError),
+        ("align_corners", 1, TypeError),
+        ("align_corners", "False", TypeError),
+        ("backend", "cuda", ValueError),
+        ("backend", None, TypeError),
+    ],
+)
+def test_a_bad_value_raises_naming_the_option(field, value, error):
+    with pytest.raises(error, match=f"^{field} must be"):
+        SamplerOptions(**{field: value})
+
+
+def test_frozen_hashable_picklable_deepcopyable():
+    options = SamplerOptions(mode="nearest", padding="border", align_corners=True, backend="torch")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.mode = "bilinear"  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(options)) == options
+    assert copy.deepcopy(options) == options
+    assert hash(options) == hash(SamplerOptions(mode="nearest", padding="border", align_corners=True, backend="torch"))
+    assert dataclasses.replace(options, mode="bilinear").mode == "bilinear"
+    with pytest.raises(ValueError, match="mode must be"):  # replace() validates the new value too
+        dataclasses.replace(options, mode="cubic")  # type: ignore[arg-type]
