@@ -8,6 +8,7 @@ a wrong shape or value, ``NotImplementedError`` for an unsupported dimension.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -103,8 +104,7 @@ def check_int(name: str, value: object, minimum: int | None = None, maximum: int
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]" if minimum is not None else f"<= {maximum}"
-        raise ValueError(f"{name} must be {bounds}, got {value!r}")
+        raise ValueError(f"{name} must be {_bounds(minimum, maximum)}, got {value!r}")
     return value
 
 
@@ -113,11 +113,18 @@ def check_number(name: str, value: object, low: float | None = None, high: float
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
-    if value != value or value in (float("inf"), float("-inf")) or (low is not None and value < low) or (
-        high is not None and value > high
-    ):
-        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be {_bounds(low, high)}, got {value!r}")
     return value
+
+
+def _bounds(low: float | None, high: float | None) -> str:
+    """``">= low"``, ``"<= high"`` or ``"in [low, high]"``: the range of a number in a message."""
+    if low is not None and high is not None:
+        return f"in [{low}, {high}]"
+    return f">= {low}" if low is not None else f"<= {high}"
 
 
 def check_positive(name: str, value: object) -> float:

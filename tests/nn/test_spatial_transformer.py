@@ -77,7 +77,7 @@ def test_explicit_in_features():
     loc = nn.Sequential(nn.Flatten(), nn.Linear(64, 20), nn.Tanh(), nn.Linear(20, 7))
     st = stn.SpatialTransformer(stn.Affine(), loc)
     assert st.regressor.in_features == 7
-    with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="in_features must be >= 1, got 0"):
         stn.SpatialTransformer(stn.Affine(), loc, in_features=0)
 
 

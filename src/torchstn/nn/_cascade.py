@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from torchstn._validation import check_bool, check_int
 from torchstn.nn._spatial_transformer import SpatialTransformer
 from torchstn.sampling import Mode, Padding
 from torchstn.transforms import MatrixTransform, Transform
@@ -114,8 +115,9 @@ class CascadedSpatialTransformer(SpatialTransformer):
         align_corners: bool = False,
         backend: str | None = None,
     ) -> None:
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        check_int("steps", steps, 1)
+        check_bool("compositional", compositional)
+        check_bool("share", share)
         if isinstance(localization, nn.Module):
             locs = [localization] if share else [localization] + [_fresh_copy(localization) for _ in range(steps - 1)]
         elif isinstance(localization, Sequence) and all(isinstance(m, nn.Module) for m in localization):
@@ -136,8 +138,8 @@ class CascadedSpatialTransformer(SpatialTransformer):
             )
         self.refiners = nn.ModuleList(SpatialTransformer(self.transform, loc, output_size, **options) for loc in locs[1:])
         self.num_steps = steps
-        self.compositional = bool(compositional)
-        self.share = bool(share)
+        self.compositional = compositional
+        self.share = share
         self.last_step_params = []
 
     def predict_step(self, k: int, view: torch.Tensor) -> torch.Tensor:

@@ -2,46 +2,70 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from torchstn._validation import check_size
+from torchstn._validation import check_int, check_number, check_size
 from torchstn.transforms import Transform
 
 __all__ = ["IdentityRegressor", "conv_localization", "declare_input", "make_regressor"]
 
 
 class IdentityRegressor(nn.Linear):
-    """The last layer of a localisation net: weights 0, bias the transform's identity.
+    """The last layer of a localisation net: weights 0, bias the start values ``θ_0``.
 
-    A new spatial transformer therefore starts as the identity warp, whatever its
-    input; training moves it away from there.
+    With ``θ_0`` a transform's identity (what a :class:`~torchstn.nn.SpatialTransformer`
+    gives it) a new spatial transformer starts as the identity warp, whatever its input;
+    training moves it away from there. Any other ``(P,)`` start works the same way: the
+    spread head of :class:`~torchstn.nn.ProbabilisticSpatialTransformer` starts every
+    input at one constant spread.
+
+    Args:
+        in_features: width of the features it reads.
+        start: a :class:`~torchstn.transforms.Transform` (its identity θ) or the ``P``
+            start values themselves.
     """
 
-    def __init__(self, in_features: int, transform: Transform) -> None:
-        self._identity_values = transform.identity(dtype=torch.float64).tolist()
-        super().__init__(in_features, transform.num_params)
+    def __init__(self, in_features: int, start: Transform | Sequence[float]) -> None:
+        self._start_values = _start_values(start)
+        super().__init__(in_features, len(self._start_values))
 
     def reset_parameters(self) -> None:
-        nn.init.zeros_(self.weight)
-        with torch.no_grad():
-            self.bias.copy_(torch.tensor(self._identity_values, dtype=self.bias.dtype))
+        _zero_weight_start_bias(self, self._start_values)
 
 
 class _LazyIdentityRegressor(nn.LazyLinear):
     """:class:`IdentityRegressor` whose ``in_features`` is read from the first input."""
 
-    cls_to_become = IdentityRegressor  # type: ignore[assignment]
+    cls_to_become = IdentityRegressor
 
-    def __init__(self, transform: Transform) -> None:
-        self._identity_values = transform.identity(dtype=torch.float64).tolist()
-        super().__init__(transform.num_params)
+    def __init__(self, start: Transform | Sequence[float]) -> None:
+        self._start_values = _start_values(start)
+        super().__init__(len(self._start_values))
 
     def reset_parameters(self) -> None:
         if not self.has_uninitialized_params() and self.in_features != 0:
-            IdentityRegressor.reset_parameters(self)  # type: ignore[arg-type]
+            _zero_weight_start_bias(self, self._start_values)
+
+
+def _start_values(start: Transform | Sequence[float]) -> list[float]:
+    """The ``P`` values a regressor's bias starts at: a transform's identity θ, or the given numbers."""
+    if isinstance(start, Transform):
+        return start.identity(dtype=torch.float64).tolist()
+    if isinstance(start, (str, bytes)) or not isinstance(start, Sequence):
+        raise TypeError(f"start must be a Transform or a sequence of numbers, got {type(start).__name__}")
+    if len(start) == 0:
+        raise ValueError("start must hold at least one value, got an empty sequence")
+    return [check_number(f"start[{i}]", v) for i, v in enumerate(start)]
+
+
+def _zero_weight_start_bias(linear: nn.Linear, values: list[float]) -> None:
+    nn.init.zeros_(linear.weight)
+    with torch.no_grad():
+        linear.bias.copy_(torch.tensor(values, dtype=linear.bias.dtype))
 
 
 def declare_input(net: nn.Module, in_channels: int, input_size: Sequence[int]) -> nn.Module:
@@ -57,8 +81,19 @@ def declare_input(net: nn.Module, in_channels: int, input_size: Sequence[int]) -
         >>> net.input_shape
         (2, 8, 8)
     """
-    net.input_shape = (int(in_channels), *(int(s) for s in input_size))
+    net.input_shape = (check_int("in_channels", in_channels, 1), *_spatial_size(input_size, (1, 2, 3)))
     return net
+
+
+def _spatial_size(input_size: Sequence[int], ranks: Sequence[int]) -> tuple[int, ...]:
+    """Check a spatial input size of one of the ``ranks``: ``(L,)``, ``(H, W)`` or ``(D, H, W)``."""
+    *others, last = [{1: "(L,)", 2: "(H, W)", 3: "(D, H, W)"}[r] for r in ranks]
+    expected = f"{', '.join(others)} or {last}" if others else last
+    if not isinstance(input_size, Sequence) or isinstance(input_size, str):
+        raise TypeError(f"input_size must be {expected}, got {type(input_size).__name__}")
+    if len(input_size) not in ranks:
+        raise ValueError(f"input_size must be {expected}, got {input_size!r}")
+    return check_size("input_size", input_size, len(input_size))
 
 
 def _last_linear_width(module: nn.Module) -> int | None:
@@ -66,19 +101,24 @@ def _last_linear_width(module: nn.Module) -> int | None:
     return widths[-1] if widths else None
 
 
-def make_regressor(localization: nn.Module, transform: Transform, in_features: int | None = None) -> nn.Linear:
-    """The identity-initialised regressor that follows ``localization``.
+def make_regressor(
+    localization: nn.Module, start: Transform | Sequence[float], in_features: int | None = None
+) -> nn.Linear:
+    """The :class:`IdentityRegressor` that follows ``localization``, its bias at ``start``.
 
-    ``in_features`` is, in order: the argument; the width of the last ``nn.Linear`` in
-    ``localization`` (its features are that layer's output); otherwise it is inferred
-    lazily from the first batch (run one forward pass before building the optimiser).
+    Args:
+        localization: the module whose flattened features the regressor reads.
+        start: a :class:`~torchstn.transforms.Transform` (the bias starts at its identity
+            θ) or the ``P`` start values themselves.
+        in_features: the features' width. By default the width of the last ``nn.Linear``
+            in ``localization`` (its features are that layer's output); without one it is
+            inferred lazily from the first batch (run one forward pass before building
+            the optimiser).
     """
     width = in_features if in_features is not None else _last_linear_width(localization)
     if width is None:
-        return _LazyIdentityRegressor(transform)
-    if not isinstance(width, int) or width <= 0:
-        raise ValueError(f"in_features must be a positive int, got {width!r}")
-    return IdentityRegressor(width, transform)
+        return _LazyIdentityRegressor(start)
+    return IdentityRegressor(check_int("in_features", width, 1), start)
 
 
 def conv_localization(
@@ -109,20 +149,26 @@ def conv_localization(
         >>> net(torch.rand(2, 3, 32, 32)).shape
         torch.Size([2, 32])
     """
-    if not isinstance(in_channels, int) or in_channels <= 0:
-        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+    size = _spatial_size(input_size, (2, 3))
+    layers, features = _conv_pool_stack(check_int("in_channels", in_channels, 1), size, channels, kernel_sizes)
+    layers += [nn.Flatten(), nn.Linear(features, check_int("hidden", hidden, 1)), nn.ReLU(inplace=True)]
+    return declare_input(nn.Sequential(*layers), in_channels, size)
+
+
+def _conv_pool_stack(
+    in_channels: int, size: Sequence[int], channels: Sequence[int], kernel_sizes: Sequence[int]
+) -> tuple[list[nn.Module], int]:
+    """The layers ``[conv (size kept) -> max-pool 2 while the map is >= 4 -> ReLU] * n`` and the
+    width of their flattened output for an input of spatial ``size``."""
     if len(channels) != len(kernel_sizes):
         raise ValueError(
             f"channels and kernel_sizes must have the same length, got {len(channels)} and {len(kernel_sizes)}"
         )
-    if not isinstance(input_size, Sequence) or len(input_size) not in (2, 3):
-        raise ValueError(f"input_size must be (H, W) or (D, H, W), got {input_size!r}")
-    size = list(check_size("input_size", tuple(input_size), len(input_size)))
     conv, pool = (nn.Conv2d, nn.MaxPool2d) if len(size) == 2 else (nn.Conv3d, nn.MaxPool3d)
     layers: list[nn.Module] = []
-    c = in_channels
-    for out, k in zip(channels, kernel_sizes):
-        layers.append(conv(c, out, k, padding=k // 2))
+    c, size = in_channels, list(size)
+    for i, (out, k) in enumerate(zip(channels, kernel_sizes)):
+        layers.append(conv(c, check_int(f"channels[{i}]", out, 1), check_int(f"kernel_sizes[{i}]", k, 1), padding=k // 2))
         if k % 2 == 0:  # an even kernel with padding k // 2 grows the map by one
             size = [s + 1 for s in size]
         if min(size) >= 4:
@@ -130,6 +176,4 @@ def conv_localization(
             size = [s // 2 for s in size]
         layers.append(nn.ReLU(inplace=True))
         c = out
-    features = c * int(torch.tensor(size).prod())
-    layers += [nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(inplace=True)]
-    return declare_input(nn.Sequential(*layers), in_channels, input_size)
+    return layers, c * math.prod(size)

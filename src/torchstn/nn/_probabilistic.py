@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchstn._validation import check_choice
+from torchstn._validation import check_choice, check_int, check_number, check_positive
 from torchstn.nn._localization import make_regressor
 from torchstn.nn._spatial_transformer import SpatialTransformer
 from torchstn.sampling import Mode, Padding
@@ -45,22 +45,11 @@ def _gaussian_kl(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, 
     return math.log(sigma_p) - sigma_q.log() + (sigma_q**2 + (mu_q - mu_p) ** 2) / (2 * sigma_p**2) - 0.5
 
 
-def _check_samples(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-class _ConstantStart:
-    """Stands in for a transform in :func:`make_regressor`, whose head starts with zero
-    weights and its bias at ``identity()``: here a constant (the initial spread)."""
-
-    def __init__(self, num_params: int, value: float) -> None:
-        self.num_params = num_params
-        self.value = value
-
-    def identity(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return torch.full((self.num_params,), self.value, dtype=dtype)
+def _test_samples(value: object) -> int | Literal["mean"]:
+    if isinstance(value, str):
+        check_choice("test_samples", value, ("mean",))
+        return "mean"
+    return check_int("test_samples", value, 1)
 
 
 class ProbabilisticSpatialTransformer(SpatialTransformer):
@@ -159,23 +148,18 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
             transform, localization, output_size, in_features=in_features, mode=mode, padding=padding,
             align_corners=align_corners, backend=backend,
         )
-        self.samples = _check_samples("samples", samples)
-        self.test_samples = samples if test_samples is None else (
-            "mean" if test_samples == "mean" else _check_samples("test_samples", test_samples)
-        )
+        self.samples = check_int("samples", samples, 1)
+        self.test_samples = _test_samples(samples if test_samples is None else test_samples)
         self.distribution = check_choice("distribution", distribution, DISTRIBUTIONS)
-        for name, value in [("prior_alpha", prior_alpha), ("prior_beta", prior_beta), ("prior_sigma", prior_sigma),
-                            ("init_scale", init_scale)]:
-            if not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if not (isinstance(kl_weight, (int, float)) and kl_weight >= 0):
-            raise ValueError(f"kl_weight must be a number >= 0, got {kl_weight!r}")
-        self.prior_alpha, self.prior_beta, self.prior_sigma = float(prior_alpha), float(prior_beta), float(prior_sigma)
-        self.kl_weight = float(kl_weight)
-        # the spread head predicts softplus^{-1} of β (student-t) or σ (gaussian)
-        spread0 = self.prior_alpha * init_scale**2 if self.distribution == "student-t" else float(init_scale)
-        start = _ConstantStart(self.transform.num_params, math.log(math.expm1(spread0)))
-        self.variance_regressor = make_regressor(localization, start, in_features)  # type: ignore[arg-type]
+        self.prior_alpha = check_positive("prior_alpha", prior_alpha)
+        self.prior_beta = check_positive("prior_beta", prior_beta)
+        self.prior_sigma = check_positive("prior_sigma", prior_sigma)
+        self.kl_weight = check_number("kl_weight", kl_weight, low=0.0)
+        init_scale = check_positive("init_scale", init_scale)
+        # the spread head predicts softplus^{-1} of β (student-t) or σ (gaussian), the same for every input at first
+        spread0 = self.prior_alpha * init_scale**2 if self.distribution == "student-t" else init_scale
+        start = [math.log(math.expm1(spread0))] * self.transform.num_params
+        self.variance_regressor = make_regressor(localization, start, in_features)
         self.last_mean = self.last_scale = self.last_kl = None
         self.last_samples = 0
 

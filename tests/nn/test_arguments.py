@@ -1,0 +1,104 @@
+"""Every nn constructor checks its options in one vocabulary (``torchstn._validation``):
+``TypeError`` for a wrong type (a float or a bool where an int is expected), ``ValueError``
+for a wrong value, and the message names the argument."""
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import torchstn as stn
+
+
+def _loc() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.Tanh())
+
+
+#: (argument, a call that passes it as the only changed option)
+INT_OPTIONS: dict[str, Callable[[object], object]] = {
+    "in_features": lambda v: stn.SpatialTransformer("affine", _loc(), in_features=v),
+    "steps": lambda v: stn.CascadedSpatialTransformer("affine", _loc(), steps=v),
+    "samples": lambda v: stn.ProbabilisticSpatialTransformer("affine", _loc(), samples=v),
+    "test_samples": lambda v: stn.ProbabilisticSpatialTransformer("affine", _loc(), test_samples=v),
+    "in_channels": lambda v: stn.conv_localization(v, (8, 8)),
+    "hidden": lambda v: stn.conv_localization(1, (8, 8), hidden=v),
+    r"channels\[1\]": lambda v: stn.conv_localization(1, (8, 8), channels=(4, v)),
+    r"kernel_sizes\[0\]": lambda v: stn.conv_localization(1, (8, 8), kernel_sizes=(v, 3)),
+}
+
+
+@pytest.mark.parametrize("name", INT_OPTIONS)
+@pytest.mark.parametrize("value", [2.0, True], ids=["float", "bool"])
+def test_an_int_option_refuses_floats_and_bools_with_a_type_error(name, value):
+    with pytest.raises(TypeError, match=f"{name} must be an int, got {type(value).__name__}"):
+        INT_OPTIONS[name](value)
+
+
+@pytest.mark.parametrize("name", INT_OPTIONS)
+def test_an_int_option_refuses_zero_with_a_value_error(name):
+    with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
+        INT_OPTIONS[name](0)
+
+
+@pytest.mark.parametrize("name", ["compositional", "share"])
+def test_cascade_flags_are_real_bools(name):
+    with pytest.raises(TypeError, match=f"{name} must be a bool, got int"):
+        stn.CascadedSpatialTransformer("affine", _loc(), **{name: 1})
+
+
+@pytest.mark.parametrize("name", ["prior_alpha", "prior_beta", "prior_sigma", "init_scale", "kl_weight"])
+def test_pstn_numbers(name):
+    make = lambda v: stn.ProbabilisticSpatialTransformer("affine", _loc(), **{name: v})  # noqa: E731
+    with pytest.raises(TypeError, match=f"{name} must be a number, got (bool|str)"):
+        make(True)
+    with pytest.raises(TypeError, match=f"{name} must be a number"):
+        make("1")
+    with pytest.raises(ValueError, match=name):
+        make(-1.0)
+    with pytest.raises(ValueError, match=f"{name} must be a finite number, got nan"):
+        make(float("nan"))
+    make(2)  # an int is a number
+
+
+def test_pstn_test_samples_mean_or_an_int():
+    assert stn.ProbabilisticSpatialTransformer("affine", _loc(), test_samples="mean").test_samples == "mean"
+    with pytest.raises(ValueError, match=r"test_samples must be one of \['mean'\], got 'median'"):
+        stn.ProbabilisticSpatialTransformer("affine", _loc(), test_samples="median")
+    assert stn.ProbabilisticSpatialTransformer("affine", _loc(), samples=3).test_samples == 3  # default: samples
+
+
+def test_pstn_kl_weight_may_be_zero():
+    assert stn.ProbabilisticSpatialTransformer("affine", _loc(), kl_weight=0).kl_weight == 0.0
+    with pytest.raises(ValueError, match="kl_weight must be >= 0.0, got -1.0"):
+        stn.ProbabilisticSpatialTransformer("affine", _loc(), kl_weight=-1.0)
+
+
+def test_input_sizes_of_localisation_nets():
+    with pytest.raises(TypeError, match=r"input_size must be \(H, W\) or \(D, H, W\), got int"):
+        stn.conv_localization(1, 8)
+    with pytest.raises(ValueError, match=r"input_size must be positive"):
+        stn.conv_localization(1, (8, 0))
+    with pytest.raises(ValueError, match=r"input_size must be \(L,\), \(H, W\) or \(D, H, W\), got \(\)"):
+        stn.nn.declare_input(_loc(), 1, ())
+    with pytest.raises(TypeError, match="in_channels must be an int, got float"):
+        stn.nn.declare_input(_loc(), 1.0, (8, 8))
+    assert stn.nn.declare_input(_loc(), 1, [8, 8]).input_shape == (1, 8, 8)
+
+
+def test_regressor_start_values():
+    """The regressor's bias starts at a transform's identity or at the given values."""
+    head = stn.nn.make_regressor(_loc(), [0.5, -1.0, 2])
+    assert isinstance(head, stn.IdentityRegressor) and head.in_features == 6
+    assert head.bias.tolist() == [0.5, -1.0, 2.0] and not head.weight.any()
+    head = stn.nn.make_regressor(_loc(), stn.Translation())
+    assert head.bias.tolist() == [0.0, 0.0] and head.out_features == 2
+    lazy = stn.nn.make_regressor(nn.Flatten(), [0.25] * 3)  # no Linear: in_features from the first batch
+    lazy(torch.rand(2, 5))
+    assert isinstance(lazy, stn.IdentityRegressor) and lazy.bias.tolist() == [0.25] * 3
+    with pytest.raises(TypeError, match="start must be a Transform or a sequence of numbers, got str"):
+        stn.nn.make_regressor(_loc(), "affine")
+    with pytest.raises(ValueError, match="start must hold at least one value"):
+        stn.IdentityRegressor(4, [])
+    with pytest.raises(TypeError, match=r"start\[1\] must be a number, got NoneType"):
+        stn.IdentityRegressor(4, [0.0, None])

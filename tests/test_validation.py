@@ -1,0 +1,36 @@
+"""The one validation vocabulary: TypeError for a wrong type (bool is never a number), ValueError
+for a wrong value, and a message that names the argument and the range it must lie in."""
+
+import pytest
+
+from torchstn._validation import check_int, check_number, check_positive
+
+
+@pytest.mark.parametrize("check", [check_int, check_number, check_positive])
+def test_a_bool_is_not_a_number(check):
+    with pytest.raises(TypeError, match="flag must be an? (int|number), got bool"):
+        check("flag", True)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "value", "message"),
+    [
+        (1, None, 0, "n must be >= 1, got 0"),
+        (None, 3, 4, "n must be <= 3, got 4"),
+        (1, 3, 0, r"n must be in \[1, 3\], got 0"),
+    ],
+)
+def test_bounds_read_the_same_for_ints_and_numbers(low, high, value, message):
+    with pytest.raises(ValueError, match=message):
+        check_int("n", value, low, high)
+    with pytest.raises(ValueError, match=message.replace(f"got {value}", f"got {float(value)}")):
+        check_number("n", value, low, high)
+
+
+def test_numbers_are_finite_and_returned_as_floats():
+    assert check_number("x", 2) == 2.0 and isinstance(check_number("x", 2), float)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="x must be a finite number"):
+            check_number("x", bad, 0.0)
+    with pytest.raises(TypeError, match="x must be an int, got float"):
+        check_int("x", 2.0)
