@@ -112,8 +112,6 @@ def test_bad_arguments_name_themselves(tmp_path: Path) -> None:
 
 
 def test_torch_export_leaves_eager_mode_working() -> None:
-    from torchstn.transforms import _base
-
     st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (17, 23))).eval()
     x = torch.rand(2, 1, 17, 23)  # a size no other test uses, so the grid cache misses during export
     try:
@@ -121,7 +119,7 @@ def test_torch_export_leaves_eager_mode_working() -> None:
         out = st(x)
         assert type(out) is torch.Tensor, f"eager call after torch.export returned {type(out).__name__}"
     finally:
-        _base._CACHE.clear()
+        stn.clear_caches()
 
 
 def test_torchscript_without_output_size(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import torchstn as stn
-from torchstn.sampling import _fused
+from torchstn.sampling import _fused, fused_applies, fused_status
 from torchstn.testing import check_sampler
 
 PADDINGS = ["zeros", "border", "reflection"]
@@ -19,8 +19,9 @@ def kernel():
     """Build (or load from torch's extension cache) the kernel once for this module."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        if not _fused.fused_available():
-            pytest.skip(f"the fused kernel could not be built here: {_fused._state.get('error')}")
+        status = fused_status()
+        if not status.available:
+            pytest.skip(f"the fused kernel could not be built here: {status.error}")
 
 
 def _grid(shape, dtype, seed=0, spread=1.3):
@@ -195,6 +196,15 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
         out2 = stn.sample(x, stn.Affine().grid(p, (8, 8)), backend="fused")
     torch.testing.assert_close(out, stn.warp(x, p, stn.Affine(), backend="torch"))
     torch.testing.assert_close(out2, out)
+    assert fused_status() == (False, "no compiler here")
+
+
+def test_fused_status_and_coverage():
+    assert fused_status() == (True, None)  # the module's fixture built it
+    assert fused_applies(torch.rand(1, 1, 4, 4), "bilinear")
+    assert not fused_applies(torch.rand(1, 1, 4, 4), "nearest")
+    assert not fused_applies(torch.rand(1, 1, 4, 4, dtype=torch.float16), "bilinear")
+    assert not fused_applies(torch.rand(1, 1, 2, 4, 4), "bilinear")  # 3-D
 
 
 def test_the_extension_name_separates_torch_builds_flags_and_sources(monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import torchstn as stn
-from torchstn.sampling import _fused
+from torchstn.sampling import _fused, fused_status
 
 PADDINGS = ["zeros", "border", "reflection"]
 BACKENDS = ["fused", "torch", "reference"]
@@ -20,8 +20,9 @@ FAMILIES_2D = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(
 
 @pytest.fixture(autouse=True)
 def _kernel():
-    if not _fused.fused_available():
-        pytest.skip(f"the fused kernel could not be built here: {_fused._state.get('error')}")
+    status = fused_status()
+    if not status.available:
+        pytest.skip(f"the fused kernel could not be built here: {status.error}")
 
 
 def _theta(transform: stn.Transform, batch: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:

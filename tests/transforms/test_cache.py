@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import torchstn as stn
-from torchstn.transforms import _base
+from torchstn import _tracing
 
 FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(),
             stn.ThinPlateSpline(control=(3, 3)), stn.Affine3D(), stn.Affine1D()]
@@ -38,7 +38,7 @@ def test_entries_are_never_inference_tensors():
     with torch.inference_mode():
         grid = stn.base_grid((4, 5))
     assert not grid.is_inference()
-    assert all(not value.is_inference() for value, _ in _base._CACHE.values())
+    assert all(not value.is_inference() for value, _ in _tracing._CACHE.values())
 
 
 def test_an_entry_modified_in_place_is_rebuilt():
@@ -53,7 +53,33 @@ def test_the_cache_is_bounded_and_can_be_cleared():
     stn.clear_caches()
     for n in range(1, 200):
         stn.base_grid((n, 2))
-    assert len(_base._CACHE) == _base._CACHE_SIZE
+    assert len(_tracing._CACHE) == _tracing._CACHE_SIZE
     stn.clear_caches()
-    assert len(_base._CACHE) == 0
+    assert len(_tracing._CACHE) == 0
     torch.testing.assert_close(stn.base_grid((1, 2)), torch.tensor([[-0.5, 0.0], [0.5, 0.0]]))
+
+
+def test_tracing_questions_tell_eager_from_torch_func():
+    x = torch.rand(3, 2)
+    assert _tracing.eager_tensors(x) and not _tracing.in_functorch(x)
+    seen = []
+
+    def probe(t):
+        seen.append((_tracing.in_functorch(t), _tracing.eager_tensors(t), _tracing.in_functorch(x)))
+        return t.sum()
+
+    torch.func.vmap(probe)(x)
+    torch.func.grad(probe)(x)
+    # inside vmap and grad the argument is wrapped; a tensor captured from outside is not
+    assert seen == [(True, False, False), (True, False, False)]
+
+
+def test_differentiable_vjp_gives_a_differentiable_gradient():
+    a = torch.tensor([1.5, -2.0], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([0.5, 3.0], dtype=torch.float64)
+    grad_a, grad_b = _tracing.differentiable_vjp(lambda a, b: a**3 * b, (a, b), torch.ones(2, dtype=torch.float64),
+                                                 (True, False))
+    assert grad_b is None
+    torch.testing.assert_close(grad_a, 3 * a.detach() ** 2 * b)
+    (second,) = torch.autograd.grad(grad_a.sum(), a)  # the gradient's own graph was recorded
+    torch.testing.assert_close(second, 6 * a.detach() * b)

@@ -253,3 +253,42 @@ def test_get_transform_by_name():
     assert stn.get_transform("tps", control=(3, 3)).num_params == 18
     with pytest.raises(ValueError, match="transform must be one of"):
         stn.get_transform("homography2")
+
+
+MATRIX_FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.Affine3D(),
+                   stn.Affine1D()]
+
+
+@pytest.mark.parametrize("family", MATRIX_FAMILIES, ids=lambda t: t.name)
+def test_affine_rows_are_the_first_rows_of_the_matrix(family, dtype):
+    params = _random_params(family, 3, dtype, "cpu", scale=0.4)
+    rows = family.affine_rows(params)
+    assert rows.shape == (3, family.ndim, family.ndim + 1) and rows.dtype == dtype
+    torch.testing.assert_close(rows, family.matrix(params)[:, : family.ndim], rtol=0, atol=0)
+    torch.testing.assert_close(family.affine_rows(params, check=False), rows, rtol=0, atol=0)
+    torch.testing.assert_close(family.matrix(params, check=False), family.matrix(params), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine()],
+                         ids=lambda t: t.name)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_affine_rows_are_affine_grid_theta(family, align_corners):
+    params = _random_params(family, 2, torch.float64, "cpu", scale=0.4)
+    ref = F.affine_grid(family.affine_rows(params), [2, 1, 5, 6], align_corners=align_corners)
+    torch.testing.assert_close(family.grid(params, (5, 6), align_corners), ref)
+
+
+@pytest.mark.parametrize("transform", FAMILIES_2D, ids=lambda t: t.name)
+def test_unchecked_grid_equals_checked(transform):
+    params = _random_params(transform, 2, torch.float32, "cpu")
+    torch.testing.assert_close(transform.grid(params, (4, 5), True, check=False), transform.grid(params, (4, 5), True),
+                               rtol=0, atol=0)
+
+
+def test_checked_methods_name_the_bad_argument():
+    with pytest.raises(ValueError, match=r"params for Affine must have shape \(B, 6\)"):
+        stn.Affine().affine_rows(torch.zeros(2, 4))
+    with pytest.raises(TypeError, match="params must have a floating-point dtype"):
+        stn.Projective().matrix(torch.zeros(2, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="size must be positive"):
+        stn.Affine().grid(stn.Affine().identity(1), (0, 3))

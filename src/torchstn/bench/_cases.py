@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from torchstn.bench import _peers
-from torchstn.sampling import BACKENDS, _fused, sample, warp
+from torchstn.sampling import BACKENDS, fused_applies, fused_status, sample, warp
 from torchstn.transforms import MatrixTransform, ThinPlateSpline, Transform, get_transform
 
 __all__ = [
@@ -262,8 +262,9 @@ def build_workload(
         else:
             contenders["kornia"] = kornia
     work = Workload(case, transform, x, params, grad_out, contenders, grid_fns, notes)
-    if isinstance(transform, MatrixTransform) and transform.ndim == 2 and _fused.applies(x, "bilinear"):
-        if _fused.fused_available():
+    if isinstance(transform, MatrixTransform) and transform.ndim == 2 and fused_applies(x, "bilinear"):
+        status = fused_status()
+        if status.available:
             for name in ("fused", "torch"):
 
                 def run(x_: torch.Tensor, p: torch.Tensor, backend: str = name) -> torch.Tensor:
@@ -271,7 +272,7 @@ def build_workload(
 
                 work.warp_backends[f"warp:{name}"] = Contender(run, (x, leaf(params)))
         else:
-            notes.append(f"the fused kernel could not be built ({_fused._state.get('error')}); no backend comparison")
+            notes.append(f"the fused kernel could not be built ({status.error}); no backend comparison")
     return work
 
 

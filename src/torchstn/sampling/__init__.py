@@ -5,6 +5,7 @@ Layer 2 of torchstn; imports only :mod:`torchstn.transforms`.
 
 from __future__ import annotations
 
+from torchstn.sampling._fused import FusedStatus, fused_applies, fused_status
 from torchstn.sampling._options import SamplerOptions
 from torchstn.sampling._reference import reference_sample
 from torchstn.sampling._sample import (
@@ -27,9 +28,12 @@ __all__ = [
     "PADDINGS",
     "Backend",
     "BackendName",
+    "FusedStatus",
     "Mode",
     "Padding",
     "SamplerOptions",
+    "fused_applies",
+    "fused_status",
     "reference_sample",
     "sample",
     "warp",

@@ -46,13 +46,25 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
+from torchstn._tracing import cached, differentiable_vjp, in_functorch
 from torchstn.sampling._grid_sample import torch_sample
-from torchstn.transforms._base import base_grid, cached, differentiable_vjp, in_functorch, matrix_grid
+from torchstn.transforms import base_grid, matrix_grid
 
-__all__ = ["LOCATIONS", "applies", "fused_available", "fused_sample", "fused_warp", "grid_path", "operator_applies"]
+__all__ = [
+    "LOCATIONS",
+    "FusedStatus",
+    "fused_applies",
+    "fused_available",
+    "fused_sample",
+    "fused_status",
+    "fused_warp",
+    "grid_path",
+    "operator_applies",
+]
 
 _SOURCE = Path(__file__).with_name("csrc") / "fused_warp2d.cpp"
 _ABI = 3
@@ -147,9 +159,33 @@ def fused_available() -> bool:
     return _library() is not None
 
 
-def applies(x: torch.Tensor, mode: str) -> bool:
-    """Whether the kernel covers this input: bilinear, a float32/float64 CPU image (B, C, H, W)
-    with non-empty H and W (F.grid_sample reports empty ones) and int32 pixel offsets."""
+class FusedStatus(NamedTuple):
+    """Whether the fused kernel can run in this process, and if not why."""
+
+    #: the kernel is built and loaded
+    available: bool
+    #: the build error (``None`` when available)
+    error: str | None
+
+
+def fused_status() -> FusedStatus:
+    """Whether the fused CPU kernel is available (building it now if needed) and, if its
+    build failed, the error (also given once as a ``RuntimeWarning``).
+
+    Example:
+        >>> from torchstn.sampling import fused_status
+        >>> status = fused_status()
+        >>> status.available or status.error is not None
+        True
+    """
+    available = _library() is not None
+    return FusedStatus(available, None if available else str(_state.get("error")))
+
+
+def fused_applies(x: torch.Tensor, mode: str) -> bool:
+    """Whether the fused kernel covers this input: bilinear, a float32/float64 CPU image
+    (B, C, H, W) with non-empty H and W (F.grid_sample reports empty ones) and int32 pixel
+    offsets. Where it does not, ``backend="fused"`` falls back to ``F.grid_sample``."""
     return (
         mode == "bilinear"
         and x.device.type == "cpu"

@@ -37,7 +37,7 @@ SampleFn = Callable[[torch.Tensor, torch.Tensor, str, str, bool], torch.Tensor]
 
 
 def _fused_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:
-    if _fused.applies(x, mode) and _fused.operator_applies(x, grid) and _fused.fused_available():
+    if _fused.fused_applies(x, mode) and _fused.operator_applies(x, grid) and _fused.fused_available():
         return _fused.fused_sample(x, grid, padding, align_corners)
     return torch_sample(x, grid, mode, padding, align_corners)  # what the fused kernel does not cover
 
@@ -58,7 +58,7 @@ FUSED_MIN_CHANNELS = 3
 
 def _backend_name(backend: str | None, x: torch.Tensor, mode: str) -> str:
     if backend is None or backend == "auto":
-        if _fused.applies(x, mode) and x.shape[1] >= FUSED_MIN_CHANNELS:
+        if _fused.fused_applies(x, mode) and x.shape[1] >= FUSED_MIN_CHANNELS:
             return "fused"
         return "torch"
     check_choice("backend", backend, BACKEND_CHOICES)
@@ -77,7 +77,7 @@ def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tens
     return (
         isinstance(transform, MatrixTransform)
         and transform.ndim == 2
-        and _fused.applies(x, mode)
+        and _fused.fused_applies(x, mode)
         and _fused.operator_applies(x, params)
         and _fused.fused_available()
     )
@@ -223,9 +223,9 @@ def warp(
             check_choice("padding", padding, PADDINGS)
             size = check_size("size", size, 2)
             if transform.projective:
-                out = _fused.fused_warp(xd, transform._matrix(params), size, padding, bool(align_corners), True, transform.eps)
+                out = _fused.fused_warp(xd, transform.matrix(params, check=False), size, padding, bool(align_corners), True, transform.eps)
             else:
-                out = _fused.fused_warp(xd, transform._rows(params), size, padding, bool(align_corners))
+                out = _fused.fused_warp(xd, transform.affine_rows(params, check=False), size, padding, bool(align_corners))
         else:
             grid = transform.grid(params, size, align_corners)
             out = sample(xd, grid, mode, padding, align_corners, backend=backend)

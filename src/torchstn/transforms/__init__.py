@@ -5,7 +5,8 @@ Layer 1 of torchstn: pure tensor maths, no ``nn.Module`` state.
 
 from __future__ import annotations
 
-from torchstn.transforms._base import MatrixTransform, Transform, base_grid, clear_caches, matrix_grid
+from torchstn._tracing import clear_caches
+from torchstn.transforms._base import MatrixTransform, Transform, base_grid, matrix_grid
 from torchstn.transforms._matrix import Affine, Affine1D, Affine3D, Attention, Projective, Similarity, Translation
 from torchstn.transforms._tps import ThinPlateSpline
 

@@ -1,67 +1,19 @@
-"""The grid-generator interface shared by every transform family, and the cached base grid."""
+"""The grid-generator interface shared by every transform family, and the cached base grid.
+
+The cache itself, and the questions about tracing and ``torch.func``, are :mod:`torchstn._tracing`.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Sequence
 
 import torch
 
+from torchstn._tracing import cached, differentiable_vjp, eager_tensors
 from torchstn._validation import check_floating, check_params, check_size, check_tensor
 
-__all__ = [
-    "MatrixTransform",
-    "Transform",
-    "base_grid",
-    "cached",
-    "clear_caches",
-    "differentiable_vjp",
-    "eager_tensors",
-    "in_functorch",
-    "interleaved_operator",
-    "linear_grid",
-    "matrix_grid",
-]
-
-_CACHE: dict[Hashable, tuple[torch.Tensor, int]] = {}
-_CACHE_SIZE = 128
-
-
-def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Return the θ-independent tensor stored under ``key``, building it on a miss.
-
-    Entries are plain tensors that every mode can use: they are built with inference
-    mode off (an inference tensor would poison a later training step), only real
-    tensors built outside a tracer are stored (under ``torch.export`` or
-    ``torch.compile`` a miss builds a fake/traced tensor, which is returned but never
-    kept), and an entry modified in place since it was stored is rebuilt. The key
-    holds everything the value depends on (size, device, dtype, ...); the oldest entry
-    is dropped beyond 128, and :func:`clear_caches` empties the cache.
-    """
-    hit = _CACHE.get(key)
-    if hit is not None and (torch.compiler.is_compiling() or hit[0]._version == hit[1]):
-        return hit[0]
-    if torch.is_inference_mode_enabled():
-        with torch.inference_mode(False):
-            value = build()
-    else:
-        value = build()
-    if type(value) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
-        if len(_CACHE) >= _CACHE_SIZE:
-            del _CACHE[next(iter(_CACHE))]
-        _CACHE[key] = (value, value._version)
-    return value
-
-
-def clear_caches() -> None:
-    """Drop every cached grid part (base grids, grid operators, TPS solutions).
-
-    torchstn keeps the θ-independent parts of its grids per (size, device, dtype, ...),
-    at most 128 of them; call this to free their memory, e.g. after warping at many
-    sizes. Later calls rebuild what they need.
-    """
-    _CACHE.clear()
-
+__all__ = ["MatrixTransform", "Transform", "base_grid", "interleaved_operator", "linear_grid", "matrix_grid"]
 
 def _linspace(steps: int, align_corners: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Normalised pixel-centre (or pixel-corner) coordinates along one axis, as ``affine_grid`` uses."""
@@ -201,7 +153,9 @@ class Transform(ABC):
             )
         return self._map(params, points)
 
-    def grid(self, params: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
+    def grid(
+        self, params: torch.Tensor, size: Sequence[int], align_corners: bool = False, *, check: bool = True
+    ) -> torch.Tensor:
         """The sampling grid ``(B, *size, ndim)`` for an output of spatial ``size``.
 
         Args:
@@ -209,9 +163,14 @@ class Transform(ABC):
             size: output spatial size, ``(H, W)`` (``(D, H, W)`` in 3-D).
             align_corners: as in :func:`torch.nn.functional.grid_sample`; give the
                 sampler the same value.
+            check: validate ``params`` and ``size``. ``False`` is for callers that have
+                already done so (:func:`torchstn.warp` checks its arguments once); then
+                ``params`` must be a ``(B, P)`` floating tensor and ``size`` a tuple of
+                ``ndim`` positive ints.
         """
-        params = self.check_params(params)
-        size = check_size("size", size, self.ndim)
+        if check:
+            params = self.check_params(params)
+            size = check_size("size", size, self.ndim)
         points = self._grid_points(params, size, align_corners)
         return points.reshape(params.shape[0], *size, self.ndim)
 
@@ -242,12 +201,31 @@ class MatrixTransform(Transform):
         """``(B, ndim + 1, ndim + 1)`` -> ``(B, P)`` without validation."""
 
     def _rows(self, params: torch.Tensor) -> torch.Tensor:
-        """The first ``ndim`` rows of the matrix, ``(B, ndim, ndim + 1)`` (all an affine map needs)."""
+        """:meth:`affine_rows` without validation (a family whose parameters are the rows returns a view)."""
         return self._matrix(params)[:, : self.ndim]
 
-    def matrix(self, params: torch.Tensor) -> torch.Tensor:
-        """The homogeneous matrix ``src_from_dst`` of shape ``(B, ndim + 1, ndim + 1)``."""
-        return self._matrix(self.check_params(params))
+    def matrix(self, params: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """The homogeneous matrix ``src_from_dst`` of shape ``(B, ndim + 1, ndim + 1)``.
+
+        ``check=False`` skips the validation of ``params`` (:meth:`Transform.grid` says when).
+        """
+        return self._matrix(self.check_params(params) if check else params)
+
+    def affine_rows(self, params: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """The first ``ndim`` rows of :meth:`matrix`, ``(B, ndim, ndim + 1)``: ``[A | t]``.
+
+        All an affine family needs to map a point (``x_s = A x_t + t``), and what
+        :func:`torch.nn.functional.affine_grid` takes as ``theta``; a projective map also
+        needs the last row (use :meth:`matrix`). ``check=False`` skips the validation of
+        ``params`` (:meth:`Transform.grid` says when).
+
+        Example:
+            >>> from torchstn.transforms import Attention
+            >>> Attention().affine_rows(torch.tensor([[0.5, 0.1, -0.2]]))
+            tensor([[[ 0.5000,  0.0000,  0.1000],
+                     [ 0.0000,  0.5000, -0.2000]]])
+        """
+        return self._rows(self.check_params(params) if check else params)
 
     def params_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         """Parameters of a matrix of this family (the inverse of :meth:`matrix`).
@@ -352,49 +330,6 @@ def _projective_points(m: torch.Tensor, operator: torch.Tensor, w_operator: torc
     """
     n = m.shape[1] - 1
     return linear_grid(m[:, :n, :], operator, n) / _guard(linear_grid(m[:, n:, :], w_operator, n), eps)
-
-
-def differentiable_vjp(
-    fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], grad_output: torch.Tensor, needed: Sequence[bool]
-) -> tuple[torch.Tensor | None, ...]:
-    """The vector-Jacobian product of ``fn`` at ``inputs``, itself differentiable.
-
-    What a hand-written backward returns when the graph of the gradient is asked for
-    (``create_graph=True``: gradient penalties, Hessians, ``torch.func``): the closed-form
-    kernels are first-order only, so the gradient is recomputed through ``fn``, plain
-    differentiable operations, and autograd records it. ``needed`` says which inputs get
-    a gradient (``ctx.needs_input_grad``); the others get ``None``.
-    """
-    wanted = [t for t, need in zip(inputs, needed) if need]
-    with torch.enable_grad():
-        out = fn(*inputs)
-        grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=True, allow_unused=True))
-    return tuple(next(grads) if need else None for need in needed)
-
-
-def eager_tensors(*tensors: torch.Tensor) -> bool:
-    """True for plain tensors in eager mode: not under ``torch.jit.trace``, ONNX export,
-    ``torch.compile`` or ``torch.export`` (whose fake tensors are subclasses), nor inside
-    ``torch.func`` transforms.
-
-    Custom autograd Functions are used only then; tracers get the plain expression,
-    which every exporter and compiler understands.
-    """
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
-        return False
-    return all(type(t) is torch.Tensor for t in tensors) and not in_functorch(*tensors)
-
-
-def in_functorch(*tensors: torch.Tensor) -> bool:
-    """True if a tensor is inside a ``torch.func`` transform (``grad``, ``vmap``, ...).
-
-    torchstn's operators take the plain-expression path there: ``torch.library``'s
-    autograd formulas do not support ``torch.func`` in torch 2.13.
-    """
-    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    if check is None or torch.compiler.is_compiling():  # dynamo handles torch.func itself
-        return False
-    return any(bool(check(t)) for t in tensors)
 
 
 class _ProjectiveGrid(torch.autograd.Function):

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from torchstn.transforms._base import Transform, base_grid, cached, interleaved_operator, linear_grid
+from torchstn._tracing import cached
+from torchstn.transforms._base import Transform, base_grid, interleaved_operator, linear_grid
 
 __all__ = ["ThinPlateSpline"]
 

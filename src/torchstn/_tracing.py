@@ -1,0 +1,106 @@
+"""What every layer needs to know about the execution mode, and the cache that must survive all of them.
+
+torchstn's kernels take a hand-written fast path (custom autograd Functions, the fused
+operator) on plain eager tensors and the plain differentiable expression everywhere else:
+under ``torch.jit.trace``, ONNX export, ``torch.compile``, ``torch.export`` and inside
+``torch.func`` transforms. The questions that decide it (:func:`eager_tensors`,
+:func:`in_functorch`), the differentiable fallback of a first-order backward
+(:func:`differentiable_vjp`) and the cache of θ-independent tensors (:func:`cached`,
+:func:`clear_caches`), whose entries must be usable in every one of those modes, live here,
+once, next to :mod:`torchstn._validation`: an internal module every layer may import.
+The public names are :func:`torchstn.clear_caches` and :func:`torchstn.transforms.clear_caches`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+
+import torch
+
+__all__ = ["cached", "clear_caches", "differentiable_vjp", "eager_tensors", "in_functorch"]
+
+_CACHE: dict[Hashable, tuple[torch.Tensor, int]] = {}
+_CACHE_SIZE = 128
+
+
+def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Return the θ-independent tensor stored under ``key``, building it on a miss.
+
+    Entries are plain tensors that every mode can use: they are built with inference
+    mode off (an inference tensor would poison a later training step), only real
+    tensors built outside a tracer are stored (under ``torch.export`` or
+    ``torch.compile`` a miss builds a fake/traced tensor, which is returned but never
+    kept), and an entry modified in place since it was stored is rebuilt. The key
+    holds everything the value depends on (size, device, dtype, ...); the oldest entry
+    is dropped beyond 128, and :func:`clear_caches` empties the cache.
+    """
+    hit = _CACHE.get(key)
+    if hit is not None and (torch.compiler.is_compiling() or hit[0]._version == hit[1]):
+        return hit[0]
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            value = build()
+    else:
+        value = build()
+    if type(value) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+        if len(_CACHE) >= _CACHE_SIZE:
+            del _CACHE[next(iter(_CACHE))]
+        _CACHE[key] = (value, value._version)
+    return value
+
+
+def clear_caches() -> None:
+    """Drop every cached grid part (base grids, grid operators, TPS solutions).
+
+    torchstn keeps the θ-independent parts of its grids per (size, device, dtype, ...),
+    at most 128 of them; call this to free their memory, e.g. after warping at many
+    sizes. Later calls rebuild what they need.
+    """
+    _CACHE.clear()
+
+
+def differentiable_vjp(
+    fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], grad_output: torch.Tensor, needed: Sequence[bool]
+) -> tuple[torch.Tensor | None, ...]:
+    """The vector-Jacobian product of ``fn`` at ``inputs``, itself differentiable.
+
+    What a hand-written backward returns when the graph of the gradient is asked for
+    (``create_graph=True``: gradient penalties, Hessians, ``torch.func``): the closed-form
+    kernels are first-order only, so the gradient is recomputed through ``fn``, plain
+    differentiable operations, and autograd records it. ``needed`` says which inputs get
+    a gradient (``ctx.needs_input_grad``); the others get ``None``.
+    """
+    wanted = [t for t, need in zip(inputs, needed) if need]
+    with torch.enable_grad():
+        out = fn(*inputs)
+        grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if need else None for need in needed)
+
+
+def eager_tensors(*tensors: torch.Tensor) -> bool:
+    """True for plain tensors in eager mode: not under ``torch.jit.trace``, ONNX export,
+    ``torch.compile`` or ``torch.export`` (whose fake tensors are subclasses), nor inside
+    ``torch.func`` transforms.
+
+    Custom autograd Functions are used only then; tracers get the plain expression,
+    which every exporter and compiler understands.
+    """
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    return all(type(t) is torch.Tensor for t in tensors) and not in_functorch(*tensors)
+
+
+def in_functorch(*tensors: torch.Tensor) -> bool:
+    """True if a tensor is inside a ``torch.func`` transform (``grad``, ``vmap``, ...).
+
+    torchstn's operators take the plain-expression path there: ``torch.library``'s
+    autograd formulas do not support ``torch.func`` in torch 2.13.
+    """
+    if torch.compiler.is_compiling():  # dynamo handles torch.func itself
+        return False
+    # torch has no public "is this tensor wrapped by a torch.func transform?" query (the
+    # answer is torch._C._functorch.is_functorch_wrapped_tensor). The public
+    # torch.func.debug_unwrap returns a wrapped tensor's inner tensor and any other tensor
+    # itself, so identity tells; its result is only compared, never computed with (which
+    # its documentation warns against), and it costs what the private query does.
+    return any(torch.func.debug_unwrap(t, recurse=False) is not t for t in tensors)
