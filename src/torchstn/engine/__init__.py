@@ -8,26 +8,27 @@ Example:
 
 from __future__ import annotations
 
-from torchstn.engine._checkpoint import (
-    CheckpointError,
-    load_model,
-    read_checkpoint,
-    resolve_checkpoint,
-    save_checkpoint,
-)
-from torchstn.engine._config import TrainConfig
+from torchstn.engine._checkpoint import CheckpointError, atomic_write, read_checkpoint, save_checkpoint
+from torchstn.engine._config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 from torchstn.engine._data import load_split
 from torchstn.engine._demo import DemoResult, run_demo
 from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
 from torchstn.engine._evaluate import evaluate, predict
 from torchstn.engine._figures import plot_run
+from torchstn.engine._rundir import RESUMABLE_CHANGES, RunDir, load_model, resolve_checkpoint
 from torchstn.engine._trainer import TrainResult, build_optimizer, identity_penalty, resolve_device, resume_config, train
 
 __all__ = [
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "SCHEDULES",
+    "RESUMABLE_CHANGES",
     "CheckpointError",
     "DemoResult",
     "TrainConfig",
+    "RunDir",
     "TrainResult",
+    "atomic_write",
     "build_optimizer",
     "collapse_warnings",
     "evaluate",

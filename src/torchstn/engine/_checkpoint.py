@@ -1,15 +1,6 @@
 """Checkpoints: weights in safetensors with the config as metadata, training state beside them.
 
-A run directory looks like::
-
-    runs/NAME/
-        config.json                    the TrainConfig
-        metrics.jsonl                  one line per epoch
-        checkpoints/last.safetensors   weights + config + epoch/step/metrics (metadata)
-        checkpoints/last.state.pt      optimiser, scheduler and RNG state (for --resume)
-        checkpoints/best.safetensors   the weights of the epoch with the lowest test error
-
-The ``.safetensors`` file alone is enough to rebuild and evaluate the model
+Where they live in a run directory is :class:`torchstn.engine.RunDir`'s business. The ``.safetensors`` file alone is enough to rebuild and evaluate the model
 (:func:`load_model`); the ``.state.pt`` file is only needed to continue training.
 The two are written one after the other, so an interrupted save (or a file copied
 in from elsewhere) can leave a pair from different epochs: both carry the epoch,
@@ -24,6 +15,7 @@ import json
 import os
 import random
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +24,16 @@ import torch
 from torch import nn
 
 from torchstn.engine._config import TrainConfig
-from torchstn.models import create_model
 
 __all__ = [
     "CheckpointError",
+    "atomic_write",
     "capture_rng",
-    "load_model",
     "read_checkpoint",
     "read_training_state",
-    "resolve_checkpoint",
     "restore_rng",
     "save_checkpoint",
+    "state_path",
 ]
 
 FORMAT = "torchstn-checkpoint-1"
@@ -75,14 +66,22 @@ def restore_rng(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def _state_path(path: Path) -> Path:
-    return path.with_name(path.name.removesuffix(".safetensors") + ".state.pt")
+def state_path(weights: str | Path) -> Path:
+    """The training-state file written beside a weights file: ``<stem>.state.pt``."""
+    weights = Path(weights)
+    return weights.with_name(weights.name.removesuffix(".safetensors") + ".state.pt")
 
 
-def _atomic(path: Path, write: Any) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``.
+
+    A reader (or an interrupted writer) sees the old file or the new one, never half of one.
+    """
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
+    return path
 
 
 def save_checkpoint(
@@ -123,34 +122,8 @@ def save_checkpoint(
         # from os.urandom: the id draws nothing from the generators a resumed run restores
         stamp = {"epoch": epoch, "step": step, "write_id": uuid.uuid4().hex}
         metadata["write_id"] = stamp["write_id"]
-        _atomic(_state_path(path), lambda p: torch.save({**training_state, **stamp}, p))
-    _atomic(path, lambda p: save_file(tensors, str(p), metadata=metadata))
-    return path
-
-
-def resolve_checkpoint(run_or_ckpt: str | Path, which: str = "best") -> Path:
-    """The weights file meant by a run directory or a checkpoint path.
-
-    A ``.safetensors`` file is returned as is; a run directory gives
-    ``checkpoints/<which>.safetensors`` (falling back to ``last``).
-
-    Raises:
-        CheckpointError: nothing usable at that path (the message says what is expected).
-    """
-    path = Path(run_or_ckpt)
-    if path.is_dir():
-        for name in (which, "last"):
-            candidate = path / "checkpoints" / f"{name}.safetensors"
-            if candidate.is_file():
-                return candidate
-        raise CheckpointError(
-            f"no checkpoint in {path}: expected {path}/checkpoints/{which}.safetensors "
-            "(a run directory written by 'torchstn train --out DIR')"
-        )
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist: give a run directory or a .safetensors checkpoint")
-    if path.suffix != ".safetensors":
-        raise CheckpointError(f"{path} is not a .safetensors checkpoint or a run directory")
+        atomic_write(state_path(path), lambda p: torch.save({**training_state, **stamp}, p))
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
     return path
 
 
@@ -199,42 +172,20 @@ def read_training_state(path: str | Path) -> dict[str, Any]:
             to the weights ``path`` (the message names both files and what each holds).
     """
     path = Path(path)
-    state_path = _state_path(path)
-    if not state_path.is_file():
-        raise CheckpointError(f"cannot resume: {state_path} is missing (only 'last' checkpoints hold training state)")
+    state_file = state_path(path)
+    if not state_file.is_file():
+        raise CheckpointError(f"cannot resume: {state_file} is missing (only 'last' checkpoints hold training state)")
     try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"cannot read training state {state_path}: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read training state {state_file}: {str(err).splitlines()[0]}") from None
     metadata, _ = _read_safetensors(path, tensors=False)
     weights = (int(metadata["epoch"]), int(metadata["step"]), metadata.get("write_id"))
     saved = tuple(state.get(k) if isinstance(state, dict) else None for k in ("epoch", "step", "write_id"))
     if saved != weights:
         raise CheckpointError(
-            f"cannot resume: {path} ({_stamp_text(*weights)}) and {state_path} ({_stamp_text(*saved)}) were not "
+            f"cannot resume: {path} ({_stamp_text(*weights)}) and {state_file} ({_stamp_text(*saved)}) were not "
             "written together (a save interrupted between the two files, or a file copied from another run or "
             "epoch); resuming would mix two epochs. Put back the matching pair or start a new run"
         )
     return state
-
-
-def load_model(run_or_ckpt: str | Path, which: str = "best", map_location: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
-    """Rebuild the model a checkpoint was trained as and load its weights.
-
-    Returns:
-        ``(model, config, info)`` with the model in eval mode; ``info`` has ``epoch``,
-        ``step``, ``metrics`` and ``path``.
-
-    Example:
-        >>> model, config, info = load_model("runs/demo-st")  # doctest: +SKIP
-    """
-    path = resolve_checkpoint(run_or_ckpt, which)
-    tensors, config, info = read_checkpoint(path)
-    model = create_model(config.model, **config.model_args)
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not fit model {config.model!r}: {str(err).splitlines()[0]}") from None
-    model.to(map_location).eval()
-    info["path"] = path
-    return model, config, info

@@ -85,14 +85,16 @@ def fetch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def fetch_inputs(
-    dataset: Any, indices: torch.Tensor, ground_truth_init: bool = False, device: str | torch.device | None = None
+    dataset: Any, indices: torch.Tensor, ground_truth_init: bool = False, device: str | torch.device | None = None,
+    *, channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """What the model is called with at ``indices``: ``model(x, **kwargs)``, and the labels.
 
     Returns:
         ``(x, y, kwargs)``: the images and no keywords; with ``ground_truth_init`` the
         undistorted digits and ``{"init_params": θ_gt}`` (see ``TrainConfig.ground_truth_init``);
-        all on ``device`` when given.
+        all on ``device`` when given; 4-D images in channels-last memory format when
+        ``channels_last`` (the same values).
 
     Raises:
         ValueError: ``ground_truth_init`` on a dataset without ground truth.
@@ -109,14 +111,17 @@ def fetch_inputs(
     if device is not None:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         kwargs = {k: v.to(device, non_blocking=True) for k, v in kwargs.items()}
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     return x, y, kwargs
 
 
 def iterate(
     dataset: Any, batch_size: int, rank: int = 0, world_size: int = 1, *, ground_truth_init: bool = False,
-    device: str | torch.device | None = None,
+    device: str | torch.device | None = None, channels_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
     """This process's share of ``dataset`` in order, in batches ``(x, y, kwargs)`` (see :func:`fetch_inputs`)."""
     indices = torch.arange(rank, len(dataset), world_size)
     for start in range(0, len(indices), batch_size):
-        yield fetch_inputs(dataset, indices[start : start + batch_size], ground_truth_init, device)
+        yield fetch_inputs(dataset, indices[start : start + batch_size], ground_truth_init, device,
+                           channels_last=channels_last)

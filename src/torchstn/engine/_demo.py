@@ -7,7 +7,6 @@ the affine spatial transformer in front of the ST-CNN's classifier.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from torchstn.engine._config import TrainConfig
 from torchstn.engine._data import load_split
 from torchstn.engine._figures import plot_run
+from torchstn.engine._rundir import RunDir
 from torchstn.engine._trainer import TrainResult, train
 
 __all__ = ["DemoResult", "demo_configs", "run_demo"]
@@ -65,8 +65,7 @@ def run_demo(out: str | Path = "runs/demo", *, progress: bool = True, **options:
     rows = []
     for config in configs:
         run_dir = out / config.model
-        if (run_dir / "config.json").is_file():  # a previous demo run: start afresh
-            shutil.rmtree(run_dir)
+        RunDir(run_dir).remove()  # a previous demo run: start afresh
         tic = time.perf_counter()
         result = train(config, run_dir, train_set=train_set, test_set=test_set, progress=progress)
         results.append(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -10,8 +11,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchstn.engine._data import iterate
+from torchstn.engine.metrics import expected_calibration_error, negative_log_likelihood
 
-__all__ = ["evaluate", "predict"]
+__all__ = ["evaluate", "precision_context", "predict"]
+
+
+def precision_context(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The autocast context of ``TrainConfig.precision``: bf16 autocast, or nothing for ``"fp32"``.
+
+    Under autocast the network's convolutions and matmuls run in bfloat16; torchstn's
+    sampler keeps float32 (it casts its input up, see ``tests/test_autocast.py``).
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def _gather(t: torch.Tensor) -> torch.Tensor:
@@ -33,21 +46,25 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def predict(
     model: nn.Module, dataset: Any, *, batch_size: int = 512, device: str | torch.device = "cpu",
-    ground_truth_init: bool = False,
+    ground_truth_init: bool = False, precision: str = "fp32", channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``(N, K)`` and labels ``(N,)`` over ``dataset`` (gathered over processes under DDP).
+    """Logits ``(N, K)`` (float32) and labels ``(N,)`` over ``dataset`` (gathered over processes under DDP).
 
     Under DDP each process evaluates every ``world_size``-th example; the result is
-    reordered to the dataset's order on every process. ``ground_truth_init`` calls the
-    model as ``TrainConfig.ground_truth_init`` says (the IC-STN protocol).
+    reordered to the dataset's order on every process. ``ground_truth_init`` (the IC-STN
+    protocol), ``precision`` and ``channels_last`` call the model as the ``TrainConfig``
+    fields of those names say: evaluation takes the training's path.
     """
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     was_training = model.training
     model.eval()
     logits, labels = [], []
-    for x, y, kwargs in iterate(dataset, batch_size, rank, world, ground_truth_init=ground_truth_init, device=device):
-        logits.append(model(x, **kwargs).float())
+    batches = iterate(dataset, batch_size, rank, world, ground_truth_init=ground_truth_init, device=device,
+                      channels_last=channels_last)
+    for x, y, kwargs in batches:
+        with precision_context(precision, device):
+            logits.append(model(x, **kwargs).float())
         labels.append(y)
     model.train(was_training)
     num_classes = int(getattr(model, "num_classes", 0)) or (logits[0].shape[1] if logits else 0)
@@ -61,11 +78,6 @@ def predict(
 
 
 def _calibration(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    # ECE and NLL live in torchstn.engine.metrics (written separately); report them when present
-    try:
-        from torchstn.engine.metrics import expected_calibration_error, negative_log_likelihood
-    except ImportError:
-        return {}
     return {
         "ece": float(expected_calibration_error(probs, labels, bins=15)),
         "nll": float(negative_log_likelihood(probs, labels)),
@@ -74,19 +86,21 @@ def _calibration(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 def evaluate(
     model: nn.Module, dataset: Any, *, batch_size: int = 512, device: str | torch.device = "cpu",
-    ground_truth_init: bool = False,
+    ground_truth_init: bool = False, precision: str = "fp32", channels_last: bool = False,
 ) -> dict[str, Any]:
     """Test metrics of a classifier on a dataset of ``(image, label)`` items.
 
-    ``ground_truth_init``: call the model as ``TrainConfig.ground_truth_init`` says.
+    ``ground_truth_init``, ``precision``, ``channels_last``: call the model as the
+    ``TrainConfig`` fields of those names say (see :func:`predict`).
 
     Returns:
         ``{"n", "loss", "error", "per_class_error", "ece", "nll"}``: mean
         cross-entropy, error rate in [0, 1], a list with the error rate of each class
         (``None`` for a class absent from the data), and the 15-bin expected calibration
-        error and negative log-likelihood when :mod:`torchstn.engine.metrics` is installed.
+        error and negative log-likelihood (:mod:`torchstn.engine.metrics`).
     """
-    logits, labels = predict(model, dataset, batch_size=batch_size, device=device, ground_truth_init=ground_truth_init)
+    logits, labels = predict(model, dataset, batch_size=batch_size, device=device, ground_truth_init=ground_truth_init,
+                             precision=precision, channels_last=channels_last)
     n = int(labels.numel())
     if n == 0:
         raise ValueError("evaluate needs a non-empty dataset")

@@ -2,14 +2,20 @@
 
 One function, :func:`train`, runs a :class:`TrainConfig` end to end: it builds the data
 and the model, trains with evaluation each epoch, writes ``metrics.jsonl`` and the
-checkpoints into the run directory, and returns the history. Under ``torchrun`` it
-trains with DistributedDataParallel (gloo on CPU, nccl on GPU).
+checkpoints into the run directory (:class:`~torchstn.engine.RunDir`), and returns the
+history. Under ``torchrun`` it trains with DistributedDataParallel (gloo on CPU, nccl
+on GPU).
+
+The stages, in the order they run: :func:`_load_data`, :func:`_set_up` (model,
+optimiser, schedule), :func:`_resume` or a new run directory, then per epoch
+:func:`_train_epoch`, :func:`_epoch_record` and :func:`_publish` (log, diagnostics,
+checkpoints), and :func:`_summary`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import json
 import math
 import os
 import random
@@ -26,26 +32,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from torchstn.engine._checkpoint import (
-    CheckpointError,
-    capture_rng,
-    read_checkpoint,
-    read_training_state,
-    restore_rng,
-    save_checkpoint,
-)
+from torchstn.engine._checkpoint import capture_rng, read_checkpoint, read_training_state, restore_rng
 from torchstn.engine._config import TrainConfig
 from torchstn.engine._data import dataset_model_args, epoch_batches, fetch_inputs, load_split, shard
 from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
-from torchstn.engine._evaluate import evaluate
+from torchstn.engine._evaluate import evaluate, precision_context
+from torchstn.engine._rundir import RunDir
 from torchstn.models import check_model_args, create_model
 from torchstn.nn import total_kl
 
 __all__ = ["TrainResult", "build_optimizer", "identity_penalty", "resolve_device", "resume_config", "train"]
-
-#: config fields a resumed run may change: its length, and where it runs or finds MNIST
-RESUMABLE_CHANGES = ("epochs", "steps", "device", "data_dir", "eval_batch_size")
-
 
 @dataclass
 class TrainResult:
@@ -115,14 +111,27 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def warmup_steps(config: TrainConfig, total_steps: int) -> int:
+    """The iterations of linear warm-up: ``warmup`` as a fraction of the run (< 1) or a count."""
+    if config.warmup < 1:
+        return round(config.warmup * total_steps)
+    return min(int(config.warmup), total_steps)
+
+
 def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor at each iteration: linear warm-up, then the schedule over the rest."""
+    warm = warmup_steps(config, total_steps)
+    span = max(1, total_steps - warm)
     if config.schedule == "constant":
-        return lambda step: 1.0
-    if config.schedule == "cosine":
-        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    every = config.lr_decay_every or max(1, math.ceil(total_steps / 3))
-    gamma = config.lr_gamma
-    return lambda step: gamma ** (step // every)
+        decay: Callable[[int], float] = lambda step: 1.0  # noqa: E731
+    elif config.schedule == "cosine":
+        decay = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, span) / span))  # noqa: E731
+    else:
+        every = config.lr_decay_every or max(1, math.ceil(span / 3))
+        decay = lambda step: config.lr_gamma ** (step // every)  # noqa: E731
+    if warm == 0:
+        return decay
+    return lambda step: (step + 1) / warm if step < warm else decay(step - warm)
 
 
 def identity_penalty(model: nn.Module) -> torch.Tensor | float:
@@ -137,23 +146,8 @@ def identity_penalty(model: nn.Module) -> torch.Tensor | float:
 
 
 def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
-    """The config of a run directory, with the fields a resumed run may change.
-
-    Raises:
-        CheckpointError: no ``config.json`` in ``run_dir``.
-        ValueError: a change to a field not in :data:`RESUMABLE_CHANGES`.
-    """
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"cannot resume: {path} is missing (is {run_dir} a run directory?)")
-    config = TrainConfig.load(path)
-    changes = {k: v for k, v in changes.items() if v is not None}
-    bad = sorted(k for k, v in changes.items() if k not in RESUMABLE_CHANGES and getattr(config, k) != v)
-    if bad:
-        raise ValueError(
-            f"cannot change {', '.join(bad)} when resuming {run_dir}: only {', '.join(RESUMABLE_CHANGES)} may change"
-        )
-    return config.replace(**changes)
+    """The config of a run directory, with the fields a resumed run may change (:meth:`RunDir.resume_config`)."""
+    return RunDir(run_dir).resume_config(**changes)
 
 
 class _Distributed:
@@ -234,27 +228,96 @@ def train(
         ddp.close()
 
 
+@dataclass
+class _Session:
+    """What the stages of one training session share (built by :func:`_set_up`)."""
+
+    config: TrainConfig
+    ddp: _Distributed
+    run_dir: RunDir | None
+    train_set: Any
+    test_set: Any
+    model: nn.Module  # what the loop calls: ``core``, wrapped in DDP under torchrun
+    core: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    batch_size: int
+    total_steps: int
+    epochs: int
+    step: int = 0
+    start_epoch: int = 0
+    best_error: float = math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return precision_context(self.config.precision, self.ddp.device)
+
+
+@dataclass
+class _EpochSums:
+    """One epoch of training as :func:`_train_epoch` measured it on this process."""
+
+    loss: float
+    wrong: float
+    kl: float
+    seen: int
+    curve: list[list[float]]
+    seconds: float
+
+
 def _train(
     config: TrainConfig, out: str | Path | None, ddp: _Distributed, train_set: Any, test_set: Any,
     resume: bool, progress: bool, stop_after: int | None,
 ) -> TrainResult:
-    from tqdm import tqdm
-
-    run_dir = Path(out) if out is not None else None
+    run_dir = RunDir(out) if out is not None else None
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run directory (out)")
     check_model_args(config.model, config.model_args)  # a misspelt argument fails now, not after the data
-    # data (the main process first, so a download happens once)
+    train_set, test_set = _load_data(config, ddp, train_set, test_set)
+    _seed_everything(config.seed, config.deterministic)  # after the data: its loading draws nothing here
+    session = _set_up(config, ddp, run_dir, train_set, test_set)
+    if resume:
+        _resume(session)
+    elif run_dir is not None and ddp.main:
+        run_dir.start(session.config)
+    if ddp.world > 1:
+        session.model = nn.parallel.DistributedDataParallel(
+            session.core, device_ids=[ddp.device] if ddp.device.type == "cuda" else None
+        )
+    last_epoch = session.epochs if stop_after is None else min(session.epochs, stop_after)
+    _announce(session, last_epoch)
+    diagnostics_batch = fetch_inputs(
+        test_set, torch.arange(min(config.diagnostics_samples, len(test_set))), config.ground_truth_init, ddp.device
+    )
+    for epoch in range(session.start_epoch, last_epoch):
+        sums = _train_epoch(session, epoch, progress)
+        record = _epoch_record(session, epoch, sums)
+        _publish(session, record, diagnostics_batch)
+        ddp.barrier()
+    _summary(session)
+    session.core.eval()
+    return TrainResult(model=session.core, config=session.config, history=session.history,
+                       run_dir=run_dir.path if run_dir is not None else None)
+
+
+def _load_data(config: TrainConfig, ddp: _Distributed, train_set: Any, test_set: Any) -> tuple[Any, Any]:
+    """The two splits (the main process first, so that a download happens once)."""
     if not ddp.main:
         ddp.barrier()
     train_set = train_set if train_set is not None else load_split(config, "train")
     test_set = test_set if test_set is not None else load_split(config, "test")
     if ddp.main:
         ddp.barrier()
-    _seed_everything(config.seed, config.deterministic)  # after the data: its loading draws nothing here
+    return train_set, test_set
 
+
+def _set_up(config: TrainConfig, ddp: _Distributed, run_dir: RunDir | None, train_set: Any, test_set: Any) -> _Session:
+    """The model (its size filled in from the data), the optimiser and the schedule."""
     config = config.replace(model_args={**dataset_model_args(train_set), **config.model_args})
     model = create_model(config.model, **config.model_args).to(ddp.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if config.ground_truth_init:
         _check_ground_truth_init(config, model, train_set)
     n_train = len(train_set)
@@ -263,158 +326,172 @@ def _train(
         raise ValueError(f"batch size {batch_size} is smaller than the {ddp.world} processes")
     per_epoch = n_train // batch_size
     total_steps = config.steps if config.steps is not None else config.epochs * per_epoch
-    epochs = math.ceil(total_steps / per_epoch)
     optimizer = build_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps))
-
-    start_epoch, step, history = 0, 0, []
-    best_error = math.inf
-    if resume:
-        assert run_dir is not None
-        tensors, saved, info = read_checkpoint(run_dir / "checkpoints" / "last.safetensors")
-        different = sorted(
-            k for k, v in saved.to_dict().items() if k not in RESUMABLE_CHANGES and config.to_dict()[k] != v
-        )
-        if different:
-            raise ValueError(f"cannot resume {run_dir}: the config differs in {', '.join(different)}")
-        state = read_training_state(run_dir / "checkpoints" / "last.safetensors")
-        model.load_state_dict(tensors)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])  # the lambdas themselves come from the config
-        restore_rng(state["rng"])
-        start_epoch, step, best_error = info["epoch"], info["step"], state["best_error"]
-        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        history = history[:start_epoch]
-        if ddp.main:  # drop epochs logged after the checkpoint (an interruption between the two)
-            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    elif run_dir is not None and ddp.main:
-        if (run_dir / "checkpoints").exists():
-            raise ValueError(f"{run_dir} already holds a run: resume it (--resume) or choose another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / "config.json")
-        (run_dir / "metrics.jsonl").write_text("")
-
-    core = model
-    if ddp.world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[ddp.device] if ddp.device.type == "cuda" else None)
-    grad_params = [p for p in core.parameters() if p.requires_grad]
-    curve_every = max(1, total_steps // 100)
-    diag_x, _, diag_inputs = fetch_inputs(
-        test_set, torch.arange(min(config.diagnostics_samples, len(test_set))), config.ground_truth_init, ddp.device
+    return _Session(
+        config=config, ddp=ddp, run_dir=run_dir, train_set=train_set, test_set=test_set, model=model, core=model,
+        optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps)),
+        batch_size=batch_size, total_steps=total_steps, epochs=math.ceil(total_steps / per_epoch),
     )
-    last_epoch = epochs if stop_after is None else min(epochs, stop_after)
-    if ddp.main and start_epoch == 0:
-        n_params = sum(p.numel() for p in core.parameters())
+
+
+def _resume(session: _Session) -> None:
+    """Load weights, optimiser, schedule, RNG and history from the run's ``last`` checkpoint."""
+    run_dir = session.run_dir
+    assert run_dir is not None
+    last = run_dir.checkpoint("last")
+    tensors, saved, info = read_checkpoint(last)
+    different = RunDir.config_differences(saved, session.config)
+    if different:
+        raise ValueError(f"cannot resume {run_dir.path}: the config differs in {', '.join(different)}")
+    state = read_training_state(last)
+    session.core.load_state_dict(tensors)
+    session.optimizer.load_state_dict(state["optimizer"])
+    session.scheduler.load_state_dict(state["scheduler"])  # the lambdas themselves come from the config
+    restore_rng(state["rng"])
+    session.start_epoch, session.step, session.best_error = info["epoch"], info["step"], state["best_error"]
+    if session.ddp.main:  # drop epochs logged after the checkpoint (an interruption between the two)
+        session.history = run_dir.keep_history(session.start_epoch)
+    else:
+        session.history = run_dir.history()[: session.start_epoch]
+
+
+def _announce(session: _Session, last_epoch: int) -> None:
+    config, ddp = session.config, session.ddp
+    if ddp.main and session.start_epoch == 0:
+        n_params = sum(p.numel() for p in session.core.parameters())
         _print(
-            f"training {config.model} ({n_params:,} parameters) on {config.data}: {n_train} train / "
-            f"{len(test_set)} test images, {total_steps} steps of batch {batch_size}, device {ddp.device}"
-            + (f", {ddp.world} processes" if ddp.world > 1 else ""),
+            f"training {config.model} ({n_params:,} parameters) on {config.data}: {len(session.train_set)} train / "
+            f"{len(session.test_set)} test images, {session.total_steps} steps of batch {session.batch_size}, "
+            f"device {ddp.device}" + (f", {ddp.world} processes" if ddp.world > 1 else ""),
             main=True,
         )
-    if ddp.main and start_epoch >= last_epoch:
-        _print(f"nothing to do: {run_dir} is at epoch {start_epoch} of {epochs} (give more --epochs to extend it)", main=True)
-    started = time.perf_counter()
-    for epoch in range(start_epoch, last_epoch):
-        model.train()
-        if hasattr(train_set, "set_epoch"):  # online distortions: this epoch's draw
-            train_set.set_epoch(epoch)
-        batches = epoch_batches(n_train, batch_size, config.seed, epoch)[: total_steps - step]
-        loss_sum = torch.zeros((), dtype=torch.float64, device=ddp.device)
-        wrong_sum = torch.zeros((), dtype=torch.float64, device=ddp.device)
-        kl_sum = torch.zeros((), dtype=torch.float64, device=ddp.device)
-        seen = 0
-        curve: list[list[float]] = []
-        window = torch.zeros(3, device=ddp.device)
-        tic = time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-                   disable=not (progress and ddp.main), file=sys.stderr, dynamic_ncols=True)
-        for i, batch in enumerate(bar):
-            x, y, inputs = fetch_inputs(train_set, shard(batch, ddp.rank, ddp.world), config.ground_truth_init, ddp.device)
-            logits = model(x, **inputs)
-            loss = F.cross_entropy(logits, y)  # a P-STN model returns log-probabilities: the same data term
-            kl = total_kl(core)  # the weighted KL of P-STN modules (0.0 for other models)
-            objective = loss + kl
-            if config.identity_reg:
-                objective = objective + config.identity_reg * identity_penalty(core)
-            optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(grad_params, config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            batch_loss, batch_wrong = loss.detach() * y.numel(), (logits.detach().argmax(1) != y).sum()
-            loss_sum += batch_loss
-            wrong_sum += batch_wrong
-            if isinstance(kl, torch.Tensor):
-                kl_sum += kl.detach() * y.numel()
-            seen += y.numel()
-            window += torch.stack([batch_loss, batch_wrong.to(batch_loss.dtype), batch_loss.new_tensor(y.numel())])
-            if step % curve_every == 0:  # this process's train loss and error since the last point
-                total = window.tolist()
-                curve.append([step, total[0] / total[2], total[1] / total[2]])
-                window.zero_()
-            if i % 20 == 0 and bar.disable is False:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", err=f"{wrong_sum.item() / seen:.2%}")
-        bar.close()
-        train_seconds = time.perf_counter() - tic
-        loss_total, wrong_total, kl_total, seen_total = ddp.sum(
-            [loss_sum.item(), wrong_sum.item(), kl_sum.item(), float(seen)]
-        )
-        test = evaluate(core, test_set, batch_size=config.eval_batch_size, device=ddp.device,
-                        ground_truth_init=config.ground_truth_init)
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": loss_total / seen_total,
-            "train_error": wrong_total / seen_total,
-            "train_kl": kl_total / seen_total,  # the weighted KL term of the objective (0 without a P-STN)
-            **{f"test_{k}": v for k, v in test.items() if k != "n"},
-            "train_curve": curve,
-            "images_per_s": seen_total / train_seconds,
-            "seconds": train_seconds,
-            "elapsed": time.perf_counter() - started,
-        }
-        if ddp.main:
-            diagnostics = theta_diagnostics(core.transformers, diag_x, **diag_inputs) if len(getattr(core, "transformers", ())) else []
-            record["theta"] = diagnostics
-            record["warnings"] = collapse_warnings(diagnostics)
-            history.append(record)
-            _print(_epoch_line(record, epochs), main=True)
-            for warning in record["warnings"]:
-                _print(f"warning: {warning}", main=True, file=sys.stderr)
-            if run_dir is not None:
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                improved = record["test_error"] < best_error
-                best_error = min(best_error, record["test_error"])
-                summary = {k: record[k] for k in ("train_loss", "train_error", "test_loss", "test_error", "test_ece", "test_nll")
-                           if k in record}
-                if improved:
-                    save_checkpoint(run_dir / "checkpoints" / "best.safetensors", core, config,
-                                    epoch=epoch + 1, step=step, metrics=summary)
-                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "rng": capture_rng(), "best_error": best_error}
-                save_checkpoint(run_dir / "checkpoints" / "last.safetensors", core, config,
-                                epoch=epoch + 1, step=step, metrics=summary, training_state=state)
-        else:
-            history.append(record)
-        ddp.barrier()
+    if ddp.main and session.start_epoch >= last_epoch:
+        where = session.run_dir.path if session.run_dir is not None else "the run"
+        _print(f"nothing to do: {where} is at epoch {session.start_epoch} of {session.epochs} "
+               "(give more epochs to extend it)", main=True)
 
-    if ddp.main and history:
-        final = history[-1]
-        best = min(h["test_error"] for h in history)
-        _print(
-            f"done: {config.model} on {config.data}, {final['epoch']} epochs / {final['step']} steps in "
-            f"{final['elapsed']:.1f} s: test error {final['test_error']:.2%} (best {best:.2%}), "
-            f"test loss {final['test_loss']:.4f}" + _calibration_text(final)
-            + (f"; run in {run_dir}" if run_dir is not None else ""),
-            main=True,
-        )
-    core.eval()
-    return TrainResult(model=core, config=config, history=history, run_dir=run_dir)
 
+def _train_step(
+    session: _Session, batch: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor, torch.Tensor]:
+    """One optimiser step on a global batch; returns this process's loss, KL, logits and labels (detached)."""
+    config, ddp, core = session.config, session.ddp, session.core
+    x, y, inputs = fetch_inputs(session.train_set, shard(batch, ddp.rank, ddp.world), config.ground_truth_init,
+                                ddp.device, channels_last=config.channels_last)
+    with session.autocast():
+        logits = session.model(x, **inputs)
+        loss = F.cross_entropy(logits, y)  # a P-STN model returns log-probabilities: the same data term
+        kl = total_kl(core)  # the weighted KL of P-STN modules (0.0 for other models)
+        objective = loss + kl
+        if config.identity_reg:
+            objective = objective + config.identity_reg * identity_penalty(core)
+    session.optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in core.parameters() if p.requires_grad], config.grad_clip)
+    session.optimizer.step()
+    session.scheduler.step()
+    session.step += 1
+    return loss.detach(), kl.detach() if isinstance(kl, torch.Tensor) else kl, logits.detach(), y
+
+
+def _train_epoch(session: _Session, epoch: int, progress: bool) -> _EpochSums:
+    """One pass over this epoch's batches (cut at ``total_steps``), with the train curve's points."""
+    from tqdm import tqdm
+
+    ddp = session.ddp
+    if hasattr(session.train_set, "set_epoch"):  # online distortions: this epoch's draw
+        session.train_set.set_epoch(epoch)
+    batches = epoch_batches(len(session.train_set), session.batch_size, session.config.seed, epoch)
+    batches = batches[: session.total_steps - session.step]
+    curve_every = max(1, session.total_steps // 100)
+    sums = torch.zeros(3, dtype=torch.float64, device=ddp.device)  # loss, wrong, KL (each times images)
+    window = torch.zeros(3, device=ddp.device)  # loss, wrong, images since the last curve point
+    seen, curve = 0, []
+    session.model.train()
+    tic = time.perf_counter()
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{session.epochs}", unit="batch", leave=False,
+               disable=not (progress and ddp.main), file=sys.stderr, dynamic_ncols=True)
+    for i, batch in enumerate(bar):
+        loss, kl, logits, y = _train_step(session, batch)
+        batch_loss, batch_wrong = loss * y.numel(), (logits.argmax(1) != y).sum()
+        sums[0] += batch_loss
+        sums[1] += batch_wrong
+        if isinstance(kl, torch.Tensor):
+            sums[2] += kl * y.numel()
+        seen += y.numel()
+        window += torch.stack([batch_loss, batch_wrong.to(batch_loss.dtype), batch_loss.new_tensor(y.numel())])
+        if session.step % curve_every == 0:  # this process's train loss and error since the last point
+            total = window.tolist()
+            curve.append([session.step, total[0] / total[2], total[1] / total[2]])
+            window.zero_()
+        if i % 20 == 0 and bar.disable is False:
+            bar.set_postfix(loss=f"{sums[0].item() / seen:.4f}", err=f"{sums[1].item() / seen:.2%}")
+    bar.close()
+    loss, wrong, kl = sums.tolist()
+    return _EpochSums(loss, wrong, kl, seen, curve, time.perf_counter() - tic)
+
+
+def _epoch_record(session: _Session, epoch: int, sums: _EpochSums) -> dict[str, Any]:
+    """The epoch's line of ``metrics.jsonl``: training sums over the processes and the test evaluation."""
+    config, ddp = session.config, session.ddp
+    loss_total, wrong_total, kl_total, seen_total = ddp.sum([sums.loss, sums.wrong, sums.kl, float(sums.seen)])
+    test = evaluate(session.core, session.test_set, batch_size=config.eval_batch_size, device=ddp.device,
+                    ground_truth_init=config.ground_truth_init, precision=config.precision,
+                    channels_last=config.channels_last)
+    return {
+        "epoch": epoch + 1,
+        "step": session.step,
+        "lr": session.optimizer.param_groups[0]["lr"],
+        "train_loss": loss_total / seen_total,
+        "train_error": wrong_total / seen_total,
+        "train_kl": kl_total / seen_total,  # the weighted KL term of the objective (0 without a P-STN)
+        **{f"test_{k}": v for k, v in test.items() if k != "n"},
+        "train_curve": sums.curve,
+        "images_per_s": seen_total / sums.seconds,
+        "seconds": sums.seconds,
+        "elapsed": time.perf_counter() - session.started,
+    }
+
+
+def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple[Any, Any, Any]) -> None:
+    """Add the θ diagnostics to the record, print it, and (main process) write it and the checkpoints."""
+    session.history.append(record)
+    if not session.ddp.main:
+        return
+    core = session.core
+    x, _, inputs = diagnostics_batch
+    diagnostics = theta_diagnostics(core.transformers, x, **inputs) if len(getattr(core, "transformers", ())) else []
+    record["theta"] = diagnostics
+    record["warnings"] = collapse_warnings(diagnostics)
+    _print(_epoch_line(record, session.epochs), main=True)
+    for warning in record["warnings"]:
+        _print(f"warning: {warning}", main=True, file=sys.stderr)
+    if session.run_dir is None:
+        return
+    session.run_dir.append(record)
+    improved = record["test_error"] < session.best_error
+    session.best_error = min(session.best_error, record["test_error"])
+    summary = {k: record[k] for k in ("train_loss", "train_error", "test_loss", "test_error", "test_ece", "test_nll")
+               if k in record}
+    state = {"optimizer": session.optimizer.state_dict(), "scheduler": session.scheduler.state_dict(),
+             "rng": capture_rng(), "best_error": session.best_error}
+    session.run_dir.save(core, session.config, epoch=record["epoch"], step=record["step"], metrics=summary,
+                         training_state=state, best=improved)
+
+
+def _summary(session: _Session) -> None:
+    if not (session.ddp.main and session.history):
+        return
+    config, final = session.config, session.history[-1]
+    best = min(h["test_error"] for h in session.history)
+    _print(
+        f"done: {config.model} on {config.data}, {final['epoch']} epochs / {final['step']} steps in "
+        f"{final['elapsed']:.1f} s: test error {final['test_error']:.2%} (best {best:.2%}), "
+        f"test loss {final['test_loss']:.4f}" + _calibration_text(final)
+        + (f"; run in {session.run_dir.path}" if session.run_dir is not None else ""),
+        main=True,
+    )
 
 def _check_ground_truth_init(config: TrainConfig, model: nn.Module, train_set: Any) -> None:
     if "init_params" not in inspect.signature(model.forward).parameters:

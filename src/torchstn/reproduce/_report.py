@@ -46,23 +46,20 @@ def figure_path(results_dir: str | Path, experiment: str, budget: str, row: str,
 
 
 def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *, data_dir: str | None = None) -> Path | None:
-    """Draw what the transformer(s) of a finished cell learned (:func:`torchstn.engine._figures.plot_run`).
+    """Draw what the transformer(s) of a finished cell learned (:func:`torchstn.engine.plot_run`).
 
     Returns:
         the PNG path, or ``None`` for a model without transformers or a run that is gone.
     """
-    import json
+    from torchstn.engine import RunDir, load_model, load_split, plot_run
 
-    from torchstn.engine import load_model, load_split
-    from torchstn.engine._figures import plot_run
-
-    run_dir = Path(record["run"])
-    if not cell.row.transformer or not (run_dir / "checkpoints").is_dir():
+    run_dir = RunDir(record["run"])
+    if not cell.row.transformer or not run_dir.holds_run():
         return None
-    model, config, _ = load_model(run_dir, "last")
+    model, config, _ = load_model(run_dir.path, "last")
     config = config.replace(data_dir=data_dir)
     test_set = load_split(config, "test")
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    history = run_dir.history()
     paper = f", paper {cell.paper:.1f}%" if cell.paper is not None else ""
     title = (f"{cell.row.label} on {cell.column.label} ({cell.experiment.name}, budget {cell.budget}, seed "
              f"{cell.seed}): test error {record['error']:.2f}%{paper}")
@@ -89,14 +86,13 @@ def error_by_rotation(cell: Cell, record: dict[str, Any], *, data_dir: str | Non
     """
     import math
 
-    from torchstn.engine import load_model, load_split
-    from torchstn.engine._evaluate import predict
+    from torchstn.engine import RunDir, load_model, load_split, predict
     from torchstn.transforms import Similarity
 
-    run_dir = Path(record["run"])
-    if not (run_dir / "checkpoints").is_dir():
+    run_dir = RunDir(record["run"])
+    if not run_dir.holds_run():
         return []
-    model, config, _ = load_model(run_dir, "last")
+    model, config, _ = load_model(run_dir.path, "last")
     test_set = load_split(config.replace(data_dir=data_dir), "test")
     if not isinstance(getattr(test_set, "transform", None), Similarity) or test_set.params is None:
         return []

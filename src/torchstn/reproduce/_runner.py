@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torchstn.engine import RunDir, atomic_write
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 
 __all__ = ["Cell", "Results", "machine_info", "plan", "run_cell", "run_experiment"]
@@ -186,9 +186,7 @@ class Results:
         """Write the file, cells sorted by key."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"experiment": self.experiment, "cells": dict(sorted(self.cells.items()))}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n"))
 
 
 def _wall_seconds(history: Sequence[dict[str, Any]]) -> float:
@@ -231,15 +229,14 @@ def run_cell(
     """
     from torchstn.engine import TrainConfig, train
 
-    run_dir = Path(runs) / cell.experiment.name / cell.budget / cell.run_name
+    run_dir = RunDir(Path(runs) / cell.experiment.name / cell.budget / cell.run_name)
     config = TrainConfig(**cell.config, data_dir=data_dir, device=device)
-    last = run_dir / "checkpoints" / "last.safetensors"
-    resume = last.is_file() and (run_dir / "checkpoints" / "last.state.pt").is_file()
-    if not resume and run_dir.exists():  # interrupted before its first checkpoint: start again
-        shutil.rmtree(run_dir)
-    if resume:
-        log(f"  resuming {run_dir} from its last checkpoint")
-    result = train(config, run_dir, resume=resume, progress=progress)
+    resume = run_dir.can_resume()
+    if not resume:  # interrupted before its first checkpoint: start again
+        run_dir.remove()
+    else:
+        log(f"  resuming {run_dir.path} from its last checkpoint")
+    result = train(config, run_dir.path, resume=resume, progress=progress)
     history = result.history
     if not history:
         raise RuntimeError(f"{run_dir}: training recorded no epoch")
@@ -260,7 +257,7 @@ def run_cell(
         "theta": final.get("theta", []),
         "warnings": final.get("warnings", []),
         "paper": cell.paper,
-        "run": str(run_dir),
+        "run": str(run_dir.path),
         "digest": cell.digest,
         "config": cell.config,
     }

@@ -1,0 +1,206 @@
+"""The run directory: the one place that knows its layout.
+
+A run directory looks like::
+
+    runs/NAME/
+        config.json                    the TrainConfig
+        metrics.jsonl                  one line per epoch
+        checkpoints/last.safetensors   weights + config + epoch/step/metrics (metadata)
+        checkpoints/last.state.pt      optimiser, scheduler and RNG state (for resuming)
+        checkpoints/best.safetensors   the weights of the epoch with the lowest test error
+
+The trainer, ``torchstn reproduce``, ``eval`` and ``visualize`` reach these files only
+through :class:`RunDir`: the paths, the metrics history, atomic writes and the
+question "may this run be resumed with that config?".
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchstn.engine._checkpoint import CheckpointError, atomic_write, read_checkpoint, save_checkpoint, state_path
+from torchstn.engine._config import TrainConfig
+from torchstn.models import create_model
+
+__all__ = ["RESUMABLE_CHANGES", "RunDir", "load_model", "resolve_checkpoint"]
+
+#: config fields a resumed run may change: its length, and where it runs or finds MNIST
+RESUMABLE_CHANGES = ("epochs", "steps", "device", "data_dir", "eval_batch_size")
+
+
+class RunDir:
+    """A run directory (it need not exist yet).
+
+    Example:
+        >>> run = RunDir("runs/st-cnn-rts")
+        >>> run.checkpoint("best").as_posix()
+        'runs/st-cnn-rts/checkpoints/best.safetensors'
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: str | Path) -> RunDir:
+        """The run directory a ``checkpoints/<name>.safetensors`` file belongs to."""
+        return cls(Path(checkpoint).parent.parent)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint(self, which: str) -> Path:
+        """The weights file ``checkpoints/<which>.safetensors`` (``"best"`` or ``"last"``)."""
+        return self.checkpoints / f"{which}.safetensors"
+
+    def holds_run(self) -> bool:
+        """Whether a run has written checkpoints here."""
+        return self.checkpoints.exists()
+
+    def can_resume(self) -> bool:
+        """Whether the ``last`` checkpoint and its training state are both here."""
+        last = self.checkpoint("last")
+        return last.is_file() and state_path(last).is_file()
+
+    def remove(self) -> None:
+        """Delete the directory (a run interrupted before its first checkpoint)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # --- config -------------------------------------------------------------------------
+    def start(self, config: TrainConfig) -> None:
+        """Create the directory for a new run: ``config.json`` and an empty history.
+
+        Raises:
+            ValueError: a run is already here.
+        """
+        if self.holds_run():
+            raise ValueError(f"{self.path} already holds a run: resume it (--resume) or choose another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.config_path, config.save)
+        atomic_write(self.metrics_path, lambda p: p.write_text(""))
+
+    def read_config(self) -> TrainConfig:
+        """The run's config.
+
+        Raises:
+            CheckpointError: no ``config.json`` here.
+        """
+        if not self.config_path.is_file():
+            raise CheckpointError(f"cannot resume: {self.config_path} is missing (is {self.path} a run directory?)")
+        return TrainConfig.load(self.config_path)
+
+    @staticmethod
+    def config_differences(saved: TrainConfig, config: TrainConfig) -> list[str]:
+        """The fields, outside :data:`RESUMABLE_CHANGES`, in which two configs differ."""
+        ours, theirs = config.to_dict(), saved.to_dict()
+        return sorted(k for k, v in theirs.items() if k not in RESUMABLE_CHANGES and ours[k] != v)
+
+    def resume_config(self, **changes: Any) -> TrainConfig:
+        """The saved config with ``changes`` (``None`` values ignored) applied.
+
+        Raises:
+            ValueError: a change to a field outside :data:`RESUMABLE_CHANGES`.
+        """
+        saved = self.read_config()
+        changed = saved.replace(**{k: v for k, v in changes.items() if v is not None})
+        bad = self.config_differences(saved, changed)
+        if bad:
+            raise ValueError(
+                f"cannot change {', '.join(bad)} when resuming {self.path}: "
+                f"only {', '.join(RESUMABLE_CHANGES)} may change"
+            )
+        return changed
+
+    # --- metrics history ----------------------------------------------------------------
+    def history(self) -> list[dict[str, Any]]:
+        """The epoch records of ``metrics.jsonl`` (``[]`` when there is none)."""
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add one epoch's record to ``metrics.jsonl``."""
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def keep_history(self, epochs: int) -> list[dict[str, Any]]:
+        """Drop the records after ``epochs`` (logged after the last checkpoint) and return the rest."""
+        history = self.history()[:epochs]
+        atomic_write(self.metrics_path, lambda p: p.write_text("".join(json.dumps(h) + "\n" for h in history)))
+        return history
+
+    # --- checkpoints --------------------------------------------------------------------
+    def save(
+        self, model: nn.Module, config: TrainConfig, *, epoch: int, step: int, metrics: dict[str, Any],
+        training_state: dict[str, Any], best: bool,
+    ) -> None:
+        """Write the ``last`` checkpoint with its training state, and ``best`` too when ``best``."""
+        if best:
+            save_checkpoint(self.checkpoint("best"), model, config, epoch=epoch, step=step, metrics=metrics)
+        save_checkpoint(self.checkpoint("last"), model, config, epoch=epoch, step=step, metrics=metrics,
+                        training_state=training_state)
+
+
+def resolve_checkpoint(run_or_ckpt: str | Path, which: str = "best") -> Path:
+    """The weights file meant by a run directory or a checkpoint path.
+
+    A ``.safetensors`` file is returned as is; a run directory gives
+    ``checkpoints/<which>.safetensors`` (falling back to ``last``).
+
+    Raises:
+        CheckpointError: nothing usable at that path (the message says what is expected).
+    """
+    path = Path(run_or_ckpt)
+    if path.is_dir():
+        for name in (which, "last"):
+            candidate = RunDir(path).checkpoint(name)
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(
+            f"no checkpoint in {path}: expected {path}/checkpoints/{which}.safetensors "
+            "(a run directory written by 'torchstn train --out DIR')"
+        )
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist: give a run directory or a .safetensors checkpoint")
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path} is not a .safetensors checkpoint or a run directory")
+    return path
+
+
+def load_model(run_or_ckpt: str | Path, which: str = "best", map_location: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """Rebuild the model a checkpoint was trained as and load its weights.
+
+    Returns:
+        ``(model, config, info)`` with the model in eval mode; ``info`` has ``epoch``,
+        ``step``, ``metrics`` and ``path``.
+
+    Example:
+        >>> model, config, info = load_model("runs/demo-st")  # doctest: +SKIP
+    """
+    path = resolve_checkpoint(run_or_ckpt, which)
+    tensors, config, info = read_checkpoint(path)
+    model = create_model(config.model, **config.model_args)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not fit model {config.model!r}: {str(err).splitlines()[0]}") from None
+    model.to(map_location).eval()
+    info["path"] = path
+    return model, config, info
