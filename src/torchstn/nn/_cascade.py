@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from torchstn._validation import check_bool, check_int
-from torchstn.nn._spatial_transformer import SpatialTransformer
-from torchstn.sampling import Mode, Padding
+from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer
+from torchstn.sampling import SamplerOptions
 from torchstn.transforms import MatrixTransform, Transform
 
 __all__ = ["CascadedSpatialTransformer"]
@@ -69,8 +70,8 @@ class CascadedSpatialTransformer(SpatialTransformer):
             plain cascade sees the input itself, so a plain cascade whose shared
             localisation net needs a fixed input size needs ``output_size`` equal to
             the input's.
-        in_features, mode, padding, align_corners, backend: as in
-            :class:`~torchstn.nn.SpatialTransformer`.
+        in_features, sampler, **sampler_keywords: as in
+            :class:`~torchstn.nn.SpatialTransformer` (one sampler for every step).
 
     Attributes:
         localization, regressor: the predictor of the first step (of every step when
@@ -110,10 +111,8 @@ class CascadedSpatialTransformer(SpatialTransformer):
         output_size: Sequence[int] | None = None,
         *,
         in_features: int | None = None,
-        mode: Mode = "bilinear",
-        padding: Padding = "zeros",
-        align_corners: bool = False,
-        backend: str | None = None,
+        sampler: SamplerOptions | None = None,
+        **sampler_keywords: Unpack[SamplerKeywords],
     ) -> None:
         check_int("steps", steps, 1)
         check_bool("compositional", compositional)
@@ -129,14 +128,16 @@ class CascadedSpatialTransformer(SpatialTransformer):
             locs = list(localization)
         else:
             raise TypeError(f"localization must be an nn.Module or a sequence of them, got {type(localization).__name__}")
-        options = dict(in_features=in_features, mode=mode, padding=padding, align_corners=align_corners, backend=backend)
-        super().__init__(transform, locs[0], output_size, **options)
+        super().__init__(transform, locs[0], output_size, in_features=in_features, sampler=sampler, **sampler_keywords)
         if compositional and not isinstance(self.transform, MatrixTransform):
             raise TypeError(
                 f"a compositional cascade needs a MatrixTransform (it composes parameters), got {self.transform.name}; "
                 "use compositional=False to resample at every step instead"
             )
-        self.refiners = nn.ModuleList(SpatialTransformer(self.transform, loc, output_size, **options) for loc in locs[1:])
+        self.refiners = nn.ModuleList(
+            SpatialTransformer(self.transform, loc, output_size, in_features=in_features, sampler=self.sampler)
+            for loc in locs[1:]
+        )
         self.num_steps = steps
         self.compositional = compositional
         self.share = share

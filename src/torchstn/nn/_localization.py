@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -12,6 +13,8 @@ from torchstn._validation import check_int, check_number, check_size
 from torchstn.transforms import Transform
 
 __all__ = ["IdentityRegressor", "conv_localization", "declare_input", "make_regressor"]
+
+_Net = TypeVar("_Net", bound=nn.Module)
 
 
 class IdentityRegressor(nn.Linear):
@@ -40,7 +43,7 @@ class IdentityRegressor(nn.Linear):
 class _LazyIdentityRegressor(nn.LazyLinear):
     """:class:`IdentityRegressor` whose ``in_features`` is read from the first input."""
 
-    cls_to_become = IdentityRegressor
+    cls_to_become: type[nn.Linear] = IdentityRegressor
 
     def __init__(self, start: Transform | Sequence[float]) -> None:
         self._start_values = _start_values(start)
@@ -68,7 +71,7 @@ def _zero_weight_start_bias(linear: nn.Linear, values: list[float]) -> None:
         linear.bias.copy_(torch.tensor(values, dtype=linear.bias.dtype))
 
 
-def declare_input(net: nn.Module, in_channels: int, input_size: Sequence[int]) -> nn.Module:
+def declare_input(net: _Net, in_channels: int, input_size: Sequence[int]) -> _Net:
     """Record on ``net`` the input it was built for, ``(B, in_channels, *input_size)``, and return it.
 
     A :class:`~torchstn.nn.SpatialTransformer` checks its input against this shape before

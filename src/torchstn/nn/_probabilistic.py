@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +12,8 @@ from torch import nn
 
 from torchstn._validation import check_choice, check_int, check_number, check_positive
 from torchstn.nn._localization import make_regressor
-from torchstn.nn._spatial_transformer import SpatialTransformer
-from torchstn.sampling import Mode, Padding
+from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer
+from torchstn.sampling import SamplerOptions
 from torchstn.transforms import Transform
 
 __all__ = ["ProbabilisticSpatialTransformer", "total_kl"]
@@ -98,7 +98,7 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
             about the reference code's ``var_init=-5``.
         kl_weight: weight of the KL term in :meth:`kl`; the paper tunes it per training
             set size (1e-5 to 1e-3 on MNIST subsets).
-        in_features, mode, padding, align_corners, backend: as in
+        in_features, sampler, **sampler_keywords: as in
             :class:`~torchstn.nn.SpatialTransformer`.
 
     Attributes:
@@ -139,15 +139,10 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         init_scale: float = 0.08,
         kl_weight: float = 1e-4,
         in_features: int | None = None,
-        mode: Mode = "bilinear",
-        padding: Padding = "zeros",
-        align_corners: bool = False,
-        backend: str | None = None,
+        sampler: SamplerOptions | None = None,
+        **sampler_keywords: Unpack[SamplerKeywords],
     ) -> None:
-        super().__init__(
-            transform, localization, output_size, in_features=in_features, mode=mode, padding=padding,
-            align_corners=align_corners, backend=backend,
-        )
+        super().__init__(transform, localization, output_size, in_features=in_features, sampler=sampler, **sampler_keywords)
         self.samples = check_int("samples", samples, 1)
         self.test_samples = _test_samples(samples if test_samples is None else test_samples)
         self.distribution = check_choice("distribution", distribution, DISTRIBUTIONS)

@@ -3,16 +3,73 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Generic, TypedDict, TypeVar, Unpack, overload
 
 import torch
 from torch import nn
 
-from torchstn._validation import check_choice, check_size, check_tensor
+from torchstn._validation import check_size, check_tensor
 from torchstn.nn._localization import make_regressor
-from torchstn.sampling import MODES, PADDINGS, Mode, Padding, warp
+from torchstn.sampling import Backend, Mode, Padding, SamplerOptions
 from torchstn.transforms import Transform, get_transform
 
-__all__ = ["SpatialTransformer"]
+__all__ = ["SamplerKeywords", "SpatialTransformer"]
+
+
+class SamplerKeywords(TypedDict, total=False):
+    """The fields of :class:`~torchstn.sampling.SamplerOptions` as keywords of a module.
+
+    ``SpatialTransformer(t, loc, padding="border")`` is
+    ``SpatialTransformer(t, loc, sampler=SamplerOptions(padding="border"))``; a keyword left
+    out or ``None`` keeps its default (``backend=None`` is ``"auto"``).
+    """
+
+    mode: Mode
+    padding: Padding
+    align_corners: bool
+    backend: Backend | None
+
+
+def _sampler_options(owner: str, sampler: SamplerOptions | None, keywords: SamplerKeywords) -> SamplerOptions:
+    """``sampler``, or the options the keywords name (the rest at their defaults); not both."""
+    unknown = sorted(set(keywords) - SamplerKeywords.__optional_keys__)
+    if unknown:
+        raise TypeError(f"{owner}() got an unexpected keyword argument {unknown[0]!r}")
+    given: dict[str, Any] = {k: v for k, v in keywords.items() if v is not None}  # SamplerOptions validates them
+    if sampler is None:
+        return replace(SamplerOptions(), **given)
+    if not isinstance(sampler, SamplerOptions):
+        raise TypeError(f"sampler must be a SamplerOptions, got {type(sampler).__name__}")
+    if given:
+        raise TypeError(
+            f"{owner}() got sampler= and the sampler keyword(s) {', '.join(sorted(given))}: give the options "
+            "either as one SamplerOptions or as keywords, not both"
+        )
+    return sampler
+
+
+_T = TypeVar("_T")
+
+
+class _SamplerField(Generic[_T]):
+    """A module attribute that is a field of its ``sampler``: ``st.padding`` reads
+    ``st.sampler.padding``; setting it replaces ``st.sampler`` by a copy with that field
+    changed (validated again; ``None`` sets the default, as for the keywords)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, module: None, owner: type) -> _SamplerField[_T]: ...
+    @overload
+    def __get__(self, module: SpatialTransformer, owner: type) -> _T: ...
+    def __get__(self, module: SpatialTransformer | None, owner: type) -> _T | _SamplerField[_T]:
+        return self if module is None else getattr(module.sampler, self.name)
+
+    def __set__(self, module: SpatialTransformer, value: _T | None) -> None:
+        change: dict[str, Any] = {self.name: getattr(SamplerOptions(), self.name) if value is None else value}
+        module.sampler = replace(module.sampler, **change)
 
 
 class SpatialTransformer(nn.Module):
@@ -30,9 +87,14 @@ class SpatialTransformer(nn.Module):
         output_size: spatial size of the output; ``None`` keeps the input's.
         in_features: width of the localisation features; by default the width of the
             last ``nn.Linear`` in ``localization``, else inferred from the first batch.
-        mode, padding, align_corners, backend: passed to :func:`torchstn.sample`.
+        sampler: how the input is sampled (:class:`~torchstn.sampling.SamplerOptions`);
+            default ``SamplerOptions()``.
+        **sampler_keywords: ``mode``, ``padding``, ``align_corners``, ``backend``: the same
+            options as keywords (:class:`SamplerKeywords`), instead of ``sampler``.
 
     Attributes:
+        sampler: the :class:`~torchstn.sampling.SamplerOptions`; ``mode``, ``padding``,
+            ``align_corners`` and ``backend`` read (and set) its fields.
         last_params: θ of the last forward pass, with its graph (for regularisers
             such as the engine's ``identity_reg``) and for diagnostics; ``None`` before
             the first call. Copies of the module (``copy.deepcopy``, pickle) hold it
@@ -56,9 +118,16 @@ class SpatialTransformer(nn.Module):
         True
         >>> st.predict_params(x).shape
         torch.Size([4, 6])
+        >>> stn.SpatialTransformer("affine", loc, padding="border").sampler
+        SamplerOptions(mode='bilinear', padding='border', align_corners=False, backend='auto')
     """
 
     last_params: torch.Tensor | None
+    sampler: SamplerOptions
+    mode = _SamplerField[Mode]()
+    padding = _SamplerField[Padding]()
+    align_corners = _SamplerField[bool]()
+    backend = _SamplerField[Backend]()
 
     def __init__(
         self,
@@ -67,10 +136,8 @@ class SpatialTransformer(nn.Module):
         output_size: Sequence[int] | None = None,
         *,
         in_features: int | None = None,
-        mode: Mode = "bilinear",
-        padding: Padding = "zeros",
-        align_corners: bool = False,
-        backend: str | None = None,
+        sampler: SamplerOptions | None = None,
+        **sampler_keywords: Unpack[SamplerKeywords],
     ) -> None:
         super().__init__()
         if not isinstance(localization, nn.Module):
@@ -79,10 +146,7 @@ class SpatialTransformer(nn.Module):
         self.localization = localization
         self.regressor = make_regressor(localization, self.transform, in_features)
         self.output_size = None if output_size is None else check_size("output_size", output_size, self.transform.ndim)
-        self.mode = check_choice("mode", mode, MODES)
-        self.padding = check_choice("padding", padding, PADDINGS)
-        self.align_corners = bool(align_corners)
-        self.backend = backend
+        self.sampler = _sampler_options(type(self).__name__, sampler, sampler_keywords)
         self.last_params = None
 
     def predict_params(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,10 +180,7 @@ class SpatialTransformer(nn.Module):
 
     def transform_input(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Warp ``x`` by given parameters with this module's output size and sampling options."""
-        return warp(
-            x, params, self.transform, self.output_size, self.mode, self.padding, self.align_corners,
-            backend=self.backend,
-        )
+        return self.sampler.warp(x, params, self.transform, self.output_size)
 
     def forward(self, x: torch.Tensor, return_params: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Warp ``x`` by the θ its localisation net predicts.
