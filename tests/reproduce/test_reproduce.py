@@ -127,6 +127,22 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
     assert Results(tmp_path / "results", "stn-table1").finished(cell) is not None
 
 
+@needs_mnist
+def test_jobs_train_cells_in_one_thread_workers_with_the_same_numbers(tmp_path):
+    cells = plan(get_experiment("stn-table1"), "quick", only=["fcn", "cnn"], datasets=["rts"], limit=64)
+    lines: list[str] = []
+    serial = run_experiment(cells, Results(tmp_path / "a", "stn-table1"), tmp_path / "runs-a", data_dir=str(MNIST),
+                            progress=False, log=lines.append)
+    parallel = run_experiment(cells, Results(tmp_path / "b", "stn-table1"), tmp_path / "runs-b",
+                              data_dir=str(MNIST), jobs=2, log=lines.append, poll_seconds=0.5)
+    assert any("in 2 one-thread worker processes" in line for line in lines)
+    assert [r["error"] for r in parallel] == pytest.approx([r["error"] for r in serial])
+    assert all(r["machine"]["threads"] == 1 for r in parallel)
+    recorded = Results(tmp_path / "b", "stn-table1")
+    assert all(recorded.finished(c) is not None for c in cells)  # both workers' cells merged into one record
+    assert all(c.run_dir(tmp_path / "runs-b").log_path.read_text().count("epoch") >= 1 for c in cells)
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["reproduce", "stn-table9", "--out", str(tmp_path)]) == 2
     assert "unknown experiment 'stn-table9'" in capsys.readouterr().err

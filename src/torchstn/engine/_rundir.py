@@ -63,6 +63,12 @@ class RunDir:
         return self.path / "metrics.jsonl"
 
     @property
+    def log_path(self) -> Path:
+        """Where a run trained in the background writes its output: ``<run>.log`` beside the directory
+        (outside it, so that restarting the run does not delete its log)."""
+        return self.path.with_name(self.path.name + ".log")
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
