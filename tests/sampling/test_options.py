@@ -95,3 +95,49 @@ def test_frozen_hashable_picklable_deepcopyable():
     assert dataclasses.replace(options, mode="bilinear").mode == "bilinear"
     with pytest.raises(ValueError, match="mode must be"):  # replace() validates the new value too
         dataclasses.replace(options, mode="cubic")  # type: ignore[arg-type]
+
+
+def _count_checks(monkeypatch):
+    """Record every option name validated and every θ checked while the test runs."""
+    from torchstn.sampling import _sample
+
+    seen: list[str] = []
+    real_choice, real_params = _sample.check_choice, stn.Transform.check_params
+    monkeypatch.setattr(_sample, "check_choice", lambda name, *a: seen.append(name) or real_choice(name, *a))
+    monkeypatch.setattr(stn.Transform, "check_params",
+                        lambda self, *a, **k: seen.append("params") or real_params(self, *a, **k))
+    return seen
+
+
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.ThinPlateSpline(control=(3, 3)),
+                                       stn.Affine3D()], ids=lambda t: t.name)
+@pytest.mark.parametrize("backend", ["auto", "fused", "torch"])
+def test_warp_checks_params_and_each_option_once(transform, backend, monkeypatch):
+    x = torch.rand(2, 3, *((4, 5, 6) if transform.ndim == 3 else (5, 6)))
+    theta = transform.identity(2)
+    options = SamplerOptions(backend=backend)
+    grid = transform.grid(theta, x.shape[2:])
+    seen = _count_checks(monkeypatch)
+    stn.warp(x, theta, transform, backend=backend)
+    assert sorted(seen) == ["backend", "mode", "padding", "params"]
+    seen.clear()
+    options.warp(x, theta, transform)  # validated when made: only θ is checked per call
+    assert seen == ["params"]
+    seen.clear()
+    options.sample(x, grid)
+    assert seen == []
+    stn.sample(x, grid, backend=backend)
+    assert sorted(seen) == ["backend", "mode", "padding"]
+
+
+def test_warp_still_refuses_what_the_sampler_refused():
+    with pytest.raises(ValueError, match=r"mode='bicubic' is 2-D only .* got a 5-D input"):
+        SamplerOptions(mode="bicubic").warp(torch.rand(1, 1, 4, 4, 4), stn.Affine3D().identity(1), stn.Affine3D())
+    with pytest.raises(ValueError, match=r"params must be on the device of x \(cpu\), got meta"):
+        stn.warp(torch.rand(1, 1, 4, 4), stn.Affine().identity(1, device="meta"), "affine", backend="torch")
+    with pytest.raises(ValueError, match="size must be positive"):
+        SamplerOptions().warp(torch.rand(1, 1, 4, 4), stn.Affine().identity(1), "affine", (0, 4))
+    with pytest.raises(ValueError, match=r"size must be 2 ints \(H, W\)"):
+        stn.warp(torch.rand(1, 1, 4, 4), stn.Affine().identity(1), "affine", (4, 4, 4), backend="fused")
+    with pytest.raises(ValueError, match=r"params for Affine must have shape \(B, 6\)"):
+        SamplerOptions().warp(torch.rand(1, 1, 4, 4), torch.zeros(1, 4), "affine")

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from torchstn._validation import check_bool, check_choice
-from torchstn.sampling._sample import BACKEND_CHOICES, MODES, PADDINGS, Backend, Mode, Padding, sample, warp
+from torchstn._validation import check_bool
+from torchstn.sampling._sample import Backend, Mode, Padding, check_options, sample_checked_options, warp_checked_options
 from torchstn.transforms import Transform
 
 __all__ = ["SamplerOptions"]
@@ -44,17 +44,15 @@ class SamplerOptions:
     backend: Backend = "auto"
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, MODES)
-        check_choice("padding", self.padding, PADDINGS)
+        check_options(self.mode, self.padding, self.backend)
         check_bool("align_corners", self.align_corners)
-        check_choice("backend", self.backend, BACKEND_CHOICES)
 
     def sample(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        """:func:`~torchstn.sample` of ``x`` at ``grid`` with these options."""
-        return sample(x, grid, self.mode, self.padding, self.align_corners, backend=self.backend)
+        """:func:`~torchstn.sample` of ``x`` at ``grid`` with these options (checked once, when made)."""
+        return sample_checked_options(x, grid, self.mode, self.padding, self.align_corners, self.backend)
 
     def warp(
         self, x: torch.Tensor, params: torch.Tensor, transform: Transform | str, size: Sequence[int] | None = None
     ) -> torch.Tensor:
-        """:func:`~torchstn.warp` of ``x`` by ``params`` of ``transform`` with these options."""
-        return warp(x, params, transform, size, self.mode, self.padding, self.align_corners, backend=self.backend)
+        """:func:`~torchstn.warp` of ``x`` by ``params`` of ``transform`` with these options (checked once, when made)."""
+        return warp_checked_options(x, params, transform, size, self.mode, self.padding, self.align_corners, self.backend)

@@ -16,7 +16,7 @@ from torchstn.transforms import MatrixTransform, Transform, get_transform
 
 __all__ = [
     "BACKENDS", "BACKEND_CHOICES", "MODES", "PADDINGS", "Backend", "BackendName", "Mode", "Padding",
-    "check_sample_args", "sample", "warp",
+    "check_options", "check_sample_args", "sample", "sample_checked_options", "warp", "warp_checked_options",
 ]
 
 # Each option's choices are stated once, as a Literal (for type checkers); the tuples that
@@ -61,8 +61,18 @@ def _backend_name(backend: str | None, x: torch.Tensor, mode: str) -> str:
         if _fused.fused_applies(x, mode) and x.shape[1] >= FUSED_MIN_CHANNELS:
             return "fused"
         return "torch"
-    check_choice("backend", backend, BACKEND_CHOICES)
     return backend
+
+
+def check_options(mode: object, padding: object, backend: object) -> None:
+    """Validate the sampler's string options.
+
+    :func:`sample` and :func:`warp` call it once per call (their ``backend=None`` is
+    ``"auto"``); a :class:`~torchstn.sampling.SamplerOptions` once, when it is made.
+    """
+    check_choice("mode", mode, MODES)
+    check_choice("padding", padding, PADDINGS)
+    check_choice("backend", backend, BACKEND_CHOICES)
 
 
 def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tensor, params: torch.Tensor, mode: str) -> bool:
@@ -83,14 +93,13 @@ def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tens
     )
 
 
-def check_sample_args(x: object, grid: object, mode: str, padding: str) -> None:
-    """Validate the arguments of :func:`sample` (shared with the fused paths of :func:`warp`)."""
+def check_sample_args(x: object, grid: object, mode: str) -> None:
+    """Validate the tensors of :func:`sample` against each other and ``mode`` (the options
+    themselves are :func:`check_options`')."""
     check_tensor("x", x, ndim=(3, 4, 5))
     check_floating("x", x)
     check_tensor("grid", grid, ndim=x.dim())
     check_floating("grid", grid)
-    check_choice("mode", mode, MODES)
-    check_choice("padding", padding, PADDINGS)
     n = x.dim() - 2
     if grid.shape[-1] != n:
         layout = {1: "L", 2: "H, W", 3: "D, H, W"}[n]
@@ -100,7 +109,11 @@ def check_sample_args(x: object, grid: object, mode: str, padding: str) -> None:
         raise TypeError(f"grid must have the dtype of x ({x.dtype}), got {grid.dtype}")
     if grid.device != x.device:
         raise ValueError(f"grid must be on the device of x ({x.device}), got {grid.device}")
-    if mode == "bicubic" and n == 3:
+    _check_mode_fits(x, mode)
+
+
+def _check_mode_fits(x: torch.Tensor, mode: str) -> None:
+    if mode == "bicubic" and x.dim() == 5:
         raise ValueError("mode='bicubic' is 2-D only (inputs (B, C, H, W)); got a 5-D input, use 'bilinear'")
 
 
@@ -154,13 +167,29 @@ def sample(
         >>> sample(x, grid)
         tensor([[[[1.5000]]]])
     """
-    check_sample_args(x, grid, mode, padding)
+    check_options(mode, padding, "auto" if backend is None else backend)
+    return sample_checked_options(x, grid, mode, padding, bool(align_corners), backend)
+
+
+def sample_checked_options(
+    x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool, backend: str | None
+) -> torch.Tensor:
+    """:func:`sample` for options validated already (:class:`~torchstn.sampling.SamplerOptions`):
+    the tensors are checked, the options are not."""
+    check_sample_args(x, grid, mode)
+    return _run_kernel(x, grid, mode, padding, align_corners, backend)
+
+
+def _run_kernel(
+    x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool, backend: str | None
+) -> torch.Tensor:
+    """Sample with the chosen backend; every argument is valid."""
     kernel = _KERNELS[_backend_name(backend, x, mode)]
     if x.dim() == 3:  # a signal is an image of height 1 read on its centre row
         # y = 0 * x rather than zeros: a NaN x keeps its NaN gradient through either component
         grid2d = torch.cat([grid, grid * 0], -1)[:, None]
-        return kernel(x[:, :, None], grid2d, mode, padding, bool(align_corners))[:, :, 0]
-    return kernel(x, grid, mode, padding, bool(align_corners))
+        return kernel(x[:, :, None], grid2d, mode, padding, align_corners)[:, :, 0]
+    return kernel(x, grid, mode, padding, align_corners)
 
 
 def warp(
@@ -209,26 +238,44 @@ def warp(
         >>> torch.allclose(stn.warp(x, theta, stn.Affine()), x, atol=1e-6)
         True
     """
+    check_options(mode, padding, "auto" if backend is None else backend)
+    return warp_checked_options(x, params, transform, size, mode, padding, bool(align_corners), backend)
+
+
+def warp_checked_options(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    transform: Transform | str,
+    size: Sequence[int] | None,
+    mode: str,
+    padding: str,
+    align_corners: bool,
+    backend: str | None,
+) -> torch.Tensor:
+    """:func:`warp` for options validated already (:class:`~torchstn.sampling.SamplerOptions`):
+    the tensors, the transform and the size are checked, each once; the options are not."""
     transform = get_transform(transform)
     check_floating("x", check_tensor("x", x, ndim=transform.ndim + 2))
     params = transform.check_params(params)
     check_same_batch("x", x, "params", params)
-    if size is None:
-        size = tuple(int(s) for s in x.shape[2:])  # ints, also under torch.jit.trace
+    if params.device != x.device:
+        raise ValueError(f"params must be on the device of x ({x.device}), got {params.device}")
+    _check_mode_fits(x, mode)
+    # from x: ints, also under torch.jit.trace; still checked, a spatial size may be 0
+    size = check_size("size", tuple(int(s) for s in x.shape[2:]) if size is None else size, transform.ndim)
     # grids need more than 8 mantissa bits: low-precision inputs are warped in float32
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     with _autocast_off(x.device.type):
         xd, params = x.to(dtype), params.to(dtype)
         if _fused_warp_applies(backend, transform, xd, params, mode):  # no grid in memory
-            check_choice("padding", padding, PADDINGS)
-            size = check_size("size", size, 2)
             if transform.projective:
-                out = _fused.fused_warp(xd, transform.matrix(params, check=False), size, padding, bool(align_corners), True, transform.eps)
+                matrix, eps = transform.matrix(params, check=False), transform.eps
+                out = _fused.fused_warp(xd, matrix, size, padding, align_corners, True, eps)
             else:
-                out = _fused.fused_warp(xd, transform.affine_rows(params, check=False), size, padding, bool(align_corners))
+                out = _fused.fused_warp(xd, transform.affine_rows(params, check=False), size, padding, align_corners)
         else:
-            grid = transform.grid(params, size, align_corners)
-            out = sample(xd, grid, mode, padding, align_corners, backend=backend)
+            grid = transform.grid(params, size, align_corners, check=False)
+            out = _run_kernel(xd, grid, mode, padding, align_corners, backend)
     return out.to(x.dtype)
 
 
