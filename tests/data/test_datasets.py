@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -109,9 +110,44 @@ def test_rotated_subset_through_get_dataset(mnist_dir):
     assert len(online) == 100 and torch.bincount(online.labels, minlength=10).tolist() == [10] * 10
 
 
+def test_get_dataset_states_every_option_and_names_a_misspelt_one(mnist_dir):
+    params = inspect.signature(get_dataset).parameters
+    named = {"root", "seed", "online", "limit", "subset", "fold", "cache", "cache_dir", "download", "verify"}
+    assert named <= {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert params["fold"].default == 0 and params["cache"].default is True and params["subset"].default is None
+    with pytest.raises(TypeError, match="'limt'"):
+        get_dataset("mnist", "test", root=mnist_dir, limt=3)
+    with pytest.raises(TypeError, match="'subest'"):  # not a recipe option either
+        get_dataset("mnist-r", "test", root=mnist_dir, subest=30, cache=False)
+    with pytest.raises(TypeError, match="name must be one of"):
+        get_dataset(3)
+    with pytest.raises(TypeError, match="subset must be an int"):
+        get_dataset("mnist", "test", root=mnist_dir, subset=30.0)
+    with pytest.raises(ValueError, match="canonical MNIST"):  # the distorted sets are made from verified digits
+        get_dataset("mnist-r", "test", root=mnist_dir, verify=False, cache=False)
+    plain = get_dataset("MNIST", "test", root=mnist_dir, limit=3, download=False, verify=False, cache_dir="unused")
+    assert len(plain) == 3 and plain.name == "mnist"
+    sharper = get_dataset("mnist-e", "test", root=mnist_dir, limit=3, cache=False, sigma=1.0)
+    assert sharper.params.shape == (3, 32) and not torch.equal(sharper.params, get_dataset(
+        "mnist-e", "test", root=mnist_dir, limit=3, cache=False).params)  # recipe options still reach the recipe
+
+
+def test_wrong_types_are_type_errors_and_wrong_values_value_errors():
+    labels = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(TypeError, match="images must be uint8"):
+        stn.data.MNISTDataset(torch.zeros(2, 1, 4, 4), labels)
+    with pytest.raises(ValueError, match="images must have 4 dimensions"):
+        stn.data.MNISTDataset(torch.zeros(2, 4, 4, dtype=torch.uint8), labels)
+    with pytest.raises(TypeError, match="kind must be one of"):
+        distorted_mnist(3, "test", cache=False)
+    with pytest.raises(ValueError, match="kind must be one of .*got 'twirl'"):
+        distorted_mnist("mnist-twirl", "test", cache=False)
+
+
 def test_cache_is_written_reused_and_invalidated(mnist_dir, tmp_path, monkeypatch):
     first = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path)
     assert first.path is not None and first.path.parent == tmp_path / "distorted"
+    assert _generate.cache_path("r", "test", cache_dir=tmp_path, root=mnist_dir) == first.path
     manifest = json.loads((first.path / "manifest.json").read_text())
     assert manifest["recipe"] == first.recipe.describe() and manifest["seed"] == 0 and manifest["split"] == "test"
     assert manifest["torchstn_version"] == stn.__version__ and manifest["count"] == 10000
@@ -127,12 +163,15 @@ def test_cache_is_written_reused_and_invalidated(mnist_dir, tmp_path, monkeypatc
         again = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path)
         assert again.path == first.path and torch.equal(again.images, first.images)
         limited = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path, limit=7)
-        assert torch.equal(limited.images, first.images[:7])
+        assert torch.equal(limited.images, first.images[:7]) and torch.equal(limited.params, first.params[:7])
+        assert limited.path == first.path and limited.manifest["content_sha256"] == manifest["content_sha256"]
         with pytest.raises(AssertionError, match="rendered"):  # a changed recipe is not served from the cache
             distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path, angle=45.0)
 
     changed = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path, angle=45.0)
     assert changed.path != first.path and changed.params[:, 1].abs().max() <= np.radians(45) + 1e-6
+    unstored = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path, limit=7, cache=False)
+    assert unstored.path is None and unstored.manifest is None and torch.equal(unstored.images, first.images[:7])
 
     # a corrupted cache is detected by its content hash and regenerated
     images = np.load(first.path / "images.npy")

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from torchstn._validation import check_bool, check_choice, check_int
+from torchstn._validation import check_bool, check_choice, check_int, check_tensor
 from torchstn.data._generate import BLOCK, distorted_mnist, draw_blocks, load_sources
 from torchstn.data._geometry import make_generator
 from torchstn.data._mnist import SPLITS, load_mnist
@@ -121,8 +122,9 @@ class MNISTDataset(Dataset):
         source: torch.Tensor | None = None,
         sources: Sources | None = None,
     ) -> None:
-        if images.dim() != 4 or images.dtype != torch.uint8:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        check_tensor("images", images, ndim=4)
+        if images.dtype != torch.uint8:
+            raise TypeError(f"images must be uint8 (N, C, H, W), got {images.dtype}")
         if labels.shape != (images.shape[0],):
             raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
         self.images = images
@@ -315,79 +317,124 @@ def get_dataset(
     seed: int = 0,
     online: bool = False,
     limit: int | None = None,
-    **kwargs: Any,
+    subset: int | None = None,
+    fold: int = 0,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    verify: bool = True,
+    **options: Any,
 ) -> MNISTDataset | OnlineDistortedMNIST:
     """A dataset by name: ``"mnist"`` or a distortion ``"mnist-<kind>"`` (see :func:`list_datasets`).
 
     Args:
-        name: ``"mnist"``, ``"mnist-r"``, ``"mnist-rts"``, ``"mnist-p"``, ``"mnist-e"``,
-            ``"mnist-cluttered"``, ``"mnist-addition"``, ``"mnist-perturbed"``,
-            ``"mnist-rotated"``.
+        name: ``"mnist"`` or ``"mnist-<kind>"``, one of :data:`DATASETS` (any case).
         split: ``"train"`` or ``"test"``.
         root: where the MNIST files are (see :func:`~torchstn.data.load_mnist`).
         seed: seed of the distortions.
         online: fresh distortions every epoch (:class:`OnlineDistortedMNIST`, call
             ``set_epoch``); the test split is always the fixed set.
         limit: only the first ``limit`` samples (after ``subset``).
-        **kwargs: ``subset`` and ``fold`` (a P-STN small-data fold, see
-            :func:`pstn_fold`), ``cache`` and ``cache_dir`` (see
-            :func:`~torchstn.data.distorted_mnist`), and the recipe's options.
+        subset: take the P-STN small-data subset of this many images (see :func:`pstn_fold`).
+        fold: which fold of ``subset`` (``0 <= fold < 5``).
+        cache, cache_dir: read and write the cache of a fixed distorted set, and where it
+            is (see :func:`~torchstn.data.distorted_mnist`); ``"mnist"`` and online sets
+            generate nothing, so they ignore both.
+        download, verify: for ``"mnist"``, as in :func:`~torchstn.data.load_mnist`; the
+            distorted sets are made from the canonical MNIST, so they accept only ``True``.
+        **options: the recipe's options (e.g. ``sigma=2.5``, see
+            :func:`~torchstn.data.distorted_mnist`); unknown names raise ``TypeError``.
 
     Returns:
         A dataset of ``(image float32 (C, H, W) in [0, 1], label int)`` with
         ``num_classes``, ``input_shape`` and, for distorted sets, ``params`` and ``transform``.
 
     Raises:
-        ValueError: an unknown name (the message lists the valid ones).
+        ValueError: an unknown name (the message lists the valid ones), a bad value.
+        TypeError: a wrong type, or an option neither this function nor the recipe has.
 
     Example:
         >>> ds = stn.data.get_dataset("mnist-rts", "test", limit=8, cache=False)  # doctest: +SKIP
         >>> ds.input_shape, ds.num_classes, ds.params.shape  # doctest: +SKIP
         ((1, 42, 42), 10, torch.Size([8, 4]))
     """
-    if not isinstance(name, str) or name.lower() not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    name = check_choice("name", name.lower() if isinstance(name, str) else name, DATASETS)
     check_choice("split", split, SPLITS)
     if limit is not None:
         check_int("limit", limit, 0)
     check_bool("online", online)
-    name = name.lower()
-    subset = kwargs.pop("subset", None)
-    fold = kwargs.pop("fold", 0)
-
-    def restrict(labels: torch.Tensor) -> torch.Tensor:
-        index = torch.arange(len(labels)) if subset is None else pstn_fold(labels, subset, fold)
-        return index if limit is None else index[:limit]
-
+    check_bool("download", download)
+    check_bool("verify", verify)
+    if subset is not None:
+        check_int("subset", subset, 1)
+    picked = _Selection(subset, fold, limit)
     if name == "mnist":
-        load_kwargs = {k: kwargs.pop(k) for k in ("download", "verify") if k in kwargs}
-        kwargs.pop("cache", None)  # nothing is generated, so nothing is cached
-        kwargs.pop("cache_dir", None)
-        if kwargs:
-            raise TypeError(f"unknown argument(s) {sorted(kwargs)} for dataset 'mnist'")
-        images, labels = load_mnist(root, split, **load_kwargs)
-        dataset = MNISTDataset(images.unsqueeze(1), labels, name=name, split=split)
-        return dataset if subset is None and limit is None else dataset._take(restrict(labels))
-
+        if options:
+            raise TypeError(f"unknown argument(s) {sorted(options)} for dataset 'mnist'")
+        return _mnist_set(root, split, picked, download=download, verify=verify)
+    if not (download and verify):
+        raise ValueError(
+            f"download={download!r}, verify={verify!r}: {name} is generated from the canonical MNIST, "
+            "so it is always downloaded where missing and verified (both must be True)"
+        )
     kind = name.removeprefix("mnist-")
-    if online and split == "train":
-        kwargs.pop("cache", None)  # an online set is rendered on the fly, never cached
-        kwargs.pop("cache_dir", None)
-        recipe = get_recipe(kind, kwargs)
+    if online and split == "train":  # rendered on the fly: nothing is cached
+        recipe = get_recipe(kind, options)
         sources = load_sources(root, split)
-        index = restrict(sources.labels)
-        return OnlineDistortedMNIST(recipe, sources, split, seed, index=index)
+        return OnlineDistortedMNIST(recipe, sources, split, seed, index=picked.index(sources.labels))
+    return _fixed_set(kind, split, root, seed, picked, cache=cache, cache_dir=cache_dir, options=options)
 
-    data = distorted_mnist(kind, split, root, seed, limit=limit if subset is None else None, **kwargs)
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which samples of a split a dataset keeps: a P-STN ``subset`` fold, then the first ``limit``."""
+
+    subset: int | None
+    fold: int
+    limit: int | None
+
+    @property
+    def everything(self) -> bool:
+        return self.subset is None and self.limit is None
+
+    def index(self, labels: torch.Tensor) -> torch.Tensor:
+        """The kept indices into a split with these ``labels``."""
+        index = torch.arange(len(labels)) if self.subset is None else pstn_fold(labels, self.subset, self.fold)
+        return index if self.limit is None else index[: self.limit]
+
+
+def _mnist_set(
+    root: str | os.PathLike | None, split: str, picked: _Selection, *, download: bool, verify: bool
+) -> MNISTDataset:
+    """Undistorted MNIST, restricted as ``picked`` says."""
+    images, labels = load_mnist(root, split, download=download, verify=verify)
+    dataset = MNISTDataset(images.unsqueeze(1), labels, name="mnist", split=split)
+    return dataset if picked.everything else dataset._take(picked.index(labels))
+
+
+def _fixed_set(
+    kind: str,
+    split: str,
+    root: str | os.PathLike | None,
+    seed: int,
+    picked: _Selection,
+    *,
+    cache: bool,
+    cache_dir: str | os.PathLike | None,
+    options: dict[str, Any],
+) -> MNISTDataset:
+    """The fixed distorted set of ``kind`` (rendered only up to ``limit`` when no subset is taken)."""
+    limit = picked.limit if picked.subset is None else None
+    data = distorted_mnist(kind, split, root, seed, limit=limit, cache=cache, cache_dir=cache_dir, **options)
     dataset = MNISTDataset(
         data.images,
         data.labels,
         num_classes=data.recipe.num_classes,
         params=data.params,
         transform=data.transform,
-        name=name,
+        name=f"mnist-{kind}",
         split=split,
         source=data.source,
         sources=data.sources,
     )
-    return dataset if subset is None else dataset._take(restrict(data.labels))
+    return dataset if picked.subset is None else dataset._take(picked.index(data.labels))

@@ -194,11 +194,13 @@ def cache_path(kind: str, split: str = "train", seed: int = 0, *, cache_dir: str
     recipe = get_recipe(kind, options)
     sources = load_sources(root, split)
     key, _ = _key(recipe, split, seed, sources.fingerprint)
-    return _cache_dir(cache_dir) / f"{recipe.kind}-{split}-seed{seed}-{key[:16]}"
+    return _set_path(cache_dir, recipe, split, seed, key)
 
 
-def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    return (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / "distorted"
+def _set_path(cache_dir: str | os.PathLike | None, recipe: Recipe, split: str, seed: int, key: str) -> Path:
+    """The cache directory of one set: ``<cache_dir>/distorted/<kind>-<split>-seed<seed>-<key[:16]>``."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return root / "distorted" / f"{recipe.kind}-{split}-seed{seed}-{key[:16]}"
 
 
 def _content_hash(arrays: dict[str, np.ndarray]) -> str:
@@ -306,38 +308,43 @@ def distorted_mnist(
     sources = load_sources(root, split)
     n = len(sources) if limit is None else min(limit, len(sources))
     key, identity = _key(recipe, split, seed, sources.fingerprint)
-    path = _cache_dir(cache_dir) / f"{recipe.kind}-{split}-seed{seed}-{key[:16]}"
-
+    path = _set_path(cache_dir, recipe, split, seed, key)
     if cache and (hit := _read_cache(path, key)) is not None:
         arrays, manifest = hit
-        tensors = {k: torch.from_numpy(v[:n]) for k, v in arrays.items()}
-        extras = {k.removeprefix("extra_"): v for k, v in tensors.items() if k.startswith("extra_")}
-        return DistortedMNIST(
-            tensors["images"], tensors["labels"], tensors["params"], recipe.transform, tensors["source"], extras,
-            recipe, split, seed, sources, path, manifest,
-        )
-
-    draw = draw_split(recipe, sources, split, seed, count=n)
-    images = render_all(recipe, sources, draw, n, progress)
-    manifest = None
-    if cache and limit is None:
-        arrays = _arrays(images, draw)
-        manifest = {
-            **identity,
-            "key": key,
-            "kind": recipe.kind,
-            "torchstn_version": __version__,
-            "torch_version": torch.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "count": n,
-            "stats": draw.stats,
-            "files": {k: {"dtype": v.dtype.str, "shape": list(v.shape)} for k, v in sorted(arrays.items())},
-            "content_sha256": _content_hash(arrays),
-        }
-        _write_cache(path, arrays, manifest)
+        images, draw = _unpack(arrays, n)
     else:
-        path = None
+        draw = draw_split(recipe, sources, split, seed, count=n)
+        images = render_all(recipe, sources, draw, n, progress)
+        manifest = _store(path, key, identity, recipe, images, draw) if cache and limit is None else None
     return DistortedMNIST(
         images, draw.labels, draw.params, recipe.transform, draw.source, draw.extras, recipe, split, seed, sources,
-        path, manifest,
+        None if manifest is None else path, manifest,
     )
+
+
+def _unpack(arrays: dict[str, np.ndarray], n: int) -> tuple[torch.Tensor, Draw]:
+    """The images and the draw of the first ``n`` samples of a cached set (the inverse of :func:`_arrays`)."""
+    tensors = {k: torch.from_numpy(v[:n]) for k, v in arrays.items()}
+    extras = {k.removeprefix("extra_"): v for k, v in tensors.items() if k.startswith("extra_")}
+    return tensors["images"], Draw(tensors["params"], tensors["source"], tensors["labels"], extras)
+
+
+def _store(
+    path: Path, key: str, identity: dict[str, Any], recipe: Recipe, images: torch.Tensor, draw: Draw
+) -> dict[str, Any]:
+    """Write a whole generated split to the cache at ``path``; returns its manifest."""
+    arrays = _arrays(images, draw)
+    manifest = {
+        **identity,
+        "key": key,
+        "kind": recipe.kind,
+        "torchstn_version": __version__,
+        "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "count": len(images),
+        "stats": draw.stats,
+        "files": {k: {"dtype": v.dtype.str, "shape": list(v.shape)} for k, v in sorted(arrays.items())},
+        "content_sha256": _content_hash(arrays),
+    }
+    _write_cache(path, arrays, manifest)
+    return manifest

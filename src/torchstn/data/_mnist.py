@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import tempfile
 import zlib
@@ -262,7 +263,7 @@ def read_idx(path: str | os.PathLike, kind: Literal["images", "labels"], *, sha2
             f"{path}: wrong magic number 0x{magic:08x}, expected 0x{_MAGIC[kind]:08x} for an IDX {kind} file"
         )
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = int(np.prod(dims))
+    expected = math.prod(dims)
     if len(data) - header != expected:
         raise ValueError(
             f"{path}: wrong length, the header says {' x '.join(map(str, dims))} = {expected} bytes of "
@@ -350,6 +351,16 @@ def load_mnist(
         (torch.Size([10000, 28, 28]), torch.uint8, torch.int64)
     """
     check_choice("split", split, SPLITS)
+    kind, where = _locate(root, split, download)
+    if kind == "npz":
+        images, labels = _read_npz(where, split, verify)
+    else:
+        images, labels = _read_idx_pair(*where, split, verify)
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def _locate(root: str | os.PathLike | None, split: str, download: bool) -> tuple[str, Path | tuple[Path, Path]]:
+    """Where the ``split`` files are (see :func:`find_mnist`), downloaded first if none are found and ``download``."""
     hit = find_mnist(root, split)
     if hit is None:
         if not download:
@@ -358,16 +369,14 @@ def load_mnist(
         hit = find_mnist(root, split)
         if hit is None:  # pragma: no cover - download_mnist raises first
             raise FileNotFoundError(_missing_message(root, "the download left no files"))
-    kind, where = hit
-    if kind == "npz":
-        images, labels = _read_npz(where, split, verify)
-    else:
-        image_path, label_path = where
-        image_name, label_name = _file_names(split)
-        images = read_idx(image_path, "images", sha256=MNIST_FILES[image_name] if verify else None)
-        labels = read_idx(label_path, "labels", sha256=MNIST_FILES[label_name] if verify else None)
-        if images.shape[0] != labels.shape[0]:
-            raise ValueError(
-                f"{image_path} holds {images.shape[0]} images but {label_path} holds {labels.shape[0]} labels"
-            )
-    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+    return hit
+
+
+def _read_idx_pair(image_path: Path, label_path: Path, split: str, verify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels of an IDX pair, checked (``ValueError`` naming the file)."""
+    image_name, label_name = _file_names(split)
+    images = read_idx(image_path, "images", sha256=MNIST_FILES[image_name] if verify else None)
+    labels = read_idx(label_path, "labels", sha256=MNIST_FILES[label_name] if verify else None)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{image_path} holds {images.shape[0]} images but {label_path} holds {labels.shape[0]} labels")
+    return images, labels

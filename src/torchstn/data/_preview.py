@@ -84,11 +84,25 @@ def preview(
     Returns:
         The written path.
     """
+    check_int("n", n, 1)
+    data = distorted_mnist(kind, split, root, seed, limit=n, cache=False, **options)
+    fig = _sample_grid(data, originals, columns)
+    recipe = data.recipe
+    c, h, w = recipe.input_shape
+    what = "original | distorted" if originals else "distorted"
+    fig.suptitle(f"mnist-{recipe.kind} ({split}, seed {seed}): {recipe.summary}; {c}x{h}x{w}, {what}", fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def _sample_grid(data: DistortedMNIST, originals: bool, columns: int | None) -> Any:
+    """A matplotlib ``Figure`` of every sample of ``data``, ``columns`` a row (default about square)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    check_int("n", n, 1)
-    data = distorted_mnist(kind, split, root, seed, limit=n, cache=False, **options)
     n = len(data)
     columns = columns or max(1, math.ceil(math.sqrt(n)))
     rows = math.ceil(n / columns)
@@ -102,12 +116,4 @@ def preview(
         if i < n:
             ax.imshow(mosaics[i].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
             ax.set_title(_title(data, i), fontsize=8)
-    recipe = data.recipe
-    c, h, w = recipe.input_shape
-    what = "original | distorted" if originals else "distorted"
-    fig.suptitle(f"mnist-{recipe.kind} ({split}, seed {seed}): {recipe.summary}; {c}x{h}x{w}, {what}", fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return fig

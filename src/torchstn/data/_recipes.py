@@ -641,9 +641,5 @@ def get_recipe(kind: str | Recipe, options: Mapping[str, Any] | None = None) -> 
         if options:
             raise TypeError("options cannot be given with a Recipe instance")
         return kind
-    if not isinstance(kind, str):
-        raise TypeError(f"kind must be a str, got {type(kind).__name__}")
-    key = kind.lower().removeprefix("mnist-")
-    if key not in KINDS:
-        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    key = check_choice("kind", kind.lower().removeprefix("mnist-") if isinstance(kind, str) else kind, tuple(KINDS))
     return KINDS[key](**dict(options or {}))
