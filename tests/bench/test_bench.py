@@ -16,10 +16,10 @@ from torchstn.bench import (
     select_cases,
 )
 from torchstn.cli import main
-from torchstn.sampling import _fused
+from torchstn.sampling import fused_status
 
 
-def test_cases_cover_issue_8() -> None:
+def test_cases_cover_every_family_and_the_training_step() -> None:
     names = {c.name for c in CASES}
     assert {"affine-28", "affine-60to30", "affine-64", "affine-224", "projective-64", "tps-28", "tps-224",
             "affine3d-32", "st-cnn"} <= names
@@ -56,6 +56,10 @@ def test_interleaved_measures_every_contender_every_round() -> None:
     assert calls["a"] == 2 + 3 * t.calls["a"]  # warm-up and calibration, then the rounds
     with pytest.raises(ValueError, match="rounds"):
         interleaved({"a": make("a")}, rounds=0)
+    with pytest.raises(TypeError, match="rounds must be an int"):
+        interleaved({"a": make("a")}, rounds=True)
+    with pytest.raises(ValueError, match="max_calls must be >= 1"):
+        interleaved({"a": make("a")}, rounds=1, max_calls=0)
 
 
 def test_ratio_is_the_median_of_per_round_ratios() -> None:
@@ -77,7 +81,7 @@ def test_quick_run_reports_every_part() -> None:
     assert affine.components["memcpy"].bandwidth > 0
     assert affine.components["sample:torch"].bandwidth > 0
     assert "grid:torchstn" in affine.components and "grid:torch" in affine.components
-    if _fused.fused_available():  # the fused kernel against the grid path, both passes
+    if fused_status().available:  # the fused kernel against the grid path, both passes
         assert set(affine.backends) == {"forward", "forward+backward"}
         assert affine.backends["forward+backward"]["warp:torch"].ratio > 0
         assert not report.case("tps-28").backends  # the kernel does not cover TPS
@@ -86,7 +90,7 @@ def test_quick_run_reports_every_part() -> None:
     assert set(step) == {"torchstn", "cnn", "cnn+dx"}
 
     text = format_report(report)
-    for expected in ("affine 4x1x8x8", "forward+backward", "memcpy", "ST overhead", "targets (issue 8)", "QUICK"):
+    for expected in ("affine 4x1x8x8", "forward+backward", "memcpy", "ST overhead", "speed targets:", "QUICK"):
         assert expected in text
     checks = {c.target.split(" ")[0]: c for c in check_targets(report)}
     assert checks["ST"].met is not None

@@ -9,6 +9,7 @@ optimiser step of the ST-CNN against the same CNN without the transformer.
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -81,7 +82,8 @@ class Case:
         return replace(self, shape=shape, size=None if self.size is None else shrink(self.size))
 
 
-#: the cases of issue 8, in report order
+#: the cases timed by default, in report order: the affine family from MNIST (28 px) to ImageNet
+#: (224 px) sizes, every other family, a volume and one ST-CNN training step
 CASES: tuple[Case, ...] = (
     Case("affine-28", "affine", (256, 1, 28, 28)),
     Case("affine-60to30", "affine", (256, 1, 60, 60), (30, 30)),
@@ -170,9 +172,7 @@ class Workload:
     def traffic_bytes(self) -> int:
         """Bytes a sampler must move at least: read the input and the grid, write the output."""
         b, c = self.x.shape[:2]
-        n_out = 1
-        for s in self.case.out_size:
-            n_out *= s
+        n_out = math.prod(self.case.out_size)
         item = self.x.element_size()
         return self.x.numel() * item + b * n_out * len(self.case.out_size) * item + b * c * n_out * item
 
@@ -210,58 +210,77 @@ def build_workload(
     if case.family == "train":
         raise ValueError("the 'train' case has no warp workload; use build_training_step")
     device = torch.device(device)
-    generator = torch.Generator().manual_seed(seed)
     transform = get_transform(case.family)
-    batch = case.shape[0]
+    x64, params64, grad64 = _random_inputs(case, transform, seed, params)
+    x = x64.to(device=device, dtype=dtype).requires_grad_(True)
+    params = params64.to(device=device, dtype=dtype)
+    grad_out = grad64.to(device=device, dtype=dtype)
     size = case.out_size
-    x = torch.rand(case.shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+
+    def stn_run(x_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return warp(x_, p, transform, size, align_corners=align_corners)
+
+    contenders = {"torchstn": Contender(stn_run, (x, _leaf(params)))}
+    grid_fns: dict[str, Callable[[], torch.Tensor]] = {"torchstn": lambda: transform.grid(params, size, align_corners)}
+    work = Workload(case, transform, x, params, grad_out, contenders, grid_fns)
+    if "torch" in peers:
+        _add_torch_peer(work, align_corners)
+    if "kornia" in peers:
+        kornia = _kornia_contender(case, transform, x, params64, size, align_corners)
+        if isinstance(kornia, str):
+            work.notes.append(kornia)
+        else:
+            work.contenders["kornia"] = kornia
+    _add_warp_backends(work, align_corners)
+    return work
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    """A contender's own copy of a tensor to differentiate with respect to."""
+    return t.detach().clone().requires_grad_(True)
+
+
+def _random_inputs(
+    case: Case, transform: Transform, seed: int, params: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float64 ``(x, params, grad_out)`` of a warp case, drawn from ``seed`` (``params`` checked if given)."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = case.shape[0]
+    x = torch.rand(case.shape, generator=generator, dtype=torch.float64)
     if params is None:
         params64 = _random_params(transform, case.family, batch, generator)
     else:
         params64 = transform.check_params(params).detach().to("cpu", torch.float64)
         if params64.shape[0] != batch:
             raise ValueError(f"params must have shape ({batch}, {transform.num_params}), got {tuple(params.shape)}")
-    params = params64.to(device=device, dtype=dtype)
-    grad_out = torch.randn(batch, case.shape[1], *size, generator=generator, dtype=torch.float64)
-    grad_out = grad_out.to(device=device, dtype=dtype)
-    x.requires_grad_(True)
+    grad_out = torch.randn(batch, case.shape[1], *case.out_size, generator=generator, dtype=torch.float64)
+    return x, params64, grad_out
 
-    def leaf(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().clone().requires_grad_(True)
 
-    def stn_run(x_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        return warp(x_, p, transform, size, align_corners=align_corners)
+def _add_torch_peer(work: Workload, align_corners: bool) -> None:
+    """``F.affine_grid + F.grid_sample`` (and its grid alone) where the family is affine, else a note why not."""
+    case, transform, size = work.case, work.transform, work.case.out_size
+    if case.family not in AFFINE_FAMILIES:
+        work.notes.append(f"torch: F.affine_grid cannot represent {transform.name}; no plain-PyTorch peer")
+        return
+    if case.family in ("affine", "affine3d"):  # the parameters are the rows affine_grid takes
+        rows = transform.ndim, transform.ndim + 1
 
-    contenders = {"torchstn": Contender(stn_run, (x, leaf(params)))}
-    grid_fns: dict[str, Callable[[], torch.Tensor]] = {
-        "torchstn": lambda: transform.grid(params, size, align_corners)
-    }
-    notes: list[str] = []
-    affine = case.family in AFFINE_FAMILIES
-    if "torch" in peers:
-        if affine:
-            if case.family in ("affine", "affine3d"):  # the parameters are the rows affine_grid takes
-                rows = transform.ndim, transform.ndim + 1
+        def torch_run(x_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+            return _peers.torch_affine_warp(x_, p.view(-1, *rows), size, align_corners)
+    else:  # the user builds the 2x3 matrix of the family first
 
-                def torch_run(x_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-                    return _peers.torch_affine_warp(x_, p.view(-1, *rows), size, align_corners)
-            else:  # the user builds the 2x3 matrix of the family first
+        def torch_run(x_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+            return _peers.torch_affine_warp(x_, _peers.affine_rows(transform, p), size, align_corners)
 
-                def torch_run(x_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-                    return _peers.torch_affine_warp(x_, _peers.affine_rows(transform, p), size, align_corners)
+    work.contenders["torch"] = Contender(torch_run, (work.x, _leaf(work.params)))
+    theta_rows = _peers.affine_rows(transform, work.params)
+    work.grid_fns["torch"] = lambda: F.affine_grid(theta_rows, [*case.shape[:2], *size], align_corners)
 
-            contenders["torch"] = Contender(torch_run, (x, leaf(params)))
-            theta_rows = _peers.affine_rows(transform, params)
-            grid_fns["torch"] = lambda: F.affine_grid(theta_rows, [batch, case.shape[1], *size], align_corners)
-        else:
-            notes.append(f"torch: F.affine_grid cannot represent {transform.name}; no plain-PyTorch peer")
-    if "kornia" in peers:
-        kornia = _kornia_contender(case, transform, x, params64, size, align_corners, leaf)
-        if isinstance(kornia, str):
-            notes.append(kornia)
-        else:
-            contenders["kornia"] = kornia
-    work = Workload(case, transform, x, params, grad_out, contenders, grid_fns, notes)
+
+def _add_warp_backends(work: Workload, align_corners: bool) -> None:
+    """``warp`` with the fused kernel and with grid + ``F.grid_sample``, where the fused kernel covers the case."""
+    transform, x, params, size, notes = work.transform, work.x, work.params, work.case.out_size, work.notes
     if isinstance(transform, MatrixTransform) and transform.ndim == 2 and fused_applies(x, "bilinear"):
         status = fused_status()
         if status.available:
@@ -270,10 +289,9 @@ def build_workload(
                 def run(x_: torch.Tensor, p: torch.Tensor, backend: str = name) -> torch.Tensor:
                     return warp(x_, p, transform, size, align_corners=align_corners, backend=backend)
 
-                work.warp_backends[f"warp:{name}"] = Contender(run, (x, leaf(params)))
+                work.warp_backends[f"warp:{name}"] = Contender(run, (x, _leaf(params)))
         else:
             notes.append(f"the fused kernel could not be built ({status.error}); no backend comparison")
-    return work
 
 
 def _kornia_contender(
@@ -283,7 +301,6 @@ def _kornia_contender(
     params64: torch.Tensor,
     size: tuple[int, ...],
     align_corners: bool,
-    leaf: Callable[[torch.Tensor], torch.Tensor],
 ) -> Contender | str:
     """kornia's warp for the case's family, or a note saying why there is none."""
     if not _peers.kornia_available():
@@ -303,12 +320,12 @@ def _kornia_contender(
             def run(x_: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
                 return _peers.kornia_warp_perspective(x_, m, size, align_corners)
 
-            return Contender(run, (x, leaf(matrix)))
+            return Contender(run, (x, _leaf(matrix)))
 
         def run_affine(x_: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
             return _peers.kornia_warp_affine(x_, m, size, align_corners)
 
-        return Contender(run_affine, (x, leaf(matrix[:, :2])))
+        return Contender(run_affine, (x, _leaf(matrix[:, :2])))
     if isinstance(transform, ThinPlateSpline):
         if tuple(size) != tuple(x.shape[2:]):
             return "kornia: warp_image_tps keeps the input size; no peer for a resizing TPS case"
@@ -318,7 +335,7 @@ def _kornia_contender(
         def run_tps(x_: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return _peers.kornia_tps(x_, controls, t, align_corners)
 
-        return Contender(run_tps, (x, leaf(targets)))
+        return Contender(run_tps, (x, _leaf(targets)))
     return f"kornia: no warp for {transform.name}"
 
 

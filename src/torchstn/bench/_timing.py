@@ -9,14 +9,17 @@ to the rounds a noisy neighbour spoiled.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from torchstn._validation import check_int, check_number
 
 __all__ = ["Timings", "interleaved", "peak_memory", "synchronizer"]
 
@@ -82,38 +85,55 @@ def interleaved(
     Returns:
         The per-round seconds per call of each contender.
     """
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    check_int("rounds", rounds, 1)
+    check_int("max_calls", max_calls, 1)
+    check_number("min_time", min_time, 0.0)
     sync = synchronizer(device if device is not None else torch.device("cpu"))
     result = Timings()
     for name, fn in contenders.items():
-        fn()  # warm-up: caches, allocator, lazy initialisation
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        once = time.perf_counter() - start
-        result.calls[name] = max(1, min(max_calls, math.ceil(min_time / max(once, 1e-7))))
+        result.calls[name] = _calls_per_measurement(fn, sync, min_time, max_calls)
         result.seconds[name] = []
     names: Sequence[str] = list(contenders)
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc_paused():
         for r in range(rounds):
             shift = r % len(names)
             for name in [*names[shift:], *names[:shift]]:
-                fn, n = contenders[name], result.calls[name]
-                sync()
-                start = time.perf_counter()
-                for _ in range(n):
-                    fn()
-                sync()
-                result.seconds[name].append((time.perf_counter() - start) / n)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+                result.seconds[name].append(_seconds_per_call(contenders[name], result.calls[name], sync))
     return result
+
+
+def _calls_per_measurement(fn: Callable[[], object], sync: Callable[[], None], min_time: float, max_calls: int) -> int:
+    """Warm ``fn`` up, time one call, and return how many calls last about ``min_time`` (at most ``max_calls``)."""
+    fn()  # warm-up: caches, allocator, lazy initialisation
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    once = time.perf_counter() - start
+    return max(1, min(max_calls, math.ceil(min_time / max(once, 1e-7))))
+
+
+def _seconds_per_call(fn: Callable[[], object], calls: int, sync: Callable[[], None]) -> float:
+    """One measurement: ``calls`` calls of ``fn`` back to back, the device synchronised around them."""
+    sync()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / calls
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Collect garbage now, then keep the collector from running (and timing it) until the block ends."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
