@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -180,85 +181,18 @@ def plot_run(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    transformers = list(getattr(model, "transformers", ()))
     num = max(1, min(num, len(dataset) - start))
-    x_dev, y, inputs = fetch_inputs(dataset, torch.arange(start, start + num), ground_truth_init, device)
-    x, y = x_dev.cpu(), y.cpu()
-    model.eval()
-    with torch.no_grad():
-        pred = model(x_dev, **inputs).argmax(1).cpu()
-        thetas = [st.predict_params(x_dev, **inputs).cpu() for st in transformers]
-        outputs = [st.transform_input(x_dev, th.to(device)).cpu() for st, th in zip(transformers, thetas)]
-        samples = [(k, sampled_params(st, x_dev, warp_samples).cpu()) for k, st in enumerate(transformers)
-                   if isinstance(st, ProbabilisticSpatialTransformer)]
+    shown = _run_examples(model, dataset, torch.arange(start, start + num), device, warp_samples, ground_truth_init)
     probs, labels = _probabilities(model, dataset, min(calibration_images, len(dataset)), device, ground_truth_init)
-
-    sample_rows = len(samples)
-    image_rows = 1 + sample_rows + len(transformers)
-    curve_panels = (3 if transformers and history else 2 if history else 0) + 1  # + the reliability diagram
-    height_ratios = [1.0] * image_rows + [2.2]
+    image_rows = 1 + len(shown.samples) + len(shown.transformers)
+    curve_panels = (3 if shown.transformers and history else 2 if history else 0) + 1  # + the reliability diagram
     fig = plt.figure(figsize=(max(1.45 * num, 3.2 * curve_panels), 1.6 * image_rows + 3.2 + 0.6))
-    grid = fig.add_gridspec(len(height_ratios), 1, height_ratios=height_ratios, hspace=0.35)
+    grid = fig.add_gridspec(image_rows + 1, 1, height_ratios=[1.0] * image_rows + [2.2], hspace=0.35)
     rows = grid[:image_rows].subgridspec(image_rows, num, wspace=0.08, hspace=0.25)
-    outlines = [[warp_outline(st, th[j], x.shape[2:]) for st, th in zip(transformers, thetas)] for j in range(num)]
-    # one view for the whole row, grown to show warps that read outside the input (grey)
-    low, high = torch.tensor([-0.5, -0.5]), torch.tensor([x.shape[3] - 0.5, x.shape[2] - 0.5])
-    sample_outlines = [[[warp_outline(transformers[k], th[s, j], x.shape[2:])[0] for s in range(th.shape[0])]
-                        for k, th in samples] for j in range(num)]
-    every_line = [line for per_example in outlines for per_st in per_example for line in per_st]
-    every_line += [line for per_example in sample_outlines for per_st in per_example for line in per_st]
-    for line in every_line:
-        finite = line[torch.isfinite(line).all(1)].float()
-        if len(finite):
-            low, high = torch.minimum(low, finite.min(0).values), torch.maximum(high, finite.max(0).values)
-    size = torch.tensor([x.shape[3], x.shape[2]], dtype=torch.float32)
-    low, high = torch.maximum(low, -size), torch.minimum(high, 2 * size)  # a diverged warp stays legible
-    margin = 0.04 * float((high - low).max())
-    for j in range(num):
-        ax = fig.add_subplot(rows[0, j])
-        img, cmap = _image(x[j])
-        ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        for k, per_st in enumerate(outlines[j]):
-            for n_line, line in enumerate(per_st):
-                ax.plot(line[:, 0], line[:, 1], color=_COLORS[k % len(_COLORS)], lw=1.4 if n_line == 0 else 0.6)
-        ax.set_xlim(float(low[0]) - margin, float(high[0]) + margin)
-        ax.set_ylim(float(high[1]) + margin, float(low[1]) - margin)
-        ax.set_facecolor("#d8d8d8")
-        ok = int(pred[j]) == int(y[j])
-        ax.set_title(f"{int(pred[j])}" if ok else f"{int(pred[j])} (true {int(y[j])})", fontsize=9,
-                     color="black" if ok else "#c0392b")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if j == 0:
-            ax.set_ylabel("original + init" if ground_truth_init else "input", fontsize=9)
-        for r, (k, _) in enumerate(samples):
-            ax = fig.add_subplot(rows[1 + r, j])
-            ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-            for line in sample_outlines[j][r]:
-                ax.plot(line[:, 0], line[:, 1], color=_COLORS[k % len(_COLORS)], lw=0.6, alpha=0.7)
-            mean_border = outlines[j][k][0]
-            ax.plot(mean_border[:, 0], mean_border[:, 1], color="black", lw=1.2, ls="--")
-            ax.set_xlim(float(low[0]) - margin, float(high[0]) + margin)
-            ax.set_ylim(float(high[1]) + margin, float(low[1]) - margin)
-            ax.set_facecolor("#d8d8d8")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(f"{warp_samples} sampled θ", fontsize=9)
-        for k, warped in enumerate(outputs):
-            ax = fig.add_subplot(rows[1 + sample_rows + k, j])
-            img, cmap = _image(warped[j])
-            ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for side in ax.spines.values():
-                side.set_color(_COLORS[k % len(_COLORS)])
-                side.set_linewidth(1.5)
-            if j == 0:
-                ax.set_ylabel(f"ST {k + 1} output" if len(outputs) > 1 else "ST output", fontsize=9)
+    _draw_examples(fig, rows, shown, warp_samples, ground_truth_init)
     cells = grid[image_rows].subgridspec(1, curve_panels, wspace=0.3)
     if history:
-        _plot_curves(fig, cells, history, bool(transformers))
+        _plot_curves(fig, cells, history, bool(shown.transformers))
     _plot_reliability(fig.add_subplot(cells[0, curve_panels - 1]), probs, labels)
     fig.suptitle(title or "", fontsize=11)
     out = Path(out)
@@ -266,6 +200,128 @@ def plot_run(
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+@dataclass
+class _Examples:
+    """The examples a figure shows and what the model and each transformer made of them (on the CPU)."""
+
+    transformers: list[SpatialTransformer]
+    x: torch.Tensor  # (num, C, H, W): the inputs, or the undistorted digits with ground_truth_init
+    y: torch.Tensor  # (num,) true labels
+    pred: torch.Tensor  # (num,) predicted labels
+    thetas: list[torch.Tensor]  # per transformer, (num, P)
+    outputs: list[torch.Tensor]  # per transformer, its warped inputs
+    samples: list[tuple[int, torch.Tensor]]  # per P-STN: (its transformer index, (samples, num, P))
+
+    def outlines(self) -> tuple[list[list[list[torch.Tensor]]], list[list[list[torch.Tensor]]]]:
+        """Per example: each transformer's :func:`warp_outline`, and each P-STN's sampled borders."""
+        size, num = self.x.shape[2:], len(self.x)
+        outlines = [[warp_outline(st, th[j], size) for st, th in zip(self.transformers, self.thetas)] for j in range(num)]
+        sampled = [[[warp_outline(self.transformers[k], th[s, j], size)[0] for s in range(th.shape[0])]
+                    for k, th in self.samples] for j in range(num)]
+        return outlines, sampled
+
+
+@torch.no_grad()
+def _run_examples(
+    model: nn.Module, dataset: Any, index: torch.Tensor, device: str | torch.device, warp_samples: int,
+    ground_truth_init: bool,
+) -> _Examples:
+    """Run the model and its transformers on the items at ``index``."""
+    transformers = list(getattr(model, "transformers", ()))
+    x_dev, y, inputs = fetch_inputs(dataset, index, ground_truth_init, device)
+    model.eval()
+    pred = model(x_dev, **inputs).argmax(1).cpu()
+    thetas = [st.predict_params(x_dev, **inputs).cpu() for st in transformers]
+    outputs = [st.transform_input(x_dev, th.to(device)).cpu() for st, th in zip(transformers, thetas)]
+    samples = [(k, sampled_params(st, x_dev, warp_samples).cpu()) for k, st in enumerate(transformers)
+               if isinstance(st, ProbabilisticSpatialTransformer)]
+    return _Examples(transformers, x_dev.cpu(), y.cpu(), pred, thetas, outputs, samples)
+
+
+def _view(x: torch.Tensor, lines: list[torch.Tensor]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``(xlim, ylim)`` in pixels (y downwards) showing the input and every line of a warp, with a margin.
+
+    One view serves a whole row, grown to show warps that read outside the input (drawn
+    grey), but never more than the input's size beyond it, so a diverged warp stays legible.
+    """
+    low, high = torch.tensor([-0.5, -0.5]), torch.tensor([x.shape[3] - 0.5, x.shape[2] - 0.5])
+    for line in lines:
+        finite = line[torch.isfinite(line).all(1)].float()
+        if len(finite):
+            low, high = torch.minimum(low, finite.min(0).values), torch.maximum(high, finite.max(0).values)
+    size = torch.tensor([x.shape[3], x.shape[2]], dtype=torch.float32)
+    low, high = torch.maximum(low, -size), torch.minimum(high, 2 * size)
+    margin = 0.04 * float((high - low).max())
+    return (float(low[0]) - margin, float(high[0]) + margin), (float(high[1]) + margin, float(low[1]) - margin)
+
+
+def _draw_examples(fig: Any, rows: Any, shown: _Examples, warp_samples: int, ground_truth_init: bool) -> None:
+    """The image rows: each input with the warps drawn on it, each P-STN's sampled warps, each transformer's output."""
+    outlines, sampled = shown.outlines()
+    every_line = [line for per_example in outlines + sampled for per_st in per_example for line in per_st]
+    view = _view(shown.x, every_line)
+    for j in range(len(shown.x)):
+        img = _image(shown.x[j])
+        ax = fig.add_subplot(rows[0, j])
+        _draw_input(ax, img, outlines[j], view, int(shown.pred[j]), int(shown.y[j]))
+        if j == 0:
+            ax.set_ylabel("original + init" if ground_truth_init else "input", fontsize=9)
+        for r, (k, _) in enumerate(shown.samples):
+            ax = fig.add_subplot(rows[1 + r, j])
+            _draw_sampled(ax, img, sampled[j][r], outlines[j][k][0], _COLORS[k % len(_COLORS)], view)
+            if j == 0:
+                ax.set_ylabel(f"{warp_samples} sampled θ", fontsize=9)
+        for k, warped in enumerate(shown.outputs):
+            ax = fig.add_subplot(rows[1 + len(shown.samples) + k, j])
+            _draw_output(ax, _image(warped[j]), _COLORS[k % len(_COLORS)])
+            if j == 0:
+                ax.set_ylabel(f"ST {k + 1} output" if len(shown.outputs) > 1 else "ST output", fontsize=9)
+
+
+def _draw_input(
+    ax: Any, img: tuple[Any, str | None], outlines: list[list[torch.Tensor]], view: tuple[Any, Any], pred: int, true: int
+) -> None:
+    """One input with each transformer's border (thick) and bent grid lines (thin), titled with its prediction."""
+    ax.imshow(img[0], cmap=img[1], vmin=0, vmax=1, interpolation="nearest")
+    for k, per_st in enumerate(outlines):
+        for n_line, line in enumerate(per_st):
+            ax.plot(line[:, 0], line[:, 1], color=_COLORS[k % len(_COLORS)], lw=1.4 if n_line == 0 else 0.6)
+    _frame(ax, view)
+    ok = pred == true
+    ax.set_title(f"{pred}" if ok else f"{pred} (true {true})", fontsize=9, color="black" if ok else "#c0392b")
+
+
+def _draw_sampled(
+    ax: Any, img: tuple[Any, str | None], borders: list[torch.Tensor], mean_border: torch.Tensor, color: str,
+    view: tuple[Any, Any],
+) -> None:
+    """One input with a P-STN's sampled borders (thin) around the border of its mean θ (dashed)."""
+    ax.imshow(img[0], cmap=img[1], vmin=0, vmax=1, interpolation="nearest")
+    for line in borders:
+        ax.plot(line[:, 0], line[:, 1], color=color, lw=0.6, alpha=0.7)
+    ax.plot(mean_border[:, 0], mean_border[:, 1], color="black", lw=1.2, ls="--")
+    _frame(ax, view)
+
+
+def _frame(ax: Any, view: tuple[Any, Any]) -> None:
+    """The shared view of an input row, grey outside the input, no ticks."""
+    ax.set_xlim(*view[0])
+    ax.set_ylim(*view[1])
+    ax.set_facecolor("#d8d8d8")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _draw_output(ax: Any, img: tuple[Any, str | None], color: str) -> None:
+    """One transformer output, framed in the transformer's colour."""
+    ax.imshow(img[0], cmap=img[1], vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_color(color)
+        side.set_linewidth(1.5)
 
 
 def _plot_curves(fig: Any, cells: Any, history: Sequence[dict[str, Any]], with_theta: bool) -> None:
