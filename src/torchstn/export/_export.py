@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -63,6 +64,40 @@ def _names(prefix: str, n: int) -> list[str]:
     return [prefix] if n == 1 else [f"{prefix}{i}" for i in range(n)]
 
 
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence the exporters' warnings that say nothing about the exported model."""
+    with warnings.catch_warnings():
+        # SpatialTransformer keeps the last θ as a plain attribute; harmless in an export
+        warnings.filterwarnings("ignore", message=".*last_params was assigned during export.*")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        yield
+
+
+def _onnx_dynamo(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: tuple[list[str], list[str]],
+    dynamic_batch: bool, opset: int | None,
+) -> None:
+    """``torch.onnx.export`` through ``torch.export``: a dynamic batch is a symbolic ``Dim`` of every input."""
+    dynamic_shapes = tuple({0: torch.export.Dim("batch", min=1)} for _ in inputs) if dynamic_batch else None
+    torch.onnx.export(
+        model, inputs, path, dynamo=True, input_names=names[0], output_names=names[1],
+        dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False,
+    )
+
+
+def _onnx_legacy(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: tuple[list[str], list[str]],
+    dynamic_batch: bool, opset: int | None,
+) -> None:
+    """The TorchScript-based ``torch.onnx.export``: a dynamic batch is a named axis of every input and output."""
+    dynamic_axes = {name: {0: "batch"} for name in names[0] + names[1]} if dynamic_batch else None
+    torch.onnx.export(
+        model, inputs, path, dynamo=False, input_names=names[0], output_names=names[1],
+        dynamic_axes=dynamic_axes, opset_version=opset if opset is not None else 17,
+    )
+
+
 def export_onnx(
     model: nn.Module,
     example: Example,
@@ -106,30 +141,11 @@ def export_onnx(
     model, inputs = _prepare(model, example, dynamic_batch)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _EvalMode(model), torch.no_grad():
+    with _EvalMode(model), torch.no_grad(), _quiet_export():
         outputs = model(*inputs)
         n_out = 1 if isinstance(outputs, torch.Tensor) else len(outputs)
-        input_names, output_names = _names("input", len(inputs)), _names("output", n_out)
-        with warnings.catch_warnings():
-            # SpatialTransformer keeps the last θ as a plain attribute; harmless in an export
-            warnings.filterwarnings("ignore", message=".*last_params was assigned during export.*")
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-            if dynamo:
-                dynamic_shapes = (
-                    tuple({0: torch.export.Dim("batch", min=1)} for _ in inputs) if dynamic_batch else None
-                )
-                torch.onnx.export(
-                    model, inputs, path, dynamo=True, input_names=input_names, output_names=output_names,
-                    dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False,
-                )
-            else:
-                dynamic_axes = (
-                    {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
-                )
-                torch.onnx.export(
-                    model, inputs, path, dynamo=False, input_names=input_names, output_names=output_names,
-                    dynamic_axes=dynamic_axes, opset_version=opset if opset is not None else 17,
-                )
+        names = _names("input", len(inputs)), _names("output", n_out)
+        (_onnx_dynamo if dynamo else _onnx_legacy)(model, inputs, path, names, dynamic_batch, opset)
     return path
 
 
