@@ -13,6 +13,7 @@ from torchstn._version import __version__
 from torchstn.bench import _peers
 from torchstn.bench._cases import CASES, Case, Workload, build_training_step, build_workload, select_cases
 from torchstn.bench._timing import Timings, interleaved, peak_memory
+from torchstn.engine import resolve_device
 from torchstn.sampling import BACKENDS
 
 __all__ = ["BenchReport", "CaseResult", "Measurement", "default_backends", "run_benchmark", "run_case"]
@@ -152,32 +153,53 @@ def run_case(
         result.passes[pass_name] = _measurements(timings, "torchstn", peaks)
 
     if components and work.warp_backends:
-        forward = {name: c.forward for name, c in work.warp_backends.items()}
-        backward = {name: (lambda c=c: c.forward_backward(work.grad_out)) for name, c in work.warp_backends.items()}
-        for pass_name, fns in zip(PASSES, (forward, backward)):
-            timings = interleaved(fns, rounds=rounds, min_time=min_time, device=device)
-            result.backends[pass_name] = _measurements(timings, "warp:fused")
+        result.backends = _time_warp_backends(work, rounds=rounds, min_time=min_time, device=device)
     if components:
-        fns, traffic = _component_fns(work, default_backends() if backends is None else backends)
-        usable = {}
-        for name, fn in fns.items():
-            try:
-                fn()
-            except (NotImplementedError, ValueError, RuntimeError) as err:
-                result.notes.append(f"{name}: skipped ({str(err).splitlines()[0]})")
-                continue
-            usable[name] = fn
-        timings = interleaved(usable, rounds=rounds, min_time=min_time, device=device)
-        reference = "sample:torch" if "sample:torch" in usable else next(iter(usable))
-        for name in usable:
-            m = Measurement(seconds=timings.median(name))
-            if name != reference and not name == "memcpy":
-                m.ratio = timings.ratio(reference, name)
-                m.ratio_quartiles = timings.ratio_spread(reference, name)
-            if name == "memcpy" or name.startswith("sample:"):
-                m.bandwidth = traffic / m.seconds
-            result.components[name] = m
+        _time_components(result, work, default_backends() if backends is None else backends,
+                         rounds=rounds, min_time=min_time, device=device)
     return result
+
+
+def _time_warp_backends(
+    work: Workload, *, rounds: int, min_time: float, device: torch.device
+) -> dict[str, dict[str, Measurement]]:
+    """``torchstn.warp`` with the fused kernel against grid + ``F.grid_sample``, both passes."""
+    forward = {name: c.forward for name, c in work.warp_backends.items()}
+    backward = {name: (lambda c=c: c.forward_backward(work.grad_out)) for name, c in work.warp_backends.items()}
+    out = {}
+    for pass_name, fns in zip(PASSES, (forward, backward)):
+        timings = interleaved(fns, rounds=rounds, min_time=min_time, device=device)
+        out[pass_name] = _measurements(timings, "warp:fused")
+    return out
+
+
+def _time_components(
+    result: CaseResult, work: Workload, backends: Sequence[str], *, rounds: int, min_time: float,
+    device: torch.device,
+) -> None:
+    """The forward pass taken apart (memcpy, each sampler, each grid generator) into ``result.components``.
+
+    A part that cannot run on this case (a backend without this mode, say) is skipped with a note.
+    """
+    fns, traffic = _component_fns(work, backends)
+    usable = {}
+    for name, fn in fns.items():
+        try:
+            fn()
+        except (NotImplementedError, ValueError, RuntimeError) as err:
+            result.notes.append(f"{name}: skipped ({str(err).splitlines()[0]})")
+            continue
+        usable[name] = fn
+    timings = interleaved(usable, rounds=rounds, min_time=min_time, device=device)
+    reference = "sample:torch" if "sample:torch" in usable else next(iter(usable))
+    for name in usable:
+        m = Measurement(seconds=timings.median(name))
+        if name != reference and not name == "memcpy":
+            m.ratio = timings.ratio(reference, name)
+            m.ratio_quartiles = timings.ratio_spread(reference, name)
+        if name == "memcpy" or name.startswith("sample:"):
+            m.bandwidth = traffic / m.seconds
+        result.components[name] = m
 
 
 def _meta(device: torch.device, rounds: int, min_time: float, quick: bool) -> dict[str, object]:
@@ -217,7 +239,8 @@ def run_benchmark(
     Args:
         cases: case names or shell patterns (``["affine-*", "tps-28"]``); ``None``: all of
             :data:`~torchstn.bench.CASES`.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available),
+            as :func:`torchstn.engine.resolve_device` reads it.
         quick: tiny sizes and few rounds: checks the machinery, measures nothing useful.
         rounds: interleaved rounds per pass (default 15, quick 2).
         min_time: target seconds per measurement (default 0.02, quick 0.001).
@@ -237,9 +260,7 @@ def run_benchmark(
         >>> sorted(report.cases[0].passes["forward"])
         ['torch', 'torchstn']
     """
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch.cuda.is_available() is False")
+    device = resolve_device(str(device))
     selected = select_cases(cases, CASES)
     if quick:
         selected = [c.quick() for c in selected]
