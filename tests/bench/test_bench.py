@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from torchstn.bench import (
     CASES,
@@ -15,7 +14,6 @@ from torchstn.bench import (
     run_benchmark,
     select_cases,
 )
-from torchstn.cli import main
 from torchstn.sampling import fused_status
 
 
@@ -98,25 +96,6 @@ def test_quick_run_reports_every_part() -> None:
     json.dumps(report.to_dict())
 
 
-def test_cli_quick_json(tmp_path, capsys) -> None:
-    out = tmp_path / "sub" / "bench.json"
-    assert main(["bench", "--quick", "--cases", "translation-28", "--no-kornia", "--json", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "$ torchstn bench --device cpu --quick --cases translation-28 --no-kornia" in printed
-    data = json.loads(out.read_text())
-    assert data["meta"]["quick"] is True
-    assert data["cases"][0]["name"] == "translation-28"
-    assert "kornia" not in data["cases"][0]["passes"]["forward"]
-    assert {t["target"].split(" ")[0] for t in data["targets"]} >= {"affine", "never", "TPS"}
-
-
-def test_cli_errors_are_one_line(capsys) -> None:
-    assert main(["bench", "--quick", "--cases", "nope"]) == 2
-    assert "no benchmark case matches 'nope'" in capsys.readouterr().err
-    assert main(["bench", "--rounds", "0"]) == 2
-    if not torch.cuda.is_available():
-        assert main(["bench", "--device", "cuda"]) == 2
-        assert "no CUDA device" in capsys.readouterr().err
 
 
 def test_kornia_absent_is_a_note(monkeypatch) -> None:

@@ -1,73 +1,74 @@
-"""The train, eval and visualize commands, end to end through subprocesses."""
+"""The train, eval and visualize commands, end to end on one tiny run."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-pytestmark = pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST files expected in {MNIST}")
-
-
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "torchstn", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, cwd=cwd, timeout=600)
-
-
-def assert_user_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("torchstn: error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-
-
-TINY = ["--data", "mnist-rts", "--data-dir", MNIST, "--train-limit", 256, "--test-limit", 128,
-        "--batch-size", 32, "--no-progress"]
+from torchstn.engine import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def tiny(mnist_dir):
+    return ["--data", "mnist-rts", "--data-dir", mnist_dir, "--train-limit", 256, "--test-limit", 128,
+            "--batch-size", 32, "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(cli, tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "st"
-    proc = cli("train", "--model", "st-cnn-aff", "--model-arg", "pool=2", "--epochs", 1, "--out", out, *TINY)
-    assert proc.returncode == 0, proc.stderr
-    assert "done: st-cnn-aff on mnist-rts, 1 epochs / 8 steps" in proc.stdout
-    assert ", ECE 0." in proc.stdout and ", NLL " in proc.stdout  # calibration beside the error, every run
+    run = cli("train", "--model", "st-cnn-aff", "--model-arg", "pool=2", "--epochs", 1, "--out", out, *tiny)
+    assert run.status == 0, run.err
+    assert "done: st-cnn-aff on mnist-rts, 1 epochs / 8 steps" in run.out
+    assert ", ECE 0." in run.out and ", NLL " in run.out  # calibration beside the error, every run
     return out
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "visualize", "demo"])
-def test_help_shows_examples(command):
-    proc = cli(command, "--help")
-    assert proc.returncode == 0
-    assert "examples:" in proc.stdout and f"torchstn {command}" in proc.stdout
-
-
-def test_train_writes_a_run_and_resume_extends_it(run_dir):
+def test_train_writes_a_run_and_resume_extends_it(cli, run_dir):
     assert (run_dir / "checkpoints" / "best.safetensors").is_file()
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["step"] == 8
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model_args"] == {"pool": 2, "in_channels": 1, "input_size": [42, 42], "num_classes": 10}
-    proc = cli("train", "--out", run_dir, "--resume", "--epochs", 2, "--no-progress")
-    assert proc.returncode == 0, proc.stderr
-    assert "epoch   2/2" in proc.stdout and "epoch   1/2" not in proc.stdout
+    run = cli("train", "--out", run_dir, "--resume", "--epochs", 2, "--no-progress")
+    assert run.status == 0, run.err
+    assert "epoch   2/2" in run.out and "epoch   1/2" not in run.out
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and records[1]["step"] == 16
 
 
-def test_eval_reports_error_loss_and_per_class_error(run_dir):
-    proc = cli("eval", run_dir, "--data-dir", MNIST, "--limit", 128)
-    assert proc.returncode == 0, proc.stderr
-    assert "on mnist-rts test: error" in proc.stdout and "per-class error  0:" in proc.stdout
-    assert ", ECE 0." in proc.stdout and ", NLL " in proc.stdout
-    proc = cli("eval", run_dir, "--data-dir", MNIST, "--limit", 128, "--json", "--which", "last")
-    metrics = json.loads(proc.stdout)
+def test_train_help_reads_defaults_and_choices_from_the_config(cli):
+    text = " ".join(cli("train", "--help").out.split())
+    help = text[text.index("options:"):]  # the option list, not the usage line
+    defaults = TrainConfig()
+    for flag, field in (("--epochs N", "epochs"), ("--batch-size N", "batch_size"), ("--lr LR", "lr"),
+                        ("--momentum MOMENTUM", "momentum"), ("--lr-gamma LR_GAMMA", "lr_gamma"),
+                        ("--loc-lr-mult LOC_LR_MULT", "loc_lr_mult"), ("--model NAME", "model")):
+        assert flag in help and f"(default: {getattr(defaults, field)})" in help.split(flag, 1)[1].split(" --")[0]
+    for choices in (OPTIMIZERS, SCHEDULES, PRECISIONS):
+        assert "{" + ",".join(choices) + "}" in text
+    assert "--warmup W" in help and "--channels-last" in help
+
+
+def test_train_options_set_the_new_config_fields(cli, mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    run = cli("train", "--model", "cnn", "--data", "mnist", "--data-dir", mnist_dir, "--train-limit", 64,
+              "--test-limit", 32, "--batch-size", 32, "--epochs", 1, "--out", out, "--no-progress",
+              "--warmup", 0.25, "--channels-last", "--precision", "bf16")
+    assert run.status == 0, run.err
+    config = json.loads((out / "config.json").read_text())
+    assert config["warmup"] == 0.25 and config["channels_last"] is True and config["precision"] == "bf16"
+    line = cli("train", "--model", "cnn", "--warmup", 1.5, "--out", tmp_path / "bad").error_line()
+    assert "warmup" in line and "1.5" in line
+    assert not (tmp_path / "bad").exists()
+
+
+def test_eval_reports_error_loss_and_per_class_error(cli, run_dir, mnist_dir):
+    run = cli("eval", run_dir, "--data-dir", mnist_dir, "--limit", 128)
+    assert run.status == 0, run.err
+    assert "on mnist-rts test: error" in run.out and "per-class error  0:" in run.out
+    assert ", ECE 0." in run.out and ", NLL " in run.out
+    run = cli("eval", run_dir, "--data-dir", mnist_dir, "--limit", 128, "--json", "--which", "last")
+    metrics = json.loads(run.out)
     assert metrics["n"] == 128 and len(metrics["per_class_error"]) == 10
     assert 0 <= metrics["error"] <= 1 and metrics["loss"] > 0
     assert 0 <= metrics["ece"] <= 1 and metrics["nll"] > 0
@@ -76,32 +77,31 @@ def test_eval_reports_error_loss_and_per_class_error(run_dir):
     assert metrics["error"] == pytest.approx(logged["test_error"], abs=1 / 128 + 1e-9)
 
 
-def test_visualize_writes_a_png(run_dir, tmp_path):
+def test_visualize_writes_a_png(cli, run_dir, mnist_dir, tmp_path):
     out = tmp_path / "fig.png"
-    proc = cli("visualize", run_dir, "--data-dir", MNIST, "--out", out, "--num", 4, "--calibration-images", 128)
-    assert proc.returncode == 0, proc.stderr
+    run = cli("visualize", run_dir, "--data-dir", mnist_dir, "--out", out, "--num", 4, "--calibration-images", 128)
+    assert run.status == 0, run.err
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 
-def test_bad_arguments_are_one_line_errors(tmp_path, run_dir):
+def test_bad_arguments_are_one_line_errors(cli, tiny, tmp_path, run_dir, mnist_dir):
     garbage = tmp_path / "bad.safetensors"
     garbage.write_bytes(b"not a checkpoint at all")
     cases = [  # (arguments, fragments of the one-line error)
-        (["train", "--model", "resnet9000", *TINY], ["unknown model 'resnet9000'", "st-cnn-aff"]),
+        (["train", "--model", "resnet9000", *tiny], ["unknown model 'resnet9000'", "st-cnn-aff"]),
         (["train", "--data", "imagenet"], ["unknown dataset 'imagenet'", "mnist-rts"]),
         (["train", "--data-dir", tmp_path / "nowhere"], ["does not exist"]),
-        (["train", "--model", "cnn", "--model-arg", "widht=3", *TINY], ["widht"]),
+        (["train", "--model", "cnn", "--model-arg", "widht=3", *tiny], ["widht"]),
         (["train", "--resume", "--out", tmp_path], ["config.json is missing"]),
         (["train", "--resume", "--out", run_dir, "--lr", 1.0], ["cannot change lr"]),
         (["eval", garbage], ["cannot read checkpoint"]),
         (["visualize", garbage], ["cannot read checkpoint"]),
         (["eval", tmp_path / "missing"], ["does not exist"]),
         (["visualize", tmp_path], ["no checkpoint in"]),
-        (["eval", run_dir, "--data", "mnist", "--data-dir", MNIST, "--limit", 8], ["(1, 28, 28)", "(1, 42, 42)"]),
+        (["eval", run_dir, "--data", "mnist", "--data-dir", mnist_dir, "--limit", 8], ["(1, 28, 28)", "(1, 42, 42)"]),
+        (["visualize", run_dir, "--num", 0], ["--num must be at least 1, got 0"]),
     ]
-    # each case is its own process; they run side by side (most of each is importing torch)
-    procs = [subprocess.Popen([sys.executable, "-m", "torchstn", *map(str, args)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=ENV) for args, _ in cases]
-    for proc, (args, fragments) in zip(procs, cases):
-        _, stderr = proc.communicate(timeout=600)
-        assert_user_error(subprocess.CompletedProcess(args, proc.returncode, "", stderr), *fragments)
+    for args, fragments in cases:
+        line = cli(*args).error_line()
+        for fragment in fragments:
+            assert fragment in line, (args, line)

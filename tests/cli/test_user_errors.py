@@ -7,26 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from torchstn.cli import main
 from torchstn.engine import _trainer
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """No test reads the user's cache or follows their TORCHSTN_DATA, or downloads anything."""
-    monkeypatch.setenv("TORCHSTN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("TORCHSTN_DATA", raising=False)
-    monkeypatch.setattr("torchstn.data._mnist.MIRRORS", [])
-
-
-def one_line_error(capsys, argv):
-    """Run ``torchstn ARGV``; the exit status must be 2 and stderr one ``torchstn: error:`` line, which is returned."""
-    status = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert status == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("torchstn: error: "), err
-    return lines[0]
 
 
 def _corrupt_mnist(directory):
@@ -42,18 +23,18 @@ def _corrupt_mnist(directory):
 TRAIN = ["train", "--model", "cnn", "--data", "mnist", "--epochs", 1, "--device", "cpu", "--no-progress"]
 
 
-def test_corrupt_gzip_names_the_file(tmp_path, capsys):
+def test_corrupt_gzip_names_the_file(tmp_path, cli):
     images = _corrupt_mnist(tmp_path / "data")
-    line = one_line_error(capsys, [*TRAIN, "--data-dir", tmp_path / "data", "--out", tmp_path / "run"])
+    line = cli(*TRAIN, "--data-dir", tmp_path / "data", "--out", tmp_path / "run").error_line()
     assert f"{images}: cannot be read as gzip (" in line and "corrupt or truncated" in line
     assert not (tmp_path / "run").exists()
     pytest.importorskip("matplotlib")
     preview = ["data", "preview", "rts", "--data-dir", tmp_path / "data", "--out", tmp_path / "p.png"]
-    line = one_line_error(capsys, preview)
+    line = cli(*preview).error_line()
     assert f"{images}: cannot be read as gzip (" in line
 
 
-def test_corrupt_npz_names_the_file(tmp_path, capsys):
+def test_corrupt_npz_names_the_file(tmp_path, cli):
     (tmp_path / "data").mkdir()
     npz = tmp_path / "data" / "mnist.npz"
     np.savez_compressed(npz, x_train=np.zeros((4, 28, 28), np.uint8), y_train=np.arange(4, dtype=np.uint8))
@@ -63,21 +44,21 @@ def test_corrupt_npz_names_the_file(tmp_path, capsys):
     start += 30 + sum(struct.unpack("<HH", data[start + 26 : start + 30]))  # the local header, its name and extra field
     data[start] = 0x07  # the member's deflate data opens with a block of the reserved type: zlib.error
     npz.write_bytes(bytes(data))
-    line = one_line_error(capsys, [*TRAIN, "--data-dir", tmp_path / "data", "--out", tmp_path / "run"])
+    line = cli(*TRAIN, "--data-dir", tmp_path / "data", "--out", tmp_path / "run").error_line()
     assert f"{npz}: cannot be read as .npz (Error -3 while decompressing data: invalid block type)" in line
 
 
-def test_a_misspelt_model_arg_fails_before_any_data_is_loaded(tmp_path, capsys, monkeypatch):
+def test_a_misspelt_model_arg_fails_before_any_data_is_loaded(tmp_path, cli, monkeypatch):
     def no_data(*args, **kwargs):
         raise AssertionError("the data was loaded before the model arguments were checked")
 
     monkeypatch.setattr(_trainer, "load_split", no_data)
     # st-cnn-aff (the default model) hands unknown arguments on to its CNN head
-    line = one_line_error(capsys, ["train", "--model-arg", "poool=2", "--out", tmp_path / "run"])
+    line = cli("train", "--model-arg", "poool=2", "--out", tmp_path / "run").error_line()
     assert "model 'st-cnn-aff' got unknown argument 'poool'; it takes: " in line
     assert all(name in line for name in ("pool", "hidden", "channels", "loc_hidden", "num_transformers"))
-    line = one_line_error(capsys, ["train", "--model", "cnn", "--model-arg", "widht=3", "--out", tmp_path / "run"])
+    line = cli("train", "--model", "cnn", "--model-arg", "widht=3", "--out", tmp_path / "run").error_line()
     assert "'widht'" in line and "kernel_sizes" in line
-    line = one_line_error(capsys, ["train", "--model", "resnet9000", "--out", tmp_path / "run"])
+    line = cli("train", "--model", "resnet9000", "--out", tmp_path / "run").error_line()
     assert "unknown model 'resnet9000'" in line and "st-cnn-aff" in line
     assert not (tmp_path / "run").exists()

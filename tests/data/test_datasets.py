@@ -1,4 +1,4 @@
-"""The Dataset path (get_dataset, online epochs, DataLoader workers), the cache and its manifest, folds, CLI."""
+"""The Dataset path (get_dataset, online epochs, DataLoader workers), the cache and its manifest, folds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 from torch.utils.data import DataLoader
 
 import torchstn as stn
-from torchstn.cli import main
 from torchstn.data import _generate, distorted_mnist, get_dataset, list_datasets, pstn_fold
 
 NAMES = [
@@ -180,26 +179,3 @@ def test_cache_is_written_reused_and_invalidated(mnist_dir, tmp_path, monkeypatc
     repaired = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path)
     assert torch.equal(repaired.images, first.images)
 
-
-def test_cli_preview_and_generate(mnist_dir, tmp_path, capsys):
-    out = tmp_path / "fig.png"
-    assert main(["data", "preview", "cluttered", "--out", str(out), "-n", "4", "--data-dir", str(mnist_dir)]) == 0
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["data", "generate", "mnist-r", "--split", "test", "--seed", "2", "--quiet",
-                 "--data-dir", str(mnist_dir), "--cache-dir", str(tmp_path), "--option", "angle=30"]) == 0
-    printed = capsys.readouterr().out
-    assert "mnist-r test: 10000 images 1x28x28" in printed and str(tmp_path / "distorted") in printed
-    assert main(["data", "list"]) == 0
-    assert "mnist-perturbed" in capsys.readouterr().out
-
-
-def test_cli_errors_are_one_line(mnist_dir, tmp_path, capsys, monkeypatch):
-    assert main(["data", "preview", "r", "--data-dir", str(mnist_dir), "--option", "sigma=2",
-                 "--out", str(tmp_path / "x.png")]) == 2
-    assert "unknown option" in capsys.readouterr().err
-    monkeypatch.setattr(stn.data._mnist, "MIRRORS", [])
-    assert main(["data", "generate", "r", "--data-dir", str(tmp_path / "none"), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "t10k-images-idx3-ubyte.gz" in err
-    with pytest.raises(SystemExit):
-        main(["data", "preview", "twirl"])

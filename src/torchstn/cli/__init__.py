@@ -2,8 +2,10 @@
 
 Each subcommand lives in its own module ``torchstn.cli._<name>`` that defines
 ``register(subparsers)`` (adding its parser and setting ``func``) and is listed in
-:data:`SUBCOMMANDS`. Errors a user can fix are raised as :class:`CLIError` and
-printed as one line, never as a traceback.
+:data:`SUBCOMMANDS`. They speak one dialect, ``torchstn.cli._common``: the options they
+share are declared and applied there, and the errors a user can fix (raised as
+:class:`CLIError`, or a ``ValueError``/``OSError``/``ImportError`` from below) are printed
+as one line, never as a traceback.
 """
 
 from __future__ import annotations
@@ -14,15 +16,21 @@ import sys
 from collections.abc import Sequence
 
 from torchstn._version import __version__
+from torchstn.cli._common import CLIError, apply_shared_args, user_errors
 
 __all__ = ["CLIError", "SUBCOMMANDS", "build_parser", "main"]
 
+EXAMPLES = """\
+examples:
+  torchstn demo --data-dir ../shared/data/mnist      # an ST-CNN beside a CNN in a few CPU minutes
+  torchstn train --model st-cnn-aff --data mnist-rts --epochs 10 --out runs/st-cnn-rts
+  torchstn reproduce stn-table1 --budget quick
+
+Run 'torchstn COMMAND --help' for the examples of each command.
+"""
+
 #: modules under ``torchstn.cli`` that each register one subcommand, in help order
 SUBCOMMANDS: list[str] = ["demo", "data", "train", "eval", "visualize", "bench", "export", "reproduce"]
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as ``torchstn: error: <message>`` with exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="torchstn",
         description="Spatial transformer networks for PyTorch: train, inspect, benchmark and reproduce.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run 'torchstn COMMAND --help' for the examples of each command.",
+        epilog=EXAMPLES,
     )
     parser.add_argument("--version", action="version", version=f"torchstn {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -47,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        with user_errors():
+            apply_shared_args(args)
+            return int(args.func(args) or 0)
     except CLIError as err:
         print(f"torchstn: error: {err}", file=sys.stderr)
         return 2

@@ -1,23 +1,35 @@
-"""Arguments and error translation shared by the train, eval, visualize and demo commands."""
+"""The one dialect of every ``torchstn`` subcommand: shared options, their checks, errors, help, recorded commands.
+
+An option that more than one subcommand takes (``--data-dir``, ``--device``,
+``--threads``, ``--data``, ``--which``) is declared here once, with one help text, and
+:func:`apply_shared_args` gives it its meaning before any subcommand runs; :func:`main
+<torchstn.cli.main>` turns the errors a user can fix into one line through
+:func:`user_errors`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-from collections.abc import Iterator
+import os
+import shlex
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torchstn.cli import CLIError
-
 __all__ = [
+    "CLIError",
     "add_checkpoint_args",
     "add_data_args",
+    "add_data_dir_arg",
     "add_device_arg",
-    "apply_threads",
+    "add_threads_arg",
+    "apply_shared_args",
+    "check_at_least_one",
     "check_data_args",
     "check_model",
+    "command_line",
     "formatter",
     "load_checkpoint_and_data",
     "parse_key_values",
@@ -26,73 +38,104 @@ __all__ = [
 ]
 
 
+class CLIError(Exception):
+    """A user-facing error: printed as ``torchstn: error: <message>`` with exit status 2."""
+
+
 class formatter(argparse.RawDescriptionHelpFormatter):
-    """Keep the examples' line breaks; show the defaults that are values (not None or False)."""
+    """Keep the examples' line breaks; show the default of an option that takes a value, when it has one.
+
+    A help text that states its default itself (``"(default: torch's)"``) keeps it. A
+    subclass can show another default than the parser's by overriding :meth:`default_of`
+    (``torchstn train`` shows :class:`~torchstn.engine.TrainConfig`'s: its options default
+    to ``None`` so that the config's default applies).
+    """
+
+    def default_of(self, action: argparse.Action) -> Any:
+        return action.default
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help = action.help or ""
-        hidden = action.default is None or action.default is False or action.default is argparse.SUPPRESS
-        if not hidden and "%(default)" not in help:
-            help += " (default: %(default)s)"
-        return help
+        default = self.default_of(action)
+        if action.nargs == 0 or default is None or default is argparse.SUPPRESS or "(default" in help:
+            return help
+        return f"{help} (default: {str(default).replace('%', '%%')})"
 
 
-def add_data_args(parser: argparse.ArgumentParser, *, data_default: str | None = None) -> None:
-    """``--data``, ``--data-dir``, ``--data-seed``."""
-    parser.add_argument("--data", default=data_default, metavar="NAME",
-                        help="dataset (torchstn data list shows them), e.g. mnist, mnist-rts, mnist-cluttered")
+# --- the shared options, each declared once ------------------------------------------------------
+
+
+def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``: where the MNIST files are."""
     parser.add_argument("--data-dir", metavar="DIR",
                         help="directory holding the MNIST files (default: $TORCHSTN_DATA, the cache, or a download)")
-    parser.add_argument("--data-seed", type=int, metavar="N", help="seed of the dataset's distortions")
 
 
-def add_checkpoint_args(parser: argparse.ArgumentParser, *, which: str) -> None:
-    """The positional ``RUN_OR_CKPT``, ``--which``, the data options and ``--device``."""
-    parser.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run directory or a .safetensors checkpoint")
-    parser.add_argument("--which", choices=("best", "last"), default=which, help="checkpoint of a run directory")
-    add_data_args(parser)
-    add_device_arg(parser)
+def add_device_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--device``; ``None`` (the default) means ``auto``."""
+    help = "cpu, cuda, cuda:N or auto" + (" (default: auto)" if default is None else "")
+    parser.add_argument("--device", metavar="DEV", default=default, help=help)
 
 
-def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | None) -> tuple[Any, Any, dict[str, Any], Any, Any]:
-    """``(model, config, info, device, dataset)`` for the options of :func:`add_checkpoint_args`.
-
-    The dataset is the checkpoint's own unless ``--data`` (``--data-dir``,
-    ``--data-seed``) says otherwise; it must have the image size the model was built for.
-    """
-    from torchstn.engine import load_model, load_split
-    from torchstn.engine._trainer import resolve_device
-
-    check_data_args(args.data, args.data_dir)
-    apply_threads(args)
-    device = resolve_device(args.device or "auto")
-    model, config, info = load_model(args.checkpoint, args.which, map_location=device)
-    changes = {"data": args.data, "data_dir": args.data_dir, "data_seed": args.data_seed}
-    config = config.replace(**{k: v for k, v in changes.items() if v is not None}, train_limit=limit, test_limit=limit)
-    dataset = load_split(config, split)
-    if tuple(dataset.input_shape) != tuple(model.input_shape):
-        raise ValueError(
-            f"{config.data} images are {tuple(dataset.input_shape)} but the model was built for "
-            f"{tuple(model.input_shape)}; use a dataset of the same size"
-        )
-    return model, config, info, device, dataset
-
-
-def add_device_arg(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--threads``."""
-    parser.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N or auto (default: auto)")
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` (applied by :func:`apply_shared_args`)."""
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads of torch (default: torch's; 1 is faster on a busy machine)")
 
 
-def apply_threads(args: argparse.Namespace) -> None:
-    """Set torch's CPU thread count from ``--threads``."""
+def add_data_args(parser: argparse.ArgumentParser, *, data_default: str | None = None) -> None:
+    """``--data``, ``--data-dir``, ``--data-seed``; ``data_default`` is what the help names when ``--data`` is omitted."""
+    from torchstn.data import list_datasets
+
+    shown = "" if data_default is None else f" (default: {data_default})"
+    parser.add_argument("--data", metavar="NAME", help=f"dataset, one of: {', '.join(list_datasets())}{shown}")
+    add_data_dir_arg(parser)
+    parser.add_argument("--data-seed", type=int, metavar="N", help="seed of the dataset's distortions")
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser, *, which: str) -> None:
+    """The positional ``RUN_OR_CKPT`` and ``--which``."""
+    parser.add_argument("checkpoint", metavar="RUN_OR_CKPT", help="a run directory or a .safetensors checkpoint")
+    parser.add_argument("--which", choices=("best", "last"), default=which, help="checkpoint of a run directory")
+
+
+# --- what the shared options mean ------------------------------------------------------------------
+
+
+def check_at_least_one(args: argparse.Namespace, *names: str) -> None:
+    """A one-line error for each count option among ``names`` that was given below 1."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def check_data_args(data: str | None, data_dir: str | None) -> None:
+    """One-line errors for an unknown dataset name or a data directory that does not exist."""
+    from torchstn.data import MNIST_FILES, list_datasets
+
+    if data is not None and data not in list_datasets():
+        raise CLIError(f"unknown dataset {data!r}; choose one of: {', '.join(list_datasets())}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        files = ", ".join(f"{name}.gz" for name in MNIST_FILES)
+        raise CLIError(
+            f"data directory {data_dir} does not exist: create it with the four MNIST files ({files}) "
+            "or omit --data-dir to use the cache or download"
+        )
+
+
+def apply_shared_args(args: argparse.Namespace) -> None:
+    """Give the shared options their meaning before a subcommand runs.
+
+    ``--threads`` sets torch's CPU threads; ``--data`` and ``--data-dir`` are checked
+    (cheaply: nothing is loaded) so that a typo is a one-line error before any work.
+    """
+    check_at_least_one(args, "threads")
     if getattr(args, "threads", None) is not None:
-        if args.threads < 1:
-            raise CLIError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
+    check_data_args(getattr(args, "data", None), getattr(args, "data_dir", None))
 
 
 def check_model(name: str | None, model_args: dict[str, Any] | None = None) -> None:
@@ -111,18 +154,28 @@ def check_model(name: str | None, model_args: dict[str, Any] | None = None) -> N
         raise CLIError(str(err)) from None
 
 
-def check_data_args(data: str | None, data_dir: str | None) -> None:
-    """One-line errors for an unknown dataset name or a data directory that does not exist."""
-    if data is not None:
-        from torchstn.data import list_datasets
+def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | None) -> tuple[Any, Any, dict[str, Any], Any, Any]:
+    """``(model, config, info, device, dataset)`` for :func:`add_checkpoint_args`, :func:`add_data_args` and ``--device``.
 
-        if data not in list_datasets():
-            raise CLIError(f"unknown dataset {data!r}; choose one of: {', '.join(list_datasets())}")
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise CLIError(
-            f"data directory {data_dir} does not exist: create it with the four MNIST files "
-            "(train-images-idx3-ubyte.gz, ...) or omit --data-dir to use the cache or download"
+    The dataset is the checkpoint's own unless ``--data`` (``--data-dir``,
+    ``--data-seed``) says otherwise; it must have the image size the model was built for.
+    """
+    from torchstn.engine import load_model, load_split, resolve_device
+
+    device = resolve_device(args.device or "auto")
+    model, config, info = load_model(args.checkpoint, args.which, map_location=device)
+    changes = {"data": args.data, "data_dir": args.data_dir, "data_seed": args.data_seed}
+    config = config.replace(**{k: v for k, v in changes.items() if v is not None}, train_limit=limit, test_limit=limit)
+    dataset = load_split(config, split)
+    if tuple(dataset.input_shape) != tuple(model.input_shape):
+        raise ValueError(
+            f"{config.data} images are {tuple(dataset.input_shape)} but the model was built for "
+            f"{tuple(model.input_shape)}; use a dataset of the same size"
         )
+    return model, config, info, device, dataset
+
+
+# --- values, errors, recorded commands --------------------------------------------------------------
 
 
 def parse_key_values(items: list[str] | None, flag: str, example: str) -> dict[str, Any]:
@@ -148,17 +201,61 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
     return parse_key_values(items, "--model-arg", "pool=2")
 
 
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix (bad values, missing files, bad checkpoints) into :class:`CLIError`.
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
-    ``ValueError`` (which :class:`~torchstn.engine.CheckpointError` is) and
-    ``FileNotFoundError`` become one line; anything else is a bug and keeps its traceback.
+
+@contextlib.contextmanager
+def user_errors(*also: type[Exception], extra: str = "cli") -> Iterator[None]:
+    """Turn the errors a user can fix into :class:`CLIError` (one line, exit status 2).
+
+    Those are ``ValueError`` (which :class:`~torchstn.engine.CheckpointError` is),
+    ``OSError`` (a missing file, a directory that cannot be written), ``ImportError`` (an
+    optional dependency: the message names the ``extra`` that installs it) and the types
+    in ``also`` (``TypeError`` where a user's ``KEY=VALUE`` reaches a signature).
+    Anything else is a bug and keeps its traceback. :func:`~torchstn.cli.main` runs every
+    subcommand inside it; a subcommand nests another to widen it.
     """
     try:
         yield
     except CLIError:
         raise
-    except (ValueError, FileNotFoundError) as err:
-        message = str(err).strip().splitlines()
-        raise CLIError(message[0] if message else type(err).__name__) from None
+    except ImportError as err:
+        raise CLIError(f"{_first_line(err)}; install the extra: pip install 'torchstn[{extra}]'") from None
+    except OSError as err:  # our FileNotFoundErrors carry a message; the system's a file name and a reason
+        message = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else _first_line(err)
+        raise CLIError(message) from None
+    except (ValueError, *also) as err:
+        raise CLIError(_first_line(err)) from None
+
+
+def command_line(
+    args: argparse.Namespace,
+    words: Sequence[str],
+    options: Sequence[str],
+    *,
+    paths: Collection[str] = (),
+    defaults: Mapping[str, object] | None = None,
+) -> str:
+    """The command that reproduces a run, as one shell line: ``torchstn WORDS`` and the ``options`` that were given.
+
+    An option is written when its value is not ``None``, ``False`` or its entry in
+    ``defaults``: a flag (``True``) alone, a list as its items. The values of the options
+    in ``paths`` are written relative to the current directory, so the command runs on
+    another machine from the same place in a checkout (``--data-dir ../shared/data/mnist``).
+
+    Example:
+        >>> args = argparse.Namespace(experiment="tutorial", budget="quick", seeds=None, quick=True, cases=["t*"])
+        >>> command_line(args, ["reproduce", args.experiment, "--budget", args.budget], ["--seeds", "--quick", "--cases"])
+        "torchstn reproduce tutorial --budget quick --quick --cases 't*'"
+    """
+    parts = ["torchstn", *words]
+    for flag in options:
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value is not None and flag in paths:
+            value = os.path.relpath(value)
+        if value is None or value is False or value == (defaults or {}).get(flag):
+            continue
+        parts += [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return shlex.join(parts)

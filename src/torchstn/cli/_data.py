@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from torchstn.cli import CLIError
-from torchstn.cli._common import parse_key_values
+from torchstn.cli._common import add_data_dir_arg, add_threads_arg, formatter, parse_key_values, user_errors
 
 __all__ = ["register"]
 
@@ -43,19 +42,26 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _run_preview(args: argparse.Namespace) -> int:
-    from torchstn.data._preview import preview
+    from torchstn.data import preview
 
-    try:
+    with user_errors(TypeError):  # a misspelt --option reaches the recipe's signature
         path = preview(
             args.kind, args.out, split=args.split, seed=args.seed, n=args.n, originals=args.originals,
             root=args.data_dir, columns=args.columns, **_options(args.option),
         )
-    except ImportError as err:
-        raise CLIError(f"{err}; install the extra: pip install 'torchstn[cli]'") from err
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        raise CLIError(str(err)) from err
     print(path)
     return 0
+
+
+def _progress_bar(description: str, quiet: bool):  # type: ignore[no-untyped-def]
+    """A tqdm bar, or ``None`` when ``quiet`` or tqdm is not installed (progress is optional)."""
+    if quiet:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(desc=description, unit="img", leave=False)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -64,21 +70,13 @@ def _run_generate(args: argparse.Namespace) -> int:
     splits = ("train", "test") if args.split == "all" else (args.split,)
     options = _options(args.option)
     for split in splits:
-        bar = None
-        if not args.quiet:
-            try:
-                from tqdm import tqdm
-
-                bar = tqdm(desc=f"mnist-{args.kind} {split}", unit="img", leave=False)
-            except ImportError:  # progress is optional
-                bar = None
+        bar = _progress_bar(f"mnist-{args.kind} {split}", args.quiet)
         try:
-            data = distorted_mnist(
-                args.kind, split, args.data_dir, args.seed, cache_dir=args.cache_dir,
-                progress=bar.update if bar is not None else None, **options,
-            )
-        except (FileNotFoundError, ValueError, TypeError) as err:
-            raise CLIError(str(err)) from err
+            with user_errors(TypeError):  # a misspelt --option reaches the recipe's signature
+                data = distorted_mnist(
+                    args.kind, split, args.data_dir, args.seed, cache_dir=args.cache_dir,
+                    progress=bar.update if bar is not None else None, **options,
+                )
         finally:
             if bar is not None:
                 bar.close()
@@ -88,43 +86,49 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``torchstn data`` and its subcommands."""
+    """Add ``torchstn data`` and its actions."""
     parser = subparsers.add_parser(
         "data",
         help="list, preview and generate the distorted-MNIST data sets",
         description="The distorted-MNIST data sets of the STN papers: list them, preview samples, generate caches.",
         epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=formatter,
     )
     actions = parser.add_subparsers(title="actions", metavar="ACTION")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("kind", type=_kind, help="r, rts, p, e, cluttered, addition, perturbed, rotated (mnist- prefix ok)")
-        p.add_argument("--seed", type=int, default=0, help="seed of the distortions (default 0)")
-        p.add_argument("--data-dir", default=None, help="where the MNIST files are (default: $TORCHSTN_DATA, the cache)")
-        p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                       help="a recipe option, e.g. canvas=36, sigma=2.5, keep_inside=false (repeatable)")
-
     p = actions.add_parser("list", help="the data set names and what each one is", epilog=_EXAMPLES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=formatter)
     p.set_defaults(func=_run_list)
 
     p = actions.add_parser("preview", help="a figure of samples with labels and their originals", epilog=_EXAMPLES,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(p)
-    p.add_argument("--split", choices=("train", "test"), default="train")
-    p.add_argument("--out", default="preview.png", help="image file to write (default preview.png)")
-    p.add_argument("-n", type=int, default=16, help="number of samples (default 16)")
+                           formatter_class=formatter)
+    _add_recipe_args(p)
+    p.add_argument("--split", choices=("train", "test"), default="train", help="split of the original digits")
+    p.add_argument("--out", default="preview.png", metavar="PNG", help="image file to write")
+    p.add_argument("-n", type=int, default=16, help="number of samples")
     p.add_argument("--columns", type=int, default=None, help="samples per row (default: about square)")
     p.add_argument("--no-originals", dest="originals", action="store_false", help="do not show the undistorted digits")
     p.set_defaults(func=_run_preview)
 
     p = actions.add_parser("generate", help="generate a split (or both) into the cache and print where",
-                           epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(p)
-    p.add_argument("--split", choices=("train", "test", "all"), default="all")
-    p.add_argument("--cache-dir", default=None, help="cache root (default: $TORCHSTN_CACHE or ~/.cache/torchstn)")
+                           epilog=_EXAMPLES, formatter_class=formatter)
+    _add_recipe_args(p)
+    p.add_argument("--split", choices=("train", "test", "all"), default="all", help="split to generate")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache root (default: $TORCHSTN_CACHE or ~/.cache/torchstn)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_generate)
 
     parser.set_defaults(func=lambda args: parser.print_help() or 0)
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """The distortion, its seed and options, where MNIST is and torch's threads (no --device: rendering is on the CPU)."""
+    from torchstn.data import KINDS
+
+    p.add_argument("kind", type=_kind, help=f"{', '.join(KINDS)} (an mnist- prefix is fine)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the distortions")
+    add_data_dir_arg(p)
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="a recipe option, e.g. canvas=36, sigma=2.5, keep_inside=false (repeatable)")
+    add_threads_arg(p)

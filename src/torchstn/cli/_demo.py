@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from torchstn.cli._common import add_device_arg, apply_threads, check_data_args, formatter, user_errors
+from torchstn.cli._common import add_data_dir_arg, add_device_arg, add_threads_arg, formatter
 
 __all__ = ["register", "run"]
 
@@ -28,8 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "MNIST, print their test errors and write the figure.",
         epilog=EXAMPLES, formatter_class=formatter,
     )
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="directory holding the MNIST files (default: $TORCHSTN_DATA, the cache, or a download)")
+    add_data_dir_arg(p)
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="where the two runs and demo.png go")
     p.add_argument("--steps", type=int, default=1500, metavar="N", help="training steps of each model")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="batch size")
@@ -38,21 +37,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-limit", type=int, metavar="N", help="use only the first N test images")
     p.add_argument("--seed", type=int, default=0, help="seed of both runs")
     add_device_arg(p)
+    add_threads_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchstn.engine._demo import run_demo
+    from torchstn.engine import run_demo
 
-    check_data_args(None, args.data_dir)
-    apply_threads(args)
-    with user_errors():
-        result = run_demo(
-            args.out, progress=not args.no_progress, data_dir=args.data_dir, steps=args.steps,
-            batch_size=args.batch_size, lr=args.lr, train_limit=args.train_limit, test_limit=args.test_limit,
-            seed=args.seed, device=args.device or "auto",
-        )
+    result = run_demo(
+        args.out, progress=not args.no_progress, data_dir=args.data_dir, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, train_limit=args.train_limit, test_limit=args.test_limit,
+        seed=args.seed, device=args.device or "auto",
+    )
     print()
     print(f"{'model':<12} {'test error':>10} {'test loss':>10} {'seconds':>8}")
     for row in result.rows:

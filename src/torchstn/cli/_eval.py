@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from torchstn.cli._common import add_checkpoint_args, formatter, load_checkpoint_and_data, user_errors
+from torchstn.cli._common import (
+    add_checkpoint_args,
+    add_data_args,
+    add_device_arg,
+    add_threads_arg,
+    formatter,
+    load_checkpoint_and_data,
+)
 
 __all__ = ["register", "run"]
 
@@ -24,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES, formatter_class=formatter,
     )
     add_checkpoint_args(p, which="best")
+    add_data_args(p, data_default="the checkpoint's")
+    add_device_arg(p)
+    add_threads_arg(p)
     p.add_argument("--split", choices=("test", "train"), default="test", help="split to evaluate")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
     p.add_argument("--batch-size", type=int, default=512, metavar="N", help="evaluation batch size")
@@ -34,10 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from torchstn.engine import evaluate
 
-    with user_errors():
-        model, config, info, device, dataset = load_checkpoint_and_data(args, args.split, args.limit)
-        metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device,
-                           ground_truth_init=config.ground_truth_init)
+    model, config, info, device, dataset = load_checkpoint_and_data(args, args.split, args.limit)
+    metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device,
+                       ground_truth_init=config.ground_truth_init)
     metrics = {"checkpoint": str(info["path"]), "epoch": info["epoch"], "model": config.model,
                "data": config.data, "split": args.split, **metrics}
     if args.json:

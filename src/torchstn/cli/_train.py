@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from torchstn.cli import CLIError
 from torchstn.cli._common import (
+    CLIError,
     add_data_args,
     add_device_arg,
-    apply_threads,
-    check_data_args,
+    add_threads_arg,
     check_model,
     formatter,
     parse_model_args,
-    user_errors,
 )
-from torchstn.engine import TrainConfig, resume_config, train
+from torchstn.engine import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, resume_config, train
 
 __all__ = ["register", "run"]
 
@@ -33,17 +31,25 @@ The run directory holds config.json, metrics.jsonl (one line per epoch: loss, er
 images/s, seconds, θ statistics) and checkpoints/{best,last}.safetensors.
 """
 
-#: the options named like a TrainConfig field set that field
+#: the options named like a TrainConfig field set that field; they default to None so the config's default applies
 _FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model_args"]
+_DEFAULTS = {name: getattr(TrainConfig(), name) for name in _FIELDS}
+
+
+class _formatter(formatter):
+    """Show the :class:`~torchstn.engine.TrainConfig` default of an option that sets a config field."""
+
+    def default_of(self, action: argparse.Action) -> object:
+        return _DEFAULTS.get(action.dest, action.default)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train a model (ST-CNN, CNN, ...) on a dataset",
         description="Train a registry model on a dataset, with evaluation each epoch, θ diagnostics and checkpoints.",
-        epilog=EXAMPLES, formatter_class=formatter, argument_default=None,
+        epilog=EXAMPLES, formatter_class=_formatter, argument_default=None,
     )
-    p.add_argument("--model", metavar="NAME", help="registry model (default st-cnn-aff; see torchstn.list_models())")
+    p.add_argument("--model", metavar="NAME", help="registry model (torchstn.list_models() lists them)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="builder argument, repeatable: pool=2, hidden=128, num_transformers=2")
     add_data_args(p)
@@ -56,25 +62,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-limit", type=int, metavar="N", help="use only the first N test images")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/MODEL-DATA)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    g = p.add_argument_group("optimisation (defaults: the STN paper's SGD recipe)")
-    g.add_argument("--epochs", type=int, metavar="N", help="epochs (default 10)")
-    g.add_argument("--steps", type=int, metavar="N", help="total iterations instead of --epochs")
-    g.add_argument("--batch-size", type=int, metavar="N", help="global batch size (default 256)")
-    g.add_argument("--optimizer", choices=("sgd", "adam"), help="default sgd (momentum 0.9)")
-    g.add_argument("--lr", type=float, help="learning rate (default 0.01)")
-    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight-decay", type=float, help="default 0")
-    g.add_argument("--schedule", choices=("step", "cosine", "constant"), help="default step")
-    g.add_argument("--lr-decay-every", type=int, metavar="STEPS", help="step schedule period (default a third of the run)")
-    g.add_argument("--lr-gamma", type=float, help="step schedule factor (default 0.1)")
-    g.add_argument("--loc-lr-mult", type=float, help="learning-rate multiplier of the localisation nets (default 0.1)")
-    g.add_argument("--identity-reg", type=float, help="weight of the mean((θ - identity)^2) penalty (default 0)")
-    g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm (default off)")
-    g.add_argument("--seed", type=int, help="seed of initialisation, shuffling and dropout (default 0)")
-    g.add_argument("--deterministic", action="store_const", const=True, help="deterministic kernels only")
+    _add_optimisation_args(p)
     add_device_arg(p)
+    add_threads_arg(p)
+    p.add_argument("--channels-last", action="store_const", const=True,
+                   help="channels-last memory format for images and convolutions (faster on CPU, same values)")
+    p.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast the network's matmuls and convolutions")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _add_optimisation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("optimisation (defaults: the STN paper's SGD recipe)")
+    g.add_argument("--epochs", type=int, metavar="N", help="passes over the training set")
+    g.add_argument("--steps", type=int, metavar="N", help="total iterations instead of --epochs")
+    g.add_argument("--batch-size", type=int, metavar="N", help="global batch size")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd uses --momentum")
+    g.add_argument("--lr", type=float, help="learning rate")
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, help="L2 weight decay")
+    g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    g.add_argument("--lr-decay-every", type=int, metavar="STEPS", help="step schedule period (default a third of the run)")
+    g.add_argument("--lr-gamma", type=float, help="step schedule factor")
+    g.add_argument("--warmup", type=float, metavar="W",
+                   help="linear learning-rate warm-up: a fraction of the run's steps if < 1, else a number of steps")
+    g.add_argument("--loc-lr-mult", type=float, help="learning-rate multiplier of the localisation nets")
+    g.add_argument("--identity-reg", type=float, help="weight of the mean((θ - identity)^2) penalty")
+    g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm (default off)")
+    g.add_argument("--seed", type=int, help="seed of initialisation, shuffling and dropout")
+    g.add_argument("--deterministic", action="store_const", const=True, help="deterministic kernels only")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,17 +98,13 @@ def run(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in _FIELDS if getattr(args, name, None) is not None}
     if model_args:
         given["model_args"] = model_args
-    check_data_args(args.data, args.data_dir)
-    apply_threads(args)
-    with user_errors():
-        if args.resume:
-            if args.out is None:
-                raise CLIError("--resume needs --out DIR, the run directory to continue")
-            config = resume_config(args.out, **given)
-        else:
-            config = TrainConfig(**given)
-            check_model(config.model, config.model_args)
-            check_data_args(config.data, None)
-        out = args.out or f"runs/{config.model}-{config.data}"
-        train(config, out, resume=args.resume, progress=not args.no_progress)
+    if args.resume:
+        if args.out is None:
+            raise CLIError("--resume needs --out DIR, the run directory to continue")
+        config = resume_config(args.out, **given)
+    else:
+        config = TrainConfig(**given)
+        check_model(config.model, config.model_args)
+    out = args.out or f"runs/{config.model}-{config.data}"
+    train(config, out, resume=args.resume, progress=not args.no_progress)
     return 0

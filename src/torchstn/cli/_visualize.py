@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from torchstn.cli._common import add_checkpoint_args, formatter, load_checkpoint_and_data, user_errors
+from torchstn.cli._common import (
+    add_checkpoint_args,
+    add_data_args,
+    add_device_arg,
+    add_threads_arg,
+    check_at_least_one,
+    formatter,
+    load_checkpoint_and_data,
+)
+
+if TYPE_CHECKING:
+    from torchstn.engine import TrainConfig
 
 __all__ = ["register", "run"]
 
@@ -31,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES, formatter_class=formatter,
     )
     add_checkpoint_args(p, which="last")
+    add_data_args(p, data_default="the checkpoint's")
+    add_device_arg(p)
+    add_threads_arg(p)
     p.add_argument("--out", default="visualize.png", metavar="PNG", help="figure to write")
     p.add_argument("--num", type=int, default=8, metavar="N", help="examples shown")
     p.add_argument("--start", type=int, default=0, metavar="I", help="index of the first test example shown")
@@ -41,26 +54,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchstn.engine._figures import plot_run
+    from torchstn.engine import RunDir, plot_run
 
-    with user_errors():
-        if args.num < 1:
-            raise ValueError(f"--num must be at least 1, got {args.num}")
-        for name in ("calibration_images", "warp_samples"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-        limit = max(args.start + args.num, args.calibration_images)
-        model, config, info, device, dataset = load_checkpoint_and_data(args, "test", limit)
-        run_dir = Path(info["path"]).parent.parent
-        metrics = run_dir / "metrics.jsonl"
-        history = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.is_file() else []
-        title = f"{config.model} on {config.data} (epoch {info['epoch']}"
-        if history:
-            title += f", test error {history[-1]['test_error']:.2%}"
-            if "test_ece" in history[-1]:
-                title += f", ECE {history[-1]['test_ece']:.3f}, NLL {history[-1]['test_nll']:.3f}"
-        out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start,
-                       title=title + ")", device=device, calibration_images=args.calibration_images,
-                       warp_samples=args.warp_samples, ground_truth_init=config.ground_truth_init)
+    check_at_least_one(args, "num", "calibration_images", "warp_samples")
+    limit = max(args.start + args.num, args.calibration_images)
+    model, config, info, device, dataset = load_checkpoint_and_data(args, "test", limit)
+    history = RunDir.of_checkpoint(info["path"]).history()
+    out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start,
+                   title=_title(config, info, history), device=device, calibration_images=args.calibration_images,
+                   warp_samples=args.warp_samples, ground_truth_init=config.ground_truth_init)
     print(f"wrote {out}")
     return 0
+
+
+def _title(config: TrainConfig, info: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    """``MODEL on DATA (epoch E, test error ..., ECE ..., NLL ...)`` from the last epoch's record."""
+    title = f"{config.model} on {config.data} (epoch {info['epoch']}"
+    if history:
+        title += f", test error {history[-1]['test_error']:.2%}"
+        if "test_ece" in history[-1]:
+            title += f", ECE {history[-1]['test_ece']:.3f}, NLL {history[-1]['test_nll']:.3f}"
+    return title + ")"

@@ -5,8 +5,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchstn.cli import main
-
 engine = pytest.importorskip("torchstn.engine", reason="the checkpoint loader lives in torchstn.engine")
 pytest.importorskip("safetensors")
 
@@ -24,25 +22,30 @@ def checkpoint(tmp_path: Path) -> Path:
     return save_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors", model, config, epoch=1, step=10)
 
 
-def test_torchscript_from_a_run_directory(checkpoint: Path, capsys) -> None:
+def test_torchscript_from_a_run_directory(cli, checkpoint: Path) -> None:
     run = checkpoint.parent.parent
-    assert main(["export", str(run), "--format", "torchscript"]) == 0
-    printed = capsys.readouterr().out
+    result = cli("export", run, "--format", "torchscript")
+    assert result.status == 0, result.err
     out = run / "export" / "best.pt"
-    assert f"wrote {out} (torchscript, st-cnn-tps" in printed
-    assert "max |exported - eager|" in printed
+    assert f"wrote {out} (torchscript, st-cnn-tps" in result.out
+    assert "max |exported - eager|" in result.out
     assert torch.jit.load(str(out))(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
-def test_onnx_from_a_checkpoint_file(checkpoint: Path, tmp_path: Path, capsys) -> None:
+def test_onnx_from_a_checkpoint_file(cli, checkpoint: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     out = tmp_path / "model.onnx"
-    assert main(["export", str(checkpoint), "--out", str(out), "--legacy-onnx"]) == 0  # format from the suffix
+    result = cli("export", checkpoint, "--out", out, "--legacy-onnx")  # format from the suffix
+    assert result.status == 0, result.err
     assert out.is_file()
-    assert "(onnx, st-cnn-tps" in capsys.readouterr().out
+    assert "(onnx, st-cnn-tps" in result.out
 
 
-def test_errors_are_one_line(tmp_path: Path, capsys) -> None:
-    assert main(["export", str(tmp_path / "nothing"), "--format", "onnx"]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert main(["export", str(tmp_path), "--batch", "0"]) == 2
+def test_errors_are_one_line(cli, checkpoint: Path, tmp_path: Path) -> None:
+    assert "does not exist" in cli("export", tmp_path / "nothing", "--format", "onnx").error_line()
+    assert "--batch must be at least 1, got 0" in cli("export", tmp_path, "--batch", "0").error_line()
+    assert "invalid choice: 'first'" in cli("export", checkpoint, "--which", "first").err  # a choice, as in eval
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the output's folder should be
+    line = cli("export", checkpoint, "--format", "torchscript", "--out", blocked / "m.pt").error_line()
+    assert str(blocked) in line

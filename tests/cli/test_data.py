@@ -1,0 +1,28 @@
+"""``torchstn data``: list, preview and generate."""
+
+
+def test_cli_preview_and_generate(cli, mnist_dir, tmp_path):
+    out = tmp_path / "fig.png"
+    run = cli("data", "preview", "cluttered", "--out", out, "-n", "4", "--data-dir", mnist_dir)
+    assert run.status == 0, run.err
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = cli("data", "generate", "mnist-r", "--split", "test", "--seed", "2", "--quiet",
+              "--data-dir", mnist_dir, "--cache-dir", tmp_path, "--option", "angle=30")
+    assert run.status == 0, run.err
+    assert "mnist-r test: 10000 images 1x28x28" in run.out and str(tmp_path / "distorted") in run.out
+    run = cli("data", "list")
+    assert run.status == 0 and "mnist-perturbed" in run.out
+
+
+def test_cli_errors_are_one_line(cli, mnist_dir, tmp_path):
+    line = cli("data", "preview", "r", "--data-dir", mnist_dir, "--option", "sigma=2", "--out", tmp_path / "x.png",
+               ).error_line()
+    assert "unknown option" in line
+    line = cli("data", "generate", "r", "--data-dir", tmp_path / "none", "--quiet").error_line()
+    assert "t10k-images-idx3-ubyte.gz" in line
+    empty = tmp_path / "empty"
+    empty.mkdir()  # a directory without MNIST: the loader says which files to put where
+    line = cli("data", "generate", "r", "--data-dir", empty, "--quiet").error_line()
+    assert "t10k-images-idx3-ubyte.gz" in line and str(empty) in line
+    run = cli("data", "preview", "twirl")
+    assert run.status == 2 and "unknown kind 'twirl'" in run.err  # argparse's error (exit status 2)

@@ -1,0 +1,78 @@
+"""The one dialect of every subcommand: examples in each --help, the shared options and their checks, the entry points."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from torchstn import __version__
+from torchstn.cli import SUBCOMMANDS
+
+#: the shared options, each with the one help text every subcommand shows
+SHARED = {
+    "--data-dir DIR": "directory holding the MNIST files (default: $TORCHSTN_DATA, the cache, or a download)",
+    "--device DEV": "cpu, cuda, cuda:N or auto (default:",
+    "--threads N": "CPU threads of torch (default: torch's; 1 is faster on a busy machine)",
+}
+#: the subcommands that do without one (bench and export read no data; data and export run on the CPU)
+WITHOUT = {"--data-dir DIR": {"bench", "export"}, "--device DEV": {"data", "export"}, "--threads N": set()}
+#: the help that shows a subcommand's options (data's are on its actions)
+HELP = {name: [name] for name in SUBCOMMANDS} | {"data": ["data", "preview"]}
+
+
+def _help(cli, *command: str) -> str:
+    run = cli(*command, "--help")
+    assert run.status == 0, run.err
+    return " ".join(run.out.split())
+
+
+@pytest.mark.parametrize("command", [*SUBCOMMANDS, "data preview", "data generate", "data list"])
+def test_help_shows_examples(cli, command):
+    help = _help(cli, *command.split())
+    assert "examples:" in help and f"torchstn {command.split()[0]}" in help
+
+
+def test_the_top_level_help_shows_examples(cli):
+    assert "examples: torchstn demo" in _help(cli)
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_shared_options_have_one_help(cli, command):
+    help = _help(cli, *HELP[command])
+    for option, text in SHARED.items():
+        assert (f"{option} {text}" in help) == (command not in WITHOUT[option]), (command, option)
+
+
+@pytest.mark.parametrize("command", [["demo"], ["data", "preview", "r"], ["data", "generate", "r"], ["train"],
+                                     ["eval", "run"], ["visualize", "run"], ["bench"], ["export", "run"],
+                                     ["reproduce", "stn-table1"]], ids=" ".join)
+def test_the_thread_check_is_shared(cli, command):
+    """Every subcommand refuses --threads 0 with the same line, before it does any work."""
+    assert cli(*command, "--threads", 0).error_line() == "torchstn: error: --threads must be at least 1, got 0"
+
+
+@pytest.mark.parametrize("command", [["demo"], ["data", "preview", "r"], ["data", "generate", "r"], ["train"],
+                                     ["eval", "run"], ["visualize", "run"], ["reproduce", "stn-table1"]],
+                         ids=" ".join)
+def test_a_missing_data_dir_is_the_same_error_everywhere(cli, command, tmp_path):
+    line = cli(*command, "--data-dir", tmp_path / "nowhere").error_line()
+    assert f"data directory {tmp_path / 'nowhere'} does not exist" in line and "t10k-images-idx3-ubyte.gz" in line
+
+
+def test_an_unknown_device_is_one_line_everywhere(cli, tmp_path):
+    for command in (["train", "--model", "cnn", "--data", "mnist", "--out", tmp_path / "run"], ["bench"]):
+        assert "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'" in cli(*command, "--device", "gpu").error_line()
+
+
+def test_python_m_and_the_console_script_run_main():
+    """The entry points are real processes: ``python -m torchstn`` (what torchrun runs) and ``torchstn``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    commands = [[sys.executable, "-m", "torchstn", "--version"]]
+    script = Path(sys.executable).with_name("torchstn")
+    if script.is_file():
+        commands.append([str(script), "--version"])
+    for command in commands:
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip() == f"torchstn {__version__}", proc.stderr

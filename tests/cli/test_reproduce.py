@@ -1,0 +1,55 @@
+"""``torchstn reproduce`` on the command line: a quick table end to end, listing, errors, the recorded command."""
+
+import argparse
+import json
+
+from torchstn.cli._reproduce import recorded_command
+
+
+def test_reproduce_table1_quick_end_to_end(cli, mnist_dir, tmp_path):
+    args = ["reproduce", "stn-table1", "--budget", "quick", "--only", "cnn,st-cnn-aff", "--datasets", "rts,r",
+            "--limit", "64",
+            "--data-dir", mnist_dir, "--out", tmp_path / "results", "--runs", tmp_path / "runs",
+            "--no-progress"]
+    run = cli(*args)
+    assert run.status == 0, run.err
+    record = json.loads((tmp_path / "results" / "stn-table1.json").read_text())
+    assert sorted(record["cells"]) == sorted(
+        f"quick/{m}/{d}/s0" for m in ("cnn", "st-cnn-aff") for d in ("r", "rts"))
+    for cell in record["cells"].values():
+        assert 0.0 <= cell["error"] <= 100.0
+        assert cell["steps"] == 16 and cell["wall_seconds"] >= 0
+        assert cell["machine"]["torch"] and cell["command"].startswith("torchstn reproduce stn-table1")
+    report = (tmp_path / "results" / "stn-table1.md").read_text()
+    assert "| ST-CNN Aff |" in report and "| 0.5 |" in report  # the paper's RTS number beside ours
+    assert "budget `quick`" in report and "cores" in report
+    figure = tmp_path / "results" / "stn-table1" / "quick-st-cnn-aff-rts.png"
+    assert figure.is_file() and figure.read_bytes()[:4] == b"\x89PNG"
+    assert "quick-st-cnn-aff-rts.png" in report
+    assert "by the rotation of the test digit" in report  # R and RTS have ground-truth angles
+
+    run = cli(*args)
+    assert run.status == 0, run.err  # everything is finished: nothing is trained again
+    assert run.out.count("finished earlier") == 4 and "training" not in run.out.replace("training (", "")
+
+
+def test_cli_errors_are_one_line(cli, tmp_path):
+    assert "unknown experiment 'stn-table9'" in cli("reproduce", "stn-table9", "--out", tmp_path).error_line()
+    assert "no model 'resnet'" in cli("reproduce", "stn-table1", "--only", "resnet", "--out", tmp_path).error_line()
+
+
+def test_list_shows_state_without_training(cli, tmp_path):
+    run = cli("reproduce", "stn-table1", "--list", "--only", "st-cnn-aff", "--datasets", "rts", "--out", tmp_path)
+    assert run.status == 0, run.err
+    assert "standard/st-cnn-aff/rts/s0" in run.out and "pending" in run.out and "paper 0.5%" in run.out
+
+
+def test_the_recorded_command_has_no_absolute_paths(tmp_path, monkeypatch):
+    """A results file records a command another user can run from the same place in a checkout."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    args = argparse.Namespace(experiment="stn-table1", budget="standard", seeds=None, only=None, datasets="rts",
+                              data_dir=str(tmp_path / "data"), out=str(tmp_path / "results"),
+                              runs=str(tmp_path / "elsewhere"), device=None, threads=1, limit=None)
+    assert recorded_command(args) == ("torchstn reproduce stn-table1 --budget standard --datasets rts "
+                                      "--data-dir data --runs elsewhere --threads 1")
