@@ -54,13 +54,13 @@ def test_an_untrained_model_predicts_the_same_either_way(perturbed, model):
 
 def test_training_with_the_protocol_calls_the_model_with_init_params(perturbed, monkeypatch):
     seen = []
-    original = stn.models._variants.PerturbedClassifier.forward
+    original = stn.models.icstn2017.PerturbedClassifier.forward
 
     def spy(self, x, init_params=None):
         seen.append(init_params is not None)
         return original(self, x, init_params)
 
-    monkeypatch.setattr(stn.models._variants.PerturbedClassifier, "forward", spy)
+    monkeypatch.setattr(stn.models.icstn2017.PerturbedClassifier, "forward", spy)
     config = TrainConfig(model="ic-stn-1", data="mnist-perturbed", ground_truth_init=True, optimizer="adam",
                          lr=1e-3, batch_size=32, epochs=2, device="cpu", diagnostics_samples=8)
     result = train(config, train_set=perturbed[0], test_set=perturbed[1], progress=False)

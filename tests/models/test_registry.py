@@ -24,6 +24,8 @@ def test_bad_names_are_rejected():
     for bad in ("CNN-x", "my_net", ""):
         with pytest.raises(ValueError, match="lower-case"):
             stn.register_model(bad)(lambda: torch.nn.Identity())
+    with pytest.raises(TypeError, match="model name must be a str, got int"):
+        stn.register_model(5)(lambda: torch.nn.Identity())
 
 
 def test_bare_decorator_uses_the_function_name():

@@ -1,6 +1,5 @@
 """The variant models: IC-STN family, MNIST addition, multi-part ST-CNNs, P-STN."""
 
-import gzip
 import os
 from pathlib import Path
 
@@ -10,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import torchstn as stn
-from torchstn.models._variants import PartsClassifier, PerturbedClassifier, PSTNClassifier
+from torchstn.models.icstn2017 import PerturbedClassifier
+from torchstn.models.pstn2020 import PSTNClassifier
+from torchstn.models.stn2015 import PartsClassifier
 
 ICSTN = ["icstn-stn", "c-stn-1", "ic-stn-1", "ic-stn-2", "ic-stn-4"]
 
@@ -53,11 +54,8 @@ def _mnist_test_split() -> tuple[np.ndarray, np.ndarray] | None:
     roots = [os.environ.get("TORCHSTN_DATA"), Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"]
     for root in roots:
         if root and (Path(root) / "t10k-images-idx3-ubyte.gz").exists():
-            with gzip.open(Path(root) / "t10k-images-idx3-ubyte.gz") as f:
-                images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-            with gzip.open(Path(root) / "t10k-labels-idx1-ubyte.gz") as f:
-                labels = np.frombuffer(f.read(), np.uint8, offset=8)
-            return images, labels
+            images = stn.data.read_idx(Path(root) / "t10k-images-idx3-ubyte.gz", "images")
+            return images, stn.data.read_idx(Path(root) / "t10k-labels-idx1-ubyte.gz", "labels")
     return None
 
 

@@ -1,8 +1,18 @@
 """Paper architectures by name (layer 4): ``create_model``, ``list_models``, ``register_model``.
 
-Every model is an :class:`STClassifier`: ``model.transformers`` lists its spatial
-transformers (empty for the FCN and CNN baselines), ``model.transform_input(x)`` is what
-its classifier sees, ``model.input_shape`` and ``model.num_classes`` what it was built for.
+One module per paper, each builder a plain function registered under its name:
+
+* :mod:`~torchstn.models.stn2015`: Jaderberg et al., *Spatial Transformer Networks*
+  (FCN, CNN, ST-FCN, ST-CNN, MNIST addition, the parallel 2x/4xST-CNN);
+* :mod:`~torchstn.models.icstn2017`: Lin & Lucey, *Inverse Compositional STN* (IC-STN,
+  c-STN and their baselines on perturbed MNIST);
+* :mod:`~torchstn.models.pstn2020`: Schwöbel et al., *Probabilistic STN* (P-STN);
+* :mod:`~torchstn.models.tutorial`: the PyTorch STN tutorial's network and its CIFAR-10 sibling.
+
+Every model is an :class:`STClassifier` (or, for the parallel part models, has its
+attributes): ``model.transformers`` lists its spatial transformers (empty for the FCN
+and CNN baselines), ``model.transform_input(x)`` is what its classifier sees,
+``model.input_shape`` and ``model.num_classes`` what it was built for.
 
 Example:
     >>> from torchstn.models import create_model, list_models
@@ -14,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from torchstn.models import _paper, _tutorial, _variants  # noqa: F401  (registers the models)
+from torchstn.models import icstn2017, pstn2020, stn2015, tutorial  # noqa: F401  (registers the models)
 from torchstn.models._base import STClassifier
 from torchstn.models._registry import (
     check_model_args,

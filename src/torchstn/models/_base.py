@@ -8,22 +8,24 @@ of :class:`~torchstn.SpatialTransformer`, empty for a plain network),
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from torchstn._validation import check_size
+from torchstn._validation import check_int, check_size
 from torchstn.nn import SpatialTransformer
 
-__all__ = ["STClassifier", "as_size", "feature_shape"]
+__all__ = ["STClassifier", "as_size", "feature_shape", "feature_width"]
 
 
 def as_size(name: str, size: int | Sequence[int]) -> tuple[int, int]:
     """An image size given as ``S`` or ``(H, W)`` -> ``(H, W)``."""
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
-    return check_size(name, size, 2)  # type: ignore[return-value]
+    height, width = check_size(name, size, 2)
+    return height, width
 
 
 def feature_shape(module: nn.Module, in_channels: int, input_size: tuple[int, int], what: str) -> tuple[int, ...]:
@@ -46,6 +48,12 @@ def feature_shape(module: nn.Module, in_channels: int, input_size: tuple[int, in
     if out.numel() == 0:
         raise ValueError(f"input_size {input_size} is too small for the {what}: its output is empty")
     return tuple(out.shape[1:])
+
+
+def feature_width(module: nn.Module, in_channels: int, input_size: tuple[int, int], what: str) -> int:
+    """Width of ``module``'s flattened output for one ``(in_channels, *input_size)`` input
+    (what the fully connected layer after it takes); errors as :func:`feature_shape`."""
+    return math.prod(feature_shape(module, in_channels, input_size, what))
 
 
 class STClassifier(nn.Module):
@@ -79,8 +87,7 @@ class STClassifier(nn.Module):
         num_classes: int,
     ) -> None:
         super().__init__()
-        if not isinstance(pool, int) or pool < 1:
-            raise ValueError(f"pool must be a positive int, got {pool!r}")
+        check_int("pool", pool, 1)
         self.transformers = nn.ModuleList(transformers)
         self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
         self.classifier = classifier

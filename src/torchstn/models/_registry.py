@@ -34,7 +34,9 @@ _REGISTRY: dict[str, Builder] = {}
 
 
 def _add(name: str, builder: Builder) -> None:
-    if not isinstance(name, str) or not name or name != name.lower() or " " in name or "_" in name:
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str, got {type(name).__name__}")
+    if not name or name != name.lower() or " " in name or "_" in name:
         raise ValueError(f"model name must be lower-case with dashes (e.g. 'st-cnn-aff'), got {name!r}")
     if name in _REGISTRY:
         raise ValueError(f"a model named {name!r} is already registered (by {_REGISTRY[name].__module__})")
@@ -47,7 +49,7 @@ def _add(name: str, builder: Builder) -> None:
 def register_model(name: str) -> Callable[[_B], _B]: ...
 @overload
 def register_model(name: _B) -> _B: ...
-def register_model(name):  # type: ignore[no-untyped-def]
+def register_model(name: str | _B) -> Callable[[_B], _B] | _B:
     """Register a model builder under a name; a name used twice is an error.
 
     Use as ``@register_model("st-cnn-aff")`` or bare ``@register_model`` (the
@@ -62,7 +64,7 @@ def register_model(name):  # type: ignore[no-untyped-def]
         Linear(in_features=4, out_features=2, bias=True)
         >>> unregister = _REGISTRY.pop("my-net")  # (keep the doctest from leaking)
     """
-    if callable(name) and not isinstance(name, str):
+    if callable(name):
         _add(name.__name__.replace("_", "-"), name)
         return name
 
@@ -120,6 +122,7 @@ def forwards_kwargs(target: Callable[..., object], *, passed: Iterable[str] = ()
                    if p.name not in names and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         params += [p for p in own.parameters.values() if p.kind is p.VAR_KEYWORD
                    and any(q.kind is q.VAR_KEYWORD for q in forwarded)]
+        # inspect.signature() reads __signature__, which the type of a function does not declare
         builder.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
         return builder
 

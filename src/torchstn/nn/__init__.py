@@ -5,11 +5,12 @@ from __future__ import annotations
 from torchstn.nn._cascade import CascadedSpatialTransformer
 from torchstn.nn._localization import IdentityRegressor, conv_localization, declare_input, make_regressor
 from torchstn.nn._parallel import ParallelSpatialTransformers
-from torchstn.nn._probabilistic import ProbabilisticSpatialTransformer, total_kl
+from torchstn.nn._probabilistic import Distribution, ProbabilisticSpatialTransformer, total_kl
 from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer
 
 __all__ = [
     "CascadedSpatialTransformer",
+    "Distribution",
     "IdentityRegressor",
     "ParallelSpatialTransformers",
     "ProbabilisticSpatialTransformer",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from torchstn._validation import check_choice
 __all__ = ["ParallelSpatialTransformers"]
 
 Merge = Literal["concat", "list"]
-MERGES: tuple[str, ...] = ("concat", "list")
+MERGES: tuple[str, ...] = get_args(Merge)
 
 
 class ParallelSpatialTransformers(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, Unpack
+from typing import Literal, Unpack, get_args
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +16,11 @@ from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer
 from torchstn.sampling import SamplerOptions
 from torchstn.transforms import Transform
 
-__all__ = ["ProbabilisticSpatialTransformer", "total_kl"]
+__all__ = ["DISTRIBUTIONS", "Distribution", "ProbabilisticSpatialTransformer", "total_kl"]
 
+#: the distribution a P-STN puts on θ (its ``distribution`` argument)
 Distribution = Literal["student-t", "gaussian"]
-DISTRIBUTIONS: tuple[str, ...] = ("student-t", "gaussian")
+DISTRIBUTIONS: tuple[str, ...] = get_args(Distribution)
 
 
 def _gamma_kl(alpha_q: torch.Tensor, beta_q: torch.Tensor, alpha_p: float, beta_p: float) -> torch.Tensor:

@@ -1,4 +1,9 @@
-"""LeNet-style ST models: the PyTorch STN tutorial's network and its CIFAR-10 sibling."""
+"""The PyTorch spatial transformer tutorial's network, and its CIFAR-10 sibling.
+
+``tutorial``: an affine spatial transformer in front of LeNet, as in the PyTorch STN
+tutorial (MNIST). ``st-cnn-cifar``: the same structure, wider, for CIFAR-10 (the
+network of seed ``004``, which follows the tutorial).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,13 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from torchstn.models._base import STClassifier, as_size, feature_shape
+from torchstn.models._base import STClassifier, as_size, feature_width
 from torchstn.models._registry import register_model
 from torchstn.nn import SpatialTransformer, declare_input
+from torchstn.sampling import Mode, Padding, SamplerOptions
 from torchstn.transforms import Affine
 
 __all__ = ["lenet_classifier", "lenet_localization", "st_cnn_cifar", "tutorial"]
-
-
-def _flat(shape: Sequence[int]) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 def lenet_classifier(
@@ -43,7 +42,7 @@ def lenet_classifier(
         nn.MaxPool2d(2),
         nn.ReLU(inplace=True),
     )
-    features = _flat(feature_shape(convs, in_channels, input_size, "classifier"))
+    features = feature_width(convs, in_channels, input_size, "classifier")
     return nn.Sequential(
         *convs, nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
         nn.Linear(hidden, num_classes),
@@ -62,28 +61,24 @@ def lenet_localization(
         nn.MaxPool2d(2),
         nn.ReLU(inplace=True),
     )
-    features = _flat(feature_shape(convs, in_channels, input_size, "localisation net"))
+    features = feature_width(convs, in_channels, input_size, "localisation net")
     net = nn.Sequential(*convs, nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(inplace=True))
     return declare_input(net, in_channels, input_size)
 
 
 def _lenet_st(
-    in_channels: int, input_size: int | Sequence[int], num_classes: int, loc: tuple, head: tuple, dropout: float,
-    mode: str, padding: str, align_corners: bool,
+    localization: nn.Module, classifier: nn.Module, input_shape: tuple[int, int, int], num_classes: int,
+    sampler: SamplerOptions,
 ) -> STClassifier:
-    size = as_size("input_size", input_size)
-    st = SpatialTransformer(
-        Affine(), lenet_localization(in_channels, size, *loc), mode=mode, padding=padding,  # type: ignore[arg-type]
-        align_corners=align_corners,
-    )
-    classifier = lenet_classifier(in_channels, size, num_classes, *head, dropout=dropout)
-    return STClassifier(classifier, [st], input_shape=(in_channels, *size), num_classes=num_classes)
+    """An affine spatial transformer with ``localization`` in front of ``classifier``."""
+    st = SpatialTransformer(Affine(), localization, sampler=sampler)
+    return STClassifier(classifier, [st], input_shape=input_shape, num_classes=num_classes)
 
 
 @register_model("tutorial")
 def tutorial(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10, dropout: float = 0.5,
-    mode: str = "bilinear", padding: str = "zeros", align_corners: bool = False,
+    mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False,
 ) -> STClassifier:
     """The PyTorch spatial transformer tutorial's network (an affine ST in front of LeNet).
 
@@ -98,16 +93,18 @@ def tutorial(
         >>> stn.create_model("tutorial")(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 10])
     """
+    size = as_size("input_size", input_size)
     return _lenet_st(
-        in_channels, input_size, num_classes, ((8, 10), (7, 5), 32), ((10, 20), (5, 5), 50), dropout,
-        mode, padding, align_corners,
+        lenet_localization(in_channels, size, (8, 10), (7, 5), 32),
+        lenet_classifier(in_channels, size, num_classes, (10, 20), (5, 5), 50, dropout=dropout),
+        (in_channels, *size), num_classes, SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
     )
 
 
 @register_model("st-cnn-cifar")
 def st_cnn_cifar(
     *, in_channels: int = 3, input_size: int | Sequence[int] = 32, num_classes: int = 10, dropout: float = 0.5,
-    mode: str = "bilinear", padding: str = "zeros", align_corners: bool = False,
+    mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False,
 ) -> STClassifier:
     """An affine ST-CNN for CIFAR-10 (3x32x32), the network of seed ``004`` (DawnOfTransformers).
 
@@ -122,7 +119,9 @@ def st_cnn_cifar(
         >>> m(torch.rand(2, 3, 32, 32)).shape, sum(p.numel() for p in m.parameters())
         (torch.Size([2, 10]), 1585008)
     """
+    size = as_size("input_size", input_size)
     return _lenet_st(
-        in_channels, input_size, num_classes, ((64, 128), (7, 5), 256), ((16, 32), (5, 5), 1024), dropout,
-        mode, padding, align_corners,
+        lenet_localization(in_channels, size, (64, 128), (7, 5), 256),
+        lenet_classifier(in_channels, size, num_classes, (16, 32), (5, 5), 1024, dropout=dropout),
+        (in_channels, *size), num_classes, SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
     )

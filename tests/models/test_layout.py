@@ -1,0 +1,127 @@
+"""The registry's contract while its modules move: the same names, the same checkpoint keys,
+builders that are plain functions of the module of their paper, options checked in one
+vocabulary and sampling options passed through as one SamplerOptions."""
+
+import inspect
+import sys
+
+import pytest
+import torch
+
+import torchstn as stn
+from torchstn.models import STClassifier, create_model, get_model_builder, list_models
+from torchstn.sampling import SamplerOptions
+
+MODELS = [
+    "2x-st-cnn", "4x-st-cnn", "c-stn-1", "cnn", "fcn", "ic-stn-1", "ic-stn-2", "ic-stn-4", "icstn-cnn", "icstn-stn",
+    "p-stn", "st-cnn-addition", "st-cnn-aff", "st-cnn-cifar", "st-cnn-proj", "st-cnn-tps", "st-fcn-aff",
+    "st-fcn-proj", "st-fcn-tps", "tutorial",
+]
+
+#: the module of each paper and the models it defines
+PAPERS = {
+    "torchstn.models.stn2015": {"fcn", "cnn", "st-fcn-aff", "st-fcn-proj", "st-fcn-tps", "st-cnn-aff", "st-cnn-proj",
+                                "st-cnn-tps", "st-cnn-addition", "2x-st-cnn", "4x-st-cnn"},
+    "torchstn.models.icstn2017": {"icstn-cnn", "icstn-stn", "c-stn-1", "ic-stn-1", "ic-stn-2", "ic-stn-4"},
+    "torchstn.models.pstn2020": {"p-stn"},
+    "torchstn.models.tutorial": {"tutorial", "st-cnn-cifar"},
+}
+
+_ST = [f"transformers.0.localization.{i}.{p}" for i in (1, 4, 7) for p in ("weight", "bias")]
+_CNN_HEAD = [f"classifier.{i}.{p}" for i in (0, 3, 7, 9) for p in ("weight", "bias")]
+_ICSTN_LOC = [f"localization.{i}.{p}" for i in (0, 2, 6) for p in ("weight", "bias")]
+_PART = lambda k: [  # noqa: E731
+    *(f"parallel.transformers.{k}.localization.{i}.{p}" for i in (0, 3, 7) for p in ("weight", "bias")),
+    f"parallel.transformers.{k}.regressor.weight", f"parallel.transformers.{k}.regressor.bias",
+]
+#: the state_dict keys that saved checkpoints hold: they must keep loading
+CHECKPOINT_KEYS = {
+    ("st-cnn-aff", ()): [*_ST, "transformers.0.regressor.weight", "transformers.0.regressor.bias", *_CNN_HEAD],
+    ("p-stn", ()): [
+        *_ST, "transformers.0.regressor.weight", "transformers.0.regressor.bias",
+        "transformers.0.variance_regressor.weight", "transformers.0.variance_regressor.bias", *_CNN_HEAD,
+    ],
+    ("c-stn-1", (("steps", 2),)): [
+        *(f"transformers.0.{k}" for k in _ICSTN_LOC), "transformers.0.regressor.weight", "transformers.0.regressor.bias",
+        *(f"transformers.0.refiners.0.{k}" for k in _ICSTN_LOC),
+        "transformers.0.refiners.0.regressor.weight", "transformers.0.refiners.0.regressor.bias",
+        *(f"classifier.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")),
+    ],
+    ("2x-st-cnn", ()): [
+        *_PART(0), *_PART(1), *(f"backbones.{k}.{i}.{p}" for k in (0, 1) for i in (0, 3) for p in ("weight", "bias")),
+        "classifier.weight", "classifier.bias",
+    ],
+}
+
+
+def test_the_registry_names_are_unchanged():
+    assert list_models() == MODELS == stn.list_models()
+
+
+@pytest.mark.parametrize(("name", "overrides"), CHECKPOINT_KEYS)
+def test_state_dict_keys_are_unchanged(name, overrides):
+    """The sampler options are configuration: no key moved or appeared when they became one object."""
+    model = create_model(name, **dict(overrides))
+    assert list(model.state_dict()) == CHECKPOINT_KEYS[(name, overrides)]
+    model.load_state_dict(create_model(name, **dict(overrides)).state_dict())  # strict load
+
+
+@pytest.mark.parametrize("module_name", PAPERS)
+def test_every_builder_is_a_plain_function_of_its_papers_module(module_name):
+    module = sys.modules[module_name]
+    source = inspect.getsource(module)
+    for name in PAPERS[module_name]:
+        builder = get_model_builder(name)
+        assert builder.__module__ == module_name, name
+        assert builder.__qualname__ == builder.__name__ and getattr(module, builder.__name__) is builder, name
+        assert f"@register_model({name!r})\n" in source.replace('"', "'"), name  # findable by grep
+        assert f"\ndef {builder.__name__}(" in source, name
+        assert builder.__doc__ and len(builder.__doc__.splitlines()) > 2, name
+    assert set().union(*PAPERS.values()) == set(MODELS)
+
+
+@pytest.mark.parametrize("name", ["st-fcn-aff", "st-cnn-tps", "tutorial", "icstn-stn", "ic-stn-2", "p-stn", "4x-st-cnn"])
+def test_sampling_options_reach_every_transformer_as_one_object(name):
+    model = create_model(name, mode="nearest", padding="border", align_corners=True)
+    expected = SamplerOptions(mode="nearest", padding="border", align_corners=True)
+    assert model.transformers and all(st.sampler == expected for st in model.transformers)
+    assert all(st.sampler == SamplerOptions() for st in create_model(name).transformers)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        create_model(name, padding="wrap")
+
+
+#: (model, argument) of every int option the builders check themselves
+INT_ARGUMENTS = [
+    ("fcn", "pool"), ("cnn", "pool"), ("st-fcn-aff", "pool"), ("st-cnn-proj", "pool"),
+    ("st-fcn-tps", "num_transformers"), ("st-cnn-aff", "num_transformers"),
+    ("st-cnn-aff", "loc_hidden"), ("st-fcn-proj", "loc_hidden"), ("st-cnn-addition", "loc_hidden"),
+    ("c-stn-1", "steps"), ("p-stn", "samples"), ("p-stn", "test_samples"),
+]
+
+
+@pytest.mark.parametrize(("name", "argument"), INT_ARGUMENTS)
+def test_int_arguments_refuse_floats_bools_and_zero(name, argument):
+    for wrong_type in (2.0, True):
+        with pytest.raises(TypeError, match=f"{argument} must be an int, got {type(wrong_type).__name__}"):
+            create_model(name, **{argument: wrong_type})
+    with pytest.raises(ValueError, match=f"{argument} must be >= 1, got 0"):
+        create_model(name, **{argument: 0})
+
+
+def test_st_fcn_localisation_widths_one_or_per_layer():
+    widths = lambda m: [l.out_features for l in m.transformers[0].localization if isinstance(l, torch.nn.Linear)]  # noqa: E731,E741
+    assert widths(create_model("st-fcn-aff")) == [32, 32]
+    assert widths(create_model("st-fcn-aff", loc_hidden=16)) == [16]
+    assert widths(create_model("st-fcn-aff", loc_hidden=[24, 12, 8])) == [24, 12, 8]
+    with pytest.raises(ValueError, match=r"loc_hidden\[1\] must be >= 1, got 0"):
+        create_model("st-fcn-aff", loc_hidden=[8, 0])
+    with pytest.raises(TypeError, match="loc_hidden must be an int, got list"):
+        create_model("st-cnn-aff", loc_hidden=[8])  # the ST-CNN net has one FC layer
+
+
+def test_st_classifier_pool():
+    for wrong_type in (2.0, True):
+        with pytest.raises(TypeError, match="pool must be an int"):
+            STClassifier(torch.nn.Identity(), pool=wrong_type, input_shape=(1, 4, 4), num_classes=2)
+    with pytest.raises(ValueError, match="pool must be >= 1, got 0"):
+        STClassifier(torch.nn.Identity(), pool=0, input_shape=(1, 4, 4), num_classes=2)
