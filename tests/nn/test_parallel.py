@@ -57,3 +57,5 @@ def test_bad_arguments():
         stn.ParallelSpatialTransformers([])
     with pytest.raises(TypeError, match="sequence"):
         stn.ParallelSpatialTransformers(nn.Identity())
+    with pytest.raises(TypeError, match=r"sequence of nn.Module, got \['Identity', 'function'\]"):
+        stn.ParallelSpatialTransformers([nn.Identity(), lambda x: x])

@@ -49,8 +49,10 @@ class ParallelSpatialTransformers(nn.Module):
         super().__init__()
         if isinstance(transformers, nn.Module) or not isinstance(transformers, Sequence):
             raise TypeError(f"transformers must be a sequence of modules, got {type(transformers).__name__}")
-        if len(transformers) == 0 or not all(isinstance(t, nn.Module) for t in transformers):
-            raise ValueError(f"transformers must be a non-empty sequence of nn.Module, got {list(map(type, transformers))}")
+        if len(transformers) == 0:
+            raise ValueError("transformers must be a non-empty sequence of nn.Module, got an empty one")
+        if not all(isinstance(t, nn.Module) for t in transformers):
+            raise TypeError(f"transformers must be a sequence of nn.Module, got {[type(t).__name__ for t in transformers]}")
         self.transformers = nn.ModuleList(transformers)
         self.merge = check_choice("merge", merge, MERGES)
 
