@@ -383,9 +383,13 @@ def _run_in_workers(
 
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or state
     failures: list[BaseException] = []
+    waiting = list(todo)
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init) as pool:
-        running = {pool.submit(_run_in_worker, cell, runs, options): cell for cell in todo}
-        while running:
+        running: dict[cf.Future[dict[str, Any]], Cell] = {}
+        while waiting or running:
+            while waiting and len(running) < jobs:  # submit as workers free up: `running` is what runs
+                cell = waiting.pop(0)
+                running[pool.submit(_run_in_worker, cell, runs, options)] = cell
             ready, _ = cf.wait(running, timeout=poll_seconds, return_when=cf.FIRST_COMPLETED)
             for future in ready:
                 cell = running.pop(future)
