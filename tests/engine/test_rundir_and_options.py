@@ -1,6 +1,7 @@
 """The run directory's owner, and the engine options of the fast recipe (warm-up, channels_last, bf16)."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -80,6 +81,7 @@ def test_channels_last_trains_to_the_same_numbers(tmp_path, shapes):
     assert config.channels_last and all(torch.equal(model.state_dict()[k], b[k]) for k in b)
 
 
+@pytest.mark.filterwarnings("ignore:precision='bf16' on a CPU without native bfloat16")
 def test_bf16_autocast_trains_and_evaluates_close_to_fp32(shapes):
     torch.manual_seed(0)
     base = train(_config(model="st-cnn-aff"), None, train_set=shapes[0], test_set=shapes[1], progress=False)
@@ -94,3 +96,21 @@ def test_bf16_autocast_trains_and_evaluates_close_to_fp32(shapes):
     bf16_eval = evaluate(bf16.model, shapes[1], batch_size=64, precision="bf16")
     assert bf16_eval["loss"] != fp32_eval["loss"]  # autocast did run
     assert abs(bf16_eval["loss"] - fp32_eval["loss"]) < 0.05
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_warns_once(monkeypatch):
+    from torchstn.engine import _evaluate
+
+    _evaluate._warn_slow_bf16.cache_clear()
+    monkeypatch.setattr(_evaluate, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="several times slower than fp32"):
+        _evaluate.precision_context("bf16", "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _evaluate.precision_context("bf16", "cpu")  # once per process
+        _evaluate.precision_context("fp32", "cpu")
+    _evaluate._warn_slow_bf16.cache_clear()
+    monkeypatch.setattr(_evaluate, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _evaluate.precision_context("bf16", "cpu")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 from typing import Any
 
 import torch
@@ -13,18 +15,45 @@ from torch import nn
 from torchstn.engine._data import iterate
 from torchstn.engine.metrics import expected_calibration_error, negative_log_likelihood
 
-__all__ = ["evaluate", "precision_context", "predict"]
+__all__ = ["cpu_has_native_bf16", "evaluate", "precision_context", "predict"]
 
 
 def precision_context(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager[Any]:
     """The autocast context of ``TrainConfig.precision``: bf16 autocast, or nothing for ``"fp32"``.
 
     Under autocast the network's convolutions and matmuls run in bfloat16; torchstn's
-    sampler keeps float32 (it casts its input up, see ``tests/test_autocast.py``).
+    sampler keeps float32 (it casts its input up, see ``tests/test_autocast.py``). On a
+    CPU without native bfloat16 a warning says that it will be slower, not faster.
     """
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    device_type = torch.device(device).type
+    if device_type == "cpu" and not cpu_has_native_bf16():
+        _warn_slow_bf16()
+    return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), so that bf16 autocast can win.
+
+    Without it oneDNN does not take bfloat16 convolutions and torch falls back to its
+    generic kernel: an ST-CNN step ran 7x slower in bf16 than in fp32 on an AVX2-only
+    EPYC (``python benchmarks/bench_engine_options.py``). torch has no public query for
+    this; ``torch.cpu``'s private ones are asked, and a torch without them counts as "no".
+    """
+    ask = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(f()) for f in ask if f is not None)
+
+
+@functools.cache
+def _warn_slow_bf16() -> None:
+    warnings.warn(
+        "precision='bf16' on a CPU without native bfloat16 (no AVX-512 BF16 or AMX): convolutions fall back to "
+        "torch's generic kernel and run several times slower than fp32 (7x for an ST-CNN step measured on an "
+        "AVX2 CPU); use precision='fp32' here",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _gather(t: torch.Tensor) -> torch.Tensor:
