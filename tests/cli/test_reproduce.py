@@ -34,6 +34,9 @@ def test_reproduce_table1_quick_end_to_end(cli, mnist_dir, tmp_path):
 
 
 def test_cli_errors_are_one_line(cli, tmp_path):
+    assert "--jobs must be at least 1, got 0" in cli("reproduce", "stn-table1", "--jobs", "0").error_line()
+    assert "--threads 2 applies to --jobs 1" in cli("reproduce", "stn-table1", "--jobs", "2", "--threads", "2",
+                                                   "--out", tmp_path).error_line()
     assert "unknown experiment 'stn-table9'" in cli("reproduce", "stn-table9", "--out", tmp_path).error_line()
     assert "no model 'resnet'" in cli("reproduce", "stn-table1", "--only", "resnet", "--out", tmp_path).error_line()
 
@@ -50,6 +53,6 @@ def test_the_recorded_command_has_no_absolute_paths(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     args = argparse.Namespace(experiment="stn-table1", budget="standard", seeds=None, only=None, datasets="rts",
                               data_dir=str(tmp_path / "data"), out=str(tmp_path / "results"),
-                              runs=str(tmp_path / "elsewhere"), device=None, threads=1, limit=None)
+                              runs=str(tmp_path / "elsewhere"), device=None, jobs=2, threads=None, limit=None)
     assert recorded_command(args) == ("torchstn reproduce stn-table1 --budget standard --datasets rts "
-                                      "--data-dir data --runs elsewhere --threads 1")
+                                      "--data-dir data --runs elsewhere --jobs 2")

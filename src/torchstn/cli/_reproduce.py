@@ -25,7 +25,7 @@ __all__ = ["recorded_command", "register", "run"]
 EXAMPLES = """\
 examples:
   torchstn reproduce stn-table1 --budget quick                    # the whole table in minutes (smoke test)
-  torchstn reproduce stn-table1 --only cnn,st-cnn-aff --datasets rts --threads 2
+  torchstn reproduce stn-table1 --only cnn,st-cnn-aff --datasets rts --jobs 1 --threads 2
   torchstn reproduce stn-table1 --budget standard                 # ~10-15 CPU minutes per cell
   torchstn reproduce stn-table1 --budget long --only cnn,st-cnn-aff --datasets rts   # 10x standard
   torchstn reproduce stn-cluttered --only cnn,st-cnn-aff
@@ -37,6 +37,11 @@ Finished cells are recorded in OUT/EXPERIMENT.json and skipped when the command 
 again; a cell that was interrupted resumes from its last checkpoint (runs live under
 --runs). After each cell OUT/EXPERIMENT.md (our error beside the paper's, the machine,
 the wall time per cell, the commands) and the figures of the transformers are rewritten.
+
+Cells train in --jobs worker processes of one thread each (default: one per core): on a
+loaded 2-core machine two one-thread processes trained 1.8x the images of one, while one
+two-thread process fell to 0.2x of one thread. --jobs 1 trains in this process, at
+--threads (default 1).
 """
 
 
@@ -62,13 +67,14 @@ def recorded_command(args: argparse.Namespace) -> str:
     """
     return command_line(
         args, ["reproduce", args.experiment, "--budget", args.budget],
-        ["--seeds", "--only", "--datasets", "--data-dir", "--out", "--runs", "--device", "--threads", "--limit"],
+        ["--seeds", "--only", "--datasets", "--data-dir", "--out", "--runs", "--device", "--jobs", "--threads",
+         "--limit"],
         paths={"--data-dir", "--out", "--runs"}, defaults={"--out": OUT, "--runs": RUNS},
     )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from torchstn.reproduce import BUDGETS, list_experiments
+    from torchstn.reproduce import BUDGETS, default_jobs, list_experiments
 
     p = subparsers.add_parser(
         "reproduce", help="reproduce a paper's table (stn-table1, stn-cluttered, tutorial, ...)",
@@ -91,6 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="redraw the figures and analyses of the finished cells from their runs and rewrite the "
                    "report, train nothing")
     add_device_arg(p)
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help=f"cells trained at once, each in a one-thread worker process (default: one per core, "
+                   f"{default_jobs()} here)")
     add_threads_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     # a test subset: only the first N training and test images of every cell (not for results)
@@ -99,9 +108,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchstn.reproduce import Results, get_experiment, plan, run_experiment, write_report
+    import torch
 
-    check_at_least_one(args, "limit")
+    from torchstn.reproduce import Results, default_jobs, get_experiment, plan, run_experiment, write_report
+
+    check_at_least_one(args, "limit", "jobs")
+    jobs = args.jobs if args.jobs is not None else default_jobs()
+    if jobs > 1 and args.threads not in (None, 1):
+        raise CLIError(f"--threads {args.threads} applies to --jobs 1; with --jobs {jobs} every cell trains at one "
+                       "thread in its own process")
+    if args.threads is None:
+        torch.set_num_threads(1)  # one thread per process: see --help
     experiment = get_experiment(args.experiment)
     cells = plan(experiment, args.budget, seeds=args.seeds, only=_keys(args.only), datasets=_keys(args.datasets),
                  limit=args.limit)
@@ -120,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
                 after_cell(cell, record)
     else:
         run_experiment(cells, results, args.runs, data_dir=args.data_dir, device=args.device or "auto",
-                       command=recorded_command(args),
+                       command=recorded_command(args), jobs=jobs,
                        progress=not args.no_progress and sys.stderr.isatty(), after_cell=after_cell)
     print(f"report: {write_report(experiment, results, args.out, args.budget)}")
     return 0

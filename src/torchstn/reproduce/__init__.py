@@ -10,7 +10,7 @@ Example:
     >>> from torchstn.reproduce import get_experiment, plan
     >>> cells = plan(get_experiment("stn-table1"), "standard", only=["cnn", "st-cnn-aff"], datasets=["rts"])
     >>> [(c.row.key, c.column.key, c.config["steps"]) for c in cells]
-    [('cnn', 'rts', 1404), ('st-cnn-aff', 'rts', 1404)]
+    [('cnn', 'rts', 2811), ('st-cnn-aff', 'rts', 2811)]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torchstn.reproduce._report import (
     write_figure,
     write_report,
 )
-from torchstn.reproduce._runner import Cell, Results, machine_info, plan, run_cell, run_experiment
+from torchstn.reproduce._runner import Cell, Results, default_jobs, machine_info, plan, run_cell, run_experiment
 
 __all__ = [
     "BUDGETS",
@@ -44,6 +44,7 @@ __all__ = [
     "Experiment",
     "Results",
     "Row",
+    "default_jobs",
     "error_by_rotation",
     "figure_path",
     "get_experiment",

@@ -222,7 +222,7 @@ STN_TABLE1 = Experiment(
     headline=("st-cnn-aff", "rts"),
     notes=(
         "Models: `torchstn.create_model` names; the CNN and FCN layer widths are our choice where the paper "
-        "gives none (see `torchstn.models._paper`). On RTS every model, baselines included, average-pools "
+        "gives none (see `torchstn.models.stn2015`). On RTS every model, baselines included, average-pools "
         "its (transformed) input by 2 (`pool=2`), so a baseline is exactly its ST model's classifier. The "
         "paper pools only the transformer's output; its CNN and FCN baselines presumably saw the full 42x42 "
         "image (4x the cost per image here), so our RTS baselines are weaker than the paper's: an RTS digit "
