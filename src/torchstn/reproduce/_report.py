@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torchstn.reproduce._experiments import BUDGETS, Experiment
+from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 from torchstn.reproduce._runner import Cell, Results
 
 __all__ = ["ROTATION_BINS", "error_by_rotation", "figure_path", "render_report", "summarize", "write_figure", "write_report"]
@@ -144,31 +145,70 @@ def _against_standard(
     return [f"The same cells at budget `standard`, then at `{budget}`: " + "; ".join(moved) + ".", ""]
 
 
+@dataclass
+class _BudgetView:
+    """The finished records of one budget, arranged as the report's tables are."""
+
+    experiment: Experiment
+    budget: str
+    records: list[dict[str, Any]]
+    by_pair: dict[tuple[str, str], list[dict[str, Any]]]
+    pairs: list[tuple[str, str]]
+    columns: list[Column]
+    rows: list[Row]
+
+    @classmethod
+    def of(cls, experiment: Experiment, budget: str, cells: dict[str, dict[str, Any]]) -> _BudgetView:
+        records = [r for r in cells.values() if r.get("budget") == budget]
+        by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in records:
+            by_pair.setdefault((r["row"], r["column"]), []).append(r)
+        pairs = [(row.key, col.key) for row, col in experiment.pairs()]
+        columns = [c for c in experiment.columns if any(p[1] == c.key for p in pairs)]
+        rows = [r for r in experiment.rows if any(p[0] == r.key for p in pairs)]
+        return cls(experiment, budget, records, by_pair, pairs, columns, rows)
+
+    def label(self, row_key: str, col_key: str) -> str:
+        return f"{self.experiment.row(row_key).label} on {self.experiment.column(col_key).label}"
+
+    def in_table_order(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        order = {pair: i for i, pair in enumerate(self.pairs)}
+        return sorted(records, key=lambda r: (order.get((r["row"], r["column"]), 1e9), r["seed"]))
+
+
 def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[str, Any]], results_dir: Path) -> list[str]:
-    records = [r for r in cells.values() if r.get("budget") == budget]
-    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in records:
-        by_pair.setdefault((r["row"], r["column"]), []).append(r)
-    pairs = [(row.key, col.key) for row, col in experiment.pairs()]
-    columns = [c for c in experiment.columns if any(p[1] == c.key for p in pairs)]
-    rows = [r for r in experiment.rows if any(p[0] == r.key for p in pairs)]
-    lines = [f"## Test error (%), budget `{budget}`", ""]
+    view = _BudgetView.of(experiment, budget, cells)
+    lines, means = _error_table(view)
+    lines += _comparisons(view, means, cells)
+    lines += _runs_table(view)
+    lines += _rotation_tables(view)
+    lines += _warnings_and_pending(view)
+    lines += _provenance(view)
+    lines += _figures_section(view, results_dir)
+    return lines
+
+
+def _error_table(view: _BudgetView) -> tuple[list[str], dict[tuple[str, str], float]]:
+    """The table of ours beside the paper's, and the mean error of every finished cell."""
+    experiment, columns = view.experiment, view.columns
+    lines = [f"## Test error (%), budget `{view.budget}`", ""]
     lines.append(
-        f"{len(records)} finished run(s); seeds per cell: {', '.join(str(len(v)) for v in by_pair.values()) or '0'}. "
+        f"{len(view.records)} finished run(s); seeds per cell: "
+        f"{', '.join(str(len(v)) for v in view.by_pair.values()) or '0'}. "
         "Each cell: **ours** (mean ± std over seeds) and the paper's number; — = not run yet."
     )
     lines.append("")
     header = "| model | " + " | ".join(f"{c.label} ours | {c.label} paper" for c in columns) + " |"
     lines += [header, "|---|" + "---:|---:|" * len(columns)]
     means: dict[tuple[str, str], float] = {}
-    for row in rows:
+    for row in view.rows:
         cells_text = []
         for col in columns:
-            if (row.key, col.key) not in pairs:
+            if (row.key, col.key) not in view.pairs:
                 cells_text += ["", ""]
                 continue
             paper = experiment.paper.get((row.key, col.key))
-            runs = by_pair.get((row.key, col.key), [])
+            runs = view.by_pair.get((row.key, col.key), [])
             if runs:
                 mean, std = summarize([r["error"] for r in runs])
                 means[(row.key, col.key)] = mean
@@ -178,73 +218,90 @@ def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[s
             cells_text += [ours, "—" if paper is None else f"{paper:.1f}"]
         lines.append(f"| {row.label} | " + " | ".join(cells_text) + " |")
     lines.append("")
+    return lines, means
 
-    # checks: every ST model against its baseline, and the paper's numbers
-    checks = []
+
+def _comparisons(view: _BudgetView, means: dict[tuple[str, str], float], cells: dict[str, dict[str, Any]]) -> list[str]:
+    """Every ST model against its baseline, ours minus the paper, the move from `standard`, the misses."""
+    experiment = view.experiment
+    checks, gaps = [], []
     for (row_key, col_key), mean in means.items():
-        row = experiment.row(row_key)
-        col = experiment.column(col_key)
+        row, col = experiment.row(row_key), experiment.column(col_key)
         if row.baseline is not None and (row.baseline, col_key) in means:
             base = means[(row.baseline, col_key)]
             verdict = "beats" if mean < base else "does **not** beat"
             checks.append(f"- {row.label} on {col.label}: {mean:.2f}% {verdict} {experiment.row(row.baseline).label} "
                           f"({base:.2f}%).")
-    gaps = []
-    for (row_key, col_key), mean in means.items():
         paper = experiment.paper.get((row_key, col_key))
         if paper is not None:
-            gaps.append(f"{experiment.row(row_key).label} on {experiment.column(col_key).label}: "
-                        f"{mean - paper:+.2f} points")
+            gaps.append(f"{view.label(row_key, col_key)}: {mean - paper:+.2f} points")
+    lines = []
     if checks:
         lines += ["Each transformer model against its own baseline (same classifier, same recipe):", "", *checks, ""]
     if gaps:
         lines += ["Ours minus the paper: " + "; ".join(gaps) + ".", ""]
-    lines += _against_standard(experiment, budget, cells, means)
-    misses = _misses(experiment, by_pair)
+    lines += _against_standard(experiment, view.budget, cells, means)
+    misses = _misses(experiment, view.by_pair)
     if misses:
         lines += ["Cells more than 0.3 points above the paper, with the training error at the end of the run "
                   "(averaged over the last epoch; a training error as high as the test error means the model had not converged when the "
                   "budget ran out; a low one, that it overfits):", "", *misses, ""]
+    return lines
 
-    # per-cell details
-    lines += ["### Runs", "",
-              "| model | dataset | seed | test error (%) | best epoch (%) | train error (%) | iterations | "
-              "wall time | images/s | θ distance from identity | finished |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    order = {(r.key, c.key): i for i, (r, c) in enumerate(experiment.pairs())}
-    for r in sorted(records, key=lambda r: (order.get((r["row"], r["column"]), 1e9), r["seed"])):
+
+def _runs_table(view: _BudgetView) -> list[str]:
+    """One line per finished run: errors, iterations, time, speed, θ."""
+    lines = ["### Runs", "",
+             "| model | dataset | seed | test error (%) | best epoch (%) | train error (%) | iterations | "
+             "wall time | images/s | θ distance from identity | finished |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in view.in_table_order(view.records):
         theta = ", ".join(f"{t['distance']:.2f}" for t in r.get("theta", [])) or "–"
         lines.append(
-            f"| {experiment.row(r['row']).label} | {experiment.column(r['column']).label} | {r['seed']} | "
+            f"| {view.experiment.row(r['row']).label} | {view.experiment.column(r['column']).label} | {r['seed']} | "
             f"{r['error']:.2f} | {r['best_error']:.2f} | {r['train_error']:.2f} | {r['steps']:,} | "
             f"{_minutes(r['wall_seconds'])} | {r['images_per_s']:,.0f} | {theta} | {r.get('finished', '')} |"
         )
     lines.append("")
-    for col in columns:
-        rotated = [r for r in records if r.get("by_rotation") and r["column"] == col.key]
+    return lines
+
+
+def _rotation_tables(view: _BudgetView) -> list[str]:
+    """Per rotated column: the test error by the rotation of the test digit."""
+    lines = []
+    for col in view.columns:
+        rotated = [r for r in view.records if r.get("by_rotation") and r["column"] == col.key]
         if not rotated:
             continue
         bins = [tuple(b["degrees"]) for b in rotated[0]["by_rotation"]]
         lines += [f"Test error (%) on {col.label} by the rotation of the test digit (|angle|):", "",
                   "| model | seed | " + " | ".join(f"{lo:.0f}-{hi:.0f}°" for lo, hi in bins) + " |",
                   "|---|---:|" + "---:|" * len(bins)]
-        for r in sorted(rotated, key=lambda r: (order.get((r["row"], r["column"]), 1e9), r["seed"])):
+        for r in view.in_table_order(rotated):
             errors = {tuple(b["degrees"]): b["error"] for b in r["by_rotation"]}
-            lines.append(f"| {experiment.row(r['row']).label} | {r['seed']} | "
+            lines.append(f"| {view.experiment.row(r['row']).label} | {r['seed']} | "
                          + " | ".join(f"{errors[b]:.2f}" if b in errors else "" for b in bins) + " |")
         lines.append("")
-    warned = [r for r in records if r.get("warnings")]
+    return lines
+
+
+def _warnings_and_pending(view: _BudgetView) -> list[str]:
+    lines = []
+    warned = [r for r in view.records if r.get("warnings")]
     for r in warned:
-        lines.append(f"- warning in {experiment.row(r['row']).label} on {experiment.column(r['column']).label}, "
-                     f"seed {r['seed']}: {'; '.join(r['warnings'])}")
+        lines.append(f"- warning in {view.label(r['row'], r['column'])}, seed {r['seed']}: {'; '.join(r['warnings'])}")
     if warned:
         lines.append("")
-
-    pending = [f"{experiment.row(a).label} on {experiment.column(b).label}" for a, b in pairs if (a, b) not in by_pair]
+    pending = [view.label(a, b) for a, b in view.pairs if (a, b) not in view.by_pair]
     if pending:
         lines += [f"Not run yet at this budget: {', '.join(pending)}.", ""]
+    return lines
 
-    machines = {tuple(sorted(r["machine"].items())) for r in records if "machine" in r}
+
+def _provenance(view: _BudgetView) -> list[str]:
+    """The machines, the commands and the recipe that produced the runs."""
+    lines = []
+    machines = {tuple(sorted(r["machine"].items())) for r in view.records if "machine" in r}
     if machines:
         lines += ["Machine(s):", ""]
         for m in sorted(machines):
@@ -253,35 +310,42 @@ def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[s
                          f"device {d.get('device')}, torch {d.get('torch')}, torchstn {d.get('torchstn')}, "
                          f"python {d.get('python')}")
         lines.append("")
-    commands = sorted({r["command"] for r in records if r.get("command")})
+    commands = sorted({r["command"] for r in view.records if r.get("command")})
     if commands:
         lines += ["Commands that produced these runs:", "", "```", *commands, "```", ""]
-    recipe = experiment.recipes[budget]
+    overrides = [
+        f"{c.label}: " + ", ".join(f"`{k}={v}`" for k, v in {**c.model_args, **c.data_kwargs,
+                                                           **c.budgets.get(view.budget, {})}.items())
+        for c in view.columns if c.model_args or c.data_kwargs or c.budgets.get(view.budget)
+    ]
+    recipe = view.experiment.recipes[view.budget]
     lines += ["Recipe: " + ", ".join(f"`{k}={v}`" for k, v in recipe.items()) + " (per-column overrides: "
-              + ("; ".join(f"{c.label}: " + ", ".join(f"`{k}={v}`" for k, v in {**c.model_args, **c.data_kwargs,
-                                                                                **c.budgets.get(budget, {})}.items())
-                           for c in columns if c.model_args or c.data_kwargs or c.budgets.get(budget)) or "none")
-              + ").", ""]
+              + ("; ".join(overrides) or "none") + ").", ""]
+    return lines
 
+
+def _figures_section(view: _BudgetView, results_dir: Path) -> list[str]:
+    """The headline cell's figure inline, links to the others."""
     figures = []
-    for row_key, col_key in [(r.key, c.key) for r, c in experiment.pairs()]:
-        path = figure_path(results_dir, experiment.name, budget, row_key, col_key)
+    for row_key, col_key in view.pairs:
+        path = figure_path(results_dir, view.experiment.name, view.budget, row_key, col_key)
         if path.is_file():
             figures.append((row_key, col_key, path))
-    if figures:
-        lines += ["### What the transformers learned", ""]
-        head = experiment.headline
-        figures.sort(key=lambda f: (f[:2] != head,))
-        for row_key, col_key, path in figures:
-            rel = path.relative_to(results_dir)
-            label = f"{experiment.row(row_key).label} on {experiment.column(col_key).label}"
-            if (row_key, col_key) == head:
-                lines += [f"![{label}]({rel.as_posix()})", "",
-                          f"{label}: test inputs with the predicted warp drawn on them (top), the transformer's "
-                          "output (below), and the training curves.", ""]
-            else:
-                lines.append(f"- [{label}]({rel.as_posix()})")
-        lines.append("")
+    if not figures:
+        return []
+    lines = ["### What the transformers learned", ""]
+    head = view.experiment.headline
+    figures.sort(key=lambda f: (f[:2] != head,))
+    for row_key, col_key, path in figures:
+        rel = path.relative_to(results_dir)
+        label = view.label(row_key, col_key)
+        if (row_key, col_key) == head:
+            lines += [f"![{label}]({rel.as_posix()})", "",
+                      f"{label}: test inputs with the predicted warp drawn on them (top), the transformer's "
+                      "output (below), and the training curves.", ""]
+        else:
+            lines.append(f"- [{label}]({rel.as_posix()})")
+    lines.append("")
     return lines
 
 

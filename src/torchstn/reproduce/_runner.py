@@ -237,14 +237,18 @@ def run_cell(
     run_dir = cell.run_dir(runs)
     config = TrainConfig(**cell.config, data_dir=data_dir, device=device)
     resume = run_dir.can_resume()
-    if not resume and run_dir.holds_run():  # interrupted before its first whole checkpoint: start again
-        run_dir.remove()
-    else:
+    if resume:
         log(f"  resuming {run_dir.path} from its last checkpoint")
-    result = train(config, run_dir.path, resume=resume, progress=progress)
-    history = result.history
+    elif run_dir.holds_run():  # interrupted before its first whole checkpoint: start again
+        run_dir.remove()
+    history = train(config, run_dir.path, resume=resume, progress=progress).history
     if not history:
-        raise RuntimeError(f"{run_dir}: training recorded no epoch")
+        raise RuntimeError(f"{run_dir.path}: training recorded no epoch")
+    return _record(cell, run_dir, history)
+
+
+def _record(cell: Cell, run_dir: RunDir, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """What :class:`Results` keeps of a finished cell (see :func:`run_cell`)."""
     final = history[-1]
     return {
         "row": cell.row.key,
@@ -318,21 +322,14 @@ def run_experiment(
     command = command or shlex.join(["torchstn", *sys.argv[1:]])
     done = {c.key: results.finished(c) for c in cells}
     todo = [c for c in cells if done[c.key] is None]
-    log(f"{cells[0].experiment.name if cells else '?'} ({cells[0].budget if cells else '?'}): "
-        f"{len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run"
-        + (f" in {min(jobs, len(todo))} one-thread worker processes" if jobs > 1 and len(todo) > 1 else ""))
-    for i, cell in enumerate(cells, 1):
-        record = done[cell.key]
-        if record is not None:
-            log(f"{_cell_name(cell, i, len(cells))}: finished earlier, {record['error']:.2f}% error (skipped)")
+    _announce(cells, done, len(todo), jobs, log)
     started = time.perf_counter()
 
     def finished(cell: Cell, record: dict[str, Any]) -> None:
         record.update(command=command, finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
         results.add(cell, record)
         done[cell.key] = record
-        paper = f" (paper {cell.paper:.1f}%)" if cell.paper is not None else ""
-        log(f"{_cell_name(cell, cells.index(cell) + 1, len(cells))}: {record['error']:.2f}% test error{paper} in "
+        log(f"{_cell_name(cell, cells.index(cell) + 1, len(cells))}: {record['error']:.2f}% test error{_paper_text(cell)} in "
             f"{record['wall_seconds'] / 60:.1f} min (total {(time.perf_counter() - started) / 60:.1f} min)")
         if after_cell is not None:
             after_cell(cell, record)
@@ -345,6 +342,19 @@ def run_experiment(
     else:
         _run_in_workers(todo, runs, options, jobs, finished, log, poll_seconds)
     return [done[c.key] for c in cells]
+
+
+def _announce(
+    cells: Sequence[Cell], done: dict[str, dict[str, Any] | None], todo: int, jobs: int, log: Callable[[str], None]
+) -> None:
+    """What will run and how, and a line for every cell finished earlier."""
+    log(f"{cells[0].experiment.name if cells else '?'} ({cells[0].budget if cells else '?'}): "
+        f"{len(cells)} cells, {len(cells) - todo} already finished, {todo} to run"
+        + (f" in {min(jobs, todo)} one-thread worker processes" if jobs > 1 and todo > 1 else ""))
+    for i, cell in enumerate(cells, 1):
+        record = done[cell.key]
+        if record is not None:
+            log(f"{_cell_name(cell, i, len(cells))}: finished earlier, {record['error']:.2f}% error (skipped)")
 
 
 def _cell_name(cell: Cell, index: int, total: int) -> str:
