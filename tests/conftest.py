@@ -1,7 +1,15 @@
-"""Shared fixtures: the device and floating dtype every numerical test runs with."""
+"""Shared fixtures: the device and floating dtype every numerical test runs with, and the real MNIST.
+
+Seeded random grids, θ, inputs and a regressor perturbation are plain functions in
+``tests/_helpers.py``; the CLI runner is the ``cli`` fixture of ``tests/cli/conftest.py``.
+"""
+
+from pathlib import Path
 
 import pytest
 import torch
+
+from tests._helpers import HAS_MNIST, MNIST_DIR, NO_MNIST
 
 
 def _devices() -> list[str]:
@@ -22,3 +30,11 @@ def dtype(request) -> torch.dtype:
 def atol(dtype: torch.dtype) -> float:
     """Absolute tolerance for results computed in ``dtype``."""
     return {torch.float64: 1e-10, torch.float32: 1e-5}[dtype]
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The directory of the four MNIST IDX files; the test is skipped where they are missing."""
+    if not HAS_MNIST:
+        pytest.skip(NO_MNIST)
+    return MNIST_DIR

@@ -9,14 +9,13 @@ import pytest
 import torch
 
 import torchstn as stn
+from tests._helpers import perturb
 
 FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.ThinPlateSpline()]
 
+
 def _transformer(transform: stn.Transform) -> stn.SpatialTransformer:
-    st = stn.SpatialTransformer(transform, stn.conv_localization(1, (28, 28)))
-    with torch.no_grad():
-        st.regressor.weight.copy_(0.05 * torch.randn(st.regressor.weight.shape, generator=torch.Generator().manual_seed(0)))
-    return st
+    return perturb(stn.SpatialTransformer(transform, stn.conv_localization(1, (28, 28))))
 
 
 def _smooth_images() -> torch.Tensor:

@@ -12,30 +12,21 @@ import torch
 from torch import nn
 
 import torchstn as stn
+from tests._helpers import perturb, random_images
 from torchstn.models import create_model, list_models
 
 FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.ThinPlateSpline()]
 REGISTRY = ["st-fcn-tps"]
 
 
-def _perturb(module: nn.Module, seed: int) -> nn.Module:
-    """Non-zero regressor weights: θ depends on the input and the warp is not the identity."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, stn.SpatialTransformer):
-                m.regressor.weight.copy_(0.05 * torch.randn(m.regressor.weight.shape, generator=generator))
-    return module
-
-
 class _Everything(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.transformers = nn.ModuleList(
-            _perturb(stn.SpatialTransformer(t, nn.Flatten(), output_size=(20, 24), in_features=28 * 28), i)
+            perturb(stn.SpatialTransformer(t, nn.Flatten(), output_size=(20, 24), in_features=28 * 28), i)
             for i, t in enumerate(FAMILIES)
         )
-        self.models = nn.ModuleList(_perturb(create_model(name), 10 + i) for i, name in enumerate(REGISTRY))
+        self.models = nn.ModuleList(perturb(create_model(name), 10 + i) for i, name in enumerate(REGISTRY))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (*[st(x) for st in self.transformers], *[m(x) for m in self.models])
@@ -44,15 +35,11 @@ class _Everything(nn.Module):
 NAMES = [t.name for t in FAMILIES] + REGISTRY
 
 
-def _images(batch: int = 4) -> torch.Tensor:
-    return torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-
-
 @pytest.fixture(scope="module")
 def outputs() -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
     torch._dynamo.reset()
     model = _Everything().eval()
-    x = _images()
+    x = random_images(4)
     with torch.no_grad():
         eager = model(x)
         compiled = torch.compile(model, fullgraph=True)(x)  # fullgraph: a graph break is an error
@@ -77,9 +64,9 @@ def test_the_transformers_really_warp(outputs) -> None:
 @pytest.mark.parametrize("name", list_models())
 def test_every_registry_model_compiles(name: str) -> None:
     torch._dynamo.reset()
-    model = _perturb(create_model(name), 0).eval()
+    model = perturb(create_model(name), 0).eval()
     shape = getattr(model, "input_shape", (1, 28, 28))
-    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    x = random_images(2, shape)
     compiled = torch.compile(model)
     with torch.no_grad(), _eager_random_numbers():  # the P-STN samples θ in evaluation too
         torch.manual_seed(1)

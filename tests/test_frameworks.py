@@ -21,19 +21,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchstn as stn
+from tests._helpers import perturb
 from torchstn.models import create_model
 
 SIZE = (28, 28)  # the ST-CNN's input size; 10 classes
-
-
-def _perturb(model: nn.Module, seed: int) -> nn.Module:
-    """Non-zero regressor weights (they start at zero): θ depends on the input, the warp is not the identity."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, stn.SpatialTransformer):
-                m.regressor.weight.copy_(0.05 * torch.randn(m.regressor.weight.shape, generator=generator))
-    return model
 
 
 def _batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,7 +238,7 @@ def _compiled_training_step_matches_eager(backend) -> None:  # noqa: ANN001
     ``Tensor.backward()`` (torch 2.13: "Unsupported Tensor.backward() call").
     """
     torch._dynamo.reset()
-    model = _perturb(create_model("st-cnn-aff"), seed=1)
+    model = perturb(create_model("st-cnn-aff"), seed=1)
     x, y = _batch(8, seed=2)
     _assert_far_from_identity(model, x)
 
@@ -335,7 +326,7 @@ def test_torch_export_with_a_dynamic_batch(trained_st: nn.Module) -> None:
 def test_torch_func_grad_of_a_functional_call_equals_autograd() -> None:
     """``torch.func`` runs the grid path (the operator's autograd formula does not support
     functorch), autograd the fused kernel's backward: two implementations, one gradient."""
-    model = _perturb(create_model("st-cnn-aff"), seed=5)
+    model = perturb(create_model("st-cnn-aff"), seed=5)
     x, y = _batch(8, seed=6)
     _assert_far_from_identity(model, x)
     params = {name: p.detach() for name, p in model.named_parameters()}

@@ -9,15 +9,11 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
 from torchstn.cli import main
-
-#: ``../shared/data/mnist`` beside the repository (where CI and the developers have it)
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 
 
 @dataclass
@@ -55,13 +51,6 @@ def run_cli(*argv: object) -> Run:
 def cli():
     """``cli("train", "--epochs", 1, ...)`` -> :class:`Run` (arguments are turned into strings)."""
     return run_cli
-
-
-@pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the MNIST files are not at {MNIST_DIR} (../shared/data/mnist beside the repository)")
-    return MNIST_DIR
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests._helpers import perturb
+
 engine = pytest.importorskip("torchstn.engine", reason="the checkpoint loader lives in torchstn.engine")
 pytest.importorskip("safetensors")
 
@@ -15,10 +17,7 @@ def checkpoint(tmp_path: Path) -> Path:
     from torchstn.models import create_model
 
     config = TrainConfig(model="st-cnn-tps", model_args={"in_channels": 1, "input_size": 28, "num_classes": 10})
-    model = create_model(config.model, **config.model_args)
-    with torch.no_grad():  # a trained-looking transformer: θ depends on the input
-        st = model.transformers[0]
-        st.regressor.weight.copy_(0.05 * torch.randn(st.regressor.weight.shape, generator=torch.Generator().manual_seed(0)))
+    model = perturb(create_model(config.model, **config.model_args))  # a trained-looking transformer
     return save_checkpoint(tmp_path / "run" / "checkpoints" / "best.safetensors", model, config, epoch=1, step=10)
 
 

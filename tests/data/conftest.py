@@ -1,20 +1,10 @@
-"""Fixtures of the data tests: the real MNIST beside the clone, and an isolated cache."""
+"""Fixtures of the data tests: an isolated cache (the real MNIST is ``mnist_dir`` of tests/conftest.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-#: ``../shared/data/mnist`` beside the repository (where CI and the developers have it)
-MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
-
-
-@pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"the MNIST files are not at {MNIST_DIR} (../shared/data/mnist beside the repository)")
-    return MNIST_DIR
 
 
 @pytest.fixture(autouse=True)

@@ -4,21 +4,20 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests._helpers import MNIST_DIR, needs_mnist
 from torchstn.engine import load_model
 from torchstn.models import create_model
 
-MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
-ARGS = ["train", "--model", "st-cnn-aff", "--model-arg", "pool=2", "--data", "mnist-rts", "--data-dir", str(MNIST),
+ARGS = ["train", "--model", "st-cnn-aff", "--model-arg", "pool=2", "--data", "mnist-rts", "--data-dir", str(MNIST_DIR),
         "--train-limit", "256", "--test-limit", "128", "--batch-size", "32", "--epochs", "1", "--lr", "0.05",
         "--device", "cpu", "--no-progress"]
 
 
-@pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST files expected in {MNIST}")
+@needs_mnist
 def test_two_processes_match_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(

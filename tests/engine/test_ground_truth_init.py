@@ -1,8 +1,6 @@
 """The IC-STN protocol in the engine (``ground_truth_init``): the model gets the undistorted
 digit and the ground-truth perturbation as ``init_params``, in training and evaluation."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -10,20 +8,17 @@ import torchstn as stn
 from torchstn.engine import TrainConfig, evaluate, predict, train
 from torchstn.engine._data import fetch, fetch_inputs
 
-MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
-pytestmark = pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST files expected in {MNIST}")
-
 
 @pytest.fixture(scope="module")
-def perturbed():
-    kw = dict(root=MNIST, cache=False)
+def perturbed(mnist_dir):
+    kw = dict(root=mnist_dir, cache=False)
     return (stn.data.get_dataset("mnist-perturbed", "train", limit=96, **kw),
             stn.data.get_dataset("mnist-perturbed", "test", limit=40, **kw))
 
 
 @pytest.mark.parametrize("online", [False, True])
-def test_ground_truth_renders_the_images(online):
-    ds = stn.data.get_dataset("mnist-perturbed", "train", root=MNIST, limit=64, online=online, cache=False)
+def test_ground_truth_renders_the_images(online, mnist_dir):
+    ds = stn.data.get_dataset("mnist-perturbed", "train", root=mnist_dir, limit=64, online=online, cache=False)
     index = torch.tensor([3, 0, 63])
     x, y, kwargs = fetch_inputs(ds, index, ground_truth_init=True)
     images, labels = fetch(ds, index)
@@ -76,8 +71,8 @@ def test_a_model_without_init_params_is_refused(perturbed):
         train(config, train_set=perturbed[0], test_set=perturbed[1], progress=False)
 
 
-def test_a_dataset_without_ground_truth_is_refused(perturbed):
-    plain = stn.data.get_dataset("mnist", "train", root=MNIST, limit=64)
+def test_a_dataset_without_ground_truth_is_refused(perturbed, mnist_dir):
+    plain = stn.data.get_dataset("mnist", "train", root=mnist_dir, limit=64)
     config = TrainConfig(model="ic-stn-1", data="mnist", ground_truth_init=True, steps=1, device="cpu")
     with pytest.raises(ValueError, match="mnist has no ground truth"):
         train(config, train_set=plain, test_set=perturbed[1], progress=False)

@@ -1,20 +1,14 @@
 """A short seeded training on real RTS-distorted MNIST learns."""
 
-from pathlib import Path
-
-import pytest
 import torch
 
 from torchstn.engine import TrainConfig, evaluate, load_split, train
 from torchstn.models import create_model
 
-MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 
-
-@pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST files expected in {MNIST}")
-def test_300_steps_on_rts_lower_the_loss_and_beat_the_untrained_model():
+def test_300_steps_on_rts_lower_the_loss_and_beat_the_untrained_model(mnist_dir):
     config = TrainConfig(
-        model="st-cnn-aff", model_args={"pool": 2}, data="mnist-rts", data_dir=str(MNIST), train_limit=3000,
+        model="st-cnn-aff", model_args={"pool": 2}, data="mnist-rts", data_dir=str(mnist_dir), train_limit=3000,
         test_limit=500, steps=300, batch_size=32, optimizer="adam", lr=1e-3, schedule="constant", seed=0,
         device="cpu",
     )

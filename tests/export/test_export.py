@@ -7,22 +7,12 @@ import torch
 from torch import nn
 
 import torchstn as stn
+from tests._helpers import perturb, random_images
 from torchstn.export import check_export, export_onnx, export_torchscript
 from torchstn.models import create_model
 
 FAMILIES = ["aff", "proj", "tps"]
 ATOL = 1e-4
-
-
-def _perturb(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-zero regressor weights, so θ depends on the input and the warp is not the identity."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, stn.SpatialTransformer):
-                w = m.regressor.weight
-                w.copy_(0.05 * torch.randn(w.shape, generator=generator))
-    return model.eval()
 
 
 class _Warped(nn.Module):
@@ -41,42 +31,39 @@ class _AllFamilies(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.models = nn.ModuleList(_Warped(_perturb(create_model(f"st-cnn-{f}"), i)) for i, f in enumerate(FAMILIES))
+        models = (perturb(create_model(f"st-cnn-{f}"), i).eval() for i, f in enumerate(FAMILIES))
+        self.models = nn.ModuleList(_Warped(m) for m in models)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(t for m in self.models for t in m(x))
-
-
-def _inputs(batch: int, seed: int = 1) -> torch.Tensor:
-    return torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
 
 
 def test_onnx_matches_eager_for_every_registry_family(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     model = _AllFamilies().eval()
-    x5 = _inputs(5)
+    x5 = random_images(5, seed=1)
     with torch.no_grad():
         warped = model(x5)[0::2]
     for w in warped:  # the transformers really warp, so the parity below means something
         assert (w - x5).abs().max() > 0.05
-    path = export_onnx(model, _inputs(2), tmp_path / "models.onnx")  # exported with batch 2 ...
+    path = export_onnx(model, random_images(2, seed=1), tmp_path / "models.onnx")  # exported with batch 2 ...
     assert check_export(path, model, x5) < ATOL  # ... run with batch 5
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_torchscript_matches_eager(tmp_path: Path, family: str) -> None:
-    model = _Warped(_perturb(create_model(f"st-cnn-{family}")))
-    path = export_torchscript(model, _inputs(2), tmp_path / "model.pt")
-    assert check_export(path, model, _inputs(5)) < ATOL
+    model = _Warped(perturb(create_model(f"st-cnn-{family}")).eval())
+    path = export_torchscript(model, random_images(2, seed=1), tmp_path / "model.pt")
+    assert check_export(path, model, random_images(5, seed=1)) < ATOL
     loaded = torch.jit.load(str(path))
-    assert loaded(_inputs(3))[1].shape == (3, 10)
+    assert loaded(random_images(3, seed=1))[1].shape == (3, 10)
 
 
 @pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.ThinPlateSpline()], ids=str)
 def test_legacy_onnx_exporter_matches_eager(tmp_path: Path, transform: stn.Transform) -> None:
     pytest.importorskip("onnxruntime")
-    st = _perturb(stn.SpatialTransformer(transform, stn.conv_localization(3, (24, 20)), output_size=(12, 16)))
+    st = perturb(stn.SpatialTransformer(transform, stn.conv_localization(3, (24, 20)), output_size=(12, 16))).eval()
     path = export_onnx(st, torch.rand(1, 3, 24, 20), tmp_path / "st.onnx", dynamo=False)  # batch 1 -> 2
     assert check_export(path, st, torch.rand(4, 3, 24, 20)) < ATOL
 

@@ -1,9 +1,7 @@
 """The variant models: IC-STN family, MNIST addition, multi-part ST-CNNs, P-STN."""
 
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,22 +48,10 @@ def test_icstn_cnn_resamples_by_the_perturbation():
     assert model.transform_input(x) is x
 
 
-def _mnist_test_split() -> tuple[np.ndarray, np.ndarray] | None:
-    roots = [os.environ.get("TORCHSTN_DATA"), Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"]
-    for root in roots:
-        if root and (Path(root) / "t10k-images-idx3-ubyte.gz").exists():
-            images = stn.data.read_idx(Path(root) / "t10k-images-idx3-ubyte.gz", "images")
-            return images, stn.data.read_idx(Path(root) / "t10k-labels-idx1-ubyte.gz", "labels")
-    return None
-
-
-def _tiny_addition(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _tiny_addition(mnist_dir: Path, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` two-channel 42x42 inputs, one MNIST digit per channel at a random place; label = their sum."""
-    mnist = _mnist_test_split()
-    if mnist is None:
-        pytest.skip("MNIST IDX files not found in $TORCHSTN_DATA or ../shared/data/mnist")
-    images = torch.from_numpy(mnist[0][: 2 * n].copy()).float() / 255
-    labels = torch.from_numpy(mnist[1][: 2 * n].astype(np.int64))
+    images, labels = stn.data.load_mnist(mnist_dir, "test", download=False)
+    images, labels = images[: 2 * n].float() / 255, labels[: 2 * n]
     g = torch.Generator().manual_seed(seed)
     offsets = torch.randint(0, 42 - 28 + 1, (2 * n, 2), generator=g).tolist()
     canvas = torch.zeros(2 * n, 42, 42)
@@ -74,8 +60,8 @@ def _tiny_addition(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([canvas[:n], canvas[n:]], 1), labels[:n] + labels[n:]
 
 
-def test_st_cnn_addition_trains_on_a_tiny_addition_set():
-    x, y = _tiny_addition(128)
+def test_st_cnn_addition_trains_on_a_tiny_addition_set(mnist_dir):
+    x, y = _tiny_addition(mnist_dir, 128)
     torch.manual_seed(0)
     # the paper's structure (two affine STs in parallel, 4 channels into a CNN), a narrower CNN for speed
     model = stn.create_model("st-cnn-addition", channels=(8, 16), hidden=32, pool=2)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import torchstn as stn
+from tests._helpers import perturb
 from torchstn.models import create_model
 
 
@@ -24,17 +25,9 @@ def _modules() -> dict[str, nn.Module]:
     }
 
 
-def _perturb(module: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, stn.IdentityRegressor):
-                m.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
-    return module
-
-
 @pytest.mark.parametrize("name", ["st", "cascade", "pstn", "parallel"])
 def test_deepcopy_pickle_and_state_dict_after_a_training_forward(name):
-    module = _perturb(_modules()[name]).train()
+    module = perturb(_modules()[name]).train()
     x = torch.rand(3, 1, 16, 16)
     loss = module(x).square().mean() + stn.nn.total_kl(module)  # graph still alive
     for copied in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
@@ -54,7 +47,7 @@ def test_deepcopy_pickle_and_state_dict_after_a_training_forward(name):
 
 
 def test_last_params_keep_the_graph_for_regularisers():
-    st = _perturb(stn.SpatialTransformer("affine", stn.conv_localization(1, (16, 16))))
+    st = perturb(stn.SpatialTransformer("affine", stn.conv_localization(1, (16, 16))))
     out, theta = st(torch.rand(2, 1, 16, 16), return_params=True)
     assert theta.requires_grad and theta.grad_fn is not None
     assert st.last_params is theta

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import torchstn as stn
+from tests._helpers import random_grid, random_input, random_theta
 from torchstn.sampling import _fused, fused_applies, fused_status
 from torchstn.testing import check_sampler
 
@@ -24,20 +25,6 @@ def kernel():
             pytest.skip(f"the fused kernel could not be built here: {status.error}")
 
 
-def _grid(shape, dtype, seed=0, spread=1.3):
-    g = torch.Generator().manual_seed(seed)
-    return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * spread).to(dtype)
-
-
-def _input(shape, dtype, seed=1):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
-
-
-def _params(transform, batch, dtype, scale=0.2, seed=2):
-    noise = torch.randn(batch, transform.num_params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return (transform.identity(batch, dtype=torch.float64) + scale * noise).to(dtype)
-
-
 def _fused_sample(x, grid, padding, align_corners):
     return stn.sample(x, grid, "bilinear", padding, align_corners, backend="fused")
 
@@ -53,8 +40,8 @@ def _grid_sample(x, grid, padding, align_corners):
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_fused_sample_matches_grid_sample_and_reference(padding, align_corners, dtype):
-    x = _input((2, 3, 6, 7), dtype)
-    grid = _grid((2, 5, 9, 2), dtype)
+    x = random_input((2, 3, 6, 7), dtype)
+    grid = random_grid((2, 5, 9, 2), dtype)
     atol = 1e-5 if dtype == torch.float32 else 1e-10
     for reference in (_grid_sample, _reference_sample):
         check_sampler(_fused_sample, reference, x, grid, padding=padding, align_corners=align_corners, atol=atol)
@@ -73,8 +60,8 @@ def test_fused_sample_right_sided_sub_gradient_at_integer_coordinates():
 @pytest.mark.parametrize("transform", FAMILIES_2D, ids=lambda t: t.name)
 def test_fused_warp_equals_grid_path(transform, padding, align_corners, dtype):
     """Values, input gradient and θ gradient of warp(backend='fused') against grid + F.grid_sample."""
-    x0 = _input((3, 2, 7, 9), dtype)
-    p0 = _params(transform, 3, dtype, scale=0.3)
+    x0 = random_input((3, 2, 7, 9), dtype)
+    p0 = random_theta(transform, 3, dtype, scale=0.3, seed=2)
     results = []
     for backend in ("fused", "torch"):
         x, p = x0.clone().requires_grad_(), p0.clone().requires_grad_()
@@ -91,10 +78,10 @@ def test_fused_warp_equals_grid_path(transform, padding, align_corners, dtype):
 def test_fused_projective_inside_the_guard(eps):
     # w crosses 0 inside the image: eps = 0.3 puts a band of points inside the guard
     transform = stn.Projective(eps=eps)
-    h0 = _params(transform, 2, torch.float64, scale=0.1)
+    h0 = random_theta(transform, 2, torch.float64, scale=0.1, seed=2)
     # (no output pixel has w within rounding of 0 or of ±eps, where the two paths may round apart)
     h0[:, 6:] = torch.tensor([[-1.05, 0.12], [0.35, 0.9]], dtype=torch.float64)
-    x0 = _input((2, 2, 6, 7), torch.float64)
+    x0 = random_input((2, 2, 6, 7), torch.float64)
     results = []
     for backend in ("fused", "torch"):
         x, h = x0.clone().requires_grad_(), h0.clone().requires_grad_()
@@ -109,8 +96,8 @@ def test_fused_projective_inside_the_guard(eps):
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("transform", [stn.Similarity(), stn.Affine(), stn.Projective(eps=0.3)], ids=lambda t: t.name)
 def test_fused_warp_gradcheck(transform, padding, align_corners):
-    x = _input((2, 2, 4, 5), torch.float64).requires_grad_()
-    p = _params(transform, 2, torch.float64, scale=0.1)
+    x = random_input((2, 2, 4, 5), torch.float64).requires_grad_()
+    p = random_theta(transform, 2, torch.float64, scale=0.1, seed=2)
     if transform.projective:  # points inside the guard and outside it
         p[:, 6:] = torch.tensor([[-1.05, 0.12], [0.3, 0.9]], dtype=torch.float64)
     p.requires_grad_()
@@ -120,14 +107,15 @@ def test_fused_warp_gradcheck(transform, padding, align_corners):
 
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_fused_sample_gradcheck(padding):
-    x = _input((2, 2, 4, 5), torch.float64).requires_grad_()
-    grid = _grid((2, 3, 4, 2), torch.float64, spread=1.2).requires_grad_()
+    x = random_input((2, 2, 4, 5), torch.float64).requires_grad_()
+    grid = random_grid((2, 3, 4, 2), torch.float64, spread=1.2).requires_grad_()
     assert torch.autograd.gradcheck(lambda x, g: _fused_sample(x, g, padding, False), (x, grid), eps=1e-6, atol=1e-6)
 
 
 def test_only_the_gradients_asked_for():
     transform = stn.Affine()
-    x, p = _input((2, 3, 8, 8), torch.float32), _params(transform, 2, torch.float32)
+    x = random_input((2, 3, 8, 8), torch.float32)
+    p = random_theta(transform, 2, torch.float32, scale=0.2, seed=2)
     ref_p = p.clone().requires_grad_()
     stn.warp(x, ref_p, transform, backend="torch").sum().backward()
     p.requires_grad_()
@@ -162,8 +150,8 @@ def test_default_backend_takes_the_fused_kernel_where_it_was_measured_faster(mon
 
 def test_non_contiguous_input_and_empty_batch():
     transform = stn.Affine()
-    x = _input((2, 8, 9, 3), torch.float32).permute(0, 3, 1, 2)  # channels-last view
-    p = _params(transform, 2, torch.float32)
+    x = random_input((2, 8, 9, 3), torch.float32).permute(0, 3, 1, 2)  # channels-last view
+    p = random_theta(transform, 2, torch.float32, scale=0.2, seed=2)
     torch.testing.assert_close(stn.warp(x, p, transform, backend="fused"), stn.warp(x, p, transform, backend="torch"))
     assert stn.warp(torch.rand(0, 3, 8, 8), torch.zeros(0, 6), transform, backend="fused").shape == (0, 3, 8, 8)
     assert stn.warp(torch.rand(2, 0, 8, 8), torch.zeros(2, 6), transform, backend="fused").shape == (2, 0, 8, 8)

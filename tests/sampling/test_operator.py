@@ -10,10 +10,12 @@ import pytest
 import torch
 
 import torchstn as stn
+from tests._helpers import random_theta
 from torchstn.sampling import _fused, fused_status
 
 PADDINGS = ["zeros", "border", "reflection"]
 BACKENDS = ["fused", "torch", "reference"]
+SCALE = 0.08  # θ near the identity, random enough that no point sits on a pixel edge
 FAMILIES_2D = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(),
                stn.ThinPlateSpline(control=(3, 3))]
 
@@ -25,18 +27,11 @@ def _kernel():
         pytest.skip(f"the fused kernel could not be built here: {status.error}")
 
 
-def _theta(transform: stn.Transform, batch: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
-    """Parameters near the identity, random enough that no point sits on a pixel edge."""
-    generator = torch.Generator().manual_seed(seed)
-    noise = 0.08 * torch.randn(batch, transform.num_params, generator=generator, dtype=torch.float64)
-    return (transform.identity(batch, dtype=torch.float64) + noise).to(dtype)
-
-
 def _location(name: str, batch: int, dtype: torch.dtype) -> torch.Tensor:
     if name == "grid":
         return torch.rand(batch, 5, 7, 2, generator=torch.Generator().manual_seed(1), dtype=dtype) * 2.4 - 1.2
     transform = stn.Affine() if name == "affine" else stn.Projective()
-    matrix = transform.matrix(_theta(transform, batch, dtype))
+    matrix = transform.matrix(random_theta(transform, batch, dtype, scale=SCALE))
     return matrix[:, :2] if name == "affine" else matrix
 
 
@@ -73,7 +68,7 @@ def test_opcheck_dtypes_and_empty_batches(location, dtype, batch):
 def _warp_case(transform, backend, padding, batch=2, channels=1, size=(4, 5)):
     dtype = torch.float64
     x = torch.rand(batch, channels, 5, 6, dtype=dtype, generator=torch.Generator().manual_seed(2)).requires_grad_()
-    theta = _theta(transform, batch, dtype).requires_grad_()
+    theta = random_theta(transform, batch, dtype, scale=SCALE).requires_grad_()
     return (lambda x, t: stn.warp(x, t, transform, size, padding=padding, backend=backend)), (x, theta)
 
 
@@ -92,7 +87,7 @@ def test_gradgradcheck_volumes_and_signals(padding, backend):
     generator = torch.Generator().manual_seed(3)
     for transform, shape in [(stn.Affine3D(), (1, 1, 3, 4, 3)), (stn.Affine1D(), (2, 1, 7))]:
         x = torch.rand(*shape, dtype=dtype, generator=generator).requires_grad_()
-        theta = _theta(transform, shape[0], dtype).requires_grad_()
+        theta = random_theta(transform, shape[0], dtype, scale=SCALE).requires_grad_()
         fn = lambda x, t, tr=transform: stn.warp(x, t, tr, padding=padding, backend=backend)  # noqa: E731
         assert torch.autograd.gradgradcheck(fn, (x, theta), eps=1e-6, atol=1e-5)
 
@@ -111,7 +106,7 @@ def test_gradient_penalty_and_hessian_agree_on_every_backend(transform, padding)
     """The cases that were silently wrong: a penalty on dL/dx differentiated wrt θ, and the Hessian wrt θ."""
     dtype = torch.float64
     x0 = torch.rand(2, 3, 9, 11, dtype=dtype, generator=torch.Generator().manual_seed(5))
-    theta0 = _theta(transform, 2, dtype, seed=6)
+    theta0 = random_theta(transform, 2, dtype, scale=SCALE, seed=6)
     penalties, hessians = {}, {}
     for backend in BACKENDS:
         x, theta = x0.clone().requires_grad_(), theta0.clone().requires_grad_()
@@ -132,7 +127,7 @@ def test_first_order_still_takes_the_closed_form_kernels(monkeypatch):
     real = _fused.grid_path
     monkeypatch.setattr(_fused, "grid_path", lambda *a: calls.append("grid") or real(*a))
     x = torch.rand(2, 1, 8, 8, requires_grad=True)
-    theta = _theta(stn.Affine(), 2, torch.float32).requires_grad_()
+    theta = random_theta(stn.Affine(), 2, torch.float32, scale=SCALE).requires_grad_()
     stn.warp(x, theta, "affine", backend="fused").sum().backward()
     assert calls == []
     out = stn.warp(x, theta, "affine", backend="fused")
@@ -143,7 +138,7 @@ def test_first_order_still_takes_the_closed_form_kernels(monkeypatch):
 @pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective()], ids=lambda t: t.name)
 def test_torch_func_matches_autograd(transform):
     x = torch.rand(3, 2, 10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
-    theta = _theta(transform, 3, torch.float64, seed=8)
+    theta = random_theta(transform, 3, torch.float64, scale=SCALE, seed=8)
     energy = lambda t: stn.warp(x, t, transform, (6, 7)).pow(2).sum()  # noqa: E731
     leaf = theta.clone().requires_grad_()
     energy(leaf).backward()

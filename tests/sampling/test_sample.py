@@ -6,20 +6,10 @@ import torch
 import torch.nn.functional as F
 
 import torchstn as stn
+from tests._helpers import random_grid, random_input
 from torchstn.testing import check_sampler
 
 PADDINGS = ["zeros", "border", "reflection"]
-
-
-def _grid(shape, dtype, device, seed=0, spread=1.3):
-    g = torch.Generator().manual_seed(seed)
-    # points inside and outside [-1, 1], so every padding mode is exercised
-    return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * spread).to(device=device, dtype=dtype)
-
-
-def _input(shape, dtype, device, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def _grid_sample(x, grid, mode, padding, align_corners):
@@ -30,8 +20,8 @@ def _grid_sample(x, grid, mode, padding, align_corners):
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_reference_matches_grid_sample_2d(mode, padding, align_corners, device, dtype):
-    x = _input((2, 3, 6, 7), dtype, device)
-    grid = _grid((2, 5, 9, 2), dtype, device)
+    x = random_input((2, 3, 6, 7), dtype, device)
+    grid = random_grid((2, 5, 9, 2), dtype, device)
     check_sampler(
         stn.reference_sample, _grid_sample, x, grid, mode=mode, padding=padding, align_corners=align_corners,
         atol=1e-5 if dtype == torch.float32 else 1e-10,
@@ -42,8 +32,8 @@ def test_reference_matches_grid_sample_2d(mode, padding, align_corners, device, 
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_reference_matches_grid_sample_3d(mode, padding, align_corners, dtype):
-    x = _input((2, 2, 4, 5, 6), dtype, "cpu")
-    grid = _grid((2, 3, 4, 5, 3), dtype, "cpu")
+    x = random_input((2, 2, 4, 5, 6), dtype, "cpu")
+    grid = random_grid((2, 3, 4, 5, 3), dtype, "cpu")
     check_sampler(
         stn.reference_sample, _grid_sample, x, grid, mode=mode, padding=padding, align_corners=align_corners,
         atol=1e-5 if dtype == torch.float32 else 1e-10,
@@ -55,8 +45,8 @@ def test_reference_matches_grid_sample_3d(mode, padding, align_corners, dtype):
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_reference_gradcheck(padding, align_corners, ndim):
     spatial = (4, 5) if ndim == 2 else (3, 4, 3)
-    x = _input((2, 2, *spatial), torch.float64, "cpu").requires_grad_()
-    grid = _grid((2, *spatial[::-1][:ndim], ndim), torch.float64, "cpu", spread=1.2).requires_grad_()
+    x = random_input((2, 2, *spatial), torch.float64, "cpu").requires_grad_()
+    grid = random_grid((2, *spatial[::-1][:ndim], ndim), torch.float64, "cpu", spread=1.2).requires_grad_()
     fn = lambda x, g: stn.sample(x, g, "bilinear", padding, align_corners, backend="reference")  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, grid), eps=1e-6, atol=1e-6)
 
@@ -83,8 +73,8 @@ def test_sub_gradient_at_integer_coordinates_is_right_sided():
 
 
 def test_nearest_has_zero_gradient_wrt_grid_and_routes_input_gradient():
-    x = _input((1, 2, 5, 5), torch.float64, "cpu").requires_grad_()
-    grid = _grid((1, 3, 3, 2), torch.float64, "cpu", spread=0.9).requires_grad_()
+    x = random_input((1, 2, 5, 5), torch.float64, "cpu").requires_grad_()
+    grid = random_grid((1, 3, 3, 2), torch.float64, "cpu", spread=0.9).requires_grad_()
     out = stn.sample(x, grid, mode="nearest", backend="reference")
     out.sum().backward()
     assert torch.count_nonzero(grid.grad) == 0
@@ -93,8 +83,8 @@ def test_nearest_has_zero_gradient_wrt_grid_and_routes_input_gradient():
 
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_bicubic_default_backend_equals_grid_sample(padding):
-    x = _input((2, 3, 6, 7), torch.float64, "cpu")
-    grid = _grid((2, 4, 5, 2), torch.float64, "cpu")
+    x = random_input((2, 3, 6, 7), torch.float64, "cpu")
+    grid = random_grid((2, 4, 5, 2), torch.float64, "cpu")
     ref = F.grid_sample(x, grid, mode="bicubic", padding_mode=padding, align_corners=False)
     torch.testing.assert_close(stn.sample(x, grid, mode="bicubic", padding=padding), ref)
 
@@ -107,7 +97,7 @@ def test_reference_backend_rejects_bicubic():
 
 @pytest.mark.parametrize("out_size", [(3, 4), (12, 16)], ids=["downsample", "oversample"])
 def test_output_has_the_grid_size(out_size):
-    x = _input((2, 3, 6, 8), torch.float32, "cpu")
+    x = random_input((2, 3, 6, 8), torch.float32, "cpu")
     out = stn.warp(x, stn.Affine().identity(2), stn.Affine(), size=out_size)
     assert out.shape == (2, 3, *out_size)
     ref = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
@@ -137,8 +127,8 @@ def test_warp_gradcheck_wrt_params_and_input(transform, backend):
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_signal_sampling_equals_linear_interpolation(align_corners):
     length = 9
-    x = _input((2, 3, length), torch.float64, "cpu")
-    grid = _grid((2, 20, 1), torch.float64, "cpu", spread=0.95)
+    x = random_input((2, 3, length), torch.float64, "cpu")
+    grid = random_grid((2, 20, 1), torch.float64, "cpu", spread=0.95)
     out = stn.sample(x, grid, padding="border", align_corners=align_corners)
     u = (grid[..., 0] + 1) / 2 * (length - 1) if align_corners else ((grid[..., 0] + 1) * length - 1) / 2
     for b in range(2):
@@ -149,7 +139,7 @@ def test_signal_sampling_equals_linear_interpolation(align_corners):
 
 @pytest.mark.parametrize("dtype16", [torch.float16, torch.bfloat16])
 def test_half_precision_works(dtype16):
-    x = _input((2, 3, 8, 8), torch.float32, "cpu")
+    x = random_input((2, 3, 8, 8), torch.float32, "cpu")
     theta = torch.tensor([[0.9, 0.1, 0.05, -0.1, 0.9, 0.0]] * 2)
     ref = stn.warp(x, theta, stn.Affine())
     out = stn.warp(x.to(dtype16), theta.to(dtype16), stn.Affine())

@@ -7,25 +7,21 @@ import torch
 import torch.nn.functional as F
 
 import torchstn as stn
+from tests._helpers import random_theta
 from torchstn.testing import check_transform
 
 FAMILIES_2D = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.ThinPlateSpline()]
 
 
-def _random_params(transform: stn.Transform, batch: int, dtype, device, scale: float = 0.15) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(batch, transform.num_params, generator=g, dtype=torch.float64) * scale
-    return (transform.identity(batch, dtype=torch.float64) + noise).to(device=device, dtype=dtype)
-
-
 @pytest.mark.parametrize("transform", FAMILIES_2D + [stn.Affine3D(), stn.Affine1D()], ids=lambda t: t.name)
 def test_transform_properties(transform, device, dtype):
-    check_transform(transform, _random_params(transform, 3, dtype, device), gradcheck=dtype == torch.float64)
+    params = random_theta(transform, 3, dtype, device, scale=0.15)
+    check_transform(transform, params, gradcheck=dtype == torch.float64)
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_affine_equals_affine_grid(align_corners, device, dtype, atol):
-    params = _random_params(stn.Affine(), 4, dtype, device, scale=0.5)
+    params = random_theta(stn.Affine(), 4, dtype, device, scale=0.5)
     ours = stn.Affine().grid(params, (5, 7), align_corners)
     ref = F.affine_grid(params.view(-1, 2, 3), [4, 1, 5, 7], align_corners=align_corners)
     torch.testing.assert_close(ours, ref, atol=atol, rtol=0)
@@ -33,7 +29,7 @@ def test_affine_equals_affine_grid(align_corners, device, dtype, atol):
 
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_affine3d_equals_affine_grid(align_corners, device, dtype, atol):
-    params = _random_params(stn.Affine3D(), 2, dtype, device, scale=0.5)
+    params = random_theta(stn.Affine3D(), 2, dtype, device, scale=0.5)
     ours = stn.Affine3D().grid(params, (3, 4, 5), align_corners)
     ref = F.affine_grid(params.view(-1, 3, 4), [2, 1, 3, 4, 5], align_corners=align_corners)
     torch.testing.assert_close(ours, ref, atol=atol, rtol=0)
@@ -41,7 +37,7 @@ def test_affine3d_equals_affine_grid(align_corners, device, dtype, atol):
 
 @pytest.mark.parametrize("family", [stn.Translation(), stn.Attention(), stn.Similarity()], ids=lambda t: t.name)
 def test_restricted_families_equal_affine_of_their_matrix(family, dtype, atol):
-    params = _random_params(family, 3, dtype, "cpu", scale=0.4)
+    params = random_theta(family, 3, dtype, "cpu", scale=0.4)
     matrix = family.matrix(params)
     affine = matrix[:, :2].reshape(-1, 6)
     torch.testing.assert_close(family.grid(params, (6, 5)), stn.Affine().grid(affine, (6, 5)), atol=atol, rtol=0)
@@ -66,7 +62,7 @@ def test_attention_and_translation_closed_form(dtype):
 
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_projective_with_affine_h_equals_affine(align_corners, device, dtype, atol):
-    affine = _random_params(stn.Affine(), 3, dtype, device, scale=0.5)
+    affine = random_theta(stn.Affine(), 3, dtype, device, scale=0.5)
     homography = torch.cat([affine, torch.zeros(3, 2, dtype=dtype, device=device)], 1)
     torch.testing.assert_close(
         stn.Projective().grid(homography, (6, 4), align_corners),
@@ -119,7 +115,7 @@ def test_projective_closed_form_backward_equals_autograd(eps, align_corners, dty
     # eps = 0.3: many points inside the guard; eps = 1.0 with h31 = h32 = 0 below: |w| == eps exactly,
     # where the guard is not active and w keeps its gradient
     transform = stn.Projective(eps=eps)
-    h = _random_params(transform, 3, dtype, "cpu", scale=0.2)
+    h = random_theta(transform, 3, dtype, "cpu", scale=0.2)
     h[:, 6:] = torch.tensor([[-1.1, 0.2], [0.3, 1.0], [0.0, 0.0]], dtype=dtype)
     if eps == 0.3:
         w = 1 + stn.base_grid((5, 6), align_corners, dtype=dtype) @ h[:2, 6:].T
@@ -142,7 +138,7 @@ def test_projective_guard_signs_match_plain_expression(monkeypatch):
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_projective_gradcheck_inside_the_guard(align_corners):
     transform = stn.Projective(eps=0.3)
-    h = _random_params(transform, 2, torch.float64, "cpu", scale=0.2)
+    h = random_theta(transform, 2, torch.float64, "cpu", scale=0.2)
     h[:, 6:] = torch.tensor([[-1.05, 0.12], [0.3, 0.9]], dtype=torch.float64)
     h.requires_grad_()
     w = 1 + stn.base_grid((4, 5), align_corners, dtype=torch.float64) @ h[:, 6:].detach().T
@@ -159,7 +155,7 @@ def test_tps_identity_is_identity_grid(dtype, atol):
 @pytest.mark.parametrize("control", [(4, 4), (3, 5)])
 def test_tps_maps_control_points_to_targets(control, dtype):
     tps = stn.ThinPlateSpline(control=control)
-    params = _random_params(tps, 3, dtype, "cpu", scale=0.2)
+    params = random_theta(tps, 3, dtype, "cpu", scale=0.2)
     control_points = tps.control_points.to(dtype).expand(3, -1, -1)
     mapped = tps.transform_points(params, control_points)
     torch.testing.assert_close(mapped, params.view(3, -1, 2), atol=1e-5, rtol=0)
@@ -168,7 +164,7 @@ def test_tps_maps_control_points_to_targets(control, dtype):
 def test_tps_control_points_land_on_grid_pixels():
     # with align_corners=True and a 4x4 control grid, a 7x7 output has pixels on the control points
     tps = stn.ThinPlateSpline()
-    params = _random_params(tps, 2, torch.float64, "cpu", scale=0.2)
+    params = random_theta(tps, 2, torch.float64, "cpu", scale=0.2)
     grid = tps.grid(params, (7, 7), align_corners=True)
     torch.testing.assert_close(grid[:, ::2, ::2].reshape(2, -1, 2), params.view(2, -1, 2), atol=1e-10, rtol=0)
 
@@ -176,7 +172,7 @@ def test_tps_control_points_land_on_grid_pixels():
 @pytest.mark.parametrize("regularization", [0.0, 0.1])
 def test_affine_only_tps_equals_affine_grid(regularization, dtype, atol):
     tps = stn.ThinPlateSpline(regularization=regularization)
-    affine = _random_params(stn.Affine(), 2, dtype, "cpu", scale=0.3)
+    affine = random_theta(stn.Affine(), 2, dtype, "cpu", scale=0.3)
     targets = stn.Affine().transform_points(affine, tps.control_points.to(dtype).expand(2, -1, -1))
     torch.testing.assert_close(
         tps.grid(targets.reshape(2, -1), (6, 8)), stn.Affine().grid(affine, (6, 8)), atol=max(atol, 1e-6), rtol=0
@@ -185,7 +181,7 @@ def test_affine_only_tps_equals_affine_grid(regularization, dtype, atol):
 
 def test_tps_regularization_smooths_instead_of_interpolating():
     tps = stn.ThinPlateSpline(regularization=1.0)
-    params = _random_params(tps, 1, torch.float64, "cpu", scale=0.2)
+    params = random_theta(tps, 1, torch.float64, "cpu", scale=0.2)
     mapped = tps.transform_points(params, tps.control_points.expand(1, -1, -1))
     assert (mapped - params.view(1, -1, 2)).abs().max() > 1e-3
 
@@ -203,7 +199,7 @@ def test_tps_explicit_control_points():
     ids=lambda t: t.name,
 )
 def test_compose_inverse_round_trip(family, dtype):
-    p = _random_params(family, 4, dtype, "cpu", scale=0.2)
+    p = random_theta(family, 4, dtype, "cpu", scale=0.2)
     identity = family.identity(4, dtype=dtype)
     atol = 1e-5 if dtype == torch.float32 else 1e-10
     torch.testing.assert_close(family.compose(p, family.inverse(p)), identity, atol=atol, rtol=0)
@@ -213,8 +209,8 @@ def test_compose_inverse_round_trip(family, dtype):
 
 @pytest.mark.parametrize("family", [stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective()], ids=lambda t: t.name)
 def test_compose_is_matrix_product_and_warp_order(family):
-    a = _random_params(family, 2, torch.float64, "cpu", scale=0.2)
-    b = _random_params(family, 2, torch.float64, "cpu", scale=0.3).flip(0)
+    a = random_theta(family, 2, torch.float64, "cpu", scale=0.2)
+    b = random_theta(family, 2, torch.float64, "cpu", scale=0.3).flip(0)
     product = family.matrix(a) @ family.matrix(b)
     torch.testing.assert_close(family.matrix(family.compose(a, b)), product / product[:, 2:, 2:])
     # warping by compose(a, b) reads the input at M_a M_b g: the points of a applied after those of b
@@ -230,7 +226,7 @@ def test_warp_then_inverse_returns_the_interior(family):
     pts = stn.base_grid((64, 64), dtype=torch.float64)
     image = torch.sin(3 * pts[:, 0]) * torch.cos(2 * pts[:, 1]) + pts[:, 1]
     x = image.reshape(1, 1, 64, 64).expand(2, 3, -1, -1)
-    p = _random_params(family, 2, torch.float64, "cpu", scale=0.05)
+    p = random_theta(family, 2, torch.float64, "cpu", scale=0.05)
     back = stn.warp(stn.warp(x, p, family), family.inverse(p), family)
     # the outer ring may hold padding; the interior is the input up to interpolation error
     inner = (slice(None), slice(None), slice(12, -12), slice(12, -12))
@@ -261,7 +257,7 @@ MATRIX_FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Aff
 
 @pytest.mark.parametrize("family", MATRIX_FAMILIES, ids=lambda t: t.name)
 def test_affine_rows_are_the_first_rows_of_the_matrix(family, dtype):
-    params = _random_params(family, 3, dtype, "cpu", scale=0.4)
+    params = random_theta(family, 3, dtype, "cpu", scale=0.4)
     rows = family.affine_rows(params)
     assert rows.shape == (3, family.ndim, family.ndim + 1) and rows.dtype == dtype
     torch.testing.assert_close(rows, family.matrix(params)[:, : family.ndim], rtol=0, atol=0)
@@ -273,14 +269,14 @@ def test_affine_rows_are_the_first_rows_of_the_matrix(family, dtype):
                          ids=lambda t: t.name)
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_affine_rows_are_affine_grid_theta(family, align_corners):
-    params = _random_params(family, 2, torch.float64, "cpu", scale=0.4)
+    params = random_theta(family, 2, torch.float64, "cpu", scale=0.4)
     ref = F.affine_grid(family.affine_rows(params), [2, 1, 5, 6], align_corners=align_corners)
     torch.testing.assert_close(family.grid(params, (5, 6), align_corners), ref)
 
 
 @pytest.mark.parametrize("transform", FAMILIES_2D, ids=lambda t: t.name)
 def test_unchecked_grid_equals_checked(transform):
-    params = _random_params(transform, 2, torch.float32, "cpu")
+    params = random_theta(transform, 2, torch.float32, "cpu", scale=0.15)
     torch.testing.assert_close(transform.grid(params, (4, 5), True, check=False), transform.grid(params, (4, 5), True),
                                rtol=0, atol=0)
 
