@@ -15,8 +15,11 @@ from torchstn.bench import Case, _peers, build_workload
 SHAPES = [((3, 2, 12, 10), None), ((2, 1, 13, 9), (7, 11))]
 
 
-def _outputs(case: Case, align_corners: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    work = build_workload(case, dtype=torch.float64, align_corners=align_corners, seed=3)
+def _outputs(
+    case: Case, align_corners: bool, seed: int = 3, params: torch.Tensor | None = None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each contender's float64 output and gradient wrt the input on ``case``."""
+    work = build_workload(case, dtype=torch.float64, align_corners=align_corners, seed=seed, params=params)
     out = {}
     for name, contender in work.contenders.items():
         y = contender.run(*contender.leaves)
@@ -63,13 +66,7 @@ def test_kornia_tps_matches_for_an_affine_map(align_corners: bool) -> None:
                      dtype=torch.float64)
     targets = tps.control_points @ a[:, :, :2].transpose(1, 2) + a[:, None, :, 2]
     case = Case("t", "tps", (2, 2, 12, 10))
-    work = build_workload(case, dtype=torch.float64, align_corners=align_corners, params=targets.reshape(2, -1))
-    out = {}
-    for name, contender in work.contenders.items():
-        y = contender.run(*contender.leaves)
-        (grad_x,) = torch.autograd.grad(y, contender.leaves[:1], work.grad_out)
-        out[name] = (y.detach(), grad_x)
-    _check(out, "kornia")
+    _check(_outputs(case, align_corners, seed=0, params=targets.reshape(2, -1)), "kornia")
 
 
 def test_kornia_tps_sends_the_control_points_to_the_targets() -> None:
