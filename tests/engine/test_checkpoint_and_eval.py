@@ -101,7 +101,7 @@ def test_diagnostics_flag_a_zoomed_out_transformer():
     (d,) = theta_diagnostics([st], x)
     assert d["outside"] > 0.9 and d["kept"] < 0.1 and d["distance"] == pytest.approx(19 * 2**0.5, rel=1e-4)
     (warning,) = collapse_warnings([d])
-    assert "collapsed" in warning and "outside the input" in warning and "--loc-lr-mult" in warning
+    assert "collapsed" in warning and "outside the input" in warning and "loc_lr_mult" in warning
     with torch.no_grad():
         st.regressor.bias.fill_(float("nan"))
     assert "not finite" in collapse_warnings(theta_diagnostics([st], x))[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from torchstn.cli._common import add_data_dir_arg, add_device_arg, add_threads_arg, formatter
 
@@ -22,6 +23,9 @@ them, what the transformer made of them, and the training curves.
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from torchstn.engine import demo_configs
+
+    default = {name: p.default for name, p in inspect.signature(demo_configs).parameters.items()}
     p = subparsers.add_parser(
         "demo", help="train an ST-CNN and a plain CNN on RTS MNIST and compare them (a few CPU minutes)",
         description="Get MNIST, train an ST-CNN and the same CNN without transformer on RTS-distorted "
@@ -30,12 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data_dir_arg(p)
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="where the two runs and demo.png go")
-    p.add_argument("--steps", type=int, default=1500, metavar="N", help="training steps of each model")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="batch size")
-    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (divided by 10 at 1/3 and 2/3)")
+    p.add_argument("--steps", type=int, default=default["steps"], metavar="N",
+                   help=f"training steps of each model (default {default['steps']})")
+    p.add_argument("--batch-size", type=int, default=default["batch_size"], metavar="N",
+                   help=f"batch size (default {default['batch_size']})")
+    p.add_argument("--lr", type=float, default=default["lr"],
+                   help=f"SGD learning rate, divided by 10 at 1/3 and 2/3 (default {default['lr']})")
     p.add_argument("--train-limit", type=int, metavar="N", help="use only the first N training images")
     p.add_argument("--test-limit", type=int, metavar="N", help="use only the first N test images")
-    p.add_argument("--seed", type=int, default=0, help="seed of both runs")
+    p.add_argument("--seed", type=int, default=default["seed"], help=f"seed of both runs (default {default['seed']})")
     add_device_arg(p)
     add_threads_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torchstn.engine._checkpoint import CheckpointError, atomic_write, read_checkpoint, save_checkpoint
 from torchstn.engine._config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 from torchstn.engine._data import load_split
-from torchstn.engine._demo import DemoResult, run_demo
+from torchstn.engine._demo import DemoResult, demo_configs, run_demo
 from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
 from torchstn.engine._evaluate import evaluate, predict
 from torchstn.engine._figures import plot_run
@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write",
     "build_optimizer",
     "collapse_warnings",
+    "demo_configs",
     "evaluate",
     "identity_penalty",
     "load_model",

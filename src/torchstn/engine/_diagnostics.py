@@ -80,7 +80,7 @@ def collapse_warnings(diagnostics: list[dict[str, Any]]) -> list[str]:
 
     Example:
         >>> collapse_warnings([{"finite": True, "outside": 0.95, "kept": 0.05, "distance": 3.0}])
-        ['transformer 0 collapsed: 95% of its sampling points fall outside the input and its output keeps 5% of the input (try a smaller --loc-lr-mult, e.g. 0.01, or --identity-reg 0.1)']
+        ['transformer 0 collapsed: 95% of its sampling points fall outside the input and its output keeps 5% of the input (try a smaller loc_lr_mult, e.g. 0.01, or identity_reg=0.1)']
         >>> collapse_warnings([{"finite": True, "outside": 0.4, "kept": 0.8, "distance": 0.5}])
         []
     """
@@ -98,6 +98,6 @@ def collapse_warnings(diagnostics: list[dict[str, Any]]) -> list[str]:
         if problems:
             warnings.append(
                 f"transformer {i} collapsed: {' and '.join(problems)} "
-                "(try a smaller --loc-lr-mult, e.g. 0.01, or --identity-reg 0.1)"
+                "(try a smaller loc_lr_mult, e.g. 0.01, or identity_reg=0.1)"
             )
     return warnings

@@ -37,8 +37,8 @@ from torchstn.reproduce._runner import Cell, Results, default_jobs, machine_info
 
 __all__ = [
     "BUDGETS",
-    "ROTATION_BINS",
     "EXPERIMENTS",
+    "ROTATION_BINS",
     "Cell",
     "Column",
     "Experiment",

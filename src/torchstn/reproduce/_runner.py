@@ -88,7 +88,7 @@ def plan(
 
     Args:
         experiment: the experiment.
-        budget: ``"quick"``, ``"standard"`` or ``"paper"``.
+        budget: one of :data:`BUDGETS` (``"quick"``, ``"standard"``, ``"long"``, ``"paper"``).
         seeds: seeds per cell (``0 .. seeds-1``); default the budget's.
         only: row keys to keep (``None``: all).
         datasets: column keys to keep (``None``: all).
