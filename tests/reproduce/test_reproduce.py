@@ -1,13 +1,10 @@
 """``torchstn reproduce``: cells, the committed record, skipping and resuming, the report."""
 
-from pathlib import Path
-
 import pytest
 
+from tests._helpers import MNIST_DIR as MNIST
+from tests._helpers import needs_mnist
 from torchstn.reproduce import BUDGETS, Results, get_experiment, list_experiments, plan, run_experiment, summarize
-
-MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
-needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST files expected in {MNIST}")
 
 
 def test_every_experiment_plans_every_budget_it_defines():
