@@ -75,5 +75,7 @@ def test_bad_inputs_are_named():
         negative_log_likelihood(probs, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"\[0, 3\]"):
         expected_calibration_error(probs, torch.tensor([0, 1, 4]))
-    with pytest.raises(ValueError, match="bins"):
+    with pytest.raises(ValueError, match="bins must be >= 1, got 0"):
         expected_calibration_error(probs, torch.tensor([0, 1, 2]), bins=0)
+    with pytest.raises(TypeError, match="bins must be an int, got float"):
+        expected_calibration_error(probs, torch.tensor([0, 1, 2]), bins=15.0)

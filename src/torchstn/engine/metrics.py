@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from torchstn._validation import check_floating, check_same_batch, check_tensor
+from torchstn._validation import check_floating, check_int, check_same_batch, check_tensor
 
 __all__ = ["calibration_bins", "expected_calibration_error", "negative_log_likelihood"]
 
@@ -54,8 +54,7 @@ def calibration_bins(
         (tensor([0.0000, 0.7333]), tensor([0.0000, 0.6667]), tensor([0., 3.]))
     """
     probs, labels = _check_probs_labels(probs, labels)
-    if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
-        raise ValueError(f"bins must be an int >= 1, got {bins!r}")
+    check_int("bins", bins, minimum=1)
     confidence, prediction = probs.max(dim=1)
     correct = (prediction == labels).to(probs.dtype)
     index = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
