@@ -125,7 +125,28 @@ def test_two_processes_recording_cells_keep_each_others(tmp_path):
 def _record(cell, error):
     return {"digest": cell.digest, "budget": cell.budget, "row": cell.row.key, "column": cell.column.key,
             "seed": cell.seed, "error": error, "best_error": error, "train_error": error, "epochs": 1, "steps": 10,
-            "wall_seconds": 60.0, "images_per_s": 100.0}
+            "wall_seconds": 60.0, "images_per_s": 100.0, "config": cell.config}
+
+
+def test_a_record_from_an_earlier_recipe_is_listed_apart_not_in_the_table(tmp_path):
+    from torchstn.reproduce import recipe_changes, render_report
+
+    experiment = get_experiment("stn-table1")
+    results = Results(tmp_path, "stn-table1")
+    aff, cnn = plan(experiment, "standard", only=["cnn", "st-cnn-aff"], datasets=["rts"])[::-1]
+    old = _record(aff, 3.46)
+    old["config"] = {**aff.config, "batch_size": 128, "lr": 1e-3}
+    results.add(aff, old)
+    results.add(cnn, _record(cnn, 5.26))
+    assert recipe_changes(experiment, old) == {"batch_size": (128, 64), "lr": (1e-3, 2e-3)}
+    assert recipe_changes(experiment, _record(cnn, 5.26)) == {}
+    limited = plan(experiment, "standard", only=["cnn"], datasets=["rts"], limit=64)[0]
+    assert recipe_changes(experiment, _record(limited, 50.0)) == {}  # a test subset is today's recipe
+    text = render_report(experiment, results, tmp_path, "standard")
+    table = text[: text.index("### Runs")]
+    assert "| ST-CNN Aff | — | 0.7 | — | 0.5 |" in table and "3.46" not in table and "**5.26**" in table
+    assert ("- ST-CNN Aff on RTS, seed 0: 3.46% (undated); since changed: `batch_size` 128 → 64, `lr` 0.001 → 0.002"
+            in text)
 
 
 def test_report_orders_budgets_fixed_and_compares_a_longer_run_with_standard(tmp_path):

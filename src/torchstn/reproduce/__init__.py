@@ -33,12 +33,23 @@ from torchstn.reproduce._report import (
     write_figure,
     write_report,
 )
-from torchstn.reproduce._runner import Cell, Results, default_jobs, machine_info, plan, run_cell, run_experiment
+from torchstn.reproduce._runner import (
+    SUBSET_KEYS,
+    Cell,
+    Results,
+    default_jobs,
+    machine_info,
+    plan,
+    recipe_changes,
+    run_cell,
+    run_experiment,
+)
 
 __all__ = [
     "BUDGETS",
     "EXPERIMENTS",
     "ROTATION_BINS",
+    "SUBSET_KEYS",
     "Cell",
     "Column",
     "Experiment",
@@ -51,6 +62,7 @@ __all__ = [
     "list_experiments",
     "machine_info",
     "plan",
+    "recipe_changes",
     "render_report",
     "run_cell",
     "run_experiment",

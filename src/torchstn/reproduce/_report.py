@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
-from torchstn.reproduce._runner import Cell, Results
+from torchstn.reproduce._runner import Cell, Results, recipe_changes
 
 __all__ = ["ROTATION_BINS", "error_by_rotation", "figure_path", "render_report", "summarize", "write_figure", "write_report"]
 
@@ -151,7 +151,8 @@ class _BudgetView:
 
     experiment: Experiment
     budget: str
-    records: list[dict[str, Any]]
+    records: list[dict[str, Any]]  # trained with today's recipe of the budget
+    superseded: list[dict[str, Any]]  # trained with an earlier recipe: listed apart, in no table
     by_pair: dict[tuple[str, str], list[dict[str, Any]]]
     pairs: list[tuple[str, str]]
     columns: list[Column]
@@ -159,14 +160,16 @@ class _BudgetView:
 
     @classmethod
     def of(cls, experiment: Experiment, budget: str, cells: dict[str, dict[str, Any]]) -> _BudgetView:
-        records = [r for r in cells.values() if r.get("budget") == budget]
+        of_budget = [r for r in cells.values() if r.get("budget") == budget]
+        records = [r for r in of_budget if not recipe_changes(experiment, r)]
+        superseded = [r for r in of_budget if recipe_changes(experiment, r)]
         by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in records:
             by_pair.setdefault((r["row"], r["column"]), []).append(r)
         pairs = [(row.key, col.key) for row, col in experiment.pairs()]
         columns = [c for c in experiment.columns if any(p[1] == c.key for p in pairs)]
         rows = [r for r in experiment.rows if any(p[0] == r.key for p in pairs)]
-        return cls(experiment, budget, records, by_pair, pairs, columns, rows)
+        return cls(experiment, budget, records, superseded, by_pair, pairs, columns, rows)
 
     def label(self, row_key: str, col_key: str) -> str:
         return f"{self.experiment.row(row_key).label} on {self.experiment.column(col_key).label}"
@@ -183,6 +186,7 @@ def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[s
     lines += _runs_table(view)
     lines += _rotation_tables(view)
     lines += _warnings_and_pending(view)
+    lines += _superseded(view)
     lines += _provenance(view)
     lines += _figures_section(view, results_dir)
     return lines
@@ -296,6 +300,19 @@ def _warnings_and_pending(view: _BudgetView) -> list[str]:
     if pending:
         lines += [f"Not run yet at this budget: {', '.join(pending)}.", ""]
     return lines
+
+
+def _superseded(view: _BudgetView) -> list[str]:
+    """Records of this budget from an earlier recipe: their error and what changed since, in no table."""
+    if not view.superseded:
+        return []
+    lines = [f"Runs of budget `{view.budget}` with an earlier recipe (in none of the tables above; rerunning the "
+             "command replaces them):", ""]
+    for r in view.in_table_order(view.superseded):
+        changes = ", ".join(f"`{k}` {then!r} → {now!r}" for k, (then, now) in recipe_changes(view.experiment, r).items())
+        lines.append(f"- {view.label(r['row'], r['column'])}, seed {r['seed']}: {r['error']:.2f}% "
+                     f"({r.get('finished', 'undated')}); since changed: {changes}")
+    return [*lines, ""]
 
 
 def _provenance(view: _BudgetView) -> list[str]:

@@ -29,7 +29,9 @@ from torchstn._validation import check_int
 from torchstn.engine import RunDir, atomic_write
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 
-__all__ = ["Cell", "Results", "default_jobs", "machine_info", "plan", "run_cell", "run_experiment"]
+__all__ = [
+    "SUBSET_KEYS", "Cell", "Results", "default_jobs", "machine_info", "plan", "recipe_changes", "run_cell", "run_experiment",
+]
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,26 @@ class Cell:
         return self.experiment.paper.get((self.row.key, self.column.key))
 
 
+#: the config fields ``plan(limit=...)`` sets: a test subset, not a different recipe
+SUBSET_KEYS = ("train_limit", "test_limit", "diagnostics_samples")
+
+
+def recipe_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """How a recorded cell's config differs from its budget's recipe today: ``{field: (then, now)}``.
+
+    Empty for a cell trained with today's recipe (a test subset aside) and for a record
+    without its config (nothing to compare); a record from an earlier recipe is
+    reported apart from today's table, never mixed into it.
+    """
+    if "config" not in record:
+        return {}
+    row, column = experiment.row(record["row"]), experiment.column(record["column"])
+    now = {**experiment.recipe(record["budget"], row, column), "seed": record["seed"]}
+    then = record["config"]
+    return {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now))
+            if k not in SUBSET_KEYS and then.get(k) != now.get(k)}
+
+
 def plan(
     experiment: Experiment,
     budget: str,
@@ -116,7 +138,7 @@ def plan(
             continue
         for seed in range(n_seeds):
             config = {**experiment.recipe(budget, row, column), "seed": seed}
-            if limit is not None:
+            if limit is not None:  # the keys of SUBSET_KEYS
                 config["train_limit"] = min(limit, config.get("train_limit") or limit)
                 config["test_limit"] = min(limit, config.get("test_limit") or limit)
                 config["diagnostics_samples"] = min(limit, config.get("diagnostics_samples", 512))
