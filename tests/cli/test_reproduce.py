@@ -47,6 +47,24 @@ def test_list_shows_state_without_training(cli, tmp_path):
     assert "standard/st-cnn-aff/rts/s0" in run.out and "pending" in run.out and "paper 0.5%" in run.out
 
 
+def test_by_default_a_user_records_their_own_runs_not_the_committed_ones(cli, tmp_path, monkeypatch):
+    from torchstn.reproduce import DEFAULT_OUT
+
+    from torchstn.reproduce import Results, get_experiment, plan
+
+    cell = plan(get_experiment("stn-table1"), "standard", only=["st-cnn-aff"], datasets=["rts"])[0]
+    committed = Results(tmp_path / "results", "stn-table1")  # a checkout's record, with the cell finished
+    committed.add(cell, {"digest": cell.digest, "error": 2.18, "config": cell.config})
+    monkeypatch.chdir(tmp_path)
+    assert "2.18%" in cli("reproduce", "stn-table1", "--list", "--only", "st-cnn-aff", "--datasets", "rts",
+                          "--out", "results").out
+    run = cli("reproduce", "stn-table1", "--list", "--only", "st-cnn-aff", "--datasets", "rts")
+    assert run.status == 0, run.err
+    assert "pending" in run.out
+    assert DEFAULT_OUT == "runs/reproduce/results"
+    assert "--out results" in cli("reproduce", "--help").out  # how to add to the committed numbers
+
+
 def test_the_recorded_command_has_no_absolute_paths(tmp_path, monkeypatch):
     """A results file records a command another user can run from the same place in a checkout."""
     monkeypatch.chdir(tmp_path)
@@ -55,4 +73,4 @@ def test_the_recorded_command_has_no_absolute_paths(tmp_path, monkeypatch):
                               data_dir=str(tmp_path / "data"), out=str(tmp_path / "results"),
                               runs=str(tmp_path / "elsewhere"), device=None, jobs=2, threads=None, limit=None)
     assert recorded_command(args) == ("torchstn reproduce stn-table1 --budget standard --datasets rts "
-                                      "--data-dir data --runs elsewhere --jobs 2")
+                                      "--data-dir data --out results --runs elsewhere --jobs 2")

@@ -162,5 +162,6 @@ def test_report_orders_budgets_fixed_and_compares_a_longer_run_with_standard(tmp
     assert texts[0] == texts[1]  # the same file whichever budget ran last
     text = texts[0]
     assert text.index("budget `standard`") < text.index("budget `long`")
-    assert "--budget standard\ntorchstn reproduce stn-table1 --budget long" in text
+    out = tmp_path.as_posix()
+    assert f"--budget standard --out {out}\ntorchstn reproduce stn-table1 --budget long --out {out}" in text
     assert "The same cells at budget `standard`, then at `long`: ST-CNN Aff on RTS 3.46% → 0.86%." in text

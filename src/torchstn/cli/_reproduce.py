@@ -1,4 +1,4 @@
-"""``torchstn reproduce``: run a paper's table cell by cell and write ``results/EXPERIMENT.md``."""
+"""``torchstn reproduce``: run a paper's table cell by cell and write ``OUT/EXPERIMENT.md``."""
 
 from __future__ import annotations
 
@@ -26,13 +26,16 @@ EXAMPLES = """\
 examples:
   torchstn reproduce stn-table1 --budget quick                    # the whole table in minutes (smoke test)
   torchstn reproduce stn-table1 --only cnn,st-cnn-aff --datasets rts --jobs 1 --threads 2
-  torchstn reproduce stn-table1 --budget standard                 # ~10-15 CPU minutes per cell
+  torchstn reproduce stn-table1 --budget standard                 # 3-9 CPU minutes per ST-CNN cell
   torchstn reproduce stn-table1 --budget long --only cnn,st-cnn-aff --datasets rts   # 10x standard
   torchstn reproduce stn-cluttered --only cnn,st-cnn-aff
   torchstn reproduce tutorial
   torchstn reproduce stn-table1 --budget paper --seeds 3 --device cuda   # the paper's 150k iterations
+  torchstn reproduce stn-table1 --out results     # add to the project's committed numbers (a checkout)
 
 experiments: {experiments}.
+Your runs are recorded in OUT (default {out}); the project's committed numbers are in
+results/ of a checkout and are written only with --out results.
 Finished cells are recorded in OUT/EXPERIMENT.json and skipped when the command is run
 again; a cell that was interrupted resumes from its last checkpoint (runs live under
 --runs). After each cell OUT/EXPERIMENT.md (our error beside the paper's, the machine,
@@ -54,8 +57,6 @@ def _keys(text: str | None) -> list[str] | None:
     return keys
 
 
-#: where the report and the runs go unless --out / --runs say otherwise
-OUT, RUNS = "results", "runs/reproduce"
 
 
 def recorded_command(args: argparse.Namespace) -> str:
@@ -65,22 +66,24 @@ def recorded_command(args: argparse.Namespace) -> str:
     another machine from the same place in a checkout (``--data-dir ../shared/data/mnist``),
     not only on the one that ran it.
     """
+    from torchstn.reproduce import DEFAULT_OUT, DEFAULT_RUNS
+
     return command_line(
         args, ["reproduce", args.experiment, "--budget", args.budget],
         ["--seeds", "--only", "--datasets", "--data-dir", "--out", "--runs", "--device", "--jobs", "--threads",
          "--limit"],
-        paths={"--data-dir", "--out", "--runs"}, defaults={"--out": OUT, "--runs": RUNS},
+        paths={"--data-dir", "--out", "--runs"}, defaults={"--out": DEFAULT_OUT, "--runs": DEFAULT_RUNS},
     )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from torchstn.reproduce import BUDGETS, default_jobs, list_experiments
+    from torchstn.reproduce import BUDGETS, DEFAULT_OUT, DEFAULT_RUNS, default_jobs, list_experiments
 
     p = subparsers.add_parser(
         "reproduce", help="reproduce a paper's table (stn-table1, stn-cluttered, tutorial, ...)",
         description="Train every cell (model x dataset x seed) of a published table, resumably, and write "
         "our test errors beside the paper's into OUT/EXPERIMENT.md.",
-        epilog=EXAMPLES.format(experiments=", ".join(list_experiments())), formatter_class=formatter,
+        epilog=EXAMPLES.format(experiments=", ".join(list_experiments()), out=DEFAULT_OUT), formatter_class=formatter,
     )
     p.add_argument("experiment", metavar="EXPERIMENT", help=f"one of: {', '.join(list_experiments())}")
     p.add_argument("--budget", choices=BUDGETS, default="standard",
@@ -90,8 +93,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--only", metavar="MODEL,...", help="run only these rows, e.g. cnn,st-cnn-aff")
     p.add_argument("--datasets", metavar="NAME,...", help="run only these columns, e.g. rts,r")
     add_data_dir_arg(p)
-    p.add_argument("--out", default=OUT, metavar="DIR", help="where EXPERIMENT.json/.md and the figures go")
-    p.add_argument("--runs", default=RUNS, metavar="DIR", help="where the run directories go")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help="where EXPERIMENT.json/.md and the figures go (default %(default)s; 'results' in a checkout "
+                   "adds to the project's committed numbers)")
+    p.add_argument("--runs", default=DEFAULT_RUNS, metavar="DIR", help="where the run directories go (default %(default)s)")
     p.add_argument("--list", action="store_true", help="print the cells and their state, train nothing")
     p.add_argument("--refresh", action="store_true",
                    help="redraw the figures and analyses of the finished cells from their runs and rewrite the "

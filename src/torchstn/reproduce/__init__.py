@@ -34,6 +34,8 @@ from torchstn.reproduce._report import (
     write_report,
 )
 from torchstn.reproduce._runner import (
+    DEFAULT_OUT,
+    DEFAULT_RUNS,
     SUBSET_KEYS,
     Cell,
     Results,
@@ -47,6 +49,8 @@ from torchstn.reproduce._runner import (
 
 __all__ = [
     "BUDGETS",
+    "DEFAULT_OUT",
+    "DEFAULT_RUNS",
     "EXPERIMENTS",
     "ROTATION_BINS",
     "SUBSET_KEYS",

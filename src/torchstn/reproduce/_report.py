@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
-from torchstn.reproduce._runner import Cell, Results, recipe_changes
+from torchstn.reproduce._runner import DEFAULT_OUT, Cell, Results, recipe_changes
 
 __all__ = ["ROTATION_BINS", "error_by_rotation", "figure_path", "render_report", "summarize", "write_figure", "write_report"]
 
@@ -375,17 +375,19 @@ def render_report(experiment: Experiment, results: Results, results_dir: str | P
     budgets_present = {r.get("budget") for r in results.cells.values()}
     budgets = [b for b in BUDGETS if b in budgets_present or b == budget]
     budgets.sort(key=lambda b: {"standard": 0, "long": 1, "paper": 2, "quick": 3}[b])
+    out = _relative(results_dir)
+    out_option = "" if Path(out) == Path(DEFAULT_OUT) else f" --out {out}"
     lines = [
         f"# `{experiment.name}`: {experiment.title}",
         "",
         f"Paper: {experiment.source}.",
         "",
-        f"Written by `torchstn reproduce {experiment.name}` from `{results.path.name}` (the record of the "
-        "finished runs); not edited by hand. Rerun the command to continue: finished cells are skipped and "
-        "an interrupted one resumes from its last checkpoint.",
+        f"Ours: the runs recorded in `{results.path.name}` beside this file; beside each, the paper's number. "
+        f"Written by `torchstn reproduce {experiment.name}` from that record; not edited by hand. Rerun the "
+        "command to continue: finished cells are skipped and an interrupted one resumes from its last checkpoint.",
         "",
         "```",
-        *(f"torchstn reproduce {experiment.name} --budget {b}" for b in budgets or ["standard"]),
+        *(f"torchstn reproduce {experiment.name} --budget {b}{out_option}" for b in budgets or ["standard"]),
         "```",
         "",
     ]
@@ -394,6 +396,14 @@ def render_report(experiment: Experiment, results: Results, results_dir: str | P
     if experiment.notes:
         lines += ["## Notes", "", *[f"- {n}" for n in experiment.notes], ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (what a recorded command should say)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def write_report(experiment: Experiment, results: Results, results_dir: str | Path, budget: str | None = None) -> Path:

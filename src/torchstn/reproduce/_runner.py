@@ -30,7 +30,7 @@ from torchstn.engine import RunDir, atomic_write
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 
 __all__ = [
-    "SUBSET_KEYS", "Cell", "Results", "default_jobs", "machine_info", "plan", "recipe_changes", "run_cell", "run_experiment",
+    "DEFAULT_OUT", "DEFAULT_RUNS", "SUBSET_KEYS", "Cell", "Results", "default_jobs", "machine_info", "plan", "recipe_changes", "run_cell", "run_experiment",
 ]
 
 
@@ -76,6 +76,10 @@ class Cell:
         """The paper's test error (%) for this row and column, if it has one."""
         return self.experiment.paper.get((self.row.key, self.column.key))
 
+
+#: where ``torchstn reproduce`` writes unless told: the user's own record and report, and the runs.
+#: The project's committed numbers live in ``results/`` and are written only with ``--out results``.
+DEFAULT_OUT, DEFAULT_RUNS = "runs/reproduce/results", "runs/reproduce"
 
 #: the config fields ``plan(limit=...)`` sets: a test subset, not a different recipe
 SUBSET_KEYS = ("train_limit", "test_limit", "diagnostics_samples")
