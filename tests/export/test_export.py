@@ -1,5 +1,8 @@
 """Exported models (ONNX through onnxruntime, TorchScript) give eager PyTorch's outputs, any batch size."""
 
+import logging
+import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -8,7 +11,7 @@ from torch import nn
 
 import torchstn as stn
 from tests._helpers import perturb, random_images
-from torchstn.export import check_export, export_onnx, export_torchscript
+from torchstn.export import check_export, export_onnx, export_torchscript, exported_files
 from torchstn.models import create_model
 
 FAMILIES = ["aff", "proj", "tps"]
@@ -49,6 +52,13 @@ def test_onnx_matches_eager_for_every_registry_family(tmp_path: Path) -> None:
         assert (w - x5).abs().max() > 0.05
     path = export_onnx(model, random_images(2, seed=1), tmp_path / "models.onnx")  # exported with batch 2 ...
     assert check_export(path, model, x5) < ATOL  # ... run with batch 5
+    # one self-contained file (torch's exporter writes the weights to models.onnx.data by default) ...
+    assert sorted(tmp_path.iterdir()) == [path]
+    assert exported_files(path) == [path]
+    alone = tmp_path / "copied"
+    alone.mkdir()
+    copy = Path(shutil.copy(path, alone))  # ... that runs when copied alone
+    assert check_export(copy, model, x5) < ATOL
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -66,6 +76,58 @@ def test_legacy_onnx_exporter_matches_eager(tmp_path: Path, transform: stn.Trans
     st = perturb(stn.SpatialTransformer(transform, stn.conv_localization(3, (24, 20)), output_size=(12, 16))).eval()
     path = export_onnx(st, torch.rand(1, 3, 24, 20), tmp_path / "st.onnx", dynamo=False)  # batch 1 -> 2
     assert check_export(path, st, torch.rand(4, 3, 24, 20)) < ATOL
+    assert sorted(tmp_path.iterdir()) == [path]  # one self-contained file here too
+
+
+def test_exported_files_names_the_external_data(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    st = perturb(stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (16, 16)))).eval()
+    path = export_onnx(st, torch.rand(2, 1, 16, 16), tmp_path / "st.onnx", dynamo=False)
+    # what an export over protobuf's 2 GB limit looks like: the weights in a file beside the model
+    big = tmp_path / "big.onnx"
+    onnx.save_model(
+        onnx.load(str(path)), str(big), save_as_external_data=True, location="big.weights", size_threshold=0
+    )
+    assert exported_files(big) == [big, tmp_path / "big.weights"]
+    assert check_export(big, st, torch.rand(3, 1, 16, 16)) < ATOL  # the references are what onnxruntime reads
+    assert exported_files(path) == [path]
+    script = export_torchscript(st, torch.rand(2, 1, 16, 16), tmp_path / "st.pt")
+    assert exported_files(script) == [script]
+    with pytest.raises(FileNotFoundError, match="no exported model"):
+        exported_files(tmp_path / "missing.onnx")
+
+
+def test_onnx_export_replaces_an_earlier_exports_weights_file(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    stale = tmp_path / "st.onnx.data"
+    stale.write_bytes(b"the weights of an earlier two-file export to the same path")
+    st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (16, 16)))
+    path = export_onnx(st, torch.rand(2, 1, 16, 16), tmp_path / "st.onnx", dynamo=False)
+    assert sorted(tmp_path.iterdir()) == [path]
+
+
+class _Warns(nn.Module):
+    """A model that warns while it runs, as a user's model (or torchstn's code) might."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (16, 16)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        warnings.warn("a warning of the model's own", UserWarning, stacklevel=1)
+        return self.st(x)
+
+
+def test_the_export_silences_only_the_exporters_noise(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    filters, log_filters = list(warnings.filters), list(registry.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_onnx(_Warns(), torch.rand(2, 1, 16, 16), tmp_path / "w.onnx", dynamo=False)
+    assert any("a warning of the model's own" in str(w.message) for w in caught)
+    assert warnings.filters == filters and registry.filters == log_filters  # restored afterwards
 
 
 def test_fixed_batch_when_asked(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["check_export", "export_onnx", "export_torchscript", "load_exported", "run_exported"]
+__all__ = ["check_export", "export_onnx", "export_torchscript", "exported_files", "load_exported", "run_exported"]
 
 Example = torch.Tensor | Sequence[torch.Tensor]
 
@@ -64,25 +65,61 @@ def _names(prefix: str, n: int) -> list[str]:
     return [prefix] if n == 1 else [f"{prefix}{i}" for i in range(n)]
 
 
+class _DropMessages(logging.Filter):
+    """Drop the log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+#: the logger of torch's ONNX operator registry, which names every torchvision operator it
+#: skips when torchvision is not installed (torchstn's models use none of them)
+_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
 @contextlib.contextmanager
 def _quiet_export() -> Iterator[None]:
-    """Silence the exporters' warnings that say nothing about the exported model."""
-    with warnings.catch_warnings():
-        # SpatialTransformer keeps the last θ as a plain attribute; harmless in an export
-        warnings.filterwarnings("ignore", message=".*last_params was assigned during export.*")
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        yield
+    """Silence the exporters' messages that say nothing about the exported model, for this call only.
+
+    Only these, matched by their text: the exporter's warnings and errors about the model,
+    and torchstn's own, still reach the user.
+    """
+    skipped_torchvision = _DropMessages("torchvision is not installed. Skipping torchvision::")
+    registry = logging.getLogger(_REGISTRY_LOGGER)
+    registry.addFilter(skipped_torchvision)
+    try:
+        with warnings.catch_warnings():
+            # SpatialTransformer keeps the last θ as a plain attribute; harmless in an export
+            warnings.filterwarnings("ignore", message=".*last_params was assigned during export.*")
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            # torch.export deep-copies its own LeafSpec objects (torch 2.13), which warns about
+            # torch's own use of a deprecated class; nothing a user can act on
+            warnings.filterwarnings(
+                "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+            )
+            yield
+    finally:
+        registry.removeFilter(skipped_torchvision)
 
 
 def _onnx_dynamo(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: tuple[list[str], list[str]],
     dynamic_batch: bool, opset: int | None,
 ) -> None:
-    """``torch.onnx.export`` through ``torch.export``: a dynamic batch is a symbolic ``Dim`` of every input."""
+    """``torch.onnx.export`` through ``torch.export``: a dynamic batch is a symbolic ``Dim`` of every input.
+
+    ``external_data=False``: the weights go into the ``.onnx`` file itself (the exporter's
+    default, ``True``, always writes them to ``<file>.data`` beside it); torch still writes
+    ``<file>.data`` when the weights exceed protobuf's 2 GB limit, where there is no choice.
+    """
     dynamic_shapes = tuple({0: torch.export.Dim("batch", min=1)} for _ in inputs) if dynamic_batch else None
     torch.onnx.export(
         model, inputs, path, dynamo=True, input_names=names[0], output_names=names[1],
-        dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False,
+        dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False, external_data=False,
     )
 
 
@@ -90,10 +127,14 @@ def _onnx_legacy(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: tuple[list[str], list[str]],
     dynamic_batch: bool, opset: int | None,
 ) -> None:
-    """The TorchScript-based ``torch.onnx.export``: a dynamic batch is a named axis of every input and output."""
+    """The TorchScript-based ``torch.onnx.export``: a dynamic batch is a named axis of every input and output.
+
+    It writes one file, and external data only above protobuf's 2 GB limit; the path is given
+    as a ``str``, the only form for which it knows where to put external data.
+    """
     dynamic_axes = {name: {0: "batch"} for name in names[0] + names[1]} if dynamic_batch else None
     torch.onnx.export(
-        model, inputs, path, dynamo=False, input_names=names[0], output_names=names[1],
+        model, inputs, str(path), dynamo=False, input_names=names[0], output_names=names[1],
         dynamic_axes=dynamic_axes, opset_version=opset if opset is not None else 17,
     )
 
@@ -124,7 +165,11 @@ def export_onnx(
 
     Returns:
         The path written. Inputs are named ``input`` (``input0``, ``input1``, ... for
-        several) and outputs ``output`` (``output0``, ...).
+        several) and outputs ``output`` (``output0``, ...). The file is self-contained
+        (weights included) and can be copied alone, unless the weights exceed protobuf's
+        2 GB limit: then they go to external-data files beside it, which
+        :func:`exported_files` lists. A ``<file>.data`` left beside ``path`` by an earlier
+        export to the same path is removed first, since the new file does not use it.
 
     Convention:
         The spatial size is fixed at the example's: the grid's θ-independent part
@@ -141,6 +186,7 @@ def export_onnx(
     model, inputs = _prepare(model, example, dynamic_batch)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_name(path.name + ".data").unlink(missing_ok=True)  # the dynamo exporter's sidecar name
     with _EvalMode(model), torch.no_grad(), _quiet_export():
         outputs = model(*inputs)
         n_out = 1 if isinstance(outputs, torch.Tensor) else len(outputs)
@@ -175,6 +221,52 @@ def export_torchscript(model: nn.Module, example: Example, path: str | Path, dyn
         traced = torch.jit.trace(model, inputs, check_trace=False)
     traced.save(str(path))
     return path
+
+
+def exported_files(path: str | Path) -> list[Path]:
+    """The files an exported model needs at run time: ``path`` first, then its external data.
+
+    An ONNX file keeps its weights in external-data files only when they exceed protobuf's
+    2 GB limit; those files are read from the ONNX file's own references (needs ``onnx``).
+    A TorchScript file is always one file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = export_torchscript(torch.nn.Linear(3, 2), torch.rand(2, 3), pathlib.Path(d) / "lin.pt")
+        ...     [p.name for p in exported_files(path)]
+        ['lin.pt']
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported model at {path}")
+    if path.suffix != ".onnx":
+        return [path]
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    locations = dict.fromkeys(  # in the file's order, each once
+        entry.value
+        for tensor in _tensors(graph)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    )
+    return [path, *(path.parent / location for location in locations)]
+
+
+def _tensors(graph: object) -> Iterator[object]:
+    """Every tensor stored in an ONNX graph: initializers, and constants in node attributes and subgraphs."""
+    yield from graph.initializer  # type: ignore[attr-defined]
+    for node in graph.node:  # type: ignore[attr-defined]
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
 
 
 def load_exported(path: str | Path) -> object:
