@@ -1,5 +1,10 @@
 """``torchstn export``: a checkpoint becomes a file that matches the eager model."""
 
+import contextlib
+import logging
+import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +43,93 @@ def test_onnx_from_a_checkpoint_file(cli, checkpoint: Path, tmp_path: Path) -> N
     assert result.status == 0, result.err
     assert out.is_file()
     assert "(onnx, st-cnn-tps" in result.out
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _library_messages() -> Iterator[list[str]]:
+    """Every warning and every torch log record at WARNING or above, however often repeated.
+
+    torch's log handler holds the stderr of the moment torch was imported, and pytest records
+    warnings itself, so neither would reach the ``cli`` fixture's captured streams.
+    """
+    records = _Records()
+    loggers = [logging.getLogger(name) for name in ("torch", "torch.onnx")]  # each has its own handler
+    for logger in loggers:
+        logger.addHandler(records)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            messages = records.messages
+            yield messages
+            messages += [f"{w.category.__name__}: {w.message}" for w in caught]
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+
+
+def _onnx_only() -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+
+
+def test_onnx_is_one_file_and_the_output_is_the_result(cli, checkpoint: Path, tmp_path: Path) -> None:
+    _onnx_only()
+    out = tmp_path / "export" / "model.onnx"
+    with _library_messages() as messages:
+        result = cli("export", checkpoint, "--out", out)  # torch's default ONNX exporter
+    assert result.status == 0, result.err
+    assert sorted(out.parent.iterdir()) == [out]  # no model.onnx.data
+    assert f"wrote {out} (onnx, st-cnn-tps" in result.out and "self-contained" in result.out
+    assert "max |exported - eager|" in result.out
+    for text in (result.out, result.err, *messages):  # no "torchvision is not installed", no FutureWarning
+        assert "torchvision" not in text and "Warning" not in text, text
+    assert result.err == ""
+    alone = tmp_path / "copied"
+    alone.mkdir()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(shutil.copy(out, alone), providers=["CPUExecutionProvider"])
+    model, _, _ = engine.load_model(checkpoint)
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    assert (got - expected).abs().max() < 1e-4
+
+
+def test_weights_over_the_protobuf_limit_are_named(cli, checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    _onnx_only()
+    from torch.onnx._internal.exporter import _onnx_program
+
+    # torch writes external data above this many bytes of weights (2 GB); 0 makes every model "large"
+    monkeypatch.setattr(_onnx_program, "_LARGE_MODEL_THRESHOLD", 0)
+    out = tmp_path / "model.onnx"
+    result = cli("export", checkpoint, "--out", out)
+    assert result.status == 0, result.err
+    data = tmp_path / "model.onnx.data"
+    assert data.is_file()
+    assert "self-contained" not in result.out
+    assert f"are in {data} (" in result.out and "copy model.onnx and model.onnx.data together" in result.out
+    assert "max |exported - eager|" in result.out  # the pair passes the check
+
+
+def test_the_help_examples_use_the_demos_runs(cli) -> None:
+    from torchstn.engine import demo_configs
+
+    help_text = cli("export", "--help").out
+    examples = help_text[help_text.index("examples"):]
+    assert "torchstn demo --out runs/demo" in examples
+    runs = {line.split()[2].split("/checkpoints/")[0] for line in examples.splitlines() if "torchstn export " in line}
+    assert runs and runs <= {f"runs/demo/{c.model}" for c in demo_configs()}, runs
 
 
 def test_errors_are_one_line(cli, checkpoint: Path, tmp_path: Path) -> None:

@@ -22,15 +22,17 @@ if TYPE_CHECKING:
 __all__ = ["register", "run"]
 
 _EXAMPLES = """\
-examples:
-  torchstn export runs/demo-st --format onnx            writes runs/demo-st/export/best.onnx
-  torchstn export runs/demo-st --format torchscript --out st.pt
-  torchstn export runs/demo-st/checkpoints/last.safetensors --out model.onnx
+examples (runs/demo/st-cnn-aff is what 'torchstn demo --out runs/demo' trains):
+  torchstn export runs/demo/st-cnn-aff               writes runs/demo/st-cnn-aff/export/best.onnx
+  torchstn export runs/demo/st-cnn-aff --format torchscript --out st.pt
+  torchstn export runs/demo/cnn/checkpoints/last.safetensors --out cnn.onnx
 
 The file runs without torchstn (onnxruntime, or torch.jit.load) with any batch size
-(--fixed-batch to freeze it) at the input size the model was trained on. After writing,
-the file is run on a batch of another size and compared with the eager model; a
-difference above --atol is an error. ONNX needs: pip install 'torchstn[export]'.
+(--fixed-batch to freeze it) at the input size the model was trained on. An ONNX file is
+self-contained (weights inside) unless the weights exceed protobuf's 2 GB limit; then they
+are written beside it and both files are named. After writing, the file is run on a batch
+of another size and compared with the eager model; a difference above --atol is an error.
+ONNX needs: pip install 'torchstn[export]'.
 """
 
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(0)
     _export(fmt, model, torch.rand(args.batch, *shape, generator=generator), out, args)
     batch_note = f"batch fixed at {args.batch}" if args.fixed_batch else "dynamic batch"
-    print(f"wrote {out} ({fmt}, {config.model}, input (B, {', '.join(map(str, shape))}), {batch_note})")
+    _report_files(out, f"{fmt}, {config.model}, input (B, {', '.join(map(str, shape))}), {batch_note}")
     if not args.no_check:
         check_batch = args.batch if args.fixed_batch else args.batch + 3
         _check(out, model, torch.rand(check_batch, *shape, generator=generator), args.atol)
@@ -105,6 +107,24 @@ def _export(fmt: str, model: nn.Module, example: torch.Tensor, out: Path, args: 
             export_onnx(model, example, out, dynamic_batch=dynamic, opset=args.opset, dynamo=not args.legacy_onnx)
         else:
             export_torchscript(model, example, out, dynamic_batch=dynamic)
+
+
+def _report_files(out: Path, what: str) -> None:
+    """Say what was written: one self-contained file, or the file and the external data it needs."""
+    from torchstn.export import exported_files
+
+    with user_errors(extra="export"):  # onnx reads the file's external-data references
+        model_file, *data = exported_files(out)
+    print(f"wrote {model_file} ({what}): {_size(model_file)}" + ("" if data else ", self-contained"))
+    if data:
+        where = ", ".join(f"{d} ({_size(d)})" for d in data)
+        print(f"the weights are over protobuf's 2 GB limit for one file, so they are in {where}: "
+              f"copy {model_file.name} and {', '.join(d.name for d in data)} together")
+
+
+def _size(path: Path) -> str:
+    size = path.stat().st_size if path.is_file() else 0
+    return f"{size / 1e3:.0f} kB" if size < 1e6 else f"{size / 1e6:.1f} MB" if size < 1e9 else f"{size / 1e9:.2f} GB"
 
 
 def _check(out: Path, model: nn.Module, example: torch.Tensor, atol: float) -> None:
