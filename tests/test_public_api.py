@@ -31,6 +31,7 @@ PUBLIC = [
     "create_model",
     "get_transform",
     "list_models",
+    "param_groups",
     "reference_sample",
     "register_model",
     "sample",

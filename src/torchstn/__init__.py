@@ -17,6 +17,7 @@ from torchstn.nn import (
     ProbabilisticSpatialTransformer,
     SpatialTransformer,
     conv_localization,
+    param_groups,
 )
 from torchstn.sampling import reference_sample, sample, warp
 from torchstn.transforms import (
@@ -60,6 +61,7 @@ __all__ = [
     "create_model",
     "get_transform",
     "list_models",
+    "param_groups",
     "reference_sample",
     "register_model",
     "sample",

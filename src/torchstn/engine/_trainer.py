@@ -39,7 +39,7 @@ from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
 from torchstn.engine._evaluate import evaluate, precision_context
 from torchstn.engine._rundir import RunDir
 from torchstn.models import check_model_args, create_model
-from torchstn.nn import total_kl
+from torchstn.nn import param_groups, total_kl
 
 __all__ = ["TrainResult", "build_optimizer", "identity_penalty", "resolve_device", "resume_config", "train"]
 
@@ -89,23 +89,10 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def _transformer_parameter_ids(model: nn.Module) -> set[int]:
-    return {id(p) for st in getattr(model, "transformers", ()) for p in st.parameters()}
-
-
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum) or Adam with two parameter groups: the classifier and the localisation nets.
-
-    The localisation nets (every parameter of ``model.transformers``) get
-    ``lr * loc_lr_mult``; groups without parameters are left out.
-    """
-    loc_ids = _transformer_parameter_ids(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if id(p) not in loc_ids], "lr": config.lr, "name": "classifier"},
-        {"params": [p for p in params if id(p) in loc_ids], "lr": config.lr * config.loc_lr_mult, "name": "localization"},
-    ]
-    groups = [g for g in groups if g["params"]]
+    """SGD (momentum) or Adam over :func:`torchstn.nn.param_groups`: the localisation nets at
+    ``lr * loc_lr_mult``, the rest at ``lr``."""
+    groups = param_groups(model, config.lr, config.loc_lr_mult)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)

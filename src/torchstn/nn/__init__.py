@@ -5,6 +5,7 @@ from __future__ import annotations
 from torchstn.nn._cascade import CascadedSpatialTransformer
 from torchstn.nn._localization import IdentityRegressor, conv_localization, declare_input, make_regressor
 from torchstn.nn._parallel import ParallelSpatialTransformers
+from torchstn.nn._param_groups import param_groups
 from torchstn.nn._probabilistic import Distribution, ProbabilisticSpatialTransformer, total_kl
 from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer
 
@@ -19,5 +20,6 @@ __all__ = [
     "conv_localization",
     "declare_input",
     "make_regressor",
+    "param_groups",
     "total_kl",
 ]

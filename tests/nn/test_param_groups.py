@@ -1,0 +1,44 @@
+"""stn.param_groups: the localisation nets of any model at their own learning rate."""
+
+import pytest
+import torch
+from torch import nn
+
+import torchstn as stn
+
+
+class MyClassifier(nn.Module):
+    """A user's own model: a transformer nested in a block, a cascade beside it, a frozen layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        loc = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU())
+        self.front = nn.Sequential(stn.SpatialTransformer(stn.Affine(), loc))
+        self.cascade = stn.CascadedSpatialTransformer(stn.Translation(), nn.Sequential(nn.Flatten(), nn.Linear(64, 4)),
+                                                      steps=2)
+        self.frozen = nn.Linear(64, 64).requires_grad_(False)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(self.frozen(self.cascade(self.front(x)).flatten(1)))
+
+
+def test_groups_of_a_users_own_model():
+    model = MyClassifier()
+    groups = stn.param_groups(model, lr=0.01, loc_lr_mult=0.1)
+    assert [g["name"] for g in groups] == ["classifier", "localization"]
+    assert groups[1]["lr"] == pytest.approx(0.001) and groups[0]["lr"] == 0.01
+    loc = {id(p) for p in [*model.front.parameters(), *model.cascade.parameters()]}
+    assert {id(p) for p in groups[1]["params"]} == loc
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.head.parameters()}  # frozen left out
+    optimizer = torch.optim.SGD(groups, lr=0.01)
+    model(torch.rand(2, 1, 8, 8)).sum().backward()
+    optimizer.step()
+
+
+def test_no_transformer_gives_one_group_and_bad_rates_are_refused():
+    assert [g["name"] for g in stn.param_groups(nn.Linear(3, 2), lr=1.0)] == ["classifier"]
+    with pytest.raises(ValueError, match="loc_lr_mult must be > 0"):
+        stn.param_groups(nn.Linear(3, 2), lr=1.0, loc_lr_mult=0.0)
+    with pytest.raises(TypeError, match="lr must be a number"):
+        stn.param_groups(nn.Linear(3, 2), lr="0.1")
