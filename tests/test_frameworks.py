@@ -294,8 +294,6 @@ def trained_st() -> nn.Module:
     return model.eval()
 
 
-# the module records θ as a plain attribute (``last_params``); torchstn.export filters the same warning
-@pytest.mark.filterwarnings("ignore:The tensor attribute self.last_params was assigned during export")
 def test_torch_export_keeps_the_fused_operator_and_matches_the_module(trained_st: nn.Module) -> None:
     x, x2 = _batch(4, seed=20)[0], _batch(4, seed=21)[0]
     _assert_far_from_identity(trained_st, x2)
@@ -306,7 +304,6 @@ def test_torch_export_keeps_the_fused_operator_and_matches_the_module(trained_st
         torch.testing.assert_close(program.module()(x2), trained_st(x2), rtol=0, atol=1e-6)
 
 
-@pytest.mark.filterwarnings("ignore:The tensor attribute self.last_params was assigned during export")
 def test_torch_export_with_a_dynamic_batch(trained_st: nn.Module) -> None:
     x = _batch(4, seed=20)[0]
     program = torch.export.export(trained_st, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
@@ -317,6 +314,91 @@ def test_torch_export_with_a_dynamic_batch(trained_st: nn.Module) -> None:
             out = program.module()(other)
             torch.testing.assert_close(out, trained_st(other), rtol=0, atol=1e-6)
         assert out.shape == (batch, 1, *SIZE)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a user's torch.jit.trace, ONNX export or torch.export prints: nothing from torchstn
+
+_PACKAGE = Path(stn.__file__).parent
+
+
+def _warnings_from_torchstn(run) -> list[str]:  # noqa: ANN001
+    """The warnings ``run()`` raises whose line is in torchstn's code (torch's own are not counted)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    return [f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}" for w in caught
+            if Path(w.filename).resolve().is_relative_to(_PACKAGE)]
+
+
+# one model per module kind: plain, the three 2-D families, cascaded, parallel, probabilistic
+_TRACED_MODELS = ["st-cnn-aff", "st-cnn-proj", "st-cnn-tps", "ic-stn-2", "2x-st-cnn", "p-stn"]
+
+
+@pytest.mark.parametrize("name", _TRACED_MODELS)
+def test_tracing_a_model_warns_nothing_from_torchstn(name: str) -> None:
+    model = perturb(create_model(name), seed=3).eval()
+    x = torch.rand(2, *model.input_shape, generator=torch.Generator().manual_seed(4))
+    # the P-STN draws its θ at random: the tracer's own re-run would differ
+    assert _warnings_from_torchstn(lambda: torch.jit.trace(model, x, check_trace=name != "p-stn")) == []
+    recorders = [m for m in model.modules() if isinstance(m, stn.SpatialTransformer)]
+    assert recorders
+    for m in recorders:
+        m.last_params = None
+    assert _warnings_from_torchstn(lambda: torch.export.export(model, (x,))) == []
+    assert all(m.last_params is None for m in recorders)  # an exported pass records nothing on the module
+
+
+@pytest.mark.parametrize("name", ["st-cnn-aff", "ic-stn-2"])
+def test_onnx_export_of_a_model_warns_nothing_from_torchstn(name: str, tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    model = perturb(create_model(name), seed=3).eval()
+    x = torch.rand(2, *model.input_shape)
+    path = tmp_path / "model.onnx"
+    assert _warnings_from_torchstn(lambda: torch.onnx.export(model, (x,), str(path), dynamo=False)) == []
+    assert path.stat().st_size > 0
+
+
+class _Warp(nn.Module):
+    def __init__(self, transform: str, align_corners: bool) -> None:
+        super().__init__()
+        self.transform, self.align_corners = stn.transforms.get_transform(transform), align_corners
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return stn.warp(x, params, self.transform, align_corners=self.align_corners)
+
+
+def _warp_inputs(transform: stn.Transform, b: int, size: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    params = transform.identity(batch=b) + 0.1 * torch.randn(b, transform.num_params, generator=g)
+    return torch.rand(b, 3, *size, generator=g), params
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("family", ["translation", "attention", "similarity", "affine", "projective", "tps", "affine3d"])
+def test_traced_warp_warns_nothing_and_follows_the_input_size(family: str, align_corners: bool) -> None:
+    """size=None keeps the input's size: the trace computes the grid from the traced sizes,
+    so it is right for inputs of other sizes too (the eager warp is the reference)."""
+    warp = _Warp(family, align_corners)
+    spatial = (5, 6, 7) if family == "affine3d" else (12, 14)
+    other = (3, 4, 9) if family == "affine3d" else (9, 17)
+    example = _warp_inputs(warp.transform, 2, spatial, seed=1)
+    traced = []
+    assert _warnings_from_torchstn(lambda: traced.append(torch.jit.trace(warp, example))) == []
+    x, params = _warp_inputs(warp.transform, 3, other, seed=2)
+    out = traced[0](x, params)
+    assert out.shape == (3, 3, *other)
+    torch.testing.assert_close(out, warp(x, params), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["translation", "attention", "similarity", "affine", "projective", "tps"])
+def test_onnx_export_of_warp_warns_nothing_from_torchstn(family: str, tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    warp = _Warp(family, False)
+    example = _warp_inputs(warp.transform, 2, (12, 14), seed=1)
+    path = tmp_path / "warp.onnx"
+    assert _warnings_from_torchstn(lambda: torch.onnx.export(warp, example, str(path), dynamo=False)) == []
+    assert path.stat().st_size > 0
 
 
 # ---------------------------------------------------------------------------------------------

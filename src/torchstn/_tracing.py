@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-__all__ = ["cached", "clear_caches", "differentiable_vjp", "eager_tensors", "in_functorch"]
+__all__ = ["cached", "clear_caches", "differentiable_vjp", "eager_tensors", "exporting", "in_functorch"]
 
 _CACHE: dict[Hashable, tuple[torch.Tensor, int]] = {}
 _CACHE_SIZE = 128
@@ -88,6 +88,16 @@ def eager_tensors(*tensors: torch.Tensor) -> bool:
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False
     return all(type(t) is torch.Tensor for t in tensors) and not in_functorch(*tensors)
+
+
+def exporting() -> bool:
+    """True inside ``torch.export`` (and the ONNX export built on it).
+
+    Modules then keep no record of the pass (``last_params`` ...): an exported program
+    has no module state, and torch warns about each tensor attribute assigned during export.
+    """
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return bool(is_exporting is not None and is_exporting())
 
 
 def in_functorch(*tensors: torch.Tensor) -> bool:

@@ -4,6 +4,11 @@ Every public function validates its arguments through these helpers so that
 messages read the same everywhere: they name the argument, say what was
 expected and what arrived. ``TypeError`` for a wrong type, ``ValueError`` for
 a wrong shape or value, ``NotImplementedError`` for an unsupported dimension.
+
+Under ``torch.jit.trace`` (and the TorchScript-based ONNX export) a tensor's sizes are
+themselves traced tensors: comparing one with a number would read it as a Python
+value, which the tracer warns about and cannot record. The checks that compare sizes
+are skipped there (:func:`sizes_traced`); the checks of rank, dtype and type still run.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ __all__ = [
     "check_same_batch",
     "check_size",
     "check_tensor",
+    "sizes_traced",
 ]
+
+
+def sizes_traced() -> bool:
+    """True under ``torch.jit.trace``, where sizes are traced tensors and checks that compare them are skipped."""
+    return torch.jit.is_tracing()
 
 
 def check_tensor(name: str, value: object, *, ndim: int | Iterable[int] | None = None) -> torch.Tensor:
@@ -53,7 +64,7 @@ def check_params(name: str, params: object, num_params: int, family: str) -> tor
     """Check a ``(B, P)`` parameter tensor for a transform with ``num_params`` parameters."""
     params = check_tensor(name, params, ndim=2)
     check_floating(name, params)
-    if params.shape[1] != num_params:
+    if not sizes_traced() and params.shape[1] != num_params:
         raise ValueError(
             f"{name} for {family} must have shape (B, {num_params}), got {tuple(params.shape)}"
         )
@@ -62,7 +73,7 @@ def check_params(name: str, params: object, num_params: int, family: str) -> tor
 
 def check_same_batch(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     """Check that two tensors share their batch size (nothing is broadcast silently)."""
-    if a.shape[0] != b.shape[0]:
+    if not sizes_traced() and a.shape[0] != b.shape[0]:
         raise ValueError(
             f"{name_a} and {name_b} must have the same batch size, "
             f"got {a.shape[0]} ({name_a} shape {tuple(a.shape)}) and {b.shape[0]} ({name_b} shape {tuple(b.shape)})"
@@ -70,12 +81,18 @@ def check_same_batch(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor)
 
 
 def check_size(name: str, size: object, ndim: int) -> tuple[int, ...]:
-    """Check an output spatial size: ``ndim`` positive ints, ``(H, W)`` or ``(D, H, W)``."""
+    """Check an output spatial size: ``ndim`` positive ints, ``(H, W)`` or ``(D, H, W)``.
+
+    Under ``torch.jit.trace`` the sizes of a traced tensor (``x.shape[2:]``, 0-d tensors)
+    are accepted as they are, unread, so that the trace records them.
+    """
     names = {1: "(L,)", 2: "(H, W)", 3: "(D, H, W)"}[ndim]
     if isinstance(size, torch.Size):
         size = tuple(size)
     if not isinstance(size, Sequence) or isinstance(size, str):
         raise TypeError(f"{name} must be a sequence of {ndim} ints {names}, got {type(size).__name__}")
+    if sizes_traced() and len(size) == ndim and all(isinstance(s, torch.Tensor) and s.dim() == 0 for s in size):
+        return tuple(size)  # type: ignore[return-value]
     if len(size) != ndim or not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
         raise ValueError(f"{name} must be {ndim} ints {names}, got {tuple(size)!r}")
     if any(s <= 0 for s in size):

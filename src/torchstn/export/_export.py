@@ -123,6 +123,19 @@ def _onnx_dynamo(
     )
 
 
+class _PositionalOnly(nn.Module):
+    """``model`` called with the example's inputs only: the TorchScript-based exporter also passes
+    every defaulted argument of ``forward``, a flag such as ``return_params=False`` as a traced
+    tensor that the model would have to read (a ``TracerWarning``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> object:
+        return self.model(*inputs)
+
+
 def _onnx_legacy(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: tuple[list[str], list[str]],
     dynamic_batch: bool, opset: int | None,
@@ -134,7 +147,7 @@ def _onnx_legacy(
     """
     dynamic_axes = {name: {0: "batch"} for name in names[0] + names[1]} if dynamic_batch else None
     torch.onnx.export(
-        model, inputs, str(path), dynamo=False, input_names=names[0], output_names=names[1],
+        _PositionalOnly(model), inputs, str(path), dynamo=False, input_names=names[0], output_names=names[1],
         dynamic_axes=dynamic_axes, opset_version=opset if opset is not None else 17,
     )
 

@@ -9,6 +9,7 @@ from typing import Unpack
 import torch
 from torch import nn
 
+from torchstn._tracing import exporting
 from torchstn._validation import check_bool, check_int
 from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer
 from torchstn.sampling import SamplerOptions
@@ -197,7 +198,8 @@ class CascadedSpatialTransformer(SpatialTransformer):
             the output ``(B, C, *output_size)``, or ``(output, θ)``.
         """
         out, params, updates = self._cascade(x, init_params)
-        self.last_params, self.last_step_params = params, updates
+        if not exporting():  # an exported program keeps no record of its pass
+            self.last_params, self.last_step_params = params, updates
         return (out, params) if return_params else out
 
     def extra_repr(self) -> str:

@@ -8,7 +8,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from torchstn._validation import check_choice
+from torchstn._validation import check_choice, sizes_traced
 
 __all__ = ["ParallelSpatialTransformers"]
 
@@ -76,7 +76,7 @@ class ParallelSpatialTransformers(nn.Module):
         outs = [t(x) for t in self.transformers]
         if self.merge == "concat":
             sizes = {tuple(o.shape[2:]) for o in outs}
-            if len(sizes) > 1:
+            if len(sizes) > 1 and not sizes_traced():  # traced sizes are tensors: unequal as keys
                 raise ValueError(
                     f"merge='concat' needs outputs of one spatial size, got {sorted(sizes)}; "
                     "give the transformers the same output_size or use merge='list'"

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchstn._validation import check_choice, check_int, check_number, check_positive
+from torchstn._tracing import exporting
+from torchstn._validation import check_choice, check_int, check_number, check_positive, sizes_traced
 from torchstn.nn._localization import make_regressor
 from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer
 from torchstn.sampling import SamplerOptions
@@ -170,7 +171,11 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
     def _noise(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         if self.distribution == "gaussian":
             return torch.randn(shape, dtype=like.dtype, device=like.device)
-        df = torch.tensor(2 * self.prior_alpha, dtype=like.dtype, device=like.device)
+        value = 2 * self.prior_alpha
+        if torch.jit.is_tracing():  # the tracer warns about a literal tensor; it records this op instead
+            df = torch.full((), value, dtype=like.dtype, device=like.device)
+        else:  # a literal, which torch.export folds into a constant (StudentT checks it then)
+            df = torch.tensor(value, dtype=like.dtype, device=like.device)
         return torch.distributions.StudentT(df).sample(shape)
 
     def _kl(self, mean: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
@@ -200,7 +205,7 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
             ``cross_entropy`` / ``nll_loss`` of them is the paper's data term.
         """
         s = self.last_samples
-        if s == 0 or logits.dim() != 2 or logits.shape[0] % s:
+        if s == 0 or logits.dim() != 2 or (not sizes_traced() and logits.shape[0] % s):
             raise ValueError(
                 f"logits must have shape (S*B, K) with S={s} samples of the last forward pass, got {tuple(logits.shape)}"
             )
@@ -222,8 +227,10 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
             noise = self._noise((s, *mean.shape), mean)
             params = (mean + scale * noise).flatten(0, 1)
             x = x.repeat(s, *([1] * (x.dim() - 1)))
-        self.last_params, self.last_mean, self.last_scale, self.last_samples = params, mean, scale, s
-        self.last_kl = self._kl(mean, spread)
+        self.last_samples = s  # marginalize() reads it, also in an exported pass
+        if not exporting():  # an exported program keeps no record of its tensors
+            self.last_params, self.last_mean, self.last_scale = params, mean, scale
+            self.last_kl = self._kl(mean, spread)
         out = self.transform_input(x, params)
         return (out, params) if return_params else out
 

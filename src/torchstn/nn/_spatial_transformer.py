@@ -9,7 +9,8 @@ from typing import Any, Generic, TypedDict, TypeVar, Unpack, overload
 import torch
 from torch import nn
 
-from torchstn._validation import check_size, check_tensor
+from torchstn._tracing import exporting
+from torchstn._validation import check_size, check_tensor, sizes_traced
 from torchstn.nn._localization import make_regressor
 from torchstn.sampling import Backend, Mode, Padding, SamplerOptions
 from torchstn.transforms import Transform, get_transform
@@ -97,7 +98,7 @@ class SpatialTransformer(nn.Module):
             ``align_corners`` and ``backend`` read (and set) its fields.
         last_params: θ of the last forward pass, with its graph (for regularisers
             such as the engine's ``identity_reg``) and for diagnostics; ``None`` before
-            the first call. Copies of the module (``copy.deepcopy``, pickle) hold it
+            the first call; not set by the passes of ``torch.export``. Copies of the module (``copy.deepcopy``, pickle) hold it
             detached.
 
     The module is a plain ``nn.Module``: ``copy.deepcopy`` (EMA and SWA copies),
@@ -163,15 +164,16 @@ class SpatialTransformer(nn.Module):
                 ``in_features`` wide.
         """
         check_tensor("x", x, ndim=self.transform.ndim + 2)
+        traced = sizes_traced()  # sizes are traced tensors: not compared (torchstn._validation)
         expected = getattr(self.localization, "input_shape", None)
-        if expected is not None and tuple(x.shape[1:]) != expected:
+        if expected is not None and not traced and tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"x must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}: the localisation "
                 f"net was built for in_channels={expected[0]}, input_size={expected[1:]}"
             )
         features = self.localization(x).flatten(1)
         width = getattr(self.regressor, "in_features", 0)  # 0: a lazy regressor, inferred now
-        if width and features.shape[1] != width:
+        if width and not traced and features.shape[1] != width:
             raise ValueError(
                 f"the localisation net gives {features.shape[1]} features for x of shape {tuple(x.shape)}, the "
                 f"regressor expects in_features={width}: build the localisation net for this input size"
@@ -190,7 +192,8 @@ class SpatialTransformer(nn.Module):
             ``return_params=True``.
         """
         params = self.predict_params(x)
-        self.last_params = params
+        if not exporting():
+            self.last_params = params
         out = self.transform_input(x, params)
         return (out, params) if return_params else out
 

@@ -185,9 +185,12 @@ def fused_status() -> FusedStatus:
 def fused_applies(x: torch.Tensor, mode: str) -> bool:
     """Whether the fused kernel covers this input: bilinear, a float32/float64 CPU image
     (B, C, H, W) with non-empty H and W (F.grid_sample reports empty ones) and int32 pixel
-    offsets. Where it does not, ``backend="fused"`` falls back to ``F.grid_sample``."""
+    offsets, outside ``torch.jit.trace`` (which cannot record the operator, and whose sizes
+    are traced tensors this test would read). Where it does not, ``backend="fused"`` falls
+    back to ``F.grid_sample``."""
     return (
-        mode == "bilinear"
+        not torch.jit.is_tracing()
+        and mode == "bilinear"
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and x.dim() == 4

@@ -210,7 +210,8 @@ def warp(
         params: ``(B, P)`` parameters of ``transform``; cast to the dtype of ``x`` (so a
             localisation net under autocast can drive a float32 sampler).
         transform: a :class:`~torchstn.transforms.Transform` or its name (``"affine"``, ...).
-        size: output spatial size; ``None`` keeps the input's.
+        size: output spatial size; ``None`` keeps the input's (also in a ``torch.jit.trace``
+            of the call, which then computes the grid for each input's size).
         mode, padding, align_corners: as in :func:`sample`.
         backend: as in :func:`sample`, but ``None``/``"auto"`` and ``"fused"`` warp a
             2-D matrix family (translation ... projective) bilinearly on the CPU with the
@@ -261,8 +262,7 @@ def warp_checked_options(
     if params.device != x.device:
         raise ValueError(f"params must be on the device of x ({x.device}), got {params.device}")
     _check_mode_fits(x, mode)
-    # from x: ints, also under torch.jit.trace; still checked, a spatial size may be 0
-    size = check_size("size", tuple(int(s) for s in x.shape[2:]) if size is None else size, transform.ndim)
+    size = check_size("size", _spatial_size(x) if size is None else size, transform.ndim)
     # grids need more than 8 mantissa bits: low-precision inputs are warped in float32
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     with _autocast_off(x.device.type):
@@ -277,6 +277,15 @@ def warp_checked_options(
             grid = transform.grid(params, size, align_corners, check=False)
             out = _run_kernel(xd, grid, mode, padding, align_corners, backend)
     return out.to(x.dtype)
+
+
+def _spatial_size(x: torch.Tensor) -> tuple[int, ...]:
+    """The spatial size of ``x``, for ``size=None``: ints (checked still: a size may be 0), also
+    under ``torch.compile``; under ``torch.jit.trace`` the traced sizes themselves, so that the
+    trace computes the grid for each input's size instead of fixing the example's."""
+    if torch.jit.is_tracing():
+        return tuple(x.shape[2:])
+    return tuple(int(s) for s in x.shape[2:])
 
 
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:

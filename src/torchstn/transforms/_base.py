@@ -11,18 +11,38 @@ from collections.abc import Sequence
 import torch
 
 from torchstn._tracing import cached, differentiable_vjp, eager_tensors
-from torchstn._validation import check_floating, check_params, check_size, check_tensor
+from torchstn._validation import check_floating, check_params, check_size, check_tensor, sizes_traced
 
 __all__ = ["MatrixTransform", "Transform", "base_grid", "interleaved_operator", "linear_grid", "matrix_grid"]
 
 def _linspace(steps: int, align_corners: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Normalised pixel-centre (or pixel-corner) coordinates along one axis, as ``affine_grid`` uses."""
+    if isinstance(steps, torch.Tensor):  # a size torch.jit.trace records (see _traced_size)
+        return _traced_linspace(steps, align_corners, device, dtype)
     if steps == 1:
         return torch.zeros(1, device=device, dtype=dtype)
     coords = torch.linspace(-1.0, 1.0, steps, device=device, dtype=torch.float64)
     if not align_corners:
         coords = coords * (steps - 1) / steps
     return coords.to(dtype)
+
+
+def _traced_linspace(steps: torch.Tensor, align_corners: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`_linspace` for a traced size, from ``arange`` so that the trace computes it for every input.
+
+    ``(2 i + 1 - s) / s`` (pixel centres), or ``/ max(s - 1, 1)`` with ``align_corners``
+    (0 for one pixel, as ``_linspace`` gives): the same points, to float64 rounding.
+    """
+    i = torch.arange(steps, device=device, dtype=torch.float64)
+    span = (steps - 1).clamp_min(1) if align_corners else steps
+    return ((2 * i + 1 - steps) / span).to(dtype)
+
+
+def _traced_size(size: Sequence[int | torch.Tensor]) -> bool:
+    """True for the sizes of a tensor under ``torch.jit.trace`` (0-d tensors, see
+    :func:`torchstn._validation.check_size`): the grid is then computed from them inside
+    the trace, uncached, so a traced warp follows its input's size."""
+    return any(isinstance(s, torch.Tensor) for s in size)
 
 
 def _build_base_grid(
@@ -71,6 +91,8 @@ def base_grid(
     """
     dtype = dtype if dtype is not None else torch.get_default_dtype()
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if _traced_size(size):
+        return _build_base_grid(tuple(size), bool(align_corners), homogeneous, device, dtype)
     key = ("base", tuple(int(s) for s in size), bool(align_corners), homogeneous, device, dtype)
     return cached(key, lambda: _build_base_grid(key[1], key[2], homogeneous, device, dtype))
 
@@ -146,7 +168,7 @@ class Transform(ABC):
         params = self.check_params(params)
         check_tensor("points", points, ndim=3)
         check_floating("points", points)
-        if points.shape[0] != params.shape[0] or points.shape[-1] != self.ndim:
+        if not sizes_traced() and (points.shape[0] != params.shape[0] or points.shape[-1] != self.ndim):
             raise ValueError(
                 f"points must have shape ({params.shape[0]}, N, {self.ndim}) to match params of shape "
                 f"{tuple(params.shape)}, got {tuple(points.shape)}"
@@ -171,12 +193,20 @@ class Transform(ABC):
         if check:
             params = self.check_params(params)
             size = check_size("size", size, self.ndim)
-        points = self._grid_points(params, size, align_corners)
+        if _traced_size(size):
+            points = self._traced_grid_points(params, size, align_corners)
+        else:
+            points = self._grid_points(params, size, align_corners)
         return points.reshape(params.shape[0], *size, self.ndim)
 
     def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
         base = base_grid(size, align_corners, device=params.device, dtype=params.dtype)
         return self._map(params, base)
+
+    def _traced_grid_points(self, params: torch.Tensor, size: tuple[torch.Tensor, ...], align_corners: bool) -> torch.Tensor:
+        """:meth:`_grid_points` for the sizes ``torch.jit.trace`` records: the plain map of a base
+        grid that the trace computes for every input size (the cached operators hold one size)."""
+        return self._map(params, base_grid(size, align_corners, device=params.device, dtype=params.dtype))
 
     def __repr__(self) -> str:
         return f"{self.name}()"
@@ -235,7 +265,7 @@ class MatrixTransform(Transform):
         n = self.ndim + 1
         check_tensor("matrix", matrix, ndim=3)
         check_floating("matrix", matrix)
-        if matrix.shape[1:] != (n, n):
+        if not sizes_traced() and matrix.shape[1:] != (n, n):
             raise ValueError(f"matrix for {self.name} must have shape (B, {n}, {n}), got {tuple(matrix.shape)}")
         return self._from_matrix(matrix)
 
@@ -249,7 +279,7 @@ class MatrixTransform(Transform):
         """
         a = self.check_params(a, "a")
         b = self.check_params(b, "b")
-        if a.shape[0] != b.shape[0]:
+        if not sizes_traced() and a.shape[0] != b.shape[0]:
             raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
         return self._from_matrix(self._matrix(a) @ self._matrix(b))
 

@@ -6,6 +6,9 @@ import torch
 
 from torchstn.transforms._base import MatrixTransform
 
+# The identities are built from torch.eye, not from literals (torch.tensor), which
+# torch.jit.trace would warn about each time a cascade starts from the identity.
+
 __all__ = ["Affine", "Affine1D", "Affine3D", "Attention", "Projective", "Similarity", "Translation"]
 
 
@@ -66,7 +69,7 @@ class Attention(MatrixTransform):
     num_params = 3
 
     def _identity(self) -> torch.Tensor:
-        return torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+        return torch.eye(1, 3, dtype=torch.float64).reshape(3)  # (s, tx, ty) = (1, 0, 0)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         s, tx, ty = params.unbind(1)
@@ -99,7 +102,7 @@ class Similarity(MatrixTransform):
     num_params = 4
 
     def _identity(self) -> torch.Tensor:
-        return torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+        return torch.eye(1, 4, dtype=torch.float64).reshape(4)  # (s, α, tx, ty) = (1, 0, 0, 0)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         s, angle, tx, ty = params.unbind(1)
@@ -134,7 +137,7 @@ class Affine(MatrixTransform):
     num_params = 6
 
     def _identity(self) -> torch.Tensor:
-        return torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+        return torch.eye(2, 3, dtype=torch.float64).reshape(6)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _from_rows(params, 2, 3)
@@ -176,7 +179,7 @@ class Projective(MatrixTransform):
         self.eps = float(eps)
 
     def _identity(self) -> torch.Tensor:
-        return torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+        return torch.eye(3, dtype=torch.float64).reshape(9)[:8]
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         ones = params.new_ones(params.shape[0], 1)
@@ -226,7 +229,7 @@ class Affine1D(MatrixTransform):
     ndim = 1
 
     def _identity(self) -> torch.Tensor:
-        return torch.tensor([1.0, 0.0], dtype=torch.float64)
+        return torch.eye(1, 2, dtype=torch.float64).reshape(2)  # (a, b) = (1, 0)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _from_rows(params, 1, 2)

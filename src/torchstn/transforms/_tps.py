@@ -25,16 +25,19 @@ def _basis(points: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
     return torch.cat([_kernel(points, control), ones, points], dim=-1)
 
 
-def _solution(control: tuple[float, ...], regularization: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``W`` of shape (K + 3, K) with ``coefficients = W @ targets``, solved once in float64 and cached."""
-    return cached(
-        ("tps-solution", control, regularization, device, dtype),
-        lambda: _solve(control, regularization).to(device=device, dtype=dtype),
-    )
+def _solution(
+    key: tuple[float, ...], regularization: float, solution: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """``W`` of shape (K + 3, K) with ``coefficients = W @ targets`` on ``device`` in ``dtype``, cached.
+
+    ``solution``: ``W`` in float64 (solved once, when the transform is made); ``key``: the
+    control points as a tuple, which with ``regularization`` identifies it.
+    """
+    return cached(("tps-solution", key, regularization, device, dtype), lambda: solution.to(device=device, dtype=dtype))
 
 
-def _solve(control: tuple[float, ...], regularization: float) -> torch.Tensor:
-    c = torch.tensor(control, dtype=torch.float64).reshape(-1, 2)
+def _solve(c: torch.Tensor, regularization: float) -> torch.Tensor:
+    """The spline system's solution for the (K, 2) float64 control points ``c``, in float64."""
     k = c.shape[0]
     p = torch.cat([torch.ones(k, 1, dtype=torch.float64), c], 1)
     system = torch.zeros(k + 3, k + 3, dtype=torch.float64)
@@ -46,8 +49,9 @@ def _solve(control: tuple[float, ...], regularization: float) -> torch.Tensor:
     return torch.linalg.solve(system, rhs)
 
 
-def _check_solvable(points: torch.Tensor, regularization: float) -> None:
-    """``ValueError`` naming ``control`` when the spline system of these (K, 2) float64 points is singular.
+def _check_solvable(points: torch.Tensor, regularization: float) -> torch.Tensor:
+    """The spline system's solution for these (K, 2) float64 points (:func:`_solve`), or a
+    ``ValueError`` naming ``control`` when the system is singular.
 
     The system ``[[U + λI, P], [Pᵀ, 0]]`` is invertible exactly when ``P = [1, x, y]``
     has rank 3 (not all points on one line: the affine part is determined) and
@@ -71,11 +75,12 @@ def _check_solvable(points: torch.Tensor, regularization: float) -> None:
                 f"({x:g}, {y:g}): the spline system is singular; remove the duplicate or use regularization > 0"
             )
     try:
-        solution = _solve(tuple(points.reshape(-1).tolist()), regularization)
+        solution = _solve(points, regularization)
     except torch.linalg.LinAlgError as err:
         raise ValueError(f"control {_preview(points)} gives a singular spline system ({err})") from None
     if not torch.isfinite(solution).all():
         raise ValueError(f"control {_preview(points)} gives a spline system too ill-conditioned to solve")
+    return solution
 
 
 def _preview(points: torch.Tensor, limit: int = 4) -> str:
@@ -85,22 +90,26 @@ def _preview(points: torch.Tensor, limit: int = 4) -> str:
 
 
 def _grid_operator(
-    control: tuple[float, ...],
+    key: tuple[float, ...],
     regularization: float,
+    control: torch.Tensor,
+    solution: torch.Tensor,
     size: tuple[int, ...],
     align_corners: bool,
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """The interleaved operator of ``G`` (N, K), ``grid = G @ targets``: everything that does not depend on θ."""
+    """The interleaved operator of ``G`` (N, K), ``grid = G @ targets``: everything that does not depend on θ.
+
+    ``control``: the (K, 2) float64 points; ``key``, ``regularization`` and ``solution`` as in :func:`_solution`.
+    """
 
     def build() -> torch.Tensor:
-        c = torch.tensor(control, dtype=torch.float64).reshape(-1, 2)
         base = base_grid(size, align_corners, device="cpu", dtype=torch.float64)
-        g = _basis(base, c) @ _solve(control, regularization)
+        g = _basis(base, control) @ solution
         return interleaved_operator(g, 2).to(device=device, dtype=dtype)
 
-    return cached(("tps-grid", control, regularization, size, align_corners, device, dtype), build)
+    return cached(("tps-grid", key, regularization, size, align_corners, device, dtype), build)
 
 
 class ThinPlateSpline(Transform):
@@ -147,7 +156,7 @@ class ThinPlateSpline(Transform):
         if isinstance(control, torch.Tensor):
             if control.dim() != 2 or control.shape[1] != 2 or control.shape[0] < 3:
                 raise ValueError(f"control points must have shape (K, 2) with K >= 3, got {tuple(control.shape)}")
-            points = control.detach().to(torch.float64).cpu()
+            points = control.detach().to(torch.float64, copy=True).cpu()  # not the caller's storage
             if not torch.isfinite(points).all():
                 raise ValueError(f"control must hold finite points, got {_preview(points)}")
         else:
@@ -162,7 +171,8 @@ class ThinPlateSpline(Transform):
             points = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
         if not regularization >= 0:
             raise ValueError(f"regularization must be >= 0, got {regularization!r}")
-        _check_solvable(points, float(regularization))
+        # solved now, once, in float64: later calls (also under a tracer) only read it
+        self._solution64 = _check_solvable(points, float(regularization))
         self.control_points: torch.Tensor = points
         self.regularization = float(regularization)
         self.num_params = 2 * points.shape[0]
@@ -176,16 +186,26 @@ class ThinPlateSpline(Transform):
         return self.control_points.reshape(-1).clone()
 
     def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        w = _solution(self._key, self.regularization, params.device, params.dtype)
+        w = _solution(self._key, self.regularization, self._solution64, params.device, params.dtype)
         control = self.control_points.to(device=params.device, dtype=params.dtype)
         operator = _basis(points, control) @ w  # (N, K) or (B, N, K)
         return torch.matmul(operator, params.reshape(params.shape[0], self.num_control_points, 2))
 
     def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
-        g = _grid_operator(self._key, self.regularization, size, bool(align_corners), params.device, params.dtype)
+        g = _grid_operator(
+            self._key, self.regularization, self.control_points, self._solution64, size, bool(align_corners),
+            params.device, params.dtype,
+        )
         # params (B, 2K) viewed as (B, K, 2); the grid is G @ params[b] for each b, as one matmul
         coefficients = params.reshape(params.shape[0], self.num_control_points, 2).transpose(1, 2)
         return linear_grid(coefficients, g, 2)
+
+    def _traced_grid_points(self, params: torch.Tensor, size: tuple[torch.Tensor, ...], align_corners: bool) -> torch.Tensor:
+        # G in float64, as the cached operator is built, so that the trace gives the eager grid
+        base = base_grid(size, align_corners, device=params.device, dtype=torch.float64)
+        w = self._solution64.to(params.device)
+        g = (_basis(base, self.control_points.to(params.device)) @ w).to(params.dtype)  # (N, K)
+        return torch.matmul(g, params.reshape(params.shape[0], self.num_control_points, 2))
 
     def __repr__(self) -> str:
         return f"ThinPlateSpline(K={self.num_control_points}, regularization={self.regularization:g})"
