@@ -269,7 +269,6 @@ def test_compiled_training_step_matches_eager_and_keeps_the_fused_operator() -> 
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inductor's imports
 def test_inductor_training_step_matches_eager() -> None:
     """Inductor compiles the same step (about 30 s on one core without its on-disk cache)."""
     _compiled_training_step_matches_eager("inductor")

@@ -49,6 +49,8 @@ def test_train_help_reads_defaults_and_choices_from_the_config(cli):
     assert "--warmup W" in help and "--channels-last" in help
 
 
+# the engine says bf16 is slow on a CPU without native bfloat16 (tests/engine/test_rundir_and_options.py tests it)
+@pytest.mark.filterwarnings("ignore:precision='bf16' on a CPU without native bfloat16")
 def test_train_options_set_the_new_config_fields(cli, mnist_dir, tmp_path):
     out = tmp_path / "run"
     run = cli("train", "--model", "cnn", "--data", "mnist", "--data-dir", mnist_dir, "--train-limit", 64,
