@@ -198,7 +198,8 @@ def train(
             ``last.state.pt`` that were not written together (an interrupted save, a
             copied file) are refused with a ``ValueError`` naming both; a pair from
             before checkpoints carried a write id is resumed when its epochs and steps agree.
-        progress: show a progress bar per epoch.
+        progress: show a progress bar per epoch, when stderr is a terminal (a log file
+            gets the per-epoch lines only).
         stop_after: stop after this epoch (as an interruption would; the schedule
             still follows ``config``).
 
@@ -382,6 +383,13 @@ def _train_step(
     return loss.detach(), kl.detach() if isinstance(kl, torch.Tensor) else kl, logits.detach(), y
 
 
+def _is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal. A progress bar redraws its line with ``\\r``, which a
+    log file keeps in full (144 KB for one run); there the per-epoch line says it all."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
 def _train_epoch(session: _Session, epoch: int, progress: bool) -> _EpochSums:
     """One pass over this epoch's batches (cut at ``total_steps``), with the train curve's points."""
     from tqdm import tqdm
@@ -397,8 +405,9 @@ def _train_epoch(session: _Session, epoch: int, progress: bool) -> _EpochSums:
     seen, curve = 0, []
     session.model.train()
     tic = time.perf_counter()
+    show = progress and ddp.main and _is_terminal(sys.stderr)
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{session.epochs}", unit="batch", leave=False,
-               disable=not (progress and ddp.main), file=sys.stderr, dynamic_ncols=True)
+               disable=not show, file=sys.stderr, dynamic_ncols=True)
     for i, batch in enumerate(bar):
         loss, kl, logits, y = _train_step(session, batch)
         batch_loss, batch_wrong = loss * y.numel(), (logits.argmax(1) != y).sum()
