@@ -1,0 +1,41 @@
+"""The plain install (no extras) gives a `torchstn` command whose every subcommand runs."""
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBCOMMANDS = ["demo", "data", "train", "eval", "visualize", "bench", "export", "reproduce"]
+
+
+@pytest.mark.slow
+def test_plain_install_runs_every_subcommand(tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+    def run(*args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(args, capture_output=True, text=True, env=env, timeout=900, **kw)
+
+    torch_pin = f"torch=={__import__('torch').__version__.split('+')[0]}"  # the CPU build on this machine
+    assert run(str(python), "-m", "pip", "install", "-q", torch_pin).returncode == 0
+    installed = run(str(python), "-m", "pip", "install", "-q", str(ROOT))  # no extras
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    command = str(env_dir / "bin" / "torchstn")
+    top = run(command, "--help")
+    assert top.returncode == 0 and "reproduce" in top.stdout, top.stderr
+    for name in SUBCOMMANDS:
+        help_ = run(command, name, "--help")
+        assert help_.returncode == 0 and "examples" in help_.stdout, f"{name}: {help_.stderr[-1000:]}"
+    # a subcommand that does work, not only its help: a dataset preview (matplotlib) in a temporary dir
+    data = Path(os.environ.get("TORCHSTN_TEST_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
+    if data.is_dir():
+        preview = run(command, "data", "preview", "rts", "--data-dir", str(data), "--out", str(tmp_path / "p.png"),
+                      cwd=tmp_path)
+        assert preview.returncode == 0, preview.stderr[-2000:]
+        assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
