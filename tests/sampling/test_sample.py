@@ -216,3 +216,81 @@ def test_bad_size():
         stn.Affine().grid(torch.zeros(1, 6), (4, 4, 4))
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got ndarray"):
         stn.sample(np.zeros((1, 1, 4, 4)), torch.zeros(1, 2, 2, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# warp's matrix form: the theta that F.affine_grid users hold
+
+
+def _theta(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """A random map near the identity: eye rows plus noise, of ``shape`` (B, n, n + 1) or (B, n, n)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.eye(*shape[1:], dtype=dtype) + 0.15 * torch.randn(shape, generator=g, dtype=dtype)).requires_grad_()
+
+
+@pytest.mark.parametrize("backend", [None, "torch", "reference"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_warp_takes_affine_grid_theta(backend, align_corners, dtype):
+    x = random_input((4, 3, 9, 11), dtype, "cpu").requires_grad_()
+    theta = _theta((4, 2, 3), dtype, seed=1)
+    out = stn.warp(x, theta, "affine", align_corners=align_corners, backend=backend)
+    expected = F.grid_sample(x, F.affine_grid(theta, x.shape, align_corners=align_corners), align_corners=align_corners)
+    atol = 1e-5 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(out, expected, rtol=0, atol=atol)
+    weights = torch.randn_like(out)
+    ours = torch.autograd.grad((out * weights).sum(), (x, theta))
+    theirs = torch.autograd.grad((expected * weights).sum(), (x, theta))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=100 * atol)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_warp_takes_affine_grid_theta_for_volumes(align_corners):
+    x = random_input((2, 2, 4, 5, 6), torch.float64, "cpu")
+    theta = _theta((2, 3, 4), torch.float64, seed=2)
+    out = stn.warp(x, theta, "affine3d", size=(3, 4, 5), align_corners=align_corners)
+    grid = F.affine_grid(theta, (2, 2, 3, 4, 5), align_corners=align_corners)
+    torch.testing.assert_close(out, F.grid_sample(x, grid, align_corners=align_corners), rtol=0, atol=1e-10)
+
+
+def test_warp_takes_the_rows_of_a_1d_affine_map():
+    x = random_input((3, 2, 13), torch.float64, "cpu")
+    theta = _theta((3, 1, 2), torch.float64, seed=3)
+    torch.testing.assert_close(stn.warp(x, theta, "affine1d"), stn.warp(x, theta.flatten(1), "affine1d"))
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_warp_takes_a_homography_of_any_scale(align_corners):
+    x = random_input((3, 2, 8, 10), torch.float64, "cpu")
+    h = _theta((3, 3, 3), torch.float64, seed=4).detach() * 0.2
+    h[:, 2, :2] *= 0.3  # a mild perspective: w stays far from 0 on the image
+    out = stn.warp(x, 2.5 * h, "projective", align_corners=align_corners)  # the scale of H does not matter
+    # reference: F.affine_grid's identity points mapped through H by hand, then F.grid_sample
+    base = F.affine_grid(torch.eye(2, 3, dtype=torch.float64).expand(3, 2, 3), x.shape, align_corners=align_corners)
+    points = torch.cat([base, torch.ones_like(base[..., :1])], -1) @ h.transpose(1, 2)[:, None]
+    grid = points[..., :2] / points[..., 2:]
+    torch.testing.assert_close(out, F.grid_sample(x, grid, align_corners=align_corners), rtol=0, atol=1e-10)
+    params = stn.Projective().params_from_matrix(h)
+    torch.testing.assert_close(out, stn.warp(x, params, "projective", align_corners=align_corners), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("transform", "shape", "says"),
+    [
+        ("affine", (2, 3, 3), r"\(B, 2, 3\) matrix .* pass theta\[:, :2\]; with another last row .* stn.Projective\(\)"),
+        ("affine3d", (2, 4, 4), r"\(B, 3, 4\) matrix .* pass theta\[:, :3\]"),
+        ("similarity", (2, 2, 3), r"must have shape \(B, 4\), got shape \(2, 2, 3\).* stn.Affine\(\)"),
+        ("translation", (2, 3, 3), r"must have shape \(B, 2\).* \(B, 3, 3\) one with stn.Projective\(\)"),
+        ("projective", (2, 2, 3), r"\(B, 3, 3\) homography, got shape \(2, 2, 3\); .* stn.Affine\(\)"),
+        ("tps", (2, 16, 2), r"must have shape \(B, 32\): the targets .* pass params.flatten\(1\)"),
+    ],
+)
+def test_warp_says_which_matrix_it_takes_and_what_to_pass_instead(transform, shape, says):
+    x = torch.rand(2, 1, 6, 6) if transform != "affine3d" else torch.rand(2, 1, 3, 4, 5)
+    with pytest.raises(ValueError, match=says):
+        stn.warp(x, torch.rand(shape), transform)
+
+
+def test_warp_refuses_an_integer_matrix():
+    with pytest.raises(TypeError, match=r"params must have a floating-point dtype"):
+        stn.warp(torch.rand(2, 1, 6, 6), torch.eye(2, 3, dtype=torch.int64).expand(2, 2, 3), "affine")

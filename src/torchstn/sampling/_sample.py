@@ -12,7 +12,9 @@ from torchstn._validation import check_choice, check_floating, check_same_batch,
 from torchstn.sampling import _fused
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.sampling._reference import reference_sample
-from torchstn.transforms import MatrixTransform, Transform, get_transform
+from torchstn.transforms import (
+    Affine, Affine1D, Affine3D, MatrixTransform, Projective, ThinPlateSpline, Transform, get_transform,
+)
 
 __all__ = [
     "BACKENDS", "BACKEND_CHOICES", "MODES", "PADDINGS", "Backend", "BackendName", "Mode", "Padding",
@@ -207,7 +209,8 @@ def warp(
 
     Args:
         x: input ``(B, C, H, W)`` (``(B, C, D, H, W)`` for 3-D transforms).
-        params: ``(B, P)`` parameters of ``transform``; cast to the dtype of ``x`` (so a
+        params: ``(B, P)`` parameters of ``transform``, or the matrix of a family whose
+            matrix is its parameters (see *Matrix form*); cast to the dtype of ``x`` (so a
             localisation net under autocast can drive a float32 sampler).
         transform: a :class:`~torchstn.transforms.Transform` or its name (``"affine"``, ...).
         size: output spatial size; ``None`` keeps the input's (also in a ``torch.jit.trace``
@@ -225,6 +228,19 @@ def warp(
     Convention:
         ``params`` map output points to input points (``src_from_dst``); the same
         ``align_corners`` is used for the grid and the sampler.
+
+    Matrix form:
+        :class:`~torchstn.Affine` also takes the ``(B, 2, 3)`` ``theta`` of
+        ``F.affine_grid`` (``warp(x, theta, "affine")`` equals ``F.grid_sample(x,
+        F.affine_grid(theta, x.shape))``), :class:`~torchstn.Affine3D` the ``(B, 3, 4)``
+        and :class:`~torchstn.transforms.Affine1D` the ``(B, 1, 2)`` rows: their
+        parameters are these rows, row-major (``theta.flatten(1)``).
+        :class:`~torchstn.Projective` takes the homography ``H`` ``(B, 3, 3)``, divided by
+        ``H[:, 2, 2]`` (a homography is defined up to scale; ``H[2, 2]`` must not be 0),
+        so it warps as ``Projective().params_from_matrix(H)`` does. Nothing else is
+        accepted: a ``(B, 3, 3)`` matrix for ``Affine`` could hold a projective last row,
+        and a matrix for translation, attention or similarity need not lie in the
+        family; the error says what to pass instead.
 
     Precision:
         The grid and the sampling run in the dtype of ``x`` when it is float32 or
@@ -257,7 +273,7 @@ def warp_checked_options(
     the tensors, the transform and the size are checked, each once; the options are not."""
     transform = get_transform(transform)
     check_floating("x", check_tensor("x", x, ndim=transform.ndim + 2))
-    params = transform.check_params(params)
+    params = transform.check_params(_matrix_form(transform, params))
     check_same_batch("x", x, "params", params)
     if params.device != x.device:
         raise ValueError(f"params must be on the device of x ({x.device}), got {params.device}")
@@ -277,6 +293,44 @@ def warp_checked_options(
             grid = transform.grid(params, size, align_corners, check=False)
             out = _run_kernel(xd, grid, mode, padding, align_corners, backend)
     return out.to(x.dtype)
+
+
+def _matrix_form(transform: Transform, params: object) -> object:
+    """``(B, P)`` parameters from the matrix form :func:`warp` accepts (its docstring, *Matrix
+    form*); any other ``params`` unchanged, for ``check_params`` to judge. A 3-D tensor that is
+    no accepted matrix form is refused with what to pass instead."""
+    if not isinstance(params, torch.Tensor) or params.dim() != 3:
+        return params
+    check_floating("params", params)
+    n, shape = transform.ndim, tuple(params.shape[1:])
+    if isinstance(transform, (Affine, Affine1D, Affine3D)) and shape == (n, n + 1):
+        return params.flatten(1)  # the parameters are the rows
+    if isinstance(transform, Projective) and shape == (3, 3):
+        return (params / params[:, 2:, 2:]).flatten(1)[:, :8]
+    raise ValueError(_matrix_form_error(transform, params))
+
+
+def _matrix_form_error(transform: Transform, params: torch.Tensor) -> str:
+    """What :func:`warp` says about a 3-D ``params`` it does not accept, and what to pass instead."""
+    given = f"got shape {tuple(params.shape)}"
+    expected = f"params for {transform.name} must have shape (B, {transform.num_params})"
+    n = transform.ndim
+    if isinstance(transform, (Affine, Affine1D, Affine3D)):
+        takes = " (what F.affine_grid takes)" if n > 1 else ""
+        message = f"{expected} or be the (B, {n}, {n + 1}) matrix of its rows{takes}, {given}"
+        if params.shape[1:] == (n + 1, n + 1):
+            message += f": for a matrix whose last row is [0, ..., 0, 1] pass theta[:, :{n}]"
+            if n == 2:
+                message += "; with another last row it is a homography, warp it with stn.Projective()"
+        return message
+    if isinstance(transform, Projective):
+        return f"{expected} or be the (B, 3, 3) homography, {given}; a (B, 2, 3) affine matrix is warped with stn.Affine()"
+    if isinstance(transform, ThinPlateSpline):
+        k = transform.num_control_points
+        return (f"{expected}: the targets (x, y) of its {k} control points, interleaved, {given}; "
+                f"for targets of shape (B, {k}, 2) pass params.flatten(1)")
+    return (f"{expected}, {given}: a matrix need not lie in the {transform.name} family; warp a (B, 2, 3) "
+            "matrix with stn.Affine() (F.affine_grid's theta), or a (B, 3, 3) one with stn.Projective()")
 
 
 def _spatial_size(x: torch.Tensor) -> tuple[int, ...]:
