@@ -216,3 +216,30 @@ def test_the_first_build_says_so_on_stderr_with_its_duration(monkeypatch, tmp_pa
     (tmp_path / f"{_fused._build_options()[0]}.so").touch()  # now cached: silent
     _fused._build()
     assert capsys.readouterr().err == ""
+
+
+def _no_ninja():
+    raise RuntimeError("Ninja is required to load C++ extensions")
+
+
+def test_a_failed_build_warns_at_the_callers_line(monkeypatch):
+    """The warning names the user's line, not torchstn's, through warp and through a module."""
+    x, p = torch.rand(2, 3, 8, 8), stn.Affine().identity(2)
+    st = stn.SpatialTransformer("affine", stn.conv_localization(3, (8, 8)))
+    for call in (lambda: stn.warp(x, p, "affine"), lambda: st(x)):
+        monkeypatch.setattr(_fused, "_state", {})
+        monkeypatch.setattr(_fused, "_build", _no_ninja)
+        with pytest.warns(RuntimeWarning, match="could not be built.*Ninja is required") as caught:
+            call()
+        assert [(w.filename, w.lineno) for w in caught] == [(__file__, call.__code__.co_firstlineno)]
+
+
+def test_a_failed_first_build_ends_its_line(monkeypatch, tmp_path, capsys):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: _no_ninja())
+    with pytest.raises(RuntimeError, match="Ninja is required"):
+        _fused._build()
+    err = capsys.readouterr().err
+    assert err.startswith("torchstn: building the fused CPU sampler") and err.endswith(" ... failed\n")

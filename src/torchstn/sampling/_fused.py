@@ -22,10 +22,12 @@ to the former ``autograd.Function`` without gradients and 36 µs with them
 The source is ``csrc/fused_warp2d.cpp``: plain C++ with a C interface and no torch
 headers, built on first use by :func:`torch.utils.cpp_extension.load` into torch's
 extension cache under a name that holds the torch build, the flags and the source, and
-called through :mod:`ctypes`. The first build prints one line on stderr with its
-duration. Its arithmetic follows ATen's ``grid_sample`` so that it agrees with every
-other backend. If the build fails (no compiler, no ``ninja``), one warning says why and
-every call falls back to the ``"torch"`` backend.
+called through :mod:`ctypes`. The first build prints one line on stderr when it starts
+and ends it with its duration (10-23 s on a 2-core machine, see ``docs/benchmarks.md``).
+Its arithmetic follows ATen's ``grid_sample`` so that it agrees with every other
+backend. If the build fails (no compiler, no ``ninja``), that line ends in ``failed``,
+one warning, shown at the caller's line, says why, and every call falls back to the
+``"torch"`` backend.
 
 Scope: CPU, float32/float64, bilinear, every padding and both ``align_corners``; other
 modes, devices and dtypes, and 3-D, use the grid path with ``F.grid_sample``, and so do
@@ -40,6 +42,8 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import inspect
+import os
 import sys
 import threading
 import time
@@ -105,10 +109,15 @@ def _build() -> ctypes.CDLL:
         print(f"torchstn: building the fused CPU sampler (first use, cached in {directory}) ...", end="",
               file=sys.stderr, flush=True)
     start = time.perf_counter()
-    path = cpp_extension.load(
-        name=name, sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-        is_python_module=False, verbose=False,
-    )
+    try:
+        path = cpp_extension.load(
+            name=name, sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+            is_python_module=False, verbose=False,
+        )
+    except Exception:
+        if fresh:  # end the line; the warning that follows says why
+            print(" failed", file=sys.stderr, flush=True)
+        raise
     if fresh:
         print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     lib = ctypes.CDLL(path)
@@ -145,9 +154,20 @@ def _library() -> ctypes.CDLL | None:
                     "it would pick it) falls back to F.grid_sample. It needs a C++ compiler with OpenMP (g++) "
                     f"and ninja (pip install ninja). The error: {type(error).__name__}: {error}",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=_caller_stacklevel(),
                 )
     return _state["lib"]  # type: ignore[return-value]
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that shows a warning raised by this function's caller at the first
+    line outside torchstn and torch: the user's call (``warp``, ``sample``, a module's
+    forward, ``torch.compile``...), however many frames lie in between."""
+    inside = (str(Path(__file__).parents[1]) + os.sep, str(Path(torch.__file__).parent) + os.sep)  # torchstn, torch
+    frame, level = inspect.currentframe().f_back, 1  # the frame that calls warnings.warn: level 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @torch.compiler.assume_constant_result
