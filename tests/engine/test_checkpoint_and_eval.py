@@ -1,3 +1,6 @@
+import math
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -16,6 +19,7 @@ from torchstn.engine import (
     theta_diagnostics,
 )
 from torchstn.engine._checkpoint import capture_rng, restore_rng
+from torchstn.engine._diagnostics import MAX_CLASS_SPREAD, MIN_CLASS_SHARE, predicted_classes, warp_log_area
 from torchstn.engine._figures import plot_run, warp_outline
 
 
@@ -105,6 +109,80 @@ def test_diagnostics_flag_a_zoomed_out_transformer():
     with torch.no_grad():
         st.regressor.bias.fill_(float("nan"))
     assert "not finite" in collapse_warnings(theta_diagnostics([st], x))[0]
+
+
+def test_warp_log_area_is_the_log_determinant_of_the_warp():
+    a = torch.tensor([[1.3, 0.4, 0.1, -0.2, 0.7, 0.3], [0.5, 0.0, 0.0, 0.0, -0.5, 0.0]], dtype=torch.float64)
+    expected = torch.linalg.det(a.reshape(2, 2, 3)[:, :, :2]).abs().log()
+    assert torch.allclose(warp_log_area(stn.Affine(), a), expected)
+    scale2 = torch.tensor([[2.0, 0, 0, 0, 0, 2.0, 0, 0, 0, 0, 2.0, 0]])  # doubles every side of the volume
+    assert warp_log_area(stn.Affine3D(), scale2).item() == pytest.approx(3 * math.log(2), rel=1e-5)
+    for transform in (stn.ThinPlateSpline(), stn.Projective(), stn.Similarity()):
+        assert warp_log_area(transform, transform.identity(batch=3)).abs().max() < 1e-5
+    bent = stn.ThinPlateSpline().identity(batch=1) * 0.5  # every control point pulled halfway to the centre
+    assert warp_log_area(stn.ThinPlateSpline(), bent).item() == pytest.approx(math.log(0.25), abs=1e-3)
+
+
+class _MeanIntensity(torch.nn.Module):
+    """A localisation 'net' whose one feature is the image's mean intensity."""
+
+    def forward(self, x):
+        return x.mean(dim=(1, 2, 3))[:, None]
+
+
+def _scale_by_intensity(gain):
+    """An affine transformer that zooms out by ``1 + gain * (mean intensity - 0.25)`` on both axes."""
+    st = stn.SpatialTransformer(stn.Affine(), _MeanIntensity(), in_features=1)
+    with torch.no_grad():
+        st.regressor.weight.zero_()
+        st.regressor.weight[[0, 4], 0] = gain
+        st.regressor.bias.copy_(torch.tensor([1.0 - 0.25 * gain, 0, 0, 0, 1.0 - 0.25 * gain, 0]))
+    return st
+
+
+def test_diagnostics_warn_when_the_warp_encodes_the_class():
+    torch.manual_seed(0)
+    classes = torch.arange(64) % 4
+    brightness = (classes + 1) / 4 + 0.02 * torch.randn(64)  # class c is drawn at intensity (c + 1) / 4
+    x = brightness[:, None, None, None].expand(64, 1, 8, 8).contiguous()
+    (d,) = theta_diagnostics([_scale_by_intensity(1.6)], x, classes=classes)
+    # class 3 is read through a frame 2.2x as wide and high as class 0's: 4.8x the area
+    assert d["class_spread"] == pytest.approx(2 * math.log(2.2), rel=0.05) and d["class_share"] > 0.95
+    assert sorted(d["class_log_area"]) == ["0", "1", "2", "3"]
+    (warning,) = collapse_warnings([d])
+    assert "encode the class" in warning and f"differs {math.exp(d['class_spread']):.1f}x" in warning
+    areas = [float(a) for a in re.search(r"identity's: 0: (\S+), 1: (\S+), 2: (\S+), 3: ([\d.]+)", warning).groups()]
+    assert areas == pytest.approx([1.0, 1.4**2, 1.8**2, 2.2**2], rel=0.05)  # the area read for each class
+
+    # the same dependence with 1.2x the side (1.44x the area) between the extreme classes: the class sets
+    # the zoom, but by less than the threshold, as an object whose size depends on its class may
+    (mild,) = theta_diagnostics([_scale_by_intensity(0.25)], x, classes=classes)
+    assert mild["class_share"] > MIN_CLASS_SHARE and mild["class_spread"] < MAX_CLASS_SPREAD
+    assert collapse_warnings([mild]) == []
+
+    # healthy: the zoom varies as much, but with each image's intensity, not with its class
+    shuffled = x[torch.randperm(64)]
+    (healthy,) = theta_diagnostics([_scale_by_intensity(1.6)], shuffled, classes=classes)
+    assert healthy["class_share"] < MIN_CLASS_SHARE and collapse_warnings([healthy]) == []
+    assert healthy["log_area"] == pytest.approx(d["log_area"])  # the same warps, differently labelled
+
+    # without the predicted classes there is nothing to compare; a class with too few images is left out
+    assert "class_spread" not in theta_diagnostics([_scale_by_intensity(1.6)], x)[0]
+    (few,) = theta_diagnostics([_scale_by_intensity(1.6)], x[:20], classes=torch.tensor([0] * 16 + [3] * 4))
+    assert list(few["class_log_area"]) == ["0"] and few["class_spread"] == 0.0
+
+
+def test_predicted_classes_leave_the_model_and_the_random_state_alone():
+    class Noisy(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :3] + torch.rand(len(x), 3) * (1.0 if self.training else 0.0)
+
+    model, x = Noisy().train(), torch.tensor([[[[0.0, 2.0, 1.0]]], [[[5.0, 1.0, 0.0]]]])
+    torch.manual_seed(1)
+    assert predicted_classes(model, x).tolist() == [1, 0]  # in eval mode: no noise
+    after = torch.rand(3)
+    torch.manual_seed(1)
+    assert torch.equal(after, torch.rand(3)) and model.training
 
 
 def test_warp_outline_maps_the_frame_into_the_input():

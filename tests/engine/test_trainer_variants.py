@@ -40,6 +40,9 @@ def test_pstn_trains_on_a_tiny_set_and_reports_calibration(tmp_path, shapes):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all({"test_error", "test_ece", "test_nll", "train_kl"} <= line.keys() for line in lines)
     assert all(0.0 <= line["test_ece"] <= 1.0 and line["test_nll"] > 0 for line in lines)
+    # the θ diagnostics are taken with the predicted classes (does the warp encode the class?)
+    per_class = {"log_area", "class_log_area", "class_spread", "class_share"}
+    assert all(per_class <= line["theta"][0].keys() for line in lines)
 
 
 def test_pstn_figure_has_sampled_warps_and_a_reliability_diagram(tmp_path, shapes):

@@ -35,7 +35,7 @@ from torch import nn
 from torchstn.engine._checkpoint import capture_rng, read_checkpoint, read_training_state, restore_rng
 from torchstn.engine._config import TrainConfig
 from torchstn.engine._data import dataset_model_args, epoch_batches, fetch_inputs, load_split, shard
-from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
+from torchstn.engine._diagnostics import collapse_warnings, predicted_classes, theta_diagnostics
 from torchstn.engine._evaluate import evaluate, precision_context
 from torchstn.engine._rundir import RunDir
 from torchstn.models import check_model_args, create_model
@@ -457,7 +457,9 @@ def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple
         return
     core = session.core
     x, _, inputs = diagnostics_batch
-    diagnostics = theta_diagnostics(core.transformers, x, **inputs) if len(getattr(core, "transformers", ())) else []
+    diagnostics = []
+    if len(getattr(core, "transformers", ())):  # with the predicted classes: does the warp encode the class?
+        diagnostics = theta_diagnostics(core.transformers, x, classes=predicted_classes(core, x, **inputs), **inputs)
     record["theta"] = diagnostics
     record["warnings"] = collapse_warnings(diagnostics)
     _print(_epoch_line(record, session.epochs), main=True)
