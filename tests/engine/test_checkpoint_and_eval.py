@@ -195,6 +195,30 @@ def test_warp_outline_maps_the_frame_into_the_input():
     assert len(lines) == 1 + 2 * 3
 
 
+def test_plot_run_explains_what_it_draws(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    drawn, save = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k)))
+    data = TensorDataset(torch.rand(6, 1, 28, 28), torch.arange(6) % 4)
+    history = [{"epoch": e, "step": 10 * e, "train_loss": 2.0 / e**3, "test_loss": 2.1 / e**3,
+                "train_error": 0.7 / e**3, "test_error": 0.7 / e**3, "theta": [{"distance": 0.3 * e, "outside": 0.05}]}
+               for e in (1, 2, 3)]
+    plot_run(stn.create_model("p-stn", input_size=28, num_classes=4), data, tmp_path / "fig.png", history=history,
+             num=3, calibration_images=5)
+    (fig,) = drawn
+    key = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert key[0] == "grey: outside the input" and "ST: border of what it reads" in key
+    assert "border for the mean θ" in key and any(k.startswith("above: predicted class") for k in key)
+    axes = {ax.get_title(): ax for ax in fig.axes}
+    assert axes["error (%), log scale"].get_yscale() == "log" == axes["cross-entropy loss, log scale"].get_yscale()
+    assert "on the first 5 images" in next(title for title in axes if title.startswith("reliability: ECE"))
+    # the diagnostics: distance on the left axis, the share outside on a twin axis of its own, in %
+    assert axes["transformer diagnostics (test)"].get_ylabel() == "mean |θ − identity|"
+    assert [ax.get_ylabel() for ax in fig.axes].count("outside the input (%)") == 1
+
+
 def test_plot_run_draws_every_kind_of_model(tmp_path):
     x, y = torch.rand(6, 1, 28, 28), torch.arange(6) % 4
     data = TensorDataset(x, y)

@@ -18,6 +18,8 @@ from torchstn.transforms import ThinPlateSpline
 __all__ = ["plot_run", "sampled_params", "warp_outline"]
 
 _COLORS = ("#e8412c", "#2c8be8", "#33b04a", "#e8a92c")
+_OUTSIDE = "#d8d8d8"  # the background of an input's view: where the input has no pixels
+_SHARE = "#8c8c8c"  # the images-per-bin histogram under the reliability diagram
 
 
 def warp_outline(st: SpatialTransformer, theta: torch.Tensor, input_size: Sequence[int], lines: int = 5) -> list[torch.Tensor]:
@@ -100,28 +102,47 @@ def _probabilities(
     return torch.cat(probs), torch.cat(labels)
 
 
-def _plot_reliability(ax: Any, probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> None:
-    """Reliability diagram: accuracy per confidence bin against the diagonal, counts shaded."""
+def _plot_reliability(fig: Any, cell: Any, probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> None:
+    """Reliability diagram of the first ``len(labels)`` images, above the number of images per bin.
+
+    Per confidence bin: the accuracy (bar), the bin's mean confidence (tick) and the gap
+    between them (hatched), against the diagonal of perfect calibration. Below, on a log
+    axis, how many images each bin holds, so that a bar of a one-image bin is read as such.
+    """
+    import numpy as np
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import LogLocator
+
     confidence, accuracy, count = (t.double().numpy() for t in calibration_bins(probs, labels, bins=bins))
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64).numpy()
     centres, width = (edges[:-1] + edges[1:]) / 2, 1.0 / bins
     filled = count > 0
-    ax.bar(centres[filled], accuracy[filled], width=width * 0.95, color="#2c8be8", edgecolor="#1b5c9e",
-           label="accuracy")
-    ax.bar(centres[filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=width * 0.95,
-           color="#e8412c", alpha=0.35, label="gap to confidence")
-    ax.plot([0, 1], [0, 1], "--", color="gray", lw=1)
-    share = ax.twinx()
-    share.step(edges[:-1], count / max(count.sum(), 1), where="post", color="black", lw=0.8, alpha=0.6)
-    share.set_ylim(0, 1)
-    share.set_yticks([])
-    ece = float(expected_calibration_error(probs, labels, bins=bins))
+    top, bottom = cell.subgridspec(2, 1, height_ratios=[3.2, 1], hspace=0.08)
+    ax = fig.add_subplot(top)
+    ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="calibrated")
+    ax.bar(centres[filled], accuracy[filled], width=width * 0.95, color="#2c8be8", label="accuracy")
+    low = np.minimum(confidence, accuracy)[filled]
+    ax.bar(centres[filled], np.abs(confidence - accuracy)[filled], bottom=low, width=width * 0.95, color="none",
+           edgecolor="#e8412c", hatch="////", lw=0.8)
+    ax.plot(centres[filled], confidence[filled], "_", color="black", ms=9, mew=1.6, label="confidence")
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (line: share of images)")
+    ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability ({len(labels)} images), ECE {ece:.3f}", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.tick_params(labelbottom=False)
+    ece = float(expected_calibration_error(probs, labels, bins=bins))
+    ax.set_title(f"reliability: ECE {ece:.3f}\non the first {len(labels):,} images", fontsize=10)
+    handles, names = ax.get_legend_handles_labels()
+    handles += [Patch(facecolor="none", edgecolor="#e8412c", hatch="////"), Patch(color=_SHARE)]
+    names += ["gap (mean: ECE)", "images (below)"]
+    ax.legend(handles, names, fontsize=7, loc="upper left", framealpha=0.9, handlelength=1.6)
+    share = fig.add_subplot(bottom, sharex=ax)
+    share.bar(centres[filled], count[filled], width=width * 0.95, color=_SHARE)
+    share.set_yscale("log")
+    share.set_ylim(0.5, max(float(count.max()), 1.0) * 3)
+    _plain_ticks(share.yaxis, LogLocator(base=10, numticks=4))
+    share.set_xlabel("confidence (top class probability)")
+    share.set_ylabel("images", fontsize=8)
+    share.tick_params(labelsize=7)
 
 
 def _image(x: torch.Tensor) -> tuple[Any, str | None]:
@@ -150,13 +171,19 @@ def plot_run(
 
     Row 1 shows ``num`` test inputs with, for each transformer, the border of its
     output frame mapped into the input (a quadrilateral, or a bent grid for a
-    thin-plate spline) and the predicted / true label. Row 2 (one per transformer)
-    shows what the transformer made of each input. The last row shows loss and error
-    per epoch (train and test) and the θ diagnostics (distance from the identity,
-    fraction of sampling points outside the input) when ``history`` is given, and a
-    reliability diagram (accuracy per confidence bin, 15 bins, with the ECE) of the first
-    ``calibration_images`` items. For a P-STN a row after the inputs draws
-    ``warp_samples`` sampled warps on each input (thin) around the mean warp (thick).
+    thin-plate spline) and the predicted / true label, on grey where the view extends
+    beyond the input. Row 2 (one per transformer) shows what the transformer made of
+    each input. A key above the images says what the grey, the lines and the labels
+    mean. When ``history`` is given, the last row shows loss and error per step (the
+    running train curve, test at the end of each epoch) on log axes, so the end of
+    training reads as well as its start, and the θ diagnostics per epoch: distance
+    from the identity (left axis) and share of sampling points outside the input
+    (right axis). It ends with a reliability diagram (accuracy, mean confidence and
+    their gap per confidence bin, 15 bins, with the ECE) of the first
+    ``calibration_images`` items, above the number of images in each bin (log axis).
+    The diagram's ECE is of those images only: a caller quoting the ECE of a whole
+    test set in ``title`` should say so. For a P-STN a row after the inputs draws
+    ``warp_samples`` sampled warps on each input (thin) around the mean warp (dashed).
 
     Args:
         model: a registry model (``.transformers``, ``.transform_input``).
@@ -186,20 +213,58 @@ def plot_run(
     probs, labels = _probabilities(model, dataset, min(calibration_images, len(dataset)), device, ground_truth_init)
     image_rows = 1 + len(shown.samples) + len(shown.transformers)
     curve_panels = (3 if shown.transformers and history else 2 if history else 0) + 1  # + the reliability diagram
-    fig = plt.figure(figsize=(max(1.45 * num, 3.2 * curve_panels), 1.6 * image_rows + 3.2 + 0.6))
-    grid = fig.add_gridspec(image_rows + 1, 1, height_ratios=[1.0] * image_rows + [2.2], hspace=0.35)
+    width = max(1.45 * num, 3.4 * curve_panels)
+    key = _key(shown, warp_samples)
+    columns = _key_columns(width, [entry.get_label() for entry in key])
+    key_rows = -(-len(key) // columns)
+    height = 1.6 * image_rows + 3.6 + 0.6 + 0.25 * key_rows  # images, curves, title, key
+    fig = plt.figure(figsize=(width, height))
+    top = 1 - (0.75 + 0.25 * key_rows) / height  # below the title and the key, above the inputs' labels
+    grid = fig.add_gridspec(image_rows + 1, 1, height_ratios=[1.0] * image_rows + [2.6], hspace=0.35, top=top)
     rows = grid[:image_rows].subgridspec(image_rows, num, wspace=0.08, hspace=0.25)
     _draw_examples(fig, rows, shown, warp_samples, ground_truth_init)
-    cells = grid[image_rows].subgridspec(1, curve_panels, wspace=0.3)
+    fig.legend(handles=key, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.4 / height), ncol=columns,
+               fontsize=8, frameon=False, handlelength=2.2, columnspacing=1.6)
+    cells = grid[image_rows].subgridspec(1, curve_panels, wspace=0.6)
     if history:
         _plot_curves(fig, cells, history, bool(shown.transformers))
-    _plot_reliability(fig.add_subplot(cells[0, curve_panels - 1]), probs, labels)
-    fig.suptitle(title or "", fontsize=11)
+    _plot_reliability(fig, cells[0, curve_panels - 1], probs, labels)
+    fig.suptitle(title or "", fontsize=11, y=1 - 0.12 / height, va="top")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def _key_columns(width: float, labels: list[str]) -> int:
+    """Columns of the key above the images: all in one row where they fit in ``width`` inches
+    (about 0.065 inch a character at 8 points, 0.6 inch for a handle and the gap), else fewer."""
+    for columns in range(len(labels), 1, -1):
+        rows = -(-len(labels) // columns)
+        widest = [max((len(label) for label in labels[c * rows:(c + 1) * rows]), default=0) for c in range(columns)]
+        if 0.065 * sum(widest) + 0.6 * columns <= width:
+            return columns
+    return 1
+
+
+def _key(shown: _Examples, warp_samples: int) -> list[Any]:
+    """The legend of the image rows: what the grey, the lines and the labels above the inputs mean."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    key: list[Any] = [Patch(facecolor=_OUTSIDE, edgecolor="black", lw=0.5, label="grey: outside the input")]
+    for k, st in enumerate(shown.transformers):
+        name = f"ST {k + 1}" if len(shown.transformers) > 1 else "ST"
+        grid = " (and its bent grid)" if isinstance(st.transform, ThinPlateSpline) else ""
+        label = f"{name}: border of what it reads{grid}"
+        key.append(Line2D([], [], color=_COLORS[k % len(_COLORS)], lw=1.4, label=label))
+    if shown.samples:
+        color = _COLORS[shown.samples[0][0] % len(_COLORS)]
+        key.append(Line2D([], [], color=color, lw=0.6, label=f"borders for {warp_samples} sampled θ"))
+        key.append(Line2D([], [], color="black", lw=1.2, ls="--", label="border for the mean θ"))
+    key.append(Line2D([], [], ls="none", label="above: predicted class (true one in red if wrong)"))
+    return key
 
 
 @dataclass
@@ -309,7 +374,7 @@ def _frame(ax: Any, view: tuple[Any, Any]) -> None:
     """The shared view of an input row, grey outside the input, no ticks."""
     ax.set_xlim(*view[0])
     ax.set_ylim(*view[1])
-    ax.set_facecolor("#d8d8d8")
+    ax.set_facecolor(_OUTSIDE)
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -325,31 +390,81 @@ def _draw_output(ax: Any, img: tuple[Any, str | None], color: str) -> None:
 
 
 def _plot_curves(fig: Any, cells: Any, history: Sequence[dict[str, Any]], with_theta: bool) -> None:
-    """Loss and error against the step: the running train curve, test at the end of each epoch."""
+    """Loss and error against the step on log axes (the end of training stays legible next to its
+    start), the running train curve and the test value at the end of each epoch; the θ diagnostics."""
     steps = [h.get("step", h["epoch"]) for h in history]
     curve = [point for h in history for point in h.get("train_curve", [])]
-    for col, (key, title, scale) in enumerate((("loss", "cross-entropy loss", 1.0), ("error", "error (%)", 100.0))):
+    for col, (key, title, scale, unit) in enumerate((("loss", "cross-entropy loss", 1.0, ""),
+                                                      ("error", "error (%)", 100.0, "%"))):
         ax = fig.add_subplot(cells[0, col])
         if curve:
-            ax.plot([p[0] for p in curve], [scale * p[1 + col] for p in curve], "-", lw=1, label="train")
+            ax.plot([p[0] for p in curve], _positive([scale * p[1 + col] for p in curve]), "-", lw=1, label="train")
         else:
-            ax.plot(steps, [scale * h[f"train_{key}"] for h in history], "o-", ms=3, label="train")
-        ax.plot(steps, [scale * h[f"test_{key}"] for h in history], "o-", ms=4, label="test")
+            ax.plot(steps, _positive([scale * h[f"train_{key}"] for h in history]), "o-", ms=3, label="train")
+        test = [scale * h[f"test_{key}"] for h in history]
+        ax.plot(steps, _positive(test), "o-", ms=4, label="test")
+        last = {"text": f"{test[-1]:#.3g}{unit}", "ha": "right", "fontsize": 8, "color": "C1",
+                "bbox": {"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1}}
+        if test[-1] > 0:  # the last test value, beside its point
+            ax.annotate(xy=(steps[-1], test[-1]), xytext=(0, 7), textcoords="offset points", **last)
+        else:  # 0 has no place on a log axis
+            ax.annotate(xy=(0.97, 0.04), xycoords="axes fraction", **{**last, "text": f"last test 0{unit}"})
         ax.set_xlabel("step")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(f"{title}, log scale", fontsize=10)
         ax.set_xlim(left=0)
-        ax.set_ylim(bottom=0)
+        _log_axis(ax)
         ax.legend(fontsize=8)
     if with_theta and all(h.get("theta") for h in history):
-        ax = fig.add_subplot(cells[0, 2])
-        for k in range(len(history[0]["theta"])):
-            color = _COLORS[k % len(_COLORS)]
-            ax.plot(steps, [h["theta"][k]["distance"] for h in history], "o-", color=color, ms=3,
-                    label=f"ST {k + 1}: |θ - identity|")
-            ax.plot(steps, [h["theta"][k]["outside"] for h in history], "s--", color=color, ms=3, alpha=0.7,
-                    label=f"ST {k + 1}: samples outside")
-        ax.set_xlabel("step")
-        ax.set_title("transformer diagnostics (test)", fontsize=10)
-        ax.set_xlim(left=0)
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=7)
+        _plot_theta(fig.add_subplot(cells[0, 2]), steps, history)
+
+
+def _positive(values: list[float]) -> list[float]:
+    """``values`` with the ones a log axis cannot show (0: no error in a window) left out as gaps."""
+    return [v if v > 0 else float("nan") for v in values]
+
+
+def _log_axis(ax: Any) -> None:
+    """A log y-axis labelled in plain numbers (1, 2, 5, 10, ...; every integer multiple when
+    the data spans less than a factor 5, so that a curve that barely moved still has ticks)."""
+    from matplotlib.ticker import LogLocator
+
+    ax.set_yscale("log")
+    low, high = ax.dataLim.y0, ax.dataLim.y1
+    subs = (1.0, 2.0, 5.0) if low > 0 and high / low >= 5 else tuple(float(m) for m in range(1, 10))
+    _plain_ticks(ax.yaxis, LogLocator(base=10, subs=subs))
+
+
+def _plain_ticks(axis: Any, locator: Any) -> None:
+    """Major ticks of a log ``axis`` at ``locator``, labelled ``0.5``, ``2``, ``100`` (not ``10^2``),
+    and no labels on the minor ticks."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_locator(locator)
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _plot_theta(ax: Any, steps: list[int], history: Sequence[dict[str, Any]]) -> None:
+    """Distance of θ from the identity (left axis) and share of sampling points outside the input
+    (right axis, %), per transformer, at the end of each epoch."""
+    from matplotlib.lines import Line2D
+
+    outside = ax.twinx()
+    count = len(history[0]["theta"])
+    for k in range(count):
+        color = _COLORS[k % len(_COLORS)]
+        ax.plot(steps, [h["theta"][k]["distance"] for h in history], "o-", color=color, ms=5)
+        outside.plot(steps, [100 * h["theta"][k]["outside"] for h in history], "s--", color=color, ms=5, mfc="white")
+    ax.set_xlabel("step")
+    ax.set_title("transformer diagnostics (test)", fontsize=10)
+    ax.set_xlim(0, max(steps) * 1.05 if max(steps) > 0 else 1)
+    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-3) * 1.15)
+    ax.set_ylabel("mean |θ − identity|", fontsize=9)
+    highest = max(100 * h["theta"][k]["outside"] for h in history for k in range(count))
+    outside.set_ylim(0, max(5.0, highest * 1.25))
+    outside.set_ylabel("outside the input (%)", fontsize=9)
+    key = [Line2D([], [], color="black", marker="o", ms=5, label="|θ − identity| (left)"),
+           Line2D([], [], color="black", marker="s", ms=5, mfc="white", ls="--", label="outside, % (right)")]
+    if count > 1:
+        key += [Line2D([], [], color=_COLORS[k % len(_COLORS)], lw=3, label=f"ST {k + 1}") for k in range(count)]
+    ax.legend(handles=key, fontsize=7, loc="best")
