@@ -76,3 +76,10 @@ def test_python_m_and_the_console_script_run_main():
     for command in commands:
         proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0 and proc.stdout.strip() == f"torchstn {__version__}", proc.stderr
+
+
+@pytest.mark.parametrize("command", [["train"], ["reproduce", "stn-table1"], ["eval", "run"]], ids=" ".join)
+def test_a_misspelt_option_is_reported_with_its_commands_usage(cli, command):
+    run = cli(*command, "--stepz", 5)
+    assert run.status == 2
+    assert f"usage: torchstn {command[0]}" in run.err and "unrecognized arguments: --stepz 5" in run.err
