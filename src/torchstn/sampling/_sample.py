@@ -254,6 +254,9 @@ def warp(
         >>> theta = stn.Affine().identity(batch=2)
         >>> torch.allclose(stn.warp(x, theta, stn.Affine()), x, atol=1e-6)
         True
+        >>> matrix = torch.eye(2, 3).expand(2, 2, 3)  # the (B, 2, 3) theta of F.affine_grid
+        >>> torch.equal(stn.warp(x, matrix, "affine"), stn.warp(x, matrix.flatten(1), "affine"))
+        True
     """
     check_options(mode, padding, "auto" if backend is None else backend)
     return warp_checked_options(x, params, transform, size, mode, padding, bool(align_corners), backend)
