@@ -68,10 +68,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _title(config: TrainConfig, info: dict[str, Any], history: list[dict[str, Any]]) -> str:
-    """``MODEL on DATA (epoch E, test error ..., ECE ..., NLL ...)`` from the last epoch's record."""
-    title = f"{config.model} on {config.data} (epoch {info['epoch']}"
+    """``MODEL on DATA, epoch E: test error ..., ECE ..., NLL ... on <which test images>`` from the last record.
+
+    The images are named because the figure's reliability panel reports its own ECE on
+    its own (first ``--calibration-images``) images.
+    """
+    title = f"{config.model} on {config.data}, epoch {info['epoch']}"
     if history:
-        title += f", test error {history[-1]['test_error']:.2%}"
+        images = "all test images" if config.test_limit is None else f"the first {config.test_limit:,} test images"
+        title += f": test error {history[-1]['test_error']:.2%}"
         if "test_ece" in history[-1]:
             title += f", ECE {history[-1]['test_ece']:.3f}, NLL {history[-1]['test_nll']:.3f}"
-    return title + ")"
+        title += f" on {images}"
+    return title
