@@ -10,7 +10,7 @@ import torchstn
 #: pytest's own reason, "all tests skipped by +SKIP option", names neither the example nor why;
 #: a new all-skipped example without an entry here stops the collection.
 SKIPPED_EXAMPLES = {
-    "torchstn.engine._rundir.load_model": "needs a trained run directory (runs/demo-st, written by "
+    "torchstn.engine._rundir.load_model": "needs a trained run directory (runs/demo/st-cnn-aff, written by "
     "`torchstn demo`); tests/engine load trained runs",
     "torchstn.data._datasets.get_dataset": "needs the MNIST files (--data-dir, TORCHSTN_DATA or a download); "
     "tests/data runs it on the real files",

@@ -198,7 +198,7 @@ def load_model(run_or_ckpt: str | Path, which: str = "best", map_location: str |
         ``step``, ``metrics`` and ``path``.
 
     Example:
-        >>> model, config, info = load_model("runs/demo-st")  # doctest: +SKIP
+        >>> model, config, info = load_model("runs/demo/st-cnn-aff")  # doctest: +SKIP
     """
     path = resolve_checkpoint(run_or_ckpt, which)
     tensors, config, info = read_checkpoint(path)
