@@ -33,6 +33,7 @@ def precision_context(precision: str, device: str | torch.device) -> contextlib.
     return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), so that bf16 autocast can win.
 

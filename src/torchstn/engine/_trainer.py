@@ -227,6 +227,7 @@ class _Session:
     test_set: Any
     model: nn.Module  # what the loop calls: ``core``, wrapped in DDP under torchrun
     core: nn.Module
+    grad_params: list[nn.Parameter]  # what gradient clipping bounds
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     batch_size: int
@@ -317,6 +318,7 @@ def _set_up(config: TrainConfig, ddp: _Distributed, run_dir: RunDir | None, trai
     optimizer = build_optimizer(model, config)
     return _Session(
         config=config, ddp=ddp, run_dir=run_dir, train_set=train_set, test_set=test_set, model=model, core=model,
+        grad_params=[p for p in model.parameters() if p.requires_grad],
         optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps)),
         batch_size=batch_size, total_steps=total_steps, epochs=math.ceil(total_steps / per_epoch),
     )
@@ -376,7 +378,7 @@ def _train_step(
     session.optimizer.zero_grad(set_to_none=True)
     objective.backward()
     if config.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_([p for p in core.parameters() if p.requires_grad], config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(session.grad_params, config.grad_clip)
     session.optimizer.step()
     session.scheduler.step()
     session.step += 1
