@@ -85,8 +85,8 @@ _FORWARD_ARGS = [_int, _ptr, _ptr, _ptr, _ptr, _dbl, _ptr] + [_i64] * 6 + [_int,
 _BACKWARD_ARGS = [_int, _ptr, _ptr, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr] + [_i64] * 6 + [_int, _int, _int]
 
 
-def _build_options() -> tuple[str, list[str]]:
-    """The extension's cache name and compiler flags.
+def _build_options(source: Path = _SOURCE, abi: int = _ABI) -> tuple[str, list[str]]:
+    """The extension's cache name and compiler flags (for ``source``, by default the 2-D kernel's).
 
     The name holds everything the binary depends on (torch version and build, flags,
     source), so two environments sharing torch's extension cache never rebuild each
@@ -95,23 +95,30 @@ def _build_options() -> tuple[str, list[str]]:
     """
     isa = "avx2" if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "base"
     flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"] + (["-mavx2", "-mfma"] if isa == "avx2" else [])
-    identity = "\n".join([torch.__version__, str(torch.version.git_version), " ".join(flags), _SOURCE.read_text()])
-    return f"torchstn_fused_warp2d_v{_ABI}_{isa}_{hashlib.sha256(identity.encode()).hexdigest()[:12]}", flags
+    identity = "\n".join([torch.__version__, str(torch.version.git_version), " ".join(flags), source.read_text()])
+    return f"torchstn_{source.stem}_v{abi}_{isa}_{hashlib.sha256(identity.encode()).hexdigest()[:12]}", flags
 
 
-def _build() -> ctypes.CDLL:
+def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
+    """Build the C++ ``source`` on first use (cached by torch) and load it.
+
+    ``what`` names the kernel in the line printed while a first build runs. The library
+    must export ``torchstn_<stem>_abi_version()`` (``<stem>``: the file's name without
+    ``fused_``) returning ``abi``; a stale build raises. Shared by the 2-D kernel and
+    :mod:`torchstn.sampling._fused3d`.
+    """
     from torch.utils import cpp_extension  # imports setuptools; only when the backend is first used
 
-    name, flags = _build_options()
+    name, flags = _build_options(source, abi)
     directory = Path(cpp_extension._get_build_directory(name, verbose=False))
     fresh = not (directory / f"{name}.so").exists()
     if fresh:
-        print(f"torchstn: building the fused CPU sampler (first use, cached in {directory}) ...", end="",
+        print(f"torchstn: building {what} (first use, cached in {directory}) ...", end="",
               file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
         path = cpp_extension.load(
-            name=name, sources=[str(_SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+            name=name, sources=[str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
             is_python_module=False, verbose=False,
         )
     except Exception:
@@ -121,8 +128,14 @@ def _build() -> ctypes.CDLL:
     if fresh:
         print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     lib = ctypes.CDLL(path)
-    if lib.torchstn_warp2d_abi_version() != _ABI:
-        raise RuntimeError(f"{path} is a stale build (ABI {lib.torchstn_warp2d_abi_version()}, expected {_ABI})")
+    version = getattr(lib, f"torchstn_{source.stem.removeprefix('fused_')}_abi_version")()
+    if version != abi:
+        raise RuntimeError(f"{path} is a stale build (ABI {version}, expected {abi})")
+    return lib
+
+
+def _build() -> ctypes.CDLL:
+    lib = load_kernel(_SOURCE, _ABI, "the fused CPU sampler")
     for dtype in ("f32", "f64"):
         forward, backward = getattr(lib, f"torchstn_warp2d_{dtype}_forward"), getattr(lib, f"torchstn_warp2d_{dtype}_backward")
         forward.argtypes, forward.restype = _FORWARD_ARGS, _int
