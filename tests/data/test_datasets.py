@@ -17,13 +17,17 @@ NAMES = [
     "mnist", "mnist-r", "mnist-rts", "mnist-p", "mnist-e", "mnist-cluttered",
     "mnist-addition", "mnist-perturbed", "mnist-rotated",
 ]
+# the other names: mnist-3d (tests/data/test_mnist3d.py), cifar10 (test_cifar.py), ucr:<Name> (test_ucr.py)
+FIXED = [*NAMES, "mnist-3d", "cifar10"]
 
 
 def test_names_and_unknown_name():
-    assert list_datasets() == NAMES
+    names = list_datasets()
+    assert names[: len(FIXED)] == FIXED
+    assert names[len(FIXED) :] == [f"ucr:{n}" for n in stn.data.ucr_datasets()]
     with pytest.raises(ValueError) as err:
         get_dataset("mnist-twirl")
-    for name in NAMES:
+    for name in FIXED + ["ucr:<Name>"]:
         assert name in str(err.value)
 
 

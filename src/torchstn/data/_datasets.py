@@ -1,6 +1,7 @@
 """PyTorch datasets over MNIST and its distortions: the path the training engine uses.
 
-Items are ``(image, label)``: ``image`` float32 ``(C, H, W)`` in [0, 1], ``label`` an
+Items are ``(image, label)``: ``image`` float32 ``(C, H, W)`` in [0, 1] (``(1, D, H, W)``
+for ``mnist-3d``, ``(D, L)`` z-normalised series for ``ucr:<Name>``), ``label`` an
 int. Every dataset has ``num_classes`` and ``input_shape``; distorted ones also
 ``params`` ``(N, P)`` (the ground truth of each sample) and ``transform`` (its
 family, ``None`` where the parameters are not one family). Datasets implement
@@ -20,29 +21,39 @@ import torch
 from torch.utils.data import Dataset
 
 from torchstn._validation import check_bool, check_choice, check_int, check_tensor
+from torchstn.data._cifar import load_cifar10
 from torchstn.data._generate import BLOCK, distorted_mnist, draw_blocks, load_sources
 from torchstn.data._geometry import make_generator
 from torchstn.data._mnist import SPLITS, load_mnist
 from torchstn.data._recipes import KINDS, Draw, Recipe, Sources, get_recipe
+from torchstn.data._ucr import UCR_PADDINGS, load_ucr, ucr_datasets
 from torchstn.transforms import Transform
 
-__all__ = ["DATASETS", "PSTN_SIZES", "MNISTDataset", "OnlineDistortedMNIST", "get_dataset", "list_datasets", "pstn_fold"]
+__all__ = [
+    "DATASETS", "PSTN_SIZES", "UCR_PREFIX", "MNISTDataset", "OnlineDistortedMNIST", "TimeSeriesDataset", "get_dataset",
+    "list_datasets", "pstn_fold",
+]
 
-#: dataset names accepted by :func:`get_dataset`
-DATASETS: tuple[str, ...] = ("mnist",) + tuple(f"mnist-{k}" for k in KINDS)
+#: dataset names accepted by :func:`get_dataset` (besides ``"ucr:<Name>"``)
+DATASETS: tuple[str, ...] = ("mnist",) + tuple(f"mnist-{k}" for k in KINDS) + ("cifar10",)
+#: the prefix of a UCR data set's name: ``"ucr:GunPoint"``
+UCR_PREFIX = "ucr:"
 
 #: the P-STN small-data training-set sizes
 PSTN_SIZES: tuple[int, ...] = (30, 100, 1000, 3000, 10000)
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by :func:`get_dataset`.
+    """Names accepted by :func:`get_dataset`: :data:`DATASETS`, then ``"ucr:<Name>"`` for
+    every UCR data set found without a ``root`` (in ``$TORCHSTN_DATA``, the user cache,
+    or shipped by the installed ``aeon``; see :func:`~torchstn.data.load_ucr`).
+    ``get_dataset`` also takes ``"ucr:<Name>"`` for a set under its ``root``.
 
     Example:
         >>> stn.data.list_datasets()[:3]
         ['mnist', 'mnist-r', 'mnist-rts']
     """
-    return list(DATASETS)
+    return list(DATASETS) + [UCR_PREFIX + name for name in ucr_datasets()]
 
 
 def pstn_fold(labels: torch.Tensor, n: int, fold: int, folds: int = 5) -> torch.Tensor:
@@ -209,6 +220,9 @@ class OnlineDistortedMNIST(Dataset):
         seed: seed of the distortions.
         limit: use only the first ``limit`` samples.
         index: restrict to these samples of the split (e.g. a P-STN fold).
+        fixed: always epoch 0 (:meth:`set_epoch` changes nothing): the fixed set of
+            :func:`~torchstn.data.distorted_mnist`, rendered batch by batch, for sets too
+            large to hold (``mnist-3d``).
     """
 
     def __init__(
@@ -220,6 +234,7 @@ class OnlineDistortedMNIST(Dataset):
         *,
         limit: int | None = None,
         index: torch.Tensor | None = None,
+        fixed: bool = False,
     ) -> None:
         self.recipe = recipe
         self.sources = sources
@@ -231,16 +246,19 @@ class OnlineDistortedMNIST(Dataset):
         full = torch.arange(len(sources)) if index is None else index
         self.index = full if limit is None else full[:limit]
         self.epoch = 0
+        self.fixed = check_bool("fixed", fixed)
         self._blocks: dict[int, Draw] = {}
         self._blocks_epoch = 0
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
         return self.recipe.input_shape
 
     def set_epoch(self, epoch: int) -> None:
-        """Use the distortions of ``epoch`` from now on."""
-        self.epoch = check_int("epoch", epoch, 0)
+        """Use the distortions of ``epoch`` from now on (a ``fixed`` set stays at epoch 0)."""
+        epoch = check_int("epoch", epoch, 0)
+        if not self.fixed:
+            self.epoch = epoch
 
     def _draw_of(self, rows: torch.Tensor) -> tuple[Draw, torch.Tensor]:
         """The current epoch's draws of the blocks holding ``rows`` (drawn once per epoch and
@@ -293,20 +311,81 @@ class OnlineDistortedMNIST(Dataset):
             raise ValueError(f"{self.name} has no ground truth to start from: it needs one transform family per sample")
         rows = self.index[torch.as_tensor(indices, dtype=torch.long)]
         draw, where = self._draw_of(rows)
-        return _originals(self.sources, draw.source[where]), draw.params[where]
+        return self.recipe.originals(self.sources, draw.source[where]), draw.params[where]
 
     def subset(self, n: int, fold: int = 0, folds: int = 5) -> OnlineDistortedMNIST:
         """The P-STN small-data subset of this set (see :func:`pstn_fold`)."""
         picked = self.index[pstn_fold(self.sources.labels[self.index], n, fold, folds)]
-        out = OnlineDistortedMNIST(self.recipe, self.sources, self.split, self.seed, index=picked)
+        out = OnlineDistortedMNIST(self.recipe, self.sources, self.split, self.seed, index=picked, fixed=self.fixed)
         out.epoch = self.epoch
         return out
 
     def __repr__(self) -> str:
         return (
             f"OnlineDistortedMNIST(name={self.name!r}, split={self.split!r}, n={len(self)}, "
-            f"epoch={self.epoch}, recipe={self.recipe!r})"
+            f"epoch={self.epoch}, fixed={self.fixed}, recipe={self.recipe!r})"
         )
+
+
+class TimeSeriesDataset(Dataset):
+    """Series with labels: a UCR split as a dataset (see :func:`~torchstn.data.load_ucr`).
+
+    Args:
+        series: ``(N, D, L)`` float32.
+        labels: ``(N,)`` int64 in ``0..num_classes-1``.
+        classes: the original label of each class index.
+        name: ``"ucr:<Name>"``.
+        split: ``"train"`` or ``"test"``.
+        lengths: ``(N,)`` lengths before padding (``None``: all ``L``).
+
+    Items are ``(series float32 (D, L), label int)``; ``tensors`` is ``(series, labels)``
+    (as a ``TensorDataset``'s), so the training engine takes whole batches at once.
+    """
+
+    transform = None
+    params = None
+
+    def __init__(
+        self, series: torch.Tensor, labels: torch.Tensor, *, classes: Sequence[Any], name: str, split: str,
+        lengths: torch.Tensor | None = None,
+    ) -> None:
+        check_tensor("series", series, ndim=3)
+        if not series.is_floating_point():
+            raise TypeError(f"series must be floating point (N, D, L), got {series.dtype}")
+        if labels.shape != (series.shape[0],):
+            raise ValueError(f"labels must have shape ({series.shape[0]},), got {tuple(labels.shape)}")
+        self.series, self.labels = series, labels
+        self.classes = tuple(classes)
+        self.num_classes = len(self.classes)
+        self.name, self.split = name, split
+        self.lengths = torch.full((len(labels),), series.shape[2]) if lengths is None else lengths
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.series, self.labels
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """``(D, L)`` of every series."""
+        return tuple(self.series.shape[1:])  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return self.series.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.series[index], int(self.labels[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self.series[index].unbind(0), self.labels[index].tolist()))
+
+    def _take(self, index: torch.Tensor) -> TimeSeriesDataset:
+        return TimeSeriesDataset(self.series[index], self.labels[index], classes=self.classes, name=self.name,
+                                 split=self.split, lengths=self.lengths[index])
+
+    def __repr__(self) -> str:
+        return (f"TimeSeriesDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+                f"input_shape={self.input_shape}, classes={self.num_classes})")
 
 
 def get_dataset(
@@ -324,13 +403,21 @@ def get_dataset(
     download: bool = True,
     verify: bool = True,
     **options: Any,
-) -> MNISTDataset | OnlineDistortedMNIST:
-    """A dataset by name: ``"mnist"`` or a distortion ``"mnist-<kind>"`` (see :func:`list_datasets`).
+) -> MNISTDataset | OnlineDistortedMNIST | TimeSeriesDataset:
+    """A dataset by name (see :func:`list_datasets`).
+
+    Names: ``"mnist"``; a distortion ``"mnist-<kind>"``; ``"mnist-3d"``, the STN paper's
+    extruded-digit volumes, always rendered batch by batch (13 GB of train split would
+    not fit: a fixed set renders epoch 0 on every call, the same bytes each time;
+    ``cache`` does not apply); ``"cifar10"`` (:func:`~torchstn.data.load_cifar10`, from
+    ``root``); ``"ucr:<Name>"``, a UCR time-series set (:func:`~torchstn.data.load_ucr`,
+    whose ``znormalize``, ``pad`` and ``length`` are accepted as options).
 
     Args:
-        name: ``"mnist"`` or ``"mnist-<kind>"``, one of :data:`DATASETS` (any case).
+        name: one of :data:`DATASETS` (any case) or ``"ucr:<Name>"``.
         split: ``"train"`` or ``"test"``.
-        root: where the MNIST files are (see :func:`~torchstn.data.load_mnist`).
+        root: where the MNIST files are (see :func:`~torchstn.data.load_mnist`), or the
+            CIFAR-10 archive, or the UCR folders.
         seed: seed of the distortions.
         online: fresh distortions every epoch (:class:`OnlineDistortedMNIST`, call
             ``set_epoch``); the test split is always the fixed set.
@@ -341,13 +428,16 @@ def get_dataset(
             is (see :func:`~torchstn.data.distorted_mnist`); ``"mnist"`` and online sets
             generate nothing, so they ignore both.
         download, verify: for ``"mnist"``, as in :func:`~torchstn.data.load_mnist`; the
-            distorted sets are made from the canonical MNIST, so they accept only ``True``.
+            distorted sets are made from the canonical MNIST, so they accept only ``True``;
+            ``cifar10`` and ``ucr:`` sets are never downloaded nor checksummed.
         **options: the recipe's options (e.g. ``sigma=2.5``, see
-            :func:`~torchstn.data.distorted_mnist`); unknown names raise ``TypeError``.
+            :func:`~torchstn.data.distorted_mnist`), or ``load_ucr``'s for ``ucr:``;
+            unknown names raise ``TypeError``.
 
     Returns:
-        A dataset of ``(image float32 (C, H, W) in [0, 1], label int)`` with
-        ``num_classes``, ``input_shape`` and, for distorted sets, ``params`` and ``transform``.
+        A dataset of ``(image float32 (C, H, W) in [0, 1], label int)`` (``(1, D, H, W)``
+        for ``mnist-3d``; a :class:`TimeSeriesDataset` of ``(D, L)`` series for ``ucr:``)
+        with ``num_classes``, ``input_shape`` and, for distorted sets, ``params`` and ``transform``.
 
     Raises:
         ValueError: an unknown name (the message lists the valid ones), a bad value.
@@ -358,7 +448,11 @@ def get_dataset(
         >>> ds.input_shape, ds.num_classes, ds.params.shape  # doctest: +SKIP
         ((1, 42, 42), 10, torch.Size([8, 4]))
     """
-    name = check_choice("name", name.lower() if isinstance(name, str) else name, DATASETS)
+    ucr = isinstance(name, str) and name.lower().startswith(UCR_PREFIX)
+    if isinstance(name, str) and not ucr and name.lower() not in DATASETS:
+        raise ValueError(f"name must be one of {list(DATASETS)} or '{UCR_PREFIX}<Name>' (a UCR data set), got {name!r}")
+    if not ucr:
+        name = check_choice("name", name.lower() if isinstance(name, str) else name, DATASETS)
     check_choice("split", split, SPLITS)
     if limit is not None:
         check_int("limit", limit, 0)
@@ -368,9 +462,15 @@ def get_dataset(
     if subset is not None:
         check_int("subset", subset, 1)
     picked = _Selection(subset, fold, limit)
-    if name == "mnist":
+    if ucr:
+        return _ucr_set(name[len(UCR_PREFIX):], split, root, picked, options)
+    if name in ("mnist", "cifar10"):
         if options:
-            raise TypeError(f"unknown argument(s) {sorted(options)} for dataset 'mnist'")
+            raise TypeError(f"unknown argument(s) {sorted(options)} for dataset {name!r}")
+        if name == "cifar10":
+            images, labels = load_cifar10(root, split)
+            dataset = MNISTDataset(images, labels, name="cifar10", split=split)
+            return dataset if picked.everything else dataset._take(picked.index(labels))
         return _mnist_set(root, split, picked, download=download, verify=verify)
     if not (download and verify):
         raise ValueError(
@@ -378,11 +478,24 @@ def get_dataset(
             "so it is always downloaded where missing and verified (both must be True)"
         )
     kind = name.removeprefix("mnist-")
-    if online and split == "train":  # rendered on the fly: nothing is cached
-        recipe = get_recipe(kind, options)
+    fresh = online and split == "train"
+    recipe = get_recipe(kind, options)
+    if fresh or len(recipe.input_shape) > 3:  # rendered on the fly: nothing is cached
         sources = load_sources(root, split)
-        return OnlineDistortedMNIST(recipe, sources, split, seed, index=picked.index(sources.labels))
+        return OnlineDistortedMNIST(recipe, sources, split, seed, index=picked.index(sources.labels), fixed=not fresh)
     return _fixed_set(kind, split, root, seed, picked, cache=cache, cache_dir=cache_dir, options=options)
+
+
+def _ucr_set(name: str, split: str, root: str | os.PathLike | None, picked: _Selection,
+             options: dict[str, Any]) -> TimeSeriesDataset:
+    """``ucr:<name>`` as a dataset; ``options`` are :func:`~torchstn.data.load_ucr`'s keywords."""
+    unknown = sorted(set(options) - {"znormalize", "pad", "length"})
+    if unknown:
+        raise TypeError(f"unknown argument(s) {unknown} for a UCR data set; it takes znormalize, pad {UCR_PADDINGS}, length")
+    data = load_ucr(name, split, root, **options)
+    dataset = TimeSeriesDataset(data.x, data.y, classes=data.classes, name=UCR_PREFIX + data.name, split=split,
+                                lengths=data.lengths)
+    return dataset if picked.everything else dataset._take(picked.index(data.y))
 
 
 @dataclass(frozen=True)

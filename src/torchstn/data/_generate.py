@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -34,10 +35,13 @@ from torchstn.data._mnist import SPLITS, default_cache_dir, find_mnist, load_mni
 from torchstn.data._recipes import Draw, Recipe, Sources, get_recipe
 from torchstn.transforms import Transform
 
-__all__ = ["BLOCK", "DistortedMNIST", "cache_path", "distorted_mnist", "draw_blocks", "draw_split", "load_sources", "render_all"]
+__all__ = ["BLOCK", "MAX_BYTES", "DistortedMNIST", "cache_path", "distorted_mnist", "draw_blocks", "draw_split", "load_sources", "render_all"]
 
 _FORMAT = 1
 _CHUNK = 2048  # samples rendered per warp call: bounds the memory of one grid
+_CHUNK_VOXELS = 1 << 24  # volumes: at most this many output voxels per warp call (a 200 MB grid)
+#: the largest set :func:`distorted_mnist` renders whole without an explicit ``limit``
+MAX_BYTES = 1 << 31
 #: samples per independently seeded block of draws (part of the data's identity)
 BLOCK = 1024
 
@@ -85,6 +89,19 @@ class DistortedMNIST:
     def originals(self) -> torch.Tensor:
         """The undistorted digit(s) of each sample: ``(N, 28, 28)`` (``(N, 2, 28, 28)`` for addition) uint8."""
         return self.sources.images[self.source]
+
+    def canonical(self) -> torch.Tensor:
+        """What ``params`` warp into the samples: float32 in [0, 1], ``(N, 1, 28, 28)`` digits
+        (``(N, 1, T, 28, 28)`` extruded digits for ``3d``), so that ``warp(d.canonical(),
+        d.params, d.transform, size=d.images.shape[2:])`` renders ``d.images / 255`` up to
+        the uint8 rounding.
+
+        Raises:
+            ValueError: ``addition`` (two digits per sample, no single family).
+        """
+        if self.transform is None:
+            raise ValueError(f"mnist-{self.kind} has no single transform family: warp each channel's digit by its own params")
+        return self.recipe.originals(self.sources, self.source)
 
 
 _SOURCES: dict[tuple[Any, ...], Sources] = {}
@@ -168,8 +185,9 @@ def render_all(
     """Render the first ``count`` (default all) samples of ``draw`` in chunks: uint8 ``(N, C, H, W)``."""
     n = len(draw.labels) if count is None else count
     out = torch.empty((n, *recipe.input_shape), dtype=torch.uint8)
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
+    chunk = _CHUNK if len(recipe.input_shape) == 3 else max(1, _CHUNK_VOXELS // math.prod(recipe.input_shape))
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
         out[start:stop] = recipe.render(sources, draw, torch.arange(start, stop))
         if progress is not None:
             progress(stop - start)
@@ -271,7 +289,9 @@ def distorted_mnist(
     0.7-1.2, translation on 42x42), ``"p"`` (projective), ``"e"`` (elastic,
     thin-plate spline), ``"cluttered"`` (60x60 with 6 patches of clutter),
     ``"addition"`` (two RTS digits on two channels, label = sum), ``"perturbed"``
-    (IC-STN perturbed homographies), ``"rotated"`` (P-STN, rotation ±180°).
+    (IC-STN perturbed homographies), ``"rotated"`` (P-STN, rotation ±180°), ``"3d"``
+    (STN: a digit extruded into a 60x60x60 volume, rotated, scaled and moved in 3-D;
+    13 GB as a whole train split, so it needs ``limit``, see :data:`MAX_BYTES`).
 
     Generation is batched through :func:`torchstn.warp`; the same ``(kind, options,
     split, seed)`` gives the same bytes on every run, and the train and test splits
@@ -307,6 +327,15 @@ def distorted_mnist(
     recipe = get_recipe(kind, options)
     sources = load_sources(root, split)
     n = len(sources) if limit is None else min(limit, len(sources))
+    size = n * math.prod(recipe.input_shape)
+    if limit is None and size > MAX_BYTES:
+        per = math.prod(recipe.input_shape)
+        raise ValueError(
+            f"mnist-{recipe.kind} {split} is {n} x {'x'.join(map(str, recipe.input_shape))} = {size / 1e9:.1f} GB "
+            f"as uint8, too much to render whole: pass limit= (limit={MAX_BYTES // per // 1000 * 1000} is "
+            f"{MAX_BYTES // per // 1000 * 1000 * per / 1e9:.1f} GB), or use get_dataset('mnist-{recipe.kind}', "
+            f"'{split}'), which renders each batch on the fly"
+        )
     key, identity = _key(recipe, split, seed, sources.fingerprint)
     path = _set_path(cache_dir, recipe, split, seed, key)
     if cache and (hit := _read_cache(path, key)) is not None:

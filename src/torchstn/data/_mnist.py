@@ -37,6 +37,7 @@ __all__ = [
     "find_mnist",
     "load_mnist",
     "read_idx",
+    "search_dirs",
 ]
 
 Split = Literal["train", "test"]
@@ -75,21 +76,28 @@ def _file_names(split: str) -> tuple[str, str]:
     return f"{_PREFIX[split]}-images-idx3-ubyte", f"{_PREFIX[split]}-labels-idx1-ubyte"
 
 
-def _search_dirs(root: str | os.PathLike | None) -> list[Path]:
-    """Directories to look in, in order (each also with its ``mnist/`` subdirectory)."""
+def search_dirs(root: str | os.PathLike | None, sub: str) -> list[Path]:
+    """Directories a loader looks in, in order: ``root``, ``$TORCHSTN_DATA`` and the user
+    cache's ``sub/``, each directory itself and its ``sub/`` subdirectory (``sub`` is
+    ``"mnist"``, ``"ucr"``, ``"cifar10"``, ...)."""
     bases: list[Path] = []
     if root is not None:
         bases.append(Path(root).expanduser())
     env = os.environ.get("TORCHSTN_DATA")
     if env:
         bases.append(Path(env).expanduser())
-    bases.append(default_cache_dir() / "mnist")
+    bases.append(default_cache_dir() / sub)
     dirs: list[Path] = []
     for base in bases:
-        for d in (base, base / "mnist"):
+        for d in (base, base / sub):
             if d not in dirs:
                 dirs.append(d)
     return dirs
+
+
+def _search_dirs(root: str | os.PathLike | None) -> list[Path]:
+    """Directories to look in for MNIST, in order (each also with its ``mnist/`` subdirectory)."""
+    return search_dirs(root, "mnist")
 
 
 def _download_target(root: str | os.PathLike | None) -> Path:

@@ -16,7 +16,7 @@ import torch
 from torchstn._validation import check_int
 from torchstn.data._generate import DistortedMNIST, distorted_mnist
 
-__all__ = ["preview", "sample_mosaic"]
+__all__ = ["preview", "projections", "sample_mosaic"]
 
 _GAP = 0.35  # grey of the 1-pixel frames and gaps, so a canvas edge is visible on black
 
@@ -31,18 +31,28 @@ def _framed(panel: torch.Tensor, height: int) -> torch.Tensor:
     return out
 
 
+def projections(volume: torch.Tensor) -> list[torch.Tensor]:
+    """Maximum-intensity projections of a ``(D, H, W)`` volume along depth, height and width:
+    ``(H, W)`` (the view along z, as a flattening along depth sees it), ``(D, W)`` and ``(D, H)``."""
+    return [volume.amax(0), volume.amax(1), volume.amax(2)]
+
+
 def sample_mosaic(data: DistortedMNIST, i: int, originals: bool = True) -> torch.Tensor:
     """One sample as a float ``(h, w)`` image: its original digit(s), then each channel, framed.
 
-    Each panel has a 1-pixel grey frame just outside the canvas, so a digit cut by the
-    canvas edge or an empty canvas shows.
+    A volume (``mnist-3d``) shows as its three maximum-intensity projections (see
+    :func:`projections`). Each panel has a 1-pixel grey frame just outside the canvas, so
+    a digit cut by the canvas edge or an empty canvas shows.
     """
     height = data.images.shape[2]
     panels = []
     if originals:
         source = data.originals()[i].reshape(-1, *data.sources.images.shape[1:])
         panels += [_framed(o.float() / 255, height) for o in source]
-    panels += [_framed(c.float() / 255, height) for c in data.images[i]]
+    if data.images.dim() == 5:
+        panels += [_framed(p, height) for p in projections(data.images[i, 0].float() / 255)]
+    else:
+        panels += [_framed(c.float() / 255, height) for c in data.images[i]]
     gap = torch.full((height + 2, 2), 0.0)
     pieces = []
     for k, p in enumerate(panels):
@@ -88,9 +98,10 @@ def preview(
     data = distorted_mnist(kind, split, root, seed, limit=n, cache=False, **options)
     fig = _sample_grid(data, originals, columns)
     recipe = data.recipe
-    c, h, w = recipe.input_shape
-    what = "original | distorted" if originals else "distorted"
-    fig.suptitle(f"mnist-{recipe.kind} ({split}, seed {seed}): {recipe.summary}; {c}x{h}x{w}, {what}", fontsize=8)
+    shape = "x".join(map(str, recipe.input_shape))
+    what = "distorted" if len(recipe.input_shape) == 3 else "max projections along depth, height, width"
+    what = f"original | {what}" if originals else what
+    fig.suptitle(f"mnist-{recipe.kind} ({split}, seed {seed}): {recipe.summary}; {shape}, {what}", fontsize=8)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ from torchstn.data._geometry import (
     uniform,
 )
 from torchstn.sampling import MODES, warp
-from torchstn.transforms import Attention, MatrixTransform, Projective, Similarity, ThinPlateSpline, Transform
+from torchstn.transforms import Affine3D, Attention, MatrixTransform, Projective, Similarity, ThinPlateSpline, Transform
 
 __all__ = ["KINDS", "Draw", "Recipe", "Sources", "get_recipe", "quantize"]
 
@@ -175,6 +175,8 @@ _OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "control": _check_pair,
     "patches": lambda n, v: check_int(n, v, 0),
     "patch_size": lambda n, v: check_int(n, v, 1),
+    "size": lambda n, v: check_int(n, v, 4),
+    "thickness": lambda n, v: check_int(n, v, 1),
 }
 
 
@@ -294,9 +296,15 @@ class Recipe:
         return fits
 
     # -- rendering -------------------------------------------------------------------------------
+    def originals(self, sources: Sources, source: torch.Tensor) -> torch.Tensor:
+        """What the parameters warp into a sample: the digits ``source`` as ``(n, 1, 28, 28)``
+        float32 in [0, 1] (a volume for ``3d``), so ``warp(originals, params, transform,
+        size=input_shape[1:])`` renders the samples."""
+        return sources.floats(source)
+
     def render(self, sources: Sources, draw: Draw, index: torch.Tensor) -> torch.Tensor:
         """Samples ``index`` of ``draw`` as uint8 ``(n, C, canvas, canvas)``."""
-        x = sources.floats(draw.source[index])
+        x = self.originals(sources, draw.source[index])
         return quantize(self._warp(x, draw.params[index]))
 
     def _warp(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -628,15 +636,111 @@ class Addition(RTS):
         return quantize(y.reshape(m, 2, self.canvas, self.canvas))
 
 
+def _rotations(angles: torch.Tensor) -> torch.Tensor:
+    """``(n, 3, 3)`` rotations ``R_z R_y R_x`` from ``(n, 3)`` angles about x, y and z (radians)."""
+    c, s = angles.cos(), angles.sin()
+    one, zero = torch.ones_like(c[:, 0]), torch.zeros_like(c[:, 0])
+
+    def rot(i: int, j: int, k: int) -> torch.Tensor:  # about axis i: rotates the (j, k) plane
+        m = torch.stack([one, zero, zero, zero, one, zero, zero, zero, one], 1).reshape(-1, 3, 3)
+        m[:, j, j], m[:, j, k], m[:, k, j], m[:, k, k] = c[:, i], -s[:, i], s[:, i], c[:, i]
+        return m
+
+    return rot(2, 0, 1) @ rot(1, 2, 0) @ rot(0, 1, 2)
+
+
+class Volume3D(Recipe):
+    """``3d``: an MNIST digit extruded into a 60x60x60 volume, rotated, scaled and moved in 3-D.
+
+    The STN paper's 3-D experiment (Jaderberg et al. 2015, appendix): "an MNIST digit
+    extruded into a 60x60x60 volume, randomly rotated, scaled and translated in 3-D". The
+    paper gives no more; the choices here:
+
+    * **Extrusion**: the 28x28 digit, shown ``size`` voxels wide (36: its ink about 26),
+      is repeated along the depth over ``thickness`` voxels (8): the canonical volume is
+      a slab of ``thickness`` identical slices (:meth:`originals`, ``(n, 1, thickness, 28,
+      28)``), each slice as thick as a voxel, so its faces are as sharp as the digit's edges.
+    * **Rotation**: about x, y and z (the width, height and depth axes), each angle
+      U(-45°, 45°), composed as ``R = R_z R_y R_x``; **scale** U(0.7, 1.2).
+    * **Translation**: uniform among the positions that keep the whole slab (its
+      trilinear footprint) inside the canvas with a blank outer voxel layer
+      (``border = 1``), as ``rts`` places digits; no sample is rejected.
+    * Trilinear sampling through :func:`torchstn.warp` with :class:`~torchstn.Affine3D`.
+
+    Parameters: :class:`~torchstn.Affine3D` ``(N, 12)``, canvas -> slab: ``A = K R^T / s``,
+    ``b = -A d``, with ``K = diag(canvas / size, canvas / size, canvas / thickness)``.
+
+    Memory: a sample is 60^3 = 216,000 uint8 voxels, so the train split would be 13 GB;
+    :func:`~torchstn.data.get_dataset` renders each batch on the fly instead (the same
+    bytes for the same seed), and :func:`~torchstn.data.distorted_mnist` needs ``limit``.
+    """
+
+    kind = "3d"
+    summary = "digit extruded into a 60x60x60 volume, rotated ±45° about x, y, z, scale 0.7-1.2, moved in 3-D"
+    defaults = {"angle": 45.0, "scale": (0.7, 1.2), "canvas": 60, "size": 36, "thickness": 8,
+                "border": 1.0, "mode": "bilinear"}
+
+    def _check(self, o: dict[str, Any]) -> dict[str, Any]:
+        out = super()._check(o)
+        if out["mode"] == "bicubic":
+            raise ValueError("mode='bicubic' has no 3-D sampler; use 'bilinear' (trilinear) or 'nearest'")
+        return out
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:  # type: ignore[override]
+        return (1, self.canvas, self.canvas, self.canvas)
+
+    @property
+    def transform(self) -> Affine3D:
+        return Affine3D()
+
+    def originals(self, sources: Sources, source: torch.Tensor) -> torch.Tensor:
+        """The extruded digits: ``(n, 1, thickness, 28, 28)`` float32 in [0, 1], every slice the digit."""
+        digits = sources.floats(source)
+        return digits[:, :, None].expand(-1, -1, self.options["thickness"], -1, -1).contiguous()
+
+    def _draw(self, sources: Sources, index: torch.Tensor, generator: torch.Generator) -> Draw:
+        n, c = len(index), self.canvas
+        a = math.radians(self.options["angle"])
+        angles = uniform(n, -a, a, generator, 3)
+        scale = uniform(n, *self.options["scale"], generator)
+        u = uniform(n, 0.0, 1.0, generator, 3)
+        slab = torch.tensor([c / self.options["size"], c / self.options["size"], c / self.options["thickness"]],
+                            dtype=torch.float64)
+        forward = scale[:, None, None] * _rotations(angles) / slab  # slab -> canvas: s R K^-1
+        linear = _f32(torch.linalg.inv(forward).reshape(n, 9)).reshape(n, 3, 3)
+        forward = torch.linalg.inv(linear)  # exactly the inverse of what is stored
+        # the slab's footprint: the digit outline on both faces, one slice beyond each
+        points, valid = sources.outline(index, 1)
+        reach = 1.0 + 1.0 / self.options["thickness"]
+        corners = torch.cat([torch.cat([points, torch.full_like(points[..., :1], z)], -1) for z in (-reach, reach)], 1)
+        valid = torch.cat([valid, valid], 1)
+        mapped = corners @ forward.transpose(1, 2)
+        big = torch.finfo(torch.float64).max
+        low = torch.where(valid[..., None], mapped, big).amin(1)
+        high = torch.where(valid[..., None], mapped, -big).amax(1)
+        bound = canvas_bound(c, self.options["border"])
+        lo, hi = -bound - low, bound - high
+        fitted = (lo <= hi).all(1)
+        shift = torch.where(lo <= hi, lo + u * (hi - lo), 0.5 * (lo + hi))
+        offset = -(linear @ shift[..., None])
+        params = _f32(torch.cat([linear, offset], 2).reshape(n, 12))
+        return Draw(params.float(), index.clone(), sources.labels[index], stats={"unfit": int((~fitted).sum())})
+
+    def _warp(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return warp(x, params, self.transform, size=self.input_shape[1:], mode=self.options["mode"])
+
+
 #: kind -> recipe class
 KINDS: dict[str, type[Recipe]] = {
-    cls.kind: cls for cls in (Rotation, RTS, ProjectiveMNIST, Elastic, Cluttered, Addition, PerturbedICSTN, RotatedPSTN)
+    cls.kind: cls
+    for cls in (Rotation, RTS, ProjectiveMNIST, Elastic, Cluttered, Addition, PerturbedICSTN, RotatedPSTN, Volume3D)
 }
 
 
 def get_recipe(kind: str | Recipe, options: Mapping[str, Any] | None = None) -> Recipe:
     """The recipe of ``kind`` (``"r"``, ``"rts"``, ``"p"``, ``"e"``, ``"cluttered"``, ``"addition"``,
-    ``"perturbed"``, ``"rotated"``; an ``"mnist-"`` prefix is accepted) with ``options``."""
+    ``"perturbed"``, ``"rotated"``, ``"3d"``; an ``"mnist-"`` prefix is accepted) with ``options``."""
     if isinstance(kind, Recipe):
         if options:
             raise TypeError("options cannot be given with a Recipe instance")
