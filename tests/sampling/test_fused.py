@@ -15,14 +15,7 @@ PADDINGS = ["zeros", "border", "reflection"]
 FAMILIES_2D = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kernel():
-    """Build (or load from torch's extension cache) the kernel once for this module."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        status = fused_status()
-        if not status.available:
-            pytest.skip(f"the fused kernel could not be built here: {status.error}")
+pytestmark = pytest.mark.usefixtures("fused_kernel")
 
 
 def _fused_sample(x, grid, padding, align_corners):

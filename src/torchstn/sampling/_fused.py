@@ -54,9 +54,9 @@ from typing import NamedTuple
 
 import torch
 
-from torchstn._tracing import cached, differentiable_vjp, in_functorch
+from torchstn._tracing import differentiable_vjp, in_functorch
 from torchstn.sampling._grid_sample import torch_sample
-from torchstn.transforms import base_grid, matrix_grid
+from torchstn.transforms import matrix_grid
 
 __all__ = [
     "LOCATIONS",
@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).with_name("csrc") / "fused_warp2d.cpp"
-_ABI = 3
+_ABI = 4
 _PADDING = {"zeros": 0, "border": 1, "reflection": 2}
 #: what the kernel reads to locate a point: a grid (B, Ho, Wo, 2), affine rows (B, 2, 3)
 #: or a homography (B, 3, 3)
@@ -81,8 +81,9 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 _i64, _int, _dbl, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
-_FORWARD_ARGS = [_int, _ptr, _ptr, _ptr, _ptr, _dbl, _ptr] + [_i64] * 6 + [_int, _int, _int]
-_BACKWARD_ARGS = [_int, _ptr, _ptr, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr] + [_i64] * 6 + [_int, _int, _int]
+_FORWARD_ARGS = [_int, _ptr, _ptr, _ptr, _dbl, _ptr] + [_i64] * 6 + [_int, _int, _int]
+_BACKWARD_ARGS = [_int, _ptr, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr] + [_i64] * 6 + [_int, _int, _int]
+_STRIDES = _i64 * 8
 
 
 def _build_options(source: Path = _SOURCE, abi: int = _ABI) -> tuple[str, list[str]]:
@@ -217,18 +218,24 @@ def fused_status() -> FusedStatus:
 
 def fused_applies(x: torch.Tensor, mode: str) -> bool:
     """Whether the fused kernel covers this input: bilinear, a float32/float64 CPU image
-    (B, C, H, W) with non-empty H and W (F.grid_sample reports empty ones) and int32 pixel
-    offsets, outside ``torch.jit.trace`` (which cannot record the operator, and whose sizes
-    are traced tensors this test would read). Where it does not, ``backend="fused"`` falls
-    back to ``F.grid_sample``."""
+    (B, C, H, W), any strides (NCHW and channels_last are read in place), with non-empty H
+    and W (F.grid_sample reports empty ones) and int32 pixel offsets, outside
+    ``torch.jit.trace`` (which cannot record the operator, and whose sizes are traced
+    tensors this test would read). Where it does not, ``backend="fused"`` falls back to
+    ``F.grid_sample``."""
     return (
-        not torch.jit.is_tracing()
-        and mode == "bilinear"
+        mode == "bilinear"
+        and x.dtype in _DTYPES
         and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
         and x.dim() == 4
-        and 0 < x.shape[2] * x.shape[3] < 2**31 - x.shape[3]
+        and not torch.jit.is_tracing()
+        and x.shape[2] > 0
+        and x.shape[3] > 0
+        and (x.shape[2] + 1) * x.stride(2) + (x.shape[3] + 1) * x.stride(3) < 2**31
     )
+
+
+_DTYPES = (torch.float32, torch.float64)
 
 
 def operator_applies(*tensors: torch.Tensor) -> bool:
@@ -247,36 +254,26 @@ def _ptr_of(t: torch.Tensor | None) -> int | None:
     return t.data_ptr() if t is not None and t.numel() else None
 
 
-def _coordinates(size: tuple[int, int], align_corners: bool, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The output pixels' normalised x (Wo,) and y (Ho,), taken from torchstn's base grid."""
-    h, w = size
-
-    def build() -> torch.Tensor:
-        base = base_grid(size, align_corners, device=like.device, dtype=like.dtype)
-        return torch.cat([base[:w, 0], base[::w, 1]]).contiguous()
-
-    xy = cached(("fused-xy", size, bool(align_corners), like.device, like.dtype), build)
-    return xy[:w], xy[w:]
-
-
 def _call(
     backward: bool, location: str, x: torch.Tensor, loc: torch.Tensor, buffer: torch.Tensor,
     grad_x: torch.Tensor | None, grad_loc: torch.Tensor | None, size: tuple[int, int], padding: str,
     align_corners: bool, eps: float,
 ) -> None:
+    """Run the kernel. ``x`` and ``buffer`` (the output, or the output's gradient) with any
+    strides, ``grad_x`` with the strides of ``x``; ``loc`` and ``grad_loc`` contiguous."""
     b, c, h, w = x.shape
-    xs, ys = (None, None) if location == "grid" else _coordinates(size, align_corners, x)
-    args = [LOCATIONS[location], _ptr_of(x), _ptr_of(loc), _ptr_of(xs), _ptr_of(ys), eps, _ptr_of(buffer)]
-    if backward:
-        args += [_ptr_of(grad_x), _ptr_of(grad_loc)]
     fn = _ENTRY.get((backward, x.dtype))
     if fn is None:
         if _library() is None:
             raise RuntimeError(f"torchstn::warp2d: the fused kernel could not be built ({_state['error']})")
-        if x.dtype not in (torch.float32, torch.float64):
+        if x.dtype not in _DTYPES:
             raise TypeError(f"torchstn::warp2d: x must be float32 or float64, got {x.dtype}")
         fn = _ENTRY[backward, x.dtype]
-    status = fn(*args, b, c, h, w, size[0], size[1], _PADDING[padding], int(align_corners), torch.get_num_threads())
+    strides = _STRIDES(*x.stride(), *buffer.stride())
+    head = (LOCATIONS[location], _ptr_of(x), strides, _ptr_of(loc), eps, _ptr_of(buffer))
+    if backward:
+        head += (_ptr_of(grad_x), _ptr_of(grad_loc))
+    status = fn(*head, b, c, h, w, size[0], size[1], _PADDING[padding], align_corners, torch.get_num_threads())
     if status != 0:
         raise RuntimeError(f"fused warp kernel failed with status {status}")
 
@@ -298,18 +295,41 @@ def _warp2d_cpu(
     x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], padding: str, align_corners: bool,
     eps: float,
 ) -> torch.Tensor:
-    x, loc, size = x.contiguous(), loc.contiguous(), (int(size[0]), int(size[1]))
-    out = x.new_empty(x.shape[0], x.shape[1], *size)
+    loc, size = loc.contiguous(), (int(size[0]), int(size[1]))
+    out = _new_output(x, size)
     _call(False, location, x, loc, out, None, None, size, padding, align_corners, eps)
     return out
+
+
+def _new_output(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The output of ``warp2d``: ``(B, C, *size)`` in the memory format of ``x`` (channels_last
+    stays channels_last for the next convolution)."""
+    out = x.new_empty(x.shape[0], x.shape[1], *size)
+    if x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _gradient_buffer(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` and a tensor for its gradient with the same strides (the kernel indexes both
+    alike): ``empty_like`` keeps the strides of a dense ``x``; any other ``x`` (expanded,
+    a strided view) is made contiguous first."""
+    grad_x = torch.empty_like(x)
+    if grad_x.stride() != x.stride():
+        x = x.contiguous()
+        grad_x = torch.empty_like(x)
+    return x, grad_x
 
 
 def _warp2d_backward_cpu(
     grad_out: torch.Tensor, x: torch.Tensor, loc: torch.Tensor, location: str, padding: str, align_corners: bool,
     eps: float, output_mask: Sequence[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    x, loc, grad_out = x.contiguous(), loc.contiguous(), grad_out.contiguous()
-    grad_x = torch.empty_like(x) if output_mask[0] else x.new_empty(0)  # zeroed by the kernel
+    loc = loc.contiguous()
+    if output_mask[0]:
+        x, grad_x = _gradient_buffer(x)  # zeroed by the kernel
+    else:
+        grad_x = x.new_empty(0)
     grad_loc = torch.empty_like(loc) if output_mask[1] else loc.new_empty(0)
     if output_mask[0] or output_mask[1]:
         size = (grad_out.shape[2], grad_out.shape[3])
@@ -324,12 +344,12 @@ _LIB.impl("warp2d_backward", _warp2d_backward_cpu, "CPU")
 
 @torch.library.register_fake("torchstn::warp2d", lib=_LIB)
 def _warp2d_fake(x, loc, location, size, padding, align_corners, eps):  # noqa: ANN001, ANN202
-    return x.new_empty(x.shape[0], x.shape[1], *size)
+    return _new_output(x, size)
 
 
 @torch.library.register_fake("torchstn::warp2d_backward", lib=_LIB)
 def _warp2d_backward_fake(grad_out, x, loc, location, padding, align_corners, eps, output_mask):  # noqa: ANN001, ANN202
-    return (x.new_empty(x.shape) if output_mask[0] else x.new_empty(0),
+    return (_gradient_buffer(x)[1] if output_mask[0] else x.new_empty(0),
             loc.new_empty(loc.shape) if output_mask[1] else loc.new_empty(0))
 
 

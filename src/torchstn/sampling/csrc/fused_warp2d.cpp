@@ -12,27 +12,155 @@
 // every channel and a NaN location gradient, and adds nothing to dL/dx: torchstn's policy
 // on every backend (F.grid_sample's own handling differs between paddings).
 //
-// Layouts (all contiguous): x (B, C, H, W); out / grad_out (B, C, Ho, Wo);
-// loc = GRID: grid (B, Ho, Wo, 2), grad_grid the same;
-// loc = AFFINE: theta (B, 2, 3), PROJECTIVE: theta (B, 3, 3), row-major src_from_dst
-// matrices in normalised coordinates, grad_theta of the same shape; xs (Wo,) and ys (Ho,)
-// the normalised output pixel coordinates (torchstn's base grid).
+// Layouts: x, out, grad_out and grad_x (B, C, H, W) with any strides (element strides
+// given as (batch, channel, height, width): NCHW and channels_last are both read and
+// written in place, nothing is copied); grad_x has the strides of x.
+// loc = GRID: grid (B, Ho, Wo, 2) contiguous, grad_grid the same;
+// loc = AFFINE: theta (B, 2, 3), PROJECTIVE: theta (B, 3, 3), contiguous row-major
+// src_from_dst matrices in normalised coordinates, grad_theta of the same shape. The
+// output pixels' normalised coordinates (torchstn's base grid) are computed here, as
+// torch.linspace computes them.
+//
+// Vectorisation: the points of one output row are processed a block at a time. Loop (A)
+// computes the block's locations, padding, corner offsets and weights in plain loops the
+// compiler vectorises; (B) reads the corners of every channel with AVX2 masked gathers
+// (where the build has AVX2; else one point at a time, same arithmetic, same results);
+// the backward also scatters into grad_x (scalar: two points may share a pixel) and
+// accumulates dL/dθ in vector lanes, summed in a fixed order (deterministic).
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define TORCHSTN_AVX2 1
+#endif
 
 namespace {
 
 enum Padding { ZEROS = 0, BORDER = 1, REFLECTION = 2 };
 enum Location { GRID = 0, AFFINE = 1, PROJECTIVE = 2 };
 
+// ------------------------------------------------------------------------------------------
+// SIMD: N lanes of T. The gather reads base[off] where valid != 0 and gives 0 elsewhere
+// without reading (a select, not a multiplication by 0: a non-finite pixel outside the
+// footprint must not turn into NaN).
+
+#ifdef TORCHSTN_AVX2
+template <typename T>
+struct Simd;
+
+template <>
+struct Simd<float> {
+  static constexpr int N = 8;
+  using V = __m256;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float a) { return _mm256_set1_ps(a); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  // (AVX2's vgatherdps is slower than eight loads on the machines measured: AMD Zen 3)
+  static V gather(const float* base, const int32_t* off, const float* valid) {
+    const __m256 mask = _mm256_cmp_ps(_mm256_loadu_ps(valid), _mm256_setzero_ps(), _CMP_NEQ_UQ);
+    const __m256 v = _mm256_setr_ps(base[off[0]], base[off[1]], base[off[2]], base[off[3]], base[off[4]],
+                                    base[off[5]], base[off[6]], base[off[7]]);
+    return _mm256_and_ps(v, mask);
+  }
+  // base[off[l]] and base[off[l] + 1] of every lane: two neighbouring pixels, read as one pair
+  static void pairs(const float* base, const int32_t* off, V* left, V* right) {
+    const __m128 p01 = _mm_loadh_pi(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(base + off[0]))),
+                                    reinterpret_cast<const __m64*>(base + off[1]));
+    const __m128 p23 = _mm_loadh_pi(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(base + off[2]))),
+                                    reinterpret_cast<const __m64*>(base + off[3]));
+    const __m128 p45 = _mm_loadh_pi(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(base + off[4]))),
+                                    reinterpret_cast<const __m64*>(base + off[5]));
+    const __m128 p67 = _mm_loadh_pi(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(base + off[6]))),
+                                    reinterpret_cast<const __m64*>(base + off[7]));
+    const __m256 a = _mm256_insertf128_ps(_mm256_castps128_ps256(p01), p45, 1);  // points 0 1 | 4 5
+    const __m256 b = _mm256_insertf128_ps(_mm256_castps128_ps256(p23), p67, 1);  // points 2 3 | 6 7
+    *left = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+    *right = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+  // every lane of an int32 flag vector is non-zero
+  static bool all(const int32_t* flags) {
+    const __m256i f = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(flags));
+    return _mm256_testz_si256(_mm256_cmpeq_epi32(f, _mm256_setzero_si256()), _mm256_set1_epi32(-1));
+  }
+};
+
+template <>
+struct Simd<double> {
+  static constexpr int N = 4;
+  using V = __m256d;
+  static V zero() { return _mm256_setzero_pd(); }
+  static V set1(double a) { return _mm256_set1_pd(a); }
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+  static V div(V a, V b) { return _mm256_div_pd(a, b); }
+  static V gather(const double* base, const int32_t* off, const double* valid) {
+    const __m256d mask = _mm256_cmp_pd(_mm256_loadu_pd(valid), _mm256_setzero_pd(), _CMP_NEQ_UQ);
+    return _mm256_and_pd(_mm256_setr_pd(base[off[0]], base[off[1]], base[off[2]], base[off[3]]), mask);
+  }
+  static void pairs(const double* base, const int32_t* off, V* left, V* right) {
+    const __m256d a = _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(base + off[0])), _mm_loadu_pd(base + off[2]), 1);
+    const __m256d b = _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(base + off[1])), _mm_loadu_pd(base + off[3]), 1);
+    *left = _mm256_unpacklo_pd(a, b);
+    *right = _mm256_unpackhi_pd(a, b);
+  }
+  static bool all(const int32_t* flags) {
+    const __m128i f = _mm_loadu_si128(reinterpret_cast<const __m128i*>(flags));
+    return _mm_testz_si128(_mm_cmpeq_epi32(f, _mm_setzero_si128()), _mm_set1_epi32(-1));
+  }
+};
+#else
+template <typename T>
+struct Simd {  // the portable build: one point at a time
+  static constexpr int N = 1;
+  using V = T;
+  static V zero() { return T(0); }
+  static V set1(T a) { return a; }
+  static V load(const T* p) { return *p; }
+  static void store(T* p, V v) { *p = v; }
+  static V add(V a, V b) { return a + b; }
+  static V sub(V a, V b) { return a - b; }
+  static V mul(V a, V b) { return a * b; }
+  static V div(V a, V b) { return a / b; }
+  static V gather(const T* base, const int32_t* off, const T* valid) { return *valid != 0 ? base[*off] : T(0); }
+  static void pairs(const T* base, const int32_t* off, V* left, V* right) {
+    *left = base[*off];
+    *right = base[*off + 1];
+  }
+  static bool all(const int32_t* flags) { return *flags != 0; }
+};
+#endif
+
+// the lanes of v summed in a fixed order
+template <typename T>
+inline double lane_sum(typename Simd<T>::V v) {
+  alignas(32) T lanes[Simd<T>::N];
+  Simd<T>::store(lanes, v);
+  double s = 0;
+  for (int l = 0; l < Simd<T>::N; ++l) s += lanes[l];
+  return s;
+}
+
+// ------------------------------------------------------------------------------------------
+// padding
+
 // Reflect u into [low, low + span] by mirroring at both ends, as the reference sampler
 // (flips = floor(|u - low| / span), the remainder by subtraction); *grad is +-1, or 0 when
 // span is 0 (one pixel with align_corners). Branch-free, so that the loop vectorises.
 template <typename T>
-inline T reflect(T u, T low, T span, T* grad) {
+__attribute__((always_inline)) inline T reflect(T u, T low, T span, T* grad) {
   T v = u - low;
   const T sign = v < 0 ? T(-1) : T(1);
   v = std::fabs(v);
@@ -47,10 +175,35 @@ inline T reflect(T u, T low, T span, T* grad) {
 
 // Clip u to [0, high]; *grad is 1 strictly inside, 0 where clipped.
 template <typename T>
-inline T clip(T u, T high, T* grad) {
+__attribute__((always_inline)) inline T clip(T u, T high, T* grad) {
   *grad = static_cast<T>((u > 0) & (u < high));
   const T lower = u > 0 ? u : T(0);
   return lower < high ? lower : high;
+}
+
+// ------------------------------------------------------------------------------------------
+// locations
+
+struct Strides {
+  int64_t b, c, h, w;  // in elements
+};
+
+// torchstn's base grid along one axis of n pixels (transforms/_base.py: torch.linspace in
+// float64, scaled by (n - 1) / n without align_corners, cast to T), padded with finite
+// values to a whole number of SIMD vectors past every block
+template <typename T>
+std::vector<T> axis_coordinates(int64_t n, bool align_corners, int64_t pad) {
+  std::vector<T> out(n + pad, T(0));
+  if (n > 1) {
+    const double step = 2.0 / static_cast<double>(n - 1);
+    const int64_t half = n / 2;
+    for (int64_t i = 0; i < n; ++i) {  // as torch's linspace kernel: from the nearer end
+      double v = i < half ? -1.0 + step * static_cast<double>(i) : 1.0 - step * static_cast<double>(n - 1 - i);
+      if (!align_corners) v = v * static_cast<double>(n - 1) / static_cast<double>(n);
+      out[i] = static_cast<T>(v);
+    }
+  }
+  return out;
 }
 
 // what a point's location is computed from
@@ -58,22 +211,18 @@ template <typename T, int LOC>
 struct Locator {
   const T* grid;   // GRID: (B, Ho, Wo, 2)
   const T* theta;  // AFFINE: (B, 2, 3), PROJECTIVE: (B, 3, 3)
-  const T* xs;     // (Wo,) normalised output x
+  const T* xs;     // (Wo + padding,) normalised output x
   const T* ys;     // (Ho,) normalised output y
   T eps;           // PROJECTIVE: the guard
   int64_t Ho, Wo;
 };
 
-// Points are processed a block of one output row at a time, in loops that the compiler
-// vectorises (with -mavx2 where the CPU has it): (A) locations, padding, corner offsets
-// and weights for the block; (B) per channel, the gathers (in the backward also the
-// scatter into grad_x, which stays scalar, and the location gradient); (C) the matrix
-// gradient's sums.
-constexpr int64_t BLOCK = 64;
+constexpr int64_t BLOCK = 64;  // a multiple of every Simd<T>::N
 
-// per-block scratch: structure of arrays
+// per-block scratch: structure of arrays; entries from the block's n points up to the next
+// whole vector are padding: no corner valid, weight 0
 template <typename T>
-struct Block {
+struct alignas(32) Block {
   T gx[BLOCK], gy[BLOCK];    // normalised location (PROJECTIVE: after the division)
   T g[BLOCK], keep[BLOCK];   // PROJECTIVE: guarded w, and 1 where the guard is off
   T dix[BLOCK], diy[BLOCK];  // d(pixel coordinate) / d(normalised coordinate)
@@ -83,6 +232,7 @@ struct Block {
   T w[4][BLOCK];             // bilinear weights
   T valid[4][BLOCK];         // 1 for corners inside the image, else 0
   int32_t off[4][BLOCK];     // corner offsets in a channel (0 for corners outside)
+  int32_t inner[BLOCK];      // all four corners inside (0 in the padding and at bad points)
 };
 
 template <typename T>
@@ -91,10 +241,10 @@ struct Constants {
   T ax, bx, ay, by;  // pixel = (coord + 1) * a - b, per axis
   bool align_corners;
   T eps;
-
   T low, span_x, span_y;  // reflection: mirror at low and low + span (pixel coordinates)
+  int32_t sh, sw;         // the input's height and width strides
 
-  Constants(int64_t H_, int64_t W_, int64_t Ho_, int64_t Wo_, bool ac, T eps_)
+  Constants(int64_t H_, int64_t W_, int64_t Ho_, int64_t Wo_, bool ac, T eps_, const Strides& s)
       : H(H_), W(W_), Ho(Ho_), Wo(Wo_), align_corners(ac), eps(eps_) {
     ax = ac ? static_cast<T>(W - 1) / 2 : static_cast<T>(W) / 2;
     ay = ac ? static_cast<T>(H - 1) / 2 : static_cast<T>(H) / 2;
@@ -102,194 +252,254 @@ struct Constants {
     low = ac ? T(0) : T(-0.5);
     span_x = ac ? static_cast<T>(W - 1) : static_cast<T>(W);
     span_y = ac ? static_cast<T>(H - 1) : static_cast<T>(H);
+    sh = static_cast<int32_t>(s.h);
+    sw = static_cast<int32_t>(s.w);
   }
 };
 
-// loop A: where the n points of the block starting at (b, i, j0) read, and their corners
+inline int64_t whole_vectors(int64_t n, int lanes) { return (n + lanes - 1) / lanes * lanes; }
+
+// loop A: where the n points of the block starting at (b, i, j0) read, and their corners;
+// entries up to whole_vectors(n) are padding. Each stage runs over one vector of points
+// at a time (a loop of a constant trip count, which the compiler turns into vector code
+// without remainder loops).
 template <typename T, int LOC, int PAD>
 inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, int64_t i, int64_t j0, int64_t n,
                    Block<T>& blk) {
+  constexpr int L = Simd<T>::N;
+  const int64_t nn = whole_vectors(n, L);
   if (LOC == GRID) {
     const T* p = loc.grid + ((b * k.Ho + i) * k.Wo + j0) * 2;
     for (int64_t t = 0; t < n; ++t) {
       blk.gx[t] = p[2 * t];
       blk.gy[t] = p[2 * t + 1];
     }
-  } else {
-    const T* m = loc.theta + b * (LOC == AFFINE ? 6 : 9);
-    const T y = loc.ys[i];
-    const T* xs = loc.xs + j0;
-    const T cx = m[1] * y + m[2], cy = m[4] * y + m[5];
-    if (LOC == AFFINE) {
-      for (int64_t t = 0; t < n; ++t) {
-        blk.gx[t] = m[0] * xs[t] + cx;
-        blk.gy[t] = m[3] * xs[t] + cy;
-      }
-    } else {
-      const T cw = m[7] * y + m[8], eps = loc.eps;
-      for (int64_t t = 0; t < n; ++t) {
-        T w = m[6] * xs[t] + cw;
+    for (int64_t t = n; t < nn; ++t) blk.gx[t] = blk.gy[t] = 0;
+  }
+  const T* m = LOC == GRID ? nullptr : loc.theta + b * (LOC == AFFINE ? 6 : 9);
+  const T y = LOC == GRID ? T(0) : loc.ys[i];
+  const T* __restrict xs = LOC == GRID ? nullptr : loc.xs + j0;  // padded: finite values up to nn
+  const T cx = LOC == GRID ? T(0) : m[1] * y + m[2], cy = LOC == GRID ? T(0) : m[4] * y + m[5];
+  const T cw = LOC == PROJECTIVE ? m[7] * y + m[8] : T(1), eps = loc.eps;
+  const T m0 = LOC == GRID ? T(0) : m[0], m3 = LOC == GRID ? T(0) : m[3], m6 = LOC == PROJECTIVE ? m[6] : T(0);
+  const T limit = static_cast<T>(1 << 30);
+  const T high_x = static_cast<T>(k.W - 1), high_y = static_cast<T>(k.H - 1);
+  const int32_t W32 = static_cast<int32_t>(k.W), H32 = static_cast<int32_t>(k.H), sh = k.sh, sw = k.sw;
+  const int32_t live_end = static_cast<int32_t>(n);
+  int32_t any_bad = 0;
+  for (int64_t t0 = 0; t0 < nn; t0 += L) {
+    for (int l = 0; l < L; ++l) {
+      const int64_t t = t0 + l;
+      T gx, gy;
+      if (LOC == AFFINE) {
+        gx = m0 * xs[t] + cx;
+        gy = m3 * xs[t] + cy;
+      } else if (LOC == PROJECTIVE) {
+        T w = m6 * xs[t] + cw;
         // torchstn's guard: |w| >= eps, sign kept, w = 0 counts as positive
         const bool keep = !(std::fabs(w) < eps);
         w = keep ? w : (w < 0 ? -eps : eps);
         blk.keep[t] = keep ? T(1) : T(0);
         blk.g[t] = w;
-        blk.gx[t] = (m[0] * xs[t] + cx) / w;
-        blk.gy[t] = (m[3] * xs[t] + cy) / w;
+        gx = (m0 * xs[t] + cx) / w;
+        gy = (m3 * xs[t] + cy) / w;
+        blk.gx[t] = gx;
+        blk.gy[t] = gy;
+      } else {
+        gx = blk.gx[t];
+        gy = blk.gy[t];
       }
+      // v - v is 0 for finite v only (no fast-math here); a non-finite location reads no
+      // pixel (border padding would clip +-Inf) and gives NaN
+      const int32_t live = static_cast<int32_t>(t) < live_end;
+      const int32_t finite = (gx - gx == 0) & (gy - gy == 0);
+      const int32_t bad = live & (finite ^ 1);
+      any_bad |= bad;
+      blk.bad[t] = static_cast<T>(bad);
+      T ix = (gx + 1) * k.ax - k.bx;
+      T iy = (gy + 1) * k.ay - k.by;
+      T dx = k.ax, dy = k.ay;
+      if (PAD == REFLECTION) {
+        T rx, ry;
+        ix = reflect(ix, k.low, k.span_x, &rx);
+        iy = reflect(iy, k.low, k.span_y, &ry);
+        dx *= rx;
+        dy *= ry;
+      }
+      if (PAD != ZEROS) {
+        T clx, cly;
+        ix = clip(ix, high_x, &clx);
+        iy = clip(iy, high_y, &cly);
+        dx *= clx;
+        dy *= cly;
+      }
+      // far outside or not a number: a point no corner of which is inside the image
+      ix = (ix > -limit && ix < limit) ? ix : T(-100);
+      iy = (iy > -limit && iy < limit) ? iy : T(-100);
+      blk.dix[t] = dx;
+      blk.diy[t] = dy;
+      int32_t x0 = static_cast<int32_t>(ix), y0 = static_cast<int32_t>(iy);  // int32, so that it vectorises
+      x0 -= static_cast<int32_t>(ix < static_cast<T>(x0));  // floor
+      y0 -= static_cast<int32_t>(iy < static_cast<T>(y0));
+      const T tx = ix - static_cast<T>(x0), ty = iy - static_cast<T>(y0);
+      blk.tx[t] = tx;
+      blk.ty[t] = ty;
+      const int32_t use = live & finite;
+      const int32_t vx0 = (x0 >= 0) & (x0 < W32), vx1 = (x0 >= -1) & (x0 < W32 - 1);
+      const int32_t vy0 = ((y0 >= 0) & (y0 < H32)) & use, vy1 = ((y0 >= -1) & (y0 < H32 - 1)) & use;
+      const int32_t v0 = vx0 & vy0, v1 = vx1 & vy0, v2 = vx0 & vy1, v3 = vx1 & vy1;
+      // clamped to [-1, W] x [-1, H] so that the offset cannot overflow (unchanged for valid corners)
+      const int32_t cx0 = x0 < -1 ? -1 : (x0 > W32 ? W32 : x0), cy0 = y0 < -1 ? -1 : (y0 > H32 ? H32 : y0);
+      const int32_t o = cy0 * sh + cx0 * sw;
+      const T wl = live ? T(1) : T(0);  // padding weighs nothing
+      blk.w[0][t] = (1 - tx) * (1 - ty) * wl;
+      blk.w[1][t] = tx * (1 - ty) * wl;
+      blk.w[2][t] = (1 - tx) * ty * wl;
+      blk.w[3][t] = tx * ty * wl;
+      blk.valid[0][t] = static_cast<T>(v0);
+      blk.valid[1][t] = static_cast<T>(v1);
+      blk.valid[2][t] = static_cast<T>(v2);
+      blk.valid[3][t] = static_cast<T>(v3);
+      blk.off[0][t] = v0 * o;
+      blk.off[1][t] = v1 * (o + sw);
+      blk.off[2][t] = v2 * (o + sh);
+      blk.off[3][t] = v3 * (o + sh + sw);
+      blk.inner[t] = v0 & v3;
     }
   }
-  int32_t any_bad = 0;  // v - v is 0 for finite v only (no fast-math here); an OR vectorises
-  for (int64_t t = 0; t < n; ++t) any_bad |= !((blk.gx[t] - blk.gx[t] == 0) & (blk.gy[t] - blk.gy[t] == 0));
   blk.any_bad = any_bad;
-  const int64_t W = k.W, H = k.H;
-  const T limit = static_cast<T>(1 << 30);
-  const T high_x = static_cast<T>(W - 1), high_y = static_cast<T>(H - 1);
-  for (int64_t t = 0; t < n; ++t) {
-    T ix = (blk.gx[t] + 1) * k.ax - k.bx;
-    T iy = (blk.gy[t] + 1) * k.ay - k.by;
-    T dx = k.ax, dy = k.ay;
-    if (PAD == REFLECTION) {
-      T rx, ry;
-      ix = reflect(ix, k.low, k.span_x, &rx);
-      iy = reflect(iy, k.low, k.span_y, &ry);
-      dx *= rx;
-      dy *= ry;
-    }
-    if (PAD != ZEROS) {
-      T cx, cy;
-      ix = clip(ix, high_x, &cx);
-      iy = clip(iy, high_y, &cy);
-      dx *= cx;
-      dy *= cy;
-    }
-    // far outside or not a number: a point no corner of which is inside the image
-    ix = (ix > -limit && ix < limit) ? ix : T(-100);
-    iy = (iy > -limit && iy < limit) ? iy : T(-100);
-    blk.dix[t] = dx;
-    blk.diy[t] = dy;
-    blk.tx[t] = ix;
-    blk.ty[t] = iy;
+}
+
+// ------------------------------------------------------------------------------------------
+// the passes
+
+// the four corner values v[q] of the vector of points at t in channel xc (0 for corners
+// outside); where all of them lie inside and a row's two pixels are neighbours in memory
+// (width stride 1), each row's pair is read at once
+template <typename T>
+inline void corners(const T* xc, const Block<T>& blk, int64_t t, int32_t sh, bool unit_stride, typename Simd<T>::V* v) {
+  using S = Simd<T>;
+  if (unit_stride && S::all(blk.inner + t)) {
+    S::pairs(xc, &blk.off[0][t], &v[0], &v[1]);
+    S::pairs(xc + sh, &blk.off[0][t], &v[2], &v[3]);
+  } else {
+    for (int q = 0; q < 4; ++q) v[q] = S::gather(xc, &blk.off[q][t], &blk.valid[q][t]);
   }
-  const int32_t W32 = static_cast<int32_t>(W), H32 = static_cast<int32_t>(H);
-  for (int64_t t = 0; t < n; ++t) {  // int32 throughout, so that it vectorises
-    const T ix = blk.tx[t], iy = blk.ty[t];
-    int32_t x0 = static_cast<int32_t>(ix), y0 = static_cast<int32_t>(iy);
-    x0 -= static_cast<int32_t>(ix < static_cast<T>(x0));  // floor
-    y0 -= static_cast<int32_t>(iy < static_cast<T>(y0));
-    const T tx = ix - static_cast<T>(x0), ty = iy - static_cast<T>(y0);
-    blk.tx[t] = tx;
-    blk.ty[t] = ty;
-    const int32_t vx0 = (x0 >= 0) & (x0 < W32), vx1 = (x0 >= -1) & (x0 < W32 - 1);
-    const int32_t vy0 = (y0 >= 0) & (y0 < H32), vy1 = (y0 >= -1) & (y0 < H32 - 1);
-    const int32_t v0 = vx0 & vy0, v1 = vx1 & vy0, v2 = vx0 & vy1, v3 = vx1 & vy1;
-    const int32_t o = y0 * W32 + x0;
-    blk.w[0][t] = (1 - tx) * (1 - ty);
-    blk.w[1][t] = tx * (1 - ty);
-    blk.w[2][t] = (1 - tx) * ty;
-    blk.w[3][t] = tx * ty;
-    blk.valid[0][t] = static_cast<T>(v0);
-    blk.valid[1][t] = static_cast<T>(v1);
-    blk.valid[2][t] = static_cast<T>(v2);
-    blk.valid[3][t] = static_cast<T>(v3);
-    blk.off[0][t] = v0 * o;
-    blk.off[1][t] = v1 * (o + 1);
-    blk.off[2][t] = v2 * (o + W32);
-    blk.off[3][t] = v3 * (o + W32 + 1);
-  }
-  if (!any_bad) return;
-  for (int64_t t = 0; t < n; ++t) {  // a non-finite location reads no pixel (border padding clips +-Inf)
-    const bool bad = !((blk.gx[t] - blk.gx[t] == 0) & (blk.gy[t] - blk.gy[t] == 0));
-    blk.bad[t] = bad ? T(1) : T(0);
-    for (int q = 0; q < 4; ++q) {
-      blk.valid[q][t] = bad ? T(0) : blk.valid[q][t];
-      blk.off[q][t] = bad ? 0 : blk.off[q][t];
-    }
+}
+
+// the block's values in one channel xc: acc[t] = sum_q w_q v_q over the corners, in this order
+template <typename T>
+inline void interpolate(const T* xc, const Block<T>& blk, int64_t nn, int32_t sh, bool unit_stride, T* acc) {
+  using S = Simd<T>;
+  for (int64_t t = 0; t < nn; t += S::N) {
+    typename S::V v[4];
+    corners(xc, blk, t, sh, unit_stride, v);
+    typename S::V r = S::mul(v[0], S::load(&blk.w[0][t]));
+    for (int q = 1; q < 4; ++q) r = S::add(r, S::mul(v[q], S::load(&blk.w[q][t])));
+    S::store(acc + t, r);
   }
 }
 
 template <typename T, int LOC, int PAD>
-void forward_impl(const T* x, const Locator<T, LOC>& loc, T* out, int64_t B, int64_t C, const Constants<T>& k,
-                  int threads) {
-  const int64_t Ho = k.Ho, Wo = k.Wo, plane = k.H * k.W, out_plane = Ho * Wo;
+void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* out, const Strides& os, int64_t B,
+                  int64_t C, const Constants<T>& k, int threads) {
+  const int64_t Ho = k.Ho, Wo = k.Wo;
   const T nan = std::numeric_limits<T>::quiet_NaN();
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t row = 0; row < B * Ho; ++row) {
     const int64_t b = row / Ho, i = row % Ho;
     Block<T> blk;
+    alignas(32) T acc[BLOCK];
     for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
-      const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK;
+      const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK, nn = whole_vectors(n, Simd<T>::N);
       locate<T, LOC, PAD>(loc, k, b, i, j0, n, blk);
       for (int64_t c = 0; c < C; ++c) {
-        const T* xc = x + (b * C + c) * plane;
-        T* oc = out + (b * C + c) * out_plane + i * Wo + j0;
-        // a corner outside the image reads offset 0 and is dropped by a select (not a
-        // multiplication by 0, which would turn a non-finite pixel there into NaN)
-        T acc[BLOCK];
-        for (int64_t t = 0; t < n; ++t) {
-          T v[4];
-          for (int q = 0; q < 4; ++q) {
-            const T u = xc[blk.off[q][t]];
-            v[q] = blk.valid[q][t] != 0 ? u : T(0);
-          }
-          acc[t] = v[0] * blk.w[0][t] + v[1] * blk.w[1][t] + v[2] * blk.w[2][t] + v[3] * blk.w[3][t];
-        }
+        interpolate(x + b * xs.b + c * xs.c, blk, nn, k.sh, xs.w == 1, acc);
         if (blk.any_bad) {
           for (int64_t t = 0; t < n; ++t) acc[t] = blk.bad[t] != 0 ? nan : acc[t];
         }
-        std::memcpy(oc, acc, sizeof(T) * n);
+        T* oc = out + b * os.b + c * os.c + i * os.h + j0 * os.w;
+        if (os.w == 1) {
+          std::memcpy(oc, acc, sizeof(T) * n);
+        } else {
+          for (int64_t t = 0; t < n; ++t) oc[t * os.w] = acc[t];
+        }
       }
     }
   }
 }
 
-// grad_x (may be null): zeroed and accumulated here. grad_loc (may be null): the grid's
-// gradient (GRID) or the matrix's (AFFINE, PROJECTIVE). Each sample's slice of grad_x and
-// of grad_theta is written by one thread only (the loop is over the batch), so there are
-// no races and the matrix gradient needs no reduction across threads; it is summed in
-// double per block.
+// zero sample b of a (C, H, W) tensor with strides s (dense, any order of dimensions)
+template <typename T>
+void zero_sample(T* p, const Strides& s, int64_t C, int64_t H, int64_t W) {
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t h = 0; h < H; ++h) {
+      T* row = p + c * s.c + h * s.h;
+      if (s.w == 1) {
+        std::memset(row, 0, sizeof(T) * W);
+      } else {
+        for (int64_t w = 0; w < W; ++w) row[w * s.w] = 0;
+      }
+    }
+  }
+}
+
+// grad_x (may be null; strides of x): zeroed and accumulated here. grad_loc (may be null):
+// the grid's gradient (GRID) or the matrix's (AFFINE, PROJECTIVE). Each sample's slice of
+// grad_x and of grad_theta is written by one thread only (the loop is over the batch), so
+// there are no races and the matrix gradient needs no reduction across threads; it is
+// summed in vector lanes per block and in double across blocks, always in the same order.
 template <typename T, int LOC, int PAD>
-void backward_impl(const T* x, const Locator<T, LOC>& loc, const T* grad_out, T* grad_x, T* grad_loc, int64_t B,
-                   int64_t C, const Constants<T>& k, int threads) {
-  const int64_t Ho = k.Ho, Wo = k.Wo, plane = k.H * k.W, out_plane = Ho * Wo;
+void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, const T* grad_out, const Strides& gs,
+                   T* grad_x, T* grad_loc, int64_t B, int64_t C, const Constants<T>& k, int threads) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  const int64_t Ho = k.Ho, Wo = k.Wo;
   const T nan = std::numeric_limits<T>::quiet_NaN();
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t b = 0; b < B; ++b) {
-    if (grad_x) std::memset(grad_x + b * C * plane, 0, sizeof(T) * C * plane);
+    if (grad_x) zero_sample(grad_x + b * xs.b, xs, C, k.H, k.W);
     double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     Block<T> blk;
-    T gix[BLOCK], giy[BLOCK];
+    alignas(32) T gix[BLOCK], giy[BLOCK], go[BLOCK], part[4][BLOCK];
     for (int64_t i = 0; i < Ho; ++i) {
       for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
-        const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK;
+        const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK, nn = whole_vectors(n, S::N);
         locate<T, LOC, PAD>(loc, k, b, i, j0, n, blk);
-        for (int64_t t = 0; t < n; ++t) gix[t] = giy[t] = 0;
+        for (int64_t t = 0; t < nn; ++t) gix[t] = giy[t] = go[t] = 0;
         for (int64_t c = 0; c < C; ++c) {
-          const T* go = grad_out + (b * C + c) * out_plane + i * Wo + j0;
-          if (grad_x) {  // scatter: two points may share a pixel, so not vectorised
-            T* gxc = grad_x + (b * C + c) * plane;
+          const T* goc = grad_out + b * gs.b + c * gs.c + i * gs.h + j0 * gs.w;
+          if (gs.w == 1) {
+            std::memcpy(go, goc, sizeof(T) * n);
+          } else {
+            for (int64_t t = 0; t < n; ++t) go[t] = goc[t * gs.w];
+          }
+          if (grad_x) {  // scatter: two points may share a pixel, so one point at a time
+            T* gxc = grad_x + b * xs.b + c * xs.c;
+            for (int q = 0; q < 4; ++q) {  // a corner outside adds -0 to pixel 0: nothing
+              for (int64_t t = 0; t < n; ++t) part[q][t] = blk.valid[q][t] != 0 ? blk.w[q][t] * go[t] : -T(0);
+            }
             for (int64_t t = 0; t < n; ++t) {
-              for (int q = 0; q < 4; ++q) {
-                if (blk.valid[q][t] != 0) gxc[blk.off[q][t]] += blk.w[q][t] * go[t];
-              }
+              for (int q = 0; q < 4; ++q) gxc[blk.off[q][t]] += part[q][t];
             }
           }
           if (grad_loc) {
-            const T* xc = x + (b * C + c) * plane;
-            for (int64_t t = 0; t < n; ++t) {
-              T v[4];
-              for (int q = 0; q < 4; ++q) {
-                const T u = xc[blk.off[q][t]];
-                v[q] = blk.valid[q][t] != 0 ? u : T(0);
-              }
-              const T tx = blk.tx[t], ty = blk.ty[t];
-              gix[t] += go[t] * ((v[1] - v[0]) * (1 - ty) + (v[3] - v[2]) * ty);
-              giy[t] += go[t] * ((v[2] - v[0]) * (1 - tx) + (v[3] - v[1]) * tx);
+            const T* xc = x + b * xs.b + c * xs.c;
+            const V one = S::set1(T(1));
+            for (int64_t t = 0; t < nn; t += S::N) {
+              V v[4];
+              corners(xc, blk, t, k.sh, xs.w == 1, v);
+              const V v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
+              const V tx = S::load(blk.tx + t), ty = S::load(blk.ty + t), g = S::load(go + t);
+              const V dx = S::add(S::mul(S::sub(v1, v0), S::sub(one, ty)), S::mul(S::sub(v3, v2), ty));
+              const V dy = S::add(S::mul(S::sub(v2, v0), S::sub(one, tx)), S::mul(S::sub(v3, v1), tx));
+              S::store(gix + t, S::add(S::load(gix + t), S::mul(g, dx)));
+              S::store(giy + t, S::add(S::load(giy + t), S::mul(g, dy)));
             }
           }
         }
         if (!grad_loc) continue;
-        for (int64_t t = 0; t < n; ++t) {  // dL / d(normalised location)
+        for (int64_t t = 0; t < nn; ++t) {  // dL / d(normalised location); 0 in the padding
           gix[t] *= blk.dix[t];
           giy[t] *= blk.diy[t];
         }
@@ -308,38 +518,40 @@ void backward_impl(const T* x, const Locator<T, LOC>& loc, const T* grad_out, T*
           continue;
         }
         // the matrix rows: sum over the block of dL/dp * (x, y, 1), y constant along the row
-        const T* xs = loc.xs + j0;
+        const T* xv = loc.xs + j0;
         const T y = loc.ys[i];
-        T s[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-        if (LOC == PROJECTIVE) {
-          for (int64_t t = 0; t < n; ++t) {
-            const T dpx = gix[t] / blk.g[t], dpy = giy[t] / blk.g[t];
+        V s0 = S::zero(), s2 = S::zero(), s3 = S::zero(), s5 = S::zero(), s6 = S::zero(), s8 = S::zero();
+        for (int64_t t = 0; t < nn; t += S::N) {
+          const V xt = S::load(xv + t);
+          V px = S::load(gix + t), py = S::load(giy + t);
+          if (LOC == PROJECTIVE) {
+            const V w = S::load(blk.g + t);
+            px = S::div(px, w);
+            py = S::div(py, w);
             // d(p / w) / dw = -(p / w) / w, with p / w the location itself; none inside the guard
-            const T dw = -(dpx * blk.gx[t] + dpy * blk.gy[t]) * blk.keep[t];
-            s[0] += dpx * xs[t];
-            s[2] += dpx;
-            s[3] += dpy * xs[t];
-            s[5] += dpy;
-            s[6] += dw * xs[t];
-            s[8] += dw;
+            const V dw = S::mul(S::sub(S::zero(), S::add(S::mul(px, S::load(blk.gx + t)), S::mul(py, S::load(blk.gy + t)))),
+                                S::load(blk.keep + t));
+            s6 = S::add(s6, S::mul(dw, xt));
+            s8 = S::add(s8, dw);
           }
-        } else {
-          for (int64_t t = 0; t < n; ++t) {
-            s[0] += gix[t] * xs[t];
-            s[2] += gix[t];
-            s[3] += giy[t] * xs[t];
-            s[5] += giy[t];
-          }
+          s0 = S::add(s0, S::mul(px, xt));
+          s2 = S::add(s2, px);
+          s3 = S::add(s3, S::mul(py, xt));
+          s5 = S::add(s5, py);
         }
-        acc[0] += s[0];
-        acc[1] += static_cast<double>(s[2]) * y;
-        acc[2] += s[2];
-        acc[3] += s[3];
-        acc[4] += static_cast<double>(s[5]) * y;
-        acc[5] += s[5];
-        acc[6] += s[6];
-        acc[7] += static_cast<double>(s[8]) * y;
-        acc[8] += s[8];
+        const double r2 = lane_sum<T>(s2), r5 = lane_sum<T>(s5);
+        acc[0] += lane_sum<T>(s0);
+        acc[1] += r2 * y;
+        acc[2] += r2;
+        acc[3] += lane_sum<T>(s3);
+        acc[4] += r5 * y;
+        acc[5] += r5;
+        if (LOC == PROJECTIVE) {
+          const double r8 = lane_sum<T>(s8);
+          acc[6] += lane_sum<T>(s6);
+          acc[7] += r8 * y;
+          acc[8] += r8;
+        }
       }
     }
     if (grad_loc && LOC != GRID) {
@@ -351,15 +563,16 @@ void backward_impl(const T* x, const Locator<T, LOC>& loc, const T* grad_out, T*
 }
 
 template <typename T, int LOC>
-int dispatch(bool backward, const T* x, const Locator<T, LOC>& loc, T* out_or_grad_out, T* grad_x, T* grad_loc,
-             int64_t B, int64_t C, const Constants<T>& k, int padding, int threads) {
+int dispatch(bool backward, const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* out_or_grad_out,
+             const Strides& os, T* grad_x, T* grad_loc, int64_t B, int64_t C, const Constants<T>& k, int padding,
+             int threads) {
   switch (padding) {
 #define TORCHSTN_CASE(PAD)                                                                                  \
   case PAD:                                                                                                 \
     if (backward)                                                                                           \
-      backward_impl<T, LOC, PAD>(x, loc, out_or_grad_out, grad_x, grad_loc, B, C, k, threads);              \
+      backward_impl<T, LOC, PAD>(x, xs, loc, out_or_grad_out, os, grad_x, grad_loc, B, C, k, threads);      \
     else                                                                                                    \
-      forward_impl<T, LOC, PAD>(x, loc, out_or_grad_out, B, C, k, threads);                                 \
+      forward_impl<T, LOC, PAD>(x, xs, loc, out_or_grad_out, os, B, C, k, threads);                         \
     return 0;
     TORCHSTN_CASE(ZEROS)
     TORCHSTN_CASE(BORDER)
@@ -372,24 +585,32 @@ int dispatch(bool backward, const T* x, const Locator<T, LOC>& loc, T* out_or_gr
 
 // grad_out is const in the backward; the forward writes into it as `out`
 template <typename T>
-int run(bool backward, int location, const T* x, const T* grid_or_theta, const T* xs, const T* ys, double eps,
+int run(bool backward, int location, const T* x, const int64_t* strides, const T* grid_or_theta, double eps,
         const T* out_or_grad_out, T* grad_x, T* grad_loc, int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho,
         int64_t Wo, int padding, int align_corners, int threads) {
-  if (H * W + W >= (int64_t(1) << 31)) return 3;  // corner offsets are int32
+  const Strides xs{strides[0], strides[1], strides[2], strides[3]};
+  const Strides os{strides[4], strides[5], strides[6], strides[7]};
+  // corner offsets are int32: (x0, y0) in [-1, W] x [-1, H], plus a corner's step
+  if (xs.h < 0 || xs.w < 0 || (H + 1) * xs.h + (W + 1) * xs.w >= (int64_t(1) << 31)) return 3;
   T* buffer = const_cast<T*>(out_or_grad_out);
-  const Constants<T> k(H, W, Ho, Wo, align_corners != 0, static_cast<T>(eps));
+  const Constants<T> k(H, W, Ho, Wo, align_corners != 0, static_cast<T>(eps), xs);
+  std::vector<T> xv, yv;
+  if (location != GRID) {
+    xv = axis_coordinates<T>(Wo, align_corners != 0, BLOCK);
+    yv = axis_coordinates<T>(Ho, align_corners != 0, 0);
+  }
   switch (location) {
     case GRID: {
       const Locator<T, GRID> loc{grid_or_theta, nullptr, nullptr, nullptr, 0, Ho, Wo};
-      return dispatch<T, GRID>(backward, x, loc, buffer, grad_x, grad_loc, B, C, k, padding, threads);
+      return dispatch<T, GRID>(backward, x, xs, loc, buffer, os, grad_x, grad_loc, B, C, k, padding, threads);
     }
     case AFFINE: {
-      const Locator<T, AFFINE> loc{nullptr, grid_or_theta, xs, ys, 0, Ho, Wo};
-      return dispatch<T, AFFINE>(backward, x, loc, buffer, grad_x, grad_loc, B, C, k, padding, threads);
+      const Locator<T, AFFINE> loc{nullptr, grid_or_theta, xv.data(), yv.data(), 0, Ho, Wo};
+      return dispatch<T, AFFINE>(backward, x, xs, loc, buffer, os, grad_x, grad_loc, B, C, k, padding, threads);
     }
     case PROJECTIVE: {
-      const Locator<T, PROJECTIVE> loc{nullptr, grid_or_theta, xs, ys, static_cast<T>(eps), Ho, Wo};
-      return dispatch<T, PROJECTIVE>(backward, x, loc, buffer, grad_x, grad_loc, B, C, k, padding, threads);
+      const Locator<T, PROJECTIVE> loc{nullptr, grid_or_theta, xv.data(), yv.data(), static_cast<T>(eps), Ho, Wo};
+      return dispatch<T, PROJECTIVE>(backward, x, xs, loc, buffer, os, grad_x, grad_loc, B, C, k, padding, threads);
     }
     default:
       return 2;
@@ -400,18 +621,20 @@ int run(bool backward, int location, const T* x, const T* grid_or_theta, const T
 
 extern "C" {
 
-// Returns 0 on success, non-zero for an unknown padding or location code.
+// Returns 0 on success, 1 for an unknown padding, 2 for an unknown location code, 3 when
+// the input's pixel offsets do not fit int32. strides: 8 element strides, x's
+// (batch, channel, height, width) then out's (forward) or grad_out's (backward).
 #define TORCHSTN_EXPORT(NAME, T)                                                                                 \
-  int NAME##_forward(int location, const T* x, const T* grid_or_theta, const T* xs, const T* ys, double eps,   \
+  int NAME##_forward(int location, const T* x, const int64_t* strides, const T* grid_or_theta, double eps,      \
                      T* out, int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int padding,  \
                      int align_corners, int threads) {                                                          \
-    return run<T>(false, location, x, grid_or_theta, xs, ys, eps, out, nullptr, nullptr, B, C, H, W, Ho, Wo,   \
+    return run<T>(false, location, x, strides, grid_or_theta, eps, out, nullptr, nullptr, B, C, H, W, Ho, Wo,  \
                   padding, align_corners, threads);                                                             \
   }                                                                                                             \
-  int NAME##_backward(int location, const T* x, const T* grid_or_theta, const T* xs, const T* ys, double eps,  \
+  int NAME##_backward(int location, const T* x, const int64_t* strides, const T* grid_or_theta, double eps,     \
                       const T* grad_out, T* grad_x, T* grad_loc, int64_t B, int64_t C, int64_t H, int64_t W,   \
                       int64_t Ho, int64_t Wo, int padding, int align_corners, int threads) {                    \
-    return run<T>(true, location, x, grid_or_theta, xs, ys, eps, grad_out, grad_x, grad_loc, B, C, H, W, Ho,   \
+    return run<T>(true, location, x, strides, grid_or_theta, eps, grad_out, grad_x, grad_loc, B, C, H, W, Ho,  \
                   Wo, padding, align_corners, threads);                                                         \
   }
 
@@ -419,5 +642,5 @@ TORCHSTN_EXPORT(torchstn_warp2d_f32, float)
 TORCHSTN_EXPORT(torchstn_warp2d_f64, double)
 #undef TORCHSTN_EXPORT
 
-int torchstn_warp2d_abi_version() { return 3; }
+int torchstn_warp2d_abi_version() { return 4; }
 }

@@ -1,0 +1,83 @@
+"""The fused kernel on every memory layout and row length: channels_last and strided inputs
+read in place, the output in the input's memory format, rows longer than one block, and
+images wide enough that most points take the vector path for interior points."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchstn as stn
+from tests._helpers import random_input, random_theta
+
+PADDINGS = ["zeros", "border", "reflection"]
+
+pytestmark = pytest.mark.usefixtures("fused_kernel")  # build it once, or skip
+
+
+def _warp_and_grads(x0, p0, transform, backend, size, padding, align_corners):
+    x, p = x0.detach().clone().requires_grad_(), p0.detach().clone().requires_grad_()
+    out = stn.warp(x, p, transform, size=size, padding=padding, align_corners=align_corners, backend=backend)
+    weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    (out * weight).sum().backward()
+    return out, x.grad, p.grad
+
+
+def _assert_same(fused, torch_path, dtype):
+    atol = 2e-5 if dtype == torch.float32 else 1e-10
+    for name, a, b in zip(("output", "gradient wrt x", "gradient wrt params"), fused, torch_path):
+        scale = 10 if name == "gradient wrt params" else 1
+        torch.testing.assert_close(a, b, atol=atol * scale * max(1.0, b.abs().max().item()), rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_channels_last_is_read_in_place_and_kept(padding, align_corners, dtype):
+    transform = stn.Affine()
+    x = random_input((2, 3, 9, 13), dtype).contiguous(memory_format=torch.channels_last)
+    p = random_theta(transform, 2, dtype, scale=0.3, seed=4)
+    fused = _warp_and_grads(x, p, transform, "fused", (7, 11), padding, align_corners)
+    reference = _warp_and_grads(x.contiguous(), p, transform, "torch", (7, 11), padding, align_corners)
+    _assert_same(fused, reference, dtype)
+    assert fused[0].is_contiguous(memory_format=torch.channels_last)
+    assert fused[1].stride() == x.stride()  # the input's gradient in the input's layout
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: x[:, :, ::2, 1::2],  # a strided view
+    lambda x: x[:1].expand(3, -1, -1, -1),  # a broadcast batch (stride 0)
+    lambda x: x.transpose(2, 3),  # width stride != 1
+], ids=["strided", "expanded", "transposed"])
+def test_strided_inputs_equal_their_contiguous_copy(make, dtype):
+    transform = stn.Projective()
+    x = make(random_input((3, 2, 12, 10), dtype))
+    p = random_theta(transform, 3, dtype, scale=0.05, seed=5)
+    fused = _warp_and_grads(x, p, transform, "fused", (5, 6), "border", False)
+    reference = _warp_and_grads(x.contiguous(), p, transform, "torch", (5, 6), "border", False)
+    _assert_same(fused, reference, dtype)
+
+
+@pytest.mark.parametrize("width", [1, 7, 8, 63, 64, 65, 150])
+def test_every_row_length_matches_grid_sample(width, dtype):
+    # rows shorter than a vector, exactly one, one block, and several blocks with a remainder;
+    # a near-identity warp of a wide image puts most vectors of points inside (the pair path)
+    transform = stn.Affine()
+    x = random_input((2, 2, 11, width), dtype)
+    p = random_theta(transform, 2, dtype, scale=0.02, seed=6)
+    fused = _warp_and_grads(x, p, transform, "fused", None, "zeros", False)
+    reference = _warp_and_grads(x, p, transform, "torch", None, "zeros", False)
+    _assert_same(fused, reference, dtype)
+
+
+def test_sample_of_a_given_grid_with_channels_last_input(dtype):
+    x = random_input((2, 4, 10, 12), dtype).contiguous(memory_format=torch.channels_last)
+    grid = stn.Affine().grid(random_theta(stn.Affine(), 2, dtype, scale=0.2, seed=7), (6, 9))
+    out = stn.sample(x, grid, padding="reflection", backend="fused")
+    expected = F.grid_sample(x.contiguous(), grid, padding_mode="reflection", align_corners=False)
+    torch.testing.assert_close(out, expected, atol=2e-5 if dtype == torch.float32 else 1e-10, rtol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_opcheck():
+    x = random_input((2, 3, 6, 7), torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    theta = torch.eye(2, 3, dtype=torch.float64).repeat(2, 1, 1) + 0.1
+    torch.library.opcheck(torch.ops.torchstn.warp2d.default, (x, theta.requires_grad_(), "affine", [5, 4], "zeros", False, 0.0))
