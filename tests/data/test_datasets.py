@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +184,30 @@ def test_cache_is_written_reused_and_invalidated(mnist_dir, tmp_path, monkeypatc
     repaired = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path)
     assert torch.equal(repaired.images, first.images)
 
+
+
+def test_concurrent_writers_of_one_set_do_not_fail(mnist_dir, tmp_path, monkeypatch):
+    """`reproduce --jobs 2` or two commands can generate the same set at once: the later writer keeps the
+    first one's valid copy, and a stale copy another process is removing does not crash the rmtree."""
+    first = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path, limit=None)
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    arrays = {k: np.load(first.path / f"{k}.npy") for k in manifest["files"]}
+    before = (first.path / "images.npy").stat().st_ino
+    _generate._write_cache(first.path, arrays, manifest)  # the copy already there is valid: kept as it is
+    assert (first.path / "images.npy").stat().st_ino == before
+
+    stale = dict(manifest, key="stale")
+    (first.path / "manifest.json").write_text(json.dumps(stale))
+    real_rmtree = _generate.shutil.rmtree
+
+    def racing_rmtree(path, ignore_errors=False, **kwargs):
+        if Path(path) == first.path:  # another process removes the same stale copy at the same moment
+            (first.path / "params.npy").unlink()
+            if not ignore_errors:
+                raise FileNotFoundError(2, "No such file or directory", "params.npy")  # what the race raised
+        return real_rmtree(path, ignore_errors=ignore_errors, **kwargs)
+
+    monkeypatch.setattr(_generate.shutil, "rmtree", racing_rmtree)
+    _generate._write_cache(first.path, arrays, manifest)
+    assert _generate._read_cache(first.path, manifest["key"]) is not None
+    assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]

@@ -244,7 +244,9 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], manifest: dict[str, 
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if path.exists():
-            shutil.rmtree(path)
+            if _read_cache(path, manifest["key"]) is not None:  # a concurrent writer finished first: keep its copy
+                return
+            shutil.rmtree(path, ignore_errors=True)  # stale or corrupt (another writer may be removing it too)
         try:
             os.rename(tmp, path)
         except OSError:
