@@ -13,6 +13,7 @@ PUBLIC = [
     "Affine1D",
     "Affine3D",
     "Attention",
+    "CPAB1D",
     "CascadedSpatialTransformer",
     "IdentityRegressor",
     "MatrixTransform",
@@ -39,7 +40,7 @@ PUBLIC = [
 ]
 # the lower layers' own surfaces, which other packages (and users) import by these names
 LAYER_PUBLIC = {
-    "transforms": ["Affine", "Affine1D", "Affine3D", "Attention", "MatrixTransform", "Projective", "Similarity",
+    "transforms": ["Affine", "Affine1D", "Affine3D", "Attention", "CPAB1D", "MatrixTransform", "Projective", "Similarity",
                    "ThinPlateSpline", "Transform", "Translation", "base_grid", "clear_caches", "get_transform",
                    "matrix_grid"],
     "sampling": ["BACKENDS", "BACKEND_CHOICES", "Backend", "BackendName", "FusedStatus", "MODES", "Mode", "PADDINGS",

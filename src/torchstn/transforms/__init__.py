@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torchstn._tracing import clear_caches
 from torchstn.transforms._base import MatrixTransform, Transform, base_grid, matrix_grid
+from torchstn.transforms._cpab import CPAB1D
 from torchstn.transforms._matrix import Affine, Affine1D, Affine3D, Attention, Projective, Similarity, Translation
 from torchstn.transforms._tps import ThinPlateSpline
 
@@ -15,6 +16,7 @@ __all__ = [
     "Affine1D",
     "Affine3D",
     "Attention",
+    "CPAB1D",
     "MatrixTransform",
     "Projective",
     "Similarity",
@@ -39,6 +41,8 @@ _BY_NAME: dict[str, type[Transform]] = {
     "thin-plate-spline": ThinPlateSpline,
     "affine3d": Affine3D,
     "affine1d": Affine1D,
+    "cpab1d": CPAB1D,
+    "cpab": CPAB1D,
 }
 
 

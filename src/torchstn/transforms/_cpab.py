@@ -1,0 +1,280 @@
+"""CPAB: 1-D diffeomorphisms from continuous piecewise-affine velocity fields, integrated in closed form.
+
+Freifeld et al., *Transformations Based on Continuous Piecewise-Affine Velocity Fields*
+(TPAMI 2017); Detlefsen et al., *Deep Diffeomorphic Transformer Networks* (CVPR 2018).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from torchstn._tracing import cached
+from torchstn._validation import check_bool, check_int, check_positive
+from torchstn.transforms._base import Transform
+
+__all__ = ["CPAB1D"]
+
+# below these magnitudes expm1(z)/z and log1p(u)/u are summed as series: their autograd
+# derivatives through the plain quotients lose digits (about eps/z²) near 0 and are 0/0 at it
+_EXPM1_SERIES = 0.1  # 10 terms: truncation below 3e-17 relative at |z| = 0.1
+_LOG1P_SERIES = 0.05  # 12 terms: truncation below 2e-17 relative at |u| = 0.05
+
+
+def _expm1_ratio(z: torch.Tensor) -> torch.Tensor:
+    """``expm1(z) / z`` (1 at 0), stable and exactly differentiable for every ``z``; NaN stays NaN."""
+    small = z.abs() < _EXPM1_SERIES
+    zs = torch.where(small, z, torch.zeros_like(z))
+    series = torch.ones_like(z)
+    for n in range(10, 0, -1):  # sum_n z^n / (n + 1)!, Horner
+        series = 1 + zs * series / (n + 1)
+    zl = torch.where(small, torch.ones_like(z), z)  # the quotient is never evaluated at 0 (its gradient would be NaN)
+    return torch.where(small, series, torch.expm1(zl) / zl)
+
+
+def _log1p_ratio(u: torch.Tensor) -> torch.Tensor:
+    """``log1p(u) / u`` (1 at 0) for ``u > -1``, stable and exactly differentiable; NaN stays NaN."""
+    small = u.abs() < _LOG1P_SERIES
+    us = torch.where(small, u, torch.zeros_like(u))
+    series = torch.full_like(u, 1.0 / 12)
+    for n in range(11, 0, -1):  # sum_n (-u)^n / (n + 1), Horner
+        series = 1.0 / n - us * series
+    ul = torch.where(small, torch.ones_like(u), u)
+    return torch.where(small, series, torch.log1p(ul) / ul)
+
+
+def _constraints(cells: int, zero_boundary: bool) -> torch.Tensor:
+    """The rows ``L`` (float64, ``(R, 2K)``) with ``L A = 0`` for the cell coefficients ``A = (a_0, b_0, a_1, b_1, ...)``.
+
+    Continuity at the ``K - 1`` interior vertices ``x_j``: ``a_{j-1} x_j + b_{j-1} = a_j x_j + b_j``;
+    with ``zero_boundary`` also ``v(-1) = 0`` and ``v(1) = 0``.
+    """
+    vertices = torch.linspace(-1.0, 1.0, cells + 1, dtype=torch.float64)
+    rows = []
+    for j in range(1, cells):
+        row = torch.zeros(2 * cells, dtype=torch.float64)
+        row[2 * j - 2 : 2 * j] = torch.stack([vertices[j], torch.ones((), dtype=torch.float64)])
+        row[2 * j : 2 * j + 2] = -row[2 * j - 2 : 2 * j]
+        rows.append(row)
+    if zero_boundary:
+        for cell, x in ((0, -1.0), (cells - 1, 1.0)):
+            row = torch.zeros(2 * cells, dtype=torch.float64)
+            row[2 * cell : 2 * cell + 2] = torch.tensor([x, 1.0], dtype=torch.float64)
+            rows.append(row)
+    return torch.stack(rows) if rows else torch.zeros(0, 2 * cells, dtype=torch.float64)
+
+
+def _basis(cells: int, zero_boundary: bool) -> torch.Tensor:
+    """An orthonormal basis ``(2K, P)`` (float64) of the null space of :func:`_constraints`, the same on every machine.
+
+    The null space is spanned by the vertices' tent functions (the field that is 1 at one
+    vertex, 0 at the others, linear in between): each is continuous, so lies in it, and
+    there are as many (``K + 1``, or the ``K - 1`` interior ones with a zero boundary) as
+    the null space's dimension. Their QR factorisation, with the signs fixed so that ``R``
+    has a positive diagonal, is unique: unlike the SVD's null vectors it does not depend
+    on the LAPACK build, so a trained θ means the same field everywhere.
+    """
+    vertices = torch.linspace(-1.0, 1.0, cells + 1, dtype=torch.float64)
+    width = 2.0 / cells
+    tents = []
+    for j in range(1, cells) if zero_boundary else range(cells + 1):
+        coefficients = torch.zeros(cells, 2, dtype=torch.float64)
+        if j > 0:  # rising on cell j - 1: (x - x_{j-1}) / w
+            coefficients[j - 1] = torch.stack([torch.tensor(1 / width, dtype=torch.float64), -vertices[j - 1] / width])
+        if j < cells:  # falling on cell j: (x_{j+1} - x) / w
+            coefficients[j] = torch.stack([torch.tensor(-1 / width, dtype=torch.float64), vertices[j + 1] / width])
+        tents.append(coefficients.reshape(-1))
+    q, r = torch.linalg.qr(torch.stack(tents, 1))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def _cell_of(x: torch.Tensor, cells: int) -> torch.Tensor:
+    """The cell index of each point (the end cells extend to ±∞; NaN gets cell 0 and stays NaN)."""
+    return ((x + 1) * (cells / 2)).floor().clamp(0, cells - 1).nan_to_num(0).long()
+
+
+def _integrate(coefficients: torch.Tensor, x: torch.Tensor, time: float = 1.0) -> torch.Tensor:
+    """``φ(x, time)`` of the field with cell coefficients ``(B, K, 2)`` for points ``(B, N)``, in closed form.
+
+    Each step integrates every point inside its cell until ``time`` runs out or the point
+    reaches the cell's edge (analytic hitting time), where it moves on to the next cell with
+    the time left. A trajectory is monotone, so it crosses at most ``K - 1`` edges: ``K - 1``
+    steps and a last in-cell solution serve every point, without a data-dependent branch.
+    The cell index is discrete (no gradient); θ reaches the result through the hitting
+    times and the last in-cell solution, which are differentiable.
+    """
+    cells = coefficients.shape[1]
+    slopes, offsets = coefficients[..., 0], coefficients[..., 1]
+    cell = _cell_of(x, cells)
+    t = torch.full_like(x, time)
+    for _ in range(cells - 1):
+        a, b = slopes.gather(1, cell), offsets.gather(1, cell)
+        v = a * x + b
+        forward = v > 0
+        edge = (cell + forward.long()).to(x.dtype) * (2.0 / cells) - 1  # the edge the point moves to
+        bounded = torch.where(forward, cell < cells - 1, (cell > 0) & (v < 0))  # no edge beyond the end cells
+        v_edge = a * edge + b
+        # the edge is reached iff the velocity keeps its sign up to it (else the point stops at v = 0 before it)
+        reaches = bounded & (v_edge != 0) & ((v_edge > 0) == forward)
+        v_safe = torch.where(reaches, v, torch.ones_like(v))
+        distance = edge - x
+        # t_hit = log(v_edge / v) / a = (distance / v) · log1p(u) / u,  u = a · distance / v = v_edge / v - 1
+        u = torch.where(reaches, a * distance / v_safe, torch.zeros_like(v))
+        hit = torch.where(reaches, distance / v_safe * _log1p_ratio(u), torch.full_like(v, math.inf))
+        cross = hit < t
+        x = torch.where(cross, edge, x)
+        t = torch.where(cross, t - hit, t)
+        cell = cell + cross.long() * (2 * forward.long() - 1)
+    a, b = slopes.gather(1, cell), offsets.gather(1, cell)
+    # ψ(x, t) = e^{ta} x + (e^{ta} - 1) b / a  =  x + t (a x + b) expm1(t a) / (t a)
+    return x + t * (a * x + b) * _expm1_ratio(t * a)
+
+
+class CPAB1D(Transform):
+    r"""Diffeomorphic 1-D warps (CPAB): the flow of a continuous piecewise-affine velocity field.
+
+    The interval [-1, 1] is cut into ``K`` equal cells; on cell ``c`` the velocity is
+    affine, :math:`v(x) = a_c x + b_c`, and continuous across the cells (with
+    ``zero_boundary``, also :math:`v(-1) = v(1) = 0`). θ holds the coordinates of the
+    cell coefficients :math:`A = (a_0, b_0, \dots, a_{K-1}, b_{K-1}) = B θ` in an
+    orthonormal basis ``B`` of that constraint space, ``P = K - 1`` (``K + 1`` without
+    the zero boundary). The warp is the field integrated for unit time,
+
+    .. math::
+        T_θ(x) = φ_θ(x, 1), \qquad \frac{\partial φ_θ(x, t)}{\partial t} = v_θ(φ_θ(x, t)),
+        \quad φ_θ(x, 0) = x,
+
+    in closed form: inside a cell :math:`ψ(x, t) = e^{t a} x + (e^{t a} - 1) \frac{b}{a}`
+    (:math:`x + t b` for :math:`a = 0`), and a point that reaches the cell's edge
+    :math:`x_e` does so at :math:`t_e = \frac{1}{a} \log \frac{a x_e + b}{a x + b}`, then
+    continues in the next cell for the time left (Freifeld et al., TPAMI 2017). The map
+    is a diffeomorphism, increasing, and :math:`T_{-θ} = T_θ^{-1}`; with
+    ``zero_boundary`` it fixes -1 and 1. Gradients with respect to θ are exact (autograd
+    through the closed form; the cell index is discrete and the hitting times carry θ).
+
+    The basis is the QR of the vertices' tent functions with signs fixed, computed once in
+    float64 and cached per device and dtype: the same on every machine, so a learned θ
+    keeps its meaning. :meth:`prior_covariance` is the smoothness prior the CPAB and
+    P-STN authors put on θ.
+
+    Args:
+        tessellation: the number of cells ``K``.
+        zero_boundary: pin the velocity to 0 at -1 and 1 (the endpoints stay fixed).
+
+    Convention:
+        Normalised x in [-1, 1] along the length, output to input: the grid holds
+        :math:`T_θ(x)` for every output sample position ``x``, the point of the input
+        ``(B, C, L)`` signal to read; grids are ``(B, L, 1)``. The same
+        ``align_corners`` goes to grid and sampler. Outside [-1, 1] the end cells'
+        fields extend.
+
+    Example:
+        >>> cpab = CPAB1D(tessellation=4)
+        >>> cpab.num_params, cpab.identity()
+        (3, tensor([0., 0., 0.]))
+        >>> theta = torch.tensor([[1.0, 0.0, -1.0]])
+        >>> x = torch.tensor([[[-1.0], [0.0], [1.0]]])
+        >>> cpab.transform_points(theta, x).squeeze(-1)  # endpoints fixed
+        tensor([[-1.0000, -0.1010,  1.0000]])
+        >>> back = cpab.transform_points(-theta, cpab.transform_points(theta, x))
+        >>> torch.allclose(back, x, atol=1e-6)  # T_{-θ} inverts T_θ
+        True
+    """
+
+    ndim = 1
+
+    def __init__(self, tessellation: int = 8, zero_boundary: bool = True) -> None:
+        self.zero_boundary = check_bool("zero_boundary", zero_boundary)
+        # with a zero boundary one cell leaves no free field (P = K - 1)
+        self.tessellation = check_int("tessellation", tessellation, 2 if self.zero_boundary else 1)
+        self._basis64 = _basis(self.tessellation, self.zero_boundary)  # computed once, in float64
+        self.num_params = self._basis64.shape[1]
+
+    def _identity(self) -> torch.Tensor:
+        return torch.zeros(self.num_params, dtype=torch.float64)
+
+    def basis(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The orthonormal basis ``B`` ``(2K, P)``: cell coefficients ``A = B θ`` (cached; do not modify it)."""
+        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        key = ("cpab-basis", self.tessellation, self.zero_boundary, device, dtype)
+        return cached(key, lambda: self._basis64.to(device=device, dtype=dtype))
+
+    def velocity_coefficients(self, params: torch.Tensor) -> torch.Tensor:
+        """The cell coefficients ``(B, K, 2)``: ``(a_c, b_c)`` with :math:`v(x) = a_c x + b_c` on cell ``c``."""
+        params = self.check_params(params)
+        return self._coefficients(params)
+
+    def _coefficients(self, params: torch.Tensor) -> torch.Tensor:
+        return (params @ self.basis(params.device, params.dtype).T).view(params.shape[0], self.tessellation, 2)
+
+    def velocity(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """The velocity field :math:`v_θ` at ``points`` ``(B, N, 1)``: ``(B, N, 1)``."""
+        params = self.check_params(params)
+        coefficients = self._coefficients(params)
+        x = points[..., 0]
+        cell = _cell_of(x, self.tessellation)
+        a, b = coefficients[..., 0].gather(1, cell), coefficients[..., 1].gather(1, cell)
+        return (a * x + b).unsqueeze(-1)
+
+    def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(params.dtype, points.dtype)
+        x = points[..., 0].to(dtype)
+        x = x.expand(params.shape[0], -1) if x.dim() == 1 else x  # a base grid shared by the batch
+        return _integrate(self._coefficients(params).to(dtype), x).unsqueeze(-1)
+
+    def prior_covariance(
+        self,
+        length_scale: float = 0.1,
+        variance: float = 1.0,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        r"""The covariance ``(P, P)`` of the Gaussian smoothness prior on θ.
+
+        A squared-exponential kernel over the cell centres :math:`c_i` correlates the
+        coefficients of nearby cells (slopes with slopes, offsets with offsets), and the
+        basis projects it onto θ:
+
+        .. math::
+            Σ_A[(i, p), (j, q)] = σ^2 \exp\!\Big(-\frac{(c_i - c_j)^2}{2 ℓ^2}\Big) δ_{pq},
+            \qquad Σ_θ = B^\top Σ_A B.
+
+        It is the prior of libcpab/difw's ``covariance_cpa`` that the P-STN authors use,
+        with two differences: ``variance`` is :math:`σ^2` (their ``output_variance`` is
+        squared: pass its square), and the kernel takes the squared distance between
+        centres, as a squared-exponential kernel does (theirs takes the distance).
+        θ ~ N(0, Σ_θ) draws smooth warps (``torch.distributions.MultivariateNormal``).
+        For a P-STN, pass it to
+        ``ProbabilisticSpatialTransformer(..., distribution="gaussian", prior_covariance=Σ_θ)``:
+        its KL is then :math:`\mathrm{KL}(\mathcal N(μ, \mathrm{diag}\,σ^2) \,\|\, \mathcal N(0, Σ_θ))`.
+        The matrix grows ill-conditioned as ``ℓ`` exceeds a few cell widths (a property of
+        the kernel; e.g. ``K = 8``, ``ℓ = 1``: condition number 1e8), which the P-STN
+        refuses beyond 1e6: add a multiple of the identity then.
+
+        Args:
+            length_scale: ``ℓ``, how fast the correlation decays with the distance between
+                cell centres (in the normalised [-1, 1] units; a cell is ``2 / K`` wide).
+            variance: ``σ²``, the prior variance of each cell coefficient.
+            device, dtype: of the result (computed in float64).
+
+        Example:
+            >>> cov = CPAB1D(tessellation=8).prior_covariance(length_scale=0.3, variance=0.5)
+            >>> cov.shape, bool(torch.linalg.eigvalsh(cov).min() > 0)
+            (torch.Size([7, 7]), True)
+        """
+        ell = check_positive("length_scale", length_scale)
+        sigma2 = check_positive("variance", variance)
+        k = self.tessellation
+        centres = (torch.arange(k, dtype=torch.float64) + 0.5) * (2.0 / k) - 1
+        kernel = sigma2 * torch.exp(-((centres[:, None] - centres[None, :]) ** 2) / (2 * ell**2))
+        cov_a = torch.kron(kernel, torch.eye(2, dtype=torch.float64))  # (a_c, b_c) interleaved, as A
+        cov = self._basis64.T @ cov_a @ self._basis64
+        cov = (cov + cov.T) / 2
+        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        return cov.to(device=device, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"CPAB1D(tessellation={self.tessellation}, zero_boundary={self.zero_boundary})"
