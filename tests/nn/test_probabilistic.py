@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.distributions import Gamma, Normal, kl_divergence
+from torch.distributions import Gamma, MultivariateNormal, Normal, kl_divergence
 from torch.func import functional_call
 
 import torchstn as stn
@@ -138,6 +138,65 @@ def test_gaussian_kl_is_to_a_prior_around_the_identity():
     expected = kl_divergence(Normal(mean, sigma), Normal(stn.Affine().identity(), 0.3))
     torch.testing.assert_close(pst.last_kl, expected.sum(1).mean())
     torch.testing.assert_close(pst.kl(), pst.kl_weight * pst.last_kl)
+
+
+def test_gaussian_kl_to_a_full_prior_covariance():
+    torch.manual_seed(0)
+    a = torch.randn(6, 6, dtype=torch.float64)
+    cov = a @ a.T / 6 + 0.1 * torch.eye(6, dtype=torch.float64)
+    pst = _pstn(distribution="gaussian", prior_covariance=cov, init_scale=0.1)
+    with torch.no_grad():
+        pst.variance_regressor.weight.normal_(0, 0.5)
+        pst(torch.rand(3, 1, 8, 8))
+    mean, sigma = pst.last_mean.double(), pst.last_scale.double()
+    identity = stn.Affine().identity(dtype=torch.float64)
+    expected = kl_divergence(MultivariateNormal(mean, torch.diag_embed(sigma**2)), MultivariateNormal(identity, cov))
+    torch.testing.assert_close(pst.last_kl.double(), expected.mean(), atol=1e-4, rtol=1e-5)
+    # σ_p² I as a full covariance gives the diagonal prior's KL
+    plain = _pstn(distribution="gaussian", prior_sigma=0.3)
+    full = _pstn(distribution="gaussian", prior_covariance=0.09 * torch.eye(6))
+    x = torch.rand(2, 1, 8, 8)
+    for module in (plain, full):
+        torch.manual_seed(1)
+        module(x)
+    torch.testing.assert_close(full.last_kl, plain.last_kl)
+    # stored as buffers (moved by .to(), saved in the state dict); absent without a full prior
+    assert set(full.state_dict()) - set(plain.state_dict()) == {"prior_precision", "prior_logdet"}
+    assert plain.prior_precision is None and "prior_covariance=full" in repr(full)
+
+
+def test_cpab_prior_in_a_pstn_on_signals():
+    torch.manual_seed(0)
+    cpab = stn.CPAB1D(8)
+    loc = nn.Sequential(nn.Conv1d(2, 4, 5, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 32, 8), nn.Tanh())
+    cov = cpab.prior_covariance(length_scale=0.3, variance=0.5)
+    pst = stn.ProbabilisticSpatialTransformer(cpab, loc, samples=3, distribution="gaussian", prior_covariance=cov)
+    x = torch.rand(4, 2, 32)
+    out = pst(x)
+    assert out.shape == (12, 2, 32) and pst.last_params.shape == (12, 7)
+    expected = kl_divergence(
+        MultivariateNormal(pst.last_mean.double(), torch.diag_embed(pst.last_scale.double() ** 2)),
+        MultivariateNormal(torch.zeros(7, dtype=torch.float64), cov.double()),
+    )
+    torch.testing.assert_close(pst.last_kl.double(), expected.mean(), atol=1e-4, rtol=1e-5)
+    (pst.marginalize(out.mean(-1)).sum() + pst.kl()).backward()
+    assert pst.regressor.bias.grad.abs().sum() > 0 and pst.variance_regressor.bias.grad.abs().sum() > 0
+
+
+def test_bad_prior_covariance():
+    with pytest.raises(ValueError, match="prior_covariance needs distribution='gaussian'"):
+        _pstn(prior_covariance=torch.eye(6))
+    with pytest.raises(ValueError, match=r"prior_covariance must have shape \(6, 6\), got \(5, 5\)"):
+        _pstn(distribution="gaussian", prior_covariance=torch.eye(5))
+    with pytest.raises(ValueError, match="prior_covariance must be a finite symmetric matrix"):
+        _pstn(distribution="gaussian", prior_covariance=torch.eye(6) + torch.ones(6, 6).triu(1))
+    with pytest.raises(ValueError, match="prior_covariance must be positive definite"):
+        _pstn(distribution="gaussian", prior_covariance=torch.diag(torch.tensor([1.0, 1, 1, 1, 1, -1])))
+    cpab = stn.CPAB1D(8)  # a long length scale: the kernel is nearly singular (condition number ~1e8)
+    with pytest.raises(ValueError, match="prior_covariance is too ill-conditioned .* add a small multiple"):
+        stn.ProbabilisticSpatialTransformer(
+            cpab, _loc(8), distribution="gaussian", prior_covariance=cpab.prior_covariance(length_scale=1.0)
+        )
 
 
 def test_marginalize_averages_probabilities_over_samples():

@@ -11,7 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchstn._tracing import exporting
-from torchstn._validation import check_choice, check_int, check_number, check_positive, sizes_traced
+from torchstn._validation import (
+    check_choice,
+    check_floating,
+    check_int,
+    check_number,
+    check_positive,
+    check_tensor,
+    sizes_traced,
+)
 from torchstn.nn._localization import make_regressor
 from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer
 from torchstn.sampling import SamplerOptions
@@ -47,6 +55,55 @@ def _gaussian_kl(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, 
     return math.log(sigma_p) - sigma_q.log() + (sigma_q**2 + (mu_q - mu_p) ** 2) / (2 * sigma_p**2) - 0.5
 
 
+def _gaussian_kl_full(
+    mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, precision: torch.Tensor, logdet: torch.Tensor
+) -> torch.Tensor:
+    r"""Per-row ``KL(N(μ_q, diag σ_q²) || N(μ_p, Σ_p))`` from the prior's precision ``Λ = Σ_p⁻¹`` and ``ln det Σ_p``.
+
+    .. math::
+        \frac12 \Big( \sum_i Λ_{ii} σ_i^2 + (μ_q - μ_p)^\top Λ (μ_q - μ_p) - P + \ln\det Σ_p - \sum_i \ln σ_i^2 \Big)
+    """
+    sigma_q = sigma_q.clamp_min(torch.finfo(sigma_q.dtype).tiny)
+    d = mu_q - mu_p
+    trace = (sigma_q**2 * torch.diagonal(precision)).sum(1)
+    mahalanobis = ((d @ precision) * d).sum(1)
+    return 0.5 * (trace + mahalanobis - mu_q.shape[1] + logdet - 2 * sigma_q.log().sum(1))
+
+
+#: the largest condition number accepted for ``prior_covariance`` (its precision is used in float32)
+_MAX_CONDITION = 1e6
+
+
+def _prior_precision(value: object, num_params: int, distribution: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The precision ``(P, P)`` and ``ln det`` of a ``prior_covariance`` argument (float64), or ``None``."""
+    if value is None:
+        return None
+    if distribution != "gaussian":
+        raise ValueError(
+            f"prior_covariance needs distribution='gaussian' (a full-covariance Gaussian prior on θ), got "
+            f"distribution={distribution!r}, whose prior is on the precisions"
+        )
+    cov = check_tensor("prior_covariance", value, ndim=2)
+    check_floating("prior_covariance", cov)
+    if cov.shape != (num_params, num_params):
+        raise ValueError(f"prior_covariance must have shape ({num_params}, {num_params}), got {tuple(cov.shape)}")
+    cov = cov.detach().to("cpu", torch.float64)
+    if not torch.isfinite(cov).all() or not torch.allclose(cov, cov.T, rtol=1e-6, atol=1e-12):
+        raise ValueError("prior_covariance must be a finite symmetric matrix")
+    eigenvalues = torch.linalg.eigvalsh(cov)
+    if not eigenvalues[0] > 0:
+        raise ValueError(f"prior_covariance must be positive definite, got a smallest eigenvalue of {float(eigenvalues[0]):.3g}")
+    condition = float(eigenvalues[-1] / eigenvalues[0])
+    if condition > _MAX_CONDITION:
+        raise ValueError(
+            f"prior_covariance is too ill-conditioned for a KL term (condition number {condition:.3g} > "
+            f"{_MAX_CONDITION:g}: its inverse would be rounding noise in float32); add a small multiple of the "
+            "identity to it (+ eps * torch.eye(P)), or use a less correlated prior (e.g. a shorter length scale)"
+        )
+    chol = torch.linalg.cholesky(cov)
+    return torch.cholesky_inverse(chol), 2 * torch.diagonal(chol).log().sum()
+
+
 def _test_samples(value: object) -> int | Literal["mean"]:
     if isinstance(value, str):
         check_choice("test_samples", value, ("mean",))
@@ -75,7 +132,9 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
 
     ``distribution="gaussian"`` (the simpler option): :math:`θ \sim \mathcal N(μ(x), σ(x)^2)`
     with the regulariser :math:`\mathrm{KL}(\mathcal N(μ, σ^2) \,\|\, \mathcal N(θ_{id}, σ_p^2))`
-    to a prior centred on the identity.
+    to a prior centred on the identity; with ``prior_covariance`` the prior is
+    :math:`\mathcal N(θ_{id}, Σ_p)` instead (e.g. the smoothness prior
+    :meth:`~torchstn.transforms.CPAB1D.prior_covariance` of CPAB warps).
 
     In training, ``samples`` θ per input are drawn with the reparameterisation trick
     (``θ = μ + scale · ε``, ε standard Student-t or normal, so gradients reach both
@@ -95,6 +154,10 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         prior_alpha, prior_beta: the Gamma prior on the precision (student-t); the
             reference code's defaults are 1 and 1.
         prior_sigma: standard deviation of the Gaussian prior around the identity.
+        prior_covariance: a full ``(P, P)`` covariance (symmetric positive definite) of
+            the Gaussian prior around the identity, in place of ``prior_sigma``; only with
+            ``distribution="gaussian"``. Kept as the buffers ``prior_precision`` and
+            ``prior_logdet`` (``None`` without it).
         init_scale: the initial spread of θ (student-t scale ``sqrt(β/α)`` or σ),
             the same for every input (the spread head starts with zero weights); 0.08 is
             about the reference code's ``var_init=-5``.
@@ -125,6 +188,8 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
     last_mean: torch.Tensor | None
     last_scale: torch.Tensor | None
     last_kl: torch.Tensor | None
+    prior_precision: torch.Tensor | None
+    prior_logdet: torch.Tensor | None
 
     def __init__(
         self,
@@ -138,6 +203,7 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         prior_alpha: float = 1.0,
         prior_beta: float = 1.0,
         prior_sigma: float = 0.1,
+        prior_covariance: torch.Tensor | None = None,
         init_scale: float = 0.08,
         kl_weight: float = 1e-4,
         in_features: int | None = None,
@@ -152,6 +218,10 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         self.prior_beta = check_positive("prior_beta", prior_beta)
         self.prior_sigma = check_positive("prior_sigma", prior_sigma)
         self.kl_weight = check_number("kl_weight", kl_weight, low=0.0)
+        prior = _prior_precision(prior_covariance, self.transform.num_params, self.distribution)
+        dtype = torch.get_default_dtype()
+        self.register_buffer("prior_precision", None if prior is None else prior[0].to(dtype))
+        self.register_buffer("prior_logdet", None if prior is None else prior[1].to(dtype))
         init_scale = check_positive("init_scale", init_scale)
         # the spread head predicts softplus^{-1} of β (student-t) or σ (gaussian), the same for every input at first
         spread0 = self.prior_alpha * init_scale**2 if self.distribution == "student-t" else init_scale
@@ -184,6 +254,9 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
             per_param = _gamma_kl(alpha, spread, self.prior_alpha, self.prior_beta)
         else:
             identity = self.transform.identity(device=mean.device, dtype=mean.dtype)
+            if self.prior_precision is not None:
+                precision, logdet = self.prior_precision.to(mean.dtype), self.prior_logdet.to(mean.dtype)
+                return _gaussian_kl_full(mean, spread, identity, precision, logdet).mean()
             per_param = _gaussian_kl(mean, spread, identity, self.prior_sigma)
         return per_param.sum(1).mean()
 
@@ -238,6 +311,7 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         return (
             f"{super().extra_repr()}, distribution={self.distribution!r}, samples={self.samples}, "
             f"test_samples={self.test_samples!r}, kl_weight={self.kl_weight:g}"
+            + (", prior_covariance=full" if self.prior_precision is not None else "")
         )
 
 
