@@ -81,3 +81,36 @@ def test_channels_last_opcheck():
     x = random_input((2, 3, 6, 7), torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
     theta = torch.eye(2, 3, dtype=torch.float64).repeat(2, 1, 1) + 0.1
     torch.library.opcheck(torch.ops.torchstn.warp2d.default, (x, theta.requires_grad_(), "affine", [5, 4], "zeros", False, 0.0))
+
+
+def test_eager_call_equals_the_operator_and_modes_see_the_operator():
+    """Plain eager calls skip the dispatcher (the same kernel and formula); a dispatch mode sees the operator."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    x0 = random_input((2, 3, 8, 9), torch.float64)
+    theta0 = torch.eye(2, 3, dtype=torch.float64).repeat(2, 1, 1) + 0.05 * random_input((2, 2, 3), torch.float64)
+    results = []
+    for call in (
+        lambda x, t: stn.warp(x, t, "affine", padding="reflection"),
+        lambda x, t: torch.ops.torchstn.warp2d(x, t, "affine", [8, 9], "reflection", False, 0.0),
+    ):
+        x, theta = x0.clone().requires_grad_(), theta0.clone().requires_grad_()
+        out = call(x, theta)
+        (gx, gt) = torch.autograd.grad(out, (x, theta), torch.ones_like(out), create_graph=True)
+        (ggt,) = torch.autograd.grad(gt.square().sum(), theta)  # second order: through the grid path
+        results.append((out, gx, gt, ggt))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record() as record:
+        stn.warp(x0, theta0, "affine")
+    assert "torchstn.warp2d.default" in record.ops

@@ -15,9 +15,10 @@ Its backward is the closed-form kernel; when the gradient's own graph is asked f
 (``create_graph=True``: gradient penalties, Hessians, ``torch.func.grad``) it is
 recomputed through the grid path (:func:`~torchstn.transforms.matrix_grid` and
 ``F.grid_sample``), which is differentiable to every order, so higher-order gradients
-are exact. Measured call overhead (4x1x16x16, one thread): the operator adds about 6 µs
-to the former ``autograd.Function`` without gradients and 36 µs with them
-(``docs/benchmarks.md``).
+are exact. The dispatcher's per-call cost (tens of µs, most of a batch-1 call) is paid
+only where something may record or transform the call (``torch.compile``,
+``torch.export``, fake tensors, tensor subclasses, torch function or dispatch modes):
+plain eager calls run the same CPU implementation and autograd formula directly.
 
 The source is ``csrc/fused_warp2d.cpp``: plain C++ with a C interface and no torch
 headers, built on first use by :func:`torch.utils.cpp_extension.load` into torch's
@@ -35,6 +36,8 @@ modes, devices and dtypes, and 3-D, use the grid path with ``F.grid_sample``, an
 ``torch.func`` transforms, which ``torch.library`` autograd formulas do not support yet.
 Threads: ``torch.get_num_threads()``; the forward splits output rows, the backward splits
 the batch (each sample's input gradient and θ gradient belong to one thread).
+Layouts: the input is read with its own strides (NCHW, channels_last or a view, no copy);
+the output is channels_last when the input is.
 Non-finite locations (NaN, ±Inf) give NaN outputs and NaN location gradients.
 """
 
@@ -373,7 +376,7 @@ def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
     ctx.options = options
 
 
-def _backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN202
+def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN001, ANN202
     x, loc = ctx.saved_tensors
     location, size, padding, align_corners, eps = ctx.options
     needed = tuple(ctx.needs_input_grad[:2])
@@ -382,9 +385,8 @@ def _backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN202
             lambda x, loc: grid_path(x, loc, location, size, padding, align_corners, eps), (x, loc), grad_out, needed
         )
     else:
-        grad_x, grad_loc = torch.ops.torchstn.warp2d_backward(
-            grad_out, x, loc, location, padding, align_corners, eps, list(needed)
-        )
+        backward = _warp2d_backward_cpu if direct else torch.ops.torchstn.warp2d_backward
+        grad_x, grad_loc = backward(grad_out, x, loc, location, padding, align_corners, eps, list(needed))
         grads = (grad_x if needed[0] else None, grad_loc if needed[1] else None)
     return *grads, None, None, None, None, None
 
@@ -392,9 +394,43 @@ def _backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN202
 torch.library.register_autograd("torchstn::warp2d", _backward, setup_context=_setup_context, lib=_LIB)
 
 
+class _EagerWarp2d(torch.autograd.Function):
+    """``torchstn::warp2d`` without the dispatcher, for plain tensors in eager mode: the same
+    CPU implementation and the same autograd formula as the registered operator, minus the
+    operator's per-call cost (tens of µs, which dominated batch-1 calls)."""
+
+    @staticmethod
+    def forward(ctx, x, loc, location, size, padding, align_corners, eps):  # noqa: ANN001, ANN205, D102
+        _setup_context(ctx, (x, loc, location, size, padding, align_corners, eps), None)
+        return _warp2d_cpu(x, loc, location, size, padding, align_corners, eps)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205, D102
+        return _backward(ctx, grad_out, direct=True)
+
+
+def _warp2d(
+    x: torch.Tensor, loc: torch.Tensor, location: str, size: list[int], padding: str, align_corners: bool, eps: float
+) -> torch.Tensor:
+    """``torchstn::warp2d``: through the dispatcher where something may record or transform
+    the call (``torch.compile``, ``torch.export``, tensor subclasses, fake tensors, torch
+    function or dispatch modes), else directly (the same kernel and autograd formula)."""
+    if (
+        type(x) is torch.Tensor
+        and type(loc) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._len_torch_dispatch_stack() == 0
+    ):
+        if torch.is_grad_enabled() and (x.requires_grad or loc.requires_grad):
+            return _EagerWarp2d.apply(x, loc, location, size, padding, align_corners, eps)
+        return _warp2d_cpu(x, loc, location, size, padding, align_corners, eps)
+    return torch.ops.torchstn.warp2d(x, loc, location, size, padding, align_corners, eps)
+
+
 def fused_sample(x: torch.Tensor, grid: torch.Tensor, padding: str, align_corners: bool) -> torch.Tensor:
     """Bilinear sampling of ``x`` (B, C, H, W) at ``grid`` (B, Ho, Wo, 2) with the fused kernel (no validation)."""
-    return torch.ops.torchstn.warp2d(x, grid, "grid", list(grid.shape[1:3]), padding, align_corners, 0.0)
+    return _warp2d(x, grid, "grid", list(grid.shape[1:3]), padding, align_corners, 0.0)
 
 
 def fused_warp(
@@ -406,5 +442,4 @@ def fused_warp(
     ``matrix``: the rows ``(B, 2, 3)`` of an affine map, or with ``projective`` the
     homography ``(B, 3, 3)`` whose ``w`` is guarded by ``eps`` as :class:`~torchstn.Projective` does.
     """
-    location = "projective" if projective else "affine"
-    return torch.ops.torchstn.warp2d(x, matrix, location, list(size), padding, align_corners, eps)
+    return _warp2d(x, matrix, "projective" if projective else "affine", list(size), padding, align_corners, eps)
