@@ -24,6 +24,14 @@ def test_cases_cover_every_family_and_the_training_step() -> None:
     assert len(names) == len(CASES)
 
 
+def test_latency_and_large_volume_cases() -> None:
+    shapes = {c.name: c.shape for c in CASES}
+    assert shapes["affine-b1-28"] == (1, 1, 28, 28)
+    assert shapes["affine-b1-224"] == (1, 3, 224, 224)
+    assert shapes["affine3d-64"] == (2, 1, 64, 64, 64)
+    assert [c.name for c in select_cases(["affine3d-*"])] == ["affine3d-32", "affine3d-64"]
+
+
 def test_select_cases_by_pattern_keeps_report_order() -> None:
     assert [c.name for c in select_cases(["tps-*", "affine-28"])] == ["affine-28", "tps-28", "tps-224"]
     assert select_cases(None) == list(CASES)
@@ -102,6 +110,6 @@ def test_kornia_absent_is_a_note(monkeypatch) -> None:
     from torchstn.bench import _peers, build_workload
 
     monkeypatch.setattr(_peers, "kornia_available", lambda: False)
-    work = build_workload(Case("t", "affine", (1, 1, 8, 8)))
+    work = build_workload(Case("t", "affine", (1, 1, 8, 8)), peers=("torch", "kornia"))
     assert set(work.contenders) == {"torchstn", "torch"}
     assert any("kornia: not installed" in n for n in work.notes)

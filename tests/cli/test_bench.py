@@ -15,6 +15,7 @@ def test_cli_quick_json(cli, tmp_path) -> None:
     assert data["meta"]["command"] == "torchstn bench --device cpu --quick --cases translation-28 --no-kornia"
     assert data["cases"][0]["name"] == "translation-28"
     assert "kornia" not in data["cases"][0]["passes"]["forward"]
+    assert {"opencv", "jax"} <= set(data["meta"])  # their versions, None where not installed
     assert {t["target"].split(" ")[0] for t in data["targets"]} >= {"affine", "never", "TPS"}
 
 

@@ -1,4 +1,4 @@
-"""Benchmarks: torchstn against ``F.affine_grid + F.grid_sample`` and kornia, interleaved in one run.
+"""Benchmarks: torchstn against ``F.affine_grid + F.grid_sample``, kornia, OpenCV and JAX, interleaved in one run.
 
 Every case times all contenders in the same rounds and reports the median of the
 per-round ratios (peer time / torchstn time, > 1 means torchstn is faster), forward and
@@ -15,17 +15,31 @@ Example:
 
 from __future__ import annotations
 
-from torchstn.bench._cases import CASES, Case, Contender, Workload, build_training_step, build_workload, select_cases
+from torchstn.bench._cases import (
+    CASES,
+    PEER_TOLERANCE,
+    PEERS,
+    Case,
+    Contender,
+    ForeignContender,
+    Workload,
+    build_training_step,
+    build_workload,
+    select_cases,
+)
 from torchstn.bench._report import TargetCheck, check_targets, format_report
 from torchstn.bench._runner import BenchReport, CaseResult, Measurement, run_benchmark, run_case
 from torchstn.bench._timing import Timings, interleaved, peak_memory
 
 __all__ = [
     "CASES",
+    "PEERS",
+    "PEER_TOLERANCE",
     "BenchReport",
     "Case",
     "CaseResult",
     "Contender",
+    "ForeignContender",
     "Measurement",
     "TargetCheck",
     "Timings",

@@ -1,30 +1,38 @@
 """The benchmark cases and, for each, the contenders doing the same work.
 
 A warp case times ``torchstn.warp`` against the plain-PyTorch warp
-(``F.affine_grid + F.grid_sample``, where the family is affine-representable) and
-kornia's warp for the family (where kornia has one). The training case times one
-optimiser step of the ST-CNN against the same CNN without the transformer.
+(``F.affine_grid + F.grid_sample``, where the family is affine-representable),
+kornia's warp for the family (where kornia has one), OpenCV's ``warpAffine`` /
+``warpPerspective`` (2-D matrix families, forward only) and a ``jax.jit`` warp (matrix
+families in 2-D and 3-D, forward and forward+backward). OpenCV and JAX are peers outside
+torch (:class:`ForeignContender`): each is checked against torch's warp before it is
+timed and left out, with a note, when it differs. The training case times one optimiser
+step of the ST-CNN against the same CNN without the transformer.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from torchstn.bench import _peers
+from torchstn.bench import _jax, _opencv, _peers
 from torchstn.sampling import BACKENDS, fused_applies, fused_status, sample, warp
 from torchstn.transforms import MatrixTransform, ThinPlateSpline, Transform, get_transform
 
 __all__ = [
     "AFFINE_FAMILIES",
     "CASES",
+    "PEERS",
+    "PEER_TOLERANCE",
     "Case",
     "Contender",
+    "ForeignContender",
     "Workload",
     "build_training_step",
     "build_workload",
@@ -33,6 +41,17 @@ __all__ = [
 
 #: families whose grid ``F.affine_grid`` can make (the plain-PyTorch peer exists)
 AFFINE_FAMILIES: tuple[str, ...] = ("translation", "attention", "similarity", "affine", "affine3d")
+
+#: every peer torchstn is timed against, in report order (each skipped with a note where it cannot run)
+PEERS: tuple[str, ...] = ("torch", "kornia", "opencv", "jax")
+
+#: how far a peer outside torch may be from torch's warp before it is timed, as
+#: ``max |peer - torch| / max(1, max |torch|)``: output and gradient wrt the image (images in
+#: [0, 1]: an absolute 1e-4), then the gradient wrt the matrix, which is looser because
+#: bilinear sampling's derivative jumps at pixel edges and float32 rounding moves a few of
+#: 10^5 points across one: torch's own float32 θ-gradient is 3e-3 from its float64 one at
+#: 1x3x224x224
+PEER_TOLERANCE: dict[str, float] = {"output": 1e-4, "d/dx": 1e-4, "d/dmatrix": 1e-2}
 
 #: how far the random parameters stray from the identity, per family
 _PARAM_NOISE: dict[str, float] = {"projective": 0.05, "tps": 0.05}
@@ -83,12 +102,15 @@ class Case:
 
 
 #: the cases timed by default, in report order: the affine family from MNIST (28 px) to ImageNet
-#: (224 px) sizes, every other family, a volume and one ST-CNN training step
+#: (224 px) sizes, batch-1 calls (latency), every other family, two volumes and one ST-CNN
+#: training step
 CASES: tuple[Case, ...] = (
     Case("affine-28", "affine", (256, 1, 28, 28)),
     Case("affine-60to30", "affine", (256, 1, 60, 60), (30, 30)),
     Case("affine-64", "affine", (64, 3, 64, 64)),
     Case("affine-224", "affine", (32, 3, 224, 224)),
+    Case("affine-b1-28", "affine", (1, 1, 28, 28)),
+    Case("affine-b1-224", "affine", (1, 3, 224, 224)),
     Case("translation-28", "translation", (256, 1, 28, 28)),
     Case("attention-28", "attention", (256, 1, 28, 28)),
     Case("similarity-28", "similarity", (256, 1, 28, 28)),
@@ -96,6 +118,7 @@ CASES: tuple[Case, ...] = (
     Case("tps-28", "tps", (256, 1, 28, 28)),
     Case("tps-224", "tps", (32, 3, 224, 224)),
     Case("affine3d-32", "affine3d", (8, 1, 32, 32, 32)),
+    Case("affine3d-64", "affine3d", (2, 1, 64, 64, 64)),
     Case("st-cnn", "train", (256, 1, 28, 28)),
 )
 
@@ -139,6 +162,25 @@ class Contender:
 
 
 @dataclass
+class ForeignContender:
+    """A peer outside torch (OpenCV, JAX) on its own copies of the inputs, converted once, untimed.
+
+    Attributes:
+        forward: the timed forward pass; returns the peer's own output, fully computed.
+        output: the forward pass's result as a torch tensor (what the check compares).
+        backward: the timed forward+backward for the workload's output gradient, or
+            ``None`` where the peer has no gradient (OpenCV): it then sits out that pass.
+        gradients: the gradients with respect to the image and the matrix as torch
+            tensors (for the check), or ``None`` with ``backward``.
+    """
+
+    forward: Callable[[], object]
+    output: Callable[[], torch.Tensor]
+    backward: Callable[[], object] | None = None
+    gradients: Callable[[], tuple[torch.Tensor, ...]] | None = None
+
+
+@dataclass
 class Workload:
     """Everything one warp case times, built once per run."""
 
@@ -147,13 +189,36 @@ class Workload:
     x: torch.Tensor
     params: torch.Tensor
     grad_out: torch.Tensor
-    contenders: dict[str, Contender]
+    contenders: dict[str, Contender | ForeignContender]
     #: grid generation alone, per contender that has a separate grid step
     grid_fns: dict[str, Callable[[], torch.Tensor]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     #: ``warp`` with each backend that warps the case its own way (``"warp:fused"``,
     #: ``"warp:torch"`` = grid + ``F.grid_sample``), where the fused kernel applies
     warp_backends: dict[str, Contender] = field(default_factory=dict)
+    #: how far each peer outside torch is from torch's warp, per part checked (see :data:`PEER_TOLERANCE`)
+    peer_errors: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def timed(
+        self, pass_name: str, contenders: Mapping[str, Contender | ForeignContender] | None = None
+    ) -> dict[str, Callable[[], object]]:
+        """What is timed of each contender (default: :attr:`contenders`) in ``pass_name``.
+
+        ``"forward"`` or ``"forward+backward"`` (with :attr:`grad_out`); a contender
+        without a gradient sits out the second.
+        """
+        contenders = self.contenders if contenders is None else contenders
+        if pass_name == "forward":
+            return {name: c.forward for name, c in contenders.items()}
+        if pass_name != "forward+backward":
+            raise ValueError(f"pass_name must be 'forward' or 'forward+backward', got {pass_name!r}")
+        out: dict[str, Callable[[], object]] = {}
+        for name, c in contenders.items():
+            if isinstance(c, Contender):
+                out[name] = partial(c.forward_backward, self.grad_out)
+            elif c.backward is not None:
+                out[name] = c.backward
+        return out
 
     def sampler_fns(self, backends: Sequence[str] | None = None) -> dict[str, Callable[[], torch.Tensor]]:
         """``sample(x, grid, backend=name)`` for each of ``backends`` (default: every registered one), on torchstn's grid."""
@@ -189,7 +254,7 @@ def build_workload(
     *,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
-    peers: Sequence[str] = ("torch", "kornia"),
+    peers: Sequence[str] = PEERS,
     align_corners: bool = False,
     params: torch.Tensor | None = None,
 ) -> Workload:
@@ -200,9 +265,9 @@ def build_workload(
         device: where to run.
         dtype: floating dtype of inputs and parameters.
         seed: seed of the inputs and parameters.
-        peers: which peers to build (``"torch"``, ``"kornia"``); a peer that does not
-            apply to the family, or kornia when it is not installed, is skipped with a
-            note in :attr:`Workload.notes`.
+        peers: which of :data:`PEERS` to build; a peer that does not apply to the
+            family, is not installed, or (OpenCV, JAX) does not match torch's warp within
+            :data:`PEER_TOLERANCE`, is skipped with a note in :attr:`Workload.notes`.
         align_corners: given to every contender.
         params: the ``(B, P)`` parameters to warp with, instead of random ones near the
             identity.
@@ -231,6 +296,9 @@ def build_workload(
             work.notes.append(kornia)
         else:
             work.contenders["kornia"] = kornia
+    for name in ("opencv", "jax"):
+        if name in peers:
+            _add_foreign_peer(work, name, align_corners)
     _add_warp_backends(work, align_corners)
     return work
 
@@ -337,6 +405,90 @@ def _kornia_contender(
 
         return Contender(run_tps, (x, _leaf(targets)))
     return f"kornia: no warp for {transform.name}"
+
+
+def _add_foreign_peer(work: Workload, name: str, align_corners: bool) -> None:
+    """OpenCV's (``name="opencv"``) or JAX's warp, added where it runs and matches torch's; else a note why not."""
+    why_not = _foreign_peer_unavailable(work, name)
+    if why_not is not None:
+        work.notes.append(why_not)
+        return
+    transform, size = work.transform, work.case.out_size
+    full = transform.matrix(work.params.detach())
+    matrix = (full if transform.projective else full[:, : transform.ndim]).contiguous()  # what F.affine_grid takes
+    x = work.x.detach()
+    if name == "opencv":
+        run, to_torch = _opencv.opencv_warp(x, matrix, size, align_corners, threads=torch.get_num_threads())
+        contender = ForeignContender(run, lambda: to_torch(run()))
+    else:
+        contender = _jax_contender(work, matrix, align_corners)
+    expected = _torch_reference(work, matrix, align_corners, gradients=contender.gradients is not None)
+    found = (contender.output(), *(contender.gradients() if contender.gradients is not None else ()))
+    errors = {part: _peers.relative_error(a, e) for part, a, e in zip(PEER_TOLERANCE, found, expected)}
+    wrong = [f"{part} {e:.2g} > {PEER_TOLERANCE[part]:g}" for part, e in errors.items() if e > PEER_TOLERANCE[part]]
+    if wrong:
+        work.notes.append(
+            f"{name}: differs from torch's warp (max |peer - torch| / max(1, max |torch|): {', '.join(wrong)}): "
+            "not the same work, not timed"
+        )
+        return
+    work.contenders[name] = contender
+    work.peer_errors[name] = errors
+
+
+def _foreign_peer_unavailable(work: Workload, name: str) -> str | None:
+    """Why OpenCV or JAX cannot do this case's work here, or ``None``."""
+    transform, x = work.transform, work.x
+    version = _opencv.opencv_version() if name == "opencv" else _jax.jax_version()
+    if version is None:
+        package = "opencv-python-headless" if name == "opencv" else "'jax[cpu]'"
+        return f"{name}: not installed (pip install {package}); {name} columns skipped"
+    if x.device.type != "cpu":
+        return f"{name}: timed on the CPU only, not against a {x.device.type} run"
+    if x.dtype != torch.float32:
+        return f"{name}: timed in float32 only, this run is {x.dtype}"
+    if not isinstance(transform, MatrixTransform) or transform.ndim not in (2, 3):
+        return f"{name}: no {transform.name} warp here"
+    if name == "opencv" and transform.ndim != 2:
+        return "opencv: no 3-D warp"
+    if name == "opencv" and x.shape[1] > 4:
+        return f"opencv: warpAffine takes at most 4 channels, the case has {x.shape[1]}"
+    return None
+
+
+def _jax_contender(work: Workload, matrix: torch.Tensor, align_corners: bool) -> ForeignContender:
+    """The ``jax.jit`` warp of :mod:`torchstn.bench._jax` on CPU copies of the image, matrix and output gradient."""
+    import numpy as np
+
+    jax = _jax.import_jax()
+    cpu = jax.devices("cpu")[0]
+    x, m, g = (jax.device_put(t.detach().cpu().numpy(), cpu) for t in (work.x, matrix, work.grad_out))
+    forward_jit, backward_jit = _jax.jax_warp_and_vjp(work.case.out_size, align_corners)
+
+    def forward() -> object:
+        return forward_jit(x, m).block_until_ready()
+
+    def backward() -> object:
+        return jax.block_until_ready(backward_jit(x, m, g))
+
+    def as_torch(a: object) -> torch.Tensor:
+        return torch.tensor(np.asarray(a))
+
+    return ForeignContender(
+        forward, lambda: as_torch(forward()), backward, lambda: tuple(as_torch(t) for t in backward())
+    )
+
+
+def _torch_reference(
+    work: Workload, matrix: torch.Tensor, align_corners: bool, *, gradients: bool
+) -> tuple[torch.Tensor, ...]:
+    """torch's warp of the case by ``matrix`` (``F.affine_grid + F.grid_sample``), and optionally its
+    gradients wrt the image and the matrix for :attr:`Workload.grad_out`."""
+    x, m = work.x.detach().clone().requires_grad_(gradients), matrix.clone().requires_grad_(gradients)
+    out = _peers.torch_matrix_warp(x, m, work.case.out_size, align_corners)
+    if not gradients:
+        return (out.detach(),)
+    return (out.detach(), *torch.autograd.grad(out, (x, m), work.grad_out))
 
 
 def build_training_step(

@@ -1,4 +1,4 @@
-"""What a user would write instead of torchstn: ``F.affine_grid + F.grid_sample``, and kornia.
+"""What a user would write instead of torchstn: ``F.affine_grid + F.grid_sample``, kornia, OpenCV, JAX.
 
 The benchmark only means something if every contender does the same work, so this
 module converts torchstn's parameters into each peer's conventions and the tests check
@@ -23,10 +23,19 @@ Conventions bridged here:
   work per call is the same kind: a kernel of K centres at every output pixel and
   a sampler, plus kornia's per-sample (K + 3) linear solve, which is part of
   kornia's TPS warp.
+* OpenCV's ``warpAffine``/``warpPerspective`` with ``WARP_INVERSE_MAP`` take the pixel
+  matrix mapping *output* pixels to *input* pixels, ``P_in · θ · P_out⁻¹``
+  (:func:`pixel_matrix_src_from_dst`; ``torchstn.bench._opencv``).
+* The JAX peer takes torch's normalised θ as it is (``torchstn.bench._jax``).
+
+OpenCV and JAX are checked against :func:`torch_matrix_warp` (``F.affine_grid +
+F.grid_sample``) with :func:`relative_error` before they are timed.
 """
 
 from __future__ import annotations
 
+import importlib
+import math
 from collections.abc import Sequence
 
 import torch
@@ -42,9 +51,13 @@ __all__ = [
     "kornia_version",
     "kornia_warp_affine",
     "kornia_warp_perspective",
+    "module_version",
     "pixel_from_normalized",
     "pixel_matrix_dst_from_src",
+    "pixel_matrix_src_from_dst",
+    "relative_error",
     "torch_affine_warp",
+    "torch_matrix_warp",
     "tps_controls",
 ]
 
@@ -58,13 +71,18 @@ def kornia_available() -> bool:
     return True
 
 
-def kornia_version() -> str | None:
-    """kornia's version, or ``None`` when it is not installed."""
+def module_version(name: str) -> str | None:
+    """The ``__version__`` of the module ``name`` (importing it), or ``None`` when it cannot be imported."""
     try:
-        import kornia
+        module = importlib.import_module(name)
     except ImportError:
         return None
-    return str(kornia.__version__)
+    return str(module.__version__)
+
+
+def kornia_version() -> str | None:
+    """kornia's version, or ``None`` when it is not installed."""
+    return module_version("kornia")
 
 
 def pixel_from_normalized(
@@ -90,18 +108,29 @@ def pixel_from_normalized(
     return torch.tensor(rows, device=device, dtype=dtype if dtype is not None else torch.get_default_dtype())
 
 
+def pixel_matrix_src_from_dst(
+    src_from_dst: torch.Tensor, in_size: Sequence[int], out_size: Sequence[int], align_corners: bool = False
+) -> torch.Tensor:
+    """torchstn's normalised ``src_from_dst`` ``(B, 3, 3)`` as a float64 **pixel** ``src_from_dst``.
+
+    ``M = P_in @ A @ inv(P_out)`` with ``P`` from :func:`pixel_from_normalized` and
+    ``A = src_from_dst``: OpenCV's matrix with ``WARP_INVERSE_MAP``.
+    """
+    a = src_from_dst.to(torch.float64)
+    p_in = pixel_from_normalized(in_size, align_corners, device=a.device, dtype=torch.float64)
+    p_out = pixel_from_normalized(out_size, align_corners, device=a.device, dtype=torch.float64)
+    return p_in @ a @ torch.linalg.inv(p_out)
+
+
 def pixel_matrix_dst_from_src(
     src_from_dst: torch.Tensor, in_size: Sequence[int], out_size: Sequence[int], align_corners: bool = False
 ) -> torch.Tensor:
     """Turn torchstn's normalised ``src_from_dst`` ``(B, 3, 3)`` into kornia's pixel ``dst_from_src``.
 
-    ``M = P_out @ inv(A) @ inv(P_in)`` with ``P`` from :func:`pixel_from_normalized`
-    and ``A = src_from_dst``; computed in float64 and returned in ``A``'s dtype.
+    The inverse of :func:`pixel_matrix_src_from_dst` (``P_out @ inv(A) @ inv(P_in)``),
+    computed in float64 and returned in ``A``'s dtype.
     """
-    a = src_from_dst.to(torch.float64)
-    p_in = pixel_from_normalized(in_size, align_corners, device=a.device, dtype=torch.float64)
-    p_out = pixel_from_normalized(out_size, align_corners, device=a.device, dtype=torch.float64)
-    m = p_out @ torch.linalg.inv(a) @ torch.linalg.inv(p_in)
+    m = torch.linalg.inv(pixel_matrix_src_from_dst(src_from_dst, in_size, out_size, align_corners))
     return m.to(src_from_dst.dtype)
 
 
@@ -118,6 +147,45 @@ def torch_affine_warp(
     """
     grid = F.affine_grid(theta, [x.shape[0], x.shape[1], *size], align_corners=align_corners)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=align_corners)
+
+
+def torch_matrix_warp(
+    x: torch.Tensor, matrix: torch.Tensor, size: Sequence[int], align_corners: bool = False
+) -> torch.Tensor:
+    """The plain-PyTorch warp by a matrix in either form, the reference of the peers outside torch.
+
+    Args:
+        x: ``(B, C, H, W)`` or ``(B, C, D, H, W)``.
+        matrix: ``(B, n, n + 1)`` affine rows (:func:`torch_affine_warp`) or an ``(B, n + 1, n + 1)``
+            homography: ``F.affine_grid``'s identity points mapped through it and divided by
+            their last coordinate, then ``F.grid_sample``.
+        size: output spatial size.
+        align_corners: given to both functions.
+    """
+    b, n = x.shape[0], x.dim() - 2
+    if matrix.shape[1] == n:
+        return torch_affine_warp(x, matrix, size, align_corners)
+    eye = torch.eye(n, n + 1, device=x.device, dtype=x.dtype).expand(b, n, n + 1)
+    base = F.affine_grid(eye, [b, x.shape[1], *size], align_corners=align_corners).reshape(b, -1, n)
+    points = torch.cat([base, torch.ones_like(base[..., :1])], -1) @ matrix.transpose(1, 2)
+    grid = (points[..., :n] / points[..., n:]).reshape(b, *size, n)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=align_corners)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max |actual - expected| / max(1, max |expected|)``; ``inf`` for a NaN or a shape mismatch.
+
+    Example:
+        >>> relative_error(torch.tensor([1.0, 200.0]), torch.tensor([1.0, 201.0]))
+        0.004975124378109453
+    """
+    if actual.shape != expected.shape:
+        return math.inf
+    if not expected.numel():
+        return 0.0
+    actual, expected = actual.detach().to(expected.dtype), expected.detach()
+    scale = max(1.0, expected.abs().max().item())
+    return torch.nan_to_num((actual - expected).abs(), nan=math.inf).max().item() / scale
 
 
 def kornia_warp_affine(

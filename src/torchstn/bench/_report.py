@@ -5,12 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from torchstn.bench._cases import PEER_TOLERANCE, PEERS
 from torchstn.bench._runner import PASSES, STEP, BenchReport, CaseResult, Measurement
 
 __all__ = ["TargetCheck", "check_targets", "format_report"]
 
 #: the affine-family cases of the "at least 1.5x on the 28-64 px cases" target
 _SMALL_AFFINE = ("affine-28", "affine-60to30", "affine-64", "translation-28", "attention-28", "similarity-28")
+
+#: every 2-D case of the affine family (OpenCV's warpAffine does their work)
+_AFFINE_2D = ("affine-28", "affine-60to30", "affine-64", "affine-224", "affine-b1-28", "affine-b1-224",
+              "translation-28", "attention-28", "similarity-28")
+
+#: the batch-1 calls (latency)
+_BATCH_1 = ("affine-b1-28", "affine-b1-224")
+
+#: the volumes
+_VOLUMES = ("affine3d-32", "affine3d-64")
 
 _NOT_MEASURED = "not measured in this run"
 
@@ -42,8 +53,9 @@ def _cell(m: Measurement | None) -> str:
 
 
 def _warp_table(cases: list[CaseResult]) -> list[str]:
-    peers = [p for p in ("torch", "kornia") if any(p in c.passes.get(PASSES[0], {}) for c in cases)]
-    widths = [34, 17, 24] + [34] * len(peers)
+    peers = [p for p in PEERS if any(p in c.passes.get(PASSES[0], {}) for c in cases)]
+    memory = any(m.peak_bytes is not None for c in cases for row in c.passes.values() for m in row.values())
+    widths = [34, 17, 24] + [(34 if memory else 26)] * len(peers)
     header = ["case", "pass", "torchstn"] + [f"{p} (time, ratio)" for p in peers]
     lines = ["".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     for case in cases:
@@ -118,15 +130,51 @@ def _training_lines(case: CaseResult) -> list[str]:
     return lines + [f"  {n}" for n in case.notes]
 
 
+def _foreign_lines(report: BenchReport) -> list[str]:
+    """How the peers outside torch were run and how close they came to torch's warp (nothing when none ran)."""
+    errors: dict[str, dict[str, float]] = {}
+    for case in report.cases:
+        for peer, parts in case.peer_errors.items():
+            for part, error in parts.items():
+                errors.setdefault(peer, {})[part] = max(error, errors.get(peer, {}).get(part, 0.0))
+    if not errors:
+        return []
+    found = "; ".join(
+        f"{peer} " + ", ".join(f"{part} {e:.1g}" for part, e in parts.items()) for peer, parts in errors.items()
+    )
+    bounds = ", ".join(f"{part} {t:g}" for part, t in PEER_TOLERANCE.items())
+    lines = [
+        "opencv (float32, one call per image, no gradient) and jax (jax.jit on the CPU) are checked against torch's "
+        "warp before timing, max|peer - torch| / max(1, max|torch|),",
+        f"  largest over the cases: {found} (tolerances: {bounds})",
+    ]
+    if report.meta.get("jax_setup"):
+        lines.append(f"jax: {report.meta['jax_setup']}")
+    return lines
+
+
+def _grouped_notes(cases: list[CaseResult]) -> list[str]:
+    """Each note once, after the names of the cases it concerns, in the order first seen."""
+    where: dict[str, list[str]] = {}
+    for case in cases:
+        for note in case.notes:
+            where.setdefault(note, []).append(case.name)
+    return [f"  {', '.join(names)}: {note}" for note, names in where.items()]
+
+
 def check_targets(report: BenchReport) -> list[TargetCheck]:
     """torchstn's speed targets, checked against the measured ratios.
 
-    Targets: affine family >= 1.5x ``affine_grid + grid_sample`` forward and
+    Targets (issue 8): affine family >= 1.5x ``affine_grid + grid_sample`` forward and
     forward+backward on the 28-64 px cases; never below 1.0x any peer on any case;
     projective >= 1.2x kornia forward+backward; TPS >= 20x kornia forward+backward on
-    both TPS cases; ST overhead on the ST-CNN step < 15%.
+    both TPS cases; ST overhead on the ST-CNN step < 15%. Issue 15: affine forward >= 1.2x
+    OpenCV's float32 ``warpAffine`` on every 2-D case; forward+backward >= 2.5x
+    ``affine_grid + grid_sample`` on the 28-64 px cases; 3-D forward >= 1.0x JAX's jitted
+    warp and forward+backward >= 2.5x torch; batch-1 calls >= 1.0x torch; the fused
+    sampler at >= 25% of the memcpy bandwidth on the 28-64 px affine cases.
     """
-    fwd_bwd = ("forward+backward",)
+    fwd, fwd_bwd = ("forward",), ("forward+backward",)
     return [
         _lowest_ratio("affine family >= 1.5x affine_grid+grid_sample on the 28-64 px cases, fwd and fwd+bwd",
                       _ratios(report, _SMALL_AFFINE, "torch", PASSES), 1.5),
@@ -136,6 +184,18 @@ def check_targets(report: BenchReport) -> list[TargetCheck]:
         _lowest_ratio("TPS 4x4 >= 20x kornia get_tps_transform+warp_image_tps, fwd+bwd, both cases",
                       _ratios(report, ("tps-28", "tps-224"), "kornia", fwd_bwd), 20.0),
         _st_overhead(report),
+        _lowest_ratio("affine forward >= 1.2x OpenCV warpAffine (float32) on every 2-D case",
+                      _ratios(report, _AFFINE_2D, "opencv", fwd), 1.2),
+        _lowest_ratio("affine family >= 2.5x affine_grid+grid_sample on the 28-64 px cases, fwd+bwd",
+                      _ratios(report, _SMALL_AFFINE, "torch", fwd_bwd), 2.5),
+        _lowest_ratio("3-D affine forward >= 1.0x JAX's jitted warp",
+                      _ratios(report, _VOLUMES, "jax", fwd), 1.0),
+        _lowest_ratio("3-D affine >= 2.5x affine_grid+grid_sample, fwd+bwd",
+                      _ratios(report, _VOLUMES, "torch", fwd_bwd), 2.5),
+        _lowest_ratio("batch-1 calls >= 1.0x affine_grid+grid_sample, fwd and fwd+bwd",
+                      _ratios(report, _BATCH_1, "torch", PASSES), 1.0),
+        _lowest_ratio("sample:fused >= 25% of the memcpy bandwidth on the 28-64 px affine cases",
+                      _bandwidth_shares(report, _SMALL_AFFINE, "sample:fused"), 0.25, unit="%"),
     ]
 
 
@@ -153,13 +213,25 @@ def _ratios(report: BenchReport, names: Sequence[str], peer: str, passes: Sequen
     return out
 
 
-def _lowest_ratio(target: str, found: list[tuple[str, float]], bound: float) -> TargetCheck:
+def _bandwidth_shares(report: BenchReport, names: Sequence[str], component: str) -> list[tuple[str, float]]:
+    """``(case, share)``: ``component``'s bandwidth over the memcpy's in the cases ``names`` that measured both."""
+    out = []
+    for name in names:
+        case = report.case(name)
+        parts = {} if case is None else case.components
+        if component in parts and "memcpy" in parts and parts["memcpy"].bandwidth:
+            out.append((name, (parts[component].bandwidth or 0.0) / parts["memcpy"].bandwidth))
+    return out
+
+
+def _lowest_ratio(target: str, found: list[tuple[str, float]], bound: float, unit: str = "x") -> TargetCheck:
     """Met when the lowest of the ratios ``found`` is at least ``bound``; the detail lists them all."""
     if not found:
         return TargetCheck(target, None, _NOT_MEASURED)
+    show = (lambda r: f"{100 * r:.0f}%") if unit == "%" else (lambda r: f"{r:.2f}x")  # noqa: E731
     worst = min(found, key=lambda t: t[1])
-    summary = ", ".join(f"{where} {r:.2f}x" for where, r in found)
-    return TargetCheck(target, worst[1] >= bound, f"lowest {worst[1]:.2f}x ({worst[0]}); " + summary)
+    summary = ", ".join(f"{where} {show(r)}" for where, r in found)
+    return TargetCheck(target, worst[1] >= bound, f"lowest {show(worst[1])} ({worst[0]}); " + summary)
 
 
 def _never_slower(report: BenchReport) -> TargetCheck:
@@ -168,7 +240,8 @@ def _never_slower(report: BenchReport) -> TargetCheck:
     every = []
     for case in report.cases:
         if case.family != "train":
-            every += _ratios(report, [case.name], "torch", PASSES) + _ratios(report, [case.name], "kornia", PASSES)
+            for peer in PEERS:
+                every += [(f"{where} vs {peer}", r) for where, r in _ratios(report, [case.name], peer, PASSES)]
     if not every:
         return TargetCheck(target, None, _NOT_MEASURED)
     worst = min(every, key=lambda t: t[1])
@@ -189,17 +262,18 @@ def _st_overhead(report: BenchReport) -> TargetCheck:
 def format_report(report: BenchReport) -> str:
     """The benchmark's printed output: settings, the timing table, components, training step, targets."""
     meta = report.meta
-    kornia = meta.get("kornia") or "not installed"
+    versions = ", ".join(f"{p} {meta.get(p) or 'not installed'}" for p in ("kornia", "opencv", "jax"))
     lines = [
         f"torchstn {meta['torchstn']} bench on {meta['device']}"
         + (f" ({meta['gpu']})" if "gpu" in meta else "")
-        + f": torch {meta['torch']}, kornia {kornia}, {meta['threads']} threads, {meta['cpu_count']} cores, "
+        + f": torch {meta['torch']}, {versions}, {meta['threads']} threads, {meta['cpu_count']} cores, "
         f"{meta['machine']}",
         f"{meta['rounds']} interleaved rounds, ~{float(meta['min_time']) * 1e3:g} ms per measurement"
         + ("; QUICK (tiny sizes: checks the machinery, the numbers mean nothing)" if meta.get("quick") else ""),
         "time: median per call; ratio: median over rounds of (peer time / torchstn time) in the same round,"
         " > 1 means torchstn is faster",
         "forward runs under torch.no_grad(); forward+backward takes gradients wrt the input and the parameters",
+        *_foreign_lines(report),
         "",
     ]
     if meta.get("command"):
@@ -207,7 +281,7 @@ def format_report(report: BenchReport) -> str:
     warp_cases = [c for c in report.cases if c.family != "train"]
     if warp_cases:
         lines += _warp_table(warp_cases)
-        notes = [f"  {c.name}: {n}" for c in warp_cases for n in c.notes]
+        notes = _grouped_notes(warp_cases)
         if notes:
             lines += ["", "notes:", *notes]
         if any(c.components for c in warp_cases):

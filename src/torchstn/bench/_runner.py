@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from torchstn._version import __version__
-from torchstn.bench import _peers
-from torchstn.bench._cases import CASES, Case, Workload, build_training_step, build_workload, select_cases
+from torchstn.bench import _jax, _opencv, _peers
+from torchstn.bench._cases import CASES, PEERS, Case, Workload, build_training_step, build_workload, select_cases
 from torchstn.bench._timing import Timings, interleaved, peak_memory
 from torchstn.engine import resolve_device
 from torchstn.sampling import BACKENDS
@@ -63,6 +63,9 @@ class CaseResult:
             ratio of ``"warp:torch"`` is its time over the fused kernel's (> 1: fused
             is faster). Only for the cases the fused kernel covers.
         notes: why a peer is missing, where the models came from, ...
+        peer_errors: how far each peer outside torch (OpenCV, JAX) was from torch's warp
+            in the check before it was timed: peer -> part (``"output"``, ``"d/dx"``,
+            ``"d/dmatrix"``) -> ``max |peer - torch| / max(1, max |torch|)``.
     """
 
     name: str
@@ -72,6 +75,7 @@ class CaseResult:
     components: dict[str, Measurement] = field(default_factory=dict)
     backends: dict[str, dict[str, Measurement]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    peer_errors: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,7 +132,7 @@ def run_case(
     device: torch.device,
     rounds: int,
     min_time: float,
-    peers: Sequence[str] = ("torch", "kornia"),
+    peers: Sequence[str] = PEERS,
     components: bool = True,
     backends: Sequence[str] | None = None,
 ) -> CaseResult:
@@ -145,9 +149,9 @@ def run_case(
 
     work = build_workload(case, device, peers=peers)
     result.notes += work.notes
-    forward = {name: c.forward for name, c in work.contenders.items()}
-    backward = {name: (lambda c=c: c.forward_backward(work.grad_out)) for name, c in work.contenders.items()}
-    for pass_name, fns in zip(PASSES, (forward, backward)):
+    result.peer_errors = dict(work.peer_errors)
+    for pass_name in PASSES:
+        fns = work.timed(pass_name)
         peaks = {name: peak_memory(fn, device) for name, fn in fns.items()}
         timings = interleaved(fns, rounds=rounds, min_time=min_time, device=device)
         result.passes[pass_name] = _measurements(timings, "torchstn", peaks)
@@ -164,10 +168,9 @@ def _time_warp_backends(
     work: Workload, *, rounds: int, min_time: float, device: torch.device
 ) -> dict[str, dict[str, Measurement]]:
     """``torchstn.warp`` with the fused kernel against grid + ``F.grid_sample``, both passes."""
-    forward = {name: c.forward for name, c in work.warp_backends.items()}
-    backward = {name: (lambda c=c: c.forward_backward(work.grad_out)) for name, c in work.warp_backends.items()}
     out = {}
-    for pass_name, fns in zip(PASSES, (forward, backward)):
+    for pass_name in PASSES:
+        fns = work.timed(pass_name, work.warp_backends)
         timings = interleaved(fns, rounds=rounds, min_time=min_time, device=device)
         out[pass_name] = _measurements(timings, "warp:fused")
     return out
@@ -208,6 +211,9 @@ def _meta(device: torch.device, rounds: int, min_time: float, quick: bool) -> di
         "torchstn": __version__,
         "torch": torch.__version__,
         "kornia": _peers.kornia_version(),
+        "opencv": _opencv.opencv_version(),
+        "jax": _jax.jax_version(),
+        "jax_setup": _jax.jax_setup(),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -229,7 +235,7 @@ def run_benchmark(
     quick: bool = False,
     rounds: int | None = None,
     min_time: float | None = None,
-    peers: Sequence[str] = ("torch", "kornia"),
+    peers: Sequence[str] = PEERS,
     components: bool = True,
     backends: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
@@ -244,7 +250,9 @@ def run_benchmark(
         quick: tiny sizes and few rounds: checks the machinery, measures nothing useful.
         rounds: interleaved rounds per pass (default 15, quick 2).
         min_time: target seconds per measurement (default 0.02, quick 0.001).
-        peers: which peers to time (``"torch"``, ``"kornia"``).
+        peers: which of :data:`~torchstn.bench.PEERS` to time (``"torch"``, ``"kornia"``,
+            ``"opencv"``, ``"jax"``); one that is not installed or cannot do a case's work is
+            skipped with a note, OpenCV and JAX also when they differ from torch's warp.
         components: also time memcpy, the sampler backends and each grid generator
             alone (bandwidths and the grid/sampler split).
         backends: the sampling backends of the components (default: every registered
