@@ -28,7 +28,8 @@ examples:
 
 {cases}
 Ratios are peer time / torchstn time per round (median over rounds): > 1 means torchstn
-is faster. kornia is timed when installed: pip install 'torchstn[bench]'.
+is faster. kornia, OpenCV and JAX are timed when installed: pip install 'torchstn[bench]'
+opencv-python-headless jax (each skipped with a note when absent).
 """
 
 
@@ -39,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cases = textwrap.fill(f"cases: {' '.join(c.name for c in CASES)} (shell patterns work).", width=88)
     parser = subparsers.add_parser(
         "bench",
-        help="benchmark warps against affine_grid+grid_sample and kornia",
-        description="Time torchstn, F.affine_grid+F.grid_sample and kornia on the same work, interleaved "
+        help="benchmark warps against affine_grid+grid_sample, kornia, OpenCV and JAX",
+        description="Time torchstn, F.affine_grid+F.grid_sample, kornia, OpenCV and JAX on the same work, interleaved "
         "in the same rounds; print medians, per-round ratios, peak memory (CUDA), sampler bandwidth next "
         "to a memcpy, the ST-CNN training-step overhead and the speed targets.",
         epilog=_EXAMPLES.format(cases=cases),
@@ -73,7 +74,7 @@ def _recorded_command(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark from parsed arguments and print the report."""
-    from torchstn.bench import check_targets, format_report, run_benchmark
+    from torchstn.bench import PEERS, check_targets, format_report, run_benchmark
     from torchstn.sampling import BACKENDS
 
     check_at_least_one(args, "rounds")
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         quick=args.quick,
         rounds=args.rounds,
-        peers=("torch",) if args.no_kornia else ("torch", "kornia"),
+        peers=tuple(p for p in PEERS if not (args.no_kornia and p == "kornia")),
         components=not args.no_components,
         backends=args.backends,
         progress=lambda label: print(f"  timing {label} ...", file=sys.stderr, flush=True),
