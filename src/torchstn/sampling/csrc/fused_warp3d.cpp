@@ -1,0 +1,467 @@
+// Fused 3-D warp for the CPU: trilinear or nearest sampling of a volume, the source point
+// computed from the (B, 3, 4) affine rows on the fly (no grid tensor) or read from a given
+// grid; the backward accumulates dL/dx and dL/dθ (or dL/dgrid) directly.
+//
+// Plain C++ and OpenMP with a C interface, called through ctypes from
+// torchstn/sampling/_fused3d.py (built like the 2-D kernel, fused_warp2d.cpp: no torch
+// headers). The arithmetic follows ATen's grid_sampler_3d (unnormalisation, border
+// clipping, trilinear weights and their gradients, nearest rounding half to even;
+// reflection as torchstn's reference sampler computes it), so that it agrees with
+// F.grid_sample. The trilinear sub-gradient at integer voxel coordinates is the
+// right-sided difference. A corner inside the volume is multiplied by its weight even when
+// the weight is 0 (a NaN voxel there gives NaN, as in F.grid_sample); a corner outside is
+// dropped by a select. A location that is not finite (NaN or +-Inf, before padding) gives
+// NaN in every channel and a NaN location gradient, and adds nothing to dL/dx: torchstn's
+// policy on every backend.
+//
+// Layouts (all contiguous): x (B, C, D, H, W); out / grad_out (B, C, Do, Ho, Wo);
+// loc = GRID: grid (B, Do, Ho, Wo, 3) of normalised (x, y, z), grad_grid the same;
+// loc = AFFINE: theta (B, 3, 4), row-major src_from_dst rows in normalised coordinates,
+// grad_theta the same; xyz (Wo + Ho + Do,) the normalised output coordinates x, then y,
+// then z (torchstn's base grid).
+//
+// Loop order: OpenMP over (sample, output slice); within a slice one output row at a time,
+// in blocks of up to BLOCK voxels along W. Per block, loops that the compiler vectorises
+// compute every voxel's location, padding, corner offsets and weights once; then each
+// channel gathers its corners with those (channels share all per-voxel work). The
+// backward's dθ is summed per (sample, output slice) in double, in a fixed order, and the
+// slices are added in order: the result does not depend on the number of threads.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+enum Padding { ZEROS = 0, BORDER = 1, REFLECTION = 2 };
+enum Location { GRID = 0, AFFINE = 1 };
+enum Mode { LINEAR = 0, NEAREST = 1 };
+
+constexpr int64_t BLOCK = 64;
+constexpr int LANES = 8;  // partial sums of the θ gradient, one vector register wide
+
+// One axis: normalised coordinate -> voxel coordinate, and its padding.
+template <typename T>
+struct Axis {
+  T a, b;           // voxel = (coord + 1) * a - b
+  T low, span;      // reflection: mirror at low and low + span (voxel coordinates)
+  T high;           // clipping: [0, high]
+  int32_t size;
+
+  Axis(int64_t n, bool ac)
+      : a(ac ? static_cast<T>(n - 1) / 2 : static_cast<T>(n) / 2),
+        b(ac ? T(0) : T(0.5)),
+        low(ac ? T(0) : T(-0.5)),
+        span(ac ? static_cast<T>(n - 1) : static_cast<T>(n)),
+        high(static_cast<T>(n - 1)),
+        size(static_cast<int32_t>(n)) {}
+};
+
+// The voxel coordinate a normalised coordinate reads after padding, and its derivative
+// (*grad). Reflection mirrors at both ends as the reference sampler does (flips =
+// floor(|u - low| / span), the remainder by subtraction; derivative +-1, or 0 for a span
+// of 0); border and reflection then clip to [0, high] (derivative 0 where clipped).
+// Points far outside (or not finite) land at -100, where no corner is inside. Branch-free.
+template <typename T, int PAD>
+inline T voxel(T g, const Axis<T>& ax, T* grad) {
+  T u = (g + 1) * ax.a - ax.b;
+  T d = ax.a;
+  if (PAD == REFLECTION) {
+    T v = u - ax.low;
+    const T sign = v < 0 ? T(-1) : T(1);
+    v = std::fabs(v);
+    const T flips = std::floor(v / ax.span);
+    const T extra = v - flips * ax.span;
+    const T half = flips * T(0.5);
+    const T odd = 2 * (half - std::floor(half));  // 0 or 1
+    const T mirrored = ax.low + odd * ax.span + (1 - 2 * odd) * extra;
+    d *= ax.span > 0 ? sign * (1 - 2 * odd) : T(0);
+    u = ax.span > 0 ? mirrored : T(0);
+  }
+  if (PAD != ZEROS) {
+    d *= static_cast<T>((u > 0) & (u < ax.high));
+    const T lower = u > 0 ? u : T(0);
+    u = lower < ax.high ? lower : ax.high;
+  }
+  const T limit = static_cast<T>(1 << 30);
+  *grad = d;
+  return (u > -limit && u < limit) ? u : T(-100);
+}
+
+template <typename T>
+struct Geometry {
+  int64_t B, C, D, H, W, Do, Ho, Wo;
+  Axis<T> ax[3];      // x, y, z
+  const T* grid;      // GRID
+  const T* theta;     // AFFINE
+  const T *xs, *ys, *zs;
+};
+
+// per-block scratch, structure of arrays. Corner q (0..7) of a voxel is x + (q & 1),
+// y + (q >> 1 & 1), z + (q >> 2), at offset off + W * (q >> 1 & 1) + HW * (q >> 2) + (q & 1)
+// in a channel; it is read only if bit q of mask is set.
+template <typename T>
+struct Block {
+  T g[3][BLOCK];         // normalised location
+  T d[3][BLOCK];         // d(voxel coordinate) / d(normalised coordinate)
+  T f[3][BLOCK];         // voxel coordinate, then (LINEAR) its fractional part
+  T bad[BLOCK];          // 1 where the location is not finite; set only when any_bad
+  int32_t any_bad;
+  int32_t off[BLOCK];    // offset of corner 0 (NEAREST: of the voxel read, 0 when outside)
+  int32_t mask[BLOCK];   // the corners inside the volume (NEAREST: bit 0)
+};
+
+constexpr int32_t ALL_CORNERS = 255;
+
+// where the n voxels of the block starting at (b, k, i, j0) read
+template <typename T, int LOC, int MODE, int PAD>
+inline void locate(const Geometry<T>& geo, int64_t b, int64_t k, int64_t i, int64_t j0, int64_t n, Block<T>& blk) {
+  if (LOC == GRID) {
+    const T* p = geo.grid + (((b * geo.Do + k) * geo.Ho + i) * geo.Wo + j0) * 3;
+    for (int64_t t = 0; t < n; ++t) {
+      blk.g[0][t] = p[3 * t];
+      blk.g[1][t] = p[3 * t + 1];
+      blk.g[2][t] = p[3 * t + 2];
+    }
+  } else {
+    const T* m = geo.theta + b * 12;
+    const T* xs = geo.xs + j0;
+    const T y = geo.ys[i], z = geo.zs[k];
+    for (int r = 0; r < 3; ++r) {
+      const T* row = m + 4 * r;
+      const T c = row[1] * y + row[2] * z + row[3];
+      T* g = blk.g[r];
+      for (int64_t t = 0; t < n; ++t) g[t] = row[0] * xs[t] + c;
+    }
+  }
+  int32_t any_bad = 0;  // v - v is 0 for finite v only (no fast-math here); an OR vectorises
+  for (int64_t t = 0; t < n; ++t) {
+    any_bad |= !((blk.g[0][t] - blk.g[0][t] == 0) & (blk.g[1][t] - blk.g[1][t] == 0) &
+                 (blk.g[2][t] - blk.g[2][t] == 0));
+  }
+  blk.any_bad = any_bad;
+  for (int a = 0; a < 3; ++a) {
+    const Axis<T> ax = geo.ax[a];
+    for (int64_t t = 0; t < n; ++t) blk.f[a][t] = voxel<T, PAD>(blk.g[a][t], ax, &blk.d[a][t]);
+  }
+  const int32_t W = geo.ax[0].size, H = geo.ax[1].size, D = geo.ax[2].size, HW = H * W;
+  if (MODE == NEAREST) {
+    for (int64_t t = 0; t < n; ++t) {  // rounding half to even, as ATen's std::nearbyint
+      const int32_t x0 = static_cast<int32_t>(std::nearbyint(blk.f[0][t]));
+      const int32_t y0 = static_cast<int32_t>(std::nearbyint(blk.f[1][t]));
+      const int32_t z0 = static_cast<int32_t>(std::nearbyint(blk.f[2][t]));
+      const int32_t v = (x0 >= 0) & (x0 < W) & (y0 >= 0) & (y0 < H) & (z0 >= 0) & (z0 < D);
+      blk.mask[t] = v;
+      blk.off[t] = v * (z0 * HW + y0 * W + x0);
+    }
+  } else {
+    for (int64_t t = 0; t < n; ++t) {  // int32 throughout, so that it vectorises
+      const T fx = blk.f[0][t], fy = blk.f[1][t], fz = blk.f[2][t];
+      int32_t x0 = static_cast<int32_t>(fx), y0 = static_cast<int32_t>(fy), z0 = static_cast<int32_t>(fz);
+      x0 -= static_cast<int32_t>(fx < static_cast<T>(x0));  // floor
+      y0 -= static_cast<int32_t>(fy < static_cast<T>(y0));
+      z0 -= static_cast<int32_t>(fz < static_cast<T>(z0));
+      blk.f[0][t] = fx - static_cast<T>(x0);
+      blk.f[1][t] = fy - static_cast<T>(y0);
+      blk.f[2][t] = fz - static_cast<T>(z0);
+      // clamped to [-2, size]: the same corners inside, and an offset that cannot overflow
+      x0 = x0 < -2 ? -2 : (x0 > W ? W : x0);
+      y0 = y0 < -2 ? -2 : (y0 > H ? H : y0);
+      z0 = z0 < -2 ? -2 : (z0 > D ? D : z0);
+      // bit 0: the lower corner is inside, bit 1: the upper one
+      const int32_t vx = ((x0 >= 0) & (x0 < W)) | (((x0 >= -1) & (x0 < W - 1)) << 1);
+      const int32_t vy = ((y0 >= 0) & (y0 < H)) | (((y0 >= -1) & (y0 < H - 1)) << 1);
+      const int32_t vz = ((z0 >= 0) & (z0 < D)) | (((z0 >= -1) & (z0 < D - 1)) << 1);
+      int32_t mask = 0;
+      for (int q = 0; q < 8; ++q) mask |= ((vx >> (q & 1)) & (vy >> ((q >> 1) & 1)) & (vz >> (q >> 2)) & 1) << q;
+      blk.mask[t] = mask;
+      blk.off[t] = z0 * HW + y0 * W + x0;
+    }
+  }
+  if (!any_bad) return;
+  for (int64_t t = 0; t < n; ++t) {  // a non-finite location reads no voxel (border padding clips +-Inf)
+    const bool bad = !((blk.g[0][t] - blk.g[0][t] == 0) & (blk.g[1][t] - blk.g[1][t] == 0) &
+                       (blk.g[2][t] - blk.g[2][t] == 0));
+    blk.bad[t] = bad ? T(1) : T(0);
+    blk.mask[t] = bad ? 0 : blk.mask[t];
+    blk.off[t] = bad ? 0 : blk.off[t];
+  }
+}
+
+// A voxel's 8 corner values, 0 for corners outside, which are not read (a non-finite value
+// at some other offset must not leak in); all inside, the common case: plain loads.
+template <typename T>
+inline void corners(const T* xc, int32_t off, int32_t mask, int32_t W, int32_t HW, T v[8]) {
+  if (mask == ALL_CORNERS) {
+    const T* p = xc + off;
+    v[0] = p[0], v[1] = p[1], v[2] = p[W], v[3] = p[W + 1];
+    v[4] = p[HW], v[5] = p[HW + 1], v[6] = p[HW + W], v[7] = p[HW + W + 1];
+    return;
+  }
+  for (int q = 0; q < 8; ++q) v[q] = (mask >> q) & 1 ? xc[off + HW * (q >> 2) + W * ((q >> 1) & 1) + (q & 1)] : T(0);
+}
+
+// one channel of the block's output
+template <typename T, int MODE>
+inline void sample_block(const T* xc, const Block<T>& blk, int64_t n, int32_t W, int32_t HW, T* out) {
+  if (MODE == NEAREST) {
+    for (int64_t t = 0; t < n; ++t) {
+      const T u = xc[blk.off[t]];
+      out[t] = blk.mask[t] != 0 ? u : T(0);
+    }
+    return;
+  }
+  for (int64_t t = 0; t < n; ++t) {  // x, then y, then z
+    T v[8];
+    corners(xc, blk.off[t], blk.mask[t], W, HW, v);
+    const T tx = blk.f[0][t], ty = blk.f[1][t], tz = blk.f[2][t];
+    const T c00 = v[0] + tx * (v[1] - v[0]), c10 = v[2] + tx * (v[3] - v[2]);
+    const T c01 = v[4] + tx * (v[5] - v[4]), c11 = v[6] + tx * (v[7] - v[6]);
+    const T c0 = c00 + ty * (c10 - c00), c1 = c01 + ty * (c11 - c01);
+    out[t] = c0 + tz * (c1 - c0);
+  }
+}
+
+template <typename T, int LOC, int MODE, int PAD>
+void forward_impl(const T* x, const Geometry<T>& geo, T* out, int threads) {
+  const int64_t C = geo.C, Do = geo.Do, Ho = geo.Ho, Wo = geo.Wo;
+  const int64_t plane = geo.D * geo.H * geo.W, out_plane = Do * Ho * Wo;
+  const int32_t W = geo.ax[0].size, HW = geo.ax[1].size * W;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t slice = 0; slice < geo.B * Do; ++slice) {
+    const int64_t b = slice / Do, k = slice % Do;
+    Block<T> blk;
+    T acc[BLOCK];
+    for (int64_t i = 0; i < Ho; ++i) {
+      for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
+        const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK;
+        locate<T, LOC, MODE, PAD>(geo, b, k, i, j0, n, blk);
+        for (int64_t c = 0; c < C; ++c) {
+          sample_block<T, MODE>(x + (b * C + c) * plane, blk, n, W, HW, acc);
+          if (blk.any_bad) {
+            for (int64_t t = 0; t < n; ++t) acc[t] = blk.bad[t] != 0 ? nan : acc[t];
+          }
+          std::memcpy(out + (b * C + c) * out_plane + (k * Ho + i) * Wo + j0, acc, sizeof(T) * n);
+        }
+      }
+    }
+  }
+}
+
+// One channel of a block of the backward, trilinear: the weighted output gradient added
+// to grad_x's corners (gxc, may be null; a scatter, not vectorised: two voxels may share
+// a corner), and dL/d(voxel coordinate) added to gi (when wanted)
+template <typename T>
+inline void backward_block(const T* xc, const T* go, T* gxc, bool want_loc, const Block<T>& blk, int64_t n,
+                           int32_t W, int32_t HW, T gi[3][BLOCK]) {
+  for (int64_t t = 0; t < n; ++t) {
+    const T tx = blk.f[0][t], ty = blk.f[1][t], tz = blk.f[2][t], g = go[t];
+    const T ux = 1 - tx, uy = 1 - ty, uz = 1 - tz;
+    const int32_t off = blk.off[t], mask = blk.mask[t];
+    if (gxc) {
+      const T wyz[4] = {uy * uz * g, ty * uz * g, uy * tz * g, ty * tz * g};  // corners by (y, z)
+      if (mask == ALL_CORNERS) {
+        T* p = gxc + off;
+        p[0] += ux * wyz[0], p[1] += tx * wyz[0], p[W] += ux * wyz[1], p[W + 1] += tx * wyz[1];
+        p[HW] += ux * wyz[2], p[HW + 1] += tx * wyz[2], p[HW + W] += ux * wyz[3], p[HW + W + 1] += tx * wyz[3];
+      } else {
+        for (int q = 0; q < 8; ++q) {
+          const T w = (q & 1 ? tx : ux) * wyz[q >> 1];
+          if ((mask >> q) & 1) gxc[off + HW * (q >> 2) + W * ((q >> 1) & 1) + (q & 1)] += w;
+        }
+      }
+    }
+    if (want_loc) {
+      T v[8];
+      corners(xc, off, mask, W, HW, v);
+      // d/dtx: the differences along x, weighted by the y and z weights; and so on
+      const T dx = ((v[1] - v[0]) * uy + (v[3] - v[2]) * ty) * uz + ((v[5] - v[4]) * uy + (v[7] - v[6]) * ty) * tz;
+      const T dy = ((v[2] - v[0]) * ux + (v[3] - v[1]) * tx) * uz + ((v[6] - v[4]) * ux + (v[7] - v[5]) * tx) * tz;
+      const T dz = ((v[4] - v[0]) * ux + (v[5] - v[1]) * tx) * uy + ((v[6] - v[2]) * ux + (v[7] - v[3]) * tx) * ty;
+      gi[0][t] += g * dx;
+      gi[1][t] += g * dy;
+      gi[2][t] += g * dz;
+    }
+  }
+}
+
+// One output slice (b, k) of the backward. grad_x (may be null): accumulated (the caller
+// zeroed it and gives each sample to one thread). grad_loc (may be null): the grid's
+// gradient (GRID) or, AFFINE, this slice's share of dθ summed into partial[12] (double).
+template <typename T, int LOC, int MODE, int PAD>
+void backward_slice(const T* x, const Geometry<T>& geo, const T* grad_out, T* grad_x, T* grad_loc, double* partial,
+                    int64_t b, int64_t k) {
+  const int64_t C = geo.C, Ho = geo.Ho, Wo = geo.Wo;
+  const int64_t plane = geo.D * geo.H * geo.W, out_plane = geo.Do * Ho * Wo;
+  const int32_t W = geo.ax[0].size, HW = geo.ax[1].size * W;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  Block<T> blk;
+  T gi[3][BLOCK];
+  for (int r = 0; r < 12; ++r) partial[r] = 0;
+  for (int64_t i = 0; i < Ho; ++i) {
+    for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
+      const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK;
+      locate<T, LOC, MODE, PAD>(geo, b, k, i, j0, n, blk);
+      for (int a = 0; a < 3; ++a)
+        for (int64_t t = 0; t < BLOCK; ++t) gi[a][t] = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        const T* go = grad_out + (b * C + c) * out_plane + (k * Ho + i) * Wo + j0;
+        T* gxc = grad_x ? grad_x + (b * C + c) * plane : nullptr;
+        if (MODE == LINEAR) {
+          backward_block(x + (b * C + c) * plane, go, gxc, grad_loc != nullptr, blk, n, W, HW, gi);
+        } else if (gxc) {  // nearest: the location gradient is 0
+          for (int64_t t = 0; t < n; ++t) {
+            if (blk.mask[t]) gxc[blk.off[t]] += go[t];
+          }
+        }
+      }
+      if (!grad_loc) continue;
+      for (int a = 0; a < 3; ++a)  // dL / d(normalised location); nearest: 0
+        for (int64_t t = 0; t < n; ++t) gi[a][t] *= blk.d[a][t];
+      if (blk.any_bad) {  // NaN where the location is not finite
+        for (int a = 0; a < 3; ++a)
+          for (int64_t t = 0; t < n; ++t) gi[a][t] = blk.bad[t] != 0 ? nan : gi[a][t];
+      }
+      if (LOC == GRID) {
+        T* q = grad_loc + (((b * geo.Do + k) * Ho + i) * Wo + j0) * 3;
+        for (int64_t t = 0; t < n; ++t) {
+          q[3 * t] = gi[0][t];
+          q[3 * t + 1] = gi[1][t];
+          q[3 * t + 2] = gi[2][t];
+        }
+        continue;
+      }
+      // dθ row r: sum over the block of dL/dp_r * (x, y, z, 1); y and z are constant along
+      // the row. Lane-wise partial sums (vectorised, fixed order), then the lanes in order.
+      T xs[BLOCK];
+      for (int64_t t = 0; t < BLOCK; ++t) xs[t] = t < n ? geo.xs[j0 + t] : T(0);  // gi is 0 beyond n
+      T sx[3][LANES] = {}, s1[3][LANES] = {};
+      for (int64_t t0 = 0; t0 < BLOCK; t0 += LANES) {
+        for (int a = 0; a < 3; ++a) {
+          for (int l = 0; l < LANES; ++l) {
+            sx[a][l] += gi[a][t0 + l] * xs[t0 + l];
+            s1[a][l] += gi[a][t0 + l];
+          }
+        }
+      }
+      const double y = geo.ys[i], z = geo.zs[k];
+      for (int a = 0; a < 3; ++a) {
+        double tx = 0, t1 = 0;
+        for (int l = 0; l < LANES; ++l) {
+          tx += sx[a][l];
+          t1 += s1[a][l];
+        }
+        partial[4 * a] += tx;
+        partial[4 * a + 1] += t1 * y;
+        partial[4 * a + 2] += t1 * z;
+        partial[4 * a + 3] += t1;
+      }
+    }
+  }
+}
+
+template <typename T, int LOC, int MODE, int PAD>
+void backward_impl(const T* x, const Geometry<T>& geo, const T* grad_out, T* grad_x, T* grad_loc, int threads) {
+  const int64_t B = geo.B, Do = geo.Do, volume = geo.C * geo.D * geo.H * geo.W;
+  std::vector<double> partial(static_cast<size_t>(B * Do * 12));
+  if (grad_x) {  // each sample's grad_x belongs to one thread
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t b = 0; b < B; ++b) {
+      std::memset(grad_x + b * volume, 0, sizeof(T) * volume);
+      for (int64_t k = 0; k < Do; ++k)
+        backward_slice<T, LOC, MODE, PAD>(x, geo, grad_out, grad_x, grad_loc, &partial[(b * Do + k) * 12], b, k);
+    }
+  } else {
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t slice = 0; slice < B * Do; ++slice)
+      backward_slice<T, LOC, MODE, PAD>(x, geo, grad_out, nullptr, grad_loc, &partial[slice * 12], slice / Do,
+                                        slice % Do);
+  }
+  if (!grad_loc || LOC == GRID) return;
+  for (int64_t b = 0; b < B; ++b) {  // the slices in order
+    double acc[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t k = 0; k < Do; ++k)
+      for (int r = 0; r < 12; ++r) acc[r] += partial[(b * Do + k) * 12 + r];
+    for (int r = 0; r < 12; ++r) grad_loc[b * 12 + r] = static_cast<T>(acc[r]);
+  }
+}
+
+template <typename T, int LOC, int MODE>
+int dispatch_padding(bool backward, const T* x, const Geometry<T>& geo, T* out_or_grad_out, T* grad_x, T* grad_loc,
+                     int padding, int threads) {
+  switch (padding) {
+#define TORCHSTN_CASE(PAD)                                                                             \
+  case PAD:                                                                                            \
+    if (backward)                                                                                      \
+      backward_impl<T, LOC, MODE, PAD>(x, geo, out_or_grad_out, grad_x, grad_loc, threads);            \
+    else                                                                                               \
+      forward_impl<T, LOC, MODE, PAD>(x, geo, out_or_grad_out, threads);                               \
+    return 0;
+    TORCHSTN_CASE(ZEROS)
+    TORCHSTN_CASE(BORDER)
+    TORCHSTN_CASE(REFLECTION)
+#undef TORCHSTN_CASE
+    default:
+      return 1;
+  }
+}
+
+template <typename T, int LOC>
+int dispatch_mode(bool backward, const T* x, const Geometry<T>& geo, T* buffer, T* grad_x, T* grad_loc, int mode,
+                  int padding, int threads) {
+  if (mode == LINEAR)
+    return dispatch_padding<T, LOC, LINEAR>(backward, x, geo, buffer, grad_x, grad_loc, padding, threads);
+  if (mode == NEAREST)
+    return dispatch_padding<T, LOC, NEAREST>(backward, x, geo, buffer, grad_x, grad_loc, padding, threads);
+  return 4;
+}
+
+// grad_out is const in the backward; the forward writes into it as `out`
+template <typename T>
+int run(bool backward, int location, int mode, const T* x, const T* grid_or_theta, const T* xyz,
+        const T* out_or_grad_out, T* grad_x, T* grad_loc, int64_t B, int64_t C, int64_t D, int64_t H,
+        int64_t W, int64_t Do, int64_t Ho, int64_t Wo, int padding, int align_corners, int threads) {
+  if (D * H * W + H * W + W >= (int64_t(1) << 31)) return 3;  // corner offsets are int32
+  const bool ac = align_corners != 0;
+  const Geometry<T> geo{B, C, D, H, W, Do, Ho, Wo, {Axis<T>(W, ac), Axis<T>(H, ac), Axis<T>(D, ac)},
+                        location == GRID ? grid_or_theta : nullptr, location == AFFINE ? grid_or_theta : nullptr,
+                        xyz, xyz ? xyz + Wo : nullptr, xyz ? xyz + Wo + Ho : nullptr};
+  T* buffer = const_cast<T*>(out_or_grad_out);
+  switch (location) {
+    case GRID:
+      return dispatch_mode<T, GRID>(backward, x, geo, buffer, grad_x, grad_loc, mode, padding, threads);
+    case AFFINE:
+      return dispatch_mode<T, AFFINE>(backward, x, geo, buffer, grad_x, grad_loc, mode, padding, threads);
+    default:
+      return 2;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Returns 0 on success; 1 unknown padding, 2 unknown location, 3 volume too large, 4 unknown mode.
+#define TORCHSTN_EXPORT(NAME, T)                                                                                    \
+  int NAME##_forward(int location, int mode, const T* x, const T* grid_or_theta, const T* xyz, T* out, int64_t B,   \
+                     int64_t C, int64_t D, int64_t H, int64_t W, int64_t Do, int64_t Ho, int64_t Wo, int padding,   \
+                     int align_corners, int threads) {                                                              \
+    return run<T>(false, location, mode, x, grid_or_theta, xyz, out, nullptr, nullptr, B, C, D, H, W, Do, Ho, Wo,   \
+                  padding, align_corners, threads);                                                                 \
+  }                                                                                                                 \
+  int NAME##_backward(int location, int mode, const T* x, const T* grid_or_theta, const T* xyz, const T* grad_out,  \
+                      T* grad_x, T* grad_loc, int64_t B, int64_t C, int64_t D, int64_t H, int64_t W, int64_t Do,    \
+                      int64_t Ho, int64_t Wo, int padding, int align_corners, int threads) {                        \
+    return run<T>(true, location, mode, x, grid_or_theta, xyz, grad_out, grad_x, grad_loc, B, C, D, H, W, Do, Ho,   \
+                  Wo, padding, align_corners, threads);                                                             \
+  }
+
+TORCHSTN_EXPORT(torchstn_warp3d_f32, float)
+TORCHSTN_EXPORT(torchstn_warp3d_f64, double)
+#undef TORCHSTN_EXPORT
+
+int torchstn_warp3d_abi_version() { return 2; }
+}
