@@ -51,8 +51,8 @@ def p_stn(
 
     Args:
         in_channels, input_size, num_classes: the data (``input_size``: ``S`` or ``(H, W)``).
-        transform, distribution, samples, test_samples, kl_weight, prior_alpha, prior_beta,
-            init_scale: as in :class:`~torchstn.nn.ProbabilisticSpatialTransformer`.
+        transform, distribution, samples, test_samples, kl_weight, prior_alpha, prior_beta, init_scale: as in
+            :class:`~torchstn.nn.ProbabilisticSpatialTransformer`.
         mode, padding, align_corners: sampling options of the warps
             (:class:`~torchstn.sampling.SamplerOptions`).
 
