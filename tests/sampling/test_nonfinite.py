@@ -34,10 +34,10 @@ def _grid(value: float, dims: int, dtype: torch.dtype) -> tuple[torch.Tensor, to
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("value", BAD, ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("dims", [2, 3, 1])
-def test_non_finite_points_give_nan_and_nothing_else(dims, value, mode, padding, backend, dtype):
-    grid, bad = _grid(value, dims, dtype)
+def test_non_finite_points_give_nan_and_nothing_else(dims, value, mode, padding, backend, device, dtype):
+    grid, bad = (t.to(device) for t in _grid(value, dims, dtype))
     shape = (2, 3, 5, 6) if dims == 2 else (2, 3, 4, 5, 6) if dims == 3 else (2, 3, 7)
-    x = torch.rand(*shape, dtype=dtype, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    x = torch.rand(*shape, dtype=dtype, generator=torch.Generator().manual_seed(1)).to(device).requires_grad_()
     g = grid.clone().requires_grad_()
     out = stn.sample(x, g, mode=mode, padding=padding, backend=backend)
     nan_points = out.isnan().all(1)
@@ -60,10 +60,10 @@ def test_non_finite_points_give_nan_and_nothing_else(dims, value, mode, padding,
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.ThinPlateSpline(control=(3, 3))],
                          ids=lambda t: t.name)
-def test_a_nan_theta_gives_a_nan_output_and_gradient(transform, padding, backend):
+def test_a_nan_theta_gives_a_nan_output_and_gradient(transform, padding, backend, device):
     """A diverging localisation net shows up as a NaN loss and NaN gradients, not blank images."""
-    x = torch.rand(2, 3, 8, 9).requires_grad_()
-    theta = transform.identity(2).clone()
+    x = torch.rand(2, 3, 8, 9, device=device).requires_grad_()
+    theta = transform.identity(2, device=device).clone()
     theta[1, 0] = float("nan")
     theta.requires_grad_()
     out = stn.warp(x, theta, transform, padding=padding, backend=backend)

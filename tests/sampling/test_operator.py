@@ -65,38 +65,40 @@ def test_opcheck_dtypes_and_empty_batches(location, dtype, batch):
                                                       "test_aot_dispatch_dynamic"))
 
 
-def _warp_case(transform, backend, padding, batch=2, channels=1, size=(4, 5)):
+def _warp_case(transform, backend, padding, batch=2, channels=1, size=(4, 5), device="cpu"):
     dtype = torch.float64
-    x = torch.rand(batch, channels, 5, 6, dtype=dtype, generator=torch.Generator().manual_seed(2)).requires_grad_()
-    theta = random_theta(transform, batch, dtype, scale=SCALE).requires_grad_()
+    x = torch.rand(batch, channels, 5, 6, dtype=dtype, generator=torch.Generator().manual_seed(2)).to(device)
+    x.requires_grad_()
+    theta = random_theta(transform, batch, dtype, device, scale=SCALE).requires_grad_()
     return (lambda x, t: stn.warp(x, t, transform, size, padding=padding, backend=backend)), (x, theta)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("transform", FAMILIES_2D, ids=lambda t: t.name)
-def test_gradgradcheck_2d(transform, padding, backend):
-    fn, inputs = _warp_case(transform, backend, padding)
+def test_gradgradcheck_2d(transform, padding, backend, device):
+    fn, inputs = _warp_case(transform, backend, padding, device=device)
     assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])
 @pytest.mark.parametrize("padding", PADDINGS)
-def test_gradgradcheck_volumes_and_signals(padding, backend):
+def test_gradgradcheck_volumes_and_signals(padding, backend, device):
     dtype = torch.float64
     generator = torch.Generator().manual_seed(3)
     for transform, shape in [(stn.Affine3D(), (1, 1, 3, 4, 3)), (stn.Affine1D(), (2, 1, 7))]:
-        x = torch.rand(*shape, dtype=dtype, generator=generator).requires_grad_()
-        theta = random_theta(transform, shape[0], dtype, scale=SCALE).requires_grad_()
+        x = torch.rand(*shape, dtype=dtype, generator=generator).to(device).requires_grad_()
+        theta = random_theta(transform, shape[0], dtype, device, scale=SCALE).requires_grad_()
         fn = lambda x, t, tr=transform: stn.warp(x, t, tr, padding=padding, backend=backend)  # noqa: E731
         assert torch.autograd.gradgradcheck(fn, (x, theta), eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gradgradcheck_sample_of_a_given_grid(backend):
+def test_gradgradcheck_sample_of_a_given_grid(backend, device):
     dtype = torch.float64
-    x = torch.rand(1, 3, 4, 5, dtype=dtype).requires_grad_()  # 3 channels: "auto" would take the fused kernel
-    grid = (torch.rand(1, 3, 4, 2, dtype=dtype, generator=torch.Generator().manual_seed(4)) * 2.2 - 1.1).requires_grad_()
+    x = torch.rand(1, 3, 4, 5, dtype=dtype, device=device).requires_grad_()  # 3 channels: "auto" takes the fused kernel
+    grid = torch.rand(1, 3, 4, 2, dtype=dtype, generator=torch.Generator().manual_seed(4)) * 2.2 - 1.1
+    grid = grid.to(device).requires_grad_()
     assert torch.autograd.gradgradcheck(lambda x, g: stn.sample(x, g, backend=backend), (x, grid), eps=1e-6, atol=1e-5)
 
 

@@ -31,9 +31,9 @@ def test_reference_matches_grid_sample_2d(mode, padding, align_corners, device, 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_reference_matches_grid_sample_3d(mode, padding, align_corners, dtype):
-    x = random_input((2, 2, 4, 5, 6), dtype, "cpu")
-    grid = random_grid((2, 3, 4, 5, 3), dtype, "cpu")
+def test_reference_matches_grid_sample_3d(mode, padding, align_corners, device, dtype):
+    x = random_input((2, 2, 4, 5, 6), dtype, device)
+    grid = random_grid((2, 3, 4, 5, 3), dtype, device)
     check_sampler(
         stn.reference_sample, _grid_sample, x, grid, mode=mode, padding=padding, align_corners=align_corners,
         atol=1e-5 if dtype == torch.float32 else 1e-10,
@@ -43,10 +43,10 @@ def test_reference_matches_grid_sample_3d(mode, padding, align_corners, dtype):
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_reference_gradcheck(padding, align_corners, ndim):
+def test_reference_gradcheck(padding, align_corners, ndim, device):
     spatial = (4, 5) if ndim == 2 else (3, 4, 3)
-    x = random_input((2, 2, *spatial), torch.float64, "cpu").requires_grad_()
-    grid = random_grid((2, *spatial[::-1][:ndim], ndim), torch.float64, "cpu", spread=1.2).requires_grad_()
+    x = random_input((2, 2, *spatial), torch.float64, device).requires_grad_()
+    grid = random_grid((2, *spatial[::-1][:ndim], ndim), torch.float64, device, spread=1.2).requires_grad_()
     fn = lambda x, g: stn.sample(x, g, "bilinear", padding, align_corners, backend="reference")  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, grid), eps=1e-6, atol=1e-6)
 
@@ -113,13 +113,13 @@ TRANSFORMS = [
 
 @pytest.mark.parametrize("backend", ["torch", "fused", "reference"])
 @pytest.mark.parametrize("transform", TRANSFORMS, ids=lambda t: t.name)
-def test_warp_gradcheck_wrt_params_and_input(transform, backend):
+def test_warp_gradcheck_wrt_params_and_input(transform, backend, device):
     g = torch.Generator().manual_seed(3)
     b = 2
     p = transform.identity(b, dtype=torch.float64) + 0.1 * torch.randn(b, transform.num_params, generator=g, dtype=torch.float64)
-    p.requires_grad_()
+    p = p.to(device).requires_grad_()
     spatial = {1: (7,), 2: (5, 6), 3: (3, 4, 5)}[transform.ndim]
-    x = torch.randn(b, 2, *spatial, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(b, 2, *spatial, generator=g, dtype=torch.float64).to(device).requires_grad_()
     fn = lambda x, p: stn.warp(x, p, transform, backend=backend)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, p), eps=1e-6, atol=1e-6)
 
