@@ -226,16 +226,11 @@ def fused_applies(x: torch.Tensor, mode: str) -> bool:
     ``torch.jit.trace`` (which cannot record the operator, and whose sizes are traced
     tensors this test would read). Where it does not, ``backend="fused"`` falls back to
     ``F.grid_sample``."""
-    return (
-        mode == "bilinear"
-        and x.dtype in _DTYPES
-        and x.device.type == "cpu"
-        and x.dim() == 4
-        and not torch.jit.is_tracing()
-        and x.shape[2] > 0
-        and x.shape[3] > 0
-        and (x.shape[2] + 1) * x.stride(2) + (x.shape[3] + 1) * x.stride(3) < 2**31
-    )
+    if mode != "bilinear" or x.dtype not in _DTYPES or x.dim() != 4 or x.device.type != "cpu" or torch.jit.is_tracing():
+        return False
+    _, _, h, w = x.shape
+    _, _, sh, sw = x.stride()
+    return h > 0 and w > 0 and (h + 1) * sh + (w + 1) * sw < 2**31
 
 
 _DTYPES = (torch.float32, torch.float64)
@@ -246,7 +241,23 @@ def operator_applies(*tensors: torch.Tensor) -> bool:
     export (which cannot record a Python operator), nor inside ``torch.func`` transforms
     (``torch.library``'s autograd formulas do not support them in torch 2.13); those take
     the grid path, whose values and gradients are the same."""
+    if _plain_eager(*tensors) and not torch._C._are_functorch_transforms_active():
+        return True  # (the answer at once: asking the ONNX exporter costs µs per call)
     return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or in_functorch(*tensors))
+
+
+def _plain_eager(*tensors: torch.Tensor) -> bool:
+    """Whether nothing can record or transform a call on ``tensors``: plain tensors (no
+    subclass, no fake tensor) in eager mode, outside ``torch.compile``, ``torch.export``,
+    ``torch.jit.trace`` (which the TorchScript ONNX exporter runs) and torch function or
+    dispatch modes."""
+    return (
+        all(type(t) is torch.Tensor for t in tensors)
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._len_torch_dispatch_stack() == 0
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,13 +426,7 @@ def _warp2d(
     """``torchstn::warp2d``: through the dispatcher where something may record or transform
     the call (``torch.compile``, ``torch.export``, tensor subclasses, fake tensors, torch
     function or dispatch modes), else directly (the same kernel and autograd formula)."""
-    if (
-        type(x) is torch.Tensor
-        and type(loc) is torch.Tensor
-        and not torch.compiler.is_compiling()
-        and not torch._C._is_torch_function_mode_enabled()
-        and torch._C._len_torch_dispatch_stack() == 0
-    ):
+    if _plain_eager(x, loc):
         if torch.is_grad_enabled() and (x.requires_grad or loc.requires_grad):
             return _EagerWarp2d.apply(x, loc, location, size, padding, align_corners, eps)
         return _warp2d_cpu(x, loc, location, size, padding, align_corners, eps)
