@@ -113,6 +113,23 @@ def test_closed_form_equals_a_fine_numerical_integration(k, zero_boundary, scale
     assert (cells(ours) != cells(x)).sum() > 20 and (ours - x).abs().max() > 0.1
 
 
+def test_points_stop_at_a_zero_of_the_velocity_and_vertices_are_ordinary_starts():
+    # vertex velocities (0, 1, 0, -1, 0): everything flows towards x = 0, where v = 0, and never crosses it
+    cpab = stn.CPAB1D(4)
+    vertices = torch.linspace(-1, 1, 5, dtype=F64)
+    values = torch.tensor([0.0, 1.0, 0.0, -1.0, 0.0], dtype=F64)
+    slopes = (values[1:] - values[:-1]) / 0.5
+    coefficients = torch.stack([slopes, values[:-1] - slopes * vertices[:-1]], 1).reshape(1, 8)
+    theta = coefficients @ cpab.basis(dtype=F64)  # A lies in the span: B Bᵀ A = A
+    torch.testing.assert_close(cpab.velocity_coefficients(theta).reshape(1, 8), coefficients, atol=1e-14, rtol=0)
+    x = torch.cat([vertices, torch.linspace(-0.99, 0.99, 23, dtype=F64)])[None]
+    ours = cpab.transform_points(theta, x[..., None])[..., 0]
+    torch.testing.assert_close(ours, _rk4(cpab.velocity_coefficients(theta), x), atol=1e-8, rtol=0)
+    # nobody crosses the zero, which stays put (to the rounding of A = B θ: v(0) ~ 1e-16)
+    assert torch.equal(ours[x != 0].sign(), x[x != 0].sign()) and ours[0, 2].abs() < 1e-14
+    assert (ours[0, [1, 3]] - x[0, [1, 3]]).abs().min() > 0.1  # points starting on vertices move on
+
+
 def test_closed_form_of_a_field_affine_on_the_whole_line():
     # without the zero boundary one affine field over every cell is allowed: T(x) = e^a x + (e^a - 1) b / a,
     # and a constant field (a = 0) translates: T(x) = x + b
