@@ -16,7 +16,9 @@ from torch.utils.data import Dataset
 
 from torchstn.engine._config import TrainConfig
 
-__all__ = ["dataset_model_args", "epoch_batches", "fetch", "fetch_inputs", "iterate", "load_split", "shard"]
+__all__ = [
+    "dataset_model_args", "epoch_batches", "fetch", "fetch_inputs", "iterate", "load_split", "shard", "to_channels_last",
+]
 
 
 def load_split(config: TrainConfig, split: str) -> Dataset:
@@ -34,9 +36,45 @@ def load_split(config: TrainConfig, split: str) -> Dataset:
 
 
 def dataset_model_args(dataset: Any) -> dict[str, Any]:
-    """``in_channels``, ``input_size`` and ``num_classes`` of a dataset, for :func:`create_model`."""
-    channels, height, width = (int(s) for s in dataset.input_shape)
-    return {"in_channels": channels, "input_size": [height, width], "num_classes": int(dataset.num_classes)}
+    """``in_channels``, ``input_size`` and ``num_classes`` of a dataset, for :func:`create_model`.
+
+    ``dataset.input_shape`` is ``(C, L)`` for series (``ucr:<Name>``), ``(C, H, W)`` for
+    images or ``(C, D, H, W)`` for volumes (``mnist-3d``); ``input_size`` is the part after
+    ``C``: ``[L]``, ``[H, W]`` or ``[D, H, W]``.
+
+    Raises:
+        ValueError: an ``input_shape`` of another length (the message names it).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> dataset_model_args(SimpleNamespace(input_shape=(1, 150), num_classes=2))
+        {'in_channels': 1, 'input_size': [150], 'num_classes': 2}
+        >>> dataset_model_args(SimpleNamespace(input_shape=(1, 60, 60, 60), num_classes=10))["input_size"]
+        [60, 60, 60]
+    """
+    shape = [int(s) for s in dataset.input_shape]
+    if not 2 <= len(shape) <= 4:
+        raise ValueError(
+            f"a dataset's input_shape must be (C, L), (C, H, W) or (C, D, H, W), got {tuple(dataset.input_shape)} "
+            f"from {type(dataset).__name__}"
+        )
+    return {"in_channels": shape[0], "input_size": shape[1:], "num_classes": int(dataset.num_classes)}
+
+
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its 4-D parameters and buffers (2-D convolution weights) in channels-last memory format.
+
+    ``Module.to(memory_format=torch.channels_last)`` refuses a model holding 5-D tensors
+    (a 3-D convolution's weights, as in the volume models); this converts the 4-D ones
+    only and leaves the others (1-D, 3-D convolutions, linear layers) as they are, so
+    ``TrainConfig.channels_last`` is safe for any model. Values are unchanged.
+
+    Example:
+        >>> net = to_channels_last(torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.Conv2d(2, 4, 3)))
+        >>> net[1].weight.is_contiguous(memory_format=torch.channels_last), net[0].weight.is_contiguous()
+        (True, True)
+    """
+    return model._apply(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
 
 
 def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> torch.Tensor:
@@ -64,7 +102,8 @@ def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
 
 
 def fetch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``(B, C, H, W)`` float32 and labels ``(B,)`` int64 at ``indices``.
+    """Inputs ``(B, C, ...)`` float32 (images ``(B, C, H, W)``, series ``(B, C, L)``, volumes
+    ``(B, C, D, H, W)``) and labels ``(B,)`` int64 at ``indices``.
 
     Datasets holding their tensors (``.tensors`` as a ``TensorDataset``, or ``.images``
     and ``.labels`` tensors) are indexed in one go; others item by item.

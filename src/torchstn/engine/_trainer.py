@@ -34,7 +34,7 @@ from torch import nn
 
 from torchstn.engine._checkpoint import capture_rng, read_checkpoint, read_training_state, restore_rng
 from torchstn.engine._config import TrainConfig
-from torchstn.engine._data import dataset_model_args, epoch_batches, fetch_inputs, load_split, shard
+from torchstn.engine._data import dataset_model_args, epoch_batches, fetch_inputs, load_split, shard, to_channels_last
 from torchstn.engine._diagnostics import collapse_warnings, predicted_classes, theta_diagnostics
 from torchstn.engine._evaluate import evaluate, precision_context
 from torchstn.engine._rundir import RunDir
@@ -306,7 +306,7 @@ def _set_up(config: TrainConfig, ddp: _Distributed, run_dir: RunDir | None, trai
     config = config.replace(model_args={**dataset_model_args(train_set), **config.model_args})
     model = create_model(config.model, **config.model_args).to(ddp.device)
     if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)  # 4-D weights only: a 3-D conv's 5-D ones cannot be channels-last
     if config.ground_truth_init:
         _check_ground_truth_init(config, model, train_set)
     n_train = len(train_set)
