@@ -7,7 +7,11 @@ One module per paper, each builder a plain function registered under its name:
 * :mod:`~torchstn.models.icstn2017`: Lin & Lucey, *Inverse Compositional STN* (IC-STN,
   c-STN and their baselines on perturbed MNIST);
 * :mod:`~torchstn.models.pstn2020`: Schwöbel et al., *Probabilistic STN* (P-STN);
-* :mod:`~torchstn.models.tutorial`: the PyTorch STN tutorial's network and its CIFAR-10 sibling.
+* :mod:`~torchstn.models.timeseries`: the P-STN paper's time-series models (1-D CNN, STN
+  and P-STN on series ``(B, C, L)``);
+* :mod:`~torchstn.models.tutorial`: the PyTorch STN tutorial's network and its CIFAR-10 sibling;
+* :mod:`~torchstn.models.volumes`: the STN paper's 3-D model (a 3-D affine transformer, a
+  projection along depth, a 2-D CNN) and its baseline, on volumes ``(B, C, D, H, W)``.
 
 Every model is an :class:`STClassifier` (or, for the parallel part models, has its
 attributes): ``model.transformers`` lists its spatial transformers (empty for the FCN
@@ -24,7 +28,7 @@ Example:
 
 from __future__ import annotations
 
-from torchstn.models import icstn2017, pstn2020, stn2015, tutorial  # noqa: F401  (registers the models)
+from torchstn.models import icstn2017, pstn2020, stn2015, timeseries, tutorial, volumes  # noqa: F401  (registers the models)
 from torchstn.models._base import STClassifier
 from torchstn.models._registry import (
     check_model_args,
