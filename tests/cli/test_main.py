@@ -12,7 +12,8 @@ from torchstn.cli import SUBCOMMANDS
 
 #: the shared options, each with the one help text every subcommand shows
 SHARED = {
-    "--data-dir DIR": "directory holding the MNIST files (default: $TORCHSTN_DATA, the cache, or a download)",
+    "--data-dir DIR": "directory holding the data: the MNIST files, the CIFAR-10 archive or UCR <Name>/ folders "
+                      "(default: $TORCHSTN_DATA, the cache, or a download of MNIST)",
     "--device DEV": "cpu, cuda, cuda:N or auto (default:",
     "--threads N": "CPU threads of torch (default: torch's; 1 is faster on a busy machine)",
 }

@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "CLIError",
+    "DATA_DIR_HELP",
     "add_checkpoint_args",
     "add_data_args",
     "add_data_dir_arg",
@@ -65,10 +66,14 @@ class formatter(argparse.RawDescriptionHelpFormatter):
 # --- the shared options, each declared once ------------------------------------------------------
 
 
+#: the help of ``--data-dir``, the same in every subcommand
+DATA_DIR_HELP = ("directory holding the data: the MNIST files, the CIFAR-10 archive or UCR <Name>/ folders "
+                 "(default: $TORCHSTN_DATA, the cache, or a download of MNIST)")
+
+
 def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
-    """``--data-dir``: where the MNIST files are."""
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="directory holding the MNIST files (default: $TORCHSTN_DATA, the cache, or a download)")
+    """``--data-dir``: where the MNIST files, the CIFAR-10 archive or the UCR folders are."""
+    parser.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
 
 
 def add_device_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -111,17 +116,41 @@ def check_at_least_one(args: argparse.Namespace, *names: str) -> None:
 
 
 def check_data_args(data: str | None, data_dir: str | None) -> None:
-    """One-line errors for an unknown dataset name or a data directory that does not exist."""
-    from torchstn.data import MNIST_FILES, list_datasets
+    """One-line errors for an unknown dataset name or a data directory that does not exist.
 
-    if data is not None and data not in list_datasets():
-        raise CLIError(f"unknown dataset {data!r}; choose one of: {', '.join(list_datasets())}")
-    if data_dir is not None and not Path(data_dir).is_dir():
-        files = ", ".join(f"{name}.gz" for name in MNIST_FILES)
-        raise CLIError(
-            f"data directory {data_dir} does not exist: create it with the four MNIST files ({files}) "
-            "or omit --data-dir to use the cache or download"
-        )
+    A UCR set ``ucr:<Name>`` is accepted for any name when ``--data-dir`` is given (the
+    loader then looks there first and names the files it needs); without it, the name
+    must be one of the sets found (``$TORCHSTN_DATA``, the cache, aeon's shipped ones).
+    ``cifar10`` also takes the archive file itself as ``--data-dir``.
+    """
+    from torchstn.data import UCR_PREFIX, list_datasets
+
+    ucr = data is not None and data.lower().startswith(UCR_PREFIX)
+    if ucr and not data[len(UCR_PREFIX):].strip():
+        raise CLIError(f"--data {data!r} names no UCR data set; write it as {UCR_PREFIX}<Name>, e.g. {UCR_PREFIX}GunPoint")
+    known = list_datasets()
+    if data is not None and data not in known and not (ucr and (data_dir is not None or data.lower() in map(str.lower, known))):
+        where = (f"; for another UCR set, give --data-dir DIR holding {data[len(UCR_PREFIX):]}/ with its _TRAIN and "
+                 "_TEST files (.tsv or .ts)" if ucr else "")
+        raise CLIError(f"unknown dataset {data!r}; choose one of: {', '.join(known)}{where}")
+    if data_dir is not None and not (Path(data_dir).is_dir() or (data == "cifar10" and Path(data_dir).is_file())):
+        raise CLIError(f"data directory {data_dir} does not exist: {_what_to_put(data)}, or omit --data-dir to use "
+                       "$TORCHSTN_DATA or the cache")
+
+
+def _what_to_put(data: str | None) -> str:
+    """What a missing ``--data-dir`` should hold for the dataset ``data``."""
+    from torchstn.data import CIFAR10_URL, MNIST_FILES, UCR_PREFIX, UCR_URL
+
+    if data == "cifar10":
+        return (f"create it with cifar-10-python.tar.gz ({CIFAR10_URL}) or the cifar-10-batches-py/ folder it "
+                "extracts to (or give the .tar.gz itself)")
+    if data is not None and data.lower().startswith(UCR_PREFIX):
+        name = data[len(UCR_PREFIX):]
+        return f"create it holding {name}/ with {name}_TRAIN.tsv and {name}_TEST.tsv ({UCR_URL}) or the .ts files"
+    files = ", ".join(f"{name}.gz" for name in MNIST_FILES)
+    return (f"create it with the four MNIST files ({files}; a download where omitted), the CIFAR-10 archive "
+            "(--data cifar10) or UCR <Name>/ folders (--data ucr:<Name>)")
 
 
 def apply_shared_args(args: argparse.Namespace) -> None:
