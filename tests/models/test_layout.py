@@ -14,8 +14,8 @@ from torchstn.sampling import SamplerOptions
 
 MODELS = [
     "2x-st-cnn", "4x-st-cnn", "c-stn-1", "cnn", "cnn-3d", "cnn1d", "fcn", "ic-stn-1", "ic-stn-2", "ic-stn-4",
-    "icstn-cnn", "icstn-stn", "p-stn", "pstn-cnn1d-aff", "st-cnn-3d-aff", "st-cnn-addition", "st-cnn-aff",
-    "st-cnn-cifar", "st-cnn-proj", "st-cnn-tps", "st-cnn1d-aff", "st-fcn-aff", "st-fcn-proj", "st-fcn-tps", "tutorial",
+    "icstn-cnn", "icstn-stn", "p-stn", "pstn-cnn1d-aff", "pstn-cnn1d-cpab", "st-cnn-3d-aff", "st-cnn-addition", "st-cnn-aff",
+    "st-cnn-cifar", "st-cnn-proj", "st-cnn-tps", "st-cnn1d-aff", "st-cnn1d-cpab", "st-fcn-aff", "st-fcn-proj", "st-fcn-tps", "tutorial",
 ]
 
 #: the module of each paper and the models it defines
@@ -25,7 +25,7 @@ PAPERS = {
     "torchstn.models.icstn2017": {"icstn-cnn", "icstn-stn", "c-stn-1", "ic-stn-1", "ic-stn-2", "ic-stn-4"},
     "torchstn.models.pstn2020": {"p-stn"},
     "torchstn.models.tutorial": {"tutorial", "st-cnn-cifar"},
-    "torchstn.models.timeseries": {"cnn1d", "st-cnn1d-aff", "pstn-cnn1d-aff"},
+    "torchstn.models.timeseries": {"cnn1d", "st-cnn1d-aff", "pstn-cnn1d-aff", "st-cnn1d-cpab", "pstn-cnn1d-cpab"},
     "torchstn.models.volumes": {"cnn-3d", "st-cnn-3d-aff"},
 }
 

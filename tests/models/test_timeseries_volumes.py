@@ -51,14 +51,16 @@ def test_short_series_need_same_padding():
         stn.create_model("cnn1d", conv_padding="full")
 
 
-@pytest.mark.parametrize("name", ["st-cnn1d-aff", "pstn-cnn1d-aff"])
+@pytest.mark.parametrize("name", ["st-cnn1d-aff", "pstn-cnn1d-aff", "st-cnn1d-cpab", "pstn-cnn1d-cpab"])
 def test_1d_transformers_start_at_the_identity(name):
     torch.manual_seed(0)
     model = stn.create_model(name, input_size=64, in_channels=2, **SMALL).eval()
     x = torch.randn(3, 2, 64)
     st = model.transformers[0]
+    family = stn.Affine1D() if name.endswith("aff") else stn.CPAB1D(tessellation=10)
+    assert st.transform.num_params == family.num_params
     mean = st.predict_distribution(x)[0] if name.startswith("pstn") else st.predict_params(x)
-    torch.testing.assert_close(mean, stn.Affine1D().identity(batch=3))
+    torch.testing.assert_close(mean, family.identity(batch=3))
     if name.startswith("st-"):
         torch.testing.assert_close(model.transform_input(x), x, atol=1e-6, rtol=0)
 
@@ -136,3 +138,29 @@ def test_3d_localisation_checks_its_input():
     model = stn.create_model("st-cnn-3d-aff", input_size=24)
     with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 24, 24, 24\)"):
         model(torch.rand(1, 1, 24, 24, 20))
+
+
+def test_cpab_transformer_warps_as_its_grid_says_and_keeps_the_ends():
+    """At a non-zero θ the ST resamples where CPAB1D's grid says (checked by grid_sample on a 1 x L image),
+    and with the zero boundary the warp keeps the series' first and last points in place."""
+    torch.manual_seed(0)
+    model = stn.create_model("st-cnn1d-cpab", input_size=40, align_corners=True, **SMALL)
+    st = model.transformers[0]
+    x = torch.randn(2, 1, 40, dtype=torch.float64)
+    theta = 0.7 * torch.randn(2, 9, dtype=torch.float64)
+    ours = st.transform_input(x, theta)
+    grid_x = st.transform.grid(theta, (40,), align_corners=True)  # (2, 40, 1)
+    grid = torch.cat([grid_x, torch.zeros_like(grid_x)], -1)[:, None]  # (2, 1, 40, 2): y on the single row
+    reference = F.grid_sample(x[:, :, None], grid, padding_mode="border", align_corners=True)[:, :, 0]
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(ours[..., [0, -1]], x[..., [0, -1]])
+    assert not torch.allclose(ours, x)
+
+
+def test_pstn_cpab_takes_the_smoothness_prior_only_with_a_gaussian():
+    student = stn.create_model("pstn-cnn1d-cpab", input_size=40, **SMALL)
+    assert student.transformers[0].prior_precision is None
+    gaussian = stn.create_model("pstn-cnn1d-cpab", input_size=40, distribution="gaussian", prior_length_scale=0.3,
+                                **SMALL)
+    covariance = stn.CPAB1D(tessellation=10).prior_covariance(0.3)
+    torch.testing.assert_close(gaussian.transformers[0].prior_precision @ covariance, torch.eye(9), atol=1e-4, rtol=0)

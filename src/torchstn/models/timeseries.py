@@ -2,8 +2,10 @@
 Transformer Networks* (arXiv 2004.03637, section 5, UCR time series).
 
 A 1-D CNN classifier (``cnn1d``), the same with a spatial transformer on the time axis
-in front (``st-cnn1d-aff``: scale and shift, :class:`~torchstn.transforms.Affine1D`), and
-its probabilistic version (``pstn-cnn1d-aff``, :class:`~torchstn.nn.ProbabilisticSpatialTransformer`).
+in front (``st-cnn1d-aff``: scale and shift, :class:`~torchstn.transforms.Affine1D`;
+``st-cnn1d-cpab``: diffeomorphic warps, :class:`~torchstn.transforms.CPAB1D`, the authors'
+choice for time series), and their probabilistic versions (``pstn-cnn1d-aff``,
+``pstn-cnn1d-cpab``, :class:`~torchstn.nn.ProbabilisticSpatialTransformer`).
 Inputs are series ``(B, C, L)`` (``C = 1`` for the univariate UCR archive).
 
 The layers follow the authors' released time-series code (their UAI experiment
@@ -26,7 +28,7 @@ reduced for a CPU.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -36,10 +38,11 @@ from torchstn.models._registry import register_model
 from torchstn.models.pstn2020 import PSTNClassifier
 from torchstn.nn import Distribution, ProbabilisticSpatialTransformer, SpatialTransformer, declare_input
 from torchstn.sampling import Mode, Padding, SamplerOptions
-from torchstn.transforms import Affine1D, Transform
+from torchstn.transforms import CPAB1D, Affine1D, Transform
 
 __all__ = [
     "CNN1D_CHANNELS",
+    "CPAB_TESSELLATION",
     "CNN1D_KERNELS",
     "LOC1D_CHANNELS",
     "LOC1D_KERNELS",
@@ -49,8 +52,10 @@ __all__ = [
     "cnn1d_classifier",
     "cnn1d_localization",
     "pstn_cnn1d_aff",
+    "pstn_cnn1d_cpab",
     "scaled",
     "st_cnn1d_aff",
+    "st_cnn1d_cpab",
 ]
 
 #: the authors' baseline CNN: filters and kernel sizes of its five convolutions
@@ -192,6 +197,33 @@ def _transformer_parts(
     return length, loc, loc_channels[-1], head
 
 
+def _st_1d(
+    transform: Transform | str, in_channels: int, input_size: int | Sequence[int], num_classes: int,
+    channels: Sequence[int], loc_channels: Sequence[int], width: float, dropout: float, conv_padding: ConvPadding,
+    sampler: SamplerOptions,
+) -> STClassifier:
+    """A 1-D spatial transformer of ``transform`` before the 1-D CNN (``st-cnn1d-*``)."""
+    length, loc, features, head = _transformer_parts(
+        in_channels, input_size, num_classes, channels, loc_channels, width, dropout, conv_padding
+    )
+    st = SpatialTransformer(transform, loc, in_features=features, sampler=sampler)
+    return STClassifier(head, [st], input_shape=(in_channels, *length), num_classes=num_classes)
+
+
+def _pstn_1d(
+    transform: Transform | str, in_channels: int, input_size: int | Sequence[int], num_classes: int,
+    channels: Sequence[int], loc_channels: Sequence[int], width: float, dropout: float, conv_padding: ConvPadding,
+    sampler: SamplerOptions, **probabilistic: Any,
+) -> PSTNClassifier:
+    """A 1-D probabilistic spatial transformer of ``transform`` before the 1-D CNN (``pstn-cnn1d-*``);
+    ``probabilistic``: :class:`~torchstn.nn.ProbabilisticSpatialTransformer`'s keywords."""
+    length, loc, features, head = _transformer_parts(
+        in_channels, input_size, num_classes, channels, loc_channels, width, dropout, conv_padding
+    )
+    pst = ProbabilisticSpatialTransformer(transform, loc, in_features=features, sampler=sampler, **probabilistic)
+    return PSTNClassifier(head, [pst], input_shape=(in_channels, *length), num_classes=num_classes)
+
+
 @register_model("st-cnn1d-aff")
 def st_cnn1d_aff(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 150, num_classes: int = 2,
@@ -225,14 +257,10 @@ def st_cnn1d_aff(
         >>> m(x).shape, torch.allclose(m.transform_input(x), x, atol=1e-5)  # starts as the identity
         (torch.Size([3, 2]), True)
     """
-    length, loc, features, head = _transformer_parts(
-        in_channels, input_size, num_classes, channels, loc_channels, width, dropout, conv_padding
+    return _st_1d(
+        Affine1D() if transform is None else transform, in_channels, input_size, num_classes, channels, loc_channels,
+        width, dropout, conv_padding, SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
     )
-    st = SpatialTransformer(
-        Affine1D() if transform is None else transform, loc, in_features=features,
-        sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
-    )
-    return STClassifier(head, [st], input_shape=(in_channels, *length), num_classes=num_classes)
 
 
 @register_model("pstn-cnn1d-aff")
@@ -268,13 +296,92 @@ def pstn_cnn1d_aff(
         >>> torch.allclose(probs.sum(1), torch.ones(2)), bool(stn.nn.total_kl(m) > 0)
         (True, True)
     """
-    length, loc, features, head = _transformer_parts(
-        in_channels, input_size, num_classes, channels, loc_channels, width, dropout, conv_padding
+    return _pstn_1d(
+        Affine1D() if transform is None else transform, in_channels, input_size, num_classes, channels, loc_channels,
+        width, dropout, conv_padding, SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
+        samples=samples, test_samples=test_samples, distribution=distribution, kl_weight=kl_weight,
+        prior_alpha=prior_alpha, prior_beta=prior_beta, init_scale=init_scale,
     )
-    pst = ProbabilisticSpatialTransformer(
-        Affine1D() if transform is None else transform, loc, samples=samples, test_samples=test_samples,
-        distribution=distribution, kl_weight=kl_weight, prior_alpha=prior_alpha, prior_beta=prior_beta,
-        init_scale=init_scale, in_features=features,
-        sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
+
+
+# ---------------------------------------------------------------------------- CPAB (diffeomorphic) versions
+
+#: the authors' tessellation of the time axis for their CPAB time-series runs (zero boundary: P = K - 1 = 9)
+CPAB_TESSELLATION = 10
+
+
+@register_model("st-cnn1d-cpab")
+def st_cnn1d_cpab(
+    *, in_channels: int = 1, input_size: int | Sequence[int] = 150, num_classes: int = 2,
+    channels: Sequence[int] = ST_CNN1D_CHANNELS, loc_channels: Sequence[int] = LOC1D_CHANNELS, width: float = 1.0,
+    dropout: float = 0.25, conv_padding: ConvPadding = "valid", tessellation: int = CPAB_TESSELLATION,
+    zero_boundary: bool = True, mode: Mode = "bilinear", padding: Padding = "border", align_corners: bool = False,
+) -> STClassifier:
+    """STN with diffeomorphic time warps (P-STN paper, section 5: the authors' time-series runs use CPAB).
+
+    ``st-cnn1d-aff`` with a :class:`~torchstn.transforms.CPAB1D` transformer: θ (``K - 1``
+    values with the zero boundary) sets a continuous piecewise-affine velocity field on
+    ``K = tessellation`` cells of the time axis, integrated in closed form into an
+    increasing, invertible warp (θ = 0, the identity, at the start). The authors use
+    ``K = 10`` with the zero boundary (the series' ends stay in place).
+
+    Args:
+        tessellation, zero_boundary: of :class:`~torchstn.transforms.CPAB1D`.
+        in_channels, input_size, num_classes, channels, loc_channels, width, dropout, conv_padding,
+            mode, padding, align_corners: as in ``st-cnn1d-aff``.
+
+    Example:
+        >>> m = stn.create_model("st-cnn1d-cpab", input_size=64, width=0.05).eval()
+        >>> x = torch.randn(2, 1, 64)
+        >>> m.transformers[0].transform.num_params, torch.allclose(m.transform_input(x), x, atol=1e-5)
+        (9, True)
+    """
+    return _st_1d(
+        CPAB1D(tessellation, zero_boundary), in_channels, input_size, num_classes, channels, loc_channels, width,
+        dropout, conv_padding, SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
     )
-    return PSTNClassifier(head, [pst], input_shape=(in_channels, *length), num_classes=num_classes)
+
+
+@register_model("pstn-cnn1d-cpab")
+def pstn_cnn1d_cpab(
+    *, in_channels: int = 1, input_size: int | Sequence[int] = 150, num_classes: int = 2,
+    channels: Sequence[int] = ST_CNN1D_CHANNELS, loc_channels: Sequence[int] = LOC1D_CHANNELS, width: float = 1.0,
+    dropout: float = 0.25, conv_padding: ConvPadding = "valid", tessellation: int = CPAB_TESSELLATION,
+    zero_boundary: bool = True, distribution: Distribution = "student-t", samples: int = 10, test_samples: int = 10,
+    kl_weight: float = 1e-4, prior_alpha: float = 1.0, prior_beta: float = 1.0, prior_length_scale: float = 0.1,
+    prior_variance: float = 1.0, init_scale: float = 0.08, mode: Mode = "bilinear", padding: Padding = "border",
+    align_corners: bool = False,
+) -> PSTNClassifier:
+    """P-STN with diffeomorphic time warps (P-STN paper, sections 3 and 5; the authors' time-series runs).
+
+    ``pstn-cnn1d-aff`` with a :class:`~torchstn.transforms.CPAB1D` transformer (``K = 10``
+    cells, zero boundary, as the authors). The distribution over θ is the authors'
+    Student-t with a Gamma prior on its precision (``distribution="student-t"``), or
+    ``"gaussian"`` with the CPAB smoothness prior as the KL's prior: θ ~ N(0, Σ),
+    Σ = :meth:`~torchstn.transforms.CPAB1D.prior_covariance` (``prior_length_scale``,
+    ``prior_variance``).
+
+    Args:
+        tessellation, zero_boundary: of :class:`~torchstn.transforms.CPAB1D`.
+        prior_length_scale, prior_variance: the smoothness prior (``distribution="gaussian"`` only).
+        in_channels, input_size, num_classes, channels, loc_channels, width, dropout, conv_padding,
+            distribution, samples, test_samples, kl_weight, prior_alpha, prior_beta, init_scale,
+            mode, padding, align_corners: as in ``pstn-cnn1d-aff``.
+
+    Example:
+        >>> m = stn.create_model("pstn-cnn1d-cpab", input_size=64, width=0.05, samples=2, distribution="gaussian")
+        >>> torch.allclose(m(torch.randn(2, 1, 64)).exp().sum(1), torch.ones(2))
+        True
+        >>> m.transformers[0].prior_precision.shape
+        torch.Size([9, 9])
+    """
+    transform = CPAB1D(tessellation, zero_boundary)
+    prior = None
+    if check_choice("distribution", distribution, ("student-t", "gaussian")) == "gaussian":
+        prior = transform.prior_covariance(prior_length_scale, prior_variance)
+    return _pstn_1d(
+        transform, in_channels, input_size, num_classes, channels, loc_channels, width, dropout, conv_padding,
+        SamplerOptions(mode=mode, padding=padding, align_corners=align_corners), samples=samples,
+        test_samples=test_samples, distribution=distribution, kl_weight=kl_weight, prior_alpha=prior_alpha,
+        prior_beta=prior_beta, prior_covariance=prior, init_scale=init_scale,
+    )
