@@ -93,8 +93,6 @@ def _quiet_export() -> Iterator[None]:
     registry.addFilter(skipped_torchvision)
     try:
         with warnings.catch_warnings():
-            # SpatialTransformer keeps the last θ as a plain attribute; harmless in an export
-            warnings.filterwarnings("ignore", message=".*last_params was assigned during export.*")
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             # torch.export deep-copies its own LeafSpec objects (torch 2.13), which warns about
             # torch's own use of a deprecated class; nothing a user can act on
