@@ -48,8 +48,14 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 napoleon_attr_annotations = True
+napoleon_custom_sections = ["Convention"]  # the STYLE guide's paragraph on coordinates, rendered as a section
 
 html_theme = "alabaster"
 html_title = f"torchstn {release}"
 html_static_path: list[str] = []
-html_theme_options = {"description": "Spatial transformer networks for PyTorch", "sidebar_width": "240px"}
+html_theme_options = {  # wide enough for the 120-character lines of the examples
+    "description": "Spatial transformer networks for PyTorch",
+    "sidebar_width": "240px",
+    "page_width": "1360px",
+    "body_max_width": "none",
+}

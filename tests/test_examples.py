@@ -100,3 +100,40 @@ def test_volume_warp_matches_rot90_and_affine_grid():
     assert result["round_trip_error"] < 0.1
     assert result["transformer_output"] == (2, 1, 16, 16, 16)
     assert result["theta"] == (2, 12)
+
+
+# -- the reference's docstring conventions (docs/_ext/torchstn_docs.py, run by the docs build in .ci/run) --
+
+
+@pytest.fixture(scope="module")
+def docs_ext():
+    pytest.importorskip("sphinx", reason="the docs extra is not installed (pip install -e '.[docs]')")
+    path = EXAMPLES.parent / "docs" / "_ext" / "torchstn_docs.py"
+    return runpy.run_path(str(path), run_name="torchstn_docs")
+
+
+def test_docs_wrapped_argument_names_are_joined(docs_ext):
+    lines = [
+        "Build it.",
+        "",
+        "Args:",
+        "    a, b,",
+        "        c, d,",
+        "        e: as in ``f(x: int)``.",
+        "    g: the next one,",
+        "        wrapped.",
+        "",
+        "Returns:",
+        "    h, i,",
+        "        j.",
+    ]
+    joined = docs_ext["_join_wrapped_names"](lines)
+    assert joined[3] == "    a, b, c, d, e: as in ``f(x: int)``."
+    assert joined[4:] == lines[6:]  # an entry with its colon, and other sections, are left as they are
+
+
+def test_docs_stars_of_shapes_and_argument_lists_are_literal(docs_ext):
+    escape = docs_ext["_escape_shape_stars"]
+    assert escape("x (B, C, *in) at grid (B, *out, n)") == r"x (B, C, \*in) at grid (B, \*out, n)"
+    assert escape("split, seed, **options: as in") == r"split, seed, \*\*options: as in"
+    assert escape("``(B, *size)`` and *emphasis* and **strong**") == "``(B, *size)`` and *emphasis* and **strong**"

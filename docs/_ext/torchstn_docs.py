@@ -5,6 +5,7 @@
   appear without editing a page.
 * ``.. model-registry::`` -- every name of :func:`torchstn.list_models`, linked to its
   builder, with the builder's first docstring line.
+* ``.. submodules:: PACKAGE`` -- every public submodule of a package, documented.
 * ``.. gallery:: DIR`` -- one section per ``DIR/*.py``: its module docstring, then its
   source, included literally.
 * Aliases resolve: ``torchstn.warp`` and ``torchstn.sampling.warp`` are the same object,
@@ -20,6 +21,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import pkgutil
 import re
 import sys
 import types
@@ -171,6 +173,21 @@ class ModelRegistry(SphinxDirective):
         return _parse(self, _table(rows, ("name (builder)", "what it is")), "<model-registry>")
 
 
+class Submodules(SphinxDirective):
+    """``.. submodules:: torchstn.models``: ``automodule`` of each public submodule (no ``_`` prefix).
+
+    A new paper module of the registry is documented without editing the page.
+    """
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        package = importlib.import_module(self.arguments[0])
+        names = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
+        lines = [line for name in names for line in (f".. automodule:: {package.__name__}.{name}", "")]
+        return _parse(self, lines, f"<submodules {package.__name__}>")
+
+
 class Gallery(SphinxDirective):
     """``.. gallery:: ../examples``: each script's docstring, then its source.
 
@@ -305,7 +322,7 @@ def _is_type(obj: object) -> bool:
 # `(B, *size, n)`, or several arguments described at once, `split, seed, **options: ...`
 _SHAPE_STAR = re.compile(r"(?:(?<=[(,] )|(?<=\())\*(?=[A-Za-z_]\w*[,)])|(?<=, )\*\*(?=[A-Za-z_]\w*:)")
 _CODE = re.compile(r"(``.*?``|`[^`]*`|:math:`[^`]*`)")
-# napoleon reads the first line of an attribute or property docstring as `type: text`;
+# napoleon reads the first line of an attribute, property or constant docstring as `type: text`;
 # a type expression: names, dots, brackets, commas, `|` -- a sentence has other spaces
 _TYPE_EXPR = re.compile(r"^[\w.~`]+(\[[\w.~`\[\], |]*\])?( \| [\w.~`]+(\[[\w.~`\[\], |]*\])?)*$")
 
@@ -313,6 +330,36 @@ _TYPE_EXPR = re.compile(r"^[\w.~`]+(\[[\w.~`\[\], |]*\])?( \| [\w.~`]+(\[[\w.~`\
 def _escape_shape_stars(line: str) -> str:
     parts = _CODE.split(line)  # odd parts are code or roles: left alone
     return "".join(p if i % 2 else _SHAPE_STAR.sub(lambda m: m[0].replace("*", "\\*"), p) for i, p in enumerate(parts))
+
+
+_ARGS_HEADER = re.compile(r"(Args|Arguments|Parameters|Keyword Args|Keyword Arguments|Other Parameters):")
+
+
+def _join_wrapped_names(lines: list[str]) -> list[str]:
+    """Join an Args entry whose list of names wraps (``a, b,`` then ``c: text`` below it).
+
+    Napoleon reads an entry's first line alone, so the wrapped names would become the
+    description of a parameter named ``a, b,``; an entry line that ends in a comma and has
+    no colon cannot be anything else.
+    """
+    out: list[str] = []
+    section = entry = None  # indents of the Args header and of its entries
+    pending = ""
+    for line in lines:
+        stripped, indent = line.strip(), len(line) - len(line.lstrip())
+        if pending:  # the names go on: joined, then read again as an entry line
+            line, stripped, indent, pending = f"{pending} {stripped}", f"{pending.strip()} {stripped}", entry, ""
+        if _ARGS_HEADER.fullmatch(stripped):
+            section, entry = indent, None
+        elif section is not None and stripped and indent <= section:
+            section = None
+        elif section is not None and stripped:
+            entry = indent if entry is None else entry
+            if indent == entry and stripped.endswith(",") and ":" not in _CODE.sub("", stripped):
+                pending = line.rstrip()
+                continue
+        out.append(line)
+    return out + ([pending] if pending else [])
 
 
 def _before_napoleon(app: Sphinx, what: str, name: str, obj: object, options: Any, lines: list[str]) -> None:
@@ -323,8 +370,8 @@ def _before_napoleon(app: Sphinx, what: str, name: str, obj: object, options: An
     if not isinstance(module, str) or not module.startswith("torchstn"):  # an attribute: its class's module
         parent = _lookup(name.rpartition(".")[0])
         module = parent.__module__ if inspect.isclass(parent) else name.rpartition(".")[0]
-    lines[:] = [_absolute_roles(_escape_shape_stars(line), module) for line in lines]
-    if what in ("attribute", "property") and lines:
+    lines[:] = [_absolute_roles(_escape_shape_stars(line), module) for line in _join_wrapped_names(lines)]
+    if what in ("attribute", "property", "data") and lines:
         head, colon, _ = lines[0].partition(":")
         if colon and not _TYPE_EXPR.match(head.strip()):
             app.env._torchstn_keep = (name, list(lines))  # a sentence: napoleon must not split it
@@ -350,6 +397,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("public-names", PublicNames)
     app.add_directive("model-registry", ModelRegistry)
     app.add_directive("gallery", Gallery)
+    app.add_directive("submodules", Submodules)
     app.connect("missing-reference", _resolve_alias)
     app.connect("autodoc-process-docstring", _before_napoleon, priority=400)
     app.connect("autodoc-process-docstring", _after_napoleon, priority=600)
