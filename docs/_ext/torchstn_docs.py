@@ -13,7 +13,12 @@
   sent to that entry instead of failing.
 * References into other projects (torch, numpy, the standard library, ...) cannot be
   checked offline (no intersphinx inventories without a network) and are ignored by
-  name; a reference to a torchstn name that does not exist stays an error.
+  name. A reference to a torchstn name that exists but has no entry (a private helper,
+  an attribute without a docstring, a module's type alias) is plain text; one to a
+  torchstn name that does not exist stays an error, so ``-W -n`` fails the build.
+* Docstring habits of the project that napoleon would misread are read as meant: an
+  Args entry whose names wrap (``a, b,`` / ``c: text``), a bare shape ``(B, *size, n)``,
+  a property or constant doc-comment that begins with ``words: text``.
 """
 
 from __future__ import annotations
