@@ -268,6 +268,19 @@ def _ptr_of(t: torch.Tensor | None) -> int | None:
     return t.data_ptr() if t is not None and t.numel() else None
 
 
+#: (x's strides, buffer's strides) -> the kernel's strides argument: building it costs µs
+_STRIDES_MADE: dict[tuple[tuple[int, ...], tuple[int, ...]], ctypes.Array] = {}
+
+
+def _strides(x: tuple[int, ...], buffer: tuple[int, ...]) -> ctypes.Array:
+    made = _STRIDES_MADE.get((x, buffer))
+    if made is None:
+        if len(_STRIDES_MADE) >= 256:
+            _STRIDES_MADE.clear()
+        made = _STRIDES_MADE[x, buffer] = _STRIDES(*x, *buffer)
+    return made
+
+
 def _call(
     backward: bool, location: str, x: torch.Tensor, loc: torch.Tensor, buffer: torch.Tensor,
     grad_x: torch.Tensor | None, grad_loc: torch.Tensor | None, size: tuple[int, int], padding: str,
@@ -283,7 +296,7 @@ def _call(
         if x.dtype not in _DTYPES:
             raise TypeError(f"torchstn::warp2d: x must be float32 or float64, got {x.dtype}")
         fn = _ENTRY[backward, x.dtype]
-    strides = _STRIDES(*x.stride(), *buffer.stride())
+    strides = _strides(x.stride(), buffer.stride())
     head = (LOCATIONS[location], _ptr_of(x), strides, _ptr_of(loc), eps, _ptr_of(buffer))
     if backward:
         head += (_ptr_of(grad_x), _ptr_of(grad_loc))

@@ -321,11 +321,12 @@ def warp_checked_options(
     if params.device != x.device:
         raise ValueError(f"params must be on the device of x ({x.device}), got {params.device}")
     _check_mode_fits(x, mode)
-    size = check_size("size", _spatial_size(x) if size is None else size, transform.ndim)
+    size = _output_size(x, size, transform.ndim)
     # grids need more than 8 mantissa bits: low-precision inputs are warped in float32
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     with _autocast_off(x.device.type):
-        xd, params = x.to(dtype), params.to(dtype)
+        xd = x if x.dtype is dtype else x.to(dtype)
+        params = params if params.dtype is dtype else params.to(dtype)
         if _fused_warp_applies(backend, transform, xd, params, mode):  # no grid in memory
             if transform.projective:
                 matrix, eps = transform.matrix(params, check=False), transform.eps
@@ -338,7 +339,17 @@ def warp_checked_options(
         else:
             grid = transform.grid(params, size, align_corners, check=False)
             out = _run_kernel(xd, grid, mode, padding, align_corners, backend)
-    return out.to(x.dtype)
+    return out if out.dtype is x.dtype else out.to(x.dtype)
+
+
+def _output_size(x: torch.Tensor, size: Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+    """The checked output size of :func:`warp`: ``size``, or the input's for ``None``; a
+    tuple of positive ints passes at once, anything else goes through :func:`check_size`."""
+    if size is None:
+        size = _spatial_size(x)
+    if type(size) is tuple and len(size) == ndim and all(type(s) is int and s > 0 for s in size):
+        return size
+    return check_size("size", size, ndim)
 
 
 def _matrix_form(transform: Transform, params: object) -> object:

@@ -387,6 +387,18 @@ inline void corners(const T* xc, const Block<T>& blk, int64_t t, int32_t sh, boo
   }
 }
 
+// body(i) for i in [0, n), split statically over threads; one thread enters no OpenMP
+// region (its fixed cost is most of a small call)
+template <typename F>
+void parallel_for(int64_t n, int threads, const F& body) {
+  if (threads > 1) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < n; ++i) body(i);
+  } else {
+    for (int64_t i = 0; i < n; ++i) body(i);
+  }
+}
+
 // the block's values in one channel xc: acc[t] = sum_q w_q v_q over the corners, in this order
 template <typename T>
 inline void interpolate(const T* xc, const Block<T>& blk, int64_t nn, int32_t sh, bool unit_stride, T* acc) {
@@ -405,8 +417,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
                   int64_t C, const Constants<T>& k, int threads) {
   const int64_t Ho = k.Ho, Wo = k.Wo;
   const T nan = std::numeric_limits<T>::quiet_NaN();
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t row = 0; row < B * Ho; ++row) {
+  const auto body = [&](int64_t row) {
     const int64_t b = row / Ho, i = row % Ho;
     Block<T> blk;
     alignas(32) T acc[BLOCK];
@@ -426,7 +437,8 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
         }
       }
     }
-  }
+  };
+  parallel_for(B * Ho, threads, body);
 }
 
 // zero sample b of a (C, H, W) tensor with strides s (dense, any order of dimensions)
@@ -456,8 +468,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
   using V = typename S::V;
   const int64_t Ho = k.Ho, Wo = k.Wo;
   const T nan = std::numeric_limits<T>::quiet_NaN();
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t b = 0; b < B; ++b) {
+  const auto body = [&](int64_t b) {
     if (grad_x) zero_sample(grad_x + b * xs.b, xs, C, k.H, k.W);
     double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     Block<T> blk;
@@ -559,7 +570,8 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
       T* q = grad_loc + b * entries;
       for (int r = 0; r < entries; ++r) q[r] = static_cast<T>(acc[r]);
     }
-  }
+  };
+  parallel_for(B, threads, body);
 }
 
 template <typename T, int LOC>
