@@ -22,8 +22,8 @@
 //
 // Loop order: OpenMP over (sample, output slice); within a slice one output row at a time,
 // in blocks of up to BLOCK voxels along W. Per block, loops that the compiler vectorises
-// compute every voxel's location, padding, corner offsets and weights once; then each
-// channel gathers its corners with those (channels share all per-voxel work). The
+// compute every voxel's location, padding, fractions, first corner and the corners inside
+// once; then each channel reads its corners with those (channels share all per-voxel work). The
 // backward's dθ is summed per (sample, output slice) in double, in a fixed order, and the
 // slices are added in order: the result does not depend on the number of threads.
 
@@ -40,7 +40,7 @@ enum Location { GRID = 0, AFFINE = 1 };
 enum Mode { LINEAR = 0, NEAREST = 1 };
 
 constexpr int64_t BLOCK = 64;
-constexpr int LANES = 8;  // partial sums of the θ gradient, one vector register wide
+constexpr int LANES = 8;  // partial sums of the θ gradient
 
 // One axis: normalised coordinate -> voxel coordinate, and its padding.
 template <typename T>
@@ -115,8 +115,8 @@ struct Block {
 
 constexpr int32_t ALL_CORNERS = 255;
 
-// where the n voxels of the block starting at (b, k, i, j0) read
-template <typename T, int LOC, int MODE, int PAD>
+// where the n voxels of the block starting at (b, k, i, j0) read (GRAD: and blk.d)
+template <typename T, int LOC, int MODE, int PAD, bool GRAD>
 inline void locate(const Geometry<T>& geo, int64_t b, int64_t k, int64_t i, int64_t j0, int64_t n, Block<T>& blk) {
   if (LOC == GRID) {
     const T* p = geo.grid + (((b * geo.Do + k) * geo.Ho + i) * geo.Wo + j0) * 3;
@@ -144,7 +144,12 @@ inline void locate(const Geometry<T>& geo, int64_t b, int64_t k, int64_t i, int6
   blk.any_bad = any_bad;
   for (int a = 0; a < 3; ++a) {
     const Axis<T> ax = geo.ax[a];
-    for (int64_t t = 0; t < n; ++t) blk.f[a][t] = voxel<T, PAD>(blk.g[a][t], ax, &blk.d[a][t]);
+    if (GRAD) {
+      for (int64_t t = 0; t < n; ++t) blk.f[a][t] = voxel<T, PAD>(blk.g[a][t], ax, &blk.d[a][t]);
+    } else {
+      T unused;
+      for (int64_t t = 0; t < n; ++t) blk.f[a][t] = voxel<T, PAD>(blk.g[a][t], ax, &unused);
+    }
   }
   const int32_t W = geo.ax[0].size, H = geo.ax[1].size, D = geo.ax[2].size, HW = H * W;
   if (MODE == NEAREST) {
@@ -174,9 +179,11 @@ inline void locate(const Geometry<T>& geo, int64_t b, int64_t k, int64_t i, int6
       const int32_t vx = ((x0 >= 0) & (x0 < W)) | (((x0 >= -1) & (x0 < W - 1)) << 1);
       const int32_t vy = ((y0 >= 0) & (y0 < H)) | (((y0 >= -1) & (y0 < H - 1)) << 1);
       const int32_t vz = ((z0 >= 0) & (z0 < D)) | (((z0 >= -1) & (z0 < D - 1)) << 1);
-      int32_t mask = 0;
-      for (int q = 0; q < 8; ++q) mask |= ((vx >> (q & 1)) & (vy >> ((q >> 1) & 1)) & (vz >> (q >> 2)) & 1) << q;
-      blk.mask[t] = mask;
+      // corner q's bit: x's lower/upper bit spread over the odd/even q, and so on
+      const int32_t mx = (-(vx & 1) & 0x55) | (-(vx >> 1) & 0xAA);
+      const int32_t my = (-(vy & 1) & 0x33) | (-(vy >> 1) & 0xCC);
+      const int32_t mz = (-(vz & 1) & 0x0F) | (-(vz >> 1) & 0xF0);
+      blk.mask[t] = mx & my & mz;
       blk.off[t] = z0 * HW + y0 * W + x0;
     }
   }
@@ -190,20 +197,52 @@ inline void locate(const Geometry<T>& geo, int64_t b, int64_t k, int64_t i, int6
   }
 }
 
-// A voxel's 8 corner values, 0 for corners outside, which are not read (a non-finite value
-// at some other offset must not leak in); all inside, the common case: plain loads.
+// One voxel's 8 corner values, 0 for corners outside: those read offset 0 instead and
+// are dropped by a select (a non-finite value there must not leak in). Branch-free: the
+// voxels near the volume's faces would mispredict.
 template <typename T>
-inline void corners(const T* xc, int32_t off, int32_t mask, int32_t W, int32_t HW, T v[8]) {
-  if (mask == ALL_CORNERS) {
-    const T* p = xc + off;
-    v[0] = p[0], v[1] = p[1], v[2] = p[W], v[3] = p[W + 1];
-    v[4] = p[HW], v[5] = p[HW + 1], v[6] = p[HW + W], v[7] = p[HW + W + 1];
-    return;
+inline void masked_corners(const T* xc, const Block<T>& blk, int64_t t, int32_t W, int32_t HW, T v[8]) {
+  const int32_t off = blk.off[t], mask = blk.mask[t];
+  for (int q = 0; q < 8; ++q) {
+    const int32_t inside = (mask >> q) & 1;
+    const T u = xc[inside * (off + HW * (q >> 2) + W * ((q >> 1) & 1) + (q & 1))];
+    v[q] = inside ? u : T(0);
   }
-  for (int q = 0; q < 8; ++q) v[q] = (mask >> q) & 1 ? xc[off + HW * (q >> 2) + W * ((q >> 1) & 1) + (q & 1)] : T(0);
 }
 
-// one channel of the block's output
+// trilinear interpolation: along x, then y, then z
+template <typename V>
+inline V interpolate(const V v[8], V tx, V ty, V tz) {
+  const V c00 = v[0] + tx * (v[1] - v[0]), c10 = v[2] + tx * (v[3] - v[2]);
+  const V c01 = v[4] + tx * (v[5] - v[4]), c11 = v[6] + tx * (v[7] - v[6]);
+  const V c0 = c00 + ty * (c10 - c00), c1 = c01 + ty * (c11 - c01);
+  return c0 + tz * (c1 - c0);
+}
+
+// g times the interpolation's derivatives along x, y and z, added to gx, gy, gz: the
+// differences along one axis weighted by the other two axes' weights
+template <typename V>
+inline void add_gradient(const V v[8], V tx, V ty, V tz, V g, V* gx, V* gy, V* gz) {
+  const V ux = 1 - tx, uy = 1 - ty, uz = 1 - tz;
+  const V dx = ((v[1] - v[0]) * uy + (v[3] - v[2]) * ty) * uz + ((v[5] - v[4]) * uy + (v[7] - v[6]) * ty) * tz;
+  const V dy = ((v[2] - v[0]) * ux + (v[3] - v[1]) * tx) * uz + ((v[6] - v[4]) * ux + (v[7] - v[5]) * tx) * tz;
+  const V dz = ((v[4] - v[0]) * ux + (v[5] - v[1]) * tx) * uy + ((v[6] - v[2]) * ux + (v[7] - v[3]) * tx) * ty;
+  *gx = *gx + g * dx;
+  *gy = *gy + g * dy;
+  *gz = *gz + g * dz;
+}
+
+// One voxel's corner values: plain loads when all corners are inside (the common case;
+// AVX2 gathers measured slower than these on the AMD EPYC the kernel was tuned on)
+template <typename T>
+inline void corners(const T* xc, const Block<T>& blk, int64_t t, int32_t W, int32_t HW, T v[8]) {
+  if (blk.mask[t] != ALL_CORNERS) return masked_corners(xc, blk, t, W, HW, v);
+  const T* p = xc + blk.off[t];
+  v[0] = p[0], v[1] = p[1], v[2] = p[W], v[3] = p[W + 1];
+  v[4] = p[HW], v[5] = p[HW + 1], v[6] = p[HW + W], v[7] = p[HW + W + 1];
+}
+
+// One channel of the block's output.
 template <typename T, int MODE>
 inline void sample_block(const T* xc, const Block<T>& blk, int64_t n, int32_t W, int32_t HW, T* out) {
   if (MODE == NEAREST) {
@@ -213,14 +252,45 @@ inline void sample_block(const T* xc, const Block<T>& blk, int64_t n, int32_t W,
     }
     return;
   }
-  for (int64_t t = 0; t < n; ++t) {  // x, then y, then z
+  for (int64_t t = 0; t < n; ++t) {
     T v[8];
-    corners(xc, blk.off[t], blk.mask[t], W, HW, v);
-    const T tx = blk.f[0][t], ty = blk.f[1][t], tz = blk.f[2][t];
-    const T c00 = v[0] + tx * (v[1] - v[0]), c10 = v[2] + tx * (v[3] - v[2]);
-    const T c01 = v[4] + tx * (v[5] - v[4]), c11 = v[6] + tx * (v[7] - v[6]);
-    const T c0 = c00 + ty * (c10 - c00), c1 = c01 + ty * (c11 - c01);
-    out[t] = c0 + tz * (c1 - c0);
+    corners(xc, blk, t, W, HW, v);
+    out[t] = interpolate(v, blk.f[0][t], blk.f[1][t], blk.f[2][t]);
+  }
+}
+
+// One channel of a block of the backward, trilinear: dL/d(voxel coordinate) added to gi
+// (when wanted), and the weighted output gradient added to grad_x's corners (gxc, may be
+// null; a scatter, one voxel at a time: two voxels may share a corner)
+template <typename T>
+inline void backward_block(const T* xc, const T* go, T* gxc, bool want_loc, const Block<T>& blk, int64_t n,
+                           int32_t W, int32_t HW, T gi[3][BLOCK]) {
+  if (want_loc) {
+    for (int64_t t = 0; t < n; ++t) {
+      T v[8];
+      corners(xc, blk, t, W, HW, v);
+      add_gradient(v, blk.f[0][t], blk.f[1][t], blk.f[2][t], go[t], &gi[0][t], &gi[1][t], &gi[2][t]);
+    }
+  }
+  if (!gxc) return;
+  for (int64_t t = 0; t < n; ++t) {
+    const T tx = blk.f[0][t], ty = blk.f[1][t], tz = blk.f[2][t], g = go[t];
+    const T ux = 1 - tx, uy = 1 - ty, uz = 1 - tz;
+    const T wyz[4] = {uy * uz * g, ty * uz * g, uy * tz * g, ty * tz * g};  // corners by (y, z)
+    const int32_t off = blk.off[t], mask = blk.mask[t];
+    if (mask == ALL_CORNERS) {
+      // the lower x corners, then the upper ones: adjacent updates merged into one 8-byte
+      // read-modify-write stalled the next voxel's on store forwarding
+      T* p = gxc + off;
+      p[0] += ux * wyz[0], p[W] += ux * wyz[1], p[HW] += ux * wyz[2], p[HW + W] += ux * wyz[3];
+      T* r = gxc + (off + 1);
+      r[0] += tx * wyz[0], r[W] += tx * wyz[1], r[HW] += tx * wyz[2], r[HW + W] += tx * wyz[3];
+    } else {
+      for (int q = 0; q < 8; ++q) {
+        const T w = (q & 1 ? tx : ux) * wyz[q >> 1];
+        if ((mask >> q) & 1) gxc[off + HW * (q >> 2) + W * ((q >> 1) & 1) + (q & 1)] += w;
+      }
+    }
   }
 }
 
@@ -238,7 +308,7 @@ void forward_impl(const T* x, const Geometry<T>& geo, T* out, int threads) {
     for (int64_t i = 0; i < Ho; ++i) {
       for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
         const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK;
-        locate<T, LOC, MODE, PAD>(geo, b, k, i, j0, n, blk);
+        locate<T, LOC, MODE, PAD, false>(geo, b, k, i, j0, n, blk);
         for (int64_t c = 0; c < C; ++c) {
           sample_block<T, MODE>(x + (b * C + c) * plane, blk, n, W, HW, acc);
           if (blk.any_bad) {
@@ -247,43 +317,6 @@ void forward_impl(const T* x, const Geometry<T>& geo, T* out, int threads) {
           std::memcpy(out + (b * C + c) * out_plane + (k * Ho + i) * Wo + j0, acc, sizeof(T) * n);
         }
       }
-    }
-  }
-}
-
-// One channel of a block of the backward, trilinear: the weighted output gradient added
-// to grad_x's corners (gxc, may be null; a scatter, not vectorised: two voxels may share
-// a corner), and dL/d(voxel coordinate) added to gi (when wanted)
-template <typename T>
-inline void backward_block(const T* xc, const T* go, T* gxc, bool want_loc, const Block<T>& blk, int64_t n,
-                           int32_t W, int32_t HW, T gi[3][BLOCK]) {
-  for (int64_t t = 0; t < n; ++t) {
-    const T tx = blk.f[0][t], ty = blk.f[1][t], tz = blk.f[2][t], g = go[t];
-    const T ux = 1 - tx, uy = 1 - ty, uz = 1 - tz;
-    const int32_t off = blk.off[t], mask = blk.mask[t];
-    if (gxc) {
-      const T wyz[4] = {uy * uz * g, ty * uz * g, uy * tz * g, ty * tz * g};  // corners by (y, z)
-      if (mask == ALL_CORNERS) {
-        T* p = gxc + off;
-        p[0] += ux * wyz[0], p[1] += tx * wyz[0], p[W] += ux * wyz[1], p[W + 1] += tx * wyz[1];
-        p[HW] += ux * wyz[2], p[HW + 1] += tx * wyz[2], p[HW + W] += ux * wyz[3], p[HW + W + 1] += tx * wyz[3];
-      } else {
-        for (int q = 0; q < 8; ++q) {
-          const T w = (q & 1 ? tx : ux) * wyz[q >> 1];
-          if ((mask >> q) & 1) gxc[off + HW * (q >> 2) + W * ((q >> 1) & 1) + (q & 1)] += w;
-        }
-      }
-    }
-    if (want_loc) {
-      T v[8];
-      corners(xc, off, mask, W, HW, v);
-      // d/dtx: the differences along x, weighted by the y and z weights; and so on
-      const T dx = ((v[1] - v[0]) * uy + (v[3] - v[2]) * ty) * uz + ((v[5] - v[4]) * uy + (v[7] - v[6]) * ty) * tz;
-      const T dy = ((v[2] - v[0]) * ux + (v[3] - v[1]) * tx) * uz + ((v[6] - v[4]) * ux + (v[7] - v[5]) * tx) * tz;
-      const T dz = ((v[4] - v[0]) * ux + (v[5] - v[1]) * tx) * uy + ((v[6] - v[2]) * ux + (v[7] - v[3]) * tx) * ty;
-      gi[0][t] += g * dx;
-      gi[1][t] += g * dy;
-      gi[2][t] += g * dz;
     }
   }
 }
@@ -304,9 +337,10 @@ void backward_slice(const T* x, const Geometry<T>& geo, const T* grad_out, T* gr
   for (int64_t i = 0; i < Ho; ++i) {
     for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
       const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK;
-      locate<T, LOC, MODE, PAD>(geo, b, k, i, j0, n, blk);
+      locate<T, LOC, MODE, PAD, true>(geo, b, k, i, j0, n, blk);
+      const int64_t padded = (n + LANES - 1) / LANES * LANES;  // what the θ sums read
       for (int a = 0; a < 3; ++a)
-        for (int64_t t = 0; t < BLOCK; ++t) gi[a][t] = 0;
+        for (int64_t t = 0; t < padded; ++t) gi[a][t] = 0;
       for (int64_t c = 0; c < C; ++c) {
         const T* go = grad_out + (b * C + c) * out_plane + (k * Ho + i) * Wo + j0;
         T* gxc = grad_x ? grad_x + (b * C + c) * plane : nullptr;
@@ -335,16 +369,20 @@ void backward_slice(const T* x, const Geometry<T>& geo, const T* grad_out, T* gr
         continue;
       }
       // dθ row r: sum over the block of dL/dp_r * (x, y, z, 1); y and z are constant along
-      // the row. Lane-wise partial sums (vectorised, fixed order), then the lanes in order.
+      // the row. Lane-wise partial sums in a GCC vector of LANES (vectorised on any ISA, in
+      // a fixed order), then the lanes in order.
+      typedef T Vec __attribute__((vector_size(LANES * sizeof(T))));
       T xs[BLOCK];
       for (int64_t t = 0; t < BLOCK; ++t) xs[t] = t < n ? geo.xs[j0 + t] : T(0);  // gi is 0 beyond n
-      T sx[3][LANES] = {}, s1[3][LANES] = {};
-      for (int64_t t0 = 0; t0 < BLOCK; t0 += LANES) {
+      Vec sx[3] = {}, s1[3] = {};
+      for (int64_t t0 = 0; t0 < padded; t0 += LANES) {
+        Vec xv;
+        std::memcpy(&xv, xs + t0, sizeof(Vec));
         for (int a = 0; a < 3; ++a) {
-          for (int l = 0; l < LANES; ++l) {
-            sx[a][l] += gi[a][t0 + l] * xs[t0 + l];
-            s1[a][l] += gi[a][t0 + l];
-          }
+          Vec gv;
+          std::memcpy(&gv, gi[a] + t0, sizeof(Vec));
+          sx[a] += gv * xv;
+          s1[a] += gv;
         }
       }
       const double y = geo.ys[i], z = geo.zs[k];
