@@ -25,7 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BUDGETS", "EXPERIMENTS", "Column", "Experiment", "Row", "get_experiment", "list_experiments"]
+__all__ = [
+    "BUDGETS", "EXPERIMENTS", "PSTN_UCR_PAPER_SETS", "Column", "Experiment", "Row", "get_experiment", "list_experiments",
+]
 
 #: the budgets every experiment defines, from cheapest to the paper's
 BUDGETS: tuple[str, ...] = ("quick", "standard", "long", "paper")
@@ -96,6 +98,8 @@ class Experiment:
         order: the column keys in the order cells are run (the most telling first).
         notes: what differs from the paper and why, written into the report.
         headline: ``(row key, column key)`` of the cell whose figure heads the report.
+        calibration: the report also tables the test NLL and ECE of every cell (the
+            P-STN papers' measures of calibration).
     """
 
     name: str
@@ -110,6 +114,7 @@ class Experiment:
     extra: tuple[tuple[str, str], ...] = ()
     order: tuple[str, ...] = ()
     headline: tuple[str, str] | None = None
+    calibration: bool = False
 
     def row(self, key: str) -> Row:
         """The row named ``key`` (``KeyError`` if none)."""
@@ -132,7 +137,11 @@ class Experiment:
         return [(row, self.column(c)) for c in order for row in self.rows if (row.key, c) in keys]
 
     def recipe(self, budget: str, row: Row, column: Column) -> dict[str, Any]:
-        """The :class:`~torchstn.engine.TrainConfig` fields of one cell (without seed and paths)."""
+        """The :class:`~torchstn.engine.TrainConfig` fields of one cell (without seed and paths).
+
+        ``model_args`` merge: the budget's (e.g. a narrower network for a CPU), then the
+        column's, then the row's.
+        """
         if budget not in self.recipes:
             known = ", ".join(b for b in BUDGETS if b in self.recipes)
             raise ValueError(f"{self.name} has no budget {budget!r}; its budgets are {known}")
@@ -141,7 +150,7 @@ class Experiment:
         values.update(column.data_kwargs)
         values.update(column.budgets.get(budget, {}))
         values.update(row.config)
-        values["model_args"] = {**column.model_args, **row.model_args}
+        values["model_args"] = {**values.get("model_args", {}), **column.model_args, **row.model_args}
         return values
 
 
@@ -400,9 +409,151 @@ PSTN_SUBSETS = Experiment(
     ),
 )
 
+# ------------------------------------------------------------------------- P-STN UCR
+#: the UCR sets of the P-STN paper's time-series experiments (not shipped with any package)
+PSTN_UCR_PAPER_SETS: tuple[str, ...] = ("FaceAll", "wafer", "uWaveGestureLibrary_X", "Two_Patterns",
+                                        "PhalangesOutlinesCorrect")
+#: the authors' recipe (their UAI time-series script): Adam lr 1e-3, localisation at a tenth, batch 16, 200 epochs
+_UCR_PAPER = {"optimizer": "adam", "lr": 1e-3, "loc_lr_mult": 0.1, "batch_size": 16, "epochs": 200,
+              "schedule": "constant", "weight_decay": 0.0}
+#: standard: the same optimiser and batch, 50 epochs (a quarter), the networks at half width (a quarter of the cost)
+_UCR_STANDARD = {**_UCR_PAPER, "epochs": 50, "model_args": {"width": 0.5}}
+_UCR_QUICK = {**_UCR_PAPER, "steps": 4, "train_limit": 32, "test_limit": 40, "diagnostics_samples": 16,
+              "model_args": {"width": 0.1}}
+_UCR_ROWS = (
+    Row("cnn", "cnn1d", "CNN", transformer=False),
+    Row("stn-aff", "st-cnn1d-aff", "STN (affine)", baseline="cnn"),
+    Row("pstn-aff", "pstn-cnn1d-aff", "P-STN (affine)", baseline="cnn"),
+    Row("stn-cpab", "st-cnn1d-cpab", "STN (CPAB)", baseline="cnn"),
+    Row("pstn-cpab", "pstn-cnn1d-cpab", "P-STN (CPAB)", baseline="cnn"),
+)
+_UCR_COLUMNS = (
+    Column("gunpoint", "ucr:GunPoint", "GunPoint"),
+    Column("arrowhead", "ucr:ArrowHead", "ArrowHead"),
+    # 24 steps: too short for the unpadded convolutions, so this column pads them ("same")
+    Column("italypower", "ucr:ItalyPowerDemand", "ItalyPowerDemand", model_args={"conv_padding": "same"}),
+    # 200 series of 427 steps: 10x GunPoint's cost per epoch, so 15 epochs at `standard`
+    Column("osuleaf", "ucr:OSULeaf", "OSULeaf", budgets={"standard": {"epochs": 15}}),
+)
+PSTN_UCR = Experiment(
+    name="pstn-ucr",
+    title="UCR time series: a 1-D CNN against STN and P-STN with affine and diffeomorphic (CPAB) time warps",
+    source="Schwöbel et al., Probabilistic Spatial Transformer Networks (arXiv 2004.03637, UAI 2022), section 5, "
+           "time series; the recipe of the authors' released scripts",
+    rows=_UCR_ROWS,
+    columns=_UCR_COLUMNS,
+    paper={(row.key, col.key): None for row in _UCR_ROWS for col in _UCR_COLUMNS},
+    recipes=_budgets(_UCR_QUICK, _UCR_STANDARD, _UCR_PAPER),
+    seeds={"quick": 1, "standard": 3, "paper": 5},
+    order=("gunpoint", "italypower", "arrowhead", "osuleaf"),
+    headline=("pstn-cpab", "gunpoint"),
+    calibration=True,
+    notes=(
+        "**Stand-in data.** The paper's UCR sets are " + ", ".join(PSTN_UCR_PAPER_SETS) + "; none of them ships "
+        "with a Python package, so this table runs on four UCR sets that aeon ships in its wheel (`pip install "
+        "--no-deps aeon`): GunPoint, ArrowHead, ItalyPowerDemand and OSULeaf. They are stand-ins, not the paper's "
+        "data, so there is no paper number beside ours. With the UCR 2018 archive, a paper set runs with the same "
+        "recipe: `torchstn train --data ucr:FaceAll --data-dir DIR --model pstn-cnn1d-cpab --optimizer adam --lr "
+        "1e-3 --loc-lr-mult 0.1 --batch-size 16 --epochs 200 --schedule constant`.",
+        "Models (`torchstn.models.timeseries`): the authors' networks. CNN: five unpadded 1-D convolutions (164, "
+        "256, 256, 256, 256 filters of 8, 8, 5, 5, 3) with BatchNorm and ReLU, global average pooling, dropout, a "
+        "linear layer; the transformer models' classifier has 196, 256, 256, 256, 64 filters and their "
+        "localisation net three convolutions (64, 164, 64). Affine: `Affine1D` (scale and shift of time); CPAB: "
+        "`CPAB1D` with 10 cells and a zero boundary (9 parameters), the authors' choice. P-STN: a Student-t over "
+        "θ with a Gamma prior on its precision, 10 samples of θ in training and at test time (the test error, "
+        "NLL and ECE are those of the averaged predictive distribution), KL weight 1e-4 (the authors tune it per "
+        "data set from 0 to 1e-3; 1e-4 is their most frequent choice). The sampler repeats a series' end values "
+        "outside it (`padding=border`). ItalyPowerDemand's series have 24 steps, fewer than the unpadded stack "
+        "needs, so its column pads the convolutions (`conv_padding=same`).",
+        "Budgets: `paper` is the authors' recipe (Adam, lr 1e-3, the localisation net at lr 1e-4, batch 16, 200 "
+        "epochs, their full-width networks; 5 seeds, where the authors use 5 folds of a train/validation split). "
+        "`standard` keeps the optimiser and batch, trains 50 epochs (15 on OSULeaf, ten times GunPoint's cost per "
+        "epoch) and halves every filter count (`width=0.5`, about a quarter of the compute), so a cell fits a "
+        "CPU in minutes; 3 seeds. The engine evaluates the whole test split after every epoch (a P-STN with 10 "
+        "samples), which is a large share of the time on these small training sets.",
+        "Reported: the test error after the last epoch (%, accuracy = 100 - error), and its NLL and 15-bin ECE.",
+    ),
+)
+
+# ----------------------------------------------------------------------------- STN 3-D
+_STN3D_ROWS = (
+    Row("cnn-3d", "cnn-3d", "CNN on the projection", transformer=False),
+    Row("st-cnn-3d-aff", "st-cnn-3d-aff", "3-D ST-CNN (Affine3D, then projection)", baseline="cnn-3d"),
+)
+STN_3D = Experiment(
+    name="stn-3d",
+    title="MNIST 3-D: digits extruded into 60x60x60 volumes, a 3-D transformer before a projection to 2-D",
+    source="Jaderberg et al., Spatial Transformer Networks (NIPS 2015), appendix (MNIST 3-D; no number published)",
+    rows=_STN3D_ROWS,
+    columns=(Column("3d", "mnist-3d", "MNIST 3-D", model_args={"pool": 2}),),
+    paper={("cnn-3d", "3d"): None, ("st-cnn-3d-aff", "3d"): None},
+    recipes=_budgets(
+        {"optimizer": "adam", "lr": 1e-3, "batch_size": 16, "steps": 6, "schedule": "constant", "train_limit": 96,
+         "test_limit": 48, "diagnostics_samples": 16},
+        {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 3, "warmup": 0.05, "schedule": "cosine",
+         "loc_lr_mult": 1.0, "train_limit": 10_000, "test_limit": 2_000},
+        _STN_PAPER,
+    ),
+    seeds={"quick": 1, "standard": 2, "paper": 3},
+    headline=("st-cnn-3d-aff", "3d"),
+    calibration=True,
+    notes=(
+        "The paper shows the 3-D transformer in its appendix without a table; these numbers are ours only. Data: "
+        "`mnist-3d` (`torchstn.data`): each digit extruded 8 voxels deep, rotated U(-45°, 45°) about x, y and z, "
+        "scaled U(0.7, 1.2) and moved inside a 60x60x60 volume (see docs/data.md).",
+        "Models (`torchstn.models.volumes`, our choices where the paper is silent): the 3-D ST-CNN's "
+        "localisation net reads the volume average-pooled by 3 (two 3-D convolutions, a 32-unit layer) and "
+        "predicts an `Affine3D` θ; the transformer samples a 60^3 volume, which is summed along depth into a "
+        "60x60 image, average-pooled by 2 and classified by the STN paper's CNN. The baseline is the same "
+        "projection, pooling and CNN without the transformer: its image is the digit seen along the depth axis "
+        "of the volume as it was drawn.",
+        "Budget `standard`: a volume costs about 50 `rts` images to render and the transformer's 60^3 sampling "
+        "about as much again, so it trains on the first 10,000 training volumes for 3 epochs (Adam, lr 1e-3, "
+        "batch 32, 5% warm-up, cosine) and tests on the first 2,000 test volumes. `paper` is the STN paper's "
+        "MNIST recipe (SGD, 150,000 iterations of batch 256) on the whole set; the paper gives none for 3-D.",
+        "Reported: the test error after the last iteration (%), NLL and ECE. The figure shows test volumes as "
+        "the baseline sees them (projection along depth), the same volumes after the transformer, and the "
+        "transformer's output seen from the side.",
+    ),
+)
+
+# ------------------------------------------------------------------------ seed CIFAR-10
+#: the seed notebook's recipe: SGD (no momentum), lr 0.01, batch 64, 50 epochs (the PyTorch tutorial's optimiser)
+_SEED_CIFAR = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "batch_size": 64, "epochs": 50,
+               "schedule": "constant", "loc_lr_mult": 1.0, "weight_decay": 0.0}
+SEED_CIFAR10 = Experiment(
+    name="seed-cifar10",
+    title="CIFAR-10: the seed notebook's affine ST-CNN (the PyTorch tutorial's structure, wider)",
+    source="seed 004 (gokul-pv/DawnOfTransformers, SpatialTransformer.ipynb): 65.7% test accuracy after 50 "
+           "epochs (6568/10000 in its log)",
+    rows=(Row("st-cnn-cifar", "st-cnn-cifar", "ST-CNN (seed notebook)"),),
+    columns=(Column("cifar10", "cifar10", "CIFAR-10"),),
+    paper={("st-cnn-cifar", "cifar10"): 34.3},
+    recipes=_budgets(
+        {**_SEED_CIFAR, "epochs": 1, "steps": 8, "train_limit": 256, "test_limit": 200, "diagnostics_samples": 32},
+        {**_SEED_CIFAR, "epochs": 10},
+        _SEED_CIFAR,
+    ),
+    seeds={"quick": 1, "standard": 1, "paper": 1},
+    headline=("st-cnn-cifar", "cifar10"),
+    calibration=True,
+    notes=(
+        "The reference number is the seed notebook's last epoch: 65.68% accuracy (34.3% error) after 50 epochs "
+        "of SGD (no momentum, lr 0.01, batch 64), the PyTorch tutorial's recipe; its log reads 58.5% accuracy "
+        "(41.5% error) after 10 epochs, the length of budget `standard`. `paper` is the seed's 50 epochs.",
+        "The model `st-cnn-cifar` matches the seed's layer table (1,585,008 parameters). The seed normalises "
+        "each colour channel by the CIFAR-10 mean and standard deviation; torchstn feeds the images in [0, 1] "
+        "(a difference of input scale that SGD at lr 0.01 may feel).",
+        "Data: the python-version archive, not downloaded (170 MB): put cifar-10-python.tar.gz "
+        "(https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) or the cifar-10-batches-py/ folder in "
+        "$TORCHSTN_DATA or pass `--data-dir DIR`; the error names the files and the folders searched.",
+    ),
+)
+
 #: every experiment by name
 EXPERIMENTS: dict[str, Experiment] = {
-    e.name: e for e in (STN_TABLE1, STN_CLUTTERED, STN_ADDITION, TUTORIAL, ICSTN_PERTURBED, PSTN_SUBSETS)
+    e.name: e for e in (STN_TABLE1, STN_CLUTTERED, STN_ADDITION, TUTORIAL, ICSTN_PERTURBED, PSTN_SUBSETS, PSTN_UCR,
+                        STN_3D, SEED_CIFAR10)
 }
 
 

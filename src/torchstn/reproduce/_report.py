@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
+from torchstn.reproduce._figures import plot_series_warps, plot_volume_views
 from torchstn.reproduce._runner import DEFAULT_OUT, Cell, Results, recipe_changes
 
 __all__ = ["ROTATION_BINS", "error_by_rotation", "figure_path", "render_report", "summarize", "write_figure", "write_report"]
@@ -65,6 +66,11 @@ def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *,
     title = (f"{cell.row.label} on {cell.column.label} ({cell.experiment.name}, budget {cell.budget}, seed "
              f"{cell.seed}): test error {record['error']:.2f}%{paper}")
     out = figure_path(results_dir, cell.experiment.name, cell.budget, cell.row.key, cell.column.key)
+    rank = len(test_set.input_shape)  # (C, L) series and (C, D, H, W) volumes have figures of their own
+    if rank == 2:
+        return plot_series_warps(model, test_set, out, title=title)
+    if rank == 4:
+        return plot_volume_views(model, test_set, out, title=title)
     return plot_run(model, test_set, out, history=history, num=10, title=title,
                     ground_truth_init=config.ground_truth_init)
 
@@ -182,6 +188,7 @@ class _BudgetView:
 def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[str, Any]], results_dir: Path) -> list[str]:
     view = _BudgetView.of(experiment, budget, cells)
     lines, means = _error_table(view)
+    lines += _calibration_table(view)
     lines += _comparisons(view, means, cells)
     lines += _runs_table(view)
     lines += _rotation_tables(view)
@@ -223,6 +230,34 @@ def _error_table(view: _BudgetView) -> tuple[list[str], dict[tuple[str, str], fl
         lines.append(f"| {row.label} | " + " | ".join(cells_text) + " |")
     lines.append("")
     return lines, means
+
+
+def _calibration_table(view: _BudgetView) -> list[str]:
+    """For an experiment with ``calibration``: accuracy, NLL and ECE of every cell (mean ± std over seeds)."""
+    if not view.experiment.calibration or not view.records:
+        return []
+    lines = [f"### Accuracy and calibration, budget `{view.budget}`", "",
+             "Test accuracy (%, 100 - error), negative log-likelihood (NLL, nats) and 15-bin expected "
+             "calibration error (ECE) of the predictive distribution; mean ± std over seeds. Lower NLL and ECE "
+             "are better; — = not run yet (or a run recorded before they were).", "",
+             "| model | " + " | ".join(f"{c.label} acc | {c.label} NLL | {c.label} ECE" for c in view.columns) + " |",
+             "|---|" + "---:|---:|---:|" * len(view.columns)]
+    for row in view.rows:
+        cells_text = []
+        for col in view.columns:
+            runs = view.by_pair.get((row.key, col.key), [])
+            for key, scale in (("error", None), ("nll", 1.0), ("ece", 1.0)):
+                values = [r[key] for r in runs if key in r]
+                if not values:
+                    cells_text.append("—")
+                    continue
+                if scale is None:  # accuracy from the error
+                    values = [100.0 - v for v in values]
+                mean, std = summarize(values)
+                digits = 2 if key == "error" else 3
+                cells_text.append(f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}"))
+        lines.append(f"| {row.label} | " + " | ".join(cells_text) + " |")
+    return [*lines, ""]
 
 
 def _comparisons(view: _BudgetView, means: dict[tuple[str, str], float], cells: dict[str, dict[str, Any]]) -> list[str]:
@@ -357,13 +392,23 @@ def _figures_section(view: _BudgetView, results_dir: Path) -> list[str]:
         rel = path.relative_to(results_dir)
         label = view.label(row_key, col_key)
         if (row_key, col_key) == head:
-            lines += [f"![{label}]({rel.as_posix()})", "",
-                      f"{label}: test inputs with the predicted warp drawn on them (top), the transformer's "
-                      "output (below), and the training curves.", ""]
+            lines += [f"![{label}]({rel.as_posix()})", "", f"{label}: {_caption(view.experiment.column(col_key))}", ""]
         else:
             lines.append(f"- [{label}]({rel.as_posix()})")
     lines.append("")
     return lines
+
+
+def _caption(column: Column) -> str:
+    """What the headline figure of a column's data shows (see :func:`write_figure`)."""
+    if column.data.lower().startswith("ucr:"):
+        return ("test series (black) with the warps the transformer applies to them (colours: a P-STN's sampled "
+                "θ), above the time maps T_θ(t) behind those warps (dashed: the identity).")
+    if column.data == "mnist-3d":
+        return ("test volumes summed along depth as the baseline sees them (top), after the 3-D transformer (middle: "
+                "what the classifier reads) and after it seen from the side (bottom).")
+    return ("test inputs with the predicted warp drawn on them (top), the transformer's output (below), and the "
+            "training curves.")
 
 
 def render_report(experiment: Experiment, results: Results, results_dir: str | Path, budget: str | None = None) -> str:
