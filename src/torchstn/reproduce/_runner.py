@@ -255,7 +255,7 @@ def run_cell(
 
     Returns:
         the record :class:`Results` stores: ``error`` (last-iteration test error, %),
-        ``loss``, ``best_error``, ``steps``, ``epochs``, ``wall_seconds``, ``images_per_s``,
+        ``loss``, ``nll`` and ``ece`` (the test calibration), ``best_error``, ``steps``, ``epochs``, ``wall_seconds``, ``images_per_s``,
         ``run``, ``digest``, ``config`` and the ``theta`` diagnostics of the last epoch.
     """
     from torchstn.engine import TrainConfig, train
@@ -283,6 +283,7 @@ def _record(cell: Cell, run_dir: RunDir, history: list[dict[str, Any]]) -> dict[
         "budget": cell.budget,
         "error": 100.0 * float(final["test_error"]),
         "loss": float(final["test_loss"]),
+        **{k: float(final[f"test_{k}"]) for k in ("nll", "ece") if f"test_{k}" in final},
         "best_error": 100.0 * min(float(h["test_error"]) for h in history),
         "train_error": 100.0 * float(final["train_error"]),
         "steps": int(final["step"]),
