@@ -35,14 +35,16 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     is dropped beyond 128, and :func:`clear_caches` empties the cache.
     """
     hit = _CACHE.get(key)
-    if hit is not None and (torch.compiler.is_compiling() or hit[0]._version == hit[1]):
+    if torch.compiler.is_compiling():  # a miss builds a traced tensor, never kept (and dynamo cannot ask the mode)
+        return hit[0] if hit is not None else build()
+    if hit is not None and hit[0]._version == hit[1]:
         return hit[0]
     if torch.is_inference_mode_enabled():
         with torch.inference_mode(False):
             value = build()
     else:
         value = build()
-    if type(value) is torch.Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+    if type(value) is torch.Tensor and not torch.jit.is_tracing():
         if len(_CACHE) >= _CACHE_SIZE:
             del _CACHE[next(iter(_CACHE))]
         _CACHE[key] = (value, value._version)

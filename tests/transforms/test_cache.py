@@ -83,3 +83,15 @@ def test_differentiable_vjp_gives_a_differentiable_gradient():
     torch.testing.assert_close(grad_a, 3 * a.detach() ** 2 * b)
     (second,) = torch.autograd.grad(grad_a.sum(), a)  # the gradient's own graph was recorded
     torch.testing.assert_close(second, 6 * a.detach() * b)
+
+
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.ThinPlateSpline(control=(3, 3))], ids=["affine", "tps"])
+def test_a_cache_miss_inside_fullgraph_compile_builds_and_keeps_nothing(transform):
+    """A compiled model meeting a new size builds its grid parts in the graph (dynamo cannot ask for the
+    inference mode, which a cold cache used to do: fullgraph compile then failed)."""
+    stn.clear_caches()
+    theta = transform.identity(batch=2) + 0.05 * torch.randn(2, transform.num_params)
+    compiled = torch.compile(lambda p: transform.grid(p, (13, 17)), fullgraph=True, backend="eager")
+    out = compiled(theta)
+    assert len(_tracing._CACHE) == 0  # traced values are never stored
+    torch.testing.assert_close(out, transform.grid(theta, (13, 17)))
