@@ -24,11 +24,16 @@ examples:
   torchstn train --model cnn --data mnist-rts --model-arg pool=2 --epochs 10 --out runs/cnn-rts
   torchstn train --model st-cnn-tps --data mnist-e --steps 150000 --loc-lr-mult 0.01
   torchstn train --model tutorial --data mnist --epochs 20 --batch-size 64 --lr 0.01
+  torchstn train --model pstn-cnn1d-cpab --data ucr:GunPoint --optimizer adam --lr 1e-3 --batch-size 16 --epochs 200
+  torchstn train --model st-cnn-3d-aff --data mnist-3d --model-arg pool=2 --train-limit 10000 --optimizer adam --lr 1e-3
+  torchstn train --model st-cnn-cifar --data cifar10 --data-dir DIR --epochs 50 --batch-size 64 --lr 0.01 --momentum 0
   torchstn train --out runs/st-cnn-rts --resume --epochs 20      # continue (bit-exactly) and extend
   torchrun --nproc_per_node=2 -m torchstn train --model st-cnn-aff --data mnist-rts --out runs/ddp
 
-The run directory holds config.json, metrics.jsonl (one line per epoch: loss, error, lr,
-images/s, seconds, θ statistics) and checkpoints/{best,last}.safetensors.
+Data: MNIST and its distortions (downloaded where missing), mnist-3d (volumes), cifar10
+(cifar-10-python.tar.gz in --data-dir) and ucr:<Name> (a UCR set: aeon's shipped ones, or
+<Name>/ in --data-dir). The run directory holds config.json, metrics.jsonl (one line per
+epoch: loss, error, lr, images/s, seconds, θ statistics) and checkpoints/{best,last}.safetensors.
 """
 
 #: the options named like a TrainConfig field set that field; they default to None so the config's default applies
