@@ -109,6 +109,8 @@ def test_jobs_train_cells_in_one_thread_workers_with_the_same_numbers(tmp_path):
     recorded = Results(tmp_path / "b", "stn-table1")
     assert all(recorded.finished(c) is not None for c in cells)  # both workers' cells merged into one record
     assert all(c.run_dir(tmp_path / "runs-b").log_path.read_text().count("epoch") >= 1 for c in cells)
+    where = [line for line in lines if line.startswith("running: ")]  # a line when a cell moved, not every poll
+    assert all(a != b for a, b in zip(where, where[1:]))
 
 
 

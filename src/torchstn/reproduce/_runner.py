@@ -421,6 +421,7 @@ def _run_in_workers(
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or state
     failures: list[BaseException] = []
     waiting = list(todo)
+    last_report = ""
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init) as pool:
         running: dict[cf.Future[dict[str, Any]], Cell] = {}
         while waiting or running:
@@ -435,8 +436,10 @@ def _run_in_workers(
                 except Exception as err:  # one failed cell does not stop the others
                     log(f"{cell.key}: failed: {err}")
                     failures.append(err)
-            if not ready:
-                log(_where_they_are(running.values(), runs))
+            report = _where_they_are(running.values(), runs)
+            if not ready and report != last_report:  # a line when a cell has moved, not every poll
+                log(report)
+                last_report = report
     if failures:
         raise failures[0]
 
