@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -92,6 +93,25 @@ struct Simd<float> {
     const __m256i f = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(flags));
     return _mm256_testz_si256(_mm256_cmpeq_epi32(f, _mm256_setzero_si256()), _mm256_set1_epi32(-1));
   }
+  // the first `count` lanes (all for count >= N) read from / written to p, nothing past them
+  // touched (a row's last vector may end past the tensor)
+  static __m256i first(int64_t count) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(count < N ? count : N)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static V load_upto(const float* p, int64_t count) { return count >= N ? load(p) : _mm256_maskload_ps(p, first(count)); }
+  static void store_upto(float* p, V v, int64_t count) {
+    if (count >= N) {
+      store(p, v);
+    } else {
+      _mm256_maskstore_ps(p, first(count), v);
+    }
+  }
+  // NaN where flag != 0
+  static V nan_where(V v, const float* flag) {
+    const __m256 mask = _mm256_cmp_ps(_mm256_loadu_ps(flag), _mm256_setzero_ps(), _CMP_NEQ_UQ);
+    return _mm256_blendv_ps(v, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()), mask);
+  }
 };
 
 template <>
@@ -120,10 +140,25 @@ struct Simd<double> {
     const __m128i f = _mm_loadu_si128(reinterpret_cast<const __m128i*>(flags));
     return _mm_testz_si128(_mm_cmpeq_epi32(f, _mm_setzero_si128()), _mm_set1_epi32(-1));
   }
+  static __m256i first(int64_t count) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(count < N ? count : N), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+  static V load_upto(const double* p, int64_t count) { return count >= N ? load(p) : _mm256_maskload_pd(p, first(count)); }
+  static void store_upto(double* p, V v, int64_t count) {
+    if (count >= N) {
+      store(p, v);
+    } else {
+      _mm256_maskstore_pd(p, first(count), v);
+    }
+  }
+  static V nan_where(V v, const double* flag) {
+    const __m256d mask = _mm256_cmp_pd(_mm256_loadu_pd(flag), _mm256_setzero_pd(), _CMP_NEQ_UQ);
+    return _mm256_blendv_pd(v, _mm256_set1_pd(std::numeric_limits<double>::quiet_NaN()), mask);
+  }
 };
 #else
 template <typename T>
-struct Simd {  // the portable build: one point at a time
+struct Simd {  // the portable build: one point at a time (loop A still vectorises, see LANES)
   static constexpr int N = 1;
   using V = T;
   static V zero() { return T(0); }
@@ -140,6 +175,9 @@ struct Simd {  // the portable build: one point at a time
     *right = base[*off + 1];
   }
   static bool all(const int32_t* flags) { return *flags != 0; }
+  static V load_upto(const T* p, int64_t) { return *p; }
+  static void store_upto(T* p, V v, int64_t) { *p = v; }
+  static V nan_where(V v, const T* flag) { return *flag != 0 ? std::numeric_limits<T>::quiet_NaN() : v; }
 };
 #endif
 
@@ -217,7 +255,12 @@ struct Locator {
   int64_t Ho, Wo;
 };
 
-constexpr int64_t BLOCK = 64;  // a multiple of every Simd<T>::N
+constexpr int64_t BLOCK = 64;  // a multiple of every LANES<T>
+
+// loop A runs over this many points at a time (32 bytes of T, a multiple of Simd<T>::N):
+// AVX2's width, and in the portable build a chunk the compiler vectorises for the target
+template <typename T>
+constexpr int LANES = 32 / sizeof(T);
 
 // per-block scratch: structure of arrays; entries from the block's n points up to the next
 // whole vector are padding: no corner valid, weight 0
@@ -259,6 +302,103 @@ struct Constants {
 
 inline int64_t whole_vectors(int64_t n, int lanes) { return (n + lanes - 1) / lanes * lanes; }
 
+#ifdef TORCHSTN_AVX2
+// loop A's stages after the normalised location, for the 8 float points at t0 of the
+// block, in AVX2 (the compiler's version of the same loop takes twice the instructions):
+// the same operations in the same order as the portable loop in locate, so the same
+// results. Returns whether a live point's location is not finite.
+namespace avx {
+inline __m256 set1(float a) { return _mm256_set1_ps(a); }
+inline __m256 select(__m256 mask, __m256 a, __m256 b) { return _mm256_blendv_ps(b, a, mask); }  // mask ? a : b
+
+__attribute__((always_inline)) inline __m256 reflect(__m256 u, float low, float span, __m256* grad) {
+  const __m256 one = set1(1.f), zero = _mm256_setzero_ps();
+  __m256 v = _mm256_sub_ps(u, set1(low));
+  const __m256 sign = select(_mm256_cmp_ps(v, zero, _CMP_LT_OQ), set1(-1.f), one);
+  v = _mm256_andnot_ps(set1(-0.f), v);
+  const __m256 flips = _mm256_floor_ps(_mm256_div_ps(v, set1(span)));
+  const __m256 extra = _mm256_sub_ps(v, _mm256_mul_ps(flips, set1(span)));
+  const __m256 half = _mm256_mul_ps(flips, set1(0.5f));
+  const __m256 odd = _mm256_mul_ps(set1(2.f), _mm256_sub_ps(half, _mm256_floor_ps(half)));
+  const __m256 flip = _mm256_sub_ps(one, _mm256_mul_ps(set1(2.f), odd));
+  const __m256 out = _mm256_add_ps(_mm256_add_ps(set1(low), _mm256_mul_ps(odd, set1(span))), _mm256_mul_ps(flip, extra));
+  *grad = span > 0 ? _mm256_mul_ps(sign, flip) : zero;
+  return span > 0 ? out : zero;
+}
+
+__attribute__((always_inline)) inline __m256 clip(__m256 u, float high, __m256* grad) {
+  const __m256 zero = _mm256_setzero_ps(), h = set1(high);
+  const __m256 above = _mm256_cmp_ps(u, zero, _CMP_GT_OQ);
+  *grad = _mm256_and_ps(_mm256_and_ps(above, _mm256_cmp_ps(u, h, _CMP_LT_OQ)), set1(1.f));
+  const __m256 lower = select(above, u, zero);
+  return select(_mm256_cmp_ps(lower, h, _CMP_LT_OQ), lower, h);
+}
+
+template <int PAD>
+__attribute__((always_inline)) inline bool place8(__m256 gx, __m256 gy, int64_t t0, int64_t n,
+                                                  const Constants<float>& k, Block<float>& blk) {
+  const __m256 zero = _mm256_setzero_ps(), one = set1(1.f), minus_one = set1(-1.f);
+  const __m256 live = _mm256_cmp_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), set1(static_cast<float>(n - t0)), _CMP_LT_OQ);
+  const __m256 finite = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(gx, gx), zero, _CMP_EQ_OQ),
+                                      _mm256_cmp_ps(_mm256_sub_ps(gy, gy), zero, _CMP_EQ_OQ));
+  const __m256 bad = _mm256_andnot_ps(finite, live);
+  _mm256_storeu_ps(blk.bad + t0, _mm256_and_ps(bad, one));
+  __m256 ix = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gx, one), set1(k.ax)), set1(k.bx));
+  __m256 iy = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gy, one), set1(k.ay)), set1(k.by));
+  __m256 dx = set1(k.ax), dy = set1(k.ay);
+  if (PAD == REFLECTION) {
+    __m256 rx, ry;
+    ix = reflect(ix, k.low, k.span_x, &rx);
+    iy = reflect(iy, k.low, k.span_y, &ry);
+    dx = _mm256_mul_ps(dx, rx);
+    dy = _mm256_mul_ps(dy, ry);
+  }
+  if (PAD != ZEROS) {
+    __m256 cx, cy;
+    ix = clip(ix, static_cast<float>(k.W - 1), &cx);
+    iy = clip(iy, static_cast<float>(k.H - 1), &cy);
+    dx = _mm256_mul_ps(dx, cx);
+    dy = _mm256_mul_ps(dy, cy);
+  }
+  const __m256 limit = set1(static_cast<float>(1 << 30)), far = set1(-100.f);
+  const __m256 negative_limit = _mm256_sub_ps(zero, limit);
+  ix = select(_mm256_and_ps(_mm256_cmp_ps(ix, negative_limit, _CMP_GT_OQ), _mm256_cmp_ps(ix, limit, _CMP_LT_OQ)), ix, far);
+  iy = select(_mm256_and_ps(_mm256_cmp_ps(iy, negative_limit, _CMP_GT_OQ), _mm256_cmp_ps(iy, limit, _CMP_LT_OQ)), iy, far);
+  _mm256_storeu_ps(blk.dix + t0, dx);
+  _mm256_storeu_ps(blk.diy + t0, dy);
+  const __m256 fx = _mm256_floor_ps(ix), fy = _mm256_floor_ps(iy);
+  const __m256 tx = _mm256_sub_ps(ix, fx), ty = _mm256_sub_ps(iy, fy);
+  _mm256_storeu_ps(blk.tx + t0, tx);
+  _mm256_storeu_ps(blk.ty + t0, ty);
+  const __m256 W = set1(static_cast<float>(k.W)), H = set1(static_cast<float>(k.H));
+  const __m256 W1 = _mm256_sub_ps(W, one), H1 = _mm256_sub_ps(H, one);
+  const __m256 use = _mm256_and_ps(live, finite);
+  const __m256 vx0 = _mm256_and_ps(_mm256_cmp_ps(fx, zero, _CMP_GE_OQ), _mm256_cmp_ps(fx, W, _CMP_LT_OQ));
+  const __m256 vx1 = _mm256_and_ps(_mm256_cmp_ps(fx, minus_one, _CMP_GE_OQ), _mm256_cmp_ps(fx, W1, _CMP_LT_OQ));
+  const __m256 vy0 = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(fy, zero, _CMP_GE_OQ), _mm256_cmp_ps(fy, H, _CMP_LT_OQ)), use);
+  const __m256 vy1 = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(fy, minus_one, _CMP_GE_OQ), _mm256_cmp_ps(fy, H1, _CMP_LT_OQ)), use);
+  const __m256 v[4] = {_mm256_and_ps(vx0, vy0), _mm256_and_ps(vx1, vy0), _mm256_and_ps(vx0, vy1), _mm256_and_ps(vx1, vy1)};
+  // clamped to [-1, W] x [-1, H] so that the offset cannot overflow (unchanged for valid corners)
+  const __m256i cx0 = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(fx, minus_one), W));
+  const __m256i cy0 = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(fy, minus_one), H));
+  const __m256i sh = _mm256_set1_epi32(k.sh), sw = _mm256_set1_epi32(k.sw);
+  const __m256i o = _mm256_add_epi32(_mm256_mullo_epi32(cy0, sh), _mm256_mullo_epi32(cx0, sw));
+  const __m256i corner[4] = {o, _mm256_add_epi32(o, sw), _mm256_add_epi32(o, sh), _mm256_add_epi32(_mm256_add_epi32(o, sh), sw)};
+  const __m256 wl = _mm256_and_ps(live, one);  // padding weighs nothing
+  const __m256 rx = _mm256_sub_ps(one, tx), ry = _mm256_sub_ps(one, ty);
+  const __m256 w[4] = {_mm256_mul_ps(_mm256_mul_ps(rx, ry), wl), _mm256_mul_ps(_mm256_mul_ps(tx, ry), wl),
+                       _mm256_mul_ps(_mm256_mul_ps(rx, ty), wl), _mm256_mul_ps(_mm256_mul_ps(tx, ty), wl)};
+  for (int q = 0; q < 4; ++q) {
+    _mm256_storeu_ps(blk.w[q] + t0, w[q]);
+    _mm256_storeu_ps(blk.valid[q] + t0, _mm256_and_ps(v[q], one));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk.off[q] + t0), _mm256_and_si256(corner[q], _mm256_castps_si256(v[q])));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk.inner + t0), _mm256_castps_si256(_mm256_and_ps(v[0], v[3])));
+  return _mm256_movemask_ps(bad) != 0;
+}
+}  // namespace avx
+#endif
+
 // loop A: where the n points of the block starting at (b, i, j0) read, and their corners;
 // entries up to whole_vectors(n) are padding. Each stage runs over one vector of points
 // at a time (a loop of a constant trip count, which the compiler turns into vector code
@@ -266,7 +406,7 @@ inline int64_t whole_vectors(int64_t n, int lanes) { return (n + lanes - 1) / la
 template <typename T, int LOC, int PAD>
 inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, int64_t i, int64_t j0, int64_t n,
                    Block<T>& blk) {
-  constexpr int L = Simd<T>::N;
+  constexpr int L = LANES<T>;
   const int64_t nn = whole_vectors(n, L);
   if (LOC == GRID) {
     const T* p = loc.grid + ((b * k.Ho + i) * k.Wo + j0) * 2;
@@ -288,6 +428,22 @@ inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
   const int32_t live_end = static_cast<int32_t>(n);
   int32_t any_bad = 0;
   for (int64_t t0 = 0; t0 < nn; t0 += L) {
+#ifdef TORCHSTN_AVX2
+    if constexpr (std::is_same_v<T, float> && LOC != PROJECTIVE) {
+      __m256 gx, gy;
+      if (LOC == AFFINE) {
+        const __m256 xv = _mm256_loadu_ps(xs + t0);
+        gx = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(m0), xv), _mm256_set1_ps(cx));
+        gy = _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(m3), xv), _mm256_set1_ps(cy));
+      } else {
+        gx = _mm256_loadu_ps(blk.gx + t0);
+        gy = _mm256_loadu_ps(blk.gy + t0);
+      }
+      any_bad |= avx::place8<PAD>(gx, gy, t0, n, k, blk);
+      continue;
+    }
+#endif
+#pragma omp simd reduction(| : any_bad)
     for (int l = 0; l < L; ++l) {
       const int64_t t = t0 + l;
       T gx, gy;
@@ -399,40 +555,37 @@ void parallel_for(int64_t n, int threads, const F& body) {
   }
 }
 
-// the block's values in one channel xc: acc[t] = sum_q w_q v_q over the corners, in this order
+// the values of the vector of points at t in channel xc: sum_q w_q v_q over the corners, in
+// this order; NaN where the location is not finite
 template <typename T>
-inline void interpolate(const T* xc, const Block<T>& blk, int64_t nn, int32_t sh, bool unit_stride, T* acc) {
+inline typename Simd<T>::V interpolate(const T* xc, const Block<T>& blk, int64_t t, int32_t sh, bool unit_stride) {
   using S = Simd<T>;
-  for (int64_t t = 0; t < nn; t += S::N) {
-    typename S::V v[4];
-    corners(xc, blk, t, sh, unit_stride, v);
-    typename S::V r = S::mul(v[0], S::load(&blk.w[0][t]));
-    for (int q = 1; q < 4; ++q) r = S::add(r, S::mul(v[q], S::load(&blk.w[q][t])));
-    S::store(acc + t, r);
-  }
+  typename S::V v[4];
+  corners(xc, blk, t, sh, unit_stride, v);
+  typename S::V r = S::mul(v[0], S::load(&blk.w[0][t]));
+  for (int q = 1; q < 4; ++q) r = S::add(r, S::mul(v[q], S::load(&blk.w[q][t])));
+  return blk.any_bad ? S::nan_where(r, blk.bad + t) : r;
 }
 
 template <typename T, int LOC, int PAD>
 void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* out, const Strides& os, int64_t B,
                   int64_t C, const Constants<T>& k, int threads) {
+  using S = Simd<T>;
   const int64_t Ho = k.Ho, Wo = k.Wo;
-  const T nan = std::numeric_limits<T>::quiet_NaN();
   const auto body = [&](int64_t row) {
     const int64_t b = row / Ho, i = row % Ho;
     Block<T> blk;
     alignas(32) T acc[BLOCK];
     for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
-      const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK, nn = whole_vectors(n, Simd<T>::N);
+      const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK, nn = whole_vectors(n, LANES<T>);
       locate<T, LOC, PAD>(loc, k, b, i, j0, n, blk);
       for (int64_t c = 0; c < C; ++c) {
-        interpolate(x + b * xs.b + c * xs.c, blk, nn, k.sh, xs.w == 1, acc);
-        if (blk.any_bad) {
-          for (int64_t t = 0; t < n; ++t) acc[t] = blk.bad[t] != 0 ? nan : acc[t];
-        }
+        const T* xc = x + b * xs.b + c * xs.c;
         T* oc = out + b * os.b + c * os.c + i * os.h + j0 * os.w;
-        if (os.w == 1) {
-          std::memcpy(oc, acc, sizeof(T) * n);
+        if (os.w == 1) {  // written where computed (a copy through a buffer stalls the loads)
+          for (int64_t t = 0; t < nn; t += S::N) S::store_upto(oc + t, interpolate(xc, blk, t, k.sh, xs.w == 1), n - t);
         } else {
+          for (int64_t t = 0; t < nn; t += S::N) S::store(acc + t, interpolate(xc, blk, t, k.sh, xs.w == 1));
           for (int64_t t = 0; t < n; ++t) oc[t * os.w] = acc[t];
         }
       }
@@ -444,6 +597,10 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
 // zero sample b of a (C, H, W) tensor with strides s (dense, any order of dimensions)
 template <typename T>
 void zero_sample(T* p, const Strides& s, int64_t C, int64_t H, int64_t W) {
+  if (s.w == 1 && s.h == W && s.c == H * W) {
+    std::memset(p, 0, sizeof(T) * C * H * W);
+    return;
+  }
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t h = 0; h < H; ++h) {
       T* row = p + c * s.c + h * s.h;
@@ -475,23 +632,33 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
     alignas(32) T gix[BLOCK], giy[BLOCK], go[BLOCK], part[4][BLOCK];
     for (int64_t i = 0; i < Ho; ++i) {
       for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
-        const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK, nn = whole_vectors(n, S::N);
+        const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK, nn = whole_vectors(n, LANES<T>);
         locate<T, LOC, PAD>(loc, k, b, i, j0, n, blk);
-        for (int64_t t = 0; t < nn; ++t) gix[t] = giy[t] = go[t] = 0;
+        for (int64_t t = 0; t < nn; ++t) gix[t] = giy[t] = go[t] = 0;  // go: zero past n
         for (int64_t c = 0; c < C; ++c) {
           const T* goc = grad_out + b * gs.b + c * gs.c + i * gs.h + j0 * gs.w;
-          if (gs.w == 1) {
-            std::memcpy(go, goc, sizeof(T) * n);
-          } else {
+          if (gs.w != 1) {  // else read in place (a copy through a buffer stalls the loads)
             for (int64_t t = 0; t < n; ++t) go[t] = goc[t * gs.w];
+            goc = go;
           }
           if (grad_x) {  // scatter: two points may share a pixel, so one point at a time
             T* gxc = grad_x + b * xs.b + c * xs.c;
-            for (int q = 0; q < 4; ++q) {  // a corner outside adds -0 to pixel 0: nothing
-              for (int64_t t = 0; t < n; ++t) part[q][t] = blk.valid[q][t] != 0 ? blk.w[q][t] * go[t] : -T(0);
+            for (int q = 0; q < 4; ++q) {
+              for (int64_t t = 0; t < nn; t += S::N) S::store(part[q] + t, S::mul(S::load(blk.w[q] + t), S::load_upto(goc + t, n - t)));
             }
-            for (int64_t t = 0; t < n; ++t) {
-              for (int q = 0; q < 4; ++q) gxc[blk.off[q][t]] += part[q][t];
+            for (int64_t t0 = 0; t0 < n; t0 += S::N) {
+              const int64_t end = t0 + S::N < n ? t0 + S::N : n;
+              if (S::all(blk.inner + t0)) {  // all corners inside: no test per corner
+                for (int64_t t = t0; t < end; ++t) {
+                  for (int q = 0; q < 4; ++q) gxc[blk.off[q][t]] += part[q][t];
+                }
+              } else {  // (a corner outside must not touch pixel 0: a chain of read-add-writes there)
+                for (int64_t t = t0; t < end; ++t) {
+                  for (int q = 0; q < 4; ++q) {
+                    if (blk.valid[q][t] != 0) gxc[blk.off[q][t]] += part[q][t];
+                  }
+                }
+              }
             }
           }
           if (grad_loc) {
@@ -501,7 +668,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
               V v[4];
               corners(xc, blk, t, k.sh, xs.w == 1, v);
               const V v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
-              const V tx = S::load(blk.tx + t), ty = S::load(blk.ty + t), g = S::load(go + t);
+              const V tx = S::load(blk.tx + t), ty = S::load(blk.ty + t), g = S::load_upto(goc + t, n - t);
               const V dx = S::add(S::mul(S::sub(v1, v0), S::sub(one, ty)), S::mul(S::sub(v3, v2), ty));
               const V dy = S::add(S::mul(S::sub(v2, v0), S::sub(one, tx)), S::mul(S::sub(v3, v1), tx));
               S::store(gix + t, S::add(S::load(gix + t), S::mul(g, dx)));
