@@ -172,6 +172,12 @@ class ForeignContender:
             ``None`` where the peer has no gradient (OpenCV): it then sits out that pass.
         gradients: the gradients with respect to the image and the matrix as torch
             tensors (for the check), or ``None`` with ``backward``.
+
+    Example:
+        >>> work = build_workload(Case("t", "affine", (1, 1, 8, 8)), peers=())
+        >>> work.contenders["numpy"] = ForeignContender(lambda: None, lambda: torch.zeros(1, 1, 8, 8))
+        >>> sorted(work.timed("forward")), sorted(work.timed("forward+backward"))  # no gradient: forward only
+        (['numpy', 'torchstn'], ['torchstn'])
     """
 
     forward: Callable[[], object]
@@ -206,6 +212,11 @@ class Workload:
 
         ``"forward"`` or ``"forward+backward"`` (with :attr:`grad_out`); a contender
         without a gradient sits out the second.
+
+        Example:
+            >>> work = build_workload(Case("t", "affine", (1, 1, 8, 8)), peers=("torch",))
+            >>> sorted(work.timed("forward+backward"))
+            ['torch', 'torchstn']
         """
         contenders = self.contenders if contenders is None else contenders
         if pass_name == "forward":

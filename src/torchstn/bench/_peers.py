@@ -115,6 +115,11 @@ def pixel_matrix_src_from_dst(
 
     ``M = P_in @ A @ inv(P_out)`` with ``P`` from :func:`pixel_from_normalized` and
     ``A = src_from_dst``: OpenCV's matrix with ``WARP_INVERSE_MAP``.
+
+    Example:
+        >>> shift = torch.tensor([[[1.0, 0.0, 0.5], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+        >>> pixel_matrix_src_from_dst(shift, (4, 8), (4, 8))[0, 0].tolist()  # half the width: 2 pixels
+        [1.0, 0.0, 2.0]
     """
     a = src_from_dst.to(torch.float64)
     p_in = pixel_from_normalized(in_size, align_corners, device=a.device, dtype=torch.float64)
@@ -161,6 +166,12 @@ def torch_matrix_warp(
             their last coordinate, then ``F.grid_sample``.
         size: output spatial size.
         align_corners: given to both functions.
+
+    Example:
+        >>> x = torch.rand(2, 3, 5, 6)
+        >>> h = torch.eye(3).expand(2, 3, 3)
+        >>> torch.allclose(torch_matrix_warp(x, h, (5, 6)), torch_matrix_warp(x, h[:, :2], (5, 6)))
+        True
     """
     b, n = x.shape[0], x.dim() - 2
     if matrix.shape[1] == n:
