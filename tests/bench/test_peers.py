@@ -221,6 +221,18 @@ def test_absent_peers_are_one_note_not_an_error(monkeypatch) -> None:
     assert "checked against torch's warp" not in text  # no peer outside torch ran
 
 
+def test_a_broken_install_is_a_note_not_an_error(monkeypatch) -> None:
+    """Installed (its metadata is there) but failing at import, as a jaxlib built for another numpy does."""
+    def broken():
+        raise ImportError("numpy.core.multiarray failed to import")
+
+    monkeypatch.setattr(_jax, "jax_version", lambda: "0.4.0")
+    monkeypatch.setattr(_jax, "import_jax", broken)
+    work = build_workload(Case("t", "affine", (2, 1, 8, 8)), peers=("jax",))
+    assert set(work.contenders) == {"torchstn"}
+    assert "jax: installed but failed here (ImportError: numpy.core.multiarray failed to import); skipped" in work.notes
+
+
 def test_quick_run_times_opencv_forward_and_jax_both_passes() -> None:
     pytest.importorskip("cv2", minversion="5.0", reason=NEEDS_OPENCV_5)
     pytest.importorskip("jax", reason=NEEDS_JAX)

@@ -428,13 +428,18 @@ def _add_foreign_peer(work: Workload, name: str, align_corners: bool) -> None:
     full = transform.matrix(work.params.detach())
     matrix = (full if transform.projective else full[:, : transform.ndim]).contiguous()  # what F.affine_grid takes
     x = work.x.detach()
-    if name == "opencv":
-        run, to_torch = _opencv.opencv_warp(x, matrix, size, align_corners, threads=torch.get_num_threads())
-        contender = ForeignContender(run, lambda: to_torch(run()))
-    else:
-        contender = _jax_contender(work, matrix, align_corners)
+    try:  # installed is not working: a broken install (a jaxlib for another numpy, say) is a note too
+        if name == "opencv":
+            run, to_torch = _opencv.opencv_warp(x, matrix, size, align_corners, threads=torch.get_num_threads())
+            contender = ForeignContender(run, lambda: to_torch(run()))
+        else:
+            contender = _jax_contender(work, matrix, align_corners)
+        found = (contender.output(), *(contender.gradients() if contender.gradients is not None else ()))
+    except (ImportError, RuntimeError) as err:
+        why = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        work.notes.append(f"{name}: installed but failed here ({why}); skipped")
+        return
     expected = _torch_reference(work, matrix, align_corners, gradients=contender.gradients is not None)
-    found = (contender.output(), *(contender.gradients() if contender.gradients is not None else ()))
     errors = {part: _peers.relative_error(a, e) for part, a, e in zip(PEER_TOLERANCE, found, expected)}
     wrong = [f"{part} {e:.2g} > {PEER_TOLERANCE[part]:g}" for part, e in errors.items() if e > PEER_TOLERANCE[part]]
     if wrong:
