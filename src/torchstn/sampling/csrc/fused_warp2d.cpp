@@ -579,12 +579,22 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
     for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
       const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK, nn = whole_vectors(n, LANES<T>);
       locate<T, LOC, PAD>(loc, k, b, i, j0, n, blk);
+      if (os.w == 1) {  // every channel of a vector of points, then the next vector: the
+        // offsets and weights stay in registers; written where computed (a copy through a
+        // buffer stalls the loads)
+        const T* xb = x + b * xs.b;
+        T* ob = out + b * os.b + i * os.h + j0;
+        for (int64_t t = 0; t < nn; t += S::N) {
+          for (int64_t c = 0; c < C; ++c) {
+            S::store_upto(ob + c * os.c + t, interpolate(xb + c * xs.c, blk, t, k.sh, xs.w == 1), n - t);
+          }
+        }
+        continue;
+      }
       for (int64_t c = 0; c < C; ++c) {
         const T* xc = x + b * xs.b + c * xs.c;
         T* oc = out + b * os.b + c * os.c + i * os.h + j0 * os.w;
-        if (os.w == 1) {  // written where computed (a copy through a buffer stalls the loads)
-          for (int64_t t = 0; t < nn; t += S::N) S::store_upto(oc + t, interpolate(xc, blk, t, k.sh, xs.w == 1), n - t);
-        } else {
+        {
           for (int64_t t = 0; t < nn; t += S::N) S::store(acc + t, interpolate(xc, blk, t, k.sh, xs.w == 1));
           for (int64_t t = 0; t < n; ++t) oc[t * os.w] = acc[t];
         }
