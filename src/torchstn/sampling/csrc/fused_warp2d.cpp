@@ -639,52 +639,56 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
     if (grad_x) zero_sample(grad_x + b * xs.b, xs, C, k.H, k.W);
     double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     Block<T> blk;
-    alignas(32) T gix[BLOCK], giy[BLOCK], go[BLOCK], part[4][BLOCK];
+    alignas(32) T gix[BLOCK], giy[BLOCK], go[LANES<T>], part[4][LANES<T>];
     for (int64_t i = 0; i < Ho; ++i) {
       for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
         const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK, nn = whole_vectors(n, LANES<T>);
         locate<T, LOC, PAD>(loc, k, b, i, j0, n, blk);
-        for (int64_t t = 0; t < nn; ++t) gix[t] = giy[t] = go[t] = 0;  // go: zero past n
-        for (int64_t c = 0; c < C; ++c) {
-          const T* goc = grad_out + b * gs.b + c * gs.c + i * gs.h + j0 * gs.w;
-          if (gs.w != 1) {  // else read in place (a copy through a buffer stalls the loads)
-            for (int64_t t = 0; t < n; ++t) go[t] = goc[t * gs.w];
-            goc = go;
-          }
-          if (grad_x) {  // scatter: two points may share a pixel, so one point at a time
-            T* gxc = grad_x + b * xs.b + c * xs.c;
-            for (int q = 0; q < 4; ++q) {
-              for (int64_t t = 0; t < nn; t += S::N) S::store(part[q] + t, S::mul(S::load(blk.w[q] + t), S::load_upto(goc + t, n - t)));
+        // every channel of a vector of points before the next vector (weights, fractions and
+        // offsets stay in registers)
+        const V one = S::set1(T(1));
+        for (int64_t t = 0; t < nn; t += S::N) {
+          const int64_t live = n - t;  // lanes that are points (the rest is padding)
+          const V w[4] = {S::load(blk.w[0] + t), S::load(blk.w[1] + t), S::load(blk.w[2] + t), S::load(blk.w[3] + t)};
+          const V tx = S::load(blk.tx + t), ty = S::load(blk.ty + t);
+          const bool inner = S::all(blk.inner + t);
+          V sx = S::zero(), sy = S::zero();
+          for (int64_t c = 0; c < C; ++c) {
+            const T* goc = grad_out + b * gs.b + c * gs.c + i * gs.h + (j0 + t) * gs.w;
+            V g;
+            if (gs.w == 1) {  // read in place (a copy through a buffer stalls the loads)
+              g = S::load_upto(goc, live);
+            } else {
+              for (int l = 0; l < S::N; ++l) go[l] = l < live ? goc[l * gs.w] : T(0);
+              g = S::load(go);
             }
-            for (int64_t t0 = 0; t0 < n; t0 += S::N) {
-              const int64_t end = t0 + S::N < n ? t0 + S::N : n;
-              if (S::all(blk.inner + t0)) {  // all corners inside: no test per corner
-                for (int64_t t = t0; t < end; ++t) {
-                  for (int q = 0; q < 4; ++q) gxc[blk.off[q][t]] += part[q][t];
+            if (grad_x) {  // scatter: two points may share a pixel, so one point at a time
+              T* gxc = grad_x + b * xs.b + c * xs.c;
+              for (int q = 0; q < 4; ++q) S::store(part[q], S::mul(w[q], g));
+              const int64_t end = live < S::N ? live : S::N;
+              if (inner) {  // all corners inside: no test per corner
+                for (int64_t l = 0; l < end; ++l) {
+                  for (int q = 0; q < 4; ++q) gxc[blk.off[q][t + l]] += part[q][l];
                 }
               } else {  // (a corner outside must not touch pixel 0: a chain of read-add-writes there)
-                for (int64_t t = t0; t < end; ++t) {
+                for (int64_t l = 0; l < end; ++l) {
                   for (int q = 0; q < 4; ++q) {
-                    if (blk.valid[q][t] != 0) gxc[blk.off[q][t]] += part[q][t];
+                    if (blk.valid[q][t + l] != 0) gxc[blk.off[q][t + l]] += part[q][l];
                   }
                 }
               }
             }
-          }
-          if (grad_loc) {
-            const T* xc = x + b * xs.b + c * xs.c;
-            const V one = S::set1(T(1));
-            for (int64_t t = 0; t < nn; t += S::N) {
+            if (grad_loc) {
               V v[4];
-              corners(xc, blk, t, k.sh, xs.w == 1, v);
-              const V v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
-              const V tx = S::load(blk.tx + t), ty = S::load(blk.ty + t), g = S::load_upto(goc + t, n - t);
-              const V dx = S::add(S::mul(S::sub(v1, v0), S::sub(one, ty)), S::mul(S::sub(v3, v2), ty));
-              const V dy = S::add(S::mul(S::sub(v2, v0), S::sub(one, tx)), S::mul(S::sub(v3, v1), tx));
-              S::store(gix + t, S::add(S::load(gix + t), S::mul(g, dx)));
-              S::store(giy + t, S::add(S::load(giy + t), S::mul(g, dy)));
+              corners(x + b * xs.b + c * xs.c, blk, t, k.sh, xs.w == 1, v);
+              const V dx = S::add(S::mul(S::sub(v[1], v[0]), S::sub(one, ty)), S::mul(S::sub(v[3], v[2]), ty));
+              const V dy = S::add(S::mul(S::sub(v[2], v[0]), S::sub(one, tx)), S::mul(S::sub(v[3], v[1]), tx));
+              sx = S::add(sx, S::mul(g, dx));
+              sy = S::add(sy, S::mul(g, dy));
             }
           }
+          S::store(gix + t, sx);
+          S::store(giy + t, sy);
         }
         if (!grad_loc) continue;
         for (int64_t t = 0; t < nn; ++t) {  // dL / d(normalised location); 0 in the padding
