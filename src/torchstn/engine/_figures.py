@@ -130,11 +130,13 @@ def _plot_reliability(fig: Any, cell: Any, probs: torch.Tensor, labels: torch.Te
     ax.set_ylabel("accuracy")
     ax.tick_params(labelbottom=False)
     ece = float(expected_calibration_error(probs, labels, bins=bins))
-    ax.set_title(f"reliability: ECE {ece:.3f}\non the first {len(labels):,} images", fontsize=10)
+    ax.set_title(f"reliability, first {len(labels):,} images: ECE {ece:.3f}", fontsize=9, pad=24)
     handles, names = ax.get_legend_handles_labels()
     handles += [Patch(facecolor="none", edgecolor="#e8412c", hatch="////"), Patch(color=_SHARE)]
     names += ["gap (mean: ECE)", "images (below)"]
-    ax.legend(handles, names, fontsize=7, loc="upper left", framealpha=0.9, handlelength=1.6)
+    # the key sits above the panel, under its title: inside, it hid bars that reach 1.0
+    ax.legend(handles, names, fontsize=6.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False,
+              handlelength=1.4, columnspacing=0.8, borderaxespad=0.2)
     share = fig.add_subplot(bottom, sharex=ax)
     share.bar(centres[filled], count[filled], width=width * 0.95, color=_SHARE)
     share.set_yscale("log")
@@ -458,13 +460,13 @@ def _plot_theta(ax: Any, steps: list[int], history: Sequence[dict[str, Any]]) ->
     ax.set_xlabel("step")
     ax.set_title("transformer diagnostics (test)", fontsize=10)
     ax.set_xlim(0, max(steps) * 1.05 if max(steps) > 0 else 1)
-    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-3) * 1.15)
+    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-3) * 1.7)  # the top third is the key's
     ax.set_ylabel("mean |θ − identity|", fontsize=9)
     highest = max(100 * h["theta"][k]["outside"] for h in history for k in range(count))
-    outside.set_ylim(0, max(5.0, highest * 1.25))
+    outside.set_ylim(0, max(5.0, highest) * 1.7)
     outside.set_ylabel("outside the input (%)", fontsize=9)
     key = [Line2D([], [], color="black", marker="o", ms=5, label="|θ − identity| (left)"),
            Line2D([], [], color="black", marker="s", ms=5, mfc="white", ls="--", label="outside, % (right)")]
     if count > 1:
         key += [Line2D([], [], color=_COLORS[k % len(_COLORS)], lw=3, label=f"ST {k + 1}") for k in range(count)]
-    ax.legend(handles=key, fontsize=7, loc="best")
+    ax.legend(handles=key, fontsize=7, loc="upper center", ncol=2 if count > 1 else 1, framealpha=0.9)
