@@ -427,9 +427,9 @@ inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
   const int32_t W32 = static_cast<int32_t>(k.W), H32 = static_cast<int32_t>(k.H), sh = k.sh, sw = k.sw;
   const int32_t live_end = static_cast<int32_t>(n);
   int32_t any_bad = 0;
-  for (int64_t t0 = 0; t0 < nn; t0 += L) {
 #ifdef TORCHSTN_AVX2
-    if constexpr (std::is_same_v<T, float> && LOC != PROJECTIVE) {
+  if constexpr (std::is_same_v<T, float> && LOC != PROJECTIVE) {
+    for (int64_t t0 = 0; t0 < nn; t0 += L) {
       __m256 gx, gy;
       if (LOC == AFFINE) {
         const __m256 xv = _mm256_loadu_ps(xs + t0);
@@ -440,88 +440,95 @@ inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
         gy = _mm256_loadu_ps(blk.gy + t0);
       }
       any_bad |= avx::place8<PAD>(gx, gy, t0, n, k, blk);
-      continue;
     }
+    blk.any_bad = any_bad;
+    return;
+  }
 #endif
-#pragma omp simd reduction(| : any_bad)
-    for (int l = 0; l < L; ++l) {
-      const int64_t t = t0 + l;
-      T gx, gy;
-      if (LOC == AFFINE) {
-        gx = m0 * xs[t] + cx;
-        gy = m3 * xs[t] + cy;
-      } else if (LOC == PROJECTIVE) {
-        T w = m6 * xs[t] + cw;
-        // torchstn's guard: |w| >= eps, sign kept, w = 0 counts as positive
-        const bool keep = !(std::fabs(w) < eps);
-        w = keep ? w : (w < 0 ? -eps : eps);
-        blk.keep[t] = keep ? T(1) : T(0);
-        blk.g[t] = w;
-        gx = (m0 * xs[t] + cx) / w;
-        gy = (m3 * xs[t] + cy) / w;
-        blk.gx[t] = gx;
-        blk.gy[t] = gy;
-      } else {
-        gx = blk.gx[t];
-        gy = blk.gy[t];
-      }
-      // v - v is 0 for finite v only (no fast-math here); a non-finite location reads no
-      // pixel (border padding would clip +-Inf) and gives NaN
-      const int32_t live = static_cast<int32_t>(t) < live_end;
-      const int32_t finite = (gx - gx == 0) & (gy - gy == 0);
-      const int32_t bad = live & (finite ^ 1);
-      any_bad |= bad;
-      blk.bad[t] = static_cast<T>(bad);
-      T ix = (gx + 1) * k.ax - k.bx;
-      T iy = (gy + 1) * k.ay - k.by;
-      T dx = k.ax, dy = k.ay;
-      if (PAD == REFLECTION) {
-        T rx, ry;
-        ix = reflect(ix, k.low, k.span_x, &rx);
-        iy = reflect(iy, k.low, k.span_y, &ry);
-        dx *= rx;
-        dy *= ry;
-      }
-      if (PAD != ZEROS) {
-        T clx, cly;
-        ix = clip(ix, high_x, &clx);
-        iy = clip(iy, high_y, &cly);
-        dx *= clx;
-        dy *= cly;
-      }
-      // far outside or not a number: a point no corner of which is inside the image
-      ix = (ix > -limit && ix < limit) ? ix : T(-100);
-      iy = (iy > -limit && iy < limit) ? iy : T(-100);
-      blk.dix[t] = dx;
-      blk.diy[t] = dy;
-      int32_t x0 = static_cast<int32_t>(ix), y0 = static_cast<int32_t>(iy);  // int32, so that it vectorises
-      x0 -= static_cast<int32_t>(ix < static_cast<T>(x0));  // floor
-      y0 -= static_cast<int32_t>(iy < static_cast<T>(y0));
-      const T tx = ix - static_cast<T>(x0), ty = iy - static_cast<T>(y0);
-      blk.tx[t] = tx;
-      blk.ty[t] = ty;
-      const int32_t use = live & finite;
-      const int32_t vx0 = (x0 >= 0) & (x0 < W32), vx1 = (x0 >= -1) & (x0 < W32 - 1);
-      const int32_t vy0 = ((y0 >= 0) & (y0 < H32)) & use, vy1 = ((y0 >= -1) & (y0 < H32 - 1)) & use;
-      const int32_t v0 = vx0 & vy0, v1 = vx1 & vy0, v2 = vx0 & vy1, v3 = vx1 & vy1;
-      // clamped to [-1, W] x [-1, H] so that the offset cannot overflow (unchanged for valid corners)
-      const int32_t cx0 = x0 < -1 ? -1 : (x0 > W32 ? W32 : x0), cy0 = y0 < -1 ? -1 : (y0 > H32 ? H32 : y0);
-      const int32_t o = cy0 * sh + cx0 * sw;
-      const T wl = live ? T(1) : T(0);  // padding weighs nothing
-      blk.w[0][t] = (1 - tx) * (1 - ty) * wl;
-      blk.w[1][t] = tx * (1 - ty) * wl;
-      blk.w[2][t] = (1 - tx) * ty * wl;
-      blk.w[3][t] = tx * ty * wl;
-      blk.valid[0][t] = static_cast<T>(v0);
-      blk.valid[1][t] = static_cast<T>(v1);
-      blk.valid[2][t] = static_cast<T>(v2);
-      blk.valid[3][t] = static_cast<T>(v3);
-      blk.off[0][t] = v0 * o;
-      blk.off[1][t] = v1 * (o + sw);
-      blk.off[2][t] = v2 * (o + sh);
-      blk.off[3][t] = v3 * (o + sh + sw);
-      blk.inner[t] = v0 & v3;
+  // the portable loops (and double): one stage at a time over the block, each a simple loop
+  // the compiler vectorises for the target
+  if (LOC == AFFINE) {
+    for (int64_t t = 0; t < nn; ++t) {
+      blk.gx[t] = m0 * xs[t] + cx;
+      blk.gy[t] = m3 * xs[t] + cy;
     }
+  } else if (LOC == PROJECTIVE) {
+    for (int64_t t = 0; t < nn; ++t) {
+      T w = m6 * xs[t] + cw;
+      // torchstn's guard: |w| >= eps, sign kept, w = 0 counts as positive
+      const bool keep = !(std::fabs(w) < eps);
+      w = keep ? w : (w < 0 ? -eps : eps);
+      blk.keep[t] = keep ? T(1) : T(0);
+      blk.g[t] = w;
+      blk.gx[t] = (m0 * xs[t] + cx) / w;
+      blk.gy[t] = (m3 * xs[t] + cy) / w;
+    }
+  }
+  // v - v is 0 for finite v only (no fast-math here); a non-finite location reads no pixel
+  // (border padding would clip +-Inf) and gives NaN. blk.inner holds "a live, finite point"
+  // until the last stage.
+  for (int64_t t = 0; t < nn; ++t) {
+    const T gx = blk.gx[t], gy = blk.gy[t];
+    const int32_t live = static_cast<int32_t>(t) < live_end;
+    const int32_t finite = (gx - gx == 0) & (gy - gy == 0);
+    const int32_t bad = live & (finite ^ 1);
+    any_bad |= bad;
+    blk.bad[t] = static_cast<T>(bad);
+    blk.inner[t] = live & finite;
+  }
+  for (int64_t t = 0; t < nn; ++t) {
+    T ix = (blk.gx[t] + 1) * k.ax - k.bx;
+    T iy = (blk.gy[t] + 1) * k.ay - k.by;
+    T dx = k.ax, dy = k.ay;
+    if (PAD == REFLECTION) {
+      T rx, ry;
+      ix = reflect(ix, k.low, k.span_x, &rx);
+      iy = reflect(iy, k.low, k.span_y, &ry);
+      dx *= rx;
+      dy *= ry;
+    }
+    if (PAD != ZEROS) {
+      T clx, cly;
+      ix = clip(ix, high_x, &clx);
+      iy = clip(iy, high_y, &cly);
+      dx *= clx;
+      dy *= cly;
+    }
+    // far outside or not a number: a point no corner of which is inside the image
+    blk.tx[t] = (ix > -limit && ix < limit) ? ix : T(-100);
+    blk.ty[t] = (iy > -limit && iy < limit) ? iy : T(-100);
+    blk.dix[t] = dx;
+    blk.diy[t] = dy;
+  }
+  for (int64_t t = 0; t < nn; ++t) {  // int32 throughout, so that it vectorises
+    const T ix = blk.tx[t], iy = blk.ty[t];
+    int32_t x0 = static_cast<int32_t>(ix), y0 = static_cast<int32_t>(iy);
+    x0 -= static_cast<int32_t>(ix < static_cast<T>(x0));  // floor
+    y0 -= static_cast<int32_t>(iy < static_cast<T>(y0));
+    const T tx = ix - static_cast<T>(x0), ty = iy - static_cast<T>(y0);
+    blk.tx[t] = tx;
+    blk.ty[t] = ty;
+    const int32_t use = blk.inner[t];
+    const int32_t vx0 = (x0 >= 0) & (x0 < W32), vx1 = (x0 >= -1) & (x0 < W32 - 1);
+    const int32_t vy0 = ((y0 >= 0) & (y0 < H32)) & use, vy1 = ((y0 >= -1) & (y0 < H32 - 1)) & use;
+    const int32_t v0 = vx0 & vy0, v1 = vx1 & vy0, v2 = vx0 & vy1, v3 = vx1 & vy1;
+    // clamped to [-1, W] x [-1, H] so that the offset cannot overflow (unchanged for valid corners)
+    const int32_t cx0 = x0 < -1 ? -1 : (x0 > W32 ? W32 : x0), cy0 = y0 < -1 ? -1 : (y0 > H32 ? H32 : y0);
+    const int32_t o = cy0 * sh + cx0 * sw;
+    const T wl = static_cast<int32_t>(t) < live_end ? T(1) : T(0);  // padding weighs nothing
+    blk.w[0][t] = (1 - tx) * (1 - ty) * wl;
+    blk.w[1][t] = tx * (1 - ty) * wl;
+    blk.w[2][t] = (1 - tx) * ty * wl;
+    blk.w[3][t] = tx * ty * wl;
+    blk.valid[0][t] = static_cast<T>(v0);
+    blk.valid[1][t] = static_cast<T>(v1);
+    blk.valid[2][t] = static_cast<T>(v2);
+    blk.valid[3][t] = static_cast<T>(v3);
+    blk.off[0][t] = v0 * o;
+    blk.off[1][t] = v1 * (o + sw);
+    blk.off[2][t] = v2 * (o + sh);
+    blk.off[3][t] = v3 * (o + sh + sw);
+    blk.inner[t] = v0 & v3;
   }
   blk.any_bad = any_bad;
 }
