@@ -79,8 +79,8 @@ def list_models(pattern: str | None = None) -> list[str]:
     """Registered model names, sorted; ``pattern`` keeps names containing it.
 
     Example:
-        >>> [m for m in list_models("st-cnn") if m.endswith("aff")]
-        ['st-cnn-aff']
+        >>> list_models("st-cnn-a")
+        ['st-cnn-addition', 'st-cnn-aff']
     """
     names = sorted(_REGISTRY)
     return [n for n in names if pattern in n] if pattern else names
