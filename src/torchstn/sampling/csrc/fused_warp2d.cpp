@@ -175,8 +175,11 @@ struct Simd {  // the portable build: one point at a time (loop A still vectoris
     *right = base[*off + 1];
   }
   static bool all(const int32_t* flags) { return *flags != 0; }
-  static V load_upto(const T* p, int64_t) { return *p; }
-  static void store_upto(T* p, V v, int64_t) { *p = v; }
+  // count <= 0: a lane past the row's end (the loops run to whole vectors of LANES points)
+  static V load_upto(const T* p, int64_t count) { return count > 0 ? *p : T(0); }
+  static void store_upto(T* p, V v, int64_t count) {
+    if (count > 0) *p = v;
+  }
   static V nan_where(V v, const T* flag) { return *flag != 0 ? std::numeric_limits<T>::quiet_NaN() : v; }
 };
 #endif

@@ -1,0 +1,54 @@
+"""The fused 2-D kernel's portable build: what a CPU without AVX2 (older x86, ARM) compiles and runs.
+
+The rest of the suite runs the build this machine's capability selects (AVX2 here); a
+process with ``ATEN_CPU_CAPABILITY=default`` builds and runs the portable one, whose loops
+go one point at a time over rows padded to whole vectors. It once wrote past the end of
+the output (heap corruption, then an abort) on every row whose width is not a multiple
+of 8, which no AVX2 run could see.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from torchstn.sampling import fused_status
+
+_CHECK = r"""
+import torch, torch.nn.functional as F, torchstn as stn
+from torchstn.sampling import fused_status
+assert torch.backends.cpu.get_cpu_capability() == "DEFAULT", torch.backends.cpu.get_cpu_capability()
+assert fused_status().available, fused_status()
+torch.manual_seed(0)
+worst = 0.0
+for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+    for (b, c, h, w, out) in ((3, 1, 28, 28, (28, 28)), (2, 3, 13, 9, (7, 11)), (1, 2, 5, 17, (5, 17))):
+        for padding in ("zeros", "border", "reflection"):
+            for channels_last in (False, True):
+                x = torch.rand(b, c, h, w, dtype=dtype)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                x.requires_grad_()
+                theta = (stn.Affine().identity(b, dtype=dtype) + 0.3 * torch.randn(b, 6, dtype=dtype)).requires_grad_()
+                y = stn.warp(x, theta, stn.Affine(), size=out, padding=padding, backend="fused")
+                ref = F.grid_sample(x, F.affine_grid(theta.view(b, 2, 3), (b, c, *out), align_corners=False),
+                                    padding_mode=padding, align_corners=False)
+                weights = torch.rand_like(y)
+                got = torch.autograd.grad((y * weights).sum(), (x, theta))
+                want = torch.autograd.grad((ref * weights).sum(), (x, theta))
+                for a, r in ((y, ref), *zip(got, want)):
+                    err = ((a - r).abs().max() / r.abs().max().clamp_min(1)).item()
+                    assert err < tol, (dtype, b, c, h, w, out, padding, channels_last, err)
+                    worst = max(worst, err)
+print("portable build matches F.grid_sample; worst relative error", worst)
+"""
+
+
+def test_the_portable_build_matches_grid_sample_and_stays_in_bounds():
+    if not fused_status().available:
+        pytest.skip(f"the fused kernel cannot be built here: {fused_status().error}")
+    done = subprocess.run([sys.executable, "-c", _CHECK], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "portable build matches F.grid_sample" in done.stdout
