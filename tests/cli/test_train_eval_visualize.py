@@ -107,3 +107,15 @@ def test_bad_arguments_are_one_line_errors(cli, tiny, tmp_path, run_dir, mnist_d
         line = cli(*args).error_line()
         for fragment in fragments:
             assert fragment in line, (args, line)
+
+
+def test_visualize_title_names_the_images_the_run_was_measured_on(cli, run_dir, mnist_dir, tmp_path, monkeypatch):
+    """The run's metrics are over its own 128 test images, not the 64 the figure's reliability panel loads."""
+    import torchstn.engine
+
+    titles = []
+    monkeypatch.setattr(torchstn.engine, "plot_run", lambda *a, title=None, **k: titles.append(title) or tmp_path)
+    run = cli("visualize", run_dir, "--data-dir", mnist_dir, "--out", tmp_path / "f.png", "--num", 2,
+              "--calibration-images", 64)
+    assert run.status == 0, run.err
+    assert titles[0].endswith("on the first 128 test images"), titles
