@@ -22,8 +22,8 @@ _RUN = """
 import sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 if sys.argv[2] == "off":  # what a machine without a compiler gets: the grid + F.grid_sample path
-    import torchstn.sampling._sample as sample_module
-    sample_module.fused_applies = lambda *args, **kwargs: False
+    import torchstn.sampling._fused as fused_module
+    fused_module.fused_applies = lambda *args, **kwargs: False  # every caller asks the module
 from torchstn.engine import run_demo
 rows = run_demo(sys.argv[3], progress=False, data_dir=sys.argv[4] or None, steps=150, batch_size=32,
                 train_limit=2048, test_limit=1000, device="cpu").rows
