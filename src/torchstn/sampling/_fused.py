@@ -51,7 +51,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -66,6 +66,7 @@ __all__ = [
     "FusedStatus",
     "fused_applies",
     "fused_available",
+    "fused_backward",
     "fused_sample",
     "fused_status",
     "fused_warp",
@@ -400,19 +401,34 @@ def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
     ctx.options = options
 
 
-def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN001, ANN202
+def fused_backward(  # noqa: ANN001 - ctx is autograd's
+    ctx, grad_out: torch.Tensor, reference: Callable[..., torch.Tensor], kernel_backward: Callable[..., tuple]
+) -> tuple[torch.Tensor | None, ...]:
+    """The autograd formula of a fused operator ``(x, loc, *options)`` (2-D and 3-D alike).
+
+    The kernel's gradients, ``kernel_backward(grad_out, x, loc, needed)``; under
+    ``create_graph`` the kernel is first-order, so the gradient of ``reference(x, loc)``,
+    the operator as plain differentiable operations, is taken instead. ``None`` for the
+    options (``ctx`` as :func:`_setup_context` fills it).
+    """
     x, loc = ctx.saved_tensors
-    location, size, padding, align_corners, eps = ctx.options
     needed = tuple(ctx.needs_input_grad[:2])
-    if torch.is_grad_enabled():  # create_graph: the kernel is first-order, the grid path is not
-        grads = differentiable_vjp(
-            lambda x, loc: grid_path(x, loc, location, size, padding, align_corners, eps), (x, loc), grad_out, needed
-        )
+    if torch.is_grad_enabled():
+        grads = differentiable_vjp(reference, (x, loc), grad_out, needed)
     else:
-        backward = _warp2d_backward_cpu if direct else torch.ops.torchstn.warp2d_backward
-        grad_x, grad_loc = backward(grad_out, x, loc, location, padding, align_corners, eps, list(needed))
+        grad_x, grad_loc = kernel_backward(grad_out, x, loc, list(needed))
         grads = (grad_x if needed[0] else None, grad_loc if needed[1] else None)
-    return *grads, None, None, None, None, None
+    return *grads, *(None for _ in ctx.options)
+
+
+def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN001, ANN202
+    location, size, padding, align_corners, eps = ctx.options
+    backward = _warp2d_backward_cpu if direct else torch.ops.torchstn.warp2d_backward
+    return fused_backward(
+        ctx, grad_out,
+        lambda x, loc: grid_path(x, loc, location, size, padding, align_corners, eps),
+        lambda g, x, loc, needed: backward(g, x, loc, location, padding, align_corners, eps, needed),
+    )
 
 
 torch.library.register_autograd("torchstn::warp2d", _backward, setup_context=_setup_context, lib=_LIB)

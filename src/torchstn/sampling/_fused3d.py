@@ -42,8 +42,8 @@ from pathlib import Path
 
 import torch
 
-from torchstn._tracing import cached, differentiable_vjp
-from torchstn.sampling._fused import _caller_stacklevel, _setup_context, load_kernel
+from torchstn._tracing import cached
+from torchstn.sampling._fused import _caller_stacklevel, _setup_context, fused_backward, load_kernel
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.transforms import base_grid, matrix_grid
 
@@ -224,20 +224,15 @@ def grid_path3d(
 
 def _backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN202
     """The kernel's gradients; the grid path's, differentiable, under ``create_graph``
-    (``ctx`` as the 2-D operator's ``_setup_context`` fills it: x, loc saved, the rest options)."""
-    x, loc = ctx.saved_tensors
+    (:func:`~torchstn.sampling._fused.fused_backward`)."""
     location, size, mode, padding, align_corners = ctx.options
-    needed = tuple(ctx.needs_input_grad[:2])
-    if torch.is_grad_enabled():  # create_graph: the kernel is first-order, the grid path is not
-        grads = differentiable_vjp(
-            lambda x, loc: grid_path3d(x, loc, location, size, mode, padding, align_corners), (x, loc), grad_out, needed
-        )
-    else:
-        grad_x, grad_loc = torch.ops.torchstn.warp3d_backward(
-            grad_out, x, loc, location, mode, padding, align_corners, list(needed)
-        )
-        grads = (grad_x if needed[0] else None, grad_loc if needed[1] else None)
-    return *grads, None, None, None, None, None
+    return fused_backward(
+        ctx, grad_out,
+        lambda x, loc: grid_path3d(x, loc, location, size, mode, padding, align_corners),
+        lambda g, x, loc, needed: torch.ops.torchstn.warp3d_backward(
+            g, x, loc, location, mode, padding, align_corners, needed
+        ),
+    )
 
 
 torch.library.register_autograd("torchstn::warp3d", _backward, setup_context=_setup_context, lib=_LIB)
