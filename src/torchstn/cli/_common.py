@@ -187,15 +187,17 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
     """``(model, config, info, device, dataset)`` for :func:`add_checkpoint_args`, :func:`add_data_args` and ``--device``.
 
     The dataset is the checkpoint's own unless ``--data`` (``--data-dir``,
-    ``--data-seed``) says otherwise; it must have the image size the model was built for.
+    ``--data-seed``) says otherwise, its first ``limit`` items; it must have the image size
+    the model was built for. ``config`` is the run's with those data options: its
+    ``test_limit`` still says which images the run's metrics were measured on.
     """
     from torchstn.engine import load_model, load_split, resolve_device
 
     device = resolve_device(args.device or "auto")
     model, config, info = load_model(args.checkpoint, args.which, map_location=device)
     changes = {"data": args.data, "data_dir": args.data_dir, "data_seed": args.data_seed}
-    config = config.replace(**{k: v for k, v in changes.items() if v is not None}, train_limit=limit, test_limit=limit)
-    dataset = load_split(config, split)
+    config = config.replace(**{k: v for k, v in changes.items() if v is not None})
+    dataset = load_split(config.replace(train_limit=limit, test_limit=limit), split)
     if tuple(dataset.input_shape) != tuple(model.input_shape):
         raise ValueError(
             f"{config.data} images are {tuple(dataset.input_shape)} but the model was built for "

@@ -59,27 +59,24 @@ def run(args: argparse.Namespace) -> int:
     check_at_least_one(args, "num", "calibration_images", "warp_samples")
     limit = max(args.start + args.num, args.calibration_images)
     model, config, info, device, dataset = load_checkpoint_and_data(args, "test", limit)
-    run = RunDir.of_checkpoint(info["path"])
-    history = run.history()
-    # the images the run's metrics were measured on (the config above is limited to what the figure draws)
-    evaluated_on = run.read_config().test_limit if run.config_path.is_file() else config.test_limit
+    history = RunDir.of_checkpoint(info["path"]).history()
     out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start,
-                   title=_title(config, info, history, evaluated_on), device=device, calibration_images=args.calibration_images,
+                   title=_title(config, info, history), device=device, calibration_images=args.calibration_images,
                    warp_samples=args.warp_samples, ground_truth_init=config.ground_truth_init)
     print(f"wrote {out}")
     return 0
 
 
-def _title(config: TrainConfig, info: dict[str, Any], history: list[dict[str, Any]], test_limit: int | None) -> str:
+def _title(config: TrainConfig, info: dict[str, Any], history: list[dict[str, Any]]) -> str:
     """``MODEL on DATA, epoch E: test error ..., ECE ..., NLL ... on <which test images>`` from the last record.
 
-    The images are named (``test_limit``: the run's own, ``None`` for all) because the
+    The images are the run's own (``config.test_limit``) and are named because the
     figure's reliability panel reports its own ECE on its own (first
     ``--calibration-images``) images.
     """
     title = f"{config.model} on {config.data}, epoch {info['epoch']}"
     if history:
-        images = "all test images" if test_limit is None else f"the first {test_limit:,} test images"
+        images = "all test images" if config.test_limit is None else f"the first {config.test_limit:,} test images"
         title += f": test error {history[-1]['test_error']:.2%}"
         if "test_ece" in history[-1]:
             title += f", ECE {history[-1]['test_ece']:.3f}, NLL {history[-1]['test_nll']:.3f}"
