@@ -436,10 +436,11 @@ def _run_in_workers(
                 except Exception as err:  # one failed cell does not stop the others
                     log(f"{cell.key}: failed: {err}")
                     failures.append(err)
-            report = _where_they_are(running.values(), runs)
-            if not ready and report != last_report:  # a line when a cell has moved, not every poll
-                log(report)
-                last_report = report
+            if not ready:
+                report = _where_they_are(running.values(), runs)
+                if report != last_report:  # a line when a cell has moved, not every poll
+                    log(report)
+                    last_report = report
     if failures:
         raise failures[0]
 
