@@ -167,3 +167,20 @@ def test_report_orders_budgets_fixed_and_compares_a_longer_run_with_standard(tmp
     out = tmp_path.as_posix()
     assert f"--budget standard --out {out}\ntorchstn reproduce stn-table1 --budget long --out {out}" in text
     assert "The same cells at budget `standard`, then at `long`: ST-CNN Aff on RTS 3.46% → 0.86%." in text
+
+
+def test_an_experiment_without_published_numbers_has_no_column_of_dashes(tmp_path):
+    from torchstn.reproduce import render_report
+
+    experiment = get_experiment("stn-3d")
+    assert all(v is None for v in experiment.paper.values())
+    results = Results(tmp_path, "stn-3d")
+    cnn = next(c for c in plan(experiment, "standard") if c.row.key == "cnn-3d" and c.seed == 0)
+    results.add(cnn, _record(cnn, 21.3))
+    text = render_report(experiment, results, tmp_path, "standard")
+    assert "the paper publishes no number for these cells" in text and "beside each, the paper's number" not in text
+    assert "| model | MNIST 3-D |\n|---|---:|\n| CNN on the projection | **21.30** |" in text
+    assert "| 3-D ST-CNN (Affine3D, then projection) | — |" in text
+    # with a published number the paper's column stays (stn-table1 above)
+    table1 = render_report(get_experiment("stn-table1"), Results(tmp_path, "stn-table1"), tmp_path, "standard")
+    assert "RTS ours | RTS paper" in table1

@@ -199,24 +199,35 @@ def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[s
     return lines
 
 
+def _has_paper(experiment: Experiment) -> bool:
+    """Whether the paper publishes a number for any cell of ``experiment``."""
+    return any(v is not None for v in experiment.paper.values())
+
+
 def _error_table(view: _BudgetView) -> tuple[list[str], dict[tuple[str, str], float]]:
     """The table of ours beside the paper's, and the mean error of every finished cell."""
     experiment, columns = view.experiment, view.columns
+    with_paper = _has_paper(experiment)  # else no column of dashes beside every cell
     lines = [f"## Test error (%), budget `{view.budget}`", ""]
     lines.append(
         f"{len(view.records)} finished run(s); seeds per cell: "
         f"{', '.join(str(len(v)) for v in view.by_pair.values()) or '0'}. "
-        "Each cell: **ours** (mean ± std over seeds) and the paper's number; — = not run yet."
+        + ("Each cell: **ours** (mean ± std over seeds) and the paper's number; — = not run yet." if with_paper else
+           "Each cell: **ours** (mean ± std over seeds); the paper publishes no number for these cells; "
+           "— = not run yet.")
     )
     lines.append("")
-    header = "| model | " + " | ".join(f"{c.label} ours | {c.label} paper" for c in columns) + " |"
-    lines += [header, "|---|" + "---:|---:|" * len(columns)]
+    if with_paper:
+        header = "| model | " + " | ".join(f"{c.label} ours | {c.label} paper" for c in columns) + " |"
+        lines += [header, "|---|" + "---:|---:|" * len(columns)]
+    else:
+        lines += ["| model | " + " | ".join(c.label for c in columns) + " |", "|---|" + "---:|" * len(columns)]
     means: dict[tuple[str, str], float] = {}
     for row in view.rows:
         cells_text = []
         for col in columns:
             if (row.key, col.key) not in view.pairs:
-                cells_text += ["", ""]
+                cells_text += ["", ""][: 1 + with_paper]
                 continue
             paper = experiment.paper.get((row.key, col.key))
             runs = view.by_pair.get((row.key, col.key), [])
@@ -226,7 +237,7 @@ def _error_table(view: _BudgetView) -> tuple[list[str], dict[tuple[str, str], fl
                 ours = f"**{_fmt(mean, std, len(runs))}**"
             else:
                 ours = "—"
-            cells_text += [ours, "—" if paper is None else f"{paper:.1f}"]
+            cells_text += [ours, "—" if paper is None else f"{paper:.1f}"][: 1 + with_paper]
         lines.append(f"| {row.label} | " + " | ".join(cells_text) + " |")
     lines.append("")
     return lines, means
@@ -427,7 +438,9 @@ def render_report(experiment: Experiment, results: Results, results_dir: str | P
         "",
         f"Paper: {experiment.source}.",
         "",
-        f"Ours: the runs recorded in `{results.path.name}` beside this file; beside each, the paper's number. "
+        f"Ours: the runs recorded in `{results.path.name}` beside this file"
+        + ("; beside each, the paper's number. " if _has_paper(experiment) else " (the paper publishes no number "
+           "for these cells). ") +
         f"Written by `torchstn reproduce {experiment.name}` from that record; not edited by hand. Rerun the "
         "command to continue: finished cells are skipped and an interrupted one resumes from its last checkpoint.",
         "",
