@@ -4,7 +4,9 @@
 
 Interleaved rounds of 500 calls each at one thread; prints the median time per call in µs,
 without and with a gradient for θ. What issue 15 calls per-call overhead: at these sizes
-the kernel itself takes a few µs, the rest is Python, dispatch and autograd.
+the kernel itself takes a few µs, the rest is Python, dispatch and autograd. Where OpenCV
+is installed (the ``bench`` extra), its ``warpAffine`` of the same images (float32, one call
+per image, forward only: it has no gradient) is the floor a torch call is compared with.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import torchstn as stn
+from torchstn.bench import _opencv
 from torchstn.sampling import _fused
 
 
@@ -42,11 +45,15 @@ def main() -> None:
         "affine_grid+grid_sample": lambda t: F.grid_sample(x, F.affine_grid(t.view(b, 2, 3), list(x.shape),
                                                                             align_corners=False), align_corners=False),
     }
+    if _opencv.opencv_version() is not None:
+        opencv, _ = _opencv.opencv_warp(x, rows, (n, n), threads=1)
+        contenders["OpenCV warpAffine (no θ grad)"] = lambda t: opencv()
     for grad in (False, True):
         t = theta.clone().requires_grad_(grad)
-        times: dict[str, list[float]] = {k: [] for k in contenders}
+        times: dict[str, list[float]] = {k: [] for k in contenders if not (grad and k.startswith("OpenCV"))}
         for _ in range(args.rounds):
-            for name, fn in contenders.items():
+            for name in times:
+                fn = contenders[name]
                 for _ in range(50):
                     fn(t)
                 start = time.perf_counter()
