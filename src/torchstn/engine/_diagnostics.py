@@ -37,6 +37,12 @@ MAX_CLASS_SPREAD = math.log(2.0)
 #: ... and the predicted class explaining more than this share of the log area's variance over the batch
 #: (the correlation ratio eta squared) means the class, not the object's own size, sets the zoom
 MIN_CLASS_SHARE = 0.5
+#: a transformer whose every parameter varies less than this (standard deviation over the batch)
+#: predicts one θ for every input: its localisation net's features are dead or ignored. The 40
+#: trained transformers of results/ (STN Table 1, cluttered, addition, IC-STN, tutorial) vary by
+#: 0.014 or more in their most varying parameter; the two dead ones of stn-3d (every unit of
+#: the localisation net's FC layer at 0 after ReLU, for every input) by exactly 0.
+MIN_THETA_STD = 1e-6
 
 
 @torch.no_grad()
@@ -101,6 +107,7 @@ def theta_diagnostics(
     * ``kept``: mean absolute value of the warped images over that of the inputs
       (1 for the identity, near 0 when the output is blank);
     * ``finite``: whether every θ is finite;
+    * ``images``: the batch size;
     * ``log_area``: mean over the batch of :func:`warp_log_area` (0 for the identity,
       below 0 when the transformer zooms in);
 
@@ -130,6 +137,7 @@ def theta_diagnostics(
             "std": theta.std(0, unbiased=False).tolist(),
             "distance": float((theta - identity).norm(dim=1).mean()),
             "finite": finite,
+            "images": int(theta.shape[0]),
         }
         if finite:
             size = st.output_size if st.output_size is not None else tuple(x.shape[2:])
@@ -203,6 +211,13 @@ def collapse_warnings(diagnostics: list[dict[str, Any]]) -> list[str]:
             warnings.append(
                 f"transformer {i} collapsed: {' and '.join(problems)} "
                 "(try a smaller loc_lr_mult, e.g. 0.01, or identity_reg=0.1)"
+            )
+        if d.get("images", 0) >= 2 and d["finite"] and max(d["std"], default=1.0) < MIN_THETA_STD:
+            warnings.append(
+                f"transformer {i} ignores its input: it predicts the same θ for all {d['images']} images (no parameter "
+                f"varies by {MIN_THETA_STD:g} or more), so it is one fixed warp; its localisation net's features are "
+                "dead (a ReLU layer at 0 for every input) or unused (try a smaller loc_lr_mult, e.g. 0.1, or inputs "
+                "of a larger scale for the localisation net)"
             )
         if d.get("class_spread", 0.0) > MAX_CLASS_SPREAD and d.get("class_share", 0.0) > MIN_CLASS_SHARE:
             areas = ", ".join(f"{c}: {math.exp(v):.2f}" for c, v in d["class_log_area"].items())
