@@ -134,6 +134,26 @@ def test_3d_transformer_samples_the_volume_as_grid_sample_does():
     assert model.transform_input(x.float()).shape == (2, 1, 8, 10)
 
 
+def test_3d_localisation_keeps_its_fc_units_alive_on_sparse_volumes():
+    """The FC layer's batch normalisation: with its biases far below 0 (where Adam drove them on
+    mnist-3d) the plain layer is 0 for every volume, the normalised one still varies with the input."""
+    from torchstn.models.volumes import volume_localization
+
+    torch.manual_seed(0)
+    x = torch.zeros(16, 1, 24, 24, 24)
+    x[:, :, 8:12, 6:18, 10:14] = torch.rand(16, 1, 1, 1, 1)  # a lit slab in an empty volume
+    for batch_norm, alive in ((False, False), (True, True)):
+        net = volume_localization(1, (24, 24, 24), batch_norm=batch_norm)
+        assert any(isinstance(m, torch.nn.BatchNorm1d) for m in net) is batch_norm
+        assert isinstance(net[-1], torch.nn.ReLU)
+        fc = [m for m in net if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            fc.bias.fill_(-1.0)
+        assert bool(net(x).std(0).max() > 0) is alive
+    default = stn.create_model("st-cnn-3d-aff", input_size=24)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in default.transformers[0].localization)
+
+
 def test_3d_localisation_checks_its_input():
     model = stn.create_model("st-cnn-3d-aff", input_size=24)
     with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 24, 24, 24\)"):

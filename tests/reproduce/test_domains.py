@@ -92,7 +92,8 @@ def test_stn_3d_quick_end_to_end(tmp_path):
     experiment = get_experiment("stn-3d")
     records, text, out = _run(plan(experiment, "quick"), tmp_path, data_dir=str(MNIST_DIR))
     assert [r["row"] for r in records] == ["cnn-3d", "st-cnn-3d-aff"]
-    assert all(r["config"]["model_args"] == {"pool": 2} and r["steps"] == 6 for r in records)
+    assert [r["config"]["model_args"] for r in records] == [{"pool": 2}, {"pool": 2, "loc_batch_norm": True}]
+    assert all(r["steps"] == 6 for r in records)
     assert "3-D ST-CNN (Affine3D, then projection) on MNIST 3-D" in text and "Accuracy and calibration" in text
     assert _is_png(figure_path(out, "stn-3d", "quick", "st-cnn-3d-aff", "3d"))
     assert "after the 3-D transformer" in text

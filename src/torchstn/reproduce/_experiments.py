@@ -490,7 +490,9 @@ PSTN_UCR = Experiment(
 # ----------------------------------------------------------------------------- STN 3-D
 _STN3D_ROWS = (
     Row("cnn-3d", "cnn-3d", "CNN on the projection", transformer=False),
-    Row("st-cnn-3d-aff", "st-cnn-3d-aff", "3-D ST-CNN (Affine3D, then projection)", baseline="cnn-3d"),
+    # loc_batch_norm is the model's default; named so that the runs without it are an earlier recipe
+    Row("st-cnn-3d-aff", "st-cnn-3d-aff", "3-D ST-CNN (Affine3D, then projection)", baseline="cnn-3d",
+        model_args={"loc_batch_norm": True}),
 )
 STN_3D = Experiment(
     name="stn-3d",
@@ -514,8 +516,10 @@ STN_3D = Experiment(
         "`mnist-3d` (`torchstn.data`): each digit extruded 8 voxels deep, rotated U(-45°, 45°) about x, y and z, "
         "scaled U(0.7, 1.2) and moved inside a 60x60x60 volume (see docs/data.md).",
         "Models (`torchstn.models.volumes`, our choices where the paper is silent): the 3-D ST-CNN's "
-        "localisation net reads the volume average-pooled by 3 (two 3-D convolutions, a 32-unit layer) and "
-        "predicts an `Affine3D` θ; the transformer samples a 60^3 volume, which is summed along depth into a "
+        "localisation net reads the volume average-pooled by 3 (two 3-D convolutions, a 32-unit layer with batch "
+        "normalisation before its ReLU: without it that layer died in the first epoch, every unit 0 for every "
+        "volume, and the transformer became one fixed warp, in both seeds of an earlier run) and predicts an "
+        "`Affine3D` θ; the transformer samples a 60^3 volume, which is summed along depth into a "
         "60x60 image, average-pooled by 2 and classified by the STN paper's CNN. The baseline is the same "
         "projection, pooling and CNN without the transformer: its image is the digit seen along the depth axis "
         "of the volume as it was drawn.",
