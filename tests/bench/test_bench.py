@@ -113,3 +113,15 @@ def test_kornia_absent_is_a_note(monkeypatch) -> None:
     work = build_workload(Case("t", "affine", (1, 1, 8, 8)), peers=("torch", "kornia"))
     assert set(work.contenders) == {"torchstn", "torch"}
     assert any("kornia: not installed" in n for n in work.notes)
+
+
+def test_a_volume_case_without_the_fused_3d_kernel_says_what_it_timed(monkeypatch) -> None:
+    from torchstn.bench import build_workload
+    from torchstn.bench import _cases
+    from torchstn.sampling import FusedStatus
+
+    case = Case("v", "affine3d", (1, 1, 4, 4, 4))
+    assert not any("3-D kernel" in n for n in build_workload(case, peers=("torch",)).notes)
+    monkeypatch.setattr(_cases, "fused_status", lambda ndim=2: FusedStatus(ndim != 3, "no compiler" if ndim == 3 else None))
+    (note,) = [n for n in build_workload(case, peers=("torch",)).notes if "3-D kernel" in n]
+    assert "could not be built (no compiler)" in note and "grid + F.grid_sample" in note

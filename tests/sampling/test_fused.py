@@ -167,7 +167,7 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
     def broken():
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setattr(_fused, "_state", {})
+    monkeypatch.setattr(_fused._library, "state", {})
     monkeypatch.setattr(_fused, "_build", broken)
     x, p = torch.rand(2, 1, 8, 8), stn.Affine().identity(2) + 0.1
     with pytest.warns(RuntimeWarning, match="could not be built.*RuntimeError: no compiler here"):
@@ -220,7 +220,7 @@ def test_a_failed_build_warns_at_the_callers_line(monkeypatch):
     x, p = torch.rand(2, 3, 8, 8), stn.Affine().identity(2)
     st = stn.SpatialTransformer("affine", stn.conv_localization(3, (8, 8)))
     for call in (lambda: stn.warp(x, p, "affine"), lambda: st(x)):
-        monkeypatch.setattr(_fused, "_state", {})
+        monkeypatch.setattr(_fused._library, "state", {})
         monkeypatch.setattr(_fused, "_build", _no_ninja)
         with pytest.warns(RuntimeWarning, match="could not be built.*Ninja is required") as caught:
             call()

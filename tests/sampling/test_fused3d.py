@@ -22,7 +22,7 @@ def kernel():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if not _fused3d.fused3d_available():
-            pytest.skip(f"the fused 3-D kernel could not be built here: {_fused3d._state.get('error')}")
+            pytest.skip(f"the fused 3-D kernel could not be built here: {_fused3d._library.state.get('error')}")
 
 
 @pytest.fixture
@@ -275,7 +275,7 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch, calls):
     def broken():
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setattr(_fused3d, "_state", {})
+    monkeypatch.setattr(_fused3d._library, "state", {})
     monkeypatch.setattr(_fused3d, "_build", broken)
     x, theta = random_input((2, 1, 4, 5, 6), torch.float32), _theta(2, torch.float32, scale=0.1)
     with pytest.warns(RuntimeWarning, match="3-D CPU sampler could not be built.*RuntimeError: no compiler here"):
@@ -287,3 +287,16 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch, calls):
     torch.testing.assert_close(out, stn.warp(x, theta, AFFINE3D, backend="torch"))
     torch.testing.assert_close(out2, out)
     assert not _sample._fused3d_warp_applies("fused", AFFINE3D, x, theta, "bilinear")
+
+
+def test_fused_status_reports_the_3d_kernel_apart(monkeypatch):
+    from torchstn.sampling import fused_status
+
+    assert fused_status(ndim=3) == (True, None)  # the module's fixture built it
+    monkeypatch.setattr(_fused3d._library, "state", {})
+    monkeypatch.setattr(_fused3d, "_build", lambda: (_ for _ in ()).throw(RuntimeError("no compiler here")))
+    with pytest.warns(RuntimeWarning, match="fused 3-D CPU sampler could not be built"):
+        assert fused_status(ndim=3) == (False, "no compiler here")
+    assert fused_status() == (True, None)  # the 2-D kernel is another library
+    with pytest.raises(ValueError, match="ndim must be 2 .* or 3"):
+        fused_status(ndim=1)

@@ -371,6 +371,8 @@ def _add_warp_backends(work: Workload, align_corners: bool) -> None:
                 work.warp_backends[f"warp:{name}"] = Contender(run, (x, _leaf(params)))
         else:
             notes.append(f"the fused kernel could not be built ({status.error}); no backend comparison")
+    elif isinstance(transform, MatrixTransform) and transform.ndim == 3 and not (status := fused_status(ndim=3)).available:
+        notes.append(f"the fused 3-D kernel could not be built ({status.error}): torchstn's volumes take grid + F.grid_sample")
 
 
 def _kornia_contender(

@@ -64,6 +64,7 @@ from torchstn.transforms import matrix_grid
 __all__ = [
     "LOCATIONS",
     "FusedStatus",
+    "LazyKernel",
     "fused_applies",
     "fused_available",
     "fused_backward",
@@ -81,8 +82,6 @@ _PADDING = {"zeros": 0, "border": 1, "reflection": 2}
 #: or a homography (B, 3, 3)
 LOCATIONS = {"grid": 0, "affine": 1, "projective": 2}
 
-_lock = threading.Lock()
-_state: dict[str, object] = {}
 
 _i64, _int, _dbl, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
 _FORWARD_ARGS = [_int, _ptr, _ptr, _ptr, _dbl, _ptr] + [_i64] * 6 + [_int, _int, _int]
@@ -139,42 +138,70 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
     return lib
 
 
-def _build() -> ctypes.CDLL:
-    lib = load_kernel(_SOURCE, _ABI, "the fused CPU sampler")
-    for dtype in ("f32", "f64"):
-        forward, backward = getattr(lib, f"torchstn_warp2d_{dtype}_forward"), getattr(lib, f"torchstn_warp2d_{dtype}_backward")
-        forward.argtypes, forward.restype = _FORWARD_ARGS, _int
-        backward.argtypes, backward.restype = _BACKWARD_ARGS, _int
-    return lib
+class LazyKernel:
+    """A C++ kernel built on its first use and shared by the process (the 2-D and the 3-D one).
+
+    Calling it returns the loaded library, building it the first time (under a lock: one
+    build per process); ``None`` if the build failed, after one ``RuntimeWarning`` shown at
+    the user's line that says why and what the callers fall back to. ``build`` is looked
+    up when first needed, so a test may replace the module's builder.
+
+    Args:
+        build: returns the loaded library (and fills its entry points).
+        what: the kernel's name in the warning.
+        fallback: what happens instead, in the warning.
+    """
+
+    def __init__(self, build: Callable[[], ctypes.CDLL], what: str, fallback: str) -> None:
+        self.build, self.what, self.fallback = build, what, fallback
+        self.state: dict[str, object] = {}  # "lib" once tried, "error" after a failure
+        self._lock = threading.Lock()
+
+    def __call__(self) -> ctypes.CDLL | None:
+        if "lib" in self.state:
+            return self.state["lib"]  # type: ignore[return-value]
+        with self._lock:
+            if "lib" not in self.state:
+                try:
+                    self.state["lib"] = self.build()
+                except Exception as error:  # noqa: BLE001 - any build failure means: fall back
+                    self.state["lib"], self.state["error"] = None, error
+                    warnings.warn(
+                        f"torchstn: {self.what} could not be built, so {self.fallback}. It needs a C++ compiler "
+                        f"with OpenMP (g++) and ninja (pip install ninja). The error: {type(error).__name__}: {error}",
+                        RuntimeWarning,
+                        stacklevel=_caller_stacklevel(),
+                    )
+        return self.state["lib"]  # type: ignore[return-value]
+
+    def status(self) -> FusedStatus:
+        """Whether it is available (building it now if needed) and, if its build failed, the error."""
+        available = self() is not None
+        return FusedStatus(available, None if available else str(self.state.get("error")))
+
+    def unavailable(self, operator: str) -> RuntimeError:
+        """The error of an operator called where the kernel could not be built."""
+        return RuntimeError(f"{operator}: {self.what} could not be built ({self.state.get('error')})")
 
 
-#: (backward, dtype) -> the kernel's entry point, filled by _library()
+#: (backward, dtype) -> the kernel's entry point, filled by _build()
 _ENTRY: dict[tuple[bool, torch.dtype], ctypes._CFuncPtr] = {}
 
 
-def _library() -> ctypes.CDLL | None:
-    """The compiled kernel, built on the first call; ``None`` (after one warning) if it cannot be built."""
-    if "lib" in _state:
-        return _state["lib"]  # type: ignore[return-value]
-    with _lock:
-        if "lib" not in _state:
-            try:
-                lib = _build()
-                for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
-                    _ENTRY[False, dtype] = getattr(lib, f"torchstn_warp2d_{suffix}_forward")
-                    _ENTRY[True, dtype] = getattr(lib, f"torchstn_warp2d_{suffix}_backward")
-                _state["lib"] = lib
-            except Exception as error:  # noqa: BLE001 - any build failure means: fall back
-                _state["lib"] = None
-                _state["error"] = error
-                warnings.warn(
-                    "torchstn: the fused CPU sampler could not be built, so backend='fused' (and 'auto' where "
-                    "it would pick it) falls back to F.grid_sample. It needs a C++ compiler with OpenMP (g++) "
-                    f"and ninja (pip install ninja). The error: {type(error).__name__}: {error}",
-                    RuntimeWarning,
-                    stacklevel=_caller_stacklevel(),
-                )
-    return _state["lib"]  # type: ignore[return-value]
+def _build() -> ctypes.CDLL:
+    lib = load_kernel(_SOURCE, _ABI, "the fused CPU sampler")
+    for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
+        for backward, argtypes in ((False, _FORWARD_ARGS), (True, _BACKWARD_ARGS)):
+            fn = getattr(lib, f"torchstn_warp2d_{suffix}_{'backward' if backward else 'forward'}")
+            fn.argtypes, fn.restype = argtypes, _int
+            _ENTRY[backward, dtype] = fn
+    return lib
+
+
+_library = LazyKernel(
+    lambda: _build(), "the fused CPU sampler",
+    "backend='fused' (and 'auto' where it would pick it) falls back to F.grid_sample",
+)
 
 
 def _caller_stacklevel() -> int:
@@ -206,18 +233,26 @@ class FusedStatus(NamedTuple):
     error: str | None
 
 
-def fused_status() -> FusedStatus:
-    """Whether the fused CPU kernel is available (building it now if needed) and, if its
-    build failed, the error (also given once as a ``RuntimeWarning``).
+def fused_status(ndim: int = 2) -> FusedStatus:
+    """Whether the fused CPU kernel for images (``ndim=2``) or volumes (``ndim=3``) is
+    available (building it now if needed) and, if its build failed, the error (also given
+    once as a ``RuntimeWarning``).
 
     Example:
         >>> from torchstn.sampling import fused_status
         >>> status = fused_status()
         >>> status.available or status.error is not None
         True
+        >>> fused_status(ndim=3).available == (fused_status(ndim=3).error is None)
+        True
     """
-    available = _library() is not None
-    return FusedStatus(available, None if available else str(_state.get("error")))
+    if ndim == 2:
+        return _library.status()
+    if ndim == 3:
+        from torchstn.sampling import _fused3d  # imports this module
+
+        return _fused3d._library.status()
+    raise ValueError(f"ndim must be 2 (images) or 3 (volumes), got {ndim!r}")
 
 
 def fused_applies(x: torch.Tensor, mode: str) -> bool:
@@ -293,7 +328,7 @@ def _call(
     fn = _ENTRY.get((backward, x.dtype))
     if fn is None:
         if _library() is None:
-            raise RuntimeError(f"torchstn::warp2d: the fused kernel could not be built ({_state['error']})")
+            raise _library.unavailable("torchstn::warp2d")
         if x.dtype not in _DTYPES:
             raise TypeError(f"torchstn::warp2d: x must be float32 or float64, got {x.dtype}")
         fn = _ENTRY[backward, x.dtype]

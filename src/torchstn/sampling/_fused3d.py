@@ -35,15 +35,13 @@ Non-finite locations give NaN outputs and NaN location gradients, as on every ba
 from __future__ import annotations
 
 import ctypes
-import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from torchstn._tracing import cached
-from torchstn.sampling._fused import _caller_stacklevel, _setup_context, fused_backward, load_kernel
+from torchstn.sampling._fused import LazyKernel, _setup_context, fused_backward, load_kernel
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.transforms import base_grid, matrix_grid
 
@@ -56,9 +54,7 @@ _MODES = {"bilinear": 0, "nearest": 1}
 #: what the kernel reads to locate a point: a grid (B, Do, Ho, Wo, 3) or affine rows (B, 3, 4)
 _LOCATIONS = {"grid": 0, "affine": 1}
 
-_lock = threading.Lock()
-_state: dict[str, object] = {}
-#: (backward, dtype) -> the kernel's entry point, filled by _library()
+#: (backward, dtype) -> the kernel's entry point, filled by _build()
 _ENTRY: dict[tuple[bool, torch.dtype], ctypes._CFuncPtr] = {}
 
 _i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
@@ -76,24 +72,7 @@ def _build() -> ctypes.CDLL:
     return lib
 
 
-def _library() -> ctypes.CDLL | None:
-    """The compiled kernel, built on the first call; ``None`` (after one warning) if it cannot be built."""
-    if "lib" in _state:
-        return _state["lib"]  # type: ignore[return-value]
-    with _lock:
-        if "lib" not in _state:
-            try:
-                _state["lib"] = _build()
-            except Exception as error:  # noqa: BLE001 - any build failure means: fall back
-                _state["lib"], _state["error"] = None, error
-                warnings.warn(
-                    "torchstn: the fused 3-D CPU sampler could not be built, so volumes are warped with "
-                    "F.grid_sample. It needs a C++ compiler with OpenMP (g++) and ninja (pip install ninja). "
-                    f"The error: {type(error).__name__}: {error}",
-                    RuntimeWarning,
-                    stacklevel=_caller_stacklevel(),
-                )
-    return _state["lib"]  # type: ignore[return-value]
+_library = LazyKernel(lambda: _build(), "the fused 3-D CPU sampler", "volumes are warped with F.grid_sample")
 
 
 @torch.compiler.assume_constant_result
@@ -149,7 +128,7 @@ def _call(
     fn = _ENTRY.get((backward, x.dtype))
     if fn is None:
         if _library() is None:
-            raise RuntimeError(f"torchstn::warp3d: the fused 3-D kernel could not be built ({_state['error']})")
+            raise _library.unavailable("torchstn::warp3d")
         if x.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"torchstn::warp3d: x must be float32 or float64, got {x.dtype}")
         fn = _ENTRY[backward, x.dtype]
