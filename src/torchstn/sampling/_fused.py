@@ -65,6 +65,7 @@ __all__ = [
     "LOCATIONS",
     "FusedStatus",
     "LazyKernel",
+    "bind_entries",
     "fused_applies",
     "fused_available",
     "fused_backward",
@@ -188,14 +189,23 @@ class LazyKernel:
 _ENTRY: dict[tuple[bool, torch.dtype], ctypes._CFuncPtr] = {}
 
 
-def _build() -> ctypes.CDLL:
-    lib = load_kernel(_SOURCE, _ABI, "the fused CPU sampler")
+def bind_entries(
+    lib: ctypes.CDLL, name: str, forward_args: list, backward_args: list,
+    entries: dict[tuple[bool, torch.dtype], ctypes._CFuncPtr],
+) -> ctypes.CDLL:
+    """Fill ``entries[backward, dtype]`` with ``lib``'s ``torchstn_<name>_<f32|f64>_<forward|backward>``
+    (their argument types set, an int status returned); returns ``lib``."""
     for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
-        for backward, argtypes in ((False, _FORWARD_ARGS), (True, _BACKWARD_ARGS)):
-            fn = getattr(lib, f"torchstn_warp2d_{suffix}_{'backward' if backward else 'forward'}")
-            fn.argtypes, fn.restype = argtypes, _int
-            _ENTRY[backward, dtype] = fn
+        for backward, argtypes in ((False, forward_args), (True, backward_args)):
+            fn = getattr(lib, f"torchstn_{name}_{suffix}_{'backward' if backward else 'forward'}")
+            fn.argtypes, fn.restype = argtypes, ctypes.c_int
+            entries[backward, dtype] = fn
     return lib
+
+
+def _build() -> ctypes.CDLL:
+    return bind_entries(load_kernel(_SOURCE, _ABI, "the fused CPU sampler"), "warp2d", _FORWARD_ARGS, _BACKWARD_ARGS,
+                        _ENTRY)
 
 
 _library = LazyKernel(

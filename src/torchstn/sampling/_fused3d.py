@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from torchstn._tracing import cached
-from torchstn.sampling._fused import LazyKernel, _setup_context, fused_backward, load_kernel
+from torchstn.sampling._fused import LazyKernel, _setup_context, bind_entries, fused_backward, load_kernel
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.transforms import base_grid, matrix_grid
 
@@ -63,13 +63,8 @@ _BACKWARD_ARGS = [_int, _int] + [_ptr] * 6 + [_i64] * 8 + [_int] * 3
 
 
 def _build() -> ctypes.CDLL:
-    lib = load_kernel(_SOURCE, _ABI, "the fused 3-D CPU sampler")
-    for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64")):
-        for backward, argtypes in ((False, _FORWARD_ARGS), (True, _BACKWARD_ARGS)):
-            fn = getattr(lib, f"torchstn_warp3d_{suffix}_{'backward' if backward else 'forward'}")
-            fn.argtypes, fn.restype = argtypes, _int
-            _ENTRY[backward, dtype] = fn
-    return lib
+    return bind_entries(load_kernel(_SOURCE, _ABI, "the fused 3-D CPU sampler"), "warp3d", _FORWARD_ARGS,
+                        _BACKWARD_ARGS, _ENTRY)
 
 
 _library = LazyKernel(lambda: _build(), "the fused 3-D CPU sampler", "volumes are warped with F.grid_sample")
