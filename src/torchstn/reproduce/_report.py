@@ -227,7 +227,7 @@ def _error_table(view: _BudgetView) -> tuple[list[str], dict[tuple[str, str], fl
         cells_text = []
         for col in columns:
             if (row.key, col.key) not in view.pairs:
-                cells_text += ["", ""][: 1 + with_paper]
+                cells_text += ["", ""] if with_paper else [""]
                 continue
             paper = experiment.paper.get((row.key, col.key))
             runs = view.by_pair.get((row.key, col.key), [])
@@ -237,7 +237,7 @@ def _error_table(view: _BudgetView) -> tuple[list[str], dict[tuple[str, str], fl
                 ours = f"**{_fmt(mean, std, len(runs))}**"
             else:
                 ours = "—"
-            cells_text += [ours, "—" if paper is None else f"{paper:.1f}"][: 1 + with_paper]
+            cells_text += [ours, "—" if paper is None else f"{paper:.1f}"] if with_paper else [ours]
         lines.append(f"| {row.label} | " + " | ".join(cells_text) + " |")
     lines.append("")
     return lines, means
