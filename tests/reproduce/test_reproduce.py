@@ -184,3 +184,24 @@ def test_an_experiment_without_published_numbers_has_no_column_of_dashes(tmp_pat
     # with a published number the paper's column stays (stn-table1 above)
     table1 = render_report(get_experiment("stn-table1"), Results(tmp_path, "stn-table1"), tmp_path, "standard")
     assert "RTS ours | RTS paper" in table1
+
+
+def test_a_difference_within_the_seeds_spread_is_called_so(tmp_path):
+    from torchstn.reproduce import render_report
+
+    experiment = get_experiment("stn-3d")
+    cells = {(c.row.key, c.seed): c for c in plan(experiment, "standard")}
+
+    def report(errors):
+        results = Results(tmp_path / str(errors), "stn-3d")
+        for (row, seed), error in errors.items():
+            results.add(cells[row, seed], _record(cells[row, seed], error))
+        return render_report(experiment, results, tmp_path, "standard")
+
+    close = report({("cnn-3d", 0): 20.0, ("cnn-3d", 1): 30.0, ("st-cnn-3d-aff", 0): 18.0, ("st-cnn-3d-aff", 1): 26.0})
+    assert ("22.00% beats CNN on the projection (25.00%). The difference is within the spread between seeds "
+            "(standard deviation up to 7.07): not a clear difference." in close)
+    clear = report({("cnn-3d", 0): 21.0, ("cnn-3d", 1): 22.0, ("st-cnn-3d-aff", 0): 9.0, ("st-cnn-3d-aff", 1): 9.5})
+    assert "9.25% beats CNN on the projection (21.50%)." in clear and "not a clear difference" not in clear
+    one_seed = report({("cnn-3d", 0): 20.0, ("st-cnn-3d-aff", 0): 19.9})
+    assert "not a clear difference" not in one_seed  # no spread to compare with

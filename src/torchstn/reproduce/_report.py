@@ -271,6 +271,12 @@ def _calibration_table(view: _BudgetView) -> list[str]:
     return [*lines, ""]
 
 
+def _seed_spread(view: _BudgetView, *pairs: tuple[str, str]) -> float | None:
+    """The larger standard deviation over seeds of the test error of ``pairs``; ``None`` unless each has 2+ seeds."""
+    spreads = [summarize([r["error"] for r in view.by_pair.get(pair, [])])[1] for pair in pairs]
+    return None if any(s is None for s in spreads) else max(spreads)
+
+
 def _comparisons(view: _BudgetView, means: dict[tuple[str, str], float], cells: dict[str, dict[str, Any]]) -> list[str]:
     """Every ST model against its baseline, ours minus the paper, the move from `standard`, the misses."""
     experiment = view.experiment
@@ -280,8 +286,11 @@ def _comparisons(view: _BudgetView, means: dict[tuple[str, str], float], cells: 
         if row.baseline is not None and (row.baseline, col_key) in means:
             base = means[(row.baseline, col_key)]
             verdict = "beats" if mean < base else "does **not** beat"
+            spread = _seed_spread(view, (row_key, col_key), (row.baseline, col_key))
+            within = (f" The difference is within the spread between seeds (standard deviation up to {spread:.2f}): "
+                      "not a clear difference." if spread is not None and abs(mean - base) <= spread else "")
             checks.append(f"- {row.label} on {col.label}: {mean:.2f}% {verdict} {experiment.row(row.baseline).label} "
-                          f"({base:.2f}%).")
+                          f"({base:.2f}%).{within}")
         paper = experiment.paper.get((row_key, col_key))
         if paper is not None:
             gaps.append(f"{view.label(row_key, col_key)}: {mean - paper:+.2f} points")
