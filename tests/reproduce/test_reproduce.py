@@ -178,7 +178,7 @@ def test_an_experiment_without_published_numbers_has_no_column_of_dashes(tmp_pat
     cnn = next(c for c in plan(experiment, "standard") if c.row.key == "cnn-3d" and c.seed == 0)
     results.add(cnn, _record(cnn, 21.3))
     text = render_report(experiment, results, tmp_path, "standard")
-    assert "the paper publishes no number for these cells" in text and "beside each, the paper's number" not in text
+    assert "no paper number is entered for these cells" in text and "beside each, the paper's number" not in text
     assert "| model | MNIST 3-D |\n|---|---:|\n| CNN on the projection | **21.30** |" in text
     assert "| 3-D ST-CNN (Affine3D, then projection) | — |" in text
     # with a published number the paper's column stays (stn-table1 above)

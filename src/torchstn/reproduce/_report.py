@@ -200,7 +200,7 @@ def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[s
 
 
 def _has_paper(experiment: Experiment) -> bool:
-    """Whether the paper publishes a number for any cell of ``experiment``."""
+    """Whether a paper number is entered for any cell of ``experiment``."""
     return any(v is not None for v in experiment.paper.values())
 
 
@@ -213,7 +213,8 @@ def _error_table(view: _BudgetView) -> tuple[list[str], dict[tuple[str, str], fl
         f"{len(view.records)} finished run(s); seeds per cell: "
         f"{', '.join(str(len(v)) for v in view.by_pair.values()) or '0'}. "
         + ("Each cell: **ours** (mean ± std over seeds) and the paper's number; — = not run yet." if with_paper else
-           "Each cell: **ours** (mean ± std over seeds); the paper publishes no number for these cells; "
+           "Each cell: **ours** (mean ± std over seeds); no paper number is entered for these cells (the notes say "
+           "why); "
            "— = not run yet.")
     )
     lines.append("")
@@ -448,8 +449,8 @@ def render_report(experiment: Experiment, results: Results, results_dir: str | P
         f"Paper: {experiment.source}.",
         "",
         f"Ours: the runs recorded in `{results.path.name}` beside this file"
-        + ("; beside each, the paper's number. " if _has_paper(experiment) else " (the paper publishes no number "
-           "for these cells). ") +
+        + ("; beside each, the paper's number. " if _has_paper(experiment) else " (no paper number is entered for "
+           "these cells: the notes say why). ") +
         f"Written by `torchstn reproduce {experiment.name}` from that record; not edited by hand. Rerun the "
         "command to continue: finished cells are skipped and an interrupted one resumes from its last checkpoint.",
         "",
