@@ -1,6 +1,7 @@
 """The fused C++ backend against F.grid_sample, the reference sampler and the grid path of warp."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,3 +237,25 @@ def test_a_failed_first_build_ends_its_line(monkeypatch, tmp_path, capsys):
         _fused._build()
     err = capsys.readouterr().err
     assert err.startswith("torchstn: building the fused CPU sampler") and err.endswith(" ... failed\n")
+
+
+def test_a_built_library_loads_without_torchs_build_lock(monkeypatch, tmp_path):
+    """A lock file left by a killed process made cpp_extension.load wait forever; a library
+    already built under its exact name is loaded without it (and without calling load)."""
+    import shutil
+
+    from torch.utils import cpp_extension
+
+    name = _fused._build_options()[0]
+    real = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"  # built by the fixture
+    shutil.copy(real, tmp_path / f"{name}.so")
+    (tmp_path / "lock").touch()
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: pytest.fail("cpp_extension.load was called"))
+    assert _fused._build().torchstn_warp2d_abi_version() == _fused._ABI
+    cut = tmp_path / "cut"  # a build killed while linking: built again
+    cut.mkdir()
+    (cut / f"{name}.so").write_bytes(b"cut short")
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(cut))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: str(real))
+    assert _fused._build().torchstn_warp2d_abi_version() == _fused._ABI

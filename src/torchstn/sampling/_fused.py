@@ -111,12 +111,23 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
     must export ``torchstn_<stem>_abi_version()`` (``<stem>``: the file's name without
     ``fused_``) returning ``abi``; a stale build raises. Shared by the 2-D kernel and
     :mod:`torchstn.sampling._fused3d`.
+
+    A library already built under this name (which holds the torch build, the flags and
+    the source) is loaded directly: ``cpp_extension.load`` takes a lock file in the build
+    directory on every call, even when nothing is to be built, and waits without end for a
+    lock that a killed process left behind (it hung the test suite here once).
     """
     from torch.utils import cpp_extension  # imports setuptools; only when the backend is first used
 
     name, flags = _build_options(source, abi)
     directory = Path(cpp_extension._get_build_directory(name, verbose=False))
-    fresh = not (directory / f"{name}.so").exists()
+    built = directory / f"{name}.so"
+    fresh = not built.exists()
+    if not fresh:
+        try:
+            return _checked(ctypes.CDLL(str(built)), source, abi)
+        except OSError:  # cut short by a killed build: build it again
+            pass
     if fresh:
         print(f"torchstn: building {what} (first use, cached in {directory}) ...", end="",
               file=sys.stderr, flush=True)
@@ -132,10 +143,14 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
         raise
     if fresh:
         print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    lib = ctypes.CDLL(path)
+    return _checked(ctypes.CDLL(path), source, abi)
+
+
+def _checked(lib: ctypes.CDLL, source: Path, abi: int) -> ctypes.CDLL:
+    """``lib`` if it exports ``source``'s ABI version ``abi``; a stale build raises."""
     version = getattr(lib, f"torchstn_{source.stem.removeprefix('fused_')}_abi_version")()
     if version != abi:
-        raise RuntimeError(f"{path} is a stale build (ABI {version}, expected {abi})")
+        raise RuntimeError(f"{lib._name} is a stale build (ABI {version}, expected {abi})")
     return lib
 
 
