@@ -1,5 +1,6 @@
 """The fused C++ backend against F.grid_sample, the reference sampler and the grid path of warp."""
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def test_the_first_build_says_so_on_stderr_with_its_duration(monkeypatch, tmp_pa
     err = capsys.readouterr().err
     assert err.startswith(f"torchstn: building the fused CPU sampler (first use, cached in {tmp_path}) ... done in ")
     assert err.rstrip().endswith(" s") and err.count("\n") == 1
-    (tmp_path / f"{_fused._build_options()[0]}.so").touch()  # now cached: silent
+    shutil.copy(library, tmp_path / f"{_fused._build_options()[0]}.so")  # now cached: silent
     _fused._build()
     assert capsys.readouterr().err == ""
 
@@ -242,8 +243,6 @@ def test_a_failed_first_build_ends_its_line(monkeypatch, tmp_path, capsys):
 def test_a_built_library_loads_without_torchs_build_lock(monkeypatch, tmp_path):
     """A lock file left by a killed process made cpp_extension.load wait forever; a library
     already built under its exact name is loaded without it (and without calling load)."""
-    import shutil
-
     from torch.utils import cpp_extension
 
     name = _fused._build_options()[0]
@@ -253,9 +252,10 @@ def test_a_built_library_loads_without_torchs_build_lock(monkeypatch, tmp_path):
     monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
     monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: pytest.fail("cpp_extension.load was called"))
     assert _fused._build().torchstn_warp2d_abi_version() == _fused._ABI
-    cut = tmp_path / "cut"  # a build killed while linking: built again
+    cut = tmp_path / "cut"  # a build killed while linking: removed, so that the build makes it again
     cut.mkdir()
     (cut / f"{name}.so").write_bytes(b"cut short")
     monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(cut))
     monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: str(real))
     assert _fused._build().torchstn_warp2d_abi_version() == _fused._ABI
+    assert not (cut / f"{name}.so").exists()

@@ -122,15 +122,12 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
     name, flags = _build_options(source, abi)
     directory = Path(cpp_extension._get_build_directory(name, verbose=False))
     built = directory / f"{name}.so"
-    fresh = not built.exists()
-    if not fresh:
+    if built.exists():
         try:
             return _checked(ctypes.CDLL(str(built)), source, abi)
-        except OSError:  # cut short by a killed build: build it again
-            pass
-    if fresh:
-        print(f"torchstn: building {what} (first use, cached in {directory}) ...", end="",
-              file=sys.stderr, flush=True)
+        except OSError:  # cut short by a killed build; ninja would call it up to date: remove it
+            built.unlink(missing_ok=True)
+    print(f"torchstn: building {what} (first use, cached in {directory}) ...", end="", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
         path = cpp_extension.load(
@@ -138,11 +135,9 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
             is_python_module=False, verbose=False,
         )
     except Exception:
-        if fresh:  # end the line; the warning that follows says why
-            print(" failed", file=sys.stderr, flush=True)
+        print(" failed", file=sys.stderr, flush=True)  # end the line; the warning that follows says why
         raise
-    if fresh:
-        print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     return _checked(ctypes.CDLL(path), source, abi)
 
 
