@@ -213,9 +213,8 @@ def _error_table(view: _BudgetView) -> tuple[list[str], dict[tuple[str, str], fl
         f"{len(view.records)} finished run(s); seeds per cell: "
         f"{', '.join(str(len(v)) for v in view.by_pair.values()) or '0'}. "
         + ("Each cell: **ours** (mean ± std over seeds) and the paper's number; — = not run yet." if with_paper else
-           "Each cell: **ours** (mean ± std over seeds); no paper number is entered for these cells (the notes say "
-           "why); "
-           "— = not run yet.")
+           "Each cell: **ours** (mean ± std over seeds); no paper number is entered for these cells (the notes "
+           "say why); — = not run yet.")
     )
     lines.append("")
     if with_paper:
