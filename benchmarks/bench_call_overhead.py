@@ -39,9 +39,9 @@ def main() -> None:
     kernel = _fused._warp2d_cpu  # the CPU implementation, called without the dispatcher
     contenders = {
         "torchstn.warp": lambda t: stn.warp(x, t, "affine"),
-        "torch.ops.torchstn.warp2d": lambda t: torch.ops.torchstn.warp2d(x, t.view(b, 2, 3), "affine", [n, n], "zeros",
-                                                                        False, 0.0),
-        "bare kernel": lambda t: kernel(x, rows, "affine", [n, n], "zeros", False, 0.0),
+        "torch.ops.torchstn.warp2d": lambda t: torch.ops.torchstn.warp2d(x, t.view(b, 2, 3), "affine", [n, n],
+                                                                        "bilinear", "zeros", False, 0.0),
+        "bare kernel": lambda t: kernel(x, rows, "affine", [n, n], "bilinear", "zeros", False, 0.0),
         "affine_grid+grid_sample": lambda t: F.grid_sample(x, F.affine_grid(t.view(b, 2, 3), list(x.shape),
                                                                             align_corners=False), align_corners=False),
     }

@@ -10,36 +10,40 @@ import torch.nn.functional as F
 
 import torchstn as stn
 from tests._helpers import random_grid, random_input, random_theta
-from torchstn.sampling import _fused, fused_applies, fused_status
+from torchstn.sampling import _fused, _sample, fused_applies, fused_status
 from torchstn.testing import check_sampler
 
 PADDINGS = ["zeros", "border", "reflection"]
+MODES = ["bilinear", "nearest"]
 FAMILIES_2D = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective()]
 
 
 pytestmark = pytest.mark.usefixtures("fused_kernel")
 
 
-def _fused_sample(x, grid, padding, align_corners):
-    return stn.sample(x, grid, "bilinear", padding, align_corners, backend="fused")
+def _fused_sample(x, grid, padding, align_corners, mode="bilinear"):
+    return stn.sample(x, grid, mode, padding, align_corners, backend="fused")
 
 
-def _reference_sample(x, grid, padding, align_corners):
-    return stn.reference_sample(x, grid, "bilinear", padding, align_corners)
+def _reference_sample(x, grid, padding, align_corners, mode="bilinear"):
+    return stn.reference_sample(x, grid, mode, padding, align_corners)
 
 
-def _grid_sample(x, grid, padding, align_corners):
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=align_corners)
+def _grid_sample(x, grid, padding, align_corners, mode="bilinear"):
+    return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_fused_sample_matches_grid_sample_and_reference(padding, align_corners, dtype):
+def test_fused_sample_matches_grid_sample_and_reference(mode, padding, align_corners, dtype, calls):
     x = random_input((2, 3, 6, 7), dtype)
     grid = random_grid((2, 5, 9, 2), dtype)
     atol = 1e-5 if dtype == torch.float32 else 1e-10
     for reference in (_grid_sample, _reference_sample):
-        check_sampler(_fused_sample, reference, x, grid, padding=padding, align_corners=align_corners, atol=atol)
+        check_sampler(lambda *a, **k: _fused_sample(*a, **k, mode=mode), lambda *a, **k: reference(*a, **k, mode=mode),
+                      x, grid, padding=padding, align_corners=align_corners, atol=atol)
+    assert set(calls) == {"fused_sample"}  # the kernel itself, not a fallback
 
 
 def test_fused_sample_right_sided_sub_gradient_at_integer_coordinates():
@@ -50,20 +54,26 @@ def test_fused_sample_right_sided_sub_gradient_at_integer_coordinates():
     assert grid.grad[0, 0, 0, 0].item() == pytest.approx(3.0 * 4 / 2)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("transform", FAMILIES_2D, ids=lambda t: t.name)
-def test_fused_warp_equals_grid_path(transform, padding, align_corners, dtype):
-    """Values, input gradient and θ gradient of warp(backend='fused') against grid + F.grid_sample."""
+def test_fused_warp_equals_grid_path(transform, padding, align_corners, mode, dtype, calls):
+    """Values, input gradient and θ gradient of warp(backend='fused') against grid + F.grid_sample
+    (nearest: the θ gradient is 0 on both)."""
     x0 = random_input((3, 2, 7, 9), dtype)
     p0 = random_theta(transform, 3, dtype, scale=0.3, seed=2)
     results = []
     for backend in ("fused", "torch"):
         x, p = x0.clone().requires_grad_(), p0.clone().requires_grad_()
-        out = stn.warp(x, p, transform, size=(6, 11), padding=padding, align_corners=align_corners, backend=backend)
+        out = stn.warp(x, p, transform, size=(6, 11), mode=mode, padding=padding, align_corners=align_corners,
+                       backend=backend)
         weight = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
         (out * weight).sum().backward()
         results.append((out.detach(), x.grad, p.grad))
+    assert calls == ["fused_warp"]
+    if mode == "nearest":
+        assert torch.equal(results[0][2], torch.zeros_like(p0))
     atol = 2e-5 if dtype == torch.float32 else 1e-10
     for name, a, b in zip(("output", "gradient wrt x", "gradient wrt params"), *results):
         torch.testing.assert_close(a, b, atol=atol * (10 if name == "gradient wrt params" else 1), rtol=1e-4, msg=name)
@@ -101,6 +111,19 @@ def test_fused_warp_gradcheck(transform, padding, align_corners):
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_fused_nearest_gradcheck_wrt_the_input(padding, align_corners, calls):
+    """Nearest is linear in x (its θ gradient is 0: the tests above)."""
+    x = random_input((2, 2, 4, 5), torch.float64).requires_grad_()
+    p = random_theta(stn.Affine(), 2, torch.float64, scale=0.3, seed=2)
+    fn = lambda x: stn.warp(x, p, stn.Affine(), size=(3, 6), mode="nearest", padding=padding,  # noqa: E731
+                            align_corners=align_corners, backend="fused")
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradgradcheck(fn, (x,), eps=1e-6, atol=1e-6)
+    assert set(calls) == {"fused_warp"}
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
 def test_fused_sample_gradcheck(padding):
     x = random_input((2, 2, 4, 5), torch.float64).requires_grad_()
     grid = random_grid((2, 3, 4, 2), torch.float64, spread=1.2).requires_grad_()
@@ -122,17 +145,22 @@ def test_only_the_gradients_asked_for():
     assert xg.grad is not None and xg.grad.shape == x.shape
 
 
-def test_default_backend_takes_the_fused_kernel_where_it_was_measured_faster(monkeypatch):
-    calls = []
+@pytest.fixture
+def calls(monkeypatch):
+    """The fused operator's calls ("fused_warp" from θ, "fused_sample" of a grid), recorded."""
+    record = []
     for name in ("fused_warp", "fused_sample"):
         original = getattr(_fused, name)
-        monkeypatch.setattr(_fused, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+        monkeypatch.setattr(_fused, name, lambda *a, _f=original, _n=name, **k: record.append(_n) or _f(*a, **k))
+    return record
+
+
+def test_default_backend_takes_the_fused_kernel_where_it_was_measured_faster(calls):
     x = torch.rand(2, 1, 8, 8)
     for transform in FAMILIES_2D:
         stn.warp(x, transform.identity(2), transform)
     assert calls == ["fused_warp"] * len(FAMILIES_2D)
     stn.sample(x, stn.Affine().grid(stn.Affine().identity(2), (8, 8)))
-    stn.warp(x, stn.Affine().identity(2), stn.Affine(), mode="nearest")
     stn.warp(x.double(), stn.ThinPlateSpline().identity(2, dtype=torch.float64), stn.ThinPlateSpline())
     stn.warp(torch.rand(1, 1, 4, 4, 4), stn.Affine3D().identity(1), stn.Affine3D())
     assert calls == ["fused_warp"] * len(FAMILIES_2D)  # 1 channel: a given grid goes to F.grid_sample
@@ -140,7 +168,18 @@ def test_default_backend_takes_the_fused_kernel_where_it_was_measured_faster(mon
     stn.sample(x3, stn.Affine().grid(stn.Affine().identity(2), (8, 8)))
     stn.warp(x3, stn.ThinPlateSpline().identity(2), stn.ThinPlateSpline())
     stn.sample(x3, stn.Affine().grid(stn.Affine().identity(2), (8, 8)), mode="bicubic")
+    stn.sample(x3, stn.Affine().grid(stn.Affine().identity(2), (8, 8)), mode="nearest")  # F.grid_sample's is faster
     assert calls == ["fused_warp"] * len(FAMILIES_2D) + ["fused_sample"] * 2
+    calls.clear()
+    # nearest from θ: the kernel from 2 channels on or on few pixels, ATen's vectorised nearest on many 1-channel ones
+    stn.warp(x, stn.Affine().identity(2), stn.Affine(), mode="nearest")
+    stn.warp(torch.rand(2, 2, 8, 8), stn.Affine().identity(2), stn.Affine(), mode="nearest")
+    assert calls == ["fused_warp"] * 2
+    big = torch.rand(1, 1, 8, _sample.FUSED_NEAREST_MAX_PIXELS // 8 + 1)
+    stn.warp(big, stn.Affine().identity(1), stn.Affine(), mode="nearest")
+    assert calls == ["fused_warp"] * 2
+    stn.warp(big, stn.Affine().identity(1), stn.Affine(), mode="nearest", backend="fused")
+    assert calls == ["fused_warp"] * 3
 
 
 def test_non_contiguous_input_and_empty_batch():
@@ -185,7 +224,8 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
 def test_fused_status_and_coverage():
     assert fused_status() == (True, None)  # the module's fixture built it
     assert fused_applies(torch.rand(1, 1, 4, 4), "bilinear")
-    assert not fused_applies(torch.rand(1, 1, 4, 4), "nearest")
+    assert fused_applies(torch.rand(1, 1, 4, 4), "nearest")
+    assert not fused_applies(torch.rand(1, 1, 4, 4), "bicubic")
     assert not fused_applies(torch.rand(1, 1, 4, 4, dtype=torch.float16), "bilinear")
     assert not fused_applies(torch.rand(1, 1, 2, 4, 4), "bilinear")  # 3-D
 

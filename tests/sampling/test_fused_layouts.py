@@ -80,7 +80,7 @@ def test_sample_of_a_given_grid_with_channels_last_input(dtype):
 def test_channels_last_opcheck():
     x = random_input((2, 3, 6, 7), torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
     theta = torch.eye(2, 3, dtype=torch.float64).repeat(2, 1, 1) + 0.1
-    torch.library.opcheck(torch.ops.torchstn.warp2d.default, (x, theta.requires_grad_(), "affine", [5, 4], "zeros", False, 0.0))
+    torch.library.opcheck(torch.ops.torchstn.warp2d.default, (x, theta.requires_grad_(), "affine", [5, 4], "bilinear", "zeros", False, 0.0))
 
 
 def test_eager_call_equals_the_operator_and_modes_see_the_operator():
@@ -92,7 +92,7 @@ def test_eager_call_equals_the_operator_and_modes_see_the_operator():
     results = []
     for call in (
         lambda x, t: stn.warp(x, t, "affine", padding="reflection"),
-        lambda x, t: torch.ops.torchstn.warp2d(x, t, "affine", [8, 9], "reflection", False, 0.0),
+        lambda x, t: torch.ops.torchstn.warp2d(x, t, "affine", [8, 9], "bilinear", "reflection", False, 0.0),
     ):
         x, theta = x0.clone().requires_grad_(), theta0.clone().requires_grad_()
         out = call(x, theta)

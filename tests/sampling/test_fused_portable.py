@@ -16,7 +16,7 @@ import pytest
 from torchstn.sampling import fused_status
 
 _CHECK = r"""
-import torch, torch.nn.functional as F, torchstn as stn
+import itertools, torch, torch.nn.functional as F, torchstn as stn
 from torchstn.sampling import fused_status
 assert torch.backends.cpu.get_cpu_capability() == "DEFAULT", torch.backends.cpu.get_cpu_capability()
 assert fused_status().available, fused_status()
@@ -24,22 +24,22 @@ torch.manual_seed(0)
 worst = 0.0
 for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
     for (b, c, h, w, out) in ((3, 1, 28, 28, (28, 28)), (2, 3, 13, 9, (7, 11)), (1, 2, 5, 17, (5, 17))):
-        for padding in ("zeros", "border", "reflection"):
+        for padding, mode in itertools.product(("zeros", "border", "reflection"), ("bilinear", "nearest")):
             for channels_last in (False, True):
                 x = torch.rand(b, c, h, w, dtype=dtype)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 x.requires_grad_()
                 theta = (stn.Affine().identity(b, dtype=dtype) + 0.3 * torch.randn(b, 6, dtype=dtype)).requires_grad_()
-                y = stn.warp(x, theta, stn.Affine(), size=out, padding=padding, backend="fused")
+                y = stn.warp(x, theta, stn.Affine(), size=out, mode=mode, padding=padding, backend="fused")
                 ref = F.grid_sample(x, F.affine_grid(theta.view(b, 2, 3), (b, c, *out), align_corners=False),
-                                    padding_mode=padding, align_corners=False)
+                                    mode=mode, padding_mode=padding, align_corners=False)
                 weights = torch.rand_like(y)
                 got = torch.autograd.grad((y * weights).sum(), (x, theta))
                 want = torch.autograd.grad((ref * weights).sum(), (x, theta))
                 for a, r in ((y, ref), *zip(got, want)):
                     err = ((a - r).abs().max() / r.abs().max().clamp_min(1)).item()
-                    assert err < tol, (dtype, b, c, h, w, out, padding, channels_last, err)
+                    assert err < tol, (dtype, b, c, h, w, out, padding, mode, channels_last, err)
                     worst = max(worst, err)
 print("portable build matches F.grid_sample; worst relative error", worst)
 """

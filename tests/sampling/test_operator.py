@@ -35,25 +35,26 @@ def _location(name: str, batch: int, dtype: torch.dtype) -> torch.Tensor:
     return matrix[:, :2] if name == "affine" else matrix
 
 
-def _opcheck(location, padding, align_corners, dtype, batch, test_utils):
+def _opcheck(location, padding, align_corners, dtype, batch, test_utils, mode="bilinear"):
     x = torch.rand(batch, 2, 6, 8, dtype=dtype, requires_grad=True)
     loc = _location(location, batch, dtype).requires_grad_()
     eps = 1e-6 if location == "projective" else 0.0
-    args = (x, loc, location, [5, 7], padding, align_corners, eps)
+    args = (x, loc, location, [5, 7], mode, padding, align_corners, eps)
     torch.library.opcheck(torch.ops.torchstn.warp2d.default, args, test_utils=test_utils)
     grad_out = torch.rand(batch, 2, 5, 7, dtype=dtype)
     for mask in ([True, True], [False, True], [True, False]):
-        backward_args = (grad_out, x.detach(), loc.detach(), location, padding, align_corners, eps, mask)
+        backward_args = (grad_out, x.detach(), loc.detach(), location, mode, padding, align_corners, eps, mask)
         torch.library.opcheck(torch.ops.torchstn.warp2d_backward.default, backward_args, test_utils=test_utils)
 
 
 @pytest.mark.parametrize("location", ["affine", "projective", "grid"])
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_opcheck_every_padding(location, padding, align_corners):
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_opcheck_every_padding(location, padding, align_corners, mode):
     """Schema, autograd registration and fake implementation; the AOT compile below per dtype."""
     _opcheck(location, padding, align_corners, torch.float64, 3,
-             ("test_schema", "test_autograd_registration", "test_faketensor"))
+             ("test_schema", "test_autograd_registration", "test_faketensor"), mode)
 
 
 @pytest.mark.parametrize("location", ["affine", "projective", "grid"])

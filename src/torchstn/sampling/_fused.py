@@ -1,4 +1,4 @@
-r"""The fused CPU backend: a C++/OpenMP bilinear sampler that reads θ instead of a grid.
+r"""The fused CPU backend: a C++/OpenMP bilinear and nearest sampler that reads θ instead of a grid.
 
 For a 2-D matrix transform (translation, attention, similarity, affine, projective)
 :func:`torchstn.warp` with this backend computes every output pixel's source point from
@@ -30,8 +30,9 @@ backend. If the build fails (no compiler, no ``ninja``), that line ends in ``fai
 one warning, shown at the caller's line, says why, and every call falls back to the
 ``"torch"`` backend.
 
-Scope: CPU, float32/float64, bilinear, every padding and both ``align_corners``; other
-modes, devices and dtypes, and 3-D, use the grid path with ``F.grid_sample``, and so do
+Scope: CPU, float32/float64, bilinear and nearest (rounding half to even, as ATen; no
+location gradient), every padding and both ``align_corners``; bicubic, other devices and
+dtypes, and 3-D, use the grid path with ``F.grid_sample``, and so do
 ``torch.jit.trace`` and ONNX export, which cannot record a Python operator, and
 ``torch.func`` transforms, which ``torch.library`` autograd formulas do not support yet.
 Threads: ``torch.get_num_threads()``; the forward splits output rows, the backward splits
@@ -77,16 +78,17 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).with_name("csrc") / "fused_warp2d.cpp"
-_ABI = 4
+_ABI = 5
 _PADDING = {"zeros": 0, "border": 1, "reflection": 2}
+_MODES = {"bilinear": 0, "nearest": 1}
 #: what the kernel reads to locate a point: a grid (B, Ho, Wo, 2), affine rows (B, 2, 3)
 #: or a homography (B, 3, 3)
 LOCATIONS = {"grid": 0, "affine": 1, "projective": 2}
 
 
 _i64, _int, _dbl, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
-_FORWARD_ARGS = [_int, _ptr, _ptr, _ptr, _dbl, _ptr] + [_i64] * 6 + [_int, _int, _int]
-_BACKWARD_ARGS = [_int, _ptr, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr] + [_i64] * 6 + [_int, _int, _int]
+_FORWARD_ARGS = [_int, _int, _ptr, _ptr, _ptr, _dbl, _ptr] + [_i64] * 6 + [_int, _int, _int]
+_BACKWARD_ARGS = [_int, _int, _ptr, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr] + [_i64] * 6 + [_int, _int, _int]
 _STRIDES = _i64 * 8
 
 
@@ -276,13 +278,13 @@ def fused_status(ndim: int = 2) -> FusedStatus:
 
 
 def fused_applies(x: torch.Tensor, mode: str) -> bool:
-    """Whether the fused kernel covers this input: bilinear, a float32/float64 CPU image
+    """Whether the fused kernel covers this input: bilinear or nearest, a float32/float64 CPU image
     (B, C, H, W), any strides (NCHW and channels_last are read in place), with non-empty H
     and W (F.grid_sample reports empty ones) and int32 pixel offsets, outside
     ``torch.jit.trace`` (which cannot record the operator, and whose sizes are traced
     tensors this test would read). Where it does not, ``backend="fused"`` falls back to
     ``F.grid_sample``."""
-    if mode != "bilinear" or x.dtype not in _DTYPES or x.dim() != 4 or x.device.type != "cpu" or torch.jit.is_tracing():
+    if mode not in _MODES or x.dtype not in _DTYPES or x.dim() != 4 or x.device.type != "cpu" or torch.jit.is_tracing():
         return False
     _, _, h, w = x.shape
     _, _, sh, sw = x.stride()
@@ -339,7 +341,7 @@ def _strides(x: tuple[int, ...], buffer: tuple[int, ...]) -> ctypes.Array:
 
 def _call(
     backward: bool, location: str, x: torch.Tensor, loc: torch.Tensor, buffer: torch.Tensor,
-    grad_x: torch.Tensor | None, grad_loc: torch.Tensor | None, size: tuple[int, int], padding: str,
+    grad_x: torch.Tensor | None, grad_loc: torch.Tensor | None, size: tuple[int, int], mode: str, padding: str,
     align_corners: bool, eps: float,
 ) -> None:
     """Run the kernel. ``x`` and ``buffer`` (the output, or the output's gradient) with any
@@ -353,7 +355,7 @@ def _call(
             raise TypeError(f"torchstn::warp2d: x must be float32 or float64, got {x.dtype}")
         fn = _ENTRY[backward, x.dtype]
     strides = _strides(x.stride(), buffer.stride())
-    head = (LOCATIONS[location], _ptr_of(x), strides, _ptr_of(loc), eps, _ptr_of(buffer))
+    head = (LOCATIONS[location], _MODES[mode], _ptr_of(x), strides, _ptr_of(loc), eps, _ptr_of(buffer))
     if backward:
         head += (_ptr_of(grad_x), _ptr_of(grad_loc))
     status = fn(*head, b, c, h, w, size[0], size[1], _PADDING[padding], align_corners, torch.get_num_threads())
@@ -366,21 +368,22 @@ def _call(
 
 _LIB = torch.library.Library("torchstn", "DEF")  # noqa: TOR901 - the module owns the namespace
 _LIB.define(
-    "warp2d(Tensor x, Tensor loc, str location, SymInt[] size, str padding, bool align_corners, float eps) -> Tensor"
+    "warp2d(Tensor x, Tensor loc, str location, SymInt[] size, str mode, str padding, bool align_corners, float eps) "
+    "-> Tensor"
 )
 _LIB.define(
-    "warp2d_backward(Tensor grad_out, Tensor x, Tensor loc, str location, str padding, bool align_corners, "
-    "float eps, bool[] output_mask) -> (Tensor, Tensor)"
+    "warp2d_backward(Tensor grad_out, Tensor x, Tensor loc, str location, str mode, str padding, "
+    "bool align_corners, float eps, bool[] output_mask) -> (Tensor, Tensor)"
 )
 
 
 def _warp2d_cpu(
-    x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], padding: str, align_corners: bool,
-    eps: float,
+    x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str,
+    align_corners: bool, eps: float,
 ) -> torch.Tensor:
     loc, size = loc.contiguous(), (int(size[0]), int(size[1]))
     out = _new_output(x, size)
-    _call(False, location, x, loc, out, None, None, size, padding, align_corners, eps)
+    _call(False, location, x, loc, out, None, None, size, mode, padding, align_corners, eps)
     return out
 
 
@@ -405,8 +408,8 @@ def _gradient_buffer(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _warp2d_backward_cpu(
-    grad_out: torch.Tensor, x: torch.Tensor, loc: torch.Tensor, location: str, padding: str, align_corners: bool,
-    eps: float, output_mask: Sequence[bool],
+    grad_out: torch.Tensor, x: torch.Tensor, loc: torch.Tensor, location: str, mode: str, padding: str,
+    align_corners: bool, eps: float, output_mask: Sequence[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     loc = loc.contiguous()
     if output_mask[0]:
@@ -417,7 +420,7 @@ def _warp2d_backward_cpu(
     if output_mask[0] or output_mask[1]:
         size = (grad_out.shape[2], grad_out.shape[3])
         _call(True, location, x, loc, grad_out, grad_x if output_mask[0] else None,
-              grad_loc if output_mask[1] else None, size, padding, align_corners, eps)
+              grad_loc if output_mask[1] else None, size, mode, padding, align_corners, eps)
     return grad_x, grad_loc
 
 
@@ -426,19 +429,19 @@ _LIB.impl("warp2d_backward", _warp2d_backward_cpu, "CPU")
 
 
 @torch.library.register_fake("torchstn::warp2d", lib=_LIB)
-def _warp2d_fake(x, loc, location, size, padding, align_corners, eps):  # noqa: ANN001, ANN202
+def _warp2d_fake(x, loc, location, size, mode, padding, align_corners, eps):  # noqa: ANN001, ANN202
     return _new_output(x, size)
 
 
 @torch.library.register_fake("torchstn::warp2d_backward", lib=_LIB)
-def _warp2d_backward_fake(grad_out, x, loc, location, padding, align_corners, eps, output_mask):  # noqa: ANN001, ANN202
+def _warp2d_backward_fake(grad_out, x, loc, location, mode, padding, align_corners, eps, output_mask):  # noqa: ANN001, ANN202
     return (_gradient_buffer(x)[1] if output_mask[0] else x.new_empty(0),
             loc.new_empty(loc.shape) if output_mask[1] else loc.new_empty(0))
 
 
 def grid_path(
-    x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], padding: str, align_corners: bool,
-    eps: float,
+    x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str,
+    align_corners: bool, eps: float,
 ) -> torch.Tensor:
     """What ``torchstn::warp2d`` computes, as plain differentiable operations: the grid
     (:func:`~torchstn.transforms.matrix_grid`) and ``F.grid_sample`` with torchstn's
@@ -447,7 +450,7 @@ def grid_path(
         grid = loc
     else:
         grid = matrix_grid(loc, size, align_corners, eps=eps if location == "projective" else None)
-    return torch_sample(x, grid, "bilinear", padding, align_corners)
+    return torch_sample(x, grid, mode, padding, align_corners)
 
 
 def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
@@ -477,12 +480,12 @@ def fused_backward(  # noqa: ANN001 - ctx is autograd's
 
 
 def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN001, ANN202
-    location, size, padding, align_corners, eps = ctx.options
+    location, size, mode, padding, align_corners, eps = ctx.options
     backward = _warp2d_backward_cpu if direct else torch.ops.torchstn.warp2d_backward
     return fused_backward(
         ctx, grad_out,
-        lambda x, loc: grid_path(x, loc, location, size, padding, align_corners, eps),
-        lambda g, x, loc, needed: backward(g, x, loc, location, padding, align_corners, eps, needed),
+        lambda x, loc: grid_path(x, loc, location, size, mode, padding, align_corners, eps),
+        lambda g, x, loc, needed: backward(g, x, loc, location, mode, padding, align_corners, eps, needed),
     )
 
 
@@ -495,9 +498,9 @@ class _EagerWarp2d(torch.autograd.Function):
     operator's per-call cost (tens of µs, which dominated batch-1 calls)."""
 
     @staticmethod
-    def forward(ctx, x, loc, location, size, padding, align_corners, eps):  # noqa: ANN001, ANN205, D102
-        _setup_context(ctx, (x, loc, location, size, padding, align_corners, eps), None)
-        return _warp2d_cpu(x, loc, location, size, padding, align_corners, eps)
+    def forward(ctx, x, loc, location, size, mode, padding, align_corners, eps):  # noqa: ANN001, ANN205, D102
+        _setup_context(ctx, (x, loc, location, size, mode, padding, align_corners, eps), None)
+        return _warp2d_cpu(x, loc, location, size, mode, padding, align_corners, eps)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205, D102
@@ -505,30 +508,31 @@ class _EagerWarp2d(torch.autograd.Function):
 
 
 def _warp2d(
-    x: torch.Tensor, loc: torch.Tensor, location: str, size: list[int], padding: str, align_corners: bool, eps: float
+    x: torch.Tensor, loc: torch.Tensor, location: str, size: list[int], mode: str, padding: str, align_corners: bool,
+    eps: float,
 ) -> torch.Tensor:
     """``torchstn::warp2d``: through the dispatcher where something may record or transform
     the call (``torch.compile``, ``torch.export``, tensor subclasses, fake tensors, torch
     function or dispatch modes), else directly (the same kernel and autograd formula)."""
     if _plain_eager(x, loc):
         if torch.is_grad_enabled() and (x.requires_grad or loc.requires_grad):
-            return _EagerWarp2d.apply(x, loc, location, size, padding, align_corners, eps)
-        return _warp2d_cpu(x, loc, location, size, padding, align_corners, eps)
-    return torch.ops.torchstn.warp2d(x, loc, location, size, padding, align_corners, eps)
+            return _EagerWarp2d.apply(x, loc, location, size, mode, padding, align_corners, eps)
+        return _warp2d_cpu(x, loc, location, size, mode, padding, align_corners, eps)
+    return torch.ops.torchstn.warp2d(x, loc, location, size, mode, padding, align_corners, eps)
 
 
-def fused_sample(x: torch.Tensor, grid: torch.Tensor, padding: str, align_corners: bool) -> torch.Tensor:
-    """Bilinear sampling of ``x`` (B, C, H, W) at ``grid`` (B, Ho, Wo, 2) with the fused kernel (no validation)."""
-    return _warp2d(x, grid, "grid", list(grid.shape[1:3]), padding, align_corners, 0.0)
+def fused_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:
+    """Sampling of ``x`` (B, C, H, W) at ``grid`` (B, Ho, Wo, 2) with the fused kernel (no validation)."""
+    return _warp2d(x, grid, "grid", list(grid.shape[1:3]), mode, padding, align_corners, 0.0)
 
 
 def fused_warp(
-    x: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int], padding: str, align_corners: bool,
+    x: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int], mode: str, padding: str, align_corners: bool,
     projective: bool = False, eps: float = 0.0,
 ) -> torch.Tensor:
-    """Bilinear warp of ``x`` (B, C, H, W) by a ``src_from_dst`` matrix, no grid in memory.
+    """Warp of ``x`` (B, C, H, W) by a ``src_from_dst`` matrix, bilinear or nearest, no grid in memory.
 
     ``matrix``: the rows ``(B, 2, 3)`` of an affine map, or with ``projective`` the
     homography ``(B, 3, 3)`` whose ``w`` is guarded by ``eps`` as :class:`~torchstn.Projective` does.
     """
-    return _warp2d(x, matrix, "projective" if projective else "affine", list(size), padding, align_corners, eps)
+    return _warp2d(x, matrix, "projective" if projective else "affine", list(size), mode, padding, align_corners, eps)

@@ -40,7 +40,7 @@ SampleFn = Callable[[torch.Tensor, torch.Tensor, str, str, bool], torch.Tensor]
 
 def _fused_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:
     if _fused.fused_applies(x, mode) and _fused.operator_applies(x, grid) and _fused.fused_available():
-        return _fused.fused_sample(x, grid, padding, align_corners)
+        return _fused.fused_sample(x, grid, mode, padding, align_corners)
     if _fused3d.fused3d_applies(x, mode) and _fused.operator_applies(x, grid) and _fused3d.fused3d_available():
         return _fused3d.fused_sample3d(x, grid, mode, padding, align_corners)
     return torch_sample(x, grid, mode, padding, align_corners)  # what the fused kernels do not cover
@@ -58,6 +58,13 @@ _KERNELS: dict[str, SampleFn] = {
 #: 1.1-1.4x F.grid_sample with 3 channels, 0.7-1.0x with 1 (docs/benchmarks.md), where the
 #: per-point work is not shared by enough channels
 FUSED_MIN_CHANNELS = 3
+#: "auto" warps nearest with the fused 2-D kernel from 2 channels on, or up to this many input
+#: pixels per channel over the batch (one 32x1x64x64 batch): measured 1.2-1.7x grid +
+#: F.grid_sample forward and forward+backward with 2-3 channels, 1.4-3.4x up to 16x1x28x28,
+#: 1.06-1.10x at 64x1x28x28 and 32x1x64x64, 0.88x forward / 0.92x forward+backward at
+#: 256x1x28x28, where ATen's vectorised nearest sampler on a ready grid is faster than the
+#: kernel's per-row location work (python benchmarks/bench_nearest.py, one thread)
+FUSED_NEAREST_MAX_PIXELS = 32 * 64 * 64
 #: "auto" samples and warps a volume with the fused 3-D kernel from this many input voxels
 #: per channel over the batch on: measured 1.2-1.9x the grid path forward and 1.2-1.7x
 #: forward+backward from 4096 voxels (one 16^3 volume) on, 0.5-0.9x on one 4^3 volume,
@@ -70,8 +77,8 @@ def _fused3d_worth_it(x: torch.Tensor) -> bool:
 
 
 def _backend_name(backend: str | None, x: torch.Tensor, mode: str) -> str:
-    if backend is None or backend == "auto":
-        if _fused.fused_applies(x, mode) and x.shape[1] >= FUSED_MIN_CHANNELS:
+    if backend is None or backend == "auto":  # (nearest on a given grid: F.grid_sample's is faster)
+        if mode == "bilinear" and _fused.fused_applies(x, mode) and x.shape[1] >= FUSED_MIN_CHANNELS:
             return "fused"
         if _fused3d.fused3d_applies(x, mode) and _fused3d_worth_it(x):
             return "fused"
@@ -92,10 +99,12 @@ def check_options(mode: object, padding: object, backend: object) -> None:
 
 def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tensor, params: torch.Tensor, mode: str) -> bool:
     """Whether :func:`warp` runs the fused kernel from θ: asked for (``"fused"``) or ``"auto"``,
-    a 2-D matrix family, bilinear, a float32/float64 CPU input, and a built kernel.
+    a 2-D matrix family, bilinear or nearest, a float32/float64 CPU input, and a built kernel.
 
-    ``"auto"`` takes it for every such case: measured faster than grid + ``F.grid_sample``
-    on every matrix case of ``torchstn bench``, forward and forward+backward.
+    ``"auto"`` takes it for every such bilinear case (measured faster than grid +
+    ``F.grid_sample`` on every matrix case of ``torchstn bench``, forward and
+    forward+backward), and for nearest from 2 channels on or up to
+    ``FUSED_NEAREST_MAX_PIXELS`` input pixels per channel.
     """
     if backend not in (None, "auto", "fused"):
         return False
@@ -103,9 +112,14 @@ def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tens
         isinstance(transform, MatrixTransform)
         and transform.ndim == 2
         and _fused.fused_applies(x, mode)
+        and (mode == "bilinear" or backend == "fused" or _fused_nearest_worth_it(x))
         and _fused.operator_applies(x, params)
         and _fused.fused_available()
     )
+
+
+def _fused_nearest_worth_it(x: torch.Tensor) -> bool:
+    return x.shape[1] >= 2 or x.shape[0] * x.shape[2] * x.shape[3] <= FUSED_NEAREST_MAX_PIXELS
 
 
 def _fused3d_warp_applies(
@@ -180,7 +194,7 @@ def sample(
             for bilinear float CPU images with 3 or more channels and for bilinear or
             nearest float CPU volumes of 4096 voxels or more, else ``"torch"``),
             ``"torch"`` (``F.grid_sample``), ``"fused"`` (the C++/OpenMP CPU kernels,
-            bilinear, and nearest for volumes; other modes and devices use
+            bilinear and nearest; other modes and devices use
             ``F.grid_sample``; see :mod:`torchstn.sampling._fused` and
             :mod:`torchstn.sampling._fused3d`) or ``"reference"`` (the hand-written kernel
             with its gradients, bilinear and nearest; see
@@ -256,11 +270,14 @@ def warp(
             of the call, which then computes the grid for each input's size).
         mode, padding, align_corners: as in :func:`sample`.
         backend: as in :func:`sample`, but ``None``/``"auto"`` and ``"fused"`` warp a
-            2-D matrix family (translation ... projective) bilinearly on the CPU with the
-            fused kernel, which computes each source point from θ and never writes the
-            grid (:mod:`torchstn.sampling._fused`), and so ``Affine3D`` volumes, bilinear
-            or nearest (:mod:`torchstn.sampling._fused3d`); everything else makes the grid and
-            samples it with the backend :func:`sample` would choose.
+            2-D matrix family (translation ... projective) on the CPU with the fused
+            kernel, which computes each source point from θ and never writes the grid
+            (:mod:`torchstn.sampling._fused`; ``"auto"``: bilinear always, nearest where
+            measured faster: from 2 channels on, or up to 32x64x64 input pixels per
+            channel), and so ``Affine3D``
+            volumes, bilinear or nearest (:mod:`torchstn.sampling._fused3d`); everything
+            else makes the grid and samples it with the backend :func:`sample` would
+            choose.
 
     Returns:
         The warped tensor ``(B, C, *size)``.
@@ -330,9 +347,10 @@ def warp_checked_options(
         if _fused_warp_applies(backend, transform, xd, params, mode):  # no grid in memory
             if transform.projective:
                 matrix, eps = transform.matrix(params, check=False), transform.eps
-                out = _fused.fused_warp(xd, matrix, size, padding, align_corners, True, eps)
+                out = _fused.fused_warp(xd, matrix, size, mode, padding, align_corners, True, eps)
             else:
-                out = _fused.fused_warp(xd, transform.affine_rows(params, check=False), size, padding, align_corners)
+                out = _fused.fused_warp(xd, transform.affine_rows(params, check=False), size, mode, padding,
+                                        align_corners)
         elif _fused3d_warp_applies(backend, transform, xd, params, mode):
             rows = transform.affine_rows(params, check=False)
             out = _fused3d.fused_warp3d(xd, rows, size, mode, padding, align_corners)

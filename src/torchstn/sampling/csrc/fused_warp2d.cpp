@@ -1,12 +1,12 @@
-// Fused 2-D bilinear warp for the CPU: the sampling location is computed from the
-// transformation matrix on the fly (no grid tensor), and the backward pass accumulates
+// Fused 2-D warp for the CPU, bilinear or nearest: the sampling location is computed from
+// the transformation matrix on the fly (no grid tensor), and the backward pass accumulates
 // dL/dx and dL/dθ directly (no grid gradient).
 //
 // Plain C++ and OpenMP with a C interface, called through ctypes from
 // torchstn/sampling/_fused.py: no torch headers, so the JIT build takes seconds instead
 // of half a minute. The arithmetic follows ATen's GridSampler.h (unnormalisation, border
-// clipping, bilinear weights and their gradients; reflection as torchstn's reference
-// sampler computes it) so that every backend agrees with F.grid_sample and the reference.
+// clipping, bilinear weights and their gradients, nearest rounding half to even;
+// reflection as torchstn's reference sampler computes it) so that every backend agrees with F.grid_sample and the reference.
 // The bilinear sub-gradient at integer pixel coordinates is the right-sided difference,
 // as in both. A location that is not finite (NaN or +-Inf, before padding) gives NaN in
 // every channel and a NaN location gradient, and adds nothing to dL/dx: torchstn's policy
@@ -44,6 +44,9 @@ namespace {
 
 enum Padding { ZEROS = 0, BORDER = 1, REFLECTION = 2 };
 enum Location { GRID = 0, AFFINE = 1, PROJECTIVE = 2 };
+// NEAREST reads one pixel: the block holds it as corner 0 with weight 1 (no other corner
+// valid) and its location gradient is 0
+enum Mode { LINEAR = 0, NEAREST = 1 };
 
 // ------------------------------------------------------------------------------------------
 // SIMD: N lanes of T. The gather reads base[off] where valid != 0 and gives 0 elsewhere
@@ -275,7 +278,7 @@ struct alignas(32) Block {
   T tx[BLOCK], ty[BLOCK];    // fractional parts
   T bad[BLOCK];              // 1 where the location is not finite, else 0; set only when any_bad
   int32_t any_bad;           // the block has a non-finite location (rare: the common path skips bad)
-  T w[4][BLOCK];             // bilinear weights
+  T w[4][BLOCK];             // bilinear weights (NEAREST: 1, 0, 0, 0)
   T valid[4][BLOCK];         // 1 for corners inside the image, else 0
   int32_t off[4][BLOCK];     // corner offsets in a channel (0 for corners outside)
   int32_t inner[BLOCK];      // all four corners inside (0 in the padding and at bad points)
@@ -337,7 +340,7 @@ __attribute__((always_inline)) inline __m256 clip(__m256 u, float high, __m256* 
   return select(_mm256_cmp_ps(lower, h, _CMP_LT_OQ), lower, h);
 }
 
-template <int PAD>
+template <int PAD, int MODE>
 __attribute__((always_inline)) inline bool place8(__m256 gx, __m256 gy, int64_t t0, int64_t n,
                                                   const Constants<float>& k, Block<float>& blk) {
   const __m256 zero = _mm256_setzero_ps(), one = set1(1.f), minus_one = set1(-1.f);
@@ -367,15 +370,35 @@ __attribute__((always_inline)) inline bool place8(__m256 gx, __m256 gy, int64_t 
   const __m256 negative_limit = _mm256_sub_ps(zero, limit);
   ix = select(_mm256_and_ps(_mm256_cmp_ps(ix, negative_limit, _CMP_GT_OQ), _mm256_cmp_ps(ix, limit, _CMP_LT_OQ)), ix, far);
   iy = select(_mm256_and_ps(_mm256_cmp_ps(iy, negative_limit, _CMP_GT_OQ), _mm256_cmp_ps(iy, limit, _CMP_LT_OQ)), iy, far);
-  _mm256_storeu_ps(blk.dix + t0, dx);
-  _mm256_storeu_ps(blk.diy + t0, dy);
+  _mm256_storeu_ps(blk.dix + t0, MODE == NEAREST ? zero : dx);
+  _mm256_storeu_ps(blk.diy + t0, MODE == NEAREST ? zero : dy);
+  const __m256 W = set1(static_cast<float>(k.W)), H = set1(static_cast<float>(k.H));
+  const __m256 use = _mm256_and_ps(live, finite);
+  const __m256i sh = _mm256_set1_epi32(k.sh), sw = _mm256_set1_epi32(k.sw);
+  if (MODE == NEAREST) {  // rounding half to even, as ATen's std::nearbyint
+    const __m256 rx = _mm256_round_ps(ix, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 ry = _mm256_round_ps(iy, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 v = _mm256_and_ps(_mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(rx, zero, _CMP_GE_OQ), _mm256_cmp_ps(rx, W, _CMP_LT_OQ)),
+                                                 _mm256_and_ps(_mm256_cmp_ps(ry, zero, _CMP_GE_OQ), _mm256_cmp_ps(ry, H, _CMP_LT_OQ))),
+                                   use);
+    const __m256i o = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(ry, minus_one), H)), sh),
+                                       _mm256_mullo_epi32(_mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(rx, minus_one), W)), sw));
+    _mm256_storeu_ps(blk.w[0] + t0, _mm256_and_ps(live, one));
+    _mm256_storeu_ps(blk.valid[0] + t0, _mm256_and_ps(v, one));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk.off[0] + t0), _mm256_and_si256(o, _mm256_castps_si256(v)));
+    for (int q = 1; q < 4; ++q) {
+      _mm256_storeu_ps(blk.w[q] + t0, zero);
+      _mm256_storeu_ps(blk.valid[q] + t0, zero);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk.off[q] + t0), _mm256_setzero_si256());
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk.inner + t0), _mm256_setzero_si256());
+    return _mm256_movemask_ps(bad) != 0;
+  }
   const __m256 fx = _mm256_floor_ps(ix), fy = _mm256_floor_ps(iy);
   const __m256 tx = _mm256_sub_ps(ix, fx), ty = _mm256_sub_ps(iy, fy);
   _mm256_storeu_ps(blk.tx + t0, tx);
   _mm256_storeu_ps(blk.ty + t0, ty);
-  const __m256 W = set1(static_cast<float>(k.W)), H = set1(static_cast<float>(k.H));
   const __m256 W1 = _mm256_sub_ps(W, one), H1 = _mm256_sub_ps(H, one);
-  const __m256 use = _mm256_and_ps(live, finite);
   const __m256 vx0 = _mm256_and_ps(_mm256_cmp_ps(fx, zero, _CMP_GE_OQ), _mm256_cmp_ps(fx, W, _CMP_LT_OQ));
   const __m256 vx1 = _mm256_and_ps(_mm256_cmp_ps(fx, minus_one, _CMP_GE_OQ), _mm256_cmp_ps(fx, W1, _CMP_LT_OQ));
   const __m256 vy0 = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(fy, zero, _CMP_GE_OQ), _mm256_cmp_ps(fy, H, _CMP_LT_OQ)), use);
@@ -384,7 +407,6 @@ __attribute__((always_inline)) inline bool place8(__m256 gx, __m256 gy, int64_t 
   // clamped to [-1, W] x [-1, H] so that the offset cannot overflow (unchanged for valid corners)
   const __m256i cx0 = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(fx, minus_one), W));
   const __m256i cy0 = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(fy, minus_one), H));
-  const __m256i sh = _mm256_set1_epi32(k.sh), sw = _mm256_set1_epi32(k.sw);
   const __m256i o = _mm256_add_epi32(_mm256_mullo_epi32(cy0, sh), _mm256_mullo_epi32(cx0, sw));
   const __m256i corner[4] = {o, _mm256_add_epi32(o, sw), _mm256_add_epi32(o, sh), _mm256_add_epi32(_mm256_add_epi32(o, sh), sw)};
   const __m256 wl = _mm256_and_ps(live, one);  // padding weighs nothing
@@ -406,7 +428,7 @@ __attribute__((always_inline)) inline bool place8(__m256 gx, __m256 gy, int64_t 
 // entries up to whole_vectors(n) are padding. Each stage runs over one vector of points
 // at a time (a loop of a constant trip count, which the compiler turns into vector code
 // without remainder loops).
-template <typename T, int LOC, int PAD>
+template <typename T, int LOC, int PAD, int MODE>
 inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, int64_t i, int64_t j0, int64_t n,
                    Block<T>& blk) {
   constexpr int L = LANES<T>;
@@ -442,7 +464,7 @@ inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
         gx = _mm256_loadu_ps(blk.gx + t0);
         gy = _mm256_loadu_ps(blk.gy + t0);
       }
-      any_bad |= avx::place8<PAD>(gx, gy, t0, n, k, blk);
+      any_bad |= avx::place8<PAD, MODE>(gx, gy, t0, n, k, blk);
     }
     blk.any_bad = any_bad;
     return;
@@ -500,8 +522,26 @@ inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
     // far outside or not a number: a point no corner of which is inside the image
     blk.tx[t] = (ix > -limit && ix < limit) ? ix : T(-100);
     blk.ty[t] = (iy > -limit && iy < limit) ? iy : T(-100);
-    blk.dix[t] = dx;
-    blk.diy[t] = dy;
+    blk.dix[t] = MODE == NEAREST ? T(0) : dx;
+    blk.diy[t] = MODE == NEAREST ? T(0) : dy;
+  }
+  if (MODE == NEAREST) {
+    for (int64_t t = 0; t < nn; ++t) {  // rounding half to even, as ATen's std::nearbyint
+      int32_t x0 = static_cast<int32_t>(std::nearbyint(blk.tx[t])), y0 = static_cast<int32_t>(std::nearbyint(blk.ty[t]));
+      const int32_t v = (x0 >= 0) & (x0 < W32) & (y0 >= 0) & (y0 < H32) & blk.inner[t];
+      x0 = x0 < -1 ? -1 : (x0 > W32 ? W32 : x0);  // (an offset that cannot overflow)
+      y0 = y0 < -1 ? -1 : (y0 > H32 ? H32 : y0);
+      blk.w[0][t] = static_cast<int32_t>(t) < live_end ? T(1) : T(0);
+      blk.valid[0][t] = static_cast<T>(v);
+      blk.off[0][t] = v * (y0 * sh + x0 * sw);
+      for (int q = 1; q < 4; ++q) {
+        blk.w[q][t] = blk.valid[q][t] = T(0);
+        blk.off[q][t] = 0;
+      }
+      blk.inner[t] = 0;
+    }
+    blk.any_bad = any_bad;
+    return;
   }
   for (int64_t t = 0; t < nn; ++t) {  // int32 throughout, so that it vectorises
     const T ix = blk.tx[t], iy = blk.ty[t];
@@ -566,18 +606,23 @@ void parallel_for(int64_t n, int threads, const F& body) {
 }
 
 // the values of the vector of points at t in channel xc: sum_q w_q v_q over the corners, in
-// this order; NaN where the location is not finite
-template <typename T>
+// this order (NEAREST: the pixel read); NaN where the location is not finite
+template <typename T, int MODE>
 inline typename Simd<T>::V interpolate(const T* xc, const Block<T>& blk, int64_t t, int32_t sh, bool unit_stride) {
   using S = Simd<T>;
-  typename S::V v[4];
-  corners(xc, blk, t, sh, unit_stride, v);
-  typename S::V r = S::mul(v[0], S::load(&blk.w[0][t]));
-  for (int q = 1; q < 4; ++q) r = S::add(r, S::mul(v[q], S::load(&blk.w[q][t])));
+  typename S::V r;
+  if (MODE == NEAREST) {
+    r = S::gather(xc, &blk.off[0][t], &blk.valid[0][t]);
+  } else {
+    typename S::V v[4];
+    corners(xc, blk, t, sh, unit_stride, v);
+    r = S::mul(v[0], S::load(&blk.w[0][t]));
+    for (int q = 1; q < 4; ++q) r = S::add(r, S::mul(v[q], S::load(&blk.w[q][t])));
+  }
   return blk.any_bad ? S::nan_where(r, blk.bad + t) : r;
 }
 
-template <typename T, int LOC, int PAD>
+template <typename T, int LOC, int PAD, int MODE>
 void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* out, const Strides& os, int64_t B,
                   int64_t C, const Constants<T>& k, int threads) {
   using S = Simd<T>;
@@ -588,7 +633,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
     alignas(32) T acc[BLOCK];
     for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
       const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK, nn = whole_vectors(n, LANES<T>);
-      locate<T, LOC, PAD>(loc, k, b, i, j0, n, blk);
+      locate<T, LOC, PAD, MODE>(loc, k, b, i, j0, n, blk);
       if (os.w == 1) {  // every channel of a vector of points, then the next vector: the
         // offsets and weights stay in registers; written where computed (a copy through a
         // buffer stalls the loads)
@@ -603,7 +648,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
             }
           }
           for (int64_t c = 0; c < C; ++c) {
-            S::store_upto(ob + c * os.c + t, interpolate(xb + c * xs.c, blk, t, k.sh, xs.w == 1), n - t);
+            S::store_upto(ob + c * os.c + t, interpolate<T, MODE>(xb + c * xs.c, blk, t, k.sh, xs.w == 1), n - t);
           }
         }
         continue;
@@ -612,7 +657,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
         const T* xc = x + b * xs.b + c * xs.c;
         T* oc = out + b * os.b + c * os.c + i * os.h + j0 * os.w;
         {
-          for (int64_t t = 0; t < nn; t += S::N) S::store(acc + t, interpolate(xc, blk, t, k.sh, xs.w == 1));
+          for (int64_t t = 0; t < nn; t += S::N) S::store(acc + t, interpolate<T, MODE>(xc, blk, t, k.sh, xs.w == 1));
           for (int64_t t = 0; t < n; ++t) oc[t * os.w] = acc[t];
         }
       }
@@ -645,7 +690,7 @@ void zero_sample(T* p, const Strides& s, int64_t C, int64_t H, int64_t W) {
 // grad_x and of grad_theta is written by one thread only (the loop is over the batch), so
 // there are no races and the matrix gradient needs no reduction across threads; it is
 // summed in vector lanes per block and in double across blocks, always in the same order.
-template <typename T, int LOC, int PAD>
+template <typename T, int LOC, int PAD, int MODE>
 void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, const T* grad_out, const Strides& gs,
                    T* grad_x, T* grad_loc, int64_t B, int64_t C, const Constants<T>& k, int threads) {
   using S = Simd<T>;
@@ -660,7 +705,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
     for (int64_t i = 0; i < Ho; ++i) {
       for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
         const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK, nn = whole_vectors(n, LANES<T>);
-        locate<T, LOC, PAD>(loc, k, b, i, j0, n, blk);
+        locate<T, LOC, PAD, MODE>(loc, k, b, i, j0, n, blk);
         // every channel of a vector of points before the next vector (weights, fractions and
         // offsets stay in registers)
         const V one = S::set1(T(1));
@@ -689,13 +734,13 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
                 }
               } else {  // (a corner outside must not touch pixel 0: a chain of read-add-writes there)
                 for (int64_t l = 0; l < end; ++l) {
-                  for (int q = 0; q < 4; ++q) {
+                  for (int q = 0; q < (MODE == NEAREST ? 1 : 4); ++q) {
                     if (blk.valid[q][t + l] != 0) gxc[blk.off[q][t + l]] += part[q][l];
                   }
                 }
               }
             }
-            if (grad_loc) {
+            if (grad_loc && MODE == LINEAR) {  // (nearest: no location gradient)
               V v[4];
               corners(x + b * xs.b + c * xs.c, blk, t, k.sh, xs.w == 1, v);
               const V dx = S::add(S::mul(S::sub(v[1], v[0]), S::sub(one, ty)), S::mul(S::sub(v[3], v[2]), ty));
@@ -772,17 +817,17 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
   parallel_for(B, threads, body);
 }
 
-template <typename T, int LOC>
-int dispatch(bool backward, const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* out_or_grad_out,
-             const Strides& os, T* grad_x, T* grad_loc, int64_t B, int64_t C, const Constants<T>& k, int padding,
-             int threads) {
+template <typename T, int LOC, int MODE>
+int dispatch_padding(bool backward, const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* out_or_grad_out,
+                     const Strides& os, T* grad_x, T* grad_loc, int64_t B, int64_t C, const Constants<T>& k,
+                     int padding, int threads) {
   switch (padding) {
-#define TORCHSTN_CASE(PAD)                                                                                  \
-  case PAD:                                                                                                 \
-    if (backward)                                                                                           \
-      backward_impl<T, LOC, PAD>(x, xs, loc, out_or_grad_out, os, grad_x, grad_loc, B, C, k, threads);      \
-    else                                                                                                    \
-      forward_impl<T, LOC, PAD>(x, xs, loc, out_or_grad_out, os, B, C, k, threads);                         \
+#define TORCHSTN_CASE(PAD)                                                                                     \
+  case PAD:                                                                                                    \
+    if (backward)                                                                                              \
+      backward_impl<T, LOC, PAD, MODE>(x, xs, loc, out_or_grad_out, os, grad_x, grad_loc, B, C, k, threads);   \
+    else                                                                                                       \
+      forward_impl<T, LOC, PAD, MODE>(x, xs, loc, out_or_grad_out, os, B, C, k, threads);                      \
     return 0;
     TORCHSTN_CASE(ZEROS)
     TORCHSTN_CASE(BORDER)
@@ -793,9 +838,22 @@ int dispatch(bool backward, const T* x, const Strides& xs, const Locator<T, LOC>
   }
 }
 
+template <typename T, int LOC>
+int dispatch(bool backward, const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* out_or_grad_out,
+             const Strides& os, T* grad_x, T* grad_loc, int64_t B, int64_t C, const Constants<T>& k, int mode,
+             int padding, int threads) {
+  if (mode == LINEAR)
+    return dispatch_padding<T, LOC, LINEAR>(backward, x, xs, loc, out_or_grad_out, os, grad_x, grad_loc, B, C, k,
+                                            padding, threads);
+  if (mode == NEAREST)
+    return dispatch_padding<T, LOC, NEAREST>(backward, x, xs, loc, out_or_grad_out, os, grad_x, grad_loc, B, C, k,
+                                             padding, threads);
+  return 4;
+}
+
 // grad_out is const in the backward; the forward writes into it as `out`
 template <typename T>
-int run(bool backward, int location, const T* x, const int64_t* strides, const T* grid_or_theta, double eps,
+int run(bool backward, int location, int mode, const T* x, const int64_t* strides, const T* grid_or_theta, double eps,
         const T* out_or_grad_out, T* grad_x, T* grad_loc, int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho,
         int64_t Wo, int padding, int align_corners, int threads) {
   const Strides xs{strides[0], strides[1], strides[2], strides[3]};
@@ -812,15 +870,15 @@ int run(bool backward, int location, const T* x, const int64_t* strides, const T
   switch (location) {
     case GRID: {
       const Locator<T, GRID> loc{grid_or_theta, nullptr, nullptr, nullptr, 0, Ho, Wo};
-      return dispatch<T, GRID>(backward, x, xs, loc, buffer, os, grad_x, grad_loc, B, C, k, padding, threads);
+      return dispatch<T, GRID>(backward, x, xs, loc, buffer, os, grad_x, grad_loc, B, C, k, mode, padding, threads);
     }
     case AFFINE: {
       const Locator<T, AFFINE> loc{nullptr, grid_or_theta, xv.data(), yv.data(), 0, Ho, Wo};
-      return dispatch<T, AFFINE>(backward, x, xs, loc, buffer, os, grad_x, grad_loc, B, C, k, padding, threads);
+      return dispatch<T, AFFINE>(backward, x, xs, loc, buffer, os, grad_x, grad_loc, B, C, k, mode, padding, threads);
     }
     case PROJECTIVE: {
       const Locator<T, PROJECTIVE> loc{nullptr, grid_or_theta, xv.data(), yv.data(), static_cast<T>(eps), Ho, Wo};
-      return dispatch<T, PROJECTIVE>(backward, x, xs, loc, buffer, os, grad_x, grad_loc, B, C, k, padding, threads);
+      return dispatch<T, PROJECTIVE>(backward, x, xs, loc, buffer, os, grad_x, grad_loc, B, C, k, mode, padding, threads);
     }
     default:
       return 2;
@@ -832,25 +890,26 @@ int run(bool backward, int location, const T* x, const int64_t* strides, const T
 extern "C" {
 
 // Returns 0 on success, 1 for an unknown padding, 2 for an unknown location code, 3 when
-// the input's pixel offsets do not fit int32. strides: 8 element strides, x's
-// (batch, channel, height, width) then out's (forward) or grad_out's (backward).
-#define TORCHSTN_EXPORT(NAME, T)                                                                                 \
-  int NAME##_forward(int location, const T* x, const int64_t* strides, const T* grid_or_theta, double eps,      \
-                     T* out, int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int padding,  \
-                     int align_corners, int threads) {                                                          \
-    return run<T>(false, location, x, strides, grid_or_theta, eps, out, nullptr, nullptr, B, C, H, W, Ho, Wo,  \
-                  padding, align_corners, threads);                                                             \
-  }                                                                                                             \
-  int NAME##_backward(int location, const T* x, const int64_t* strides, const T* grid_or_theta, double eps,     \
-                      const T* grad_out, T* grad_x, T* grad_loc, int64_t B, int64_t C, int64_t H, int64_t W,   \
-                      int64_t Ho, int64_t Wo, int padding, int align_corners, int threads) {                    \
-    return run<T>(true, location, x, strides, grid_or_theta, eps, grad_out, grad_x, grad_loc, B, C, H, W, Ho,  \
-                  Wo, padding, align_corners, threads);                                                         \
+// the input's pixel offsets do not fit int32, 4 for an unknown mode (0 bilinear, 1 nearest).
+// strides: 8 element strides, x's (batch, channel, height, width) then out's (forward) or
+// grad_out's (backward).
+#define TORCHSTN_EXPORT(NAME, T)                                                                                  \
+  int NAME##_forward(int location, int mode, const T* x, const int64_t* strides, const T* grid_or_theta,         \
+                     double eps, T* out, int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo,     \
+                     int padding, int align_corners, int threads) {                                              \
+    return run<T>(false, location, mode, x, strides, grid_or_theta, eps, out, nullptr, nullptr, B, C, H, W, Ho, \
+                  Wo, padding, align_corners, threads);                                                          \
+  }                                                                                                              \
+  int NAME##_backward(int location, int mode, const T* x, const int64_t* strides, const T* grid_or_theta,        \
+                      double eps, const T* grad_out, T* grad_x, T* grad_loc, int64_t B, int64_t C, int64_t H,    \
+                      int64_t W, int64_t Ho, int64_t Wo, int padding, int align_corners, int threads) {          \
+    return run<T>(true, location, mode, x, strides, grid_or_theta, eps, grad_out, grad_x, grad_loc, B, C, H, W, \
+                  Ho, Wo, padding, align_corners, threads);                                                      \
   }
 
 TORCHSTN_EXPORT(torchstn_warp2d_f32, float)
 TORCHSTN_EXPORT(torchstn_warp2d_f64, double)
 #undef TORCHSTN_EXPORT
 
-int torchstn_warp2d_abi_version() { return 4; }
+int torchstn_warp2d_abi_version() { return 5; }
 }

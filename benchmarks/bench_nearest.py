@@ -1,0 +1,81 @@
+"""Nearest-neighbour warps: the fused kernel against grid + F.grid_sample, the measurement behind "auto".
+
+    python benchmarks/bench_nearest.py [--rounds 9]
+
+For each case: ``torchstn.warp(mode="nearest")`` with ``backend="fused"`` (θ read in the
+kernel, no grid) against ``backend="torch"`` (the grid, then ``F.grid_sample``'s nearest
+sampler), forward (no gradient) and forward+backward (gradients wrt the image and θ), and
+``sample`` of a ready grid with each backend. One thread, interleaved rounds (who goes
+first alternates), each measurement repeated to about 20 ms; prints median times and the
+median of the per-round ratios (torch time / fused time, > 1: the kernel is faster).
+``torchstn.sampling._sample.FUSED_NEAREST_MAX_PIXELS`` and ``_backend_name`` are set from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import torchstn as stn
+
+CASES = [(1, 1, 28, 28), (4, 1, 16, 16), (16, 1, 28, 28), (64, 1, 28, 28), (256, 1, 28, 28), (32, 1, 64, 64),
+         (8, 2, 64, 64), (64, 3, 64, 64), (8, 3, 224, 224)]
+
+
+def _timed(fn: Callable[[], None], previous: float | None) -> float:
+    """ms per call of fn, repeated to about 20 ms (from the previous measurement's time)."""
+    repeats = max(1, int(20 / previous)) if previous else 1
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    affine = stn.Affine()
+    print(f"torch {torch.__version__}, 1 thread, {args.rounds} interleaved rounds; ratio = torch / fused")
+    for shape in CASES:
+        b = shape[0]
+        x, g = torch.rand(shape), torch.rand(shape)
+        theta = affine.identity(b) + 0.1 * torch.randn(b, 6)
+        grid = affine.grid(theta, shape[2:])
+
+        def forward(backend: str) -> None:
+            with torch.no_grad():
+                stn.warp(x, theta, affine, mode="nearest", backend=backend)
+
+        def forward_backward(backend: str) -> None:
+            xg, tg = x.clone().requires_grad_(), theta.clone().requires_grad_()
+            stn.warp(xg, tg, affine, mode="nearest", backend=backend).backward(g)
+
+        def given_grid(backend: str) -> None:
+            with torch.no_grad():
+                stn.sample(x, grid, "nearest", backend=backend)
+
+        for label, fn in (("warp forward", forward), ("warp forward+backward", forward_backward),
+                          ("sample forward", given_grid)):
+            times: dict[str, list[float]] = {"fused": [], "torch": []}
+            for backend in times:
+                fn(backend)  # warm up (and build the kernel)
+            ratios = []
+            for r in range(args.rounds):
+                for backend in (("fused", "torch") if r % 2 else ("torch", "fused")):
+                    last = times[backend][-1] if times[backend] else None
+                    times[backend].append(_timed(lambda: fn(backend), last))  # noqa: B023
+                ratios.append(times["torch"][-1] / times["fused"][-1])
+            dims = "x".join(map(str, shape))
+            print(f"{dims:14s} {label:22s} fused {statistics.median(times['fused']):8.3f} ms   "
+                  f"torch {statistics.median(times['torch']):8.3f} ms   ratio {statistics.median(ratios):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
