@@ -1,14 +1,15 @@
-"""Nearest-neighbour warps: the fused kernel against grid + F.grid_sample, the measurement behind "auto".
+"""2-D warps by backend: the fused kernel against grid + F.grid_sample, the measurement behind "auto".
 
-    python benchmarks/bench_nearest.py [--rounds 9]
+    python benchmarks/bench_auto.py [--mode bilinear|nearest] [--rounds 9]
 
-For each case: ``torchstn.warp(mode="nearest")`` with ``backend="fused"`` (θ read in the
-kernel, no grid) against ``backend="torch"`` (the grid, then ``F.grid_sample``'s nearest
-sampler), forward (no gradient) and forward+backward (gradients wrt the image and θ), and
-``sample`` of a ready grid with each backend. One thread, interleaved rounds (who goes
-first alternates), each measurement repeated to about 20 ms; prints median times and the
-median of the per-round ratios (torch time / fused time, > 1: the kernel is faster).
-``torchstn.sampling._sample.FUSED_NEAREST_MAX_PIXELS`` and ``_backend_name`` are set from it.
+For each case: ``torchstn.warp(mode=...)`` of an affine θ with ``backend="fused"`` (θ read
+in the kernel, no grid) against ``backend="torch"`` (torchstn's grid, then
+``F.grid_sample``), forward (no gradient) and forward+backward (gradients wrt the image
+and θ), and ``sample`` of a ready grid with each backend. One thread, interleaved rounds
+(who goes first alternates), each measurement repeated to about 20 ms; prints median
+times and the median of the per-round ratios (torch time / fused time, > 1: the kernel is
+faster). The thresholds of ``torchstn.sampling._sample`` (``FUSED_MIN_CHANNELS``,
+``FUSED_NEAREST_MAX_PIXELS``, ``FUSED_FORWARD_MAX_PIXELS``) are set from it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import torchstn as stn
 
 CASES = [(1, 1, 28, 28), (4, 1, 16, 16), (16, 1, 28, 28), (64, 1, 28, 28), (256, 1, 28, 28), (32, 1, 64, 64),
-         (8, 2, 64, 64), (64, 3, 64, 64), (8, 3, 224, 224)]
+         (256, 1, 60, 60), (8, 2, 64, 64), (64, 3, 64, 64), (8, 3, 224, 224)]
 
 
 def _timed(fn: Callable[[], None], previous: float | None) -> float:
@@ -37,12 +38,14 @@ def _timed(fn: Callable[[], None], previous: float | None) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("bilinear", "nearest"), default="bilinear")
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     affine = stn.Affine()
-    print(f"torch {torch.__version__}, 1 thread, {args.rounds} interleaved rounds; ratio = torch / fused")
+    print(f"mode={args.mode}: torch {torch.__version__}, 1 thread, {args.rounds} interleaved rounds; "
+          "ratio = torch / fused")
     for shape in CASES:
         b = shape[0]
         x, g = torch.rand(shape), torch.rand(shape)
@@ -51,15 +54,15 @@ def main() -> None:
 
         def forward(backend: str) -> None:
             with torch.no_grad():
-                stn.warp(x, theta, affine, mode="nearest", backend=backend)
+                stn.warp(x, theta, affine, mode=args.mode, backend=backend)
 
         def forward_backward(backend: str) -> None:
             xg, tg = x.clone().requires_grad_(), theta.clone().requires_grad_()
-            stn.warp(xg, tg, affine, mode="nearest", backend=backend).backward(g)
+            stn.warp(xg, tg, affine, mode=args.mode, backend=backend).backward(g)
 
         def given_grid(backend: str) -> None:
             with torch.no_grad():
-                stn.sample(x, grid, "nearest", backend=backend)
+                stn.sample(x, grid, args.mode, backend=backend)
 
         for label, fn in (("warp forward", forward), ("warp forward+backward", forward_backward),
                           ("sample forward", given_grid)):
