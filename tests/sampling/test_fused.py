@@ -54,11 +54,17 @@ def test_fused_sample_right_sided_sub_gradient_at_integer_coordinates():
     assert grid.grad[0, 0, 0, 0].item() == pytest.approx(3.0 * 4 / 2)
 
 
+# output sizes: narrower than the kernel's block of 64 points (rows packed into blocks), and
+# rows of more than one block (one block and a part of one per row)
+SIZES = [(6, 11), (3, 70)]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["packed-rows", "wide-rows"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("transform", FAMILIES_2D, ids=lambda t: t.name)
-def test_fused_warp_equals_grid_path(transform, padding, align_corners, mode, dtype, calls):
+def test_fused_warp_equals_grid_path(transform, padding, align_corners, mode, size, dtype, calls):
     """Values, input gradient and θ gradient of warp(backend='fused') against grid + F.grid_sample
     (nearest: the θ gradient is 0 on both)."""
     x0 = random_input((3, 2, 7, 9), dtype)
@@ -66,7 +72,7 @@ def test_fused_warp_equals_grid_path(transform, padding, align_corners, mode, dt
     results = []
     for backend in ("fused", "torch"):
         x, p = x0.clone().requires_grad_(), p0.clone().requires_grad_()
-        out = stn.warp(x, p, transform, size=(6, 11), mode=mode, padding=padding, align_corners=align_corners,
+        out = stn.warp(x, p, transform, size=size, mode=mode, padding=padding, align_corners=align_corners,
                        backend=backend)
         weight = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
         (out * weight).sum().backward()
@@ -77,6 +83,26 @@ def test_fused_warp_equals_grid_path(transform, padding, align_corners, mode, dt
     atol = 2e-5 if dtype == torch.float32 else 1e-10
     for name, a, b in zip(("output", "gradient wrt x", "gradient wrt params"), *results):
         torch.testing.assert_close(a, b, atol=atol * (10 if name == "gradient wrt params" else 1), rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("location", ["affine", "projective", "grid"])
+def test_packed_and_row_by_row_blocks_agree(location):
+    """A narrow output whose rows follow each other in memory is read in blocks across rows;
+    a gradient of the output with other strides (here transposed) takes the blocks row by row."""
+    transform = stn.Projective() if location == "projective" else stn.Affine()
+    x = random_input((2, 3, 9, 10), torch.float64)
+    p = random_theta(transform, 2, torch.float64, scale=0.3, seed=2).requires_grad_()
+    grad_out = random_input((2, 3, 13, 7), torch.float64, seed=5)  # (B, C, Wo, Ho): the transpose of the output
+    grads = []
+    for weight in (grad_out.transpose(2, 3).contiguous(), grad_out.transpose(2, 3)):
+        xg = x.clone().requires_grad_()
+        if location == "grid":
+            out = stn.sample(xg, transform.grid(p, (7, 13)), padding="border", backend="fused")
+        else:
+            out = stn.warp(xg, p, transform, size=(7, 13), padding="border", backend="fused")
+        grads.append(torch.autograd.grad(out, (xg, p), weight))
+    for packed, by_row in zip(*grads):
+        torch.testing.assert_close(packed, by_row, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("eps", [1e-6, 0.3])

@@ -2,7 +2,8 @@
 
 The rest of the suite runs the build this machine's capability selects (AVX2 here); a
 process with ``ATEN_CPU_CAPABILITY=default`` builds and runs the portable one, whose loops
-go one point at a time over rows padded to whole vectors. It once wrote past the end of
+go one point at a time over blocks padded to whole vectors (rows of narrow outputs packed
+into blocks, wider rows block by block). It once wrote past the end of
 the output (heap corruption, then an abort) on every row whose width is not a multiple
 of 8, which no AVX2 run could see.
 """
@@ -23,7 +24,8 @@ assert fused_status().available, fused_status()
 torch.manual_seed(0)
 worst = 0.0
 for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
-    for (b, c, h, w, out) in ((3, 1, 28, 28, (28, 28)), (2, 3, 13, 9, (7, 11)), (1, 2, 5, 17, (5, 17))):
+    shapes = ((3, 1, 28, 28, (28, 28)), (2, 3, 13, 9, (7, 11)), (1, 2, 5, 17, (5, 17)), (2, 1, 6, 70, (3, 70)))
+    for (b, c, h, w, out) in shapes:
         for padding, mode in itertools.product(("zeros", "border", "reflection"), ("bilinear", "nearest")):
             for channels_last in (False, True):
                 x = torch.rand(b, c, h, w, dtype=dtype)
