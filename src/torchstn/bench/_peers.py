@@ -244,9 +244,9 @@ def kornia_tps_points(
 
 
 def affine_rows(transform: MatrixTransform, params: torch.Tensor) -> torch.Tensor:
-    """The ``(B, n, n + 1)`` rows ``F.affine_grid`` takes, from the family's matrix."""
-    n = transform.ndim
-    return transform.matrix(params)[:, :n, :]
+    """The ``(B, n, n + 1)`` rows ``F.affine_grid`` takes, made as ``warp`` makes them (the
+    same work on both sides of the comparison)."""
+    return transform.affine_rows(params)
 
 
 def tps_controls(transform: ThinPlateSpline, batch: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -43,9 +43,11 @@ class Translation(MatrixTransform):
         return torch.zeros(2, dtype=torch.float64)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
-        tx, ty = params.unbind(1)
-        one, zero = torch.ones_like(tx), torch.zeros_like(tx)
-        return _from_rows(torch.stack([one, zero, tx, zero, one, ty], 1), 2, 3)
+        return _from_rows(self._rows(params), 2, 3)
+
+    def _rows(self, params: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(2, dtype=params.dtype, device=params.device).expand(params.shape[0], 2, 2)
+        return torch.cat([eye, params[:, :, None]], 2)
 
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         return matrix[:, :2, 2] / matrix[:, 2:, 2]
@@ -72,9 +74,11 @@ class Attention(MatrixTransform):
         return torch.eye(1, 3, dtype=torch.float64).reshape(3)  # (s, tx, ty) = (1, 0, 0)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
-        s, tx, ty = params.unbind(1)
-        zero = torch.zeros_like(s)
-        return _from_rows(torch.stack([s, zero, tx, zero, s, ty], 1), 2, 3)
+        return _from_rows(self._rows(params), 2, 3)
+
+    def _rows(self, params: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(2, dtype=params.dtype, device=params.device)
+        return torch.cat([params[:, :1, None] * eye, params[:, 1:, None]], 2)
 
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         m = matrix / matrix[:, 2:, 2:]
@@ -105,9 +109,12 @@ class Similarity(MatrixTransform):
         return torch.eye(1, 4, dtype=torch.float64).reshape(4)  # (s, α, tx, ty) = (1, 0, 0, 0)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
+        return _from_rows(self._rows(params), 2, 3)
+
+    def _rows(self, params: torch.Tensor) -> torch.Tensor:
         s, angle, tx, ty = params.unbind(1)
         c, n = s * torch.cos(angle), s * torch.sin(angle)
-        return _from_rows(torch.stack([c, -n, tx, n, c, ty], 1), 2, 3)
+        return torch.stack([c, -n, tx, n, c, ty], 1).view(-1, 2, 3)
 
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         m = matrix / matrix[:, 2:, 2:]
