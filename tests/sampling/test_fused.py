@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import torchstn as stn
 from tests._helpers import random_grid, random_input, random_theta
-from torchstn.sampling import _fused, _sample, fused_applies, fused_status
+from torchstn.sampling import _fused, fused_applies, fused_status
 from torchstn.testing import check_sampler
 
 PADDINGS = ["zeros", "border", "reflection"]
@@ -197,15 +197,8 @@ def test_default_backend_takes_the_fused_kernel_where_it_was_measured_faster(cal
     stn.sample(x3, stn.Affine().grid(stn.Affine().identity(2), (8, 8)), mode="nearest")  # F.grid_sample's is faster
     assert calls == ["fused_warp"] * len(FAMILIES_2D) + ["fused_sample"] * 2
     calls.clear()
-    # nearest from θ: the kernel from 2 channels on or on few pixels, ATen's vectorised nearest on many 1-channel ones
-    stn.warp(x, stn.Affine().identity(2), stn.Affine(), mode="nearest")
-    stn.warp(torch.rand(2, 2, 8, 8), stn.Affine().identity(2), stn.Affine(), mode="nearest")
-    assert calls == ["fused_warp"] * 2
-    big = torch.rand(1, 1, 8, _sample.FUSED_NEAREST_MAX_PIXELS // 8 + 1)
-    stn.warp(big, stn.Affine().identity(1), stn.Affine(), mode="nearest")
-    assert calls == ["fused_warp"] * 2
-    stn.warp(big, stn.Affine().identity(1), stn.Affine(), mode="nearest", backend="fused")
-    assert calls == ["fused_warp"] * 3
+    stn.warp(x, stn.Affine().identity(2), stn.Affine(), mode="nearest")  # nearest from θ: the kernel too
+    assert calls == ["fused_warp"]
 
 
 def test_non_contiguous_input_and_empty_batch():

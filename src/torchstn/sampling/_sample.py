@@ -54,17 +54,12 @@ _KERNELS: dict[str, SampleFn] = {
 }
 
 
-#: "auto" samples a given grid with the fused kernel from this many channels on: measured
-#: 1.1-1.4x F.grid_sample with 3 channels, 0.7-1.0x with 1 (docs/benchmarks.md), where the
-#: per-point work is not shared by enough channels
+#: "auto" samples a given bilinear grid with the fused kernel from this many channels on:
+#: measured 1.33-1.52x F.grid_sample with 3 channels, 1.08x with 2, 0.48-0.97x with 1 except
+#: 256x1x60x60 (1.36x), where the per-point work is not shared by enough channels; on a
+#: given nearest grid ATen's vectorised sampler is faster, 0.47-1.06x
+#: (python benchmarks/bench_auto.py [--mode nearest], docs/benchmarks.md)
 FUSED_MIN_CHANNELS = 3
-#: "auto" warps nearest with the fused 2-D kernel from 2 channels on, or up to this many input
-#: pixels per channel over the batch (one 32x1x64x64 batch): measured 1.2-1.7x grid +
-#: F.grid_sample forward and forward+backward with 2-3 channels, 1.4-3.4x up to 16x1x28x28,
-#: 1.06-1.10x at 64x1x28x28 and 32x1x64x64, 0.88x forward / 0.92x forward+backward at
-#: 256x1x28x28, where ATen's vectorised nearest sampler on a ready grid is faster than the
-#: kernel's per-row location work (python benchmarks/bench_auto.py --mode nearest, one thread)
-FUSED_NEAREST_MAX_PIXELS = 32 * 64 * 64
 #: "auto" samples and warps a volume with the fused 3-D kernel from this many input voxels
 #: per channel over the batch on: measured 1.2-1.9x the grid path forward and 1.2-1.7x
 #: forward+backward from 4096 voxels (one 16^3 volume) on, 0.5-0.9x on one 4^3 volume,
@@ -101,11 +96,10 @@ def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tens
     """Whether :func:`warp` runs the fused kernel from θ: asked for (``"fused"``) or ``"auto"``,
     a 2-D matrix family, bilinear or nearest, a float32/float64 CPU input, and a built kernel.
 
-    ``"auto"`` takes it for every such bilinear case (measured 1.07-1.96x grid +
-    ``F.grid_sample`` forward and 1.18-1.83x forward+backward from 1x1x28x28 to
-    8x3x224x224, except a tie forward on one-channel 28x28 batches of 256: 0.87-0.98x;
-    ``python benchmarks/bench_auto.py``), and for nearest from 2 channels on or up to
-    ``FUSED_NEAREST_MAX_PIXELS`` input pixels per channel.
+    ``"auto"`` takes it for every such case: measured faster than grid + ``F.grid_sample``
+    from 1x1x28x28 to 8x3x224x224, bilinear 1.22-2.00x forward and 1.30-1.87x
+    forward+backward, nearest 1.19-3.33x and 1.03-1.94x except a tie on one-channel 28x28
+    batches of 256 (0.97x, 1.00x; ``python benchmarks/bench_auto.py [--mode nearest]``).
     """
     if backend not in (None, "auto", "fused"):
         return False
@@ -113,14 +107,9 @@ def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tens
         isinstance(transform, MatrixTransform)
         and transform.ndim == 2
         and _fused.fused_applies(x, mode)
-        and (mode == "bilinear" or backend == "fused" or _fused_nearest_worth_it(x))
         and _fused.operator_applies(x, params)
         and _fused.fused_available()
     )
-
-
-def _fused_nearest_worth_it(x: torch.Tensor) -> bool:
-    return x.shape[1] >= 2 or x.shape[0] * x.shape[2] * x.shape[3] <= FUSED_NEAREST_MAX_PIXELS
 
 
 def _fused3d_warp_applies(
@@ -272,13 +261,10 @@ def warp(
         mode, padding, align_corners: as in :func:`sample`.
         backend: as in :func:`sample`, but ``None``/``"auto"`` and ``"fused"`` warp a
             2-D matrix family (translation ... projective) on the CPU with the fused
-            kernel, which computes each source point from θ and never writes the grid
-            (:mod:`torchstn.sampling._fused`; ``"auto"``: bilinear always, nearest where
-            measured faster: from 2 channels on, or up to 32x64x64 input pixels per
-            channel), and so ``Affine3D``
-            volumes, bilinear or nearest (:mod:`torchstn.sampling._fused3d`); everything
-            else makes the grid and samples it with the backend :func:`sample` would
-            choose.
+            kernel, bilinear or nearest, which computes each source point from θ and
+            never writes the grid (:mod:`torchstn.sampling._fused`), and so ``Affine3D``
+            volumes (:mod:`torchstn.sampling._fused3d`); everything else makes the grid
+            and samples it with the backend :func:`sample` would choose.
 
     Returns:
         The warped tensor ``(B, C, *size)``.
