@@ -434,7 +434,9 @@ def _warp2d_fake(x, loc, location, size, mode, padding, align_corners, eps):  # 
 
 
 @torch.library.register_fake("torchstn::warp2d_backward", lib=_LIB)
-def _warp2d_backward_fake(grad_out, x, loc, location, mode, padding, align_corners, eps, output_mask):  # noqa: ANN001, ANN202
+def _warp2d_backward_fake(  # noqa: ANN202
+    grad_out, x, loc, location, mode, padding, align_corners, eps, output_mask  # noqa: ANN001
+):
     return (_gradient_buffer(x)[1] if output_mask[0] else x.new_empty(0),
             loc.new_empty(loc.shape) if output_mask[1] else loc.new_empty(0))
 

@@ -6,7 +6,8 @@
 // torchstn/sampling/_fused.py: no torch headers, so the JIT build takes seconds instead
 // of half a minute. The arithmetic follows ATen's GridSampler.h (unnormalisation, border
 // clipping, bilinear weights and their gradients, nearest rounding half to even;
-// reflection as torchstn's reference sampler computes it) so that every backend agrees with F.grid_sample and the reference.
+// reflection as torchstn's reference sampler computes it) so that every backend agrees
+// with F.grid_sample and the reference.
 // The bilinear sub-gradient at integer pixel coordinates is the right-sided difference,
 // as in both. A location that is not finite (NaN or +-Inf, before padding) gives NaN in
 // every channel and a NaN location gradient, and adds nothing to dL/dx: torchstn's policy
@@ -21,12 +22,13 @@
 // output pixels' normalised coordinates (torchstn's base grid) are computed here, as
 // torch.linspace computes them.
 //
-// Vectorisation: the points of one output row are processed a block at a time. Loop (A)
-// computes the block's locations, padding, corner offsets and weights in plain loops the
-// compiler vectorises; (B) reads the corners of every channel with AVX2 masked gathers
-// (where the build has AVX2; else one point at a time, same arithmetic, same results);
-// the backward also scatters into grad_x (scalar: two points may share a pixel) and
-// accumulates dL/dθ in vector lanes, summed in a fixed order (deterministic).
+// Vectorisation: the output points are processed a block at a time (within a row, or
+// across rows for narrow outputs: see Span). Loop (A) computes the block's locations,
+// padding, corner offsets and weights in plain loops the compiler vectorises; (B) reads
+// the corners of every channel (where the build has AVX2, eight points at a time; else one
+// point at a time, same arithmetic, same results); the backward also scatters into grad_x
+// (scalar: two points may share a pixel) and accumulates dL/dθ in vector lanes, summed in a
+// fixed order (deterministic).
 
 #include <cmath>
 #include <cstdint>
@@ -272,8 +274,8 @@ constexpr int64_t BLOCK = 64;  // a multiple of every LANES<T>
 // order (p0 = i * Wo + j): within row i from column j0 or, where the output is narrower than
 // a block and its rows follow each other in memory (`packed`), across rows: a 28-pixel-wide
 // output then fills whole blocks instead of 28 of 32 lanes per row, and pays the per-block
-// cost once per 64 points instead of once per row (1.46x forward at 256x1x28x28 for the
-// same points as 7x1x28x1024 rows, before packing).
+// cost once per 64 points instead of once per row (the same points as 7x1x28x1024 rows ran
+// 1.46x faster than as 256x1x28x28 images before; packing gave the latter 1.42x forward).
 struct Span {
   int64_t p0, n;  // first point (in the sample's rows, read in order) and count
   int64_t i, j0;  // not packed: its row and first column
@@ -410,11 +412,13 @@ __attribute__((always_inline)) inline bool place8(__m256 gx, __m256 gy, int64_t 
   if (MODE == NEAREST) {  // rounding half to even, as ATen's std::nearbyint
     const __m256 rx = _mm256_round_ps(ix, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 ry = _mm256_round_ps(iy, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256 v = _mm256_and_ps(_mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(rx, zero, _CMP_GE_OQ), _mm256_cmp_ps(rx, W, _CMP_LT_OQ)),
-                                                 _mm256_and_ps(_mm256_cmp_ps(ry, zero, _CMP_GE_OQ), _mm256_cmp_ps(ry, H, _CMP_LT_OQ))),
-                                   use);
-    const __m256i o = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(ry, minus_one), H)), sh),
-                                       _mm256_mullo_epi32(_mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(rx, minus_one), W)), sw));
+    const __m256 vx = _mm256_and_ps(_mm256_cmp_ps(rx, zero, _CMP_GE_OQ), _mm256_cmp_ps(rx, W, _CMP_LT_OQ));
+    const __m256 vy = _mm256_and_ps(_mm256_cmp_ps(ry, zero, _CMP_GE_OQ), _mm256_cmp_ps(ry, H, _CMP_LT_OQ));
+    const __m256 v = _mm256_and_ps(_mm256_and_ps(vx, vy), use);
+    // clamped to [-1, W] x [-1, H] so that the offset cannot overflow (unchanged where valid)
+    const __m256i cx0 = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(rx, minus_one), W));
+    const __m256i cy0 = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(ry, minus_one), H));
+    const __m256i o = _mm256_add_epi32(_mm256_mullo_epi32(cy0, sh), _mm256_mullo_epi32(cx0, sw));
     _mm256_storeu_ps(blk.w[0] + t0, _mm256_and_ps(live, one));
     _mm256_storeu_ps(blk.valid[0] + t0, _mm256_and_ps(v, one));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk.off[0] + t0), _mm256_and_si256(o, _mm256_castps_si256(v)));
@@ -582,7 +586,8 @@ inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
   }
   if (MODE == NEAREST) {
     for (int64_t t = 0; t < nn; ++t) {  // rounding half to even, as ATen's std::nearbyint
-      int32_t x0 = static_cast<int32_t>(std::nearbyint(blk.tx[t])), y0 = static_cast<int32_t>(std::nearbyint(blk.ty[t]));
+      int32_t x0 = static_cast<int32_t>(std::nearbyint(blk.tx[t]));
+      int32_t y0 = static_cast<int32_t>(std::nearbyint(blk.ty[t]));
       const int32_t v = (x0 >= 0) & (x0 < W32) & (y0 >= 0) & (y0 < H32) & blk.inner[t];
       x0 = x0 < -1 ? -1 : (x0 > W32 ? W32 : x0);  // (an offset that cannot overflow)
       y0 = y0 < -1 ? -1 : (y0 > H32 ? H32 : y0);
@@ -685,34 +690,32 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   const auto block = [&](int64_t b, const Span& span) {
     Block<T> blk;
     alignas(32) T acc[BLOCK];
-    {
-      const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
-      locate<T, LOC, PAD, MODE>(loc, k, b, span, blk);
-      if (os.w == 1) {  // every channel of a vector of points, then the next vector: the
-        // offsets and weights stay in registers; written where computed (a copy through a
-        // buffer stalls the loads). Packed rows: os.h == Wo, so the block is contiguous
-        const T* xb = x + b * xs.b;
-        T* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
-        for (int64_t t = 0; t < nn; t += S::N) {
-          if (t + 2 * S::N < nn) {  // the rows two vectors ahead read (7-12% on 3x224x224)
-            for (int64_t c = 0; c < C; ++c) {
-              const T* p = xb + c * xs.c + blk.off[0][t + 2 * S::N];
-              __builtin_prefetch(p);
-              __builtin_prefetch(p + k.sh);
-            }
-          }
+    const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
+    locate<T, LOC, PAD, MODE>(loc, k, b, span, blk);
+    if (os.w == 1) {  // every channel of a vector of points, then the next vector: the
+      // offsets and weights stay in registers; written where computed (a copy through a
+      // buffer stalls the loads). Packed rows: os.h == Wo, so the block is contiguous
+      const T* xb = x + b * xs.b;
+      T* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
+      for (int64_t t = 0; t < nn; t += S::N) {
+        if (t + 2 * S::N < nn) {  // the rows two vectors ahead read (7-12% on 3x224x224)
           for (int64_t c = 0; c < C; ++c) {
-            S::store_upto(ob + c * os.c + t, interpolate<T, MODE>(xb + c * xs.c, blk, t, k.sh, xs.w == 1), n - t);
+            const T* p = xb + c * xs.c + blk.off[0][t + 2 * S::N];
+            __builtin_prefetch(p);
+            __builtin_prefetch(p + k.sh);
           }
         }
-        return;
+        for (int64_t c = 0; c < C; ++c) {
+          S::store_upto(ob + c * os.c + t, interpolate<T, MODE>(xb + c * xs.c, blk, t, k.sh, xs.w == 1), n - t);
+        }
       }
-      for (int64_t c = 0; c < C; ++c) {  // (never packed)
-        const T* xc = x + b * xs.b + c * xs.c;
-        T* oc = out + b * os.b + c * os.c + span.i * os.h + span.j0 * os.w;
-        for (int64_t t = 0; t < nn; t += S::N) S::store(acc + t, interpolate<T, MODE>(xc, blk, t, k.sh, xs.w == 1));
-        for (int64_t t = 0; t < n; ++t) oc[t * os.w] = acc[t];
-      }
+      return;
+    }
+    for (int64_t c = 0; c < C; ++c) {  // (never packed)
+      const T* xc = x + b * xs.b + c * xs.c;
+      T* oc = out + b * os.b + c * os.c + span.i * os.h + span.j0 * os.w;
+      for (int64_t t = 0; t < nn; t += S::N) S::store(acc + t, interpolate<T, MODE>(xc, blk, t, k.sh, xs.w == 1));
+      for (int64_t t = 0; t < n; ++t) oc[t * os.w] = acc[t];
     }
   };
   const int64_t blocks = block_count(Ho, Wo, loc.packed);  // per sample; the blocks are split over threads
@@ -759,121 +762,122 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
     alignas(32) T gix[BLOCK], giy[BLOCK], go[LANES<T>], part[4][LANES<T>];
     const int64_t blocks = block_count(Ho, Wo, loc.packed);
     for (int64_t index = 0; index < blocks; ++index) {
-        const Span span = block_span(index, Ho, Wo, loc.packed);
-        const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
-        locate<T, LOC, PAD, MODE>(loc, k, b, span, blk);
-        // every channel of a vector of points before the next vector (weights, fractions and
-        // offsets stay in registers)
-        const V one = S::set1(T(1));
-        for (int64_t t = 0; t < nn; t += S::N) {
-          const int64_t live = n - t;  // lanes that are points (the rest is padding)
-          const V w[4] = {S::load(blk.w[0] + t), S::load(blk.w[1] + t), S::load(blk.w[2] + t), S::load(blk.w[3] + t)};
-          const V tx = S::load(blk.tx + t), ty = S::load(blk.ty + t);
-          const bool inner = S::all(blk.inner + t);
-          V sx = S::zero(), sy = S::zero();
-          for (int64_t c = 0; c < C; ++c) {
-            const T* goc = grad_out + b * gs.b + c * gs.c + (loc.packed ? span.p0 + t : span.i * gs.h + (span.j0 + t) * gs.w);
-            V g;
-            if (gs.w == 1) {  // read in place (a copy through a buffer stalls the loads)
-              g = S::load_upto(goc, live);
-            } else {
-              for (int l = 0; l < S::N; ++l) go[l] = l < live ? goc[l * gs.w] : T(0);
-              g = S::load(go);
-            }
-            if (grad_x) {  // scatter: two points may share a pixel, so one point at a time
-              T* gxc = grad_x + b * xs.b + c * xs.c;
-              for (int q = 0; q < 4; ++q) S::store(part[q], S::mul(w[q], g));
-              const int64_t end = live < S::N ? live : S::N;
-              if (inner) {  // all corners inside: no test per corner, the corners at fixed steps
-                const int32_t d1 = k.sw, d2 = k.sh, d3 = k.sh + k.sw;
-                for (int64_t l = 0; l < end; ++l) {
-                  T* p = gxc + blk.off[0][t + l];
-                  p[0] += part[0][l];
-                  p[d1] += part[1][l];
-                  p[d2] += part[2][l];
-                  p[d3] += part[3][l];
-                }
-              } else {  // (a corner outside must not touch pixel 0: a chain of read-add-writes there)
-                for (int64_t l = 0; l < end; ++l) {
-                  for (int q = 0; q < (MODE == NEAREST ? 1 : 4); ++q) {
-                    if (blk.valid[q][t + l] != 0) gxc[blk.off[q][t + l]] += part[q][l];
-                  }
+      const Span span = block_span(index, Ho, Wo, loc.packed);
+      const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
+      locate<T, LOC, PAD, MODE>(loc, k, b, span, blk);
+      // every channel of a vector of points before the next vector (weights, fractions and
+      // offsets stay in registers)
+      const V one = S::set1(T(1));
+      for (int64_t t = 0; t < nn; t += S::N) {
+        const int64_t live = n - t;  // lanes that are points (the rest is padding)
+        const V w[4] = {S::load(blk.w[0] + t), S::load(blk.w[1] + t), S::load(blk.w[2] + t), S::load(blk.w[3] + t)};
+        const V tx = S::load(blk.tx + t), ty = S::load(blk.ty + t);
+        const bool inner = S::all(blk.inner + t);
+        V sx = S::zero(), sy = S::zero();
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t at = loc.packed ? span.p0 + t : span.i * gs.h + (span.j0 + t) * gs.w;
+          const T* goc = grad_out + b * gs.b + c * gs.c + at;
+          V g;
+          if (gs.w == 1) {  // read in place (a copy through a buffer stalls the loads)
+            g = S::load_upto(goc, live);
+          } else {
+            for (int l = 0; l < S::N; ++l) go[l] = l < live ? goc[l * gs.w] : T(0);
+            g = S::load(go);
+          }
+          if (grad_x) {  // scatter: two points may share a pixel, so one point at a time
+            T* gxc = grad_x + b * xs.b + c * xs.c;
+            for (int q = 0; q < 4; ++q) S::store(part[q], S::mul(w[q], g));
+            const int64_t end = live < S::N ? live : S::N;
+            if (inner) {  // all corners inside: no test per corner, the corners at fixed steps
+              const int32_t d1 = k.sw, d2 = k.sh, d3 = k.sh + k.sw;
+              for (int64_t l = 0; l < end; ++l) {
+                T* p = gxc + blk.off[0][t + l];
+                p[0] += part[0][l];
+                p[d1] += part[1][l];
+                p[d2] += part[2][l];
+                p[d3] += part[3][l];
+              }
+            } else {  // (a corner outside must not touch pixel 0: a chain of read-add-writes there)
+              for (int64_t l = 0; l < end; ++l) {
+                for (int q = 0; q < (MODE == NEAREST ? 1 : 4); ++q) {
+                  if (blk.valid[q][t + l] != 0) gxc[blk.off[q][t + l]] += part[q][l];
                 }
               }
             }
-            if (grad_loc && MODE == LINEAR) {  // (nearest: no location gradient)
-              V v[4];
-              corners(x + b * xs.b + c * xs.c, blk, t, k.sh, xs.w == 1, v);
-              const V dx = S::add(S::mul(S::sub(v[1], v[0]), S::sub(one, ty)), S::mul(S::sub(v[3], v[2]), ty));
-              const V dy = S::add(S::mul(S::sub(v[2], v[0]), S::sub(one, tx)), S::mul(S::sub(v[3], v[1]), tx));
-              sx = S::add(sx, S::mul(g, dx));
-              sy = S::add(sy, S::mul(g, dy));
-            }
           }
-          S::store(gix + t, sx);
-          S::store(giy + t, sy);
-        }
-        if (!grad_loc) continue;
-        for (int64_t t = 0; t < nn; ++t) {  // dL / d(normalised location); 0 in the padding
-          gix[t] *= blk.dix[t];
-          giy[t] *= blk.diy[t];
-        }
-        if (blk.any_bad) {  // NaN where the location is not finite
-          for (int64_t t = 0; t < n; ++t) {
-            gix[t] = blk.bad[t] != 0 ? nan : gix[t];
-            giy[t] = blk.bad[t] != 0 ? nan : giy[t];
+          if (grad_loc && MODE == LINEAR) {  // (nearest: no location gradient)
+            V v[4];
+            corners(x + b * xs.b + c * xs.c, blk, t, k.sh, xs.w == 1, v);
+            const V dx = S::add(S::mul(S::sub(v[1], v[0]), S::sub(one, ty)), S::mul(S::sub(v[3], v[2]), ty));
+            const V dy = S::add(S::mul(S::sub(v[2], v[0]), S::sub(one, tx)), S::mul(S::sub(v[3], v[1]), tx));
+            sx = S::add(sx, S::mul(g, dx));
+            sy = S::add(sy, S::mul(g, dy));
           }
         }
-        if (LOC == GRID) {
-          T* q = grad_loc + (b * Ho * Wo + span.p0) * 2;
-          for (int64_t t = 0; t < n; ++t) {
-            q[2 * t] = gix[t];
-            q[2 * t + 1] = giy[t];
-          }
-          continue;
+        S::store(gix + t, sx);
+        S::store(giy + t, sy);
+      }
+      if (!grad_loc) continue;
+      for (int64_t t = 0; t < nn; ++t) {  // dL / d(normalised location); 0 in the padding
+        gix[t] *= blk.dix[t];
+        giy[t] *= blk.diy[t];
+      }
+      if (blk.any_bad) {  // NaN where the location is not finite
+        for (int64_t t = 0; t < n; ++t) {
+          gix[t] = blk.bad[t] != 0 ? nan : gix[t];
+          giy[t] = blk.bad[t] != 0 ? nan : giy[t];
         }
-        // the matrix rows: sum over the block of dL/dp * (x, y, 1); y constant along a row, or
-        // per point where rows are packed
-        const T* xv = loc.packed ? loc.px + span.p0 : loc.xs + span.j0;
-        const T* yv = loc.packed ? loc.py + span.p0 : nullptr;
-        const T y = loc.packed ? T(0) : loc.ys[span.i];
-        V s0 = S::zero(), s2 = S::zero(), s3 = S::zero(), s5 = S::zero(), s6 = S::zero(), s8 = S::zero();
-        V s1 = S::zero(), s4 = S::zero(), s7 = S::zero();  // packed: the y terms
-        for (int64_t t = 0; t < nn; t += S::N) {
-          const V xt = S::load(xv + t);
-          const V yt = yv ? S::load(yv + t) : S::zero();
-          V px = S::load(gix + t), py = S::load(giy + t);
-          if (LOC == PROJECTIVE) {
-            const V w = S::load(blk.g + t);
-            px = S::div(px, w);
-            py = S::div(py, w);
-            // d(p / w) / dw = -(p / w) / w, with p / w the location itself; none inside the guard
-            const V dw = S::mul(S::sub(S::zero(), S::add(S::mul(px, S::load(blk.gx + t)), S::mul(py, S::load(blk.gy + t)))),
-                                S::load(blk.keep + t));
-            s6 = S::add(s6, S::mul(dw, xt));
-            s7 = S::add(s7, S::mul(dw, yt));
-            s8 = S::add(s8, dw);
-          }
-          s0 = S::add(s0, S::mul(px, xt));
-          s2 = S::add(s2, px);
-          s3 = S::add(s3, S::mul(py, xt));
-          s5 = S::add(s5, py);
-          s1 = S::add(s1, S::mul(px, yt));
-          s4 = S::add(s4, S::mul(py, yt));
+      }
+      if (LOC == GRID) {
+        T* q = grad_loc + (b * Ho * Wo + span.p0) * 2;
+        for (int64_t t = 0; t < n; ++t) {
+          q[2 * t] = gix[t];
+          q[2 * t + 1] = giy[t];
         }
-        const double r2 = lane_sum<T>(s2), r5 = lane_sum<T>(s5);
-        acc[0] += lane_sum<T>(s0);
-        acc[1] += yv ? lane_sum<T>(s1) : r2 * y;
-        acc[2] += r2;
-        acc[3] += lane_sum<T>(s3);
-        acc[4] += yv ? lane_sum<T>(s4) : r5 * y;
-        acc[5] += r5;
+        continue;
+      }
+      // the matrix rows: sum over the block of dL/dp * (x, y, 1); y constant along a row, or
+      // per point where rows are packed
+      const T* xv = loc.packed ? loc.px + span.p0 : loc.xs + span.j0;
+      const T* yv = loc.packed ? loc.py + span.p0 : nullptr;
+      const T y = loc.packed ? T(0) : loc.ys[span.i];
+      V s0 = S::zero(), s2 = S::zero(), s3 = S::zero(), s5 = S::zero(), s6 = S::zero(), s8 = S::zero();
+      V s1 = S::zero(), s4 = S::zero(), s7 = S::zero();  // packed: the y terms
+      for (int64_t t = 0; t < nn; t += S::N) {
+        const V xt = S::load(xv + t);
+        const V yt = yv ? S::load(yv + t) : S::zero();
+        V px = S::load(gix + t), py = S::load(giy + t);
         if (LOC == PROJECTIVE) {
-          const double r8 = lane_sum<T>(s8);
-          acc[6] += lane_sum<T>(s6);
-          acc[7] += yv ? lane_sum<T>(s7) : r8 * y;
-          acc[8] += r8;
+          const V w = S::load(blk.g + t);
+          px = S::div(px, w);
+          py = S::div(py, w);
+          // d(p / w) / dw = -(p / w) / w, with p / w the location itself; none inside the guard
+          const V dw = S::mul(S::sub(S::zero(), S::add(S::mul(px, S::load(blk.gx + t)), S::mul(py, S::load(blk.gy + t)))),
+                              S::load(blk.keep + t));
+          s6 = S::add(s6, S::mul(dw, xt));
+          s7 = S::add(s7, S::mul(dw, yt));
+          s8 = S::add(s8, dw);
         }
+        s0 = S::add(s0, S::mul(px, xt));
+        s2 = S::add(s2, px);
+        s3 = S::add(s3, S::mul(py, xt));
+        s5 = S::add(s5, py);
+        s1 = S::add(s1, S::mul(px, yt));
+        s4 = S::add(s4, S::mul(py, yt));
+      }
+      const double r2 = lane_sum<T>(s2), r5 = lane_sum<T>(s5);
+      acc[0] += lane_sum<T>(s0);
+      acc[1] += yv ? lane_sum<T>(s1) : r2 * y;
+      acc[2] += r2;
+      acc[3] += lane_sum<T>(s3);
+      acc[4] += yv ? lane_sum<T>(s4) : r5 * y;
+      acc[5] += r5;
+      if (LOC == PROJECTIVE) {
+        const double r8 = lane_sum<T>(s8);
+        acc[6] += lane_sum<T>(s6);
+        acc[7] += yv ? lane_sum<T>(s7) : r8 * y;
+        acc[8] += r8;
+      }
     }
     if (grad_loc && LOC != GRID) {
       constexpr int entries = LOC == AFFINE ? 6 : 9;
@@ -950,12 +954,13 @@ int run(bool backward, int location, int mode, const T* x, const int64_t* stride
       return dispatch<T, GRID>(backward, x, xs, loc, buffer, os, grad_x, grad_loc, B, C, k, mode, padding, threads);
     }
     case AFFINE: {
-      const Locator<T, AFFINE> loc{nullptr, grid_or_theta, xv.data(), yv.data(), 0, Ho, Wo, packed, pxv.data(), pyv.data()};
+      const Locator<T, AFFINE> loc{nullptr, grid_or_theta, xv.data(), yv.data(),  0,
+                                   Ho,      Wo,            packed,    pxv.data(), pyv.data()};
       return dispatch<T, AFFINE>(backward, x, xs, loc, buffer, os, grad_x, grad_loc, B, C, k, mode, padding, threads);
     }
     case PROJECTIVE: {
-      const Locator<T, PROJECTIVE> loc{nullptr,    grid_or_theta, xv.data(), yv.data(), static_cast<T>(eps), Ho, Wo,
-                                       packed,     pxv.data(),    pyv.data()};
+      const Locator<T, PROJECTIVE> loc{nullptr, grid_or_theta, xv.data(),  yv.data(), static_cast<T>(eps),
+                                       Ho,      Wo,            packed,     pxv.data(), pyv.data()};
       return dispatch<T, PROJECTIVE>(backward, x, xs, loc, buffer, os, grad_x, grad_loc, B, C, k, mode, padding, threads);
     }
     default:
