@@ -55,9 +55,9 @@ _KERNELS: dict[str, SampleFn] = {
 
 
 #: "auto" samples a given bilinear grid with the fused kernel from this many channels on:
-#: measured 1.33-1.52x F.grid_sample with 3 channels, 1.08x with 2, 0.48-0.97x with 1 except
-#: 256x1x60x60 (1.36x), where the per-point work is not shared by enough channels; on a
-#: given nearest grid ATen's vectorised sampler is faster, 0.47-1.06x
+#: measured 1.53-1.82x F.grid_sample with 3 channels, 1.06x with 2, 0.49-0.96x with 1 except
+#: 256x1x60x60 (1.27x), where the per-point work is not shared by enough channels; on a
+#: given nearest grid ATen's vectorised sampler is faster, 0.58-1.08x
 #: (python benchmarks/bench_auto.py [--mode nearest], docs/benchmarks.md)
 FUSED_MIN_CHANNELS = 3
 #: "auto" samples and warps a volume with the fused 3-D kernel from this many input voxels
@@ -97,9 +97,9 @@ def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tens
     a 2-D matrix family, bilinear or nearest, a float32/float64 CPU input, and a built kernel.
 
     ``"auto"`` takes it for every such case: measured faster than grid + ``F.grid_sample``
-    from 1x1x28x28 to 8x3x224x224, bilinear 1.22-2.00x forward and 1.30-1.87x
-    forward+backward, nearest 1.19-3.33x and 1.03-1.94x except a tie on one-channel 28x28
-    batches of 256 (0.97x, 1.00x; ``python benchmarks/bench_auto.py [--mode nearest]``).
+    from 1x1x28x28 to 8x3x224x224, bilinear 1.20-2.34x forward and 1.35-1.85x
+    forward+backward, nearest 1.11-3.38x and 1.07-2.06x (``python
+    benchmarks/bench_auto.py [--mode nearest]``).
     """
     if backend not in (None, "auto", "fused"):
         return False
