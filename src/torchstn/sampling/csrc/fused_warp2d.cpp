@@ -1009,9 +1009,15 @@ extern "C" {
                   Ho, Wo, padding, align_corners, threads);                                                      \
   }
 
+// A build may compile this file once per dtype (TORCHSTN_PART 32 or 64: two translation
+// units that compile in parallel); without TORCHSTN_PART, both.
+#if !defined(TORCHSTN_PART) || TORCHSTN_PART == 32
 TORCHSTN_EXPORT(torchstn_warp2d_f32, float)
+int torchstn_warp2d_abi_version() { return 5; }
+#endif
+#if !defined(TORCHSTN_PART) || TORCHSTN_PART == 64
 TORCHSTN_EXPORT(torchstn_warp2d_f64, double)
+#endif
 #undef TORCHSTN_EXPORT
 
-int torchstn_warp2d_abi_version() { return 5; }
 }

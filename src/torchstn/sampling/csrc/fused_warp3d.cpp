@@ -497,9 +497,15 @@ extern "C" {
                   Wo, padding, align_corners, threads);                                                             \
   }
 
+// A build may compile this file once per dtype (TORCHSTN_PART 32 or 64: two translation
+// units that compile in parallel); without TORCHSTN_PART, both.
+#if !defined(TORCHSTN_PART) || TORCHSTN_PART == 32
 TORCHSTN_EXPORT(torchstn_warp3d_f32, float)
+int torchstn_warp3d_abi_version() { return 2; }
+#endif
+#if !defined(TORCHSTN_PART) || TORCHSTN_PART == 64
 TORCHSTN_EXPORT(torchstn_warp3d_f64, double)
+#endif
 #undef TORCHSTN_EXPORT
 
-int torchstn_warp3d_abi_version() { return 2; }
 }
