@@ -774,7 +774,8 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
   using V = typename S::V;
   const int64_t Ho = k.Ho, Wo = k.Wo;
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  const auto body = [&](int64_t b) {
+  const auto body = [&](int64_t b, auto channels) {  // channels: C, or the constant 1 (below)
+    const int64_t C = channels;
     if (grad_x) zero_sample(grad_x + b * xs.b, xs, C, k.H, k.W);
     double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     Block<T> blk;
@@ -904,7 +905,15 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
       for (int r = 0; r < entries; ++r) q[r] = static_cast<T>(acc[r]);
     }
   };
-  parallel_for(B, threads, body);
+  // one channel as a constant: the channel loops vanish, 1.09x (both gradients) and 1.10x
+  // (θ only, the STN case) at 256x1x28x28 (A/B of the bare kernel, bit-identical)
+  parallel_for(B, threads, [&](int64_t b) {
+    if (C == 1) {
+      body(b, std::integral_constant<int64_t, 1>{});
+    } else {
+      body(b, C);
+    }
+  });
 }
 
 template <typename T, int LOC, int MODE>
