@@ -347,13 +347,13 @@ def _add_torch_peer(work: Workload, align_corners: bool) -> None:
 
         def torch_run(x_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
             return _peers.torch_affine_warp(x_, p.view(-1, *rows), size, align_corners)
-    else:  # the user builds the 2x3 matrix of the family first
+    else:  # the user builds the 2x3 matrix of the family first (as warp does: the same work on both sides)
 
         def torch_run(x_: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-            return _peers.torch_affine_warp(x_, _peers.affine_rows(transform, p), size, align_corners)
+            return _peers.torch_affine_warp(x_, transform.affine_rows(p), size, align_corners)
 
     work.contenders["torch"] = Contender(torch_run, (work.x, _leaf(work.params)))
-    theta_rows = _peers.affine_rows(transform, work.params)
+    theta_rows = transform.affine_rows(work.params)
     work.grid_fns["torch"] = lambda: F.affine_grid(theta_rows, [*case.shape[:2], *size], align_corners)
 
 

@@ -41,10 +41,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from torchstn.transforms import MatrixTransform, ThinPlateSpline
+from torchstn.transforms import ThinPlateSpline
 
 __all__ = [
-    "affine_rows",
     "kornia_available",
     "kornia_tps",
     "kornia_tps_points",
@@ -241,12 +240,6 @@ def kornia_tps_points(
 
     kernel_weights, affine_weights = get_tps_transform(controls, targets)
     return warp_points_tps(points, targets, kernel_weights, affine_weights)
-
-
-def affine_rows(transform: MatrixTransform, params: torch.Tensor) -> torch.Tensor:
-    """The ``(B, n, n + 1)`` rows ``F.affine_grid`` takes, made as ``warp`` makes them (the
-    same work on both sides of the comparison)."""
-    return transform.affine_rows(params)
 
 
 def tps_controls(transform: ThinPlateSpline, batch: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
