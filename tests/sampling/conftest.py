@@ -1,6 +1,7 @@
 """Fixtures of the sampler tests."""
 
 import warnings
+from types import ModuleType
 
 import pytest
 
@@ -15,3 +16,13 @@ def fused_kernel() -> None:
         status = fused_status()
         if not status.available:
             pytest.skip(f"the fused kernel could not be built here: {status.error}")
+
+
+def record_calls(monkeypatch: pytest.MonkeyPatch, module: ModuleType, *names: str) -> list[str]:
+    """Wrap ``module``'s functions ``names`` so that each call appends its name to the returned
+    list, then runs the function: which kernel entry point a call took."""
+    record: list[str] = []
+    for name in names:
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: record.append(_n) or _f(*a, **k))
+    return record

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import torchstn as stn
 from tests._helpers import random_grid, random_input, random_theta
+from tests.sampling.conftest import record_calls
 from torchstn.sampling import _fused, fused_applies, fused_status
 from torchstn.testing import check_sampler
 
@@ -187,11 +188,7 @@ def test_only_the_gradients_asked_for():
 @pytest.fixture
 def calls(monkeypatch):
     """The fused operator's calls ("fused_warp" from θ, "fused_sample" of a grid), recorded."""
-    record = []
-    for name in ("fused_warp", "fused_sample"):
-        original = getattr(_fused, name)
-        monkeypatch.setattr(_fused, name, lambda *a, _f=original, _n=name, **k: record.append(_n) or _f(*a, **k))
-    return record
+    return record_calls(monkeypatch, _fused, "fused_warp", "fused_sample")
 
 
 def test_default_backend_takes_the_fused_kernel_where_it_was_measured_faster(calls):

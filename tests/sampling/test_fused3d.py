@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import torchstn as stn
 from tests._helpers import random_grid, random_input, random_theta
+from tests.sampling.conftest import record_calls
 from torchstn.sampling import _fused3d, _sample
 
 PADDINGS = ["zeros", "border", "reflection"]
@@ -27,12 +28,8 @@ def kernel():
 
 @pytest.fixture
 def calls(monkeypatch):
-    """The fused 3-D operator's calls (its location argument: "affine" or "grid"), recorded."""
-    record = []
-    for name in ("fused_warp3d", "fused_sample3d"):
-        original = getattr(_fused3d, name)
-        monkeypatch.setattr(_fused3d, name, lambda *a, _f=original, _n=name, **k: record.append(_n) or _f(*a, **k))
-    return record
+    """The fused 3-D operator's calls ("fused_warp3d" from θ, "fused_sample3d" of a grid), recorded."""
+    return record_calls(monkeypatch, _fused3d, "fused_warp3d", "fused_sample3d")
 
 
 def _theta(batch, dtype, seed=0, scale=0.4):
