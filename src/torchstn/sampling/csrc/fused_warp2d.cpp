@@ -971,9 +971,11 @@ int run(bool backward, int location, int mode, const T* x, const int64_t* stride
   if (packed && location != GRID) {
     pxv.assign(Ho * Wo + BLOCK, T(0));
     pyv.assign(Ho * Wo + BLOCK, T(0));
-    for (int64_t p = 0; p < Ho * Wo; ++p) {
-      pxv[p] = xv[p % Wo];
-      pyv[p] = yv[p / Wo];
+    for (int64_t i = 0, p = 0; i < Ho; ++i) {
+      for (int64_t j = 0; j < Wo; ++j, ++p) {
+        pxv[p] = xv[j];
+        pyv[p] = yv[i];
+      }
     }
   }
   switch (location) {
