@@ -6,34 +6,24 @@ For each case: ``torchstn.warp(mode=...)`` of an affine θ with ``backend="fused
 in the kernel, no grid) against ``backend="torch"`` (torchstn's grid, then
 ``F.grid_sample``), forward (no gradient) and forward+backward (gradients wrt the image
 and θ), and ``sample`` of a ready grid with each backend. One thread, interleaved rounds
-(who goes first alternates), each measurement repeated to about 20 ms; prints median
-times and the median of the per-round ratios (torch time / fused time, > 1: the kernel is
-faster). The thresholds of ``torchstn.sampling._sample`` (``FUSED_MIN_CHANNELS``,
+(``torchstn.bench.interleaved``: who goes first rotates, each measurement repeated to
+about 20 ms); prints median times and the median of the per-round ratios (torch time /
+fused time, > 1: the kernel is faster). The thresholds of ``torchstn.sampling._sample`` (``FUSED_MIN_CHANNELS``,
 ``FUSED_NEAREST_MAX_PIXELS``, ``FUSED_FORWARD_MAX_PIXELS``) are set from it.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
+from functools import partial
 
 import torch
 
 import torchstn as stn
+from torchstn.bench import interleaved
 
 CASES = [(1, 1, 28, 28), (4, 1, 16, 16), (16, 1, 28, 28), (64, 1, 28, 28), (256, 1, 28, 28), (32, 1, 64, 64),
          (256, 1, 60, 60), (8, 2, 64, 64), (64, 3, 64, 64), (8, 3, 224, 224)]
-
-
-def _timed(fn: Callable[[], None], previous: float | None) -> float:
-    """ms per call of fn, repeated to about 20 ms (from the previous measurement's time)."""
-    repeats = max(1, int(20 / previous)) if previous else 1
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats * 1e3
 
 
 def main() -> None:
@@ -66,18 +56,11 @@ def main() -> None:
 
         for label, fn in (("warp forward", forward), ("warp forward+backward", forward_backward),
                           ("sample forward", given_grid)):
-            times: dict[str, list[float]] = {"fused": [], "torch": []}
-            for backend in times:
-                fn(backend)  # warm up (and build the kernel)
-            ratios = []
-            for r in range(args.rounds):
-                for backend in (("fused", "torch") if r % 2 else ("torch", "fused")):
-                    last = times[backend][-1] if times[backend] else None
-                    times[backend].append(_timed(lambda: fn(backend), last))  # noqa: B023
-                ratios.append(times["torch"][-1] / times["fused"][-1])
+            timings = interleaved({backend: partial(fn, backend) for backend in ("fused", "torch")},
+                                  rounds=args.rounds)
             dims = "x".join(map(str, shape))
-            print(f"{dims:14s} {label:22s} fused {statistics.median(times['fused']):8.3f} ms   "
-                  f"torch {statistics.median(times['torch']):8.3f} ms   ratio {statistics.median(ratios):.2f}x")
+            print(f"{dims:14s} {label:22s} fused {timings.median('fused') * 1e3:8.3f} ms   "
+                  f"torch {timings.median('torch') * 1e3:8.3f} ms   ratio {timings.ratio('fused', 'torch'):.2f}x")
 
 
 if __name__ == "__main__":
