@@ -1,5 +1,10 @@
 """``torchstn reproduce``: cells, the committed record, skipping and resuming, the report."""
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from tests._helpers import MNIST_DIR as MNIST
@@ -113,6 +118,44 @@ def test_jobs_train_cells_in_one_thread_workers_with_the_same_numbers(tmp_path):
     assert all(a != b for a, b in zip(where, where[1:]))
 
 
+
+
+_ORPHAN_PARENT = """
+import concurrent.futures as cf, multiprocessing, os, time
+from torchstn.reproduce._runner import _worker_init
+if __name__ == "__main__":
+    pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_worker_init, initargs=(os.getpid(), 0.1))
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 120)
+    time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from Linux's /proc")
+def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(_ORPHAN_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        assert _alive(worker)
+        parent.kill()  # no cleanup runs in the parent: only the worker's own watch can end it
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker)
+    finally:
+        parent.kill()
 
 
 def test_two_processes_recording_cells_keep_each_others(tmp_path):

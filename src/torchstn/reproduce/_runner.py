@@ -392,11 +392,25 @@ def _paper_text(cell: Cell) -> str:
     return f" (paper {cell.paper:.1f}%)" if cell.paper is not None else ""
 
 
-def _worker_init() -> None:
-    """A worker trains at one thread (see :func:`run_experiment`)."""
+def _worker_init(parent: int, poll_seconds: float = 2.0) -> None:
+    """A worker trains at one thread (see :func:`run_experiment`) and ends when ``parent`` does.
+
+    A pool's workers outlive a parent ended by a signal and would go on training a cell nobody
+    records, writing its checkpoints while a new run resumes the same cell: a daemon thread
+    ends the worker once its parent is gone (the cell resumes from its last checkpoint).
+    """
+    import threading
+
     import torch
 
     torch.set_num_threads(1)
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, name="exit-with-parent", daemon=True).start()
 
 
 def _run_in_worker(cell: Cell, runs: str | Path, options: dict[str, Any]) -> dict[str, Any]:
@@ -422,7 +436,8 @@ def _run_in_workers(
     failures: list[BaseException] = []
     waiting = list(todo)
     last_report = ""
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init) as pool:
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
+                                initargs=(os.getpid(),)) as pool:
         running: dict[cf.Future[dict[str, Any]], Cell] = {}
         while waiting or running:
             while waiting and len(running) < jobs:  # submit as workers free up: `running` is what runs
