@@ -340,6 +340,37 @@ struct Constants {
   }
 };
 
+// The offset in a channel from the pixel a point of a wide output reads to the one the point
+// AHEAD output rows below reads, for prefetching: the hardware prefetcher follows an output
+// row that reads along an input row, but not one that reads a few pixels from each of many
+// rows (a rotation or shear), and at 32x3x224x224 such a row took twice the time of a
+// straight one once its input had left L2 (1.73x forward fetching both of the rows AHEAD
+// output rows early, A/B of the bare kernel with the bench's matrices). 0 where nothing is
+// fetched ahead: not AFFINE, packed rows, the last rows, or an output row that crosses less
+// than one input row (there the prefetches only cost: 0.93x at the identity), or an input
+// that fits in a 1 MB L2 (`beyond_l2` false), where it can stay between calls (0.93x at
+// 1x3x224x224 called again and again)
+template <typename T, int LOC>
+int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, const Span& span, bool beyond_l2) {
+  constexpr int64_t AHEAD = 4;
+  if (LOC != AFFINE || loc.packed || !beyond_l2 || span.i + AHEAD >= k.Ho) return 0;
+  const T* m = loc.theta + b * 6;
+  if (!(std::fabs(m[3]) * 2 * k.ay >= 1)) return 0;  // input rows an output row crosses
+  const T dy = loc.ys[span.i + AHEAD] - loc.ys[span.i];
+  const T dix = m[1] * dy * k.ax, diy = m[4] * dy * k.ay;
+  if (!(std::fabs(dix) <= static_cast<T>(k.W) && std::fabs(diy) <= static_cast<T>(k.H))) return 0;  // (and NaN)
+  return static_cast<int64_t>(std::lrint(diy)) * k.sh + static_cast<int64_t>(std::lrint(dix)) * k.sw;
+}
+
+// both rows of the corners of point t of the block, `ahead` elements on, in channel xc (to
+// be read, or with WRITE, written)
+template <int WRITE = 0, typename T>
+inline void fetch_ahead(const T* xc, const Block<T>& blk, int64_t t, int64_t ahead, int32_t sh) {
+  const T* p = xc + blk.off[0][t] + ahead;
+  __builtin_prefetch(p, WRITE);
+  __builtin_prefetch(p + sh, WRITE);
+}
+
 inline int64_t whole_vectors(int64_t n, int lanes) { return (n + lanes - 1) / lanes * lanes; }
 
 #ifdef TORCHSTN_AVX2
@@ -692,6 +723,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // channel of a vector of points before the next vector, which was 1.13x faster at
   // 32x3x224x224 (A/B of the bare kernel, one thread)
   const bool by_channel = C * k.H * k.W * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 19);
+  const bool beyond_l2 = B * C * k.H * k.W * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 20);
   const auto block = [&](int64_t b, const Span& span) {
     Block<T> blk;
     alignas(32) T acc[BLOCK];
@@ -716,8 +748,11 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
         }
         return;
       }
+      const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
       for (int64_t t = 0; t < nn; t += S::N) {  // (the offsets and weights stay in registers)
-        if (t + 2 * S::N < nn) {  // the rows two vectors ahead read (7-12% on 3x224x224)
+        if (ahead != 0) {
+          for (int64_t c = 0; c < C; ++c) fetch_ahead(xb + c * xs.c, blk, t, ahead, k.sh);
+        } else if (t + 2 * S::N < nn) {  // the rows two vectors ahead read (7-12% on 3x224x224)
           for (int64_t c = 0; c < C; ++c) {
             const T* p = xb + c * xs.c + blk.off[0][t + 2 * S::N];
             __builtin_prefetch(p);
@@ -774,6 +809,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
   using V = typename S::V;
   const int64_t Ho = k.Ho, Wo = k.Wo;
   const T nan = std::numeric_limits<T>::quiet_NaN();
+  const bool beyond_l2 = B * C * k.H * k.W * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 20);
   const auto body = [&](int64_t b, auto channels) {  // channels: C, or the constant 1 (below)
     const int64_t C = channels;
     if (grad_x) zero_sample(grad_x + b * xs.b, xs, C, k.H, k.W);
@@ -788,8 +824,13 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
       // every channel of a vector of points before the next vector (weights, fractions and
       // offsets stay in registers)
       const V one = S::set1(T(1));
+      const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
       for (int64_t t = 0; t < nn; t += S::N) {
         const int64_t live = n - t;  // lanes that are points (the rest is padding)
+        for (int64_t c = 0; ahead != 0 && c < C; ++c) {
+          if (grad_x) fetch_ahead<1>(grad_x + b * xs.b + c * xs.c, blk, t, ahead, k.sh);
+          if (grad_loc && MODE == LINEAR) fetch_ahead(x + b * xs.b + c * xs.c, blk, t, ahead, k.sh);
+        }
         const V w[4] = {S::load(blk.w[0] + t), S::load(blk.w[1] + t), S::load(blk.w[2] + t), S::load(blk.w[3] + t)};
         const V tx = S::load(blk.tx + t), ty = S::load(blk.ty + t);
         const bool inner = S::all(blk.inner + t);
