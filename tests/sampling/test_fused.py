@@ -106,11 +106,10 @@ def test_packed_and_row_by_row_blocks_agree(location):
         torch.testing.assert_close(packed, by_row, atol=1e-12, rtol=1e-12)
 
 
-def test_a_sample_larger_than_the_cache_takes_the_vector_by_vector_order():
-    """The forward reads a block channel by channel where a sample's input fits in 512 KiB,
-    and every channel of a vector of points in turn above that: both against the grid path
-    (float64, where the two paths' locations agree to rounding; the order is the same code
-    for float32)."""
+def test_a_sample_smaller_and_one_larger_than_l2_equal_the_grid_path():
+    """A sample of 42 KB and one of 1.4 MB (beyond a 1 MB L2, where the forward fetches rows
+    ahead) against the grid path (float64, where the two paths' locations agree to rounding;
+    the loops are the same code for float32)."""
     for shape in [(2, 3, 40, 44), (1, 3, 240, 250)]:  # 42 KB / 1.4 MB per sample
         x = random_input(shape, torch.float64)
         p = random_theta(stn.Affine(), shape[0], torch.float64, scale=0.3, seed=2)

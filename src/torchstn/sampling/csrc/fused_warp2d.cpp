@@ -719,11 +719,11 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
                   int64_t C, const Constants<T>& k, int threads) {
   using S = Simd<T>;
   const int64_t Ho = k.Ho, Wo = k.Wo;
-  // a block channel by channel where a sample's input fits in half of a 1 MB L2 (with its
-  // output, the rest): 1.07-1.10x forward from 256x1x28x28 to 8x3x160x160; else every
-  // channel of a vector of points before the next vector, which was 1.13x faster at
-  // 32x3x224x224 (A/B of the bare kernel, one thread)
-  const bool by_channel = C * k.H * k.W * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 19);
+  // a block channel by channel: 1.07-1.10x forward from 256x1x28x28 to 8x3x160x160 against
+  // every channel of a vector of points before the next vector; that order was 1.13x faster
+  // at 32x3x224x224 until rows were fetched ahead (rows_ahead), and since then the channel
+  // order ties or wins everywhere measured: 1.00-1.18x from 1x3x224x224 and 8x32x64x64 to
+  // 2x8x256x256 (A/B of the bare kernel, one thread)
   const bool beyond_l2 = B * C * k.H * k.W * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 20);
   const auto block = [&](int64_t b, const Span& span) {
     Block<T> blk;
@@ -734,37 +734,19 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
       // packed rows: os.h == Wo, so the block is contiguous
       const T* xb = x + b * xs.b;
       T* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
-      if (by_channel) {
-        const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
-        for (int64_t c = 0; c < C; ++c) {
-          const T* xc = xb + c * xs.c;
-          T* oc = ob + c * os.c;
-          for (int64_t t = 0; t < nn; t += S::N) {
-            if (ahead != 0) {
-              fetch_ahead(xc, blk, t, ahead, k.sh);
-            } else if (t + 2 * S::N < nn) {  // the rows two vectors ahead
-              const T* p = xc + blk.off[0][t + 2 * S::N];
-              __builtin_prefetch(p);
-              __builtin_prefetch(p + k.sh);
-            }
-            S::store_upto(oc + t, interpolate<T, MODE>(xc, blk, t, k.sh, xs.w == 1), n - t);
-          }
-        }
-        return;
-      }
       const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
-      for (int64_t t = 0; t < nn; t += S::N) {  // (the offsets and weights stay in registers)
-        if (ahead != 0) {
-          for (int64_t c = 0; c < C; ++c) fetch_ahead(xb + c * xs.c, blk, t, ahead, k.sh);
-        } else if (t + 2 * S::N < nn) {  // the rows two vectors ahead read (7-12% on 3x224x224)
-          for (int64_t c = 0; c < C; ++c) {
-            const T* p = xb + c * xs.c + blk.off[0][t + 2 * S::N];
+      for (int64_t c = 0; c < C; ++c) {
+        const T* xc = xb + c * xs.c;
+        T* oc = ob + c * os.c;
+        for (int64_t t = 0; t < nn; t += S::N) {
+          if (ahead != 0) {
+            fetch_ahead(xc, blk, t, ahead, k.sh);
+          } else if (t + 2 * S::N < nn) {  // the rows two vectors ahead
+            const T* p = xc + blk.off[0][t + 2 * S::N];
             __builtin_prefetch(p);
             __builtin_prefetch(p + k.sh);
           }
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          S::store_upto(ob + c * os.c + t, interpolate<T, MODE>(xb + c * xs.c, blk, t, k.sh, xs.w == 1), n - t);
+          S::store_upto(oc + t, interpolate<T, MODE>(xc, blk, t, k.sh, xs.w == 1), n - t);
         }
       }
       return;
