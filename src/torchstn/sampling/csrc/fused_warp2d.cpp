@@ -340,27 +340,55 @@ struct Constants {
   }
 };
 
+// The pixel coordinates (before padding) output point (i, j) of sample b reads; NaN inside
+// the projective guard (for prefetching only: no padding, no exact rounding)
+template <typename T, int LOC>
+void pixel_at(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, int64_t i, int64_t j, T* ix, T* iy) {
+  T gx, gy;
+  if (LOC == GRID) {
+    const T* g = loc.grid + ((b * loc.Ho + i) * loc.Wo + j) * 2;
+    gx = g[0];
+    gy = g[1];
+  } else {
+    const T* m = loc.theta + b * (LOC == AFFINE ? 6 : 9);
+    const T x = loc.xs[j], y = loc.ys[i];
+    const T w = LOC == PROJECTIVE ? m[6] * x + m[7] * y + m[8] : T(1);
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    gx = std::fabs(w) > loc.eps ? (m[0] * x + m[1] * y + m[2]) / w : nan;
+    gy = std::fabs(w) > loc.eps ? (m[3] * x + m[4] * y + m[5]) / w : nan;
+  }
+  *ix = (gx + 1) * k.ax - k.bx;
+  *iy = (gy + 1) * k.ay - k.by;
+}
+
 // The offset in a channel from the pixel a point of a wide output reads to the one the point
-// AHEAD output rows below reads, for prefetching: the hardware prefetcher follows an output
-// row that reads along an input row, but not one that reads a few pixels from each of many
-// rows (a rotation or shear), and at 32x3x224x224 such a row took twice the time of a
-// straight one once its input had left L2 (1.73x forward fetching both of the rows AHEAD
-// output rows early, A/B of the bare kernel with the bench's matrices; 2.04x at 32x3x160x160,
-// whose samples are read channel by channel; 1.34x backward at 32x3x224x224). 0 where nothing is
-// fetched ahead: not AFFINE, packed rows, the last rows, or an output row that crosses less
-// than one input row (there the prefetches only cost: 0.93x at the identity), or an input
-// that fits in a 1 MB L2 (`beyond_l2` false), where it can stay between calls (0.93x at
-// 1x3x224x224 called again and again)
+// AHEAD output rows below reads (taken at the block's first point), for prefetching: the
+// hardware prefetcher follows an output row that reads along an input row, but not one that
+// reads a few pixels from each of many rows (a rotation, a shear, a thin-plate spline), and
+// at 32x3x224x224 such a row took twice the time of a straight one once its input had left
+// L2 (1.73x forward fetching both of the rows AHEAD output rows early, A/B of the bare
+// kernel with the bench's affine matrices; 2.04x at 32x3x160x160; 1.34x backward at
+// 32x3x224x224; 1.9x forward, 1.16x / 1.28x backward for the same points as a grid / a
+// homography). 0 where nothing is
+// fetched ahead: packed rows, the last rows, an output row that crosses less than one input
+// row (there the prefetches only cost: 0.93x at the identity), an input that fits in a 1 MB
+// L2 (`beyond_l2` false), where it can stay between calls (0.93x at 1x3x224x224 called
+// again and again), or planes of 64 KiB or less, where the three locations per block cost
+// more than the prefetches save (0.93x for a homography at 64x3x64x64)
 template <typename T, int LOC>
 int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, const Span& span, bool beyond_l2) {
   constexpr int64_t AHEAD = 4;
-  if (LOC != AFFINE || loc.packed || !beyond_l2 || span.i + AHEAD >= k.Ho) return 0;
-  const T* m = loc.theta + b * 6;
-  if (!(std::fabs(m[3]) * 2 * k.ay >= 1)) return 0;  // input rows an output row crosses
-  const T dy = loc.ys[span.i + AHEAD] - loc.ys[span.i];
-  const T dix = m[1] * dy * k.ax, diy = m[4] * dy * k.ay;
+  const bool large_planes = k.H * k.W * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 16);
+  if (loc.packed || !beyond_l2 || !large_planes || span.i + AHEAD >= k.Ho) return 0;
+  T x0, y0, x1, y1, xa, ya;
+  pixel_at(loc, k, b, span.i, span.j0, &x0, &y0);
+  pixel_at(loc, k, b, span.i, span.j0 + span.n - 1, &x1, &y1);
+  // the input rows the output row crosses (from the block's), and NaN
+  if (!(std::fabs(y1 - y0) * static_cast<T>(k.Wo) >= static_cast<T>(span.n))) return 0;
+  pixel_at(loc, k, b, span.i + AHEAD, span.j0, &xa, &ya);
+  const T dix = xa - x0, diy = ya - y0;
   if (!(std::fabs(dix) <= static_cast<T>(k.W) && std::fabs(diy) <= static_cast<T>(k.H))) return 0;  // (and NaN)
-  return static_cast<int64_t>(std::lrint(diy)) * k.sh + static_cast<int64_t>(std::lrint(dix)) * k.sw;
+  return static_cast<int64_t>(std::floor(diy + T(0.5))) * k.sh + static_cast<int64_t>(std::floor(dix + T(0.5))) * k.sw;
 }
 
 // both rows of the corners of point t of the block, `ahead` elements on, in channel xc (to
