@@ -369,12 +369,12 @@ void pixel_at(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, int6
 // L2 (1.73x forward fetching both of the rows AHEAD output rows early, A/B of the bare
 // kernel with the bench's affine matrices; 2.04x at 32x3x160x160; 1.34x backward at
 // 32x3x224x224; 1.9x forward, 1.16x / 1.28x backward for the same points as a grid / a
-// homography). 0 where nothing is
-// fetched ahead: packed rows, the last rows, an output row that crosses less than one input
-// row (there the prefetches only cost: 0.93x at the identity), an input that fits in a 1 MB
-// L2 (`beyond_l2` false), where it can stay between calls (0.93x at 1x3x224x224 called
-// again and again), or planes of 64 KiB or less, where the three locations per block cost
-// more than the prefetches save (0.93x for a homography at 64x3x64x64)
+// homography). 0 where nothing is fetched ahead: packed rows, the last rows, an output row
+// that crosses less than one input row (there the prefetches only cost: 0.93x at the
+// identity), an input that fits in a 1 MB L2 (`beyond_l2` false: see exceeds_l2), where it
+// can stay between calls (0.93x at 1x3x224x224 called again and again), or planes of 64 KiB
+// or less, where the three locations per block cost more than the prefetches save (0.93x
+// for a homography at 64x3x64x64)
 template <typename T, int LOC>
 int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, const Span& span, bool beyond_l2) {
   constexpr int64_t AHEAD = 4;
@@ -389,6 +389,12 @@ int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
   const T dix = xa - x0, diy = ya - y0;
   if (!(std::fabs(dix) <= static_cast<T>(k.W) && std::fabs(diy) <= static_cast<T>(k.H))) return 0;  // (and NaN)
   return static_cast<int64_t>(std::floor(diy + T(0.5))) * k.sh + static_cast<int64_t>(std::floor(dix + T(0.5))) * k.sw;
+}
+
+// whether a batch of B (C, H, W) inputs is larger than a 1 MB L2 (see rows_ahead)
+template <typename T>
+inline bool exceeds_l2(int64_t B, int64_t C, const Constants<T>& k) {
+  return B * C * k.H * k.W * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 20);
 }
 
 // both rows of the corners of point t of the block, `ahead` elements on, in channel xc (to
@@ -752,7 +758,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // at 32x3x224x224 until rows were fetched ahead (rows_ahead), and since then the channel
   // order ties or wins everywhere measured: 1.00-1.18x from 1x3x224x224 and 8x32x64x64 to
   // 2x8x256x256 (A/B of the bare kernel, one thread)
-  const bool beyond_l2 = B * C * k.H * k.W * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 20);
+  const bool beyond_l2 = exceeds_l2(B, C, k);
   const auto block = [&](int64_t b, const Span& span) {
     Block<T> blk;
     alignas(32) T acc[BLOCK];
@@ -823,7 +829,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
   using V = typename S::V;
   const int64_t Ho = k.Ho, Wo = k.Wo;
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  const bool beyond_l2 = B * C * k.H * k.W * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 20);
+  const bool beyond_l2 = exceeds_l2(B, C, k);
   const auto body = [&](int64_t b, auto channels) {  // channels: C, or the constant 1 (below)
     const int64_t C = channels;
     if (grad_x) zero_sample(grad_x + b * xs.b, xs, C, k.H, k.W);
