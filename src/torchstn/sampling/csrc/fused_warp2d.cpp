@@ -398,12 +398,13 @@ inline bool exceeds_l2(int64_t B, int64_t C, const Constants<T>& k) {
 }
 
 // both rows of the corners of point t of the block, `ahead` elements on, in channel xc (to
-// be read, or with WRITE, written)
+// be read, or with WRITE, written). The address may lie outside the tensor (a prefetch does
+// not fault there): it is computed as an integer, not by pointer arithmetic past the tensor
 template <int WRITE = 0, typename T>
 inline void fetch_ahead(const T* xc, const Block<T>& blk, int64_t t, int64_t ahead, int32_t sh) {
-  const T* p = xc + blk.off[0][t] + ahead;
-  __builtin_prefetch(p, WRITE);
-  __builtin_prefetch(p + sh, WRITE);
+  const std::uintptr_t p = reinterpret_cast<std::uintptr_t>(xc) + static_cast<std::uintptr_t>((blk.off[0][t] + ahead) * static_cast<int64_t>(sizeof(T)));
+  __builtin_prefetch(reinterpret_cast<const void*>(p), WRITE);
+  __builtin_prefetch(reinterpret_cast<const void*>(p + static_cast<std::uintptr_t>(sh * static_cast<int64_t>(sizeof(T)))), WRITE);
 }
 
 inline int64_t whole_vectors(int64_t n, int lanes) { return (n + lanes - 1) / lanes * lanes; }
