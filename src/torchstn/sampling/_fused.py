@@ -293,7 +293,7 @@ def fused_applies(x: torch.Tensor, mode: str) -> bool:
     ``torch.jit.trace`` (which cannot record the operator, and whose sizes are traced
     tensors this test would read). Where it does not, ``backend="fused"`` falls back to
     ``F.grid_sample``."""
-    if mode not in _MODES or x.dtype not in _DTYPES or x.dim() != 4 or x.device.type != "cpu" or torch.jit.is_tracing():
+    if mode not in _MODES or x.dtype not in _DTYPES or x.dim() != 4 or not x.is_cpu or torch.jit.is_tracing():
         return False
     _, _, h, w = x.shape
     _, _, sh, sw = x.stride()
@@ -318,9 +318,11 @@ def _plain_eager(*tensors: torch.Tensor) -> bool:
     subclass, no fake tensor) in eager mode, outside ``torch.compile``, ``torch.export``,
     ``torch.jit.trace`` (which the TorchScript ONNX exporter runs) and torch function or
     dispatch modes."""
+    for t in tensors:  # (a loop: a generator expression cost about as much as the rest)
+        if type(t) is not torch.Tensor:
+            return False
     return (
-        all(type(t) is torch.Tensor for t in tensors)
-        and not torch.compiler.is_compiling()
+        not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
         and not torch._C._is_torch_function_mode_enabled()
         and torch._C._len_torch_dispatch_stack() == 0
