@@ -86,6 +86,21 @@ def test_wrong_input_names_what_the_localisation_net_was_built_for():
         model(torch.rand(2, 1, 42, 42))
 
 
+class _FlattenFor28(nn.Flatten):
+    """A localisation net whose class declares its input, as a property."""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, 28, 28)
+
+
+def test_an_input_declared_by_the_class_is_checked_as_one_declared_on_the_instance():
+    st = stn.SpatialTransformer("affine", _FlattenFor28(), in_features=28 * 28)
+    assert st(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 28, 28\), got \(2, 1, 20, 20\)"):
+        st(torch.rand(2, 1, 20, 20))
+
+
 def test_a_localisation_net_without_a_declared_input_is_checked_by_its_feature_width():
     st = stn.SpatialTransformer("affine", nn.Flatten(), in_features=28 * 28)
     with pytest.raises(ValueError, match=r"gives 400 features .* regressor expects in_features=784"):
