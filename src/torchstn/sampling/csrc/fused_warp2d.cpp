@@ -374,7 +374,11 @@ void pixel_at(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, int6
 // identity), an input that fits in a 1 MB L2 (`beyond_l2` false: see exceeds_l2), where it
 // can stay between calls (0.93x at 1x3x224x224 called again and again), or planes of 64 KiB
 // or less, where the three locations per block cost more than the prefetches save (0.93x
-// for a homography at 64x3x64x64)
+// for a homography at 64x3x64x64). A trap for the next edit: the passes' speed depends on
+// whether GCC inlines this function into each instance. Deciding the two size conditions
+// once per call instead of per block changed that and ran the grid forward at 0.70x at
+// 32x3x224x224; marking it noinline gave the grid backward 0.96x (A/B of the bare kernel,
+// bit-identical). Measure every instance after touching it.
 template <typename T, int LOC>
 int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, const Span& span, bool beyond_l2) {
   constexpr int64_t AHEAD = 4;
