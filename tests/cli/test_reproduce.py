@@ -7,7 +7,7 @@ from torchstn.cli._reproduce import recorded_command
 
 
 def test_reproduce_table1_quick_end_to_end(cli, mnist_dir, tmp_path):
-    args = ["reproduce", "stn-table1", "--budget", "quick", "--only", "cnn,st-cnn-aff", "--datasets", "rts,r",
+    args = ["reproduce", "stn-table1", "--budget", "quick", "--only", "cnn,st-cnn-aff", "--datasets", "rts,r,p",
             "--limit", "64",
             "--data-dir", mnist_dir, "--out", tmp_path / "results", "--runs", tmp_path / "runs",
             "--no-progress"]
@@ -15,7 +15,7 @@ def test_reproduce_table1_quick_end_to_end(cli, mnist_dir, tmp_path):
     assert run.status == 0, run.err
     record = json.loads((tmp_path / "results" / "stn-table1.json").read_text())
     assert sorted(record["cells"]) == sorted(
-        f"quick/{m}/{d}/s0" for m in ("cnn", "st-cnn-aff") for d in ("r", "rts"))
+        f"quick/{m}/{d}/s0" for m in ("cnn", "st-cnn-aff") for d in ("r", "rts", "p"))
     for cell in record["cells"].values():
         assert 0.0 <= cell["error"] <= 100.0
         assert cell["steps"] == 16 and cell["wall_seconds"] >= 0
@@ -27,10 +27,12 @@ def test_reproduce_table1_quick_end_to_end(cli, mnist_dir, tmp_path):
     assert figure.is_file() and figure.read_bytes()[:4] == b"\x89PNG"
     assert "quick-st-cnn-aff-rts.png" in report
     assert "by the rotation of the test digit" in report  # R and RTS have ground-truth angles
+    assert "on P by the shift of the test digit's distortion" in report  # and P its homographies
+    assert len(record["cells"]["quick/cnn/p/s0"]["by_shift"]) == 5 and not record["cells"]["quick/cnn/r/s0"]["by_shift"]
 
     run = cli(*args)
     assert run.status == 0, run.err  # everything is finished: nothing is trained again
-    assert run.out.count("finished earlier") == 4 and "training" not in run.out.replace("training (", "")
+    assert run.out.count("finished earlier") == 6 and "training" not in run.out.replace("training (", "")
 
 
 def test_cli_errors_are_one_line(cli, tmp_path):

@@ -26,7 +26,10 @@ from torchstn.reproduce._experiments import (
 )
 from torchstn.reproduce._report import (
     ROTATION_BINS,
+    SHIFT_QUANTILES,
+    distortion_shift,
     error_by_rotation,
+    error_by_shift,
     figure_path,
     render_report,
     summarize,
@@ -53,6 +56,7 @@ __all__ = [
     "DEFAULT_RUNS",
     "EXPERIMENTS",
     "ROTATION_BINS",
+    "SHIFT_QUANTILES",
     "SUBSET_KEYS",
     "Cell",
     "Column",
@@ -60,7 +64,9 @@ __all__ = [
     "Results",
     "Row",
     "default_jobs",
+    "distortion_shift",
     "error_by_rotation",
+    "error_by_shift",
     "figure_path",
     "get_experiment",
     "list_experiments",

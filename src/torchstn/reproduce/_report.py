@@ -7,16 +7,32 @@ directories), so it can be rewritten at any time and always says what was measur
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 from torchstn.reproduce._figures import plot_series_warps, plot_volume_views
 from torchstn.reproduce._runner import DEFAULT_OUT, Cell, Results, recipe_changes
 
-__all__ = ["ROTATION_BINS", "error_by_rotation", "figure_path", "render_report", "summarize", "write_figure", "write_report"]
+if TYPE_CHECKING:
+    import torch
+
+    from torchstn.transforms import Transform
+
+__all__ = [
+    "ROTATION_BINS",
+    "SHIFT_QUANTILES",
+    "distortion_shift",
+    "error_by_rotation",
+    "error_by_shift",
+    "figure_path",
+    "render_report",
+    "summarize",
+    "write_figure",
+    "write_report",
+]
 
 
 def summarize(values: Sequence[float]) -> tuple[float, float | None]:
@@ -77,6 +93,9 @@ def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *,
 
 #: rotation bins (degrees) of :func:`error_by_rotation`
 ROTATION_BINS: tuple[float, ...] = (0.0, 15.0, 30.0, 45.0, 90.0, 180.0)
+#: quantiles of the test set's shifts that bound the bins of :func:`error_by_shift`: its
+#: quarters, with the most distorted tenth apart
+SHIFT_QUANTILES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def error_by_rotation(cell: Cell, record: dict[str, Any], *, data_dir: str | None = None) -> list[dict[str, Any]]:
@@ -93,25 +112,104 @@ def error_by_rotation(cell: Cell, record: dict[str, Any], *, data_dir: str | Non
     """
     import math
 
-    from torchstn.engine import RunDir, load_model, load_split, predict
     from torchstn.transforms import Similarity
+
+    tested = _test_predictions(record, data_dir, lambda test_set: isinstance(test_set.transform, Similarity))
+    if tested is None:
+        return []
+    test_set, wrong = tested
+    degrees = test_set.params[:, 1].abs() * (180.0 / math.pi)
+    return [{"degrees": [lo, hi], **b} for lo, hi, b in _binned(wrong, degrees, ROTATION_BINS)]
+
+
+def error_by_shift(cell: Cell, record: dict[str, Any], *, data_dir: str | None = None) -> list[dict[str, Any]]:
+    """Test error (%) of a finished cell by how far the test digit's distortion moves its points.
+
+    For datasets drawn with a homography (``mnist-p``, ``mnist-perturbed``) or a thin-plate
+    spline (``mnist-e``): :func:`distortion_shift` of each test sample, split at the
+    :data:`SHIFT_QUANTILES` of the test set. An error that grows steeply with the shift
+    says where a cell's error lies: in the most distorted digits, or everywhere.
+
+    Returns:
+        ``[{"pixels": [lo, hi], "n": count, "error": percent}, ...]`` for non-empty bins,
+        or ``[]`` for other data or a run that is gone.
+    """
+    import torch
+
+    from torchstn.transforms import Projective, ThinPlateSpline
+
+    tested = _test_predictions(
+        record, data_dir, lambda test_set: isinstance(test_set.transform, (Projective, ThinPlateSpline)))
+    if tested is None:
+        return []
+    test_set, wrong = tested
+    shift = distortion_shift(test_set.transform, test_set.params, test_set.input_shape[-1])
+    edges = torch.quantile(shift, torch.tensor(SHIFT_QUANTILES, dtype=shift.dtype)).tolist()
+    return [{"pixels": [lo, hi], **b} for lo, hi, b in _binned(wrong, shift, edges)]
+
+
+def distortion_shift(transform: Transform, params: torch.Tensor, size: int) -> torch.Tensor:
+    """RMS distance, in pixels of a ``size``-pixel canvas, that a distortion moves its points
+    beyond the uniform scale about the centre that fits them best.
+
+    The points: for a homography (canvas -> digit, as :mod:`torchstn.data` draws them) the
+    digit's four corners as they land on the canvas; for a thin-plate spline its control
+    points' targets against the control grid. A pure scale gives 0; for ``mnist-p`` the
+    shift is the corner noise, N(0, 5 px) per axis (median 6.0 px over its test set).
+
+    Args:
+        transform: the data's :class:`~torchstn.Projective` or :class:`~torchstn.ThinPlateSpline`.
+        params: ``(N, P)`` parameters of the samples.
+        size: canvas side in pixels (normalised units are ``size / 2`` pixels).
+
+    Returns:
+        ``(N,)`` float64 shifts in pixels.
+    """
+    import torch
+
+    from torchstn.transforms import Projective
+
+    params = params.double()
+    if isinstance(transform, Projective):
+        reference = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+        moved = transform.transform_points(transform.inverse(params), reference.expand(len(params), -1, -1))
+    else:
+        reference = transform.identity(dtype=torch.float64).view(-1, 2)
+        moved = params.view(len(params), -1, 2)
+    scale = (moved * reference).sum((1, 2)) / reference.pow(2).sum()
+    residual = moved - scale[:, None, None] * reference
+    return residual.pow(2).sum(-1).mean(1).sqrt() * (size / 2)
+
+
+def _test_predictions(
+    record: dict[str, Any], data_dir: str | None, applies: Callable[[Any], bool]
+) -> tuple[Any, torch.Tensor] | None:
+    """``(test set, wrong)`` of a finished cell's last model (``wrong``: 1.0 where it errs),
+    or ``None`` when its run is gone or ``applies(test_set)`` is false (or the set has no params)."""
+    from torchstn.engine import RunDir, load_model, load_split, predict
 
     run_dir = RunDir(record["run"])
     if not run_dir.holds_run():
-        return []
+        return None
     model, config, _ = load_model(run_dir.path, "last")
     test_set = load_split(config.replace(data_dir=data_dir), "test")
-    if not isinstance(getattr(test_set, "transform", None), Similarity) or test_set.params is None:
-        return []
+    if getattr(test_set, "params", None) is None or not applies(test_set):
+        return None
     logits, labels = predict(model, test_set, batch_size=config.eval_batch_size,
                              ground_truth_init=config.ground_truth_init)
-    wrong = (logits.argmax(1) != labels).float()
-    degrees = test_set.params[:, 1].abs() * (180.0 / math.pi)
+    return test_set, (logits.argmax(1) != labels).float()
+
+
+def _binned(
+    wrong: torch.Tensor, values: torch.Tensor, edges: Sequence[float]
+) -> list[tuple[float, float, dict[str, Any]]]:
+    """``(lo, hi, {"n", "error"})`` per non-empty bin of ``values`` between consecutive ``edges``
+    (the last bin closed above); ``error`` in %."""
     out = []
-    for lo, hi in zip(ROTATION_BINS[:-1], ROTATION_BINS[1:]):
-        inside = (degrees >= lo) & (degrees < hi) if hi < ROTATION_BINS[-1] else (degrees >= lo)
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        inside = (values >= lo) & ((values < hi) if i < len(edges) - 2 else (values <= hi))
         if inside.any():
-            out.append({"degrees": [lo, hi], "n": int(inside.sum()), "error": 100.0 * float(wrong[inside].mean())})
+            out.append((lo, hi, {"n": int(inside.sum()), "error": 100.0 * float(wrong[inside].mean())}))
     return out
 
 
@@ -191,7 +289,7 @@ def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[s
     lines += _calibration_table(view)
     lines += _comparisons(view, means, cells)
     lines += _runs_table(view)
-    lines += _rotation_tables(view)
+    lines += _split_tables(view)
     lines += _warnings_and_pending(view)
     lines += _superseded(view)
     lines += _provenance(view)
@@ -325,22 +423,33 @@ def _runs_table(view: _BudgetView) -> list[str]:
     return lines
 
 
-def _rotation_tables(view: _BudgetView) -> list[str]:
-    """Per rotated column: the test error by the rotation of the test digit."""
+#: the per-bin analyses of a record: its key, the bounds' key, what the table is split by, a bin's header
+_SPLITS = (
+    ("by_rotation", "degrees", "by the rotation of the test digit (|angle|)", lambda lo, hi: f"{lo:.0f}-{hi:.0f}°"),
+    ("by_shift", "pixels", "by the shift of the test digit's distortion (px: RMS movement of its corners or "
+     "control points beyond a uniform scale; the test set's quarters, its most distorted tenth apart)",
+     lambda lo, hi: f"{lo:.1f}-{hi:.1f}"),
+)
+
+
+def _split_tables(view: _BudgetView) -> list[str]:
+    """Per column with a per-bin analysis (:func:`error_by_rotation`, :func:`error_by_shift`):
+    the test error in each bin."""
     lines = []
-    for col in view.columns:
-        rotated = [r for r in view.records if r.get("by_rotation") and r["column"] == col.key]
-        if not rotated:
-            continue
-        bins = [tuple(b["degrees"]) for b in rotated[0]["by_rotation"]]
-        lines += [f"Test error (%) on {col.label} by the rotation of the test digit (|angle|):", "",
-                  "| model | seed | " + " | ".join(f"{lo:.0f}-{hi:.0f}°" for lo, hi in bins) + " |",
-                  "|---|---:|" + "---:|" * len(bins)]
-        for r in view.in_table_order(rotated):
-            errors = {tuple(b["degrees"]): b["error"] for b in r["by_rotation"]}
-            lines.append(f"| {view.experiment.row(r['row']).label} | {r['seed']} | "
-                         + " | ".join(f"{errors[b]:.2f}" if b in errors else "" for b in bins) + " |")
-        lines.append("")
+    for key, bounds, title, header in _SPLITS:
+        for col in view.columns:
+            split = [r for r in view.records if r.get(key) and r["column"] == col.key]
+            if not split:
+                continue
+            bins = [tuple(b[bounds]) for b in split[0][key]]
+            lines += [f"Test error (%) on {col.label} {title}:", "",
+                      "| model | seed | " + " | ".join(header(lo, hi) for lo, hi in bins) + " |",
+                      "|---|---:|" + "---:|" * len(bins)]
+            for r in view.in_table_order(split):
+                errors = {tuple(b[bounds]): b["error"] for b in r[key]}
+                lines.append(f"| {view.experiment.row(r['row']).label} | {r['seed']} | "
+                             + " | ".join(f"{errors[b]:.2f}" if b in errors else "" for b in bins) + " |")
+            lines.append("")
     return lines
 
 

@@ -1,0 +1,73 @@
+"""The report's per-bin analyses: the distortion shift of a sample, checked in closed form, and its table."""
+
+import math
+
+import pytest
+import torch
+
+from tests._helpers import MNIST_DIR, needs_mnist
+from torchstn import Projective, ThinPlateSpline
+from torchstn.data._geometry import homography_from_points
+from torchstn.reproduce import Results, distortion_shift, get_experiment, plan, render_report
+
+CORNERS = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+
+
+def _turned(points: torch.Tensor) -> torch.Tensor:
+    """Each point turned by 90° about the centre: a move orthogonal to any uniform scale."""
+    return torch.stack([-points[..., 1], points[..., 0]], -1)
+
+
+def _homography(digit_corners_on_canvas: torch.Tensor) -> torch.Tensor:
+    """Canvas -> digit parameters that put the digit's corners at the given canvas points."""
+    n = len(digit_corners_on_canvas)
+    return homography_from_points(digit_corners_on_canvas, CORNERS.expand(n, -1, -1)).reshape(n, 9)[:, :8]
+
+
+def test_a_uniform_scale_is_no_shift_and_an_orthogonal_move_is_its_length():
+    scale = torch.tensor([0.75, 1.0, 1.2], dtype=torch.float64)
+    pure = _homography(scale[:, None, None] * CORNERS)
+    assert distortion_shift(Projective(), pure, 28).abs().max() < 1e-9
+    eps = 0.05  # normalised: each corner moves eps * sqrt(2), i.e. 0.99 px on a 28-pixel canvas
+    moved = _homography(scale[:, None, None] * CORNERS + eps * _turned(CORNERS))
+    expected = eps * math.sqrt(2) * 14
+    torch.testing.assert_close(distortion_shift(Projective(), moved, 28), torch.full((3,), expected, dtype=torch.float64))
+    # the canvas size only converts units
+    torch.testing.assert_close(distortion_shift(Projective(), moved, 56), torch.full((3,), 2 * expected, dtype=torch.float64))
+
+
+def test_a_thin_plate_spline_shift_is_its_targets_against_the_scaled_grid():
+    tps = ThinPlateSpline(control=(4, 4))
+    grid = tps.identity(dtype=torch.float64).view(-1, 2)
+    eps = 0.1
+    params = torch.stack([0.9 * grid, 1.1 * grid + eps * _turned(grid)]).reshape(2, -1)
+    rms = grid.pow(2).sum(-1).mean().sqrt()
+    torch.testing.assert_close(distortion_shift(tps, params, 28),
+                               torch.tensor([0.0, eps * 14 * float(rms)], dtype=torch.float64))
+
+
+@needs_mnist
+def test_the_p_data_shift_is_its_corner_noise():
+    from torchstn.data import distorted_mnist
+
+    ds = distorted_mnist("p", split="test", root=MNIST_DIR, limit=2000, cache=False)
+    shift = distortion_shift(ds.transform, ds.params, 28)
+    # N(0, 5 px) per axis at each corner, one degree of freedom taken by the scale
+    assert 5.0 < float(shift.median()) < 7.0
+    half = distorted_mnist("p", split="test", root=MNIST_DIR, limit=2000, cache=False, sigma=2.5)
+    assert float(distortion_shift(half.transform, half.params, 28).median()) == pytest.approx(
+        float(shift.median()) / 2, rel=0.15)
+
+
+def test_the_report_shows_the_error_by_shift_per_column(tmp_path):
+    experiment = get_experiment("stn-table1")
+    results = Results(tmp_path, "stn-table1")
+    cell = plan(experiment, "standard", only=["st-cnn-aff"], datasets=["p"])[0]
+    bins = [{"pixels": [1.25, 4.93], "n": 2500, "error": 0.8}, {"pixels": [4.93, 13.75], "n": 7500, "error": 3.2}]
+    results.add(cell, {"digest": cell.digest, "budget": "standard", "row": "st-cnn-aff", "column": "p", "seed": 0,
+                       "error": 2.6, "best_error": 2.6, "train_error": 2.4, "epochs": 1, "steps": 10,
+                       "wall_seconds": 60.0, "images_per_s": 100.0, "config": cell.config, "by_shift": bins})
+    text = render_report(experiment, results, tmp_path, "standard")
+    assert "Test error (%) on P by the shift of the test digit's distortion" in text
+    assert "| model | seed | 1.2-4.9 | 4.9-13.8 |\n|---|---:|---:|---:|\n| ST-CNN Aff | 0 | 0.80 | 3.20 |" in text
+    assert "by the rotation" not in text
