@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from torchstn.engine import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
@@ -119,3 +120,19 @@ def test_visualize_title_names_the_images_the_run_was_measured_on(cli, run_dir, 
               "--calibration-images", 64)
     assert run.status == 0, run.err
     assert titles[0].endswith("on the first 128 test images"), titles
+
+
+def test_visualize_errors_shows_the_first_misclassified_test_images(cli, run_dir, mnist_dir, tmp_path, monkeypatch):
+    import torchstn.engine
+    from torchstn.engine import load_model, load_split
+
+    shown = []
+    monkeypatch.setattr(torchstn.engine, "plot_run", lambda *a, examples=None, **k: shown.append(examples) or tmp_path)
+    run = cli("visualize", run_dir, "--data-dir", mnist_dir, "--errors", "--start", 5, "--num", 3)
+    assert run.status == 0, run.err
+    model, config, _ = load_model(run_dir, "last")
+    test = load_split(config.replace(data_dir=mnist_dir, test_limit=shown[0][-1] + 1), "test")
+    model.eval()
+    with torch.no_grad():
+        wrong = [i for i in range(5, len(test)) if int(model(test[i][0][None]).argmax()) != test[i][1]]
+    assert shown[0] == wrong[:3] and len(wrong) >= 3  # one epoch of 256 images: errors abound

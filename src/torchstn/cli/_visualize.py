@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from torchstn.cli._common import (
+    CLIError,
     add_checkpoint_args,
     add_data_args,
     add_device_arg,
@@ -24,6 +25,7 @@ EXAMPLES = """\
 examples:
   torchstn visualize runs/st-cnn-rts --out st-cnn-rts.png
   torchstn visualize runs/st-cnn-rts --num 12 --start 100 --which last --out fig.png
+  torchstn visualize runs/st-cnn-rts --errors --num 10 --out errors.png   # what it gets wrong
   torchstn visualize runs/st-cnn-rts/checkpoints/best.safetensors --data-seed 1 --out fresh.png
 
 The figure shows test inputs with the predicted warp drawn on them (the border of the
@@ -47,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="visualize.png", metavar="PNG", help="figure to write")
     p.add_argument("--num", type=int, default=8, metavar="N", help="examples shown")
     p.add_argument("--start", type=int, default=0, metavar="I", help="index of the first test example shown")
+    p.add_argument("--errors", action="store_true",
+                   help="show the first --num test examples from --start that the model classifies wrongly")
     p.add_argument("--calibration-images", type=int, default=2000, metavar="N",
                    help="test images (from the first) in the reliability diagram")
     p.add_argument("--warp-samples", type=int, default=8, metavar="S", help="sampled warps drawn per input (P-STN)")
@@ -57,14 +61,29 @@ def run(args: argparse.Namespace) -> int:
     from torchstn.engine import RunDir, plot_run
 
     check_at_least_one(args, "num", "calibration_images", "warp_samples")
-    limit = max(args.start + args.num, args.calibration_images)
+    limit = None if args.errors else max(args.start + args.num, args.calibration_images)
     model, config, info, device, dataset = load_checkpoint_and_data(args, "test", limit)
+    examples = _misclassified(model, config, dataset, device, args.start, args.num) if args.errors else None
     history = RunDir.of_checkpoint(info["path"]).history()
-    out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start,
+    out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start, examples=examples,
                    title=_title(config, info, history), device=device, calibration_images=args.calibration_images,
                    warp_samples=args.warp_samples, ground_truth_init=config.ground_truth_init)
     print(f"wrote {out}")
     return 0
+
+
+def _misclassified(model: Any, config: TrainConfig, dataset: Any, device: Any, start: int, num: int) -> list[int]:
+    """Indices of the first ``num`` examples of ``dataset`` from ``start`` that ``model`` gets wrong."""
+    from torchstn.engine import predict
+
+    logits, labels = predict(model, dataset, batch_size=config.eval_batch_size, device=device,
+                             ground_truth_init=config.ground_truth_init, precision=config.precision,
+                             channels_last=config.channels_last)
+    wrong = (logits.argmax(1) != labels).nonzero().flatten()
+    wrong = wrong[wrong >= start][:num].tolist()
+    if not wrong:
+        raise CLIError(f"the model classifies every test example from {start} correctly: no errors to show")
+    return wrong
 
 
 def _title(config: TrainConfig, info: dict[str, Any], history: list[dict[str, Any]]) -> str:

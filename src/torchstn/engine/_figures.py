@@ -163,6 +163,7 @@ def plot_run(
     history: Sequence[dict[str, Any]] = (),
     num: int = 8,
     start: int = 0,
+    examples: Sequence[int] | None = None,
     title: str | None = None,
     device: str | torch.device = "cpu",
     calibration_images: int = 2000,
@@ -194,6 +195,8 @@ def plot_run(
         history: the per-epoch records of ``metrics.jsonl``.
         num: examples shown.
         start: index of the first example.
+        examples: indices of the examples shown instead (``num`` and ``start`` then unused),
+            e.g. the test images a model gets wrong.
         title: figure title.
         device: where the model runs.
         calibration_images: items of ``dataset`` (from the first) in the reliability diagram.
@@ -210,8 +213,10 @@ def plot_run(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    num = max(1, min(num, len(dataset) - start))
-    shown = _run_examples(model, dataset, torch.arange(start, start + num), device, warp_samples, ground_truth_init)
+    if examples is None:
+        examples = range(start, start + max(1, min(num, len(dataset) - start)))
+    num = len(examples)
+    shown = _run_examples(model, dataset, torch.as_tensor(examples), device, warp_samples, ground_truth_init)
     probs, labels = _probabilities(model, dataset, min(calibration_images, len(dataset)), device, ground_truth_init)
     image_rows = 1 + len(shown.samples) + len(shown.transformers)
     curve_panels = (3 if shown.transformers and history else 2 if history else 0) + 1  # + the reliability diagram
