@@ -49,6 +49,23 @@ def test_list_shows_state_without_training(cli, tmp_path):
     assert "standard/st-cnn-aff/rts/s0" in run.out and "pending" in run.out and "paper 0.5%" in run.out
 
 
+def test_list_says_how_far_an_interrupted_cell_has_trained(cli, mnist_dir, tmp_path):
+    from torchstn.engine import TrainConfig, train
+    from torchstn.reproduce import get_experiment, plan
+
+    cell = plan(get_experiment("stn-table1"), "quick", only=["cnn"], datasets=["rts"], limit=64)[0]
+    config = TrainConfig(**cell.config, data_dir=str(mnist_dir))
+    result = train(config, cell.run_dir(tmp_path / "runs").path, progress=False, stop_after=1)  # killed after epoch 1
+    run = cli("reproduce", "stn-table1", "--budget", "quick", "--list", "--only", "cnn", "--datasets", "rts,r",
+              "--limit", 64, "--out", tmp_path / "results", "--runs", tmp_path / "runs")
+    assert run.status == 0, run.err
+    interrupted, untouched = run.out.splitlines()
+    step = result.history[-1]["step"]
+    assert interrupted.startswith("quick/cnn/rts/s0") and " pending " in interrupted
+    assert f"(trained {step} of 16 iterations, epoch 1: test error " in interrupted and "resumes there" in interrupted
+    assert untouched.startswith("quick/cnn/r/s0") and "trained" not in untouched
+
+
 def test_by_default_a_user_records_their_own_runs_not_the_committed_ones(cli, tmp_path, monkeypatch):
     from torchstn.reproduce import DEFAULT_OUT
 

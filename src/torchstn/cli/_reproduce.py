@@ -97,7 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where EXPERIMENT.json/.md and the figures go (default %(default)s; 'results' in a checkout "
                    "adds to the project's committed numbers)")
     p.add_argument("--runs", default=DEFAULT_RUNS, metavar="DIR", help="where the run directories go (default %(default)s)")
-    p.add_argument("--list", action="store_true", help="print the cells and their state, train nothing")
+    p.add_argument("--list", action="store_true",
+                   help="print the cells and their state (an interrupted cell: how far it trained), train nothing")
     p.add_argument("--refresh", action="store_true",
                    help="redraw the figures and analyses of the finished cells from their runs and rewrite the "
                    "report, train nothing")
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"no cells of {experiment.name} match --only/--datasets")
     results = Results(args.out, experiment.name)
     if args.list:
-        _print_cells(cells, results)
+        _print_cells(cells, results, args.runs)
         return 0
     after_cell = _after_cell(args, experiment, results)
     if args.refresh:
@@ -148,13 +149,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_cells(cells: list[Cell], results: Results) -> None:
-    """One line per cell: its key, our error (or ``pending``) and the paper's."""
+def _print_cells(cells: list[Cell], results: Results, runs: str) -> None:
+    """One line per cell: its key, our error (or ``pending``) and the paper's; for a pending cell
+    whose run has a checkpoint under ``runs``, how far it has trained (it resumes from there)."""
     for cell in cells:
         record = results.finished(cell)
         state = f"{record['error']:.2f}%" if record else "pending"
         paper = "—" if cell.paper is None else f"{cell.paper:.1f}%"
-        print(f"{cell.key:<40} {state:>8}  paper {paper}")
+        line = f"{cell.key:<40} {state:>8}  paper {paper}"
+        run_dir = cell.run_dir(runs)
+        if record is None and run_dir.can_resume() and (history := run_dir.history()):
+            last = history[-1]
+            line += (f"  (trained {last['step']:,} of {cell.config['steps']:,} iterations, epoch {last['epoch']}: "
+                     f"test error {100 * last['test_error']:.2f}%; resumes there)")
+        print(line)
 
 
 def _after_cell(
