@@ -7,7 +7,7 @@ directories), so it can be rewritten at any time and always says what was measur
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,7 +114,7 @@ def error_by_rotation(cell: Cell, record: dict[str, Any], *, data_dir: str | Non
 
     from torchstn.transforms import Similarity
 
-    tested = _test_predictions(record, data_dir, lambda test_set: isinstance(test_set.transform, Similarity))
+    tested = _test_predictions(record, data_dir, (Similarity,))
     if tested is None:
         return []
     test_set, wrong = tested
@@ -138,8 +138,7 @@ def error_by_shift(cell: Cell, record: dict[str, Any], *, data_dir: str | None =
 
     from torchstn.transforms import Projective, ThinPlateSpline
 
-    tested = _test_predictions(
-        record, data_dir, lambda test_set: isinstance(test_set.transform, (Projective, ThinPlateSpline)))
+    tested = _test_predictions(record, data_dir, (Projective, ThinPlateSpline))
     if tested is None:
         return []
     test_set, wrong = tested
@@ -182,10 +181,10 @@ def distortion_shift(transform: Transform, params: torch.Tensor, size: int) -> t
 
 
 def _test_predictions(
-    record: dict[str, Any], data_dir: str | None, applies: Callable[[Any], bool]
+    record: dict[str, Any], data_dir: str | None, families: tuple[type, ...]
 ) -> tuple[Any, torch.Tensor] | None:
     """``(test set, wrong)`` of a finished cell's last model (``wrong``: 1.0 where it errs),
-    or ``None`` when its run is gone or ``applies(test_set)`` is false (or the set has no params)."""
+    or ``None`` when its run is gone or its test set was not drawn with one of ``families``."""
     from torchstn.engine import RunDir, load_model, load_split, predict
 
     run_dir = RunDir(record["run"])
@@ -193,7 +192,7 @@ def _test_predictions(
         return None
     model, config, _ = load_model(run_dir.path, "last")
     test_set = load_split(config.replace(data_dir=data_dir), "test")
-    if getattr(test_set, "params", None) is None or not applies(test_set):
+    if getattr(test_set, "params", None) is None or not isinstance(getattr(test_set, "transform", None), families):
         return None
     logits, labels = predict(model, test_set, batch_size=config.eval_batch_size,
                              ground_truth_init=config.ground_truth_init)
