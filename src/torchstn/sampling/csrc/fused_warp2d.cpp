@@ -753,6 +753,48 @@ inline typename Simd<T>::V interpolate(const T* xc, const Block<T>& blk, int64_t
   return blk.any_bad ? S::nan_where(r, blk.bad + t) : r;
 }
 
+#ifdef TORCHSTN_AVX2
+// the block's points where the input and the output hold a pixel's C <= 4 channels side by
+// side (channels_last, OpenCV's HWC images): each corner's channels in one load, blended for
+// all channels at once in the order of interpolate (so the same values as channel by
+// channel), written at o, o + step, ... A point whose corners all lie inside reads whole
+// vectors (the lanes past C are the next pixel's, unused; `last` keeps them inside the
+// sample), the others masked ones, where a corner outside reads the first pixel masked to 0
+// by its validity (a select, as in Simd::gather); a point is written as a whole vector where
+// the next point overwrites the lanes past C. Masked loads and stores only (AVX's, which
+// this Zen 4 runs slowly): 1.33x the channel-by-channel loop; whole ones where possible:
+// 1.64x (A/B of the bare kernel on channels_last 1x3x224x224 and 32x3x64x64)
+template <int MODE>
+inline void interleaved(const float* xb, const Block<float>& blk, int64_t n, int64_t C, float* o, int64_t step,
+                        int64_t last) {
+  const __m128i lanes = _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(C)), _mm_setr_epi32(0, 1, 2, 3));
+  const __m128 zero = _mm_setzero_ps(), nan = _mm_set1_ps(std::numeric_limits<float>::quiet_NaN());
+  const auto corner = [&](int q, int64_t t) {
+    const __m128 inside = _mm_cmpneq_ps(_mm_set1_ps(blk.valid[q][t]), zero);
+    return _mm_and_ps(_mm_maskload_ps(xb + blk.off[q][t], lanes), inside);
+  };
+  for (int64_t t = 0; t < n; ++t, o += step) {
+    __m128 r;
+    if (MODE != NEAREST && blk.inner[t] && blk.off[3][t] <= last) {  // whole vectors stay in the sample
+      r = _mm_mul_ps(_mm_loadu_ps(xb + blk.off[0][t]), _mm_set1_ps(blk.w[0][t]));
+      for (int q = 1; q < 4; ++q) r = _mm_add_ps(r, _mm_mul_ps(_mm_loadu_ps(xb + blk.off[q][t]), _mm_set1_ps(blk.w[q][t])));
+    } else {
+      r = corner(0, t);
+      if (MODE != NEAREST) {
+        r = _mm_mul_ps(r, _mm_set1_ps(blk.w[0][t]));
+        for (int q = 1; q < 4; ++q) r = _mm_add_ps(r, _mm_mul_ps(corner(q, t), _mm_set1_ps(blk.w[q][t])));
+      }
+    }
+    if (blk.any_bad && blk.bad[t] != 0) r = nan;
+    if (step == C && t + 1 < n) {  // a whole vector: its lanes past C fall on the next point, written next
+      _mm_storeu_ps(o, r);
+    } else {
+      _mm_maskstore_ps(o, lanes, r);
+    }
+  }
+}
+#endif
+
 template <typename T, int LOC, int PAD, int MODE>
 void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* out, const Strides& os, int64_t B,
                   int64_t C, const Constants<T>& k, int threads) {
@@ -790,6 +832,15 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
       }
       return;
     }
+#ifdef TORCHSTN_AVX2
+    if constexpr (std::is_same<T, float>::value) {
+      if (xs.c == 1 && os.c == 1 && C <= 4) {  // channels side by side (never packed)
+        const int64_t last = (k.H - 1) * k.sh + (k.W - 1) * k.sw + C - 4;  // the last whole-vector load
+        interleaved<MODE>(x + b * xs.b, blk, n, C, out + b * os.b + span.i * os.h + span.j0 * os.w, os.w, last);
+        return;
+      }
+    }
+#endif
     for (int64_t c = 0; c < C; ++c) {  // (never packed)
       const T* xc = x + b * xs.b + c * xs.c;
       T* oc = out + b * os.b + c * os.c + span.i * os.h + span.j0 * os.w;
