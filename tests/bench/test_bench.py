@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from torchstn.bench import (
     CASES,
@@ -125,3 +126,14 @@ def test_a_volume_case_without_the_fused_3d_kernel_says_what_it_timed(monkeypatc
     monkeypatch.setattr(_cases, "fused_status", lambda ndim=2: FusedStatus(ndim != 3, "no compiler" if ndim == 3 else None))
     (note,) = [n for n in build_workload(case, peers=("torch",)).notes if "3-D kernel" in n]
     assert "could not be built (no compiler)" in note and "grid + F.grid_sample" in note
+
+
+def test_a_channels_last_case_warps_a_channels_last_image() -> None:
+    from torchstn.bench import build_workload
+
+    (case,) = [c for c in CASES if c.name == "affine-b1-224-cl"]
+    assert case.channels_last and case.shape == (1, 3, 224, 224) and case.label.endswith(" CL")
+    work = build_workload(Case("t", "affine", (1, 3, 9, 11), channels_last=True), peers=("torch",))
+    x = work.contenders["torchstn"].leaves[0]
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    torch.testing.assert_close(work.contenders["torchstn"].forward(), work.contenders["torch"].forward())

@@ -67,12 +67,15 @@ class Case:
             ST-CNN training step.
         shape: input shape ``(B, C, *spatial)``.
         size: output spatial size; ``None`` keeps the input's.
+        channels_last: the input in channels_last memory format (a pixel's channels side
+            by side, the layout of OpenCV's and NumPy's ``(H, W, C)`` images).
     """
 
     name: str
     family: str
     shape: tuple[int, ...]
     size: tuple[int, ...] | None = None
+    channels_last: bool = False
 
     @property
     def out_size(self) -> tuple[int, ...]:
@@ -88,7 +91,7 @@ class Case:
         text = f"{self.family} {dims}"
         if self.size is not None:
             text += "->" + "x".join(str(s) for s in self.size)
-        return text
+        return text + (" CL" if self.channels_last else "")
 
     def quick(self) -> Case:
         """A tiny version of the case (batch <= 4, sides / 4, at least 8) for smoke tests."""
@@ -102,8 +105,8 @@ class Case:
 
 
 #: the cases timed by default, in report order: the affine family from MNIST (28 px) to ImageNet
-#: (224 px) sizes, batch-1 calls (latency), every other family, two volumes and one ST-CNN
-#: training step
+#: (224 px) sizes, batch-1 calls (latency; one of them on a channels_last image, OpenCV's
+#: layout), every other family, two volumes and one ST-CNN training step
 CASES: tuple[Case, ...] = (
     Case("affine-28", "affine", (256, 1, 28, 28)),
     Case("affine-60to30", "affine", (256, 1, 60, 60), (30, 30)),
@@ -111,6 +114,7 @@ CASES: tuple[Case, ...] = (
     Case("affine-224", "affine", (32, 3, 224, 224)),
     Case("affine-b1-28", "affine", (1, 1, 28, 28)),
     Case("affine-b1-224", "affine", (1, 3, 224, 224)),
+    Case("affine-b1-224-cl", "affine", (1, 3, 224, 224), channels_last=True),
     Case("translation-28", "translation", (256, 1, 28, 28)),
     Case("attention-28", "attention", (256, 1, 28, 28)),
     Case("similarity-28", "similarity", (256, 1, 28, 28)),
@@ -288,7 +292,10 @@ def build_workload(
     device = torch.device(device)
     transform = get_transform(case.family)
     x64, params64, grad64 = _random_inputs(case, transform, seed, params)
-    x = x64.to(device=device, dtype=dtype).requires_grad_(True)
+    x = x64.to(device=device, dtype=dtype)
+    if case.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     params = params64.to(device=device, dtype=dtype)
     grad_out = grad64.to(device=device, dtype=dtype)
     size = case.out_size

@@ -15,10 +15,10 @@ _SMALL_AFFINE = ("affine-28", "affine-60to30", "affine-64", "translation-28", "a
 
 #: every 2-D case of the affine family (OpenCV's warpAffine does their work)
 _AFFINE_2D = ("affine-28", "affine-60to30", "affine-64", "affine-224", "affine-b1-28", "affine-b1-224",
-              "translation-28", "attention-28", "similarity-28")
+              "affine-b1-224-cl", "translation-28", "attention-28", "similarity-28")
 
 #: the batch-1 calls (latency)
-_BATCH_1 = ("affine-b1-28", "affine-b1-224")
+_BATCH_1 = ("affine-b1-28", "affine-b1-224", "affine-b1-224-cl")
 
 #: the volumes
 _VOLUMES = ("affine3d-32", "affine3d-64")
