@@ -66,6 +66,20 @@ def test_list_says_how_far_an_interrupted_cell_has_trained(cli, mnist_dir, tmp_p
     assert untouched.startswith("quick/cnn/r/s0") and "trained" not in untouched
 
 
+def test_list_counts_epochs_for_a_recipe_given_in_epochs(cli, mnist_dir, tmp_path):
+    from torchstn.engine import TrainConfig, train
+    from torchstn.reproduce import get_experiment, plan
+
+    cell = plan(get_experiment("tutorial"), "standard", limit=64)[0]  # 20 epochs, no iteration count
+    assert cell.config.get("steps") is None and cell.config["epochs"] == 20
+    train(TrainConfig(**cell.config, data_dir=str(mnist_dir)), cell.run_dir(tmp_path / "runs").path, progress=False,
+          stop_after=1)
+    run = cli("reproduce", "tutorial", "--list", "--limit", 64, "--out", tmp_path / "results", "--runs",
+              tmp_path / "runs")
+    assert run.status == 0, run.err
+    assert "(trained 1 of 20 epochs: test error " in run.out
+
+
 def test_by_default_a_user_records_their_own_runs_not_the_committed_ones(cli, tmp_path, monkeypatch):
     from torchstn.reproduce import DEFAULT_OUT
 

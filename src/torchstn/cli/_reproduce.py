@@ -159,9 +159,10 @@ def _print_cells(cells: list[Cell], results: Results, runs: str) -> None:
         line = f"{cell.key:<40} {state:>8}  paper {paper}"
         run_dir = cell.run_dir(runs)
         if record is None and run_dir.can_resume() and (history := run_dir.history()):
-            last = history[-1]
-            line += (f"  (trained {last['step']:,} of {cell.config['steps']:,} iterations, epoch {last['epoch']}: "
-                     f"test error {100 * last['test_error']:.2f}%; resumes there)")
+            last, steps = history[-1], cell.config.get("steps")
+            done = (f"{last['step']:,} of {steps:,} iterations, epoch {last['epoch']}" if steps
+                    else f"{last['epoch']} of {cell.config.get('epochs', '?')} epochs")
+            line += f"  (trained {done}: test error {100 * last['test_error']:.2f}%; resumes there)"
         print(line)
 
 
