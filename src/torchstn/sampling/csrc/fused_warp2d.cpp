@@ -774,16 +774,12 @@ inline void interleaved(const float* xb, const Block<float>& blk, int64_t n, int
     return _mm_and_ps(_mm_maskload_ps(xb + blk.off[q][t], lanes), inside);
   };
   for (int64_t t = 0; t < n; ++t, o += step) {
-    __m128 r;
-    if (MODE != NEAREST && blk.inner[t] && blk.off[3][t] <= last) {  // whole vectors stay in the sample
-      r = _mm_mul_ps(_mm_loadu_ps(xb + blk.off[0][t]), _mm_set1_ps(blk.w[0][t]));
-      for (int q = 1; q < 4; ++q) r = _mm_add_ps(r, _mm_mul_ps(_mm_loadu_ps(xb + blk.off[q][t]), _mm_set1_ps(blk.w[q][t])));
-    } else {
-      r = corner(0, t);
-      if (MODE != NEAREST) {
-        r = _mm_mul_ps(r, _mm_set1_ps(blk.w[0][t]));
-        for (int q = 1; q < 4; ++q) r = _mm_add_ps(r, _mm_mul_ps(corner(q, t), _mm_set1_ps(blk.w[q][t])));
-      }
+    const bool whole = MODE != NEAREST && blk.inner[t] && blk.off[3][t] <= last;  // whole vectors stay in the sample
+    const auto value = [&](int q) { return whole ? _mm_loadu_ps(xb + blk.off[q][t]) : corner(q, t); };
+    __m128 r = value(0);
+    if (MODE != NEAREST) {
+      r = _mm_mul_ps(r, _mm_set1_ps(blk.w[0][t]));
+      for (int q = 1; q < 4; ++q) r = _mm_add_ps(r, _mm_mul_ps(value(q), _mm_set1_ps(blk.w[q][t])));
     }
     if (blk.any_bad && blk.bad[t] != 0) r = nan;
     if (step == C && t + 1 < n) {  // a whole vector: its lanes past C fall on the next point, written next
