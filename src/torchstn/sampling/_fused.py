@@ -38,7 +38,10 @@ dtypes, and 3-D, use the grid path with ``F.grid_sample``, and so do
 Threads: ``torch.get_num_threads()``; the forward splits output rows, the backward splits
 the batch (each sample's input gradient and θ gradient belong to one thread).
 Layouts: the input is read with its own strides (NCHW, channels_last or a view, no copy);
-the output is channels_last when the input is.
+the output is channels_last when the input is. A channels_last float32 input of 2 to 4
+channels (an RGB image from NumPy or OpenCV) has a path of its own, forward and backward:
+a pixel's channels read, written and accumulated together, with the values and gradients
+of the same image in NCHW bit for bit.
 Non-finite locations (NaN, ±Inf) give NaN outputs and NaN location gradients.
 """
 

@@ -789,6 +789,63 @@ inline void interleaved(const float* xb, const Block<float>& blk, int64_t n, int
     }
   }
 }
+
+// the backward of the block's points where the input (and so grad_x, which has its strides)
+// holds a pixel's C <= 4 channels side by side: each corner's channels in one load, as in
+// `interleaved`; grad_out's C values of a point `gstep` apart in memory, its points `step`
+// apart from g. Adds to grad_x (corners in the order of the channel-by-channel scatter, so
+// the same sums) and, with `ix`, writes dL/d(pixel location) of each point to ix and iy
+// (channels summed in order, as the channel loop sums them). Read-modify-writes of whole
+// vectors add 0 to the lanes past C (the next pixel's, in this sample, which this thread
+// alone writes); `last` keeps them inside the sample.
+template <int MODE, int C>
+inline void interleaved_backward(const float* xb, float* gxb, const Block<float>& blk, int64_t n,
+                                 const float* g, int64_t step, int64_t gstep, int64_t last, float* ix, float* iy) {
+  const __m128i lanes = _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(C)), _mm_setr_epi32(0, 1, 2, 3));
+  const __m128 zero = _mm_setzero_ps(), one = _mm_set1_ps(1.f);
+  alignas(16) float dx[4], dy[4];
+  for (int64_t t = 0; t < n; ++t, g += step) {
+    __m128 go;
+    if (gstep == 1) {  // a whole vector where the next point follows, its lanes past C cleared
+      go = t + 1 < n && step >= C ? _mm_and_ps(_mm_loadu_ps(g), _mm_castsi128_ps(lanes)) : _mm_maskload_ps(g, lanes);
+    } else {
+      go = _mm_setr_ps(g[0], g[gstep], C > 2 ? g[2 * gstep] : 0.f, C > 3 ? g[3 * gstep] : 0.f);
+    }
+    const bool whole = MODE != NEAREST && blk.inner[t] && blk.off[3][t] <= last;
+    if (gxb) {
+      alignas(16) float part[4];
+      for (int q = 0; q < (MODE == NEAREST ? 1 : 4); ++q) {
+        if (blk.valid[q][t] == 0) continue;
+        _mm_store_ps(part, _mm_mul_ps(_mm_set1_ps(blk.w[q][t]), go));
+        float* p = gxb + blk.off[q][t];
+        for (int c = 0; c < C; ++c) p[c] += part[c];
+      }
+    }
+    if (ix == nullptr) continue;
+    if (MODE == NEAREST) {  // no location gradient
+      ix[t] = iy[t] = 0.f;
+      continue;
+    }
+    __m128 v[4];
+    for (int q = 0; q < 4; ++q) {
+      v[q] = whole ? _mm_loadu_ps(xb + blk.off[q][t])
+                   : _mm_and_ps(_mm_maskload_ps(xb + blk.off[q][t], lanes),
+                                _mm_cmpneq_ps(_mm_set1_ps(blk.valid[q][t]), zero));
+    }
+    const __m128 tx = _mm_set1_ps(blk.tx[t]), ty = _mm_set1_ps(blk.ty[t]);
+    _mm_store_ps(dx, _mm_mul_ps(go, _mm_add_ps(_mm_mul_ps(_mm_sub_ps(v[1], v[0]), _mm_sub_ps(one, ty)),
+                                               _mm_mul_ps(_mm_sub_ps(v[3], v[2]), ty))));
+    _mm_store_ps(dy, _mm_mul_ps(go, _mm_add_ps(_mm_mul_ps(_mm_sub_ps(v[2], v[0]), _mm_sub_ps(one, tx)),
+                                               _mm_mul_ps(_mm_sub_ps(v[3], v[1]), tx))));
+    float sx = 0.f, sy = 0.f;
+    for (int c = 0; c < C; ++c) {
+      sx += dx[c];
+      sy += dy[c];
+    }
+    ix[t] = sx;
+    iy[t] = sy;
+  }
+}
 #endif
 
 template <typename T, int LOC, int PAD, int MODE>
@@ -893,11 +950,30 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
       const Span span = block_span(index, Ho, Wo, loc.packed);
       const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
       locate<T, LOC, PAD, MODE>(loc, k, b, span, blk);
+      bool side_by_side = false;
+#ifdef TORCHSTN_AVX2
+      if constexpr (std::is_same<T, float>::value) {
+        if (xs.c == 1 && C > 1 && C <= 4) {  // channels_last
+          side_by_side = true;
+          const int64_t last = (k.H - 1) * k.sh + (k.W - 1) * k.sw + C - 4;  // the last whole vector
+          const int64_t at = loc.packed ? span.p0 : span.i * gs.h + span.j0 * gs.w;
+          const float* xb = x + b * xs.b;
+          float* gxb = grad_x ? grad_x + b * xs.b : nullptr;
+          const float* gb = grad_out + b * gs.b + at;
+          const int64_t step = loc.packed ? 1 : gs.w;
+          float* ix = grad_loc ? gix : nullptr;
+          if (C == 2) interleaved_backward<MODE, 2>(xb, gxb, blk, n, gb, step, gs.c, last, ix, giy);
+          if (C == 3) interleaved_backward<MODE, 3>(xb, gxb, blk, n, gb, step, gs.c, last, ix, giy);
+          if (C == 4) interleaved_backward<MODE, 4>(xb, gxb, blk, n, gb, step, gs.c, last, ix, giy);
+          for (int64_t t = n; t < nn; ++t) gix[t] = giy[t] = T(0);
+        }
+      }
+#endif
       // every channel of a vector of points before the next vector (weights, fractions and
       // offsets stay in registers)
       const V one = S::set1(T(1));
-      const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
-      for (int64_t t = 0; t < nn; t += S::N) {
+      const int64_t ahead = side_by_side ? 0 : rows_ahead(loc, k, b, span, beyond_l2);
+      for (int64_t t = 0; !side_by_side && t < nn; t += S::N) {
         const int64_t live = n - t;  // lanes that are points (the rest is padding)
         for (int64_t c = 0; ahead != 0 && c < C; ++c) {
           if (grad_x) fetch_ahead<1>(grad_x + b * xs.b + c * xs.c, blk, t, ahead, k.sh);
