@@ -416,13 +416,23 @@ def _plot_curves(fig: Any, cells: Any, history: Sequence[dict[str, Any]], with_t
             ax.annotate(xy=(steps[-1], test[-1]), xytext=(0, 7), textcoords="offset points", **last)
         else:  # 0 has no place on a log axis
             ax.annotate(xy=(0.97, 0.04), xycoords="axes fraction", **{**last, "text": f"last test 0{unit}"})
-        ax.set_xlabel("step")
         ax.set_title(f"{title}, log scale", fontsize=10)
         ax.set_xlim(left=0)
+        _step_axis(ax)
         _log_axis(ax)
         ax.legend(fontsize=8)
     if with_theta and all(h.get("theta") for h in history):
         _plot_theta(fig.add_subplot(cells[0, 2]), steps, history)
+
+
+def _step_axis(ax: Any) -> None:
+    """The x-axis of iterations: at most five ticks, thousands as ``25k`` (five-digit labels
+    of a long run ran into each other)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if abs(v) >= 1000 else f"{v:g}"))
 
 
 def _positive(values: list[float]) -> list[float]:
@@ -462,9 +472,9 @@ def _plot_theta(ax: Any, steps: list[int], history: Sequence[dict[str, Any]]) ->
         color = _COLORS[k % len(_COLORS)]
         ax.plot(steps, [h["theta"][k]["distance"] for h in history], "o-", color=color, ms=5)
         outside.plot(steps, [100 * h["theta"][k]["outside"] for h in history], "s--", color=color, ms=5, mfc="white")
-    ax.set_xlabel("step")
     ax.set_title("transformer diagnostics (test)", fontsize=10)
     ax.set_xlim(0, max(steps) * 1.05 if max(steps) > 0 else 1)
+    _step_axis(ax)
     ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-3) * 1.7)  # the top third is the key's
     ax.set_ylabel("mean |θ − identity|", fontsize=9)
     highest = max(100 * h["theta"][k]["outside"] for h in history for k in range(count))
