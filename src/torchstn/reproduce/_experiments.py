@@ -355,8 +355,7 @@ STN_ADDITION = Experiment(
         "images): both read about the whole canvas (square root of the determinant, median 0.98 and "
         "0.89: no crop), both rotate by about -14° and move it by different amounts (median distance "
         "between the two θ 0.78, from the identity 0.69); each output holds both digits. Neither "
-        "transformer picks out one digit, as the paper's figure shows its do: the second adds a second "
-        "view of the pair.",
+        "transformer picks out one digit: the second adds a second view of the pair.",
     ),
 )
 
