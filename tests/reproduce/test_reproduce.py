@@ -187,9 +187,15 @@ def test_a_record_from_an_earlier_recipe_is_listed_apart_not_in_the_table(tmp_pa
     assert recipe_changes(experiment, _record(cnn, 5.26)) == {}
     limited = plan(experiment, "standard", only=["cnn"], datasets=["rts"], limit=64)[0]
     assert recipe_changes(experiment, _record(limited, 50.0)) == {}  # a test subset is today's recipe
+    from torchstn.reproduce._report import figure_path
+
+    figure = figure_path(tmp_path, "stn-table1", "standard", "st-cnn-aff", "rts")
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    figure.write_bytes(b"")  # the earlier run's figure: not shown beside today's table
     text = render_report(experiment, results, tmp_path, "standard")
     table = text[: text.index("### Runs")]
     assert "| ST-CNN Aff | — | 0.7 | — | 0.5 |" in table and "3.46" not in table and "**5.26**" in table
+    assert figure.name not in text
     assert ("- ST-CNN Aff on RTS, seed 0: 3.46% (undated); since changed: `batch_size` 128 → 64, `lr` 0.001 → 0.002"
             in text)
 

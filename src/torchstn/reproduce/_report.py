@@ -507,11 +507,12 @@ def _provenance(view: _BudgetView) -> list[str]:
 
 
 def _figures_section(view: _BudgetView, results_dir: Path) -> list[str]:
-    """The headline cell's figure inline, links to the others."""
+    """The headline cell's figure inline, links to the others: of the cells finished with today's
+    recipe (a figure left by an earlier recipe's run shows a model that is in no table)."""
     figures = []
     for row_key, col_key in view.pairs:
         path = figure_path(results_dir, view.experiment.name, view.budget, row_key, col_key)
-        if path.is_file():
+        if (row_key, col_key) in view.by_pair and path.is_file():
             figures.append((row_key, col_key, path))
     if not figures:
         return []
