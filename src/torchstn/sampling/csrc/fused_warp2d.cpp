@@ -754,16 +754,6 @@ inline typename Simd<T>::V interpolate(const T* xc, const Block<T>& blk, int64_t
 }
 
 #ifdef TORCHSTN_AVX2
-// the block's points where the input and the output hold a pixel's C <= 4 channels side by
-// side (channels_last, OpenCV's HWC images): each corner's channels in one load, blended for
-// all channels at once in the order of interpolate (so the same values as channel by
-// channel), written at o, o + step, ... A point whose corners all lie inside reads whole
-// vectors (the lanes past C are the next pixel's, unused; `last` keeps them inside the
-// sample), the others masked ones, where a corner outside reads the first pixel masked to 0
-// by its validity (a select, as in Simd::gather); a point is written as a whole vector where
-// the next point overwrites the lanes past C. Masked loads and stores only (AVX's, which
-// this Zen 4 runs slowly): 1.33x the channel-by-channel loop; whole ones where possible:
-// 1.64x (A/B of the bare kernel on channels_last 1x3x224x224 and 32x3x64x64)
 // the first C of 4 lanes, for masked loads and stores
 inline __m128i first_lanes(int64_t C) {
   return _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(C)), _mm_setr_epi32(0, 1, 2, 3));
@@ -786,6 +776,16 @@ inline __m128 corner_channels(const float* xb, const Block<float>& blk, int q, i
   return _mm_and_ps(_mm_maskload_ps(xb + blk.off[q][t], lanes), inside);
 }
 
+// the block's points where the input and the output hold a pixel's C <= 4 channels side by
+// side (channels_last, OpenCV's HWC images): each corner's channels in one load, blended for
+// all channels at once in the order of interpolate (so the same values as channel by
+// channel), written at o, o + step, ... A point whose corners all lie inside reads whole
+// vectors (the lanes past C are the next pixel's, unused; `last` keeps them inside the
+// sample), the others masked ones, where a corner outside reads the first pixel masked to 0
+// by its validity (a select, as in Simd::gather); a point is written as a whole vector where
+// the next point overwrites the lanes past C. Masked loads and stores only (AVX's, which
+// this Zen 4 runs slowly): 1.33x the channel-by-channel loop; whole ones where possible:
+// 1.64x (A/B of the bare kernel on channels_last 1x3x224x224 and 32x3x64x64)
 template <int MODE>
 inline void interleaved(const float* xb, const Block<float>& blk, int64_t n, int64_t C, float* o, int64_t step,
                         int64_t last) {
@@ -988,7 +988,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
       // offsets stay in registers)
       const V one = S::set1(T(1));
       const int64_t ahead = side_by_side ? 0 : rows_ahead(loc, k, b, span, beyond_l2);
-      for (int64_t t = 0; !side_by_side && t < nn; t += S::N) {
+      for (int64_t t = 0; !side_by_side && t < nn; t += S::N) {  // (side by side: done above)
         const int64_t live = n - t;  // lanes that are points (the rest is padding)
         for (int64_t c = 0; ahead != 0 && c < C; ++c) {
           if (grad_x) fetch_ahead<1>(grad_x + b * xs.b + c * xs.c, blk, t, ahead, k.sh);
