@@ -11,10 +11,10 @@ budget (:data:`BUDGETS`):
   optimiser and learning rate, with the iteration count scaled down and the schedule
   scaled with it (see each experiment's ``notes``);
 * ``long``: a longer run for the cells ``standard`` leaves far from the paper (ten
-  times ``standard`` for ``stn-table1``, ``stn-cluttered`` and ``icstn-perturbed``, about 33 for
-  ``stn-addition``, whose FCN models need 100 epochs to leave their plateau; up to an hour
-  per cell on a 2-core CPU, two to three for the addition CNNs), to show how much of the gap is the budget; defined by the
-  experiments where it matters;
+  times ``standard`` for ``stn-table1``, ``stn-cluttered`` and ``icstn-perturbed``, about 33
+  times for ``stn-addition``, whose FCN models need up to 100 epochs to leave their plateau;
+  up to an hour per cell on a 2-core CPU, two to three hours for the addition CNNs), to show
+  how much of the gap is the budget; defined by the experiments where it matters;
 * ``paper``: the paper's own recipe and iteration count (for a GPU).
 
 The recipes are plain :class:`~torchstn.engine.TrainConfig` overrides, so a cell's
