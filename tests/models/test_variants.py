@@ -134,3 +134,16 @@ def test_p_stn_model_marginalises_and_exposes_its_kl():
     with torch.no_grad():
         model(x)
     assert pst.last_samples == 5
+
+
+def test_zoom_starts_the_affine_st_models_on_a_central_crop():
+    # 2xST-FCN as tensorpack's MNIST addition: each transformer samples 28x28 of the 42x42
+    # input and starts on its central crop (zoom 28/42), so it must move to a digit to show it
+    x = torch.rand(3, 2, 42, 42)
+    for name in ("st-fcn-aff", "st-cnn-aff"):
+        model = stn.create_model(name, in_channels=2, input_size=42, num_classes=19, num_transformers=2,
+                                 output_size=28, zoom=2 / 3)
+        out = model.transform_input(x)
+        torch.testing.assert_close(out, torch.cat([x[:, :, 7:35, 7:35]] * 2, dim=1), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="zoom must be positive"):
+        stn.create_model("st-fcn-aff", zoom=0.0)

@@ -35,6 +35,19 @@ def test_regressor_starts_at_zero_weights_and_identity_bias():
     torch.testing.assert_close(st.regressor.bias.detach(), stn.Projective().identity())
 
 
+def test_start_sets_the_first_theta_and_survives_reset_parameters():
+    start = [0.5, 0.0, 0.25, 0.0, 0.5, -0.25]
+    st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (16, 16)), output_size=(8, 8), start=start)
+    x = torch.rand(2, 1, 16, 16)
+    # θ (0.5, 0, 0.25; 0, 0.5, -0.25) shows the 8x8 window whose top-left pixel is (row 2, column 6)
+    torch.testing.assert_close(st(x), x[:, :, 2:10, 6:14], atol=1e-6, rtol=0)
+    assert torch.count_nonzero(st.regressor.weight) == 0
+    st.regressor.reset_parameters()
+    torch.testing.assert_close(st.regressor.bias.detach(), torch.tensor(start))
+    with pytest.raises(ValueError, match="start must hold the 6 parameters of Affine, got 3"):
+        stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (16, 16)), start=[1.0, 0.0, 0.0])
+
+
 def test_gradients_reach_the_localization_net():
     st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (16, 16)))
     x = torch.rand(4, 1, 16, 16)

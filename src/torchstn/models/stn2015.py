@@ -202,15 +202,17 @@ def _st_classifier(
     output_size: int | Sequence[int] | None,
     sampler: SamplerOptions,
     classifier_kwargs: dict[str, Any],
+    start: Sequence[float] | None = None,
 ) -> STClassifier:
     """What every ST-FCN and ST-CNN is: ``num_transformers`` transformers of the family
     ``transform``, each with its own ``localization(in_channels, input_size)``, their outputs
-    concatenated, average-pooled by ``pool``, then ``classifier``."""
+    concatenated, average-pooled by ``pool``, then ``classifier``; each starts at θ ``start``
+    (default: the identity)."""
     size = as_size("input_size", input_size)
     out_size = size if output_size is None else as_size("output_size", output_size)
     check_int("num_transformers", num_transformers, 1)
     transformers = [
-        SpatialTransformer(transform(), localization(in_channels, size), out_size, sampler=sampler)
+        SpatialTransformer(transform(), localization(in_channels, size), out_size, start=start, sampler=sampler)
         for _ in range(num_transformers)
     ]
     head = classifier(in_channels * num_transformers, _pooled(out_size, pool), num_classes, **classifier_kwargs)
@@ -234,12 +236,21 @@ def _cnn_localization(loc_hidden: int | None) -> Callable[[int, tuple[int, int]]
     return lambda in_channels, size: st_cnn_localization(in_channels, size, hidden=hidden)
 
 
+def _zoomed(zoom: float) -> list[float] | None:
+    """The affine start θ at ``zoom`` about the centre (``None``: the identity, the default start)."""
+    zoom = check_number("zoom", zoom)
+    if not zoom > 0:
+        raise ValueError(f"zoom must be positive, got {zoom}")
+    return None if zoom == 1 else [zoom, 0.0, 0.0, 0.0, zoom, 0.0]
+
+
 @register_model("st-fcn-aff")
 @forwards_kwargs(fcn_classifier)
 def st_fcn_aff(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10, num_transformers: int = 1,
     pool: int = 1, output_size: int | Sequence[int] | None = None, loc_hidden: int | Sequence[int] | None = None,
-    mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, **classifier_kwargs: Any,
+    mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, zoom: float = 1.0,
+    **classifier_kwargs: Any,
 ) -> STClassifier:
     """ST-FCN Aff (STN paper, section 4.1, Table 1; appendix A.1): an affine transformer before the FCN.
 
@@ -255,6 +266,8 @@ def st_fcn_aff(
         pool: average-pooling factor after the transformer(s).
         output_size: size the transformer samples (default: ``input_size``).
         loc_hidden: width(s) of the localisation net's hidden FC layers.
+        zoom: the transformer starts at this zoom about the centre (θ ``(zoom, 0, 0,
+            0, zoom, 0)``): below 1 it starts on a central crop of the input.
         mode, padding, align_corners: sampling options of the transformer
             (:class:`~torchstn.sampling.SamplerOptions`).
         **classifier_kwargs: passed to :func:`fcn_classifier` (``hidden``).
@@ -268,6 +281,7 @@ def st_fcn_aff(
         Affine, _fcn_localization(loc_hidden), fcn_classifier, in_channels=in_channels, input_size=input_size,
         num_classes=num_classes, num_transformers=num_transformers, pool=pool, output_size=output_size,
         sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners), classifier_kwargs=classifier_kwargs,
+        start=_zoomed(zoom),
     )
 
 
@@ -323,7 +337,8 @@ def st_fcn_tps(
 def st_cnn_aff(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10, num_transformers: int = 1,
     pool: int = 1, output_size: int | Sequence[int] | None = None, loc_hidden: int | None = None,
-    mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, **classifier_kwargs: Any,
+    mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, zoom: float = 1.0,
+    **classifier_kwargs: Any,
 ) -> STClassifier:
     """ST-CNN Aff (STN paper, section 4.1, Table 1; appendix A.1): an affine transformer before the CNN.
 
@@ -340,6 +355,8 @@ def st_cnn_aff(
         pool: average-pooling factor after the transformer(s).
         output_size: size the transformer samples (default: ``input_size``).
         loc_hidden: width of the localisation net's FC layer (default 20).
+        zoom: the transformer starts at this zoom about the centre (θ ``(zoom, 0, 0,
+            0, zoom, 0)``): below 1 it starts on a central crop of the input.
         mode, padding, align_corners: sampling options of the transformer
             (:class:`~torchstn.sampling.SamplerOptions`).
         **classifier_kwargs: passed to :func:`cnn_classifier` (``channels``,
@@ -354,6 +371,7 @@ def st_cnn_aff(
         Affine, _cnn_localization(loc_hidden), cnn_classifier, in_channels=in_channels, input_size=input_size,
         num_classes=num_classes, num_transformers=num_transformers, pool=pool, output_size=output_size,
         sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners), classifier_kwargs=classifier_kwargs,
+        start=_zoomed(zoom),
     )
 
 
@@ -504,10 +522,8 @@ def _parts_model(
     make_backbone = backbone if backbone is not None else _small_backbone
     transformers = []
     for tx, ty in _part_offsets(k):
-        st = SpatialTransformer(Attention(), conv_localization(in_channels, size), crop, sampler=sampler)
-        with torch.no_grad():  # each part starts on its own region (the weights stay zero)
-            st.regressor.bias.copy_(torch.tensor([scale, tx, ty]))
-        transformers.append(st)
+        localization = conv_localization(in_channels, size)  # each part starts on its own region:
+        transformers.append(SpatialTransformer(Attention(), localization, crop, start=[scale, tx, ty], sampler=sampler))
     backbones = [make_backbone(in_channels) for _ in range(k)]
     width = sum(feature_width(b, in_channels, crop, "part backbone") for b in backbones)
     return PartsClassifier(

@@ -88,6 +88,10 @@ class SpatialTransformer(nn.Module):
         output_size: spatial size of the output; ``None`` keeps the input's.
         in_features: width of the localisation features; by default the width of the
             last ``nn.Linear`` in ``localization``, else inferred from the first batch.
+        start: the ``P`` values of θ a new transformer starts at (the regressor's bias;
+            its weights start at 0); default the identity. A start that crops (an
+            affine ``(s, 0, tx, 0, s, ty)`` with ``s < 1``) makes the transformer look
+            for what it must show from its first step.
         sampler: how the input is sampled (:class:`~torchstn.sampling.SamplerOptions`);
             default ``SamplerOptions()``.
         **sampler_keywords: ``mode``, ``padding``, ``align_corners``, ``backend``: the same
@@ -137,6 +141,7 @@ class SpatialTransformer(nn.Module):
         output_size: Sequence[int] | None = None,
         *,
         in_features: int | None = None,
+        start: Sequence[float] | None = None,
         sampler: SamplerOptions | None = None,
         **sampler_keywords: Unpack[SamplerKeywords],
     ) -> None:
@@ -145,7 +150,12 @@ class SpatialTransformer(nn.Module):
             raise TypeError(f"localization must be an nn.Module, got {type(localization).__name__}")
         self.transform = get_transform(transform)
         self.localization = localization
-        self.regressor = make_regressor(localization, self.transform, in_features)
+        self.regressor = make_regressor(localization, self.transform if start is None else start, in_features)
+        if self.regressor.out_features != self.transform.num_params:
+            raise ValueError(
+                f"start must hold the {self.transform.num_params} parameters of {self.transform.name}, "
+                f"got {self.regressor.out_features}"
+            )
         self.output_size = None if output_size is None else check_size("output_size", output_size, self.transform.ndim)
         self.sampler = _sampler_options(type(self).__name__, sampler, sampler_keywords)
         self.last_params = None
