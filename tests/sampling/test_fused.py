@@ -118,6 +118,37 @@ def test_a_sample_smaller_and_one_larger_than_l2_equal_the_grid_path():
         torch.testing.assert_close(fused, grid_path, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_wide_float32_affine_rows_in_one_pass_equal_the_two_passes_bit_for_bit(padding, align_corners):
+    """Wide rows of a float32 affine warp with 1 to 4 channels are sampled in one pass (the
+    corners read as windows of a row where they lie close, as pairs, or gathered); 5
+    channels take the two passes. The first channels of a 5-channel warp must be the same
+    bits: near the identity (windows), shifted and rotated (pairs, the edges), flipped,
+    far out, a NaN θ, an inf pixel, and an input that is a view (row stride > width)."""
+    n = 8
+    wide = random_input((n, 5, 50, 90), torch.float32, seed=3)
+    x = wide[..., :70]  # a view: rows 90 apart
+    x[1, :, 20, 30] = float("inf")
+    p = random_theta(stn.Affine(), n, torch.float64, scale=0.02, seed=4)
+    p[2:4] += random_theta(stn.Affine(), 2, torch.float64, scale=0.3, seed=5) - stn.Affine().identity(2)
+    p[4] = torch.tensor([-1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # flipped: x falls along a row
+    p[5] = torch.tensor([0.7, 0.7, 0.1, -0.7, 0.7, 0.0])  # rotated by 45 degrees
+    p[6] = torch.tensor([1.0, 0.0, 3.0, 0.0, 1.0, 0.0])  # entirely outside
+    p[7, 2] = float("nan")
+    p = p.float()
+    for size in [(40, 80), (12, 70)]:  # rows of 64 + 16 points, and of 64 + 6 (a part-filled vector)
+        five = stn.warp(x, p, stn.Affine(), size=size, padding=padding, align_corners=align_corners, backend="fused")
+        for c in (1, 3, 4):
+            out = stn.warp(x[:, :c], p, stn.Affine(), size=size, padding=padding, align_corners=align_corners,
+                           backend="fused")
+            torch.testing.assert_close(out, five[:, :c], atol=0, rtol=0, equal_nan=True)
+        assert five[7].isnan().all()
+    grid_path = stn.warp(x, p, stn.Affine(), size=(12, 70), padding=padding, align_corners=align_corners, backend="torch")
+    finite = torch.isfinite(grid_path) & torch.isfinite(five)  # (the paths' float32 locations differ by rounding)
+    torch.testing.assert_close(five[finite], grid_path[finite], atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("location", ["affine", "projective", "grid"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_an_input_beyond_l2_fetches_rows_ahead_with_the_same_values_and_gradients(location, dtype):
