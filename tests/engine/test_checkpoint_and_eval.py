@@ -242,6 +242,26 @@ def test_plot_run_explains_what_it_draws(tmp_path, monkeypatch):
     assert [ax.get_ylabel() for ax in fig.axes].count("outside the input (%)") == 1
 
 
+def test_plot_run_shows_two_channels_in_two_colours(tmp_path, monkeypatch):
+    """MNIST addition's inputs hold a digit per channel: the first is drawn magenta, the second
+    green (a grey mean would not say which digit a transformer shows), and the key says so."""
+    import matplotlib.figure
+
+    drawn, save = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k)))
+    x = torch.zeros(2, 2, 42, 42)
+    x[:, 0, 5:10, 5:10] = 1.0  # first channel: a square top left
+    x[:, 1, 30:35, 30:35] = 0.5  # second: one bottom right
+    model = stn.create_model("st-fcn-aff", in_channels=2, input_size=42, num_classes=19, num_transformers=2)
+    plot_run(model, TensorDataset(x, torch.tensor([3, 7])), tmp_path / "fig.png", num=2, calibration_images=2)
+    (fig,) = drawn
+    assert "channel 1 magenta, channel 2 green" in [text.get_text() for text in fig.legends[0].get_texts()]
+    rgb = fig.axes[0].get_images()[0].get_array()  # the first input, RGB
+    assert rgb.shape == (42, 42, 3)
+    assert rgb[7, 7].tolist() == [1.0, 0.0, 1.0] and rgb[32, 32].tolist() == [0.0, 0.5, 0.0]
+
+
 def test_plot_run_draws_every_kind_of_model(tmp_path):
     x, y = torch.rand(6, 1, 28, 28), torch.arange(6) % 4
     data = TensorDataset(x, y)

@@ -148,10 +148,14 @@ def _plot_reliability(fig: Any, cell: Any, probs: torch.Tensor, labels: torch.Te
 
 
 def _image(x: torch.Tensor) -> tuple[Any, str | None]:
-    """A ``(C, H, W)`` tensor as something ``imshow`` draws: RGB for 3 channels, else grey."""
+    """A ``(C, H, W)`` tensor as something ``imshow`` draws: RGB for 3 channels; 2 channels
+    (MNIST addition's two digits) in colours, the first magenta and the second green, so that
+    each transformer's output shows which digit it holds; else grey (the channels' mean)."""
     x = x.detach().float().cpu()
     if x.shape[0] == 3:
         return x.permute(1, 2, 0).clamp(0, 1).numpy(), None
+    if x.shape[0] == 2:
+        return torch.stack([x[0], x[1], x[0]], dim=-1).clamp(0, 1).numpy(), None
     return x.mean(0).numpy(), "gray"
 
 
@@ -270,6 +274,8 @@ def _key(shown: _Examples, warp_samples: int) -> list[Any]:
         color = _COLORS[shown.samples[0][0] % len(_COLORS)]
         key.append(Line2D([], [], color=color, lw=0.6, label=f"borders for {warp_samples} sampled θ"))
         key.append(Line2D([], [], color="black", lw=1.2, ls="--", label="border for the mean θ"))
+    if shown.x.shape[1] == 2:
+        key.append(Line2D([], [], ls="none", label="channel 1 magenta, channel 2 green"))
     key.append(Line2D([], [], ls="none", label="above: predicted class (true one in red if wrong)"))
     return key
 
