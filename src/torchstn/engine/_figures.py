@@ -490,4 +490,6 @@ def _plot_theta(ax: Any, steps: list[int], history: Sequence[dict[str, Any]]) ->
            Line2D([], [], color="black", marker="s", ms=5, mfc="white", ls="--", label="outside, % (right)")]
     if count > 1:
         key += [Line2D([], [], color=_COLORS[k % len(_COLORS)], lw=3, label=f"ST {k + 1}") for k in range(count)]
-    ax.legend(handles=key, fontsize=7, loc="upper center", ncol=2 if count > 1 else 1, framealpha=0.9)
+    # on the twin axes, which are drawn over the left one's, and narrow enough to stay inside
+    outside.legend(handles=key, fontsize=7, loc="upper center", ncol=2 if count > 1 else 1, framealpha=0.9,
+                   handlelength=1.6, columnspacing=0.8)
