@@ -218,12 +218,18 @@ def test_warp_outline_maps_the_frame_into_the_input():
     assert len(lines) == 1 + 2 * 3
 
 
-def test_plot_run_explains_what_it_draws(tmp_path, monkeypatch):
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures saved during a test, in order (``Figure.savefig`` still writes them)."""
     import matplotlib.figure
 
-    drawn, save = [], matplotlib.figure.Figure.savefig
+    figures, save = [], matplotlib.figure.Figure.savefig
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
-                        lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k)))
+                        lambda fig, *a, **k: (figures.append(fig), save(fig, *a, **k)))
+    return figures
+
+
+def test_plot_run_explains_what_it_draws(tmp_path, drawn):
     data = TensorDataset(torch.rand(6, 1, 28, 28), torch.arange(6) % 4)
     history = [{"epoch": e, "step": 10 * e, "train_loss": 2.0 / e**3, "test_loss": 2.1 / e**3,
                 "train_error": 0.7 / e**3, "test_error": 0.7 / e**3, "theta": [{"distance": 0.3 * e, "outside": 0.05}]}
@@ -242,14 +248,9 @@ def test_plot_run_explains_what_it_draws(tmp_path, monkeypatch):
     assert [ax.get_ylabel() for ax in fig.axes].count("outside the input (%)") == 1
 
 
-def test_plot_run_shows_two_channels_in_two_colours(tmp_path, monkeypatch):
+def test_plot_run_shows_two_channels_in_two_colours(tmp_path, drawn):
     """MNIST addition's inputs hold a digit per channel: the first is drawn magenta, the second
     green (a grey mean would not say which digit a transformer shows), and the key says so."""
-    import matplotlib.figure
-
-    drawn, save = [], matplotlib.figure.Figure.savefig
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
-                        lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k)))
     x = torch.zeros(2, 2, 42, 42)
     x[:, 0, 5:10, 5:10] = 1.0  # first channel: a square top left
     x[:, 1, 30:35, 30:35] = 0.5  # second: one bottom right
