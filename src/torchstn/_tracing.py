@@ -80,7 +80,7 @@ def differentiable_vjp(
 
 
 def eager_tensors(*tensors: torch.Tensor) -> bool:
-    """True for plain tensors in eager mode: not under ``torch.jit.trace``, ONNX export,
+    """True for plain tensors (or Parameters) in eager mode: not under ``torch.jit.trace``, ONNX export,
     ``torch.compile`` or ``torch.export`` (whose fake tensors are subclasses), nor inside
     ``torch.func`` transforms.
 
@@ -89,7 +89,11 @@ def eager_tensors(*tensors: torch.Tensor) -> bool:
     """
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False
-    return all(type(t) is torch.Tensor for t in tensors) and not in_functorch(*tensors)
+    return all(type(t) in _PLAIN for t in tensors) and not in_functorch(*tensors)
+
+
+#: the tensor types :func:`eager_tensors` takes as plain (a module's weights are Parameters)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def exporting() -> bool:

@@ -19,7 +19,7 @@ from torch import nn
 
 from torchstn.models._base import STClassifier, as_size, feature_width
 from torchstn.models._registry import register_model
-from torchstn.nn import CascadedSpatialTransformer
+from torchstn.nn import CascadedSpatialTransformer, Conv2d
 from torchstn.sampling import Mode, Padding, SamplerOptions, warp
 from torchstn.transforms import Projective
 
@@ -45,7 +45,7 @@ def icstn_predictor(in_channels: int, input_size: tuple[int, int]) -> nn.Sequent
     appends the zero-initialised ``FC 8``. ``(B, C, H, W) -> (B, 48)``.
     """
     convs = nn.Sequential(
-        nn.Conv2d(in_channels, 4, 7), nn.ReLU(inplace=True), nn.Conv2d(4, 8, 7), nn.ReLU(inplace=True), nn.MaxPool2d(2)
+        Conv2d(in_channels, 4, 7), nn.ReLU(inplace=True), Conv2d(4, 8, 7), nn.ReLU(inplace=True), nn.MaxPool2d(2)
     )
     width = feature_width(convs, in_channels, input_size, "IC-STN geometric predictor")
     return nn.Sequential(*convs, nn.Flatten(), nn.Linear(width, 48), nn.ReLU(inplace=True))
@@ -53,7 +53,7 @@ def icstn_predictor(in_channels: int, input_size: tuple[int, int]) -> nn.Sequent
 
 def icstn_classifier(in_channels: int, input_size: tuple[int, int], num_classes: int) -> nn.Sequential:
     """The IC-STN classifier after the warp: ``conv 9x9 (3, unpadded) -> ReLU -> FC num_classes``."""
-    conv = nn.Sequential(nn.Conv2d(in_channels, 3, 9), nn.ReLU(inplace=True))
+    conv = nn.Sequential(Conv2d(in_channels, 3, 9), nn.ReLU(inplace=True))
     width = feature_width(conv, in_channels, input_size, "IC-STN classifier")
     return nn.Sequential(*conv, nn.Flatten(), nn.Linear(width, num_classes))
 
@@ -66,8 +66,8 @@ def icstn_full_cnn(in_channels: int, input_size: tuple[int, int], num_classes: i
     """
     relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
     convs = nn.Sequential(
-        nn.Conv2d(in_channels, 3, 3), relu(), nn.Conv2d(3, 6, 3), relu(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 9, 3), relu(), nn.Conv2d(9, 12, 3), relu(),
+        Conv2d(in_channels, 3, 3), relu(), Conv2d(3, 6, 3), relu(), nn.MaxPool2d(2),
+        Conv2d(6, 9, 3), relu(), Conv2d(9, 12, 3), relu(),
     )
     width = feature_width(convs, in_channels, input_size, "IC-STN CNN baseline")
     return nn.Sequential(*convs, nn.Flatten(), nn.Linear(width, 48), relu(), nn.Linear(48, num_classes))

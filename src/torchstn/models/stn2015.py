@@ -38,7 +38,7 @@ from torch import nn
 from torchstn._validation import check_int, check_number
 from torchstn.models._base import STClassifier, as_size, feature_width
 from torchstn.models._registry import forwards_kwargs, register_model
-from torchstn.nn import ParallelSpatialTransformers, SpatialTransformer, conv_localization, declare_input
+from torchstn.nn import Conv2d, ParallelSpatialTransformers, SpatialTransformer, conv_localization, declare_input
 from torchstn.sampling import Mode, Padding, SamplerOptions
 from torchstn.transforms import Affine, Attention, Projective, ThinPlateSpline, Transform
 
@@ -99,7 +99,7 @@ def cnn_classifier(
     layers: list[nn.Module] = []
     c = in_channels
     for out, k in zip(channels, kernel_sizes):
-        layers += [nn.Conv2d(c, out, k, padding=k // 2), nn.MaxPool2d(2), nn.ReLU(inplace=True)]
+        layers += [Conv2d(c, out, k, padding=k // 2), nn.MaxPool2d(2), nn.ReLU(inplace=True)]
         c = out
     features = feature_width(nn.Sequential(*layers), in_channels, input_size, "CNN classifier")
     return nn.Sequential(*layers, *_mlp(features, (hidden,) if hidden else (), num_classes))
@@ -122,10 +122,10 @@ def st_cnn_localization(
     """
     convs = nn.Sequential(
         nn.AvgPool2d(2),
-        nn.Conv2d(in_channels, channels, kernel_size),
+        Conv2d(in_channels, channels, kernel_size),
         nn.MaxPool2d(2),
         nn.ReLU(inplace=True),
-        nn.Conv2d(channels, channels, kernel_size),
+        Conv2d(channels, channels, kernel_size),
         nn.ReLU(inplace=True),
     )
     features = feature_width(convs, in_channels, input_size, "ST-CNN localisation net")
@@ -451,8 +451,8 @@ def st_cnn_addition(
 def _small_backbone(in_channels: int) -> nn.Module:
     """Default part backbone: ``[conv 3x3 -> ReLU -> max-pool 2] x 2 -> global average pool``, 64 features."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
     )
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from torchstn.models._base import STClassifier, as_size, feature_width
 from torchstn.models._registry import register_model
-from torchstn.nn import SpatialTransformer, declare_input
+from torchstn.nn import Conv2d, SpatialTransformer, declare_input
 from torchstn.sampling import Mode, Padding, SamplerOptions
 from torchstn.transforms import Affine
 
@@ -34,10 +34,10 @@ def lenet_classifier(
     Unpadded convolutions; ``(B, C, H, W) -> (B, num_classes)``.
     """
     convs = nn.Sequential(
-        nn.Conv2d(in_channels, channels[0], kernel_sizes[0]),
+        Conv2d(in_channels, channels[0], kernel_sizes[0]),
         nn.MaxPool2d(2),
         nn.ReLU(inplace=True),
-        nn.Conv2d(channels[0], channels[1], kernel_sizes[1]),
+        Conv2d(channels[0], channels[1], kernel_sizes[1]),
         nn.Dropout2d(dropout),
         nn.MaxPool2d(2),
         nn.ReLU(inplace=True),
@@ -54,10 +54,10 @@ def lenet_localization(
 ) -> nn.Sequential:
     """``[conv -> max-pool 2 -> ReLU] * 2 -> FC(hidden) -> ReLU``: ``(B, C, H, W) -> (B, hidden)``."""
     convs = nn.Sequential(
-        nn.Conv2d(in_channels, channels[0], kernel_sizes[0]),
+        Conv2d(in_channels, channels[0], kernel_sizes[0]),
         nn.MaxPool2d(2),
         nn.ReLU(inplace=True),
-        nn.Conv2d(channels[0], channels[1], kernel_sizes[1]),
+        Conv2d(channels[0], channels[1], kernel_sizes[1]),
         nn.MaxPool2d(2),
         nn.ReLU(inplace=True),
     )

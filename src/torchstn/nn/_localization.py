@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from torchstn._validation import check_int, check_number, check_size
+from torchstn.nn._conv import Conv2d
 from torchstn.transforms import Transform
 
 __all__ = ["IdentityRegressor", "conv_localization", "declare_input", "make_regressor"]
@@ -167,7 +168,7 @@ def _conv_pool_stack(
         raise ValueError(
             f"channels and kernel_sizes must have the same length, got {len(channels)} and {len(kernel_sizes)}"
         )
-    conv, pool = (nn.Conv2d, nn.MaxPool2d) if len(size) == 2 else (nn.Conv3d, nn.MaxPool3d)
+    conv, pool = (Conv2d, nn.MaxPool2d) if len(size) == 2 else (nn.Conv3d, nn.MaxPool3d)
     layers: list[nn.Module] = []
     c, size = in_channels, list(size)
     for i, (out, k) in enumerate(zip(channels, kernel_sizes)):

@@ -1,0 +1,147 @@
+"""A 2-D convolution whose input gradient on the CPU is fast for few input channels.
+
+A convolution right after a spatial transformer needs the gradient wrt its input (the
+transformer's θ learns through it), and that input has few channels (an image). On the
+CPU, ATen computes that gradient with oneDNN, whose time does not fall below that of about
+16 input channels however few there are: for the ST-CNN's first convolution (1 -> 32, 9x9,
+28x28) it is the largest single cost of a training step. ATen's direct path (im2col and a
+matrix product, what ``F.conv2d`` uses where oneDNN is off) scales with the channels and is
+several times faster there. :func:`conv2d` takes it for the input gradient where it is
+measured faster and keeps oneDNN for the rest (the forward and the weight gradient).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from torchstn._tracing import differentiable_vjp, eager_tensors
+
+__all__ = ["DIRECT_INPUT_GRAD_MAX_CHANNELS", "Conv2d", "conv2d"]
+
+#: input channels up to which :func:`conv2d` computes the input gradient on ATen's direct
+#: path on the CPU. Against oneDNN (``python benchmarks/bench_conv_input_grad.py``, one
+#: thread, float32, NCHW and channels_last): 1 channel 3.3-7.1x faster, 2-4 channels
+#: 1.1-4.2x, 8 channels 0.67-1.42x, 16 and 32 channels 0.45-0.76x (9x9 at 28x28, 3x3 and
+#: 5x5 at 32x32, 32 or 64 filters)
+DIRECT_INPUT_GRAD_MAX_CHANNELS = 4
+
+_DIRECT_BACKWARD = getattr(getattr(torch.ops.aten, "_slow_conv2d_backward", None), "output_mask", None)
+
+
+class _DirectInputGrad(torch.autograd.Function):
+    """``F.conv2d(x, weight, bias, stride, padding)``; its input gradient on ATen's direct path."""
+
+    @staticmethod
+    def forward(x, weight, bias, stride, padding):  # noqa: ANN001, ANN205, D102
+        return F.conv2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001, D102
+        x, weight, bias, ctx.stride, ctx.padding = inputs
+        ctx.save_for_backward(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205, D102
+        x, weight, bias = ctx.saved_tensors
+        needed = tuple(ctx.needs_input_grad[:3])
+        if torch.is_grad_enabled():  # create_graph: the gradient's own graph, through F.conv2d
+            grads = differentiable_vjp(
+                lambda x, w, b: F.conv2d(x, w, b, ctx.stride, ctx.padding), (x, weight, bias), grad_out, needed
+            )
+            return *grads, None, None
+        grad_x = grad_w = grad_b = None
+        if needed[0]:
+            grad_x = _DIRECT_BACKWARD(grad_out, x, weight, weight.shape[2:], ctx.stride, ctx.padding,
+                                      [True, False, False])[0]
+        if needed[1] or needed[2]:
+            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, None if bias is None else [bias.shape[0]], ctx.stride, ctx.padding, [1, 1],
+                False, [0, 0], 1, [False, needed[1], needed[2]],
+            )
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _direct_input_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: object,
+                       dilation: object, groups: int) -> bool:
+    """Whether :func:`conv2d` takes the direct input gradient: an input gradient to compute
+    (eager mode, plain tensors), ATen's direct path present, a float32/float64 CPU input
+    of 1 to :data:`DIRECT_INPUT_GRAD_MAX_CHANNELS` channels, no groups, no dilation,
+    numeric padding, no autocast."""
+    return (
+        x.requires_grad
+        and torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and _DIRECT_BACKWARD is not None
+        and eager_tensors(x, weight, *(() if bias is None else (bias,)))  # (before sizes a tracer would record)
+        and x.dim() == 4
+        and 0 < x.shape[1] <= DIRECT_INPUT_GRAD_MAX_CHANNELS
+        and groups == 1
+        and _pair(dilation) == (1, 1)
+        and not isinstance(padding, str)
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """:func:`torch.nn.functional.conv2d`, with a fast input gradient for few input channels on the CPU.
+
+    The same values and gradients (to float rounding: the input gradient sums the same
+    products in another order). Where ``x`` needs a gradient and has 1 to
+    :data:`DIRECT_INPUT_GRAD_MAX_CHANNELS` channels on the CPU (float32 or float64, no
+    groups or dilation, numeric padding, outside autocast, in eager mode), its gradient
+    is computed by ATen's direct path instead of oneDNN's (the module's docstring says
+    why); everywhere else this is ``F.conv2d``. Higher-order gradients go through
+    ``F.conv2d``.
+
+    Args:
+        x: input ``(B, C, H, W)``.
+        weight, bias, stride, padding, dilation, groups: as in ``F.conv2d``.
+
+    Returns:
+        ``F.conv2d(x, weight, bias, stride, padding, dilation, groups)``.
+
+    Example:
+        >>> x = torch.rand(2, 1, 28, 28, requires_grad=True)
+        >>> w = torch.randn(32, 1, 9, 9)
+        >>> out = stn.nn.conv2d(x, w, padding=4)
+        >>> torch.allclose(out, torch.nn.functional.conv2d(x, w, padding=4), atol=1e-5)
+        True
+    """
+    if _direct_input_grad(x, weight, bias, padding, dilation, groups):
+        return _DirectInputGrad.apply(x, weight, bias, _pair(stride), _pair(padding))
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+class Conv2d(nn.Conv2d):
+    """A :class:`torch.nn.Conv2d` that computes with :func:`conv2d`: for the convolution after a transformer.
+
+    A drop-in replacement (the same parameters, state dict and options), whose input
+    gradient on the CPU is several times faster for inputs of 1 to
+    :data:`DIRECT_INPUT_GRAD_MAX_CHANNELS` channels: the first convolution of a
+    classifier behind a :class:`SpatialTransformer`, through which θ learns.
+
+    Example:
+        >>> conv = stn.nn.Conv2d(1, 32, 9, padding=4)
+        >>> conv(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 32, 28, 28])
+    """
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.padding_mode != "zeros":  # padded here, as torch.nn.Conv2d does
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)

@@ -1,0 +1,137 @@
+"""stn.nn.conv2d / stn.nn.Conv2d: F.conv2d's values and gradients, the input gradient on
+ATen's direct path where it applies, F.conv2d itself everywhere else."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import torchstn as stn
+
+DIRECT = "_DirectInputGradBackward"
+
+
+def _pair_of_convs(in_channels: int, dtype: torch.dtype, **options) -> tuple[nn.Conv2d, nn.Conv2d]:
+    torch.manual_seed(0)
+    ours = stn.nn.Conv2d(in_channels, 6, 3, **options).to(dtype)
+    plain = nn.Conv2d(in_channels, 6, 3, **options).to(dtype)
+    plain.load_state_dict(ours.state_dict())
+    return ours, plain
+
+
+def _input(in_channels: int, dtype: torch.dtype, channels_last: bool = False) -> torch.Tensor:
+    x = torch.rand(3, in_channels, 11, 10, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_()
+
+
+def _gradients(conv: nn.Conv2d, x: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    out = conv(x)
+    torch.manual_seed(seed)
+    grad_out = torch.randn_like(out)
+    wanted = [x, *(p for p in conv.parameters() if p.requires_grad)]
+    return out, list(torch.autograd.grad(out, wanted, grad_out))
+
+
+@pytest.mark.parametrize("in_channels", [1, 2, 4])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("options", [{}, {"padding": 1, "stride": 2}, {"padding": 2, "bias": False},
+                                     {"padding": 1, "padding_mode": "reflect"}])
+def test_few_input_channels_take_the_direct_input_gradient_with_the_values_and_gradients_of_torch(
+    in_channels, channels_last, options, dtype
+):
+    ours, plain = _pair_of_convs(in_channels, dtype, **options)
+    x = _input(in_channels, dtype, channels_last)
+    out, grads = _gradients(ours, x)
+    expected_out, expected_grads = _gradients(plain, x)
+    assert type(out.grad_fn).__name__ == DIRECT
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-12}
+    torch.testing.assert_close(out, expected_out, **tol)
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected, **tol)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_a_frozen_weight_gets_no_gradient_and_the_input_its_own():
+    ours, plain = _pair_of_convs(1, torch.float64, padding=1)
+    ours.requires_grad_(False)
+    plain.requires_grad_(False)
+    x = _input(1, torch.float64)
+    out, (grad_x,) = _gradients(ours, x)
+    assert type(out.grad_fn).__name__ == DIRECT
+    torch.testing.assert_close(grad_x, _gradients(plain, x)[1][0])
+
+
+def test_float64_gradients_and_second_order_gradients_against_finite_differences():
+    x = _input(2, torch.float64)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, w, b: stn.nn.conv2d(x, w, b, 2, 1)  # noqa: E731
+    assert type(fn(x, w, b).grad_fn).__name__ == DIRECT
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("case", ["five channels", "groups", "dilation", "same padding", "no input gradient",
+                                  "no grad mode", "autocast"])
+def test_everything_else_is_f_conv2d_itself(case):
+    in_channels = 5 if case == "five channels" else 2
+    options = {"groups": 2} if case == "groups" else {"dilation": 2} if case == "dilation" else {}
+    if case == "same padding":
+        options["padding"] = "same"
+    ours, plain = _pair_of_convs(in_channels, torch.float32, **options)
+    x = _input(in_channels, torch.float32).requires_grad_(case != "no input gradient")
+    with torch.no_grad() if case == "no grad mode" else torch.autocast("cpu", enabled=case == "autocast"):
+        out, expected = ours(x), plain(x)
+    assert out.grad_fn is None if case == "no grad mode" else type(out.grad_fn).__name__ != DIRECT
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_inference_mode_compile_and_torch_func_see_f_conv2d():
+    ours, plain = _pair_of_convs(1, torch.float32, padding=1)
+    x = torch.rand(2, 1, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), plain(x), atol=0, rtol=0)
+    grad = torch.func.grad(lambda x: ours(x).square().sum())(x)
+    torch.testing.assert_close(grad, torch.func.grad(lambda x: plain(x).square().sum())(x))
+    compiled = torch.compile(ours, backend="eager", fullgraph=True)
+    xg = x.clone().requires_grad_()
+    compiled(xg).square().sum().backward()
+    expected = x.clone().requires_grad_()
+    plain(expected).square().sum().backward()
+    torch.testing.assert_close(xg.grad, expected.grad)
+
+
+def test_a_drop_in_replacement_state_dict_copies_and_pickle():
+    ours, plain = _pair_of_convs(1, torch.float32, padding=1)
+    assert isinstance(ours, nn.Conv2d) and ours.state_dict().keys() == plain.state_dict().keys()
+    x = _input(1, torch.float32)
+    out = ours(x)  # a graph alive while copying
+    for copied in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert type(copied) is stn.nn.Conv2d
+        torch.testing.assert_close(copied(x), out, atol=0, rtol=0)
+    out.sum().backward()
+
+
+def test_the_models_convolutions_after_a_transformer_are_torchstns_and_train_as_plain_ones():
+    torch.manual_seed(0)
+    model = stn.create_model("st-cnn-aff")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(type(m) is stn.nn.Conv2d for m in convs)
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        if type(m) is stn.nn.Conv2d:
+            m.__class__ = nn.Conv2d
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    losses = []
+    for net in (model, plain):
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], atol=0, rtol=0)
+    for a, b in zip(model.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4)
