@@ -25,9 +25,9 @@ __all__ = ["DIRECT_INPUT_GRAD_MAX_CHANNELS", "Conv2d", "conv2d"]
 
 #: input channels up to which :func:`conv2d` computes the input gradient on ATen's direct
 #: path on the CPU. Against oneDNN (``python benchmarks/bench_conv_input_grad.py``, one
-#: thread, float32, NCHW and channels_last): 1 channel 3.3-7.1x faster, 2-4 channels
-#: 1.1-4.2x, 8 channels 0.67-1.42x, 16 and 32 channels 0.45-0.76x (9x9 at 28x28, 3x3 and
-#: 5x5 at 32x32, 32 or 64 filters)
+#: thread, float32, NCHW and channels_last, docs/benchmarks.md): 1 channel 4.2-7.2x faster,
+#: 2-4 channels 1.0-3.8x, 8 channels 0.85-1.06x, 16 and 32 channels 0.54-0.79x (9x9 at
+#: 21x21 and 28x28, 3x3 and 5x5 at 32x32, 32 or 64 filters)
 DIRECT_INPUT_GRAD_MAX_CHANNELS = 4
 
 _DIRECT_BACKWARD = getattr(getattr(torch.ops.aten, "_slow_conv2d_backward", None), "output_mask", None)
