@@ -500,9 +500,15 @@ def _provenance(view: _BudgetView) -> list[str]:
                                                            **c.budgets.get(view.budget, {})}.items())
         for c in view.columns if c.model_args or c.data_kwargs or c.budgets.get(view.budget)
     ]
+    row_overrides = [
+        f"{r.label}: " + ", ".join(f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`"
+                                   for k, v in {**r.model_args, **r.config}.items())
+        for r in view.rows if r.model_args or r.config
+    ]
     recipe = view.experiment.recipes[view.budget]
     lines += ["Recipe: " + ", ".join(f"`{k}={v}`" for k, v in recipe.items()) + " (per-column overrides: "
-              + ("; ".join(overrides) or "none") + ").", ""]
+              + ("; ".join(overrides) or "none") + "; per-row overrides: " + ("; ".join(row_overrides) or "none")
+              + ").", ""]
     return lines
 
 
