@@ -292,6 +292,10 @@ STN_CLUTTERED = Experiment(
 #: the localisation nets learn at a tenth of the rate: at the shared rate the ST-FCNs' transformers
 #: diverged within the first epoch and the 2xST-CNN's went constant (the experiment's notes)
 _ADDITION_LOC = {"loc_lr_mult": 0.1}
+#: the 2xST-FCN's transformers start on a central crop at the canvas's resolution (as tensorpack's
+#: reproduction starts its two), held near the identity by a light penalty: without it one seed's
+#: second transformer left the input within 11 epochs (the experiment's notes)
+_TWO_CROPS = {"num_transformers": 2, "zoom": 2 / 3, "output_size": 28, "pool": 1}
 STN_ADDITION = Experiment(
     name="stn-addition",
     title="MNIST addition: two RTS-distorted digits on two 42x42 channels, the label is their sum (19 classes)",
@@ -299,8 +303,8 @@ STN_ADDITION = Experiment(
     rows=(
         *_stn_rows("fcn", "cnn"),
         Row("st-fcn-aff", "st-fcn-aff", "ST-FCN Aff", baseline="fcn", config=_ADDITION_LOC),
-        Row("2x-st-fcn-aff", "st-fcn-aff", "2xST-FCN Aff", model_args={"num_transformers": 2}, baseline="fcn",
-            config=_ADDITION_LOC),
+        Row("2x-st-fcn-aff", "st-fcn-aff", "2xST-FCN Aff", model_args=_TWO_CROPS, baseline="fcn",
+            config={**_ADDITION_LOC, "identity_reg": 0.01}),
         Row("st-cnn-addition", "st-cnn-addition", "2xST-CNN Aff (ours)", baseline="cnn", config=_ADDITION_LOC),
     ),
     columns=(Column("addition", "mnist-addition", "addition", model_args={"pool": 2}),),
@@ -381,6 +385,12 @@ STN_ADDITION = Experiment(
         "error 7.37%), each transformer centring one digit (0.37, 0.31) and moving the other away (0.78, "
         "0.79): still above the CNN's 5.68%, so the paper's order needs more than these budgets, and a "
         "way to make the transformers specialise in every run.",
+        "Since 2026-12-01 the 2xST-FCN row starts on these crops, with a light pull of θ towards the "
+        "identity (`identity_reg=0.01`: `mean((θ - identity)^2)` added to the loss, which a transformer "
+        "leaving the input pays for; the recipe line above). Seed 1, which diverged without it, then "
+        "trained (`--identity-reg 0.01 --seed 1`, otherwise the command of the previous note, 100 epochs, "
+        "43 min with two other trainings on the machine): 13.42% (training error 14.17%), its first "
+        "transformer centring the first digit (0.15 half-widths) and its second the second (0.08).",
     ),
 )
 
