@@ -4,7 +4,8 @@
 
 Part 1, the gradient alone: for each case, ATen's ``convolution_backward`` (oneDNN on the
 CPU) against its direct path (``_slow_conv2d_backward``: im2col and a matrix product), input
-gradient only, NCHW and channels_last. ``torchstn.nn.DIRECT_INPUT_GRAD_MAX_CHANNELS`` is set
+gradient only, NCHW and channels_last, and 1-D convolutions (time series; ``stn.nn.conv1d``
+runs them as 2-D ones of height 1). ``torchstn.nn.DIRECT_INPUT_GRAD_MAX_CHANNELS`` is set
 from it. Part 2, what it does to a training step (forward, cross-entropy, backward, SGD
 update) of ``create_model("st-cnn-aff")``, ``create_model("cnn")`` and the CNN with the
 gradient wrt its input, each with its convolutions as built (``torchstn.nn.Conv2d``) and as
@@ -27,6 +28,9 @@ from torchstn.bench import interleaved
 #: (batch, in channels, size, filters, kernel)
 CASES = [(64, 1, 28, 32, 9), (256, 1, 28, 32, 9), (64, 1, 21, 32, 9), (64, 2, 28, 32, 9), (64, 3, 32, 32, 3),
          (64, 3, 32, 64, 5), (64, 4, 28, 32, 9), (64, 8, 28, 32, 9), (64, 16, 32, 32, 3), (64, 32, 28, 32, 7)]
+#: 1-D (time series), run by stn.nn.conv1d as 2-D convolutions of height 1: (batch, in channels, length,
+#: filters, kernel)
+CASES_1D = [(16, 1, 150, 32, 7), (64, 1, 500, 64, 7), (64, 1, 500, 128, 8), (64, 3, 500, 64, 5), (64, 8, 500, 64, 5)]
 
 
 def gradient_alone(rounds: int) -> None:
@@ -49,12 +53,29 @@ def gradient_alone(rounds: int) -> None:
                   f"ratio {timings.ratio('direct', 'onednn'):.2f}x", flush=True)
 
 
+def gradient_alone_1d(rounds: int) -> None:
+    direct = torch.ops.aten._slow_conv2d_backward.output_mask
+    for b, c, length, filters, k in CASES_1D:
+        x, w = torch.rand(b, c, length), torch.randn(filters, c, k)
+        g = torch.randn(b, filters, length - k + 1)
+        x2, w2, g2 = x[:, :, None], w[:, :, None], g[:, :, None]
+        timings = interleaved({
+            "onednn": lambda: torch.ops.aten.convolution_backward(
+                g, x, w, [filters], [1], [0], [1], False, [0], 1, [True, False, False]),
+            "direct": lambda: direct(g2, x2, w2, [1, k], [1, 1], [0, 0], [True, False, False]),
+        }, rounds=rounds)
+        print(f"{b:3d}x{c:2d}x{length} -> {filters:3d}, {k}, 1-D          oneDNN {timings.median('onednn') * 1e3:7.2f} ms   "
+              f"direct {timings.median('direct') * 1e3:7.2f} ms   ratio {timings.ratio('direct', 'onednn'):.2f}x", flush=True)
+
+
 def _plain(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` whose torchstn Conv2d layers are plain torch.nn.Conv2d (same weights)."""
     plain = copy.deepcopy(model)
     for module in plain.modules():
         if type(module) is stn.nn.Conv2d:
             module.__class__ = torch.nn.Conv2d
+        elif type(module) is stn.nn.Conv1d:
+            module.__class__ = torch.nn.Conv1d
     return plain
 
 
@@ -90,6 +111,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, {args.rounds} interleaved rounds; ratio = other / faster-candidate")
     gradient_alone(args.rounds)
+    gradient_alone_1d(args.rounds)
     if not args.no_steps:
         training_steps(args.rounds, args.batch)
 

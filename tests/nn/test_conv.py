@@ -135,3 +135,30 @@ def test_the_models_convolutions_after_a_transformer_are_torchstns_and_train_as_
     torch.testing.assert_close(losses[0], losses[1], atol=0, rtol=0)
     for a, b in zip(model.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3, 5])
+@pytest.mark.parametrize("options", [{}, {"padding": 2, "stride": 2}, {"padding": 1, "padding_mode": "circular"}])
+def test_conv1d_as_a_2d_convolution_of_height_one_with_the_values_and_gradients_of_torch(in_channels, options, dtype):
+    torch.manual_seed(0)
+    ours = stn.nn.Conv1d(in_channels, 6, 5, **options).to(dtype)
+    plain = nn.Conv1d(in_channels, 6, 5, **options).to(dtype)
+    plain.load_state_dict(ours.state_dict())
+    x = torch.rand(3, in_channels, 17, dtype=dtype, requires_grad=True)
+    out, grads = _gradients(ours, x)
+    expected_out, expected_grads = _gradients(plain, x)
+    assert (type(out.grad_fn).__name__ == "SqueezeBackward1") == (in_channels <= stn.nn.DIRECT_INPUT_GRAD_MAX_CHANNELS)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-12}
+    torch.testing.assert_close(out, expected_out, **tol)
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected, **tol)
+    fn = lambda x, w, b: stn.nn.conv1d(x, w, b, 2, 1)  # noqa: E731
+    args = (x.detach().double().requires_grad_(), ours.weight.detach().double().requires_grad_(),
+            ours.bias.detach().double().requires_grad_())
+    assert torch.autograd.gradcheck(fn, args) and torch.autograd.gradgradcheck(fn, args)
+
+
+def test_the_time_series_models_convolutions_are_torchstns():
+    model = stn.create_model("st-cnn1d-aff")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
+    assert convs and all(type(m) is stn.nn.Conv1d for m in convs)

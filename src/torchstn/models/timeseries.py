@@ -36,7 +36,7 @@ from torchstn._validation import check_choice, check_int, check_number, check_po
 from torchstn.models._base import STClassifier, feature_width
 from torchstn.models._registry import register_model
 from torchstn.models.pstn2020 import PSTNClassifier
-from torchstn.nn import Distribution, ProbabilisticSpatialTransformer, SpatialTransformer, declare_input
+from torchstn.nn import Conv1d, Distribution, ProbabilisticSpatialTransformer, SpatialTransformer, declare_input
 from torchstn.sampling import Mode, Padding, SamplerOptions
 from torchstn.transforms import CPAB1D, Affine1D, Transform
 
@@ -105,7 +105,7 @@ def _conv_stack(
         out, k = check_int(f"channels[{i}]", out, 1), check_int(f"kernel_sizes[{i}]", k, 1)
         if conv_padding == "same":  # k - 1 zeros, the odd one on the right (as padding="same", without its copy warning)
             layers.append(nn.ConstantPad1d(((k - 1) // 2, k // 2), 0.0))
-        layers += [nn.Conv1d(c, out, k), nn.BatchNorm1d(out), nn.ReLU(inplace=True)]
+        layers += [Conv1d(c, out, k), nn.BatchNorm1d(out), nn.ReLU(inplace=True)]
         c = out
     return layers
 

@@ -1,4 +1,4 @@
-"""A 2-D convolution whose input gradient on the CPU is fast for few input channels.
+"""1-D and 2-D convolutions whose input gradient on the CPU is fast for few input channels.
 
 A convolution right after a spatial transformer needs the gradient wrt its input (the
 transformer's θ learns through it), and that input has few channels (an image). On the
@@ -17,17 +17,17 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
+from torch.nn.modules.utils import _ntuple, _pair, _single
 
 from torchstn._tracing import differentiable_vjp, eager_tensors
 
-__all__ = ["DIRECT_INPUT_GRAD_MAX_CHANNELS", "Conv2d", "conv2d"]
+__all__ = ["DIRECT_INPUT_GRAD_MAX_CHANNELS", "Conv1d", "Conv2d", "conv1d", "conv2d"]
 
 #: input channels up to which :func:`conv2d` computes the input gradient on ATen's direct
 #: path on the CPU. Against oneDNN (``python benchmarks/bench_conv_input_grad.py``, one
 #: thread, float32, NCHW and channels_last, docs/benchmarks.md): 1 channel 4.2-7.2x faster,
 #: 2-4 channels 1.0-3.8x, 8 channels 0.85-1.06x, 16 and 32 channels 0.54-0.79x (9x9 at
-#: 21x21 and 28x28, 3x3 and 5x5 at 32x32, 32 or 64 filters)
+#: 21x21 and 28x28, 3x3 and 5x5 at 32x32, 32 or 64 filters); 1-D, 1 and 3 channels, 3.4-7.1x
 DIRECT_INPUT_GRAD_MAX_CHANNELS = 4
 
 _DIRECT_BACKWARD = getattr(getattr(torch.ops.aten, "_slow_conv2d_backward", None), "output_mask", None)
@@ -67,7 +67,7 @@ class _DirectInputGrad(torch.autograd.Function):
 
 
 def _direct_input_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: object,
-                       dilation: object, groups: int) -> bool:
+                       dilation: object, groups: int, dims: int = 2) -> bool:
     """Whether :func:`conv2d` takes the direct input gradient: an input gradient to compute
     (eager mode, plain tensors), ATen's direct path present, a float32/float64 CPU input
     of 1 to :data:`DIRECT_INPUT_GRAD_MAX_CHANNELS` channels, no groups, no dilation,
@@ -79,10 +79,10 @@ def _direct_input_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         and x.dtype in (torch.float32, torch.float64)
         and _DIRECT_BACKWARD is not None
         and eager_tensors(x, weight, *(() if bias is None else (bias,)))  # (before sizes a tracer would record)
-        and x.dim() == 4
+        and x.dim() == dims + 2
         and 0 < x.shape[1] <= DIRECT_INPUT_GRAD_MAX_CHANNELS
         and groups == 1
-        and _pair(dilation) == (1, 1)
+        and all(d == 1 for d in _ntuple(dims)(dilation))
         and not isinstance(padding, str)
         and not torch.is_autocast_enabled("cpu")
     )
@@ -145,3 +145,54 @@ class Conv2d(nn.Conv2d):
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
         return conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """:func:`torch.nn.functional.conv1d`, with the input gradient of :func:`conv2d`.
+
+    Where the direct input gradient applies (as for :func:`conv2d`), the convolution runs
+    as a 2-D one of height 1; everywhere else this is ``F.conv1d``.
+
+    Args:
+        x: input ``(B, C, L)``.
+        weight, bias, stride, padding, dilation, groups: as in ``F.conv1d``.
+
+    Returns:
+        ``F.conv1d(x, weight, bias, stride, padding, dilation, groups)``.
+
+    Example:
+        >>> x = torch.rand(2, 1, 150, requires_grad=True)
+        >>> w = torch.randn(32, 1, 7)
+        >>> torch.allclose(stn.nn.conv1d(x, w), torch.nn.functional.conv1d(x, w), atol=1e-5)
+        True
+    """
+    if _direct_input_grad(x, weight, bias, padding, dilation, groups, dims=1):
+        (s,), (p,) = _single(stride), _single(padding)
+        return _DirectInputGrad.apply(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, s), (0, p)).squeeze(2)
+    return F.conv1d(x, weight, bias, stride, padding, dilation, groups)
+
+
+class Conv1d(nn.Conv1d):
+    """A :class:`torch.nn.Conv1d` that computes with :func:`conv1d`: for the convolution after a transformer.
+
+    The 1-D counterpart of :class:`Conv2d` (time series behind a 1-D transformer).
+
+    Example:
+        >>> conv = stn.nn.Conv1d(1, 32, 7)
+        >>> conv(torch.rand(2, 1, 150)).shape
+        torch.Size([2, 32, 144])
+    """
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.padding_mode != "zeros":  # padded here, as torch.nn.Conv1d does
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv1d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return conv1d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
