@@ -12,7 +12,7 @@ measured faster and keeps oneDNN for the rest (the forward and the weight gradie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +127,20 @@ def conv2d(
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
-class Conv2d(nn.Conv2d):
+class _DirectConv:
+    """``_conv_forward`` of :class:`Conv1d` and :class:`Conv2d`: torch's, with the class's ``_conv``
+    (:func:`conv1d` or :func:`conv2d`) in place of ``F.conv1d`` / ``F.conv2d``."""
+
+    _conv: Callable[..., torch.Tensor]
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        padding = self.padding
+        if self.padding_mode != "zeros":  # padded here, as torch.nn.Conv1d/Conv2d do
+            x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
+        return self._conv(x, weight, bias, self.stride, padding, self.dilation, self.groups)
+
+
+class Conv2d(_DirectConv, nn.Conv2d):
     """A :class:`torch.nn.Conv2d` that computes with :func:`conv2d`: for the convolution after a transformer.
 
     A drop-in replacement (the same parameters, state dict and options), whose input
@@ -141,11 +154,7 @@ class Conv2d(nn.Conv2d):
         torch.Size([2, 32, 28, 28])
     """
 
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.padding_mode != "zeros":  # padded here, as torch.nn.Conv2d does
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+    _conv = staticmethod(conv2d)
 
 
 def conv1d(
@@ -181,7 +190,7 @@ def conv1d(
     return F.conv1d(x, weight, bias, stride, padding, dilation, groups)
 
 
-class Conv1d(nn.Conv1d):
+class Conv1d(_DirectConv, nn.Conv1d):
     """A :class:`torch.nn.Conv1d` that computes with :func:`conv1d`: for the convolution after a transformer.
 
     The 1-D counterpart of :class:`Conv2d` (time series behind a 1-D transformer).
@@ -192,8 +201,4 @@ class Conv1d(nn.Conv1d):
         torch.Size([2, 32, 144])
     """
 
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.padding_mode != "zeros":  # padded here, as torch.nn.Conv1d does
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return conv1d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return conv1d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+    _conv = staticmethod(conv1d)
