@@ -495,21 +495,22 @@ def _provenance(view: _BudgetView) -> list[str]:
     commands = sorted({r["command"] for r in view.records if r.get("command")})
     if commands:
         lines += ["Commands that produced these runs:", "", "```", *commands, "```", ""]
-    overrides = [
-        f"{c.label}: " + ", ".join(f"`{k}={v}`" for k, v in {**c.model_args, **c.data_kwargs,
-                                                           **c.budgets.get(view.budget, {})}.items())
-        for c in view.columns if c.model_args or c.data_kwargs or c.budgets.get(view.budget)
-    ]
-    row_overrides = [
-        f"{r.label}: " + ", ".join(f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`"
-                                   for k, v in {**r.model_args, **r.config}.items())
-        for r in view.rows if r.model_args or r.config
-    ]
+    columns = [_settings(c.label, {**c.model_args, **c.data_kwargs, **c.budgets.get(view.budget, {})})
+               for c in view.columns]
+    rows = [_settings(r.label, {**r.model_args, **r.config}) for r in view.rows]
     recipe = view.experiment.recipes[view.budget]
     lines += ["Recipe: " + ", ".join(f"`{k}={v}`" for k, v in recipe.items()) + " (per-column overrides: "
-              + ("; ".join(overrides) or "none") + "; per-row overrides: " + ("; ".join(row_overrides) or "none")
-              + ").", ""]
+              + ("; ".join(filter(None, columns)) or "none") + "; per-row overrides: "
+              + ("; ".join(filter(None, rows)) or "none") + ").", ""]
     return lines
+
+
+def _settings(label: str, settings: dict[str, Any]) -> str:
+    """``label: `k=v`, ...`` for a row's or a column's own settings (floats to 4 digits); "" for none."""
+    if not settings:
+        return ""
+    return f"{label}: " + ", ".join(f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`"
+                                    for k, v in settings.items())
 
 
 def _figures_section(view: _BudgetView, results_dir: Path) -> list[str]:
