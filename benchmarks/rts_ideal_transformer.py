@@ -1,0 +1,64 @@
+"""How far an ideal transformer takes the CNN on RTS: the classifier trained on the RTS digits
+undistorted by their own ground truth.
+
+Each RTS image (42x42) is warped by the inverse of the similarity that rendered it, back
+to the digit's 28x28 frame (``--size 28``, the classifier at ``pool=1``) or to the 42x42
+output an ST-CNN samples and then average-pools by 2 (``--size 42 --pool 2``, what the
+classifier of ``stn-table1``'s ST-CNN sees). What separates the result from the same CNN
+on the original MNIST digits (``torchstn train --model cnn --data mnist``) is what the
+rendering and the resampling lose; what separates the ST-CNN's error from it is what the
+learned transformer leaves undone. The training set is the fixed one (``online`` would
+redraw the distortions, whose ground truth this script does not follow)::
+
+    python benchmarks/rts_ideal_transformer.py --data-dir ../shared/data/mnist --out runs/x/rts-ideal-28
+    python benchmarks/rts_ideal_transformer.py --size 42 --pool 2 --data-dir ../shared/data/mnist --out runs/x/rts-ideal-42p2
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import torchstn as stn
+from torchstn.data import distorted_mnist
+from torchstn.engine import TrainConfig, train
+
+
+class Undistorted:
+    """The images of a distorted MNIST split warped back by their ground truth (``images``, ``labels``)."""
+
+    def __init__(self, split: str, root: str, size: int) -> None:
+        ds = distorted_mnist("rts", split=split, root=root)
+        inverse = ds.transform.inverse(ds.params.double()).float()
+        chunks = [
+            stn.warp(ds.images[i : i + 4096].float().div(255), inverse[i : i + 4096], ds.transform, size=(size, size))
+            for i in range(0, len(ds.images), 4096)
+        ]
+        self.images, self.labels = torch.cat(chunks), ds.labels
+        self.input_shape, self.num_classes = (1, size, size), 10
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--size", type=int, default=28, help="side of the undistorted images")
+    parser.add_argument("--pool", type=int, default=1, help="the CNN's average-pooling of its input")
+    parser.add_argument("--steps", type=int, default=18740, help="default: 20 epochs of batch 64")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    train_set = Undistorted("train", args.data_dir, args.size)
+    test_set = Undistorted("test", args.data_dir, args.size)
+    config = TrainConfig(
+        model="cnn", model_args={"pool": args.pool}, data="mnist-rts", optimizer="adam", lr=2e-3, batch_size=64,
+        warmup=0.05, schedule="cosine", steps=args.steps, channels_last=True,
+    )
+    train(config, args.out, train_set=train_set, test_set=test_set, progress=False)
+
+
+if __name__ == "__main__":
+    main()
