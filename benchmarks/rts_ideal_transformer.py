@@ -8,7 +8,9 @@ classifier of ``stn-table1``'s ST-CNN sees). What separates the result from the 
 on the original MNIST digits (``torchstn train --model cnn --data mnist``) is what the
 rendering and the resampling lose; what separates the ST-CNN's error from it is what the
 learned transformer leaves undone. The training set is the fixed one (``online`` would
-redraw the distortions, whose ground truth this script does not follow)::
+redraw the distortions, whose ground truth this script does not follow). The run directory's
+``config.json`` names ``mnist-rts`` (the source of the images); ``torchstn eval`` on it would
+read the distorted images, not these::
 
     python benchmarks/rts_ideal_transformer.py --data-dir ../shared/data/mnist --out runs/x/rts-ideal-28
     python benchmarks/rts_ideal_transformer.py --size 42 --pool 2 --data-dir ../shared/data/mnist --out runs/x/rts-ideal-42p2
