@@ -278,7 +278,7 @@ STN_TABLE1 = Experiment(
         "train --model cnn --data mnist --optimizer adam --lr 0.002 --batch-size 64 --warmup 0.05 "
         "--schedule cosine --steps 18740 --channels-last --threads 1`, 20 epochs of the fixed set): "
         "0.51% (training error 0.00%), and on the RTS digits warped back by their own ground truth "
-        "(an ideal transformer; `python benchmarks/rts_ideal_transformer.py --data-dir "
+        "(an ideal transformer; `python benchmarks/ideal_transformer.py --data-dir "
         "../shared/data/mnist`, the same recipe): 0.59% at 28x28 and 0.68% at the 42x42 output pooled by 2 "
         "that the ST-CNN's classifier sees (`--size 42 --pool 2`), training error 0.00% in both (22 and 8 "
         "min). On these RTS digits even an ideal transformer leaves this classifier above the paper's "

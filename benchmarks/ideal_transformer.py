@@ -1,19 +1,21 @@
-"""How far an ideal transformer takes the CNN on RTS: the classifier trained on the RTS digits
-undistorted by their own ground truth.
+"""How far an ideal transformer takes the CNN: the classifier trained on distorted MNIST
+digits undistorted by their own ground truth.
 
-Each RTS image (42x42) is warped by the inverse of the similarity that rendered it, back
-to the digit's 28x28 frame (``--size 28``, the classifier at ``pool=1``) or to the 42x42
-output an ST-CNN samples and then average-pools by 2 (``--size 42 --pool 2``, what the
-classifier of ``stn-table1``'s ST-CNN sees). What separates the result from the same CNN
+Each image (``--kind``: ``rts``, ``r`` or ``p``, whose maps have an inverse) is warped by
+the inverse of the map that rendered it, back to the digit's 28x28 frame (``--size 28``,
+the classifier at ``pool=1``) or, for RTS, to the 42x42 output an ST-CNN samples and then
+average-pools by 2 (``--size 42 --pool 2``, what the classifier of ``stn-table1``'s ST-CNN
+sees). What separates the result from the same CNN
 on the original MNIST digits (``torchstn train --model cnn --data mnist``) is what the
 rendering and the resampling lose; what separates the ST-CNN's error from it is what the
 learned transformer leaves undone. The training set is the fixed one (``online`` would
 redraw the distortions, whose ground truth this script does not follow). The run directory's
-``config.json`` names ``mnist-rts`` (the source of the images); ``torchstn eval`` on it would
+``config.json`` names the distorted set (the source of the images); ``torchstn eval`` on it would
 read the distorted images, not these::
 
-    python benchmarks/rts_ideal_transformer.py --data-dir ../shared/data/mnist --out runs/x/rts-ideal-28
-    python benchmarks/rts_ideal_transformer.py --size 42 --pool 2 --data-dir ../shared/data/mnist --out runs/x/rts-ideal-42p2
+    python benchmarks/ideal_transformer.py --data-dir ../shared/data/mnist --out runs/x/rts-ideal-28
+    python benchmarks/ideal_transformer.py --size 42 --pool 2 --data-dir ../shared/data/mnist --out runs/x/rts-ideal-42p2
+    python benchmarks/ideal_transformer.py --kind p --data-dir ../shared/data/mnist --out runs/x/p-ideal-28
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from torchstn.engine import TrainConfig, train
 class Undistorted:
     """The images of a distorted MNIST split warped back by their ground truth (``images``, ``labels``)."""
 
-    def __init__(self, split: str, root: str, size: int) -> None:
-        ds = distorted_mnist("rts", split=split, root=root)
+    def __init__(self, kind: str, split: str, root: str, size: int) -> None:
+        ds = distorted_mnist(kind, split=split, root=root)
         inverse = ds.transform.inverse(ds.params.double()).float()
         chunks = [
             stn.warp(ds.images[i : i + 4096].float().div(255), inverse[i : i + 4096], ds.transform, size=(size, size))
@@ -47,16 +49,17 @@ class Undistorted:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--kind", default="rts", choices=("rts", "r", "p"), help="the distortion undone")
     parser.add_argument("--size", type=int, default=28, help="side of the undistorted images")
     parser.add_argument("--pool", type=int, default=1, help="the CNN's average-pooling of its input")
     parser.add_argument("--steps", type=int, default=18740, help="default: 20 epochs of batch 64")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    train_set = Undistorted("train", args.data_dir, args.size)
-    test_set = Undistorted("test", args.data_dir, args.size)
+    train_set = Undistorted(args.kind, "train", args.data_dir, args.size)
+    test_set = Undistorted(args.kind, "test", args.data_dir, args.size)
     config = TrainConfig(
-        model="cnn", model_args={"pool": args.pool}, data="mnist-rts", optimizer="adam", lr=2e-3, batch_size=64,
+        model="cnn", model_args={"pool": args.pool}, data=f"mnist-{args.kind}", optimizer="adam", lr=2e-3, batch_size=64,
         warmup=0.05, schedule="cosine", steps=args.steps, channels_last=True,
     )
     train(config, args.out, train_set=train_set, test_set=test_set, progress=False)
