@@ -5,13 +5,13 @@ Each image (``--kind``: ``rts``, ``r`` or ``p``, whose maps have an inverse) is 
 the inverse of the map that rendered it, back to the digit's 28x28 frame (``--size 28``,
 the classifier at ``pool=1``) or, for RTS, to the 42x42 output an ST-CNN samples and then
 average-pools by 2 (``--size 42 --pool 2``, what the classifier of ``stn-table1``'s ST-CNN
-sees). What separates the result from the same CNN
-on the original MNIST digits (``torchstn train --model cnn --data mnist``) is what the
-rendering and the resampling lose; what separates the ST-CNN's error from it is what the
-learned transformer leaves undone. The training set is the fixed one (``online`` would
-redraw the distortions, whose ground truth this script does not follow). The run directory's
-``config.json`` names the distorted set (the source of the images); ``torchstn eval`` on it would
-read the distorted images, not these::
+sees). What separates the result from the same CNN on the original MNIST digits
+(``torchstn train --model cnn --data mnist``) is what the rendering and the resampling
+lose; what separates the ST-CNN's error from it is what the learned transformer leaves
+undone. The training set is the fixed one (``online`` would redraw the distortions, whose
+ground truth this script does not follow). The run directory's ``config.json`` names the
+distorted set (the source of the images); ``torchstn eval`` on it would read the
+distorted images, not these::
 
     python benchmarks/ideal_transformer.py --data-dir ../shared/data/mnist --out runs/x/rts-ideal-28
     python benchmarks/ideal_transformer.py --size 42 --pool 2 --data-dir ../shared/data/mnist --out runs/x/rts-ideal-42p2
