@@ -30,6 +30,12 @@ def test_rundir_layout_history_and_resume_check(tmp_path, shapes):
     with pytest.raises(ValueError, match="cannot change lr when resuming"):
         run.resume_config(lr=0.1)
     assert RunDir.config_differences(result.config, result.config.replace(lr=0.1, epochs=9)) == ["lr"]
+    # the starting command's model arguments, given again, are no change (the saved ones also
+    # hold what the data filled in); a different value is
+    some = dict(list(result.config.model_args.items())[:1])
+    assert some and run.resume_config(model_args=some).model_args == result.config.model_args
+    with pytest.raises(ValueError, match="cannot change model_args"):
+        run.resume_config(model_args={**some, "not_an_arg": 1})
     # a record logged after the last checkpoint is dropped
     run.append({"epoch": 3})
     assert [h["epoch"] for h in run.keep_history(2)] == [1, 2]

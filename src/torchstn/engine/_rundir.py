@@ -121,11 +121,18 @@ class RunDir:
     def resume_config(self, **changes: Any) -> TrainConfig:
         """The saved config with ``changes`` (``None`` values ignored) applied.
 
+        ``model_args`` given again are merged into the saved ones, which also hold what the
+        data filled in (``in_channels``, ``input_size``, ...): the command that started a run,
+        repeated with ``--resume``, changes nothing.
+
         Raises:
             ValueError: a change to a field outside :data:`RESUMABLE_CHANGES`.
         """
         saved = self.read_config()
-        changed = saved.replace(**{k: v for k, v in changes.items() if v is not None})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "model_args" in changes:
+            changes["model_args"] = {**saved.model_args, **changes["model_args"]}
+        changed = saved.replace(**changes)
         bad = self.config_differences(saved, changed)
         if bad:
             raise ValueError(
