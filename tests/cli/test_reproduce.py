@@ -29,6 +29,8 @@ def test_reproduce_table1_quick_end_to_end(cli, mnist_dir, tmp_path):
     assert "by the rotation of the test digit" in report  # R and RTS have ground-truth angles
     assert "on P by the shift of the test digit's distortion" in report  # and P its homographies
     assert len(record["cells"]["quick/cnn/p/s0"]["by_shift"]) == 5 and not record["cells"]["quick/cnn/r/s0"]["by_shift"]
+    assert "on RTS by the scale of the test digit" in report  # RTS's digits have a scale, R's one
+    assert record["cells"]["quick/cnn/rts/s0"]["by_scale"] and not record["cells"]["quick/cnn/r/s0"]["by_scale"]
 
     run = cli(*args)
     assert run.status == 0, run.err  # everything is finished: nothing is trained again

@@ -59,15 +59,46 @@ def test_the_p_data_shift_is_its_corner_noise():
         float(shift.median()) / 2, rel=0.15)
 
 
-def test_the_report_shows_the_error_by_shift_per_column(tmp_path):
+def test_the_scale_split_reads_the_digit_scale_from_the_similarity_and_skips_a_constant_one():
+    from types import SimpleNamespace
+
+    from torchstn import Similarity
+    from torchstn.reproduce._report import _by_rotation, _by_scale
+
+    scale = torch.linspace(0.7, 1.2, 100, dtype=torch.float64)
+    # canvas -> digit parameters of a 42-pixel canvas: their scale is (42 / 28) / the digit's
+    params = torch.stack([1.5 / scale, torch.zeros(100), torch.zeros(100), torch.zeros(100)], 1).float()
+    wrong = (scale < 0.8).float()  # every digit below 0.8 wrong
+    rts = SimpleNamespace(transform=Similarity(), params=params, input_shape=(1, 42, 42))
+    bins = _by_scale(rts, wrong)
+    assert [b["n"] for b in bins] == [20, 20, 20, 20, 20]
+    assert bins[0]["scale"][0] == pytest.approx(0.7, abs=1e-5) and bins[-1]["scale"][1] == pytest.approx(1.2, abs=1e-5)
+    assert [b["error"] for b in bins] == pytest.approx([100.0, 0.0, 0.0, 0.0, 0.0])
+    assert _by_rotation(rts, wrong) == [{"degrees": [0.0, 15.0], "n": 100, "error": pytest.approx(20.0)}]
+    # a rotation-only set (mnist-r) has one scale: no split
+    r = SimpleNamespace(transform=Similarity(), params=torch.tensor([[1.0, 0.3, 0.0, 0.0]]).repeat(100, 1),
+                        input_shape=(1, 28, 28))
+    assert _by_scale(r, wrong) == []
+    assert _by_scale(SimpleNamespace(transform=Projective(), params=params, input_shape=(1, 28, 28)), wrong) == []
+
+
+@pytest.mark.parametrize("column, key, bins, title, table", [
+    ("p", "by_shift",
+     [{"pixels": [1.25, 4.93], "n": 2500, "error": 0.8}, {"pixels": [4.93, 13.75], "n": 7500, "error": 3.2}],
+     "Test error (%) on P by the shift of the test digit's distortion",
+     "| model | seed | 1.2-4.9 | ≥ 4.9 |\n|---|---:|---:|---:|\n| ST-CNN Aff | 0 | 0.80 | 3.20 |"),
+    ("rts", "by_scale",
+     [{"scale": [0.7, 0.8], "n": 2000, "error": 1.3}, {"scale": [0.8, 1.2], "n": 8000, "error": 0.7}],
+     "Test error (%) on RTS by the scale of the test digit",
+     "| model | seed | 0.70-0.80 | 0.80-1.20 |\n|---|---:|---:|---:|\n| ST-CNN Aff | 0 | 1.30 | 0.70 |"),
+])
+def test_the_report_shows_each_split_per_column(tmp_path, column, key, bins, title, table):
     experiment = get_experiment("stn-table1")
     results = Results(tmp_path, "stn-table1")
-    cell = plan(experiment, "standard", only=["st-cnn-aff"], datasets=["p"])[0]
-    bins = [{"pixels": [1.25, 4.93], "n": 2500, "error": 0.8}, {"pixels": [4.93, 13.75], "n": 7500, "error": 3.2}]
-    results.add(cell, {"digest": cell.digest, "budget": "standard", "row": "st-cnn-aff", "column": "p", "seed": 0,
+    cell = plan(experiment, "standard", only=["st-cnn-aff"], datasets=[column])[0]
+    results.add(cell, {"digest": cell.digest, "budget": "standard", "row": "st-cnn-aff", "column": column, "seed": 0,
                        "error": 2.6, "best_error": 2.6, "train_error": 2.4, "epochs": 1, "steps": 10,
-                       "wall_seconds": 60.0, "images_per_s": 100.0, "config": cell.config, "by_shift": bins})
+                       "wall_seconds": 60.0, "images_per_s": 100.0, "config": cell.config, key: bins})
     text = render_report(experiment, results, tmp_path, "standard")
-    assert "Test error (%) on P by the shift of the test digit's distortion" in text
-    assert "| model | seed | 1.2-4.9 | ≥ 4.9 |\n|---|---:|---:|---:|\n| ST-CNN Aff | 0 | 0.80 | 3.20 |" in text
-    assert "by the rotation" not in text
+    assert title in text and table in text
+    assert "by the rotation" not in text  # no other split without its record

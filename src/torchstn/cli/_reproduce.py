@@ -170,12 +170,11 @@ def _after_cell(
     args: argparse.Namespace, experiment: Experiment, results: Results
 ) -> Callable[[Cell, dict[str, Any]], None]:
     """What follows a finished cell: its analyses and figure (which must not cost the run), then the report."""
-    from torchstn.reproduce import error_by_rotation, error_by_shift, write_figure, write_report
+    from torchstn.reproduce import error_splits, write_figure, write_report
 
     def after_cell(cell: Cell, record: dict[str, Any]) -> None:
         try:
-            record["by_rotation"] = error_by_rotation(cell, record, data_dir=args.data_dir)
-            record["by_shift"] = error_by_shift(cell, record, data_dir=args.data_dir)
+            record.update(error_splits(cell, record, data_dir=args.data_dir))
             results.add(cell, record)
             if cell.seed == 0:
                 write_figure(cell, record, args.out, data_dir=args.data_dir)

@@ -23,10 +23,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ROTATION_BINS",
+    "SCALE_QUANTILES",
     "SHIFT_QUANTILES",
     "distortion_shift",
     "error_by_rotation",
+    "error_by_scale",
     "error_by_shift",
+    "error_splits",
     "figure_path",
     "render_report",
     "summarize",
@@ -96,9 +99,22 @@ ROTATION_BINS: tuple[float, ...] = (0.0, 15.0, 30.0, 45.0, 90.0, 180.0)
 #: quantiles of the test set's shifts that bound the bins of :func:`error_by_shift`: its
 #: quarters, with the most distorted tenth apart
 SHIFT_QUANTILES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+#: quantiles of the test set's digit scales that bound the bins of :func:`error_by_scale`: its fifths
+SCALE_QUANTILES: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+#: the side of the frame an MNIST digit is drawn in, in pixels
+_DIGIT_FRAME = 28
 
 
-def error_by_rotation(cell: Cell, record: dict[str, Any], *, data_dir: str | None = None) -> list[dict[str, Any]]:
+def error_splits(cell: Cell | None, record: dict[str, Any], *, data_dir: str | None = None) -> dict[str, list]:
+    """Every per-bin analysis of a finished cell that its data has, from one pass of its
+    last model over the test set: ``{"by_rotation": ..., "by_scale": ..., "by_shift": ...}``
+    (:func:`error_by_rotation`, :func:`error_by_scale`, :func:`error_by_shift`; ``[]`` where
+    the data has no such quantity or the run is gone)."""
+    tested = _test_predictions(record, data_dir)
+    return {key: (split(*tested) if tested else []) for key, split in _ANALYSES.items()}
+
+
+def error_by_rotation(cell: Cell | None, record: dict[str, Any], *, data_dir: str | None = None) -> list[dict[str, Any]]:
     """Test error (%) of a finished cell by the rotation of the test digit, where the data has one.
 
     For datasets drawn with a similarity transform (``mnist-r``, ``mnist-rts``: the
@@ -110,19 +126,26 @@ def error_by_rotation(cell: Cell, record: dict[str, Any], *, data_dir: str | Non
         ``[{"degrees": [lo, hi], "n": count, "error": percent}, ...]`` for non-empty bins,
         or ``[]`` for other data or a run that is gone.
     """
-    import math
-
-    from torchstn.transforms import Similarity
-
-    tested = _test_predictions(record, data_dir, (Similarity,))
-    if tested is None:
-        return []
-    test_set, wrong = tested
-    degrees = test_set.params[:, 1].abs() * (180.0 / math.pi)
-    return [{"degrees": [lo, hi], **b} for lo, hi, b in _binned(wrong, degrees, ROTATION_BINS)]
+    return error_splits(cell, record, data_dir=data_dir)["by_rotation"]
 
 
-def error_by_shift(cell: Cell, record: dict[str, Any], *, data_dir: str | None = None) -> list[dict[str, Any]]:
+def error_by_scale(cell: Cell | None, record: dict[str, Any], *, data_dir: str | None = None) -> list[dict[str, Any]]:
+    """Test error (%) of a finished cell by the scale of the test digit, where it varies.
+
+    For datasets drawn with a similarity transform of varying scale (``mnist-rts``): the
+    digit's size on the canvas over its size in MNIST's 28-pixel frame (0.7-1.2 for RTS),
+    split at the :data:`SCALE_QUANTILES` of the test set. An error that falls with the
+    scale says the small digits are what the model loses, e.g. resolution where the
+    transformer does not enlarge them.
+
+    Returns:
+        ``[{"scale": [lo, hi], "n": count, "error": percent}, ...]`` for non-empty bins,
+        or ``[]`` for other data (a constant scale: ``mnist-r``) or a run that is gone.
+    """
+    return error_splits(cell, record, data_dir=data_dir)["by_scale"]
+
+
+def error_by_shift(cell: Cell | None, record: dict[str, Any], *, data_dir: str | None = None) -> list[dict[str, Any]]:
     """Test error (%) of a finished cell by how far the test digit's distortion moves its points.
 
     For datasets drawn with a homography (``mnist-p``, ``mnist-perturbed``) or a thin-plate
@@ -134,17 +157,49 @@ def error_by_shift(cell: Cell, record: dict[str, Any], *, data_dir: str | None =
         ``[{"pixels": [lo, hi], "n": count, "error": percent}, ...]`` for non-empty bins,
         or ``[]`` for other data or a run that is gone.
     """
+    return error_splits(cell, record, data_dir=data_dir)["by_shift"]
+
+
+def _by_rotation(test_set: Any, wrong: torch.Tensor) -> list[dict[str, Any]]:
+    import math
+
+    from torchstn.transforms import Similarity
+
+    if not isinstance(test_set.transform, Similarity):
+        return []
+    degrees = test_set.params[:, 1].abs() * (180.0 / math.pi)
+    return [{"degrees": [lo, hi], **b} for lo, hi, b in _binned(wrong, degrees, ROTATION_BINS)]
+
+
+def _by_scale(test_set: Any, wrong: torch.Tensor) -> list[dict[str, Any]]:
+    import torch
+
+    from torchstn.transforms import Similarity
+
+    if not isinstance(test_set.transform, Similarity):
+        return []
+    # params map the canvas onto the digit's frame: their scale is (canvas / frame) / the digit's
+    scale = (test_set.input_shape[-1] / _DIGIT_FRAME) / test_set.params[:, 0].double().abs()
+    if float(scale.max() - scale.min()) < 1e-6:
+        return []
+    edges = torch.quantile(scale, torch.tensor(SCALE_QUANTILES, dtype=scale.dtype)).tolist()
+    return [{"scale": [lo, hi], **b} for lo, hi, b in _binned(wrong, scale, edges)]
+
+
+def _by_shift(test_set: Any, wrong: torch.Tensor) -> list[dict[str, Any]]:
     import torch
 
     from torchstn.transforms import Projective, ThinPlateSpline
 
-    tested = _test_predictions(record, data_dir, (Projective, ThinPlateSpline))
-    if tested is None:
+    if not isinstance(test_set.transform, (Projective, ThinPlateSpline)):
         return []
-    test_set, wrong = tested
     shift = distortion_shift(test_set.transform, test_set.params, test_set.input_shape[-1])
     edges = torch.quantile(shift, torch.tensor(SHIFT_QUANTILES, dtype=shift.dtype)).tolist()
     return [{"pixels": [lo, hi], **b} for lo, hi, b in _binned(wrong, shift, edges)]
+
+
+#: a record's per-bin analyses: its key, and the bins from (test set, wrong)
+_ANALYSES = {"by_rotation": _by_rotation, "by_scale": _by_scale, "by_shift": _by_shift}
 
 
 def distortion_shift(transform: Transform, params: torch.Tensor, size: int) -> torch.Tensor:
@@ -180,19 +235,20 @@ def distortion_shift(transform: Transform, params: torch.Tensor, size: int) -> t
     return residual.pow(2).sum(-1).mean(1).sqrt() * (size / 2)
 
 
-def _test_predictions(
-    record: dict[str, Any], data_dir: str | None, families: tuple[type, ...]
-) -> tuple[Any, torch.Tensor] | None:
+def _test_predictions(record: dict[str, Any], data_dir: str | None) -> tuple[Any, torch.Tensor] | None:
     """``(test set, wrong)`` of a finished cell's last model (``wrong``: 1.0 where it errs),
-    or ``None`` when its run is gone or its test set was not drawn with one of ``families``."""
+    or ``None`` when its run is gone or its test set was not drawn with a transformation the
+    analyses split by (a similarity, a homography or a thin-plate spline)."""
     from torchstn.engine import RunDir, load_model, load_split, predict
+    from torchstn.transforms import Projective, Similarity, ThinPlateSpline
 
     run_dir = RunDir(record["run"])
     if not run_dir.holds_run():
         return None
     model, config, _ = load_model(run_dir.path, "last")
     test_set = load_split(config.replace(data_dir=data_dir), "test")
-    if getattr(test_set, "params", None) is None or not isinstance(getattr(test_set, "transform", None), families):
+    analysed = isinstance(getattr(test_set, "transform", None), (Similarity, Projective, ThinPlateSpline))
+    if getattr(test_set, "params", None) is None or not analysed:
         return None
     logits, labels = predict(model, test_set, batch_size=config.eval_batch_size,
                              ground_truth_init=config.ground_truth_init)
@@ -426,6 +482,8 @@ def _runs_table(view: _BudgetView) -> list[str]:
 _SPLITS = (
     ("by_rotation", "degrees", "by the rotation of the test digit (|angle|)",
      lambda lo, hi, last: f"{lo:.0f}-{hi:.0f}°"),
+    ("by_scale", "scale", "by the scale of the test digit (its size on the canvas over its size in MNIST's "
+     "28-pixel frame; the test set's fifths)", lambda lo, hi, last: f"{lo:.2f}-{hi:.2f}"),
     # the top bin is open: a homography can send a corner past its horizon (shifts of 1,000 px)
     ("by_shift", "pixels", "by the shift of the test digit's distortion (px: RMS movement of its corners or "
      "control points beyond a uniform scale; the test set's quarters, its most distorted tenth apart)",
@@ -434,8 +492,7 @@ _SPLITS = (
 
 
 def _split_tables(view: _BudgetView) -> list[str]:
-    """Per column with a per-bin analysis (:func:`error_by_rotation`, :func:`error_by_shift`):
-    the test error in each bin."""
+    """Per column with a per-bin analysis (:func:`error_splits`): the test error in each bin."""
     lines = []
     for key, bounds, title, header in _SPLITS:
         for col in view.columns:
