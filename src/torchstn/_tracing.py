@@ -4,7 +4,7 @@ torchstn's kernels take a hand-written fast path (custom autograd Functions, the
 operator) on plain eager tensors and the plain differentiable expression everywhere else:
 under ``torch.jit.trace``, ONNX export, ``torch.compile``, ``torch.export`` and inside
 ``torch.func`` transforms. The questions that decide it (:func:`eager_tensors`,
-:func:`in_functorch`), the differentiable fallback of a first-order backward
+:func:`functorch_active`, :func:`in_functorch`), the differentiable fallback of a first-order backward
 (:func:`differentiable_vjp`) and the cache of θ-independent tensors (:func:`cached`,
 :func:`clear_caches`), whose entries must be usable in every one of those modes, live here,
 once, next to :mod:`torchstn._validation`: an internal module every layer may import.
@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-__all__ = ["cached", "clear_caches", "differentiable_vjp", "eager_tensors", "exporting", "in_functorch"]
+__all__ = ["cached", "clear_caches", "differentiable_vjp", "eager_tensors", "exporting", "functorch_active", "in_functorch"]
 
 _CACHE: dict[Hashable, tuple[torch.Tensor, int]] = {}
 _CACHE_SIZE = 128
@@ -89,7 +89,7 @@ def eager_tensors(*tensors: torch.Tensor) -> bool:
     """
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False
-    return all(type(t) in _PLAIN for t in tensors) and not in_functorch(*tensors)
+    return all(type(t) in _PLAIN for t in tensors) and not functorch_active()
 
 
 #: the tensor types :func:`eager_tensors` takes as plain (a module's weights are Parameters)
@@ -104,6 +104,13 @@ def exporting() -> bool:
     """
     is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
     return bool(is_exporting is not None and is_exporting())
+
+
+def functorch_active() -> bool:
+    """True inside any ``torch.func`` transform (``grad``, ``vmap``, ...), whichever tensors it
+    wraps: a tensor made inside (an identity θ, a constant) is plain but meets wrapped ones,
+    and an ``autograd.Function`` without ``setup_context`` or a branch on a value fails there."""
+    return torch._C._are_functorch_transforms_active()
 
 
 def in_functorch(*tensors: torch.Tensor) -> bool:

@@ -46,6 +46,33 @@ def test_deepcopy_pickle_and_state_dict_after_a_training_forward(name):
     loss.backward()  # copying did not break the original's graph
 
 
+@pytest.mark.parametrize("name", ["st", "cascade", "pstn", "parallel"])
+def test_torch_func_over_a_module_and_copies_after_it(name):
+    """vmap and per-sample gradients run the modules, and a copy taken afterwards (an EMA
+    step) works: the records made inside the transform are not carried into it."""
+    module = perturb(_modules()[name]).eval()
+    if name == "pstn":
+        module.test_samples = "mean"  # one output per input, so that per-sample outputs compare
+    x = torch.rand(3, 1, 16, 16)
+    per_sample = torch.func.vmap(lambda xi: module(xi[None])[0], randomness="same")(x)
+    torch.testing.assert_close(per_sample, module(x), atol=1e-5, rtol=1e-5)
+    torch.func.vmap(lambda xi: module(xi[None])[0], randomness="same")(x)  # the record now comes from a vmap
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    loss = lambda p, xi: torch.func.functional_call(module, p, (xi[None],)).square().mean()  # noqa: E731
+    grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="same")(params, x)
+    assert all(g.shape[0] == 3 for g in grads.values())
+    for copied in (copy.deepcopy(module), pickle.loads(pickle.dumps(module)), AveragedModel(module).module):
+        torch.testing.assert_close(copied(x), module(x))
+
+
+def test_a_compositional_projective_cascade_under_vmap():
+    """Its identity start is a plain tensor inside the transform (once an autograd.Function without setup_context)."""
+    ic = perturb(stn.CascadedSpatialTransformer(stn.Projective(), stn.conv_localization(1, (16, 16)), steps=2,
+                                                compositional=True, share=True))
+    x = torch.rand(3, 1, 16, 16)
+    torch.testing.assert_close(torch.func.vmap(lambda xi: ic(xi[None])[0])(x), ic(x), atol=1e-5, rtol=1e-5)
+
+
 def test_last_params_keep_the_graph_for_regularisers():
     st = perturb(stn.SpatialTransformer("affine", stn.conv_localization(1, (16, 16))))
     out, theta = st(torch.rand(2, 1, 16, 16), return_params=True)

@@ -138,16 +138,22 @@ def test_first_order_still_takes_the_closed_form_kernels(monkeypatch):
     assert calls == ["grid"]
 
 
-@pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective()], ids=lambda t: t.name)
-def test_torch_func_matches_autograd(transform):
-    x = torch.rand(3, 2, 10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("backend", ["auto", "torch", "reference"])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.Affine3D()], ids=lambda t: t.name)
+def test_torch_func_matches_autograd(transform, padding, backend, mode):
+    """grad, jacrev and vmap on every padding, mode and backend (the paths that branch on a
+    grid's values or use an autograd.Function must take their transform-safe form)."""
+    spatial, size = ((4, 5, 6), (3, 4, 5)) if transform.ndim == 3 else ((10, 12), (6, 7))
+    x = torch.rand(3, 2, *spatial, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     theta = random_theta(transform, 3, torch.float64, scale=SCALE, seed=8)
-    energy = lambda t: stn.warp(x, t, transform, (6, 7)).pow(2).sum()  # noqa: E731
+    warp = lambda xs, t: stn.warp(xs, t, transform, size, mode, padding, backend=backend)  # noqa: E731
+    energy = lambda t: warp(x, t).pow(2).sum()  # noqa: E731
     leaf = theta.clone().requires_grad_()
     energy(leaf).backward()
     torch.testing.assert_close(torch.func.grad(energy)(theta), leaf.grad)
-    jacobian = torch.func.jacrev(lambda t: stn.warp(x, t, transform, (6, 7)))(theta)
-    expected = torch.autograd.functional.jacobian(lambda t: stn.warp(x, t, transform, (6, 7)), theta)
-    torch.testing.assert_close(jacobian, expected)
-    per_sample = torch.func.vmap(lambda xi, ti: stn.warp(xi[None], ti[None], transform, (6, 7))[0])(x, theta)
-    torch.testing.assert_close(per_sample, stn.warp(x, theta, transform, (6, 7)))
+    jacobian = torch.func.jacrev(lambda t: warp(x, t))(theta)
+    torch.testing.assert_close(jacobian, torch.autograd.functional.jacobian(lambda t: warp(x, t), theta))
+    per_sample = torch.func.vmap(lambda xi, ti: warp(xi[None], ti[None])[0])(x, theta)
+    torch.testing.assert_close(per_sample, warp(x, theta))

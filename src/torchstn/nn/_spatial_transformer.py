@@ -9,7 +9,7 @@ from typing import Any, Generic, TypedDict, TypeVar, Unpack, overload
 import torch
 from torch import nn
 
-from torchstn._tracing import exporting
+from torchstn._tracing import exporting, in_functorch
 from torchstn._validation import check_size, check_tensor, sizes_traced
 from torchstn.nn._localization import make_regressor
 from torchstn.sampling import Backend, Mode, Padding, SamplerOptions
@@ -102,8 +102,9 @@ class SpatialTransformer(nn.Module):
             ``align_corners`` and ``backend`` read (and set) its fields.
         last_params: θ of the last forward pass, with its graph (for regularisers
             such as the engine's ``identity_reg``) and for diagnostics; ``None`` before
-            the first call; not set by the passes of ``torch.export``. Copies of the module (``copy.deepcopy``, pickle) hold it
-            detached.
+            the first call; not set by the passes of ``torch.export``. Copies of the
+            module (``copy.deepcopy``, pickle) hold it detached, or ``None`` where the
+            pass ran inside a ``torch.func`` transform (its θ cannot outlive it).
 
     The module is a plain ``nn.Module``: ``copy.deepcopy`` (EMA and SWA copies),
     pickle and ``state_dict`` work at any point of training, and the localisation
@@ -235,8 +236,10 @@ def _declared_input(net: nn.Module) -> tuple[int, ...] | None:
 
 
 def _detached(value: object) -> object:
+    """A record as a copy holds it: detached; ``None`` for one made inside a ``torch.func``
+    transform (``vmap``, ``grad``, ...), which cannot be used, nor copied, once it has ended."""
     if isinstance(value, torch.Tensor):
-        return value.detach()
+        return None if in_functorch(value) else value.detach()
     if isinstance(value, (list, tuple)):
         return type(value)(_detached(v) for v in value)
     return value

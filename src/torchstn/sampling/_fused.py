@@ -61,7 +61,7 @@ from typing import NamedTuple
 
 import torch
 
-from torchstn._tracing import differentiable_vjp, in_functorch
+from torchstn._tracing import differentiable_vjp, functorch_active
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.transforms import matrix_grid
 
@@ -311,9 +311,9 @@ def operator_applies(*tensors: torch.Tensor) -> bool:
     export (which cannot record a Python operator), nor inside ``torch.func`` transforms
     (``torch.library``'s autograd formulas do not support them in torch 2.13); those take
     the grid path, whose values and gradients are the same."""
-    if _plain_eager(*tensors) and not torch._C._are_functorch_transforms_active():
+    if _plain_eager(*tensors) and not functorch_active():
         return True  # (the answer at once: asking the ONNX exporter costs µs per call)
-    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or in_functorch(*tensors))
+    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or functorch_active())
 
 
 def _plain_eager(*tensors: torch.Tensor) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from torchstn._tracing import functorch_active
+
 __all__ = ["torch_sample"]
 
 
@@ -21,7 +23,8 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     Which grids need it is told by the grid's sum (one fast reduction; ``isfinite(grid)
     .all()`` cost a quarter of a 3-D ``grid_sample``): it is not finite if a point is not,
     or if the sum overflows, and then the careful path gives the same values. Under a
-    tracer, which cannot branch on data, every such call takes the careful path.
+    tracer or a ``torch.func`` transform, which cannot branch on data, every such call takes
+    the careful path.
     """
     direct = grid.dim() == 4 and padding == "zeros" and mode != "nearest"
     if direct or (_eager() and bool(torch.isfinite(grid.sum()))):
@@ -34,4 +37,7 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
 
 
 def _eager() -> bool:
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+    """Whether the grid's values may decide the path: not under a tracer, nor inside a
+    ``torch.func`` transform (``vmap`` cannot branch on a batched value)."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+                or functorch_active())

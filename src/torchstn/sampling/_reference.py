@@ -124,12 +124,12 @@ class _Corners:
     def corner(self, offset: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Linear index (B, N), validity (B, N) and per-axis weight factors of one corner."""
         lin = torch.zeros_like(self.base[0], dtype=torch.long)
-        valid = self.finite.clone()
+        valid = self.finite
         factors = []
-        for d, o in enumerate(offset):
+        for d, o in enumerate(offset):  # (out of place throughout: vmap may batch one operand only)
             idx = self.base[d] + o
-            valid &= (idx >= 0) & (idx <= self.sizes[d] - 1)
-            lin += idx.clamp(0, self.sizes[d] - 1).long() * self.strides[d]
+            valid = valid & (idx >= 0) & (idx <= self.sizes[d] - 1)
+            lin = lin + idx.clamp(0, self.sizes[d] - 1).long() * self.strides[d]
             if self.mode == "nearest":
                 factors.append(torch.ones_like(self.frac[d]))
             else:
@@ -142,8 +142,13 @@ def _flat(grid: torch.Tensor) -> torch.Tensor:
 
 
 class _ReferenceSample(torch.autograd.Function):
+    """The hand-written forward and backward; ``setup_context`` and a generated vmap rule (both
+    are plain torch operations) let ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``) run it."""
+
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:  # type: ignore[override]
         b, c = x.shape[:2]
         corners = _Corners(x.shape, _flat(grid), padding, align_corners, mode)
         xf = x.flatten(2)
@@ -151,11 +156,15 @@ class _ReferenceSample(torch.autograd.Function):
         for offset in corners.offsets:
             lin, valid, factors = corners.corner(offset)
             weight = torch.stack(factors).prod(0) * valid
-            out += weight[:, None] * xf.gather(2, lin[:, None].expand(b, c, -1))
+            out = out + weight[:, None] * xf.gather(2, lin[:, None].expand(b, c, -1))
         out = torch.where(corners.finite[:, None], out, float("nan"))
-        ctx.save_for_backward(x, grid)
-        ctx.options = (mode, padding, align_corners)
         return out.reshape(b, c, *grid.shape[1:-1])
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:  # type: ignore[override]  # noqa: ANN001
+        x, grid, *options = inputs
+        ctx.save_for_backward(x, grid)
+        ctx.options = tuple(options)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
@@ -172,7 +181,7 @@ class _ReferenceSample(torch.autograd.Function):
             index = lin[:, None].expand(b, c, -1)
             if grad_x is not None:
                 weight = torch.stack(factors).prod(0) * valid
-                grad_x.scatter_add_(2, index, weight[:, None] * go)
+                grad_x = grad_x.scatter_add(2, index, weight[:, None] * go)
             if mode == "nearest" or not ctx.needs_input_grad[1]:
                 continue
             # sum over channels of dL/dV * U_q, then the derivative of the weight per axis
@@ -180,7 +189,7 @@ class _ReferenceSample(torch.autograd.Function):
             for d in range(corners.n):
                 others = [f for e, f in enumerate(factors) if e != d]
                 partial = torch.stack(others).prod(0) if others else torch.ones_like(g_val)
-                grad_u[d] += g_val * partial * (1.0 if offset[d] else -1.0)
+                grad_u[d] = grad_u[d] + g_val * partial * (1.0 if offset[d] else -1.0)
         grad_grid = None
         if ctx.needs_input_grad[1]:
             grad_grid = torch.stack([gu * du for gu, du in zip(grad_u, corners.dcoords)], -1)
