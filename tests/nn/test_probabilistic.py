@@ -111,6 +111,32 @@ def test_gradients_reach_mean_and_variance_heads(distribution):
         assert params[n].grad.abs().sum() > 0, n
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_low_precision_and_vmap_draw_the_same_noise(distribution):
+    """Under bf16 autocast and in a bfloat16 module the noise is drawn in float32 (torch has no
+    CPU gamma sampler in bfloat16) and cast: the same θ as float32 to bfloat16's rounding;
+    under vmap(randomness="different") each model of a stack draws its own."""
+    pst = _pstn(distribution=distribution, in_features=16, samples=3, init_scale=0.2)
+    x = torch.rand(2, 1, 4, 4)
+    torch.manual_seed(5)
+    pst(x)
+    expected = pst.last_params.detach()
+    torch.manual_seed(5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pst(x)
+    (out.sum() + pst.kl()).backward()
+    torch.testing.assert_close(pst.last_params.float(), expected, atol=0.02, rtol=0.02)
+    low = _pstn(distribution=distribution, in_features=16, samples=3, init_scale=0.2)
+    low.load_state_dict(pst.state_dict())
+    torch.manual_seed(5)
+    assert low.bfloat16()(x.bfloat16()).dtype == torch.bfloat16
+    torch.testing.assert_close(low.last_params.float(), expected, atol=0.05, rtol=0.05)
+    stacked = torch.func.stack_module_state([pst, pst])
+    draws = torch.func.vmap(lambda p, b: functional_call(pst, (p, b), (x,)), randomness="different")(*stacked)
+    assert draws.shape == (2, 6, 1, 4, 4) and not torch.equal(draws[0], draws[1])
+
+
 def test_student_t_kl_is_the_kl_between_gammas():
     pst = _pstn(samples=2, prior_alpha=2.0, prior_beta=0.5)
     x = torch.rand(3, 1, 8, 8)

@@ -239,14 +239,20 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         return (spread / self.prior_alpha).sqrt() if self.distribution == "student-t" else spread
 
     def _noise(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """Standard noise of the distribution, in the dtype of ``like``: drawn in float32 for a
+        float16/bfloat16 ``like`` (autocast, ``.bfloat16()``: torch has no CPU gamma sampler in
+        those), and out of place (``vmap(..., randomness="different")`` refuses the in-place
+        draw of ``StudentT.sample``), as StudentT draws it: a normal, then a chi-square."""
+        dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
+        normal = torch.randn(shape, dtype=dtype, device=like.device)
         if self.distribution == "gaussian":
-            return torch.randn(shape, dtype=like.dtype, device=like.device)
+            return normal.to(like.dtype)
         value = 2 * self.prior_alpha
         if torch.jit.is_tracing():  # the tracer warns about a literal tensor; it records this op instead
-            df = torch.full((), value, dtype=like.dtype, device=like.device)
-        else:  # a literal, which torch.export folds into a constant (StudentT checks it then)
-            df = torch.tensor(value, dtype=like.dtype, device=like.device)
-        return torch.distributions.StudentT(df).sample(shape)
+            df = torch.full((), value, dtype=dtype, device=like.device)
+        else:  # a literal, which torch.export folds into a constant (Chi2 checks it then)
+            df = torch.tensor(value, dtype=dtype, device=like.device)
+        return (normal * torch.rsqrt(torch.distributions.Chi2(df).sample(shape) / df)).to(like.dtype)
 
     def _kl(self, mean: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
         if self.distribution == "student-t":
