@@ -22,6 +22,7 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_floating",
+    "check_input",
     "check_int",
     "check_number",
     "check_params",
@@ -58,6 +59,19 @@ def check_floating(name: str, value: torch.Tensor) -> torch.Tensor:
             f"got {value.dtype}; convert it with .float() first"
         )
     return value
+
+
+def check_input(x: object, shape: Sequence[int] | None, ndim: int, built: str) -> torch.Tensor:
+    """Check a network's input ``x``: a floating tensor of rank ``ndim`` and, where the network
+    declares one, of shape ``(B, *shape)``; the message names what ``built`` (``"the model"``,
+    ``"the localisation net"``) was built for. Sizes traced by ``torch.jit.trace`` are not compared."""
+    check_floating("x", check_tensor("x", x, ndim=ndim))
+    if shape is not None and not sizes_traced() and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(
+            f"x must have shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}: {built} was built for "
+            f"in_channels={shape[0]}, input_size={tuple(shape[1:])}"
+        )
+    return x
 
 
 def check_params(name: str, params: object, num_params: int, family: str) -> torch.Tensor:

@@ -21,6 +21,23 @@ def test_every_registry_model_runs_on_its_declared_input(name):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("name", stn.list_models())
+def test_every_registry_model_names_a_wrong_input(name):
+    """Baselines and transformer models alike: one message naming what the model was built
+    for, not a matrix-shape error from inside it (nor a silent result for a missing batch axis)."""
+    model = stn.create_model(name)
+    shape = model.input_shape
+    built = rf"was built for in_channels={shape[0]}, input_size=\({', '.join(map(str, shape[1:]))},?\)"
+    with pytest.raises(ValueError, match=rf"x must have shape \(B, {', '.join(map(str, shape))}\), got .*{built}"):
+        model(torch.rand(2, shape[0] + 1, *shape[1:]))
+    with pytest.raises(ValueError, match=rf"x must have shape .*{built}"):
+        model(torch.rand(2, *shape[:-1], shape[-1] + 4))
+    with pytest.raises(ValueError, match=rf"x must have {len(shape) + 1} dimensions"):
+        model(torch.rand(*shape))  # no batch axis
+    with pytest.raises(TypeError, match="x must have a floating-point dtype"):
+        model(torch.zeros(2, *shape, dtype=torch.uint8))
+
+
 @pytest.mark.parametrize("name,channels,size", CASES)
 def test_forward_and_backward_on_declared_input(name, channels, size):
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from torchstn._validation import check_int, check_size
+from torchstn._validation import check_input, check_int, check_size
 from torchstn.nn import SpatialTransformer
 
 __all__ = ["STClassifier", "as_size", "feature_shape", "feature_width"]
@@ -103,5 +103,13 @@ class STClassifier(nn.Module):
         return self.pool(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` for images ``(B, C, H, W)``."""
-        return self.classifier(self.transform_input(x))
+        """Logits ``(B, num_classes)`` for images ``(B, C, H, W)``.
+
+        Raises:
+            TypeError, ValueError: ``x`` is not a floating tensor of shape ``(B, *input_shape)``.
+        """
+        return self.classifier(self.transform_input(self.checked(x)))
+
+    def checked(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``, checked to be a floating tensor ``(B, *input_shape)`` (what the model was built for)."""
+        return check_input(x, self.input_shape, len(self.input_shape) + 1, "the model")

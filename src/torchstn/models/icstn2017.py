@@ -19,7 +19,7 @@ from torch import nn
 
 from torchstn.models._base import STClassifier, as_size, feature_width
 from torchstn.models._registry import register_model
-from torchstn.nn import CascadedSpatialTransformer, Conv2d
+from torchstn.nn import CascadedSpatialTransformer, Conv2d, declare_input
 from torchstn.sampling import Mode, Padding, SamplerOptions, warp
 from torchstn.transforms import Projective
 
@@ -48,7 +48,8 @@ def icstn_predictor(in_channels: int, input_size: tuple[int, int]) -> nn.Sequent
         Conv2d(in_channels, 4, 7), nn.ReLU(inplace=True), Conv2d(4, 8, 7), nn.ReLU(inplace=True), nn.MaxPool2d(2)
     )
     width = feature_width(convs, in_channels, input_size, "IC-STN geometric predictor")
-    return nn.Sequential(*convs, nn.Flatten(), nn.Linear(width, 48), nn.ReLU(inplace=True))
+    return declare_input(nn.Sequential(*convs, nn.Flatten(), nn.Linear(width, 48), nn.ReLU(inplace=True)),
+                         in_channels, input_size)
 
 
 def icstn_classifier(in_channels: int, input_size: tuple[int, int], num_classes: int) -> nn.Sequential:
@@ -91,7 +92,7 @@ class PerturbedClassifier(STClassifier):
 
     def forward(self, x: torch.Tensor, init_params: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(B, num_classes)``; ``init_params`` ``(B, 8)`` is the known perturbation."""
-        return self.classifier(self.transform_input(x, init_params))
+        return self.classifier(self.transform_input(self.checked(x), init_params))
 
 
 def _icstn(

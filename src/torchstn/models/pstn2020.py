@@ -28,7 +28,7 @@ class PSTNClassifier(STClassifier):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Log-probabilities ``(B, num_classes)``, averaged over the sampled transformations."""
-        return self.transformers[0].marginalize(self.classifier(self.transform_input(x)))
+        return self.transformers[0].marginalize(self.classifier(self.transform_input(self.checked(x))))
 
 
 @register_model("p-stn")

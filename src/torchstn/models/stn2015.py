@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchstn._validation import check_int, check_number
+from torchstn._validation import check_input, check_int, check_number
 from torchstn.models._base import STClassifier, as_size, feature_width
 from torchstn.models._registry import forwards_kwargs, register_model
 from torchstn.nn import Conv2d, ParallelSpatialTransformers, SpatialTransformer, conv_localization, declare_input
@@ -506,6 +506,7 @@ class PartsClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)``."""
+        x = check_input(x, self.input_shape, len(self.input_shape) + 1, "the model")
         features = [backbone(crop).flatten(1) for backbone, crop in zip(self.backbones, self.parallel(x))]
         return self.classifier(torch.cat(features, dim=1))
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torchstn._tracing import exporting, in_functorch
-from torchstn._validation import check_size, check_tensor, sizes_traced
+from torchstn._validation import check_input, check_size, sizes_traced
 from torchstn.nn._localization import make_regressor
 from torchstn.sampling import Backend, Mode, Padding, SamplerOptions
 from torchstn.transforms import Transform, get_transform
@@ -169,23 +169,17 @@ class SpatialTransformer(nn.Module):
         """The localisation net's features ``(B, F)`` of ``x``, its shape checked first.
 
         Raises:
+            TypeError: ``x`` is not a floating-point tensor.
             ValueError: ``x`` does not have the rank of the transform's inputs, or not the
                 ``(C, *input_size)`` that the localisation net declares
                 (:func:`~torchstn.nn.declare_input`), or the features are not
                 ``in_features`` wide.
         """
-        check_tensor("x", x, ndim=self.transform.ndim + 2)
-        traced = sizes_traced()  # sizes are traced tensors: not compared (torchstn._validation)
         localization = self.localization
-        expected = _declared_input(localization)
-        if expected is not None and not traced and tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"x must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}: the localisation "
-                f"net was built for in_channels={expected[0]}, input_size={expected[1:]}"
-            )
+        check_input(x, _declared_input(localization), self.transform.ndim + 2, "the localisation net")
         features = localization(x).flatten(1)
         width = getattr(self.regressor, "in_features", 0)  # 0: a lazy regressor, inferred now
-        if width and not traced and features.shape[1] != width:
+        if width and not sizes_traced() and features.shape[1] != width:
             raise ValueError(
                 f"the localisation net gives {features.shape[1]} features for x of shape {tuple(x.shape)}, the "
                 f"regressor expects in_features={width}: build the localisation net for this input size"
