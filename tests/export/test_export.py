@@ -79,6 +79,18 @@ def test_legacy_onnx_exporter_matches_eager(tmp_path: Path, transform: stn.Trans
     assert sorted(tmp_path.iterdir()) == [path]  # one self-contained file here too
 
 
+def test_onnx_of_a_cpab_warp_runs_in_onnxruntime(tmp_path: Path) -> None:
+    """The time-series warp too (its integration once had a Where of booleans, which onnxruntime lacks)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    st = perturb(stn.SpatialTransformer(stn.CPAB1D(tessellation=4), nn.Sequential(nn.Flatten(), nn.Linear(20, 8)))).eval()
+    x = torch.randn(5, 1, 20)
+    assert (st(x) - x).abs().max() > 0.05  # it really warps
+    path = export_onnx(st, torch.randn(2, 1, 20), tmp_path / "cpab.onnx")
+    assert check_export(path, st, x) < ATOL
+
+
 def test_exported_files_names_the_external_data(tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")

@@ -172,7 +172,8 @@ def export_onnx(
             file runs with any batch size; otherwise the example's batch is fixed.
         opset: ONNX opset version (default: the exporter's).
         dynamo: use ``torch.export`` (PyTorch's current exporter, needs ``onnxscript``);
-            ``False`` uses the older TorchScript-based exporter.
+            ``False`` uses the older TorchScript-based exporter, which cannot export
+            :class:`~torchstn.transforms.CPAB1D` warps (it has no ``expm1``).
 
     Returns:
         The path written. Inputs are named ``input`` (``input0``, ``input1``, ... for

@@ -140,7 +140,8 @@ def _integrate(coefficients: torch.Tensor, x: torch.Tensor, time: float = 1.0) -
     direction = forward.long() - (v < 0).long()  # +1, -1, or 0 for a point at rest
     edge = (cell + forward.long()).to(x.dtype) * width - 1
     v_edge = a * edge + b
-    bounded = torch.where(forward, cell < cells - 1, (cell > 0) & (v < 0))  # no edge beyond the end cells
+    # no edge beyond the end cells (logic, not a where of booleans: onnxruntime has no such Where)
+    bounded = (forward & (cell < cells - 1)) | (~forward & (cell > 0) & (v < 0))
     # the edge is reached iff the velocity keeps its sign up to it (else the point stops at v = 0 before it)
     first = _travel_time(edge - x, v, a, bounded & (v_edge != 0) & ((v_edge > 0) == forward))
     # the cells entered next, c + m d for m = 1 .. K - 1, and the arrival at the edge entering each
