@@ -104,7 +104,12 @@ class SpatialTransformer(nn.Module):
             such as the engine's ``identity_reg``) and for diagnostics; ``None`` before
             the first call; not set by the passes of ``torch.export``. Copies of the
             module (``copy.deepcopy``, pickle) hold it detached, or ``None`` where the
-            pass ran inside a ``torch.func`` transform (its θ cannot outlive it).
+            pass ran inside a ``torch.func`` transform (its θ cannot outlive it). Its
+            graph (the localisation net's activations) lives until the next pass: evaluate
+            under ``torch.no_grad()``, or set it to ``None`` to free it. Under
+            ``torch.utils.checkpoint(..., use_reentrant=True)`` the pass runs without grad
+            and the record has no graph, so a regulariser on it adds nothing: use
+            ``use_reentrant=False``, which keeps it.
 
     The module is a plain ``nn.Module``: ``copy.deepcopy`` (EMA and SWA copies),
     pickle and ``state_dict`` work at any point of training, and the localisation
