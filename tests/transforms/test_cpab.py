@@ -177,6 +177,21 @@ def test_minus_theta_inverts_and_the_warp_is_an_increasing_map_fixing_the_ends(d
     assert (warped - x).abs().max() > 0.05
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_steep_field_keeps_the_ends_fixed_and_its_gradient_finite(dtype):
+    """With zero_boundary the ends are at rest for every θ: where e^{ta} overflows there the
+    closed form is 0 · inf; the ends must stay put (once NaN from θ[0] ≈ 300 in float32)."""
+    cpab = stn.CPAB1D(tessellation=4)
+    ends = torch.tensor([[[-1.0], [1.0]]], dtype=dtype)
+    for value in (300.0, 1e4):
+        params = torch.tensor([[value, 0.0, 0.0]], dtype=dtype)
+        torch.testing.assert_close(cpab.transform_points(params, ends), ends)
+    params = torch.tensor([[300.0, 0.0, 0.0]], dtype=dtype, requires_grad=True)
+    out = stn.warp(torch.randn(1, 1, 8, dtype=dtype), params, cpab, align_corners=True)  # its grid holds -1 and 1
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(params.grad).all()
+
+
 def test_identity_is_zero_and_gives_the_base_grid(dtype):
     cpab = stn.CPAB1D(8)
     assert torch.equal(cpab.identity(), torch.zeros(7))

@@ -161,8 +161,14 @@ def _integrate(coefficients: torch.Tensor, x: torch.Tensor, time: float = 1.0) -
     x = torch.where(moved, entry, x)
     t = torch.where(moved, t - reached, t)
     a, b = slopes.gather(1, last), offsets.gather(1, last)
-    # ψ(x, t) = e^{ta} x + (e^{ta} - 1) b / a  =  x + t (a x + b) expm1(t a) / (t a)
-    return x + t * (a * x + b) * _expm1_ratio(t * a)
+    # ψ(x, t) = e^{ta} x + (e^{ta} - 1) b / a  =  x + t (a x + b) expm1(t a) / (t a). At a point
+    # at rest (a x + b = 0: the domain's ends with zero_boundary) whose e^{ta} overflows, the
+    # product would be 0 · inf: its ratio is taken at 0 instead (the point stays where it is,
+    # and its velocity, identically 0 at those ends, carries no gradient from the ratio)
+    v = a * x + b
+    z = t * a
+    z = torch.where((v == 0) & (z > math.log(torch.finfo(z.dtype).max) - 1), torch.zeros_like(z), z)
+    return x + t * v * _expm1_ratio(z)
 
 
 class CPAB1D(Transform):
