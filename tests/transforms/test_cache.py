@@ -33,6 +33,18 @@ def test_inference_mode_then_training_then_no_grad_then_training(transform, back
             torch.testing.assert_close(stn.warp(x, theta, transform, backend=backend), evaluated)
 
 
+@pytest.mark.parametrize("backend", ["fused", "torch", "reference"])
+@pytest.mark.parametrize("transform", FAMILIES, ids=lambda t: t.name)
+def test_theta_made_under_inference_mode_warps_an_input_that_needs_gradients(transform, backend):
+    """θ from a localisation net run under inference_mode, then a warp whose input needs
+    gradients: it works as F.affine_grid + F.grid_sample does, on every backend."""
+    with torch.inference_mode():
+        frozen = transform.identity(2) + 0.05
+    leaf = _input(transform).requires_grad_()
+    stn.warp(leaf, frozen, transform, backend=backend).square().sum().backward()
+    assert leaf.grad.abs().sum() > 0
+
+
 def test_entries_are_never_inference_tensors():
     stn.clear_caches()
     with torch.inference_mode():

@@ -471,7 +471,9 @@ def grid_path(
 
 def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
     x, loc, *options = inputs
-    ctx.save_for_backward(x, loc)
+    # an inference tensor (θ of a localisation net run under inference_mode) cannot be saved
+    # for backward; what F.grid_sample saves is computed from it, so a copy keeps the same rule
+    ctx.save_for_backward(*(t.clone() if t.is_inference() else t for t in (x, loc)))
     ctx.options = options
 
 
