@@ -17,7 +17,17 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-__all__ = ["cached", "clear_caches", "differentiable_vjp", "eager_tensors", "exporting", "functorch_active", "in_functorch"]
+__all__ = [
+    "cached",
+    "clear_caches",
+    "differentiable_vjp",
+    "eager_tensors",
+    "exporting",
+    "forward_ad_active",
+    "functorch_active",
+    "in_functorch",
+    "reject_tangents",
+]
 
 _CACHE: dict[Hashable, tuple[torch.Tensor, int]] = {}
 _CACHE_SIZE = 128
@@ -82,14 +92,14 @@ def differentiable_vjp(
 def eager_tensors(*tensors: torch.Tensor) -> bool:
     """True for plain tensors (or Parameters) in eager mode: not under ``torch.jit.trace``, ONNX export,
     ``torch.compile`` or ``torch.export`` (whose fake tensors are subclasses), nor inside
-    ``torch.func`` transforms.
+    ``torch.func`` transforms or a forward-mode AD level (plain operations have forward derivatives).
 
     Custom autograd Functions are used only then; tracers get the plain expression,
     which every exporter and compiler understands.
     """
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False
-    return all(type(t) in _PLAIN for t in tensors) and not functorch_active()
+    return all(type(t) in _PLAIN for t in tensors) and not functorch_active() and not forward_ad_active()
 
 
 #: the tensor types :func:`eager_tensors` takes as plain (a module's weights are Parameters)
@@ -104,6 +114,27 @@ def exporting() -> bool:
     """
     is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
     return bool(is_exporting is not None and is_exporting())
+
+
+def forward_ad_active() -> bool:
+    """True inside ``torch.autograd.forward_ad.dual_level()``, where dual tensors may exist
+    (torch keeps the open level in a module attribute; it has no public query)."""
+    return torch.autograd.forward_ad._current_level >= 0
+
+
+def reject_tangents(what: str, *tensors: torch.Tensor) -> None:
+    """Raise ``NotImplementedError`` if a tensor carries a forward-mode tangent.
+
+    No sampler has a forward derivative (``F.grid_sample`` has none in torch 2.13, nor has
+    the fused kernel): without this the fused kernel would return an output without a
+    tangent, which later operations read as a zero derivative.
+    """
+    if forward_ad_active() and any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        raise NotImplementedError(
+            f"{what}: forward-mode AD (dual tensors of torch.autograd.forward_ad) is not supported: "
+            "F.grid_sample has no forward derivative, nor has torchstn's fused kernel; use reverse mode "
+            "(torch.autograd.grad, torch.func.jacrev; torch.autograd.functional.jvp gives a JVP from it)"
+        )
 
 
 def functorch_active() -> bool:

@@ -157,3 +157,27 @@ def test_torch_func_matches_autograd(transform, padding, backend, mode):
     torch.testing.assert_close(jacobian, torch.autograd.functional.jacobian(lambda t: warp(x, t), theta))
     per_sample = torch.func.vmap(lambda xi, ti: warp(xi[None], ti[None])[0])(x, theta)
     torch.testing.assert_close(per_sample, warp(x, theta))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.Affine3D()], ids=lambda t: t.name)
+def test_forward_mode_ad_is_refused_not_dropped(transform, backend):
+    """No sampler has a forward derivative: a dual tensor is refused on every backend (the
+    fused kernel once returned an output without a tangent, read later as a zero derivative);
+    the grids, plain operations, carry their tangents."""
+    import torch.autograd.forward_ad as fwad
+
+    spatial = (4, 5, 6) if transform.ndim == 3 else (6, 7)
+    x = torch.rand(2, 3, *spatial, dtype=torch.float64)
+    theta = random_theta(transform, 2, torch.float64, scale=SCALE)
+    tangent = torch.randn_like(theta)
+    grid = transform.grid(theta, spatial)
+    with fwad.dual_level():
+        for args in ((fwad.make_dual(x, torch.ones_like(x)), theta), (x, fwad.make_dual(theta, tangent))):
+            with pytest.raises(NotImplementedError, match="forward-mode AD .* use reverse mode"):
+                stn.warp(*args, transform, backend=backend)
+        with pytest.raises(NotImplementedError, match="forward-mode AD"):
+            stn.sample(x, fwad.make_dual(grid, torch.ones_like(grid)), backend=backend)
+        dual_grid = transform.grid(fwad.make_dual(theta, tangent), spatial)
+        _, expected = torch.autograd.functional.jvp(lambda t: transform.grid(t, spatial), theta, tangent)
+        torch.testing.assert_close(fwad.unpack_dual(dual_grid).tangent, expected)

@@ -8,6 +8,7 @@ from typing import Literal, get_args
 
 import torch
 
+from torchstn._tracing import reject_tangents
 from torchstn._validation import check_choice, check_floating, check_same_batch, check_size, check_tensor
 from torchstn.sampling import _fused, _fused3d
 from torchstn.sampling._grid_sample import torch_sample
@@ -143,6 +144,7 @@ def check_sample_args(x: object, grid: object, mode: str) -> None:
     check_floating("x", x)
     check_tensor("grid", grid, ndim=x.dim())
     check_floating("grid", grid)
+    reject_tangents("sample", x, grid)
     n = x.dim() - 2
     if grid.shape[-1] != n:
         layout = {1: "L", 2: "H, W", 3: "D, H, W"}[n]
@@ -321,6 +323,7 @@ def warp_checked_options(
     transform = get_transform(transform)
     check_floating("x", check_tensor("x", x, ndim=transform.ndim + 2))
     params = transform.check_params(_matrix_form(transform, params))
+    reject_tangents("warp", x, params)
     check_same_batch("x", x, "params", params)
     if params.device != x.device:
         raise ValueError(f"params must be on the device of x ({x.device}), got {params.device}")
