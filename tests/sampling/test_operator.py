@@ -181,3 +181,39 @@ def test_forward_mode_ad_is_refused_not_dropped(transform, backend):
         dual_grid = transform.grid(fwad.make_dual(theta, tangent), spatial)
         _, expected = torch.autograd.functional.jvp(lambda t: transform.grid(t, spatial), theta, tangent)
         torch.testing.assert_close(fwad.unpack_dual(dual_grid).tangent, expected)
+
+
+def test_the_operators_refuse_arguments_that_do_not_fit():
+    """Called directly (the README names them), the operators check what the kernel trusts, as
+    F.grid_sample does; the fake implementations too, so torch.compile fails at trace time."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, x3 = torch.rand(4, 1, 4, 5, dtype=torch.float64), torch.rand(2, 1, 3, 4, 5, dtype=torch.float64)
+    rows = torch.eye(2, 3, dtype=torch.float64).expand(4, 2, 3).contiguous()
+    warp2d, warp3d = torch.ops.torchstn.warp2d, torch.ops.torchstn.warp3d
+    options2d, options3d = ("bilinear", "zeros", False, 0.0), ("bilinear", "zeros", False)
+    small_grid = torch.zeros(4, 1, 1, 2, dtype=torch.float64)
+    bad = [
+        (lambda: warp2d(x, rows[:1], "affine", [4, 5], *options2d), r"shape \(B, 2, 3\) with the batch B = 4"),
+        (lambda: warp2d(x, rows.float(), "affine", [4, 5], *options2d), "must both be float32 or both float64"),
+        (lambda: warp2d(x, small_grid, "grid", [50, 50], *options2d), r"loc \(grid\) must have shape \(B, 50, 50, 2\)"),
+        (lambda: warp2d(x, rows, "rigid", [4, 5], *options2d), "location must be one of"),
+        (lambda: warp2d(x, rows, "affine", [4, 5], "bicubic", "zeros", False, 0.0), "mode must be one of"),
+        (lambda: warp2d(x3, rows, "affine", [4, 5], *options2d), "x must have 4 dimensions"),
+        (lambda: torch.ops.torchstn.warp2d_backward(torch.rand(2, 1, 3, 3, dtype=torch.float64), x, rows, "affine",
+                                                    *options2d, [True, True]), "grad_out must be"),
+        (lambda: warp3d(x3, torch.rand(2, 2, 3, dtype=torch.float64), "affine", [3, 4, 5], *options3d),
+         r"shape \(B, 3, 4\)"),
+        (lambda: warp3d(x3, torch.rand(2, 3, 4, dtype=torch.float64), "projective", [3, 4, 5], *options3d),
+         "location must be one of 'grid', 'affine'"),
+        (lambda: torch.ops.torchstn.warp3d_backward(torch.rand(2, 1, 3, 4, 4), x3,  # float32
+                                                    torch.rand(2, 3, 4, dtype=torch.float64), "affine", *options3d,
+                                                    [True, True]), "grad_out must be"),
+    ]
+    for call, message in bad:
+        with pytest.raises((ValueError, TypeError), match=message):
+            call()
+    # the fake implementation checks the same (torch.compile and torch.export fail while tracing)
+    one = rows[:1].clone()
+    with FakeTensorMode() as mode, pytest.raises(ValueError, match=r"shape \(B, 2, 3\) with the batch B = 4"):
+        warp2d(mode.from_tensor(x), mode.from_tensor(one), "affine", [4, 5], "bilinear", "zeros", False, 0.0)

@@ -438,12 +438,66 @@ def _warp2d_backward_cpu(
     return grad_x, grad_loc
 
 
-_LIB.impl("warp2d", _warp2d_cpu, "CPU")
-_LIB.impl("warp2d_backward", _warp2d_backward_cpu, "CPU")
+def check_operator_args(
+    op: str, x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str,
+    grad_out: torch.Tensor | None = None,
+) -> None:
+    """Check the arguments of ``torchstn::warp2d`` / ``warp3d`` (``op``) and their backwards
+    against each other, as ``F.grid_sample`` checks its own: the kernel trusts them (a
+    wrong shape would read past a buffer). The operators run it whenever the dispatcher
+    calls them (a direct ``torch.ops`` call, ``torch.compile``, ``torch.export``, and their
+    fake implementations); :func:`torchstn.warp` has checked the same before its direct call."""
+    volumes = op.startswith("warp3d")
+    n = 3 if volumes else 2
+    locations = ("grid", "affine") if volumes else tuple(LOCATIONS)
+    for name, value, allowed in (("location", location, locations), ("mode", mode, tuple(_MODES)),
+                                 ("padding", padding, tuple(_PADDING))):
+        if value not in allowed:
+            raise ValueError(f"torchstn::{op}: {name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    if x.dim() != n + 2:
+        raise ValueError(f"torchstn::{op}: x must have {n + 2} dimensions, got shape {tuple(x.shape)}")
+    if x.dtype not in _DTYPES or loc.dtype != x.dtype:
+        raise TypeError(
+            f"torchstn::{op}: x and loc must both be float32 or both float64, got {x.dtype} and {loc.dtype}"
+        )
+    if loc.device != x.device:
+        raise ValueError(f"torchstn::{op}: loc must be on the device of x ({x.device}), got {loc.device}")
+    if len(size) != n or any(s < 0 for s in size):
+        raise ValueError(f"torchstn::{op}: size must be {n} sizes, got {list(size)}")
+    expected = {"grid": (*size, n), "affine": (n, n + 1), "projective": (3, 3)}[location]
+    if loc.dim() != len(expected) + 1 or loc.shape[0] != x.shape[0] or tuple(loc.shape[1:]) != tuple(expected):
+        shape = ", ".join(map(str, ("B", *expected)))
+        raise ValueError(f"torchstn::{op}: loc ({location}) must have shape ({shape}) with the batch B = {x.shape[0]} "
+                         f"of x, got {tuple(loc.shape)}")
+    if grad_out is not None and (grad_out.dtype != x.dtype or tuple(grad_out.shape) != (*x.shape[:2], *size)):
+        raise ValueError(f"torchstn::{op}: grad_out must be {x.dtype} of shape {(*x.shape[:2], *size)}, "
+                         f"got {grad_out.dtype} {tuple(grad_out.shape)}")
+
+
+def _warp2d_checked(
+    x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str,
+    align_corners: bool, eps: float,
+) -> torch.Tensor:
+    check_operator_args("warp2d", x, loc, location, size, mode, padding)
+    return _warp2d_cpu(x, loc, location, size, mode, padding, align_corners, eps)
+
+
+def _warp2d_backward_checked(
+    grad_out: torch.Tensor, x: torch.Tensor, loc: torch.Tensor, location: str, mode: str, padding: str,
+    align_corners: bool, eps: float, output_mask: Sequence[bool],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    check_operator_args("warp2d_backward", x, loc, location, grad_out.shape[2:], mode, padding, grad_out)
+    return _warp2d_backward_cpu(grad_out, x, loc, location, mode, padding, align_corners, eps, output_mask)
+
+
+# the dispatcher's calls are checked; torchstn.warp's direct eager call of _warp2d_cpu is not
+_LIB.impl("warp2d", _warp2d_checked, "CPU")
+_LIB.impl("warp2d_backward", _warp2d_backward_checked, "CPU")
 
 
 @torch.library.register_fake("torchstn::warp2d", lib=_LIB)
 def _warp2d_fake(x, loc, location, size, mode, padding, align_corners, eps):  # noqa: ANN001, ANN202
+    check_operator_args("warp2d", x, loc, location, size, mode, padding)
     return _new_output(x, size)
 
 
@@ -451,6 +505,7 @@ def _warp2d_fake(x, loc, location, size, mode, padding, align_corners, eps):  # 
 def _warp2d_backward_fake(  # noqa: ANN202
     grad_out, x, loc, location, mode, padding, align_corners, eps, output_mask  # noqa: ANN001
 ):
+    check_operator_args("warp2d_backward", x, loc, location, grad_out.shape[2:], mode, padding, grad_out)
     return (_gradient_buffer(x)[1] if output_mask[0] else x.new_empty(0),
             loc.new_empty(loc.shape) if output_mask[1] else loc.new_empty(0))
 

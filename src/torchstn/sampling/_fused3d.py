@@ -41,7 +41,14 @@ from pathlib import Path
 import torch
 
 from torchstn._tracing import cached
-from torchstn.sampling._fused import LazyKernel, _setup_context, bind_entries, fused_backward, load_kernel
+from torchstn.sampling._fused import (
+    LazyKernel,
+    _setup_context,
+    bind_entries,
+    check_operator_args,
+    fused_backward,
+    load_kernel,
+)
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.transforms import base_grid, matrix_grid
 
@@ -152,6 +159,7 @@ _LIB.define(
 def _warp3d_cpu(
     x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str, align_corners: bool
 ) -> torch.Tensor:
+    check_operator_args("warp3d", x, loc, location, size, mode, padding)
     x, loc, size = x.contiguous(), loc.contiguous(), tuple(int(s) for s in size)
     out = x.new_empty(x.shape[0], x.shape[1], *size)
     _call(False, location, x, loc, out, None, None, size, mode, padding, align_corners)
@@ -162,6 +170,7 @@ def _warp3d_backward_cpu(
     grad_out: torch.Tensor, x: torch.Tensor, loc: torch.Tensor, location: str, mode: str, padding: str,
     align_corners: bool, output_mask: Sequence[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    check_operator_args("warp3d_backward", x, loc, location, grad_out.shape[2:], mode, padding, grad_out)
     x, loc, grad_out = x.contiguous(), loc.contiguous(), grad_out.contiguous()
     grad_x = torch.empty_like(x) if output_mask[0] else x.new_empty(0)  # zeroed by the kernel
     grad_loc = torch.empty_like(loc) if output_mask[1] else loc.new_empty(0)
@@ -177,11 +186,13 @@ _LIB.impl("warp3d_backward", _warp3d_backward_cpu, "CPU")
 
 @torch.library.register_fake("torchstn::warp3d", lib=_LIB)
 def _warp3d_fake(x, loc, location, size, mode, padding, align_corners):  # noqa: ANN001, ANN202
+    check_operator_args("warp3d", x, loc, location, size, mode, padding)
     return x.new_empty(x.shape[0], x.shape[1], *size)
 
 
 @torch.library.register_fake("torchstn::warp3d_backward", lib=_LIB)
 def _warp3d_backward_fake(grad_out, x, loc, location, mode, padding, align_corners, output_mask):  # noqa: ANN001, ANN202
+    check_operator_args("warp3d_backward", x, loc, location, grad_out.shape[2:], mode, padding, grad_out)
     return (x.new_empty(x.shape) if output_mask[0] else x.new_empty(0),
             loc.new_empty(loc.shape) if output_mask[1] else loc.new_empty(0))
 
