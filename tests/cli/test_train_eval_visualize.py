@@ -90,6 +90,9 @@ def test_visualize_writes_a_png(cli, run_dir, mnist_dir, tmp_path):
 def test_bad_arguments_are_one_line_errors(cli, tiny, tmp_path, run_dir, mnist_dir):
     garbage = tmp_path / "bad.safetensors"
     garbage.write_bytes(b"not a checkpoint at all")
+    cut = tmp_path / "cut"  # a run interrupted before its first checkpoint
+    cut.mkdir()
+    (cut / "config.json").write_text((run_dir / "config.json").read_text())
     cases = [  # (arguments, fragments of the one-line error)
         (["train", "--model", "resnet9000", *tiny], ["unknown model 'resnet9000'", "st-cnn-aff"]),
         (["train", "--data", "imagenet"], ["unknown dataset 'imagenet'", "mnist-rts"]),
@@ -97,12 +100,20 @@ def test_bad_arguments_are_one_line_errors(cli, tiny, tmp_path, run_dir, mnist_d
         (["train", "--model", "cnn", "--model-arg", "widht=3", *tiny], ["widht"]),
         (["train", "--resume", "--out", tmp_path], ["config.json is missing"]),
         (["train", "--resume", "--out", run_dir, "--lr", 1.0], ["cannot change lr"]),
+        (["train", "--resume", "--out", cut], ["holds no checkpoint", "start it again without resuming"]),
         (["eval", garbage], ["cannot read checkpoint"]),
         (["visualize", garbage], ["cannot read checkpoint"]),
         (["eval", tmp_path / "missing"], ["does not exist"]),
         (["visualize", tmp_path], ["no checkpoint in"]),
         (["eval", run_dir, "--data", "mnist", "--data-dir", mnist_dir, "--limit", 8], ["(1, 28, 28)", "(1, 42, 42)"]),
         (["visualize", run_dir, "--num", 0], ["--num must be at least 1, got 0"]),
+        (["visualize", run_dir, "--start", -5], ["--start must be at least 0, got -5"]),
+        (["visualize", run_dir, "--data-dir", mnist_dir, "--start", 20000], ["--start 20000 is past the 10,000 test"]),
+        (["eval", run_dir, "--limit", 0], ["--limit must be at least 1, got 0"]),
+        (["eval", run_dir, "--batch-size", 0], ["--batch-size must be at least 1, got 0"]),
+        (["export", run_dir, "--format", "torchscript", "--out", "/proc/st.pt"], ["/proc: cannot write there"]),
+        (["train", "--model", "cnn", "--model-arg", "pool=abc", "--out", tmp_path / "abc", *tiny],
+         ["cannot build model 'cnn'", "pool must be an int, got str"]),
     ]
     for args, fragments in cases:
         line = cli(*args).error_line()

@@ -111,10 +111,12 @@ def test_run_directory_contents(tmp_path, shapes):
 
 def test_steps_and_step_schedule(tmp_path, shapes):
     # 256 images / batch 32 = 8 steps per epoch; 12 steps = 2 epochs, the second one cut short;
-    # lr divided by 10 every ceil(12 / 3) = 4 steps: 0.05 * 0.1 ** 3 at the end
+    # lr divided by 10 every ceil(12 / 3) = 4 steps: the last step (the 12th) ran at 0.05 * 0.1 ** 2,
+    # the last of the first epoch (the 8th) at 0.05 * 0.1
     result = train(_config(model="cnn", steps=12), None, train_set=shapes[0], test_set=shapes[1], progress=False)
     assert [h["step"] for h in result.history] == [8, 12]
-    assert math.isclose(result.history[-1]["lr"], 0.05 * 0.1**3)
+    assert math.isclose(result.history[0]["lr"], 0.05 * 0.1)
+    assert math.isclose(result.history[-1]["lr"], 0.05 * 0.1**2)
 
 
 def test_loc_lr_multiplier_makes_two_groups():

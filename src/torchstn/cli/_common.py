@@ -118,9 +118,10 @@ def check_at_least_one(args: argparse.Namespace, *names: str) -> None:
 def check_data_args(data: str | None, data_dir: str | None) -> None:
     """One-line errors for an unknown dataset name or a data directory that does not exist.
 
-    A UCR set ``ucr:<Name>`` is accepted for any name when ``--data-dir`` is given (the
-    loader then looks there first and names the files it needs); without it, the name
-    must be one of the sets found (``$TORCHSTN_DATA``, the cache, aeon's shipped ones).
+    A UCR set ``ucr:<Name>`` is checked against the sets found (``$TORCHSTN_DATA``, the
+    cache, aeon's shipped ones) only where some are found and ``--data-dir`` is not given
+    (a typo then lists them); otherwise its loader looks for it and, when it is missing,
+    says where it looked and how to get it (the files, or aeon, which ships some).
     ``cifar10`` also takes the archive file itself as ``--data-dir``.
     """
     from torchstn.data import UCR_PREFIX, list_datasets
@@ -129,7 +130,10 @@ def check_data_args(data: str | None, data_dir: str | None) -> None:
     if ucr and not data[len(UCR_PREFIX):].strip():
         raise CLIError(f"--data {data!r} names no UCR data set; write it as {UCR_PREFIX}<Name>, e.g. {UCR_PREFIX}GunPoint")
     known = list_datasets()
-    if data is not None and data not in known and not (ucr and (data_dir is not None or data.lower() in map(str.lower, known))):
+    some_ucr = any(name.startswith(UCR_PREFIX) for name in known)
+    # the loader's message says more than this check could
+    to_loader = ucr and (data_dir is not None or not some_ucr or data.lower() in map(str.lower, known))
+    if data is not None and data not in known and not to_loader:
         where = (f"; for another UCR set, give --data-dir DIR holding {data[len(UCR_PREFIX):]}/ with its _TRAIN and "
                  "_TEST files (.tsv or .ts)" if ucr else "")
         raise CLIError(f"unknown dataset {data!r}; choose one of: {', '.join(known)}{where}")

@@ -10,6 +10,7 @@ from torchstn.cli._common import (
     add_data_args,
     add_device_arg,
     add_threads_arg,
+    check_at_least_one,
     formatter,
     load_checkpoint_and_data,
 )
@@ -44,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from torchstn.engine import evaluate
 
+    check_at_least_one(args, "limit", "batch_size")
     model, config, info, device, dataset = load_checkpoint_and_data(args, args.split, args.limit)
     metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device,
                        ground_truth_init=config.ground_truth_init)

@@ -62,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
 
     check_at_least_one(args, "num", "calibration_images", "warp_samples")
     limit = None if args.errors else max(args.start + args.num, args.calibration_images)
+    if args.start < 0:
+        raise CLIError(f"--start must be at least 0, got {args.start}")
     model, config, info, device, dataset = load_checkpoint_and_data(args, "test", limit)
+    if args.start >= len(dataset):
+        raise CLIError(f"--start {args.start} is past the {len(dataset):,} test examples")
     examples = _misclassified(model, config, dataset, device, args.start, args.num) if args.errors else None
     history = RunDir.of_checkpoint(info["path"]).history()
     out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start, examples=examples,

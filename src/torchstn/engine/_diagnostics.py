@@ -216,8 +216,9 @@ def collapse_warnings(diagnostics: list[dict[str, Any]]) -> list[str]:
             warnings.append(
                 f"transformer {i} ignores its input: it predicts the same θ for all {d['images']} images (no parameter "
                 f"varies by {MIN_THETA_STD:g} or more), so it is one fixed warp; its localisation net's features are "
-                "dead (a ReLU layer at 0 for every input) or unused (try a smaller loc_lr_mult, e.g. 0.1, or inputs "
-                "of a larger scale for the localisation net)"
+                "dead (a ReLU layer at 0 for every input) or unused (try a smaller loc_lr_mult than this run's, or "
+                "inputs of a larger scale for the localisation net); after only a few steps at a small (warm-up) rate "
+                "its zero-initialised regressor may simply not have moved yet"
             )
         if d.get("class_spread", 0.0) > MAX_CLASS_SPREAD and d.get("class_share", 0.0) > MIN_CLASS_SHARE:
             areas = ", ".join(f"{c}: {math.exp(v):.2f}" for c, v in d["class_log_area"].items())

@@ -32,7 +32,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from torchstn.engine._checkpoint import capture_rng, read_checkpoint, read_training_state, restore_rng
+from torchstn.engine._checkpoint import (
+    CheckpointError,
+    capture_rng,
+    read_checkpoint,
+    read_training_state,
+    restore_rng,
+)
 from torchstn.engine._config import TrainConfig
 from torchstn.engine._data import dataset_model_args, epoch_batches, fetch_inputs, load_split, shard, to_channels_last
 from torchstn.engine._diagnostics import collapse_warnings, predicted_classes, theta_diagnostics
@@ -304,7 +310,10 @@ def _load_data(config: TrainConfig, ddp: _Distributed, train_set: Any, test_set:
 def _set_up(config: TrainConfig, ddp: _Distributed, run_dir: RunDir | None, train_set: Any, test_set: Any) -> _Session:
     """The model (its size filled in from the data), the optimiser and the schedule."""
     config = config.replace(model_args={**dataset_model_args(train_set), **config.model_args})
-    model = create_model(config.model, **config.model_args).to(ddp.device)
+    try:
+        model = create_model(config.model, **config.model_args).to(ddp.device)
+    except TypeError as err:  # a model argument of the wrong type (pool="abc"): the config's values are wrong
+        raise ValueError(f"cannot build model {config.model!r} with model_args {config.model_args}: {err}") from err
     if config.channels_last:
         model = to_channels_last(model)  # 4-D weights only: a 3-D conv's 5-D ones cannot be channels-last
     if config.ground_truth_init:
@@ -329,6 +338,11 @@ def _resume(session: _Session) -> None:
     run_dir = session.run_dir
     assert run_dir is not None
     last = run_dir.checkpoint("last")
+    if not run_dir.can_resume():
+        raise CheckpointError(
+            f"cannot resume {run_dir.path}: it holds no checkpoint with its training state (an interruption "
+            f"before the end of the first epoch?); start it again without resuming"
+        )
     tensors, saved, info = read_checkpoint(last)
     different = RunDir.config_differences(saved, session.config)
     if different:
@@ -430,6 +444,12 @@ def _train_epoch(session: _Session, epoch: int, progress: bool) -> _EpochSums:
     return _EpochSums(loss, wrong, kl, seen, curve, time.perf_counter() - tic)
 
 
+def _last_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> float:
+    """The rate the last step ran at (of the first parameter group; the optimiser's own holds
+    the next step's by now)."""
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](max(scheduler.last_epoch - 1, 0))
+
+
 def _epoch_record(session: _Session, epoch: int, sums: _EpochSums) -> dict[str, Any]:
     """The epoch's line of ``metrics.jsonl``: training sums over the processes and the test evaluation."""
     config, ddp = session.config, session.ddp
@@ -440,7 +460,7 @@ def _epoch_record(session: _Session, epoch: int, sums: _EpochSums) -> dict[str, 
     return {
         "epoch": epoch + 1,
         "step": session.step,
-        "lr": session.optimizer.param_groups[0]["lr"],
+        "lr": _last_lr(session.scheduler),
         "train_loss": loss_total / seen_total,
         "train_error": wrong_total / seen_total,
         "train_kl": kl_total / seen_total,  # the weighted KL term of the objective (0 without a P-STN)
