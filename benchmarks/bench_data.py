@@ -23,10 +23,9 @@ from torchstn.data import KINDS, get_recipe
 from torchstn.data._generate import draw_split, load_sources, render_all
 from torchstn.data._recipes import Sources
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
-def run(kind: str, data_dir: Path) -> dict[str, float]:
+def run(kind: str, data_dir: Path | None) -> dict[str, float]:
     """Seconds of each phase for both splits of ``kind`` (loading not cached between runs)."""
     recipe = get_recipe(kind)
     times = {"load": 0.0, "draw": 0.0, "render": 0.0}
@@ -52,7 +51,8 @@ def run(kind: str, data_dir: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", default="rts", help=f"one of {', '.join(KINDS)}, or 'all' (default rts)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help=f"MNIST files (default {DEFAULT_DATA})")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="MNIST files (default: $TORCHSTN_DATA, else the cache, where MNIST is downloaded)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per kind; the best is reported (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()

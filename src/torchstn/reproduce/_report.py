@@ -626,7 +626,8 @@ def render_report(experiment: Experiment, results: Results, results_dir: str | P
         + ("; beside each, the paper's number. " if _has_paper(experiment) else " (no paper number is entered for "
            "these cells: the notes say why). ") +
         f"Written by `torchstn reproduce {experiment.name}` from that record; not edited by hand. Rerun the "
-        "command to continue: finished cells are skipped and an interrupted one resumes from its last checkpoint.",
+        "command to continue (with the `--runs` and `--data-dir` of the commands that produced the runs, listed "
+        "with each budget): finished cells are skipped and an interrupted one resumes from its last checkpoint.",
         "",
         "```",
         *(f"torchstn reproduce {experiment.name} --budget {b}{out_option}" for b in budgets or ["standard"]),
