@@ -29,7 +29,7 @@ examples:
 {cases}
 Ratios are peer time / torchstn time per round (median over rounds): > 1 means torchstn
 is faster. kornia, OpenCV and JAX are timed when installed: pip install 'torchstn[bench]'
-opencv-python-headless jax (each skipped with a note when absent).
+installs all three (each is skipped with a note when absent).
 """
 
 

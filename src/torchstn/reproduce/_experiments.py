@@ -7,9 +7,10 @@ budget (:data:`BUDGETS`):
 
 * ``quick``: a few dozen iterations on a few hundred images; a smoke test of the
   machinery (CI), not of the numbers;
-* ``standard``: what fits a 2-core CPU in about 10-15 minutes per cell; the paper's
-  optimiser and learning rate, with the iteration count scaled down and the schedule
-  scaled with it (see each experiment's ``notes``);
+* ``standard``: 3-9 CPU minutes per ST-CNN cell at one thread (README); far fewer
+  iterations than the paper's, with a recipe measured to learn faster where the
+  experiment says so (``stn-table1``: Adam, warm-up and cosine decay; see each
+  experiment's ``notes``);
 * ``long``: a longer run for the cells ``standard`` leaves far from the paper (ten
   times ``standard`` for ``stn-table1``, ``stn-cluttered`` and ``icstn-perturbed``, about 33
   times for ``stn-addition``, whose FCN models need up to 100 epochs to leave their plateau;
