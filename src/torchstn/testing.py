@@ -9,11 +9,12 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 
-from torchstn.sampling import warp
+from torchstn.sampling import sample, warp
 from torchstn.transforms import Transform, base_grid
 
 __all__ = ["check_sampler", "check_transform"]
@@ -42,8 +43,13 @@ def check_transform(
     - batched equals one-by-one, and an empty batch gives an empty grid;
     - ``params`` is not modified in place; dtype and device are preserved;
     - the identity parameters give the identity grid;
-    - ``warp`` has the right float64 gradient with respect to ``params``
-      (finite differences, :func:`torch.autograd.gradcheck`);
+    - with ``gradcheck``: the grid and ``transform_points`` have the right float64
+      gradient with respect to ``params`` (finite differences,
+      :func:`torch.autograd.gradcheck`), and :func:`~torchstn.warp`, whatever path it
+      takes (the fused kernel reads a matrix family's rows, not its grid), gives the
+      values and gradients of :func:`~torchstn.sample` on that grid (compared exactly,
+      near ``params`` but off the bilinear sampler's kinks at pixel centres, where finite
+      differences fail, e.g. at the identity);
     - optionally, ``torch.compile`` of the grid equals eager.
     """
     n = transform.ndim
@@ -58,22 +64,46 @@ def check_transform(
     atol = 1e-5 if params.dtype == torch.float32 else 1e-10 if params.dtype == torch.float64 else 1e-2
     base = base_grid(size, align_corners, device=params.device, dtype=params.dtype)
     points = transform.transform_points(params, base.expand(b, -1, -1))
-    _close("grid vs transform_points", grid.reshape(b, -1, n), points, atol)
+    _close("grid vs transform_points", grid.reshape(b, math.prod(size), n), points, atol)
     singles = torch.cat([transform.grid(params[i : i + 1], size, align_corners) for i in range(b)]) if b else grid
     _close("batched vs one-by-one", grid, singles, atol)
     empty = transform.grid(params[:0], size, align_corners)
     if empty.shape != (0, *size, n):
         raise AssertionError(f"empty batch gives shape {tuple(empty.shape)}")
     ident = transform.grid(transform.identity(b, params.device, params.dtype), size, align_corners)
-    _close("identity params vs base grid", ident.reshape(b, -1, n), base.expand(b, -1, -1), atol)
-    if gradcheck:
-        p64 = params[:2].detach().double().requires_grad_()
-        x = torch.rand(p64.shape[0], 2, *size, dtype=torch.float64, device=params.device)
-        if not torch.autograd.gradcheck(lambda p: warp(x, p, transform), (p64,), eps=1e-6, atol=1e-5):
-            raise AssertionError("gradcheck of warp wrt params failed")
+    _close("identity params vs base grid", ident.reshape(b, math.prod(size), n), base.expand(b, -1, -1), atol)
+    if gradcheck and b:
+        _check_gradients(transform, params[:2].detach().double(), size, align_corners)
     if compile:
         compiled = torch.compile(lambda p: transform.grid(p, size, align_corners), fullgraph=False)
         _close("torch.compile vs eager", compiled(params), grid, atol)
+
+
+def _check_gradients(transform: Transform, p64: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> None:
+    """The float64 gradients of :func:`check_transform`: the grid's and ``transform_points``'
+    by finite differences, ``warp``'s against ``sample`` on the grid, exactly."""
+    n = transform.ndim
+    generator = torch.Generator(device=p64.device).manual_seed(0)
+    points = torch.rand(p64.shape[0], 4, n, dtype=torch.float64, device=p64.device, generator=generator) * 1.6 - 0.8
+    for name, fn in (("grid", lambda p: transform.grid(p, size, align_corners)),
+                     ("transform_points", lambda p: transform.transform_points(p, points))):
+        if not torch.autograd.gradcheck(fn, (p64.clone().requires_grad_(),), eps=1e-6, atol=1e-5,
+                                        raise_exception=False):
+            raise AssertionError(f"gradcheck of {name} wrt params failed (finite differences disagree with autograd)")
+    x = torch.rand(p64.shape[0], 2, *size, dtype=torch.float64, device=p64.device, generator=generator)
+    weight = torch.randn(p64.shape[0], 2, *size, dtype=torch.float64, device=p64.device, generator=generator)
+    # off the sampler's kinks (at the identity every point is a pixel centre, where a rounding
+    # difference between two exact paths picks the other one-sided difference)
+    nudged = p64 + 1e-4 * torch.randn(p64.shape, dtype=torch.float64, device=p64.device, generator=generator)
+    results = []
+    for fn in (lambda p: warp(x, p, transform, size, align_corners=align_corners),
+               lambda p: sample(x, transform.grid(p, size, align_corners), align_corners=align_corners)):
+        leaf = nudged.clone().requires_grad_()
+        out = fn(leaf)
+        (out * weight).sum().backward()
+        results.append((out.detach(), leaf.grad))
+    _close("warp vs sample on the grid", results[0][0], results[1][0], 1e-10)
+    _close("gradient of warp vs of sample on the grid", results[0][1], results[1][1], 1e-8)
 
 
 def check_sampler(

@@ -19,6 +19,42 @@ def test_transform_properties(transform, device, dtype):
     check_transform(transform, params, gradcheck=dtype == torch.float64)
 
 
+class _DoubledGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p):  # noqa: ANN001, ANN205, D102
+        return p.clone()
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205, D102
+        return 2 * g
+
+
+class _WrongGradient(stn.Affine):
+    """Right values, twice the gradient, on the grid's path (_matrix) only: warp's fused
+    kernel reads _rows and never sees it."""
+
+    def _matrix(self, p):  # noqa: ANN001, ANN202
+        return super()._matrix(_DoubledGradient.apply(p))
+
+
+class _RowsDisagree(stn.Affine):
+    """A warp (rows) that is not the warp of its grid (matrix)."""
+
+    def _rows(self, p):  # noqa: ANN001, ANN202
+        return super()._rows(p) * 1.1
+
+
+def test_check_transform_catches_what_warp_alone_hides_and_passes_the_identity_and_empty_batches():
+    affine = stn.Affine()
+    check_transform(affine, affine.identity(2, dtype=torch.float64))  # every point on a pixel centre
+    check_transform(affine, affine.identity(0) + 0.1)
+    near = affine.identity(2, dtype=torch.float64) + 0.1
+    with pytest.raises(AssertionError, match="gradcheck of grid wrt params failed"):
+        check_transform(_WrongGradient(), near)
+    with pytest.raises(AssertionError, match="warp vs sample on the grid"):
+        check_transform(_RowsDisagree(), near)
+
+
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_affine_equals_affine_grid(align_corners, device, dtype, atol):
     params = random_theta(stn.Affine(), 4, dtype, device, scale=0.5)
