@@ -113,6 +113,16 @@ def test_closed_form_equals_a_fine_numerical_integration(k, zero_boundary, scale
     assert (cells(ours) != cells(x)).sum() > 20 and (ours - x).abs().max() > 0.1
 
 
+def test_one_cell_without_a_zero_boundary_is_one_affine_field():
+    """K = 1 (accepted without zero_boundary): no edge to cross; once an index error."""
+    cpab = stn.CPAB1D(1, zero_boundary=False)
+    theta = _theta(cpab, 3, 1.0, seed=1)
+    x = torch.linspace(-1.2, 1.2, 61, dtype=F64).expand(3, -1).contiguous()
+    ours = cpab.transform_points(theta, x[..., None])[..., 0]
+    torch.testing.assert_close(ours, _rk4(cpab.velocity_coefficients(theta), x), atol=1e-8, rtol=0)
+    assert cpab.grid(theta, (9,)).shape == (3, 9, 1)
+
+
 def test_points_stop_at_a_zero_of_the_velocity_and_vertices_are_ordinary_starts():
     # vertex velocities (0, 1, 0, -1, 0): everything flows towards x = 0, where v = 0, and never crosses it
     cpab = stn.CPAB1D(4)

@@ -157,7 +157,10 @@ def _integrate(coefficients: torch.Tensor, x: torch.Tensor, time: float = 1.0) -
     moved = crossed > 0
     last = cell + direction * crossed
     entry = (last + (direction < 0).long()).to(x.dtype) * width - 1  # the edge the point entered its last cell by
-    reached = arrival.gather(-1, (crossed - 1).clamp_min(0)[..., None])[..., 0]
+    if cells > 1:
+        reached = arrival.gather(-1, (crossed - 1).clamp_min(0)[..., None])[..., 0]
+    else:  # one cell: no edge to cross, no arrival to read
+        reached = torch.zeros_like(x)
     x = torch.where(moved, entry, x)
     t = torch.where(moved, t - reached, t)
     a, b = slopes.gather(1, last), offsets.gather(1, last)
