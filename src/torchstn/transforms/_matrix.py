@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from torchstn._validation import check_positive
 from torchstn.transforms._base import MatrixTransform
 
 # The identities are built from torch.eye, not from literals (torch.tensor), which
@@ -174,16 +175,17 @@ class Projective(MatrixTransform):
 
     Convention:
         Normalised (x, y) in [-1, 1], output to input (``src_from_dst``). Same
-        ``align_corners`` for grid and sampler.
+        ``align_corners`` for grid and sampler. A homography with ``H[2, 2] = 0`` (it
+        sends the centre to the horizon) has no parameters in this form:
+        :meth:`~MatrixTransform.params_from_matrix`, ``inverse`` and ``compose`` give
+        non-finite parameters where their result is one.
     """
 
     num_params = 8
     projective = True
 
     def __init__(self, eps: float = 1e-6) -> None:
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = check_positive("eps", eps)
 
     def _identity(self) -> torch.Tensor:
         return torch.eye(3, dtype=torch.float64).reshape(9)[:8]
