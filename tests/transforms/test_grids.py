@@ -324,3 +324,11 @@ def test_checked_methods_name_the_bad_argument():
         stn.Projective().matrix(torch.zeros(2, 8, dtype=torch.int64))
     with pytest.raises(ValueError, match="size must be positive"):
         stn.Affine().grid(stn.Affine().identity(1), (0, 3))
+    with pytest.raises(ValueError, match="batch must be >= 0, got -1"):
+        stn.Affine().identity(-1)
+    with pytest.raises(TypeError, match="batch must be an int, got float"):
+        stn.Affine().identity(2.0)
+    with pytest.raises(TypeError, match="dtype must be a floating-point dtype, got torch.int64"):
+        stn.Affine().identity(2, dtype=torch.int64)
+    with pytest.raises(TypeError, match="eps must be a number, got str"):
+        stn.Projective(eps="1")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from torchstn._tracing import cached, differentiable_vjp, eager_tensors
-from torchstn._validation import check_floating, check_params, check_size, check_tensor, sizes_traced
+from torchstn._validation import check_floating, check_int, check_params, check_size, check_tensor, sizes_traced
 
 __all__ = ["MatrixTransform", "Transform", "base_grid", "interleaved_operator", "linear_grid", "matrix_grid"]
 
@@ -153,8 +153,10 @@ class Transform(ABC):
     ) -> torch.Tensor:
         """Parameters of the identity map: ``(P,)``, or ``(B, P)`` when ``batch`` is given."""
         dtype = dtype if dtype is not None else torch.get_default_dtype()
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
         p = self._identity().to(device=device, dtype=dtype)
-        return p if batch is None else p.expand(batch, -1).clone()
+        return p if batch is None else p.expand(check_int("batch", batch, 0), -1).clone()
 
     def check_params(self, params: object, name: str = "params") -> torch.Tensor:
         """Validate a ``(B, P)`` parameter tensor for this family and return it."""
