@@ -159,6 +159,7 @@ def test_torch_func_matches_autograd(transform, padding, backend, mode):
     torch.testing.assert_close(per_sample, warp(x, theta))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's make_dual's
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.Affine3D()], ids=lambda t: t.name)
 def test_forward_mode_ad_is_refused_not_dropped(transform, backend):
