@@ -156,7 +156,9 @@ class Transform(ABC):
         if not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
         p = self._identity().to(device=device, dtype=dtype)
-        return p if batch is None else p.expand(check_int("batch", batch, 0), -1).clone()
+        if batch is None:
+            return p
+        return p.expand(batch if sizes_traced() else check_int("batch", batch, 0), -1).clone()  # (traced: a tensor)
 
     def check_params(self, params: object, name: str = "params") -> torch.Tensor:
         """Validate a ``(B, P)`` parameter tensor for this family and return it."""
