@@ -312,8 +312,10 @@ def _set_up(config: TrainConfig, ddp: _Distributed, run_dir: RunDir | None, trai
     config = config.replace(model_args={**dataset_model_args(train_set), **config.model_args})
     try:
         model = create_model(config.model, **config.model_args).to(ddp.device)
-    except TypeError as err:  # a model argument of the wrong type (pool="abc"): the config's values are wrong
-        raise ValueError(f"cannot build model {config.model!r} with model_args {config.model_args}: {err}") from err
+    except (TypeError, ValueError) as err:  # pool="abc", or images for a model of series: the config is wrong
+        raise ValueError(
+            f"cannot build model {config.model!r} for {config.data} with model_args {config.model_args}: {err}"
+        ) from err
     if config.channels_last:
         model = to_channels_last(model)  # 4-D weights only: a 3-D conv's 5-D ones cannot be channels-last
     if config.ground_truth_init:
