@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,9 @@ def preview(
     shape = "x".join(map(str, recipe.input_shape))
     what = "distorted" if len(recipe.input_shape) == 3 else "max projections along depth, height, width"
     what = f"original | {what}" if originals else what
-    fig.suptitle(f"mnist-{recipe.kind} ({split}, seed {seed}): {recipe.summary}; {shape}, {what}", fontsize=8)
+    title = f"mnist-{recipe.kind} ({split}, seed {seed}): {recipe.summary}; {shape}, {what}"
+    # wrapped to the figure's width (about 14 characters per inch at 8 points): a few samples make a narrow figure
+    fig.suptitle(textwrap.fill(title, max(30, int(14 * fig.get_figwidth()))), fontsize=8)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
