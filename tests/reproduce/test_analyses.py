@@ -63,23 +63,25 @@ def test_the_scale_split_reads_the_digit_scale_from_the_similarity_and_skips_a_c
     from types import SimpleNamespace
 
     from torchstn import Similarity
-    from torchstn.reproduce._report import _by_rotation, _by_scale
+    from torchstn.reproduce._report import _splits
 
     scale = torch.linspace(0.7, 1.2, 100, dtype=torch.float64)
     # canvas -> digit parameters of a 42-pixel canvas: their scale is (42 / 28) / the digit's
     params = torch.stack([1.5 / scale, torch.zeros(100), torch.zeros(100), torch.zeros(100)], 1).float()
     wrong = (scale < 0.8).float()  # every digit below 0.8 wrong
     rts = SimpleNamespace(transform=Similarity(), params=params, input_shape=(1, 42, 42))
-    bins = _by_scale(rts, wrong)
+    bins = _splits(rts, wrong)["by_scale"]
     assert [b["n"] for b in bins] == [20, 20, 20, 20, 20]
     assert bins[0]["scale"][0] == pytest.approx(0.7, abs=1e-5) and bins[-1]["scale"][1] == pytest.approx(1.2, abs=1e-5)
     assert [b["error"] for b in bins] == pytest.approx([100.0, 0.0, 0.0, 0.0, 0.0])
-    assert _by_rotation(rts, wrong) == [{"degrees": [0.0, 15.0], "n": 100, "error": pytest.approx(20.0)}]
+    assert _splits(rts, wrong)["by_rotation"] == [{"degrees": [0.0, 15.0], "n": 100, "error": pytest.approx(20.0)}]
     # a rotation-only set (mnist-r) has one scale: no split
     r = SimpleNamespace(transform=Similarity(), params=torch.tensor([[1.0, 0.3, 0.0, 0.0]]).repeat(100, 1),
                         input_shape=(1, 28, 28))
-    assert _by_scale(r, wrong) == []
-    assert _by_scale(SimpleNamespace(transform=Projective(), params=params, input_shape=(1, 28, 28)), wrong) == []
+    assert _splits(r, wrong)["by_scale"] == []
+    homographies = Projective().identity(100) + 0.01 * torch.randn(100, 8)
+    p = SimpleNamespace(transform=Projective(), params=homographies, input_shape=(1, 28, 28))
+    assert _splits(p, wrong)["by_scale"] == []
 
 
 @pytest.mark.parametrize("column, key, bins, title, table", [

@@ -7,7 +7,7 @@ directories), so it can be rewritten at any time and always says what was measur
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,8 +110,10 @@ def error_splits(cell: Cell | None, record: dict[str, Any], *, data_dir: str | N
     last model over the test set: ``{"by_rotation": ..., "by_scale": ..., "by_shift": ...}``
     (:func:`error_by_rotation`, :func:`error_by_scale`, :func:`error_by_shift`; ``[]`` where
     the data has no such quantity or the run is gone)."""
-    tested = _test_predictions(record, data_dir)
-    return {key: (split(*tested) if tested else []) for key, split in _ANALYSES.items()}
+    analyses = _analyses()
+    families = tuple(family for kinds, _ in analyses.values() for family in kinds)
+    tested = _test_predictions(record, data_dir, families)
+    return _splits(*tested) if tested else {key: [] for key in analyses}
 
 
 def error_by_rotation(cell: Cell | None, record: dict[str, Any], *, data_dir: str | None = None) -> list[dict[str, Any]]:
@@ -160,13 +162,24 @@ def error_by_shift(cell: Cell | None, record: dict[str, Any], *, data_dir: str |
     return error_splits(cell, record, data_dir=data_dir)["by_shift"]
 
 
+def _analyses() -> dict[str, tuple[tuple[type, ...], Callable[[Any, torch.Tensor], list[dict[str, Any]]]]]:
+    """A record's per-bin analyses: its key, the transformations whose data it splits, and
+    the bins from ``(test set, wrong)``."""
+    from torchstn.transforms import Projective, Similarity, ThinPlateSpline
+
+    return {"by_rotation": ((Similarity,), _by_rotation), "by_scale": ((Similarity,), _by_scale),
+            "by_shift": ((Projective, ThinPlateSpline), _by_shift)}
+
+
+def _splits(test_set: Any, wrong: torch.Tensor) -> dict[str, list[dict[str, Any]]]:
+    """Each analysis of :func:`_analyses` on a test set (``[]`` where its data is of another family)."""
+    return {key: (split(test_set, wrong) if isinstance(test_set.transform, kinds) else [])
+            for key, (kinds, split) in _analyses().items()}
+
+
 def _by_rotation(test_set: Any, wrong: torch.Tensor) -> list[dict[str, Any]]:
     import math
 
-    from torchstn.transforms import Similarity
-
-    if not isinstance(test_set.transform, Similarity):
-        return []
     degrees = test_set.params[:, 1].abs() * (180.0 / math.pi)
     return [{"degrees": [lo, hi], **b} for lo, hi, b in _binned(wrong, degrees, ROTATION_BINS)]
 
@@ -174,10 +187,6 @@ def _by_rotation(test_set: Any, wrong: torch.Tensor) -> list[dict[str, Any]]:
 def _by_scale(test_set: Any, wrong: torch.Tensor) -> list[dict[str, Any]]:
     import torch
 
-    from torchstn.transforms import Similarity
-
-    if not isinstance(test_set.transform, Similarity):
-        return []
     # params map the canvas onto the digit's frame: their scale is (canvas / frame) / the digit's
     scale = (test_set.input_shape[-1] / _DIGIT_FRAME) / test_set.params[:, 0].double().abs()
     if float(scale.max() - scale.min()) < 1e-6:
@@ -189,17 +198,9 @@ def _by_scale(test_set: Any, wrong: torch.Tensor) -> list[dict[str, Any]]:
 def _by_shift(test_set: Any, wrong: torch.Tensor) -> list[dict[str, Any]]:
     import torch
 
-    from torchstn.transforms import Projective, ThinPlateSpline
-
-    if not isinstance(test_set.transform, (Projective, ThinPlateSpline)):
-        return []
     shift = distortion_shift(test_set.transform, test_set.params, test_set.input_shape[-1])
     edges = torch.quantile(shift, torch.tensor(SHIFT_QUANTILES, dtype=shift.dtype)).tolist()
     return [{"pixels": [lo, hi], **b} for lo, hi, b in _binned(wrong, shift, edges)]
-
-
-#: a record's per-bin analyses: its key, and the bins from (test set, wrong)
-_ANALYSES = {"by_rotation": _by_rotation, "by_scale": _by_scale, "by_shift": _by_shift}
 
 
 def distortion_shift(transform: Transform, params: torch.Tensor, size: int) -> torch.Tensor:
@@ -235,20 +236,19 @@ def distortion_shift(transform: Transform, params: torch.Tensor, size: int) -> t
     return residual.pow(2).sum(-1).mean(1).sqrt() * (size / 2)
 
 
-def _test_predictions(record: dict[str, Any], data_dir: str | None) -> tuple[Any, torch.Tensor] | None:
+def _test_predictions(
+    record: dict[str, Any], data_dir: str | None, families: tuple[type, ...]
+) -> tuple[Any, torch.Tensor] | None:
     """``(test set, wrong)`` of a finished cell's last model (``wrong``: 1.0 where it errs),
-    or ``None`` when its run is gone or its test set was not drawn with a transformation the
-    analyses split by (a similarity, a homography or a thin-plate spline)."""
+    or ``None`` when its run is gone or its test set was not drawn with one of ``families``."""
     from torchstn.engine import RunDir, load_model, load_split, predict
-    from torchstn.transforms import Projective, Similarity, ThinPlateSpline
 
     run_dir = RunDir(record["run"])
     if not run_dir.holds_run():
         return None
     model, config, _ = load_model(run_dir.path, "last")
     test_set = load_split(config.replace(data_dir=data_dir), "test")
-    analysed = isinstance(getattr(test_set, "transform", None), (Similarity, Projective, ThinPlateSpline))
-    if getattr(test_set, "params", None) is None or not analysed:
+    if getattr(test_set, "params", None) is None or not isinstance(getattr(test_set, "transform", None), families):
         return None
     logits, labels = predict(model, test_set, batch_size=config.eval_batch_size,
                              ground_truth_init=config.ground_truth_init)
