@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from torchstn.engine import RunDir, plot_run
 
     check_at_least_one(args, "num", "calibration_images", "warp_samples")
-    limit = None if args.errors else max(args.start + args.num, args.calibration_images)
     if args.start < 0:
         raise CLIError(f"--start must be at least 0, got {args.start}")
+    limit = None if args.errors else max(args.start + args.num, args.calibration_images)
     model, config, info, device, dataset = load_checkpoint_and_data(args, "test", limit)
     if args.start >= len(dataset):
         raise CLIError(f"--start {args.start} is past the {len(dataset):,} test examples")
