@@ -962,25 +962,93 @@ inline __m128 corner_channels(const float* xb, const Block<float>& blk, int q, i
 // this Zen 4 runs slowly): 1.33x the channel-by-channel loop; whole ones where possible:
 // 1.64x (A/B of the bare kernel on channels_last 1x3x224x224 and 32x3x64x64)
 template <int MODE>
+inline void interleaved_point(const float* xb, const Block<float>& blk, int64_t t, int64_t n, int64_t C, float* o,
+                              int64_t step, int64_t last, __m128i lanes) {
+  const bool whole = whole_corners<MODE>(blk, t, last);
+  __m128 r = corner_channels(xb, blk, 0, t, whole, lanes);
+  if (MODE != NEAREST) {
+    r = _mm_mul_ps(r, _mm_set1_ps(blk.w[0][t]));
+    for (int q = 1; q < 4; ++q) {
+      r = _mm_add_ps(r, _mm_mul_ps(corner_channels(xb, blk, q, t, whole, lanes), _mm_set1_ps(blk.w[q][t])));
+    }
+  }
+  if (blk.any_bad && blk.bad[t] != 0) r = _mm_set1_ps(std::numeric_limits<float>::quiet_NaN());
+  if (step == C && t + 1 < n) {  // a whole vector: its lanes past C fall on the next point, written next
+    _mm_storeu_ps(o, r);
+  } else {
+    _mm_maskstore_ps(o, lanes, r);
+  }
+}
+
+template <int MODE>
 inline void interleaved(const float* xb, const Block<float>& blk, int64_t n, int64_t C, float* o, int64_t step,
                         int64_t last) {
   const __m128i lanes = first_lanes(C);
-  const __m128 nan = _mm_set1_ps(std::numeric_limits<float>::quiet_NaN());
-  for (int64_t t = 0; t < n; ++t, o += step) {
-    const bool whole = whole_corners<MODE>(blk, t, last);
-    __m128 r = corner_channels(xb, blk, 0, t, whole, lanes);
-    if (MODE != NEAREST) {
-      r = _mm_mul_ps(r, _mm_set1_ps(blk.w[0][t]));
-      for (int q = 1; q < 4; ++q) {
-        r = _mm_add_ps(r, _mm_mul_ps(corner_channels(xb, blk, q, t, whole, lanes), _mm_set1_ps(blk.w[q][t])));
+  for (int64_t t = 0; t < n; ++t, o += step) interleaved_point<MODE>(xb, blk, t, n, C, o, step, last, lanes);
+}
+
+// `single_pass` for channels side by side (C = 2 to 4, input and output channels_last): a
+// vector of eight points strictly inside [0, W - 1) x [0, H - 1) (zeros and border padding)
+// whose corners' whole-vector loads stay inside the sample has its offsets and weights
+// computed in registers and reads each corner's channels with one load, as `interleaved`
+// does (the same operations in the same order, so the same values); other vectors go
+// through the block, point by point as in `interleaved`.
+template <int PAD>
+inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int64_t C, const float* xs, float cx,
+                                    float cy, float m0, float m3, int64_t n, const Constants<float>& kref,
+                                    Block<float>& blk) {
+  const Constants<float> k = kref;
+  const __m256 zero = _mm256_setzero_ps(), one = avx::set1(1.f);
+  const __m256 last_x = avx::set1(static_cast<float>(k.W - 1)), last_y = avx::set1(static_cast<float>(k.H - 1));
+  const int64_t last = (k.H - 1) * k.sh + (k.W - 1) * k.sw + C - 4;  // the last whole-vector load
+  // the largest corner-0 offset whose corner 3 is read whole inside the sample
+  const __m256i last0 = _mm256_set1_epi32(static_cast<int32_t>(last - k.sh - k.sw));
+  const __m128i lanes = first_lanes(C);
+  alignas(32) int32_t off[8];
+  alignas(32) float w[4][8];
+  for (int64_t t0 = 0; t0 < n; t0 += 8) {
+    const __m256 xv = _mm256_loadu_ps(xs + t0);
+    const __m256 gx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m0), xv), avx::set1(cx));
+    const __m256 gy = _mm256_add_ps(_mm256_mul_ps(avx::set1(m3), xv), avx::set1(cy));
+    if (PAD != REFLECTION && t0 + 8 <= n) {
+      const __m256 ix = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gx, one), avx::set1(k.ax)), avx::set1(k.bx));
+      const __m256 iy = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gy, one), avx::set1(k.ay)), avx::set1(k.by));
+      const __m256 inside = _mm256_and_ps(
+          _mm256_and_ps(_mm256_cmp_ps(ix, zero, _CMP_GE_OQ), _mm256_cmp_ps(ix, last_x, _CMP_LT_OQ)),
+          _mm256_and_ps(_mm256_cmp_ps(iy, zero, _CMP_GE_OQ), _mm256_cmp_ps(iy, last_y, _CMP_LT_OQ)));
+      if (_mm256_movemask_ps(inside) == 0xff) {
+        const __m256 fx = _mm256_floor_ps(ix), fy = _mm256_floor_ps(iy);
+        const __m256i off0 = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_cvttps_epi32(fy), _mm256_set1_epi32(k.sh)),
+                                              _mm256_mullo_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(k.sw)));
+        if (_mm256_testz_si256(_mm256_cmpgt_epi32(off0, last0), _mm256_set1_epi32(-1))) {
+          const __m256 tx = _mm256_sub_ps(ix, fx), ty = _mm256_sub_ps(iy, fy);
+          const __m256 rx = _mm256_sub_ps(one, tx), ry = _mm256_sub_ps(one, ty);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(off), off0);
+          _mm256_store_ps(w[0], _mm256_mul_ps(rx, ry));
+          _mm256_store_ps(w[1], _mm256_mul_ps(tx, ry));
+          _mm256_store_ps(w[2], _mm256_mul_ps(rx, ty));
+          _mm256_store_ps(w[3], _mm256_mul_ps(tx, ty));
+          for (int t = 0; t < 8; ++t) {
+            const float* p = xb + off[t];
+            __m128 r = _mm_mul_ps(_mm_loadu_ps(p), _mm_set1_ps(w[0][t]));
+            r = _mm_add_ps(r, _mm_mul_ps(_mm_loadu_ps(p + k.sw), _mm_set1_ps(w[1][t])));
+            r = _mm_add_ps(r, _mm_mul_ps(_mm_loadu_ps(p + k.sh), _mm_set1_ps(w[2][t])));
+            r = _mm_add_ps(r, _mm_mul_ps(_mm_loadu_ps(p + k.sh + k.sw), _mm_set1_ps(w[3][t])));
+            float* ot = o + (t0 + t) * step;
+            if (step == C && t0 + t + 1 < n) {
+              _mm_storeu_ps(ot, r);
+            } else {
+              _mm_maskstore_ps(ot, lanes, r);
+            }
+          }
+          continue;
+        }
       }
     }
-    if (blk.any_bad && blk.bad[t] != 0) r = nan;
-    if (step == C && t + 1 < n) {  // a whole vector: its lanes past C fall on the next point, written next
-      _mm_storeu_ps(o, r);
-    } else {
-      _mm_maskstore_ps(o, lanes, r);
-    }
+    const avx::Located8 p = avx::locate8<PAD>(gx, gy, t0, n, k);
+    avx::Corners8 c = avx::corners8(p.ix, p.iy, _mm256_and_ps(p.live, p.finite), k);
+    blk.any_bad = avx::keep8<LINEAR>(p, c, t0, k, blk);
+    for (int64_t t = t0; t < n && t < t0 + 8; ++t) interleaved_point<LINEAR>(xb, blk, t, n, C, o + t * step, step, last, lanes);
   }
 }
 
@@ -1061,6 +1129,13 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
         const float y = loc.ys[span.i];
         single_pass<PAD>(x + b * xs.b, xs.c, out + b * os.b + span.i * os.h + span.j0, os.c, C, loc.xs + span.j0,
                          m[1] * y + m[2], m[4] * y + m[5], m[0], m[3], n, k, blk);
+        return;
+      }
+      if (!loc.packed && xs.c == 1 && os.c == 1 && C >= 2 && C <= 4 && ahead == 0) {  // channels side by side
+        const float* m = loc.theta + b * 6;
+        const float y = loc.ys[span.i];
+        single_pass_interleaved<PAD>(x + b * xs.b, out + b * os.b + span.i * os.h + span.j0 * os.w, os.w, C,
+                                     loc.xs + span.j0, m[1] * y + m[2], m[4] * y + m[5], m[0], m[3], n, k, blk);
         return;
       }
     }
