@@ -95,16 +95,23 @@ _BACKWARD_ARGS = [_int, _int, _ptr, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr] + [_i64]
 _STRIDES = _i64 * 8
 
 
+_ISA_FLAGS = {"base": [], "avx2": ["-mavx2", "-mfma"], "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512vl"]}
+
+
 def _build_options(source: Path = _SOURCE, abi: int = _ABI) -> tuple[str, list[str]]:
     """The extension's cache name and compiler flags (for ``source``, by default the 2-D kernel's).
 
     The name holds everything the binary depends on (torch version and build, flags,
     source), so two environments sharing torch's extension cache never rebuild each
-    other's copy. AVX2 where torch itself uses it (its loops vectorise 8 floats at a
-    time), else the baseline ISA.
+    other's copy. The instruction set is the one torch itself uses (its CPU capability,
+    which ``ATEN_CPU_CAPABILITY`` can lower): AVX2 (its loops vectorise 8 floats at a time),
+    AVX-512 on top where torch runs AVX-512 (the kernels' AVX2 code then gains two-source
+    permutes and the compiler's loops wider vectors: 1.16-1.18x forward at 1x3x224x224,
+    1.11x at 64x3x64x64, 1.03-1.09x for volumes, the same bits; ``docs/benchmarks.md``), else
+    the baseline ISA.
     """
-    isa = "avx2" if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "base"
-    flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"] + (["-mavx2", "-mfma"] if isa == "avx2" else [])
+    isa = {"AVX2": "avx2", "AVX512": "avx512"}.get(torch.backends.cpu.get_cpu_capability(), "base")
+    flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"] + _ISA_FLAGS[isa]
     identity = "\n".join([torch.__version__, str(torch.version.git_version), " ".join(flags), source.read_text()])
     return f"torchstn_{source.stem}_v{abi}_{isa}_{hashlib.sha256(identity.encode()).hexdigest()[:12]}", flags
 
