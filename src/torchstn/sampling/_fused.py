@@ -412,6 +412,9 @@ def _new_output(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """The output of ``warp2d``: ``(B, C, *size)`` in the memory format of ``x`` (channels_last
     stays channels_last for the next convolution)."""
     channels_last = x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if x.shape[2:] == size:  # (a tuple of ints here; the fake's list of sizes does not compare equal)
+        # half the time of torch.empty with a format (1.3 against 2.8 µs); the same strides
+        return torch.empty_like(x, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     # allocated in its format (a copy of an NCHW one cost 117 µs at 1x3x224x224)
     return torch.empty((x.shape[0], x.shape[1], *size), dtype=x.dtype, device=x.device,
                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
