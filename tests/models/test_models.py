@@ -109,3 +109,23 @@ def test_baseline_pool_matches_the_st_model_classifier():
     x = torch.rand(2, 1, 42, 42)
     assert torch.allclose(cnn.transform_input(x), torch.nn.functional.avg_pool2d(x, 2))
     assert [p.shape for p in cnn.classifier.parameters()] == [p.shape for p in st.classifier.parameters()]
+
+
+@pytest.mark.parametrize("name", ["cnn", "st-cnn-aff"])
+def test_dropout_drops_inputs_of_the_last_fc_layer_while_training_only(name):
+    model = stn.create_model(name, input_size=42, pool=2, dropout=0.5)
+    plain = stn.create_model(name, input_size=42, pool=2)
+    with torch.no_grad():  # dropout has no parameters: the same weights, in the same order
+        for mine, theirs in zip(plain.parameters(), model.parameters(), strict=True):
+            mine.copy_(theirs)
+    x = torch.rand(4, 1, 42, 42)
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(x), plain(x), rtol=0, atol=0)
+    features = {}
+    model.classifier[-1].register_forward_pre_hook(lambda module, args: features.setdefault("last", args[0]))
+    model.train()
+    model(x)
+    dropped = features["last"] == 0
+    assert 0.3 < dropped.float().mean() < 0.8  # half of the 128 inputs of each sample, and those ReLU left at 0
+    with pytest.raises(ValueError, match="dropout must be in"):
+        stn.create_model(name, dropout=1.0)

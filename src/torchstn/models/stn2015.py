@@ -65,11 +65,14 @@ __all__ = [
 # ---------------------------------------------------------------------------- building blocks
 
 
-def _mlp(in_features: int, hidden: Sequence[int], out_features: int | None) -> list[nn.Module]:
+def _mlp(in_features: int, hidden: Sequence[int], out_features: int | None, dropout: float = 0.0) -> list[nn.Module]:
+    """``Flatten -> [FC -> ReLU] * len(hidden) [-> Dropout(dropout)] [-> FC(out_features)]``."""
     layers: list[nn.Module] = [nn.Flatten()]
     for width in hidden:
         layers += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]
         in_features = width
+    if dropout:
+        layers.append(nn.Dropout(dropout))
     if out_features is not None:
         layers.append(nn.Linear(in_features, out_features))
     return layers
@@ -89,11 +92,16 @@ def cnn_classifier(
     channels: Sequence[int] = (32, 32),
     kernel_sizes: Sequence[int] = (9, 7),
     hidden: int = 128,
+    dropout: float = 0.0,
 ) -> nn.Sequential:
     """``[conv k x k (same) -> max-pool 2 -> ReLU] * n -> FC(hidden) -> ReLU -> FC(num_classes)``.
 
-    ``(B, C, H, W) -> (B, num_classes)``; ``hidden=0`` drops the hidden FC layer.
+    ``(B, C, H, W) -> (B, num_classes)``; ``hidden=0`` drops the hidden FC layer;
+    ``dropout > 0`` drops that fraction of the last FC layer's inputs while training.
     """
+    dropout = check_number("dropout", dropout)
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if len(channels) != len(kernel_sizes):
         raise ValueError(f"channels and kernel_sizes must have the same length, got {channels} and {kernel_sizes}")
     layers: list[nn.Module] = []
@@ -102,7 +110,7 @@ def cnn_classifier(
         layers += [Conv2d(c, out, k, padding=k // 2), nn.MaxPool2d(2), nn.ReLU(inplace=True)]
         c = out
     features = feature_width(nn.Sequential(*layers), in_channels, input_size, "CNN classifier")
-    return nn.Sequential(*layers, *_mlp(features, (hidden,) if hidden else (), num_classes))
+    return nn.Sequential(*layers, *_mlp(features, (hidden,) if hidden else (), num_classes, dropout))
 
 
 def st_fcn_localization(in_channels: int, input_size: tuple[int, int], hidden: Sequence[int] = (32, 32)) -> nn.Sequential:
@@ -167,13 +175,15 @@ def fcn(
 def cnn(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10,
     channels: Sequence[int] = (32, 32), kernel_sizes: Sequence[int] = (9, 7), hidden: int = 128, pool: int = 1,
+    dropout: float = 0.0,
 ) -> STClassifier:
     """CNN baseline (STN paper, section 4.1, Table 1; appendix A.1).
 
     ``conv 9x9 (32, same) -> max-pool 2 -> ReLU -> conv 7x7 (32, same) -> max-pool 2 ->
     ReLU -> FC 128 -> ReLU -> FC num_classes``. The paper gives the kernel sizes and
     the layer order; filter counts, padding and the FC width are our choice. ``pool``
-    average-pools the input first (the classifier of an ST-CNN with that ``pool``).
+    average-pools the input first (the classifier of an ST-CNN with that ``pool``);
+    ``dropout`` (default none, as in the paper) drops inputs of the last FC layer.
 
     Example:
         >>> stn.create_model("cnn", input_size=60)(torch.rand(2, 1, 60, 60)).shape
@@ -181,7 +191,7 @@ def cnn(
     """
     size = as_size("input_size", input_size)
     return STClassifier(
-        cnn_classifier(in_channels, _pooled(size, pool), num_classes, channels, kernel_sizes, hidden),
+        cnn_classifier(in_channels, _pooled(size, pool), num_classes, channels, kernel_sizes, hidden, dropout),
         pool=pool, input_shape=(in_channels, *size), num_classes=num_classes,
     )
 
@@ -360,7 +370,7 @@ def st_cnn_aff(
         mode, padding, align_corners: sampling options of the transformer
             (:class:`~torchstn.sampling.SamplerOptions`).
         **classifier_kwargs: passed to :func:`cnn_classifier` (``channels``,
-            ``kernel_sizes``, ``hidden``).
+            ``kernel_sizes``, ``hidden``, ``dropout``).
 
     Example:
         >>> m = stn.create_model("st-cnn-aff", input_size=42, pool=2)
