@@ -1015,7 +1015,6 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
   const __m256i last0 = _mm256_set1_epi32(static_cast<int32_t>(last - k.sh - k.sw));
   const __m128i lanes = first_lanes(C);
   alignas(32) int32_t off[8];
-  alignas(32) float w[4][8];
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
     const __m256 xv = _mm256_loadu_ps(xs + t0);
     const __m256 gx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m0), xv), avx::set1(cx));
@@ -1034,21 +1033,29 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
           const __m256 tx = _mm256_sub_ps(ix, fx), ty = _mm256_sub_ps(iy, fy);
           const __m256 rx = _mm256_sub_ps(one, tx), ry = _mm256_sub_ps(one, ty);
           _mm256_store_si256(reinterpret_cast<__m256i*>(off), off0);
-          _mm256_store_ps(w[0], _mm256_mul_ps(rx, ry));
-          _mm256_store_ps(w[1], _mm256_mul_ps(tx, ry));
-          _mm256_store_ps(w[2], _mm256_mul_ps(rx, ty));
-          _mm256_store_ps(w[3], _mm256_mul_ps(tx, ty));
-          for (int t = 0; t < 8; ++t) {
-            const float* p = xb + off[t];
-            __m128 r = _mm_mul_ps(_mm_loadu_ps(p), _mm_set1_ps(w[0][t]));
-            r = _mm_add_ps(r, _mm_mul_ps(_mm_loadu_ps(p + k.sw), _mm_set1_ps(w[1][t])));
-            r = _mm_add_ps(r, _mm_mul_ps(_mm_loadu_ps(p + k.sh), _mm_set1_ps(w[2][t])));
-            r = _mm_add_ps(r, _mm_mul_ps(_mm_loadu_ps(p + k.sh + k.sw), _mm_set1_ps(w[3][t])));
+          const __m256 w[4] = {_mm256_mul_ps(rx, ry), _mm256_mul_ps(tx, ry), _mm256_mul_ps(rx, ty), _mm256_mul_ps(tx, ty)};
+          // two points at a time: point t's channels in the low half, t + 1's in the high one
+          const int64_t corner[4] = {0, k.sw, k.sh, k.sh + k.sw};
+          for (int t = 0; t < 8; t += 2) {
+            const __m256i pick = _mm256_setr_epi32(t, t, t, t, t + 1, t + 1, t + 1, t + 1);
+            const float* p0 = xb + off[t];
+            const float* p1 = xb + off[t + 1];
+            __m256 r = _mm256_mul_ps(_mm256_loadu2_m128(p1, p0), _mm256_permutevar8x32_ps(w[0], pick));
+            for (int q = 1; q < 4; ++q) {
+              const __m256 v = _mm256_loadu2_m128(p1 + corner[q], p0 + corner[q]);
+              r = _mm256_add_ps(r, _mm256_mul_ps(v, _mm256_permutevar8x32_ps(w[q], pick)));
+            }
             float* ot = o + (t0 + t) * step;
-            if (step == C && t0 + t + 1 < n) {
-              _mm_storeu_ps(ot, r);
+            // whole vectors where the next point overwrites the lanes past C (in this order)
+            if (step == C) {
+              _mm_storeu_ps(ot, _mm256_castps256_ps128(r));
             } else {
-              _mm_maskstore_ps(ot, lanes, r);
+              _mm_maskstore_ps(ot, lanes, _mm256_castps256_ps128(r));
+            }
+            if (step == C && t0 + t + 2 < n) {
+              _mm_storeu_ps(ot + step, _mm256_extractf128_ps(r, 1));
+            } else {
+              _mm_maskstore_ps(ot + step, lanes, _mm256_extractf128_ps(r, 1));
             }
           }
           continue;
