@@ -204,6 +204,27 @@ def test_nan_theta_and_nan_voxels():
     assert fused.isnan().any() and torch.equal(fused.isnan(), reference.isnan())
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_an_infinite_voxel_gives_what_grid_sample_gives(sign):
+    """A ±Inf voxel: ±Inf where it weighs more than 0, NaN where it lies in a point's footprint
+    with weight 0, as F.grid_sample's sum of weighted corners (the kernel's nested lerps once
+    gave NaN wherever the infinite voxel was a point's lower corner)."""
+    x = random_input((1, 2, 6, 7, 8), torch.float32)
+    x[0, 1, 3, 4, 5] = sign * float("inf")
+    shift = torch.zeros(1, 3, 4)
+    shift[0, :, :3] = torch.eye(3)
+    theta = shift.clone()
+    theta[0, :, 3] = torch.tensor([0.5 / 8, 0.5 / 7, 0.5 / 6])  # a quarter voxel along each axis: all weights > 0
+    for t in (theta, shift):  # (shift: the identity, where a point's upper corners weigh exactly 0)
+        fused = stn.warp(x, t, AFFINE3D, backend="fused")
+        reference = F.grid_sample(x, F.affine_grid(t, x.shape, align_corners=False), align_corners=False)
+        assert torch.equal(fused.isinf(), reference.isinf()) and torch.equal(fused.isnan(), reference.isnan())
+        assert torch.equal(fused[fused.isinf()], reference[reference.isinf()])
+        finite = fused.isfinite()
+        torch.testing.assert_close(fused[finite], reference[finite], atol=1e-6, rtol=1e-6)
+    assert fused.isinf().sum() == 1 and fused.isnan().sum() == 7  # the identity: the voxel, and its 7 neighbours below
+
+
 def test_theta_gradient_is_deterministic_and_independent_of_threads_and_of_the_input_gradient():
     x = random_input((3, 2, 9, 10, 11), torch.float32)
     theta = _theta(3, torch.float32, scale=0.2)

@@ -210,13 +210,17 @@ inline void masked_corners(const T* xc, const Block<T>& blk, int64_t t, int32_t 
   }
 }
 
-// trilinear interpolation: along x, then y, then z
+// trilinear interpolation: along x, then y, then z, each stage a weighted sum (as
+// F.grid_sample's sum of corners times weights: an infinite voxel gives an infinite output
+// where its weight is positive and NaN where it is 0; the nested lerps v0 + t (v1 - v0) this
+// replaced gave NaN wherever v0 was infinite, for the cost of the lerps)
 template <typename V>
 inline V interpolate(const V v[8], V tx, V ty, V tz) {
-  const V c00 = v[0] + tx * (v[1] - v[0]), c10 = v[2] + tx * (v[3] - v[2]);
-  const V c01 = v[4] + tx * (v[5] - v[4]), c11 = v[6] + tx * (v[7] - v[6]);
-  const V c0 = c00 + ty * (c10 - c00), c1 = c01 + ty * (c11 - c01);
-  return c0 + tz * (c1 - c0);
+  const V ux = 1 - tx, uy = 1 - ty, uz = 1 - tz;
+  const V c00 = v[0] * ux + v[1] * tx, c10 = v[2] * ux + v[3] * tx;
+  const V c01 = v[4] * ux + v[5] * tx, c11 = v[6] * ux + v[7] * tx;
+  const V c0 = c00 * uy + c10 * ty, c1 = c01 * uy + c11 * ty;
+  return c0 * uz + c1 * tz;
 }
 
 // g times the interpolation's derivatives along x, y and z, added to gx, gy, gz: the
