@@ -121,7 +121,7 @@ def test_a_sample_smaller_and_one_larger_than_l2_equal_the_grid_path():
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_wide_float32_affine_rows_in_one_pass_equal_the_two_passes_bit_for_bit(padding, align_corners):
-    """Wide rows of a float32 affine warp with 1 to 4 channels are sampled in one pass (the
+    """Rows of a float32 affine warp with 1 to 4 channels are sampled in one pass (the
     corners read as windows of a row where they lie close, as pairs, or gathered); 5
     channels take the two passes. The first channels of a 5-channel warp must be the same
     bits: near the identity (windows), shifted and rotated (pairs, the edges), flipped,
@@ -137,14 +137,16 @@ def test_wide_float32_affine_rows_in_one_pass_equal_the_two_passes_bit_for_bit(p
     p[6] = torch.tensor([1.0, 0.0, 3.0, 0.0, 1.0, 0.0])  # entirely outside
     p[7, 2] = float("nan")
     p = p.float()
-    for size in [(40, 80), (12, 70)]:  # rows of 64 + 16 points, and of 64 + 6 (a part-filled vector)
+    # rows of 64 + 16 points, of 64 + 6 (a part-filled vector), and narrow rows packed into blocks of
+    # 64 points across rows (27 and 40 wide: vectors that span two rows; 13 x 27 ends part-filled)
+    for size in [(40, 80), (12, 70), (13, 27), (8, 40)]:
         five = stn.warp(x, p, stn.Affine(), size=size, padding=padding, align_corners=align_corners, backend="fused")
         for c in (1, 3, 4):
             out = stn.warp(x[:, :c], p, stn.Affine(), size=size, padding=padding, align_corners=align_corners,
                            backend="fused")
             torch.testing.assert_close(out, five[:, :c], atol=0, rtol=0, equal_nan=True)
         assert five[7].isnan().all()
-    grid_path = stn.warp(x, p, stn.Affine(), size=(12, 70), padding=padding, align_corners=align_corners, backend="torch")
+    grid_path = stn.warp(x, p, stn.Affine(), size=size, padding=padding, align_corners=align_corners, backend="torch")
     finite = torch.isfinite(grid_path) & torch.isfinite(five)  # (the paths' float32 locations differ by rounding)
     torch.testing.assert_close(five[finite], grid_path[finite], atol=1e-4, rtol=0)
 

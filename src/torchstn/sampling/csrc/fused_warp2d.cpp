@@ -28,9 +28,10 @@
 // the corners of every channel (where the build has AVX2, eight points at a time; else one
 // point at a time, same arithmetic, same results); the backward also scatters into grad_x
 // (scalar: two points may share a pixel) and accumulates dL/dθ in vector lanes, summed in a
-// fixed order (deterministic). The float32 affine bilinear forward of wide rows (1-4
-// channels, unit width strides, no rows fetched ahead) runs both loops in one pass instead
-// (single_pass): 1.17-1.30x forward at 64x3x64x64 and 1x3x224x224.
+// fixed order (deterministic). The float32 affine bilinear forward of 1-4 channels (unit
+// width strides, no rows fetched ahead; channels side by side too) runs both loops in one
+// pass instead (single_pass): 1.17-1.30x forward at 64x3x64x64 and 1x3x224x224, 1.16-1.22x
+// at 256x1x28x28 and 256x3x28x28 (rows packed into blocks).
 
 #include <cmath>
 #include <cstdint>
@@ -813,25 +814,6 @@ inline typename Simd<T>::V interpolate(const T* xc, const Block<T>& blk, int64_t
 }
 
 #ifdef TORCHSTN_AVX2
-// The forward of a wide output row's span of n points (float, affine, bilinear, unit width
-// strides) in one pass, a vector of 8 points at a time, its location and corners in
-// registers. Where all eight have their four corners inside the image, each channel's
-// corners are read without gathers: if the eight corner-0 offsets lie within 15 elements
-// after the first lane's (`window`), as they do along a row near the identity, two
-// 8-wide loads per corner row and permutes; else as pairs. Other vectors (the image's
-// edges) gather the valid corners; a vector with a point past the row's end or not finite
-// goes through the block as in the two passes. The same operations in the same order as
-// locate + interpolate, so the same values. A/B of the bare kernel, one thread, the bench's
-// θ (identity + 0.1 N(0, 1)): 1.03-1.08x at 64x1x64x64 and 64x3x64x64, 1.12-1.14x at
-// 1x3x224x224 (where 72% of the vectors read windows; 41% at 64x64, where more vectors
-// cross an input row). Tried and not kept: edge vectors through the block (0.92-0.97x),
-// gathers instead of pairs (0.84-0.87x at 64 px), a third row's window for vectors that
-// cross a row (1.00-1.02x). Then, for zeros and border padding, a vector whose eight
-// points lie strictly inside [0, W - 1) x [0, H - 1) skips locate8's and corners8's
-// validity, padding and far-point stages (the same values for such points): a further
-// 1.14x / 1.28x at 1x3x224x224 / 1x1x224x224, 1.14x / 1.28x at 64x3x64x64 / 64x1x64x64
-// (zeros), 1.21-1.24x with border padding, 1.08x with three times the θ noise (more points
-// near the edges); reflection does not take it (its identity is not exact in float).
 // The channels of a vector of eight points whose four corners all lie inside the image
 // (corner-0 offsets off0, weights w): if the eight corner-0 offsets lie within 15 elements
 // after the first lane's (`window`), two 8-wide loads per corner row and permutes; else pairs.
@@ -880,19 +862,51 @@ inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step,
   }
 }
 
-template <int PAD>
-inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C, const float* xs,
-                        float cx, float cy, float m0, float m3, int64_t n, const Constants<float>& kref, Block<float>& blk) {
+// The forward of a span of n points (float, affine, bilinear, unit width strides; a wide
+// output row's, or with PACKED a block of narrow rows, each point with its own y) in one
+// pass, a vector of 8 points at a time, its location and corners in
+// registers. Where all eight have their four corners inside the image, each channel's
+// corners are read without gathers: if the eight corner-0 offsets lie within 15 elements
+// after the first lane's (`window`), as they do along a row near the identity, two
+// 8-wide loads per corner row and permutes; else as pairs. Other vectors (the image's
+// edges) gather the valid corners; a vector with a point past the row's end or not finite
+// goes through the block as in the two passes. The same operations in the same order as
+// locate + interpolate, so the same values. A/B of the bare kernel, one thread, the bench's
+// θ (identity + 0.1 N(0, 1)): 1.03-1.08x at 64x1x64x64 and 64x3x64x64, 1.12-1.14x at
+// 1x3x224x224 (where 72% of the vectors read windows; 41% at 64x64, where more vectors
+// cross an input row). Tried and not kept: edge vectors through the block (0.92-0.97x),
+// gathers instead of pairs (0.84-0.87x at 64 px), a third row's window for vectors that
+// cross a row (1.00-1.02x). Then, for zeros and border padding, a vector whose eight
+// points lie strictly inside [0, W - 1) x [0, H - 1) skips locate8's and corners8's
+// validity, padding and far-point stages (the same values for such points): a further
+// 1.14x / 1.28x at 1x3x224x224 / 1x1x224x224, 1.14x / 1.28x at 64x3x64x64 / 64x1x64x64
+// (zeros), 1.21-1.24x with border padding, 1.08x with three times the θ noise (more points
+// near the edges); reflection does not take it (its identity is not exact in float).
+// Narrow rows packed into blocks (PACKED) in the same pass: 1.22x at 256x1x28x28, 1.16x at
+// 256x3x28x28 (the AVX-512 build; wide rows unchanged).
+template <int PAD, bool PACKED>
+inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C, const float* m,
+                        const float* xs, const float* ys, float y, int64_t n, const Constants<float>& kref,
+                        Block<float>& blk) {
   using S = Simd<float>;
   // a copy, held in registers: the output's float stores may alias the caller's (1.02-1.03x)
   const Constants<float> k = kref;
   const int64_t sh = k.sh, end = (k.H - 1) * sh + k.W;  // one past the last pixel of a channel
   const __m256 zero = _mm256_setzero_ps(), one = avx::set1(1.f);
   const __m256 last_x = avx::set1(static_cast<float>(k.W - 1)), last_y = avx::set1(static_cast<float>(k.H - 1));
+  // θ in registers (the output's stores may alias it)
+  const float m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3], m4 = m[4], m5 = m[5];
+  const float cx = m1 * y + m2, cy = m4 * y + m5;
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
     const __m256 xv = _mm256_loadu_ps(xs + t0);
-    const __m256 gx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m0), xv), avx::set1(cx));
-    const __m256 gy = _mm256_add_ps(_mm256_mul_ps(avx::set1(m3), xv), avx::set1(cy));
+    __m256 rx = avx::set1(cx), ry = avx::set1(cy);  // the row's part, or per point where rows are packed
+    if (PACKED) {
+      const __m256 yv = _mm256_loadu_ps(ys + t0);
+      rx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m1), yv), avx::set1(m2));
+      ry = _mm256_add_ps(_mm256_mul_ps(avx::set1(m4), yv), avx::set1(m5));
+    }
+    const __m256 gx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m0), xv), rx);
+    const __m256 gy = _mm256_add_ps(_mm256_mul_ps(avx::set1(m3), xv), ry);
     if (PAD != REFLECTION && t0 + 8 <= n) {
       // eight points strictly inside [0, W - 1) x [0, H - 1) (so finite, unpadded, with
       // every corner inside): the corners and weights without the validity, padding and
@@ -1141,11 +1155,14 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
     const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
 #ifdef TORCHSTN_AVX2
     if constexpr (std::is_same_v<T, float> && LOC == AFFINE && MODE == LINEAR) {
-      if (!loc.packed && xs.w == 1 && os.w == 1 && C <= 4 && ahead == 0) {
+      if (xs.w == 1 && os.w == 1 && C <= 4 && ahead == 0) {  // (packed rows: a contiguous block, os.h == Wo)
         const float* m = loc.theta + b * 6;
-        const float y = loc.ys[span.i];
-        single_pass<PAD>(x + b * xs.b, xs.c, out + b * os.b + span.i * os.h + span.j0, os.c, C, loc.xs + span.j0,
-                         m[1] * y + m[2], m[4] * y + m[5], m[0], m[3], n, k, blk);
+        float* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
+        if (loc.packed) {
+          single_pass<PAD, true>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.px + span.p0, loc.py + span.p0, 0.f, n, k, blk);
+        } else {
+          single_pass<PAD, false>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.xs + span.j0, nullptr, loc.ys[span.i], n, k, blk);
+        }
         return;
       }
       if (!loc.packed && xs.c == 1 && os.c == 1 && C >= 2 && C <= 4 && ahead == 0) {  // channels side by side
