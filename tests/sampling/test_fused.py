@@ -120,12 +120,13 @@ def test_a_sample_smaller_and_one_larger_than_l2_equal_the_grid_path():
 
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_wide_float32_affine_rows_in_one_pass_equal_the_two_passes_bit_for_bit(padding, align_corners):
+def test_float32_rows_in_one_pass_equal_the_two_passes_bit_for_bit(padding, align_corners):
     """Rows of a float32 affine warp with 1 to 4 channels are sampled in one pass (the
     corners read as windows of a row where they lie close, as pairs, or gathered); 5
     channels take the two passes. The first channels of a 5-channel warp must be the same
     bits: near the identity (windows), shifted and rotated (pairs, the edges), flipped,
-    far out, a NaN θ, an inf pixel, and an input that is a view (row stride > width)."""
+    far out, a NaN θ, an inf pixel, and an input that is a view (row stride > width); the
+    same for the points given as a grid."""
     n = 8
     wide = random_input((n, 5, 50, 90), torch.float32, seed=3)
     x = wide[..., :70]  # a view: rows 90 apart
@@ -146,6 +147,15 @@ def test_wide_float32_affine_rows_in_one_pass_equal_the_two_passes_bit_for_bit(p
                            backend="fused")
             torch.testing.assert_close(out, five[:, :c], atol=0, rtol=0, equal_nan=True)
         assert five[7].isnan().all()
+        # the same points given as a grid (its (x, y) pairs read in the same pass), with an Inf point
+        grid = stn.Affine().grid(p, size, align_corners)
+        grid[0, 1, 2, 0] = float("inf")
+        five = stn.sample(x, grid, padding=padding, align_corners=align_corners, backend="fused")
+        for c in (1, 3, 4):
+            out = stn.sample(x[:, :c], grid, padding=padding, align_corners=align_corners, backend="fused")
+            torch.testing.assert_close(out, five[:, :c], atol=0, rtol=0, equal_nan=True)
+        assert five[0, :, 1, 2].isnan().all() and five[7].isnan().all()
+        five = stn.warp(x, p, stn.Affine(), size=size, padding=padding, align_corners=align_corners, backend="fused")
     grid_path = stn.warp(x, p, stn.Affine(), size=size, padding=padding, align_corners=align_corners, backend="torch")
     finite = torch.isfinite(grid_path) & torch.isfinite(five)  # (the paths' float32 locations differ by rounding)
     torch.testing.assert_close(five[finite], grid_path[finite], atol=1e-4, rtol=0)
@@ -406,3 +416,22 @@ def test_a_built_library_loads_without_torchs_build_lock(monkeypatch, tmp_path):
     monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: str(real))
     assert _fused._build().torchstn_warp2d_abi_version() == _fused._ABI
     assert not (cut / f"{name}.so").exists()
+
+
+def test_auto_samples_a_given_grid_with_the_kernel_where_it_is_faster(calls):
+    """``"auto"`` on a given bilinear grid: the kernel from 3 channels on, and with fewer
+    channels for a float32 grid of ``FUSED_MIN_POINTS`` points or more (below, the kernel's
+    per-call cost loses to F.grid_sample's; nearest and float64 grids go to F.grid_sample)."""
+    from torchstn.sampling._sample import FUSED_MIN_POINTS
+
+    theta = stn.Affine().identity(64)
+    large = stn.Affine().grid(theta, (28, 28))  # 50,176 points
+    small = large[:16]  # 12,544
+    assert small[..., 0].numel() < FUSED_MIN_POINTS <= large[..., 0].numel()
+    stn.sample(torch.rand(64, 1, 28, 28), large)
+    stn.sample(torch.rand(16, 3, 28, 28), small)
+    assert calls == ["fused_sample", "fused_sample"]
+    stn.sample(torch.rand(16, 1, 28, 28), small)
+    stn.sample(torch.rand(64, 1, 28, 28), large, mode="nearest")
+    stn.sample(torch.rand(64, 1, 28, 28, dtype=torch.float64), large.double())
+    assert calls == ["fused_sample", "fused_sample"]

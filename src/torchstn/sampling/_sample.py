@@ -55,12 +55,15 @@ _KERNELS: dict[str, SampleFn] = {
 }
 
 
-#: "auto" samples a given bilinear grid with the fused kernel from this many channels on:
-#: measured 1.53-1.82x F.grid_sample with 3 channels, 1.06x with 2, 0.49-0.96x with 1 except
-#: 256x1x60x60 (1.27x), where the per-point work is not shared by enough channels; on a
-#: given nearest grid ATen's vectorised sampler is faster, 0.58-1.08x
-#: (python benchmarks/bench_auto.py [--mode nearest], docs/benchmarks.md)
+#: "auto" samples a given bilinear grid with the fused kernel from this many channels on
+#: (1.83-2.12x F.grid_sample forward with 3 channels), or with fewer from FUSED_MIN_POINTS
+#: grid points on: since the kernel reads a float32 grid in one pass, 1.13-1.39x forward and
+#: 1.03-1.27x forward+backward with one or two channels from 64x28x28 points on, 0.98x at
+#: 16x28x28 and 0.55x at 1x28x28, where its per-call cost dominates. On a given nearest grid
+#: ATen's vectorised sampler is faster, 0.58-1.08x (python benchmarks/bench_auto.py [--mode
+#: nearest], docs/benchmarks.md)
 FUSED_MIN_CHANNELS = 3
+FUSED_MIN_POINTS = 32768
 #: "auto" samples and warps a volume with the fused 3-D kernel from this many input voxels
 #: per channel over the batch on: measured 1.2-1.9x the grid path forward and 1.2-1.7x
 #: forward+backward from 4096 voxels (one 16^3 volume) on, 0.5-0.9x on one 4^3 volume,
@@ -72,9 +75,11 @@ def _fused3d_worth_it(x: torch.Tensor) -> bool:
     return x.shape[0] * x.shape[2] * x.shape[3] * x.shape[4] >= FUSED3D_MIN_VOXELS
 
 
-def _backend_name(backend: str | None, x: torch.Tensor, mode: str) -> str:
+def _backend_name(backend: str | None, x: torch.Tensor, grid: torch.Tensor, mode: str) -> str:
     if backend is None or backend == "auto":  # (nearest on a given grid: F.grid_sample's is faster)
-        if mode == "bilinear" and _fused.fused_applies(x, mode) and x.shape[1] >= FUSED_MIN_CHANNELS:
+        if mode == "bilinear" and _fused.fused_applies(x, mode) and (
+            x.shape[1] >= FUSED_MIN_CHANNELS or (x.dtype == torch.float32 and grid.numel() >= 2 * FUSED_MIN_POINTS)
+        ):
             return "fused"
         if _fused3d.fused3d_applies(x, mode) and _fused3d_worth_it(x):
             return "fused"
@@ -231,7 +236,7 @@ def _run_kernel(
     x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool, backend: str | None
 ) -> torch.Tensor:
     """Sample with the chosen backend; every argument is valid."""
-    kernel = _KERNELS[_backend_name(backend, x, mode)]
+    kernel = _KERNELS[_backend_name(backend, x, grid, mode)]
     if x.dim() == 3:  # a signal is an image of height 1 read on its centre row
         # y = 0 * x rather than zeros: a NaN x keeps its NaN gradient through either component
         grid2d = torch.cat([grid, grid * 0], -1)[:, None]

@@ -29,7 +29,7 @@
 // point at a time, same arithmetic, same results); the backward also scatters into grad_x
 // (scalar: two points may share a pixel) and accumulates dL/dθ in vector lanes, summed in a
 // fixed order (deterministic). The float32 affine bilinear forward of 1-4 channels (unit
-// width strides, no rows fetched ahead; channels side by side too) runs both loops in one
+// width strides, no rows fetched ahead; channels side by side too; from θ or a grid) runs both loops in one
 // pass instead (single_pass): 1.17-1.30x forward at 64x3x64x64 and 1x3x224x224, 1.16-1.22x
 // at 256x1x28x28 and 256x3x28x28 (rows packed into blocks).
 
@@ -883,8 +883,14 @@ inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step,
 // (zeros), 1.21-1.24x with border padding, 1.08x with three times the θ noise (more points
 // near the edges); reflection does not take it (its identity is not exact in float).
 // Narrow rows packed into blocks (PACKED) in the same pass: 1.22x at 256x1x28x28, 1.16x at
-// 256x3x28x28 (the AVX-512 build; wide rows unchanged).
-template <int PAD, bool PACKED>
+// 256x3x28x28 (the AVX-512 build; wide rows unchanged). Points given as a float32 grid
+// (GRID_PAIRS: each vector's (x, y) pairs read and split in registers): 1.31x at
+// 256x1x28x28, 1.39x at 64x3x64x64, 1.21x at 1x3x224x224, 1.02x at 32x3x224x224.
+// The points' normalised locations: from θ (`m`) and a row's x (`xs`) and y, or each point's
+// x and y (`xs`, `ys`: packed rows), or read from a grid's (x, y) pairs (`xs`)
+enum Source { ROW, PACKED, GRID_PAIRS };
+
+template <int PAD, int SOURCE>
 inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C, const float* m,
                         const float* xs, const float* ys, float y, int64_t n, const Constants<float>& kref,
                         Block<float>& blk) {
@@ -895,18 +901,26 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
   const __m256 zero = _mm256_setzero_ps(), one = avx::set1(1.f);
   const __m256 last_x = avx::set1(static_cast<float>(k.W - 1)), last_y = avx::set1(static_cast<float>(k.H - 1));
   // θ in registers (the output's stores may alias it)
-  const float m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3], m4 = m[4], m5 = m[5];
+  const float m0 = m ? m[0] : 0.f, m1 = m ? m[1] : 0.f, m2 = m ? m[2] : 0.f;
+  const float m3 = m ? m[3] : 0.f, m4 = m ? m[4] : 0.f, m5 = m ? m[5] : 0.f;
   const float cx = m1 * y + m2, cy = m4 * y + m5;
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
-    const __m256 xv = _mm256_loadu_ps(xs + t0);
-    __m256 rx = avx::set1(cx), ry = avx::set1(cy);  // the row's part, or per point where rows are packed
-    if (PACKED) {
-      const __m256 yv = _mm256_loadu_ps(ys + t0);
-      rx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m1), yv), avx::set1(m2));
-      ry = _mm256_add_ps(_mm256_mul_ps(avx::set1(m4), yv), avx::set1(m5));
+    __m256 gx, gy;
+    if (SOURCE == GRID_PAIRS) {  // x0 y0 x1 y1 ... x7 y7, the last vector's pairs past n read as 0
+      const __m256 a = S::load_upto(xs + 2 * t0, 2 * (n - t0)), b = S::load_upto(xs + 2 * t0 + 8, 2 * (n - t0) - 8);
+      gx = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8));
+      gy = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8));
+    } else {
+      const __m256 xv = _mm256_loadu_ps(xs + t0);
+      __m256 rx = avx::set1(cx), ry = avx::set1(cy);  // the row's part, or per point where rows are packed
+      if (SOURCE == PACKED) {
+        const __m256 yv = _mm256_loadu_ps(ys + t0);
+        rx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m1), yv), avx::set1(m2));
+        ry = _mm256_add_ps(_mm256_mul_ps(avx::set1(m4), yv), avx::set1(m5));
+      }
+      gx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m0), xv), rx);
+      gy = _mm256_add_ps(_mm256_mul_ps(avx::set1(m3), xv), ry);
     }
-    const __m256 gx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m0), xv), rx);
-    const __m256 gy = _mm256_add_ps(_mm256_mul_ps(avx::set1(m3), xv), ry);
     if (PAD != REFLECTION && t0 + 8 <= n) {
       // eight points strictly inside [0, W - 1) x [0, H - 1) (so finite, unpadded, with
       // every corner inside): the corners and weights without the validity, padding and
@@ -1159,12 +1173,22 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
         const float* m = loc.theta + b * 6;
         float* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
         if (loc.packed) {
-          single_pass<PAD, true>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.px + span.p0, loc.py + span.p0, 0.f, n, k, blk);
+          single_pass<PAD, PACKED>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.px + span.p0, loc.py + span.p0, 0.f, n, k, blk);
         } else {
-          single_pass<PAD, false>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.xs + span.j0, nullptr, loc.ys[span.i], n, k, blk);
+          single_pass<PAD, ROW>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.xs + span.j0, nullptr, loc.ys[span.i], n, k, blk);
         }
         return;
       }
+    }
+    if constexpr (std::is_same_v<T, float> && LOC == GRID && MODE == LINEAR) {
+      if (xs.w == 1 && os.w == 1 && C <= 4 && ahead == 0) {
+        float* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
+        single_pass<PAD, GRID_PAIRS>(x + b * xs.b, xs.c, ob, os.c, C, nullptr, loc.grid + (b * k.Ho * k.Wo + span.p0) * 2,
+                                     nullptr, 0.f, n, k, blk);
+        return;
+      }
+    }
+    if constexpr (std::is_same_v<T, float> && LOC == AFFINE && MODE == LINEAR) {
       if (!loc.packed && xs.c == 1 && os.c == 1 && C >= 2 && C <= 4 && ahead == 0) {  // channels side by side
         const float* m = loc.theta + b * 6;
         const float y = loc.ys[span.i];
