@@ -28,10 +28,10 @@
 // the corners of every channel (where the build has AVX2, eight points at a time; else one
 // point at a time, same arithmetic, same results); the backward also scatters into grad_x
 // (scalar: two points may share a pixel) and accumulates dL/dθ in vector lanes, summed in a
-// fixed order (deterministic). The float32 affine bilinear forward of 1-4 channels (unit
-// width strides, no rows fetched ahead; channels side by side too; from θ or a grid) runs both loops in one
-// pass instead (single_pass): 1.17-1.30x forward at 64x3x64x64 and 1x3x224x224, 1.16-1.22x
-// at 256x1x28x28 and 256x3x28x28 (rows packed into blocks).
+// fixed order (deterministic). The float32 bilinear forward of 1-4 channels from affine θ
+// or a grid (unit width strides, no rows fetched ahead; channels side by side too) runs both
+// loops in one pass instead (single_pass): 1.17-1.30x forward at 64x3x64x64 and
+// 1x3x224x224, 1.16-1.22x at 256x1x28x28 and 256x3x28x28 (rows packed into blocks).
 
 #include <cmath>
 #include <cstdint>
