@@ -204,6 +204,22 @@ def test_nan_theta_and_nan_voxels():
     assert fused.isnan().any() and torch.equal(fused.isnan(), reference.isnan())
 
 
+def test_voxels_read_eight_at_a_time_equal_one_at_a_time_bit_for_bit():
+    """float32 voxels whose corners all lie inside are sampled eight at a time (corner pairs
+    along x loaded together, the interpolation in vector lanes), the others one at a time:
+    the same points given as rows of 16 and as rows of 1 (one at a time) are the same bits,
+    with points inside, near the faces and outside, and an infinite voxel."""
+    x = random_input((2, 3, 7, 9, 11), torch.float32)
+    x[1, 2, 3, 4, 5] = float("inf")
+    theta = _theta(2, torch.float32, scale=0.15)
+    grid = AFFINE3D.grid(theta.flatten(1), (5, 6, 16))  # (2, 5, 6, 16, 3)
+    grid[0, 1, 2, 3] = 1.5  # outside
+    wide = stn.sample(x, grid, backend="fused")
+    narrow = stn.sample(x, grid.reshape(2, 5, 6 * 16, 1, 3), backend="fused")
+    torch.testing.assert_close(wide, narrow.reshape(wide.shape), rtol=0, atol=0, equal_nan=True)
+    assert wide.isinf().any() and wide.isfinite().float().mean() > 0.9
+
+
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_an_infinite_voxel_gives_what_grid_sample_gives(sign):
     """A ±Inf voxel: ±Inf where it weighs more than 0, NaN where it lies in a point's footprint
