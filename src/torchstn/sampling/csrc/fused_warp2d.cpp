@@ -580,6 +580,35 @@ __attribute__((always_inline)) inline bool keep8(const Located8& p, const Corner
   return _mm256_movemask_ps(p.bad) != 0;
 }
 
+// Eight points at normalised (gx, gy) strictly inside [0, W - 1) x [0, H - 1) (so finite,
+// unpadded by zeros or border padding, with every corner inside): their corner-0 offsets and
+// corner weights without the validity, padding and far-point stages, the same values as
+// locate8 and corners8 compute for them. False where a point is not inside.
+struct Inside8 {
+  __m256i off0;
+  __m256 w[4];
+};
+
+__attribute__((always_inline)) inline bool inside8_at(__m256 gx, __m256 gy, const Constants<float>& k, Inside8* p) {
+  const __m256 zero = _mm256_setzero_ps(), one = set1(1.f);
+  const __m256 ix = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gx, one), set1(k.ax)), set1(k.bx));
+  const __m256 iy = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gy, one), set1(k.ay)), set1(k.by));
+  const __m256 inside = _mm256_and_ps(
+      _mm256_and_ps(_mm256_cmp_ps(ix, zero, _CMP_GE_OQ), _mm256_cmp_ps(ix, set1(static_cast<float>(k.W - 1)), _CMP_LT_OQ)),
+      _mm256_and_ps(_mm256_cmp_ps(iy, zero, _CMP_GE_OQ), _mm256_cmp_ps(iy, set1(static_cast<float>(k.H - 1)), _CMP_LT_OQ)));
+  if (_mm256_movemask_ps(inside) != 0xff) return false;
+  const __m256 fx = _mm256_floor_ps(ix), fy = _mm256_floor_ps(iy);
+  const __m256 tx = _mm256_sub_ps(ix, fx), ty = _mm256_sub_ps(iy, fy);
+  p->off0 = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_cvttps_epi32(fy), _mm256_set1_epi32(k.sh)),
+                             _mm256_mullo_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(k.sw)));
+  const __m256 rx = _mm256_sub_ps(one, tx), ry = _mm256_sub_ps(one, ty);
+  p->w[0] = _mm256_mul_ps(rx, ry);
+  p->w[1] = _mm256_mul_ps(tx, ry);
+  p->w[2] = _mm256_mul_ps(rx, ty);
+  p->w[3] = _mm256_mul_ps(tx, ty);
+  return true;
+}
+
 template <int PAD, int MODE>
 __attribute__((always_inline)) inline bool place8(__m256 gx, __m256 gy, int64_t t0, int64_t n,
                                                   const Constants<float>& k, Block<float>& blk) {
@@ -898,8 +927,6 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
   // a copy, held in registers: the output's float stores may alias the caller's (1.02-1.03x)
   const Constants<float> k = kref;
   const int64_t sh = k.sh, end = (k.H - 1) * sh + k.W;  // one past the last pixel of a channel
-  const __m256 zero = _mm256_setzero_ps(), one = avx::set1(1.f);
-  const __m256 last_x = avx::set1(static_cast<float>(k.W - 1)), last_y = avx::set1(static_cast<float>(k.H - 1));
   // θ in registers (the output's stores may alias it)
   const float m0 = m ? m[0] : 0.f, m1 = m ? m[1] : 0.f, m2 = m ? m[2] : 0.f;
   const float m3 = m ? m[3] : 0.f, m4 = m ? m[4] : 0.f, m5 = m ? m[5] : 0.f;
@@ -921,25 +948,10 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
       gx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m0), xv), rx);
       gy = _mm256_add_ps(_mm256_mul_ps(avx::set1(m3), xv), ry);
     }
-    if (PAD != REFLECTION && t0 + 8 <= n) {
-      // eight points strictly inside [0, W - 1) x [0, H - 1) (so finite, unpadded, with
-      // every corner inside): the corners and weights without the validity, padding and
-      // far-point stages, the same values as locate8 and corners8 compute for them
-      const __m256 ix = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gx, one), avx::set1(k.ax)), avx::set1(k.bx));
-      const __m256 iy = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gy, one), avx::set1(k.ay)), avx::set1(k.by));
-      const __m256 inside = _mm256_and_ps(
-          _mm256_and_ps(_mm256_cmp_ps(ix, zero, _CMP_GE_OQ), _mm256_cmp_ps(ix, last_x, _CMP_LT_OQ)),
-          _mm256_and_ps(_mm256_cmp_ps(iy, zero, _CMP_GE_OQ), _mm256_cmp_ps(iy, last_y, _CMP_LT_OQ)));
-      if (_mm256_movemask_ps(inside) == 0xff) {
-        const __m256 fx = _mm256_floor_ps(ix), fy = _mm256_floor_ps(iy);
-        const __m256 tx = _mm256_sub_ps(ix, fx), ty = _mm256_sub_ps(iy, fy);
-        const __m256i off0 = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_cvttps_epi32(fy), _mm256_set1_epi32(k.sh)),
-                                              _mm256_mullo_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(k.sw)));
-        const __m256 rx = _mm256_sub_ps(one, tx), ry = _mm256_sub_ps(one, ty);
-        const __m256 w[4] = {_mm256_mul_ps(rx, ry), _mm256_mul_ps(tx, ry), _mm256_mul_ps(rx, ty), _mm256_mul_ps(tx, ty)};
-        inside8(xb, xc_step, ob + t0, oc_step, C, off0, w, sh, end);
-        continue;
-      }
+    avx::Inside8 in;
+    if (PAD != REFLECTION && t0 + 8 <= n && avx::inside8_at(gx, gy, k, &in)) {  // (reflection: not exact)
+      inside8(xb, xc_step, ob + t0, oc_step, C, in.off0, in.w, sh, end);
+      continue;
     }
     const avx::Located8 p = avx::locate8<PAD>(gx, gy, t0, n, k);
     const avx::Corners8 c = avx::corners8(p.ix, p.iy, _mm256_and_ps(p.live, p.finite), k);
@@ -1036,8 +1048,6 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
                                     float cy, float m0, float m3, int64_t n, const Constants<float>& kref,
                                     Block<float>& blk) {
   const Constants<float> k = kref;
-  const __m256 zero = _mm256_setzero_ps(), one = avx::set1(1.f);
-  const __m256 last_x = avx::set1(static_cast<float>(k.W - 1)), last_y = avx::set1(static_cast<float>(k.H - 1));
   const int64_t last = (k.H - 1) * k.sh + (k.W - 1) * k.sw + C - 4;  // the last whole-vector load
   // the largest corner-0 offset whose corner 3 is read whole inside the sample
   const __m256i last0 = _mm256_set1_epi32(static_cast<int32_t>(last - k.sh - k.sw));
@@ -1047,48 +1057,36 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
     const __m256 xv = _mm256_loadu_ps(xs + t0);
     const __m256 gx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m0), xv), avx::set1(cx));
     const __m256 gy = _mm256_add_ps(_mm256_mul_ps(avx::set1(m3), xv), avx::set1(cy));
-    if (PAD != REFLECTION && t0 + 8 <= n) {
-      const __m256 ix = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gx, one), avx::set1(k.ax)), avx::set1(k.bx));
-      const __m256 iy = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gy, one), avx::set1(k.ay)), avx::set1(k.by));
-      const __m256 inside = _mm256_and_ps(
-          _mm256_and_ps(_mm256_cmp_ps(ix, zero, _CMP_GE_OQ), _mm256_cmp_ps(ix, last_x, _CMP_LT_OQ)),
-          _mm256_and_ps(_mm256_cmp_ps(iy, zero, _CMP_GE_OQ), _mm256_cmp_ps(iy, last_y, _CMP_LT_OQ)));
-      if (_mm256_movemask_ps(inside) == 0xff) {
-        const __m256 fx = _mm256_floor_ps(ix), fy = _mm256_floor_ps(iy);
-        const __m256i off0 = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_cvttps_epi32(fy), _mm256_set1_epi32(k.sh)),
-                                              _mm256_mullo_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(k.sw)));
-        if (_mm256_testz_si256(_mm256_cmpgt_epi32(off0, last0), _mm256_set1_epi32(-1))) {
-          const __m256 tx = _mm256_sub_ps(ix, fx), ty = _mm256_sub_ps(iy, fy);
-          const __m256 rx = _mm256_sub_ps(one, tx), ry = _mm256_sub_ps(one, ty);
-          _mm256_store_si256(reinterpret_cast<__m256i*>(off), off0);
-          const __m256 w[4] = {_mm256_mul_ps(rx, ry), _mm256_mul_ps(tx, ry), _mm256_mul_ps(rx, ty), _mm256_mul_ps(tx, ty)};
-          // two points at a time: point t's channels in the low half, t + 1's in the high one
-          const int64_t corner[4] = {0, k.sw, k.sh, k.sh + k.sw};
-          for (int t = 0; t < 8; t += 2) {
-            const __m256i pick = _mm256_setr_epi32(t, t, t, t, t + 1, t + 1, t + 1, t + 1);
-            const float* p0 = xb + off[t];
-            const float* p1 = xb + off[t + 1];
-            __m256 r = _mm256_mul_ps(_mm256_loadu2_m128(p1, p0), _mm256_permutevar8x32_ps(w[0], pick));
-            for (int q = 1; q < 4; ++q) {
-              const __m256 v = _mm256_loadu2_m128(p1 + corner[q], p0 + corner[q]);
-              r = _mm256_add_ps(r, _mm256_mul_ps(v, _mm256_permutevar8x32_ps(w[q], pick)));
-            }
-            float* ot = o + (t0 + t) * step;
-            // whole vectors where the next point overwrites the lanes past C (in this order)
-            if (step == C) {
-              _mm_storeu_ps(ot, _mm256_castps256_ps128(r));
-            } else {
-              _mm_maskstore_ps(ot, lanes, _mm256_castps256_ps128(r));
-            }
-            if (step == C && t0 + t + 2 < n) {
-              _mm_storeu_ps(ot + step, _mm256_extractf128_ps(r, 1));
-            } else {
-              _mm_maskstore_ps(ot + step, lanes, _mm256_extractf128_ps(r, 1));
-            }
-          }
-          continue;
+    avx::Inside8 in;
+    if (PAD != REFLECTION && t0 + 8 <= n && avx::inside8_at(gx, gy, k, &in) &&
+        _mm256_testz_si256(_mm256_cmpgt_epi32(in.off0, last0), _mm256_set1_epi32(-1))) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(off), in.off0);
+      const __m256* w = in.w;
+      // two points at a time: point t's channels in the low half, t + 1's in the high one
+      const int64_t corner[4] = {0, k.sw, k.sh, k.sh + k.sw};
+      for (int t = 0; t < 8; t += 2) {
+        const __m256i pick = _mm256_setr_epi32(t, t, t, t, t + 1, t + 1, t + 1, t + 1);
+        const float* p0 = xb + off[t];
+        const float* p1 = xb + off[t + 1];
+        __m256 r = _mm256_mul_ps(_mm256_loadu2_m128(p1, p0), _mm256_permutevar8x32_ps(w[0], pick));
+        for (int q = 1; q < 4; ++q) {
+          const __m256 v = _mm256_loadu2_m128(p1 + corner[q], p0 + corner[q]);
+          r = _mm256_add_ps(r, _mm256_mul_ps(v, _mm256_permutevar8x32_ps(w[q], pick)));
+        }
+        float* ot = o + (t0 + t) * step;
+        // whole vectors where the next point overwrites the lanes past C (in this order)
+        if (step == C) {
+          _mm_storeu_ps(ot, _mm256_castps256_ps128(r));
+        } else {
+          _mm_maskstore_ps(ot, lanes, _mm256_castps256_ps128(r));
+        }
+        if (step == C && t0 + t + 2 < n) {
+          _mm_storeu_ps(ot + step, _mm256_extractf128_ps(r, 1));
+        } else {
+          _mm_maskstore_ps(ot + step, lanes, _mm256_extractf128_ps(r, 1));
         }
       }
+      continue;
     }
     const avx::Located8 p = avx::locate8<PAD>(gx, gy, t0, n, k);
     avx::Corners8 c = avx::corners8(p.ix, p.iy, _mm256_and_ps(p.live, p.finite), k);
