@@ -75,10 +75,19 @@ def _fused3d_worth_it(x: torch.Tensor) -> bool:
     return x.shape[0] * x.shape[2] * x.shape[3] * x.shape[4] >= FUSED3D_MIN_VOXELS
 
 
+def _few_channels_worth_it(x: torch.Tensor, grid: torch.Tensor) -> bool:
+    """Whether a float32 grid has enough points for the kernel with fewer channels than
+    FUSED_MIN_CHANNELS. Eager calls only, the case the threshold was measured on: under
+    ``torch.compile`` or ``torch.export`` the count of a dynamic batch is symbolic, and a
+    test of it would constrain the batch dimension (an ONNX export with a dynamic batch
+    failed on "batch < 2048/49")."""
+    return x.dtype == torch.float32 and _fused._plain_eager(x, grid) and grid.numel() >= 2 * FUSED_MIN_POINTS
+
+
 def _backend_name(backend: str | None, x: torch.Tensor, grid: torch.Tensor, mode: str) -> str:
     if backend is None or backend == "auto":  # (nearest on a given grid: F.grid_sample's is faster)
         if mode == "bilinear" and _fused.fused_applies(x, mode) and (
-            x.shape[1] >= FUSED_MIN_CHANNELS or (x.dtype == torch.float32 and grid.numel() >= 2 * FUSED_MIN_POINTS)
+            x.shape[1] >= FUSED_MIN_CHANNELS or _few_channels_worth_it(x, grid)
         ):
             return "fused"
         if _fused3d.fused3d_applies(x, mode) and _fused3d_worth_it(x):
