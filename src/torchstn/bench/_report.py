@@ -266,8 +266,9 @@ def format_report(report: BenchReport) -> str:
     lines = [
         f"torchstn {meta['torchstn']} bench on {meta['device']}"
         + (f" ({meta['gpu']})" if "gpu" in meta else "")
-        + f": torch {meta['torch']}, {versions}, {meta['threads']} threads, {meta['cpu_count']} cores, "
-        f"{meta['machine']}",
+        + f": torch {meta['torch']}, {versions}, {meta['threads']} threads, {meta['cpu_count']} cores"
+        + (f" ({meta['cpu_capability']})" if meta.get("cpu_capability") else "")
+        + f", {meta['machine']}",
         f"{meta['rounds']} interleaved rounds, ~{float(meta['min_time']) * 1e3:g} ms per measurement"
         + ("; QUICK (tiny sizes: checks the machinery, the numbers mean nothing)" if meta.get("quick") else ""),
         "time: median per call; ratio: median over rounds of (peer time / torchstn time) in the same round,"

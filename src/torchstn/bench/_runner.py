@@ -217,6 +217,9 @@ def _meta(device: torch.device, rounds: int, min_time: float, quick: bool) -> di
         "device": str(device),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        # torch's vector instruction set here (AVX2, AVX512...), which the fused kernels are built
+        # for and peers such as JAX vectorise with: ratios move with it between machines
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
         "processor": platform.processor() or platform.machine(),
         "rounds": rounds,
