@@ -83,17 +83,22 @@ def test_channels_last_opcheck():
     torch.library.opcheck(torch.ops.torchstn.warp2d.default, (x, theta.requires_grad_(), "affine", [5, 4], "bilinear", "zeros", False, 0.0))
 
 
-def test_eager_call_equals_the_operator_and_modes_see_the_operator():
-    """Plain eager calls skip the dispatcher (the same kernel and formula); a dispatch mode sees the operator."""
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_eager_call_equals_the_operator_and_modes_see_the_operator(ndim):
+    """Plain eager calls skip the dispatcher (the same kernel and formula), for images and
+    volumes; a dispatch mode sees the operator."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    x0 = random_input((2, 3, 8, 9), torch.float64)
-    theta0 = torch.eye(2, 3, dtype=torch.float64).repeat(2, 1, 1) + 0.05 * random_input((2, 2, 3), torch.float64)
+    shape, family = ((2, 3, 8, 9), "affine") if ndim == 2 else ((2, 2, 16, 16, 16), "affine3d")
+    x0 = random_input(shape, torch.float64)
+    theta0 = torch.eye(ndim, ndim + 1, dtype=torch.float64).repeat(2, 1, 1)
+    theta0 = theta0 + 0.05 * random_input(theta0.shape, torch.float64)
+    if ndim == 2:
+        operator = lambda x, t: torch.ops.torchstn.warp2d(x, t, "affine", [8, 9], "bilinear", "reflection", False, 0.0)
+    else:
+        operator = lambda x, t: torch.ops.torchstn.warp3d(x, t, "affine", [16, 16, 16], "bilinear", "reflection", False)
     results = []
-    for call in (
-        lambda x, t: stn.warp(x, t, "affine", padding="reflection"),
-        lambda x, t: torch.ops.torchstn.warp2d(x, t, "affine", [8, 9], "bilinear", "reflection", False, 0.0),
-    ):
+    for call in (lambda x, t: stn.warp(x, t, family, padding="reflection"), operator):
         x, theta = x0.clone().requires_grad_(), theta0.clone().requires_grad_()
         out = call(x, theta)
         (gx, gt) = torch.autograd.grad(out, (x, theta), torch.ones_like(out), create_graph=True)
@@ -112,8 +117,8 @@ def test_eager_call_equals_the_operator_and_modes_see_the_operator():
             return func(*args, **(kwargs or {}))
 
     with Record() as record:
-        stn.warp(x0, theta0, "affine")
-    assert "torchstn.warp2d.default" in record.ops
+        stn.warp(x0, theta0, family)
+    assert f"torchstn.warp{ndim}d.default" in record.ops
 
 
 @pytest.mark.parametrize("channels", [2, 3, 4, 5])

@@ -70,6 +70,7 @@ __all__ = [
     "FusedStatus",
     "LazyKernel",
     "bind_entries",
+    "eager_operator",
     "fused_applies",
     "fused_available",
     "fused_backward",
@@ -575,33 +576,40 @@ def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN00
 torch.library.register_autograd("torchstn::warp2d", _backward, setup_context=_setup_context, lib=_LIB)
 
 
-class _EagerWarp2d(torch.autograd.Function):
-    """``torchstn::warp2d`` without the dispatcher, for plain tensors in eager mode: the same
-    CPU implementation and the same autograd formula as the registered operator, minus the
-    operator's per-call cost (tens of µs, which dominated batch-1 calls)."""
+def eager_operator(name: str, cpu: Callable[..., torch.Tensor], backward: Callable[..., tuple]) -> Callable[..., torch.Tensor]:
+    """The call of the fused operator ``torchstn::<name>(x, loc, *options)``: through the
+    dispatcher where something may record or transform the call (``torch.compile``,
+    ``torch.export``, tensor subclasses, fake tensors, torch function or dispatch modes),
+    else directly: ``cpu`` (its CPU implementation, unchecked: the callers checked their
+    arguments) and, where a gradient is wanted, an ``autograd.Function`` with the operator's
+    own formula (``backward(ctx, grad_out, direct=True)``), minus the operator's per-call
+    cost (tens of µs, which dominated batch-1 calls). Shared by the 2-D and 3-D operators."""
+    operator = getattr(torch.ops.torchstn, name)
 
-    @staticmethod
-    def forward(ctx, x, loc, location, size, mode, padding, align_corners, eps):  # noqa: ANN001, ANN205, D102
-        _setup_context(ctx, (x, loc, location, size, mode, padding, align_corners, eps), None)
-        return _warp2d_cpu(x, loc, location, size, mode, padding, align_corners, eps)
+    class Eager(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, loc, *options):  # noqa: ANN001, ANN205, D102
+            _setup_context(ctx, (x, loc, *options), None)
+            return cpu(x, loc, *options)
 
-    @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001, ANN205, D102
-        return _backward(ctx, grad_out, direct=True)
+        @staticmethod
+        def backward(ctx, grad_out):  # noqa: ANN001, ANN205, D102
+            return backward(ctx, grad_out, direct=True)
+
+    Eager.__name__ = Eager.__qualname__ = f"Eager_{name}"
+
+    def call(x: torch.Tensor, loc: torch.Tensor, *options: object) -> torch.Tensor:
+        if _plain_eager(x, loc):
+            if torch.is_grad_enabled() and (x.requires_grad or loc.requires_grad):
+                return Eager.apply(x, loc, *options)
+            return cpu(x, loc, *options)
+        return operator(x, loc, *options)
+
+    return call
 
 
-def _warp2d(
-    x: torch.Tensor, loc: torch.Tensor, location: str, size: list[int], mode: str, padding: str, align_corners: bool,
-    eps: float,
-) -> torch.Tensor:
-    """``torchstn::warp2d``: through the dispatcher where something may record or transform
-    the call (``torch.compile``, ``torch.export``, tensor subclasses, fake tensors, torch
-    function or dispatch modes), else directly (the same kernel and autograd formula)."""
-    if _plain_eager(x, loc):
-        if torch.is_grad_enabled() and (x.requires_grad or loc.requires_grad):
-            return _EagerWarp2d.apply(x, loc, location, size, mode, padding, align_corners, eps)
-        return _warp2d_cpu(x, loc, location, size, mode, padding, align_corners, eps)
-    return torch.ops.torchstn.warp2d(x, loc, location, size, mode, padding, align_corners, eps)
+#: ``torchstn::warp2d(x, loc, location, size, mode, padding, align_corners, eps)``, eager calls direct
+_warp2d = eager_operator("warp2d", _warp2d_cpu, _backward)
 
 
 def fused_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:

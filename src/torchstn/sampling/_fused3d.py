@@ -46,6 +46,7 @@ from torchstn.sampling._fused import (
     _setup_context,
     bind_entries,
     check_operator_args,
+    eager_operator,
     fused_backward,
     load_kernel,
 )
@@ -156,10 +157,16 @@ _LIB.define(
 )
 
 
-def _warp3d_cpu(
+def _warp3d_checked(
     x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str, align_corners: bool
 ) -> torch.Tensor:
     check_operator_args("warp3d", x, loc, location, size, mode, padding)
+    return _warp3d_cpu(x, loc, location, size, mode, padding, align_corners)
+
+
+def _warp3d_cpu(
+    x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str, align_corners: bool
+) -> torch.Tensor:
     x, loc, size = x.contiguous(), loc.contiguous(), tuple(int(s) for s in size)
     out = x.new_empty(x.shape[0], x.shape[1], *size)
     _call(False, location, x, loc, out, None, None, size, mode, padding, align_corners)
@@ -180,7 +187,8 @@ def _warp3d_backward_cpu(
     return grad_x, grad_loc
 
 
-_LIB.impl("warp3d", _warp3d_cpu, "CPU")
+# the dispatcher's calls are checked; torchstn.warp's and sample's direct eager calls are not
+_LIB.impl("warp3d", _warp3d_checked, "CPU")
 _LIB.impl("warp3d_backward", _warp3d_backward_cpu, "CPU")
 
 
@@ -207,25 +215,27 @@ def grid_path3d(
     return torch_sample(x, grid, mode, padding, align_corners)
 
 
-def _backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN202
+def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN001, ANN202
     """The kernel's gradients; the grid path's, differentiable, under ``create_graph``
     (:func:`~torchstn.sampling._fused.fused_backward`)."""
     location, size, mode, padding, align_corners = ctx.options
+    backward = _warp3d_backward_cpu if direct else torch.ops.torchstn.warp3d_backward
     return fused_backward(
         ctx, grad_out,
         lambda x, loc: grid_path3d(x, loc, location, size, mode, padding, align_corners),
-        lambda g, x, loc, needed: torch.ops.torchstn.warp3d_backward(
-            g, x, loc, location, mode, padding, align_corners, needed
-        ),
+        lambda g, x, loc, needed: backward(g, x, loc, location, mode, padding, align_corners, needed),
     )
 
 
 torch.library.register_autograd("torchstn::warp3d", _backward, setup_context=_setup_context, lib=_LIB)
 
+#: ``torchstn::warp3d(x, loc, location, size, mode, padding, align_corners)``, eager calls direct
+_warp3d = eager_operator("warp3d", _warp3d_cpu, _backward)
+
 
 def fused_sample3d(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:
     """Sampling of ``x`` (B, C, D, H, W) at ``grid`` (B, Do, Ho, Wo, 3) with the fused kernel (no validation)."""
-    return torch.ops.torchstn.warp3d(x, grid, "grid", list(grid.shape[1:4]), mode, padding, align_corners)
+    return _warp3d(x, grid, "grid", list(grid.shape[1:4]), mode, padding, align_corners)
 
 
 def fused_warp3d(
@@ -233,4 +243,4 @@ def fused_warp3d(
 ) -> torch.Tensor:
     """Warp of ``x`` (B, C, D, H, W) by ``src_from_dst`` affine rows ``(B, 3, 4)``, no grid
     in memory (no validation)."""
-    return torch.ops.torchstn.warp3d(x, rows, "affine", list(size), mode, padding, align_corners)
+    return _warp3d(x, rows, "affine", list(size), mode, padding, align_corners)
