@@ -7,12 +7,14 @@ the kernel, so the grid is never written to memory, and its backward accumulates
 :func:`torchstn.sample` of a volume with ``backend="fused"`` (or ``"auto"``) runs the same
 kernel on a given ``(B, D, H, W, 3)`` grid. ``F.grid_sample``'s CPU 3-D sampler is a
 scalar loop per voxel and channel; this kernel computes each row's locations, corners
-and weights in vectorised loops and shares them between channels.
+and weights in vectorised loops and shares them between channels, and samples float32
+voxels whose corners lie inside eight at a time.
 
 The kernel is two registered operators, ``torchstn::warp3d`` and
 ``torchstn::warp3d_backward`` (:mod:`torch.library`), with fake implementations and an
-autograd formula, so ``torch.compile(fullgraph=True)`` and ``torch.export`` keep it. As
-for the 2-D kernel (:mod:`torchstn.sampling._fused`), the backward is the closed-form
+autograd formula, so ``torch.compile(fullgraph=True)`` and ``torch.export`` keep it;
+plain eager calls run the same implementation and formula without the dispatcher
+(:func:`~torchstn.sampling._fused.eager_operator`). As for the 2-D kernel (:mod:`torchstn.sampling._fused`), the backward is the closed-form
 kernel, and when the gradient's own graph is asked for (``create_graph=True``) it is
 recomputed through the grid path (:func:`~torchstn.transforms.matrix_grid` and
 ``F.grid_sample``), so higher-order gradients are exact. The θ gradient is summed per
