@@ -9,6 +9,7 @@ import shutil
 import socket
 import struct
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -81,6 +82,17 @@ def test_environment_variable_and_mnist_subdirectory_are_searched(mnist_dir, tmp
     other = _plain_copy(mnist_dir, tmp_path / "other")
     kind, where = find_mnist(other, "test")
     assert kind == "idx" and where[0].parent == other
+
+
+def test_a_root_without_the_files_is_said_when_another_copy_is_read(mnist_dir, tmp_path, monkeypatch, test_split):
+    """A mistyped root (--data-dir) is not silently replaced by the copy further down the search order."""
+    monkeypatch.setenv("TORCHSTN_DATA", str(mnist_dir))
+    with pytest.warns(UserWarning, match="MNIST is not in .*typo.*reading the copy in"):
+        images, _ = load_mnist(tmp_path / "typo", split="test")
+    assert torch.equal(images, test_split[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_mnist(mnist_dir, split="test")  # found where it was asked for: nothing to say
 
 
 def test_wrong_magic_number_is_named(mnist_dir, tmp_path):

@@ -17,6 +17,7 @@ import hashlib
 import math
 import os
 import tempfile
+import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -368,8 +369,15 @@ def load_mnist(
 
 
 def _locate(root: str | os.PathLike | None, split: str, download: bool) -> tuple[str, Path | tuple[Path, Path]]:
-    """Where the ``split`` files are (see :func:`find_mnist`), downloaded first if none are found and ``download``."""
+    """Where the ``split`` files are (see :func:`find_mnist`), downloaded first if none are found and
+    ``download``. A ``root`` given but not holding them (a mistyped ``--data-dir``) is said in a
+    warning when the files are read from further down the search order."""
     hit = find_mnist(root, split)
+    if hit is not None and root is not None:
+        found_in = (hit[1] if hit[0] == "npz" else hit[1][0]).parent
+        if found_in not in search_dirs(root, "mnist")[:2]:
+            warnings.warn(f"MNIST is not in {root} (nor in its mnist/): reading the copy in {found_in}", UserWarning,
+                          stacklevel=3)
     if hit is None:
         if not download:
             raise FileNotFoundError(_missing_message(root, "download=False"))
