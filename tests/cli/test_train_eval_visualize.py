@@ -19,7 +19,7 @@ def run_dir(cli, tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "st"
     run = cli("train", "--model", "st-cnn-aff", "--model-arg", "pool=2", "--epochs", 1, "--out", out, *tiny)
     assert run.status == 0, run.err
-    assert "done: st-cnn-aff on mnist-rts, 1 epochs / 8 steps" in run.out
+    assert "done: st-cnn-aff on mnist-rts, 1 epoch / 8 steps" in run.out
     assert ", ECE 0." in run.out and ", NLL " in run.out  # calibration beside the error, every run
     return out
 

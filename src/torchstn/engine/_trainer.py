@@ -508,7 +508,8 @@ def _summary(session: _Session) -> None:
     config, final = session.config, session.history[-1]
     best = min(h["test_error"] for h in session.history)
     _print(
-        f"done: {config.model} on {config.data}, {final['epoch']} epochs / {final['step']} steps in "
+        f"done: {config.model} on {config.data}, {final['epoch']} epoch{'s' * (final['epoch'] != 1)} / "
+        f"{final['step']} step{'s' * (final['step'] != 1)} in "
         f"{final['elapsed']:.1f} s: test error {final['test_error']:.2%} (best {best:.2%}), "
         f"test loss {final['test_loss']:.4f}" + _calibration_text(final)
         + (f"; run in {session.run_dir.path}" if session.run_dir is not None else ""),
