@@ -107,6 +107,7 @@ def test_bad_arguments_are_one_line_errors(cli, tiny, tmp_path, run_dir, mnist_d
         (["visualize", tmp_path], ["no checkpoint in"]),
         (["eval", run_dir, "--data", "mnist", "--data-dir", mnist_dir, "--limit", 8], ["(1, 28, 28)", "(1, 42, 42)"]),
         (["visualize", run_dir, "--num", 0], ["--num must be at least 1, got 0"]),
+        (["visualize", run_dir, "--num", 500], ["--num must be at most 48", "--start"]),
         (["visualize", run_dir, "--start", -5], ["--start must be at least 0, got -5"]),
         (["visualize", run_dir, "--data-dir", mnist_dir, "--start", 20000], ["--start 20000 is past the 10,000 test"]),
         (["eval", run_dir, "--limit", 0], ["--limit must be at least 1, got 0"]),

@@ -57,10 +57,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+#: the most examples one figure shows (one row of panels, about 1.5 inch each)
+MAX_NUM = 48
+
+
 def run(args: argparse.Namespace) -> int:
     from torchstn.engine import RunDir, plot_run
 
     check_at_least_one(args, "num", "calibration_images", "warp_samples")
+    if args.num > MAX_NUM:  # one row of panels: 500 made a PNG 80,000 pixels wide
+        raise CLIError(f"--num must be at most {MAX_NUM} (the examples are one row of panels), got {args.num}; "
+                       "page through the test set with --start")
     if args.start < 0:
         raise CLIError(f"--start must be at least 0, got {args.start}")
     limit = None if args.errors else max(args.start + args.num, args.calibration_images)
