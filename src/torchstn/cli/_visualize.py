@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device_arg(p)
     add_threads_arg(p)
     p.add_argument("--out", default="visualize.png", metavar="PNG", help="figure to write")
-    p.add_argument("--num", type=int, default=8, metavar="N", help="examples shown")
+    p.add_argument("--num", type=int, default=8, metavar="N", help=f"examples shown (at most {MAX_NUM}: one row of panels)")
     p.add_argument("--start", type=int, default=0, metavar="I", help="index of the first test example shown")
     p.add_argument("--errors", action="store_true",
                    help="show the first --num test examples from --start that the model classifies wrongly")
