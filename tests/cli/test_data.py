@@ -24,5 +24,8 @@ def test_cli_errors_are_one_line(cli, mnist_dir, tmp_path):
     empty.mkdir()  # a directory without MNIST: the loader says which files to put where
     line = cli("data", "generate", "r", "--data-dir", empty, "--quiet").error_line()
     assert "t10k-images-idx3-ubyte.gz" in line and str(empty) in line
+    # a cache that cannot be written is said before the rendering (it failed after it, minutes in)
+    line = cli("data", "generate", "r", "--data-dir", mnist_dir, "--cache-dir", "/proc/torchstn", "--quiet").error_line()
+    assert "cannot write the cache in /proc/torchstn" in line and "--cache-dir" in line
     run = cli("data", "preview", "twirl")
     assert run.status == 2 and "unknown kind 'twirl'" in run.err  # argparse's error (exit status 2)

@@ -236,6 +236,18 @@ def _arrays(images: torch.Tensor, draw: Draw) -> dict[str, np.ndarray]:
     return {k: v.contiguous().numpy() for k, v in arrays.items()}
 
 
+def _check_writable(directory: Path) -> None:
+    """Raise ``OSError`` naming ``directory`` and what to do if a set cannot be cached in it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as error:
+        raise OSError(
+            f"cannot write the cache in {directory} ({error.strerror or error}): pass a writable cache_dir= "
+            "(--cache-dir, or set TORCHSTN_CACHE), or cache=False to generate without caching"
+        ) from error
+
+
 def _write_cache(path: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -344,6 +356,8 @@ def distorted_mnist(
         arrays, manifest = hit
         images, draw = _unpack(arrays, n)
     else:
+        if cache and limit is None:
+            _check_writable(path.parent)  # before the rendering, which takes minutes
         draw = draw_split(recipe, sources, split, seed, count=n)
         images = render_all(recipe, sources, draw, n, progress)
         manifest = _store(path, key, identity, recipe, images, draw) if cache and limit is None else None
