@@ -197,8 +197,9 @@ def sample(
         align_corners: as in :func:`torch.nn.functional.grid_sample`; must be the value the
             grid was made with.
         backend: ``None``/``"auto"`` (the fastest correct kernel measured: ``"fused"``
-            for bilinear float CPU images with 3 or more channels and for bilinear or
-            nearest float CPU volumes of 4096 voxels or more, else ``"torch"``),
+            for bilinear float CPU images with 3 or more channels, or fewer on a float32
+            grid of 32,768 points or more (eager calls), and for bilinear or nearest float
+            CPU volumes of 4096 voxels or more, else ``"torch"``),
             ``"torch"`` (``F.grid_sample``), ``"fused"`` (the C++/OpenMP CPU kernels,
             bilinear and nearest; other modes and devices use
             ``F.grid_sample``; see :mod:`torchstn.sampling._fused` and
