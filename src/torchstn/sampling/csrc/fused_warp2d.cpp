@@ -1068,9 +1068,13 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
         const __m256i pick = _mm256_setr_epi32(t, t, t, t, t + 1, t + 1, t + 1, t + 1);
         const float* p0 = xb + off[t];
         const float* p1 = xb + off[t + 1];
-        __m256 r = _mm256_mul_ps(_mm256_loadu2_m128(p1, p0), _mm256_permutevar8x32_ps(w[0], pick));
+        // (two 128-bit loads and an insert: _mm256_loadu2_m128 needs GCC 10)
+        const auto both = [](const float* lo, const float* hi) {
+          return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(lo)), _mm_loadu_ps(hi), 1);
+        };
+        __m256 r = _mm256_mul_ps(both(p0, p1), _mm256_permutevar8x32_ps(w[0], pick));
         for (int q = 1; q < 4; ++q) {
-          const __m256 v = _mm256_loadu2_m128(p1 + corner[q], p0 + corner[q]);
+          const __m256 v = both(p0 + corner[q], p1 + corner[q]);
           r = _mm256_add_ps(r, _mm256_mul_ps(v, _mm256_permutevar8x32_ps(w[q], pick)));
         }
         float* ot = o + (t0 + t) * step;
