@@ -1,4 +1,4 @@
-"""The fused 2-D kernel's other builds: what a CPU without AVX2 (older x86, ARM), or with AVX2 but
+"""The fused kernels' other builds (2-D and 3-D): what a CPU without AVX2 (older x86, ARM), or with AVX2 but
 not AVX-512, compiles and runs.
 
 The rest of the suite runs the build this machine's capability selects (AVX-512 or AVX2);
@@ -48,6 +48,21 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
                     err = ((a - r).abs().max() / r.abs().max().clamp_min(1)).item()
                     assert err < tol, (dtype, b, c, h, w, out, padding, mode, channels_last, err)
                     worst = max(worst, err)
+for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):  # volumes: vectors at the faces, rows of 1-2
+    for (b, c, d, h, w, out) in ((2, 1, 9, 8, 17, (9, 8, 17)), (1, 3, 5, 6, 2, (4, 5, 19)), (2, 2, 4, 3, 1, (3, 4, 9))):
+        for padding, mode in itertools.product(("zeros", "border", "reflection"), ("bilinear", "nearest")):
+            x = torch.rand(b, c, d, h, w, dtype=dtype, requires_grad=True)
+            theta = (stn.Affine3D().identity(b, dtype=dtype) + 0.3 * torch.randn(b, 12, dtype=dtype)).requires_grad_()
+            y = stn.warp(x, theta, stn.Affine3D(), size=out, mode=mode, padding=padding, backend="fused")
+            ref = F.grid_sample(x, F.affine_grid(theta.view(b, 3, 4), (b, c, *out), align_corners=False),
+                                mode=mode, padding_mode=padding, align_corners=False)
+            weights = torch.rand_like(y)
+            got = torch.autograd.grad((y * weights).sum(), (x, theta))
+            want = torch.autograd.grad((ref * weights).sum(), (x, theta))
+            for a, r in ((y, ref), *zip(got, want)):
+                err = ((a - r).abs().max() / r.abs().max().clamp_min(1)).item()
+                assert err < tol, (dtype, b, c, d, h, w, out, padding, mode, err)
+                worst = max(worst, err)
 print(sys.argv[1], "build matches F.grid_sample; worst relative error", worst)
 """
 

@@ -27,7 +27,12 @@
 // with AVX2, float32 voxels whose corners all lie inside eight at a time, each pair of
 // corners along x one 8-byte load and the interpolation in vector lanes (forward 1.33x at
 // 8x1x32x32x32, 1.52x at 2x1x64x64x64; AVX2's hardware gathers of the corners instead gave
-// 1.04x and 0.92x: A/B of the bare kernel, bit-identical). The
+// 1.04x and 0.92x: A/B of the bare kernel, bit-identical); eight voxels some of whose
+// corners lie outside the same way, from addresses clamped into the volume and a select
+// (those vectors, about a third at the volume's faces, took half the time one voxel at a
+// time: 1.12-1.22x at 8x1x32x32x32, 1.09x at 2x1x64x64x64, 1.19-1.23x with 3 channels).
+// Fusing locate()'s loops into one, or locating eight voxels at a time in registers
+// (0.88x with one channel, 1.22x with three), did not pay. The
 // backward's dθ is summed per (sample, output slice) in double, in a fixed order, and the
 // slices are added in order: the result does not depend on the number of threads.
 
@@ -120,6 +125,7 @@ struct Block {
   T bad[BLOCK];          // 1 where the location is not finite; set only when any_bad
   int32_t any_bad;
   int32_t off[BLOCK];    // offset of corner 0 (NEAREST: of the voxel read, 0 when outside)
+  int32_t low[3][BLOCK]; // LINEAR: the lower corner along x, y, z, clamped to [-2, size]
   int32_t mask[BLOCK];   // the corners inside the volume (NEAREST: bit 0)
 };
 
@@ -195,6 +201,7 @@ inline void locate(const Geometry<T>& geo, int64_t b, int64_t k, int64_t i, int6
       const int32_t mz = (-(vz & 1) & 0x0F) | (-(vz >> 1) & 0xF0);
       blk.mask[t] = mx & my & mz;
       blk.off[t] = z0 * HW + y0 * W + x0;
+      blk.low[0][t] = x0, blk.low[1][t] = y0, blk.low[2][t] = z0;
     }
   }
   if (!any_bad) return;
@@ -266,11 +273,43 @@ inline void x_pairs(const float* base, const int32_t* off, __m256* left, __m256*
   *left = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
   *right = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
 }
+
+// The corners of eight voxels some of whose corners lie outside, 0 for those (bit q of a
+// lane's mask): without a branch, each x pair read at p = clamp(x0, 0, W - 2) in the row
+// and slice of its y and z clamped into the volume (every address inside), the lower
+// corner being p's first voxel unless x0 = W - 1, the upper its second unless x0 = -1;
+// a corner outside is dropped by a select, whatever its clamped address holds. Needs W >= 2.
+inline void clamped_pairs(const float* xc, const Block<float>& blk, int64_t t, __m256i mask, int32_t W, int32_t H,
+                          int32_t D, __m256 v[8]) {
+  const int32_t HW = H * W;
+  const auto lanes = [&](const int32_t* a) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + t)); };
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i x0 = lanes(blk.low[0]), y0 = lanes(blk.low[1]), z0 = lanes(blk.low[2]);
+  const __m256i p = _mm256_min_epi32(_mm256_max_epi32(x0, zero), _mm256_set1_epi32(W - 2));
+  const __m256 straight = _mm256_castsi256_ps(_mm256_cmpeq_epi32(x0, p));
+  const __m256i y_max = _mm256_set1_epi32(H - 1), z_max = _mm256_set1_epi32(D - 1);
+  for (int q = 0; q < 4; ++q) {
+    const __m256i y = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(y0, _mm256_set1_epi32(q & 1)), zero), y_max);
+    const __m256i z = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(z0, _mm256_set1_epi32(q >> 1)), zero), z_max);
+    alignas(32) int32_t row[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(row), _mm256_add_epi32(
+        _mm256_add_epi32(_mm256_mullo_epi32(z, _mm256_set1_epi32(HW)), _mm256_mullo_epi32(y, _mm256_set1_epi32(W))), p));
+    __m256 first, second;
+    x_pairs(xc, row, &first, &second);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i bit = _mm256_set1_epi32(1 << (2 * q + h));
+      const __m256 inside = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(mask, bit), bit));
+      const __m256 value = h == 0 ? _mm256_blendv_ps(second, first, straight) : _mm256_blendv_ps(first, second, straight);
+      v[2 * q + h] = _mm256_and_ps(value, inside);
+    }
+  }
+}
 #endif
 
 // One channel of the block's output.
 template <typename T, int MODE>
-inline void sample_block(const T* xc, const Block<T>& blk, int64_t n, int32_t W, int32_t HW, T* out) {
+inline void sample_block(const T* xc, const Block<T>& blk, int64_t n, int32_t W, int32_t H, int32_t D, T* out) {
+  const int32_t HW = H * W;
   if (MODE == NEAREST) {
     for (int64_t t = 0; t < n; ++t) {
       const T u = xc[blk.off[t]];
@@ -288,16 +327,22 @@ inline void sample_block(const T* xc, const Block<T>& blk, int64_t n, int32_t W,
     const __m256i all = _mm256_set1_epi32(ALL_CORNERS);
     for (; t + 8 <= n; t += 8) {
       const __m256i mask = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.mask + t));
-      if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(mask, all)) != -1) {
+      __m256 v[8];
+      if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(mask, all)) == -1) {
+        for (int q = 0; q < 4; ++q) x_pairs(xc + step[q], blk.off + t, &v[2 * q], &v[2 * q + 1]);
+      } else if (_mm256_testz_si256(mask, mask)) {  // no corner inside: 0, as interpolate() of zeros
+        _mm256_storeu_ps(out + t, _mm256_setzero_ps());
+        continue;
+      } else if (W >= 2) {
+        clamped_pairs(xc, blk, t, mask, W, H, D, v);
+      } else {
         for (int64_t u = t; u < t + 8; ++u) {
-          T v[8];
-          corners(xc, blk, u, W, HW, v);
-          out[u] = interpolate(v, blk.f[0][u], blk.f[1][u], blk.f[2][u]);
+          T w[8];
+          corners(xc, blk, u, W, HW, w);
+          out[u] = interpolate(w, blk.f[0][u], blk.f[1][u], blk.f[2][u]);
         }
         continue;
       }
-      __m256 v[8];
-      for (int q = 0; q < 4; ++q) x_pairs(xc + step[q], blk.off + t, &v[2 * q], &v[2 * q + 1]);
       const __m256 tx = _mm256_loadu_ps(blk.f[0] + t), ty = _mm256_loadu_ps(blk.f[1] + t);
       const __m256 tz = _mm256_loadu_ps(blk.f[2] + t), one = _mm256_set1_ps(1.f);
       const __m256 ux = _mm256_sub_ps(one, tx), uy = _mm256_sub_ps(one, ty), uz = _mm256_sub_ps(one, tz);
@@ -357,23 +402,22 @@ template <typename T, int LOC, int MODE, int PAD>
 void forward_impl(const T* x, const Geometry<T>& geo, T* out, int threads) {
   const int64_t C = geo.C, Do = geo.Do, Ho = geo.Ho, Wo = geo.Wo;
   const int64_t plane = geo.D * geo.H * geo.W, out_plane = Do * Ho * Wo;
-  const int32_t W = geo.ax[0].size, HW = geo.ax[1].size * W;
+  const int32_t W = geo.ax[0].size, H = geo.ax[1].size, D = geo.ax[2].size;
   const T nan = std::numeric_limits<T>::quiet_NaN();
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t slice = 0; slice < geo.B * Do; ++slice) {
     const int64_t b = slice / Do, k = slice % Do;
     Block<T> blk;
-    T acc[BLOCK];
     for (int64_t i = 0; i < Ho; ++i) {
       for (int64_t j0 = 0; j0 < Wo; j0 += BLOCK) {
         const int64_t n = Wo - j0 < BLOCK ? Wo - j0 : BLOCK;
         locate<T, LOC, MODE, PAD, false>(geo, b, k, i, j0, n, blk);
         for (int64_t c = 0; c < C; ++c) {
-          sample_block<T, MODE>(x + (b * C + c) * plane, blk, n, W, HW, acc);
+          T* o = out + (b * C + c) * out_plane + (k * Ho + i) * Wo + j0;
+          sample_block<T, MODE>(x + (b * C + c) * plane, blk, n, W, H, D, o);
           if (blk.any_bad) {
-            for (int64_t t = 0; t < n; ++t) acc[t] = blk.bad[t] != 0 ? nan : acc[t];
+            for (int64_t t = 0; t < n; ++t) o[t] = blk.bad[t] != 0 ? nan : o[t];
           }
-          std::memcpy(out + (b * C + c) * out_plane + (k * Ho + i) * Wo + j0, acc, sizeof(T) * n);
         }
       }
     }
