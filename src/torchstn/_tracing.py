@@ -90,22 +90,30 @@ def differentiable_vjp(
 
 
 def eager_tensors(*tensors: torch.Tensor) -> bool:
-    """True for plain tensors (or Parameters) in eager mode: not under ``torch.jit.trace``, ONNX export,
-    ``torch.compile`` or ``torch.export`` (whose fake tensors are subclasses), nor inside
-    ``torch.func`` transforms or a forward-mode AD level (plain operations have forward derivatives).
+    """True when nothing can record, trace or transform an operation on ``tensors``: plain
+    tensors (or Parameters; no subclass, no fake tensor) in eager mode, not under
+    ``torch.jit.trace`` (which the TorchScript ONNX exporter runs), ``torch.compile`` or
+    ``torch.export`` (whose fake tensors are subclasses; the dynamo ONNX exporter runs it),
+    nor inside ``torch.func`` transforms, a forward-mode AD level (plain operations have
+    forward derivatives) or a torch function or dispatch mode (which see the dispatcher's calls).
 
-    Custom autograd Functions are used only then; tracers get the plain expression,
-    which every exporter and compiler understands. (Both ONNX exporters are covered without
-    asking ``torch.onnx.is_in_onnx_export()``, which costs 3.5 µs, more than the rest, on
-    every convolution of a model: the TorchScript one runs ``torch.jit.trace``, the dynamo
-    one ``torch.export``, whose tensors are not plain.)
+    The hand-written fast paths (custom autograd Functions, the fused operator called without
+    the dispatcher) are taken only then; everywhere else the plain expression or the
+    registered operator, which every tracer, exporter and transform understands. The one
+    question for every layer, on the hot path: it asks torch's C flags only (not
+    ``torch.onnx.is_in_onnx_export()``, which costs 3.5 µs, more than the rest).
     """
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or functorch_active() or forward_ad_active():
-        return False
     for t in tensors:  # (a loop: a generator expression cost as much as the rest)
         if type(t) not in _PLAIN:
             return False
-    return True
+    return not (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or functorch_active()
+        or forward_ad_active()
+    )
 
 
 #: the tensor types :func:`eager_tensors` takes as plain (a module's weights are Parameters)

@@ -61,7 +61,7 @@ from typing import NamedTuple
 
 import torch
 
-from torchstn._tracing import differentiable_vjp, functorch_active
+from torchstn._tracing import differentiable_vjp, eager_tensors, functorch_active
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.transforms import matrix_grid
 
@@ -319,25 +319,9 @@ def operator_applies(*tensors: torch.Tensor) -> bool:
     export (which cannot record a Python operator), nor inside ``torch.func`` transforms
     (``torch.library``'s autograd formulas do not support them in torch 2.13); those take
     the grid path, whose values and gradients are the same."""
-    if _plain_eager(*tensors) and not functorch_active():
+    if eager_tensors(*tensors):
         return True  # (the answer at once: asking the ONNX exporter costs µs per call)
     return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or functorch_active())
-
-
-def _plain_eager(*tensors: torch.Tensor) -> bool:
-    """Whether nothing can record or transform a call on ``tensors``: plain tensors (no
-    subclass, no fake tensor) in eager mode, outside ``torch.compile``, ``torch.export``,
-    ``torch.jit.trace`` (which the TorchScript ONNX exporter runs) and torch function or
-    dispatch modes."""
-    for t in tensors:  # (a loop: a generator expression cost about as much as the rest)
-        if type(t) is not torch.Tensor:
-            return False
-    return (
-        not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and not torch._C._is_torch_function_mode_enabled()
-        and torch._C._len_torch_dispatch_stack() == 0
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,7 +583,7 @@ def eager_operator(name: str, cpu: Callable[..., torch.Tensor], backward: Callab
     Eager.__name__ = Eager.__qualname__ = f"Eager_{name}"
 
     def call(x: torch.Tensor, loc: torch.Tensor, *options: object) -> torch.Tensor:
-        if _plain_eager(x, loc):
+        if eager_tensors(x, loc):
             if torch.is_grad_enabled() and (x.requires_grad or loc.requires_grad):
                 return Eager.apply(x, loc, *options)
             return cpu(x, loc, *options)

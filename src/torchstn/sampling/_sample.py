@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 import torch
 
-from torchstn._tracing import reject_tangents
+from torchstn._tracing import eager_tensors, reject_tangents
 from torchstn._validation import check_choice, check_floating, check_same_batch, check_size, check_tensor
 from torchstn.sampling import _fused, _fused3d
 from torchstn.sampling._grid_sample import torch_sample
@@ -81,7 +81,7 @@ def _few_channels_worth_it(x: torch.Tensor, grid: torch.Tensor) -> bool:
     ``torch.compile`` or ``torch.export`` the count of a dynamic batch is symbolic, and a
     test of it would constrain the batch dimension (an ONNX export with a dynamic batch
     failed on "batch < 2048/49")."""
-    return x.dtype == torch.float32 and _fused._plain_eager(x, grid) and grid.numel() >= 2 * FUSED_MIN_POINTS
+    return x.dtype == torch.float32 and eager_tensors(x, grid) and grid.numel() >= 2 * FUSED_MIN_POINTS
 
 
 def _backend_name(backend: str | None, x: torch.Tensor, grid: torch.Tensor, mode: str) -> str:
