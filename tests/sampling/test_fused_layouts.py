@@ -77,6 +77,19 @@ def test_sample_of_a_given_grid_with_channels_last_input(dtype):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("channels", [2, 3, 4])
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+def test_a_given_grid_on_channels_last_images_in_one_pass(channels, padding):
+    # float32 grids of 2-4 channels side by side take the one-pass path: wide rows near the
+    # identity (vectors of points inside) and points outside at the image's edges
+    x = random_input((2, channels, 17, 40), torch.float32).contiguous(memory_format=torch.channels_last)
+    grid = stn.Affine().grid(random_theta(stn.Affine(), 2, torch.float32, scale=0.1, seed=8), (13, 37))
+    out = stn.sample(x, grid, padding=padding, backend="fused")
+    expected = F.grid_sample(x.contiguous(), grid, padding_mode=padding, align_corners=False)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_channels_last_opcheck():
     x = random_input((2, 3, 6, 7), torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
     theta = torch.eye(2, 3, dtype=torch.float64).repeat(2, 1, 1) + 0.1
