@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,19 @@ def archive(tmp_path) -> tuple[Path, dict[str, dict]]:
     with tarfile.open(tmp_path / "packed" / "cifar-10-python.tar.gz", "w:gz") as tar:
         tar.add(folder, arcname="cifar-10-batches-py")
     return tmp_path, batches
+
+
+def test_a_root_without_the_archive_is_said_when_another_copy_is_read(archive, tmp_path, monkeypatch):
+    """A mistyped root (--data-dir) is not silently replaced by the copy further down the search order."""
+    root, batches = archive
+    monkeypatch.setenv("TORCHSTN_DATA", str(root / "packed"))
+    with pytest.warns(UserWarning, match="CIFAR-10 is not in .*typo.*reading the copy in .*tar.gz"):
+        images, labels = load_cifar10(tmp_path / "typo", "test")
+    assert labels.tolist() == batches["test_batch"][b"labels"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_cifar10(root / "extracted", "test")  # found where it was asked for: nothing to say
+        load_cifar10(None, "test")
 
 
 def _expected(batches: dict[str, dict], names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

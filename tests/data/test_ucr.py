@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,18 @@ def test_tsv_labels_are_sorted_numbers_and_series_are_znormalised(tsv_root):
     assert x[2].abs().max() == 0  # a constant series becomes zeros, not NaN
     # "edge": each series continues with its last value
     assert (x[0, 0, 4] == x[0, 0, 3]) and (x[1, 0, 2:] == x[1, 0, 1]).all()
+
+
+def test_a_root_without_the_set_is_said_when_another_copy_is_read(tsv_root, tmp_path, monkeypatch):
+    """A mistyped root (--data-dir) is not silently replaced by the copy further down the search order."""
+    monkeypatch.setenv("TORCHSTN_DATA", str(tsv_root))
+    with pytest.warns(UserWarning, match="UCR Tiny is not in .*typo.*reading the copy in"):
+        x, _ = load_ucr("Tiny", "train", root=tmp_path / "typo")
+    assert x.shape == (4, 1, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_ucr("Tiny", "train", root=tsv_root)  # found where it was asked for: nothing to say
+        load_ucr("Tiny", "train")  # no root asked for: the search order is the contract
 
 
 def test_both_splits_share_one_label_map_and_length(tsv_root):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from torchstn._validation import check_choice
-from torchstn.data._mnist import SPLITS, search_dirs
+from torchstn.data._mnist import SPLITS, search_dirs, warn_if_not_in_root
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10_URL", "load_cifar10"]
 
@@ -125,8 +125,10 @@ def _batches(root: str | os.PathLike | None, split: str) -> list[tuple[bytes, st
     for d in dirs:
         for folder in (d / _FOLDER, d):
             if (hit := _from_folder(folder, split)) is not None:
+                warn_if_not_in_root(root, folder, "CIFAR-10", stacklevel=3)
                 return hit
         if (d / _ARCHIVE).is_file():
+            warn_if_not_in_root(root, d / _ARCHIVE, "CIFAR-10", stacklevel=3)
             return _from_archive(d / _ARCHIVE, split)
     files = ", ".join(_BATCHES[split])
     raise FileNotFoundError(

@@ -39,6 +39,7 @@ __all__ = [
     "load_mnist",
     "read_idx",
     "search_dirs",
+    "warn_if_not_in_root",
 ]
 
 Split = Literal["train", "test"]
@@ -94,6 +95,15 @@ def search_dirs(root: str | os.PathLike | None, sub: str) -> list[Path]:
             if d not in dirs:
                 dirs.append(d)
     return dirs
+
+
+def warn_if_not_in_root(root: str | os.PathLike | None, found: Path, what: str, stacklevel: int = 2) -> None:
+    """Say in a warning that ``what`` was read from ``found``, further down the search order
+    (:func:`search_dirs`), when a ``root`` was given that does not hold it: a mistyped
+    ``--data-dir`` / ``root=`` must not be silently replaced by another copy. ``stacklevel``:
+    as :func:`warnings.warn`'s, counted from the caller of this function."""
+    if root is not None and not Path(found).is_relative_to(Path(root).expanduser()):
+        warnings.warn(f"{what} is not in {root}: reading the copy in {found}", UserWarning, stacklevel=stacklevel + 1)
 
 
 def _search_dirs(root: str | os.PathLike | None) -> list[Path]:
@@ -373,11 +383,8 @@ def _locate(root: str | os.PathLike | None, split: str, download: bool) -> tuple
     ``download``. A ``root`` given but not holding them (a mistyped ``--data-dir``) is said in a
     warning when the files are read from further down the search order."""
     hit = find_mnist(root, split)
-    if hit is not None and root is not None:
-        found_in = (hit[1] if hit[0] == "npz" else hit[1][0]).parent
-        if found_in not in search_dirs(root, "mnist")[:2]:
-            warnings.warn(f"MNIST is not in {root} (nor in its mnist/): reading the copy in {found_in}", UserWarning,
-                          stacklevel=3)
+    if hit is not None:
+        warn_if_not_in_root(root, (hit[1] if hit[0] == "npz" else hit[1][0]).parent, "MNIST", stacklevel=3)
     if hit is None:
         if not download:
             raise FileNotFoundError(_missing_message(root, "download=False"))

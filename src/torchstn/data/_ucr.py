@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from torchstn._validation import check_bool, check_choice, check_int
-from torchstn.data._mnist import SPLITS, search_dirs
+from torchstn.data._mnist import SPLITS, search_dirs, warn_if_not_in_root
 
 __all__ = ["UCR_PADDINGS", "UCR_URL", "UCRSplit", "load_ucr", "shipped_ucr_dir", "ucr_datasets"]
 
@@ -323,6 +323,7 @@ def _locate(name: str, split: str, root: str | os.PathLike | None) -> Path:
     for place in _places(root):
         for folder in (_child(place, name, want_dir=True), place):
             if folder is not None and (hit := _split_file(folder, name, split)) is not None:
+                warn_if_not_in_root(root, hit, f"UCR {name}", stacklevel=3)
                 return hit
     raise FileNotFoundError(_missing_message(name, root))
 
