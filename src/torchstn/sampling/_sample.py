@@ -64,17 +64,6 @@ _KERNELS: dict[str, SampleFn] = {
 #: nearest], docs/benchmarks.md)
 FUSED_MIN_CHANNELS = 3
 FUSED_MIN_POINTS = 32768
-#: "auto" samples and warps a volume with the fused 3-D kernel from this many input voxels
-#: per channel over the batch on: measured 1.2-1.9x the grid path forward and 1.2-1.7x
-#: forward+backward from 4096 voxels (one 16^3 volume) on, 0.5-0.9x on one 4^3 volume,
-#: where the operator's per-call cost dominates (one thread, sampling/_fused3d.py)
-FUSED3D_MIN_VOXELS = 4096
-
-
-def _fused3d_worth_it(x: torch.Tensor) -> bool:
-    return x.shape[0] * x.shape[2] * x.shape[3] * x.shape[4] >= FUSED3D_MIN_VOXELS
-
-
 def _few_channels_worth_it(x: torch.Tensor, grid: torch.Tensor) -> bool:
     """Whether a float32 grid has enough points for the kernel with fewer channels than
     FUSED_MIN_CHANNELS. Eager calls only, the case the threshold was measured on: under
@@ -90,7 +79,7 @@ def _backend_name(backend: str | None, x: torch.Tensor, grid: torch.Tensor, mode
             x.shape[1] >= FUSED_MIN_CHANNELS or _few_channels_worth_it(x, grid)
         ):
             return "fused"
-        if _fused3d.fused3d_applies(x, mode) and _fused3d_worth_it(x):
+        if _fused3d.fused3d_applies(x, mode):  # every volume (see _fused3d_warp_applies)
             return "fused"
         return "torch"
     return backend
@@ -134,9 +123,12 @@ def _fused3d_warp_applies(
     asked for (``"fused"``) or ``"auto"``, an affine 3-D family (:class:`~torchstn.Affine3D`),
     bilinear or nearest, a float32/float64 CPU volume, and a built kernel.
 
-    ``"auto"`` takes it from :data:`FUSED3D_MIN_VOXELS` on: several times faster than grid
-    + ``F.grid_sample`` (whose CPU 3-D sampler is a scalar loop) on ``torchstn bench``'s
-    volumes, forward and forward+backward.
+    ``"auto"`` takes it for every volume: faster than grid + ``F.grid_sample`` (whose CPU
+    3-D sampler is a scalar loop) from one 4x4x4 volume on, bilinear and nearest: forward
+    1.6-2.2x up to 16^3 and about 7x at 8x1x32x32x32, forward+backward 1.06-1.9x up to 16^3
+    and 4-5x at 32^3 (``python benchmarks/bench_auto.py --volumes [--mode nearest]``, one
+    thread, 2026-12-01). Until the 3-D operator's eager calls skipped the dispatcher, its
+    per-call cost made the grid path faster below 4096 voxels, where ``"auto"`` took it.
     """
     if backend not in (None, "auto", "fused"):
         return False
@@ -145,7 +137,6 @@ def _fused3d_warp_applies(
         and transform.ndim == 3
         and not transform.projective
         and _fused3d.fused3d_applies(x, mode)
-        and (backend == "fused" or _fused3d_worth_it(x))
         and _fused.operator_applies(x, params)
         and _fused3d.fused3d_available()
     )
@@ -199,7 +190,7 @@ def sample(
         backend: ``None``/``"auto"`` (the fastest correct kernel measured: ``"fused"``
             for bilinear float CPU images with 3 or more channels, or fewer on a float32
             grid of 32,768 points or more (eager calls), and for bilinear or nearest float
-            CPU volumes of 4096 voxels or more, else ``"torch"``),
+            CPU volumes, else ``"torch"``),
             ``"torch"`` (``F.grid_sample``), ``"fused"`` (the C++/OpenMP CPU kernels,
             bilinear and nearest; other modes and devices use
             ``F.grid_sample``; see :mod:`torchstn.sampling._fused` and
