@@ -219,6 +219,9 @@ class Affine3D(MatrixTransform):
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _from_rows(params, 3, 4)
 
+    def _rows(self, params: torch.Tensor) -> torch.Tensor:
+        return params.reshape(-1, 3, 4)
+
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         return (matrix[:, :3, :] / matrix[:, 3:, 3:]).flatten(1)
 
@@ -242,6 +245,9 @@ class Affine1D(MatrixTransform):
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _from_rows(params, 1, 2)
+
+    def _rows(self, params: torch.Tensor) -> torch.Tensor:
+        return params.reshape(-1, 1, 2)
 
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         return (matrix[:, :1, :] / matrix[:, 1:, 1:]).flatten(1)
