@@ -8,14 +8,16 @@ average-pools by 2 (``--size 42 --pool 2``, what the classifier of ``stn-table1`
 sees). What separates the result from the same CNN on the original MNIST digits
 (``torchstn train --model cnn --data mnist``) is what the rendering and the resampling
 lose; what separates the ST-CNN's error from it is what the learned transformer leaves
-undone. The training set is the fixed one (``online`` would redraw the distortions, whose
-ground truth this script does not follow). The run directory's ``config.json`` names the
-distorted set (the source of the images); ``torchstn eval`` on it would read the
-distorted images, not these::
+undone. The training set is the fixed one, or with ``--online`` fresh distortions every
+epoch, each undone by its own ground truth (as the ``long`` budget's ST-CNNs train). The run
+directory's ``config.json`` names the distorted set (the source of the images); ``torchstn
+eval`` on it would read the distorted images, not these::
 
     python benchmarks/ideal_transformer.py --data-dir ../shared/data/mnist --out runs/x/rts-ideal-28
     python benchmarks/ideal_transformer.py --size 42 --pool 2 --data-dir ../shared/data/mnist --out runs/x/rts-ideal-42p2
     python benchmarks/ideal_transformer.py --kind p --data-dir ../shared/data/mnist --out runs/x/p-ideal-28
+    python benchmarks/ideal_transformer.py --size 42 --pool 2 --online --steps 28110 --data-dir ../shared/data/mnist \
+        --out runs/x/rts-ideal-42p2-online
 """
 
 from __future__ import annotations
@@ -46,6 +48,28 @@ class Undistorted:
         return len(self.labels)
 
 
+class OnlineUndistorted(torch.utils.data.Dataset):
+    """Fresh distortions every epoch (an online distorted set), each warped back by its own ground truth."""
+
+    def __init__(self, kind: str, root: str, size: int) -> None:
+        self.online = stn.data.get_dataset(f"mnist-{kind}", "train", root=root, online=True)
+        self.size = size
+        self.input_shape, self.num_classes = (1, size, size), 10
+
+    def set_epoch(self, epoch: int) -> None:
+        self.online.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.online)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        items = self.online.__getitems__(indices)
+        images, labels = torch.stack([image for image, _ in items]), [label for _, label in items]
+        inverse = self.online.transform.inverse(self.online.ground_truth(indices)[1].double()).float()
+        back = stn.warp(images, inverse, self.online.transform, size=(self.size, self.size))
+        return list(zip(back.unbind(0), labels))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
@@ -53,14 +77,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=28, help="side of the undistorted images")
     parser.add_argument("--pool", type=int, default=1, help="the CNN's average-pooling of its input")
     parser.add_argument("--steps", type=int, default=18740, help="default: 20 epochs of batch 64")
+    parser.add_argument("--online", action="store_true", help="fresh distortions every epoch (each undone)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    train_set = Undistorted(args.kind, "train", args.data_dir, args.size)
+    if args.online:
+        train_set = OnlineUndistorted(args.kind, args.data_dir, args.size)
+    else:
+        train_set = Undistorted(args.kind, "train", args.data_dir, args.size)
     test_set = Undistorted(args.kind, "test", args.data_dir, args.size)
     config = TrainConfig(
         model="cnn", model_args={"pool": args.pool}, data=f"mnist-{args.kind}", optimizer="adam", lr=2e-3, batch_size=64,
-        warmup=0.05, schedule="cosine", steps=args.steps, channels_last=True,
+        warmup=0.05, schedule="cosine", steps=args.steps, channels_last=True, online=args.online,
     )
     train(config, args.out, train_set=train_set, test_set=test_set, progress=False)
 
