@@ -50,6 +50,8 @@ def test_a_root_without_the_archive_is_said_when_another_copy_is_read(archive, t
     with pytest.warns(UserWarning, match="CIFAR-10 is not in .*typo.*reading the copy in .*tar.gz"):
         images, labels = load_cifar10(tmp_path / "typo", "test")
     assert labels.tolist() == batches["test_batch"][b"labels"]
+    with pytest.warns(UserWarning, match="CIFAR-10 is not in"):  # a root holding the other copy deeper down
+        load_cifar10(root, "test")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_cifar10(root / "extracted", "test")  # found where it was asked for: nothing to say

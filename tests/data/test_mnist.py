@@ -90,9 +90,12 @@ def test_a_root_without_the_files_is_said_when_another_copy_is_read(mnist_dir, t
     with pytest.warns(UserWarning, match="MNIST is not in .*typo.*reading the copy in"):
         images, _ = load_mnist(tmp_path / "typo", split="test")
     assert torch.equal(images, test_split[0])
+    with pytest.warns(UserWarning, match="MNIST is not in"):  # a root holding the other copy deeper down
+        load_mnist(mnist_dir.parent.parent, split="test")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_mnist(mnist_dir, split="test")  # found where it was asked for: nothing to say
+        load_mnist(mnist_dir.parent, split="test")  # in root's mnist/
 
 
 def test_wrong_magic_number_is_named(mnist_dir, tmp_path):

@@ -63,6 +63,8 @@ def test_a_root_without_the_set_is_said_when_another_copy_is_read(tsv_root, tmp_
     with pytest.warns(UserWarning, match="UCR Tiny is not in .*typo.*reading the copy in"):
         x, _ = load_ucr("Tiny", "train", root=tmp_path / "typo")
     assert x.shape == (4, 1, 5)
+    with pytest.warns(UserWarning, match="UCR Tiny is not in"):  # a root holding the other copy deeper down
+        load_ucr("Tiny", "train", root=tsv_root.parent)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_ucr("Tiny", "train", root=tsv_root)  # found where it was asked for: nothing to say

@@ -97,13 +97,19 @@ def search_dirs(root: str | os.PathLike | None, sub: str) -> list[Path]:
     return dirs
 
 
-def warn_if_not_in_root(root: str | os.PathLike | None, found: Path, what: str, stacklevel: int = 2) -> None:
-    """Say in a warning that ``what`` was read from ``found``, further down the search order
-    (:func:`search_dirs`), when a ``root`` was given that does not hold it: a mistyped
-    ``--data-dir`` / ``root=`` must not be silently replaced by another copy. ``stacklevel``:
-    as :func:`warnings.warn`'s, counted from the caller of this function."""
-    if root is not None and not Path(found).is_relative_to(Path(root).expanduser()):
-        warnings.warn(f"{what} is not in {root}: reading the copy in {found}", UserWarning, stacklevel=stacklevel + 1)
+def warn_if_not_in_root(
+    root: str | os.PathLike | None, found_in: Path, sub: str, what: str, read: Path | None = None, stacklevel: int = 2
+) -> None:
+    """Say in a warning that ``what`` was read from the directory ``found_in`` of the search
+    order (:func:`search_dirs` with ``sub``) when a ``root`` was given and ``found_in`` is not
+    ``root`` or its ``sub/``: a mistyped ``--data-dir`` / ``root=`` must not be silently
+    replaced by another copy (a cache or ``$TORCHSTN_DATA`` below ``root``, e.g. ``--data-dir
+    ~`` and ``~/.cache/torchstn``, is another copy too). ``read``: the file or folder the
+    warning names (default ``found_in``); ``stacklevel``: as :func:`warnings.warn`'s, counted
+    from the caller of this function."""
+    if root is not None and found_in not in search_dirs(root, sub)[:2]:
+        warnings.warn(f"{what} is not in {root}: reading the copy in {read or found_in}", UserWarning,
+                      stacklevel=stacklevel + 1)
 
 
 def _search_dirs(root: str | os.PathLike | None) -> list[Path]:
@@ -384,7 +390,7 @@ def _locate(root: str | os.PathLike | None, split: str, download: bool) -> tuple
     warning when the files are read from further down the search order."""
     hit = find_mnist(root, split)
     if hit is not None:
-        warn_if_not_in_root(root, (hit[1] if hit[0] == "npz" else hit[1][0]).parent, "MNIST", stacklevel=3)
+        warn_if_not_in_root(root, (hit[1] if hit[0] == "npz" else hit[1][0]).parent, "mnist", "MNIST", stacklevel=3)
     if hit is None:
         if not download:
             raise FileNotFoundError(_missing_message(root, "download=False"))

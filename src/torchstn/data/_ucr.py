@@ -282,11 +282,15 @@ def shipped_ucr_dir() -> Path | None:
     return None
 
 
+#: the folder the UCR 2018 archive extracts to
+_ARCHIVE_FOLDER = "UCRArchive_2018"
+
+
 def _places(root: str | os.PathLike | None) -> list[Path]:
     """Folders that may hold ``<Name>/`` folders (or the files themselves), in search order."""
     places: list[Path] = []
     for d in search_dirs(root, "ucr"):
-        for p in (d, d / "UCRArchive_2018"):
+        for p in (d, d / _ARCHIVE_FOLDER):
             if p not in places:
                 places.append(p)
     shipped = shipped_ucr_dir()
@@ -323,7 +327,9 @@ def _locate(name: str, split: str, root: str | os.PathLike | None) -> Path:
     for place in _places(root):
         for folder in (_child(place, name, want_dir=True), place):
             if folder is not None and (hit := _split_file(folder, name, split)) is not None:
-                warn_if_not_in_root(root, hit, f"UCR {name}", stacklevel=3)
+                # the search directory the place came from (a place is one, or its archive folder)
+                base = place.parent if place.name == _ARCHIVE_FOLDER else place
+                warn_if_not_in_root(root, base, "ucr", f"UCR {name}", read=hit, stacklevel=3)
                 return hit
     raise FileNotFoundError(_missing_message(name, root))
 
