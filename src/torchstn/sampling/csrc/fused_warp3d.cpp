@@ -178,7 +178,9 @@ inline void locate(const Geometry<T>& geo, int64_t b, int64_t k, int64_t i, int6
       const int32_t z0 = static_cast<int32_t>(std::nearbyint(blk.f[2][t]));
       const int32_t v = within(x0, W) & within(y0, H) & within(z0, D);
       blk.mask[t] = v;
-      blk.off[t] = v * (z0 * HW + y0 * W + x0);
+      // 0 where outside, the coordinates selected first: a point far outside (up to 2^30)
+      // would overflow the offset
+      blk.off[t] = (v ? z0 : 0) * HW + (v ? y0 : 0) * W + (v ? x0 : 0);
     }
   } else {
     for (int64_t t = 0; t < n; ++t) {  // int32 throughout, so that it vectorises
@@ -308,7 +310,8 @@ inline void clamped_pairs(const float* xc, const Block<float>& blk, int64_t t, _
 
 // One channel of the block's output.
 template <typename T, int MODE>
-inline void sample_block(const T* xc, const Block<T>& blk, int64_t n, int32_t W, int32_t H, int32_t D, T* out) {
+inline void sample_block(const T* xc, const Block<T>& blk, int64_t n, int32_t W, int32_t H, [[maybe_unused]] int32_t D,
+                         T* out) {
   const int32_t HW = H * W;
   if (MODE == NEAREST) {
     for (int64_t t = 0; t < n; ++t) {
