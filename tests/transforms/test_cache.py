@@ -86,6 +86,34 @@ def test_tracing_questions_tell_eager_from_torch_func():
     assert seen == [(True, False, False), (True, False, False)]
 
 
+def test_modes_that_record_are_not_eager_but_torch_device_is():
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Function(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    class Dispatch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    x, w = torch.rand(3, 2), torch.nn.Parameter(torch.rand(2))
+    assert _tracing.eager_tensors(x, w)
+    with torch.device("cpu"):  # picks the device of factory functions only: still plain eager
+        assert _tracing.eager_tensors(x, w)
+        with Function():
+            assert not _tracing.eager_tensors(x)
+    with Function():
+        assert not _tracing.eager_tensors(x)
+    with Dispatch():
+        assert not _tracing.eager_tensors(x)
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        assert not _tracing.eager_tensors(x)
+    assert not _tracing.eager_tensors(x.as_subclass(type("Sub", (torch.Tensor,), {})))
+
+
 def test_differentiable_vjp_gives_a_differentiable_gradient():
     a = torch.tensor([1.5, -2.0], dtype=torch.float64, requires_grad=True)
     b = torch.tensor([0.5, 3.0], dtype=torch.float64)
