@@ -251,7 +251,10 @@ class MatrixTransform(Transform):
         All an affine family needs to map a point (``x_s = A x_t + t``), and what
         :func:`torch.nn.functional.affine_grid` takes as ``theta``; a projective map also
         needs the last row (use :meth:`matrix`). ``check=False`` skips the validation of
-        ``params`` (:meth:`Transform.grid` says when).
+        ``params`` (:meth:`Transform.grid` says when). For the families whose parameters are
+        the rows (:class:`~torchstn.Affine`, :class:`~torchstn.Affine3D`,
+        :class:`~torchstn.Affine1D`) the result is a view of ``params``, as ``theta.view``
+        would be: writing into it writes into ``params``.
 
         Example:
             >>> from torchstn.transforms import Attention
