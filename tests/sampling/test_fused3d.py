@@ -258,7 +258,7 @@ def test_theta_gradient_is_deterministic_and_independent_of_threads_and_of_the_i
 
 
 def test_compile_export_and_inference_mode():
-    x = random_input((2, 2, 16, 16, 16), torch.float32)  # large enough for "auto" to take the kernel
+    x = random_input((2, 2, 16, 16, 16), torch.float32)  # ("auto" takes the kernel for every volume)
     theta = _theta(2, torch.float32, scale=0.1)
     module = stn.SpatialTransformer(AFFINE3D, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 16**3, 8)))
     eager = module(x)
