@@ -323,12 +323,13 @@ inline void sample_block(const T* xc, const Block<T>& blk, int64_t n, int32_t W,
   int64_t t = 0;
 #ifdef TORCHSTN_AVX2
   if constexpr (std::is_same_v<T, float>) {
-    // eight voxels at a time where all their corners lie inside: each pair of corners along x
-    // read with one 8-byte load, the interpolation in vector lanes (the same operations in
-    // the same order as below, so the same values); the others one at a time
+    // eight voxels at a time (rows of 2 or more voxels; with 1, no corner pair lies inside):
+    // each pair of corners along x read with one 8-byte load, from addresses clamped into
+    // the volume where some corners lie outside, the interpolation in vector lanes (the same
+    // operations in the same order as below, so the same values); the rest one at a time
     const int32_t step[4] = {0, W, HW, HW + W};
     const __m256i all = _mm256_set1_epi32(ALL_CORNERS);
-    for (; t + 8 <= n; t += 8) {
+    for (; W >= 2 && t + 8 <= n; t += 8) {
       const __m256i mask = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.mask + t));
       __m256 v[8];
       if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(mask, all)) == -1) {
@@ -336,15 +337,8 @@ inline void sample_block(const T* xc, const Block<T>& blk, int64_t n, int32_t W,
       } else if (_mm256_testz_si256(mask, mask)) {  // no corner inside: 0, as interpolate() of zeros
         _mm256_storeu_ps(out + t, _mm256_setzero_ps());
         continue;
-      } else if (W >= 2) {
-        clamped_pairs(xc, blk, t, mask, W, H, D, v);
       } else {
-        for (int64_t u = t; u < t + 8; ++u) {
-          T w[8];
-          corners(xc, blk, u, W, HW, w);
-          out[u] = interpolate(w, blk.f[0][u], blk.f[1][u], blk.f[2][u]);
-        }
-        continue;
+        clamped_pairs(xc, blk, t, mask, W, H, D, v);
       }
       const __m256 tx = _mm256_loadu_ps(blk.f[0] + t), ty = _mm256_loadu_ps(blk.f[1] + t);
       const __m256 tz = _mm256_loadu_ps(blk.f[2] + t), one = _mm256_set1_ps(1.f);
