@@ -64,6 +64,8 @@ _KERNELS: dict[str, SampleFn] = {
 #: nearest], docs/benchmarks.md)
 FUSED_MIN_CHANNELS = 3
 FUSED_MIN_POINTS = 32768
+
+
 def _few_channels_worth_it(x: torch.Tensor, grid: torch.Tensor) -> bool:
     """Whether a float32 grid has enough points for the kernel with fewer channels than
     FUSED_MIN_CHANNELS. Eager calls only, the case the threshold was measured on: under
