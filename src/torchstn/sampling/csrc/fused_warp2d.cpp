@@ -852,15 +852,18 @@ inline typename Simd<T>::V interpolate(const T* xc, const Block<T>& blk, int64_t
 inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step, int64_t C, __m256i off0,
                     const __m256 w[4], int64_t sh, int64_t end) {
   using S = Simd<float>;
-  const __m256i seven = _mm256_set1_epi32(7), fifteen = _mm256_set1_epi32(15), one = _mm256_set1_epi32(1);
+  const __m256i fifteen = _mm256_set1_epi32(15), one = _mm256_set1_epi32(1);
   const int32_t base = _mm256_cvtsi256_si32(off0);
   const __m256i d = _mm256_sub_epi32(off0, _mm256_set1_epi32(base)), d1 = _mm256_add_epi32(d, one);
   const bool window = base + sh + 16 <= end &&
                       _mm256_testz_si256(_mm256_or_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), d),
                                                          _mm256_cmpgt_epi32(d1, fifteen)),
                                          _mm256_set1_epi32(-1));
+#ifndef __AVX512VL__  // (the AVX2 build's blends: which lanes come from the second 8-wide load)
+  const __m256i seven = _mm256_set1_epi32(7);
   const __m256 hi0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(d, seven));
   const __m256 hi1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(d1, seven));
+#endif
   alignas(32) int32_t off[8];
   if (!window) _mm256_store_si256(reinterpret_cast<__m256i*>(off), off0);
   for (int64_t ch = 0; ch < C; ++ch) {
@@ -891,30 +894,6 @@ inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step,
   }
 }
 
-// The forward of a span of n points (float, affine, bilinear, unit width strides; a wide
-// output row's, or with PACKED a block of narrow rows, each point with its own y) in one
-// pass, a vector of 8 points at a time, its location and corners in
-// registers. Where all eight have their four corners inside the image, each channel's
-// corners are read without gathers: if the eight corner-0 offsets lie within 15 elements
-// after the first lane's (`window`), as they do along a row near the identity, two
-// 8-wide loads per corner row and permutes; else as pairs. Other vectors (the image's
-// edges) gather the valid corners; a vector with a point past the row's end or not finite
-// goes through the block as in the two passes. The same operations in the same order as
-// locate + interpolate, so the same values. A/B of the bare kernel, one thread, the bench's
-// θ (identity + 0.1 N(0, 1)): 1.03-1.08x at 64x1x64x64 and 64x3x64x64, 1.12-1.14x at
-// 1x3x224x224 (where 72% of the vectors read windows; 41% at 64x64, where more vectors
-// cross an input row). Tried and not kept: edge vectors through the block (0.92-0.97x),
-// gathers instead of pairs (0.84-0.87x at 64 px), a third row's window for vectors that
-// cross a row (1.00-1.02x). Then, for zeros and border padding, a vector whose eight
-// points lie strictly inside [0, W - 1) x [0, H - 1) skips locate8's and corners8's
-// validity, padding and far-point stages (the same values for such points): a further
-// 1.14x / 1.28x at 1x3x224x224 / 1x1x224x224, 1.14x / 1.28x at 64x3x64x64 / 64x1x64x64
-// (zeros), 1.21-1.24x with border padding, 1.08x with three times the θ noise (more points
-// near the edges); reflection does not take it (its identity is not exact in float).
-// Narrow rows packed into blocks (PACKED) in the same pass: 1.22x at 256x1x28x28, 1.16x at
-// 256x3x28x28 (the AVX-512 build; wide rows unchanged). Points given as a float32 grid
-// (GRID_PAIRS: each vector's (x, y) pairs read and split in registers): 1.31x at
-// 256x1x28x28, 1.39x at 64x3x64x64, 1.21x at 1x3x224x224, 1.02x at 32x3x224x224.
 // Where a span's points sample (normalised x and y), eight at a time: from θ (`m`) and a
 // row's x (`xs`) and y (ROW), from θ and each point's x and y (`xs`, `ys`: PACKED rows), or
 // read from a grid's (x, y) pairs (`xs`: GRID_PAIRS, the last vector's pairs past n read as 0).
@@ -953,6 +932,30 @@ struct Locations8 {
   }
 };
 
+// The forward of a span of n points (float, affine, bilinear, unit width strides; a wide
+// output row's, or with PACKED a block of narrow rows, each point with its own y) in one
+// pass, a vector of 8 points at a time, its location and corners in
+// registers. Where all eight have their four corners inside the image, each channel's
+// corners are read without gathers: if the eight corner-0 offsets lie within 15 elements
+// after the first lane's (`window`), as they do along a row near the identity, two
+// 8-wide loads per corner row and permutes; else as pairs. Other vectors (the image's
+// edges) gather the valid corners; a vector with a point past the row's end or not finite
+// goes through the block as in the two passes. The same operations in the same order as
+// locate + interpolate, so the same values. A/B of the bare kernel, one thread, the bench's
+// θ (identity + 0.1 N(0, 1)): 1.03-1.08x at 64x1x64x64 and 64x3x64x64, 1.12-1.14x at
+// 1x3x224x224 (where 72% of the vectors read windows; 41% at 64x64, where more vectors
+// cross an input row). Tried and not kept: edge vectors through the block (0.92-0.97x),
+// gathers instead of pairs (0.84-0.87x at 64 px), a third row's window for vectors that
+// cross a row (1.00-1.02x). Then, for zeros and border padding, a vector whose eight
+// points lie strictly inside [0, W - 1) x [0, H - 1) skips locate8's and corners8's
+// validity, padding and far-point stages (the same values for such points): a further
+// 1.14x / 1.28x at 1x3x224x224 / 1x1x224x224, 1.14x / 1.28x at 64x3x64x64 / 64x1x64x64
+// (zeros), 1.21-1.24x with border padding, 1.08x with three times the θ noise (more points
+// near the edges); reflection does not take it (its identity is not exact in float).
+// Narrow rows packed into blocks (PACKED) in the same pass: 1.22x at 256x1x28x28, 1.16x at
+// 256x3x28x28 (the AVX-512 build; wide rows unchanged). Points given as a float32 grid
+// (GRID_PAIRS: each vector's (x, y) pairs read and split in registers): 1.31x at
+// 256x1x28x28, 1.39x at 64x3x64x64, 1.21x at 1x3x224x224, 1.02x at 32x3x224x224.
 template <int PAD, int SOURCE>
 inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C, const float* m,
                         const float* xs, const float* ys, float y, int64_t n, const Constants<float>& kref,
