@@ -223,3 +223,28 @@ def test_channels_side_by_side_gradients_match_grid_sample():
     fused = _warp_and_grads(x, theta, stn.Affine(), "fused", (15, 70), "zeros", False)
     reference = _warp_and_grads(x.contiguous(), theta, stn.Affine(), "torch", (15, 70), "zeros", False)
     _assert_same(fused, reference, torch.float32)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("grid", [False, True], ids=["theta", "grid"])
+def test_points_wholly_outside_read_nothing_and_give_zero(channels, channels_last, grid):
+    """Zeros padding: the eight-point vectors with no corner inside the image write 0 without
+    reading it (the single passes' shortcut); the image moved half out of view and rotated, so
+    rows hold wholly outside, mixed and inside vectors, and a NaN θ row must still give NaN."""
+    x = torch.rand(3, channels, 40, 72) + 1.0  # no zero pixel: a missed corner would show
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    angle = torch.tensor(0.3)
+    theta = torch.tensor([[[angle.cos(), -angle.sin(), 0.9], [angle.sin(), angle.cos(), -0.4]]]).repeat(3, 1, 1)
+    theta[1, 0, 2] = -1.7  # mostly outside
+    theta[2, 1, 1] = float("nan")
+    size = (24, 80)
+    if grid:
+        points = F.affine_grid(theta, (3, channels, *size), align_corners=False)
+        got, expected = stn.sample(x, points, backend="fused"), F.grid_sample(x, points, align_corners=False)
+    else:  # (the same points as grid + F.grid_sample: torchstn's base grid)
+        got, expected = (stn.warp(x, theta, "affine", size, backend=b) for b in ("fused", "torch"))
+    torch.testing.assert_close(got[:2], expected[:2], atol=5e-5, rtol=1e-4)
+    assert got[2].isnan().all()
+    assert (got[:2] == 0).float().mean() > 0.3  # the shortcut was exercised
