@@ -70,3 +70,17 @@ def test_a_nan_theta_gives_a_nan_output_and_gradient(transform, padding, backend
     assert not out[0].isnan().any() and out[1].isnan().all()
     out.sum().backward()
     assert not theta.grad[0].isnan().any() and theta.grad[1].isnan().all()
+
+
+def test_a_traced_torch_backend_gives_both_coordinates_a_nan_gradient():
+    """Under a tracer (here torch.compile) the torch backend cannot branch on the grid's
+    values; a point with one non-finite coordinate still gets NaN in both (the in-graph
+    path, the one CUDA takes too)."""
+    x = torch.rand(1, 2, 5, 6)
+    grid = torch.tensor([[[[float("nan"), 0.2], [0.1, 0.1]], [[0.3, float("inf")], [-0.4, 0.5]]]], requires_grad=True)
+    sample = torch.compile(lambda x, g: stn.sample(x, g, backend="torch"), backend="eager", fullgraph=True)
+    out = sample(x, grid)
+    out.sum().backward()
+    bad = torch.tensor([[[True, False], [True, False]]])
+    assert out.isnan().all(1).eq(bad).all()
+    assert grid.grad[bad].isnan().all() and not grid.grad[~bad].isnan().any()
