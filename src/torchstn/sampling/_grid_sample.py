@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torchstn._tracing import functorch_active
+from torchstn._tracing import exporting, functorch_active
 
 __all__ = ["torch_sample"]
 
@@ -33,12 +33,14 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     if direct and grid.requires_grad and torch.is_grad_enabled():
         # ([0, nan] for the point (nan, 0.2).) On the CPU the grid's sum decides, as below:
         # 1.03-1.04x the forward+backward. Elsewhere, where that would wait for the device,
-        # and under tracers, the point's sum times 0 (0 where finite, NaN where not) is added
-        # to both coordinates (on the CPU 1.5-2.3x the forward+backward: ATen sums and
-        # broadcasts over a last dimension of 2 slowly)
+        # and under torch.compile, the point's sum times 0 (0 where finite, NaN where not) is
+        # added to both coordinates (on the CPU 1.5-2.3x the forward+backward: ATen sums and
+        # broadcasts over a last dimension of 2 slowly). Not in the graphs torch.jit.trace and
+        # torch.export record, which are for inference (and torch.jit.trace checks its graph
+        # by running it again without gradients, where this branch is not taken)
         if grid.is_cpu and _eager():
             direct = False
-        else:
+        elif not (torch.jit.is_tracing() or exporting()):
             grid = grid + grid.sum(-1, keepdim=True) * 0
     if direct or (_eager() and bool(torch.isfinite(grid.sum()))):
         return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
