@@ -18,26 +18,27 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     one non-finite coordinate is NaN in the other coordinate only, so where the grid's
     gradient is wanted such a grid takes the careful path below on the CPU, and elsewhere
     gets a NaN in the point's other coordinate too (both coordinates' gradients NaN, as on
-    every backend). Elsewhere it does not (torch 2.13, CPU): nearest reads 0 or an arbitrary pixel,
-    border and reflection an arbitrary pixel for ±Inf and crash the process for NaN, and
-    3-D sampling reads 0 with a zero gradient. There a grid with a non-finite point
-    is sampled at a finite stand-in and the non-finite points are then set to NaN in
-    every channel, with a NaN gradient for those grid points and none from them for ``x``.
-    Which grids need it is told by the grid's sum (one fast reduction; ``isfinite(grid)
-    .all()`` cost a quarter of a 3-D ``grid_sample``): it is not finite if a point is not,
-    or if the sum overflows, and then the careful path gives the same values. Under a
-    tracer or a ``torch.func`` transform, which cannot branch on data, every such call takes
-    the careful path.
+    every backend). Elsewhere it does not (torch 2.13, CPU): nearest reads 0 or an
+    arbitrary pixel, border and reflection an arbitrary pixel for ±Inf and crash the
+    process for NaN, and 3-D sampling reads 0 with a zero gradient. There a grid with a
+    non-finite point is sampled at a finite stand-in and the non-finite points are then set
+    to NaN in every channel, with a NaN gradient for those grid points and none from them
+    for ``x``. Which grids need it is told by the grid's sum (one fast reduction;
+    ``isfinite(grid).all()`` cost a quarter of a 3-D ``grid_sample``): it is not finite if a
+    point is not, or if the sum overflows, and then the careful path gives the same values.
+    Under a tracer or a ``torch.func`` transform, which cannot branch on data, every such
+    call takes the careful path.
     """
     direct = grid.dim() == 4 and padding == "zeros" and mode != "nearest"
     if direct and grid.requires_grad and torch.is_grad_enabled():
-        # ([0, nan] for the point (nan, 0.2).) On the CPU the grid's sum decides, as below:
-        # 1.03-1.04x the forward+backward. Elsewhere, where that would wait for the device,
-        # and under torch.compile, the point's sum times 0 (0 where finite, NaN where not) is
-        # added to both coordinates (on the CPU 1.5-2.3x the forward+backward: ATen sums and
-        # broadcasts over a last dimension of 2 slowly). Not in the graphs torch.jit.trace and
-        # torch.export record, which are for inference (and torch.jit.trace checks its graph
-        # by running it again without gradients, where this branch is not taken)
+        # (F.grid_sample's gradient for (nan, 0.2) is [0, nan].) On the CPU the grid's sum
+        # decides, as below: 1.03-1.04x the forward+backward. Elsewhere, where that would wait
+        # for the device, and under torch.compile, the point's sum times 0 (0 where finite,
+        # NaN where not) is added to both coordinates (on the CPU 1.5-2.3x the
+        # forward+backward: ATen sums and broadcasts over a last dimension of 2 slowly). Not
+        # in the graphs torch.jit.trace and torch.export record, which are for inference (and
+        # torch.jit.trace checks its graph by running it again without gradients, where this
+        # branch is not taken)
         if grid.is_cpu and _eager():
             direct = False
         elif not (torch.jit.is_tracing() or exporting()):
