@@ -1098,9 +1098,8 @@ __attribute__((noinline)) void zero_points(float* o, int64_t n, int64_t C, int64
 // 8x2x64x64 (A/B of the bare kernel, AVX-512 and AVX2 builds, bit-identical). A vector with
 // no corner inside (zeros padding) writes 0 instead of reading masked corners point by point:
 // 1.14-1.19x at channels_last 1x3x224x224, 1.00x at 32x3x64x64. Built with AVX-512, an inside
-// vector's eight points are written as two runs of 4C values (four points' lanes compressed
-// together, one masked store) instead of eight overlapping 4-lane stores: 1.05x at
-// 1x3x224x224, 1.01-1.05x at 32x3x64x64, 8x2x64x64 and 4x4x64x64.
+// vector's points are written a pair at a time, their 2C values compressed together and
+// stored with one masked store, instead of two overlapping 4-lane stores.
 template <int PAD, int SOURCE>
 inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int64_t C, const float* m,
                                     const float* xs, const float* ys, float y, int64_t n,
@@ -1111,11 +1110,10 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
   // the largest corner-0 offset whose corner 3 is read whole inside the sample
   const __m256i last0 = _mm256_set1_epi32(static_cast<int32_t>(last - k.sh - k.sw));
   const __m128i lanes = first_lanes(C);
-#ifdef __AVX512F__
-  // four points' C channels from their four lanes each, and the 4C values they make
-  const __mmask16 channel_mask = static_cast<__mmask16>(C == 2 ? 0x3333 : C == 3 ? 0x7777 : 0xffff);
-  const __mmask16 store_mask = static_cast<__mmask16>((1u << (4 * C)) - 1);
-  __m256 packed[4];
+#ifdef __AVX512VL__
+  // a pair of points' C channels from their four lanes each, and the 2C values they make
+  const __mmask8 pair_lanes = static_cast<__mmask8>(C == 2 ? 0x33 : C == 3 ? 0x77 : 0xff);
+  const __mmask8 pair_store = static_cast<__mmask8>((1u << (2 * C)) - 1);
 #endif
   alignas(32) int32_t off[8];
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
@@ -1141,9 +1139,9 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
           const __m256 v = both(p0 + corner[q], p1 + corner[q]);
           r = _mm256_add_ps(r, _mm256_mul_ps(v, _mm256_permutevar8x32_ps(w[q], pick)));
         }
-#ifdef __AVX512F__
-        if (step == C) {  // four points' channels packed together and written at once (below)
-          packed[t / 2] = r;
+#ifdef __AVX512VL__
+        if (step == C) {  // the two points' 2C values compressed together, one masked store
+          _mm256_mask_storeu_ps(o + (t0 + t) * C, pair_store, _mm256_maskz_compress_ps(pair_lanes, r));
           continue;
         }
 #endif
@@ -1160,15 +1158,6 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
           _mm_maskstore_ps(ot + step, lanes, _mm256_extractf128_ps(r, 1));
         }
       }
-#ifdef __AVX512F__
-      if (step == C) {
-        for (int h = 0; h < 2; ++h) {
-          const __m512 four = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(packed[2 * h])),
-                                                                  _mm256_castps_pd(packed[2 * h + 1]), 1));
-          _mm512_mask_storeu_ps(o + (t0 + 4 * h) * C, store_mask, _mm512_maskz_compress_ps(channel_mask, four));
-        }
-      }
-#endif
       continue;
     }
     const avx::Located8 p = avx::locate8<PAD>(gx, gy, t0, n, k);
