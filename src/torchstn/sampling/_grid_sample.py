@@ -32,15 +32,15 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     direct = grid.dim() == 4 and padding == "zeros" and mode != "nearest"
     if direct and grid.requires_grad and torch.is_grad_enabled():
         # (F.grid_sample's gradient for (nan, 0.2) is [0, nan].) On the CPU the grid's sum
-        # decides, as below: 1.03-1.04x the forward+backward. Elsewhere, where that would wait
-        # for the device, and under torch.compile, the point's sum times 0 (0 where finite,
-        # NaN where not) is added to both coordinates (on the CPU 1.5-2.3x the
-        # forward+backward: ATen sums and broadcasts over a last dimension of 2 slowly). Not
-        # in the graphs torch.jit.trace and torch.export record, which are for inference (and
-        # torch.jit.trace checks its graph by running it again without gradients, where this
-        # branch is not taken)
+        # decides (a non-finite grid takes the careful path below): 1.03-1.04x the
+        # forward+backward. Elsewhere, where that would wait for the device, and under
+        # torch.compile, the point's sum times 0 (0 where finite, NaN where not) is added to
+        # both coordinates (on the CPU 1.5-2.3x the forward+backward: ATen sums and
+        # broadcasts over a last dimension of 2 slowly). Not in the graphs torch.jit.trace and
+        # torch.export record, which are for inference (and torch.jit.trace checks its graph
+        # by running it again without gradients, where this branch is not taken)
         if grid.is_cpu and _eager():
-            direct = False
+            direct = bool(torch.isfinite(grid.sum()))
         elif not (torch.jit.is_tracing() or exporting()):
             grid = grid + grid.sum(-1, keepdim=True) * 0
     if direct or (_eager() and bool(torch.isfinite(grid.sum()))):
