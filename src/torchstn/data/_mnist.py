@@ -391,7 +391,7 @@ def _locate(root: str | os.PathLike | None, split: str, download: bool) -> tuple
     hit = find_mnist(root, split)
     if hit is not None:
         warn_if_not_in_root(root, (hit[1] if hit[0] == "npz" else hit[1][0]).parent, "mnist", "MNIST", stacklevel=3)
-    if hit is None:
+    else:
         if not download:
             raise FileNotFoundError(_missing_message(root, "download=False"))
         download_mnist(_download_target(root))
