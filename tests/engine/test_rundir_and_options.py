@@ -120,3 +120,65 @@ def test_bf16_on_a_cpu_without_native_bfloat16_warns_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _evaluate.precision_context("bf16", "cpu")
+
+
+def test_ema_is_the_moving_average_of_the_weights_after_each_step(tmp_path, shapes):
+    """``ema``: the returned and checkpointed model is avg_1 = w_1, avg_t = d avg_(t-1) + (1 - d) w_t
+    over the weights after each step, computed here from runs stopped after 1, 2, ... steps
+    (a constant rate, so a shorter run's steps are the longer one's)."""
+    decay, steps = 0.7, 6
+    config = _config(model="cnn", schedule="constant", steps=steps)
+    expected = None
+    for k in range(1, steps + 1):
+        weights = train(config.replace(steps=k), None, train_set=shapes[0], test_set=shapes[1],
+                        progress=False).model.state_dict()
+        expected = weights if expected is None else {n: decay * expected[n] + (1 - decay) * weights[n] for n in weights}
+    averaged = train(config.replace(ema=decay), tmp_path / "ema", train_set=shapes[0], test_set=shapes[1],
+                     progress=False)
+    got = averaged.model.state_dict()
+    assert got.keys() == expected.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert not all(torch.equal(got[n], weights[n]) for n in got)  # the average, not the last weights
+    # the checkpoint holds the average; the epoch records also hold the raw weights' test error
+    checkpoint = load_model(tmp_path / "ema", "last")[0].state_dict()
+    assert all(torch.equal(checkpoint[n], got[n]) for n in got)
+    record = averaged.history[-1]
+    assert record["test_error"] == pytest.approx(evaluate(averaged.model, shapes[1])["error"])
+    raw = train(config, None, train_set=shapes[0], test_set=shapes[1], progress=False)
+    assert record["test_error_raw"] == pytest.approx(raw.history[-1]["test_error"])
+
+
+def test_ema_resumes_bit_exact(tmp_path, shapes):
+    config = _config(ema=0.9)
+    straight = train(config, tmp_path / "a", train_set=shapes[0], test_set=shapes[1], progress=False)
+    train(config, tmp_path / "b", train_set=shapes[0], test_set=shapes[1], progress=False, stop_after=1)
+    resumed = train(config, tmp_path / "b", train_set=shapes[0], test_set=shapes[1], progress=False, resume=True)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [(h["test_error"], h["test_error_raw"]) for h in straight.history] == [
+        (h["test_error"], h["test_error_raw"]) for h in resumed.history
+    ]
+
+
+def test_label_smoothing_is_the_training_loss(shapes):
+    """The recorded training loss is F.cross_entropy with the label smoothing (a rate of ~0
+    leaves the weights as they start, so it can be recomputed from the returned model)."""
+    from torchstn.engine._data import fetch_inputs
+
+    config = _config(model="cnn", epochs=1, optimizer="sgd", lr=1e-30, momentum=0.0, label_smoothing=0.3)
+    result = train(config, None, train_set=shapes[0], test_set=shapes[1], progress=False)
+    x, y, _ = fetch_inputs(shapes[0], torch.arange(len(shapes[0])))
+    with torch.no_grad():
+        logits = result.model.train()(x)
+    smoothed = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.3).item()
+    plain = torch.nn.functional.cross_entropy(logits, y).item()
+    assert result.history[0]["train_loss"] == pytest.approx(smoothed, rel=1e-5)
+    assert result.history[0]["train_loss"] != pytest.approx(plain, rel=1e-4)  # (near-uniform logits: 1e-3 apart)
+
+
+@pytest.mark.parametrize("field", ["ema", "label_smoothing"])
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_ema_and_label_smoothing_refuse_values_outside_zero_one(field, value):
+    with pytest.raises(ValueError, match=field):
+        _config(**{field: value})

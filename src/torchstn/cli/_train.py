@@ -93,6 +93,10 @@ def _add_optimisation_args(p: argparse.ArgumentParser) -> None:
                    help="linear learning-rate warm-up: a fraction of the run's steps if < 1, else a number of steps")
     g.add_argument("--loc-lr-mult", type=float, help="learning-rate multiplier of the localisation nets")
     g.add_argument("--identity-reg", type=float, help="weight of the mean((θ - identity)^2) penalty")
+    g.add_argument("--label-smoothing", type=float, metavar="EPS", help="label smoothing of the training loss")
+    g.add_argument("--ema", type=float, metavar="DECAY",
+                   help="evaluate, checkpoint and keep a moving average of the weights with this decay per step "
+                        "(e.g. 0.9995); the raw weights' test error is printed beside it")
     g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm (default off)")
     g.add_argument("--seed", type=int, help="seed of initialisation, shuffling and dropout")
     g.add_argument("--deterministic", action="store_const", const=True, help="deterministic kernels only")

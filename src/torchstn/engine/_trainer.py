@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from torchstn.engine._checkpoint import (
     CheckpointError,
@@ -244,6 +245,12 @@ class _Session:
     best_error: float = math.inf
     history: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    average: AveragedModel | None = None  # the weights' moving average (``ema``)
+
+    @property
+    def product(self) -> nn.Module:
+        """What is evaluated, checkpointed and returned: the average, or the weights themselves."""
+        return self.average.module if self.average is not None else self.core
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return precision_context(self.config.precision, self.ddp.device)
@@ -291,8 +298,8 @@ def _train(
         _publish(session, record, diagnostics_batch)
         ddp.barrier()
     _summary(session)
-    session.core.eval()
-    return TrainResult(model=session.core, config=session.config, history=session.history,
+    session.product.eval()
+    return TrainResult(model=session.product, config=session.config, history=session.history,
                        run_dir=run_dir.path if run_dir is not None else None)
 
 
@@ -327,11 +334,14 @@ def _set_up(config: TrainConfig, ddp: _Distributed, run_dir: RunDir | None, trai
     per_epoch = n_train // batch_size
     total_steps = config.steps if config.steps is not None else config.epochs * per_epoch
     optimizer = build_optimizer(model, config)
+    average = None
+    if config.ema:
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
     return _Session(
         config=config, ddp=ddp, run_dir=run_dir, train_set=train_set, test_set=test_set, model=model, core=model,
         grad_params=[p for p in model.parameters() if p.requires_grad],
         optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps)),
-        batch_size=batch_size, total_steps=total_steps, epochs=math.ceil(total_steps / per_epoch),
+        batch_size=batch_size, total_steps=total_steps, epochs=math.ceil(total_steps / per_epoch), average=average,
     )
 
 
@@ -350,7 +360,10 @@ def _resume(session: _Session) -> None:
     if different:
         raise ValueError(f"cannot resume {run_dir.path}: the config differs in {', '.join(different)}")
     state = read_training_state(last)
-    session.core.load_state_dict(tensors)
+    session.product.load_state_dict(tensors)
+    if session.average is not None:  # the checkpoint's weights are the average; the raw ones are in the state
+        session.core.load_state_dict(state["raw_weights"])
+        session.average.n_averaged.copy_(state["averaged"])
     session.optimizer.load_state_dict(state["optimizer"])
     session.scheduler.load_state_dict(state["scheduler"])  # the lambdas themselves come from the config
     restore_rng(state["rng"])
@@ -386,7 +399,8 @@ def _train_step(
                                 ddp.device, channels_last=config.channels_last)
     with session.autocast():
         logits = session.model(x, **inputs)
-        loss = F.cross_entropy(logits, y)  # a P-STN model returns log-probabilities: the same data term
+        # (a P-STN model returns log-probabilities: the same data term)
+        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
         kl = total_kl(core)  # the weighted KL of P-STN modules (0.0 for other models)
         objective = loss + kl
         if config.identity_reg:
@@ -396,6 +410,8 @@ def _train_step(
     if config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(session.grad_params, config.grad_clip)
     session.optimizer.step()
+    if session.average is not None:
+        session.average.update_parameters(core)
     session.scheduler.step()
     session.step += 1
     return loss.detach(), kl.detach() if isinstance(kl, torch.Tensor) else kl, logits.detach(), y
@@ -456,9 +472,13 @@ def _epoch_record(session: _Session, epoch: int, sums: _EpochSums) -> dict[str, 
     """The epoch's line of ``metrics.jsonl``: training sums over the processes and the test evaluation."""
     config, ddp = session.config, session.ddp
     loss_total, wrong_total, kl_total, seen_total = ddp.sum([sums.loss, sums.wrong, sums.kl, float(sums.seen)])
-    test = evaluate(session.core, session.test_set, batch_size=config.eval_batch_size, device=ddp.device,
-                    ground_truth_init=config.ground_truth_init, precision=config.precision,
-                    channels_last=config.channels_last)
+    def test_of(model: nn.Module) -> dict[str, Any]:
+        return evaluate(model, session.test_set, batch_size=config.eval_batch_size, device=ddp.device,
+                        ground_truth_init=config.ground_truth_init, precision=config.precision,
+                        channels_last=config.channels_last)
+
+    test = test_of(session.product)
+    raw = {"test_error_raw": test_of(session.core)["error"]} if session.average is not None else {}
     return {
         "epoch": epoch + 1,
         "step": session.step,
@@ -467,6 +487,7 @@ def _epoch_record(session: _Session, epoch: int, sums: _EpochSums) -> dict[str, 
         "train_error": wrong_total / seen_total,
         "train_kl": kl_total / seen_total,  # the weighted KL term of the objective (0 without a P-STN)
         **{f"test_{k}": v for k, v in test.items() if k != "n"},
+        **raw,
         "train_curve": sums.curve,
         "images_per_s": seen_total / sums.seconds,
         "seconds": sums.seconds,
@@ -479,7 +500,7 @@ def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple
     session.history.append(record)
     if not session.ddp.main:
         return
-    core = session.core
+    core = session.product
     x, _, inputs = diagnostics_batch
     diagnostics = []
     if len(getattr(core, "transformers", ())):  # with the predicted classes: does the warp encode the class?
@@ -498,6 +519,8 @@ def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple
                if k in record}
     state = {"optimizer": session.optimizer.state_dict(), "scheduler": session.scheduler.state_dict(),
              "rng": capture_rng(), "best_error": session.best_error}
+    if session.average is not None:
+        state.update(raw_weights=session.core.state_dict(), averaged=session.average.n_averaged)
     session.run_dir.save(core, session.config, epoch=record["epoch"], step=record["step"], metrics=summary,
                          training_state=state, best=improved)
 
@@ -530,6 +553,8 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
         f"epoch {record['epoch']:>3}/{epochs}  loss {record['train_loss']:.4f}  train err {record['train_error']:6.2%}"
         f"  test err {record['test_error']:6.2%}"
     )
+    if "test_error_raw" in record:  # (ema: the line's test error is the average's)
+        line += f" (raw weights {record['test_error_raw']:.2%})"
     if "test_ece" in record:
         line += f"  ECE {record['test_ece']:.4f}  NLL {record['test_nll']:.4f}"
     line += f"  lr {record['lr']:.2g}  {record['images_per_s']:,.0f} img/s"
