@@ -248,3 +248,23 @@ def test_points_wholly_outside_read_nothing_and_give_zero(channels, channels_las
     torch.testing.assert_close(got[:2], expected[:2], atol=5e-5, rtol=1e-4)
     assert got[2].isnan().all()
     assert (got[:2] == 0).float().mean() > 0.3  # the shortcut was exercised
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_channels_last_edge_vectors_with_single_non_finite_points(channels, padding, align_corners):
+    """channels_last: eight-point vectors across the image's edge (some corners inside, some
+    outside: the AVX-512 build reads them a pair of points at a time with masked loads), with
+    single NaN and inf points among finite ones: every point gets its own value, NaN only
+    where its location is not finite, as the reference sampler gives."""
+    generator = torch.Generator().manual_seed(1)
+    x = (torch.rand(2, channels, 37, 53, generator=generator) + 0.5).contiguous(memory_format=torch.channels_last)
+    points = torch.rand(2, 19, 64, 2, generator=generator) * 2.6 - 1.3  # a fifth of them outside
+    points[torch.rand(2, 19, 64, generator=generator) < 0.02] = float("nan")
+    points[0, 3, 5, 0] = float("inf")
+    got = stn.sample(x, points, padding=padding, align_corners=align_corners, backend="fused")
+    expected = stn.sample(x, points, padding=padding, align_corners=align_corners, backend="reference")
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5, equal_nan=True)
+    assert 0 < got.isnan().float().mean() < 0.1
