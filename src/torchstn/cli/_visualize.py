@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     history = RunDir.of_checkpoint(info["path"]).history()
     out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start, examples=examples,
                    title=_title(config, info, history), device=device, calibration_images=args.calibration_images,
-                   warp_samples=args.warp_samples, ground_truth_init=config.ground_truth_init)
+                   warp_samples=args.warp_samples, ground_truth_init=config.ground_truth_init,
+                   label_smoothing=config.label_smoothing)
     print(f"wrote {out}")
     return 0
 

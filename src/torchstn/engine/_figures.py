@@ -173,6 +173,7 @@ def plot_run(
     calibration_images: int = 2000,
     warp_samples: int = 8,
     ground_truth_init: bool = False,
+    label_smoothing: float = 0.0,
 ) -> Path:
     """Write a PNG: inputs with the predicted warp drawn on them, the transformers' outputs, and curves.
 
@@ -208,6 +209,8 @@ def plot_run(
         ground_truth_init: run the model as ``TrainConfig.ground_truth_init`` says: row 1
             then shows the undistorted digits with the total warp (the ground-truth
             perturbation composed with the predicted updates) drawn on them.
+        label_smoothing: the run's ``TrainConfig.label_smoothing``: the loss panel's title
+            then says that the train curve is the smoothed loss.
 
     Returns:
         the path written.
@@ -238,7 +241,7 @@ def plot_run(
                fontsize=8, frameon=False, handlelength=2.2, columnspacing=1.6)
     cells = grid[image_rows].subgridspec(1, curve_panels, wspace=0.6)
     if history:
-        _plot_curves(fig, cells, history, bool(shown.transformers))
+        _plot_curves(fig, cells, history, bool(shown.transformers), label_smoothing)
     _plot_reliability(fig, cells[0, curve_panels - 1], probs, labels)
     fig.suptitle(title or "", fontsize=11, y=1 - 0.12 / height, va="top")
     out = Path(out)
@@ -402,9 +405,12 @@ def _draw_output(ax: Any, img: tuple[Any, str | None], color: str) -> None:
         side.set_linewidth(1.5)
 
 
-def _plot_curves(fig: Any, cells: Any, history: Sequence[dict[str, Any]], with_theta: bool) -> None:
+def _plot_curves(fig: Any, cells: Any, history: Sequence[dict[str, Any]], with_theta: bool,
+                 label_smoothing: float = 0.0) -> None:
     """Loss and error against the step on log axes (the end of training stays legible next to its
-    start), the running train curve and the test value at the end of each epoch; the θ diagnostics."""
+    start), the running train curve and the test value at the end of each epoch; the θ diagnostics.
+    With label smoothing the train loss is the smoothed one (above the test loss by its floor),
+    and the title says so."""
     steps = [h.get("step", h["epoch"]) for h in history]
     curve = [point for h in history for point in h.get("train_curve", [])]
     for col, (key, title, scale, unit) in enumerate((("loss", "cross-entropy loss", 1.0, ""),
@@ -422,6 +428,8 @@ def _plot_curves(fig: Any, cells: Any, history: Sequence[dict[str, Any]], with_t
             ax.annotate(xy=(steps[-1], test[-1]), xytext=(0, 7), textcoords="offset points", **last)
         else:  # 0 has no place on a log axis
             ax.annotate(xy=(0.97, 0.04), xycoords="axes fraction", **{**last, "text": f"last test 0{unit}"})
+        if key == "loss" and label_smoothing:
+            title = f"loss (train: label smoothing {label_smoothing:g})"
         ax.set_title(f"{title}, log scale", fontsize=10)
         ax.set_xlim(left=0)
         _step_axis(ax)

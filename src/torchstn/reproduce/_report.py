@@ -91,7 +91,7 @@ def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *,
     if rank == 4:
         return plot_volume_views(model, test_set, out, title=title)
     return plot_run(model, test_set, out, history=history, num=10, title=title,
-                    ground_truth_init=config.ground_truth_init)
+                    ground_truth_init=config.ground_truth_init, label_smoothing=config.label_smoothing)
 
 
 #: rotation bins (degrees) of :func:`error_by_rotation`
