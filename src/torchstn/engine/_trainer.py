@@ -500,11 +500,11 @@ def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple
     session.history.append(record)
     if not session.ddp.main:
         return
-    core = session.product
+    model = session.product  # (the average of the weights with ema)
     x, _, inputs = diagnostics_batch
     diagnostics = []
-    if len(getattr(core, "transformers", ())):  # with the predicted classes: does the warp encode the class?
-        diagnostics = theta_diagnostics(core.transformers, x, classes=predicted_classes(core, x, **inputs), **inputs)
+    if len(getattr(model, "transformers", ())):  # with the predicted classes: does the warp encode the class?
+        diagnostics = theta_diagnostics(model.transformers, x, classes=predicted_classes(model, x, **inputs), **inputs)
     record["theta"] = diagnostics
     record["warnings"] = collapse_warnings(diagnostics)
     _print(_epoch_line(record, session.epochs), main=True)
@@ -521,7 +521,7 @@ def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple
              "rng": capture_rng(), "best_error": session.best_error}
     if session.average is not None:
         state.update(raw_weights=session.core.state_dict(), averaged=session.average.n_averaged)
-    session.run_dir.save(core, session.config, epoch=record["epoch"], step=record["step"], metrics=summary,
+    session.run_dir.save(model, session.config, epoch=record["epoch"], step=record["step"], metrics=summary,
                          training_state=state, best=improved)
 
 
