@@ -255,9 +255,9 @@ def test_points_wholly_outside_read_nothing_and_give_zero(channels, channels_las
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_channels_last_edge_vectors_with_single_non_finite_points(channels, padding, align_corners):
     """channels_last: eight-point vectors across the image's edge (some corners inside, some
-    outside: the AVX-512 build reads them a pair of points at a time with masked loads), with
-    single NaN and inf points among finite ones: every point gets its own value, NaN only
-    where its location is not finite, as the reference sampler gives."""
+    outside: read point by point through the block, with masked corner loads), with single
+    NaN and inf points among finite ones: every point gets its own value, NaN only where its
+    location is not finite, as the reference sampler gives."""
     generator = torch.Generator().manual_seed(1)
     x = (torch.rand(2, channels, 37, 53, generator=generator) + 0.5).contiguous(memory_format=torch.channels_last)
     points = torch.rand(2, 19, 64, 2, generator=generator) * 2.6 - 1.3  # a fifth of them outside
