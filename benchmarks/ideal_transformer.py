@@ -18,6 +18,8 @@ eval`` on it would read the distorted images, not these::
     python benchmarks/ideal_transformer.py --kind p --data-dir ../shared/data/mnist --out runs/x/p-ideal-28
     python benchmarks/ideal_transformer.py --size 42 --pool 2 --online --steps 28110 --data-dir ../shared/data/mnist \
         --out runs/x/rts-ideal-42p2-online
+    python benchmarks/ideal_transformer.py --size 42 --pool 2 --online --steps 28110 --label-smoothing 0.1 \
+        --data-dir ../shared/data/mnist --out runs/x/rts-ideal-42p2-online-ls01   # the stn-table1 long recipe
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=1, help="the CNN's average-pooling of its input")
     parser.add_argument("--steps", type=int, default=18740, help="default: 20 epochs of batch 64")
     parser.add_argument("--online", action="store_true", help="fresh distortions every epoch (each undone)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0,
+                        help="as torchstn train's (0.1: the stn-table1 long recipe)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -89,6 +93,7 @@ def main() -> None:
     config = TrainConfig(
         model="cnn", model_args={"pool": args.pool}, data=f"mnist-{args.kind}", optimizer="adam", lr=2e-3, batch_size=64,
         warmup=0.05, schedule="cosine", steps=args.steps, channels_last=True, online=args.online,
+        label_smoothing=args.label_smoothing,
     )
     train(config, args.out, train_set=train_set, test_set=test_set, progress=False)
 
