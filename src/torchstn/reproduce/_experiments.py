@@ -443,7 +443,7 @@ STN_ADDITION = Experiment(
         "5e-4: 90.06%). The same 2xST-FCN over 100 epochs (`--steps 93700`, NCHW): 20.59% test error at "
         "epoch 46, 14.80% at 61, 11.30% at 100 (training error 11.68%); `long` took that length. "
         "What the two transformers do (`torchstn visualize RUN`, which draws the two channels magenta and "
-        "green since 2026-12-01, and `python benchmarks/addition_transformers.py RUN --data-dir "
+        "green since 2026-12-01, and `python benchmarks/transformer_pose.py RUN --data-dir "
         "../shared/data/mnist`: the pose of each digit in each transformer's output on 2,000 test images, "
         "from the data's ground truth; the digits as drawn lie a median 0.41 half-widths from the centre, "
         "rotated by 22°): in that 11.30% run one transformer centres the first digit (0.26) and the other "
@@ -501,7 +501,7 @@ STN_ADDITION = Experiment(
         "the CNN's 5.68% under the same recipe (one seed each). Its two transformers do not split the "
         "digits between them: both zoom in a little and move both digits towards the centre alike (0.31-"
         "0.33 half-widths from 0.41 as drawn) and leave the rotation in place (22°; `python "
-        "benchmarks/addition_transformers.py RUN --data-dir ../shared/data/mnist`), as the figure shows.",
+        "benchmarks/transformer_pose.py RUN --data-dir ../shared/data/mnist`), as the figure shows.",
         "Whether fresh pairs favour the CNN (the paper does not say that its pairs were redrawn): the "
         "same two recipes on the fixed 60,000 training pairs (the commands above without `--online`, "
         "`--steps 93700`): the CNN over-fits them (25.70% test error, training error 0.00%; 52 min), and "
