@@ -1,5 +1,6 @@
 """``torchstn reproduce``: cells, the committed record, skipping and resuming, the report."""
 
+import os
 import subprocess
 import sys
 import time
@@ -165,6 +166,66 @@ def test_two_processes_recording_cells_keep_each_others(tmp_path):
     second.add(cells[1], {"error": 2.0, "digest": cells[1].digest})
     again = Results(tmp_path, "stn-table1")
     assert again.finished(cells[0])["error"] == 1.0 and again.finished(cells[1])["error"] == 2.0
+
+
+_LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from torchstn.engine import RunDir
+from torchstn.reproduce import CellLock
+lock = CellLock(RunDir(Path(sys.argv[1])))
+lock.acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def _hold_lock(tmp_path, run_dir):
+    """A process that takes the cell's lock and keeps it (its pid is the lock's holder)."""
+    script = tmp_path / "hold.py"
+    script.write_text(_LOCK_HOLDER)
+    holder = subprocess.Popen([sys.executable, str(script), str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="cells are locked with fcntl.flock, which Windows lacks")
+def test_a_cell_another_process_is_training_is_skipped_and_the_lock_dies_with_it(tmp_path, capsys):
+    from torchstn.cli import main
+    from torchstn.reproduce import CellLock
+
+    cells = plan(get_experiment("stn-table1"), "quick", only=["cnn"], datasets=["rts", "r"], limit=64)
+    runs = tmp_path / "runs"
+    holder = _hold_lock(tmp_path, cells[0].run_dir(runs).path)
+    try:
+        assert CellLock(cells[0].run_dir(runs)).holder() == holder.pid
+        lines: list[str] = []
+        records = run_experiment(cells[:1], Results(tmp_path / "results", "stn-table1"), runs, progress=False,
+                                 log=lines.append)
+        assert records == [None]
+        assert any(f"skipped: another process (pid {holder.pid}) is training it" in line for line in lines)
+        assert not cells[0].run_dir(runs).holds_run()  # nothing trained into its run directory
+        main(["reproduce", "stn-table1", "--budget", "quick", "--only", "cnn", "--datasets", "rts", "--limit", "64",
+              "--runs", str(runs), "--out", str(tmp_path / "results"), "--list"])
+        assert f"being trained by another process, pid {holder.pid}" in capsys.readouterr().out
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = CellLock(cells[0].run_dir(runs))
+    assert lock.holder() is None  # a killed holder leaves no stale lock
+    with lock:
+        assert CellLock(cells[0].run_dir(runs)).holder() == os.getpid()
+
+
+def test_a_cell_another_process_recorded_meanwhile_is_not_trained_again(tmp_path):
+    cell = plan(get_experiment("stn-table1"), "quick", only=["cnn"], datasets=["rts"], limit=64)[0]
+    ours = Results(tmp_path / "results", "stn-table1")  # read before the other process recorded the cell
+    Results(tmp_path / "results", "stn-table1").add(cell, _record(cell, 3.25))
+    lines: list[str] = []
+    (record,) = run_experiment([cell], ours, tmp_path / "runs", progress=False, log=lines.append)
+    assert record["error"] == 3.25
+    assert any("finished by another process meanwhile, 3.25% error (skipped)" in line for line in lines)
+    assert not cell.run_dir(tmp_path / "runs").holds_run()
 
 
 def _record(cell, error):

@@ -151,14 +151,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_cells(cells: list[Cell], results: Results, runs: str) -> None:
     """One line per cell: its key, our error (or ``pending``) and the paper's; for a pending cell
-    whose run has a checkpoint under ``runs``, how far it has trained (it resumes from there)."""
+    that another process is training, that process; else, if its run has a checkpoint under
+    ``runs``, how far it has trained (it resumes from there)."""
+    from torchstn.reproduce import CellLock
+
     for cell in cells:
         record = results.finished(cell)
         state = f"{record['error']:.2f}%" if record else "pending"
         paper = "—" if cell.paper is None else f"{cell.paper:.1f}%"
         line = f"{cell.key:<40} {state:>8}  paper {paper}"
         run_dir = cell.run_dir(runs)
-        if record is None and run_dir.can_resume() and (history := run_dir.history()):
+        holder = CellLock(run_dir).holder() if record is None else None
+        if holder is not None:
+            line += f"  (being trained by another process{f', pid {holder}' if holder else ''})"
+        elif record is None and run_dir.can_resume() and (history := run_dir.history()):
             last, steps = history[-1], cell.config.get("steps")
             done = (f"{last['step']:,} of {steps:,} iterations, epoch {last['epoch']}" if steps
                     else f"{last['epoch']} of {cell.config.get('epochs', '?')} epochs")

@@ -9,6 +9,10 @@ State lives in two places:
   directory. A cell interrupted mid-run continues from its last checkpoint with the
   engine's bit-exact resume; ``<hash>`` is of the config, so a changed recipe starts
   a fresh run instead of resuming a different one.
+
+A cell being trained is locked (``<run>.lock`` beside its run directory, see
+:class:`CellLock`): two commands whose cells overlap never train one cell at once; the
+second skips it and says which process holds it.
 """
 
 from __future__ import annotations
@@ -25,12 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: cells are not locked
+    fcntl = None  # type: ignore[assignment]
+
 from torchstn._validation import check_int
 from torchstn.engine import RunDir, atomic_write
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 
 __all__ = [
-    "DEFAULT_OUT", "DEFAULT_RUNS", "SUBSET_KEYS", "Cell", "Results", "default_jobs", "machine_info", "plan", "recipe_changes", "run_cell", "run_experiment",
+    "DEFAULT_OUT", "DEFAULT_RUNS", "SUBSET_KEYS", "Cell", "CellBusy", "CellLock", "Results", "default_jobs", "machine_info", "plan", "recipe_changes", "run_cell", "run_experiment",
 ]
 
 
@@ -207,17 +216,94 @@ class Results:
         The file is read again first, so cells that another process recorded
         meanwhile (another ``--only`` or ``--datasets`` run) are kept.
         """
+        self.reload()
+        self.cells[cell.key] = record
+        self.save()
+
+    def reload(self) -> None:
+        """Take in the cells that other processes recorded since this record was read (the
+        file's records win; cells only this one holds are kept)."""
         if self.path.is_file():
             on_disk = json.loads(self.path.read_text()).get("cells", {})
             self.cells = {**on_disk, **{k: v for k, v in self.cells.items() if k not in on_disk}}
-        self.cells[cell.key] = record
-        self.save()
 
     def save(self) -> None:
         """Write the file, cells sorted by key."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"experiment": self.experiment, "cells": dict(sorted(self.cells.items()))}
         atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n"))
+
+
+class CellBusy(RuntimeError):
+    """Another process is training the cell: it holds the cell's :class:`CellLock`."""
+
+
+class CellLock:
+    """The lock a cell is trained under: ``<run>.lock`` beside its run directory.
+
+    An exclusive ``flock``, which the system drops when its process ends, however it ends
+    (no stale lock after a kill), holding the pid of its holder. :func:`run_experiment` takes
+    it before a cell trains and lets it go when the cell is recorded, so two commands whose
+    cells overlap (the same ``--only`` twice, a ``--jobs`` run beside another) skip each
+    other's cells instead of training one into the same run directory. Where ``fcntl`` is
+    missing (Windows) nothing is locked.
+
+    Args:
+        run_dir: the cell's run directory.
+    """
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.path = run_dir.path.with_name(run_dir.path.name + ".lock")
+        self._file: Any = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`CellBusy` naming the process that holds it."""
+        if fcntl is None or self._file is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(file)
+            file.close()
+            raise CellBusy(f"another process{f' (pid {holder})' if holder else ''} is training it") from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        """Let the lock go (closing the file drops the ``flock``)."""
+        if self._file is not None:
+            self._file.truncate(0)
+            self._file.close()
+            self._file = None
+
+    def holder(self) -> int | None:
+        """The pid of the process that holds the lock (0 before it has written it), or ``None`` when it is free."""
+        if fcntl is None or not self.path.exists():
+            return None
+        with open(self.path, "a+") as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return self._holder(file) or 0
+            return None
+
+    @staticmethod
+    def _holder(file: Any) -> int | None:
+        file.seek(0)
+        text = file.read().strip()
+        return int(text) if text.isdigit() else None
+
+    def __enter__(self) -> CellLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _wall_seconds(history: Sequence[dict[str, Any]]) -> float:
@@ -343,7 +429,8 @@ def run_experiment(
         poll_seconds: with ``jobs > 1``, how often a line shows where each running cell is.
 
     Returns:
-        the records of every cell in ``cells`` (finished before or now), in order.
+        the records of every cell in ``cells`` (finished before or now), in order; ``None``
+        for a cell skipped because another process was training it (:class:`CellLock`).
     """
     check_int("jobs", jobs, minimum=1)
     command = command or shlex.join(["torchstn", *sys.argv[1:]])
@@ -361,13 +448,35 @@ def run_experiment(
         if after_cell is not None:
             after_cell(cell, record)
 
+    def claim(cell: Cell) -> CellLock | None:
+        """The cell's lock, taken; ``None`` (and a line) when another process is training the
+        cell or recorded it since this command read the record."""
+        name, lock = _cell_name(cell, cells.index(cell) + 1, len(cells)), CellLock(cell.run_dir(runs))
+        try:
+            lock.acquire()
+        except CellBusy as busy:
+            log(f"{name}: skipped: {busy}")
+            return None
+        results.reload()
+        record = results.finished(cell)
+        if record is not None:
+            lock.release()
+            done[cell.key] = record
+            log(f"{name}: finished by another process meanwhile, {record['error']:.2f}% error (skipped)")
+        return None if record is not None else lock
+
     options = {"data_dir": data_dir, "device": device}
     if jobs == 1 or len(todo) <= 1:
         for cell in todo:
-            log(f"{_cell_name(cell, cells.index(cell) + 1, len(cells))}: training{_paper_text(cell)} ...")
-            finished(cell, {**run_cell(cell, runs, **options, progress=progress, log=log), "machine": machine_info()})
+            lock = claim(cell)
+            if lock is None:
+                continue
+            with lock:
+                log(f"{_cell_name(cell, cells.index(cell) + 1, len(cells))}: training{_paper_text(cell)} ...")
+                record = run_cell(cell, runs, **options, progress=progress, log=log)
+                finished(cell, {**record, "machine": machine_info()})
     else:
-        _run_in_workers(todo, runs, options, jobs, finished, log, poll_seconds)
+        _run_in_workers(todo, runs, options, jobs, claim, finished, log, poll_seconds)
     return [done[c.key] for c in cells]
 
 
@@ -426,9 +535,11 @@ def _run_in_worker(cell: Cell, runs: str | Path, options: dict[str, Any]) -> dic
 
 def _run_in_workers(
     todo: Sequence[Cell], runs: str | Path, options: dict[str, Any], jobs: int,
-    finished: Callable[[Cell, dict[str, Any]], None], log: Callable[[str], None], poll_seconds: float,
+    claim: Callable[[Cell], CellLock | None], finished: Callable[[Cell, dict[str, Any]], None],
+    log: Callable[[str], None], poll_seconds: float,
 ) -> None:
-    """Train ``todo`` in ``jobs`` one-thread processes; record each cell as it finishes."""
+    """Train ``todo`` in ``jobs`` one-thread processes, each cell under the lock ``claim`` takes
+    (a cell it cannot claim is skipped); record each cell as it finishes."""
     import concurrent.futures as cf
     import multiprocessing
 
@@ -438,21 +549,27 @@ def _run_in_workers(
     last_report = ""
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
                                 initargs=(os.getpid(),)) as pool:
-        running: dict[cf.Future[dict[str, Any]], Cell] = {}
+        running: dict[cf.Future[dict[str, Any]], tuple[Cell, CellLock]] = {}
         while waiting or running:
             while waiting and len(running) < jobs:  # submit as workers free up: `running` is what runs
                 cell = waiting.pop(0)
-                running[pool.submit(_run_in_worker, cell, runs, options)] = cell
+                lock = claim(cell)
+                if lock is not None:
+                    running[pool.submit(_run_in_worker, cell, runs, options)] = (cell, lock)
+            if not running:
+                break
             ready, _ = cf.wait(running, timeout=poll_seconds, return_when=cf.FIRST_COMPLETED)
             for future in ready:
-                cell = running.pop(future)
+                cell, lock = running.pop(future)
                 try:
                     finished(cell, future.result())
                 except Exception as err:  # one failed cell does not stop the others
                     log(f"{cell.key}: failed: {err}")
                     failures.append(err)
+                finally:
+                    lock.release()
             if not ready:
-                report = _where_they_are(running.values(), runs)
+                report = _where_they_are([cell for cell, _ in running.values()], runs)
                 if report != last_report:  # a line when a cell has moved, not every poll
                     log(report)
                     last_report = report
