@@ -2,7 +2,7 @@
 
     python benchmarks/transformer_pose.py RUN [--images 2000] [--data-dir ../shared/data/mnist]
 
-For a model with affine transformers trained on data drawn with similarity transforms
+For a model with matrix transformers (affine, similarity, projective, ...) trained on data drawn with similarity transforms
 (``mnist-r``, ``mnist-rts``: one digit; ``mnist-addition``: two digits on two channels),
 the pose of each digit c in the output of each transformer k: the digit's own similarity
 (the data's ground truth) composed with θ_k, read as
@@ -65,7 +65,7 @@ def main() -> None:
     digits = stn.Similarity().matrix(params.reshape(-1, 4)).reshape(n, -1, 3, 3)
     with torch.no_grad():
         for k, st in enumerate(model.transformers):
-            theta = stn.Affine().matrix(st.predict_params(x).double())
+            theta = st.transform.matrix(st.predict_params(x).double())  # output -> input points, (N, 3, 3)
             print(_line(f"ST {k + 1}", [pose(digits[:, c] @ theta, params[:, c, 1]) for c in range(digits.shape[1])]))
     print(_line("as drawn", [pose(digits[:, c], params[:, c, 1]) for c in range(digits.shape[1])]))
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests._helpers import MNIST_DIR as MNIST
 from tests._helpers import needs_mnist
-from torchstn.reproduce import BUDGETS, Results, get_experiment, list_experiments, plan, run_experiment, summarize
+from torchstn.reproduce import BUDGETS, CellLock, Results, get_experiment, list_experiments, plan, run_experiment, summarize
 
 
 def test_every_experiment_plans_every_budget_it_defines():
@@ -192,7 +192,6 @@ def _hold_lock(tmp_path, run_dir):
 @pytest.mark.skipif(sys.platform == "win32", reason="cells are locked with fcntl.flock, which Windows lacks")
 def test_a_cell_another_process_is_training_is_skipped_and_the_lock_dies_with_it(tmp_path, capsys):
     from torchstn.cli import main
-    from torchstn.reproduce import CellLock
 
     cells = plan(get_experiment("stn-table1"), "quick", only=["cnn"], datasets=["rts", "r"], limit=64)
     runs = tmp_path / "runs"
@@ -215,6 +214,25 @@ def test_a_cell_another_process_is_training_is_skipped_and_the_lock_dies_with_it
     assert lock.holder() is None  # a killed holder leaves no stale lock
     with lock:
         assert CellLock(cells[0].run_dir(runs)).holder() == os.getpid()
+
+
+@needs_mnist
+@pytest.mark.skipif(sys.platform == "win32", reason="cells are locked with fcntl.flock, which Windows lacks")
+def test_jobs_skip_a_held_cell_and_train_the_others_under_their_locks(tmp_path):
+    cells = plan(get_experiment("stn-table1"), "quick", only=["fcn"], datasets=["rts", "r"], limit=64)
+    runs = tmp_path / "runs"
+    holder = _hold_lock(tmp_path, cells[0].run_dir(runs).path)
+    try:
+        lines: list[str] = []
+        records = run_experiment(cells, Results(tmp_path / "results", "stn-table1"), runs, data_dir=str(MNIST),
+                                 jobs=2, log=lines.append, poll_seconds=0.5)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert records[0] is None and records[1]["steps"] > 0
+    assert any(f"skipped: another process (pid {holder.pid}) is training it" in line for line in lines)
+    assert not cells[0].run_dir(runs).holds_run() and cells[1].run_dir(runs).holds_run()
+    assert CellLock(cells[1].run_dir(runs)).holder() is None  # let go once the cell was recorded
 
 
 def test_a_cell_another_process_recorded_meanwhile_is_not_trained_again(tmp_path):

@@ -69,6 +69,12 @@ class RunDir:
         return self.path.with_name(self.path.name + ".log")
 
     @property
+    def lock_path(self) -> Path:
+        """The lock of the process training the run (``torchstn reproduce``'s ``CellLock``):
+        ``<run>.lock`` beside the directory (outside it, so that restarting the run keeps it)."""
+        return self.path.with_name(self.path.name + ".lock")
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 

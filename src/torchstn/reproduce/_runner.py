@@ -11,8 +11,8 @@ State lives in two places:
   a fresh run instead of resuming a different one.
 
 A cell being trained is locked (``<run>.lock`` beside its run directory, see
-:class:`CellLock`): two commands whose cells overlap never train one cell at once; the
-second skips it and says which process holds it.
+:class:`CellLock`): two commands whose cells overlap (under the same runs root) never
+train one cell at once; the second skips it and says which process holds it.
 """
 
 from __future__ import annotations
@@ -245,15 +245,18 @@ class CellLock:
     (no stale lock after a kill), holding the pid of its holder. :func:`run_experiment` takes
     it before a cell trains and lets it go when the cell is recorded, so two commands whose
     cells overlap (the same ``--only`` twice, a ``--jobs`` run beside another) skip each
-    other's cells instead of training one into the same run directory. Where ``fcntl`` is
-    missing (Windows) nothing is locked.
+    other's cells instead of training one into the same run directory (the lock lives
+    under the runs root: commands with different ``--runs`` do not see each other). With
+    ``--jobs N`` the parent holds its workers' locks; a worker outlives a killed parent by
+    up to the 2 s of its watch (:func:`_worker_init`). Where ``fcntl`` is missing (Windows)
+    nothing is locked.
 
     Args:
         run_dir: the cell's run directory.
     """
 
     def __init__(self, run_dir: RunDir) -> None:
-        self.path = run_dir.path.with_name(run_dir.path.name + ".lock")
+        self.path = run_dir.lock_path
         self._file: Any = None
 
     def acquire(self) -> None:
@@ -262,12 +265,16 @@ class CellLock:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         file = open(self.path, "a+")  # noqa: SIM115 - held until release()
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._holder(file)
-            file.close()
-            raise CellBusy(f"another process{f' (pid {holder})' if holder else ''} is training it") from None
+        for attempt in range(3):  # (holder() takes the lock for an instant: a busy lock is tried again)
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 2:
+                    holder = self._holder(file)
+                    file.close()
+                    raise CellBusy(f"another process{f' (pid {holder})' if holder else ''} is training it") from None
+                time.sleep(0.05)
         file.seek(0)
         file.truncate()
         file.write(f"{os.getpid()}\n")
@@ -406,7 +413,7 @@ def run_experiment(
     log: Callable[[str], None] = print,
     after_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
     poll_seconds: float = 60.0,
-) -> list[dict[str, Any]]:
+) -> list[dict[str, Any] | None]:
     """Run the cells not yet finished, recording each as it finishes.
 
     Args:
@@ -547,32 +554,41 @@ def _run_in_workers(
     failures: list[BaseException] = []
     waiting = list(todo)
     last_report = ""
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
-                                initargs=(os.getpid(),)) as pool:
-        running: dict[cf.Future[dict[str, Any]], tuple[Cell, CellLock]] = {}
-        while waiting or running:
-            while waiting and len(running) < jobs:  # submit as workers free up: `running` is what runs
-                cell = waiting.pop(0)
-                lock = claim(cell)
-                if lock is not None:
-                    running[pool.submit(_run_in_worker, cell, runs, options)] = (cell, lock)
-            if not running:
-                break
-            ready, _ = cf.wait(running, timeout=poll_seconds, return_when=cf.FIRST_COMPLETED)
-            for future in ready:
-                cell, lock = running.pop(future)
-                try:
-                    finished(cell, future.result())
-                except Exception as err:  # one failed cell does not stop the others
-                    log(f"{cell.key}: failed: {err}")
-                    failures.append(err)
-                finally:
-                    lock.release()
-            if not ready:
-                report = _where_they_are([cell for cell, _ in running.values()], runs)
-                if report != last_report:  # a line when a cell has moved, not every poll
-                    log(report)
-                    last_report = report
+    running: dict[cf.Future[dict[str, Any]], tuple[Cell, CellLock]] = {}
+    try:
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
+                                    initargs=(os.getpid(),)) as pool:
+            while waiting or running:
+                while waiting and len(running) < jobs:  # submit as workers free up: `running` is what runs
+                    cell = waiting.pop(0)
+                    lock = claim(cell)
+                    if lock is None:
+                        continue
+                    try:
+                        running[pool.submit(_run_in_worker, cell, runs, options)] = (cell, lock)
+                    except BaseException:
+                        lock.release()
+                        raise
+                if not running:
+                    break
+                ready, _ = cf.wait(running, timeout=poll_seconds, return_when=cf.FIRST_COMPLETED)
+                for future in ready:
+                    cell, lock = running.pop(future)
+                    try:
+                        finished(cell, future.result())
+                    except Exception as err:  # one failed cell does not stop the others
+                        log(f"{cell.key}: failed: {err}")
+                        failures.append(err)
+                    finally:
+                        lock.release()
+                if not ready:
+                    report = _where_they_are([cell for cell, _ in running.values()], runs)
+                    if report != last_report:  # a line when a cell has moved, not every poll
+                        log(report)
+                        last_report = report
+    finally:  # an interrupt: the cells still running are let go once the pool has ended
+        for _, lock in running.values():
+            lock.release()
     if failures:
         raise failures[0]
 
