@@ -32,7 +32,7 @@ def pose(matrix: torch.Tensor, drawn: torch.Tensor) -> tuple[float, float, float
     """Median |rotation| (degrees), the share of the ``drawn`` rotation (radians, ``(N,)``) left,
     and the median distance of the digit's centre from the output's centre, for ``(N, 3, 3)``
     maps from output points to the digit's points (normalised)."""
-    angle = torch.rad2deg(torch.atan2(matrix[:, 1, 0] - matrix[:, 0, 1], matrix[:, 0, 0] + matrix[:, 1, 1]))
+    angle = torch.rad2deg(stn.Similarity().params_from_matrix(matrix)[:, 1])  # the nearest similarity's angle
     drawn = torch.rad2deg(drawn.to(angle.dtype))
     design = torch.stack([drawn, torch.ones_like(drawn)], 1)
     left = torch.linalg.lstsq(design, angle[:, None]).solution[0, 0]
