@@ -466,11 +466,12 @@ def run_experiment(
             return None
         results.reload()
         record = results.finished(cell)
-        if record is not None:
-            lock.release()
-            done[cell.key] = record
-            log(f"{name}: finished by another process meanwhile, {record['error']:.2f}% error (skipped)")
-        return None if record is not None else lock
+        if record is None:
+            return lock
+        lock.release()
+        done[cell.key] = record
+        log(f"{name}: finished by another process meanwhile, {record['error']:.2f}% error (skipped)")
+        return None
 
     options = {"data_dir": data_dir, "device": device}
     if jobs == 1 or len(todo) <= 1:
