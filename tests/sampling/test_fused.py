@@ -418,6 +418,7 @@ def test_a_built_library_loads_without_torchs_build_lock(monkeypatch, tmp_path):
     assert not (cut / f"{name}.so").exists()
 
 
+
 def test_auto_samples_a_given_grid_with_the_kernel_where_it_is_faster(calls):
     """``"auto"`` on a given bilinear grid: the kernel from 3 channels on, and with fewer
     channels for a float32 grid of ``FUSED_MIN_POINTS`` points or more (below, the kernel's
@@ -435,3 +436,84 @@ def test_auto_samples_a_given_grid_with_the_kernel_where_it_is_faster(calls):
     stn.sample(torch.rand(64, 1, 28, 28), large, mode="nearest")
     stn.sample(torch.rand(64, 1, 28, 28, dtype=torch.float64), large.double())
     assert calls == ["fused_sample", "fused_sample"]
+
+
+def _warp_both_ways(monkeypatch, x0, p0, transform, **options):
+    """(output, x's gradient, θ's gradient) of ``stn.warp`` by its eager fast path and, with that
+    path switched off, by the general one."""
+    from torchstn.sampling import _sample
+
+    results = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(_sample, "_eager_fused_warp", lambda *args: None)
+        x, p = x0.clone().requires_grad_(), p0.clone().requires_grad_()
+        out = stn.warp(x, p, transform, **options)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()
+        results.append((out.detach(), x.grad, p.grad))
+    monkeypatch.undo()
+    return results
+
+
+@pytest.mark.parametrize("transform", FAMILIES_2D, ids=lambda t: t.name)
+@pytest.mark.parametrize("case", ["same-size", "resized", "channels-last", "nearest-float64", "matrix-form"])
+def test_warp_fast_path_equals_the_general_path(transform, case, monkeypatch):
+    """warp's common call skips the general path's checks and dispatch: the same kernel call, the
+    same bits (values and both gradients), and the general path's checks are not run."""
+    dtype = torch.float64 if case == "nearest-float64" else torch.float32
+    x0 = random_input((3, 2, 7, 9), dtype)
+    if case == "channels-last":
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    p0 = random_theta(transform, 3, dtype, scale=0.3, seed=2)
+    if case == "matrix-form":
+        if not isinstance(transform, stn.Affine):
+            pytest.skip("the (B, 2, 3) matrix form is Affine's")
+        p0 = p0.view(3, 2, 3)
+    options = {"size": (5, 11)} if case == "resized" else {"mode": "nearest"} if case == "nearest-float64" else {}
+    checked = []
+    real = stn.Transform.check_params
+    monkeypatch.setattr(stn.Transform, "check_params", lambda self, *a, **k: checked.append(1) or real(self, *a, **k))
+    (fast, general) = _warp_both_ways(monkeypatch, x0, p0, transform, **options)
+    assert len(checked) == 1  # the general path's call only
+    for name, a, b in zip(("output", "gradient wrt x", "gradient wrt params"), fast, general):
+        assert torch.equal(a, b), name
+    assert fast[0].stride() == general[0].stride()
+
+
+@pytest.mark.parametrize("case", ["list-size", "float16", "other-dtype-params", "subclass", "wrong-width", "0-d",
+                                  "no-grad"])
+def test_warp_fast_path_leaves_every_other_call_to_the_general_path(case, monkeypatch):
+    """A call outside the fast path's common case is checked (and explained) by the general path."""
+    class Shifted(stn.Affine):
+        pass
+
+    x, transform = torch.rand(2, 3, 6, 7), stn.Affine()
+    p, options = transform.identity(2), {}
+    if case == "list-size":
+        options["size"] = [4, 5]
+    elif case == "float16":
+        x = x.half()
+    elif case == "other-dtype-params":
+        p = p.double()
+    elif case == "subclass":
+        transform = Shifted()
+    elif case == "wrong-width":
+        p = p[:, :5]
+    elif case == "0-d":
+        p = p[0, 0]
+    expected = None if case in ("wrong-width", "0-d", "no-grad") else stn.warp(
+        x.float(), p.float(), stn.Affine(), backend="torch", **options)
+    checked = []
+    real = stn.Transform.check_params
+    monkeypatch.setattr(stn.Transform, "check_params", lambda self, *a, **k: checked.append(1) or real(self, *a, **k))
+    if case in ("wrong-width", "0-d"):
+        with pytest.raises(ValueError, match=r"params must have 2 dimensions|params for Affine must have shape \(B, 6\)"):
+            stn.warp(x, p, transform)
+    elif case == "no-grad":  # the common case itself: no check by the general path
+        with torch.no_grad():
+            stn.warp(x, p, transform)
+        assert checked == []
+        return
+    else:
+        torch.testing.assert_close(stn.warp(x, p, transform, **options).float(), expected, atol=2e-3, rtol=0)
+    assert checked == [1]

@@ -67,10 +67,12 @@ from torchstn.transforms import matrix_grid
 
 __all__ = [
     "LOCATIONS",
+    "EagerOperator",
     "FusedStatus",
     "LazyKernel",
     "bind_entries",
     "eager_operator",
+    "eager_warp2d",
     "fused_applies",
     "fused_available",
     "fused_backward",
@@ -82,7 +84,7 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).with_name("csrc") / "fused_warp2d.cpp"
-_ABI = 5
+_ABI = 6
 _PADDING = {"zeros": 0, "border": 1, "reflection": 2}
 _MODES = {"bilinear": 0, "nearest": 1}
 #: what the kernel reads to locate a point: a grid (B, Ho, Wo, 2), affine rows (B, 2, 3)
@@ -91,9 +93,9 @@ LOCATIONS = {"grid": 0, "affine": 1, "projective": 2}
 
 
 _i64, _int, _dbl, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
-_FORWARD_ARGS = [_int, _int, _ptr, _ptr, _ptr, _dbl, _ptr] + [_i64] * 6 + [_int, _int, _int]
-_BACKWARD_ARGS = [_int, _int, _ptr, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr] + [_i64] * 6 + [_int, _int, _int]
-_STRIDES = _i64 * 8
+_FORWARD_ARGS = [_ptr, _ptr, _ptr, _dbl, _ptr]  # geometry, x, loc, eps, out
+_BACKWARD_ARGS = [_ptr, _ptr, _ptr, _dbl, _ptr, _ptr, _ptr]  # geometry, x, loc, eps, grad_out, grad_x, grad_loc
+_GEOMETRY = _i64 * 19
 
 
 _ISA_FLAGS = {"base": [], "avx2": ["-mavx2", "-mfma"], "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512vl"]}
@@ -332,16 +334,27 @@ def _ptr_of(t: torch.Tensor | None) -> int | None:
     return t.data_ptr() if t is not None and t.numel() else None
 
 
-#: (x's strides, buffer's strides) -> the kernel's strides argument: building it costs µs
-_STRIDES_MADE: dict[tuple[tuple[int, ...], tuple[int, ...]], ctypes.Array] = {}
+#: (the shapes, strides and options of a call) -> the kernel's geometry argument: building it
+#: costs µs, a lookup a fraction of one
+_GEOMETRY_MADE: dict[tuple, ctypes.Array] = {}
 
 
-def _strides(x: tuple[int, ...], buffer: tuple[int, ...]) -> ctypes.Array:
-    made = _STRIDES_MADE.get((x, buffer))
+def _geometry(
+    location: str, mode: str, x: torch.Tensor, buffer: torch.Tensor, size: tuple[int, int], padding: str,
+    align_corners: bool,
+) -> ctypes.Array:
+    """The kernel's first argument: location, mode, B, C, H, W, Ho, Wo, padding, align_corners,
+    threads and the strides of ``x`` and ``buffer`` (``csrc/fused_warp2d.cpp`` says the order)."""
+    threads = torch.get_num_threads()
+    key = (location, mode, x.shape, x.stride(), buffer.stride(), size, padding, align_corners, threads)
+    made = _GEOMETRY_MADE.get(key)
     if made is None:
-        if len(_STRIDES_MADE) >= 256:
-            _STRIDES_MADE.clear()
-        made = _STRIDES_MADE[x, buffer] = _STRIDES(*x, *buffer)
+        if len(_GEOMETRY_MADE) >= 256:
+            _GEOMETRY_MADE.clear()
+        made = _GEOMETRY_MADE[key] = _GEOMETRY(
+            LOCATIONS[location], _MODES[mode], *x.shape, *size, _PADDING[padding], align_corners, threads,
+            *x.stride(), *buffer.stride(),
+        )
     return made
 
 
@@ -352,7 +365,6 @@ def _call(
 ) -> None:
     """Run the kernel. ``x`` and ``buffer`` (the output, or the output's gradient) with any
     strides, ``grad_x`` with the strides of ``x``; ``loc`` and ``grad_loc`` contiguous."""
-    b, c, h, w = x.shape
     fn = _ENTRY.get((backward, x.dtype))
     if fn is None:
         if _library() is None:
@@ -360,11 +372,12 @@ def _call(
         if x.dtype not in _DTYPES:
             raise TypeError(f"torchstn::warp2d: x must be float32 or float64, got {x.dtype}")
         fn = _ENTRY[backward, x.dtype]
-    strides = _strides(x.stride(), buffer.stride())
-    head = (LOCATIONS[location], _MODES[mode], _ptr_of(x), strides, _ptr_of(loc), eps, _ptr_of(buffer))
+    geometry = _geometry(location, mode, x, buffer, size, padding, align_corners)
+    # (the pointers of empty tensors are never read: the kernel's loops run zero times)
     if backward:
-        head += (_ptr_of(grad_x), _ptr_of(grad_loc))
-    status = fn(*head, b, c, h, w, size[0], size[1], _PADDING[padding], align_corners, torch.get_num_threads())
+        status = fn(geometry, x.data_ptr(), loc.data_ptr(), eps, buffer.data_ptr(), _ptr_of(grad_x), _ptr_of(grad_loc))
+    else:
+        status = fn(geometry, x.data_ptr(), loc.data_ptr(), eps, buffer.data_ptr())
     if status != 0:
         raise RuntimeError(f"fused warp kernel failed with status {status}")
 
@@ -396,7 +409,11 @@ def _warp2d_cpu(
 def _new_output(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """The output of ``warp2d``: ``(B, C, *size)`` in the memory format of ``x`` (channels_last
     stays channels_last for the next convolution)."""
-    channels_last = x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if x.is_contiguous():  # (NCHW, and a single channel: both formats are contiguous then)
+        if x.shape[2:] == size:
+            return torch.empty_like(x)  # (0.9 µs; empty with a shape, dtype and format: 2-3 µs)
+        return x.new_empty((x.shape[0], x.shape[1], *size))
+    channels_last = x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
     if x.shape[2:] == size:  # (a tuple of ints here; the fake's list of sizes does not compare equal)
         # half the time of torch.empty with a format (1.3 against 2.8 µs); the same strides
         return torch.empty_like(x, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -560,8 +577,17 @@ def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN00
 torch.library.register_autograd("torchstn::warp2d", _backward, setup_context=_setup_context, lib=_LIB)
 
 
-def eager_operator(name: str, cpu: Callable[..., torch.Tensor], backward: Callable[..., tuple]) -> Callable[..., torch.Tensor]:
-    """The call of the fused operator ``torchstn::<name>(x, loc, *options)``: through the
+class EagerOperator(NamedTuple):
+    """The calls of a fused operator ``torchstn::<name>(x, loc, *options)`` (:func:`eager_operator`)."""
+
+    #: through the dispatcher where something may record or transform the call, else direct
+    call: Callable[..., torch.Tensor]
+    #: direct, for a caller that knows its tensors are plain eager ones (:func:`eager_tensors`)
+    direct: Callable[..., torch.Tensor]
+
+
+def eager_operator(name: str, cpu: Callable[..., torch.Tensor], backward: Callable[..., tuple]) -> EagerOperator:
+    """The calls of the fused operator ``torchstn::<name>(x, loc, *options)``: through the
     dispatcher where something may record or transform the call (``torch.compile``,
     ``torch.export``, tensor subclasses, fake tensors, torch function or dispatch modes),
     else directly: ``cpu`` (its CPU implementation, unchecked: the callers checked their
@@ -582,18 +608,19 @@ def eager_operator(name: str, cpu: Callable[..., torch.Tensor], backward: Callab
 
     Eager.__name__ = Eager.__qualname__ = f"Eager_{name}"
 
-    def call(x: torch.Tensor, loc: torch.Tensor, *options: object) -> torch.Tensor:
-        if eager_tensors(x, loc):
-            if torch.is_grad_enabled() and (x.requires_grad or loc.requires_grad):
-                return Eager.apply(x, loc, *options)
-            return cpu(x, loc, *options)
-        return operator(x, loc, *options)
+    def direct(x: torch.Tensor, loc: torch.Tensor, *options: object) -> torch.Tensor:
+        if (x.requires_grad or loc.requires_grad) and torch.is_grad_enabled():
+            return Eager.apply(x, loc, *options)
+        return cpu(x, loc, *options)
 
-    return call
+    def call(x: torch.Tensor, loc: torch.Tensor, *options: object) -> torch.Tensor:
+        return direct(x, loc, *options) if eager_tensors(x, loc) else operator(x, loc, *options)
+
+    return EagerOperator(call, direct)
 
 
 #: ``torchstn::warp2d(x, loc, location, size, mode, padding, align_corners, eps)``, eager calls direct
-_warp2d = eager_operator("warp2d", _warp2d_cpu, _backward)
+_warp2d, eager_warp2d = eager_operator("warp2d", _warp2d_cpu, _backward)
 
 
 def fused_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:
@@ -603,11 +630,16 @@ def fused_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
 
 def fused_warp(
     x: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int], mode: str, padding: str, align_corners: bool,
-    projective: bool = False, eps: float = 0.0,
+    projective: bool = False, eps: float = 0.0, *, eager: bool = False,
 ) -> torch.Tensor:
     """Warp of ``x`` (B, C, H, W) by a ``src_from_dst`` matrix, bilinear or nearest, no grid in memory.
 
     ``matrix``: the rows ``(B, 2, 3)`` of an affine map, or with ``projective`` the
     homography ``(B, 3, 3)`` whose ``w`` is guarded by ``eps`` as :class:`~torchstn.Projective` does.
+    ``eager``: the caller has found ``x`` and ``matrix`` plain eager tensors
+    (:func:`~torchstn._tracing.eager_tensors`), so the operator is called directly without asking again.
     """
-    return _warp2d(x, matrix, "projective" if projective else "affine", list(size), mode, padding, align_corners, eps)
+    location = "projective" if projective else "affine"
+    if eager:
+        return eager_warp2d(x, matrix, location, size, mode, padding, align_corners, eps)
+    return _warp2d(x, matrix, location, list(size), mode, padding, align_corners, eps)

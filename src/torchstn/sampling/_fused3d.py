@@ -232,7 +232,7 @@ def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN00
 torch.library.register_autograd("torchstn::warp3d", _backward, setup_context=_setup_context, lib=_LIB)
 
 #: ``torchstn::warp3d(x, loc, location, size, mode, padding, align_corners)``, eager calls direct
-_warp3d = eager_operator("warp3d", _warp3d_cpu, _backward)
+_warp3d = eager_operator("warp3d", _warp3d_cpu, _backward).call
 
 
 def fused_sample3d(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:

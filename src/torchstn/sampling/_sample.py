@@ -14,7 +14,8 @@ from torchstn.sampling import _fused, _fused3d
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.sampling._reference import reference_sample
 from torchstn.transforms import (
-    Affine, Affine1D, Affine3D, MatrixTransform, Projective, ThinPlateSpline, Transform, get_transform,
+    Affine, Affine1D, Affine3D, Attention, MatrixTransform, Projective, Similarity, ThinPlateSpline, Transform,
+    Translation, get_transform,
 )
 
 __all__ = [
@@ -329,6 +330,10 @@ def warp_checked_options(
     """:func:`warp` for options validated already (:class:`~torchstn.sampling.SamplerOptions`):
     the tensors, the transform and the size are checked, each once; the options are not."""
     transform = get_transform(transform)
+    if backend is None or backend == "auto" or backend == "fused":
+        out = _eager_fused_warp(x, params, transform, size, mode, padding, align_corners)
+        if out is not None:
+            return out
     check_floating("x", check_tensor("x", x, ndim=transform.ndim + 2))
     params = transform.check_params(_matrix_form(transform, params))
     reject_tangents("warp", x, params)
@@ -356,6 +361,48 @@ def warp_checked_options(
             grid = transform.grid(params, size, align_corners, check=False)
             out = _run_kernel(xd, grid, mode, padding, align_corners, backend)
     return out if out.dtype is x.dtype else out.to(x.dtype)
+
+
+#: the 2-D matrix families the fused kernel warps from θ (exactly these: a subclass may
+#: change the map, and takes the general path)
+_FUSED_FAMILIES = (Translation, Attention, Similarity, Affine, Projective)
+
+
+def _eager_fused_warp(
+    x: object, params: object, transform: Transform, size: Sequence[int] | None, mode: str, padding: str,
+    align_corners: bool,
+) -> torch.Tensor | None:
+    """The common call of :func:`warp` with the fused backend, checked and run at the least
+    per-call cost (a batch-1 warp spent most of its time in the general path's checks and
+    dispatch), or ``None`` for any other call, which the general path then checks, explains
+    or runs. Common: plain eager tensors (:func:`~torchstn._tracing.eager_tensors`), a
+    float32/float64 CPU input ``(B, C, H, W)`` that the kernel covers
+    (:func:`~torchstn.sampling._fused.fused_applies`) and ``(B, P)`` parameters of a 2-D
+    matrix family in its dtype (or :class:`~torchstn.Affine`'s ``(B, 2, 3)`` rows), the size
+    ``None`` or two positive ints, no autocast, the kernel built. Every test is one the
+    general path makes too, and the kernel call is the one it makes (the tests compare both)."""
+    if not (type(transform) in _FUSED_FAMILIES and eager_tensors(x, params)):  # (types first: eager_tensors
+        return None  # accepts tensors only)
+    if not (params.dtype is x.dtype and params.is_cpu and _fused.fused_applies(x, mode) and _fused.fused_available()):
+        return None
+    b, _, h, w = x.shape
+    if size is None:
+        size = (h, w)
+    elif not (type(size) is tuple and len(size) == 2 and type(size[0]) is int and type(size[1]) is int
+              and size[0] > 0 and size[1] > 0):
+        return None
+    if torch.is_autocast_enabled("cpu") or params.dim() < 2 or params.shape[0] != b:
+        return None
+    if params.dim() == 2 and params.shape[1] == transform.num_params:
+        if transform.projective:
+            matrix = transform.matrix(params, check=False)
+            return _fused.fused_warp(x, matrix, size, mode, padding, align_corners, True, transform.eps, eager=True)
+        rows = transform.affine_rows(params, check=False)
+    elif type(transform) is Affine and params.dim() == 3 and params.shape[1] == 2 and params.shape[2] == 3:
+        rows = params  # warp's matrix form: the rows themselves
+    else:
+        return None
+    return _fused.fused_warp(x, rows, size, mode, padding, align_corners, eager=True)
 
 
 def _output_size(x: torch.Tensor, size: Sequence[int] | None, ndim: int) -> tuple[int, ...]:
