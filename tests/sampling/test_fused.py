@@ -418,6 +418,37 @@ def test_a_built_library_loads_without_torchs_build_lock(monkeypatch, tmp_path):
     assert not (cut / f"{name}.so").exists()
 
 
+@pytest.mark.skipif(_fused.fcntl is None, reason="no fcntl (Windows): builds are not locked")
+def test_a_build_holds_its_own_lock_and_removes_a_killed_builds_lock(monkeypatch, tmp_path):
+    """A first build killed while compiling left torch's lock file, and the next first use
+    waited for it without end; a build now runs under an flock of torchstn's own (dropped
+    when its process ends), so the torch lock found while holding it is stale and removed."""
+    import fcntl
+
+    from torch.utils import cpp_extension
+
+    name = _fused._build_options()[0]
+    real = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"  # built by the fixture
+    (tmp_path / "lock").touch()  # what a killed build leaves
+    seen = {}
+
+    def load(**kwargs):
+        seen["torch's lock"] = (tmp_path / "lock").exists()
+        with open(tmp_path / "torchstn-build.lock") as other:  # another process's attempt, as flock sees it
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen["held"] = False
+            except BlockingIOError:
+                seen["held"] = True
+        return str(real)
+
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", load)
+    assert _fused._build().torchstn_warp2d_abi_version() == _fused._ABI
+    assert seen == {"torch's lock": False, "held": True}
+    with open(tmp_path / "torchstn-build.lock") as after:  # let go once built
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
 
 def test_auto_samples_a_given_grid_with_the_kernel_where_it_is_faster(calls):
     """``"auto"`` on a given bilinear grid: the kernel from 3 channels on, and with fewer

@@ -47,6 +47,7 @@ Non-finite locations (NaN, ±Inf) give NaN outputs and NaN location gradients.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import inspect
@@ -55,11 +56,16 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from torchstn._tracing import differentiable_vjp, eager_tensors, functorch_active
 from torchstn.sampling._grid_sample import torch_sample
@@ -130,7 +136,12 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
     A library already built under this name (which holds the torch build, the flags and
     the source) is loaded directly: ``cpp_extension.load`` takes a lock file in the build
     directory on every call, even when nothing is to be built, and waits without end for a
-    lock that a killed process left behind (it hung the test suite here once).
+    lock that a killed process left behind (it hung the test suite here once). A build runs
+    under an ``flock`` of its own in that directory (:func:`_build_lock`, which the system
+    drops when its process ends, however it ends), so a second process waits for the first
+    and then loads its library, and torch's lock file found there while this process holds
+    the ``flock`` can only be a killed build's: it is removed (before, the next first use
+    waited for it without end, silently).
 
     The source is compiled as two translation units, its float32 and its float64 half
     (``TORCHSTN_PART``), which ninja builds in parallel: on two cores the first build takes
@@ -141,28 +152,53 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
     name, flags = _build_options(source, abi)
     directory = Path(cpp_extension._get_build_directory(name, verbose=False))
     built = directory / f"{name}.so"
+    lib = _load_built(built, source, abi)
+    if lib is not None:
+        return lib
+    with _build_lock(directory):
+        lib = _load_built(built, source, abi)  # built by another process while this one waited
+        if lib is not None:
+            return lib
+        (directory / "lock").unlink(missing_ok=True)  # torch's: a killed build's (every build holds ours)
+        print(f"torchstn: building {what} (first use, cached in {directory}) ...", end="", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            parts = []
+            for bits in (32, 64):
+                part = directory / f"{source.stem}_f{bits}.cpp"
+                part.write_text(f'#define TORCHSTN_PART {bits}\n#include "{source.resolve()}"\n')
+                parts.append(str(part))
+            path = cpp_extension.load(
+                name=name, sources=parts, extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                is_python_module=False, verbose=False,
+            )
+        except Exception:
+            print(" failed", file=sys.stderr, flush=True)  # end the line; the warning that follows says why
+            raise
+        print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        return _checked(ctypes.CDLL(path), source, abi)
+
+
+def _load_built(built: Path, source: Path, abi: int) -> ctypes.CDLL | None:
+    """The library ``built`` if it exists (checked by :func:`_checked`), else ``None``."""
     if built.exists():
         try:
             return _checked(ctypes.CDLL(str(built)), source, abi)
         except OSError:  # cut short by a killed build; ninja would call it up to date: remove it
             built.unlink(missing_ok=True)
-    print(f"torchstn: building {what} (first use, cached in {directory}) ...", end="", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    try:
-        parts = []
-        for bits in (32, 64):
-            part = directory / f"{source.stem}_f{bits}.cpp"
-            part.write_text(f'#define TORCHSTN_PART {bits}\n#include "{source.resolve()}"\n')
-            parts.append(str(part))
-        path = cpp_extension.load(
-            name=name, sources=parts, extra_cflags=flags, extra_ldflags=["-fopenmp"],
-            is_python_module=False, verbose=False,
-        )
-    except Exception:
-        print(" failed", file=sys.stderr, flush=True)  # end the line; the warning that follows says why
-        raise
-    print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    return _checked(ctypes.CDLL(path), source, abi)
+    return None
+
+
+@contextlib.contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``directory/torchstn-build.lock`` (waiting for another
+    process's build); where ``fcntl`` is missing (Windows), nothing is locked."""
+    if fcntl is None:
+        yield
+        return
+    with open(directory / "torchstn-build.lock", "a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)  # (dropped when the file is closed or the process ends)
+        yield
 
 
 def _checked(lib: ctypes.CDLL, source: Path, abi: int) -> ctypes.CDLL:
