@@ -19,6 +19,7 @@ from collections.abc import Callable, Hashable, Sequence
 import torch
 
 __all__ = [
+    "autocast_enabled",
     "cached",
     "clear_caches",
     "differentiable_vjp",
@@ -142,6 +143,15 @@ def exporting() -> bool:
     """
     is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
     return bool(is_exporting is not None and is_exporting())
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (``"cpu"``, ``"cuda"``, ...), also on torch
+    2.3, whose query takes no device."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no per-device query
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
 
 
 def forward_ad_active() -> bool:

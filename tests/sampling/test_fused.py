@@ -288,6 +288,9 @@ def test_non_contiguous_input_and_empty_batch():
     torch.testing.assert_close(stn.warp(x, p, transform, backend="fused"), stn.warp(x, p, transform, backend="torch"))
     assert stn.warp(torch.rand(0, 3, 8, 8), torch.zeros(0, 6), transform, backend="fused").shape == (0, 3, 8, 8)
     assert stn.warp(torch.rand(2, 0, 8, 8), torch.zeros(2, 6), transform, backend="fused").shape == (2, 0, 8, 8)
+    # no channels in channels_last (strides (0, 1, 0, 0)): an output with those strides crashed the kernel
+    empty = torch.rand(2, 0, 6, 7).contiguous(memory_format=torch.channels_last)
+    assert stn.warp(empty, stn.Affine().identity(2), "affine").shape == (2, 0, 6, 7)
     with pytest.raises(RuntimeError, match="non-empty spatial dimensions"):  # as F.grid_sample says
         stn.warp(torch.rand(1, 1, 0, 8), torch.zeros(1, 6), transform, size=(4, 4), backend="fused")
 
@@ -450,6 +453,22 @@ def test_a_build_holds_its_own_lock_and_removes_a_killed_builds_lock(monkeypatch
         fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def test_without_flock_torchs_lock_file_is_left_alone(monkeypatch, tmp_path):
+    """Where there is no fcntl (Windows) nothing holds torchstn's lock, so torch's lock file may
+    be a running build's: it is not removed, and torch's own lock orders the builds."""
+    from torch.utils import cpp_extension
+
+    name = _fused._build_options()[0]
+    real = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"  # built by the fixture
+    (tmp_path / "lock").touch()
+    seen = []
+    monkeypatch.setattr(_fused, "fcntl", None)
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: seen.append((tmp_path / "lock").exists()) or str(real))
+    assert _fused._build().torchstn_warp2d_abi_version() == _fused._ABI
+    assert seen == [True]
+
+
 def test_auto_samples_a_given_grid_with_the_kernel_where_it_is_faster(calls):
     """``"auto"`` on a given bilinear grid: the kernel from 3 channels on, and with fewer
     channels for a float32 grid of ``FUSED_MIN_POINTS`` points or more (below, the kernel's
@@ -509,6 +528,25 @@ def test_warp_fast_path_equals_the_general_path(transform, case, monkeypatch):
     for name, a, b in zip(("output", "gradient wrt x", "gradient wrt params"), fast, general):
         assert torch.equal(a, b), name
     assert fast[0].stride() == general[0].stride()
+
+
+@pytest.mark.filterwarnings("ignore:torch.is_autocast_cpu_enabled:DeprecationWarning")  # (torch 2.3's query, here)
+def test_warp_fast_path_declines_sparse_tensors_and_runs_on_torch_2_3s_autocast_query(monkeypatch):
+    from torchstn.sampling import _sample
+
+    x, theta = torch.rand(2, 1, 6, 7), stn.Affine().identity(2).view(2, 2, 3)
+    assert _sample._eager_fused_warp(x, theta.to_sparse(), stn.Affine(), None, "bilinear", "zeros", False) is None
+    assert _sample._eager_fused_warp(x.to_sparse(), theta, stn.Affine(), None, "bilinear", "zeros", False) is None
+    expected = stn.warp(x, theta, "affine")
+    real = torch.is_autocast_enabled
+
+    def torch_2_3(*device):  # torch 2.3's query takes no device
+        if device:
+            raise TypeError("is_autocast_enabled() takes 0 positional arguments but 1 was given")
+        return real()
+
+    monkeypatch.setattr(torch, "is_autocast_enabled", torch_2_3)
+    assert torch.equal(stn.warp(x, theta, "affine"), expected)
 
 
 @pytest.mark.parametrize("case", ["list-size", "float16", "other-dtype-params", "subclass", "wrong-width", "0-d",

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _ntuple, _pair, _single
 
-from torchstn._tracing import differentiable_vjp, eager_tensors
+from torchstn._tracing import autocast_enabled, differentiable_vjp, eager_tensors
 
 __all__ = ["DIRECT_INPUT_GRAD_MAX_CHANNELS", "Conv1d", "Conv2d", "conv1d", "conv2d"]
 
@@ -85,7 +85,7 @@ def _direct_input_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         and groups == 1
         and all(d == 1 for d in _ntuple(dims)(dilation))
         and not isinstance(padding, str)
-        and not torch.is_autocast_enabled("cpu")
+        and not autocast_enabled("cpu")
     )
 
 

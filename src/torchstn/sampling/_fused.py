@@ -152,14 +152,15 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
     name, flags = _build_options(source, abi)
     directory = Path(cpp_extension._get_build_directory(name, verbose=False))
     built = directory / f"{name}.so"
-    lib = _load_built(built, source, abi)
+    lib = _load_built(built, source, abi, remove_broken=False)  # (another process may be linking it)
     if lib is not None:
         return lib
-    with _build_lock(directory):
-        lib = _load_built(built, source, abi)  # built by another process while this one waited
+    with _build_lock(directory) as locked:
+        lib = _load_built(built, source, abi, remove_broken=locked)  # built by another process meanwhile
         if lib is not None:
             return lib
-        (directory / "lock").unlink(missing_ok=True)  # torch's: a killed build's (every build holds ours)
+        if locked:
+            (directory / "lock").unlink(missing_ok=True)  # torch's: a killed build's (every build holds ours)
         print(f"torchstn: building {what} (first use, cached in {directory}) ...", end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
@@ -179,26 +180,32 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
         return _checked(ctypes.CDLL(path), source, abi)
 
 
-def _load_built(built: Path, source: Path, abi: int) -> ctypes.CDLL | None:
-    """The library ``built`` if it exists (checked by :func:`_checked`), else ``None``."""
+def _load_built(built: Path, source: Path, abi: int, remove_broken: bool) -> ctypes.CDLL | None:
+    """The library ``built`` if it exists and loads (checked by :func:`_checked`), else ``None``.
+
+    A library that does not load was cut short by a killed build, and ninja would call it up
+    to date: ``remove_broken`` removes it (only under the build lock: without it, the file may
+    be one another process is still linking)."""
     if built.exists():
         try:
             return _checked(ctypes.CDLL(str(built)), source, abi)
-        except OSError:  # cut short by a killed build; ninja would call it up to date: remove it
-            built.unlink(missing_ok=True)
+        except OSError:
+            if remove_broken:
+                built.unlink(missing_ok=True)
     return None
 
 
 @contextlib.contextmanager
-def _build_lock(directory: Path) -> Iterator[None]:
+def _build_lock(directory: Path) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``directory/torchstn-build.lock`` (waiting for another
-    process's build); where ``fcntl`` is missing (Windows), nothing is locked."""
+    process's build) and yield True; where ``fcntl`` is missing (Windows) nothing is locked,
+    and False says so."""
     if fcntl is None:
-        yield
+        yield False
         return
     with open(directory / "torchstn-build.lock", "a") as file:
         fcntl.flock(file, fcntl.LOCK_EX)  # (dropped when the file is closed or the process ends)
-        yield
+        yield True
 
 
 def _checked(lib: ctypes.CDLL, source: Path, abi: int) -> ctypes.CDLL:
@@ -445,7 +452,8 @@ def _warp2d_cpu(
 def _new_output(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """The output of ``warp2d``: ``(B, C, *size)`` in the memory format of ``x`` (channels_last
     stays channels_last for the next convolution)."""
-    if x.is_contiguous():  # (NCHW, and a single channel: both formats are contiguous then)
+    if x.is_contiguous() and x.numel():  # (NCHW, and a single channel: both formats are contiguous then;
+        # an empty x counts as contiguous with any strides, which empty_like would copy)
         if x.shape[2:] == size:
             return torch.empty_like(x)  # (0.9 µs; empty with a shape, dtype and format: 2-3 µs)
         return x.new_empty((x.shape[0], x.shape[1], *size))

@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 import torch
 
-from torchstn._tracing import eager_tensors, reject_tangents
+from torchstn._tracing import autocast_enabled, eager_tensors, reject_tangents
 from torchstn._validation import check_choice, check_floating, check_same_batch, check_size, check_tensor
 from torchstn.sampling import _fused, _fused3d
 from torchstn.sampling._grid_sample import torch_sample
@@ -366,6 +366,7 @@ def warp_checked_options(
 #: the 2-D matrix families the fused kernel warps from θ (exactly these: a subclass may
 #: change the map, and takes the general path)
 _FUSED_FAMILIES = (Translation, Attention, Similarity, Affine, Projective)
+_STRIDED = torch.strided
 
 
 def _eager_fused_warp(
@@ -383,7 +384,8 @@ def _eager_fused_warp(
     general path makes too, and the kernel call is the one it makes (the tests compare both)."""
     if not (type(transform) in _FUSED_FAMILIES and eager_tensors(x, params)):  # (types first: eager_tensors
         return None  # accepts tensors only)
-    if not (params.dtype is x.dtype and params.is_cpu and _fused.fused_applies(x, mode) and _fused.fused_available()):
+    if not (params.dtype is x.dtype and params.is_cpu and x.layout is _STRIDED and params.layout is _STRIDED
+            and _fused.fused_applies(x, mode) and _fused.fused_available()):
         return None
     b, _, h, w = x.shape
     if size is None:
@@ -391,7 +393,7 @@ def _eager_fused_warp(
     elif not (type(size) is tuple and len(size) == 2 and type(size[0]) is int and type(size[1]) is int
               and size[0] > 0 and size[1] > 0):
         return None
-    if torch.is_autocast_enabled("cpu") or params.dim() < 2 or params.shape[0] != b:
+    if autocast_enabled("cpu") or params.dim() < 2 or params.shape[0] != b:
         return None
     if params.dim() == 2 and params.shape[1] == transform.num_params:
         if transform.projective:
@@ -464,11 +466,7 @@ def _spatial_size(x: torch.Tensor) -> tuple[int, ...]:
 
 def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     """Disable autocast where it is on (it would run the grid's matmul in low precision)."""
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 has no per-device query
-        enabled = torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
-    return torch.autocast(device_type, enabled=False) if enabled else _NOTHING
+    return torch.autocast(device_type, enabled=False) if autocast_enabled(device_type) else _NOTHING
 
 
 _NOTHING = contextlib.nullcontext()  # (reusable: one fewer object per call)
