@@ -332,6 +332,14 @@ STN_TABLE1 = Experiment(
         "0.1`, 21 min): 1.44% (best epoch 1.42%, training error 0.82%). So on P the learned ST-CNNs "
         "(2.45-2.54%, training errors 2.2-2.3%) stay about 1 point above what a perfect transformer gives "
         "this classifier on our data, and that ceiling is itself 0.6 points above the paper's 0.8%.",
+        "Twice `long` on P (measured 2026-12-02, seed 0, one thread, two trainings at a time, 46 min each: "
+        "`torchstn train --model st-cnn-aff --data mnist-p --online --steps 37480 --batch-size 64 "
+        "--optimizer adam --lr 0.002 --schedule cosine --warmup 0.05 --loc-lr-mult 1.0 --channels-last "
+        "--label-smoothing 0.1 --threads 1`, 40 epochs, and the same with `--model st-cnn-proj`): ST-CNN Aff "
+        "2.25% (training error 2.11%; 2.46% after the 20 epochs of `long`), ST-CNN Proj 2.36% (training "
+        "error 2.16%; 2.45%). Twice the iterations take 0.1-0.2 points off and leave the training error "
+        "far above the ideal transformer's 0.82%: the learned transformers do not undo P's homographies "
+        "as the ground truth does, and more of the same training closes that slowly.",
         "Label smoothing closes most of the gap the regularisers above did not (measured 2026-12-01, one "
         "thread, one other training on the machine, 22-28 min each): the `long` command of the notes above "
         "with `--label-smoothing 0.1` gave ST-CNN Aff on RTS 0.64% and 0.72% (seeds 0, 1; training error "
