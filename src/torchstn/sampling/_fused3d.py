@@ -45,6 +45,7 @@ import torch
 from torchstn._tracing import cached
 from torchstn.sampling._fused import (
     LazyKernel,
+    _ptr_of,
     _setup_context,
     bind_entries,
     check_operator_args,
@@ -108,10 +109,6 @@ def fused3d_applies(x: torch.Tensor, mode: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # the kernel, called through ctypes
-
-
-def _ptr_of(t: torch.Tensor | None) -> int | None:
-    return t.data_ptr() if t is not None and t.numel() else None
 
 
 def _coordinates(size: tuple[int, int, int], align_corners: bool, like: torch.Tensor) -> torch.Tensor:
