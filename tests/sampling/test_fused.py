@@ -339,11 +339,18 @@ def test_the_extension_name_separates_torch_builds_flags_and_sources(monkeypatch
     assert _fused._build_options()[0] != name
 
 
+def _built_library() -> tuple[str, Path]:
+    """The 2-D kernel's extension name and the library the ``fused_kernel`` fixture built."""
+    from torch.utils import cpp_extension
+
+    name = _fused._build_options()[0]
+    return name, Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+
+
 def test_the_first_build_says_so_on_stderr_with_its_duration(monkeypatch, tmp_path, capsys):
     from torch.utils import cpp_extension
 
-    built = cpp_extension._get_build_directory(_fused._build_options()[0], verbose=False)
-    library = f"{built}/{_fused._build_options()[0]}.so"  # the real build, made by the fixture above
+    library = str(_built_library()[1])
     monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
     monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: library)
     _fused._build()
@@ -377,8 +384,7 @@ def test_the_build_compiles_each_dtype_as_its_own_translation_unit(monkeypatch, 
     2-core machine); the library built from them exports both."""
     from torch.utils import cpp_extension
 
-    name = _fused._build_options()[0]
-    real = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"  # built by the fixture
+    name, real = _built_library()
     seen = {}
     monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
     monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: seen.update(kwargs) or str(real))
@@ -405,8 +411,7 @@ def test_a_built_library_loads_without_torchs_build_lock(monkeypatch, tmp_path):
     already built under its exact name is loaded without it (and without calling load)."""
     from torch.utils import cpp_extension
 
-    name = _fused._build_options()[0]
-    real = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"  # built by the fixture
+    name, real = _built_library()
     shutil.copy(real, tmp_path / f"{name}.so")
     (tmp_path / "lock").touch()
     monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
@@ -430,8 +435,7 @@ def test_a_build_holds_its_own_lock_and_removes_a_killed_builds_lock(monkeypatch
 
     from torch.utils import cpp_extension
 
-    name = _fused._build_options()[0]
-    real = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"  # built by the fixture
+    name, real = _built_library()
     (tmp_path / "lock").touch()  # what a killed build leaves
     seen = {}
 
@@ -458,8 +462,7 @@ def test_without_flock_torchs_lock_file_is_left_alone(monkeypatch, tmp_path):
     be a running build's: it is not removed, and torch's own lock orders the builds."""
     from torch.utils import cpp_extension
 
-    name = _fused._build_options()[0]
-    real = Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"  # built by the fixture
+    name, real = _built_library()
     (tmp_path / "lock").touch()
     seen = []
     monkeypatch.setattr(_fused, "fcntl", None)
