@@ -120,14 +120,17 @@ def test_a_sample_smaller_and_one_larger_than_l2_equal_the_grid_path():
 
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_float32_rows_in_one_pass_equal_the_two_passes_bit_for_bit(padding, align_corners):
-    """Rows of a float32 affine warp with 1 to 4 channels are sampled in one pass (the
-    corners read as windows of a row where they lie close, as pairs, or gathered); 5
-    channels take the two passes. The first channels of a 5-channel warp must be the same
+@pytest.mark.parametrize("location", ["affine", "projective"])
+def test_float32_rows_in_one_pass_equal_the_two_passes_bit_for_bit(padding, align_corners, location):
+    """Rows of a float32 affine or projective warp with 1 to 4 channels are sampled in one
+    pass (the corners read as windows of a row where they lie close, as pairs, or gathered);
+    5 channels take the two passes. The first channels of a 5-channel warp must be the same
     bits: near the identity (windows), shifted and rotated (pairs, the edges), flipped,
-    far out, a NaN θ, an inf pixel, and an input that is a view (row stride > width); the
-    same for the points given as a grid."""
+    far out, a NaN θ, an inf pixel, and an input that is a view (row stride > width); for
+    homographies also one whose w crosses 0 inside the output (the guard); for affine rows
+    the same points given as a grid."""
     n = 8
+    transform = stn.Projective(eps=0.05) if location == "projective" else stn.Affine()
     wide = random_input((n, 5, 50, 90), torch.float32, seed=3)
     x = wide[..., :70]  # a view: rows 90 apart
     x[1, :, 20, 30] = float("inf")
@@ -137,16 +140,22 @@ def test_float32_rows_in_one_pass_equal_the_two_passes_bit_for_bit(padding, alig
     p[5] = torch.tensor([0.7, 0.7, 0.1, -0.7, 0.7, 0.0])  # rotated by 45 degrees
     p[6] = torch.tensor([1.0, 0.0, 3.0, 0.0, 1.0, 0.0])  # entirely outside
     p[7, 2] = float("nan")
+    if location == "projective":  # perspective terms; sample 3's w = 1 - 1.3 x + 0.4 y crosses 0
+        perspective = 0.05 * random_input((n, 2), torch.float64, seed=6)
+        perspective[3] = torch.tensor([-1.3, 0.4], dtype=torch.float64)
+        p = torch.cat([p, perspective], 1)
     p = p.float()
     # rows of 64 + 16 points, of 64 + 6 (a part-filled vector), and narrow rows packed into blocks of
     # 64 points across rows (27 and 40 wide: vectors that span two rows; 13 x 27 ends part-filled)
     for size in [(40, 80), (12, 70), (13, 27), (8, 40)]:
-        five = stn.warp(x, p, stn.Affine(), size=size, padding=padding, align_corners=align_corners, backend="fused")
+        five = stn.warp(x, p, transform, size=size, padding=padding, align_corners=align_corners, backend="fused")
         for c in (1, 2, 3, 4):
-            out = stn.warp(x[:, :c], p, stn.Affine(), size=size, padding=padding, align_corners=align_corners,
+            out = stn.warp(x[:, :c], p, transform, size=size, padding=padding, align_corners=align_corners,
                            backend="fused")
             torch.testing.assert_close(out, five[:, :c], atol=0, rtol=0, equal_nan=True)
         assert five[7].isnan().all()
+        if location == "projective":
+            continue
         # the same points given as a grid (its (x, y) pairs read in the same pass), with an Inf point
         grid = stn.Affine().grid(p, size, align_corners)
         grid[0, 1, 2, 0] = float("inf")
@@ -155,9 +164,11 @@ def test_float32_rows_in_one_pass_equal_the_two_passes_bit_for_bit(padding, alig
             out = stn.sample(x[:, :c], grid, padding=padding, align_corners=align_corners, backend="fused")
             torch.testing.assert_close(out, five[:, :c], atol=0, rtol=0, equal_nan=True)
         assert five[0, :, 1, 2].isnan().all() and five[7].isnan().all()
-        five = stn.warp(x, p, stn.Affine(), size=size, padding=padding, align_corners=align_corners, backend="fused")
-    grid_path = stn.warp(x, p, stn.Affine(), size=size, padding=padding, align_corners=align_corners, backend="torch")
+        five = stn.warp(x, p, transform, size=size, padding=padding, align_corners=align_corners, backend="fused")
+    grid_path = stn.warp(x, p, transform, size=size, padding=padding, align_corners=align_corners, backend="torch")
     finite = torch.isfinite(grid_path) & torch.isfinite(five)  # (the paths' float32 locations differ by rounding)
+    if location == "projective":  # (and near w = 0 a rounding moves a point by pixels)
+        finite[3] = False
     torch.testing.assert_close(five[finite], grid_path[finite], atol=1e-4, rtol=0)
 
 

@@ -136,30 +136,35 @@ def test_eager_call_equals_the_operator_and_modes_see_the_operator(ndim):
 
 @pytest.mark.parametrize("channels", [2, 3, 4, 5])
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
-def test_channels_side_by_side_give_the_channel_by_channel_values(channels, mode, dtype):
+@pytest.mark.parametrize("location", ["affine", "projective"])
+def test_channels_side_by_side_give_the_channel_by_channel_values(channels, mode, location, dtype):
     """channels_last inputs of up to 4 channels take a path of their own in float32 (a pixel's
-    channels in one load, written with one store): exactly the values of the NCHW input, NaN
-    where a location is not finite, and a non-finite pixel read only where a corner is inside."""
+    channels in one load, written with one store), for affine rows and homographies: exactly
+    the values of the NCHW input, NaN where a location is not finite, and a non-finite pixel
+    read only where a corner is inside."""
+    transform = stn.Projective() if location == "projective" else stn.Affine()
     x = random_input((2, channels, 17, 23), dtype)
-    theta = random_theta(stn.Affine(), 2, dtype, scale=0.6, seed=8)
+    theta = random_theta(transform, 2, dtype, scale=0.6 if location == "affine" else 0.2, seed=8)
     for padding in PADDINGS:
         for align_corners in (False, True):
             options = {"size": (19, 21), "mode": mode, "padding": padding, "align_corners": align_corners}
-            side_by_side = stn.warp(x.contiguous(memory_format=torch.channels_last), theta, "affine", **options,
+            side_by_side = stn.warp(x.contiguous(memory_format=torch.channels_last), theta, transform, **options,
                                     backend="fused")
             assert side_by_side.is_contiguous(memory_format=torch.channels_last)
-            torch.testing.assert_close(side_by_side, stn.warp(x, theta, "affine", **options, backend="fused"),
+            torch.testing.assert_close(side_by_side, stn.warp(x, theta, transform, **options, backend="fused"),
                                        rtol=0, atol=0)
-            expected = F.grid_sample(x, F.affine_grid(theta.view(2, 2, 3), [2, channels, 19, 21],
-                                                      align_corners=align_corners),
-                                     mode=mode, padding_mode=padding, align_corners=align_corners)
+            if location == "affine":
+                grid = F.affine_grid(theta.view(2, 2, 3), [2, channels, 19, 21], align_corners=align_corners)
+            else:  # (torch has no homography grid; torchstn's own is checked against closed forms elsewhere)
+                grid = transform.grid(theta, (19, 21), align_corners)
+            expected = F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
             torch.testing.assert_close(side_by_side, expected, atol=2e-5 if dtype == torch.float32 else 1e-10,
                                        rtol=1e-5)
     x[:, :, 0, 0] = float("inf")  # the first pixel: where a corner outside points, never read
     theta[1, 0] = float("nan")
-    side_by_side = stn.warp(x.contiguous(memory_format=torch.channels_last), theta, "affine", size=(19, 21),
+    side_by_side = stn.warp(x.contiguous(memory_format=torch.channels_last), theta, transform, size=(19, 21),
                             mode=mode, backend="fused")
-    nchw = stn.warp(x, theta, "affine", size=(19, 21), mode=mode, backend="fused")
+    nchw = stn.warp(x, theta, transform, size=(19, 21), mode=mode, backend="fused")
     torch.testing.assert_close(side_by_side, nchw, rtol=0, atol=0, equal_nan=True)
     assert side_by_side[1].isnan().all() and side_by_side[0].isinf().sum() < side_by_side[0].numel() / 10
 

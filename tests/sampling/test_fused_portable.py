@@ -8,17 +8,46 @@ into blocks, wider rows block by block). It once wrote past the end of
 the output (heap corruption, then an abort) on every row whose width is not a multiple
 of 8, which no AVX2 run could see. On an AVX-512 machine a process with
 ``ATEN_CPU_CAPABILITY=avx2`` runs the AVX2 build, whose row windows are read with
-one-source permutes and blends instead of AVX-512's two-source permutes.
+one-source permutes and blends instead of AVX-512's two-source permutes. Every build computes
+a float32 forward with the same operations in the same order, so the other builds' outputs
+must be this process's bits (their gradients wrt θ sum lanes of other widths: not compared).
 """
 
+import itertools
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import torchstn as stn
+
 from torchstn.sampling import fused_status
+
+
+def float32_forwards() -> list[torch.Tensor]:
+    """Float32 forwards through every path of the 2-D kernel's forward: affine rows and
+    homographies (w crossing 0 in one sample), 1 to 5 channels, NCHW and channels_last,
+    wide and narrow (packed) rows, the three paddings, a NaN θ and an Inf pixel."""
+    outputs = []
+    g = torch.Generator().manual_seed(0)
+    for transform in (stn.Affine(), stn.Projective(eps=0.05)):
+        # (uniform draws: torch.randn's bits differ between torch's own CPU capabilities, torch.rand's do not)
+        theta = transform.identity(3) + 0.4 * (torch.rand(3, transform.num_params, generator=g) - 0.5)
+        theta[1, 0] = float("nan")
+        if transform.num_params == 8:
+            theta[2, 6:] = torch.tensor([-1.3, 0.4])
+        for channels in (1, 3, 5):
+            x = torch.rand(3, channels, 30, 90, generator=g)
+            x[0, :, 10, 20] = float("inf")
+            for layout in (torch.contiguous_format, torch.channels_last):
+                for size, padding in itertools.product(((20, 85), (13, 27)), ("zeros", "border", "reflection")):
+                    outputs.append(stn.warp(x.contiguous(memory_format=layout), theta, transform, size=size,
+                                            padding=padding, backend="fused"))
+    return outputs
+
 
 _CHECK = r"""
 import itertools, torch, torch.nn.functional as F, torchstn as stn
@@ -58,16 +87,26 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
             x = torch.rand(b, c, d, h, w, dtype=dtype, requires_grad=True)
             check(x, stn.Affine3D(), out, padding, mode, tol, (dtype, b, c, d, h, w))
 print(sys.argv[1], "build matches F.grid_sample; worst relative error", worst)
+sys.path.insert(0, sys.argv[3])
+from tests.sampling.test_fused_portable import float32_forwards
+torch.save(float32_forwards(), sys.argv[2])
 """
 
 
 @pytest.mark.parametrize("capability", ["DEFAULT", "AVX2"])
-def test_the_other_builds_match_grid_sample_and_stay_in_bounds(capability):
+def test_the_other_builds_match_grid_sample_and_stay_in_bounds(capability, tmp_path):
     if not fused_status().available:
         pytest.skip(f"the fused kernel cannot be built here: {fused_status().error}")
     if capability == "AVX2" and torch.backends.cpu.get_cpu_capability() != "AVX512":
         pytest.skip(f"the suite itself runs the AVX2 build here (torch's capability: {torch.backends.cpu.get_cpu_capability()})")
-    done = subprocess.run([sys.executable, "-c", _CHECK, capability], capture_output=True, text=True, timeout=900,
+    forwards = tmp_path / "forwards.pt"
+    root = Path(__file__).parents[2]
+    done = subprocess.run([sys.executable, "-c", _CHECK, capability, str(forwards), str(root)], capture_output=True,
+                          text=True, timeout=900,
                           env={**os.environ, "ATEN_CPU_CAPABILITY": capability.lower(), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{capability} build matches F.grid_sample" in done.stdout
+    theirs, ours = torch.load(forwards), float32_forwards()
+    assert len(theirs) == len(ours)
+    for i, (a, b) in enumerate(zip(theirs, ours)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=f"forward {i}")

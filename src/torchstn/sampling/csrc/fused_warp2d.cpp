@@ -28,10 +28,11 @@
 // the corners of every channel (where the build has AVX2, eight points at a time; else one
 // point at a time, same arithmetic, same results); the backward also scatters into grad_x
 // (scalar: two points may share a pixel) and accumulates dL/dθ in vector lanes, summed in a
-// fixed order (deterministic). The float32 bilinear forward of 1-4 channels from affine θ
-// or a grid (unit width strides, no rows fetched ahead; channels side by side too) runs both
-// loops in one pass instead (single_pass): 1.17-1.30x forward at 64x3x64x64 and
-// 1x3x224x224, 1.16-1.22x at 256x1x28x28 and 256x3x28x28 (rows packed into blocks).
+// fixed order (deterministic). The float32 bilinear forward of 1-4 channels from affine θ,
+// a homography or a grid (unit width strides, no rows fetched ahead; channels side by side
+// too) runs both loops in one pass instead (single_pass): 1.17-1.30x forward at 64x3x64x64
+// and 1x3x224x224, 1.16-1.22x at 256x1x28x28 and 256x3x28x28 (rows packed into blocks);
+// for homographies 1.02-1.07x at 64x3x64x64, 1.43-1.49x at 1x3x224x224 and 256x1x28x28.
 
 #include <algorithm>
 #include <cmath>
@@ -629,6 +630,66 @@ __attribute__((always_inline)) inline bool place8(__m256 gx, __m256 gy, int64_t 
 }  // namespace avx
 #endif
 
+#ifdef TORCHSTN_AVX2
+// Where a span's points sample (normalised x and y), eight at a time: from θ (`m`) and a
+// row's x (`xs`) and y (ROW), from θ and each point's x and y (`xs`, `ys`: PACKED rows), or
+// read from a grid's (x, y) pairs (`xs`: GRID_PAIRS, the last vector's pairs past n read as 0).
+// θ is affine rows, or with LOC = PROJECTIVE a homography: its w guarded (|w| >= eps, sign
+// kept, 0 counting as positive) and divided by, the same operations in the same order as
+// locate's portable loop, so the same values. θ is copied into the object, which the single
+// passes hold in registers (the output's float stores may alias it).
+enum Source { ROW, PACKED, GRID_PAIRS };
+
+template <int SOURCE, int LOC = AFFINE>
+struct Locations8 {
+  float m0, m1, m2, m3, m4, m5, m6, m7, m8, cx, cy, cw, eps;
+  const float *xs, *ys;
+  int64_t n;
+
+  Locations8(const float* m, const float* xs_, const float* ys_, float y, int64_t n_, float eps_ = 0.f)
+      : m0(m ? m[0] : 0.f), m1(m ? m[1] : 0.f), m2(m ? m[2] : 0.f),
+        m3(m ? m[3] : 0.f), m4(m ? m[4] : 0.f), m5(m ? m[5] : 0.f),
+        m6(LOC == PROJECTIVE ? m[6] : 0.f), m7(LOC == PROJECTIVE ? m[7] : 0.f), m8(LOC == PROJECTIVE ? m[8] : 1.f),
+        cx(m1 * y + m2), cy(m4 * y + m5), cw(m7 * y + m8), eps(eps_), xs(xs_), ys(ys_), n(n_) {}
+
+  // PROJECTIVE, where `w` is given: the guarded w and `keep` (1 where the guard is off) too,
+  // which the backward reads
+  inline void at(int64_t t0, __m256* gx, __m256* gy, __m256* w = nullptr, __m256* keep = nullptr) const {
+    using S = Simd<float>;
+    if (SOURCE == GRID_PAIRS) {  // x0 y0 x1 y1 ... x7 y7
+      const __m256 a = S::load_upto(xs + 2 * t0, 2 * (n - t0)), b = S::load_upto(xs + 2 * t0 + 8, 2 * (n - t0) - 8);
+      *gx = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8));
+      *gy = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8));
+      return;
+    }
+    const __m256 xv = _mm256_loadu_ps(xs + t0);
+    // the row's part, or per point where rows are packed
+    __m256 rx = avx::set1(cx), ry = avx::set1(cy), rw = avx::set1(cw);
+    if (SOURCE == PACKED) {
+      const __m256 yv = _mm256_loadu_ps(ys + t0);
+      rx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m1), yv), avx::set1(m2));
+      ry = _mm256_add_ps(_mm256_mul_ps(avx::set1(m4), yv), avx::set1(m5));
+      if (LOC == PROJECTIVE) rw = _mm256_add_ps(_mm256_mul_ps(avx::set1(m7), yv), avx::set1(m8));
+    }
+    *gx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m0), xv), rx);
+    *gy = _mm256_add_ps(_mm256_mul_ps(avx::set1(m3), xv), ry);
+    if (LOC == PROJECTIVE) {
+      const __m256 raw = _mm256_add_ps(_mm256_mul_ps(avx::set1(m6), xv), rw);
+      // |w| < eps (false for NaN, which stays), replaced by eps with w's sign
+      const __m256 guard = _mm256_cmp_ps(_mm256_andnot_ps(avx::set1(-0.f), raw), avx::set1(eps), _CMP_LT_OQ);
+      const __m256 sign = avx::select(_mm256_cmp_ps(raw, _mm256_setzero_ps(), _CMP_LT_OQ), avx::set1(-eps), avx::set1(eps));
+      const __m256 g = avx::select(guard, sign, raw);
+      *gx = _mm256_div_ps(*gx, g);
+      *gy = _mm256_div_ps(*gy, g);
+      if (w) {
+        *w = g;
+        *keep = _mm256_andnot_ps(guard, avx::set1(1.f));
+      }
+    }
+  }
+};
+#endif
+
 // loop A: where the n points of the block starting at (b, i, j0) read, and their corners;
 // entries up to whole_vectors(n) are padding. Each stage runs over one vector of points
 // at a time (a loop of a constant trip count, which the compiler turns into vector code
@@ -903,44 +964,6 @@ inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step,
   }
 }
 
-// Where a span's points sample (normalised x and y), eight at a time: from θ (`m`) and a
-// row's x (`xs`) and y (ROW), from θ and each point's x and y (`xs`, `ys`: PACKED rows), or
-// read from a grid's (x, y) pairs (`xs`: GRID_PAIRS, the last vector's pairs past n read as 0).
-// θ is copied into the object, which the single passes hold in registers (the output's
-// float stores may alias it).
-enum Source { ROW, PACKED, GRID_PAIRS };
-
-template <int SOURCE>
-struct Locations8 {
-  float m0, m1, m2, m3, m4, m5, cx, cy;
-  const float *xs, *ys;
-  int64_t n;
-
-  Locations8(const float* m, const float* xs_, const float* ys_, float y, int64_t n_)
-      : m0(m ? m[0] : 0.f), m1(m ? m[1] : 0.f), m2(m ? m[2] : 0.f),
-        m3(m ? m[3] : 0.f), m4(m ? m[4] : 0.f), m5(m ? m[5] : 0.f),
-        cx(m1 * y + m2), cy(m4 * y + m5), xs(xs_), ys(ys_), n(n_) {}
-
-  inline void at(int64_t t0, __m256* gx, __m256* gy) const {
-    using S = Simd<float>;
-    if (SOURCE == GRID_PAIRS) {  // x0 y0 x1 y1 ... x7 y7
-      const __m256 a = S::load_upto(xs + 2 * t0, 2 * (n - t0)), b = S::load_upto(xs + 2 * t0 + 8, 2 * (n - t0) - 8);
-      *gx = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8));
-      *gy = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8));
-      return;
-    }
-    const __m256 xv = _mm256_loadu_ps(xs + t0);
-    __m256 rx = avx::set1(cx), ry = avx::set1(cy);  // the row's part, or per point where rows are packed
-    if (SOURCE == PACKED) {
-      const __m256 yv = _mm256_loadu_ps(ys + t0);
-      rx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m1), yv), avx::set1(m2));
-      ry = _mm256_add_ps(_mm256_mul_ps(avx::set1(m4), yv), avx::set1(m5));
-    }
-    *gx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m0), xv), rx);
-    *gy = _mm256_add_ps(_mm256_mul_ps(avx::set1(m3), xv), ry);
-  }
-};
-
 // The forward of a span of n points (float, affine, bilinear, unit width strides; a wide
 // output row's, or with PACKED a block of narrow rows, each point with its own y) in one
 // pass, a vector of 8 points at a time, its location and corners in
@@ -969,7 +992,17 @@ struct Locations8 {
 // 1.13-1.30x at 1x3x224x224 (11% of the bench θ's vectors lie outside), 1.7x with three
 // times the θ noise, 1.07-1.11x at 64x3x64x64, 1.01-1.04x for grids at 256x1x28x28 and
 // 256x3x28x28; θ's packed rows keep the gathers (the test cost them 0.94x at 256x1x28x28).
-template <int PAD, int SOURCE>
+// Homographies (LOC = PROJECTIVE: Locations8 divides by the guarded w in registers, the
+// same operations as locate's portable loop, so the same bits) took the two passes until
+// 2026-12-02: one pass ran their forward at 1.44x at 256x1x28x28, 1.43-1.49x at 1x3x224x224,
+// 1.16-1.19x channels_last (single_pass_interleaved), 1.02-1.07x at 64x3x64x64 (A/B of
+// the two builds in one process, entry points swapped every round; θ the identity + 0.1
+// N(0, 1), its perspective terms 0.03 N(0, 1)); a homography's forward went from 1.44-1.93x
+// to 1.25-1.34x an affine one's time (θ noise 0.05, as the bench's). Its two-pass locate in
+// AVX2 too (for the backward) was slower than the compiler's AVX-512 loop (0.90-0.92x
+// at 32x3x224x224) and is not used; nor for affine rows through Locations8 (GCC then
+// stopped inlining locate: 0.90x at 256x1x28x28).
+template <int PAD, int SOURCE, int LOC = AFFINE>
 inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C, const float* m,
                         const float* xs, const float* ys, float y, int64_t n, const Constants<float>& kref,
                         Block<float>& blk) {
@@ -977,7 +1010,7 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
   // a copy, held in registers: the output's float stores may alias the caller's (1.02-1.03x)
   const Constants<float> k = kref;
   const int64_t sh = k.sh, end = (k.H - 1) * sh + k.W;  // one past the last pixel of a channel
-  const Locations8<SOURCE> where(m, xs, ys, y, n);
+  const Locations8<SOURCE, LOC> where(m, xs, ys, y, n, k.eps);
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
     __m256 gx, gy;
     where.at(t0, &gx, &gy);
@@ -1101,12 +1134,12 @@ __attribute__((noinline)) void zero_points(float* o, int64_t n, int64_t C, int64
 // vector's points are written a pair at a time, their 2C values compressed together and
 // stored with one masked store, instead of two overlapping 4-lane stores: 1.01-1.05x at
 // channels_last 1x3x224x224, 32x3x64x64, 8x2x64x64 and 4x4x64x64.
-template <int PAD, int SOURCE>
+template <int PAD, int SOURCE, int LOC = AFFINE>
 inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int64_t C, const float* m,
                                     const float* xs, const float* ys, float y, int64_t n,
                                     const Constants<float>& kref, Block<float>& blk) {
   const Constants<float> k = kref;
-  const Locations8<SOURCE> where(m, xs, ys, y, n);
+  const Locations8<SOURCE, LOC> where(m, xs, ys, y, n, k.eps);
   const int64_t last = (k.H - 1) * k.sh + (k.W - 1) * k.sw + C - 4;  // the last whole-vector load
   // the largest corner-0 offset whose corner 3 is read whole inside the sample
   const __m256i last0 = _mm256_set1_epi32(static_cast<int32_t>(last - k.sh - k.sw));
@@ -1243,14 +1276,16 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
     const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
     const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
 #ifdef TORCHSTN_AVX2
-    if constexpr (std::is_same_v<T, float> && LOC == AFFINE && MODE == LINEAR) {
+    if constexpr (std::is_same_v<T, float> && LOC != GRID && MODE == LINEAR) {
       if (xs.w == 1 && os.w == 1 && C <= 4 && ahead == 0) {  // (packed rows: a contiguous block, os.h == Wo)
-        const float* m = loc.theta + b * 6;
+        const float* m = loc.theta + b * (LOC == AFFINE ? 6 : 9);
         float* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
         if (loc.packed) {
-          single_pass<PAD, PACKED>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.px + span.p0, loc.py + span.p0, 0.f, n, k, blk);
+          single_pass<PAD, PACKED, LOC>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.px + span.p0, loc.py + span.p0, 0.f, n,
+                                        k, blk);
         } else {
-          single_pass<PAD, ROW>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.xs + span.j0, nullptr, loc.ys[span.i], n, k, blk);
+          single_pass<PAD, ROW, LOC>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.xs + span.j0, nullptr, loc.ys[span.i], n,
+                                     k, blk);
         }
         return;
       }
@@ -1263,12 +1298,12 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
         return;
       }
     }
-    if constexpr (std::is_same_v<T, float> && LOC != PROJECTIVE && MODE == LINEAR) {
+    if constexpr (std::is_same_v<T, float> && MODE == LINEAR) {
       if (!loc.packed && xs.c == 1 && os.c == 1 && C >= 2 && C <= 4 && ahead == 0) {  // channels side by side
         float* o = out + b * os.b + span.i * os.h + span.j0 * os.w;
-        if constexpr (LOC == AFFINE) {
-          single_pass_interleaved<PAD, ROW>(x + b * xs.b, o, os.w, C, loc.theta + b * 6, loc.xs + span.j0, nullptr,
-                                            loc.ys[span.i], n, k, blk);
+        if constexpr (LOC != GRID) {
+          single_pass_interleaved<PAD, ROW, LOC>(x + b * xs.b, o, os.w, C, loc.theta + b * (LOC == AFFINE ? 6 : 9),
+                                                 loc.xs + span.j0, nullptr, loc.ys[span.i], n, k, blk);
         } else {
           single_pass_interleaved<PAD, GRID_PAIRS>(x + b * xs.b, o, os.w, C, nullptr,
                                                    loc.grid + (b * k.Ho * k.Wo + span.p0) * 2, nullptr, 0.f, n, k, blk);
