@@ -1,0 +1,95 @@
+"""A/B of two versions of the fused 2-D kernel in one process: this checkout's and another's.
+
+Both libraries are loaded side by side and ``torchstn.warp``'s entry points are swapped
+every round (in alternating order), so both versions see the same machine load; prints,
+per case and pass, the median time of each and the median and quartiles of the per-round
+speed-ups (base time / this checkout's time, > 1 = this checkout is faster). Give
+``--base`` the ``src`` directory of another checkout, for example a worktree of the
+previous commit (it must have the same kernel ABI)::
+
+    git worktree add --detach /tmp/base HEAD~1
+    python benchmarks/ab_kernel.py --base /tmp/base/src --cases projective
+    python benchmarks/ab_kernel.py --base src        # an A/A: the harness's own bias
+
+Run it with nothing else on the machine if you can, one thread (``--threads``).
+"""
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import torchstn as stn
+from torchstn.sampling import _fused
+
+SHAPES = [((256, 1, 28, 28), False), ((64, 3, 64, 64), False), ((1, 3, 224, 224), True), ((1, 3, 224, 224), False),
+          ((32, 3, 224, 224), False), ((64, 8, 32, 32), False)]
+
+
+def entry_points(source: Path) -> dict:
+    """The kernel built from ``source`` (cached like torchstn's own), its entry points bound."""
+    entries: dict = {}
+    _fused.bind_entries(_fused.load_kernel(source, _fused._ABI, f"the kernel of {source}"), "warp2d",
+                        _fused._FORWARD_ARGS, _fused._BACKWARD_ARGS, entries)
+    return entries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, required=True, help="the other checkout's src directory")
+    parser.add_argument("--cases", default="", help="only the cases whose label contains this text")
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    libraries = {"base": entry_points(args.base / "torchstn/sampling/csrc/fused_warp2d.cpp"),
+                 "this": entry_points(_fused._SOURCE)}
+    for transform in (stn.Affine(), stn.Projective()):
+        for shape, channels_last in SHAPES:
+            label = f"{transform.name.lower()} {'x'.join(map(str, shape))}{' channels_last' if channels_last else ''}"
+            if args.cases not in label:
+                continue
+            g = torch.Generator().manual_seed(0)
+            x = torch.rand(shape, generator=g)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            theta = transform.identity(shape[0]) + 0.1 * torch.randn(shape[0], transform.num_params, generator=g)
+            if transform.num_params == 8:
+                theta[:, 6:] *= 0.3
+            xg, tg = x.clone().requires_grad_(), theta.clone().requires_grad_()
+
+            def forward() -> None:
+                stn.warp(x, theta, transform, size=shape[-2:], backend="fused")
+
+            def forward_backward() -> None:
+                torch.autograd.grad(stn.warp(xg, tg, transform, size=shape[-2:], backend="fused").sum(), (xg, tg))
+
+            for name, run in (("forward", forward), ("forward+backward", forward_backward)):
+                for entries in libraries.values():  # warm both
+                    _fused._ENTRY.update(entries)
+                    run()
+                    run()
+                start = time.perf_counter()
+                run()
+                calls = max(1, int(0.01 / (time.perf_counter() - start)))  # ~10 ms per measurement
+                times: dict[str, list[float]] = {"base": [], "this": []}
+                speedups = []
+                for r in range(args.rounds):
+                    for version in ("base", "this") if r % 2 == 0 else ("this", "base"):
+                        _fused._ENTRY.update(libraries[version])
+                        start = time.perf_counter()
+                        for _ in range(calls):
+                            run()
+                        times[version].append((time.perf_counter() - start) / calls)
+                    speedups.append(times["base"][-1] / times["this"][-1])
+                q = statistics.quantiles(speedups, n=4)
+                print(f"{label:38s} {name:17s} base {statistics.median(times['base']) * 1e3:8.3f} ms  "
+                      f"this {statistics.median(times['this']) * 1e3:8.3f} ms  speed-up {statistics.median(speedups):.3f}x "
+                      f"(quartiles {q[0]:.3f}-{q[2]:.3f})", flush=True)
+    _fused._ENTRY.update(libraries["this"])
+
+
+if __name__ == "__main__":
+    main()
