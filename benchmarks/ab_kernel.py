@@ -5,7 +5,8 @@ every round (in alternating order), so both versions see the same machine load; 
 per case and pass, the median time of each and the median and quartiles of the per-round
 speed-ups (base time / this checkout's time, > 1 = this checkout is faster). Give
 ``--base`` the ``src`` directory of another checkout, for example a worktree of the
-previous commit (it must have the same kernel ABI)::
+previous commit (it must have the same kernel ABI; its source is compiled with this
+checkout's flags)::
 
     git worktree add --detach /tmp/base HEAD~1
     python benchmarks/ab_kernel.py --base /tmp/base/src --cases projective
@@ -44,6 +45,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # torchstn's own loading of its kernel binds _ENTRY on the first warp: done first, so that
+    # the swaps below are what the calls run
+    _fused.fused_status()
     libraries = {"base": entry_points(args.base / "torchstn/sampling/csrc/fused_warp2d.cpp"),
                  "this": entry_points(_fused._SOURCE)}
     for transform in (stn.Affine(), stn.Projective()):

@@ -11,6 +11,7 @@ so a test sees the same numbers in every dtype and on every device, whatever ran
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -73,3 +74,37 @@ def perturb(module: M, seed: int = 0) -> M:
             if isinstance(m, stn.IdentityRegressor):
                 m.weight.copy_(0.05 * torch.randn(m.weight.shape, generator=generator))
     return module
+
+
+def float32_forwards() -> list[torch.Tensor]:
+    """Float32 forwards of the fused 2-D kernel that reach each of its forward paths: affine
+    rows, homographies (w crossing 0 in one sample) and grids; 1, 3 and 5 channels (one pass
+    up to 4), NCHW and channels_last, wide and narrow (packed) rows, bilinear and nearest,
+    the three paddings, both ``align_corners``, a NaN θ and an Inf pixel; and an input beyond
+    a 1 MB L2 whose rows are fetched ahead. The same in every process: θ and the images are
+    uniform draws (torch.randn's bits differ between torch's own CPU capabilities,
+    torch.rand's do not)."""
+    outputs = []
+    g = torch.Generator().manual_seed(0)
+    options = list(itertools.product(((20, 85), (13, 27)), ("zeros", "border", "reflection"), ("bilinear", "nearest"),
+                                     (False, True)))
+    for transform in (stn.Affine(), stn.Projective(eps=0.05)):
+        theta = transform.identity(3) + 0.4 * (torch.rand(3, transform.num_params, generator=g) - 0.5)
+        theta[1, 0] = float("nan")
+        if transform.num_params == 8:
+            theta[2, 6:] = torch.tensor([-1.3, 0.4])
+        for channels in (1, 3, 5):
+            x = torch.rand(3, channels, 30, 90, generator=g)
+            x[0, :, 10, 20] = float("inf")
+            for layout in (torch.contiguous_format, torch.channels_last):
+                xl = x.contiguous(memory_format=layout)
+                for size, padding, mode, align_corners in options:
+                    kwargs = {"padding": padding, "mode": mode, "align_corners": align_corners, "backend": "fused"}
+                    outputs.append(stn.warp(xl, theta, transform, size=size, **kwargs))
+                    if transform.num_params == 6:  # the same points as a grid
+                        outputs.append(stn.sample(xl, transform.grid(theta, size, align_corners), **kwargs))
+        # 1.15 MB of 192 KB planes, rotated: the forward fetches rows ahead
+        x = torch.rand(6, 1, 200, 240, generator=g)
+        rotated = transform.identity(6) + 0.3 * (torch.rand(6, transform.num_params, generator=g) - 0.5)
+        outputs.append(stn.warp(x, rotated, transform, size=(150, 190), backend="fused"))
+    return outputs

@@ -200,6 +200,33 @@ def test_an_input_beyond_l2_fetches_rows_ahead_with_the_same_values_and_gradient
     assert results[0][0][1].isnan().all() and not results[0][0][0].isnan().any()
 
 
+@pytest.mark.parametrize("size", [(40, 80), (13, 27)], ids=["wide-rows", "packed-rows"])
+def test_a_homographys_w_of_zero_or_nan_in_one_pass(size):
+    """The one-pass forward's guard on the homography's w, against the two passes (5
+    channels) bit for bit and against closed forms: w = +0.0 or -0.0 everywhere (the guard
+    puts +eps there, so H = diag(0.01, 0.01, ±0) with eps 0.05 is a zoom by 0.2, not its
+    mirror image), and a NaN in a perspective term (NaN everywhere: an unordered compare
+    would have guarded it to a finite w)."""
+    x = random_input((4, 5, 30, 70), torch.float32, seed=7)
+    h = torch.zeros(4, 3, 3)
+    h[:, 0, 0] = h[:, 1, 1] = 0.01
+    h[0, 2, 2] = 0.0
+    h[1, 2, 2] = -0.0
+    h[2, 2] = torch.tensor([float("nan"), 0.0, 1.0])
+    h[3, 2] = torch.tensor([0.0, float("nan"), 1.0])
+    for padding in PADDINGS:
+        def warp(channels):
+            return torch.ops.torchstn.warp2d(x[:, :channels], h, "projective", list(size), "bilinear", padding, False,
+                                             0.05)
+        five = warp(5)
+        for c in (1, 2, 3, 4):
+            torch.testing.assert_close(warp(c), five[:, :c], atol=0, rtol=0, equal_nan=True)
+        zoom = stn.warp(x[:2], torch.tensor([[0.2, 0.0, 0.0, 0.0, 0.2, 0.0]]).expand(2, 6), "affine", size=size,
+                        padding=padding)
+        torch.testing.assert_close(five[:2], zoom, atol=1e-4, rtol=0)  # (0.01 / 0.05 rounds apart from 0.2)
+        assert five[2:].isnan().all()
+
+
 @pytest.mark.parametrize("eps", [1e-6, 0.3])
 def test_fused_projective_inside_the_guard(eps):
     # w crosses 0 inside the image: eps = 0.3 puts a band of points inside the guard

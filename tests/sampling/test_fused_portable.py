@@ -13,7 +13,6 @@ a float32 forward with the same operations in the same order, so the other build
 must be this process's bits (their gradients wrt θ sum lanes of other widths: not compared).
 """
 
-import itertools
 import os
 import subprocess
 import sys
@@ -22,31 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import torchstn as stn
-
+from tests._helpers import float32_forwards
 from torchstn.sampling import fused_status
-
-
-def float32_forwards() -> list[torch.Tensor]:
-    """Float32 forwards through every path of the 2-D kernel's forward: affine rows and
-    homographies (w crossing 0 in one sample), 1 to 5 channels, NCHW and channels_last,
-    wide and narrow (packed) rows, the three paddings, a NaN θ and an Inf pixel."""
-    outputs = []
-    g = torch.Generator().manual_seed(0)
-    for transform in (stn.Affine(), stn.Projective(eps=0.05)):
-        # (uniform draws: torch.randn's bits differ between torch's own CPU capabilities, torch.rand's do not)
-        theta = transform.identity(3) + 0.4 * (torch.rand(3, transform.num_params, generator=g) - 0.5)
-        theta[1, 0] = float("nan")
-        if transform.num_params == 8:
-            theta[2, 6:] = torch.tensor([-1.3, 0.4])
-        for channels in (1, 3, 5):
-            x = torch.rand(3, channels, 30, 90, generator=g)
-            x[0, :, 10, 20] = float("inf")
-            for layout in (torch.contiguous_format, torch.channels_last):
-                for size, padding in itertools.product(((20, 85), (13, 27)), ("zeros", "border", "reflection")):
-                    outputs.append(stn.warp(x.contiguous(memory_format=layout), theta, transform, size=size,
-                                            padding=padding, backend="fused"))
-    return outputs
 
 
 _CHECK = r"""
@@ -88,7 +64,7 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
             check(x, stn.Affine3D(), out, padding, mode, tol, (dtype, b, c, d, h, w))
 print(sys.argv[1], "build matches F.grid_sample; worst relative error", worst)
 sys.path.insert(0, sys.argv[3])
-from tests.sampling.test_fused_portable import float32_forwards
+from tests._helpers import float32_forwards
 torch.save(float32_forwards(), sys.argv[2])
 """
 

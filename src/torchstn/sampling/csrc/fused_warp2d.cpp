@@ -32,7 +32,8 @@
 // a homography or a grid (unit width strides, no rows fetched ahead; channels side by side
 // too) runs both loops in one pass instead (single_pass): 1.17-1.30x forward at 64x3x64x64
 // and 1x3x224x224, 1.16-1.22x at 256x1x28x28 and 256x3x28x28 (rows packed into blocks);
-// for homographies 1.02-1.07x at 64x3x64x64, 1.43-1.49x at 1x3x224x224 and 256x1x28x28.
+// for homographies 1.02-1.06x at 64x3x64x64, 1.36-1.43x at 1x3x224x224, 1.30-1.44x at
+// 256x1x28x28.
 
 #include <algorithm>
 #include <cmath>
@@ -652,9 +653,7 @@ struct Locations8 {
         m6(LOC == PROJECTIVE ? m[6] : 0.f), m7(LOC == PROJECTIVE ? m[7] : 0.f), m8(LOC == PROJECTIVE ? m[8] : 1.f),
         cx(m1 * y + m2), cy(m4 * y + m5), cw(m7 * y + m8), eps(eps_), xs(xs_), ys(ys_), n(n_) {}
 
-  // PROJECTIVE, where `w` is given: the guarded w and `keep` (1 where the guard is off) too,
-  // which the backward reads
-  inline void at(int64_t t0, __m256* gx, __m256* gy, __m256* w = nullptr, __m256* keep = nullptr) const {
+  inline void at(int64_t t0, __m256* gx, __m256* gy) const {
     using S = Simd<float>;
     if (SOURCE == GRID_PAIRS) {  // x0 y0 x1 y1 ... x7 y7
       const __m256 a = S::load_upto(xs + 2 * t0, 2 * (n - t0)), b = S::load_upto(xs + 2 * t0 + 8, 2 * (n - t0) - 8);
@@ -678,13 +677,9 @@ struct Locations8 {
       // |w| < eps (false for NaN, which stays), replaced by eps with w's sign
       const __m256 guard = _mm256_cmp_ps(_mm256_andnot_ps(avx::set1(-0.f), raw), avx::set1(eps), _CMP_LT_OQ);
       const __m256 sign = avx::select(_mm256_cmp_ps(raw, _mm256_setzero_ps(), _CMP_LT_OQ), avx::set1(-eps), avx::set1(eps));
-      const __m256 g = avx::select(guard, sign, raw);
-      *gx = _mm256_div_ps(*gx, g);
-      *gy = _mm256_div_ps(*gy, g);
-      if (w) {
-        *w = g;
-        *keep = _mm256_andnot_ps(guard, avx::set1(1.f));
-      }
+      const __m256 w = avx::select(guard, sign, raw);
+      *gx = _mm256_div_ps(*gx, w);
+      *gy = _mm256_div_ps(*gy, w);
     }
   }
 };
@@ -964,9 +959,9 @@ inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step,
   }
 }
 
-// The forward of a span of n points (float, affine, bilinear, unit width strides; a wide
-// output row's, or with PACKED a block of narrow rows, each point with its own y) in one
-// pass, a vector of 8 points at a time, its location and corners in
+// The forward of a span of n points (float, affine or projective, bilinear, unit width
+// strides; a wide output row's, or with PACKED a block of narrow rows, each point with its
+// own y) in one pass, a vector of 8 points at a time, its location and corners in
 // registers. Where all eight have their four corners inside the image, each channel's
 // corners are read without gathers: if the eight corner-0 offsets lie within 15 elements
 // after the first lane's (`window`), as they do along a row near the identity, two
@@ -994,9 +989,9 @@ inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step,
 // 256x3x28x28; θ's packed rows keep the gathers (the test cost them 0.94x at 256x1x28x28).
 // Homographies (LOC = PROJECTIVE: Locations8 divides by the guarded w in registers, the
 // same operations as locate's portable loop, so the same bits) took the two passes until
-// 2026-12-02: one pass ran their forward at 1.44x at 256x1x28x28, 1.43-1.49x at 1x3x224x224,
-// 1.16-1.19x channels_last (single_pass_interleaved), 1.02-1.07x at 64x3x64x64 (A/B of
-// the two builds in one process, entry points swapped every round; θ the identity + 0.1
+// 2026-12-02: one pass ran their forward at 1.30-1.44x at 256x1x28x28, 1.36-1.43x at
+// 1x3x224x224, 1.13-1.22x channels_last (single_pass_interleaved), 1.02-1.06x at 64x3x64x64
+// (three runs of benchmarks/ab_kernel.py, the two builds in one process; θ the identity + 0.1
 // N(0, 1), its perspective terms 0.03 N(0, 1)); a homography's forward went from 1.44-1.93x
 // to 1.25-1.34x an affine one's time (θ noise 0.05, as the bench's). Its two-pass locate in
 // AVX2 too (for the backward) was slower than the compiler's AVX-512 loop (0.90-0.92x
