@@ -272,6 +272,9 @@ struct Locator {
   // padding,) each; null for GRID)
   const T* px;
   const T* py;
+
+  // sample b's matrix (AFFINE, PROJECTIVE)
+  const T* matrix(int64_t b) const { return theta + b * (LOC == AFFINE ? 6 : 9); }
 };
 
 constexpr int64_t BLOCK = 64;  // a multiple of every LANES<T>
@@ -356,7 +359,7 @@ void pixel_at(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, int6
     gx = g[0];
     gy = g[1];
   } else {
-    const T* m = loc.theta + b * (LOC == AFFINE ? 6 : 9);
+    const T* m = loc.matrix(b);
     const T x = loc.xs[j], y = loc.ys[i];
     const T w = LOC == PROJECTIVE ? m[6] * x + m[7] * y + m[8] : T(1);
     const T nan = std::numeric_limits<T>::quiet_NaN();
@@ -631,60 +634,6 @@ __attribute__((always_inline)) inline bool place8(__m256 gx, __m256 gy, int64_t 
 }  // namespace avx
 #endif
 
-#ifdef TORCHSTN_AVX2
-// Where a span's points sample (normalised x and y), eight at a time: from θ (`m`) and a
-// row's x (`xs`) and y (ROW), from θ and each point's x and y (`xs`, `ys`: PACKED rows), or
-// read from a grid's (x, y) pairs (`xs`: GRID_PAIRS, the last vector's pairs past n read as 0).
-// θ is affine rows, or with LOC = PROJECTIVE a homography: its w guarded (|w| >= eps, sign
-// kept, 0 counting as positive) and divided by, the same operations in the same order as
-// locate's portable loop, so the same values. θ is copied into the object, which the single
-// passes hold in registers (the output's float stores may alias it).
-enum Source { ROW, PACKED, GRID_PAIRS };
-
-template <int SOURCE, int LOC = AFFINE>
-struct Locations8 {
-  float m0, m1, m2, m3, m4, m5, m6, m7, m8, cx, cy, cw, eps;
-  const float *xs, *ys;
-  int64_t n;
-
-  Locations8(const float* m, const float* xs_, const float* ys_, float y, int64_t n_, float eps_ = 0.f)
-      : m0(m ? m[0] : 0.f), m1(m ? m[1] : 0.f), m2(m ? m[2] : 0.f),
-        m3(m ? m[3] : 0.f), m4(m ? m[4] : 0.f), m5(m ? m[5] : 0.f),
-        m6(LOC == PROJECTIVE ? m[6] : 0.f), m7(LOC == PROJECTIVE ? m[7] : 0.f), m8(LOC == PROJECTIVE ? m[8] : 1.f),
-        cx(m1 * y + m2), cy(m4 * y + m5), cw(m7 * y + m8), eps(eps_), xs(xs_), ys(ys_), n(n_) {}
-
-  inline void at(int64_t t0, __m256* gx, __m256* gy) const {
-    using S = Simd<float>;
-    if (SOURCE == GRID_PAIRS) {  // x0 y0 x1 y1 ... x7 y7
-      const __m256 a = S::load_upto(xs + 2 * t0, 2 * (n - t0)), b = S::load_upto(xs + 2 * t0 + 8, 2 * (n - t0) - 8);
-      *gx = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8));
-      *gy = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8));
-      return;
-    }
-    const __m256 xv = _mm256_loadu_ps(xs + t0);
-    // the row's part, or per point where rows are packed
-    __m256 rx = avx::set1(cx), ry = avx::set1(cy), rw = avx::set1(cw);
-    if (SOURCE == PACKED) {
-      const __m256 yv = _mm256_loadu_ps(ys + t0);
-      rx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m1), yv), avx::set1(m2));
-      ry = _mm256_add_ps(_mm256_mul_ps(avx::set1(m4), yv), avx::set1(m5));
-      if (LOC == PROJECTIVE) rw = _mm256_add_ps(_mm256_mul_ps(avx::set1(m7), yv), avx::set1(m8));
-    }
-    *gx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m0), xv), rx);
-    *gy = _mm256_add_ps(_mm256_mul_ps(avx::set1(m3), xv), ry);
-    if (LOC == PROJECTIVE) {
-      const __m256 raw = _mm256_add_ps(_mm256_mul_ps(avx::set1(m6), xv), rw);
-      // |w| < eps (false for NaN, which stays), replaced by eps with w's sign
-      const __m256 guard = _mm256_cmp_ps(_mm256_andnot_ps(avx::set1(-0.f), raw), avx::set1(eps), _CMP_LT_OQ);
-      const __m256 sign = avx::select(_mm256_cmp_ps(raw, _mm256_setzero_ps(), _CMP_LT_OQ), avx::set1(-eps), avx::set1(eps));
-      const __m256 w = avx::select(guard, sign, raw);
-      *gx = _mm256_div_ps(*gx, w);
-      *gy = _mm256_div_ps(*gy, w);
-    }
-  }
-};
-#endif
-
 // loop A: where the n points of the block starting at (b, i, j0) read, and their corners;
 // entries up to whole_vectors(n) are padding. Each stage runs over one vector of points
 // at a time (a loop of a constant trip count, which the compiler turns into vector code
@@ -701,7 +650,7 @@ inline void locate(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
     }
     for (int64_t t = n; t < nn; ++t) blk.gx[t] = blk.gy[t] = 0;
   }
-  const T* m = LOC == GRID ? nullptr : loc.theta + b * (LOC == AFFINE ? 6 : 9);
+  const T* m = LOC == GRID ? nullptr : loc.matrix(b);
   // x per point (padded: finite values up to nn); y per row, or per point where rows are packed
   const T* __restrict xs = LOC == GRID ? nullptr : loc.packed ? loc.px + span.p0 : loc.xs + span.j0;
   const T* __restrict ys = LOC == GRID || !loc.packed ? nullptr : loc.py + span.p0;
@@ -958,6 +907,58 @@ inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step,
     _mm256_storeu_ps(o + ch * oc_step, r);
   }
 }
+
+// Where a span's points sample (normalised x and y), eight at a time: from θ (`m`) and a
+// row's x (`xs`) and y (ROW), from θ and each point's x and y (`xs`, `ys`: PACKED rows), or
+// read from a grid's (x, y) pairs (`xs`: GRID_PAIRS, the last vector's pairs past n read as 0).
+// θ is affine rows, or with LOC = PROJECTIVE a homography: its w guarded (|w| >= eps, sign
+// kept, 0 counting as positive) and divided by, the same operations in the same order as
+// locate's portable loop, so the same values. θ is copied into the object, which the single
+// passes hold in registers (the output's float stores may alias it).
+enum Source { ROW, PACKED, GRID_PAIRS };
+
+template <int SOURCE, int LOC = AFFINE>
+struct Locations8 {
+  float m0, m1, m2, m3, m4, m5, m6, m7, m8, cx, cy, cw, eps;
+  const float *xs, *ys;
+  int64_t n;
+
+  Locations8(const float* m, const float* xs_, const float* ys_, float y, int64_t n_, float eps_ = 0.f)
+      : m0(m ? m[0] : 0.f), m1(m ? m[1] : 0.f), m2(m ? m[2] : 0.f),
+        m3(m ? m[3] : 0.f), m4(m ? m[4] : 0.f), m5(m ? m[5] : 0.f),
+        m6(LOC == PROJECTIVE ? m[6] : 0.f), m7(LOC == PROJECTIVE ? m[7] : 0.f), m8(LOC == PROJECTIVE ? m[8] : 1.f),
+        cx(m1 * y + m2), cy(m4 * y + m5), cw(m7 * y + m8), eps(eps_), xs(xs_), ys(ys_), n(n_) {}
+
+  inline void at(int64_t t0, __m256* gx, __m256* gy) const {
+    using S = Simd<float>;
+    if (SOURCE == GRID_PAIRS) {  // x0 y0 x1 y1 ... x7 y7
+      const __m256 a = S::load_upto(xs + 2 * t0, 2 * (n - t0)), b = S::load_upto(xs + 2 * t0 + 8, 2 * (n - t0) - 8);
+      *gx = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xd8));
+      *gy = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xdd)), 0xd8));
+      return;
+    }
+    const __m256 xv = _mm256_loadu_ps(xs + t0);
+    // the row's part, or per point where rows are packed
+    __m256 rx = avx::set1(cx), ry = avx::set1(cy), rw = avx::set1(cw);
+    if (SOURCE == PACKED) {
+      const __m256 yv = _mm256_loadu_ps(ys + t0);
+      rx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m1), yv), avx::set1(m2));
+      ry = _mm256_add_ps(_mm256_mul_ps(avx::set1(m4), yv), avx::set1(m5));
+      if (LOC == PROJECTIVE) rw = _mm256_add_ps(_mm256_mul_ps(avx::set1(m7), yv), avx::set1(m8));
+    }
+    *gx = _mm256_add_ps(_mm256_mul_ps(avx::set1(m0), xv), rx);
+    *gy = _mm256_add_ps(_mm256_mul_ps(avx::set1(m3), xv), ry);
+    if (LOC == PROJECTIVE) {
+      const __m256 raw = _mm256_add_ps(_mm256_mul_ps(avx::set1(m6), xv), rw);
+      // |w| < eps (false for NaN, which stays), replaced by eps with w's sign
+      const __m256 guard = _mm256_cmp_ps(_mm256_andnot_ps(avx::set1(-0.f), raw), avx::set1(eps), _CMP_LT_OQ);
+      const __m256 sign = avx::select(_mm256_cmp_ps(raw, _mm256_setzero_ps(), _CMP_LT_OQ), avx::set1(-eps), avx::set1(eps));
+      const __m256 w = avx::select(guard, sign, raw);
+      *gx = _mm256_div_ps(*gx, w);
+      *gy = _mm256_div_ps(*gy, w);
+    }
+  }
+};
 
 // The forward of a span of n points (float, affine or projective, bilinear, unit width
 // strides; a wide output row's, or with PACKED a block of narrow rows, each point with its
@@ -1273,7 +1274,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
 #ifdef TORCHSTN_AVX2
     if constexpr (std::is_same_v<T, float> && LOC != GRID && MODE == LINEAR) {
       if (xs.w == 1 && os.w == 1 && C <= 4 && ahead == 0) {  // (packed rows: a contiguous block, os.h == Wo)
-        const float* m = loc.theta + b * (LOC == AFFINE ? 6 : 9);
+        const float* m = loc.matrix(b);
         float* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
         if (loc.packed) {
           single_pass<PAD, PACKED, LOC>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.px + span.p0, loc.py + span.p0, 0.f, n,
@@ -1297,8 +1298,8 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
       if (!loc.packed && xs.c == 1 && os.c == 1 && C >= 2 && C <= 4 && ahead == 0) {  // channels side by side
         float* o = out + b * os.b + span.i * os.h + span.j0 * os.w;
         if constexpr (LOC != GRID) {
-          single_pass_interleaved<PAD, ROW, LOC>(x + b * xs.b, o, os.w, C, loc.theta + b * (LOC == AFFINE ? 6 : 9),
-                                                 loc.xs + span.j0, nullptr, loc.ys[span.i], n, k, blk);
+          single_pass_interleaved<PAD, ROW, LOC>(x + b * xs.b, o, os.w, C, loc.matrix(b), loc.xs + span.j0, nullptr,
+                                                 loc.ys[span.i], n, k, blk);
         } else {
           single_pass_interleaved<PAD, GRID_PAIRS>(x + b * xs.b, o, os.w, C, nullptr,
                                                    loc.grid + (b * k.Ho * k.Wo + span.p0) * 2, nullptr, 0.f, n, k, blk);
