@@ -22,6 +22,7 @@ import torch
 
 import torchstn as stn
 from torchstn.engine import TrainConfig, train
+from torchstn.reproduce import get_experiment, plan
 
 
 def main() -> None:
@@ -35,10 +36,8 @@ def main() -> None:
     torch.set_num_threads(1)
     train_set = stn.data.get_dataset("mnist-p", "train", root=args.data_dir, online=True, sigma=args.sigma)
     test_set = stn.data.get_dataset("mnist-p", "test", root=args.data_dir, sigma=args.sigma)
-    config = TrainConfig(
-        model=args.model, data="mnist-p", optimizer="adam", lr=2e-3, batch_size=64, warmup=0.05, schedule="cosine",
-        steps=18740, loc_lr_mult=1.0, channels_last=True, online=True, label_smoothing=0.1, seed=args.seed,
-    )
+    (cell,) = plan(get_experiment("stn-table1"), "long", only=[args.model], datasets=["p"])  # its recipe, as run
+    config = TrainConfig(**{**cell.config, "seed": args.seed})
     train(config, args.out, train_set=train_set, test_set=test_set, progress=False)
 
 
