@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from collections.abc import Callable, Sequence
@@ -152,8 +153,9 @@ def run_case(
     result.peer_errors = dict(work.peer_errors)
     for pass_name in PASSES:
         fns = work.timed(pass_name)
-        peaks = {name: peak_memory(fn, device) for name, fn in fns.items()}
-        timings = interleaved(fns, rounds=rounds, min_time=min_time, device=device)
+        with _pass_mode(pass_name):
+            peaks = {name: peak_memory(fn, device) for name, fn in fns.items()}
+            timings = interleaved(fns, rounds=rounds, min_time=min_time, device=device)
         result.passes[pass_name] = _measurements(timings, "torchstn", peaks)
 
     if components and work.warp_backends:
@@ -164,6 +166,12 @@ def run_case(
     return result
 
 
+def _pass_mode(pass_name: str) -> contextlib.AbstractContextManager:
+    """What a pass of :meth:`Workload.timed` runs under: ``torch.no_grad()`` for the forward
+    pass, entered once around its timed loops (as an inference loop holds it), nothing else."""
+    return torch.no_grad() if pass_name == "forward" else contextlib.nullcontext()
+
+
 def _time_warp_backends(
     work: Workload, *, rounds: int, min_time: float, device: torch.device
 ) -> dict[str, dict[str, Measurement]]:
@@ -171,7 +179,8 @@ def _time_warp_backends(
     out = {}
     for pass_name in PASSES:
         fns = work.timed(pass_name, work.warp_backends)
-        timings = interleaved(fns, rounds=rounds, min_time=min_time, device=device)
+        with _pass_mode(pass_name):
+            timings = interleaved(fns, rounds=rounds, min_time=min_time, device=device)
         out[pass_name] = _measurements(timings, "warp:fused")
     return out
 
