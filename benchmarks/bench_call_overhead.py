@@ -3,7 +3,9 @@
     python benchmarks/bench_call_overhead.py [--batch 4] [--size 16] [--rounds 15]
 
 Interleaved rounds of 500 calls each at one thread; prints the median time per call in µs,
-without and with a gradient for θ. What issue 15 calls per-call overhead: at these sizes
+without and with a gradient for θ: ``torchstn.warp``, the same with the compiled call
+switched off (the kernel called through ctypes, as before 2026-12-02), the compiled call
+alone and the kernel's pieces. What issue 15 calls per-call overhead: at these sizes
 the kernel itself takes a few µs, the rest is Python, dispatch and autograd. Where OpenCV
 is installed (the ``bench`` extra), its ``warpAffine`` of the same images (float32, one call
 per image, forward only: it has no gradient) is the floor a torch call is compared with.
@@ -41,12 +43,15 @@ def main() -> None:
     entry = _fused._ENTRY[False, torch.float32]  # the C function alone, its arguments prepared
     ready = (_fused._geometry("affine", "bilinear", x, out, (n, n), "zeros", False), x.data_ptr(), rows.data_ptr(),
              0.0, out.data_ptr())
+    fast = _fused.fast_call()  # the compiled call (csrc/fast_call.cpp), or None where it could not be built
     contenders = {
         "torchstn.warp": lambda t: stn.warp(x, t, "affine"),
+        "torchstn.warp through ctypes": lambda t: stn.warp(x, t, "affine"),  # the compiled call off: see below
         "torch.ops.torchstn.warp2d": lambda t: torch.ops.torchstn.warp2d(x, t.view(b, 2, 3), "affine", [n, n],
                                                                         "bilinear", "zeros", False, 0.0),
-        "bare kernel": lambda t: kernel(x, rows, "affine", [n, n], "bilinear", "zeros", False, 0.0),
+        "warp2d's CPU implementation": lambda t: kernel(x, rows, "affine", [n, n], "bilinear", "zeros", False, 0.0),
         "its ctypes call, args ready": lambda t: entry(*ready),
+        "the compiled call (fast_warp)": lambda t: fast.fast_warp(x, t, 0, None, 0, 0, False, 0.0),
         "torch.empty_like (the output)": lambda t: torch.empty_like(x),
         "affine_grid+grid_sample": lambda t: F.grid_sample(x, F.affine_grid(t.view(b, 2, 3), list(x.shape),
                                                                             align_corners=False), align_corners=False),
@@ -57,11 +62,13 @@ def main() -> None:
     for grad in (False, True):
         t = theta.clone().requires_grad_(grad)
         times: dict[str, list[float]] = {
-            k: [] for k in contenders if not (grad and (k.startswith(("OpenCV", "its ", "torch.empty"))))
+            k: [] for k in contenders
+            if not (grad and k.startswith(("OpenCV", "its ", "torch.empty", "the compiled"))) and (fast or "compiled" not in k)
         }
         for _ in range(args.rounds):
             for name in times:
                 fn = contenders[name]
+                _fused._library.state["fast"] = False if name.endswith("through ctypes") else fast or False
                 for _ in range(50):
                     fn(t)
                 start = time.perf_counter()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchstn as stn
 from tests._helpers import random_grid, random_input, random_theta
 from tests.sampling.conftest import record_calls
-from torchstn.sampling import _fused, fused_applies, fused_status
+from torchstn.sampling import _fused, _sample, fused_applies, fused_status
 from torchstn.testing import check_sampler
 
 PADDINGS = ["zeros", "border", "reflection"]
@@ -295,8 +295,19 @@ def test_only_the_gradients_asked_for():
 
 @pytest.fixture
 def calls(monkeypatch):
-    """The fused operator's calls ("fused_warp" from θ, "fused_sample" of a grid), recorded."""
-    return record_calls(monkeypatch, _fused, "fused_warp", "fused_sample")
+    """The fused kernel's calls ("fused_warp" from θ, through the operator or the compiled call;
+    "fused_sample" of a grid), recorded."""
+    record = record_calls(monkeypatch, _fused, "fused_warp", "fused_sample")
+    compiled = _sample._compiled_warp
+
+    def recorded(*args):
+        out = compiled(*args)
+        if out is not None:
+            record.append("fused_warp")
+        return out
+
+    monkeypatch.setattr(_sample, "_compiled_warp", recorded)
+    return record
 
 
 def test_default_backend_takes_the_fused_kernel_where_it_was_measured_faster(calls):

@@ -25,6 +25,12 @@ headers, built on first use by :func:`torch.utils.cpp_extension.load` into torch
 extension cache under a name that holds the torch build, the flags and the source, and
 called through :mod:`ctypes`. The first build prints one line on stderr when it starts
 and ends it with its duration (10-12 s on an idle 2-core machine, see ``docs/benchmarks.md``).
+A second, small extension module built after it, ``csrc/fast_call.cpp`` (torch's tensor and
+pybind11 headers: about 20 s more, once), calls the same kernel from Python without ctypes:
+:func:`fast_call`, the CPU implementation of ``warp2d`` and :func:`torchstn.warp`'s common
+call (checks, output and kernel call in one compiled call: a batch-1 28x28 warp from 18
+to about 5 µs). Where it cannot be built (no Python headers), one warning says so and the
+kernel is called through ctypes as before; ``TORCHSTN_FAST_CALL=0`` does the same silently.
 Its arithmetic follows ATen's ``grid_sample`` so that it agrees with every other
 backend. If the build fails (no compiler, no ``ninja``), that line ends in ``failed``,
 one warning, shown at the caller's line, says why, and every call falls back to the
@@ -79,6 +85,7 @@ __all__ = [
     "bind_entries",
     "eager_operator",
     "eager_warp2d",
+    "fast_call",
     "fused_applies",
     "fused_available",
     "fused_backward",
@@ -86,6 +93,7 @@ __all__ = [
     "fused_status",
     "fused_warp",
     "grid_path",
+    "load_or_build",
     "operator_applies",
 ]
 
@@ -147,16 +155,40 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
     (``TORCHSTN_PART``), which ninja builds in parallel: on two cores the first build takes
     about the time of the larger half instead of both.
     """
+    name, flags = _build_options(source, abi)
+
+    def parts(directory: Path) -> list[str]:
+        paths = []
+        for bits in (32, 64):
+            part = directory / f"{source.stem}_f{bits}.cpp"
+            part.write_text(f'#define TORCHSTN_PART {bits}\n#include "{source.resolve()}"\n')
+            paths.append(str(part))
+        return paths
+
+    return load_or_build(name, flags, parts, lambda path: _checked(ctypes.CDLL(path), source, abi), what)
+
+
+def load_or_build(
+    name: str, flags: list[str], sources: Callable[[Path], list[str]], load: Callable[[str], object], what: str,
+    *, python_module: bool = False,
+) -> object:
+    """Load the extension ``name`` from torch's extension cache, building it first if needed
+    (:func:`load_kernel` says how and why; also the fast call's module).
+
+    ``sources(directory)`` lists the files to compile, ``load(path)`` loads and checks the
+    built library (an ``OSError`` means a library cut short by a killed build), ``what``
+    names it in the line a build prints; ``python_module``: an extension module (pybind11)
+    instead of a plain library.
+    """
     from torch.utils import cpp_extension  # imports setuptools; only when the backend is first used
 
-    name, flags = _build_options(source, abi)
     directory = Path(cpp_extension._get_build_directory(name, verbose=False))
     built = directory / f"{name}.so"
-    lib = _load_built(built, source, abi, remove_broken=False)  # (another process may be linking it)
+    lib = _load_built(built, load, remove_broken=False)  # (another process may be linking it)
     if lib is not None:
         return lib
     with _build_lock(directory) as locked:
-        lib = _load_built(built, source, abi, remove_broken=locked)  # built by another process meanwhile
+        lib = _load_built(built, load, remove_broken=locked)  # built by another process meanwhile
         if lib is not None:
             return lib
         if locked:
@@ -164,31 +196,26 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
         print(f"torchstn: building {what} (first use, cached in {directory}) ...", end="", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
-            parts = []
-            for bits in (32, 64):
-                part = directory / f"{source.stem}_f{bits}.cpp"
-                part.write_text(f'#define TORCHSTN_PART {bits}\n#include "{source.resolve()}"\n')
-                parts.append(str(part))
             path = cpp_extension.load(
-                name=name, sources=parts, extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                is_python_module=False, verbose=False,
+                name=name, sources=sources(directory), extra_cflags=flags,
+                extra_ldflags=[] if python_module else ["-fopenmp"], is_python_module=python_module, verbose=False,
             )
         except Exception:
             print(" failed", file=sys.stderr, flush=True)  # end the line; the warning that follows says why
             raise
         print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-        return _checked(ctypes.CDLL(path), source, abi)
+        return load(str(built) if python_module else path)  # (a module: load returned it imported)
 
 
-def _load_built(built: Path, source: Path, abi: int, remove_broken: bool) -> ctypes.CDLL | None:
-    """The library ``built`` if it exists and loads (checked by :func:`_checked`), else ``None``.
+def _load_built(built: Path, load: Callable[[str], object], remove_broken: bool) -> object | None:
+    """The library ``built``, loaded by ``load``, if it exists and loads, else ``None``.
 
     A library that does not load was cut short by a killed build, and ninja would call it up
     to date: ``remove_broken`` removes it (only under the build lock: without it, the file may
     be one another process is still linking)."""
     if built.exists():
         try:
-            return _checked(ctypes.CDLL(str(built)), source, abi)
+            return load(str(built))
         except OSError:
             if remove_broken:
                 built.unlink(missing_ok=True)
@@ -289,6 +316,57 @@ _library = LazyKernel(
     lambda: _build(), "the fused CPU sampler",
     "backend='fused' (and 'auto' where it would pick it) falls back to F.grid_sample",
 )
+
+
+_FAST_SOURCE = Path(__file__).with_name("csrc") / "fast_call.cpp"
+_FAST_ABI = 1
+
+
+def _build_fast_call() -> object:
+    """The fast call's extension module (``csrc/fast_call.cpp``; :func:`fast_call` gives it the kernel).
+
+    It includes torch's tensor and pybind11 headers (not libtorch's C++ API: 20-25 s to
+    build instead of about 45 s), so it needs Python's headers too, which the kernel does not."""
+    import importlib.util
+
+    flags = ["-O2"]
+    identity = "\n".join([torch.__version__, str(torch.version.git_version), " ".join(flags), _FAST_SOURCE.read_text()])
+    name = f"torchstn_fast_call_v{_FAST_ABI}_{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+
+    def load(path: str) -> object:
+        spec = importlib.util.spec_from_file_location(name, path)
+        try:
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except ImportError as error:  # (a library cut short by a killed build)
+            raise OSError(str(error)) from error
+        if module.abi_version() != _FAST_ABI:
+            raise RuntimeError(f"{path} is a stale build (ABI {module.abi_version()}, expected {_FAST_ABI})")
+        return module
+
+    return load_or_build(name, flags, lambda _: [str(_FAST_SOURCE)], load, "the fused sampler's fast call",
+                         python_module=True)
+
+
+_fast_call_module = LazyKernel(
+    lambda: _build_fast_call(), "the fused sampler's fast call",
+    "the fused kernel is called through ctypes (about 10 µs more per call)",
+)
+
+
+def fast_call() -> object | None:
+    """The compiled call of the fused 2-D kernel (``csrc/fast_call.cpp``: its ``fast_warp`` and
+    ``warp2d``), or ``None`` where the kernel or this module could not be built (or
+    ``TORCHSTN_FAST_CALL=0``, for comparisons). Built on first use, after the kernel; the
+    answer is kept in the kernel's state, so that it goes with the kernel it calls."""
+    fast = _library.state.get("fast")
+    if fast is None:  # not asked yet
+        usable = os.environ.get("TORCHSTN_FAST_CALL", "1") != "0" and _library() is not None
+        fast = (_fast_call_module() if usable else None) or False
+        if fast:  # (the kernel's entry points as loaded now)
+            fast.set_kernels(*(ctypes.cast(_ENTRY[False, dtype], ctypes.c_void_p).value for dtype in _DTYPES))
+        _library.state["fast"] = fast
+    return fast or None
 
 
 def _caller_stacklevel() -> int:
@@ -443,6 +521,10 @@ def _warp2d_cpu(
     x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str,
     align_corners: bool, eps: float,
 ) -> torch.Tensor:
+    fast = fast_call()
+    if fast is not None:
+        return fast.warp2d(x, loc, LOCATIONS[location], int(size[0]), int(size[1]), _MODES[mode], _PADDING[padding],
+                           align_corners, eps)
     loc, size = loc.contiguous(), (int(size[0]), int(size[1]))
     out = _new_output(x, size)
     _call(False, location, x, loc, out, None, None, size, mode, padding, align_corners, eps)

@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 import torch
 
-from torchstn._tracing import autocast_enabled, eager_tensors, reject_tangents
+from torchstn._tracing import _PLAIN, autocast_enabled, eager_tensors, reject_tangents
 from torchstn._validation import check_choice, check_floating, check_same_batch, check_size, check_tensor
 from torchstn.sampling import _fused, _fused3d
 from torchstn.sampling._grid_sample import torch_sample
@@ -313,6 +313,9 @@ def warp(
         >>> torch.equal(stn.warp(x, matrix, "affine"), stn.warp(x, matrix.flatten(1), "affine"))
         True
     """
+    out = _compiled_warp(x, params, transform, size, mode, padding, align_corners, backend)
+    if out is not None:
+        return out
     check_options(mode, padding, "auto" if backend is None else backend)
     return warp_checked_options(x, params, transform, size, mode, padding, bool(align_corners), backend)
 
@@ -329,6 +332,9 @@ def warp_checked_options(
 ) -> torch.Tensor:
     """:func:`warp` for options validated already (:class:`~torchstn.sampling.SamplerOptions`):
     the tensors, the transform and the size are checked, each once; the options are not."""
+    out = _compiled_warp(x, params, transform, size, mode, padding, align_corners, backend)  # (warp asked it first:
+    if out is not None:  # a module's call asks here; a call it declined is declined again in a fraction of a µs)
+        return out
     transform = get_transform(transform)
     if backend is None or backend == "auto" or backend == "fused":
         out = _eager_fused_warp(x, params, transform, size, mode, padding, align_corners)
@@ -361,6 +367,62 @@ def warp_checked_options(
             grid = transform.grid(params, size, align_corners, check=False)
             out = _run_kernel(xd, grid, mode, padding, align_corners, backend)
     return out if out.dtype is x.dtype else out.to(x.dtype)
+
+
+#: the families whose parameters the compiled call reads itself (exactly these types), and its code for each
+_COMPILED_FAMILIES = {Affine: 0, Projective: 1}
+#: name -> its transform (:func:`~torchstn.transforms.get_transform`'s, made once: default options)
+_NAMED: dict[str, Transform] = {}
+_FUSED_BACKENDS = (None, "auto", "fused")
+_is_compiling, _is_tracing = torch.compiler.is_compiling, torch._C._is_tracing
+_functorch_active, _forward_ad = torch._C._are_functorch_transforms_active, torch.autograd.forward_ad
+
+
+def _compiled_warp(
+    x: object, params: object, transform: object, size: object, mode: object, padding: object, align_corners: object,
+    backend: object,
+) -> torch.Tensor | None:
+    """The common call of :func:`warp` in one call of compiled code (``csrc/fast_call.cpp``,
+    :func:`~torchstn.sampling._fused.fast_call`), or ``None`` for any other call, which
+    :func:`_eager_fused_warp` or the general path then checks, explains or runs.
+
+    Common here: :class:`~torchstn.Affine` or :class:`~torchstn.Projective` parameters (or
+    Affine's ``(B, 2, 3)`` rows; the transform or its name) and what :func:`_eager_fused_warp` asks besides, where
+    nothing records a gradient. The tests on Python's state (plain tensor types, not
+    compiling or tracing, no ``torch.func`` transform or forward-mode level) are made here,
+    the rest in the compiled call, each one :func:`_eager_fused_warp` or
+    :func:`~torchstn._tracing.eager_tensors` makes too; the kernel call is the same (the
+    tests compare both). A batch-1 28x28 warp: 18 µs through :func:`_eager_fused_warp`,
+    about 5 here (``docs/benchmarks.md``)."""
+    if type(transform) is str:
+        transform = _NAMED.get(transform) or _named(transform)
+    family = _COMPILED_FAMILIES.get(type(transform))
+    if family is None or type(x) not in _PLAIN or type(params) not in _PLAIN or backend not in _FUSED_BACKENDS:
+        return None
+    try:
+        mode_code, padding_code = _fused._MODES.get(mode), _fused._PADDING.get(padding)
+    except TypeError:  # (unhashable: the general path says what is wrong)
+        return None
+    if (mode_code is None or padding_code is None or _is_compiling() or _is_tracing() or _functorch_active()
+            or _forward_ad._current_level >= 0):
+        return None
+    fast = _fused.fast_call()
+    if fast is None:
+        return None
+    return fast.fast_warp(x, params, family, size, mode_code, padding_code, align_corners,
+                          transform.eps if family else 0.0)
+
+
+def _named(name: str) -> Transform | None:
+    """The transform named ``name``, kept in :data:`_NAMED`; ``None`` for a name
+    :func:`~torchstn.transforms.get_transform` refuses (the general path says why)."""
+    try:
+        transform = get_transform(name)
+    except (TypeError, ValueError):
+        return None
+    if len(_NAMED) < 64:
+        _NAMED[name] = transform
+    return transform
 
 
 #: the 2-D matrix families the fused kernel warps from θ (exactly these: a subclass may

@@ -1,0 +1,221 @@
+"""The compiled call of the fused 2-D kernel (csrc/fast_call.cpp): the same bits as the ctypes
+call it replaces, and the general path wherever it does not apply."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import torchstn as stn
+from tests._helpers import random_grid, random_input, random_theta
+from torchstn.sampling import SamplerOptions, _fused, _sample
+
+pytestmark = pytest.mark.usefixtures("fused_kernel")
+
+
+@pytest.fixture(autouse=True)
+def compiled():
+    """The compiled call's module; skip where it could not be built."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fast = _fused.fast_call()
+    if fast is None:
+        pytest.skip("the fast call could not be built here")
+    return fast
+
+
+@pytest.fixture
+def without_fast_call(monkeypatch):
+    """Run the body with the kernel called through ctypes, as before the compiled call."""
+
+    def run(fn):
+        with monkeypatch.context() as m:
+            m.setitem(_fused._library.state, "fast", False)
+            assert _fused.fast_call() is None
+            return fn()
+
+    return run
+
+
+def _taken(x, params, transform, size=None, mode="bilinear", padding="zeros", align_corners=False, backend=None):
+    return _sample._compiled_warp(x, params, transform, size, mode, padding, align_corners, backend) is not None
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Bit for bit, NaNs included, and laid out alike."""
+    assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride()
+    assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) and torch.equal(a.isnan(), b.isnan())
+
+
+def _cases(dtype):
+    affine, projective = stn.Affine(), stn.Projective()
+    theta = random_theta(affine, 3, dtype, scale=0.3, seed=4)
+    h = random_theta(projective, 3, dtype, scale=0.2, seed=5)
+    return {
+        "affine": (theta, affine),
+        "rows": (theta.view(3, 2, 3), affine),
+        "rows-view": (torch.cat([theta, theta], 1)[:, ::2], affine),  # non-contiguous parameters
+        "projective": (h, projective),
+        "projective-eps": (h, stn.Projective(eps=0.5)),
+        "projective-name": (h, "proj"),
+        "affine-name": (theta, "affine"),
+        "nan": (torch.where(torch.arange(6) == 2, float("nan"), theta), affine),
+    }
+
+
+def _inputs(dtype):
+    x = random_input((3, 3, 9, 11), dtype)
+    return {
+        "nchw": x,
+        "channels-last": x.contiguous(memory_format=torch.channels_last),
+        "one-channel": x[:, :1].contiguous(),
+        "view": x.transpose(2, 3),
+        "inf-pixel": x.index_put((torch.tensor([0]), torch.tensor([0]), torch.tensor([4]), torch.tensor([5])),
+                                 torch.tensor(float("inf"), dtype=dtype)),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["affine", "rows", "rows-view", "projective", "projective-eps", "projective-name",
+                                  "affine-name", "nan"])
+@pytest.mark.parametrize("layout", ["nchw", "channels-last", "one-channel", "view", "inf-pixel"])
+def test_the_compiled_call_gives_the_ctypes_calls_bits(dtype, case, layout, without_fast_call):
+    params, transform = _cases(dtype)[case]
+    x = _inputs(dtype)[layout]
+    for size, mode, padding, align_corners in [(None, "bilinear", "zeros", False), ((5, 7), "nearest", "border", True),
+                                               ((12, 4), "bilinear", "reflection", True)]:
+        assert _taken(x, params, transform, size, mode, padding, align_corners)
+        out = stn.warp(x, params, transform, size, mode, padding, align_corners)
+        _same(out, without_fast_call(lambda: stn.warp(x, params, transform, size, mode, padding, align_corners)))
+    _same(SamplerOptions(padding="border").warp(x, params, transform),  # a module's call: checked options
+          without_fast_call(lambda: stn.warp(x, params, transform, padding="border")))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_operators_cpu_implementation_gives_the_ctypes_calls_bits(dtype, without_fast_call):
+    x = _inputs(dtype)["channels-last"]
+    locs = {"affine": random_theta(stn.Affine(), 3, dtype, scale=0.3).view(3, 2, 3),
+            "projective": stn.Projective().matrix(random_theta(stn.Projective(), 3, dtype, scale=0.2)),
+            "grid": random_grid((3, 6, 5, 2), dtype, spread=1.2)}
+    for location, loc in locs.items():
+        size = [6, 5]
+        for op in (torch.ops.torchstn.warp2d, _fused._warp2d_cpu):
+            out = op(x, loc, location, size, "bilinear", "zeros", False, 1e-6)
+            _same(out, without_fast_call(lambda: op(x, loc, location, size, "bilinear", "zeros", False, 1e-6)))
+
+
+def test_a_gradient_to_record_takes_the_autograd_path():
+    x, theta = torch.rand(2, 1, 8, 8), stn.Affine().identity(2).requires_grad_()
+    assert not _taken(x, theta, stn.Affine())
+    out = stn.warp(x, theta, stn.Affine())
+    assert out.grad_fn is not None
+    with torch.no_grad():
+        assert _taken(x, theta, stn.Affine())
+    with torch.inference_mode():
+        assert _taken(x, theta, stn.Affine())
+        assert stn.warp(x, theta, stn.Affine()).is_inference()
+
+
+class _Subclass(torch.Tensor):
+    pass
+
+
+class _AffineVariant(stn.Affine):  # a subclass may change the map: never the compiled call
+    pass
+
+
+def test_what_the_compiled_call_leaves_to_the_general_path(without_fast_call):
+    """Each declined call: None from the compiled call, and warp's answer (or error) is the general path's."""
+    x, theta, affine = torch.rand(2, 3, 8, 8), stn.Affine().identity(2), stn.Affine()
+    declined = {
+        "torch backend": (x, theta, affine, None, "bilinear", "zeros", False, "torch"),
+        "a name it does not know": (x, theta, "affine2", None, "bilinear", "zeros", False, None),
+        "another family": (x, stn.Similarity().identity(2), stn.Similarity(), None, "bilinear", "zeros", False, None),
+        "a subclass of the family": (x, theta, _AffineVariant(), None, "bilinear", "zeros", False, None),
+        "bicubic": (x, theta, affine, None, "bicubic", "zeros", False, None),
+        "unknown mode": (x, theta, affine, None, "cubic", "zeros", False, None),
+        "unhashable padding": (x, theta, affine, None, "bilinear", ["zeros"], False, None),
+        "size a list": (x, theta, affine, [4, 4], "bilinear", "zeros", False, None),
+        "size of numpy ints": (x, theta, affine, (np.int64(4), np.int64(4)), "bilinear", "zeros", False, None),
+        "size of bools": (x, theta, affine, (True, True), "bilinear", "zeros", False, None),
+        "size 0": (x, theta, affine, (0, 4), "bilinear", "zeros", False, None),
+        "size of three": (x, theta, affine, (4, 4, 4), "bilinear", "zeros", False, None),
+        "float64 params, float32 x": (x, theta.double(), affine, None, "bilinear", "zeros", False, None),
+        "half x": (x.half(), theta.half(), affine, None, "bilinear", "zeros", False, None),
+        "wrong params shape": (x, theta[:, :5], affine, None, "bilinear", "zeros", False, None),
+        "batch mismatch": (x, theta[:1], affine, None, "bilinear", "zeros", False, None),
+        "empty batch": (x[:0], theta[:0], affine, None, "bilinear", "zeros", False, None),
+        "empty image": (x[:, :, :0], theta, affine, (4, 4), "bilinear", "zeros", False, None),
+        "a homography as matrix": (x, stn.Projective().matrix(stn.Projective().identity(2)), stn.Projective(), None,
+                                   "bilinear", "zeros", False, None),
+        "a volume": (torch.rand(2, 1, 4, 4, 4), theta, affine, None, "bilinear", "zeros", False, None),
+        "a subclass tensor": (x.as_subclass(_Subclass), theta, affine, None, "bilinear", "zeros", False, None),
+        "meta params": (x, theta.to("meta"), affine, None, "bilinear", "zeros", False, None),
+    }
+    for name, args in declined.items():
+        assert _sample._compiled_warp(*args) is None, name
+        x_, params, transform, size, mode, padding, align_corners, backend = args
+
+        def call():
+            return stn.warp(x_, params, transform, size, mode, padding, align_corners, backend=backend)
+
+        try:
+            expected = without_fast_call(call)
+        except Exception as error:  # noqa: BLE001 - the same error, whatever it is
+            with pytest.raises(type(error), match=None):
+                call()
+            continue
+        _same(call(), expected)
+
+
+def test_state_that_records_or_transforms_calls_takes_the_general_path():
+    x, theta, affine = torch.rand(2, 3, 8, 8), stn.Affine().identity(2), stn.Affine()
+    seen = []
+
+    class Functions(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    class Dispatches(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    for mode in (Functions(), Dispatches()):
+        seen.clear()
+        with mode:
+            assert not _taken(x, theta, affine)
+            stn.warp(x, theta, affine)
+        assert seen  # the mode saw the call's operations
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _taken(x, theta, affine)
+    with torch.autograd.forward_ad.dual_level():
+        assert not _taken(x, theta, affine)
+    assert torch.func.vmap(lambda t: torch.tensor(float(_taken(x, theta, affine))))(theta).sum() == 0
+    traced = torch.jit.trace(lambda x, t: stn.warp(x, t, affine), (x, theta))
+    other = stn.Affine().identity(2) + 0.1
+    torch.testing.assert_close(traced(x, other), stn.warp(x, other, affine))  # the trace recorded the warp
+    compiled = torch.compile(lambda x, t: stn.warp(x, t, affine), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, other), stn.warp(x, other, affine))
+
+
+def test_a_failed_fast_call_build_warns_once_and_calls_through_ctypes(monkeypatch, without_fast_call):
+    def broken():
+        raise RuntimeError("Python.h: No such file or directory")
+
+    lazy = _fused.LazyKernel(broken, "the fused sampler's fast call", "the kernel is called through ctypes")
+    monkeypatch.setattr(_fused, "_fast_call_module", lazy)
+    monkeypatch.delitem(_fused._library.state, "fast")
+    x, theta = torch.rand(2, 3, 8, 8), stn.Affine().identity(2) + 0.1
+    with pytest.warns(RuntimeWarning, match="fast call could not be built.*Python.h"):
+        out = stn.warp(x, theta, stn.Affine())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once
+        _same(stn.warp(x, theta, stn.Affine()), out)
+    assert _fused.fast_call() is None
+    monkeypatch.undo()
+    _same(out, stn.warp(x, theta, stn.Affine()))
