@@ -4,8 +4,8 @@
 // torchstn/sampling/_fused.py hands it once (set_kernels).
 //
 // Why: a batch-1 warp of a 28x28 image takes the kernel about 3 us; through ctypes, with
-// the output allocated and the arguments checked in Python, the call took about 18 us.
-// Here the checks, the allocation and the call cost about 1.2 us.
+// the output allocated and the arguments checked in Python, torchstn.warp took about 18 us;
+// this call, about 1 us more than the kernel.
 //
 // warp2d: the CPU implementation of the operator torchstn::warp2d (its arguments checked by
 // the caller), the output in the input's memory format.
@@ -15,12 +15,14 @@
 // (_sample._eager_fused_warp, _tracing.eager_tensors); the ones on Python state (compiling,
 // tracing, torch.func, forward AD, the tensors' Python types) stay in Python.
 
+// The headers are the few it needs (12 s to build here; at::empty's and autocast's own
+// headers would add 11 s, torch/extension.h 30 s).
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/PythonTorchFunctionTLS.h>
-#include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/core/GradMode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/utils/pybind.h>
 
@@ -42,9 +44,8 @@ constexpr int64_t kAffine = 1, kProjective = 2;  // the kernel's location codes 
 // contiguous (as _fused._new_output).
 at::Tensor new_output(const at::Tensor& x, int64_t oh, int64_t ow) {
   const bool channels_last = !x.is_contiguous() && x.size(1) > 1 && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-  return at::empty({x.size(0), x.size(1), oh, ow},
-                   x.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
-                                                           : at::MemoryFormat::Contiguous));
+  return at::detail::empty_cpu({x.size(0), x.size(1), oh, ow}, x.scalar_type(), false,
+                               channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
 }
 
 // Runs the kernel on a contiguous loc; returns out.
@@ -82,7 +83,7 @@ bool plain_cpu(const at::Tensor& t) {
 template <typename T>
 at::Tensor homographies(const at::Tensor& params) {
   const int64_t b = params.size(0);
-  at::Tensor matrix = at::empty({b, 3, 3}, params.options());
+  at::Tensor matrix = at::detail::empty_cpu({b, 3, 3}, params.scalar_type());
   const T* p = params.const_data_ptr<T>();
   T* m = matrix.mutable_data_ptr<T>();
   for (int64_t i = 0; i < b; ++i, p += 8, m += 9) {
@@ -111,7 +112,9 @@ py::object fast_warp(const at::Tensor& x, const at::Tensor& params, int64_t fami
       (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
     return py::none();
   if (c10::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad())) return py::none();
-  if (at::autocast::is_autocast_enabled(at::kCPU) || at::impl::torch_function_mode_enabled() ||
+  // autocast on the CPU: its key not excluded (at::autocast::is_autocast_enabled's own test)
+  if (!c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU) ||
+      at::impl::torch_function_mode_enabled() ||
       c10::impl::TorchDispatchModeTLS::stack_len() > 0)
     return py::none();
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3);
