@@ -638,3 +638,19 @@ def test_warp_fast_path_leaves_every_other_call_to_the_general_path(case, monkey
     else:
         torch.testing.assert_close(stn.warp(x, p, transform, **options).float(), expected, atol=2e-3, rtol=0)
     assert checked == [1]
+
+
+def test_the_output_points_kept_between_calls_follow_size_corners_and_packing():
+    """The kernel keeps the last call's output coordinates on its thread: every change of the
+    output's size, align_corners or packing (a channels_last output of several channels is
+    not packed) must remake them."""
+    transform = stn.Affine()
+    theta = random_theta(transform, 2, torch.float32, scale=0.2, seed=3)
+    x = random_input((2, 3, 9, 8), torch.float32)
+    calls = [((5, 7), False, x), ((7, 5), False, x), ((7, 5), True, x), ((5, 7), True, x),
+             ((5, 7), True, x.contiguous(memory_format=torch.channels_last)), ((5, 7), True, x[:, :1]),
+             ((70, 3), False, x), ((3, 70), False, x), ((5, 7), False, x)]
+    for size, align_corners, image in calls * 2:
+        fused = stn.warp(image, theta, transform, size, align_corners=align_corners, backend="fused")
+        torch.testing.assert_close(fused, stn.warp(image, theta, transform, size, align_corners=align_corners,
+                                                   backend="torch"), atol=1e-5, rtol=1e-5)

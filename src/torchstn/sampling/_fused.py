@@ -364,11 +364,18 @@ def fast_call() -> object | None:
     fast = _library.state.get("fast")
     if fast is None:  # not asked yet
         usable = os.environ.get("TORCHSTN_FAST_CALL", "1") != "0" and _library() is not None
-        fast = (_fast_call_module() if usable else None) or False
-        if fast:  # (the kernel's entry points as loaded now)
-            fast.set_kernels(*(ctypes.cast(_ENTRY[False, dtype], ctypes.c_void_p).value for dtype in _DTYPES))
-        _library.state["fast"] = fast
+        _library.state["fast"] = fast = (_fast_call_module() if usable else None) or False
+        rebind_fast_call()
     return fast or None
+
+
+def rebind_fast_call() -> None:
+    """Point the compiled call (once loaded) at the kernel's forward entry points in ``_ENTRY``
+    as they are now: when :func:`fast_call` first loads it, and after a caller replaced them
+    (``benchmarks/ab_kernel.py`` swaps two builds)."""
+    fast = _library.state.get("fast")
+    if fast:
+        fast.set_kernels(*(ctypes.cast(_ENTRY[False, dtype], ctypes.c_void_p).value for dtype in _DTYPES))
 
 
 def _caller_stacklevel() -> int:
