@@ -406,7 +406,7 @@ def _compiled_warp(
     if (mode_code is None or padding_code is None or _is_compiling() or _is_tracing() or _functorch_active()
             or _forward_ad._current_level >= 0):
         return None
-    fast = _fused.fast_call()
+    fast = _fused._library.state.get("fast") or _fused.fast_call()  # (the module once loaded, without a call)
     if fast is None:
         return None
     return fast.fast_warp(x, params, family, size, mode_code, padding_code, align_corners,
