@@ -204,3 +204,26 @@ def test_options_are_checked_and_change_the_output(mnist_dir, generated):
     big = distorted_mnist("r", "test", mnist_dir, limit=4, cache=False, canvas=36)
     assert big.images.shape == (4, 1, 36, 36)
     assert (_rewarp(big).mul(255) - big.images.float()).abs().max() <= 0.5 + 1e-3
+
+
+@pytest.mark.parametrize("kind", ["r", "rts", "p", "e"])
+def test_supersampled_rendering_is_the_mean_of_the_sub_pixel_samples(mnist_dir, generated, kind):
+    """``supersample=s``: each canvas pixel the mean of s x s bilinear samples of the same map,
+    the same draws; ``supersample=1`` is the default rendering, bytes and identity alike."""
+    data = generated(kind)
+    same = distorted_mnist(kind, "test", mnist_dir, seed=0, limit=N, cache=False, supersample=1)
+    assert torch.equal(same.images, data.images) and same.recipe.describe() == data.recipe.describe()
+    smooth = distorted_mnist(kind, "test", mnist_dir, seed=0, limit=N, cache=False, supersample=3)
+    assert torch.equal(smooth.params, data.params) and smooth.recipe.describe() != data.recipe.describe()
+    h, w = data.images.shape[2:]
+    expected = torch.nn.functional.avg_pool2d(_rewarp(data, (3 * h, 3 * w)), 3).mul(255)
+    assert (expected - smooth.images.float()).abs().max() <= 0.5 + 1e-3  # the uint8 rounding only
+    assert not torch.equal(smooth.images, data.images)
+
+
+def test_supersample_is_refused_where_a_sample_is_not_one_warp(mnist_dir):
+    for kind in ("cluttered", "addition"):
+        with pytest.raises(TypeError, match="unknown option"):
+            distorted_mnist(kind, "test", mnist_dir, limit=2, cache=False, supersample=2)
+    with pytest.raises(ValueError):
+        distorted_mnist("p", "test", mnist_dir, limit=2, cache=False, supersample=0)

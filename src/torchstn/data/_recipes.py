@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from torchstn._validation import check_bool, check_choice, check_int, check_number
 from torchstn.data._geometry import (
@@ -177,7 +178,12 @@ _OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "patch_size": lambda n, v: check_int(n, v, 1),
     "size": lambda n, v: check_int(n, v, 4),
     "thickness": lambda n, v: check_int(n, v, 1),
+    "supersample": lambda n, v: check_int(n, v, 1, 16),
 }
+#: options a recipe that renders with :meth:`Recipe._warp` takes beyond its defaults, each with the
+#: value that renders as before: that value is left out of the options (and :meth:`Recipe.describe`),
+#: so the data, its caches and the records that name it keep their identity
+_RENDERING = {"supersample": 1}
 
 
 class Recipe:
@@ -193,6 +199,10 @@ class Recipe:
 
     kind: ClassVar[str]
     version: ClassVar[int] = 1
+    #: takes ``supersample`` (the recipes that render every sample with one 2-D :meth:`_warp`):
+    #: each canvas pixel the mean of ``supersample`` x ``supersample`` bilinear samples (area
+    #: antialiasing); 1, the default, is one sample per pixel, the rendering of every committed result
+    supersamples: ClassVar[bool] = True
     #: one-line description for ``torchstn data list``
     summary: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
@@ -200,13 +210,13 @@ class Recipe:
     channels: ClassVar[int] = 1
 
     def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.defaults))
+        valid = set(self.defaults) | (set(_RENDERING) if self.supersamples else set())
+        unknown = sorted(set(options) - valid)
         if unknown:
-            raise TypeError(
-                f"unknown option(s) {unknown} for kind {self.kind!r}; valid options: {sorted(self.defaults)}"
-            )
+            raise TypeError(f"unknown option(s) {unknown} for kind {self.kind!r}; valid options: {sorted(valid)}")
         merged = {**self.defaults, **{k: v for k, v in options.items() if v is not None}}
-        self.options: dict[str, Any] = self._check(merged)
+        checked = self._check(merged)
+        self.options: dict[str, Any] = {k: v for k, v in checked.items() if not (k in _RENDERING and v == _RENDERING[k])}
 
     # -- options ---------------------------------------------------------------------------------
     def _check(self, o: dict[str, Any]) -> dict[str, Any]:
@@ -308,7 +318,9 @@ class Recipe:
         return quantize(self._warp(x, draw.params[index]))
 
     def _warp(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        return warp(x, params, self.transform, size=(self.canvas, self.canvas), mode=self.options.get("mode", "bilinear"))
+        s, c = self.options.get("supersample", 1), self.canvas
+        out = warp(x, params, self.transform, size=(c * s, c * s), mode=self.options.get("mode", "bilinear"))
+        return out if s == 1 else F.avg_pool2d(out, s)
 
 
 def _f32(params: torch.Tensor) -> torch.Tensor:
@@ -547,6 +559,7 @@ class Cluttered(Recipe):
     """
 
     kind = "cluttered"
+    supersamples = False
     summary = "digit at a random position on 60x60 plus 6 random 6x6 patches of other digits"
     defaults = {"canvas": 60, "patches": 6, "patch_size": 6}
 
@@ -609,6 +622,7 @@ class Addition(RTS):
     """
 
     kind = "addition"
+    supersamples = False
     summary = "two RTS digits on two 42x42 channels, label = their sum (19 classes)"
     num_classes = 19
     channels = 2
@@ -676,6 +690,7 @@ class Volume3D(Recipe):
     """
 
     kind = "3d"
+    supersamples = False
     summary = "digit extruded into a 60x60x60 volume, rotated ±45° about x, y, z, scale 0.7-1.2, moved in 3-D"
     defaults = {"angle": 45.0, "scale": (0.7, 1.2), "canvas": 60, "size": 36, "thickness": 8,
                 "border": 1.0, "mode": "bilinear"}
