@@ -27,6 +27,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <cstdint>
+#include <optional>
 
 namespace py = pybind11;
 
@@ -39,6 +40,7 @@ Forward<float> forward_f32 = nullptr;
 Forward<double> forward_f64 = nullptr;
 
 constexpr int64_t kAffine = 1, kProjective = 2;  // the kernel's location codes (_fused.LOCATIONS)
+constexpr int64_t kReleaseGil = 1 << 14;  // output values from which the kernel runs without the GIL
 
 // The output of warp2d: (B, C, oh, ow), channels_last where x is channels_last and not also
 // contiguous (as _fused._new_output).
@@ -55,14 +57,18 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& loc, int64_t location, int
   const int64_t g[19] = {location,    mode,        x.size(0),   x.size(1),   x.size(2),     x.size(3),     oh,
                          ow,          padding,     align_corners, at::get_num_threads(), x.stride(0), x.stride(1),
                          x.stride(2), x.stride(3), out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
+  const bool f32 = x.scalar_type() == at::kFloat;
+  TORCH_CHECK(f32 ? forward_f32 != nullptr : forward_f64 != nullptr, "torchstn fast_call: the kernel is not set");
   int status;
-  if (x.scalar_type() == at::kFloat) {
-    TORCH_CHECK(forward_f32 != nullptr, "torchstn fast_call: the kernel is not set");
-    status = forward_f32(g, x.const_data_ptr<float>(), loc.const_data_ptr<float>(), eps, out.mutable_data_ptr<float>());
-  } else {
-    TORCH_CHECK(forward_f64 != nullptr, "torchstn fast_call: the kernel is not set");
-    status = forward_f64(g, x.const_data_ptr<double>(), loc.const_data_ptr<double>(), eps,
-                         out.mutable_data_ptr<double>());
+  {
+    // other Python threads run meanwhile, as they did during the ctypes call and do during
+    // torch's own operators; not for small calls, where it would cost more than it frees
+    std::optional<py::gil_scoped_release> unlocked;
+    if (x.size(0) * x.size(1) * oh * ow >= kReleaseGil) unlocked.emplace();
+    status = f32 ? forward_f32(g, x.const_data_ptr<float>(), loc.const_data_ptr<float>(), eps,
+                               out.mutable_data_ptr<float>())
+                 : forward_f64(g, x.const_data_ptr<double>(), loc.const_data_ptr<double>(), eps,
+                               out.mutable_data_ptr<double>());
   }
   TORCH_CHECK(status == 0, "fused warp kernel failed with status ", status);
   return out;
