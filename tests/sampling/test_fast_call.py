@@ -154,6 +154,7 @@ def test_what_the_compiled_call_leaves_to_the_general_path(without_fast_call):
         "a volume": (torch.rand(2, 1, 4, 4, 4), theta, affine, None, "bilinear", "zeros", False, None),
         "a subclass tensor": (x.as_subclass(_Subclass), theta, affine, None, "bilinear", "zeros", False, None),
         "meta params": (x, theta.to("meta"), affine, None, "bilinear", "zeros", False, None),
+        "meta x": (x.to("meta"), theta.to("meta"), affine, None, "bilinear", "zeros", False, None),
     }
     for name, args in declined.items():
         assert _sample._compiled_warp(*args) is None, name
@@ -228,23 +229,55 @@ def test_other_python_threads_run_during_a_large_compiled_call():
     import threading
     import time
 
-    x, theta = torch.rand(16, 3, 512, 512), stn.Affine().identity(16) + 0.05  # (about 60 ms)
-    assert _taken(x, theta, stn.Affine())
-    start = time.perf_counter()
-    stn.warp(x, theta, stn.Affine())
-    duration = time.perf_counter() - start
-    done, gaps = threading.Event(), []
-
-    def warp():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # (the kernel on one core, this thread's loop on the other)
+    try:
+        x, theta = torch.rand(16, 3, 768, 768), stn.Affine().identity(16) + 0.05  # (about 0.1 s)
+        assert _taken(x, theta, stn.Affine())
+        start = time.perf_counter()
         stn.warp(x, theta, stn.Affine())
-        done.set()
+        duration = time.perf_counter() - start
+        done, gaps = threading.Event(), []
 
-    worker = threading.Thread(target=warp)
-    last = time.perf_counter()
-    worker.start()
-    while not done.is_set():
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
-    worker.join()
+        def warp():
+            stn.warp(x, theta, stn.Affine())
+            done.set()
+
+        worker = threading.Thread(target=warp)
+        last = time.perf_counter()
+        worker.start()
+        while not done.is_set():
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        worker.join()
+    finally:
+        torch.set_num_threads(threads)
     assert max(gaps) < 0.5 * duration, (max(gaps), duration)
+
+
+def test_a_call_it_cannot_serve_does_not_build_it(monkeypatch):
+    """Before the compiled call is first loaded, a call on another device or dtype (a GPU user's
+    first warp) neither builds it nor the kernel."""
+    def build():
+        raise AssertionError("built for a call it cannot serve")
+
+    monkeypatch.setattr(_fused, "_fast_call_module", _fused.LazyKernel(build, "the fast call", "-"))
+    monkeypatch.delitem(_fused._library.state, "fast")
+    theta = stn.Affine().identity(2)
+    for x in (torch.rand(2, 1, 8, 8, device="meta"), torch.rand(2, 1, 8, 8).half()):
+        assert not _taken(x, theta.to(x.device, x.dtype), stn.Affine())
+    assert "fast" not in _fused._library.state
+
+
+def test_a_default_device_keeps_the_compiled_call():
+    """``with torch.device(...)`` is a torch function mode that records nothing (the eager
+    paths take it as eager): the compiled call serves calls under it."""
+    x, theta = torch.rand(2, 3, 8, 8), stn.Affine().identity(2)
+    with torch.device("cpu"):
+        assert _taken(x, theta, stn.Affine())
+
+
+def test_it_refuses_a_kernel_of_another_abi(compiled):
+    with pytest.raises(RuntimeError, match="kernel ABI"):
+        compiled.set_kernels(0, 0, _fused._ABI + 1)

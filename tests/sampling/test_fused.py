@@ -654,3 +654,24 @@ def test_the_output_points_kept_between_calls_follow_size_corners_and_packing():
         fused = stn.warp(image, theta, transform, size, align_corners=align_corners, backend="fused")
         torch.testing.assert_close(fused, stn.warp(image, theta, transform, size, align_corners=align_corners,
                                                    backend="torch"), atol=1e-5, rtol=1e-5)
+
+
+
+def test_the_output_points_are_kept_per_thread():
+    """Threads warping to different sizes at once each keep their own points."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    transform = stn.Affine()
+    theta = random_theta(transform, 2, torch.float32, scale=0.2, seed=3)
+    x = random_input((2, 1, 64, 64), torch.float32)  # (outputs of 16,384 values and more run without the GIL)
+    sizes = [(64, 96), (96, 64), (128, 128), (20, 30)]
+    expected = {size: stn.warp(x, theta, transform, size, backend="fused") for size in sizes}  # one at a time
+    for size in sizes:
+        torch.testing.assert_close(expected[size], stn.warp(x, theta, transform, size, backend="torch"),
+                                   atol=1e-4, rtol=1e-4)
+
+    def run(size):
+        return all(torch.equal(stn.warp(x, theta, transform, size, backend="fused"), expected[size]) for _ in range(20))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(run, sizes * 3))

@@ -273,7 +273,7 @@ def format_report(report: BenchReport) -> str:
         + ("; QUICK (tiny sizes: checks the machinery, the numbers mean nothing)" if meta.get("quick") else ""),
         "time: median per call; ratio: median over rounds of (peer time / torchstn time) in the same round,"
         " > 1 means torchstn is faster",
-        "forward runs under torch.no_grad() (entered once per measurement, not per call); forward+backward takes"
+        "forward runs under torch.no_grad() (entered once per timed pass, not per call); forward+backward takes"
         " gradients wrt the input and the parameters",
         *_foreign_lines(report),
         "",

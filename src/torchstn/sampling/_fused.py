@@ -29,7 +29,7 @@ A second, small extension module built after it, ``csrc/fast_call.cpp`` (torch's
 and pybind11 headers: 12.5 s more, once, where the kernel took 21.4 s), calls the same
 kernel from Python without ctypes: :func:`fast_call`, the CPU implementation of
 ``warp2d`` and :func:`torchstn.warp`'s common call (checks, output and kernel call in one
-compiled call: a batch-1 28x28 warp from 24-38 to 5-7 µs). Where it cannot be built (no
+compiled call: a batch-1 28x28 warp from 38.0 to 6.9 µs, ``docs/benchmarks.md``). Where it cannot be built (no
 Python headers), one warning says so and the kernel is called through ctypes as before;
 ``TORCHSTN_FAST_CALL=0`` does the same silently.
 Its arithmetic follows ATen's ``grid_sample`` so that it agrees with every other
@@ -256,10 +256,12 @@ class LazyKernel:
         build: returns the loaded library (and fills its entry points).
         what: the kernel's name in the warning.
         fallback: what happens instead, in the warning.
+        needs: what the build needs, in the warning.
     """
 
-    def __init__(self, build: Callable[[], ctypes.CDLL], what: str, fallback: str) -> None:
-        self.build, self.what, self.fallback = build, what, fallback
+    def __init__(self, build: Callable[[], ctypes.CDLL], what: str, fallback: str,
+                 needs: str = "a C++ compiler with OpenMP (g++) and ninja (pip install ninja)") -> None:
+        self.build, self.what, self.fallback, self.needs = build, what, fallback, needs
         self.state: dict[str, object] = {}  # "lib" once tried, "error" after a failure
         self._lock = threading.Lock()
 
@@ -273,8 +275,8 @@ class LazyKernel:
                 except Exception as error:  # noqa: BLE001 - any build failure means: fall back
                     self.state["lib"], self.state["error"] = None, error
                     warnings.warn(
-                        f"torchstn: {self.what} could not be built, so {self.fallback}. It needs a C++ compiler "
-                        f"with OpenMP (g++) and ninja (pip install ninja). The error: {type(error).__name__}: {error}",
+                        f"torchstn: {self.what} could not be built, so {self.fallback}. It needs {self.needs}. "
+                        f"The error: {type(error).__name__}: {error}",
                         RuntimeWarning,
                         stacklevel=_caller_stacklevel(),
                     )
@@ -332,7 +334,8 @@ def _build_fast_call() -> object:
     import importlib.util
 
     flags = ["-O2"]
-    identity = "\n".join([torch.__version__, str(torch.version.git_version), " ".join(flags), _FAST_SOURCE.read_text()])
+    identity = "\n".join([torch.__version__, str(torch.version.git_version), " ".join(flags), f"kernel ABI {_ABI}",
+                          _FAST_SOURCE.read_text()])
     name = f"torchstn_fast_call_v{_FAST_ABI}_{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
 
     def load(path: str) -> object:
@@ -352,7 +355,8 @@ def _build_fast_call() -> object:
 
 _fast_call_module = LazyKernel(
     lambda: _build_fast_call(), "the fused sampler's fast call",
-    "the fused kernel is called through ctypes (about 10 µs more per call)",
+    "the fused kernel is called through ctypes (about 30 µs more per batch-1 call)",
+    "a C++ compiler, ninja and Python's headers (python3-dev)",
 )
 
 
@@ -375,7 +379,7 @@ def rebind_fast_call() -> None:
     (``benchmarks/ab_kernel.py`` swaps two builds)."""
     fast = _library.state.get("fast")
     if fast:
-        fast.set_kernels(*(ctypes.cast(_ENTRY[False, dtype], ctypes.c_void_p).value for dtype in _DTYPES))
+        fast.set_kernels(*(ctypes.cast(_ENTRY[False, dtype], ctypes.c_void_p).value for dtype in _DTYPES), _ABI)
 
 
 def _caller_stacklevel() -> int:

@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 import torch
 
-from torchstn._tracing import _PLAIN, autocast_enabled, eager_tensors, reject_tangents
+from torchstn._tracing import _PLAIN, _recording_function_mode, autocast_enabled, eager_tensors, reject_tangents
 from torchstn._validation import check_choice, check_floating, check_same_batch, check_size, check_tensor
 from torchstn.sampling import _fused, _fused3d
 from torchstn.sampling._grid_sample import torch_sample
@@ -389,11 +389,12 @@ def _compiled_warp(
     Common here: :class:`~torchstn.Affine` or :class:`~torchstn.Projective` parameters (or
     Affine's ``(B, 2, 3)`` rows; the transform or its name) and what :func:`_eager_fused_warp` asks besides, where
     nothing records a gradient. The tests on Python's state (plain tensor types, not
-    compiling or tracing, no ``torch.func`` transform or forward-mode level) are made here,
+    compiling or tracing, no ``torch.func`` transform, forward-mode level or recording torch
+    function mode; a CPU float image before the module is first built) are made here,
     the rest in the compiled call, each one :func:`_eager_fused_warp` or
     :func:`~torchstn._tracing.eager_tensors` makes too; the kernel call is the same (the
-    tests compare both). A batch-1 28x28 warp: 18 µs through :func:`_eager_fused_warp`,
-    about 5 here (``docs/benchmarks.md``)."""
+    tests compare both). A batch-1 28x28 warp: 38.0 µs through :func:`_eager_fused_warp` and
+    ctypes, 6.9 here (``benchmarks/bench_call_overhead.py``, ``docs/benchmarks.md``)."""
     if type(transform) is str:
         transform = _NAMED.get(transform) or _named(transform)
     family = _COMPILED_FAMILIES.get(type(transform))
@@ -406,9 +407,15 @@ def _compiled_warp(
     if (mode_code is None or padding_code is None or _is_compiling() or _is_tracing() or _functorch_active()
             or _forward_ad._current_level >= 0):
         return None
-    fast = _fused._library.state.get("fast") or _fused.fast_call()  # (the module once loaded, without a call)
-    if fast is None:
+    if torch._C._is_torch_function_mode_enabled() and _recording_function_mode():
         return None
+    fast = _fused._library.state.get("fast")  # (the module once loaded, without a call)
+    if not fast:  # not loaded yet (None) or unavailable (False): build it for a call it may serve only
+        if fast is False or not (x.is_cpu and x.dtype in _fused._DTYPES):
+            return None
+        fast = _fused.fast_call()
+        if fast is None:
+            return None
     return fast.fast_warp(x, params, family, size, mode_code, padding_code, align_corners,
                           transform.eps if family else 0.0)
 

@@ -4,8 +4,8 @@
 // torchstn/sampling/_fused.py hands it once (set_kernels).
 //
 // Why: a batch-1 warp of a 28x28 image takes the kernel about 3 us; through ctypes, with
-// the output allocated and the arguments checked in Python, torchstn.warp took about 18 us;
-// this call, about 1 us more than the kernel.
+// the output allocated and the arguments checked in Python, torchstn.warp took 38.0 us,
+// through this call 6.9 us (benchmarks/bench_call_overhead.py, docs/benchmarks.md).
 //
 // warp2d: the CPU implementation of the operator torchstn::warp2d (its arguments checked by
 // the caller), the output in the input's memory format.
@@ -13,13 +13,14 @@
 // kernel covers, Affine or Projective parameters), or None for any other call, which the
 // Python path then checks, explains or runs. Every test here is one the Python path makes
 // (_sample._eager_fused_warp, _tracing.eager_tensors); the ones on Python state (compiling,
-// tracing, torch.func, forward AD, the tensors' Python types) stay in Python.
+// tracing, torch.func, forward AD, torch function modes, the tensors' Python types) stay in
+// Python. The kernel's interface (its geometry array, its entry points' signature) is the
+// one of kernel ABI kKernelAbi: set_kernels refuses another.
 
 // The headers are the few it needs (12 s to build here; at::empty's and autocast's own
 // headers would add 11 s, torch/extension.h 30 s).
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
-#include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/core/Tensor.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -39,6 +40,7 @@ using Forward = int (*)(const int64_t*, const T*, const T*, double, T*);
 Forward<float> forward_f32 = nullptr;
 Forward<double> forward_f64 = nullptr;
 
+constexpr int64_t kKernelAbi = 6;  // csrc/fused_warp2d.cpp's torchstn_warp2d_abi_version()
 constexpr int64_t kAffine = 1, kProjective = 2;  // the kernel's location codes (_fused.LOCATIONS)
 constexpr int64_t kReleaseGil = 1 << 14;  // output values from which the kernel runs without the GIL
 
@@ -58,17 +60,18 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& loc, int64_t location, int
                          ow,          padding,     align_corners, at::get_num_threads(), x.stride(0), x.stride(1),
                          x.stride(2), x.stride(3), out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
   const bool f32 = x.scalar_type() == at::kFloat;
-  TORCH_CHECK(f32 ? forward_f32 != nullptr : forward_f64 != nullptr, "torchstn fast_call: the kernel is not set");
+  const Forward<float> k32 = forward_f32;  // (read with the GIL held: set_kernels writes them under it)
+  const Forward<double> k64 = forward_f64;
+  TORCH_CHECK(f32 ? k32 != nullptr : k64 != nullptr, "torchstn fast_call: the kernel is not set");
   int status;
   {
     // other Python threads run meanwhile, as they did during the ctypes call and do during
     // torch's own operators; not for small calls, where it would cost more than it frees
     std::optional<py::gil_scoped_release> unlocked;
     if (x.size(0) * x.size(1) * oh * ow >= kReleaseGil) unlocked.emplace();
-    status = f32 ? forward_f32(g, x.const_data_ptr<float>(), loc.const_data_ptr<float>(), eps,
-                               out.mutable_data_ptr<float>())
-                 : forward_f64(g, x.const_data_ptr<double>(), loc.const_data_ptr<double>(), eps,
-                               out.mutable_data_ptr<double>());
+    status = f32 ? k32(g, x.const_data_ptr<float>(), loc.const_data_ptr<float>(), eps, out.mutable_data_ptr<float>())
+                 : k64(g, x.const_data_ptr<double>(), loc.const_data_ptr<double>(), eps,
+                       out.mutable_data_ptr<double>());
   }
   TORCH_CHECK(status == 0, "fused warp kernel failed with status ", status);
   return out;
@@ -120,7 +123,6 @@ py::object fast_warp(const at::Tensor& x, const at::Tensor& params, int64_t fami
   if (c10::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad())) return py::none();
   // autocast on the CPU: its key not excluded (at::autocast::is_autocast_enabled's own test)
   if (!c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU) ||
-      at::impl::torch_function_mode_enabled() ||
       c10::impl::TorchDispatchModeTLS::stack_len() > 0)
     return py::none();
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3);
@@ -153,7 +155,8 @@ py::object fast_warp(const at::Tensor& x, const at::Tensor& params, int64_t fami
   return py::none();
 }
 
-void set_kernels(uintptr_t f32, uintptr_t f64) {
+void set_kernels(uintptr_t f32, uintptr_t f64, int64_t abi) {
+  TORCH_CHECK(abi == kKernelAbi, "torchstn fast_call: built for kernel ABI ", kKernelAbi, ", given ABI ", abi);
   forward_f32 = reinterpret_cast<Forward<float>>(f32);
   forward_f64 = reinterpret_cast<Forward<double>>(f64);
 }
