@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 import torch
 
-from torchstn._tracing import _PLAIN, _recording_function_mode, autocast_enabled, eager_tensors, reject_tangents
+from torchstn._tracing import autocast_enabled, eager_tensors, reject_tangents
 from torchstn._validation import check_choice, check_floating, check_same_batch, check_size, check_tensor
 from torchstn.sampling import _fused, _fused3d
 from torchstn.sampling._grid_sample import torch_sample
@@ -317,7 +317,7 @@ def warp(
     if out is not None:
         return out
     check_options(mode, padding, "auto" if backend is None else backend)
-    return warp_checked_options(x, params, transform, size, mode, padding, bool(align_corners), backend)
+    return _warp_general(x, params, transform, size, mode, padding, bool(align_corners), backend)
 
 
 def warp_checked_options(
@@ -332,9 +332,15 @@ def warp_checked_options(
 ) -> torch.Tensor:
     """:func:`warp` for options validated already (:class:`~torchstn.sampling.SamplerOptions`):
     the tensors, the transform and the size are checked, each once; the options are not."""
-    out = _compiled_warp(x, params, transform, size, mode, padding, align_corners, backend)  # (warp asked it first:
-    if out is not None:  # a module's call asks here; a call it declined is declined again in a fraction of a µs)
+    out = _compiled_warp(x, params, transform, size, mode, padding, align_corners, backend)
+    if out is not None:
         return out
+    return _warp_general(x, params, transform, size, mode, padding, align_corners, backend)
+
+
+def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | str, size: Sequence[int] | None,
+                  mode: str, padding: str, align_corners: bool, backend: str | None) -> torch.Tensor:
+    """:func:`warp_checked_options` once the compiled call declined (:func:`warp` asks it first too)."""
     transform = get_transform(transform)
     if backend is None or backend == "auto" or backend == "fused":
         out = _eager_fused_warp(x, params, transform, size, mode, padding, align_corners)
@@ -374,8 +380,6 @@ _COMPILED_FAMILIES = {Affine: 0, Projective: 1}
 #: name -> its transform (:func:`~torchstn.transforms.get_transform`'s, made once: default options)
 _NAMED: dict[str, Transform] = {}
 _FUSED_BACKENDS = (None, "auto", "fused")
-_is_compiling, _is_tracing = torch.compiler.is_compiling, torch._C._is_tracing
-_functorch_active, _forward_ad = torch._C._are_functorch_transforms_active, torch.autograd.forward_ad
 
 
 def _compiled_warp(
@@ -388,26 +392,21 @@ def _compiled_warp(
 
     Common here: :class:`~torchstn.Affine` or :class:`~torchstn.Projective` parameters (or
     Affine's ``(B, 2, 3)`` rows; the transform or its name) and what :func:`_eager_fused_warp` asks besides, where
-    nothing records a gradient. The tests on Python's state (plain tensor types, not
-    compiling or tracing, no ``torch.func`` transform, forward-mode level or recording torch
-    function mode; a CPU float image before the module is first built) are made here,
-    the rest in the compiled call, each one :func:`_eager_fused_warp` or
-    :func:`~torchstn._tracing.eager_tensors` makes too; the kernel call is the same (the
-    tests compare both). A batch-1 28x28 warp: 38.0 µs through :func:`_eager_fused_warp` and
+    nothing records a gradient. :func:`~torchstn._tracing.eager_tensors` is asked here (and,
+    before the module is first built, whether ``x`` is a CPU float image), the tensor tests
+    in the compiled call, each one :func:`_eager_fused_warp` makes too; the kernel call is
+    the same (the tests compare both). A batch-1 28x28 warp: 38.0 µs through :func:`_eager_fused_warp` and
     ctypes, 6.9 here (``benchmarks/bench_call_overhead.py``, ``docs/benchmarks.md``)."""
     if type(transform) is str:
         transform = _NAMED.get(transform) or _named(transform)
     family = _COMPILED_FAMILIES.get(type(transform))
-    if family is None or type(x) not in _PLAIN or type(params) not in _PLAIN or backend not in _FUSED_BACKENDS:
+    if family is None or backend not in _FUSED_BACKENDS:
         return None
     try:
         mode_code, padding_code = _fused._MODES.get(mode), _fused._PADDING.get(padding)
     except TypeError:  # (unhashable: the general path says what is wrong)
         return None
-    if (mode_code is None or padding_code is None or _is_compiling() or _is_tracing() or _functorch_active()
-            or _forward_ad._current_level >= 0):
-        return None
-    if torch._C._is_torch_function_mode_enabled() and _recording_function_mode():
+    if mode_code is None or padding_code is None or not eager_tensors(x, params):
         return None
     fast = _fused._library.state.get("fast")  # (the module once loaded, without a call)
     if not fast:  # not loaded yet (None) or unavailable (False): build it for a call it may serve only

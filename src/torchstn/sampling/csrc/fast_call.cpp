@@ -12,9 +12,9 @@
 // fast_warp: the whole of torchstn.warp's common call (no gradient to record, a CPU image the
 // kernel covers, Affine or Projective parameters), or None for any other call, which the
 // Python path then checks, explains or runs. Every test here is one the Python path makes
-// (_sample._eager_fused_warp, _tracing.eager_tensors); the ones on Python state (compiling,
-// tracing, torch.func, forward AD, torch function modes, the tensors' Python types) stay in
-// Python. The kernel's interface (its geometry array, its entry points' signature) is the
+// (_sample._eager_fused_warp); what _tracing.eager_tensors asks (compiling, tracing,
+// torch.func, forward AD, torch function and dispatch modes, the tensors' Python types) is
+// asked in Python before this call. The kernel's interface (its geometry array, its entry points' signature) is the
 // one of kernel ABI kKernelAbi: set_kernels refuses another.
 
 // The headers are the few it needs (12 s to build here; at::empty's and autocast's own
@@ -24,7 +24,6 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
-#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <cstdint>
@@ -122,9 +121,7 @@ py::object fast_warp(const at::Tensor& x, const at::Tensor& params, int64_t fami
     return py::none();
   if (c10::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad())) return py::none();
   // autocast on the CPU: its key not excluded (at::autocast::is_autocast_enabled's own test)
-  if (!c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU) ||
-      c10::impl::TorchDispatchModeTLS::stack_len() > 0)
-    return py::none();
+  if (!c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU)) return py::none();
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3);
   if (h <= 0 || w <= 0 || (h + 1) * x.stride(2) + (w + 1) * x.stride(3) >= (int64_t(1) << 31) || x.numel() == 0 ||
       params.dim() < 2 || params.size(0) != b)
