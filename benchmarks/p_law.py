@@ -12,6 +12,7 @@ errs as the paper's does can be read off, and what the ST-CNNs reach there::
     python benchmarks/p_law.py --model st-cnn-aff --sigma 3 --data-dir ../shared/data/mnist --out runs/x/p-aff-s3
 
 ``--sigma 5`` is the `long` cell itself (`torchstn reproduce stn-table1 --budget long`).
+``--dataset rts`` (or r, e) trains that distortion's `long` cell instead, without ``--sigma``.
 ``--supersample 4`` renders the same draws with area antialiasing (each canvas pixel the
 mean of 4 x 4 bilinear samples) instead of one bilinear sample per pixel.
 """
@@ -31,17 +32,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--model", default="cnn", help="a stn-table1 row: cnn, st-cnn-aff, st-cnn-proj, st-cnn-tps")
-    parser.add_argument("--sigma", type=float, required=True, help="the corners' N(0, σ) in canvas pixels (paper: 5)")
+    parser.add_argument("--dataset", default="p", choices=["r", "rts", "p", "e"],
+                        help="the stn-table1 distortion (default p); --sigma applies to p only")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="P's corners moved by N(0, σ) in canvas pixels (default: the paper's 5)")
     parser.add_argument("--supersample", type=int, default=1,
                         help="render each canvas pixel as the mean of S x S bilinear samples (default 1: as the cells)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    law = {"sigma": args.sigma, "supersample": args.supersample}
-    train_set = stn.data.get_dataset("mnist-p", "train", root=args.data_dir, online=True, **law)
-    test_set = stn.data.get_dataset("mnist-p", "test", root=args.data_dir, **law)
-    (cell,) = plan(get_experiment("stn-table1"), "long", only=[args.model], datasets=["p"])  # its recipe, as run
+    if args.sigma is not None and args.dataset != "p":
+        parser.error("--sigma is P's law; the other distortions have none")
+    law = {"supersample": args.supersample} | ({} if args.sigma is None else {"sigma": args.sigma})
+    name = f"mnist-{args.dataset}"
+    train_set = stn.data.get_dataset(name, "train", root=args.data_dir, online=True, **law)
+    test_set = stn.data.get_dataset(name, "test", root=args.data_dir, **law)
+    (cell,) = plan(get_experiment("stn-table1"), "long", only=[args.model], datasets=[args.dataset])  # its recipe
     config = TrainConfig(**{**cell.config, "seed": args.seed})
     train(config, args.out, train_set=train_set, test_set=test_set, progress=False)
 
