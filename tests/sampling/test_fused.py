@@ -172,6 +172,52 @@ def test_float32_rows_in_one_pass_equal_the_two_passes_bit_for_bit(padding, alig
     torch.testing.assert_close(five[finite], grid_path[finite], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("location", ["affine", "projective"])
+def test_small_images_warped_from_a_bordered_copy_equal_the_two_passes_bit_for_bit(align_corners, location):
+    """Under zeros padding, a small image warped to packed rows is read from a copy with a
+    border of zeros (the kernel's Bordered), so that the points along its edges read their
+    outer corners from memory. The values must be the two passes' (5 channels), bit for bit:
+    points just outside the edges, far out, an inf pixel on the edge, a NaN θ; after the image
+    changes in place; with the batch split over two threads (each thread's own copy)."""
+    n = 6
+    transform = stn.Projective(eps=0.05) if location == "projective" else stn.Affine()
+    wide = random_input((n, 5, 20, 30), torch.float32, seed=7)
+    x = wide[..., :26]  # a view: rows 30 apart
+    x[1, :, 0, 5] = float("inf")  # on the top edge
+    x[2, :, 7, 25] = float("inf")  # on the right edge
+    p = random_theta(stn.Affine(), n, torch.float64, scale=0.1, seed=8)  # edges moved by up to a few pixels
+    p[3] = torch.tensor([1.0, 0.0, 0.2, 0.0, 1.0, -0.15])  # shifted by 2-3 pixels
+    p[4] = torch.tensor([1.0, 0.0, 3.0, 0.0, 1.0, 0.0])  # entirely outside
+    p[5, 2] = float("nan")
+    if location == "projective":
+        p = torch.cat([p, 0.05 * random_input((n, 2), torch.float64, seed=9)], 1)
+    p = p.float()
+    threads = torch.get_num_threads()
+    try:
+        for size in [(20, 26), (13, 27), (17, 9)]:
+            for step in range(2):
+                if step:
+                    x.mul_(-2.0)  # the same storage, new values: no copy of the last call may be reused
+                five = stn.warp(x, p, transform, size=size, align_corners=align_corners, backend="fused")
+                for c in (1, 2, 3, 4):
+                    torch.set_num_threads(1 + c % 2)
+                    out = stn.warp(x[:, :c], p, transform, size=size, align_corners=align_corners, backend="fused")
+                    torch.testing.assert_close(out, five[:, :c], atol=0, rtol=0, equal_nan=True)
+                    torch.set_num_threads(threads)
+                assert five[5].isnan().all() and (five[4] == 0).all()
+                grid_path = stn.warp(x, p, transform, size=size, align_corners=align_corners, backend="torch")
+                finite = torch.isfinite(grid_path) & torch.isfinite(five)
+                torch.testing.assert_close(five[finite], grid_path[finite], atol=1e-4, rtol=0)
+    finally:
+        torch.set_num_threads(threads)
+    one = x[:1, :1].clone()  # one image: the next call's first sample is the last call's last
+    before = stn.warp(one, p[:1], transform, align_corners=align_corners, backend="fused")
+    one.mul_(-2.0)
+    after = stn.warp(one, p[:1], transform, align_corners=align_corners, backend="fused")
+    torch.testing.assert_close(after, -2.0 * before, atol=0, rtol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("location", ["affine", "projective", "grid"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_an_input_beyond_l2_fetches_rows_ahead_with_the_same_values_and_gradients(location, dtype):

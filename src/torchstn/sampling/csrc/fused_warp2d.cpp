@@ -36,6 +36,7 @@
 // 256x1x28x28.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -603,13 +604,17 @@ struct Inside8 {
   __m256 w[4];
 };
 
+// BORDER: the image has a border of BORDER zero pixels on every side in memory (a bordered
+// copy, see Bordered), so that points in [-BORDER, W - 1 + BORDER) x [-BORDER, H - 1 + BORDER)
+// read all four corners too, the outer ones 0 as zeros padding gives them (the same values).
+template <int BORDER = 0>
 __attribute__((always_inline)) inline bool inside8_at(__m256 gx, __m256 gy, const Constants<float>& k, Inside8* p) {
-  const __m256 zero = _mm256_setzero_ps(), one = set1(1.f);
+  const __m256 low = set1(static_cast<float>(-BORDER)), one = set1(1.f);
   const __m256 ix = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gx, one), set1(k.ax)), set1(k.bx));
   const __m256 iy = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gy, one), set1(k.ay)), set1(k.by));
   const __m256 inside = _mm256_and_ps(
-      _mm256_and_ps(_mm256_cmp_ps(ix, zero, _CMP_GE_OQ), _mm256_cmp_ps(ix, set1(static_cast<float>(k.W - 1)), _CMP_LT_OQ)),
-      _mm256_and_ps(_mm256_cmp_ps(iy, zero, _CMP_GE_OQ), _mm256_cmp_ps(iy, set1(static_cast<float>(k.H - 1)), _CMP_LT_OQ)));
+      _mm256_and_ps(_mm256_cmp_ps(ix, low, _CMP_GE_OQ), _mm256_cmp_ps(ix, set1(static_cast<float>(k.W - 1 + BORDER)), _CMP_LT_OQ)),
+      _mm256_and_ps(_mm256_cmp_ps(iy, low, _CMP_GE_OQ), _mm256_cmp_ps(iy, set1(static_cast<float>(k.H - 1 + BORDER)), _CMP_LT_OQ)));
   if (_mm256_movemask_ps(inside) != 0xff) return false;
   const __m256 fx = _mm256_floor_ps(ix), fy = _mm256_floor_ps(iy);
   const __m256 tx = _mm256_sub_ps(ix, fx), ty = _mm256_sub_ps(iy, fy);
@@ -998,20 +1003,22 @@ struct Locations8 {
 // AVX2 too (for the backward) was slower than the compiler's AVX-512 loop (0.90-0.92x
 // at 32x3x224x224) and is not used; nor for affine rows through Locations8 (GCC then
 // stopped inlining locate: 0.90x at 256x1x28x28).
-template <int PAD, int SOURCE, int LOC = AFFINE>
+template <int PAD, int SOURCE, int LOC = AFFINE, int BORDER = 0>
 inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C, const float* m,
                         const float* xs, const float* ys, float y, int64_t n, const Constants<float>& kref,
                         Block<float>& blk) {
   using S = Simd<float>;
+  static_assert(!BORDER || PAD == ZEROS, "a zero border is zeros padding");
   // a copy, held in registers: the output's float stores may alias the caller's (1.02-1.03x)
   const Constants<float> k = kref;
-  const int64_t sh = k.sh, end = (k.H - 1) * sh + k.W;  // one past the last pixel of a channel
+  // one past the last pixel of a channel (with a BORDER, of its border)
+  const int64_t sh = k.sh, end = (k.H - 1 + BORDER) * sh + k.W + BORDER;
   const Locations8<SOURCE, LOC> where(m, xs, ys, y, n, k.eps);
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
     __m256 gx, gy;
     where.at(t0, &gx, &gy);
     avx::Inside8 in;
-    if (PAD != REFLECTION && t0 + 8 <= n && avx::inside8_at(gx, gy, k, &in)) {  // (reflection: not exact)
+    if (PAD != REFLECTION && t0 + 8 <= n && avx::inside8_at<BORDER>(gx, gy, k, &in)) {  // (reflection: not exact)
       inside8(xb, xc_step, ob + t0, oc_step, C, in.off0, in.w, sh, end);
       continue;
     }
@@ -1255,6 +1262,64 @@ inline void interleaved_backward(const float* xb, float* gxb, const Block<float>
 }
 #endif
 
+#ifdef TORCHSTN_AVX2
+// A sample's channels copied with a border of kBorder zero pixels on every side, kept on the
+// thread for the call that made it (`call`, `b`): under zeros padding a small image's corners
+// outside it are then read from memory, and single_pass takes its fast path (BORDER) for the
+// vectors along the image's edges, which otherwise gather their corners masked (a third of
+// the vectors of a 28x28 output). Four
+// pixels: the bench's θ (the identity + 0.05 N(0, 1)) moves a 28x28 image's edges by up to
+// 2.5 pixels. Outputs of packed rows only (narrower than a block), where the edges are many:
+// 1.07x forward at 1x1x28x28, 1.12x at 256x1x28x28, affine and projective alike
+// (benchmarks/ab_kernel.py, 21 rounds, bit-identical); wide rows have two edge vectors each,
+// and at 64x3x64x64 the copy cost more than it saved (0.89-0.94x). Read as pairs instead
+// (each corner row masked by its validity), the edge vectors ran no faster than with
+// AVX2's masked gathers (0.98x at 256x1x28x28, Zen 3).
+constexpr int64_t kBorder = 4;
+
+struct Bordered {
+  std::vector<float> data;
+  uint64_t call = 0;
+  int64_t b = -1, row = 0, plane = 0, C = 0, H = 0, W = 0;  // (C, H, W: the geometry its border is zero for)
+
+  // where pixel (0, 0) of channel 0 of sample b's copy lies (made unless this thread holds it)
+  const float* of(const float* xb, const Strides& xs, int64_t C_, int64_t H_, int64_t W_, uint64_t call_, int64_t b_) {
+    if (call_ != call || b_ != b) {
+      if (C_ != C || H_ != H || W_ != W) {  // a new geometry: all zeros, then only the image is written
+        C = H = W = 0;
+        row = W_ + 2 * kBorder, plane = (H_ + 2 * kBorder) * row;
+        data.assign(C_ * plane, 0.f);
+        C = C_, H = H_, W = W_;
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t i = 0; i < H; ++i) {
+          const float* src = xb + c * xs.c + i * xs.h;
+          float* dst = data.data() + c * plane + (i + kBorder) * row + kBorder;
+          for (int64_t j = 0; j < W; ++j) dst[j] = src[j];  // (a short row: an inline loop, not a memcpy call)
+        }
+      }
+      call = call_, b = b_;
+    }
+    return data.data() + kBorder * row + kBorder;
+  }
+};
+
+// the calling thread's copy (one for every instance of the passes)
+inline Bordered& bordered_copy() {
+  static thread_local Bordered copy;
+  return copy;
+}
+
+// Whether forward_impl warps each sample of packed rows from a bordered copy, under zeros
+// padding: small planes (a sample's copy within 64 KiB) and no more input pixels than twice
+// the output's points (the copy must cost less than what it saves).
+inline bool bordered_pays(int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo) {
+  return C * (H + 2 * kBorder) * (W + 2 * kBorder) * int64_t(sizeof(float)) <= (int64_t(1) << 16) && H * W <= 2 * Ho * Wo;
+}
+// a number for each call that copies, so that a thread's copy is never taken for another call's
+inline std::atomic<uint64_t> bordered_calls{1};
+#endif
+
 template <typename T, int LOC, int PAD, int MODE>
 void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* out, const Strides& os, int64_t B,
                   int64_t C, const Constants<T>& k, int threads) {
@@ -1266,6 +1331,10 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // order ties or wins everywhere measured: 1.00-1.18x from 1x3x224x224 and 8x32x64x64 to
   // 2x8x256x256 (A/B of the bare kernel, one thread)
   const bool beyond_l2 = exceeds_l2(B, C, k);
+#ifdef TORCHSTN_AVX2
+  const bool bordered = PAD == ZEROS && loc.packed && bordered_pays(C, k.H, k.W, Ho, Wo);
+  const uint64_t call = bordered ? bordered_calls.fetch_add(1, std::memory_order_relaxed) : 0;
+#endif
   const auto block = [&](int64_t b, const Span& span) {
     Block<T> blk;
     alignas(32) T acc[BLOCK];
@@ -1276,6 +1345,17 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
       if (xs.w == 1 && os.w == 1 && C <= 4 && ahead == 0) {  // (packed rows: a contiguous block, os.h == Wo)
         const float* m = loc.matrix(b);
         float* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
+        if constexpr (PAD == ZEROS) {
+          if (bordered) {
+            Bordered& copy = bordered_copy();
+            const float* xp = copy.of(x + b * xs.b, xs, C, k.H, k.W, call, b);
+            Constants<float> kb = k;
+            kb.sh = static_cast<int32_t>(copy.row);
+            single_pass<PAD, PACKED, LOC, kBorder>(xp, copy.plane, ob, os.c, C, m, loc.px + span.p0, loc.py + span.p0,
+                                                   0.f, n, kb, blk);
+            return;
+          }
+        }
         if (loc.packed) {
           single_pass<PAD, PACKED, LOC>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.px + span.p0, loc.py + span.p0, 0.f, n,
                                         k, blk);
