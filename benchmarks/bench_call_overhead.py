@@ -51,7 +51,7 @@ def main() -> None:
                                                                         "bilinear", "zeros", False, 0.0),
         "warp2d's CPU implementation": lambda t: kernel(x, rows, "affine", [n, n], "bilinear", "zeros", False, 0.0),
         "its ctypes call, args ready": lambda t: entry(*ready),
-        "the compiled call (fast_warp)": lambda t: fast.fast_warp(x, t, 0, None, 0, 0, False, 0.0),
+        "the compiled call (fast_warp)": lambda t: fast.fast_warp(x, t, "affine", None, "bilinear", "zeros", False, None),
         "torch.empty_like (the output)": lambda t: torch.empty_like(x),
         "affine_grid+grid_sample": lambda t: F.grid_sample(x, F.affine_grid(t.view(b, 2, 3), list(x.shape),
                                                                             align_corners=False), align_corners=False),

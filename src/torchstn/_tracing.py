@@ -141,6 +141,15 @@ _DEVICE_MODE: type | tuple = getattr(importlib.import_module("torch.utils._devic
 #: the tensor types :func:`eager_tensors` takes as plain (a module's weights are Parameters)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
+#: :func:`eager_tensors`' questions but compiling's, for compiled code that asks them itself
+#: (``sampling/csrc/fast_call.cpp``, in this order, after its caller asked
+#: ``torch.compiler.is_compiling()``, which ``torch.compile`` reads as true while it traces):
+#: the plain tensor types; functions of no argument, each true when something would record or
+#: transform a call (the second asked only when the first, a function mode, is on); and the
+#: forward AD module, whose ``_current_level`` is -1 outside a dual level.
+EAGER_QUESTIONS = (*_PLAIN, _is_tracing, _function_mode_enabled, _recording_function_mode, _dispatch_stack_length,
+                   _functorch_transforms_active, _FORWARD_AD)
+
 
 def exporting() -> bool:
     """True inside ``torch.export`` (and the ONNX export built on it).

@@ -281,3 +281,23 @@ def test_a_default_device_keeps_the_compiled_call():
 def test_it_refuses_a_kernel_of_another_abi(compiled):
     with pytest.raises(RuntimeError, match="kernel ABI"):
         compiled.set_kernels(0, 0, _fused._ABI + 1)
+
+
+def test_a_name_is_looked_up_once_and_then_served(monkeypatch):
+    """The compiled call reads a transform's name in _fused._NAMED; a name it has not met is
+    made there by _fused._named (get_transform's, so in any case and any alias), once."""
+    made = []
+    monkeypatch.setattr(_fused, "get_transform", lambda name: made.append(name) or stn.transforms.get_transform(name))
+    saved = dict(_fused._NAMED)
+    _fused._NAMED.clear()
+    try:
+        x, theta = torch.rand(2, 1, 8, 8), stn.Affine().identity(2) + 0.1
+        expected = stn.warp(x, theta, stn.Affine())
+        for name in ("AFF", "AFF", "aff"):
+            assert _taken(x, theta, name)
+            _same(stn.warp(x, theta, name), expected)
+        assert made == ["AFF", "aff"] and isinstance(_fused._NAMED["AFF"], stn.Affine)
+        assert not _taken(x, theta, "no-such-transform")
+    finally:
+        _fused._NAMED.clear()
+        _fused._NAMED.update(saved)

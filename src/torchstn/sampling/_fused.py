@@ -74,9 +74,9 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-from torchstn._tracing import differentiable_vjp, eager_tensors, functorch_active
+from torchstn._tracing import EAGER_QUESTIONS, differentiable_vjp, eager_tensors, functorch_active
 from torchstn.sampling._grid_sample import torch_sample
-from torchstn.transforms import matrix_grid
+from torchstn.transforms import Affine, Projective, Transform, get_transform, matrix_grid
 
 __all__ = [
     "LOCATIONS",
@@ -322,7 +322,7 @@ _library = LazyKernel(
 
 
 _FAST_SOURCE = Path(__file__).with_name("csrc") / "fast_call.cpp"
-_FAST_ABI = 1
+_FAST_ABI = 2
 
 
 def _build_fast_call() -> object:
@@ -369,8 +369,29 @@ def fast_call() -> object | None:
     if fast is None:  # not asked yet
         usable = os.environ.get("TORCHSTN_FAST_CALL", "1") != "0" and _library() is not None
         _library.state["fast"] = fast = (_fast_call_module() if usable else None) or False
+        if fast:
+            fast.set_python(EAGER_QUESTIONS, (_COMPILED_FAMILIES, _NAMED, _named, _MODES, _PADDING))
         rebind_fast_call()
     return fast or None
+
+
+#: the families whose parameters the compiled call reads itself (exactly these types), and its code for each
+_COMPILED_FAMILIES = {Affine: 0, Projective: 1}
+#: name -> its transform (:func:`~torchstn.transforms.get_transform`'s, made once: default
+#: options), which the compiled call warps a name's call with
+_NAMED: dict[str, Transform] = {}
+
+
+def _named(name: str) -> Transform | None:
+    """The transform named ``name``, kept in :data:`_NAMED`; ``None`` for a name
+    :func:`~torchstn.transforms.get_transform` refuses (the general path says why)."""
+    try:
+        transform = get_transform(name)
+    except (TypeError, ValueError):
+        return None
+    if len(_NAMED) < 64:
+        _NAMED[name] = transform
+    return transform
 
 
 def rebind_fast_call() -> None:

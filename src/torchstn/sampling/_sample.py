@@ -375,60 +375,37 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
     return out if out.dtype is x.dtype else out.to(x.dtype)
 
 
-#: the families whose parameters the compiled call reads itself (exactly these types), and its code for each
-_COMPILED_FAMILIES = {Affine: 0, Projective: 1}
-#: name -> its transform (:func:`~torchstn.transforms.get_transform`'s, made once: default options)
-_NAMED: dict[str, Transform] = {}
-_FUSED_BACKENDS = (None, "auto", "fused")
-
-
 def _compiled_warp(
     x: object, params: object, transform: object, size: object, mode: object, padding: object, align_corners: object,
     backend: object,
 ) -> torch.Tensor | None:
-    """The common call of :func:`warp` in one call of compiled code (``csrc/fast_call.cpp``,
-    :func:`~torchstn.sampling._fused.fast_call`), or ``None`` for any other call, which
-    :func:`_eager_fused_warp` or the general path then checks, explains or runs.
+    """The common call of :func:`warp` in one call of compiled code (``csrc/fast_call.cpp``'s
+    ``fast_warp``, :func:`~torchstn.sampling._fused.fast_call`), or ``None`` for any other call,
+    which :func:`_eager_fused_warp` or the general path then checks, explains or runs.
 
     Common here: :class:`~torchstn.Affine` or :class:`~torchstn.Projective` parameters (or
-    Affine's ``(B, 2, 3)`` rows; the transform or its name) and what :func:`_eager_fused_warp` asks besides, where
-    nothing records a gradient. :func:`~torchstn._tracing.eager_tensors` is asked here (and,
-    before the module is first built, whether ``x`` is a CPU float image), the tensor tests
-    in the compiled call, each one :func:`_eager_fused_warp` makes too; the kernel call is
-    the same (the tests compare both). A batch-1 28x28 warp: 38.0 µs through :func:`_eager_fused_warp` and
-    ctypes, 6.9 here (``benchmarks/bench_call_overhead.py``, ``docs/benchmarks.md``)."""
-    if type(transform) is str:
-        transform = _NAMED.get(transform) or _named(transform)
-    family = _COMPILED_FAMILIES.get(type(transform))
-    if family is None or backend not in _FUSED_BACKENDS:
-        return None
-    try:
-        mode_code, padding_code = _fused._MODES.get(mode), _fused._PADDING.get(padding)
-    except TypeError:  # (unhashable: the general path says what is wrong)
-        return None
-    if mode_code is None or padding_code is None or not eager_tensors(x, params):
-        return None
+    Affine's ``(B, 2, 3)`` rows; the transform or its name) and what :func:`_eager_fused_warp`
+    asks besides, where nothing records a gradient. The compiled call makes every test
+    itself, :func:`~torchstn._tracing.eager_tensors`' included (its questions, in
+    :data:`~torchstn._tracing.EAGER_QUESTIONS`); asked here: whether ``torch.compile``
+    traces (it then traces the general path) and, before the module is first built, whether
+    the call is one it could serve (eager tensors, a CPU float image). The kernel call is the
+    same (the tests compare both). A batch-1 28x28 warp: 6.8 µs here, 35.0 through
+    :func:`_eager_fused_warp` and ctypes, 9.5 for OpenCV's ``warpAffine`` in the same run
+    (``benchmarks/bench_call_overhead.py``, ``docs/benchmarks.md``)."""
     fast = _fused._library.state.get("fast")  # (the module once loaded, without a call)
     if not fast:  # not loaded yet (None) or unavailable (False): build it for a call it may serve only
-        if fast is False or not (x.is_cpu and x.dtype in _fused._DTYPES):
+        if fast is False or not (eager_tensors(x, params) and x.is_cpu and x.dtype in _fused._DTYPES):
             return None
         fast = _fused.fast_call()
         if fast is None:
             return None
-    return fast.fast_warp(x, params, family, size, mode_code, padding_code, align_corners,
-                          transform.eps if family else 0.0)
-
-
-def _named(name: str) -> Transform | None:
-    """The transform named ``name``, kept in :data:`_NAMED`; ``None`` for a name
-    :func:`~torchstn.transforms.get_transform` refuses (the general path says why)."""
-    try:
-        transform = get_transform(name)
-    except (TypeError, ValueError):
+    if _is_compiling():
         return None
-    if len(_NAMED) < 64:
-        _NAMED[name] = transform
-    return transform
+    return fast.fast_warp(x, params, transform, size, mode, padding, align_corners, backend)
+
+
+_is_compiling = torch.compiler.is_compiling
 
 
 #: the 2-D matrix families the fused kernel warps from θ (exactly these: a subclass may
