@@ -185,6 +185,7 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (!python_set) Py_RETURN_NONE;
   const Python& p = py_state;
   PyObject *xo = args[0], *po = args[1], *transform = args[2], *size = args[3], *backend = args[7];
+  py::object named_transform;  // a name's transform, held: the Python functions asked below may change _NAMED
   try {
     if (backend != Py_None &&
         !(PyUnicode_CheckExact(backend) && (PyUnicode_Compare(backend, p.auto_backend) == 0 ||
@@ -199,6 +200,7 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         named = lookup(p.named, transform);
         if (named == nullptr) Py_RETURN_NONE;
       }
+      named_transform = py::reinterpret_borrow<py::object>(named);
       transform = named;
     }
     PyObject* code = lookup(p.families, reinterpret_cast<PyObject*>(Py_TYPE(transform)));
