@@ -390,8 +390,8 @@ def _compiled_warp(
     :data:`~torchstn._tracing.EAGER_QUESTIONS`); asked here: whether ``torch.compile``
     traces (it then traces the general path) and, before the module is first built, whether
     the call is one it could serve (eager tensors, a CPU float image). The kernel call is the
-    same (the tests compare both). A batch-1 28x28 warp: 6.8 µs here, 35.0 through
-    :func:`_eager_fused_warp` and ctypes, 9.5 for OpenCV's ``warpAffine`` in the same run
+    same (the tests compare both). A batch-1 28x28 warp: 7.2 µs here, 40.0 through
+    :func:`_eager_fused_warp` and ctypes, 13.6 for OpenCV's ``warpAffine`` in the same run
     (``benchmarks/bench_call_overhead.py``, ``docs/benchmarks.md``)."""
     fast = _fused._library.state.get("fast")  # (the module once loaded, without a call)
     if not fast:  # not loaded yet (None) or unavailable (False): build it for a call it may serve only
