@@ -267,6 +267,11 @@ def test_a_call_it_cannot_serve_does_not_build_it(monkeypatch):
     theta = stn.Affine().identity(2)
     for x in (torch.rand(2, 1, 8, 8, device="meta"), torch.rand(2, 1, 8, 8).half()):
         assert not _taken(x, theta.to(x.device, x.dtype), stn.Affine())
+    x = torch.rand(2, 1, 8, 8)
+    tps = stn.ThinPlateSpline()
+    assert not _taken(x, theta, stn.Affine(), backend="torch")
+    assert not _taken(x, tps.identity(2), tps)
+    assert not _taken(torch.rand(2, 1, 4, 4, 4), stn.Affine3D().identity(2), stn.Affine3D())
     assert "fast" not in _fused._library.state
 
 

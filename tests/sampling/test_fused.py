@@ -179,7 +179,8 @@ def test_small_images_warped_from_a_bordered_copy_equal_the_two_passes_bit_for_b
     border of zeros (the kernel's Bordered), so that the points along its edges read their
     outer corners from memory. The values must be the two passes' (5 channels), bit for bit:
     points just outside the edges, far out, an inf pixel on the edge, a NaN θ; after the image
-    changes in place; with the batch split over two threads (each thread's own copy)."""
+    changes in place; with the batch split over two threads (each thread's own copy). The
+    17x9 output (more input pixels than twice its points) is read without the copy: a control."""
     n = 6
     transform = stn.Projective(eps=0.05) if location == "projective" else stn.Affine()
     wide = random_input((n, 5, 20, 30), torch.float32, seed=7)

@@ -378,7 +378,8 @@ def fast_call() -> object | None:
 #: the families whose parameters the compiled call reads itself (exactly these types), and its code for each
 _COMPILED_FAMILIES = {Affine: 0, Projective: 1}
 #: name -> its transform (:func:`~torchstn.transforms.get_transform`'s, made once: default
-#: options), which the compiled call warps a name's call with
+#: options), which the compiled call warps a name's call with. The compiled call holds this
+#: dict (and _MODES, _PADDING) itself, from its first load: change them in place, never rebind.
 _NAMED: dict[str, Transform] = {}
 
 

@@ -395,7 +395,10 @@ def _compiled_warp(
     (``benchmarks/bench_call_overhead.py``, ``docs/benchmarks.md``)."""
     fast = _fused._library.state.get("fast")  # (the module once loaded, without a call)
     if not fast:  # not loaded yet (None) or unavailable (False): build it for a call it may serve only
-        if fast is False or not (eager_tensors(x, params) and x.is_cpu and x.dtype in _fused._DTYPES):
+        if fast is False or not (
+            backend in _FUSED_BACKENDS and (type(transform) is str or type(transform) in _fused._COMPILED_FAMILIES)
+            and eager_tensors(x, params) and x.is_cpu and x.dtype in _fused._DTYPES and x.dim() == 4
+        ):
             return None
         fast = _fused.fast_call()
         if fast is None:
@@ -406,6 +409,7 @@ def _compiled_warp(
 
 
 _is_compiling = torch.compiler.is_compiling
+_FUSED_BACKENDS = (None, "auto", "fused")
 
 
 #: the 2-D matrix families the fused kernel warps from θ (exactly these: a subclass may

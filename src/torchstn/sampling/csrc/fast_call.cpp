@@ -115,7 +115,7 @@ int64_t positive_int(PyObject* value) {
   return v > 0 ? v : -1;
 }
 
-// What fast_warp reads of Python, handed once by set_python (_fused._bind_fast_call), all
+// What fast_warp reads of Python, handed once by set_python (_fused.fast_call), all
 // held for the process: the questions of _tracing.eager_tensors (the plain tensor types, then
 // no-argument functions, asked in its order) and what torchstn.warp's arguments are looked up
 // in (the families by exact type, the transforms by name, the mode and padding codes).
@@ -193,24 +193,29 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       Py_RETURN_NONE;
     if (PyUnicode_CheckExact(transform)) {  // a name: its transform, _named's (which keeps it)
       PyObject* named = lookup(p.named, transform);
-      if (named == nullptr) {
-        PyObject* made = PyObject_CallOneArg(p.name_lookup, transform);
-        if (made == nullptr) return nullptr;
-        Py_DECREF(made);  // (kept in p.named, or None)
-        named = lookup(p.named, transform);
-        if (named == nullptr) Py_RETURN_NONE;
+      if (named != nullptr) {
+        named_transform = py::reinterpret_borrow<py::object>(named);
+      } else {  // made (and kept, while _NAMED has room) by _named, or None for a name it refuses
+        named_transform = py::reinterpret_steal<py::object>(PyObject_CallOneArg(p.name_lookup, transform));
+        if (!named_transform) return nullptr;
+        if (named_transform.is_none()) Py_RETURN_NONE;
       }
-      named_transform = py::reinterpret_borrow<py::object>(named);
-      transform = named;
+      transform = named_transform.ptr();
     }
-    PyObject* code = lookup(p.families, reinterpret_cast<PyObject*>(Py_TYPE(transform)));
-    PyObject* mode_code = lookup(p.modes, args[4]);
-    PyObject* padding_code = lookup(p.paddings, args[5]);
-    if (code == nullptr || mode_code == nullptr || padding_code == nullptr) Py_RETURN_NONE;
+    // the codes, read before any Python function runs (the dicts' values are borrowed)
+    long codes[3];
+    PyObject* keys[3] = {reinterpret_cast<PyObject*>(Py_TYPE(transform)), args[4], args[5]};
+    PyObject* dicts[3] = {p.families, p.modes, p.paddings};
+    for (int i = 0; i < 3; ++i) {
+      PyObject* code = lookup(dicts[i], keys[i]);
+      if (code == nullptr) Py_RETURN_NONE;
+      codes[i] = PyLong_AsLong(code);
+      if (codes[i] == -1 && PyErr_Occurred()) return nullptr;
+    }
+    const long family = codes[0], mode = codes[1], padding = codes[2];
     const int is_eager = eager(xo, po);
     if (is_eager < 0) return nullptr;
     if (is_eager == 0) Py_RETURN_NONE;
-    const long family = PyLong_AsLong(code);
     const at::Tensor& x = THPVariable_Unpack(xo);
     const at::Tensor& params = THPVariable_Unpack(po);
     if (!plain_cpu(x) || !plain_cpu(params) || x.dim() != 4 || params.scalar_type() != x.scalar_type() ||
@@ -235,7 +240,6 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       PyErr_Clear();
       Py_RETURN_NONE;
     }
-    const int64_t mode = PyLong_AsLong(mode_code), padding = PyLong_AsLong(padding_code);
     if (family == 0) {
       const bool flat = params.dim() == 2 && params.size(1) == 6;
       const bool rows = params.dim() == 3 && params.size(1) == 2 && params.size(2) == 3;
@@ -253,8 +257,8 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       return THPVariable_Wrap(run(x, matrix, kProjective, oh, ow, mode, padding, truth, eps));
     }
     Py_RETURN_NONE;
-  } catch (const std::exception& error) {  // (a failed TORCH_CHECK in run)
-    PyErr_SetString(PyExc_RuntimeError, error.what());
+  } catch (...) {  // (a failed TORCH_CHECK in run, an allocation): as torch's own bindings translate it
+    torch::translate_exception_to_python(std::current_exception());
     return nullptr;
   }
 }
@@ -280,6 +284,7 @@ void set_python(py::tuple eager_questions, py::tuple lookups) {
   p.eps = PyUnicode_InternFromString("eps");
   p.auto_backend = PyUnicode_InternFromString("auto");
   p.fused_backend = PyUnicode_InternFromString("fused");
+  if (!p.level || !p.eps || !p.auto_backend || !p.fused_backend) throw py::error_already_set();
   py_state = p;
   python_set = true;
 }
@@ -297,5 +302,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_kernels", &set_kernels);
   m.def("warp2d", &warp2d);
   m.def("set_python", &set_python);
-  m.add_object("fast_warp", py::reinterpret_steal<py::object>(PyCFunction_NewEx(&fast_warp_def, nullptr, m.ptr())));
+  py::object module_name = py::reinterpret_steal<py::object>(PyModule_GetNameObject(m.ptr()));
+  if (!module_name) throw py::error_already_set();
+  py::object fast_warp_fn =
+      py::reinterpret_steal<py::object>(PyCFunction_NewEx(&fast_warp_def, nullptr, module_name.ptr()));
+  if (!fast_warp_fn) throw py::error_already_set();
+  m.add_object("fast_warp", fast_warp_fn);
 }

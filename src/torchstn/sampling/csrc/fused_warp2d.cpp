@@ -1152,7 +1152,6 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
   const __mmask8 pair_lanes = static_cast<__mmask8>(C == 2 ? 0x33 : C == 3 ? 0x77 : 0xff);
   const __mmask8 pair_store = static_cast<__mmask8>((1u << (2 * C)) - 1);
 #endif
-  alignas(32) int32_t off[8];
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
     __m256 gx, gy;
     where.at(t0, &gx, &gy);
@@ -1352,7 +1351,8 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // 2x8x256x256 (A/B of the bare kernel, one thread)
   const bool beyond_l2 = exceeds_l2(B, C, k);
 #ifdef TORCHSTN_AVX2
-  const bool bordered = PAD == ZEROS && loc.packed && bordered_pays(C, k.H, k.W, Ho, Wo);
+  const bool bordered = std::is_same_v<T, float> && LOC != GRID && MODE == LINEAR && PAD == ZEROS && loc.packed &&
+                        bordered_pays(C, k.H, k.W, Ho, Wo);
   const uint64_t call = bordered ? bordered_calls.fetch_add(1, std::memory_order_relaxed) : 0;
 #endif
   const auto block = [&](int64_t b, const Span& span) {
