@@ -102,6 +102,8 @@ _SOURCE = Path(__file__).with_name("csrc") / "fused_warp2d.cpp"
 _ABI = 6
 _PADDING = {"zeros": 0, "border": 1, "reflection": 2}
 _MODES = {"bilinear": 0, "nearest": 1}
+#: the ``backend`` values under which a warp may take the fused kernels (the compiled call reads this tuple too)
+_FUSED_BACKENDS = (None, "auto", "fused")
 #: what the kernel reads to locate a point: a grid (B, Ho, Wo, 2), affine rows (B, 2, 3)
 #: or a homography (B, 3, 3)
 LOCATIONS = {"grid": 0, "affine": 1, "projective": 2}
@@ -370,7 +372,7 @@ def fast_call() -> object | None:
         usable = os.environ.get("TORCHSTN_FAST_CALL", "1") != "0" and _library() is not None
         _library.state["fast"] = fast = (_fast_call_module() if usable else None) or False
         if fast:
-            fast.set_python(EAGER_QUESTIONS, (_COMPILED_FAMILIES, _NAMED, _named, _MODES, _PADDING))
+            fast.set_python(EAGER_QUESTIONS, (_COMPILED_FAMILIES, _NAMED, _named, _MODES, _PADDING, _FUSED_BACKENDS))
         rebind_fast_call()
     return fast or None
 
@@ -379,7 +381,7 @@ def fast_call() -> object | None:
 _COMPILED_FAMILIES = {Affine: 0, Projective: 1}
 #: name -> its transform (:func:`~torchstn.transforms.get_transform`'s, made once: default
 #: options), which the compiled call warps a name's call with. The compiled call holds this
-#: dict (and _MODES, _PADDING) itself, from its first load: change them in place, never rebind.
+#: dict (and _MODES, _PADDING, _FUSED_BACKENDS) itself, from its first load: never rebind them.
 _NAMED: dict[str, Transform] = {}
 
 

@@ -108,7 +108,7 @@ def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tens
     forward+backward, nearest 1.11-3.38x and 1.07-2.06x (``python
     benchmarks/bench_auto.py [--mode nearest]``).
     """
-    if backend not in (None, "auto", "fused"):
+    if backend not in _fused._FUSED_BACKENDS:
         return False
     return (
         isinstance(transform, MatrixTransform)
@@ -133,7 +133,7 @@ def _fused3d_warp_applies(
     thread, 2026-12-01). Until the 3-D operator's eager calls skipped the dispatcher, its
     per-call cost made the grid path faster below 4096 voxels, where ``"auto"`` took it.
     """
-    if backend not in (None, "auto", "fused"):
+    if backend not in _fused._FUSED_BACKENDS:
         return False
     return (
         isinstance(transform, MatrixTransform)
@@ -396,7 +396,8 @@ def _compiled_warp(
     fast = _fused._library.state.get("fast")  # (the module once loaded, without a call)
     if not fast:  # not loaded yet (None) or unavailable (False): build it for a call it may serve only
         if fast is False or not (
-            backend in _FUSED_BACKENDS and (type(transform) is str or type(transform) in _fused._COMPILED_FAMILIES)
+            backend in _fused._FUSED_BACKENDS
+            and (type(transform) is str or type(transform) in _fused._COMPILED_FAMILIES)
             and eager_tensors(x, params) and x.is_cpu and x.dtype in _fused._DTYPES and x.dim() == 4
         ):
             return None
@@ -409,7 +410,6 @@ def _compiled_warp(
 
 
 _is_compiling = torch.compiler.is_compiling
-_FUSED_BACKENDS = (None, "auto", "fused")
 
 
 #: the 2-D matrix families the fused kernel warps from θ (exactly these: a subclass may

@@ -16,8 +16,9 @@
 // included (tracing, torch.func, forward AD, torch function and dispatch modes, the tensors'
 // Python types: the functions of _tracing.EAGER_QUESTIONS, handed once by set_python); only
 // whether torch.compile traces is asked in Python first. Asked in Python, as until
-// 2026-12-02, the same tests took 1.9 us of a 4.5 us call on a 4x4 image (timeit). The kernel's interface (its geometry array, its entry
-// points' signature) is the one of kernel ABI kKernelAbi: set_kernels refuses another.
+// 2026-12-02, the same tests took 1.9 us of a 4.5 us call on a 4x4 image (timeit). The
+// kernel's interface (its geometry array, its entry points' signature) is the one of kernel
+// ABI kKernelAbi: set_kernels refuses another.
 
 // The headers are the few it needs (12 s to build here; at::empty's and autocast's own
 // headers would add 11 s, torch/extension.h 30 s).
@@ -122,8 +123,8 @@ int64_t positive_int(PyObject* value) {
 struct Python {
   PyObject* plain[2] = {nullptr, nullptr};
   PyObject *tracing, *function_mode, *recording_function_mode, *dispatch_modes, *functorch, *forward_ad;
-  PyObject *families, *named, *name_lookup, *modes, *paddings;
-  PyObject *level, *eps, *auto_backend, *fused_backend;  // interned strings
+  PyObject *families, *named, *name_lookup, *modes, *paddings, *backends;
+  PyObject *level, *eps;  // interned strings
 } py_state;
 bool python_set = false;
 
@@ -172,7 +173,7 @@ PyObject* lookup(PyObject* d, PyObject* key) {
 // The whole of torchstn.warp's common call (_sample._compiled_warp passes warp's arguments:
 // x, params, transform, size, mode, padding, align_corners, backend), or None for any other
 // call. Common: Affine ((B, 6) parameters or (B, 2, 3) rows) or Projective ((B, 8)), by exact
-// type or by a name _fused._named knows, backend None, "auto" or "fused", a known mode and
+// type or by a name _fused._named knows, a backend in _fused._FUSED_BACKENDS, a known mode and
 // padding, size None or a tuple of two positive ints; eager tensors (see eager); nothing to
 // record a gradient for; no CPU autocast; a CPU float32/float64 image the kernel covers, and
 // parameters of its dtype. A raw METH_FASTCALL function: pybind11's own call of the same
@@ -187,10 +188,9 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   PyObject *xo = args[0], *po = args[1], *transform = args[2], *size = args[3], *backend = args[7];
   py::object named_transform;  // a name's transform, held: the Python functions asked below may change _NAMED
   try {
-    if (backend != Py_None &&
-        !(PyUnicode_CheckExact(backend) && (PyUnicode_Compare(backend, p.auto_backend) == 0 ||
-                                            PyUnicode_Compare(backend, p.fused_backend) == 0)))
-      Py_RETURN_NONE;
+    const int fused_backend = PySequence_Contains(p.backends, backend);  // (`backend in _FUSED_BACKENDS`)
+    if (fused_backend < 0) return nullptr;
+    if (fused_backend == 0) Py_RETURN_NONE;
     if (PyUnicode_CheckExact(transform)) {  // a name: its transform, _named's (which keeps it)
       PyObject* named = lookup(p.named, transform);
       if (named != nullptr) {
@@ -269,22 +269,20 @@ PyMethodDef fast_warp_def = {"fast_warp", reinterpret_cast<PyCFunction>(reinterp
 // eager: (Tensor, Parameter, is_tracing, function mode on, a recording function mode on, the
 // dispatch modes' count, functorch transforms active, torch.autograd.forward_ad); lookups:
 // (the families {type: code}, the named transforms {name: transform}, the function that adds
-// a name to them, the mode codes, the padding codes)
+// a name to them, the mode codes, the padding codes, the backends that may take the kernel)
 void set_python(py::tuple eager_questions, py::tuple lookups) {
-  TORCH_CHECK(eager_questions.size() == 8 && lookups.size() == 5, "torchstn fast_call: set_python's arguments");
+  TORCH_CHECK(eager_questions.size() == 8 && lookups.size() == 6, "torchstn fast_call: set_python's arguments");
   Python p;
   PyObject** e[] = {&p.plain[0], &p.plain[1], &p.tracing, &p.function_mode, &p.recording_function_mode,
                     &p.dispatch_modes, &p.functorch, &p.forward_ad};
   for (size_t i = 0; i < 8; ++i) *e[i] = py::object(eager_questions[i]).release().ptr();
-  PyObject** l[] = {&p.families, &p.named, &p.name_lookup, &p.modes, &p.paddings};
-  for (size_t i = 0; i < 5; ++i) *l[i] = py::object(lookups[i]).release().ptr();
+  PyObject** l[] = {&p.families, &p.named, &p.name_lookup, &p.modes, &p.paddings, &p.backends};
+  for (size_t i = 0; i < 6; ++i) *l[i] = py::object(lookups[i]).release().ptr();
   TORCH_CHECK(PyDict_Check(p.families) && PyDict_Check(p.named) && PyDict_Check(p.modes) && PyDict_Check(p.paddings),
               "torchstn fast_call: set_python's lookups must be dicts");
   p.level = PyUnicode_InternFromString("_current_level");
   p.eps = PyUnicode_InternFromString("eps");
-  p.auto_backend = PyUnicode_InternFromString("auto");
-  p.fused_backend = PyUnicode_InternFromString("fused");
-  if (!p.level || !p.eps || !p.auto_backend || !p.fused_backend) throw py::error_already_set();
+  if (!p.level || !p.eps) throw py::error_already_set();
   py_state = p;
   python_set = true;
 }
