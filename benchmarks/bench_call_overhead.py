@@ -5,8 +5,10 @@
 Interleaved rounds of 500 calls each at one thread; prints the median time per call in µs,
 without and with a gradient for θ: ``torchstn.warp``, the same with the compiled call
 switched off (the kernel called through ctypes, as before 2026-12-02), the compiled call
-alone and the kernel's pieces. What issue 15 calls per-call overhead: at these sizes
-the kernel itself takes a few µs, the rest is Python, dispatch and autograd. Where OpenCV
+alone and the kernel's pieces; and without a gradient, ``torchstn.sample`` of the same points as a
+given grid (with the compiled call and without it) against ``F.grid_sample`` alone. What
+issue 15 calls per-call overhead: at these sizes the kernel itself takes a few µs, the rest
+is Python, dispatch and autograd. Where OpenCV
 is installed (the ``bench`` extra), its ``warpAffine`` of the same images (float32, one call
 per image, forward only: it has no gradient) is the floor a torch call is compared with.
 """
@@ -55,7 +57,13 @@ def main() -> None:
         "torch.empty_like (the output)": lambda t: torch.empty_like(x),
         "affine_grid+grid_sample": lambda t: F.grid_sample(x, F.affine_grid(t.view(b, 2, 3), list(x.shape),
                                                                             align_corners=False), align_corners=False),
+        # a given grid (the same points), without a gradient: torchstn.sample against F.grid_sample alone
+        "torchstn.sample of a grid": lambda t: stn.sample(x, grid),
+        "torchstn.sample, no compiled call": lambda t: stn.sample(x, grid),
+        "F.grid_sample of the grid": lambda t: F.grid_sample(x, grid, align_corners=False),
     }
+    grid = F.affine_grid(rows, list(x.shape), align_corners=False)
+    no_grad_only = ("OpenCV", "its ", "torch.empty", "the compiled", "torchstn.sample", "F.grid_sample")
     if _opencv.opencv_version() is not None:
         opencv, _ = _opencv.opencv_warp(x, rows, (n, n), threads=1)
         contenders["OpenCV warpAffine (no θ grad)"] = lambda t: opencv()
@@ -63,12 +71,12 @@ def main() -> None:
         t = theta.clone().requires_grad_(grad)
         times: dict[str, list[float]] = {
             k: [] for k in contenders
-            if not (grad and k.startswith(("OpenCV", "its ", "torch.empty", "the compiled"))) and (fast or "compiled" not in k)
+            if not (grad and k.startswith(no_grad_only)) and (fast or "compiled" not in k)
         }
         for _ in range(args.rounds):
             for name in times:
                 fn = contenders[name]
-                _fused._library.state["fast"] = False if name.endswith("through ctypes") else fast or False
+                _fused._library.state["fast"] = False if name.endswith(("through ctypes", "no compiled call")) else fast or False
                 for _ in range(50):
                     fn(t)
                 start = time.perf_counter()
@@ -77,7 +85,7 @@ def main() -> None:
                 times[name].append((time.perf_counter() - start) / 500 * 1e6)
         print(f"{b}x1x{n}x{n} affine, forward, θ requires_grad={grad}: median µs per call")
         for name, values in times.items():
-            print(f"  {name:30s} {statistics.median(values):8.1f}")
+            print(f"  {name:34s} {statistics.median(values):8.1f}")
 
 
 if __name__ == "__main__":

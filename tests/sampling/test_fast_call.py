@@ -159,16 +159,22 @@ def test_what_the_compiled_call_leaves_to_the_general_path(without_fast_call):
     for name, args in declined.items():
         assert _sample._compiled_warp(*args) is None, name
         x_, params, transform, size, mode, padding, align_corners, backend = args
+        _answers_alike(lambda: stn.warp(x_, params, transform, size, mode, padding, align_corners, backend=backend),
+                       without_fast_call, name)
 
-        def call():
-            return stn.warp(x_, params, transform, size, mode, padding, align_corners, backend=backend)
 
-        try:
-            expected = without_fast_call(call)
-        except Exception as error:  # noqa: BLE001 - the same error, whatever it is
-            with pytest.raises(type(error), match=None):
-                call()
-            continue
+def _answers_alike(call, without_fast_call, name: str) -> None:
+    """``call()`` gives what it gives without the compiled call: the same bits (the same shape on
+    the meta device), or an error of the same type."""
+    try:
+        expected = without_fast_call(call)
+    except Exception as error:  # noqa: BLE001 - the same error, whatever it is
+        with pytest.raises(type(error), match=None):
+            call()
+        return
+    if expected.is_meta:  # (no values to compare)
+        assert call().shape == expected.shape, name
+    else:
         _same(call(), expected)
 
 
@@ -306,3 +312,108 @@ def test_a_name_is_looked_up_once_and_then_served(monkeypatch):
     finally:
         _fused._NAMED.clear()
         _fused._NAMED.update(saved)
+
+
+# ---------------------------------------------------------------------------------------------
+# sample: the compiled call of a given grid (fast_sample)
+
+
+def _sampled(x, grid, mode="bilinear", padding="zeros", align_corners=False, backend=None):
+    return _sample._compiled_sample(x, grid, mode, padding, align_corners, backend) is not None
+
+
+def _grids(dtype):
+    grid = random_grid((3, 6, 5, 2), dtype, spread=1.3, seed=2)
+    return {
+        "grid": grid,
+        "view": random_grid((3, 5, 6, 2), dtype, seed=3).transpose(1, 2),  # non-contiguous
+        "nan": grid.index_put((torch.tensor([1]), torch.tensor([2]), torch.tensor([3]), torch.tensor([0])),
+                              torch.tensor(float("nan"), dtype=dtype)),
+        "inf": grid.index_put((torch.tensor([0]), torch.tensor([4]), torch.tensor([1]), torch.tensor([1])),
+                              torch.tensor(float("-inf"), dtype=dtype)),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["grid", "view", "nan", "inf"])
+@pytest.mark.parametrize("layout", ["nchw", "channels-last", "one-channel", "view", "inf-pixel"])
+def test_the_compiled_sample_gives_the_python_paths_bits(dtype, case, layout, without_fast_call):
+    x, grid = _inputs(dtype)[layout], _grids(dtype)[case]
+    for mode, padding, align_corners, backend in [("bilinear", "zeros", False, None), ("bilinear", "border", True, "auto"),
+                                                  ("nearest", "reflection", False, "fused"),
+                                                  ("bilinear", "reflection", True, "fused")]:
+        assert _sampled(x, grid, mode, padding, align_corners, backend)
+        out = stn.sample(x, grid, mode, padding, align_corners, backend=backend)
+        _same(out, without_fast_call(lambda: stn.sample(x, grid, mode, padding, align_corners, backend="fused")))
+        if case == "grid" and layout != "inf-pixel":  # the independent reference
+            expected = torch.nn.functional.grid_sample(x, grid, mode, padding, align_corners)
+            torch.testing.assert_close(out, expected, atol=1e-5 if dtype == torch.float32 else 1e-12, rtol=0)
+    grid = _grids(dtype)[case]
+    _same(SamplerOptions(padding="border").sample(x, grid),  # a module's call: checked options
+          without_fast_call(lambda: stn.sample(x, grid, padding="border", backend="fused")))
+
+
+def test_what_the_compiled_sample_leaves_to_the_python_path(without_fast_call):
+    """Each declined call: None from the compiled call, and sample's answer (or error) is the Python path's."""
+    x, grid = torch.rand(2, 3, 8, 8), random_grid((2, 4, 5, 2), torch.float32)
+    declined = {
+        "torch backend": (x, grid, "bilinear", "zeros", False, "torch"),
+        "reference backend": (x, grid, "bilinear", "zeros", False, "reference"),
+        "auto nearest (ATen's is faster)": (x, grid, "nearest", "zeros", False, None),
+        "bicubic": (x, grid, "bicubic", "zeros", False, "fused"),
+        "unknown mode": (x, grid, "cubic", "zeros", False, None),
+        "unknown padding": (x, grid, "bilinear", "wrap", False, None),
+        "unhashable padding": (x, grid, "bilinear", ["zeros"], False, None),
+        "unknown backend": (x, grid, "bilinear", "zeros", False, "fast"),
+        "float64 grid, float32 x": (x, grid.double(), "bilinear", "zeros", False, None),
+        "half": (x.half(), grid.half(), "bilinear", "zeros", False, "fused"),
+        "a 3-D grid's points": (x, random_grid((2, 4, 5, 3), torch.float32), "bilinear", "zeros", False, None),
+        "a 5-D grid": (x, random_grid((2, 1, 4, 5, 2), torch.float32), "bilinear", "zeros", False, None),
+        "batch mismatch": (x, grid[:1], "bilinear", "zeros", False, None),
+        "empty batch": (x[:0], grid[:0], "bilinear", "zeros", False, None),
+        "empty grid": (x, grid[:, :0], "bilinear", "zeros", False, None),
+        "empty image": (x[:, :, :0], grid, "bilinear", "zeros", False, None),
+        "a signal": (torch.rand(2, 3, 8), random_grid((2, 5, 1), torch.float32), "bilinear", "zeros", False, None),
+        "a volume": (torch.rand(2, 1, 4, 4, 4), random_grid((2, 3, 3, 3, 3), torch.float32), "bilinear", "zeros",
+                     False, None),
+        "a subclass tensor": (x, grid.as_subclass(_Subclass), "bilinear", "zeros", False, None),
+        "a list grid": (x, grid.tolist(), "bilinear", "zeros", False, None),
+        "meta": (x.to("meta"), grid.to("meta"), "bilinear", "zeros", False, None),
+    }
+    for name, args in declined.items():
+        assert _sample._compiled_sample(*args) is None, name
+        x_, grid_, mode, padding, align_corners, backend = args
+        _answers_alike(lambda: stn.sample(x_, grid_, mode, padding, align_corners, backend=backend),
+                       without_fast_call, name)
+
+
+def test_a_grid_with_a_gradient_to_record_takes_the_autograd_path():
+    x, grid = torch.rand(2, 1, 8, 8), random_grid((2, 4, 4, 2), torch.float32).requires_grad_()
+    assert not _sampled(x, grid, backend="fused")
+    assert stn.sample(x, grid, backend="fused").grad_fn is not None
+    with torch.inference_mode():
+        assert _sampled(x, grid)
+        assert stn.sample(x, grid).is_inference()
+
+
+def test_state_that_records_or_transforms_samples_takes_the_python_path():
+    x, grid = torch.rand(2, 3, 8, 8), random_grid((2, 4, 5, 2), torch.float32)
+    seen = []
+
+    class Functions(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Functions():
+        assert not _sampled(x, grid)
+        stn.sample(x, grid)
+    assert seen
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _sampled(x, grid)
+    with torch.autograd.forward_ad.dual_level():
+        assert not _sampled(x, grid)
+    assert torch.func.vmap(lambda g: torch.tensor(float(_sampled(x, grid))))(grid).sum() == 0
+    other = random_grid((2, 4, 5, 2), torch.float32, seed=9)
+    compiled = torch.compile(lambda x, g: stn.sample(x, g), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, other), stn.sample(x, other))

@@ -342,18 +342,18 @@ def test_only_the_gradients_asked_for():
 
 @pytest.fixture
 def calls(monkeypatch):
-    """The fused kernel's calls ("fused_warp" from θ, through the operator or the compiled call;
-    "fused_sample" of a grid), recorded."""
+    """The fused kernel's calls ("fused_warp" from θ, "fused_sample" of a grid, through the
+    operator or the compiled call), recorded."""
     record = record_calls(monkeypatch, _fused, "fused_warp", "fused_sample")
-    compiled = _sample._compiled_warp
+    for name, what in (("_compiled_warp", "fused_warp"), ("_compiled_sample", "fused_sample")):
 
-    def recorded(*args):
-        out = compiled(*args)
-        if out is not None:
-            record.append("fused_warp")
-        return out
+        def recorded(*args, compiled=getattr(_sample, name), what=what):
+            out = compiled(*args)
+            if out is not None:
+                record.append(what)
+            return out
 
-    monkeypatch.setattr(_sample, "_compiled_warp", recorded)
+        monkeypatch.setattr(_sample, name, recorded)
     return record
 
 
@@ -362,16 +362,25 @@ def test_default_backend_takes_the_fused_kernel_where_it_was_measured_faster(cal
     for transform in FAMILIES_2D:
         stn.warp(x, transform.identity(2), transform)
     assert calls == ["fused_warp"] * len(FAMILIES_2D)
-    stn.sample(x, stn.Affine().grid(stn.Affine().identity(2), (8, 8)))
-    stn.warp(x.double(), stn.ThinPlateSpline().identity(2, dtype=torch.float64), stn.ThinPlateSpline())
+    calls.clear()
+    grid = stn.Affine().grid(stn.Affine().identity(2), (8, 8)).requires_grad_()
+    stn.sample(x, grid)
+    tps = stn.ThinPlateSpline()
+    stn.warp(x.double(), tps.identity(2, dtype=torch.float64).requires_grad_(), tps)
+    assert calls == []  # 1 channel, a small grid and a gradient to record: F.grid_sample
+    stn.sample(x, grid.detach())
+    stn.warp(x.double(), tps.identity(2, dtype=torch.float64), tps)
+    with torch.no_grad():
+        stn.sample(x, grid)
+    assert calls == ["fused_sample"] * 3  # without one the kernel at any size (the compiled call's cost)
+    calls.clear()
     stn.warp(torch.rand(1, 1, 4, 4, 4), stn.Affine3D().identity(1), stn.Affine3D())
-    assert calls == ["fused_warp"] * len(FAMILIES_2D)  # 1 channel: a given grid goes to F.grid_sample
     x3 = torch.rand(2, 3, 8, 8)
-    stn.sample(x3, stn.Affine().grid(stn.Affine().identity(2), (8, 8)))
-    stn.warp(x3, stn.ThinPlateSpline().identity(2), stn.ThinPlateSpline())
-    stn.sample(x3, stn.Affine().grid(stn.Affine().identity(2), (8, 8)), mode="bicubic")
-    stn.sample(x3, stn.Affine().grid(stn.Affine().identity(2), (8, 8)), mode="nearest")  # F.grid_sample's is faster
-    assert calls == ["fused_warp"] * len(FAMILIES_2D) + ["fused_sample"] * 2
+    stn.sample(x3, grid)
+    stn.warp(x3, tps.identity(2), tps)
+    stn.sample(x3, grid.detach(), mode="bicubic")
+    stn.sample(x3, grid.detach(), mode="nearest")  # F.grid_sample's is faster
+    assert calls == ["fused_sample"] * 2
     calls.clear()
     stn.warp(x, stn.Affine().identity(2), stn.Affine(), mode="nearest")  # nearest from θ: the kernel too
     assert calls == ["fused_warp"]

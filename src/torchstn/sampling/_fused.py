@@ -104,6 +104,10 @@ _PADDING = {"zeros": 0, "border": 1, "reflection": 2}
 _MODES = {"bilinear": 0, "nearest": 1}
 #: the ``backend`` values under which a warp may take the fused kernels (the compiled call reads this tuple too)
 _FUSED_BACKENDS = (None, "auto", "fused")
+#: the modes in which ``backend="auto"`` samples a given 2-D grid with the fused kernel: on a
+#: nearest grid ATen's vectorised sampler is faster (the compiled call reads this tuple too; see
+#: ``_sample._backend_name``)
+AUTO_GRID_MODES = ("bilinear",)
 #: what the kernel reads to locate a point: a grid (B, Ho, Wo, 2), affine rows (B, 2, 3)
 #: or a homography (B, 3, 3)
 LOCATIONS = {"grid": 0, "affine": 1, "projective": 2}
@@ -324,7 +328,7 @@ _library = LazyKernel(
 
 
 _FAST_SOURCE = Path(__file__).with_name("csrc") / "fast_call.cpp"
-_FAST_ABI = 2
+_FAST_ABI = 3
 
 
 def _build_fast_call() -> object:
@@ -372,7 +376,8 @@ def fast_call() -> object | None:
         usable = os.environ.get("TORCHSTN_FAST_CALL", "1") != "0" and _library() is not None
         _library.state["fast"] = fast = (_fast_call_module() if usable else None) or False
         if fast:
-            fast.set_python(EAGER_QUESTIONS, (_COMPILED_FAMILIES, _NAMED, _named, _MODES, _PADDING, _FUSED_BACKENDS))
+            fast.set_python(EAGER_QUESTIONS, (_COMPILED_FAMILIES, _NAMED, _named, _MODES, _PADDING, _FUSED_BACKENDS,
+                                              AUTO_GRID_MODES))
         rebind_fast_call()
     return fast or None
 

@@ -57,28 +57,36 @@ _KERNELS: dict[str, SampleFn] = {
 
 
 #: "auto" samples a given bilinear grid with the fused kernel from this many channels on
-#: (1.83-2.12x F.grid_sample forward with 3 channels), or with fewer from FUSED_MIN_POINTS
-#: grid points on: since the kernel reads a float32 grid in one pass, 1.13-1.39x forward and
-#: 1.03-1.27x forward+backward with one or two channels from 64x28x28 points on, 0.98x at
-#: 16x28x28 and 0.55x at 1x28x28, where its per-call cost dominates. On a given nearest grid
-#: ATen's vectorised sampler is faster, 0.58-1.08x (python benchmarks/bench_auto.py [--mode
-#: nearest], docs/benchmarks.md)
+#: (1.83-2.12x F.grid_sample forward with 3 channels), or with fewer in an eager call that
+#: records no gradient (its forward then costs the compiled call's few µs: 1.22-1.67x
+#: F.grid_sample in float32, 1.08-1.49x in float64, from 1x1x8x8 to 64x1x28x28, timeit of
+#: both, 2026-12-02), or from FUSED_MIN_POINTS grid points on: since the kernel reads a
+#: float32 grid in one pass, 1.13-1.39x forward and 1.03-1.27x forward+backward with one or
+#: two channels from 64x28x28 points on, 0.98x at 16x28x28 and 0.55x at 1x28x28 (through
+#: ctypes, whose per-call cost dominated there). On a given nearest grid ATen's vectorised
+#: sampler is faster, 0.58-1.08x (python benchmarks/bench_auto.py [--mode nearest],
+#: docs/benchmarks.md)
 FUSED_MIN_CHANNELS = 3
 FUSED_MIN_POINTS = 32768
 
 
 def _few_channels_worth_it(x: torch.Tensor, grid: torch.Tensor) -> bool:
-    """Whether a float32 grid has enough points for the kernel with fewer channels than
-    FUSED_MIN_CHANNELS. Eager calls only, the case the threshold was measured on: under
-    ``torch.compile`` or ``torch.export`` the count of a dynamic batch is symbolic, and a
+    """Whether the kernel is faster with fewer channels than FUSED_MIN_CHANNELS: with no
+    gradient to record and the compiled call built (the case :func:`_compiled_sample` serves
+    itself), or on a float32 grid of enough points. Eager calls only, the cases measured:
+    under ``torch.compile`` or ``torch.export`` the count of a dynamic batch is symbolic, and a
     test of it would constrain the batch dimension (an ONNX export with a dynamic batch
     failed on "batch < 2048/49")."""
-    return x.dtype == torch.float32 and eager_tensors(x, grid) and grid.numel() >= 2 * FUSED_MIN_POINTS
+    if not eager_tensors(x, grid):
+        return False
+    if not (torch.is_grad_enabled() and (x.requires_grad or grid.requires_grad)) and _fused.fast_call() is not None:
+        return True
+    return x.dtype == torch.float32 and grid.numel() >= 2 * FUSED_MIN_POINTS
 
 
 def _backend_name(backend: str | None, x: torch.Tensor, grid: torch.Tensor, mode: str) -> str:
     if backend is None or backend == "auto":  # (nearest on a given grid: F.grid_sample's is faster)
-        if mode == "bilinear" and _fused.fused_applies(x, mode) and (
+        if mode in _fused.AUTO_GRID_MODES and _fused.fused_applies(x, mode) and (
             x.shape[1] >= FUSED_MIN_CHANNELS or _few_channels_worth_it(x, grid)
         ):
             return "fused"
@@ -191,9 +199,9 @@ def sample(
         align_corners: as in :func:`torch.nn.functional.grid_sample`; must be the value the
             grid was made with.
         backend: ``None``/``"auto"`` (the fastest correct kernel measured: ``"fused"``
-            for bilinear float CPU images with 3 or more channels, or fewer on a float32
-            grid of 32,768 points or more (eager calls), and for bilinear or nearest float
-            CPU volumes, else ``"torch"``),
+            for bilinear float CPU images, in an eager call with no gradient to record at
+            any size, else with 3 or more channels or on a float32 grid of 32,768 points or
+            more, and for bilinear or nearest float CPU volumes; else ``"torch"``),
             ``"torch"`` (``F.grid_sample``), ``"fused"`` (the C++/OpenMP CPU kernels,
             bilinear and nearest; other modes and devices use
             ``F.grid_sample``; see :mod:`torchstn.sampling._fused` and
@@ -223,8 +231,12 @@ def sample(
         >>> sample(x, grid)
         tensor([[[[1.5000]]]])
     """
+    out = _compiled_sample(x, grid, mode, padding, align_corners, backend)
+    if out is not None:
+        return out
     check_options(mode, padding, "auto" if backend is None else backend)
-    return sample_checked_options(x, grid, mode, padding, bool(align_corners), backend)
+    check_sample_args(x, grid, mode)
+    return _run_kernel(x, grid, mode, padding, bool(align_corners), backend)
 
 
 def sample_checked_options(
@@ -232,8 +244,28 @@ def sample_checked_options(
 ) -> torch.Tensor:
     """:func:`sample` for options validated already (:class:`~torchstn.sampling.SamplerOptions`):
     the tensors are checked, the options are not."""
+    out = _compiled_sample(x, grid, mode, padding, align_corners, backend)
+    if out is not None:
+        return out
     check_sample_args(x, grid, mode)
     return _run_kernel(x, grid, mode, padding, align_corners, backend)
+
+
+def _compiled_sample(
+    x: object, grid: object, mode: object, padding: object, align_corners: object, backend: object
+) -> torch.Tensor | None:
+    """The common call of :func:`sample` in one call of compiled code (``csrc/fast_call.cpp``'s
+    ``fast_sample``), or ``None`` for any other call, which the Python path then checks,
+    explains or runs. Common here: a grid the fused kernel samples (an image it covers, bilinear
+    or nearest, no gradient to record, eager tensors) under ``backend="fused"``, or under
+    ``"auto"`` in the modes of :data:`~torchstn.sampling._fused.AUTO_GRID_MODES`: with this
+    call's cost, the kernel is faster than ``F.grid_sample`` on bilinear grids of every size
+    measured, 1.22-1.67x from 1x1x8x8 to 64x1x28x28 (``timeit`` of both, 2026-12-02), where the
+    Python path's checks had made a batch-1 ``sample`` 1.5-3x slower than ``F.grid_sample``."""
+    fast = _fused._library.state.get("fast") or _first_fast_call(backend, x, grid, True)
+    if fast is None or _is_compiling():
+        return None
+    return fast.fast_sample(x, grid, mode, padding, align_corners, backend)
 
 
 def _run_kernel(
@@ -393,20 +425,25 @@ def _compiled_warp(
     same (the tests compare both). A batch-1 28x28 warp: 7.2 µs here, 40.0 through
     :func:`_eager_fused_warp` and ctypes, 13.6 for OpenCV's ``warpAffine`` in the same run
     (``benchmarks/bench_call_overhead.py``, ``docs/benchmarks.md``)."""
-    fast = _fused._library.state.get("fast")  # (the module once loaded, without a call)
-    if not fast:  # not loaded yet (None) or unavailable (False): build it for a call it may serve only
-        if fast is False or not (
-            backend in _fused._FUSED_BACKENDS
-            and (type(transform) is str or type(transform) in _fused._COMPILED_FAMILIES)
-            and eager_tensors(x, params) and x.is_cpu and x.dtype in _fused._DTYPES and x.dim() == 4
-        ):
-            return None
-        fast = _fused.fast_call()
-        if fast is None:
-            return None
-    if _is_compiling():
+    fast = _fused._library.state.get("fast") or _first_fast_call(
+        backend, x, params, type(transform) is str or type(transform) in _fused._COMPILED_FAMILIES
+    )
+    if fast is None or _is_compiling():
         return None
     return fast.fast_warp(x, params, transform, size, mode, padding, align_corners, backend)
+
+
+def _first_fast_call(backend: object, x: object, loc: object, served: bool) -> object | None:
+    """The compiled call's module where it is not loaded yet (``_fused._library.state["fast"]``
+    is ``None``): built now, for a call it could serve only (``served``: its transform or mode
+    is one it takes; a backend that may take the kernel, eager tensors, a CPU float image), else
+    ``None``; also ``None`` where it is unavailable (that state is ``False``)."""
+    if _fused._library.state.get("fast") is False or not (
+        served and backend in _fused._FUSED_BACKENDS
+        and eager_tensors(x, loc) and x.is_cpu and x.dtype in _fused._DTYPES and x.dim() == 4
+    ):
+        return None
+    return _fused.fast_call()
 
 
 _is_compiling = torch.compiler.is_compiling

@@ -19,6 +19,9 @@
 // 2026-12-02, the same tests took 1.9 us of a 4.5 us call on a 4x4 image (timeit). The
 // kernel's interface (its geometry array, its entry points' signature) is the one of kernel
 // ABI kKernelAbi: set_kernels refuses another.
+// fast_sample: the same for torchstn.sample's common call (a grid the kernel samples), which
+// took 12-39 us where F.grid_sample takes 7-20 (batch 1 and 4, 28x28, one channel: timeit,
+// 2026-12-02), nearly all of it the Python path's checks and choice of kernel.
 
 // The headers are the few it needs (12 s to build here; at::empty's and autocast's own
 // headers would add 11 s, torch/extension.h 30 s).
@@ -44,7 +47,7 @@ Forward<float> forward_f32 = nullptr;
 Forward<double> forward_f64 = nullptr;
 
 constexpr int64_t kKernelAbi = 6;  // csrc/fused_warp2d.cpp's torchstn_warp2d_abi_version()
-constexpr int64_t kAffine = 1, kProjective = 2;  // the kernel's location codes (_fused.LOCATIONS)
+constexpr int64_t kGrid = 0, kAffine = 1, kProjective = 2;  // the kernel's location codes (_fused.LOCATIONS)
 constexpr int64_t kReleaseGil = 1 << 14;  // output values from which the kernel runs without the GIL
 
 // The output of warp2d: (B, C, oh, ow), channels_last where x is channels_last and not also
@@ -116,14 +119,14 @@ int64_t positive_int(PyObject* value) {
   return v > 0 ? v : -1;
 }
 
-// What fast_warp reads of Python, handed once by set_python (_fused.fast_call), all
+// What fast_warp and fast_sample read of Python, handed once by set_python (_fused.fast_call), all
 // held for the process: the questions of _tracing.eager_tensors (the plain tensor types, then
 // no-argument functions, asked in its order) and what torchstn.warp's arguments are looked up
 // in (the families by exact type, the transforms by name, the mode and padding codes).
 struct Python {
   PyObject* plain[2] = {nullptr, nullptr};
   PyObject *tracing, *function_mode, *recording_function_mode, *dispatch_modes, *functorch, *forward_ad;
-  PyObject *families, *named, *name_lookup, *modes, *paddings, *backends;
+  PyObject *families, *named, *name_lookup, *modes, *paddings, *backends, *auto_grid_modes;
   PyObject *level, *eps;  // interned strings
 } py_state;
 bool python_set = false;
@@ -170,6 +173,33 @@ PyObject* lookup(PyObject* d, PyObject* key) {
   return value;
 }
 
+// codes[i] = dicts[i][keys[i]] for i < n: 1, 0 where a key is missing, -1 with a Python error set
+int look_up_codes(int n, PyObject* const* dicts, PyObject* const* keys, long* codes) {
+  for (int i = 0; i < n; ++i) {
+    PyObject* code = lookup(dicts[i], keys[i]);
+    if (code == nullptr) return 0;
+    codes[i] = PyLong_AsLong(code);
+    if (codes[i] == -1 && PyErr_Occurred()) return -1;
+  }
+  return 1;
+}
+
+// Whether the kernel covers image x (B, C, H, W) and its location tensor loc (parameters or a
+// grid: its batch) in this call: plain CPU tensors of one floating dtype (float32 or float64),
+// nothing to record a gradient for, no CPU autocast, non-empty H and W with int32 pixel
+// offsets (_fused.fused_applies), x not empty, loc of x's batch
+bool kernel_covers(const at::Tensor& x, const at::Tensor& loc) {
+  if (!plain_cpu(x) || !plain_cpu(loc) || x.dim() != 4 || loc.scalar_type() != x.scalar_type() ||
+      (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
+    return false;
+  if (c10::GradMode::is_enabled() && (x.requires_grad() || loc.requires_grad())) return false;
+  // autocast on the CPU: its key not excluded (at::autocast::is_autocast_enabled's own test)
+  if (!c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU)) return false;
+  const int64_t h = x.size(2), w = x.size(3);
+  return h > 0 && w > 0 && (h + 1) * x.stride(2) + (w + 1) * x.stride(3) < (int64_t(1) << 31) && x.numel() > 0 &&
+         loc.dim() >= 1 && loc.size(0) == x.size(0);
+}
+
 // The whole of torchstn.warp's common call (_sample._compiled_warp passes warp's arguments:
 // x, params, transform, size, mode, padding, align_corners, backend), or None for any other
 // call. Common: Affine ((B, 6) parameters or (B, 2, 3) rows) or Projective ((B, 8)), by exact
@@ -206,29 +236,15 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     long codes[3];
     PyObject* keys[3] = {reinterpret_cast<PyObject*>(Py_TYPE(transform)), args[4], args[5]};
     PyObject* dicts[3] = {p.families, p.modes, p.paddings};
-    for (int i = 0; i < 3; ++i) {
-      PyObject* code = lookup(dicts[i], keys[i]);
-      if (code == nullptr) Py_RETURN_NONE;
-      codes[i] = PyLong_AsLong(code);
-      if (codes[i] == -1 && PyErr_Occurred()) return nullptr;
-    }
+    const int found = look_up_codes(3, dicts, keys, codes);
+    if (found <= 0) return found < 0 ? nullptr : Py_NewRef(Py_None);
     const long family = codes[0], mode = codes[1], padding = codes[2];
     const int is_eager = eager(xo, po);
-    if (is_eager < 0) return nullptr;
-    if (is_eager == 0) Py_RETURN_NONE;
+    if (is_eager <= 0) return is_eager < 0 ? nullptr : Py_NewRef(Py_None);
     const at::Tensor& x = THPVariable_Unpack(xo);
     const at::Tensor& params = THPVariable_Unpack(po);
-    if (!plain_cpu(x) || !plain_cpu(params) || x.dim() != 4 || params.scalar_type() != x.scalar_type() ||
-        (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
-      Py_RETURN_NONE;
-    if (c10::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad())) Py_RETURN_NONE;
-    // autocast on the CPU: its key not excluded (at::autocast::is_autocast_enabled's own test)
-    if (!c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU)) Py_RETURN_NONE;
-    const int64_t b = x.size(0), h = x.size(2), w = x.size(3);
-    if (h <= 0 || w <= 0 || (h + 1) * x.stride(2) + (w + 1) * x.stride(3) >= (int64_t(1) << 31) || x.numel() == 0 ||
-        params.dim() < 2 || params.size(0) != b)
-      Py_RETURN_NONE;
-    int64_t oh = h, ow = w;
+    if (!kernel_covers(x, params) || params.dim() < 2) Py_RETURN_NONE;
+    int64_t oh = x.size(2), ow = x.size(3);
     if (size != Py_None) {
       if (!PyTuple_CheckExact(size) || PyTuple_GET_SIZE(size) != 2) Py_RETURN_NONE;
       oh = positive_int(PyTuple_GET_ITEM(size, 0));
@@ -266,18 +282,66 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 PyMethodDef fast_warp_def = {"fast_warp", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_warp)),
                              METH_FASTCALL, "torchstn.warp's common call, or None (csrc/fast_call.cpp)"};
 
+// The whole of torchstn.sample's common call (_sample._compiled_sample passes sample's
+// arguments: x, grid, mode, padding, align_corners, backend), or None for any other call:
+// an image (B, C, H, W) and a grid (B, Ho, Wo, 2) the kernel covers (see kernel_covers; eager
+// tensors, see eager), a known mode and padding, and a backend that takes the fused kernel for
+// them: "fused", or "auto" (None) for the modes of _fused._AUTO_GRID_MODES.
+PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 6) {
+    PyErr_SetString(PyExc_TypeError, "fast_sample takes 6 arguments");
+    return nullptr;
+  }
+  if (!python_set) Py_RETURN_NONE;
+  const Python& p = py_state;
+  PyObject *xo = args[0], *go = args[1], *backend = args[5];
+  try {
+    const int fused_backend = PySequence_Contains(p.backends, backend);  // (`backend in _FUSED_BACKENDS`)
+    if (fused_backend <= 0) return fused_backend < 0 ? nullptr : Py_NewRef(Py_None);
+    long codes[2];
+    PyObject* keys[2] = {args[2], args[3]};
+    PyObject* dicts[2] = {p.modes, p.paddings};
+    const int found = look_up_codes(2, dicts, keys, codes);
+    if (found <= 0) return found < 0 ? nullptr : Py_NewRef(Py_None);
+    if (!(PyUnicode_CheckExact(backend) && PyUnicode_CompareWithASCIIString(backend, "fused") == 0)) {
+      const int auto_fused = PySequence_Contains(p.auto_grid_modes, args[2]);  // "auto": the mode's choice
+      if (auto_fused <= 0) return auto_fused < 0 ? nullptr : Py_NewRef(Py_None);
+    }
+    const int is_eager = eager(xo, go);
+    if (is_eager <= 0) return is_eager < 0 ? nullptr : Py_NewRef(Py_None);
+    const at::Tensor& x = THPVariable_Unpack(xo);
+    const at::Tensor& grid = THPVariable_Unpack(go);
+    if (!kernel_covers(x, grid) || grid.dim() != 4 || grid.size(3) != 2 || grid.size(1) <= 0 || grid.size(2) <= 0)
+      Py_RETURN_NONE;
+    const int truth = PyObject_IsTrue(args[4]);
+    if (truth < 0) {
+      PyErr_Clear();
+      Py_RETURN_NONE;
+    }
+    return THPVariable_Wrap(run(x, grid.contiguous(), kGrid, grid.size(1), grid.size(2), codes[0], codes[1], truth, 0.0));
+  } catch (...) {  // as fast_warp
+    torch::translate_exception_to_python(std::current_exception());
+    return nullptr;
+  }
+}
+
+PyMethodDef fast_sample_def = {
+    "fast_sample", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_sample)), METH_FASTCALL,
+    "torchstn.sample's common call, or None (csrc/fast_call.cpp)"};
+
 // eager: (Tensor, Parameter, is_tracing, function mode on, a recording function mode on, the
 // dispatch modes' count, functorch transforms active, torch.autograd.forward_ad); lookups:
 // (the families {type: code}, the named transforms {name: transform}, the function that adds
-// a name to them, the mode codes, the padding codes, the backends that may take the kernel)
+// a name to them, the mode codes, the padding codes, the backends that may take the kernel,
+// the modes "auto" samples a given grid with the kernel in)
 void set_python(py::tuple eager_questions, py::tuple lookups) {
-  TORCH_CHECK(eager_questions.size() == 8 && lookups.size() == 6, "torchstn fast_call: set_python's arguments");
+  TORCH_CHECK(eager_questions.size() == 8 && lookups.size() == 7, "torchstn fast_call: set_python's arguments");
   Python p;
   PyObject** e[] = {&p.plain[0], &p.plain[1], &p.tracing, &p.function_mode, &p.recording_function_mode,
                     &p.dispatch_modes, &p.functorch, &p.forward_ad};
   for (size_t i = 0; i < 8; ++i) *e[i] = py::object(eager_questions[i]).release().ptr();
-  PyObject** l[] = {&p.families, &p.named, &p.name_lookup, &p.modes, &p.paddings, &p.backends};
-  for (size_t i = 0; i < 6; ++i) *l[i] = py::object(lookups[i]).release().ptr();
+  PyObject** l[] = {&p.families, &p.named, &p.name_lookup, &p.modes, &p.paddings, &p.backends, &p.auto_grid_modes};
+  for (size_t i = 0; i < 7; ++i) *l[i] = py::object(lookups[i]).release().ptr();
   TORCH_CHECK(PyDict_Check(p.families) && PyDict_Check(p.named) && PyDict_Check(p.modes) && PyDict_Check(p.paddings),
               "torchstn fast_call: set_python's lookups must be dicts");
   p.level = PyUnicode_InternFromString("_current_level");
@@ -296,7 +360,7 @@ void set_kernels(uintptr_t f32, uintptr_t f64, int64_t abi) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("abi_version", [] { return 2; });
+  m.def("abi_version", [] { return 3; });
   m.def("set_kernels", &set_kernels);
   m.def("warp2d", &warp2d);
   m.def("set_python", &set_python);
@@ -306,4 +370,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::reinterpret_steal<py::object>(PyCFunction_NewEx(&fast_warp_def, nullptr, module_name.ptr()));
   if (!fast_warp_fn) throw py::error_already_set();
   m.add_object("fast_warp", fast_warp_fn);
+  py::object fast_sample_fn =
+      py::reinterpret_steal<py::object>(PyCFunction_NewEx(&fast_sample_def, nullptr, module_name.ptr()));
+  if (!fast_sample_fn) throw py::error_already_set();
+  m.add_object("fast_sample", fast_sample_fn);
 }
