@@ -578,21 +578,28 @@ def test_without_flock_torchs_lock_file_is_left_alone(monkeypatch, tmp_path):
 
 
 def test_auto_samples_a_given_grid_with_the_kernel_where_it_is_faster(calls):
-    """``"auto"`` on a given bilinear grid: the kernel from 3 channels on, and with fewer
-    channels for a float32 grid of ``FUSED_MIN_POINTS`` points or more (below, the kernel's
-    per-call cost loses to F.grid_sample's; nearest and float64 grids go to F.grid_sample)."""
+    """``"auto"`` on a given bilinear grid: the kernel from 3 channels on, with fewer channels
+    in a call with no gradient to record (the compiled call's cost) or on a float32 grid of
+    ``FUSED_MIN_POINTS`` points or more (below, where a gradient is recorded, the kernel's
+    per-call cost loses to F.grid_sample's; nearest grids go to F.grid_sample)."""
     from torchstn.sampling._sample import FUSED_MIN_POINTS
 
     theta = stn.Affine().identity(64)
-    large = stn.Affine().grid(theta, (28, 28))  # 50,176 points
+    large = stn.Affine().grid(theta, (28, 28)).requires_grad_()  # 50,176 points
     small = large[:16]  # 12,544
     assert small[..., 0].numel() < FUSED_MIN_POINTS <= large[..., 0].numel()
     stn.sample(torch.rand(64, 1, 28, 28), large)
     stn.sample(torch.rand(16, 3, 28, 28), small)
     assert calls == ["fused_sample", "fused_sample"]
+    calls.clear()
     stn.sample(torch.rand(16, 1, 28, 28), small)
     stn.sample(torch.rand(64, 1, 28, 28), large, mode="nearest")
     stn.sample(torch.rand(64, 1, 28, 28, dtype=torch.float64), large.double())
+    assert calls == []
+    with torch.no_grad():
+        stn.sample(torch.rand(16, 1, 28, 28), small)
+        stn.sample(torch.rand(64, 1, 28, 28, dtype=torch.float64), large.double())
+        stn.sample(torch.rand(64, 1, 28, 28), large, mode="nearest")
     assert calls == ["fused_sample", "fused_sample"]
 
 
