@@ -738,3 +738,31 @@ def test_the_output_points_are_kept_per_thread():
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(run, sizes * 3))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 8, 8), (2, 3, 8, 8), (2, 1, 4, 5, 6)], ids=["1ch", "3ch", "volume"])
+def test_a_negative_view_is_read_with_its_sign(shape):
+    """``z.conj().imag`` is a view with torch's negative bit: the kernels, which read memory,
+    apply it as torch's own do (values, the image's and the grid's gradients, and a gradient
+    that is such a view itself), with and without a gradient to record."""
+    def both(backend):
+        z = torch.randn(*shape, dtype=torch.cdouble, generator=torch.Generator().manual_seed(3))
+        g = random_grid({4: (2, 3, 4, 2), 5: (2, 3, 4, 5, 3)}[len(shape)], torch.float64, seed=4)
+        z.requires_grad_(), g.requires_grad_()
+        x = z.conj().imag
+        assert x.is_neg()
+        out = stn.sample(x, g, backend=backend)
+        weights = torch.randn(*out.shape, dtype=torch.cdouble, generator=torch.Generator().manual_seed(5)).conj().imag
+        out.backward(weights)
+        with torch.no_grad():
+            plain = stn.sample(x, g.detach(), backend=backend)
+        return out.detach(), plain, z.grad, g.grad
+
+    for got, expected in zip(both("fused"), both("torch")):
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+    theta = stn.Affine().identity(2, dtype=torch.float64) + 0.2 * torch.randn(2, 6, dtype=torch.float64)
+    theta = torch.complex(torch.zeros_like(theta), -theta).conj().imag  # θ's values, with the bit
+    x = torch.randn(2, 3, 8, 8, dtype=torch.cdouble).conj().imag
+    assert theta.is_neg() and x.is_neg()
+    torch.testing.assert_close(stn.warp(x, theta, "affine"), stn.warp(x, theta, "affine", backend="torch"),
+                               atol=1e-12, rtol=0)

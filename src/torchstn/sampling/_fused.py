@@ -559,10 +559,18 @@ _LIB.define(
 )
 
 
+def resolved(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with its negative bit applied: a view such as ``z.conj().imag`` carries one, which
+    torch's own kernels apply when they read it, and the fused kernels (which read the memory)
+    must too. The eager direct calls skip the dispatcher, whose fallback would apply it."""
+    return t.resolve_neg() if t.is_neg() else t
+
+
 def _warp2d_cpu(
     x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str,
     align_corners: bool, eps: float,
 ) -> torch.Tensor:
+    x, loc = resolved(x), resolved(loc)
     fast = fast_call()
     if fast is not None:
         return fast.warp2d(x, loc, LOCATIONS[location], int(size[0]), int(size[1]), _MODES[mode], _PADDING[padding],
@@ -605,7 +613,7 @@ def _warp2d_backward_cpu(
     grad_out: torch.Tensor, x: torch.Tensor, loc: torch.Tensor, location: str, mode: str, padding: str,
     align_corners: bool, eps: float, output_mask: Sequence[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    loc = loc.contiguous()
+    grad_out, x, loc = resolved(grad_out), resolved(x), resolved(loc).contiguous()
     if output_mask[0]:
         x, grad_x = _gradient_buffer(x)  # zeroed by the kernel
     else:

@@ -52,6 +52,7 @@ from torchstn.sampling._fused import (
     eager_operator,
     fused_backward,
     load_kernel,
+    resolved,
 )
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.transforms import base_grid, matrix_grid
@@ -166,7 +167,7 @@ def _warp3d_checked(
 def _warp3d_cpu(
     x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str, align_corners: bool
 ) -> torch.Tensor:
-    x, loc, size = x.contiguous(), loc.contiguous(), tuple(int(s) for s in size)
+    x, loc, size = resolved(x).contiguous(), resolved(loc).contiguous(), tuple(int(s) for s in size)
     out = x.new_empty(x.shape[0], x.shape[1], *size)
     _call(False, location, x, loc, out, None, None, size, mode, padding, align_corners)
     return out
@@ -177,7 +178,7 @@ def _warp3d_backward_cpu(
     align_corners: bool, output_mask: Sequence[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_operator_args("warp3d_backward", x, loc, location, grad_out.shape[2:], mode, padding, grad_out)
-    x, loc, grad_out = x.contiguous(), loc.contiguous(), grad_out.contiguous()
+    x, loc, grad_out = resolved(x).contiguous(), resolved(loc).contiguous(), resolved(grad_out).contiguous()
     grad_x = torch.empty_like(x) if output_mask[0] else x.new_empty(0)  # zeroed by the kernel
     grad_loc = torch.empty_like(loc) if output_mask[1] else loc.new_empty(0)
     if output_mask[0] or output_mask[1]:
