@@ -278,6 +278,12 @@ def test_a_call_it_cannot_serve_does_not_build_it(monkeypatch):
     assert not _taken(x, theta, stn.Affine(), backend="torch")
     assert not _taken(x, tps.identity(2), tps)
     assert not _taken(torch.rand(2, 1, 4, 4, 4), stn.Affine3D().identity(2), stn.Affine3D())
+    grid = random_grid((2, 3, 4, 2), torch.float32)
+    assert not _sampled(x, grid, "bicubic", backend="fused")
+    assert not _sampled(x, grid, "nearest")  # ("auto": F.grid_sample's nearest is faster)
+    assert not _sampled(x, grid, backend="torch")
+    assert not _sampled(x, grid, ["bilinear"])
+    assert not _sampled(x.half(), grid.half(), backend="fused")
     assert "fast" not in _fused._library.state
 
 
@@ -385,6 +391,19 @@ def test_what_the_compiled_sample_leaves_to_the_python_path(without_fast_call):
         x_, grid_, mode, padding, align_corners, backend = args
         _answers_alike(lambda: stn.sample(x_, grid_, mode, padding, align_corners, backend=backend),
                        without_fast_call, name)
+
+
+def test_a_backend_that_only_compares_equal_to_one_is_the_python_paths_to_refuse():
+    from unittest import mock
+
+    x, grid, theta = torch.rand(2, 1, 8, 8), random_grid((2, 4, 5, 2), torch.float32), stn.Affine().identity(2)
+    for backend in (mock.ANY, np.array("fused"), np.array(["fused", "auto"])):
+        assert _sample._compiled_sample(x, grid, "bilinear", "zeros", False, backend) is None
+        assert _sample._compiled_warp(x, theta, "affine", None, "bilinear", "zeros", False, backend) is None
+        with pytest.raises(TypeError, match="backend must be"):
+            stn.sample(x, grid, backend=backend)
+        with pytest.raises(TypeError, match="backend must be"):
+            stn.warp(x, theta, "affine", backend=backend)
 
 
 def test_a_grid_with_a_gradient_to_record_takes_the_autograd_path():

@@ -364,15 +364,15 @@ def test_default_backend_takes_the_fused_kernel_where_it_was_measured_faster(cal
     assert calls == ["fused_warp"] * len(FAMILIES_2D)
     calls.clear()
     grid = stn.Affine().grid(stn.Affine().identity(2), (8, 8)).requires_grad_()
-    stn.sample(x, grid)
     tps = stn.ThinPlateSpline()
+    stn.sample(x, grid)
     stn.warp(x.double(), tps.identity(2, dtype=torch.float64).requires_grad_(), tps)
-    assert calls == []  # 1 channel, a small grid and a gradient to record: F.grid_sample
     stn.sample(x, grid.detach())
-    stn.warp(x.double(), tps.identity(2, dtype=torch.float64), tps)
     with torch.no_grad():
-        stn.sample(x, grid)
-    assert calls == ["fused_sample"] * 3  # without one the kernel at any size (the compiled call's cost)
+        stn.warp(x.double(), tps.identity(2, dtype=torch.float64), tps)
+    # 1 channel, a small grid: the kernel where its compiled call is built (with a gradient to
+    # record or without: the same bits either way), else F.grid_sample
+    assert calls == (["fused_sample"] * 4 if _fused.fast_call() is not None else [])
     calls.clear()
     stn.warp(torch.rand(1, 1, 4, 4, 4), stn.Affine3D().identity(1), stn.Affine3D())
     x3 = torch.rand(2, 3, 8, 8)
@@ -577,30 +577,33 @@ def test_without_flock_torchs_lock_file_is_left_alone(monkeypatch, tmp_path):
     assert seen == [True]
 
 
-def test_auto_samples_a_given_grid_with_the_kernel_where_it_is_faster(calls):
+def test_auto_samples_a_given_grid_with_the_kernel_where_it_is_faster(calls, monkeypatch):
     """``"auto"`` on a given bilinear grid: the kernel from 3 channels on, with fewer channels
-    in a call with no gradient to record (the compiled call's cost) or on a float32 grid of
-    ``FUSED_MIN_POINTS`` points or more (below, where a gradient is recorded, the kernel's
-    per-call cost loses to F.grid_sample's; nearest grids go to F.grid_sample)."""
+    where its compiled call is built, and else on a float32 grid of ``FUSED_MIN_POINTS`` points
+    or more (below, the kernel's per-call cost through ctypes loses to F.grid_sample's);
+    nearest grids go to F.grid_sample."""
     from torchstn.sampling._sample import FUSED_MIN_POINTS
 
     theta = stn.Affine().identity(64)
     large = stn.Affine().grid(theta, (28, 28)).requires_grad_()  # 50,176 points
     small = large[:16]  # 12,544
     assert small[..., 0].numel() < FUSED_MIN_POINTS <= large[..., 0].numel()
-    stn.sample(torch.rand(64, 1, 28, 28), large)
-    stn.sample(torch.rand(16, 3, 28, 28), small)
-    assert calls == ["fused_sample", "fused_sample"]
-    calls.clear()
-    stn.sample(torch.rand(16, 1, 28, 28), small)
-    stn.sample(torch.rand(64, 1, 28, 28), large, mode="nearest")
-    stn.sample(torch.rand(64, 1, 28, 28, dtype=torch.float64), large.double())
-    assert calls == []
-    with torch.no_grad():
-        stn.sample(torch.rand(16, 1, 28, 28), small)
-        stn.sample(torch.rand(64, 1, 28, 28, dtype=torch.float64), large.double())
-        stn.sample(torch.rand(64, 1, 28, 28), large, mode="nearest")
-    assert calls == ["fused_sample", "fused_sample"]
+    compiled = _fused.fast_call() is not None
+    for fast in (False, True) if compiled else (False,):
+        calls.clear()
+        with monkeypatch.context() as m:
+            if not fast:  # (as where it could not be built)
+                m.setitem(_fused._library.state, "fast", False)
+            stn.sample(torch.rand(64, 1, 28, 28), large)
+            stn.sample(torch.rand(16, 3, 28, 28), small)
+            assert calls == ["fused_sample", "fused_sample"]
+            calls.clear()
+            stn.sample(torch.rand(16, 1, 28, 28), small)
+            stn.sample(torch.rand(64, 1, 28, 28, dtype=torch.float64), large.double())
+            with torch.no_grad():
+                stn.sample(torch.rand(16, 1, 28, 28), small)
+            stn.sample(torch.rand(64, 1, 28, 28), large, mode="nearest")
+            assert calls == (["fused_sample"] * 3 if fast else [])
 
 
 def _warp_both_ways(monkeypatch, x0, p0, transform, **options):

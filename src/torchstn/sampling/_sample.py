@@ -57,31 +57,31 @@ _KERNELS: dict[str, SampleFn] = {
 
 
 #: "auto" samples a given bilinear grid with the fused kernel from this many channels on
-#: (1.83-2.12x F.grid_sample forward with 3 channels), or with fewer in an eager call that
-#: records no gradient (its forward then costs the compiled call's few µs: 1.22-1.67x
-#: F.grid_sample in float32, 1.08-1.49x in float64, from 1x1x8x8 to 64x1x28x28, timeit of
-#: both, 2026-12-02), or from FUSED_MIN_POINTS grid points on: since the kernel reads a
-#: float32 grid in one pass, 1.13-1.39x forward and 1.03-1.27x forward+backward with one or
-#: two channels from 64x28x28 points on, 0.98x at 16x28x28 and 0.55x at 1x28x28 (through
-#: ctypes, whose per-call cost dominated there). On a given nearest grid ATen's vectorised
-#: sampler is faster, 0.58-1.08x (python benchmarks/bench_auto.py [--mode nearest],
-#: docs/benchmarks.md)
+#: (1.83-2.12x F.grid_sample forward with 3 channels), and with fewer in an eager call where the
+#: compiled call is built: its forward then costs that call's few µs, 1.22-1.67x
+#: F.grid_sample in float32 and 1.08-1.49x in float64 from 1x1x8x8 to 64x1x28x28 without a
+#: gradient to record; with one, roughly level forward+backward (0.69-1.24x, a noisy run,
+#: both cores busy), taken too so that one call gives the same bits with a gradient and
+#: without (timeit, 2026-12-02). Where the compiled call is unavailable, with fewer channels
+#: from FUSED_MIN_POINTS grid points on: since the kernel reads a float32 grid in one pass,
+#: 1.13-1.39x forward and 1.03-1.27x forward+backward with one or two channels from
+#: 64x28x28 points on, 0.98x at 16x28x28 and 0.55x at 1x28x28 (through ctypes, whose
+#: per-call cost dominated there). On a given nearest grid ATen's vectorised sampler is
+#: faster, 0.58-1.08x (python benchmarks/bench_auto.py [--mode nearest], docs/benchmarks.md)
 FUSED_MIN_CHANNELS = 3
 FUSED_MIN_POINTS = 32768
 
 
 def _few_channels_worth_it(x: torch.Tensor, grid: torch.Tensor) -> bool:
-    """Whether the kernel is faster with fewer channels than FUSED_MIN_CHANNELS: with no
-    gradient to record and the compiled call built (the case :func:`_compiled_sample` serves
-    itself), or on a float32 grid of enough points. Eager calls only, the cases measured:
-    under ``torch.compile`` or ``torch.export`` the count of a dynamic batch is symbolic, and a
+    """Whether the kernel is faster with fewer channels than FUSED_MIN_CHANNELS: where the
+    compiled call is built (which then serves the calls that record no gradient itself), or on
+    a float32 grid of enough points. Eager calls only, the cases measured: under
+    ``torch.compile`` or ``torch.export`` the count of a dynamic batch is symbolic, and a
     test of it would constrain the batch dimension (an ONNX export with a dynamic batch
     failed on "batch < 2048/49")."""
     if not eager_tensors(x, grid):
         return False
-    if not (torch.is_grad_enabled() and (x.requires_grad or grid.requires_grad)) and _fused.fast_call() is not None:
-        return True
-    return x.dtype == torch.float32 and grid.numel() >= 2 * FUSED_MIN_POINTS
+    return _fused.fast_call() is not None or (x.dtype == torch.float32 and grid.numel() >= 2 * FUSED_MIN_POINTS)
 
 
 def _backend_name(backend: str | None, x: torch.Tensor, grid: torch.Tensor, mode: str) -> str:
@@ -199,9 +199,10 @@ def sample(
         align_corners: as in :func:`torch.nn.functional.grid_sample`; must be the value the
             grid was made with.
         backend: ``None``/``"auto"`` (the fastest correct kernel measured: ``"fused"``
-            for bilinear float CPU images, in an eager call with no gradient to record at
-            any size, else with 3 or more channels or on a float32 grid of 32,768 points or
-            more, and for bilinear or nearest float CPU volumes; else ``"torch"``),
+            for bilinear float CPU images (eager calls, where the fused kernel's compiled
+            call is built: at any size; else with 3 or more channels or on a float32 grid of
+            32,768 points or more) and for bilinear or nearest float CPU volumes; else
+            ``"torch"``),
             ``"torch"`` (``F.grid_sample``), ``"fused"`` (the C++/OpenMP CPU kernels,
             bilinear and nearest; other modes and devices use
             ``F.grid_sample``; see :mod:`torchstn.sampling._fused` and
@@ -262,7 +263,10 @@ def _compiled_sample(
     call's cost, the kernel is faster than ``F.grid_sample`` on bilinear grids of every size
     measured, 1.22-1.67x from 1x1x8x8 to 64x1x28x28 (``timeit`` of both, 2026-12-02), where the
     Python path's checks had made a batch-1 ``sample`` 1.5-3x slower than ``F.grid_sample``."""
-    fast = _fused._library.state.get("fast") or _first_fast_call(backend, x, grid, True)
+    fast = _fused._library.state.get("fast") or _first_fast_call(
+        backend, x, grid, type(mode) is str and mode in _fused._MODES and (backend is None or type(backend) is str)
+        and (backend == "fused" or mode in _fused.AUTO_GRID_MODES)
+    )
     if fast is None or _is_compiling():
         return None
     return fast.fast_sample(x, grid, mode, padding, align_corners, backend)
@@ -439,7 +443,7 @@ def _first_fast_call(backend: object, x: object, loc: object, served: bool) -> o
     is one it takes; a backend that may take the kernel, eager tensors, a CPU float image), else
     ``None``; also ``None`` where it is unavailable (that state is ``False``)."""
     if _fused._library.state.get("fast") is False or not (
-        served and backend in _fused._FUSED_BACKENDS
+        served and (backend is None or type(backend) is str) and backend in _fused._FUSED_BACKENDS
         and eager_tensors(x, loc) and x.is_cpu and x.dtype in _fused._DTYPES and x.dim() == 4
     ):
         return None

@@ -218,7 +218,9 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   PyObject *xo = args[0], *po = args[1], *transform = args[2], *size = args[3], *backend = args[7];
   py::object named_transform;  // a name's transform, held: the Python functions asked below may change _NAMED
   try {
-    const int fused_backend = PySequence_Contains(p.backends, backend);  // (`backend in _FUSED_BACKENDS`)
+    // (`backend in _FUSED_BACKENDS` for None or a str: anything else, even equal to one, is the Python path's to refuse)
+    if (backend != Py_None && !PyUnicode_CheckExact(backend)) Py_RETURN_NONE;
+    const int fused_backend = PySequence_Contains(p.backends, backend);
     if (fused_backend < 0) return nullptr;
     if (fused_backend == 0) Py_RETURN_NONE;
     if (PyUnicode_CheckExact(transform)) {  // a name: its transform, _named's (which keeps it)
@@ -296,14 +298,15 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const Python& p = py_state;
   PyObject *xo = args[0], *go = args[1], *backend = args[5];
   try {
-    const int fused_backend = PySequence_Contains(p.backends, backend);  // (`backend in _FUSED_BACKENDS`)
+    if (backend != Py_None && !PyUnicode_CheckExact(backend)) Py_RETURN_NONE;  // (as fast_warp)
+    const int fused_backend = PySequence_Contains(p.backends, backend);
     if (fused_backend <= 0) return fused_backend < 0 ? nullptr : Py_NewRef(Py_None);
     long codes[2];
     PyObject* keys[2] = {args[2], args[3]};
     PyObject* dicts[2] = {p.modes, p.paddings};
     const int found = look_up_codes(2, dicts, keys, codes);
     if (found <= 0) return found < 0 ? nullptr : Py_NewRef(Py_None);
-    if (!(PyUnicode_CheckExact(backend) && PyUnicode_CompareWithASCIIString(backend, "fused") == 0)) {
+    if (backend == Py_None || PyUnicode_CompareWithASCIIString(backend, "fused") != 0) {
       const int auto_fused = PySequence_Contains(p.auto_grid_modes, args[2]);  // "auto": the mode's choice
       if (auto_fused <= 0) return auto_fused < 0 ? nullptr : Py_NewRef(Py_None);
     }
