@@ -40,6 +40,7 @@ def main() -> None:
                         help="render each canvas pixel as the mean of S x S bilinear samples (default 1: as the cells)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.sigma is not None and args.dataset != "p":
@@ -50,7 +51,7 @@ def main() -> None:
     test_set = stn.data.get_dataset(name, "test", root=args.data_dir, **law)
     (cell,) = plan(get_experiment("stn-table1"), "long", only=[args.model], datasets=[args.dataset])  # its recipe
     config = TrainConfig(**{**cell.config, "seed": args.seed})
-    train(config, args.out, train_set=train_set, test_set=test_set, progress=False)
+    train(config, args.out, train_set=train_set, test_set=test_set, progress=False, resume=args.resume)
 
 
 if __name__ == "__main__":
