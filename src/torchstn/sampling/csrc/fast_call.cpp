@@ -184,6 +184,13 @@ int look_up_codes(int n, PyObject* const* dicts, PyObject* const* keys, long* co
   return 1;
 }
 
+// `backend in _FUSED_BACKENDS` for None or a str: 1, 0 (anything else, even equal to one of
+// them, is the Python path's to refuse), or -1 with a Python error set
+int takes_kernel(PyObject* backend) {
+  if (backend != Py_None && !PyUnicode_CheckExact(backend)) return 0;
+  return PySequence_Contains(py_state.backends, backend);
+}
+
 // Whether the kernel covers image x (B, C, H, W) and its location tensor loc (parameters or a
 // grid: its batch) in this call: plain CPU tensors of one floating dtype (float32 or float64),
 // nothing to record a gradient for, no CPU autocast, non-empty H and W with int32 pixel
@@ -218,11 +225,8 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   PyObject *xo = args[0], *po = args[1], *transform = args[2], *size = args[3], *backend = args[7];
   py::object named_transform;  // a name's transform, held: the Python functions asked below may change _NAMED
   try {
-    // (`backend in _FUSED_BACKENDS` for None or a str: anything else, even equal to one, is the Python path's to refuse)
-    if (backend != Py_None && !PyUnicode_CheckExact(backend)) Py_RETURN_NONE;
-    const int fused_backend = PySequence_Contains(p.backends, backend);
-    if (fused_backend < 0) return nullptr;
-    if (fused_backend == 0) Py_RETURN_NONE;
+    const int fused_backend = takes_kernel(backend);
+    if (fused_backend <= 0) return fused_backend < 0 ? nullptr : Py_NewRef(Py_None);
     if (PyUnicode_CheckExact(transform)) {  // a name: its transform, _named's (which keeps it)
       PyObject* named = lookup(p.named, transform);
       if (named != nullptr) {
@@ -298,8 +302,7 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const Python& p = py_state;
   PyObject *xo = args[0], *go = args[1], *backend = args[5];
   try {
-    if (backend != Py_None && !PyUnicode_CheckExact(backend)) Py_RETURN_NONE;  // (as fast_warp)
-    const int fused_backend = PySequence_Contains(p.backends, backend);
+    const int fused_backend = takes_kernel(backend);
     if (fused_backend <= 0) return fused_backend < 0 ? nullptr : Py_NewRef(Py_None);
     long codes[2];
     PyObject* keys[2] = {args[2], args[3]};

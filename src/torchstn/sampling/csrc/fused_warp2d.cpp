@@ -1287,10 +1287,11 @@ inline void interleaved_backward(const float* xb, float* gxb, const Block<float>
 // outside it are then read from memory, and single_pass takes its fast path (BORDER) for the
 // vectors along the image's edges, which otherwise gather their corners masked (a third of
 // the vectors of a 28x28 output). Four pixels: the bench's θ (the identity + 0.05 N(0, 1))
-// moves a 28x28 image's edges by up to 2.5 pixels. Outputs of packed rows only (narrower than a block), where the edges are many:
-// 1.07x forward at 1x1x28x28, 1.12x at 256x1x28x28, affine and projective alike
-// (benchmarks/ab_kernel.py, 21 rounds, bit-identical); wide rows have two edge vectors each,
-// and at 64x3x64x64 the copy cost more than it saved (0.89-0.94x). Read as pairs instead
+// moves a 28x28 image's edges by up to 2.5 pixels. Outputs of packed rows only (narrower than
+// a block), where the edges are many: 1.07x forward at 1x1x28x28, 1.12x at 256x1x28x28,
+// affine and projective alike (benchmarks/ab_kernel.py, 21 rounds, bit-identical); wide rows
+// have two edge vectors each, and at 64x3x64x64 the copy cost more than it saved
+// (0.89-0.94x). Read as pairs instead
 // (each corner row masked by its validity), the edge vectors ran no faster than with
 // AVX2's masked gathers (0.98x at 256x1x28x28, Zen 3).
 constexpr int64_t kBorder = 4;
