@@ -65,6 +65,29 @@ def test_train_options_set_the_new_config_fields(cli, mnist_dir, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_data_option_renders_the_run_and_its_eval_with_the_recipe_option(cli, tiny, mnist_dir, tmp_path):
+    """``--data-option`` is recorded in the run; eval measures on the same rendering unless given
+    another ``--data-option`` or dataset."""
+    out = tmp_path / "aa"
+    run = cli("train", "--model", "cnn", "--model-arg", "pool=2", "--epochs", 1, "--out", out,
+              "--data-option", "supersample=2", *tiny)
+    assert run.status == 0, run.err
+    assert json.loads((out / "config.json").read_text())["data_options"] == {"supersample": 2}
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["test_loss"]
+
+    def loss(*extra):
+        run = cli("eval", out, "--data-dir", mnist_dir, "--limit", 128, "--json", *extra)
+        assert run.status == 0, run.err
+        return json.loads(run.out)["loss"]
+
+    assert loss() == pytest.approx(logged, rel=1e-5)  # the run's own antialiased test images
+    assert loss("--data-option", "supersample=1") != pytest.approx(logged, rel=1e-5)
+    assert loss("--data", "mnist-rts") == loss()  # the run's own data name keeps its options
+    # another dataset takes only the options given: no "mnist has none" for the run's supersample
+    line = cli("eval", out, "--data", "mnist", "--data-dir", mnist_dir, "--limit", 8).error_line()
+    assert "(1, 28, 28)" in line and "(1, 42, 42)" in line
+
+
 def test_eval_reports_error_loss_and_per_class_error(cli, run_dir, mnist_dir):
     run = cli("eval", run_dir, "--data-dir", mnist_dir, "--limit", 128)
     assert run.status == 0, run.err
@@ -98,6 +121,10 @@ def test_bad_arguments_are_one_line_errors(cli, tiny, tmp_path, run_dir, mnist_d
         (["train", "--data", "imagenet"], ["unknown dataset 'imagenet'", "mnist-rts"]),
         (["train", "--data-dir", tmp_path / "nowhere"], ["does not exist"]),
         (["train", "--model", "cnn", "--model-arg", "widht=3", *tiny], ["widht"]),
+        (["train", "--model", "cnn", "--data-option", "supersampel=4", *tiny],
+         ["--data-option: unknown option(s) ['supersampel'] for kind 'rts'"]),
+        (["train", "--model", "cnn", "--data", "mnist", "--data-option", "supersample=4"], ["mnist has none"]),
+        (["eval", run_dir, "--data-option", "supersample=99"], ["supersample must be in [1, 16], got 99"]),
         (["train", "--resume", "--out", tmp_path], ["config.json is missing"]),
         (["train", "--resume", "--out", run_dir, "--lr", 1.0], ["cannot change lr"]),
         (["train", "--resume", "--out", cut], ["holds no checkpoint", "start it again without resuming"]),

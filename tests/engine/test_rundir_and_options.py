@@ -182,3 +182,23 @@ def test_label_smoothing_is_the_training_loss(shapes):
 def test_ema_and_label_smoothing_refuse_values_outside_zero_one(field, value):
     with pytest.raises(ValueError, match=field):
         _config(**{field: value})
+
+
+def test_data_options_render_the_data_the_recipe_does(mnist_dir):
+    """``data_options`` reach the recipe: ``supersample=2`` is get_dataset's antialiased rendering, not the default."""
+    from torchstn.data import get_dataset
+    from torchstn.engine import load_split
+
+    config = TrainConfig(data="mnist-rts", data_dir=str(mnist_dir), test_limit=4, data_options={"supersample": 2})
+    got = torch.stack([load_split(config, "test")[i][0] for i in range(4)])
+    want = get_dataset("mnist-rts", "test", root=mnist_dir, limit=4, cache=False, supersample=2)
+    plain = get_dataset("mnist-rts", "test", root=mnist_dir, limit=4, cache=False)
+    assert torch.equal(got, torch.stack([want[i][0] for i in range(4)]))
+    assert not torch.equal(got, torch.stack([plain[i][0] for i in range(4)]))
+    assert TrainConfig.from_dict(config.to_dict()).data_options == {"supersample": 2}
+
+
+@pytest.mark.parametrize("field", ["data_options", "model_args"])
+def test_option_dicts_refuse_other_types(field):
+    with pytest.raises(TypeError, match=field):
+        _config(**{field: [("supersample", 4)]})

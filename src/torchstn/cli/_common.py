@@ -28,12 +28,14 @@ __all__ = [
     "add_threads_arg",
     "apply_shared_args",
     "check_at_least_one",
+    "check_data_options",
     "check_data_args",
     "check_model",
     "command_line",
     "formatter",
     "load_checkpoint_and_data",
     "parse_key_values",
+    "parse_data_options",
     "parse_model_args",
     "user_errors",
 ]
@@ -89,11 +91,14 @@ def add_threads_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, data_default: str | None = None) -> None:
-    """``--data``, ``--data-dir``, ``--data-seed``; ``data_default`` is what the help names when ``--data`` is omitted."""
+    """``--data``, ``--data-option``, ``--data-dir``, ``--data-seed``; ``data_default`` is what the help names
+    when ``--data`` is omitted."""
     from torchstn.data import list_datasets
 
     shown = "" if data_default is None else f" (default: {data_default})"
     parser.add_argument("--data", metavar="NAME", help=f"dataset, one of: {', '.join(list_datasets())}{shown}")
+    parser.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                        help="a distortion's recipe option, repeatable: supersample=4 (area antialiasing), sigma=3")
     add_data_dir_arg(parser)
     parser.add_argument("--data-seed", type=int, metavar="N", help="seed of the dataset's distortions")
 
@@ -187,12 +192,32 @@ def check_model(name: str | None, model_args: dict[str, Any] | None = None) -> N
         raise CLIError(str(err)) from None
 
 
+def check_data_options(name: str, options: dict[str, Any]) -> None:
+    """One-line errors for ``--data-option``s a distortion's recipe does not take or accept.
+
+    Cheap (it builds the recipe, which loads nothing), so commands call it before any
+    data. A ``ucr:`` set's options (``load_ucr``'s keywords) are checked where it loads.
+    """
+    from torchstn.data import get_recipe
+
+    name = name.lower()
+    if not options or name.startswith("ucr:"):
+        return
+    if not name.startswith("mnist-"):
+        raise CLIError(f"--data-option sets a distortion's recipe option; {name} has none")
+    try:
+        get_recipe(name.removeprefix("mnist-"), options)
+    except (TypeError, ValueError) as err:
+        raise CLIError(f"--data-option: {_first_line(err)}") from None
+
+
 def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | None) -> tuple[Any, Any, dict[str, Any], Any, Any]:
     """``(model, config, info, device, dataset)`` for :func:`add_checkpoint_args`, :func:`add_data_args` and ``--device``.
 
-    The dataset is the checkpoint's own unless ``--data`` (``--data-dir``,
+    The dataset is the checkpoint's own unless ``--data`` (``--data-option``, ``--data-dir``,
     ``--data-seed``) says otherwise, its first ``limit`` items; it must have the image size
-    the model was built for. ``config`` is the run's with those data options: its
+    the model was built for. The run's recipe options belong to its own data: another
+    ``--data`` takes only the ``--data-option`` given. ``config`` is the run's with those data options: its
     ``test_limit`` still says which images the run's metrics were measured on.
     """
     from torchstn.engine import load_model, load_split, resolve_device
@@ -200,7 +225,10 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
     device = resolve_device(args.device or "auto")
     model, config, info = load_model(args.checkpoint, args.which, map_location=device)
     changes = {"data": args.data, "data_dir": args.data_dir, "data_seed": args.data_seed}
+    if args.data_option or (args.data is not None and args.data != config.data):
+        changes["data_options"] = parse_data_options(args.data_option)
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
+    check_data_options(config.data, config.data_options)
     dataset = load_split(config.replace(train_limit=limit, test_limit=limit), split)
     if tuple(dataset.input_shape) != tuple(model.input_shape):
         raise ValueError(
@@ -229,6 +257,11 @@ def parse_key_values(items: list[str] | None, flag: str, example: str) -> dict[s
         except json.JSONDecodeError:
             out[key.replace("-", "_")] = value
     return out
+
+
+def parse_data_options(items: list[str] | None) -> dict[str, Any]:
+    """The ``--data-option KEY=VALUE`` recipe options of a distortion (``supersample=4``, ``sigma=3``)."""
+    return parse_key_values(items, "--data-option", "supersample=4")
 
 
 def parse_model_args(items: list[str] | None) -> dict[str, Any]:

@@ -10,8 +10,10 @@ from torchstn.cli._common import (
     add_data_args,
     add_device_arg,
     add_threads_arg,
+    check_data_options,
     check_model,
     formatter,
+    parse_data_options,
     parse_model_args,
 )
 from torchstn.engine import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, resume_config, train
@@ -22,6 +24,7 @@ EXAMPLES = """\
 examples:
   torchstn train --model st-cnn-aff --data mnist-rts --epochs 10 --out runs/st-cnn-rts
   torchstn train --model cnn --data mnist-rts --model-arg pool=2 --epochs 10 --out runs/cnn-rts
+  torchstn train --model st-cnn-aff --data mnist-rts --data-option supersample=4 --model-arg pool=2 --online
   torchstn train --model st-cnn-tps --data mnist-e --steps 150000 --loc-lr-mult 0.01
   torchstn train --model tutorial --data mnist --epochs 20 --batch-size 64 --lr 0.01
   torchstn train --model pstn-cnn1d-cpab --data ucr:GunPoint --optimizer adam --lr 1e-3 --batch-size 16 --epochs 200
@@ -37,7 +40,7 @@ epoch: loss, error, lr, images/s, seconds, θ statistics) and checkpoints/{best,
 """
 
 #: the options named like a TrainConfig field set that field; they default to None so the config's default applies
-_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model_args"]
+_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("model_args", "data_options")]
 _DEFAULTS = {name: getattr(TrainConfig(), name) for name in _FIELDS}
 
 
@@ -107,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in _FIELDS if getattr(args, name, None) is not None}
     if model_args:
         given["model_args"] = model_args
+    if args.data_option:
+        given["data_options"] = parse_data_options(args.data_option)
     if args.resume:
         if args.out is None:
             raise CLIError("--resume needs --out DIR, the run directory to continue")
@@ -114,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = TrainConfig(**given)
         check_model(config.model, config.model_args)
+        check_data_options(config.data, config.data_options)
     out = args.out or f"runs/{config.model}-{config.data}"
     train(config, out, resume=args.resume, progress=not args.no_progress)
     return 0

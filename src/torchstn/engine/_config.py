@@ -37,6 +37,9 @@ class TrainConfig:
         data: dataset name (:func:`torchstn.data.list_datasets`).
         data_dir: where the MNIST files are (``None``: ``TORCHSTN_DATA``, the cache,
             or a checksummed download).
+        data_options: the distortion's recipe options (:func:`torchstn.data.get_dataset`'s
+            keywords, e.g. ``{"supersample": 4}``: area-antialiased rendering, or
+            ``{"sigma": 3.0}``); empty is the recipe's defaults.
         data_seed: seed of the dataset's distortions.
         online: draw fresh distortions of the training images every epoch.
         ground_truth_init: the IC-STN paper's protocol: feed the model the undistorted
@@ -83,6 +86,7 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     data: str = "mnist-rts"
     data_dir: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
     data_seed: int = 0
     online: bool = False
     ground_truth_init: bool = False
@@ -138,7 +142,11 @@ class TrainConfig:
             raise ValueError(f"warmup must be a fraction < 1 or a whole number of steps, got {self.warmup!r}")
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)
-        self.model_args = dict(self.model_args)
+        for name in ("model_args", "data_options"):
+            value = getattr(self, name)
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise TypeError(f"{name} must be a dict of str keys, got {value!r}")
+            setattr(self, name, dict(value))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""

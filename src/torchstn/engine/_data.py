@@ -22,16 +22,19 @@ __all__ = [
 
 
 def load_split(config: TrainConfig, split: str) -> Dataset:
-    """The ``split`` (``"train"`` or ``"test"``) of ``config.data``, limited as configured.
+    """The ``split`` (``"train"`` or ``"test"``) of ``config.data`` with its ``data_options``,
+    limited as configured.
 
     Raises whatever :func:`torchstn.data.get_dataset` raises for an unknown name or
-    missing files (``ValueError``, ``FileNotFoundError``), with a message saying what to do.
+    missing files (``ValueError``, ``FileNotFoundError``) or an option its recipe does not
+    take (``TypeError``), with a message saying what to do.
     """
     from torchstn.data import get_dataset
 
     limit = config.train_limit if split == "train" else config.test_limit
     return get_dataset(
-        config.data, split, root=config.data_dir, seed=config.data_seed, online=config.online, limit=limit
+        config.data, split, root=config.data_dir, seed=config.data_seed, online=config.online, limit=limit,
+        **config.data_options,
     )
 
 
