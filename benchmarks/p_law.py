@@ -14,7 +14,9 @@ errs as the paper's does can be read off, and what the ST-CNNs reach there::
 ``--sigma 5`` is the `long` cell itself (`torchstn reproduce stn-table1 --budget long`).
 ``--dataset rts`` (or r, e) trains that distortion's `long` cell instead, without ``--sigma``.
 ``--supersample 4`` renders the same draws with area antialiasing (each canvas pixel the
-mean of 4 x 4 bilinear samples) instead of one bilinear sample per pixel.
+mean of 4 x 4 bilinear samples) and ``--supersample 1`` with one bilinear sample per pixel;
+without it, as the cell does (4 on RTS, 1 on the others). The options are the run's
+``data_options``, so ``torchstn eval RUN`` measures on the same rendering.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import argparse
 
 import torch
 
-import torchstn as stn
 from torchstn.engine import TrainConfig, train
 from torchstn.reproduce import get_experiment, plan
 
@@ -36,8 +37,8 @@ def main() -> None:
                         help="the stn-table1 distortion (default p); --sigma applies to p only")
     parser.add_argument("--sigma", type=float, default=None,
                         help="P's corners moved by N(0, σ) in canvas pixels (default: the paper's 5)")
-    parser.add_argument("--supersample", type=int, default=1,
-                        help="render each canvas pixel as the mean of S x S bilinear samples (default 1: as the cells)")
+    parser.add_argument("--supersample", type=int, default=None,
+                        help="render each canvas pixel as the mean of S x S bilinear samples (default: as the cell)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -45,13 +46,11 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.sigma is not None and args.dataset != "p":
         parser.error("--sigma is P's law; the other distortions have none")
-    law = {"supersample": args.supersample} | ({} if args.sigma is None else {"sigma": args.sigma})
-    name = f"mnist-{args.dataset}"
-    train_set = stn.data.get_dataset(name, "train", root=args.data_dir, online=True, **law)
-    test_set = stn.data.get_dataset(name, "test", root=args.data_dir, **law)
     (cell,) = plan(get_experiment("stn-table1"), "long", only=[args.model], datasets=[args.dataset])  # its recipe
-    config = TrainConfig(**{**cell.config, "seed": args.seed})
-    train(config, args.out, train_set=train_set, test_set=test_set, progress=False, resume=args.resume)
+    given = {"supersample": args.supersample, "sigma": args.sigma}
+    law = {**cell.config.get("data_options", {}), **{k: v for k, v in given.items() if v is not None}}
+    config = TrainConfig(**{**cell.config, "seed": args.seed, "data_dir": args.data_dir, "data_options": law})
+    train(config, args.out, progress=False, resume=args.resume)
 
 
 if __name__ == "__main__":
