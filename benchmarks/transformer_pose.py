@@ -24,8 +24,7 @@ import argparse
 import torch
 
 import torchstn as stn
-from torchstn.data import get_dataset
-from torchstn.engine import load_model
+from torchstn.engine import load_model, load_split
 
 
 def pose(matrix: torch.Tensor, drawn: torch.Tensor) -> tuple[float, float, float]:
@@ -58,7 +57,7 @@ def main() -> None:
     model.eval()
     if config.data not in ("mnist-r", "mnist-rts", "mnist-addition"):
         parser.error(f"the run was trained on {config.data}: its digits are not drawn with similarity transforms")
-    data = get_dataset(config.data, "test", root=args.data_dir)
+    data = load_split(config.replace(data_dir=args.data_dir, test_limit=None), "test")  # the run's own rendering
     n = min(args.images, len(data))
     x = torch.stack([data[i][0] for i in range(n)])
     params = data.params[:n].double().reshape(n, -1, 4)  # (N, digits, 4): scale, angle, tx, ty
