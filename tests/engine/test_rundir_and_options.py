@@ -190,7 +190,8 @@ def test_data_options_render_the_data_the_recipe_does(mnist_dir):
     from torchstn.engine import load_split
 
     config = TrainConfig(data="mnist-rts", data_dir=str(mnist_dir), test_limit=4, data_options={"supersample": 2})
-    got = torch.stack([load_split(config, "test")[i][0] for i in range(4)])
+    loaded = load_split(config, "test")
+    got = torch.stack([loaded[i][0] for i in range(4)])
     want = get_dataset("mnist-rts", "test", root=mnist_dir, limit=4, cache=False, supersample=2)
     plain = get_dataset("mnist-rts", "test", root=mnist_dir, limit=4, cache=False)
     assert torch.equal(got, torch.stack([want[i][0] for i in range(4)]))
