@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import torchstn as stn
-from torchstn.data import _generate, distorted_mnist, get_dataset, list_datasets, pstn_fold
+from torchstn.data import _generate, check_dataset_options, distorted_mnist, get_dataset, list_datasets, pstn_fold
 
 NAMES = [
     "mnist", "mnist-r", "mnist-rts", "mnist-p", "mnist-e", "mnist-cluttered",
@@ -211,3 +211,36 @@ def test_concurrent_writers_of_one_set_do_not_fail(mnist_dir, tmp_path, monkeypa
     _generate._write_cache(first.path, arrays, manifest)
     assert _generate._read_cache(first.path, manifest["key"]) is not None
     assert not [p for p in first.path.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "valid"),
+    [
+        ("mnist-p", {"supersample": 4}, True),
+        ("MNIST-RTS", {"sigma": 1.0}, False),  # a recipe option of another kind
+        ("mnist-p", {"supersample": 99}, False),  # out of range
+        ("mnist-addition", {"supersample": 2}, False),  # a recipe that is not one warp per sample
+        ("mnist", {"supersample": 4}, False),
+        ("mnist", {}, True),
+        ("mnist-7", {}, False),
+    ],
+)
+def test_check_dataset_options_is_get_datasets_own_check(mnist_dir, name, options, valid):
+    """``check_dataset_options`` (what the command calls before any data) accepts and refuses
+    exactly what ``get_dataset`` does, with the same error."""
+    def outcome(call):
+        try:
+            call()
+        except (TypeError, ValueError) as err:
+            return type(err), str(err)
+        return None
+
+    checked = outcome(lambda: check_dataset_options(name, options))
+    assert (checked is None) == valid, checked
+    assert checked == outcome(lambda: get_dataset(name, "test", root=mnist_dir, limit=2, cache=False, **options))
+
+
+def test_check_dataset_options_checks_a_ucr_sets_option_names_only():
+    check_dataset_options("ucr:Coffee", {"znormalize": True, "pad": "edge"})  # values are checked where it loads
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['supersample'\] for a UCR data set"):
+        check_dataset_options("ucr:Coffee", {"supersample": 4})

@@ -193,20 +193,17 @@ def check_model(name: str | None, model_args: dict[str, Any] | None = None) -> N
 
 
 def check_data_options(name: str, options: dict[str, Any]) -> None:
-    """One-line errors for ``--data-option``s a distortion's recipe does not take or accept.
+    """One-line errors for ``--data-option``s the dataset does not take or accept.
 
-    Cheap (it builds the recipe, which loads nothing), so commands call it before any
-    data. A ``ucr:`` set's options (``load_ucr``'s keywords) are checked where it loads.
+    Cheap (:func:`torchstn.data.check_dataset_options` loads nothing), so commands call it
+    before any data.
     """
-    from torchstn.data import get_recipe
+    from torchstn.data import check_dataset_options
 
-    name = name.lower()
-    if not options or name.startswith("ucr:"):
+    if not options:
         return
-    if not name.startswith("mnist-"):
-        raise CLIError(f"--data-option sets a distortion's recipe option; {name} has none")
     try:
-        get_recipe(name.removeprefix("mnist-"), options)
+        check_dataset_options(name, options)
     except (TypeError, ValueError) as err:
         raise CLIError(f"--data-option: {_first_line(err)}") from None
 

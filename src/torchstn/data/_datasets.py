@@ -448,11 +448,7 @@ def get_dataset(
         >>> ds.input_shape, ds.num_classes, ds.params.shape  # doctest: +SKIP
         ((1, 42, 42), 10, torch.Size([8, 4]))
     """
-    ucr = isinstance(name, str) and name.lower().startswith(UCR_PREFIX)
-    if isinstance(name, str) and not ucr and name.lower() not in DATASETS:
-        raise ValueError(f"name must be one of {list(DATASETS)} or '{UCR_PREFIX}<Name>' (a UCR data set), got {name!r}")
-    if not ucr:
-        name = check_choice("name", name.lower() if isinstance(name, str) else name, DATASETS)
+    name, recipe = _named(name, options)
     check_choice("split", split, SPLITS)
     if limit is not None:
         check_int("limit", limit, 0)
@@ -462,11 +458,9 @@ def get_dataset(
     if subset is not None:
         check_int("subset", subset, 1)
     picked = _Selection(subset, fold, limit)
-    if ucr:
+    if name.startswith(UCR_PREFIX):
         return _ucr_set(name[len(UCR_PREFIX):], split, root, picked, options)
-    if name in ("mnist", "cifar10"):
-        if options:
-            raise TypeError(f"unknown argument(s) {sorted(options)} for dataset {name!r}")
+    if recipe is None:
         if name == "cifar10":
             images, labels = load_cifar10(root, split)
             dataset = MNISTDataset(images, labels, name="cifar10", split=split)
@@ -479,19 +473,55 @@ def get_dataset(
         )
     kind = name.removeprefix("mnist-")
     fresh = online and split == "train"
-    recipe = get_recipe(kind, options)
     if fresh or len(recipe.input_shape) > 3:  # rendered on the fly: nothing is cached
         sources = load_sources(root, split)
         return OnlineDistortedMNIST(recipe, sources, split, seed, index=picked.index(sources.labels), fixed=not fresh)
     return _fixed_set(kind, split, root, seed, picked, cache=cache, cache_dir=cache_dir, options=options)
 
 
+def check_dataset_options(name: str, options: dict[str, Any]) -> None:
+    """Check a dataset name and its options as :func:`get_dataset` would, loading no data.
+
+    The options are a distorted set's recipe options (names and values checked by its
+    :class:`Recipe`) or a ``ucr:`` set's :func:`~torchstn.data.load_ucr` keywords (names
+    checked here, values where the set loads); ``"mnist"`` and ``"cifar10"`` take none.
+
+    Raises:
+        ValueError: an unknown name, an option value out of range.
+        TypeError: an option the set does not take, a wrong type.
+
+    Example:
+        >>> stn.data.check_dataset_options("mnist-p", {"supersample": 4})
+        >>> stn.data.check_dataset_options("mnist", {"supersample": 4})
+        Traceback (most recent call last):
+        ...
+        TypeError: unknown argument(s) ['supersample'] for dataset 'mnist': mnist has none; only the distorted sets and ucr: sets take options
+    """
+    _named(name, options)
+
+
+def _named(name: str, options: dict[str, Any]) -> tuple[str, Recipe | None]:
+    """``name`` in canonical case and its recipe built from ``options`` (None for a set without one)."""
+    ucr = isinstance(name, str) and name.lower().startswith(UCR_PREFIX)
+    if isinstance(name, str) and not ucr and name.lower() not in DATASETS:
+        raise ValueError(f"name must be one of {list(DATASETS)} or '{UCR_PREFIX}<Name>' (a UCR data set), got {name!r}")
+    if ucr:
+        unknown = sorted(set(options) - {"znormalize", "pad", "length"})
+        if unknown:
+            raise TypeError(f"unknown argument(s) {unknown} for a UCR data set; it takes znormalize, pad {UCR_PADDINGS}, length")
+        return name, None
+    name = check_choice("name", name.lower() if isinstance(name, str) else name, DATASETS)
+    if name in ("mnist", "cifar10"):
+        if options:
+            raise TypeError(f"unknown argument(s) {sorted(options)} for dataset {name!r}: {name} has none; only the "
+                            "distorted sets and ucr: sets take options")
+        return name, None
+    return name, get_recipe(name.removeprefix("mnist-"), options)
+
+
 def _ucr_set(name: str, split: str, root: str | os.PathLike | None, picked: _Selection,
              options: dict[str, Any]) -> TimeSeriesDataset:
-    """``ucr:<name>`` as a dataset; ``options`` are :func:`~torchstn.data.load_ucr`'s keywords."""
-    unknown = sorted(set(options) - {"znormalize", "pad", "length"})
-    if unknown:
-        raise TypeError(f"unknown argument(s) {unknown} for a UCR data set; it takes znormalize, pad {UCR_PADDINGS}, length")
+    """``ucr:<name>`` as a dataset; ``options`` are :func:`~torchstn.data.load_ucr`'s keywords (checked by :func:`_named`)."""
     data = load_ucr(name, split, root, **options)
     dataset = TimeSeriesDataset(data.x, data.y, classes=data.classes, name=UCR_PREFIX + data.name, split=split,
                                 lengths=data.lengths)
