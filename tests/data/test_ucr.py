@@ -206,6 +206,7 @@ def test_result_pickles_and_reads_as_a_dataset(tsv_root):
     xb, yb = next(iter(DataLoader(ds, batch_size=4)))
     assert torch.equal(xb, data.x) and torch.equal(yb, data.y)
     assert len(get_dataset("ucr:Tiny", "train", root=tsv_root, limit=2)) == 2
+    assert get_dataset("UCR:Tiny", "train", root=tsv_root).name == "ucr:Tiny"  # the prefix in any case
     nan = get_dataset("ucr:Tiny", "train", root=tsv_root, pad="nan")
     assert torch.isnan(nan.series[1, 0, 2:]).all()
     with pytest.raises(TypeError, match="unknown argument"):

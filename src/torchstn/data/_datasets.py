@@ -509,7 +509,7 @@ def _named(name: str, options: dict[str, Any]) -> tuple[str, Recipe | None]:
         unknown = sorted(set(options) - {"znormalize", "pad", "length"})
         if unknown:
             raise TypeError(f"unknown argument(s) {unknown} for a UCR data set; it takes znormalize, pad {UCR_PADDINGS}, length")
-        return name, None
+        return UCR_PREFIX + name[len(UCR_PREFIX):], None  # the prefix in any case
     name = check_choice("name", name.lower() if isinstance(name, str) else name, DATASETS)
     if name in ("mnist", "cifar10"):
         if options:
