@@ -20,6 +20,8 @@ eval`` on it would read the distorted images, not these::
         --out runs/x/rts-ideal-42p2-online
     python benchmarks/ideal_transformer.py --size 42 --pool 2 --online --steps 28110 --label-smoothing 0.1 \
         --data-dir ../shared/data/mnist --out runs/x/rts-ideal-42p2-online-ls01   # the stn-table1 long recipe
+    python benchmarks/ideal_transformer.py --kind p --online --label-smoothing 0.1 --supersample 4 \
+        --data-dir ../shared/data/mnist --out runs/x/p-ideal-online-ls01-ss4   # stn-table1's P column since 2026-12-03
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from torchstn.engine import TrainConfig, train
 class Undistorted:
     """The images of a distorted MNIST split warped back by their ground truth (``images``, ``labels``)."""
 
-    def __init__(self, kind: str, split: str, root: str, size: int) -> None:
-        ds = distorted_mnist(kind, split=split, root=root)
+    def __init__(self, kind: str, split: str, root: str, size: int, supersample: int = 1) -> None:
+        ds = distorted_mnist(kind, split=split, root=root, supersample=supersample)
         inverse = ds.transform.inverse(ds.params.double()).float()
         chunks = [
             stn.warp(ds.images[i : i + 4096].float().div(255), inverse[i : i + 4096], ds.transform, size=(size, size))
@@ -53,8 +55,8 @@ class Undistorted:
 class OnlineUndistorted(torch.utils.data.Dataset):
     """Fresh distortions every epoch (an online distorted set), each warped back by its own ground truth."""
 
-    def __init__(self, kind: str, root: str, size: int) -> None:
-        self.online = stn.data.get_dataset(f"mnist-{kind}", "train", root=root, online=True)
+    def __init__(self, kind: str, root: str, size: int, supersample: int = 1) -> None:
+        self.online = stn.data.get_dataset(f"mnist-{kind}", "train", root=root, online=True, supersample=supersample)
         self.size = size
         self.input_shape, self.num_classes = (1, size, size), 10
 
@@ -82,18 +84,20 @@ def main() -> None:
     parser.add_argument("--online", action="store_true", help="fresh distortions every epoch (each undone)")
     parser.add_argument("--label-smoothing", type=float, default=0.0,
                         help="as torchstn train's (0.1: the stn-table1 long recipe)")
+    parser.add_argument("--supersample", type=int, default=1,
+                        help="the distorted images rendered with area antialiasing (4: stn-table1's RTS and P)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.online:
-        train_set = OnlineUndistorted(args.kind, args.data_dir, args.size)
+        train_set = OnlineUndistorted(args.kind, args.data_dir, args.size, args.supersample)
     else:
-        train_set = Undistorted(args.kind, "train", args.data_dir, args.size)
-    test_set = Undistorted(args.kind, "test", args.data_dir, args.size)
+        train_set = Undistorted(args.kind, "train", args.data_dir, args.size, args.supersample)
+    test_set = Undistorted(args.kind, "test", args.data_dir, args.size, args.supersample)
     config = TrainConfig(
         model="cnn", model_args={"pool": args.pool}, data=f"mnist-{args.kind}", optimizer="adam", lr=2e-3, batch_size=64,
         warmup=0.05, schedule="cosine", steps=args.steps, channels_last=True, online=args.online,
-        label_smoothing=args.label_smoothing,
+        label_smoothing=args.label_smoothing, data_options={"supersample": args.supersample} if args.supersample > 1 else {},
     )
     train(config, args.out, train_set=train_set, test_set=test_set, progress=False)
 
