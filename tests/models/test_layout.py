@@ -97,6 +97,7 @@ INT_ARGUMENTS = [
     ("fcn", "pool"), ("cnn", "pool"), ("st-fcn-aff", "pool"), ("st-cnn-proj", "pool"),
     ("st-fcn-tps", "num_transformers"), ("st-cnn-aff", "num_transformers"),
     ("st-cnn-aff", "loc_hidden"), ("st-fcn-proj", "loc_hidden"), ("st-cnn-addition", "loc_hidden"),
+    ("st-cnn-tps", "loc_channels"), ("st-cnn-proj", "loc_pool"), ("st-cnn-addition", "loc_pool"),
     ("c-stn-1", "steps"), ("p-stn", "samples"), ("p-stn", "test_samples"),
 ]
 
@@ -119,6 +120,24 @@ def test_st_fcn_localisation_widths_one_or_per_layer():
         create_model("st-fcn-aff", loc_hidden=[8, 0])
     with pytest.raises(TypeError, match="loc_hidden must be an int, got list"):
         create_model("st-cnn-aff", loc_hidden=[8])  # the ST-CNN net has one FC layer
+
+
+def test_st_cnn_localisation_resolution_and_width():
+    """``loc_pool`` and ``loc_channels`` change only the localisation net's input resolution and
+    filters: the default is the paper's net, ``loc_pool=1`` sees the input at full resolution."""
+    def loc(m):
+        return m.transformers[0].localization
+
+    paper, full, wide = (create_model("st-cnn-aff", **kw) for kw in ({}, {"loc_pool": 1}, {"loc_channels": 32}))
+    assert isinstance(loc(paper)[0], torch.nn.AvgPool2d) and isinstance(loc(full)[0], torch.nn.Identity)
+    assert [k for k in loc(paper).state_dict()] == [k for k in loc(full).state_dict()]  # same layer names
+    x = torch.rand(3, 1, 28, 28)
+    # without the pooling, the convolutions see 28x28: 24 -> 12 -> 8, so the FC layer reads 20 * 8 * 8 features
+    assert loc(full)[-2].in_features == 20 * 8 * 8 and loc(paper)[-2].in_features == 20 * 1 * 1
+    assert loc(wide)[1].out_channels == 32 and loc(wide)[-2].in_features == 32
+    for m in (paper, full, wide):
+        assert m(x).shape == (3, 10)
+    torch.testing.assert_close(loc(paper)[0](x), torch.nn.functional.avg_pool2d(x, 2))
 
 
 def test_st_classifier_pool():

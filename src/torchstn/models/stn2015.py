@@ -120,16 +120,19 @@ def st_fcn_localization(in_channels: int, input_size: tuple[int, int], hidden: S
 
 
 def st_cnn_localization(
-    in_channels: int, input_size: tuple[int, int], channels: int = 20, kernel_size: int = 5, hidden: int = 20
+    in_channels: int, input_size: tuple[int, int], channels: int = 20, kernel_size: int = 5, hidden: int = 20,
+    pool: int = 2,
 ) -> nn.Sequential:
     """The ST-CNN localisation net of the paper's appendix A.1.
 
-    ``avg-pool 2 -> conv k x k (channels) -> max-pool 2 -> ReLU -> conv k x k (channels) -> ReLU
-    -> FC(hidden) -> ReLU``: ``(B, C, H, W) -> (B, hidden)``. Needs inputs of at least
-    28x28 with the default 5x5 kernels.
+    ``avg-pool pool -> conv k x k (channels) -> max-pool 2 -> ReLU -> conv k x k (channels) -> ReLU
+    -> FC(hidden) -> ReLU``: ``(B, C, H, W) -> (B, hidden)``; the paper downsamples its input
+    by ``pool=2`` (``pool=1``: an identity in its place, the layers keep their names). Needs
+    inputs of at least 28x28 with the default 5x5 kernels and ``pool=2``.
     """
+    check_int("pool", pool, 1)
     convs = nn.Sequential(
-        nn.AvgPool2d(2),
+        nn.AvgPool2d(pool) if pool > 1 else nn.Identity(),
         Conv2d(in_channels, channels, kernel_size),
         nn.MaxPool2d(2),
         nn.ReLU(inplace=True),
@@ -240,10 +243,14 @@ def _fcn_localization(loc_hidden: int | Sequence[int] | None) -> Callable[[int, 
     return lambda in_channels, size: st_fcn_localization(in_channels, size, widths)
 
 
-def _cnn_localization(loc_hidden: int | None) -> Callable[[int, tuple[int, int]], nn.Module]:
-    """The ST-CNN localisation net with a ``loc_hidden``-unit FC layer (default 20, the paper's)."""
+def _cnn_localization(
+    loc_hidden: int | None, loc_channels: int = 20, loc_pool: int = 2
+) -> Callable[[int, tuple[int, int]], nn.Module]:
+    """The ST-CNN localisation net with a ``loc_hidden``-unit FC layer (default 20, the paper's),
+    ``loc_channels`` filters per convolution and its input downsampled by ``loc_pool`` (the paper's 20 and 2)."""
     hidden = 20 if loc_hidden is None else check_int("loc_hidden", loc_hidden, 1)
-    return lambda in_channels, size: st_cnn_localization(in_channels, size, hidden=hidden)
+    channels, pool = check_int("loc_channels", loc_channels, 1), check_int("loc_pool", loc_pool, 1)
+    return lambda in_channels, size: st_cnn_localization(in_channels, size, channels=channels, hidden=hidden, pool=pool)
 
 
 def _zoomed(zoom: float) -> list[float] | None:
@@ -347,6 +354,7 @@ def st_fcn_tps(
 def st_cnn_aff(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10, num_transformers: int = 1,
     pool: int = 1, output_size: int | Sequence[int] | None = None, loc_hidden: int | None = None,
+    loc_channels: int = 20, loc_pool: int = 2,
     mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, zoom: float = 1.0,
     **classifier_kwargs: Any,
 ) -> STClassifier:
@@ -365,6 +373,9 @@ def st_cnn_aff(
         pool: average-pooling factor after the transformer(s).
         output_size: size the transformer samples (default: ``input_size``).
         loc_hidden: width of the localisation net's FC layer (default 20).
+        loc_channels: filters of each of its convolutions (default 20, the paper's).
+        loc_pool: the average-pooling of its input (default 2, the paper's; 1 gives it the
+            input at full resolution).
         zoom: the transformer starts at this zoom about the centre (θ ``(zoom, 0, 0,
             0, zoom, 0)``): below 1 it starts on a central crop of the input.
         mode, padding, align_corners: sampling options of the transformer
@@ -378,9 +389,10 @@ def st_cnn_aff(
         (torch.Size([2, 10]), torch.Size([2, 1, 21, 21]))
     """
     return _st_classifier(
-        Affine, _cnn_localization(loc_hidden), cnn_classifier, in_channels=in_channels, input_size=input_size,
-        num_classes=num_classes, num_transformers=num_transformers, pool=pool, output_size=output_size,
-        sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners), classifier_kwargs=classifier_kwargs,
+        Affine, _cnn_localization(loc_hidden, loc_channels, loc_pool), cnn_classifier, in_channels=in_channels,
+        input_size=input_size, num_classes=num_classes, num_transformers=num_transformers, pool=pool,
+        output_size=output_size, sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
+        classifier_kwargs=classifier_kwargs,
         start=_zoomed(zoom),
     )
 
@@ -390,6 +402,7 @@ def st_cnn_aff(
 def st_cnn_proj(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10, num_transformers: int = 1,
     pool: int = 1, output_size: int | Sequence[int] | None = None, loc_hidden: int | None = None,
+    loc_channels: int = 20, loc_pool: int = 2,
     mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, **classifier_kwargs: Any,
 ) -> STClassifier:
     """ST-CNN Proj (STN paper, section 4.1, Table 1): :func:`st_cnn_aff` with a projective transformer.
@@ -402,9 +415,10 @@ def st_cnn_proj(
         8
     """
     return _st_classifier(
-        Projective, _cnn_localization(loc_hidden), cnn_classifier, in_channels=in_channels, input_size=input_size,
-        num_classes=num_classes, num_transformers=num_transformers, pool=pool, output_size=output_size,
-        sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners), classifier_kwargs=classifier_kwargs,
+        Projective, _cnn_localization(loc_hidden, loc_channels, loc_pool), cnn_classifier, in_channels=in_channels,
+        input_size=input_size, num_classes=num_classes, num_transformers=num_transformers, pool=pool,
+        output_size=output_size, sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
+        classifier_kwargs=classifier_kwargs,
     )
 
 
@@ -413,6 +427,7 @@ def st_cnn_proj(
 def st_cnn_tps(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10, num_transformers: int = 1,
     pool: int = 1, output_size: int | Sequence[int] | None = None, loc_hidden: int | None = None,
+    loc_channels: int = 20, loc_pool: int = 2,
     mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, **classifier_kwargs: Any,
 ) -> STClassifier:
     """ST-CNN TPS (STN paper, section 4.1, Table 1): :func:`st_cnn_aff` with a thin-plate spline.
@@ -425,7 +440,7 @@ def st_cnn_tps(
         32
     """
     return _st_classifier(
-        ThinPlateSpline, _cnn_localization(loc_hidden), cnn_classifier, in_channels=in_channels,
+        ThinPlateSpline, _cnn_localization(loc_hidden, loc_channels, loc_pool), cnn_classifier, in_channels=in_channels,
         input_size=input_size, num_classes=num_classes, num_transformers=num_transformers, pool=pool,
         output_size=output_size, sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
         classifier_kwargs=classifier_kwargs,
