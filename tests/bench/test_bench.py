@@ -28,7 +28,7 @@ def test_cases_cover_every_family_and_the_training_step() -> None:
 def test_latency_and_large_volume_cases() -> None:
     shapes = {c.name: c.shape for c in CASES}
     assert shapes["affine-b1-28"] == (1, 1, 28, 28)
-    assert shapes["affine-b1-224"] == (1, 3, 224, 224)
+    assert shapes["affine-b1-224"] == (1, 3, 224, 224) and shapes["affine-b1-224-gray"] == (1, 1, 224, 224)
     assert shapes["affine-b4-8"] == (4, 1, 8, 8) and shapes["affine-b4-16"] == (4, 3, 16, 16)
     assert shapes["affine3d-64"] == (2, 1, 64, 64, 64)
     assert [c.name for c in select_cases(["affine3d-*"])] == ["affine3d-32", "affine3d-64"]

@@ -106,7 +106,7 @@ class Case:
 
 #: the cases timed by default, in report order: the affine family from MNIST (28 px) to ImageNet
 #: (224 px) sizes, batch-1 calls (latency; one of them on a channels_last image, OpenCV's
-#: layout), batch-4 calls of small images (where per-call work dominates), every other family,
+#: layout, one on a single channel), batch-4 calls of small images (where per-call work dominates), every other family,
 #: two volumes and one ST-CNN training step
 CASES: tuple[Case, ...] = (
     Case("affine-28", "affine", (256, 1, 28, 28)),
@@ -116,6 +116,7 @@ CASES: tuple[Case, ...] = (
     Case("affine-b1-28", "affine", (1, 1, 28, 28)),
     Case("affine-b1-224", "affine", (1, 3, 224, 224)),
     Case("affine-b1-224-cl", "affine", (1, 3, 224, 224), channels_last=True),
+    Case("affine-b1-224-gray", "affine", (1, 1, 224, 224)),
     Case("affine-b4-8", "affine", (4, 1, 8, 8)),
     Case("affine-b4-16", "affine", (4, 3, 16, 16)),
     Case("translation-28", "translation", (256, 1, 28, 28)),

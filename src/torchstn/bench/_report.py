@@ -15,10 +15,12 @@ _SMALL_AFFINE = ("affine-28", "affine-60to30", "affine-64", "translation-28", "a
 
 #: every 2-D case of the affine family (OpenCV's warpAffine does their work)
 _AFFINE_2D = ("affine-28", "affine-60to30", "affine-64", "affine-224", "affine-b1-28", "affine-b1-224",
-              "affine-b1-224-cl", "affine-b4-8", "affine-b4-16", "translation-28", "attention-28", "similarity-28")
+              "affine-b1-224-cl", "affine-b1-224-gray", "affine-b4-8", "affine-b4-16", "translation-28",
+              "attention-28", "similarity-28")
 
 #: the small calls: batch 1 (latency) and batch 4 of small images, where per-call work dominates
-_SMALL_CALLS = ("affine-b1-28", "affine-b1-224", "affine-b1-224-cl", "affine-b4-8", "affine-b4-16")
+_SMALL_CALLS = ("affine-b1-28", "affine-b1-224", "affine-b1-224-cl", "affine-b1-224-gray", "affine-b4-8",
+                "affine-b4-16")
 
 #: the volumes
 _VOLUMES = ("affine3d-32", "affine3d-64")
