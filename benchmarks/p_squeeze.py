@@ -6,10 +6,10 @@ The squeeze of a P test digit is the ratio of the singular values of its homogra
 Jacobian at the digit's centre (1: shapes kept; 0.2: the digit flattened to a fifth of its
 extent across one axis), as docs/data.md measures it. For each RUN (a model trained on
 ``mnist-p``, read with its own rendering options) it prints the test error in bands of
-squeeze and each band's share of the errors; for an ST model also how squeezed the digit
-is in the transformer's output (the same ratio for the map from the digit's frame to the
-output: the ground truth composed with θ), so a band the transformer leaves
-squeezed shows. ``--ideal`` takes a run of ``benchmarks/ideal_transformer.py --kind p``
+squeeze and each band's share of the errors; for an ST model with a matrix transformer
+(affine, projective) also how squeezed the digit is in the transformer's output (the same
+ratio for the map from the digit's frame to the output: the ground truth composed with
+θ), so a band the transformer leaves squeezed shows. ``--ideal`` takes a run of ``benchmarks/ideal_transformer.py --kind p``
 (the classifier given each digit warped back by its own homography) and prints the same
 bands for it: the errors a perfect transformer would leave.
 """
@@ -63,7 +63,7 @@ def main() -> None:
         logits, labels = predict(model, test)
         drawn = squeeze(test.transform.matrix(test.params.double()))
         after = None
-        if getattr(model, "transformers", None):
+        if getattr(model, "transformers", None) and hasattr(model.transformers[0].transform, "matrix"):
             st = model.transformers[0]
             model.eval()
             with torch.no_grad():
