@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--model", default="st-cnn-proj", help="st-cnn-aff, st-cnn-proj or st-cnn-tps")
     parser.add_argument("--guide", type=float, default=1.0, help="weight of the θ term (0: the unguided cell)")
+    parser.add_argument("--robust", action="store_true",
+                        help="the θ term as a Huber loss (δ = 1) of the points' coordinates instead of squared "
+                             "distances: a bounded pull where a homography sends a point far away")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-limit", type=int, default=None, help="train on the first N digits (a smoke test)")
@@ -73,7 +76,12 @@ def main() -> None:
                 ideal = train.transform.inverse(train.ground_truth(idx)[1].double()).float()
                 want = train.transform.transform_points(ideal, probe.expand(len(idx), -1, -1))
                 got = st.transform.transform_points(st.last_params, probe.expand(len(idx), -1, -1))
-                guide = (got - want).pow(2).sum(-1).mean()
+                if args.robust:
+                    # (Huber's mean over both coordinates of every point is half a squared coordinate
+                    # difference near 0: times 4, the mean squared distance there)
+                    guide = 4 * F.huber_loss(got, want, delta=1.0)
+                else:
+                    guide = (got - want).pow(2).sum(-1).mean()
                 objective = loss + args.guide * guide
                 sums[2] += guide.item() * len(idx)
             optimizer.zero_grad(set_to_none=True)
@@ -91,7 +99,7 @@ def main() -> None:
         logits = torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)])
         theta = torch.cat([st.transform.matrix(st.predict_params(x[i : i + 1000]).double()) for i in range(0, len(x), 1000)])
     canvas_to_digit = test.transform.matrix(test.params.double())
-    report(f"{args.model} guided {args.guide} (seed {args.seed})", (logits.argmax(1) != test.labels).float(),
+    report(f"{args.model} guided {args.guide}{' (Huber)' if args.robust else ''} (seed {args.seed})", (logits.argmax(1) != test.labels).float(),
            squeeze(canvas_to_digit), squeeze(canvas_to_digit @ theta))
 
 
