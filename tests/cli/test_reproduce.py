@@ -100,6 +100,24 @@ def test_by_default_a_user_records_their_own_runs_not_the_committed_ones(cli, tm
     assert "--out results" in cli("reproduce", "--help").out  # how to add to the committed numbers
 
 
+def test_refresh_keeps_the_analyses_of_a_cell_whose_run_is_gone(cli, mnist_dir, tmp_path):
+    """``--refresh`` redraws what it can from the runs under ``--runs``; a cell whose run is not
+    there (trained on another machine) keeps the per-bin errors measured when it was."""
+    from torchstn.reproduce import Results, get_experiment, plan
+
+    cell = plan(get_experiment("stn-table1"), "standard", only=["cnn"], datasets=["p"])[0]
+    bins = [{"pixels": [1.2, 1.9], "n": 2500, "error": 1.28}, {"pixels": [1.9, 2.1], "n": 2500, "error": 1.96}]
+    Results(tmp_path / "results", "stn-table1").add(cell, {
+        "digest": cell.digest, "error": 7.72, "config": cell.config, "run": str(tmp_path / "runs" / "gone"),
+        "by_rotation": [], "by_scale": [], "by_shift": bins})
+    run = cli("reproduce", "stn-table1", "--refresh", "--only", "cnn", "--datasets", "p", "--data-dir", mnist_dir,
+              "--out", tmp_path / "results", "--runs", tmp_path / "runs")
+    assert run.status == 0, run.err
+    assert "refreshing standard/cnn/p/s0" in run.out
+    record = json.loads((tmp_path / "results" / "stn-table1.json").read_text())["cells"]["standard/cnn/p/s0"]
+    assert record["by_shift"] == bins and record["error"] == 7.72
+
+
 def test_the_recorded_command_has_no_absolute_paths(tmp_path, monkeypatch):
     """A results file records a command another user can run from the same place in a checkout."""
     monkeypatch.chdir(tmp_path)

@@ -180,7 +180,10 @@ def _after_cell(
 
     def after_cell(cell: Cell, record: dict[str, Any]) -> None:
         try:
-            record.update(error_splits(cell, record, data_dir=args.data_dir))
+            splits = error_splits(cell, record, data_dir=args.data_dir)
+            # ([] where the run is gone, e.g. a refresh of cells trained on another machine: what
+            # was measured from it when it was there stays)
+            record.update({key: bins for key, bins in splits.items() if bins or not record.get(key)})
             results.add(cell, record)
             if cell.seed == 0:
                 write_figure(cell, record, args.out, data_dir=args.data_dir)
