@@ -50,14 +50,16 @@ def main() -> None:
     test = stn.data.get_dataset("mnist-p", "test", root=args.data_dir, supersample=4)
     model = stn.create_model(args.model).to(memory_format=torch.channels_last)
     st = model.transformers[0]
-    probe = torch.stack(torch.meshgrid(torch.linspace(-0.75, 0.75, 4), torch.linspace(-0.75, 0.75, 4), indexing="xy"), -1)
-    probe = probe.reshape(1, 16, 2)
+    axis = torch.linspace(-0.75, 0.75, 4)
+    probe = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(1, 16, 2)
     batch, n = 64, min(len(train), args.train_limit or len(train))
     steps = args.epochs * (n // batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     warm = max(1, round(0.05 * steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (steps - warm))))
+    def rate(step: int) -> float:  # linear warm-up, then cosine decay (the engine's schedule)
+        return (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / (steps - warm)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     start = time.time()
     for epoch in range(args.epochs):
         train.set_epoch(epoch)
@@ -97,9 +99,11 @@ def main() -> None:
     x = test.images.float().div(255)
     with torch.no_grad():
         logits = torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)])
-        theta = torch.cat([st.transform.matrix(st.predict_params(x[i : i + 1000]).double()) for i in range(0, len(x), 1000)])
+        theta = torch.cat([st.transform.matrix(st.predict_params(x[i : i + 1000]).double())
+                           for i in range(0, len(x), 1000)])
     canvas_to_digit = test.transform.matrix(test.params.double())
-    report(f"{args.model} guided {args.guide}{' (Huber)' if args.robust else ''} (seed {args.seed})", (logits.argmax(1) != test.labels).float(),
+    huber = " (Huber)" if args.robust else ""
+    report(f"{args.model} guided {args.guide}{huber} (seed {args.seed})", (logits.argmax(1) != test.labels).float(),
            squeeze(canvas_to_digit), squeeze(canvas_to_digit @ theta))
 
 

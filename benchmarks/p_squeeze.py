@@ -9,9 +9,10 @@ extent across one axis), as docs/data.md measures it. For each RUN (a model trai
 squeeze and each band's share of the errors; for an ST model with a matrix transformer
 (affine, projective) also how squeezed the digit is in the transformer's output (the same
 ratio for the map from the digit's frame to the output: the ground truth composed with
-θ), so a band the transformer leaves squeezed shows. ``--ideal`` takes a run of ``benchmarks/ideal_transformer.py --kind p``
-(the classifier given each digit warped back by its own homography) and prints the same
-bands for it: the errors a perfect transformer would leave.
+θ), so a band the transformer leaves squeezed shows. ``--ideal`` takes a run of
+``benchmarks/ideal_transformer.py --kind p`` (the classifier given each digit warped back
+by its own homography) and prints the same bands for it: the errors a perfect
+transformer would leave.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def report(name: str, wrong: torch.Tensor, drawn: torch.Tensor, after: torch.Ten
     print(f"{name}: test error {wrong.mean():.2%}")
     for lo, hi in BANDS:
         k = (drawn >= lo) & (drawn < hi)
-        line = (f"  squeeze {lo:.1f}-{min(hi, 1.0):.1f}: {k.float().mean():6.2%} of the digits, error {wrong[k].mean():6.2%}, "
-                f"{wrong[k].sum() / wrong.sum():4.0%} of the errors")
+        line = (f"  squeeze {lo:.1f}-{min(hi, 1.0):.1f}: {k.float().mean():6.2%} of the digits, "
+                f"error {wrong[k].mean():6.2%}, {wrong[k].sum() / wrong.sum():4.0%} of the errors")
         if after is not None:
             line += f"; median squeeze {drawn[k].median():.2f} as drawn, {after[k].median():.2f} after the transformer"
         print(line)
