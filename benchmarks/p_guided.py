@@ -18,7 +18,6 @@ this localisation net cannot read it from the image.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,9 +26,11 @@ import torch
 import torch.nn.functional as F
 
 import torchstn as stn
+from torchstn.engine import TrainConfig
+from torchstn.engine._trainer import _lr_lambda, build_optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from p_squeeze import report, squeeze  # noqa: E402
+from p_squeeze import report, squeezes  # noqa: E402
 
 
 def main() -> None:
@@ -54,12 +55,11 @@ def main() -> None:
     probe = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(1, 16, 2)
     batch, n = 64, min(len(train), args.train_limit or len(train))
     steps = args.epochs * (n // batch)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    warm = max(1, round(0.05 * steps))
-    def rate(step: int) -> float:  # linear warm-up, then cosine decay (the engine's schedule)
-        return (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / (steps - warm)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    # the engine's optimiser and schedule for the long recipe's settings
+    recipe = TrainConfig(model=args.model, data="mnist-p", optimizer="adam", lr=2e-3, batch_size=batch, steps=steps,
+                         warmup=0.05, schedule="cosine", loc_lr_mult=1.0, label_smoothing=0.1)
+    optimizer = build_optimizer(model, recipe)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(recipe, steps))
     start = time.time()
     for epoch in range(args.epochs):
         train.set_epoch(epoch)
@@ -72,7 +72,7 @@ def main() -> None:
             x = torch.stack([image for image, _ in items]).contiguous(memory_format=torch.channels_last)
             y = torch.tensor([label for _, label in items])
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             objective = loss
             if args.guide:
                 ideal = train.transform.inverse(train.ground_truth(idx)[1].double()).float()
@@ -99,12 +99,9 @@ def main() -> None:
     x = test.images.float().div(255)
     with torch.no_grad():
         logits = torch.cat([model(x[i : i + 1000]) for i in range(0, len(x), 1000)])
-        theta = torch.cat([st.transform.matrix(st.predict_params(x[i : i + 1000]).double())
-                           for i in range(0, len(x), 1000)])
-    canvas_to_digit = test.transform.matrix(test.params.double())
     huber = " (Huber)" if args.robust else ""
     report(f"{args.model} guided {args.guide}{huber} (seed {args.seed})", (logits.argmax(1) != test.labels).float(),
-           squeeze(canvas_to_digit), squeeze(canvas_to_digit @ theta))
+           *squeezes(model, test))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,22 @@ def squeeze(matrices: torch.Tensor, h: float = 1e-4) -> torch.Tensor:
     return s[:, 1] / s[:, 0]
 
 
+def squeezes(model: torch.nn.Module, test: object) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The squeeze of every digit of a P ``test`` split as drawn and, for an ST model with a
+    matrix transformer (its first), in the transformer's output (else ``None``)."""
+    canvas_to_digit = test.transform.matrix(test.params.double())
+    transformers = getattr(model, "transformers", None)
+    if not transformers or not hasattr(transformers[0].transform, "matrix"):
+        return squeeze(canvas_to_digit), None
+    st = transformers[0]
+    model.eval()
+    x = test.images.float().div(255)
+    with torch.no_grad():
+        theta = torch.cat([st.transform.matrix(st.predict_params(x[i : i + 1000]).double())
+                           for i in range(0, len(x), 1000)])
+    return squeeze(canvas_to_digit), squeeze(canvas_to_digit @ theta)  # (output -> the digit's frame)
+
+
 def report(name: str, wrong: torch.Tensor, drawn: torch.Tensor, after: torch.Tensor | None = None) -> None:
     print(f"{name}: test error {wrong.mean():.2%}")
     for lo, hi in BANDS:
@@ -62,17 +78,7 @@ def main() -> None:
             parser.error(f"{run} was trained on {config.data}, not mnist-p")
         test = load_split(config.replace(data_dir=args.data_dir, test_limit=None), "test")  # the run's own rendering
         logits, labels = predict(model, test)
-        drawn = squeeze(test.transform.matrix(test.params.double()))
-        after = None
-        if getattr(model, "transformers", None) and hasattr(model.transformers[0].transform, "matrix"):
-            st = model.transformers[0]
-            model.eval()
-            with torch.no_grad():
-                x = test.images.float().div(255)
-                theta = torch.cat([st.transform.matrix(st.predict_params(x[i : i + 1000]).double())
-                                   for i in range(0, len(x), 1000)])
-            after = squeeze(test.transform.matrix(test.params.double()) @ theta)  # output -> the digit's frame
-        report(run, (logits.argmax(1) != labels).float(), drawn, after)
+        report(run, (logits.argmax(1) != labels).float(), *squeezes(model, test))
     if args.ideal:
         sys.path.insert(0, str(Path(__file__).parent))
         from ideal_transformer import Undistorted
@@ -83,9 +89,8 @@ def main() -> None:
         model.eval()
         with torch.no_grad():
             logits = torch.cat([model(test.images[i : i + 1000]) for i in range(0, len(test), 1000)])
-        drawn = load_split(config.replace(data_dir=args.data_dir, test_limit=None), "test")
-        report(f"{args.ideal} (ideal transformer)", (logits.argmax(1) != test.labels).float(),
-               squeeze(drawn.transform.matrix(drawn.params.double())))
+        drawn, _ = squeezes(model, load_split(config.replace(data_dir=args.data_dir, test_limit=None), "test"))
+        report(f"{args.ideal} (ideal transformer)", (logits.argmax(1) != test.labels).float(), drawn)
 
 
 if __name__ == "__main__":
