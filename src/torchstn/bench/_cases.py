@@ -106,8 +106,8 @@ class Case:
 
 #: the cases timed by default, in report order: the affine family from MNIST (28 px) to ImageNet
 #: (224 px) sizes, batch-1 calls (latency; one of them on a channels_last image, OpenCV's
-#: layout, one on a single channel), batch-4 calls of small images (where per-call work dominates), every other family,
-#: two volumes and one ST-CNN training step
+#: layout, one on a single channel), batch-4 calls of small images (where per-call work
+#: dominates), every other family, two volumes and one ST-CNN training step
 CASES: tuple[Case, ...] = (
     Case("affine-28", "affine", (256, 1, 28, 28)),
     Case("affine-60to30", "affine", (256, 1, 60, 60), (30, 30)),
