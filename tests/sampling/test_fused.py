@@ -172,6 +172,38 @@ def test_float32_rows_in_one_pass_equal_the_two_passes_bit_for_bit(padding, alig
     torch.testing.assert_close(five[finite], grid_path[finite], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("location", ["affine", "grid"])
+def test_a_wide_row_in_one_pass_past_its_first_block(padding, channels_last, location):
+    """A float32 output row wider than a block (64 points) is sampled in one pass as a whole
+    (one span per row): its vectors past the first 64 points that cross the image's edge,
+    or hold a single NaN or inf point, go through the block at their own place in it. Every
+    point equals the reference sampler's value (NaN only where its location is not
+    finite), with 1 to 4 channels, NCHW and channels_last alike."""
+    generator = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 4, 31, 45, generator=generator) + 0.5
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    p = stn.Affine().identity(2) + 0.1 * torch.randn(2, 6, generator=generator)
+    grid = stn.Affine().grid(p, (9, 150), False)
+    grid[0, 2, [70, 101, 149], 0] = float("nan")  # single points in the second and third blocks of a row
+    grid[1, 5, 130, 1] = float("inf")
+    grid[1, 7, 64:72] = torch.tensor([1.2, 0.3])  # a whole vector outside, past the first block
+    for c in (1, 2, 3, 4):
+        xc = x[:, :c]
+        if channels_last:
+            xc = xc.contiguous(memory_format=torch.channels_last)
+        if location == "grid":
+            got = stn.sample(xc, grid, padding=padding, backend="fused")
+        else:  # (only θ's own points: no NaN)
+            got = stn.warp(xc, p, stn.Affine(), size=(9, 150), padding=padding, backend="fused")
+            grid_c = stn.Affine().grid(p, (9, 150), False)
+        expected = stn.reference_sample(xc, grid if location == "grid" else grid_c, "bilinear", padding, False)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5, equal_nan=True)
+        assert got.isnan().sum() == (3 + 1) * c if location == "grid" else not got.isnan().any()
+
+
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("location", ["affine", "projective"])
 def test_small_images_warped_from_a_bordered_copy_equal_the_two_passes_bit_for_bit(align_corners, location):

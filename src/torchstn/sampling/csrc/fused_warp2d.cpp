@@ -389,11 +389,15 @@ void pixel_at(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, int6
 // once per call instead of per block changed that and ran the grid forward at 0.70x at
 // 32x3x224x224; marking it noinline gave the grid backward 0.96x (A/B of the bare kernel,
 // bit-identical). Measure every instance after touching it.
+template <typename T>
+inline bool may_fetch_ahead(const Constants<T>& k, bool packed, bool beyond_l2) {
+  return !packed && beyond_l2 && k.H * k.W * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 16);
+}
+
 template <typename T, int LOC>
 int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, const Span& span, bool beyond_l2) {
   constexpr int64_t AHEAD = 4;
-  const bool large_planes = k.H * k.W * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 16);
-  if (loc.packed || !beyond_l2 || !large_planes || span.i + AHEAD >= k.Ho) return 0;
+  if (!may_fetch_ahead(k, loc.packed, beyond_l2) || span.i + AHEAD >= k.Ho) return 0;
   T x0, y0, x1, y1, xa, ya;
   pixel_at(loc, k, b, span.i, span.j0, &x0, &y0);
   pixel_at(loc, k, b, span.i, span.j0 + span.n - 1, &x1, &y1);
@@ -868,12 +872,38 @@ inline typename Simd<T>::V interpolate(const T* xc, const Block<T>& blk, int64_t
 // Built with AVX-512 (where torch runs it), a corner is one two-source permute instead of
 // two permutes and a blend: 1.045x forward at 1x3x224x224 and 64x3x64x64 on top of the
 // 1.07-1.11x the AVX-512 build itself gives (A/B of the bare kernel, bit-identical).
-inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step, int64_t C, __m256i off0,
-                    const __m256 w[4], int64_t sh, int64_t end) {
+// In the AVX2 build, for WIDE rows (see inside8_of), the eight offsets d in [0, 7] (a scale of
+// about 1 or less along the row, no input row crossed): each corner row is read as an 8-wide
+// load at the first lane's corner and one an element on, each permuted once, without the
+// window's second loads and blends (the same values): 1.15-1.26x forward at 1x1x224x224 and
+// 1x3x224x224, θ the identity + 0.05 N(0, 1) (A/B of the bare kernel, Zen 3). Always inlined:
+// called as a function (GCC's choice until 2026-12-03), its weights went through memory and
+// the call cost about as much as the reads: 1.25x forward at 1x1x224x224 and 1x3x224x224.
+template <bool WIDE>
+__attribute__((always_inline)) inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step,
+                                                   int64_t C, __m256i off0, const __m256 w[4], int64_t sh,
+                                                   int64_t end) {
   using S = Simd<float>;
   const __m256i fifteen = _mm256_set1_epi32(15), one = _mm256_set1_epi32(1);
   const int32_t base = _mm256_cvtsi256_si32(off0);
   const __m256i d = _mm256_sub_epi32(off0, _mm256_set1_epi32(base)), d1 = _mm256_add_epi32(d, one);
+#ifndef __AVX512VL__
+  if (WIDE && _mm256_testz_si256(d, _mm256_set1_epi32(~7)) && base + sh + 9 <= end) {  // every d in [0, 7]
+    for (int64_t ch = 0; ch < C; ++ch) {
+      const float* r = xb + ch * xc_step + base;
+      const __m256 v0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(r), d);
+      const __m256 v1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(r + 1), d);
+      const __m256 v2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(r + sh), d);
+      const __m256 v3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(r + sh + 1), d);
+      __m256 acc = _mm256_mul_ps(v0, w[0]);
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(v1, w[1]));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(v2, w[2]));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(v3, w[3]));
+      _mm256_storeu_ps(o + ch * oc_step, acc);
+    }
+    return;
+  }
+#endif
   const bool window = base + sh + 16 <= end &&
                       _mm256_testz_si256(_mm256_or_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), d),
                                                          _mm256_cmpgt_epi32(d1, fifteen)),
@@ -921,6 +951,26 @@ inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step,
 // locate's portable loop, so the same values. θ is copied into the object, which the single
 // passes hold in registers (the output's float stores may alias it).
 enum Source { ROW, PACKED, GRID_PAIRS };
+
+// inside8 for the points of a span from SOURCE: wide rows (ROW, GRID_PAIRS) have it inlined,
+// with its path for d in [0, 7]; packed rows, where that path rarely applies (their vectors
+// span two rows), call it as a function of its own, which GCC may inline or not, as before
+// (inlined with that path: 0.92x / 0.83x forward at 256x1x28x28 and 256x1x60x60->30x30)
+inline void inside8_packed(const float* xb, int64_t xc_step, float* o, int64_t oc_step, int64_t C, __m256i off0,
+                           const __m256 w[4], int64_t sh, int64_t end) {
+  inside8<false>(xb, xc_step, o, oc_step, C, off0, w, sh, end);
+}
+
+template <int SOURCE>
+__attribute__((always_inline)) inline void inside8_of(const float* xb, int64_t xc_step, float* o, int64_t oc_step,
+                                                      int64_t C, __m256i off0, const __m256 w[4], int64_t sh,
+                                                      int64_t end) {
+  if constexpr (SOURCE == PACKED) {
+    inside8_packed(xb, xc_step, o, oc_step, C, off0, w, sh, end);
+  } else {
+    inside8<true>(xb, xc_step, o, oc_step, C, off0, w, sh, end);
+  }
+}
 
 template <int SOURCE, int LOC = AFFINE>
 struct Locations8 {
@@ -1003,6 +1053,52 @@ struct Locations8 {
 // AVX2 too (for the backward) was slower than the compiler's AVX-512 loop (0.90-0.92x
 // at 32x3x224x224) and is not used; nor for affine rows through Locations8 (GCC then
 // stopped inlining locate: 0.90x at 256x1x28x28).
+// single_pass's vectors that are not strictly inside (the image's edges, a row's end, points
+// not finite)
+template <int PAD, int SOURCE>
+__attribute__((always_inline)) inline void edge8(__m256 gx, __m256 gy, int64_t t0, int64_t n, const float* xb,
+                                                 int64_t xc_step, float* ob, int64_t oc_step, int64_t C,
+                                                 const Constants<float>& k, int64_t end, Block<float>& blk) {
+  using S = Simd<float>;
+  const avx::Located8 p = avx::locate8<PAD>(gx, gy, t0, n, k);
+  const avx::Corners8 c = avx::corners8(p.ix, p.iy, _mm256_and_ps(p.live, p.finite), k);
+  if (_mm256_movemask_ps(_mm256_and_ps(p.live, p.finite)) != 0xff) {  // a row's end, or not finite
+    const int64_t tb = t0 % BLOCK;  // (a whole row's span may be longer than the block)
+    blk.any_bad = avx::keep8<LINEAR>(p, c, tb, k, blk);
+    for (int64_t ch = 0; ch < C; ++ch) {
+      S::store_upto(ob + ch * oc_step + t0, interpolate<float, LINEAR>(xb + ch * xc_step, blk, tb, k.sh, true), n - t0);
+    }
+    return;
+  }
+  if (_mm256_movemask_ps(_mm256_and_ps(c.v[0], c.v[3])) != 0xff) {  // corners outside: 0 there
+    if (PAD == ZEROS && SOURCE != PACKED && avx::reads_nothing(c)) {  // no corner inside (zeros padding): no gathers
+      for (int64_t ch = 0; ch < C; ++ch) _mm256_storeu_ps(ob + ch * oc_step + t0, _mm256_setzero_ps());
+      return;
+    }
+    for (int64_t ch = 0; ch < C; ++ch) {
+      const float* xc = xb + ch * xc_step;
+      __m256 r = _mm256_mul_ps(_mm256_mask_i32gather_ps(_mm256_setzero_ps(), xc, c.off[0], c.v[0], 4), c.w[0]);
+      for (int q = 1; q < 4; ++q) {
+        const __m256 v = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), xc, c.off[q], c.v[q], 4);
+        r = _mm256_add_ps(r, _mm256_mul_ps(v, c.w[q]));
+      }
+      _mm256_storeu_ps(ob + ch * oc_step + t0, r);
+    }
+    return;
+  }
+  inside8_of<SOURCE>(xb, xc_step, ob + t0, oc_step, C, c.off[0], c.w, k.sh, end);
+}
+
+// edge8 out of line: the loop over the inside vectors then keeps its constants in registers
+// (inlined, as until 2026-12-03, into wide rows: 0.82x; into packed rows alone: 0.87-0.91x
+// at 256x1x28x28 and 256x1x60x60->30x30; A/B of the bare kernel, AVX2 build, Zen 3)
+template <int PAD, int SOURCE>
+__attribute__((noinline)) void edge8_call(__m256 gx, __m256 gy, int64_t t0, int64_t n, const float* xb, int64_t xc_step,
+                                          float* ob, int64_t oc_step, int64_t C, const Constants<float>& k, int64_t end,
+                                          Block<float>& blk) {
+  edge8<PAD, SOURCE>(gx, gy, t0, n, xb, xc_step, ob, oc_step, C, k, end, blk);
+}
+
 template <int PAD, int SOURCE, int LOC = AFFINE, int BORDER = 0>
 inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C, const float* m,
                         const float* xs, const float* ys, float y, int64_t n, const Constants<float>& kref,
@@ -1019,34 +1115,10 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
     where.at(t0, &gx, &gy);
     avx::Inside8 in;
     if (PAD != REFLECTION && t0 + 8 <= n && avx::inside8_at<BORDER>(gx, gy, k, &in)) {  // (reflection: not exact)
-      inside8(xb, xc_step, ob + t0, oc_step, C, in.off0, in.w, sh, end);
-      continue;
+      inside8_of<SOURCE>(xb, xc_step, ob + t0, oc_step, C, in.off0, in.w, sh, end);
+    } else {
+      edge8_call<PAD, SOURCE>(gx, gy, t0, n, xb, xc_step, ob, oc_step, C, k, end, blk);
     }
-    const avx::Located8 p = avx::locate8<PAD>(gx, gy, t0, n, k);
-    const avx::Corners8 c = avx::corners8(p.ix, p.iy, _mm256_and_ps(p.live, p.finite), k);
-    if (_mm256_movemask_ps(_mm256_and_ps(p.live, p.finite)) != 0xff) {  // a row's end, or not finite
-      blk.any_bad = avx::keep8<LINEAR>(p, c, t0, k, blk);
-      for (int64_t ch = 0; ch < C; ++ch) {
-        S::store_upto(ob + ch * oc_step + t0, interpolate<float, LINEAR>(xb + ch * xc_step, blk, t0, k.sh, true), n - t0);
-      }
-      continue;
-    }
-    if (_mm256_movemask_ps(_mm256_and_ps(c.v[0], c.v[3])) != 0xff) {  // corners outside: 0 there
-      if (PAD == ZEROS && SOURCE != PACKED && avx::reads_nothing(c)) {  // no corner inside (zeros padding): no gathers
-        for (int64_t ch = 0; ch < C; ++ch) _mm256_storeu_ps(ob + ch * oc_step + t0, _mm256_setzero_ps());
-        continue;
-      }
-      for (int64_t ch = 0; ch < C; ++ch) {
-        const float* xc = xb + ch * xc_step;
-        __m256 r = _mm256_mul_ps(_mm256_mask_i32gather_ps(_mm256_setzero_ps(), xc, c.off[0], c.v[0], 4), c.w[0]);
-        for (int q = 1; q < 4; ++q) {
-          r = _mm256_add_ps(r, _mm256_mul_ps(_mm256_mask_i32gather_ps(_mm256_setzero_ps(), xc, c.off[q], c.v[q], 4), c.w[q]));
-        }
-        _mm256_storeu_ps(ob + ch * oc_step + t0, r);
-      }
-      continue;
-    }
-    inside8(xb, xc_step, ob + t0, oc_step, C, c.off[0], c.w, sh, end);
   }
 }
 #endif
@@ -1222,8 +1294,11 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
       zero_points(o + t0 * step, std::min<int64_t>(8, n - t0), C, step);
       continue;
     }
-    blk.any_bad = avx::keep8<LINEAR>(p, c, t0, k, blk);
-    for (int64_t t = t0; t < n && t < t0 + 8; ++t) interleaved_point<LINEAR>(xb, blk, t, n, C, o + t * step, step, last, lanes);
+    const int64_t r0 = t0 - t0 % BLOCK;  // the block holds points r0... (a whole row's span may be longer)
+    blk.any_bad = avx::keep8<LINEAR>(p, c, t0 - r0, k, blk);
+    for (int64_t t = t0; t < n && t < t0 + 8; ++t) {
+      interleaved_point<LINEAR>(xb, blk, t - r0, n - r0, C, o + t * step, step, last, lanes);
+    }
   }
 }
 
@@ -1445,9 +1520,21 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
       for (int64_t t = 0; t < n; ++t) oc[t * os.w] = acc[t];
     }
   };
-  const int64_t blocks = block_count(Ho, Wo, loc.packed);  // per sample; the blocks are split over threads
-  parallel_for(B * blocks, threads, [&](int64_t index) {
-    block(index / blocks, block_span(index % blocks, Ho, Wo, loc.packed));
+  // Whole output rows as spans where every span takes one of the single passes above (which
+  // read the block only for a vector at a time) and none fetches rows ahead: their per-span
+  // cost (the locations' constants, the block's setup) paid once per row instead of once per
+  // 64 points: 1.08-1.17x forward at 1x1x224x224 and 1x3x224x224 (A/B of the bare kernel, one
+  // thread, AVX2 build, Zen 3; the single passes index the block at a vector's place in it)
+  bool row_spans = false;
+#ifdef TORCHSTN_AVX2
+  row_spans = std::is_same_v<T, float> && MODE == LINEAR && !loc.packed && !may_fetch_ahead(k, loc.packed, beyond_l2) &&
+              ((xs.w == 1 && os.w == 1 && C <= 4) || (xs.c == 1 && os.c == 1 && C >= 2 && C <= 4));
+#endif
+  // per sample; the spans are split over threads
+  const int64_t spans = row_spans ? Ho : block_count(Ho, Wo, loc.packed);
+  parallel_for(B * spans, threads, [&](int64_t index) {
+    const int64_t b = index / spans, s = index % spans;
+    block(b, row_spans ? Span{s * Wo, Wo, s, 0} : block_span(s, Ho, Wo, loc.packed));
   });
 }
 
