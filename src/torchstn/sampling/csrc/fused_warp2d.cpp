@@ -1075,6 +1075,25 @@ __attribute__((always_inline)) inline void edge8(__m256 gx, __m256 gy, int64_t t
       for (int64_t ch = 0; ch < C; ++ch) _mm256_storeu_ps(ob + ch * oc_step + t0, _mm256_setzero_ps());
       return;
     }
+    // a wide row's vector whose corner-0 offsets (clamped, so in memory next to the image's
+    // pixels where outside) lie in [0, 7] of the first lane's: each corner row read as in
+    // inside8's one-permute path, its corners outside the image then set to 0 by a select, as
+    // the masked gathers below give them
+    const int32_t base = _mm256_cvtsi256_si32(c.off[0]);
+    const __m256i d = _mm256_sub_epi32(c.off[0], _mm256_set1_epi32(base));
+    if (SOURCE != PACKED && _mm256_testz_si256(d, _mm256_set1_epi32(~7)) && base >= 0 && base + k.sh + 9 <= end) {
+      const int64_t step[4] = {0, 1, k.sh, k.sh + 1};
+      for (int64_t ch = 0; ch < C; ++ch) {
+        const float* r = xb + ch * xc_step + base;
+        __m256 acc = _mm256_mul_ps(_mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(r), d), c.v[0]), c.w[0]);
+        for (int q = 1; q < 4; ++q) {
+          const __m256 v = _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(r + step[q]), d), c.v[q]);
+          acc = _mm256_add_ps(acc, _mm256_mul_ps(v, c.w[q]));
+        }
+        _mm256_storeu_ps(ob + ch * oc_step + t0, acc);
+      }
+      return;
+    }
     for (int64_t ch = 0; ch < C; ++ch) {
       const float* xc = xb + ch * xc_step;
       __m256 r = _mm256_mul_ps(_mm256_mask_i32gather_ps(_mm256_setzero_ps(), xc, c.off[0], c.v[0], 4), c.w[0]);
