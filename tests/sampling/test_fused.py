@@ -173,6 +173,33 @@ def test_float32_rows_in_one_pass_equal_the_two_passes_bit_for_bit(padding, alig
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_neighbouring_pixels_read_whole_equal_the_two_passes_bit_for_bit(padding, align_corners):
+    """At a scale of 1 (a translation, the identity) eight output points read eight
+    neighbouring pixels, which the one-pass forward reads as whole vectors (unpermuted in
+    NCHW; in channels_last 2-4 channels side by side as C whole vectors): the same bits as
+    the two passes of a 5-channel warp, and as the rotated or zoomed warps' other reads."""
+    generator = torch.Generator().manual_seed(5)
+    x = torch.rand(3, 5, 30, 80, generator=generator)
+    theta = stn.Affine().identity(3)
+    theta[:, 2] = torch.tensor([0.013, 0.0, -0.2])  # sub-pixel and whole shifts along the row
+    theta[:, 5] = torch.tensor([-0.021, 0.0, 0.1])
+    theta[2, 0] = 1.02  # a slight zoom: some vectors skip a pixel
+    options = {"size": (30, 80), "padding": padding, "align_corners": align_corners, "backend": "fused"}
+    five = stn.warp(x, theta, stn.Affine(), **options)
+    for c in (1, 2, 3, 4):
+        torch.testing.assert_close(stn.warp(x[:, :c].contiguous(), theta, stn.Affine(), **options), five[:, :c],
+                                   atol=0, rtol=0)
+        if c > 1:
+            side_by_side = x[:, :c].contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(stn.warp(side_by_side, theta, stn.Affine(), **options), five[:, :c],
+                                       atol=0, rtol=0)
+    expected = F.grid_sample(x, F.affine_grid(theta.view(3, 2, 3), [3, 5, 30, 80], align_corners=align_corners),
+                             padding_mode=padding, align_corners=align_corners)
+    torch.testing.assert_close(five, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("location", ["affine", "grid"])
 def test_a_wide_row_in_one_pass_past_its_first_block(padding, channels_last, location):
