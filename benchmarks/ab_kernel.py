@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="only the cases whose label contains this text")
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--noise", type=float, default=0.1, help="θ: the identity plus this times N(0, 1)")
+    parser.add_argument("--forward-only", action="store_true", help="skip the forward+backward pass")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # torchstn's own loading of its kernel binds _ENTRY (and the compiled call) on the first
@@ -66,7 +68,7 @@ def main() -> None:
             x = torch.rand(shape, generator=g)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            theta = transform.identity(shape[0]) + 0.1 * torch.randn(shape[0], transform.num_params, generator=g)
+            theta = transform.identity(shape[0]) + args.noise * torch.randn(shape[0], transform.num_params, generator=g)
             if transform.num_params == 8:
                 theta[:, 6:] *= 0.3
             xg, tg = x.clone().requires_grad_(), theta.clone().requires_grad_()
@@ -77,7 +79,9 @@ def main() -> None:
             def forward_backward() -> None:
                 torch.autograd.grad(stn.warp(xg, tg, transform, size=shape[-2:], backend="fused").sum(), (xg, tg))
 
-            for name, run in (("forward", forward), ("forward+backward", forward_backward)):
+            passes = (("forward", forward),) if args.forward_only else (("forward", forward),
+                                                                        ("forward+backward", forward_backward))
+            for name, run in passes:
                 for entries in libraries.values():  # warm both
                     use(entries)
                     run()
