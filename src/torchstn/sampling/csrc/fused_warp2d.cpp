@@ -1128,7 +1128,6 @@ template <int PAD, int SOURCE, int LOC = AFFINE, int BORDER = 0>
 inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C, const float* m,
                         const float* xs, const float* ys, float y, int64_t n, const Constants<float>& kref,
                         Block<float>& blk) {
-  using S = Simd<float>;
   static_assert(!BORDER || PAD == ZEROS, "a zero border is zeros padding");
   // a copy, held in registers: the output's float stores may alias the caller's (1.02-1.03x)
   const Constants<float> k = kref;
