@@ -1021,44 +1021,6 @@ struct Locations8 {
   }
 };
 
-// The forward of a span of n points (float, affine or projective, bilinear, unit width
-// strides; a wide output row's, or with PACKED a block of narrow rows, each point with its
-// own y) in one pass, a vector of 8 points at a time, its location and corners in
-// registers. Where all eight have their four corners inside the image, each channel's
-// corners are read without gathers: if the eight corner-0 offsets lie within 15 elements
-// after the first lane's (`window`), as they do along a row near the identity, two
-// 8-wide loads per corner row and permutes; else as pairs. Other vectors (the image's
-// edges) gather the valid corners; a vector with a point past the row's end or not finite
-// goes through the block as in the two passes. The same operations in the same order as
-// locate + interpolate, so the same values. A/B of the bare kernel, one thread, the bench's
-// θ (identity + 0.1 N(0, 1)): 1.03-1.08x at 64x1x64x64 and 64x3x64x64, 1.12-1.14x at
-// 1x3x224x224 (where 72% of the vectors read windows; 41% at 64x64, where more vectors
-// cross an input row). Tried and not kept: edge vectors through the block (0.92-0.97x),
-// gathers instead of pairs (0.84-0.87x at 64 px), a third row's window for vectors that
-// cross a row (1.00-1.02x). Then, for zeros and border padding, a vector whose eight
-// points lie strictly inside [0, W - 1) x [0, H - 1) skips locate8's and corners8's
-// validity, padding and far-point stages (the same values for such points): a further
-// 1.14x / 1.28x at 1x3x224x224 / 1x1x224x224, 1.14x / 1.28x at 64x3x64x64 / 64x1x64x64
-// (zeros), 1.21-1.24x with border padding, 1.08x with three times the θ noise (more points
-// near the edges); reflection does not take it (its identity is not exact in float).
-// Narrow rows packed into blocks (PACKED) in the same pass: 1.22x at 256x1x28x28, 1.16x at
-// 256x3x28x28 (the AVX-512 build; wide rows unchanged). Points given as a float32 grid
-// (GRID_PAIRS: each vector's (x, y) pairs read and split in registers): 1.31x at
-// 256x1x28x28, 1.39x at 64x3x64x64, 1.21x at 1x3x224x224, 1.02x at 32x3x224x224. A wide
-// row's vector with no corner inside (zeros padding) writes 0 without its masked gathers:
-// 1.13-1.30x at 1x3x224x224 (11% of the bench θ's vectors lie outside), 1.7x with three
-// times the θ noise, 1.07-1.11x at 64x3x64x64, 1.01-1.04x for grids at 256x1x28x28 and
-// 256x3x28x28; θ's packed rows keep the gathers (the test cost them 0.94x at 256x1x28x28).
-// Homographies (LOC = PROJECTIVE: Locations8 divides by the guarded w in registers, the
-// same operations as locate's portable loop, so the same bits) took the two passes until
-// 2026-12-02: one pass ran their forward at 1.30-1.44x at 256x1x28x28, 1.36-1.43x at
-// 1x3x224x224, 1.13-1.22x channels_last (single_pass_interleaved), 1.02-1.06x at 64x3x64x64
-// (three runs of benchmarks/ab_kernel.py, the two builds in one process; θ the identity + 0.1
-// N(0, 1), its perspective terms 0.03 N(0, 1)); a homography's forward went from 1.44-1.93x
-// to 1.25-1.34x an affine one's time (θ noise 0.05, as the bench's). Its two-pass locate in
-// AVX2 too (for the backward) was slower than the compiler's AVX-512 loop (0.90-0.92x
-// at 32x3x224x224) and is not used; nor for affine rows through Locations8 (GCC then
-// stopped inlining locate: 0.90x at 256x1x28x28).
 // single_pass's vectors that are not strictly inside (the image's edges, a row's end, points
 // not finite)
 template <int PAD, int SOURCE>
@@ -1124,6 +1086,44 @@ __attribute__((noinline)) void edge8_call(__m256 gx, __m256 gy, int64_t t0, int6
   edge8<PAD, SOURCE>(gx, gy, t0, n, xb, xc_step, ob, oc_step, C, k, end, blk);
 }
 
+// The forward of a span of n points (float, affine or projective, bilinear, unit width
+// strides; a wide output row's, or with PACKED a block of narrow rows, each point with its
+// own y) in one pass, a vector of 8 points at a time, its location and corners in
+// registers. Where all eight have their four corners inside the image, each channel's
+// corners are read without gathers: if the eight corner-0 offsets lie within 15 elements
+// after the first lane's (`window`), as they do along a row near the identity, two
+// 8-wide loads per corner row and permutes; else as pairs. Other vectors (the image's
+// edges) gather the valid corners; a vector with a point past the row's end or not finite
+// goes through the block as in the two passes. The same operations in the same order as
+// locate + interpolate, so the same values. A/B of the bare kernel, one thread, the bench's
+// θ (identity + 0.1 N(0, 1)): 1.03-1.08x at 64x1x64x64 and 64x3x64x64, 1.12-1.14x at
+// 1x3x224x224 (where 72% of the vectors read windows; 41% at 64x64, where more vectors
+// cross an input row). Tried and not kept: edge vectors through the block (0.92-0.97x),
+// gathers instead of pairs (0.84-0.87x at 64 px), a third row's window for vectors that
+// cross a row (1.00-1.02x). Then, for zeros and border padding, a vector whose eight
+// points lie strictly inside [0, W - 1) x [0, H - 1) skips locate8's and corners8's
+// validity, padding and far-point stages (the same values for such points): a further
+// 1.14x / 1.28x at 1x3x224x224 / 1x1x224x224, 1.14x / 1.28x at 64x3x64x64 / 64x1x64x64
+// (zeros), 1.21-1.24x with border padding, 1.08x with three times the θ noise (more points
+// near the edges); reflection does not take it (its identity is not exact in float).
+// Narrow rows packed into blocks (PACKED) in the same pass: 1.22x at 256x1x28x28, 1.16x at
+// 256x3x28x28 (the AVX-512 build; wide rows unchanged). Points given as a float32 grid
+// (GRID_PAIRS: each vector's (x, y) pairs read and split in registers): 1.31x at
+// 256x1x28x28, 1.39x at 64x3x64x64, 1.21x at 1x3x224x224, 1.02x at 32x3x224x224. A wide
+// row's vector with no corner inside (zeros padding) writes 0 without its masked gathers:
+// 1.13-1.30x at 1x3x224x224 (11% of the bench θ's vectors lie outside), 1.7x with three
+// times the θ noise, 1.07-1.11x at 64x3x64x64, 1.01-1.04x for grids at 256x1x28x28 and
+// 256x3x28x28; θ's packed rows keep the gathers (the test cost them 0.94x at 256x1x28x28).
+// Homographies (LOC = PROJECTIVE: Locations8 divides by the guarded w in registers, the
+// same operations as locate's portable loop, so the same bits) took the two passes until
+// 2026-12-02: one pass ran their forward at 1.30-1.44x at 256x1x28x28, 1.36-1.43x at
+// 1x3x224x224, 1.13-1.22x channels_last (single_pass_interleaved), 1.02-1.06x at 64x3x64x64
+// (three runs of benchmarks/ab_kernel.py, the two builds in one process; θ the identity + 0.1
+// N(0, 1), its perspective terms 0.03 N(0, 1)); a homography's forward went from 1.44-1.93x
+// to 1.25-1.34x an affine one's time (θ noise 0.05, as the bench's). Its two-pass locate in
+// AVX2 too (for the backward) was slower than the compiler's AVX-512 loop (0.90-0.92x
+// at 32x3x224x224) and is not used; nor for affine rows through Locations8 (GCC then
+// stopped inlining locate: 0.90x at 256x1x28x28).
 template <int PAD, int SOURCE, int LOC = AFFINE, int BORDER = 0>
 inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C, const float* m,
                         const float* xs, const float* ys, float y, int64_t n, const Constants<float>& kref,
