@@ -13,6 +13,12 @@ checkout's flags)::
     python benchmarks/ab_kernel.py --base src        # an A/A: the harness's own bias
 
 Run it with nothing else on the machine if you can, one thread (``--threads``).
+
+``--bare`` times the kernels' forward entry points themselves (through ctypes, the output
+allocated once), without ``torchstn.warp``'s call around them, and checks that both give the
+same bits: the "A/B of the bare kernel" that the kernel's comments quote::
+
+    python benchmarks/ab_kernel.py --base /tmp/base/src --bare --noise 0.05 --cases 224
 """
 
 import argparse
@@ -43,6 +49,30 @@ def use(entries: dict) -> None:
     _fused.rebind_fast_call()
 
 
+def bare_forward(x: torch.Tensor, theta: torch.Tensor, transform: stn.Transform, libraries: dict):
+    """A call of the forward entry point that ``_fused._ENTRY`` holds now (swapped by ``use``),
+    on ``x`` warped by ``theta`` to its own size (bilinear, zeros padding), into one output;
+    raises unless every library in ``libraries`` gives the same bits."""
+    projective = transform.num_params == 8
+    matrix = (transform.matrix(theta) if projective else transform.affine_rows(theta)).contiguous()
+    out = torch.empty_like(x)  # (the kernel writes the input's layout)
+    size = tuple(x.shape[-2:])
+    geometry = _fused._geometry("projective" if projective else "affine", "bilinear", x, out, size, "zeros", False)
+    eps = float(transform.eps) if projective else 0.0
+
+    def forward() -> None:
+        _fused._ENTRY[False, torch.float32](geometry, x.data_ptr(), matrix.data_ptr(), eps, out.data_ptr())
+
+    outputs = []
+    for entries in libraries.values():
+        use(entries)
+        forward()
+        outputs.append(out.clone())
+    if any(not torch.equal(o, outputs[0]) for o in outputs):
+        raise AssertionError("the two kernels give different outputs")
+    return forward
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, required=True, help="the other checkout's src directory")
@@ -51,6 +81,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--noise", type=float, default=0.1, help="θ: the identity plus this times N(0, 1)")
     parser.add_argument("--forward-only", action="store_true", help="skip the forward+backward pass")
+    parser.add_argument("--bare", action="store_true", help="the forward entry points alone (implies --forward-only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # torchstn's own loading of its kernel binds _ENTRY (and the compiled call) on the first
@@ -76,10 +107,13 @@ def main() -> None:
             def forward() -> None:
                 stn.warp(x, theta, transform, size=shape[-2:], backend="fused")
 
+            if args.bare:
+                forward = bare_forward(x, theta, transform, libraries)
+
             def forward_backward() -> None:
                 torch.autograd.grad(stn.warp(xg, tg, transform, size=shape[-2:], backend="fused").sum(), (xg, tg))
 
-            passes = (("forward", forward),) if args.forward_only else (("forward", forward),
+            passes = (("forward", forward),) if args.forward_only or args.bare else (("forward", forward),
                                                                         ("forward+backward", forward_backward))
             for name, run in passes:
                 for entries in libraries.values():  # warm both
