@@ -1508,6 +1508,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
     const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
 #ifdef TORCHSTN_AVX2
     if constexpr (std::is_same_v<T, float> && LOC != GRID && MODE == LINEAR) {
+      // (row_spans below repeats this test and the two of the passes that follow)
       if (xs.w == 1 && os.w == 1 && C <= 4 && ahead == 0) {  // (packed rows: a contiguous block, os.h == Wo)
         const float* m = loc.matrix(b);
         float* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
@@ -1595,7 +1596,10 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // read the block only for a vector at a time) and none fetches rows ahead: their per-span
   // cost (the locations' constants, the block's setup) paid once per row instead of once per
   // 64 points: 1.08-1.17x forward at 1x1x224x224 and 1x3x224x224 (A/B of the bare kernel, one
-  // thread, AVX2 build, Zen 3; the single passes index the block at a vector's place in it)
+  // thread, AVX2 build, Zen 3; the single passes index the block at a vector's place in it).
+  // The layout tests below repeat block()'s and must stay equal to them: a whole row taken by
+  // the two passes would overrun the block. (As functions shared by both, they made GCC compile
+  // the channels_last pass 0.87-0.96x slower: A/B of the bare kernel, the same bits.)
   bool row_spans = false;
 #ifdef TORCHSTN_AVX2
   row_spans = std::is_same_v<T, float> && MODE == LINEAR && !loc.packed && !may_fetch_ahead(k, loc.packed, beyond_l2) &&
