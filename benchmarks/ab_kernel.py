@@ -14,11 +14,13 @@ checkout's flags)::
 
 Run it with nothing else on the machine if you can, one thread (``--threads``).
 
-``--bare`` times the kernels' forward entry points themselves (through ctypes, the output
+``--bare`` times the kernels' entry points themselves (through ctypes, the outputs
 allocated once), without ``torchstn.warp``'s call around them, and checks that both give the
-same bits: the "A/B of the bare kernel" that the kernel's comments quote::
+same bits: the "A/B of the bare kernel" that the kernel's comments quote. Its forward+backward
+pass is the backward entry point alone (both gradients, ``--grads x`` or ``theta`` for one)::
 
     python benchmarks/ab_kernel.py --base /tmp/base/src --bare --noise 0.05 --cases 224
+    python benchmarks/ab_kernel.py --base /tmp/base/src --bare --forward-only   # no backward
 """
 
 import argparse
@@ -49,28 +51,39 @@ def use(entries: dict) -> None:
     _fused.rebind_fast_call()
 
 
-def bare_forward(x: torch.Tensor, theta: torch.Tensor, transform: stn.Transform, libraries: dict):
-    """A call of the forward entry point that ``_fused._ENTRY`` holds now (swapped by ``use``),
-    on ``x`` warped by ``theta`` to its own size (bilinear, zeros padding), into one output;
-    raises unless every library in ``libraries`` gives the same bits."""
+def bare_call(x: torch.Tensor, theta: torch.Tensor, transform: stn.Transform, libraries: dict,
+              backward: bool = False, grads: str = "both"):
+    """A call of the forward (or backward) entry point that ``_fused._ENTRY`` holds now
+    (swapped by ``use``), on ``x`` warped by ``theta`` to its own size (bilinear, zeros
+    padding), into outputs allocated once; the backward for a fixed random output gradient,
+    ``grads`` ``"both"``, ``"x"`` or ``"theta"``. Raises unless every library in
+    ``libraries`` gives the same bits."""
     projective = transform.num_params == 8
     matrix = (transform.matrix(theta) if projective else transform.affine_rows(theta)).contiguous()
-    out = torch.empty_like(x)  # (the kernel writes the input's layout)
+    out = torch.empty_like(x)  # (the kernel writes the input's layout; the backward reads grad_out so)
     size = tuple(x.shape[-2:])
     geometry = _fused._geometry("projective" if projective else "affine", "bilinear", x, out, size, "zeros", False)
     eps = float(transform.eps) if projective else 0.0
+    grad_x = torch.empty_like(x) if backward and grads != "theta" else None
+    grad_matrix = torch.empty_like(matrix) if backward and grads != "x" else None
+    if backward:
+        out.copy_(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
 
-    def forward() -> None:
-        _fused._ENTRY[False, torch.float32](geometry, x.data_ptr(), matrix.data_ptr(), eps, out.data_ptr())
+    def call() -> None:
+        if backward:
+            _fused._ENTRY[True, torch.float32](geometry, x.data_ptr(), matrix.data_ptr(), eps, out.data_ptr(),
+                                               _fused._ptr_of(grad_x), _fused._ptr_of(grad_matrix))
+        else:
+            _fused._ENTRY[False, torch.float32](geometry, x.data_ptr(), matrix.data_ptr(), eps, out.data_ptr())
 
-    outputs = []
+    results = []
     for entries in libraries.values():
         use(entries)
-        forward()
-        outputs.append(out.clone())
-    if any(not torch.equal(o, outputs[0]) for o in outputs):
-        raise AssertionError("the two kernels give different outputs")
-    return forward
+        call()
+        results.append([t.clone() for t in (out, grad_x, grad_matrix) if t is not None])
+    if any(not all(torch.equal(a, b) for a, b in zip(r, results[0])) for r in results):
+        raise AssertionError("the two kernels give different results")
+    return call
 
 
 def main() -> None:
@@ -81,7 +94,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--noise", type=float, default=0.1, help="θ: the identity plus this times N(0, 1)")
     parser.add_argument("--forward-only", action="store_true", help="skip the forward+backward pass")
-    parser.add_argument("--bare", action="store_true", help="the forward entry points alone (implies --forward-only)")
+    parser.add_argument("--bare", action="store_true", help="the entry points alone (the backward for forward+backward)")
+    parser.add_argument("--grads", choices=("both", "x", "theta"), default="both",
+                        help="--bare's backward: the gradients it computes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # torchstn's own loading of its kernel binds _ENTRY (and the compiled call) on the first
@@ -107,14 +122,15 @@ def main() -> None:
             def forward() -> None:
                 stn.warp(x, theta, transform, size=shape[-2:], backend="fused")
 
-            if args.bare:
-                forward = bare_forward(x, theta, transform, libraries)
-
             def forward_backward() -> None:
                 torch.autograd.grad(stn.warp(xg, tg, transform, size=shape[-2:], backend="fused").sum(), (xg, tg))
 
-            passes = (("forward", forward),) if args.forward_only or args.bare else (("forward", forward),
-                                                                        ("forward+backward", forward_backward))
+            if args.bare:
+                forward = bare_call(x, theta, transform, libraries)
+                if not args.forward_only:
+                    forward_backward = bare_call(x, theta, transform, libraries, backward=True, grads=args.grads)
+            second = f"backward ({args.grads})" if args.bare else "forward+backward"
+            passes = (("forward", forward),) if args.forward_only else (("forward", forward), (second, forward_backward))
             for name, run in passes:
                 for entries in libraries.values():  # warm both
                     use(entries)

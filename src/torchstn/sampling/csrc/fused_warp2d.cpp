@@ -419,10 +419,15 @@ inline bool exceeds_l2(int64_t B, int64_t C, const Constants<T>& k) {
 // be read, or with WRITE, written). The address may lie outside the tensor (a prefetch does
 // not fault there): it is computed as an integer, not by pointer arithmetic past the tensor
 template <int WRITE = 0, typename T>
-inline void fetch_ahead(const T* xc, const Block<T>& blk, int64_t t, int64_t ahead, int32_t sh) {
-  const std::uintptr_t p = reinterpret_cast<std::uintptr_t>(xc) + static_cast<std::uintptr_t>((blk.off[0][t] + ahead) * static_cast<int64_t>(sizeof(T)));
+inline void fetch_ahead(const T* xc, int32_t off, int64_t ahead, int32_t sh) {
+  const std::uintptr_t p = reinterpret_cast<std::uintptr_t>(xc) + static_cast<std::uintptr_t>((off + ahead) * static_cast<int64_t>(sizeof(T)));
   __builtin_prefetch(reinterpret_cast<const void*>(p), WRITE);
   __builtin_prefetch(reinterpret_cast<const void*>(p + static_cast<std::uintptr_t>(sh * static_cast<int64_t>(sizeof(T)))), WRITE);
+}
+
+template <int WRITE = 0, typename T>
+inline void fetch_ahead(const T* xc, const Block<T>& blk, int64_t t, int64_t ahead, int32_t sh) {
+  fetch_ahead<WRITE>(xc, blk.off[0][t], ahead, sh);
 }
 
 inline int64_t whole_vectors(int64_t n, int lanes) { return (n + lanes - 1) / lanes * lanes; }
@@ -606,6 +611,7 @@ __attribute__((always_inline)) inline bool keep8(const Located8& p, const Corner
 struct Inside8 {
   __m256i off0;
   __m256 w[4];
+  __m256 ix, tx, ty;  // (for the backward: the forward leaves them to the compiler to drop)
 };
 
 // BORDER: the image has a border of BORDER zero pixels on every side in memory (a bordered
@@ -629,6 +635,9 @@ __attribute__((always_inline)) inline bool inside8_at(__m256 gx, __m256 gy, cons
   p->w[1] = _mm256_mul_ps(tx, ry);
   p->w[2] = _mm256_mul_ps(rx, ty);
   p->w[3] = _mm256_mul_ps(tx, ty);
+  p->ix = ix;
+  p->tx = tx;
+  p->ty = ty;
   return true;
 }
 
@@ -1145,6 +1154,131 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
     }
   }
 }
+
+// The backward of a block of n points (float, affine rows or a grid, bilinear, unit width
+// strides of x and grad_out; SOURCE as single_pass's) in one pass, a vector of 8 points at a
+// time, its locations, weights and corners in registers instead of the block's arrays: a
+// vector whose points lie strictly inside the image takes inside8_at's short path, any other
+// locate8 and corners8, as the forward's edge vectors. Adds each point's share of grad_out
+// to grad_x (gxb; none if null) and, with want_loc, writes dL/d(normalised location) to gix
+// and giy (0 past n up to the next whole vector; NaN where the location is not finite). The
+// same operations in the same order as locate and backward_impl's two passes, so the same
+// values. Both gradients: 1.09x at 256x1x28x28, 1.22-1.25x at 64x3x64x64, 64x8x32x32,
+// 1x3x224x224 and 32x3x224x224 (AVX-512 build), 1.00x / 1.12-1.22x (AVX2 build); θ's alone
+// 1.22-1.44x, x's alone 0.93x at 256x1x28x28 (packed rows, a third of whose vectors are edge
+// vectors, each now located twice) and 1.22-1.25x elsewhere (benchmarks/ab_kernel.py --bare,
+// θ the identity + 0.05 N(0, 1), Intel Xeon with AVX-512, bit-identical). Read as windows
+// (inside8's two loads and permutes per row) instead of pairs, the corners ran 0.95x.
+template <int PAD, int SOURCE>
+inline void backward_pass(const float* xb, int64_t xc_step, float* gxb, const float* gb, int64_t gc_step, int64_t C,
+                          const float* m, const float* xs, const float* ys, float y, int64_t n, bool want_loc,
+                          int64_t ahead, const Constants<float>& kref, float* gix, float* giy) {
+  using S = Simd<float>;
+  const Constants<float> k = kref;  // (in registers: grad_x's stores may alias the caller's)
+  const int32_t sh = k.sh;
+  const Locations8<SOURCE> where(m, xs, ys, y, n);
+  const __m256 zero = _mm256_setzero_ps(), one = avx::set1(1.f);
+  alignas(32) float part[4][8];
+  alignas(32) int32_t off[4][8], valid[4][8];
+  for (int64_t t0 = 0; t0 < n; t0 += 8) {
+    __m256 gx, gy;
+    where.at(t0, &gx, &gy);
+    __m256 w[4], v[4] = {}, tx, ty, dix, diy, bad = zero;
+    __m256i o[4] = {};  // (o[1-3] and v: read only by vectors not inner)
+    bool inner = true;
+    avx::Inside8 in;
+    if (PAD != REFLECTION && t0 + 8 <= n && avx::inside8_at<0>(gx, gy, k, &in)) {  // (reflection: not exact)
+      for (int q = 0; q < 4; ++q) w[q] = in.w[q];
+      o[0] = in.off0;
+      tx = in.tx;
+      ty = in.ty;
+      dix = avx::set1(k.ax);
+      diy = avx::set1(k.ay);
+      if (PAD == BORDER) {  // clip's derivative: 0 at the first pixel, 1 past it
+        const __m256 iy = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gy, one), avx::set1(k.ay)), avx::set1(k.by));
+        dix = _mm256_mul_ps(dix, _mm256_and_ps(_mm256_cmp_ps(in.ix, zero, _CMP_GT_OQ), one));
+        diy = _mm256_mul_ps(diy, _mm256_and_ps(_mm256_cmp_ps(iy, zero, _CMP_GT_OQ), one));
+      }
+    } else {
+      const avx::Located8 p = avx::locate8<PAD>(gx, gy, t0, n, k);
+      const avx::Corners8 c = avx::corners8(p.ix, p.iy, _mm256_and_ps(p.live, p.finite), k);
+      const __m256 wl = _mm256_and_ps(p.live, one);  // padding weighs nothing
+      for (int q = 0; q < 4; ++q) {
+        w[q] = _mm256_mul_ps(c.w[q], wl);
+        v[q] = c.v[q];
+        o[q] = _mm256_and_si256(c.off[q], _mm256_castps_si256(c.v[q]));
+      }
+      tx = c.tx;
+      ty = c.ty;
+      dix = p.dx;
+      diy = p.dy;
+      bad = p.bad;
+      inner = _mm256_movemask_ps(_mm256_and_ps(c.v[0], c.v[3])) == 0xff;
+      if (!inner) {
+        for (int q = 0; q < 4; ++q) {
+          _mm256_store_si256(reinterpret_cast<__m256i*>(off[q]), o[q]);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(valid[q]), _mm256_castps_si256(v[q]));
+        }
+      }
+    }
+    if (inner) _mm256_store_si256(reinterpret_cast<__m256i*>(off[0]), o[0]);
+    const int64_t live = n - t0 < 8 ? n - t0 : 8;
+    __m256 sx = zero, sy = zero;
+    for (int64_t ch = 0; ch < C; ++ch) {
+      const float* xc = xb + ch * xc_step;
+      if (ahead != 0) {
+        if (gxb) fetch_ahead<1>(gxb + ch * xc_step, off[0][0], ahead, sh);
+        if (want_loc) fetch_ahead(xc, off[0][0], ahead, sh);
+      }
+      const __m256 g = S::load_upto(gb + ch * gc_step + t0, n - t0);
+      if (gxb) {  // scatter: two points may share a pixel, so one point at a time
+        float* gxc = gxb + ch * xc_step;
+        for (int q = 0; q < 4; ++q) _mm256_store_ps(part[q], _mm256_mul_ps(w[q], g));
+        if (inner) {  // the corners at fixed steps (the width step k.sw, 1 here, not a constant 1: GCC
+          // then made p[0] and p[1] one 8-byte read-add-write, which the next point's overlapping
+          // one waits for: 0.55x at 64x3x64x64)
+          const int32_t sw = k.sw;
+          for (int64_t l = 0; l < live; ++l) {
+            float* p = gxc + off[0][l];
+            p[0] += part[0][l];
+            p[sw] += part[1][l];
+            p[sh] += part[2][l];
+            p[sh + sw] += part[3][l];
+          }
+        } else {  // (a corner outside must not touch pixel 0)
+          for (int64_t l = 0; l < live; ++l) {
+            for (int q = 0; q < 4; ++q) {
+              if (valid[q][l] != 0) gxc[off[q][l]] += part[q][l];
+            }
+          }
+        }
+      }
+      if (!want_loc) continue;
+      __m256 c[4];
+      if (inner) {
+        S::pairs(xc, off[0], &c[0], &c[1]);
+        S::pairs(xc + sh, off[0], &c[2], &c[3]);
+      } else {
+        for (int q = 0; q < 4; ++q) c[q] = _mm256_mask_i32gather_ps(zero, xc, o[q], v[q], 4);
+      }
+      const __m256 dx = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(c[1], c[0]), _mm256_sub_ps(one, ty)),
+                                      _mm256_mul_ps(_mm256_sub_ps(c[3], c[2]), ty));
+      const __m256 dy = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(c[2], c[0]), _mm256_sub_ps(one, tx)),
+                                      _mm256_mul_ps(_mm256_sub_ps(c[3], c[1]), tx));
+      sx = _mm256_add_ps(sx, _mm256_mul_ps(g, dx));
+      sy = _mm256_add_ps(sy, _mm256_mul_ps(g, dy));
+    }
+    if (!want_loc) continue;
+    __m256 px = _mm256_mul_ps(sx, dix), py = _mm256_mul_ps(sy, diy);
+    if (_mm256_movemask_ps(bad) != 0) {
+      const __m256 nan = avx::set1(std::numeric_limits<float>::quiet_NaN());
+      px = _mm256_blendv_ps(px, nan, bad);
+      py = _mm256_blendv_ps(py, nan, bad);
+    }
+    _mm256_store_ps(gix + t0, px);
+    _mm256_store_ps(giy + t0, py);
+  }
+}
 #endif
 
 #ifdef TORCHSTN_AVX2
@@ -1655,94 +1789,118 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
     for (int64_t index = 0; index < blocks; ++index) {
       const Span span = block_span(index, Ho, Wo, loc.packed);
       const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
-      locate<T, LOC, PAD, MODE>(loc, k, b, span, blk);
-      bool side_by_side = false;
+      bool one_pass = false;
 #ifdef TORCHSTN_AVX2
-      if constexpr (std::is_same<T, float>::value) {
-        if (xs.c == 1 && C > 1 && C <= 4) {  // channels_last
-          side_by_side = true;
-          const int64_t last = (k.H - 1) * k.sh + (k.W - 1) * k.sw + C - 4;  // the last whole vector
-          const int64_t at = loc.packed ? span.p0 : span.i * gs.h + span.j0 * gs.w;
+      if constexpr (std::is_same_v<T, float> && MODE == LINEAR && LOC != PROJECTIVE) {
+        if (xs.w == 1 && gs.w == 1) {  // (packed rows: a contiguous block, gs.h == Wo)
+          one_pass = true;
+          const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
           const float* xb = x + b * xs.b;
           float* gxb = grad_x ? grad_x + b * xs.b : nullptr;
-          const float* gb = grad_out + b * gs.b + at;
-          const int64_t step = loc.packed ? 1 : gs.w;
-          float* ix = grad_loc ? gix : nullptr;
-          if (C == 2) interleaved_backward<MODE, 2>(xb, gxb, blk, n, gb, step, gs.c, last, ix, giy);
-          if (C == 3) interleaved_backward<MODE, 3>(xb, gxb, blk, n, gb, step, gs.c, last, ix, giy);
-          if (C == 4) interleaved_backward<MODE, 4>(xb, gxb, blk, n, gb, step, gs.c, last, ix, giy);
-          for (int64_t t = n; t < nn; ++t) gix[t] = giy[t] = T(0);
+          const float* gb = grad_out + b * gs.b + (loc.packed ? span.p0 : span.i * gs.h + span.j0);
+          if constexpr (LOC == GRID) {
+            backward_pass<PAD, GRID_PAIRS>(xb, xs.c, gxb, gb, gs.c, C, nullptr, loc.grid + (b * Ho * Wo + span.p0) * 2,
+                                           nullptr, 0.f, n, grad_loc != nullptr, ahead, k, gix, giy);
+          } else if (loc.packed) {
+            backward_pass<PAD, PACKED>(xb, xs.c, gxb, gb, gs.c, C, loc.matrix(b), loc.px + span.p0, loc.py + span.p0,
+                                       0.f, n, grad_loc != nullptr, ahead, k, gix, giy);
+          } else {
+            backward_pass<PAD, ROW>(xb, xs.c, gxb, gb, gs.c, C, loc.matrix(b), loc.xs + span.j0, nullptr,
+                                    loc.ys[span.i], n, grad_loc != nullptr, ahead, k, gix, giy);
+          }
         }
       }
 #endif
-      // every channel of a vector of points before the next vector (weights, fractions and
-      // offsets stay in registers)
-      const V one = S::set1(T(1));
-      const int64_t ahead = side_by_side ? 0 : rows_ahead(loc, k, b, span, beyond_l2);
-      for (int64_t t = 0; !side_by_side && t < nn; t += S::N) {  // (side by side: done above)
-        const int64_t live = n - t;  // lanes that are points (the rest is padding)
-        for (int64_t c = 0; ahead != 0 && c < C; ++c) {
-          if (grad_x) fetch_ahead<1>(grad_x + b * xs.b + c * xs.c, blk, t, ahead, k.sh);
-          if (grad_loc && MODE == LINEAR) fetch_ahead(x + b * xs.b + c * xs.c, blk, t, ahead, k.sh);
-        }
-        const V w[4] = {S::load(blk.w[0] + t), S::load(blk.w[1] + t), S::load(blk.w[2] + t), S::load(blk.w[3] + t)};
-        const V tx = S::load(blk.tx + t), ty = S::load(blk.ty + t);
-        const bool inner = S::all(blk.inner + t);
-        V sx = S::zero(), sy = S::zero();
-        for (int64_t c = 0; c < C; ++c) {
-          const int64_t at = loc.packed ? span.p0 + t : span.i * gs.h + (span.j0 + t) * gs.w;
-          const T* goc = grad_out + b * gs.b + c * gs.c + at;
-          V g;
-          if (gs.w == 1) {  // read in place (a copy through a buffer stalls the loads)
-            g = S::load_upto(goc, live);
-          } else {
-            for (int l = 0; l < S::N; ++l) go[l] = l < live ? goc[l * gs.w] : T(0);
-            g = S::load(go);
+      if (!one_pass) {
+        locate<T, LOC, PAD, MODE>(loc, k, b, span, blk);
+        bool side_by_side = false;
+  #ifdef TORCHSTN_AVX2
+        if constexpr (std::is_same<T, float>::value) {
+          if (xs.c == 1 && C > 1 && C <= 4) {  // channels_last
+            side_by_side = true;
+            const int64_t last = (k.H - 1) * k.sh + (k.W - 1) * k.sw + C - 4;  // the last whole vector
+            const int64_t at = loc.packed ? span.p0 : span.i * gs.h + span.j0 * gs.w;
+            const float* xb = x + b * xs.b;
+            float* gxb = grad_x ? grad_x + b * xs.b : nullptr;
+            const float* gb = grad_out + b * gs.b + at;
+            const int64_t step = loc.packed ? 1 : gs.w;
+            float* ix = grad_loc ? gix : nullptr;
+            if (C == 2) interleaved_backward<MODE, 2>(xb, gxb, blk, n, gb, step, gs.c, last, ix, giy);
+            if (C == 3) interleaved_backward<MODE, 3>(xb, gxb, blk, n, gb, step, gs.c, last, ix, giy);
+            if (C == 4) interleaved_backward<MODE, 4>(xb, gxb, blk, n, gb, step, gs.c, last, ix, giy);
+            for (int64_t t = n; t < nn; ++t) gix[t] = giy[t] = T(0);
           }
-          if (grad_x) {  // scatter: two points may share a pixel, so one point at a time
-            T* gxc = grad_x + b * xs.b + c * xs.c;
-            for (int q = 0; q < 4; ++q) S::store(part[q], S::mul(w[q], g));
-            const int64_t end = live < S::N ? live : S::N;
-            if (inner) {  // all corners inside: no test per corner, the corners at fixed steps
-              const int32_t d1 = k.sw, d2 = k.sh, d3 = k.sh + k.sw;
-              for (int64_t l = 0; l < end; ++l) {
-                T* p = gxc + blk.off[0][t + l];
-                p[0] += part[0][l];
-                p[d1] += part[1][l];
-                p[d2] += part[2][l];
-                p[d3] += part[3][l];
-              }
-            } else {  // (a corner outside must not touch pixel 0: a chain of read-add-writes there)
-              for (int64_t l = 0; l < end; ++l) {
-                for (int q = 0; q < (MODE == NEAREST ? 1 : 4); ++q) {
-                  if (blk.valid[q][t + l] != 0) gxc[blk.off[q][t + l]] += part[q][l];
+        }
+  #endif
+        // every channel of a vector of points before the next vector (weights, fractions and
+        // offsets stay in registers)
+        const V one = S::set1(T(1));
+        const int64_t ahead = side_by_side ? 0 : rows_ahead(loc, k, b, span, beyond_l2);
+        for (int64_t t = 0; !side_by_side && t < nn; t += S::N) {  // (side by side: done above)
+          const int64_t live = n - t;  // lanes that are points (the rest is padding)
+          for (int64_t c = 0; ahead != 0 && c < C; ++c) {
+            if (grad_x) fetch_ahead<1>(grad_x + b * xs.b + c * xs.c, blk, t, ahead, k.sh);
+            if (grad_loc && MODE == LINEAR) fetch_ahead(x + b * xs.b + c * xs.c, blk, t, ahead, k.sh);
+          }
+          const V w[4] = {S::load(blk.w[0] + t), S::load(blk.w[1] + t), S::load(blk.w[2] + t), S::load(blk.w[3] + t)};
+          const V tx = S::load(blk.tx + t), ty = S::load(blk.ty + t);
+          const bool inner = S::all(blk.inner + t);
+          V sx = S::zero(), sy = S::zero();
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t at = loc.packed ? span.p0 + t : span.i * gs.h + (span.j0 + t) * gs.w;
+            const T* goc = grad_out + b * gs.b + c * gs.c + at;
+            V g;
+            if (gs.w == 1) {  // read in place (a copy through a buffer stalls the loads)
+              g = S::load_upto(goc, live);
+            } else {
+              for (int l = 0; l < S::N; ++l) go[l] = l < live ? goc[l * gs.w] : T(0);
+              g = S::load(go);
+            }
+            if (grad_x) {  // scatter: two points may share a pixel, so one point at a time
+              T* gxc = grad_x + b * xs.b + c * xs.c;
+              for (int q = 0; q < 4; ++q) S::store(part[q], S::mul(w[q], g));
+              const int64_t end = live < S::N ? live : S::N;
+              if (inner) {  // all corners inside: no test per corner, the corners at fixed steps
+                const int32_t d1 = k.sw, d2 = k.sh, d3 = k.sh + k.sw;
+                for (int64_t l = 0; l < end; ++l) {
+                  T* p = gxc + blk.off[0][t + l];
+                  p[0] += part[0][l];
+                  p[d1] += part[1][l];
+                  p[d2] += part[2][l];
+                  p[d3] += part[3][l];
+                }
+              } else {  // (a corner outside must not touch pixel 0: a chain of read-add-writes there)
+                for (int64_t l = 0; l < end; ++l) {
+                  for (int q = 0; q < (MODE == NEAREST ? 1 : 4); ++q) {
+                    if (blk.valid[q][t + l] != 0) gxc[blk.off[q][t + l]] += part[q][l];
+                  }
                 }
               }
             }
+            if (grad_loc && MODE == LINEAR) {  // (nearest: no location gradient)
+              V v[4];
+              corners(x + b * xs.b + c * xs.c, blk, t, k.sh, xs.w == 1, v);
+              const V dx = S::add(S::mul(S::sub(v[1], v[0]), S::sub(one, ty)), S::mul(S::sub(v[3], v[2]), ty));
+              const V dy = S::add(S::mul(S::sub(v[2], v[0]), S::sub(one, tx)), S::mul(S::sub(v[3], v[1]), tx));
+              sx = S::add(sx, S::mul(g, dx));
+              sy = S::add(sy, S::mul(g, dy));
+            }
           }
-          if (grad_loc && MODE == LINEAR) {  // (nearest: no location gradient)
-            V v[4];
-            corners(x + b * xs.b + c * xs.c, blk, t, k.sh, xs.w == 1, v);
-            const V dx = S::add(S::mul(S::sub(v[1], v[0]), S::sub(one, ty)), S::mul(S::sub(v[3], v[2]), ty));
-            const V dy = S::add(S::mul(S::sub(v[2], v[0]), S::sub(one, tx)), S::mul(S::sub(v[3], v[1]), tx));
-            sx = S::add(sx, S::mul(g, dx));
-            sy = S::add(sy, S::mul(g, dy));
+          S::store(gix + t, sx);
+          S::store(giy + t, sy);
+        }
+        for (int64_t t = 0; grad_loc && t < nn; ++t) {  // dL / d(normalised location); 0 in the padding
+          gix[t] *= blk.dix[t];
+          giy[t] *= blk.diy[t];
+        }
+        if (grad_loc && blk.any_bad) {  // NaN where the location is not finite
+          for (int64_t t = 0; t < n; ++t) {
+            gix[t] = blk.bad[t] != 0 ? nan : gix[t];
+            giy[t] = blk.bad[t] != 0 ? nan : giy[t];
           }
         }
-        S::store(gix + t, sx);
-        S::store(giy + t, sy);
       }
       if (!grad_loc) continue;
-      for (int64_t t = 0; t < nn; ++t) {  // dL / d(normalised location); 0 in the padding
-        gix[t] *= blk.dix[t];
-        giy[t] *= blk.diy[t];
-      }
-      if (blk.any_bad) {  // NaN where the location is not finite
-        for (int64_t t = 0; t < n; ++t) {
-          gix[t] = blk.bad[t] != 0 ? nan : gix[t];
-          giy[t] = blk.bad[t] != 0 ? nan : giy[t];
-        }
-      }
       if (LOC == GRID) {
         T* q = grad_loc + (b * Ho * Wo + span.p0) * 2;
         for (int64_t t = 0; t < n; ++t) {
