@@ -33,7 +33,8 @@ import torch
 import torchstn as stn
 from torchstn.sampling import _fused
 
-SHAPES = [((1, 1, 28, 28), False), ((256, 1, 28, 28), False), ((64, 3, 64, 64), False), ((1, 3, 224, 224), True), ((1, 3, 224, 224), False),
+SHAPES = [((1, 1, 28, 28), False), ((256, 1, 28, 28), False), ((64, 3, 64, 64), False), ((1, 3, 224, 224), True),
+          ((1, 3, 224, 224), False),
           ((32, 3, 224, 224), False), ((64, 8, 32, 32), False)]
 
 
@@ -52,17 +53,22 @@ def use(entries: dict) -> None:
 
 
 def bare_call(x: torch.Tensor, theta: torch.Tensor, transform: stn.Transform, libraries: dict,
-              backward: bool = False, grads: str = "both"):
+              backward: bool = False, grads: str = "both", grid: bool = False):
     """A call of the forward (or backward) entry point that ``_fused._ENTRY`` holds now
     (swapped by ``use``), on ``x`` warped by ``theta`` to its own size (bilinear, zeros
     padding), into outputs allocated once; the backward for a fixed random output gradient,
-    ``grads`` ``"both"``, ``"x"`` or ``"theta"``. Raises unless every library in
-    ``libraries`` gives the same bits."""
+    ``grads`` ``"both"``, ``"x"`` or ``"theta"`` (with ``grid``, the grid's). With ``grid``,
+    the points are given as ``transform``'s grid (the sampling of a grid, ``torchstn.sample``).
+    Raises unless every library in ``libraries`` gives the same bits."""
     projective = transform.num_params == 8
-    matrix = (transform.matrix(theta) if projective else transform.affine_rows(theta)).contiguous()
-    out = torch.empty_like(x)  # (the kernel writes the input's layout; the backward reads grad_out so)
     size = tuple(x.shape[-2:])
-    geometry = _fused._geometry("projective" if projective else "affine", "bilinear", x, out, size, "zeros", False)
+    if grid:
+        matrix, location = transform.grid(theta, size).contiguous(), "grid"
+    else:
+        matrix = (transform.matrix(theta) if projective else transform.affine_rows(theta)).contiguous()
+        location = "projective" if projective else "affine"
+    out = torch.empty_like(x)  # (the kernel writes the input's layout; the backward reads grad_out so)
+    geometry = _fused._geometry(location, "bilinear", x, out, size, "zeros", False)
     eps = float(transform.eps) if projective else 0.0
     grad_x = torch.empty_like(x) if backward and grads != "theta" else None
     grad_matrix = torch.empty_like(matrix) if backward and grads != "x" else None
@@ -97,6 +103,7 @@ def main() -> None:
     parser.add_argument("--bare", action="store_true", help="the entry points alone (the backward for forward+backward)")
     parser.add_argument("--grads", choices=("both", "x", "theta"), default="both",
                         help="--bare's backward: the gradients it computes")
+    parser.add_argument("--grid", action="store_true", help="--bare: the points given as a grid (torchstn.sample)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # torchstn's own loading of its kernel binds _ENTRY (and the compiled call) on the first
@@ -126,9 +133,10 @@ def main() -> None:
                 torch.autograd.grad(stn.warp(xg, tg, transform, size=shape[-2:], backend="fused").sum(), (xg, tg))
 
             if args.bare:
-                forward = bare_call(x, theta, transform, libraries)
+                forward = bare_call(x, theta, transform, libraries, grid=args.grid)
                 if not args.forward_only:
-                    forward_backward = bare_call(x, theta, transform, libraries, backward=True, grads=args.grads)
+                    forward_backward = bare_call(x, theta, transform, libraries, backward=True, grads=args.grads,
+                                                 grid=args.grid)
             second = f"backward ({args.grads})" if args.bare else "forward+backward"
             passes = (("forward", forward),) if args.forward_only else (("forward", forward), (second, forward_backward))
             for name, run in passes:
