@@ -232,16 +232,23 @@ def test_a_wide_row_in_one_pass_past_its_first_block(padding, channels_last, loc
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("location", ["affine", "projective"])
+@pytest.mark.parametrize("location", ["affine", "projective", "grid"])
 def test_small_images_warped_from_a_bordered_copy_equal_the_two_passes_bit_for_bit(align_corners, location):
-    """Under zeros padding, a small image warped to packed rows is read from a copy with a
-    border of zeros (the kernel's Bordered), so that the points along its edges read their
-    outer corners from memory. The values must be the two passes' (5 channels), bit for bit:
-    points just outside the edges, far out, an inf pixel on the edge, a NaN θ; after the image
-    changes in place; with the batch split over two threads (each thread's own copy). The
-    17x9 output (more input pixels than twice its points) is read without the copy: a control."""
+    """Under zeros padding, a small image warped to packed rows (or sampled at a grid of them)
+    is read from a copy with a border of zeros (the kernel's Bordered), so that the points
+    along its edges read their outer corners from memory. The values must be the two passes'
+    (5 channels), bit for bit: points just outside the edges, far out, an inf pixel on the
+    edge, a NaN θ; after the image changes in place; with the batch split over two threads
+    (each thread's own copy). The 17x9 output (more input pixels than twice its points) is
+    read without the copy: a control."""
     n = 6
     transform = stn.Projective(eps=0.05) if location == "projective" else stn.Affine()
+
+    def warp(x, p, size, backend):  # (a grid: θ's, sampled)
+        if location == "grid":
+            return stn.sample(x, transform.grid(p, size, align_corners), align_corners=align_corners, backend=backend)
+        return stn.warp(x, p, transform, size=size, align_corners=align_corners, backend=backend)
+
     wide = random_input((n, 5, 20, 30), torch.float32, seed=7)
     x = wide[..., :26]  # a view: rows 30 apart
     x[1, :, 0, 5] = float("inf")  # on the top edge
@@ -259,22 +266,22 @@ def test_small_images_warped_from_a_bordered_copy_equal_the_two_passes_bit_for_b
             for step in range(2):
                 if step:
                     x.mul_(-2.0)  # the same storage, new values: no copy of the last call may be reused
-                five = stn.warp(x, p, transform, size=size, align_corners=align_corners, backend="fused")
+                five = warp(x, p, size, "fused")
                 for c in (1, 2, 3, 4):
                     torch.set_num_threads(1 + c % 2)
-                    out = stn.warp(x[:, :c], p, transform, size=size, align_corners=align_corners, backend="fused")
+                    out = warp(x[:, :c], p, size, "fused")
                     torch.testing.assert_close(out, five[:, :c], atol=0, rtol=0, equal_nan=True)
                     torch.set_num_threads(threads)
                 assert five[5].isnan().all() and (five[4] == 0).all()
-                grid_path = stn.warp(x, p, transform, size=size, align_corners=align_corners, backend="torch")
+                grid_path = warp(x, p, size, "torch")
                 finite = torch.isfinite(grid_path) & torch.isfinite(five)
                 torch.testing.assert_close(five[finite], grid_path[finite], atol=1e-4, rtol=0)
     finally:
         torch.set_num_threads(threads)
     one = x[:1, :1].clone()  # one image: the next call's first sample is the last call's last
-    before = stn.warp(one, p[:1], transform, align_corners=align_corners, backend="fused")
+    before = warp(one, p[:1], tuple(one.shape[2:]), "fused")
     one.mul_(-2.0)
-    after = stn.warp(one, p[:1], transform, align_corners=align_corners, backend="fused")
+    after = warp(one, p[:1], tuple(one.shape[2:]), "fused")
     torch.testing.assert_close(after, -2.0 * before, atol=0, rtol=0, equal_nan=True)
 
 

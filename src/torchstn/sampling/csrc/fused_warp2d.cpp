@@ -1569,7 +1569,9 @@ inline void interleaved_backward(const float* xb, float* gxb, const Block<float>
 // the vectors of a 28x28 output). Four pixels: the bench's θ (the identity + 0.05 N(0, 1))
 // moves a 28x28 image's edges by up to 2.5 pixels. Outputs of packed rows only (narrower than
 // a block), where the edges are many: 1.07x forward at 1x1x28x28, 1.12x at 256x1x28x28,
-// affine and projective alike (benchmarks/ab_kernel.py, 21 rounds, bit-identical); wide rows
+// affine and projective alike (benchmarks/ab_kernel.py, 21 rounds, bit-identical); a given
+// grid's since 2026-12-03: 1.13x at 256x1x28x28 (ab_kernel.py --bare --grid, AVX-512 build,
+// θ's grid with noise 0.05); wide rows
 // have two edge vectors each, and at 64x3x64x64 the copy cost more than it saved
 // (0.89-0.94x). Read as pairs instead
 // (each corner row masked by its validity), the edge vectors ran no faster than with
@@ -1631,7 +1633,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // 2x8x256x256 (A/B of the bare kernel, one thread)
   const bool beyond_l2 = exceeds_l2(B, C, k);
 #ifdef TORCHSTN_AVX2
-  const bool bordered = std::is_same_v<T, float> && LOC != GRID && MODE == LINEAR && PAD == ZEROS && loc.packed &&
+  const bool bordered = std::is_same_v<T, float> && MODE == LINEAR && PAD == ZEROS && loc.packed &&
                         bordered_pays(C, k.H, k.W, Ho, Wo);
   const uint64_t call = bordered ? bordered_calls.fetch_add(1, std::memory_order_relaxed) : 0;
 #endif
@@ -1670,6 +1672,18 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
     if constexpr (std::is_same_v<T, float> && LOC == GRID && MODE == LINEAR) {
       if (xs.w == 1 && os.w == 1 && C <= 4 && ahead == 0) {
         float* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
+        if constexpr (PAD == ZEROS) {
+          if (bordered) {
+            Bordered& copy = bordered_copy();
+            const float* xp = copy.of(x + b * xs.b, xs, C, k.H, k.W, call, b);
+            Constants<float> kb = k;
+            kb.sh = static_cast<int32_t>(copy.row);
+            single_pass<PAD, GRID_PAIRS, AFFINE, kBorder>(xp, copy.plane, ob, os.c, C, nullptr,
+                                                          loc.grid + (b * k.Ho * k.Wo + span.p0) * 2, nullptr, 0.f, n,
+                                                          kb, blk);
+            return;
+          }
+        }
         single_pass<PAD, GRID_PAIRS>(x + b * xs.b, xs.c, ob, os.c, C, nullptr, loc.grid + (b * k.Ho * k.Wo + span.p0) * 2,
                                      nullptr, 0.f, n, k, blk);
         return;
