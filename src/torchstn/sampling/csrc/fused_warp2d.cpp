@@ -1643,10 +1643,11 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
     const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
     const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
 #ifdef TORCHSTN_AVX2
-    if constexpr (std::is_same_v<T, float> && LOC != GRID && MODE == LINEAR) {
+    if constexpr (std::is_same_v<T, float> && MODE == LINEAR) {
       // (row_spans below repeats this test and the two of the passes that follow)
       if (xs.w == 1 && os.w == 1 && C <= 4 && ahead == 0) {  // (packed rows: a contiguous block, os.h == Wo)
-        const float* m = loc.matrix(b);
+        const float* m = LOC == GRID ? nullptr : loc.matrix(b);
+        const float* pairs = LOC == GRID ? loc.grid + (b * k.Ho * k.Wo + span.p0) * 2 : nullptr;
         float* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
         if constexpr (PAD == ZEROS) {
           if (bordered) {
@@ -1654,38 +1655,25 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
             const float* xp = copy.of(x + b * xs.b, xs, C, k.H, k.W, call, b);
             Constants<float> kb = k;
             kb.sh = static_cast<int32_t>(copy.row);
-            single_pass<PAD, PACKED, LOC, kBorder>(xp, copy.plane, ob, os.c, C, m, loc.px + span.p0, loc.py + span.p0,
-                                                   0.f, n, kb, blk);
+            if constexpr (LOC == GRID) {
+              single_pass<PAD, GRID_PAIRS, AFFINE, kBorder>(xp, copy.plane, ob, os.c, C, m, pairs, nullptr, 0.f, n, kb,
+                                                            blk);
+            } else {
+              single_pass<PAD, PACKED, LOC, kBorder>(xp, copy.plane, ob, os.c, C, m, loc.px + span.p0,
+                                                     loc.py + span.p0, 0.f, n, kb, blk);
+            }
             return;
           }
         }
-        if (loc.packed) {
+        if constexpr (LOC == GRID) {
+          single_pass<PAD, GRID_PAIRS>(x + b * xs.b, xs.c, ob, os.c, C, m, pairs, nullptr, 0.f, n, k, blk);
+        } else if (loc.packed) {
           single_pass<PAD, PACKED, LOC>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.px + span.p0, loc.py + span.p0, 0.f, n,
                                         k, blk);
         } else {
           single_pass<PAD, ROW, LOC>(x + b * xs.b, xs.c, ob, os.c, C, m, loc.xs + span.j0, nullptr, loc.ys[span.i], n,
                                      k, blk);
         }
-        return;
-      }
-    }
-    if constexpr (std::is_same_v<T, float> && LOC == GRID && MODE == LINEAR) {
-      if (xs.w == 1 && os.w == 1 && C <= 4 && ahead == 0) {
-        float* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
-        if constexpr (PAD == ZEROS) {
-          if (bordered) {
-            Bordered& copy = bordered_copy();
-            const float* xp = copy.of(x + b * xs.b, xs, C, k.H, k.W, call, b);
-            Constants<float> kb = k;
-            kb.sh = static_cast<int32_t>(copy.row);
-            single_pass<PAD, GRID_PAIRS, AFFINE, kBorder>(xp, copy.plane, ob, os.c, C, nullptr,
-                                                          loc.grid + (b * k.Ho * k.Wo + span.p0) * 2, nullptr, 0.f, n,
-                                                          kb, blk);
-            return;
-          }
-        }
-        single_pass<PAD, GRID_PAIRS>(x + b * xs.b, xs.c, ob, os.c, C, nullptr, loc.grid + (b * k.Ho * k.Wo + span.p0) * 2,
-                                     nullptr, 0.f, n, k, blk);
         return;
       }
     }
