@@ -276,7 +276,7 @@ def test_channels_last_edge_vectors_with_single_non_finite_points(channels, padd
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 5])
-@pytest.mark.parametrize("location", ["affine", "grid"])
+@pytest.mark.parametrize("location", ["affine", "projective", "grid"])
 @pytest.mark.parametrize("wanted", ["both", "x", "theta"])
 def test_the_one_pass_backward_equals_the_two_passes_bit_for_bit(channels, location, wanted):
     """The float32 backward of NCHW inputs runs in one pass, each vector of points located in
@@ -285,14 +285,15 @@ def test_the_one_pass_backward_equals_the_two_passes_bit_for_bit(channels, locat
     read back). Both must give the same bits, for every padding, with points outside the
     image, a NaN θ and an infinite pixel."""
     dtype = torch.float32
+    transform = stn.Projective() if location == "projective" else stn.Affine()
     for shape, size in (((3, channels, 20, 90), (17, 100)), ((2, channels, 9, 11), (7, 12))):
         x = random_input(shape, dtype)
         x[0, :, 3, 5] = float("inf")
-        theta = random_theta(stn.Affine(), shape[0], dtype, scale=0.3, seed=11)
+        theta = random_theta(transform, shape[0], dtype, scale=0.3, seed=11)
         theta[0, 0] += 0.4  # (zoomed out: more of the first sample's points outside)
         theta[1, 2] = float("nan")
         if shape[0] > 2:  # the identity: with align_corners, points exactly on the first pixel (border's clip)
-            theta[2] = stn.Affine().identity(1, dtype=dtype)[0]
+            theta[2] = transform.identity(1, dtype=dtype)[0]
         loc = stn.Affine().grid(theta, size) if location == "grid" else theta
         for padding in PADDINGS:
             for align_corners in (False, True):
@@ -304,7 +305,7 @@ def test_the_one_pass_backward_equals_the_two_passes_bit_for_bit(channels, locat
                     xg = x.detach().clone().requires_grad_(wanted != "theta")
                     lg = loc.detach().clone().requires_grad_(wanted != "x")
                     out = (stn.sample(xg, lg, **options, backend="fused") if location == "grid"
-                           else stn.warp(xg, lg, "affine", **options, backend="fused"))
+                           else stn.warp(xg, lg, transform, **options, backend="fused"))
                     grad_out = torch.zeros(*out.shape[:3], out.shape[3] * width_step, dtype=dtype)[..., ::width_step]
                     grad_out.copy_(torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape))
                     assert grad_out.stride(-1) == width_step

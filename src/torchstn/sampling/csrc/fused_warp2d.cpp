@@ -999,7 +999,9 @@ struct Locations8 {
         m6(LOC == PROJECTIVE ? m[6] : 0.f), m7(LOC == PROJECTIVE ? m[7] : 0.f), m8(LOC == PROJECTIVE ? m[8] : 1.f),
         cx(m1 * y + m2), cy(m4 * y + m5), cw(m7 * y + m8), eps(eps_), xs(xs_), ys(ys_), n(n_) {}
 
-  inline void at(int64_t t0, __m256* gx, __m256* gy) const {
+  // (KEEP, for the backward of a homography: also its guarded w and 1 where the guard is off)
+  template <bool KEEP = false>
+  inline void at(int64_t t0, __m256* gx, __m256* gy, __m256* w_out = nullptr, __m256* keep_out = nullptr) const {
     using S = Simd<float>;
     if (SOURCE == GRID_PAIRS) {  // x0 y0 x1 y1 ... x7 y7
       const __m256 a = S::load_upto(xs + 2 * t0, 2 * (n - t0)), b = S::load_upto(xs + 2 * t0 + 8, 2 * (n - t0) - 8);
@@ -1026,6 +1028,10 @@ struct Locations8 {
       const __m256 w = avx::select(guard, sign, raw);
       *gx = _mm256_div_ps(*gx, w);
       *gy = _mm256_div_ps(*gy, w);
+      if constexpr (KEEP) {
+        *w_out = w;
+        *keep_out = _mm256_andnot_ps(guard, avx::set1(1.f));
+      }
     }
   }
 };
@@ -1155,7 +1161,8 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
   }
 }
 
-// The backward of a block of n points (float, affine rows or a grid, bilinear, unit width
+// The backward of a block of n points (float, affine rows, a homography (LOC = PROJECTIVE: its
+// w, guard and locations kept in the block for θ's gradient) or a grid, bilinear, unit width
 // strides of x and grad_out; SOURCE as single_pass's) in one pass, a vector of 8 points at a
 // time, its locations, weights and corners in registers instead of the block's arrays: a
 // vector whose points lie strictly inside the image takes inside8_at's short path, any other
@@ -1168,21 +1175,35 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
 // 1.22-1.44x, x's alone 0.93x at 256x1x28x28 (packed rows, a third of whose vectors are edge
 // vectors, each now located twice) and 1.22-1.25x elsewhere (benchmarks/ab_kernel.py --bare,
 // θ the identity + 0.05 N(0, 1), Intel Xeon with AVX-512, bit-identical). Read as windows
-// (inside8's two loads and permutes per row) instead of pairs, the corners ran 0.95x.
-template <int PAD, int SOURCE>
+// (inside8's two loads and permutes per row) instead of pairs, the corners ran 0.95x. Tried and
+// not kept: grad_x's shares added a 16-pixel window at a time (AVX-512 expands and masked
+// read-add-writes, where the eight corner-0 offsets rise strictly: the same order per pixel,
+// the same bits): x's gradient alone 1.40x at 1x3x224x224, but both gradients 0.92-1.00x,
+// packed rows 0.90x; θ's alone of packed rows from a bordered copy of x (as the forward):
+// 1.01x, grids 0.92x. Homographies: both gradients 1.07-1.20x.
+template <int PAD, int SOURCE, int LOC = AFFINE>
 inline void backward_pass(const float* xb, int64_t xc_step, float* gxb, const float* gb, int64_t gc_step, int64_t C,
                           const float* m, const float* xs, const float* ys, float y, int64_t n, bool want_loc,
-                          int64_t ahead, const Constants<float>& kref, float* gix, float* giy) {
+                          int64_t ahead, const Constants<float>& kref, float* gix, float* giy, Block<float>& blk) {
   using S = Simd<float>;
   const Constants<float> k = kref;  // (in registers: grad_x's stores may alias the caller's)
   const int32_t sh = k.sh;
-  const Locations8<SOURCE> where(m, xs, ys, y, n);
+  const Locations8<SOURCE, LOC> where(m, xs, ys, y, n, k.eps);
   const __m256 zero = _mm256_setzero_ps(), one = avx::set1(1.f);
   alignas(32) float part[4][8];
   alignas(32) int32_t off[4][8], valid[4][8];
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
     __m256 gx, gy;
-    where.at(t0, &gx, &gy);
+    if constexpr (LOC == PROJECTIVE) {  // (w, the guard and the location for θ's gradient, as locate keeps them)
+      __m256 wv, keep;
+      where.template at<true>(t0, &gx, &gy, &wv, &keep);
+      _mm256_store_ps(blk.g + t0, wv);
+      _mm256_store_ps(blk.keep + t0, keep);
+      _mm256_store_ps(blk.gx + t0, gx);
+      _mm256_store_ps(blk.gy + t0, gy);
+    } else {
+      where.at(t0, &gx, &gy);
+    }
     __m256 w[4], v[4] = {}, tx, ty, dix, diy, bad = zero;
     __m256i o[4] = {};  // (o[1-3] and v: read only by vectors not inner)
     bool inner = true;
@@ -1793,7 +1814,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
       const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
       bool one_pass = false;
 #ifdef TORCHSTN_AVX2
-      if constexpr (std::is_same_v<T, float> && MODE == LINEAR && LOC != PROJECTIVE) {
+      if constexpr (std::is_same_v<T, float> && MODE == LINEAR) {
         if (xs.w == 1 && gs.w == 1) {  // (packed rows: a contiguous block, gs.h == Wo)
           one_pass = true;
           const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
@@ -1802,13 +1823,13 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
           const float* gb = grad_out + b * gs.b + (loc.packed ? span.p0 : span.i * gs.h + span.j0);
           if constexpr (LOC == GRID) {
             backward_pass<PAD, GRID_PAIRS>(xb, xs.c, gxb, gb, gs.c, C, nullptr, loc.grid + (b * Ho * Wo + span.p0) * 2,
-                                           nullptr, 0.f, n, grad_loc != nullptr, ahead, k, gix, giy);
+                                           nullptr, 0.f, n, grad_loc != nullptr, ahead, k, gix, giy, blk);
           } else if (loc.packed) {
-            backward_pass<PAD, PACKED>(xb, xs.c, gxb, gb, gs.c, C, loc.matrix(b), loc.px + span.p0, loc.py + span.p0,
-                                       0.f, n, grad_loc != nullptr, ahead, k, gix, giy);
+            backward_pass<PAD, PACKED, LOC>(xb, xs.c, gxb, gb, gs.c, C, loc.matrix(b), loc.px + span.p0,
+                                            loc.py + span.p0, 0.f, n, grad_loc != nullptr, ahead, k, gix, giy, blk);
           } else {
-            backward_pass<PAD, ROW>(xb, xs.c, gxb, gb, gs.c, C, loc.matrix(b), loc.xs + span.j0, nullptr,
-                                    loc.ys[span.i], n, grad_loc != nullptr, ahead, k, gix, giy);
+            backward_pass<PAD, ROW, LOC>(xb, xs.c, gxb, gb, gs.c, C, loc.matrix(b), loc.xs + span.j0, nullptr,
+                                         loc.ys[span.i], n, grad_loc != nullptr, ahead, k, gix, giy, blk);
           }
         }
       }
