@@ -100,7 +100,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--noise", type=float, default=0.1, help="θ: the identity plus this times N(0, 1)")
     parser.add_argument("--forward-only", action="store_true", help="skip the forward+backward pass")
-    parser.add_argument("--bare", action="store_true", help="the entry points alone (the backward for forward+backward)")
+    parser.add_argument("--bare", action="store_true",
+                        help="the entry points alone (the backward for forward+backward)")
     parser.add_argument("--grads", choices=("both", "x", "theta"), default="both",
                         help="--bare's backward: the gradients it computes")
     parser.add_argument("--grid", action="store_true", help="--bare: the points given as a grid (torchstn.sample)")
@@ -138,7 +139,7 @@ def main() -> None:
                     forward_backward = bare_call(x, theta, transform, libraries, backward=True, grads=args.grads,
                                                  grid=args.grid)
             second = f"backward ({args.grads})" if args.bare else "forward+backward"
-            passes = (("forward", forward),) if args.forward_only else (("forward", forward), (second, forward_backward))
+            passes = [("forward", forward)] + ([] if args.forward_only else [(second, forward_backward)])
             for name, run in passes:
                 for entries in libraries.values():  # warm both
                     use(entries)

@@ -420,7 +420,8 @@ inline bool exceeds_l2(int64_t B, int64_t C, const Constants<T>& k) {
 // not fault there): it is computed as an integer, not by pointer arithmetic past the tensor
 template <int WRITE = 0, typename T>
 inline void fetch_ahead(const T* xc, int32_t off, int64_t ahead, int32_t sh) {
-  const std::uintptr_t p = reinterpret_cast<std::uintptr_t>(xc) + static_cast<std::uintptr_t>((off + ahead) * static_cast<int64_t>(sizeof(T)));
+  const std::uintptr_t p = reinterpret_cast<std::uintptr_t>(xc) +
+                           static_cast<std::uintptr_t>((off + ahead) * static_cast<int64_t>(sizeof(T)));
   __builtin_prefetch(reinterpret_cast<const void*>(p), WRITE);
   __builtin_prefetch(reinterpret_cast<const void*>(p + static_cast<std::uintptr_t>(sh * static_cast<int64_t>(sizeof(T)))), WRITE);
 }
