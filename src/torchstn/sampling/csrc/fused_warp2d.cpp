@@ -893,7 +893,9 @@ inline typename Simd<T>::V interpolate(const T* xc, const Block<T>& blk, int64_t
 // translation, or near it) the loads are the corners, unpermuted: 1.05x / 1.13x at 1x1x224x224
 // / 1x3x224x224 with θ the identity + 0.05 N(0, 1), 1.18x at the identity, 1.0x at 0.1 N(0, 1).
 // Not in the AVX-512 build, whose two-source permute reads a window as fast: both paths there
-// ran 0.88x at 64x3x64x64 and 0.96x at 1x3x224x224 (2026-12-03, Intel Xeon, bare kernel).
+// ran 0.88x at 64x3x64x64 and 0.96x at 1x3x224x224 (2026-12-03, Intel Xeon, bare kernel). Nor
+// does a vector crossing one input row read three rows' windows there (two permutes and a
+// blend per corner, instead of pairs): 0.80x at 256x1x28x28, 0.91x at 1x3x224x224.
 template <bool WIDE>
 __attribute__((always_inline)) inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step,
                                                    int64_t C, __m256i off0, const __m256 w[4], int64_t sh,
