@@ -316,3 +316,39 @@ def test_the_one_pass_backward_equals_the_two_passes_bit_for_bit(channels, locat
                                                msg=f"{shape} {padding} {align_corners}")
                 if wanted != "x":
                     assert grads[0][-1][1].isnan().all()
+
+
+@pytest.mark.parametrize("batch", [7, 1])
+@pytest.mark.parametrize("location", ["affine", "grid"])
+def test_the_bordered_backward_on_two_threads_equals_one_thread_bit_for_bit(location, batch):
+    """The backward of narrow rows with dL/dx under zeros padding reads each sample from a
+    bordered copy and adds its dL/dx into a bordered buffer, both the calling thread's own:
+    the batch split over two threads gives the one thread's gradients bit for bit, and two
+    backwards in a row (two images, their forwards first; with one sample each, the second
+    call's sample 0 is the sample the thread copied last) never read each other's copies."""
+    transform = stn.Affine()
+    images = [random_input((batch, 3, 9, 11), torch.float32, seed=s) for s in (5, 15)]
+    theta = random_theta(transform, batch, torch.float32, scale=0.2, seed=6)
+    loc = transform.grid(theta, (7, 12)) if location == "grid" else theta
+    grad_out = torch.linspace(-1, 1, batch * 3 * 7 * 12).reshape(batch, 3, 7, 12)
+    threads = torch.get_num_threads()
+
+    def forward(x):
+        xg, lg = x.detach().clone().requires_grad_(), loc.detach().clone().requires_grad_()
+        out = (stn.sample(xg, lg, backend="fused") if location == "grid"
+               else stn.warp(xg, lg, transform, size=(7, 12), backend="fused"))
+        return out, (xg, lg)
+
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            alone = [torch.autograd.grad(*forward(x), grad_out) for x in images]
+            both = [forward(x) for x in images]  # both forwards, then both backwards
+            in_a_row = [torch.autograd.grad(out, leaves, grad_out) for out, leaves in both]
+            if n == 1:
+                reference = alone
+            for got in (alone, in_a_row):
+                for a, b in zip(sum(map(list, got), []), sum(map(list, reference), [])):
+                    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
