@@ -380,6 +380,13 @@ STN_TABLE1 = Experiment(
         "it): the CNN errs on 4.13% (training error 4.31%) and the ST-CNN Aff on 3.39% (3.34%), against "
         "2.71% and 1.91% with it: digits cut by the canvas's edge cost more than the squeezed ones the "
         "redrawing keeps.",
+        "The localisation net's input at full resolution (`--model-arg loc_pool=1`, which took ST-CNN Aff "
+        "from 1.96 ± 0.08% to 1.70 ± 0.07%, the notes below) for the other two rows (measured 2026-12-03, "
+        "seed 0, the `long` P command of the notes with `--model st-cnn-proj` or `st-cnn-tps` and "
+        "`--model-arg loc_pool=1`, one thread, two trainings at a time, 22 min each): ST-CNN Proj 1.67% "
+        "(training error 1.52%) against the row's 1.89%, ST-CNN TPS 1.84% (1.59%) against 1.95%: 0.11-0.22 "
+        "points off for every transformer, still 0.9-1.0 points above the paper's 0.8%. The rows keep the "
+        "paper's localisation net.",
         "Where on antialiased P the learned transformer loses to the ideal one (measured 2026-12-03: `python "
         "benchmarks/p_squeeze.py RUN ... --ideal IDEAL_RUN --data-dir ../shared/data/mnist`, the test error "
         "by how much each digit's homography squeezes it, the ratio of the singular values of its Jacobian at "
