@@ -612,7 +612,7 @@ __attribute__((always_inline)) inline bool keep8(const Located8& p, const Corner
 struct Inside8 {
   __m256i off0;
   __m256 w[4];
-  __m256 ix, tx, ty;  // (for the backward: the forward leaves them to the compiler to drop)
+  __m256 ix, iy, tx, ty;  // (for the backward: the forward leaves them to the compiler to drop)
 };
 
 // BORDER: the image has a border of BORDER zero pixels on every side in memory (a bordered
@@ -637,6 +637,7 @@ __attribute__((always_inline)) inline bool inside8_at(__m256 gx, __m256 gy, cons
   p->w[2] = _mm256_mul_ps(rx, ty);
   p->w[3] = _mm256_mul_ps(tx, ty);
   p->ix = ix;
+  p->iy = iy;
   p->tx = tx;
   p->ty = ty;
   return true;
@@ -1178,8 +1179,9 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
 // values. Both gradients: 1.09x at 256x1x28x28, 1.22-1.25x at 64x3x64x64, 64x8x32x32,
 // 1x3x224x224 and 32x3x224x224 (AVX-512 build), 1.00x / 1.12-1.22x (AVX2 build); θ's alone
 // 1.22-1.44x, x's alone 0.93x at 256x1x28x28 (packed rows, a third of whose vectors are edge
-// vectors, each now located twice) and 1.22-1.25x elsewhere (benchmarks/ab_kernel.py --bare,
-// θ the identity + 0.05 N(0, 1), Intel Xeon with AVX-512, bit-identical). Read as windows
+// vectors, each located twice; 1.00x since they read a bordered copy, see backward_impl) and
+// 1.22-1.25x elsewhere (benchmarks/ab_kernel.py --bare, θ the identity + 0.05 N(0, 1), Intel
+// Xeon with AVX-512, bit-identical). Read as windows
 // (inside8's two loads and permutes per row) instead of pairs, the corners ran 0.95x. Tried and
 // not kept: grad_x's shares added a 16-pixel window at a time (AVX-512 expands and masked
 // read-add-writes, where the eight corner-0 offsets rise strictly: the same order per pixel,
@@ -1222,9 +1224,8 @@ inline void backward_pass(const float* xb, int64_t xc_step, float* gxb, const fl
       dix = avx::set1(k.ax);
       diy = avx::set1(k.ay);
       if (PAD == BORDER) {  // clip's derivative: 0 at the first pixel, 1 past it
-        const __m256 iy = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gy, one), avx::set1(k.ay)), avx::set1(k.by));
         dix = _mm256_mul_ps(dix, _mm256_and_ps(_mm256_cmp_ps(in.ix, zero, _CMP_GT_OQ), one));
-        diy = _mm256_mul_ps(diy, _mm256_and_ps(_mm256_cmp_ps(iy, zero, _CMP_GT_OQ), one));
+        diy = _mm256_mul_ps(diy, _mm256_and_ps(_mm256_cmp_ps(in.iy, zero, _CMP_GT_OQ), one));
       }
     } else {
       const avx::Located8 p = avx::locate8<PAD>(gx, gy, t0, n, k);
@@ -1865,19 +1866,19 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
           const float* xb = x + b * xs.b;
           float* gxb = grad_x ? grad_x + b * xs.b : nullptr;
           const float* gb = grad_out + b * gs.b + (loc.packed ? span.p0 : span.i * gs.h + span.j0);
+          const float* pairs = LOC == GRID ? loc.grid + (b * Ho * Wo + span.p0) * 2 : nullptr;
           if (PAD == ZEROS && bordered) {  // (packed rows)
             if constexpr (PAD == ZEROS && LOC == GRID) {
-              backward_pass<PAD, GRID_PAIRS, AFFINE, kBorder>(xp, plane, gp, gb, gs.c, C, nullptr,
-                                                              loc.grid + (b * Ho * Wo + span.p0) * 2, nullptr, 0.f, n,
-                                                              grad_loc != nullptr, 0, kb, gix, giy, blk);
+              backward_pass<PAD, GRID_PAIRS, AFFINE, kBorder>(xp, plane, gp, gb, gs.c, C, nullptr, pairs, nullptr, 0.f,
+                                                              n, grad_loc != nullptr, 0, kb, gix, giy, blk);
             } else if constexpr (PAD == ZEROS) {
               backward_pass<PAD, PACKED, LOC, kBorder>(xp, plane, gp, gb, gs.c, C, loc.matrix(b), loc.px + span.p0,
                                                        loc.py + span.p0, 0.f, n, grad_loc != nullptr, 0, kb, gix, giy,
                                                        blk);
             }
           } else if constexpr (LOC == GRID) {
-            backward_pass<PAD, GRID_PAIRS>(xb, xs.c, gxb, gb, gs.c, C, nullptr, loc.grid + (b * Ho * Wo + span.p0) * 2,
-                                           nullptr, 0.f, n, grad_loc != nullptr, ahead, k, gix, giy, blk);
+            backward_pass<PAD, GRID_PAIRS>(xb, xs.c, gxb, gb, gs.c, C, nullptr, pairs, nullptr, 0.f, n,
+                                           grad_loc != nullptr, ahead, k, gix, giy, blk);
           } else if (loc.packed) {
             backward_pass<PAD, PACKED, LOC>(xb, xs.c, gxb, gb, gs.c, C, loc.matrix(b), loc.px + span.p0,
                                             loc.py + span.p0, 0.f, n, grad_loc != nullptr, ahead, k, gix, giy, blk);
