@@ -172,6 +172,19 @@ def test_float32_rows_in_one_pass_equal_the_two_passes_bit_for_bit(padding, alig
     torch.testing.assert_close(five[finite], grid_path[finite], atol=1e-4, rtol=0)
 
 
+def test_offsets_past_float32s_exact_integers_read_the_right_pixels():
+    """A plane of more than 2^24 pixels, whose offsets float32 no longer holds exactly (the
+    one-pass kernel computes them in float below that size, by integer multiplication above
+    it): every output point equals F.grid_sample's, the bottom rows' (offsets near 2^24.3) too."""
+    x = torch.rand(1, 1, 5000, 4099, generator=torch.Generator().manual_seed(0))
+    theta = torch.tensor([[0.9, 0.0, 0.0013, 0.0, 0.999, 0.0021]])
+    out = stn.warp(x, theta, stn.Affine(), size=(24, 40), backend="fused")
+    expected = F.grid_sample(x, F.affine_grid(theta.view(1, 2, 3), [1, 1, 24, 40], align_corners=False),
+                             align_corners=False)
+    # (float32 locations of pixels ~4000 apart round differently by 2.4e-4 pixels; a wrong pixel is ~0.3 off)
+    torch.testing.assert_close(out, expected, atol=2e-3, rtol=0)
+
+
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_neighbouring_pixels_read_whole_equal_the_two_passes_bit_for_bit(padding, align_corners):
