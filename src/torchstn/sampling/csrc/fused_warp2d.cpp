@@ -1539,7 +1539,11 @@ __attribute__((always_inline)) inline void run8_interleaved(const float* xb, int
 // 1.14-1.19x at channels_last 1x3x224x224, 1.00x at 32x3x64x64. Built with AVX-512, an inside
 // vector's points are written a pair at a time, their 2C values compressed together and
 // stored with one masked store, instead of two overlapping 4-lane stores: 1.01-1.05x at
-// channels_last 1x3x224x224, 32x3x64x64, 8x2x64x64 and 4x4x64x64.
+// channels_last 1x3x224x224, 32x3x64x64, 8x2x64x64 and 4x4x64x64. Tried and not kept: the
+// AVX-512 build reading the corners of eight points whose offsets lie within a 32-float
+// window of each corner row (54% of the vectors at 1x3x224x224) as two 16-wide loads per row,
+// each output lane's value and weight picked by permutes, the 8C outputs as 16-wide stores:
+// 0.92x (2026-12-03, Intel Xeon).
 template <int PAD, int SOURCE, int LOC = AFFINE>
 inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int64_t C, const float* m,
                                     const float* xs, const float* ys, float y, int64_t n,
