@@ -206,6 +206,21 @@ def test_unknown_backend():
         stn.sample(torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 2, 2), backend="cuda-magic")
 
 
+@pytest.mark.parametrize("backend", ["auto", "fused", "torch", "reference"])
+@pytest.mark.parametrize("value", ["False", None, 1, 0.0])
+def test_align_corners_must_be_a_bool(value, backend):
+    """A flag read from a config file ("False") is not taken as True: F.grid_sample and
+    SpatialTransformer refuse anything but a bool, and so do warp and sample, on every path
+    (the compiled call included)."""
+    x, grid = torch.rand(1, 1, 8, 9), torch.rand(1, 3, 4, 2) * 2 - 1
+    with pytest.raises(TypeError, match=r"align_corners must be a bool, got "):
+        stn.sample(x, grid, align_corners=value, backend=backend)
+    for transform in ("affine", stn.Projective()):
+        with pytest.raises(TypeError, match=r"align_corners must be a bool, got "):
+            stn.warp(x, transform.identity(1) if not isinstance(transform, str) else torch.eye(2, 3)[None],
+                     transform, align_corners=value, backend=backend)
+
+
 def test_bicubic_in_3d():
     with pytest.raises(ValueError, match=r"mode='bicubic' is 2-D only .* got a 5-D input"):
         stn.sample(torch.rand(1, 1, 4, 4, 4), torch.zeros(1, 2, 2, 2, 3), mode="bicubic")

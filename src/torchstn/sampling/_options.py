@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import torch
 
-from torchstn._validation import check_bool
 from torchstn.sampling._sample import Backend, Mode, Padding, check_options, sample_checked_options, warp_checked_options
 from torchstn.transforms import Transform
 
@@ -44,8 +43,7 @@ class SamplerOptions:
     backend: Backend = "auto"
 
     def __post_init__(self) -> None:
-        check_options(self.mode, self.padding, self.backend)
-        check_bool("align_corners", self.align_corners)
+        check_options(self.mode, self.padding, self.backend, self.align_corners)
 
     def sample(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """:func:`~torchstn.sample` of ``x`` at ``grid`` with these options (checked once, when made)."""

@@ -9,7 +9,7 @@ from typing import Literal, get_args
 import torch
 
 from torchstn._tracing import autocast_enabled, eager_tensors, reject_tangents
-from torchstn._validation import check_choice, check_floating, check_same_batch, check_size, check_tensor
+from torchstn._validation import check_bool, check_choice, check_floating, check_same_batch, check_size, check_tensor
 from torchstn.sampling import _fused, _fused3d
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.sampling._reference import reference_sample
@@ -96,8 +96,9 @@ def _backend_name(backend: str | None, x: torch.Tensor, grid: torch.Tensor, mode
     return backend
 
 
-def check_options(mode: object, padding: object, backend: object) -> None:
-    """Validate the sampler's string options.
+def check_options(mode: object, padding: object, backend: object, align_corners: object) -> None:
+    """Validate the sampler's options: the strings, and ``align_corners`` a real ``bool``
+    (as ``F.grid_sample`` wants it: ``"False"`` from a config file is not True).
 
     :func:`sample` and :func:`warp` call it once per call (their ``backend=None`` is
     ``"auto"``); a :class:`~torchstn.sampling.SamplerOptions` once, when it is made.
@@ -105,6 +106,7 @@ def check_options(mode: object, padding: object, backend: object) -> None:
     check_choice("mode", mode, MODES)
     check_choice("padding", padding, PADDINGS)
     check_choice("backend", backend, BACKEND_CHOICES)
+    check_bool("align_corners", align_corners)
 
 
 def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tensor, params: torch.Tensor, mode: str) -> bool:
@@ -235,9 +237,9 @@ def sample(
     out = _compiled_sample(x, grid, mode, padding, align_corners, backend)
     if out is not None:
         return out
-    check_options(mode, padding, "auto" if backend is None else backend)
+    check_options(mode, padding, "auto" if backend is None else backend, align_corners)
     check_sample_args(x, grid, mode)
-    return _run_kernel(x, grid, mode, padding, bool(align_corners), backend)
+    return _run_kernel(x, grid, mode, padding, align_corners, backend)
 
 
 def sample_checked_options(
@@ -352,8 +354,8 @@ def warp(
     out = _compiled_warp(x, params, transform, size, mode, padding, align_corners, backend)
     if out is not None:
         return out
-    check_options(mode, padding, "auto" if backend is None else backend)
-    return _warp_general(x, params, transform, size, mode, padding, bool(align_corners), backend)
+    check_options(mode, padding, "auto" if backend is None else backend, align_corners)
+    return _warp_general(x, params, transform, size, mode, padding, align_corners, backend)
 
 
 def warp_checked_options(

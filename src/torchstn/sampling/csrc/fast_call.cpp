@@ -257,16 +257,13 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       ow = positive_int(PyTuple_GET_ITEM(size, 1));
       if (oh < 0 || ow < 0) Py_RETURN_NONE;
     }
-    const int truth = PyObject_IsTrue(args[6]);
-    if (truth < 0) {
-      PyErr_Clear();
-      Py_RETURN_NONE;
-    }
+    if (!PyBool_Check(args[6])) Py_RETURN_NONE;  // (align_corners: the Python path says what it must be)
+    const bool aligned = args[6] == Py_True;
     if (family == 0) {
       const bool flat = params.dim() == 2 && params.size(1) == 6;
       const bool rows = params.dim() == 3 && params.size(1) == 2 && params.size(2) == 3;
       if (!flat && !rows) Py_RETURN_NONE;
-      return THPVariable_Wrap(run(x, params.contiguous(), kAffine, oh, ow, mode, padding, truth, 0.0));
+      return THPVariable_Wrap(run(x, params.contiguous(), kAffine, oh, ow, mode, padding, aligned, 0.0));
     }
     if (family == 1 && params.dim() == 2 && params.size(1) == 8) {
       PyObject* eps_value = PyObject_GetAttr(transform, p.eps);  // Projective's guard of w
@@ -276,7 +273,7 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       if (eps == -1.0 && PyErr_Occurred()) return nullptr;
       const at::Tensor matrix = x.scalar_type() == at::kFloat ? homographies<float>(params.contiguous())
                                                               : homographies<double>(params.contiguous());
-      return THPVariable_Wrap(run(x, matrix, kProjective, oh, ow, mode, padding, truth, eps));
+      return THPVariable_Wrap(run(x, matrix, kProjective, oh, ow, mode, padding, aligned, eps));
     }
     Py_RETURN_NONE;
   } catch (...) {  // (a failed TORCH_CHECK in run, an allocation): as torch's own bindings translate it
@@ -319,12 +316,10 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const at::Tensor& grid = THPVariable_Unpack(go);
     if (!kernel_covers(x, grid) || grid.dim() != 4 || grid.size(3) != 2 || grid.size(1) <= 0 || grid.size(2) <= 0)
       Py_RETURN_NONE;
-    const int truth = PyObject_IsTrue(args[4]);
-    if (truth < 0) {
-      PyErr_Clear();
-      Py_RETURN_NONE;
-    }
-    return THPVariable_Wrap(run(x, grid.contiguous(), kGrid, grid.size(1), grid.size(2), codes[0], codes[1], truth, 0.0));
+    if (!PyBool_Check(args[4])) Py_RETURN_NONE;  // (align_corners: the Python path says what it must be)
+    const bool aligned = args[4] == Py_True;
+    return THPVariable_Wrap(
+        run(x, grid.contiguous(), kGrid, grid.size(1), grid.size(2), codes[0], codes[1], aligned, 0.0));
   } catch (...) {  // as fast_warp
     torch::translate_exception_to_python(std::current_exception());
     return nullptr;
