@@ -84,3 +84,60 @@ def test_a_traced_torch_backend_gives_both_coordinates_a_nan_gradient():
     bad = torch.tensor([[[True, False], [True, False]]])
     assert out.isnan().all(1).eq(bad).all()
     assert grid.grad[bad].isnan().all() and not grid.grad[~bad].isnan().any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("value", BAD, ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_non_finite_pixel_is_read_where_grid_sample_reads_it_only(dims, value, mode, align_corners, backend):
+    """Zeros padding: a corner outside the image reads 0, not 0 times the edge pixel nearest
+    to it, so a NaN or Inf pixel at the edge of the image stays out of the points beside it
+    that lie outside (forward and both gradients, against F.grid_sample's)."""
+    shape = (2, 2, 4, 5) if dims == 2 else (2, 2, 3, 4, 5)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x[(0, 0) + (0,) * dims] = value  # a corner pixel of one channel
+    x[(1, 1) + (-1,) * dims] = value
+    grid = torch.rand(2, *shape[2:], dims, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 3.4 - 1.7
+    beside = torch.tensor([-1.3, -1.6, -2.5, -0.9], dtype=torch.float64)[:, None]  # outside the corner, then on it
+    grid.view(2, -1, dims)[0, :4] = beside
+    grid.view(2, -1, dims)[1, :4] = -beside
+    grad_out = torch.rand(2, 2, *shape[2:], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    results = []
+    for sampler in (lambda x, g: stn.sample(x, g, mode, "zeros", align_corners, backend=backend),
+                    lambda x, g: F.grid_sample(x, g, mode, "zeros", align_corners)):
+        xl, gl = x.clone().requires_grad_(), grid.clone().requires_grad_()
+        out = sampler(xl, gl)
+        results.append((out, *torch.autograd.grad(out, (xl, gl), grad_out)))
+    (out, grad_x, grad_grid), (ref, ref_x, ref_grid) = results
+    assert ref.isfinite().any() and not ref.isfinite().all()
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    torch.testing.assert_close(grad_x, ref_x, equal_nan=True)
+    if mode == "bilinear":
+        torch.testing.assert_close(grad_grid, ref_grid, equal_nan=True)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_finite_point_whose_pixel_coordinate_overflows_reads_what_a_far_point_reads(dims, backend, mode, padding):
+    """A float32 grid value near 3e38 overflows the pixel coordinate (F.grid_sample then
+    gives NaN with zeros padding, and its backward of 2-D bilinear reflection crashes the
+    process); it is a finite point far outside and reads what a point far outside reads:
+    nothing with zeros padding, the edge with border, a pixel of the image with reflection.
+    No error, no NaN, finite gradients."""
+    x = torch.arange(24.0).view(1, 1, 2, 3, 4)[..., 0, :, :] if dims == 2 else torch.arange(24.0).view(1, 1, 2, 3, 4)
+    x = x.clone().requires_grad_()
+    far = torch.tensor([[3e38, 0.1, 0.2], [0.0, -3e38, 0.1], [3e38, 3e38, -3e38], [0.1, 0.2, 0.3]])[:, :dims]
+    far = far.view(1, *(1,) * (dims - 1), 4, dims)
+    grid = far.clone().requires_grad_()
+    out = stn.sample(x, grid, mode=mode, padding=padding, backend=backend)
+    nearer = torch.where(far.abs() > 1e30, far.sign() * 1e6, far)  # the same points, no overflow
+    if padding == "reflection":  # (where it lands is rounding: any pixel of the image)
+        assert ((out >= 0) & (out <= 23)).all()
+    else:
+        torch.testing.assert_close(out, F.grid_sample(x, nearer, mode=mode, padding_mode=padding, align_corners=False))
+    out.sum().backward()
+    assert x.grad.isfinite().all() and grid.grad.isfinite().all()

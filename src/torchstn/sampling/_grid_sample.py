@@ -23,11 +23,17 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     process for NaN, and 3-D sampling reads 0 with a zero gradient. There a grid with a
     non-finite point is sampled at a finite stand-in and the non-finite points are then set
     to NaN in every channel, with a NaN gradient for those grid points and none from them
-    for ``x``. Which grids need it is told by the grid's sum (one fast reduction;
-    ``isfinite(grid).all()`` cost a quarter of a 3-D ``grid_sample``): it is not finite if a
-    point is not, or if the sum overflows, and then the careful path gives the same values.
-    Under a tracer or a ``torch.func`` transform, which cannot branch on data, every such
-    call takes the careful path.
+    for ``x``. A finite point so far out that its pixel coordinate overflows (a float32
+    grid near 3e38) gives NaN there too, and crashes the process in the backward of 2-D
+    bilinear reflection; the stand-in holds it at :func:`_far` (beyond which no
+    coordinate has a fraction of a pixel left), where it reads what far points read. Which
+    grids need the careful path is told by the grid's sum of squares (one fast reduction,
+    ``torch.dot``: as fast as the sum that told non-finite points alone, which one huge
+    point does not overflow; ``isfinite(grid).all()`` cost a quarter of a 3-D
+    ``grid_sample``): it is not finite if a point is not or lies past about 1.8e19
+    (float32), and then the careful path gives the same values. Under a tracer or a
+    ``torch.func`` transform, which cannot branch on data, every such call takes the
+    careful path.
     """
     direct = grid.dim() == 4 and padding == "zeros" and mode != "nearest"
     if direct and grid.requires_grad and torch.is_grad_enabled():
@@ -40,16 +46,34 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
         # torch.export record, which are for inference (and torch.jit.trace checks its graph
         # by running it again without gradients, where this branch is not taken)
         if grid.is_cpu and _eager():
-            direct = bool(torch.isfinite(grid.sum()))
+            direct = _moderate(grid)
         elif not (torch.jit.is_tracing() or exporting()):
             grid = grid + grid.sum(-1, keepdim=True) * 0
-    if direct or (_eager() and bool(torch.isfinite(grid.sum()))):
+    if direct or (_eager() and _moderate(grid)):
         return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
     finite = torch.isfinite(grid).all(-1, keepdim=True)  # (B, *out, 1)
-    out = F.grid_sample(x, torch.where(finite, grid, 0.0), mode=mode, padding_mode=padding, align_corners=align_corners)
+    far = _far(grid.dtype)
+    stand_in = torch.where(finite, grid.clamp(-far, far), 0.0)
+    out = F.grid_sample(x, stand_in, mode=mode, padding_mode=padding, align_corners=align_corners)
     # NaN at the non-finite points, differentiable there (the grid gets NaN) and only there
     poison = torch.where(finite, 0.0, grid).sum(-1) * float("nan")  # (B, *out)
     return torch.where(finite.squeeze(-1).unsqueeze(1), out, poison.unsqueeze(1))
+
+
+def _moderate(grid: torch.Tensor) -> bool:
+    """Whether the grid's sum of squares is finite: every point finite, none past about
+    1.8e19 (float32; 1.3e154 float64), so none that :func:`_far` would hold."""
+    flat = grid.reshape(-1)
+    if flat.dtype not in (torch.float32, torch.float64):  # (torch.dot of bfloat16: 200x the float32 one)
+        flat = flat.float()
+    return bool(torch.isfinite(torch.dot(flat, flat)))
+
+
+def _far(dtype: torch.dtype) -> float:
+    """How far out the stand-in holds a grid point: ``F.grid_sample``'s pixel coordinate
+    ``(g + 1) * size / 2`` cannot overflow below it for any size up to 2^31 (it computes
+    float16 and bfloat16 grids in float32)."""
+    return torch.finfo(torch.promote_types(dtype, torch.float32)).max / 2**32
 
 
 def _eager() -> bool:

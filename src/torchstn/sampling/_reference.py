@@ -76,6 +76,10 @@ def _source_index(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel coordinate of one axis after padding, and ``d(coordinate)/d(grid)``."""
     u, scale = _unnormalize(grid, size, align_corners)
+    # a finite point whose pixel coordinate overflows (a grid near the dtype's largest value)
+    # lies far outside: kept finite, so that it reads what every point that far out reads
+    limit = torch.finfo(u.dtype).max / 4
+    u = u.clamp(-limit, limit)
     grad = torch.full_like(u, scale)
     if padding == "border":
         u, d = _clip(u, size)
@@ -137,6 +141,15 @@ class _Corners:
         return lin, valid, factors
 
 
+    @staticmethod
+    def read(xf: torch.Tensor, lin: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The pixels ``(B, C, N)`` of one corner of ``xf`` ``(B, C, pixels)``: 0 where the corner
+        lies outside (zeros padding reads no pixel there: 0 times a NaN or Inf pixel at the
+        edge, where the index is clamped, would be NaN)."""
+        value = xf.gather(2, lin[:, None].expand(xf.shape[0], xf.shape[1], -1))
+        return torch.where(valid[:, None], value, 0.0)
+
+
 def _flat(grid: torch.Tensor) -> torch.Tensor:
     return grid.flatten(1, -2)
 
@@ -155,8 +168,9 @@ class _ReferenceSample(torch.autograd.Function):
         out = x.new_zeros(b, c, corners.base[0].shape[1])
         for offset in corners.offsets:
             lin, valid, factors = corners.corner(offset)
-            weight = torch.stack(factors).prod(0) * valid
-            out = out + weight[:, None] * xf.gather(2, lin[:, None].expand(b, c, -1))
+            weight = torch.stack(factors).prod(0)
+            value = corners.read(xf, lin, valid)
+            out = out + weight[:, None] * value
         out = torch.where(corners.finite[:, None], out, float("nan"))
         return out.reshape(b, c, *grid.shape[1:-1])
 
@@ -180,12 +194,12 @@ class _ReferenceSample(torch.autograd.Function):
             lin, valid, factors = corners.corner(offset)
             index = lin[:, None].expand(b, c, -1)
             if grad_x is not None:
-                weight = torch.stack(factors).prod(0) * valid
-                grad_x = grad_x.scatter_add(2, index, weight[:, None] * go)
+                weight = torch.stack(factors).prod(0)
+                grad_x = grad_x.scatter_add(2, index, torch.where(valid[:, None], weight[:, None] * go, 0.0))
             if mode == "nearest" or not ctx.needs_input_grad[1]:
                 continue
             # sum over channels of dL/dV * U_q, then the derivative of the weight per axis
-            g_val = (go * xf.gather(2, index)).sum(1) * valid
+            g_val = (go * corners.read(xf, lin, valid)).sum(1)
             for d in range(corners.n):
                 others = [f for e, f in enumerate(factors) if e != d]
                 partial = torch.stack(others).prod(0) if others else torch.ones_like(g_val)

@@ -211,12 +211,17 @@ inline double lane_sum(typename Simd<T>::V v) {
 
 // Reflect u into [low, low + span] by mirroring at both ends, as the reference sampler
 // (flips = floor(|u - low| / span), the remainder by subtraction); *grad is +-1, or 0 when
-// span is 0 (one pixel with align_corners). Branch-free, so that the loop vectorises.
+// span is 0 (one pixel with align_corners). Branch-free, so that the loop vectorises. A
+// distance past a quarter of the largest T (a finite grid value whose pixel coordinate
+// overflowed to Inf) is taken as that quarter (the reference sampler clamps it so): the
+// arithmetic stays finite (Inf - Inf made the gradient NaN); a NaN stays NaN.
 template <typename T>
 __attribute__((always_inline)) inline T reflect(T u, T low, T span, T* grad) {
+  constexpr T far = std::numeric_limits<T>::max() / 4;
   T v = u - low;
   const T sign = v < 0 ? T(-1) : T(1);
   v = std::fabs(v);
+  v = far < v ? far : v;
   const T flips = std::floor(v / span);
   const T extra = v - flips * span;
   const T half = flips * T(0.5);
@@ -451,7 +456,7 @@ __attribute__((always_inline)) inline __m256 reflect(__m256 u, float low, float 
   const __m256 one = set1(1.f), zero = _mm256_setzero_ps();
   __m256 v = _mm256_sub_ps(u, set1(low));
   const __m256 sign = select(_mm256_cmp_ps(v, zero, _CMP_LT_OQ), set1(-1.f), one);
-  v = _mm256_andnot_ps(set1(-0.f), v);
+  v = _mm256_min_ps(set1(std::numeric_limits<float>::max() / 4), _mm256_andnot_ps(set1(-0.f), v));  // (NaN stays)
   const __m256 flips = _mm256_floor_ps(_mm256_div_ps(v, set1(span)));
   const __m256 extra = _mm256_sub_ps(v, _mm256_mul_ps(flips, set1(span)));
   const __m256 half = _mm256_mul_ps(flips, set1(0.5f));

@@ -77,16 +77,19 @@ struct Axis {
 // The voxel coordinate a normalised coordinate reads after padding, and its derivative
 // (*grad). Reflection mirrors at both ends as the reference sampler does (flips =
 // floor(|u - low| / span), the remainder by subtraction; derivative +-1, or 0 for a span
-// of 0); border and reflection then clip to [0, high] (derivative 0 where clipped).
+// of 0; a distance that overflowed, from a finite g, taken as a quarter of the largest T, so
+// that its derivative is not NaN); border and reflection then clip to [0, high] (derivative 0 where clipped).
 // Points far outside (or not finite) land at -100, where no corner is inside. Branch-free.
 template <typename T, int PAD>
 inline T voxel(T g, const Axis<T>& ax, T* grad) {
   T u = (g + 1) * ax.a - ax.b;
   T d = ax.a;
   if (PAD == REFLECTION) {
+    constexpr T far = std::numeric_limits<T>::max() / 4;  // (as fused_warp2d.cpp's reflect)
     T v = u - ax.low;
     const T sign = v < 0 ? T(-1) : T(1);
     v = std::fabs(v);
+    v = far < v ? far : v;
     const T flips = std::floor(v / ax.span);
     const T extra = v - flips * ax.span;
     const T half = flips * T(0.5);
