@@ -26,7 +26,9 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     for ``x``. A finite point so far out that its pixel coordinate overflows (a float32
     grid near 3e38) gives NaN there too, and crashes the process in the backward of 2-D
     bilinear reflection; the stand-in holds it at :func:`_far` (beyond which no
-    coordinate has a fraction of a pixel left), where it reads what far points read. Which
+    coordinate has a fraction of a pixel left), where it reads what far points read (not
+    in a 2-D bilinear or bicubic sampling with zeros padding and no gradient, which goes
+    straight to ``F.grid_sample``: a NaN there, never a crash). Which
     grids need the careful path is told by the grid's sum of squares (one fast reduction,
     ``torch.dot``: as fast as the sum that told non-finite points alone, which one huge
     point does not overflow; ``isfinite(grid).all()`` cost a quarter of a 3-D
@@ -37,7 +39,7 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     """
     direct = grid.dim() == 4 and padding == "zeros" and mode != "nearest"
     if direct and grid.requires_grad and torch.is_grad_enabled():
-        # (F.grid_sample's gradient for (nan, 0.2) is [0, nan].) On the CPU the grid's sum
+        # (F.grid_sample's gradient for (nan, 0.2) is [0, nan].) On the CPU _moderate
         # decides (a non-finite grid takes the careful path below): 1.03-1.04x the
         # forward+backward. Elsewhere, where that would wait for the device, and under
         # torch.compile, the point's sum times 0 (0 where finite, NaN where not) is added to
