@@ -315,6 +315,19 @@ def test_torch_export_with_a_dynamic_batch(trained_st: nn.Module) -> None:
         assert out.shape == (batch, 1, *SIZE)
 
 
+@pytest.mark.parametrize("name", ["ic-stn-2", "c-stn-1"])
+def test_torch_export_of_a_cascade_with_a_dynamic_batch(name: str) -> None:
+    """A cascade starts from the identity θ of the input's batch, a symbolic size under
+    torch.export (once refused: "batch must be an int, got SymInt")."""
+    torch.manual_seed(0)
+    model = stn.create_model(name).eval()
+    x = torch.rand(3, 1, 28, 28)
+    program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    other = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(other), model(other), rtol=0, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # what a user's torch.jit.trace, ONNX export or torch.export prints: nothing from torchstn
 

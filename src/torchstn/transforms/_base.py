@@ -158,7 +158,9 @@ class Transform(ABC):
         p = self._identity().to(device=device, dtype=dtype)
         if batch is None:
             return p
-        return p.expand(batch if sizes_traced() else check_int("batch", batch, 0), -1).clone()  # (traced: a tensor)
+        # (traced by torch.jit.trace: a tensor; by torch.export or torch.compile: a symbolic int)
+        symbolic = sizes_traced() or isinstance(batch, torch.SymInt)
+        return p.expand(batch if symbolic else check_int("batch", batch, 0), -1).clone()
 
     def check_params(self, params: object, name: str = "params") -> torch.Tensor:
         """Validate a ``(B, P)`` parameter tensor for this family and return it."""
