@@ -88,7 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("experiment", metavar="EXPERIMENT", help=f"one of: {', '.join(list_experiments())}")
     p.add_argument("--budget", choices=BUDGETS, default="standard",
                    help="quick: smoke test in minutes; standard: 3-9 CPU minutes per ST-CNN cell at one thread; "
-                   "long: 4-10x standard (stn-table1, stn-addition); paper: the paper's iterations")
+                   "long: 10x standard (33x for stn-addition; stn-table1, stn-cluttered, stn-addition and "
+                   "icstn-perturbed have it); paper: the paper's iterations")
     p.add_argument("--seeds", type=int, metavar="N", help="seeds per cell (default: 1, or 3 for --budget paper)")
     p.add_argument("--only", metavar="MODEL,...", help="run only these rows, e.g. cnn,st-cnn-aff")
     p.add_argument("--datasets", metavar="NAME,...", help="run only these columns, e.g. rts,r")
