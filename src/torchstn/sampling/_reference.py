@@ -140,12 +140,12 @@ class _Corners:
                 factors.append(self.frac[d] if o else 1 - self.frac[d])
         return lin, valid, factors
 
-
     @staticmethod
     def read(xf: torch.Tensor, lin: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The pixels ``(B, C, N)`` of one corner of ``xf`` ``(B, C, pixels)``: 0 where the corner
-        lies outside (zeros padding reads no pixel there: 0 times a NaN or Inf pixel at the
-        edge, where the index is clamped, would be NaN)."""
+        lies outside, as ``F.grid_sample`` reads no pixel there (the index is clamped to the
+        edge, and 0 times a NaN or Inf pixel there would be NaN; with border and reflection
+        padding only a corner of weight 0 lies outside)."""
         value = xf.gather(2, lin[:, None].expand(xf.shape[0], xf.shape[1], -1))
         return torch.where(valid[:, None], value, 0.0)
 

@@ -78,7 +78,8 @@ struct Axis {
 // (*grad). Reflection mirrors at both ends as the reference sampler does (flips =
 // floor(|u - low| / span), the remainder by subtraction; derivative +-1, or 0 for a span
 // of 0; a distance that overflowed, from a finite g, taken as a quarter of the largest T, so
-// that its derivative is not NaN); border and reflection then clip to [0, high] (derivative 0 where clipped).
+// that its derivative is not NaN); border and reflection then clip to [0, high] (derivative
+// 0 where clipped).
 // Points far outside (or not finite) land at -100, where no corner is inside. Branch-free.
 template <typename T, int PAD>
 inline T voxel(T g, const Axis<T>& ax, T* grad) {
