@@ -202,6 +202,27 @@ def test_a_steep_field_keeps_the_ends_fixed_and_its_gradient_finite(dtype):
     assert torch.isfinite(out).all() and torch.isfinite(params.grad).all()
 
 
+@pytest.mark.parametrize("tessellation, zero_boundary, theta", [
+    (3, False, [1.0, 0.0, 0.0, 0.0]),  # the field vanishes on the vertex -1/3, up to rounding
+    (10, True, [-1.7908231004313722, -2.5836834007241576, 0.38798218585478206, -0.532823627153315,
+                -0.08329023620043303, 1.1397073424890283, -0.579577432188242, -0.9830501110903949,
+                1.212890440588631]),  # v(-1) = -2e-16, not 0, with the zero boundary
+])
+def test_a_vertex_where_the_field_rounds_to_zero_gives_a_finite_gradient(tessellation, zero_boundary, theta):
+    """A cell whose far end's velocity is a rounding residue of 0 with the sign of its near
+    end's is never crossed (its time log(v_end / v) / a is infinite): its log1p(-1) made
+    the whole row's float64 gradient NaN (0 x inf through the unused crossing)."""
+    cpab = stn.CPAB1D(tessellation=tessellation, zero_boundary=zero_boundary)
+    params = torch.tensor([theta], dtype=torch.float64, requires_grad=True)
+    size = (11,) if tessellation == 3 else (150,)
+    grad = torch.autograd.grad(cpab.grid(params, size).sum(), params)[0]
+    assert torch.isfinite(grad).all()
+    h, eye = 1e-6, torch.eye(len(theta), dtype=torch.float64)
+    central = [(cpab.grid(params.detach() + h * e, size).sum() - cpab.grid(params.detach() - h * e, size).sum()) / (2 * h)
+               for e in eye]
+    torch.testing.assert_close(grad[0], torch.stack(central), rtol=1e-5, atol=1e-5)
+
+
 def test_identity_is_zero_and_gives_the_base_grid(dtype):
     cpab = stn.CPAB1D(8)
     assert torch.equal(cpab.identity(), torch.zeros(7))

@@ -102,9 +102,14 @@ def _travel_time(distance: torch.Tensor, v: torch.Tensor, a: torch.Tensor, valid
     ``log(v_end / v) / a = (distance / v) · log1p(u) / u`` with ``u = a · distance / v = v_end / v - 1``:
     finite and exactly differentiable also for ``a = 0``. Where ``valid`` is false the inputs
     are replaced by harmless ones first, so no NaN reaches the gradient through ``where``.
+    Nor is a cell end valid whose velocity rounds to 0 (``u = -1``: a vertex where the field
+    vanishes, computed as a residue of the near end's sign): never reached, its ``log1p(-1)``
+    would send 0 x inf = NaN into the gradient.
     """
     v_safe = torch.where(valid, v, torch.ones_like(v))
-    u = torch.where(valid, a * distance / v_safe, torch.zeros_like(v))
+    u = a * distance / v_safe
+    valid = valid & (u > -1)
+    u = torch.where(valid, u, torch.zeros_like(v))
     return torch.where(valid, distance / v_safe * _log1p_ratio(u), torch.full_like(v, math.inf))
 
 
