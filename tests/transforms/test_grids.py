@@ -317,6 +317,17 @@ def test_unchecked_grid_equals_checked(transform):
                                rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.ThinPlateSpline(), stn.CPAB1D(4)], ids=lambda t: t.name)
+@pytest.mark.parametrize("value", ["False", 0, None])
+def test_grid_refuses_a_non_bool_align_corners(transform, value):
+    """As warp and sample do: "False" from a config file once gave the align_corners=True grid."""
+    size = (5,) if transform.ndim == 1 else (4, 5)
+    with pytest.raises(TypeError, match="align_corners must be a bool"):
+        transform.grid(transform.identity(1), size, align_corners=value)
+    with pytest.raises(TypeError, match="align_corners must be a bool"):
+        stn.transforms.base_grid(size, value)
+
+
 def test_checked_methods_name_the_bad_argument():
     with pytest.raises(ValueError, match=r"params for Affine must have shape \(B, 6\)"):
         stn.Affine().affine_rows(torch.zeros(2, 4))

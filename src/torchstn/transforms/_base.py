@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from torchstn._tracing import cached, differentiable_vjp, eager_tensors
-from torchstn._validation import check_floating, check_int, check_params, check_size, check_tensor, sizes_traced
+from torchstn._validation import check_bool, check_floating, check_int, check_params, check_size, check_tensor, sizes_traced
 
 __all__ = ["MatrixTransform", "Transform", "base_grid", "interleaved_operator", "linear_grid", "matrix_grid"]
 
@@ -89,11 +89,12 @@ def base_grid(
         tensor([[-0.5000,  0.0000],
                 [ 0.5000,  0.0000]])
     """
+    check_bool("align_corners", align_corners)  # ("False" from a config file is not True)
     dtype = dtype if dtype is not None else torch.get_default_dtype()
     device = torch.device(device) if device is not None else torch.device("cpu")
     if _traced_size(size):
-        return _build_base_grid(tuple(size), bool(align_corners), homogeneous, device, dtype)
-    key = ("base", tuple(int(s) for s in size), bool(align_corners), homogeneous, device, dtype)
+        return _build_base_grid(tuple(size), align_corners, homogeneous, device, dtype)
+    key = ("base", tuple(int(s) for s in size), align_corners, homogeneous, device, dtype)
     return cached(key, lambda: _build_base_grid(key[1], key[2], homogeneous, device, dtype))
 
 
@@ -199,6 +200,7 @@ class Transform(ABC):
         if check:
             params = self.check_params(params)
             size = check_size("size", size, self.ndim)
+            check_bool("align_corners", align_corners)
         if _traced_size(size):
             points = self._traced_grid_points(params, size, align_corners)
         else:
