@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import torchstn as stn
-from torchstn.models import STClassifier, create_model, get_model_builder, list_models
+from torchstn.models import STClassifier, create_model, get_model_builder, list_models, model_arguments
 from torchstn.sampling import SamplerOptions
 
 MODELS = [
@@ -109,6 +109,17 @@ def test_int_arguments_refuse_floats_bools_and_zero(name, argument):
             create_model(name, **{argument: wrong_type})
     with pytest.raises(ValueError, match=f"{argument} must be >= 1, got 0"):
         create_model(name, **{argument: 0})
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if "num_classes" in (model_arguments(n) or ())])
+def test_num_classes_is_checked_for_every_model(name):
+    """Once 0 built a model of empty logits and -1 or 2.5 failed inside torch's layers."""
+    for wrong_type in (2.5, True):
+        with pytest.raises(TypeError, match=f"num_classes must be an int, got {type(wrong_type).__name__}"):
+            create_model(name, num_classes=wrong_type)
+    for wrong in (0, -1):
+        with pytest.raises(ValueError, match=f"num_classes must be >= 1, got {wrong}"):
+            create_model(name, num_classes=wrong)
 
 
 def test_st_fcn_localisation_widths_one_or_per_layer():

@@ -17,6 +17,8 @@ from typing import TypeVar, overload
 
 from torch import nn
 
+from torchstn._validation import check_int
+
 __all__ = [
     "check_model_args",
     "create_model",
@@ -149,8 +151,10 @@ def check_model_args(name: str, args: Mapping[str, object]) -> None:
     values; it is cheap, so a command line can call it before loading any data.
 
     Raises:
-        ValueError: unknown model name (the message lists the known ones).
-        TypeError: an argument the builder does not take (the message lists those it does).
+        ValueError: unknown model name (the message lists the known ones), or a
+            ``num_classes`` below 1.
+        TypeError: an argument the builder does not take (the message lists those it
+            does), or a ``num_classes`` that is not an int.
 
     Example:
         >>> check_model_args("fcn", {"widht": 3})
@@ -167,6 +171,8 @@ def check_model_args(name: str, args: Mapping[str, object]) -> None:
             f"model {name!r} got unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"it takes: {', '.join(accepted)}"
         )
+    if args.get("num_classes") is not None:  # (every classifier's; the builders check their own options)
+        check_int("num_classes", args["num_classes"], 1)
 
 
 def create_model(name: str, **overrides: object) -> nn.Module:
