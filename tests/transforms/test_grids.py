@@ -285,6 +285,10 @@ def test_get_transform_by_name():
     assert stn.get_transform("tps", control=(3, 3)).num_params == 18
     with pytest.raises(ValueError, match="transform must be one of"):
         stn.get_transform("homography2")
+    tps = stn.ThinPlateSpline()
+    assert stn.get_transform(tps) is tps
+    with pytest.raises(TypeError, match=r"keyword arguments \(control\) are for a transform named by a string"):
+        stn.get_transform(tps, control=(3, 3))  # (once returned the 4x4 spline, the control ignored)
 
 
 MATRIX_FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.Affine3D(),

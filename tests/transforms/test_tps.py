@@ -18,6 +18,18 @@ def test_collinear_control_points_are_refused_whatever_the_regularization(points
         stn.ThinPlateSpline(control=torch.tensor(points, dtype=dtype), regularization=regularization)
 
 
+@pytest.mark.parametrize("value, error, message", [
+    (-1.0, ValueError, "regularization must be >= 0, got -1.0"),
+    (float("inf"), ValueError, "regularization must be a finite number, got inf"),
+    (float("nan"), ValueError, "regularization must be a finite number, got nan"),
+    ("0.1", TypeError, "regularization must be a number, got str"),
+])
+def test_regularization_must_be_a_finite_number_at_least_0(value, error, message):
+    """inf was taken, then reported as control points that give an ill-conditioned system."""
+    with pytest.raises(error, match=message):
+        stn.ThinPlateSpline(regularization=value)
+
+
 def test_duplicate_control_points_need_regularization(dtype):
     control = torch.tensor(DUPLICATE, dtype=dtype)
     with pytest.raises(ValueError, match=r"control must hold distinct points when regularization=0, "

@@ -340,7 +340,8 @@ class Rotation(Recipe):
     ``border = 0`` only asks that nothing falls off the canvas.
 
     Parameters: :class:`~torchstn.Similarity` ``(k, α, 0, 0)`` with ``k = canvas / 28``
-    and ``α`` in radians, ``|α| <= angle``; a positive α turns the digit clockwise on screen.
+    and ``α`` in radians, ``|α| <= angle``; a positive α turns the digit counterclockwise on
+    screen.
     """
 
     kind = "r"

@@ -49,13 +49,17 @@ _BY_NAME: dict[str, type[Transform]] = {
 def get_transform(name: str | Transform, **kwargs: object) -> Transform:
     """A transform by name (``"affine"``/``"aff"``, ``"projective"``/``"proj"``, ``"tps"``, ...).
 
-    A :class:`Transform` instance is returned unchanged, so functions can accept either.
+    A :class:`Transform` instance is returned unchanged, so functions can accept either
+    (with keyword arguments, which only a name can take, it raises).
 
     Example:
         >>> get_transform("tps", control=(3, 3)).num_params
         18
     """
     if isinstance(name, Transform):
+        if kwargs:
+            raise TypeError(f"get_transform: keyword arguments ({', '.join(sorted(kwargs))}) are for a transform "
+                            f"named by a string; got the instance {name!r}")
         return name
     if not isinstance(name, str):
         raise TypeError(f"transform must be a Transform or a name, got {type(name).__name__}")

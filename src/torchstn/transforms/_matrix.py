@@ -99,7 +99,8 @@ class Similarity(MatrixTransform):
 
     Convention:
         Normalised (x, y) in [-1, 1], output to input, so a positive α rotates the
-        *content* clockwise on screen (y points down). The rotation acts on normalised
+        *content* counterclockwise on screen (y points down: with α = π/2 a dot at 3
+        o'clock moves to 12 o'clock). The rotation acts on normalised
         coordinates, as ``affine_grid`` does: on a non-square image it is a rotation of
         the normalised square. Same ``align_corners`` for grid and sampler.
     """

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from torchstn._tracing import cached
+from torchstn._validation import check_number
 from torchstn.transforms._base import Transform, base_grid, interleaved_operator, linear_grid
 
 __all__ = ["ThinPlateSpline"]
@@ -169,12 +170,11 @@ class ThinPlateSpline(Transform):
                 indexing="ij",
             )
             points = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
-        if not regularization >= 0:
-            raise ValueError(f"regularization must be >= 0, got {regularization!r}")
+        regularization = check_number("regularization", regularization, 0)  # (inf: a finite number, not a system)
         # solved now, once, in float64: later calls (also under a tracer) only read it
-        self._solution64 = _check_solvable(points, float(regularization))
+        self._solution64 = _check_solvable(points, regularization)
         self.control_points: torch.Tensor = points
-        self.regularization = float(regularization)
+        self.regularization = regularization
         self.num_params = 2 * points.shape[0]
         self._key = tuple(points.reshape(-1).tolist())
 
