@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -137,6 +138,19 @@ def check_int(name: str, value: object, minimum: int | None = None, maximum: int
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be {_bounds(minimum, maximum)}, got {value!r}")
     return value
+
+
+def figure_file(out: str | Path) -> Path:
+    """The file a figure saved at ``out`` is written to: ``out``, with ``.png`` where it has no
+    suffix (matplotlib adds it, and a caller that says what it wrote must name that file).
+
+    Raises:
+        ValueError: ``out`` is a directory (matplotlib would write ``out.png`` beside it).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a directory; give the PNG file to write")
+    return out if out.suffix else out.with_name(out.name + ".png")
 
 
 def check_number(name: str, value: object, low: float | None = None, high: float | None = None) -> float:

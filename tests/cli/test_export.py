@@ -140,3 +140,6 @@ def test_errors_are_one_line(cli, checkpoint: Path, tmp_path: Path) -> None:
     blocked.write_text("")  # a file where the output's folder should be
     line = cli("export", checkpoint, "--format", "torchscript", "--out", blocked / "m.pt").error_line()
     assert str(blocked) in line
+    for fmt in ("torchscript", "onnx"):  # a directory where the file should be (torchscript: once a traceback)
+        line = cli("export", checkpoint, "--format", fmt, "--out", tmp_path).error_line()
+        assert f"{tmp_path}: is a directory" in line

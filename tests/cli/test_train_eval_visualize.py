@@ -60,6 +60,10 @@ def test_train_options_set_the_new_config_fields(cli, mnist_dir, tmp_path):
     assert run.status == 0, run.err
     config = json.loads((out / "config.json").read_text())
     assert config["warmup"] == 0.25 and config["channels_last"] is True and config["precision"] == "bf16"
+    # eval calls the model as the run did (in bf16): the run's own test loss, not float32's
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    evaluated = json.loads(cli("eval", out, "--data-dir", mnist_dir, "--limit", 32, "--which", "last", "--json").out)
+    assert evaluated["loss"] == pytest.approx(logged["test_loss"], rel=1e-6)
     line = cli("train", "--model", "cnn", "--warmup", 1.5, "--out", tmp_path / "bad").error_line()
     assert "warmup" in line and "1.5" in line
     assert not (tmp_path / "bad").exists()
@@ -108,6 +112,13 @@ def test_visualize_writes_a_png(cli, run_dir, mnist_dir, tmp_path):
     run = cli("visualize", run_dir, "--data-dir", mnist_dir, "--out", out, "--num", 4, "--calibration-images", 128)
     assert run.status == 0, run.err
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    # it says the file it wrote: matplotlib adds .png to a name without a suffix (once printed as given)
+    run = cli("visualize", run_dir, "--data-dir", mnist_dir, "--out", tmp_path / "plain", "--num", 2,
+              "--calibration-images", 64)
+    assert run.status == 0 and f"wrote {tmp_path / 'plain.png'}" in run.out and (tmp_path / "plain.png").is_file()
+    line = cli("visualize", run_dir, "--data-dir", mnist_dir, "--out", tmp_path, "--num", 2,
+               "--calibration-images", 64).error_line()
+    assert f"{tmp_path} is a directory" in line and not (tmp_path.parent / f"{tmp_path.name}.png").exists()
 
 
 def test_bad_arguments_are_one_line_errors(cli, tiny, tmp_path, run_dir, mnist_dir):
@@ -127,7 +138,7 @@ def test_bad_arguments_are_one_line_errors(cli, tiny, tmp_path, run_dir, mnist_d
         (["eval", run_dir, "--data-option", "supersample=99"], ["supersample must be in [1, 16], got 99"]),
         (["train", "--resume", "--out", tmp_path], ["config.json is missing"]),
         (["train", "--resume", "--out", run_dir, "--lr", 1.0], ["cannot change lr"]),
-        (["train", "--resume", "--out", cut], ["holds no checkpoint", "start it again without resuming"]),
+        (["train", "--resume", "--out", cut], ["holds no checkpoint", "to start it again, remove"]),
         (["eval", garbage], ["cannot read checkpoint"]),
         (["visualize", garbage], ["cannot read checkpoint"]),
         (["eval", tmp_path / "missing"], ["does not exist"]),

@@ -39,6 +39,24 @@ def test_resume_refuses_a_changed_config(tmp_path, shapes):
         train(_config(epochs=1), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False)
 
 
+def test_an_extended_run_records_its_new_length(tmp_path, shapes):
+    """config.json says what the run trains: a resume that extends it rewrites it (once it
+    kept the old length, and the next resume printed "at epoch 3 of 2")."""
+    train(_config(epochs=1), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False)
+    train(_config(epochs=2), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False, resume=True)
+    assert TrainConfig.load(tmp_path / "r" / "config.json").epochs == 2
+    assert resume_config(tmp_path / "r").epochs == 2
+
+
+def test_a_run_without_training_state_says_how_to_start_again(tmp_path, shapes):
+    """Its checkpoints hold no training state (an interruption between the two files): the
+    advice must work (once "start it again without resuming", which then refused the folder)."""
+    train(_config(epochs=1), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False)
+    next((tmp_path / "r" / "checkpoints").glob("last*.state.pt")).unlink()
+    with pytest.raises(ValueError, match=r"remove .*checkpoints or choose another --out"):
+        train(_config(epochs=2), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False, resume=True)
+
+
 def _tiny_run(run, shapes, **kw):
     return train(_config(), run, train_set=shapes[0], test_set=shapes[1], progress=False, **kw)
 

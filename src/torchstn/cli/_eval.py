@@ -47,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_at_least_one(args, "limit", "batch_size")
     model, config, info, device, dataset = load_checkpoint_and_data(args, args.split, args.limit)
-    metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device,
-                       ground_truth_init=config.ground_truth_init)
+    metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device, **config.call_options())
     metrics = {"checkpoint": str(info["path"]), "epoch": info["epoch"], "model": config.model,
                "data": config.data, "split": args.split, **metrics}
     if args.json:

@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(0)
     _export(fmt, model, torch.rand(args.batch, *shape, generator=generator), out, args)
     batch_note = f"batch fixed at {args.batch}" if args.fixed_batch else "dynamic batch"
-    _report_files(out, f"{fmt}, {config.model}, input (B, {', '.join(map(str, shape))}), {batch_note}")
+    batch = args.batch if args.fixed_batch else "B"
+    _report_files(out, f"{fmt}, {config.model}, input ({batch}, {', '.join(map(str, shape))}), {batch_note}")
     if not args.no_check:
         check_batch = args.batch if args.fixed_batch else args.batch + 3
         _check(out, model, torch.rand(check_batch, *shape, generator=generator), args.atol)
@@ -104,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
 def _check_writable(out: Path) -> None:
     """A one-line error where ``out`` cannot be written (the exporters' own are tracebacks): a
     file made and removed beside it (asking for permission would be wrong for root)."""
+    if out.is_dir():
+        raise CLIError(f"{out}: is a directory; --out names the file to write")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out.parent).close()

@@ -78,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
     history = RunDir.of_checkpoint(info["path"]).history()
     out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start, examples=examples,
                    title=_title(config, info, history), device=device, calibration_images=args.calibration_images,
-                   warp_samples=args.warp_samples, ground_truth_init=config.ground_truth_init,
-                   label_smoothing=config.label_smoothing)
+                   warp_samples=args.warp_samples, label_smoothing=config.label_smoothing, **config.call_options())
     print(f"wrote {out}")
     return 0
 
@@ -88,9 +87,7 @@ def _misclassified(model: Any, config: TrainConfig, dataset: Any, device: Any, s
     """Indices of the first ``num`` examples of ``dataset`` from ``start`` that ``model`` gets wrong."""
     from torchstn.engine import predict
 
-    logits, labels = predict(model, dataset, batch_size=config.eval_batch_size, device=device,
-                             ground_truth_init=config.ground_truth_init, precision=config.precision,
-                             channels_last=config.channels_last)
+    logits, labels = predict(model, dataset, batch_size=config.eval_batch_size, device=device, **config.call_options())
     wrong = (logits.argmax(1) != labels).nonzero().flatten()
     wrong = wrong[wrong >= start][:num].tolist()
     if not wrong:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from torchstn._validation import check_int
+from torchstn._validation import check_int, figure_file
 from torchstn.data._generate import DistortedMNIST, distorted_mnist
 
 __all__ = ["preview", "projections", "sample_mosaic"]
@@ -106,7 +106,7 @@ def preview(
     # wrapped to the figure's width (about 14 characters per inch at 8 points): a few samples make a narrow figure
     fig.suptitle(textwrap.fill(title, max(30, int(14 * fig.get_figwidth()))), fontsize=8)
     fig.tight_layout()
-    out = Path(out)
+    out = figure_file(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out

@@ -161,6 +161,14 @@ class TrainConfig:
             raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
         return cls(**values)
 
+    def call_options(self) -> dict[str, Any]:
+        """How the run calls its model: ``ground_truth_init``, ``precision`` and ``channels_last``,
+        as :func:`~torchstn.engine.evaluate`, :func:`~torchstn.engine.predict` and
+        :func:`~torchstn.engine.plot_run` take them, so that every evaluation of a run takes
+        its training's path (a bf16 run evaluated in float32 gave other numbers)."""
+        return {"ground_truth_init": self.ground_truth_init, "precision": self.precision,
+                "channels_last": self.channels_last}
+
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

@@ -10,7 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchstn._validation import figure_file
 from torchstn.engine._data import fetch_inputs
+from torchstn.engine._evaluate import precision_context
 from torchstn.engine.metrics import calibration_bins, expected_calibration_error
 from torchstn.nn import ProbabilisticSpatialTransformer, SpatialTransformer
 from torchstn.transforms import ThinPlateSpline
@@ -90,14 +92,17 @@ def sampled_params(st: ProbabilisticSpatialTransformer, x: torch.Tensor, samples
 
 @torch.no_grad()
 def _probabilities(
-    model: nn.Module, dataset: Any, n: int, device: str | torch.device, ground_truth_init: bool = False
+    model: nn.Module, dataset: Any, n: int, device: str | torch.device, options: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities ``(n, K)`` and labels of the first ``n`` items (a P-STN model's
-    log-probabilities and a classifier's logits both go through ``softmax``)."""
+    log-probabilities and a classifier's logits both go through ``softmax``), the model
+    called as ``options`` say (:meth:`TrainConfig.call_options`)."""
     probs, labels = [], []
     for first in range(0, n, 500):
-        x, y, inputs = fetch_inputs(dataset, torch.arange(first, min(first + 500, n)), ground_truth_init, device)
-        probs.append(model(x, **inputs).float().softmax(1).cpu())
+        x, y, inputs = fetch_inputs(dataset, torch.arange(first, min(first + 500, n)), options["ground_truth_init"],
+                                    device, channels_last=options["channels_last"])
+        with precision_context(options["precision"], device):
+            probs.append(model(x, **inputs).float().softmax(1).cpu())
         labels.append(y.cpu())
     return torch.cat(probs), torch.cat(labels)
 
@@ -174,6 +179,8 @@ def plot_run(
     warp_samples: int = 8,
     ground_truth_init: bool = False,
     label_smoothing: float = 0.0,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> Path:
     """Write a PNG: inputs with the predicted warp drawn on them, the transformers' outputs, and curves.
 
@@ -211,6 +218,9 @@ def plot_run(
             perturbation composed with the predicted updates) drawn on them.
         label_smoothing: the run's ``TrainConfig.label_smoothing``: the loss panel's title
             then says that the train curve is the smoothed loss.
+        precision, channels_last: call the model as the run's ``TrainConfig`` fields of
+            those names say (``**config.call_options()`` passes these and
+            ``ground_truth_init``), as its evaluation did.
 
     Returns:
         the path written.
@@ -223,8 +233,9 @@ def plot_run(
     if examples is None:
         examples = range(start, start + max(1, min(num, len(dataset) - start)))
     num = len(examples)
-    shown = _run_examples(model, dataset, torch.as_tensor(examples), device, warp_samples, ground_truth_init)
-    probs, labels = _probabilities(model, dataset, min(calibration_images, len(dataset)), device, ground_truth_init)
+    options = {"ground_truth_init": ground_truth_init, "precision": precision, "channels_last": channels_last}
+    shown = _run_examples(model, dataset, torch.as_tensor(examples), device, warp_samples, options)
+    probs, labels = _probabilities(model, dataset, min(calibration_images, len(dataset)), device, options)
     image_rows = 1 + len(shown.samples) + len(shown.transformers)
     curve_panels = (3 if shown.transformers and history else 2 if history else 0) + 1  # + the reliability diagram
     width = max(1.45 * num, 3.4 * curve_panels)
@@ -244,7 +255,7 @@ def plot_run(
         _plot_curves(fig, cells, history, bool(shown.transformers), label_smoothing)
     _plot_reliability(fig, cells[0, curve_panels - 1], probs, labels)
     fig.suptitle(title or "", fontsize=11, y=1 - 0.12 / height, va="top")
-    out = Path(out)
+    out = figure_file(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -307,13 +318,14 @@ class _Examples:
 @torch.no_grad()
 def _run_examples(
     model: nn.Module, dataset: Any, index: torch.Tensor, device: str | torch.device, warp_samples: int,
-    ground_truth_init: bool,
+    options: dict[str, Any],
 ) -> _Examples:
-    """Run the model and its transformers on the items at ``index``."""
+    """Run the model and its transformers on the items at ``index`` (called as ``options`` say)."""
     transformers = list(getattr(model, "transformers", ()))
-    x_dev, y, inputs = fetch_inputs(dataset, index, ground_truth_init, device)
+    x_dev, y, inputs = fetch_inputs(dataset, index, options["ground_truth_init"], device)
     model.eval()
-    pred = model(x_dev, **inputs).argmax(1).cpu()
+    with precision_context(options["precision"], device):  # (the prediction drawn; warps in float32 anyway)
+        pred = model(x_dev, **inputs).argmax(1).cpu()
     thetas = [st.predict_params(x_dev, **inputs).cpu() for st in transformers]
     outputs = [st.transform_input(x_dev, th.to(device)).cpu() for st, th in zip(transformers, thetas)]
     samples = [(k, sampled_params(st, x_dev, warp_samples).cpu()) for k, st in enumerate(transformers)

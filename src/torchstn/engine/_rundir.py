@@ -108,6 +108,12 @@ class RunDir:
         atomic_write(self.config_path, config.save)
         atomic_write(self.metrics_path, lambda p: p.write_text(""))
 
+    def record_config(self, config: TrainConfig) -> None:
+        """Rewrite ``config.json`` for a resumed run given other values of
+        :data:`RESUMABLE_CHANGES` (a longer run, another device), so that it says what the
+        run now trains."""
+        atomic_write(self.config_path, config.save)
+
     def read_config(self) -> TrainConfig:
         """The run's config.
 

@@ -353,7 +353,8 @@ def _resume(session: _Session) -> None:
     if not run_dir.can_resume():
         raise CheckpointError(
             f"cannot resume {run_dir.path}: it holds no checkpoint with its training state (an interruption "
-            f"before the end of the first epoch?); start it again without resuming"
+            f"before the end of the first epoch?); to start it again, remove {run_dir.checkpoints} or choose "
+            f"another --out"
         )
     tensors, saved, info = read_checkpoint(last)
     different = RunDir.config_differences(saved, session.config)
@@ -370,6 +371,8 @@ def _resume(session: _Session) -> None:
     session.start_epoch, session.step, session.best_error = info["epoch"], info["step"], state["best_error"]
     if session.ddp.main:  # drop epochs logged after the checkpoint (an interruption between the two)
         session.history = run_dir.keep_history(session.start_epoch)
+        if run_dir.read_config() != session.config:  # extended (or moved): config.json says so
+            run_dir.record_config(session.config)
     else:
         session.history = run_dir.history()[: session.start_epoch]
 
@@ -386,8 +389,9 @@ def _announce(session: _Session, last_epoch: int) -> None:
         )
     if ddp.main and session.start_epoch >= last_epoch:
         where = session.run_dir.path if session.run_dir is not None else "the run"
+        longer = "more steps (--steps)" if session.config.steps else "more epochs"  # (a run in steps ignores --epochs)
         _print(f"nothing to do: {where} is at epoch {session.start_epoch} of {session.epochs} "
-               "(give more epochs to extend it)", main=True)
+               f"(give {longer} to extend it)", main=True)
 
 
 def _train_step(
@@ -474,8 +478,7 @@ def _epoch_record(session: _Session, epoch: int, sums: _EpochSums) -> dict[str, 
     loss_total, wrong_total, kl_total, seen_total = ddp.sum([sums.loss, sums.wrong, sums.kl, float(sums.seen)])
     def test_of(model: nn.Module) -> dict[str, Any]:
         return evaluate(model, session.test_set, batch_size=config.eval_batch_size, device=ddp.device,
-                        ground_truth_init=config.ground_truth_init, precision=config.precision,
-                        channels_last=config.channels_last)
+                        **config.call_options())
 
     test = test_of(session.product)
     raw = {"test_error_raw": test_of(session.core)["error"]} if session.average is not None else {}

@@ -90,8 +90,8 @@ def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *,
         return plot_series_warps(model, test_set, out, title=title)
     if rank == 4:
         return plot_volume_views(model, test_set, out, title=title)
-    return plot_run(model, test_set, out, history=history, num=10, title=title,
-                    ground_truth_init=config.ground_truth_init, label_smoothing=config.label_smoothing)
+    return plot_run(model, test_set, out, history=history, num=10, title=title, label_smoothing=config.label_smoothing,
+                    **config.call_options())
 
 
 #: rotation bins (degrees) of :func:`error_by_rotation`
@@ -250,8 +250,7 @@ def _test_predictions(
     test_set = load_split(config.replace(data_dir=data_dir), "test")
     if getattr(test_set, "params", None) is None or not isinstance(getattr(test_set, "transform", None), families):
         return None
-    logits, labels = predict(model, test_set, batch_size=config.eval_batch_size,
-                             ground_truth_init=config.ground_truth_init)
+    logits, labels = predict(model, test_set, batch_size=config.eval_batch_size, **config.call_options())
     return test_set, (logits.argmax(1) != labels).float()
 
 
