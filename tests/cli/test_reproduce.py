@@ -43,6 +43,9 @@ def test_cli_errors_are_one_line(cli, tmp_path):
                                                    "--out", tmp_path).error_line()
     assert "unknown experiment 'stn-table9'" in cli("reproduce", "stn-table9", "--out", tmp_path).error_line()
     assert "no model 'resnet'" in cli("reproduce", "stn-table1", "--only", "resnet", "--out", tmp_path).error_line()
+    (tmp_path / "file").write_text("")  # before any cell trains (once found after the first)
+    line = cli("reproduce", "stn-table1", "--budget", "quick", "--out", tmp_path / "file").error_line()
+    assert f"--out {tmp_path / 'file'} is a file" in line
 
 
 def test_list_shows_state_without_training(cli, tmp_path):

@@ -86,6 +86,8 @@ def test_data_option_renders_the_run_and_its_eval_with_the_recipe_option(cli, ti
 
     assert loss() == pytest.approx(logged, rel=1e-5)  # the run's own antialiased test images
     assert loss("--data-option", "supersample=1") != pytest.approx(logged, rel=1e-5)
+    # another option merges with the run's (once replaced them: supersample dropped)
+    assert loss("--data-option", "mode=bilinear") == pytest.approx(logged, rel=1e-5)
     assert loss("--data", "mnist-rts") == loss()  # the run's own data name keeps its options
     # another dataset takes only the options given: no "mnist has none" for the run's supersample
     line = cli("eval", out, "--data", "mnist", "--data-dir", mnist_dir, "--limit", 8).error_line()

@@ -213,8 +213,9 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
 
     The dataset is the checkpoint's own unless ``--data`` (``--data-option``, ``--data-dir``,
     ``--data-seed``) says otherwise, its first ``limit`` items; it must have the image size
-    the model was built for. The run's recipe options belong to its own data: another
-    ``--data`` takes only the ``--data-option`` given. ``config`` is the run's with those data options: its
+    the model was built for. The run's recipe options belong to its own data: on it a
+    ``--data-option`` changes that option and keeps the others; another ``--data`` takes only
+    the ``--data-option`` given. ``config`` is the run's with those data options: its
     ``test_limit`` still says which images the run's metrics were measured on.
     """
     from torchstn.engine import load_model, load_split, resolve_device
@@ -222,8 +223,10 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
     device = resolve_device(args.device or "auto")
     model, config, info = load_model(args.checkpoint, args.which, map_location=device)
     changes = {"data": args.data, "data_dir": args.data_dir, "data_seed": args.data_seed}
-    if args.data_option or (args.data is not None and args.data != config.data):
+    if args.data is not None and args.data != config.data:  # another dataset: only the options given
         changes["data_options"] = parse_data_options(args.data_option)
+    elif args.data_option:  # the run's own data: the options given change the run's, the others stay
+        changes["data_options"] = {**config.data_options, **parse_data_options(args.data_option)}
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
     check_data_options(config.data, config.data_options)
     dataset = load_split(config.replace(train_limit=limit, test_limit=limit), split)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchstn.cli._common import (
@@ -131,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
                  limit=args.limit)
     if not cells:
         raise CLIError(f"no cells of {experiment.name} match --only/--datasets")
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # (found once a cell had trained, before)
+        raise CLIError(f"--out {args.out} is a file; it names the directory of the record and the report")
     results = Results(args.out, experiment.name)
     if args.list:
         _print_cells(cells, results, args.runs)
