@@ -41,6 +41,16 @@ def test_checkpoint_roundtrip_rebuilds_the_model(tmp_path):
     assert not rebuilt.training
 
 
+def test_checkpoints_get_the_mode_of_any_new_file(tmp_path):
+    """As config.json's (the umask's): safetensors alone wrote them readable by their owner only."""
+    model, config = _model_and_config()
+    path = save_checkpoint(tmp_path / "ck.safetensors", model, config, epoch=1, step=1, training_state={"x": 1})
+    (tmp_path / "plain").write_text("")
+    expected = (tmp_path / "plain").stat().st_mode & 0o777
+    assert path.stat().st_mode & 0o777 == expected
+    assert (tmp_path / "ck.state.pt").stat().st_mode & 0o777 == expected
+
+
 def test_bad_checkpoints_raise_checkpoint_error(tmp_path):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 20)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -76,10 +77,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``.
 
     A reader (or an interrupted writer) sees the old file or the new one, never half of one.
+    The file gets the mode Python gives a new file (from the umask, as ``config.json``'s):
+    safetensors' writer made its files readable by their owner only.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.touch()
+    mode = stat.S_IMODE(tmp.stat().st_mode)
     write(tmp)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
     return path
 
