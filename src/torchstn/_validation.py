@@ -13,9 +13,11 @@ are skipped there (:func:`sizes_traced`); the checks of rank, dtype and type sti
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -138,6 +140,16 @@ def check_int(name: str, value: object, minimum: int | None = None, maximum: int
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be {_bounds(minimum, maximum)}, got {value!r}")
     return value
+
+
+def parse_json(text: str, source: str | Path) -> Any:
+    """``json.loads(text)``; a ValueError naming ``source`` (the file, and the line where it is
+    one record of a JSON-lines file) where it is not JSON (a half-written or emptied file).
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source} is not valid JSON ({err}): a file cut short or edited?") from None
 
 
 def figure_file(out: str | Path) -> Path:

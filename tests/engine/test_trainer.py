@@ -1,3 +1,4 @@
+import json
 import math
 import re
 import shutil
@@ -55,6 +56,24 @@ def test_a_run_without_training_state_says_how_to_start_again(tmp_path, shapes):
     next((tmp_path / "r" / "checkpoints").glob("last*.state.pt")).unlink()
     with pytest.raises(ValueError, match=r"remove .*checkpoints or choose another --out"):
         train(_config(epochs=2), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False, resume=True)
+
+
+def test_a_cut_history_line_is_dropped_on_resume_and_a_cut_file_named(tmp_path, shapes):
+    """A line of metrics.jsonl cut short after the last checkpoint (an interruption) is dropped
+    by the resume, as the whole lines after it are; a cut line the run needs, or an emptied
+    config.json, is an error that names the file (once the bare JSON parser's message)."""
+    train(_config(epochs=1), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False)
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    whole = metrics.read_text()
+    metrics.write_text(whole + '{"epoch": 2, "test_')
+    train(_config(epochs=2), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False, resume=True)
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2]
+    metrics.write_text('{"epoch": 1, "tes\n' + metrics.read_text().splitlines()[1] + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 1 is not valid JSON"):
+        train(_config(epochs=3), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False, resume=True)
+    (tmp_path / "r" / "config.json").write_text("")
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+        resume_config(tmp_path / "r")
 
 
 def _tiny_run(run, shapes, **kw):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from torchstn._validation import check_bool, check_choice, check_int, check_number, check_positive
+from torchstn._validation import check_bool, check_choice, check_int, check_number, check_positive, parse_json
 
 __all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULES", "Optimizer", "Precision", "Schedule", "TrainConfig"]
 
@@ -180,4 +180,4 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         """Read a config written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(parse_json(Path(path).read_text(), path))

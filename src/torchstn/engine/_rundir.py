@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchstn._validation import parse_json
 from torchstn.engine._checkpoint import CheckpointError, atomic_write, read_checkpoint, save_checkpoint, state_path
 from torchstn.engine._config import TrainConfig
 from torchstn.models import create_model
@@ -154,11 +155,13 @@ class RunDir:
         return changed
 
     # --- metrics history ----------------------------------------------------------------
-    def history(self) -> list[dict[str, Any]]:
-        """The epoch records of ``metrics.jsonl`` (``[]`` when there is none)."""
+    def history(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The epoch records of ``metrics.jsonl`` (``[]`` when there is none), the first
+        ``limit`` only when given (the lines after them are not read)."""
         if not self.metrics_path.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        lines = [(i, line) for i, line in enumerate(self.metrics_path.read_text().splitlines(), 1) if line]
+        return [parse_json(line, f"{self.metrics_path}, line {i}") for i, line in lines[:limit]]
 
     def append(self, record: dict[str, Any]) -> None:
         """Add one epoch's record to ``metrics.jsonl``."""
@@ -166,8 +169,9 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def keep_history(self, epochs: int) -> list[dict[str, Any]]:
-        """Drop the records after ``epochs`` (logged after the last checkpoint) and return the rest."""
-        history = self.history()[:epochs]
+        """Drop the records after ``epochs`` (logged after the last checkpoint, the last of them
+        perhaps cut short by the interruption) and return the rest."""
+        history = self.history(epochs)
         atomic_write(self.metrics_path, lambda p: p.write_text("".join(json.dumps(h) + "\n" for h in history)))
         return history
 

@@ -34,7 +34,7 @@ try:
 except ImportError:  # Windows: cells are not locked
     fcntl = None  # type: ignore[assignment]
 
-from torchstn._validation import check_int
+from torchstn._validation import check_int, parse_json
 from torchstn.engine import RunDir, atomic_write
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 
@@ -200,7 +200,7 @@ class Results:
         self.experiment = experiment
         self.cells: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
-            data = json.loads(self.path.read_text())
+            data = parse_json(self.path.read_text(), self.path)
             self.cells = dict(data.get("cells", {}))
 
     def finished(self, cell: Cell) -> dict[str, Any] | None:
@@ -224,7 +224,7 @@ class Results:
         """Take in the cells that other processes recorded since this record was read (the
         file's records win; cells only this one holds are kept)."""
         if self.path.is_file():
-            on_disk = json.loads(self.path.read_text()).get("cells", {})
+            on_disk = parse_json(self.path.read_text(), self.path).get("cells", {})
             self.cells = {**on_disk, **{k: v for k, v in self.cells.items() if k not in on_disk}}
 
     def save(self) -> None:
