@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from torchstn.cli._common import add_data_dir_arg, add_threads_arg, formatter, parse_key_values, user_errors
+from torchstn.cli._common import CLIError, add_data_dir_arg, add_threads_arg, formatter, parse_key_values, user_errors
 
 __all__ = ["register"]
+
+#: the most samples one preview draws (a 16 x 16 grid)
+MAX_PREVIEW = 256
 
 _EXAMPLES = """examples:
   torchstn data list
@@ -43,6 +46,9 @@ def _run_list(args: argparse.Namespace) -> int:
 
 def _run_preview(args: argparse.Namespace) -> int:
     from torchstn.data import preview
+
+    if args.n > MAX_PREVIEW:  # one figure: 100,000 samples drew for minutes
+        raise CLIError(f"-n must be at most {MAX_PREVIEW} (one figure of samples), got {args.n}")
 
     with user_errors(TypeError):  # a misspelt --option reaches the recipe's signature
         path = preview(
@@ -105,7 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_recipe_args(p)
     p.add_argument("--split", choices=("train", "test"), default="train", help="split of the original digits")
     p.add_argument("--out", default="preview.png", metavar="PNG", help="image file to write")
-    p.add_argument("-n", type=int, default=16, help="number of samples")
+    p.add_argument("-n", type=int, default=16, help=f"number of samples (at most {MAX_PREVIEW})")
     p.add_argument("--columns", type=int, default=None, help="samples per row (default: about square)")
     p.add_argument("--no-originals", dest="originals", action="store_false", help="do not show the undistorted digits")
     p.set_defaults(func=_run_preview)

@@ -493,7 +493,7 @@ def _announce(
 ) -> None:
     """What will run and how, and a line for every cell finished earlier."""
     log(f"{cells[0].experiment.name if cells else '?'} ({cells[0].budget if cells else '?'}): "
-        f"{len(cells)} cells, {len(cells) - todo} already finished, {todo} to run"
+        f"{len(cells)} cell{'' if len(cells) == 1 else 's'}, {len(cells) - todo} already finished, {todo} to run"
         + (f" in {min(jobs, todo)} one-thread worker processes" if jobs > 1 and todo > 1 else ""))
     for i, cell in enumerate(cells, 1):
         record = done[cell.key]
