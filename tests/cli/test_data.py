@@ -20,6 +20,8 @@ def test_cli_errors_are_one_line(cli, mnist_dir, tmp_path):
     assert "unknown option" in line
     line = cli("data", "preview", "r", "--data-dir", mnist_dir, "-n", 100000, "--out", tmp_path / "x.png").error_line()
     assert "-n must be at most 256" in line  # (once drew for minutes)
+    line = cli("data", "preview", "r", "--data-dir", mnist_dir, "--columns", -1, "--out", tmp_path / "x.png").error_line()
+    assert "columns must be >= 1, got -1" in line  # (once matplotlib's "figure size must be positive")
     line = cli("data", "preview", "r", "--data-dir", mnist_dir, "-n", 2, "--out", tmp_path).error_line()
     assert f"{tmp_path} is a directory" in line  # (once wrote a PNG beside it and named the directory)
     line = cli("data", "generate", "r", "--data-dir", tmp_path / "none", "--quiet").error_line()

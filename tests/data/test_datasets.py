@@ -114,6 +114,24 @@ def test_rotated_subset_through_get_dataset(mnist_dir):
     assert len(online) == 100 and torch.bincount(online.labels, minlength=10).tolist() == [10] * 10
 
 
+@pytest.mark.parametrize("kind", ["mnist-addition", "mnist-rotated"])
+def test_a_subset_is_the_same_images_fixed_and_online(kind, mnist_dir):
+    """Online, epoch 0 is the fixed set, a subset included: both balance a fold over the
+    (first) digits' classes, n // 10 each (the fixed addition set once balanced the sums)."""
+    fixed = get_dataset(kind, "train", root=mnist_dir, subset=30, fold=0, cache=False)
+    online = get_dataset(kind, "train", root=mnist_dir, subset=30, fold=0, online=True)  # (the test split's is fixed)
+    items = lambda ds: torch.stack([ds[i][0] for i in range(len(ds))])  # noqa: E731
+    assert len(fixed) == len(online) == 30 and torch.equal(items(fixed), items(online))
+    assert torch.equal(fixed.labels, online.labels)
+
+
+def test_a_fold_needs_a_subset_and_every_set_takes_set_epoch(mnist_dir):
+    with pytest.raises(ValueError, match="fold picks a fold of a subset"):
+        get_dataset("mnist-r", "test", root=mnist_dir, fold=3, limit=3, cache=False)  # (once ignored)
+    for split in ("train", "test"):  # the online test split is a fixed set: set_epoch is there too
+        get_dataset("mnist-rts", split, root=mnist_dir, online=True, limit=4, cache=False).set_epoch(1)
+
+
 def test_get_dataset_states_every_option_and_names_a_misspelt_one(mnist_dir):
     params = inspect.signature(get_dataset).parameters
     named = {"root", "seed", "online", "limit", "subset", "fold", "cache", "cache_dir", "download", "verify"}

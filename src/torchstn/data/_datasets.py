@@ -196,6 +196,10 @@ class MNISTDataset(Dataset):
         index = torch.as_tensor(indices, dtype=torch.long)
         return _originals(self.sources, self.source[index]), self.params[index]
 
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing: a fixed set is the same every epoch (so that a loop may call it on every
+        split, as on an :class:`OnlineDistortedMNIST`, whose test split is a fixed set)."""
+
     def subset(self, n: int, fold: int = 0, folds: int = 5) -> MNISTDataset:
         """The P-STN small-data subset: ``n`` images of fold ``fold`` (see :func:`pstn_fold`)."""
         return self._take(pstn_fold(self.labels, n, fold, folds), f"{self.name}[{n}/{fold}]")
@@ -457,6 +461,8 @@ def get_dataset(
     check_bool("verify", verify)
     if subset is not None:
         check_int("subset", subset, 1)
+    elif fold != 0:  # (once ignored without a word)
+        raise ValueError(f"fold picks a fold of a subset; give subset too (got fold={fold!r} without it)")
     picked = _Selection(subset, fold, limit)
     if name.startswith(UCR_PREFIX):
         return _ucr_set(name[len(UCR_PREFIX):], split, root, picked, options)
@@ -580,4 +586,9 @@ def _fixed_set(
         source=data.source,
         sources=data.sources,
     )
-    return dataset if picked.subset is None else dataset._take(picked.index(data.labels))
+    if picked.subset is None:
+        return dataset
+    # a fold is balanced over the classes of the samples' (first) digits, as the online set's
+    # (addition's labels are sums: balancing them picked other images than the online epoch 0)
+    first = data.source if data.source.dim() == 1 else data.source[:, 0]
+    return dataset._take(picked.index(data.sources.labels[first]))

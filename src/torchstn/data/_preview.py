@@ -96,6 +96,8 @@ def preview(
         The written path.
     """
     check_int("n", n, 1)
+    if columns is not None:
+        check_int("columns", columns, 1)
     data = distorted_mnist(kind, split, root, seed, limit=n, cache=False, **options)
     fig = _sample_grid(data, originals, columns)
     recipe = data.recipe
