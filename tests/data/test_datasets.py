@@ -237,6 +237,8 @@ def test_concurrent_writers_of_one_set_do_not_fail(mnist_dir, tmp_path, monkeypa
         ("mnist-p", {"supersample": 4}, True),
         ("MNIST-RTS", {"sigma": 1.0}, False),  # a recipe option of another kind
         ("mnist-p", {"supersample": 99}, False),  # out of range
+        ("mnist-rts", {"border": 2.0}, True),
+        ("mnist-rts", {"border": 0.4}, False),  # whole pixels (0.4 was rounded to 0 without a word)
         ("mnist-addition", {"supersample": 2}, False),  # a recipe that is not one warp per sample
         ("mnist", {"supersample": 4}, False),
         ("mnist", {}, True),

@@ -162,6 +162,13 @@ def _check_pair(name: str, value: object) -> tuple[int, int]:
     return check_int(name, value[0], 2), check_int(name, value[1], 2)
 
 
+def _check_whole(name: str, value: float) -> float:
+    """A number of whole pixels (``1`` or ``1.0``), as a float; ``0.4`` is refused, not rounded."""
+    if value != round(value):
+        raise ValueError(f"{name} must be a whole number of pixels, got {value!r}")
+    return float(value)
+
+
 #: option name -> its check (returns the normalised value); every recipe option is listed
 _OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "angle": lambda n, v: check_number(n, v, 0.0, 180.0),
@@ -169,7 +176,7 @@ _OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "sigma": lambda n, v: check_number(n, v, 0.0, 100.0),
     "translation": lambda n, v: check_number(n, v, 0.0, 10.0),
     "canvas": lambda n, v: check_int(n, v, 8),
-    "border": lambda n, v: float(round(check_number(n, v, -8.0, 8.0))),
+    "border": lambda n, v: _check_whole(n, check_number(n, v, -8.0, 8.0)),
     "mode": lambda n, v: check_choice(n, v, MODES),
     "keep_inside": check_bool,
     "max_rounds": lambda n, v: check_int(n, v, 0),
