@@ -160,10 +160,12 @@ def fetch_inputs(
 
 def iterate(
     dataset: Any, batch_size: int, rank: int = 0, world_size: int = 1, *, ground_truth_init: bool = False,
-    device: str | torch.device | None = None, channels_last: bool = False,
+    device: str | torch.device | None = None, channels_last: bool = False, limit: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
-    """This process's share of ``dataset`` in order, in batches ``(x, y, kwargs)`` (see :func:`fetch_inputs`)."""
-    indices = torch.arange(rank, len(dataset), world_size)
+    """This process's share of ``dataset`` (of its first ``limit`` items when given) in order,
+    in batches ``(x, y, kwargs)`` (see :func:`fetch_inputs`)."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    indices = torch.arange(rank, n, world_size)
     for start in range(0, len(indices), batch_size):
         yield fetch_inputs(dataset, indices[start : start + batch_size], ground_truth_init, device,
                            channels_last=channels_last)

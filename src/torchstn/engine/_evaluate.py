@@ -76,9 +76,10 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def predict(
     model: nn.Module, dataset: Any, *, batch_size: int = 512, device: str | torch.device = "cpu",
-    ground_truth_init: bool = False, precision: str = "fp32", channels_last: bool = False,
+    ground_truth_init: bool = False, precision: str = "fp32", channels_last: bool = False, limit: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``(N, K)`` (float32) and labels ``(N,)`` over ``dataset`` (gathered over processes under DDP).
+    """Logits ``(N, K)`` (float32) and labels ``(N,)`` over ``dataset``, or its first ``limit``
+    items (gathered over processes under DDP).
 
     Under DDP each process evaluates every ``world_size``-th example; the result is
     reordered to the dataset's order on every process. ``ground_truth_init`` (the IC-STN
@@ -90,8 +91,9 @@ def predict(
     was_training = model.training
     model.eval()
     logits, labels = [], []
+    n = len(dataset) if limit is None else min(limit, len(dataset))
     batches = iterate(dataset, batch_size, rank, world, ground_truth_init=ground_truth_init, device=device,
-                      channels_last=channels_last)
+                      channels_last=channels_last, limit=n)
     for x, y, kwargs in batches:
         with precision_context(precision, device):
             logits.append(model(x, **kwargs).float())
@@ -102,7 +104,7 @@ def predict(
     lab = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
     out, lab = _gather(out), _gather(lab)
     if world > 1:  # rank r held items r, r + world, ...: put them back in order
-        order = torch.cat([torch.arange(r, len(dataset), world) for r in range(world)]).to(out.device)
+        order = torch.cat([torch.arange(r, n, world) for r in range(world)]).to(out.device)
         out, lab = out[order.argsort()], lab[order.argsort()]
     return out, lab
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from torchstn._validation import figure_file
 from torchstn.engine._data import fetch_inputs
-from torchstn.engine._evaluate import precision_context
+from torchstn.engine._evaluate import precision_context, predict
 from torchstn.engine.metrics import calibration_bins, expected_calibration_error
 from torchstn.nn import ProbabilisticSpatialTransformer, SpatialTransformer
 from torchstn.transforms import ThinPlateSpline
@@ -90,21 +90,14 @@ def sampled_params(st: ProbabilisticSpatialTransformer, x: torch.Tensor, samples
     return params.reshape(samples, x.shape[0], -1)
 
 
-@torch.no_grad()
 def _probabilities(
     model: nn.Module, dataset: Any, n: int, device: str | torch.device, options: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities ``(n, K)`` and labels of the first ``n`` items (a P-STN model's
     log-probabilities and a classifier's logits both go through ``softmax``), the model
-    called as ``options`` say (:meth:`TrainConfig.call_options`)."""
-    probs, labels = [], []
-    for first in range(0, n, 500):
-        x, y, inputs = fetch_inputs(dataset, torch.arange(first, min(first + 500, n)), options["ground_truth_init"],
-                                    device, channels_last=options["channels_last"])
-        with precision_context(options["precision"], device):
-            probs.append(model(x, **inputs).float().softmax(1).cpu())
-        labels.append(y.cpu())
-    return torch.cat(probs), torch.cat(labels)
+    called as ``options`` say (:meth:`TrainConfig.call_options`), as :func:`predict` calls it."""
+    logits, labels = predict(model, dataset, batch_size=500, device=device, limit=n, **options)
+    return logits.softmax(1).cpu(), labels.cpu()
 
 
 def _plot_reliability(fig: Any, cell: Any, probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> None:
