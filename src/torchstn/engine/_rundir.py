@@ -106,11 +106,11 @@ class RunDir:
         if self.holds_run():
             raise ValueError(f"{self.path} already holds a run: resume it (--resume) or choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.config_path, config.save)
+        self.record_config(config)
         atomic_write(self.metrics_path, lambda p: p.write_text(""))
 
     def record_config(self, config: TrainConfig) -> None:
-        """Rewrite ``config.json`` for a resumed run given other values of
+        """Write ``config.json``: a new run's, or a resumed run's given other values of
         :data:`RESUMABLE_CHANGES` (a longer run, another device), so that it says what the
         run now trains."""
         atomic_write(self.config_path, config.save)
