@@ -28,7 +28,6 @@ __all__ = [
     "forward_ad_active",
     "functorch_active",
     "in_functorch",
-    "reject_tangents",
 ]
 
 _CACHE: dict[Hashable, tuple[torch.Tensor, int]] = {}
@@ -41,8 +40,9 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     Entries are plain tensors that every mode can use: they are built with inference
     mode off (an inference tensor would poison a later training step), only real
     tensors built outside a tracer are stored (under ``torch.export`` or
-    ``torch.compile`` a miss builds a fake/traced tensor, which is returned but never
-    kept), and an entry modified in place since it was stored is rebuilt. The key
+    ``torch.compile`` a miss builds a fake/traced tensor, and inside a ``torch.func``
+    transform it may build the transform's wrapper: returned, never kept), and an entry
+    modified in place since it was stored is rebuilt. The key
     holds everything the value depends on (size, device, dtype, ...); the oldest entry
     is dropped beyond 128, and :func:`clear_caches` empties the cache.
     """
@@ -56,7 +56,9 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
             value = build()
     else:
         value = build()
-    if type(value) is torch.Tensor and not torch.jit.is_tracing():
+    # (a tensor built inside a torch.func transform may be its wrapper, dead once the transform
+    # returns: kept, it broke a later torch.func.hessian with an internal assert of functorch)
+    if type(value) is torch.Tensor and not torch.jit.is_tracing() and not in_functorch(value):
         if len(_CACHE) >= _CACHE_SIZE:
             del _CACHE[next(iter(_CACHE))]
         _CACHE[key] = (value, value._version)
@@ -171,24 +173,12 @@ def autocast_enabled(device_type: str) -> bool:
 
 
 def forward_ad_active() -> bool:
-    """True inside ``torch.autograd.forward_ad.dual_level()``, where dual tensors may exist
-    (torch keeps the open level in a module attribute; it has no public query)."""
+    """True inside ``torch.autograd.forward_ad.dual_level()`` (which ``torch.func.jvp``,
+    ``jacfwd`` and ``hessian`` open too), where dual tensors may exist (torch keeps the open
+    level in a module attribute; it has no public query). Asked of the level, not of the
+    tensors: inside ``torch.func.hessian``'s inner ``jacrev`` a tangent of the outer level is
+    hidden from ``unpack_dual``."""
     return torch.autograd.forward_ad._current_level >= 0
-
-
-def reject_tangents(what: str, *tensors: torch.Tensor) -> None:
-    """Raise ``NotImplementedError`` if a tensor carries a forward-mode tangent.
-
-    No sampler has a forward derivative (``F.grid_sample`` has none in torch 2.13, nor has
-    the fused kernel): without this the fused kernel would return an output without a
-    tangent, which later operations read as a zero derivative.
-    """
-    if forward_ad_active() and any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in tensors):
-        raise NotImplementedError(
-            f"{what}: forward-mode AD (dual tensors of torch.autograd.forward_ad) is not supported: "
-            "F.grid_sample has no forward derivative, nor has torchstn's fused kernel; use reverse mode "
-            "(torch.autograd.grad, torch.func.jacrev; torch.autograd.functional.jvp gives a JVP from it)"
-        )
 
 
 def functorch_active() -> bool:

@@ -159,29 +159,91 @@ def test_torch_func_matches_autograd(transform, padding, backend, mode):
     torch.testing.assert_close(per_sample, warp(x, theta))
 
 
+def _jvp_by_reverse_mode(fn, inputs, tangents):
+    """J @ tangent from the reverse-mode Jacobian (F.grid_sample's backward): independent of
+    any forward derivative."""
+    jacobians = torch.autograd.functional.jacobian(fn, inputs)
+    out = fn(*inputs)
+    return sum(j.reshape(out.numel(), -1) @ t.reshape(-1) for j, t in zip(jacobians, tangents)).reshape(out.shape)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's make_dual's
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.Affine3D()], ids=lambda t: t.name)
-def test_forward_mode_ad_is_refused_not_dropped(transform, backend):
-    """No sampler has a forward derivative: a dual tensor is refused on every backend (the
-    fused kernel once returned an output without a tangent, read later as a zero derivative);
-    the grids, plain operations, carry their tangents."""
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.ThinPlateSpline(control=(3, 3)),
+                                       stn.Affine3D(), stn.transforms.Affine1D()], ids=lambda t: t.name)
+def test_forward_mode_ad_is_exact_on_every_backend(transform, padding, backend, mode):
+    """Forward-mode AD (torch.autograd.forward_ad, torch.func.jvp) gives J @ tangent on every
+    backend, for the input's and θ's tangents at once: the sampler hands dual tensors to the
+    reference kernel, whose forward derivative is written out (F.grid_sample has none, nor
+    have the fused kernels: they once dropped the tangent, read later as a zero derivative)."""
     import torch.autograd.forward_ad as fwad
 
-    spatial = (4, 5, 6) if transform.ndim == 3 else (6, 7)
-    x = torch.rand(2, 3, *spatial, dtype=torch.float64)
-    theta = random_theta(transform, 2, torch.float64, scale=SCALE)
-    tangent = torch.randn_like(theta)
-    grid = transform.grid(theta, spatial)
+    spatial = {1: (9,), 2: (6, 7), 3: (4, 5, 6)}[transform.ndim]
+    x = torch.rand(2, 3, *spatial, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    theta = random_theta(transform, 2, torch.float64, scale=SCALE, seed=4)
+    tangents = (torch.randn_like(x), torch.randn_like(theta))
+    warp = lambda xs, t: stn.warp(xs, t, transform, mode=mode, padding=padding, backend=backend)  # noqa: E731
+    reverse = lambda xs, t: stn.warp(xs, t, transform, mode=mode, padding=padding, backend="torch")  # noqa: E731
+    expected = _jvp_by_reverse_mode(reverse, (x, theta), tangents)
+    out, tangent = torch.func.jvp(warp, (x, theta), tangents)
+    torch.testing.assert_close(out, reverse(x, theta))
+    torch.testing.assert_close(tangent, expected)
     with fwad.dual_level():
-        for args in ((fwad.make_dual(x, torch.ones_like(x)), theta), (x, fwad.make_dual(theta, tangent))):
-            with pytest.raises(NotImplementedError, match="forward-mode AD .* use reverse mode"):
-                stn.warp(*args, transform, backend=backend)
-        with pytest.raises(NotImplementedError, match="forward-mode AD"):
-            stn.sample(x, fwad.make_dual(grid, torch.ones_like(grid)), backend=backend)
-        dual_grid = transform.grid(fwad.make_dual(theta, tangent), spatial)
-        _, expected = torch.autograd.functional.jvp(lambda t: transform.grid(t, spatial), theta, tangent)
-        torch.testing.assert_close(fwad.unpack_dual(dual_grid).tangent, expected)
+        dual = warp(fwad.make_dual(x, tangents[0]), fwad.make_dual(theta, tangents[1]))
+        torch.testing.assert_close(fwad.unpack_dual(dual).tangent, expected)
+    grid = transform.grid(theta, spatial)
+    grid_tangent = torch.randn_like(grid)
+    sample = lambda g: stn.sample(x, g, mode, padding, backend=backend)  # noqa: E731
+    torch.testing.assert_close(
+        torch.func.jvp(sample, (grid,), (grid_tangent,))[1],
+        _jvp_by_reverse_mode(lambda g: stn.sample(x, g, mode, padding, backend="torch"), (grid,), (grid_tangent,)),
+    )
+
+
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.Affine3D()], ids=lambda t: t.name)
+def test_forward_over_reverse_hessians_and_jacfwd_match_reverse_mode(transform, backend):
+    """``torch.func.hessian`` (forward over reverse) and ``jacfwd`` equal the reverse-mode
+    Hessian and Jacobian, with respect to θ and to the input; ``gradcheck(check_forward_ad)``
+    and ``gradgradcheck(check_fwd_over_rev)`` against finite differences."""
+    spatial = (3, 3, 4) if transform.ndim == 3 else (4, 5)
+    x = torch.rand(2, 1, *spatial, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    theta = random_theta(transform, 2, torch.float64, scale=SCALE, seed=6)
+    energy = lambda xs, t: stn.warp(xs, t, transform, backend=backend).pow(3).sum()  # noqa: E731
+    reverse = lambda xs, t: stn.warp(xs, t, transform, backend="torch").pow(3).sum()  # noqa: E731
+    torch.testing.assert_close(torch.func.hessian(energy, argnums=1)(x, theta),
+                               torch.autograd.functional.hessian(lambda t: reverse(x, t), theta))
+    torch.testing.assert_close(torch.func.hessian(energy)(x[:1], theta[:1]),
+                               torch.autograd.functional.hessian(lambda xs: reverse(xs, theta[:1]), x[:1]))
+    warp = lambda t: stn.warp(x, t, transform, backend=backend)  # noqa: E731
+    torch.testing.assert_close(torch.func.jacfwd(warp)(theta), torch.func.jacrev(warp)(theta))
+    if backend == "auto":  # (every backend hands dual tensors to the same kernel)
+        leaves = (x.clone().requires_grad_(), theta.clone().requires_grad_())
+        fn = lambda xs, t: stn.warp(xs, t, transform, backend=backend)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, leaves, check_forward_ad=True)
+        assert torch.autograd.gradgradcheck(fn, leaves, check_fwd_over_rev=True)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's make_dual's
+def test_forward_mode_ad_refuses_bicubic_and_keeps_nan_points():
+    """Bicubic has no forward derivative anywhere (F.grid_sample's is missing): a clear error,
+    not a dropped tangent. A grid point that is not finite has a NaN tangent, as its output
+    and its gradient are NaN."""
+    import torch.autograd.forward_ad as fwad
+
+    x = torch.rand(1, 2, 5, 6, dtype=torch.float64)
+    grid = torch.rand(1, 3, 4, 2, dtype=torch.float64) * 2 - 1
+    grid[0, 1, 2, 0] = float("nan")
+    with fwad.dual_level():
+        for backend in ("auto", *BACKENDS):
+            with pytest.raises(NotImplementedError, match="bicubic.* no forward derivative"):
+                stn.sample(fwad.make_dual(x, torch.ones_like(x)), grid, "bicubic", backend=backend)
+            out = stn.sample(x, fwad.make_dual(grid, torch.ones_like(grid)), backend=backend)
+            tangent = fwad.unpack_dual(out).tangent
+            assert tangent[0, :, 1, 2].isnan().all()
+            assert tangent.isnan().sum() == 2 and out.isnan().sum() == 2
 
 
 def test_the_operators_refuse_arguments_that_do_not_fit():

@@ -135,3 +135,18 @@ def test_a_cache_miss_inside_fullgraph_compile_builds_and_keeps_nothing(transfor
     out = compiled(theta)
     assert len(_tracing._CACHE) == 0  # traced values are never stored
     torch.testing.assert_close(out, transform.grid(theta, (13, 17)))
+
+
+def test_grid_parts_built_inside_torch_func_are_not_kept():
+    """A grid part first built inside ``torch.func.grad`` is the transform's wrapper, dead once
+    it returns: kept, it made a later ``torch.func.hessian`` fail with an internal assert of
+    functorch ("escaped?"). Built there, used, never stored."""
+    x = torch.rand(2, 1, 6, 7, dtype=torch.float64)
+    theta = stn.Affine().identity(batch=2, dtype=torch.float64) + 0.05
+    energy = lambda t: stn.warp(x, t, "affine").pow(2).sum()  # noqa: E731
+    stn.clear_caches()
+    gradient = torch.func.grad(energy)(theta)
+    assert not any(torch.func.debug_unwrap(value, recurse=False) is not value for value, _ in _tracing._CACHE.values())
+    hessian = torch.func.hessian(energy)(theta)
+    torch.testing.assert_close(hessian, torch.autograd.functional.hessian(energy, theta))
+    torch.testing.assert_close(gradient, torch.autograd.functional.jacobian(energy, theta))

@@ -31,6 +31,13 @@ gradient with respect to the input. This is torchstn's policy on every backend.
 The backward pass is written with differentiable operations, so autograd
 differentiates it again: second- and higher-order gradients (``create_graph=True``)
 are exact, with the same sub-gradient conventions.
+
+The forward derivative (forward-mode AD: ``torch.autograd.forward_ad``, ``torch.func.jvp``,
+``jacfwd``, ``hessian``) is the same sum read the other way: the tangent of the input sampled
+at the grid, plus :math:`\sum_d \partial V/\partial u_d\, \dot u_d` for the grid's tangent.
+Every sampler call that carries a tangent is sampled here (:func:`~torchstn.sample` and
+:func:`~torchstn.warp` hand it over from any backend: ``F.grid_sample`` and the fused
+kernels have no forward derivative).
 """
 
 from __future__ import annotations
@@ -155,8 +162,9 @@ def _flat(grid: torch.Tensor) -> torch.Tensor:
 
 
 class _ReferenceSample(torch.autograd.Function):
-    """The hand-written forward and backward; ``setup_context`` and a generated vmap rule (both
-    are plain torch operations) let ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``) run it."""
+    """The hand-written forward, backward and forward derivative (``jvp``); ``setup_context`` and a
+    generated vmap rule (all plain torch operations) let ``torch.func`` transforms (``vmap``,
+    ``grad``, ``jacrev``, ``jvp``, ``jacfwd``, ``hessian``) run it."""
 
     generate_vmap_rule = True
 
@@ -178,7 +186,40 @@ class _ReferenceSample(torch.autograd.Function):
     def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:  # type: ignore[override]  # noqa: ANN001
         x, grid, *options = inputs
         ctx.save_for_backward(x, grid)
+        ctx.save_for_forward(x, grid)
         ctx.options = tuple(options)
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor | None, grid_tangent: torch.Tensor | None, *_):  # type: ignore[override]  # noqa: ANN001
+        """The forward derivative: the tangent of ``x`` sampled at the grid, plus each point's
+        ``dV/du`` (the backward's per-channel factor, before its sum over channels) times the
+        grid's tangent; NaN where the point is not finite. Written with differentiable
+        operations, as the backward, so forward-over-reverse (``torch.func.hessian``) works."""
+        x, grid = ctx.saved_tensors
+        mode, padding, align_corners = ctx.options
+        b, c = x.shape[:2]
+        corners = _Corners(x.shape, _flat(grid), padding, align_corners, mode)
+        xf = x.flatten(2)
+        out = x.new_zeros(b, c, corners.base[0].shape[1])
+        with_grid = grid_tangent is not None and mode != "nearest"  # (nearest: piecewise constant in the grid)
+        if with_grid:
+            # d(pixel coordinate) per axis: the grid's tangent through the unnormalisation and padding
+            tangent = _flat(grid_tangent)
+            du = [tangent[..., d] * corners.dcoords[d] for d in range(corners.n)]
+        for offset in corners.offsets:
+            lin, valid, factors = corners.corner(offset)
+            if x_tangent is not None:
+                weight = torch.stack(factors).prod(0)
+                out = out + weight[:, None] * corners.read(x_tangent.flatten(2), lin, valid)
+            if with_grid:
+                rate = torch.zeros_like(factors[0])
+                for d in range(corners.n):
+                    others = [f for e, f in enumerate(factors) if e != d]
+                    partial = torch.stack(others).prod(0) if others else torch.ones_like(rate)
+                    rate = rate + partial * du[d] * (1.0 if offset[d] else -1.0)
+                out = out + rate[:, None] * corners.read(xf, lin, valid)
+        out = torch.where(corners.finite[:, None], out, float("nan"))
+        return out.reshape(b, c, *grid.shape[1:-1])
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]

@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 import torch
 
-from torchstn._tracing import autocast_enabled, eager_tensors, reject_tangents
+from torchstn._tracing import autocast_enabled, eager_tensors, forward_ad_active
 from torchstn._validation import check_bool, check_choice, check_floating, check_same_batch, check_size, check_tensor
 from torchstn.sampling import _fused, _fused3d
 from torchstn.sampling._grid_sample import torch_sample
@@ -162,7 +162,6 @@ def check_sample_args(x: object, grid: object, mode: str) -> None:
     check_floating("x", x)
     check_tensor("grid", grid, ndim=x.dim())
     check_floating("grid", grid)
-    reject_tangents("sample", x, grid)
     n = x.dim() - 2
     if grid.shape[-1] != n:
         layout = {1: "L", 2: "H, W", 3: "D, H, W"}[n]
@@ -223,7 +222,9 @@ def sample(
         Gradients: exact with respect to ``x``; with respect to the grid the bilinear
         kernel has a sub-gradient at integer pixel coordinates (the right-sided
         difference), nearest has zero gradient with respect to the grid; second- and
-        higher-order gradients are exact on every backend. A grid point that is not
+        higher-order gradients are exact on every backend, and so is forward-mode AD
+        (``torch.func.jvp``, ``jacfwd``, ``hessian``: a call inside a forward-mode level is
+        sampled by the reference kernel; bicubic has no forward derivative). A grid point that is not
         finite (NaN, ±Inf) gives NaN in every channel and a NaN gradient for that point,
         and adds nothing to the gradient of ``x``, on every backend.
         float16 and bfloat16 inputs are sampled in their own dtype.
@@ -277,8 +278,19 @@ def _compiled_sample(
 def _run_kernel(
     x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool, backend: str | None
 ) -> torch.Tensor:
-    """Sample with the chosen backend; every argument is valid."""
-    kernel = _KERNELS[_backend_name(backend, x, grid, mode)]
+    """Sample with the chosen backend, or with the reference kernel inside a forward-mode AD
+    level (:func:`~torchstn._tracing.forward_ad_active`), the one kernel with a forward
+    derivative; every argument is valid."""
+    if forward_ad_active():
+        if mode == "bicubic":
+            raise NotImplementedError(
+                "sample: mode='bicubic' has no forward derivative (forward-mode AD: torch.autograd.forward_ad, "
+                "torch.func.jvp/jacfwd/hessian; F.grid_sample has none): use 'bilinear' or 'nearest', whose "
+                "forward derivative the reference kernel computes, or reverse mode (torch.func.jacrev)"
+            )
+        kernel = reference_sample
+    else:
+        kernel = _KERNELS[_backend_name(backend, x, grid, mode)]
     if x.dim() == 3:  # a signal is an image of height 1 read on its centre row
         # y = 0 * x rather than zeros: a NaN x keeps its NaN gradient through either component
         grid2d = torch.cat([grid, grid * 0], -1)[:, None]
@@ -386,7 +398,7 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
             return out
     check_floating("x", check_tensor("x", x, ndim=transform.ndim + 2))
     params = transform.check_params(_matrix_form(transform, params))
-    reject_tangents("warp", x, params)
+    tangents = forward_ad_active()  # the fused kernels have no forward derivative: grid + reference
     check_same_batch("x", x, "params", params)
     if params.device != x.device:
         raise ValueError(f"params must be on the device of x ({x.device}), got {params.device}")
@@ -397,14 +409,14 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
     with _autocast_off("cpu" if x.is_cpu else x.device.type):  # (is_cpu: a third of device.type's cost)
         xd = x if x.dtype is dtype else x.to(dtype)
         params = params if params.dtype is dtype else params.to(dtype)
-        if _fused_warp_applies(backend, transform, xd, params, mode):  # no grid in memory
+        if not tangents and _fused_warp_applies(backend, transform, xd, params, mode):  # no grid in memory
             if transform.projective:
                 matrix, eps = transform.matrix(params, check=False), transform.eps
                 out = _fused.fused_warp(xd, matrix, size, mode, padding, align_corners, True, eps)
             else:
                 out = _fused.fused_warp(xd, transform.affine_rows(params, check=False), size, mode, padding,
                                         align_corners)
-        elif _fused3d_warp_applies(backend, transform, xd, params, mode):
+        elif not tangents and _fused3d_warp_applies(backend, transform, xd, params, mode):
             rows = transform.affine_rows(params, check=False)
             out = _fused3d.fused_warp3d(xd, rows, size, mode, padding, align_corners)
         else:
