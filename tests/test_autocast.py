@@ -55,3 +55,25 @@ def test_autocast_bfloat16_input(transform: stn.Transform) -> None:
     assert out.dtype == torch.bfloat16 and out.shape == x.shape
     assert torch.isfinite(out).all()
     torch.testing.assert_close(_interior(out.float()), _interior(st(x)), atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("compositional", [True, False])
+def test_a_cascade_composes_its_bfloat16_steps_in_float32(compositional: bool) -> None:
+    """Under autocast each step's Δθ comes from a bfloat16 localisation net; the total θ is
+    composed in float32 (it once raised a dtype error, and before that a bfloat16 matmul
+    made the total itself bfloat16, its grid off by up to 2^-8 of the image). The total is
+    the float64 composition of the steps as they were predicted."""
+    torch.manual_seed(0)
+    cascade = stn.CascadedSpatialTransformer("affine", stn.conv_localization(1, (28, 28)), steps=3,
+                                             compositional=compositional)
+    perturb(cascade)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cascade(_smooth_images())
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert all(step.dtype == torch.bfloat16 for step in cascade.last_step_params)
+    assert cascade.last_params.dtype == torch.float32
+    affine = stn.Affine()
+    total = affine.identity(4, dtype=torch.float64)
+    for step in cascade.last_step_params:
+        total = affine.compose(total, step.double())
+    torch.testing.assert_close(cascade.last_params.double(), total, atol=1e-6, rtol=0)

@@ -13,6 +13,7 @@ The public names are :func:`torchstn.clear_caches` and :func:`torchstn.transform
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable, Hashable, Sequence
 
@@ -20,6 +21,7 @@ import torch
 
 __all__ = [
     "autocast_enabled",
+    "autocast_off",
     "cached",
     "clear_caches",
     "differentiable_vjp",
@@ -170,6 +172,15 @@ def autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 has no per-device query
         return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Disable autocast where it is on: it would run a grid's or a composition's matmul in low
+    precision (a bfloat16 grid misplaces points by up to 2^-8 of the image size)."""
+    return torch.autocast(device_type, enabled=False) if autocast_enabled(device_type) else _NOTHING
+
+
+_NOTHING = contextlib.nullcontext()  # (reusable: one fewer object per call)
 
 
 def forward_ad_active() -> bool:

@@ -243,6 +243,21 @@ def test_compose_inverse_round_trip(family, dtype):
     torch.testing.assert_close(family.inverse(family.inverse(p)), p, atol=atol, rtol=0)
 
 
+def test_inverse_names_a_singular_sample_and_compose_mixed_dtypes():
+    """A singular matrix has no inverse: a ValueError naming the sample (torch.linalg.inv's
+    own error named neither the argument nor, as a bare LinAlgError, the kind of mistake);
+    NaN parameters give NaN. compose of float32 and float64 parameters: a TypeError naming
+    both (torch's matmul said "expected scalar type Float but found Double")."""
+    family = stn.Affine()
+    params = family.identity(3)
+    params[2] = torch.tensor([1.0, 2.0, 0.0, 2.0, 4.0, 0.0])  # rank 1
+    with pytest.raises(ValueError, match="params: the matrix of sample 2 is singular"):
+        family.inverse(params)
+    assert family.inverse(torch.full((1, 6), float("nan"))).isnan().all()
+    with pytest.raises(TypeError, match="a and b must have the same dtype and device.*float32.*float64"):
+        family.compose(family.identity(2), family.identity(2, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("family", [stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective()], ids=lambda t: t.name)
 def test_compose_is_matrix_product_and_warp_order(family):
     a = random_theta(family, 2, torch.float64, "cpu", scale=0.2)

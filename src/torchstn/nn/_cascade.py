@@ -163,14 +163,14 @@ class CascadedSpatialTransformer(SpatialTransformer):
         if self.compositional:
             for k in range(self.num_steps):
                 dp = self.predict_step(k, self.transform_input(x, p))
-                p = transform.compose(p, dp)
+                p = transform.compose(p, dp.to(p.dtype))  # (autocast: a bfloat16 step, a float32 total)
                 updates.append(dp)
             return self.transform_input(x, p), p, updates
         current = x if init_params is None else self.transform_input(x, init_params)
         for k in range(self.num_steps):
             dp = self.predict_step(k, current)
             current = self.transform_input(current, dp)
-            p = transform.compose(p, dp) if composable else None
+            p = transform.compose(p, dp.to(p.dtype)) if composable else None
             updates.append(dp)
         return current, p, updates
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 import torch
 
-from torchstn._tracing import autocast_enabled, eager_tensors, forward_ad_active
+from torchstn._tracing import autocast_enabled, autocast_off, eager_tensors, forward_ad_active
 from torchstn._validation import check_bool, check_choice, check_floating, check_same_batch, check_size, check_tensor
 from torchstn.sampling import _fused, _fused3d
 from torchstn.sampling._grid_sample import torch_sample
@@ -406,7 +405,7 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
     size = _output_size(x, size, transform.ndim)
     # grids need more than 8 mantissa bits: low-precision inputs are warped in float32
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    with _autocast_off("cpu" if x.is_cpu else x.device.type):  # (is_cpu: a third of device.type's cost)
+    with autocast_off("cpu" if x.is_cpu else x.device.type):  # (is_cpu: a third of device.type's cost)
         xd = x if x.dtype is dtype else x.to(dtype)
         params = params if params.dtype is dtype else params.to(dtype)
         if not tangents and _fused_warp_applies(backend, transform, xd, params, mode):  # no grid in memory
@@ -566,11 +565,3 @@ def _spatial_size(x: torch.Tensor) -> tuple[int, ...]:
     if torch.jit.is_tracing():
         return tuple(x.shape[2:])
     return tuple(int(s) for s in x.shape[2:])
-
-
-def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
-    """Disable autocast where it is on (it would run the grid's matmul in low precision)."""
-    return torch.autocast(device_type, enabled=False) if autocast_enabled(device_type) else _NOTHING
-
-
-_NOTHING = contextlib.nullcontext()  # (reusable: one fewer object per call)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from torchstn._tracing import cached, differentiable_vjp, eager_tensors
+from torchstn._tracing import autocast_off, cached, differentiable_vjp, eager_tensors
 from torchstn._validation import check_bool, check_floating, check_int, check_params, check_size, check_tensor, sizes_traced
 
 __all__ = ["MatrixTransform", "Transform", "base_grid", "interleaved_operator", "linear_grid", "matrix_grid"]
@@ -285,6 +285,7 @@ class MatrixTransform(Transform):
 
         Warping by ``compose(a, b)`` equals warping by ``a`` and then warping the
         result by ``b``: the output point ``g`` reads the input at ``M_a M_b g``.
+        ``a`` and ``b`` must have one dtype; the product is computed in it, under autocast too.
         A cascade that refines its estimate with a step ``dp`` predicted on the
         warped image therefore updates ``p <- compose(p, dp)``.
         """
@@ -292,11 +293,26 @@ class MatrixTransform(Transform):
         b = self.check_params(b, "b")
         if not sizes_traced() and a.shape[0] != b.shape[0]:
             raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
-        return self._from_matrix(self._matrix(a) @ self._matrix(b))
+        if a.dtype != b.dtype or a.device != b.device:
+            raise TypeError(f"a and b must have the same dtype and device, got {a.dtype} on {a.device} and "
+                            f"{b.dtype} on {b.device}")
+        with autocast_off(a.device.type):  # (the product in the parameters' own precision)
+            return self._from_matrix(self._matrix(a) @ self._matrix(b))
 
     def inverse(self, params: torch.Tensor) -> torch.Tensor:
-        """Parameters of the inverse map: ``compose(p, inverse(p))`` is the identity."""
-        return self._from_matrix(torch.linalg.inv(self._matrix(self.check_params(params))))
+        """Parameters of the inverse map: ``compose(p, inverse(p))`` is the identity.
+
+        Raises ``ValueError`` naming the first sample whose matrix is singular (eager calls;
+        under a tracer ``torch.linalg.inv`` raises its own error); NaN parameters give NaN."""
+        matrix = self._matrix(self.check_params(params))
+        if not eager_tensors(matrix):
+            return self._from_matrix(torch.linalg.inv(matrix))
+        inverse, info = torch.linalg.inv_ex(matrix)
+        singular = torch.nonzero(info)
+        if len(singular):
+            raise ValueError(f"params: the matrix of sample {int(singular[0, 0])} is singular (it has no inverse): "
+                             f"{matrix[int(singular[0, 0])].tolist()}")
+        return self._from_matrix(inverse)
 
     def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         m = self._matrix(params)
