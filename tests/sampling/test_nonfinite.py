@@ -72,6 +72,27 @@ def test_a_nan_theta_gives_a_nan_output_and_gradient(transform, padding, backend
     assert not theta.grad[0].isnan().any() and theta.grad[1].isnan().all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("entry", [0, 2, 6, 7])
+@pytest.mark.parametrize("value", [float("inf"), -float("inf")], ids=["inf", "-inf"])
+def test_an_infinite_homography_entry_gives_nan_not_the_centre(value, entry, backend):
+    """An infinite perspective entry (h31, h32) makes every w infinite and x / w = 0: the
+    centre read for every point, a finite output of a non-finite θ. The whole sample is NaN
+    instead, on every backend and on the compiled call (a batch-1 warp without gradient)."""
+    transform = stn.Projective()
+    x = torch.rand(2, 3, 8, 9).requires_grad_()
+    theta = transform.identity(2).clone()
+    theta[1, entry] = value
+    theta.requires_grad_()
+    out = stn.warp(x, theta, transform, backend=backend)
+    assert not out[0].isnan().any() and out[1].isnan().all()
+    out.sum().backward()
+    assert not theta.grad[0].isnan().any() and theta.grad[1].isnan().all()
+    with torch.no_grad():
+        assert stn.warp(x[1:], theta[1:], transform, backend=backend).isnan().all()
+        assert stn.warp(x[1:].double(), theta[1:].double(), transform, backend=backend).isnan().all()
+
+
 def test_a_traced_torch_backend_gives_both_coordinates_a_nan_gradient():
     """Under a tracer (here torch.compile) the torch backend cannot branch on the grid's
     values; a point with one non-finite coordinate still gets NaN in both (the in-graph

@@ -81,6 +81,22 @@ def test_basis_is_an_orthonormal_basis_of_the_constraints_null_space(k, zero_bou
     torch.testing.assert_close(cpab.basis(dtype=torch.float32), basis.float(), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_zero_boundary_keeps_the_ends_under_steep_fields(dtype):
+    """With a zero boundary the ends are at rest exactly, however steep the field: B θ met
+    v(-1) = 0 only to rounding (1e-15 in float64), and e^{ta} threw -1 to -2.7 at θ = 40 and
+    to -4e101 at θ = 300 (float64); an aligned grid's first sample then read the padding."""
+    cpab = stn.CPAB1D(4)
+    ends = torch.tensor([[[-1.0], [1.0]]], dtype=dtype)
+    for value in (1.0, 40.0, 300.0):
+        theta = torch.full((1, 3), value, dtype=dtype)
+        assert cpab.velocity(theta, ends).eq(0).all()
+        torch.testing.assert_close(cpab.transform_points(theta, ends), ends, atol=0, rtol=0)
+        grid = cpab.grid(theta, (9,), align_corners=True)
+        assert grid.isfinite().all() and grid.min() >= -1 and grid.max() <= 1
+        assert stn.warp(torch.ones(1, 1, 9, dtype=dtype), theta, cpab, align_corners=True).eq(1).all()
+
+
 def test_velocity_is_continuous_and_zero_at_the_boundary():
     cpab = stn.CPAB1D(6)
     theta = _theta(cpab, 3, 1.0)

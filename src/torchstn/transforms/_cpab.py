@@ -255,7 +255,15 @@ class CPAB1D(Transform):
         return self._coefficients(params)
 
     def _coefficients(self, params: torch.Tensor) -> torch.Tensor:
-        return (params @ self.basis(params.device, params.dtype).T).view(params.shape[0], self.tessellation, 2)
+        coefficients = (params @ self.basis(params.device, params.dtype).T).view(params.shape[0], self.tessellation, 2)
+        if not self.zero_boundary:
+            return coefficients
+        # B θ meets v(-1) = b_0 - a_0 = 0 and v(1) = a + b = 0 only to rounding: a residue of
+        # 1e-15 at an end, carried by e^{ta} (large slopes), threw -1 far outside the domain in
+        # float64. The end cells' offsets are set from their slopes, so the ends are exactly at
+        # rest (the same values up to that rounding, and the same gradient).
+        first, last = coefficients[:, :1, 0], coefficients[:, -1:, 0]
+        return torch.cat([torch.stack([first, first], -1), coefficients[:, 1:-1], torch.stack([last, -last], -1)], 1)
 
     def velocity(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """The velocity field :math:`v_θ` at ``points`` ``(B, N, 1)``: ``(B, N, 1)``."""

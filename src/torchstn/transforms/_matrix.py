@@ -192,8 +192,11 @@ class Projective(MatrixTransform):
         return torch.eye(3, dtype=torch.float64).reshape(9)[:8]
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
-        ones = params.new_ones(params.shape[0], 1)
-        return torch.cat([params, ones], 1).reshape(params.shape[0], 3, 3)
+        # a non-finite entry makes the whole matrix NaN (+ 0 elsewhere, the same values): an
+        # infinite h31 or h32 gives every point an infinite w, and x / w = 0 read the centre,
+        # a finite output of a non-finite θ (sampling/csrc/fast_call.cpp's homographies too)
+        poison = (params - params).sum(1, keepdim=True)
+        return (torch.cat([params, params.new_ones(params.shape[0], 1)], 1) + poison).reshape(params.shape[0], 3, 3)
 
     def _from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         return (matrix / matrix[:, 2:, 2:]).flatten(1)[:, :8]

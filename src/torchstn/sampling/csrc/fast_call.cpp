@@ -93,8 +93,9 @@ bool plain_cpu(const at::Tensor& t) {
          !t.key_set().has(c10::DispatchKey::Python) && !t.is_neg() && !t.is_conj();
 }
 
-// The homographies (B, 3, 3) of Projective's parameters (B, 8), contiguous: H[2, 2] = 1
-// (Projective._matrix's values).
+// The homographies (B, 3, 3) of Projective's parameters (B, 8), contiguous: H[2, 2] = 1, and
+// NaN throughout where an entry is not finite (Projective._matrix's values: each entry plus the
+// sum of p - p, 0 or NaN).
 template <typename T>
 at::Tensor homographies(const at::Tensor& params) {
   const int64_t b = params.size(0);
@@ -102,8 +103,10 @@ at::Tensor homographies(const at::Tensor& params) {
   const T* p = params.const_data_ptr<T>();
   T* m = matrix.mutable_data_ptr<T>();
   for (int64_t i = 0; i < b; ++i, p += 8, m += 9) {
-    for (int j = 0; j < 8; ++j) m[j] = p[j];
-    m[8] = T(1);
+    T poison = T(0);
+    for (int j = 0; j < 8; ++j) poison += p[j] - p[j];
+    for (int j = 0; j < 8; ++j) m[j] = p[j] + poison;
+    m[8] = T(1) + poison;
   }
   return matrix;
 }
