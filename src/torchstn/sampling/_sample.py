@@ -166,10 +166,10 @@ def check_sample_args(x: object, grid: object, mode: str) -> None:
         layout = {1: "L", 2: "H, W", 3: "D, H, W"}[n]
         raise ValueError(f"grid for a {x.dim()}-D input must have shape (B, {layout}, {n}), got {tuple(grid.shape)}")
     check_same_batch("x", x, "grid", grid)
-    if grid.dtype != x.dtype:
-        raise TypeError(f"grid must have the dtype of x ({x.dtype}), got {grid.dtype}")
     if grid.device != x.device:
         raise ValueError(f"grid must be on the device of x ({x.device}), got {grid.device}")
+    if grid.dtype != x.dtype and not autocast_enabled(x.device.type):  # (under autocast: _run_kernel)
+        raise TypeError(f"grid must have the dtype of x ({x.dtype}), got {grid.dtype}")
     _check_mode_fits(x, mode)
 
 
@@ -226,7 +226,10 @@ def sample(
         sampled by the reference kernel; bicubic has no forward derivative). A grid point that is not
         finite (NaN, ±Inf) gives NaN in every channel and a NaN gradient for that point,
         and adds nothing to the gradient of ``x``, on every backend.
-        float16 and bfloat16 inputs are sampled in their own dtype.
+        float16 and bfloat16 inputs are sampled in their own dtype; under ``torch.autocast``
+        the grid may have another dtype than ``x`` (a float32 grid for a bfloat16 input,
+        as ``F.grid_sample`` takes it there): both are then sampled in float32, the output in
+        the dtype of ``x``.
 
     Example:
         >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
@@ -279,7 +282,11 @@ def _run_kernel(
 ) -> torch.Tensor:
     """Sample with the chosen backend, or with the reference kernel inside a forward-mode AD
     level (:func:`~torchstn._tracing.forward_ad_active`), the one kernel with a forward
-    derivative; every argument is valid."""
+    derivative; every argument is valid. A grid whose dtype is not the input's (allowed under
+    autocast only, as ``F.grid_sample`` takes it there) is sampled in float32, the output
+    returned in the input's dtype (as :func:`warp` returns it)."""
+    if grid.dtype is not x.dtype:
+        return _run_kernel(x.float(), grid.float(), mode, padding, align_corners, backend).to(x.dtype)
     if forward_ad_active():
         if mode == "bicubic":
             raise NotImplementedError(

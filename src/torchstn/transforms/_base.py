@@ -170,7 +170,8 @@ class Transform(ABC):
     def transform_points(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Map output-frame ``points`` ``(B, N, ndim)`` to input-frame points ``(B, N, ndim)``.
 
-        This is the map :meth:`grid` applies to every output pixel centre.
+        This is the map :meth:`grid` applies to every output pixel centre, computed as it
+        is (in the dtype of ``params`` and ``points``, under ``torch.autocast`` too).
         """
         params = self.check_params(params)
         check_tensor("points", points, ndim=3)
@@ -180,12 +181,14 @@ class Transform(ABC):
                 f"points must have shape ({params.shape[0]}, N, {self.ndim}) to match params of shape "
                 f"{tuple(params.shape)}, got {tuple(points.shape)}"
             )
-        return self._map(params, points)
+        with autocast_off(params.device.type):
+            return self._map(params, points)
 
     def grid(
         self, params: torch.Tensor, size: Sequence[int], align_corners: bool = False, *, check: bool = True
     ) -> torch.Tensor:
-        """The sampling grid ``(B, *size, ndim)`` for an output of spatial ``size``.
+        """The sampling grid ``(B, *size, ndim)`` for an output of spatial ``size``, in the dtype of
+        ``params`` (under ``torch.autocast`` too: autocast would compute it in low precision).
 
         Args:
             params: ``(B, P)`` transformation parameters.
@@ -201,10 +204,11 @@ class Transform(ABC):
             params = self.check_params(params)
             size = check_size("size", size, self.ndim)
             check_bool("align_corners", align_corners)
-        if _traced_size(size):
-            points = self._traced_grid_points(params, size, align_corners)
-        else:
-            points = self._grid_points(params, size, align_corners)
+        with autocast_off(params.device.type):  # (a bfloat16 grid misplaces points by up to 2^-8 of the image)
+            if _traced_size(size):
+                points = self._traced_grid_points(params, size, align_corners)
+            else:
+                points = self._grid_points(params, size, align_corners)
         return points.reshape(params.shape[0], *size, self.ndim)
 
     def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
