@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,3 +144,18 @@ def test_errors_are_one_line(cli, checkpoint: Path, tmp_path: Path) -> None:
     for fmt in ("torchscript", "onnx"):  # a directory where the file should be (torchscript: once a traceback)
         line = cli("export", checkpoint, "--format", fmt, "--out", tmp_path).error_line()
         assert f"{tmp_path}: is a directory" in line
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_onnx_without_the_extra_names_it_for_either_exporter(cli, checkpoint: Path, tmp_path: Path, monkeypatch,
+                                                             legacy: bool) -> None:
+    """Without onnx (the ``export`` extra) both exporters say which extra to install; the
+    TorchScript-based one printed a 32-line traceback of torch's OnnxExporterError."""
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails, as without the extra
+    result = cli("export", checkpoint, "--out", tmp_path / "model.onnx", *(["--legacy-onnx"] if legacy else []))
+    assert result.status == 2
+    missing = "onnx" if legacy else "onnx and onnxscript"
+    assert f"ONNX export needs {missing}, which" in result.err
+    assert "pip install 'torchstn[export]'" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / "model.onnx").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -195,6 +196,10 @@ def export_onnx(
         >>> with tempfile.TemporaryDirectory() as d:  # doctest: +SKIP
         ...     path = export_onnx(st, torch.rand(2, 1, 28, 28), pathlib.Path(d) / "st.onnx")
     """
+    missing = [name for name in ("onnx", "onnxscript")[: 2 if dynamo else 1] if importlib.util.find_spec(name) is None]
+    if missing:  # (the TorchScript-based exporter raised torch's OnnxExporterError, no ImportError)
+        raise ImportError(f"ONNX export needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                          "not installed")
     model, inputs = _prepare(model, example, dynamic_batch)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
