@@ -49,6 +49,23 @@ def test_an_extended_run_records_its_new_length(tmp_path, shapes):
     assert resume_config(tmp_path / "r").epochs == 2
 
 
+def test_a_run_in_steps_extends_within_its_cut_last_epoch_and_never_shortens(tmp_path, shapes):
+    """256 images of batch 32 are 8 steps an epoch: a run of 3 steps, resumed for 5, trains the 2
+    steps left in one more (cut) epoch (it once said "nothing to do" and still wrote 5 steps into
+    config.json); a resume for fewer steps than trained is refused and config.json kept."""
+    from torchstn.engine import read_checkpoint
+
+    run = tmp_path / "r"
+    train(_config(steps=3), run, train_set=shapes[0], test_set=shapes[1], progress=False)
+    result = train(_config(steps=5), run, train_set=shapes[0], test_set=shapes[1], progress=False, resume=True)
+    assert read_checkpoint(run / "checkpoints" / "last.safetensors")[2]["step"] == 5
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert TrainConfig.load(run / "config.json").steps == 5
+    with pytest.raises(ValueError, match=r"cannot resume .* for 4 steps: it has trained 5 steps"):
+        train(_config(steps=4), run, train_set=shapes[0], test_set=shapes[1], progress=False, resume=True)
+    assert TrainConfig.load(run / "config.json").steps == 5
+
+
 def test_a_run_without_training_state_says_how_to_start_again(tmp_path, shapes):
     """Its checkpoints hold no training state (an interruption between the two files): the
     advice must work (once "start it again without resuming", which then refused the folder)."""

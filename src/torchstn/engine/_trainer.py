@@ -240,6 +240,7 @@ class _Session:
     batch_size: int
     total_steps: int
     epochs: int
+    per_epoch: int  # the steps of a whole epoch
     step: int = 0
     start_epoch: int = 0
     best_error: float = math.inf
@@ -341,7 +342,8 @@ def _set_up(config: TrainConfig, ddp: _Distributed, run_dir: RunDir | None, trai
         config=config, ddp=ddp, run_dir=run_dir, train_set=train_set, test_set=test_set, model=model, core=model,
         grad_params=[p for p in model.parameters() if p.requires_grad],
         optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps)),
-        batch_size=batch_size, total_steps=total_steps, epochs=math.ceil(total_steps / per_epoch), average=average,
+        batch_size=batch_size, total_steps=total_steps, epochs=math.ceil(total_steps / per_epoch), per_epoch=per_epoch,
+        average=average,
     )
 
 
@@ -360,6 +362,10 @@ def _resume(session: _Session) -> None:
     different = RunDir.config_differences(saved, session.config)
     if different:
         raise ValueError(f"cannot resume {run_dir.path}: the config differs in {', '.join(different)}")
+    if info["step"] > session.total_steps or info["epoch"] > session.epochs:  # (config.json must not say less)
+        length = f"{session.total_steps} steps" if session.config.steps else f"{session.epochs} epochs"
+        raise ValueError(f"cannot resume {run_dir.path} for {length}: it has trained {info['step']} steps "
+                         f"({info['epoch']} epochs) already; give at least that many to extend it")
     state = read_training_state(last)
     session.product.load_state_dict(tensors)
     if session.average is not None:  # the checkpoint's weights are the average; the raw ones are in the state
@@ -369,6 +375,9 @@ def _resume(session: _Session) -> None:
     session.scheduler.load_state_dict(state["scheduler"])  # the lambdas themselves come from the config
     restore_rng(state["rng"])
     session.start_epoch, session.step, session.best_error = info["epoch"], info["step"], state["best_error"]
+    # steps beyond a last epoch that was cut short (a run in steps) train in one more, itself cut at total_steps
+    remaining = math.ceil((session.total_steps - session.step) / session.per_epoch)
+    session.epochs = max(session.epochs, session.start_epoch + remaining)
     if session.ddp.main:  # drop epochs logged after the checkpoint (an interruption between the two)
         session.history = run_dir.keep_history(session.start_epoch)
         if run_dir.read_config() != session.config:  # extended (or moved): config.json says so
