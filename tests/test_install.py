@@ -34,6 +34,10 @@ def test_plain_install_runs_every_subcommand(tmp_path):
         shutil.copy2(ROOT / name, source / name)
     installed = run(str(python), "-m", "pip", "install", "-q", str(source))  # no extras
     assert installed.returncode == 0, installed.stderr[-2000:]
+    # the kernels' sources (compiled at run time) and the PEP 561 marker (type checkers skipped the package)
+    package = run(str(python), "-c", "import torchstn, pathlib; print(pathlib.Path(torchstn.__file__).parent)")
+    package_dir = Path(package.stdout.strip())
+    assert (package_dir / "py.typed").is_file() and len(list((package_dir / "sampling" / "csrc").glob("*.cpp"))) == 3
     command = str(env_dir / "bin" / "torchstn")
     top = run(command, "--help")
     assert top.returncode == 0 and "reproduce" in top.stdout, top.stderr
