@@ -256,6 +256,18 @@ def test_plot_run_explains_what_it_draws(tmp_path, drawn):
     # the diagnostics: distance on the left axis, the share outside on a twin axis of its own, in %
     assert axes["transformer diagnostics (test)"].get_ylabel() == "mean |θ − identity|"
     assert [ax.get_ylabel() for ax in fig.axes].count("outside the input (%)") == 1
+    # and no axis label is drawn over another's (the twin axis's label once covered the reliability
+    # panel's "accuracy" at the default eight examples)
+    for record in history:  # shares outside the input of the demo's run, whose ticks read "12.5"
+        record["theta"] = [{"distance": 0.27, "outside": 0.125 - 0.005 * record["epoch"]}]
+    plot_run(stn.create_model("st-cnn-aff", input_size=28, num_classes=4), TensorDataset(torch.rand(8, 1, 28, 28),
+             torch.arange(8) % 4), tmp_path / "fig8.png", history=history, num=8, calibration_images=5)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(drawn[-1])  # (plot_run closed it)
+    canvas.draw()
+    labels = [ax.yaxis.label.get_window_extent(canvas.get_renderer()) for ax in drawn[-1].axes if ax.get_ylabel()]
+    assert not any(a.overlaps(b) for i, a in enumerate(labels) for b in labels[i + 1:])
 
 
 def test_plot_run_shows_two_channels_in_two_colours(tmp_path, drawn):

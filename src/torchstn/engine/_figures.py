@@ -243,7 +243,8 @@ def plot_run(
     _draw_examples(fig, rows, shown, warp_samples, ground_truth_init)
     fig.legend(handles=key, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.4 / height), ncol=columns,
                fontsize=8, frameon=False, handlelength=2.2, columnspacing=1.6)
-    cells = grid[image_rows].subgridspec(1, curve_panels, wspace=0.6)
+    diagnostics = bool(shown.transformers and history)  # (its right axis: labels on both sides)
+    cells = grid[image_rows].subgridspec(1, curve_panels, wspace=0.85 if diagnostics else 0.6)
     if history:
         _plot_curves(fig, cells, history, bool(shown.transformers), label_smoothing)
     _plot_reliability(fig, cells[0, curve_panels - 1], probs, labels)
