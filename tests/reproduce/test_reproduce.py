@@ -1,6 +1,7 @@
 """``torchstn reproduce``: cells, the committed record, skipping and resuming, the report."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -166,6 +167,44 @@ def test_two_processes_recording_cells_keep_each_others(tmp_path):
     second.add(cells[1], {"error": 2.0, "digest": cells[1].digest})
     again = Results(tmp_path, "stn-table1")
     assert again.finished(cells[0])["error"] == 1.0 and again.finished(cells[1])["error"] == 2.0
+
+
+_RECORDER = """
+import sys
+from types import SimpleNamespace
+from torchstn.reproduce import Results
+out, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(n):
+    Results(out, "stn-table1").add(SimpleNamespace(key=f"quick/cnn/r/{tag}{i:03d}"), {"error": 1.0, "digest": "x"})
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="records are locked with fcntl.flock, which Windows lacks")
+def test_two_processes_recording_at_once_lose_no_cell(tmp_path):
+    """Two commands adding cells to one record at the same moment: each add reads, merges and
+    writes the file under a lock (without it, 409-505 of 600 cells survived, and some adds failed
+    on each other's temporary file or read a half-written record)."""
+    script = tmp_path / "record.py"
+    script.write_text(_RECORDER)
+    writers = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), tag, "150"]) for tag in "ab"]
+    assert [w.wait(timeout=300) for w in writers] == [0, 0]
+    assert len(Results(tmp_path / "out", "stn-table1").cells) == 300
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["stn-table1.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("[1, 2]", "not an object with 'experiment' and 'cells'"),
+    ('{"experiment": "stn-table1", "cells": []}', "not an object with 'experiment' and 'cells'"),
+    ('{"experiment": "stn-3d", "cells": {}}', "the record of 'stn-3d'"),
+    ('{"experiment": "stn-table1", "cells": {"a": 5}}', "cell 'a' has no number 'error'"),
+    ('{"experiment": "stn-table1", "cells": {"a": {"error": "1.2"}}}', "cell 'a' has no number 'error'"),
+])
+def test_a_file_that_is_not_this_experiments_record_is_named(tmp_path, text, problem):
+    """JSON that parses but is no record of the experiment (another experiment's among them,
+    which was merged into this one) was a traceback from deep in the report."""
+    (tmp_path / "stn-table1.json").write_text(text)
+    with pytest.raises(ValueError, match=f"stn-table1.json is not a record of stn-table1: {re.escape(problem)}"):
+        Results(tmp_path, "stn-table1")
 
 
 _LOCK_HOLDER = """

@@ -81,13 +81,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     safetensors' writer made its files readable by their owner only.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
+    # a name of this write's own: two processes writing one file (two reproduce commands adding to
+    # one record) once deleted and renamed each other's ".tmp"
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     tmp.touch()
     mode = stat.S_IMODE(tmp.stat().st_mode)
-    write(tmp)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # (a write that failed leaves no file behind)
     return path
 
 

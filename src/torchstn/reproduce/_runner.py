@@ -17,6 +17,7 @@ train one cell at once; the second skips it and says which process holds it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,8 +201,23 @@ class Results:
         self.experiment = experiment
         self.cells: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
-            data = parse_json(self.path.read_text(), self.path)
-            self.cells = dict(data.get("cells", {}))
+            self.cells = self._read()
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        """The file's cells, checked to be a record of this experiment (a file that parses but is
+        not one, another experiment's included, gave tracebacks or was merged into this one)."""
+        data = parse_json(self.path.read_text(), self.path)
+        cells = data.get("cells") if isinstance(data, dict) else None
+        problem = (
+            "not an object with 'experiment' and 'cells'" if not isinstance(cells, dict)
+            else f"the record of {data.get('experiment')!r}" if data.get("experiment") != self.experiment
+            else next((f"cell {key!r} has no number 'error'" for key, cell in cells.items()
+                       if not isinstance(cell, dict) or type(cell.get("error")) not in (int, float)), None)
+        )
+        if problem:
+            raise ValueError(f"{self.path} is not a record of {self.experiment}: {problem} (move it away or give "
+                             f"another --out)")
+        return dict(cells)
 
     def finished(self, cell: Cell) -> dict[str, Any] | None:
         """The record of ``cell`` if it finished with the same config, else ``None``."""
@@ -216,15 +232,32 @@ class Results:
         The file is read again first, so cells that another process recorded
         meanwhile (another ``--only`` or ``--datasets`` run) are kept.
         """
-        self.reload()
-        self.cells[cell.key] = record
-        self.save()
+        with self._locked():
+            self.reload()
+            self.cells[cell.key] = record
+            self.save()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """An exclusive ``flock`` of the record's directory for one read-merge-write: two commands
+        adding cells to one record at once lost up to a sixth of them (each wrote the file it had
+        read). Blocking, held for a file's write; where ``fcntl`` is missing nothing is locked."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            yield
+            return
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # (drops the lock)
 
     def reload(self) -> None:
         """Take in the cells that other processes recorded since this record was read (the
         file's records win; cells only this one holds are kept)."""
         if self.path.is_file():
-            on_disk = parse_json(self.path.read_text(), self.path).get("cells", {})
+            on_disk = self._read()
             self.cells = {**on_disk, **{k: v for k, v in self.cells.items() if k not in on_disk}}
 
     def save(self) -> None:
