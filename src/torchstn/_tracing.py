@@ -172,6 +172,8 @@ def autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 has no per-device query
         return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+    except RuntimeError:  # a device without autocast ("meta": "unknown device type for autocast")
+        return False
 
 
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager:

@@ -162,3 +162,16 @@ def test_the_time_series_models_convolutions_are_torchstns():
     model = stn.create_model("st-cnn1d-aff")
     convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
     assert convs and all(type(m) is stn.nn.Conv1d for m in convs)
+
+
+def test_torch_fx_traces_the_convolutions_as_it_traces_torch_s():
+    """``torch.fx.symbolic_trace`` (feature extraction, FX quantization) of a network built with
+    torchstn's Conv2d and Conv1d: the direct-gradient test once asked a Proxy for requires_grad
+    (a TraceError, "symbolically traced variables cannot be used as inputs to control flow")."""
+    images = nn.Sequential(stn.nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
+    signals = nn.Sequential(stn.nn.Conv1d(2, 4, 5), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28, 3))
+    for net, x in ((images, torch.rand(2, 1, 28, 28)), (signals, torch.rand(2, 2, 32))):
+        traced = torch.fx.symbolic_trace(net)
+        torch.testing.assert_close(traced(x), net(x), atol=0, rtol=0)
+        x = x.requires_grad_()
+        torch.testing.assert_close(torch.autograd.grad(traced(x).sum(), x)[0], torch.autograd.grad(net(x).sum(), x)[0])

@@ -46,6 +46,39 @@ def test_deepcopy_pickle_and_state_dict_after_a_training_forward(name):
     loss.backward()  # copying did not break the original's graph
 
 
+@pytest.mark.parametrize("name", ["st-cnn-aff", "st-cnn-tps", "ic-stn-2", "p-stn", "st-cnn-3d-aff"])
+def test_models_build_and_run_on_the_meta_device_and_materialise_as_the_identity(name):
+    """Deferred initialisation: built under ``torch.device("meta")`` (a regressor's start was
+    copied out of a meta tensor, a TPS solved its system there), run on meta tensors (FLOP
+    counting; autocast's query raised for "meta", a P-STN's chi-square checked its values),
+    then ``to_empty`` and each module's ``reset_parameters``: the transformers start as the
+    identity again, and ``load_state_dict(assign=True)`` gives the CPU-built model's outputs."""
+    args = {"input_size": 24} if "3d" in name else {}
+    torch.manual_seed(0)
+    reference = create_model(name, **args).eval()
+    with torch.device("meta"):
+        model = create_model(name, **args)
+    assert all(p.is_meta for p in model.parameters())
+    shape = (2, 1, 24, 24, 24) if "3d" in name else (2, 1, 28, 28)
+    assert model.eval()(torch.empty(shape, device="meta")).shape == reference(torch.rand(shape)).shape
+    model = model.to_empty(device="cpu")
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    regressors = [m for m in model.modules() if isinstance(m, stn.nn.IdentityRegressor)]
+    assert regressors and all(not m.weight.any() for m in regressors)
+    for regressor, same in zip(regressors, [m for m in reference.modules() if isinstance(m, stn.nn.IdentityRegressor)]):
+        torch.testing.assert_close(regressor.bias, same.bias)  # the start: the identity (or the model's own)
+    with torch.device("meta"):
+        loaded = create_model(name, **args)
+    loaded.load_state_dict(reference.state_dict(), assign=True)
+    x = torch.rand(shape)
+    torch.manual_seed(1)
+    expected = reference(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(loaded.eval()(x), expected, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["st", "cascade", "pstn", "parallel"])
 def test_torch_func_over_a_module_and_copies_after_it(name):
     """vmap and per-sample gradients run the modules, and a copy taken afterwards (an EMA

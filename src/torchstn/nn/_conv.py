@@ -74,7 +74,8 @@ def _direct_input_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     present, a float32/float64 CPU input of 1 to :data:`DIRECT_INPUT_GRAD_MAX_CHANNELS`
     channels, no groups, no dilation, numeric padding, no autocast."""
     return (
-        x.requires_grad
+        isinstance(x, torch.Tensor)  # (first: torch.fx's Proxy cannot answer requires_grad in an `and`)
+        and x.requires_grad
         and torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)

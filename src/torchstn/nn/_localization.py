@@ -58,7 +58,7 @@ class _LazyIdentityRegressor(nn.LazyLinear):
 def _start_values(start: Transform | Sequence[float]) -> list[float]:
     """The ``P`` values a regressor's bias starts at: a transform's identity θ, or the given numbers."""
     if isinstance(start, Transform):
-        return start.identity(dtype=torch.float64).tolist()
+        return start.identity(device="cpu", dtype=torch.float64).tolist()  # (cpu: built under torch.device("meta") too)
     if isinstance(start, (str, bytes)) or not isinstance(start, Sequence):
         raise TypeError(f"start must be a Transform or a sequence of numbers, got {type(start).__name__}")
     if len(start) == 0:

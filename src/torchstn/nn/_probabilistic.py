@@ -252,7 +252,8 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
             df = torch.full((), value, dtype=dtype, device=like.device)
         else:  # a literal, which torch.export folds into a constant (Chi2 checks it then)
             df = torch.tensor(value, dtype=dtype, device=like.device)
-        return (normal * torch.rsqrt(torch.distributions.Chi2(df).sample(shape) / df)).to(like.dtype)
+        chi2 = torch.distributions.Chi2(df, validate_args=False if like.is_meta else None)  # (meta: no values to check)
+        return (normal * torch.rsqrt(chi2.sample(shape) / df)).to(like.dtype)
 
     def _kl(self, mean: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
         if self.distribution == "student-t":

@@ -47,11 +47,11 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
         # broadcasts over a last dimension of 2 slowly). Not in the graphs torch.jit.trace and
         # torch.export record, which are for inference (and torch.jit.trace checks its graph
         # by running it again without gradients, where this branch is not taken)
-        if grid.is_cpu and _eager():
+        if grid.is_cpu and _eager(grid):
             direct = _moderate(grid)
         elif not (torch.jit.is_tracing() or exporting()):
             grid = grid + grid.sum(-1, keepdim=True) * 0
-    if direct or (_eager() and _moderate(grid)):
+    if direct or (_eager(grid) and _moderate(grid)):
         return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
     finite = torch.isfinite(grid).all(-1, keepdim=True)  # (B, *out, 1)
     far = _far(grid.dtype)
@@ -78,8 +78,9 @@ def _far(dtype: torch.dtype) -> float:
     return torch.finfo(torch.promote_types(dtype, torch.float32)).max / 2**32
 
 
-def _eager() -> bool:
+def _eager(grid: torch.Tensor) -> bool:
     """Whether the grid's values may decide the path: not under a tracer, nor inside a
-    ``torch.func`` transform (``vmap`` cannot branch on a batched value)."""
+    ``torch.func`` transform (``vmap`` cannot branch on a batched value), nor under a dispatch
+    mode (``make_fx`` traces there), and values there are (a meta tensor has none)."""
     return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-                or functorch_active())
+                or functorch_active() or torch._C._len_torch_dispatch_stack() > 0 or grid.is_meta)

@@ -143,7 +143,8 @@ class Transform(ABC):
 
     @abstractmethod
     def _identity(self) -> torch.Tensor:
-        """The identity parameters as a float64 ``(P,)`` tensor."""
+        """The identity parameters as a float64 ``(P,)`` CPU tensor (made on the CPU also under
+        another default device: ``torch.device("meta")`` has no values to copy)."""
 
     @abstractmethod
     def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

@@ -240,7 +240,7 @@ class CPAB1D(Transform):
         self.num_params = self._basis64.shape[1]
 
     def _identity(self) -> torch.Tensor:
-        return torch.zeros(self.num_params, dtype=torch.float64)
+        return torch.zeros(self.num_params, dtype=torch.float64, device="cpu")
 
     def basis(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The orthonormal basis ``B`` ``(2K, P)``: cell coefficients ``A = B θ`` (cached; do not modify it)."""

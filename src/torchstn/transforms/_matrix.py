@@ -41,7 +41,7 @@ class Translation(MatrixTransform):
     num_params = 2
 
     def _identity(self) -> torch.Tensor:
-        return torch.zeros(2, dtype=torch.float64)
+        return torch.zeros(2, dtype=torch.float64, device="cpu")
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _from_rows(self._rows(params), 2, 3)
@@ -72,7 +72,7 @@ class Attention(MatrixTransform):
     num_params = 3
 
     def _identity(self) -> torch.Tensor:
-        return torch.eye(1, 3, dtype=torch.float64).reshape(3)  # (s, tx, ty) = (1, 0, 0)
+        return torch.eye(1, 3, dtype=torch.float64, device="cpu").reshape(3)  # (s, tx, ty) = (1, 0, 0)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _from_rows(self._rows(params), 2, 3)
@@ -108,7 +108,7 @@ class Similarity(MatrixTransform):
     num_params = 4
 
     def _identity(self) -> torch.Tensor:
-        return torch.eye(1, 4, dtype=torch.float64).reshape(4)  # (s, α, tx, ty) = (1, 0, 0, 0)
+        return torch.eye(1, 4, dtype=torch.float64, device="cpu").reshape(4)  # (s, α, tx, ty) = (1, 0, 0, 0)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _from_rows(self._rows(params), 2, 3)
@@ -146,7 +146,7 @@ class Affine(MatrixTransform):
     num_params = 6
 
     def _identity(self) -> torch.Tensor:
-        return torch.eye(2, 3, dtype=torch.float64).reshape(6)
+        return torch.eye(2, 3, dtype=torch.float64, device="cpu").reshape(6)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _from_rows(params, 2, 3)
@@ -189,7 +189,7 @@ class Projective(MatrixTransform):
         self.eps = check_positive("eps", eps)
 
     def _identity(self) -> torch.Tensor:
-        return torch.eye(3, dtype=torch.float64).reshape(9)[:8]
+        return torch.eye(3, dtype=torch.float64, device="cpu").reshape(9)[:8]
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         # a non-finite entry makes the whole matrix NaN (+ 0 elsewhere, the same values): an
@@ -218,7 +218,7 @@ class Affine3D(MatrixTransform):
     ndim = 3
 
     def _identity(self) -> torch.Tensor:
-        return torch.eye(3, 4, dtype=torch.float64).reshape(12)
+        return torch.eye(3, 4, dtype=torch.float64, device="cpu").reshape(12)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _from_rows(params, 3, 4)
@@ -245,7 +245,7 @@ class Affine1D(MatrixTransform):
     ndim = 1
 
     def _identity(self) -> torch.Tensor:
-        return torch.eye(1, 2, dtype=torch.float64).reshape(2)  # (a, b) = (1, 0)
+        return torch.eye(1, 2, dtype=torch.float64, device="cpu").reshape(2)  # (a, b) = (1, 0)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
         return _from_rows(params, 1, 2)

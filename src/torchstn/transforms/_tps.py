@@ -154,29 +154,32 @@ class ThinPlateSpline(Transform):
     """
 
     def __init__(self, control: Sequence[int] | torch.Tensor = (4, 4), regularization: float = 0.0) -> None:
-        if isinstance(control, torch.Tensor):
-            if control.dim() != 2 or control.shape[1] != 2 or control.shape[0] < 3:
-                raise ValueError(f"control points must have shape (K, 2) with K >= 3, got {tuple(control.shape)}")
-            points = control.detach().to(torch.float64, copy=True).cpu()  # not the caller's storage
-            if not torch.isfinite(points).all():
-                raise ValueError(f"control must hold finite points, got {_preview(points)}")
-        else:
-            if len(control) != 2 or not all(isinstance(n, int) and n >= 2 for n in control):
-                raise ValueError(f"control must be (rows, cols) with both >= 2, got {tuple(control)!r}")
-            rows, cols = control
-            ys, xs = torch.meshgrid(
-                torch.linspace(-1, 1, rows, dtype=torch.float64),
-                torch.linspace(-1, 1, cols, dtype=torch.float64),
-                indexing="ij",
-            )
-            points = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
-        regularization = check_number("regularization", regularization, 0)  # (inf: a finite number, not a system)
-        # solved now, once, in float64: later calls (also under a tracer) only read it
-        self._solution64 = _check_solvable(points, regularization)
-        self.control_points: torch.Tensor = points
-        self.regularization = regularization
-        self.num_params = 2 * points.shape[0]
-        self._key = tuple(points.reshape(-1).tolist())
+        # the control points and the system's solution live on the CPU, also where modules are built
+        # under torch.device("meta") or another default device (only grid() moves them)
+        with torch.device("cpu"):
+            if isinstance(control, torch.Tensor):
+                if control.dim() != 2 or control.shape[1] != 2 or control.shape[0] < 3:
+                    raise ValueError(f"control points must have shape (K, 2) with K >= 3, got {tuple(control.shape)}")
+                points = control.detach().to(torch.float64, copy=True).cpu()  # not the caller's storage
+                if not torch.isfinite(points).all():
+                    raise ValueError(f"control must hold finite points, got {_preview(points)}")
+            else:
+                if len(control) != 2 or not all(isinstance(n, int) and n >= 2 for n in control):
+                    raise ValueError(f"control must be (rows, cols) with both >= 2, got {tuple(control)!r}")
+                rows, cols = control
+                ys, xs = torch.meshgrid(
+                    torch.linspace(-1, 1, rows, dtype=torch.float64),
+                    torch.linspace(-1, 1, cols, dtype=torch.float64),
+                    indexing="ij",
+                )
+                points = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
+            regularization = check_number("regularization", regularization, 0)  # (inf: a finite number, not a system)
+            # solved now, once, in float64: later calls (also under a tracer) only read it
+            self._solution64 = _check_solvable(points, regularization)
+            self.control_points: torch.Tensor = points
+            self.regularization = regularization
+            self.num_params = 2 * points.shape[0]
+            self._key = tuple(points.reshape(-1).tolist())
 
     @property
     def num_control_points(self) -> int:
