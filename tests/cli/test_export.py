@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+import re
 import shutil
 import sys
 import warnings
@@ -159,3 +160,19 @@ def test_onnx_without_the_extra_names_it_for_either_exporter(cli, checkpoint: Pa
     assert f"ONNX export needs {missing}, which" in result.err
     assert "pip install 'torchstn[export]'" in result.err and "Traceback" not in result.err
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_a_suffix_that_is_not_the_format_and_an_opset_the_exporter_cannot_write(cli, checkpoint: Path,
+                                                                                tmp_path: Path) -> None:
+    """The written file is checked as what it is, whatever its suffix (an ONNX file named .pt was
+    read as TorchScript: a traceback after the file was written); an opset that torch's exporter
+    cannot convert to (it fell back to its own and printed its converter's traceback) is an
+    error, and no file of another opset is left."""
+    _onnx_only()
+    for fmt, name in (("onnx", "model.pt"), ("torchscript", "model.onnx")):
+        result = cli("export", checkpoint, "--format", fmt, "--out", tmp_path / name)
+        assert result.status == 0, result.err
+        assert f"({fmt}, st-cnn-tps" in result.out and "max |exported - eager|" in result.out
+    result = cli("export", checkpoint, "--opset", "11", "--out", tmp_path / "old.onnx")
+    assert result.status == 2 and re.search(r"the ONNX exporter could not write opset 11 \(it wrote \d+\)", result.err)
+    assert not (tmp_path / "old.onnx").exists()

@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import logging
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -209,7 +210,23 @@ def export_onnx(
         n_out = 1 if isinstance(outputs, torch.Tensor) else len(outputs)
         names = _names("input", len(inputs)), _names("output", n_out)
         (_onnx_dynamo if dynamo else _onnx_legacy)(model, inputs, path, names, dynamic_batch, opset)
+    if opset is not None:
+        _check_opset(path, opset)
     return path
+
+
+def _check_opset(path: Path, opset: int) -> None:
+    """Raise ``ValueError`` (the file removed) where the file's opset is not the one asked for:
+    torch's exporter falls back to its own when it cannot convert (it printed a traceback of
+    its version converter and wrote opset 18 for ``opset=11``)."""
+    import onnx
+
+    written = [entry.version for entry in onnx.load(str(path), load_external_data=False).opset_import
+               if entry.domain in ("", "ai.onnx")]
+    if written != [opset]:
+        path.unlink()
+        raise ValueError(f"the ONNX exporter could not write opset {opset} (it wrote {written[0] if written else '?'}); "
+                         "give that opset or none")
 
 
 def export_torchscript(model: nn.Module, example: Example, path: str | Path, dynamic_batch: bool = True) -> Path:
@@ -257,7 +274,7 @@ def exported_files(path: str | Path) -> list[Path]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no exported model at {path}")
-    if path.suffix != ".onnx":
+    if zipfile.is_zipfile(path):  # TorchScript (by content, as load_exported tells them apart)
         return [path]
     import onnx
 
@@ -287,11 +304,12 @@ def _tensors(graph: object) -> Iterator[object]:
 
 
 def load_exported(path: str | Path) -> object:
-    """Load a file written by :func:`export_onnx` (an onnxruntime session) or :func:`export_torchscript`."""
+    """Load a file written by :func:`export_onnx` (an onnxruntime session) or :func:`export_torchscript`,
+    told apart by content (a TorchScript file is a zip archive), whatever its suffix."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no exported model at {path}")
-    if path.suffix == ".onnx":
+    if not zipfile.is_zipfile(path):  # (by suffix, an ONNX file named .pt was read as TorchScript: a traceback)
         import onnxruntime
 
         return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
