@@ -2,6 +2,7 @@ import json
 import math
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,6 +117,34 @@ def test_resume_refuses_weights_and_state_from_different_saves(tmp_path, shapes)
     with pytest.raises(ValueError, match=f"{stamp} and .* {stamp} were not written together"):
         _tiny_run(tmp_path / "same", shapes, resume=True)
     assert load_model(tmp_path / "same", "last")[2]["epoch"] == 1  # the weights alone still evaluate
+
+
+@pytest.mark.parametrize("kill_at", ["before the new state", "between the two files"])
+def test_a_save_killed_between_its_two_files_resumes_from_the_old_pair(tmp_path, shapes, monkeypatch, kill_at):
+    """A kill while 'last' is replaced: the old state is kept until the new weights are
+    written, and the resume takes the old pair, ending as an uninterrupted run does (the old
+    state had been overwritten, and such a run could never be resumed)."""
+    from torchstn.engine import _checkpoint
+
+    straight = _tiny_run(tmp_path / "straight", shapes).model.state_dict()
+    run = tmp_path / "r"
+    _tiny_run(run, shapes, stop_after=1)
+    write = _checkpoint.atomic_write
+
+    def killed(path, fn):
+        name = Path(path).name
+        if name == ("last.state.pt" if kill_at == "before the new state" else "last.safetensors"):
+            raise KeyboardInterrupt  # (what a kill leaves: nothing after this point)
+        return write(path, fn)
+
+    monkeypatch.setattr(_checkpoint, "atomic_write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(run, shapes, resume=True)
+    monkeypatch.setattr(_checkpoint, "atomic_write", write)
+    resumed = _tiny_run(run, shapes, resume=True).model.state_dict()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best.safetensors", "last.safetensors", "last.state.pt"]
 
 
 def test_resume_accepts_an_old_pair_without_write_ids(tmp_path, shapes):

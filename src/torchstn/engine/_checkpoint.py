@@ -73,6 +73,13 @@ def state_path(weights: str | Path) -> Path:
     return weights.with_name(weights.name.removesuffix(".safetensors") + ".state.pt")
 
 
+def _previous_state_path(weights: str | Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the state of the weights it is replacing until the new
+    weights are written: ``<stem>.prev.state.pt`` (see :func:`read_training_state`)."""
+    weights = Path(weights)
+    return weights.with_name(weights.name.removesuffix(".safetensors") + ".prev.state.pt")
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``.
 
@@ -133,8 +140,15 @@ def save_checkpoint(
         # from os.urandom: the id draws nothing from the generators a resumed run restores
         stamp = {"epoch": epoch, "step": step, "write_id": uuid.uuid4().hex}
         metadata["write_id"] = stamp["write_id"]
+        # The old state is kept (renamed: atomic) until the new weights are written, so that a
+        # kill between the two files leaves the old pair, which read_training_state takes
+        # (the old state had been overwritten: the run could not be resumed at all)
+        if state_path(path).is_file() and path.is_file():
+            os.replace(state_path(path), _previous_state_path(path))
         atomic_write(state_path(path), lambda p: torch.save({**training_state, **stamp}, p))
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+    if training_state is not None:
+        _previous_state_path(path).unlink(missing_ok=True)
     return path
 
 
@@ -166,6 +180,18 @@ def _read_safetensors(path: Path, *, tensors: bool = True) -> tuple[dict[str, st
     return metadata, loaded
 
 
+def _load_state(state_file: Path) -> Any:
+    try:
+        return torch.load(state_file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read training state {state_file}: {str(err).splitlines()[0]}") from None
+
+
+def _stamp(state: Any) -> tuple[Any, ...]:
+    """The (epoch, step, write id) a state file was written with."""
+    return tuple(state.get(k) if isinstance(state, dict) else None for k in ("epoch", "step", "write_id"))
+
+
 def _stamp_text(epoch: object, step: object, write_id: object) -> str:
     return f"epoch {epoch}, step {step}, write id {write_id or 'none'}"
 
@@ -183,16 +209,18 @@ def read_training_state(path: str | Path) -> dict[str, Any]:
             to the weights ``path`` (the message names both files and what each holds).
     """
     path = Path(path)
-    state_file = state_path(path)
-    if not state_file.is_file():
-        raise CheckpointError(f"cannot resume: {state_file} is missing (only 'last' checkpoints hold training state)")
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read training state {state_file}: {str(err).splitlines()[0]}") from None
+    state_file, previous = state_path(path), _previous_state_path(path)
     metadata, _ = _read_safetensors(path, tensors=False)
     weights = (int(metadata["epoch"]), int(metadata["step"]), metadata.get("write_id"))
-    saved = tuple(state.get(k) if isinstance(state, dict) else None for k in ("epoch", "step", "write_id"))
+    if previous.is_file():  # a save interrupted before its weights were written: its old pair if whole
+        kept = _load_state(previous)
+        if _stamp(kept) == weights:
+            os.replace(previous, state_file)  # (atomic: the pair is whole before and after)
+            return kept
+    if not state_file.is_file():
+        raise CheckpointError(f"cannot resume: {state_file} is missing (only 'last' checkpoints hold training state)")
+    state = _load_state(state_file)
+    saved = _stamp(state)
     if saved != weights:
         raise CheckpointError(
             f"cannot resume: {path} ({_stamp_text(*weights)}) and {state_file} ({_stamp_text(*saved)}) were not "

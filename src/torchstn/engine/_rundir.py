@@ -25,7 +25,14 @@ import torch
 from torch import nn
 
 from torchstn._validation import parse_json
-from torchstn.engine._checkpoint import CheckpointError, atomic_write, read_checkpoint, save_checkpoint, state_path
+from torchstn.engine._checkpoint import (
+    CheckpointError,
+    _previous_state_path,
+    atomic_write,
+    read_checkpoint,
+    save_checkpoint,
+    state_path,
+)
 from torchstn.engine._config import TrainConfig
 from torchstn.models import create_model
 
@@ -88,9 +95,10 @@ class RunDir:
         return self.checkpoints.exists()
 
     def can_resume(self) -> bool:
-        """Whether the ``last`` checkpoint and its training state are both here."""
+        """Whether the ``last`` checkpoint and its training state are both here (the state of an
+        interrupted save's old pair counts: :func:`~torchstn.engine.read_training_state` takes it)."""
         last = self.checkpoint("last")
-        return last.is_file() and state_path(last).is_file()
+        return last.is_file() and (state_path(last).is_file() or _previous_state_path(last).is_file())
 
     def remove(self) -> None:
         """Delete the directory (a run interrupted before its first checkpoint)."""
