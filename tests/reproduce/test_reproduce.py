@@ -122,6 +122,40 @@ def test_jobs_train_cells_in_one_thread_workers_with_the_same_numbers(tmp_path):
 
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from Linux's /proc")
+def test_an_interrupt_records_the_finished_cells_and_ends_the_running_workers_at_once(tmp_path):
+    """Ctrl-C (or SIGINT to the parent alone) under --jobs: the cells that finished are recorded
+    and a worker still training is ended at once (leaving the pool waited for it to finish its
+    cell, a whole cell at `long`, and then the finished cells were not recorded)."""
+    from tests.reproduce._work import quick_or_stuck
+    from torchstn.reproduce._runner import _run_in_workers
+
+    cells = plan(get_experiment("stn-table1"), "quick", only=["fcn", "cnn"], datasets=["rts"])
+    runs, recorded = tmp_path / "runs", {}
+
+    def claim(cell):
+        lock = CellLock(cell.run_dir(runs))
+        lock.acquire()
+        return lock
+
+    def interrupt_once_both_started(line):
+        if line.startswith("running: ") and all((runs / f"{c.row.key}.pid").exists() for c in cells):
+            time.sleep(0.5)  # (the FCN's result reaches the parent)
+            raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        _run_in_workers(cells, runs, {}, 2, claim, lambda cell, record: recorded.update({cell.row.key: record}),
+                        interrupt_once_both_started, 0.2, work=quick_or_stuck)
+    assert list(recorded) == ["fcn"]
+    stuck = int((runs / "cnn.pid").read_text())
+    deadline = time.monotonic() + 10
+    while _alive(stuck) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(stuck) and time.monotonic() - started < 60
+    assert all(CellLock(c.run_dir(runs)).holder() is None for c in cells)  # every lock let go
+
+
 _ORPHAN_PARENT = """
 import concurrent.futures as cf, multiprocessing, os, time
 from torchstn.reproduce._runner import _worker_init

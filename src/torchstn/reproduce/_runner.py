@@ -551,9 +551,17 @@ def _worker_init(parent: int, poll_seconds: float = 2.0) -> None:
     """
     import threading
 
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the parent ends the workers itself (an idle one
+    # printed a KeyboardInterrupt traceback from its queue)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # and ends them with SIGTERM, unwound as an exit (a kill left the semaphores of their
+    # progress bars' locks behind: "resource_tracker: ... leaked semaphore objects")
+    signal.signal(signal.SIGTERM, _exit_on_signal)
 
     def exit_with_parent() -> None:
         while os.getppid() == parent:
@@ -561,6 +569,10 @@ def _worker_init(parent: int, poll_seconds: float = 2.0) -> None:
         os._exit(1)
 
     threading.Thread(target=exit_with_parent, name="exit-with-parent", daemon=True).start()
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _run_in_worker(cell: Cell, runs: str | Path, options: dict[str, Any]) -> dict[str, Any]:
@@ -577,10 +589,16 @@ def _run_in_worker(cell: Cell, runs: str | Path, options: dict[str, Any]) -> dic
 def _run_in_workers(
     todo: Sequence[Cell], runs: str | Path, options: dict[str, Any], jobs: int,
     claim: Callable[[Cell], CellLock | None], finished: Callable[[Cell, dict[str, Any]], None],
-    log: Callable[[str], None], poll_seconds: float,
+    log: Callable[[str], None], poll_seconds: float, work: Callable[..., dict[str, Any]] | None = None,
 ) -> None:
     """Train ``todo`` in ``jobs`` one-thread processes, each cell under the lock ``claim`` takes
-    (a cell it cannot claim is skipped); record each cell as it finishes."""
+    (a cell it cannot claim is skipped); record each cell as it finishes.
+
+    An interrupt (``KeyboardInterrupt``: Ctrl-C, or SIGINT to this process alone) records the
+    cells that finished meanwhile and ends the workers at once: leaving the pool waited for
+    every running cell to finish (a whole cell at ``long``), and then dropped them. Their
+    cells resume from their last checkpoints. ``work`` replaces :func:`_run_in_worker` (tests).
+    """
     import concurrent.futures as cf
     import multiprocessing
 
@@ -589,38 +607,52 @@ def _run_in_workers(
     waiting = list(todo)
     last_report = ""
     running: dict[cf.Future[dict[str, Any]], tuple[Cell, CellLock]] = {}
+
+    def collect(future: cf.Future[dict[str, Any]]) -> None:
+        cell, lock = running.pop(future)
+        try:
+            finished(cell, future.result())
+        except Exception as err:  # one failed cell does not stop the others
+            log(f"{cell.key}: failed: {err}")
+            failures.append(err)
+        finally:
+            lock.release()
+
+    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
+                                  initargs=(os.getpid(),))
     try:
-        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
-                                    initargs=(os.getpid(),)) as pool:
-            while waiting or running:
-                while waiting and len(running) < jobs:  # submit as workers free up: `running` is what runs
-                    cell = waiting.pop(0)
-                    lock = claim(cell)
-                    if lock is None:
-                        continue
-                    try:
-                        running[pool.submit(_run_in_worker, cell, runs, options)] = (cell, lock)
-                    except BaseException:
-                        lock.release()
-                        raise
-                if not running:
-                    break
-                ready, _ = cf.wait(running, timeout=poll_seconds, return_when=cf.FIRST_COMPLETED)
-                for future in ready:
-                    cell, lock = running.pop(future)
-                    try:
-                        finished(cell, future.result())
-                    except Exception as err:  # one failed cell does not stop the others
-                        log(f"{cell.key}: failed: {err}")
-                        failures.append(err)
-                    finally:
-                        lock.release()
-                if not ready:
-                    report = _where_they_are([cell for cell, _ in running.values()], runs)
-                    if report != last_report:  # a line when a cell has moved, not every poll
-                        log(report)
-                        last_report = report
-    finally:  # an interrupt: the cells still running are let go once the pool has ended
+        while waiting or running:
+            while waiting and len(running) < jobs:  # submit as workers free up: `running` is what runs
+                cell = waiting.pop(0)
+                lock = claim(cell)
+                if lock is None:
+                    continue
+                try:
+                    running[pool.submit(work or _run_in_worker, cell, runs, options)] = (cell, lock)
+                except BaseException:
+                    lock.release()
+                    raise
+            if not running:
+                break
+            ready, _ = cf.wait(running, timeout=poll_seconds, return_when=cf.FIRST_COMPLETED)
+            for future in ready:
+                collect(future)
+            if not ready:
+                report = _where_they_are([cell for cell, _ in running.values()], runs)
+                if report != last_report:  # a line when a cell has moved, not every poll
+                    log(report)
+                    last_report = report
+    except BaseException:
+        for future in [f for f in running if f.done() and not f.cancelled()]:
+            collect(future)
+        # (no public call ends running work: shutdown waits for it, or leaves it running)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)  # (quick: no worker is left to wait for)
+        raise
+    else:
+        pool.shutdown()
+    finally:  # the cells still running are let go (their workers have ended)
         for _, lock in running.values():
             lock.release()
     if failures:

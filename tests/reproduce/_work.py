@@ -1,0 +1,15 @@
+"""Stand-ins for a cell's training, run in the spawned workers of ``--jobs`` (importable there)."""
+
+import os
+import time
+from pathlib import Path
+
+
+def quick_or_stuck(cell, runs, options):  # noqa: ANN001, ANN201 - the signature of _run_in_worker
+    """The FCN cell ends at once; any other writes its pid and trains "for two minutes"."""
+    marker = Path(runs) / f"{cell.row.key}.pid"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(os.getpid()))
+    if cell.row.key != "fcn":
+        time.sleep(120)
+    return {"error": 1.0, "digest": cell.digest}
