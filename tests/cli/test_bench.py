@@ -17,6 +17,16 @@ def test_cli_quick_json(cli, tmp_path) -> None:
     assert "kornia" not in data["cases"][0]["passes"]["forward"]
     assert {"opencv", "jax"} <= set(data["meta"])  # their versions, None where not installed
     assert {t["target"].split(" ")[0] for t in data["targets"]} >= {"affine", "never", "TPS"}
+    assert "kornia: not timed in this run (left out of its peers, e.g. by --no-kornia)" in run.out
+    assert f"not judged in a quick run (tiny sizes, {data['meta']['rounds']} rounds of" in run.out
+
+
+def test_a_json_path_that_cannot_be_written_is_refused_before_the_timing(cli, tmp_path) -> None:
+    (tmp_path / "file").write_text("")
+    for path, says in ((tmp_path, "is a directory; --json names the file to write"),
+                       (tmp_path / "file" / "b.json", "cannot write there (--json")):
+        run = cli("bench", "--quick", "--cases", "translation-28", "--json", path)
+        assert says in run.error_line() and "timing" not in run.err
 
 
 def test_cli_errors_are_one_line(cli) -> None:

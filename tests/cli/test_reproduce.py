@@ -46,6 +46,11 @@ def test_cli_errors_are_one_line(cli, tmp_path):
     (tmp_path / "file").write_text("")  # before any cell trains (once found after the first)
     line = cli("reproduce", "stn-table1", "--budget", "quick", "--out", tmp_path / "file").error_line()
     assert f"--out {tmp_path / 'file'} is a file" in line
+    line = cli("reproduce", "stn-table1", "--budget", "quick", "--out", tmp_path / "file" / "sub").error_line()
+    assert f"{tmp_path / 'file' / 'sub'}: cannot write there (--out" in line  # (a parent that is a file)
+    (tmp_path / "out" / "stn-table1.json").mkdir(parents=True)
+    line = cli("reproduce", "stn-table1", "--budget", "quick", "--out", tmp_path / "out").error_line()
+    assert "stn-table1.json: is a directory; --out names the file to write" in line
 
 
 def test_list_shows_state_without_training(cli, tmp_path):

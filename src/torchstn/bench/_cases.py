@@ -325,6 +325,8 @@ def build_workload(
     for name in ("opencv", "jax"):
         if name in peers:
             _add_foreign_peer(work, name, align_corners)
+    work.notes += [f"{name}: not timed in this run (left out of its peers, e.g. by --no-{name})"
+                   for name in PEERS if name not in peers]  # (a column gone without a word, before)
     _add_warp_backends(work, align_corners)
     return work
 

@@ -307,7 +307,8 @@ def format_report(report: BenchReport) -> str:
             lines += ["", *_training_lines(case)]
     lines += ["", "speed targets:"]
     if meta.get("quick"):  # (tiny cases under the full cases' names: a MISS there would say nothing)
-        lines.append("  not judged in a quick run (tiny sizes, 2 rounds of ~1 ms): run without --quick")
+        lines.append(f"  not judged in a quick run (tiny sizes, {meta.get('rounds')} rounds of "
+                     f"~{1000 * float(meta.get('min_time') or 0):.0f} ms): run without --quick")
         return "\n".join(lines)
     for t in check_targets(report):
         status = {True: "met ", False: "MISS", None: "n/a "}[t.met]

@@ -13,6 +13,7 @@ from torchstn.cli._common import (
     add_device_arg,
     add_threads_arg,
     check_at_least_one,
+    check_writable,
     command_line,
     formatter,
 )
@@ -81,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.backends or ()) - set(BACKENDS))
     if unknown:
         raise CLIError(f"--backends: unknown {unknown}; the registered backends are {sorted(BACKENDS)}")
+    if args.json is not None:
+        check_writable(args.json, "--json")  # (before the minutes of timing, not after)
     report = run_benchmark(
         args.cases,
         device=args.device,

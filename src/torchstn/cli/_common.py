@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shlex
+import tempfile
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,20 @@ def user_errors(*also: type[Exception], extra: str = "cli") -> Iterator[None]:
         raise CLIError(message) from None
     except (ValueError, *also) as err:
         raise CLIError(_first_line(err)) from None
+
+
+def check_writable(file: Path, option: str) -> None:
+    """A one-line error, before any work, where ``file`` cannot be written (found after the work,
+    they were tracebacks or errors that lost it): a directory in its place, or a parent that
+    cannot be made or written (a file made and removed there: asking for permission would be
+    wrong for root). ``option`` names the flag that gave the path."""
+    if file.is_dir():
+        raise CLIError(f"{file}: is a directory; {option} names the file to write")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=file.parent).close()
+    except OSError as err:
+        raise CLIError(f"{file.parent}: cannot write there ({option} {file}): {err.strerror}") from None
 
 
 def command_line(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +11,7 @@ from torchstn.cli._common import (
     add_checkpoint_args,
     add_threads_arg,
     check_at_least_one,
+    check_writable,
     formatter,
     user_errors,
 )
@@ -90,28 +90,18 @@ def run(args: argparse.Namespace) -> int:
     if shape is None:
         raise CLIError(f"model {config.model!r} does not say its input shape (no input_shape attribute)")
     out = args.out if args.out is not None else _default_out(Path(args.checkpoint), Path(info["path"]), fmt)
-    _check_writable(out)
+    check_writable(out, "--out")
     generator = torch.Generator().manual_seed(0)
     _export(fmt, model, torch.rand(args.batch, *shape, generator=generator), out, args)
-    batch_note = f"batch fixed at {args.batch}" if args.fixed_batch else "dynamic batch"
+    # (a TorchScript trace keeps the batch symbolic wherever the model does: --fixed-batch fixes nothing there)
+    batch_note = ("dynamic batch" if not args.fixed_batch else f"batch fixed at {args.batch}" if fmt == "onnx"
+                  else f"traced at batch {args.batch}")
     batch = args.batch if args.fixed_batch else "B"
     _report_files(out, f"{fmt}, {config.model}, input ({batch}, {', '.join(map(str, shape))}), {batch_note}")
     if not args.no_check:
         check_batch = args.batch if args.fixed_batch else args.batch + 3
         _check(out, model, torch.rand(check_batch, *shape, generator=generator), args.atol)
     return 0
-
-
-def _check_writable(out: Path) -> None:
-    """A one-line error where ``out`` cannot be written (the exporters' own are tracebacks): a
-    file made and removed beside it (asking for permission would be wrong for root)."""
-    if out.is_dir():
-        raise CLIError(f"{out}: is a directory; --out names the file to write")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out.parent).close()
-    except OSError as err:
-        raise CLIError(f"{out.parent}: cannot write there (--out {out}): {err.strerror}") from None
 
 
 def _export(fmt: str, model: nn.Module, example: torch.Tensor, out: Path, args: argparse.Namespace) -> None:

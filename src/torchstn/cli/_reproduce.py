@@ -14,6 +14,7 @@ from torchstn.cli._common import (
     add_device_arg,
     add_threads_arg,
     check_at_least_one,
+    check_writable,
     command_line,
     formatter,
 )
@@ -138,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         _print_cells(cells, results, args.runs)
         return 0
+    check_writable(results.path, "--out")  # (a parent that is a file was found once a cell had trained)
     after_cell = _after_cell(args, experiment, results)
     if args.refresh:
         for cell in cells:
