@@ -549,9 +549,8 @@ def _worker_init(parent: int, poll_seconds: float = 2.0) -> None:
     records, writing its checkpoints while a new run resumes the same cell: a daemon thread
     ends the worker once its parent is gone (the cell resumes from its last checkpoint).
     """
-    import threading
-
     import signal
+    import threading
 
     import torch
 

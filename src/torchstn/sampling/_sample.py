@@ -228,8 +228,8 @@ def sample(
         and adds nothing to the gradient of ``x``, on every backend.
         float16 and bfloat16 inputs are sampled in their own dtype; under ``torch.autocast``
         the grid may have another dtype than ``x`` (a float32 grid for a bfloat16 input,
-        as ``F.grid_sample`` takes it there): both are then sampled in float32, the output in
-        the dtype of ``x``.
+        as ``F.grid_sample`` takes it there): both are then sampled in float32 (float64
+        where either is), the output in the dtype of ``x``.
 
     Example:
         >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
@@ -283,10 +283,11 @@ def _run_kernel(
     """Sample with the chosen backend, or with the reference kernel inside a forward-mode AD
     level (:func:`~torchstn._tracing.forward_ad_active`), the one kernel with a forward
     derivative; every argument is valid. A grid whose dtype is not the input's (allowed under
-    autocast only, as ``F.grid_sample`` takes it there) is sampled in float32, the output
-    returned in the input's dtype (as :func:`warp` returns it)."""
+    autocast only, as ``F.grid_sample`` takes it there) is sampled in float32 (float64 where
+    either is), the output returned in the input's dtype (as :func:`warp` returns it)."""
     if grid.dtype is not x.dtype:
-        return _run_kernel(x.float(), grid.float(), mode, padding, align_corners, backend).to(x.dtype)
+        dtype = torch.promote_types(torch.promote_types(x.dtype, grid.dtype), torch.float32)
+        return _run_kernel(x.to(dtype), grid.to(dtype), mode, padding, align_corners, backend).to(x.dtype)
     if forward_ad_active():
         if mode == "bicubic":
             raise NotImplementedError(
