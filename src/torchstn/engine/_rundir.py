@@ -96,7 +96,7 @@ class RunDir:
 
     def can_resume(self) -> bool:
         """Whether the ``last`` checkpoint and its training state are both here (the state of an
-        interrupted save's old pair counts: :func:`~torchstn.engine.read_training_state` takes it)."""
+        interrupted save's old pair counts: resuming takes it, see ``read_training_state``)."""
         last = self.checkpoint("last")
         return last.is_file() and (state_path(last).is_file() or _previous_state_path(last).is_file())
 
