@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -110,11 +111,28 @@ def check_size(name: str, size: object, ndim: int) -> tuple[int, ...]:
         raise TypeError(f"{name} must be a sequence of {ndim} ints {names}, got {type(size).__name__}")
     if sizes_traced() and len(size) == ndim and all(isinstance(s, torch.Tensor) and s.dim() == 0 for s in size):
         return tuple(size)  # type: ignore[return-value]
-    if len(size) != ndim or not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+    ints = tuple(_index(s) for s in size)
+    if len(size) != ndim or any(s is None for s in ints):
         raise ValueError(f"{name} must be {ndim} ints {names}, got {tuple(size)!r}")
-    if any(s <= 0 for s in size):
+    if any(s <= 0 for s in ints):  # type: ignore[operator]
         raise ValueError(f"{name} must be positive, got {tuple(size)!r}")
-    return tuple(size)
+    return ints  # type: ignore[return-value]
+
+
+def _index(value: object) -> int | None:
+    """``value`` as a Python int where it is an integer: an ``int``, or an integer with
+    ``__index__`` (a numpy integer, a 0-d integer tensor: ``F.affine_grid`` takes them); ``None``
+    for anything else, bools included."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, torch.Tensor) and (value.dim() != 0 or value.dtype == torch.bool or value.is_floating_point()):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:

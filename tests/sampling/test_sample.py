@@ -1,5 +1,7 @@
 """The sampler: reference kernel against grid_sample and finite differences, warp, 1-D signals."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -231,6 +233,33 @@ def test_bad_size():
         stn.Affine().grid(torch.zeros(1, 6), (4, 4, 4))
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got ndarray"):
         stn.sample(np.zeros((1, 1, 4, 4)), torch.zeros(1, 2, 2, 2))
+    for bad in ((2.0, 3), (True, 3), (torch.tensor(2.0), 3), (torch.tensor([2]), 3), (np.float64(2), 3)):
+        with pytest.raises(ValueError, match="size must be 2 ints"):
+            stn.warp(torch.rand(1, 1, 4, 4), torch.zeros(1, 6), "affine", bad)
+
+
+@pytest.mark.parametrize("backend", [None, "torch", "fused", "reference"])
+def test_sizes_as_numpy_ints_or_integer_tensors_read_as_f_affine_grid_reads_them(backend):
+    """np.int64 and 0-d integer tensors (what shapes and arrays hand out) were refused as not ints,
+    though F.affine_grid and F.interpolate take them."""
+    x, theta = torch.rand(2, 3, 6, 7), stn.Affine().identity(2) + 0.05
+    expected = stn.warp(x, theta, "affine", (3, 5), backend=backend)
+    for size in ((np.int64(3), np.int64(5)), [np.int32(3), 5], (torch.tensor(3), torch.tensor(5))):
+        torch.testing.assert_close(stn.warp(x, theta, "affine", size, backend=backend), expected, atol=0, rtol=0)
+        assert stn.Affine().grid(theta, size).shape == (2, 3, 5, 2)
+
+
+@pytest.mark.parametrize("backend", [None, "torch", "fused", "reference"])
+def test_an_input_with_an_empty_spatial_dimension_is_named(backend):
+    """F.grid_sample refuses it; the reference kernel raised "index -3 is out of bounds", and
+    warp's default size blamed `size`, which the caller had not given."""
+    for shape in ((2, 3, 0, 5), (2, 3, 4, 0), (1, 1, 0, 4, 4), (1, 2, 0)):
+        x = torch.rand(shape)
+        grid = torch.zeros(shape[0], *([3] * (len(shape) - 2)), len(shape) - 2)
+        with pytest.raises(ValueError, match=re.escape(f"x must have non-empty spatial dimensions, got shape {shape}")):
+            stn.sample(x, grid, backend=backend)
+    with pytest.raises(ValueError, match="x must have non-empty spatial dimensions"):
+        stn.warp(torch.rand(2, 3, 0, 5), stn.Affine().identity(2), "affine", backend=backend)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -159,6 +159,7 @@ def check_sample_args(x: object, grid: object, mode: str) -> None:
     themselves are :func:`check_options`')."""
     check_tensor("x", x, ndim=(3, 4, 5))
     check_floating("x", x)
+    _check_spatial(x)
     check_tensor("grid", grid, ndim=x.dim())
     check_floating("grid", grid)
     n = x.dim() - 2
@@ -171,6 +172,13 @@ def check_sample_args(x: object, grid: object, mode: str) -> None:
     if grid.dtype != x.dtype and not autocast_enabled(x.device.type):  # (under autocast: _run_kernel)
         raise TypeError(f"grid must have the dtype of x ({x.dtype}), got {grid.dtype}")
     _check_mode_fits(x, mode)
+
+
+def _check_spatial(x: torch.Tensor) -> None:
+    """An input with an empty spatial dimension has nothing to sample (F.grid_sample refuses it;
+    the reference kernel indexed it, and warp's default size blamed ``size``)."""
+    if 0 in x.shape[2:]:
+        raise ValueError(f"x must have non-empty spatial dimensions, got shape {tuple(x.shape)}")
 
 
 def _check_mode_fits(x: torch.Tensor, mode: str) -> None:
@@ -193,7 +201,8 @@ def sample(
         x: input ``(B, C, H, W)``, ``(B, C, D, H, W)`` or a signal ``(B, C, L)``, floating point.
         grid: sampling points ``(B, H_out, W_out, 2)``, ``(B, D_out, H_out, W_out, 3)`` or
             ``(B, L_out, 1)``, in the dtype and on the device of ``x``.
-        mode: ``"bilinear"`` (trilinear in 3-D), ``"nearest"`` or ``"bicubic"`` (2-D only).
+        mode: ``"bilinear"`` (trilinear in 3-D), ``"nearest"`` or ``"bicubic"`` (images and
+            signals, not volumes).
         padding: value read outside the input: ``"zeros"``, ``"border"`` (nearest edge
             pixel) or ``"reflection"``.
         align_corners: as in :func:`torch.nn.functional.grid_sample`; must be the value the
@@ -404,6 +413,7 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
         if out is not None:
             return out
     check_floating("x", check_tensor("x", x, ndim=transform.ndim + 2))
+    _check_spatial(x)
     params = transform.check_params(_matrix_form(transform, params))
     tangents = forward_ad_active()  # the fused kernels have no forward derivative: grid + reference
     check_same_batch("x", x, "params", params)
