@@ -325,6 +325,22 @@ def _record(cell, error):
             "wall_seconds": 60.0, "images_per_s": 100.0, "config": cell.config}
 
 
+def test_a_cell_trained_with_limit_is_marked_in_the_table(tmp_path):
+    """A --limit cell counts as the budget's (its recipe otherwise), but its number was shown
+    as the budget's without a word; it is marked, and the mark explained."""
+    from torchstn.reproduce import render_report
+
+    experiment = get_experiment("stn-table1")
+    results = Results(tmp_path, "stn-table1")
+    full = plan(experiment, "standard", only=["cnn"], datasets=["rts"])[0]
+    results.add(full, _record(full, 5.26))
+    assert "†" not in render_report(experiment, results, tmp_path, "standard")
+    limited = plan(experiment, "standard", only=["cnn"], datasets=["rts"], limit=3000)[0]
+    results.add(limited, _record(limited, 23.13))
+    report = render_report(experiment, results, tmp_path, "standard")
+    assert "**23.13** †" in report and "† trained or tested on fewer images than the budget's recipe" in report
+
+
 def test_a_record_from_an_earlier_recipe_is_listed_apart_not_in_the_table(tmp_path):
     from torchstn.reproduce import recipe_changes, render_report
 

@@ -375,6 +375,7 @@ def _error_table(view: _BudgetView) -> tuple[list[str], dict[tuple[str, str], fl
     else:
         lines += ["| model | " + " | ".join(c.label for c in columns) + " |", "|---|" + "---:|" * len(columns)]
     means: dict[tuple[str, str], float] = {}
+    limited = False
     for row in view.rows:
         cells_text = []
         for col in columns:
@@ -387,12 +388,28 @@ def _error_table(view: _BudgetView) -> tuple[list[str], dict[tuple[str, str], fl
                 mean, std = summarize([r["error"] for r in runs])
                 means[(row.key, col.key)] = mean
                 ours = f"**{_fmt(mean, std, len(runs))}**"
+                if any(_subset_changes(experiment, r) for r in runs):
+                    ours += " †"
+                    limited = True
             else:
                 ours = "—"
             cells_text += [ours, "—" if paper is None else f"{paper:.1f}"] if with_paper else [ours]
         lines.append(f"| {row.label} | " + " | ".join(cells_text) + " |")
     lines.append("")
+    if limited:
+        lines += ["† trained or tested on fewer images than the budget's recipe (`--limit`; the runs table below "
+                  "and each cell's recorded command say how many): not the budget's number.", ""]
     return lines, means
+
+
+def _subset_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The training and test subset sizes in which ``record`` differs from its budget's recipe
+    (``None``: the whole split): what ``--limit`` changes, which :func:`recipe_changes` leaves out."""
+    if "config" not in record:
+        return {}
+    now = experiment.recipe(record["budget"], experiment.row(record["row"]), experiment.column(record["column"]))
+    return {k: (record["config"].get(k), now.get(k)) for k in ("train_limit", "test_limit")
+            if record["config"].get(k) != now.get(k)}
 
 
 def _calibration_table(view: _BudgetView) -> list[str]:
