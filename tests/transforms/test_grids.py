@@ -38,10 +38,14 @@ class _WrongGradient(stn.Affine):
 
 
 class _RowsDisagree(stn.Affine):
-    """A warp (rows) that is not the warp of its grid (matrix)."""
+    """A warp (rows) that is not the warp of its grid (matrix): both redefined, inconsistently
+    (one redefined alone is read through the other, see MatrixTransform.__init_subclass__)."""
 
     def _rows(self, p):  # noqa: ANN001, ANN202
         return super()._rows(p) * 1.1
+
+    def _matrix(self, p):  # noqa: ANN001, ANN202
+        return super()._matrix(p)
 
 
 def test_check_transform_catches_what_warp_alone_hides_and_passes_the_identity_and_empty_batches():
@@ -362,3 +366,45 @@ def test_checked_methods_name_the_bad_argument():
         stn.Affine().identity(2, dtype=torch.int64)
     with pytest.raises(TypeError, match="eps must be a number, got str"):
         stn.Projective(eps="1")
+
+
+class _HalfTranslation(stn.Translation):
+    """Translation in half units (t = p / 2): a user's subclass overriding ``_matrix`` alone."""
+
+    def _matrix(self, params):
+        return super()._matrix(params / 2)
+
+
+class _MirroredAffine(stn.Affine):
+    """Affine whose x is mirrored: a subclass overriding ``_matrix`` alone."""
+
+    def _matrix(self, params):
+        return super()._matrix(params) @ torch.diag(params.new_tensor([-1.0, 1.0, 1.0]))
+
+
+class _ScaledRows3D(stn.Affine3D):
+    """Affine3D whose rows are halved: a subclass overriding ``_rows`` alone."""
+
+    def _rows(self, params):
+        return super()._rows(params) / 2
+
+
+@pytest.mark.parametrize("backend", [None, "fused", "torch", "reference"])
+@pytest.mark.parametrize("family", [_HalfTranslation(), _MirroredAffine(), _ScaledRows3D()], ids=lambda t: type(t).__name__)
+def test_a_subclass_that_redefines_its_matrix_is_warped_and_mapped_by_it(family, backend):
+    """A family's shortcuts from its parameters (its rows, its point map) stood for its own
+    matrix: a subclass with another matrix was warped with its parent's rows by the fused
+    kernel (0.93 off on a helper's half-unit translation), and mapped its points with its
+    parent's map. Every path now reads the subclass's matrix (or, for rows, the matrix of them)."""
+    spatial = (5, 6, 7) if family.ndim == 3 else (8, 9)
+    x = torch.rand(2, 2, *spatial, dtype=torch.float64)
+    params = random_theta(family, 2, torch.float64, "cpu", scale=0.2)
+    matrix = family.matrix(params)
+    grid = F.affine_grid(matrix[:, : family.ndim], (2, 2, *spatial), align_corners=False)
+    expected = F.grid_sample(x, grid, align_corners=False)
+    torch.testing.assert_close(stn.warp(x, params, family, backend=backend), expected)
+    torch.testing.assert_close(family.grid(params, spatial), grid)
+    torch.testing.assert_close(family.affine_rows(params), matrix[:, : family.ndim])
+    points = torch.rand(2, 5, family.ndim, dtype=torch.float64) * 2 - 1
+    homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], -1)
+    torch.testing.assert_close(family.transform_points(params, points), (homogeneous @ matrix.transpose(1, 2))[..., :-1])

@@ -5,8 +5,10 @@ The cache itself, and the questions about tracing and ``torch.func``, are :mod:`
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -210,6 +212,10 @@ class Transform(ABC):
                 points = self._traced_grid_points(params, size, align_corners)
             else:
                 points = self._grid_points(params, size, align_corners)
+                expected = (params.shape[0], math.prod(size), self.ndim)
+                if not sizes_traced() and points.shape != expected:  # (a user's _map: reshaped, it scrambled)
+                    raise ValueError(f"{type(self).__name__}._map must return points (B, N, {self.ndim}) = "
+                                     f"{expected} for this grid, got {tuple(points.shape)}")
         return points.reshape(params.shape[0], *size, self.ndim)
 
     def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
@@ -234,6 +240,30 @@ class MatrixTransform(Transform):
 
     #: the map divides by the homogeneous coordinate (projective) or not (affine)
     projective: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A family's shortcuts from its parameters (``_rows``, ``_map``) stand for its own
+        ``_matrix``: a subclass that redefines ``_matrix`` without them gets the generic ones,
+        read through its ``_matrix`` (a ``Translation`` subclass with another matrix was warped
+        with its parent's rows by the fused kernel, and mapped its points with its parent's map);
+        one that redefines ``_rows`` alone (an affine family) gets the matrix of its rows."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        if "_matrix" in own:
+            for name in ("_rows", "_map"):
+                if name not in own:
+                    setattr(cls, name, getattr(MatrixTransform, name))
+        elif "_rows" in own and not cls.projective:
+            cls._matrix = MatrixTransform._matrix_of_rows  # type: ignore[method-assign]
+            if "_map" not in own:
+                cls._map = MatrixTransform._map  # type: ignore[method-assign]
+
+    def _matrix_of_rows(self, params: torch.Tensor) -> torch.Tensor:
+        """The homogeneous matrix of an affine family's :meth:`_rows` (last row ``0 ... 0 1``)."""
+        rows = self._rows(params)
+        last = torch.zeros_like(rows[:, :1])
+        last[:, 0, -1] = 1
+        return torch.cat([rows, last], 1)
 
     @abstractmethod
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ class Translation(MatrixTransform):
         return torch.zeros(2, dtype=torch.float64, device="cpu")
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
-        return _from_rows(self._rows(params), 2, 3)
+        return _from_rows(Translation._rows(self, params), 2, 3)
 
     def _rows(self, params: torch.Tensor) -> torch.Tensor:
         eye = torch.eye(2, dtype=params.dtype, device=params.device).expand(params.shape[0], 2, 2)
@@ -75,7 +75,7 @@ class Attention(MatrixTransform):
         return torch.eye(1, 3, dtype=torch.float64, device="cpu").reshape(3)  # (s, tx, ty) = (1, 0, 0)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
-        return _from_rows(self._rows(params), 2, 3)
+        return _from_rows(Attention._rows(self, params), 2, 3)
 
     def _rows(self, params: torch.Tensor) -> torch.Tensor:
         eye = torch.eye(2, dtype=params.dtype, device=params.device)
@@ -111,7 +111,7 @@ class Similarity(MatrixTransform):
         return torch.eye(1, 4, dtype=torch.float64, device="cpu").reshape(4)  # (s, α, tx, ty) = (1, 0, 0, 0)
 
     def _matrix(self, params: torch.Tensor) -> torch.Tensor:
-        return _from_rows(self._rows(params), 2, 3)
+        return _from_rows(Similarity._rows(self, params), 2, 3)
 
     def _rows(self, params: torch.Tensor) -> torch.Tensor:
         s, angle, tx, ty = params.unbind(1)
