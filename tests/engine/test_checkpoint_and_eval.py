@@ -4,9 +4,11 @@ import re
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 from torch.utils.data import TensorDataset
 
 import torchstn as stn
+from tests._helpers import perturb
 from torchstn.engine import (
     CheckpointError,
     TrainConfig,
@@ -298,3 +300,26 @@ def test_plot_run_draws_every_kind_of_model(tmp_path):
     for name, model in models.items():
         out = plot_run(model, data, tmp_path / f"{name}.png", history=history, num=4, title=name)
         assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 5_000
+
+
+def test_theta_diagnostics_leave_batch_norm_dropout_modes_and_the_generators_as_they_were():
+    """The per-epoch diagnostics ran the localisation nets in training mode on the test batch:
+    BatchNorm's running statistics took in test data and dropout drew from the generator, so
+    --test-limit changed the trained weights (a helper's 1-D ST-CNN on GunPoint). They run in
+    eval mode now, the generators forked, every submodule's own mode put back."""
+    from torchstn.engine._diagnostics import theta_diagnostics
+
+    loc = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Flatten())
+    st = perturb(stn.SpatialTransformer("affine", loc, in_features=4 * 26 * 26)).train()
+    loc[3].eval()  # a submodule in its own mode (a frozen layer), which must stay so
+    x = torch.rand(6, 1, 28, 28)
+    before = {k: v.clone() for k, v in st.state_dict().items()}
+    rng = torch.get_rng_state()
+    (first,) = theta_diagnostics([st], x)
+    assert all(torch.equal(before[k], v) for k, v in st.state_dict().items())  # running stats, num_batches_tracked
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert st.training and loc[1].training and not loc[3].training
+    with torch.no_grad():
+        expected = st.eval().predict_params(x)
+    st.train()
+    torch.testing.assert_close(torch.tensor(first["mean"]), expected.mean(0))

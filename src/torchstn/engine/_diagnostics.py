@@ -12,7 +12,9 @@ the predicted classes, the diagnostics compare the area the transformer reads pe
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -70,18 +72,28 @@ def warp_log_area(transform: Any, theta: torch.Tensor, points: int = 16) -> torc
     return det.abs().clamp_min(1e-12).log().flatten(1).mean(1).to(theta.dtype)
 
 
+@contextlib.contextmanager
+def _as_evaluated(modules: Iterable[nn.Module], device: torch.device) -> Iterator[None]:
+    """``modules`` in eval mode and the random state forked, for a diagnostic: afterwards every
+    submodule has its own mode back and the generators their state, so that a diagnostic never
+    changes a seeded training run (a BatchNorm's running statistics, a dropout draw)."""
+    modes = [(module, module.training) for root in modules for module in root.modules()]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for root in modules:
+            root.eval()
+        try:
+            yield
+        finally:
+            for module, mode in modes:
+                module.training = mode
+
+
 @torch.no_grad()
 def predicted_classes(model: nn.Module, x: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
     """``(B,)`` classes the model predicts for ``x``, in eval mode, leaving the model's mode and
     the random state as they were (so that a diagnostic never changes a seeded training run)."""
-    was_training = model.training
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        model.eval()
-        try:
-            return model(x, **inputs).argmax(1)
-        finally:
-            model.train(was_training)
+    with _as_evaluated([model], x.device):
+        return model(x, **inputs).argmax(1)
 
 
 @torch.no_grad()
@@ -126,33 +138,38 @@ def theta_diagnostics(
         >>> d["distance"], d["outside"], round(d["kept"], 3), round(d["log_area"], 6)
         (0.0, 0.0, 1.0, 0.0)
     """
-    out = []
-    for st in transformers:
-        theta = st.predict_params(x, **inputs)
-        finite = bool(torch.isfinite(theta).all())
-        identity = st.transform.identity(device=theta.device, dtype=theta.dtype)
-        stats: dict[str, Any] = {
-            "transform": st.transform.name,
-            "mean": theta.mean(0).tolist(),
-            "std": theta.std(0, unbiased=False).tolist(),
-            "distance": float((theta - identity).norm(dim=1).mean()),
-            "finite": finite,
-            "images": int(theta.shape[0]),
-        }
-        if finite:
-            size = st.output_size if st.output_size is not None else tuple(x.shape[2:])
-            grid = st.transform.grid(theta, size, st.align_corners)
-            stats["outside"] = float((grid.abs() > 1).any(dim=-1).float().mean())
-            warped = st.transform_input(x, theta)
-            stats["kept"] = float(warped.abs().mean() / x.abs().mean().clamp_min(1e-12))
-            log_area = warp_log_area(st.transform, theta)
-            stats["log_area"] = float(log_area.mean())
-            if classes is not None:
-                stats.update(_per_class(log_area, classes))
-        else:
-            stats["outside"], stats["kept"] = 1.0, 0.0
-        out.append(stats)
-    return out
+    with _as_evaluated(transformers, x.device):  # (in training mode, the test batch moved BatchNorm's statistics)
+        return [_theta_statistics(st, x, classes, inputs) for st in transformers]
+
+
+def _theta_statistics(
+    st: SpatialTransformer, x: torch.Tensor, classes: torch.Tensor | None, inputs: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """:func:`theta_diagnostics` of one transformer."""
+    theta = st.predict_params(x, **inputs)
+    finite = bool(torch.isfinite(theta).all())
+    identity = st.transform.identity(device=theta.device, dtype=theta.dtype)
+    stats: dict[str, Any] = {
+        "transform": st.transform.name,
+        "mean": theta.mean(0).tolist(),
+        "std": theta.std(0, unbiased=False).tolist(),
+        "distance": float((theta - identity).norm(dim=1).mean()),
+        "finite": finite,
+        "images": int(theta.shape[0]),
+    }
+    if finite:
+        size = st.output_size if st.output_size is not None else tuple(x.shape[2:])
+        grid = st.transform.grid(theta, size, st.align_corners)
+        stats["outside"] = float((grid.abs() > 1).any(dim=-1).float().mean())
+        warped = st.transform_input(x, theta)
+        stats["kept"] = float(warped.abs().mean() / x.abs().mean().clamp_min(1e-12))
+        log_area = warp_log_area(st.transform, theta)
+        stats["log_area"] = float(log_area.mean())
+        if classes is not None:
+            stats.update(_per_class(log_area, classes))
+    else:
+        stats["outside"], stats["kept"] = 1.0, 0.0
+    return stats
 
 
 def _per_class(values: torch.Tensor, classes: torch.Tensor) -> dict[str, Any]:
