@@ -22,6 +22,11 @@ def test_train_a_1d_transformer_on_gunpoint(cli, tmp_path):
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert history[-1]["step"] == 5 and "test_ece" in history[-1]
     assert "50 train / 150 test" in run.out
+    # visualize draws the series and their warps (it crashed: "not enough values to unpack")
+    shown = cli("visualize", out, "--num", 3, "--out", tmp_path / "warps")
+    assert shown.status == 0, shown.err
+    assert f"wrote {tmp_path / 'warps.png'}" in shown.out and (tmp_path / "warps.png").read_bytes()[:4] == b"\x89PNG"
+    assert "draws image runs only; this run's inputs are series" in cli("visualize", out, "--errors").error_line()
 
 
 @needs_aeon

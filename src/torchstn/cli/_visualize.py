@@ -74,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     model, config, info, device, dataset = load_checkpoint_and_data(args, "test", limit)
     if args.start >= len(dataset):
         raise CLIError(f"--start {args.start} is past the {len(dataset):,} test examples")
+    dims = dataset[0][0].dim()
+    if dims != 3:  # (C, L) series, (C, D, H, W) volumes: the figures `torchstn reproduce` draws of them
+        out = _draw_series_or_volumes(model, config, info, dataset, args, dims)
+        print(f"wrote {out}")
+        return 0
     examples = _misclassified(model, config, dataset, device, args.start, args.num) if args.errors else None
     history = RunDir.of_checkpoint(info["path"]).history()
     out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start, examples=examples,
@@ -81,6 +86,27 @@ def run(args: argparse.Namespace) -> int:
                    warp_samples=args.warp_samples, label_smoothing=config.label_smoothing, **config.call_options())
     print(f"wrote {out}")
     return 0
+
+
+def _draw_series_or_volumes(model: Any, config: TrainConfig, info: dict[str, Any], dataset: Any,
+                            args: argparse.Namespace, dims: int) -> Any:
+    """A series run's warps (each series and its warped versions, the time maps) or a volume
+    run's views, as the reproduce reports draw them: ``plot_run`` draws images only (it crashed
+    on a series run with "not enough values to unpack")."""
+    from torchstn._validation import figure_file
+    from torchstn.engine import RunDir
+    from torchstn.reproduce._figures import plot_series_warps, plot_volume_views
+
+    kind = "series" if dims == 2 else "volumes"
+    if args.errors:
+        raise CLIError(f"--errors draws image runs only; this run's inputs are {kind}")
+    if dims == 2 and not len(getattr(model, "transformers", ())):
+        raise CLIError(f"{config.model} has no transformer: visualize draws a transformer's warps of series")
+    if dims == 4 and not hasattr(model, "transform_volume"):
+        raise CLIError(f"{config.model} has no 3-D transformer: visualize draws a transformer's views of volumes")
+    draw = plot_series_warps if dims == 2 else plot_volume_views
+    title = _title(config, info, RunDir.of_checkpoint(info["path"]).history())
+    return draw(model.cpu(), dataset, figure_file(args.out), num=min(args.num, 8 if dims == 2 else 12), title=title)
 
 
 def _misclassified(model: Any, config: TrainConfig, dataset: Any, device: Any, start: int, num: int) -> list[int]:
