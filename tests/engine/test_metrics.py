@@ -79,3 +79,20 @@ def test_bad_inputs_are_named():
         expected_calibration_error(probs, torch.tensor([0, 1, 2]), bins=0)
     with pytest.raises(TypeError, match="bins must be an int, got float"):
         expected_calibration_error(probs, torch.tensor([0, 1, 2]), bins=15.0)
+
+
+def test_logits_and_log_probabilities_are_refused_and_a_diverged_row_gives_nan():
+    """The metrics take probabilities; logits gave an "ECE" of 3.5 and a negative NLL, and a
+    P-STN's log-probabilities an ECE of 1.69, without a word. A row that is not finite (a
+    diverged model) is still measured, as NaN, not refused: a training run records it."""
+    logits = torch.tensor([[3.0, -1.0], [5.0, 2.0]])
+    labels = torch.tensor([0, 1])
+    for wrong in (logits, logits.log_softmax(1)):
+        for metric in (expected_calibration_error, negative_log_likelihood):
+            with pytest.raises(ValueError, match="probs must be probabilities .* logits or log-probabilities"):
+                metric(wrong, labels)
+    probs = logits.softmax(1)
+    assert 0 <= expected_calibration_error(probs, labels) <= 1 and negative_log_likelihood(probs, labels) > 0
+    assert expected_calibration_error(probs.half(), labels) >= 0  # float16 rounding is not refused
+    diverged = torch.cat([probs, torch.full((1, 2), float("nan"))])
+    assert math.isnan(negative_log_likelihood(diverged, torch.tensor([0, 1, 0])))

@@ -25,7 +25,27 @@ def _check_probs_labels(probs: object, labels: object) -> tuple[torch.Tensor, to
             f"labels must be class indices in [0, {probs.shape[1] - 1}] for probs of shape {tuple(probs.shape)}, "
             f"got values in [{int(labels.min())}, {int(labels.max())}]"
         )
+    _check_distributions(probs)
     return probs, labels.long()
+
+
+def _check_distributions(probs: torch.Tensor) -> None:
+    """Refuse logits and log-probabilities (a P-STN returns the latter): rows of numbers in [0, 1]
+    summing to 1, to the dtype's rounding (logits gave an "ECE" of 3.5 and a negative NLL).
+    Rows that are not finite (a diverged model's) are left to the metrics, which give NaN."""
+    finite = probs.isfinite().all(1)
+    if not bool(finite.any()):
+        return
+    rows = probs[finite].double()
+    tol = 2e-2 if probs.dtype in (torch.float16, torch.bfloat16) else 1e-3
+    low, high, total = float(rows.min()), float(rows.max()), rows.sum(1)
+    worst = float((total - 1).abs().max())
+    if low < -tol or high > 1 + tol or worst > tol:
+        raise ValueError(
+            f"probs must be probabilities (each row in [0, 1], summing to 1), got values in [{low:.4g}, {high:.4g}] "
+            f"with row sums off by up to {worst:.3g}: logits or log-probabilities? pass softmax(logits) or "
+            "log_probs.exp()"
+        )
 
 
 def calibration_bins(
