@@ -53,7 +53,10 @@ class TrainConfig:
         steps: total number of iterations (the paper counts iterations).
         batch_size: global batch size (split across processes under DDP).
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
-        lr, momentum, weight_decay: optimiser settings.
+        lr, momentum, weight_decay: optimiser settings. ``weight_decay`` decays every
+            parameter, the regressors' biases included: it pulls θ towards 0 (every output
+            point reading the input's centre), not towards the identity; the papers'
+            recipes use none (``identity_reg`` pulls θ towards the identity).
         schedule: ``"step"`` (multiply by ``lr_gamma`` every ``lr_decay_every``
             iterations; default a third of the run), ``"cosine"`` or ``"constant"``.
         warmup: linear warm-up of the learning rate from 0 before the schedule: a
