@@ -95,7 +95,7 @@ def _draw_series_or_volumes(model: Any, config: TrainConfig, info: dict[str, Any
     on a series run with "not enough values to unpack")."""
     from torchstn._validation import figure_file
     from torchstn.engine import RunDir
-    from torchstn.reproduce._figures import plot_series_warps, plot_volume_views
+    from torchstn.reproduce import plot_series_warps, plot_volume_views
 
     kind = "series" if dims == 2 else "volumes"
     if args.errors:

@@ -39,6 +39,7 @@ from torchstn.reproduce._report import (
     write_figure,
     write_report,
 )
+from torchstn.reproduce._figures import plot_series_warps, plot_volume_views
 from torchstn.reproduce._runner import (
     DEFAULT_OUT,
     DEFAULT_RUNS,
@@ -82,6 +83,8 @@ __all__ = [
     "list_experiments",
     "machine_info",
     "plan",
+    "plot_series_warps",
+    "plot_volume_views",
     "recipe_changes",
     "render_report",
     "run_cell",

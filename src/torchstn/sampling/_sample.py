@@ -8,7 +8,15 @@ from typing import Literal, get_args
 import torch
 
 from torchstn._tracing import autocast_enabled, autocast_off, eager_tensors, forward_ad_active
-from torchstn._validation import check_bool, check_choice, check_floating, check_same_batch, check_size, check_tensor
+from torchstn._validation import (
+    check_bool,
+    check_choice,
+    check_floating,
+    check_same_batch,
+    check_size,
+    check_tensor,
+    sizes_traced,
+)
 from torchstn.sampling import _fused, _fused3d
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.sampling._reference import reference_sample
@@ -177,7 +185,7 @@ def check_sample_args(x: object, grid: object, mode: str) -> None:
 def _check_spatial(x: torch.Tensor) -> None:
     """An input with an empty spatial dimension has nothing to sample (F.grid_sample refuses it;
     the reference kernel indexed it, and warp's default size blamed ``size``)."""
-    if 0 in x.shape[2:]:
+    if not sizes_traced() and 0 in x.shape[2:]:  # (torch.jit.trace: sizes are tensors, a test would warn)
         raise ValueError(f"x must have non-empty spatial dimensions, got shape {tuple(x.shape)}")
 
 
