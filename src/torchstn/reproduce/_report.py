@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 from torchstn.reproduce._figures import plot_series_warps, plot_volume_views
-from torchstn.reproduce._runner import DEFAULT_OUT, Cell, Results, recipe_changes
+from torchstn.reproduce._runner import DEFAULT_OUT, Cell, Results, config_changes, recipe_changes
 
 if TYPE_CHECKING:
     import torch
@@ -405,11 +405,7 @@ def _error_table(view: _BudgetView) -> tuple[list[str], dict[tuple[str, str], fl
 def _subset_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The training and test subset sizes in which ``record`` differs from its budget's recipe
     (``None``: the whole split): what ``--limit`` changes, which :func:`recipe_changes` leaves out."""
-    if "config" not in record:
-        return {}
-    now = experiment.recipe(record["budget"], experiment.row(record["row"]), experiment.column(record["column"]))
-    return {k: (record["config"].get(k), now.get(k)) for k in ("train_limit", "test_limit")
-            if record["config"].get(k) != now.get(k)}
+    return {k: v for k, v in config_changes(experiment, record).items() if k in ("train_limit", "test_limit")}
 
 
 def _calibration_table(view: _BudgetView) -> list[str]:

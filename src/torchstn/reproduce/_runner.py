@@ -95,20 +95,25 @@ DEFAULT_OUT, DEFAULT_RUNS = "runs/reproduce/results", "runs/reproduce"
 SUBSET_KEYS = ("train_limit", "test_limit", "diagnostics_samples")
 
 
-def recipe_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """How a recorded cell's config differs from its budget's recipe today: ``{field: (then, now)}``.
-
-    Empty for a cell trained with today's recipe (a test subset aside) and for a record
-    without its config (nothing to compare); a record from an earlier recipe is
-    reported apart from today's table, never mixed into it.
-    """
+def config_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Every field in which a recorded cell's config differs from its budget's recipe today,
+    subset sizes included: ``{field: (then, now)}``; empty for a record without its config."""
     if "config" not in record:
         return {}
     row, column = experiment.row(record["row"]), experiment.column(record["column"])
     now = {**experiment.recipe(record["budget"], row, column), "seed": record["seed"]}
     then = record["config"]
-    return {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now))
-            if k not in SUBSET_KEYS and then.get(k) != now.get(k)}
+    return {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)}
+
+
+def recipe_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """How a recorded cell's config differs from its budget's recipe today: ``{field: (then, now)}``.
+
+    Empty for a cell trained with today's recipe (a test subset aside: :data:`SUBSET_KEYS`) and
+    for a record without its config (nothing to compare); a record from an earlier recipe is
+    reported apart from today's table, never mixed into it.
+    """
+    return {k: v for k, v in config_changes(experiment, record).items() if k not in SUBSET_KEYS}
 
 
 def plan(
