@@ -59,6 +59,30 @@ def test_pstn_figure_has_sampled_warps_and_a_reliability_diagram(tmp_path, shape
     assert out.stat().st_size > 0
 
 
+def test_pstn_figure_leaves_the_model_and_the_random_state_alone(tmp_path, shapes):
+    # drawn mid-training (a callback's figure), plot_run must not move BatchNorm's running
+    # statistics (sampled_params drew in training mode), leave the model in eval mode, or move
+    # the seeded generator
+    from torchstn.models import create_model
+
+    model = create_model("p-stn", input_size=28, num_classes=4)
+    pst = model.transformers[0]
+    pst.localization.insert(2, torch.nn.BatchNorm2d(20))
+    model.train()
+    stats = pst.localization[2].running_mean.clone()
+    x = shapes[1].tensors[0][:3]
+    theta = sampled_params(pst, x, samples=5)
+    assert not torch.allclose(theta[0], theta[1]) and theta.shape == (5, 3, 4)
+    assert torch.equal(pst.localization[2].running_mean, stats) and pst.training
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    plot_run(model, shapes[1], tmp_path / "fig.png", num=3, calibration_images=50)
+    assert torch.equal(torch.rand(3), expected)
+    assert model.training and pst.localization[2].training
+    assert torch.equal(pst.localization[2].running_mean, stats)
+
+
 class _OnlineSet:
     """Stands in for an online distorted set: renders a batch per ``__getitems__`` call, one draw per epoch."""
 

@@ -12,14 +12,14 @@ the predicted classes, the diagnostics compare the area the transformer reads pe
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
+from torchstn.engine._evaluate import as_evaluated
 from torchstn.nn import SpatialTransformer
 
 __all__ = ["collapse_warnings", "predicted_classes", "theta_diagnostics", "warp_log_area"]
@@ -72,27 +72,11 @@ def warp_log_area(transform: Any, theta: torch.Tensor, points: int = 16) -> torc
     return det.abs().clamp_min(1e-12).log().flatten(1).mean(1).to(theta.dtype)
 
 
-@contextlib.contextmanager
-def _as_evaluated(modules: Iterable[nn.Module], device: torch.device) -> Iterator[None]:
-    """``modules`` in eval mode and the random state forked, for a diagnostic: afterwards every
-    submodule has its own mode back and the generators their state, so that a diagnostic never
-    changes a seeded training run (a BatchNorm's running statistics, a dropout draw)."""
-    modes = [(module, module.training) for root in modules for module in root.modules()]
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for root in modules:
-            root.eval()
-        try:
-            yield
-        finally:
-            for module, mode in modes:
-                module.training = mode
-
-
 @torch.no_grad()
 def predicted_classes(model: nn.Module, x: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
     """``(B,)`` classes the model predicts for ``x``, in eval mode, leaving the model's mode and
     the random state as they were (so that a diagnostic never changes a seeded training run)."""
-    with _as_evaluated([model], x.device):
+    with as_evaluated([model], x.device):
         return model(x, **inputs).argmax(1)
 
 
@@ -138,7 +122,7 @@ def theta_diagnostics(
         >>> d["distance"], d["outside"], round(d["kept"], 3), round(d["log_area"], 6)
         (0.0, 0.0, 1.0, 0.0)
     """
-    with _as_evaluated(transformers, x.device):  # (in training mode, the test batch moved BatchNorm's statistics)
+    with as_evaluated(transformers, x.device):  # (in training mode, the test batch moved BatchNorm's statistics)
         return [_theta_statistics(st, x, classes, inputs) for st in transformers]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -15,7 +16,26 @@ from torch import nn
 from torchstn.engine._data import iterate
 from torchstn.engine.metrics import expected_calibration_error, negative_log_likelihood
 
-__all__ = ["cpu_has_native_bf16", "evaluate", "precision_context", "predict"]
+__all__ = ["as_evaluated", "cpu_has_native_bf16", "evaluate", "precision_context", "predict"]
+
+
+@contextlib.contextmanager
+def as_evaluated(modules: Iterable[nn.Module], device: torch.device, fork_rng: bool = True) -> Iterator[None]:
+    """``modules`` in eval mode and the random state forked, for an evaluation or a diagnostic:
+    afterwards every submodule has its own mode back (a part the user froze in eval mode stays
+    so) and the generators their state, so that evaluating never changes a seeded training run
+    (a BatchNorm's running statistics, a dropout draw, a P-STN's test-time θ). ``fork_rng=False``:
+    the modes alone (a draw the caller asked for)."""
+    modes = [(module, module.training) for root in modules for module in root.modules()]
+    forked = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked, enabled=fork_rng):
+        for root in modules:
+            root.eval()
+        try:
+            yield
+        finally:
+            for module, mode in modes:
+                module.training = mode
 
 
 def precision_context(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -88,17 +108,15 @@ def predict(
     """
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    was_training = model.training
-    model.eval()
     logits, labels = [], []
     n = len(dataset) if limit is None else min(limit, len(dataset))
     batches = iterate(dataset, batch_size, rank, world, ground_truth_init=ground_truth_init, device=device,
                       channels_last=channels_last, limit=n)
-    for x, y, kwargs in batches:
-        with precision_context(precision, device):
-            logits.append(model(x, **kwargs).float())
-        labels.append(y)
-    model.train(was_training)
+    with as_evaluated([model], torch.device(device)):
+        for x, y, kwargs in batches:
+            with precision_context(precision, device):
+                logits.append(model(x, **kwargs).float())
+            labels.append(y)
     num_classes = int(getattr(model, "num_classes", 0)) or (logits[0].shape[1] if logits else 0)
     out = torch.cat(logits) if logits else torch.zeros(0, num_classes, device=device)
     lab = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)

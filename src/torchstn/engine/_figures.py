@@ -12,7 +12,7 @@ from torch import nn
 
 from torchstn._validation import figure_file
 from torchstn.engine._data import fetch_inputs
-from torchstn.engine._evaluate import precision_context, predict
+from torchstn.engine._evaluate import as_evaluated, precision_context, predict
 from torchstn.engine.metrics import calibration_bins, expected_calibration_error
 from torchstn.nn import ProbabilisticSpatialTransformer, SpatialTransformer
 from torchstn.transforms import ThinPlateSpline
@@ -72,21 +72,21 @@ def sampled_params(st: ProbabilisticSpatialTransformer, x: torch.Tensor, samples
     """``samples`` θ drawn by a P-STN for each input: ``(samples, B, P)``.
 
     The transformer's own sampling (its training distribution, whatever ``test_samples``
-    says), with the module's mode and sample counts restored afterwards.
+    says), drawn in eval mode (a BatchNorm in its localisation net keeps its running
+    statistics), with the modules' modes and sample counts restored afterwards.
 
     Example:
         >>> pst = stn.ProbabilisticSpatialTransformer(stn.Similarity(), stn.conv_localization(1, (28, 28)))
         >>> sampled_params(pst, torch.rand(2, 1, 28, 28), samples=5).shape
         torch.Size([5, 2, 4])
     """
-    was_training, saved = st.training, st.samples
-    st.train()
-    st.samples = samples
+    saved = st.test_samples
+    st.test_samples = samples  # (eval mode draws test_samples θ as training mode draws samples)
     try:
-        _, params = st(x, return_params=True)
+        with as_evaluated([st], x.device, fork_rng=False):
+            _, params = st(x, return_params=True)
     finally:
-        st.samples = saved
-        st.train(was_training)
+        st.test_samples = saved
     return params.reshape(samples, x.shape[0], -1)
 
 
@@ -317,13 +317,13 @@ def _run_examples(
     """Run the model and its transformers on the items at ``index`` (called as ``options`` say)."""
     transformers = list(getattr(model, "transformers", ()))
     x_dev, y, inputs = fetch_inputs(dataset, index, options["ground_truth_init"], device)
-    model.eval()
-    with precision_context(options["precision"], device):  # (the prediction drawn; warps in float32 anyway)
-        pred = model(x_dev, **inputs).argmax(1).cpu()
-    thetas = [st.predict_params(x_dev, **inputs).cpu() for st in transformers]
-    outputs = [st.transform_input(x_dev, th.to(device)).cpu() for st, th in zip(transformers, thetas)]
-    samples = [(k, sampled_params(st, x_dev, warp_samples).cpu()) for k, st in enumerate(transformers)
-               if isinstance(st, ProbabilisticSpatialTransformer)]
+    with as_evaluated([model], x_dev.device):  # (a figure drawn mid-training leaves the run as it was)
+        with precision_context(options["precision"], device):  # (the prediction drawn; warps in float32 anyway)
+            pred = model(x_dev, **inputs).argmax(1).cpu()
+        thetas = [st.predict_params(x_dev, **inputs).cpu() for st in transformers]
+        outputs = [st.transform_input(x_dev, th.to(device)).cpu() for st, th in zip(transformers, thetas)]
+        samples = [(k, sampled_params(st, x_dev, warp_samples).cpu()) for k, st in enumerate(transformers)
+                   if isinstance(st, ProbabilisticSpatialTransformer)]
     return _Examples(transformers, x_dev.cpu(), y.cpu(), pred, thetas, outputs, samples)
 
 
