@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from torchstn.sampling import sample, warp
-from torchstn.transforms import Transform, base_grid
+from torchstn.transforms import MatrixTransform, Transform, base_grid
 
 __all__ = ["check_sampler", "check_transform"]
 
@@ -43,6 +43,9 @@ def check_transform(
     - batched equals one-by-one, and an empty batch gives an empty grid;
     - ``params`` is not modified in place; dtype and device are preserved;
     - the identity parameters give the identity grid;
+    - for a matrix family (:class:`~torchstn.transforms.MatrixTransform`): the matrix maps
+      points as ``transform_points`` does, and ``params_from_matrix``, ``compose`` and
+      ``inverse`` give the matrix, the product and the inverse (compared as matrices);
     - with ``gradcheck``: the grid and ``transform_points`` have the right float64
       gradient with respect to ``params`` (finite differences,
       :func:`torch.autograd.gradcheck`), and :func:`~torchstn.warp`, whatever path it
@@ -72,11 +75,42 @@ def check_transform(
         raise AssertionError(f"empty batch gives shape {tuple(empty.shape)}")
     ident = transform.grid(transform.identity(b, params.device, params.dtype), size, align_corners)
     _close("identity params vs base grid", ident.reshape(b, math.prod(size), n), base.expand(b, -1, -1), atol)
+    if isinstance(transform, MatrixTransform) and b:
+        _check_matrix_algebra(transform, params, atol)
     if gradcheck and b:
         _check_gradients(transform, params[:2].detach().double(), size, align_corners)
     if compile:
         compiled = torch.compile(lambda p: transform.grid(p, size, align_corners), fullgraph=False)
         _close("torch.compile vs eager", compiled(params), grid, atol)
+
+
+def _check_matrix_algebra(transform: MatrixTransform, params: torch.Tensor, atol: float) -> None:
+    """A matrix family's :meth:`~MatrixTransform.matrix` maps the points as
+    :meth:`~Transform.transform_points` does, and ``params_from_matrix``, ``compose`` and
+    ``inverse`` agree with it (compared as matrices: parameters need not be unique)."""
+    n = transform.ndim
+
+    def matrix_of(p: torch.Tensor) -> torch.Tensor:  # (a homography's, up to scale)
+        m = transform.matrix(p)
+        return m / m[:, -1:, -1:] if transform.projective else m
+
+    matrix = matrix_of(params)
+    generator = torch.Generator(device=params.device).manual_seed(0)
+    points = torch.rand(params.shape[0], 4, n, dtype=params.dtype, device=params.device, generator=generator) * 1.6 - 0.8
+    mapped = torch.cat([points, torch.ones_like(points[..., :1])], -1) @ matrix.transpose(1, 2)
+    _close("matrix vs transform_points", transform.transform_points(params, points),
+           mapped[..., :n] / mapped[..., n:], atol, rtol=1e-4)
+    _close("matrix of params_from_matrix vs matrix", matrix_of(transform.params_from_matrix(matrix)), matrix, atol,
+           rtol=1e-4)
+    other = params.flip(0)
+    product = matrix @ matrix_of(other)
+    product = product / product[:, -1:, -1:] if transform.projective else product
+    _close("matrix of compose vs product of matrices", matrix_of(transform.compose(params, other)), product, atol,
+           rtol=1e-4)
+    back = matrix_of(transform.inverse(params)) @ matrix
+    back = back / back[:, -1:, -1:] if transform.projective else back
+    _close("matrix of inverse times matrix vs identity", back, torch.eye(n + 1).to(back).expand_as(back), atol,
+           rtol=1e-4)
 
 
 def _check_gradients(transform: Transform, p64: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> None:

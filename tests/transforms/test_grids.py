@@ -408,3 +408,39 @@ def test_a_subclass_that_redefines_its_matrix_is_warped_and_mapped_by_it(family,
     points = torch.rand(2, 5, family.ndim, dtype=torch.float64) * 2 - 1
     homogeneous = torch.cat([points, torch.ones_like(points[..., :1])], -1)
     torch.testing.assert_close(family.transform_points(params, points), (homogeneous @ matrix.transpose(1, 2))[..., :-1])
+
+
+@pytest.mark.parametrize("family", [_HalfTranslation(), _MirroredAffine(), _ScaledRows3D()], ids=lambda t: type(t).__name__)
+def test_a_subclass_that_redefines_its_matrix_alone_cannot_compose_with_its_parents_parameters(family):
+    """compose, inverse and params_from_matrix read a matrix back into parameters with the
+    family's _from_matrix: a subclass with another matrix but its parent's _from_matrix got
+    its parent's parameters back (a half-unit translation composed to half of a + b). Without
+    its own _from_matrix it is told to define one, where its parent's does not invert its matrix
+    (a subclass that only computes the same matrix otherwise, _WrongGradient, composes)."""
+    params = random_theta(family, 2, torch.float64, "cpu", scale=0.2)
+    name = type(family).__name__
+    for call in (lambda: family.compose(params, params), lambda: family.inverse(params),
+                 lambda: family.params_from_matrix(family.matrix(params))):
+        with pytest.raises(NotImplementedError, match=f"{name} redefines its matrix .* but not _from_matrix"):
+            call()
+    same = _WrongGradient()
+    a, b = random_theta(same, 2, torch.float64, "cpu", scale=0.2), random_theta(same, 2, torch.float64, "cpu", scale=0.3)
+    torch.testing.assert_close(same.compose(a, b), stn.Affine().compose(a, b))
+
+
+def test_check_transform_checks_params_from_matrix_compose_and_inverse():
+    class WrongFromMatrix(stn.Translation):
+        def _matrix(self, params):
+            return super()._matrix(params / 2)
+
+        def _from_matrix(self, matrix):
+            return matrix[:, :2, 2]  # the parent's: half the parameters it should give
+
+    class Halved(WrongFromMatrix):
+        def _from_matrix(self, matrix):
+            return 2 * matrix[:, :2, 2]
+
+    params = torch.tensor([[0.2, -0.4], [0.1, 0.3]])
+    with pytest.raises(AssertionError, match="params_from_matrix"):
+        check_transform(WrongFromMatrix(), params)
+    check_transform(Halved(), params)

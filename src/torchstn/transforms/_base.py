@@ -246,9 +246,17 @@ class MatrixTransform(Transform):
         ``_matrix``: a subclass that redefines ``_matrix`` without them gets the generic ones,
         read through its ``_matrix`` (a ``Translation`` subclass with another matrix was warped
         with its parent's rows by the fused kernel, and mapped its points with its parent's map);
-        one that redefines ``_rows`` alone (an affine family) gets the matrix of its rows."""
+        one that redefines ``_rows`` alone (an affine family) gets the matrix of its rows. Its
+        parent's ``_from_matrix`` reads a matrix back into the parent's parameters (``compose``,
+        ``inverse``, ``params_from_matrix``): without its own, the parameters it gives are
+        checked to give the matrix back (a half-unit translation composed to half of a + b)."""
         super().__init_subclass__(**kwargs)
         own = cls.__dict__
+        inherited = getattr(cls, "_from_matrix", None)
+        if ({"_matrix", "_rows"} & own.keys() and "_from_matrix" not in own
+                and not getattr(inherited, "__isabstractmethod__", False)):
+            cls._inherited_from_matrix = inherited  # type: ignore[attr-defined]
+            cls._from_matrix = MatrixTransform._checked_from_matrix  # type: ignore[method-assign]
         if "_matrix" in own:
             for name in ("_rows", "_map"):
                 if name not in own:
@@ -257,6 +265,25 @@ class MatrixTransform(Transform):
             cls._matrix = MatrixTransform._matrix_of_rows  # type: ignore[method-assign]
             if "_map" not in own:
                 cls._map = MatrixTransform._map  # type: ignore[method-assign]
+
+    def _checked_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The parent's ``_from_matrix`` for a subclass with its own matrix, where its parameters
+        give ``matrix`` back (a subclass that changes only how the matrix is computed); not
+        checked while traced (no values)."""
+        params = self._inherited_from_matrix(matrix)  # type: ignore[attr-defined]
+        if sizes_traced():
+            return params
+        back, wanted = self._matrix(params), matrix
+        if self.projective:  # (a homography's matrix, up to scale)
+            back, wanted = back / back[:, -1:, -1:], wanted / wanted[:, -1:, -1:]
+        tol = 1e-9 if matrix.dtype == torch.float64 else 1e-4
+        if not torch.allclose(back, wanted.to(back.dtype), rtol=tol, atol=tol, equal_nan=True):
+            raise NotImplementedError(
+                f"{type(self).__name__} redefines its matrix (_matrix or _rows) but not _from_matrix, and its "
+                "parent's does not invert it; params_from_matrix, compose and inverse read a matrix back into "
+                "parameters with it: define _from_matrix"
+            )
+        return params
 
     def _matrix_of_rows(self, params: torch.Tensor) -> torch.Tensor:
         """The homogeneous matrix of an affine family's :meth:`_rows` (last row ``0 ... 0 1``)."""
