@@ -67,17 +67,16 @@ def restore_rng(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def state_path(weights: str | Path) -> Path:
+def state_path(weights: str | Path, suffix: str = ".state.pt") -> Path:
     """The training-state file written beside a weights file: ``<stem>.state.pt``."""
     weights = Path(weights)
-    return weights.with_name(weights.name.removesuffix(".safetensors") + ".state.pt")
+    return weights.with_name(weights.name.removesuffix(".safetensors") + suffix)
 
 
 def _previous_state_path(weights: str | Path) -> Path:
     """Where :func:`save_checkpoint` keeps the state of the weights it is replacing until the new
     weights are written: ``<stem>.prev.state.pt`` (see :func:`read_training_state`)."""
-    weights = Path(weights)
-    return weights.with_name(weights.name.removesuffix(".safetensors") + ".prev.state.pt")
+    return state_path(weights, ".prev.state.pt")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
