@@ -444,3 +444,60 @@ def test_check_transform_checks_params_from_matrix_compose_and_inverse():
     with pytest.raises(AssertionError, match="params_from_matrix"):
         check_transform(WrongFromMatrix(), params)
     check_transform(Halved(), params)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inverse_refuses_a_matrix_singular_to_working_precision(dtype):
+    """inv_ex reported only an exact zero pivot: rank-deficient matrices whose rounding
+    missed it were "inverted" to 1e8-1e16 entries (compose(p, inverse(p)) 1 to 16 off the
+    identity). A matrix whose inverse does not give the identity back is refused as singular."""
+    affine = stn.Affine()
+    params = affine.identity(2, dtype=dtype)
+    params[1] = torch.tensor([1 / 3, 1.0, 0.0, 1.0, 3.0, 0.0], dtype=dtype)  # rank 1, up to rounding
+    with pytest.raises(ValueError, match="params: the matrix of sample 1 is singular"):
+        affine.inverse(params)
+    volume = stn.Affine3D()
+    rank2 = torch.tensor([[1 / 3, 1.0, 0.5, 0.0, 1.0, 3.0, 1.5, 0.0, 0.2, 0.7, 0.1, 0.0]], dtype=dtype)
+    with pytest.raises(ValueError, match="params: the matrix of sample 0 is singular"):
+        volume.inverse(rank2)
+    # ill-conditioned but invertible at this precision: inverted
+    near = affine.identity(1, dtype=dtype)
+    near[0, 4] = 1e-2
+    torch.testing.assert_close(affine.compose(near, affine.inverse(near)), affine.identity(1, dtype=dtype))
+
+
+@pytest.mark.parametrize("family", [stn.Affine(), stn.Affine3D(), stn.Affine1D(), stn.Projective()], ids=lambda t: t.name)
+def test_inverse_of_non_finite_params_is_nan(family):
+    """One infinite entry gave a finite degenerate inverse for some entries (an Affine with
+    inf in θ[0] inverted to a map that sends every point to x = 0), NaN for others and a
+    "singular" error for a triangular matrix of determinant 1: NaN in, NaN out."""
+    for k in range(family.num_params):
+        params = family.identity(2, dtype=torch.float64)
+        params[0, k] = float("inf")
+        inverse = family.inverse(params)
+        assert inverse[0].isnan().all(), k
+        torch.testing.assert_close(inverse[1], family.identity(1, dtype=torch.float64)[0])
+
+
+def test_similarity_compose_has_finite_gradients_at_zero_scale():
+    """hypot and atan2 at (0, 0) made every gradient of compose NaN where the product's scale
+    is 0 (the translation's too, which is t_a + s_a R_a t_b there)."""
+    similarity = stn.Similarity()
+    a = torch.tensor([[0.0, 0.3, 0.1, 0.2]], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    got = torch.autograd.grad(similarity.compose(a, b)[:, 2:].sum(), (a, b))
+    expected = torch.autograd.grad((similarity.matrix(a) @ similarity.matrix(b))[:, :2, 2].sum(), (a, b))
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    "family", [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.Affine3D(),
+               stn.Affine1D(), stn.ThinPlateSpline((2, 2)), stn.CPAB1D(4)], ids=lambda t: t.name)
+def test_transform_points_refuses_mixed_dtypes_naming_both(family):
+    """Some families promoted, the others failed in torch's matmul with "expected scalar type
+    Float but found Double", naming neither argument: a TypeError naming both, as compose."""
+    params = family.identity(1, dtype=torch.float64)
+    points = torch.zeros(1, 3, family.ndim)
+    for p, q in ((params, points), (params.float(), points.double())):
+        with pytest.raises(TypeError, match="params and points must have the same dtype"):
+            family.transform_points(p, q)

@@ -179,6 +179,8 @@ class Transform(ABC):
         params = self.check_params(params)
         check_tensor("points", points, ndim=3)
         check_floating("points", points)
+        if points.dtype != params.dtype:
+            raise TypeError(f"params and points must have the same dtype, got {params.dtype} and {points.dtype}")
         if not sizes_traced() and (points.shape[0] != params.shape[0] or points.shape[-1] != self.ndim):
             raise ValueError(
                 f"points must have shape ({params.shape[0]}, N, {self.ndim}) to match params of shape "
@@ -364,17 +366,23 @@ class MatrixTransform(Transform):
     def inverse(self, params: torch.Tensor) -> torch.Tensor:
         """Parameters of the inverse map: ``compose(p, inverse(p))`` is the identity.
 
-        Raises ``ValueError`` naming the first sample whose matrix is singular (eager calls;
-        under a tracer ``torch.linalg.inv`` raises its own error); NaN parameters give NaN."""
+        Raises ``ValueError`` naming the first sample whose matrix is singular to working
+        precision: no inverse, or one that does not give the identity back to within the square
+        root of its dtype's epsilon (eager calls; under a tracer ``torch.linalg.inv`` raises its
+        own error for an exact zero pivot). Non-finite parameters give NaN."""
         matrix = self._matrix(self.check_params(params))
         if not eager_tensors(matrix):
             return self._from_matrix(torch.linalg.inv(matrix))
-        inverse, info = torch.linalg.inv_ex(matrix)
-        singular = torch.nonzero(info)
+        finite = torch.isfinite(matrix).flatten(1).all(1)
+        inverse, info = torch.linalg.inv_ex(torch.where(finite[:, None, None], matrix, torch.eye(self.ndim + 1).to(matrix)))
+        with torch.no_grad():  # (LU's pivots miss a rank lost to rounding; the residual does not)
+            eye = torch.eye(self.ndim + 1, dtype=matrix.dtype, device=matrix.device)
+            residual = (inverse @ matrix - eye).abs().flatten(1).amax(1)
+            singular = torch.nonzero(finite & ((info != 0) | ~(residual <= torch.finfo(matrix.dtype).eps ** 0.5)))
         if len(singular):
-            raise ValueError(f"params: the matrix of sample {int(singular[0, 0])} is singular (it has no inverse): "
-                             f"{matrix[int(singular[0, 0])].tolist()}")
-        return self._from_matrix(inverse)
+            raise ValueError(f"params: the matrix of sample {int(singular[0, 0])} is singular (it has no inverse at "
+                             f"{matrix.dtype}'s precision): {matrix[int(singular[0, 0])].tolist()}")
+        return self._from_matrix(torch.where(finite[:, None, None], inverse, torch.nan))
 
     def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         m = self._matrix(params)

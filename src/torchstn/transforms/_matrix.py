@@ -122,7 +122,12 @@ class Similarity(MatrixTransform):
         m = matrix / matrix[:, 2:, 2:]
         c = 0.5 * (m[:, 0, 0] + m[:, 1, 1])
         n = 0.5 * (m[:, 1, 0] - m[:, 0, 1])
-        return torch.stack([torch.hypot(c, n), torch.atan2(n, c), m[:, 0, 2], m[:, 1, 2]], 1)
+        # at scale 0, s = α = 0 with gradient 0: hypot's and atan2's derivatives are 0/0 there, and
+        # their NaN would reach every input of the stack (the translation's gradient too)
+        zero = (c == 0) & (n == 0)
+        c = torch.where(zero, 1.0, c)
+        scale, angle = torch.hypot(c, n).masked_fill(zero, 0.0), torch.atan2(n, c).masked_fill(zero, 0.0)
+        return torch.stack([scale, angle, m[:, 0, 2], m[:, 1, 2]], 1)
 
 
 class Affine(MatrixTransform):

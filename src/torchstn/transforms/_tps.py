@@ -37,17 +37,29 @@ def _solution(
     return cached(("tps-solution", key, regularization, device, dtype), lambda: solution.to(device=device, dtype=dtype))
 
 
-def _solve(c: torch.Tensor, regularization: float) -> torch.Tensor:
-    """The spline system's solution for the (K, 2) float64 control points ``c``, in float64."""
+#: a spline system conditioned worse than this (1-norm) is refused: its float64 solution is
+#: then off by about 1e-3 and more (control points 1e-7 off one line: 4.8e15; 1e-6 off: 4.8e13,
+#: whose identity θ warps 1.4e-5 off the identity; a 30 x 30 grid of points: 4.7e5)
+MAX_CONDITION = 1e14
+
+
+def _system(c: torch.Tensor, regularization: float) -> torch.Tensor:
+    """The spline system ``[[U + λI, P], [Pᵀ, 0]]`` of the (K, 2) float64 control points ``c``."""
     k = c.shape[0]
     p = torch.cat([torch.ones(k, 1, dtype=torch.float64), c], 1)
     system = torch.zeros(k + 3, k + 3, dtype=torch.float64)
     system[:k, :k] = _kernel(c, c) + regularization * torch.eye(k, dtype=torch.float64)
     system[:k, k:] = p
     system[k:, :k] = p.T
+    return system
+
+
+def _solve(c: torch.Tensor, regularization: float) -> torch.Tensor:
+    """The spline system's solution for the (K, 2) float64 control points ``c``, in float64."""
+    k = c.shape[0]
     rhs = torch.zeros(k + 3, k, dtype=torch.float64)
     rhs[:k] = torch.eye(k, dtype=torch.float64)
-    return torch.linalg.solve(system, rhs)
+    return torch.linalg.solve(_system(c, regularization), rhs)
 
 
 def _check_solvable(points: torch.Tensor, regularization: float) -> torch.Tensor:
@@ -79,8 +91,12 @@ def _check_solvable(points: torch.Tensor, regularization: float) -> torch.Tensor
         solution = _solve(points, regularization)
     except torch.linalg.LinAlgError as err:
         raise ValueError(f"control {_preview(points)} gives a singular spline system ({err})") from None
-    if not torch.isfinite(solution).all():
-        raise ValueError(f"control {_preview(points)} gives a spline system too ill-conditioned to solve")
+    condition = float(torch.linalg.cond(_system(points, regularization), p=1))
+    if not torch.isfinite(solution).all() or not condition <= MAX_CONDITION:
+        raise ValueError(
+            f"control {_preview(points)} gives a spline system too ill-conditioned to solve (condition number "
+            f"{condition:.3g}, more than {MAX_CONDITION:g}): points nearly on one line or nearly coincident"
+        )
     return solution
 
 
@@ -189,9 +205,12 @@ class ThinPlateSpline(Transform):
         return self.control_points.reshape(-1).clone()
 
     def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        w = _solution(self._key, self.regularization, self._solution64, params.device, params.dtype)
-        control = self.control_points.to(device=params.device, dtype=params.dtype)
-        operator = _basis(points, control) @ w  # (N, K) or (B, N, K)
+        # the operator in float64, rounded once, as the grid's (in float32 it was 200x less accurate
+        # near clustered control points); in the points' dtype where the device has no float64
+        exact = torch.float64 if params.device.type != "mps" else params.dtype
+        w = _solution(self._key, self.regularization, self._solution64, params.device, exact)
+        control = self.control_points.to(device=params.device, dtype=exact)
+        operator = (_basis(points.to(exact), control) @ w).to(params.dtype)  # (B, N, K)
         return torch.matmul(operator, params.reshape(params.shape[0], self.num_control_points, 2))
 
     def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
