@@ -339,3 +339,12 @@ def test_evaluate_leaves_every_submodule_mode_and_the_random_state_alone():
     evaluate(model, data, batch_size=4)
     assert torch.equal(torch.rand(3), expected)
     assert model.training and not frozen.training
+
+
+def test_diagnostics_take_parallel_transformers_as_their_heads():
+    """A user's ParallelSpatialTransformers (docs/variants.md: the diagnostics treat its heads
+    like any transformer) failed in torch.isfinite with a list of θ."""
+    heads = [stn.SpatialTransformer("affine", stn.conv_localization(1, (16, 16))) for _ in range(2)]
+    x = torch.rand(4, 1, 16, 16)
+    together = theta_diagnostics([stn.ParallelSpatialTransformers(heads)], x)
+    assert together == theta_diagnostics(heads, x) and len(together) == 2

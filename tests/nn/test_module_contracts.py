@@ -46,20 +46,21 @@ def test_deepcopy_pickle_and_state_dict_after_a_training_forward(name):
     loss.backward()  # copying did not break the original's graph
 
 
-@pytest.mark.parametrize("name", ["st-cnn-aff", "st-cnn-tps", "ic-stn-2", "p-stn", "st-cnn-3d-aff"])
+@pytest.mark.parametrize("name", ["st-cnn-aff", "st-cnn-tps", "ic-stn-2", "p-stn", "st-cnn-3d-aff", "st-cnn1d-cpab"])
 def test_models_build_and_run_on_the_meta_device_and_materialise_as_the_identity(name):
     """Deferred initialisation: built under ``torch.device("meta")`` (a regressor's start was
     copied out of a meta tensor, a TPS solved its system there), run on meta tensors (FLOP
     counting; autocast's query raised for "meta", a P-STN's chi-square checked its values),
     then ``to_empty`` and each module's ``reset_parameters``: the transformers start as the
-    identity again, and ``load_state_dict(assign=True)`` gives the CPU-built model's outputs."""
-    args = {"input_size": 24} if "3d" in name else {}
+    identity again, and ``load_state_dict(assign=True)`` gives the CPU-built model's outputs
+    (a CPAB1D built there kept its basis on meta, and no materialised model could run)."""
+    args = {"input_size": 24} if "3d" in name else {"input_size": 64, "width": 0.05} if "1d" in name else {}
     torch.manual_seed(0)
     reference = create_model(name, **args).eval()
     with torch.device("meta"):
         model = create_model(name, **args)
     assert all(p.is_meta for p in model.parameters())
-    shape = (2, 1, 24, 24, 24) if "3d" in name else (2, 1, 28, 28)
+    shape = (2, 1, 24, 24, 24) if "3d" in name else (2, 1, 64) if "1d" in name else (2, 1, 28, 28)
     assert model.eval()(torch.empty(shape, device="meta")).shape == reference(torch.rand(shape)).shape
     model = model.to_empty(device="cpu")
     for module in model.modules():
@@ -165,3 +166,23 @@ def test_a_localisation_net_without_a_declared_input_is_checked_by_its_feature_w
     st = stn.SpatialTransformer("affine", nn.Flatten(), in_features=28 * 28)
     with pytest.raises(ValueError, match=r"gives 400 features .* regressor expects in_features=784"):
         st(torch.rand(2, 1, 20, 20))
+
+
+def test_a_gaussian_pstn_prior_builds_on_meta_and_materialises_with_its_values():
+    """pstn-cnn1d-cpab's Gaussian prior was computed on the meta device under
+    ``torch.device("meta")`` and then read (no data: the model could not be built), and a
+    P-STN's prior buffers held uninitialised memory after ``to_empty`` (a KL with a log
+    determinant of -5e11): ``reset_parameters`` restores them, a meta covariance is named."""
+    args = {"input_size": 64, "width": 0.05, "samples": 2, "distribution": "gaussian"}
+    reference = create_model("pstn-cnn1d-cpab", **args)
+    with torch.device("meta"):
+        model = create_model("pstn-cnn1d-cpab", **args)
+    model = model.to_empty(device="cpu")
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    for name in ("prior_precision", "prior_logdet"):
+        torch.testing.assert_close(getattr(model.transformers[0], name), getattr(reference.transformers[0], name))
+    with pytest.raises(ValueError, match="prior_covariance is on the meta device"):
+        stn.ProbabilisticSpatialTransformer(stn.CPAB1D(4), nn.Sequential(nn.Flatten(), nn.Linear(16, 8)),
+                                            distribution="gaussian", prior_covariance=torch.empty(3, 3, device="meta"))

@@ -232,6 +232,11 @@ def test_marginalize_averages_probabilities_over_samples():
     torch.testing.assert_close(pst.marginalize(logits), torch.log(torch.tensor([[0.5, 0.5]])))
     with pytest.raises(ValueError, match="S=2"):
         pst.marginalize(torch.zeros(3, 2))
+    # a multiple of S from another batch was regrouped into the wrong number of examples
+    pst(torch.rand(3, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"S=2 samples of the last forward pass of 3 inputs, got \(4, 2\)"):
+        pst.marginalize(torch.zeros(4, 2))
+    assert pst.marginalize(torch.zeros(6, 2)).shape == (3, 2)
 
 
 def test_one_dimensional_signals_with_affine1d():

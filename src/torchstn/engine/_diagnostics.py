@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from torchstn.engine._evaluate import as_evaluated
-from torchstn.nn import SpatialTransformer
+from torchstn.nn import ParallelSpatialTransformers, SpatialTransformer
 
 __all__ = ["collapse_warnings", "predicted_classes", "theta_diagnostics", "warp_log_area"]
 
@@ -91,7 +91,8 @@ def theta_diagnostics(
     """Statistics of the θ each transformer predicts for a batch ``x`` ``(B, C, H, W)``.
 
     ``inputs`` go to ``predict_params`` (a cascade's ``init_params``): θ is then the total
-    warp of ``x``. ``classes`` ``(B,)`` are the classes the model predicts for ``x``
+    warp of ``x``. A :class:`~torchstn.nn.ParallelSpatialTransformers` counts as its ``K``
+    heads, in order. ``classes`` ``(B,)`` are the classes the model predicts for ``x``
     (:func:`predicted_classes`); with them the statistics include the per-class ones.
 
     Returns one dict per transformer with:
@@ -122,8 +123,10 @@ def theta_diagnostics(
         >>> d["distance"], d["outside"], round(d["kept"], 3), round(d["log_area"], 6)
         (0.0, 0.0, 1.0, 0.0)
     """
-    with as_evaluated(transformers, x.device):  # (in training mode, the test batch moved BatchNorm's statistics)
-        return [_theta_statistics(st, x, classes, inputs) for st in transformers]
+    heads = [head for st in transformers
+             for head in (st.transformers if isinstance(st, ParallelSpatialTransformers) else [st])]
+    with as_evaluated(heads, x.device):  # (in training mode, the test batch moved BatchNorm's statistics)
+        return [_theta_statistics(st, x, classes, inputs) for st in heads]
 
 
 def _theta_statistics(

@@ -378,7 +378,7 @@ def pstn_cnn1d_cpab(
     transform = CPAB1D(tessellation, zero_boundary)
     prior = None
     if check_choice("distribution", distribution, ("student-t", "gaussian")) == "gaussian":
-        prior = transform.prior_covariance(prior_length_scale, prior_variance)
+        prior = transform.prior_covariance(prior_length_scale, prior_variance, device="cpu")  # (values under meta too)
     return _pstn_1d(
         transform, in_channels, input_size, num_classes, channels, loc_channels, width, dropout, conv_padding,
         SamplerOptions(mode=mode, padding=padding, align_corners=align_corners), samples=samples,

@@ -87,6 +87,9 @@ def _prior_precision(value: object, num_params: int, distribution: str) -> tuple
     check_floating("prior_covariance", cov)
     if cov.shape != (num_params, num_params):
         raise ValueError(f"prior_covariance must have shape ({num_params}, {num_params}), got {tuple(cov.shape)}")
+    if cov.is_meta:
+        raise ValueError("prior_covariance is on the meta device, which holds no values: compute it on the CPU "
+                         "(CPAB1D.prior_covariance(..., device='cpu'), also under torch.device('meta'))")
     cov = cov.detach().to("cpu", torch.float64)
     if not torch.isfinite(cov).all() or not torch.allclose(cov, cov.T, rtol=1e-6, atol=1e-12):
         raise ValueError("prior_covariance must be a finite symmetric matrix")
@@ -218,10 +221,11 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         self.prior_beta = check_positive("prior_beta", prior_beta)
         self.prior_sigma = check_positive("prior_sigma", prior_sigma)
         self.kl_weight = check_number("kl_weight", kl_weight, low=0.0)
-        prior = _prior_precision(prior_covariance, self.transform.num_params, self.distribution)
+        # (kept in float64 on the CPU, beside the buffers, so that reset_parameters restores them)
+        self._prior = _prior_precision(prior_covariance, self.transform.num_params, self.distribution)
         dtype = torch.get_default_dtype()
-        self.register_buffer("prior_precision", None if prior is None else prior[0].to(dtype))
-        self.register_buffer("prior_logdet", None if prior is None else prior[1].to(dtype))
+        self.register_buffer("prior_precision", None if self._prior is None else self._prior[0].to(dtype))
+        self.register_buffer("prior_logdet", None if self._prior is None else self._prior[1].to(dtype))
         init_scale = check_positive("init_scale", init_scale)
         # the spread head predicts softplus^{-1} of β (student-t) or σ (gaussian), the same for every input at first
         spread0 = self.prior_alpha * init_scale**2 if self.distribution == "student-t" else init_scale
@@ -229,6 +233,14 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         self.variance_regressor = make_regressor(localization, start, in_features)
         self.last_mean = self.last_scale = self.last_kl = None
         self.last_samples = 0
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The prior's buffers from the ``prior_covariance`` given (after ``to_empty``, as a
+        ``BatchNorm`` resets its statistics); the regressors reset themselves."""
+        if self._prior is not None:
+            self.prior_precision.copy_(self._prior[0])
+            self.prior_logdet.copy_(self._prior[1])
 
     def predict_distribution(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(μ, spread)``, each ``(B, P)``: the spread is ``β`` (student-t) or ``σ`` (gaussian)."""
@@ -285,9 +297,14 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
             ``cross_entropy`` / ``nll_loss`` of them is the paper's data term.
         """
         s = self.last_samples
-        if s == 0 or logits.dim() != 2 or (not sizes_traced() and logits.shape[0] % s):
+        # S times the last pass's batch (an exported pass keeps no record of it: a multiple of S then)
+        batch = None if self.last_mean is None or sizes_traced() else self.last_mean.shape[0]
+        rows = None if s == 0 or logits.dim() != 2 or sizes_traced() else logits.shape[0]
+        if s == 0 or logits.dim() != 2 or (rows is not None and (rows % s if batch is None else rows != s * batch)):
+            inputs = "" if batch is None else f" of {batch} inputs"
             raise ValueError(
-                f"logits must have shape (S*B, K) with S={s} samples of the last forward pass, got {tuple(logits.shape)}"
+                f"logits must have shape (S*B, K) with S={s} samples of the last forward pass{inputs}, "
+                f"got {tuple(logits.shape)}"
             )
         log_probs = F.log_softmax(logits, dim=-1).reshape(s, -1, logits.shape[-1])
         return torch.logsumexp(log_probs, dim=0) - math.log(s)

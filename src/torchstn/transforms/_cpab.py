@@ -236,7 +236,8 @@ class CPAB1D(Transform):
         self.zero_boundary = check_bool("zero_boundary", zero_boundary)
         # with a zero boundary one cell leaves no free field (P = K - 1)
         self.tessellation = check_int("tessellation", tessellation, 2 if self.zero_boundary else 1)
-        self._basis64 = _basis(self.tessellation, self.zero_boundary)  # computed once, in float64
+        with torch.device("cpu"):  # computed once, in float64, on the CPU (under torch.device("meta") too)
+            self._basis64 = _basis(self.tessellation, self.zero_boundary)
         self.num_params = self._basis64.shape[1]
 
     def _identity(self) -> torch.Tensor:
@@ -324,9 +325,9 @@ class CPAB1D(Transform):
         ell = check_positive("length_scale", length_scale)
         sigma2 = check_positive("variance", variance)
         k = self.tessellation
-        centres = (torch.arange(k, dtype=torch.float64) + 0.5) * (2.0 / k) - 1
+        centres = (torch.arange(k, dtype=torch.float64, device="cpu") + 0.5) * (2.0 / k) - 1
         kernel = sigma2 * torch.exp(-((centres[:, None] - centres[None, :]) ** 2) / (2 * ell**2))
-        cov_a = torch.kron(kernel, torch.eye(2, dtype=torch.float64))  # (a_c, b_c) interleaved, as A
+        cov_a = torch.kron(kernel, torch.eye(2, dtype=torch.float64, device="cpu"))  # (a_c, b_c) interleaved, as A
         cov = self._basis64.T @ cov_a @ self._basis64
         cov = (cov + cov.T) / 2
         dtype = dtype if dtype is not None else torch.get_default_dtype()
