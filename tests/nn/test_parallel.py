@@ -48,6 +48,10 @@ def test_concat_needs_one_output_size():
         stn.ParallelSpatialTransformers(heads, merge="concat")(torch.rand(1, 2, 16, 16))
     outs = stn.ParallelSpatialTransformers(heads, merge="list")(torch.rand(1, 2, 16, 16))
     assert [o.shape[-1] for o in outs] == [8, 4]
+    # a P-STN head gives S·B outputs beside a plain head's B: torch.cat's own error named neither
+    pstn = stn.ProbabilisticSpatialTransformer("affine", stn.conv_localization(2, (16, 16)), samples=2)
+    with pytest.raises(ValueError, match=r"merge='concat' needs outputs of one batch size, got \[2, 4\]"):
+        stn.ParallelSpatialTransformers(_heads(k=1) + [pstn])(torch.rand(2, 2, 16, 16))
 
 
 def test_bad_arguments():

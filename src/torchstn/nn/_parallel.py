@@ -81,6 +81,12 @@ class ParallelSpatialTransformers(nn.Module):
                     f"merge='concat' needs outputs of one spatial size, got {sorted(sizes)}; "
                     "give the transformers the same output_size or use merge='list'"
                 )
+            batches = {o.shape[0] for o in outs}
+            if len(batches) > 1 and not sizes_traced():
+                raise ValueError(
+                    f"merge='concat' needs outputs of one batch size, got {sorted(batches)} (a P-STN head gives "
+                    "samples x batch outputs); use merge='list'"
+                )
             merged: torch.Tensor | list[torch.Tensor] = torch.cat(outs, dim=1)
         else:
             merged = outs
