@@ -213,6 +213,34 @@ def test_neighbouring_pixels_read_whole_equal_the_two_passes_bit_for_bit(padding
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
+def test_rgb_side_by_side_equals_the_planes_bit_for_bit(padding):
+    """Three channels side by side (channels_last RGB), whose AVX-512 build reads sixteen
+    points' corners as 64-float windows of each corner row: the same bits as the planes'
+    warp (NCHW), for θ near the identity, rotated (vectors that step down a row), zoomed in
+    and out (windows too narrow: the pairs), and for a slice whose rows are padded (row
+    stride above 3 W: written NCHW), against F.grid_sample as well."""
+    generator = torch.Generator().manual_seed(11)
+    x = torch.rand(5, 3, 61, 97, generator=generator)
+    theta = stn.Affine().identity(5) + 0.03 * torch.randn(5, 6, generator=generator)
+    angle = torch.tensor(0.35)
+    theta[1] = torch.tensor([angle.cos(), -angle.sin(), 0.05, angle.sin(), angle.cos(), -0.1])
+    theta[2, [0, 4]] = torch.tensor([0.6, 0.7])  # zoomed in
+    theta[3, [0, 4]] = torch.tensor([1.4, 1.3])  # zoomed out: 16 points span more than 19 pixels
+    theta[4, 1] = 0.2  # a shear
+    options = {"size": (47, 133), "padding": padding, "backend": "fused"}
+    planes = stn.warp(x, theta, stn.Affine(), **options)
+    wide = torch.rand(5, 61, 101, 3, generator=generator)
+    wide[:, :, :97] = x.permute(0, 2, 3, 1)
+    for side_by_side in (x.contiguous(memory_format=torch.channels_last), wide[:, :, :97].permute(0, 3, 1, 2)):
+        got = stn.warp(side_by_side, theta, stn.Affine(), **options)
+        torch.testing.assert_close(got, planes, atol=0, rtol=0)
+    expected = F.grid_sample(x, F.affine_grid(theta.view(5, 2, 3), [5, 3, 47, 133], align_corners=False),
+                             padding_mode=padding, align_corners=False)
+    # (float32 locations computed otherwise than affine_grid's round a few points' corners apart)
+    torch.testing.assert_close(planes, expected, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("location", ["affine", "grid"])
 def test_a_wide_row_in_one_pass_past_its_first_block(padding, channels_last, location):
