@@ -1068,6 +1068,54 @@ struct Locations8 {
 };
 
 #ifdef __AVX512F__
+// sixteen points of a wide affine row (Locations8's ROW arithmetic, inside8_at's after it)
+struct Row16 {
+  __m512 ix, iy, fx, fy;
+  __m512i dx;        // each point's corner-0 column minus the leftmost's
+  __mmask16 lower;   // the points whose corner-0 row is one below the topmost's
+  int32_t x0, y0;    // the leftmost corner-0 column, the topmost row
+
+  // inside8_at's weights of corners 0-3
+  __attribute__((always_inline)) inline void weights(__m512* w) const {
+    const __m512 one = _mm512_set1_ps(1.f);
+    const __m512 tx = _mm512_sub_ps(ix, fx), ty = _mm512_sub_ps(iy, fy);
+    const __m512 rx = _mm512_sub_ps(one, tx), ry = _mm512_sub_ps(one, ty);
+    w[0] = _mm512_mul_ps(rx, ry);
+    w[1] = _mm512_mul_ps(tx, ry);
+    w[2] = _mm512_mul_ps(rx, ty);
+    w[3] = _mm512_mul_ps(tx, ty);
+  }
+};
+
+// whether the sixteen points from t0 lie strictly inside [0, W - 1) x [0, H - 1) with their
+// corner-0 pixels in two neighbouring rows, at most `columns` columns right of the leftmost
+__attribute__((always_inline)) inline bool row16_at(const Locations8<ROW, AFFINE>& where, int64_t t0,
+                                                    const Constants<float>& k, int32_t columns, Row16* r) {
+  const __m512 one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
+  const __m512 xv = _mm512_loadu_ps(where.xs + t0);
+  const __m512 gx = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m0), xv), _mm512_set1_ps(where.cx));
+  const __m512 gy = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m3), xv), _mm512_set1_ps(where.cy));
+  r->ix = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(gx, one), _mm512_set1_ps(k.ax)), _mm512_set1_ps(k.bx));
+  r->iy = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(gy, one), _mm512_set1_ps(k.ay)), _mm512_set1_ps(k.by));
+  const __mmask16 inside = _mm512_cmp_ps_mask(r->ix, zero, _CMP_GE_OQ) &
+                           _mm512_cmp_ps_mask(r->ix, _mm512_set1_ps(static_cast<float>(k.W - 1)), _CMP_LT_OQ) &
+                           _mm512_cmp_ps_mask(r->iy, zero, _CMP_GE_OQ) &
+                           _mm512_cmp_ps_mask(r->iy, _mm512_set1_ps(static_cast<float>(k.H - 1)), _CMP_LT_OQ);
+  if (inside != 0xffff) return false;
+  r->fx = _mm512_floor_ps(r->ix);
+  r->fy = _mm512_floor_ps(r->iy);
+  const __m512i cx = _mm512_cvttps_epi32(r->fx), cy = _mm512_cvttps_epi32(r->fy);
+  // the row's points move monotonically: the first and last lanes hold the extremes
+  const auto last = [](__m512i v) { return _mm_extract_epi32(_mm512_extracti32x4_epi32(v, 3), 3); };
+  r->x0 = std::min(_mm_cvtsi128_si32(_mm512_castsi512_si128(cx)), last(cx));
+  r->y0 = std::min(_mm_cvtsi128_si32(_mm512_castsi512_si128(cy)), last(cy));
+  r->dx = _mm512_sub_epi32(cx, _mm512_set1_epi32(r->x0));
+  const __m512i dy = _mm512_sub_epi32(cy, _mm512_set1_epi32(r->y0));
+  r->lower = _mm512_cmp_epi32_mask(dy, _mm512_setzero_si512(), _MM_CMPINT_NE);
+  return _mm512_cmp_epu32_mask(r->dx, _mm512_set1_epi32(columns), _MM_CMPINT_GT) == 0 &&
+         _mm512_cmp_epu32_mask(dy, _mm512_set1_epi32(1), _MM_CMPINT_GT) == 0;
+}
+
 // Sixteen points of a wide affine row at once (the AVX-512 build, zeros or border padding, unit
 // width stride): where all sixteen lie strictly inside [0, W - 1) x [0, H - 1) (as inside8_at
 // tests eight) and their corner-0 pixels lie in two neighbouring input rows, within 30 columns
@@ -1085,35 +1133,15 @@ struct Locations8 {
 __attribute__((always_inline)) inline bool inside16(const Locations8<ROW, AFFINE>& where, int64_t t0,
                                                     const Constants<float>& k, const float* xb, int64_t xc_step,
                                                     float* o, int64_t oc_step, int64_t C, int64_t end) {
-  const __m512 one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
-  const __m512 xv = _mm512_loadu_ps(where.xs + t0);
-  const __m512 gx = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m0), xv), _mm512_set1_ps(where.cx));
-  const __m512 gy = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m3), xv), _mm512_set1_ps(where.cy));
-  const __m512 ix = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(gx, one), _mm512_set1_ps(k.ax)), _mm512_set1_ps(k.bx));
-  const __m512 iy = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(gy, one), _mm512_set1_ps(k.ay)), _mm512_set1_ps(k.by));
-  const __mmask16 inside = _mm512_cmp_ps_mask(ix, zero, _CMP_GE_OQ) &
-                           _mm512_cmp_ps_mask(ix, _mm512_set1_ps(static_cast<float>(k.W - 1)), _CMP_LT_OQ) &
-                           _mm512_cmp_ps_mask(iy, zero, _CMP_GE_OQ) &
-                           _mm512_cmp_ps_mask(iy, _mm512_set1_ps(static_cast<float>(k.H - 1)), _CMP_LT_OQ);
-  if (inside != 0xffff) return false;
-  const __m512 fx = _mm512_floor_ps(ix);
-  const __m512 fy = _mm512_floor_ps(iy);
-  const __m512i cx = _mm512_cvttps_epi32(fx), cy = _mm512_cvttps_epi32(fy);
-  // the row's points move monotonically: the first and last lanes hold the extremes
-  const auto last = [](__m512i v) { return _mm_extract_epi32(_mm512_extracti32x4_epi32(v, 3), 3); };
-  const int32_t x0 = std::min(_mm_cvtsi128_si32(_mm512_castsi512_si128(cx)), last(cx));
-  const int32_t y0 = std::min(_mm_cvtsi128_si32(_mm512_castsi512_si128(cy)), last(cy));
-  const __m512i dx = _mm512_sub_epi32(cx, _mm512_set1_epi32(x0)), dy = _mm512_sub_epi32(cy, _mm512_set1_epi32(y0));
-  const __mmask16 lower = _mm512_cmp_epi32_mask(dy, _mm512_setzero_si512(), _MM_CMPINT_NE);  // the lanes a row down
-  const int64_t sh = k.sh, base = y0 * sh + x0, rows = lower ? 3 : 2;
-  if (_mm512_cmp_epu32_mask(dx, _mm512_set1_epi32(30), _MM_CMPINT_GT) != 0 ||
-      _mm512_cmp_epu32_mask(dy, _mm512_set1_epi32(1), _MM_CMPINT_GT) != 0 || base + (rows - 1) * sh + 32 > end) {
-    return false;
-  }
-  const __m512 tx = _mm512_sub_ps(ix, fx), ty = _mm512_sub_ps(iy, fy);
-  const __m512 rx = _mm512_sub_ps(one, tx), ry = _mm512_sub_ps(one, ty);
-  const __m512 w0 = _mm512_mul_ps(rx, ry), w1 = _mm512_mul_ps(tx, ry), w2 = _mm512_mul_ps(rx, ty),
-               w3 = _mm512_mul_ps(tx, ty);
+  Row16 r;
+  if (!row16_at(where, t0, k, 30, &r)) return false;
+  const __m512i dx = r.dx;
+  const __mmask16 lower = r.lower;  // the lanes a row down
+  const int64_t sh = k.sh, base = r.y0 * sh + r.x0, rows = lower ? 3 : 2;
+  if (base + (rows - 1) * sh + 32 > end) return false;
+  __m512 w[4];
+  r.weights(w);
+  const __m512 w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
   const __m512i dx1 = _mm512_add_epi32(dx, _mm512_set1_epi32(1));
   const auto weigh = [&](__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
     __m512 r = _mm512_mul_ps(v0, w0);
@@ -1185,34 +1213,15 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 __attribute__((always_inline)) inline bool inside16_rgb(const Locations8<ROW, AFFINE>& where, int64_t t0,
                                                         const Constants<float>& k, const float* xb, float* o,
                                                         int64_t end) {
-  const __m512 one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
-  const __m512 xv = _mm512_loadu_ps(where.xs + t0);
-  const __m512 gx = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m0), xv), _mm512_set1_ps(where.cx));
-  const __m512 gy = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m3), xv), _mm512_set1_ps(where.cy));
-  const __m512 ix = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(gx, one), _mm512_set1_ps(k.ax)), _mm512_set1_ps(k.bx));
-  const __m512 iy = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(gy, one), _mm512_set1_ps(k.ay)), _mm512_set1_ps(k.by));
-  const __mmask16 inside = _mm512_cmp_ps_mask(ix, zero, _CMP_GE_OQ) &
-                           _mm512_cmp_ps_mask(ix, _mm512_set1_ps(static_cast<float>(k.W - 1)), _CMP_LT_OQ) &
-                           _mm512_cmp_ps_mask(iy, zero, _CMP_GE_OQ) &
-                           _mm512_cmp_ps_mask(iy, _mm512_set1_ps(static_cast<float>(k.H - 1)), _CMP_LT_OQ);
-  if (inside != 0xffff) return false;
-  const __m512 fx = _mm512_floor_ps(ix);
-  const __m512 fy = _mm512_floor_ps(iy);
-  const __m512i cx = _mm512_cvttps_epi32(fx), cy = _mm512_cvttps_epi32(fy);
-  const auto last = [](__m512i v) { return _mm_extract_epi32(_mm512_extracti32x4_epi32(v, 3), 3); };
-  const int32_t x0 = std::min(_mm_cvtsi128_si32(_mm512_castsi512_si128(cx)), last(cx));
-  const int32_t y0 = std::min(_mm_cvtsi128_si32(_mm512_castsi512_si128(cy)), last(cy));
-  const __m512i dx = _mm512_sub_epi32(cx, _mm512_set1_epi32(x0)), dy = _mm512_sub_epi32(cy, _mm512_set1_epi32(y0));
-  const __mmask16 lower = _mm512_cmp_epi32_mask(dy, _mm512_setzero_si512(), _MM_CMPINT_NE);
-  const int64_t sh = k.sh, base = y0 * sh + 3 * int64_t{x0}, rows = lower ? 3 : 2;
-  if (_mm512_cmp_epu32_mask(dx, _mm512_set1_epi32(19), _MM_CMPINT_GT) != 0 ||
-      _mm512_cmp_epu32_mask(dy, _mm512_set1_epi32(1), _MM_CMPINT_GT) != 0 || base + (rows - 1) * sh + 64 > end) {
-    return false;
-  }
-  const __m512 tx = _mm512_sub_ps(ix, fx), ty = _mm512_sub_ps(iy, fy);
-  const __m512 rx = _mm512_sub_ps(one, tx), ry = _mm512_sub_ps(one, ty);
-  const __m512 w0 = _mm512_mul_ps(rx, ry), w1 = _mm512_mul_ps(tx, ry), w2 = _mm512_mul_ps(rx, ty),
-               w3 = _mm512_mul_ps(tx, ty);
+  Row16 r;
+  if (!row16_at(where, t0, k, 19, &r)) return false;
+  const __m512i dx = r.dx;
+  const __mmask16 lower = r.lower;
+  const int64_t sh = k.sh, base = r.y0 * sh + 3 * int64_t{r.x0}, rows = lower ? 3 : 2;
+  if (base + (rows - 1) * sh + 64 > end) return false;
+  __m512 w[4];
+  r.weights(w);
+  const __m512 w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
   struct Window {
     __m512 a, b, c, d;  // floats 0-15, 16-31, 32-47, 48-63 of a corner row from base
   };
