@@ -598,6 +598,17 @@ def _new_output(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def _dense(grad_out: torch.Tensor) -> torch.Tensor:
+    """``grad_out`` if it is dense (NCHW or channels_last), else an NCHW copy: an expanded
+    gradient (``.sum()``'s, stride 0) or a strided view took the kernel's two-pass backward
+    (1.27-1.49x the time of forward+backward with a dense one; 1.05-1.11x copied, as torch's
+    own 1.04-1.16x: ``python benchmarks/bench_grad_layout.py``, 2026-12-03), whose θ gradient
+    sums in another order than the one pass of the same values."""
+    if grad_out.is_contiguous() or grad_out.is_contiguous(memory_format=torch.channels_last):
+        return grad_out
+    return grad_out.contiguous()
+
+
 def _gradient_buffer(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` and a tensor for its gradient with the same strides (the kernel indexes both
     alike): ``empty_like`` keeps the strides of a dense ``x``; any other ``x`` (expanded,
@@ -613,7 +624,7 @@ def _warp2d_backward_cpu(
     grad_out: torch.Tensor, x: torch.Tensor, loc: torch.Tensor, location: str, mode: str, padding: str,
     align_corners: bool, eps: float, output_mask: Sequence[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    grad_out, x, loc = resolved(grad_out), resolved(x), resolved(loc).contiguous()
+    grad_out, x, loc = _dense(resolved(grad_out)), resolved(x), resolved(loc).contiguous()
     if output_mask[0]:
         x, grad_x = _gradient_buffer(x)  # zeroed by the kernel
     else:
