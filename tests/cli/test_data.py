@@ -35,3 +35,6 @@ def test_cli_errors_are_one_line(cli, mnist_dir, tmp_path):
     assert "cannot write the cache in /proc/torchstn" in line and "--cache-dir" in line
     run = cli("data", "preview", "twirl")
     assert run.status == 2 and "unknown kind 'twirl'" in run.err  # argparse's error (exit status 2)
+    # mnist-3d is rendered on the fly: the Python call's hint (limit=) has no flag here
+    line = cli("data", "generate", "mnist-3d", "--data-dir", mnist_dir, "--quiet").error_line()
+    assert "training renders it batch by batch" in line and "limit=" not in line

@@ -123,6 +123,23 @@ def test_a_subset_is_the_same_images_fixed_and_online(kind, mnist_dir):
     items = lambda ds: torch.stack([ds[i][0] for i in range(len(ds))])  # noqa: E731
     assert len(fixed) == len(online) == 30 and torch.equal(items(fixed), items(online))
     assert torch.equal(fixed.labels, online.labels)
+    # the same fold taken from the whole split (MNISTDataset.subset balanced addition's sums)
+    test_fold = get_dataset(kind, "test", root=mnist_dir, subset=30, fold=2, cache=False)
+    for whole in (get_dataset(kind, "test", root=mnist_dir, cache=False),
+                  get_dataset(kind, "test", root=mnist_dir, online=True)):
+        assert torch.equal(items(whole.subset(30, 2)), items(test_fold))
+
+
+def test_an_empty_online_or_volume_set_has_empty_params_and_batches(mnist_dir):
+    """limit=0 gave a set whose params, current_draw() and __getitems__([]) failed in
+    torch.cat of nothing: empty ones, as the fixed set's."""
+    fixed = get_dataset("mnist-rts", "train", root=mnist_dir, limit=0, cache=False)
+    for ds in (get_dataset("mnist-rts", "train", root=mnist_dir, limit=0, online=True),
+               get_dataset("mnist-3d", "test", root=mnist_dir, limit=0)):
+        assert len(ds) == 0 and ds.__getitems__([]) == [] and ds.labels.shape == (0,)
+        assert ds.params.shape[0] == 0 and ds.params.shape[1] == ds.transform.num_params
+        assert ds.current_draw().params.shape == ds.params.shape
+    assert fixed.__getitems__([]) == [] and fixed.params.shape == (0, 4)
 
 
 def test_a_fold_needs_a_subset_and_every_set_takes_set_epoch(mnist_dir):
@@ -164,6 +181,21 @@ def test_wrong_types_are_type_errors_and_wrong_values_value_errors():
         distorted_mnist(3, "test", cache=False)
     with pytest.raises(ValueError, match="kind must be one of .*got 'twirl'"):
         distorted_mnist("mnist-twirl", "test", cache=False)
+
+
+def test_sets_rendered_without_the_fused_kernel_are_keyed_apart(mnist_dir, tmp_path, monkeypatch):
+    """F.grid_sample, which renders where the fused kernel cannot be built, rounds a few
+    pixels in a thousand images one level apart: the same key served either machine's bytes
+    as the other's. Such sets are keyed apart and say so in their manifest; the fused
+    kernel's keys are unchanged."""
+    fused = _generate.cache_path("r", "test", cache_dir=tmp_path, root=mnist_dir)
+    monkeypatch.setattr(_generate, "fused_status", lambda ndim=2: stn.sampling.FusedStatus(False, "no compiler"))
+    without = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path, limit=None)
+    assert without.path != fused and without.manifest["renderer"] == "torch"
+    _, identity = _generate._key(without.recipe, "test", 0, without.sources.fingerprint)
+    monkeypatch.undo()
+    _, fused_identity = _generate._key(without.recipe, "test", 0, without.sources.fingerprint)
+    assert "renderer" not in fused_identity and {**fused_identity, "renderer": "torch"} == identity
 
 
 def test_cache_is_written_reused_and_invalidated(mnist_dir, tmp_path, monkeypatch):

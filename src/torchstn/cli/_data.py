@@ -73,6 +73,9 @@ def _progress_bar(description: str, quiet: bool):  # type: ignore[no-untyped-def
 def _run_generate(args: argparse.Namespace) -> int:
     from torchstn.data import distorted_mnist
 
+    if args.kind.removeprefix("mnist-") == "3d":  # (distorted_mnist's hint, limit=, is the Python call's)
+        raise CLIError("mnist-3d is too large to cache whole (several GB as uint8) and has nothing to generate: "
+                       "training renders it batch by batch (torchstn train --data mnist-3d)")
     splits = ("train", "test") if args.split == "all" else (args.split,)
     options = _options(args.option)
     for split in splits:

@@ -182,7 +182,8 @@ class MNISTDataset(Dataset):
 
         Returns:
             ``(originals, params)``: ``(B, 1, 28, 28)`` float32 in [0, 1] and ``(B, P)``, such
-            that ``warp(originals, params, self.transform, size)`` renders the images.
+            that ``warp(originals, params, self.transform, size)`` renders the images (for
+            ``mnist-cluttered``, their digit without the clutter added after its warp).
 
         Raises:
             ValueError: a set without one transform family per sample (undistorted MNIST,
@@ -201,8 +202,17 @@ class MNISTDataset(Dataset):
         split, as on an :class:`OnlineDistortedMNIST`, whose test split is a fixed set)."""
 
     def subset(self, n: int, fold: int = 0, folds: int = 5) -> MNISTDataset:
-        """The P-STN small-data subset: ``n`` images of fold ``fold`` (see :func:`pstn_fold`)."""
-        return self._take(pstn_fold(self.labels, n, fold, folds), f"{self.name}[{n}/{fold}]")
+        """The P-STN small-data subset: ``n`` images of fold ``fold`` (see :func:`pstn_fold`),
+        balanced over the classes of the samples' (first) digits where their sources are known
+        (addition's labels are sums): the images ``get_dataset(..., subset=n, fold=fold)`` and
+        the online set's :meth:`OnlineDistortedMNIST.subset` take."""
+        return self._take(pstn_fold(self._fold_classes(), n, fold, folds), f"{self.name}[{n}/{fold}]")
+
+    def _fold_classes(self) -> torch.Tensor:
+        if self.source is None or self.sources is None:
+            return self.labels
+        first = self.source if self.source.dim() == 1 else self.source[:, 0]
+        return self.sources.labels[first]
 
     def __repr__(self) -> str:
         return f"MNISTDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, input_shape={self.input_shape})"
@@ -269,7 +279,7 @@ class OnlineDistortedMNIST(Dataset):
         process), and where ``rows`` are in them."""
         if self._blocks_epoch != self.epoch:
             self._blocks, self._blocks_epoch = {}, self.epoch
-        needed = torch.unique(rows // BLOCK).tolist()
+        needed = torch.unique(rows // BLOCK).tolist() or [0]  # (no rows: block 0 gives the draws' shapes)
         for b in needed:
             if b not in self._blocks:
                 self._blocks[b] = draw_blocks(self.recipe, self.sources, self.split, self.seed, self.epoch, range(b, b + 1))
@@ -590,5 +600,4 @@ def _fixed_set(
         return dataset
     # a fold is balanced over the classes of the samples' (first) digits, as the online set's
     # (addition's labels are sums: balancing them picked other images than the online epoch 0)
-    first = data.source if data.source.dim() == 1 else data.source[:, 0]
-    return dataset._take(picked.index(data.sources.labels[first]))
+    return dataset._take(picked.index(dataset._fold_classes()))

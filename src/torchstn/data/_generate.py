@@ -33,6 +33,7 @@ from torchstn._version import __version__
 from torchstn.data._geometry import make_generator
 from torchstn.data._mnist import SPLITS, default_cache_dir, find_mnist, load_mnist
 from torchstn.data._recipes import Draw, Recipe, Sources, get_recipe
+from torchstn.sampling import fused_status
 from torchstn.transforms import Transform
 
 __all__ = ["BLOCK", "MAX_BYTES", "DistortedMNIST", "cache_path", "distorted_mnist", "draw_blocks", "draw_split", "load_sources", "render_all"]
@@ -54,7 +55,8 @@ class DistortedMNIST:
         images: ``(N, C, H, W)`` uint8.
         labels: ``(N,)`` int64.
         params: ``(N, P)`` float32: ``warp(original / 255, params, transform, size=(H, W))``
-            reproduces ``images / 255`` (up to the uint8 rounding).
+            reproduces ``images / 255`` (up to the uint8 rounding; for ``cluttered``, the
+            digit without the clutter added after its warp).
         transform: the family of ``params`` (``None`` for ``addition``: two Similarities).
         source: ``(N,)`` int64 index into ``sources`` of each sample's digit
             (``(N, 2)`` for ``addition``).
@@ -94,7 +96,7 @@ class DistortedMNIST:
         """What ``params`` warp into the samples: float32 in [0, 1], ``(N, 1, 28, 28)`` digits
         (``(N, 1, T, 28, 28)`` extruded digits for ``3d``), so that ``warp(d.canonical(),
         d.params, d.transform, size=d.images.shape[2:])`` renders ``d.images / 255`` up to
-        the uint8 rounding.
+        the uint8 rounding (for ``cluttered``, the digit without its clutter).
 
         Raises:
             ValueError: ``addition`` (two digits per sample, no single family).
@@ -203,6 +205,11 @@ def _key(recipe: Recipe, split: str, seed: int, source: str) -> tuple[str, dict[
         "seed": seed,
         "source_sha256": source,
     }
+    # rendered by torchstn's fused kernel where it is built (the key of such sets says nothing
+    # of it); F.grid_sample, where it is not, rounds a few pixels in a thousand images one
+    # level (1/255) apart: those sets are keyed apart
+    if not fused_status(ndim=len(recipe.input_shape) - 1).available:
+        identity["renderer"] = "torch"
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest(), identity
 
 
