@@ -348,3 +348,21 @@ def test_diagnostics_take_parallel_transformers_as_their_heads():
     x = torch.rand(4, 1, 16, 16)
     together = theta_diagnostics([stn.ParallelSpatialTransformers(heads)], x)
     assert together == theta_diagnostics(heads, x) and len(together) == 2
+
+
+def test_a_model_with_tied_parameters_is_checkpointed_and_read_back(tmp_path):
+    """safetensors refuses tensors that share memory: a c-STN whose two steps hold one
+    localisation net (accepted by its constructor) failed save_checkpoint, and so training
+    after its first epoch. Each key is stored; loading them restores the one net."""
+    loc = stn.conv_localization(1, (28, 28))
+    model = perturb(stn.CascadedSpatialTransformer("affine", [loc, loc], steps=2, share=False))
+    config = TrainConfig(model="st-cnn-aff", data="mnist")
+    save_checkpoint(tmp_path / "tied.safetensors", model, config, epoch=0, step=0)
+    tensors, _, _ = read_checkpoint(tmp_path / "tied.safetensors")
+    assert tensors.keys() == model.state_dict().keys()
+    loc2 = stn.conv_localization(1, (28, 28))
+    fresh = stn.CascadedSpatialTransformer("affine", [loc2, loc2], steps=2, share=False)
+    fresh.load_state_dict(tensors)
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
+    assert fresh.localization[0].weight is fresh.refiners[0].localization[0].weight  # still one net

@@ -101,6 +101,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     return path
 
 
+def _stored_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state as safetensors stores it: a tensor that two keys share (tied
+    parameters, one localisation net in two places) is copied for the second key, since
+    safetensors refuses shared memory ('Some tensors share memory'); loading both keys
+    restores the one tensor."""
+    tensors, seen = {}, set()
+    for key, value in model.state_dict().items():
+        tensor = value.detach().cpu().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        tensors[key] = tensor.clone() if storage in seen and tensor.numel() else tensor
+        seen.add(storage)
+    return tensors
+
+
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -127,7 +141,7 @@ def save_checkpoint(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = _stored_tensors(model)
     metadata = {
         "format": FORMAT,
         "config": json.dumps(config.to_dict(), sort_keys=True),

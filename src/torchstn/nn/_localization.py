@@ -25,7 +25,9 @@ class IdentityRegressor(nn.Linear):
     gives it) a new spatial transformer starts as the identity warp, whatever its input;
     training moves it away from there. Any other ``(P,)`` start works the same way: the
     spread head of :class:`~torchstn.nn.ProbabilisticSpatialTransformer` starts every
-    input at one constant spread.
+    input at one constant spread. Weight normalisations that divide by the weight's norm
+    (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``) give 0/0 = NaN on
+    these zero weights, as on any zero ``nn.Linear``: apply them to the layers before it.
 
     Args:
         in_features: width of the features it reads.
