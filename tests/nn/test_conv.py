@@ -76,6 +76,23 @@ def test_float64_gradients_and_second_order_gradients_against_finite_differences
     assert torch.autograd.gradgradcheck(fn, (x, w, b))
 
 
+def test_second_order_when_the_input_depends_on_the_weight():
+    """A layer applied twice (weight tying): under create_graph the direct path's backward took
+    the gradient wrt its saved weight through the input too, which depends on it (counted
+    again by the outer backward): dL/dW 2.1 off nn.Conv2d's. Equal now, first and second order."""
+    ours, plain = _pair_of_convs(2, torch.float64, padding=1)
+    back = nn.Conv2d(6, 2, 1, bias=False).double()  # (6 channels back to the layer's 2)
+    x0 = torch.rand(2, 2, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for conv in (ours, plain):
+        x = x0.clone().requires_grad_()
+        out = conv(back(torch.tanh(conv(x))))  # the same layer twice
+        gw, gx = torch.autograd.grad(out.square().sum(), (conv.weight, x), create_graph=True)
+        (penalty,) = torch.autograd.grad(gx.pow(2).sum(), conv.weight)
+        results.append((gw.detach(), gx.detach(), penalty))
+    torch.testing.assert_close(results[0], results[1], atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.parametrize("case", ["five channels", "groups", "dilation", "same padding", "no input gradient",
                                   "no grad mode", "autocast"])
 def test_everything_else_is_f_conv2d_itself(case):
