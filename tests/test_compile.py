@@ -86,3 +86,19 @@ class _eager_random_numbers:
 
     def __exit__(self, *exc: object) -> None:
         self.config.fallback_random = self.before
+
+
+def test_the_first_compiled_warp_of_a_process_does_not_recompile(monkeypatch) -> None:
+    """The eager fast path's state (whether its compiled call is loaded) was read before the
+    compile check: dynamo guarded on it and the first real run changed it, so the first
+    compiled warp of every process recompiled on its second call."""
+    from torchstn.sampling import _fused
+
+    monkeypatch.delitem(_fused._library.state, "fast", raising=False)  # as in a fresh process
+    torch._dynamo.reset()
+    x, theta = random_images(2), stn.Affine().identity(2) + 0.05
+    compiled = torch.compile(lambda x, t: stn.warp(x, t, "affine"))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        first = compiled(x, theta)
+        torch.testing.assert_close(compiled(x, theta), first, rtol=0, atol=0)
+    torch.testing.assert_close(first, stn.warp(x, theta, "affine"), rtol=1e-6, atol=1e-6)

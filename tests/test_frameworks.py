@@ -386,6 +386,19 @@ def _warp_inputs(transform: stn.Transform, b: int, size: tuple[int, ...], seed: 
     return torch.rand(b, 3, *size, generator=g), params
 
 
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_traced_sample_warns_nothing_and_follows_the_batch(ndim: int) -> None:
+    """stn.sample's check of the grid's last size read a traced size (a TracerWarning, where
+    F.grid_sample gives none); a trace at batch 2 runs at batch 5 as eager does."""
+    spatial = (7, 8, 9)[-ndim:]
+    g = torch.Generator().manual_seed(3)
+    example = (torch.rand(2, 3, *spatial, generator=g), torch.rand(2, *spatial, ndim, generator=g) * 2 - 1)
+    traced = []
+    assert _warnings_from_torchstn(lambda: traced.append(torch.jit.trace(stn.sample, example))) == []
+    x, grid = torch.rand(5, 3, *spatial, generator=g), torch.rand(5, *spatial, ndim, generator=g) * 2 - 1
+    torch.testing.assert_close(traced[0](x, grid), stn.sample(x, grid), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("family", ["translation", "attention", "similarity", "affine", "projective", "tps", "affine3d"])
 def test_traced_warp_warns_nothing_and_follows_the_input_size(family: str, align_corners: bool) -> None:

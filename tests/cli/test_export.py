@@ -176,3 +176,19 @@ def test_a_suffix_that_is_not_the_format_and_an_opset_the_exporter_cannot_write(
     result = cli("export", checkpoint, "--opset", "11", "--out", tmp_path / "old.onnx")
     assert result.status == 2 and re.search(r"the ONNX exporter could not write opset 11 \(it wrote \d+\)", result.err)
     assert not (tmp_path / "old.onnx").exists()
+
+
+def test_a_model_the_format_cannot_hold_is_one_line(cli, tmp_path: Path) -> None:
+    """The exporter's own error (a 3-D GridSample the TorchScript-based ONNX exporter has no
+    operator for) was printed as hundreds of lines of traceback: one line naming the model
+    and the exporter now."""
+    pytest.importorskip("onnx")
+    from torchstn.engine import TrainConfig, save_checkpoint
+    from torchstn.models import create_model
+
+    config = TrainConfig(model="st-cnn-3d-aff", model_args={"input_size": 24})
+    path = save_checkpoint(tmp_path / "vol.safetensors", create_model(config.model, **config.model_args), config,
+                           epoch=1, step=1)
+    result = cli("export", path, "--out", tmp_path / "vol.onnx", "--legacy-onnx")
+    assert result.status == 2 and "Traceback" not in result.err
+    assert "st-cnn-3d-aff cannot be exported with the legacy ONNX exporter: " in result.error_line()

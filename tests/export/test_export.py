@@ -187,3 +187,68 @@ def test_torchscript_without_output_size(tmp_path: Path) -> None:
     st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (16, 16)))
     path = export_torchscript(st, torch.rand(2, 1, 16, 16), tmp_path / "st.pt")
     assert check_export(path, st, torch.rand(3, 1, 16, 16)) < ATOL
+
+
+@pytest.mark.parametrize("test_samples", ["mean", 10])
+def test_a_pstn_that_ran_eagerly_exports_with_a_dynamic_batch(test_samples) -> None:
+    """marginalize compared the logits' rows with the last eager pass's batch: torch.export
+    after any eager call failed ("of 3 inputs, got (s77, 10)") or specialised the batch,
+    and torchstn export wrote a fixed-batch ONNX file that then failed its own check."""
+    torch.manual_seed(0)
+    model = create_model("p-stn", test_samples=test_samples).eval()
+    with torch.no_grad():
+        model(torch.rand(3, 1, 28, 28))  # an eager call first, as training or evaluation makes
+    program = torch.export.export(model, (torch.rand(2, 1, 28, 28),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    x = torch.rand(5, 1, 28, 28)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        got = program.module()(x)
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(1)
+        expected = model(x)
+    assert got.shape == (5, 10)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_pstn_that_samples_at_test_time_passes_its_torchscript_check(tmp_path: Path) -> None:
+    """check_export compared two different draws of a P-STN's test-time θ (1.2e-2 apart:
+    `torchstn export --format torchscript` of the registry p-stn always failed its check);
+    both now run from one seed."""
+    torch.manual_seed(0)
+    model = perturb(create_model("p-stn", test_samples=10)).eval()
+    path = export_torchscript(model, torch.rand(2, 1, 28, 28), tmp_path / "pstn.pt")
+    x = torch.rand(3, 1, 28, 28)
+    state = torch.random.get_rng_state()
+    assert check_export(path, model, x) < ATOL
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's generator left alone
+
+
+def test_onnx_of_a_tps_warp_without_a_warm_up_call(tmp_path: Path) -> None:
+    """Exported on a cache miss, the spline's radial basis at a control point itself was
+    0 * log(tiny) with the float64 tiny folded to float32 0: the ONNX grid was NaN there and
+    onnxruntime's warp 0.72 off (a warm-up call had hidden it)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnxruntime
+
+    class _TPSWarp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tps = stn.ThinPlateSpline(control=(3, 3))
+
+        def forward(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+            return stn.warp(x, theta, self.tps, (5, 7))
+
+    stn.clear_caches()
+    model = _TPSWarp()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 8, 9, generator=generator)
+    theta = model.tps.identity(batch=2) + 0.15 * torch.randn(2, 18, generator=generator)
+    with warnings.catch_warnings():  # (torch's own deprecations; export_onnx would warm the cache up first)
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x, theta), tmp_path / "tps.onnx", dynamo=True, external_data=False,
+                          input_names=["x", "theta"], verbose=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "tps.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"x": x.numpy(), "theta": theta.numpy()})[0])
+    torch.testing.assert_close(got, model(x, theta), atol=ATOL, rtol=0)

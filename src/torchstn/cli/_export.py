@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from torchstn.cli._common import (
     CLIError,
+    _first_line,
     add_checkpoint_args,
     add_threads_arg,
     check_at_least_one,
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else _default_out(Path(args.checkpoint), Path(info["path"]), fmt)
     check_writable(out, "--out")
     generator = torch.Generator().manual_seed(0)
-    _export(fmt, model, torch.rand(args.batch, *shape, generator=generator), out, args)
+    _export(fmt, model, config.model, torch.rand(args.batch, *shape, generator=generator), out, args)
     # (a TorchScript trace keeps the batch symbolic wherever the model does: --fixed-batch fixes nothing there)
     batch_note = ("dynamic batch" if not args.fixed_batch else f"batch fixed at {args.batch}" if fmt == "onnx"
                   else f"traced at batch {args.batch}")
@@ -104,15 +105,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(fmt: str, model: nn.Module, example: torch.Tensor, out: Path, args: argparse.Namespace) -> None:
+def _export(fmt: str, model: nn.Module, name: str, example: torch.Tensor, out: Path, args: argparse.Namespace) -> None:
     from torchstn.export import export_onnx, export_torchscript
 
     dynamic = not args.fixed_batch
     with user_errors(extra="export"):  # onnx, onnxscript: the export extra
-        if fmt == "onnx":
-            export_onnx(model, example, out, dynamic_batch=dynamic, opset=args.opset, dynamo=not args.legacy_onnx)
-        else:
-            export_torchscript(model, example, out, dynamic_batch=dynamic)
+        try:
+            if fmt == "onnx":
+                export_onnx(model, example, out, dynamic_batch=dynamic, opset=args.opset, dynamo=not args.legacy_onnx)
+            else:
+                export_torchscript(model, example, out, dynamic_batch=dynamic)
+        except (ImportError, OSError, ValueError):  # (the extra missing, the file, our own checks: said as they are)
+            raise
+        except Exception as err:  # the exporter cannot express the model (an op, a 3-D GridSample, ...): one line
+            how = "the legacy ONNX exporter" if fmt == "onnx" and args.legacy_onnx else fmt
+            raise CLIError(f"{name} cannot be exported with {how}: {_first_line(err)} "
+                           f"(torchstn.export in Python shows the exporter's traceback)") from None
 
 
 def _report_files(out: Path, what: str) -> None:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchstn._tracing import exporting
+from torchstn._tracing import eager_tensors, exporting
 from torchstn._validation import (
     check_choice,
     check_floating,
@@ -260,11 +260,14 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         if self.distribution == "gaussian":
             return normal.to(like.dtype)
         value = 2 * self.prior_alpha
-        if torch.jit.is_tracing():  # the tracer warns about a literal tensor; it records this op instead
-            df = torch.full((), value, dtype=dtype, device=like.device)
+        tracing = torch.jit.is_tracing()
+        if tracing:  # the tracer warns about a literal tensor; it records this op instead
+            df, rate = (torch.full((), v, dtype=dtype, device=like.device) for v in (value, 0.5))
         else:  # a literal, which torch.export folds into a constant (Chi2 checks it then)
-            df = torch.tensor(value, dtype=dtype, device=like.device)
-        chi2 = torch.distributions.Chi2(df, validate_args=False if like.is_meta else None)  # (meta: no values to check)
+            df, rate = (torch.tensor(v, dtype=dtype, device=like.device) for v in (value, 0.5))
+        # Chi2(df) as the Gamma(df / 2, 1/2) it is, its rate a tensor (Chi2 makes a literal of it, which
+        # the tracer warns about); no values to check on meta or under the tracer (which warned of the check)
+        chi2 = torch.distributions.Gamma(df / 2, rate, validate_args=False if like.is_meta or tracing else None)
         return (normal * torch.rsqrt(chi2.sample(shape) / df)).to(like.dtype)
 
     def _kl(self, mean: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
@@ -297,8 +300,9 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
             ``cross_entropy`` / ``nll_loss`` of them is the paper's data term.
         """
         s = self.last_samples
-        # S times the last pass's batch (an exported pass keeps no record of it: a multiple of S then)
-        batch = None if self.last_mean is None or sizes_traced() else self.last_mean.shape[0]
+        # S times the last pass's batch, checked eagerly (an exported pass keeps no record of its
+        # batch and a traced one's is symbolic: a multiple of S then)
+        batch = self.last_mean.shape[0] if self.last_mean is not None and eager_tensors(logits) else None
         rows = None if s == 0 or logits.dim() != 2 or sizes_traced() else logits.shape[0]
         if s == 0 or logits.dim() != 2 or (rows is not None and (rows % s if batch is None else rows != s * batch)):
             inputs = "" if batch is None else f" of {batch} inputs"

@@ -171,7 +171,7 @@ def check_sample_args(x: object, grid: object, mode: str) -> None:
     check_tensor("grid", grid, ndim=x.dim())
     check_floating("grid", grid)
     n = x.dim() - 2
-    if grid.shape[-1] != n:
+    if not sizes_traced() and grid.shape[-1] != n:  # (a traced size is a tensor: the tracer warned)
         layout = {1: "L", 2: "H, W", 3: "D, H, W"}[n]
         raise ValueError(f"grid for a {x.dim()}-D input must have shape (B, {layout}, {n}), got {tuple(grid.shape)}")
     check_same_batch("x", x, "grid", grid)
@@ -468,10 +468,12 @@ def _compiled_warp(
     same (the tests compare both). A batch-1 28x28 warp: 7.2 µs here, 40.0 through
     :func:`_eager_fused_warp` and ctypes, 13.6 for OpenCV's ``warpAffine`` in the same run
     (``benchmarks/bench_call_overhead.py``, ``docs/benchmarks.md``)."""
+    if _is_compiling():  # (first: dynamo guarded on the state read below, which the first run then changed)
+        return None
     fast = _fused._library.state.get("fast") or _first_fast_call(
         backend, x, params, type(transform) is str or type(transform) in _fused._COMPILED_FAMILIES
     )
-    if fast is None or _is_compiling():
+    if fast is None:
         return None
     return fast.fast_warp(x, params, transform, size, mode, padding, align_corners, backend)
 

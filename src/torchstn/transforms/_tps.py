@@ -16,8 +16,11 @@ __all__ = ["ThinPlateSpline"]
 def _kernel(points: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
     """Radial basis ``U(r) = r² log r²`` between ``points`` (..., N, 2) and ``control`` (K, 2) -> (..., N, K)."""
     d2 = (points[..., :, None, :] - control).pow(2).sum(-1)
-    # U(0) = 0; the clamp keeps log finite (and its gradient) at the control points themselves
-    return d2 * torch.log(d2.clamp_min(torch.finfo(d2.dtype).tiny))
+    # U(0) = 0, its gradient 0 (log of 1 where d2 = 0, then masked). Not a clamp at finfo.tiny:
+    # an ONNX export folded the float64 tiny to float32 0, and 0 * log(0) made the grid NaN at
+    # every control point
+    inside = d2 > 0
+    return torch.where(inside, d2 * torch.log(torch.where(inside, d2, torch.ones_like(d2))), torch.zeros_like(d2))
 
 
 def _basis(points: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
