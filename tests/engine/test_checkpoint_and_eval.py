@@ -366,3 +366,14 @@ def test_a_model_with_tied_parameters_is_checkpointed_and_read_back(tmp_path):
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
     assert fresh.localization[0].weight is fresh.refiners[0].localization[0].weight  # still one net
+
+
+def test_evaluate_checks_its_precision_and_batch_size():
+    """precision was "fp32" or else bf16 ("float32" evaluated in bf16), and batch_size was
+    not checked (-1 gave no logits and evaluate blamed the dataset, 0 range()'s error)."""
+    data = TensorDataset(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'bf16'\], got 'float32'"):
+        evaluate(_Fixed(), data, precision="float32")
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"batch_size must be >= 1, got {bad}"):
+            evaluate(_Fixed(), data, batch_size=bad)

@@ -174,3 +174,13 @@ def test_cascade_is_a_spatial_transformer_with_an_output_size():
     out = cascade(x)
     assert out.shape == (2, 1, 14, 14)
     assert cascade.predict_params(x).shape == (2, 6)
+
+
+def test_init_params_errors_name_init_params():
+    """A wrong init_params was reported as "params" (transform_input's check)."""
+    cascade = stn.CascadedSpatialTransformer("affine", stn.conv_localization(1, (16, 16)), steps=2)
+    x = torch.rand(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"init_params must have the batch size of x \(2\), got \(3, 6\)"):
+        cascade(x, init_params=stn.Affine().identity(3))
+    with pytest.raises(ValueError, match=r"init_params for Affine must have shape \(B, 6\)"):
+        cascade(x, init_params=torch.zeros(2, 4))

@@ -63,3 +63,12 @@ def test_bad_arguments():
         stn.ParallelSpatialTransformers(nn.Identity())
     with pytest.raises(TypeError, match=r"sequence of nn.Module, got \['Identity', 'function'\]"):
         stn.ParallelSpatialTransformers([nn.Identity(), lambda x: x])
+
+
+def test_predict_params_of_a_head_without_one_is_none():
+    """A head that is any warping module (the docstring allows it) has no θ: last_params gave
+    None for it, predict_params an AttributeError."""
+    par = stn.ParallelSpatialTransformers(_heads(k=1) + [nn.Identity()])
+    x = torch.rand(2, 2, 16, 16)
+    theta, none = par.predict_params(x)
+    assert theta.shape == (2, 6) and none is None

@@ -90,3 +90,8 @@ def test_copies_keep_the_options(name):
     for copied in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
         assert copied.sampler == OPTIONS
     assert "sampler" not in "".join(module.state_dict())  # configuration, not state
+
+
+def test_backend_none_is_auto_as_in_sample():
+    """sample, warp and SpatialTransformer take backend=None as "auto"; SamplerOptions refused it."""
+    assert SamplerOptions(backend=None) == SamplerOptions(backend="auto")

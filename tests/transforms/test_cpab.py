@@ -350,3 +350,17 @@ def test_bad_arguments():
         stn.CPAB1D(4).grid(torch.zeros(2, 4), (8,))
     assert isinstance(stn.get_transform("cpab1d", tessellation=4), stn.CPAB1D)
     assert repr(stn.CPAB1D(4, zero_boundary=False)) == "CPAB1D(tessellation=4, zero_boundary=False)"
+
+
+def test_velocity_checks_its_points_as_transform_points_does():
+    """velocity took any points: one set for three parameter sets gave sample 0's field alone,
+    a last size of 2 and integer points were taken."""
+    cpab = stn.CPAB1D(4)
+    theta = torch.randn(3, cpab.num_params)
+    with pytest.raises(ValueError, match=r"points must have shape \(3, N, 1\)"):
+        cpab.velocity(theta, torch.rand(1, 4, 1))
+    with pytest.raises(ValueError, match=r"points must have shape \(3, N, 1\)"):
+        cpab.velocity(theta, torch.rand(3, 4, 2))
+    with pytest.raises(TypeError, match="points"):
+        cpab.velocity(theta, torch.zeros(3, 4, 1, dtype=torch.int64))
+    assert cpab.velocity(theta, torch.rand(3, 4, 1)).shape == (3, 4, 1)

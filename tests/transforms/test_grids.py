@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -501,3 +502,15 @@ def test_transform_points_refuses_mixed_dtypes_naming_both(family):
     for p, q in ((params, points), (params.float(), points.double())):
         with pytest.raises(TypeError, match="params and points must have the same dtype"):
             family.transform_points(p, q)
+
+
+def test_base_grid_checks_its_size_and_dtype():
+    """base_grid truncated 2.5 to 2, took 0 (an empty grid) and an integer dtype (a grid of
+    zeros, cached), and blamed int() for a string: it checks as Transform.grid does."""
+    for size, error in (((2.5, 3), ValueError), ((0, 3), ValueError), ((-1, 3), ValueError), ("ab", TypeError),
+                        ((1, 2, 3, 4), ValueError)):
+        with pytest.raises(error, match="size"):
+            stn.base_grid(size)
+    with pytest.raises(TypeError, match="dtype must be a floating-point dtype, got torch.int64"):
+        stn.base_grid((2, 3), dtype=torch.int64)
+    assert stn.base_grid((2, 3)).shape == (6, 2) and stn.base_grid((np.int64(2), 3)).shape == (6, 2)

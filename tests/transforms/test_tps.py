@@ -99,3 +99,12 @@ def test_transform_points_in_float32_is_as_accurate_as_the_grid():
     exact = tps64.transform_points(params, points)
     error = (tps32.transform_points(params.float(), points.float()).double() - exact).abs().max()
     assert error < 1e-5
+
+
+def test_control_counts_may_be_numpy_integers():
+    """(np.int64(3), 3) was refused as "not >= 2" although warp's sizes take numpy integers."""
+    import numpy as np
+
+    assert stn.ThinPlateSpline(control=(np.int64(3), 3)).num_control_points == 9
+    with pytest.raises(ValueError, match="control must be"):
+        stn.ThinPlateSpline(control=(True, 3))

@@ -13,6 +13,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from torchstn._validation import check_choice, check_int
+from torchstn.engine._config import PRECISIONS
 from torchstn.engine._data import iterate
 from torchstn.engine.metrics import expected_calibration_error, negative_log_likelihood
 
@@ -45,7 +47,7 @@ def precision_context(precision: str, device: str | torch.device) -> contextlib.
     sampler keeps float32 (it casts its input up, see ``tests/test_autocast.py``). On a
     CPU without native bfloat16 a warning says that it will be slower, not faster.
     """
-    if precision == "fp32":
+    if check_choice("precision", precision, PRECISIONS) == "fp32":  # ("float32" ran bf16)
         return contextlib.nullcontext()
     device_type = torch.device(device).type
     if device_type == "cpu" and not cpu_has_native_bf16():
@@ -106,6 +108,7 @@ def predict(
     protocol), ``precision`` and ``channels_last`` call the model as the ``TrainConfig``
     fields of those names say: evaluation takes the training's path.
     """
+    check_int("batch_size", batch_size, 1)  # (-1 gave no logits, 0 range()'s error)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     logits, labels = [], []

@@ -73,7 +73,8 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given (``ValueError`` if unusable)."""
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given: a ``ValueError`` for
+    a name torch does not know or CUDA that torch does not see (other devices are not probed)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

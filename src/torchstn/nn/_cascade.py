@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torchstn._tracing import exporting
-from torchstn._validation import check_bool, check_int
+from torchstn._validation import check_bool, check_int, sizes_traced
 from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer
 from torchstn.sampling import SamplerOptions
 from torchstn.transforms import MatrixTransform, Transform
@@ -157,6 +157,10 @@ class CascadedSpatialTransformer(SpatialTransformer):
         transform = self.transform
         composable = isinstance(transform, MatrixTransform)
         p = init_params
+        if p is not None:  # (named: transform_input's own check said "params")
+            p = transform.check_params(p, "init_params")
+            if not sizes_traced() and p.shape[0] != x.shape[0]:
+                raise ValueError(f"init_params must have the batch size of x ({x.shape[0]}), got {tuple(p.shape)}")
         if p is None and composable:
             p = transform.identity(x.shape[0], x.device, x.dtype)
         updates: list[torch.Tensor] = []

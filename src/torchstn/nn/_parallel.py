@@ -60,9 +60,10 @@ class ParallelSpatialTransformers(nn.Module):
     def last_params(self) -> list[torch.Tensor | None]:
         return [getattr(t, "last_params", None) for t in self.transformers]
 
-    def predict_params(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``[θ_1, ..., θ_K]``, each ``(B, P_k)``."""
-        return [t.predict_params(x) for t in self.transformers]
+    def predict_params(self, x: torch.Tensor) -> list[torch.Tensor | None]:
+        """``[θ_1, ..., θ_K]``, each ``(B, P_k)``; ``None`` for a module without ``predict_params``
+        (as :attr:`last_params` has)."""
+        return [t.predict_params(x) if hasattr(t, "predict_params") else None for t in self.transformers]
 
     def forward(
         self, x: torch.Tensor, return_params: bool = False

@@ -27,7 +27,8 @@ class SamplerOptions:
         align_corners: as in :func:`torch.nn.functional.grid_sample`; the same flag is
             given to the grid and to the sampler.
         backend: ``"auto"`` (the fastest correct kernel for the input), ``"torch"``,
-            ``"fused"`` or ``"reference"``, as in :func:`~torchstn.sample`.
+            ``"fused"`` or ``"reference"``, as in :func:`~torchstn.sample` (whose ``None``
+            is ``"auto"``, here too).
 
     Example:
         >>> options = SamplerOptions(padding="border")
@@ -43,6 +44,8 @@ class SamplerOptions:
     backend: Backend = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend is None:  # (sample's and warp's None: SamplerOptions refused it)
+            object.__setattr__(self, "backend", "auto")
         check_options(self.mode, self.padding, self.backend, self.align_corners)
 
     def sample(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:

@@ -93,10 +93,14 @@ def base_grid(
     """
     check_bool("align_corners", align_corners)  # ("False" from a config file is not True)
     dtype = dtype if dtype is not None else torch.get_default_dtype()
+    if not dtype.is_floating_point:  # (an integer grid is all zeros)
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     if _traced_size(size):
         return _build_base_grid(tuple(size), align_corners, homogeneous, device, dtype)
-    key = ("base", tuple(int(s) for s in size), align_corners, homogeneous, device, dtype)
+    if not isinstance(size, Sequence) or len(size) not in (1, 2, 3):
+        raise ValueError(f"size must be (L,), (H, W) or (D, H, W), got {size!r}")
+    key = ("base", check_size("size", size, len(size)), align_corners, homogeneous, device, dtype)
     return cached(key, lambda: _build_base_grid(key[1], key[2], homogeneous, device, dtype))
 
 
@@ -177,6 +181,12 @@ class Transform(ABC):
         is (in the dtype of ``params`` and ``points``, under ``torch.autocast`` too).
         """
         params = self.check_params(params)
+        self._check_points(params, points)
+        with autocast_off(params.device.type):
+            return self._map(params, points)
+
+    def _check_points(self, params: torch.Tensor, points: torch.Tensor) -> None:
+        """``points`` ``(B, N, ndim)`` of the dtype of the checked ``params`` ``(B, P)``."""
         check_tensor("points", points, ndim=3)
         check_floating("points", points)
         if points.dtype != params.dtype:
@@ -186,8 +196,6 @@ class Transform(ABC):
                 f"points must have shape ({params.shape[0]}, N, {self.ndim}) to match params of shape "
                 f"{tuple(params.shape)}, got {tuple(points.shape)}"
             )
-        with autocast_off(params.device.type):
-            return self._map(params, points)
 
     def grid(
         self, params: torch.Tensor, size: Sequence[int], align_corners: bool = False, *, check: bool = True

@@ -267,8 +267,10 @@ class CPAB1D(Transform):
         return torch.cat([torch.stack([first, first], -1), coefficients[:, 1:-1], torch.stack([last, -last], -1)], 1)
 
     def velocity(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """The velocity field :math:`v_θ` at ``points`` ``(B, N, 1)``: ``(B, N, 1)``."""
+        """The velocity field :math:`v_θ` at ``points`` ``(B, N, 1)``: ``(B, N, 1)`` (``points``
+        checked as :meth:`transform_points` checks them)."""
         params = self.check_params(params)
+        self._check_points(params, points)
         coefficients = self._coefficients(params)
         x = points[..., 0]
         cell = _cell_of(x, self.tessellation)

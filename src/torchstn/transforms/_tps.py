@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -183,9 +184,10 @@ class ThinPlateSpline(Transform):
                 if not torch.isfinite(points).all():
                     raise ValueError(f"control must hold finite points, got {_preview(points)}")
             else:
-                if len(control) != 2 or not all(isinstance(n, int) and n >= 2 for n in control):
+                whole = all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in control)
+                if len(control) != 2 or not whole or not all(n >= 2 for n in control):  # (numpy ints as size's)
                     raise ValueError(f"control must be (rows, cols) with both >= 2, got {tuple(control)!r}")
-                rows, cols = control
+                rows, cols = (int(n) for n in control)
                 ys, xs = torch.meshgrid(
                     torch.linspace(-1, 1, rows, dtype=torch.float64),
                     torch.linspace(-1, 1, cols, dtype=torch.float64),
