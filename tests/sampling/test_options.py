@@ -78,7 +78,7 @@ def test_warp_keeps_the_input_size_and_takes_a_name():
         ("align_corners", 1, TypeError),
         ("align_corners", "False", TypeError),
         ("backend", "cuda", ValueError),
-        ("backend", None, TypeError),
+        ("backend", 1, TypeError),  # (None is "auto", as in sample and warp)
     ],
 )
 def test_a_bad_value_raises_naming_the_option(field, value, error):
