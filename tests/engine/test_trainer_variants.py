@@ -32,6 +32,21 @@ def test_pstn_objective_includes_the_weighted_kl(shapes):
     assert not torch.allclose(spread[0.0], spread[1.0])
 
 
+def test_train_leaves_the_run_s_draws_to_its_evaluation(shapes):
+    """The per-epoch evaluation drew a P-STN's test-time θ from the global generator, so a
+    seeded run trained differently with another test set size (--test-limit): the trainer
+    forks the generators around it. Two epochs, evaluated on 8 or on 40 test images: the
+    same weights."""
+    train_set, test_set = shapes
+    weights = []
+    for limit in (8, 40):
+        small = torch.utils.data.Subset(test_set, range(limit))
+        result = train(_pstn_config(epochs=2), train_set=train_set, test_set=small,
+                       progress=False)
+        weights.append(result.model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_pstn_trains_on_a_tiny_set_and_reports_calibration(tmp_path, shapes):
     train_set, test_set = shapes
     result = train(_pstn_config(epochs=4), tmp_path / "run", train_set=train_set, test_set=test_set, progress=False)

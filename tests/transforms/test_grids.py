@@ -514,3 +514,36 @@ def test_base_grid_checks_its_size_and_dtype():
     with pytest.raises(TypeError, match="dtype must be a floating-point dtype, got torch.int64"):
         stn.base_grid((2, 3), dtype=torch.int64)
     assert stn.base_grid((2, 3)).shape == (6, 2) and stn.base_grid((np.int64(2), 3)).shape == (6, 2)
+
+
+def test_a_grandchild_subclass_and_out_of_family_matrices():
+    """A subclass of a subclass with its own matrix recursed forever (its parent's _from_matrix
+    was the checking wrapper itself); a subclass that only computes its parent's matrix
+    otherwise refused to project a matrix outside the family, which params_from_matrix does."""
+    class Child(stn.Translation):
+        def _matrix(self, params):
+            return super()._matrix(params)
+
+    class Grandchild(Child):
+        def _matrix(self, params):
+            return super()._matrix(params) * 1.0
+
+    p = torch.tensor([[0.1, 0.2]], dtype=torch.float64)
+    for family in (Child(), Grandchild()):
+        torch.testing.assert_close(family.inverse(p), -p)
+        affine = stn.Affine().matrix(torch.tensor([[1.1, 0.2, 0.2, 0.0, 0.9, -0.3]], dtype=torch.float64))
+        torch.testing.assert_close(family.params_from_matrix(affine), stn.Translation().params_from_matrix(affine))
+
+
+def test_inverse_does_not_count_the_translation_s_units():
+    """The residual was taken on the whole homogeneous matrix, so a float32 rotation with a
+    translation of 1e4 was refused as singular; the linear part decides for affine families."""
+    angle = torch.tensor(0.3)
+    params = torch.tensor([[angle.cos(), -angle.sin(), 1e4, angle.sin(), angle.cos(), -1e4]])
+    torch.testing.assert_close(stn.Affine().compose(params, stn.Affine().inverse(params)), stn.Affine().identity(1),
+                               atol=2e-3, rtol=0)
+
+
+def test_base_grid_names_a_size_that_is_not_a_sequence():
+    with pytest.raises(TypeError, match="size must be a sequence"):
+        stn.base_grid(28)

@@ -108,3 +108,13 @@ def test_control_counts_may_be_numpy_integers():
     assert stn.ThinPlateSpline(control=(np.int64(3), 3)).num_control_points == 9
     with pytest.raises(ValueError, match="control must be"):
         stn.ThinPlateSpline(control=(True, 3))
+
+
+def test_the_conditioning_does_not_count_units():
+    """The condition number was taken unscaled: λ = 1e8 or control points 300 times wider
+    were refused as 'nearly on one line', though their solution is exact to 1e-14."""
+    tps = stn.ThinPlateSpline(control=(4, 4), regularization=1e8)
+    assert tps.num_control_points == 16
+    wide = stn.ThinPlateSpline(control=stn.ThinPlateSpline(control=(4, 4)).control_points * 300)
+    torch.testing.assert_close(wide.transform_points(wide.identity(1, dtype=torch.float64),
+                                                     wide.control_points[None]), wide.control_points[None])

@@ -106,7 +106,10 @@ def predict(
     Under DDP each process evaluates every ``world_size``-th example; the result is
     reordered to the dataset's order on every process. ``ground_truth_init`` (the IC-STN
     protocol), ``precision`` and ``channels_last`` call the model as the ``TrainConfig``
-    fields of those names say: evaluation takes the training's path.
+    fields of those names say: evaluation takes the training's path. The model runs in eval
+    mode, every submodule's own mode restored afterwards; what it draws (a P-STN's test-time
+    θ) comes from torch's generator as any call's would (:func:`~torchstn.engine.train`
+    forks it around its per-epoch evaluation, so that evaluating never changes a seeded run).
     """
     check_int("batch_size", batch_size, 1)  # (-1 gave no logits, 0 range()'s error)
     distributed = dist.is_available() and dist.is_initialized()
@@ -115,7 +118,7 @@ def predict(
     n = len(dataset) if limit is None else min(limit, len(dataset))
     batches = iterate(dataset, batch_size, rank, world, ground_truth_init=ground_truth_init, device=device,
                       channels_last=channels_last, limit=n)
-    with as_evaluated([model], torch.device(device)):
+    with as_evaluated([model], torch.device(device), fork_rng=False):  # (the trainer forks the generators)
         for x, y, kwargs in batches:
             with precision_context(precision, device):
                 logits.append(model(x, **kwargs).float())

@@ -43,7 +43,7 @@ from torchstn.engine._checkpoint import (
 from torchstn.engine._config import TrainConfig
 from torchstn.engine._data import dataset_model_args, epoch_batches, fetch_inputs, load_split, shard, to_channels_last
 from torchstn.engine._diagnostics import collapse_warnings, predicted_classes, theta_diagnostics
-from torchstn.engine._evaluate import evaluate, precision_context
+from torchstn.engine._evaluate import as_evaluated, evaluate, precision_context
 from torchstn.engine._rundir import RunDir
 from torchstn.models import check_model_args, create_model
 from torchstn.nn import param_groups, total_kl
@@ -486,9 +486,10 @@ def _epoch_record(session: _Session, epoch: int, sums: _EpochSums) -> dict[str, 
     """The epoch's line of ``metrics.jsonl``: training sums over the processes and the test evaluation."""
     config, ddp = session.config, session.ddp
     loss_total, wrong_total, kl_total, seen_total = ddp.sum([sums.loss, sums.wrong, sums.kl, float(sums.seen)])
-    def test_of(model: nn.Module) -> dict[str, Any]:
-        return evaluate(model, session.test_set, batch_size=config.eval_batch_size, device=ddp.device,
-                        **config.call_options())
+    def test_of(model: nn.Module) -> dict[str, Any]:  # (forked: a P-STN's test-time θ do not move the run's draws)
+        with as_evaluated([model], torch.device(ddp.device)):
+            return evaluate(model, session.test_set, batch_size=config.eval_batch_size, device=ddp.device,
+                            **config.call_options())
 
     test = test_of(session.product)
     raw = {"test_error_raw": test_of(session.core)["error"]} if session.average is not None else {}

@@ -93,15 +93,25 @@ def base_grid(
     """
     check_bool("align_corners", align_corners)  # ("False" from a config file is not True)
     dtype = dtype if dtype is not None else torch.get_default_dtype()
-    if not dtype.is_floating_point:  # (an integer grid is all zeros)
-        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
     device = torch.device(device) if device is not None else torch.device("cpu")
+    if not isinstance(size, (tuple, list)):
+        raise TypeError(f"size must be a sequence of 1 to 3 ints (L,), (H, W) or (D, H, W), got {type(size).__name__}")
     if _traced_size(size):
         return _build_base_grid(tuple(size), align_corners, homogeneous, device, dtype)
-    if not isinstance(size, Sequence) or len(size) not in (1, 2, 3):
+    key = ("base", tuple(size), align_corners, homogeneous, device, dtype)  # (checked when first built)
+    return cached(key, lambda: _build_checked_base_grid(key[1], align_corners, homogeneous, device, dtype))
+
+
+def _build_checked_base_grid(
+    size: tuple[int, ...], align_corners: bool, homogeneous: bool, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """:func:`base_grid`'s grid, its size and dtype checked (2.5 was truncated to 2, an integer
+    dtype gave a grid of zeros)."""
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    if len(size) not in (1, 2, 3):
         raise ValueError(f"size must be (L,), (H, W) or (D, H, W), got {size!r}")
-    key = ("base", check_size("size", size, len(size)), align_corners, homogeneous, device, dtype)
-    return cached(key, lambda: _build_base_grid(key[1], key[2], homogeneous, device, dtype))
+    return _build_base_grid(check_size("size", size, len(size)), align_corners, homogeneous, device, dtype)
 
 
 def interleaved_operator(base: torch.Tensor, outputs: int) -> torch.Tensor:
@@ -258,14 +268,15 @@ class MatrixTransform(Transform):
         with its parent's rows by the fused kernel, and mapped its points with its parent's map);
         one that redefines ``_rows`` alone (an affine family) gets the matrix of its rows. Its
         parent's ``_from_matrix`` reads a matrix back into the parent's parameters (``compose``,
-        ``inverse``, ``params_from_matrix``): without its own, the parameters it gives are
-        checked to give the matrix back (a half-unit translation composed to half of a + b)."""
+        ``inverse``, ``params_from_matrix``): without its own, that is checked to invert the
+        subclass's matrix (a half-unit translation composed to half of a + b)."""
         super().__init_subclass__(**kwargs)
         own = cls.__dict__
         inherited = getattr(cls, "_from_matrix", None)
         if ({"_matrix", "_rows"} & own.keys() and "_from_matrix" not in own
                 and not getattr(inherited, "__isabstractmethod__", False)):
-            cls._inherited_from_matrix = inherited  # type: ignore[attr-defined]
+            if inherited is not MatrixTransform._checked_from_matrix:  # (a grandchild keeps the family's own)
+                cls._inherited_from_matrix = inherited  # type: ignore[attr-defined]
             cls._from_matrix = MatrixTransform._checked_from_matrix  # type: ignore[method-assign]
         if "_matrix" in own:
             for name in ("_rows", "_map"):
@@ -277,23 +288,29 @@ class MatrixTransform(Transform):
                 cls._map = MatrixTransform._map  # type: ignore[method-assign]
 
     def _checked_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
-        """The parent's ``_from_matrix`` for a subclass with its own matrix, where its parameters
-        give ``matrix`` back (a subclass that changes only how the matrix is computed); not
-        checked while traced (no values)."""
-        params = self._inherited_from_matrix(matrix)  # type: ignore[attr-defined]
-        if sizes_traced():
-            return params
-        back, wanted = self._matrix(params), matrix
-        if self.projective:  # (a homography's matrix, up to scale)
-            back, wanted = back / back[:, -1:, -1:], wanted / wanted[:, -1:, -1:]
-        tol = 1e-9 if matrix.dtype == torch.float64 else 1e-4
-        if not torch.allclose(back, wanted.to(back.dtype), rtol=tol, atol=tol, equal_nan=True):
+        """The parent's ``_from_matrix`` for a subclass with its own matrix, once it is shown to
+        invert that matrix (a subclass that changes only how the matrix is computed): tried
+        once per transform on a few float64 parameters near the identity, so that a matrix
+        outside the family is projected as the parent projects it, and no call pays a check."""
+        inverts = self.__dict__.get("_parent_inverts")
+        if inverts is None and eager_tensors(matrix):  # (traced: no values to try; tried at the next eager call)
+            inverts = self.__dict__["_parent_inverts"] = self._parent_inverts()
+        if inverts is False:
             raise NotImplementedError(
                 f"{type(self).__name__} redefines its matrix (_matrix or _rows) but not _from_matrix, and its "
                 "parent's does not invert it; params_from_matrix, compose and inverse read a matrix back into "
                 "parameters with it: define _from_matrix"
             )
-        return params
+        return self._inherited_from_matrix(matrix)  # type: ignore[attr-defined]
+
+    def _parent_inverts(self) -> bool:
+        steps = torch.linspace(-0.2, 0.2, 3 * self.num_params, dtype=torch.float64, device="cpu")
+        params = self._identity().to(torch.float64) + steps.view(3, self.num_params)
+        wanted = self._matrix(params)
+        back = self._matrix(self._inherited_from_matrix(wanted))  # type: ignore[attr-defined]
+        if self.projective:  # (a homography's matrix, up to scale)
+            back, wanted = back / back[:, -1:, -1:], wanted / wanted[:, -1:, -1:]
+        return bool(torch.allclose(back, wanted, rtol=1e-9, atol=1e-9))
 
     def _matrix_of_rows(self, params: torch.Tensor) -> torch.Tensor:
         """The homogeneous matrix of an affine family's :meth:`_rows` (last row ``0 ... 0 1``)."""
@@ -384,8 +401,10 @@ class MatrixTransform(Transform):
         finite = torch.isfinite(matrix).flatten(1).all(1)
         inverse, info = torch.linalg.inv_ex(torch.where(finite[:, None, None], matrix, torch.eye(self.ndim + 1).to(matrix)))
         with torch.no_grad():  # (LU's pivots miss a rank lost to rounding; the residual does not)
-            eye = torch.eye(self.ndim + 1, dtype=matrix.dtype, device=matrix.device)
-            residual = (inverse @ matrix - eye).abs().flatten(1).amax(1)
+            # of the linear part where the family is affine: the translation's units do not matter
+            k = self.ndim + 1 if self.projective else self.ndim
+            eye = torch.eye(k, dtype=matrix.dtype, device=matrix.device)
+            residual = (inverse[:, :k, :k] @ matrix[:, :k, :k] - eye).abs().flatten(1).amax(1)
             singular = torch.nonzero(finite & ((info != 0) | ~(residual <= torch.finfo(matrix.dtype).eps ** 0.5)))
         if len(singular):
             raise ValueError(f"params: the matrix of sample {int(singular[0, 0])} is singular (it has no inverse at "

@@ -41,10 +41,18 @@ def _solution(
     return cached(("tps-solution", key, regularization, device, dtype), lambda: solution.to(device=device, dtype=dtype))
 
 
-#: a spline system conditioned worse than this (1-norm) is refused: its float64 solution is
-#: then off by about 1e-3 and more (control points 1e-7 off one line: 4.8e15; 1e-6 off: 4.8e13,
-#: whose identity θ warps 1.4e-5 off the identity; a 30 x 30 grid of points: 4.7e5)
+#: a spline system conditioned worse than this is refused (1-norm, rows and columns scaled to a
+#: largest entry of 1, so that the units of the points and of λ do not count: a 4 x 4 grid
+#: reads 407 at any scale or λ, a 30 x 30 grid 2.9e6): control points 1e-7 off one line read
+#: 1.2e14, 1e-8 off 1.2e16 (whose identity θ warped 0.5 off the identity), 1e-6 off 1.2e12
+#: (1.4e-5 off)
 MAX_CONDITION = 1e14
+
+
+def _condition(system: torch.Tensor) -> float:
+    """The 1-norm condition number of ``system`` with its rows, then its columns, scaled to a largest entry of 1."""
+    rows = system / system.abs().amax(1, keepdim=True)
+    return float(torch.linalg.cond(rows / rows.abs().amax(0, keepdim=True), p=1))
 
 
 def _system(c: torch.Tensor, regularization: float) -> torch.Tensor:
@@ -95,7 +103,7 @@ def _check_solvable(points: torch.Tensor, regularization: float) -> torch.Tensor
         solution = _solve(points, regularization)
     except torch.linalg.LinAlgError as err:
         raise ValueError(f"control {_preview(points)} gives a singular spline system ({err})") from None
-    condition = float(torch.linalg.cond(_system(points, regularization), p=1))
+    condition = _condition(_system(points, regularization))
     if not torch.isfinite(solution).all() or not condition <= MAX_CONDITION:
         raise ValueError(
             f"control {_preview(points)} gives a spline system too ill-conditioned to solve (condition number "

@@ -1203,7 +1203,7 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // points' values blended channel by channel in registers and written side by side (two
 // permutes per 16-float output vector). The same operations in the same order as
 // single_pass_interleaved's pairs, so the same values. Returns false, having written nothing,
-// for any other vector. Forward 1.09-1.10x at channels_last 1x3x224x224 with θ the identity +
+// for any other vector. Forward 1.09-1.11x at channels_last 1x3x224x224 with θ the identity +
 // 0.05 N(0, 1) (A/B of the bare kernel, 7 and 9 rounds), 0.975x at the identity itself (where
 // run8_interleaved's whole loads took every vector); `torchstn bench --cases affine-b1-224-cl`
 // (θ noise 0.1, fewer vectors within the window), alternating builds twice: 0.121 / 0.120 ms
