@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import threading
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
@@ -34,6 +35,7 @@ __all__ = [
 
 _CACHE: dict[Hashable, tuple[torch.Tensor, int]] = {}
 _CACHE_SIZE = 128
+_CACHE_LOCK = threading.Lock()  # (insertions and evictions; a lookup is one atomic dict read)
 
 
 def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -61,9 +63,10 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     # (a tensor built inside a torch.func transform may be its wrapper, dead once the transform
     # returns: kept, it broke a later torch.func.hessian with an internal assert of functorch)
     if type(value) is torch.Tensor and not torch.jit.is_tracing() and not in_functorch(value):
-        if len(_CACHE) >= _CACHE_SIZE:
-            del _CACHE[next(iter(_CACHE))]
-        _CACHE[key] = (value, value._version)
+        with _CACHE_LOCK:  # (threads evicting at once dropped one key twice: a KeyError out of warp)
+            if len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.pop(next(iter(_CACHE)), None)
+            _CACHE[key] = (value, value._version)
     return value
 
 
@@ -74,7 +77,8 @@ def clear_caches() -> None:
     at most 128 of them; call this to free their memory, e.g. after warping at many
     sizes. Later calls rebuild what they need.
     """
-    _CACHE.clear()
+    with _CACHE_LOCK:
+        _CACHE.clear()
 
 
 def differentiable_vjp(

@@ -436,3 +436,24 @@ def test_state_that_records_or_transforms_samples_takes_the_python_path():
     other = random_grid((2, 4, 5, 2), torch.float32, seed=9)
     compiled = torch.compile(lambda x, g: stn.sample(x, g), fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x, other), stn.sample(x, other))
+
+
+def test_the_compiled_call_is_published_only_once_set_up(monkeypatch):
+    """fast_call published the compiled call in the kernel's state before giving it the
+    kernels, so another thread's warp in between used it half set up ("torchstn fast_call:
+    the kernel is not set"). It is published once its Python side and kernels are set."""
+    seen = []
+
+    class Module:
+        def set_python(self, *args):
+            seen.append(("python", _fused._library.state.get("fast")))
+
+        def set_kernels(self, *args):
+            seen.append(("kernels", _fused._library.state.get("fast")))
+
+    module = Module()
+    monkeypatch.setitem(_fused._library.state, "fast", None)
+    monkeypatch.setattr(_fused, "_fast_call_module", lambda: module)
+    assert _fused.fast_call() is module
+    assert seen == [("python", None), ("kernels", None)]  # nothing published while it was set up
+    assert _fused._library.state["fast"] is module

@@ -150,3 +150,42 @@ def test_grid_parts_built_inside_torch_func_are_not_kept():
     hessian = torch.func.hessian(energy)(theta)
     torch.testing.assert_close(hessian, torch.autograd.functional.hessian(energy, theta))
     torch.testing.assert_close(gradient, torch.autograd.functional.jacobian(energy, theta))
+
+
+def test_threads_that_evict_at_once_do_not_raise(monkeypatch):
+    """Two threads missing at a full cache both took its oldest key and deleted it: the second
+    deletion raised KeyError out of warp (another thread's insertion during the eviction's
+    iteration a RuntimeError). Insertions and evictions hold a lock. The iteration here waits
+    for a second thread (up to 0.5 s), which reaches it only where nothing serialises them."""
+    import threading
+
+    from torchstn import _tracing
+
+    barrier = threading.Barrier(2)
+
+    class MeetingDict(dict):
+        def __iter__(self):  # the oldest key as this thread sees it, then a wait for the other thread
+            oldest = list(super().__iter__())[:1]
+            try:
+                barrier.wait(timeout=0.5)
+            except threading.BrokenBarrierError:
+                pass
+            return iter(oldest)
+
+    full = MeetingDict({("filler", i): (torch.zeros(1), 0) for i in range(_tracing._CACHE_SIZE)})
+    monkeypatch.setattr(_tracing, "_CACHE", full)
+    errors = []
+
+    def miss(k):
+        try:
+            _tracing.cached(("thread", k), lambda: torch.full((2,), float(k)))
+        except Exception as err:  # noqa: BLE001 - any error is the failure
+            errors.append(err)
+
+    threads = [threading.Thread(target=miss, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(full) == _tracing._CACHE_SIZE
+    assert {("thread", 0), ("thread", 1)} <= full.keys()

@@ -96,7 +96,8 @@ def _probabilities(
     """Class probabilities ``(n, K)`` and labels of the first ``n`` items (a P-STN model's
     log-probabilities and a classifier's logits both go through ``softmax``), the model
     called as ``options`` say (:meth:`TrainConfig.call_options`), as :func:`predict` calls it."""
-    logits, labels = predict(model, dataset, batch_size=500, device=device, limit=n, **options)
+    with as_evaluated([model], torch.device(device)):  # (a figure drawn mid-training leaves the run's draws)
+        logits, labels = predict(model, dataset, batch_size=500, device=device, limit=n, **options)
     return logits.softmax(1).cpu(), labels.cpu()
 
 

@@ -374,12 +374,19 @@ def fast_call() -> object | None:
     fast = _library.state.get("fast")
     if fast is None:  # not asked yet
         usable = os.environ.get("TORCHSTN_FAST_CALL", "1") != "0" and _library() is not None
-        _library.state["fast"] = fast = (_fast_call_module() if usable else None) or False
-        if fast:
-            fast.set_python(EAGER_QUESTIONS, (_COMPILED_FAMILIES, _NAMED, _named, _MODES, _PADDING, _FUSED_BACKENDS,
-                                              AUTO_GRID_MODES))
-        rebind_fast_call()
+        with _FAST_CALL_LOCK:  # (published when ready: another thread's warp used it half set up)
+            fast = _library.state.get("fast")
+            if fast is None:
+                fast = (_fast_call_module() if usable else None) or False
+                if fast:
+                    fast.set_python(EAGER_QUESTIONS, (_COMPILED_FAMILIES, _NAMED, _named, _MODES, _PADDING,
+                                                      _FUSED_BACKENDS, AUTO_GRID_MODES))
+                    _set_kernels(fast)
+                _library.state["fast"] = fast
     return fast or None
+
+
+_FAST_CALL_LOCK = threading.Lock()
 
 
 #: the families whose parameters the compiled call reads itself (exactly these types), and its code for each
@@ -408,7 +415,11 @@ def rebind_fast_call() -> None:
     (``benchmarks/ab_kernel.py`` swaps two builds)."""
     fast = _library.state.get("fast")
     if fast:
-        fast.set_kernels(*(ctypes.cast(_ENTRY[False, dtype], ctypes.c_void_p).value for dtype in _DTYPES), _ABI)
+        _set_kernels(fast)
+
+
+def _set_kernels(fast: object) -> None:
+    fast.set_kernels(*(ctypes.cast(_ENTRY[False, dtype], ctypes.c_void_p).value for dtype in _DTYPES), _ABI)
 
 
 def _caller_stacklevel() -> int:
