@@ -252,3 +252,14 @@ def test_onnx_of_a_tps_warp_without_a_warm_up_call(tmp_path: Path) -> None:
     session = onnxruntime.InferenceSession(str(tmp_path / "tps.onnx"), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"x": x.numpy(), "theta": theta.numpy()})[0])
     torch.testing.assert_close(got, model(x, theta), atol=ATOL, rtol=0)
+
+
+def test_the_legacy_exporter_leaves_torch_s_onnx_log_as_it_was(tmp_path: Path) -> None:
+    """torch's TorchScript-based exporter turns its ONNX log on and never off (it tests a
+    function for truth), so after one export_onnx(dynamo=False) the process logged every
+    later export's graph; the flag is set back."""
+    pytest.importorskip("onnx")
+    st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (16, 16))).eval()
+    before = torch._C._jit_is_onnx_log_enabled()
+    export_onnx(st, torch.rand(2, 1, 16, 16), tmp_path / "st.onnx", dynamo=False)
+    assert torch._C._jit_is_onnx_log_enabled() == before

@@ -88,11 +88,15 @@ def _quiet_export() -> Iterator[None]:
     """Silence the exporters' messages that say nothing about the exported model, for this call only.
 
     Only these, matched by their text: the exporter's warnings and errors about the model,
-    and torchstn's own, still reach the user.
+    and torchstn's own, still reach the user. The TorchScript-based exporter turns torch's
+    ONNX log on and leaves it on (torch 2.13's ``setup_onnx_logging`` tests a function for
+    truth): it is set back as it was, so that the process does not log every later export.
     """
     skipped_torchvision = _DropMessages("torchvision is not installed. Skipping torchvision::")
     registry = logging.getLogger(_REGISTRY_LOGGER)
     registry.addFilter(skipped_torchvision)
+    log_on, set_log = (getattr(torch._C, f"_jit_{n}_onnx_log_enabled", None) for n in ("is", "set"))  # (private)
+    onnx_log = log_on() if log_on is not None else None
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -104,6 +108,8 @@ def _quiet_export() -> Iterator[None]:
             yield
     finally:
         registry.removeFilter(skipped_torchvision)
+        if set_log is not None and onnx_log is not None:
+            set_log(onnx_log)
 
 
 def _onnx_dynamo(
