@@ -90,9 +90,11 @@ def _check_matrix_algebra(transform: MatrixTransform, params: torch.Tensor, atol
     ``inverse`` agree with it (compared as matrices: parameters need not be unique)."""
     n = transform.ndim
 
-    def matrix_of(p: torch.Tensor) -> torch.Tensor:  # (a homography's, up to scale)
-        m = transform.matrix(p)
+    def up_to_scale(m: torch.Tensor) -> torch.Tensor:  # (a homography's matrix is one up to scale)
         return m / m[:, -1:, -1:] if transform.projective else m
+
+    def matrix_of(p: torch.Tensor) -> torch.Tensor:
+        return up_to_scale(transform.matrix(p))
 
     matrix = matrix_of(params)
     generator = torch.Generator(device=params.device).manual_seed(0)
@@ -103,12 +105,10 @@ def _check_matrix_algebra(transform: MatrixTransform, params: torch.Tensor, atol
     _close("matrix of params_from_matrix vs matrix", matrix_of(transform.params_from_matrix(matrix)), matrix, atol,
            rtol=1e-4)
     other = params.flip(0)
-    product = matrix @ matrix_of(other)
-    product = product / product[:, -1:, -1:] if transform.projective else product
+    product = up_to_scale(matrix @ matrix_of(other))
     _close("matrix of compose vs product of matrices", matrix_of(transform.compose(params, other)), product, atol,
            rtol=1e-4)
-    back = matrix_of(transform.inverse(params)) @ matrix
-    back = back / back[:, -1:, -1:] if transform.projective else back
+    back = up_to_scale(matrix_of(transform.inverse(params)) @ matrix)
     _close("matrix of inverse times matrix vs identity", back, torch.eye(n + 1).to(back).expand_as(back), atol,
            rtol=1e-4)
 

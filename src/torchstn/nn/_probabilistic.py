@@ -303,8 +303,11 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         # S times the last pass's batch, checked eagerly (an exported pass keeps no record of its
         # batch and a traced one's is symbolic: a multiple of S then)
         batch = self.last_mean.shape[0] if self.last_mean is not None and eager_tensors(logits) else None
-        rows = None if s == 0 or logits.dim() != 2 or sizes_traced() else logits.shape[0]
-        if s == 0 or logits.dim() != 2 or (rows is not None and (rows % s if batch is None else rows != s * batch)):
+        wrong = s == 0 or logits.dim() != 2
+        if not wrong and not sizes_traced():
+            rows = logits.shape[0]
+            wrong = bool(rows % s) if batch is None else rows != s * batch
+        if wrong:
             inputs = "" if batch is None else f" of {batch} inputs"
             raise ValueError(
                 f"logits must have shape (S*B, K) with S={s} samples of the last forward pass{inputs}, "

@@ -399,12 +399,12 @@ class MatrixTransform(Transform):
         if not eager_tensors(matrix):
             return self._from_matrix(torch.linalg.inv(matrix))
         finite = torch.isfinite(matrix).flatten(1).all(1)
-        inverse, info = torch.linalg.inv_ex(torch.where(finite[:, None, None], matrix, torch.eye(self.ndim + 1).to(matrix)))
+        eye = torch.eye(self.ndim + 1, dtype=matrix.dtype, device=matrix.device)
+        inverse, info = torch.linalg.inv_ex(torch.where(finite[:, None, None], matrix, eye))
         with torch.no_grad():  # (LU's pivots miss a rank lost to rounding; the residual does not)
             # of the linear part where the family is affine: the translation's units do not matter
             k = self.ndim + 1 if self.projective else self.ndim
-            eye = torch.eye(k, dtype=matrix.dtype, device=matrix.device)
-            residual = (inverse[:, :k, :k] @ matrix[:, :k, :k] - eye).abs().flatten(1).amax(1)
+            residual = (inverse[:, :k, :k] @ matrix[:, :k, :k] - eye[:k, :k]).abs().flatten(1).amax(1)
             singular = torch.nonzero(finite & ((info != 0) | ~(residual <= torch.finfo(matrix.dtype).eps ** 0.5)))
         if len(singular):
             raise ValueError(f"params: the matrix of sample {int(singular[0, 0])} is singular (it has no inverse at "
