@@ -23,6 +23,7 @@ import torch
 __all__ = [
     "autocast_enabled",
     "autocast_off",
+    "batched_gradient",
     "cached",
     "clear_caches",
     "differentiable_vjp",
@@ -104,6 +105,20 @@ def differentiable_vjp(
         wanted = [a for a, need in zip(aliases, needed) if need]
         grads = iter(torch.autograd.grad(out, wanted, grad_output, create_graph=True, allow_unused=True))
     return tuple(next(grads) if need else None for need in needed)
+
+
+def batched_gradient(grad_output: torch.Tensor) -> bool:
+    """True for an output gradient that stands for a batch of them: what a backward gets from
+    autograd's batched gradients (``torch.autograd.grad(is_grads_batched=True)``,
+    ``jacobian(vectorize=True)``, ``gradcheck(check_batched_grad=True)``, whose legacy batched
+    tensors have no storage) and from ``torch.func.vmap``. A closed-form backward that reads
+    memory (ctypes, in-place arithmetic) cannot take it: :func:`differentiable_vjp` can."""
+    return _is_legacy_batched(grad_output) or in_functorch(grad_output)
+
+
+_is_legacy_batched: Callable[[torch.Tensor], bool] = getattr(
+    torch._C._functorch, "is_legacy_batchedtensor", lambda t: False  # (private to torch; none if it moves)
+)
 
 
 def eager_tensors(*tensors: torch.Tensor) -> bool:

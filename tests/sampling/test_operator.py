@@ -186,6 +186,61 @@ def test_torch_func_matches_autograd(transform, padding, backend, mode):
     torch.testing.assert_close(per_sample, warp(x, theta))
 
 
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.Affine3D()], ids=lambda t: t.name)
+def test_batched_gradients_on_every_backend(transform, backend):
+    """autograd's batched gradients (``jacobian(vectorize=True)``, ``gradcheck(check_batched_grad)``,
+    ``grad(is_grads_batched=True)``) hand a backward an output gradient without memory: the
+    fused kernel's ctypes call crashed on it, the reference's ``flatten`` and the projective
+    grid's in-place backward had no rule for it. The same Jacobian as the loop over rows."""
+    spatial = (3, 3, 4) if transform.ndim == 3 else (4, 5)
+    x = torch.rand(2, 2, *spatial, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    theta = random_theta(transform, 2, torch.float64, scale=SCALE, seed=10)
+    warp = lambda xs, t: stn.warp(xs, t, transform, backend=backend)  # noqa: E731
+    vectorized = torch.autograd.functional.jacobian(warp, (x, theta), vectorize=True)
+    for got, expected in zip(vectorized, torch.autograd.functional.jacobian(warp, (x, theta))):
+        torch.testing.assert_close(got, expected)
+    leaves = (x.clone().requires_grad_(), theta.clone().requires_grad_())
+    assert torch.autograd.gradcheck(warp, leaves, check_batched_grad=True)
+    grid = transform.grid(theta, spatial).requires_grad_()
+    out = stn.sample(x, grid, backend=backend)
+    grads = torch.randn(3, *out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
+    (batched,) = torch.autograd.grad(out, grid, grads, retain_graph=True, is_grads_batched=True)
+    for g, row in zip(grads, batched):
+        torch.testing.assert_close(row, torch.autograd.grad(out, grid, g, retain_graph=True)[0])
+
+
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+def test_vmap_over_a_dimension_that_is_not_the_first(backend):
+    """``vmap`` with the mapped dimension of x and θ at 1: F.grid_sample's vmap rule labels the
+    result (B, V, ...) when x and the grid carry it at different places (torch 2.13); the
+    result is the loop's (V, B, ...)."""
+    x = torch.rand(2, 4, 3, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    theta = torch.stack([random_theta(stn.Affine(), 2, torch.float64, scale=SCALE, seed=s) for s in range(4)], 1)
+    warp = lambda xs, t: stn.warp(xs, t, "affine", backend=backend)  # noqa: E731
+    out = torch.func.vmap(warp, in_dims=(1, 1))(x, theta)
+    torch.testing.assert_close(out, torch.stack([warp(x[:, v], theta[:, v]) for v in range(4)]))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's make_dual's
+@pytest.mark.parametrize("shape", [(0, 2, 3, 4), (2, 0, 3, 4), (0, 1, 2, 3, 4)], ids=str)
+def test_the_reference_kernel_takes_empty_batches_and_channels(shape):
+    """An empty batch or no channels: the empty output of F.grid_sample from the reference
+    kernel, with its gradients, and inside forward-mode AD (which samples with it)."""
+    import torch.autograd.forward_ad as fwad
+
+    x = torch.rand(shape, dtype=torch.float64, requires_grad=True)
+    grid = torch.rand(shape[0], *shape[2:], len(shape) - 2, dtype=torch.float64, requires_grad=True)
+    out = stn.sample(x, grid, backend="reference")
+    expected = torch.nn.functional.grid_sample(x, grid, align_corners=False)
+    assert out.shape == expected.shape
+    grads = torch.autograd.grad(out.sum(), (x, grid))
+    assert grads[0].shape == x.shape and grads[1].shape == grid.shape
+    with fwad.dual_level():
+        dual = stn.sample(fwad.make_dual(x.detach(), torch.ones_like(x)), grid.detach())
+        assert fwad.unpack_dual(dual).tangent.shape == expected.shape
+
+
 def _jvp_by_reverse_mode(fn, inputs, tangents):
     """J @ tangent from the reverse-mode Jacobian (F.grid_sample's backward): independent of
     any forward derivative."""
@@ -271,6 +326,24 @@ def test_forward_mode_ad_refuses_bicubic_and_keeps_nan_points():
             tangent = fwad.unpack_dual(out).tangent
             assert tangent[0, :, 1, 2].isnan().all()
             assert tangent.isnan().sum() == 2 and out.isnan().sum() == 2
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's make_dual's
+def test_the_operators_refuse_forward_mode_ad():
+    """Called directly inside forward-mode AD, the fused operators (whose autograd formula has no
+    forward derivative) raise: torch dropped the tangent, and jacfwd of them was all zeros."""
+    import torch.autograd.forward_ad as fwad
+
+    x, x3 = torch.rand(2, 1, 4, 5, dtype=torch.float64), torch.rand(2, 1, 3, 4, 5, dtype=torch.float64)
+    rows = torch.eye(2, 3, dtype=torch.float64).expand(2, 2, 3).contiguous()
+    rows3 = torch.eye(3, 4, dtype=torch.float64).expand(2, 3, 4).contiguous()
+    warp2d = lambda t: torch.ops.torchstn.warp2d(x, t, "affine", [4, 5], "bilinear", "zeros", False, 0.0)  # noqa: E731
+    with pytest.raises(NotImplementedError, match="warp2d has no forward-mode derivative"):
+        torch.func.jacfwd(warp2d)(rows)
+    with fwad.dual_level(), pytest.raises(NotImplementedError, match="warp3d has no forward-mode derivative"):
+        torch.ops.torchstn.warp3d(fwad.make_dual(x3, torch.ones_like(x3)), rows3, "affine", [3, 4, 5], "bilinear",
+                                  "zeros", False)
+    torch.testing.assert_close(warp2d(rows), x)  # (outside, as before)
 
 
 def test_the_operators_refuse_arguments_that_do_not_fit():

@@ -74,7 +74,14 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-from torchstn._tracing import EAGER_QUESTIONS, differentiable_vjp, eager_tensors, functorch_active
+from torchstn._tracing import (
+    EAGER_QUESTIONS,
+    batched_gradient,
+    differentiable_vjp,
+    eager_tensors,
+    forward_ad_active,
+    functorch_active,
+)
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.transforms import Affine, Projective, Transform, get_transform, matrix_grid
 
@@ -684,10 +691,23 @@ def check_operator_args(
                          f"got {grad_out.dtype} {tuple(grad_out.shape)}")
 
 
+def refuse_forward_ad(op: str) -> None:
+    """Raise inside a forward-mode AD level: the fused operators' autograd formula
+    (``torch.library.register_autograd``) has no forward derivative, and torch would drop the
+    tangent without a word (``jacfwd`` of ``torch.ops.torchstn.warp2d`` gave zeros).
+    :func:`torchstn.warp` and :func:`torchstn.sample` never call an operator there."""
+    if forward_ad_active():
+        raise NotImplementedError(
+            f"torchstn::{op} has no forward-mode derivative (forward AD, torch.func.jvp/jacfwd/hessian); call "
+            "torchstn.warp or torchstn.sample, which sample with the reference kernel there"
+        )
+
+
 def _warp2d_checked(
     x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str,
     align_corners: bool, eps: float,
 ) -> torch.Tensor:
+    refuse_forward_ad("warp2d")
     check_operator_args("warp2d", x, loc, location, size, mode, padding)
     return _warp2d_cpu(x, loc, location, size, mode, padding, align_corners, eps)
 
@@ -748,13 +768,14 @@ def fused_backward(  # noqa: ANN001 - ctx is autograd's
     """The autograd formula of a fused operator ``(x, loc, *options)`` (2-D and 3-D alike).
 
     The kernel's gradients, ``kernel_backward(grad_out, x, loc, needed)``; under
-    ``create_graph`` the kernel is first-order, so the gradient of ``reference(x, loc)``,
-    the operator as plain differentiable operations, is taken instead. ``None`` for the
+    ``create_graph`` the kernel is first-order, and a batched ``grad_out`` (autograd's batched
+    gradients, ``vmap``) has no memory for it, so the gradient of ``reference(x, loc)``, the
+    operator as plain differentiable operations, is taken instead. ``None`` for the
     options (``ctx`` as :func:`_setup_context` fills it).
     """
     x, loc = ctx.saved_tensors
     needed = tuple(ctx.needs_input_grad[:2])
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or batched_gradient(grad_out):
         grads = differentiable_vjp(reference, (x, loc), grad_out, needed)
     else:
         grad_x, grad_loc = kernel_backward(grad_out, x, loc, list(needed))

@@ -52,6 +52,7 @@ from torchstn.sampling._fused import (
     eager_operator,
     fused_backward,
     load_kernel,
+    refuse_forward_ad,
     resolved,
 )
 from torchstn.sampling._grid_sample import torch_sample
@@ -160,6 +161,7 @@ _LIB.define(
 def _warp3d_checked(
     x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str, align_corners: bool
 ) -> torch.Tensor:
+    refuse_forward_ad("warp3d")
     check_operator_args("warp3d", x, loc, location, size, mode, padding)
     return _warp3d_cpu(x, loc, location, size, mode, padding, align_corners)
 

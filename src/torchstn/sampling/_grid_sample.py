@@ -37,6 +37,11 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     ``torch.func`` transform, which cannot branch on data, every such call takes the
     careful path.
     """
+    if functorch_active():
+        # torch.func.vmap's rule for grid_sample (torch 2.13) mislabels the result when x and the
+        # grid carry their vmapped dimension at different places ((B, V, ...) for (V, B, ...));
+        # contiguous copies hold it first in both
+        x, grid = x.contiguous(), grid.contiguous()
     direct = grid.dim() == 4 and padding == "zeros" and mode != "nearest"
     if direct and grid.requires_grad and torch.is_grad_enabled():
         # (F.grid_sample's gradient for (nan, 0.2) is [0, nan].) On the CPU _moderate

@@ -43,6 +43,7 @@ kernels have no forward derivative).
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 
@@ -158,7 +159,14 @@ class _Corners:
 
 
 def _flat(grid: torch.Tensor) -> torch.Tensor:
-    return grid.flatten(1, -2)
+    """``(B, *size, ndim)`` as ``(B, N, ndim)``. (``reshape``, here and in :func:`_flat_space`:
+    autograd's batched gradients, ``jacobian(vectorize=True)`` among them, have no ``flatten``.)"""
+    return grid.reshape(grid.shape[0], math.prod(grid.shape[1:-1]), grid.shape[-1])  # (no -1: B may be 0)
+
+
+def _flat_space(t: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *size)`` as ``(B, C, N)``."""
+    return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
 
 
 class _ReferenceSample(torch.autograd.Function):
@@ -172,7 +180,7 @@ class _ReferenceSample(torch.autograd.Function):
     def forward(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:  # type: ignore[override]
         b, c = x.shape[:2]
         corners = _Corners(x.shape, _flat(grid), padding, align_corners, mode)
-        xf = x.flatten(2)
+        xf = _flat_space(x)
         out = x.new_zeros(b, c, corners.base[0].shape[1])
         for offset in corners.offsets:
             lin, valid, factors = corners.corner(offset)
@@ -199,7 +207,7 @@ class _ReferenceSample(torch.autograd.Function):
         mode, padding, align_corners = ctx.options
         b, c = x.shape[:2]
         corners = _Corners(x.shape, _flat(grid), padding, align_corners, mode)
-        xf = x.flatten(2)
+        xf = _flat_space(x)
         out = x.new_zeros(b, c, corners.base[0].shape[1])
         with_grid = grid_tangent is not None and mode != "nearest"  # (nearest: piecewise constant in the grid)
         if with_grid:
@@ -210,7 +218,7 @@ class _ReferenceSample(torch.autograd.Function):
             lin, valid, factors = corners.corner(offset)
             if x_tangent is not None:
                 weight = torch.stack(factors).prod(0)
-                out = out + weight[:, None] * corners.read(x_tangent.flatten(2), lin, valid)
+                out = out + weight[:, None] * corners.read(_flat_space(x_tangent), lin, valid)
             if with_grid:
                 rate = torch.zeros_like(factors[0])
                 for d in range(corners.n):
@@ -227,8 +235,8 @@ class _ReferenceSample(torch.autograd.Function):
         mode, padding, align_corners = ctx.options
         b, c = x.shape[:2]
         corners = _Corners(x.shape, _flat(grid), padding, align_corners, mode)
-        go = grad_out.flatten(2)
-        xf = x.flatten(2)
+        go = _flat_space(grad_out)
+        xf = _flat_space(x)
         grad_x = torch.zeros_like(xf) if ctx.needs_input_grad[0] else None
         grad_u = [torch.zeros_like(corners.frac[0]) for _ in range(corners.n)]
         for offset in corners.offsets:

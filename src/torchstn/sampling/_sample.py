@@ -357,6 +357,14 @@ def warp(
     Convention:
         ``params`` map output points to input points (``src_from_dst``); the same
         ``align_corners`` is used for the grid and the sampler.
+        At θ the identity (where a spatial transformer starts) every point lies on a pixel
+        centre, where bilinear sampling has only one-sided derivatives. The fused kernel
+        and the reference compute each pixel coordinate from θ exactly and take the
+        right-sided one (:func:`sample`); the grid of the ``"torch"`` backend, as that of
+        ``F.affine_grid``, is rounded to normalised coordinates first, and can put some
+        centres a rounding below the integer, where ``F.grid_sample`` takes the left-sided
+        one. Their θ-gradients at the exact identity can therefore differ in those points
+        (each a valid sub-gradient); anywhere off a tie they agree to rounding.
 
     Matrix form:
         :class:`~torchstn.Affine` also takes the ``(B, 2, 3)`` ``theta`` of

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from torchstn._tracing import autocast_off, cached, differentiable_vjp, eager_tensors
+from torchstn._tracing import autocast_off, batched_gradient, cached, differentiable_vjp, eager_tensors
 from torchstn._validation import check_bool, check_floating, check_int, check_params, check_size, check_tensor, sizes_traced
 
 __all__ = ["MatrixTransform", "Transform", "base_grid", "interleaved_operator", "linear_grid", "matrix_grid"]
@@ -523,7 +523,7 @@ class _ProjectiveGrid(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         m, operator, w_operator, w, g, out = ctx.saved_tensors
-        if torch.is_grad_enabled():  # the gradient's own graph is wanted: the plain expression's
+        if torch.is_grad_enabled() or batched_gradient(grad_out):  # (graph wanted; or no in-place on a batch)
             grad_m = differentiable_vjp(
                 lambda m: _projective_points(m, operator, w_operator, ctx.eps), (m,), grad_out, (True,)
             )[0]
