@@ -107,6 +107,33 @@ def test_a_traced_torch_backend_gives_both_coordinates_a_nan_gradient():
     assert grid.grad[bad].isnan().all() and not grid.grad[~bad].isnan().any()
 
 
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("value", BAD, ids=["nan", "inf", "-inf"])
+def test_off_the_cpu_a_non_finite_point_gives_nan_where_grid_sample_gives_zero(monkeypatch, value, requires_grad):
+    """CUDA's grid_sample reads a non-finite point as a point far outside (0, with a zero
+    gradient), where the CPU's returns NaN: emulated here (that rule, and the path a CUDA grid
+    takes), the output and both coordinates' gradients are still NaN exactly there."""
+    from torchstn.sampling import _grid_sample
+
+    def cuda_rule(x, grid, **options):  # (GridSampler.cuh: a non-finite coordinate becomes pixel -100)
+        return F.grid_sample(x, torch.where(grid.isfinite(), grid, -1e4), **options)
+
+    monkeypatch.setattr(_grid_sample, "_cpu_eager", lambda grid: False)
+    monkeypatch.setattr(_grid_sample, "F", type("F", (), {"grid_sample": staticmethod(cuda_rule)}))
+    grid, bad = _grid(value, 2, torch.float32)
+    grid.requires_grad_(requires_grad)
+    x = torch.rand(2, 3, 5, 6, requires_grad=True)
+    out = _grid_sample.torch_sample(x, grid, "bilinear", "zeros", False)
+    assert torch.equal(out.isnan().all(1), bad) and not out.isnan().any(1)[~bad].any()
+    safe = torch.where(bad[..., None], 0.0, grid.detach())
+    expected = F.grid_sample(x.detach(), safe, align_corners=False).masked_fill(bad[:, None], 0)
+    torch.testing.assert_close(out.detach().masked_fill(bad[:, None], 0), expected)
+    out.masked_fill(bad[:, None], 0).sum().backward()
+    assert not x.grad.isnan().any()
+    if requires_grad:
+        assert grid.grad[bad].isnan().all() and not grid.grad[~bad].isnan().any()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])

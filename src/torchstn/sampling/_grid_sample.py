@@ -13,12 +13,14 @@ __all__ = ["torch_sample"]
 def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:
     """``F.grid_sample``, where a grid point that is not finite (NaN, ±Inf) gives NaN.
 
-    For 2-D bilinear and bicubic sampling with zeros padding ``F.grid_sample`` already
-    returns NaN there, and the call goes straight to it; but the gradient of a point with
-    one non-finite coordinate is NaN in the other coordinate only, so where the grid's
-    gradient is wanted such a grid takes the careful path below on the CPU, and elsewhere
-    gets a NaN in the point's other coordinate too (both coordinates' gradients NaN, as on
-    every backend). Elsewhere it does not (torch 2.13, CPU): nearest reads 0 or an
+    For 2-D bilinear and bicubic sampling with zeros padding ``F.grid_sample`` on the CPU
+    already returns NaN there, and the call goes straight to it; but the gradient of a point
+    with one non-finite coordinate is NaN in the other coordinate only, so where the grid's
+    gradient is wanted such a grid takes the careful path below. Off the CPU (CUDA's kernel
+    reads such a point as one far outside: 0) and under a compiler, a term that is NaN
+    exactly there, with a NaN gradient in both coordinates, is added to the output instead
+    (both coordinates' gradients NaN, as on every backend, and no wait for the device).
+    Elsewhere it does not (torch 2.13, CPU): nearest reads 0 or an
     arbitrary pixel, border and reflection an arbitrary pixel for ±Inf and crash the
     process for NaN, and 3-D sampling reads 0 with a zero gradient. There a grid with a
     non-finite point is sampled at a finite stand-in and the non-finite points are then set
@@ -43,20 +45,18 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
         # contiguous copies hold it first in both
         x, grid = x.contiguous(), grid.contiguous()
     direct = grid.dim() == 4 and padding == "zeros" and mode != "nearest"
-    if direct and grid.requires_grad and torch.is_grad_enabled():
-        # (F.grid_sample's gradient for (nan, 0.2) is [0, nan].) On the CPU _moderate
-        # decides (a non-finite grid takes the careful path below): 1.03-1.04x the
-        # forward+backward. Elsewhere, where that would wait for the device, and under
-        # torch.compile, the point's sum times 0 (0 where finite, NaN where not) is added to
-        # both coordinates (on the CPU 1.5-2.3x the forward+backward: ATen sums and
-        # broadcasts over a last dimension of 2 slowly). Not in the graphs torch.jit.trace and
-        # torch.export record, which are for inference (and torch.jit.trace checks its graph
-        # by running it again without gradients, where this branch is not taken)
-        if grid.is_cpu and _eager(grid):
-            direct = _moderate(grid)
-        elif not (torch.jit.is_tracing() or exporting()):
-            grid = grid + grid.sum(-1, keepdim=True) * 0
-    if direct or (_eager(grid) and _moderate(grid)):
+    if direct and not _cpu_eager(grid):
+        # Off the CPU F.grid_sample reads a non-finite point as one far outside (0, with a zero
+        # gradient: CUDA's kernel), and under torch.compile its gradient of (nan, 0.2) is
+        # [0, nan]: a term that is NaN, with a NaN gradient in both coordinates, exactly at the
+        # non-finite points (and 0 elsewhere) is added, without waiting for the device. Not in
+        # the graphs torch.jit.trace and torch.export record, which are for inference
+        out = F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
+        return out if torch.jit.is_tracing() or exporting() else out + _nan_where_not_finite(grid).unsqueeze(1)
+    # on the CPU F.grid_sample returns NaN there, but its gradient of (nan, 0.2) is [0, nan]:
+    # where the grid's gradient is wanted _moderate decides (a non-finite grid takes the careful
+    # path below), 1.03-1.04x the forward+backward
+    if (direct and not (grid.requires_grad and torch.is_grad_enabled())) or (_eager(grid) and _moderate(grid)):
         return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
     finite = torch.isfinite(grid).all(-1, keepdim=True)  # (B, *out, 1)
     far = _far(grid.dtype)
@@ -65,6 +65,19 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     # NaN at the non-finite points, differentiable there (the grid gets NaN) and only there
     poison = torch.where(finite, 0.0, grid).sum(-1) * float("nan")  # (B, *out)
     return torch.where(finite.squeeze(-1).unsqueeze(1), out, poison.unsqueeze(1))
+
+
+def _cpu_eager(grid: torch.Tensor) -> bool:
+    """A CPU grid whose values may decide the path (:func:`_eager`)."""
+    return grid.is_cpu and _eager(grid)
+
+
+def _nan_where_not_finite(grid: torch.Tensor) -> torch.Tensor:
+    """``(B, *out)``: 0 at a finite point, NaN at one with a coordinate that is not; its gradient
+    with respect to both coordinates of that point is NaN, 0 elsewhere (a finite point however
+    far out is 0: its coordinates times 0 are)."""
+    bad = (grid.detach() * 0).sum(-1, keepdim=True)  # 0, or NaN where a coordinate is not finite
+    return (grid * bad).sum(-1)
 
 
 def _moderate(grid: torch.Tensor) -> bool:
