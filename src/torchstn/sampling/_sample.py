@@ -369,9 +369,14 @@ def warp(
     Matrix form:
         :class:`~torchstn.Affine` also takes the ``(B, 2, 3)`` ``theta`` of
         ``F.affine_grid`` (``warp(x, theta, "affine")`` equals ``F.grid_sample(x,
-        F.affine_grid(theta, x.shape))``), :class:`~torchstn.Affine3D` the ``(B, 3, 4)``
-        and :class:`~torchstn.transforms.Affine1D` the ``(B, 1, 2)`` rows: their
-        parameters are these rows, row-major (``theta.flatten(1)``).
+        F.affine_grid(theta, x.shape))`` to rounding), :class:`~torchstn.Affine3D` the
+        ``(B, 3, 4)`` and :class:`~torchstn.transforms.Affine1D` the ``(B, 1, 2)`` rows: their
+        parameters are these rows, row-major (``theta.flatten(1)``). The pixel centres
+        here are exact to one rounding on every backend, where ``affine_grid``'s
+        ``torch.linspace`` is up to a unit in the last place off: a point that lies
+        exactly half-way between two pixels (θ = 2 I, a downsampling by 2 at the
+        identity) is rounded half to even with ``mode="nearest"``, as exact arithmetic
+        rounds it, which ``F.affine_grid + F.grid_sample`` does not always do.
         :class:`~torchstn.Projective` takes the homography ``H`` ``(B, 3, 3)``, divided by
         ``H[:, 2, 2]`` (a homography is defined up to scale; ``H[2, 2]`` must not be 0),
         so it warps as ``Projective().params_from_matrix(H)`` does. Nothing else is

@@ -246,21 +246,14 @@ struct Strides {
   int64_t b, c, h, w;  // in elements
 };
 
-// torchstn's base grid along one axis of n pixels (transforms/_base.py: torch.linspace in
-// float64, scaled by (n - 1) / n without align_corners, cast to T), padded with finite
-// values to a whole number of SIMD vectors past every block
+// torchstn's base grid along one axis of n pixels (transforms/_base.py, _linspace): (2 i + 1 - n)
+// / n, or / max(n - 1, 1) with align_corners, rounded once in double, then cast to T; padded with
+// finite values to a whole number of SIMD vectors past every block
 template <typename T>
 std::vector<T> axis_coordinates(int64_t n, bool align_corners, int64_t pad) {
   std::vector<T> out(n + pad, T(0));
-  if (n > 1) {
-    const double step = 2.0 / static_cast<double>(n - 1);
-    const int64_t half = n / 2;
-    for (int64_t i = 0; i < n; ++i) {  // as torch's linspace kernel: from the nearer end
-      double v = i < half ? -1.0 + step * static_cast<double>(i) : 1.0 - step * static_cast<double>(n - 1 - i);
-      if (!align_corners) v = v * static_cast<double>(n - 1) / static_cast<double>(n);
-      out[i] = static_cast<T>(v);
-    }
-  }
+  const double span = static_cast<double>(align_corners ? std::max<int64_t>(n - 1, 1) : n);
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<double>(2 * i + 1 - n) / span);
   return out;
 }
 
