@@ -34,3 +34,15 @@ def test_numbers_are_finite_and_returned_as_floats():
             check_number("x", bad, 0.0)
     with pytest.raises(TypeError, match="x must be an int, got float"):
         check_int("x", 2.0)
+
+
+def test_a_numpy_type_is_named_with_its_module():
+    """NumPy 2 names its bool ``bool``: the error read "must be a bool, got bool"."""
+    import numpy as np
+
+    from torchstn._validation import check_bool
+
+    with pytest.raises(TypeError, match=r"flag must be a bool, got numpy\.bool"):
+        check_bool("flag", np.bool_(True))
+    with pytest.raises(TypeError, match=r"x must be an int, got numpy\.float32"):
+        check_int("x", np.float32(2))

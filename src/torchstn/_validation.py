@@ -46,7 +46,7 @@ def sizes_traced() -> bool:
 def check_tensor(name: str, value: object, *, ndim: int | Iterable[int] | None = None) -> torch.Tensor:
     """Check that ``value`` is a tensor, optionally of rank ``ndim`` (an int or a set of ints)."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {_type_name(value)}")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if value.dim() not in allowed:
@@ -108,7 +108,7 @@ def check_size(name: str, size: object, ndim: int) -> tuple[int, ...]:
     if isinstance(size, torch.Size):
         size = tuple(size)
     if not isinstance(size, Sequence) or isinstance(size, str):
-        raise TypeError(f"{name} must be a sequence of {ndim} ints {names}, got {type(size).__name__}")
+        raise TypeError(f"{name} must be a sequence of {ndim} ints {names}, got {_type_name(size)}")
     if sizes_traced() and len(size) == ndim and all(isinstance(s, torch.Tensor) and s.dim() == 0 for s in size):
         return tuple(size)  # type: ignore[return-value]
     ints = tuple(_index(s) for s in size)
@@ -138,23 +138,30 @@ def _index(value: object) -> int | None:
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     """Check a string option against its allowed values."""
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be one of {list(choices)}, got {type(value).__name__}")
+        raise TypeError(f"{name} must be one of {list(choices)}, got {_type_name(value)}")
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
 
 
+def _type_name(value: object) -> str:
+    """The type of ``value`` as an error names it: qualified outside the builtins (NumPy 2's
+    ``numpy.bool`` is named ``bool``: "must be a bool, got bool")."""
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
 def check_bool(name: str, value: object) -> bool:
     """Check a flag: a real ``bool`` (not 0/1 or a string)."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a bool, got {_type_name(value)}")
     return value
 
 
 def check_int(name: str, value: object, minimum: int | None = None, maximum: int | None = None) -> int:
     """Check an integer option (``bool`` is refused), optionally within ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise TypeError(f"{name} must be an int, got {_type_name(value)}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be {_bounds(minimum, maximum)}, got {value!r}")
     return value
@@ -186,7 +193,7 @@ def figure_file(out: str | Path) -> Path:
 def check_number(name: str, value: object, low: float | None = None, high: float | None = None) -> float:
     """Check a finite real number (``bool`` is refused), optionally within ``[low, high]``; returns a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a number, got {_type_name(value)}")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")

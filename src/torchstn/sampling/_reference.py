@@ -188,7 +188,7 @@ class _ReferenceSample(torch.autograd.Function):
             value = corners.read(xf, lin, valid)
             out = out + weight[:, None] * value
         out = torch.where(corners.finite[:, None], out, float("nan"))
-        return out.reshape(b, c, *grid.shape[1:-1])
+        return out  # (B, C, N): see reference_sample
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:  # type: ignore[override]  # noqa: ANN001
@@ -227,7 +227,7 @@ class _ReferenceSample(torch.autograd.Function):
                     rate = rate + partial * du[d] * (1.0 if offset[d] else -1.0)
                 out = out + rate[:, None] * corners.read(xf, lin, valid)
         out = torch.where(corners.finite[:, None], out, float("nan"))
-        return out.reshape(b, c, *grid.shape[1:-1])
+        return out  # (B, C, N): see reference_sample
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
@@ -271,4 +271,6 @@ def reference_sample(
             f"mode {mode!r} is not implemented by backend='reference' (bilinear and nearest are); "
             "use backend='torch' for bicubic"
         )
-    return _ReferenceSample.apply(x, grid, mode, padding, align_corners)
+    # shaped outside the Function: a view made inside it cannot be modified in place
+    # (out.relu_(), nn.ReLU(inplace=True) after a transformer)
+    return _ReferenceSample.apply(x, grid, mode, padding, align_corners).view(*x.shape[:2], *grid.shape[1:-1])
