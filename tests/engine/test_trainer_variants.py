@@ -139,3 +139,44 @@ def test_online_set_gets_set_epoch_every_epoch(shapes):
     train(config, train_set=online, test_set=shapes[1], progress=False)
     assert online.epochs == [0, 1, 2]
     assert online.batch_calls == 3 * (len(online) // 64)  # one call per training batch
+
+
+def test_no_diagnostics_images_and_a_seed_at_the_int64_edge(tmp_path, shapes):
+    """diagnostics_samples=0 wrote NaN (not JSON) for θ's statistics of no images; a seed near
+    2^63, which the config took, overflowed the epoch's generator after the data was loaded;
+    a seed past what torch's generators hold is refused by the config."""
+    train_set, test_set = shapes
+    config = TrainConfig(model="st-cnn-aff", batch_size=64, steps=2, device="cpu", diagnostics_samples=0,
+                         seed=2**63 - 1)
+    train(config, tmp_path, train_set=train_set, test_set=test_set, progress=False)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1], parse_constant=pytest.fail)
+    assert record["theta"] == []
+    with pytest.raises(ValueError, match="seed must be"):
+        TrainConfig(seed=2**63)
+
+
+def test_the_device_is_cpu_or_cuda():
+    """meta (no values to train on) and devices torch may not be built for (mps, xla) ended in
+    tracebacks after the data was loaded."""
+    from torchstn.engine import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    for name in ("meta", "mps", "xla", "gpu", "cuda:x"):
+        with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+            resolve_device(name)
+
+
+def test_batch_norm_under_ddp_on_the_cpu_is_said(capsys):
+    """torch has no CPU SyncBatchNorm: the trainer says that each process then normalises its
+    own slice (its gradients differ from one process's), and leaves models without BatchNorm alone."""
+    from types import SimpleNamespace
+
+    from torchstn.engine._trainer import _synchronised_batch_norm
+    from torchstn.models import create_model
+
+    ddp = SimpleNamespace(device=torch.device("cpu"), world=2, main=True)
+    plain = create_model("cnn")
+    assert _synchronised_batch_norm(plain, ddp) is plain and capsys.readouterr().err == ""
+    with_bn = create_model("cnn1d", input_size=32, num_classes=3)
+    assert _synchronised_batch_norm(with_bn, ddp) is with_bn
+    assert "normalises its own slice" in capsys.readouterr().err

@@ -128,8 +128,8 @@ class TrainConfig:
         for name in ("steps", "lr_decay_every", "train_limit", "test_limit"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), minimum=1)
-        for name in ("data_seed", "seed"):
-            check_int(name, getattr(self, name))
+        check_int("data_seed", self.data_seed)
+        check_int("seed", self.seed, minimum=-(2**63), maximum=2**63 - 1)  # (torch's generators hold an int64)
         check_int("diagnostics_samples", self.diagnostics_samples, minimum=0)
         for name in ("online", "ground_truth_init", "deterministic", "channels_last"):
             check_bool(name, getattr(self, name))

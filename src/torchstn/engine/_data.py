@@ -2,8 +2,9 @@
 
 Batches are drawn from a permutation that depends only on ``(seed, epoch)``, so a
 resumed run sees exactly the batches it would have seen, and under DDP every process
-takes its slice of the same global batch (so the averaged gradient is the one-process
-gradient).
+takes its slice of the same global batch (its loss weighted by the slice's share, so the
+averaged gradient is the one-process gradient; BatchNorm layers normalise over the global
+batch on CUDA only, see the trainer).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> tor
         >>> torch.equal(epoch_batches(10, 4, 0, 1), epoch_batches(10, 4, 0, 1))
         True
     """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    mixed = seed * 1_000_003 + epoch
+    generator = torch.Generator().manual_seed(mixed if -(2**63) <= mixed < 2**63 else mixed % 2**63)  # (int64)
     perm = torch.randperm(num_items, generator=generator)
     num_batches = num_items // batch_size
     return perm[: num_batches * batch_size].view(num_batches, batch_size)

@@ -73,16 +73,21 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given: a ``ValueError`` for
-    a name torch does not know or CUDA that torch does not see (other devices are not probed)."""
+    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as given.
+    A ``ValueError`` for any other device (``meta`` holds no values to train on; torch may not be
+    built for ``mps`` or ``xla``), or a CUDA device that torch does not see."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA device; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} was asked for but torch sees {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -151,12 +156,14 @@ class _Distributed:
     def __init__(self, device: torch.device) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.owned = False
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device("cuda", local) if device.type == "cuda" and self.world > 1 else device
+        if self.device.type == "cuda" and self.world > 1:
+            torch.cuda.set_device(self.device)  # (NCCL's barrier and collectives use the current device)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             self.owned = True
         self.rank = dist.get_rank() if self.world > 1 else 0
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device("cuda", local) if device.type == "cuda" and self.world > 1 else device
         self.main = self.rank == 0
 
     def barrier(self) -> None:
@@ -166,13 +173,27 @@ class _Distributed:
     def sum(self, values: list[float]) -> list[float]:
         if self.world == 1:
             return values
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)  # (NCCL reduces CUDA tensors only)
         dist.all_reduce(t)
         return t.tolist()
 
     def close(self) -> None:
         if self.owned:
             dist.destroy_process_group()
+
+
+def _synchronised_batch_norm(model: nn.Module, ddp: _Distributed) -> nn.Module:
+    """``model`` with its BatchNorm layers normalising over the global batch (``SyncBatchNorm``),
+    as one process would; torch has no CPU ``SyncBatchNorm``: there each process normalises its
+    own slice, and a warning says that the gradients then differ from one process's."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    if ddp.device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    _print(f"warning: {type(model).__name__} has BatchNorm layers, which torch cannot synchronise across processes "
+           f"on the {ddp.device.type}: each of the {ddp.world} processes normalises its own slice of the batch, so "
+           "training differs from one process's", main=ddp.main, file=sys.stderr)
+    return model
 
 
 def _print(message: str, *, main: bool, file: Any = None) -> None:
@@ -286,6 +307,7 @@ def _train(
     elif run_dir is not None and ddp.main:
         run_dir.start(session.config)
     if ddp.world > 1:
+        session.core = _synchronised_batch_norm(session.core, ddp)
         session.model = nn.parallel.DistributedDataParallel(
             session.core, device_ids=[ddp.device] if ddp.device.type == "cuda" else None
         )
@@ -409,8 +431,9 @@ def _train_step(
 ) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor, torch.Tensor]:
     """One optimiser step on a global batch; returns this process's loss, KL, logits and labels (detached)."""
     config, ddp, core = session.config, session.ddp, session.core
-    x, y, inputs = fetch_inputs(session.train_set, shard(batch, ddp.rank, ddp.world), config.ground_truth_init,
-                                ddp.device, channels_last=config.channels_last)
+    part = shard(batch, ddp.rank, ddp.world)
+    x, y, inputs = fetch_inputs(session.train_set, part, config.ground_truth_init, ddp.device,
+                                channels_last=config.channels_last)
     with session.autocast():
         logits = session.model(x, **inputs)
         # (a P-STN model returns log-probabilities: the same data term)
@@ -419,6 +442,11 @@ def _train_step(
         objective = loss + kl
         if config.identity_reg:
             objective = objective + config.identity_reg * identity_penalty(core)
+    if len(part) * ddp.world != len(batch):
+        # DDP averages the processes' gradients alike: a slice of 3 of 5 images counts 3/5, so
+        # that the average is the one-process gradient of the batch's mean loss (the KL and the
+        # identity term, the same in every process, stay as they are: the weights sum to 1)
+        objective = objective * (len(part) * ddp.world / len(batch))
     session.optimizer.zero_grad(set_to_none=True)
     objective.backward()
     if config.grad_clip is not None:
@@ -517,7 +545,7 @@ def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple
     model = session.product  # (the average of the weights with ema)
     x, _, inputs = diagnostics_batch
     diagnostics = []
-    if len(getattr(model, "transformers", ())):  # with the predicted classes: does the warp encode the class?
+    if len(getattr(model, "transformers", ())) and len(x):  # (with the predicted classes: does the warp encode them?)
         diagnostics = theta_diagnostics(model.transformers, x, classes=predicted_classes(model, x, **inputs), **inputs)
     record["theta"] = diagnostics
     record["warnings"] = collapse_warnings(diagnostics)
