@@ -580,3 +580,17 @@ def test_nearest_rounds_half_way_points_half_to_even_on_every_backend(dtype, bac
         expected = F.grid_sample(x, exact_grid(n, scale), mode="nearest", align_corners=False)
         out = stn.warp(x, theta.to(dtype), "affine", (n, n), mode="nearest", backend=backend)
         assert torch.equal(out, expected)
+
+
+def test_identity_and_base_grid_follow_the_default_device_and_inverse_runs_on_meta():
+    """identity() and base_grid() made CPU tensors under torch's default device (torch.zeros
+    follows it): with CUDA the default, warp(x, t.identity(B), t) refused θ on another device.
+    inverse() of a meta tensor ran its singularity check, which needs values."""
+    with torch.device("meta"):
+        assert stn.Affine().identity(2).device.type == "meta"
+        assert stn.base_grid((3, 4)).device.type == "meta"
+        assert torch.zeros(1).device.type == "meta"
+    assert stn.Affine().identity(2).device.type == "cpu" and stn.base_grid((3, 4)).device.type == "cpu"
+    for family in (stn.Translation(), stn.Affine(), stn.Projective(), stn.Affine3D()):
+        params = family.identity(2, device="meta")
+        assert family.inverse(params).shape == params.shape and family.inverse(params).is_meta

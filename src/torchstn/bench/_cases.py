@@ -266,7 +266,7 @@ class Workload:
 
 
 def _random_params(transform: Transform, family: str, batch: int, generator: torch.Generator) -> torch.Tensor:
-    identity = transform.identity(batch, dtype=torch.float64)
+    identity = transform.identity(batch, "cpu", torch.float64)
     noise = torch.randn(identity.shape, generator=generator, dtype=torch.float64)
     return identity + _PARAM_NOISE.get(family, 0.1) * noise
 

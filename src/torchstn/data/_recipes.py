@@ -368,7 +368,7 @@ class Rotation(Recipe):
             return _f32(torch.stack([torch.full_like(alpha, k), alpha, zero, zero], 1))
 
         def fallback(index: torch.Tensor) -> torch.Tensor:
-            return self.transform.identity(len(index), dtype=torch.float64) * torch.tensor([k, 1, 1, 1])
+            return self.transform.identity(len(index), "cpu", torch.float64) * torch.tensor([k, 1, 1, 1])
 
         params, stats = self._rejection(index, propose, self._fits_matrix(self.transform, sources, index), fallback)
         return Draw(params.float(), index.clone(), sources.labels[index], stats=stats)
@@ -533,7 +533,7 @@ class Elastic(Recipe):
     def _draw(self, sources: Sources, index: torch.Tensor, generator: torch.Generator) -> Draw:
         k = self.k
         tps = self.transform
-        base = tps.identity(dtype=torch.float64) * k
+        base = tps.identity(device="cpu", dtype=torch.float64) * k
         sigma = self.options["sigma"] * 2.0 / _DIGIT
 
         def propose(index: torch.Tensor) -> torch.Tensor:

@@ -229,7 +229,7 @@ def distortion_shift(transform: Transform, params: torch.Tensor, size: int) -> t
         reference = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
         moved = transform.transform_points(transform.inverse(params), reference.expand(len(params), -1, -1))
     else:
-        reference = transform.identity(dtype=torch.float64).view(-1, 2)
+        reference = transform.identity(device="cpu", dtype=torch.float64).view(-1, 2)
         moved = params.view(len(params), -1, 2)
     scale = (moved * reference).sum((1, 2)) / reference.pow(2).sum()
     residual = moved - scale[:, None, None] * reference

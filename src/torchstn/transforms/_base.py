@@ -66,7 +66,7 @@ def base_grid(
         size: output spatial size ``(H, W)`` or ``(D, H, W)`` (``(L,)`` for signals).
         align_corners: as in :func:`torch.nn.functional.grid_sample`.
         homogeneous: append a column of ones (for matrix transforms).
-        device: device of the result.
+        device: device of the result (default: torch's default device).
         dtype: floating dtype of the result (default: torch's default dtype).
 
     Returns:
@@ -86,7 +86,7 @@ def base_grid(
     """
     check_bool("align_corners", align_corners)  # ("False" from a config file is not True)
     dtype = dtype if dtype is not None else torch.get_default_dtype()
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = torch.device(device) if device is not None else torch.get_default_device()
     if not isinstance(size, (tuple, list)):
         raise TypeError(f"size must be a sequence of 1 to 3 ints (L,), (H, W) or (D, H, W), got {type(size).__name__}")
     if _traced_size(size):
@@ -162,8 +162,11 @@ class Transform(ABC):
     def identity(
         self, batch: int | None = None, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> torch.Tensor:
-        """Parameters of the identity map: ``(P,)``, or ``(B, P)`` when ``batch`` is given."""
+        """Parameters of the identity map: ``(P,)``, or ``(B, P)`` when ``batch`` is given, on
+        ``device`` (default: torch's default device, as ``torch.zeros``) in ``dtype`` (default:
+        torch's default dtype)."""
         dtype = dtype if dtype is not None else torch.get_default_dtype()
+        device = device if device is not None else torch.get_default_device()
         if not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
         p = self._identity().to(device=device, dtype=dtype)
@@ -389,7 +392,7 @@ class MatrixTransform(Transform):
         root of its dtype's epsilon (eager calls; under a tracer ``torch.linalg.inv`` raises its
         own error for an exact zero pivot). Non-finite parameters give NaN."""
         matrix = self._matrix(self.check_params(params))
-        if not eager_tensors(matrix):
+        if not eager_tensors(matrix) or matrix.is_meta:  # (a meta tensor has no values to check)
             return self._from_matrix(torch.linalg.inv(matrix))
         finite = torch.isfinite(matrix).flatten(1).all(1)
         eye = torch.eye(self.ndim + 1, dtype=matrix.dtype, device=matrix.device)
