@@ -124,6 +124,25 @@ def test_refresh_keeps_the_analyses_of_a_cell_whose_run_is_gone(cli, mnist_dir, 
     assert "refreshing standard/cnn/p/s0" in run.out
     record = json.loads((tmp_path / "results" / "stn-table1.json").read_text())["cells"]["standard/cnn/p/s0"]
     assert record["by_shift"] == bins and record["error"] == 7.72
+    assert "the run of standard/cnn/p/s0 is neither under --runs" in run.err
+
+
+def test_refresh_finds_a_run_under_runs_where_it_was_moved(cli, mnist_dir, tmp_path):
+    """A cell records its run's path as given (relative with the default --runs): a refresh
+    with --runs where the runs now are drew nothing and said nothing. It reads them there."""
+    import shutil
+
+    args = ["reproduce", "stn-table1", "--budget", "quick", "--only", "st-cnn-aff", "--datasets", "r", "--limit", "64",
+            "--data-dir", mnist_dir, "--out", tmp_path / "results", "--no-progress"]
+    assert cli(*args, "--runs", tmp_path / "runs").status == 0
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    figure = tmp_path / "results" / "stn-table1" / "quick-st-cnn-aff-r.png"
+    figure.unlink()
+    run = cli(*args, "--refresh", "--runs", tmp_path / "moved")
+    assert run.status == 0, run.err
+    assert figure.is_file() and "neither under --runs" not in run.err
+    record = json.loads((tmp_path / "results" / "stn-table1.json").read_text())["cells"]["quick/st-cnn-aff/r/s0"]
+    assert record["run"].startswith(str(tmp_path / "moved")) and record["by_rotation"]
 
 
 def test_the_recorded_command_has_no_absolute_paths(tmp_path, monkeypatch):

@@ -104,3 +104,22 @@ def test_the_report_shows_each_split_per_column(tmp_path, column, key, bins, tit
     text = render_report(experiment, results, tmp_path, "standard")
     assert title in text and table in text
     assert "by the rotation" not in text  # no other split without its record
+
+
+@needs_mnist
+def test_a_sampling_model_s_bins_add_up_to_its_recorded_error(tmp_path):
+    """A P-STN draws its test-time θ: the report's per-rotation table drew them from whatever
+    state the generator had (84.20% recorded, bins adding up to 83.80%, then 83.60% on the
+    next --refresh); from the state the run's last evaluation found, saved with its checkpoint,
+    they add up to the recorded error, every time."""
+    from torchstn.engine import TrainConfig, train
+    from torchstn.reproduce import error_by_rotation
+
+    config = TrainConfig(model="p-stn", data="mnist-r", data_dir=str(MNIST_DIR), train_limit=128, test_limit=96,
+                         batch_size=32, steps=3, optimizer="adam", lr=1e-3, device="cpu", diagnostics_samples=8,
+                         model_args={"samples": 2, "test_samples": 2})
+    result = train(config, tmp_path / "run", progress=False)
+    tables = [error_by_rotation(None, {"run": str(tmp_path / "run")}, data_dir=str(MNIST_DIR)) for _ in range(2)]
+    assert tables[0] == tables[1] and sum(b["n"] for b in tables[0]) == 96
+    total = sum(b["n"] * b["error"] for b in tables[0]) / 96
+    assert total == pytest.approx(100 * result.final["test_error"])

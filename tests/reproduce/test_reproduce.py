@@ -422,3 +422,45 @@ def test_a_difference_within_the_seeds_spread_is_called_so(tmp_path):
     assert "9.25% beats CNN on the projection (21.50%)." in clear and "not a clear difference" not in clear
     one_seed = report({("cnn-3d", 0): 20.0, ("st-cnn-3d-aff", 0): 19.9})
     assert "not a clear difference" not in one_seed  # no spread to compare with
+
+
+def test_a_worker_s_log_holds_each_line_as_it_is_printed(tmp_path, monkeypatch):
+    """A worker's log was block-buffered: empty while its cell trained, and empty for good when
+    the parent was killed (the worker then ends with os._exit, which flushes nothing)."""
+    from torchstn.reproduce import _runner
+
+    cell = plan(get_experiment("stn-table1"), "quick", only=["cnn"], datasets=["r"])[0]
+    log_path = cell.run_dir(tmp_path).log_path
+    seen = []
+
+    def run_cell(cell, runs, progress, log, **options):
+        log("epoch 1: test error 9.00%")
+        seen.append(log_path.read_text())
+        return {"error": 9.0}
+
+    monkeypatch.setattr(_runner, "run_cell", run_cell)
+    _runner._run_in_worker(cell, tmp_path, {})
+    assert seen == ["epoch 1: test error 9.00%\n"]
+
+
+def test_a_report_holds_the_cells_another_command_recorded_meanwhile(tmp_path):
+    """Two commands adding to one record (two --only runs side by side): the one that wrote its
+    report last rendered it from its own copy, and the other's cell was missing from the
+    report while the record held it."""
+    from torchstn.reproduce import write_report
+
+    import shlex
+
+    experiment = get_experiment("stn-table1")
+    cells = {c.key: c for c in plan(experiment, "quick", only=["cnn", "fcn"], datasets=["r"])}
+    out = tmp_path / "out sp"  # (and the command to rerun quotes it: "--out out sp" ran another command)
+    first, second = Results(out, experiment.name), Results(out, experiment.name)
+    for results, key, error in ((first, "quick/cnn/r/s0", 12.34), (second, "quick/fcn/r/s0", 56.78)):
+        cell = cells[key]
+        results.add(cell, {"digest": cell.digest, "budget": "quick", "row": cell.row.key, "column": "r", "seed": 0,
+                           "error": error, "best_error": error, "train_error": error, "epochs": 1, "steps": 16,
+                           "wall_seconds": 1.0, "images_per_s": 1.0, "config": cell.config})
+    write_report(experiment, second, out, "quick")
+    report = write_report(experiment, first, out, "quick").read_text()
+    assert "12.34" in report and "56.78" in report
+    assert f"--out {shlex.quote(str(out))}" in report

@@ -146,13 +146,28 @@ def run(args: argparse.Namespace) -> int:
             record = results.finished(cell)
             if record is not None:
                 print(f"refreshing {cell.key}")
-                after_cell(cell, record)
+                after_cell(cell, _located(cell, record, args.runs))
     else:
         run_experiment(cells, results, args.runs, data_dir=args.data_dir, device=args.device or "auto",
                        command=recorded_command(args), jobs=jobs,
                        progress=not args.no_progress and sys.stderr.isatty(), after_cell=after_cell)
     print(f"report: {write_report(experiment, results, args.out, args.budget)}")
     return 0
+
+
+def _located(cell: Cell, record: dict[str, Any], runs: str) -> dict[str, Any]:
+    """``record`` with its run where it is: under ``--runs`` (the recorded path may be relative to
+    another directory, or from another machine), else where it was recorded; a warning when
+    neither holds it (the cell's figure and analyses then stay as they were)."""
+    from torchstn.engine import RunDir
+
+    here = cell.run_dir(runs)
+    if here.holds_run():
+        return {**record, "run": str(here.path)}
+    if not RunDir(record["run"]).holds_run():
+        print(f"warning: the run of {cell.key} is neither under --runs {runs} nor at {record['run']}: its figure "
+              "and analyses are kept as they were", file=sys.stderr)
+    return record
 
 
 def _print_cells(cells: list[Cell], results: Results, runs: str) -> None:

@@ -6,6 +6,7 @@ directories), so it can be rewritten at any time and always says what was measur
 
 from __future__ import annotations
 
+import shlex
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -241,6 +242,8 @@ def _test_predictions(
 ) -> tuple[Any, torch.Tensor] | None:
     """``(test set, wrong)`` of a finished cell's last model (``wrong``: 1.0 where it errs),
     or ``None`` when its run is gone or its test set was not drawn with one of ``families``."""
+    import torch
+
     from torchstn.engine import RunDir, load_model, load_split, predict
 
     run_dir = RunDir(record["run"])
@@ -250,8 +253,28 @@ def _test_predictions(
     test_set = load_split(config.replace(data_dir=data_dir), "test")
     if getattr(test_set, "params", None) is None or not isinstance(getattr(test_set, "transform", None), families):
         return None
-    logits, labels = predict(model, test_set, batch_size=config.eval_batch_size, **config.call_options())
+    with torch.random.fork_rng(devices=[]):
+        # the generator as the run's last evaluation found it (saved with the last checkpoint, the
+        # evaluation forked): a P-STN then draws the θ behind its recorded error, and the bins
+        # add up to it (drawn from whatever state the report had, they did not, nor twice alike)
+        rng = _evaluation_rng(run_dir)
+        if rng is not None:
+            torch.set_rng_state(rng)
+        logits, labels = predict(model, test_set, batch_size=config.eval_batch_size, **config.call_options())
     return test_set, (logits.argmax(1) != labels).float()
+
+
+def _evaluation_rng(run_dir: Any) -> torch.Tensor | None:
+    """The torch CPU generator's state saved with a run's last checkpoint, or ``None`` (none saved)."""
+    import torch
+
+    from torchstn.engine._checkpoint import CheckpointError, read_training_state
+
+    try:
+        state = read_training_state(run_dir.checkpoint("last"))["rng"]["torch"]
+    except (CheckpointError, KeyError, TypeError):
+        return None
+    return state if isinstance(state, torch.Tensor) else None
 
 
 def _binned(
@@ -628,7 +651,7 @@ def render_report(experiment: Experiment, results: Results, results_dir: str | P
     budgets = [b for b in BUDGETS if b in budgets_present or b == budget]
     budgets.sort(key=lambda b: {"standard": 0, "long": 1, "paper": 2, "quick": 3}[b])
     out = _relative(results_dir)
-    out_option = "" if Path(out) == Path(DEFAULT_OUT) else f" --out {out}"
+    out_option = "" if Path(out) == Path(DEFAULT_OUT) else f" --out {shlex.quote(str(out))}"
     lines = [
         f"# `{experiment.name}`: {experiment.title}",
         "",
@@ -662,9 +685,16 @@ def _relative(path: Path) -> str:
 
 
 def write_report(experiment: Experiment, results: Results, results_dir: str | Path, budget: str | None = None) -> Path:
-    """Write ``<results_dir>/<experiment>.md``; returns its path."""
+    """Write ``<results_dir>/<experiment>.md`` (atomically) from the record as the file holds it
+    now, under its lock: another command adding to the same record meanwhile (``--only`` runs
+    side by side) had its cell dropped from a report rendered from this one's older copy."""
+    from torchstn.engine import atomic_write
+
     path = Path(results_dir) / f"{experiment.name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(experiment, results, results_dir, budget))
+    with results._locked():
+        results.reload()
+        text = render_report(experiment, results, results_dir, budget)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
 

@@ -570,6 +570,9 @@ def _worker_init(parent: int, poll_seconds: float = 2.0) -> None:
     def exit_with_parent() -> None:
         while os.getppid() == parent:
             time.sleep(poll_seconds)
+        for stream in (sys.stdout, sys.stderr):  # (a cell's log: os._exit flushes nothing)
+            with contextlib.suppress(Exception):
+                stream.flush()
         os._exit(1)
 
     threading.Thread(target=exit_with_parent, name="exit-with-parent", daemon=True).start()
@@ -585,7 +588,9 @@ def _run_in_worker(cell: Cell, runs: str | Path, options: dict[str, Any]) -> dic
 
     log_path = cell.run_dir(runs).log_path
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    # line-buffered: the log shows each epoch as it ends, and keeps it when the worker is ended
+    # with os._exit (its parent gone), which flushes nothing
+    with open(log_path, "a", buffering=1) as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         record = run_cell(cell, runs, **options, progress=False, log=print)
     return {**record, "machine": machine_info()}
 
