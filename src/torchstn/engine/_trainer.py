@@ -534,6 +534,7 @@ def _epoch_record(session: _Session, epoch: int, sums: _EpochSums) -> dict[str, 
         "images_per_s": seen_total / sums.seconds,
         "seconds": sums.seconds,
         "elapsed": time.perf_counter() - session.started,
+        "session": session.start_epoch,  # (the epoch this session of the engine started at: elapsed restarts there)
     }
 
 

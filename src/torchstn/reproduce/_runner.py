@@ -354,14 +354,18 @@ class CellLock:
 def _wall_seconds(history: Sequence[dict[str, Any]]) -> float:
     """Training wall time (evaluation included) summed over epochs, across resumed sessions.
 
-    ``elapsed`` restarts at each session of the engine; an epoch whose ``elapsed`` is
-    not above the previous one starts a new session.
+    ``elapsed`` restarts at each session of the engine, whose records say where it started
+    (``session``): the last ``elapsed`` of each session, summed. In records written before
+    that field an epoch whose ``elapsed`` is not above the previous one starts a new session
+    (which missed a resumed session whose first epoch outlasted the whole killed one).
     """
-    total, previous = 0.0, None
+    total, previous, previous_session = 0.0, None, None
     for record in history:
         elapsed = float(record.get("elapsed", record.get("seconds", 0.0)))
-        total += elapsed - previous if previous is not None and elapsed > previous else elapsed
-        previous = elapsed
+        session = record.get("session")
+        new = previous is None or (session != previous_session if session is not None else elapsed <= previous)
+        total += elapsed if new else elapsed - previous
+        previous, previous_session = elapsed, session
     return total
 
 
