@@ -180,3 +180,26 @@ def test_batch_norm_under_ddp_on_the_cpu_is_said(capsys):
     with_bn = create_model("cnn1d", input_size=32, num_classes=3)
     assert _synchronised_batch_norm(with_bn, ddp) is with_bn
     assert "normalises its own slice" in capsys.readouterr().err
+
+
+def test_train_leaves_torch_s_global_settings_as_it_found_them(shapes):
+    """A deterministic run restored determinism without its warn_only (a caller's warn-only
+    mode came back strict) and left cuDNN's flags as it set them. And under a float64
+    default dtype the model was built in float64 for float32 data (conv2d's dtype error):
+    it trains in float32, as the data is."""
+    train_set, test_set = shapes
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.get_default_dtype())
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+        torch.set_default_dtype(torch.float64)
+        result = train(TrainConfig(model="st-cnn-aff", batch_size=64, steps=1, device="cpu", deterministic=True,
+                                   diagnostics_samples=8), train_set=train_set, test_set=test_set, progress=False)
+        assert next(result.model.parameters()).dtype == torch.float32
+        assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (True, True, True, False)
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2:4]
+        torch.set_default_dtype(saved[4])

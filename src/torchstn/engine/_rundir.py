@@ -238,6 +238,6 @@ def load_model(run_or_ckpt: str | Path, which: str = "best", map_location: str |
         model.load_state_dict(tensors)
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint {path} does not fit model {config.model!r}: {str(err).splitlines()[0]}") from None
-    model.to(map_location).eval()
+    model.to(map_location, torch.float32).eval()  # (as trained, whatever torch's default dtype)
     info["path"] = path
     return model, config, info

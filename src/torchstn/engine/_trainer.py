@@ -237,11 +237,16 @@ def train(
     """
     device = resolve_device(config.device)
     ddp = _Distributed(device)
+    # --deterministic ends with the run: the caller's settings come back as they were (warn_only
+    # and cuDNN's flags too: a strict mode was left behind where the caller had asked to be warned)
     deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:
         return _train(config, out, ddp, train_set, test_set, resume, progress, stop_after)
     finally:
-        torch.use_deterministic_algorithms(deterministic)  # --deterministic ends with the run
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
         ddp.close()
 
 
@@ -342,7 +347,8 @@ def _set_up(config: TrainConfig, ddp: _Distributed, run_dir: RunDir | None, trai
     """The model (its size filled in from the data), the optimiser and the schedule."""
     config = config.replace(model_args={**dataset_model_args(train_set), **config.model_args})
     try:
-        model = create_model(config.model, **config.model_args).to(ddp.device)
+        # float32 whatever torch's default dtype (the data is float32; bf16 is autocast's)
+        model = create_model(config.model, **config.model_args).to(ddp.device, torch.float32)
     except (TypeError, ValueError) as err:  # pool="abc", or images for a model of series: the config is wrong
         raise ValueError(
             f"cannot build model {config.model!r} for {config.data} with model_args {config.model_args}: {err}"
