@@ -227,3 +227,29 @@ def test_supersample_is_refused_where_a_sample_is_not_one_warp(mnist_dir):
             distorted_mnist(kind, "test", mnist_dir, limit=2, cache=False, supersample=2)
     with pytest.raises(ValueError):
         distorted_mnist("p", "test", mnist_dir, limit=2, cache=False, supersample=0)
+
+
+def test_a_set_renders_on_the_cpu_under_another_default_device(mnist_dir):
+    """Under torch.set_default_device (or ``with torch.device(...)``) every kind failed: its
+    draws and rendering made tensors on the default device beside CPU ones."""
+    from torchstn.data import distorted_mnist
+
+    for kind in ("rts", "p", "e", "cluttered", "addition"):
+        expected = distorted_mnist(kind, "test", mnist_dir, limit=3, cache=False)
+        with torch.device("meta"):
+            got = distorted_mnist(kind, "test", mnist_dir, limit=3, cache=False)
+        assert torch.equal(got.images, expected.images) and torch.equal(got.params, expected.params), kind
+
+
+def test_a_cached_set_is_as_readable_as_its_directory(tmp_path):
+    """mkdtemp made each set's directory 0700 whatever the umask: another user of a shared
+    cache could not read it. It gets its parent's permissions."""
+    import numpy as np
+
+    from torchstn.data._generate import _write_cache
+
+    parent = tmp_path / "distorted"
+    parent.mkdir()
+    parent.chmod(0o755)
+    _write_cache(parent / "set", {"images": np.zeros((2, 3), np.uint8)}, {"key": "k"})
+    assert (parent / "set").stat().st_mode & 0o777 == 0o755

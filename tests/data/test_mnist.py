@@ -268,3 +268,14 @@ def test_download_with_a_bad_checksum_leaves_nothing(mnist_dir, tmp_path, served
     names = sorted(p.name for p in target.iterdir())
     assert "t10k-labels-idx1-ubyte.gz" not in names
     assert not [n for n in names if n.endswith(".part")]
+
+
+def test_the_files_in_root_load_without_a_cache_directory(mnist_dir, monkeypatch):
+    """With no home directory (a user without a passwd entry and no HOME, or an unknown ~user in
+    TORCHSTN_CACHE) load_mnist(root) failed with 'Could not determine home directory' although
+    the files were in root; the cache itself, where it is needed, names what to set."""
+    monkeypatch.setenv("TORCHSTN_CACHE", "~torchstn_no_such_user_xyz/cache")
+    images, labels = load_mnist(mnist_dir, "test")
+    assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
+    with pytest.raises(RuntimeError, match="set TORCHSTN_CACHE to a directory, or HOME"):
+        _mnist.default_cache_dir()

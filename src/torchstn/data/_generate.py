@@ -262,6 +262,9 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], manifest: dict[str, 
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        # as its parent, which mkdir made under the umask (mkdtemp makes it 0700: another user of a
+        # shared cache could not read the set)
+        tmp.chmod(path.parent.stat().st_mode & 0o777)
         if path.exists():
             if _read_cache(path, manifest["key"]) is not None:  # a concurrent writer finished first: keep its copy
                 return
@@ -365,8 +368,9 @@ def distorted_mnist(
     else:
         if cache and limit is None:
             _check_writable(path.parent)  # before the rendering, which takes minutes
-        draw = draw_split(recipe, sources, split, seed, count=n)
-        images = render_all(recipe, sources, draw, n, progress)
+        with torch.device("cpu"):  # (the draws and the rendering are the CPU's under any default device)
+            draw = draw_split(recipe, sources, split, seed, count=n)
+            images = render_all(recipe, sources, draw, n, progress)
         manifest = _store(path, key, identity, recipe, images, draw) if cache and limit is None else None
     return DistortedMNIST(
         images, draw.labels, draw.params, recipe.transform, draw.source, draw.extras, recipe, split, seed, sources,

@@ -12,6 +12,7 @@ names the four files and where to put them.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import math
@@ -69,9 +70,18 @@ _DOWNLOAD_TIMEOUT = 30.0
 
 
 def default_cache_dir() -> Path:
-    """The user cache: ``$TORCHSTN_CACHE`` if set, else ``~/.cache/torchstn``."""
+    """The user cache: ``$TORCHSTN_CACHE`` if set, else ``~/.cache/torchstn``.
+
+    Raises:
+        RuntimeError: naming both, where neither gives a directory (no home directory: a
+            user without a passwd entry and no ``HOME``, or ``~user`` of an unknown user).
+    """
     env = os.environ.get("TORCHSTN_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "torchstn"
+    try:
+        return Path(env).expanduser() if env else Path.home() / ".cache" / "torchstn"
+    except RuntimeError as err:
+        raise RuntimeError(f"torchstn's cache directory cannot be found ({err}): set TORCHSTN_CACHE to a directory, "
+                           "or HOME") from None
 
 
 def _file_names(split: str) -> tuple[str, str]:
@@ -88,7 +98,8 @@ def search_dirs(root: str | os.PathLike | None, sub: str) -> list[Path]:
     env = os.environ.get("TORCHSTN_DATA")
     if env:
         bases.append(Path(env).expanduser())
-    bases.append(default_cache_dir() / sub)
+    with contextlib.suppress(RuntimeError):  # (no cache directory: the files may be in root all the same)
+        bases.append(default_cache_dir() / sub)
     dirs: list[Path] = []
     for base in bases:
         for d in (base, base / sub):
