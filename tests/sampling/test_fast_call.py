@@ -457,3 +457,19 @@ def test_the_compiled_call_is_published_only_once_set_up(monkeypatch):
     assert _fused.fast_call() is module
     assert seen == [("python", None), ("kernels", None)]  # nothing published while it was set up
     assert _fused._library.state["fast"] is module
+
+
+def test_the_switch_of_the_compiled_call_reads_the_usual_words(monkeypatch):
+    """Only TORCHSTN_FAST_CALL=0 turned it off: "off", "false" and "no" were silently ignored."""
+    import warnings
+
+    from torchstn.sampling._fused import _fast_call_wanted
+
+    for value, wanted in (("0", False), ("off", False), (" False ", False), ("no", False), ("1", True), ("on", True)):
+        monkeypatch.setenv("TORCHSTN_FAST_CALL", value)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert _fast_call_wanted() is wanted, value
+    monkeypatch.setenv("TORCHSTN_FAST_CALL", "garbage")
+    with pytest.warns(RuntimeWarning, match="TORCHSTN_FAST_CALL='garbage' is neither"):
+        assert _fast_call_wanted()

@@ -380,3 +380,25 @@ def test_the_operators_refuse_arguments_that_do_not_fit():
     one = rows[:1].clone()
     with FakeTensorMode() as mode, pytest.raises(ValueError, match=r"shape \(B, 2, 3\) with the batch B = 4"):
         warp2d(mode.from_tensor(x), mode.from_tensor(one), "affine", [4, 5], "bilinear", "zeros", False, 0.0)
+
+
+def test_the_operators_sample_through_the_grid_where_the_kernel_cannot_be_built(monkeypatch):
+    """A saved torch.export program holds torchstn::warp2d / warp3d; run where the kernel cannot
+    be built (no compiler, an unwritable cache) it raised. The operators' forward falls back
+    to the grid path, as torchstn.warp does."""
+    import torch.nn.functional as F
+
+    from torchstn.sampling import _fused3d
+
+    monkeypatch.setattr(_fused, "_library", lambda: None)
+    monkeypatch.setattr(_fused3d, "_library", lambda: None)
+    x = torch.rand(2, 3, 5, 6, dtype=torch.float64)
+    rows = random_theta(stn.Affine(), 2, torch.float64, scale=SCALE).view(2, 2, 3)
+    out = torch.ops.torchstn.warp2d(x, rows, "affine", [4, 7], "bilinear", "zeros", False, 0.0)
+    grid = F.affine_grid(rows, (2, 3, 4, 7), align_corners=False)
+    torch.testing.assert_close(out, F.grid_sample(x, grid, align_corners=False))
+    x3 = torch.rand(2, 1, 3, 4, 5, dtype=torch.float64)
+    rows3 = random_theta(stn.Affine3D(), 2, torch.float64, scale=SCALE).view(2, 3, 4)
+    out3 = torch.ops.torchstn.warp3d(x3, rows3, "affine", [3, 4, 5], "bilinear", "zeros", False)
+    grid3 = F.affine_grid(rows3, (2, 1, 3, 4, 5), align_corners=False)
+    torch.testing.assert_close(out3, F.grid_sample(x3, grid3, align_corners=False))

@@ -287,8 +287,11 @@ class LazyKernel:
                     self.state["lib"] = self.build()
                 except Exception as error:  # noqa: BLE001 - any build failure means: fall back
                     self.state["lib"], self.state["error"] = None, error
+                    # (a cache that cannot be written is not a missing compiler)
+                    needs = "a cache directory it can write (TORCH_EXTENSIONS_DIR)" if isinstance(
+                        error, (PermissionError, NotADirectoryError, FileExistsError)) else self.needs
                     warnings.warn(
-                        f"torchstn: {self.what} could not be built, so {self.fallback}. It needs {self.needs}. "
+                        f"torchstn: {self.what} could not be built, so {self.fallback}. It needs {needs}. "
                         f"The error: {type(error).__name__}: {error}",
                         RuntimeWarning,
                         stacklevel=_caller_stacklevel(),
@@ -373,6 +376,18 @@ _fast_call_module = LazyKernel(
 )
 
 
+def _fast_call_wanted() -> bool:
+    """``TORCHSTN_FAST_CALL``: off for 0, false, off or no (any case); on unset or for 1, true,
+    on or yes; anything else warns and leaves it on (only "0" turned it off, "off" silently not)."""
+    value = os.environ.get("TORCHSTN_FAST_CALL", "1").strip().lower()
+    if value in ("0", "false", "off", "no"):
+        return False
+    if value not in ("1", "true", "on", "yes"):
+        warnings.warn(f"TORCHSTN_FAST_CALL={value!r} is neither 0/false/off/no nor 1/true/on/yes: the compiled call "
+                      "stays on", RuntimeWarning, stacklevel=3)
+    return True
+
+
 def fast_call() -> object | None:
     """The compiled call of the fused 2-D kernel (``csrc/fast_call.cpp``: its ``fast_warp`` and
     ``warp2d``), or ``None`` where the kernel or this module could not be built (or
@@ -380,7 +395,7 @@ def fast_call() -> object | None:
     answer is kept in the kernel's state, so that it goes with the kernel it calls."""
     fast = _library.state.get("fast")
     if fast is None:  # not asked yet
-        usable = os.environ.get("TORCHSTN_FAST_CALL", "1") != "0" and _library() is not None
+        usable = _fast_call_wanted() and _library() is not None
         with _FAST_CALL_LOCK:  # (published when ready: another thread's warp used it half set up)
             fast = _library.state.get("fast")
             if fast is None:
@@ -709,6 +724,8 @@ def _warp2d_checked(
 ) -> torch.Tensor:
     refuse_forward_ad("warp2d")
     check_operator_args("warp2d", x, loc, location, size, mode, padding)
+    if _library() is None:  # (a saved program that holds the operator, run where the kernel cannot be built)
+        return grid_path(x, loc, location, size, mode, padding, align_corners, eps)
     return _warp2d_cpu(x, loc, location, size, mode, padding, align_corners, eps)
 
 

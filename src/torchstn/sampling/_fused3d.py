@@ -163,6 +163,8 @@ def _warp3d_checked(
 ) -> torch.Tensor:
     refuse_forward_ad("warp3d")
     check_operator_args("warp3d", x, loc, location, size, mode, padding)
+    if _library() is None:  # (a saved program that holds the operator, run where the kernel cannot be built)
+        return grid_path3d(x, loc, location, size, mode, padding, align_corners)
     return _warp3d_cpu(x, loc, location, size, mode, padding, align_corners)
 
 
