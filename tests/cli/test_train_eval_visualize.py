@@ -188,3 +188,27 @@ def test_visualize_errors_shows_the_first_misclassified_test_images(cli, run_dir
     with torch.no_grad():
         wrong = [i for i in range(5, len(test)) if int(model(test[i][0][None]).argmax()) != test[i][1]]
     assert shown[0] == wrong[:3] and len(wrong) >= 3  # one epoch of 256 images: errors abound
+
+
+def test_eval_of_a_sampling_model_is_the_run_s_own_and_the_title_is_the_checkpoint_s_epoch(
+        cli, tiny, mnist_dir, tmp_path, monkeypatch):
+    """A P-STN draws its test-time θ: `eval` drew them from whatever state torch's generator had
+    (three runs of one command, three errors, none the run's own); it draws from the state the
+    run's last evaluation found. And `visualize --which best` titled the best epoch's figure
+    with the last epoch's numbers."""
+    import torchstn.engine
+
+    out = tmp_path / "pstn"
+    run = cli("train", "--model", "p-stn", "--model-arg", "samples=2", "--model-arg", "test_samples=2", "--steps", 24,
+              "--lr", "0.05", "--out", out, *tiny)
+    assert run.status == 0, run.err
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [json.loads(cli("eval", out, "--which", "last", "--limit", 128, "--json", "--data-dir", mnist_dir).out)
+             for _ in range(2)]
+    assert evals[0]["error"] == evals[1]["error"] == pytest.approx(history[-1]["test_error"])
+    assert evals[0]["loss"] == evals[1]["loss"] == pytest.approx(history[-1]["test_loss"])
+    titles = []
+    monkeypatch.setattr(torchstn.engine, "plot_run", lambda *a, title=None, **k: titles.append(title) or tmp_path)
+    assert cli("visualize", out, "--which", "best", "--data-dir", mnist_dir, "--out", tmp_path / "f.png").status == 0
+    best = min(history, key=lambda r: r["test_error"])  # (the first of equal errors: the checkpoint kept)
+    assert f"epoch {best['epoch']}: test error {best['test_error']:.2%}" in titles[0]

@@ -11,6 +11,7 @@ from torchstn.cli._common import (
     add_device_arg,
     add_threads_arg,
     check_at_least_one,
+    checkpoint_draws,
     formatter,
     load_checkpoint_and_data,
 )
@@ -47,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_at_least_one(args, "limit", "batch_size")
     model, config, info, device, dataset = load_checkpoint_and_data(args, args.split, args.limit)
-    metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device, **config.call_options())
+    with checkpoint_draws(info, config):
+        metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device, **config.call_options())
     metrics = {"checkpoint": str(info["path"]), "epoch": info["epoch"], "model": config.model,
                "data": config.data, "split": args.split, **metrics}
     if args.json:

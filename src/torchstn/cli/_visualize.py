@@ -12,6 +12,7 @@ from torchstn.cli._common import (
     add_device_arg,
     add_threads_arg,
     check_at_least_one,
+    checkpoint_draws,
     formatter,
     load_checkpoint_and_data,
 )
@@ -75,15 +76,16 @@ def run(args: argparse.Namespace) -> int:
     if args.start >= len(dataset):
         raise CLIError(f"--start {args.start} is past the {len(dataset):,} test examples")
     dims = dataset[0][0].dim()
-    if dims != 3:  # (C, L) series, (C, D, H, W) volumes: the figures `torchstn reproduce` draws of them
-        out = _draw_series_or_volumes(model, config, info, dataset, args, dims)
-        print(f"wrote {out}")
-        return 0
-    examples = _misclassified(model, config, dataset, device, args.start, args.num) if args.errors else None
-    history = RunDir.of_checkpoint(info["path"]).history()
-    out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start, examples=examples,
-                   title=_title(config, info, history), device=device, calibration_images=args.calibration_images,
-                   warp_samples=args.warp_samples, label_smoothing=config.label_smoothing, **config.call_options())
+    with checkpoint_draws(info, config):  # (a P-STN's draws: the same figure every time)
+        if dims != 3:  # (C, L) series, (C, D, H, W) volumes: the figures `torchstn reproduce` draws of them
+            out = _draw_series_or_volumes(model, config, info, dataset, args, dims)
+            print(f"wrote {out}")
+            return 0
+        examples = _misclassified(model, config, dataset, device, args.start, args.num) if args.errors else None
+        history = RunDir.of_checkpoint(info["path"]).history()
+        out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start, examples=examples,
+                       title=_title(config, info, history), device=device, calibration_images=args.calibration_images,
+                       warp_samples=args.warp_samples, label_smoothing=config.label_smoothing, **config.call_options())
     print(f"wrote {out}")
     return 0
 
@@ -122,17 +124,19 @@ def _misclassified(model: Any, config: TrainConfig, dataset: Any, device: Any, s
 
 
 def _title(config: TrainConfig, info: dict[str, Any], history: list[dict[str, Any]]) -> str:
-    """``MODEL on DATA, epoch E: test error ..., ECE ..., NLL ... on <which test images>`` from the last record.
+    """``MODEL on DATA, epoch E: test error ..., ECE ..., NLL ... on <which test images>`` from the
+    record of the checkpoint's epoch (``--which best`` quoted the last epoch's beside the best's number).
 
     The images are the run's own (``config.test_limit``) and are named because the
     figure's reliability panel reports its own ECE on its own (first
     ``--calibration-images``) images.
     """
     title = f"{config.model} on {config.data}, epoch {info['epoch']}"
-    if history:
+    record = next((r for r in reversed(history) if r.get("epoch") == info["epoch"]), None)
+    if record is not None:
         images = "all test images" if config.test_limit is None else f"the first {config.test_limit:,} test images"
-        title += f": test error {history[-1]['test_error']:.2%}"
-        if "test_ece" in history[-1]:
-            title += f", ECE {history[-1]['test_ece']:.3f}, NLL {history[-1]['test_nll']:.3f}"
+        title += f": test error {record['test_error']:.2%}"
+        if "test_ece" in record:
+            title += f", ECE {record['test_ece']:.3f}, NLL {record['test_nll']:.3f}"
         title += f" on {images}"
     return title

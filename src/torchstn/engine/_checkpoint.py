@@ -32,6 +32,7 @@ __all__ = [
     "capture_rng",
     "read_checkpoint",
     "read_training_state",
+    "saved_rng_state",
     "restore_rng",
     "save_checkpoint",
     "state_path",
@@ -208,6 +209,18 @@ def _stamp(state: Any) -> tuple[Any, ...]:
 
 def _stamp_text(epoch: object, step: object, write_id: object) -> str:
     return f"epoch {epoch}, step {step}, write id {write_id or 'none'}"
+
+
+def saved_rng_state(path: str | Path) -> torch.Tensor | None:
+    """The torch CPU generator's state saved beside the checkpoint ``path`` (a ``last``
+    checkpoint's training state), or ``None`` where there is none. The trainer evaluates each
+    epoch with the generators forked, and saves them after: a sampling model (P-STN) evaluated
+    from this state draws the test-time θ of the recorded metrics."""
+    try:
+        state = read_training_state(path)["rng"]["torch"]
+    except (CheckpointError, KeyError, TypeError):
+        return None
+    return state if isinstance(state, torch.Tensor) else None
 
 
 def read_training_state(path: str | Path) -> dict[str, Any]:

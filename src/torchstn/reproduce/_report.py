@@ -245,6 +245,7 @@ def _test_predictions(
     import torch
 
     from torchstn.engine import RunDir, load_model, load_split, predict
+    from torchstn.engine._checkpoint import saved_rng_state
 
     run_dir = RunDir(record["run"])
     if not run_dir.holds_run():
@@ -257,24 +258,11 @@ def _test_predictions(
         # the generator as the run's last evaluation found it (saved with the last checkpoint, the
         # evaluation forked): a P-STN then draws the θ behind its recorded error, and the bins
         # add up to it (drawn from whatever state the report had, they did not, nor twice alike)
-        rng = _evaluation_rng(run_dir)
+        rng = saved_rng_state(run_dir.checkpoint("last"))
         if rng is not None:
             torch.set_rng_state(rng)
         logits, labels = predict(model, test_set, batch_size=config.eval_batch_size, **config.call_options())
     return test_set, (logits.argmax(1) != labels).float()
-
-
-def _evaluation_rng(run_dir: Any) -> torch.Tensor | None:
-    """The torch CPU generator's state saved with a run's last checkpoint, or ``None`` (none saved)."""
-    import torch
-
-    from torchstn.engine._checkpoint import CheckpointError, read_training_state
-
-    try:
-        state = read_training_state(run_dir.checkpoint("last"))["rng"]["torch"]
-    except (CheckpointError, KeyError, TypeError):
-        return None
-    return state if isinstance(state, torch.Tensor) else None
 
 
 def _binned(
