@@ -62,3 +62,23 @@ def test_a_misspelt_model_arg_fails_before_any_data_is_loaded(tmp_path, cli, mon
     line = cli("train", "--model", "resnet9000", "--out", tmp_path / "run").error_line()
     assert "unknown model 'resnet9000'" in line and "st-cnn-aff" in line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--model", "cnn", "--model-arg", "num_classes=5"], "num_classes=5 is fewer than the 10 classes of mnist"),
+    (["--model", "cnn", "--model-arg", "in_channels=3"], "in_channels=3, but mnist has 1 channel(s)"),
+    (["--model", "st-cnn-aff", "--model-arg", "hidden=-5"], "a width or size among the arguments is negative"),
+    (["--model", "st-cnn-aff", "--model-arg", "channels=[-1,8]"], "a width or size among the arguments is negative"),
+    (["--model", "icstn-stn", "--data", "mnist-rts", "--ground-truth-init"],
+     "ground_truth_init feeds icstn-stn the undistorted originals of mnist-rts, (1, 28, 28), but it was built for"),
+])
+def test_model_arguments_that_contradict_the_data_are_one_line_errors(args, fragment, cli, mnist_dir, tmp_path):
+    """num_classes=5 on MNIST failed at the first step (cross-entropy's IndexError, after the run
+    directory was written), a negative width with torch's "negative dimension" traceback, and
+    --ground-truth-init on data whose originals are not the model's size with the model's
+    shape error, naming neither the flag nor the originals."""
+    data = [] if "--data" in args else ["--data", "mnist"]
+    line = cli("train", *args, *data, "--data-dir", mnist_dir, "--train-limit", 64, "--test-limit", 32, "--steps", 1,
+               "--no-progress", "--out", tmp_path / "run").error_line()
+    assert fragment in line
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

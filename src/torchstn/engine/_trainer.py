@@ -345,7 +345,9 @@ def _load_data(config: TrainConfig, ddp: _Distributed, train_set: Any, test_set:
 
 def _set_up(config: TrainConfig, ddp: _Distributed, run_dir: RunDir | None, train_set: Any, test_set: Any) -> _Session:
     """The model (its size filled in from the data), the optimiser and the schedule."""
-    config = config.replace(model_args={**dataset_model_args(train_set), **config.model_args})
+    data_args = dataset_model_args(train_set)
+    _check_data_args(config, data_args)
+    config = config.replace(model_args={**data_args, **config.model_args})
     try:
         # float32 whatever torch's default dtype (the data is float32; bf16 is autocast's)
         model = create_model(config.model, **config.model_args).to(ddp.device, torch.float32)
@@ -588,13 +590,37 @@ def _summary(session: _Session) -> None:
         main=True,
     )
 
+def _check_data_args(config: TrainConfig, data_args: dict[str, Any]) -> None:
+    """Refuse a model argument that contradicts the data (``dataset_model_args``): fewer classes
+    than the labels use (``num_classes=5`` on MNIST failed at the first step with cross-entropy's
+    IndexError, after the run directory was written), or another channel count or input size."""
+    given = config.model_args
+    if isinstance(given.get("num_classes"), int) and given["num_classes"] < data_args["num_classes"]:
+        raise ValueError(f"model_args num_classes={given['num_classes']} is fewer than the {data_args['num_classes']} "
+                         f"classes of {config.data}")
+    if isinstance(given.get("in_channels"), int) and given["in_channels"] != data_args["in_channels"]:
+        raise ValueError(f"model_args in_channels={given['in_channels']}, but {config.data} has "
+                         f"{data_args['in_channels']} channel(s)")
+    size = given.get("input_size")
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = [size] * len(data_args["input_size"])
+    if isinstance(size, (list, tuple)) and list(size) != list(data_args["input_size"]):
+        raise ValueError(f"model_args input_size={given['input_size']}, but {config.data} has inputs of size "
+                         f"{data_args['input_size']}")
+
+
 def _check_ground_truth_init(config: TrainConfig, model: nn.Module, train_set: Any) -> None:
     if "init_params" not in inspect.signature(model.forward).parameters:
         raise ValueError(
             f"ground_truth_init needs a model whose forward takes init_params (icstn-stn, c-stn-1, ic-stn-N); "
             f"{config.model} does not"
         )
-    fetch_inputs(train_set, torch.arange(min(1, len(train_set))), ground_truth_init=True)  # raises, saying why
+    x, _, _ = fetch_inputs(train_set, torch.arange(min(1, len(train_set))), ground_truth_init=True)  # raises, saying why
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and len(x) and tuple(x.shape[1:]) != tuple(expected):
+        # (the model gets the undistorted originals, not the data's canvas: it failed at the first step)
+        raise ValueError(f"ground_truth_init feeds {config.model} the undistorted originals of {config.data}, "
+                         f"{tuple(x.shape[1:])}, but it was built for {tuple(expected)} (its data's input size)")
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:

@@ -184,7 +184,8 @@ def create_model(name: str, **overrides: object) -> nn.Module:
             ``input_size``, ``num_classes``, ...); ``None`` values are dropped.
 
     Raises:
-        ValueError: unknown model name.
+        ValueError: unknown model name, or a width or size that builds no layer (``hidden=-5``:
+            torch's "negative dimension" error, which named neither the model nor the argument).
         TypeError: an override the builder does not take (the message lists those it
             does; :func:`check_model_args` checks the same without building).
 
@@ -195,4 +196,9 @@ def create_model(name: str, **overrides: object) -> nn.Module:
     """
     kwargs = {k: v for k, v in overrides.items() if v is not None}
     check_model_args(name, kwargs)
-    return get_model_builder(name)(**kwargs)
+    try:
+        return get_model_builder(name)(**kwargs)
+    except RuntimeError as err:
+        if "negative dimension" not in str(err):
+            raise
+        raise ValueError(f"a width or size among the arguments is negative (torch: {str(err).splitlines()[0]})") from None
