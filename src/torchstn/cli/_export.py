@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     from torchstn.engine import load_model
 
     check_at_least_one(args, "batch")
+    if not args.atol >= 0 or args.atol == float("inf"):  # (-1 or nan: the whole export ran, then the check failed)
+        raise CLIError(f"--atol must be a finite number >= 0, got {args.atol}")
+    if args.opset is not None and not 7 <= args.opset <= _newest_opset():
+        raise CLIError(f"--opset must be in [7, {_newest_opset()}] (the opsets of the installed onnx), got {args.opset}")
     fmt = args.format or ("onnx" if args.out is None or args.out.suffix == ".onnx" else "torchscript")
     model, config, info = load_model(args.checkpoint, which=args.which)
     shape = getattr(model, "input_shape", None)
@@ -109,7 +117,8 @@ def _export(fmt: str, model: nn.Module, name: str, example: torch.Tensor, out: P
     from torchstn.export import export_onnx, export_torchscript
 
     dynamic = not args.fixed_batch
-    with user_errors(extra="export"):  # onnx, onnxscript: the export extra
+    # (onnxscript logs the traceback of a failed conversion before it raises: the error below says it in one line)
+    with user_errors(extra="export"), _silenced("onnxscript"):  # onnx, onnxscript: the export extra
         try:
             if fmt == "onnx":
                 export_onnx(model, example, out, dynamic_batch=dynamic, opset=args.opset, dynamo=not args.legacy_onnx)
@@ -119,8 +128,40 @@ def _export(fmt: str, model: nn.Module, name: str, example: torch.Tensor, out: P
             raise
         except Exception as err:  # the exporter cannot express the model (an op, a 3-D GridSample, ...): one line
             how = "the legacy ONNX exporter" if fmt == "onnx" and args.legacy_onnx else fmt
-            raise CLIError(f"{name} cannot be exported with {how}: {_first_line(err)} "
+            raise CLIError(f"{name} cannot be exported with {how}: {_reason(err)} "
                            f"(torchstn.export in Python shows the exporter's traceback)") from None
+
+
+def _reason(err: BaseException) -> str:
+    """The exporter's reason in one line: the first line of the innermost cause (torch's ONNX
+    exporter wraps it in "Failed to convert ... This is step 3/3 ... Next steps:", with
+    terminal colours), colour codes removed."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return re.sub(r"\x1b\[[0-9;]*m", "", _first_line(err))
+
+
+@contextlib.contextmanager
+def _silenced(name: str) -> Iterator[None]:
+    """The logger ``name`` says nothing below CRITICAL inside."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+
+def _newest_opset() -> int:
+    """The newest opset the installed ``onnx`` defines (any, where it is not installed: the export
+    then names the extra to install)."""
+    try:
+        import onnx
+    except ImportError:
+        return 10**9
+    return int(onnx.defs.onnx_opset_version())
 
 
 def _report_files(out: Path, what: str) -> None:
