@@ -212,3 +212,14 @@ def test_eval_of_a_sampling_model_is_the_run_s_own_and_the_title_is_the_checkpoi
     assert cli("visualize", out, "--which", "best", "--data-dir", mnist_dir, "--out", tmp_path / "f.png").status == 0
     best = min(history, key=lambda r: r["test_error"])  # (the first of equal errors: the checkpoint kept)
     assert f"epoch {best['epoch']}: test error {best['test_error']:.2%}" in titles[0]
+
+
+def test_resuming_a_run_in_steps_with_more_epochs_is_refused(cli, tiny, tmp_path):
+    """A run given in steps ignores epochs: --resume --epochs 50 said "nothing to do", exited 0 and
+    recorded epochs 50 in config.json."""
+    out = tmp_path / "steps"
+    assert cli("train", "--model", "cnn", "--steps", 2, "--out", out, *tiny).status == 0
+    before = (out / "config.json").read_text()
+    line = cli("train", "--out", out, "--resume", "--epochs", 50, "--no-progress").error_line()
+    assert "is a run of 2 steps: epochs do not change its length" in line
+    assert (out / "config.json").read_text() == before

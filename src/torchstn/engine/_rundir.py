@@ -160,6 +160,9 @@ class RunDir:
                 f"cannot change {', '.join(bad)} when resuming {self.path}: "
                 f"only {', '.join(RESUMABLE_CHANGES)} may change"
             )
+        if changed.steps is not None and changed.epochs != saved.epochs:  # (it said "nothing to do" and recorded them)
+            raise ValueError(f"{self.path} is a run of {changed.steps:,} steps: epochs do not change its length; "
+                             "give more steps (--steps) to extend it")
         return changed
 
     # --- metrics history ----------------------------------------------------------------
