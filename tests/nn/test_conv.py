@@ -192,3 +192,19 @@ def test_torch_fx_traces_the_convolutions_as_it_traces_torch_s():
         torch.testing.assert_close(traced(x), net(x), atol=0, rtol=0)
         x = x.requires_grad_()
         torch.testing.assert_close(torch.autograd.grad(traced(x).sum(), x)[0], torch.autograd.grad(net(x).sum(), x)[0])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_torch_jit_script_compiles_torch_s_convolution(padding_mode):
+    """Scripting failed ("Variable 'padding' previously had type Tuple[int, int] ..."): the
+    classifier of 25 of the 27 registry models could not be scripted. The scripted modules
+    give eager's values."""
+    from torchstn.models import create_model
+
+    for conv, x in ((stn.nn.Conv2d(1, 4, 3, padding=1, padding_mode=padding_mode), torch.rand(2, 1, 8, 8)),
+                    (stn.nn.Conv1d(1, 4, 3, padding=1, padding_mode=padding_mode), torch.rand(2, 1, 20))):
+        torch.testing.assert_close(torch.jit.script(conv)(x), conv(x), rtol=0, atol=0)
+    classifier = create_model("cnn").classifier
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(torch.jit.script(classifier)(x), classifier(x), rtol=0, atol=0)

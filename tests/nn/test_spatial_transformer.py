@@ -115,3 +115,13 @@ def test_bad_arguments():
         stn.SpatialTransformer("affine", stn.conv_localization(1, (8, 8)), mode="area")
     with pytest.raises(ValueError, match=r"input_size must be \(H, W\) or \(D, H, W\)"):
         stn.conv_localization(1, (8,))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torch_jit_script_of_a_transformer_names_what_works():
+    """Scripting said "Unknown type annotation: 'SamplerOptions' at" (no location, no hint):
+    it names tracing and export, which work."""
+    from torchstn.models import create_model
+
+    with pytest.raises(TypeError, match=r"cannot be compiled by torch.jit.script; trace it \(torch.jit.trace"):
+        torch.jit.script(create_model("st-cnn-aff"))

@@ -130,11 +130,14 @@ def conv2d(
 
 class _DirectConv:
     """``_conv_forward`` of :class:`Conv1d` and :class:`Conv2d`: torch's, with the class's ``_conv``
-    (:func:`conv1d` or :func:`conv2d`) in place of ``F.conv1d`` / ``F.conv2d``."""
+    (:func:`conv1d` or :func:`conv2d`) in place of ``F.conv1d`` / ``F.conv2d`` in eager mode.
+    ``torch.jit.script`` compiles the class's ``_conv_forward``, torch's own, instead (it cannot
+    compile an autograd Function: scripting a classifier built of these failed)."""
 
     _conv: Callable[..., torch.Tensor]
 
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    @torch.jit.unused
+    def _direct_conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         padding = self.padding
         if self.padding_mode != "zeros":  # padded here, as torch.nn.Conv1d/Conv2d do
             x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
@@ -148,6 +151,9 @@ class Conv2d(_DirectConv, nn.Conv2d):
     gradient on the CPU is several times faster for inputs of 1 to
     :data:`DIRECT_INPUT_GRAD_MAX_CHANNELS` channels: the first convolution of a
     classifier behind a :class:`SpatialTransformer`, through which θ learns.
+    ``torch.jit.script`` compiles torch's convolution in its place. ``torch.ao``'s
+    quantization and fusion match module classes exactly and pass it by: swap it for a
+    ``torch.nn.Conv2d`` first (its state dict loads as is).
 
     Example:
         >>> conv = stn.nn.Conv2d(1, 32, 9, padding=4)
@@ -156,6 +162,14 @@ class Conv2d(_DirectConv, nn.Conv2d):
     """
 
     _conv = staticmethod(conv2d)
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            return self._direct_conv_forward(x, weight, bias)
+        if self.padding_mode != "zeros":  # (torch.nn.Conv2d's, for TorchScript)
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(x, weight, bias, self.stride, _pair(0), self.dilation, self.groups)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def conv1d(
@@ -203,3 +217,11 @@ class Conv1d(_DirectConv, nn.Conv1d):
     """
 
     _conv = staticmethod(conv1d)
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            return self._direct_conv_forward(x, weight, bias)
+        if self.padding_mode != "zeros":  # (torch.nn.Conv1d's, for TorchScript)
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv1d(x, weight, bias, self.stride, _single(0), self.dilation, self.groups)
+        return F.conv1d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)

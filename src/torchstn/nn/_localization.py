@@ -28,6 +28,9 @@ class IdentityRegressor(nn.Linear):
     input at one constant spread. Weight normalisations that divide by the weight's norm
     (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``) give 0/0 = NaN on
     these zero weights, as on any zero ``nn.Linear``: apply them to the layers before it.
+    Being an ``nn.Linear``, it is also what ``model.apply(init)`` over every ``nn.Linear``
+    re-initialises (Xavier weights moved an ST-CNN's θ 1.09 from the identity): skip it
+    (``isinstance(m, IdentityRegressor)``) or call its ``reset_parameters()`` afterwards.
 
     Args:
         in_features: width of the features it reads.

@@ -208,6 +208,15 @@ class SpatialTransformer(nn.Module):
         out = self.transform_input(x, params)
         return (out, params) if return_params else out
 
+    def __prepare_scriptable__(self) -> SpatialTransformer:
+        """``torch.jit.script`` asks this of every module it compiles: a transformer's options and
+        transforms are Python objects that TorchScript cannot type ("Unknown type annotation:
+        'SamplerOptions'", with no hint of what works), so it says which routes do."""
+        raise TypeError(
+            f"{type(self).__name__} cannot be compiled by torch.jit.script; trace it (torch.jit.trace, or "
+            "torchstn.export.export_torchscript) or export it (torch.export, torchstn.export.export_onnx)"
+        )
+
     def __getstate__(self) -> dict[str, object]:
         """What ``copy.deepcopy`` and pickle copy: the module, with the ``last_*`` records of
         the last forward pass detached from its graph (a tensor with a graph cannot be copied)."""
