@@ -107,6 +107,12 @@ def differentiable_vjp(
     return tuple(next(grads) if need else None for need in needed)
 
 
+#: whether a tensor is one of autograd's legacy batched tensors (private to torch; none if it moves)
+_is_legacy_batched: Callable[[torch.Tensor], bool] = getattr(
+    torch._C._functorch, "is_legacy_batchedtensor", lambda t: False
+)
+
+
 def batched_gradient(grad_output: torch.Tensor) -> bool:
     """True for an output gradient that stands for a batch of them: what a backward gets from
     autograd's batched gradients (``torch.autograd.grad(is_grads_batched=True)``,
@@ -115,10 +121,6 @@ def batched_gradient(grad_output: torch.Tensor) -> bool:
     memory (ctypes, in-place arithmetic) cannot take it: :func:`differentiable_vjp` can."""
     return _is_legacy_batched(grad_output) or in_functorch(grad_output)
 
-
-_is_legacy_batched: Callable[[torch.Tensor], bool] = getattr(
-    torch._C._functorch, "is_legacy_batchedtensor", lambda t: False  # (private to torch; none if it moves)
-)
 
 
 def eager_tensors(*tensors: torch.Tensor) -> bool:

@@ -234,11 +234,19 @@ def test_a_set_renders_on_the_cpu_under_another_default_device(mnist_dir):
     draws and rendering made tensors on the default device beside CPU ones."""
     from torchstn.data import distorted_mnist
 
+    from torchstn.data import get_dataset
+
     for kind in ("rts", "p", "e", "cluttered", "addition"):
         expected = distorted_mnist(kind, "test", mnist_dir, limit=3, cache=False)
         with torch.device("meta"):
             got = distorted_mnist(kind, "test", mnist_dir, limit=3, cache=False)
         assert torch.equal(got.images, expected.images) and torch.equal(got.params, expected.params), kind
+    for name, options in (("mnist-rts", {"online": True}), ("mnist-3d", {}), ("mnist-r", {})):  # (online: per batch)
+        expected = get_dataset(name, "test", root=mnist_dir, limit=3, cache=False, **options).__getitems__([0, 2])
+        with torch.device("meta"):
+            dataset = get_dataset(name, "test", root=mnist_dir, limit=3, cache=False, **options)
+            got = dataset.__getitems__([0, 2])
+        assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(got, expected)), name
 
 
 def test_a_cached_set_is_as_readable_as_its_directory(tmp_path):
@@ -248,8 +256,9 @@ def test_a_cached_set_is_as_readable_as_its_directory(tmp_path):
 
     from torchstn.data._generate import _write_cache
 
-    parent = tmp_path / "distorted"
-    parent.mkdir()
-    parent.chmod(0o755)
-    _write_cache(parent / "set", {"images": np.zeros((2, 3), np.uint8)}, {"key": "k"})
-    assert (parent / "set").stat().st_mode & 0o777 == 0o755
+    for mode in (0o755, 0o1777):  # (a world-writable shared cache: the set is still its owner's to write)
+        parent = tmp_path / f"distorted-{mode:o}"
+        parent.mkdir()
+        parent.chmod(mode)
+        _write_cache(parent / "set", {"images": np.zeros((2, 3), np.uint8)}, {"key": "k"})
+        assert (parent / "set").stat().st_mode & 0o7777 == 0o755

@@ -374,3 +374,34 @@ def test_evaluate_checks_its_precision_and_batch_size():
     for bad in (0, -1):
         with pytest.raises(ValueError, match=f"batch_size must be >= 1, got {bad}"):
             evaluate(_Fixed(), data, batch_size=bad)
+
+
+def test_evaluation_draws_read_the_saved_state_and_touch_nothing(tmp_path):
+    """The evaluation state is read beside a checkpoint without the repair that --resume makes
+    (renaming the previous state file over the current one): an `eval` landing while the
+    trainer saved put the old state back and left the run unresumable. Inside, the generator
+    is the saved one; outside, untouched; without a saved state, seeded."""
+    import shutil
+
+    from torchstn.engine import evaluation_draws
+    from torchstn.engine._checkpoint import _previous_state_path, state_path
+    from torchstn.models import create_model
+
+    config = TrainConfig(model="cnn")
+    last = save_checkpoint(tmp_path / "last.safetensors", create_model("cnn"), config, epoch=1, step=10,
+                           training_state={"rng": capture_rng()})
+    saved = torch.load(state_path(last), weights_only=True)["rng"]["torch"]
+    shutil.copy(state_path(last), _previous_state_path(last))  # a save interrupted after its new state:
+    newer = torch.load(state_path(last), weights_only=True)
+    newer.update(epoch=2, step=20)  # (the new state, not yet its weights)
+    torch.save(newer, state_path(last))
+    files = {p: p.read_bytes() for p in (state_path(last), _previous_state_path(last))}
+    before = torch.get_rng_state()
+    with evaluation_draws(last, seed=0):
+        assert torch.equal(torch.get_rng_state(), saved)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert {p: p.read_bytes() for p in files} == files
+    with evaluation_draws(tmp_path / "missing.safetensors", seed=3):
+        drawn = torch.rand(2)
+    torch.manual_seed(3)
+    assert torch.equal(drawn, torch.rand(2))

@@ -465,7 +465,8 @@ def test_the_switch_of_the_compiled_call_reads_the_usual_words(monkeypatch):
 
     from torchstn.sampling._fused import _fast_call_wanted
 
-    for value, wanted in (("0", False), ("off", False), (" False ", False), ("no", False), ("1", True), ("on", True)):
+    for value, wanted in (("0", False), ("off", False), (" False ", False), ("no", False), ("1", True), ("on", True),
+                          ("", True)):
         monkeypatch.setenv("TORCHSTN_FAST_CALL", value)
         with warnings.catch_warnings():
             warnings.simplefilter("error")

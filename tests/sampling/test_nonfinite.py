@@ -118,7 +118,7 @@ def test_off_the_cpu_a_non_finite_point_gives_nan_where_grid_sample_gives_zero(m
     def cuda_rule(x, grid, **options):  # (GridSampler.cuh: a non-finite coordinate becomes pixel -100)
         return F.grid_sample(x, torch.where(grid.isfinite(), grid, -1e4), **options)
 
-    monkeypatch.setattr(_grid_sample, "_cpu_eager", lambda grid: False)
+    monkeypatch.setattr(_grid_sample, "_on_cpu", lambda grid: False)
     monkeypatch.setattr(_grid_sample, "F", type("F", (), {"grid_sample": staticmethod(cuda_rule)}))
     grid, bad = _grid(value, 2, torch.float32)
     grid.requires_grad_(requires_grad)

@@ -220,6 +220,11 @@ def test_vmap_over_a_dimension_that_is_not_the_first(backend):
     warp = lambda xs, t: stn.warp(xs, t, "affine", backend=backend)  # noqa: E731
     out = torch.func.vmap(warp, in_dims=(1, 1))(x, theta)
     torch.testing.assert_close(out, torch.stack([warp(x[:, v], theta[:, v]) for v in range(4)]))
+    stacked = x.movedim(1, 0).contiguous().movedim(0, 1)  # (its per-sample slices contiguous: contiguous() kept it)
+    torch.testing.assert_close(torch.func.vmap(warp, in_dims=(1, 1))(stacked, theta), out)
+    grids = torch.stack([stn.Affine().grid(theta[:, v], (5, 6)) for v in range(4)])  # (V, B, ...)
+    sampled = torch.func.vmap(lambda xs, g: stn.sample(xs, g, backend=backend), in_dims=(1, 0))(stacked, grids)
+    torch.testing.assert_close(sampled, torch.stack([stn.sample(x[:, v], grids[v]) for v in range(4)]))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's make_dual's
@@ -384,8 +389,8 @@ def test_the_operators_refuse_arguments_that_do_not_fit():
 
 def test_the_operators_sample_through_the_grid_where_the_kernel_cannot_be_built(monkeypatch):
     """A saved torch.export program holds torchstn::warp2d / warp3d; run where the kernel cannot
-    be built (no compiler, an unwritable cache) it raised. The operators' forward falls back
-    to the grid path, as torchstn.warp does."""
+    be built (no compiler, an unwritable cache) it raised. The operators fall back to the grid
+    path, as torchstn.warp does, their gradients too."""
     import torch.nn.functional as F
 
     from torchstn.sampling import _fused3d
@@ -394,9 +399,12 @@ def test_the_operators_sample_through_the_grid_where_the_kernel_cannot_be_built(
     monkeypatch.setattr(_fused3d, "_library", lambda: None)
     x = torch.rand(2, 3, 5, 6, dtype=torch.float64)
     rows = random_theta(stn.Affine(), 2, torch.float64, scale=SCALE).view(2, 2, 3)
+    rows.requires_grad_()
     out = torch.ops.torchstn.warp2d(x, rows, "affine", [4, 7], "bilinear", "zeros", False, 0.0)
     grid = F.affine_grid(rows, (2, 3, 4, 7), align_corners=False)
-    torch.testing.assert_close(out, F.grid_sample(x, grid, align_corners=False))
+    expected = F.grid_sample(x, grid, align_corners=False)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), rows)[0], torch.autograd.grad(expected.sum(), rows)[0])
     x3 = torch.rand(2, 1, 3, 4, 5, dtype=torch.float64)
     rows3 = random_theta(stn.Affine3D(), 2, torch.float64, scale=SCALE).view(2, 3, 4)
     out3 = torch.ops.torchstn.warp3d(x3, rows3, "affine", [3, 4, 5], "bilinear", "zeros", False)

@@ -594,3 +594,11 @@ def test_identity_and_base_grid_follow_the_default_device_and_inverse_runs_on_me
     for family in (stn.Translation(), stn.Affine(), stn.Projective(), stn.Affine3D()):
         params = family.identity(2, device="meta")
         assert family.inverse(params).shape == params.shape and family.inverse(params).is_meta
+
+
+def test_identity_and_base_grid_compile_into_one_graph():
+    """torch.get_default_device, which they asked for the default device, breaks a
+    torch.compile graph (an error with fullgraph=True)."""
+    compiled = torch.compile(lambda x: x + stn.Affine().identity(2) + stn.base_grid((2, 3)).sum(), backend="eager",
+                             fullgraph=True)
+    torch.testing.assert_close(compiled(torch.zeros(2, 6)), stn.Affine().identity(2))

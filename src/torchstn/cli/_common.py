@@ -239,26 +239,6 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
     return model, config, info, device, dataset
 
 
-@contextlib.contextmanager
-def checkpoint_draws(info: dict[str, Any], config: Any) -> Iterator[None]:
-    """Where ``eval`` and ``visualize`` evaluate a checkpoint: torch's generators (forked) as the
-    run's last evaluation found them, saved with a ``last`` checkpoint, else seeded with the
-    run's seed. A sampling model (P-STN) draws its test-time θ from them: three ``eval`` runs
-    of one command gave three errors, none the run's own (which the saved state reproduces
-    on the run's test images and evaluation batch size)."""
-    import torch
-
-    from torchstn.engine._checkpoint import saved_rng_state
-
-    with torch.random.fork_rng():
-        state = saved_rng_state(info["path"])
-        if state is not None:
-            torch.set_rng_state(state)
-        else:
-            torch.manual_seed(config.seed)
-        yield
-
-
 # --- values, errors, recorded commands --------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ from torchstn.cli._common import (
     add_device_arg,
     add_threads_arg,
     check_at_least_one,
-    checkpoint_draws,
     formatter,
     load_checkpoint_and_data,
 )
@@ -44,11 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchstn.engine import evaluate
+    from torchstn.engine import evaluate, evaluation_draws
 
     check_at_least_one(args, "limit", "batch_size")
     model, config, info, device, dataset = load_checkpoint_and_data(args, args.split, args.limit)
-    with checkpoint_draws(info, config):
+    with evaluation_draws(info["path"], config.seed):
         metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device, **config.call_options())
     metrics = {"checkpoint": str(info["path"]), "epoch": info["epoch"], "model": config.model,
                "data": config.data, "split": args.split, **metrics}

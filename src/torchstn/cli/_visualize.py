@@ -12,7 +12,6 @@ from torchstn.cli._common import (
     add_device_arg,
     add_threads_arg,
     check_at_least_one,
-    checkpoint_draws,
     formatter,
     load_checkpoint_and_data,
 )
@@ -63,7 +62,7 @@ MAX_NUM = 48
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchstn.engine import RunDir, plot_run
+    from torchstn.engine import RunDir, evaluation_draws, plot_run
 
     check_at_least_one(args, "num", "calibration_images", "warp_samples")
     if args.num > MAX_NUM:  # one row of panels: 500 made a PNG 80,000 pixels wide
@@ -76,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.start >= len(dataset):
         raise CLIError(f"--start {args.start} is past the {len(dataset):,} test examples")
     dims = dataset[0][0].dim()
-    with checkpoint_draws(info, config):  # (a P-STN's draws: the same figure every time)
+    with evaluation_draws(info["path"], config.seed):  # (a P-STN's draws: the same figure every time)
         if dims != 3:  # (C, L) series, (C, D, H, W) volumes: the figures `torchstn reproduce` draws of them
             out = _draw_series_or_volumes(model, config, info, dataset, args, dims)
             print(f"wrote {out}")

@@ -12,8 +12,9 @@ set renders) a whole batch at once; they hold plain tensors and pickle, so
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,19 @@ def _originals(sources: Sources, source: torch.Tensor) -> torch.Tensor:
     return sources.images[source].unsqueeze(1).float().div_(255)
 
 
+def _on_cpu(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (or function) with the CPU as torch's default device: the data are built, drawn
+    and rendered on the CPU whatever the caller's default (under ``torch.set_default_device``
+    an online set's draws met CPU tensors and failed)."""
+
+    @functools.wraps(method)
+    def on_cpu(*args: Any, **kwargs: Any) -> Any:
+        with torch.device("cpu"):
+            return method(*args, **kwargs)
+
+    return on_cpu
+
+
 class MNISTDataset(Dataset):
     """A fixed set of images with labels (and, if distorted, their ground-truth parameters).
 
@@ -160,7 +174,7 @@ class MNISTDataset(Dataset):
         return self.images[index].float().div_(255), int(self.labels[index])
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
-        index = torch.as_tensor(indices, dtype=torch.long)
+        index = torch.as_tensor(indices, dtype=torch.long, device="cpu")
         images = self.images[index].float().div_(255)
         return list(zip(images.unbind(0), self.labels[index].tolist()))
 
@@ -194,7 +208,7 @@ class MNISTDataset(Dataset):
                 f"{self.name} has no ground truth to start from: it needs one transform family per sample "
                 "and its undistorted sources (a distorted set from get_dataset, not mnist or mnist-addition)"
             )
-        index = torch.as_tensor(indices, dtype=torch.long)
+        index = torch.as_tensor(indices, dtype=torch.long, device="cpu")
         return _originals(self.sources, self.source[index]), self.params[index]
 
     def set_epoch(self, epoch: int) -> None:
@@ -257,7 +271,7 @@ class OnlineDistortedMNIST(Dataset):
         self.name = f"mnist-{recipe.kind}"
         self.num_classes = recipe.num_classes
         self.transform = recipe.transform
-        full = torch.arange(len(sources)) if index is None else index
+        full = torch.arange(len(sources), device="cpu") if index is None else index
         self.index = full if limit is None else full[:limit]
         self.epoch = 0
         self.fixed = check_bool("fixed", fixed)
@@ -289,6 +303,7 @@ class OnlineDistortedMNIST(Dataset):
         block = torch.searchsorted(starts, rows, right=True) - 1
         return draw, offsets[block] + rows - starts[block]
 
+    @_on_cpu
     def current_draw(self) -> Draw:
         """Every random choice of the current epoch, for the samples of this dataset (in order)."""
         draw, where = self._draw_of(self.index)
@@ -313,17 +328,19 @@ class OnlineDistortedMNIST(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.__getitems__([index])[0]
 
+    @_on_cpu
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
-        rows = self.index[torch.as_tensor(indices, dtype=torch.long)]
+        rows = self.index[torch.as_tensor(indices, dtype=torch.long, device="cpu")]
         draw, where = self._draw_of(rows)
         images = self.recipe.render(self.sources, draw, where).float().div_(255)
         return list(zip(images.unbind(0), draw.labels[where].tolist()))
 
+    @_on_cpu
     def ground_truth(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The undistorted digits and this epoch's parameters at ``indices`` (see :meth:`MNISTDataset.ground_truth`)."""
         if self.recipe.channels != 1 or self.transform is None:
             raise ValueError(f"{self.name} has no ground truth to start from: it needs one transform family per sample")
-        rows = self.index[torch.as_tensor(indices, dtype=torch.long)]
+        rows = self.index[torch.as_tensor(indices, dtype=torch.long, device="cpu")]
         draw, where = self._draw_of(rows)
         return self.recipe.originals(self.sources, draw.source[where]), draw.params[where]
 
@@ -390,7 +407,7 @@ class TimeSeriesDataset(Dataset):
         return self.series[index], int(self.labels[index])
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
-        index = torch.as_tensor(indices, dtype=torch.long)
+        index = torch.as_tensor(indices, dtype=torch.long, device="cpu")
         return list(zip(self.series[index].unbind(0), self.labels[index].tolist()))
 
     def _take(self, index: torch.Tensor) -> TimeSeriesDataset:
@@ -402,6 +419,7 @@ class TimeSeriesDataset(Dataset):
                 f"input_shape={self.input_shape}, classes={self.num_classes})")
 
 
+@_on_cpu
 def get_dataset(
     name: str,
     split: str = "train",

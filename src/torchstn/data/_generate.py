@@ -262,9 +262,10 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], manifest: dict[str, 
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array, allow_pickle=False)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        # as its parent, which mkdir made under the umask (mkdtemp makes it 0700: another user of a
-        # shared cache could not read the set)
-        tmp.chmod(path.parent.stat().st_mode & 0o777)
+        # readable as its parent, which mkdir made under the umask, and writable by its owner only
+        # (mkdtemp makes it 0700: another user of a shared cache could not read the set; a 1777
+        # parent's bits would have let anyone replace it)
+        tmp.chmod(path.parent.stat().st_mode & 0o755)
         if path.exists():
             if _read_cache(path, manifest["key"]) is not None:  # a concurrent writer finished first: keep its copy
                 return

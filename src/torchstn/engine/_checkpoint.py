@@ -11,12 +11,13 @@ state of another.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import stat
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,9 @@ __all__ = [
     "CheckpointError",
     "atomic_write",
     "capture_rng",
+    "evaluation_draws",
     "read_checkpoint",
     "read_training_state",
-    "saved_rng_state",
     "restore_rng",
     "save_checkpoint",
     "state_path",
@@ -211,16 +212,48 @@ def _stamp_text(epoch: object, step: object, write_id: object) -> str:
     return f"epoch {epoch}, step {step}, write id {write_id or 'none'}"
 
 
-def saved_rng_state(path: str | Path) -> torch.Tensor | None:
-    """The torch CPU generator's state saved beside the checkpoint ``path`` (a ``last``
-    checkpoint's training state), or ``None`` where there is none. The trainer evaluates each
-    epoch with the generators forked, and saves them after: a sampling model (P-STN) evaluated
-    from this state draws the test-time θ of the recorded metrics."""
+@contextlib.contextmanager
+def evaluation_draws(checkpoint: str | Path, seed: int) -> Iterator[None]:
+    """Inside: torch's generators (forked) as the run's evaluation of ``checkpoint`` found them.
+
+    The trainer evaluates each epoch with the generators forked and saves them after, beside
+    a ``last`` checkpoint; where no such state belongs to ``checkpoint`` (a ``best`` one, a
+    copied file) they are seeded with ``seed``. A sampling model (P-STN) evaluated inside
+    draws the test-time θ of the run's recorded metrics (on its test images and evaluation
+    batch size), and the same θ every time: ``torchstn eval`` gave three errors in three
+    runs of one command, none the run's own. The saved files are read and never touched (a
+    training run may be saving them at that moment).
+    """
+    with torch.random.fork_rng():
+        state = _saved_rng(Path(checkpoint))
+        if state is None:
+            torch.manual_seed(seed)
+        else:
+            torch.set_rng_state(state["torch"])
+            if torch.cuda.is_available():
+                for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+                    torch.cuda.set_rng_state(cuda_state, index)
+        yield
+
+
+def _saved_rng(path: Path) -> dict[str, Any] | None:
+    """The generators' state saved with the weights ``path`` (in the state file written with them,
+    or the previous one an interrupted save left), or ``None``; read only (unlike
+    :func:`read_training_state`, which repairs an interrupted save for ``--resume``)."""
     try:
-        state = read_training_state(path)["rng"]["torch"]
-    except (CheckpointError, KeyError, TypeError):
+        metadata, _ = _read_safetensors(path, tensors=False)
+        weights = (int(metadata["epoch"]), int(metadata["step"]), metadata.get("write_id"))
+    except (CheckpointError, KeyError, ValueError):
         return None
-    return state if isinstance(state, torch.Tensor) else None
+    for candidate in (_previous_state_path(path), state_path(path)):
+        if candidate.is_file():
+            try:
+                state = _load_state(candidate)
+            except CheckpointError:
+                continue
+            if _stamp(state) == weights and isinstance(state.get("rng"), dict):
+                return state["rng"]
+    return None
 
 
 def read_training_state(path: str | Path) -> dict[str, Any]:

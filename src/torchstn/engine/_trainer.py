@@ -452,8 +452,9 @@ def _train_step(
             objective = objective + config.identity_reg * identity_penalty(core)
     if len(part) * ddp.world != len(batch):
         # DDP averages the processes' gradients alike: a slice of 3 of 5 images counts 3/5, so
-        # that the average is the one-process gradient of the batch's mean loss (the KL and the
-        # identity term, the same in every process, stay as they are: the weights sum to 1)
+        # that the average is the one-process gradient of the batch's mean loss (the KL, the
+        # same in every process, stays as it is, the weights summing to 1; the identity term,
+        # a mean over the slice, is weighted as the loss)
         objective = objective * (len(part) * ddp.world / len(batch))
     session.optimizer.zero_grad(set_to_none=True)
     objective.backward()

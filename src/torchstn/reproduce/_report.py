@@ -242,10 +242,7 @@ def _test_predictions(
 ) -> tuple[Any, torch.Tensor] | None:
     """``(test set, wrong)`` of a finished cell's last model (``wrong``: 1.0 where it errs),
     or ``None`` when its run is gone or its test set was not drawn with one of ``families``."""
-    import torch
-
-    from torchstn.engine import RunDir, load_model, load_split, predict
-    from torchstn.engine._checkpoint import saved_rng_state
+    from torchstn.engine import RunDir, evaluation_draws, load_model, load_split, predict
 
     run_dir = RunDir(record["run"])
     if not run_dir.holds_run():
@@ -254,13 +251,7 @@ def _test_predictions(
     test_set = load_split(config.replace(data_dir=data_dir), "test")
     if getattr(test_set, "params", None) is None or not isinstance(getattr(test_set, "transform", None), families):
         return None
-    with torch.random.fork_rng(devices=[]):
-        # the generator as the run's last evaluation found it (saved with the last checkpoint, the
-        # evaluation forked): a P-STN then draws the θ behind its recorded error, and the bins
-        # add up to it (drawn from whatever state the report had, they did not, nor twice alike)
-        rng = saved_rng_state(run_dir.checkpoint("last"))
-        if rng is not None:
-            torch.set_rng_state(rng)
+    with evaluation_draws(run_dir.checkpoint("last"), config.seed):  # (a P-STN: the θ behind its recorded error)
         logits, labels = predict(model, test_set, batch_size=config.eval_batch_size, **config.call_options())
     return test_set, (logits.argmax(1) != labels).float()
 
@@ -680,7 +671,7 @@ def write_report(experiment: Experiment, results: Results, results_dir: str | Pa
 
     path = Path(results_dir) / f"{experiment.name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with results._locked():
+    with results.locked():
         results.reload()
         text = render_report(experiment, results, results_dir, budget)
         atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -237,13 +237,13 @@ class Results:
         The file is read again first, so cells that another process recorded
         meanwhile (another ``--only`` or ``--datasets`` run) are kept.
         """
-        with self._locked():
+        with self.locked():
             self.reload()
             self.cells[cell.key] = record
             self.save()
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
         """An exclusive ``flock`` of the record's directory for one read-merge-write: two commands
         adding cells to one record at once lost up to a sixth of them (each wrote the file it had
         read). Blocking, held for a file's write; where ``fcntl`` is missing nothing is locked."""

@@ -377,14 +377,15 @@ _fast_call_module = LazyKernel(
 
 
 def _fast_call_wanted() -> bool:
-    """``TORCHSTN_FAST_CALL``: off for 0, false, off or no (any case); on unset or for 1, true,
-    on or yes; anything else warns and leaves it on (only "0" turned it off, "off" silently not)."""
-    value = os.environ.get("TORCHSTN_FAST_CALL", "1").strip().lower()
+    """``TORCHSTN_FAST_CALL``: off for 0, false, off or no (any case); on unset, empty or for 1,
+    true, on or yes; anything else warns and leaves it on (only "0" turned it off, "off" silently
+    not)."""
+    value = os.environ.get("TORCHSTN_FAST_CALL", "").strip().lower()
     if value in ("0", "false", "off", "no"):
         return False
-    if value not in ("1", "true", "on", "yes"):
+    if value not in ("", "1", "true", "on", "yes"):  # ("": set empty, as unset)
         warnings.warn(f"TORCHSTN_FAST_CALL={value!r} is neither 0/false/off/no nor 1/true/on/yes: the compiled call "
-                      "stays on", RuntimeWarning, stacklevel=3)
+                      "stays on", RuntimeWarning, stacklevel=_caller_stacklevel())
     return True
 
 
@@ -780,19 +781,20 @@ def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
 
 
 def fused_backward(  # noqa: ANN001 - ctx is autograd's
-    ctx, grad_out: torch.Tensor, reference: Callable[..., torch.Tensor], kernel_backward: Callable[..., tuple]
+    ctx, grad_out: torch.Tensor, reference: Callable[..., torch.Tensor], kernel_backward: Callable[..., tuple] | None
 ) -> tuple[torch.Tensor | None, ...]:
     """The autograd formula of a fused operator ``(x, loc, *options)`` (2-D and 3-D alike).
 
     The kernel's gradients, ``kernel_backward(grad_out, x, loc, needed)``; under
     ``create_graph`` the kernel is first-order, and a batched ``grad_out`` (autograd's batched
     gradients, ``vmap``) has no memory for it, so the gradient of ``reference(x, loc)``, the
-    operator as plain differentiable operations, is taken instead. ``None`` for the
-    options (``ctx`` as :func:`_setup_context` fills it).
+    operator as plain differentiable operations, is taken instead; so it is where the kernel
+    could not be built (``kernel_backward`` ``None``: a saved program run without a compiler).
+    ``None`` for the options (``ctx`` as :func:`_setup_context` fills it).
     """
     x, loc = ctx.saved_tensors
     needed = tuple(ctx.needs_input_grad[:2])
-    if torch.is_grad_enabled() or batched_gradient(grad_out):
+    if kernel_backward is None or torch.is_grad_enabled() or batched_gradient(grad_out):
         grads = differentiable_vjp(reference, (x, loc), grad_out, needed)
     else:
         grad_x, grad_loc = kernel_backward(grad_out, x, loc, list(needed))
@@ -806,7 +808,7 @@ def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN00
     return fused_backward(
         ctx, grad_out,
         lambda x, loc: grid_path(x, loc, location, size, mode, padding, align_corners, eps),
-        lambda g, x, loc, needed: backward(g, x, loc, location, mode, padding, align_corners, eps, needed),
+        None if _library() is None else lambda g, x, loc, needed: backward(g, x, loc, location, mode, padding, align_corners, eps, needed),
     )
 
 

@@ -42,9 +42,12 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     if functorch_active():
         # torch.func.vmap's rule for grid_sample (torch 2.13) mislabels the result when x and the
         # grid carry their vmapped dimension at different places ((B, V, ...) for (V, B, ...));
-        # contiguous copies hold it first in both
-        x, grid = x.contiguous(), grid.contiguous()
+        # copies hold it first in both (contiguous() keeps a view whose slices are contiguous)
+        x, grid = x.clone(memory_format=torch.contiguous_format), grid.clone(memory_format=torch.contiguous_format)
     direct = grid.dim() == 4 and padding == "zeros" and mode != "nearest"
+    grid_gradient = grid.requires_grad and torch.is_grad_enabled()
+    if direct and _on_cpu(grid) and not grid_gradient:  # (the CPU's returns NaN there, traced or not)
+        return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
     if direct and not _cpu_eager(grid):
         # Off the CPU F.grid_sample reads a non-finite point as one far outside (0, with a zero
         # gradient: CUDA's kernel), and under torch.compile its gradient of (nan, 0.2) is
@@ -56,7 +59,7 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     # on the CPU F.grid_sample returns NaN there, but its gradient of (nan, 0.2) is [0, nan]:
     # where the grid's gradient is wanted _moderate decides (a non-finite grid takes the careful
     # path below), 1.03-1.04x the forward+backward
-    if (direct and not (grid.requires_grad and torch.is_grad_enabled())) or (_eager(grid) and _moderate(grid)):
+    if _eager(grid) and _moderate(grid):
         return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
     finite = torch.isfinite(grid).all(-1, keepdim=True)  # (B, *out, 1)
     far = _far(grid.dtype)
@@ -67,9 +70,13 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     return torch.where(finite.squeeze(-1).unsqueeze(1), out, poison.unsqueeze(1))
 
 
+def _on_cpu(grid: torch.Tensor) -> bool:
+    return grid.is_cpu
+
+
 def _cpu_eager(grid: torch.Tensor) -> bool:
     """A CPU grid whose values may decide the path (:func:`_eager`)."""
-    return grid.is_cpu and _eager(grid)
+    return _on_cpu(grid) and _eager(grid)
 
 
 def _nan_where_not_finite(grid: torch.Tensor) -> torch.Tensor:

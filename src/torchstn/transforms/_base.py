@@ -33,6 +33,13 @@ def _linspace(steps: int | torch.Tensor, align_corners: bool, device: torch.devi
     return ((2 * i + 1 - steps) / span).to(dtype)
 
 
+def _default_device() -> torch.device:
+    """torch's default device, which factories such as ``torch.zeros`` follow; under
+    ``torch.compile``, which cannot trace ``torch.get_default_device`` (a graph break; an error
+    with ``fullgraph=True``), the device of an empty tensor, which follows it too."""
+    return torch.empty(0).device if torch.compiler.is_compiling() else torch.get_default_device()
+
+
 def _traced_size(size: Sequence[int | torch.Tensor]) -> bool:
     """True for the sizes of a tensor under ``torch.jit.trace`` (0-d tensors, see
     :func:`torchstn._validation.check_size`): the grid is then computed from them inside
@@ -86,7 +93,7 @@ def base_grid(
     """
     check_bool("align_corners", align_corners)  # ("False" from a config file is not True)
     dtype = dtype if dtype is not None else torch.get_default_dtype()
-    device = torch.device(device) if device is not None else torch.get_default_device()
+    device = torch.device(device) if device is not None else _default_device()
     if not isinstance(size, (tuple, list)):
         raise TypeError(f"size must be a sequence of 1 to 3 ints (L,), (H, W) or (D, H, W), got {type(size).__name__}")
     if _traced_size(size):
@@ -166,7 +173,7 @@ class Transform(ABC):
         ``device`` (default: torch's default device, as ``torch.zeros``) in ``dtype`` (default:
         torch's default dtype)."""
         dtype = dtype if dtype is not None else torch.get_default_dtype()
-        device = device if device is not None else torch.get_default_device()
+        device = device if device is not None else _default_device()
         if not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
         p = self._identity().to(device=device, dtype=dtype)

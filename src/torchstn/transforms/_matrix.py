@@ -141,7 +141,9 @@ class Affine(MatrixTransform):
     Convention:
         Normalised (x, y) in [-1, 1], output to input (``src_from_dst``); the grid
         equals ``F.affine_grid(params.view(-1, 2, 3), ...)`` for both values of
-        ``align_corners``. Same ``align_corners`` for grid and sampler.
+        ``align_corners``, to a unit in the last place (its pixel centres are the exact
+        fractions rounded once, ``affine_grid``'s those of ``torch.linspace``). Same
+        ``align_corners`` for grid and sampler.
 
     Example:
         >>> Affine().identity()
@@ -216,7 +218,8 @@ class Affine3D(MatrixTransform):
     Convention:
         Normalised (x, y, z) in [-1, 1], x along the width, y along the height, z
         along the depth of a ``(B, C, D, H, W)`` volume; output to input. The grid
-        equals ``F.affine_grid(params.view(-1, 3, 4), (B, C, D, H, W))``.
+        equals ``F.affine_grid(params.view(-1, 3, 4), (B, C, D, H, W))`` to a unit in the
+        last place (see :class:`Affine`).
     """
 
     num_params = 12

@@ -20,7 +20,7 @@
 // loc = AFFINE: theta (B, 2, 3), PROJECTIVE: theta (B, 3, 3), contiguous row-major
 // src_from_dst matrices in normalised coordinates, grad_theta of the same shape. The
 // output pixels' normalised coordinates (torchstn's base grid) are computed here, as
-// torch.linspace computes them.
+// transforms/_base.py computes them (the exact fractions, rounded once).
 //
 // Vectorisation: the output points are processed a block at a time (within a row, or
 // across rows for narrow outputs: see Span). Loop (A) computes the block's locations,
