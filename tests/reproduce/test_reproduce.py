@@ -1,5 +1,6 @@
 """``torchstn reproduce``: cells, the committed record, skipping and resuming, the report."""
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -29,7 +30,9 @@ def test_every_experiment_plans_every_budget_it_defines():
 
                 TrainConfig(**cell.config)
                 assert cell.config["model"] in list_models()
-                assert cell.config["data"] in list_datasets()
+                # (the UCR sets are listed where aeon, which ships them, is installed: not by the README's install)
+                data = cell.config["data"]
+                assert data in list_datasets() or (data.startswith("ucr:") and importlib.util.find_spec("aeon") is None)
 
 
 def test_a_budget_an_experiment_does_not_define_names_the_ones_it_does():
