@@ -69,6 +69,8 @@ class Case:
         size: output spatial size; ``None`` keeps the input's.
         channels_last: the input in channels_last memory format (a pixel's channels side
             by side, the layout of OpenCV's and NumPy's ``(H, W, C)`` images).
+        quick_of: set by :meth:`quick`: the shape of the case it shrinks, which the label
+            names (two cases can shrink to one shape: affine-28 and affine-b4-8 to 4x1x8x8).
     """
 
     name: str
@@ -76,6 +78,7 @@ class Case:
     shape: tuple[int, ...]
     size: tuple[int, ...] | None = None
     channels_last: bool = False
+    quick_of: str | None = None
 
     @property
     def out_size(self) -> tuple[int, ...]:
@@ -91,17 +94,19 @@ class Case:
         text = f"{self.family} {dims}"
         if self.size is not None:
             text += "->" + "x".join(str(s) for s in self.size)
-        return text + (" CL" if self.channels_last else "")
+        text += " CL" if self.channels_last else ""
+        return text + (f" (quick {self.quick_of})" if self.quick_of else "")
 
     def quick(self) -> Case:
         """A tiny version of the case (batch <= 4, sides / 4, at least 8) for smoke tests."""
         def shrink(sides: Sequence[int]) -> tuple[int, ...]:
             return tuple(max(8, s // 4) for s in sides)
 
+        of = "x".join(str(s) for s in self.shape)
         if self.family == "train":  # the paper networks need 28x28 inputs
-            return replace(self, shape=(min(self.shape[0], 4), *self.shape[1:]))
+            return replace(self, shape=(min(self.shape[0], 4), *self.shape[1:]), quick_of=of)
         shape = (min(self.shape[0], 4), self.shape[1], *shrink(self.shape[2:]))
-        return replace(self, shape=shape, size=None if self.size is None else shrink(self.size))
+        return replace(self, shape=shape, size=None if self.size is None else shrink(self.size), quick_of=of)
 
 
 #: the cases timed by default, in report order: the affine family from MNIST (28 px) to ImageNet
