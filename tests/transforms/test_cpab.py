@@ -364,3 +364,23 @@ def test_velocity_checks_its_points_as_transform_points_does():
     with pytest.raises(TypeError, match="points"):
         cpab.velocity(theta, torch.zeros(3, 4, 1, dtype=torch.int64))
     assert cpab.velocity(theta, torch.rand(3, 4, 1)).shape == (3, 4, 1)
+
+
+def test_a_flow_that_carries_points_far_out_stays_finite_in_float32():
+    """Without zero_boundary a large θ carries points out exponentially: in float32 e^{ta}
+    overflowed (67 of 256 draws at θ ~ 100 N(0, 1)), the grid held ±inf and the warp NaN, with
+    a NaN θ-gradient, where float64 finds a finite point far outside: the border value."""
+    transform = stn.CPAB1D(4, zero_boundary=False)
+    theta = torch.randn(256, transform.num_params, generator=torch.Generator().manual_seed(0)) * 100
+    grid = transform.grid(theta, (16,))
+    assert torch.isfinite(grid).all()
+    exact = transform.grid(theta.double(), (16,))
+    far = exact.abs() > 1e6
+    assert far.any() and torch.equal(grid.abs() > 1e6, far)  # (far out in both)
+    torch.testing.assert_close(grid[~far], exact[~far].float(), rtol=1e-4, atol=1e-4)
+    x = torch.randn(256, 1, 16, generator=torch.Generator().manual_seed(1))
+    leaf = theta.clone().requires_grad_()
+    out = stn.warp(x, leaf, transform, padding="border")
+    torch.testing.assert_close(out, stn.warp(x.double(), theta.double(), transform, padding="border").float())
+    out.sum().backward()
+    assert torch.isfinite(leaf.grad).all()

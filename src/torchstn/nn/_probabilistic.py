@@ -277,7 +277,10 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         else:
             identity = self.transform.identity(device=mean.device, dtype=mean.dtype)
             if self.prior_precision is not None:
-                precision, logdet = self.prior_precision.to(mean.dtype), self.prior_logdet.to(mean.dtype)
+                # (a float64 pass takes the float64 prior kept beside the buffers, not their rounding)
+                exact = self._prior is not None and mean.dtype == torch.float64 and not self.prior_precision.is_meta
+                precision, logdet = self._prior if exact else (self.prior_precision, self.prior_logdet)
+                precision, logdet = precision.to(mean.device, mean.dtype), logdet.to(mean.device, mean.dtype)
                 return _gaussian_kl_full(mean, spread, identity, precision, logdet).mean()
             per_param = _gaussian_kl(mean, spread, identity, self.prior_sigma)
         return per_param.sum(1).mean()

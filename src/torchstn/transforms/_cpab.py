@@ -169,13 +169,14 @@ def _integrate(coefficients: torch.Tensor, x: torch.Tensor, time: float = 1.0) -
     x = torch.where(moved, entry, x)
     t = torch.where(moved, t - reached, t)
     a, b = slopes.gather(1, last), offsets.gather(1, last)
-    # ψ(x, t) = e^{ta} x + (e^{ta} - 1) b / a  =  x + t (a x + b) expm1(t a) / (t a). At a point
-    # at rest (a x + b = 0: the domain's ends with zero_boundary) whose e^{ta} overflows, the
-    # product would be 0 · inf: its ratio is taken at 0 instead (the point stays where it is,
-    # and its velocity, identically 0 at those ends, carries no gradient from the ratio)
+    # ψ(x, t) = e^{ta} x + (e^{ta} - 1) b / a  =  x + t (a x + b) expm1(t a) / (t a). e^{ta} is
+    # held below the square root of the dtype's largest number (1.8e19 in float32): a point the
+    # flow carries further (only outside [-1, 1], without zero_boundary) lies so far out that it
+    # reads what far points read, and stays finite, as its gradient does (an overflow to inf was
+    # a NaN sample, and a NaN θ-gradient for the batch); at a point at rest (a x + b = 0: the
+    # domain's ends with zero_boundary) the product is 0, where it was 0 · inf
     v = a * x + b
-    z = t * a
-    z = torch.where((v == 0) & (z > math.log(torch.finfo(z.dtype).max) - 1), torch.zeros_like(z), z)
+    z = (t * a).clamp(max=math.log(torch.finfo(x.dtype).max) / 2)
     return x + t * v * _expm1_ratio(z)
 
 
