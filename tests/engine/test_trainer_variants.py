@@ -203,3 +203,51 @@ def test_train_leaves_torch_s_global_settings_as_it_found_them(shapes):
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2:4]
         torch.set_default_dtype(saved[4])
+
+
+def test_a_dataset_s_own_items_are_what_the_model_sees(shapes):
+    """fetch read a TensorDataset's (or any .images holder's) tensors past its class's own
+    __getitem__: predict's logits were 1.08 off the model applied to the items."""
+    from torch.utils.data import TensorDataset
+
+    from torchstn.engine import predict
+    from torchstn.engine._data import fetch
+    from torchstn.models import create_model
+
+    class Negated(TensorDataset):
+        num_classes, input_shape = 4, (1, 28, 28)
+
+        def __getitem__(self, index):
+            x, y = super().__getitem__(index)
+            return -x, y
+
+    train_set, _ = shapes
+    negated = Negated(*train_set.tensors)
+    x, y = fetch(negated, torch.arange(5))
+    assert torch.equal(x, -train_set.tensors[0][:5]) and torch.equal(y, train_set.tensors[1][:5])
+    model = create_model("cnn", num_classes=4).eval()
+    logits, _ = predict(model, negated, batch_size=16, limit=8)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(-train_set.tensors[0][:8]))
+
+
+def test_what_train_cannot_use_of_a_given_dataset_is_an_error(shapes, tmp_path):
+    """A train_limit or test_limit with a dataset given to train() was ignored (the run trained
+    on all of it, and recorded the limit); a dataset without num_classes or input_shape failed
+    with an AttributeError; load_model's which="bset" loaded the last checkpoint."""
+    from torch.utils.data import TensorDataset
+
+    from torchstn.engine import load_model
+
+    train_set, test_set = shapes
+    with pytest.raises(ValueError, match=r"train_limit=16 takes the first items of the config.s data.*\(256 items\)"):
+        train(TrainConfig(model="cnn", steps=1, train_limit=16, device="cpu"), tmp_path / "a",
+              train_set=train_set, test_set=test_set, progress=False)
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ValueError, match="TensorDataset has no input_shape or num_classes"):
+        train(TrainConfig(model="cnn", steps=1, device="cpu"), train_set=TensorDataset(*train_set.tensors),
+              test_set=test_set, progress=False)
+    train(TrainConfig(model="cnn", batch_size=64, steps=1, device="cpu", diagnostics_samples=0), tmp_path / "b",
+          train_set=train_set, test_set=test_set, progress=False)
+    with pytest.raises(ValueError, match="which must be one of"):
+        load_model(tmp_path / "b", "bset")

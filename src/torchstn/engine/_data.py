@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
+from torchstn.data import MNISTDataset
 from torchstn.engine._config import TrainConfig
 
 __all__ = [
@@ -56,6 +57,11 @@ def dataset_model_args(dataset: Any) -> dict[str, Any]:
         >>> dataset_model_args(SimpleNamespace(input_shape=(1, 60, 60, 60), num_classes=10))["input_size"]
         [60, 60, 60]
     """
+    missing = [name for name in ("input_shape", "num_classes") if getattr(dataset, name, None) is None]
+    if missing:  # (an AttributeError of the training loop's, or int(None))
+        raise ValueError(f"a dataset to train on needs input_shape ((C, L), (C, H, W) or (C, D, H, W)) and "
+                         f"num_classes, as torchstn's datasets have; {type(dataset).__name__} has no "
+                         f"{' or '.join(missing)}")
     shape = [int(s) for s in dataset.input_shape]
     if not 2 <= len(shape) <= 4:
         raise ValueError(
@@ -106,16 +112,28 @@ def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     return torch.tensor_split(indices, world_size)[rank]
 
 
+def _rows(dataset: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(inputs, labels)`` whose rows are ``dataset``'s items exactly (uint8 images in [0, 255]),
+    or ``None`` where its class reads its items otherwise."""
+    kind = type(dataset)
+    if isinstance(dataset, TensorDataset) and kind.__getitem__ is TensorDataset.__getitem__:
+        return dataset.tensors[0], dataset.tensors[1]
+    if isinstance(dataset, MNISTDataset) and (kind.__getitem__, kind.__getitems__) == (
+            MNISTDataset.__getitem__, MNISTDataset.__getitems__):
+        return dataset.images, dataset.labels
+    return None
+
+
 def fetch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs ``(B, C, ...)`` float32 (images ``(B, C, H, W)``, series ``(B, C, L)``, volumes
     ``(B, C, D, H, W)``) and labels ``(B,)`` int64 at ``indices``.
 
-    Datasets holding their tensors (``.tensors`` as a ``TensorDataset``, or ``.images``
-    and ``.labels`` tensors) are indexed in one go; others item by item.
+    A ``TensorDataset`` or torchstn's ``MNISTDataset`` whose items are its tensors' rows is
+    indexed in one go; any other dataset item by item (``__getitems__`` where it has it), so
+    that a class's own ``__getitem__`` (a normalisation, a relabelling) is what the model sees
+    (its tensors were read past it: logits 1.08 off a ``TensorDataset`` subclass's items).
     """
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is None and isinstance(getattr(dataset, "images", None), torch.Tensor):
-        tensors = (dataset.images, dataset.labels)
+    tensors = _rows(dataset)
     if tensors is not None:
         x, y = tensors[0][indices], tensors[1][indices]
     else:

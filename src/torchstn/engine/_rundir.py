@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchstn._validation import parse_json
+from torchstn._validation import check_choice, parse_json
 from torchstn.engine._checkpoint import (
     CheckpointError,
     _previous_state_path,
@@ -206,7 +206,9 @@ def resolve_checkpoint(run_or_ckpt: str | Path, which: str = "best") -> Path:
 
     Raises:
         CheckpointError: nothing usable at that path (the message says what is expected).
+        ValueError: ``which`` other than ``"best"`` or ``"last"`` (``"bset"`` loaded ``last``).
     """
+    check_choice("which", which, ("best", "last"))
     path = Path(run_or_ckpt)
     if path.is_dir():
         for name in (which, "last"):

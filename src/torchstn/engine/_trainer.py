@@ -334,6 +334,10 @@ def _train(
 
 def _load_data(config: TrainConfig, ddp: _Distributed, train_set: Any, test_set: Any) -> tuple[Any, Any]:
     """The two splits (the main process first, so that a download happens once)."""
+    for split, given, limit in (("train", train_set, config.train_limit), ("test", test_set, config.test_limit)):
+        if given is not None and limit is not None and len(given) > limit:  # (ignored without a word, and recorded)
+            raise ValueError(f"{split}_limit={limit} takes the first items of the config's data, but a {split}_set "
+                             f"given to train() is used whole ({len(given)} items): pass it sliced, or no {split}_limit")
     if not ddp.main:
         ddp.barrier()
     train_set = train_set if train_set is not None else load_split(config, "train")
