@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -23,9 +24,18 @@ __all__ = ["check_sampler", "check_transform"]
 def _close(name: str, actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float = 1e-5) -> None:
     if actual.shape != expected.shape:
         raise AssertionError(f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}")
-    if not torch.allclose(actual, expected, atol=atol, rtol=rtol):
+    if not torch.allclose(actual, expected, atol=atol, rtol=rtol, equal_nan=True):  # (NaN where both have it)
         err = (actual - expected).abs().max().item()
         raise AssertionError(f"{name}: max abs difference {err:.3g} > atol {atol:g}")
+
+
+def _recording() -> contextlib.AbstractContextManager:
+    """Gradients recorded whatever the caller's mode (under ``torch.no_grad`` or
+    ``inference_mode`` a correct transform failed its gradcheck)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.enable_grad())
+    return stack
 
 
 def check_transform(
@@ -78,7 +88,8 @@ def check_transform(
     if isinstance(transform, MatrixTransform) and b:
         _check_matrix_algebra(transform, params, atol)
     if gradcheck and b:
-        _check_gradients(transform, params[:2].detach().double(), size, align_corners)
+        with _recording():
+            _check_gradients(transform, params[:2].detach().double(), size, align_corners)
     if compile:
         compiled = torch.compile(lambda p: transform.grid(p, size, align_corners), fullgraph=False)
         _close("torch.compile vs eager", compiled(params), grid, atol)
@@ -121,9 +132,12 @@ def _check_gradients(transform: Transform, p64: torch.Tensor, size: tuple[int, .
     points = torch.rand(p64.shape[0], 4, n, dtype=torch.float64, device=p64.device, generator=generator) * 1.6 - 0.8
     for name, fn in (("grid", lambda p: transform.grid(p, size, align_corners)),
                      ("transform_points", lambda p: transform.transform_points(p, points))):
-        if not torch.autograd.gradcheck(fn, (p64.clone().requires_grad_(),), eps=1e-6, atol=1e-5,
-                                        raise_exception=False):
-            raise AssertionError(f"gradcheck of {name} wrt params failed (finite differences disagree with autograd)")
+        try:
+            torch.autograd.gradcheck(fn, (p64.clone().requires_grad_(),), eps=1e-6, atol=1e-5)
+        except RuntimeError as err:  # (torch's GradcheckError is one)
+            first = str(err).strip().splitlines()[0]
+            raise AssertionError(f"gradcheck of {name} wrt params failed (finite differences disagree with "
+                                 f"autograd): {first}") from None
     x = torch.rand(p64.shape[0], 2, *size, dtype=torch.float64, device=p64.device, generator=generator)
     weight = torch.randn(p64.shape[0], 2, *size, dtype=torch.float64, device=p64.device, generator=generator)
     # off the sampler's kinks (at the identity every point is a pixel centre, where a rounding
@@ -154,19 +168,29 @@ def check_sampler(
     Also checks that neither input is modified in place and that the output keeps the
     dtype of ``x``.
     """
-    x0, g0 = x.detach().clone(), grid.detach().clone()
     outs, grads = [], []
-    for f in (fn, reference):
-        xi, gi = x0.clone().requires_grad_(), g0.clone().requires_grad_()
-        out = f(xi, gi, **options)
-        weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
-        (out * weight).sum().backward()
-        if not torch.equal(xi.detach(), x0) or not torch.equal(gi.detach(), g0):
-            raise AssertionError(f"{getattr(f, '__name__', f)} modified its input in place")
-        if out.dtype != x.dtype:
-            raise AssertionError(f"output dtype {out.dtype} != input dtype {x.dtype}")
-        outs.append(out.detach())
-        grads.append((xi.grad, gi.grad))
+    with _recording():
+        x0, g0 = x.detach().clone(), grid.detach().clone()
+        for f in (fn, reference):
+            name = getattr(f, "__name__", f)
+            xi, gi = x0.clone().requires_grad_(), g0.clone().requires_grad_()
+            versions = xi._version, gi._version
+            out = f(xi, gi, **options)
+            unchanged = all(torch.allclose(t.detach(), t0, rtol=0, atol=0, equal_nan=True)  # (NaN is not NaN)
+                            for t, t0 in ((xi, x0), (gi, g0)))
+            if (xi._version, gi._version) != versions or not unchanged:
+                raise AssertionError(f"{name} modified its input in place")
+            if out.grad_fn is None:
+                raise AssertionError(f"{name} gives an output without a gradient (no autograd graph)")
+            weight = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
+            (out * weight).sum().backward()
+            for what, leaf in (("the input", xi), ("the grid", gi)):
+                if leaf.grad is None:
+                    raise AssertionError(f"{name} gives no gradient with respect to {what}")
+            if out.dtype != x.dtype:
+                raise AssertionError(f"output dtype {out.dtype} != input dtype {x.dtype}")
+            outs.append(out.detach())
+            grads.append((xi.grad, gi.grad))
     _close("output", outs[0], outs[1], atol)
     _close("gradient wrt input", grads[0][0], grads[1][0], atol)
     _close("gradient wrt grid", grads[0][1], grads[1][1], atol * 10)

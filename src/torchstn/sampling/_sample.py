@@ -114,6 +114,9 @@ def check_options(mode: object, padding: object, backend: object, align_corners:
     check_choice("padding", padding, PADDINGS)
     check_choice("backend", backend, BACKEND_CHOICES)
     check_bool("align_corners", align_corners)
+    if mode == "bicubic" and backend == "reference":  # (a SamplerOptions took it, and every call refused it)
+        raise ValueError("mode 'bicubic' is not implemented by backend='reference' (bilinear and nearest are); "
+                         "use backend='torch' for bicubic")
 
 
 def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tensor, params: torch.Tensor, mode: str) -> bool:
@@ -569,10 +572,15 @@ def _matrix_form(transform: Transform, params: object) -> object:
         return params
     check_floating("params", params)
     n, shape = transform.ndim, tuple(params.shape[1:])
+    own = type(transform) in (Affine, Affine1D, Affine3D, Projective)  # (a subclass's parameters need not be these)
     if isinstance(transform, (Affine, Affine1D, Affine3D)) and shape == (n, n + 1):
-        return params.flatten(1)  # the parameters are the rows
+        if own:
+            return params.flatten(1)  # the parameters are the rows
+        last = torch.zeros(n + 1, dtype=params.dtype, device=params.device)
+        last[n] = 1
+        return transform.params_from_matrix(torch.cat([params, last.expand(params.shape[0], 1, n + 1)], 1))
     if isinstance(transform, Projective) and shape == (3, 3):
-        return (params / params[:, 2:, 2:]).flatten(1)[:, :8]
+        return (params / params[:, 2:, 2:]).flatten(1)[:, :8] if own else transform.params_from_matrix(params)
     raise ValueError(_matrix_form_error(transform, params))
 
 

@@ -263,6 +263,9 @@ class MatrixTransform(Transform):
 
     #: the map divides by the homogeneous coordinate (projective) or not (affine)
     projective: bool = False
+    #: a projective map's smallest ``|w|`` in that division (:class:`~torchstn.Projective` takes
+    #: it as an argument; a user's projective family without one failed every grid)
+    eps: float = 1e-6
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A family's shortcuts from its parameters (``_rows``, ``_map``) stand for its own
@@ -398,7 +401,10 @@ class MatrixTransform(Transform):
         precision: no inverse, or one that does not give the identity back to within the square
         root of its dtype's epsilon (eager calls; under a tracer ``torch.linalg.inv`` raises its
         own error for an exact zero pivot). Non-finite parameters give NaN."""
-        matrix = self._matrix(self.check_params(params))
+        params = self.check_params(params)
+        if params.dtype in (torch.float16, torch.bfloat16):  # (torch.linalg inverts float32 and wider)
+            return self.inverse(params.float()).to(params.dtype)
+        matrix = self._matrix(params)
         if not eager_tensors(matrix) or matrix.is_meta:  # (a meta tensor has no values to check)
             return self._from_matrix(torch.linalg.inv(matrix))
         finite = torch.isfinite(matrix).flatten(1).all(1)
