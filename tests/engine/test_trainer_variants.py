@@ -251,3 +251,14 @@ def test_what_train_cannot_use_of_a_given_dataset_is_an_error(shapes, tmp_path):
           train_set=train_set, test_set=test_set, progress=False)
     with pytest.raises(ValueError, match="which must be one of"):
         load_model(tmp_path / "b", "bset")
+
+
+def test_a_run_resumes_with_the_config_that_started_it(shapes, tmp_path):
+    """model_args holding a tuple: config.json reads it back as a list, and resuming with the
+    very same TrainConfig was refused ("the config differs in model_args")."""
+    train_set, test_set = shapes
+    config = TrainConfig(model="cnn", batch_size=64, epochs=2, device="cpu", diagnostics_samples=0,
+                         model_args={"input_size": (28, 28)})
+    train(config, tmp_path, train_set=train_set, test_set=test_set, progress=False, stop_after=1)
+    result = train(config, tmp_path, train_set=train_set, test_set=test_set, progress=False, resume=True)
+    assert [r["epoch"] for r in result.history] == [1, 2]

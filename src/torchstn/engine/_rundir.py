@@ -135,8 +135,10 @@ class RunDir:
 
     @staticmethod
     def config_differences(saved: TrainConfig, config: TrainConfig) -> list[str]:
-        """The fields, outside :data:`RESUMABLE_CHANGES`, in which two configs differ."""
-        ours, theirs = config.to_dict(), saved.to_dict()
+        """The fields, outside :data:`RESUMABLE_CHANGES`, in which two configs differ, each as
+        config.json holds it (a tuple in ``model_args`` is read back as a list: resuming with
+        the very config that started the run was refused)."""
+        ours, theirs = (json.loads(json.dumps(c.to_dict())) for c in (config, saved))
         return sorted(k for k, v in theirs.items() if k not in RESUMABLE_CHANGES and ours[k] != v)
 
     def resume_config(self, **changes: Any) -> TrainConfig:
