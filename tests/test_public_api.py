@@ -185,3 +185,20 @@ def test_the_checkers_catch_what_they_are_for():
     assert private("nn", "import torchstn.transforms._base")
     assert not private("cli", "from torchstn.cli._common import add_data_dir")
     assert not private("sampling", "from torchstn._tracing import cached\nfrom torchstn.transforms import matrix_grid")
+
+
+def test_the_testing_module_comes_with_the_package_and_a_transformer_s_repr_names_its_backend():
+    """The README writes ``torchstn.testing.check_transform``, which failed after a plain
+    ``import torchstn`` (fresh interpreter); two transformers with different backends printed alike."""
+    import subprocess
+    import sys
+
+    from torch import nn
+
+    code = "import torchstn; print(torchstn.testing.check_transform.__name__)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "check_transform"
+    st = torchstn.SpatialTransformer("affine", nn.Sequential(nn.Flatten(), nn.Linear(16, 8)), backend="torch")
+    assert st.extra_repr().endswith(", backend='torch'")
+    plain = torchstn.SpatialTransformer("affine", nn.Sequential(nn.Flatten(), nn.Linear(16, 8)))
+    assert "backend" not in plain.extra_repr()

@@ -38,6 +38,7 @@ from torchstn.transforms import (
 )
 
 from torchstn import data  # layer 5, as ``stn.data`` (light: no matplotlib, no download at import)
+from torchstn import testing  # as ``stn.testing.check_transform`` (the README's spelling failed without its import)
 
 __all__ = [
     "Affine",

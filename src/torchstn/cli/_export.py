@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.atol >= 0 or args.atol == float("inf"):  # (-1 or nan: the whole export ran, then the check failed)
         raise CLIError(f"--atol must be a finite number >= 0, got {args.atol}")
     if args.opset is not None and not 7 <= args.opset <= _newest_opset():
-        raise CLIError(f"--opset must be in [7, {_newest_opset()}] (the opsets of the installed onnx), got {args.opset}")
+        raise CLIError(f"--opset must be in [7, {_newest_opset()}] (the opsets of the installed onnx), "
+                       f"got {args.opset}")
     fmt = args.format or ("onnx" if args.out is None or args.out.suffix == ".onnx" else "torchscript")
     model, config, info = load_model(args.checkpoint, which=args.which)
     shape = getattr(model, "input_shape", None)

@@ -8,7 +8,13 @@ Example:
 
 from __future__ import annotations
 
-from torchstn.engine._checkpoint import CheckpointError, atomic_write, evaluation_draws, read_checkpoint, save_checkpoint
+from torchstn.engine._checkpoint import (
+    CheckpointError,
+    atomic_write,
+    evaluation_draws,
+    read_checkpoint,
+    save_checkpoint,
+)
 from torchstn.engine._config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 from torchstn.engine._data import load_split
 from torchstn.engine._demo import DemoResult, demo_configs, run_demo

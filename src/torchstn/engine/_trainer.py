@@ -337,7 +337,8 @@ def _load_data(config: TrainConfig, ddp: _Distributed, train_set: Any, test_set:
     for split, given, limit in (("train", train_set, config.train_limit), ("test", test_set, config.test_limit)):
         if given is not None and limit is not None and len(given) > limit:  # (ignored without a word, and recorded)
             raise ValueError(f"{split}_limit={limit} takes the first items of the config's data, but a {split}_set "
-                             f"given to train() is used whole ({len(given)} items): pass it sliced, or no {split}_limit")
+                             f"given to train() is used whole ({len(given)} items): pass it sliced, or no "
+                             f"{split}_limit")
     if not ddp.main:
         ddp.barrier()
     train_set = train_set if train_set is not None else load_split(config, "train")
@@ -620,7 +621,7 @@ def _check_ground_truth_init(config: TrainConfig, model: nn.Module, train_set: A
             f"ground_truth_init needs a model whose forward takes init_params (icstn-stn, c-stn-1, ic-stn-N); "
             f"{config.model} does not"
         )
-    x, _, _ = fetch_inputs(train_set, torch.arange(min(1, len(train_set))), ground_truth_init=True)  # raises, saying why
+    x, _, _ = fetch_inputs(train_set, torch.arange(min(1, len(train_set))), ground_truth_init=True)  # (raises, why)
     expected = getattr(model, "input_shape", None)
     if expected is not None and len(x) and tuple(x.shape[1:]) != tuple(expected):
         # (the model gets the undistorted originals, not the data's canvas: it failed at the first step)

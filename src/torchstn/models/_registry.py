@@ -201,4 +201,5 @@ def create_model(name: str, **overrides: object) -> nn.Module:
     except RuntimeError as err:
         if "negative dimension" not in str(err):
             raise
-        raise ValueError(f"a width or size among the arguments is negative (torch: {str(err).splitlines()[0]})") from None
+        torch_says = str(err).splitlines()[0]
+        raise ValueError(f"a width or size among the arguments is negative (torch: {torch_says})") from None

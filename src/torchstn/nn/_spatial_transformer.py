@@ -230,6 +230,7 @@ class SpatialTransformer(nn.Module):
         return (
             f"transform={self.transform!r}, output_size={self.output_size}, mode={self.mode!r}, "
             f"padding={self.padding!r}, align_corners={self.align_corners}"
+            + (f", backend={self.backend!r}" if self.backend != "auto" else "")  # (two backends printed alike)
         )
 
 

@@ -808,7 +808,8 @@ def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN00
     return fused_backward(
         ctx, grad_out,
         lambda x, loc: grid_path(x, loc, location, size, mode, padding, align_corners, eps),
-        None if _library() is None else lambda g, x, loc, needed: backward(g, x, loc, location, mode, padding, align_corners, eps, needed),
+        None if _library() is None
+        else lambda g, x, loc, needed: backward(g, x, loc, location, mode, padding, align_corners, eps, needed),
     )
 
 

@@ -227,7 +227,8 @@ def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN00
     return fused_backward(
         ctx, grad_out,
         lambda x, loc: grid_path3d(x, loc, location, size, mode, padding, align_corners),
-        None if _library() is None else lambda g, x, loc, needed: backward(g, x, loc, location, mode, padding, align_corners, needed),
+        None if _library() is None
+        else lambda g, x, loc, needed: backward(g, x, loc, location, mode, padding, align_corners, needed),
     )
 
 
