@@ -129,12 +129,17 @@ def conv2d(
 
 
 class _DirectConv:
-    """``_conv_forward`` of :class:`Conv1d` and :class:`Conv2d`: torch's, with the class's ``_conv``
+    """``forward`` of :class:`Conv1d` and :class:`Conv2d`: torch's, with the class's ``_conv``
     (:func:`conv1d` or :func:`conv2d`) in place of ``F.conv1d`` / ``F.conv2d`` in eager mode.
-    ``torch.jit.script`` compiles the class's ``_conv_forward``, torch's own, instead (it cannot
-    compile an autograd Function: scripting a classifier built of these failed)."""
+    ``torch.jit.script`` compiles torch's own ``_conv_forward`` instead (it cannot compile an
+    autograd Function: scripting a classifier built of these failed)."""
 
     _conv: Callable[..., torch.Tensor]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._conv_forward(x, self.weight, self.bias)
+        return self._direct_conv_forward(x, self.weight, self.bias)
 
     @torch.jit.unused
     def _direct_conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -162,14 +167,6 @@ class Conv2d(_DirectConv, nn.Conv2d):
     """
 
     _conv = staticmethod(conv2d)
-
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            return self._direct_conv_forward(x, weight, bias)
-        if self.padding_mode != "zeros":  # (torch.nn.Conv2d's, for TorchScript)
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv2d(x, weight, bias, self.stride, _pair(0), self.dilation, self.groups)
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def conv1d(
@@ -217,11 +214,3 @@ class Conv1d(_DirectConv, nn.Conv1d):
     """
 
     _conv = staticmethod(conv1d)
-
-    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            return self._direct_conv_forward(x, weight, bias)
-        if self.padding_mode != "zeros":  # (torch.nn.Conv1d's, for TorchScript)
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return F.conv1d(x, weight, bias, self.stride, _single(0), self.dilation, self.groups)
-        return F.conv1d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
