@@ -58,14 +58,20 @@ def capture_rng() -> dict[str, Any]:
     return state
 
 
+def _restore_torch_rng(state: dict[str, Any]) -> None:
+    """Restore torch's CPU and CUDA generators from a :func:`capture_rng` state: the CUDA devices
+    both machines have (a run may resume, or be evaluated, on fewer)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
 def restore_rng(state: dict[str, Any]) -> None:
     """Restore what :func:`capture_rng` captured."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():  # (the devices both machines have: a run may resume on fewer)
-        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
+    _restore_torch_rng(state)
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
@@ -208,6 +214,12 @@ def _stamp(state: Any) -> tuple[Any, ...]:
     return tuple(state.get(k) if isinstance(state, dict) else None for k in ("epoch", "step", "write_id"))
 
 
+def _weights_stamp(path: Path) -> tuple[Any, ...]:
+    """The (epoch, step, write id) the weights ``path`` were written with (as :func:`_stamp` reads a state's)."""
+    metadata, _ = _read_safetensors(path, tensors=False)
+    return int(metadata["epoch"]), int(metadata["step"]), metadata.get("write_id")
+
+
 def _stamp_text(epoch: object, step: object, write_id: object) -> str:
     return f"epoch {epoch}, step {step}, write id {write_id or 'none'}"
 
@@ -229,10 +241,7 @@ def evaluation_draws(checkpoint: str | Path, seed: int) -> Iterator[None]:
         if state is None:
             torch.manual_seed(seed)
         else:
-            torch.set_rng_state(state["torch"])
-            if torch.cuda.is_available():
-                for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
-                    torch.cuda.set_rng_state(cuda_state, index)
+            _restore_torch_rng(state)
         yield
 
 
@@ -241,8 +250,7 @@ def _saved_rng(path: Path) -> dict[str, Any] | None:
     or the previous one an interrupted save left), or ``None``; read only (unlike
     :func:`read_training_state`, which repairs an interrupted save for ``--resume``)."""
     try:
-        metadata, _ = _read_safetensors(path, tensors=False)
-        weights = (int(metadata["epoch"]), int(metadata["step"]), metadata.get("write_id"))
+        weights = _weights_stamp(path)
     except (CheckpointError, KeyError, ValueError):
         return None
     for candidate in (_previous_state_path(path), state_path(path)):
@@ -270,8 +278,7 @@ def read_training_state(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     state_file, previous = state_path(path), _previous_state_path(path)
-    metadata, _ = _read_safetensors(path, tensors=False)
-    weights = (int(metadata["epoch"]), int(metadata["step"]), metadata.get("write_id"))
+    weights = _weights_stamp(path)
     if previous.is_file():  # a save interrupted before its weights were written: its old pair if whole
         kept = _load_state(previous)
         if _stamp(kept) == weights:
