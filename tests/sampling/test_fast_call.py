@@ -107,16 +107,79 @@ def test_the_operators_cpu_implementation_gives_the_ctypes_calls_bits(dtype, wit
             _same(out, without_fast_call(lambda: op(x, loc, location, size, "bilinear", "zeros", False, 1e-6)))
 
 
-def test_a_gradient_to_record_takes_the_autograd_path():
+def test_a_gradient_to_record_takes_the_compiled_calls_autograd_node_for_affine_only():
     x, theta = torch.rand(2, 1, 8, 8), stn.Affine().identity(2).requires_grad_()
-    assert not _taken(x, theta, stn.Affine())
+    assert _taken(x, theta, stn.Affine())
     out = stn.warp(x, theta, stn.Affine())
-    assert out.grad_fn is not None
+    assert "Warp2dFunction" in out.grad_fn.name()
+    h = stn.Projective().identity(2).requires_grad_()  # (its matrix is made in Python, differentiably)
+    assert not _taken(x, h, stn.Projective())
     with torch.no_grad():
         assert _taken(x, theta, stn.Affine())
     with torch.inference_mode():
         assert _taken(x, theta, stn.Affine())
         assert stn.warp(x, theta, stn.Affine()).is_inference()
+
+
+def _gradients(fn, inputs, grad_out, create_graph=False):
+    out = fn(*inputs)
+    return (out, *torch.autograd.grad(out, inputs, grad_out, create_graph=create_graph))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["affine", "rows", "rows-view", "projective", "nan", "grid"])
+@pytest.mark.parametrize("layout", ["nchw", "channels-last", "view", "inf-pixel"])
+def test_the_recorded_call_gives_the_python_formulas_bits(dtype, case, layout, without_fast_call):
+    """The C++ autograd node (fast_warp, fast_sample and the operator's eager call) against
+    the Python autograd.Function it replaces: output and both gradients bit for bit, for a
+    dense, a channels_last and an expanded output gradient."""
+    x = _inputs(dtype)[layout].requires_grad_()
+    if case == "grid":
+        params = random_grid((3, 5, 7, 2), dtype, spread=1.2).requires_grad_()
+
+        def fn(x_, p_):
+            return stn.sample(x_, p_, padding="border")
+    else:
+        params, transform = _cases(dtype)[case]
+        params = params.detach().requires_grad_() if params.is_leaf else params.detach().clone().requires_grad_()
+
+        def fn(x_, p_):
+            return stn.warp(x_, p_, transform, (5, 7))
+    dense = torch.randn(3, 3, 5, 7, dtype=dtype)
+    for grad_out in (dense, dense.contiguous(memory_format=torch.channels_last), torch.ones((), dtype=dtype).expand(
+            3, 3, 5, 7)):
+        found = _gradients(fn, (x, params), grad_out)
+        expected = without_fast_call(lambda: _gradients(fn, (x, params), grad_out))
+        for a, b in zip(found, expected):
+            _same(a, b)
+
+
+def test_the_autograd_node_hands_create_graph_and_batched_gradients_to_the_differentiable_expression():
+    x = random_input((2, 2, 6, 5), torch.float64).requires_grad_()
+    theta = random_theta(stn.Affine(), 2, torch.float64, scale=0.3).requires_grad_()
+    grid = random_grid((2, 4, 3, 2), torch.float64, spread=1.2).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda a, b: stn.warp(a, b, "affine", (4, 3)), (x, theta))
+    assert torch.autograd.gradgradcheck(lambda a, b: stn.sample(a, b), (x, grid))
+    assert torch.autograd.gradcheck(lambda a, b: stn.warp(a, b, "affine", (4, 3)), (x, theta), check_batched_grad=True)
+    # a gradient penalty: the gradient's graph reaches θ
+    out = stn.warp(x, theta, "affine")
+    (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    (penalty,) = torch.autograd.grad(gx.square().sum(), theta)
+    out = stn.warp(x, theta, "affine", backend="torch")
+    (gx_ref,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    (expected,) = torch.autograd.grad(gx_ref.square().sum(), theta)
+    torch.testing.assert_close(penalty, expected)
+
+
+def test_the_autograd_node_saves_inference_tensors_as_copies():
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    with torch.inference_mode():
+        theta = stn.Affine().identity(2) + 0.1
+    out = stn.warp(x, theta, "affine")
+    assert "Warp2dFunction" in out.grad_fn.name()
+    out.sum().backward()
+    expected = torch.autograd.grad(stn.warp(x, theta.clone(), "affine", backend="torch").sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected)
 
 
 class _Subclass(torch.Tensor):
@@ -297,7 +360,7 @@ def test_a_default_device_keeps_the_compiled_call():
 
 def test_it_refuses_a_kernel_of_another_abi(compiled):
     with pytest.raises(RuntimeError, match="kernel ABI"):
-        compiled.set_kernels(0, 0, _fused._ABI + 1)
+        compiled.set_kernels(0, 0, 0, 0, _fused._ABI + 1)
 
 
 def test_a_name_is_looked_up_once_and_then_served(monkeypatch):
@@ -406,10 +469,10 @@ def test_a_backend_that_only_compares_equal_to_one_is_the_python_paths_to_refuse
             stn.warp(x, theta, "affine", backend=backend)
 
 
-def test_a_grid_with_a_gradient_to_record_takes_the_autograd_path():
+def test_a_grid_with_a_gradient_to_record_takes_the_autograd_node():
     x, grid = torch.rand(2, 1, 8, 8), random_grid((2, 4, 4, 2), torch.float32).requires_grad_()
-    assert not _sampled(x, grid, backend="fused")
-    assert stn.sample(x, grid, backend="fused").grad_fn is not None
+    assert _sampled(x, grid, backend="fused")
+    assert "Warp2dFunction" in stn.sample(x, grid, backend="fused").grad_fn.name()
     with torch.inference_mode():
         assert _sampled(x, grid)
         assert stn.sample(x, grid).is_inference()
@@ -448,6 +511,9 @@ def test_the_compiled_call_is_published_only_once_set_up(monkeypatch):
         def set_python(self, *args):
             seen.append(("python", _fused._library.state.get("fast")))
 
+        def set_backward_fallback(self, *args):
+            seen.append(("fallback", _fused._library.state.get("fast")))
+
         def set_kernels(self, *args):
             seen.append(("kernels", _fused._library.state.get("fast")))
 
@@ -455,7 +521,7 @@ def test_the_compiled_call_is_published_only_once_set_up(monkeypatch):
     monkeypatch.setitem(_fused._library.state, "fast", None)
     monkeypatch.setattr(_fused, "_fast_call_module", lambda: module)
     assert _fused.fast_call() is module
-    assert seen == [("python", None), ("kernels", None)]  # nothing published while it was set up
+    assert seen == [("python", None), ("fallback", None), ("kernels", None)]  # nothing published while set up
     assert _fused._library.state["fast"] is module
 
 

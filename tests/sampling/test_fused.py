@@ -714,13 +714,15 @@ def test_auto_samples_a_given_grid_with_the_kernel_where_it_is_faster(calls, mon
 
 
 def _warp_both_ways(monkeypatch, x0, p0, transform, **options):
-    """(output, x's gradient, θ's gradient) of ``stn.warp`` by its eager fast path and, with that
-    path switched off, by the general one."""
+    """(output, x's gradient, θ's gradient) of ``stn.warp`` by its fast paths (the compiled call,
+    which records Affine's gradient itself, and the eager one) and, with them switched off, by
+    the general one."""
     from torchstn.sampling import _sample
 
     results = []
     for fast in (True, False):
         if not fast:
+            monkeypatch.setattr(_sample, "_compiled_warp", lambda *args: None)
             monkeypatch.setattr(_sample, "_eager_fused_warp", lambda *args: None)
         x, p = x0.clone().requires_grad_(), p0.clone().requires_grad_()
         out = stn.warp(x, p, transform, **options)

@@ -338,7 +338,7 @@ _library = LazyKernel(
 
 
 _FAST_SOURCE = Path(__file__).with_name("csrc") / "fast_call.cpp"
-_FAST_ABI = 3
+_FAST_ABI = 4
 
 
 def _build_fast_call() -> object:
@@ -404,6 +404,7 @@ def fast_call() -> object | None:
                 if fast:
                     fast.set_python(EAGER_QUESTIONS, (_COMPILED_FAMILIES, _NAMED, _named, _MODES, _PADDING,
                                                       _FUSED_BACKENDS, AUTO_GRID_MODES))
+                    fast.set_backward_fallback(_node_backward)
                     _set_kernels(fast)
                 _library.state["fast"] = fast
     return fast or None
@@ -433,7 +434,7 @@ def _named(name: str) -> Transform | None:
 
 
 def rebind_fast_call() -> None:
-    """Point the compiled call (once loaded) at the kernel's forward entry points in ``_ENTRY``
+    """Point the compiled call (once loaded) at the kernel's entry points in ``_ENTRY``
     as they are now: when :func:`fast_call` first loads it, and after a caller replaced them
     (``benchmarks/ab_kernel.py`` swaps two builds)."""
     fast = _library.state.get("fast")
@@ -442,7 +443,8 @@ def rebind_fast_call() -> None:
 
 
 def _set_kernels(fast: object) -> None:
-    fast.set_kernels(*(ctypes.cast(_ENTRY[False, dtype], ctypes.c_void_p).value for dtype in _DTYPES), _ABI)
+    fast.set_kernels(*(ctypes.cast(_ENTRY[backward, dtype], ctypes.c_void_p).value
+                       for backward in (False, True) for dtype in _DTYPES), _ABI)
 
 
 def _caller_stacklevel() -> int:
@@ -825,14 +827,19 @@ class EagerOperator(NamedTuple):
     direct: Callable[..., torch.Tensor]
 
 
-def eager_operator(name: str, cpu: Callable[..., torch.Tensor], backward: Callable[..., tuple]) -> EagerOperator:
+def eager_operator(
+    name: str, cpu: Callable[..., torch.Tensor], backward: Callable[..., tuple],
+    recorded: Callable[..., torch.Tensor | None] | None = None,
+) -> EagerOperator:
     """The calls of the fused operator ``torchstn::<name>(x, loc, *options)``: through the
     dispatcher where something may record or transform the call (``torch.compile``,
     ``torch.export``, tensor subclasses, fake tensors, torch function or dispatch modes),
     else directly: ``cpu`` (its CPU implementation, unchecked: the callers checked their
     arguments) and, where a gradient is wanted, an ``autograd.Function`` with the operator's
     own formula (``backward(ctx, grad_out, direct=True)``), minus the operator's per-call
-    cost (tens of µs, which dominated batch-1 calls). Shared by the 2-D and 3-D operators."""
+    cost (tens of µs, which dominated batch-1 calls); or ``recorded(x, loc, *options)``, the
+    same formula as a C++ node, where it gives an output (not ``None``). Shared by the 2-D and
+    3-D operators."""
     operator = getattr(torch.ops.torchstn, name)
 
     class Eager(torch.autograd.Function):
@@ -849,7 +856,8 @@ def eager_operator(name: str, cpu: Callable[..., torch.Tensor], backward: Callab
 
     def direct(x: torch.Tensor, loc: torch.Tensor, *options: object) -> torch.Tensor:
         if (x.requires_grad or loc.requires_grad) and torch.is_grad_enabled():
-            return Eager.apply(x, loc, *options)
+            out = None if recorded is None else recorded(x, loc, *options)
+            return Eager.apply(x, loc, *options) if out is None else out
         return cpu(x, loc, *options)
 
     def call(x: torch.Tensor, loc: torch.Tensor, *options: object) -> torch.Tensor:
@@ -858,8 +866,43 @@ def eager_operator(name: str, cpu: Callable[..., torch.Tensor], backward: Callab
     return EagerOperator(call, direct)
 
 
+def _warp2d_recorded(
+    x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str,
+    align_corners: bool, eps: float,
+) -> torch.Tensor | None:
+    """A call of ``torchstn::warp2d`` that records a gradient, through the compiled call's C++
+    autograd node (``csrc/fast_call.cpp``'s ``Warp2dFunction``: this operator's formula,
+    :func:`_backward`, without Python in its backward), or ``None`` where it is not built."""
+    fast = fast_call()
+    if fast is None:
+        return None
+    return fast.warp2d_recorded(x, loc, LOCATIONS[location], int(size[0]), int(size[1]), _MODES[mode],
+                                _PADDING[padding], align_corners, eps)
+
+
+def _node_backward(
+    x: torch.Tensor, loc: torch.Tensor, grad_out: torch.Tensor, location: int, height: int, width: int, mode: int,
+    padding: int, align_corners: bool, eps: float, need_x: bool, need_loc: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients the C++ node's backward leaves to Python (its options as the kernel's
+    codes): under ``create_graph`` and for a batched ``grad_out``, the gradient of the
+    operator's plain differentiable expression, as :func:`fused_backward` takes it. An affine
+    ``loc`` may be Affine's ``(B, 6)`` parameters, which the kernel reads as the rows."""
+    options = (_LOCATION_NAMES[location], (height, width), _MODE_NAMES[mode], _PADDING_NAMES[padding], align_corners,
+               eps)
+
+    def reference(x_: torch.Tensor, loc_: torch.Tensor) -> torch.Tensor:
+        return grid_path(x_, loc_.view(-1, 2, 3) if loc_.dim() == 2 else loc_, *options)
+
+    return differentiable_vjp(reference, (x, loc), grad_out, (need_x, need_loc))
+
+
+_LOCATION_NAMES, _MODE_NAMES, _PADDING_NAMES = ({code: name for name, code in codes.items()}
+                                                for codes in (LOCATIONS, _MODES, _PADDING))
+
+
 #: ``torchstn::warp2d(x, loc, location, size, mode, padding, align_corners, eps)``, eager calls direct
-_warp2d, eager_warp2d = eager_operator("warp2d", _warp2d_cpu, _backward)
+_warp2d, eager_warp2d = eager_operator("warp2d", _warp2d_cpu, _backward, _warp2d_recorded)
 
 
 def fused_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool) -> torch.Tensor:

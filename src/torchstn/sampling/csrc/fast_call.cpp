@@ -22,6 +22,17 @@
 // fast_sample: the same for torchstn.sample's common call (a grid the kernel samples), which
 // took 12-39 us where F.grid_sample takes 7-20 (batch 1 and 4, 28x28, one channel: timeit,
 // 2026-12-02), nearly all of it the Python path's checks and choice of kernel.
+// A call that records a gradient (fast_warp's and fast_sample's, and warp2d_recorded for the
+// Python path's) goes through Warp2dFunction: torchstn::warp2d's autograd formula
+// (_fused._backward) as a C++ autograd node, whose backward runs the kernel without Python.
+// Against the Python autograd.Function it replaced, forward+backward of the bench's affine
+// cases (python benchmarks/ab_autograd_node.py, interleaved, one thread, helpers running,
+// 2026-12-04): 1.08x at 256x1x28x28, 1.06x at 256x1x60x60->30x30, 1.04x at 64x3x64x64, 1.08x
+// at 32x3x224x224, 1.15-1.17x at batch 1 of 224x224 (NCHW and channels_last), 1.9-2.3x at
+// batch 1 of 28x28 and batch 4 of 8x8 and 16x16 (0.056 -> 0.026 ms). The Python between the
+// two kernels cost more than its instructions: after a kernel that streams a megabyte, the
+// interpreter's code and data are out of cache (the same Python took 13 us after a batch-1
+// kernel, 50 us after a 256x1x28x28 one).
 
 // The headers are the few it needs (12 s to build here; at::empty's and autocast's own
 // headers would add 11 s, torch/extension.h 30 s).
@@ -30,6 +41,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
@@ -43,8 +55,13 @@ namespace {
 template <typename T>
 using Forward = int (*)(const int64_t*, const T*, const T*, double, T*);
 
+template <typename T>
+using Backward = int (*)(const int64_t*, const T*, const T*, double, const T*, T*, T*);
+
 Forward<float> forward_f32 = nullptr;
 Forward<double> forward_f64 = nullptr;
+Backward<float> backward_f32 = nullptr;
+Backward<double> backward_f64 = nullptr;
 
 constexpr int64_t kKernelAbi = 6;  // csrc/fused_warp2d.cpp's torchstn_warp2d_abi_version()
 constexpr int64_t kGrid = 0, kAffine = 1, kProjective = 2;  // the kernel's location codes (_fused.LOCATIONS)
@@ -58,13 +75,24 @@ at::Tensor new_output(const at::Tensor& x, int64_t oh, int64_t ow) {
                                channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
 }
 
+// The kernel's first argument (csrc/fused_warp2d.cpp): the options, the sizes, the threads and
+// the strides of x and of buffer (the output, or the output's gradient)
+struct Geometry {
+  int64_t g[19];
+};
+Geometry geometry(const at::Tensor& x, const at::Tensor& buffer, int64_t location, int64_t mode, int64_t padding,
+                  bool align_corners) {
+  return Geometry{{location, mode, x.size(0), x.size(1), x.size(2), x.size(3), buffer.size(2), buffer.size(3), padding,
+                   align_corners, at::get_num_threads(), x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+                   buffer.stride(0), buffer.stride(1), buffer.stride(2), buffer.stride(3)}};
+}
+
 // Runs the kernel on a contiguous loc; returns out.
 at::Tensor run(const at::Tensor& x, const at::Tensor& loc, int64_t location, int64_t oh, int64_t ow, int64_t mode,
                int64_t padding, bool align_corners, double eps) {
   at::Tensor out = new_output(x, oh, ow);
-  const int64_t g[19] = {location,    mode,        x.size(0),   x.size(1),   x.size(2),     x.size(3),     oh,
-                         ow,          padding,     align_corners, at::get_num_threads(), x.stride(0), x.stride(1),
-                         x.stride(2), x.stride(3), out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
+  const Geometry geo = geometry(x, out, location, mode, padding, align_corners);
+  const int64_t* g = geo.g;
   const bool f32 = x.scalar_type() == at::kFloat;
   const Forward<float> k32 = forward_f32;  // (read with the GIL held: set_kernels writes them under it)
   const Forward<double> k64 = forward_f64;
@@ -91,6 +119,100 @@ at::Tensor warp2d(const at::Tensor& x, const at::Tensor& loc, int64_t location, 
 bool plain_cpu(const at::Tensor& t) {
   return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided &&
          !t.key_set().has(c10::DispatchKey::Python) && !t.is_neg() && !t.is_conj();
+}
+
+// _fused._node_backward: the gradients of a call the node's backward leaves to Python (set by
+// set_backward_fallback)
+PyObject* python_backward = nullptr;
+
+// t with its negative bit applied (_fused.resolved)
+at::Tensor resolved(const at::Tensor& t) { return t.is_neg() ? t.resolve_neg() : t; }
+
+// Whether the node's backward runs the kernel on grad_out: a plain CPU tensor with memory of
+// the output's dtype, outside any torch.func transform. Else (autograd's batched gradients,
+// vmap, a tensor subclass) it is Python's (_tracing.batched_gradient), as under create_graph.
+bool kernel_takes_gradient(const at::Tensor& grad_out, const at::Tensor& x) {
+  const c10::DispatchKeySet wrapped{c10::DispatchKey::FuncTorchBatched, c10::DispatchKey::BatchedNestedTensor,
+                                    c10::DispatchKey::Batched, c10::DispatchKey::FuncTorchGradWrapper};
+  return grad_out.defined() && grad_out.has_storage() && grad_out.device().is_cpu() &&
+         grad_out.layout() == at::kStrided && grad_out.scalar_type() == x.scalar_type() &&
+         !grad_out.key_set().has(c10::DispatchKey::Python) && !grad_out.key_set().has_any(wrapped);
+}
+
+// torchstn::warp2d's autograd formula (_fused._backward) as a C++ node: the output in the
+// kernel's forward, the gradients of x and loc in its backward, or (create_graph, a gradient
+// the kernel cannot read) in _fused._node_backward's differentiable expression, as the Python
+// formula does. loc is contiguous; x and loc are saved as _fused._setup_context saves them.
+struct Warp2dFunction : public torch::autograd::Function<Warp2dFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& loc_in,
+                            int64_t location, int64_t oh, int64_t ow, int64_t mode, int64_t padding,
+                            bool align_corners, double eps) {
+    const at::Tensor x = resolved(x_in), loc = resolved(loc_in);
+    // an inference tensor (θ of a localisation net run under inference_mode) cannot be saved
+    ctx->save_for_backward({x.is_inference() ? x.clone() : x, loc.is_inference() ? loc.clone() : loc});
+    ctx->saved_data["options"] = std::vector<int64_t>{location, oh, ow, mode, padding, align_corners};
+    ctx->saved_data["eps"] = eps;
+    return run(x, loc, location, oh, ow, mode, padding, align_corners, eps);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &loc = saved[1];
+    const std::vector<int64_t> o = ctx->saved_data["options"].toIntVector();
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const bool need_x = ctx->needs_input_grad(0), need_loc = ctx->needs_input_grad(1);
+    const int64_t location = o[0], mode = o[3], padding = o[4];
+    const bool align_corners = o[5] != 0;
+    at::Tensor grad_x, grad_loc;
+    if (c10::GradMode::is_enabled() || !kernel_takes_gradient(grads[0], x)) {
+      py::gil_scoped_acquire gil;
+      py::tuple both = py::reinterpret_borrow<py::object>(python_backward)(
+          x, loc, grads[0], location, o[1], o[2], mode, padding, align_corners, eps, need_x, need_loc);
+      if (!both[0].is_none()) grad_x = both[0].cast<at::Tensor>();
+      if (!both[1].is_none()) grad_loc = both[1].cast<at::Tensor>();
+    } else if (need_x || need_loc) {
+      // a dense gradient (NCHW or channels_last), else an NCHW copy (_fused._dense)
+      at::Tensor grad_out = resolved(grads[0]);
+      if (!grad_out.is_contiguous() && !grad_out.is_contiguous(at::MemoryFormat::ChannelsLast))
+        grad_out = grad_out.contiguous();
+      // grad_x has the strides of x, which a dense x keeps (_fused._gradient_buffer)
+      const at::Tensor xs = need_x && !x.is_non_overlapping_and_dense() ? x.contiguous() : x;
+      if (need_x) grad_x = at::detail::empty_strided_cpu(xs.sizes(), xs.strides(), xs.scalar_type());
+      if (need_loc) grad_loc = at::detail::empty_cpu(loc.sizes(), loc.scalar_type(), false, std::nullopt);
+      const Geometry geo = geometry(xs, grad_out, location, mode, padding, align_corners);
+      int status;
+      if (xs.scalar_type() == at::kFloat) {
+        TORCH_CHECK(backward_f32 != nullptr, "torchstn fast_call: the kernel is not set");
+        status = backward_f32(geo.g, xs.const_data_ptr<float>(), loc.const_data_ptr<float>(), eps,
+                              grad_out.const_data_ptr<float>(), need_x ? grad_x.mutable_data_ptr<float>() : nullptr,
+                              need_loc ? grad_loc.mutable_data_ptr<float>() : nullptr);
+      } else {
+        TORCH_CHECK(backward_f64 != nullptr, "torchstn fast_call: the kernel is not set");
+        status = backward_f64(geo.g, xs.const_data_ptr<double>(), loc.const_data_ptr<double>(), eps,
+                              grad_out.const_data_ptr<double>(), need_x ? grad_x.mutable_data_ptr<double>() : nullptr,
+                              need_loc ? grad_loc.mutable_data_ptr<double>() : nullptr);
+      }
+      TORCH_CHECK(status == 0, "fused warp kernel failed with status ", status);
+    }
+    return {grad_x, grad_loc, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+// A call that records a gradient (the caller asked): the node's output
+at::Tensor warp2d_recorded(const at::Tensor& x, const at::Tensor& loc, int64_t location, int64_t oh, int64_t ow,
+                           int64_t mode, int64_t padding, bool align_corners, double eps) {
+  TORCH_CHECK(python_backward != nullptr, "torchstn fast_call: the backward fallback is not set");
+  return Warp2dFunction::apply(x, loc.contiguous(), location, oh, ow, mode, padding, align_corners, eps);
+}
+
+// fast_warp's and fast_sample's call: through the node where a gradient is recorded
+at::Tensor warp2d_any(const at::Tensor& x, const at::Tensor& loc, int64_t location, int64_t oh, int64_t ow,
+                      int64_t mode, int64_t padding, bool align_corners, double eps) {
+  if (c10::GradMode::is_enabled() && (x.requires_grad() || loc.requires_grad()))
+    return warp2d_recorded(x, loc, location, oh, ow, mode, padding, align_corners, eps);
+  return run(x, loc.contiguous(), location, oh, ow, mode, padding, align_corners, eps);
 }
 
 // The homographies (B, 3, 3) of Projective's parameters (B, 8), contiguous: H[2, 2] = 1, and
@@ -196,13 +318,12 @@ int takes_kernel(PyObject* backend) {
 
 // Whether the kernel covers image x (B, C, H, W) and its location tensor loc (parameters or a
 // grid: its batch) in this call: plain CPU tensors of one floating dtype (float32 or float64),
-// nothing to record a gradient for, no CPU autocast, non-empty H and W with int32 pixel
+// no CPU autocast, non-empty H and W with int32 pixel
 // offsets (_fused.fused_applies), x not empty, loc of x's batch
 bool kernel_covers(const at::Tensor& x, const at::Tensor& loc) {
   if (!plain_cpu(x) || !plain_cpu(loc) || x.dim() != 4 || loc.scalar_type() != x.scalar_type() ||
       (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
     return false;
-  if (c10::GradMode::is_enabled() && (x.requires_grad() || loc.requires_grad())) return false;
   // autocast on the CPU: its key not excluded (at::autocast::is_autocast_enabled's own test)
   if (!c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU)) return false;
   const int64_t h = x.size(2), w = x.size(3);
@@ -214,9 +335,10 @@ bool kernel_covers(const at::Tensor& x, const at::Tensor& loc) {
 // x, params, transform, size, mode, padding, align_corners, backend), or None for any other
 // call. Common: Affine ((B, 6) parameters or (B, 2, 3) rows) or Projective ((B, 8)), by exact
 // type or by a name _fused._named knows, a backend in _fused._FUSED_BACKENDS, a known mode and
-// padding, size None or a tuple of two positive ints; eager tensors (see eager); nothing to
-// record a gradient for; no CPU autocast; a CPU float32/float64 image the kernel covers, and
-// parameters of its dtype. A raw METH_FASTCALL function: pybind11's own call of the same
+// padding, size None or a tuple of two positive ints; eager tensors (see eager); no CPU
+// autocast; a CPU float32/float64 image the kernel covers, and parameters of its dtype; for
+// Projective, nothing to record a gradient for (its matrix is made here, not differentiably).
+// A gradient is recorded through Warp2dFunction. A raw METH_FASTCALL function: pybind11's own call of the same
 // arguments cost about 0.3 us more.
 PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 8) {
@@ -266,9 +388,10 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       const bool flat = params.dim() == 2 && params.size(1) == 6;
       const bool rows = params.dim() == 3 && params.size(1) == 2 && params.size(2) == 3;
       if (!flat && !rows) Py_RETURN_NONE;
-      return THPVariable_Wrap(run(x, params.contiguous(), kAffine, oh, ow, mode, padding, aligned, 0.0));
+      return THPVariable_Wrap(warp2d_any(x, params, kAffine, oh, ow, mode, padding, aligned, 0.0));
     }
-    if (family == 1 && params.dim() == 2 && params.size(1) == 8) {
+    if (family == 1 && params.dim() == 2 && params.size(1) == 8 &&
+        !(c10::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad()))) {
       PyObject* eps_value = PyObject_GetAttr(transform, p.eps);  // Projective's guard of w
       if (eps_value == nullptr) return nullptr;
       const double eps = PyFloat_AsDouble(eps_value);
@@ -322,7 +445,7 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (!PyBool_Check(args[4])) Py_RETURN_NONE;  // (align_corners: the Python path says what it must be)
     const bool aligned = args[4] == Py_True;
     return THPVariable_Wrap(
-        run(x, grid.contiguous(), kGrid, grid.size(1), grid.size(2), codes[0], codes[1], aligned, 0.0));
+        warp2d_any(x, grid, kGrid, grid.size(1), grid.size(2), codes[0], codes[1], aligned, 0.0));
   } catch (...) {  // as fast_warp
     torch::translate_exception_to_python(std::current_exception());
     return nullptr;
@@ -355,18 +478,25 @@ void set_python(py::tuple eager_questions, py::tuple lookups) {
   python_set = true;
 }
 
-void set_kernels(uintptr_t f32, uintptr_t f64, int64_t abi) {
+// the kernel's entry points: forward float32, float64, backward float32, float64
+void set_kernels(uintptr_t f32, uintptr_t f64, uintptr_t b32, uintptr_t b64, int64_t abi) {
   TORCH_CHECK(abi == kKernelAbi, "torchstn fast_call: built for kernel ABI ", kKernelAbi, ", given ABI ", abi);
   forward_f32 = reinterpret_cast<Forward<float>>(f32);
   forward_f64 = reinterpret_cast<Forward<double>>(f64);
+  backward_f32 = reinterpret_cast<Backward<float>>(b32);
+  backward_f64 = reinterpret_cast<Backward<double>>(b64);
 }
+
+void set_backward_fallback(py::object f) { python_backward = f.release().ptr(); }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("abi_version", [] { return 3; });
+  m.def("abi_version", [] { return 4; });
   m.def("set_kernels", &set_kernels);
+  m.def("set_backward_fallback", &set_backward_fallback);
   m.def("warp2d", &warp2d);
+  m.def("warp2d_recorded", &warp2d_recorded);
   m.def("set_python", &set_python);
   py::object module_name = py::reinterpret_steal<py::object>(PyModule_GetNameObject(m.ptr()));
   if (!module_name) throw py::error_already_set();

@@ -1,0 +1,91 @@
+"""A/B of forward+backward through the fused kernel's two autograd formulas, in one process.
+
+    python benchmarks/ab_autograd_node.py [CASE ...] [--rounds 15]
+
+The same ``torchstn bench`` workloads (default: the 2-D affine cases), forward+backward as the
+bench times it (``torch.autograd.grad`` of the warp for a dense output gradient), alternately
+through the compiled call's C++ autograd node (``csrc/fast_call.cpp``'s ``Warp2dFunction``,
+what a call that records a gradient takes) and through the Python ``autograd.Function`` it
+replaced (the compiled call made to decline such calls, as before 2026-12-04). Both give the
+same bits (checked first). Prints each side's median time and the median of the per-round
+speed-ups (Python formula's time / the node's, > 1 = the node is faster). One thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from torchstn.bench._cases import build_workload, select_cases
+from torchstn.sampling import _fused, _sample
+
+_COMPILED_WARP, _RECORDED = _sample._compiled_warp, _fused._warp2d_recorded
+
+
+def _python_formula(x: torch.Tensor, params: torch.Tensor, *args: object) -> torch.Tensor | None:
+    """The compiled call as it was before the node: it declined every call that records a gradient."""
+    if torch.is_grad_enabled() and (x.requires_grad or params.requires_grad):
+        return None
+    return _COMPILED_WARP(x, params, *args)
+
+
+def _use_node(node: bool) -> None:
+    """Route recorded calls through the C++ node (``node``) or the Python ``autograd.Function``."""
+    _sample._compiled_warp = _COMPILED_WARP if node else _python_formula
+    # the operator's eager call holds _warp2d_recorded in its closure
+    (cell,) = [c for c in _fused.eager_warp2d.__closure__ if c.cell_contents in (_RECORDED, _declined)]
+    cell.cell_contents = _RECORDED if node else _declined
+
+
+def _declined(*args: object) -> None:
+    return None
+
+
+def _per_call(fn: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cases", nargs="*", default=["affine-*"], help="bench case names or patterns")
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for case in select_cases(args.cases):
+        if case.family != "affine" or len(case.shape) != 4:
+            continue
+        work = build_workload(case, peers=())
+        contender = work.contenders["torchstn"]
+
+        def forward_backward() -> tuple[torch.Tensor, ...]:
+            return contender.forward_backward(work.grad_out)
+
+        results = {}
+        for node in (True, False):
+            _use_node(node)
+            results[node] = forward_backward()
+        if not all(torch.equal(a, b) for a, b in zip(results[True], results[False])):
+            raise AssertionError(f"{case.name}: the two formulas give different gradients")
+        calls = max(5, int(0.02 / _per_call(forward_backward, 3)))  # about 20 ms per measurement
+        times: dict[bool, list[float]] = {True: [], False: []}
+        speedups = []
+        for r in range(args.rounds):
+            for node in (True, False) if r % 2 else (False, True):
+                _use_node(node)
+                _per_call(forward_backward, 2)
+                times[node].append(_per_call(forward_backward, calls) * 1e3)
+            speedups.append(times[False][-1] / times[True][-1])
+        _use_node(True)
+        print(f"{case.label:30s} python formula {statistics.median(times[False]):8.4f} ms   "
+              f"C++ node {statistics.median(times[True]):8.4f} ms   speed-up {statistics.median(speedups):.3f}x")
+
+
+if __name__ == "__main__":
+    main()
