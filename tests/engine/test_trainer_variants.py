@@ -5,8 +5,10 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from torchstn.engine import TrainConfig, train
+import torchstn as stn
+from torchstn.engine import TrainConfig, data_loss, train
 from torchstn.engine._data import fetch
 from torchstn.engine._figures import plot_run, sampled_params
 
@@ -262,3 +264,24 @@ def test_a_run_resumes_with_the_config_that_started_it(shapes, tmp_path):
     train(config, tmp_path, train_set=train_set, test_set=test_set, progress=False, stop_after=1)
     result = train(config, tmp_path, train_set=train_set, test_set=test_set, progress=False, resume=True)
     assert [r["epoch"] for r in result.history] == [1, 2]
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_pstn_data_loss_is_the_mean_of_its_samples_losses(smoothing):
+    """The ELBO's data term, as the authors' code computes it: each of the S samples'
+    (smoothed) cross-entropy, averaged; cross_entropy of the model's training output (the mean
+    of the samples' log-probabilities) is another objective for S > 1, which training took
+    until 2026-12-04. A plain classifier's loss stays cross_entropy of its logits."""
+    torch.manual_seed(0)
+    model = stn.create_model("p-stn", samples=3, init_scale=0.5)  # (samples that disagree)
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([1, 2, 3, 4])
+    seen = []
+    model.classifier.register_forward_hook(lambda module, args, out: seen.append(out))
+    output = model(x)
+    (logits,) = seen  # the classifier's logits of the 3 x 4 warped images, sample-major
+    expected = F.cross_entropy(logits, y.repeat(3), label_smoothing=smoothing)
+    torch.testing.assert_close(data_loss(model, output, y, smoothing), expected)
+    assert not torch.allclose(F.cross_entropy(output, y, label_smoothing=smoothing), expected)
+    plain = stn.create_model("cnn")
+    out = plain(x)
+    assert torch.equal(data_loss(plain, out, y, smoothing), F.cross_entropy(out, y, label_smoothing=smoothing))

@@ -124,16 +124,17 @@ def test_p_stn_model_marginalises_and_exposes_its_kl():
     pst = model.transformers[0]
     assert isinstance(pst, stn.ProbabilisticSpatialTransformer) and pst.distribution == "student-t"
     x, y = torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3])
-    log_probs = model(x)
+    log_probs = model(x)  # in training: the mean of the 2 samples' log-probabilities
     assert log_probs.shape == (3, 10) and pst.last_samples == 2
-    torch.testing.assert_close(log_probs.exp().sum(1), torch.ones(3))
-    loss = F.cross_entropy(log_probs, y) + stn.nn.total_kl(model)
+    assert bool((log_probs.exp().sum(1) < 1).all())  # (a geometric mean of distributions: below 1)
+    loss = F.nll_loss(log_probs, y) + stn.nn.total_kl(model)
     loss.backward()
     assert pst.variance_regressor.bias.grad.abs().sum() > 0 and pst.regressor.bias.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
-        model(x)
+        log_probs = model(x)
     assert pst.last_samples == 5
+    torch.testing.assert_close(log_probs.exp().sum(1), torch.ones(3))
 
 
 def test_zoom_starts_the_affine_st_models_on_a_central_crop():

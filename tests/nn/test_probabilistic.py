@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Gamma, MultivariateNormal, Normal, kl_divergence
 from torch.func import functional_call
@@ -167,7 +168,8 @@ def test_gaussian_kl_is_to_a_prior_around_the_identity():
     mean, sigma = pst.last_mean, pst.last_scale
     expected = kl_divergence(Normal(mean, sigma), Normal(stn.Affine().identity(), 0.3))
     torch.testing.assert_close(pst.last_kl, expected.sum(1).mean())
-    torch.testing.assert_close(pst.kl(), pst.kl_weight * pst.last_kl)
+    # per parameter of θ, as the authors' code averages the KL (P times theirs until 2026-12-04)
+    torch.testing.assert_close(pst.kl(), pst.kl_weight * pst.last_kl / stn.Affine().num_params)
 
 
 def test_gaussian_kl_to_a_full_prior_covariance():
@@ -229,11 +231,22 @@ def test_bad_prior_covariance():
         )
 
 
-def test_marginalize_averages_probabilities_over_samples():
-    pst = _pstn(samples=2)
-    pst(torch.rand(1, 1, 8, 8))
+def test_marginalize_averages_probabilities_in_evaluation_and_log_probabilities_in_training():
+    """The authors' code (and the ELBO): in training the mean of the samples' log-probabilities,
+    whose nll_loss is the mean of their negative log-likelihoods; at test time the log of the
+    averaged probabilities. Training took the latter until 2026-12-04."""
+    pst = _pstn(samples=2, test_samples=2)
     logits = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])  # p = (1/4, 3/4) and (3/4, 1/4)
+    pst.eval()
+    pst(torch.rand(1, 1, 8, 8))
     torch.testing.assert_close(pst.marginalize(logits), torch.log(torch.tensor([[0.5, 0.5]])))
+    pst.train()
+    pst(torch.rand(1, 1, 8, 8))
+    elbo_term = torch.log(torch.tensor([[3 / 16, 3 / 16]])) / 2  # (log 1/4 + log 3/4) / 2 for either class
+    torch.testing.assert_close(pst.marginalize(logits), elbo_term)
+    y = torch.tensor([1])
+    per_sample = F.cross_entropy(logits, y.repeat(2), reduction="none").mean()
+    torch.testing.assert_close(F.nll_loss(pst.marginalize(logits), y), per_sample)
     with pytest.raises(ValueError, match="S=2"):
         pst.marginalize(torch.zeros(3, 2))
     # a multiple of S from another batch was regrouped into the wrong number of examples

@@ -22,7 +22,9 @@ from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
 from torchstn.engine._evaluate import evaluate, predict
 from torchstn.engine._figures import plot_run
 from torchstn.engine._rundir import RESUMABLE_CHANGES, RunDir, load_model, resolve_checkpoint
-from torchstn.engine._trainer import TrainResult, build_optimizer, identity_penalty, resolve_device, resume_config, train
+from torchstn.engine._trainer import (
+    TrainResult, build_optimizer, data_loss, identity_penalty, resolve_device, resume_config, train,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -37,6 +39,7 @@ __all__ = [
     "atomic_write",
     "build_optimizer",
     "collapse_warnings",
+    "data_loss",
     "demo_configs",
     "evaluate",
     "evaluation_draws",

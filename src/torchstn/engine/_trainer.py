@@ -145,6 +145,23 @@ def identity_penalty(model: nn.Module) -> torch.Tensor | float:
     return total
 
 
+def data_loss(
+    model: nn.Module, output: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """The training loss of ``model``'s ``output`` for ``labels``: ``F.cross_entropy`` of logits;
+    for a model whose output is log-probabilities (its ``log_probabilities`` true: a P-STN,
+    whose training output is the mean of its samples' log-probabilities, not normalised), their
+    negative log-likelihood, smoothed as ``cross_entropy`` smooths it: the ELBO's data term.
+    (``cross_entropy`` of such an output adds the log of its normaliser; for normalised
+    log-probabilities both are the same.)"""
+    if not getattr(model, "log_probabilities", False):
+        return F.cross_entropy(output, labels, label_smoothing=label_smoothing)
+    loss = F.nll_loss(output, labels)
+    if label_smoothing:
+        loss = (1 - label_smoothing) * loss - label_smoothing * output.mean()
+    return loss
+
+
 def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:
     """The config of a run directory, with the fields a resumed run may change (:meth:`RunDir.resume_config`)."""
     return RunDir(run_dir).resume_config(**changes)
@@ -449,8 +466,7 @@ def _train_step(
                                 channels_last=config.channels_last)
     with session.autocast():
         logits = session.model(x, **inputs)
-        # (a P-STN model returns log-probabilities: the same data term)
-        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        loss = data_loss(core, logits, y, config.label_smoothing)
         kl = total_kl(core)  # the weighted KL of P-STN modules (0.0 for other models)
         objective = loss + kl
         if config.identity_reg:

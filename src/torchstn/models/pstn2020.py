@@ -20,14 +20,19 @@ __all__ = ["PSTNClassifier", "p_stn"]
 class PSTNClassifier(STClassifier):
     """An :class:`~torchstn.models.STClassifier` around one :class:`~torchstn.nn.ProbabilisticSpatialTransformer`.
 
-    The classifier sees the ``S`` sampled warps of each input; the output is the log of
-    the predictive distribution averaged over them (P-STN, section 3), so
-    ``cross_entropy(model(x), y)`` is the paper's data term; add
-    :func:`torchstn.nn.total_kl` for the KL term.
+    The classifier sees the ``S`` sampled warps of each input, and the output combines them
+    (:meth:`~torchstn.nn.ProbabilisticSpatialTransformer.marginalize`, P-STN section 3, as the
+    authors' code): in training the mean of their log-probabilities, so that
+    ``nll_loss(model(x), y)`` is the ELBO's data term; in evaluation the log of the averaged
+    predictive distribution. Add :func:`torchstn.nn.total_kl` for the KL term.
     """
 
+    #: the output is log-probabilities (in training the mean of the samples', not normalised):
+    #: the engine's loss is their negative log-likelihood (:func:`torchstn.engine.data_loss`)
+    log_probabilities = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities ``(B, num_classes)``, averaged over the sampled transformations."""
+        """Log-probabilities ``(B, num_classes)`` combined over the sampled transformations."""
         return self.transformers[0].marginalize(self.classifier(self.transform_input(self.checked(x))))
 
 

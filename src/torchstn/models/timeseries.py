@@ -279,7 +279,7 @@ def pstn_cnn1d_aff(
     :class:`~torchstn.nn.ProbabilisticSpatialTransformer` (Student-t θ with a Gamma prior
     on its precision, as the authors' time-series runs) draws ``samples`` warps of each
     series in training and ``test_samples`` at test time (10 and 10, the authors'); the
-    output is the log of the predictive distribution averaged over them, and
+    output combines them as :class:`~torchstn.models.pstn2020.PSTNClassifier` says, and
     :func:`torchstn.nn.total_kl` is the regulariser the engine adds (``kl_weight``: the
     authors use 0 to 1e-3 per data set, 1e-4 most often).
 
@@ -293,7 +293,7 @@ def pstn_cnn1d_aff(
     Example:
         >>> m = stn.create_model("pstn-cnn1d-aff", input_size=64, channels=(8,) * 5, loc_channels=(8, 8, 8),
         ...                      samples=3)
-        >>> probs = m(torch.randn(2, 1, 64)).exp()
+        >>> probs = m.eval()(torch.randn(2, 1, 64)).exp()
         >>> torch.allclose(probs.sum(1), torch.ones(2)), bool(stn.nn.total_kl(m) > 0)
         (True, True)
     """

@@ -143,9 +143,11 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
     (``θ = μ + scale · ε``, ε standard Student-t or normal, so gradients reach both
     heads); in evaluation ``test_samples`` are drawn, or ``test_samples="mean"`` warps
     once at ``μ``. The output stacks the samples sample-major, ``(S·B, C, ...)`` (row
-    ``s·B + b``); :meth:`marginalize` averages a classifier's predictive distribution
-    over them. :meth:`kl` is the weighted term to add to the loss (the negative ELBO is
-    ``NLL + kl_weight · KL`` per example).
+    ``s·B + b``); :meth:`marginalize` combines a classifier's outputs over them (in training
+    the mean of the samples' log-probabilities, whose ``nll_loss`` is the ELBO's data term; in
+    evaluation the averaged predictive distribution). :meth:`kl` is the weighted term to add
+    to the loss: the negative ELBO, as the authors' code computes it, is
+    ``NLL + kl_weight · KL / P`` per example, ``P`` the number of parameters of θ.
 
     Args:
         transform: a :class:`~torchstn.transforms.Transform` or its name.
@@ -164,8 +166,10 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         init_scale: the initial spread of θ (student-t scale ``sqrt(β/α)`` or σ),
             the same for every input (the spread head starts with zero weights); 0.08 is
             about the reference code's ``var_init=-5``.
-        kl_weight: weight of the KL term in :meth:`kl`; the paper tunes it per training
-            set size (1e-5 to 1e-3 on MNIST subsets).
+        kl_weight: weight of the KL per parameter of θ in :meth:`kl` (the authors' code
+            averages the KL over θ's parameters as well as over the batch, so their weights
+            carry over); the paper tunes it per training set size (1e-5 to 1e-3 on MNIST
+            subsets).
         in_features, sampler, **sampler_keywords: as in
             :class:`~torchstn.nn.SpatialTransformer`.
 
@@ -286,21 +290,33 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         return per_param.sum(1).mean()
 
     def kl(self) -> torch.Tensor:
-        """``kl_weight · KL`` of the last forward pass: the term to add to the loss."""
+        """``kl_weight · KL / P`` of the last forward pass (``P`` the number of parameters of θ):
+        the term to add to the loss. Per parameter, as the authors' code weighs it (the mean of
+        the per-parameter KL over θ's parameters and the batch): their ``kl_weight`` regularises
+        as much here (the KL summed over the parameters, ``last_kl``, weighted by it was ``P``
+        times theirs until 2026-12-04)."""
         if self.last_kl is None:
             raise RuntimeError("kl() needs a forward pass first")
-        return self.kl_weight * self.last_kl
+        return self.kl_weight * self.last_kl / self.transform.num_params
 
     def marginalize(self, logits: torch.Tensor) -> torch.Tensor:
-        r"""Average a classifier's predictive distribution over the samples of the last pass.
+        r"""Combine a classifier's outputs over the samples of the last pass, as the paper and
+        the authors' code do: in training the Monte Carlo estimate of the ELBO's data term, in
+        evaluation the predictive distribution.
 
         Args:
             logits: ``(S·B, K)`` logits (or log-probabilities) of the warped samples, in
                 the order of the output.
 
         Returns:
-            ``(B, K)`` log-probabilities :math:`\log \frac1S \sum_s p(y \mid x, θ_s)`;
-            ``cross_entropy`` / ``nll_loss`` of them is the paper's data term.
+            ``(B, K)``: in training mode the mean of the samples' log-probabilities,
+            :math:`\frac1S \sum_s \log p(y \mid x, θ_s)`, whose ``nll_loss`` is the mean of
+            the samples' negative log-likelihoods (the ELBO's term; not normalised over ``K``
+            for ``S > 1``: take ``nll_loss``, not ``cross_entropy``, which would add the log of
+            its normaliser); in evaluation the log-probabilities of the averaged prediction,
+            :math:`\log \frac1S \sum_s p(y \mid x, θ_s)`. With one sample both are its
+            log-probabilities. Until 2026-12-04 training took the second too: the log of a mean
+            of probabilities, another objective than the ELBO's for ``S > 1``.
         """
         s = self.last_samples
         # S times the last pass's batch, checked eagerly (an exported pass keeps no record of its
@@ -317,6 +333,8 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
                 f"got {tuple(logits.shape)}"
             )
         log_probs = F.log_softmax(logits, dim=-1).reshape(s, -1, logits.shape[-1])
+        if self.training:
+            return log_probs.mean(0)
         return torch.logsumexp(log_probs, dim=0) - math.log(s)
 
     def forward(self, x: torch.Tensor, return_params: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
