@@ -166,13 +166,16 @@ def test_noise_laws_without_rejection(mnist_dir):
     noise_px = (e.params.double() - e.transform.identity(dtype=torch.float64)) * 14  # 2/28 per pixel
     assert abs(noise_px.std().item() - 1.5) < 0.1 and abs(noise_px.mean().item()) < 0.1
 
-    p = distorted_mnist("perturbed", "test", mnist_dir, limit=256, cache=False, keep_inside=False)
-    corners = torch.tensor([[-1.0, -1], [1, -1], [1, 1], [-1, 1]], dtype=torch.float64).expand(256, 4, 2)
-    moved = p.transform.transform_points(p.params.double(), corners) - corners
+    n = 8192
+    p = distorted_mnist("perturbed", "test", mnist_dir, limit=n, cache=False, keep_inside=False)
+    # in the IC-STN authors' units: [-1, 1] spans the corner pixels' centres (27 of the 28 pixels)
+    corners = torch.tensor([[-1.0, -1], [1, -1], [1, 1], [-1, 1]], dtype=torch.float64).expand(n, 4, 2) * 27 / 28
+    moved = (p.transform.transform_points(p.params.double(), corners) - corners) * 28 / 27
     # corner noise N(0, 0.25) plus a shared translation N(0, 0.25): per coordinate std 0.25 * sqrt(2)
-    assert abs(moved.std().item() - 0.25 * math.sqrt(2)) < 0.03
+    # (3.7% more in torchstn's units, 0.367, which the law was drawn in until 2026-12-04)
+    assert abs(moved.std().item() - 0.25 * math.sqrt(2)) < 0.006
     shared = moved.mean(1)  # the translation plus a quarter of the corner noise
-    assert abs(shared.std().item() - math.sqrt(0.25**2 + 0.25**2 / 4)) < 0.03
+    assert abs(shared.std().item() - math.sqrt(0.25**2 + 0.25**2 / 4)) < 0.01
 
 
 def test_same_seed_same_bytes_and_first_samples_do_not_depend_on_limit(mnist_dir, generated):

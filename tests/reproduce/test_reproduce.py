@@ -479,3 +479,16 @@ def test_the_wall_time_of_a_resumed_cell_counts_every_session():
     assert _wall_seconds([{"elapsed": 2.0, "session": 0}, {"elapsed": 5.0, "session": 0},
                           {"elapsed": 1.0, "session": 2}, {"elapsed": 3.0, "session": 2}]) == 8.0
     assert _wall_seconds([{"elapsed": 2.0}, {"elapsed": 5.0}, {"elapsed": 1.0}]) == 6.0  # (records without it)
+
+
+def test_the_icstn_paper_budget_is_the_authors_code():
+    """Their options.py: the classifier at lr 1e-2; the geometric predictor at 1e-2 for an STN
+    and 1e-4 for an IC-STN (the STN got 1e-4 until 2026-12-04); 500,000 iterations."""
+    experiment = get_experiment("icstn-perturbed")
+    column = experiment.column("perturbed")
+    for key, predictor in (("icstn-stn", 1e-2), ("ic-stn-1", 1e-4), ("ic-stn-4", 1e-4)):
+        recipe = experiment.recipe("paper", experiment.row(key), column)
+        assert recipe["lr"] == 1e-2 and recipe["lr"] * recipe["loc_lr_mult"] == pytest.approx(predictor), key
+        assert recipe["steps"] == 500_000 and recipe["batch_size"] == 100
+    standard = experiment.recipe("standard", experiment.row("icstn-stn"), column)
+    assert standard["loc_lr_mult"] == 0.1  # the paper budget's override only

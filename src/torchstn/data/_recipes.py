@@ -477,9 +477,12 @@ class ProjectiveMNIST(Recipe):
 class PerturbedICSTN(ProjectiveMNIST):
     """``perturbed`` (IC-STN): corners moved by N(0, 0.25) plus a shared translation N(0, 0.25).
 
-    Normalised units of the 28x28 digit. The canvas corners are sent to the perturbed
-    positions in the digit (a canvas -> digit homography), as in Lin & Lucey's
-    perturbed MNIST. The default is the paper's law unconditioned, so parts of some
+    In the authors' units: their [-1, 1] spans the centres of the digit's corner pixels (0 to
+    27, ``align_corners=True``), 13.5 pixels per unit where torchstn's spans the image's
+    edges (14 pixels per unit): σ = 3.375 pixels. The canvas's corner pixel centres are sent
+    to the perturbed positions in the digit (a canvas -> digit homography), as in Lin &
+    Lucey's perturbed MNIST. (Until 2026-12-04, recipe version 1, the law was drawn in
+    torchstn's units, 3.7% wider: σ = 3.5 pixels.) The default is the paper's law unconditioned, so parts of some
     digits leave the canvas (as in the authors' data; the classifier must cope).
     ``keep_inside=True`` redraws such samples instead (about 57 % of first draws, so
     the kept perturbations are markedly smaller than the paper's).
@@ -488,18 +491,21 @@ class PerturbedICSTN(ProjectiveMNIST):
     """
 
     kind = "perturbed"
+    version = 2
     summary = "IC-STN: corners N(0, 0.25) + translation N(0, 0.25), projective, 28x28"
     defaults = {"sigma": 0.25, "translation": 0.25, **_WHOLE_28, "keep_inside": False}
 
     def _draw(self, sources: Sources, index: torch.Tensor, generator: torch.Generator) -> Draw:
         k = self.k
-        corners = torch.tensor(_CORNERS, dtype=torch.float64)
+        # the canvas's corner pixel centres in torchstn's units, and the authors' unit in the digit's
+        corners = torch.tensor(_CORNERS, dtype=torch.float64) * ((self.canvas - 1) / self.canvas)
+        unit = (_DIGIT - 1) / _DIGIT
 
         def propose(index: torch.Tensor) -> torch.Tensor:
             m = len(index)
             noise = self.options["sigma"] * torch.randn(m, 4, 2, generator=generator, dtype=torch.float64)
             shift = self.options["translation"] * torch.randn(m, 1, 2, generator=generator, dtype=torch.float64)
-            h = homography_from_points(corners.expand(m, -1, -1), k * corners + noise + shift)
+            h = homography_from_points(corners.expand(m, -1, -1), k * corners + unit * (noise + shift))
             return _f32(h.reshape(m, 9)[:, :8])
 
         def fallback(index: torch.Tensor) -> torch.Tensor:
