@@ -72,3 +72,13 @@ def test_predict_params_of_a_head_without_one_is_none():
     x = torch.rand(2, 2, 16, 16)
     theta, none = par.predict_params(x)
     assert theta.shape == (2, 6) and none is None
+
+
+def test_concat_exports_with_a_dynamic_batch():
+    """Its size checks gathered torch.export's symbolic sizes in a set ("unhashable type:
+    non-nested SymInt"): a dynamic batch, which the README promises, did not export."""
+    par = stn.ParallelSpatialTransformers(_heads(k=2), merge="concat").eval()
+    program = torch.export.export(par, (torch.rand(3, 2, 16, 16),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    x = torch.rand(5, 2, 16, 16)
+    torch.testing.assert_close(program.module()(x), par(x))
