@@ -102,3 +102,36 @@ def test_the_first_compiled_warp_of_a_process_does_not_recompile(monkeypatch) ->
         first = compiled(x, theta)
         torch.testing.assert_close(compiled(x, theta), first, rtol=0, atol=0)
     torch.testing.assert_close(first, stn.warp(x, theta, "affine"), rtol=1e-6, atol=1e-6)
+
+
+def test_the_reference_backend_compiles_whole_and_traces_with_its_gradients(tmp_path) -> None:
+    """backend='reference' ran its autograd.Function under the compiler, which dynamo refused
+    with fullgraph=True where anything required a gradient ("Unsupported custom jvp"), and
+    under the tracer, whose program then could not be saved. Compiled and traced, its forward's
+    plain operations are recorded: the eager Function's values and gradients (the points off
+    integer pixel coordinates), and NaN, with a NaN gradient in both coordinates, at a
+    non-finite point when compiled, as eagerly."""
+    torch._dynamo.reset()
+    x = random_images(2, (2, 9, 11)).requires_grad_()
+    grid = (torch.rand(2, 5, 6, 2) * 2.2 - 1.1).requires_grad_()
+    grid_nan = grid.detach().clone()
+    grid_nan[1, 2, 3, 0] = float("nan")
+    grid_nan.requires_grad_()
+
+    def run(x_, g_):
+        return stn.sample(x_, g_, backend="reference")
+
+    compiled = torch.compile(run, backend="eager", fullgraph=True)
+    for g in (grid, grid_nan):
+        eager_out = run(x, g)
+        eager_grads = torch.autograd.grad(eager_out.nansum(), (x, g))
+        out = compiled(x, g)
+        grads = torch.autograd.grad(out.nansum(), (x, g))
+        torch.testing.assert_close(out, eager_out, equal_nan=True)
+        for a, b in zip(grads, eager_grads):
+            torch.testing.assert_close(a, b, equal_nan=True)
+    assert grads[1][1, 2, 3].isnan().all() and out[1, :, 2, 3].isnan().all()
+    traced = torch.jit.trace(lambda x_, g_: run(x_, g_), (x.detach(), grid.detach()))
+    traced.save(str(tmp_path / "reference.pt"))
+    torch.testing.assert_close(torch.jit.load(str(tmp_path / "reference.pt"))(x.detach(), grid.detach()),
+                               run(x, grid).detach())
