@@ -51,3 +51,27 @@ def test_plain_install_runs_every_subcommand(tmp_path):
                       cwd=tmp_path)
         assert preview.returncode == 0, preview.stderr[-2000:]
         assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# typing's names that Python 3.10 (pyproject's requires-python) lacks
+_TYPING_AFTER_3_10 = {"Unpack", "Self", "LiteralString", "Never", "assert_never", "assert_type", "reveal_type",
+                      "TypeVarTuple", "Required", "NotRequired", "dataclass_transform", "override", "TypeAliasType",
+                      "get_overloads", "clear_overloads", "ReadOnly", "TypeIs", "get_protocol_members", "is_protocol"}
+
+
+def test_no_module_imports_typing_names_python_3_10_lacks_at_runtime():
+    """`from typing import Unpack` at import time made `import torchstn` fail on Python 3.10,
+    which pyproject.toml accepts (CI runs 3.11); such names are imported for type checking only."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        checking = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                    and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                    for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "typing" and id(node) not in checking:
+                found += [f"{path.relative_to(ROOT)}:{node.lineno} {a.name}" for a in node.names
+                          if a.name in _TYPING_AFTER_3_10]
+    assert not found

@@ -10,10 +10,11 @@ import pytest
 from torchstn import __version__
 from torchstn.cli import SUBCOMMANDS
 
-#: the shared options, each with the one help text every subcommand shows
+#: the shared options, each with the one help text every subcommand shows (a command that reads a
+#: run names the run's recorded data directory first: RECORDED)
 SHARED = {
     "--data-dir DIR": "directory holding the data: the MNIST files, the CIFAR-10 archive or UCR <Name>/ folders "
-                      "(default: $TORCHSTN_DATA, the cache, or a download of MNIST)",
+                      "(default:",
     "--device DEV": "cpu, cuda, cuda:N or auto (default:",
     "--threads N": "CPU threads of torch (default: torch's; 1 is faster on a busy machine)",
 }
@@ -39,11 +40,18 @@ def test_the_top_level_help_shows_examples(cli):
     assert "examples: torchstn demo" in _help(cli)
 
 
+RECORDED = {"eval": "the one the run recorded, then ", "visualize": "the one the run recorded, then ",
+            "reproduce": "with --refresh the one each run recorded, then "}
+
+
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_shared_options_have_one_help(cli, command):
     help = _help(cli, *HELP[command])
     for option, text in SHARED.items():
         assert (f"{option} {text}" in help) == (command not in WITHOUT[option]), (command, option)
+    if command not in WITHOUT["--data-dir DIR"]:
+        sources = "$TORCHSTN_DATA, the cache, or a download of MNIST)"
+        assert f"(default: {RECORDED.get(command, '')}{sources}" in help, command
 
 
 @pytest.mark.parametrize("command", [["demo"], ["data", "preview", "r"], ["data", "generate", "r"], ["train"],

@@ -263,3 +263,22 @@ def test_the_legacy_exporter_leaves_torch_s_onnx_log_as_it_was(tmp_path: Path) -
     before = torch._C._jit_is_onnx_log_enabled()
     export_onnx(st, torch.rand(2, 1, 16, 16), tmp_path / "st.onnx", dynamo=False)
     assert torch._C._jit_is_onnx_log_enabled() == before
+
+
+def test_the_python_api_names_the_extra_without_onnx(tmp_path: Path, monkeypatch) -> None:
+    """export_onnx said what was missing but not what to install, and exported_files and
+    load_exported raised a bare ModuleNotFoundError (the CLI named the extra)."""
+    import sys
+
+    from torchstn.export import load_exported
+
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"not a zip archive")  # (an ONNX file, by content)
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails, as without the extra
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    calls = {"onnx and onnxscript": lambda: export_onnx(model, torch.rand(1, 4), onnx_file),
+             "onnx": lambda: exported_files(onnx_file), "onnxruntime": lambda: load_exported(onnx_file)}
+    for missing, call in calls.items():
+        with pytest.raises(ImportError, match=rf"needs {missing}, which .*: pip install 'torchstn\[export\]'"):
+            call()

@@ -74,9 +74,11 @@ DATA_DIR_HELP = ("directory holding the data: the MNIST files, the CIFAR-10 arch
                  "(default: $TORCHSTN_DATA, the cache, or a download of MNIST)")
 
 
-def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
-    """``--data-dir``: where the MNIST files, the CIFAR-10 archive or the UCR folders are."""
-    parser.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+def add_data_dir_arg(parser: argparse.ArgumentParser, *, recorded: str | None = None) -> None:
+    """``--data-dir``: where the MNIST files, the CIFAR-10 archive or the UCR folders are;
+    ``recorded`` names a run's recorded directory where the command reads that first."""
+    help = DATA_DIR_HELP if recorded is None else DATA_DIR_HELP.replace("(default: ", f"(default: {recorded}, then ")
+    parser.add_argument("--data-dir", metavar="DIR", help=help)
 
 
 def add_device_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -100,7 +102,7 @@ def add_data_args(parser: argparse.ArgumentParser, *, data_default: str | None =
     parser.add_argument("--data", metavar="NAME", help=f"dataset, one of: {', '.join(list_datasets())}{shown}")
     parser.add_argument("--data-option", action="append", metavar="KEY=VALUE",
                         help="a distortion's recipe option, repeatable: supersample=4 (area antialiasing), sigma=3")
-    add_data_dir_arg(parser)
+    add_data_dir_arg(parser, recorded=None if data_default is None else "the one the run recorded")
     parser.add_argument("--data-seed", type=int, metavar="N", help="seed of the dataset's distortions")
 
 
@@ -291,7 +293,9 @@ def user_errors(*also: type[Exception], extra: str = "cli") -> Iterator[None]:
     except CLIError:
         raise
     except ImportError as err:
-        raise CLIError(f"{_first_line(err)}; install the extra: pip install 'torchstn[{extra}]'") from None
+        message = _first_line(err)  # (the library's own messages may name the extra already)
+        hint = "" if "pip install" in message else f"; install the extra: pip install 'torchstn[{extra}]'"
+        raise CLIError(message + hint) from None
     except OSError as err:  # our FileNotFoundErrors carry a message; the system's a file name and a reason
         message = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else _first_line(err)
         raise CLIError(message) from None

@@ -95,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, metavar="N", help="seeds per cell (default: 1, or 3 for --budget paper)")
     p.add_argument("--only", metavar="MODEL,...", help="run only these rows, e.g. cnn,st-cnn-aff")
     p.add_argument("--datasets", metavar="NAME,...", help="run only these columns, e.g. rts,r")
-    add_data_dir_arg(p)
+    add_data_dir_arg(p, recorded="with --refresh the one each run recorded")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help="where EXPERIMENT.json/.md and the figures go (default %(default)s; 'results' in a checkout "
                    "adds to the project's committed numbers)")

@@ -203,10 +203,8 @@ def export_onnx(
         >>> with tempfile.TemporaryDirectory() as d:  # doctest: +SKIP
         ...     path = export_onnx(st, torch.rand(2, 1, 28, 28), pathlib.Path(d) / "st.onnx")
     """
-    missing = [name for name in ("onnx", "onnxscript")[: 2 if dynamo else 1] if importlib.util.find_spec(name) is None]
-    if missing:  # (the TorchScript-based exporter raised torch's OnnxExporterError, no ImportError)
-        raise ImportError(f"ONNX export needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
-                          "not installed")
+    # (the TorchScript-based exporter raised torch's OnnxExporterError, no ImportError)
+    _needs(("onnx", "onnxscript")[: 2 if dynamo else 1], "ONNX export")
     model, inputs = _prepare(model, example, dynamic_batch)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -282,6 +280,7 @@ def exported_files(path: str | Path) -> list[Path]:
         raise FileNotFoundError(f"no exported model at {path}")
     if zipfile.is_zipfile(path):  # TorchScript (by content, as load_exported tells them apart)
         return [path]
+    _needs(("onnx",), "Reading an ONNX file")
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -309,6 +308,16 @@ def _tensors(graph: object) -> Iterator[object]:
                 yield from _tensors(subgraph)
 
 
+def _needs(modules: Sequence[str], what: str) -> None:
+    """Raise an ``ImportError`` that names the extra to install where one of ``modules`` is missing
+    (the CLI said it; from Python ``exported_files`` and ``load_exported`` raised a bare
+    ``ModuleNotFoundError``)."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"{what} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+                          "installed; install the extra: pip install 'torchstn[export]'")
+
+
 def load_exported(path: str | Path) -> object:
     """Load a file written by :func:`export_onnx` (an onnxruntime session) or :func:`export_torchscript`,
     told apart by content (a TorchScript file is a zip archive), whatever its suffix."""
@@ -316,6 +325,7 @@ def load_exported(path: str | Path) -> object:
     if not path.is_file():
         raise FileNotFoundError(f"no exported model at {path}")
     if not zipfile.is_zipfile(path):  # (by suffix, an ONNX file named .pt was read as TorchScript: a traceback)
+        _needs(("onnxruntime",), "Running an ONNX file")
         import onnxruntime
 
         return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Unpack
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from torchstn._validation import check_bool, check_int, sizes_traced
 from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer
 from torchstn.sampling import SamplerOptions
 from torchstn.transforms import MatrixTransform, Transform
+
+if TYPE_CHECKING:  # (typing.Unpack is Python 3.11's; the package supports 3.10, and annotations are strings)
+    from typing import Unpack
 
 __all__ = ["CascadedSpatialTransformer"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Generic, TypedDict, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, overload
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from torchstn._validation import check_input, check_size, sizes_traced
 from torchstn.nn._localization import make_regressor
 from torchstn.sampling import Backend, Mode, Padding, SamplerOptions
 from torchstn.transforms import Transform, get_transform
+
+if TYPE_CHECKING:  # (typing.Unpack is Python 3.11's; the package supports 3.10, and annotations are strings)
+    from typing import Unpack
 
 __all__ = ["SamplerKeywords", "SpatialTransformer"]
 

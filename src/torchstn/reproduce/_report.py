@@ -79,7 +79,7 @@ def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *,
     if not cell.row.transformer or not run_dir.holds_run():
         return None
     model, config, _ = load_model(run_dir.path, "last")
-    config = config.replace(data_dir=data_dir)
+    config = _with_data_dir(config, data_dir)
     test_set = load_split(config, "test")
     history = run_dir.history()
     paper = f", paper {cell.paper:.1f}%" if cell.paper is not None else ""
@@ -237,6 +237,13 @@ def distortion_shift(transform: Transform, params: torch.Tensor, size: int) -> t
     return residual.pow(2).sum(-1).mean(1).sqrt() * (size / 2)
 
 
+def _with_data_dir(config: Any, data_dir: str | None) -> Any:
+    """A run's config reading its data from ``data_dir`` where one is given, else from the
+    directory the run recorded (as ``torchstn eval`` and ``visualize`` do; ``--refresh`` without
+    ``--data-dir`` looked for a download instead)."""
+    return config if data_dir is None else config.replace(data_dir=data_dir)
+
+
 def _test_predictions(
     record: dict[str, Any], data_dir: str | None, families: tuple[type, ...]
 ) -> tuple[Any, torch.Tensor] | None:
@@ -248,7 +255,7 @@ def _test_predictions(
     if not run_dir.holds_run():
         return None
     model, config, _ = load_model(run_dir.path, "last")
-    test_set = load_split(config.replace(data_dir=data_dir), "test")
+    test_set = load_split(_with_data_dir(config, data_dir), "test")
     if getattr(test_set, "params", None) is None or not isinstance(getattr(test_set, "transform", None), families):
         return None
     with evaluation_draws(run_dir.checkpoint("last"), config.seed):  # (a P-STN: the θ behind its recorded error)
