@@ -124,6 +124,22 @@ def test_gradient_penalty_and_hessian_agree_on_every_backend(transform, padding)
         torch.testing.assert_close(hessians[backend], hessians["torch"], atol=1e-8, rtol=1e-8)
 
 
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.Affine3D()], ids=lambda t: t.name)
+def test_a_penalty_through_a_nearest_warp_stays_on_the_graph_on_every_backend(transform):
+    """Nearest sampling is piecewise constant in θ: a penalty on dL/dx has a zero derivative with
+    respect to θ. The reference kernel's dL/dx was cut from θ's graph (its weights were
+    ones_like), so that derivative raised "does not require grad" where the others give 0."""
+    shape = (2, 2, 5, 6) if transform.ndim == 2 else (2, 2, 4, 5, 3)
+    x = torch.rand(shape, dtype=torch.float64, requires_grad=True)
+    theta = (transform.identity(2, dtype=torch.float64) + 0.1).requires_grad_()
+    for backend in BACKENDS:
+        out = stn.warp(x, theta, transform, mode="nearest", backend=backend)
+        (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        assert gx.requires_grad, backend
+        (penalty,) = torch.autograd.grad(gx.pow(2).sum(), theta)
+        assert torch.equal(penalty, torch.zeros_like(theta)), backend
+
+
 @pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.Affine3D()], ids=lambda t: t.name)
 def test_a_penalty_on_the_input_when_theta_depends_on_it(transform):
     """In a spatial transformer θ is predicted from x. Under create_graph the fused kernel's

@@ -145,8 +145,9 @@ class _Corners:
             idx = self.base[d] + o
             valid = valid & (idx >= 0) & (idx <= self.sizes[d] - 1)
             lin = lin + idx.clamp(0, self.sizes[d] - 1).long() * self.strides[d]
-            if self.mode == "nearest":
-                factors.append(torch.ones_like(self.frac[d]))
+            if self.mode == "nearest":  # 1, on the grid's graph (zero derivative): under create_graph the
+                # input's gradient stays attached to the grid, as F.grid_sample's does (ones_like cut it)
+                factors.append(self.frac[d] * 0 + 1)
             else:
                 factors.append(self.frac[d] if o else 1 - self.frac[d])
         return lin, valid, factors
@@ -241,7 +242,7 @@ class _ReferenceSample(torch.autograd.Function):
         go = _flat_space(grad_out)
         xf = _flat_space(x)
         grad_x = torch.zeros_like(xf) if ctx.needs_input_grad[0] else None
-        grad_u = [torch.zeros_like(corners.frac[0]) for _ in range(corners.n)]
+        grad_u = [corners.frac[0] * 0 for _ in range(corners.n)]  # (on the grid's graph, as the factors)
         for offset in corners.offsets:
             lin, valid, factors = corners.corner(offset)
             index = lin[:, None].expand(b, c, -1)
