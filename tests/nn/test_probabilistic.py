@@ -310,3 +310,31 @@ def test_a_float64_pstn_takes_its_prior_in_float64():
     identity = st.transform.identity(dtype=torch.float64)
     expected = kl_divergence(MultivariateNormal(mean, torch.diag_embed(sigma**2)), MultivariateNormal(identity, cov))
     torch.testing.assert_close(st.last_kl, expected.mean(), rtol=1e-9, atol=0)
+
+
+def test_a_loaded_or_substituted_prior_is_the_one_a_float64_pass_uses():
+    """A float64 pass took the float64 prior kept from construction, not the buffers' values: a
+    module given another prior by load_state_dict (or by functional_call's buffers) computed the
+    KL to its own first prior in float64 (8.16 against 6.09), though in float32 to the loaded one."""
+    from torch.func import functional_call
+
+    t = stn.CPAB1D(tessellation=4)
+    loc = lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.Tanh())  # noqa: E731
+
+    def build(cov: torch.Tensor, seed: int) -> stn.ProbabilisticSpatialTransformer:
+        torch.manual_seed(seed)
+        return stn.ProbabilisticSpatialTransformer(t, loc(), samples=1, distribution="gaussian", prior_covariance=cov)
+
+    a, b = build(t.prior_covariance(), 0), build(4.0 * torch.eye(t.num_params), 1)
+    x = torch.rand(2, 1, 12, dtype=torch.float64)
+
+    def kl(module: nn.Module, *state: dict) -> torch.Tensor:
+        torch.manual_seed(0)
+        functional_call(module, state, (x,)) if state else module(x)
+        return module.last_kl
+
+    a, b = a.double(), b.double()
+    expected = kl(a)
+    torch.testing.assert_close(kl(b, {**dict(a.named_parameters()), **dict(a.named_buffers())}), expected)
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(kl(b), expected)

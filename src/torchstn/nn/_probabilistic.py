@@ -284,13 +284,26 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         else:
             identity = self.transform.identity(device=mean.device, dtype=mean.dtype)
             if self.prior_precision is not None:
-                # (a float64 pass takes the float64 prior kept beside the buffers, not their rounding)
-                exact = self._prior is not None and mean.dtype == torch.float64 and not self.prior_precision.is_meta
-                precision, logdet = self._prior if exact else (self.prior_precision, self.prior_logdet)
+                precision, logdet = self._exact_prior(mean) or (self.prior_precision, self.prior_logdet)
                 precision, logdet = precision.to(mean.device, mean.dtype), logdet.to(mean.device, mean.dtype)
                 return _gaussian_kl_full(mean, spread, identity, precision, logdet).mean()
             per_param = _gaussian_kl(mean, spread, identity, self.prior_sigma)
         return per_param.sum(1).mean()
+
+    def _exact_prior(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For a float64 pass, the float64 prior kept beside the buffers (not their rounding),
+        where the buffers still hold its values; ``None`` where they hold another prior (loaded
+        with ``load_state_dict``, or given to ``torch.func.functional_call``: a float64 pass
+        computed the KL to the prior the module was built with), and under a tracer or compiler
+        (a data-dependent test), which take the buffers."""
+        held = self.prior_precision
+        if (self._prior is None or like.dtype != torch.float64 or held.is_meta or torch.compiler.is_compiling()
+                or torch.jit.is_tracing() or exporting() or not eager_tensors(held)):
+            return None
+        precision, logdet = self._prior
+        same = held.shape == precision.shape and torch.allclose(held.detach().to("cpu", torch.float64), precision,
+                                                                 rtol=1e-6, atol=0.0)
+        return (precision, logdet) if same else None
 
     def kl(self) -> torch.Tensor:
         """``kl_weight · KL / P`` of the last forward pass (``P`` the number of parameters of θ):
