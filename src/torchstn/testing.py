@@ -166,7 +166,10 @@ def check_sampler(
     """Check a sampler ``fn(x, grid, **options)`` against ``reference`` in values and both gradients.
 
     Also checks that neither input is modified in place and that the output keeps the
-    dtype of ``x``.
+    dtype of ``x``. ``atol`` bounds the values and the input's gradient; the grid's gradient,
+    which is its gradient with respect to pixel coordinates times half the image's size (the
+    unnormalisation), is compared at ``10 * atol`` times that factor (a fixed bound failed two
+    correct float32 samplers at 224 pixels, 1.5e-3 apart in a gradient of magnitude 1e2).
     """
     outs, grads = [], []
     with _recording():
@@ -193,4 +196,4 @@ def check_sampler(
             grads.append((xi.grad, gi.grad))
     _close("output", outs[0], outs[1], atol)
     _close("gradient wrt input", grads[0][0], grads[1][0], atol)
-    _close("gradient wrt grid", grads[0][1], grads[1][1], atol * 10)
+    _close("gradient wrt grid", grads[0][1], grads[1][1], atol * 10 * max(1.0, max(x.shape[2:]) / 2))

@@ -42,6 +42,28 @@ def test_reference_matches_grid_sample_3d(mode, padding, align_corners, device, 
     )
 
 
+def test_check_sampler_bounds_the_grid_gradient_at_the_image_s_scale():
+    """The grid's gradient is half the image's size times the pixel-coordinate one: check_sampler
+    failed correct float32 samplers at 224 pixels (1.5e-3 apart where its bound was a fixed 1e-4)
+    and still fails one whose grid gradient is off by a pixel-scale error."""
+    x, grid = random_input((2, 3, 224, 224), torch.float32), random_grid((2, 224, 224, 2), torch.float32)
+    # (atol 1e-4: a float32 pixel coordinate of 224 pixels is rounded to about 1e-5 of a pixel)
+    options = {"mode": "bilinear", "padding": "zeros", "align_corners": False, "atol": 1e-4}
+    check_sampler(stn.reference_sample, _grid_sample, x, grid, **options)
+
+    class _Off(torch.autograd.Function):  # the grid's gradient off by 1e-3 of its largest pixel-scale value
+        @staticmethod
+        def forward(ctx, g):  # noqa: ANN001, ANN205
+            return g.view_as(g)
+
+        @staticmethod
+        def backward(ctx, grad):  # noqa: ANN001, ANN205
+            return grad + 1e-3 * 112 * grad.abs().amax()
+
+    with pytest.raises(AssertionError, match="gradient wrt grid"):
+        check_sampler(lambda x_, g_, **o: _grid_sample(x_, _Off.apply(g_), **o), _grid_sample, x, grid, **options)
+
+
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("ndim", [2, 3])
