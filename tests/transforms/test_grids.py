@@ -602,3 +602,19 @@ def test_identity_and_base_grid_compile_into_one_graph():
     compiled = torch.compile(lambda x: x + stn.Affine().identity(2) + stn.base_grid((2, 3)).sum(), backend="eager",
                              fullgraph=True)
     torch.testing.assert_close(compiled(torch.zeros(2, 6)), stn.Affine().identity(2))
+
+
+def test_matrix_grid_refuses_a_size_it_would_have_truncated_and_a_matrix_of_another_rank():
+    """A float or bool size was truncated (5.7 -> 5, True -> 1) and a size of the wrong length
+    ended in a matmul's shape error; F.affine_grid refuses both."""
+    from torchstn.transforms import matrix_grid
+
+    rows = stn.Affine().identity(2).view(2, 2, 3)
+    assert matrix_grid(rows, [5, 3]).shape == (2, 5, 3, 2)  # lists, torch.Size and numpy ints still pass
+    assert matrix_grid(rows, torch.Size([5, 3])).shape == (2, 5, 3, 2)
+    for size in [(5.7, 3), (True, 3), ("5", 3), (0, 3)]:
+        with pytest.raises(ValueError, match="size must be"):
+            matrix_grid(rows, size)
+    for size in [(5,), (5, 3, 2)]:
+        with pytest.raises(ValueError, match=r"matrix must have shape \(B, \d, \d\) or"):
+            matrix_grid(rows, size)

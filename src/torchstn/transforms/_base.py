@@ -451,7 +451,8 @@ def _operator(size: tuple[int, ...], align_corners: bool, like: torch.Tensor, re
 def matrix_grid(
     matrix: torch.Tensor, size: Sequence[int], align_corners: bool = False, *, eps: float | None = None
 ) -> torch.Tensor:
-    r"""The sampling grid ``(B, *size, n)`` of ``src_from_dst`` matrices, without validation.
+    r"""The sampling grid ``(B, *size, n)`` of ``src_from_dst`` matrices; the matrix's values are
+    not checked (the shapes and the size are).
 
     Args:
         matrix: ``(B, n, n + 1)`` affine rows or ``(B, n + 1, n + 1)`` homogeneous
@@ -471,8 +472,14 @@ def matrix_grid(
         Normalised (x, y[, z]) in [-1, 1], output to input, the same ``align_corners``
         for grid and sampler.
     """
+    if not (type(size) is tuple and all(type(s) is int and s > 0 for s in size)):  # (the callers' sizes pass)
+        # a float or bool size was truncated to another one, silently
+        size = check_size("size", size, matrix.shape[-1] - 1 if matrix.dim() == 3 else len(size))
     size = tuple(int(s) for s in size)
     n = len(size)
+    if not sizes_traced() and (matrix.dim() != 3 or matrix.shape[2] != n + 1 or matrix.shape[1] not in (n, n + 1)):
+        raise ValueError(f"matrix must have shape (B, {n}, {n + 1}) or (B, {n + 1}, {n + 1}) for a size of {n} "
+                         f"dimensions, got {tuple(matrix.shape)}")
     operator = _operator(size, align_corners, matrix)
     if eps is None:
         points = linear_grid(matrix[:, :n, :], operator, n)
