@@ -82,3 +82,10 @@ def test_model_arguments_that_contradict_the_data_are_one_line_errors(args, frag
                "--no-progress", "--out", tmp_path / "run").error_line()
     assert fragment in line
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_epochs_and_steps_together_are_refused(tmp_path, cli):
+    """--epochs beside --steps was ignored without a word (a run in steps ignores epochs)."""
+    run = cli(*TRAIN, "--steps", 5, "--out", tmp_path / "run")
+    assert run.status == 2 and "--steps: not allowed with argument --epochs" in run.err
+    assert not (tmp_path / "run").exists()

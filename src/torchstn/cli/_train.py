@@ -82,8 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_optimisation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation (defaults: the STN paper's SGD recipe)")
-    g.add_argument("--epochs", type=int, metavar="N", help="passes over the training set")
-    g.add_argument("--steps", type=int, metavar="N", help="total iterations instead of --epochs")
+    length = g.add_mutually_exclusive_group()  # (--epochs beside --steps was ignored without a word)
+    length.add_argument("--epochs", type=int, metavar="N", help="passes over the training set")
+    length.add_argument("--steps", type=int, metavar="N", help="total iterations instead of --epochs")
     g.add_argument("--batch-size", type=int, metavar="N", help="global batch size")
     g.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd uses --momentum")
     g.add_argument("--lr", type=float, help="learning rate")
