@@ -618,6 +618,24 @@ def test_a_failed_first_build_ends_its_line(monkeypatch, tmp_path, capsys):
     assert err.startswith("torchstn: building the fused CPU sampler") and err.endswith(" ... failed\n")
 
 
+@pytest.mark.skipif(_fused.fcntl is None, reason="no fcntl: builds are not locked here")
+def test_a_build_that_waits_for_another_process_s_says_so(tmp_path, capsys):
+    """A process whose kernel another one was building waited a minute and more without a word."""
+    import threading
+
+    holder = open(tmp_path / "torchstn-build.lock", "a")  # (another open file: another lock owner)
+    _fused.fcntl.flock(holder, _fused.fcntl.LOCK_EX)
+    threading.Timer(0.3, holder.close).start()  # the other build ends
+    with _fused._build_lock(tmp_path, "the fused CPU sampler") as locked:
+        assert locked
+    err = capsys.readouterr().err
+    assert err.startswith("torchstn: waiting for another process's build of the fused CPU sampler (")
+    assert " ... done in " in err
+    with _fused._build_lock(tmp_path, "the fused CPU sampler"):  # nobody else building: no line
+        pass
+    assert capsys.readouterr().err == ""
+
+
 def test_a_built_library_loads_without_torchs_build_lock(monkeypatch, tmp_path):
     """A lock file left by a killed process made cpp_extension.load wait forever; a library
     already built under its exact name is loaded without it (and without calling load)."""

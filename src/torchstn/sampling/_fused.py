@@ -201,7 +201,7 @@ def load_or_build(
     lib = _load_built(built, load, remove_broken=False)  # (another process may be linking it)
     if lib is not None:
         return lib
-    with _build_lock(directory) as locked:
+    with _build_lock(directory, what) as locked:
         lib = _load_built(built, load, remove_broken=locked)  # built by another process meanwhile
         if lib is not None:
             return lib
@@ -237,15 +237,23 @@ def _load_built(built: Path, load: Callable[[str], object], remove_broken: bool)
 
 
 @contextlib.contextmanager
-def _build_lock(directory: Path) -> Iterator[bool]:
+def _build_lock(directory: Path, what: str = "the kernel") -> Iterator[bool]:
     """Hold an exclusive ``flock`` on ``directory/torchstn-build.lock`` (waiting for another
-    process's build) and yield True; where ``fcntl`` is missing (Windows) nothing is locked,
-    and False says so."""
+    process's build, which one line on stderr says: the wait took a minute and more without a
+    word, as if the process hung) and yield True; where ``fcntl`` is missing (Windows) nothing
+    is locked, and False says so."""
     if fcntl is None:
         yield False
         return
     with open(directory / "torchstn-build.lock", "a") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)  # (dropped when the file is closed or the process ends)
+        try:  # (the lock is dropped when the file is closed or the process ends)
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"torchstn: waiting for another process's build of {what} ({directory}) ...", end="",
+                  file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            fcntl.flock(file, fcntl.LOCK_EX)
+            print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         yield True
 
 
