@@ -37,7 +37,9 @@ def make_glyphs(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, to
 
 
 class PSTNClassifier(nn.Module):
-    """A P-STN in front of a small CNN; returns the log-probabilities averaged over the samples."""
+    """A P-STN in front of a small CNN; returns log-probabilities combined over the samples (in
+    training their mean, whose nll_loss is the ELBO's data term; in evaluation the averaged
+    prediction's)."""
 
     def __init__(self, samples: int = 4) -> None:
         super().__init__()

@@ -253,7 +253,8 @@ def test_plot_run_explains_what_it_draws(tmp_path, drawn):
     assert key[0] == "grey: outside the input" and "ST: border of what it reads" in key
     assert "border for the mean θ" in key and any(k.startswith("above: predicted class") for k in key)
     axes = {ax.get_title(): ax for ax in fig.axes}
-    assert axes["error (%), log scale"].get_yscale() == "log" == axes["cross-entropy loss, log scale"].get_yscale()
+    loss = "loss (negative log-likelihood), log scale"
+    assert axes["error (%), log scale"].get_yscale() == "log" == axes[loss].get_yscale()
     assert next(title for title in axes if title.startswith("reliability, first 5 images: ECE"))
     # the diagnostics: distance on the left axis, the share outside on a twin axis of its own, in %
     assert axes["transformer diagnostics (test)"].get_ylabel() == "mean |θ − identity|"

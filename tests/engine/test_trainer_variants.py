@@ -285,3 +285,44 @@ def test_the_pstn_data_loss_is_the_mean_of_its_samples_losses(smoothing):
     plain = stn.create_model("cnn")
     out = plain(x)
     assert torch.equal(data_loss(plain, out, y, smoothing), F.cross_entropy(out, y, label_smoothing=smoothing))
+
+
+def test_data_loss_warns_for_a_user_model_around_marginalize_and_reads_wrapped_models():
+    """A user's model returning marginalize()'s log-probabilities without saying so was trained on
+    cross_entropy of the mean of its samples' log-probabilities, silently; a wrapper (DDP's,
+    AveragedModel's `module`) hid the attribute of a model that says it."""
+    from torch import nn
+    from torch.optim.swa_utils import AveragedModel
+
+    from torchstn.engine import _trainer
+
+    class Mine(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pst = stn.ProbabilisticSpatialTransformer("affine", stn.conv_localization(1, (28, 28)), samples=3,
+                                                           init_scale=0.5)
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+
+        def forward(self, x):
+            return self.pst.marginalize(self.head(self.pst(x)))
+
+    torch.manual_seed(0)
+    model, x, y = Mine(), torch.rand(4, 1, 28, 28), torch.tensor([1, 2, 3, 4])
+    output = model(x)
+    _trainer._WARNED.discard(Mine)
+    with pytest.warns(UserWarning, match="Mine holds a ProbabilisticSpatialTransformer .* log_probabilities"):
+        assert torch.equal(data_loss(model, output, y), F.cross_entropy(output, y))
+    Mine.log_probabilities = True
+    try:
+        for wrapped in (model, AveragedModel(model)):
+            torch.testing.assert_close(data_loss(wrapped, output, y, 0.1),
+                                       0.9 * F.nll_loss(output, y) - 0.1 * output.mean())
+    finally:
+        del Mine.log_probabilities
+    ignored = torch.tensor([1, -100, 3, 4])  # smoothed over the rows nll_loss counts, as cross_entropy
+    normalised = torch.log_softmax(torch.randn(4, 10), 1)
+    stn_model = stn.create_model("p-stn")
+    torch.testing.assert_close(data_loss(stn_model, normalised, ignored, 0.1),
+                               F.cross_entropy(normalised, ignored, label_smoothing=0.1))
+    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
+        data_loss(stn_model, normalised, y, 1.5)

@@ -43,7 +43,7 @@ def _is_png(path):
 def test_a_budget_sets_model_arguments_under_the_column_and_the_row():
     experiment = get_experiment("pstn-ucr")
     italy = experiment.recipe("standard", experiment.row("pstn-cpab"), experiment.column("italypower"))
-    assert italy["model_args"] == {"width": 0.5, "conv_padding": "same"}
+    assert italy["model_args"] == {"width": 0.5, "conv_padding": "same", "kl_weight": 1e-4}
     assert experiment.recipe("paper", experiment.row("cnn"), experiment.column("gunpoint"))["model_args"] == {}
     osuleaf = experiment.recipe("standard", experiment.row("cnn"), experiment.column("osuleaf"))
     assert osuleaf["epochs"] == 15 and osuleaf["batch_size"] == 16

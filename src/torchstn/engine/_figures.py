@@ -420,7 +420,7 @@ def _plot_curves(fig: Any, cells: Any, history: Sequence[dict[str, Any]], with_t
     and the title says so."""
     steps = [h.get("step", h["epoch"]) for h in history]
     curve = [point for h in history for point in h.get("train_curve", [])]
-    for col, (key, title, scale, unit) in enumerate((("loss", "cross-entropy loss", 1.0, ""),
+    for col, (key, title, scale, unit) in enumerate((("loss", "loss (negative log-likelihood)", 1.0, ""),
                                                       ("error", "error (%)", 100.0, "%"))):
         ax = fig.add_subplot(cells[0, col])
         if curve:

@@ -21,6 +21,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ from torchstn.engine._diagnostics import collapse_warnings, predicted_classes, t
 from torchstn.engine._evaluate import as_evaluated, evaluate, precision_context
 from torchstn.engine._rundir import RunDir
 from torchstn.models import check_model_args, create_model
-from torchstn.nn import param_groups, total_kl
+from torchstn.nn import ProbabilisticSpatialTransformer, param_groups, total_kl
 
 __all__ = ["TrainResult", "build_optimizer", "identity_penalty", "resolve_device", "resume_config", "train"]
 
@@ -149,17 +150,44 @@ def data_loss(
     model: nn.Module, output: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
 ) -> torch.Tensor:
     """The training loss of ``model``'s ``output`` for ``labels``: ``F.cross_entropy`` of logits;
-    for a model whose output is log-probabilities (its ``log_probabilities`` true: a P-STN,
-    whose training output is the mean of its samples' log-probabilities, not normalised), their
-    negative log-likelihood, smoothed as ``cross_entropy`` smooths it: the ELBO's data term.
-    (``cross_entropy`` of such an output adds the log of its normaliser; for normalised
-    log-probabilities both are the same.)"""
-    if not getattr(model, "log_probabilities", False):
+    for a model whose output is log-probabilities (its ``log_probabilities`` true, looked up
+    through DDP's and ``AveragedModel``'s ``module``: a P-STN, whose training output is the mean
+    of its samples' log-probabilities, not normalised), their negative log-likelihood, smoothed
+    as ``cross_entropy`` smooths it: the ELBO's data term. (``cross_entropy`` of such an output
+    adds the log of its normaliser; for normalised log-probabilities both are the same.) A model
+    that holds a :class:`~torchstn.nn.ProbabilisticSpatialTransformer` drawing more than one
+    sample but does not say ``log_probabilities`` gets ``cross_entropy`` and a warning."""
+    if not 0.0 <= label_smoothing <= 1.0:  # (cross_entropy's own check, which the other branch skips)
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    core = getattr(model, "module", model)
+    said = getattr(core, "log_probabilities", None)
+    if not said:
+        if said is None:
+            _warn_unsaid_log_probabilities(core)
         return F.cross_entropy(output, labels, label_smoothing=label_smoothing)
     loss = F.nll_loss(output, labels)
-    if label_smoothing:
-        loss = (1 - label_smoothing) * loss - label_smoothing * output.mean()
+    if label_smoothing:  # (over the rows nll_loss counts: not those of its ignore_index, as cross_entropy)
+        loss = (1 - label_smoothing) * loss - label_smoothing * output[labels != -100].mean()
     return loss
+
+
+def _warn_unsaid_log_probabilities(model: nn.Module) -> None:
+    """Warn (once per model class) where a model holds a P-STN drawing more than one sample in
+    training but does not say whether its output is log-probabilities (a user's model around
+    ``marginalize``, trained by the engine on cross_entropy of the mean of its samples'
+    log-probabilities: not the ELBO)."""
+    if type(model) in _WARNED or not model.training:
+        return
+    if any(isinstance(m, ProbabilisticSpatialTransformer) and m.samples > 1 for m in model.modules()):
+        _WARNED.add(type(model))
+        warnings.warn(
+            f"{type(model).__name__} holds a ProbabilisticSpatialTransformer drawing several samples but has no "
+            "log_probabilities attribute: its loss is cross_entropy of its output. If it returns marginalize()'s "
+            "log-probabilities, set log_probabilities = True on the model (the ELBO's data term: their negative "
+            "log-likelihood); if it returns logits, set it False", UserWarning, stacklevel=3)
+
+
+_WARNED: set[type] = set()
 
 
 def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:

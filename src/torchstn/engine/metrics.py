@@ -44,7 +44,8 @@ def _check_distributions(probs: torch.Tensor) -> None:
         raise ValueError(
             f"probs must be probabilities (each row in [0, 1], summing to 1), got values in [{low:.4g}, {high:.4g}] "
             f"with row sums off by up to {worst:.3g}: logits or log-probabilities? pass softmax(logits) or "
-            "log_probs.exp()"
+            "log_probs.exp() (of a P-STN in evaluation mode, model.eval(): in training it returns the mean of its "
+            "samples' log-probabilities, not a distribution)"
         )
 
 

@@ -63,7 +63,7 @@ def p_stn(
 
     Example:
         >>> m = stn.create_model("p-stn", samples=3)
-        >>> probs = m(torch.rand(2, 1, 28, 28)).exp()  # a distribution per input
+        >>> probs = m.eval()(torch.rand(2, 1, 28, 28)).exp()  # a distribution per input (evaluation)
         >>> torch.allclose(probs.sum(1), torch.ones(2))
         True
         >>> bool(stn.nn.total_kl(m) > 0)

@@ -371,7 +371,7 @@ def pstn_cnn1d_cpab(
 
     Example:
         >>> m = stn.create_model("pstn-cnn1d-cpab", input_size=64, width=0.05, samples=2, distribution="gaussian")
-        >>> torch.allclose(m(torch.randn(2, 1, 64)).exp().sum(1), torch.ones(2))
+        >>> torch.allclose(m.eval()(torch.randn(2, 1, 64)).exp().sum(1), torch.ones(2))  # (evaluation: a distribution)
         True
         >>> m.transformers[0].prior_precision.shape
         torch.Size([9, 9])

@@ -388,8 +388,11 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
 def total_kl(model: nn.Module) -> torch.Tensor | float:
     """The sum of :meth:`ProbabilisticSpatialTransformer.kl` over a model's P-STN modules.
 
-    What a training loop adds to the data loss (``0.0`` for a model without any), so one
-    loop serves every model: ``loss = criterion(model(x), y) + total_kl(model)``.
+    What a training loop adds to the data loss (``0.0`` for a model without any): ``loss =
+    F.nll_loss(log_probs, y) + total_kl(model)`` for a model that returns the log-probabilities
+    of :meth:`~ProbabilisticSpatialTransformer.marginalize` (the negative ELBO),
+    ``torchstn.engine.data_loss(model, model(x), y) + total_kl(model)`` for any model, as the
+    engine's loop.
     """
     terms = [m.kl() for m in model.modules() if isinstance(m, ProbabilisticSpatialTransformer)]
     return sum(terms) if terms else 0.0
