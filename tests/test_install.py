@@ -61,17 +61,34 @@ _TYPING_AFTER_3_10 = {"Unpack", "Self", "LiteralString", "Never", "assert_never"
 
 def test_no_module_imports_typing_names_python_3_10_lacks_at_runtime():
     """`from typing import Unpack` at import time made `import torchstn` fail on Python 3.10,
-    which pyproject.toml accepts (CI runs 3.11); such names are imported for type checking only."""
+    which pyproject.toml accepts (CI runs 3.11); such names are imported under a version guard
+    (or for type checking only)."""
     import ast
 
+    guards = ("TYPE_CHECKING", "typing.TYPE_CHECKING", "sys.version_info >= (3, 11)")
     found = []
     for path in sorted((ROOT / "src").rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
-        checking = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                    and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
-                    for n in ast.walk(node)}
+        guarded = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and ast.unparse(node.test) in guards
+                   for n in ast.walk(node)}
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "typing" and id(node) not in checking:
+            if isinstance(node, ast.ImportFrom) and node.module == "typing" and id(node) not in guarded:
                 found += [f"{path.relative_to(ROOT)}:{node.lineno} {a.name}" for a in node.names
                           if a.name in _TYPING_AFTER_3_10]
     assert not found
+
+
+def test_the_public_classes_type_hints_resolve():
+    """Tools that read type hints (jsonargparse/LightningCLI, pydantic, sphinx-autodoc-typehints)
+    call typing.get_type_hints; with Unpack imported for type checking only it raised NameError."""
+    import inspect
+    import typing
+
+    import torchstn as stn
+
+    for module in (stn, stn.nn, stn.transforms, stn.sampling):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            for target in ((obj, obj.__init__) if inspect.isclass(obj) else (obj,) if callable(obj) else ()):
+                if inspect.isfunction(target) or inspect.isclass(target):
+                    typing.get_type_hints(target)  # raises on a name that does not resolve

@@ -176,6 +176,11 @@ def test_noise_laws_without_rejection(mnist_dir):
     assert abs(moved.std().item() - 0.25 * math.sqrt(2)) < 0.006
     shared = moved.mean(1)  # the translation plus a quarter of the corner noise
     assert abs(shared.std().item() - math.sqrt(0.25**2 + 0.25**2 / 4)) < 0.01
+    # units="edges": the same law in torchstn's units, where [-1, 1] spans the image (the law until 2026-12-04)
+    edges = distorted_mnist("perturbed", "test", mnist_dir, limit=n, cache=False, keep_inside=False, units="edges")
+    corners = corners * 28 / 27
+    moved = edges.transform.transform_points(edges.params.double(), corners) - corners
+    assert abs(moved.std().item() - 0.25 * math.sqrt(2)) < 0.006
 
 
 def test_same_seed_same_bytes_and_first_samples_do_not_depend_on_limit(mnist_dir, generated):

@@ -540,3 +540,58 @@ def test_the_switch_of_the_compiled_call_reads_the_usual_words(monkeypatch):
     monkeypatch.setenv("TORCHSTN_FAST_CALL", "garbage")
     with pytest.warns(RuntimeWarning, match="TORCHSTN_FAST_CALL='garbage' is neither"):
         assert _fast_call_wanted()
+
+
+def _other_strides(t: torch.Tensor) -> torch.Tensor:
+    """The same values with the last two dimensions' memory transposed."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+@pytest.mark.parametrize("unpack", [_other_strides, lambda t: torch._neg_view(-t)], ids=["strides", "neg-bit"])
+@pytest.mark.parametrize("case", ["affine", "grid"])
+def test_the_autograd_node_reads_what_a_saved_tensor_hook_hands_back(case, unpack):
+    """A saved-tensor hook may return the same values with other strides or a negative bit: the
+    node's first version read the saved θ and grid as it had saved them (gradients 24-79 off)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
+    if case == "grid":
+        loc = (torch.rand(2, 5, 6, 2, dtype=torch.float64) * 2 - 1).requires_grad_()
+        run = lambda backend: stn.sample(x, loc, backend=backend)  # noqa: E731
+    else:
+        loc = random_theta(stn.Affine(), 2, torch.float64, scale=0.3).requires_grad_()
+        run = lambda backend: stn.warp(x, loc, "affine", (5, 6), backend=backend)  # noqa: E731
+    grads = {}
+    for backend in (None, "torch"):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, unpack):
+            out = run(backend)
+        grads[backend] = torch.autograd.grad(out, (x, loc), torch.linspace(-1, 1, out.numel()).double().view_as(out))
+    assert "Warp2dFunction" in run(None).grad_fn.name()
+    for a, b in zip(grads[None], grads["torch"]):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_autograd_node_keeps_a_negative_views_graph_under_create_graph():
+    """x = z.conj().imag carries a negative bit; resolved inside the node's forward, its saved copy
+    was cut from z's graph, and a penalty's second-order term through x was lost (7637 against
+    11431 on every other path)."""
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 7, 9, dtype=torch.complex128, requires_grad=True)
+    theta = random_theta(stn.Affine(), 2, torch.float64, scale=0.3).requires_grad_()
+    penalties = {}
+    for backend in (None, "torch"):
+        x = z.conj().imag
+        out = stn.warp(x, theta, "affine", backend=backend)
+        (gt,) = torch.autograd.grad(out.square().sum(), theta, create_graph=True)
+        (penalties[backend],) = torch.autograd.grad(gt.square().sum(), z)
+    torch.testing.assert_close(penalties[None], penalties["torch"])
+
+
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.Affine3D()], ids=lambda t: t.name)
+def test_an_efficient_zero_output_gradient_gives_zero_gradients(transform):
+    """torch._efficientzerotensor has no memory: the 2-D node raised "data is not allocated" and
+    the 3-D operator's kernel crashed the process; F.grid_sample gives zeros."""
+    shape = (2, 1, 8, 8) if transform.ndim == 2 else (2, 1, 6, 6, 6)
+    x, theta = torch.rand(shape, requires_grad=True), transform.identity(2).requires_grad_()
+    out = stn.warp(x, theta, transform)
+    for grad in torch.autograd.grad(out, (x, theta), torch._efficientzerotensor(out.shape, dtype=out.dtype)):
+        assert torch.equal(grad, torch.zeros_like(grad))

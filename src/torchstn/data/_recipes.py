@@ -179,6 +179,7 @@ _OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "border": lambda n, v: _check_whole(n, check_number(n, v, -8.0, 8.0)),
     "mode": lambda n, v: check_choice(n, v, MODES),
     "keep_inside": check_bool,
+    "units": lambda n, v: check_choice(n, v, ("centres", "edges")),
     "max_rounds": lambda n, v: check_int(n, v, 0),
     "control": _check_pair,
     "patches": lambda n, v: check_int(n, v, 0),
@@ -477,13 +478,14 @@ class ProjectiveMNIST(Recipe):
 class PerturbedICSTN(ProjectiveMNIST):
     """``perturbed`` (IC-STN): corners moved by N(0, 0.25) plus a shared translation N(0, 0.25).
 
-    In the authors' units: their [-1, 1] spans the centres of the digit's corner pixels (0 to
-    27, ``align_corners=True``), 13.5 pixels per unit where torchstn's spans the image's
-    edges (14 pixels per unit): σ = 3.375 pixels. The canvas's corner pixel centres are sent
-    to the perturbed positions in the digit (a canvas -> digit homography), as in Lin &
-    Lucey's perturbed MNIST. (Until 2026-12-04, recipe version 1, the law was drawn in
-    torchstn's units, 3.7% wider: σ = 3.5 pixels.) The default is the paper's law unconditioned, so parts of some
-    digits leave the canvas (as in the authors' data; the classifier must cope).
+    In the authors' units (``units="centres"``, the default): their [-1, 1] spans the centres
+    of the digit's corner pixels (0 to 27, ``align_corners=True``), 13.5 pixels per unit where
+    torchstn's spans the image's edges (14 pixels per unit): σ = 3.375 pixels. The canvas's
+    corner pixel centres are sent to the perturbed positions in the digit (a canvas -> digit
+    homography), as in Lin & Lucey's perturbed MNIST. ``units="edges"`` draws the law in
+    torchstn's units, 3.7% wider (σ = 3.5 pixels): the law until 2026-12-04 (recipe version 1).
+    The default is the paper's law unconditioned, so parts of some digits leave the canvas (as
+    in the authors' data; the classifier must cope).
     ``keep_inside=True`` redraws such samples instead (about 57 % of first draws, so
     the kept perturbations are markedly smaller than the paper's).
 
@@ -493,13 +495,15 @@ class PerturbedICSTN(ProjectiveMNIST):
     kind = "perturbed"
     version = 2
     summary = "IC-STN: corners N(0, 0.25) + translation N(0, 0.25), projective, 28x28"
-    defaults = {"sigma": 0.25, "translation": 0.25, **_WHOLE_28, "keep_inside": False}
+    defaults = {"sigma": 0.25, "translation": 0.25, **_WHOLE_28, "keep_inside": False, "units": "centres"}
 
     def _draw(self, sources: Sources, index: torch.Tensor, generator: torch.Generator) -> Draw:
         k = self.k
-        # the canvas's corner pixel centres in torchstn's units, and the authors' unit in the digit's
-        corners = torch.tensor(_CORNERS, dtype=torch.float64) * ((self.canvas - 1) / self.canvas)
-        unit = (_DIGIT - 1) / _DIGIT
+        # the canvas's corners (their pixels' centres in the authors' units) in torchstn's units, and
+        # the law's unit in the digit's
+        centres = self.options["units"] == "centres"
+        corners = torch.tensor(_CORNERS, dtype=torch.float64) * ((self.canvas - 1) / self.canvas if centres else 1.0)
+        unit = (_DIGIT - 1) / _DIGIT if centres else 1.0
 
         def propose(index: torch.Tensor) -> torch.Tensor:
             m = len(index)

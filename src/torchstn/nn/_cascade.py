@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from torchstn._tracing import exporting
 from torchstn._validation import check_bool, check_int, sizes_traced
-from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer
+from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer, Unpack
 from torchstn.sampling import SamplerOptions
 from torchstn.transforms import MatrixTransform, Transform
-
-if TYPE_CHECKING:  # (typing.Unpack is Python 3.11's; the package supports 3.10, and annotations are strings)
-    from typing import Unpack
 
 __all__ = ["CascadedSpatialTransformer"]
 

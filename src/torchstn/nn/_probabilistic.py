@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -21,12 +21,9 @@ from torchstn._validation import (
     sizes_traced,
 )
 from torchstn.nn._localization import make_regressor
-from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer
+from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer, Unpack
 from torchstn.sampling import SamplerOptions
 from torchstn.transforms import Transform
-
-if TYPE_CHECKING:  # (typing.Unpack is Python 3.11's; the package supports 3.10, and annotations are strings)
-    from typing import Unpack
 
 __all__ = ["DISTRIBUTIONS", "Distribution", "ProbabilisticSpatialTransformer", "total_kl"]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, overload
+import sys
+from typing import Any, Generic, TypedDict, TypeVar, overload
 
 import torch
 from torch import nn
@@ -15,8 +16,12 @@ from torchstn.nn._localization import make_regressor
 from torchstn.sampling import Backend, Mode, Padding, SamplerOptions
 from torchstn.transforms import Transform, get_transform
 
-if TYPE_CHECKING:  # (typing.Unpack is Python 3.11's; the package supports 3.10, and annotations are strings)
+# typing.Unpack is Python 3.11's (the package supports 3.10, where torch's own dependency has it); imported
+# at run time, not for type checking only, so that typing.get_type_hints of the constructors resolves
+if sys.version_info >= (3, 11):
     from typing import Unpack
+else:
+    from typing_extensions import Unpack
 
 __all__ = ["SamplerKeywords", "SpatialTransformer"]
 

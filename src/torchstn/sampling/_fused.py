@@ -804,7 +804,10 @@ def fused_backward(  # noqa: ANN001 - ctx is autograd's
     """
     x, loc = ctx.saved_tensors
     needed = tuple(ctx.needs_input_grad[:2])
-    if kernel_backward is None or torch.is_grad_enabled() or batched_gradient(grad_out):
+    if grad_out._is_zerotensor():  # an efficient zero has no memory for the kernel (the 3-D one crashed on it)
+        grads = tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) if need else None
+                      for t, need in zip((x, loc), needed))
+    elif kernel_backward is None or torch.is_grad_enabled() or batched_gradient(grad_out):
         grads = differentiable_vjp(reference, (x, loc), grad_out, needed)
     else:
         grad_x, grad_loc = kernel_backward(grad_out, x, loc, list(needed))

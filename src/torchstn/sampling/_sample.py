@@ -67,21 +67,23 @@ _KERNELS: dict[str, SampleFn] = {
 #: (1.83-2.12x F.grid_sample forward with 3 channels), and with fewer in an eager call where the
 #: compiled call is built: its forward then costs that call's few µs, 1.22-1.67x
 #: F.grid_sample in float32 and 1.08-1.49x in float64 from 1x1x8x8 to 64x1x28x28 without a
-#: gradient to record; with one, roughly level forward+backward (0.69-1.24x, a noisy run,
-#: both cores busy), taken too so that one call gives the same bits with a gradient and
-#: without (timeit, 2026-12-02). Where the compiled call is unavailable, with fewer channels
-#: from FUSED_MIN_POINTS grid points on: since the kernel reads a float32 grid in one pass,
-#: 1.13-1.39x forward and 1.03-1.27x forward+backward with one or two channels from
-#: 64x28x28 points on, 0.98x at 16x28x28 and 0.55x at 1x28x28 (through ctypes, whose
-#: per-call cost dominated there). On a given nearest grid ATen's vectorised sampler is
-#: faster, 0.58-1.08x (python benchmarks/bench_auto.py [--mode nearest], docs/benchmarks.md)
+#: gradient to record; with one, roughly level forward+backward (0.69-1.24x, a noisy run, both
+#: cores busy, before such calls took the compiled call's C++ autograd node), taken too so that
+#: one call gives the same bits with a gradient and without (timeit, 2026-12-02). Where the
+#: compiled call is unavailable, with fewer channels from FUSED_MIN_POINTS grid points on:
+#: since the kernel reads a float32 grid in one pass, 1.13-1.39x forward and 1.03-1.27x
+#: forward+backward with one or two channels from 64x28x28 points on, 0.98x at 16x28x28 and
+#: 0.55x at 1x28x28 (through ctypes, whose per-call cost dominated there). On a given nearest
+#: grid ATen's vectorised sampler is faster, 0.58-1.08x (python benchmarks/bench_auto.py
+#: [--mode nearest], docs/benchmarks.md)
 FUSED_MIN_CHANNELS = 3
 FUSED_MIN_POINTS = 32768
 
 
 def _few_channels_worth_it(x: torch.Tensor, grid: torch.Tensor) -> bool:
     """Whether the kernel is faster with fewer channels than FUSED_MIN_CHANNELS: where the
-    compiled call is built (which then serves the calls that record no gradient itself), or on
+    compiled call is built (which then serves the calls itself, those that record a gradient
+    through its C++ autograd node), or on
     a float32 grid of enough points. Eager calls only, the cases measured: under
     ``torch.compile`` or ``torch.export`` the count of a dynamic batch is symbolic, and a
     test of it would constrain the batch dimension (an ONNX export with a dynamic batch
@@ -283,7 +285,8 @@ def _compiled_sample(
     """The common call of :func:`sample` in one call of compiled code (``csrc/fast_call.cpp``'s
     ``fast_sample``), or ``None`` for any other call, which the Python path then checks,
     explains or runs. Common here: a grid the fused kernel samples (an image it covers, bilinear
-    or nearest, no gradient to record, eager tensors) under ``backend="fused"``, or under
+    or nearest, eager tensors; a gradient is recorded through the call's C++ autograd node)
+    under ``backend="fused"``, or under
     ``"auto"`` in the modes of :data:`~torchstn.sampling._fused.AUTO_GRID_MODES`: with this
     call's cost, the kernel is faster than ``F.grid_sample`` on bilinear grids of every size
     measured, 1.22-1.67x from 1x1x8x8 to 64x1x28x28 (``timeit`` of both, 2026-12-02), where the
@@ -476,7 +479,9 @@ def _compiled_warp(
 
     Common here: :class:`~torchstn.Affine` or :class:`~torchstn.Projective` parameters (or
     Affine's ``(B, 2, 3)`` rows; the transform or its name) and what :func:`_eager_fused_warp`
-    asks besides, where nothing records a gradient. The compiled call makes every test
+    asks besides; a gradient is recorded through the call's C++ autograd node (Affine's; a
+    Projective call that records one takes the Python path, which makes its matrix
+    differentiably). The compiled call makes every test
     itself, :func:`~torchstn._tracing.eager_tensors`' included (its questions, in
     :data:`~torchstn._tracing.EAGER_QUESTIONS`); asked here: whether ``torch.compile``
     traces (it then traces the general path) and, before the module is first built, whether

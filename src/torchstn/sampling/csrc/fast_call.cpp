@@ -9,8 +9,8 @@
 //
 // warp2d: the CPU implementation of the operator torchstn::warp2d (its arguments checked by
 // the caller), the output in the input's memory format.
-// fast_warp: the whole of torchstn.warp's common call (no gradient to record, a CPU image the
-// kernel covers, Affine or Projective parameters), or None for any other call, which the
+// fast_warp: the whole of torchstn.warp's common call (a CPU image the kernel covers, Affine
+// parameters, or Projective ones with no gradient to record), or None for any other call, which the
 // Python path then checks, explains or runs. It takes warp's own arguments and makes every
 // test the Python path makes (_sample._eager_fused_warp), _tracing.eager_tensors' questions
 // included (tracing, torch.func, forward AD, torch function and dispatch modes, the tensors'
@@ -142,33 +142,38 @@ bool kernel_takes_gradient(const at::Tensor& grad_out, const at::Tensor& x) {
 // torchstn::warp2d's autograd formula (_fused._backward) as a C++ node: the output in the
 // kernel's forward, the gradients of x and loc in its backward, or (create_graph, a gradient
 // the kernel cannot read) in _fused._node_backward's differentiable expression, as the Python
-// formula does. loc is contiguous; x and loc are saved as _fused._setup_context saves them.
+// formula does. x and loc are saved as _fused._setup_context saves them (as given: with their
+// graph, for create_graph) and made what the kernel reads when it reads them, in either pass (a
+// saved-tensor hook may hand them back with other strides or a negative bit; the first version
+// read them as saved and gave gradients 24-79 off where one did).
 struct Warp2dFunction : public torch::autograd::Function<Warp2dFunction> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& loc_in,
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& loc,
                             int64_t location, int64_t oh, int64_t ow, int64_t mode, int64_t padding,
                             bool align_corners, double eps) {
-    const at::Tensor x = resolved(x_in), loc = resolved(loc_in);
     // an inference tensor (θ of a localisation net run under inference_mode) cannot be saved
     ctx->save_for_backward({x.is_inference() ? x.clone() : x, loc.is_inference() ? loc.clone() : loc});
     ctx->saved_data["options"] = std::vector<int64_t>{location, oh, ow, mode, padding, align_corners};
     ctx->saved_data["eps"] = eps;
-    return run(x, loc, location, oh, ow, mode, padding, align_corners, eps);
+    return run(resolved(x), resolved(loc).contiguous(), location, oh, ow, mode, padding, align_corners, eps);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const at::Tensor &x = saved[0], &loc = saved[1];
     const std::vector<int64_t> o = ctx->saved_data["options"].toIntVector();
     const double eps = ctx->saved_data["eps"].toDouble();
     const bool need_x = ctx->needs_input_grad(0), need_loc = ctx->needs_input_grad(1);
     const int64_t location = o[0], mode = o[3], padding = o[4];
     const bool align_corners = o[5] != 0;
     at::Tensor grad_x, grad_loc;
-    if (c10::GradMode::is_enabled() || !kernel_takes_gradient(grads[0], x)) {
+    if (grads[0]._is_zerotensor()) {  // an efficient zero (no memory to read): zeros, as F.grid_sample gives
+      if (need_x) grad_x = at::detail::empty_cpu(saved[0].sizes(), saved[0].scalar_type(), false, std::nullopt).zero_();
+      if (need_loc)
+        grad_loc = at::detail::empty_cpu(saved[1].sizes(), saved[1].scalar_type(), false, std::nullopt).zero_();
+    } else if (c10::GradMode::is_enabled() || !kernel_takes_gradient(grads[0], saved[0])) {
       py::gil_scoped_acquire gil;
       py::tuple both = py::reinterpret_borrow<py::object>(python_backward)(
-          x, loc, grads[0], location, o[1], o[2], mode, padding, align_corners, eps, need_x, need_loc);
+          saved[0], saved[1], grads[0], location, o[1], o[2], mode, padding, align_corners, eps, need_x, need_loc);
       if (!both[0].is_none()) grad_x = both[0].cast<at::Tensor>();
       if (!both[1].is_none()) grad_loc = both[1].cast<at::Tensor>();
     } else if (need_x || need_loc) {
@@ -177,19 +182,21 @@ struct Warp2dFunction : public torch::autograd::Function<Warp2dFunction> {
       if (!grad_out.is_contiguous() && !grad_out.is_contiguous(at::MemoryFormat::ChannelsLast))
         grad_out = grad_out.contiguous();
       // grad_x has the strides of x, which a dense x keeps (_fused._gradient_buffer)
-      const at::Tensor xs = need_x && !x.is_non_overlapping_and_dense() ? x.contiguous() : x;
-      if (need_x) grad_x = at::detail::empty_strided_cpu(xs.sizes(), xs.strides(), xs.scalar_type());
+      at::Tensor x = resolved(saved[0]);
+      if (need_x && !x.is_non_overlapping_and_dense()) x = x.contiguous();
+      const at::Tensor loc = resolved(saved[1]).contiguous();
+      if (need_x) grad_x = at::detail::empty_strided_cpu(x.sizes(), x.strides(), x.scalar_type());
       if (need_loc) grad_loc = at::detail::empty_cpu(loc.sizes(), loc.scalar_type(), false, std::nullopt);
-      const Geometry geo = geometry(xs, grad_out, location, mode, padding, align_corners);
+      const Geometry geo = geometry(x, grad_out, location, mode, padding, align_corners);
       int status;
-      if (xs.scalar_type() == at::kFloat) {
+      if (x.scalar_type() == at::kFloat) {
         TORCH_CHECK(backward_f32 != nullptr, "torchstn fast_call: the kernel is not set");
-        status = backward_f32(geo.g, xs.const_data_ptr<float>(), loc.const_data_ptr<float>(), eps,
+        status = backward_f32(geo.g, x.const_data_ptr<float>(), loc.const_data_ptr<float>(), eps,
                               grad_out.const_data_ptr<float>(), need_x ? grad_x.mutable_data_ptr<float>() : nullptr,
                               need_loc ? grad_loc.mutable_data_ptr<float>() : nullptr);
       } else {
         TORCH_CHECK(backward_f64 != nullptr, "torchstn fast_call: the kernel is not set");
-        status = backward_f64(geo.g, xs.const_data_ptr<double>(), loc.const_data_ptr<double>(), eps,
+        status = backward_f64(geo.g, x.const_data_ptr<double>(), loc.const_data_ptr<double>(), eps,
                               grad_out.const_data_ptr<double>(), need_x ? grad_x.mutable_data_ptr<double>() : nullptr,
                               need_loc ? grad_loc.mutable_data_ptr<double>() : nullptr);
       }
@@ -487,7 +494,10 @@ void set_kernels(uintptr_t f32, uintptr_t f64, uintptr_t b32, uintptr_t b64, int
   backward_f64 = reinterpret_cast<Backward<double>>(b64);
 }
 
-void set_backward_fallback(py::object f) { python_backward = f.release().ptr(); }
+void set_backward_fallback(py::object f) {
+  Py_XDECREF(python_backward);  // (a second call's: the first reference is dropped)
+  python_backward = f.release().ptr();
+}
 
 }  // namespace
 
