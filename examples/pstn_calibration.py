@@ -70,7 +70,7 @@ def main(steps: int = 150, batch: int = 32, seed: int = 0) -> dict:
     for step in range(steps):
         i = torch.randint(len(x_train), (batch,))
         nll = nn.functional.nll_loss(model(x_train[i]), y_train[i])
-        kl = stn.nn.total_kl(model)  # kl_weight * KL(q(θ | x) || prior), from the pass above
+        kl = stn.nn.total_kl(model)  # kl_weight * KL(q(θ | x) || prior) / P (θ's P parameters), from the pass above
         loss = nll + kl  # the negative ELBO per example
         optimizer.zero_grad()
         loss.backward()
