@@ -291,11 +291,11 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         """For a float64 pass, the float64 prior kept beside the buffers (not their rounding),
         where the buffers still hold its values; ``None`` where they hold another prior (loaded
         with ``load_state_dict``, or given to ``torch.func.functional_call``: a float64 pass
-        computed the KL to the prior the module was built with), and under a tracer or compiler
-        (a data-dependent test), which take the buffers."""
+        computed the KL to the prior the module was built with), and where anything records or
+        transforms the pass (a tracer, a compiler, an exporter's fake tensors: a data-dependent
+        test), which takes the buffers."""
         held = self.prior_precision
-        if (self._prior is None or like.dtype != torch.float64 or held.is_meta or torch.compiler.is_compiling()
-                or torch.jit.is_tracing() or exporting() or not eager_tensors(held)):
+        if self._prior is None or like.dtype != torch.float64 or held.is_meta or not eager_tensors(held):
             return None
         precision, logdet = self._prior
         same = held.shape == precision.shape and torch.allclose(held.detach().to("cpu", torch.float64), precision,
