@@ -22,6 +22,7 @@ import random
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,9 +176,11 @@ def _warn_unsaid_log_probabilities(model: nn.Module) -> None:
     """Warn (once per model class) where a model holds a P-STN drawing more than one sample in
     training but does not say whether its output is log-probabilities (a user's model around
     ``marginalize``, trained by the engine on cross_entropy of the mean of its samples'
-    log-probabilities: not the ELBO)."""
-    if type(model) in _WARNED or not model.training:
+    log-probabilities: not the ELBO). Each model's modules are looked through once, not at
+    every training step."""
+    if type(model) in _WARNED or not model.training or model in _LOOKED_THROUGH:
         return
+    _LOOKED_THROUGH.add(model)
     if any(isinstance(m, ProbabilisticSpatialTransformer) and m.samples > 1 for m in model.modules()):
         _WARNED.add(type(model))
         warnings.warn(
@@ -188,6 +191,7 @@ def _warn_unsaid_log_probabilities(model: nn.Module) -> None:
 
 
 _WARNED: set[type] = set()
+_LOOKED_THROUGH: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def resume_config(run_dir: str | Path, **changes: Any) -> TrainConfig:

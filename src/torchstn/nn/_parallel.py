@@ -75,21 +75,21 @@ class ParallelSpatialTransformers(nn.Module):
             ``"list"``; with ``return_params=True`` also ``[θ_1, ..., θ_K]``.
         """
         outs = [t(x) for t in self.transformers]
-        if self.merge == "concat" and not sizes_traced():  # (traced sizes are tensors)
-            # compared with the first output's, not gathered in a set: torch.export's symbolic
-            # sizes cannot be hashed (a dynamic batch failed to export)
-            first = outs[0].shape
-            if any(o.shape[2:] != first[2:] for o in outs):
-                raise ValueError(
-                    f"merge='concat' needs outputs of one spatial size, got {[tuple(o.shape[2:]) for o in outs]}; "
-                    "give the transformers the same output_size or use merge='list'"
-                )
-            if any(o.shape[0] != first[0] for o in outs):
-                raise ValueError(
-                    f"merge='concat' needs outputs of one batch size, got {[o.shape[0] for o in outs]} (a P-STN "
-                    "head gives samples x batch outputs); use merge='list'"
-                )
         if self.merge == "concat":
+            if not sizes_traced():  # (traced sizes are tensors)
+                # compared with the first output's, not gathered in a set: torch.export's symbolic
+                # sizes cannot be hashed (a dynamic batch failed to export)
+                first = outs[0].shape
+                if any(o.shape[2:] != first[2:] for o in outs):
+                    raise ValueError(
+                        f"merge='concat' needs outputs of one spatial size, got {[tuple(o.shape[2:]) for o in outs]}; "
+                        "give the transformers the same output_size or use merge='list'"
+                    )
+                if any(o.shape[0] != first[0] for o in outs):
+                    raise ValueError(
+                        f"merge='concat' needs outputs of one batch size, got {[o.shape[0] for o in outs]} (a "
+                        "P-STN head gives samples x batch outputs); use merge='list'"
+                    )
             merged: torch.Tensor | list[torch.Tensor] = torch.cat(outs, dim=1)
         else:
             merged = outs

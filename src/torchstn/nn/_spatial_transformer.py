@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
-import sys
 from typing import Any, Generic, TypedDict, TypeVar, overload
 
 import torch

@@ -903,7 +903,7 @@ def _node_backward(
                eps)
 
     def reference(x_: torch.Tensor, loc_: torch.Tensor) -> torch.Tensor:
-        return grid_path(x_, loc_.view(-1, 2, 3) if loc_.dim() == 2 else loc_, *options)
+        return grid_path(x_, loc_.reshape(-1, 2, 3) if loc_.dim() == 2 else loc_, *options)
 
     return differentiable_vjp(reference, (x, loc), grad_out, (need_x, need_loc))
 

@@ -55,7 +55,7 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
         # non-finite points (and 0 elsewhere) is added, without waiting for the device. Not in
         # the graphs torch.jit.trace and torch.export record, which are for inference
         out = F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
-        return out if torch.jit.is_tracing() or exporting() else out + _nan_where_not_finite(grid).unsqueeze(1)
+        return nan_where_not_finite(out, grid)
     # on the CPU F.grid_sample returns NaN there, but its gradient of (nan, 0.2) is [0, nan]:
     # where the grid's gradient is wanted _moderate decides (a non-finite grid takes the careful
     # path below), 1.03-1.04x the forward+backward
@@ -79,12 +79,17 @@ def _cpu_eager(grid: torch.Tensor) -> bool:
     return _on_cpu(grid) and _eager(grid)
 
 
-def _nan_where_not_finite(grid: torch.Tensor) -> torch.Tensor:
-    """``(B, *out)``: 0 at a finite point, NaN at one with a coordinate that is not; its gradient
-    with respect to both coordinates of that point is NaN, 0 elsewhere (a finite point however
-    far out is 0: its coordinates times 0 are)."""
+def nan_where_not_finite(out: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``out`` ``(B, C, *out)`` sampled at ``grid`` plus a term that is 0 at a finite point and NaN
+    at one with a coordinate that is not, whose gradient with respect to both coordinates of that
+    point is NaN, 0 elsewhere (a finite point however far out adds 0: its coordinates times 0 do);
+    ``out`` itself in the graphs ``torch.jit.trace`` and ``torch.export`` record, which are for
+    inference. What a sampler adds where its own kernel does not follow torchstn's policy for
+    non-finite points (CUDA's grid_sample, compiled code)."""
+    if torch.jit.is_tracing() or exporting():
+        return out
     bad = (grid.detach() * 0).sum(-1, keepdim=True)  # 0, or NaN where a coordinate is not finite
-    return (grid * bad).sum(-1)
+    return out + (grid * bad).sum(-1).unsqueeze(1)
 
 
 def _moderate(grid: torch.Tensor) -> bool:

@@ -48,7 +48,7 @@ import math
 import torch
 
 from torchstn._tracing import exporting
-from torchstn.sampling._grid_sample import _nan_where_not_finite
+from torchstn.sampling._grid_sample import nan_where_not_finite
 
 __all__ = ["reference_sample"]
 
@@ -280,10 +280,9 @@ def reference_sample(
         # the forward's plain operations, which the compiler, the tracer or the exporter records
         # and autograd differentiates (dynamo refused the Function's jvp under fullgraph=True, and a
         # traced or exported program cannot hold a Python Function); the same values, and the same
-        # gradients but for the sub-gradient at integer pixel coordinates. Compiled, a term NaN
-        # exactly at a non-finite point keeps its NaN location gradient, as torch_sample's does.
-        out = _ReferenceSample.forward(x, grid, mode, padding, align_corners).view(shape)
-        return out + _nan_where_not_finite(grid).unsqueeze(1) if torch.compiler.is_compiling() else out
+        # gradients but for the sub-gradient at integer pixel coordinates. Compiled, a non-finite
+        # point keeps its NaN location gradient, as torch_sample's does.
+        return nan_where_not_finite(_ReferenceSample.forward(x, grid, mode, padding, align_corners).view(shape), grid)
     # shaped outside the Function: a view made inside it cannot be modified in place
     # (out.relu_(), nn.ReLU(inplace=True) after a transformer)
     return _ReferenceSample.apply(x, grid, mode, padding, align_corners).view(shape)

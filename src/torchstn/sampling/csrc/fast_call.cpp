@@ -211,7 +211,7 @@ struct Warp2dFunction : public torch::autograd::Function<Warp2dFunction> {
 at::Tensor warp2d_recorded(const at::Tensor& x, const at::Tensor& loc, int64_t location, int64_t oh, int64_t ow,
                            int64_t mode, int64_t padding, bool align_corners, double eps) {
   TORCH_CHECK(python_backward != nullptr, "torchstn fast_call: the backward fallback is not set");
-  return Warp2dFunction::apply(x, loc.contiguous(), location, oh, ow, mode, padding, align_corners, eps);
+  return Warp2dFunction::apply(x, loc, location, oh, ow, mode, padding, align_corners, eps);
 }
 
 // fast_warp's and fast_sample's call: through the node where a gradient is recorded
@@ -219,7 +219,7 @@ at::Tensor warp2d_any(const at::Tensor& x, const at::Tensor& loc, int64_t locati
                       int64_t mode, int64_t padding, bool align_corners, double eps) {
   if (c10::GradMode::is_enabled() && (x.requires_grad() || loc.requires_grad()))
     return warp2d_recorded(x, loc, location, oh, ow, mode, padding, align_corners, eps);
-  return run(x, loc.contiguous(), location, oh, ow, mode, padding, align_corners, eps);
+  return warp2d(x, loc, location, oh, ow, mode, padding, align_corners, eps);
 }
 
 // The homographies (B, 3, 3) of Projective's parameters (B, 8), contiguous: H[2, 2] = 1, and
