@@ -79,6 +79,17 @@ def test_setting_a_field_replaces_the_sampler_and_is_validated():
     assert stn.SpatialTransformer.padding.name == "padding"  # read on the class (help(), inspect): no instance
 
 
+@pytest.mark.parametrize("value", ["bilinear", {"padding": "border"}, None])
+def test_setting_the_sampler_is_validated(value):
+    """A string set as the sampler was taken, and the next forward failed with an AttributeError."""
+    st = MODULES["st"](padding="border")
+    with pytest.raises(TypeError, match="sampler must be a SamplerOptions, got"):
+        st.sampler = value
+    assert st.sampler == SamplerOptions(padding="border")
+    st.sampler = OPTIONS
+    assert st.sampler is OPTIONS and st.mode == OPTIONS.mode
+
+
 def test_cascade_steps_share_the_options():
     cascade = MODULES["cascade"](sampler=OPTIONS)
     assert [r.sampler for r in cascade.refiners] == [OPTIONS]

@@ -81,6 +81,30 @@ class _SamplerField(Generic[_T]):
         module.sampler = replace(module.sampler, **change)
 
 
+class _Sampler:
+    """``st.sampler``: a :class:`~torchstn.sampling.SamplerOptions`, checked where it is set (a
+    string set there failed only in the next forward pass, with an AttributeError). Kept in
+    the instance's ``__dict__`` under its own name, as a plain attribute is (copies and pickles
+    of earlier modules hold it there)."""
+
+    @overload
+    def __get__(self, module: None, owner: type) -> _Sampler: ...
+    @overload
+    def __get__(self, module: SpatialTransformer, owner: type) -> SamplerOptions: ...
+    def __get__(self, module: SpatialTransformer | None, owner: type) -> SamplerOptions | _Sampler:
+        if module is None:
+            return self
+        try:
+            return module.__dict__["sampler"]
+        except KeyError:
+            raise AttributeError(f"{type(module).__name__!r} object has no attribute 'sampler'") from None
+
+    def __set__(self, module: SpatialTransformer, value: SamplerOptions) -> None:
+        if not isinstance(value, SamplerOptions):
+            raise TypeError(f"sampler must be a SamplerOptions, got {type(value).__name__}")
+        module.__dict__["sampler"] = value
+
+
 class SpatialTransformer(nn.Module):
     r"""A spatial transformer (Jaderberg et al., 2015, section 3).
 
@@ -142,7 +166,7 @@ class SpatialTransformer(nn.Module):
     """
 
     last_params: torch.Tensor | None
-    sampler: SamplerOptions
+    sampler = _Sampler()
     mode = _SamplerField[Mode]()
     padding = _SamplerField[Padding]()
     align_corners = _SamplerField[bool]()
