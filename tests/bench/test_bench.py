@@ -7,12 +7,17 @@ import torch
 
 from torchstn.bench import (
     CASES,
+    PEERS,
+    BenchReport,
     Case,
+    CaseResult,
+    Measurement,
     Timings,
     check_targets,
     format_report,
     interleaved,
     run_benchmark,
+    run_case,
     select_cases,
 )
 from torchstn.sampling import fused_status
@@ -107,6 +112,9 @@ def test_quick_run_reports_every_part() -> None:
     # tiny cases under the full cases' names: the targets are not judged on them
     assert "not judged in a quick run" in text and "[MISS]" not in text and "[met ]" not in text
     assert f"cores ({torch.backends.cpu.get_cpu_capability()})," in text.splitlines()[0]  # the ISA the ratios depend on
+    # check_targets (what --json writes) gives no verdict on a quick run either
+    assert all(c.met is None and c.detail.startswith("not judged in a quick run") for c in check_targets(report))
+    report.meta["quick"] = False
     checks = {c.target.split(" ")[0]: c for c in check_targets(report)}
     assert checks["ST"].met is not None
     assert checks["projective"].met is None  # not run
@@ -145,3 +153,68 @@ def test_a_channels_last_case_warps_a_channels_last_image() -> None:
     x = work.contenders["torchstn"].leaves[0]
     assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     torch.testing.assert_close(work.contenders["torchstn"].forward(), work.contenders["torch"].forward())
+
+
+def test_component_ratios_are_to_torchs_sampler_or_not_given() -> None:
+    case = Case("t", "affine", (1, 1, 8, 8))
+    # (a str device, as torch takes everywhere)
+    kw = {"device": "cpu", "rounds": 2, "min_time": 1e-4, "peers": ()}
+    with_torch = run_case(case, backends=("torch", "reference"), **kw).components
+    assert with_torch["grid:torchstn"].ratio > 0 and with_torch["sample:reference"].ratio > 0
+    # without sample:torch the ratios were to memcpy (the first part timed), printed as "ratio to sample:torch"
+    result = run_case(case, backends="reference", **kw)
+    assert {"memcpy", "sample:reference", "grid:torchstn"} <= set(result.components)
+    assert all(m.ratio is None for m in result.components.values())
+    assert any("no ratios, which are to sample:torch" in n for n in result.notes)
+
+
+def test_the_api_reads_a_single_name_and_refuses_unknown_ones() -> None:
+    assert select_cases("affine-28") == select_cases(["affine-28"])  # one name, not its characters
+    with pytest.raises(ValueError, match=r"peers must be one of \['torch', 'kornia', 'opencv', 'jax'\], got 'korina'"):
+        run_benchmark("affine-28", peers=("torch", "korina"))
+    with pytest.raises(ValueError, match=r"backends must be one of \[.*'fused'.*\], got 'nope'"):
+        run_benchmark("affine-28", backends=["nope"])
+    with pytest.raises(TypeError, match="cases must be a str or a sequence of str, got 28"):
+        run_benchmark(28)
+    with pytest.raises(TypeError, match="case must be a torchstn.bench.Case"):
+        run_case("affine-28", device="cpu", rounds=1, min_time=1e-4)
+    with pytest.raises(ValueError, match="peers must be one of"):
+        run_case(CASES[0], device="cpu", rounds=1, min_time=1e-4, peers=["nope"])
+
+
+def test_a_peer_left_out_is_noted_with_what_leaves_it_out() -> None:
+    from torchstn.bench import PEER_FLAGS, build_workload
+
+    notes = build_workload(Case("t", "affine", (1, 1, 8, 8)), peers=()).notes
+    for peer in PEERS:
+        (note,) = [n for n in notes if n.startswith(f"{peer}: not timed in this run")]
+        assert "left out of peers=()" in note
+        assert (PEER_FLAGS[peer] in note) if peer in PEER_FLAGS else ("--no-" not in note)  # no flag that is not there
+
+
+def _measured(label: str, name: str) -> CaseResult:
+    """A case result with every table filled (made up: the layout is what is tested)."""
+    m = Measurement(1e-5, ratio=2.0, bandwidth=1e9)
+    passes = {p: {"torchstn": Measurement(1e-5), "torch": m} for p in ("forward", "forward+backward")}
+    components = {"memcpy": m, "sample:torch": m, "sample:fused": m, "grid:torchstn": m, "grid:torch": m}
+    backends = {p: {"warp:fused": Measurement(1e-5), "warp:torch": m} for p in ("forward", "forward+backward")}
+    return CaseResult(name, label, "affine", passes, components, backends)
+
+
+def test_report_columns_fit_their_longest_cell() -> None:
+    long = select_cases("affine-60to30")[0].quick().label  # a quick label is longer than the full ones'
+    assert len(long) > 34
+    meta = {"torchstn": "0", "torch": "0", "device": "cpu", "threads": 1, "cpu_count": 1, "machine": "m",
+            "rounds": 2, "min_time": 0.001, "quick": True}
+    lines = format_report(BenchReport(meta, [_measured("affine 8x8", "a"), _measured(long, "b")])).splitlines()
+    headers = [i for i, line in enumerate(lines) if line.startswith("case ")]
+    assert len(headers) == 3  # the warp table, the components, the warp backends
+    for i in headers:
+        header = lines[i]
+        starts = [j for j in range(2, len(header)) if header[j] != " " and header[j - 2:j] == "  "]  # the columns
+        rows = [line for line in lines[i + 1:i + 5] if line.startswith(("affine", " "))]
+        assert any(row.startswith(long) for row in rows)
+        for row in rows:  # every cell ends before the next column starts; the label is the first cell alone
+            assert all(len(row) <= s or row[s - 2:s] == "  " for s in starts), (header, row)
+            assert row[:starts[0]].strip() in ("", "affine 8x8", long)
+

@@ -17,8 +17,18 @@ def test_cli_quick_json(cli, tmp_path) -> None:
     assert "kornia" not in data["cases"][0]["passes"]["forward"]
     assert {"opencv", "jax"} <= set(data["meta"])  # their versions, None where not installed
     assert {t["target"].split(" ")[0] for t in data["targets"]} >= {"affine", "never", "TPS"}
-    assert "kornia: not timed in this run (left out of its peers, e.g. by --no-kornia)" in run.out
+    # a quick run judges no target, in the JSON as in the printed report
+    assert all(t["met"] is None and t["detail"].startswith("not judged in a quick run") for t in data["targets"])
+    left_out = "kornia: not timed in this run (left out of peers=('torch', 'opencv', 'jax'), as --no-kornia does)"
+    assert left_out in run.out
     assert f"not judged in a quick run (tiny sizes, {data['meta']['rounds']} rounds of" in run.out
+
+
+def test_the_flags_the_notes_name_exist(cli) -> None:
+    from torchstn.bench import PEER_FLAGS
+
+    usage = cli("bench", "--help").out
+    assert PEER_FLAGS and all(f"{flag} " in usage for flag in PEER_FLAGS.values())
 
 
 def test_a_json_path_that_cannot_be_written_is_refused_before_the_timing(cli, tmp_path) -> None:
@@ -32,7 +42,8 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_the_timing(cli, tm
 def test_cli_errors_are_one_line(cli) -> None:
     assert "no benchmark case matches 'nope'" in cli("bench", "--quick", "--cases", "nope").error_line()
     assert "--rounds must be at least 1, got 0" in cli("bench", "--rounds", "0").error_line()
-    assert "unknown ['nope']" in cli("bench", "--backends", "nope").error_line()
+    assert "backends must be one of ['torch', 'fused', 'reference'], got 'nope'" in cli(
+        "bench", "--backends", "nope").error_line()
     if not torch.cuda.is_available():
         assert "no CUDA device" in cli("bench", "--device", "cuda").error_line()
         assert "no CUDA device" in cli("bench", "--device", "cuda:1").error_line()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from torchstn.bench._cases import (
     CASES,
+    PEER_FLAGS,
     PEER_TOLERANCE,
     PEERS,
     Case,
@@ -34,6 +35,7 @@ from torchstn.bench._timing import Timings, interleaved, peak_memory
 __all__ = [
     "CASES",
     "PEERS",
+    "PEER_FLAGS",
     "PEER_TOLERANCE",
     "BenchReport",
     "Case",

@@ -21,6 +21,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from torchstn._validation import check_choice
 from torchstn.bench import _jax, _opencv, _peers
 from torchstn.sampling import BACKENDS, fused_applies, fused_status, sample, warp
 from torchstn.transforms import MatrixTransform, ThinPlateSpline, Transform, get_transform
@@ -29,6 +30,7 @@ __all__ = [
     "AFFINE_FAMILIES",
     "CASES",
     "PEERS",
+    "PEER_FLAGS",
     "PEER_TOLERANCE",
     "Case",
     "Contender",
@@ -36,6 +38,7 @@ __all__ = [
     "Workload",
     "build_training_step",
     "build_workload",
+    "check_names",
     "select_cases",
 ]
 
@@ -52,6 +55,10 @@ PEERS: tuple[str, ...] = ("torch", "kornia", "opencv", "jax")
 #: 10^5 points across one: torch's own float32 θ-gradient is 3e-3 from its float64 one at
 #: 1x3x224x224
 PEER_TOLERANCE: dict[str, float] = {"output": 1e-4, "d/dx": 1e-4, "d/dmatrix": 1e-2}
+
+#: the ``torchstn bench`` flag that leaves a peer out, for the peers that have one (the others are left out
+#: only by the ``peers`` argument of :func:`~torchstn.bench.run_benchmark`); the command makes its flags from it
+PEER_FLAGS: dict[str, str] = {"kornia": "--no-kornia"}
 
 #: how far the random parameters stray from the identity, per family
 _PARAM_NOISE: dict[str, float] = {"projective": 0.05, "tps": 0.05}
@@ -136,21 +143,37 @@ CASES: tuple[Case, ...] = (
 )
 
 
-def select_cases(patterns: Sequence[str] | None = None, cases: Sequence[Case] = CASES) -> list[Case]:
-    """The cases whose name matches any of ``patterns`` (shell-style, ``"affine-*"``); all for ``None``.
+def select_cases(patterns: str | Sequence[str] | None = None, cases: Sequence[Case] = CASES) -> list[Case]:
+    """The cases whose name matches any of ``patterns`` (shell-style, ``"affine-*"``; one string is one
+    pattern); all for ``None``.
 
     Raises:
+        TypeError: ``patterns`` is not a string or a sequence of strings.
         ValueError: a pattern matches no case (the message lists the names).
     """
     if not patterns:
         return list(cases)
     chosen: list[Case] = []
-    for pattern in patterns:
+    for pattern in check_names("cases", patterns):
         matched = [c for c in cases if fnmatch.fnmatchcase(c.name, pattern)]
         if not matched:
             raise ValueError(f"no benchmark case matches {pattern!r}; the cases are: {', '.join(c.name for c in cases)}")
         chosen += [c for c in matched if c not in chosen]
     return [c for c in cases if c in chosen]
+
+
+def check_names(name: str, value: str | Sequence[str], choices: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``value`` as a tuple of names: one string is one name (not its characters), else a sequence of
+    strings, each one of ``choices`` where they are given.
+
+    Raises:
+        TypeError: ``value`` is not a string or a sequence of strings.
+        ValueError: a name is not one of ``choices`` (the message lists them).
+    """
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{name} must be a str or a sequence of str, got {value!r}")
+    return tuple(names) if choices is None else tuple(check_choice(name, n, choices) for n in names)
 
 
 @dataclass
@@ -302,6 +325,7 @@ def build_workload(
     """
     if case.family == "train":
         raise ValueError("the 'train' case has no warp workload; use build_training_step")
+    peers = check_names("peers", peers, PEERS)
     device = torch.device(device)
     transform = get_transform(case.family)
     x64, params64, grad64 = _random_inputs(case, transform, seed, params)
@@ -330,8 +354,11 @@ def build_workload(
     for name in ("opencv", "jax"):
         if name in peers:
             _add_foreign_peer(work, name, align_corners)
-    work.notes += [f"{name}: not timed in this run (left out of its peers, e.g. by --no-{name})"
-                   for name in PEERS if name not in peers]  # (a column gone without a word, before)
+    work.notes += [  # (a column gone without a word, before)
+        f"{name}: not timed in this run (left out of peers={peers}"
+        + (f", as {PEER_FLAGS[name]} does)" if name in PEER_FLAGS else ")")
+        for name in PEERS if name not in peers
+    ]
     _add_warp_backends(work, align_corners)
     return work
 

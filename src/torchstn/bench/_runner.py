@@ -12,7 +12,16 @@ import torch
 
 from torchstn._version import __version__
 from torchstn.bench import _jax, _opencv, _peers
-from torchstn.bench._cases import CASES, PEERS, Case, Workload, build_training_step, build_workload, select_cases
+from torchstn.bench._cases import (
+    CASES,
+    PEERS,
+    Case,
+    Workload,
+    build_training_step,
+    build_workload,
+    check_names,
+    select_cases,
+)
 from torchstn.bench._timing import Timings, interleaved, peak_memory
 from torchstn.engine import resolve_device
 from torchstn.sampling import BACKENDS
@@ -130,14 +139,22 @@ def _component_fns(work: Workload, backends: Sequence[str]) -> tuple[dict[str, C
 def run_case(
     case: Case,
     *,
-    device: torch.device,
+    device: torch.device | str,
     rounds: int,
     min_time: float,
-    peers: Sequence[str] = PEERS,
+    peers: str | Sequence[str] = PEERS,
     components: bool = True,
-    backends: Sequence[str] | None = None,
+    backends: str | Sequence[str] | None = None,
 ) -> CaseResult:
-    """Time one case: every pass interleaved over ``rounds``, then (warp cases) its components."""
+    """Time one case: every pass interleaved over ``rounds``, then (warp cases) its components.
+
+    ``device``, ``peers`` and ``backends`` are read as by :func:`run_benchmark`.
+    """
+    if not isinstance(case, Case):
+        raise TypeError(f"case must be a torchstn.bench.Case (select_cases(names) makes them), got {case!r}")
+    device = resolve_device(str(device))
+    peers = check_names("peers", peers, PEERS)
+    backends = default_backends() if backends is None else check_names("backends", backends, BACKENDS)
     result = CaseResult(case.name, case.label, case.family)
     if case.family == "train":
         steps, source = build_training_step(case, device)
@@ -161,8 +178,7 @@ def run_case(
     if components and work.warp_backends:
         result.backends = _time_warp_backends(work, rounds=rounds, min_time=min_time, device=device)
     if components:
-        _time_components(result, work, default_backends() if backends is None else backends,
-                         rounds=rounds, min_time=min_time, device=device)
+        _time_components(result, work, backends, rounds=rounds, min_time=min_time, device=device)
     return result
 
 
@@ -191,7 +207,9 @@ def _time_components(
 ) -> None:
     """The forward pass taken apart (memcpy, each sampler, each grid generator) into ``result.components``.
 
-    A part that cannot run on this case (a backend without this mode, say) is skipped with a note.
+    A part that cannot run on this case (a backend without this mode, say) is skipped with a note. The
+    ratios are to ``"sample:torch"``; without it (not among ``backends``, or skipped) there are none, and a
+    note says so.
     """
     fns, traffic = _component_fns(work, backends)
     usable = {}
@@ -203,10 +221,12 @@ def _time_components(
             continue
         usable[name] = fn
     timings = interleaved(usable, rounds=rounds, min_time=min_time, device=device)
-    reference = "sample:torch" if "sample:torch" in usable else next(iter(usable))
+    reference = "sample:torch"
+    if reference not in usable:  # (the ratios were to whatever came first, memcpy say, under its name)
+        result.notes.append(f"components: no ratios, which are to {reference}: not among the backends, or skipped")
     for name in usable:
         m = Measurement(seconds=timings.median(name))
-        if name != reference and not name == "memcpy":
+        if reference in usable and name not in (reference, "memcpy"):
             m.ratio = timings.ratio(reference, name)
             m.ratio_quartiles = timings.ratio_spread(reference, name)
         if name == "memcpy" or name.startswith("sample:"):
@@ -241,22 +261,22 @@ def _meta(device: torch.device, rounds: int, min_time: float, quick: bool) -> di
 
 
 def run_benchmark(
-    cases: Sequence[str] | None = None,
+    cases: str | Sequence[str] | None = None,
     *,
     device: torch.device | str = "cpu",
     quick: bool = False,
     rounds: int | None = None,
     min_time: float | None = None,
-    peers: Sequence[str] = PEERS,
+    peers: str | Sequence[str] = PEERS,
     components: bool = True,
-    backends: Sequence[str] | None = None,
+    backends: str | Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Run the benchmark: every selected case, every contender interleaved in the same rounds.
 
     Args:
-        cases: case names or shell patterns (``["affine-*", "tps-28"]``); ``None``: all of
-            :data:`~torchstn.bench.CASES`.
+        cases: case names or shell patterns (``["affine-*", "tps-28"]``, or one as a string:
+            ``"affine-28"``); ``None``: all of :data:`~torchstn.bench.CASES`.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available),
             as :func:`torchstn.engine.resolve_device` reads it.
         quick: tiny sizes and few rounds: checks the machinery, measures nothing useful.
@@ -264,11 +284,13 @@ def run_benchmark(
         min_time: target seconds per measurement (default 0.02, quick 0.001).
         peers: which of :data:`~torchstn.bench.PEERS` to time (``"torch"``, ``"kornia"``,
             ``"opencv"``, ``"jax"``); one that is not installed or cannot do a case's work is
-            skipped with a note, OpenCV and JAX also when they differ from torch's warp.
+            skipped with a note, OpenCV and JAX also when they differ from torch's warp. A name
+            that is not a peer is a ``ValueError``.
         components: also time memcpy, the sampler backends and each grid generator
             alone (bandwidths and the grid/sampler split).
-        backends: the sampling backends of the components (default: every registered
-            backend but ``"reference"``).
+        backends: the sampling backends of the components, among
+            :data:`torchstn.sampling.BACKENDS` (default: every one but ``"reference"``); their
+            ratios are to ``"torch"``'s, and there are none without it.
         progress: called with the label of each case before it runs.
 
     Returns:
@@ -281,6 +303,8 @@ def run_benchmark(
         ['torch', 'torchstn']
     """
     device = resolve_device(str(device))
+    peers = check_names("peers", peers, PEERS)  # (before the minutes of timing, not at the case they reach)
+    backends = None if backends is None else check_names("backends", backends, BACKENDS)
     selected = select_cases(cases, CASES)
     if quick:
         selected = [c.quick() for c in selected]

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 from torchstn.cli._common import (
-    CLIError,
     add_device_arg,
     add_threads_arg,
     check_at_least_one,
@@ -36,7 +35,7 @@ installs all three (each is skipped with a note when absent).
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand (no ``--data-dir``: every case times random tensors)."""
-    from torchstn.bench import CASES
+    from torchstn.bench import CASES, PEER_FLAGS
 
     cases = textwrap.fill(f"cases: {' '.join(c.name for c in CASES)} (shell patterns work).", width=88)
     parser = subparsers.add_parser(
@@ -58,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--backends", nargs="+", metavar="NAME",
         help="sampling backends timed alone (default: all registered but 'reference')",
     )
-    parser.add_argument("--no-kornia", action="store_true", help="do not time kornia even when installed")
+    for peer, flag in PEER_FLAGS.items():
+        parser.add_argument(flag, action="store_true", help=f"do not time {peer} even when installed")
     parser.add_argument(
         "--no-components", action="store_true", help="skip the memcpy / sampler / grid breakdown"
     )
@@ -67,21 +67,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _recorded_command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run (for the report and the JSON)."""
+    from torchstn.bench import PEER_FLAGS
+
     return command_line(
         args, ["bench", "--device", args.device],
-        ["--quick", "--cases", "--rounds", "--threads", "--backends", "--no-kornia", "--no-components"],
+        ["--quick", "--cases", "--rounds", "--threads", "--backends", *PEER_FLAGS.values(), "--no-components"],
     )
+
+
+def _peers(args: argparse.Namespace) -> tuple[str, ...]:
+    """Every peer but those left out by their flag (``--no-kornia``)."""
+    from torchstn.bench import PEER_FLAGS, PEERS
+
+    left_out = {peer for peer, flag in PEER_FLAGS.items() if getattr(args, flag.removeprefix("--").replace("-", "_"))}
+    return tuple(p for p in PEERS if p not in left_out)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark from parsed arguments and print the report."""
-    from torchstn.bench import PEERS, check_targets, format_report, run_benchmark
-    from torchstn.sampling import BACKENDS
+    from torchstn.bench import check_targets, format_report, run_benchmark
 
     check_at_least_one(args, "rounds")
-    unknown = sorted(set(args.backends or ()) - set(BACKENDS))
-    if unknown:
-        raise CLIError(f"--backends: unknown {unknown}; the registered backends are {sorted(BACKENDS)}")
     if args.json is not None:
         check_writable(args.json, "--json")  # (before the minutes of timing, not after)
     report = run_benchmark(
@@ -89,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         quick=args.quick,
         rounds=args.rounds,
-        peers=tuple(p for p in PEERS if not (args.no_kornia and p == "kornia")),
+        peers=_peers(args),
         components=not args.no_components,
         backends=args.backends,
         progress=lambda label: print(f"  timing {label} ...", file=sys.stderr, flush=True),
