@@ -406,3 +406,26 @@ def test_evaluation_draws_read_the_saved_state_and_touch_nothing(tmp_path):
         drawn = torch.rand(2)
     torch.manual_seed(3)
     assert torch.equal(drawn, torch.rand(2))
+
+
+def test_the_best_checkpoint_keeps_the_generators_its_evaluation_drew_from(tmp_path):
+    """`eval --which best` of a P-STN seeded the generators (only `last` had its state saved) and
+    drew other θ than the best epoch's evaluation; a `best` written before its state was kept
+    still loads, seeded."""
+    from torchstn.engine import RunDir, evaluation_draws
+    from torchstn.engine._checkpoint import state_path
+    from torchstn.models import create_model
+
+    run, config = RunDir(tmp_path / "run"), TrainConfig(model="cnn")
+    torch.manual_seed(5)
+    rng = capture_rng()
+    run.save(create_model("cnn"), config, epoch=1, step=10, metrics={}, training_state={"rng": rng}, best=True)
+    torch.manual_seed(6)  # (the generators move on)
+    with evaluation_draws(run.checkpoint("best"), seed=0):
+        assert torch.equal(torch.get_rng_state(), rng["torch"])
+    state_path(run.checkpoint("best")).unlink()  # an older run's best checkpoint
+    load_model(run.path, "best")
+    with evaluation_draws(run.checkpoint("best"), seed=3):
+        drawn = torch.rand(2)
+    torch.manual_seed(3)
+    assert torch.equal(drawn, torch.rand(2))

@@ -144,7 +144,7 @@ def test_a_save_killed_between_its_two_files_resumes_from_the_old_pair(tmp_path,
     resumed = _tiny_run(run, shapes, resume=True).model.state_dict()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "best.safetensors", "last.safetensors", "last.state.pt"]
+        "best.safetensors", "best.state.pt", "last.safetensors", "last.state.pt"]
 
 
 def test_resume_accepts_an_old_pair_without_write_ids(tmp_path, shapes):

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_threads_arg(p)
     p.add_argument("--split", choices=("test", "train"), default="test", help="split to evaluate")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
-    p.add_argument("--batch-size", type=int, default=512, metavar="N", help="evaluation batch size")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="evaluation batch size (default: the run's; a P-STN's draws depend on it)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=run)
 
@@ -47,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     check_at_least_one(args, "limit", "batch_size")
     model, config, info, device, dataset = load_checkpoint_and_data(args, args.split, args.limit)
+    # (the run's batches: a P-STN's θ depend on them; 512 missed the record of a run evaluated in batches of 24)
+    batch_size = config.eval_batch_size if args.batch_size is None else args.batch_size
     with evaluation_draws(info["path"], config.seed):
-        metrics = evaluate(model, dataset, batch_size=args.batch_size, device=device, **config.call_options())
+        metrics = evaluate(model, dataset, batch_size=batch_size, device=device, **config.call_options())
     metrics = {"checkpoint": str(info["path"]), "epoch": info["epoch"], "model": config.model,
                "data": config.data, "split": args.split, **metrics}
     if args.json:

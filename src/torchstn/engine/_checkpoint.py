@@ -229,11 +229,11 @@ def evaluation_draws(checkpoint: str | Path, seed: int) -> Iterator[None]:
     """Inside: torch's generators (forked) as the run's evaluation of ``checkpoint`` found them.
 
     The trainer evaluates each epoch with the generators forked and saves them after, beside
-    a ``last`` checkpoint; where no such state belongs to ``checkpoint`` (a ``best`` one, a
-    copied file) they are seeded with ``seed``. A sampling model (P-STN) evaluated inside
-    draws the test-time θ of the run's recorded metrics (on its test images and evaluation
-    batch size), and the same θ every time: ``torchstn eval`` gave three errors in three
-    runs of one command, none the run's own. The saved files are read and never touched (a
+    the ``last`` checkpoint and the ``best`` one; where no such state belongs to ``checkpoint``
+    (a copied file, a ``best`` one older than that) they are seeded with ``seed``. A sampling
+    model (P-STN) evaluated inside draws the test-time θ of the run's recorded metrics (on its
+    test images and evaluation batch size), and the same θ every time: ``torchstn eval`` gave
+    three errors in three runs of one command, none the run's own. The saved files are read and never touched (a
     training run may be saving them at that moment).
     """
     with torch.random.fork_rng():

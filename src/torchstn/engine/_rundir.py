@@ -8,6 +8,7 @@ A run directory looks like::
         checkpoints/last.safetensors   weights + config + epoch/step/metrics (metadata)
         checkpoints/last.state.pt      optimiser, scheduler and RNG state (for resuming)
         checkpoints/best.safetensors   the weights of the epoch with the lowest test error
+        checkpoints/best.state.pt      the RNG state its evaluation drew from (``evaluation_draws``)
 
 The trainer, ``torchstn reproduce``, ``eval`` and ``visualize`` reach these files only
 through :class:`RunDir`: the paths, the metrics history, atomic writes and the
@@ -193,9 +194,13 @@ class RunDir:
         self, model: nn.Module, config: TrainConfig, *, epoch: int, step: int, metrics: dict[str, Any],
         training_state: dict[str, Any], best: bool,
     ) -> None:
-        """Write the ``last`` checkpoint with its training state, and ``best`` too when ``best``."""
+        """Write the ``last`` checkpoint with its training state, and ``best`` too when ``best``, with
+        the state's ``rng`` alone: the generators the epoch's evaluation drew from, which
+        :func:`~torchstn.engine.evaluation_draws` restores (``eval --which best`` of a P-STN drew
+        other θ than the run's and missed the best epoch's recorded error)."""
         if best:
-            save_checkpoint(self.checkpoint("best"), model, config, epoch=epoch, step=step, metrics=metrics)
+            save_checkpoint(self.checkpoint("best"), model, config, epoch=epoch, step=step, metrics=metrics,
+                            training_state={"rng": training_state["rng"]})
         save_checkpoint(self.checkpoint("last"), model, config, epoch=epoch, step=step, metrics=metrics,
                         training_state=training_state)
 
