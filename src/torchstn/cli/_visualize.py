@@ -122,20 +122,39 @@ def _misclassified(model: Any, config: TrainConfig, dataset: Any, device: Any, s
     return wrong
 
 
+#: the config fields that say which images a run was measured on (``--data-dir`` only says where they are)
+DATA_FIELDS = ("data", "data_options", "data_seed")
+
+
 def _title(config: TrainConfig, info: dict[str, Any], history: list[dict[str, Any]]) -> str:
     """``MODEL on DATA, epoch E: test error ..., ECE ..., NLL ... on <which test images>`` from the
     record of the checkpoint's epoch (``--which best`` quoted the last epoch's beside the best's number).
 
     The images are the run's own (``config.test_limit``) and are named because the
     figure's reliability panel reports its own ECE on its own (first
-    ``--calibration-images``) images.
+    ``--calibration-images``) images. Shown other data (``--data``, ``--data-option``,
+    ``--data-seed``), the title says that the numbers are the run's on its own data: they were
+    quoted as if measured on the images shown (a run on mnist-rts drawn on mnist was titled
+    with its mnist-rts error).
     """
-    title = f"{config.model} on {config.data}, epoch {info['epoch']}"
+    from torchstn.engine import read_checkpoint
+
+    title = f"{config.model} on {_data_text(config)}, epoch {info['epoch']}"
     record = next((r for r in reversed(history) if r.get("epoch") == info["epoch"]), None)
     if record is not None:
-        images = "all test images" if config.test_limit is None else f"the first {config.test_limit:,} test images"
+        run = read_checkpoint(info["path"])[1]  # (the config the run was measured with, before --data ...)
+        if any(getattr(run, name) != getattr(config, name) for name in DATA_FIELDS):
+            title += f"; recorded on {_data_text(run)}"
+        images = "all test images" if run.test_limit is None else f"the first {run.test_limit:,} test images"
         title += f": test error {record['test_error']:.2%}"
         if "test_ece" in record:
             title += f", ECE {record['test_ece']:.3f}, NLL {record['test_nll']:.3f}"
         title += f" on {images}"
     return title
+
+
+def _data_text(config: TrainConfig) -> str:
+    """``mnist-rts``, or ``mnist-rts (data seed 1, supersample=2)`` for other distortions than the recipe's first."""
+    details = [f"data seed {config.data_seed}"] * (config.data_seed != 0)
+    details += [f"{k}={v}" for k, v in sorted(config.data_options.items())]
+    return config.data + (f" ({', '.join(details)})" if details else "")
