@@ -882,7 +882,7 @@ def _warp2d_recorded(
     align_corners: bool, eps: float,
 ) -> torch.Tensor | None:
     """A call of ``torchstn::warp2d`` that records a gradient, through the compiled call's C++
-    autograd node (``csrc/fast_call.cpp``'s ``Warp2dFunction``: this operator's formula,
+    autograd node (``csrc/fast_call.cpp``'s ``torchstn::Warp2d``: this operator's formula,
     :func:`_backward`, without Python in its backward), or ``None`` where it is not built."""
     fast = fast_call()
     if fast is None:

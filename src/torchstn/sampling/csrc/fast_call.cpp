@@ -23,7 +23,7 @@
 // took 12-39 us where F.grid_sample takes 7-20 (batch 1 and 4, 28x28, one channel: timeit,
 // 2026-12-02), nearly all of it the Python path's checks and choice of kernel.
 // A call that records a gradient (fast_warp's and fast_sample's, and warp2d_recorded for the
-// Python path's) goes through Warp2dFunction: torchstn::warp2d's autograd formula
+// Python path's) goes through torchstn::Warp2d: torchstn::warp2d's autograd formula
 // (_fused._backward) as a C++ autograd node, whose backward runs the kernel without Python.
 // Against the Python autograd.Function it replaced, forward+backward of the bench's affine
 // cases (python benchmarks/ab_autograd_node.py, interleaved, one thread, helpers running,
@@ -139,6 +139,12 @@ bool kernel_takes_gradient(const at::Tensor& grad_out, const at::Tensor& x) {
          !grad_out.key_set().has(c10::DispatchKey::Python) && !grad_out.key_set().has_any(wrapped);
 }
 
+}  // namespace
+
+// (in a named namespace: a gradient's grad_fn.name() is "torch::autograd::CppNode<torchstn::Warp2d>",
+// not "...<(anonymous namespace)::Warp2dFunction>")
+namespace torchstn {
+
 // torchstn::warp2d's autograd formula (_fused._backward) as a C++ node: the output in the
 // kernel's forward, the gradients of x and loc in its backward, or (create_graph, a gradient
 // the kernel cannot read) in _fused._node_backward's differentiable expression, as the Python
@@ -146,7 +152,7 @@ bool kernel_takes_gradient(const at::Tensor& grad_out, const at::Tensor& x) {
 // graph, for create_graph) and made what the kernel reads when it reads them, in either pass (a
 // saved-tensor hook may hand them back with other strides or a negative bit; the first version
 // read them as saved and gave gradients 24-79 off where one did).
-struct Warp2dFunction : public torch::autograd::Function<Warp2dFunction> {
+struct Warp2d : public torch::autograd::Function<Warp2d> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& loc,
                             int64_t location, int64_t oh, int64_t ow, int64_t mode, int64_t padding,
                             bool align_corners, double eps) {
@@ -207,11 +213,15 @@ struct Warp2dFunction : public torch::autograd::Function<Warp2dFunction> {
   }
 };
 
+}  // namespace torchstn
+
+namespace {
+
 // A call that records a gradient (the caller asked): the node's output
 at::Tensor warp2d_recorded(const at::Tensor& x, const at::Tensor& loc, int64_t location, int64_t oh, int64_t ow,
                            int64_t mode, int64_t padding, bool align_corners, double eps) {
   TORCH_CHECK(python_backward != nullptr, "torchstn fast_call: the backward fallback is not set");
-  return Warp2dFunction::apply(x, loc, location, oh, ow, mode, padding, align_corners, eps);
+  return torchstn::Warp2d::apply(x, loc, location, oh, ow, mode, padding, align_corners, eps);
 }
 
 // fast_warp's and fast_sample's call: through the node where a gradient is recorded
@@ -345,7 +355,7 @@ bool kernel_covers(const at::Tensor& x, const at::Tensor& loc) {
 // padding, size None or a tuple of two positive ints; eager tensors (see eager); no CPU
 // autocast; a CPU float32/float64 image the kernel covers, and parameters of its dtype; for
 // Projective, nothing to record a gradient for (its matrix is made here, not differentiably).
-// A gradient is recorded through Warp2dFunction. A raw METH_FASTCALL function: pybind11's own call of the same
+// A gradient is recorded through torchstn::Warp2d. A raw METH_FASTCALL function: pybind11's own call of the same
 // arguments cost about 0.3 us more.
 PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 8) {
