@@ -107,6 +107,29 @@ def test_evaluate_counts_errors_per_class():
     assert evaluate(_Fixed(), TensorDataset(x[:2], labels[:2]))["per_class_error"] == [0.5, None, None]
 
 
+class _Confident(torch.nn.Module):
+    """Logits whose gaps are the first pixel's value: confidently wrong beyond float32's floor."""
+
+    num_classes = 2
+
+    def forward(self, x):
+        return torch.stack([x[:, 0, 0, 0], torch.zeros_like(x[:, 0, 0, 0])], 1)
+
+
+def test_evaluate_nll_of_confident_mistakes_is_exact():
+    """The NLL was taken from float32 probabilities floored at 1.2e-38: an image cost at most 87.3
+    (46.17 for these two, whose exact NLL is 115.0, as their loss said)."""
+    x = torch.zeros(2, 1, 1, 1)
+    x[:, 0, 0, 0] = torch.tensor([150.0, 80.0])  # class 0 by 150 and by 80: both labelled 1
+    labels = torch.tensor([1, 1])
+    result = evaluate(_Confident(), TensorDataset(x, labels))
+    exact = (150 + math.log1p(math.exp(-150)) + 80 + math.log1p(math.exp(-80))) / 2
+    assert result["nll"] == pytest.approx(exact, rel=1e-12)
+    assert result["loss"] == pytest.approx(exact, rel=1e-6)
+    assert evaluate(_Fixed(), TensorDataset(torch.zeros(1, 1, 1, 1), torch.tensor([0])))["nll"] == pytest.approx(
+        math.log1p(2 * math.exp(-10)), rel=1e-9)  # (a model's log-probabilities and a confident right answer)
+
+
 def test_diagnostics_flag_a_zoomed_out_transformer():
     st = _trained_like()
     x = torch.rand(8, 1, 28, 28)

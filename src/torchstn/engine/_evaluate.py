@@ -16,7 +16,7 @@ from torch import nn
 from torchstn._validation import check_choice, check_int
 from torchstn.engine._config import PRECISIONS
 from torchstn.engine._data import iterate
-from torchstn.engine.metrics import expected_calibration_error, negative_log_likelihood
+from torchstn.engine.metrics import expected_calibration_error
 
 __all__ = ["as_evaluated", "cpu_has_native_bf16", "evaluate", "precision_context", "predict"]
 
@@ -133,10 +133,14 @@ def predict(
     return out, lab
 
 
-def _calibration(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def _calibration(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """The ECE of the probabilities; the NLL from the log-probabilities in float64 (a model's
+    log-probabilities pass unchanged): taken from the float32 probabilities, whose floor at
+    float32's smallest normal number capped an image's cost at 87.3 (an NLL of 46.17 where
+    the exact one was 115.0, beside a loss of 115.0)."""
     return {
-        "ece": float(expected_calibration_error(probs, labels, bins=15)),
-        "nll": float(negative_log_likelihood(probs, labels)),
+        "ece": float(expected_calibration_error(logits.softmax(1), labels, bins=15)),
+        "nll": float(F.cross_entropy(logits.double(), labels)),
     }
 
 
@@ -171,5 +175,5 @@ def evaluate(
         "error": float(wrong.float().mean()),
         "per_class_error": per_class,
     }
-    result.update(_calibration(logits.softmax(1), labels))
+    result.update(_calibration(logits, labels))
     return result
