@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -150,6 +151,31 @@ def test_rts_digits_keep_a_blank_border(generated):
         images = generated(kind).images
         border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], -1)
         assert border.max() == 0
+
+
+def test_a_digit_that_fits_nowhere_is_cut_with_a_warning(mnist_dir, tmp_path):
+    """rts, addition and 3d place a digit among the positions that keep it whole; where there is
+    none (a canvas too small for the drawn scale) it is cut by the edge: once silently, now with a
+    warning naming how many and what to change, on rendering and on reading the set back."""
+    with warnings.catch_warnings():  # the default options fit every digit: no warning
+        warnings.simplefilter("error", UserWarning)
+        for kind in ("rts", "addition", "3d"):
+            distorted_mnist(kind, "test", mnist_dir, limit=4, cache=False)
+    cut = r"mnist-rts test \(seed 0\): [\d,]+ of the 10,000 digits drawn fit nowhere on the 28x28 canvas.*than 28"
+    for _ in range(2):  # rendered and cached, then read back from the cache
+        with pytest.warns(UserWarning, match=cut):
+            data = distorted_mnist("rts", "test", mnist_dir, canvas=28, cache_dir=tmp_path)
+    border = torch.cat([data.images[..., 0, :], data.images[..., -1, :], data.images[..., :, 0],
+                        data.images[..., :, -1]], -1)
+    assert data.manifest["stats"]["unfit"] > 0 and (border.flatten(1).amax(1) > 0).sum() > 0  # (they are cut)
+    with pytest.warns(UserWarning, match=r"addition .* of the 2,048 digits drawn fit nowhere on the 30x30"):
+        distorted_mnist("addition", "test", mnist_dir, limit=4, cache=False, canvas=30)
+    volumes = stn.data.get_dataset("mnist-3d", "test", root=mnist_dir, limit=4, size=60)  # (rendered per batch)
+    with pytest.warns(UserWarning, match=r"mnist-3d test .* fit nowhere on the 60x60x60 canvas.*a size below 60"):
+        volumes.__getitems__([0])
+    with warnings.catch_warnings():  # once per set, not per batch
+        warnings.simplefilter("error", UserWarning)
+        volumes.__getitems__([1])
 
 
 def test_without_keep_inside_digits_do_leave_the_canvas(mnist_dir):

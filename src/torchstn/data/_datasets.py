@@ -277,6 +277,7 @@ class OnlineDistortedMNIST(Dataset):
         self.fixed = check_bool("fixed", fixed)
         self._blocks: dict[int, Draw] = {}
         self._blocks_epoch = 0
+        self._warned_unfit = False  # (digits cut by the canvas are reported once, at the first block holding some)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -296,7 +297,13 @@ class OnlineDistortedMNIST(Dataset):
         needed = torch.unique(rows // BLOCK).tolist() or [0]  # (no rows: block 0 gives the draws' shapes)
         for b in needed:
             if b not in self._blocks:
-                self._blocks[b] = draw_blocks(self.recipe, self.sources, self.split, self.seed, self.epoch, range(b, b + 1))
+                block = self._blocks[b] = draw_blocks(self.recipe, self.sources, self.split, self.seed, self.epoch,
+                                                      range(b, b + 1))
+                if not self._warned_unfit and block.stats.get("unfit"):  # (once per set, not per block)
+                    self._warned_unfit = True
+                    samples = f"samples {b * BLOCK}..{b * BLOCK + len(block.labels) - 1}"
+                    self.recipe.warn_unfit(block.stats, f"{self.name} {self.split} (seed {self.seed}, epoch "
+                                                        f"{self.epoch}, {samples})")
         draw = Draw.cat([self._blocks[b] for b in needed])
         starts = torch.tensor([b * BLOCK for b in needed])
         offsets = torch.cumsum(torch.tensor([0] + [len(self._blocks[b].labels) for b in needed[:-1]]), 0)
@@ -452,7 +459,8 @@ def get_dataset(
             CIFAR-10 archive, or the UCR folders.
         seed: seed of the distortions.
         online: fresh distortions every epoch (:class:`OnlineDistortedMNIST`, call
-            ``set_epoch``); the test split is always the fixed set.
+            ``set_epoch``); the test split is always the fixed set. Only for the distorted
+            sets (``mnist-<kind>``): ``ValueError`` for ``mnist``, ``cifar10`` and ``ucr:``.
         limit: only the first ``limit`` samples (after ``subset``).
         subset: take the P-STN small-data subset of this many images (see :func:`pstn_fold`).
         fold: which fold of ``subset`` (``0 <= fold < 5``).
@@ -472,7 +480,8 @@ def get_dataset(
         with ``num_classes``, ``input_shape`` and, for distorted sets, ``params`` and ``transform``.
 
     Raises:
-        ValueError: an unknown name (the message lists the valid ones), a bad value.
+        ValueError: an unknown name (the message lists the valid ones), a bad value, ``online``
+            for a set that is not distorted.
         TypeError: a wrong type, or an option neither this function nor the recipe has.
 
     Example:
@@ -491,6 +500,9 @@ def get_dataset(
         check_int("subset", subset, 1)
     elif fold != 0:  # (once ignored without a word)
         raise ValueError(f"fold picks a fold of a subset; give subset too (got fold={fold!r} without it)")
+    if online and recipe is None:  # (once accepted, recorded in the run's config, and the fixed set returned)
+        raise ValueError(f"online=True draws fresh distortions of a distorted set's training images every epoch; "
+                         f"{name} is not distorted, so there is nothing to redraw: use online=False")
     picked = _Selection(subset, fold, limit)
     if name.startswith(UCR_PREFIX):
         return _ucr_set(name[len(UCR_PREFIX):], split, root, picked, options)

@@ -366,6 +366,7 @@ def distorted_mnist(
     if cache and (hit := _read_cache(path, key)) is not None:
         arrays, manifest = hit
         images, draw = _unpack(arrays, n)
+        stats = manifest.get("stats", {})  # (the draws' counts, as when the set was rendered)
     else:
         if cache and limit is None:
             _check_writable(path.parent)  # before the rendering, which takes minutes
@@ -373,6 +374,8 @@ def distorted_mnist(
             draw = draw_split(recipe, sources, split, seed, count=n)
             images = render_all(recipe, sources, draw, n, progress)
         manifest = _store(path, key, identity, recipe, images, draw) if cache and limit is None else None
+        stats = draw.stats
+    recipe.warn_unfit(stats, f"mnist-{recipe.kind} {split} (seed {seed})")
     return DistortedMNIST(
         images, draw.labels, draw.params, recipe.transform, draw.source, draw.extras, recipe, split, seed, sources,
         None if manifest is None else path, manifest,
