@@ -177,11 +177,13 @@ def test_label_smoothing_is_the_training_loss(shapes):
     assert result.history[0]["train_loss"] != pytest.approx(plain, rel=1e-4)  # (near-uniform logits: 1e-3 apart)
 
 
-@pytest.mark.parametrize("field", ["ema", "label_smoothing"])
-@pytest.mark.parametrize("value", [-0.1, 1.0])
-def test_ema_and_label_smoothing_refuse_values_outside_zero_one(field, value):
+@pytest.mark.parametrize("field", ["ema", "label_smoothing", "momentum"])
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5])
+def test_ema_label_smoothing_and_momentum_refuse_values_outside_zero_one(field, value):
+    # (momentum 1.5 was accepted and SGD diverged without a word: the velocity grows geometrically)
     with pytest.raises(ValueError, match=field):
         _config(**{field: value})
+    assert getattr(_config(**{field: 0.0}), field) == 0.0 and getattr(_config(**{field: 0.99}), field) == 0.99
 
 
 def test_data_options_render_the_data_the_recipe_does(mnist_dir):

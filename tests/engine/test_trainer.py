@@ -2,10 +2,12 @@ import json
 import math
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from torchstn.engine import TrainConfig, build_optimizer, identity_penalty, load_model, resume_config, train
 from torchstn.engine._data import epoch_batches, shard
@@ -200,6 +202,24 @@ def test_steps_and_step_schedule(tmp_path, shapes):
     assert [h["step"] for h in result.history] == [8, 12]
     assert math.isclose(result.history[0]["lr"], 0.05 * 0.1)
     assert math.isclose(result.history[-1]["lr"], 0.05 * 0.1**2)
+
+
+def test_a_batch_larger_than_the_training_set_runs_whole_and_says_so(tmp_path, shapes):
+    # batch_size 100 on 40 images runs batches of 40: a warning names both numbers, metrics.jsonl
+    # records the 40 and config.json keeps the 100 asked for (reproduce compares configs)
+    small = TensorDataset(*(t[:40] for t in shapes[0].tensors))
+    small.num_classes, small.input_shape = shapes[0].num_classes, shapes[0].input_shape
+    with pytest.warns(UserWarning, match=r"batch_size 100 is more than the 40 training examples"):
+        result = train(_config(model="cnn", batch_size=100), tmp_path / "r", train_set=small, test_set=shapes[1],
+                       progress=False)
+    assert [h["step"] for h in result.history] == [1, 2]
+    assert [h["batch_size"] for h in result.history] == [40, 40]
+    assert json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])["batch_size"] == 40
+    assert TrainConfig.load(tmp_path / "r" / "config.json").batch_size == 100
+    with warnings.catch_warnings():  # a batch that fits: no warning, and the record says it
+        warnings.simplefilter("error", UserWarning)
+        assert train(_config(model="cnn", batch_size=40, steps=1), None, train_set=small, test_set=shapes[1],
+                     progress=False).history[-1]["batch_size"] == 40
 
 
 def test_loc_lr_multiplier_makes_two_groups():

@@ -51,9 +51,11 @@ class TrainConfig:
         train_limit, test_limit: use only the first N examples of a split.
         epochs: passes over the training set (ignored when ``steps`` is given).
         steps: total number of iterations (the paper counts iterations).
-        batch_size: global batch size (split across processes under DDP).
+        batch_size: global batch size (split across processes under DDP). One larger than the
+            training set runs as batches of the whole set, with a warning: each line of
+            ``metrics.jsonl`` records the ``batch_size`` that ran (this field keeps what was asked).
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
-        lr, momentum, weight_decay: optimiser settings. ``weight_decay`` decays every
+        lr, momentum, weight_decay: optimiser settings (``0 <= momentum < 1``). ``weight_decay`` decays every
             parameter, the regressors' biases included: it pulls θ towards 0 (every output
             point reading the input's centre), not towards the identity; the papers'
             recipes use none (``identity_reg`` pulls θ towards the identity).
@@ -135,9 +137,9 @@ class TrainConfig:
             check_bool(name, getattr(self, name))
         for name in ("lr", "loc_lr_mult", "lr_gamma"):
             check_positive(name, getattr(self, name))
-        for name in ("momentum", "weight_decay", "identity_reg", "warmup"):
+        for name in ("weight_decay", "identity_reg", "warmup"):
             check_number(name, getattr(self, name), low=0.0)
-        for name in ("label_smoothing", "ema"):
+        for name in ("momentum", "label_smoothing", "ema"):  # (momentum 1 or more: the velocity never decays)
             check_number(name, getattr(self, name), low=0.0)
             if getattr(self, name) >= 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")

@@ -415,6 +415,11 @@ def _set_up(config: TrainConfig, ddp: _Distributed, run_dir: RunDir | None, trai
         _check_ground_truth_init(config, model, train_set)
     n_train = len(train_set)
     batch_size = min(config.batch_size, n_train)
+    if batch_size < config.batch_size and ddp.main:  # (config.json keeps what was asked: reproduce compares it)
+        warnings.warn(f"batch_size {config.batch_size} is more than the {n_train} training examples of {config.data}: "
+                      f"every step trains on one batch of all {n_train} (metrics.jsonl's batch_size records it); give "
+                      "a smaller batch_size or more data (train_limit) to train on the batch asked for",
+                      UserWarning, stacklevel=4)
     if batch_size < ddp.world:
         raise ValueError(f"batch size {batch_size} is smaller than the {ddp.world} processes")
     per_epoch = n_train // batch_size
@@ -586,6 +591,7 @@ def _epoch_record(session: _Session, epoch: int, sums: _EpochSums) -> dict[str, 
     return {
         "epoch": epoch + 1,
         "step": session.step,
+        "batch_size": session.batch_size,  # (what ran: the config's, or the whole training set where that is smaller)
         "lr": _last_lr(session.scheduler),
         "train_loss": loss_total / seen_total,
         "train_error": wrong_total / seen_total,
