@@ -366,6 +366,18 @@ def test_velocity_checks_its_points_as_transform_points_does():
     assert cpab.velocity(theta, torch.rand(3, 4, 1)).shape == (3, 4, 1)
 
 
+def test_velocity_under_autocast_is_computed_in_the_parameters_dtype():
+    """Under torch.autocast the coefficients B θ came back in bfloat16 (off by 7e-3) and the
+    velocity lost as much precision; grid and transform_points already turned autocast off."""
+    cpab = stn.CPAB1D(8)
+    theta = torch.randn(2, cpab.num_params, generator=torch.Generator().manual_seed(0))
+    points = torch.rand(2, 5, 1, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        coefficients, velocity = cpab.velocity_coefficients(theta), cpab.velocity(theta, points)
+    assert coefficients.dtype == torch.float32 and torch.equal(coefficients, cpab.velocity_coefficients(theta))
+    assert torch.equal(velocity, cpab.velocity(theta, points))
+
+
 def test_a_flow_that_carries_points_far_out_stays_finite_in_float32():
     """Without zero_boundary a large θ carries points out exponentially: in float32 e^{ta}
     overflowed (67 of 256 draws at θ ~ 100 N(0, 1)), the grid held ±inf and the warp NaN, with

@@ -134,6 +134,24 @@ def test_projective_guard_keeps_grid_and_gradient_finite():
     assert torch.isfinite(out).all() and torch.isfinite(h.grad).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_projective_guard_keeps_half_precision_grids_finite(dtype):
+    """w = 1 + 8x is 0 at a pixel centre of an 8-wide image: p / eps = (1/8) / 1e-6 overflowed
+    float16 (max 65504), 16 infinite grid values; they are computed in float32 and clamped."""
+    transform = stn.Projective()
+    h = transform.identity(1).index_fill(1, torch.tensor([6]), 8.0).to(dtype).requires_grad_()
+    grid = transform.grid(h, (8, 8))
+    points = transform.transform_points(h, stn.base_grid((8, 8), dtype=dtype)[None])
+    assert grid.dtype == dtype and torch.isfinite(grid).all() and torch.isfinite(points).all()
+    assert grid.abs().max() == torch.finfo(dtype).max or dtype == torch.bfloat16  # (bfloat16 holds 1.25e5)
+    torch.testing.assert_close(grid.flatten(1, 2), points, atol=0, rtol=0)
+    wide = transform.grid(h.detach().float(), (8, 8))  # the same points where float16 holds them
+    held = wide.abs() < torch.finfo(dtype).max
+    torch.testing.assert_close(grid[held].float(), wide[held], atol=0, rtol=2 ** -7)
+    grid.float().sum().backward()
+    assert torch.isfinite(h.grad).all()
+
+
 def _projective_grid_both_ways(transform, h, size, align_corners, monkeypatch):
     """The grid and its gradient wrt ``h`` from the closed-form Function and from the plain expression."""
     import torchstn.transforms._base as base
@@ -263,6 +281,18 @@ def test_inverse_names_a_singular_sample_and_compose_mixed_dtypes():
         family.compose(family.identity(2), family.identity(2, dtype=torch.float64))
 
 
+
+@pytest.mark.parametrize(
+    "family", [stn.Similarity(), stn.Affine(), stn.Projective(), stn.Affine3D()], ids=lambda t: t.name
+)
+def test_inverse_under_autocast_is_the_inverse_in_the_parameters_precision(family):
+    """Under torch.autocast the residual check ran in bfloat16 and called mild, well-conditioned
+    warps singular ("the matrix of sample 0 is singular"); compose already turned autocast off."""
+    p = family.identity(1) + 0.1 * torch.arange(1, family.num_params + 1) / family.num_params
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inverse = family.inverse(p)
+    assert inverse.dtype == torch.float32 and torch.equal(inverse, family.inverse(p))
+
 @pytest.mark.parametrize("family", [stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective()], ids=lambda t: t.name)
 def test_compose_is_matrix_product_and_warp_order(family):
     a = random_theta(family, 2, torch.float64, "cpu", scale=0.2)
@@ -309,6 +339,24 @@ def test_get_transform_by_name():
     assert stn.get_transform(tps) is tps
     with pytest.raises(TypeError, match=r"keyword arguments \(control\) are for a transform named by a string"):
         stn.get_transform(tps, control=(3, 3))  # (once returned the 4x4 spline, the control ignored)
+
+
+def test_a_transform_class_is_refused_saying_to_pass_an_instance():
+    """stn.warp(x, p, stn.Affine) said "transform must be a Transform or a name, got ABCMeta"."""
+    with pytest.raises(TypeError, match=r"got the class Affine: pass an instance, Affine\(\)"):
+        stn.warp(torch.rand(1, 1, 4, 4), torch.zeros(1, 6), stn.Affine)
+
+
+def test_identity_takes_an_integer_like_batch_as_sizes_do():
+    """identity(batch=np.int64(2)) raised TypeError although sizes take numpy ints; bools and
+    floats are still refused."""
+    for batch in (np.int64(2), torch.tensor(2)):
+        assert torch.equal(stn.Affine().identity(batch), stn.Affine().identity(2))
+    for batch in (True, np.bool_(True), 2.0, np.float64(2.0), torch.tensor(2.0)):
+        with pytest.raises(TypeError, match="batch must be an int"):
+            stn.Affine().identity(batch)
+    with pytest.raises(ValueError, match="batch must be >= 0"):
+        stn.Affine().identity(np.int64(-1))
 
 
 MATRIX_FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.Affine3D(),
@@ -516,6 +564,18 @@ def test_base_grid_checks_its_size_and_dtype():
     assert stn.base_grid((2, 3)).shape == (6, 2) and stn.base_grid((np.int64(2), 3)).shape == (6, 2)
 
 
+def test_base_grid_checks_its_size_at_every_call_and_0d_tensor_sizes():
+    """The size was checked only when a grid was first built, and never for 0-d tensors:
+    (2.0, 3) passed once (2, 3) was cached, (True, 3) once (1, 3) was, and (tensor(2.5), 2)
+    silently gave a grid of 3 rows. Integer 0-d tensors, as F.affine_grid takes them, pass."""
+    stn.transforms.clear_caches()
+    stn.base_grid((2, 3)), stn.base_grid((1, 3))
+    for size in ((2.0, 3), (True, 3), (torch.tensor(2.5), 2), (torch.tensor(0), 2), (torch.tensor(-3), 2)):
+        with pytest.raises(ValueError, match="size must be"):
+            stn.base_grid(size)
+    assert torch.equal(stn.base_grid((torch.tensor(2), 3)), stn.base_grid((2, 3)))
+
+
 def test_a_grandchild_subclass_and_out_of_family_matrices():
     """A subclass of a subclass with its own matrix recursed forever (its parent's _from_matrix
     was the checking wrapper itself); a subclass that only computes its parent's matrix
@@ -618,3 +678,23 @@ def test_matrix_grid_refuses_a_size_it_would_have_truncated_and_a_matrix_of_anot
     for size in [(5,), (5, 3, 2)]:
         with pytest.raises(ValueError, match=r"matrix must have shape \(B, \d, \d\) or"):
             matrix_grid(rows, size)
+
+
+def test_matrix_grid_names_a_bad_matrix_or_eps():
+    """Affine rows with eps failed in a matmul ("mat1 and mat2 shapes cannot be multiplied"), a
+    list on .dim() (AttributeError), an integer matrix in the matmul; eps = 0 gave 16 non-finite
+    points and eps < 0 was taken."""
+    from torchstn.transforms import matrix_grid
+
+    homography = torch.eye(3)[None].clone()
+    homography[0, 2, 0] = 8.0  # w = 1 + 8x is 0 at a pixel centre
+    with pytest.raises(ValueError, match=r"matrix must have shape \(B, 3, 3\) with eps .* got \(1, 2, 3\)"):
+        matrix_grid(homography[:, :2], (4, 4), eps=1e-6)
+    with pytest.raises(TypeError, match="matrix must be a torch.Tensor, got list"):
+        matrix_grid([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], (4, 4))
+    with pytest.raises(TypeError, match="matrix must have a floating-point dtype"):
+        matrix_grid(torch.eye(2, 3, dtype=torch.int64)[None], (4, 4))
+    for eps in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="eps must be"):
+            matrix_grid(homography, (8, 8), eps=eps)
+    assert torch.isfinite(matrix_grid(homography, (8, 8), eps=1e-6)).all()

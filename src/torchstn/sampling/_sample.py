@@ -379,10 +379,14 @@ def warp(
         ``(B, 3, 4)`` and :class:`~torchstn.transforms.Affine1D` the ``(B, 1, 2)`` rows: their
         parameters are these rows, row-major (``theta.flatten(1)``). The pixel centres
         here are exact to one rounding on every backend, where ``affine_grid``'s
-        ``torch.linspace`` is up to a unit in the last place off: a point that lies
-        exactly half-way between two pixels (θ = 2 I, a downsampling by 2 at the
-        identity) is rounded half to even with ``mode="nearest"``, as exact arithmetic
-        rounds it, which ``F.affine_grid + F.grid_sample`` does not always do.
+        ``torch.linspace`` is up to a unit in the last place off. ``mode="nearest"``
+        rounds the computed pixel coordinate half to even; a point that lies exactly
+        half-way between two pixels in exact arithmetic (θ = 2 I, a downsampling by 2 at
+        the identity) is computed to rounding, so it can land on either side of the tie
+        and read either pixel (a 12 -> 6 downsampling at the identity in float32 reads
+        pixel 1 for output 0, where exact half-to-even reads 0). Only where every step is
+        exact (those two cases with sizes that are powers of two) is it the pixel exact
+        arithmetic rounds to; ``F.affine_grid + F.grid_sample`` can pick the other pixel.
         :class:`~torchstn.Projective` takes the homography ``H`` ``(B, 3, 3)``, divided by
         ``H[:, 2, 2]`` (a homography is defined up to scale; ``H[2, 2]`` must not be 0),
         so it warps as ``Projective().params_from_matrix(H)`` does. Nothing else is

@@ -61,6 +61,9 @@ def get_transform(name: str | Transform, **kwargs: object) -> Transform:
             raise TypeError(f"get_transform: keyword arguments ({', '.join(sorted(kwargs))}) are for a transform "
                             f"named by a string; got the instance {name!r}")
         return name
+    if isinstance(name, type) and issubclass(name, Transform):  # (the message said "got ABCMeta")
+        raise TypeError(f"transform must be a Transform instance or a name, got the class {name.__name__}: "
+                        f"pass an instance, {name.__name__}()")
     if not isinstance(name, str):
         raise TypeError(f"transform must be a Transform or a name, got {type(name).__name__}")
     key = name.lower()

@@ -13,9 +13,22 @@ from typing import Any
 import torch
 
 from torchstn._tracing import autocast_off, batched_gradient, cached, differentiable_vjp, eager_tensors
-from torchstn._validation import check_bool, check_floating, check_int, check_params, check_size, check_tensor, sizes_traced
+from torchstn._validation import (
+    _index,
+    check_bool,
+    check_floating,
+    check_int,
+    check_params,
+    check_positive,
+    check_size,
+    check_tensor,
+    sizes_traced,
+)
 
 __all__ = ["MatrixTransform", "Transform", "base_grid", "interleaved_operator", "linear_grid", "matrix_grid"]
+
+_HALF = (torch.float16, torch.bfloat16)  # (computed in float32 where their precision or range does not do)
+
 
 def _linspace(steps: int | torch.Tensor, align_corners: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Normalised pixel-centre (or, with ``align_corners``, pixel-corner) coordinates along one
@@ -96,22 +109,25 @@ def base_grid(
     device = torch.device(device) if device is not None else _default_device()
     if not isinstance(size, (tuple, list)):
         raise TypeError(f"size must be a sequence of 1 to 3 ints (L,), (H, W) or (D, H, W), got {type(size).__name__}")
-    if _traced_size(size):
+    if sizes_traced() and _traced_size(size):
         return _build_base_grid(tuple(size), align_corners, homogeneous, device, dtype)
-    key = ("base", tuple(size), align_corners, homogeneous, device, dtype)  # (checked when first built)
-    return cached(key, lambda: _build_checked_base_grid(key[1], align_corners, homogeneous, device, dtype))
-
-
-def _build_checked_base_grid(
-    size: tuple[int, ...], align_corners: bool, homogeneous: bool, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """:func:`base_grid`'s grid, its size and dtype checked (2.5 was truncated to 2, an integer
-    dtype gave a grid of zeros)."""
+    # checked at every call, and the cache keyed on the checked ints: 2.5 was truncated to 2, an
+    # integer dtype gave a grid of zeros, and (2.0, 3) passed once (2, 3) was cached
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
     if len(size) not in (1, 2, 3):
-        raise ValueError(f"size must be (L,), (H, W) or (D, H, W), got {size!r}")
-    return _build_base_grid(check_size("size", size, len(size)), align_corners, homogeneous, device, dtype)
+        raise ValueError(f"size must be (L,), (H, W) or (D, H, W), got {tuple(size)!r}")
+    size = _checked_size(size, len(size))
+    key = ("base", size, align_corners, homogeneous, device, dtype)
+    return cached(key, lambda: _build_base_grid(size, align_corners, homogeneous, device, dtype))
+
+
+def _checked_size(size: Sequence[int], ndim: int) -> tuple[int, ...]:
+    """``check_size("size", size, ndim)``, free for the sizes torchstn's own callers pass (a tuple of
+    positive ints, whose length the caller checks): the grids call it on every call."""
+    if type(size) is tuple and all(type(s) is int and s > 0 for s in size):
+        return size
+    return check_size("size", size, ndim)
 
 
 def interleaved_operator(base: torch.Tensor, outputs: int) -> torch.Tensor:
@@ -180,8 +196,10 @@ class Transform(ABC):
         if batch is None:
             return p
         # (traced by torch.jit.trace: a tensor; by torch.export or torch.compile: a symbolic int)
-        symbolic = sizes_traced() or isinstance(batch, torch.SymInt)
-        return p.expand(batch if symbolic else check_int("batch", batch, 0), -1).clone()
+        if sizes_traced() or isinstance(batch, torch.SymInt):
+            return p.expand(batch, -1).clone()
+        index = _index(batch)  # (an integer-like, a numpy int, as sizes take them; not a bool or a float)
+        return p.expand(check_int("batch", batch if index is None else index, 0), -1).clone()
 
     def check_params(self, params: object, name: str = "params") -> torch.Tensor:
         """Validate a ``(B, P)`` parameter tensor for this family and return it."""
@@ -400,27 +418,32 @@ class MatrixTransform(Transform):
         Raises ``ValueError`` naming the first sample whose matrix is singular to working
         precision: no inverse, or one that does not give the identity back to within the square
         root of its dtype's epsilon (eager calls; under a tracer ``torch.linalg.inv`` raises its
-        own error for an exact zero pivot). Non-finite parameters give NaN."""
+        own error for an exact zero pivot). Non-finite parameters give NaN. Computed in the
+        parameters' precision (float32 for half precision), under ``torch.autocast`` too."""
         params = self.check_params(params)
-        if params.dtype in (torch.float16, torch.bfloat16):  # (torch.linalg inverts float32 and wider)
+        if params.dtype in _HALF:  # (torch.linalg inverts float32 and wider)
             return self.inverse(params.float()).to(params.dtype)
-        matrix = self._matrix(params)
-        if not eager_tensors(matrix) or matrix.is_meta:  # (a meta tensor has no values to check)
-            return self._from_matrix(torch.linalg.inv(matrix))
-        finite = torch.isfinite(matrix).flatten(1).all(1)
-        eye = torch.eye(self.ndim + 1, dtype=matrix.dtype, device=matrix.device)
-        inverse, info = torch.linalg.inv_ex(torch.where(finite[:, None, None], matrix, eye))
-        with torch.no_grad():  # (LU's pivots miss a rank lost to rounding; the residual does not)
-            # of the linear part where the family is affine: the translation's units do not matter
-            k = self.ndim + 1 if self.projective else self.ndim
-            residual = (inverse[:, :k, :k] @ matrix[:, :k, :k] - eye[:k, :k]).abs().flatten(1).amax(1)
-            singular = torch.nonzero(finite & ((info != 0) | ~(residual <= torch.finfo(matrix.dtype).eps ** 0.5)))
-        if len(singular):
-            raise ValueError(f"params: the matrix of sample {int(singular[0, 0])} is singular (it has no inverse at "
-                             f"{matrix.dtype}'s precision): {matrix[int(singular[0, 0])].tolist()}")
-        return self._from_matrix(torch.where(finite[:, None, None], inverse, torch.nan))
+        with autocast_off(params.device.type):  # (a bfloat16 residual called well-conditioned matrices singular)
+            matrix = self._matrix(params)
+            if not eager_tensors(matrix) or matrix.is_meta:  # (a meta tensor has no values to check)
+                return self._from_matrix(torch.linalg.inv(matrix))
+            finite = torch.isfinite(matrix).flatten(1).all(1)
+            eye = torch.eye(self.ndim + 1, dtype=matrix.dtype, device=matrix.device)
+            inverse, info = torch.linalg.inv_ex(torch.where(finite[:, None, None], matrix, eye))
+            with torch.no_grad():  # (LU's pivots miss a rank lost to rounding; the residual does not)
+                # of the linear part where the family is affine: the translation's units do not matter
+                k = self.ndim + 1 if self.projective else self.ndim
+                residual = (inverse[:, :k, :k] @ matrix[:, :k, :k] - eye[:k, :k]).abs().flatten(1).amax(1)
+                singular = torch.nonzero(finite & ((info != 0) | ~(residual <= torch.finfo(matrix.dtype).eps ** 0.5)))
+            if len(singular):
+                first = int(singular[0, 0])
+                raise ValueError(f"params: the matrix of sample {first} is singular (it has no inverse at "
+                                 f"{matrix.dtype}'s precision): {matrix[first].tolist()}")
+            return self._from_matrix(torch.where(finite[:, None, None], inverse, torch.nan))
 
     def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        if self.projective and params.dtype in _HALF:  # (p / eps overflows float16: computed in float32)
+            return _finite_half(self._map(params.float(), points.float()), params.dtype)
         m = self._matrix(params)
         n = self.ndim
         if self.projective:
@@ -452,16 +475,17 @@ def matrix_grid(
     matrix: torch.Tensor, size: Sequence[int], align_corners: bool = False, *, eps: float | None = None
 ) -> torch.Tensor:
     r"""The sampling grid ``(B, *size, n)`` of ``src_from_dst`` matrices; the matrix's values are
-    not checked (the shapes and the size are).
+    not checked (its type, dtype and shape, the size and ``eps`` are).
 
     Args:
         matrix: ``(B, n, n + 1)`` affine rows or ``(B, n + 1, n + 1)`` homogeneous
-            matrices (``n = len(size)``); an affine map reads only the first ``n`` rows.
+            matrices (``n = len(size)``), floating point; an affine map reads only the first
+            ``n`` rows, a projective one (``eps`` given) needs the whole matrix.
         size: output spatial size ``(H, W)`` or ``(D, H, W)``.
         align_corners: as in :func:`torch.nn.functional.grid_sample`.
         eps: ``None`` for an affine map; for a projective one the guard of the
-            homogeneous coordinate ``w`` (:class:`~torchstn.Projective`): the points are
-            ``p / w`` with ``|w| >= eps``, sign kept.
+            homogeneous coordinate ``w`` (:class:`~torchstn.Projective`), ``> 0``: the points
+            are ``p / w`` with ``|w| >= eps``, sign kept.
 
     The grid is linear in the matrix rows: one dense ``(B, n (n + 1)) @ (n (n + 1), N n)``
     matmul against a cached operator writes it directly in the sampler's interleaved
@@ -472,14 +496,21 @@ def matrix_grid(
         Normalised (x, y[, z]) in [-1, 1], output to input, the same ``align_corners``
         for grid and sampler.
     """
-    if not (type(size) is tuple and all(type(s) is int and s > 0 for s in size)):  # (the callers' sizes pass)
-        # a float or bool size was truncated to another one, silently
-        size = check_size("size", size, matrix.shape[-1] - 1 if matrix.dim() == 3 else len(size))
-    size = tuple(int(s) for s in size)
+    # every grid of a matrix family comes here: the callers' arguments pass on attribute checks alone
+    if not (type(matrix) is torch.Tensor and matrix.dim() == 3 and matrix.is_floating_point()):
+        check_floating("matrix", check_tensor("matrix", matrix, ndim=3))  # (a list failed on .dim())
+    if eps is not None and not (type(eps) is float and 0 < eps < math.inf):  # (eps = 0 gave non-finite grids)
+        check_positive("eps", eps)
+    # a float or bool size was truncated to another one, silently
+    size = _checked_size(size, matrix.shape[-1] - 1)
+    size = tuple(int(s) for s in size)  # (the 0-d tensors of a traced size, recorded as they are now)
     n = len(size)
-    if not sizes_traced() and (matrix.dim() != 3 or matrix.shape[2] != n + 1 or matrix.shape[1] not in (n, n + 1)):
-        raise ValueError(f"matrix must have shape (B, {n}, {n + 1}) or (B, {n + 1}, {n + 1}) for a size of {n} "
-                         f"dimensions, got {tuple(matrix.shape)}")
+    rows = (n, n + 1) if eps is None else (n + 1,)  # (a projective grid of affine rows failed in a matmul)
+    if not sizes_traced() and (matrix.shape[2] != n + 1 or matrix.shape[1] not in rows):
+        allowed = f"(B, {n}, {n + 1}) or (B, {n + 1}, {n + 1})" if eps is None else f"(B, {n + 1}, {n + 1}) with eps"
+        raise ValueError(f"matrix must have shape {allowed} for a size of {n} dimensions, got {tuple(matrix.shape)}")
+    if eps is not None and matrix.dtype in _HALF:  # (p / eps overflows float16: the points are computed in float32)
+        return _finite_half(matrix_grid(matrix.float(), size, align_corners, eps=eps), matrix.dtype)
     operator = _operator(size, align_corners, matrix)
     if eps is None:
         points = linear_grid(matrix[:, :n, :], operator, n)
@@ -552,6 +583,14 @@ class _ProjectiveGrid(torch.autograd.Function):
         rows = torch.mm(grad_points.flatten(1), operator.T).view(b, n, n + 1)
         w_row = torch.mm(grad_w.flatten(1), w_operator.T).neg_().view(b, 1, n + 1)
         return torch.cat([rows, w_row], 1), None, None, None
+
+
+def _finite_half(points: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Projective ``points`` computed in float32, in the half-precision ``dtype`` of their
+    parameters: clamped to its largest finite value first, so the grid stays finite as the guard
+    promises (``p / eps`` is ``(1 / 8) / 1e-6`` on an 8-wide image, above float16's 65504)."""
+    largest = torch.finfo(dtype).max
+    return points.clamp(-largest, largest).to(dtype)
 
 
 def _guard(w: torch.Tensor, eps: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from torchstn._tracing import cached
+from torchstn._tracing import autocast_off, cached
 from torchstn._validation import check_bool, check_int, check_positive
 from torchstn.transforms._base import Transform
 
@@ -252,9 +252,11 @@ class CPAB1D(Transform):
         return cached(key, lambda: self._basis64.to(device=device, dtype=dtype))
 
     def velocity_coefficients(self, params: torch.Tensor) -> torch.Tensor:
-        """The cell coefficients ``(B, K, 2)``: ``(a_c, b_c)`` with :math:`v(x) = a_c x + b_c` on cell ``c``."""
+        """The cell coefficients ``(B, K, 2)``: ``(a_c, b_c)`` with :math:`v(x) = a_c x + b_c` on cell ``c``,
+        in the dtype of ``params`` (under ``torch.autocast`` too)."""
         params = self.check_params(params)
-        return self._coefficients(params)
+        with autocast_off(params.device.type):  # (autocast ran B θ in bfloat16)
+            return self._coefficients(params)
 
     def _coefficients(self, params: torch.Tensor) -> torch.Tensor:
         coefficients = (params @ self.basis(params.device, params.dtype).T).view(params.shape[0], self.tessellation, 2)
@@ -269,14 +271,15 @@ class CPAB1D(Transform):
 
     def velocity(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """The velocity field :math:`v_θ` at ``points`` ``(B, N, 1)``: ``(B, N, 1)`` (``points``
-        checked as :meth:`transform_points` checks them)."""
+        checked as :meth:`transform_points` checks them, and computed as it is, under ``torch.autocast`` too)."""
         params = self.check_params(params)
         self._check_points(params, points)
-        coefficients = self._coefficients(params)
-        x = points[..., 0]
-        cell = _cell_of(x, self.tessellation)
-        a, b = coefficients[..., 0].gather(1, cell), coefficients[..., 1].gather(1, cell)
-        return (a * x + b).unsqueeze(-1)
+        with autocast_off(params.device.type):
+            coefficients = self._coefficients(params)
+            x = points[..., 0]
+            cell = _cell_of(x, self.tessellation)
+            a, b = coefficients[..., 0].gather(1, cell), coefficients[..., 1].gather(1, cell)
+            return (a * x + b).unsqueeze(-1)
 
     def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         dtype = torch.promote_types(params.dtype, points.dtype)
