@@ -156,3 +156,36 @@ def test_the_recorded_command_has_no_absolute_paths(tmp_path, monkeypatch):
                               runs=str(tmp_path / "elsewhere"), device=None, jobs=2, threads=None, limit=None)
     assert recorded_command(args) == ("torchstn reproduce stn-table1 --budget standard --datasets rts "
                                       "--data-dir data --out results --runs elsewhere --jobs 2")
+
+
+def test_list_and_refresh_cover_every_recorded_seed_without_seeds(cli, tmp_path):
+    """A cell recorded with --seeds 2: --list and --refresh without --seeds saw only the seeds the budget
+    plans (seed 0), so seed 1 was neither listed nor refreshed."""
+    from torchstn.reproduce import Results, get_experiment, plan
+
+    results = Results(tmp_path / "results", "stn-table1")
+    for cell in plan(get_experiment("stn-table1"), "standard", only=["cnn"], datasets=["p", "r"], seeds=2):
+        if cell.column.key == "p":  # (R: only seed 0 is planned and nothing recorded)
+            results.add(cell, {"digest": cell.digest, "budget": "standard", "row": "cnn", "column": "p",
+                               "seed": cell.seed, "error": 7.0 + cell.seed, "best_error": 7.0, "train_error": 7.0,
+                               "epochs": 1, "steps": 10, "wall_seconds": 60.0, "images_per_s": 100.0,
+                               "config": cell.config, "run": str(tmp_path / "gone")})
+    options = ["--only", "cnn", "--datasets", "p,r", "--out", tmp_path / "results", "--runs", tmp_path / "runs"]
+    run = cli("reproduce", "stn-table1", "--list", *options)
+    assert run.status == 0, run.err
+    assert [line.split()[:2] for line in run.out.splitlines()] == [
+        ["standard/cnn/r/s0", "pending"], ["standard/cnn/p/s0", "7.00%"], ["standard/cnn/p/s1", "8.00%"]]
+    run = cli("reproduce", "stn-table1", "--refresh", *options)
+    assert run.status == 0, run.err
+    assert "refreshing standard/cnn/p/s0" in run.out and "refreshing standard/cnn/p/s1" in run.out
+    run = cli("reproduce", "stn-table1", "--list", "--seeds", "1", *options)  # (--seeds: those only)
+    assert "standard/cnn/p/s1" not in run.out
+
+
+def test_help_states_the_defaults_of_seeds_and_threads(cli):
+    """--seeds said "default: 1, or 3 for --budget paper" (wrong for 6 of 9 experiments); --threads
+    "default: torch's" where reproduce sets 1."""
+    text = " ".join(cli("reproduce", "--help").out.split())
+    assert "3 for --budget paper" not in text and "default: the experiment's for the budget, which --list shows" in text
+    assert "CPU threads of torch (default: 1;" in text
+    assert "(default: torch's;" in " ".join(cli("train", "--help").out.split())

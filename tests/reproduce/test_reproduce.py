@@ -492,3 +492,146 @@ def test_the_icstn_paper_budget_is_the_authors_code():
         assert recipe["steps"] == 500_000 and recipe["batch_size"] == 100
     standard = experiment.recipe("standard", experiment.row("icstn-stn"), column)
     assert standard["loc_lr_mult"] == 0.1  # the paper budget's override only
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from Linux's /proc")
+def test_a_killed_worker_ends_the_command_with_the_running_cells_named(tmp_path):
+    """A worker of --jobs killed from outside (the OOM killer) ended the command with a traceback of
+    BrokenProcessPool, the other worker's healthy cell reported failed."""
+    from tests.reproduce._work import killed_or_stuck
+    from torchstn.reproduce import WorkersLost
+    from torchstn.reproduce._runner import _run_in_workers
+
+    cells = plan(get_experiment("stn-table1"), "quick", only=["fcn", "cnn"], datasets=["rts"])
+    runs, lines = tmp_path / "runs", []
+
+    def claim(cell):
+        lock = CellLock(cell.run_dir(runs))
+        lock.acquire()
+        return lock
+
+    with pytest.raises(WorkersLost) as lost:
+        _run_in_workers(cells, runs, {}, 2, claim, lambda cell, record: None, lines.append, 0.2, work=killed_or_stuck)
+    message = str(lost.value)
+    assert "quick/fcn/rts/s0" in message and "quick/cnn/rts/s0" in message and "run the same command again" in message
+    assert not any("failed" in line for line in lines)
+    stuck = int((runs / "cnn.pid").read_text())
+    deadline = time.monotonic() + 10
+    while _alive(stuck) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(stuck)
+    assert all(CellLock(c.run_dir(runs)).holder() is None for c in cells)
+
+
+def test_the_same_cells_at_standard_are_those_of_the_standard_table(tmp_path):
+    """The sentence "The same cells at budget `standard`, then at `long`" averaged every standard
+    record of the cell, an earlier recipe's included."""
+    from torchstn.reproduce import render_report
+
+    experiment = get_experiment("stn-table1")
+    results = Results(tmp_path, "stn-table1")
+    standard = plan(experiment, "standard", only=["st-cnn-aff"], datasets=["rts"], seeds=2)
+    long = plan(experiment, "long", only=["st-cnn-aff"], datasets=["rts"])[0]
+    results.add(standard[0], _record(standard[0], 3.46))
+    old = _record(standard[1], 12.68)
+    old["config"] = {**standard[1].config, "batch_size": 128}
+    results.add(standard[1], old)
+    results.add(long, _record(long, 0.86))
+    text = render_report(experiment, results, tmp_path, "long")
+    assert "The same cells at budget `standard`, then at `long`: ST-CNN Aff on RTS 3.46% → 0.86%." in text
+
+
+def test_a_record_of_a_row_column_budget_or_cell_no_longer_there_is_an_earlier_recipe(tmp_path):
+    """Such a record crashed every report with a KeyError (a gone row, column or budget), or was
+    counted as finished but shown in no table (a cell the table no longer has)."""
+    from torchstn.reproduce import recipe_changes, render_report
+
+    experiment = get_experiment("stn-3d")
+    results = Results(tmp_path, "stn-3d")
+    cnn = plan(experiment, "standard", only=["cnn-3d"])[0]
+    results.add(cnn, _record(cnn, 21.3))
+    gone = {"standard/cnn-old/3d/s0": {**_record(cnn, 30.0), "row": "cnn-old"},
+            "standard/cnn-3d/4d/s0": {**_record(cnn, 31.0), "column": "4d"},
+            "long/cnn-3d/3d/s0": {**_record(cnn, 32.0), "budget": "long"},
+            "medium/cnn-3d/3d/s0": {**_record(cnn, 33.0), "budget": "medium"}}
+    results.cells.update(gone)
+    assert recipe_changes(experiment, gone["standard/cnn-old/3d/s0"]) == {"row": ("cnn-old", None)}
+    import dataclasses
+
+    without = dataclasses.replace(experiment, paper={("st-cnn-3d-aff", "3d"): None})  # (CNN on 3-D dropped)
+    assert recipe_changes(without, _record(cnn, 21.3)) == {"cell": ("cnn-3d on 3d", None)}
+    dropped = render_report(without, results, tmp_path, "standard")
+    assert "0 finished run(s)" in dropped
+    assert "21.30% (undated); since changed: cell 'cnn-3d on 3d' no longer in stn-3d" in dropped
+    text = render_report(experiment, results, tmp_path, "standard")
+    assert "1 finished run(s)" in text
+    assert "- cnn-old on MNIST 3-D, seed 0: 30.00% (undated); since changed: row 'cnn-old' no longer in stn-3d" in text
+    assert "- CNN on the projection on 4d, seed 0: 31.00% (undated); since changed: column '4d' no longer in" in text
+    assert "## Budget `long`, which stn-3d no longer has" in text and "32.00%" in text
+    assert "## Budget `medium`, which stn-3d no longer has" in text and "33.00%" in text
+    assert "--budget long" not in text and "--budget medium" not in text
+
+
+def test_a_training_set_size_that_no_limit_explains_is_a_recipe_change(tmp_path):
+    """stn-3d's standard recipe trains on 10,000 volumes: a record trained on 20,000 entered today's
+    table marked "fewer images (--limit)"; a record now stores the --limit it was trained with."""
+    from torchstn.reproduce import recipe_changes, render_report
+
+    experiment = get_experiment("stn-3d")
+    cnn = plan(experiment, "standard", only=["cnn-3d"])[0]
+    assert cnn.config["train_limit"] == 10_000
+    more = {**_record(cnn, 12.34), "config": {**cnn.config, "train_limit": 20_000}}
+    assert recipe_changes(experiment, more) == {"train_limit": (20_000, 10_000)}
+    fewer = {**_record(cnn, 12.34), "config": {**cnn.config, "train_limit": 5_000}}
+    assert recipe_changes(experiment, {**fewer, "limit": 5_000}) == {}  # what --limit 5000 gives
+    assert recipe_changes(experiment, {**fewer, "limit": 3_000}) == {"train_limit": (5_000, 10_000)}
+    assert recipe_changes(experiment, fewer) == {}  # a record from before the stored limit: read as a --limit
+    limited = plan(experiment, "standard", only=["cnn-3d"], limit=300)[0]
+    from torchstn.reproduce._runner import _record as record_of
+
+    assert limited.limit == 300 and record_of(limited, cnn.run_dir(tmp_path), [_epoch()])["limit"] == 300
+    results = Results(tmp_path, "stn-3d")
+    results.cells[cnn.key] = more
+    text = render_report(experiment, results, tmp_path, "standard")
+    assert "12.34" not in text[: text.index("### Runs")] and "†" not in text
+    assert ("- CNN on the projection on MNIST 3-D, seed 0: 12.34% (undated); since changed: `train_limit` 20000 → "
+            "10000") in text
+
+
+def _epoch():
+    return {"test_error": 0.1, "test_loss": 0.3, "train_error": 0.1, "step": 10, "epoch": 1, "elapsed": 1.0,
+            "images_per_s": 100.0}
+
+
+def test_the_recipe_line_names_a_rows_overrides_of_the_budget(tmp_path):
+    """icstn-perturbed's STN trains at loc_lr_mult=1.0 at budget paper; the recipe line named no override."""
+    from torchstn.reproduce import render_report
+
+    experiment = get_experiment("icstn-perturbed")
+    line = next(line for line in render_report(experiment, Results(tmp_path, experiment.name), tmp_path,
+                                               "paper").splitlines() if line.startswith("Recipe:"))
+    assert "per-row overrides: STN: `ground_truth_init=True`, `loc_lr_mult=1`;" in line
+
+
+def test_a_figure_is_shown_only_while_the_record_it_was_drawn_from_is_in_the_table(tmp_path):
+    """The figure is drawn from seed 0; with seed 0 of an earlier recipe and seed 1 of today's, the
+    earlier model's figure headed the table of today's."""
+    from torchstn.reproduce import render_report
+    from torchstn.reproduce._report import draws_figure, figure_path
+
+    experiment = get_experiment("stn-table1")
+    results = Results(tmp_path, "stn-table1")
+    s0, s1 = plan(experiment, "quick", only=["st-cnn-aff"], datasets=["rts"], seeds=2)
+    old = {**_record(s0, 91.0), "config": {**s0.config, "lr": 0.05}}
+    results.add(s0, old)
+    results.add(s1, _record(s1, 89.0))
+    figure = figure_path(tmp_path, "stn-table1", "quick", "st-cnn-aff", "rts")
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    figure.write_bytes(b"")  # drawn from seed 0 (before the stamp)
+    assert figure.name not in render_report(experiment, results, tmp_path, "quick")
+    assert draws_figure(experiment, results.cells, s1) and not draws_figure(experiment, results.cells, s0)
+    results.add(s1, {**results.cells[s1.key], "figure": "2026-12-04 10:00:00 UTC"})  # drawn from seed 1
+    assert f"![ST-CNN Aff on RTS](stn-table1/{figure.name})" in render_report(experiment, results, tmp_path, "quick")
+    results.add(s0, {**_record(s0, 90.0), "figure": "2026-12-04 11:00:00 UTC"})  # seed 0 again, today's recipe
+    assert draws_figure(experiment, results.cells, s0) and not draws_figure(experiment, results.cells, s1)
+    assert figure.name in render_report(experiment, results, tmp_path, "quick")

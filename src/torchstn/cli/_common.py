@@ -87,10 +87,11 @@ def add_device_arg(parser: argparse.ArgumentParser, default: str | None = None) 
     parser.add_argument("--device", metavar="DEV", default=default, help=help)
 
 
-def add_threads_arg(parser: argparse.ArgumentParser) -> None:
-    """``--threads`` (applied by :func:`apply_shared_args`)."""
+def add_threads_arg(parser: argparse.ArgumentParser, default: str = "torch's") -> None:
+    """``--threads`` (applied by :func:`apply_shared_args`); ``default`` is what the help names when it is
+    omitted (a command that sets its own)."""
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads of torch (default: torch's; 1 is faster on a busy machine)")
+                        help=f"CPU threads of torch (default: {default}; 1 is faster on a busy machine)")
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, data_default: str | None = None) -> None:

@@ -92,7 +92,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="quick: smoke test in minutes; standard: 3-9 CPU minutes per ST-CNN cell at one thread; "
                    "long: 10x standard (33x for stn-addition; stn-table1, stn-cluttered, stn-addition and "
                    "icstn-perturbed have it); paper: the paper's iterations")
-    p.add_argument("--seeds", type=int, metavar="N", help="seeds per cell (default: 1, or 3 for --budget paper)")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="seeds per cell (default: the experiment's for the budget, which --list shows; with --list "
+                   "and --refresh also every other seed recorded)")
     p.add_argument("--only", metavar="MODEL,...", help="run only these rows, e.g. cnn,st-cnn-aff")
     p.add_argument("--datasets", metavar="NAME,...", help="run only these columns, e.g. rts,r")
     add_data_dir_arg(p, recorded="with --refresh the one each run recorded")
@@ -109,7 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, metavar="N",
                    help=f"cells trained at once, each in a one-thread worker process (default: one per core, "
                    f"{default_jobs()} here)")
-    add_threads_arg(p)
+    add_threads_arg(p, default="1")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     # a test subset: only the first N training and test images of every cell (not for results)
     p.add_argument("--limit", type=int, help=argparse.SUPPRESS)
@@ -119,7 +121,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from torchstn.reproduce import Results, default_jobs, get_experiment, plan, run_experiment, write_report
+    from torchstn.reproduce import (
+        Results,
+        WorkersLost,
+        default_jobs,
+        get_experiment,
+        plan,
+        run_experiment,
+        write_report,
+    )
 
     check_at_least_one(args, "limit", "jobs")
     jobs = args.jobs if args.jobs is not None else default_jobs()
@@ -136,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not Path(args.out).is_dir():  # (found once a cell had trained, before)
         raise CLIError(f"--out {args.out} is a file; it names the directory of the record and the report")
     results = Results(args.out, experiment.name)
+    if args.seeds is None and (args.list or args.refresh):
+        cells = _with_recorded_seeds(cells, results, args)
     if args.list:
         _print_cells(cells, results, args.runs)
         return 0
@@ -148,11 +160,29 @@ def run(args: argparse.Namespace) -> int:
                 print(f"refreshing {cell.key}")
                 after_cell(cell, _located(cell, record, args.runs))
     else:
-        run_experiment(cells, results, args.runs, data_dir=args.data_dir, device=args.device or "auto",
-                       command=recorded_command(args), jobs=jobs,
-                       progress=not args.no_progress and sys.stderr.isatty(), after_cell=after_cell)
+        try:
+            run_experiment(cells, results, args.runs, data_dir=args.data_dir, device=args.device or "auto",
+                           command=recorded_command(args), jobs=jobs,
+                           progress=not args.no_progress and sys.stderr.isatty(), after_cell=after_cell)
+        except WorkersLost as err:
+            raise CLIError(str(err)) from None
     print(f"report: {write_report(experiment, results, args.out, args.budget)}")
     return 0
+
+
+def _with_recorded_seeds(cells: list[Cell], results: Results, args: argparse.Namespace) -> list[Cell]:
+    """``cells`` (the seeds the budget plans) and the other finished seeds of the same cells in ``results``
+    (``--seeds 2`` once: its seed 1 was neither listed nor refreshed without ``--seeds`` again)."""
+    from torchstn.reproduce import plan
+
+    seeds = [r.get("seed") for r in results.cells.values() if r.get("budget") == args.budget]
+    most = max([s for s in seeds if isinstance(s, int)], default=0) + 1
+    if most <= max(cell.seed for cell in cells) + 1:
+        return cells
+    planned = {cell.key for cell in cells}
+    more = plan(cells[0].experiment, args.budget, seeds=most, only=_keys(args.only), datasets=_keys(args.datasets),
+                limit=args.limit)
+    return [cell for cell in more if cell.key in planned or results.finished(cell) is not None]
 
 
 def _located(cell: Cell, record: dict[str, Any], runs: str) -> dict[str, Any]:
@@ -197,7 +227,7 @@ def _after_cell(
     args: argparse.Namespace, experiment: Experiment, results: Results
 ) -> Callable[[Cell, dict[str, Any]], None]:
     """What follows a finished cell: its analyses and figure (which must not cost the run), then the report."""
-    from torchstn.reproduce import error_splits, write_figure, write_report
+    from torchstn.reproduce import draws_figure, error_splits, write_figure, write_report
 
     def after_cell(cell: Cell, record: dict[str, Any]) -> None:
         try:
@@ -206,8 +236,9 @@ def _after_cell(
             # was measured from it when it was there stays)
             record.update({key: bins for key, bins in splits.items() if bins or not record.get(key)})
             results.add(cell, record)
-            if cell.seed == 0:
-                write_figure(cell, record, args.out, data_dir=args.data_dir)
+            if draws_figure(experiment, results.cells, cell) and write_figure(cell, record, args.out,
+                                                                               data_dir=args.data_dir):
+                results.add(cell, record)  # (with the stamp of its figure)
         except Exception as err:
             print(f"warning: no figure or analysis for {cell.key}: {err}", file=sys.stderr)
         write_report(experiment, results, args.out, args.budget)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 from torchstn.reproduce._figures import plot_series_warps, plot_volume_views
-from torchstn.reproduce._runner import DEFAULT_OUT, Cell, Results, config_changes, recipe_changes
+from torchstn.reproduce._runner import DEFAULT_OUT, GONE_KEYS, Cell, Results, limit_changes, recipe_changes
 
 if TYPE_CHECKING:
     import torch
@@ -27,6 +28,7 @@ __all__ = [
     "SCALE_QUANTILES",
     "SHIFT_QUANTILES",
     "distortion_shift",
+    "draws_figure",
     "error_by_rotation",
     "error_by_scale",
     "error_by_shift",
@@ -68,7 +70,9 @@ def figure_path(results_dir: str | Path, experiment: str, budget: str, row: str,
 
 
 def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *, data_dir: str | None = None) -> Path | None:
-    """Draw what the transformer(s) of a finished cell learned (:func:`torchstn.engine.plot_run`).
+    """Draw what the transformer(s) of a finished cell learned (:func:`torchstn.engine.plot_run`), and
+    stamp ``record["figure"]`` with the time (the report shows the figure while that record is in its
+    table: :func:`_figure_shown`; store the record again to keep the stamp).
 
     Returns:
         the PNG path, or ``None`` for a model without transformers or a run that is gone.
@@ -88,11 +92,33 @@ def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *,
     out = figure_path(results_dir, cell.experiment.name, cell.budget, cell.row.key, cell.column.key)
     rank = len(test_set.input_shape)  # (C, L) series and (C, D, H, W) volumes have figures of their own
     if rank == 2:
-        return plot_series_warps(model, test_set, out, title=title)
-    if rank == 4:
-        return plot_volume_views(model, test_set, out, title=title)
-    return plot_run(model, test_set, out, history=history, num=10, title=title, label_smoothing=config.label_smoothing,
-                    **config.call_options())
+        path = plot_series_warps(model, test_set, out, title=title)
+    elif rank == 4:
+        path = plot_volume_views(model, test_set, out, title=title)
+    else:
+        path = plot_run(model, test_set, out, history=history, num=10, title=title,
+                        label_smoothing=config.label_smoothing, **config.call_options())
+    record["figure"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return path
+
+
+def draws_figure(experiment: Experiment, cells: dict[str, dict[str, Any]], cell: Cell) -> bool:
+    """Whether ``cell`` is the one whose figure its table shows: the first seed of its (row, column)
+    in the table of its budget (records of an earlier recipe are in no table). ``cells``: the record's."""
+    runs = _BudgetView.of(experiment, cell.budget, cells).by_pair.get((cell.row.key, cell.column.key), [])
+    return bool(runs) and min(r["seed"] for r in runs) == cell.seed
+
+
+def _figure_shown(view: _BudgetView, cells: dict[str, dict[str, Any]], row_key: str, col_key: str) -> bool:
+    """Whether the figure of (row, column) at the view's budget was drawn from a record in its table:
+    of the pair's records, the one stamped last by :func:`write_figure`; seed 0's for a figure drawn
+    before the stamp (only seed 0 was drawn then)."""
+    runs = [r for r in cells.values()
+            if (r.get("budget"), r.get("row"), r.get("column")) == (view.budget, row_key, col_key)]
+    stamped = [r for r in runs if r.get("figure")]
+    source = (max(stamped, key=lambda r: r["figure"]) if stamped
+              else next((r for r in runs if r.get("seed") == 0), None))
+    return any(r is source for r in view.by_pair.get((row_key, col_key), []))
 
 
 #: rotation bins (degrees) of :func:`error_by_rotation`
@@ -296,13 +322,14 @@ def _misses(experiment: Experiment, by_pair: dict[tuple[str, str], list[dict[str
 def _against_standard(
     experiment: Experiment, budget: str, cells: dict[str, dict[str, Any]], means: dict[tuple[str, str], float]
 ) -> list[str]:
-    """For a budget other than ``standard``: how its cells moved from their ``standard`` runs."""
+    """For a budget other than ``standard``: how its cells moved from their ``standard`` runs (those of
+    the ``standard`` table: an earlier recipe's are in none)."""
     if budget == "standard":
         return []
+    standard = _BudgetView.of(experiment, "standard", cells).by_pair
     moved = []
     for (row_key, col_key), mean in means.items():
-        before = [r["error"] for r in cells.values()
-                  if r.get("budget") == "standard" and r["row"] == row_key and r["column"] == col_key]
+        before = [r["error"] for r in standard.get((row_key, col_key), [])]
         if before:
             base = summarize(before)[0]
             moved.append(f"{experiment.row(row_key).label} on {experiment.column(col_key).label} "
@@ -339,7 +366,10 @@ class _BudgetView:
         return cls(experiment, budget, records, superseded, by_pair, pairs, columns, rows)
 
     def label(self, row_key: str, col_key: str) -> str:
-        return f"{self.experiment.row(row_key).label} on {self.experiment.column(col_key).label}"
+        """``<row> on <column>`` by their labels (by their keys where the experiment no longer has them)."""
+        rows = {r.key: r.label for r in self.experiment.rows}
+        columns = {c.key: c.label for c in self.experiment.columns}
+        return f"{rows.get(row_key, row_key)} on {columns.get(col_key, col_key)}"
 
     def in_table_order(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         order = {pair: i for i, pair in enumerate(self.pairs)}
@@ -348,6 +378,8 @@ class _BudgetView:
 
 def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[str, Any]], results_dir: Path) -> list[str]:
     view = _BudgetView.of(experiment, budget, cells)
+    if budget not in experiment.recipes:  # (every record of it is an earlier recipe's)
+        return [f"## Budget `{budget}`, which {experiment.name} no longer has", "", *_superseded(view)]
     lines, means = _error_table(view)
     lines += _calibration_table(view)
     lines += _comparisons(view, means, cells)
@@ -356,7 +388,7 @@ def _budget_section(experiment: Experiment, budget: str, cells: dict[str, dict[s
     lines += _warnings_and_pending(view)
     lines += _superseded(view)
     lines += _provenance(view)
-    lines += _figures_section(view, results_dir)
+    lines += _figures_section(view, cells, results_dir)
     return lines
 
 
@@ -413,8 +445,8 @@ def _error_table(view: _BudgetView) -> tuple[list[str], dict[tuple[str, str], fl
 
 def _subset_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The training and test subset sizes in which ``record`` differs from its budget's recipe
-    (``None``: the whole split): what ``--limit`` changes, which :func:`recipe_changes` leaves out."""
-    return {k: v for k, v in config_changes(experiment, record).items() if k in ("train_limit", "test_limit")}
+    (``None``: the whole split) by a ``--limit``: :func:`~torchstn.reproduce._runner.limit_changes`."""
+    return {k: v for k, v in limit_changes(experiment, record).items() if k in ("train_limit", "test_limit")}
 
 
 def _calibration_table(view: _BudgetView) -> list[str]:
@@ -552,7 +584,9 @@ def _superseded(view: _BudgetView) -> list[str]:
     lines = [f"Runs of budget `{view.budget}` with an earlier recipe (in none of the tables above; rerunning the "
              "command replaces them):", ""]
     for r in view.in_table_order(view.superseded):
-        changes = ", ".join(f"`{k}` {then!r} → {now!r}" for k, (then, now) in recipe_changes(view.experiment, r).items())
+        changes = ", ".join(f"`{k}` {then!r} → {now!r}" if k not in GONE_KEYS or now is not None
+                            else f"{k} {then!r} no longer in {view.experiment.name}"
+                            for k, (then, now) in recipe_changes(view.experiment, r).items())
         lines.append(f"- {view.label(r['row'], r['column'])}, seed {r['seed']}: {r['error']:.2f}% "
                      f"({r.get('finished', 'undated')}); since changed: {changes}")
     return [*lines, ""]
@@ -575,7 +609,7 @@ def _provenance(view: _BudgetView) -> list[str]:
         lines += ["Commands that produced these runs:", "", "```", *commands, "```", ""]
     columns = [_settings(c.label, {**c.model_args, **c.data_kwargs, **c.budgets.get(view.budget, {})})
                for c in view.columns]
-    rows = [_settings(r.label, {**r.model_args, **r.config}) for r in view.rows]
+    rows = [_settings(r.label, {**r.model_args, **r.config, **r.budgets.get(view.budget, {})}) for r in view.rows]
     recipe = view.experiment.recipes[view.budget]
     lines += ["Recipe: " + ", ".join(f"`{k}={v}`" for k, v in recipe.items()) + " (per-column overrides: "
               + ("; ".join(filter(None, columns)) or "none") + "; per-row overrides: "
@@ -591,13 +625,13 @@ def _settings(label: str, settings: dict[str, Any]) -> str:
                                     for k, v in settings.items())
 
 
-def _figures_section(view: _BudgetView, results_dir: Path) -> list[str]:
-    """The headline cell's figure inline, links to the others: of the cells finished with today's
-    recipe (a figure left by an earlier recipe's run shows a model that is in no table)."""
+def _figures_section(view: _BudgetView, cells: dict[str, dict[str, Any]], results_dir: Path) -> list[str]:
+    """The headline cell's figure inline, links to the others: of figures drawn from a record in the
+    table (a figure left by an earlier recipe's run shows a model that is in no table)."""
     figures = []
     for row_key, col_key in view.pairs:
         path = figure_path(results_dir, view.experiment.name, view.budget, row_key, col_key)
-        if (row_key, col_key) in view.by_pair and path.is_file():
+        if path.is_file() and _figure_shown(view, cells, row_key, col_key):
             figures.append((row_key, col_key, path))
     if not figures:
         return []
@@ -636,6 +670,7 @@ def render_report(experiment: Experiment, results: Results, results_dir: str | P
     budgets_present = {r.get("budget") for r in results.cells.values()}
     budgets = [b for b in BUDGETS if b in budgets_present or b == budget]
     budgets.sort(key=lambda b: {"standard": 0, "long": 1, "paper": 2, "quick": 3}[b])
+    budgets += sorted(b for b in budgets_present - set(BUDGETS) if isinstance(b, str))  # (its runs: listed apart)
     out = _relative(results_dir)
     out_option = "" if Path(out) == Path(DEFAULT_OUT) else f" --out {shlex.quote(str(out))}"
     lines = [
@@ -651,7 +686,8 @@ def render_report(experiment: Experiment, results: Results, results_dir: str | P
         "with each budget): finished cells are skipped and an interrupted one resumes from its last checkpoint.",
         "",
         "```",
-        *(f"torchstn reproduce {experiment.name} --budget {b}{out_option}" for b in budgets or ["standard"]),
+        *(f"torchstn reproduce {experiment.name} --budget {b}{out_option}"
+          for b in [b for b in budgets if b in experiment.recipes] or ["standard"]),
         "```",
         "",
     ]

@@ -40,7 +40,9 @@ from torchstn.engine import RunDir, atomic_write
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 
 __all__ = [
-    "DEFAULT_OUT", "DEFAULT_RUNS", "SUBSET_KEYS", "Cell", "CellBusy", "CellLock", "Results", "default_jobs", "machine_info", "plan", "recipe_changes", "run_cell", "run_experiment",
+    "DEFAULT_OUT", "DEFAULT_RUNS", "GONE_KEYS", "SUBSET_KEYS", "Cell", "CellBusy", "CellLock", "Results", "WorkersLost",
+    "default_jobs", "limit_changes", "machine_info", "plan", "recipe_changes", "run_cell", "run_experiment",
+    "subset_sizes",
 ]
 
 
@@ -52,6 +54,7 @@ class Cell:
         experiment, row, column, seed, budget: what it is.
         config: the :class:`~torchstn.engine.TrainConfig` fields (without ``data_dir``,
             which does not change what is computed).
+        limit: the ``--limit`` its subset sizes come from (:func:`subset_sizes`), if one was given.
     """
 
     experiment: Experiment
@@ -60,6 +63,7 @@ class Cell:
     seed: int
     budget: str
     config: dict[str, Any]
+    limit: int | None = None
 
     @property
     def key(self) -> str:
@@ -95,25 +99,69 @@ DEFAULT_OUT, DEFAULT_RUNS = "runs/reproduce/results", "runs/reproduce"
 SUBSET_KEYS = ("train_limit", "test_limit", "diagnostics_samples")
 
 
+def subset_sizes(config: dict[str, Any], limit: int) -> dict[str, int]:
+    """The :data:`SUBSET_KEYS` of a recipe's ``config`` trained on the first ``limit`` images (``--limit``)."""
+    return {"train_limit": min(limit, config.get("train_limit") or limit),
+            "test_limit": min(limit, config.get("test_limit") or limit),
+            "diagnostics_samples": min(limit, config.get("diagnostics_samples", 512))}
+
+
+#: what :func:`config_changes` names of a record's that the experiment no longer has
+GONE_KEYS = ("budget", "row", "column", "cell")
+
+
+def _gone(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The budget, row, column or cell (:data:`GONE_KEYS`) of ``record`` that ``experiment`` no longer
+    has: ``{what: (then, None)}``."""
+    if record.get("budget") not in experiment.recipes:
+        return {"budget": (record.get("budget"), None)}
+    rows, columns = {r.key for r in experiment.rows}, {c.key for c in experiment.columns}
+    gone = {k: (record.get(k), None) for k, known in (("row", rows), ("column", columns))
+            if record.get(k) not in known}
+    if not gone and (record["row"], record["column"]) not in {(r.key, c.key) for r, c in experiment.pairs()}:
+        gone["cell"] = (f"{record['row']} on {record['column']}", None)
+    return gone
+
+
 def config_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Every field in which a recorded cell's config differs from its budget's recipe today,
-    subset sizes included: ``{field: (then, now)}``; empty for a record without its config."""
-    if "config" not in record:
-        return {}
+    subset sizes included: ``{field: (then, now)}``; a budget, row, column or cell the experiment
+    no longer has is such a field (:func:`_gone`); else empty for a record without its config."""
+    gone = _gone(experiment, record)
+    if gone or "config" not in record:
+        return gone
     row, column = experiment.row(record["row"]), experiment.column(record["column"])
     now = {**experiment.recipe(record["budget"], row, column), "seed": record["seed"]}
     then = record["config"]
     return {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)}
 
 
+def limit_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The subset sizes (:data:`SUBSET_KEYS`) in which ``record`` differs from its budget's recipe
+    because of a ``--limit``: ``{field: (then, now)}``.
+
+    A record stores the ``limit`` it was trained with; its sizes must be :func:`subset_sizes` of
+    today's recipe with it. A record from before that field (none of the committed ones has a size
+    that differs) is read as conservatively as it was: a size that some ``--limit`` gives, i.e. no
+    larger than the recipe's, is one; a larger one, or none where the recipe has one, is a recipe change.
+    """
+    changes = {k: v for k, v in config_changes(experiment, record).items() if k in SUBSET_KEYS}
+    now = {k: after for k, (_, after) in changes.items() if after is not None}
+    stored = record.get("limit")
+    return {k: (then, after) for k, (then, after) in changes.items() if then is not None
+            and subset_sizes(now, stored if stored is not None else then)[k] == then}
+
+
 def recipe_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """How a recorded cell's config differs from its budget's recipe today: ``{field: (then, now)}``.
 
-    Empty for a cell trained with today's recipe (a test subset aside: :data:`SUBSET_KEYS`) and
-    for a record without its config (nothing to compare); a record from an earlier recipe is
-    reported apart from today's table, never mixed into it.
+    Empty for a cell trained with today's recipe (a test subset of ``--limit`` aside:
+    :func:`limit_changes`) and for a record without its config (nothing to compare); a record
+    from an earlier recipe, or of a budget, row, column or cell the experiment no longer has,
+    is reported apart from today's table, never mixed into it.
     """
-    return {k: v for k, v in config_changes(experiment, record).items() if k not in SUBSET_KEYS}
+    limited = limit_changes(experiment, record)
+    return {k: v for k, v in config_changes(experiment, record).items() if k not in limited}
 
 
 def plan(
@@ -157,11 +205,9 @@ def plan(
             continue
         for seed in range(n_seeds):
             config = {**experiment.recipe(budget, row, column), "seed": seed}
-            if limit is not None:  # the keys of SUBSET_KEYS
-                config["train_limit"] = min(limit, config.get("train_limit") or limit)
-                config["test_limit"] = min(limit, config.get("test_limit") or limit)
-                config["diagnostics_samples"] = min(limit, config.get("diagnostics_samples", 512))
-            cells.append(Cell(experiment, row, column, seed, budget, config))
+            if limit is not None:
+                config.update(subset_sizes(config, limit))
+            cells.append(Cell(experiment, row, column, seed, budget, config, limit))
     return cells
 
 
@@ -274,6 +320,11 @@ class Results:
 
 class CellBusy(RuntimeError):
     """Another process is training the cell: it holds the cell's :class:`CellLock`."""
+
+
+class WorkersLost(RuntimeError):
+    """A worker process of ``--jobs`` ended abruptly (killed, e.g. by the out-of-memory killer), which
+    ends every worker: the message names the cells that were running (they resume when rerun)."""
 
 
 class CellLock:
@@ -431,6 +482,7 @@ def _record(cell: Cell, run_dir: RunDir, history: list[dict[str, Any]]) -> dict[
         "run": str(run_dir.path),
         "digest": cell.digest,
         "config": cell.config,
+        **({} if cell.limit is None else {"limit": cell.limit}),
     }
 
 
@@ -610,21 +662,29 @@ def _run_in_workers(
     An interrupt (``KeyboardInterrupt``: Ctrl-C, or SIGINT to this process alone) records the
     cells that finished meanwhile and ends the workers at once: leaving the pool waited for
     every running cell to finish (a whole cell at ``long``), and then dropped them. Their
-    cells resume from their last checkpoints. ``work`` replaces :func:`_run_in_worker` (tests).
+    cells resume from their last checkpoints. A worker killed from outside breaks the pool,
+    whose other workers end with it: :class:`WorkersLost` names the cells that were running
+    (a healthy one was reported failed, and a ``BrokenProcessPool`` traceback ended the
+    command). ``work`` replaces :func:`_run_in_worker` (tests).
     """
     import concurrent.futures as cf
     import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or state
     failures: list[BaseException] = []
     waiting = list(todo)
     last_report = ""
     running: dict[cf.Future[dict[str, Any]], tuple[Cell, CellLock]] = {}
+    lost: list[Cell] = []  # running when the pool broke
 
     def collect(future: cf.Future[dict[str, Any]]) -> None:
         cell, lock = running.pop(future)
         try:
-            finished(cell, future.result())
+            if isinstance(future.exception(), BrokenProcessPool):
+                lost.append(cell)
+            else:
+                finished(cell, future.result())
         except Exception as err:  # one failed cell does not stop the others
             log(f"{cell.key}: failed: {err}")
             failures.append(err)
@@ -650,18 +710,25 @@ def _run_in_workers(
             ready, _ = cf.wait(running, timeout=poll_seconds, return_when=cf.FIRST_COMPLETED)
             for future in ready:
                 collect(future)
+            if lost:
+                raise BrokenProcessPool
             if not ready:
                 report = _where_they_are([cell for cell, _ in running.values()], runs)
                 if report != last_report:  # a line when a cell has moved, not every poll
                     log(report)
                     last_report = report
-    except BaseException:
+    except BaseException as err:
         for future in [f for f in running if f.done() and not f.cancelled()]:
             collect(future)
         # (no public call ends running work: shutdown waits for it, or leaves it running)
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)  # (quick: no worker is left to wait for)
+        if isinstance(err, BrokenProcessPool):  # (also from a submit to a pool broken meanwhile)
+            cells = ", ".join(cell.key for cell in [*lost, *(c for c, _ in running.values())])
+            raise WorkersLost(f"a worker process was killed (e.g. out of memory), which ends every worker, while "
+                              f"training {cells or 'no cell'}: run the same command again to resume them from their "
+                              "last checkpoints") from None
         raise
     else:
         pool.shutdown()
