@@ -94,6 +94,17 @@ def test_data_option_renders_the_run_and_its_eval_with_the_recipe_option(cli, ti
     assert "(1, 28, 28)" in line and "(1, 42, 42)" in line
 
 
+def test_an_online_run_is_evaluated_on_another_dataset(cli, tiny, mnist_dir, tmp_path):
+    """eval --data mnist of a run trained --online passed the run's online=True on, which mnist refuses."""
+    out = tmp_path / "online"
+    run = cli("train", "--model", "cnn", "--steps", 2, "--online", "--data-option", "canvas=28", "--out", out,
+              *tiny)
+    assert run.status == 0, run.err
+    for data in (["--data", "mnist"], []):
+        run = cli("eval", out, *data, "--data-dir", mnist_dir, "--limit", 8, "--split", "train")
+        assert run.status == 0, run.err
+
+
 def test_eval_reports_error_loss_and_per_class_error(cli, run_dir, mnist_dir):
     run = cli("eval", run_dir, "--data-dir", mnist_dir, "--limit", 128)
     assert run.status == 0, run.err

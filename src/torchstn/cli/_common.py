@@ -233,7 +233,9 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
         changes["data_options"] = {**config.data_options, **parse_data_options(args.data_option)}
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
     check_data_options(config.data, config.data_options)
-    dataset = load_split(config.replace(train_limit=limit, test_limit=limit), split)
+    # the fixed set, also of an online run (its test split is fixed, its epoch 0 is the fixed set): another
+    # --data may have nothing to redraw, and mnist refuses online=True
+    dataset = load_split(config.replace(train_limit=limit, test_limit=limit, online=False), split)
     if tuple(dataset.input_shape) != tuple(model.input_shape):
         raise ValueError(
             f"{config.data} images are {tuple(dataset.input_shape)} but the model was built for "
