@@ -635,3 +635,13 @@ def test_a_figure_is_shown_only_while_the_record_it_was_drawn_from_is_in_the_tab
     results.add(s0, {**_record(s0, 90.0), "figure": "2026-12-04 11:00:00 UTC"})  # seed 0 again, today's recipe
     assert draws_figure(experiment, results.cells, s0) and not draws_figure(experiment, results.cells, s1)
     assert figure.name in render_report(experiment, results, tmp_path, "quick")
+
+
+def test_no_recipe_asks_for_a_batch_larger_than_its_training_set():
+    """pstn-subsets' 30-image column asked for batches of 32 and 64: the engine trained on all 30, warned at
+    every cell of a documented command, and the report's recipe line named a batch that never ran."""
+    for experiment in map(get_experiment, list_experiments()):
+        for budget in experiment.recipes:
+            for cell in plan(experiment, budget):
+                limit = cell.config.get("train_limit")
+                assert limit is None or cell.config["batch_size"] <= limit, (cell.key, cell.config["batch_size"], limit)
