@@ -375,7 +375,9 @@ def distorted_mnist(
             images = render_all(recipe, sources, draw, n, progress)
         manifest = _store(path, key, identity, recipe, images, draw) if cache and limit is None else None
         stats = draw.stats
-    recipe.warn_unfit(stats, f"mnist-{recipe.kind} {split} (seed {seed})")
+    drawn = stats.get("placed", n)  # (counted over whole blocks of draws, or the whole split of a cached set)
+    part = f", drawn in blocks of which this set holds the first {n:,} samples" if n < drawn else ""
+    recipe.warn_unfit(stats, f"mnist-{recipe.kind} {split} (seed {seed}){part}")
     return DistortedMNIST(
         images, draw.labels, draw.params, recipe.transform, draw.source, draw.extras, recipe, split, seed, sources,
         None if manifest is None else path, manifest,
