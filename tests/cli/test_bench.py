@@ -42,7 +42,7 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_the_timing(cli, tm
 def test_cli_errors_are_one_line(cli) -> None:
     assert "no benchmark case matches 'nope'" in cli("bench", "--quick", "--cases", "nope").error_line()
     assert "--rounds must be at least 1, got 0" in cli("bench", "--rounds", "0").error_line()
-    assert "backends must be one of ['torch', 'fused', 'reference'], got 'nope'" in cli(
+    assert "--backends must be one of ['torch', 'fused', 'reference'], got 'nope'" in cli(
         "bench", "--backends", "nope").error_line()
     if not torch.cuda.is_available():
         assert "no CUDA device" in cli("bench", "--device", "cuda").error_line()

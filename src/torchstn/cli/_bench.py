@@ -88,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
     from torchstn.bench import check_targets, format_report, run_benchmark
 
     check_at_least_one(args, "rounds")
+    if args.backends is not None:  # (named as the flag: the library's message names its argument)
+        from torchstn._validation import check_choice
+        from torchstn.sampling import BACKENDS
+
+        for name in args.backends:
+            check_choice("--backends", name, BACKENDS)
     if args.json is not None:
         check_writable(args.json, "--json")  # (before the minutes of timing, not after)
     report = run_benchmark(
