@@ -220,12 +220,14 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
     the model was built for. The run's recipe options belong to its own data: on it a
     ``--data-option`` changes that option and keeps the others; another ``--data`` takes only
     the ``--data-option`` given. ``config`` is the run's with those data options: its
-    ``test_limit`` still says which images the run's metrics were measured on.
+    ``test_limit`` still says which images the run's metrics were measured on; ``info["run_config"]``
+    is the run's own, as recorded.
     """
     from torchstn.engine import load_model, load_split, resolve_device
 
     device = resolve_device(args.device or "auto")
     model, config, info = load_model(args.checkpoint, args.which, map_location=device)
+    info["run_config"] = config
     changes = {"data": args.data, "data_dir": args.data_dir, "data_seed": args.data_seed}
     if args.data is not None and args.data != config.data:  # another dataset: only the options given
         changes["data_options"] = parse_data_options(args.data_option)

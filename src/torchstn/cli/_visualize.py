@@ -137,12 +137,10 @@ def _title(config: TrainConfig, info: dict[str, Any], history: list[dict[str, An
     quoted as if measured on the images shown (a run on mnist-rts drawn on mnist was titled
     with its mnist-rts error).
     """
-    from torchstn.engine import read_checkpoint
-
     title = f"{config.model} on {_data_text(config)}, epoch {info['epoch']}"
     record = next((r for r in reversed(history) if r.get("epoch") == info["epoch"]), None)
     if record is not None:
-        run = read_checkpoint(info["path"])[1]  # (the config the run was measured with, before --data ...)
+        run = info["run_config"]  # (the config the run was measured with, before --data ...)
         if any(getattr(run, name) != getattr(config, name) for name in DATA_FIELDS):
             title += f"; recorded on {_data_text(run)}"
         images = "all test images" if run.test_limit is None else f"the first {run.test_limit:,} test images"
