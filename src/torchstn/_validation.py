@@ -144,6 +144,20 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     return value
 
 
+def check_names(name: str, value: str | Sequence[str], choices: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``value`` as a tuple of names: one string is one name (not its characters), else a sequence of
+    strings, each one of ``choices`` where they are given.
+
+    Raises:
+        TypeError: ``value`` is not a string or a sequence of strings.
+        ValueError: a name is not one of ``choices`` (the message lists them).
+    """
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{name} must be a str or a sequence of str, got {value!r}")
+    return tuple(names) if choices is None else tuple(check_choice(name, n, choices) for n in names)
+
+
 def _type_name(value: object) -> str:
     """The type of ``value`` as an error names it: qualified outside the builtins (NumPy 2's
     ``numpy.bool`` is named ``bool``: "must be a bool, got bool")."""

@@ -21,7 +21,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from torchstn._validation import check_choice
+from torchstn._validation import check_names
 from torchstn.bench import _jax, _opencv, _peers
 from torchstn.sampling import BACKENDS, fused_applies, fused_status, sample, warp
 from torchstn.transforms import MatrixTransform, ThinPlateSpline, Transform, get_transform
@@ -38,7 +38,6 @@ __all__ = [
     "Workload",
     "build_training_step",
     "build_workload",
-    "check_names",
     "select_cases",
 ]
 
@@ -160,20 +159,6 @@ def select_cases(patterns: str | Sequence[str] | None = None, cases: Sequence[Ca
             raise ValueError(f"no benchmark case matches {pattern!r}; the cases are: {', '.join(c.name for c in cases)}")
         chosen += [c for c in matched if c not in chosen]
     return [c for c in cases if c in chosen]
-
-
-def check_names(name: str, value: str | Sequence[str], choices: Sequence[str] | None = None) -> tuple[str, ...]:
-    """``value`` as a tuple of names: one string is one name (not its characters), else a sequence of
-    strings, each one of ``choices`` where they are given.
-
-    Raises:
-        TypeError: ``value`` is not a string or a sequence of strings.
-        ValueError: a name is not one of ``choices`` (the message lists them).
-    """
-    names = (value,) if isinstance(value, str) else value
-    if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
-        raise TypeError(f"{name} must be a str or a sequence of str, got {value!r}")
-    return tuple(names) if choices is None else tuple(check_choice(name, n, choices) for n in names)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from torchstn._validation import check_names
 from torchstn._version import __version__
 from torchstn.bench import _jax, _opencv, _peers
 from torchstn.bench._cases import (
@@ -19,7 +20,6 @@ from torchstn.bench._cases import (
     Workload,
     build_training_step,
     build_workload,
-    check_names,
     select_cases,
 )
 from torchstn.bench._timing import Timings, interleaved, peak_memory

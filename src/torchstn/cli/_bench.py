@@ -89,11 +89,10 @@ def run(args: argparse.Namespace) -> int:
 
     check_at_least_one(args, "rounds")
     if args.backends is not None:  # (named as the flag: the library's message names its argument)
-        from torchstn._validation import check_choice
+        from torchstn._validation import check_names
         from torchstn.sampling import BACKENDS
 
-        for name in args.backends:
-            check_choice("--backends", name, BACKENDS)
+        check_names("--backends", args.backends, BACKENDS)
     if args.json is not None:
         check_writable(args.json, "--json")  # (before the minutes of timing, not after)
     report = run_benchmark(
