@@ -710,7 +710,7 @@ def _run_in_workers(
             ready, _ = cf.wait(running, timeout=poll_seconds, return_when=cf.FIRST_COMPLETED)
             for future in ready:
                 collect(future)
-            if lost:
+            if lost or _a_worker_ended(pool):
                 raise BrokenProcessPool
             if not ready:
                 report = _where_they_are([cell for cell, _ in running.values()], runs)
@@ -737,6 +737,17 @@ def _run_in_workers(
             lock.release()
     if failures:
         raise failures[0]
+
+
+def _a_worker_ended(pool: Any) -> bool:
+    """Whether a worker of ``pool`` has ended (workers end only when the pool shuts down).
+
+    The pool watches its workers for a death only while its manager thread waits, and a worker
+    spawned while that thread was already waiting is not among those it watches until some
+    other event wakes it: killed then, it went unnoticed until the other worker's cell finished
+    (two minutes in a test, a whole cell in a run), and the message left that cell out.
+    """
+    return any(process.exitcode is not None for process in list((getattr(pool, "_processes", None) or {}).values()))
 
 
 def _where_they_are(cells: Any, runs: str | Path) -> str:
