@@ -563,10 +563,19 @@ def test_a_record_of_a_row_column_budget_or_cell_no_longer_there_is_an_earlier_r
     dropped = render_report(without, results, tmp_path, "standard")
     assert "0 finished run(s)" in dropped
     assert "21.30% (undated); since changed: cell 'cnn-3d on 3d' no longer in stn-3d" in dropped
+    # (no command reruns a record of a row, column, budget or cell that is gone: it said "rerunning replaces them")
+    gone_only = "earlier recipe (in none of the tables above; they are of a budget, row, column or cell"
+    assert gone_only in dropped and "rerunning" not in dropped
     text = render_report(experiment, results, tmp_path, "standard")
     assert "1 finished run(s)" in text
     assert "- cnn-old on MNIST 3-D, seed 0: 30.00% (undated); since changed: row 'cnn-old' no longer in stn-3d" in text
     assert "- CNN on the projection on 4d, seed 0: 31.00% (undated); since changed: column '4d' no longer in" in text
+    assert gone_only in text and "rerunning" not in text
+    cnn_seed1 = plan(experiment, "standard", only=["cnn-3d"], seeds=2)[1]
+    results.add(cnn_seed1, {**_record(cnn_seed1, 22.0), "config": {**cnn_seed1.config, "batch_size": 7}})
+    mixed = render_report(experiment, results, tmp_path, "standard")
+    assert ("rerunning the command replaces them, but for those of a budget, row, column or cell the experiment no "
+            "longer has, which no command reruns") in mixed
     assert "## Budget `long`, which stn-3d no longer has" in text and "32.00%" in text
     assert "## Budget `medium`, which stn-3d no longer has" in text and "33.00%" in text
     assert "--budget long" not in text and "--budget medium" not in text

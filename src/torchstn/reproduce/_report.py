@@ -581,12 +581,18 @@ def _superseded(view: _BudgetView) -> list[str]:
     """Records of this budget from an earlier recipe: their error and what changed since, in no table."""
     if not view.superseded:
         return []
-    lines = [f"Runs of budget `{view.budget}` with an earlier recipe (in none of the tables above; rerunning the "
-             "command replaces them):", ""]
-    for r in view.in_table_order(view.superseded):
+    records = view.in_table_order(view.superseded)
+    changed = [recipe_changes(view.experiment, r) for r in records]
+    gone = [any(k in GONE_KEYS and now is None for k, (_, now) in c.items()) for c in changed]
+    replaced = ("rerunning the command replaces them" if not any(gone) else
+                "rerunning the command replaces them, but for those of a budget, row, column or cell the experiment "
+                "no longer has, which no command reruns" if not all(gone) else
+                "they are of a budget, row, column or cell the experiment no longer has, which no command reruns")
+    lines = [f"Runs of budget `{view.budget}` with an earlier recipe (in none of the tables above; {replaced}):", ""]
+    for r, c in zip(records, changed):
         changes = ", ".join(f"`{k}` {then!r} → {now!r}" if k not in GONE_KEYS or now is not None
                             else f"{k} {then!r} no longer in {view.experiment.name}"
-                            for k, (then, now) in recipe_changes(view.experiment, r).items())
+                            for k, (then, now) in c.items())
         lines.append(f"- {view.label(r['row'], r['column'])}, seed {r['seed']}: {r['error']:.2f}% "
                      f"({r.get('finished', 'undated')}); since changed: {changes}")
     return [*lines, ""]
