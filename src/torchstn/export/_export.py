@@ -83,22 +83,61 @@ class _DropMessages(logging.Filter):
 _REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
 
 
+#: the module of torch's TorchScript-based exporter whose ``exporter_context`` calls ``setup_onnx_logging``
+_TORCHSCRIPT_EXPORTER = "torch.onnx._internal.torchscript_exporter.utils"
+
+
+@contextlib.contextmanager
+def _onnx_log_as_it_was() -> Iterator[None]:
+    """Keep torch's C++ ONNX log on or off as it was while an exporter runs, and after it.
+
+    torch 2.13's ``setup_onnx_logging`` tests a function for truth, so the TorchScript-based
+    exporter switches the log on for every export and leaves it on: a failing export printed
+    its whole TorchScript graph ("Torch IR graph at exception: ...", hundreds of lines) on
+    stdout, from C++ where no Python redirection sees it, and the process logged every later
+    export. For this call the exporter's ``setup_onnx_logging`` is one that reads the flag
+    (exports run one at a time: torch's exporters keep global state); the flag is also set
+    back afterwards, for a torch that keeps that function elsewhere.
+    """
+    log_on, set_log = (getattr(torch._C, f"_jit_{n}_onnx_log_enabled", None) for n in ("is", "set"))  # (private)
+    if log_on is None or set_log is None:
+        yield
+        return
+    was_on = log_on()
+
+    @contextlib.contextmanager
+    def setup_onnx_logging(verbose: bool) -> Iterator[None]:
+        set_log(was_on or verbose)
+        yield
+
+    try:
+        exporter = importlib.import_module(_TORCHSCRIPT_EXPORTER)
+    except ImportError:
+        exporter = None
+    original = getattr(exporter, "setup_onnx_logging", None)
+    if original is not None:
+        exporter.setup_onnx_logging = setup_onnx_logging  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if original is not None:
+            exporter.setup_onnx_logging = original  # type: ignore[union-attr]
+        set_log(was_on)
+
+
 @contextlib.contextmanager
 def _quiet_export() -> Iterator[None]:
     """Silence the exporters' messages that say nothing about the exported model, for this call only.
 
     Only these, matched by their text: the exporter's warnings and errors about the model,
-    and torchstn's own, still reach the user. The TorchScript-based exporter turns torch's
-    ONNX log on and leaves it on (torch 2.13's ``setup_onnx_logging`` tests a function for
-    truth): it is set back as it was, so that the process does not log every later export.
+    and torchstn's own, still reach the user; torch's ONNX log stays as it was
+    (:func:`_onnx_log_as_it_was`).
     """
     skipped_torchvision = _DropMessages("torchvision is not installed. Skipping torchvision::")
     registry = logging.getLogger(_REGISTRY_LOGGER)
     registry.addFilter(skipped_torchvision)
-    log_on, set_log = (getattr(torch._C, f"_jit_{n}_onnx_log_enabled", None) for n in ("is", "set"))  # (private)
-    onnx_log = log_on() if log_on is not None else None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _onnx_log_as_it_was():
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             # torch.export deep-copies its own LeafSpec objects (torch 2.13), which warns about
             # torch's own use of a deprecated class; nothing a user can act on
@@ -108,8 +147,6 @@ def _quiet_export() -> Iterator[None]:
             yield
     finally:
         registry.removeFilter(skipped_torchvision)
-        if set_log is not None and onnx_log is not None:
-            set_log(onnx_log)
 
 
 def _onnx_dynamo(
