@@ -1,5 +1,7 @@
 """``torchstn data``: list, preview and generate."""
 
+import pytest
+
 
 def test_cli_preview_and_generate(cli, mnist_dir, tmp_path):
     out = tmp_path / "fig.png"
@@ -12,6 +14,44 @@ def test_cli_preview_and_generate(cli, mnist_dir, tmp_path):
     assert "mnist-r test: 10000 images 1x28x28" in run.out and str(tmp_path / "distorted") in run.out
     run = cli("data", "list")
     assert run.status == 0 and "mnist-perturbed" in run.out
+
+
+@pytest.fixture
+def titles(monkeypatch) -> list[str]:
+    """The title of every figure made while the test runs (the PNG holds it only as pixels)."""
+    from matplotlib.figure import Figure
+
+    seen: list[str] = []
+    suptitle = Figure.suptitle
+
+    def record(fig, text, **kwargs):
+        seen.append(" ".join(text.split()))  # unwrapped
+        return suptitle(fig, text, **kwargs)
+
+    monkeypatch.setattr(Figure, "suptitle", record)
+    return seen
+
+
+def test_preview_title_says_the_options_given(cli, mnist_dir, tmp_path, titles):
+    """The title gave the recipe's default law whatever --option said: "on 60x60" over 36x36
+    images, "N(0, 1.5 px)" for sigma=2.5."""
+    from torchstn.data import distorted_mnist
+
+    run = cli("data", "preview", "cluttered", "--option", "canvas=36", "--option", "patches=3", "-n", 2,
+              "--data-dir", mnist_dir, "--out", tmp_path / "c.png")
+    assert run.status == 0, run.err
+    side = distorted_mnist("cluttered", "train", mnist_dir, limit=1, cache=False, canvas=36).images.shape[-1]
+    assert f"random position on {side}x{side} plus 3 random 6x6 patches" in titles[-1]
+    assert f"; 1x{side}x{side}," in titles[-1]
+    run = cli("data", "preview", "e", "--option", "sigma=2.5", "-n", 2, "--data-dir", mnist_dir,
+              "--out", tmp_path / "e.png")
+    assert run.status == 0, run.err
+    assert "moved by N(0, 2.5 px)" in titles[-1]
+    run = cli("data", "preview", "r", "-n", 2, "--data-dir", mnist_dir, "--out", tmp_path / "r.png")
+    assert run.status == 0, run.err
+    assert "rotation U(-90°, 90°) about the centre, 28x28" in titles[-1]  # the defaults, as before
+    # the list, which has no options, states the defaults
+    assert "digit at a random position on 60x60 plus 6 random 6x6 patches" in cli("data", "list").out
 
 
 def test_cli_errors_are_one_line(cli, mnist_dir, tmp_path):

@@ -199,6 +199,19 @@ _OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
 _RENDERING = {"supersample": 1}
 
 
+class _Summary:
+    """A recipe's one-line description: a ``str.format`` template of its options (``{canvas}``,
+    ``{scale[0]:g}``). Read on the recipe class (``torchstn data list``) it states the defaults,
+    on a recipe (a preview's title) that recipe's options: a title once said "on 60x60" over the
+    36x36 images of ``canvas=36``."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+
+    def __get__(self, recipe: Recipe | None, cls: type[Recipe]) -> str:
+        return self.template.format(**(cls.defaults if recipe is None else recipe.options))
+
+
 class Recipe:
     """A distortion of MNIST: options, parameter drawing and batched rendering.
 
@@ -216,8 +229,8 @@ class Recipe:
     #: each canvas pixel the mean of ``supersample`` x ``supersample`` bilinear samples (area
     #: antialiasing); 1, the default, is one sample per pixel, the rendering of every committed result
     supersamples: ClassVar[bool] = True
-    #: one-line description for ``torchstn data list``
-    summary: ClassVar[str] = ""
+    #: one-line description of the law, with the options' values (see :class:`_Summary`)
+    summary: ClassVar[_Summary] = _Summary("")
     defaults: ClassVar[dict[str, Any]] = {}
     num_classes: ClassVar[int] = 10
     channels: ClassVar[int] = 1
@@ -381,7 +394,7 @@ class Rotation(Recipe):
     """
 
     kind = "r"
-    summary = "rotation U(-90°, 90°) about the centre, 28x28"
+    summary = _Summary("rotation U(-{angle:g}°, {angle:g}°) about the centre, {canvas}x{canvas}")
     defaults = {"angle": 90.0, **_WHOLE_28}
 
     @property
@@ -411,7 +424,8 @@ class RotatedPSTN(Rotation):
     """
 
     kind = "rotated"
-    summary = "rotation U(-180°, 180°) about the centre, 28x28 (P-STN; folds of 30..10000)"
+    summary = _Summary("rotation U(-{angle:g}°, {angle:g}°) about the centre, {canvas}x{canvas} "
+                       "(P-STN; folds of 30..10000)")
     defaults = {**Rotation.defaults, "angle": 180.0}
 
 
@@ -431,7 +445,7 @@ class RTS(Recipe):
     """
 
     kind = "rts"
-    summary = "rotation ±45°, scale 0.7-1.2, random position on 42x42"
+    summary = _Summary("rotation ±{angle:g}°, scale {scale[0]:g}-{scale[1]:g}, random position on {canvas}x{canvas}")
     defaults = {"angle": 45.0, "scale": (0.7, 1.2), "canvas": 42, "border": 1.0, "mode": "bilinear"}
 
     @property
@@ -478,7 +492,8 @@ class ProjectiveMNIST(Recipe):
     """
 
     kind = "p"
-    summary = "scale 0.75-1, corners moved by N(0, 5 px), projective, 28x28"
+    summary = _Summary("scale {scale[0]:g}-{scale[1]:g}, corners moved by N(0, {sigma:g} px), projective, "
+                       "{canvas}x{canvas}")
     defaults = {"scale": (0.75, 1.0), "sigma": 5.0, **_WHOLE_28}
 
     @property
@@ -527,7 +542,8 @@ class PerturbedICSTN(ProjectiveMNIST):
 
     kind = "perturbed"
     version = 2
-    summary = "IC-STN: corners N(0, 0.25) + translation N(0, 0.25), projective, 28x28"
+    summary = _Summary("IC-STN: corners N(0, {sigma:g}) + translation N(0, {translation:g}), projective, "
+                       "{canvas}x{canvas}")
     defaults = {"sigma": 0.25, "translation": 0.25, **_WHOLE_28, "keep_inside": False, "units": "centres"}
 
     def _draw(self, sources: Sources, index: torch.Tensor, generator: torch.Generator) -> Draw:
@@ -566,7 +582,8 @@ class Elastic(Recipe):
     """
 
     kind = "e"
-    summary = "thin-plate spline, 4x4 control points moved by N(0, 1.5 px), 28x28"
+    summary = _Summary("thin-plate spline, {control[0]}x{control[1]} control points moved by N(0, {sigma:g} px), "
+                       "{canvas}x{canvas}")
     defaults = {"sigma": 1.5, "control": (4, 4), **_WHOLE_28}
 
     @property
@@ -611,7 +628,8 @@ class Cluttered(Recipe):
 
     kind = "cluttered"
     supersamples = False
-    summary = "digit at a random position on 60x60 plus 6 random 6x6 patches of other digits"
+    summary = _Summary("digit at a random position on {canvas}x{canvas} plus {patches} random "
+                       "{patch_size}x{patch_size} patches of other digits")
     defaults = {"canvas": 60, "patches": 6, "patch_size": 6}
 
     def _check(self, o: dict[str, Any]) -> dict[str, Any]:
@@ -675,7 +693,7 @@ class Addition(RTS):
 
     kind = "addition"
     supersamples = False
-    summary = "two RTS digits on two 42x42 channels, label = their sum (19 classes)"
+    summary = _Summary("two RTS digits on two {canvas}x{canvas} channels, label = their sum (19 classes)")
     num_classes = 19
     channels = 2
 
@@ -745,7 +763,8 @@ class Volume3D(Recipe):
 
     kind = "3d"
     supersamples = False
-    summary = "digit extruded into a 60x60x60 volume, rotated ±45° about x, y, z, scale 0.7-1.2, moved in 3-D"
+    summary = _Summary("digit extruded into a {canvas}x{canvas}x{canvas} volume, rotated ±{angle:g}° about x, y, z, "
+                       "scale {scale[0]:g}-{scale[1]:g}, moved in 3-D")
     defaults = {"angle": 45.0, "scale": (0.7, 1.2), "canvas": 60, "size": 36, "thickness": 8,
                 "border": 1.0, "mode": "bilinear"}
 
