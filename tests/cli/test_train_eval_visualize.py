@@ -1,6 +1,7 @@
 """The train, eval and visualize commands, end to end on one tiny run."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -140,6 +141,10 @@ def test_bad_arguments_are_one_line_errors(cli, tiny, tmp_path, run_dir, mnist_d
     cut = tmp_path / "cut"  # a run interrupted before its first checkpoint
     cut.mkdir()
     (cut / "config.json").write_text((run_dir / "config.json").read_text())
+    stateless = tmp_path / "stateless"  # a checkpoint without its training state
+    (stateless / "checkpoints").mkdir(parents=True)
+    (stateless / "config.json").write_text((run_dir / "config.json").read_text())
+    shutil.copy(run_dir / "checkpoints" / "last.safetensors", stateless / "checkpoints")
     cases = [  # (arguments, fragments of the one-line error)
         (["train", "--model", "resnet9000", *tiny], ["unknown model 'resnet9000'", "st-cnn-aff"]),
         (["train", "--data", "imagenet"], ["unknown dataset 'imagenet'", "mnist-rts"]),
@@ -151,7 +156,11 @@ def test_bad_arguments_are_one_line_errors(cli, tiny, tmp_path, run_dir, mnist_d
         (["eval", run_dir, "--data-option", "supersample=99"], ["supersample must be in [1, 16], got 99"]),
         (["train", "--resume", "--out", tmp_path], ["config.json is missing"]),
         (["train", "--resume", "--out", run_dir, "--lr", 1.0], ["cannot change lr"]),
-        (["train", "--resume", "--out", cut], ["holds no checkpoint", "to start it again, remove"]),
+        # (said to remove cut/checkpoints, which did not exist: the command without --resume starts it again)
+        (["train", "--resume", "--out", cut], ["holds no checkpoint", "to start it again, give the command that "
+                                                "started it without --resume, or choose another --out"]),
+        (["train", "--resume", "--out", stateless],  # where a new run is refused: the checkpoints must go
+         ["holds no checkpoint with its training state", f"remove {stateless / 'checkpoints'} or choose another"]),
         (["eval", garbage], ["cannot read checkpoint"]),
         (["visualize", garbage], ["cannot read checkpoint"]),
         (["eval", tmp_path / "missing"], ["does not exist"]),

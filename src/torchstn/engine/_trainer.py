@@ -443,10 +443,12 @@ def _resume(session: _Session) -> None:
     assert run_dir is not None
     last = run_dir.checkpoint("last")
     if not run_dir.can_resume():
+        # without checkpoints a new run may start here; with some, RunDir.start refuses until they are gone
+        again = (f"remove {run_dir.checkpoints} or choose another --out" if run_dir.holds_run() else
+                 "give the command that started it without --resume, or choose another --out")
         raise CheckpointError(
             f"cannot resume {run_dir.path}: it holds no checkpoint with its training state (an interruption "
-            f"before the end of the first epoch?); to start it again, remove {run_dir.checkpoints} or choose "
-            f"another --out"
+            f"before the end of the first epoch?); to start it again, {again}"
         )
     tensors, saved, info = read_checkpoint(last)
     different = RunDir.config_differences(saved, session.config)
