@@ -129,3 +129,25 @@ def test_dropout_drops_inputs_of_the_last_fc_layer_while_training_only(name):
     assert 0.3 < dropped.float().mean() < 0.8  # half of the 128 inputs of each sample, and those ReLU left at 0
     with pytest.raises(ValueError, match="dropout must be in"):
         stn.create_model(name, dropout=1.0)
+
+
+def _linear_widths(model):
+    return [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+@pytest.mark.parametrize("name", ["fcn", "st-fcn-aff"])
+def test_fcn_hidden_takes_one_int_or_a_width_per_layer(name):
+    """``hidden`` as ``loc_hidden``: one int is one hidden layer (it was a raw "'int' object is not
+    iterable"), a sequence a width per layer; every width an int >= 1 (``(0,)`` built a Linear(784, 0))."""
+    classifier = lambda **kw: _linear_widths(stn.create_model(name, **kw).classifier)  # noqa: E731
+    assert classifier(hidden=64) == classifier(hidden=(64,)) == [64, 10]
+    assert classifier(hidden=[24, 12, 8]) == [24, 12, 8, 10]
+    assert classifier(hidden=()) == [10]  # no hidden layer: a linear classifier
+    with pytest.raises(ValueError, match=r"hidden\[0\] must be >= 1, got 0"):
+        stn.create_model(name, hidden=(0,))
+    with pytest.raises(ValueError, match="hidden must be >= 1, got -5"):
+        stn.create_model(name, hidden=-5)
+    with pytest.raises(TypeError, match=r"hidden\[1\] must be an int, got float"):
+        stn.create_model(name, hidden=(8, 1.5))
+    with pytest.raises(TypeError, match="hidden must be an int, got str"):
+        stn.create_model(name, hidden="64")

@@ -104,3 +104,20 @@ def test_forwards_kwargs_keeps_an_open_target_open():
     import inspect
 
     assert list(inspect.signature(net).parameters) == ["width", "depth", "kwargs"]
+
+
+@pytest.mark.parametrize("name", [n for n in stn.list_models() if "in_channels" in stn.models.model_arguments(n)])
+def test_in_channels_is_checked_for_every_model_before_anything_is_built(name):
+    """``in_channels=0`` was blamed on ``input_size`` ("too small for the CNN classifier") or built an FCN
+    for empty inputs; ``1.5`` reached torch's raw TypeError. One message naming it, from the CLI's cheap
+    check too."""
+    from torchstn.models import check_model_args
+
+    checks = (lambda v: check_model_args(name, {"in_channels": v}), lambda v: stn.create_model(name, in_channels=v))
+    for check in checks:
+        with pytest.raises(ValueError, match="in_channels must be >= 1, got 0"):
+            check(0)
+        with pytest.raises(TypeError, match="in_channels must be an int, got float"):
+            check(1.5)
+        with pytest.raises(TypeError, match="in_channels must be an int, got bool"):
+            check(True)

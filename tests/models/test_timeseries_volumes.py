@@ -185,3 +185,13 @@ def test_pstn_cpab_takes_the_smoothness_prior_only_with_a_gaussian():
                                 **SMALL)
     covariance = stn.CPAB1D(tessellation=10).prior_covariance(0.3)
     torch.testing.assert_close(gaussian.transformers[0].prior_precision @ covariance, torch.eye(9), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["st-cnn1d-aff", "pstn-cnn1d-aff"])
+def test_a_1d_model_refuses_a_2d_transform_when_it_is_built(name):
+    """``transform`` must warp series: a 2-D one used to build, and the model's first forward pass
+    then said that an ``x`` of exactly its ``input_shape`` had the wrong rank."""
+    with pytest.raises(ValueError, match=r"transform 'affine' warps 2-D inputs; .* 1-D inputs \(1, 64\)"):
+        stn.create_model(name, input_size=64, transform="affine", **SMALL)
+    model = stn.create_model(name, input_size=64, transform="cpab", **SMALL)  # any 1-D family is welcome
+    assert model(torch.randn(2, *model.input_shape)).shape == (2, 2)

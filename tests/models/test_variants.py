@@ -117,6 +117,22 @@ def test_multi_part_st_cnn(k):
     assert all(st.regressor.bias.grad.abs().sum() > 0 for st in model.transformers)
 
 
+@pytest.mark.parametrize("name", ["2x-st-cnn", "4x-st-cnn"])
+def test_multi_part_st_cnn_checks_scale_and_backbone(name):
+    """A zoom of 0 or below (parts that see one point, or the image mirrored) was accepted, and a
+    backbone that is not a factory failed with "'str' object is not callable"."""
+    for scale in (0, -0.5):
+        with pytest.raises(ValueError, match=f"scale must be > 0, got {float(scale)}"):
+            stn.create_model(name, scale=scale)
+    with pytest.raises(TypeError, match="scale must be a number, got str"):
+        stn.create_model(name, scale="0.5")
+    with pytest.raises(TypeError, match=r"backbone must be a callable in_channels -> nn.Module, got str"):
+        stn.create_model(name, backbone="foo")
+    with pytest.raises(TypeError, match=r"backbone must return an nn.Module, got NoneType"):
+        stn.create_model(name, backbone=lambda channels: None)
+    assert stn.create_model(name, scale=1).transformers[0].regressor.bias[0] == 1.0
+
+
 def test_p_stn_model_marginalises_and_exposes_its_kl():
     torch.manual_seed(0)
     model = stn.create_model("p-stn", samples=2, test_samples=5)
@@ -135,6 +151,15 @@ def test_p_stn_model_marginalises_and_exposes_its_kl():
         log_probs = model(x)
     assert pst.last_samples == 5
     torch.testing.assert_close(log_probs.exp().sum(1), torch.ones(3))
+
+
+def test_p_stn_refuses_a_transform_that_does_not_warp_images():
+    """``transform`` must warp the 2-D images the model is built for: a 1-D family used to build, and the
+    first forward pass then blamed an ``x`` of exactly the model's ``input_shape``."""
+    with pytest.raises(ValueError, match=r"transform 'cpab' warps 1-D inputs; .* 2-D inputs \(1, 28, 28\)"):
+        stn.create_model("p-stn", transform="cpab")
+    model = stn.create_model("p-stn", transform="affine")
+    assert model(torch.rand(2, *model.input_shape)).shape == (2, 10)
 
 
 def test_zoom_starts_the_affine_st_models_on_a_central_crop():

@@ -102,3 +102,19 @@ def test_regressor_start_values():
         stn.IdentityRegressor(4, [])
     with pytest.raises(TypeError, match=r"start\[1\] must be a number, got NoneType"):
         stn.IdentityRegressor(4, [0.0, None])
+
+
+def test_a_transform_must_warp_inputs_of_the_rank_its_localisation_net_declares():
+    """A 1-D transform behind a net built for images (or the reverse) is refused where it is built, naming
+    ``transform`` (it used to pass, and the first forward pass blamed an ``x`` of the declared shape)."""
+    images = stn.conv_localization(1, (28, 28))  # declares (1, 28, 28): 2-D inputs
+    series = stn.nn.declare_input(nn.Sequential(nn.Flatten(), nn.Linear(150, 8)), 1, (150,))  # declares (1, 150)
+    with pytest.raises(ValueError, match=r"transform 'cpab' warps 1-D inputs; .* 2-D inputs \(1, 28, 28\)"):
+        stn.SpatialTransformer("cpab", images)
+    with pytest.raises(ValueError, match=r"transform Affine warps 2-D inputs; .* 1-D inputs \(1, 150\)"):
+        stn.ProbabilisticSpatialTransformer(stn.Affine(), series)
+    with pytest.raises(ValueError, match=r"transform 'affine3d' warps 3-D inputs; .* 2-D inputs"):
+        stn.CascadedSpatialTransformer("affine3d", images, compositional=False)
+    # the matching ranks build and run; a net that declares nothing is not second-guessed
+    assert stn.SpatialTransformer("affine1d", series)(torch.rand(2, 1, 150)).shape == (2, 1, 150)
+    assert stn.SpatialTransformer("cpab", nn.Sequential(nn.Flatten(), nn.Linear(150, 8))).transform.ndim == 1

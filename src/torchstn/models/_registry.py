@@ -34,6 +34,10 @@ _B = TypeVar("_B", bound=Builder)
 
 _REGISTRY: dict[str, Builder] = {}
 
+#: the data's arguments, named alike by every builder, checked once here (ints >= 1) rather than in each
+#: builder: ``in_channels=0`` was blamed on input_size by the convolutional ones and built an empty FCN
+_DATA_ARGS = ("in_channels", "num_classes")
+
 
 def _add(name: str, builder: Builder) -> None:
     if not isinstance(name, str):
@@ -151,10 +155,10 @@ def check_model_args(name: str, args: Mapping[str, object]) -> None:
     values; it is cheap, so a command line can call it before loading any data.
 
     Raises:
-        ValueError: unknown model name (the message lists the known ones), or a
-            ``num_classes`` below 1.
+        ValueError: unknown model name (the message lists the known ones), or an
+            ``in_channels`` or ``num_classes`` below 1.
         TypeError: an argument the builder does not take (the message lists those it
-            does), or a ``num_classes`` that is not an int.
+            does), or an ``in_channels`` or ``num_classes`` that is not an int.
 
     Example:
         >>> check_model_args("fcn", {"widht": 3})
@@ -171,8 +175,9 @@ def check_model_args(name: str, args: Mapping[str, object]) -> None:
             f"model {name!r} got unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
             f"it takes: {', '.join(accepted)}"
         )
-    if args.get("num_classes") is not None:  # (every classifier's; the builders check their own options)
-        check_int("num_classes", args["num_classes"], 1)
+    for data_arg in _DATA_ARGS:  # (the builders check their own options)
+        if args.get(data_arg) is not None:
+            check_int(data_arg, args[data_arg], 1)
 
 
 def create_model(name: str, **overrides: object) -> nn.Module:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchstn._validation import check_input, check_int, check_number
+from torchstn._validation import check_input, check_int, check_number, check_positive
 from torchstn.models._base import STClassifier, as_size, feature_width
 from torchstn.models._registry import forwards_kwargs, register_model
 from torchstn.nn import Conv2d, ParallelSpatialTransformers, SpatialTransformer, conv_localization, declare_input
@@ -65,6 +65,14 @@ __all__ = [
 # ---------------------------------------------------------------------------- building blocks
 
 
+def _widths(name: str, hidden: int | Sequence[int]) -> tuple[int, ...]:
+    """The widths of hidden FC layers given as one int (one layer) or a width per layer, each an int >= 1
+    (``name[i]`` in the message); ``()``: no hidden layer."""
+    if isinstance(hidden, Sequence) and not isinstance(hidden, str):
+        return tuple(check_int(f"{name}[{i}]", width, 1) for i, width in enumerate(hidden))
+    return (check_int(name, hidden, 1),)
+
+
 def _mlp(in_features: int, hidden: Sequence[int], out_features: int | None, dropout: float = 0.0) -> list[nn.Module]:
     """``Flatten -> [FC -> ReLU] * len(hidden) [-> Dropout(dropout)] [-> FC(out_features)]``."""
     layers: list[nn.Module] = [nn.Flatten()]
@@ -79,10 +87,12 @@ def _mlp(in_features: int, hidden: Sequence[int], out_features: int | None, drop
 
 
 def fcn_classifier(
-    in_channels: int, input_size: tuple[int, int], num_classes: int, hidden: Sequence[int] = (128, 128)
+    in_channels: int, input_size: tuple[int, int], num_classes: int, hidden: int | Sequence[int] = (128, 128)
 ) -> nn.Sequential:
-    """``Flatten -> [FC -> ReLU] * len(hidden) -> FC(num_classes)``: ``(B, C, H, W) -> (B, num_classes)``."""
-    return nn.Sequential(*_mlp(in_channels * input_size[0] * input_size[1], hidden, num_classes))
+    """``Flatten -> [FC -> ReLU] * len(hidden) -> FC(num_classes)``: ``(B, C, H, W) -> (B, num_classes)``;
+    ``hidden``: one int (one hidden layer) or a width per layer."""
+    widths = _widths("hidden", hidden)
+    return nn.Sequential(*_mlp(in_channels * input_size[0] * input_size[1], widths, num_classes))
 
 
 def cnn_classifier(
@@ -113,9 +123,12 @@ def cnn_classifier(
     return nn.Sequential(*layers, *_mlp(features, (hidden,) if hidden else (), num_classes, dropout))
 
 
-def st_fcn_localization(in_channels: int, input_size: tuple[int, int], hidden: Sequence[int] = (32, 32)) -> nn.Sequential:
-    """The ST-FCN localisation net: ``Flatten -> [FC -> ReLU] * len(hidden)``, ``(B, C, H, W) -> (B, hidden[-1])``."""
-    net = nn.Sequential(*_mlp(in_channels * input_size[0] * input_size[1], hidden, None))
+def st_fcn_localization(
+    in_channels: int, input_size: tuple[int, int], hidden: int | Sequence[int] = (32, 32)
+) -> nn.Sequential:
+    """The ST-FCN localisation net: ``Flatten -> [FC -> ReLU] * len(hidden)``, ``(B, C, H, W) -> (B, hidden[-1])``;
+    ``hidden``: one int (one layer) or a width per layer."""
+    net = nn.Sequential(*_mlp(in_channels * input_size[0] * input_size[1], _widths("hidden", hidden), None))
     return declare_input(net, in_channels, input_size)
 
 
@@ -155,13 +168,14 @@ def _pooled(size: tuple[int, int], pool: int) -> tuple[int, int]:
 @register_model("fcn")
 def fcn(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10,
-    hidden: Sequence[int] = (128, 128), pool: int = 1,
+    hidden: int | Sequence[int] = (128, 128), pool: int = 1,
 ) -> STClassifier:
     """FCN baseline (STN paper, section 4.1, Table 1; appendix A.1).
 
     ``Flatten -> FC 128 -> ReLU -> FC 128 -> ReLU -> FC num_classes`` (softmax in the
-    loss). The widths are our choice (``hidden``). ``pool`` average-pools the input
-    first (the same classifier then serves as the baseline of an ST-FCN with that ``pool``).
+    loss). The widths are our choice (``hidden``: one int for one layer, or a width per
+    layer). ``pool`` average-pools the input first (the same classifier then serves as the
+    baseline of an ST-FCN with that ``pool``).
 
     Example:
         >>> stn.create_model("fcn", input_size=42)(torch.rand(2, 1, 42, 42)).shape
@@ -234,12 +248,7 @@ def _st_classifier(
 
 def _fcn_localization(loc_hidden: int | Sequence[int] | None) -> Callable[[int, tuple[int, int]], nn.Module]:
     """The ST-FCN localisation net with ``loc_hidden`` units (one int or a width per layer; default 32, 32)."""
-    if loc_hidden is None:
-        widths: tuple[int, ...] = (32, 32)
-    elif isinstance(loc_hidden, Sequence) and not isinstance(loc_hidden, str):
-        widths = tuple(check_int(f"loc_hidden[{i}]", width, 1) for i, width in enumerate(loc_hidden))
-    else:
-        widths = (check_int("loc_hidden", loc_hidden, 1),)
+    widths = (32, 32) if loc_hidden is None else _widths("loc_hidden", loc_hidden)
     return lambda in_channels, size: st_fcn_localization(in_channels, size, widths)
 
 
@@ -544,13 +553,18 @@ def _parts_model(
     """``k`` attention transformers, each starting on its own region at zoom ``scale``, a backbone per part."""
     size = as_size("input_size", input_size)
     crop = as_size("crop_size", crop_size) if crop_size is not None else (size[0] // 2, size[1] // 2)
-    scale = check_number("scale", scale)
+    scale = check_positive("scale", scale)  # (the window's size: 0 sees one point, below 0 the image mirrored)
+    if backbone is not None and not callable(backbone):
+        raise TypeError(f"backbone must be a callable in_channels -> nn.Module, got {type(backbone).__name__}")
     make_backbone = backbone if backbone is not None else _small_backbone
     transformers = []
     for tx, ty in _part_offsets(k):
         localization = conv_localization(in_channels, size)  # each part starts on its own region:
         transformers.append(SpatialTransformer(Attention(), localization, crop, start=[scale, tx, ty], sampler=sampler))
     backbones = [make_backbone(in_channels) for _ in range(k)]
+    for made in backbones:
+        if not isinstance(made, nn.Module):
+            raise TypeError(f"backbone must return an nn.Module, got {type(made).__name__}")
     width = sum(feature_width(b, in_channels, crop, "part backbone") for b in backbones)
     return PartsClassifier(
         transformers, backbones, nn.Linear(width, num_classes), input_shape=(in_channels, *size),
@@ -575,7 +589,7 @@ def st_cnn_2x(
     Args:
         in_channels, input_size, num_classes: the data (``input_size``: ``S`` or ``(H, W)``).
         crop_size: output size of each transformer (default: half the input).
-        scale: initial zoom of every part (its window is ``scale`` of the input).
+        scale: initial zoom of every part (its window is ``scale`` of the input; > 0).
         backbone: ``in_channels -> nn.Module`` mapping a crop to features ``(B, F)``
             (default: a small 2-layer CNN with global average pooling, 64 features).
         mode, padding, align_corners: sampling options

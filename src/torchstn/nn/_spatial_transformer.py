@@ -116,7 +116,9 @@ class SpatialTransformer(nn.Module):
     Args:
         transform: a :class:`~torchstn.transforms.Transform` or its name.
         localization: any module mapping the input ``(B, C, H, W)`` to features
-            ``(B, ...)`` (flattened before the regressor).
+            ``(B, ...)`` (flattened before the regressor). Where it declares its input
+            (:func:`~torchstn.nn.declare_input`), that input must have the rank ``transform``
+            warps (``ValueError`` naming ``transform`` otherwise).
         output_size: spatial size of the output; ``None`` keeps the input's.
         in_features: width of the localisation features; by default the width of the
             last ``nn.Linear`` in ``localization``, else inferred from the first batch.
@@ -187,6 +189,7 @@ class SpatialTransformer(nn.Module):
         if not isinstance(localization, nn.Module):
             raise TypeError(f"localization must be an nn.Module, got {type(localization).__name__}")
         self.transform = get_transform(transform)
+        _check_rank(transform, self.transform, localization)
         self.localization = localization
         self.regressor = make_regressor(localization, self.transform if start is None else start, in_features)
         if self.regressor.out_features != self.transform.num_params:
@@ -274,6 +277,21 @@ def _declared_input(net: nn.Module) -> tuple[int, ...] | None:
     if declared is None and hasattr(type(net), "input_shape"):
         declared = net.input_shape  # a class attribute or property
     return declared
+
+
+def _check_rank(given: Transform | str, transform: Transform, localization: nn.Module) -> None:
+    """Refuse, where the module is built, a ``transform`` that warps inputs of another rank than the
+    localisation net declares (:func:`~torchstn.nn.declare_input`): such a module took only inputs that
+    one of the two refuses, and its first forward pass blamed ``x``. A net that declares nothing is
+    not guessed at."""
+    declared = _declared_input(localization)
+    if declared is None or len(declared) - 1 == transform.ndim:
+        return
+    name = repr(given) if isinstance(given, str) else transform.name
+    raise ValueError(
+        f"transform {name} warps {transform.ndim}-D inputs; the localisation net is built for "
+        f"{len(declared) - 1}-D inputs {tuple(declared)}: give a {len(declared) - 1}-D transform"
+    )
 
 
 def _detached(value: object) -> object:
