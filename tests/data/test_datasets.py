@@ -153,11 +153,8 @@ def test_online_is_refused_where_there_is_nothing_to_redraw(name, tmp_path):
 def test_an_online_elastic_item_is_rendered_as_in_a_batch(mnist_dir):
     """mnist-e item by item (``ds[i]``) is the fixed set bit for bit: the grid of one thin-plate
     spline alone took the BLAS's matrix-vector kernel, 1/255 apart in 11 of 2,048 digits (two of
-    them, 214 and 339, among the first 400)."""
-    tps = stn.ThinPlateSpline()
-    params = tps.identity(64) + 0.05 * torch.randn(64, tps.num_params, generator=torch.Generator().manual_seed(0))
-    whole = tps.grid(params, (28, 28))
-    assert torch.equal(torch.cat([tps.grid(params[i : i + 1], (28, 28)) for i in range(64)]), whole)
+    them, 214 and 339, among the first 400); computed as a batch of two instead, it still differed
+    on an AMD Zen 4, whose BLAS sums batches of up to three rows in another order than larger ones."""
     fixed = get_dataset("mnist-e", "train", root=mnist_dir, limit=400, cache=False)
     online = get_dataset("mnist-e", "train", root=mnist_dir, limit=400, online=True)
     alone = torch.stack([online[i][0] for i in range(400)])

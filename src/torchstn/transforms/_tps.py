@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from torchstn._tracing import cached, eager_tensors
+from torchstn._tracing import cached
 from torchstn._validation import check_number
 from torchstn.transforms._base import Transform, base_grid, interleaved_operator, linear_grid
 
@@ -233,12 +233,6 @@ class ThinPlateSpline(Transform):
         )
         # params (B, 2K) viewed as (B, K, 2); the grid is G @ params[b] for each b, as one matmul
         coefficients = params.reshape(params.shape[0], self.num_control_points, 2).transpose(1, 2)
-        if eager_tensors(params) and coefficients.shape[0] == 1:  # (eager first: a traced shape warns)
-            # one row goes to the BLAS's matrix-vector kernel, which sums in another order than the
-            # matrix-matrix one of every larger batch: 1/255 apart in 11 of 2,048 rendered mnist-e
-            # digits. Two rows take the batched path, so a sample's grid is the same in any batch
-            # (eager calls only: a trace or an export of a batch of one would keep the expansion to 2)
-            return linear_grid(coefficients.expand(2, -1, -1), g, 2)[:1]
         return linear_grid(coefficients, g, 2)
 
     def _traced_grid_points(self, params: torch.Tensor, size: tuple[torch.Tensor, ...], align_corners: bool) -> torch.Tensor:
