@@ -107,6 +107,59 @@ def test_a_traced_torch_backend_gives_both_coordinates_a_nan_gradient():
     assert grid.grad[bad].isnan().all() and not grid.grad[~bad].isnan().any()
 
 
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("entry", ["sample", "warp"])
+def test_inductor_keeps_a_non_finite_point_nan_with_a_nan_gradient(entry, backend):
+    """Compiled by inductor (torch.compile's default backend), a NaN or Inf point still gives NaN
+    and a NaN gradient in both coordinates (in every θ of its sample for warp): inductor's
+    grid_sampler_2d reads such a point as one outside (0), and folds ``g * 0`` to 0, which
+    hid the NaN term added for it. Without a gradient to record (where the torch backend's
+    eager call goes straight to the CPU's F.grid_sample) and with one; the finite points
+    and their gradients are F.grid_sample's."""
+    torch._dynamo.reset()
+    transform = stn.Similarity()
+    x0 = torch.rand(2, 2, 5, 6, generator=torch.Generator().manual_seed(5))
+    if entry == "sample":
+        def run(x, loc):
+            return stn.sample(x, loc, backend=backend)
+
+        def grid_of(loc):
+            return loc
+    else:
+        def run(x, loc):
+            return stn.warp(x, loc, transform, backend=backend)
+
+        def grid_of(loc):
+            return transform.grid(loc, (5, 6))
+    compiled = torch.compile(run, backend="inductor", fullgraph=True)
+    for value in (float("nan"), float("inf")):
+        if entry == "sample":
+            loc, bad = _grid(value, 2, torch.float32)
+        else:
+            loc = transform.identity(2) + torch.tensor([[0.1, 0.2, -0.1, 0.05]])
+            loc[1, 0] = value
+            bad = torch.zeros(2, 5, 6, dtype=torch.bool)
+            bad[1] = True
+        for requires_grad in (False, True):
+            x, l = x0.clone().requires_grad_(requires_grad), loc.clone().requires_grad_(requires_grad)
+            out = compiled(x, l)
+            assert torch.equal(out.isnan().all(1), bad) and not out.isnan().any(1)[~bad].any(), (value, requires_grad)
+            xr = x0.clone().requires_grad_(requires_grad)
+            safe = torch.where(bad[..., None], 0.0, grid_of(loc)).requires_grad_(requires_grad)
+            ref = F.grid_sample(xr, safe, align_corners=False)
+            torch.testing.assert_close(out.masked_fill(bad[:, None], 0), ref.masked_fill(bad[:, None], 0))
+            if not requires_grad:
+                continue
+            out.masked_fill(bad[:, None], 0).sum().backward()  # a loss that ignores the NaN points
+            ref.masked_fill(bad[:, None], 0).sum().backward()
+            torch.testing.assert_close(x.grad, xr.grad)  # (the non-finite points read no pixel)
+            if entry == "sample":
+                assert l.grad[bad].isnan().all(), (value, l.grad[bad])  # both coordinates
+                torch.testing.assert_close(l.grad[~bad], safe.grad[~bad])
+            else:
+                assert l.grad[1].isnan().all() and l.grad[0].isfinite().all(), (value, l.grad)
+
+
 @pytest.mark.parametrize("requires_grad", [False, True])
 @pytest.mark.parametrize("value", BAD, ids=["nan", "inf", "-inf"])
 def test_off_the_cpu_a_non_finite_point_gives_nan_where_grid_sample_gives_zero(monkeypatch, value, requires_grad):

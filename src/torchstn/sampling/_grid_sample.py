@@ -14,12 +14,13 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     """``F.grid_sample``, where a grid point that is not finite (NaN, ±Inf) gives NaN.
 
     For 2-D bilinear and bicubic sampling with zeros padding ``F.grid_sample`` on the CPU
-    already returns NaN there, and the call goes straight to it; but the gradient of a point
-    with one non-finite coordinate is NaN in the other coordinate only, so where the grid's
-    gradient is wanted such a grid takes the careful path below. Off the CPU (CUDA's kernel
-    reads such a point as one far outside: 0) and under a compiler, a term that is NaN
-    exactly there, with a NaN gradient in both coordinates, is added to the output instead
-    (both coordinates' gradients NaN, as on every backend, and no wait for the device).
+    already returns NaN there, and an eager call goes straight to it; but the gradient of a
+    point with one non-finite coordinate is NaN in the other coordinate only, so where the
+    grid's gradient is wanted such a grid takes the careful path below. Off the CPU (CUDA's
+    kernel reads such a point as one far outside: 0) and under a compiler (inductor's
+    grid_sampler_2d reads it so too), a term that is NaN exactly there, with a NaN gradient
+    in both coordinates, is added to the output instead (both coordinates' gradients NaN, as
+    on every backend, and no wait for the device).
     Elsewhere it does not (torch 2.13, CPU): nearest reads 0 or an
     arbitrary pixel, border and reflection an arbitrary pixel for ±Inf and crash the
     process for NaN, and 3-D sampling reads 0 with a zero gradient. There a grid with a
@@ -46,14 +47,15 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
         x, grid = x.clone(memory_format=torch.contiguous_format), grid.clone(memory_format=torch.contiguous_format)
     direct = grid.dim() == 4 and padding == "zeros" and mode != "nearest"
     grid_gradient = grid.requires_grad and torch.is_grad_enabled()
-    if direct and _on_cpu(grid) and not grid_gradient:  # (the CPU's returns NaN there, traced or not)
+    if direct and _on_cpu(grid) and not grid_gradient and not torch.compiler.is_compiling():
+        # (the CPU's returns NaN there, eager or traced by torch.jit.trace; inductor's returns 0)
         return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
     if direct and not _cpu_eager(grid):
         # Off the CPU F.grid_sample reads a non-finite point as one far outside (0, with a zero
-        # gradient: CUDA's kernel), and under torch.compile its gradient of (nan, 0.2) is
-        # [0, nan]: a term that is NaN, with a NaN gradient in both coordinates, exactly at the
-        # non-finite points (and 0 elsewhere) is added, without waiting for the device. Not in
-        # the graphs torch.jit.trace and torch.export record, which are for inference
+        # gradient: CUDA's kernel; inductor's forward too), and under torch.compile its gradient
+        # of (nan, 0.2) is [0, nan]: a term that is NaN, with a NaN gradient in both coordinates,
+        # exactly at the non-finite points (and 0 elsewhere) is added, without waiting for the
+        # device. Not in the graphs torch.jit.trace and torch.export record, which are for inference
         out = F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
         return nan_where_not_finite(out, grid)
     # on the CPU F.grid_sample returns NaN there, but its gradient of (nan, 0.2) is [0, nan]:
@@ -88,7 +90,9 @@ def nan_where_not_finite(out: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     non-finite points (CUDA's grid_sample, compiled code)."""
     if torch.jit.is_tracing() or exporting():
         return out
-    bad = (grid.detach() * 0).sum(-1, keepdim=True)  # 0, or NaN where a coordinate is not finite
+    # 0, or NaN where a coordinate is not finite: chosen by torch.where, which inductor keeps (it
+    # folded the grid times 0 this was, and with it the NaN gradient, to 0)
+    bad = torch.where(torch.isfinite(grid.detach()).all(-1, keepdim=True), 0.0, float("nan")).to(grid.dtype)
     return out + (grid * bad).sum(-1).unsqueeze(1)
 
 
