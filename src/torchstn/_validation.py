@@ -33,6 +33,7 @@ __all__ = [
     "check_positive",
     "check_same_batch",
     "check_size",
+    "check_strided",
     "check_tensor",
     "sizes_traced",
 ]
@@ -61,6 +62,16 @@ def check_floating(name: str, value: torch.Tensor) -> torch.Tensor:
         raise TypeError(
             f"{name} must have a floating-point dtype (float16, bfloat16, float32 or float64), "
             f"got {value.dtype}; convert it with .float() first"
+        )
+    return value
+
+
+def check_strided(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Check that a tensor is dense (strided): a sparse or MKL-DNN tensor has no strided memory for a
+    kernel to read (the fused kernel asked for its data pointer; ``F.grid_sample`` has no kernel for it)."""
+    if value.layout is not torch.strided:
+        raise TypeError(
+            f"{name} must be a strided (dense) tensor, got {value.layout}; convert it with .to_dense() first"
         )
     return value
 

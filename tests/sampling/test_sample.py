@@ -1,6 +1,7 @@
 """The sampler: reference kernel against grid_sample and finite differences, warp, 1-D signals."""
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -208,6 +209,35 @@ def test_integer_dtype():
         stn.warp(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.zeros(1, 6), stn.Affine())
     with pytest.raises(TypeError, match=r"params must have a floating-point dtype .* got torch.int64"):
         stn.warp(torch.rand(1, 1, 8, 8), torch.zeros(1, 6, dtype=torch.long), stn.Affine())
+
+
+@pytest.mark.parametrize("backend", [None, "fused", "torch", "reference"])
+@pytest.mark.parametrize("layout", ["sparse_coo", "sparse_csr", "_mkldnn"])
+def test_a_tensor_without_strides_is_refused_by_name(layout, backend):
+    """A sparse or MKL-DNN tensor has no storage the kernels can read: the default backend's fused
+    kernel failed on its data pointer ("Cannot access data pointer of Tensor that doesn't have
+    storage"), the others somewhere inside torch; every backend now names the argument."""
+    convert = {"sparse_coo": torch.Tensor.to_sparse, "sparse_csr": torch.Tensor.to_sparse_csr,
+               "_mkldnn": torch.Tensor.to_mkldnn}[layout]
+    x, grid, theta = torch.rand(2, 3, 8, 8), torch.zeros(2, 4, 4, 2), stn.Affine().identity(2)
+    volume, signal = torch.rand(1, 1, 4, 4, 4), torch.rand(1, 1, 5)
+    with warnings.catch_warnings():  # (torch's "Sparse CSR tensor support is in beta state")
+        warnings.simplefilter("ignore", UserWarning)
+        calls = [
+            ("x", stn.sample, (convert(x), grid)),
+            ("x", stn.sample, (convert(signal), torch.zeros(1, 3, 1))),
+            ("x", stn.warp, (convert(x), theta, "affine")),
+            ("x", stn.warp, (convert(x), theta.view(2, 2, 3), stn.Affine())),
+            ("x", stn.warp, (convert(x), stn.Projective().identity(2), "projective")),
+            ("x", stn.warp, (convert(volume), stn.Affine3D().identity(1), "affine3d")),
+            ("grid", stn.sample, (x, convert(grid))),
+            ("params", stn.warp, (x, convert(theta), "affine")),
+            ("params", stn.warp, (x, convert(theta.view(2, 2, 3)), "affine")),
+        ]
+    for name, function, args in calls:
+        message = rf"{name} must be a strided \(dense\) tensor, got torch\.{layout}; convert it with \.to_dense\(\)"
+        with pytest.raises(TypeError, match=message):
+            function(*args, backend=backend)
 
 
 def test_mismatched_grid_dtype():

@@ -14,6 +14,7 @@ from torchstn._validation import (
     check_floating,
     check_same_batch,
     check_size,
+    check_strided,
     check_tensor,
     sizes_traced,
 )
@@ -170,10 +171,10 @@ def _fused3d_warp_applies(
 def check_sample_args(x: object, grid: object, mode: str) -> None:
     """Validate the tensors of :func:`sample` against each other and ``mode`` (the options
     themselves are :func:`check_options`')."""
-    check_tensor("x", x, ndim=(3, 4, 5))
+    check_strided("x", check_tensor("x", x, ndim=(3, 4, 5)))
     check_floating("x", x)
     _check_spatial(x)
-    check_tensor("grid", grid, ndim=x.dim())
+    check_strided("grid", check_tensor("grid", grid, ndim=x.dim()))
     check_floating("grid", grid)
     n = x.dim() - 2
     if not sizes_traced() and grid.shape[-1] != n:  # (a traced size is a tensor: the tracer warned)
@@ -443,9 +444,9 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
         out = _eager_fused_warp(x, params, transform, size, mode, padding, align_corners)
         if out is not None:
             return out
-    check_floating("x", check_tensor("x", x, ndim=transform.ndim + 2))
+    check_floating("x", check_strided("x", check_tensor("x", x, ndim=transform.ndim + 2)))
     _check_spatial(x)
-    params = transform.check_params(_matrix_form(transform, params))
+    params = transform.check_params(_matrix_form(transform, check_strided("params", check_tensor("params", params))))
     tangents = forward_ad_active()  # the fused kernels have no forward derivative: grid + reference
     check_same_batch("x", x, "params", params)
     if params.device != x.device:
