@@ -118,3 +118,16 @@ def test_a_transform_must_warp_inputs_of_the_rank_its_localisation_net_declares(
     # the matching ranks build and run; a net that declares nothing is not second-guessed
     assert stn.SpatialTransformer("affine1d", series)(torch.rand(2, 1, 150)).shape == (2, 1, 150)
     assert stn.SpatialTransformer("cpab", nn.Sequential(nn.Flatten(), nn.Linear(150, 8))).transform.ndim == 1
+
+
+def test_a_subclass_that_gives_its_net_another_view_of_x_is_not_refused():
+    """The rank check refused a subclass whose own ``predict_params`` feeds a 2-D net the depth
+    projection of a volume: the net does not see ``x`` there, so the declared rank says nothing."""
+
+    class ProjectedST(stn.SpatialTransformer):
+        def predict_params(self, x: torch.Tensor) -> torch.Tensor:
+            return self.regressor(self.localization(x.sum(2)).flatten(1))
+
+    st = ProjectedST(stn.Affine3D(), stn.conv_localization(1, (16, 16)))
+    volume = torch.rand(2, 1, 8, 16, 16)
+    assert torch.allclose(st(volume), volume, atol=1e-6)  # (it starts at the identity)

@@ -189,7 +189,8 @@ class SpatialTransformer(nn.Module):
         if not isinstance(localization, nn.Module):
             raise TypeError(f"localization must be an nn.Module, got {type(localization).__name__}")
         self.transform = get_transform(transform)
-        _check_rank(transform, self.transform, localization)
+        if _own_features(self):  # (a subclass's own may give its net another view of x, e.g. a projection)
+            _check_rank(transform, self.transform, localization)
         self.localization = localization
         self.regressor = make_regressor(localization, self.transform if start is None else start, in_features)
         if self.regressor.out_features != self.transform.num_params:
@@ -277,6 +278,13 @@ def _declared_input(net: nn.Module) -> tuple[int, ...] | None:
     if declared is None and hasattr(type(net), "input_shape"):
         declared = net.input_shape  # a class attribute or property
     return declared
+
+
+def _own_features(module: SpatialTransformer) -> bool:
+    """Whether the localisation net of ``module`` sees ``x`` as torchstn gives it (no subclass of a
+    user's computes its features or θ)."""
+    cls = type(module)
+    return all(getattr(cls, name).__module__.startswith("torchstn.") for name in ("features", "predict_params"))
 
 
 def _check_rank(given: Transform | str, transform: Transform, localization: nn.Module) -> None:
