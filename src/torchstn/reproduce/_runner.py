@@ -721,7 +721,7 @@ def _run_in_workers(
         for future in [f for f in running if f.done() and not f.cancelled()]:
             collect(future)
         # (no public call ends running work: shutdown waits for it, or leaves it running)
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
+        for process in _workers(pool):
             process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)  # (quick: no worker is left to wait for)
         if isinstance(err, BrokenProcessPool):  # (also from a submit to a pool broken meanwhile)
@@ -747,7 +747,12 @@ def _a_worker_ended(pool: Any) -> bool:
     other event wakes it: killed then, it went unnoticed until the other worker's cell finished
     (two minutes in a test, a whole cell in a run), and the message left that cell out.
     """
-    return any(process.exitcode is not None for process in list((getattr(pool, "_processes", None) or {}).values()))
+    return any(process.exitcode is not None for process in _workers(pool))
+
+
+def _workers(pool: Any) -> list[Any]:
+    """The processes of ``pool`` (private to the pool: no public call ends or inspects its workers)."""
+    return list((getattr(pool, "_processes", None) or {}).values())
 
 
 def _where_they_are(cells: Any, runs: str | Path) -> str:
