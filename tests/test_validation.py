@@ -2,6 +2,9 @@
 for a wrong value, and a message that names the argument and the range it must lie in."""
 
 import pytest
+import torch
+
+import torchstn as stn
 
 from torchstn._validation import check_int, check_number, check_positive
 
@@ -46,3 +49,19 @@ def test_a_numpy_type_is_named_with_its_module():
         check_bool("flag", np.bool_(True))
     with pytest.raises(TypeError, match=r"x must be an int, got numpy\.float32"):
         check_int("x", np.float32(2))
+
+
+def test_an_integer_option_takes_numpy_and_0d_tensor_integers_as_sizes_do():
+    """``create_model("fcn", in_channels=np.int64(1))`` built until in_channels was checked by check_int,
+    which took Python ints only, while sizes took any integer with ``__index__``."""
+    import numpy as np
+
+    for value in (3, np.int64(3), np.uint8(3), torch.tensor(3)):
+        checked = check_int("n", value, 1)
+        assert checked == 3 and type(checked) is int
+    for bad in (True, np.bool_(True), torch.tensor(3.0), torch.tensor([3]), torch.tensor(True)):
+        with pytest.raises(TypeError, match="n must be an int"):
+            check_int("n", bad)
+    with pytest.raises(ValueError, match=r"n must be >= 1, got 0"):
+        check_int("n", np.int64(0), 1)
+    assert stn.create_model("fcn", in_channels=np.int64(1))(torch.rand(2, 1, 28, 28)).shape == (2, 10)

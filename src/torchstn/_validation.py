@@ -184,12 +184,15 @@ def check_bool(name: str, value: object) -> bool:
 
 
 def check_int(name: str, value: object, minimum: int | None = None, maximum: int | None = None) -> int:
-    """Check an integer option (``bool`` is refused), optionally within ``[minimum, maximum]``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """Check an integer option, optionally within ``[minimum, maximum]``: an ``int`` or an integer
+    with ``__index__`` (a numpy integer, a 0-d integer tensor, as sizes take them), returned as an
+    ``int``; ``bool`` is refused."""
+    index = _index(value)
+    if index is None:
         raise TypeError(f"{name} must be an int, got {_type_name(value)}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must be {_bounds(minimum, maximum)}, got {value!r}")
-    return value
+    if (minimum is not None and index < minimum) or (maximum is not None and index > maximum):
+        raise ValueError(f"{name} must be {_bounds(minimum, maximum)}, got {index!r}")
+    return index
 
 
 def parse_json(text: str, source: str | Path) -> Any:
