@@ -135,6 +135,18 @@ def test_visualize_writes_a_png(cli, run_dir, mnist_dir, tmp_path):
     assert f"{tmp_path} is a directory" in line and not (tmp_path.parent / f"{tmp_path.name}.png").exists()
 
 
+def test_an_out_that_is_a_file_is_one_line_naming_out(cli, tiny, tmp_path):
+    """``--out`` naming a regular file said only "afile: File exists" (the system's error where the run
+    directory was made); a new run and a resumed one both name --out and what it must be."""
+    afile = tmp_path / "afile"
+    afile.write_text("notes")
+    for extra in ([], ["--resume"]):
+        line = cli("train", "--model", "cnn", "--epochs", 1, "--out", afile, *extra, *tiny).error_line()
+        assert line == (f"torchstn: error: --out {afile} is a file; give a directory for the run "
+                        "(new or one to --resume)"), extra
+    assert afile.read_text() == "notes"
+
+
 def test_bad_arguments_are_one_line_errors(cli, tiny, tmp_path, run_dir, mnist_dir):
     garbage = tmp_path / "bad.safetensors"
     garbage.write_bytes(b"not a checkpoint at all")

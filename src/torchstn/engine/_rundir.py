@@ -105,13 +105,20 @@ class RunDir:
         """Delete the directory (a run interrupted before its first checkpoint)."""
         shutil.rmtree(self.path, ignore_errors=True)
 
+    def _check_not_a_file(self) -> None:
+        """Refuse a regular file where the run's directory goes, new or resumed (making the directory
+        said only "PATH: File exists", and resuming blamed a missing PATH/config.json)."""
+        if self.path.is_file():
+            raise ValueError(f"--out {self.path} is a file; give a directory for the run (new or one to --resume)")
+
     # --- config -------------------------------------------------------------------------
     def start(self, config: TrainConfig) -> None:
         """Create the directory for a new run: ``config.json`` and an empty history.
 
         Raises:
-            ValueError: a run is already here.
+            ValueError: a run is already here, or a file.
         """
+        self._check_not_a_file()
         if self.holds_run():
             raise ValueError(f"{self.path} already holds a run: resume it (--resume) or choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
@@ -129,7 +136,9 @@ class RunDir:
 
         Raises:
             CheckpointError: no ``config.json`` here.
+            ValueError: the path is a file.
         """
+        self._check_not_a_file()
         if not self.config_path.is_file():
             raise CheckpointError(f"cannot resume: {self.config_path} is missing (is {self.path} a run directory?)")
         return TrainConfig.load(self.config_path)
