@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,32 @@ def test_a_misspelt_option_is_reported_with_its_commands_usage(cli, command):
     run = cli(*command, "--stepz", 5)
     assert run.status == 2
     assert f"usage: torchstn {command[0]}" in run.err and "unrecognized arguments: --stepz 5" in run.err
+
+
+def _print_to_stderr(message, category, filename, lineno, file=None, line=None):
+    """Python's own showwarning outside pytest: ``warnings.formatwarning`` of the warning, written to stderr
+    (pytest records warnings instead of printing them)."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def test_a_warning_of_the_command_is_one_line_and_filters_still_apply(cli, mnist_dir, tmp_path, monkeypatch):
+    """A warning printed as Python prints it (the file path of torchstn's source, then its line); the command
+    prints ``torchstn: warning: MESSAGE``, library users keep Python's format, and filters and captures apply."""
+    tiny = ["train", "--model", "cnn", "--data", "mnist", "--data-dir", mnist_dir, "--train-limit", 16,
+            "--test-limit", 16, "--batch-size", 32, "--epochs", 1, "--no-progress"]
+    said = "batch_size 32 is more than the 16 training examples of mnist"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(warnings, "showwarning", _print_to_stderr)
+        run = cli(*tiny, "--out", tmp_path / "printed")
+    assert run.status == 0, run.err
+    lines = [line for line in run.err.splitlines() if said in line]
+    assert len(lines) == 1 and lines[0].startswith(f"torchstn: warning: {said}"), run.err
+    assert ".py:" not in run.err and "Warning:" not in run.err, run.err
+    assert warnings.formatwarning is warnings._formatwarning_orig  # restored: the library's users keep Python's
+    with pytest.warns(UserWarning, match=said):  # a capture still receives the warning itself
+        assert cli(*tiny, "--out", tmp_path / "caught").status == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as -W ignore or PYTHONWARNINGS=ignore
+        monkeypatch.setattr(warnings, "showwarning", _print_to_stderr)
+        assert "warning" not in cli(*tiny, "--out", tmp_path / "ignored").err

@@ -11,9 +11,11 @@ as one line, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 
 from torchstn._version import __version__
 from torchstn.cli._common import CLIError, apply_shared_args, user_errors
@@ -59,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        with user_errors():
+        with user_errors(), _one_line_warnings():
             apply_shared_args(args)
             return int(args.func(args) or 0)
     except CLIError as err:
@@ -68,3 +70,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("torchstn: interrupted", file=sys.stderr)
         return 130
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    return f"torchstn: warning: {message}\n"
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Print the command's warnings as ``torchstn: warning: MESSAGE``, not as Python does (the path of
+    torchstn's source file and the line that warned, which say nothing to a user of the command).
+
+    Only the format is replaced, for the command's run: filters (``-W``, ``PYTHONWARNINGS``) still decide
+    which warnings show, a capture (``catch_warnings(record=True)``, pytest) still receives them, and
+    ``main()`` called from Python leaves the library's warnings as Python prints them afterwards.
+    """
+    previous = warnings.formatwarning
+    warnings.formatwarning = _format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
