@@ -120,6 +120,29 @@ def test_a_transform_must_warp_inputs_of_the_rank_its_localisation_net_declares(
     assert stn.SpatialTransformer("cpab", nn.Sequential(nn.Flatten(), nn.Linear(150, 8))).transform.ndim == 1
 
 
+def test_a_sampler_mode_the_transform_cannot_sample_is_refused_where_the_module_is_built():
+    """``mode='bicubic'`` with a 3-D transform was taken and refused only by the first forward pass; it is
+    refused when the module is built (or its mode set), with the message that forward pass gave."""
+    with pytest.raises(ValueError) as sampled:  # the reference: what sampling a volume bicubically says
+        stn.sample(torch.rand(1, 1, 2, 2, 2), torch.zeros(1, 2, 2, 2, 3), mode="bicubic")
+    volumes = nn.Sequential(nn.Flatten(), nn.Linear(64, 8))
+    builds = [
+        lambda: stn.SpatialTransformer("affine3d", volumes, mode="bicubic"),
+        lambda: stn.SpatialTransformer(stn.Affine3D(), volumes, sampler=stn.sampling.SamplerOptions(mode="bicubic")),
+        lambda: stn.CascadedSpatialTransformer("affine3d", volumes, mode="bicubic"),
+    ]
+    for build in builds:
+        with pytest.raises(ValueError) as built:
+            build()
+        assert str(built.value) == str(sampled.value)
+    st = stn.SpatialTransformer("affine3d", volumes)
+    with pytest.raises(ValueError) as set_later:
+        st.mode = "bicubic"
+    assert str(set_later.value) == str(sampled.value) and st.mode == "bilinear"
+    # a 2-D transform samples bicubically
+    assert stn.SpatialTransformer("affine", _loc(), mode="bicubic")(torch.rand(2, 1, 8, 8)).shape == (2, 1, 8, 8)
+
+
 def test_a_subclass_that_gives_its_net_another_view_of_x_is_not_refused():
     """The rank check refused a subclass whose own ``predict_params`` feeds a 2-D net the depth
     projection of a volume: the net does not see ``x`` there, so the declared rank says nothing."""

@@ -83,7 +83,8 @@ class _SamplerField(Generic[_T]):
 
 class _Sampler:
     """``st.sampler``: a :class:`~torchstn.sampling.SamplerOptions`, checked where it is set (a
-    string set there failed only in the next forward pass, with an AttributeError). Kept in
+    string set there failed only in the next forward pass, with an AttributeError; so did a
+    mode the transform's rank cannot sample, ``"bicubic"`` in 3-D). Kept in
     the instance's ``__dict__`` under its own name, as a plain attribute is (copies and pickles
     of earlier modules hold it there)."""
 
@@ -102,6 +103,7 @@ class _Sampler:
     def __set__(self, module: SpatialTransformer, value: SamplerOptions) -> None:
         if not isinstance(value, SamplerOptions):
             raise TypeError(f"sampler must be a SamplerOptions, got {type(value).__name__}")
+        value.check_ndim(module.transform.ndim)
         module.__dict__["sampler"] = value
 
 

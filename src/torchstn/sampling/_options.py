@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 import torch
 
-from torchstn.sampling._sample import Backend, Mode, Padding, check_options, sample_checked_options, warp_checked_options
+from torchstn.sampling._sample import (
+    Backend,
+    Mode,
+    Padding,
+    check_mode_fits,
+    check_options,
+    sample_checked_options,
+    warp_checked_options,
+)
 from torchstn.transforms import Transform
 
 __all__ = ["SamplerOptions"]
@@ -47,6 +55,16 @@ class SamplerOptions:
         if self.backend is None:  # (sample's and warp's None: SamplerOptions refused it)
             object.__setattr__(self, "backend", "auto")
         check_options(self.mode, self.padding, self.backend, self.align_corners)
+
+    def check_ndim(self, ndim: int) -> None:
+        """Refuse these options for inputs with ``ndim`` spatial dimensions where every call would refuse
+        them (``mode="bicubic"`` in 3-D), with the message of :func:`~torchstn.sample`: a module that
+        knows its transform's rank checks it where it is built, not in its first forward pass.
+
+        Raises:
+            ValueError: ``mode`` cannot sample such inputs.
+        """
+        check_mode_fits(ndim + 2, self.mode)
 
     def sample(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """:func:`~torchstn.sample` of ``x`` at ``grid`` with these options (checked once, when made)."""

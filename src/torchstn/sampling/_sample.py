@@ -185,7 +185,7 @@ def check_sample_args(x: object, grid: object, mode: str) -> None:
         raise ValueError(f"grid must be on the device of x ({x.device}), got {grid.device}")
     if grid.dtype != x.dtype and not autocast_enabled(x.device.type):  # (under autocast: _run_kernel)
         raise TypeError(f"grid must have the dtype of x ({x.dtype}), got {grid.dtype}")
-    _check_mode_fits(x, mode)
+    check_mode_fits(x.dim(), mode)
 
 
 def _check_spatial(x: torch.Tensor) -> None:
@@ -195,8 +195,9 @@ def _check_spatial(x: torch.Tensor) -> None:
         raise ValueError(f"x must have non-empty spatial dimensions, got shape {tuple(x.shape)}")
 
 
-def _check_mode_fits(x: torch.Tensor, mode: str) -> None:
-    if mode == "bicubic" and x.dim() == 5:
+def check_mode_fits(rank: int, mode: str) -> None:
+    """Refuse a ``mode`` that cannot sample inputs of ``rank`` dimensions (bicubic volumes)."""
+    if mode == "bicubic" and rank == 5:
         raise ValueError("mode='bicubic' is 2-D only (inputs (B, C, H, W)); got a 5-D input, use 'bilinear'")
 
 
@@ -451,7 +452,7 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
     check_same_batch("x", x, "params", params)
     if params.device != x.device:
         raise ValueError(f"params must be on the device of x ({x.device}), got {params.device}")
-    _check_mode_fits(x, mode)
+    check_mode_fits(x.dim(), mode)
     size = _output_size(x, size, transform.ndim)
     # grids need more than 8 mantissa bits: low-precision inputs are warped in float32
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
