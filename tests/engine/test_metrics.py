@@ -96,3 +96,16 @@ def test_logits_and_log_probabilities_are_refused_and_a_diverged_row_gives_nan()
     assert expected_calibration_error(probs.half(), labels) >= 0  # float16 rounding is not refused
     diverged = torch.cat([probs, torch.full((1, 2), float("nan"))])
     assert math.isnan(negative_log_likelihood(diverged, torch.tensor([0, 1, 0])))
+
+
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+def test_low_precision_probabilities_are_binned_as_float32_ones(low):
+    """A bfloat16 bin count stopped at 256 (256 + 1 rounds to 256), a float16 one at 2048: 1,000
+    right answers at confidence 0.9 gave an ECE of 0 instead of |1 - 0.9| = 0.1."""
+    probs = torch.tensor([[0.9, 0.1]]).repeat(3000, 1)
+    labels = torch.zeros(3000, dtype=torch.long)
+    conf, acc, count = calibration_bins(probs.to(low), labels)
+    assert count.sum().item() == 3000 and count.dtype == torch.float32
+    expected = abs(1 - probs.to(low)[0, 0].item())  # (the input's own rounding of 0.9)
+    assert math.isclose(float(expected_calibration_error(probs.to(low), labels)), expected, rel_tol=1e-6)
+

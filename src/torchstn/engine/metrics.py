@@ -66,7 +66,8 @@ def calibration_bins(
 
     Returns:
         ``(confidence, accuracy, count)``, each ``(M,)``: the mean confidence and the
-        accuracy of the predictions in each bin (0 for an empty bin) and their number.
+        accuracy of the predictions in each bin (0 for an empty bin) and their number, in
+        the dtype of ``probs``, float32 for float16 and bfloat16 ``probs`` (summed in float64).
 
     Example:
         >>> p = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
@@ -77,13 +78,15 @@ def calibration_bins(
     probs, labels = _check_probs_labels(probs, labels)
     check_int("bins", bins, minimum=1)
     confidence, prediction = probs.max(dim=1)
-    correct = (prediction == labels).to(probs.dtype)
     index = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
-    count = torch.zeros(bins, dtype=probs.dtype, device=probs.device).index_add_(0, index, torch.ones_like(confidence))
+    # summed in float64: a bfloat16 count stopped at 256 (256 + 1 rounds to 256), a float16 one at 2048
+    confidence = confidence.double()
+    count = confidence.new_zeros(bins).index_add_(0, index, torch.ones_like(confidence))
     conf_sum = torch.zeros_like(count).index_add_(0, index, confidence)
-    acc_sum = torch.zeros_like(count).index_add_(0, index, correct)
+    acc_sum = torch.zeros_like(count).index_add_(0, index, (prediction == labels).double())
     denom = count.clamp_min(1)
-    return conf_sum / denom, acc_sum / denom, count
+    dtype = torch.promote_types(probs.dtype, torch.float32)
+    return (conf_sum / denom).to(dtype), (acc_sum / denom).to(dtype), count.to(dtype)
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> torch.Tensor:
