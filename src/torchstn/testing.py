@@ -115,7 +115,10 @@ def _check_matrix_algebra(transform: MatrixTransform, params: torch.Tensor, atol
            mapped[..., :n] / mapped[..., n:], atol, rtol=1e-4)
     _close("matrix of params_from_matrix vs matrix", matrix_of(transform.params_from_matrix(matrix)), matrix, atol,
            rtol=1e-4)
-    other = params.flip(0)
+    # a second operand of its own (params reversed equalled params for one row or equal rows, where
+    # compose in the wrong order passed)
+    other = transform.identity(params.shape[0], dtype=params.dtype, device=params.device) + 0.05 * torch.randn(
+        params.shape, dtype=params.dtype, device=params.device, generator=generator)
     product = up_to_scale(matrix @ matrix_of(other))
     _close("matrix of compose vs product of matrices", matrix_of(transform.compose(params, other)), product, atol,
            rtol=1e-4)

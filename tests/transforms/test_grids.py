@@ -60,6 +60,23 @@ def test_check_transform_catches_what_warp_alone_hides_and_passes_the_identity_a
         check_transform(_RowsDisagree(), near)
 
 
+
+class _SwappedCompose(stn.Affine):
+    def compose(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return super().compose(second, first)
+
+
+def test_check_transform_catches_compose_in_the_wrong_order_for_one_row_or_equal_rows():
+    """Its second operand of compose was params reversed, equal to params for one row or equal rows
+    (the module docstring's example), where compose in either order gives the same matrix."""
+    params = stn.Affine().identity(3, dtype=torch.float64) + 0.1 * torch.randn(
+        3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for rows in (params[:1], stn.Affine().identity(3, dtype=torch.float64) + 0.1):
+        check_transform(stn.Affine(), rows)
+        with pytest.raises(AssertionError, match="matrix of compose vs product of matrices"):
+            check_transform(_SwappedCompose(), rows)
+
+
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_affine_equals_affine_grid(align_corners, device, dtype, atol):
     params = random_theta(stn.Affine(), 4, dtype, device, scale=0.5)
