@@ -91,7 +91,7 @@ def check_input(x: object, shape: Sequence[int] | None, ndim: int, built: str) -
 
 def check_params(name: str, params: object, num_params: int, family: str) -> torch.Tensor:
     """Check a ``(B, P)`` parameter tensor for a transform with ``num_params`` parameters."""
-    params = check_tensor(name, params, ndim=2)
+    params = check_strided(name, check_tensor(name, params, ndim=2))
     check_floating(name, params)
     if not sizes_traced() and params.shape[1] != num_params:
         raise ValueError(

@@ -447,7 +447,7 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
             return out
     check_floating("x", check_strided("x", check_tensor("x", x, ndim=transform.ndim + 2)))
     _check_spatial(x)
-    params = transform.check_params(_matrix_form(transform, check_strided("params", check_tensor("params", params))))
+    params = transform.check_params(_matrix_form(transform, params))
     tangents = forward_ad_active()  # the fused kernels have no forward derivative: grid + reference
     check_same_batch("x", x, "params", params)
     if params.device != x.device:
@@ -581,7 +581,7 @@ def _matrix_form(transform: Transform, params: object) -> object:
     no accepted matrix form is refused with what to pass instead."""
     if not isinstance(params, torch.Tensor) or params.dim() != 3:
         return params
-    check_floating("params", params)
+    check_floating("params", check_strided("params", params))
     n, shape = transform.ndim, tuple(params.shape[1:])
     own = type(transform) in (Affine, Affine1D, Affine3D, Projective)  # (a subclass's parameters need not be these)
     if isinstance(transform, (Affine, Affine1D, Affine3D)) and shape == (n, n + 1):
