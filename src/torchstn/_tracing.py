@@ -222,6 +222,21 @@ def forward_ad_active() -> bool:
     return torch.autograd.forward_ad._current_level >= 0
 
 
+def nested_forward_ad() -> bool:
+    """True inside two or more ``torch.func`` forward-mode transforms (``jacfwd(jacfwd(f))``,
+    a ``jvp`` of a ``jvp``), where an ``autograd.Function``'s ``jvp`` loses the inner level's
+    tangent-of-tangent terms: torch 2.13 does not carry the outer tangent through the tensors
+    the Function saved for its forward derivative, so a second derivative came out 0 without
+    an error (``x ** 3`` written as a Function with its ``jvp``: ``jacfwd(jacfwd(f))(2.)`` 0,
+    not 12). torch has no public query of the transforms' stack."""
+    if torch.autograd.forward_ad._current_level < 0 or not torch._C._are_functorch_transforms_active():
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return sum(level.key() == TransformType.Jvp for level in retrieve_all_functorch_interpreters()) >= 2
+
+
 def functorch_active() -> bool:
     """True inside any ``torch.func`` transform (``grad``, ``vmap``, ...), whichever tensors it
     wraps: a tensor made inside (an identity θ, a constant) is plain but meets wrapped ones,

@@ -329,6 +329,31 @@ def test_forward_over_reverse_hessians_and_jacfwd_match_reverse_mode(transform, 
         assert torch.autograd.gradgradcheck(fn, leaves, check_fwd_over_rev=True)
 
 
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+@pytest.mark.parametrize("transform", [stn.Affine(), stn.Projective(), stn.ThinPlateSpline(), stn.Affine3D(),
+                                       stn.CPAB1D()], ids=lambda t: t.name)
+def test_forward_over_forward_equals_reverse_over_reverse(transform, backend):
+    """``jacfwd(jacfwd(f))`` (and so a ``jvp`` of a ``jvp``) equals the reverse-mode Hessian
+    with respect to θ, and to the grid and the input at once: the reference kernel's ``jvp``
+    lost its second-order terms between nested forward levels (the grid's mixed derivative
+    and the input-grid term came out 0, with no error), so it runs as plain operations there."""
+    spatial = {1: (9,), 2: (4, 5), 3: (3, 3, 4)}[transform.ndim]
+    x = torch.rand(1, 2, *spatial, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    theta = random_theta(transform, 1, torch.float64, scale=SCALE, seed=8)
+    energy = lambda t: stn.warp(x, t, transform, backend=backend).pow(2).sum()  # noqa: E731
+    expected = torch.func.jacrev(torch.func.jacrev(energy))(theta)
+    assert expected.abs().amax() > 0.1  # (a Hessian with entries to lose)
+    torch.testing.assert_close(torch.func.jacfwd(torch.func.jacfwd(energy))(theta), expected)
+    grid = transform.grid(theta, spatial)
+    both = lambda xs, g: stn.sample(xs, g, backend=backend).sum()  # noqa: E731
+    # d/dx of d/d(grid), and d/d(grid) of d/d(grid) (a signal's linear interpolation has none)
+    for outer in (0, 1) if transform.ndim > 1 else (0,):
+        forward = torch.func.jacfwd(torch.func.jacfwd(both, argnums=1), argnums=outer)(x, grid)
+        reverse = torch.func.jacrev(torch.func.jacrev(both, argnums=1), argnums=outer)(x, grid)
+        assert reverse.abs().amax() > 0.1
+        torch.testing.assert_close(forward, reverse)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's make_dual's
 def test_forward_mode_ad_refuses_bicubic_and_keeps_nan_points():
     """Bicubic has no forward derivative anywhere (F.grid_sample's is missing): a clear error,

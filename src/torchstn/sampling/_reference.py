@@ -47,7 +47,7 @@ import math
 
 import torch
 
-from torchstn._tracing import exporting
+from torchstn._tracing import exporting, nested_forward_ad
 from torchstn.sampling._grid_sample import nan_where_not_finite
 
 __all__ = ["reference_sample"]
@@ -276,11 +276,12 @@ def reference_sample(
             "use backend='torch' for bicubic"
         )
     shape = (*x.shape[:2], *grid.shape[1:-1])
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or exporting():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or exporting() or nested_forward_ad():
         # the forward's plain operations, which the compiler, the tracer or the exporter records
-        # and autograd differentiates (dynamo refused the Function's jvp under fullgraph=True, and a
-        # traced or exported program cannot hold a Python Function); the same values, and the same
-        # gradients but for the sub-gradient at integer pixel coordinates. Compiled, a non-finite
+        # and autograd differentiates (dynamo refused the Function's jvp under fullgraph=True, a
+        # traced or exported program cannot hold a Python Function, and nested forward-mode
+        # transforms drop the second-order terms of its jvp: nested_forward_ad); the same
+        # values, and the same gradients but for the sub-gradient at integer pixel coordinates. Compiled, a non-finite
         # point keeps its NaN location gradient, as torch_sample's does.
         return nan_where_not_finite(_ReferenceSample.forward(x, grid, mode, padding, align_corners).view(shape), grid)
     # shaped outside the Function: a view made inside it cannot be modified in place
