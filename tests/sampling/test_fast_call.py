@@ -1,6 +1,7 @@
 """The compiled call of the fused 2-D kernel (csrc/fast_call.cpp): the same bits as the ctypes
 call it replaces, and the general path wherever it does not apply."""
 
+import errno
 import warnings
 
 import numpy as np
@@ -289,6 +290,23 @@ def test_a_failed_fast_call_build_warns_once_and_calls_through_ctypes(monkeypatc
     assert _fused.fast_call() is None
     monkeypatch.undo()
     _same(out, stn.warp(x, theta, stn.Affine()))
+
+
+@pytest.mark.parametrize("error", [OSError(errno.EROFS, "Read-only file system"), PermissionError(13, "Denied"),
+                                   OSError(errno.ENOSPC, "No space left on device")], ids=str)
+def test_a_build_whose_cache_cannot_be_written_names_the_cache_not_the_compiler(error):
+    """A read-only file system (a plain OSError, no subclass of its own) was blamed on the
+    compiler, as every error that was not PermissionError or NotADirectoryError."""
+    def build(raised: Exception):
+        def broken():
+            raise raised
+        return broken
+
+    with pytest.warns(RuntimeWarning, match="could not be built.*It needs a cache directory it can write") as seen:
+        assert _fused.LazyKernel(build(error), "the fused sampler", "grid_sample")() is None
+    assert "compiler" not in str(seen[0].message)
+    with pytest.warns(RuntimeWarning, match="It needs a C.. compiler"):  # (what a failed compilation says)
+        _fused.LazyKernel(build(RuntimeError("g++: not found")), "the fused sampler", "grid_sample")()
 
 
 def test_other_python_threads_run_during_a_large_compiled_call():

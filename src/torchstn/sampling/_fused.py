@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import hashlib
 import inspect
 import os
@@ -265,6 +266,12 @@ def _checked(lib: ctypes.CDLL, source: Path, abi: int) -> ctypes.CDLL:
     return lib
 
 
+#: the errors of a build whose cache directory cannot be written: no permission, a read-only file
+#: system, a file where a directory should be, a full disk or quota
+_CACHE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC,
+                           errno.EDQUOT})
+
+
 class LazyKernel:
     """A C++ kernel built on its first use and shared by the process (the 2-D and the 3-D one).
 
@@ -297,7 +304,7 @@ class LazyKernel:
                     self.state["lib"], self.state["error"] = None, error
                     # (a cache that cannot be written is not a missing compiler)
                     needs = "a cache directory it can write (TORCH_EXTENSIONS_DIR)" if isinstance(
-                        error, (PermissionError, NotADirectoryError, FileExistsError)) else self.needs
+                        error, OSError) and error.errno in _CACHE_ERRNOS else self.needs
                     warnings.warn(
                         f"torchstn: {self.what} could not be built, so {self.fallback}. It needs {needs}. "
                         f"The error: {type(error).__name__}: {error}",
