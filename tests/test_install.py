@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import venv
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def test_plain_install_runs_every_subcommand(tmp_path):
     source = tmp_path / "source"
     shutil.copytree(ROOT / "src", source / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
-    for name in ("pyproject.toml", "README.md"):
+    shutil.copytree(ROOT / "tests", source / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
         shutil.copy2(ROOT / name, source / name)
     installed = run(str(python), "-m", "pip", "install", "-q", str(source))  # no extras
     assert installed.returncode == 0, installed.stderr[-2000:]
@@ -38,6 +40,16 @@ def test_plain_install_runs_every_subcommand(tmp_path):
     package = run(str(python), "-c", "import torchstn, pathlib; print(pathlib.Path(torchstn.__file__).parent)")
     package_dir = Path(package.stdout.strip())
     assert (package_dir / "py.typed").is_file() and len(list((package_dir / "sampling" / "csrc").glob("*.cpp"))) == 3
+    # the source distribution: the package, its C++ sources and the licence, none of the suite (setuptools
+    # took tests/test*.py alone, without the helpers and conftest files they import: 6 collection errors)
+    assert run(str(python), "-m", "pip", "install", "-q", "setuptools>=77").returncode == 0
+    build = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
+    built = run(str(python), "-c", build, str(tmp_path / "dist"), cwd=source)
+    assert built.returncode == 0, built.stderr[-2000:]
+    with tarfile.open(tmp_path / "dist" / built.stdout.split()[-1]) as sdist:
+        members = [name.split("/", 1)[1] for name in sdist.getnames() if "/" in name]
+    assert not [name for name in members if name.startswith("tests")], members
+    assert "LICENSE" in members and sum(name.startswith("src/torchstn/sampling/csrc/") for name in members) == 3
     command = str(env_dir / "bin" / "torchstn")
     top = run(command, "--help")
     assert top.returncode == 0 and "reproduce" in top.stdout, top.stderr
