@@ -38,6 +38,23 @@ def test_train_writes_a_run_and_resume_extends_it(cli, run_dir):
     assert [r["epoch"] for r in records] == [1, 2] and records[1]["step"] == 16
 
 
+def test_a_run_trained_with_a_relative_data_dir_is_evaluated_from_another_directory(cli, mnist_dir, tmp_path,
+                                                                                    monkeypatch):
+    """The recorded data directory is absolute: eval, visualize and --resume default to it, and a
+    relative one ("mn", as given) was looked up against the directory they ran in."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "mn").symlink_to(mnist_dir)
+    monkeypatch.chdir(tmp_path / "work")
+    run = cli("train", "--model", "fcn", "--data", "mnist", "--data-dir", "mn", "--steps", 2, "--train-limit", 64,
+              "--test-limit", 32, "--batch-size", 32, "--out", "runs/rel", "--no-progress")
+    assert run.status == 0, run.err
+    assert json.loads((tmp_path / "work" / "runs" / "rel" / "config.json").read_text())["data_dir"] == str(
+        tmp_path / "work" / "mn")
+    monkeypatch.chdir(tmp_path)
+    evaluated = cli("eval", "work/runs/rel", "--limit", 32)
+    assert evaluated.status == 0 and "error" in evaluated.out, evaluated.err
+
+
 def test_train_help_reads_defaults_and_choices_from_the_config(cli):
     text = " ".join(cli("train", "--help").out.split())
     help = text[text.index("options:"):]  # the option list, not the usage line
