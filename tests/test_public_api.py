@@ -188,16 +188,19 @@ def test_the_checkers_catch_what_they_are_for():
 
 
 def test_the_testing_module_comes_with_the_package_and_a_transformer_s_repr_names_its_backend():
-    """The README writes ``torchstn.testing.check_transform``, which failed after a plain
-    ``import torchstn`` (fresh interpreter); two transformers with different backends printed alike."""
+    """The README writes ``torchstn.testing.check_transform`` and ``torchstn.engine.load_model``,
+    which failed after a plain ``import torchstn`` (fresh interpreter); two transformers with different backends printed alike."""
     import subprocess
     import sys
 
     from torch import nn
 
-    code = "import torchstn; print(torchstn.testing.check_transform.__name__)"
+    code = ("import torchstn; print(torchstn.testing.check_transform.__name__, torchstn.engine.load_model.__name__, "
+            "torchstn.export.export_onnx.__name__, torchstn.reproduce.EXPERIMENTS is not None, "
+            "torchstn.bench.select_cases.__name__, torchstn.cli.main.__name__, hasattr(torchstn, 'nothing'))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert run.stdout.strip() == "check_transform"
+    assert run.stdout.split() == ["check_transform", "load_model", "export_onnx", "True", "select_cases", "main",
+                                  "False"]
     st = torchstn.SpatialTransformer("affine", nn.Sequential(nn.Flatten(), nn.Linear(16, 8)), backend="torch")
     assert st.extra_repr().endswith(", backend='torch'")
     plain = torchstn.SpatialTransformer("affine", nn.Sequential(nn.Flatten(), nn.Linear(16, 8)))

@@ -40,6 +40,18 @@ from torchstn.transforms import (
 from torchstn import data  # layer 5, as ``stn.data`` (light: no matplotlib, no download at import)
 from torchstn import testing  # as ``stn.testing.check_transform`` (the README's spelling failed without its import)
 
+#: the command's layer, imported where first named (``torchstn.engine.load_model(...)``, the
+#: README's spelling, failed after a plain ``import torchstn``)
+_ON_FIRST_USE = frozenset({"bench", "cli", "engine", "export", "reproduce"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _ON_FIRST_USE:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "Affine",
     "Affine1D",
