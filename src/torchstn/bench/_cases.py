@@ -493,8 +493,8 @@ def _foreign_peer_unavailable(work: Workload, name: str) -> str | None:
     transform, x = work.transform, work.x
     version = _opencv.opencv_version() if name == "opencv" else _jax.jax_version()
     if version is None:
-        package = "opencv-python-headless" if name == "opencv" else "'jax[cpu]'"
-        return f"{name}: not installed (pip install {package}); {name} columns skipped"
+        package = "'opencv-python-headless>=5'" if name == "opencv" else "'jax[cpu]'"  # (as the extra pins them)
+        return f"{name}: not installed (pip install 'torchstn[bench]', or {package} alone); {name} columns skipped"
     if x.device.type != "cpu":
         return f"{name}: timed on the CPU only, not against a {x.device.type} run"
     if x.dtype != torch.float32:
