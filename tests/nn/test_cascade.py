@@ -1,6 +1,7 @@
 """CascadedSpatialTransformer: identity start, closed-form composition, and the boundary effect."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -135,6 +136,29 @@ def test_share_and_separate_predictors():
     given = [_loc(1, (8, 8)) for _ in range(2)]
     explicit = stn.CascadedSpatialTransformer("affine", given, steps=2, share=False)
     assert explicit.localization is given[0] and explicit.refiners[0].localization is given[1]
+
+
+def test_separate_copies_of_a_net_they_cannot_reinitialise_warn():
+    """share=False re-initialises each copy's layers through reset_parameters(); a net holding its
+    weights as a plain nn.Parameter was copied with the same values for every step, silently."""
+    class Plain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(64, 8))
+            self.head = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x.flatten(1) @ self.w)
+
+    with pytest.warns(UserWarning, match=r"share=False: the localization net's w belong to modules without "
+                                         r"reset_parameters\(\)"):
+        cascade = stn.CascadedSpatialTransformer("affine", Plain(), steps=3, share=False, in_features=8)
+    assert torch.equal(cascade.refiners[0].localization.w, cascade.localization.w)  # (as the warning says)
+    assert not torch.equal(cascade.refiners[0].localization.head.weight, cascade.localization.head.weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # layers torch re-initialises, or one net: nothing to say
+        stn.CascadedSpatialTransformer("affine", _loc(1, (8, 8)), steps=3, share=False)
+        stn.CascadedSpatialTransformer("affine", Plain(), steps=3, share=True, in_features=8)
 
 
 def test_gradients_reach_every_step():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +26,15 @@ def _fresh_copy(module: nn.Module) -> nn.Module:
         if callable(reset):
             reset()
     return clone
+
+
+def _kept_by_copies(module: nn.Module) -> list[str]:
+    """The parameters of ``module`` that :func:`_fresh_copy` cannot re-initialise: those of
+    modules without ``reset_parameters()`` (a user's net holding its weights as plain
+    ``nn.Parameter``), which every copy keeps."""
+    return [f"{prefix}.{name}" if prefix else name
+            for prefix, m in module.named_modules() if not callable(getattr(m, "reset_parameters", None))
+            for name, _ in m.named_parameters(recurse=False)]
 
 
 class CascadedSpatialTransformer(SpatialTransformer):
@@ -60,7 +70,8 @@ class CascadedSpatialTransformer(SpatialTransformer):
             compositional cascade needs its ``compose``. A plain cascade also accepts
             other families (e.g. TPS), without a total ``θ``.
         localization: the localisation net of the steps: one module (shared, or
-            deep-copied and re-initialised per step when ``share=False``), or a
+            deep-copied and re-initialised per step when ``share=False``: a warning names
+            the parameters of modules without ``reset_parameters()``, which keep their values), or a
             sequence of ``steps`` modules (``share=False``).
         steps: number of refinement steps ``N >= 1``.
         compositional: propagate parameters (True) or warped images (False).
@@ -119,6 +130,12 @@ class CascadedSpatialTransformer(SpatialTransformer):
         check_bool("share", share)
         if isinstance(localization, nn.Module):
             locs = [localization] if share else [localization] + [_fresh_copy(localization) for _ in range(steps - 1)]
+            kept = [] if share or steps == 1 else _kept_by_copies(localization)
+            if kept:
+                warnings.warn(
+                    f"share=False: the localization net's {', '.join(kept)} belong to modules without "
+                    "reset_parameters(), so every step's copy starts from the same values; pass one net per step "
+                    "to give each its own", UserWarning, stacklevel=2)
         elif isinstance(localization, Sequence) and all(isinstance(m, nn.Module) for m in localization):
             if share or len(localization) != steps:
                 raise ValueError(
