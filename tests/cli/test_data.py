@@ -1,6 +1,7 @@
 """``torchstn data``: list, preview and generate."""
 
 import pytest
+import torch
 
 
 def test_cli_preview_and_generate(cli, mnist_dir, tmp_path):
@@ -52,6 +53,21 @@ def test_preview_title_says_the_options_given(cli, mnist_dir, tmp_path, titles):
     assert "rotation U(-90°, 90°) about the centre, 28x28" in titles[-1]  # the defaults, as before
     # the list, which has no options, states the defaults
     assert "digit at a random position on 60x60 plus 6 random 6x6 patches" in cli("data", "list").out
+
+
+def test_preview_of_a_canvas_smaller_than_the_original_digit(cli, mnist_dir, tmp_path):
+    """The original 28x28 digit was centred on the canvas's rows, which a canvas of 20 (any
+    canvas >= 8 is a valid option) does not have: a traceback instead of the figure."""
+    from torchstn.data import distorted_mnist
+    from torchstn.data._preview import sample_mosaic
+
+    data = distorted_mnist("r", "test", mnist_dir, limit=1, cache=False, canvas=20)
+    mosaic = sample_mosaic(data, 0)
+    assert mosaic.shape[0] == 28 + 2  # the tallest panel, framed
+    torch.testing.assert_close(mosaic[1:29, 1:29], data.originals()[0].float() / 255)
+    run = cli("data", "preview", "r", "--option", "canvas=20", "-n", 2, "--data-dir", mnist_dir,
+              "--out", tmp_path / "r.png")
+    assert run.status == 0, run.err
 
 
 def test_cli_errors_are_one_line(cli, mnist_dir, tmp_path):

@@ -23,11 +23,11 @@ _GAP = 0.35  # grey of the 1-pixel frames and gaps, so a canvas edge is visible 
 
 
 def _framed(panel: torch.Tensor, height: int) -> torch.Tensor:
-    """A ``(h, w)`` float panel centred vertically on ``height`` rows, with a 1-pixel grey frame."""
+    """A ``(h, w)`` float panel in a 1-pixel grey frame, centred vertically on ``height + 2`` rows."""
     h, w = panel.shape
     top = (height - h) // 2
     out = torch.zeros(height + 2, w + 2)
-    out[0, :] = out[-1, :] = out[:, 0] = out[:, -1] = _GAP
+    out[top : top + h + 2, :] = _GAP
     out[1 + top : 1 + top + h, 1 : 1 + w] = panel
     return out
 
@@ -45,15 +45,16 @@ def sample_mosaic(data: DistortedMNIST, i: int, originals: bool = True) -> torch
     :func:`projections`). Each panel has a 1-pixel grey frame just outside the canvas, so
     a digit cut by the canvas edge or an empty canvas shows.
     """
-    height = data.images.shape[2]
-    panels = []
+    raw = []
     if originals:
-        source = data.originals()[i].reshape(-1, *data.sources.images.shape[1:])
-        panels += [_framed(o.float() / 255, height) for o in source]
+        raw += list(data.originals()[i].reshape(-1, *data.sources.images.shape[1:]).float() / 255)
     if data.images.dim() == 5:
-        panels += [_framed(p, height) for p in projections(data.images[i, 0].float() / 255)]
+        raw += projections(data.images[i, 0].float() / 255)
     else:
-        panels += [_framed(c.float() / 255, height) for c in data.images[i]]
+        raw += list(data.images[i].float() / 255)
+    # the tallest panel's rows (an original 28x28 digit beside a smaller canvas, a volume's views)
+    height = max(p.shape[0] for p in raw)
+    panels = [_framed(p, height) for p in raw]
     gap = torch.full((height + 2, 2), 0.0)
     pieces = []
     for k, p in enumerate(panels):
