@@ -56,11 +56,10 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         return hit[0] if hit is not None else build()
     if hit is not None and hit[0]._version == hit[1]:
         return hit[0]
-    if torch.is_inference_mode_enabled():
-        with torch.inference_mode(False):
-            value = build()
-    else:
+    with torch.inference_mode(False) if torch.is_inference_mode_enabled() else _NOTHING:
         value = build()
+        if isinstance(value, torch.Tensor) and value.is_inference():  # (a .to() that returned its input)
+            value = value.clone()
     # (a tensor built inside a torch.func transform may be its wrapper, dead once the transform
     # returns: kept, it broke a later torch.func.hessian with an internal assert of functorch)
     if type(value) is torch.Tensor and not torch.jit.is_tracing() and not in_functorch(value):

@@ -53,6 +53,38 @@ def test_entries_are_never_inference_tensors():
     assert all(not value.is_inference() for value, _ in _tracing._CACHE.values())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("backend", ["fused", "torch", "reference"])
+def test_transforms_built_under_inference_mode_work_in_every_mode(backend, dtype):
+    """A CPAB1D or ThinPlateSpline built under inference_mode (a model built in an eval-only
+    script) kept its float64 basis / spline solution as inference tensors, which the cache
+    then handed out as they were (``.to()`` of the same dtype returns its input): "Inference
+    tensors do not track version counter" in every later call, in any mode."""
+    stn.clear_caches()
+    with torch.inference_mode():
+        built = [stn.CPAB1D(tessellation=4), stn.ThinPlateSpline(control=(3, 3)),
+                 stn.ThinPlateSpline(control=torch.tensor([[-1.0, -1], [1, -1], [0, 1]]))]
+    for transform in built:
+        fresh = type(transform)(tessellation=4) if isinstance(transform, stn.CPAB1D) else stn.ThinPlateSpline(
+            control=transform.control_points)
+        x = _input(transform).to(dtype)
+        theta = (transform.identity(2, dtype=dtype) + 0.05).requires_grad_()
+        out = stn.warp(x, theta, transform, backend=backend)
+        out.square().sum().backward()
+        expected = (fresh.identity(2, dtype=dtype) + 0.05).requires_grad_()
+        stn.warp(x, expected, fresh, backend=backend).square().sum().backward()
+        torch.testing.assert_close(theta.grad, expected.grad)
+        points = torch.rand(2, 5, transform.ndim, dtype=dtype) * 2 - 1
+        torch.testing.assert_close(transform.transform_points(theta, points), fresh.transform_points(theta, points))
+        with torch.inference_mode():
+            torch.testing.assert_close(stn.warp(x, theta, transform, backend=backend), out.detach())
+    assert all(not value.is_inference() for value, _ in _tracing._CACHE.values())
+    with torch.inference_mode():
+        made = torch.ones(3)
+    kept = _tracing.cached(("test", "inference"), lambda: made)  # a build that returns one is not trusted
+    assert not kept.is_inference() and not _tracing.cached(("test", "inference"), lambda: None).is_inference()
+
+
 def test_an_entry_modified_in_place_is_rebuilt():
     stn.clear_caches()
     grid = stn.base_grid((3, 4))

@@ -237,7 +237,9 @@ class CPAB1D(Transform):
         self.zero_boundary = check_bool("zero_boundary", zero_boundary)
         # with a zero boundary one cell leaves no free field (P = K - 1)
         self.tessellation = check_int("tessellation", tessellation, 2 if self.zero_boundary else 1)
-        with torch.device("cpu"):  # computed once, in float64, on the CPU (under torch.device("meta") too)
+        # computed once, in float64, on the CPU (under torch.device("meta") too), as a plain tensor (a
+        # transform built under torch.inference_mode() is used in any mode later)
+        with torch.device("cpu"), torch.inference_mode(False):
             self._basis64 = _basis(self.tessellation, self.zero_boundary)
         self.num_params = self._basis64.shape[1]
 

@@ -183,8 +183,9 @@ class ThinPlateSpline(Transform):
 
     def __init__(self, control: Sequence[int] | torch.Tensor = (4, 4), regularization: float = 0.0) -> None:
         # the control points and the system's solution live on the CPU, also where modules are built
-        # under torch.device("meta") or another default device (only grid() moves them)
-        with torch.device("cpu"):
+        # under torch.device("meta") or another default device (only grid() moves them), as plain
+        # tensors (a transform built under torch.inference_mode() is used in any mode later)
+        with torch.device("cpu"), torch.inference_mode(False):
             if isinstance(control, torch.Tensor):
                 if control.dim() != 2 or control.shape[1] != 2 or control.shape[0] < 3:
                     raise ValueError(f"control points must have shape (K, 2) with K >= 3, got {tuple(control.shape)}")
