@@ -100,3 +100,27 @@ def test_grids_and_points_made_under_autocast_keep_the_parameters_dtype(transfor
         torch.testing.assert_close(low, stn.sample(x.bfloat16().float(), grid).bfloat16())
     with pytest.raises(TypeError, match="grid must have the dtype of x"):  # outside autocast: refused as before
         stn.sample(x, grid.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_every_backend_samples_low_precision_inputs_under_autocast_as_grid_sample(ndim: int, dtype) -> None:
+    """x and grid both bfloat16 (or float16) under autocast: every backend gives F.grid_sample's
+    float32 output and gradients in the inputs' dtypes; the reference backend's backward raised
+    "scatter(): Expected self.dtype to be equal to src.dtype" (its forward ran in float32 under
+    autocast, its backward without it)."""
+    generator = torch.Generator().manual_seed(ndim)
+    x = torch.rand(1, 2, *(5, 6, 4)[:ndim], generator=generator).to(dtype)
+    grid = (torch.rand(1, *(3, 4, 2)[:ndim], ndim, generator=generator) * 2 - 1).to(dtype)
+    results = {}
+    for backend in ("torch", "reference", "auto"):
+        leaves = x.clone().requires_grad_(), grid.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = stn.sample(*leaves, backend=backend)
+        out.float().square().sum().backward()
+        results[backend] = out, leaves[0].grad, leaves[1].grad
+    for backend in ("reference", "auto"):
+        for got, expected in zip(results[backend], results["torch"]):
+            assert got.dtype == expected.dtype
+            torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)
+    assert results["torch"][0].dtype == torch.float32 and results["torch"][1].dtype == dtype
