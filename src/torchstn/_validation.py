@@ -13,9 +13,11 @@ are skipped there (:func:`sizes_traced`); the checks of rank, dtype and type sti
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import operator
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "caller_stacklevel",
     "check_bool",
     "check_choice",
     "check_floating",
@@ -243,3 +246,14 @@ def check_positive(name: str, value: object) -> float:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     return value
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that shows a warning raised by this function's caller at the first
+    line outside torchstn and torch: the user's call (``warp``, ``sample``, a module's
+    forward, ``torch.compile``, ``distorted_mnist``...), however many frames lie in between."""
+    inside = (str(Path(__file__).parent) + os.sep, str(Path(torch.__file__).parent) + os.sep)  # torchstn, torch
+    frame, level = inspect.currentframe().f_back, 1  # the frame that calls warnings.warn: level 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -98,6 +98,25 @@ def test_a_root_without_the_files_is_said_when_another_copy_is_read(mnist_dir, t
         load_mnist(mnist_dir.parent, split="test")  # in root's mnist/
 
 
+def test_a_wrong_root_is_said_also_when_the_digits_were_read_before(mnist_dir, tmp_path, monkeypatch):
+    """The distorted sets keep the digits they read per process: a later call with a root that
+    does not hold them took the kept copy without the warning load_mnist gives; the warning
+    points at the user's line, not inside torchstn."""
+    from torchstn.data import distorted_mnist, get_dataset
+
+    monkeypatch.setenv("TORCHSTN_DATA", str(mnist_dir))
+    (tmp_path / "typo").mkdir()
+    distorted_mnist("r", "test", None, limit=2, cache=False)  # the digits read and kept
+    with pytest.warns(UserWarning, match="MNIST is not in .*typo.*reading the copy in") as seen:
+        distorted_mnist("r", "test", tmp_path / "typo", limit=2, cache=False)
+    assert seen[0].filename == __file__
+    with pytest.warns(UserWarning, match="MNIST is not in .*typo"):
+        get_dataset("mnist-rts", "test", root=tmp_path / "typo", limit=2, cache=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        distorted_mnist("r", "test", mnist_dir, limit=2, cache=False)
+
+
 def test_wrong_magic_number_is_named(mnist_dir, tmp_path):
     plain = _plain_copy(mnist_dir, tmp_path)
     path = plain / "t10k-images-idx3-ubyte"

@@ -125,10 +125,10 @@ def _batches(root: str | os.PathLike | None, split: str) -> list[tuple[bytes, st
     for d in dirs:
         for folder in (d / _FOLDER, d):
             if (hit := _from_folder(folder, split)) is not None:
-                warn_if_not_in_root(root, d, "cifar10", "CIFAR-10", read=folder, stacklevel=3)
+                warn_if_not_in_root(root, d, "cifar10", "CIFAR-10", read=folder)
                 return hit
         if (d / _ARCHIVE).is_file():
-            warn_if_not_in_root(root, d, "cifar10", "CIFAR-10", read=d / _ARCHIVE, stacklevel=3)
+            warn_if_not_in_root(root, d, "cifar10", "CIFAR-10", read=d / _ARCHIVE)
             return _from_archive(d / _ARCHIVE, split)
     files = ", ".join(_BATCHES[split])
     raise FileNotFoundError(

@@ -31,7 +31,7 @@ import torch
 from torchstn._validation import check_choice, check_int
 from torchstn._version import __version__
 from torchstn.data._geometry import make_generator
-from torchstn.data._mnist import SPLITS, default_cache_dir, find_mnist, load_mnist
+from torchstn.data._mnist import SPLITS, default_cache_dir, find_mnist, found_dir, load_mnist, warn_if_not_in_root
 from torchstn.data._recipes import Draw, Recipe, Sources, get_recipe
 from torchstn.sampling import fused_status
 from torchstn.transforms import Transform
@@ -120,7 +120,8 @@ def load_sources(root: str | os.PathLike | None, split: str) -> Sources:
     if hit is not None:
         paths = hit[1] if isinstance(hit[1], tuple) else (hit[1],)
         key = (split, *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
-        if key in _SOURCES:
+        if key in _SOURCES:  # (read before: from a root that held them, or not, as load_mnist says)
+            warn_if_not_in_root(root, found_dir(hit), "mnist", "MNIST")
             return _SOURCES[key]
     sources = Sources(*load_mnist(root, split))
     if key is not None:

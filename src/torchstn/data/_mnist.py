@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from torchstn._validation import check_choice
+from torchstn._validation import caller_stacklevel, check_choice
 
 __all__ = [
     "MIRRORS",
@@ -37,6 +37,7 @@ __all__ = [
     "default_cache_dir",
     "download_mnist",
     "find_mnist",
+    "found_dir",
     "load_mnist",
     "read_idx",
     "search_dirs",
@@ -108,19 +109,17 @@ def search_dirs(root: str | os.PathLike | None, sub: str) -> list[Path]:
     return dirs
 
 
-def warn_if_not_in_root(
-    root: str | os.PathLike | None, found_in: Path, sub: str, what: str, read: Path | None = None, stacklevel: int = 2
-) -> None:
+def warn_if_not_in_root(root: str | os.PathLike | None, found_in: Path, sub: str, what: str,
+                        read: Path | None = None) -> None:
     """Say in a warning that ``what`` was read from the directory ``found_in`` of the search
     order (:func:`search_dirs` with ``sub``) when a ``root`` was given and ``found_in`` is not
     ``root`` or its ``sub/``: a mistyped ``--data-dir`` / ``root=`` must not be silently
     replaced by another copy (a cache or ``$TORCHSTN_DATA`` below ``root``, e.g. ``--data-dir
     ~`` and ``~/.cache/torchstn``, is another copy too). ``read``: the file or folder the
-    warning names (default ``found_in``); ``stacklevel``: as :func:`warnings.warn`'s, counted
-    from the caller of this function."""
+    warning names (default ``found_in``). The warning points at the user's call."""
     if root is not None and found_in not in search_dirs(root, sub)[:2]:
         warnings.warn(f"{what} is not in {root}: reading the copy in {read or found_in}", UserWarning,
-                      stacklevel=stacklevel + 1)
+                      stacklevel=caller_stacklevel())
 
 
 def _search_dirs(root: str | os.PathLike | None) -> list[Path]:
@@ -149,6 +148,11 @@ def _find_in(directory: Path, split: str) -> tuple[str, Path | tuple[Path, Path]
     if npz.is_file():
         return "npz", npz
     return None
+
+
+def found_dir(hit: tuple[str, Path | tuple[Path, Path]]) -> Path:
+    """The directory of what :func:`find_mnist` found."""
+    return (hit[1] if hit[0] == "npz" else hit[1][0]).parent
 
 
 def find_mnist(root: str | os.PathLike | None = None, split: Split = "train") -> tuple[str, Path | tuple[Path, Path]] | None:
@@ -401,7 +405,7 @@ def _locate(root: str | os.PathLike | None, split: str, download: bool) -> tuple
     warning when the files are read from further down the search order."""
     hit = find_mnist(root, split)
     if hit is not None:
-        warn_if_not_in_root(root, (hit[1] if hit[0] == "npz" else hit[1][0]).parent, "mnist", "MNIST", stacklevel=3)
+        warn_if_not_in_root(root, found_dir(hit), "mnist", "MNIST")
     else:
         if not download:
             raise FileNotFoundError(_missing_message(root, "download=False"))

@@ -329,7 +329,7 @@ def _locate(name: str, split: str, root: str | os.PathLike | None) -> Path:
             if folder is not None and (hit := _split_file(folder, name, split)) is not None:
                 # the search directory the place came from (a place is one, or its archive folder)
                 base = place.parent if place.name == _ARCHIVE_FOLDER else place
-                warn_if_not_in_root(root, base, "ucr", f"UCR {name}", read=hit, stacklevel=3)
+                warn_if_not_in_root(root, base, "ucr", f"UCR {name}", read=hit)
                 return hit
     raise FileNotFoundError(_missing_message(name, root))
 

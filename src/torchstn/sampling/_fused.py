@@ -58,7 +58,6 @@ import contextlib
 import ctypes
 import errno
 import hashlib
-import inspect
 import os
 import sys
 import threading
@@ -83,6 +82,7 @@ from torchstn._tracing import (
     forward_ad_active,
     functorch_active,
 )
+from torchstn._validation import caller_stacklevel
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.transforms import Affine, Projective, Transform, get_transform, matrix_grid
 
@@ -309,7 +309,7 @@ class LazyKernel:
                         f"torchstn: {self.what} could not be built, so {self.fallback}. It needs {needs}. "
                         f"The error: {type(error).__name__}: {error}",
                         RuntimeWarning,
-                        stacklevel=_caller_stacklevel(),
+                        stacklevel=caller_stacklevel(),
                     )
         return self.state["lib"]  # type: ignore[return-value]
 
@@ -400,7 +400,7 @@ def _fast_call_wanted() -> bool:
         return False
     if value not in ("", "1", "true", "on", "yes"):  # ("": set empty, as unset)
         warnings.warn(f"TORCHSTN_FAST_CALL={value!r} is neither 0/false/off/no nor 1/true/on/yes: the compiled call "
-                      "stays on", RuntimeWarning, stacklevel=_caller_stacklevel())
+                      "stays on", RuntimeWarning, stacklevel=caller_stacklevel())
     return True
 
 
@@ -460,17 +460,6 @@ def rebind_fast_call() -> None:
 def _set_kernels(fast: object) -> None:
     fast.set_kernels(*(ctypes.cast(_ENTRY[backward, dtype], ctypes.c_void_p).value
                        for backward in (False, True) for dtype in _DTYPES), _ABI)
-
-
-def _caller_stacklevel() -> int:
-    """The ``stacklevel`` that shows a warning raised by this function's caller at the first
-    line outside torchstn and torch: the user's call (``warp``, ``sample``, a module's
-    forward, ``torch.compile``...), however many frames lie in between."""
-    inside = (str(Path(__file__).parents[1]) + os.sep, str(Path(torch.__file__).parent) + os.sep)  # torchstn, torch
-    frame, level = inspect.currentframe().f_back, 1  # the frame that calls warnings.warn: level 1
-    while frame is not None and frame.f_code.co_filename.startswith(inside):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 @torch.compiler.assume_constant_result
