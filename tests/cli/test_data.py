@@ -82,6 +82,9 @@ def test_cli_errors_are_one_line(cli, mnist_dir, tmp_path):
     assert f"{tmp_path} is a directory" in line  # (once wrote a PNG beside it and named the directory)
     line = cli("data", "generate", "r", "--data-dir", tmp_path / "none", "--quiet").error_line()
     assert "t10k-images-idx3-ubyte.gz" in line
+    one = mnist_dir / "t10k-images-idx3-ubyte.gz"  # (said "does not exist")
+    line = cli("data", "generate", "r", "--data-dir", one, "--quiet").error_line()
+    assert line == f"torchstn: error: --data-dir {one} is a file: give the directory that holds the data ({mnist_dir}?)"
     empty = tmp_path / "empty"
     empty.mkdir()  # a directory without MNIST: the loader says which files to put where
     line = cli("data", "generate", "r", "--data-dir", empty, "--quiet").error_line()

@@ -117,6 +117,21 @@ def test_a_wrong_root_is_said_also_when_the_digits_were_read_before(mnist_dir, t
         distorted_mnist("r", "test", mnist_dir, limit=2, cache=False)
 
 
+def test_a_root_that_is_one_of_the_files_names_its_directory(mnist_dir, tmp_path, monkeypatch):
+    """root= the .gz or mnist.npz itself (load_cifar10 takes its archive so) tried to download into
+    it: a bare FileExistsError."""
+    from torchstn.data import distorted_mnist
+
+    monkeypatch.delenv("TORCHSTN_DATA", raising=False)
+    monkeypatch.setenv("TORCHSTN_CACHE", str(tmp_path / "cache"))
+    one = mnist_dir / "t10k-images-idx3-ubyte.gz"
+    with pytest.raises(ValueError, match=f"root must be the directory .* got the file {one}; give its directory "
+                                         f"{mnist_dir}$"):
+        load_mnist(one, split="test")
+    with pytest.raises(ValueError, match="root must be the directory"):
+        distorted_mnist("r", "test", one, limit=2, cache=False)
+
+
 def test_wrong_magic_number_is_named(mnist_dir, tmp_path):
     plain = _plain_copy(mnist_dir, tmp_path)
     path = plain / "t10k-images-idx3-ubyte"

@@ -147,6 +147,9 @@ def check_data_args(data: str | None, data_dir: str | None) -> None:
                  "_TEST files (.tsv or .ts)" if ucr else "")
         raise CLIError(f"unknown dataset {data!r}; choose one of: {', '.join(known)}{where}")
     if data_dir is not None and not (Path(data_dir).is_dir() or (data == "cifar10" and Path(data_dir).is_file())):
+        if Path(data_dir).is_file():
+            raise CLIError(f"--data-dir {data_dir} is a file: give the directory that holds the data "
+                           f"({Path(data_dir).parent}?)")
         raise CLIError(f"data directory {data_dir} does not exist: {_what_to_put(data)}, or omit --data-dir to use "
                        "$TORCHSTN_DATA or the cache")
 

@@ -160,9 +160,13 @@ def find_mnist(root: str | os.PathLike | None = None, split: Split = "train") ->
 
     Looks in ``root``, ``$TORCHSTN_DATA`` and the user cache, each directory and its
     ``mnist/`` subdirectory, in that order; IDX files win over an ``mnist.npz`` in the
-    same directory.
+    same directory. A ``root`` that is a file (one of them, ``mnist.npz``) is refused with a
+    ``ValueError`` that names its directory.
     """
     check_choice("split", split, SPLITS)
+    if root is not None and Path(root).expanduser().is_file():  # (the download then failed on mkdir: FileExistsError)
+        raise ValueError(f"root must be the directory that holds the MNIST files, got the file {root}; "
+                         f"give its directory {Path(root).expanduser().parent}")
     for directory in _search_dirs(root):
         hit = _find_in(directory, split)
         if hit is not None:
@@ -383,7 +387,7 @@ def load_mnist(
         FileNotFoundError: nothing found and the download failed or was disabled; the
             message names the four files and where to put them.
         ValueError: a file is corrupt, truncated or has the wrong magic number, or
-            its checksum disagrees.
+            its checksum disagrees; ``root`` is a file, not the directory holding them.
 
     Example:
         >>> images, labels = stn.data.load_mnist(split="test")  # doctest: +SKIP
