@@ -379,10 +379,15 @@ def test_warp_takes_a_homography_of_any_scale(align_corners):
         ("translation", (2, 3, 3), r"must have shape \(B, 2\).* \(B, 3, 3\) one with stn.Projective\(\)"),
         ("projective", (2, 2, 3), r"\(B, 3, 3\) homography, got shape \(2, 2, 3\); .* stn.Affine\(\)"),
         ("tps", (2, 16, 2), r"must have shape \(B, 32\): the targets .* pass params.flatten\(1\)"),
+        # (a signal's: the 2-D families were named)
+        (stn.CPAB1D(tessellation=4), (2, 1, 2), r"must have shape \(B, 3\), .* \(B, 1, 2\) matrix with "
+                                                r"stn.Affine1D\(\)$"),
     ],
 )
 def test_warp_says_which_matrix_it_takes_and_what_to_pass_instead(transform, shape, says):
-    x = torch.rand(2, 1, 6, 6) if transform != "affine3d" else torch.rand(2, 1, 3, 4, 5)
+    x = {"affine3d": torch.rand(2, 1, 3, 4, 5)}.get(transform, torch.rand(2, 1, 6, 6))
+    if isinstance(transform, stn.Transform) and transform.ndim == 1:
+        x = torch.rand(2, 1, 9)
     with pytest.raises(ValueError, match=says):
         stn.warp(x, torch.rand(shape), transform)
 

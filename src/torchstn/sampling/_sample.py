@@ -368,13 +368,14 @@ def warp(
         ``params`` map output points to input points (``src_from_dst``); the same
         ``align_corners`` is used for the grid and the sampler.
         At θ the identity (where a spatial transformer starts) every point lies on a pixel
-        centre, where bilinear sampling has only one-sided derivatives. The fused kernel
-        and the reference compute each pixel coordinate from θ exactly and take the
-        right-sided one (:func:`sample`); the grid of the ``"torch"`` backend, as that of
-        ``F.affine_grid``, is rounded to normalised coordinates first, and can put some
-        centres a rounding below the integer, where ``F.grid_sample`` takes the left-sided
-        one. Their θ-gradients at the exact identity can therefore differ in those points
-        (each a valid sub-gradient); anywhere off a tie they agree to rounding.
+        centre, where bilinear sampling has only one-sided derivatives. Every backend
+        computes a point's pixel coordinate from its normalised coordinate, rounded once
+        (torchstn's base grid, as ``F.affine_grid``'s), so some centres land a rounding
+        below the integer, where the left-sided difference is taken, and the others on it
+        or above, where the right-sided one is (:func:`sample`); which centres depends on
+        the size and the dtype. Where two backends round a centre differently their
+        θ-gradients at the exact identity differ in that point (each a valid
+        sub-gradient); anywhere off a tie they agree to rounding.
 
     Matrix form:
         :class:`~torchstn.Affine` also takes the ``(B, 2, 3)`` ``theta`` of
@@ -616,6 +617,9 @@ def _matrix_form_error(transform: Transform, params: torch.Tensor) -> str:
         k = transform.num_control_points
         return (f"{expected}: the targets (x, y) of its {k} control points, interleaved, {given}; "
                 f"for targets of shape (B, {k}, 2) pass params.flatten(1)")
+    if transform.ndim == 1:  # (a signal's families: the 2-D ones named below do not warp it)
+        return (f"{expected}, {given}: a matrix need not lie in the {transform.name} family; warp a (B, 1, 2) "
+                "matrix with stn.Affine1D()")
     return (f"{expected}, {given}: a matrix need not lie in the {transform.name} family; warp a (B, 2, 3) "
             "matrix with stn.Affine() (F.affine_grid's theta), or a (B, 3, 3) one with stn.Projective()")
 
