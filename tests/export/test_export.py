@@ -11,7 +11,7 @@ from torch import nn
 
 import torchstn as stn
 from tests._helpers import perturb, random_images
-from torchstn.export import check_export, export_onnx, export_torchscript, exported_files
+from torchstn.export import check_export, export_onnx, export_torchscript, exported_files, load_exported, run_exported
 from torchstn.models import create_model
 
 FAMILIES = ["aff", "proj", "tps"]
@@ -282,3 +282,63 @@ def test_the_python_api_names_the_extra_without_onnx(tmp_path: Path, monkeypatch
     for missing, call in calls.items():
         with pytest.raises(ImportError, match=rf"needs {missing}, which .*: pip install 'torchstn\[export\]'"):
             call()
+
+
+class _AffineWarp(nn.Module):
+    """``stn.warp`` of an image by a given θ: a bilinear, zeros-padded 2-D warp (F.grid_sample's own path)."""
+
+    def forward(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        return stn.warp(x, theta, stn.Affine())
+
+
+def _exported_run(kind: str, model: nn.Module, example: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...],
+                  path: Path) -> tuple[torch.Tensor, ...]:
+    """``model`` exported with ``example`` by ``kind``, run on ``inputs`` (another batch size)."""
+    if kind == "torch.export":
+        batch = torch.export.Dim("batch")
+        program = torch.export.export(model, example, dynamic_shapes=tuple({0: batch} for _ in example))
+        out = program.module()(*inputs)
+        return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+    if kind == "torchscript":
+        path = export_torchscript(model, example, path.with_suffix(".pt"))
+    else:
+        pytest.importorskip("onnxruntime")
+        if kind == "onnx":
+            pytest.importorskip("onnxscript")
+        path = export_onnx(model, example, path, dynamo=kind == "onnx")
+    return run_exported(load_exported(path), inputs)
+
+
+EXPORTS = ["onnx", "onnx-legacy", "torchscript", "torch.export"]
+
+
+@pytest.mark.parametrize("kind", EXPORTS)
+def test_a_non_finite_theta_gives_nan_in_every_export(tmp_path: Path, kind: str) -> None:
+    """torchstn's policy (a non-finite grid point is NaN in every channel) in the exported
+    graph too: the exports relied on the runtime's grid sampler, and onnxruntime's GridSample
+    reads a NaN or Inf point as a finite value (0.066 where eager gave NaN, both exporters)."""
+    model = _AffineWarp().eval()
+    x = random_images(4, (3, 8, 9), seed=2)
+    theta = stn.Affine().identity(4) + 0.1 * torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    theta[1, 0], theta[2, 4], theta[3, 2] = float("nan"), float("inf"), -float("inf")
+    with torch.no_grad():
+        expected = model(x, theta)
+    assert not expected[0].isnan().any() and expected[1:].isnan().all()  # eager: NaN in every channel
+    (got,) = _exported_run(kind, model, (x[:2], stn.Affine().identity(2)), (x, theta), tmp_path / "warp.onnx")
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("kind", EXPORTS)
+def test_a_nan_pixel_through_a_whole_model_gives_eager_s_nan_in_every_export(tmp_path: Path, kind: str) -> None:
+    """A NaN pixel reaches st-cnn-aff's θ: eager's warped image and logits of that sample are
+    NaN, and an exported file's must be too (onnxruntime gave finite logits)."""
+    model = _Warped(perturb(create_model("st-cnn-aff")).eval())
+    x = random_images(3, seed=3)
+    x[1, 0, 5, 5] = float("nan")
+    with torch.no_grad():
+        expected = model(x)
+    assert all(e[1].isnan().all() and not e[[0, 2]].isnan().any() for e in expected)
+    got = _exported_run(kind, model, (random_images(2, seed=1),), (x,), tmp_path / "model.onnx")
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=ATOL, rtol=0, equal_nan=True)

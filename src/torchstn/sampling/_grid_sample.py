@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from torchstn._tracing import exporting, functorch_active
+from torchstn._tracing import functorch_active
 
 __all__ = ["torch_sample"]
 
@@ -17,10 +17,11 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     already returns NaN there, and an eager call goes straight to it; but the gradient of a
     point with one non-finite coordinate is NaN in the other coordinate only, so where the
     grid's gradient is wanted such a grid takes the careful path below. Off the CPU (CUDA's
-    kernel reads such a point as one far outside: 0) and under a compiler (inductor's
-    grid_sampler_2d reads it so too), a term that is NaN exactly there, with a NaN gradient
-    in both coordinates, is added to the output instead (both coordinates' gradients NaN, as
-    on every backend, and no wait for the device).
+    kernel reads such a point as one far outside: 0), under a compiler (inductor's
+    grid_sampler_2d reads it so too) and in a traced or exported graph (whose runtime may read
+    it so: onnxruntime's GridSample gave finite values), a term that is NaN exactly there, with
+    a NaN gradient in both coordinates, is added to the output instead (both coordinates'
+    gradients NaN, as on every backend, and no wait for the device).
     Elsewhere it does not (torch 2.13, CPU): nearest reads 0 or an
     arbitrary pixel, border and reflection an arbitrary pixel for ±Inf and crash the
     process for NaN, and 3-D sampling reads 0 with a zero gradient. There a grid with a
@@ -47,15 +48,16 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
         x, grid = x.clone(memory_format=torch.contiguous_format), grid.clone(memory_format=torch.contiguous_format)
     direct = grid.dim() == 4 and padding == "zeros" and mode != "nearest"
     grid_gradient = grid.requires_grad and torch.is_grad_enabled()
-    if direct and _on_cpu(grid) and not grid_gradient and not torch.compiler.is_compiling():
-        # (the CPU's returns NaN there, eager or traced by torch.jit.trace; inductor's returns 0)
+    if direct and _on_cpu(grid) and not grid_gradient and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        # (the CPU's returns NaN there; inductor's returns 0, and a traced or exported graph runs elsewhere)
         return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
     if direct and not _cpu_eager(grid):
         # Off the CPU F.grid_sample reads a non-finite point as one far outside (0, with a zero
         # gradient: CUDA's kernel; inductor's forward too), and under torch.compile its gradient
         # of (nan, 0.2) is [0, nan]: a term that is NaN, with a NaN gradient in both coordinates,
         # exactly at the non-finite points (and 0 elsewhere) is added, without waiting for the
-        # device. Not in the graphs torch.jit.trace and torch.export record, which are for inference
+        # device. So in the graphs torch.jit.trace and torch.export record: their runtimes read it as
+        # CUDA does (onnxruntime's GridSample: a finite value)
         out = F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
         return nan_where_not_finite(out, grid)
     # on the CPU F.grid_sample returns NaN there, but its gradient of (nan, 0.2) is [0, nan]:
@@ -84,12 +86,12 @@ def _cpu_eager(grid: torch.Tensor) -> bool:
 def nan_where_not_finite(out: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """``out`` ``(B, C, *out)`` sampled at ``grid`` plus a term that is 0 at a finite point and NaN
     at one with a coordinate that is not, whose gradient with respect to both coordinates of that
-    point is NaN, 0 elsewhere (a finite point however far out adds 0: its coordinates times 0 do);
-    ``out`` itself in the graphs ``torch.jit.trace`` and ``torch.export`` record, which are for
-    inference. What a sampler adds where its own kernel does not follow torchstn's policy for
-    non-finite points (CUDA's grid_sample, compiled code)."""
-    if torch.jit.is_tracing() or exporting():
-        return out
+    point is NaN, 0 elsewhere (a finite point however far out adds 0: its coordinates times 0 do).
+    What a sampler adds where its own kernel does not follow torchstn's policy for non-finite
+    points (CUDA's grid_sample, compiled code), and in the graphs ``torch.jit.trace`` and
+    ``torch.export`` record, whose runtimes may not either (onnxruntime's GridSample read a NaN
+    θ's points as 0.066, where eager gave NaN, from both ONNX exporters; a TorchScript file can
+    run on CUDA)."""
     # 0, or NaN where a coordinate is not finite: chosen by torch.where, which inductor keeps (it
     # folded the grid times 0 this was, and with it the NaN gradient, to 0)
     bad = torch.where(torch.isfinite(grid.detach()).all(-1, keepdim=True), 0.0, float("nan")).to(grid.dtype)
