@@ -225,3 +225,18 @@ def test_an_operator_onnx_has_not_is_named(cli, tmp_path: Path) -> None:
     line = cli("export", path, "--out", tmp_path / "p.onnx").error_line()
     assert "p-stn cannot be exported with onnx: No ONNX function found for" in line and "_standard_gamma" in line
     assert "\x1b" not in line
+
+
+def test_onnx_options_of_a_torchscript_export_are_refused(cli, checkpoint: Path, tmp_path: Path) -> None:
+    """--legacy-onnx and --opset of an export whose format is TorchScript (from --out's suffix, or
+    --format) were ignored without a word: a TorchScript file written where ONNX was meant."""
+    cases = [(("--out", tmp_path / "model.bin", "--legacy-onnx", "--opset", "11"), "--legacy-onnx and --opset 11"),
+             (("--format", "torchscript", "--opset", "17"), "--opset 17"),
+             (("--out", tmp_path / "model.pt", "--legacy-onnx"), "--legacy-onnx")]
+    for args, flags in cases:
+        line = cli("export", checkpoint, *args).error_line()
+        assert flags in line and "torchscript" in line and "onnx" in line.lower(), line
+        source = "--format torchscript" if "--format" in args else f"suffix {Path(args[1]).suffix}"
+        assert source in line, line
+    assert not (tmp_path / "model.bin").exists() and not (tmp_path / "model.pt").exists()
+    assert not (checkpoint.parent.parent / "export").exists()

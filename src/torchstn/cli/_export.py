@@ -91,10 +91,11 @@ def run(args: argparse.Namespace) -> int:
     check_at_least_one(args, "batch")
     if not args.atol >= 0 or args.atol == float("inf"):  # (-1 or nan: the whole export ran, then the check failed)
         raise CLIError(f"--atol must be a finite number >= 0, got {args.atol}")
+    fmt = args.format or ("onnx" if args.out is None or args.out.suffix == ".onnx" else "torchscript")
+    _check_onnx_options(args, fmt)
     if args.opset is not None and not 7 <= args.opset <= _newest_opset():
         raise CLIError(f"--opset must be in [7, {_newest_opset()}] (the opsets of the installed onnx), "
                        f"got {args.opset}")
-    fmt = args.format or ("onnx" if args.out is None or args.out.suffix == ".onnx" else "torchscript")
     model, config, info = load_model(args.checkpoint, which=args.which)
     shape = getattr(model, "input_shape", None)
     if shape is None:
@@ -112,6 +113,19 @@ def run(args: argparse.Namespace) -> int:
         check_batch = args.batch if args.fixed_batch else args.batch + 3
         _check(out, model, torch.rand(check_batch, *shape, generator=generator), args.atol)
     return 0
+
+
+def _check_onnx_options(args: argparse.Namespace, fmt: str) -> None:
+    """Refuse the ONNX exporter's options for another format: they were ignored without a word
+    (``--out model.bin --legacy-onnx`` wrote TorchScript)."""
+    options = (("--legacy-onnx", args.legacy_onnx), (f"--opset {args.opset}", args.opset is not None))
+    given = [flag for flag, on in options if on]
+    if fmt == "onnx" or not given:
+        return
+    source = "--format torchscript" if args.format else f"from --out's suffix {args.out.suffix or '(none)'}"
+    several = len(given) > 1
+    raise CLIError(f"{' and '.join(given)} {'apply' if several else 'applies'} to ONNX exports only, and this export "
+                   f"is torchscript ({source}); give --format onnx or leave {'them' if several else 'it'} out")
 
 
 def _export(fmt: str, model: nn.Module, name: str, example: torch.Tensor, out: Path, args: argparse.Namespace) -> None:
