@@ -400,6 +400,17 @@ def test_evaluate_checks_its_precision_and_batch_size():
             evaluate(_Fixed(), data, batch_size=bad)
 
 
+def test_evaluate_and_predict_name_a_model_that_is_not_a_module():
+    """evaluate("model", ...) failed with "'str' object has no attribute 'modules'"."""
+    from torchstn.engine import predict
+
+    data = TensorDataset(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]))
+    for call in (evaluate, predict):
+        with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+            call("model", data)  # type: ignore[arg-type]
+    assert evaluate(_Fixed(), data)["n"] == 4  # a module is evaluated
+
+
 def test_evaluation_draws_read_the_saved_state_and_touch_nothing(tmp_path):
     """The evaluation state is read beside a checkpoint without the repair that --resume makes
     (renaming the previous state file over the current one): an `eval` landing while the

@@ -317,3 +317,42 @@ def test_a_misspelt_model_argument_fails_before_the_data_is_loaded(monkeypatch):
     monkeypatch.setattr(_trainer, "load_split", no_data)
     with pytest.raises(TypeError, match="model 'st-cnn-aff' got unknown argument 'poool'; it takes: .*pool"):
         train(_config(model="st-cnn-aff", model_args={"poool": 2}), progress=False)
+
+
+def test_train_refuses_what_it_cannot_run_before_the_data_is_loaded(monkeypatch):
+    """A dict for the config failed with "'dict' object has no attribute 'device'", stop_after=1.5
+    with range()'s bare TypeError, and stop_after=0 or -1 trained nothing and said it had run."""
+    from torchstn.engine import _trainer
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before train's arguments were checked")
+
+    monkeypatch.setattr(_trainer, "load_split", no_data)
+    as_dict = _config().to_dict()
+    with pytest.raises(TypeError, match=r"config must be a TrainConfig, got dict; .*TrainConfig\(\*\*"):
+        train(as_dict, progress=False)  # type: ignore[arg-type]
+    assert TrainConfig(**as_dict) == _config()  # what the message says to do
+    with pytest.raises(TypeError, match="stop_after must be an int, got float"):
+        train(_config(), progress=False, stop_after=1.5)  # type: ignore[arg-type]
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"stop_after must be >= 1, got {bad}"):
+            train(_config(), progress=False, stop_after=bad)
+
+
+def test_config_checks_data_dir_and_data_seed_as_it_is_built(tmp_path):
+    """data_dir=5 failed later inside pathlib, a Path was taken and then broke config.json,
+    and data_seed was not range-checked as seed is (2**70 taken)."""
+    with pytest.raises(TypeError, match="data_dir must be a str, an os.PathLike or None, got int"):
+        TrainConfig(data_dir=5)  # type: ignore[arg-type]
+    config = TrainConfig(data_dir=tmp_path / "mnist")  # type: ignore[arg-type]
+    assert config.data_dir == str(tmp_path / "mnist")
+    config.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == config
+    for bad in (2**70, 2**63, -(2**63) - 1):
+        with pytest.raises(ValueError, match=rf"data_seed must be .*, got {bad}"):
+            TrainConfig(data_seed=bad)
+        with pytest.raises(ValueError, match=rf"seed must be .*, got {bad}"):  # (the same range as seed's)
+            TrainConfig(seed=bad)
+    assert TrainConfig(data_seed=2**63 - 1).data_seed == 2**63 - 1 and TrainConfig(data_seed=-3).data_seed == -3
+    with pytest.raises(TypeError, match="data_seed must be an int, got float"):
+        TrainConfig(data_seed=1.0)  # type: ignore[arg-type]

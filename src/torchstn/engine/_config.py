@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -35,12 +36,12 @@ class TrainConfig:
         model_args: builder overrides; ``in_channels``, ``input_size`` and
             ``num_classes`` are filled in from the dataset when missing.
         data: dataset name (:func:`torchstn.data.list_datasets`).
-        data_dir: where the MNIST files are (``None``: ``TORCHSTN_DATA``, the cache,
-            or a checksummed download).
+        data_dir: where the MNIST files are, a str or ``os.PathLike`` (kept as a str, for
+            ``config.json``; ``None``: ``TORCHSTN_DATA``, the cache, or a checksummed download).
         data_options: the distortion's recipe options (:func:`torchstn.data.get_dataset`'s
             keywords, e.g. ``{"supersample": 4}``: area-antialiased rendering, or
             ``{"sigma": 3.0}``); empty is the recipe's defaults.
-        data_seed: seed of the dataset's distortions.
+        data_seed: seed of the dataset's distortions (an int64, as ``seed``).
         online: draw fresh distortions of the training images every epoch.
         ground_truth_init: the IC-STN paper's protocol: feed the model the undistorted
             digit and the sample's ground-truth distortion as ``init_params``
@@ -130,8 +131,13 @@ class TrainConfig:
         for name in ("steps", "lr_decay_every", "train_limit", "test_limit"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), minimum=1)
-        check_int("data_seed", self.data_seed)
-        check_int("seed", self.seed, minimum=-(2**63), maximum=2**63 - 1)  # (torch's generators hold an int64)
+        for name in ("data_seed", "seed"):  # (torch's generators hold an int64; data_seed was unchecked)
+            check_int(name, getattr(self, name), minimum=-(2**63), maximum=2**63 - 1)
+        if self.data_dir is not None:  # (5 failed later inside pathlib; a Path broke config.json)
+            data_dir = os.fspath(self.data_dir) if isinstance(self.data_dir, os.PathLike) else self.data_dir
+            if not isinstance(data_dir, str):
+                raise TypeError(f"data_dir must be a str, an os.PathLike or None, got {type(self.data_dir).__name__}")
+            self.data_dir = data_dir
         check_int("diagnostics_samples", self.diagnostics_samples, minimum=0)
         for name in ("online", "ground_truth_init", "deterministic", "channels_last"):
             check_bool(name, getattr(self, name))

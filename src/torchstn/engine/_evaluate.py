@@ -111,6 +111,8 @@ def predict(
     θ) comes from torch's generator as any call's would (:func:`~torchstn.engine.train`
     forks it around its per-epoch evaluation, so that evaluating never changes a seeded run).
     """
+    if not isinstance(model, nn.Module):  # (a str failed with "'str' object has no attribute 'modules'")
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_int("batch_size", batch_size, 1)  # (-1 gave no logits, 0 range()'s error)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from torchstn._validation import check_int
 from torchstn.engine._checkpoint import (
     CheckpointError,
     capture_rng,
@@ -283,7 +284,17 @@ def train(
 
     Returns:
         a :class:`TrainResult`.
+
+    Raises:
+        TypeError: ``config`` is not a :class:`TrainConfig` (a dict of its fields is one as
+            ``TrainConfig(**d)``), or ``stop_after`` not an int.
+        ValueError: ``stop_after`` below 1.
     """
+    if not isinstance(config, TrainConfig):  # (a dict failed with "'dict' object has no attribute 'device'")
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}; build one from a dict of its "
+                        "fields with TrainConfig(**d) (TrainConfig.from_dict(d) names unknown keys)")
+    if stop_after is not None:  # (0 or -1 trained nothing without an error; 1.5 failed in range())
+        stop_after = check_int("stop_after", stop_after, minimum=1)
     device = resolve_device(config.device)
     ddp = _Distributed(device)
     # --deterministic ends with the run: the caller's settings come back as they were (warn_only
