@@ -30,7 +30,8 @@ examples:
   torchstn train --model pstn-cnn1d-cpab --data ucr:GunPoint --optimizer adam --lr 1e-3 --batch-size 16 --epochs 200
   torchstn train --model st-cnn-3d-aff --data mnist-3d --model-arg pool=2 --train-limit 10000 --optimizer adam --lr 1e-3
   torchstn train --model st-cnn-cifar --data cifar10 --data-dir DIR --epochs 50 --batch-size 64 --lr 0.01 --momentum 0
-  torchstn train --out runs/st-cnn-rts --resume --epochs 20      # continue (bit-exactly) and extend
+  torchstn train --out runs/st-cnn-rts --resume                  # continue an interrupted run, bit-exactly
+  torchstn train --out runs/st-cnn-rts --resume --epochs 20      # extend it (its schedule stretched to 20)
   torchrun --nproc_per_node=2 -m torchstn train --model st-cnn-aff --data mnist-rts --out runs/ddp
 
 Data: MNIST and its distortions (downloaded where missing), mnist-3d (volumes), cifar10
