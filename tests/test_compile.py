@@ -135,3 +135,19 @@ def test_the_reference_backend_compiles_whole_and_traces_with_its_gradients(tmp_
     traced.save(str(tmp_path / "reference.pt"))
     torch.testing.assert_close(torch.jit.load(str(tmp_path / "reference.pt"))(x.detach(), grid.detach()),
                                run(x, grid).detach())
+
+
+@pytest.mark.parametrize("name", ["tps", "thin-plate-spline", "cpab", "cpab1d", "translation"])
+def test_warp_by_a_name_compiles_whole(name) -> None:
+    """warp(x, θ, "tps") made its ThinPlateSpline (or CPAB1D) in every call, inside the trace,
+    where dynamo cannot enter its construction's torch.device context (and its system's solve
+    and checks broke the graph five times): a name's transform is made at import."""
+    torch._dynamo.reset()
+    transform = stn.get_transform(name)
+    x = torch.rand(2, 2, 9) if transform.ndim == 1 else random_images(2, (2, 9, 11))
+    theta = (transform.identity(2) + 0.05 * torch.randn(2, transform.num_params)).requires_grad_()
+    compiled = torch.compile(lambda x_, t: stn.warp(x_, t, name), backend="aot_eager", fullgraph=True)
+    out = compiled(x, theta)
+    torch.testing.assert_close(out, stn.warp(x, theta, transform))
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), theta)[0],
+                               torch.autograd.grad(stn.warp(x, theta, transform).sum(), theta)[0])

@@ -42,7 +42,7 @@ PUBLIC = [
 LAYER_PUBLIC = {
     "transforms": ["Affine", "Affine1D", "Affine3D", "Attention", "CPAB1D", "MatrixTransform", "Projective", "Similarity",
                    "ThinPlateSpline", "Transform", "Translation", "base_grid", "clear_caches", "get_transform",
-                   "matrix_grid"],
+                   "matrix_grid", "named_transforms"],
     "sampling": ["BACKENDS", "BACKEND_CHOICES", "Backend", "BackendName", "FusedStatus", "MODES", "Mode", "PADDINGS",
                  "Padding", "SamplerOptions", "fused_applies", "fused_status", "reference_sample", "sample", "warp"],
 }

@@ -84,7 +84,7 @@ from torchstn._tracing import (
 )
 from torchstn._validation import caller_stacklevel
 from torchstn.sampling._grid_sample import torch_sample
-from torchstn.transforms import Affine, Projective, Transform, get_transform, matrix_grid
+from torchstn.transforms import Affine, Projective, Transform, get_transform, matrix_grid, named_transforms
 
 __all__ = [
     "LOCATIONS",
@@ -430,20 +430,25 @@ _FAST_CALL_LOCK = threading.Lock()
 
 #: the families whose parameters the compiled call reads itself (exactly these types), and its code for each
 _COMPILED_FAMILIES = {Affine: 0, Projective: 1}
-#: name -> its transform (:func:`~torchstn.transforms.get_transform`'s, made once: default
-#: options), which the compiled call warps a name's call with. The compiled call holds this
-#: dict (and _MODES, _PADDING, _FUSED_BACKENDS) itself, from its first load: never rebind them.
-_NAMED: dict[str, Transform] = {}
+#: name -> its transform (default options), which a call that names its transform warps with:
+#: every name :func:`~torchstn.transforms.get_transform` knows, made at import
+#: (:func:`~torchstn.transforms.named_transforms`: before any torch.compile trace), and other
+#: spellings as they come (:func:`_named`). The compiled call holds this dict (and _MODES,
+#: _PADDING, _FUSED_BACKENDS) itself, from its first load: never rebind them.
+_NAMED: dict[str, Transform] = named_transforms()
 
 
 def _named(name: str) -> Transform | None:
     """The transform named ``name``, kept in :data:`_NAMED`; ``None`` for a name
     :func:`~torchstn.transforms.get_transform` refuses (the general path says why)."""
+    hit = _NAMED.get(name)
+    if hit is not None:
+        return hit
     try:
         transform = get_transform(name)
     except (TypeError, ValueError):
         return None
-    if len(_NAMED) < 64:
+    if len(_NAMED) < 128:  # (the names made at import and up to a hundred other spellings)
         _NAMED[name] = transform
     return transform
 

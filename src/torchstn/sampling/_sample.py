@@ -443,7 +443,8 @@ def warp_checked_options(
 def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | str, size: Sequence[int] | None,
                   mode: str, padding: str, align_corners: bool, backend: str | None) -> torch.Tensor:
     """:func:`warp_checked_options` once the compiled call declined (:func:`warp` asks it first too)."""
-    transform = get_transform(transform)
+    named = _fused._named(transform) if isinstance(transform, str) else None  # (made at import: compile traces it)
+    transform = get_transform(transform) if named is None else named  # (which says why a name is refused)
     if backend is None or backend == "auto" or backend == "fused":
         out = _eager_fused_warp(x, params, transform, size, mode, padding, align_corners)
         if out is not None:

@@ -27,6 +27,7 @@ __all__ = [
     "clear_caches",
     "get_transform",
     "matrix_grid",
+    "named_transforms",
 ]
 
 _BY_NAME: dict[str, type[Transform]] = {
@@ -70,3 +71,21 @@ def get_transform(name: str | Transform, **kwargs: object) -> Transform:
     if key not in _BY_NAME:
         raise ValueError(f"transform must be one of {sorted(_BY_NAME)}, got {name!r}")
     return _BY_NAME[key](**kwargs)
+
+
+def named_transforms() -> dict[str, Transform]:
+    """Every name :func:`get_transform` knows, each with a transform of its default options,
+    made now: for a caller that warps by name and keeps these (``warp(x, θ, "tps")``), made
+    once instead of in every call, and before any ``torch.compile`` trace (a
+    :class:`ThinPlateSpline` or :class:`CPAB1D` solves and checks its system when made, which
+    dynamo cannot trace: made in the trace, ``warp(x, θ, "tps")`` broke ``fullgraph=True``).
+    Names of one family share one instance; a caller must not change them (modules get their
+    own from :func:`get_transform`).
+
+    Example:
+        >>> named = named_transforms()
+        >>> named["tps"] is named["thin-plate-spline"], named["aff"].num_params
+        (True, 6)
+    """
+    made = {cls: cls() for cls in dict.fromkeys(_BY_NAME.values())}
+    return {name: made[cls] for name, cls in _BY_NAME.items()}
