@@ -92,6 +92,30 @@ def test_dataloader_with_workers_gives_the_same_batches(mnist_dir, online):
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
 
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_new_epoch_reaches_persistent_workers(mnist_dir, context):
+    """Workers that persist keep the dataset they were given: with the epoch in that copy they
+    drew epoch 0's distortions again every epoch, without a word (the docs asked for
+    persistent_workers=False). The epoch is in shared memory: each epoch's batches equal those
+    of num_workers=0 at that epoch, also in a copy made after the workers."""
+    import copy
+    import pickle
+
+    ds = get_dataset("mnist-rts", "train", root=mnist_dir, online=True, limit=16)
+    loader = DataLoader(ds, batch_size=8, num_workers=2, persistent_workers=True, multiprocessing_context=context)
+    seen = []
+    for epoch in (0, 1, 2):
+        ds.set_epoch(epoch)
+        seen.append(torch.cat([x for x, _ in loader]))
+    for epoch, images in enumerate(seen):
+        ds.set_epoch(epoch)
+        assert torch.equal(images, torch.cat([x for x, _ in _batches(ds, 0)]))
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+    for other in (copy.deepcopy(ds), pickle.loads(pickle.dumps(ds))):  # their own epoch, shared with their workers
+        other.set_epoch(0)
+        assert ds.epoch == 2 and other.epoch == 0 and other._epoch.is_shared()
+
+
 def test_pstn_folds_are_balanced_disjoint_and_fixed():
     labels = torch.arange(6000) % 10
     folds = [pstn_fold(labels, 100, k) for k in range(5)]

@@ -237,9 +237,11 @@ class OnlineDistortedMNIST(Dataset):
 
     Epoch ``e`` draws from the stream ``(seed, kind, split, e)``: epoch 0 is the fixed
     set of :func:`~torchstn.data.distorted_mnist`, and every epoch is reproducible. Call
-    :meth:`set_epoch` at the start of each epoch (as with ``DistributedSampler``); with
-    ``DataLoader(num_workers > 0)`` workers copy the dataset when an iterator is made,
-    so use ``persistent_workers=False`` (the default) for the new epoch to reach them.
+    :meth:`set_epoch` at the start of each epoch (as with ``DistributedSampler``), before
+    making the epoch's ``DataLoader`` iterator: the epoch is held in shared memory, so it
+    reaches the workers also where they persist (``persistent_workers=True``: they keep
+    the copy of the dataset they were given, and with the epoch in that copy they drew
+    epoch 0 again every epoch, without a word).
 
     Args:
         recipe: the distortion.
@@ -273,7 +275,7 @@ class OnlineDistortedMNIST(Dataset):
         self.transform = recipe.transform
         full = torch.arange(len(sources), device="cpu") if index is None else index
         self.index = full if limit is None else full[:limit]
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64, device="cpu").share_memory_()  # (see set_epoch)
         self.fixed = check_bool("fixed", fixed)
         self._blocks: dict[int, Draw] = {}
         self._blocks_epoch = 0
@@ -283,27 +285,47 @@ class OnlineDistortedMNIST(Dataset):
     def input_shape(self) -> tuple[int, ...]:
         return self.recipe.input_shape
 
+    @property
+    def epoch(self) -> int:
+        """The epoch whose distortions the set renders (:meth:`set_epoch`)."""
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Use the distortions of ``epoch`` from now on (a ``fixed`` set stays at epoch 0)."""
+        """Use the distortions of ``epoch`` from now on (a ``fixed`` set stays at epoch 0), in
+        this process and in the ``DataLoader`` workers that hold a copy of the set, made
+        before or after: the epoch lives in shared memory, which the workers' copies share
+        (whether forked or spawned); a :func:`copy.deepcopy` or an unpickled set has its own."""
         epoch = check_int("epoch", epoch, 0)
         if not self.fixed:
             self.epoch = epoch
 
+    def __setstate__(self, state: dict) -> None:
+        # unpickled or deep-copied: a private tensor, shared again (its own epoch, for its own workers); a
+        # worker's copy, which torch's multiprocessing sends as a handle to the same memory, stays shared
+        self.__dict__.update(state)
+        if not self._epoch.is_shared():
+            self._epoch.share_memory_()
+
     def _draw_of(self, rows: torch.Tensor) -> tuple[Draw, torch.Tensor]:
         """The current epoch's draws of the blocks holding ``rows`` (drawn once per epoch and
         process), and where ``rows`` are in them."""
-        if self._blocks_epoch != self.epoch:
-            self._blocks, self._blocks_epoch = {}, self.epoch
+        epoch = self.epoch  # (read once: another process may set it)
+        if self._blocks_epoch != epoch:
+            self._blocks, self._blocks_epoch = {}, epoch
         needed = torch.unique(rows // BLOCK).tolist() or [0]  # (no rows: block 0 gives the draws' shapes)
         for b in needed:
             if b not in self._blocks:
-                block = self._blocks[b] = draw_blocks(self.recipe, self.sources, self.split, self.seed, self.epoch,
+                block = self._blocks[b] = draw_blocks(self.recipe, self.sources, self.split, self.seed, epoch,
                                                       range(b, b + 1))
                 if not self._warned_unfit and block.stats.get("unfit"):  # (once per set, not per block)
                     self._warned_unfit = True
                     samples = f"samples {b * BLOCK}..{b * BLOCK + len(block.labels) - 1}"
                     self.recipe.warn_unfit(block.stats, f"{self.name} {self.split} (seed {self.seed}, epoch "
-                                                        f"{self.epoch}, {samples})")
+                                                        f"{epoch}, {samples})")
         draw = Draw.cat([self._blocks[b] for b in needed])
         starts = torch.tensor([b * BLOCK for b in needed])
         offsets = torch.cumsum(torch.tensor([0] + [len(self._blocks[b].labels) for b in needed[:-1]]), 0)
