@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torchstn.engine._checkpoint import CheckpointError
 from torchstn.engine._config import TrainConfig
 from torchstn.engine._data import load_split
 from torchstn.engine._figures import plot_run
@@ -52,7 +53,8 @@ def run_demo(out: str | Path = "runs/demo", *, progress: bool = True, **options:
     """Train the demo's two models into ``out/<model>`` and draw the ST-CNN into ``out/demo.png``.
 
     Args:
-        out: directory of the two runs and the figure; previous demo runs in it are replaced.
+        out: directory of the two runs and the figure; previous demo runs in it are replaced
+            (a run of the demo's model and data); anything else at ``out/<model>`` is refused.
         progress: progress bars.
         **options: :func:`demo_configs` arguments (``steps``, ``train_limit``, ``data_dir``, ...).
     """
@@ -63,6 +65,8 @@ def run_demo(out: str | Path = "runs/demo", *, progress: bool = True, **options:
     started = time.perf_counter()
     results: list[TrainResult] = []
     rows = []
+    for config in configs:  # (checked first: nothing is trained or removed before a refusal)
+        _check_replaceable(out / config.model, config)
     for config in configs:
         run_dir = out / config.model
         RunDir(run_dir).remove()  # a previous demo run: start afresh
@@ -80,3 +84,18 @@ def run_demo(out: str | Path = "runs/demo", *, progress: bool = True, **options:
         f"{rows[0]['test_error']:.2%} vs {rows[1]['test_error']:.2%} for the same CNN without the transformer",
     )
     return DemoResult(rows=rows, figure=figure, seconds=time.perf_counter() - started)
+
+
+def _check_replaceable(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse to replace ``run_dir`` unless it is absent or a run of the demo's model on its
+    data (a previous demo, finished or cut short): the demo deleted whatever was there, a
+    user's files or another run, without a word."""
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return
+    try:
+        recorded = RunDir(run_dir).read_config()
+    except (CheckpointError, ValueError, OSError):
+        recorded = None
+    if recorded is None or (recorded.model, recorded.data) != (config.model, config.data):
+        raise ValueError(f"{run_dir} is not a previous demo run ({config.model} on {config.data}), which the demo "
+                         "replaces: give another --out (out=) or move it away")
