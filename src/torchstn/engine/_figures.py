@@ -501,8 +501,9 @@ def _plot_theta(ax: Any, steps: list[int], history: Sequence[dict[str, Any]]) ->
     highest = max(100 * h["theta"][k]["outside"] for h in history for k in range(count))
     outside.set_ylim(0, max(5.0, highest) * 1.7)
     outside.set_ylabel("outside the input (%)", fontsize=9)
-    key = [Line2D([], [], color="black", marker="o", ms=5, label="|θ − identity| (left)"),
-           Line2D([], [], color="black", marker="s", ms=5, mfc="white", ls="--", label="outside, % (right)")]
+    shade = _COLORS[0] if count == 1 else "black"  # (the lines' own colour; several: the style alone, colours below)
+    key = [Line2D([], [], color=shade, marker="o", ms=5, label="|θ − identity| (left)"),
+           Line2D([], [], color=shade, marker="s", ms=5, mfc="white", ls="--", label="outside, % (right)")]
     if count > 1:
         key += [Line2D([], [], color=_COLORS[k % len(_COLORS)], lw=3, label=f"ST {k + 1}") for k in range(count)]
     # on the twin axes, which are drawn over the left one's, and narrow enough to stay inside
