@@ -346,6 +346,13 @@ def test_forward_over_forward_equals_reverse_over_reverse(transform, backend):
     torch.testing.assert_close(torch.func.jacfwd(torch.func.jacfwd(energy))(theta), expected)
     grid = transform.grid(theta, spatial)
     both = lambda xs, g: stn.sample(xs, g, backend=backend).sum()  # noqa: E731
+    # at the identity (every transformer's start) with border/reflection padding, whose clip bounds
+    # hold the edge pixels: the plain operations' clamp passed 1 there, the Function 0 (hessian's)
+    identity = transform.identity(1, dtype=torch.float64)
+    for padding in ("border", "reflection"):
+        edge = lambda t: stn.warp(x, t, transform, padding=padding, backend=backend).pow(2).sum()  # noqa: B023, E731
+        torch.testing.assert_close(torch.func.jacfwd(torch.func.jacfwd(edge))(identity),
+                                   torch.func.hessian(edge)(identity))
     # d/dx of d/d(grid), and d/d(grid) of d/d(grid) (a signal's linear interpolation has none)
     for outer in (0, 1) if transform.ndim > 1 else (0,):
         forward = torch.func.jacfwd(torch.func.jacfwd(both, argnums=1), argnums=outer)(x, grid)

@@ -62,9 +62,11 @@ def _unnormalize(grid: torch.Tensor, size: int, align_corners: bool) -> tuple[to
 
 
 def _clip(u: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip to ``[0, size - 1]``; derivative 1 strictly inside, 0 where clipped."""
+    """Clip to ``[0, size - 1]``; derivative 1 strictly inside, 0 where clipped: also through
+    autograd (the plain operations' path), where a clamp passed 1 on the bounds themselves (a
+    border-padded identity's edge pixels: jacfwd(jacfwd) differed from the Function's)."""
     inside = (u > 0) & (u < size - 1)
-    return u.clamp(0, size - 1), inside.to(u.dtype)
+    return torch.where(inside, u, u.detach().clamp(0, size - 1)), inside.to(u.dtype)
 
 
 def _reflect(u: torch.Tensor, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
