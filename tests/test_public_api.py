@@ -195,12 +195,14 @@ def test_the_testing_module_comes_with_the_package_and_a_transformer_s_repr_name
 
     from torch import nn
 
-    code = ("import torchstn; print(torchstn.testing.check_transform.__name__, torchstn.engine.load_model.__name__, "
+    code = ("import torchstn; names = set(dir(torchstn)); "
+            "print(torchstn.testing.check_transform.__name__, torchstn.engine.load_model.__name__, "
             "torchstn.export.export_onnx.__name__, torchstn.reproduce.EXPERIMENTS is not None, "
-            "torchstn.bench.select_cases.__name__, torchstn.cli.main.__name__, hasattr(torchstn, 'nothing'))")
+            "torchstn.bench.select_cases.__name__, torchstn.cli.main.__name__, hasattr(torchstn, 'nothing'), "
+            "{'engine', 'export', 'warp'} <= names)")  # (dir() before their first use)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.split() == ["check_transform", "load_model", "export_onnx", "True", "select_cases", "main",
-                                  "False"]
+                                  "False", "True"]
     st = torchstn.SpatialTransformer("affine", nn.Sequential(nn.Flatten(), nn.Linear(16, 8)), backend="torch")
     assert st.extra_repr().endswith(", backend='torch'")
     plain = torchstn.SpatialTransformer("affine", nn.Sequential(nn.Flatten(), nn.Linear(16, 8)))

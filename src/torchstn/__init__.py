@@ -52,6 +52,10 @@ def __getattr__(name: str) -> object:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
+def __dir__() -> list[str]:  # (dir() and tab completion name the layers imported on first use too)
+    return sorted({*globals(), *_ON_FIRST_USE})
+
 __all__ = [
     "Affine",
     "Affine1D",

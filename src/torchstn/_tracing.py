@@ -32,6 +32,7 @@ __all__ = [
     "forward_ad_active",
     "functorch_active",
     "in_functorch",
+    "nested_forward_ad",
 ]
 
 _CACHE: dict[Hashable, tuple[torch.Tensor, int]] = {}

@@ -250,7 +250,9 @@ def load_model(run_or_ckpt: str | Path, which: str = "best", map_location: str |
         ``(model, config, info)`` with the model in eval mode, its weights in the memory
         format the run trained them in (channels-last 4-D weights for ``config.channels_last``:
         with contiguous ones the convolutions took other kernels than training's and
-        evaluation missed the recorded NLL, 2.3043501284 for 2.3043501285); ``info`` has
+        evaluation missed the recorded NLL, 2.3043501284 for 2.3043501285; such weights are not
+        contiguous: ``safetensors.torch.save_file`` of the state dict wants
+        ``{k: v.contiguous() for k, v in state.items()}``, as the run's checkpoints are written); ``info`` has
         ``epoch``, ``step``, ``metrics`` and ``path``.
 
     Example:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torchstn._tracing import exporting
-from torchstn._validation import check_bool, check_int, sizes_traced
+from torchstn._validation import caller_stacklevel, check_bool, check_int, sizes_traced
 from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer, Unpack
 from torchstn.sampling import SamplerOptions
 from torchstn.transforms import MatrixTransform, Transform
@@ -135,7 +135,7 @@ class CascadedSpatialTransformer(SpatialTransformer):
                 warnings.warn(
                     f"share=False: the localization net's {', '.join(kept)} belong to modules without "
                     "reset_parameters(), so every step's copy starts from the same values; pass one net per step "
-                    "to give each its own", UserWarning, stacklevel=2)
+                    "to give each its own", UserWarning, stacklevel=caller_stacklevel())
         elif isinstance(localization, Sequence) and all(isinstance(m, nn.Module) for m in localization):
             if share or len(localization) != steps:
                 raise ValueError(

@@ -326,7 +326,7 @@ def _run_kernel(
     if x.dim() == 3:  # a signal is an image of height 1 read on its centre row
         # y = 0 * x rather than zeros: a NaN x keeps its NaN gradient through either component (and
         # autocast off: its cat of a float16 grid under bfloat16 autocast failed inside torch)
-        with autocast_off(x.device.type):
+        with autocast_off("cpu" if x.is_cpu else x.device.type):  # (x.device.type alone: 0.7 µs a call)
             grid2d = torch.cat([grid, grid * 0], -1)[:, None]
         return kernel(x[:, :, None], grid2d, mode, padding, align_corners)[:, :, 0]
     return kernel(x, grid, mode, padding, align_corners)
