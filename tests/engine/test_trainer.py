@@ -356,3 +356,18 @@ def test_config_checks_data_dir_and_data_seed_as_it_is_built(tmp_path):
     assert TrainConfig(data_seed=2**63 - 1).data_seed == 2**63 - 1 and TrainConfig(data_seed=-3).data_seed == -3
     with pytest.raises(TypeError, match="data_seed must be an int, got float"):
         TrainConfig(data_seed=1.0)  # type: ignore[arg-type]
+
+
+def test_a_relative_data_dir_is_recorded_absolute(mnist_dir, tmp_path, monkeypatch):
+    """train() from Python recorded data_dir as given ("mn"): evaluating the run from another
+    directory could not find its data (the CLI made it absolute; the engine is what records it)."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "mn").symlink_to(mnist_dir)
+    monkeypatch.chdir(tmp_path / "work")
+    config = TrainConfig(model="fcn", data="mnist", data_dir="mn", steps=2, train_limit=32, test_limit=16,
+                         batch_size=16, device="cpu")
+    train(config, tmp_path / "run", progress=False)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"]
+    assert recorded == str(tmp_path / "work" / "mn")
+    monkeypatch.chdir(tmp_path)
+    assert load_model(tmp_path / "run")[1].data_dir == recorded  # (the checkpoint's config too)

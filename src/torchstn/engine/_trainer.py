@@ -295,6 +295,10 @@ def train(
                         "fields with TrainConfig(**d) (TrainConfig.from_dict(d) names unknown keys)")
     if stop_after is not None:  # (0 or -1 trained nothing without an error; 1.5 failed in range())
         stop_after = check_int("stop_after", stop_after, minimum=1)
+    if config.data_dir is not None and not os.path.isabs(config.data_dir):
+        # recorded absolute (config.json, the checkpoints): a run is evaluated, drawn or resumed from
+        # anywhere, and a relative directory was looked up against wherever that ran
+        config = config.replace(data_dir=os.path.abspath(config.data_dir))
     device = resolve_device(config.device)
     ddp = _Distributed(device)
     # --deterministic ends with the run: the caller's settings come back as they were (warn_only
