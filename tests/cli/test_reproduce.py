@@ -147,6 +147,33 @@ def test_refresh_finds_a_run_under_runs_where_it_was_moved(cli, mnist_dir, tmp_p
     assert record["run"].startswith(str(tmp_path / "moved")) and record["by_rotation"]
 
 
+def test_a_cell_interrupted_before_its_figure_has_it_and_its_analyses_made_by_the_next_run(cli, mnist_dir, tmp_path,
+                                                                                           monkeypatch):
+    """Ctrl-C once a cell was recorded, while its figure was drawn: the next run said "finished earlier
+    (skipped)" and the cell never had its per-bin errors nor its figure (only --refresh made them)."""
+    import torchstn.reproduce
+
+    draw = torchstn.reproduce.write_figure
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    args = ["reproduce", "stn-table1", "--budget", "quick", "--only", "st-cnn-aff", "--datasets", "r", "--limit", "64",
+            "--data-dir", mnist_dir, "--out", tmp_path / "results", "--runs", tmp_path / "runs", "--no-progress"]
+    monkeypatch.setattr(torchstn.reproduce, "write_figure", interrupted)
+    assert cli(*args).status == 130
+    monkeypatch.setattr(torchstn.reproduce, "write_figure", draw)
+    figure = tmp_path / "results" / "stn-table1" / "quick-st-cnn-aff-r.png"
+    assert not figure.exists()
+    run = cli(*args)
+    assert run.status == 0, run.err
+    assert "training" not in run.out.replace("training (", "") and "completing its analyses and figure" in run.out
+    record = json.loads((tmp_path / "results" / "stn-table1.json").read_text())["cells"]["quick/st-cnn-aff/r/s0"]
+    assert record["by_rotation"] and record["figure"] and figure.is_file()
+    assert figure.name in (tmp_path / "results" / "stn-table1.md").read_text()
+    assert "completing" not in cli(*args).out  # once
+
+
 def test_the_recorded_command_has_no_absolute_paths(tmp_path, monkeypatch):
     """A results file records a command another user can run from the same place in a checkout."""
     monkeypatch.chdir(tmp_path)

@@ -322,6 +322,48 @@ def test_a_cell_another_process_recorded_meanwhile_is_not_trained_again(tmp_path
     assert not cell.run_dir(tmp_path / "runs").holds_run()
 
 
+def test_an_interrupt_before_a_cells_analysis_has_it_done_by_the_next_run_not_the_training(tmp_path, monkeypatch):
+    """Ctrl-C right after a cell was recorded, before ``after_cell`` (its analyses, figure, report):
+    the next run said "finished earlier (skipped)" and never made them; it makes them, training nothing."""
+    from torchstn.reproduce import _runner
+
+    cells = plan(get_experiment("stn-table1"), "quick", only=["cnn", "st-cnn-aff"], datasets=["rts"], limit=64)
+    trained: list[str] = []
+
+    def run_cell(cell, runs, **options):
+        trained.append(cell.key)
+        return {**_record(cell, 4.0), "run": str(cell.run_dir(runs).path)}
+
+    monkeypatch.setattr(_runner, "run_cell", run_cell)
+    analysed: list[str] = []
+
+    def interrupted(cell, record):
+        raise KeyboardInterrupt
+
+    def after_cell(cell, record):
+        analysed.append(cell.key)
+        record["by_shift"] = ["measured"]
+        results.add(cell, record)
+
+    results = Results(tmp_path / "results", "stn-table1")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cells, results, tmp_path / "runs", progress=False, log=lambda line: None, after_cell=interrupted)
+    assert trained == [cells[0].key]
+    results = Results(tmp_path / "results", "stn-table1")
+    lines: list[str] = []
+    records = run_experiment(cells, results, tmp_path / "runs", progress=False, log=lines.append,
+                             after_cell=after_cell)
+    assert trained == [cells[0].key, cells[1].key]  # the interrupted cell was not trained again
+    assert analysed == [cells[0].key, cells[1].key]
+    assert any("completing its analyses" in line for line in lines)
+    assert all(r["by_shift"] == ["measured"] for r in records)
+    again = Results(tmp_path / "results", "stn-table1")
+    assert all(again.finished(c)["by_shift"] == ["measured"] for c in cells)
+    analysed.clear()
+    run_experiment(cells, again, tmp_path / "runs", progress=False, log=lambda line: None, after_cell=after_cell)
+    assert analysed == [] and trained == [cells[0].key, cells[1].key]  # done once
+
+
 def _record(cell, error):
     return {"digest": cell.digest, "budget": cell.budget, "row": cell.row.key, "column": cell.column.key,
             "seed": cell.seed, "error": error, "best_error": error, "train_error": error, "epochs": 1, "steps": 10,
@@ -425,6 +467,30 @@ def test_a_difference_within_the_seeds_spread_is_called_so(tmp_path):
     assert "9.25% beats CNN on the projection (21.50%)." in clear and "not a clear difference" not in clear
     one_seed = report({("cnn-3d", 0): 20.0, ("st-cnn-3d-aff", 0): 19.9})
     assert "not a clear difference" not in one_seed  # no spread to compare with
+
+
+def test_a_cell_0_3_points_above_the_paper_as_printed_is_not_a_miss(tmp_path):
+    """80 wrong of 10,000 in float32 is 0.800000038%: printed "+0.30 points" above the paper's 0.5 but
+    listed among the cells "more than 0.3 points above"; the comparison is made at the precision printed."""
+    import torch
+
+    from torchstn.reproduce import render_report
+
+    experiment = get_experiment("stn-table1")
+    cell = plan(experiment, "standard", only=["st-cnn-aff"], datasets=["rts"])[0]
+    assert cell.paper == 0.5
+    wrong = torch.zeros(10_000)
+    wrong[:80] = 1
+
+    def report(error):
+        results = Results(tmp_path / str(error), "stn-table1")
+        results.add(cell, _record(cell, error))
+        return render_report(experiment, results, tmp_path, "standard")
+
+    edge = report(100.0 * float(wrong.float().mean()))
+    assert "ST-CNN Aff on RTS: +0.30 points" in edge and "Cells more than 0.3 points above" not in edge
+    above = report(0.81)
+    assert "+0.31 points" in above and "- ST-CNN Aff on RTS: 0.81% (paper 0.5%)" in above
 
 
 def test_a_worker_s_log_holds_each_line_as_it_is_printed(tmp_path, monkeypatch):
@@ -643,6 +709,29 @@ def test_a_figure_is_shown_only_while_the_record_it_was_drawn_from_is_in_the_tab
     assert f"![ST-CNN Aff on RTS](stn-table1/{figure.name})" in render_report(experiment, results, tmp_path, "quick")
     results.add(s0, {**_record(s0, 90.0), "figure": "2026-12-04 11:00:00 UTC"})  # seed 0 again, today's recipe
     assert draws_figure(experiment, results.cells, s0) and not draws_figure(experiment, results.cells, s1)
+    assert figure.name in render_report(experiment, results, tmp_path, "quick")
+
+
+def test_a_figure_older_than_its_unstamped_record_is_not_shown(tmp_path):
+    """A record without a figure stamp (drawn before the stamp, or its figure failed or was interrupted)
+    fell back to seed 0's figure: after seed 0 was retrained, the PNG of the previous model (its title
+    the old error) was shown beside the new number. Only a PNG written after the record finished is."""
+    import calendar
+
+    from torchstn.reproduce import render_report
+    from torchstn.reproduce._report import figure_path
+
+    experiment = get_experiment("stn-table1")
+    results = Results(tmp_path, "stn-table1")
+    s0 = plan(experiment, "quick", only=["st-cnn-aff"], datasets=["rts"])[0]
+    results.add(s0, {**_record(s0, 89.0), "finished": "2026-12-04 12:00:00 UTC"})
+    figure = figure_path(tmp_path, "stn-table1", "quick", "st-cnn-aff", "rts")
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    figure.write_bytes(b"")
+    finished = calendar.timegm((2026, 12, 4, 12, 0, 0))
+    os.utime(figure, (finished - 3600, finished - 3600))  # drawn from the model before this one
+    assert figure.name not in render_report(experiment, results, tmp_path, "quick")
+    os.utime(figure, (finished + 5, finished + 5))  # drawn from this record (before the stamp)
     assert figure.name in render_report(experiment, results, tmp_path, "quick")
 
 

@@ -235,12 +235,13 @@ def _after_cell(
             # ([] where the run is gone, e.g. a refresh of cells trained on another machine: what
             # was measured from it when it was there stays)
             record.update({key: bins for key, bins in splits.items() if bins or not record.get(key)})
-            results.add(cell, record)
-            if draws_figure(experiment, results.cells, cell) and write_figure(cell, record, args.out,
-                                                                               data_dir=args.data_dir):
-                results.add(cell, record)  # (with the stamp of its figure)
+            if draws_figure(experiment, results.cells, cell):
+                write_figure(cell, record, args.out, data_dir=args.data_dir)
         except Exception as err:
             print(f"warning: no figure or analysis for {cell.key}: {err}", file=sys.stderr)
+        # stored once, with the stamp of its figure: stored before the figure, a record interrupted while
+        # it was drawn lost the runner's mark that its after_cell is due, and the figure for good
+        results.add(cell, record)
         write_report(experiment, results, args.out, args.budget)
 
     return after_cell

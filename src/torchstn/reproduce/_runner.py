@@ -494,6 +494,11 @@ def default_jobs() -> int:
         return os.cpu_count() or 1
 
 
+#: the mark of a record whose ``after_cell`` (analyses, figure, report) of :func:`run_experiment` has not
+#: run yet: the next run does it (a cell is recorded first, so an interrupt never costs its training)
+_AFTER_CELL_DUE = "after_cell_due"
+
+
 def run_experiment(
     cells: Sequence[Cell],
     results: Results,
@@ -526,7 +531,8 @@ def run_experiment(
         progress: the engine's progress bar (``jobs == 1`` only).
         log: where progress lines go.
         after_cell: called with each newly finished cell and its record (e.g. to
-            rewrite the report).
+            rewrite the report), and with each recorded cell whose call was interrupted
+            (before anything is trained); the record is stored again after it.
         poll_seconds: with ``jobs > 1``, how often a line shows where each running cell is.
 
     Returns:
@@ -540,14 +546,28 @@ def run_experiment(
     _announce(cells, done, len(todo), jobs, log)
     started = time.perf_counter()
 
+    def analyse(cell: Cell, record: dict[str, Any]) -> None:
+        """``after_cell``, then the record without its :data:`_AFTER_CELL_DUE` mark."""
+        if after_cell is not None:
+            after_cell(cell, record)
+            results.add(cell, record)
+
     def finished(cell: Cell, record: dict[str, Any]) -> None:
         record.update(command=command, finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
-        results.add(cell, record)
+        # recorded before its analyses, so that a cell's training is never lost, with the mark that they
+        # are due: interrupted before them, the cell was skipped by every later run and never had them
+        results.add(cell, record if after_cell is None else {**record, _AFTER_CELL_DUE: True})
         done[cell.key] = record
         log(f"{_cell_name(cell, cells.index(cell) + 1, len(cells))}: {record['error']:.2f}% test error{_paper_text(cell)} in "
             f"{record['wall_seconds'] / 60:.1f} min (total {(time.perf_counter() - started) / 60:.1f} min)")
-        if after_cell is not None:
-            after_cell(cell, record)
+        analyse(cell, record)
+
+    for i, cell in enumerate(cells, 1):
+        record = done[cell.key]
+        if after_cell is not None and record is not None and record.get(_AFTER_CELL_DUE):
+            done[cell.key] = record = {k: v for k, v in record.items() if k != _AFTER_CELL_DUE}
+            log(f"{_cell_name(cell, i, len(cells))}: completing its analyses and figure (interrupted before them)")
+            analyse(cell, record)
 
     def claim(cell: Cell) -> CellLock | None:
         """The cell's lock, taken; ``None`` (and a line) when another process is training the
