@@ -152,6 +152,35 @@ def test_visualize_writes_a_png(cli, run_dir, mnist_dir, tmp_path):
     assert f"{tmp_path} is a directory" in line and not (tmp_path.parent / f"{tmp_path.name}.png").exists()
 
 
+@pytest.mark.skipif(__import__("torchstn.data").data.shipped_ucr_dir() is None,
+                    reason="aeon is not installed (pip install --no-deps aeon ships the UCR sets)")
+def test_visualize_a_series_run_draws_from_start_or_refuses_what_does_not_apply(cli, tmp_path, monkeypatch):
+    """For a series (or volume) run --start was ignored, --num capped at 8 (12) and --calibration-images
+    dropped without a word: --start and --warp-samples are drawn, the others refused on one line."""
+    import torchstn.reproduce._figures as figures
+
+    out = tmp_path / "gp"
+    run = cli("train", "--data", "ucr:GunPoint", "--model", "st-cnn1d-aff", "--steps", 5, "--batch-size", 16,
+              "--model-arg", "width=0.1", "--threads", 1, "--no-progress", "--out", out)
+    assert run.status == 0, run.err
+    pick, picked = figures._pick, []
+
+    def spy(dataset, num, **kwargs):
+        picked.append((num, kwargs))
+        return pick(dataset, num, **kwargs)
+
+    monkeypatch.setattr(figures, "_pick", spy)
+    shown = cli("visualize", out, "--start", 140, "--num", 3, "--warp-samples", 2, "--out", tmp_path / "warps")
+    assert shown.status == 0, shown.err
+    assert picked == [(3, {"start": 140})] and (tmp_path / "warps.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli("visualize", out, "--out", tmp_path / "default").status == 0
+    assert picked[-1] == (8, {"start": None})  # one series of each class in turn, as the reports draw them
+    assert "--num must be at most 8 for series" in cli("visualize", out, "--num", 20).error_line()
+    line = cli("visualize", out, "--calibration-images", 64).error_line()
+    assert "--calibration-images" in line and "series" in line
+    assert "--start 150 is past the 150 test examples" in cli("visualize", out, "--start", 150).error_line()
+
+
 def test_an_out_that_is_a_file_is_one_line_naming_out(cli, tiny, tmp_path):
     """``--out`` naming a regular file said only "afile: File exists" (the system's error where the run
     directory was made); a new run and a resumed one both name --out and what it must be."""

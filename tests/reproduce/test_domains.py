@@ -151,3 +151,27 @@ def test_the_series_figure_draws_sampled_warps(tmp_path):
     assert not torch.allclose(warped[0], warped[1])
     assert model.transformers[0].test_samples == 10  # restored
     assert (maps.diff(dim=-1) > 0).all()  # a CPAB warp is increasing
+
+
+def test_the_figures_of_series_and_volumes_start_where_asked():
+    """``torchstn visualize --start`` for series and volumes: one item of each class in turn by default
+    (the reports' figures), the items from ``start`` in order when it is given (it was ignored)."""
+    from torchstn.reproduce._figures import _pick
+
+    class Items:
+        labels = torch.tensor([0, 0, 0, 1, 1, 1])
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return torch.full((1, 3), float(i)), int(self.labels[i])
+
+    def drawn(num, start=None):
+        x, y = _pick(Items(), num, start=start)
+        assert y.tolist() == Items.labels[x[:, 0, 0].long()].tolist()
+        return x[:, 0, 0].long().tolist()
+
+    assert drawn(3) == [0, 3, 1]
+    assert drawn(3, start=1) == [1, 2, 3]
+    assert drawn(4, start=4) == [4, 5]  # to the end of the test set

@@ -33,6 +33,9 @@ transformer's output frame mapped into the input: a quadrilateral, or a bent gri
 thin-plate spline), what the transformer made of each, the training curves of the run and
 a reliability diagram (accuracy per confidence bin; ECE) of the first --calibration-images
 test images. For a P-STN, a row draws --warp-samples sampled warps on each input.
+A run on series or volumes is drawn as the reproduce reports draw it: --num of its test
+items (one of each class in turn, or those from --start), at most 8 series or 12 volumes;
+--errors and --calibration-images apply to image runs only.
 """
 
 
@@ -48,17 +51,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_threads_arg(p)
     p.add_argument("--out", default="visualize.png", metavar="PNG", help="figure to write")
     p.add_argument("--num", type=int, default=8, metavar="N", help=f"examples shown (at most {MAX_NUM}: one row of panels)")
-    p.add_argument("--start", type=int, default=0, metavar="I", help="index of the first test example shown")
+    p.add_argument("--start", type=int, metavar="I",
+                   help="index of the first test example shown (default 0; for series and volumes one of each class "
+                   "in turn)")
     p.add_argument("--errors", action="store_true",
                    help="show the first --num test examples from --start that the model classifies wrongly")
-    p.add_argument("--calibration-images", type=int, default=2000, metavar="N",
-                   help="test images (from the first) in the reliability diagram")
-    p.add_argument("--warp-samples", type=int, default=8, metavar="S", help="sampled warps drawn per input (P-STN)")
+    p.add_argument("--calibration-images", type=int, metavar="N",
+                   help=f"test images (from the first) in the reliability diagram (default {CALIBRATION_IMAGES})")
+    p.add_argument("--warp-samples", type=int, metavar="S",
+                   help=f"sampled warps drawn per input (P-STN; default {WARP_SAMPLES})")
     p.set_defaults(func=run)
 
 
 #: the most examples one figure shows (one row of panels, about 1.5 inch each)
 MAX_NUM = 48
+#: the most series and volumes one figure shows (one row of wider panels: 3.4 and 1.9 inch)
+MAX_NUM_OF = {2: 8, 4: 12}
+#: the defaults of --calibration-images and --warp-samples (``None`` when not given: the options that
+#: do not apply to a run on series or volumes are refused there, not dropped)
+CALIBRATION_IMAGES = 2000
+WARP_SAMPLES = 8
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,23 +80,25 @@ def run(args: argparse.Namespace) -> int:
     if args.num > MAX_NUM:  # one row of panels: 500 made a PNG 80,000 pixels wide
         raise CLIError(f"--num must be at most {MAX_NUM} (the examples are one row of panels), got {args.num}; "
                        "page through the test set with --start")
-    if args.start < 0:
+    if args.start is not None and args.start < 0:
         raise CLIError(f"--start must be at least 0, got {args.start}")
-    limit = None if args.errors else max(args.start + args.num, args.calibration_images)
+    start, calibration_images = args.start or 0, args.calibration_images or CALIBRATION_IMAGES
+    limit = None if args.errors else max(start + args.num, calibration_images)
     model, config, info, device, dataset = load_checkpoint_and_data(args, "test", limit)
-    if args.start >= len(dataset):
-        raise CLIError(f"--start {args.start} is past the {len(dataset):,} test examples")
+    if start >= len(dataset):
+        raise CLIError(f"--start {start} is past the {len(dataset):,} test examples")
     dims = dataset[0][0].dim()
     with evaluation_draws(info["path"], config.seed):  # (a P-STN's draws: the same figure every time)
         if dims != 3:  # (C, L) series, (C, D, H, W) volumes: the figures `torchstn reproduce` draws of them
             out = _draw_series_or_volumes(model, config, info, dataset, args, dims)
             print(f"wrote {out}")
             return 0
-        examples = _misclassified(model, config, dataset, device, args.start, args.num) if args.errors else None
+        examples = _misclassified(model, config, dataset, device, start, args.num) if args.errors else None
         history = RunDir.of_checkpoint(info["path"]).history()
-        out = plot_run(model, dataset, args.out, history=history, num=args.num, start=args.start, examples=examples,
-                       title=_title(config, info, history), device=device, calibration_images=args.calibration_images,
-                       warp_samples=args.warp_samples, label_smoothing=config.label_smoothing, **config.call_options())
+        out = plot_run(model, dataset, args.out, history=history, num=args.num, start=start, examples=examples,
+                       title=_title(config, info, history), device=device, calibration_images=calibration_images,
+                       warp_samples=args.warp_samples or WARP_SAMPLES, label_smoothing=config.label_smoothing,
+                       **config.call_options())
     print(f"wrote {out}")
     return 0
 
@@ -93,7 +107,8 @@ def _draw_series_or_volumes(model: Any, config: TrainConfig, info: dict[str, Any
                             args: argparse.Namespace, dims: int) -> Any:
     """A series run's warps (each series and its warped versions, the time maps) or a volume
     run's views, as the reproduce reports draw them: ``plot_run`` draws images only (it crashed
-    on a series run with "not enough values to unpack")."""
+    on a series run with "not enough values to unpack"). The options of image figures that these
+    have no use for are refused (they were dropped without a word, and --num capped)."""
     from torchstn._validation import figure_file
     from torchstn.engine import RunDir
     from torchstn.reproduce import plot_series_warps, plot_volume_views
@@ -101,13 +116,23 @@ def _draw_series_or_volumes(model: Any, config: TrainConfig, info: dict[str, Any
     kind = "series" if dims == 2 else "volumes"
     if args.errors:
         raise CLIError(f"--errors draws image runs only; this run's inputs are {kind}")
+    if args.calibration_images is not None:
+        raise CLIError(f"--calibration-images sizes the reliability diagram of image runs; this run's inputs are "
+                       f"{kind}")
+    if dims == 4 and args.warp_samples is not None:
+        raise CLIError("--warp-samples draws the sampled warps of a P-STN on images or series; this run's inputs are "
+                       "volumes")
+    if args.num > MAX_NUM_OF[dims]:
+        raise CLIError(f"--num must be at most {MAX_NUM_OF[dims]} for {kind} (one row of panels), got {args.num}; "
+                       "page through the test set with --start")
     if dims == 2 and not len(getattr(model, "transformers", ())):
         raise CLIError(f"{config.model} has no transformer: visualize draws a transformer's warps of series")
     if dims == 4 and not hasattr(model, "transform_volume"):
         raise CLIError(f"{config.model} has no 3-D transformer: visualize draws a transformer's views of volumes")
     draw = plot_series_warps if dims == 2 else plot_volume_views
     title = _title(config, info, RunDir.of_checkpoint(info["path"]).history())
-    return draw(model.cpu(), dataset, figure_file(args.out), num=min(args.num, 8 if dims == 2 else 12), title=title)
+    samples = {"warp_samples": args.warp_samples} if args.warp_samples is not None else {}
+    return draw(model.cpu(), dataset, figure_file(args.out), num=args.num, start=args.start, title=title, **samples)
 
 
 def _misclassified(model: Any, config: TrainConfig, dataset: Any, device: Any, start: int, num: int) -> list[int]:

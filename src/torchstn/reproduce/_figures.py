@@ -21,8 +21,11 @@ __all__ = ["plot_series_warps", "plot_volume_views"]
 WARPS = 8
 
 
-def _pick(dataset: Any, num: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``num`` test items, one per class in turn (the first of each class, then the second, ...)."""
+def _pick(dataset: Any, num: int, *, start: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num`` test items, one per class in turn (the first of each class, then the second, ...);
+    with ``start``, those from index ``start`` on, in order (``torchstn visualize --start``)."""
+    if start is not None:
+        return _items(dataset, list(range(start, min(start + num, len(dataset)))))
     labels = getattr(dataset, "labels", None)  # every torchstn dataset holds them (an online set renders no item)
     if not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
@@ -34,7 +37,11 @@ def _pick(dataset: Any, num: int) -> tuple[torch.Tensor, torch.Tensor]:
                 order.append(int(members[rank]))
         if len(order) >= num:
             break
-    order = order[:num]
+    return _items(dataset, order[:num])
+
+
+def _items(dataset: Any, order: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs and labels of ``dataset``'s items ``order``, stacked."""
     getitems = getattr(dataset, "__getitems__", None)  # a batch at once (an online set renders it)
     items = getitems(order) if getitems is not None else [dataset[i] for i in order]
     return torch.stack([torch.as_tensor(item[0]).float() for item in items]), torch.tensor([int(i[1]) for i in items])
@@ -57,11 +64,15 @@ def _warps(st: nn.Module, x: torch.Tensor, samples: int) -> tuple[torch.Tensor, 
     return warped.view(s, *x.shape), maps.view(s, x.shape[0], -1)
 
 
-def plot_series_warps(model: nn.Module, dataset: Any, out: str | Path, *, num: int = 4, title: str = "") -> Path:
+def plot_series_warps(
+    model: nn.Module, dataset: Any, out: str | Path, *, num: int = 4, title: str = "", start: int | None = None,
+    warp_samples: int = WARPS,
+) -> Path:
     """Test series with the warps the model's transformer applies to them.
 
-    Top row: each series (black) and its warped versions (colours; a P-STN's ``WARPS``
-    samples of θ, a plain STN's single θ). Bottom row: the time maps behind them,
+    ``num`` series, one of each class in turn, or those from index ``start`` on. Top row: each
+    series (black) and its warped versions (colours; a P-STN's ``warp_samples`` samples of θ, a
+    plain STN's single θ). Bottom row: the time maps behind them,
     ``T_θ(t)`` (output time to input time, normalised to [-1, 1]) against the identity
     (dashed). The model's prediction is in each panel's title.
     """
@@ -71,10 +82,10 @@ def plot_series_warps(model: nn.Module, dataset: Any, out: str | Path, *, num: i
     import matplotlib.pyplot as plt
 
     model.eval()
-    x, y = _pick(dataset, num)
+    x, y = _pick(dataset, num, start=start)
     with torch.no_grad():
         predicted = model(x).argmax(1)
-    warped, maps = _warps(model.transformers[0], x, WARPS)
+    warped, maps = _warps(model.transformers[0], x, warp_samples)
     t = torch.linspace(-1, 1, x.shape[-1]).numpy()
     x, warped, maps = x.numpy(), warped.numpy(), maps.numpy()
     fig, axes = plt.subplots(2, len(x), figsize=(3.4 * len(x), 5.2), squeeze=False, sharex=True)
@@ -102,12 +113,15 @@ def plot_series_warps(model: nn.Module, dataset: Any, out: str | Path, *, num: i
     return out
 
 
-def plot_volume_views(model: nn.Module, dataset: Any, out: str | Path, *, num: int = 6, title: str = "") -> Path:
+def plot_volume_views(
+    model: nn.Module, dataset: Any, out: str | Path, *, num: int = 6, title: str = "", start: int | None = None
+) -> Path:
     """Test volumes as a depth-projecting classifier sees them, before and after the 3-D transformer.
 
-    Rows: the input summed along depth (what the baseline classifies), the transformer's
-    output summed along depth (what this model classifies, before pooling), and the
-    output summed along height (a side view: how the transformer turned the slab).
+    ``num`` volumes, one of each class in turn, or those from index ``start`` on. Rows: the
+    input summed along depth (what the baseline classifies), the transformer's output summed
+    along depth (what this model classifies, before pooling), and the output summed along
+    height (a side view: how the transformer turned the slab).
     """
     import matplotlib
 
@@ -115,7 +129,7 @@ def plot_volume_views(model: nn.Module, dataset: Any, out: str | Path, *, num: i
     import matplotlib.pyplot as plt
 
     model.eval()
-    x, y = _pick(dataset, num)
+    x, y = _pick(dataset, num, start=start)
     with torch.no_grad():
         predicted = model(x).argmax(1)
         volume = model.transform_volume(x)
