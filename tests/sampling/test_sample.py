@@ -488,3 +488,29 @@ def test_options_that_cannot_go_together_and_low_precision_and_user_projective_f
 
     theta = stn.Projective().identity(2) + 0.02
     torch.testing.assert_close(Homography().grid(theta, (4, 5)), stn.Projective().grid(theta, (4, 5)))
+
+
+@pytest.mark.parametrize("backend", ["auto", "fused"])
+@pytest.mark.parametrize(("ndim", "projective"), [(2, False), (2, True), (3, False)])
+def test_a_user_family_with_one_matrix_for_the_batch_is_refused_by_the_fused_path(backend, ndim, projective):
+    """A user's MatrixTransform whose _matrix ignores the batch: the grid path refused its points,
+    the fused kernels read B matrices from one (NaN or another call's values, without an error)."""
+    class OneForAll(stn.MatrixTransform):
+        num_params = 1
+
+        def _identity(self) -> torch.Tensor:
+            return torch.zeros(1, dtype=torch.float64)
+
+        def _matrix(self, p: torch.Tensor) -> torch.Tensor:
+            return torch.eye(ndim + 1, dtype=p.dtype)[None]
+
+        def _from_matrix(self, m: torch.Tensor) -> torch.Tensor:
+            return m[:, 0, :1] * 0
+
+    transform = OneForAll()
+    transform.ndim, transform.projective = ndim, projective
+    x = torch.rand(16, 1, *(6,) * ndim)
+    with pytest.raises(ValueError, match=rf"OneForAll's matrices must be one per sample, \(16, .*got \(1, "):
+        stn.warp(x, torch.zeros(16, 1), transform, backend=backend)
+    with pytest.raises(ValueError, match="must return points"):  # (the grid path's own refusal)
+        stn.warp(x, torch.zeros(16, 1), transform, backend="torch")

@@ -465,18 +465,31 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
         params = params if params.dtype is dtype else params.to(dtype)
         if not tangents and _fused_warp_applies(backend, transform, xd, params, mode):  # no grid in memory
             if transform.projective:
-                matrix, eps = transform.matrix(params, check=False), transform.eps
+                matrix, eps = _kernel_matrix(transform, transform.matrix(params, check=False), xd), transform.eps
                 out = _fused.fused_warp(xd, matrix, size, mode, padding, align_corners, True, eps)
             else:
-                out = _fused.fused_warp(xd, transform.affine_rows(params, check=False), size, mode, padding,
-                                        align_corners)
+                rows = _kernel_matrix(transform, transform.affine_rows(params, check=False), xd)
+                out = _fused.fused_warp(xd, rows, size, mode, padding, align_corners)
         elif not tangents and _fused3d_warp_applies(backend, transform, xd, params, mode):
-            rows = transform.affine_rows(params, check=False)
+            rows = _kernel_matrix(transform, transform.affine_rows(params, check=False), xd)
             out = _fused3d.fused_warp3d(xd, rows, size, mode, padding, align_corners)
         else:
             grid = transform.grid(params, size, align_corners, check=False)
             out = _run_kernel(xd, grid, mode, padding, align_corners, backend)
     return out if out.dtype is x.dtype else out.to(x.dtype)
+
+
+def _kernel_matrix(transform: Transform, matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (``transform.matrix`` or ``affine_rows``, unchecked) as the fused kernels read it:
+    one per sample of ``x``, of the family's shape, in ``x``'s dtype. A user's family whose
+    ``_matrix`` returned one matrix for the whole batch had the kernel read past its end (NaN or
+    another call's values, without an error) where the grid path refused its points."""
+    n = transform.ndim
+    shape = (x.shape[0], 3, 3) if transform.projective else (x.shape[0], n, n + 1)
+    if tuple(matrix.shape) != shape:
+        raise ValueError(f"{type(transform).__name__}'s matrices must be one per sample, {shape} for params of "
+                         f"batch {x.shape[0]}, got {tuple(matrix.shape)} (from its _matrix)")
+    return matrix if matrix.dtype is x.dtype else matrix.to(x.dtype)
 
 
 def _compiled_warp(
