@@ -125,3 +125,19 @@ def test_torch_jit_script_of_a_transformer_names_what_works():
 
     with pytest.raises(TypeError, match=r"cannot be compiled by torch.jit.script; trace it \(torch.jit.trace"):
         torch.jit.script(create_model("st-cnn-aff"))
+
+
+def test_a_localisation_net_that_returns_a_tuple_is_named():
+    """A net returning (features, extra) failed with "'tuple' object has no attribute 'flatten'"."""
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            f = self.conv(x).mean((2, 3))
+            return f, f
+
+    st = stn.SpatialTransformer("affine", Pair(), in_features=4)
+    with pytest.raises(TypeError, match="the localisation net must return one tensor of features, got tuple"):
+        st(torch.rand(2, 1, 12, 12))

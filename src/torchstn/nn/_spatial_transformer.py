@@ -212,7 +212,8 @@ class SpatialTransformer(nn.Module):
         """The localisation net's features ``(B, F)`` of ``x``, its shape checked first.
 
         Raises:
-            TypeError: ``x`` is not a floating-point tensor.
+            TypeError: ``x`` is not a floating-point tensor, or the localisation net returns
+                something else than one tensor (a tuple).
             ValueError: ``x`` does not have the rank of the transform's inputs, or not the
                 ``(C, *input_size)`` that the localisation net declares
                 (:func:`~torchstn.nn.declare_input`), or the features are not
@@ -220,12 +221,17 @@ class SpatialTransformer(nn.Module):
         """
         localization = self.localization
         check_input(x, _declared_input(localization), self.transform.ndim + 2, "the localisation net")
-        features = localization(x).flatten(1)
+        features = localization(x)
+        if not isinstance(features, torch.Tensor):  # (a tuple failed with "'tuple' object has no attribute 'flatten'")
+            raise TypeError(f"the localisation net must return one tensor of features, got {type(features).__name__}: "
+                            "wrap it in a module that returns the features the regressor reads")
+        features = features.flatten(1)
         width = getattr(self.regressor, "in_features", 0)  # 0: a lazy regressor, inferred now
         if width and not sizes_traced() and features.shape[1] != width:
             raise ValueError(
                 f"the localisation net gives {features.shape[1]} features for x of shape {tuple(x.shape)}, the "
-                f"regressor expects in_features={width}: build the localisation net for this input size"
+                f"regressor expects in_features={width}: build the localisation net for this input size, or give "
+                "in_features= its width (guessed from its last nn.Linear where not given)"
             )
         return features
 
