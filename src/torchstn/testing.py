@@ -64,7 +64,23 @@ def check_transform(
       near ``params`` but off the bilinear sampler's kinks at pixel centres, where finite
       differences fail, e.g. at the identity);
     - optionally, ``torch.compile`` of the grid equals eager.
+
+    Any other exception a transform's method raises on the way (a shape that does not
+    broadcast, a method left unimplemented) comes out as an ``AssertionError`` too, naming
+    the check it stopped and chained to the original.
     """
+    stage = ["the grid"]  # the check under way, which _check_transform moves on
+    try:
+        _check_transform(transform, params, size, align_corners, gradcheck, compile, stage)
+    except AssertionError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever the transform's code raised
+        raise AssertionError(f"{type(transform).__name__} failed while checking {stage[0]}: "
+                             f"{type(error).__name__}: {error}") from error
+
+
+def _check_transform(transform: Transform, params: torch.Tensor, size: Sequence[int] | None, align_corners: bool,
+                     gradcheck: bool, compile: bool, stage: list[str]) -> None:
     n = transform.ndim
     size = tuple(size) if size is not None else (5, 7, 6)[-n:] if n > 1 else (9,)
     before = params.clone()
@@ -83,14 +99,18 @@ def check_transform(
     empty = transform.grid(params[:0], size, align_corners)
     if empty.shape != (0, *size, n):
         raise AssertionError(f"empty batch gives shape {tuple(empty.shape)}")
+    stage[0] = "the identity"
     ident = transform.grid(transform.identity(b, params.device, params.dtype), size, align_corners)
     _close("identity params vs base grid", ident.reshape(b, math.prod(size), n), base.expand(b, -1, -1), atol)
     if isinstance(transform, MatrixTransform) and b:
+        stage[0] = "the matrix algebra (matrix, params_from_matrix, compose, inverse)"
         _check_matrix_algebra(transform, params, atol)
     if gradcheck and b:
+        stage[0] = "the gradients and warp"
         with _recording():
             _check_gradients(transform, params[:2].detach().double(), size, align_corners)
     if compile:
+        stage[0] = "torch.compile"
         compiled = torch.compile(lambda p: transform.grid(p, size, align_corners), fullgraph=False)
         _close("torch.compile vs eager", compiled(params), grid, atol)
 

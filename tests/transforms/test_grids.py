@@ -77,6 +77,28 @@ def test_check_transform_catches_compose_in_the_wrong_order_for_one_row_or_equal
             check_transform(_SwappedCompose(), rows)
 
 
+class _MatrixOfRows(stn.MatrixTransform):  # a user's bug: the (B, 2, 3) rows where (B, 3, 3) is due
+    num_params = 6
+
+    def _identity(self) -> torch.Tensor:
+        return torch.tensor([1.0, 0, 0, 0, 1, 0], dtype=torch.float64)
+
+    def _matrix(self, p: torch.Tensor) -> torch.Tensor:
+        return p.reshape(-1, 2, 3)
+
+    def _from_matrix(self, m: torch.Tensor) -> torch.Tensor:
+        return m[:, :2].flatten(1)
+
+
+def test_check_transform_raises_assertion_errors_naming_the_check_for_a_transform_s_own_exceptions():
+    """Its docstring promises AssertionError naming the property; a transform whose own code raised
+    (a RuntimeError of shapes that do not broadcast) came out as that error, naming nothing."""
+    failed = r"_MatrixOfRows failed while checking the matrix algebra .*: RuntimeError"
+    with pytest.raises(AssertionError, match=failed) as info:
+        check_transform(_MatrixOfRows(), stn.Affine().identity(2, dtype=torch.float64) + 0.1)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_affine_equals_affine_grid(align_corners, device, dtype, atol):
     params = random_theta(stn.Affine(), 4, dtype, device, scale=0.5)
