@@ -51,6 +51,13 @@ def test_cli_errors_are_one_line(cli, tmp_path):
     (tmp_path / "out" / "stn-table1.json").mkdir(parents=True)
     line = cli("reproduce", "stn-table1", "--budget", "quick", "--out", tmp_path / "out").error_line()
     assert "stn-table1.json: is a directory; --out names the file to write" in line
+    # (--refresh was skipped without a word; a device torch cannot train on failed once a cell had started)
+    line = cli("reproduce", "stn-table1", "--list", "--refresh", "--out", tmp_path / "new").error_line()
+    assert "--list and --refresh do different things" in line
+    line = cli("reproduce", "stn-table1", "--budget", "quick", "--device", "tpu", "--out", tmp_path / "new",
+               "--runs", tmp_path / "runs").error_line()
+    assert "--device: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'" in line
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "new").exists()
 
 
 def test_list_shows_state_without_training(cli, tmp_path):

@@ -371,3 +371,10 @@ def test_a_relative_data_dir_is_recorded_absolute(mnist_dir, tmp_path, monkeypat
     assert recorded == str(tmp_path / "work" / "mn")
     monkeypatch.chdir(tmp_path)
     assert load_model(tmp_path / "run")[1].data_dir == recorded  # (the checkpoint's config too)
+
+
+def test_train_takes_resume_as_a_bool_only(tmp_path):
+    """resume="yes" was taken as True (and with no out said "resume=True needs the run directory")."""
+    with pytest.raises(TypeError, match="resume must be a bool, got str"):
+        train(TrainConfig(model="fcn", data="mnist", steps=1), tmp_path / "run", resume="yes")  # type: ignore[arg-type]
+    assert not (tmp_path / "run").exists()

@@ -136,6 +136,15 @@ def run(args: argparse.Namespace) -> int:
     if jobs > 1 and args.threads not in (None, 1):
         raise CLIError(f"--threads {args.threads} applies to --jobs 1; with --jobs {jobs} every cell trains at one "
                        "thread in its own process")
+    if args.list and args.refresh:  # (--refresh was skipped without a word)
+        raise CLIError("--list and --refresh do different things (list the cells; redo their analyses): give one")
+    if args.device is not None and not args.list:  # (a CUDA-less --device cuda failed once a cell had started)
+        from torchstn.engine import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except ValueError as err:
+            raise CLIError(f"--device: {err}") from None
     if args.threads is None:
         torch.set_num_threads(1)  # one thread per process: see --help
     experiment = get_experiment(args.experiment)

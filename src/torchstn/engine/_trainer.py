@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from torchstn._validation import check_int
+from torchstn._validation import check_bool, check_int
 from torchstn.engine._checkpoint import (
     CheckpointError,
     capture_rng,
@@ -295,6 +295,7 @@ def train(
                         "fields with TrainConfig(**d) (TrainConfig.from_dict(d) names unknown keys)")
     if stop_after is not None:  # (0 or -1 trained nothing without an error; 1.5 failed in range())
         stop_after = check_int("stop_after", stop_after, minimum=1)
+    resume = check_bool("resume", resume)  # ("yes" was taken as True)
     if config.data_dir is not None and not os.path.isabs(config.data_dir):
         # recorded absolute (config.json, the checkpoints): a run is evaluated, drawn or resumed from
         # anywhere, and a relative directory was looked up against wherever that ran
