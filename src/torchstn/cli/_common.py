@@ -173,10 +173,8 @@ def apply_shared_args(args: argparse.Namespace) -> None:
     """Give the shared options their meaning before a subcommand runs.
 
     ``--threads`` sets torch's CPU threads; ``--data`` and ``--data-dir`` are checked
-    (cheaply: nothing is loaded) so that a typo is a one-line error before any work, and
-    ``--data-dir`` is made absolute: a run records it, and ``eval``, ``visualize`` and
-    ``train --resume`` read the recorded one from any directory (a relative one was read
-    against the directory they ran in). The commands a report prints give it relative again.
+    (cheaply: nothing is loaded) so that a typo is a one-line error before any work (a run
+    records ``--data-dir`` absolute: :func:`~torchstn.engine.train` makes it so).
     """
     check_at_least_one(args, "threads")
     if getattr(args, "threads", None) is not None:
@@ -184,8 +182,6 @@ def apply_shared_args(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     check_data_args(getattr(args, "data", None), getattr(args, "data_dir", None))
-    if getattr(args, "data_dir", None) is not None:
-        args.data_dir = os.path.abspath(args.data_dir)
 
 
 def check_model(name: str | None, model_args: dict[str, Any] | None = None) -> None:
