@@ -26,6 +26,7 @@ __all__ = [
     "batched_gradient",
     "cached",
     "clear_caches",
+    "device_type_of",
     "differentiable_vjp",
     "eager_tensors",
     "exporting",
@@ -202,6 +203,12 @@ def autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
     except RuntimeError:  # a device without autocast ("meta": "unknown device type for autocast")
         return False
+
+
+def device_type_of(t: torch.Tensor) -> str:
+    """``t.device.type``, cheaply for a CPU tensor (``is_cpu`` costs a third of ``device.type``'s
+    0.7 µs), as the autocast queries of a sampling call ask it."""
+    return "cpu" if t.is_cpu else t.device.type
 
 
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchstn._tracing import autocast_off, eager_tensors, exporting
+from torchstn._tracing import autocast_off, device_type_of, eager_tensors, exporting
 from torchstn._validation import (
     check_choice,
     check_floating,
@@ -369,7 +369,7 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         if not exporting():  # an exported program keeps no record of its tensors
             self.last_params, self.last_mean, self.last_scale = params, mean, scale
             wide = torch.promote_types(mean.dtype, torch.float32)  # (a sum over P: in bfloat16 1.2% off)
-            with autocast_off(mean.device.type):
+            with autocast_off(device_type_of(mean)):
                 self.last_kl = self._kl(mean.to(wide), spread.to(wide))
         out = self.transform_input(x, params)
         return (out, params) if return_params else out

@@ -47,7 +47,7 @@ import math
 
 import torch
 
-from torchstn._tracing import autocast_enabled, autocast_off, exporting, nested_forward_ad
+from torchstn._tracing import autocast_enabled, autocast_off, device_type_of, exporting, nested_forward_ad
 from torchstn.sampling._grid_sample import nan_where_not_finite
 
 __all__ = ["reference_sample"]
@@ -277,11 +277,11 @@ def reference_sample(
             f"mode {mode!r} is not implemented by backend='reference' (bilinear and nearest are); "
             "use backend='torch' for bicubic"
         )
-    if autocast_enabled(x.device.type):
+    if autocast_enabled(device_type_of(x)):
         # as F.grid_sample there (an operator autocast runs in float32): float16 and bfloat16 in
         # float32, the output in float32, the Function recorded outside autocast (its backward runs
         # without it, and scattered float32 products into the bfloat16 input's gradient: an error)
-        with autocast_off(x.device.type):
+        with autocast_off(device_type_of(x)):
             x, grid = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (x, grid))
             return reference_sample(x, grid, mode, padding, align_corners)
     shape = (*x.shape[:2], *grid.shape[1:-1])

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from torchstn._tracing import autocast_off, batched_gradient, cached, differentiable_vjp, eager_tensors
+from torchstn._tracing import autocast_off, batched_gradient, cached, device_type_of, differentiable_vjp, eager_tensors
 from torchstn._validation import (
     _index,
     check_bool,
@@ -213,7 +213,7 @@ class Transform(ABC):
         """
         params = self.check_params(params)
         self._check_points(params, points)
-        with autocast_off(params.device.type):
+        with autocast_off(device_type_of(params)):
             return self._map(params, points)
 
     def _check_points(self, params: torch.Tensor, points: torch.Tensor) -> None:
@@ -248,7 +248,7 @@ class Transform(ABC):
             params = self.check_params(params)
             size = check_size("size", size, self.ndim)
             check_bool("align_corners", align_corners)
-        with autocast_off(params.device.type):  # (a bfloat16 grid misplaces points by up to 2^-8 of the image)
+        with autocast_off(device_type_of(params)):  # (a bfloat16 grid misplaces points by up to 2^-8 of the image)
             if _traced_size(size):
                 points = self._traced_grid_points(params, size, align_corners)
             else:
@@ -409,7 +409,7 @@ class MatrixTransform(Transform):
         if a.dtype != b.dtype or a.device != b.device:
             raise TypeError(f"a and b must have the same dtype and device, got {a.dtype} on {a.device} and "
                             f"{b.dtype} on {b.device}")
-        with autocast_off(a.device.type):  # (the product in the parameters' own precision)
+        with autocast_off(device_type_of(a)):  # (the product in the parameters' own precision)
             return self._from_matrix(self._matrix(a) @ self._matrix(b))
 
     def inverse(self, params: torch.Tensor) -> torch.Tensor:
@@ -423,7 +423,7 @@ class MatrixTransform(Transform):
         params = self.check_params(params)
         if params.dtype in _HALF:  # (torch.linalg inverts float32 and wider)
             return self.inverse(params.float()).to(params.dtype)
-        with autocast_off(params.device.type):  # (a bfloat16 residual called well-conditioned matrices singular)
+        with autocast_off(device_type_of(params)):  # (a bfloat16 residual called well-conditioned matrices singular)
             matrix = self._matrix(params)
             if not eager_tensors(matrix) or matrix.is_meta:  # (a meta tensor has no values to check)
                 return self._from_matrix(torch.linalg.inv(matrix))

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from torchstn._tracing import autocast_off, cached
+from torchstn._tracing import autocast_off, cached, device_type_of
 from torchstn._validation import check_bool, check_int, check_positive
 from torchstn.transforms._base import Transform
 
@@ -257,7 +257,7 @@ class CPAB1D(Transform):
         """The cell coefficients ``(B, K, 2)``: ``(a_c, b_c)`` with :math:`v(x) = a_c x + b_c` on cell ``c``,
         in the dtype of ``params`` (under ``torch.autocast`` too)."""
         params = self.check_params(params)
-        with autocast_off(params.device.type):  # (autocast ran B θ in bfloat16)
+        with autocast_off(device_type_of(params)):  # (autocast ran B θ in bfloat16)
             return self._coefficients(params)
 
     def _coefficients(self, params: torch.Tensor) -> torch.Tensor:
@@ -276,7 +276,7 @@ class CPAB1D(Transform):
         checked as :meth:`transform_points` checks them, and computed as it is, under ``torch.autocast`` too)."""
         params = self.check_params(params)
         self._check_points(params, points)
-        with autocast_off(params.device.type):
+        with autocast_off(device_type_of(params)):
             coefficients = self._coefficients(params)
             x = points[..., 0]
             cell = _cell_of(x, self.tessellation)
