@@ -46,6 +46,16 @@ def test_non_finite_control_points_are_refused():
         stn.ThinPlateSpline(control=torch.tensor([[0.0, float("nan")], [1.0, 0.0], [0.0, 1.0]]))
 
 
+def test_control_points_on_the_meta_device_are_refused_by_name():
+    """A module built under torch.device("meta") makes its tensors there: a spline's control
+    points hold no values then (the ValueError names them; torch's own error did not)."""
+    with torch.device("meta"):
+        points = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]])
+        with pytest.raises(ValueError, match=r"control is on the meta device"):
+            stn.ThinPlateSpline(points)
+        assert stn.ThinPlateSpline((2, 2)).num_params == 8  # (a size makes its points on the CPU)
+
+
 def test_a_failing_solve_becomes_a_value_error(monkeypatch):
     def singular(control, regularization):
         raise torch.linalg.LinAlgError("torch.linalg.solve: The solver failed because the input matrix is singular.")

@@ -189,6 +189,9 @@ class ThinPlateSpline(Transform):
             if isinstance(control, torch.Tensor):
                 if control.dim() != 2 or control.shape[1] != 2 or control.shape[0] < 3:
                     raise ValueError(f"control points must have shape (K, 2) with K >= 3, got {tuple(control.shape)}")
+                if control.is_meta:
+                    raise ValueError("control is on the meta device, which holds no values: make the control points "
+                                     "on the CPU (torch.tensor(..., device='cpu'), also under torch.device('meta'))")
                 points = control.detach().to(torch.float64, copy=True).cpu()  # not the caller's storage
                 if not torch.isfinite(points).all():
                     raise ValueError(f"control must hold finite points, got {_preview(points)}")
