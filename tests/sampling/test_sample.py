@@ -202,6 +202,13 @@ def test_mismatched_batch():
         stn.warp(torch.rand(3, 1, 8, 8), torch.zeros(2, 6), stn.Affine())
     with pytest.raises(ValueError, match=r"x and grid must have the same batch size"):
         stn.sample(torch.rand(3, 1, 8, 8), torch.zeros(2, 4, 4, 2))
+    # a matrix form is named by the shape the caller passed, not the (B, P) it stands for
+    for transform, matrix in ((stn.Affine(), torch.eye(2, 3)), (stn.Projective(), torch.eye(3)),
+                              (stn.Affine3D(), torch.eye(3, 4))):
+        x = torch.rand(2, 1, *(4,) * transform.ndim)
+        shape = re.escape(str(tuple(matrix[None].shape)))
+        with pytest.raises(ValueError, match=rf"got 2 \(x shape .*\) and 1 \(params shape {shape}\)"):
+            stn.warp(x, matrix[None], transform)
 
 
 def test_integer_dtype():

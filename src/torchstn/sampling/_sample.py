@@ -451,9 +451,9 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
             return out
     check_floating("x", check_strided("x", check_tensor("x", x, ndim=transform.ndim + 2)))
     _check_spatial(x)
-    params = transform.check_params(_matrix_form(transform, params))
+    given, params = params, transform.check_params(_matrix_form(transform, params))
     tangents = forward_ad_active()  # the fused kernels have no forward derivative: grid + reference
-    check_same_batch("x", x, "params", params)
+    check_same_batch("x", x, "params", given)  # (the shape the caller passed, a matrix form's too)
     if params.device != x.device:
         raise ValueError(f"params must be on the device of x ({x.device}), got {params.device}")
     check_mode_fits(x.dim(), mode)
