@@ -434,7 +434,8 @@ def run_cell(
     Args:
         cell: the cell.
         runs: the runs root; the run directory is ``runs/<experiment>/<budget>/<run_name>``.
-        data_dir: where the MNIST files are (``None``: ``TORCHSTN_DATA``, the cache, a download).
+        data_dir: where the cell's data are: MNIST's files, the CIFAR-10 archive or the UCR folders
+            (``None``: ``TORCHSTN_DATA``, the cache, or a download of MNIST).
         device: where to train (not part of the cell: a run may resume on another device).
         progress: the engine's progress bar.
         log: where progress lines go.
