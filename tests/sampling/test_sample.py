@@ -362,6 +362,23 @@ def test_warp_takes_the_rows_of_a_1d_affine_map():
     torch.testing.assert_close(stn.warp(x, theta, "affine1d"), stn.warp(x, theta.flatten(1), "affine1d"))
 
 
+@pytest.mark.parametrize("backend", ["auto", "fused", "torch", "reference"])
+def test_a_homography_whose_last_entry_is_0_is_refused_by_name(backend):
+    """H[2, 2] = 0 is a homography (it sends the output's centre to infinity) that no parameters
+    with H[2, 2] = 1 describe: dividing by it gave NaN everywhere without a word. A NaN entry
+    stays NaN in, NaN out."""
+    h = torch.eye(3).repeat(2, 1, 1)
+    h[1, 2, 2], h[1, 2, 0] = 0.0, 0.5
+    x = torch.rand(2, 1, 5, 5)
+    with pytest.raises(ValueError, match=r"params\[1, 2, 2\] is 0"):
+        stn.warp(x, h, "projective", backend=backend)
+    with pytest.raises(ValueError, match=r"matrix\[1, 2, 2\] is 0"):
+        stn.Projective().params_from_matrix(h)
+    h[1, 2, 2] = float("nan")
+    out = stn.warp(x, h, "projective", backend=backend)
+    assert out[1].isnan().all() and not out[0].isnan().any()
+
+
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_warp_takes_a_homography_of_any_scale(align_corners):
     x = random_input((3, 2, 8, 10), torch.float64, "cpu")

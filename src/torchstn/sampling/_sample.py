@@ -25,6 +25,7 @@ from torchstn.transforms import (
     Affine, Affine1D, Affine3D, Attention, MatrixTransform, Projective, Similarity, ThinPlateSpline, Transform,
     Translation, get_transform,
 )
+from torchstn.transforms._base import check_scale_entry
 
 __all__ = [
     "BACKENDS", "BACKEND_CHOICES", "MODES", "PADDINGS", "Backend", "BackendName", "Mode", "Padding",
@@ -393,7 +394,7 @@ def warp(
         exact (those two cases with sizes that are powers of two) is it the pixel exact
         arithmetic rounds to; ``F.affine_grid + F.grid_sample`` can pick the other pixel.
         :class:`~torchstn.Projective` takes the homography ``H`` ``(B, 3, 3)``, divided by
-        ``H[:, 2, 2]`` (a homography is defined up to scale; ``H[2, 2]`` must not be 0),
+        ``H[:, 2, 2]`` (a homography is defined up to scale; an ``H[2, 2]`` of 0 raises ``ValueError``),
         so it warps as ``Projective().params_from_matrix(H)`` does. Nothing else is
         accepted: a ``(B, 3, 3)`` matrix for ``Affine`` could hold a projective last row,
         and a matrix for translation, attention or similarity need not lie in the
@@ -608,6 +609,7 @@ def _matrix_form(transform: Transform, params: object) -> object:
         last[n] = 1
         return transform.params_from_matrix(torch.cat([params, last.expand(params.shape[0], 1, n + 1)], 1))
     if isinstance(transform, Projective) and shape == (3, 3):
+        check_scale_entry("params", params)
         return (params / params[:, 2:, 2:]).flatten(1)[:, :8] if own else transform.params_from_matrix(params)
     raise ValueError(_matrix_form_error(transform, params))
 
