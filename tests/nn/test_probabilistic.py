@@ -1,6 +1,8 @@
 """ProbabilisticSpatialTransformer: deterministic limit, reparameterised gradients, KL, marginalisation."""
 
+import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -292,6 +294,26 @@ def test_bad_arguments():
         _pstn(prior_beta=0.0)
     with pytest.raises(ValueError, match="kl_weight"):
         _pstn(kl_weight=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error"),
+    [("samples", 0, ValueError), ("samples", 2.5, TypeError), ("test_samples", "median", ValueError),
+     ("prior_alpha", 0.0, ValueError), ("prior_beta", -1.0, ValueError), ("prior_sigma", float("nan"), ValueError),
+     ("kl_weight", -1.0, ValueError), ("distribution", "gaussian", AttributeError)],
+)
+def test_attributes_set_after_construction_are_checked_as_the_constructor_checks_them(name, value, error):
+    """A value set on a built P-STN took effect unchecked: pst.distribution = "normal" kept the
+    Student-t noise while the KL became a Gaussian's. The checks are the constructor's, and
+    distribution (on which the spread head's start and the prior depend) is fixed."""
+    pst = _pstn()
+    before = getattr(pst, name)
+    with pytest.raises(error, match=name):
+        setattr(pst, name, value)
+    assert getattr(pst, name) == before
+    pst.samples, pst.test_samples, pst.kl_weight = 3, "mean", 0.0  # valid values are taken
+    assert (pst.samples, pst.test_samples, pst.kl_weight) == (3, "mean", 0.0)
+    assert copy.deepcopy(pst).samples == 3 and pickle.loads(pickle.dumps(pst)).test_samples == "mean"
 
 
 def test_a_float64_pstn_takes_its_prior_in_float64():

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal, get_args
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +114,35 @@ def _test_samples(value: object) -> int | Literal["mean"]:
     return check_int("test_samples", value, 1)
 
 
+class _Checked:
+    """A P-STN attribute checked where it is set, as the constructor checks it: a later
+    ``pst.samples = 0`` or ``pst.kl_weight = -1`` took effect without a word. ``fixed``: set
+    once, by the constructor (``distribution``: the spread head's start and the prior depend
+    on it; set later, the noise stayed Student-t while the KL became a Gaussian's). Kept in the
+    instance's ``__dict__`` under its own name, as a plain attribute is (copies and pickles of
+    earlier modules hold it there)."""
+
+    def __init__(self, check: Callable[[str, object], object], fixed: bool = False) -> None:
+        self.check, self.fixed = check, fixed
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, module: object, owner: type) -> Any:
+        if module is None:
+            return self
+        try:
+            return module.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(f"{type(module).__name__!r} object has no attribute {self.name!r}") from None
+
+    def __set__(self, module: object, value: object) -> None:
+        if self.fixed and self.name in module.__dict__:
+            raise AttributeError(f"{self.name} is fixed when a {type(module).__name__} is built (its spread head's "
+                                 f"start and its prior depend on it): build a new one with {self.name}={value!r}")
+        module.__dict__[self.name] = self.check(self.name, value)
+
+
 class ProbabilisticSpatialTransformer(SpatialTransformer):
     r"""A spatial transformer whose localisation net predicts a distribution over θ (P-STN).
 
@@ -198,6 +227,14 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
     prior_precision: torch.Tensor | None
     prior_logdet: torch.Tensor | None
 
+    samples = _Checked(lambda name, value: check_int(name, value, 1))
+    test_samples = _Checked(lambda name, value: _test_samples(value))
+    distribution = _Checked(lambda name, value: check_choice(name, value, DISTRIBUTIONS), fixed=True)
+    prior_alpha = _Checked(check_positive)
+    prior_beta = _Checked(check_positive)
+    prior_sigma = _Checked(check_positive)
+    kl_weight = _Checked(lambda name, value: check_number(name, value, low=0.0))
+
     def __init__(
         self,
         transform: Transform | str,
@@ -218,13 +255,11 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         **sampler_keywords: Unpack[SamplerKeywords],
     ) -> None:
         super().__init__(transform, localization, output_size, in_features=in_features, sampler=sampler, **sampler_keywords)
-        self.samples = check_int("samples", samples, 1)
-        self.test_samples = _test_samples(samples if test_samples is None else test_samples)
-        self.distribution = check_choice("distribution", distribution, DISTRIBUTIONS)
-        self.prior_alpha = check_positive("prior_alpha", prior_alpha)
-        self.prior_beta = check_positive("prior_beta", prior_beta)
-        self.prior_sigma = check_positive("prior_sigma", prior_sigma)
-        self.kl_weight = check_number("kl_weight", kl_weight, low=0.0)
+        self.samples = samples  # (each checked where it is set: _Checked)
+        self.test_samples = samples if test_samples is None else test_samples
+        self.distribution = distribution
+        self.prior_alpha, self.prior_beta, self.prior_sigma = prior_alpha, prior_beta, prior_sigma
+        self.kl_weight = kl_weight
         # (kept in float64 on the CPU, beside the buffers, so that reset_parameters restores them)
         self._prior = _prior_precision(prior_covariance, self.transform.num_params, self.distribution)
         dtype = torch.get_default_dtype()
