@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from torchstn._tracing import eager_tensors
+
 __all__ = [
     "caller_stacklevel",
     "check_bool",
@@ -35,6 +37,7 @@ __all__ = [
     "check_params",
     "check_positive",
     "check_same_batch",
+    "check_scale_entry",
     "check_size",
     "check_strided",
     "check_tensor",
@@ -257,3 +260,17 @@ def caller_stacklevel() -> int:
     while frame is not None and frame.f_code.co_filename.startswith(inside):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def check_scale_entry(name: str, matrix: torch.Tensor) -> None:
+    """Refuse homographies ``(B, n, n)`` whose last entry is 0 (eager calls): a projective family's
+    parameters fix it to 1, dividing by it, and such a matrix (one that sends the centre of the
+    output to infinity) has none; the division gave every point NaN without a word. A NaN entry
+    stays NaN (NaN in, NaN out)."""
+    if not eager_tensors(matrix) or matrix.is_meta:  # (under a tracer the values are not known)
+        return
+    zero = torch.nonzero(matrix[:, -1, -1] == 0)
+    if len(zero):
+        i, k = int(zero[0, 0]), matrix.shape[-1] - 1
+        raise ValueError(f"{name}[{i}, {k}, {k}] is 0: a homography's parameters divide the matrix by that entry "
+                         f"(they fix it to 1), and one whose entry is 0 sends the centre of the output to infinity")

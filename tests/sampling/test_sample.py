@@ -211,6 +211,22 @@ def test_mismatched_batch():
             stn.warp(x, matrix[None], transform)
 
 
+def test_the_public_reference_sampler_checks_its_arguments_as_sample_does():
+    """stn.reference_sample broadcast a grid of batch 1 over x's batch, dropped a third grid
+    coordinate of a 2-D input, read an unknown padding as zeros and integer pixels as floats."""
+    x, grid = torch.rand(2, 1, 6, 7), torch.rand(2, 3, 3, 2) * 2 - 1
+    torch.testing.assert_close(stn.reference_sample(x, grid, "bilinear", "border", True),
+                               F.grid_sample(x, grid, padding_mode="border", align_corners=True))
+    with pytest.raises(ValueError, match=r"x and grid must have the same batch size"):
+        stn.reference_sample(x, grid[:1])
+    with pytest.raises(ValueError, match=r"grid for a 4-D input must have shape \(B, H, W, 2\)"):
+        stn.reference_sample(x, torch.rand(2, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"padding must be one of .* got 'wrap'"):
+        stn.reference_sample(x, grid, "bilinear", "wrap")
+    with pytest.raises(TypeError, match=r"x must have a floating-point dtype"):
+        stn.reference_sample(x.long(), grid)
+
+
 def test_integer_dtype():
     with pytest.raises(TypeError, match=r"x must have a floating-point dtype .* got torch.uint8"):
         stn.warp(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), torch.zeros(1, 6), stn.Affine())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from torchstn.sampling._fused import FusedStatus, fused_applies, fused_status
 from torchstn.sampling._options import SamplerOptions
-from torchstn.sampling._reference import reference_sample
 from torchstn.sampling._sample import (
     BACKEND_CHOICES,
     BACKENDS,
@@ -17,6 +16,7 @@ from torchstn.sampling._sample import (
     BackendName,
     Mode,
     Padding,
+    reference_sample,
     sample,
     warp,
 )

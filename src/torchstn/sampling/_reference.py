@@ -50,7 +50,7 @@ import torch
 from torchstn._tracing import autocast_enabled, autocast_off, device_type_of, exporting, nested_forward_ad
 from torchstn.sampling._grid_sample import nan_where_not_finite
 
-__all__ = ["reference_sample"]
+__all__ = ["reference_kernel"]
 
 
 def _unnormalize(grid: torch.Tensor, size: int, align_corners: bool) -> tuple[torch.Tensor, float]:
@@ -194,7 +194,7 @@ class _ReferenceSample(torch.autograd.Function):
             value = corners.read(xf, lin, valid)
             out = out + weight[:, None] * value
         out = torch.where(corners.finite[:, None], out, float("nan"))
-        return out  # (B, C, N): see reference_sample
+        return out  # (B, C, N): see reference_kernel
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:  # type: ignore[override]  # noqa: ANN001
@@ -233,7 +233,7 @@ class _ReferenceSample(torch.autograd.Function):
                     rate = rate + partial * du[d] * (1.0 if offset[d] else -1.0)
                 out = out + rate[:, None] * corners.read(xf, lin, valid)
         out = torch.where(corners.finite[:, None], out, float("nan"))
-        return out  # (B, C, N): see reference_sample
+        return out  # (B, C, N): see reference_kernel
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
@@ -268,10 +268,12 @@ class _ReferenceSample(torch.autograd.Function):
         return grad_x, grad_grid, None, None, None
 
 
-def reference_sample(
+def reference_kernel(
     x: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding: str = "zeros", align_corners: bool = False
 ) -> torch.Tensor:
-    """Sample ``x`` (B, C, *in) at ``grid`` (B, *out, n) with the hand-written kernel (no validation)."""
+    """Sample ``x`` (B, C, *in) at ``grid`` (B, *out, n) with the hand-written kernel, arguments
+    checked already (:func:`~torchstn.sampling.sample`'s ``backend="reference"``; the public name
+    is :func:`~torchstn.reference_sample`, which checks them)."""
     if mode not in ("bilinear", "nearest"):
         raise ValueError(
             f"mode {mode!r} is not implemented by backend='reference' (bilinear and nearest are); "
@@ -283,7 +285,7 @@ def reference_sample(
         # without it, and scattered float32 products into the bfloat16 input's gradient: an error)
         with autocast_off(device_type_of(x)):
             x, grid = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (x, grid))
-            return reference_sample(x, grid, mode, padding, align_corners)
+            return reference_kernel(x, grid, mode, padding, align_corners)
     shape = (*x.shape[:2], *grid.shape[1:-1])
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or exporting() or nested_forward_ad():
         # the forward's plain operations, which the compiler, the tracer or the exporter records

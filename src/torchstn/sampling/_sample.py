@@ -13,6 +13,7 @@ from torchstn._validation import (
     check_choice,
     check_floating,
     check_same_batch,
+    check_scale_entry,
     check_size,
     check_strided,
     check_tensor,
@@ -20,16 +21,16 @@ from torchstn._validation import (
 )
 from torchstn.sampling import _fused, _fused3d
 from torchstn.sampling._grid_sample import torch_sample
-from torchstn.sampling._reference import reference_sample
+from torchstn.sampling._reference import reference_kernel
 from torchstn.transforms import (
     Affine, Affine1D, Affine3D, Attention, MatrixTransform, Projective, Similarity, ThinPlateSpline, Transform,
     Translation, get_transform,
 )
-from torchstn.transforms._base import check_scale_entry
 
 __all__ = [
     "BACKENDS", "BACKEND_CHOICES", "MODES", "PADDINGS", "Backend", "BackendName", "Mode", "Padding",
-    "check_options", "check_sample_args", "sample", "sample_checked_options", "warp", "warp_checked_options",
+    "check_options", "check_sample_args", "reference_sample", "sample", "sample_checked_options", "warp",
+    "warp_checked_options",
 ]
 
 # Each option's choices are stated once, as a Literal (for type checkers); the tuples that
@@ -61,7 +62,7 @@ def _fused_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, 
 _KERNELS: dict[str, SampleFn] = {
     "torch": torch_sample,
     "fused": _fused_sample,
-    "reference": reference_sample,
+    "reference": reference_kernel,
 }
 
 
@@ -270,6 +271,16 @@ def sample(
     return _run_kernel(x, grid, mode, padding, align_corners, backend)
 
 
+def reference_sample(
+    x: torch.Tensor, grid: torch.Tensor, mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False
+) -> torch.Tensor:
+    """:func:`sample` with ``backend="reference"``: the hand-written kernel of
+    :mod:`torchstn.sampling._reference` (bilinear and nearest, in 1-D, 2-D and 3-D), the readable
+    definition every backend is tested against, its arguments checked as :func:`sample` checks
+    them (a grid of another batch size was broadcast, an unknown padding read as zeros)."""
+    return sample(x, grid, mode, padding, align_corners, backend="reference")
+
+
 def sample_checked_options(
     x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align_corners: bool, backend: str | None
 ) -> torch.Tensor:
@@ -321,7 +332,7 @@ def _run_kernel(
                 "torch.func.jvp/jacfwd/hessian; F.grid_sample has none): use 'bilinear' or 'nearest', whose "
                 "forward derivative the reference kernel computes, or reverse mode (torch.func.jacrev)"
             )
-        kernel = reference_sample
+        kernel = reference_kernel
     else:
         kernel = _KERNELS[_backend_name(backend, x, grid, mode)]
     if x.dim() == 3:  # a signal is an image of height 1 read on its centre row

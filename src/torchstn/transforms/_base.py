@@ -20,6 +20,7 @@ from torchstn._validation import (
     check_int,
     check_params,
     check_positive,
+    check_scale_entry,
     check_size,
     check_tensor,
     sizes_traced,
@@ -458,20 +459,6 @@ class MatrixTransform(Transform):
     def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
         eps = self.eps if self.projective else None
         return matrix_grid(self._matrix(params), size, align_corners, eps=eps).flatten(1, -2)
-
-
-def check_scale_entry(name: str, matrix: torch.Tensor) -> None:
-    """Refuse homographies ``(B, n, n)`` whose last entry is 0 (eager calls): a projective family's
-    parameters fix it to 1, dividing by it, and such a matrix (one that sends the centre of the
-    output to infinity) has none; the division gave every point NaN without a word. A NaN entry
-    stays NaN (NaN in, NaN out)."""
-    if not eager_tensors(matrix) or matrix.is_meta:  # (under a tracer the values are not known)
-        return
-    zero = torch.nonzero(matrix[:, -1, -1] == 0)
-    if len(zero):
-        i, k = int(zero[0, 0]), matrix.shape[-1] - 1
-        raise ValueError(f"{name}[{i}, {k}, {k}] is 0: a homography's parameters divide the matrix by that entry "
-                         f"(they fix it to 1), and one whose entry is 0 sends the centre of the output to infinity")
 
 
 def _operator(size: tuple[int, ...], align_corners: bool, like: torch.Tensor, repeat: bool = False) -> torch.Tensor:
