@@ -1,5 +1,6 @@
 """Thin-plate spline control points whose spline system is singular fail at construction, saying why."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,6 +45,19 @@ def test_duplicate_control_points_need_regularization(dtype):
 def test_non_finite_control_points_are_refused():
     with pytest.raises(ValueError, match=r"control must hold finite points, got \[\(0, nan\)"):
         stn.ThinPlateSpline(control=torch.tensor([[0.0, float("nan")], [1.0, 0.0], [0.0, 1.0]]))
+
+
+def test_control_points_may_be_an_array_or_nested_lists_and_other_types_are_refused_by_name():
+    """The docs promise explicit (K, 2) points: an array or nested lists of them were read as a
+    (rows, cols) size and refused as one; an int or None failed with "object is not iterable"."""
+    points = [[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [0.0, 0.5]]
+    expected = stn.ThinPlateSpline(torch.tensor(points)).control_points
+    for given in (points, np.array(points), tuple(map(tuple, points))):
+        torch.testing.assert_close(stn.ThinPlateSpline(given).control_points, expected, rtol=0, atol=0)
+    for bad in (4, None, "ab"):
+        with pytest.raises(TypeError, match=r"control must be \(rows, cols\) or \(K, 2\) points"):
+            stn.ThinPlateSpline(bad)
+    assert stn.ThinPlateSpline((np.int64(3), 2)).num_params == 12  # a size stays a size
 
 
 def test_control_points_on_the_meta_device_are_refused_by_name():

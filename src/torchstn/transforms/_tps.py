@@ -5,10 +5,11 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from torchstn._tracing import cached
-from torchstn._validation import check_number
+from torchstn._validation import _type_name, check_number
 from torchstn.transforms._base import Transform, base_grid, interleaved_operator, linear_grid
 
 __all__ = ["ThinPlateSpline"]
@@ -141,6 +142,22 @@ def _grid_operator(
     return cached(("tps-grid", key, regularization, size, align_corners, device, dtype), build)
 
 
+def _points_as_tensor(control: object) -> object:
+    """``control`` given as ``(K, 2)`` points in an array or nested lists, as a float64 tensor;
+    a tensor or a ``(rows, cols)`` size unchanged; anything else refused by name (an int or
+    ``None`` failed with "object is not iterable", an array of points was read as a size)."""
+    if isinstance(control, torch.Tensor):
+        return control
+    if isinstance(control, str) or not isinstance(control, (Sequence, np.ndarray)):
+        raise TypeError(f"control must be (rows, cols) or (K, 2) points (a tensor, an array or nested lists), "
+                        f"got {_type_name(control)}")
+    try:
+        points = np.asarray(control, dtype=np.float64)
+    except (TypeError, ValueError):  # (ragged lists, entries that are no numbers: judged as a size below)
+        return control
+    return torch.from_numpy(points) if points.ndim == 2 else control
+
+
 class ThinPlateSpline(Transform):
     r"""Thin-plate spline through ``K`` control points, ``P = 2K``.
 
@@ -181,11 +198,13 @@ class ThinPlateSpline(Transform):
         tensor([-1., -1.,  1., -1., -1.,  1.,  1.,  1.])
     """
 
-    def __init__(self, control: Sequence[int] | torch.Tensor = (4, 4), regularization: float = 0.0) -> None:
+    def __init__(self, control: Sequence[int] | Sequence[Sequence[float]] | torch.Tensor | np.ndarray = (4, 4),
+                 regularization: float = 0.0) -> None:
         # the control points and the system's solution live on the CPU, also where modules are built
         # under torch.device("meta") or another default device (only grid() moves them), as plain
         # tensors (a transform built under torch.inference_mode() is used in any mode later)
         with torch.device("cpu"), torch.inference_mode(False):
+            control = _points_as_tensor(control)
             if isinstance(control, torch.Tensor):
                 if control.dim() != 2 or control.shape[1] != 2 or control.shape[0] < 3:
                     raise ValueError(f"control points must have shape (K, 2) with K >= 3, got {tuple(control.shape)}")
