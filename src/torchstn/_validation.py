@@ -30,6 +30,7 @@ __all__ = [
     "caller_stacklevel",
     "check_bool",
     "check_choice",
+    "check_float_dtype",
     "check_floating",
     "check_input",
     "check_int",
@@ -70,6 +71,16 @@ def check_floating(name: str, value: torch.Tensor) -> torch.Tensor:
             f"got {value.dtype}; convert it with .float() first"
         )
     return value
+
+
+def check_float_dtype(name: str, dtype: object) -> torch.dtype:
+    """Check a floating-point ``torch.dtype`` (a string such as ``"float32"`` is refused, as
+    torch's factories refuse it)."""
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{name} must be a torch.dtype such as torch.float32, got {_type_name(dtype)}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point dtype, got {dtype}")
+    return dtype
 
 
 def check_strided(name: str, value: torch.Tensor) -> torch.Tensor:

@@ -452,6 +452,8 @@ def test_checked_methods_name_the_bad_argument():
         stn.Affine().identity(2.0)
     with pytest.raises(TypeError, match="dtype must be a floating-point dtype, got torch.int64"):
         stn.Affine().identity(2, dtype=torch.int64)
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype such as torch.float32, got str"):
+        stn.Affine().identity(2, dtype="float32")  # (torch's factories refuse a name too; it failed in an attribute)
     with pytest.raises(TypeError, match="eps must be a number, got str"):
         stn.Projective(eps="1")
 
@@ -600,6 +602,8 @@ def test_base_grid_checks_its_size_and_dtype():
             stn.base_grid(size)
     with pytest.raises(TypeError, match="dtype must be a floating-point dtype, got torch.int64"):
         stn.base_grid((2, 3), dtype=torch.int64)
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype such as torch.float32, got str"):
+        stn.base_grid((2, 3), dtype="float32")
     assert stn.base_grid((2, 3)).shape == (6, 2) and stn.base_grid((np.int64(2), 3)).shape == (6, 2)
 
 

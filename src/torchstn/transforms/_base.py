@@ -16,6 +16,7 @@ from torchstn._tracing import autocast_off, batched_gradient, cached, device_typ
 from torchstn._validation import (
     _index,
     check_bool,
+    check_float_dtype,
     check_floating,
     check_int,
     check_params,
@@ -114,8 +115,7 @@ def base_grid(
         return _build_base_grid(tuple(size), align_corners, homogeneous, device, dtype)
     # checked at every call, and the cache keyed on the checked ints: 2.5 was truncated to 2, an
     # integer dtype gave a grid of zeros, and (2.0, 3) passed once (2, 3) was cached
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    check_float_dtype("dtype", dtype)
     if len(size) not in (1, 2, 3):
         raise ValueError(f"size must be (L,), (H, W) or (D, H, W), got {tuple(size)!r}")
     size = _checked_size(size, len(size))
@@ -191,8 +191,7 @@ class Transform(ABC):
         torch's default dtype)."""
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         device = device if device is not None else _default_device()
-        if not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+        check_float_dtype("dtype", dtype)
         p = self._identity().to(device=device, dtype=dtype)
         if batch is None:
             return p
