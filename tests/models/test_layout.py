@@ -58,6 +58,8 @@ CHECKPOINT_KEYS = {
 
 def test_the_registry_names_are_unchanged():
     assert list_models() == MODELS == stn.list_models()
+    with pytest.raises(TypeError, match="pattern must be a str, got int"):  # ('in <string>' requires string)
+        list_models(3)
 
 
 @pytest.mark.parametrize(("name", "overrides"), CHECKPOINT_KEYS)

@@ -88,6 +88,8 @@ def list_models(pattern: str | None = None) -> list[str]:
         >>> list_models("st-cnn-a")
         ['st-cnn-addition', 'st-cnn-aff']
     """
+    if pattern is not None and not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a str, got {type(pattern).__name__}")
     names = sorted(_REGISTRY)
     return [n for n in names if pattern in n] if pattern else names
 
