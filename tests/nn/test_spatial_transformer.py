@@ -141,3 +141,7 @@ def test_a_localisation_net_that_returns_a_tuple_is_named():
     st = stn.SpatialTransformer("affine", Pair(), in_features=4)
     with pytest.raises(TypeError, match="the localisation net must return one tensor of features, got tuple"):
         st(torch.rand(2, 1, 12, 12))
+    # features without x's batch first ((B * F,) failed with "Dimension out of range")
+    flat = stn.SpatialTransformer("affine", nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(0)), in_features=400)
+    with pytest.raises(ValueError, match=r"must return features of shape \(B, ...\), B = 2 as in x, got shape \(800,\)"):
+        flat(torch.rand(2, 1, 12, 12))

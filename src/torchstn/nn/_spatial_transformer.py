@@ -216,8 +216,8 @@ class SpatialTransformer(nn.Module):
                 something else than one tensor (a tuple).
             ValueError: ``x`` does not have the rank of the transform's inputs, or not the
                 ``(C, *input_size)`` that the localisation net declares
-                (:func:`~torchstn.nn.declare_input`), or the features are not
-                ``in_features`` wide.
+                (:func:`~torchstn.nn.declare_input`), or the features are not ``(B, ...)``
+                (``x``'s batch first) or not ``in_features`` wide.
         """
         localization = self.localization
         check_input(x, _declared_input(localization), self.transform.ndim + 2, "the localisation net")
@@ -225,6 +225,9 @@ class SpatialTransformer(nn.Module):
         if not isinstance(features, torch.Tensor):  # (a tuple failed with "'tuple' object has no attribute 'flatten'")
             raise TypeError(f"the localisation net must return one tensor of features, got {type(features).__name__}: "
                             "wrap it in a module that returns the features the regressor reads")
+        if features.dim() < 2 or (not sizes_traced() and features.shape[0] != x.shape[0]):  # ((B * F,): IndexError)
+            raise ValueError(f"the localisation net must return features of shape (B, ...), B = {x.shape[0]} as in x, "
+                             f"got shape {tuple(features.shape)} for x of shape {tuple(x.shape)}")
         features = features.flatten(1)
         width = getattr(self.regressor, "in_features", 0)  # 0: a lazy regressor, inferred now
         if width and not sizes_traced() and features.shape[1] != width:
