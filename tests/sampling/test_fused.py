@@ -1,6 +1,9 @@
 """The fused C++ backend against F.grid_sample, the reference sampler and the grid path of warp."""
 
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -917,3 +920,33 @@ def test_an_expanded_or_strided_output_gradient_gives_the_dense_ones_gradients(c
     sliced = torch.rand(4, 3, 20, 31, generator=generator)[..., :30]
     reference = torch.autograd.grad(out, (x, theta), sliced.contiguous(), retain_graph=True)
     torch.testing.assert_close(torch.autograd.grad(out, (x, theta), sliced), reference, atol=0, rtol=0)
+
+
+_FORKED_CHILD = """
+import multiprocessing, sys, torch, torchstn as stn
+
+def small_warps():
+    stn.warp(torch.rand(2, 1, 8, 8), torch.eye(2, 3).repeat(2, 1, 1), "affine", backend="fused")
+    stn.warp(torch.rand(1, 1, 6, 6, 6), torch.eye(3, 4)[None], "affine3d", backend="fused")
+
+torch.set_num_threads(2)  # the parent's warps start OpenMP's thread team
+stn.warp(torch.rand(4, 3, 128, 128), torch.eye(2, 3).repeat(4, 1, 1), "affine", backend="fused")
+stn.warp(torch.rand(2, 1, 40, 40, 40), torch.eye(3, 4).repeat(2, 1, 1), "affine3d", backend="fused")
+child = multiprocessing.get_context("fork").Process(target=small_warps)
+child.start()
+child.join(120)
+if child.is_alive():
+    child.kill()
+    sys.exit("the forked child hung in a small warp")
+sys.exit(child.exitcode)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_a_forked_child_warps_small_inputs_after_the_parent_warped_at_two_threads():
+    """GNU OpenMP's thread team does not survive fork(): a child forked after a warp at two
+    threads (multiprocessing's default start on Linux before Python 3.14) waited forever in its
+    first warp, however small, where F.grid_sample returns (torch runs small work on the calling
+    thread). The kernels do too, below ATen's grain size, in 2-D and in 3-D."""
+    run = subprocess.run([sys.executable, "-c", _FORKED_CHILD], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -860,6 +860,13 @@ inline void corners(const T* xc, const Block<T>& blk, int64_t t, int32_t sh, boo
   }
 }
 
+// Below this many output values (ATen's grain size, at::internal::GRAIN_SIZE) a call runs on
+// the calling thread, as torch's own kernels do: an OpenMP region's fixed cost is most of a
+// small call, and GNU OpenMP's thread team does not survive fork(): a process forked after a
+// warp at two threads (multiprocessing's default start on Linux) waited forever in its first
+// small warp, where F.grid_sample returns. (csrc/fused_warp3d.cpp has the same rule.)
+constexpr int64_t kSerialBelow = 32768;
+
 // body(i) for i in [0, n), split statically over threads; one thread enters no OpenMP
 // region (its fixed cost is most of a small call)
 template <typename F>
@@ -2386,6 +2393,7 @@ int run(bool backward, int location, int mode, const T* x, const int64_t* stride
   // corner offsets are int32: (x0, y0) in [-1, W] x [-1, H], plus a corner's step
   if (xs.h < 0 || xs.w < 0 || (H + 1) * xs.h + (W + 1) * xs.w >= (int64_t(1) << 31)) return 3;
   T* buffer = const_cast<T*>(out_or_grad_out);
+  if (B * C * Ho * Wo < kSerialBelow) threads = 1;
   const Constants<T> k(H, W, Ho, Wo, align_corners != 0, static_cast<T>(eps), xs);
   // rows packed into blocks: an output narrower than a block whose rows follow each other
   const bool packed = Wo < BLOCK && os.w == 1 && os.h == Wo;
