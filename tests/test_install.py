@@ -32,7 +32,7 @@ def test_plain_install_runs_every_subcommand(tmp_path):
     shutil.copytree(ROOT / "src", source / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
     shutil.copytree(ROOT / "tests", source / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "conftest.py"):
         shutil.copy2(ROOT / name, source / name)
     installed = run(str(python), "-m", "pip", "install", "-q", str(source))  # no extras
     assert installed.returncode == 0, installed.stderr[-2000:]
@@ -50,6 +50,12 @@ def test_plain_install_runs_every_subcommand(tmp_path):
         members = [name.split("/", 1)[1] for name in sdist.getnames() if "/" in name]
     assert not [name for name in members if name.startswith("tests")], members
     assert "LICENSE" in members and sum(name.startswith("src/torchstn/sampling/csrc/") for name in members) == 3
+    # the docstring examples are collected beside an installed, not editable, torchstn (pytest's default
+    # import mode refused every module of src/torchstn there: "import file mismatch")
+    assert run(str(python), "-m", "pip", "install", "-q", "pytest").returncode == 0
+    collected = run(str(python), "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "src/torchstn",
+                    cwd=source)
+    assert collected.returncode == 0 and " error" not in collected.stdout, collected.stdout[-2000:]
     command = str(env_dir / "bin" / "torchstn")
     top = run(command, "--help")
     assert top.returncode == 0 and "reproduce" in top.stdout, top.stderr
