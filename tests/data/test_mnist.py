@@ -132,6 +132,25 @@ def test_a_root_that_is_one_of_the_files_names_its_directory(mnist_dir, tmp_path
         distorted_mnist("r", "test", one, limit=2, cache=False)
 
 
+def test_environment_variables_that_name_a_file_are_named(mnist_dir, tmp_path, monkeypatch):
+    """TORCHSTN_DATA or TORCHSTN_CACHE set to a file (mnist.npz itself) failed on the download's
+    mkdir with a bare FileExistsError / NotADirectoryError naming no variable; a root that
+    holds the files is still read whatever the cache variable says."""
+    file = tmp_path / "mnist.npz"
+    file.write_bytes(b"")
+    monkeypatch.setenv("TORCHSTN_DATA", str(file))
+    monkeypatch.setenv("TORCHSTN_CACHE", str(tmp_path / "cache"))
+    for download in (True, False):
+        with pytest.raises(ValueError, match=f"TORCHSTN_DATA must be the directory .* got the file {file}; set it "
+                                             f"to its directory {tmp_path}$"):
+            load_mnist(split="test", download=download)
+    monkeypatch.delenv("TORCHSTN_DATA")
+    monkeypatch.setenv("TORCHSTN_CACHE", str(file))
+    with pytest.raises(RuntimeError, match=f"TORCHSTN_CACHE must name a directory, got the file {file}$"):
+        load_mnist(split="test")
+    assert load_mnist(mnist_dir, split="test")[0].shape == (10000, 28, 28)
+
+
 def test_wrong_magic_number_is_named(mnist_dir, tmp_path):
     plain = _plain_copy(mnist_dir, tmp_path)
     path = plain / "t10k-images-idx3-ubyte"

@@ -75,14 +75,18 @@ def default_cache_dir() -> Path:
 
     Raises:
         RuntimeError: naming both, where neither gives a directory (no home directory: a
-            user without a passwd entry and no ``HOME``, or ``~user`` of an unknown user).
+            user without a passwd entry and no ``HOME``, or ``~user`` of an unknown user),
+            or naming ``TORCHSTN_CACHE`` where it is a file.
     """
     env = os.environ.get("TORCHSTN_CACHE")
     try:
-        return Path(env).expanduser() if env else Path.home() / ".cache" / "torchstn"
+        cache = Path(env).expanduser() if env else Path.home() / ".cache" / "torchstn"
     except RuntimeError as err:
         raise RuntimeError(f"torchstn's cache directory cannot be found ({err}): set TORCHSTN_CACHE to a directory, "
                            "or HOME") from None
+    if env and cache.is_file():  # (the first write failed with NotADirectoryError, naming no variable)
+        raise RuntimeError(f"TORCHSTN_CACHE must name a directory, got the file {cache}")
+    return cache
 
 
 def _file_names(split: str) -> tuple[str, str]:
@@ -131,7 +135,13 @@ def _download_target(root: str | os.PathLike | None) -> Path:
     if root is not None:
         return Path(root).expanduser()
     env = os.environ.get("TORCHSTN_DATA")
-    return Path(env).expanduser() if env else default_cache_dir() / "mnist"
+    if not env:
+        return default_cache_dir() / "mnist"
+    target = Path(env).expanduser()
+    if target.is_file():  # (the download failed on mkdir: FileExistsError, naming no variable)
+        raise ValueError(f"TORCHSTN_DATA must be the directory that holds the data, got the file {target}; "
+                         f"set it to its directory {target.parent}")
+    return target
 
 
 def _find_in(directory: Path, split: str) -> tuple[str, Path | tuple[Path, Path]] | None:
