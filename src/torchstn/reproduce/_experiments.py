@@ -7,7 +7,7 @@ budget (:data:`BUDGETS`):
 
 * ``quick``: a few dozen iterations on a few hundred images; a smoke test of the
   machinery (CI), not of the numbers;
-* ``standard``: 3-9 CPU minutes per ST-CNN cell at one thread (README); far fewer
+* ``standard``: 3-11 CPU minutes per ST-CNN cell at one thread (README); far fewer
   iterations than the paper's, with a recipe measured to learn faster where the
   experiment says so (``stn-table1``: Adam, warm-up and cosine decay; see each
   experiment's ``notes``);
