@@ -38,7 +38,14 @@ def test_groups_of_a_users_own_model():
 
 def test_no_transformer_gives_one_group_and_bad_rates_are_refused():
     assert [g["name"] for g in stn.param_groups(nn.Linear(3, 2), lr=1.0)] == ["classifier"]
-    with pytest.raises(ValueError, match="loc_lr_mult must be > 0"):
-        stn.param_groups(nn.Linear(3, 2), lr=1.0, loc_lr_mult=0.0)
+    with pytest.raises(ValueError, match="loc_lr_mult must be >= 0.0, got -0.1"):
+        stn.param_groups(nn.Linear(3, 2), lr=1.0, loc_lr_mult=-0.1)
+    with pytest.raises(ValueError, match="lr must be >= 0.0, got -1.0"):
+        stn.param_groups(nn.Linear(3, 2), lr=-1.0)
+    # 0, as torch's optimisers take it: a rate of 0 keeps the localisation nets where they are
+    model = stn.create_model("st-cnn-aff")
+    frozen = stn.param_groups(model, lr=0.01, loc_lr_mult=0.0)
+    assert [(g["name"], g["lr"]) for g in frozen] == [("classifier", 0.01), ("localization", 0.0)]
+    torch.optim.SGD(frozen).step()  # (torch accepts the groups)
     with pytest.raises(TypeError, match="lr must be a number"):
         stn.param_groups(nn.Linear(3, 2), lr="0.1")

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from torchstn._validation import check_positive
+from torchstn._validation import check_number
 from torchstn.nn._spatial_transformer import SpatialTransformer
 
 __all__ = ["param_groups"]
@@ -24,8 +24,9 @@ def param_groups(model: nn.Module, lr: float, loc_lr_mult: float = 0.1) -> list[
 
     Args:
         model: any module holding spatial transformers (a registry model or your own).
-        lr: the learning rate of the rest of the model.
-        loc_lr_mult: the localisation nets' learning rate as a multiple of ``lr``.
+        lr: the learning rate of the rest of the model (``>= 0``, as ``torch.optim`` takes it).
+        loc_lr_mult: the localisation nets' learning rate as a multiple of ``lr`` (``>= 0``;
+            ``0`` keeps them where they are, a way to train the rest with a fixed transformer).
 
     Returns:
         ``[{"params", "lr", "name": "classifier"}, {"params", "lr", "name": "localization"}]``,
@@ -39,8 +40,8 @@ def param_groups(model: nn.Module, lr: float, loc_lr_mult: float = 0.1) -> list[
         [('classifier', 0.001), ('localization', 0.0001)]
         >>> optimizer = torch.optim.Adam(groups)
     """
-    check_positive("lr", lr)
-    check_positive("loc_lr_mult", loc_lr_mult)
+    check_number("lr", lr, low=0.0)  # (torch's optimisers take 0; they refuse a negative rate)
+    check_number("loc_lr_mult", loc_lr_mult, low=0.0)
     localization = {id(p) for m in model.modules() if isinstance(m, SpatialTransformer) for p in m.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
