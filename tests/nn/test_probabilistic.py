@@ -3,6 +3,7 @@
 import copy
 import math
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -314,6 +315,27 @@ def test_attributes_set_after_construction_are_checked_as_the_constructor_checks
     pst.samples, pst.test_samples, pst.kl_weight = 3, "mean", 0.0  # valid values are taken
     assert (pst.samples, pst.test_samples, pst.kl_weight) == (3, "mean", 0.0)
     assert copy.deepcopy(pst).samples == 3 and pickle.loads(pickle.dumps(pst)).test_samples == "mean"
+
+
+def test_kl_warns_where_a_reentrant_checkpoint_left_it_without_a_graph():
+    """Inside torch.utils.checkpoint(..., use_reentrant=True) the forward runs without
+    gradients: kl() had no graph and its term silently added nothing to the gradients (50%
+    off with it in the loss). It warns; use_reentrant=False keeps the graph, without a word."""
+    from torch.utils.checkpoint import checkpoint
+
+    pst, x = _pstn(), torch.rand(3, 1, 8, 8).requires_grad_()  # (torch warns of a checkpoint without one)
+    with pytest.warns(UserWarning, match=r"kl\(\): the last forward pass ran without gradients"):
+        checkpoint(pst, x, use_reentrant=True)
+        pst.kl()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        checkpoint(pst, x, use_reentrant=False)
+        kl = pst.kl()
+        kl.backward()  # (the graph is there)
+        assert pst.variance_regressor.bias.grad is not None
+        with torch.no_grad():  # evaluation: nothing to warn about
+            pst(x)
+            pst.kl()
 
 
 def test_a_float64_pstn_takes_its_prior_in_float64():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
@@ -12,6 +13,7 @@ from torch import nn
 
 from torchstn._tracing import autocast_off, device_type_of, eager_tensors, exporting
 from torchstn._validation import (
+    caller_stacklevel,
     check_choice,
     check_floating,
     check_int,
@@ -206,7 +208,10 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         last_params: the sampled θ ``(S·B, P)`` of the last forward pass.
         last_mean, last_scale: ``μ`` and the scale of θ ``(B, P)`` of the last pass.
         last_kl: the KL of the last pass, summed over parameters and averaged over the
-            batch (unweighted), with its graph: :meth:`kl` is a term of the loss.
+            batch (unweighted), with its graph: :meth:`kl` is a term of the loss. Under
+            ``torch.utils.checkpoint(..., use_reentrant=True)`` the pass runs without
+            gradients and the KL has no graph (:meth:`kl` warns in training): use
+            ``use_reentrant=False``.
         last_samples: ``S`` of the last pass.
 
     Example:
@@ -345,7 +350,14 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         times theirs until 2026-12-04)."""
         if self.last_kl is None:
             raise RuntimeError("kl() needs a forward pass first")
-        return self.kl_weight * self.last_kl / self.transform.num_params
+        kl = self.last_kl
+        if (self.training and torch.is_grad_enabled() and not kl.requires_grad and eager_tensors(kl)
+                and any(p.requires_grad for p in self.variance_regressor.parameters())):
+            warnings.warn("kl(): the last forward pass ran without gradients (under torch.no_grad(), or inside "
+                          "torch.utils.checkpoint(..., use_reentrant=True)), so this term of the loss adds nothing to "
+                          "them: checkpoint with use_reentrant=False, which keeps its graph", UserWarning,
+                          stacklevel=caller_stacklevel())
+        return self.kl_weight * kl / self.transform.num_params
 
     def marginalize(self, logits: torch.Tensor) -> torch.Tensor:
         r"""Combine a classifier's outputs over the samples of the last pass, as the paper and
