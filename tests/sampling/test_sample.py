@@ -172,6 +172,27 @@ def test_half_precision_works(dtype16):
     torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
 
 
+@pytest.mark.parametrize("dtype16", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["auto", "fused", "torch", "reference"])
+def test_half_precision_samples_large_planes_right_on_the_cpu(dtype16, backend):
+    """torch 2.13's CPU grid_sample in float16/bfloat16 reads wrong pixels once a plane holds
+    more than about 32,768 of them (a constant 2 came out NaN or 0 at 256x256, and a signal of
+    40,000 read 0) and its backward corrupted memory; sample handed half inputs to it. They
+    are sampled in float32 on the CPU, the output and gradient in their dtype."""
+    x = torch.full((1, 2, 256, 256), 2.0, dtype=dtype16, requires_grad=True)
+    grid = F.affine_grid(torch.tensor([[[0.9, 0.0, 0.0], [0.0, 0.9, 0.0]]]), (1, 1, 256, 256), align_corners=False)
+    out = stn.sample(x, grid.to(dtype16), backend=backend)
+    assert out.dtype == dtype16 and bool((out == 2).all())
+    out.sum().backward()
+    reference = x.detach().float().requires_grad_()
+    F.grid_sample(reference, grid.to(dtype16).float(), align_corners=False).sum().backward()
+    assert x.grad.dtype == dtype16
+    torch.testing.assert_close(x.grad.float(), reference.grad.to(dtype16).float(), rtol=0, atol=0)
+    signal = torch.full((1, 1, 40000), 2.0, dtype=dtype16)
+    points = torch.linspace(-0.9, 0.9, 100, dtype=dtype16)[None, :, None]
+    assert bool((stn.sample(signal, points, backend=backend) == 2).all())
+
+
 def test_empty_batch():
     out = stn.warp(torch.rand(0, 3, 8, 8), torch.zeros(0, 6), stn.Affine(), backend="reference")
     assert out.shape == (0, 3, 8, 8)

@@ -252,7 +252,10 @@ def sample(
         sampled by the reference kernel; bicubic has no forward derivative). A grid point that is not
         finite (NaN, ±Inf) gives NaN in every channel and a NaN gradient for that point,
         and adds nothing to the gradient of ``x``, on every backend.
-        float16 and bfloat16 inputs are sampled in their own dtype; under ``torch.autocast``
+        float16 and bfloat16 inputs are sampled in their own dtype on a GPU and in float32 on
+        the CPU (torch's CPU ``grid_sample`` in half precision reads wrong pixels in planes of
+        more than about 32,768 pixels), the output in their dtype (float32 under
+        ``torch.autocast``, as ``F.grid_sample`` returns it there); under ``torch.autocast``
         the grid may have another dtype than ``x`` (a float32 grid for a bfloat16 input,
         as ``F.grid_sample`` takes it there): both are then sampled in float32 (float64
         where either is), the output in the dtype of ``x``.
@@ -320,9 +323,13 @@ def _run_kernel(
     """Sample with the chosen backend, or with the reference kernel inside a forward-mode AD
     level (:func:`~torchstn._tracing.forward_ad_active`), the one kernel with a forward
     derivative; every argument is valid. A grid whose dtype is not the input's (allowed under
-    autocast only, as ``F.grid_sample`` takes it there) is sampled in float32 (float64 where
-    either is), the output returned in the input's dtype (as :func:`warp` returns it)."""
-    if grid.dtype is not x.dtype:
+    autocast only, as ``F.grid_sample`` takes it there), and float16/bfloat16 on the CPU, are
+    sampled in float32 (float64 where either is), the output returned in the input's dtype (as
+    :func:`warp` returns it)."""
+    if grid.dtype is not x.dtype or (x.dtype in _HALF and x.device.type == "cpu" and not autocast_enabled("cpu")):
+        # (torch 2.13's CPU grid_sample in float16/bfloat16 reads wrong pixels once a plane holds more
+        # than about 32,768 of them: NaN or garbage at 256x256, and its backward corrupted memory;
+        # under autocast it runs in float32, its output float32, as torch's own call returns it)
         dtype = torch.promote_types(torch.promote_types(x.dtype, grid.dtype), torch.float32)
         return _run_kernel(x.to(dtype), grid.to(dtype), mode, padding, align_corners, backend).to(x.dtype)
     if forward_ad_active():
@@ -554,6 +561,7 @@ _is_compiling = torch.compiler.is_compiling
 #: change the map, and takes the general path)
 _FUSED_FAMILIES = (Translation, Attention, Similarity, Affine, Projective)
 _STRIDED = torch.strided
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _eager_fused_warp(
