@@ -57,3 +57,16 @@ def test_the_cifar_archive_itself_is_a_data_dir(cli, tmp_path):
     line = cli("train", "--data", "cifar10", "--data-dir", archive, "--model", "st-cnn-cifar",
                "--out", tmp_path / "run").error_line()
     assert "does not exist" not in line and str(archive) in line  # passed the check, the reader refused it
+
+
+def test_visualize_refuses_a_volume_run_without_a_transformer(cli, tmp_path, mnist_dir):
+    """cnn-3d has no transformer, but every volume classifier has transform_volume (the
+    identity there): visualize drew its input volumes as "transformed" views."""
+    out = tmp_path / "c3"
+    run = cli("train", "--model", "cnn-3d", "--data", "mnist-3d", "--data-dir", mnist_dir, "--model-arg", "pool=2",
+              "--train-limit", 16, "--test-limit", 8, "--batch-size", 8, "--steps", 1, "--threads", 1,
+              "--no-progress", "--out", out)
+    assert run.status == 0, run.err
+    line = cli("visualize", out, "--out", tmp_path / "views").error_line()
+    assert "cnn-3d has no 3-D transformer: visualize draws a transformer's views of volumes" in line
+    assert not (tmp_path / "views.png").exists()

@@ -127,7 +127,7 @@ def _draw_series_or_volumes(model: Any, config: TrainConfig, info: dict[str, Any
                        "page through the test set with --start")
     if dims == 2 and not len(getattr(model, "transformers", ())):
         raise CLIError(f"{config.model} has no transformer: visualize draws a transformer's warps of series")
-    if dims == 4 and not hasattr(model, "transform_volume"):
+    if dims == 4 and not len(getattr(model, "transformers", ())):  # (cnn-3d's transform_volume returns x)
         raise CLIError(f"{config.model} has no 3-D transformer: visualize draws a transformer's views of volumes")
     draw = plot_series_warps if dims == 2 else plot_volume_views
     title = _title(config, info, RunDir.of_checkpoint(info["path"]).history())
