@@ -185,6 +185,12 @@ def test_pstn_cpab_takes_the_smoothness_prior_only_with_a_gaussian():
                                 **SMALL)
     covariance = stn.CPAB1D(tessellation=10).prior_covariance(0.3)
     torch.testing.assert_close(gaussian.transformers[0].prior_precision @ covariance, torch.eye(9), atol=1e-4, rtol=0)
+    # a length scale whose covariance the KL cannot use is named (the error named prior_covariance, which
+    # this builder takes no part of, and suggested adding eps * I to it)
+    for length_scale in (10.0, 0.5):
+        with pytest.raises(ValueError, match=rf"prior_length_scale={length_scale:g} over tessellation=10 gives a "):
+            stn.create_model("pstn-cnn1d-cpab", input_size=40, distribution="gaussian",
+                             prior_length_scale=length_scale, **SMALL)
 
 
 @pytest.mark.parametrize("name", ["st-cnn1d-aff", "pstn-cnn1d-aff"])

@@ -382,9 +382,18 @@ def pstn_cnn1d_cpab(
         # (in float64: its precision is its inverse, and a float32 covariance near the accepted
         # condition number of 1e6 put a float64 model's KL 0.45% off; on the CPU: values under meta too)
         prior = transform.prior_covariance(prior_length_scale, prior_variance, device="cpu", dtype=torch.float64)
-    return _pstn_1d(
-        transform, in_channels, input_size, num_classes, channels, loc_channels, width, dropout, conv_padding,
-        SamplerOptions(mode=mode, padding=padding, align_corners=align_corners), samples=samples,
-        test_samples=test_samples, distribution=distribution, kl_weight=kl_weight, prior_alpha=prior_alpha,
-        prior_beta=prior_beta, prior_covariance=prior, init_scale=init_scale,
-    )
+    try:
+        return _pstn_1d(
+            transform, in_channels, input_size, num_classes, channels, loc_channels, width, dropout, conv_padding,
+            SamplerOptions(mode=mode, padding=padding, align_corners=align_corners), samples=samples,
+            test_samples=test_samples, distribution=distribution, kl_weight=kl_weight, prior_alpha=prior_alpha,
+            prior_beta=prior_beta, prior_covariance=prior, init_scale=init_scale,
+        )
+    except ValueError as err:  # (it named prior_covariance, which this builder's caller does not pass)
+        if prior is None or not str(err).startswith("prior_covariance"):
+            raise
+        raise ValueError(
+            f"prior_length_scale={prior_length_scale:g} over tessellation={tessellation} gives a smoothness prior the "
+            f"KL cannot use (its covariance, CPAB1D.prior_covariance: {err}); a shorter prior_length_scale or fewer "
+            "cells make it better conditioned"
+        ) from None
