@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -107,7 +109,8 @@ def _moderate(grid: torch.Tensor) -> bool:
     flat = grid.reshape(-1)
     if flat.dtype not in (torch.float32, torch.float64):  # (torch.dot of bfloat16: 200x the float32 one)
         flat = flat.float()
-    return bool(torch.isfinite(torch.dot(flat, flat)))
+    # (the Python float's test: bool(torch.isfinite(...)) took 6 µs of a small call, .item() 1.3 µs)
+    return math.isfinite(torch.dot(flat, flat).item())
 
 
 def _far(dtype: torch.dtype) -> float:
