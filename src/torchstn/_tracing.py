@@ -38,6 +38,9 @@ __all__ = [
 
 _CACHE: dict[Hashable, tuple[torch.Tensor, int]] = {}
 _CACHE_SIZE = 128
+#: the most the cache holds in bytes (oldest entries dropped first): a thin-plate spline's grid
+#: operator at 224x224 is 12 MB (49 MB with 8x8 control points), and 128 of them held gigabytes
+_CACHE_BYTES = 256 * 2**20
 _CACHE_LOCK = threading.Lock()  # (insertions and evictions; a lookup is one atomic dict read)
 
 
@@ -50,8 +53,8 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     ``torch.compile`` a miss builds a fake/traced tensor, and inside a ``torch.func``
     transform it may build the transform's wrapper: returned, never kept), and an entry
     modified in place since it was stored is rebuilt. The key
-    holds everything the value depends on (size, device, dtype, ...); the oldest entry
-    is dropped beyond 128, and :func:`clear_caches` empties the cache.
+    holds everything the value depends on (size, device, dtype, ...); the oldest entries
+    are dropped beyond 128 entries or 256 MB, and :func:`clear_caches` empties the cache.
     """
     hit = _CACHE.get(key)
     if torch.compiler.is_compiling():  # a miss builds a traced tensor, never kept (and dynamo cannot ask the mode)
@@ -64,20 +67,28 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
             value = value.clone()
     # (a tensor built inside a torch.func transform may be its wrapper, dead once the transform
     # returns: kept, it broke a later torch.func.hessian with an internal assert of functorch)
-    if type(value) is torch.Tensor and not torch.jit.is_tracing() and not in_functorch(value):
+    keep = type(value) is torch.Tensor and not torch.jit.is_tracing() and not in_functorch(value)
+    size = _nbytes(value) if keep else 0
+    if keep and size <= _CACHE_BYTES:  # (an entry larger than the whole cache is returned, never kept)
         with _CACHE_LOCK:  # (threads evicting at once dropped one key twice: a KeyError out of warp)
-            if len(_CACHE) >= _CACHE_SIZE:
-                _CACHE.pop(next(iter(_CACHE)), None)
+            _CACHE.pop(key, None)  # (a stale entry: modified in place)
+            held = sum(_nbytes(entry) for entry, _ in _CACHE.values())
+            while _CACHE and (len(_CACHE) >= _CACHE_SIZE or held + size > _CACHE_BYTES):
+                held -= _nbytes(_CACHE.pop(next(iter(_CACHE)))[0])
             _CACHE[key] = (value, value._version)
     return value
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 def clear_caches() -> None:
     """Drop every cached grid part (base grids, grid operators, TPS solutions).
 
     torchstn keeps the θ-independent parts of its grids per (size, device, dtype, ...),
-    at most 128 of them; call this to free their memory, e.g. after warping at many
-    sizes. Later calls rebuild what they need.
+    at most 128 of them and 256 MB; call this to free their memory, e.g. after warping at
+    many sizes. Later calls rebuild what they need.
     """
     with _CACHE_LOCK:
         _CACHE.clear()

@@ -171,7 +171,9 @@ class ThinPlateSpline(Transform):
     whose coefficients solve ``[[K + λI, P], [Pᵀ, 0]] [w; a] = [θ; 0]``. That system
     depends on the control points only, so it is solved once (in float64) and cached;
     for a fixed output size the whole grid is ``G @ θ`` with a cached ``(H W, K)``
-    matrix ``G``: one batched matmul per call, linear in θ. With ``regularization = 0``
+    matrix ``G`` (kept as the ``(2 K, 2 H W)`` operator that writes the interleaved grid:
+    16 K H W bytes in float32, 12 MB at 224x224 with 4 x 4 control points; the cache drops
+    its oldest entries beyond 256 MB): one batched matmul per call, linear in θ. With ``regularization = 0``
     each control point lands exactly on its target; ``λ > 0`` trades that for a
     smoother map.
 
