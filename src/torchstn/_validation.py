@@ -42,6 +42,7 @@ __all__ = [
     "check_size",
     "check_strided",
     "check_tensor",
+    "first_line",
     "sizes_traced",
 ]
 
@@ -260,6 +261,13 @@ def check_positive(name: str, value: object) -> float:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     return value
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type's name where the message is empty
+    (``torch.load`` of an empty file raises ``EOFError('')``): what a one-line error quotes."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def caller_stacklevel() -> int:

@@ -89,3 +89,29 @@ def test_epochs_and_steps_together_are_refused(tmp_path, cli):
     run = cli(*TRAIN, "--steps", 5, "--out", tmp_path / "run")
     assert run.status == 2 and "--steps: not allowed with argument --epochs" in run.err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_another_process_is_training_is_one_line_naming_it(tmp_path, cli, monkeypatch):
+    """Two ``torchstn train`` on one --out both ended with status 0: the second rewrote the first's
+    config.json and metrics.jsonl and both wrote checkpoints, a mixed run. The second is refused,
+    naming the directory and the process that trains it, before it loads any data."""
+    import subprocess
+    import sys
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the run's lock was taken")
+
+    monkeypatch.setattr(_trainer, "load_split", no_data)
+    run = tmp_path / "run"
+    hold = ("import sys\nfrom torchstn.engine import RunDir\n"
+            "with RunDir(sys.argv[1]).locked():\n    print('held', flush=True)\n    sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        line = cli(*TRAIN, "--out", run).error_line()
+        assert line == (f"torchstn: error: {run} is being trained by another process (pid {holder.pid}): wait for it "
+                        "to end, or choose another --out")
+    finally:
+        holder.communicate("")  # (its stdin closed: it lets go and ends)
+    assert holder.returncode == 0 and not run.exists()  # (the holder made the directory for its lock, and removed it)

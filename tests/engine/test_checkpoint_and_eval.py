@@ -463,3 +463,115 @@ def test_the_best_checkpoint_keeps_the_generators_its_evaluation_drew_from(tmp_p
         drawn = torch.rand(2)
     torch.manual_seed(3)
     assert torch.equal(drawn, torch.rand(2))
+
+
+def test_an_empty_training_state_file_is_a_checkpoint_error_naming_it(tmp_path):
+    """An empty (0-byte) state file beside a checkpoint (a full disk, a copy cut short): torch.load
+    raised EOFError('') and the first line of its empty message was taken: IndexError out of
+    eval, visualize, --resume and reproduce. It is a CheckpointError naming the file and the
+    error's type; the evaluation's generators are then seeded, as for a missing state (or
+    taken from the whole state file, where only the previous one is empty)."""
+    from torchstn.engine import evaluation_draws
+    from torchstn.engine._checkpoint import _previous_state_path, read_training_state, state_path
+    from torchstn.models import create_model
+
+    last = save_checkpoint(tmp_path / "last.safetensors", create_model("cnn"), TrainConfig(model="cnn"), epoch=1,
+                           step=10, training_state={"rng": capture_rng()})
+    saved = torch.load(state_path(last), weights_only=True)["rng"]["torch"]
+    for empty in (state_path(last), _previous_state_path(last)):
+        whole = state_path(last).read_bytes()
+        empty.write_bytes(b"")
+        with pytest.raises(CheckpointError, match=rf"cannot read training state {re.escape(str(empty))}: EOFError$"):
+            read_training_state(last)
+        with evaluation_draws(last, seed=3):
+            drawn = torch.get_rng_state()
+        torch.manual_seed(3)
+        assert torch.equal(drawn, saved if empty.name.endswith(".prev.state.pt") else torch.get_rng_state())
+        state_path(last).write_bytes(whole)
+    _previous_state_path(last).unlink()
+    assert read_training_state(last)["epoch"] == 1  # (the whole pair again)
+
+
+def _with_metadata(tmp_path, **changes):
+    """A torchstn checkpoint of a CNN whose metadata fields are ``changes`` (``None`` drops one)."""
+    import json
+
+    from safetensors import safe_open
+
+    from torchstn.models import create_model
+
+    path = save_checkpoint(tmp_path / "ck.safetensors", create_model("cnn"), TrainConfig(model="cnn"), epoch=1, step=2)
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    config = json.loads(metadata["config"])
+    for key, value in changes.items():
+        if key in config:  # a config field
+            metadata["config"] = json.dumps({**config, key: value})
+        elif value is None:
+            del metadata[key]
+        else:
+            metadata[key] = value
+    edited = tmp_path / "edited.safetensors"
+    save_file(tensors, str(edited), metadata=metadata)
+    return edited
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"epoch": None}, "its metadata has no 'epoch'"),
+    ({"config": None}, "its metadata has no 'config'"),
+    ({"step": "x"}, "its metadata 'step' does not parse (invalid literal for int()"),
+    ({"config": "{"}, "its metadata 'config' does not parse (Expecting property name"),
+    ({"metrics": "nope"}, "its metadata 'metrics' does not parse (Expecting value"),
+    ({"config": '{"model": "cnn", "colour": "red"}'}, "its metadata 'config' does not parse (unknown config key(s)"),
+    ({"config": "[1, 2]"}, "its metadata 'config' does not parse (a JSON object was expected, got list)"),
+])
+def test_a_checkpoint_with_broken_metadata_is_a_checkpoint_error_naming_it(tmp_path, changes, fragment):
+    """read_checkpoint and load_model promise a CheckpointError for a file that is not a readable
+    torchstn checkpoint, but metadata without its epoch or config raised KeyError, and a config or
+    metrics that is not JSON the JSON parser's error, naming no file (a traceback out of `eval`)."""
+    from torchstn.engine._checkpoint import _weights_stamp
+
+    edited = _with_metadata(tmp_path, **changes)
+    calls = [read_checkpoint, load_model] + ([_weights_stamp] if {"epoch", "step"} & changes.keys() else [])
+    for call in calls:
+        with pytest.raises(CheckpointError) as caught:
+            call(edited)
+        assert str(caught.value).startswith(f"{edited} is not a readable torchstn checkpoint: ")
+        assert fragment in str(caught.value)
+
+
+def test_a_checkpoint_whose_model_arguments_the_builder_does_not_take_is_a_checkpoint_error(tmp_path):
+    """model_args holding an argument the builder does not take (a checkpoint of another torchstn
+    version) raised create_model's TypeError out of load_model: a traceback out of `torchstn eval`."""
+    edited = _with_metadata(tmp_path, model_args={"future_arg": 1})
+    assert read_checkpoint(edited)[1].model_args == {"future_arg": 1}  # (the file itself reads)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(edited))} cannot rebuild model 'cnn': model 'cnn' "
+                                              r"got unknown argument 'future_arg'; it takes: channels, .* \(a "
+                                              "checkpoint of another torchstn version\\?\\)"):
+        load_model(edited)
+
+
+def test_a_checkpoint_that_does_not_fit_its_model_says_which_weights_do_not(tmp_path):
+    """load_model of a checkpoint whose config names another model said "... does not fit model
+    'cnn': Error(s) in loading state_dict for STClassifier:" and stopped at the colon (the first
+    line of torch's message). The keys missing, unexpected and of another size are counted and
+    the first few named, on one line."""
+    from torchstn.models import create_model
+
+    st, cnn = create_model("st-cnn-aff", num_classes=4), create_model("cnn")
+    transformer = [k for k in st.state_dict() if k not in cnn.state_dict()]  # the ST's localisation net
+    assert len(transformer) > 3
+    named = f"{', '.join(transformer[:3])} and {len(transformer) - 3} more"  # (in the model's order)
+    path = save_checkpoint(tmp_path / "st.safetensors", st, TrainConfig(model="cnn"), epoch=1, step=1)
+    with pytest.raises(CheckpointError) as caught:
+        load_model(path)  # (the config's cnn has 10 classes, the weights 4)
+    head = [k for k, v in cnn.state_dict().items() if v.shape != st.state_dict()[k].shape]
+    sizes = ", ".join(f"{k} {list(st.state_dict()[k].shape)} vs {list(cnn.state_dict()[k].shape)}" for k in head)
+    unexpected = f"{', '.join(sorted(transformer)[:3])} and {len(transformer) - 3} more"  # (sorted: a file's keys)
+    assert str(caught.value) == (f"checkpoint {path} does not fit model 'cnn': {len(transformer)} unexpected keys: "
+                                 f"{unexpected}; {len(head)} size mismatches (checkpoint vs model): {sizes}")
+    assert [k.rsplit(".", 1)[1] for k in head] == ["weight", "bias"]  # (the classifier's last layer)
+    path = save_checkpoint(tmp_path / "cnn.safetensors", cnn, TrainConfig(model="st-cnn-aff"), epoch=1, step=1)
+    with pytest.raises(CheckpointError, match=rf"does not fit model 'st-cnn-aff': {len(transformer)} missing keys: "
+                                              rf"{re.escape(named)}$"):
+        load_model(path)

@@ -236,3 +236,72 @@ def test_data_options_render_the_data_the_recipe_does(mnist_dir):
 def test_option_dicts_refuse_other_types(field):
     with pytest.raises(TypeError, match=field):
         _config(**{field: [("supersample", 4)]})
+
+
+def test_a_run_being_trained_refuses_a_second_train_or_resume(tmp_path, shapes, monkeypatch):
+    """Two trains on one directory both ran to the end: during the first's first epoch (RunDir.start
+    refused only once checkpoints/ existed) the second rewrote config.json, emptied metrics.jsonl and
+    both wrote checkpoints, a mixed run. The run being trained holds a lock (training.lock in it,
+    gone when it ends): a second train or resume is refused, naming the directory and the process,
+    and the first run ends as if alone."""
+    import os
+    import re
+
+    from torchstn.engine import _trainer
+
+    run, refusals = RunDir(tmp_path / "r"), []
+    epoch = _trainer._train_epoch
+
+    def with_a_second_command(session, *args):
+        if not refusals:  # (in the first epoch, before any checkpoint)
+            assert run.training_lock_path.read_text() == f"{os.getpid()}\n"
+            for resume in (False, True):
+                with pytest.raises(ValueError) as caught:
+                    train(_config(epochs=3), run.path, train_set=shapes[0], test_set=shapes[1], progress=False,
+                          resume=resume)
+                refusals.append(str(caught.value))
+        return epoch(session, *args)
+
+    monkeypatch.setattr(_trainer, "_train_epoch", with_a_second_command)
+    result = train(_config(), run.path, train_set=shapes[0], test_set=shapes[1], progress=False)
+    busy = f"{run.path} is being trained by another process (pid {os.getpid()}): wait for it to end, or choose another"
+    assert [r[: len(busy)] for r in refusals] == [busy, busy]
+    assert [h["epoch"] for h in run.history()] == [1, 2] and run.read_config() == result.config
+    assert not run.training_lock_path.exists() and run.can_resume()
+    # the lock goes with its process, however it ends: a killed run's file (its pid, no flock) locks nothing
+    run.training_lock_path.write_text("999999999\n")
+    resumed = train(_config(epochs=3), run.path, train_set=shapes[0], test_set=shapes[1], progress=False, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3] and not run.training_lock_path.exists()
+    # a command refused before its run started leaves no directory behind (the lock's is removed)
+    with pytest.raises(TypeError, match=re.escape("got unknown argument 'widht'")):
+        train(_config(model="cnn", model_args={"widht": 3}), tmp_path / "new" / "run", train_set=shapes[0],
+              test_set=shapes[1], progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_new_run_refuses_a_directory_that_holds_something_else(tmp_path, shapes):
+    """A directory without checkpoints/ had its config.json and metrics.jsonl overwritten
+    (``--out .`` in someone's project). A new run starts in a new or empty directory, or one of a
+    run cut before its first checkpoint (config.json of a run: it starts again there, as
+    documented); anything else is refused and left as it was."""
+    theirs = tmp_path / "project"
+    theirs.mkdir()
+    (theirs / "config.json").write_text('{"learning_rate": 3}\n')
+    (theirs / "notes.txt").write_text("mine")
+    for holder in (theirs, tmp_path / "other"):
+        if holder != theirs:
+            holder.mkdir()
+            (holder / "data.csv").write_text("1,2\n")
+        before = {p.name: p.read_text() for p in holder.iterdir()}
+        with pytest.raises(ValueError, match=f"{holder} is not empty and holds no torchstn run"):
+            train(_config(epochs=1), holder, train_set=shapes[0], test_set=shapes[1], progress=False)
+        assert {p.name: p.read_text() for p in holder.iterdir()} == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "training.lock").write_text("999999999\n")  # (a process killed as it started: nothing else)
+    assert [h["epoch"] for h in train(_config(epochs=1), empty, train_set=shapes[0], test_set=shapes[1],
+                                      progress=False).history] == [1]
+    cut = RunDir(tmp_path / "cut")  # a run interrupted in its first epoch: config.json and an empty history
+    cut.start(_config(epochs=1, lr=0.1))
+    assert train(_config(epochs=1), cut.path, train_set=shapes[0], test_set=shapes[1], progress=False).config.lr == 0.05
+    assert cut.read_config().lr == 0.05

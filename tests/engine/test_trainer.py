@@ -100,6 +100,28 @@ def _tiny_run(run, shapes, **kw):
     return train(_config(), run, train_set=shapes[0], test_set=shapes[1], progress=False, **kw)
 
 
+@pytest.mark.parametrize("damage", ["emptied", "removed", "another run's"])
+def test_resume_refuses_a_history_without_the_epochs_before_its_checkpoint(tmp_path, shapes, damage):
+    """A metrics.jsonl emptied, removed or replaced after the checkpoint: the resume went on and the
+    history lost the epochs trained before it (it held epochs [2], or [2, 3, 4] after more), where a
+    half-written line is refused. The resume is refused, naming metrics.jsonl, and nothing written."""
+    run = tmp_path / "r"
+    _tiny_run(run, shapes, stop_after=1)
+    metrics = run / "metrics.jsonl"
+    whole = metrics.read_text()
+    if damage == "removed":
+        metrics.unlink()
+    else:
+        metrics.write_text("" if damage == "emptied" else whole.replace('"epoch": 1,', '"epoch": 5,'))
+    held = "no epoch record" if damage != "another run's" else "the records of epochs 5"
+    with pytest.raises(ValueError, match=rf"cannot resume {re.escape(str(run))}: {re.escape(str(metrics))} holds "
+                                         rf"{held}, but its last checkpoint was written after epoch 1 "):
+        _tiny_run(run, shapes, resume=True)
+    assert load_model(run, "last")[2]["epoch"] == 1 and metrics.is_file() == (damage != "removed")
+    metrics.write_text(whole)  # the run's own history back: it resumes
+    assert [h["epoch"] for h in _tiny_run(run, shapes, resume=True).history] == [1, 2]
+
+
 def test_resume_refuses_weights_and_state_from_different_saves(tmp_path, shapes):
     run = tmp_path / "r"
     weights, state = run / "checkpoints" / "last.safetensors", run / "checkpoints" / "last.state.pt"

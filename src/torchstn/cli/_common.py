@@ -19,6 +19,8 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from torchstn._validation import first_line
+
 __all__ = [
     "CLIError",
     "DATA_DIR_HELP",
@@ -213,7 +215,7 @@ def check_data_options(name: str, options: dict[str, Any]) -> None:
     try:
         check_dataset_options(name, options)
     except (TypeError, ValueError) as err:
-        raise CLIError(f"--data-option: {_first_line(err)}") from None
+        raise CLIError(f"--data-option: {first_line(err)}") from None
 
 
 def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | None) -> tuple[Any, Any, dict[str, Any], Any, Any]:
@@ -281,11 +283,6 @@ def parse_model_args(items: list[str] | None) -> dict[str, Any]:
     return parse_key_values(items, "--model-arg", "pool=2")
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 @contextlib.contextmanager
 def user_errors(*also: type[Exception], extra: str = "cli") -> Iterator[None]:
     """Turn the errors a user can fix into :class:`CLIError` (one line, exit status 2).
@@ -302,14 +299,14 @@ def user_errors(*also: type[Exception], extra: str = "cli") -> Iterator[None]:
     except CLIError:
         raise
     except ImportError as err:
-        message = _first_line(err)  # (the library's own messages may name the extra already)
+        message = first_line(err)  # (the library's own messages may name the extra already)
         hint = "" if "pip install" in message else f"; install the extra: pip install 'torchstn[{extra}]'"
         raise CLIError(message + hint) from None
     except OSError as err:  # our FileNotFoundErrors carry a message; the system's a file name and a reason
-        message = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else _first_line(err)
+        message = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else first_line(err)
         raise CLIError(message) from None
     except (ValueError, *also) as err:
-        raise CLIError(_first_line(err)) from None
+        raise CLIError(first_line(err)) from None
 
 
 def check_writable(file: Path, option: str) -> None:

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from torchstn._validation import first_line
 from torchstn.cli._common import (
     CLIError,
-    _first_line,
     add_checkpoint_args,
     add_threads_arg,
     check_at_least_one,
@@ -153,7 +153,7 @@ def _reason(err: BaseException) -> str:
     terminal colours), colour codes removed."""
     while err.__cause__ is not None:
         err = err.__cause__
-    return re.sub(r"\x1b\[[0-9;]*m", "", _first_line(err))
+    return re.sub(r"\x1b\[[0-9;]*m", "", first_line(err))
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchstn._validation import first_line
 from torchstn.engine._config import TrainConfig
 
 __all__ = [
@@ -182,9 +183,36 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], TrainCon
     """
     path = Path(path)
     metadata, tensors = _read_safetensors(path)
-    config = TrainConfig.from_dict(json.loads(metadata["config"]))
-    info = {"epoch": int(metadata["epoch"]), "step": int(metadata["step"]), "metrics": json.loads(metadata["metrics"])}
+    config = _metadata_field(path, metadata, "config", lambda text: TrainConfig.from_dict(_json_object(text)))
+    info = {key: _metadata_field(path, metadata, key, int) for key in ("epoch", "step")}
+    info["metrics"] = _metadata_field(path, metadata, "metrics", _json_object)
     return tensors, config, info
+
+
+def _metadata_field(path: Path, metadata: dict[str, str], key: str, parse: Callable[[str], Any]) -> Any:
+    """``parse`` of the metadata field ``key`` of the checkpoint ``path``.
+
+    Raises:
+        CheckpointError: the field is missing or does not parse (a file of another version, or
+            edited), naming the file and the field (a ``KeyError`` or the JSON parser's error
+            named neither).
+    """
+    if key not in metadata:
+        raise CheckpointError(f"{path} is not a readable torchstn checkpoint: its metadata has no {key!r}")
+    try:
+        return parse(metadata[key])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable torchstn checkpoint: its metadata {key!r} does not parse ({first_line(err)})"
+        ) from None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """The JSON object ``text`` holds (a ``ValueError`` for anything else)."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"a JSON object was expected, got {type(value).__name__}")
+    return value
 
 
 def _read_safetensors(path: Path, *, tensors: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -196,7 +224,7 @@ def _read_safetensors(path: Path, *, tensors: bool = True) -> tuple[dict[str, st
             metadata = f.metadata() or {}
             loaded = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118 (safe_open has no iterator)
     except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(err)}") from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not a torchstn checkpoint (no '{FORMAT}' metadata)")
     return metadata, loaded
@@ -205,8 +233,8 @@ def _read_safetensors(path: Path, *, tensors: bool = True) -> tuple[dict[str, st
 def _load_state(state_file: Path) -> Any:
     try:
         return torch.load(state_file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read training state {state_file}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # (an empty file: EOFError(''), whose first line was looked up: IndexError)
+        raise CheckpointError(f"cannot read training state {state_file}: {first_line(err)}") from None
 
 
 def _stamp(state: Any) -> tuple[Any, ...]:
@@ -217,7 +245,8 @@ def _stamp(state: Any) -> tuple[Any, ...]:
 def _weights_stamp(path: Path) -> tuple[Any, ...]:
     """The (epoch, step, write id) the weights ``path`` were written with (as :func:`_stamp` reads a state's)."""
     metadata, _ = _read_safetensors(path, tensors=False)
-    return int(metadata["epoch"]), int(metadata["step"]), metadata.get("write_id")
+    epoch, step = (_metadata_field(path, metadata, key, int) for key in ("epoch", "step"))
+    return epoch, step, metadata.get("write_id")
 
 
 def _stamp_text(epoch: object, step: object, write_id: object) -> str:

@@ -9,6 +9,7 @@ A run directory looks like::
         checkpoints/last.state.pt      optimiser, scheduler and RNG state (for resuming)
         checkpoints/best.safetensors   the weights of the epoch with the lowest test error
         checkpoints/best.state.pt      the RNG state its evaluation drew from (``evaluation_draws``)
+        training.lock                  while a process trains the run: its pid (``RunDir.locked``)
 
 The trainer, ``torchstn reproduce``, ``eval`` and ``visualize`` reach these files only
 through :class:`RunDir`: the paths, the metrics history, atomic writes and the
@@ -17,15 +18,23 @@ question "may this run be resumed with that config?".
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
-from torchstn._validation import check_choice, parse_json
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
+from torchstn._validation import check_choice, first_line, parse_json
 from torchstn.engine._checkpoint import (
     CheckpointError,
     _previous_state_path,
@@ -85,6 +94,13 @@ class RunDir:
         return self.path.with_name(self.path.name + ".lock")
 
     @property
+    def training_lock_path(self) -> Path:
+        """The lock of the process training the run (:meth:`locked`): ``training.lock`` in the
+        directory. (``torchstn reproduce`` holds :attr:`lock_path` for a cell while the cell is
+        trained, in its own process or in a worker: the trainer takes this one of its own.)"""
+        return self.path / "training.lock"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -106,6 +122,76 @@ class RunDir:
         """Delete the directory (a run interrupted before its first checkpoint)."""
         shutil.rmtree(self.path, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Inside: this process holds the run's lock, which :func:`~torchstn.engine.train` takes for
+        a new or resumed run, so that a second process is refused rather than training into the same
+        directory (two commands on one ``--out`` both ended with status 0: the second rewrote
+        config.json and emptied metrics.jsonl during the first's first epoch, and both wrote checkpoints).
+
+        The lock is an exclusive ``flock`` of :attr:`training_lock_path`, which holds the pid of its
+        process and is removed when the lock is let go; the system drops a ``flock`` when its process
+        ends, however it ends (the file a killed run leaves locks nothing). The directory is made for
+        it, and removed again where nothing else was written into it (a run refused before it
+        started). Where ``fcntl`` is missing (Windows) nothing is locked.
+
+        Raises:
+            ValueError: another process holds the lock (the message names the directory and that
+                process's pid), or the path is a file.
+        """
+        self._check_not_a_file()
+        made = [p for p in (self.path, *self.path.parents) if not p.exists()]  # (innermost first)
+        try:
+            file = self._take_lock()
+            try:
+                yield
+            finally:
+                if file is not None:  # removed while still held (see _take_lock), then let go
+                    self.training_lock_path.unlink(missing_ok=True)
+                    file.close()
+        finally:
+            for directory in made:
+                with contextlib.suppress(OSError):  # (not empty: the run, or another process, wrote there)
+                    directory.rmdir()
+
+    def _take_lock(self) -> IO[str] | None:
+        """The lock file, open and ``flock``-ed by this process with its pid written (``None``
+        without ``fcntl``). A holder removes the file before it lets go: a lock taken on a file
+        that is no longer at the path (its holder let go meanwhile) is taken again on the path's."""
+        if fcntl is None:
+            return None
+        path = self.training_lock_path
+        while True:
+            self.path.mkdir(parents=True, exist_ok=True)
+            file = open(path, "a+")  # noqa: SIM115 - held until the lock is let go
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.seek(0)
+                pid = file.read().strip()
+                file.close()
+                holder = f"another process (pid {pid})" if pid.isdigit() else "another process"
+                raise ValueError(f"{self.path} is being trained by {holder}: wait for it to end, or choose another "
+                                 "--out") from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(file.fileno()), os.stat(path)):
+                    break
+            file.close()
+        file.truncate(0)
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        return file
+
+    def _holds_something_else(self) -> bool:
+        """Whether the directory holds files (its lock aside) but no ``config.json`` of a run."""
+        if not self.path.is_dir() or all(p == self.training_lock_path for p in self.path.iterdir()):
+            return False
+        try:
+            TrainConfig.load(self.config_path)
+        except (OSError, TypeError, ValueError):  # (none, or someone else's)
+            return True
+        return False
+
     def _check_not_a_file(self) -> None:
         """Refuse a regular file where the run's directory goes, new or resumed (making the directory
         said only "PATH: File exists", and resuming blamed a missing PATH/config.json)."""
@@ -116,12 +202,19 @@ class RunDir:
     def start(self, config: TrainConfig) -> None:
         """Create the directory for a new run: ``config.json`` and an empty history.
 
+        A new or empty directory, or one of a run interrupted before its first checkpoint (its
+        ``config.json``, no ``checkpoints/``), which starts again; anything else is refused
+        (``--out .`` in a project had its config.json and metrics.jsonl overwritten).
+
         Raises:
-            ValueError: a run is already here, or a file.
+            ValueError: a run is already here, a file, or a directory that holds something else.
         """
         self._check_not_a_file()
         if self.holds_run():
             raise ValueError(f"{self.path} already holds a run: resume it (--resume) or choose another --out")
+        if self._holds_something_else():
+            raise ValueError(f"{self.path} is not empty and holds no torchstn run (no config.json of one): give a "
+                             "new or empty directory as --out")
         self.path.mkdir(parents=True, exist_ok=True)
         self.record_config(config)
         atomic_write(self.metrics_path, lambda p: p.write_text(""))
@@ -194,8 +287,21 @@ class RunDir:
 
     def keep_history(self, epochs: int) -> list[dict[str, Any]]:
         """Drop the records after ``epochs`` (logged after the last checkpoint, the last of them
-        perhaps cut short by the interruption) and return the rest."""
+        perhaps cut short by the interruption) and return the rest.
+
+        Raises:
+            ValueError: the records of epochs 1 to ``epochs`` are not all there (a ``metrics.jsonl``
+                emptied, removed or replaced: the resumed run's history lost the epochs before its
+                checkpoint), or a line among them is cut short.
+        """
         history = self.history(epochs)
+        found = [record.get("epoch") if isinstance(record, dict) else None for record in history]
+        if found != list(range(1, epochs + 1)):
+            held = (f"the records of epochs {', '.join(map(str, found[:5]))}{', ...' if len(found) > 5 else ''}"
+                    if found else "no epoch record")
+            raise ValueError(f"cannot resume {self.path}: {self.metrics_path} holds {held}, but its last checkpoint "
+                             f"was written after epoch {epochs} (was the file emptied, removed or replaced?); put "
+                             "back the run's own metrics.jsonl, or start a new run")
         atomic_write(self.metrics_path, lambda p: p.write_text("".join(json.dumps(h) + "\n" for h in history)))
         return history
 
@@ -260,13 +366,38 @@ def load_model(run_or_ckpt: str | Path, which: str = "best", map_location: str |
     """
     path = resolve_checkpoint(run_or_ckpt, which)
     tensors, config, info = read_checkpoint(path)
-    model = create_model(config.model, **config.model_args)
+    try:
+        model = create_model(config.model, **config.model_args)
+    except (TypeError, ValueError) as err:  # (an argument the builder does not take: a TypeError out of `eval`)
+        raise CheckpointError(f"{path} cannot rebuild model {config.model!r}: {first_line(err)} (a checkpoint of "
+                              "another torchstn version?)") from None
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not fit model {config.model!r}: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit model {config.model!r}: {_misfit(model, tensors, err)}"
+                              ) from None
     model.to(map_location, torch.float32).eval()  # (as trained, whatever torch's default dtype)
     if config.channels_last:
         model = to_channels_last(model)
     info["path"] = path
     return model, config, info
+
+
+def _misfit(model: nn.Module, tensors: dict[str, torch.Tensor], err: RuntimeError) -> str:
+    """What keeps ``tensors`` out of ``model``, on one line: the keys missing (in the model's order),
+    unexpected (sorted: a file's keys have no order of their own) and of another size, each kind
+    counted and its first three named. torch's ``err`` lists them all, a kind a line, after a first
+    line that says only "Error(s) in loading state_dict for ...:"; its lines, joined, where these
+    find nothing (a module's own loading hook refused)."""
+    expected = model.state_dict()
+    kinds = [  # (what, its plural ending, a note, the names)
+        ("missing key", "s", "", [k for k in expected if k not in tensors]),
+        ("unexpected key", "s", "", sorted(k for k in tensors if k not in expected)),
+        ("size mismatch", "es", " (checkpoint vs model)", [f"{k} {list(tensors[k].shape)} vs {list(v.shape)}"
+                                                           for k, v in expected.items()
+                                                           if k in tensors and tensors[k].shape != v.shape]),
+    ]
+    parts = [f"{len(names)} {what}{plural if len(names) > 1 else ''}{note}: {', '.join(names[:3])}"
+             + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+             for what, plural, note, names in kinds if names]
+    return "; ".join(parts) or " ".join(line.strip() for line in str(err).splitlines()[1:]) or first_line(err)

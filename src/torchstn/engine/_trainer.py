@@ -268,7 +268,8 @@ def train(
     Args:
         config: the run's :class:`TrainConfig`.
         out: run directory for ``config.json``, ``metrics.jsonl`` and
-            ``checkpoints/``; ``None`` writes nothing.
+            ``checkpoints/`` (new or empty, or a run's); ``None`` writes nothing. The run is
+            trained under its lock (:meth:`RunDir.locked`): a second process is refused.
         train_set, test_set: datasets to use instead of loading ``config.data``
             (items ``(image (C, H, W), label)``, attributes ``input_shape`` and
             ``num_classes``).
@@ -288,7 +289,9 @@ def train(
     Raises:
         TypeError: ``config`` is not a :class:`TrainConfig` (a dict of its fields is one as
             ``TrainConfig(**d)``), or ``stop_after`` not an int.
-        ValueError: ``stop_after`` below 1.
+        ValueError: ``stop_after`` below 1; ``out`` trained by another process, or a directory
+            that holds something other than a run (a new run), or whose ``metrics.jsonl`` lacks
+            epochs the checkpoint was trained through (``resume``).
     """
     if not isinstance(config, TrainConfig):  # (a dict failed with "'dict' object has no attribute 'device'")
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}; build one from a dict of its "
@@ -307,8 +310,9 @@ def train(
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
-    try:
-        return _train(config, out, ddp, train_set, test_set, resume, progress, stop_after)
+    try:  # (a second process training the run is refused: RunDir.locked)
+        with RunDir(out).locked() if out is not None and ddp.main else contextlib.nullcontext():
+            return _train(config, out, ddp, train_set, test_set, resume, progress, stop_after)
     finally:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
