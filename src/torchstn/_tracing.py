@@ -54,7 +54,8 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     transform it may build the transform's wrapper: returned, never kept), and an entry
     modified in place since it was stored is rebuilt. The key
     holds everything the value depends on (size, device, dtype, ...); the oldest entries
-    are dropped beyond 128 entries or 256 MB, and :func:`clear_caches` empties the cache.
+    are dropped beyond 128 entries or 256 MB (a larger entry is kept alone), and
+    :func:`clear_caches` empties the cache.
     """
     hit = _CACHE.get(key)
     if torch.compiler.is_compiling():  # a miss builds a traced tensor, never kept (and dynamo cannot ask the mode)
@@ -67,12 +68,13 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
             value = value.clone()
     # (a tensor built inside a torch.func transform may be its wrapper, dead once the transform
     # returns: kept, it broke a later torch.func.hessian with an internal assert of functorch)
-    keep = type(value) is torch.Tensor and not torch.jit.is_tracing() and not in_functorch(value)
-    size = _nbytes(value) if keep else 0
-    if keep and size <= _CACHE_BYTES:  # (an entry larger than the whole cache is returned, never kept)
+    if type(value) is torch.Tensor and not torch.jit.is_tracing() and not in_functorch(value):
+        size = _nbytes(value)
         with _CACHE_LOCK:  # (threads evicting at once dropped one key twice: a KeyError out of warp)
             _CACHE.pop(key, None)  # (a stale entry: modified in place)
             held = sum(_nbytes(entry) for entry, _ in _CACHE.values())
+            # the newest is always kept, alone if it is larger than the bound (rebuilt at every call,
+            # a TPS operator at 600x600 took 3 s where the cached one takes 37 ms)
             while _CACHE and (len(_CACHE) >= _CACHE_SIZE or held + size > _CACHE_BYTES):
                 held -= _nbytes(_CACHE.pop(next(iter(_CACHE)))[0])
             _CACHE[key] = (value, value._version)

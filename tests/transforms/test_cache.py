@@ -100,25 +100,26 @@ def test_the_cache_is_bounded_and_can_be_cleared():
     assert len(_tracing._CACHE) == _tracing._CACHE_SIZE
     stn.clear_caches()
     assert len(_tracing._CACHE) == 0
+    torch.testing.assert_close(stn.base_grid((1, 2)), torch.tensor([[-0.5, 0.0], [0.5, 0.0]]))
 
 
 def test_the_cache_is_bounded_in_bytes(monkeypatch):
     """128 entries held gigabytes where they were large (a thin-plate spline's grid operator is
     12 MB at 224x224, 49 MB with 8x8 control points): the oldest go first beyond the byte
-    bound too, and an entry larger than the whole bound is returned, never kept."""
+    bound too, and an entry larger than the whole bound is kept alone (rebuilt at every call,
+    a TPS operator at 600x600 took 3 s where the cached one takes 37 ms)."""
     monkeypatch.setattr(_tracing, "_CACHE_BYTES", 1000)
     stn.clear_caches()
     for n in range(5):  # 400 bytes each: two fit
         _tracing.cached(("bytes", n), lambda: torch.zeros(100))
     assert list(_tracing._CACHE) == [("bytes", 3), ("bytes", 4)]
     big = _tracing.cached(("big",), lambda: torch.zeros(300))
-    assert big.shape == (300,) and ("big",) not in _tracing._CACHE and len(_tracing._CACHE) == 2
+    assert list(_tracing._CACHE) == [("big",)] and _tracing.cached(("big",), lambda: torch.ones(1)) is big
     stn.clear_caches()
     tps = stn.ThinPlateSpline()
-    grid = tps.grid(tps.identity(1), (20, 20))  # 16 K H W = 102,400 bytes: built and used, not kept
+    grid = tps.grid(tps.identity(1), (20, 20))  # 16 K H W = 102,400 bytes: kept, alone
     torch.testing.assert_close(grid.flatten(1, 2)[0], stn.base_grid((20, 20)), atol=1e-6, rtol=0)
-    assert sum(v.numel() * v.element_size() for v, _ in _tracing._CACHE.values()) <= 1000
-    torch.testing.assert_close(stn.base_grid((1, 2)), torch.tensor([[-0.5, 0.0], [0.5, 0.0]]))
+    assert len(_tracing._CACHE) == 1
 
 
 def test_tracing_questions_tell_eager_from_torch_func():
