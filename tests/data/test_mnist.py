@@ -146,7 +146,7 @@ def test_environment_variables_that_name_a_file_are_named(mnist_dir, tmp_path, m
             load_mnist(split="test", download=download)
     monkeypatch.delenv("TORCHSTN_DATA")
     monkeypatch.setenv("TORCHSTN_CACHE", str(file))
-    with pytest.raises(RuntimeError, match=f"TORCHSTN_CACHE must name a directory, got the file {file}$"):
+    with pytest.raises(NotADirectoryError, match=f"TORCHSTN_CACHE must name a directory, got the file {file}$"):
         load_mnist(split="test")
     assert load_mnist(mnist_dir, split="test")[0].shape == (10000, 28, 28)
 

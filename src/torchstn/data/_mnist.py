@@ -75,8 +75,9 @@ def default_cache_dir() -> Path:
 
     Raises:
         RuntimeError: naming both, where neither gives a directory (no home directory: a
-            user without a passwd entry and no ``HOME``, or ``~user`` of an unknown user),
-            or naming ``TORCHSTN_CACHE`` where it is a file.
+            user without a passwd entry and no ``HOME``, or ``~user`` of an unknown user).
+        NotADirectoryError: naming ``TORCHSTN_CACHE`` where it is a file (an ``OSError``, which
+            the command reports in one line).
     """
     env = os.environ.get("TORCHSTN_CACHE")
     try:
@@ -85,7 +86,7 @@ def default_cache_dir() -> Path:
         raise RuntimeError(f"torchstn's cache directory cannot be found ({err}): set TORCHSTN_CACHE to a directory, "
                            "or HOME") from None
     if env and cache.is_file():  # (the first write failed with NotADirectoryError, naming no variable)
-        raise RuntimeError(f"TORCHSTN_CACHE must name a directory, got the file {cache}")
+        raise NotADirectoryError(f"TORCHSTN_CACHE must name a directory, got the file {cache}")
     return cache
 
 
@@ -103,7 +104,7 @@ def search_dirs(root: str | os.PathLike | None, sub: str) -> list[Path]:
     env = os.environ.get("TORCHSTN_DATA")
     if env:
         bases.append(Path(env).expanduser())
-    with contextlib.suppress(RuntimeError):  # (no cache directory: the files may be in root all the same)
+    with contextlib.suppress(RuntimeError, NotADirectoryError):  # (no cache directory: the files may be in root)
         bases.append(default_cache_dir() / sub)
     dirs: list[Path] = []
     for base in bases:
