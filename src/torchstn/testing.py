@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from torchstn._validation import first_line
 from torchstn.sampling import sample, warp
 from torchstn.transforms import MatrixTransform, Transform, base_grid
 
@@ -158,7 +159,7 @@ def _check_gradients(transform: Transform, p64: torch.Tensor, size: tuple[int, .
         try:
             torch.autograd.gradcheck(fn, (p64.clone().requires_grad_(),), eps=1e-6, atol=1e-5)
         except RuntimeError as err:  # (torch's GradcheckError is one)
-            first = str(err).strip().splitlines()[0]
+            first = first_line(err)
             raise AssertionError(f"gradcheck of {name} wrt params failed (finite differences disagree with "
                                  f"autograd): {first}") from None
     x = torch.rand(p64.shape[0], 2, *size, dtype=torch.float64, device=p64.device, generator=generator)

@@ -21,7 +21,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from torchstn._validation import check_names
+from torchstn._validation import check_names, first_line
 from torchstn.bench import _jax, _opencv, _peers
 from torchstn.sampling import BACKENDS, fused_applies, fused_status, sample, warp
 from torchstn.transforms import MatrixTransform, ThinPlateSpline, Transform, get_transform
@@ -472,7 +472,7 @@ def _add_foreign_peer(work: Workload, name: str, align_corners: bool) -> None:
             contender = _jax_contender(work, matrix, align_corners)
         found = (contender.output(), *(contender.gradients() if contender.gradients is not None else ()))
     except (ImportError, RuntimeError) as err:
-        why = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        why = f"{type(err).__name__}: {first_line(err)}"
         work.notes.append(f"{name}: installed but failed here ({why}); skipped")
         return
     expected = _torch_reference(work, matrix, align_corners, gradients=contender.gradients is not None)

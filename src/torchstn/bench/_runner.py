@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from torchstn._validation import check_names
+from torchstn._validation import check_names, first_line
 from torchstn._version import __version__
 from torchstn.bench import _jax, _opencv, _peers
 from torchstn.bench._cases import (
@@ -217,7 +217,7 @@ def _time_components(
         try:
             fn()
         except (NotImplementedError, ValueError, RuntimeError) as err:
-            result.notes.append(f"{name}: skipped ({str(err).splitlines()[0]})")
+            result.notes.append(f"{name}: skipped ({first_line(err)})")
             continue
         usable[name] = fn
     timings = interleaved(usable, rounds=rounds, min_time=min_time, device=device)

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from torchstn._validation import caller_stacklevel, check_choice
+from torchstn._validation import caller_stacklevel, check_choice, first_line
 
 __all__ = [
     "MIRRORS",
@@ -267,7 +267,7 @@ _GZIP_ERRORS = (EOFError, OSError, zlib.error)
 
 def _corrupt(path: Path, what: str, err: BaseException) -> ValueError:
     """The one-line ``ValueError`` naming a file that cannot be decoded as ``what``."""
-    reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+    reason = first_line(err)
     if len(reason) > 120:  # zipfile quotes whole headers
         reason = reason[:117] + "..."
     return ValueError(

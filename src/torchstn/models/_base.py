@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from torchstn._validation import check_input, check_int, check_size
+from torchstn._validation import check_input, check_int, check_size, first_line
 from torchstn.nn import SpatialTransformer
 
 __all__ = ["STClassifier", "as_size", "feature_shape", "feature_width"]
@@ -41,7 +41,7 @@ def feature_shape(module: nn.Module, in_channels: int, input_size: tuple[int, in
             out = module(torch.zeros(1, in_channels, *input_size))
     except RuntimeError as err:
         raise ValueError(
-            f"input_size {input_size} is too small for the {what} ({str(err).splitlines()[0]})"
+            f"input_size {input_size} is too small for the {what} ({first_line(err)})"
         ) from None
     finally:
         module.train(was_training)

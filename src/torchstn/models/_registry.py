@@ -17,7 +17,7 @@ from typing import TypeVar, overload
 
 from torch import nn
 
-from torchstn._validation import check_int
+from torchstn._validation import check_int, first_line
 
 __all__ = [
     "check_model_args",
@@ -208,5 +208,5 @@ def create_model(name: str, **overrides: object) -> nn.Module:
     except RuntimeError as err:
         if "negative dimension" not in str(err):
             raise
-        torch_says = str(err).splitlines()[0]
+        torch_says = first_line(err)
         raise ValueError(f"a width or size among the arguments is negative (torch: {torch_says})") from None
