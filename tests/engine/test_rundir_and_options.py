@@ -305,3 +305,24 @@ def test_a_new_run_refuses_a_directory_that_holds_something_else(tmp_path, shape
     cut.start(_config(epochs=1, lr=0.1))
     assert train(_config(epochs=1), cut.path, train_set=shapes[0], test_set=shapes[1], progress=False).config.lr == 0.05
     assert cut.read_config().lr == 0.05
+
+
+def test_a_directory_that_cannot_be_written_is_not_locked_and_says_why_as_before(tmp_path, monkeypatch):
+    """The lock file of a run on a read-only file system cannot be made: a PermissionError out of
+    the lock replaced the run's own "already holds a run"; such a directory is left unlocked (nothing
+    can train into it) and the run's checks speak."""
+    import builtins
+    import errno
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    real_open = builtins.open
+
+    def read_only(file, *args, **kwargs):
+        if str(file) == str(run.training_lock_path):
+            raise PermissionError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    with run.locked():  # (no lock, no error)
+        assert not run.training_lock_path.exists()

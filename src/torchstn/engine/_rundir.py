@@ -19,6 +19,7 @@ question "may this run be resumed with that config?".
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -162,8 +163,13 @@ class RunDir:
             return None
         path = self.training_lock_path
         while True:
-            self.path.mkdir(parents=True, exist_ok=True)
-            file = open(path, "a+")  # noqa: SIM115 - held until the lock is let go
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                file = open(path, "a+")  # noqa: SIM115 - held until the lock is let go
+            except OSError as err:  # (a directory this process cannot write: nothing to guard, and the
+                if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # run's own checks say what is wrong)
+                    return None
+                raise
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
