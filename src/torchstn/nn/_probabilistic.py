@@ -119,8 +119,9 @@ def _test_samples(value: object) -> int | Literal["mean"]:
 class _Checked:
     """A P-STN attribute checked where it is set, as the constructor checks it: a later
     ``pst.samples = 0`` or ``pst.kl_weight = -1`` took effect without a word. ``fixed``: set
-    once, by the constructor (``distribution``: the spread head's start and the prior depend
-    on it; set later, the noise stayed Student-t while the KL became a Gaussian's). Kept in the
+    once, by the constructor (``distribution``: what the spread head predicts, the noise, the
+    KL and the prior all follow it; set later, the noise stayed Student-t while the KL became
+    a Gaussian's). Kept in the
     instance's ``__dict__`` under its own name, as a plain attribute is (copies and pickles of
     earlier modules hold it there)."""
 

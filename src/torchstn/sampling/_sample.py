@@ -330,7 +330,7 @@ def _run_kernel(
         # (torch 2.13's CPU grid_sample in float16/bfloat16 reads wrong pixels once a plane holds more
         # than about 32,768 of them: NaN or garbage at 256x256, and its backward corrupted memory;
         # under autocast it runs in float32, its output float32, as torch's own call returns it)
-        dtype = torch.promote_types(torch.promote_types(x.dtype, grid.dtype), torch.float32)
+        dtype = torch.float64 if torch.float64 in (x.dtype, grid.dtype) else torch.float32  # (no export node)
         return _run_kernel(x.to(dtype), grid.to(dtype), mode, padding, align_corners, backend).to(x.dtype)
     if forward_ad_active():
         if mode == "bicubic":
