@@ -13,7 +13,6 @@ from torchstn._validation import (
     check_choice,
     check_floating,
     check_same_batch,
-    check_scale_entry,
     check_size,
     check_strided,
     check_tensor,
@@ -326,7 +325,7 @@ def _run_kernel(
     autocast only, as ``F.grid_sample`` takes it there), and float16/bfloat16 on the CPU, are
     sampled in float32 (float64 where either is), the output returned in the input's dtype (as
     :func:`warp` returns it)."""
-    if grid.dtype is not x.dtype or (x.dtype in _HALF and x.device.type == "cpu" and not autocast_enabled("cpu")):
+    if grid.dtype is not x.dtype or (x.dtype in _HALF and x.is_cpu and not autocast_enabled("cpu")):
         # (torch 2.13's CPU grid_sample in float16/bfloat16 reads wrong pixels once a plane holds more
         # than about 32,768 of them: NaN or garbage at 256x256, and its backward corrupted memory;
         # under autocast it runs in float32, its output float32, as torch's own call returns it)
@@ -620,16 +619,15 @@ def _matrix_form(transform: Transform, params: object) -> object:
         return params
     check_floating("params", check_strided("params", params))
     n, shape = transform.ndim, tuple(params.shape[1:])
-    own = type(transform) in (Affine, Affine1D, Affine3D, Projective)  # (a subclass's parameters need not be these)
+    own = type(transform) in (Affine, Affine1D, Affine3D)  # (a subclass's parameters need not be the rows)
     if isinstance(transform, (Affine, Affine1D, Affine3D)) and shape == (n, n + 1):
         if own:
             return params.flatten(1)  # the parameters are the rows
         last = torch.zeros(n + 1, dtype=params.dtype, device=params.device)
         last[n] = 1
         return transform.params_from_matrix(torch.cat([params, last.expand(params.shape[0], 1, n + 1)], 1))
-    if isinstance(transform, Projective) and shape == (3, 3):
-        check_scale_entry("params", params)
-        return (params / params[:, 2:, 2:]).flatten(1)[:, :8] if own else transform.params_from_matrix(params)
+    if isinstance(transform, Projective) and shape == (3, 3):  # (divided by H[2, 2], refused where it is 0)
+        return transform.params_from_matrix(params, "params")
     raise ValueError(_matrix_form_error(transform, params))
 
 

@@ -381,18 +381,19 @@ class MatrixTransform(Transform):
         """
         return self._rows(self.check_params(params) if check else params)
 
-    def params_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+    def params_from_matrix(self, matrix: torch.Tensor, name: str = "matrix") -> torch.Tensor:
         """Parameters of a matrix of this family (the inverse of :meth:`matrix`).
 
-        The matrix is assumed to lie in the family; parts outside it are dropped.
+        The matrix is assumed to lie in the family; parts outside it are dropped. ``name`` is
+        what the errors call it (:func:`~torchstn.warp`'s matrix form: ``"params"``).
         """
         n = self.ndim + 1
-        check_tensor("matrix", matrix, ndim=3)
-        check_floating("matrix", matrix)
+        check_tensor(name, matrix, ndim=3)
+        check_floating(name, matrix)
         if not sizes_traced() and matrix.shape[1:] != (n, n):
-            raise ValueError(f"matrix for {self.name} must have shape (B, {n}, {n}), got {tuple(matrix.shape)}")
+            raise ValueError(f"{name} for {self.name} must have shape (B, {n}, {n}), got {tuple(matrix.shape)}")
         if self.projective:
-            check_scale_entry("matrix", matrix)
+            check_scale_entry(name, matrix)
         return self._from_matrix(matrix)
 
     def compose(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
