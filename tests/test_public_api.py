@@ -64,7 +64,7 @@ RANKS: list[set[str]] = [
     {"cli"},
 ]
 # internal modules of their own, below every layer and importable from all of them
-INTERNAL = {"_validation", "_version", "_tracing"}
+INTERNAL = {"_validation", "_version", "_tracing", "_locks"}
 FACADE = {"__init__", "__main__"}
 
 SRC = Path(torchstn.__file__).parent

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torchstn as stn
 from tests._helpers import random_grid, random_input, random_theta
 from tests.sampling.conftest import record_calls
+from torchstn import _locks
 from torchstn.sampling import _fused, _sample, fused_applies, fused_status
 from torchstn.testing import check_sampler
 
@@ -621,13 +622,13 @@ def test_a_failed_first_build_ends_its_line(monkeypatch, tmp_path, capsys):
     assert err.startswith("torchstn: building the fused CPU sampler") and err.endswith(" ... failed\n")
 
 
-@pytest.mark.skipif(_fused.fcntl is None, reason="no fcntl: builds are not locked here")
+@pytest.mark.skipif(_locks.fcntl is None, reason="no fcntl: builds are not locked here")
 def test_a_build_that_waits_for_another_process_s_says_so(tmp_path, capsys):
     """A process whose kernel another one was building waited a minute and more without a word."""
     import threading
 
     holder = open(tmp_path / "torchstn-build.lock", "a")  # (another open file: another lock owner)
-    _fused.fcntl.flock(holder, _fused.fcntl.LOCK_EX)
+    _locks.fcntl.flock(holder, _locks.fcntl.LOCK_EX)
     threading.Timer(0.3, holder.close).start()  # the other build ends
     with _fused._build_lock(tmp_path, "the fused CPU sampler") as locked:
         assert locked
@@ -659,7 +660,7 @@ def test_a_built_library_loads_without_torchs_build_lock(monkeypatch, tmp_path):
     assert not (cut / f"{name}.so").exists()
 
 
-@pytest.mark.skipif(_fused.fcntl is None, reason="no fcntl (Windows): builds are not locked")
+@pytest.mark.skipif(_locks.fcntl is None, reason="no fcntl (Windows): builds are not locked")
 def test_a_build_holds_its_own_lock_and_removes_a_killed_builds_lock(monkeypatch, tmp_path):
     """A first build killed while compiling left torch's lock file, and the next first use
     waited for it without end; a build now runs under an flock of torchstn's own (dropped
@@ -698,7 +699,7 @@ def test_without_flock_torchs_lock_file_is_left_alone(monkeypatch, tmp_path):
     name, real = _built_library()
     (tmp_path / "lock").touch()
     seen = []
-    monkeypatch.setattr(_fused, "fcntl", None)
+    monkeypatch.setattr(_locks, "fcntl", None)
     monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
     monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: seen.append((tmp_path / "lock").exists()) or str(real))
     assert _fused._build().torchstn_warp2d_abi_version() == _fused._ABI

@@ -19,22 +19,16 @@ question "may this run be resumed with that config?".
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-try:
-    import fcntl
-except ImportError:  # Windows: runs are not locked
-    fcntl = None  # type: ignore[assignment]
-
+from torchstn._locks import LockBusy, PidLock
 from torchstn._validation import check_choice, first_line, parse_json
 from torchstn.engine._checkpoint import (
     CheckpointError,
@@ -130,9 +124,10 @@ class RunDir:
         directory (two commands on one ``--out`` both ended with status 0: the second rewrote
         config.json and emptied metrics.jsonl during the first's first epoch, and both wrote checkpoints).
 
-        The lock is an exclusive ``flock`` of :attr:`training_lock_path`, which holds the pid of its
-        process and is removed when the lock is let go; the system drops a ``flock`` when its process
-        ends, however it ends (the file a killed run leaves locks nothing). The directory is made for
+        The lock is a ``PidLock`` (``torchstn._locks``) of :attr:`training_lock_path`: an exclusive
+        ``flock`` of a file that holds the pid of its process and is removed when the lock is let go;
+        the system drops a ``flock`` when its process ends, however it ends (the file a killed run
+        leaves locks nothing). The directory is made for
         it, and removed again where nothing else was written into it (a run refused before it
         started). Where ``fcntl`` is missing (Windows) nothing is locked.
 
@@ -142,51 +137,22 @@ class RunDir:
         """
         self._check_not_a_file()
         made = [p for p in (self.path, *self.path.parents) if not p.exists()]  # (innermost first)
+        lock = PidLock(self.training_lock_path)
         try:
-            file = self._take_lock()
+            try:
+                lock.acquire()
+            except LockBusy as busy:
+                holder = f"another process (pid {busy.pid})" if busy.pid else "another process"
+                raise ValueError(f"{self.path} is being trained by {holder}: wait for it to end, or choose another "
+                                 "--out") from None
             try:
                 yield
             finally:
-                if file is not None:  # removed while still held (see _take_lock), then let go
-                    self.training_lock_path.unlink(missing_ok=True)
-                    file.close()
+                lock.release()
         finally:
             for directory in made:
                 with contextlib.suppress(OSError):  # (not empty: the run, or another process, wrote there)
                     directory.rmdir()
-
-    def _take_lock(self) -> IO[str] | None:
-        """The lock file, open and ``flock``-ed by this process with its pid written (``None``
-        without ``fcntl``). A holder removes the file before it lets go: a lock taken on a file
-        that is no longer at the path (its holder let go meanwhile) is taken again on the path's."""
-        if fcntl is None:
-            return None
-        path = self.training_lock_path
-        while True:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-                file = open(path, "a+")  # noqa: SIM115 - held until the lock is let go
-            except OSError as err:  # (a directory this process cannot write: nothing to guard, and the
-                if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # run's own checks say what is wrong)
-                    return None
-                raise
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                file.seek(0)
-                pid = file.read().strip()
-                file.close()
-                holder = f"another process (pid {pid})" if pid.isdigit() else "another process"
-                raise ValueError(f"{self.path} is being trained by {holder}: wait for it to end, or choose another "
-                                 "--out") from None
-            with contextlib.suppress(FileNotFoundError):
-                if os.path.samestat(os.fstat(file.fileno()), os.stat(path)):
-                    break
-            file.close()
-        file.truncate(0)
-        file.write(f"{os.getpid()}\n")
-        file.flush()
-        return file
 
     def _holds_something_else(self) -> bool:
         """Whether the directory holds files (its lock aside) but no ``config.json`` of a run."""

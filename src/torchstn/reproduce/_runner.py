@@ -25,16 +25,12 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-try:
-    import fcntl
-except ImportError:  # Windows: cells are not locked
-    fcntl = None  # type: ignore[assignment]
-
+from torchstn._locks import LockBusy, PidLock, exclusive
 from torchstn._validation import check_int, parse_json
 from torchstn.engine import RunDir, atomic_write
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
@@ -288,21 +284,12 @@ class Results:
             self.cells[cell.key] = record
             self.save()
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[bool]:
         """An exclusive ``flock`` of the record's directory for one read-merge-write: two commands
         adding cells to one record at once lost up to a sixth of them (each wrote the file it had
         read). Blocking, held for a file's write; where ``fcntl`` is missing nothing is locked."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:
-            yield
-            return
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # (drops the lock)
+        return exclusive(self.path.parent)
 
     def reload(self) -> None:
         """Take in the cells that other processes recorded since this record was read (the
@@ -318,8 +305,10 @@ class Results:
         atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n"))
 
 
-class CellBusy(RuntimeError):
-    """Another process is training the cell: it holds the cell's :class:`CellLock`."""
+class CellBusy(LockBusy):
+    """Another process is training the cell: it holds the cell's :class:`CellLock` (``pid`` names it)."""
+
+    what = "is training it"
 
 
 class WorkersLost(RuntimeError):
@@ -327,79 +316,30 @@ class WorkersLost(RuntimeError):
     ends every worker: the message names the cells that were running (they resume when rerun)."""
 
 
-class CellLock:
+class CellLock(PidLock):
     """The lock a cell is trained under: ``<run>.lock`` beside its run directory.
 
-    An exclusive ``flock``, which the system drops when its process ends, however it ends
-    (no stale lock after a kill), holding the pid of its holder. :func:`run_experiment` takes
-    it before a cell trains and lets it go when the cell is recorded, so two commands whose
-    cells overlap (the same ``--only`` twice, a ``--jobs`` run beside another) skip each
-    other's cells instead of training one into the same run directory (the lock lives
-    under the runs root: commands with different ``--runs`` do not see each other). With
-    ``--jobs N`` the parent holds its workers' locks; a worker outlives a killed parent by
-    up to the 2 s of its watch (:func:`_worker_init`). Where ``fcntl`` is missing (Windows)
-    nothing is locked.
+    A ``PidLock`` (``torchstn._locks``, as the trainer's own lock in the directory): an
+    exclusive ``flock``, which the system drops when its process ends, however it ends
+    (no stale lock after a kill), of a file holding the pid of its holder, removed when
+    the lock is let go. :func:`run_experiment` takes it before a cell trains and lets it go
+    when the cell is recorded, so two commands whose cells overlap (the same ``--only``
+    twice, a ``--jobs`` run beside another) skip each other's cells instead of training one
+    into the same run directory (the lock lives under the runs root: commands with
+    different ``--runs`` do not see each other). With ``--jobs N`` the parent holds its
+    workers' locks; a worker outlives a killed parent by up to the 2 s of its watch
+    (:func:`_worker_init`). Where ``fcntl`` is missing (Windows) nothing is locked.
 
     Args:
         run_dir: the cell's run directory.
     """
 
     def __init__(self, run_dir: RunDir) -> None:
-        self.path = run_dir.lock_path
-        self._file: Any = None
-
-    def acquire(self) -> None:
-        """Take the lock, or raise :class:`CellBusy` naming the process that holds it."""
-        if fcntl is None or self._file is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(self.path, "a+")  # noqa: SIM115 - held until release()
-        for attempt in range(3):  # (holder() takes the lock for an instant: a busy lock is tried again)
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt == 2:
-                    holder = self._holder(file)
-                    file.close()
-                    raise CellBusy(f"another process{f' (pid {holder})' if holder else ''} is training it") from None
-                time.sleep(0.05)
-        file.seek(0)
-        file.truncate()
-        file.write(f"{os.getpid()}\n")
-        file.flush()
-        self._file = file
-
-    def release(self) -> None:
-        """Let the lock go (closing the file drops the ``flock``)."""
-        if self._file is not None:
-            self._file.truncate(0)
-            self._file.close()
-            self._file = None
-
-    def holder(self) -> int | None:
-        """The pid of the process that holds the lock (0 before it has written it), or ``None`` when it is free."""
-        if fcntl is None or not self.path.exists():
-            return None
-        with open(self.path, "a+") as file:
-            try:
-                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return self._holder(file) or 0
-            return None
-
-    @staticmethod
-    def _holder(file: Any) -> int | None:
-        file.seek(0)
-        text = file.read().strip()
-        return int(text) if text.isdigit() else None
+        super().__init__(run_dir.lock_path, busy=CellBusy)
 
     def __enter__(self) -> CellLock:
         self.acquire()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def _wall_seconds(history: Sequence[dict[str, Any]]) -> float:

@@ -63,17 +63,13 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
-
+from torchstn._locks import exclusive
 from torchstn._tracing import (
     EAGER_QUESTIONS,
     batched_gradient,
@@ -237,25 +233,12 @@ def _load_built(built: Path, load: Callable[[str], object], remove_broken: bool)
     return None
 
 
-@contextlib.contextmanager
-def _build_lock(directory: Path, what: str = "the kernel") -> Iterator[bool]:
+def _build_lock(directory: Path, what: str = "the kernel") -> contextlib.AbstractContextManager[bool]:
     """Hold an exclusive ``flock`` on ``directory/torchstn-build.lock`` (waiting for another
     process's build, which one line on stderr says: the wait took a minute and more without a
     word, as if the process hung) and yield True; where ``fcntl`` is missing (Windows) nothing
     is locked, and False says so."""
-    if fcntl is None:
-        yield False
-        return
-    with open(directory / "torchstn-build.lock", "a") as file:
-        try:  # (the lock is dropped when the file is closed or the process ends)
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"torchstn: waiting for another process's build of {what} ({directory}) ...", end="",
-                  file=sys.stderr, flush=True)
-            start = time.perf_counter()
-            fcntl.flock(file, fcntl.LOCK_EX)
-            print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-        yield True
+    return exclusive(directory / "torchstn-build.lock", waiting=f"another process's build of {what} ({directory})")
 
 
 def _checked(lib: ctypes.CDLL, source: Path, abi: int) -> ctypes.CDLL:
