@@ -27,6 +27,7 @@ import torch
 from torchstn._tracing import eager_tensors
 
 __all__ = [
+    "HALF_DTYPES",
     "caller_stacklevel",
     "check_bool",
     "check_choice",
@@ -45,6 +46,11 @@ __all__ = [
     "first_line",
     "sizes_traced",
 ]
+
+
+#: the half-precision dtypes, which are computed in float32 where their precision or range does not do
+#: (a homography's division, a matrix inverse, torch's CPU sampler on large planes, a tolerance)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def sizes_traced() -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from torchstn._validation import check_floating, check_int, check_same_batch, check_tensor
+from torchstn._validation import HALF_DTYPES, check_floating, check_int, check_same_batch, check_tensor
 
 __all__ = ["calibration_bins", "expected_calibration_error", "negative_log_likelihood"]
 
@@ -37,7 +37,7 @@ def _check_distributions(probs: torch.Tensor) -> None:
     if not bool(finite.any()):
         return
     rows = probs[finite].double()
-    tol = 2e-2 if probs.dtype in (torch.float16, torch.bfloat16) else 1e-3
+    tol = 2e-2 if probs.dtype in HALF_DTYPES else 1e-3
     low, high, total = float(rows.min()), float(rows.max()), rows.sum(1)
     worst = float((total - 1).abs().max())
     if low < -tol or high > 1 + tol or worst > tol:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -23,7 +23,7 @@ from torchstn._validation import (
     sizes_traced,
 )
 from torchstn.nn._localization import make_regressor
-from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer, Unpack
+from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer, Unpack, _Checked
 from torchstn.sampling import SamplerOptions
 from torchstn.transforms import Transform
 
@@ -116,36 +116,6 @@ def _test_samples(value: object) -> int | Literal["mean"]:
     return check_int("test_samples", value, 1)
 
 
-class _Checked:
-    """A P-STN attribute checked where it is set, as the constructor checks it: a later
-    ``pst.samples = 0`` or ``pst.kl_weight = -1`` took effect without a word. ``fixed``: set
-    once, by the constructor (``distribution``: what the spread head predicts, the noise, the
-    KL and the prior all follow it; set later, the noise stayed Student-t while the KL became
-    a Gaussian's). Kept in the
-    instance's ``__dict__`` under its own name, as a plain attribute is (copies and pickles of
-    earlier modules hold it there)."""
-
-    def __init__(self, check: Callable[[str, object], object], fixed: bool = False) -> None:
-        self.check, self.fixed = check, fixed
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, module: object, owner: type) -> Any:
-        if module is None:
-            return self
-        try:
-            return module.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(f"{type(module).__name__!r} object has no attribute {self.name!r}") from None
-
-    def __set__(self, module: object, value: object) -> None:
-        if self.fixed and self.name in module.__dict__:
-            raise AttributeError(f"{self.name} is fixed when a {type(module).__name__} is built (its spread head's "
-                                 f"start and its prior depend on it): build a new one with {self.name}={value!r}")
-        module.__dict__[self.name] = self.check(self.name, value)
-
-
 class ProbabilisticSpatialTransformer(SpatialTransformer):
     r"""A spatial transformer whose localisation net predicts a distribution over θ (P-STN).
 
@@ -235,7 +205,10 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
 
     samples = _Checked(lambda name, value: check_int(name, value, 1))
     test_samples = _Checked(lambda name, value: _test_samples(value))
-    distribution = _Checked(lambda name, value: check_choice(name, value, DISTRIBUTIONS), fixed=True)
+    # (the spread head's prediction, the noise, the KL and the prior all follow the distribution: set
+    # later, the noise stayed Student-t while the KL became a Gaussian's)
+    distribution = _Checked(lambda name, value: check_choice(name, value, DISTRIBUTIONS),
+                            fixed="its spread head's start and its prior depend on it")
     prior_alpha = _Checked(check_positive)
     prior_beta = _Checked(check_positive)
     prior_sigma = _Checked(check_positive)

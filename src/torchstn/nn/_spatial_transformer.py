@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Generic, TypedDict, TypeVar, overload
 
@@ -81,30 +81,56 @@ class _SamplerField(Generic[_T]):
         module.sampler = replace(module.sampler, **change)
 
 
-class _Sampler:
-    """``st.sampler``: a :class:`~torchstn.sampling.SamplerOptions`, checked where it is set (a
-    string set there failed only in the next forward pass, with an AttributeError; so did a
-    mode the transform's rank cannot sample, ``"bicubic"`` in 3-D). Kept in
-    the instance's ``__dict__`` under its own name, as a plain attribute is (copies and pickles
-    of earlier modules hold it there)."""
+class _Checked:
+    """A module attribute checked where it is set, as the constructor checks it (``check(name,
+    value)`` returns the value to keep, or raises): a later ``pst.samples = 0`` took effect
+    without a word. ``fixed``: set once, by the constructor, for the reason it gives. Kept in the instance's
+    ``__dict__`` under its own name, as a plain attribute is (copies and pickles of earlier
+    modules hold it there)."""
 
-    @overload
-    def __get__(self, module: None, owner: type) -> _Sampler: ...
-    @overload
-    def __get__(self, module: SpatialTransformer, owner: type) -> SamplerOptions: ...
-    def __get__(self, module: SpatialTransformer | None, owner: type) -> SamplerOptions | _Sampler:
+    def __init__(self, check: Callable[[str, Any], Any], fixed: str = "") -> None:
+        self.check, self.fixed = check, fixed
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, module: object, owner: type) -> Any:
         if module is None:
             return self
         try:
-            return module.__dict__["sampler"]
+            return module.__dict__[self.name]
         except KeyError:
-            raise AttributeError(f"{type(module).__name__!r} object has no attribute 'sampler'") from None
+            raise AttributeError(f"{type(module).__name__!r} object has no attribute {self.name!r}") from None
 
-    def __set__(self, module: SpatialTransformer, value: SamplerOptions) -> None:
-        if not isinstance(value, SamplerOptions):
-            raise TypeError(f"sampler must be a SamplerOptions, got {type(value).__name__}")
-        value.check_ndim(module.transform.ndim)
-        module.__dict__["sampler"] = value
+    def __set__(self, module: Any, value: object) -> None:
+        if self.fixed and self.name in module.__dict__:
+            raise AttributeError(f"{self.name} is fixed when a {type(module).__name__} is built ({self.fixed}): "
+                                 f"build a new one with {self.name}={value!r}")
+        module.__dict__[self.name] = self.checked(module, value)
+
+    def checked(self, module: Any, value: object) -> Any:
+        """The value to keep for ``module`` (subclasses check it against the module)."""
+        return self.check(self.name, value)
+
+
+class _Sampler(_Checked):
+    """``st.sampler``: a :class:`~torchstn.sampling.SamplerOptions`, checked where it is set (a
+    string set there failed only in the next forward pass, with an AttributeError; so did a
+    mode the transform's rank cannot sample, ``"bicubic"`` in 3-D)."""
+
+    def __init__(self) -> None:
+        super().__init__(_check_sampler)
+
+    def checked(self, module: Any, value: object) -> SamplerOptions:
+        options = self.check(self.name, value)
+        options.check_ndim(module.transform.ndim)
+        return options
+
+
+def _check_sampler(name: str, value: object) -> SamplerOptions:
+    if not isinstance(value, SamplerOptions):
+        raise TypeError(f"{name} must be a SamplerOptions, got {type(value).__name__}")
+    return value
 
 
 class SpatialTransformer(nn.Module):

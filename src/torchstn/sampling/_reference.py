@@ -48,6 +48,7 @@ import math
 import torch
 
 from torchstn._tracing import autocast_enabled, autocast_off, device_type_of, exporting, nested_forward_ad
+from torchstn._validation import HALF_DTYPES
 from torchstn.sampling._grid_sample import nan_where_not_finite
 
 __all__ = ["reference_kernel"]
@@ -284,7 +285,7 @@ def reference_kernel(
         # float32, the output in float32, the Function recorded outside autocast (its backward runs
         # without it, and scattered float32 products into the bfloat16 input's gradient: an error)
         with autocast_off(device_type_of(x)):
-            x, grid = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (x, grid))
+            x, grid = (t.float() if t.dtype in HALF_DTYPES else t for t in (x, grid))
             return reference_kernel(x, grid, mode, padding, align_corners)
     shape = (*x.shape[:2], *grid.shape[1:-1])
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or exporting() or nested_forward_ad():

@@ -9,6 +9,7 @@ import torch
 
 from torchstn._tracing import autocast_enabled, autocast_off, device_type_of, eager_tensors, forward_ad_active
 from torchstn._validation import (
+    HALF_DTYPES,
     check_bool,
     check_choice,
     check_floating,
@@ -325,7 +326,7 @@ def _run_kernel(
     autocast only, as ``F.grid_sample`` takes it there), and float16/bfloat16 on the CPU, are
     sampled in float32 (float64 where either is), the output returned in the input's dtype (as
     :func:`warp` returns it)."""
-    if grid.dtype is not x.dtype or (x.dtype in _HALF and x.is_cpu and not autocast_enabled("cpu")):
+    if grid.dtype is not x.dtype or (x.dtype in HALF_DTYPES and x.is_cpu and not autocast_enabled("cpu")):
         # (torch 2.13's CPU grid_sample in float16/bfloat16 reads wrong pixels once a plane holds more
         # than about 32,768 of them: NaN or garbage at 256x256, and its backward corrupted memory;
         # under autocast it runs in float32, its output float32, as torch's own call returns it)
@@ -560,7 +561,6 @@ _is_compiling = torch.compiler.is_compiling
 #: change the map, and takes the general path)
 _FUSED_FAMILIES = (Translation, Attention, Similarity, Affine, Projective)
 _STRIDED = torch.strided
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def _eager_fused_warp(

@@ -14,6 +14,7 @@ import torch
 
 from torchstn._tracing import autocast_off, batched_gradient, cached, device_type_of, differentiable_vjp, eager_tensors
 from torchstn._validation import (
+    HALF_DTYPES,
     _index,
     check_bool,
     check_float_dtype,
@@ -29,7 +30,6 @@ from torchstn._validation import (
 
 __all__ = ["MatrixTransform", "Transform", "base_grid", "interleaved_operator", "linear_grid", "matrix_grid"]
 
-_HALF = (torch.float16, torch.bfloat16)  # (computed in float32 where their precision or range does not do)
 
 
 def _linspace(steps: int | torch.Tensor, align_corners: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -424,7 +424,7 @@ class MatrixTransform(Transform):
         own error for an exact zero pivot). Non-finite parameters give NaN. Computed in the
         parameters' precision (float32 for half precision), under ``torch.autocast`` too."""
         params = self.check_params(params)
-        if params.dtype in _HALF:  # (torch.linalg inverts float32 and wider)
+        if params.dtype in HALF_DTYPES:  # (torch.linalg inverts float32 and wider)
             return self.inverse(params.float()).to(params.dtype)
         with autocast_off(device_type_of(params)):  # (a bfloat16 residual called well-conditioned matrices singular)
             matrix = self._matrix(params)
@@ -445,7 +445,7 @@ class MatrixTransform(Transform):
             return self._from_matrix(torch.where(finite[:, None, None], inverse, torch.nan))
 
     def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        if self.projective and params.dtype in _HALF:  # (p / eps overflows float16: computed in float32)
+        if self.projective and params.dtype in HALF_DTYPES:  # (p / eps overflows float16: computed in float32)
             return _finite_half(self._map(params.float(), points.float()), params.dtype)
         m = self._matrix(params)
         n = self.ndim
@@ -512,7 +512,7 @@ def matrix_grid(
     if not sizes_traced() and (matrix.shape[2] != n + 1 or matrix.shape[1] not in rows):
         allowed = f"(B, {n}, {n + 1}) or (B, {n + 1}, {n + 1})" if eps is None else f"(B, {n + 1}, {n + 1}) with eps"
         raise ValueError(f"matrix must have shape {allowed} for a size of {n} dimensions, got {tuple(matrix.shape)}")
-    if eps is not None and matrix.dtype in _HALF:  # (p / eps overflows float16: the points are computed in float32)
+    if eps is not None and matrix.dtype in HALF_DTYPES:  # (p / eps overflows float16: the points are computed in float32)
         return _finite_half(matrix_grid(matrix.float(), size, align_corners, eps=eps), matrix.dtype)
     operator = _operator(size, align_corners, matrix)
     if eps is None:

@@ -567,9 +567,10 @@ int run(bool backward, int location, int mode, const T* x, const T* grid_or_thet
         const T* out_or_grad_out, T* grad_x, T* grad_loc, int64_t B, int64_t C, int64_t D, int64_t H,
         int64_t W, int64_t Do, int64_t Ho, int64_t Wo, int padding, int align_corners, int threads) {
   if (D * H * W + H * W + W >= (int64_t(1) << 31)) return 3;  // corner offsets are int32
-  // below ATen's grain size on the calling thread, as csrc/fused_warp2d.cpp says why (kSerialBelow):
-  // GNU OpenMP's thread team does not survive fork(), and a forked child waited forever
-  if (B * C * Do * Ho * Wo < 32768) threads = 1;
+  // below ATen's grain size on the calling thread, as csrc/fused_warp2d.cpp says why (its kSerialBelow,
+  // the same value): GNU OpenMP's thread team does not survive fork(), and a forked child waited forever
+  constexpr int64_t kSerialBelow = 32768;
+  if (B * C * Do * Ho * Wo < kSerialBelow) threads = 1;
   const bool ac = align_corners != 0;
   const Geometry<T> geo{B, C, D, H, W, Do, Ho, Wo, {Axis<T>(W, ac), Axis<T>(H, ac), Axis<T>(D, ac)},
                         location == GRID ? grid_or_theta : nullptr, location == AFFINE ? grid_or_theta : nullptr,
