@@ -512,7 +512,7 @@ def matrix_grid(
     if not sizes_traced() and (matrix.shape[2] != n + 1 or matrix.shape[1] not in rows):
         allowed = f"(B, {n}, {n + 1}) or (B, {n + 1}, {n + 1})" if eps is None else f"(B, {n + 1}, {n + 1}) with eps"
         raise ValueError(f"matrix must have shape {allowed} for a size of {n} dimensions, got {tuple(matrix.shape)}")
-    if eps is not None and matrix.dtype in HALF_DTYPES:  # (p / eps overflows float16: the points are computed in float32)
+    if eps is not None and matrix.dtype in HALF_DTYPES:  # (p / eps overflows float16: points computed in float32)
         return _finite_half(matrix_grid(matrix.float(), size, align_corners, eps=eps), matrix.dtype)
     operator = _operator(size, align_corners, matrix)
     if eps is None:
