@@ -53,6 +53,40 @@ def test_checkpoints_get_the_mode_of_any_new_file(tmp_path):
     assert (tmp_path / "ck.state.pt").stat().st_mode & 0o777 == expected
 
 
+def test_a_write_reaches_the_disk_before_its_rename_and_the_rename_before_it_returns(tmp_path, monkeypatch):
+    """``atomic_write`` syncs the new file before it renames it over the old one, then the
+    directory: without it, a power cut after a save could leave an empty checkpoint under
+    the name (ext4 and xfs may commit the rename before the data)."""
+    import os
+
+    from torchstn.engine import _checkpoint
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("names the synced files through /proc (Linux)")
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def synced(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def replaced(src, dst):
+        events.append(("replace", str(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", synced)
+    monkeypatch.setattr(os, "replace", replaced)
+    target = tmp_path / "state.json"
+    _checkpoint.atomic_write(target, lambda tmp: tmp.write_text("{}"))
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].endswith(".tmp") and events[1][1] == str(target) and events[2][1] == str(tmp_path)
+    assert target.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+    events.clear()  # an epoch's line of the history too, before the trainer saves the epoch's checkpoint
+    (tmp_path / "run").mkdir()
+    stn.engine.RunDir(tmp_path / "run").append({"epoch": 1})
+    assert events == [("fsync", str(tmp_path / "run" / "metrics.jsonl"))]
+
+
 def test_bad_checkpoints_raise_checkpoint_error(tmp_path):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 20)

@@ -92,9 +92,12 @@ def _previous_state_path(weights: str | Path) -> Path:
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it over ``path``.
 
-    A reader (or an interrupted writer) sees the old file or the new one, never half of one.
-    The file gets the mode Python gives a new file (from the umask, as ``config.json``'s):
-    safetensors' writer made its files readable by their owner only.
+    A reader (or an interrupted writer) sees the old file or the new one, never half of one;
+    the new file's bytes reach the disk before the rename, and the rename before the call
+    returns (``fsync`` of the file, then of its directory), so a power cut or a crash of the
+    system after it leaves the new file, not an empty one under its name. The file gets the
+    mode Python gives a new file (from the umask, as ``config.json``'s): safetensors' writer
+    made its files readable by their owner only.
     """
     path = Path(path)
     # a name of this write's own: two processes writing one file (two reproduce commands adding to
@@ -105,10 +108,30 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, mode)
+        _sync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # (a write that failed leaves no file behind)
+    _sync(path.parent)
     return path
+
+
+def _sync(path: Path) -> None:
+    """``fsync`` a file or a directory (a directory where the system cannot sync one, as on
+    Windows, is left as it is)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
 
 
 def _stored_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

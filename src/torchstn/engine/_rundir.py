@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,9 +254,13 @@ class RunDir:
         return [parse_json(line, f"{self.metrics_path}, line {i}") for i, line in lines[:limit]]
 
     def append(self, record: dict[str, Any]) -> None:
-        """Add one epoch's record to ``metrics.jsonl``."""
+        """Add one epoch's record to ``metrics.jsonl``, on the disk before the call returns (the
+        trainer saves the epoch's checkpoint next, and a checkpoint whose epoch a power cut took
+        from the history could not be resumed)."""
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def keep_history(self, epochs: int) -> list[dict[str, Any]]:
         """Drop the records after ``epochs`` (logged after the last checkpoint, the last of them
