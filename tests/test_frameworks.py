@@ -447,3 +447,60 @@ def test_torch_func_grad_of_a_functional_call_equals_autograd() -> None:
     for name, grad in autograd.items():
         torch.testing.assert_close(functional[name], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
     assert all(bool(r.weight.grad.abs().max() > 1e-4) for r in _regressors(model))
+
+
+# --- shapes-only tracing: FakeTensorMode and make_fx ----------------------------------------------
+
+
+def _fake_mode():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode()
+
+
+@pytest.mark.parametrize("transform", ["affine", "projective", "tps"])
+def test_a_grid_path_call_under_fake_tensor_mode_gives_shapes_whether_or_not_the_cache_is_filled(transform) -> None:
+    """A user's FakeTensorMode (shapes, FLOPs or memory without computing): a cached grid part
+    from an earlier real call was a real tensor mixed with the mode's fake ones (torch's
+    "Please convert all Tensors to FakeTensors first"), and a thin-plate spline's failed even
+    on an empty cache."""
+    t = stn.get_transform(transform) if transform != "tps" else stn.ThinPlateSpline(control=(3, 3))
+    stn.clear_caches()
+    real = stn.warp(torch.rand(2, 3, 6, 7), t.identity(2), t, backend="torch")  # (fills the cache)
+    for _ in range(2):
+        with _fake_mode():
+            x, theta = torch.rand(2, 3, 6, 7), torch.rand(2, t.num_params)
+            out, grid = stn.warp(x, theta, t, (5, 4), backend="torch"), t.grid(theta, (5, 4))
+        assert type(out) is not torch.Tensor and out.shape == (2, 3, 5, 4) and grid.shape == (2, 5, 4, 2)
+        stn.clear_caches()
+    assert type(real) is torch.Tensor  # (and the cache still holds real tensors for real calls)
+    assert torch.equal(stn.warp(real, t.identity(2), t, backend="torch"), stn.warp(real, t.identity(2), t,
+                                                                                    backend="torch"))
+
+
+@pytest.mark.parametrize("transform", ["affine", "tps"])
+@pytest.mark.parametrize("tracing_mode", ["fake", "symbolic"])
+def test_make_fx_traces_a_warp_after_real_calls_and_the_graph_computes_the_same(transform, tracing_mode) -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    t = stn.get_transform(transform) if transform != "tps" else stn.ThinPlateSpline(control=(3, 3))
+    x, theta = torch.rand(2, 3, 6, 7), t.identity(2) + 0.05 * torch.randn(2, t.num_params)
+
+    def f(x, theta):
+        return stn.warp(x, theta, t, backend="torch")
+
+    expected = f(x, theta)  # (fills the cache)
+    graph = make_fx(f, tracing_mode=tracing_mode)(x, theta)
+    torch.testing.assert_close(graph(x, theta), expected, rtol=0, atol=1e-6)
+
+
+def test_every_model_builds_and_runs_under_fake_tensor_mode() -> None:
+    """Building a model inside FakeTensorMode (torch's layers do) failed for every model with a
+    transformer: the regressor read its identity start from a fake tensor (a data-dependent
+    error), a thin-plate spline its control points."""
+    for name in stn.models.list_models():
+        shape = create_model(name).input_shape
+        with _fake_mode():
+            model = create_model(name)
+            out = model(torch.rand(2, *shape))
+        assert type(out) is not torch.Tensor and out.shape[0] == 2, name

@@ -18,6 +18,8 @@ import importlib
 import threading
 from collections.abc import Callable, Hashable, Sequence
 
+from typing import Any
+
 import torch
 
 __all__ = [
@@ -51,7 +53,9 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     mode off (an inference tensor would poison a later training step), only real
     tensors built outside a tracer are stored (under ``torch.export`` or
     ``torch.compile`` a miss builds a fake/traced tensor, and inside a ``torch.func``
-    transform it may build the transform's wrapper: returned, never kept), and an entry
+    transform it may build the transform's wrapper: returned, never kept), under a
+    ``FakeTensorMode`` that refuses real tensors (a user's own, ``make_fx``'s) the real
+    entry is lifted into the mode as a constant, and an entry
     modified in place since it was stored is rebuilt. The key
     holds everything the value depends on (size, device, dtype, ...); the oldest entries
     are dropped beyond 128 entries or 256 MB (a larger entry is kept alone), and
@@ -60,6 +64,12 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     hit = _CACHE.get(key)
     if torch.compiler.is_compiling():  # a miss builds a traced tensor, never kept (and dynamo cannot ask the mode)
         return hit[0] if hit is not None else build()
+    if _strict_fake_mode() is not None:
+        # the real entry (built outside the modes, kept), lifted into them as a constant (as
+        # torch.tensor's data is: make_fx records it as one)
+        with outside_modes():
+            real = cached(key, build)
+        return torch.ops.aten.lift_fresh_copy.default(real)
     if hit is not None and hit[0]._version == hit[1]:
         return hit[0]
     with torch.inference_mode(False) if torch.is_inference_mode_enabled() else _NOTHING:
@@ -79,6 +89,24 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
                 held -= _nbytes(_CACHE.pop(next(iter(_CACHE)))[0])
             _CACHE[key] = (value, value._version)
     return value
+
+
+def _strict_fake_mode() -> Any:
+    """The ``FakeTensorMode`` active here where it refuses real tensors (a user's own, and
+    ``make_fx``'s: torch.export's takes them as constants), else ``None``. A real entry
+    mixed with the mode's fake tensors failed with torch's "Please convert all Tensors to
+    FakeTensors first", depending on whether an earlier call had filled the cache."""
+    mode = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE)
+    return mode if mode is not None and not mode.allow_non_fake_inputs else None
+
+
+def outside_modes() -> contextlib.AbstractContextManager[Any]:
+    """Inside: no dispatch mode is active, so tensors are real even under a ``FakeTensorMode``
+    or ``make_fx`` (for values computed once from constants, such as a transform's start or a
+    cached grid part, which shapes-only tracing would otherwise refuse to read)."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    return _disable_current_modes()
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

@@ -9,6 +9,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from torchstn._tracing import outside_modes
 from torchstn._validation import check_int, check_number, check_size
 from torchstn.nn._conv import Conv2d
 from torchstn.transforms import Transform
@@ -63,7 +64,9 @@ class _LazyIdentityRegressor(nn.LazyLinear):
 def _start_values(start: Transform | Sequence[float]) -> list[float]:
     """The ``P`` values a regressor's bias starts at: a transform's identity θ, or the given numbers."""
     if isinstance(start, Transform):
-        return start.identity(device="cpu", dtype=torch.float64).tolist()  # (cpu: built under torch.device("meta") too)
+        # (cpu: built under torch.device("meta") too; outside the modes: under FakeTensorMode too)
+        with outside_modes():
+            return start.identity(device="cpu", dtype=torch.float64).tolist()
     if isinstance(start, (str, bytes)) or not isinstance(start, Sequence):
         raise TypeError(f"start must be a Transform or a sequence of numbers, got {type(start).__name__}")
     if len(start) == 0:

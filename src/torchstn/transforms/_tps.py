@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from torchstn._tracing import cached
+from torchstn._tracing import cached, outside_modes
 from torchstn._validation import _type_name, check_number
 from torchstn.transforms._base import Transform, base_grid, interleaved_operator, linear_grid
 
@@ -204,8 +204,9 @@ class ThinPlateSpline(Transform):
                  regularization: float = 0.0) -> None:
         # the control points and the system's solution live on the CPU, also where modules are built
         # under torch.device("meta") or another default device (only grid() moves them), as plain
-        # tensors (a transform built under torch.inference_mode() is used in any mode later)
-        with torch.device("cpu"), torch.inference_mode(False):
+        # tensors (a transform built under torch.inference_mode() is used in any mode later), real
+        # under a FakeTensorMode too (a model built there for shapes or FLOPs)
+        with torch.device("cpu"), torch.inference_mode(False), outside_modes():
             control = _points_as_tensor(control)
             if isinstance(control, torch.Tensor):
                 if control.dim() != 2 or control.shape[1] != 2 or control.shape[0] < 3:
