@@ -288,9 +288,9 @@ def caller_stacklevel() -> int:
 
 
 def check_scale_entry(name: str, matrix: torch.Tensor) -> None:
-    """Refuse homographies ``(B, n, n)`` whose last entry is 0 (eager calls): a projective family's
-    parameters fix it to 1, dividing by it, and such a matrix (one that sends the centre of the
-    output to infinity) has none; the division gave every point NaN without a word. A NaN entry
+    """Refuse homogeneous matrices ``(B, n, n)`` whose last entry is 0 (eager calls): every matrix
+    family's parameters fix it to 1, dividing by it, and such a matrix (one that sends the centre
+    of the output to infinity) has none; the division gave NaN or inf without a word. A NaN entry
     stays NaN (NaN in, NaN out)."""
     if not eager_tensors(matrix) or matrix.is_meta:  # (under a tracer the values are not known)
         return

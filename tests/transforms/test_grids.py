@@ -741,3 +741,18 @@ def test_matrix_grid_names_a_bad_matrix_or_eps():
         with pytest.raises(ValueError, match="eps must be"):
             matrix_grid(homography, (8, 8), eps=eps)
     assert torch.isfinite(matrix_grid(homography, (8, 8), eps=1e-6)).all()
+
+
+@pytest.mark.parametrize("family", ["translation", "attention", "similarity", "affine", "projective", "affine3d"])
+def test_params_from_matrix_refuses_a_last_entry_of_0_in_every_family(family):
+    """Every family divides the matrix by its last entry (the parameters fix it to 1): where it
+    is 0, translation ... affine returned inf or NaN parameters without a word (projective
+    already refused). A NaN entry stays NaN."""
+    t = stn.get_transform(family)
+    m = t.matrix(t.identity(2, dtype=torch.float64))
+    m[1, -1, -1] = 0.0
+    with pytest.raises(ValueError, match=r"matrix\[1, (\d), \1\] is 0"):
+        t.params_from_matrix(m)
+    m[1, -1, -1] = float("nan")
+    params = t.params_from_matrix(m)
+    assert params[1].isnan().any() and torch.equal(params[0], t.identity(1, dtype=torch.float64)[0])

@@ -384,16 +384,19 @@ class MatrixTransform(Transform):
     def params_from_matrix(self, matrix: torch.Tensor, name: str = "matrix") -> torch.Tensor:
         """Parameters of a matrix of this family (the inverse of :meth:`matrix`).
 
-        The matrix is assumed to lie in the family; parts outside it are dropped. ``name`` is
-        what the errors call it (:func:`~torchstn.warp`'s matrix form: ``"params"``).
+        The matrix is assumed to lie in the family up to its scale: it is divided by its last
+        entry (which the parameters fix to 1), and parts outside the family are dropped.
+        ``name`` is what the errors call it (:func:`~torchstn.warp`'s matrix form: ``"params"``).
+
+        Raises:
+            ValueError: a matrix's last entry is 0 (no parameters: the division gave inf or NaN).
         """
         n = self.ndim + 1
         check_tensor(name, matrix, ndim=3)
         check_floating(name, matrix)
         if not sizes_traced() and matrix.shape[1:] != (n, n):
             raise ValueError(f"{name} for {self.name} must have shape (B, {n}, {n}), got {tuple(matrix.shape)}")
-        if self.projective:
-            check_scale_entry(name, matrix)
+        check_scale_entry(name, matrix)
         return self._from_matrix(matrix)
 
     def compose(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -185,8 +185,8 @@ class Projective(MatrixTransform):
         Normalised (x, y) in [-1, 1], output to input (``src_from_dst``). Same
         ``align_corners`` for grid and sampler. A homography with ``H[2, 2] = 0`` (it
         sends the centre to the horizon) has no parameters in this form:
-        :meth:`~MatrixTransform.params_from_matrix`, ``inverse`` and ``compose`` give
-        non-finite parameters where their result is one.
+        :meth:`~MatrixTransform.params_from_matrix` refuses it (``ValueError``), and
+        ``inverse`` and ``compose`` give non-finite parameters where their result is one.
     """
 
     num_params = 8
