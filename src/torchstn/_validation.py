@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import numbers
 import operator
 import os
 from collections.abc import Iterable, Sequence
@@ -243,8 +244,9 @@ def figure_file(out: str | Path) -> Path:
 
 
 def check_number(name: str, value: object, low: float | None = None, high: float | None = None) -> float:
-    """Check a finite real number (``bool`` is refused), optionally within ``[low, high]``; returns a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Check a finite real number (an int, a float or a numpy scalar; ``bool`` is refused), optionally
+    within ``[low, high]``; returns a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {_type_name(value)}")
     value = float(value)
     if not math.isfinite(value):

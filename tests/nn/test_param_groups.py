@@ -49,3 +49,21 @@ def test_no_transformer_gives_one_group_and_bad_rates_are_refused():
     torch.optim.SGD(frozen).step()  # (torch accepts the groups)
     with pytest.raises(TypeError, match="lr must be a number"):
         stn.param_groups(nn.Linear(3, 2), lr="0.1")
+
+
+def test_a_learning_rate_is_taken_as_torch_optim_takes_it():
+    """A one-element tensor (the compiled optimiser's recipe) is the group's own, the localisation
+    group's a tensor too; a numpy scalar is a number: both were refused ("lr must be a number")."""
+    import numpy as np
+
+    model = stn.create_model("st-cnn-aff")
+    lr = torch.tensor(1e-3)
+    groups = stn.param_groups(model, lr=lr, loc_lr_mult=0.1)
+    assert groups[0]["lr"] is lr and isinstance(groups[1]["lr"], torch.Tensor)
+    torch.testing.assert_close(groups[1]["lr"], torch.tensor(1e-4))
+    torch.optim.Adam(groups)
+    assert [g["lr"] for g in stn.param_groups(model, lr=np.float32(0.5), loc_lr_mult=np.float64(0.5))] == [0.5, 0.25]
+    for bad, error in ((torch.tensor([1e-3, 2e-3]), "one floating-point value"), (torch.tensor(1), "floating-point"),
+                       (np.bool_(True), "must be a number"), (torch.tensor(-1.0), ">= 0")):
+        with pytest.raises((TypeError, ValueError), match=error):
+            stn.param_groups(model, lr=bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from torchstn._validation import check_number
@@ -12,7 +13,7 @@ from torchstn.nn._spatial_transformer import SpatialTransformer
 __all__ = ["param_groups"]
 
 
-def param_groups(model: nn.Module, lr: float, loc_lr_mult: float = 0.1) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, lr: float | torch.Tensor, loc_lr_mult: float = 0.1) -> list[dict[str, Any]]:
     """The trainable parameters of ``model`` in two optimiser groups: the rest, and the localisation nets.
 
     Every parameter of every :class:`SpatialTransformer` inside ``model`` (its
@@ -24,7 +25,9 @@ def param_groups(model: nn.Module, lr: float, loc_lr_mult: float = 0.1) -> list[
 
     Args:
         model: any module holding spatial transformers (a registry model or your own).
-        lr: the learning rate of the rest of the model (``>= 0``, as ``torch.optim`` takes it).
+        lr: the learning rate of the rest of the model (``>= 0``), a number or a one-element
+            tensor as ``torch.optim`` takes it (a tensor, as for a compiled optimiser, is the
+            group's own; the localisation group gets ``lr * loc_lr_mult``, a tensor too).
         loc_lr_mult: the localisation nets' learning rate as a multiple of ``lr`` (``>= 0``;
             ``0`` keeps them where they are, a way to train the rest with a fixed transformer).
 
@@ -40,8 +43,13 @@ def param_groups(model: nn.Module, lr: float, loc_lr_mult: float = 0.1) -> list[
         [('classifier', 0.001), ('localization', 0.0001)]
         >>> optimizer = torch.optim.Adam(groups)
     """
-    check_number("lr", lr, low=0.0)  # (torch's optimisers take 0; they refuse a negative rate)
-    check_number("loc_lr_mult", loc_lr_mult, low=0.0)
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1 or not lr.is_floating_point():
+            raise TypeError(f"lr as a tensor must be one floating-point value, got {lr.dtype} of shape {tuple(lr.shape)}")
+        check_number("lr", lr.item(), low=0.0)
+    else:
+        lr = check_number("lr", lr, low=0.0)  # (torch's optimisers take 0; they refuse a negative rate)
+    loc_lr_mult = check_number("loc_lr_mult", loc_lr_mult, low=0.0)
     localization = {id(p) for m in model.modules() if isinstance(m, SpatialTransformer) for p in m.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
