@@ -756,3 +756,13 @@ def test_params_from_matrix_refuses_a_last_entry_of_0_in_every_family(family):
     m[1, -1, -1] = float("nan")
     params = t.params_from_matrix(m)
     assert params[1].isnan().any() and torch.equal(params[0], t.identity(1, dtype=torch.float64)[0])
+
+
+def test_get_transform_names_an_option_its_family_does_not_take():
+    """``get_transform("affine", eps=1)`` failed with Python's "Affine() takes no arguments",
+    which names neither the option nor what the family takes."""
+    with pytest.raises(TypeError, match=r"get_transform\('affine'\): Affine takes no options, got eps"):
+        stn.get_transform("affine", eps=1)
+    with pytest.raises(TypeError, match=r"ThinPlateSpline takes control, regularization, got contrl"):
+        stn.get_transform("tps", contrl=(3, 3))
+    assert stn.get_transform("proj", eps=0.1).eps == 0.1

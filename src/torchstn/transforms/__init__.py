@@ -5,6 +5,8 @@ Layer 1 of torchstn: pure tensor maths, no ``nn.Module`` state.
 
 from __future__ import annotations
 
+import inspect
+
 from torchstn._tracing import clear_caches
 from torchstn.transforms._base import MatrixTransform, Transform, base_grid, matrix_grid
 from torchstn.transforms._cpab import CPAB1D
@@ -70,7 +72,14 @@ def get_transform(name: str | Transform, **kwargs: object) -> Transform:
     key = name.lower()
     if key not in _BY_NAME:
         raise ValueError(f"transform must be one of {sorted(_BY_NAME)}, got {name!r}")
-    return _BY_NAME[key](**kwargs)
+    family = _BY_NAME[key]
+    options = inspect.signature(family).parameters.values()
+    takes = [p.name for p in options if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(kwargs) - set(takes))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in options):  # (said "Affine() takes no arguments")
+        raise TypeError(f"get_transform({name!r}): {family.__name__} takes "
+                        f"{', '.join(takes) if takes else 'no options'}, got {', '.join(unknown)}")
+    return family(**kwargs)
 
 
 def named_transforms() -> dict[str, Transform]:
