@@ -17,7 +17,6 @@ import contextlib
 import importlib
 import threading
 from collections.abc import Callable, Hashable, Sequence
-
 from typing import Any
 
 import torch

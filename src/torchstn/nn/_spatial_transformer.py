@@ -84,9 +84,9 @@ class _SamplerField(Generic[_T]):
 class _Checked:
     """A module attribute checked where it is set, as the constructor checks it (``check(name,
     value)`` returns the value to keep, or raises): a later ``pst.samples = 0`` took effect
-    without a word. ``fixed``: set once, by the constructor, for the reason it gives. Kept in the instance's
-    ``__dict__`` under its own name, as a plain attribute is (copies and pickles of earlier
-    modules hold it there)."""
+    without a word. ``fixed``: set once, by the constructor, for the reason it gives. Kept in
+    the instance's ``__dict__`` under its own name, as a plain attribute is (copies and
+    pickles of earlier modules hold it there)."""
 
     def __init__(self, check: Callable[[str, Any], Any], fixed: str = "") -> None:
         self.check, self.fixed = check, fixed
