@@ -208,3 +208,19 @@ def test_init_params_errors_name_init_params():
         cascade(x, init_params=stn.Affine().identity(3))
     with pytest.raises(ValueError, match=r"init_params for Affine must have shape \(B, 6\)"):
         cascade(x, init_params=torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("compositional, steps", [(True, 1), (True, 2), (False, 2)])
+def test_an_output_size_the_steps_nets_were_not_built_for_is_refused_where_the_cascade_is_built(compositional, steps):
+    """The steps look at warps of output_size (every step of a compositional cascade, the later
+    steps of a plain one): a net declared for the input's size failed in the first forward pass,
+    blaming x with a shape the caller had not passed (the module's own warp)."""
+    loc = stn.conv_localization(1, (16, 16))
+    with pytest.raises(ValueError, match=r"output_size=\(8, 8\): .* built for input_size=\(16, 16\)"):
+        stn.CascadedSpatialTransformer("affine", loc, steps=steps, compositional=compositional, output_size=(8, 8))
+    plain = stn.CascadedSpatialTransformer("affine", loc, steps=1, compositional=False, output_size=(8, 8))
+    assert plain(torch.rand(2, 1, 16, 16)).shape == (2, 1, 8, 8)  # (its one step sees the input itself)
+    fits = stn.conv_localization(1, (8, 8))
+    cascade = stn.CascadedSpatialTransformer("affine", [loc, fits], steps=2, compositional=False, share=False,
+                                             output_size=(8, 8))
+    assert cascade(torch.rand(2, 1, 16, 16)).shape == (2, 1, 8, 8)

@@ -11,7 +11,7 @@ from torch import nn
 
 from torchstn._tracing import exporting
 from torchstn._validation import caller_stacklevel, check_bool, check_int, sizes_traced
-from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer, Unpack
+from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer, Unpack, _declared_input
 from torchstn.sampling import SamplerOptions
 from torchstn.transforms import MatrixTransform, Transform
 
@@ -78,9 +78,10 @@ class CascadedSpatialTransformer(SpatialTransformer):
         share: one localisation net and regressor for all steps.
         output_size: spatial size of the output; ``None`` keeps the input's. The steps
             look at warps of this size (the current output); only the first step of a
-            plain cascade sees the input itself, so a plain cascade whose shared
-            localisation net needs a fixed input size needs ``output_size`` equal to
-            the input's.
+            plain cascade sees the input itself. A localisation net that declares its
+            input (:func:`~torchstn.nn.declare_input`) and sees these warps (every step's
+            in a compositional cascade, the later steps' in a plain one) must be built
+            for this size: ``ValueError`` otherwise.
         in_features, sampler, **sampler_keywords: as in
             :class:`~torchstn.nn.SpatialTransformer` (one sampler for every step).
 
@@ -158,6 +159,9 @@ class CascadedSpatialTransformer(SpatialTransformer):
         self.num_steps = steps
         self.compositional = compositional
         self.share = share
+        # the nets that see warps of output_size: every step's in a compositional cascade, the
+        # steps' after the first in a plain one
+        _check_warps_fit(self.output_size, locs if compositional or share else locs[1:], compositional, steps)
         self.last_step_params = []
 
     def predict_step(self, k: int, view: torch.Tensor) -> torch.Tensor:
@@ -224,3 +228,23 @@ class CascadedSpatialTransformer(SpatialTransformer):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, steps={self.num_steps}, compositional={self.compositional}, share={self.share}"
+
+
+def _check_warps_fit(output_size: tuple[int, ...] | None, nets: Sequence[nn.Module], compositional: bool,
+                     steps: int) -> None:
+    """Refuse, where the cascade is built, an ``output_size`` that a localisation net seeing the
+    warps of that size was not built for: the first forward pass blamed ``x``, naming a shape
+    the caller had not passed (the module's own warp)."""
+    if output_size is None or (not compositional and steps == 1):
+        return
+    for net in nets:
+        declared = _declared_input(net)
+        if declared is not None and tuple(declared[1:]) != tuple(output_size):
+            which = ("in a compositional cascade every step" if compositional
+                     else "in a plain cascade each step after the first")
+            raise ValueError(
+                f"output_size={tuple(output_size)}: {which} runs its localisation net on the current warp of that "
+                f"size, but the net is built for "
+                f"input_size={tuple(declared[1:])}: give output_size={tuple(declared[1:])}, or a net built for "
+                f"{tuple(output_size)}"
+            )
