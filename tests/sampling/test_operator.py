@@ -423,6 +423,14 @@ def test_the_operators_refuse_arguments_that_do_not_fit():
          r"shape \(B, 3, 4\)"),
         (lambda: warp3d(x3, torch.rand(2, 3, 4, dtype=torch.float64), "projective", [3, 4, 5], *options3d),
          "location must be one of 'grid', 'affine'"),
+        # no pixel to read (the 2-D kernel crashed the process; the 3-D one gave zeros, also with border padding)
+        (lambda: warp2d(x[:, :, :0], rows, "affine", [4, 5], *options2d), "non-empty spatial dimensions"),
+        (lambda: warp2d(x[..., :0], rows, "affine", [2, 3], "nearest", "border", False, 0.0),
+         "non-empty spatial dimensions"),
+        (lambda: torch.ops.torchstn.warp2d_backward(torch.rand(4, 1, 2, 3, dtype=torch.float64), x[:, :, :0], rows,
+                                                    "affine", *options2d, [True, True]), "non-empty spatial"),
+        (lambda: warp3d(x3[:, :, :0], torch.rand(2, 3, 4, dtype=torch.float64), "affine", [2, 2, 2], "bilinear",
+                        "border", False), "non-empty spatial dimensions"),
         (lambda: torch.ops.torchstn.warp3d_backward(torch.rand(2, 1, 3, 4, 4), x3,  # float32
                                                     torch.rand(2, 3, 4, dtype=torch.float64), "affine", *options3d,
                                                     [True, True]), "grad_out must be"),

@@ -683,6 +683,9 @@ def check_operator_args(
             raise ValueError(f"torchstn::{op}: {name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     if x.dim() != n + 2:
         raise ValueError(f"torchstn::{op}: x must have {n + 2} dimensions, got shape {tuple(x.shape)}")
+    if any(s == 0 for s in x.shape[2:]):  # (no pixel to read: the 2-D kernel read past its buffer)
+        raise ValueError(f"torchstn::{op}: x must have non-empty spatial dimensions, as F.grid_sample asks, got "
+                         f"shape {tuple(x.shape)}")
     if x.dtype not in _DTYPES or loc.dtype != x.dtype:
         raise TypeError(
             f"torchstn::{op}: x and loc must both be float32 or both float64, got {x.dtype} and {loc.dtype}"
