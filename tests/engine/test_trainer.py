@@ -52,6 +52,28 @@ def test_an_extended_run_records_its_new_length(tmp_path, shapes):
     assert resume_config(tmp_path / "r").epochs == 2
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_an_extended_run_steps_at_the_longer_schedules_rate_from_its_first_resumed_step(tmp_path, shapes, schedule):
+    """The optimiser's saved state holds the rates the saved schedule set: the first step after an
+    extension ran at the shorter schedule's next rate (0 at a cosine's end), the rest at the longer one's."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    rates = []
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: rates.append(
+        [g["lr"] for g in opt.param_groups]))
+    try:
+        config = _config(schedule=schedule, loc_lr_mult=0.5)
+        train(config.replace(epochs=2), None, train_set=shapes[0], test_set=shapes[1], progress=False)
+        straight, rates[:] = rates[:], []
+        train(config.replace(epochs=1), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False)
+        train(config.replace(epochs=2), tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False,
+              resume=True)
+    finally:
+        hook.remove()
+    half = len(straight) // 2
+    assert len(rates) == len(straight) and rates[half:] == straight[half:]
+
+
 def test_a_run_in_steps_extends_within_its_cut_last_epoch_and_never_shortens(tmp_path, shapes):
     """256 images of batch 32 are 8 steps an epoch: a run of 3 steps, resumed for 5, trains the 2
     steps left in one more (cut) epoch (it once said "nothing to do" and still wrote 5 steps into

@@ -485,6 +485,11 @@ def _resume(session: _Session) -> None:
         session.average.n_averaged.copy_(state["averaged"])
     session.optimizer.load_state_dict(state["optimizer"])
     session.scheduler.load_state_dict(state["scheduler"])  # the lambdas themselves come from the config
+    # the rates of the next step from this config's schedule: the optimiser's state holds the ones the saved
+    # schedule set, and an extended run's first step ran at the shorter schedule's rate (0 at a cosine's end)
+    scheduler = session.scheduler
+    for group, base, rate in zip(session.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * rate(scheduler.last_epoch)
     restore_rng(state["rng"])
     session.start_epoch, session.step, session.best_error = info["epoch"], info["step"], state["best_error"]
     # steps beyond a last epoch that was cut short (a run in steps) train in one more, itself cut at total_steps
