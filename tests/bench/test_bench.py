@@ -218,3 +218,28 @@ def test_report_columns_fit_their_longest_cell() -> None:
             assert all(len(row) <= s or row[s - 2:s] == "  " for s in starts), (header, row)
             assert row[:starts[0]].strip() in ("", "affine 8x8", long)
 
+
+
+def test_a_target_over_a_set_of_cases_is_judged_only_when_every_case_was_measured() -> None:
+    """"On every 2-D case" was printed met on one case of thirteen (``--cases affine-b4-8``, or
+    a peer rejected on the others): a target whose cases were not all measured is not judged,
+    unless one measured ratio already misses it."""
+    def result(name: str, opencv: float | None) -> CaseResult:
+        forward = {"torchstn": Measurement(1e-3)}
+        if opencv is not None:
+            forward["opencv"] = Measurement(1e-3, ratio=opencv)
+        return CaseResult(name=name, label=name, family="affine", passes={"forward": forward})
+
+    target = "affine forward >= 1.2x OpenCV warpAffine (float32) on every 2-D case"
+    meta = {"quick": False}
+    one = {c.target: c for c in check_targets(BenchReport(meta, [result("affine-b4-8", 2.0)]))}[target]
+    assert one.met is None and "not judged: affine-28 forward" in one.detail
+    assert "affine-b4-8 forward 2.00x" in one.detail
+    rejected = BenchReport(meta, [result("affine-b4-8", 2.0), result("affine-b4-16", None)])
+    assert {c.target: c for c in check_targets(rejected)}[target].met is None
+    missed = {c.target: c for c in check_targets(BenchReport(meta, [result("affine-b4-8", 0.9)]))}[target]
+    assert missed.met is False
+    two_d = [result(c.name, 1.5) for c in CASES if c.family in ("affine", "translation", "attention", "similarity")]
+    whole = {c.target: c for c in check_targets(BenchReport(meta, two_d))}
+    assert whole[target].met is True
+    assert whole["never below 1.0x any peer on any case"].met is None  # (the other families were not run)

@@ -249,21 +249,33 @@ def test_quick_run_times_opencv_forward_and_jax_both_passes() -> None:
     assert "opencv (time, ratio)" in text and "jax (time, ratio)" in text and "checked against torch's warp" in text
     report.meta["quick"] = False  # (a quick run judges no target: judged as a full one, the peers' targets are wired)
     targets = {t.target: t for t in check_targets(report)}
-    assert targets["affine forward >= 1.2x OpenCV warpAffine (float32) on every 2-D case"].met is not None
-    assert targets["3-D affine forward >= 1.0x JAX's jitted warp"].met is not None
+    # (two cases of the run: the targets list their ratios, judged only when every case of theirs ran or one misses)
+    opencv = targets["affine forward >= 1.2x OpenCV warpAffine (float32) on every 2-D case"]
+    assert "affine-b1-28 forward" in opencv.detail
+    assert "affine3d-32 forward" in targets["3-D affine forward >= 1.0x JAX's jitted warp"].detail
 
 
-def test_jax_is_pinned_to_the_cpu_and_one_thread_before_it_is_imported() -> None:
-    """XLA reads its flags once, at import: the benchmark sets them first (in a fresh process, as the CLI is)."""
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two CPUs and sched_setaffinity (Linux)")
+def test_jax_runs_on_one_core_when_torch_runs_on_one_thread() -> None:
+    """XLA sizes its CPU pool by the affinity when its client is made (the XLA_FLAGS recipe left
+    JAX on both cores of a 2-core machine): its work takes no more CPU time than wall time."""
     pytest.importorskip("jax", reason=NEEDS_JAX)
     code = (
-        "import os, torch; torch.set_num_threads(1)\n"
+        "import os, time, torch; torch.set_num_threads(1)\n"
         "from torchstn.bench import _jax\n"
         "jax = _jax.import_jax()\n"
-        "print(os.environ['XLA_FLAGS']); print(jax.devices()[0].platform); print(_jax.jax_setup())\n"
+        "import jax.numpy as jnp\n"
+        "f, fb = _jax.jax_warp_and_vjp((224, 224))\n"  # (large enough for XLA to split: 1.86 cores before)
+        "x = jnp.ones((16, 3, 224, 224)); m = jnp.tile(jnp.array([[[.9, .1, .05], [-.1, .9, 0.]]]), (16, 1, 1))\n"
+        "jax.block_until_ready(fb(x, m, x))\n"
+        "cpu0, wall0 = time.process_time(), time.perf_counter()\n"
+        "for _ in range(5): jax.block_until_ready(fb(x, m, x))\n"
+        "print(jax.devices()[0].platform); print(_jax.jax_setup())\n"
+        "print((time.process_time() - cpu0) / (time.perf_counter() - wall0))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
-    flags, platform, setup = run.stdout.splitlines()
-    assert flags == _jax.ONE_THREAD_FLAGS and platform == "cpu" and "one thread" in setup
+    platform, setup, cores = run.stdout.splitlines()
+    assert platform == "cpu" and "one core" in setup and float(cores) < 1.2

@@ -7,9 +7,12 @@ as ``F.grid_sample`` does, and the 2^n corners are gathered and weighted (biline
 2-D, trilinear in 3-D) with zeros padding. Forward and forward+backward (``jax.vjp``,
 gradients with respect to the image and the matrix) are each one ``jax.jit``.
 
-JAX is pinned to the CPU and, when torch runs on one thread, to one thread too: XLA
-reads its flags once, when jax is first imported, so :func:`import_jax` sets them before
-that import and says so in its note (or that it came too late).
+JAX is pinned to the CPU and, when torch runs on one thread, to one core too: XLA sizes
+its CPU thread pool by the process's CPU affinity when its client is made (its flags do
+not limit it: ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``, the
+usual recipe, left JAX 0.10 on both cores of a 2-core machine), so :func:`import_jax`
+makes the client with the calling thread pinned to one CPU, whose affinity the pool's
+threads keep, and says so in its note (or that jax was imported too early for it).
 """
 
 from __future__ import annotations
@@ -23,10 +26,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ONE_THREAD_FLAGS", "import_jax", "jax_setup", "jax_version", "jax_warp", "jax_warp_and_vjp"]
-
-#: the XLA flags that keep JAX's CPU backend on one thread (set before jax is imported)
-ONE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+__all__ = ["import_jax", "jax_setup", "jax_version", "jax_warp", "jax_warp_and_vjp"]
 
 #: how :func:`import_jax` found or set JAX up, the first time it was called
 _SETUP: list[str] = []
@@ -48,20 +48,33 @@ def import_jax() -> ModuleType:
     Raises:
         ImportError: jax is not installed.
     """
-    if not _SETUP:
-        if "jax" in sys.modules:
-            _SETUP.append("imported before the benchmark: its platform and threads as they were set then")
-        else:
-            os.environ.setdefault("JAX_PLATFORMS", "cpu")
-            if torch.get_num_threads() == 1:
-                flags = os.environ.get("XLA_FLAGS", "")
-                if ONE_THREAD_FLAGS not in flags:
-                    os.environ["XLA_FLAGS"] = f"{flags} {ONE_THREAD_FLAGS}".strip()
-                _SETUP.append(f"on the CPU, one thread (XLA_FLAGS {ONE_THREAD_FLAGS})")
-            else:
-                _SETUP.append("on the CPU, XLA's default threads")
-    import jax
+    if _SETUP:
+        import jax
 
+        return jax
+    if "jax" in sys.modules:
+        _SETUP.append("imported before the benchmark: its platform and threads as they were set then")
+        import jax
+
+        return jax
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if torch.get_num_threads() != 1 or cpus is None or len(cpus) == 1:
+        import jax
+
+        single = cpus is not None and len(cpus) == 1
+        _SETUP.append("on the CPU, " + ("one core (the process's affinity)" if single else "XLA's default threads"))
+        return jax
+    cpu = min(cpus)
+    os.sched_setaffinity(0, {cpu})  # (this thread only: its threads made meanwhile keep the mask)
+    try:
+        import jax
+
+        jax.devices("cpu")  # the client, and its thread pool sized and pinned by the affinity
+    finally:
+        os.sched_setaffinity(0, cpus)
+    _SETUP.append(f"on the CPU, one core (its thread pool made while pinned to CPU {cpu}: XLA sizes it by the "
+                  "affinity)")
     return jax
 
 
