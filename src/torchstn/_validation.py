@@ -299,5 +299,6 @@ def check_scale_entry(name: str, matrix: torch.Tensor) -> None:
     zero = torch.nonzero(matrix[:, -1, -1] == 0)
     if len(zero):
         i, k = int(zero[0, 0]), matrix.shape[-1] - 1
-        raise ValueError(f"{name}[{i}, {k}, {k}] is 0: a homography's parameters divide the matrix by that entry "
-                         f"(they fix it to 1), and one whose entry is 0 sends the centre of the output to infinity")
+        raise ValueError(f"{name}[{i}, {k}, {k}] is 0: a transform's parameters divide the matrix by that entry "
+                         f"(they fix it to 1), and a matrix whose entry is 0 sends the centre of the output to "
+                         f"infinity")

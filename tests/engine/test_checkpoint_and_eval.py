@@ -87,6 +87,30 @@ def test_a_write_reaches_the_disk_before_its_rename_and_the_rename_before_it_ret
     assert events == [("fsync", str(tmp_path / "run" / "metrics.jsonl"))]
 
 
+def test_a_write_syncs_a_handle_windows_can_sync(tmp_path, monkeypatch):
+    """Windows' fsync (FlushFileBuffers) refuses a handle not opened for writing: a read-only one
+    made every atomic write fail there (emulated: an fsync that refuses read-only descriptors)."""
+    import fcntl
+    import os
+
+    from torchstn.engine import _checkpoint
+
+    fsync = os.fsync
+
+    def windows_fsync(fd):
+        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(9, "Bad file descriptor")  # (nor does it sync a directory)
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(9, "Bad file descriptor")
+        fsync(fd)
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("names the synced files through /proc (Linux)")
+    monkeypatch.setattr(os, "fsync", windows_fsync)
+    _checkpoint.atomic_write(tmp_path / "config.json", lambda tmp: tmp.write_text("{}"))
+    assert (tmp_path / "config.json").read_text() == "{}"
+
+
 def test_bad_checkpoints_raise_checkpoint_error(tmp_path):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 20)

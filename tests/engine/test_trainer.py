@@ -422,3 +422,17 @@ def test_train_takes_resume_as_a_bool_only(tmp_path):
     with pytest.raises(TypeError, match="resume must be a bool, got str"):
         train(TrainConfig(model="fcn", data="mnist", steps=1), tmp_path / "run", resume="yes")  # type: ignore[arg-type]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_keeps_numbers_of_other_types_as_pythons_own(tmp_path):
+    """numpy scalars and fractions are numbers (check_number takes them): kept as they came,
+    config.json could not hold them and a run failed at its first write, naming no field."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    config = _config(lr=np.float32(0.5), epochs=np.int64(3), momentum=Fraction(1, 2))
+    assert (type(config.lr), type(config.epochs), type(config.momentum)) == (float, int, float)
+    assert (config.lr, config.epochs, config.momentum) == (0.5, 3, 0.5)
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == config

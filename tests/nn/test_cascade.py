@@ -224,3 +224,16 @@ def test_an_output_size_the_steps_nets_were_not_built_for_is_refused_where_the_c
     cascade = stn.CascadedSpatialTransformer("affine", [loc, fits], steps=2, compositional=False, share=False,
                                              output_size=(8, 8))
     assert cascade(torch.rand(2, 1, 16, 16)).shape == (2, 1, 8, 8)
+
+
+def test_a_subclass_that_gives_its_nets_another_view_is_not_judged_by_output_size():
+    """The check of output_size against the nets' declared input is for the nets torchstn feeds:
+    a subclass's own ``features`` (a resize to the net's size) built before and must still."""
+    import torch.nn.functional as F
+
+    class Resized(stn.CascadedSpatialTransformer):
+        def features(self, x):
+            return super().features(F.interpolate(x, size=(16, 16)))
+
+    cascade = Resized("affine", stn.conv_localization(1, (16, 16)), steps=2, output_size=(8, 8))
+    assert cascade(torch.rand(2, 1, 16, 16)).shape == (2, 1, 8, 8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,12 @@ class TrainConfig:
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise TypeError(f"{name} must be a dict of str keys, got {value!r}")
             setattr(self, name, dict(value))
+        # numbers of other types (numpy scalars, Fraction) kept as Python's own: config.json could
+        # not hold them, and the run failed at its first write naming no field
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value) not in (int, float):
+                setattr(self, item.name, int(value) if isinstance(value, numbers.Integral) else float(value))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""

@@ -11,7 +11,13 @@ from torch import nn
 
 from torchstn._tracing import exporting
 from torchstn._validation import caller_stacklevel, check_bool, check_int, sizes_traced
-from torchstn.nn._spatial_transformer import SamplerKeywords, SpatialTransformer, Unpack, _declared_input
+from torchstn.nn._spatial_transformer import (
+    SamplerKeywords,
+    SpatialTransformer,
+    Unpack,
+    _declared_input,
+    _own_features,
+)
 from torchstn.sampling import SamplerOptions
 from torchstn.transforms import MatrixTransform, Transform
 
@@ -161,7 +167,8 @@ class CascadedSpatialTransformer(SpatialTransformer):
         self.share = share
         # the nets that see warps of output_size: every step's in a compositional cascade, the
         # steps' after the first in a plain one
-        _check_warps_fit(self.output_size, locs if compositional or share else locs[1:], compositional, steps)
+        if _own_features(self):  # (a subclass may give its nets another view of the warps)
+            _check_warps_fit(self.output_size, locs if compositional or share else locs[1:], compositional, steps)
         self.last_step_params = []
 
     def predict_step(self, k: int, view: torch.Tensor) -> torch.Tensor:

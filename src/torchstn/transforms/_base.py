@@ -31,7 +31,6 @@ from torchstn._validation import (
 __all__ = ["MatrixTransform", "Transform", "base_grid", "interleaved_operator", "linear_grid", "matrix_grid"]
 
 
-
 def _linspace(steps: int | torch.Tensor, align_corners: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Normalised pixel-centre (or, with ``align_corners``, pixel-corner) coordinates along one
     axis of ``n = steps`` pixels: ``(2 i + 1 - n) / n`` (``/ max(n - 1, 1)``), each rounded once
