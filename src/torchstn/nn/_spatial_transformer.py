@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Generic, TypedDict, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, overload
 
 import torch
 from torch import nn
@@ -120,6 +120,14 @@ class _Sampler(_Checked):
 
     def __init__(self) -> None:
         super().__init__(_check_sampler)
+
+    if TYPE_CHECKING:  # (types only: the attribute is read in every forward pass, through _Checked's)
+
+        @overload
+        def __get__(self, module: None, owner: type) -> _Sampler: ...
+        @overload
+        def __get__(self, module: SpatialTransformer, owner: type) -> SamplerOptions: ...
+        def __get__(self, module: SpatialTransformer | None, owner: type) -> SamplerOptions | _Sampler: ...
 
     def checked(self, module: Any, value: object) -> SamplerOptions:
         options = self.check(self.name, value)
