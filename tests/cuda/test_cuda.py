@@ -147,3 +147,34 @@ def test_a_training_step_on_cuda_equals_the_cpu_one(transform, device):
     for (name, p_cpu), p_gpu in zip(st.named_parameters(), st_gpu.parameters()):
         assert p_gpu.device.type == device.type, name
         torch.testing.assert_close(p_gpu.cpu(), p_cpu, atol=1e-8, rtol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("what", ["sample-border", "sample-nearest", "sample-3d", "cascade", "pstn-student-t",
+                                  "pstn-gaussian-prior", "identity"])
+def test_a_forward_pass_never_waits_for_the_device(what, device):
+    """Under torch.cuda.set_sync_debug_mode("error") every synchronising call raises: a copy from
+    the host (the identity, the P-STN's noise constants and prior), an .item() (the torch
+    backend's check of the grid off the zeros-padding bilinear path) once waited in every call."""
+    x2, x3 = torch.rand(2, 1, 8, 8, device=device), torch.rand(2, 1, 4, 8, 8, device=device)
+    grid = random_grid((2, 8, 8, 2), torch.float32, device)
+    loc = stn.conv_localization(1, (8, 8))
+    cascade = stn.CascadedSpatialTransformer("affine", loc, steps=2).to(device)
+    student = stn.ProbabilisticSpatialTransformer("affine", loc, samples=2).to(device)
+    gaussian = stn.ProbabilisticSpatialTransformer("affine", loc, distribution="gaussian",
+                                                   prior_covariance=0.1 * torch.eye(6)).to(device)
+    calls = {
+        "sample-border": lambda: stn.sample(x2, grid, padding="border", backend="torch"),
+        "sample-nearest": lambda: stn.sample(x2, grid, "nearest"),
+        "sample-3d": lambda: stn.warp(x3, stn.Affine3D().identity(2, device), "affine3d"),
+        "cascade": lambda: cascade(x2),
+        "pstn-student-t": lambda: (student(x2), student.kl()),
+        "pstn-gaussian-prior": lambda: (gaussian(x2), gaussian.kl()),
+        "identity": lambda: stn.ThinPlateSpline(control=(3, 3)).identity(2, device),
+    }
+    calls[what]()  # (the first call fills the caches: a copy from the host once)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        calls[what]()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

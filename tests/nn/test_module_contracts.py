@@ -189,3 +189,44 @@ def test_a_gaussian_pstn_prior_builds_on_meta_and_materialises_with_its_values()
     with pytest.raises(ValueError, match="prior_covariance is on the meta device"):
         stn.ProbabilisticSpatialTransformer(stn.CPAB1D(4), nn.Sequential(nn.Flatten(), nn.Linear(16, 8)),
                                             distribution="gaussian", prior_covariance=torch.empty(3, 3, device="meta"))
+
+
+class _HostCopies(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts copies from a CPU tensor to another device (each waits for a CUDA device)."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+            source = args[0] if func is torch.ops.aten._to_copy.default else args[1]
+            target = kwargs.get("device") if func is torch.ops.aten._to_copy.default else args[0].device
+            if isinstance(source, torch.Tensor) and source.is_cpu and target is not None and \
+                    torch.device(target).type != "cpu":
+                self.copies.append(tuple(source.shape))
+        return func(*args, **kwargs)
+
+
+def test_forward_passes_off_the_cpu_copy_nothing_from_the_host():
+    """On another device (meta here, standing for CUDA) a cascade's and a P-STN's forward passes
+    copied constants from the host in every call (the identity, the Student-t noise's constants),
+    each copy a wait for a CUDA device; a P-STN built under torch.device(...) kept its prior on
+    the CPU, and the KL copied it over in every pass."""
+    loc = stn.conv_localization(1, (8, 8))
+    x = torch.empty(2, 1, 8, 8, device="meta")
+    cascade = stn.CascadedSpatialTransformer("affine", loc, steps=2).to("meta")
+    student = stn.ProbabilisticSpatialTransformer("affine", loc, samples=2).to("meta")
+    prior = 0.1 * torch.eye(6)
+    with torch.device("meta"):
+        gaussian = stn.ProbabilisticSpatialTransformer("affine", stn.conv_localization(1, (8, 8)),
+                                                       distribution="gaussian", prior_covariance=prior)
+    assert {b.device.type for b in gaussian.buffers()} == {"meta"}
+    for module in (cascade, student, gaussian):
+        module(x)  # (fills the caches: one copy each, once)
+        with _HostCopies() as mode:
+            module(x)
+            if hasattr(module, "kl"):
+                module.kl()
+        assert mode.copies == [], type(module).__name__

@@ -77,7 +77,7 @@ def _start_values(start: Transform | Sequence[float]) -> list[float]:
 def _zero_weight_start_bias(linear: nn.Linear, values: list[float]) -> None:
     nn.init.zeros_(linear.weight)
     with torch.no_grad():
-        linear.bias.copy_(torch.tensor(values, dtype=linear.bias.dtype))
+        linear.bias.copy_(torch.tensor(values, dtype=linear.bias.dtype, device=linear.bias.device))
 
 
 def declare_input(net: _Net, in_channels: int, input_size: Sequence[int]) -> _Net:

@@ -241,9 +241,11 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         self.kl_weight = kl_weight
         # (kept in float64 on the CPU, beside the buffers, so that reset_parameters restores them)
         self._prior = _prior_precision(prior_covariance, self.transform.num_params, self.distribution)
-        dtype = torch.get_default_dtype()
-        self.register_buffer("prior_precision", None if self._prior is None else self._prior[0].to(dtype))
-        self.register_buffer("prior_logdet", None if self._prior is None else self._prior[1].to(dtype))
+        # the buffers on torch's default device, as a torch module's (under torch.device("cuda") they stayed
+        # on the CPU, and the KL copied them to the device in every forward pass)
+        dtype, device = torch.get_default_dtype(), torch.get_default_device()
+        for name, value in zip(("prior_precision", "prior_logdet"), self._prior or (None, None)):
+            self.register_buffer(name, None if value is None else value.to(device=device, dtype=dtype))
         init_scale = check_positive("init_scale", init_scale)
         # the spread head predicts softplus^{-1} of β (student-t) or σ (gaussian), the same for every input at first
         spread0 = self.prior_alpha * init_scale**2 if self.distribution == "student-t" else init_scale
@@ -279,13 +281,16 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
             return normal.to(like.dtype)
         value = 2 * self.prior_alpha
         tracing = torch.jit.is_tracing()
-        if tracing:  # the tracer warns about a literal tensor; it records this op instead
+        if tracing or not like.is_cpu:
+            # the tracer warns about a literal tensor, it records this op instead; and a literal off the
+            # CPU is a copy from the host, which waits for the device in every forward pass
             df, rate = (torch.full((), v, dtype=dtype, device=like.device) for v in (value, 0.5))
         else:  # a literal, which torch.export folds into a constant (Chi2 checks it then)
             df, rate = (torch.tensor(v, dtype=dtype, device=like.device) for v in (value, 0.5))
         # Chi2(df) as the Gamma(df / 2, 1/2) it is, its rate a tensor (Chi2 makes a literal of it, which
-        # the tracer warns about); no values to check on meta or under the tracer (which warned of the check)
-        chi2 = torch.distributions.Gamma(df / 2, rate, validate_args=False if like.is_meta or tracing else None)
+        # the tracer warns about); its values checked on the CPU only (the constructor checked
+        # prior_alpha; off it each check is a wait for the device, and meta and the tracer have no values)
+        chi2 = torch.distributions.Gamma(df / 2, rate, validate_args=None if like.is_cpu and not tracing else False)
         return (normal * torch.rsqrt(chi2.sample(shape) / df)).to(like.dtype)
 
     def _kl(self, mean: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:

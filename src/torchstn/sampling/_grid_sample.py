@@ -65,7 +65,8 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     # on the CPU F.grid_sample returns NaN there, but its gradient of (nan, 0.2) is [0, nan]:
     # where the grid's gradient is wanted _moderate decides (a non-finite grid takes the careful
     # path below), 1.03-1.04x the forward+backward
-    if _eager(grid) and _moderate(grid):
+    # (off the CPU the careful path, always: _moderate's answer would wait for the device)
+    if grid.is_cpu and _eager(grid) and _moderate(grid):
         return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
     finite = torch.isfinite(grid).all(-1, keepdim=True)  # (B, *out, 1)
     far = _far(grid.dtype)

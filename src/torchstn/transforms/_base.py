@@ -191,7 +191,14 @@ class Transform(ABC):
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         device = device if device is not None else _default_device()
         check_float_dtype("dtype", dtype)
-        p = self._identity().to(device=device, dtype=dtype)
+        p = self._identity()
+        if torch.device(device).type != "cpu":
+            # made on the device once (a copy from the host waits for the device: cascades and the
+            # P-STN's KL ask for the identity in every forward pass), a fresh copy of it each call
+            key = ("identity", tuple(p.tolist()), torch.device(device), dtype)
+            p = cached(key, lambda: p.to(device=device, dtype=dtype)).clone()
+        else:
+            p = p.to(device=device, dtype=dtype)
         if batch is None:
             return p
         # (traced by torch.jit.trace: a tensor; by torch.export or torch.compile: a symbolic int)
