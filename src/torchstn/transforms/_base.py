@@ -192,9 +192,10 @@ class Transform(ABC):
         device = device if device is not None else _default_device()
         check_float_dtype("dtype", dtype)
         p = self._identity()
-        if torch.device(device).type != "cpu":
+        if torch.device(device).type != "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
             # made on the device once (a copy from the host waits for the device: cascades and the
-            # P-STN's KL ask for the identity in every forward pass), a fresh copy of it each call
+            # P-STN's KL ask for the identity in every forward pass), a fresh copy of it each call;
+            # a tracer records the copy instead
             key = ("identity", tuple(p.tolist()), torch.device(device), dtype)
             p = cached(key, lambda: p.to(device=device, dtype=dtype)).clone()
         else:
