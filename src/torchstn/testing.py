@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from torchstn._validation import first_line
+from torchstn._validation import check_bool, check_floating, check_number, check_tensor, first_line
 from torchstn.sampling import sample, warp
 from torchstn.transforms import MatrixTransform, Transform, base_grid
 
@@ -70,6 +70,12 @@ def check_transform(
     broadcast, a method left unimplemented) comes out as an ``AssertionError`` too, naming
     the check it stopped and chained to the original.
     """
+    # the caller's own arguments first: a wrong one was reported as a failure of the transform under test
+    if not isinstance(transform, Transform):
+        raise TypeError(f"transform must be a Transform, got {type(transform).__name__}")
+    transform.check_params(params)
+    for name, flag in (("align_corners", align_corners), ("gradcheck", gradcheck), ("compile", compile)):
+        check_bool(name, flag)
     stage = ["the grid"]  # the check under way, which _check_transform moves on
     try:
         _check_transform(transform, params, size, align_corners, gradcheck, compile, stage)
@@ -195,6 +201,9 @@ def check_sampler(
     unnormalisation), is compared at ``10 * atol`` times that factor (a fixed bound failed two
     correct float32 samplers at 224 pixels, 1.5e-3 apart in a gradient of magnitude 1e2).
     """
+    check_floating("x", check_tensor("x", x))  # (the caller's arguments, named: None failed on .detach())
+    check_floating("grid", check_tensor("grid", grid))
+    check_number("atol", atol, low=0.0)
     outs, grads = [], []
     with _recording():
         x0, g0 = x.detach().clone(), grid.detach().clone()

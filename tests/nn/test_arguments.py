@@ -154,3 +154,27 @@ def test_a_subclass_that_gives_its_net_another_view_of_x_is_not_refused():
     st = ProjectedST(stn.Affine3D(), stn.conv_localization(1, (16, 16)))
     volume = torch.rand(2, 1, 8, 16, 16)
     assert torch.allclose(st(volume), volume, atol=1e-6)  # (it starts at the identity)
+
+
+def test_arguments_the_fuzz_found_unchecked_are_named():
+    """A cascade's x was used for the identity before it was checked (an integer x blamed a
+    "dtype" the caller never passed, None an AttributeError); conv_localization's channels=None
+    failed on len(); IdentityRegressor took in_features=True and failed deep in torch on -3;
+    output_size set after construction was checked only in the next forward pass, as "size"."""
+    cascade = stn.CascadedSpatialTransformer("affine", nn.Sequential(nn.Flatten(), nn.LazyLinear(8)), steps=2)
+    with pytest.raises(TypeError, match="x must have a floating-point dtype"):
+        cascade(torch.zeros(1, 1, 8, 8, dtype=torch.long))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got NoneType"):
+        cascade(None)
+    for name in ("channels", "kernel_sizes"):
+        with pytest.raises(TypeError, match=f"{name} must be a sequence of ints, got NoneType"):
+            stn.conv_localization(1, (12, 12), **{name: None})
+    with pytest.raises(TypeError, match="in_features must be an int, got bool"):
+        stn.IdentityRegressor(True, stn.Affine())
+    with pytest.raises(ValueError, match="in_features must be >= 1, got -3"):
+        stn.IdentityRegressor(-3, stn.Affine())
+    st = stn.SpatialTransformer("affine", nn.Sequential(nn.Flatten(), nn.Linear(64, 8)))
+    with pytest.raises(TypeError, match="output_size must be a sequence of 2 ints"):
+        st.output_size = "4x4"
+    st.output_size = [4, 4]
+    assert st.output_size == (4, 4) and st(torch.rand(1, 1, 8, 8)).shape == (1, 1, 4, 4)

@@ -75,6 +75,11 @@ def test_plan_filters_and_rejects_unknown_names():
         plan(experiment, "quick", datasets=["q"])
     with pytest.raises(ValueError, match="budget"):
         plan(experiment, "huge")
+    # one string is one name (only="cnn" was the models 'c', 'n', 'n')
+    assert plan(experiment, "quick", only="cnn", datasets="rts") == plan(experiment, "quick", only=["cnn"],
+                                                                         datasets=["rts"])
+    with pytest.raises(TypeError, match="only must be a str or a sequence of str"):
+        plan(experiment, "quick", only=0)
     with pytest.raises(ValueError, match="unknown experiment"):
         get_experiment("stn-table9")
 

@@ -766,3 +766,31 @@ def test_get_transform_names_an_option_its_family_does_not_take():
     with pytest.raises(TypeError, match=r"ThinPlateSpline takes control, regularization, got contrl"):
         stn.get_transform("tps", contrl=(3, 3))
     assert stn.get_transform("proj", eps=0.1).eps == 0.1
+
+
+def test_arguments_checked_at_every_call_and_named():
+    """The argument fuzz's finds: points on another device than params gave uninitialised memory
+    (meta points: a CPU tensor from the matmul); matrix_grid checked align_corners only on a cache
+    miss ("False" then gave the True grid); base_grid's homogeneous was never checked ("False" was
+    True, a list failed as an unhashable key); check_transform reported a caller's wrong argument as
+    the transform's failure."""
+    from torchstn.transforms import matrix_grid
+
+    with pytest.raises(ValueError, match=r"points must be on the device of params \(cpu\), got meta"):
+        stn.Affine().transform_points(stn.Affine().identity(1), torch.zeros(1, 2, 2, device="meta"))
+    m = torch.eye(2, 3)[None]
+    matrix_grid(m, (2, 2), align_corners=True)
+    with pytest.raises(TypeError, match="align_corners must be a bool, got str"):
+        matrix_grid(m, (2, 2), align_corners="False")
+    for bad in ("False", [0]):
+        with pytest.raises(TypeError, match="homogeneous must be a bool"):
+            stn.base_grid((2, 2), homogeneous=bad)
+    with pytest.raises(TypeError, match="params must have a floating-point dtype"):
+        check_transform(stn.Affine(), stn.Affine().identity(2).long())
+    with pytest.raises(TypeError, match="align_corners must be a bool, got NoneType"):
+        check_transform(stn.Affine(), stn.Affine().identity(2), align_corners=None)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got NoneType"):
+        stn.testing.check_sampler(stn.sample, stn.reference_sample, None, torch.zeros(1, 2, 2, 2))
+    with pytest.raises(ValueError, match="atol must be >= 0"):
+        stn.testing.check_sampler(stn.sample, stn.reference_sample, torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2, 2),
+                                  atol=-1.0)

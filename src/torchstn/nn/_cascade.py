@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torchstn._tracing import exporting
-from torchstn._validation import caller_stacklevel, check_bool, check_int, sizes_traced
+from torchstn._validation import caller_stacklevel, check_bool, check_floating, check_int, check_tensor, sizes_traced
 from torchstn.nn._spatial_transformer import (
     SamplerKeywords,
     SpatialTransformer,
@@ -182,6 +182,9 @@ class CascadedSpatialTransformer(SpatialTransformer):
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         """Run the steps: (output, total θ or None, per-step updates)."""
         transform = self.transform
+        # (x itself before the identity is made from its batch, device and dtype: an integer x was
+        # reported as a "dtype" the caller never passed)
+        check_floating("x", check_tensor("x", x, ndim=transform.ndim + 2))
         composable = isinstance(transform, MatrixTransform)
         p = init_params
         if p is not None:  # (named: transform_input's own check said "params")

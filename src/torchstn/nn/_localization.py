@@ -41,7 +41,7 @@ class IdentityRegressor(nn.Linear):
 
     def __init__(self, in_features: int, start: Transform | Sequence[float]) -> None:
         self._start_values = _start_values(start)
-        super().__init__(in_features, len(self._start_values))
+        super().__init__(check_int("in_features", in_features, 1), len(self._start_values))
 
     def reset_parameters(self) -> None:
         _zero_weight_start_bias(self, self._start_values)
@@ -172,6 +172,9 @@ def _conv_pool_stack(
 ) -> tuple[list[nn.Module], int]:
     """The layers ``[conv (size kept) -> max-pool 2 while the map is >= 4 -> ReLU] * n`` and the
     width of their flattened output for an input of spatial ``size``."""
+    for name, value in (("channels", channels), ("kernel_sizes", kernel_sizes)):
+        if isinstance(value, str) or not isinstance(value, Sequence):  # (None failed with "has no len()")
+            raise TypeError(f"{name} must be a sequence of ints, got {type(value).__name__}")
     if len(channels) != len(kernel_sizes):
         raise ValueError(
             f"channels and kernel_sizes must have the same length, got {len(channels)} and {len(kernel_sizes)}"

@@ -135,6 +135,17 @@ class _Sampler(_Checked):
         return options
 
 
+class _OutputSize(_Checked):
+    """``st.output_size``: ``None`` or the spatial size of the transform's rank, checked where it
+    is set (set later as "4x4", the next forward pass blamed ``size``)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda name, value: value)
+
+    def checked(self, module: Any, value: object) -> tuple[int, ...] | None:
+        return None if value is None else check_size(self.name, value, module.transform.ndim)
+
+
 def _check_sampler(name: str, value: object) -> SamplerOptions:
     if not isinstance(value, SamplerOptions):
         raise TypeError(f"{name} must be a SamplerOptions, got {type(value).__name__}")
@@ -205,6 +216,7 @@ class SpatialTransformer(nn.Module):
 
     last_params: torch.Tensor | None
     sampler = _Sampler()
+    output_size = _OutputSize()
     mode = _SamplerField[Mode]()
     padding = _SamplerField[Padding]()
     align_corners = _SamplerField[bool]()
@@ -234,7 +246,7 @@ class SpatialTransformer(nn.Module):
                 f"start must hold the {self.transform.num_params} parameters of {self.transform.name}, "
                 f"got {self.regressor.out_features}"
             )
-        self.output_size = None if output_size is None else check_size("output_size", output_size, self.transform.ndim)
+        self.output_size = output_size  # (checked where it is set: _OutputSize)
         self.sampler = _sampler_options(type(self).__name__, sampler, sampler_keywords)
         self.last_params = None
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from torchstn._locks import LockBusy, PidLock, exclusive
-from torchstn._validation import check_int, parse_json
+from torchstn._validation import check_int, check_names, parse_json
 from torchstn.engine import RunDir, atomic_write
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 
@@ -186,6 +186,9 @@ def plan(
         raise ValueError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
     row_keys = [r.key for r in experiment.rows]
     col_keys = [c.key for c in experiment.columns]
+    # (one string is one name: only="cnn" was read as the models 'c', 'n', 'n')
+    only = None if only is None else check_names("only", only)
+    datasets = None if datasets is None else check_names("datasets", datasets)
     for given, known, what in ((only, row_keys, "model"), (datasets, col_keys, "dataset")):
         unknown = [k for k in given or () if k not in known]
         if unknown:

@@ -106,6 +106,7 @@ def base_grid(
                 [ 0.5000,  0.0000]])
     """
     check_bool("align_corners", align_corners)  # ("False" from a config file is not True)
+    check_bool("homogeneous", homogeneous)
     dtype = dtype if dtype is not None else torch.get_default_dtype()
     device = torch.device(device) if device is not None else _default_device()
     if not isinstance(size, (tuple, list)):
@@ -229,6 +230,8 @@ class Transform(ABC):
         check_floating("points", points)
         if points.dtype != params.dtype:
             raise TypeError(f"params and points must have the same dtype, got {params.dtype} and {points.dtype}")
+        if points.device != params.device:  # (a meta points tensor gave uninitialised CPU memory from the matmul)
+            raise ValueError(f"points must be on the device of params ({params.device}), got {points.device}")
         if not sizes_traced() and (points.shape[0] != params.shape[0] or points.shape[-1] != self.ndim):
             raise ValueError(
                 f"points must have shape ({params.shape[0]}, N, {self.ndim}) to match params of shape "
@@ -514,6 +517,8 @@ def matrix_grid(
         check_floating("matrix", check_tensor("matrix", matrix, ndim=3))  # (a list failed on .dim())
     if eps is not None and not (type(eps) is float and 0 < eps < math.inf):  # (eps = 0 gave non-finite grids)
         check_positive("eps", eps)
+    if type(align_corners) is not bool:  # (checked at every call: the cache held the grid of bool("False"))
+        check_bool("align_corners", align_corners)
     # a float or bool size was truncated to another one, silently
     size = _checked_size(size, matrix.shape[-1] - 1)
     size = tuple(int(s) for s in size)  # (the 0-d tensors of a traced size, recorded as they are now)
