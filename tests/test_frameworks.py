@@ -504,3 +504,15 @@ def test_every_model_builds_and_runs_under_fake_tensor_mode() -> None:
             model = create_model(name)
             out = model(torch.rand(2, *shape))
         assert type(out) is not torch.Tensor and out.shape[0] == 2, name
+
+
+def test_an_identity_off_the_cpu_is_traced_under_make_fx_and_fake_modes() -> None:
+    """The identity made once per device (no copy from the host in every pass) read its values for
+    the cache key, which a fake tensor has not: make_fx and FakeTensorMode trace the copy instead."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    graph = make_fx(lambda t: stn.Affine().identity(2, t.device) + t, tracing_mode="fake")(torch.zeros(2, 6,
+                                                                                              device="meta"))
+    assert graph(torch.zeros(2, 6, device="meta")).shape == (2, 6)
+    with _fake_mode():
+        assert stn.ThinPlateSpline(control=(3, 3)).identity(2, "meta").shape == (2, 18)

@@ -27,6 +27,7 @@ __all__ = [
     "batched_gradient",
     "cached",
     "clear_caches",
+    "constant",
     "device_type_of",
     "differentiable_vjp",
     "eager_tensors",
@@ -36,6 +37,7 @@ __all__ = [
     "in_functorch",
     "nested_forward_ad",
     "outside_modes",
+    "tracing_or_faking",
 ]
 
 _CACHE: dict[Hashable, tuple[torch.Tensor, int]] = {}
@@ -101,6 +103,23 @@ def _strict_fake_mode() -> Any:
     return mode if mode is not None and not mode.allow_non_fake_inputs else None
 
 
+def constant(build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``build()``, a tensor made from an object's own values (a transform's identity); under a
+    ``FakeTensorMode`` that refuses real tensors (a user's, ``make_fx``'s) made outside the
+    modes and lifted into them as a constant, as :func:`cached` does its entries."""
+    if torch.compiler.is_compiling() or _strict_fake_mode() is None:
+        return build()
+    with outside_modes():
+        real = build()
+    return torch.ops.aten.lift_fresh.default(real)
+
+
+def tracing_or_faking() -> bool:
+    """Whether a compiler traces this call or a ``FakeTensorMode`` is active: tensors made here
+    have no values to read, and no device work is done."""
+    return torch.compiler.is_compiling() or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
+
+
 def outside_modes() -> contextlib.AbstractContextManager[Any]:
     """Inside: no dispatch mode is active, so tensors are real even under a ``FakeTensorMode``
     or ``make_fx`` (for values computed once from constants, such as a transform's start or a
@@ -115,7 +134,8 @@ def _nbytes(tensor: torch.Tensor) -> int:
 
 
 def clear_caches() -> None:
-    """Drop every cached grid part (base grids, grid operators, TPS solutions).
+    """Drop every cached grid part (base grids, grid operators, TPS solutions) and the
+    identities made off the CPU.
 
     torchstn keeps the θ-independent parts of its grids per (size, device, dtype, ...),
     at most 128 of them and 256 MB; call this to free their memory, e.g. after warping at

@@ -19,7 +19,7 @@ import math
 import numbers
 import operator
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,7 @@ def check_names(name: str, value: str | Sequence[str], choices: Sequence[str] | 
         ValueError: a name is not one of ``choices`` (the message lists them).
     """
     names = (value,) if isinstance(value, str) else value
-    if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+    if not isinstance(names, Collection) or not all(isinstance(n, str) for n in names):  # (a set, a dict's keys)
         raise TypeError(f"{name} must be a str or a sequence of str, got {value!r}")
     return tuple(names) if choices is None else tuple(check_choice(name, n, choices) for n in names)
 

@@ -73,7 +73,7 @@ def check_transform(
     # the caller's own arguments first: a wrong one was reported as a failure of the transform under test
     if not isinstance(transform, Transform):
         raise TypeError(f"transform must be a Transform, got {type(transform).__name__}")
-    transform.check_params(params)
+    check_floating("params", check_tensor("params", params, ndim=2))  # (the transform's own checks come below)
     for name, flag in (("align_corners", align_corners), ("gradcheck", gradcheck), ("compile", compile)):
         check_bool(name, flag)
     stage = ["the grid"]  # the check under way, which _check_transform moves on

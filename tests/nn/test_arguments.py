@@ -178,3 +178,23 @@ def test_arguments_the_fuzz_found_unchecked_are_named():
         st.output_size = "4x4"
     st.output_size = [4, 4]
     assert st.output_size == (4, 4) and st(torch.rand(1, 1, 8, 8)).shape == (1, 1, 4, 4)
+
+
+def test_set_later_a_cascades_output_size_is_checked_against_its_nets_and_collections_are_names():
+    """The review's finds: a cascade's output_size set after construction skipped the check the
+    constructor makes (the next forward blamed x); conv_localization took numpy arrays of sizes
+    before its check, and a set or a dict's keys are names to plan as a list is."""
+    import numpy as np
+
+    from torchstn.reproduce import get_experiment, plan
+
+    cascade = stn.CascadedSpatialTransformer("affine", stn.conv_localization(1, (28, 28)), steps=2)
+    with pytest.raises(ValueError, match=r"output_size=\(14, 14\): in a compositional cascade"):
+        cascade.output_size = (14, 14)
+    assert cascade.output_size is None
+    cascade.output_size = (28, 28)
+    assert cascade(torch.rand(1, 1, 28, 28)).shape == (1, 1, 28, 28)
+    net = stn.conv_localization(1, (12, 12), channels=np.array([8, 10]), kernel_sizes=np.array([5, 5]))
+    assert net[0].padding == (2, 2) and type(net[0].padding[0]) is int
+    experiment = get_experiment("stn-table1")
+    assert plan(experiment, "quick", only={"cnn"}) == plan(experiment, "quick", only=["cnn"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torchstn.nn._spatial_transformer import (
     SpatialTransformer,
     Unpack,
     _declared_input,
+    _OutputSize,
     _own_features,
 )
 from torchstn.sampling import SamplerOptions
@@ -41,6 +43,17 @@ def _kept_by_copies(module: nn.Module) -> list[str]:
     return [f"{prefix}.{name}" if prefix else name
             for prefix, m in module.named_modules() if not callable(getattr(m, "reset_parameters", None))
             for name, _ in m.named_parameters(recurse=False)]
+
+
+class _CascadeOutputSize(_OutputSize):
+    """A cascade's ``output_size``, also checked against its steps' localisation nets once the
+    cascade is built (set later, an unfit size blamed ``x`` in the next forward pass)."""
+
+    def checked(self, module: Any, value: object) -> tuple[int, ...] | None:
+        size = super().checked(module, value)
+        if "num_steps" in module.__dict__:  # (built: the constructor checks its own)
+            module._check_warps_fit(size)
+        return size
 
 
 class CascadedSpatialTransformer(SpatialTransformer):
@@ -118,6 +131,7 @@ class CascadedSpatialTransformer(SpatialTransformer):
 
     last_params: torch.Tensor | None
     last_step_params: list[torch.Tensor]
+    output_size = _CascadeOutputSize()
 
     def __init__(
         self,
@@ -167,8 +181,7 @@ class CascadedSpatialTransformer(SpatialTransformer):
         self.share = share
         # the nets that see warps of output_size: every step's in a compositional cascade, the
         # steps' after the first in a plain one
-        if _own_features(self):  # (a subclass may give its nets another view of the warps)
-            _check_warps_fit(self.output_size, locs if compositional or share else locs[1:], compositional, steps)
+        self._check_warps_fit(self.output_size)
         self.last_step_params = []
 
     def predict_step(self, k: int, view: torch.Tensor) -> torch.Tensor:
@@ -176,6 +189,15 @@ class CascadedSpatialTransformer(SpatialTransformer):
         if k == 0 or self.share:
             return super().predict_params(view)
         return self.refiners[k - 1].predict_params(view)
+
+    def _check_warps_fit(self, output_size: tuple[int, ...] | None) -> None:
+        """Refuse an ``output_size`` that a localisation net seeing warps of that size was not built for
+        (where the cascade is built, and where ``output_size`` is set later: _CascadeOutputSize)."""
+        if not _own_features(self):  # (a subclass may give its nets another view of the warps)
+            return
+        nets = [self.localization, *(step.localization for step in self.refiners)]
+        _check_warps_fit(output_size, nets if self.compositional or self.share else nets[1:], self.compositional,
+                         self.num_steps)
 
     def _cascade(
         self, x: torch.Tensor, init_params: torch.Tensor | None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TypeVar
 
 import torch
@@ -173,7 +173,7 @@ def _conv_pool_stack(
     """The layers ``[conv (size kept) -> max-pool 2 while the map is >= 4 -> ReLU] * n`` and the
     width of their flattened output for an input of spatial ``size``."""
     for name, value in (("channels", channels), ("kernel_sizes", kernel_sizes)):
-        if isinstance(value, str) or not isinstance(value, Sequence):  # (None failed with "has no len()")
+        if isinstance(value, str) or not isinstance(value, Collection):  # (None failed with "has no len()")
             raise TypeError(f"{name} must be a sequence of ints, got {type(value).__name__}")
     if len(channels) != len(kernel_sizes):
         raise ValueError(
@@ -183,7 +183,9 @@ def _conv_pool_stack(
     layers: list[nn.Module] = []
     c, size = in_channels, list(size)
     for i, (out, k) in enumerate(zip(channels, kernel_sizes)):
-        layers.append(conv(c, check_int(f"channels[{i}]", out, 1), check_int(f"kernel_sizes[{i}]", k, 1), padding=k // 2))
+        # (plain ints: numpy's gave the layers numpy paddings and widths)
+        out, k = check_int(f"channels[{i}]", out, 1), check_int(f"kernel_sizes[{i}]", k, 1)
+        layers.append(conv(c, out, k, padding=k // 2))
         if k % 2 == 0:  # an even kernel with padding k // 2 grows the map by one
             size = [s + 1 for s in size]
         if min(size) >= 4:

@@ -88,7 +88,7 @@ class _Checked:
     the instance's ``__dict__`` under its own name, as a plain attribute is (copies and
     pickles of earlier modules hold it there)."""
 
-    def __init__(self, check: Callable[[str, Any], Any], fixed: str = "") -> None:
+    def __init__(self, check: Callable[..., Any], fixed: str = "") -> None:
         self.check, self.fixed = check, fixed
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -140,10 +140,10 @@ class _OutputSize(_Checked):
     is set (set later as "4x4", the next forward pass blamed ``size``)."""
 
     def __init__(self) -> None:
-        super().__init__(lambda name, value: value)
+        super().__init__(check_size)
 
     def checked(self, module: Any, value: object) -> tuple[int, ...] | None:
-        return None if value is None else check_size(self.name, value, module.transform.ndim)
+        return None if value is None else self.check(self.name, value, module.transform.ndim)
 
 
 def _check_sampler(name: str, value: object) -> SamplerOptions:

@@ -40,8 +40,8 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     point does not overflow; ``isfinite(grid).all()`` cost a quarter of a 3-D
     ``grid_sample``): it is not finite if a point is not or lies past about 1.8e19
     (float32), and then the careful path gives the same values. Under a tracer or a
-    ``torch.func`` transform, which cannot branch on data, every such call takes the
-    careful path.
+    ``torch.func`` transform, which cannot branch on data, and off the CPU, where reading the
+    sum would wait for the device, every such call takes the careful path.
     """
     if functorch_active():
         # torch.func.vmap's rule for grid_sample (torch 2.13) mislabels the result when x and the
@@ -66,7 +66,7 @@ def torch_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
     # where the grid's gradient is wanted _moderate decides (a non-finite grid takes the careful
     # path below), 1.03-1.04x the forward+backward
     # (off the CPU the careful path, always: _moderate's answer would wait for the device)
-    if grid.is_cpu and _eager(grid) and _moderate(grid):
+    if _cpu_eager(grid) and _moderate(grid):
         return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=align_corners)
     finite = torch.isfinite(grid).all(-1, keepdim=True)  # (B, *out, 1)
     far = _far(grid.dtype)

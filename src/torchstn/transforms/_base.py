@@ -12,7 +12,16 @@ from typing import Any
 
 import torch
 
-from torchstn._tracing import autocast_off, batched_gradient, cached, device_type_of, differentiable_vjp, eager_tensors
+from torchstn._tracing import (
+    autocast_off,
+    batched_gradient,
+    cached,
+    constant,
+    device_type_of,
+    differentiable_vjp,
+    eager_tensors,
+    tracing_or_faking,
+)
 from torchstn._validation import (
     HALF_DTYPES,
     _index,
@@ -192,13 +201,18 @@ class Transform(ABC):
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         device = device if device is not None else _default_device()
         check_float_dtype("dtype", dtype)
-        p = self._identity()
-        if torch.device(device).type != "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        p = constant(self._identity)  # (a TPS's control points: real tensors, also under a fake mode)
+        device = torch.device(device)
+        if device.type != "cpu" and not (tracing_or_faking() or torch.jit.is_tracing()):
             # made on the device once (a copy from the host waits for the device: cascades and the
             # P-STN's KL ask for the identity in every forward pass), a fresh copy of it each call;
-            # a tracer records the copy instead
-            key = ("identity", tuple(p.tolist()), torch.device(device), dtype)
-            p = cached(key, lambda: p.to(device=device, dtype=dtype)).clone()
+            # a tracer or a fake mode records the copy instead (no device work to save there)
+            if device.index is None and device.type != "meta":  # ("cuda" is the current device's)
+                device = torch.device(device.type, torch.get_device_module(device.type).current_device())
+            key = ("identity", tuple(p.tolist()), device, dtype)
+            p = cached(key, lambda: p.to(device=device, dtype=dtype))
+            if batch is None:
+                return p.clone()
         else:
             p = p.to(device=device, dtype=dtype)
         if batch is None:
