@@ -36,8 +36,10 @@ __all__ = [
     "check_floating",
     "check_input",
     "check_int",
+    "check_module",
     "check_number",
     "check_params",
+    "check_path",
     "check_positive",
     "check_same_batch",
     "check_scale_entry",
@@ -199,6 +201,21 @@ def _type_name(value: object) -> str:
     ``numpy.bool`` is named ``bool``: "must be a bool, got bool")."""
     kind = type(value)
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def check_module(name: str, value: object) -> torch.nn.Module:
+    """Check an ``nn.Module`` argument (anything else failed with an AttributeError on ``.modules()``)."""
+    if not isinstance(value, torch.nn.Module):
+        raise TypeError(f"{name} must be an nn.Module, got {_type_name(value)}")
+    return value
+
+
+def check_path(name: str, value: object) -> object:
+    """Check ``None``, a ``str`` or an ``os.PathLike`` (a path argument); returns it (``True``
+    failed inside pathlib, naming no argument)."""
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (a str or an os.PathLike) or None, got {_type_name(value)}")
+    return value
 
 
 def check_bool(name: str, value: object) -> bool:

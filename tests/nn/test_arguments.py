@@ -198,3 +198,28 @@ def test_set_later_a_cascades_output_size_is_checked_against_its_nets_and_collec
     assert net[0].padding == (2, 2) and type(net[0].padding[0]) is int
     experiment = get_experiment("stn-table1")
     assert plan(experiment, "quick", only={"cnn"}) == plan(experiment, "quick", only=["cnn"])
+
+
+def test_module_path_and_flag_arguments_are_named():
+    """The fuzz's remaining finds: non-modules failed with AttributeErrors on .modules(); a cascade's
+    init_params on another device was called "params"; TrainConfig took model=None until it was
+    used; load_mnist's and distorted_mnist's flags took any truthy value ("False" downloaded) and a
+    root of True failed inside pathlib."""
+    from torchstn.engine import TrainConfig
+
+    for call, message in ((lambda: stn.param_groups([1], 1e-3), "model must be an nn.Module, got list"),
+                          (lambda: stn.nn.total_kl(3), "model must be an nn.Module, got int"),
+                          (lambda: stn.nn.declare_input(None, 1, (8, 8)), "net must be an nn.Module, got NoneType"),
+                          (lambda: TrainConfig(model=None), "model must be a str, got NoneType"),
+                          (lambda: TrainConfig(device=2.5), "device must be a str, got float"),
+                          (lambda: stn.data.load_mnist(split="test", download="False"), "download must be a bool"),
+                          (lambda: stn.data.load_mnist(split="test", root=True), "root must be a path"),
+                          (lambda: stn.data.distorted_mnist("rts", "test", limit=2, cache="no"),
+                           "cache must be a bool"),
+                          (lambda: stn.data.distorted_mnist("rts", "test", limit=2, cache_dir=3),
+                           "cache_dir must be a path")):
+        with pytest.raises(TypeError, match=message):
+            call()
+    cascade = stn.CascadedSpatialTransformer("affine", stn.conv_localization(1, (8, 8)), steps=2)
+    with pytest.raises(ValueError, match=r"init_params must be on the device of x \(cpu\), got meta"):
+        cascade(torch.rand(1, 1, 8, 8), init_params=torch.zeros(1, 6, device="meta"))

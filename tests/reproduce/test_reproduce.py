@@ -80,6 +80,10 @@ def test_plan_filters_and_rejects_unknown_names():
                                                                          datasets=["rts"])
     with pytest.raises(TypeError, match="only must be a str or a sequence of str"):
         plan(experiment, "quick", only=0)
+    with pytest.raises(ValueError, match="only must name at least one entry"):  # (it chose every cell)
+        plan(experiment, "quick", only=[])
+    with pytest.raises(TypeError, match="seeds must be an int, got bool"):
+        plan(experiment, "quick", seeds=True)
     with pytest.raises(ValueError, match="unknown experiment"):
         get_experiment("stn-table9")
 

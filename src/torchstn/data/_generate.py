@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchstn._validation import check_choice, check_int
+from torchstn._validation import check_bool, check_choice, check_int, check_path
 from torchstn._version import __version__
 from torchstn.data._geometry import make_generator
 from torchstn.data._mnist import SPLITS, default_cache_dir, find_mnist, found_dir, load_mnist, warn_if_not_in_root
@@ -350,6 +350,9 @@ def distorted_mnist(
     check_int("seed", seed)
     if limit is not None:
         check_int("limit", limit, 0)
+    check_bool("cache", cache)
+    check_path("root", root)
+    check_path("cache_dir", cache_dir)
     recipe = get_recipe(kind, options)
     sources = load_sources(root, split)
     n = len(sources) if limit is None else min(limit, len(sources))

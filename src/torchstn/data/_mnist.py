@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from torchstn._validation import caller_stacklevel, check_choice, first_line
+from torchstn._validation import caller_stacklevel, check_bool, check_choice, check_path, first_line
 
 __all__ = [
     "MIRRORS",
@@ -406,6 +406,9 @@ def load_mnist(
         (torch.Size([10000, 28, 28]), torch.uint8, torch.int64)
     """
     check_choice("split", split, SPLITS)
+    check_path("root", root)
+    check_bool("download", download)  # ("False" from a config file is not True)
+    check_bool("verify", verify)
     kind, where = _locate(root, split, download)
     if kind == "npz":
         images, labels = _read_npz(where, split, verify)

@@ -124,6 +124,9 @@ class TrainConfig:
     diagnostics_samples: int = 512
 
     def __post_init__(self) -> None:
+        for name in ("model", "data", "device"):  # (their values are judged where used; their type now: None passed)
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("precision", self.precision, PRECISIONS)

@@ -213,6 +213,8 @@ class CascadedSpatialTransformer(SpatialTransformer):
             p = transform.check_params(p, "init_params")
             if not sizes_traced() and p.shape[0] != x.shape[0]:
                 raise ValueError(f"init_params must have the batch size of x ({x.shape[0]}), got {tuple(p.shape)}")
+            if p.device != x.device:  # (the warp's check named "params")
+                raise ValueError(f"init_params must be on the device of x ({x.device}), got {p.device}")
         if p is None and composable:
             p = transform.identity(x.shape[0], x.device, x.dtype)
         updates: list[torch.Tensor] = []

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from torchstn._tracing import outside_modes
-from torchstn._validation import check_int, check_number, check_size
+from torchstn._validation import check_int, check_module, check_number, check_size
 from torchstn.nn._conv import Conv2d
 from torchstn.transforms import Transform
 
@@ -93,6 +93,7 @@ def declare_input(net: _Net, in_channels: int, input_size: Sequence[int]) -> _Ne
         >>> net.input_shape
         (2, 8, 8)
     """
+    check_module("net", net)
     net.input_shape = (check_int("in_channels", in_channels, 1), *_spatial_size(input_size, (1, 2, 3)))
     return net
 

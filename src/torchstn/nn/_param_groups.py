@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchstn._validation import check_number
+from torchstn._validation import check_module, check_number
 from torchstn.nn._spatial_transformer import SpatialTransformer
 
 __all__ = ["param_groups"]
@@ -43,6 +43,7 @@ def param_groups(model: nn.Module, lr: float | torch.Tensor, loc_lr_mult: float 
         [('classifier', 0.001), ('localization', 0.0001)]
         >>> optimizer = torch.optim.Adam(groups)
     """
+    check_module("model", model)
     if isinstance(lr, torch.Tensor):
         if lr.numel() != 1 or not lr.is_floating_point():
             raise TypeError(f"lr as a tensor must be one floating-point value, got {lr.dtype} of shape {tuple(lr.shape)}")

@@ -17,6 +17,7 @@ from torchstn._validation import (
     check_choice,
     check_floating,
     check_int,
+    check_module,
     check_number,
     check_positive,
     check_tensor,
@@ -417,5 +418,5 @@ def total_kl(model: nn.Module) -> torch.Tensor | float:
     ``torchstn.engine.data_loss(model, model(x), y) + total_kl(model)`` for any model, as the
     engine's loop.
     """
-    terms = [m.kl() for m in model.modules() if isinstance(m, ProbabilisticSpatialTransformer)]
+    terms = [m.kl() for m in check_module("model", model).modules() if isinstance(m, ProbabilisticSpatialTransformer)]
     return sum(terms) if terms else 0.0

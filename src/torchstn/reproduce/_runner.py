@@ -189,15 +189,16 @@ def plan(
     # (one string is one name: only="cnn" was read as the models 'c', 'n', 'n')
     only = None if only is None else check_names("only", only)
     datasets = None if datasets is None else check_names("datasets", datasets)
+    for name, given in (("only", only), ("datasets", datasets)):  # (an empty one chose every cell)
+        if given is not None and not given:
+            raise ValueError(f"{name} must name at least one entry (None: all of them), got none")
     for given, known, what in ((only, row_keys, "model"), (datasets, col_keys, "dataset")):
         unknown = [k for k in given or () if k not in known]
         if unknown:
             raise ValueError(
                 f"{experiment.name} has no {what} {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}"
             )
-    n_seeds = experiment.seeds.get(budget, 1) if seeds is None else seeds
-    if n_seeds < 1:
-        raise ValueError(f"seeds must be at least 1, got {n_seeds}")
+    n_seeds = experiment.seeds.get(budget, 1) if seeds is None else check_int("seeds", seeds, 1)  # (True passed)
     cells = []
     for row, column in experiment.pairs():
         if (only and row.key not in only) or (datasets and column.key not in datasets):
