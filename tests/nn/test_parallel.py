@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import torchstn as stn
+from tests._helpers import perturb
 
 
 def _heads(k: int = 2, channels: int = 2, size: tuple[int, int] = (16, 16), **kw) -> list[stn.SpatialTransformer]:
@@ -82,3 +83,22 @@ def test_concat_exports_with_a_dynamic_batch():
                                   dynamic_shapes=({0: torch.export.Dim("batch")},))
     x = torch.rand(5, 2, 16, 16)
     torch.testing.assert_close(program.module()(x), par(x))
+
+
+def test_an_exported_parallel_module_returns_the_params_of_its_input():
+    """With return_params=True the heads' θ came from their last_params, which a head does not
+    record under torch.export: the exported program returned the θ of the last eager call, frozen
+    as constants (or None on a fresh module), whatever its input."""
+    torch.manual_seed(0)
+    heads = [stn.SpatialTransformer("affine", stn.conv_localization(1, (8, 8))) for _ in range(2)]
+    for head in heads:
+        perturb(head)
+    parallel = stn.ParallelSpatialTransformers(heads).eval()
+    x1, x2 = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    parallel(x1)
+    exported = torch.export.export(parallel, (x1,), {"return_params": True}).module()
+    out, thetas = exported(x2, return_params=True)
+    expected_out, expected = parallel(x2, return_params=True)
+    torch.testing.assert_close(out, expected_out)
+    for theta, want in zip(thetas, expected):
+        torch.testing.assert_close(theta, want)

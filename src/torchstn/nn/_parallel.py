@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from torchstn._validation import check_choice, sizes_traced
+from torchstn.nn._spatial_transformer import SpatialTransformer
 
 __all__ = ["ParallelSpatialTransformers"]
 
@@ -74,7 +75,11 @@ class ParallelSpatialTransformers(nn.Module):
             ``(B, sum_k C_k, *size)`` for ``merge="concat"``, the list of ``K`` outputs for
             ``"list"``; with ``return_params=True`` also ``[θ_1, ..., θ_K]``.
         """
-        outs = [t(x) for t in self.transformers]
+        # θ as each head returns it in this pass: its last_params is not recorded under torch.export,
+        # where reading it gave the θ of the last eager call, frozen as constants (or None)
+        pairs = [t(x, return_params=True) if return_params and isinstance(t, SpatialTransformer) else (t(x), None)
+                 for t in self.transformers]
+        outs = [out for out, _ in pairs]
         if self.merge == "concat":
             if not sizes_traced():  # (traced sizes are tensors)
                 # compared with the first output's, not gathered in a set: torch.export's symbolic
@@ -93,7 +98,10 @@ class ParallelSpatialTransformers(nn.Module):
             merged: torch.Tensor | list[torch.Tensor] = torch.cat(outs, dim=1)
         else:
             merged = outs
-        return (merged, self.last_params) if return_params else merged
+        if not return_params:
+            return merged
+        return merged, [theta if isinstance(t, SpatialTransformer) else getattr(t, "last_params", None)
+                        for (_, theta), t in zip(pairs, self.transformers)]
 
     def extra_repr(self) -> str:
         return f"K={len(self.transformers)}, merge={self.merge!r}"
