@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 try:
     import fcntl
@@ -30,6 +30,9 @@ __all__ = ["LockBusy", "PidLock", "exclusive"]
 # errors of a directory this process may not write: there is nothing to guard there, and
 # the caller's own checks say what is wrong
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+_Lock = TypeVar("_Lock", bound="PidLock")
 
 
 class LockBusy(RuntimeError):
@@ -139,7 +142,7 @@ class PidLock:
                 return _pid_in(file) or 0
             return None
 
-    def __enter__(self) -> PidLock:
+    def __enter__(self: _Lock) -> _Lock:
         self.acquire()
         return self
 

@@ -66,13 +66,8 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     hit = _CACHE.get(key)
     if torch.compiler.is_compiling():  # a miss builds a traced tensor, never kept (and dynamo cannot ask the mode)
         return hit[0] if hit is not None else build()
-    if _strict_fake_mode() is not None:
-        # the real entry (built outside the modes, kept), lifted into them as a constant (as
-        # torch.tensor's data is: make_fx records it as one; lift_fresh_copy copied 49 MB of a
-        # TPS operator at every call, 25 ms)
-        with outside_modes():
-            real = cached(key, build)
-        return torch.ops.aten.lift_fresh.default(real)
+    if _strict_fake_mode() is not None:  # the real entry (built outside the modes, kept), lifted into them
+        return constant(lambda: cached(key, build))
     if hit is not None and hit[0]._version == hit[1]:
         return hit[0]
     with torch.inference_mode(False) if torch.is_inference_mode_enabled() else _NOTHING:
@@ -99,14 +94,20 @@ def _strict_fake_mode() -> Any:
     ``make_fx``'s: torch.export's takes them as constants), else ``None``. A real entry
     mixed with the mode's fake tensors failed with torch's "Please convert all Tensors to
     FakeTensors first", depending on whether an earlier call had filled the cache."""
-    mode = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE)
+    mode = _fake_mode()
     return mode if mode is not None and not mode.allow_non_fake_inputs else None
+
+
+def _fake_mode() -> Any:
+    """The ``FakeTensorMode`` active here, or ``None``."""
+    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE)
 
 
 def constant(build: Callable[[], torch.Tensor]) -> torch.Tensor:
     """``build()``, a tensor made from an object's own values (a transform's identity); under a
     ``FakeTensorMode`` that refuses real tensors (a user's, ``make_fx``'s) made outside the
-    modes and lifted into them as a constant, as :func:`cached` does its entries."""
+    modes and lifted into them as a constant, as :func:`cached` does its entries (as torch.tensor's
+    data is: make_fx records it as one; lift_fresh_copy copied a 49 MB TPS operator at every call)."""
     if torch.compiler.is_compiling() or _strict_fake_mode() is None:
         return build()
     with outside_modes():
@@ -117,7 +118,7 @@ def constant(build: Callable[[], torch.Tensor]) -> torch.Tensor:
 def tracing_or_faking() -> bool:
     """Whether a compiler traces this call or a ``FakeTensorMode`` is active: tensors made here
     have no values to read, and no device work is done."""
-    return torch.compiler.is_compiling() or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
+    return torch.compiler.is_compiling() or _fake_mode() is not None
 
 
 def outside_modes() -> contextlib.AbstractContextManager[Any]:

@@ -119,16 +119,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
 def _sync(path: Path) -> None:
     """``fsync`` a file or a directory (a directory where the system cannot sync one, as on
     Windows, is left as it is). A file is opened for writing: Windows syncs no other handle."""
+    directory = path.is_dir()
     try:
-        fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDWR)
+        fd = os.open(path, os.O_RDONLY if directory else os.O_RDWR)
     except OSError:
-        if path.is_dir():
+        if directory:
             return
         raise
     try:
         os.fsync(fd)
     except OSError:
-        if not path.is_dir():
+        if not directory:
             raise
     finally:
         os.close(fd)

@@ -196,8 +196,8 @@ class CascadedSpatialTransformer(SpatialTransformer):
         if not _own_features(self):  # (a subclass may give its nets another view of the warps)
             return
         nets = [self.localization, *(step.localization for step in self.refiners)]
-        _check_warps_fit(output_size, nets if self.compositional or self.share else nets[1:], self.compositional,
-                         self.num_steps)
+        _check_nets_fit(output_size, nets if self.compositional or self.share else nets[1:], self.compositional,
+                        self.num_steps)
 
     def _cascade(
         self, x: torch.Tensor, init_params: torch.Tensor | None
@@ -264,11 +264,11 @@ class CascadedSpatialTransformer(SpatialTransformer):
         return f"{super().extra_repr()}, steps={self.num_steps}, compositional={self.compositional}, share={self.share}"
 
 
-def _check_warps_fit(output_size: tuple[int, ...] | None, nets: Sequence[nn.Module], compositional: bool,
-                     steps: int) -> None:
-    """Refuse, where the cascade is built, an ``output_size`` that a localisation net seeing the
-    warps of that size was not built for: the first forward pass blamed ``x``, naming a shape
-    the caller had not passed (the module's own warp)."""
+def _check_nets_fit(output_size: tuple[int, ...] | None, nets: Sequence[nn.Module], compositional: bool,
+                    steps: int) -> None:
+    """Refuse an ``output_size`` that a localisation net seeing the warps of that size was not built
+    for: the first forward pass blamed ``x``, naming a shape the caller had not passed (the
+    module's own warp)."""
     if output_size is None or (not compositional and steps == 1):
         return
     for net in nets:

@@ -341,10 +341,6 @@ class CellLock(PidLock):
     def __init__(self, run_dir: RunDir) -> None:
         super().__init__(run_dir.lock_path, busy=CellBusy)
 
-    def __enter__(self) -> CellLock:
-        self.acquire()
-        return self
-
 
 def _wall_seconds(history: Sequence[dict[str, Any]]) -> float:
     """Training wall time (evaluation included) summed over epochs, across resumed sessions.
