@@ -7,12 +7,16 @@ generation grows faster than the graph, so the slow test (``pytest -m slow``) co
 every registry model separately.
 """
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
 
 import torchstn as stn
 from tests._helpers import perturb, random_images
+from torchstn._tracing import constant_result
 from torchstn.models import create_model, list_models
 
 FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.ThinPlateSpline()]
@@ -151,3 +155,38 @@ def test_warp_by_a_name_compiles_whole(name) -> None:
     torch.testing.assert_close(out, stn.warp(x, theta, transform))
     torch.testing.assert_close(torch.autograd.grad(out.sum(), theta)[0],
                                torch.autograd.grad(stn.warp(x, theta, transform).sum(), theta)[0])
+
+
+def test_constant_result_marks_a_function_as_torchs_decorator_does(monkeypatch) -> None:
+    """Without dynamo loaded, constant_result sets the mark torch.compiler.assume_constant_result sets
+    (which imports dynamo to do it): a torch that marks another way fails here."""
+    def ours() -> int:
+        return 1
+
+    def torchs() -> int:
+        return 1
+
+    assert torch.compiler.assume_constant_result(torchs) is torchs
+    monkeypatch.delitem(sys.modules, "torch._dynamo")  # (restored after the test)
+    assert constant_result(ours) is ours
+    assert vars(ours) == vars(torchs) != {}
+
+
+def test_import_leaves_dynamo_unloaded_and_a_first_compile_takes_the_fused_kernel_whole() -> None:
+    """``import torchstn`` does not import torch._dynamo (2.91 s -> 1.54 s), and a process whose
+    first warp is compiled (fullgraph: a graph break is an error) still finds the availability
+    question a constant (it broke the graph when unmarked)."""
+    code = """
+import sys, torch
+import torchstn as stn
+loaded = "torch._dynamo" in sys.modules
+x = torch.rand(2, 1, 12, 12)
+theta = torch.eye(2, 3) + 0.05 * torch.randn(2, 2, 3)
+compiled = torch.compile(lambda x, t: stn.warp(x, t, "affine"), fullgraph=True)(x, theta)
+torch.testing.assert_close(compiled, torch.nn.functional.grid_sample(
+    x, torch.nn.functional.affine_grid(theta, x.shape, align_corners=False), align_corners=False))
+print(loaded)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["False"]

@@ -73,6 +73,7 @@ from torchstn._locks import exclusive
 from torchstn._tracing import (
     EAGER_QUESTIONS,
     batched_gradient,
+    constant_result,
     differentiable_vjp,
     eager_tensors,
     forward_ad_active,
@@ -450,7 +451,7 @@ def _set_kernels(fast: object) -> None:
                        for backward in (False, True) for dtype in _DTYPES), _ABI)
 
 
-@torch.compiler.assume_constant_result
+@constant_result
 def fused_available() -> bool:
     """True if the fused kernel is built (building it now if needed); False after a failed build.
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from torchstn._tracing import cached
+from torchstn._tracing import cached, constant_result
 from torchstn.sampling._fused import (
     LazyKernel,
     _ptr_of,
@@ -83,7 +83,7 @@ def _build() -> ctypes.CDLL:
 _library = LazyKernel(lambda: _build(), "the fused 3-D CPU sampler", "volumes are warped with F.grid_sample")
 
 
-@torch.compiler.assume_constant_result
+@constant_result
 def fused3d_available() -> bool:
     """True if the fused 3-D kernel is built (building it now if needed); False after a failed build.
 
