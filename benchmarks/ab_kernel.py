@@ -35,7 +35,8 @@ from torchstn.sampling import _fused
 
 SHAPES = [((1, 1, 28, 28), False), ((256, 1, 28, 28), False), ((64, 3, 64, 64), False), ((1, 3, 224, 224), True),
           ((1, 3, 224, 224), False),
-          ((32, 3, 224, 224), False), ((64, 8, 32, 32), False)]
+          ((32, 3, 224, 224), False), ((64, 8, 32, 32), False), ((64, 3, 64, 64), True), ((32, 3, 224, 224), True),
+          ((8, 2, 64, 64), True), ((4, 4, 64, 64), True)]
 
 
 def entry_points(source: Path) -> dict:
