@@ -112,6 +112,20 @@ def test_data_option_renders_the_run_and_its_eval_with_the_recipe_option(cli, ti
     assert "(1, 28, 28)" in line and "(1, 42, 42)" in line
 
 
+def test_key_values_take_pythons_spelling_of_true_false_and_none(cli, tiny, tmp_path):
+    """``--data-option keep_inside=False`` (the docs' spelling) was the string "False", which the
+    recipe refused ("must be a bool, got str"); JSON's spellings and strings are unchanged."""
+    from torchstn.cli._common import parse_key_values
+
+    parsed = parse_key_values(["a=False", "b=True", "c=None", "d=false", "e=nearest", "f=[1, 2]", "g=Falsey"], "--x", "")
+    assert parsed == {"a": False, "b": True, "c": None, "d": False, "e": "nearest", "f": [1, 2], "g": "Falsey"}
+    out = tmp_path / "uncond"
+    run = cli("train", "--model", "cnn", *tiny, "--data", "mnist-p", "--steps", 1, "--data-option", "keep_inside=False",
+              "--out", out)
+    assert run.status == 0, run.err
+    assert json.loads((out / "config.json").read_text())["data_options"] == {"keep_inside": False}
+
+
 def test_an_online_run_is_evaluated_on_another_dataset(cli, tiny, mnist_dir, tmp_path):
     """eval --data mnist of a run trained --online passed the run's online=True on, which mnist refuses."""
     out = tmp_path / "online"

@@ -255,10 +255,17 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
 # --- values, errors, recorded commands --------------------------------------------------------------
 
 
+#: Python's spellings of JSON's constants, as the docs write options (``keep_inside=False``)
+_PYTHON_CONSTANTS = {"True": True, "False": False, "None": None}
+
+
 def parse_key_values(items: list[str] | None, flag: str, example: str) -> dict[str, Any]:
     """``KEY=VALUE`` pairs of a repeated ``flag``; values are JSON (``2``, ``[64, 64]``, ``false``) or else strings.
 
-    Dashes in keys become underscores, so ``--model-arg loc-hidden=32`` names ``loc_hidden``.
+    ``True``, ``False`` and ``None`` are taken as JSON's ``true``, ``false`` and ``null``
+    (the Python API's spelling, which the docs use: ``keep_inside=False`` was refused as the
+    string "False"). Dashes in keys become underscores, so ``--model-arg loc-hidden=32``
+    names ``loc_hidden``.
     """
     out: dict[str, Any] = {}
     for item in items or []:
@@ -269,7 +276,7 @@ def parse_key_values(items: list[str] | None, flag: str, example: str) -> dict[s
         try:
             out[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
+            out[key.replace("-", "_")] = _PYTHON_CONSTANTS.get(value.strip(), value)
     return out
 
 
