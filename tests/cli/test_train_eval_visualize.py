@@ -117,7 +117,8 @@ def test_key_values_take_pythons_spelling_of_true_false_and_none(cli, tiny, tmp_
     recipe refused ("must be a bool, got str"); JSON's spellings and strings are unchanged."""
     from torchstn.cli._common import parse_key_values
 
-    parsed = parse_key_values(["a=False", "b=True", "c=None", "d=false", "e=nearest", "f=[1, 2]", "g=Falsey"], "--x", "")
+    items = ["a=False", "b=True", "c=None", "d=false", "e=nearest", "f=[1, 2]", "g=Falsey"]
+    parsed = parse_key_values(items, "--x", "")
     assert parsed == {"a": False, "b": True, "c": None, "d": False, "e": "nearest", "f": [1, 2], "g": "Falsey"}
     out = tmp_path / "uncond"
     run = cli("train", "--model", "cnn", *tiny, "--data", "mnist-p", "--steps", 1, "--data-option", "keep_inside=False",
