@@ -115,3 +115,17 @@ def test_a_run_another_process_is_training_is_one_line_naming_it(tmp_path, cli, 
     finally:
         holder.communicate("")  # (its stdin closed: it lets go and ends)
     assert holder.returncode == 0 and not run.exists()  # (the holder made the directory for its lock, and removed it)
+
+
+@pytest.mark.parametrize(("option", "expected"), [
+    ("znormalize=1", "znormalize must be a bool, got int"),
+    ("length=2.5", "length must be an int"),
+])
+def test_a_ucr_option_of_the_wrong_type_is_one_line_before_any_file(tmp_path, cli, option, expected):
+    """A UCR set's options were checked by name only, so a wrong type reached load_ucr's TypeError:
+    a traceback with exit status 1 from train and eval."""
+    (tmp_path / "empty").mkdir()
+    line = cli("train", "--model", "cnn1d", "--data", "ucr:GunPoint", "--data-option", option,
+               "--data-dir", tmp_path / "empty", "--out", tmp_path / "run").error_line()
+    assert line.startswith("torchstn: error: --data-option: ") and expected in line, line
+    assert not (tmp_path / "run").exists()

@@ -27,7 +27,7 @@ from torchstn.data._generate import BLOCK, distorted_mnist, draw_blocks, load_so
 from torchstn.data._geometry import make_generator
 from torchstn.data._mnist import SPLITS, load_mnist
 from torchstn.data._recipes import KINDS, Draw, Recipe, Sources, get_recipe
-from torchstn.data._ucr import UCR_PADDINGS, load_ucr, ucr_datasets
+from torchstn.data._ucr import UCR_PADDINGS, check_ucr_options, load_ucr, ucr_datasets
 from torchstn.transforms import Transform
 
 __all__ = [
@@ -577,6 +577,7 @@ def _named(name: str, options: dict[str, Any]) -> tuple[str, Recipe | None]:
         unknown = sorted(set(options) - {"znormalize", "pad", "length"})
         if unknown:
             raise TypeError(f"unknown argument(s) {unknown} for a UCR data set; it takes znormalize, pad {UCR_PADDINGS}, length")
+        check_ucr_options(**options)  # (their values too, before any file is read)
         return UCR_PREFIX + name[len(UCR_PREFIX):], None  # the prefix in any case
     name = check_choice("name", name.lower() if isinstance(name, str) else name, DATASETS)
     if name in ("mnist", "cifar10"):

@@ -400,6 +400,14 @@ def _is_classification(path: Path) -> bool:
     return True
 
 
+def check_ucr_options(*, znormalize: bool = True, pad: Padding = "edge", length: int | None = None) -> None:
+    """Check :func:`load_ucr`'s options (``TypeError`` / ``ValueError`` naming the option); loads nothing."""
+    check_bool("znormalize", znormalize)
+    check_choice("pad", pad, UCR_PADDINGS)
+    if length is not None:
+        check_int("length", length, 1)
+
+
 def load_ucr(
     name: str,
     split: str = "train",
@@ -466,10 +474,7 @@ def load_ucr(
     if not isinstance(name, str) or not name or any(c in name for c in "/\\"):
         raise ValueError(f"name must be a data set's folder name such as 'GunPoint', got {name!r}")
     check_choice("split", split, SPLITS)
-    check_bool("znormalize", znormalize)
-    check_choice("pad", pad, UCR_PADDINGS)
-    if length is not None:
-        check_int("length", length, 1)
+    check_ucr_options(znormalize=znormalize, pad=pad, length=length)
     path = _locate(name, split, root)
     parsed = _read(path)
     other_path = _split_file(path.parent, name, "test" if split == "train" else "train")
