@@ -112,14 +112,16 @@ def test_data_option_renders_the_run_and_its_eval_with_the_recipe_option(cli, ti
     assert "(1, 28, 28)" in line and "(1, 42, 42)" in line
 
 
-def test_key_values_take_pythons_spelling_of_true_false_and_none(cli, tiny, tmp_path):
+def test_key_values_take_pythons_spelling_of_true_false_none_and_tuples(cli, tiny, tmp_path):
     """``--data-option keep_inside=False`` (the docs' spelling) was the string "False", which the
-    recipe refused ("must be a bool, got str"); JSON's spellings and strings are unchanged."""
+    recipe refused ("must be a bool, got str"), and ``scale=(0.5, 1.5)`` a string too; JSON's
+    spellings and strings are unchanged."""
     from torchstn.cli._common import parse_key_values
 
-    items = ["a=False", "b=True", "c=None", "d=false", "e=nearest", "f=[1, 2]", "g=Falsey"]
+    items = ["a=False", "b=True", "c=None", "d=false", "e=nearest", "f=[1, 2]", "g=Falsey", "h=(0.5, 1.5)", "i=a,b"]
     parsed = parse_key_values(items, "--x", "")
-    assert parsed == {"a": False, "b": True, "c": None, "d": False, "e": "nearest", "f": [1, 2], "g": "Falsey"}
+    assert parsed == {"a": False, "b": True, "c": None, "d": False, "e": "nearest", "f": [1, 2], "g": "Falsey",
+                      "h": (0.5, 1.5), "i": "a,b"}
     out = tmp_path / "uncond"
     run = cli("train", "--model", "cnn", *tiny, "--data", "mnist-p", "--steps", 1, "--data-option", "keep_inside=False",
               "--out", out)

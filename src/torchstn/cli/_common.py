@@ -10,6 +10,7 @@ An option that more than one subcommand takes (``--data-dir``, ``--device``,
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import os
@@ -255,17 +256,13 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
 # --- values, errors, recorded commands --------------------------------------------------------------
 
 
-#: Python's spellings of JSON's constants, as the docs write options (``keep_inside=False``)
-_PYTHON_CONSTANTS = {"True": True, "False": False, "None": None}
-
-
 def parse_key_values(items: list[str] | None, flag: str, example: str) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs of a repeated ``flag``; values are JSON (``2``, ``[64, 64]``, ``false``) or else strings.
+    """``KEY=VALUE`` pairs of a repeated ``flag``; values are JSON (``2``, ``[64, 64]``, ``false``), else
+    Python literals (``False``, ``None``, ``(0.5, 1.5)``: the Python API's spellings, which the docs
+    use), else strings.
 
-    ``True``, ``False`` and ``None`` are taken as JSON's ``true``, ``false`` and ``null``
-    (the Python API's spelling, which the docs use: ``keep_inside=False`` was refused as the
-    string "False"). Dashes in keys become underscores, so ``--model-arg loc-hidden=32``
-    names ``loc_hidden``.
+    (``keep_inside=False`` was the string "False", refused as "must be a bool, got str".) Dashes
+    in keys become underscores, so ``--model-arg loc-hidden=32`` names ``loc_hidden``.
     """
     out: dict[str, Any] = {}
     for item in items or []:
@@ -276,7 +273,10 @@ def parse_key_values(items: list[str] | None, flag: str, example: str) -> dict[s
         try:
             out[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
-            out[key.replace("-", "_")] = _PYTHON_CONSTANTS.get(value.strip(), value)
+            try:
+                out[key.replace("-", "_")] = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                out[key.replace("-", "_")] = value
     return out
 
 
