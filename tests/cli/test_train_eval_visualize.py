@@ -55,6 +55,18 @@ def test_a_run_trained_with_a_relative_data_dir_is_evaluated_from_another_direct
     assert evaluated.status == 0 and "error" in evaluated.out, evaluated.err
 
 
+def test_a_data_dir_under_home_is_expanded(cli, mnist_dir, tmp_path, monkeypatch):
+    """``--data-dir=~/mn`` (a shell leaves ~ after "=") was refused: "data directory ~/mn does not exist"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mn").symlink_to(mnist_dir)
+    run = cli("train", "--model", "fcn", "--data", "mnist", "--data-dir=~/mn", "--steps", 1, "--train-limit", 32,
+              "--test-limit", 16, "--batch-size", 16, "--out", tmp_path / "run", "--no-progress")
+    assert run.status == 0, run.err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"] == str(tmp_path / "mn")
+    evaluated = cli("eval", tmp_path / "run", "--data-dir=~/mn", "--limit", 16)  # (every --data-dir is one flag)
+    assert evaluated.status == 0, evaluated.err
+
+
 def test_train_help_reads_defaults_and_choices_from_the_config(cli):
     text = " ".join(cli("train", "--help").out.split())
     help = text[text.index("options:"):]  # the option list, not the usage line

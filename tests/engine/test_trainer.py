@@ -417,6 +417,17 @@ def test_a_relative_data_dir_is_recorded_absolute(mnist_dir, tmp_path, monkeypat
     assert load_model(tmp_path / "run")[1].data_dir == recorded  # (the checkpoint's config too)
 
 
+def test_a_data_dir_under_home_is_expanded_before_it_is_made_absolute(mnist_dir, tmp_path, monkeypatch):
+    """data_dir="~/mn" became <cwd>/~/mn ("MNIST not found"), though the data loaders expand ~."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mn").symlink_to(mnist_dir)
+    monkeypatch.chdir(mnist_dir)
+    config = TrainConfig(model="fcn", data="mnist", data_dir="~/mn", steps=1, train_limit=16, test_limit=16,
+                         batch_size=16, device="cpu")
+    train(config, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"] == str(tmp_path / "mn")
+
+
 def test_train_takes_resume_as_a_bool_only(tmp_path):
     """resume="yes" was taken as True (and with no out said "resume=True needs the run directory")."""
     with pytest.raises(TypeError, match="resume must be a bool, got str"):

@@ -81,7 +81,8 @@ def add_data_dir_arg(parser: argparse.ArgumentParser, *, recorded: str | None = 
     """``--data-dir``: where the MNIST files, the CIFAR-10 archive or the UCR folders are;
     ``recorded`` names a run's recorded directory where the command reads that first."""
     help = DATA_DIR_HELP if recorded is None else DATA_DIR_HELP.replace("(default: ", f"(default: {recorded}, then ")
-    parser.add_argument("--data-dir", metavar="DIR", help=help)
+    # (~ expanded: a shell leaves it in --data-dir=~/mnist, and the check below read it as a name)
+    parser.add_argument("--data-dir", metavar="DIR", type=os.path.expanduser, help=help)
 
 
 def add_device_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:

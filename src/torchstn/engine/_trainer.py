@@ -301,8 +301,9 @@ def train(
     resume = check_bool("resume", resume)  # ("yes" was taken as True)
     if config.data_dir is not None and not os.path.isabs(config.data_dir):
         # recorded absolute (config.json, the checkpoints): a run is evaluated, drawn or resumed from
-        # anywhere, and a relative directory was looked up against wherever that ran
-        config = config.replace(data_dir=os.path.abspath(config.data_dir))
+        # anywhere, and a relative directory was looked up against wherever that ran; ~ expanded
+        # first, as the data loaders expand it (it was made <cwd>/~/...)
+        config = config.replace(data_dir=os.path.abspath(os.path.expanduser(config.data_dir)))
     device = resolve_device(config.device)
     ddp = _Distributed(device)
     # --deterministic ends with the run: the caller's settings come back as they were (warn_only
