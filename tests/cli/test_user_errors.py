@@ -129,3 +129,16 @@ def test_a_ucr_option_of_the_wrong_type_is_one_line_before_any_file(tmp_path, cl
                "--data-dir", tmp_path / "empty", "--out", tmp_path / "run").error_line()
     assert line.startswith("torchstn: error: --data-option: ") and expected in line, line
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--optimizer", "adam", "--momentum", 0.5], "--momentum is SGD's; this run's optimizer is adam"),
+    (["--schedule", "cosine", "--lr-gamma", 0.5], "--lr-gamma sets the step schedule; this run's schedule is cosine"),
+    (["--schedule", "constant", "--lr-decay-every", 3], "--lr-decay-every sets the step schedule"),
+    (["--data-seed", 5], "--data-seed seeds a distorted set's distortions; mnist is not distorted"),
+])
+def test_an_option_the_run_would_not_use_is_refused(tmp_path, cli, flags, expected):
+    """These were recorded in config.json and ignored: the run claimed values it never used."""
+    line = cli(*TRAIN, *flags, "--out", tmp_path / "run").error_line()
+    assert expected in line, line
+    assert not (tmp_path / "run").exists()

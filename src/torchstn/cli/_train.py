@@ -122,6 +122,25 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(**given)
         check_model(config.model, config.model_args)
         check_data_options(config.data, config.data_options)
+    _check_used(given, config)
     out = args.out or f"runs/{config.model}-{config.data}"
     train(config, out, resume=args.resume, progress=not args.no_progress)
     return 0
+
+
+def _check_used(given: dict[str, object], config: TrainConfig) -> None:
+    """Refuse the options given that this run would not use: config.json recorded them (an Adam
+    run's ``--momentum 0.5``, a cosine schedule's ``--lr-gamma``, mnist's ``--data-seed 5``) and
+    the run went on without them, as ``--online`` on mnist is refused."""
+    from torchstn.data import UCR_PREFIX
+
+    if "momentum" in given and config.optimizer != "sgd":
+        raise CLIError(f"--momentum is SGD's; this run's optimizer is {config.optimizer} (--optimizer sgd uses it)")
+    for field in ("lr_decay_every", "lr_gamma"):
+        if field in given and config.schedule != "step":
+            raise CLIError(f"--{field.replace('_', '-')} sets the step schedule; this run's schedule is "
+                           f"{config.schedule} (--schedule step uses it)")
+    data = config.data.lower()
+    if "data_seed" in given and (data in ("mnist", "cifar10") or data.startswith(UCR_PREFIX)):
+        raise CLIError(f"--data-seed seeds a distorted set's distortions; {config.data} is not distorted, "
+                       "so it has none to seed")
