@@ -67,8 +67,8 @@ def test_a_misspelt_model_arg_fails_before_any_data_is_loaded(tmp_path, cli, mon
 @pytest.mark.parametrize("args, fragment", [
     (["--model", "cnn", "--model-arg", "num_classes=5"], "num_classes=5 is fewer than the 10 classes of mnist"),
     (["--model", "cnn", "--model-arg", "in_channels=3"], "in_channels=3, but mnist has 1 channel(s)"),
-    (["--model", "st-cnn-aff", "--model-arg", "hidden=-5"], "a width or size among the arguments is negative"),
-    (["--model", "st-cnn-aff", "--model-arg", "channels=[-1,8]"], "a width or size among the arguments is negative"),
+    (["--model", "st-cnn-aff", "--model-arg", "hidden=-5"], "hidden must be >= 0, got -5"),
+    (["--model", "st-cnn-aff", "--model-arg", "channels=[-1,8]"], "channels[0] must be >= 1, got -1"),
     (["--model", "icstn-stn", "--data", "mnist-rts", "--ground-truth-init"],
      "ground_truth_init feeds icstn-stn the undistorted originals of mnist-rts, (1, 28, 28), but it was built for"),
 ])

@@ -121,3 +121,38 @@ def test_in_channels_is_checked_for_every_model_before_anything_is_built(name):
             check(1.5)
         with pytest.raises(TypeError, match="in_channels must be an int, got bool"):
             check(True)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "error", "message"), [
+    ("cnn", {"channels": [16.5, 16]}, TypeError, "channels[0] must be an int, got float"),
+    ("cnn", {"channels": [0, 32]}, ValueError, "channels[0] must be >= 1, got 0"),
+    ("cnn", {"kernel_sizes": [2.5, 7]}, TypeError, "kernel_sizes[0] must be an int, got float"),
+    ("cnn", {"channels": 16}, ValueError, "channels and kernel_sizes must have the same length, got (16,) and (9, 7)"),
+    ("cnn", {"hidden": [64, 64]}, TypeError, "hidden must be an int, got list"),
+    ("st-cnn-aff", {"channels": [32, -1]}, ValueError, "channels[1] must be >= 1, got -1"),
+    ("st-cnn-3d-aff", {"input_size": 24, "loc_hidden": 0}, ValueError, "loc_hidden must be >= 1, got 0"),
+])
+def test_a_cnn_classifiers_sizes_are_named_where_they_are_wrong(name, kwargs, error, message):
+    """torch's messages blamed "groups", len() of an int, a list in empty() or the input size,
+    and the 3-D localisation net's width was called hidden (another argument of the model)."""
+    with pytest.raises(error) as caught:
+        stn.create_model(name, **kwargs)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["cnn1d", "st-cnn1d-aff", "pstn-cnn1d-aff"])
+@pytest.mark.parametrize(("argument", "value", "error", "message"), [
+    ("channels", [-3, 64, 128, 128, 128], ValueError, "channels[0] must be >= 1, got -3"),
+    ("channels", [16.5, 64, 128, 128, 128], TypeError, "channels[0] must be an int, got float"),
+    ("channels", 64, TypeError, "channels must be a sequence of ints"),
+])
+def test_a_1d_models_filter_counts_are_checked_before_they_are_scaled(name, argument, value, error, message):
+    """scaled() took int(c) and max(1, ...): -3 filters built a 1-filter convolution, 16.5 one of 16."""
+    with pytest.raises(error) as caught:
+        stn.create_model(name, **{argument: value})
+    assert message in str(caught.value)
+
+
+def test_a_1d_localisation_nets_filter_counts_are_named():
+    with pytest.raises(ValueError, match=r"loc_channels\[1\] must be >= 1, got 0"):
+        stn.create_model("st-cnn1d-aff", loc_channels=[8, 0])

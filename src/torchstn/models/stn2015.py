@@ -66,8 +66,8 @@ __all__ = [
 
 
 def _widths(name: str, hidden: int | Sequence[int]) -> tuple[int, ...]:
-    """The widths of hidden FC layers given as one int (one layer) or a width per layer, each an int >= 1
-    (``name[i]`` in the message); ``()``: no hidden layer."""
+    """Sizes per layer (hidden FC widths, filter counts, kernel sizes) given as one int (one layer) or one
+    per layer, each an int >= 1 (``name[i]`` in the message); ``()``: no layer."""
     if isinstance(hidden, Sequence) and not isinstance(hidden, str):
         return tuple(check_int(f"{name}[{i}]", width, 1) for i, width in enumerate(hidden))
     return (check_int(name, hidden, 1),)
@@ -112,6 +112,9 @@ def cnn_classifier(
     dropout = check_number("dropout", dropout)
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    # (named here: torch's messages blamed groups, len() of an int or the input size)
+    channels, kernel_sizes = _widths("channels", channels), _widths("kernel_sizes", kernel_sizes)
+    hidden = check_int("hidden", hidden, 0)
     if len(channels) != len(kernel_sizes):
         raise ValueError(f"channels and kernel_sizes must have the same length, got {channels} and {kernel_sizes}")
     layers: list[nn.Module] = []

@@ -79,15 +79,18 @@ def as_length(name: str, size: int | Sequence[int]) -> tuple[int]:
     return (length,)
 
 
-def scaled(channels: Sequence[int], width: float) -> tuple[int, ...]:
-    """Filter counts times ``width``, rounded, at least 1.
+def scaled(channels: Sequence[int], width: float, name: str = "channels") -> tuple[int, ...]:
+    """Filter counts (each an int >= 1, ``name[i]`` in the message) times ``width``, rounded, at least 1.
 
     Example:
         >>> scaled((164, 256, 64), 0.5)
         (82, 128, 32)
     """
     width = check_positive("width", width)
-    return tuple(max(1, round(int(c) * width)) for c in channels)
+    if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints (a filter count per convolution), got {channels!r}")
+    # (each checked before the scaling: -3 became 1 and 16.5 became 16 without a word)
+    return tuple(max(1, round(check_int(f"{name}[{i}]", c, 1) * width)) for i, c in enumerate(channels))
 
 
 def _conv_stack(
@@ -191,7 +194,7 @@ def _transformer_parts(
 ) -> tuple[tuple[int], nn.Module, int, nn.Module]:
     """The length, the localisation net, its feature width and the classifier of a 1-D transformer model."""
     length = as_length("input_size", input_size)
-    loc_channels = scaled(loc_channels, width)
+    loc_channels = scaled(loc_channels, width, "loc_channels")
     loc = cnn1d_localization(in_channels, length, loc_channels, conv_padding=conv_padding)
     head = cnn1d_classifier(in_channels, length, num_classes, scaled(channels, width), dropout=dropout,
                             conv_padding=conv_padding)

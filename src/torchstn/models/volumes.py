@@ -226,7 +226,8 @@ def st_cnn_3d_aff(
     size = _as_volume_size("input_size", input_size)
     out_size = size if output_size is None else _as_volume_size("output_size", output_size)
     st = SpatialTransformer(
-        Affine3D(), volume_localization(in_channels, size, hidden=loc_hidden, batch_norm=loc_batch_norm), out_size,
+        Affine3D(), volume_localization(in_channels, size, hidden=check_int("loc_hidden", loc_hidden, 1),
+                                        batch_norm=loc_batch_norm), out_size,
         sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
     )
     head = cnn_classifier(in_channels, _pooled(out_size[1:], pool), num_classes, **classifier_kwargs)
