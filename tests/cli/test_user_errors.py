@@ -142,3 +142,11 @@ def test_an_option_the_run_would_not_use_is_refused(tmp_path, cli, flags, expect
     line = cli(*TRAIN, *flags, "--out", tmp_path / "run").error_line()
     assert expected in line, line
     assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_out_is_refused(tmp_path, cli, monkeypatch):
+    """``--out ""`` trained into runs/MODEL-DATA, where the user had asked for somewhere else."""
+    monkeypatch.chdir(tmp_path)
+    line = cli(*TRAIN, "--out", "").error_line()
+    assert "--out is empty" in line
+    assert not (tmp_path / "runs").exists()

@@ -108,6 +108,8 @@ def _add_optimisation_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None and not args.out.strip():  # ("" trained into runs/MODEL-DATA without a word)
+        raise CLIError("--out is empty: give the run directory, or leave --out out for runs/MODEL-DATA")
     model_args = parse_model_args(args.model_arg)
     given = {name: getattr(args, name) for name in _FIELDS if getattr(args, name, None) is not None}
     if model_args:

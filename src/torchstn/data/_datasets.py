@@ -551,8 +551,8 @@ def check_dataset_options(name: str, options: dict[str, Any]) -> None:
     """Check a dataset name and its options as :func:`get_dataset` would, loading no data.
 
     The options are a distorted set's recipe options (names and values checked by its
-    :class:`Recipe`) or a ``ucr:`` set's :func:`~torchstn.data.load_ucr` keywords (names
-    checked here, values where the set loads); ``"mnist"`` and ``"cifar10"`` take none.
+    :class:`Recipe`) or a ``ucr:`` set's :func:`~torchstn.data.load_ucr` keywords (names and
+    values); ``"mnist"`` and ``"cifar10"`` take none.
 
     Raises:
         ValueError: an unknown name, an option value out of range.
