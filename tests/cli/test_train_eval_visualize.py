@@ -367,3 +367,9 @@ def test_resuming_a_run_in_steps_with_more_epochs_is_refused(cli, tiny, tmp_path
     line = cli("train", "--out", out, "--resume", "--epochs", 50, "--no-progress").error_line()
     assert "is a run of 2 steps: epochs do not change its length" in line
     assert (out / "config.json").read_text() == before
+
+
+def test_eval_refuses_a_data_seed_for_data_without_distortions(cli, run_dir, mnist_dir):
+    """eval --data mnist --data-seed 3 measured the one mnist test split, as if seeded."""
+    line = cli("eval", run_dir, "--data", "mnist", "--data-seed", 3, "--data-dir", mnist_dir).error_line()
+    assert "--data-seed seeds a distorted set's distortions; mnist is not distorted" in line

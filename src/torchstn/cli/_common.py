@@ -33,6 +33,7 @@ __all__ = [
     "apply_shared_args",
     "check_at_least_one",
     "check_data_options",
+    "check_data_seed",
     "check_data_args",
     "check_model",
     "command_line",
@@ -220,6 +221,16 @@ def check_data_options(name: str, options: dict[str, Any]) -> None:
         raise CLIError(f"--data-option: {first_line(err)}") from None
 
 
+def check_data_seed(given: bool, data: str) -> None:
+    """Refuse ``--data-seed`` for a set without distortions to seed (mnist, cifar10, a UCR set):
+    it was taken, recorded and ignored."""
+    from torchstn.data import UCR_PREFIX
+
+    name = data.lower()
+    if given and (name in ("mnist", "cifar10") or name.startswith(UCR_PREFIX)):
+        raise CLIError(f"--data-seed seeds a distorted set's distortions; {data} is not distorted, so it has none to seed")
+
+
 def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | None) -> tuple[Any, Any, dict[str, Any], Any, Any]:
     """``(model, config, info, device, dataset)`` for :func:`add_checkpoint_args`, :func:`add_data_args` and ``--device``.
 
@@ -243,6 +254,7 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
         changes["data_options"] = {**config.data_options, **parse_data_options(args.data_option)}
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
     check_data_options(config.data, config.data_options)
+    check_data_seed(args.data_seed is not None, config.data)
     # the fixed set, also of an online run (its test split is fixed, its epoch 0 is the fixed set): another
     # --data may have nothing to redraw, and mnist refuses online=True
     dataset = load_split(config.replace(train_limit=limit, test_limit=limit, online=False), split)

@@ -11,6 +11,7 @@ from torchstn.cli._common import (
     add_device_arg,
     add_threads_arg,
     check_data_options,
+    check_data_seed,
     check_model,
     formatter,
     parse_data_options,
@@ -134,15 +135,10 @@ def _check_used(given: dict[str, object], config: TrainConfig) -> None:
     """Refuse the options given that this run would not use: config.json recorded them (an Adam
     run's ``--momentum 0.5``, a cosine schedule's ``--lr-gamma``, mnist's ``--data-seed 5``) and
     the run went on without them, as ``--online`` on mnist is refused."""
-    from torchstn.data import UCR_PREFIX
-
     if "momentum" in given and config.optimizer != "sgd":
         raise CLIError(f"--momentum is SGD's; this run's optimizer is {config.optimizer} (--optimizer sgd uses it)")
     for field in ("lr_decay_every", "lr_gamma"):
         if field in given and config.schedule != "step":
             raise CLIError(f"--{field.replace('_', '-')} sets the step schedule; this run's schedule is "
                            f"{config.schedule} (--schedule step uses it)")
-    data = config.data.lower()
-    if "data_seed" in given and (data in ("mnist", "cifar10") or data.startswith(UCR_PREFIX)):
-        raise CLIError(f"--data-seed seeds a distorted set's distortions; {config.data} is not distorted, "
-                       "so it has none to seed")
+    check_data_seed("data_seed" in given, config.data)
