@@ -228,7 +228,8 @@ def check_data_seed(given: bool, data: str) -> None:
 
     name = data.lower()
     if given and (name in ("mnist", "cifar10") or name.startswith(UCR_PREFIX)):
-        raise CLIError(f"--data-seed seeds a distorted set's distortions; {data} is not distorted, so it has none to seed")
+        raise CLIError(f"--data-seed seeds a distorted set's distortions; {data} is not distorted, "
+                       "so it has none to seed")
 
 
 def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | None) -> tuple[Any, Any, dict[str, Any], Any, Any]:
