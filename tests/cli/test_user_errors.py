@@ -150,3 +150,9 @@ def test_an_empty_out_is_refused(tmp_path, cli, monkeypatch):
     line = cli(*TRAIN, "--out", "").error_line()
     assert "--out is empty" in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_config_fields_error_names_the_flag(tmp_path, cli):
+    """TrainConfig's checks name its fields (lr_decay_every); the line now starts with the flag typed."""
+    line = cli(*TRAIN, "--schedule", "step", "--lr-decay-every", 0, "--out", tmp_path / "run").error_line()
+    assert line == "torchstn: error: --lr-decay-every: lr_decay_every must be >= 1, got 0"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
+from torchstn._validation import first_line
 from torchstn.cli._common import (
     CLIError,
     add_data_args,
@@ -120,15 +123,31 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.out is None:
             raise CLIError("--resume needs --out DIR, the run directory to continue")
-        config = resume_config(args.out, **given)
+        with _flag_named(given):
+            config = resume_config(args.out, **given)
     else:
-        config = TrainConfig(**given)
+        with _flag_named(given):
+            config = TrainConfig(**given)
         check_model(config.model, config.model_args)
         check_data_options(config.data, config.data_options)
     _check_used(given, config)
     out = args.out or f"runs/{config.model}-{config.data}"
     train(config, out, resume=args.resume, progress=not args.no_progress)
     return 0
+
+
+@contextlib.contextmanager
+def _flag_named(given: dict[str, object]) -> Iterator[None]:
+    """A config field's error, such as ``lr_decay_every must be >= 1, got 0``, prefixed with the flag
+    the user typed (``--lr-decay-every: ...``)."""
+    try:
+        yield
+    except (TypeError, ValueError) as err:
+        message = first_line(err)
+        field = next((name for name in given if message.startswith(f"{name} ")), None)
+        if field is None or field in ("model_args", "data_options"):
+            raise
+        raise CLIError(f"--{field.replace('_', '-')}: {message}") from None
 
 
 def _check_used(given: dict[str, object], config: TrainConfig) -> None:
