@@ -303,8 +303,14 @@ def test_visualize_errors_shows_the_first_misclassified_test_images(cli, run_dir
     import torchstn.engine
     from torchstn.engine import load_model, load_split
 
-    shown = []
-    monkeypatch.setattr(torchstn.engine, "plot_run", lambda *a, examples=None, **k: shown.append(examples) or tmp_path)
+    shown, titled = [], []
+
+    def plot_run(*args, examples=None, predicted=None, **kwargs):
+        shown.append(examples)
+        titled.append(predicted)
+        return tmp_path
+
+    monkeypatch.setattr(torchstn.engine, "plot_run", plot_run)
     run = cli("visualize", run_dir, "--data-dir", mnist_dir, "--errors", "--start", 5, "--num", 3)
     assert run.status == 0, run.err
     model, config, _ = load_model(run_dir, "last")
@@ -313,6 +319,9 @@ def test_visualize_errors_shows_the_first_misclassified_test_images(cli, run_dir
     with torch.no_grad():
         wrong = [i for i in range(5, len(test)) if int(model(test[i][0][None]).argmax()) != test[i][1]]
     assert shown[0] == wrong[:3] and len(wrong) >= 3  # one epoch of 256 images: errors abound
+    # and the predictions that made them errors, for the titles (a P-STN's next call draws anew)
+    with torch.no_grad():
+        assert titled[0] == [int(model(test[i][0][None]).argmax()) for i in wrong[:3]]
 
 
 def test_eval_of_a_sampling_model_is_the_run_s_own_and_the_title_is_the_checkpoint_s_epoch(

@@ -322,6 +322,33 @@ def drawn(monkeypatch):
     return figures
 
 
+def test_plot_run_titles_the_examples_with_the_predictions_it_is_given(tmp_path, drawn):
+    """visualize --errors picked a P-STN's errors from one draw of its θ and titled them from another
+    (plot_run ran the model again on the chosen images): some were titled as right."""
+    data = TensorDataset(torch.rand(6, 1, 28, 28), torch.arange(6) % 4)
+    model = stn.create_model("p-stn", input_size=28, num_classes=4)
+    plot_run(model, data, tmp_path / "fig.png", examples=[0, 1, 5], predicted=[3, 0, 2], calibration_images=5)
+    titles = [ax.get_title() for ax in drawn[0].axes if ax.get_title()]
+    assert titles[:3] == ["3 (true 0)", "0 (true 1)", "2 (true 1)"]
+    with pytest.raises(ValueError, match="predicted gives 2 labels for the 3 examples shown"):
+        plot_run(model, data, tmp_path / "fig2.png", examples=[0, 1, 5], predicted=[3, 0], calibration_images=5)
+
+
+def test_the_theta_panels_two_series_do_not_lie_on_each_other(tmp_path, drawn):
+    """Both axes were scaled to max x 1.7, so flat or proportional curves coincided and the share
+    outside (squares, twin axis) hid the distance (circles)."""
+    data = TensorDataset(torch.rand(4, 1, 28, 28), torch.arange(4))
+    history = [{"epoch": e, "step": 10 * e, "train_loss": 1.0, "test_loss": 1.0, "train_error": 0.5,
+                "test_error": 0.5, "theta": [{"distance": 0.536, "outside": 0.2296}]} for e in (1, 2, 3)]
+    plot_run(stn.create_model("st-cnn-aff", input_size=28, num_classes=4), data, tmp_path / "fig.png",
+             history=history, num=2, calibration_images=4)
+    panel = next(ax for ax in drawn[0].axes if ax.get_title() == "transformer diagnostics (test)")
+    twin = next(ax for ax in drawn[0].axes if ax.get_ylabel() == "outside the input (%)")
+    left = 0.536 / panel.get_ylim()[1]
+    right = 22.96 / twin.get_ylim()[1]
+    assert abs(left - right) > 0.1, (left, right)
+
+
 def test_plot_run_explains_what_it_draws(tmp_path, drawn):
     data = TensorDataset(torch.rand(6, 1, 28, 28), torch.arange(6) % 4)
     history = [{"epoch": e, "step": 10 * e, "train_loss": 2.0 / e**3, "test_loss": 2.1 / e**3,

@@ -93,9 +93,11 @@ def run(args: argparse.Namespace) -> int:
             out = _draw_series_or_volumes(model, config, info, dataset, args, dims)
             print(f"wrote {out}")
             return 0
-        examples = _misclassified(model, config, dataset, device, start, args.num) if args.errors else None
+        examples, predicted = _misclassified(model, config, dataset, device, start, args.num) if args.errors else (
+            None, None)
         history = RunDir.of_checkpoint(info["path"]).history()
         out = plot_run(model, dataset, args.out, history=history, num=args.num, start=start, examples=examples,
+                       predicted=predicted,
                        title=_title(config, info, history), device=device, calibration_images=calibration_images,
                        warp_samples=args.warp_samples or WARP_SAMPLES, label_smoothing=config.label_smoothing,
                        **config.call_options())
@@ -135,16 +137,19 @@ def _draw_series_or_volumes(model: Any, config: TrainConfig, info: dict[str, Any
     return draw(model.cpu(), dataset, figure_file(args.out), num=args.num, start=args.start, title=title, **samples)
 
 
-def _misclassified(model: Any, config: TrainConfig, dataset: Any, device: Any, start: int, num: int) -> list[int]:
-    """Indices of the first ``num`` examples of ``dataset`` from ``start`` that ``model`` gets wrong."""
+def _misclassified(model: Any, config: TrainConfig, dataset: Any, device: Any, start: int,
+                   num: int) -> tuple[list[int], list[int]]:
+    """Indices of the first ``num`` examples of ``dataset`` from ``start`` that ``model`` gets wrong, and
+    the predictions that got them wrong (the figure shows these: a P-STN's next call draws anew)."""
     from torchstn.engine import predict
 
     logits, labels = predict(model, dataset, batch_size=config.eval_batch_size, device=device, **config.call_options())
-    wrong = (logits.argmax(1) != labels).nonzero().flatten()
-    wrong = wrong[wrong >= start][:num].tolist()
-    if not wrong:
+    predictions = logits.argmax(1)
+    wrong = (predictions != labels).nonzero().flatten()
+    wrong = wrong[wrong >= start][:num]
+    if not len(wrong):
         raise CLIError(f"the model classifies every test example from {start} correctly: no errors to show")
-    return wrong
+    return wrong.tolist(), predictions[wrong].tolist()
 
 
 #: the config fields that say which images a run was measured on (``--data-dir`` only says where they are)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,7 @@ def plot_run(
     num: int = 8,
     start: int = 0,
     examples: Sequence[int] | None = None,
+    predicted: Sequence[int] | None = None,
     title: str | None = None,
     device: str | torch.device = "cpu",
     calibration_images: int = 2000,
@@ -203,6 +204,9 @@ def plot_run(
         start: index of the first example.
         examples: indices of the examples shown instead (``num`` and ``start`` then unused),
             e.g. the test images a model gets wrong.
+        predicted: the predicted labels of ``examples`` to show, as the caller's selection found
+            them: a P-STN's prediction is a draw, and another call on fewer images may differ (an
+            "errors" figure titled some of its images as right).
         title: figure title.
         device: where the model runs.
         calibration_images: items of ``dataset`` (from the first) in the reliability diagram.
@@ -229,6 +233,10 @@ def plot_run(
     num = len(examples)
     options = {"ground_truth_init": ground_truth_init, "precision": precision, "channels_last": channels_last}
     shown = _run_examples(model, dataset, torch.as_tensor(examples), device, warp_samples, options)
+    if predicted is not None:
+        if len(predicted) != num:
+            raise ValueError(f"predicted gives {len(predicted)} labels for the {num} examples shown")
+        shown = replace(shown, pred=torch.as_tensor(predicted, dtype=torch.int64))
     probs, labels = _probabilities(model, dataset, min(calibration_images, len(dataset)), device, options)
     image_rows = 1 + len(shown.samples) + len(shown.transformers)
     curve_panels = (3 if shown.transformers and history else 2 if history else 0) + 1  # + the reliability diagram
@@ -499,7 +507,9 @@ def _plot_theta(ax: Any, steps: list[int], history: Sequence[dict[str, Any]]) ->
     ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-3) * 1.7)  # the top third is the key's
     ax.set_ylabel("mean |θ − identity|", fontsize=9)
     highest = max(100 * h["theta"][k]["outside"] for h in history for k in range(count))
-    outside.set_ylim(0, max(5.0, highest) * 1.7)
+    # the highest share at 0.45 of the height, the highest distance at 0.59 (1 / 1.7): with both at
+    # 1 / 1.7, flat or proportional curves lay on each other and the squares hid the circles
+    outside.set_ylim(0, max(5.0, highest) / 0.45)
     outside.set_ylabel("outside the input (%)", fontsize=9)
     shade = _COLORS[0] if count == 1 else "black"  # (the lines' own colour; several: the style alone, colours below)
     key = [Line2D([], [], color=shade, marker="o", ms=5, label="|θ − identity| (left)"),
