@@ -175,3 +175,16 @@ def test_the_figures_of_series_and_volumes_start_where_asked():
     assert drawn(3) == [0, 3, 1]
     assert drawn(3, start=1) == [1, 2, 3]
     assert drawn(4, start=4) == [4, 5]  # to the end of the test set
+
+
+@needs_mnist
+def test_a_sampling_models_report_figure_is_the_same_every_time(tmp_path):
+    """write_figure drew a P-STN outside the run's evaluation draws (visualize draws inside them):
+    each refresh of a report drew other θ samples and other predictions."""
+    cells = [c for c in plan(get_experiment("pstn-subsets"), "quick") if c.row.model == "p-stn"][:1]
+    records, _, out = _run(cells, tmp_path, data_dir=MNIST_DIR)
+    path = figure_path(out, cells[0].experiment.name, "quick", cells[0].row.key, cells[0].column.key)
+    first = path.read_bytes()
+    torch.manual_seed(12345)  # (another state of torch's generator: the figure must not depend on it)
+    write_figure(cells[0], records[0], out, data_dir=MNIST_DIR)
+    assert path.read_bytes() == first

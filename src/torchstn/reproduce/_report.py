@@ -78,12 +78,12 @@ def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *,
     Returns:
         the PNG path, or ``None`` for a model without transformers or a run that is gone.
     """
-    from torchstn.engine import RunDir, load_model, load_split, plot_run
+    from torchstn.engine import RunDir, evaluation_draws, load_model, load_split, plot_run
 
     run_dir = RunDir(record["run"])
     if not cell.row.transformer or not run_dir.holds_run():
         return None
-    model, config, _ = load_model(run_dir.path, "last")
+    model, config, info = load_model(run_dir.path, "last")
     config = _with_data_dir(config, data_dir)
     test_set = load_split(config, "test")
     history = run_dir.history()
@@ -92,13 +92,14 @@ def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *,
              f"{cell.seed}): test error {record['error']:.2f}%{paper}")
     out = figure_path(results_dir, cell.experiment.name, cell.budget, cell.row.key, cell.column.key)
     rank = len(test_set.input_shape)  # (C, L) series and (C, D, H, W) volumes have figures of their own
-    if rank == 2:
-        path = plot_series_warps(model, test_set, out, title=title)
-    elif rank == 4:
-        path = plot_volume_views(model, test_set, out, title=title)
-    else:
-        path = plot_run(model, test_set, out, history=history, num=10, title=title,
-                        label_smoothing=config.label_smoothing, **config.call_options())
+    with evaluation_draws(info["path"], config.seed):  # (a P-STN's draws: the same figure every time)
+        if rank == 2:
+            path = plot_series_warps(model, test_set, out, title=title)
+        elif rank == 4:
+            path = plot_volume_views(model, test_set, out, title=title)
+        else:
+            path = plot_run(model, test_set, out, history=history, num=10, title=title,
+                            label_smoothing=config.label_smoothing, **config.call_options())
     record["figure"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return path
 
