@@ -251,14 +251,27 @@ def test_warp_log_area_of_a_homography_is_the_mean_log_determinant():
 
 
 def test_outside_counts_points_beyond_the_border_pixels_edges_with_align_corners_too():
-    """With align_corners=True, +-1 are the border pixels' centres: a zoom out by 2% read within the
-    pixels was counted 14% outside."""
+    """With align_corners=True, +-1 are the border pixels' centres: a 2% zoom-out read within the
+    pixels was counted 14% outside. Each axis has its own edge (x along the width): a 5% stretch
+    along x of a 10x100 image reads outside, along y not (and in 1-D and 3-D alike)."""
     x = torch.rand(4, 1, 28, 28)
     for align_corners in (False, True):
         for zoom, outside in ((1.02, False), (1.06, True)):  # (the border pixels' edges: 1 + 1/27 with align_corners)
             st = stn.SpatialTransformer(stn.Affine(), stn.conv_localization(1, (28, 28)), align_corners=align_corners,
                                         start=[zoom, 0, 0, 0, zoom, 0])
             assert (theta_diagnostics([st], x)[0]["outside"] > 0) == outside, (align_corners, zoom)
+    cases = [  # (transform, input, start θ, outside): an axis of 10 pixels has its edge at 1 + 1/9
+        (stn.Affine(), torch.rand(2, 1, 10, 100), [1.05, 0, 0, 0, 1, 0], True),
+        (stn.Affine(), torch.rand(2, 1, 10, 100), [1, 0, 0, 0, 1.05, 0], False),
+        (stn.Affine1D(), torch.rand(2, 1, 100), [1.05, 0], True),
+        (stn.Affine1D(), torch.rand(2, 1, 10), [1.05, 0], False),
+        (stn.Affine3D(), torch.rand(2, 1, 4, 10, 100), [1.05, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0], True),
+        (stn.Affine3D(), torch.rand(2, 1, 4, 10, 100), [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1.2, 0], False),
+    ]
+    for transform, x, start, outside in cases:  # (a localisation net of one feature; θ is the start)
+        st = stn.SpatialTransformer(transform, torch.nn.Flatten(), align_corners=True,
+                                    start=start, in_features=x[0].numel())
+        assert (theta_diagnostics([st], x)[0]["outside"] > 0) == outside, (transform, x.shape, start)
 
 
 class _MeanIntensity(torch.nn.Module):

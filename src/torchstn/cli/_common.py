@@ -222,12 +222,11 @@ def check_data_options(name: str, options: dict[str, Any]) -> None:
 
 
 def check_data_seed(given: bool, data: str) -> None:
-    """Refuse ``--data-seed`` for a set without distortions to seed (mnist, cifar10, a UCR set):
-    it was taken, recorded and ignored."""
-    from torchstn.data import UCR_PREFIX
+    """Refuse ``--data-seed`` for a set without distortions to seed (mnist, cifar10, a UCR set:
+    not :data:`torchstn.data.DISTORTED`): it was taken, recorded and ignored."""
+    from torchstn.data import DISTORTED
 
-    name = data.lower()
-    if given and (name in ("mnist", "cifar10") or name.startswith(UCR_PREFIX)):
+    if given and data.lower() not in DISTORTED:
         raise CLIError(f"--data-seed seeds a distorted set's distortions; {data} is not distorted, "
                        "so it has none to seed")
 

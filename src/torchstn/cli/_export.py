@@ -64,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--format", choices=tuple(_SUFFIX), help="default: from --out's suffix (.onnx, else torchscript), else onnx"
     )
-    parser.add_argument("--out", type=Path, metavar="FILE", help="default: RUN/export/<checkpoint>.onnx or .pt (for a checkpoint file, export/ beside it)")
+    parser.add_argument("--out", type=Path, metavar="FILE",
+                        help="default: RUN/export/<checkpoint>.onnx or .pt (for a checkpoint file, export/ beside it)")
     parser.add_argument("--fixed-batch", action="store_true", help="freeze the batch size at --batch")
     parser.add_argument("--batch", type=int, default=2, metavar="N", help="batch size of the example input")
     parser.add_argument("--opset", type=int, metavar="N", help="ONNX opset version (default: the exporter's)")

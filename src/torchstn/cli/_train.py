@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _flag_named(given: dict[str, object]) -> Iterator[None]:
     """A config field's error, such as ``lr_decay_every must be >= 1, got 0``, prefixed with the flag
-    the user typed (``--lr-decay-every: ...``)."""
+    that sets the field (``--lr-decay-every: ...``; ``--train-limit`` also for its alias ``--limit``)."""
     try:
         yield
     except (TypeError, ValueError) as err:

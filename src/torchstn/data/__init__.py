@@ -19,6 +19,7 @@ from __future__ import annotations
 from torchstn.data._cifar import CIFAR10_CLASSES, CIFAR10_URL, load_cifar10
 from torchstn.data._datasets import (
     DATASETS,
+    DISTORTED,
     PSTN_SIZES,
     UCR_PREFIX,
     MNISTDataset,
@@ -39,6 +40,7 @@ __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR10_URL",
     "DATASETS",
+    "DISTORTED",
     "KINDS",
     "MIRRORS",
     "MNIST_FILES",

@@ -27,16 +27,18 @@ from torchstn.data._generate import BLOCK, distorted_mnist, draw_blocks, load_so
 from torchstn.data._geometry import make_generator
 from torchstn.data._mnist import SPLITS, load_mnist
 from torchstn.data._recipes import KINDS, Draw, Recipe, Sources, get_recipe
-from torchstn.data._ucr import UCR_PADDINGS, check_ucr_options, load_ucr, ucr_datasets
+from torchstn.data._ucr import UCR_OPTIONS, UCR_PADDINGS, check_ucr_options, load_ucr, ucr_datasets
 from torchstn.transforms import Transform
 
 __all__ = [
-    "DATASETS", "PSTN_SIZES", "UCR_PREFIX", "MNISTDataset", "OnlineDistortedMNIST", "TimeSeriesDataset", "get_dataset",
-    "list_datasets", "pstn_fold",
+    "DATASETS", "DISTORTED", "PSTN_SIZES", "UCR_PREFIX", "MNISTDataset", "OnlineDistortedMNIST", "TimeSeriesDataset",
+    "get_dataset", "list_datasets", "pstn_fold",
 ]
 
 #: dataset names accepted by :func:`get_dataset` (besides ``"ucr:<Name>"``)
-DATASETS: tuple[str, ...] = ("mnist",) + tuple(f"mnist-{k}" for k in KINDS) + ("cifar10",)
+#: the datasets drawn with distortions (a recipe's options, a seed of their own, fresh draws ``online``)
+DISTORTED: tuple[str, ...] = tuple(f"mnist-{k}" for k in KINDS)
+DATASETS: tuple[str, ...] = ("mnist", *DISTORTED, "cifar10")
 #: the prefix of a UCR data set's name: ``"ucr:GunPoint"``
 UCR_PREFIX = "ucr:"
 
@@ -574,13 +576,14 @@ def _named(name: str, options: dict[str, Any]) -> tuple[str, Recipe | None]:
     if isinstance(name, str) and not ucr and name.lower() not in DATASETS:
         raise ValueError(f"name must be one of {list(DATASETS)} or '{UCR_PREFIX}<Name>' (a UCR data set), got {name!r}")
     if ucr:
-        unknown = sorted(set(options) - {"znormalize", "pad", "length"})
+        unknown = sorted(set(options) - set(UCR_OPTIONS))
         if unknown:
-            raise TypeError(f"unknown argument(s) {unknown} for a UCR data set; it takes znormalize, pad {UCR_PADDINGS}, length")
+            raise TypeError(f"unknown argument(s) {unknown} for a UCR data set; it takes {', '.join(UCR_OPTIONS)} "
+                            f"(pad one of {UCR_PADDINGS})")
         check_ucr_options(**options)  # (their values too, before any file is read)
         return UCR_PREFIX + name[len(UCR_PREFIX):], None  # the prefix in any case
     name = check_choice("name", name.lower() if isinstance(name, str) else name, DATASETS)
-    if name in ("mnist", "cifar10"):
+    if name not in DISTORTED:
         if options:
             raise TypeError(f"unknown argument(s) {sorted(options)} for dataset {name!r}: {name} has none; only the "
                             "distorted sets and ucr: sets take options")

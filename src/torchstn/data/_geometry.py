@@ -145,7 +145,7 @@ def fits_tps(
     ring: int,
     mode: str = "bilinear",
 ) -> torch.Tensor:
-    """Whether a thin-plate-spline warp leaves the pixels around the canvas blank.
+    """Whether a thin-plate-spline warp leaves the pixels around the canvas blank, and ink on the canvas.
 
     The warp is rendered (through the sampler) on a canvas extended by ``ring`` pixels on
     each side, using that a thin-plate spline is unchanged by a uniform scaling of its

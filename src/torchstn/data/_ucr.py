@@ -35,7 +35,10 @@ import torch
 from torchstn._validation import check_bool, check_choice, check_int
 from torchstn.data._mnist import SPLITS, search_dirs, warn_if_not_in_root
 
-__all__ = ["UCR_PADDINGS", "UCR_URL", "UCRSplit", "load_ucr", "shipped_ucr_dir", "ucr_datasets"]
+__all__ = [
+    "UCR_OPTIONS", "UCR_PADDINGS", "UCR_URL", "UCRSplit", "check_ucr_options", "load_ucr", "shipped_ucr_dir",
+    "ucr_datasets",
+]
 
 #: where the UCR 2018 archive (the ``.tsv`` files) is published
 UCR_URL = "https://www.cs.ucr.edu/~eamonn/time_series_data_2018/"
@@ -398,6 +401,10 @@ def _is_classification(path: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: the options of :func:`load_ucr` that a ``ucr:`` dataset takes (:func:`check_ucr_options` checks them)
+UCR_OPTIONS = ("znormalize", "pad", "length")
 
 
 def check_ucr_options(*, znormalize: bool = True, pad: Padding = "edge", length: int | None = None) -> None:

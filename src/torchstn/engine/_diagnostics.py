@@ -108,8 +108,9 @@ def theta_diagnostics(
 
     * ``mean``, ``std``: per-parameter mean and standard deviation of θ, lists of ``P``;
     * ``distance``: mean over the batch of ``||θ - θ_identity||_2``;
-    * ``outside``: fraction of sampling points outside the input (``|x| > 1`` or
-      ``|y| > 1`` in normalised coordinates, i.e. beyond the border pixels' edges);
+    * ``outside``: fraction of sampling points outside the input, beyond the border pixels'
+      edges (a normalised coordinate beyond ±1 on some axis, or with ``align_corners=True``
+      beyond ±(1 + 1/(n - 1)) for an axis of ``n`` pixels);
     * ``kept``: mean absolute value of the warped images over that of the inputs
       (1 for the identity, near 0 when the output is blank);
     * ``finite``: whether every θ is finite;
