@@ -240,3 +240,21 @@ def test_onnx_options_of_a_torchscript_export_are_refused(cli, checkpoint: Path,
         assert source in line, line
     assert not (tmp_path / "model.bin").exists() and not (tmp_path / "model.pt").exists()
     assert not (checkpoint.parent.parent / "export").exists()
+
+
+def test_export_says_where_the_exported_model_computes_otherwise_than_the_run(cli, tmp_path: Path) -> None:
+    """A bf16 run's export computes in float32, a --ground-truth-init run's takes the image alone: the
+    parity check (against the float32 model on the image) passed and nothing said so."""
+    from torchstn.engine import TrainConfig, save_checkpoint
+    from torchstn.models import create_model
+
+    notes = {"precision": "the exported model computes in float32", "ground_truth_init": "takes the image alone"}
+    cases = (("precision", "bf16", "cnn"), ("ground_truth_init", True, "ic-stn-2"), (None, None, "cnn"))
+    for field, value, model in cases:
+        config = TrainConfig(model=model, **({field: value} if field else {}))
+        run = tmp_path / model / str(field)
+        save_checkpoint(run / "checkpoints" / "best.safetensors", create_model(model), config, epoch=1, step=1)
+        result = cli("export", run, "--format", "torchscript")
+        assert result.status == 0, result.err
+        shown = [field for field, note in notes.items() if note in result.out]
+        assert shown == ([field] if field else []), result.out

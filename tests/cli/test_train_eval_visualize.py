@@ -382,3 +382,16 @@ def test_eval_refuses_a_data_seed_for_data_without_distortions(cli, run_dir, mni
     """eval --data mnist --data-seed 3 measured the one mnist test split, as if seeded."""
     line = cli("eval", run_dir, "--data", "mnist", "--data-seed", 3, "--data-dir", mnist_dir).error_line()
     assert "--data-seed seeds a distorted set's distortions; mnist is not distorted" in line
+
+
+def test_eval_of_the_whole_split_says_the_run_measured_fewer_images(cli, mnist_dir, tmp_path):
+    """eval measures the whole test split unless --limit is given: its error differed from the run's
+    record (of its --test-limit images) without a word."""
+    out = tmp_path / "few"
+    run = cli("train", "--model", "fcn", "--data", "mnist", "--data-dir", mnist_dir, "--steps", 1, "--train-limit", 32,
+              "--test-limit", 16, "--batch-size", 16, "--no-progress", "--out", out)
+    assert run.status == 0, run.err
+    note = "(on all 10,000 test images; the run's record is of its first 16: --limit 16)"
+    assert note in cli("eval", out).out
+    assert "the run's record" not in cli("eval", out, "--limit", 16).out
+    assert "the run's record" not in cli("eval", out, "--split", "train", "--limit", 100).out

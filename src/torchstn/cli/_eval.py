@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     if "ece" in metrics:
         line += f", ECE {metrics['ece']:.4f}, NLL {metrics['nll']:.4f}"
     print(line)
+    recorded = info["run_config"].test_limit
+    own_data = args.data is None and not args.data_option and args.data_seed is None
+    if args.split == "test" and args.limit is None and own_data and recorded is not None and recorded != n:
+        print(f"(on all {n:,} test images; the run's record is of its first {recorded:,}: --limit {recorded})")
     per_class = "  ".join(
         f"{k}: {'-' if e is None else f'{e:.1%}'}" for k, e in enumerate(metrics["per_class_error"])
     )

@@ -8,7 +8,7 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchstn._validation import first_line
 from torchstn.cli._common import (
@@ -110,10 +110,25 @@ def run(args: argparse.Namespace) -> int:
                   else f"traced at batch {args.batch}")
     batch = args.batch if args.fixed_batch else "B"
     _report_files(out, f"{fmt}, {config.model}, input ({batch}, {', '.join(map(str, shape))}), {batch_note}")
+    for note in _differs_from_the_run(config):
+        print(f"note: {note}")
     if not args.no_check:
         check_batch = args.batch if args.fixed_batch else args.batch + 3
         _check(out, model, torch.rand(check_batch, *shape, generator=generator), args.atol)
     return 0
+
+
+def _differs_from_the_run(config: Any) -> list[str]:
+    """What the exported model computes otherwise than the run's evaluation did (said, not hidden:
+    the file's check compares it with the float32 model called on the image alone)."""
+    notes = []
+    if config.precision == "bf16":
+        notes.append("the run evaluated under bf16 autocast (--precision bf16); the exported model computes in "
+                     "float32, so its logits differ from the run's by bfloat16's rounding")
+    if config.ground_truth_init:
+        notes.append("the run was fed the undistorted digit and its ground-truth warp (--ground-truth-init); the "
+                     "exported model takes the image alone and starts from the identity warp")
+    return notes
 
 
 def _check_onnx_options(args: argparse.Namespace, fmt: str) -> None:
