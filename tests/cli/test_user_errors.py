@@ -156,3 +156,13 @@ def test_a_config_fields_error_names_the_flag(tmp_path, cli):
     """TrainConfig's checks name its fields (lr_decay_every); the line now starts with the flag typed."""
     line = cli(*TRAIN, "--schedule", "step", "--lr-decay-every", 0, "--out", tmp_path / "run").error_line()
     assert line == "torchstn: error: --lr-decay-every: lr_decay_every must be >= 1, got 0"
+
+
+def test_a_failed_rename_names_both_paths():
+    """An OSError of a rename names a source and a target; the line named the source alone (a
+    temporary directory, already removed, where the target was in the way)."""
+    from torchstn.cli._common import CLIError, user_errors
+
+    with pytest.raises(CLIError, match=r"^/cache/\.set\.tmp -> /cache/set: Not a directory$"):
+        with user_errors():
+            raise NotADirectoryError(20, "Not a directory", "/cache/.set.tmp", None, "/cache/set")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,37 @@ def test_cache_is_written_reused_and_invalidated(mnist_dir, tmp_path, monkeypatc
     repaired = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path)
     assert torch.equal(repaired.images, first.images)
 
+
+
+def test_damage_of_every_kind_is_drawn_again(mnist_dir, tmp_path):
+    """A mangled .npy header (tokenize's TokenError from inside numpy), a manifest of another JSON
+    type (AttributeError) and a file in the set's place (the rename failed, naming a temporary
+    directory, after the whole set was rendered) were tracebacks on every later call."""
+    first = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path)
+    header = first.path / "images.npy"
+    raw = bytearray(header.read_bytes())
+    raw[raw.index(b"}")] = ord("x")
+    header.write_bytes(bytes(raw))
+    assert torch.equal(distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path).images, first.images)
+    for manifest in ("null", "[]", '"x"'):
+        (first.path / "manifest.json").write_text(manifest)
+        assert torch.equal(distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path).images, first.images)
+    shutil.rmtree(first.path)
+    first.path.write_text("not a set")
+    again = distorted_mnist("r", "test", mnist_dir, cache_dir=tmp_path)
+    assert first.path.is_dir() and torch.equal(again.images, first.images)
+
+
+def test_a_numpy_or_tensor_seed_is_the_int_it_holds(mnist_dir):
+    """np.int64(1) failed in the cache key's json.dumps (even with cache=False), and a tensor seed of
+    an online set was hashed as "tensor(1)": other draws than seed=1, without a word."""
+    one = distorted_mnist("r", "test", mnist_dir, 1, limit=3, cache=False)
+    assert torch.equal(distorted_mnist("r", "test", mnist_dir, np.int64(1), limit=3, cache=False).images, one.images)
+    online = [stn.data.get_dataset("mnist-r", "train", root=mnist_dir, seed=seed, online=True, limit=4)
+              for seed in (1, torch.tensor(1))]
+    for ds in online:
+        ds.set_epoch(1)
+    assert torch.equal(online[0][0][0], online[1][0][0])
 
 
 def test_concurrent_writers_of_one_set_do_not_fail(mnist_dir, tmp_path, monkeypatch):

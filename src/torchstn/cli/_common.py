@@ -323,7 +323,8 @@ def user_errors(*also: type[Exception], extra: str = "cli") -> Iterator[None]:
         hint = "" if "pip install" in message else f"; install the extra: pip install 'torchstn[{extra}]'"
         raise CLIError(message + hint) from None
     except OSError as err:  # our FileNotFoundErrors carry a message; the system's a file name and a reason
-        message = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else first_line(err)
+        where = f"{err.filename} -> {err.filename2}" if err.filename2 else err.filename  # (a rename names both)
+        message = f"{where}: {err.strerror}" if err.filename and err.strerror else first_line(err)
         raise CLIError(message) from None
     except (ValueError, *also) as err:
         raise CLIError(first_line(err)) from None

@@ -515,6 +515,7 @@ def get_dataset(
     """
     name, recipe = _named(name, options)
     check_choice("split", split, SPLITS)
+    seed = check_int("seed", seed)  # (a tensor seed was hashed as "tensor(1)": other draws than seed=1)
     if limit is not None:
         check_int("limit", limit, 0)
     check_bool("online", online)

@@ -217,6 +217,7 @@ def _key(recipe: Recipe, split: str, seed: int, source: str) -> tuple[str, dict[
 def cache_path(kind: str, split: str = "train", seed: int = 0, *, cache_dir: str | os.PathLike | None = None,
                root: str | os.PathLike | None = None, **options: Any) -> Path:
     """Where :func:`distorted_mnist` caches this set (whether or not it exists yet)."""
+    seed = check_int("seed", seed)
     recipe = get_recipe(kind, options)
     sources = load_sources(root, split)
     key, _ = _key(recipe, split, seed, sources.fingerprint)
@@ -267,7 +268,9 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], manifest: dict[str, 
         # (mkdtemp makes it 0700: another user of a shared cache could not read the set; a 1777
         # parent's bits would have let anyone replace it)
         tmp.chmod(path.parent.stat().st_mode & 0o755)
-        if path.exists():
+        if path.is_symlink() or path.is_file():  # damage in the set's place (rmtree left it, and the rename failed)
+            path.unlink(missing_ok=True)
+        elif path.exists():
             if _read_cache(path, manifest["key"]) is not None:  # a concurrent writer finished first: keep its copy
                 return
             shutil.rmtree(path, ignore_errors=True)  # stale or corrupt (another writer may be removing it too)
@@ -282,13 +285,19 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], manifest: dict[str, 
 
 
 def _read_cache(path: Path, key: str, verify: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    """The cached arrays and manifest, or ``None`` if missing, stale or corrupt."""
+    """The cached arrays and manifest, or ``None`` if missing, stale or corrupt.
+
+    Damage surfaces as many types: a manifest of another JSON type (``AttributeError``,
+    ``TypeError``), a mangled ``.npy`` header (``ValueError``, ``tokenize.TokenError``, a
+    ``MemoryError`` for a huge shape), besides ``OSError``. The ``try`` holds nothing but the
+    reading, so any error there means the entry cannot be read, and it is drawn again.
+    """
     try:
         manifest = json.loads((path / "manifest.json").read_text())
         if manifest.get("key") != key or manifest.get("format") != _FORMAT:
             return None
         arrays = {name: np.load(path / f"{name}.npy", allow_pickle=False) for name in manifest["files"]}
-    except (OSError, ValueError, KeyError, EOFError):
+    except Exception:  # (see above: once a traceback from inside numpy on every later call)
         return None
     if verify and _content_hash(arrays) != manifest.get("content_sha256"):
         return None
@@ -347,7 +356,7 @@ def distorted_mnist(
         (torch.Size([4, 1, 42, 42]), torch.Size([4, 4]), Similarity())
     """
     check_choice("split", split, SPLITS)
-    check_int("seed", seed)
+    seed = check_int("seed", seed)  # (a numpy or tensor integer as an int: the cache key is JSON)
     if limit is not None:
         check_int("limit", limit, 0)
     check_bool("cache", cache)
