@@ -283,14 +283,20 @@ def parse_key_values(items: list[str] | None, flag: str, example: str) -> dict[s
         key = key.strip()
         if not sep or not key:
             raise CLIError(f"{flag} expects KEY=VALUE (e.g. {example}), got {item!r}")
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            try:
-                out[key.replace("-", "_")] = ast.literal_eval(value.strip())
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                out[key.replace("-", "_")] = value
+        out[key.replace("-", "_")] = _value(value)
     return out
+
+
+def _value(text: str) -> Any:
+    """A ``KEY=VALUE`` value: JSON, else a Python literal, else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
 
 
 def parse_data_options(items: list[str] | None) -> dict[str, Any]:
