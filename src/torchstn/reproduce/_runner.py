@@ -189,10 +189,9 @@ def plan(
     # (one string is one name: only="cnn" was read as the models 'c', 'n', 'n')
     only = None if only is None else check_names("only", only)
     datasets = None if datasets is None else check_names("datasets", datasets)
-    for name, given in (("only", only), ("datasets", datasets)):  # (an empty one chose every cell)
-        if given is not None and not given:
+    for name, given, known, what in (("only", only, row_keys, "model"), ("datasets", datasets, col_keys, "dataset")):
+        if given is not None and not given:  # (an empty one chose every cell)
             raise ValueError(f"{name} must name at least one entry (None: all of them), got none")
-    for given, known, what in ((only, row_keys, "model"), (datasets, col_keys, "dataset")):
         unknown = [k for k in given or () if k not in known]
         if unknown:
             raise ValueError(
