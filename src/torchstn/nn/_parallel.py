@@ -76,9 +76,10 @@ class ParallelSpatialTransformers(nn.Module):
             ``"list"``; with ``return_params=True`` also ``[θ_1, ..., θ_K]``.
         """
         # θ as each head returns it in this pass: its last_params is not recorded under torch.export,
-        # where reading it gave the θ of the last eager call, frozen as constants (or None)
-        pairs = [t(x, return_params=True) if return_params and isinstance(t, SpatialTransformer) else (t(x), None)
-                 for t in self.transformers]
+        # where reading it gave the θ of the last eager call, frozen as constants (or None); another
+        # module's last_params, if it keeps one, read after its call
+        pairs = [t(x, return_params=True) if return_params and isinstance(t, SpatialTransformer)
+                 else (t(x), getattr(t, "last_params", None)) for t in self.transformers]
         outs = [out for out, _ in pairs]
         if self.merge == "concat":
             if not sizes_traced():  # (traced sizes are tensors)
@@ -100,8 +101,7 @@ class ParallelSpatialTransformers(nn.Module):
             merged = outs
         if not return_params:
             return merged
-        return merged, [theta if isinstance(t, SpatialTransformer) else getattr(t, "last_params", None)
-                        for (_, theta), t in zip(pairs, self.transformers)]
+        return merged, [theta for _, theta in pairs]
 
     def extra_repr(self) -> str:
         return f"K={len(self.transformers)}, merge={self.merge!r}"
