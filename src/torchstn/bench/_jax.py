@@ -48,23 +48,24 @@ def import_jax() -> ModuleType:
     Raises:
         ImportError: jax is not installed.
     """
-    if _SETUP:
-        import jax
+    note = None if _SETUP else _first_import()
+    import jax  # (imported already where _first_import had to, to make its client on one core)
 
-        return jax
+    if note is not None:  # (said once jax imported: a missing jax says nothing of its setup)
+        _SETUP.append(note)
+    return jax
+
+
+def _first_import() -> str:
+    """Set JAX up before its first import, importing it here where its client must be made on one
+    core (torch on one thread, the process on several CPUs); how, for :func:`jax_setup`."""
     if "jax" in sys.modules:
-        _SETUP.append("imported before the benchmark: its platform and threads as they were set then")
-        import jax
-
-        return jax
+        return "imported before the benchmark: its platform and threads as they were set then"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if torch.get_num_threads() != 1 or cpus is None or len(cpus) == 1:
-        import jax
-
         single = cpus is not None and len(cpus) == 1
-        _SETUP.append("on the CPU, " + ("one core (the process's affinity)" if single else "XLA's default threads"))
-        return jax
+        return "on the CPU, " + ("one core (the process's affinity)" if single else "XLA's default threads")
     cpu = min(cpus)
     os.sched_setaffinity(0, {cpu})  # (this thread only: its threads made meanwhile keep the mask)
     try:
@@ -73,9 +74,7 @@ def import_jax() -> ModuleType:
         jax.devices("cpu")  # the client, and its thread pool sized and pinned by the affinity
     finally:
         os.sched_setaffinity(0, cpus)
-    _SETUP.append(f"on the CPU, one core (its thread pool made while pinned to CPU {cpu}: XLA sizes it by the "
-                  "affinity)")
-    return jax
+    return f"on the CPU, one core (its thread pool made while pinned to CPU {cpu}: XLA sizes it by the affinity)"
 
 
 def jax_setup() -> str | None:
