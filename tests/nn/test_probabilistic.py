@@ -278,7 +278,14 @@ def test_one_dimensional_signals_with_affine1d():
 def test_total_kl_sums_every_probabilistic_transformer():
     a, b = _pstn(), _pstn(distribution="gaussian")
     model = nn.ModuleDict({"a": a, "b": b, "plain": stn.SpatialTransformer("affine", _loc(64))})
-    assert total_kl(nn.Linear(2, 2)) == 0.0
+    # a model without a P-STN: a 0-dim zero of its parameters' dtype (a typed `.item()` works), so
+    # adding it to a loss changes neither the loss's value nor its dtype
+    for plain, dtype in ((nn.Linear(2, 2), torch.float32), (nn.Linear(2, 2).double(), torch.float64),
+                         (nn.ReLU(), torch.float32)):
+        zero = total_kl(plain)
+        assert isinstance(zero, torch.Tensor) and zero.shape == () and zero.dtype == dtype and zero.item() == 0.0
+        loss = plain(torch.ones(1, 2, dtype=dtype)).sum()
+        assert (loss + zero).dtype == loss.dtype and (loss + zero).item() == loss.item()
     with pytest.raises(RuntimeError, match="forward"):
         total_kl(model)
     x = torch.rand(2, 1, 8, 8)

@@ -532,7 +532,7 @@ def _train_step(
     with session.autocast():
         logits = session.model(x, **inputs)
         loss = data_loss(core, logits, y, config.label_smoothing)
-        kl = total_kl(core)  # the weighted KL of P-STN modules (0.0 for other models)
+        kl = total_kl(core)  # the weighted KL of P-STN modules (a zero for other models)
         objective = loss + kl
         if config.identity_reg:
             objective = objective + config.identity_reg * identity_penalty(core)
@@ -551,7 +551,7 @@ def _train_step(
         session.average.update_parameters(core)
     session.scheduler.step()
     session.step += 1
-    return loss.detach(), kl.detach() if isinstance(kl, torch.Tensor) else kl, logits.detach(), y
+    return loss.detach(), kl.detach(), logits.detach(), y
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -584,8 +584,7 @@ def _train_epoch(session: _Session, epoch: int, progress: bool) -> _EpochSums:
         batch_loss, batch_wrong = loss * y.numel(), (logits.argmax(1) != y).sum()
         sums[0] += batch_loss
         sums[1] += batch_wrong
-        if isinstance(kl, torch.Tensor):
-            sums[2] += kl * y.numel()
+        sums[2] += kl * y.numel()
         seen += y.numel()
         window += torch.stack([batch_loss, batch_wrong.to(batch_loss.dtype), batch_loss.new_tensor(y.numel())])
         if session.step % curve_every == 0:  # this process's train loss and error since the last point

@@ -409,14 +409,19 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         )
 
 
-def total_kl(model: nn.Module) -> torch.Tensor | float:
+def total_kl(model: nn.Module) -> torch.Tensor:
     """The sum of :meth:`ProbabilisticSpatialTransformer.kl` over a model's P-STN modules.
 
-    What a training loop adds to the data loss (``0.0`` for a model without any): ``loss =
-    F.nll_loss(log_probs, y) + total_kl(model)`` for a model that returns the log-probabilities
-    of :meth:`~ProbabilisticSpatialTransformer.marginalize` (the negative ELBO),
+    What a training loop adds to the data loss: ``loss = F.nll_loss(log_probs, y) +
+    total_kl(model)`` for a model that returns the log-probabilities of
+    :meth:`~ProbabilisticSpatialTransformer.marginalize` (the negative ELBO),
     ``torchstn.engine.data_loss(model, model(x), y) + total_kl(model)`` for any model, as the
-    engine's loop.
+    engine's loop. Always a 0-dim tensor (``.item()`` works): for a model without a P-STN a
+    zero of its first parameter's dtype and device (float32 on the CPU if it has none), which
+    leaves the loss it is added to unchanged.
     """
     terms = [m.kl() for m in check_module("model", model).modules() if isinstance(m, ProbabilisticSpatialTransformer)]
-    return sum(terms) if terms else 0.0
+    if terms:
+        return sum(terms[1:], terms[0])
+    first = next(model.parameters(), None)
+    return torch.zeros((), dtype=first.dtype, device=first.device) if first is not None else torch.zeros(())
