@@ -8,6 +8,8 @@ torch.Size([1, 1, 28, 28])
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torchstn._version import __version__
 from torchstn.models import create_model, list_models, register_model
 from torchstn.nn import (
@@ -43,6 +45,9 @@ from torchstn import testing  # as ``stn.testing.check_transform`` (the README's
 #: the command's layer, imported where first named (``torchstn.engine.load_model(...)``, the
 #: README's spelling, failed after a plain ``import torchstn``)
 _ON_FIRST_USE = frozenset({"bench", "cli", "engine", "export", "reproduce"})
+
+if TYPE_CHECKING:  # what __getattr__ hands out, as type checkers see it (``stn.engine.train`` read as ``object``)
+    from torchstn import bench, cli, engine, export, reproduce
 
 
 def __getattr__(name: str) -> object:

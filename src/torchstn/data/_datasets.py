@@ -16,7 +16,7 @@ import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch.utils.data import Dataset
@@ -106,13 +106,18 @@ def _originals(sources: Sources, source: torch.Tensor) -> torch.Tensor:
     return sources.images[source].unsqueeze(1).float().div_(255)
 
 
-def _on_cpu(method: Callable[..., Any]) -> Callable[..., Any]:
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _on_cpu(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """``method`` (or function) with the CPU as torch's default device: the data are built, drawn
     and rendered on the CPU whatever the caller's default (under ``torch.set_default_device``
-    an online set's draws met CPU tensors and failed)."""
+    an online set's draws met CPU tensors and failed). Typed with ``method``'s own signature
+    (``Callable[..., Any]`` erased ``get_dataset``'s for type checkers)."""
 
     @functools.wraps(method)
-    def on_cpu(*args: Any, **kwargs: Any) -> Any:
+    def on_cpu(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         with torch.device("cpu"):
             return method(*args, **kwargs)
 
