@@ -326,3 +326,55 @@ def test_data_loss_warns_for_a_user_model_around_marginalize_and_reads_wrapped_m
                                F.cross_entropy(normalised, ignored, label_smoothing=0.1))
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
         data_loss(stn_model, normalised, y, 1.5)
+
+
+def _headless_models():
+    """Models whose transformers include heads without a θ: a plain cascade of thin-plate splines
+    (its steps compose to no single θ) and a Parallel with a head that is no transformer."""
+    from torch import nn
+
+    from torchstn.models import STClassifier
+
+    def classifier():
+        return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28 * 2, 4))
+
+    def tps_cascade(in_channels=1, input_size=28, num_classes=4):
+        cascade = stn.CascadedSpatialTransformer(stn.ThinPlateSpline(control=(3, 3)), stn.conv_localization(1, (28, 28)),
+                                                 steps=2, compositional=False)
+        plain = stn.SpatialTransformer("affine", stn.conv_localization(1, (28, 28)))
+        return STClassifier(classifier(), [cascade, plain], input_shape=(1, 28, 28), num_classes=4)
+
+    def parallel_with_identity(in_channels=1, input_size=28, num_classes=4):
+        heads = stn.ParallelSpatialTransformers([stn.SpatialTransformer("affine", stn.conv_localization(1, (28, 28))),
+                                                 nn.Identity()])
+        return STClassifier(classifier(), [heads], input_shape=(1, 28, 28), num_classes=4)
+
+    return {"tps-cascade": tps_cascade, "parallel-with-identity": parallel_with_identity}
+
+
+@pytest.mark.parametrize("kind", ["tps-cascade", "parallel-with-identity"])
+def test_heads_without_theta_train_and_draw(shapes, tmp_path, kind):
+    """A plain TPS cascade (TypeError: a total θ needs a MatrixTransform) and a Parallel's
+    nn.Identity head (AttributeError: no predict_params) stopped training at the first
+    epoch's θ diagnostics; the diagnostics, the identity penalty and the figure now read the
+    one affine head that has a θ, as they would in a model of that head alone."""
+    from torchstn.engine import theta_diagnostics
+    from torchstn.models._registry import _REGISTRY
+
+    name = f"test-{kind}"
+    stn.register_model(name)(_headless_models()[kind])
+    try:
+        config = TrainConfig(model=name, optimizer="adam", lr=1e-3, batch_size=32, steps=2, schedule="constant",
+                             device="cpu", diagnostics_samples=8, identity_reg=0.1)
+        result = train(config, tmp_path / "run", train_set=shapes[0], test_set=shapes[1], progress=False)
+        record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+        assert [d["transform"] for d in record["theta"]] == ["Affine"]
+        model = stn.create_model(name)
+        x = shapes[1].tensors[0][:4]
+        affine = model.transformers[-1] if kind == "tps-cascade" else model.transformers[0].transformers[0]
+        (alone,) = theta_diagnostics([affine], x)
+        assert theta_diagnostics(model.transformers, x) == [alone]
+        figure = plot_run(model, shapes[1], tmp_path / "run.png", num=2, calibration_images=8)
+        assert figure.stat().st_size > 0 and result.final["test_error"] <= 100
+    finally:
+        _REGISTRY.pop(name)

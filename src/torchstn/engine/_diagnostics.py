@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from torchstn.engine._evaluate import as_evaluated
-from torchstn.nn import ParallelSpatialTransformers, SpatialTransformer
+from torchstn.nn import CascadedSpatialTransformer, ParallelSpatialTransformers, SpatialTransformer
+from torchstn.transforms import MatrixTransform
 
 __all__ = ["collapse_warnings", "predicted_classes", "theta_diagnostics", "warp_log_area"]
 
@@ -100,8 +101,9 @@ def theta_diagnostics(
     """Statistics of the θ each transformer predicts for a batch ``x`` ``(B, C, H, W)``.
 
     ``inputs`` go to ``predict_params`` (a cascade's ``init_params``): θ is then the total
-    warp of ``x``. A :class:`~torchstn.nn.ParallelSpatialTransformers` counts as its ``K``
-    heads, in order. ``classes`` ``(B,)`` are the classes the model predicts for ``x``
+    warp of ``x``. The transformers are those of :func:`theta_heads`: a
+    :class:`~torchstn.nn.ParallelSpatialTransformers` counts as its heads, in order, and
+    heads without a θ are left out. ``classes`` ``(B,)`` are the classes the model predicts for ``x``
     (:func:`predicted_classes`); with them the statistics include the per-class ones.
 
     Returns one dict per transformer with:
@@ -133,10 +135,22 @@ def theta_diagnostics(
         >>> d["distance"], d["outside"], round(d["kept"], 3), round(d["log_area"], 6)
         (0.0, 0.0, 1.0, 0.0)
     """
-    heads = [head for st in transformers
-             for head in (st.transformers if isinstance(st, ParallelSpatialTransformers) else [st])]
+    heads = theta_heads(transformers)
     with as_evaluated(heads, x.device):  # (in training mode, the test batch moved BatchNorm's statistics)
         return [_theta_statistics(st, x, classes, inputs) for st in heads]
+
+
+def theta_heads(transformers: Iterable[nn.Module]) -> list[SpatialTransformer]:
+    """The transformers of ``transformers`` that predict a θ, which the diagnostics, the run's
+    figures and the identity penalty read: a :class:`~torchstn.nn.ParallelSpatialTransformers`
+    counts as its heads, in order. Left out: a Parallel's head that is no transformer (it takes
+    any module) and a plain cascade of a family without a total θ (its steps' TPS warps
+    compose to no single θ); before, the first raised AttributeError and the second TypeError
+    at the end of a training's first epoch."""
+    heads = [head for st in transformers
+             for head in (st.transformers if isinstance(st, ParallelSpatialTransformers) else [st])]
+    return [head for head in heads if isinstance(head, SpatialTransformer)
+            and (not isinstance(head, CascadedSpatialTransformer) or isinstance(head.transform, MatrixTransform))]
 
 
 def _theta_statistics(

@@ -45,7 +45,7 @@ from torchstn.engine._checkpoint import (
 )
 from torchstn.engine._config import TrainConfig
 from torchstn.engine._data import dataset_model_args, epoch_batches, fetch_inputs, load_split, shard, to_channels_last
-from torchstn.engine._diagnostics import collapse_warnings, predicted_classes, theta_diagnostics
+from torchstn.engine._diagnostics import collapse_warnings, predicted_classes, theta_diagnostics, theta_heads
 from torchstn.engine._evaluate import as_evaluated, evaluate, precision_context
 from torchstn.engine._rundir import RunDir
 from torchstn.models import check_model_args, create_model
@@ -138,9 +138,10 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 def identity_penalty(model: nn.Module) -> torch.Tensor | float:
-    """``mean((θ - θ_identity)^2)`` summed over the transformers' last predictions (0 without any)."""
+    """``mean((θ - θ_identity)^2)`` summed over the transformers' last predictions (0 without any;
+    the transformers of :func:`~torchstn.engine._diagnostics.theta_heads`)."""
     total: torch.Tensor | float = 0.0
-    for st in getattr(model, "transformers", ()):
+    for st in theta_heads(getattr(model, "transformers", ())):
         theta = st.last_params
         if theta is not None:
             identity = st.transform.identity(device=theta.device, dtype=theta.dtype)
