@@ -339,8 +339,8 @@ def _headless_models():
         return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28 * 2, 4))
 
     def tps_cascade(in_channels=1, input_size=28, num_classes=4):
-        cascade = stn.CascadedSpatialTransformer(stn.ThinPlateSpline(control=(3, 3)), stn.conv_localization(1, (28, 28)),
-                                                 steps=2, compositional=False)
+        tps, loc = stn.ThinPlateSpline(control=(3, 3)), stn.conv_localization(1, (28, 28))
+        cascade = stn.CascadedSpatialTransformer(tps, loc, steps=2, compositional=False)
         plain = stn.SpatialTransformer("affine", stn.conv_localization(1, (28, 28)))
         return STClassifier(classifier(), [cascade, plain], input_shape=(1, 28, 28), num_classes=4)
 
