@@ -109,3 +109,52 @@ def test_low_precision_probabilities_are_binned_as_float32_ones(low):
     expected = abs(1 - probs.to(low)[0, 0].item())  # (the input's own rounding of 0.9)
     assert math.isclose(float(expected_calibration_error(probs.to(low), labels)), expected, rel_tol=1e-6)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("bins", [10, 15])
+def test_every_confidence_near_an_edge_lands_in_its_exact_bin(dtype, bins):
+    """e_(m-1) < p <= e_m with e_m = m/M as the dtype holds it, decided exactly (Fractions) for every
+    value of the dtype within a few units in the last place of an edge: the product p * M rounded
+    in the input's dtype had put bfloat16 0.90234375 into (0.8, 0.9] at 10 bins (bfloat16's 0.9 is
+    0.8984375), and 7 bfloat16 / 4 float16 values at 15."""
+    from fractions import Fraction
+
+    values = set()
+    for m in range(bins // 2, bins + 1):  # the confidences of two-class rows: [0.5, 1]
+        edge = torch.tensor(m / bins, dtype=dtype)
+        for direction in (0.0, 2.0):
+            v = edge
+            for _ in range(4):
+                values.add(float(v))
+                v = torch.nextafter(v, torch.tensor(direction, dtype=dtype))
+    p = torch.tensor(sorted(v for v in values if 0.5 <= v <= 1), dtype=dtype)
+    probs = torch.stack([p, 1 - p], 1)
+    _, _, count = calibration_bins(probs, torch.zeros(len(p), dtype=torch.long), bins=bins)
+    edges = [Fraction(torch.tensor(m / bins, dtype=dtype).item()) for m in range(1, bins + 1)]
+    expected = torch.zeros(bins)
+    for v in p.tolist():  # (the values as the dtype holds them, exactly)
+        expected[next(m for m, edge in enumerate(edges) if Fraction(v) <= edge)] += 1
+    assert count.tolist() == expected.tolist()
+
+
+def test_misclassified_counts_a_nan_row_as_wrong():
+    """argmax takes NaN for the largest value: a diverged model's NaN rows had counted as class 0
+    (right for class 0), and a row [nan, -5, 10] labelled 0 as right."""
+    from torchstn.engine import evaluate
+    from torchstn.engine.metrics import misclassified
+
+    nan = float("nan")
+    logits = torch.tensor([[nan, -5.0, 10.0], [nan, nan, nan], [1.0, 3.0, 2.0], [4.0, 3.0, 2.0], [-1, float("-inf"), 0]])
+    labels = torch.tensor([0, 0, 1, 0, 2])
+    assert misclassified(logits, labels).tolist() == [True, True, False, False, False]
+
+    class Diverged(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 3), nan)
+
+    data = torch.utils.data.TensorDataset(torch.zeros(5, 1, 2, 2), torch.tensor([0, 0, 0, 1, 2]))
+    result = evaluate(Diverged(), data, device="cpu")
+    assert result["error"] == 1.0 and result["per_class_error"] == [1.0, 1.0, 1.0] and math.isnan(result["loss"])
+    with pytest.raises(ValueError, match="labels must be class indices in \\[0, 2\\] for logits"):
+        misclassified(logits, torch.tensor([0, 0, 1, 0, 3]))

@@ -142,10 +142,11 @@ def _misclassified(model: Any, config: TrainConfig, dataset: Any, device: Any, s
     """Indices of the first ``num`` examples of ``dataset`` from ``start`` that ``model`` gets wrong, and
     the predictions that got them wrong (the figure shows these: a P-STN's next call draws anew)."""
     from torchstn.engine import predict
+    from torchstn.engine.metrics import misclassified
 
     logits, labels = predict(model, dataset, batch_size=config.eval_batch_size, device=device, **config.call_options())
     predictions = logits.argmax(1)
-    wrong = (predictions != labels).nonzero().flatten()
+    wrong = misclassified(logits, labels).nonzero().flatten()
     wrong = wrong[wrong >= start][:num]
     if not len(wrong):
         raise CLIError(f"the model classifies every test example from {start} correctly: no errors to show")

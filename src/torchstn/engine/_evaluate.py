@@ -16,7 +16,7 @@ from torch import nn
 from torchstn._validation import check_choice, check_int
 from torchstn.engine._config import PRECISIONS
 from torchstn.engine._data import iterate
-from torchstn.engine.metrics import expected_calibration_error
+from torchstn.engine.metrics import expected_calibration_error, misclassified
 
 __all__ = ["as_evaluated", "cpu_has_native_bf16", "evaluate", "precision_context", "predict"]
 
@@ -167,7 +167,7 @@ def evaluate(
     if n == 0:
         raise ValueError("evaluate needs a non-empty dataset")
     num_classes = logits.shape[1]
-    wrong = logits.argmax(1) != labels
+    wrong = misclassified(logits, labels)  # (a NaN row counts as wrong: argmax took NaN for the top)
     counts = torch.bincount(labels, minlength=num_classes)
     wrong_per_class = torch.bincount(labels[wrong], minlength=num_classes)
     per_class = [None if c == 0 else float(w / c) for w, c in zip(wrong_per_class.tolist(), counts.tolist())]

@@ -48,6 +48,7 @@ from torchstn.engine._data import dataset_model_args, epoch_batches, fetch_input
 from torchstn.engine._diagnostics import collapse_warnings, predicted_classes, theta_diagnostics, theta_heads
 from torchstn.engine._evaluate import as_evaluated, evaluate, precision_context
 from torchstn.engine._rundir import RunDir
+from torchstn.engine.metrics import _misclassified
 from torchstn.models import check_model_args, create_model
 from torchstn.nn import ProbabilisticSpatialTransformer, param_groups, total_kl
 
@@ -582,7 +583,7 @@ def _train_epoch(session: _Session, epoch: int, progress: bool) -> _EpochSums:
                disable=not show, file=sys.stderr, dynamic_ncols=True)
     for i, batch in enumerate(bar):
         loss, kl, logits, y = _train_step(session, batch)
-        batch_loss, batch_wrong = loss * y.numel(), (logits.argmax(1) != y).sum()
+        batch_loss, batch_wrong = loss * y.numel(), _misclassified(logits, y).sum()
         sums[0] += batch_loss
         sums[1] += batch_wrong
         sums[2] += kl * y.numel()

@@ -11,22 +11,28 @@ import torch
 
 from torchstn._validation import HALF_DTYPES, check_floating, check_int, check_same_batch, check_tensor
 
-__all__ = ["calibration_bins", "expected_calibration_error", "negative_log_likelihood"]
+__all__ = ["calibration_bins", "expected_calibration_error", "misclassified", "negative_log_likelihood"]
 
 
-def _check_probs_labels(probs: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:
-    probs = check_floating("probs", check_tensor("probs", probs, ndim=2))
+def _check_scores_labels(name: str, scores: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores`` ``(N, K)`` floating (named ``name``) and ``labels`` ``(N,)`` class indices in ``[0, K)``."""
+    scores = check_floating(name, check_tensor(name, scores, ndim=2))
     labels = check_tensor("labels", labels, ndim=1)
     if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"labels must be an integer tensor of class indices, got {labels.dtype}")
-    check_same_batch("probs", probs, "labels", labels)
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= probs.shape[1]):
+    check_same_batch(name, scores, "labels", labels)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= scores.shape[1]):
         raise ValueError(
-            f"labels must be class indices in [0, {probs.shape[1] - 1}] for probs of shape {tuple(probs.shape)}, "
+            f"labels must be class indices in [0, {scores.shape[1] - 1}] for {name} of shape {tuple(scores.shape)}, "
             f"got values in [{int(labels.min())}, {int(labels.max())}]"
         )
+    return scores, labels.long()
+
+
+def _check_probs_labels(probs: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:
+    probs, labels = _check_scores_labels("probs", probs, labels)
     _check_distributions(probs)
-    return probs, labels.long()
+    return probs, labels
 
 
 def _check_distributions(probs: torch.Tensor) -> None:
@@ -57,7 +63,8 @@ def calibration_bins(
     The confidence of a prediction is its top probability :math:`\hat p_i = \max_k p_{ik}`;
     predictions fall into ``bins`` equal-width bins :math:`(\frac{m-1}{M}, \frac{m}{M}]`
     (a confidence of exactly 0 goes to the first bin), as in Guo et al., *On Calibration
-    of Modern Neural Networks* (2017).
+    of Modern Neural Networks* (2017); the edges :math:`\frac{m}{M}` as ``probs``' dtype holds
+    them, as their code compares (so a float32 confidence ``0.6`` is in the bin ending at 0.6).
 
     Args:
         probs: ``(N, K)`` predicted class probabilities.
@@ -78,7 +85,10 @@ def calibration_bins(
     probs, labels = _check_probs_labels(probs, labels)
     check_int("bins", bins, minimum=1)
     confidence, prediction = probs.max(dim=1)
-    index = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
+    # compared with the edges as the input's dtype holds them, not through confidence * bins rounded in
+    # that dtype, which fell onto an edge (bfloat16 0.90234375 * 10 = 9.0: bin (0.8, 0.9])
+    edges = (torch.arange(1, bins + 1, dtype=torch.float64, device=probs.device) / bins).to(probs.dtype)
+    index = torch.searchsorted(edges, confidence.contiguous()).clamp(0, bins - 1)
     # summed in float64: a bfloat16 count stopped at 256 (256 + 1 rounds to 256), a float16 one at 2048
     confidence = confidence.double()
     count = confidence.new_zeros(bins).index_add_(0, index, torch.ones_like(confidence))
@@ -87,6 +97,28 @@ def calibration_bins(
     denom = count.clamp_min(1)
     dtype = torch.promote_types(probs.dtype, torch.float32)
     return (conf_sum / denom).to(dtype), (acc_sum / denom).to(dtype), count.to(dtype)
+
+
+def misclassified(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: whether each prediction misses its label, the top score's class not the
+    label, and a row with a NaN score always (``argmax`` takes NaN for the largest value, which
+    counted a diverged model's NaN rows as class 0 and so right for that class). The error rate
+    :func:`~torchstn.engine.evaluate` reports and the training error are its mean.
+
+    Args:
+        logits: ``(N, K)`` scores (logits, probabilities or log-probabilities).
+        labels: ``(N,)`` integer class indices.
+
+    Example:
+        >>> misclassified(torch.tensor([[2.0, 1.0], [0.0, 3.0], [float("nan"), 0.0]]), torch.tensor([0, 0, 0]))
+        tensor([False,  True,  True])
+    """
+    return _misclassified(*_check_scores_labels("logits", logits, labels))
+
+
+def _misclassified(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """:func:`misclassified` without the checks (the training step's, once per batch)."""
+    return (logits.argmax(1) != labels) | logits.isnan().any(1)
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> torch.Tensor:

@@ -292,6 +292,7 @@ def _test_predictions(
     """``(test set, wrong)`` of a finished cell's last model (``wrong``: 1.0 where it errs),
     or ``None`` when its run is gone or its test set was not drawn with one of ``families``."""
     from torchstn.engine import RunDir, evaluation_draws, load_model, load_split, predict
+    from torchstn.engine.metrics import misclassified
 
     run_dir = RunDir(record["run"])
     if not run_dir.holds_run():
@@ -302,7 +303,7 @@ def _test_predictions(
         return None
     with evaluation_draws(run_dir.checkpoint("last"), config.seed):  # (a P-STN: the θ behind its recorded error)
         logits, labels = predict(model, test_set, batch_size=config.eval_batch_size, **config.call_options())
-    return test_set, (logits.argmax(1) != labels).float()
+    return test_set, misclassified(logits, labels).float()
 
 
 def _binned(
