@@ -145,7 +145,8 @@ def test_misclassified_counts_a_nan_row_as_wrong():
     from torchstn.engine.metrics import misclassified
 
     nan = float("nan")
-    logits = torch.tensor([[nan, -5.0, 10.0], [nan, nan, nan], [1.0, 3.0, 2.0], [4.0, 3.0, 2.0], [-1, float("-inf"), 0]])
+    rows = [[nan, -5.0, 10.0], [nan, nan, nan], [1.0, 3.0, 2.0], [4.0, 3.0, 2.0], [-1.0, float("-inf"), 0.0]]
+    logits = torch.tensor(rows)
     labels = torch.tensor([0, 0, 1, 0, 2])
     assert misclassified(logits, labels).tolist() == [True, True, False, False, False]
 
