@@ -5,7 +5,7 @@
 One thread, one process; the four settings are timed in interleaved rounds (each
 round times each setting once, rotating who goes first), on the model an
 ``stn-table1`` RTS cell trains (42x42 input, ``pool=2``) and an Adam step, through
-the engine's own pieces (``TrainConfig`` → ``create_model``, ``fetch_inputs``,
+the engine's own pieces (``TrainConfig`` → ``create_model``, ``to_channels_last``, ``fetch_inputs``,
 ``precision_context``). Prints the median time per step and per-round ratios to fp32
 (> 1: faster than fp32), and the same for an evaluation batch of 512 without gradients.
 """
@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 import torchstn as stn
 from torchstn.bench import interleaved
 from torchstn.engine import TrainConfig, build_optimizer
-from torchstn.engine._data import fetch_inputs
+from torchstn.engine._data import fetch_inputs, to_channels_last
 from torchstn.engine._evaluate import precision_context
 
 SETTINGS = {
@@ -43,7 +43,7 @@ def _contenders(model_name: str, batch: int, evaluation: bool) -> dict:
         torch.manual_seed(0)
         model = stn.create_model(model_name, in_channels=1, input_size=42, num_classes=10, pool=2)
         if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = to_channels_last(model)  # (what train() does)
         optimizer = build_optimizer(model, config)
 
         def step(model=model, optimizer=optimizer, config=config) -> None:

@@ -78,7 +78,12 @@ def test_channels_last_trains_to_the_same_numbers(tmp_path, shapes):
     fast = train(_config(model="cnn", channels_last=True), tmp_path / "cl", train_set=shapes[0],
                  test_set=shapes[1], progress=False)
     conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    # the first convolution too, of one input channel: channels-last strides (as Module.to gives them),
+    # not the NCHW ones that also count as channels-last for it and ran it NCHW; so its output is NHWC
+    assert conv.in_channels == 1 and conv.weight.stride() == conv.weight.to(memory_format=torch.channels_last).stride()
+    x = shapes[1].tensors[0][:2].contiguous(memory_format=torch.channels_last)
+    out = conv(x)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
     a, b = base.model.state_dict(), fast.model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)  # the same maths, other kernels
     assert abs(base.history[-1]["test_loss"] - fast.history[-1]["test_loss"]) < 1e-3

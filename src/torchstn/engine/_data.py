@@ -77,14 +77,17 @@ def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
     ``Module.to(memory_format=torch.channels_last)`` refuses a model holding 5-D tensors
     (a 3-D convolution's weights, as in the volume models); this converts the 4-D ones
     only and leaves the others (1-D, 3-D convolutions, linear layers) as they are, so
-    ``TrainConfig.channels_last`` is safe for any model. Values are unchanged.
+    ``TrainConfig.channels_last`` is safe for any model. Values are unchanged. A weight of one
+    input channel gets channels-last strides too (``Tensor.to``, as ``Module.to`` does):
+    ``contiguous(memory_format=...)`` returns it as it is, since its NCHW strides count as
+    channels-last as well, and the first convolution of every MNIST model then ran NCHW.
 
     Example:
         >>> net = to_channels_last(torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.Conv2d(2, 4, 3)))
         >>> net[1].weight.is_contiguous(memory_format=torch.channels_last), net[0].weight.is_contiguous()
         (True, True)
     """
-    return model._apply(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
+    return model._apply(lambda t: t.to(memory_format=torch.channels_last) if t.dim() == 4 else t)
 
 
 def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> torch.Tensor:
