@@ -1,5 +1,6 @@
 """Every grid generator against a closed-form or independent reference."""
 
+import copy
 import math
 
 import numpy as np
@@ -516,6 +517,87 @@ def test_a_subclass_that_redefines_its_matrix_alone_cannot_compose_with_its_pare
     same = _WrongGradient()
     a, b = random_theta(same, 2, torch.float64, "cpu", scale=0.2), random_theta(same, 2, torch.float64, "cpu", scale=0.3)
     torch.testing.assert_close(same.compose(a, b), stn.Affine().compose(a, b))
+
+
+class _ScaledShift(stn.Translation):
+    """A translation by ``strength`` times θ: the parent's _from_matrix inverts it at strength 1 only."""
+
+    def __init__(self, strength: float = 1.0) -> None:
+        self.strength = strength
+
+    def _matrix(self, params):
+        return super()._matrix(self.strength * params)
+
+
+def test_whether_the_parent_inverts_the_matrix_follows_the_attributes_and_every_tracer():
+    """Whether the parent's _from_matrix inverts a subclass's matrix was decided once per instance:
+    after its attribute changed, the stored yes gave compose half of a + b (and deepcopy kept it);
+    under torch.compile and torch.func the check was skipped, the same wrong compose where eager
+    raised. Each state of the attributes is tried, whatever traces the call."""
+    a = torch.tensor([[0.2, 0.1]], dtype=torch.float64)
+    b = torch.tensor([[0.1, -0.3]], dtype=torch.float64)
+    family = _ScaledShift(1.0)
+    torch.testing.assert_close(family.compose(a, b), a + b)
+    family.strength = 0.5
+    refused = "_ScaledShift redefines its matrix .* but not _from_matrix"
+    for call in (lambda: family.compose(a, b), lambda: family.inverse(a), lambda: copy.deepcopy(family).compose(a, b),
+                 lambda: torch.func.vmap(lambda p, q: family.compose(p[None], q[None])[0])(a, b)):
+        with pytest.raises(NotImplementedError, match=refused):
+            call()
+    with pytest.raises(Exception, match=refused) as raised:  # (dynamo wraps it: the cause is ours)
+        torch.compile(lambda p, q: family.compose(p, q), fullgraph=True)(a, b)
+    assert raised.type is NotImplementedError or "define _from_matrix" in repr(raised.value.__cause__)
+    family.strength = 1.0
+    torch.testing.assert_close(torch.compile(lambda p, q: family.compose(p, q), fullgraph=True)(a, b), a + b)
+
+
+def test_a_users_identity_is_made_on_the_cpu_and_checked_for_its_shape():
+    """A user's _identity made with the default device could not be built under
+    torch.device("meta") (no values to copy); one of shape (1, P) passed check_transform and then
+    broke the localisation net's bias with a broadcast error."""
+
+    class ScaleXY(stn.MatrixTransform):
+        num_params = 2
+
+        def _identity(self):
+            return torch.ones(2, dtype=torch.float64)
+
+        def _matrix(self, params):
+            return torch.diag_embed(torch.cat([params, params.new_ones(params.shape[0], 1)], 1))
+
+        def _from_matrix(self, matrix):
+            return torch.diagonal(matrix, dim1=1, dim2=2)[:, :2] / matrix[:, 2:, 2]
+
+    with torch.device("meta"):
+        st = stn.SpatialTransformer(ScaleXY(), torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8)))
+        assert ScaleXY().identity().device.type == "meta"
+    assert st.to_empty(device="cpu")(torch.rand(1, 1, 4, 4)).shape == (1, 1, 4, 4)
+
+    class Wide(ScaleXY):
+        def _identity(self):
+            return torch.ones(1, 2, dtype=torch.float64)
+
+    wanted = r"_identity\(\) must return a tensor of shape \(2,\) .* got shape \(1, 2\)"
+    with pytest.raises(AssertionError, match=wanted):
+        check_transform(Wide(), torch.tensor([[0.8, 1.1]]))
+
+
+def test_check_transform_sees_an_in_place_op_that_keeps_the_values():
+    """A _map that clamped θ in place (values unchanged) passed; every backward through it then
+    failed. The check compares the version counter as check_sampler does."""
+
+    class Barrel(stn.Transform):
+        num_params = 1
+
+        def _identity(self):
+            return torch.zeros(1, dtype=torch.float64)
+
+        def _map(self, params, points):
+            params.clamp_(-0.5, 0.5)
+            return points * (1 + params[:, None, :] * (points**2).sum(-1, keepdim=True))
+
+    with pytest.raises(AssertionError, match="modified params in place"):
+        check_transform(Barrel(), torch.tensor([[0.2], [-0.1]]), gradcheck=False)
 
 
 def test_check_transform_checks_params_from_matrix_compose_and_inverse():

@@ -17,9 +17,11 @@ from torchstn._tracing import (
     batched_gradient,
     cached,
     constant,
+    constant_result,
     device_type_of,
     differentiable_vjp,
     eager_tensors,
+    outside_modes,
     tracing_or_faking,
 )
 from torchstn._validation import (
@@ -188,6 +190,22 @@ class Transform(ABC):
         """The identity parameters as a float64 ``(P,)`` CPU tensor (made on the CPU also under
         another default device: ``torch.device("meta")`` has no values to copy)."""
 
+    def _identity_values(self) -> torch.Tensor:
+        """:meth:`_identity`, made on the CPU whatever torch's default device (a user's family that
+        made it with the default device failed under ``torch.device("meta")``: no values to copy)
+        and checked to be ``(P,)`` (a ``(1, P)`` start broke the localisation net's bias with a
+        broadcast error)."""
+        if _default_device().type == "cpu":
+            p = self._identity()
+        else:
+            with torch.device("cpu"):
+                p = self._identity()
+        if not isinstance(p, torch.Tensor) or (not torch.jit.is_tracing() and tuple(p.shape) != (self.num_params,)):
+            got = f"shape {tuple(p.shape)}" if isinstance(p, torch.Tensor) else type(p).__name__
+            raise TypeError(f"{self.name}._identity() must return a tensor of shape ({self.num_params},) "
+                            f"(num_params), got {got}")
+        return p
+
     @abstractmethod
     def _map(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Map ``points`` ((N, ndim) shared, or (B, N, ndim)) with ``params`` (B, P) -> (B, N, ndim)."""
@@ -201,7 +219,7 @@ class Transform(ABC):
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         device = device if device is not None else _default_device()
         check_float_dtype("dtype", dtype)
-        p = constant(self._identity)  # (a TPS's control points: real tensors, also under a fake mode)
+        p = constant(self._identity_values)  # (a TPS's control points: real tensors, also under a fake mode)
         device = torch.device(device)
         if device.type != "cpu" and not (tracing_or_faking() or torch.jit.is_tracing()):
             # made on the device once (a copy from the host waits for the device: cascades and the
@@ -337,13 +355,10 @@ class MatrixTransform(Transform):
 
     def _checked_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         """The parent's ``_from_matrix`` for a subclass with its own matrix, once it is shown to
-        invert that matrix (a subclass that changes only how the matrix is computed): tried
-        once per transform on a few float64 parameters near the identity, so that a matrix
-        outside the family is projected as the parent projects it, and no call pays a check."""
-        inverts = self.__dict__.get("_parent_inverts")
-        if inverts is None and eager_tensors(matrix):  # (traced: no values to try; tried at the next eager call)
-            inverts = self.__dict__["_parent_inverts"] = self._parent_inverts()
-        if inverts is False:
+        invert that matrix (a subclass that changes only how the matrix is computed): tried on a
+        few float64 parameters near the identity, so that a matrix outside the family is
+        projected as the parent projects it (see :func:`_parent_inverts`)."""
+        if not _parent_inverts(self):
             raise NotImplementedError(
                 f"{type(self).__name__} redefines its matrix (_matrix or _rows) but not _from_matrix, and its "
                 "parent's does not invert it; params_from_matrix, compose and inverse read a matrix back into "
@@ -351,9 +366,9 @@ class MatrixTransform(Transform):
             )
         return self._inherited_from_matrix(matrix)  # type: ignore[attr-defined]
 
-    def _parent_inverts(self) -> bool:
+    def _try_parent_inverse(self) -> bool:
         steps = torch.linspace(-0.2, 0.2, 3 * self.num_params, dtype=torch.float64, device="cpu")
-        params = self._identity().to(torch.float64) + steps.view(3, self.num_params)
+        params = self._identity_values().to(torch.float64) + steps.view(3, self.num_params)
         wanted = self._matrix(params)
         back = self._matrix(self._inherited_from_matrix(wanted))  # type: ignore[attr-defined]
         if self.projective:  # (a homography's matrix, up to scale)
@@ -630,3 +645,31 @@ def _guard(w: torch.Tensor, eps: float) -> torch.Tensor:
     small = w.abs() < eps
     # eps as 0-d tensors of w's dtype: python scalars would make a float32 eps (rounded) in float64
     return torch.where(small, torch.where(w < 0, w.new_full((), -eps), w.new_full((), eps)), w)
+
+
+def _attributes(transform: MatrixTransform) -> tuple[Any, ...]:
+    """What ``transform``'s matrix may depend on beyond its parameters: its attributes (a tensor
+    by its values), so that the answer of :func:`_parent_inverts` is kept for them only."""
+    items = []
+    for name, value in sorted(vars(transform).items()):
+        if name != "_parent_inverts":
+            if isinstance(value, torch.Tensor):
+                value = (value.dtype, tuple(value.shape), value.detach().cpu().reshape(-1).tolist())
+            items.append((name, repr(value)))
+    return tuple(items)
+
+
+@constant_result
+def _parent_inverts(transform: MatrixTransform) -> bool:
+    """Whether the parent family's ``_from_matrix`` inverts ``transform``'s own matrix, tried
+    once for each state of its attributes: kept with the attributes it was tried for (a stored
+    yes outlived a change of the attribute its matrix reads, and ``compose`` gave half of a + b),
+    and tried on real tensors whatever traces the call (under ``torch.compile``, ``torch.func``
+    or export the check had been skipped: a wrong ``compose`` where eager raises). A constant
+    for ``torch.compile``, which runs it once while tracing."""
+    state = _attributes(transform)
+    kept = transform.__dict__.get("_parent_inverts")
+    if kept is None or kept[0] != state:
+        with outside_modes(), torch.no_grad():
+            kept = transform.__dict__["_parent_inverts"] = (state, transform._try_parent_inverse())
+    return kept[1]
