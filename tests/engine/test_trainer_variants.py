@@ -378,3 +378,37 @@ def test_heads_without_theta_train_and_draw(shapes, tmp_path, kind):
         assert figure.stat().st_size > 0 and result.final["test_error"] <= 100
     finally:
         _REGISTRY.pop(name)
+
+
+class _HeldNet(torch.nn.Module):
+    """A user's model holding its transformer as an attribute of its own, no ``transformers`` list."""
+
+    def __init__(self, in_channels=1, input_size=28, num_classes=4):
+        super().__init__()
+        self.st = stn.SpatialTransformer("affine", stn.conv_localization(in_channels, (28, 28)))
+        self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * 28 * 28, num_classes))
+
+    def forward(self, x):
+        return self.head(self.st(x))
+
+
+def test_a_user_model_without_a_transformers_list_gets_the_penalty_and_the_diagnostics(shapes, tmp_path):
+    """identity_reg found transformers in model.transformers only: for a model holding one as
+    self.st it added nothing (the same weights as without it) and the θ diagnostics were empty,
+    while loc_lr_mult (param_groups, over model.modules()) found it."""
+    from torchstn.models._registry import _REGISTRY
+
+    stn.register_model("test-held-net")(_HeldNet)
+    try:
+        def trained(reg, out=None):
+            config = TrainConfig(model="test-held-net", optimizer="sgd", lr=0.5, batch_size=32, steps=3,
+                                 schedule="constant", device="cpu", identity_reg=reg, loc_lr_mult=1.0)
+            return train(config, out, train_set=shapes[0], test_set=shapes[1], progress=False)
+
+        plain, pulled = trained(0.0), trained(1000.0, tmp_path / "run")
+        a, b = plain.model.st.state_dict(), pulled.model.st.state_dict()
+        assert any(not torch.equal(a[k], b[k]) for k in a)  # (the same weights before: no penalty)
+        record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+        assert [d["transform"] for d in record["theta"]] == ["Affine"]
+    finally:
+        _REGISTRY.pop("test-held-net")

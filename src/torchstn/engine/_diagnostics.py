@@ -140,6 +140,23 @@ def theta_diagnostics(
         return [_theta_statistics(st, x, classes, inputs) for st in heads]
 
 
+def transformers_of(model: nn.Module) -> list[nn.Module]:
+    """``model``'s spatial transformers: its ``transformers`` (a registry model's, in order), else
+    every :class:`~torchstn.nn.SpatialTransformer` in it that is not inside another, in module
+    order (a user's model holding one as ``self.st``: ``identity_reg`` had added nothing to its
+    loss and the θ diagnostics had been empty, while ``loc_lr_mult`` found it)."""
+    listed = getattr(model, "transformers", None)
+    if listed is not None:
+        return list(listed)
+    found: list[nn.Module] = []
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, SpatialTransformer) and not any(name.startswith(f"{outer}.") for outer in inside):
+            found.append(module)
+            inside.append(name)
+    return found
+
+
 def theta_heads(transformers: Iterable[nn.Module]) -> list[SpatialTransformer]:
     """The transformers of ``transformers`` that predict a θ, which the diagnostics, the run's
     figures and the identity penalty read: a :class:`~torchstn.nn.ParallelSpatialTransformers`

@@ -12,7 +12,7 @@ from torch import nn
 
 from torchstn._validation import figure_file
 from torchstn.engine._data import fetch_inputs
-from torchstn.engine._diagnostics import theta_heads
+from torchstn.engine._diagnostics import theta_heads, transformers_of
 from torchstn.engine._evaluate import as_evaluated, precision_context, predict
 from torchstn.engine.metrics import calibration_bins, expected_calibration_error
 from torchstn.nn import ProbabilisticSpatialTransformer, SpatialTransformer
@@ -325,7 +325,7 @@ def _run_examples(
     options: dict[str, Any],
 ) -> _Examples:
     """Run the model and its transformers on the items at ``index`` (called as ``options`` say)."""
-    transformers = theta_heads(getattr(model, "transformers", ()))
+    transformers = theta_heads(transformers_of(model))
     x_dev, y, inputs = fetch_inputs(dataset, index, options["ground_truth_init"], device)
     with as_evaluated([model], x_dev.device):  # (a figure drawn mid-training leaves the run as it was)
         with precision_context(options["precision"], device):  # (the prediction drawn; warps in float32 anyway)

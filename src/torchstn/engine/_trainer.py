@@ -45,7 +45,13 @@ from torchstn.engine._checkpoint import (
 )
 from torchstn.engine._config import TrainConfig
 from torchstn.engine._data import dataset_model_args, epoch_batches, fetch_inputs, load_split, shard, to_channels_last
-from torchstn.engine._diagnostics import collapse_warnings, predicted_classes, theta_diagnostics, theta_heads
+from torchstn.engine._diagnostics import (
+    collapse_warnings,
+    predicted_classes,
+    theta_diagnostics,
+    theta_heads,
+    transformers_of,
+)
 from torchstn.engine._evaluate import as_evaluated, evaluate, precision_context
 from torchstn.engine._rundir import RunDir
 from torchstn.engine.metrics import _misclassified
@@ -140,9 +146,9 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 def identity_penalty(model: nn.Module) -> torch.Tensor | float:
     """``mean((θ - θ_identity)^2)`` summed over the transformers' last predictions (0 without any;
-    the transformers of :func:`~torchstn.engine._diagnostics.theta_heads`)."""
+    the heads of :func:`~torchstn.engine._diagnostics.theta_heads` of the model's transformers)."""
     total: torch.Tensor | float = 0.0
-    for st in theta_heads(getattr(model, "transformers", ())):
+    for st in theta_heads(transformers_of(model)):
         theta = st.last_params
         if theta is not None:
             identity = st.transform.identity(device=theta.device, dtype=theta.dtype)
@@ -643,8 +649,9 @@ def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple
     model = session.product  # (the average of the weights with ema)
     x, _, inputs = diagnostics_batch
     diagnostics = []
-    if len(getattr(model, "transformers", ())) and len(x):  # (with the predicted classes: does the warp encode them?)
-        diagnostics = theta_diagnostics(model.transformers, x, classes=predicted_classes(model, x, **inputs), **inputs)
+    transformers = transformers_of(model)
+    if transformers and len(x):  # (with the predicted classes: does the warp encode them?)
+        diagnostics = theta_diagnostics(transformers, x, classes=predicted_classes(model, x, **inputs), **inputs)
     record["theta"] = diagnostics
     record["warnings"] = collapse_warnings(diagnostics)
     _print(_epoch_line(record, session.epochs), main=True)
