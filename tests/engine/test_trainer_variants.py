@@ -412,3 +412,32 @@ def test_a_user_model_without_a_transformers_list_gets_the_penalty_and_the_diagn
         assert [d["transform"] for d in record["theta"]] == ["Affine"]
     finally:
         _REGISTRY.pop("test-held-net")
+
+
+def test_a_dataset_of_dicts_and_a_run_of_an_unregistered_model_are_told_what_to_do(shapes, tmp_path):
+    """Items that are dicts failed with a bare KeyError: 0; a run of a model registered by the
+    user's code, loaded where that code was not imported, was said to be of another torchstn version."""
+    from torchstn.engine import load_model
+    from torchstn.models._registry import _REGISTRY
+
+    class Dicts(torch.utils.data.Dataset):
+        num_classes, input_shape = 4, (1, 28, 28)
+
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return {"image": shapes[0][i][0], "label": shapes[0][i][1]}
+
+    config = TrainConfig(model="cnn", steps=1, batch_size=8, device="cpu")
+    wanted = r"items must be \(input, label\) pairs, got dict with keys \['image', 'label'\]"
+    with pytest.raises(TypeError, match=wanted):
+        train(config, train_set=Dicts(), test_set=shapes[1], progress=False)
+    stn.register_model("test-held-net-2")(_HeldNet)
+    try:
+        train(config.replace(model="test-held-net-2"), tmp_path / "run", train_set=shapes[0], test_set=shapes[1],
+              progress=False)
+    finally:
+        _REGISTRY.pop("test-held-net-2")
+    with pytest.raises(Exception, match="registered by your code with register_model: import the module"):
+        load_model(tmp_path / "run")

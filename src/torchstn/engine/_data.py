@@ -142,6 +142,9 @@ def fetch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     else:
         getitems = getattr(dataset, "__getitems__", None)  # a batch at once (an online set renders it)
         items = getitems(indices.tolist()) if getitems is not None else [dataset[int(i)] for i in indices]
+        if items and not (isinstance(items[0], (tuple, list)) and len(items[0]) >= 2):  # (a dict: KeyError: 0)
+            raise TypeError(f"the dataset's items must be (input, label) pairs, got {type(items[0]).__name__}"
+                            + (f" with keys {list(items[0])}" if isinstance(items[0], dict) else ""))
         x = torch.stack([torch.as_tensor(item[0]) for item in items])
         y = torch.as_tensor([int(item[1]) for item in items])
     if x.dtype == torch.uint8:

@@ -41,7 +41,7 @@ from torchstn.engine._checkpoint import (
 )
 from torchstn.engine._config import TrainConfig
 from torchstn.engine._data import to_channels_last
-from torchstn.models import create_model
+from torchstn.models import create_model, list_models
 
 __all__ = ["RESUMABLE_CHANGES", "RunDir", "load_model", "resolve_checkpoint"]
 
@@ -346,8 +346,12 @@ def load_model(run_or_ckpt: str | Path, which: str = "best", map_location: str |
     try:
         model = create_model(config.model, **config.model_args)
     except (TypeError, ValueError) as err:  # (an argument the builder does not take: a TypeError out of `eval`)
-        raise CheckpointError(f"{path} cannot rebuild model {config.model!r}: {first_line(err)} (a checkpoint of "
-                              "another torchstn version?)") from None
+        if config.model not in list_models():  # (a user's model: its builder is registered by their code)
+            hint = (f"a model registered by your code with register_model: import the module that registers "
+                    f"{config.model!r} before loading the run")
+        else:
+            hint = "a checkpoint of another torchstn version?"
+        raise CheckpointError(f"{path} cannot rebuild model {config.model!r}: {first_line(err)} ({hint})") from None
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:
