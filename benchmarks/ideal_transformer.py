@@ -22,6 +22,12 @@ eval`` on it would read the distorted images, not these::
         --data-dir ../shared/data/mnist --out runs/x/rts-ideal-42p2-online-ls01   # the stn-table1 long recipe
     python benchmarks/ideal_transformer.py --kind p --online --label-smoothing 0.1 --supersample 4 \
         --data-dir ../shared/data/mnist --out runs/x/p-ideal-online-ls01-ss4   # stn-table1's P column since 2026-12-03
+    python benchmarks/ideal_transformer.py --kind addition --model fcn --online --steps 93700 \
+        --data-dir ../shared/data/mnist --out runs/x/addition-ideal-fcn   # an ideal 2xST-FCN, stn-addition's long
+
+``--kind addition`` is MNIST addition's two RTS digits: transformer ``k`` of an ideal 2xST-FCN
+warps both channels by the inverse of digit ``k``'s similarity to 28x28, the two outputs side
+by side (four channels), for the row's classifier (``--model fcn``).
 """
 
 from __future__ import annotations
@@ -35,33 +41,46 @@ from torchstn.data import distorted_mnist
 from torchstn.engine import TrainConfig, train
 
 
-class Undistorted:
-    """The images of a distorted MNIST split warped back by their ground truth (``images``, ``labels``)."""
+def undone(images: torch.Tensor, params: torch.Tensor, kind: str, size: int) -> torch.Tensor:
+    """``images`` warped back by the inverse of the maps ``params`` that rendered them, to ``size`` x ``size``.
+
+    For ``addition`` (``params``: each channel's similarity, ``(N, 8)``) an ideal 2xST-FCN's
+    output: transformer ``k`` warps both channels by the inverse of digit ``k``'s map, the
+    two outputs side by side, ``(N, 4, size, size)``.
+    """
+    if kind == "addition":
+        return torch.cat([undone(images, params[:, 4 * k : 4 * k + 4], "rts", size) for k in (0, 1)], 1)
+    transform = stn.Similarity() if kind in ("r", "rts") else stn.Projective()
+    inverse = transform.inverse(params.double()).float()
+    return stn.warp(images, inverse, transform, size=(size, size))
+
+
+class Undistorted(torch.utils.data.TensorDataset):
+    """The images of a distorted MNIST split warped back by their ground truth, with their labels."""
 
     def __init__(self, kind: str, split: str, root: str, size: int, supersample: int = 1) -> None:
-        ds = distorted_mnist(kind, split=split, root=root, supersample=supersample)
-        inverse = ds.transform.inverse(ds.params.double()).float()
-        chunks = [
-            stn.warp(ds.images[i : i + 4096].float().div(255), inverse[i : i + 4096], ds.transform, size=(size, size))
-            for i in range(0, len(ds.images), 4096)
-        ]
-        self.images, self.labels = torch.cat(chunks), ds.labels
-        self.input_shape, self.num_classes = (1, size, size), 10
-
-    def __len__(self) -> int:
-        return len(self.labels)
+        options = {"supersample": supersample} if supersample > 1 else {}
+        ds = distorted_mnist(kind, split=split, root=root, **options)
+        chunks = [undone(ds.images[i : i + 4096].float().div(255), ds.params[i : i + 4096], kind, size)
+                  for i in range(0, len(ds.images), 4096)]
+        super().__init__(torch.cat(chunks), ds.labels)
+        self.input_shape, self.num_classes = tuple(self.tensors[0].shape[1:]), 19 if kind == "addition" else 10
 
 
 class OnlineUndistorted(torch.utils.data.Dataset):
     """Fresh distortions every epoch (an online distorted set), each warped back by its own ground truth."""
 
     def __init__(self, kind: str, root: str, size: int, supersample: int = 1) -> None:
-        self.online = stn.data.get_dataset(f"mnist-{kind}", "train", root=root, online=True, supersample=supersample)
-        self.size = size
-        self.input_shape, self.num_classes = (1, size, size), 10
+        options = {"supersample": supersample} if supersample > 1 else {}
+        self.online = stn.data.get_dataset(f"mnist-{kind}", "train", root=root, online=True, **options)
+        self.kind, self.size = kind, size
+        channels = 4 if kind == "addition" else 1
+        self.input_shape, self.num_classes = (channels, size, size), self.online.num_classes
+        self.params = self.online.params
 
     def set_epoch(self, epoch: int) -> None:
         self.online.set_epoch(epoch)
+        self.params = self.online.params  # (this epoch's, every sample's: addition has no ground_truth)
 
     def __len__(self) -> int:
         return len(self.online)
@@ -69,15 +88,16 @@ class OnlineUndistorted(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
         items = self.online.__getitems__(indices)
         images, labels = torch.stack([image for image, _ in items]), [label for _, label in items]
-        inverse = self.online.transform.inverse(self.online.ground_truth(indices)[1].double()).float()
-        back = stn.warp(images, inverse, self.online.transform, size=(self.size, self.size))
+        back = undone(images, self.params[torch.as_tensor(indices)], self.kind, self.size)
         return list(zip(back.unbind(0), labels))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--kind", default="rts", choices=("rts", "r", "p"), help="the distortion undone")
+    parser.add_argument("--kind", default="rts", choices=("rts", "r", "p", "addition"), help="the distortion undone")
+    parser.add_argument("--model", default="cnn", choices=("cnn", "fcn"),
+                        help="the classifier (fcn with --kind addition: an ideal 2xST-FCN)")
     parser.add_argument("--size", type=int, default=28, help="side of the undistorted images")
     parser.add_argument("--pool", type=int, default=1, help="the CNN's average-pooling of its input")
     parser.add_argument("--steps", type=int, default=18740, help="default: 20 epochs of batch 64")
@@ -95,7 +115,8 @@ def main() -> None:
         train_set = Undistorted(args.kind, "train", args.data_dir, args.size, args.supersample)
     test_set = Undistorted(args.kind, "test", args.data_dir, args.size, args.supersample)
     config = TrainConfig(
-        model="cnn", model_args={"pool": args.pool}, data=f"mnist-{args.kind}", optimizer="adam", lr=2e-3, batch_size=64,
+        model=args.model, model_args={"pool": args.pool}, data=f"mnist-{args.kind}", optimizer="adam", lr=2e-3,
+        batch_size=64,
         warmup=0.05, schedule="cosine", steps=args.steps, channels_last=True, online=args.online,
         label_smoothing=args.label_smoothing, data_options={"supersample": args.supersample} if args.supersample > 1 else {},
     )
