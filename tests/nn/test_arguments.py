@@ -102,6 +102,9 @@ def test_regressor_start_values():
         stn.IdentityRegressor(4, [])
     with pytest.raises(TypeError, match=r"start\[1\] must be a number, got NoneType"):
         stn.IdentityRegressor(4, [0.0, None])
+    # finite in float64 but not in the float32 bias: it became inf and every output NaN
+    with pytest.raises(ValueError, match=r"start\[0\] must fit in float32 .* got 1e\+39"):
+        stn.SpatialTransformer("affine", nn.Sequential(nn.Flatten(), nn.Linear(16, 4)), start=[1e39, 0, 0, 0, 1, 0])
 
 
 def test_a_transform_must_warp_inputs_of_the_rank_its_localisation_net_declares():

@@ -71,7 +71,12 @@ def _start_values(start: Transform | Sequence[float]) -> list[float]:
         raise TypeError(f"start must be a Transform or a sequence of numbers, got {type(start).__name__}")
     if len(start) == 0:
         raise ValueError("start must hold at least one value, got an empty sequence")
-    return [check_number(f"start[{i}]", v) for i, v in enumerate(start)]
+    values = [check_number(f"start[{i}]", v) for i, v in enumerate(start)]
+    largest = torch.finfo(torch.float32).max  # (the bias's dtype: 1e39 became inf and every output NaN)
+    for i, v in enumerate(values):
+        if abs(v) > largest:
+            raise ValueError(f"start[{i}] must fit in float32 (|value| <= {largest:.4g}), got {v!r}")
+    return values
 
 
 def _zero_weight_start_bias(linear: nn.Linear, values: list[float]) -> None:
