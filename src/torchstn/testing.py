@@ -90,10 +90,13 @@ def _check_transform(transform: Transform, params: torch.Tensor, size: Sequence[
                      gradcheck: bool, compile: bool, stage: list[str]) -> None:
     n = transform.ndim
     size = tuple(size) if size is not None else (5, 7, 6)[-n:] if n > 1 else (9,)
-    before, version = params.clone(), params._version
-    grid = transform.grid(params, size, align_corners)
-    if not torch.equal(params, before) or params._version != version:  # (an in-place op that kept the values
-        raise AssertionError("grid modified params in place")        # broke every backward through it)
+    # a copy's values and version counter (an in-place op that kept the values broke every backward
+    # through it; an inference tensor has no counter, so there only the values)
+    probe = params.clone()
+    version = None if probe.is_inference() else probe._version
+    grid = transform.grid(probe, size, align_corners)
+    if not torch.equal(probe, params) or (version is not None and probe._version != version):
+        raise AssertionError("grid modified params in place")
     if grid.dtype != params.dtype or grid.device != params.device:
         raise AssertionError(f"grid has dtype/device {grid.dtype}/{grid.device}, params {params.dtype}/{params.device}")
     b = params.shape[0]

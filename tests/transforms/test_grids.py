@@ -551,6 +551,23 @@ def test_whether_the_parent_inverts_the_matrix_follows_the_attributes_and_every_
     torch.testing.assert_close(torch.compile(lambda p, q: family.compose(p, q), fullgraph=True)(a, b), a + b)
 
 
+def test_the_parent_inverse_check_is_not_recorded_by_a_tracer_nor_reads_a_tensor_attribute():
+    """Its first run inside torch.jit.trace took the tracer's variable names (the trace's sanity
+    check, which traces again, found another graph), and keying the answer by a tensor
+    attribute's values read it under make_fx's fake mode (and copied it every call)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    a = torch.tensor([[0.2, 0.1]])
+    b = torch.tensor([[0.1, -0.3]])
+    traced = torch.jit.trace(lambda p, q: _ScaledShift(1.0).compose(p, q), (a, b))  # (check_trace: traced twice)
+    torch.testing.assert_close(traced(a, b), a + b)
+    family = _ScaledShift(1.0)
+    family.unused = torch.ones(3)  # (a tensor the matrix does not read)
+    for mode in ("fake", "symbolic"):
+        graph = make_fx(lambda p, q: family.compose(p, q), tracing_mode=mode)(a, b)
+        torch.testing.assert_close(graph(a, b), a + b)
+
+
 def test_a_users_identity_is_made_on_the_cpu_and_checked_for_its_shape():
     """A user's _identity made with the default device could not be built under
     torch.device("meta") (no values to copy); one of shape (1, P) passed check_transform and then

@@ -5,9 +5,10 @@ The cache itself, and the questions about tracing and ``torch.func``, are :mod:`
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -195,9 +196,8 @@ class Transform(ABC):
         made it with the default device failed under ``torch.device("meta")``: no values to copy)
         and checked to be ``(P,)`` (a ``(1, P)`` start broke the localisation net's bias with a
         broadcast error)."""
-        if _default_device().type == "cpu":
-            p = self._identity()
-        else:
+        p = self._identity()
+        if isinstance(p, torch.Tensor) and p.device.type != "cpu":  # (made with another default device)
             with torch.device("cpu"):
                 p = self._identity()
         if not isinstance(p, torch.Tensor) or (not torch.jit.is_tracing() and tuple(p.shape) != (self.num_params,)):
@@ -648,28 +648,44 @@ def _guard(w: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _attributes(transform: MatrixTransform) -> tuple[Any, ...]:
-    """What ``transform``'s matrix may depend on beyond its parameters: its attributes (a tensor
-    by its values), so that the answer of :func:`_parent_inverts` is kept for them only."""
+    """What ``transform``'s matrix may depend on beyond its parameters: its attributes, a tensor by
+    its identity and version counter (an in-place change moves it; no values read, so nothing is
+    copied from a device or out of a fake or meta tensor), others by their ``repr``."""
     items = []
     for name, value in sorted(vars(transform).items()):
         if name != "_parent_inverts":
             if isinstance(value, torch.Tensor):
-                value = (value.dtype, tuple(value.shape), value.detach().cpu().reshape(-1).tolist())
-            items.append((name, repr(value)))
+                items.append((name, id(value), None if value.is_inference() else value._version))
+            else:
+                items.append((name, repr(value)))
     return tuple(items)
 
 
 @constant_result
 def _parent_inverts(transform: MatrixTransform) -> bool:
     """Whether the parent family's ``_from_matrix`` inverts ``transform``'s own matrix, tried
-    once for each state of its attributes: kept with the attributes it was tried for (a stored
-    yes outlived a change of the attribute its matrix reads, and ``compose`` gave half of a + b),
-    and tried on real tensors whatever traces the call (under ``torch.compile``, ``torch.func``
-    or export the check had been skipped: a wrong ``compose`` where eager raises). A constant
-    for ``torch.compile``, which runs it once while tracing."""
-    state = _attributes(transform)
-    kept = transform.__dict__.get("_parent_inverts")
-    if kept is None or kept[0] != state:
-        with outside_modes(), torch.no_grad():
+    once for each state of its attributes (:func:`_attributes`): a stored yes outlived a change
+    of the attribute its matrix reads, and ``compose`` gave half of a + b. Tried on real tensors
+    outside every mode and tracer (under ``torch.compile``, ``torch.func`` or export the check
+    had been skipped: a wrong ``compose`` where eager raises; ``torch.jit.trace`` must not
+    record it). A constant for ``torch.compile``, which runs it while tracing: a compiled call
+    reads the answer again where dynamo's guards recompile it (Python attributes), not after an
+    in-place change of a tensor attribute."""
+    with outside_modes(), torch.no_grad(), _no_jit_tracing():
+        state = _attributes(transform)
+        kept = transform.__dict__.get("_parent_inverts")
+        if kept is None or kept[0] != state:
             kept = transform.__dict__["_parent_inverts"] = (state, transform._try_parent_inverse())
     return kept[1]
+
+
+@contextlib.contextmanager
+def _no_jit_tracing() -> Iterator[None]:
+    """Inside, ``torch.jit.trace`` records nothing (a check's operations took its variables' names,
+    and the trace's sanity check, which traces again, found another graph)."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
