@@ -117,7 +117,7 @@ def test_every_confidence_near_an_edge_lands_in_its_exact_bin(dtype, bins):
     """e_(m-1) < p <= e_m with e_m = m/M as the dtype holds it, decided exactly (Fractions) for every
     value of the dtype within a few units in the last place of an edge: the product p * M rounded
     in the input's dtype had put bfloat16 0.90234375 into (0.8, 0.9] at 10 bins (bfloat16's 0.9 is
-    0.8984375), and 7 bfloat16 / 4 float16 values at 15."""
+    0.8984375), and float16 and float32 values next to an edge at 10 bins and float16 ones at 15."""
     from fractions import Fraction
 
     values = set()

@@ -441,3 +441,22 @@ def test_a_dataset_of_dicts_and_a_run_of_an_unregistered_model_are_told_what_to_
         _REGISTRY.pop("test-held-net-2")
     with pytest.raises(Exception, match="registered by your code with register_model: import the module"):
         load_model(tmp_path / "run")
+
+
+def test_transformers_of_a_bare_transformer_and_of_a_model_with_another_transformers_list():
+    """A model that is itself a SpatialTransformer listed the transformers nested in its
+    localisation net too; a model with an unrelated ``transformers`` list (attention layers)
+    hid its own spatial transformer."""
+    from torchstn.engine._diagnostics import transformers_of
+
+    inner = stn.SpatialTransformer("translation", torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)))
+    outer = stn.SpatialTransformer("affine", torch.nn.Sequential(inner, torch.nn.Flatten(), torch.nn.Linear(16, 4)))
+    assert transformers_of(outer) == [outer]
+
+    class Mixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformers = torch.nn.ModuleList([torch.nn.TransformerEncoderLayer(8, 2, 16)])
+            self.st = inner
+
+    assert transformers_of(Mixed()) == [inner]

@@ -280,11 +280,12 @@ def test_total_kl_sums_every_probabilistic_transformer():
     model = nn.ModuleDict({"a": a, "b": b, "plain": stn.SpatialTransformer("affine", _loc(64))})
     # a model without a P-STN: a 0-dim zero of its parameters' dtype (a typed `.item()` works), so
     # adding it to a loss changes neither the loss's value nor its dtype
+    mixed = nn.Sequential(nn.Linear(2, 2).double(), nn.Linear(2, 2))  # (the narrowest: a float32 loss stays float32)
     for plain, dtype in ((nn.Linear(2, 2), torch.float32), (nn.Linear(2, 2).double(), torch.float64),
-                         (nn.ReLU(), torch.float32)):
+                         (nn.ReLU(), torch.float32), (mixed, torch.float32)):
         zero = total_kl(plain)
         assert isinstance(zero, torch.Tensor) and zero.shape == () and zero.dtype == dtype and zero.item() == 0.0
-        loss = plain(torch.ones(1, 2, dtype=dtype)).sum()
+        loss = (plain[1] if plain is mixed else plain)(torch.ones(1, 2, dtype=dtype)).sum()
         assert (loss + zero).dtype == loss.dtype and (loss + zero).item() == loss.item()
     with pytest.raises(RuntimeError, match="forward"):
         total_kl(model)

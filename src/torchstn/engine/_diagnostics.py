@@ -21,7 +21,6 @@ from torch import nn
 
 from torchstn.engine._evaluate import as_evaluated
 from torchstn.nn import CascadedSpatialTransformer, ParallelSpatialTransformers, SpatialTransformer
-from torchstn.transforms import MatrixTransform
 
 __all__ = ["collapse_warnings", "predicted_classes", "theta_diagnostics", "warp_log_area"]
 
@@ -146,8 +145,11 @@ def transformers_of(model: nn.Module) -> list[nn.Module]:
     order (a user's model holding one as ``self.st``: ``identity_reg`` had added nothing to its
     loss and the θ diagnostics had been empty, while ``loc_lr_mult`` found it)."""
     listed = getattr(model, "transformers", None)
-    if listed is not None:
-        return list(listed)
+    kinds = (SpatialTransformer, ParallelSpatialTransformers)
+    if isinstance(listed, (nn.ModuleList, list, tuple)) and all(isinstance(m, kinds) for m in listed):
+        return list(listed)  # (not a list of something else named so: a user's nn.TransformerEncoderLayer's)
+    if isinstance(model, SpatialTransformer):
+        return [model]
     found: list[nn.Module] = []
     inside: list[str] = []
     for name, module in model.named_modules():
@@ -167,7 +169,7 @@ def theta_heads(transformers: Iterable[nn.Module]) -> list[SpatialTransformer]:
     heads = [head for st in transformers
              for head in (st.transformers if isinstance(st, ParallelSpatialTransformers) else [st])]
     return [head for head in heads if isinstance(head, SpatialTransformer)
-            and (not isinstance(head, CascadedSpatialTransformer) or isinstance(head.transform, MatrixTransform))]
+            and (not isinstance(head, CascadedSpatialTransformer) or head.has_total_params)]
 
 
 def _theta_statistics(

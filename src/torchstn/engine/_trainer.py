@@ -145,8 +145,8 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 def identity_penalty(model: nn.Module) -> torch.Tensor | float:
-    """``mean((θ - θ_identity)^2)`` summed over the transformers' last predictions (0 without any;
-    the heads of :func:`~torchstn.engine._diagnostics.theta_heads` of the model's transformers)."""
+    """``mean((θ - θ_identity)^2)`` summed over the last predictions of the model's transformers
+    that predict a θ (those the θ diagnostics read; 0 without any)."""
     total: torch.Tensor | float = 0.0
     for st in theta_heads(transformers_of(model)):
         theta = st.last_params

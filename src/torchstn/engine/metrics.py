@@ -64,7 +64,8 @@ def calibration_bins(
     predictions fall into ``bins`` equal-width bins :math:`(\frac{m-1}{M}, \frac{m}{M}]`
     (a confidence of exactly 0 goes to the first bin), as in Guo et al., *On Calibration
     of Modern Neural Networks* (2017); the edges :math:`\frac{m}{M}` as ``probs``' dtype holds
-    them, as their code compares (so a float32 confidence ``0.6`` is in the bin ending at 0.6).
+    them (so a float32 confidence ``0.6`` is in the bin ending at 0.6; their code's
+    ``torch.linspace`` edges are within one unit in the last place of these).
 
     Args:
         probs: ``(N, K)`` predicted class probabilities.
@@ -84,7 +85,7 @@ def calibration_bins(
     """
     probs, labels = _check_probs_labels(probs, labels)
     check_int("bins", bins, minimum=1)
-    confidence, prediction = probs.max(dim=1)
+    confidence = probs.max(dim=1).values
     # compared with the edges as the input's dtype holds them, not through confidence * bins rounded in
     # that dtype, which fell onto an edge (bfloat16 0.90234375 * 10 = 9.0: bin (0.8, 0.9])
     edges = (torch.arange(1, bins + 1, dtype=torch.float64, device=probs.device) / bins).to(probs.dtype)
@@ -93,7 +94,7 @@ def calibration_bins(
     confidence = confidence.double()
     count = confidence.new_zeros(bins).index_add_(0, index, torch.ones_like(confidence))
     conf_sum = torch.zeros_like(count).index_add_(0, index, confidence)
-    acc_sum = torch.zeros_like(count).index_add_(0, index, (prediction == labels).double())
+    acc_sum = torch.zeros_like(count).index_add_(0, index, (~_misclassified(probs, labels)).double())
     denom = count.clamp_min(1)
     dtype = torch.promote_types(probs.dtype, torch.float32)
     return (conf_sum / denom).to(dtype), (acc_sum / denom).to(dtype), count.to(dtype)

@@ -199,6 +199,12 @@ class CascadedSpatialTransformer(SpatialTransformer):
         _check_nets_fit(output_size, nets if self.compositional or self.share else nets[1:], self.compositional,
                         self.num_steps)
 
+    @property
+    def has_total_params(self) -> bool:
+        """Whether the steps compose to one total ``θ`` (:meth:`predict_params`, ``last_params``):
+        for a matrix family; a plain cascade of another (a TPS) has none."""
+        return isinstance(self.transform, MatrixTransform)
+
     def _cascade(
         self, x: torch.Tensor, init_params: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
@@ -207,7 +213,7 @@ class CascadedSpatialTransformer(SpatialTransformer):
         # (x itself before the identity is made from its batch, device and dtype: an integer x was
         # reported as a "dtype" the caller never passed)
         check_floating("x", check_tensor("x", x, ndim=transform.ndim + 2))
-        composable = isinstance(transform, MatrixTransform)
+        composable = self.has_total_params
         p = init_params
         if p is not None:  # (named: transform_input's own check said "params")
             p = transform.check_params(p, "init_params")
@@ -234,7 +240,7 @@ class CascadedSpatialTransformer(SpatialTransformer):
 
     def predict_params(self, x: torch.Tensor, *, init_params: torch.Tensor | None = None) -> torch.Tensor:
         """The total ``θ`` ``(B, P)`` the cascade reaches on ``x`` (starting from ``init_params``)."""
-        if not isinstance(self.transform, MatrixTransform):
+        if not self.has_total_params:
             raise TypeError(f"a total θ needs a MatrixTransform, this cascade uses {self.transform.name}")
         return self._cascade(x, init_params)[1]
 

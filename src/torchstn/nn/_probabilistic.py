@@ -417,11 +417,15 @@ def total_kl(model: nn.Module) -> torch.Tensor:
     :meth:`~ProbabilisticSpatialTransformer.marginalize` (the negative ELBO),
     ``torchstn.engine.data_loss(model, model(x), y) + total_kl(model)`` for any model, as the
     engine's loop. Always a 0-dim tensor (``.item()`` works): for a model without a P-STN a
-    zero of its first parameter's dtype and device (float32 on the CPU if it has none), which
-    leaves the loss it is added to unchanged.
+    zero of the narrowest floating dtype among its parameters, on that parameter's device
+    (torch's default dtype on the CPU if it has none), which a loss of that dtype or a wider
+    one keeps (a 0-dim CPU tensor combines with tensors on any device).
     """
     terms = [m.kl() for m in check_module("model", model).modules() if isinstance(m, ProbabilisticSpatialTransformer)]
     if terms:
         return sum(terms[1:], terms[0])
-    first = next(model.parameters(), None)
-    return torch.zeros((), dtype=first.dtype, device=first.device) if first is not None else torch.zeros(())
+    floating = [p for p in model.parameters() if p.is_floating_point()]
+    if not floating:
+        return torch.zeros((), device="cpu")
+    narrowest = min(floating, key=lambda p: p.element_size())
+    return torch.zeros((), dtype=narrowest.dtype, device=narrowest.device)
