@@ -681,8 +681,15 @@ def _run_in_workers(
         for future in [f for f in running if f.done() and not f.cancelled()]:
             collect(future)
         # (no public call ends running work: shutdown waits for it, or leaves it running)
-        for process in _workers(pool):
+        workers = _workers(pool)
+        for process in workers:
             process.terminate()
+        # a worker that SIGTERM unwinds may then block for good handing its exception back, on the
+        # result queue's lock that a killed worker held: the test of a killed worker hung 20 min
+        for process in workers:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
         pool.shutdown(wait=True, cancel_futures=True)  # (quick: no worker is left to wait for)
         if isinstance(err, BrokenProcessPool):  # (also from a submit to a pool broken meanwhile)
             cells = ", ".join(cell.key for cell in [*lost, *(c for c, _ in running.values())])
