@@ -17,7 +17,7 @@ import contextlib
 import importlib
 import sys
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -130,6 +130,19 @@ def outside_modes() -> contextlib.AbstractContextManager[Any]:
     from torch.utils._python_dispatch import _disable_current_modes
 
     return _disable_current_modes()
+
+
+@contextlib.contextmanager
+def outside_jit_trace() -> Iterator[None]:
+    """Inside, ``torch.jit.trace`` records nothing (as :func:`outside_modes` for the dispatch
+    modes): for a check computed once from constants, whose operations would take a trace's
+    variables' names, so that the trace's sanity check, which traces again, finds another graph."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

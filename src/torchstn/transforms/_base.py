@@ -5,10 +5,9 @@ The cache itself, and the questions about tracing and ``torch.func``, are :mod:`
 
 from __future__ import annotations
 
-import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from torchstn._tracing import (
     device_type_of,
     differentiable_vjp,
     eager_tensors,
+    outside_jit_trace,
     outside_modes,
     tracing_or_faking,
 )
@@ -671,21 +671,10 @@ def _parent_inverts(transform: MatrixTransform) -> bool:
     record it). A constant for ``torch.compile``, which runs it while tracing: a compiled call
     reads the answer again where dynamo's guards recompile it (Python attributes), not after an
     in-place change of a tensor attribute."""
-    with outside_modes(), torch.no_grad(), _no_jit_tracing():
+    with outside_modes(), torch.no_grad(), outside_jit_trace():
         state = _attributes(transform)
         kept = transform.__dict__.get("_parent_inverts")
         if kept is None or kept[0] != state:
             kept = transform.__dict__["_parent_inverts"] = (state, transform._try_parent_inverse())
     return kept[1]
 
-
-@contextlib.contextmanager
-def _no_jit_tracing() -> Iterator[None]:
-    """Inside, ``torch.jit.trace`` records nothing (a check's operations took its variables' names,
-    and the trace's sanity check, which traces again, found another graph)."""
-    state = torch._C._get_tracing_state()
-    torch._C._set_tracing_state(None)
-    try:
-        yield
-    finally:
-        torch._C._set_tracing_state(state)
