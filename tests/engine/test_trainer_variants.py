@@ -1,6 +1,7 @@
 """The engine with the transformer variants: P-STN's KL in the objective, calibration in
 every record, and how online (batched, per-epoch) datasets are fed."""
 
+import contextlib
 import json
 
 import pytest
@@ -328,6 +329,18 @@ def test_data_loss_warns_for_a_user_model_around_marginalize_and_reads_wrapped_m
         data_loss(stn_model, normalised, y, 1.5)
 
 
+@contextlib.contextmanager
+def _registered(name, builder):
+    """``builder`` registered as model ``name`` inside only (the registry is the process's)."""
+    from torchstn.models._registry import _REGISTRY
+
+    stn.register_model(name)(builder)
+    try:
+        yield name
+    finally:
+        _REGISTRY.pop(name)
+
+
 def _headless_models():
     """Models whose transformers include heads without a θ: a plain cascade of thin-plate splines
     (its steps compose to no single θ) and a Parallel with a head that is no transformer."""
@@ -359,11 +372,8 @@ def test_heads_without_theta_train_and_draw(shapes, tmp_path, kind):
     epoch's θ diagnostics; the diagnostics, the identity penalty and the figure now read the
     one affine head that has a θ, as they would in a model of that head alone."""
     from torchstn.engine import theta_diagnostics
-    from torchstn.models._registry import _REGISTRY
 
-    name = f"test-{kind}"
-    stn.register_model(name)(_headless_models()[kind])
-    try:
+    with _registered(f"test-{kind}", _headless_models()[kind]) as name:
         config = TrainConfig(model=name, optimizer="adam", lr=1e-3, batch_size=32, steps=2, schedule="constant",
                              device="cpu", diagnostics_samples=8, identity_reg=0.1)
         result = train(config, tmp_path / "run", train_set=shapes[0], test_set=shapes[1], progress=False)
@@ -376,8 +386,6 @@ def test_heads_without_theta_train_and_draw(shapes, tmp_path, kind):
         assert theta_diagnostics(model.transformers, x) == [alone]
         figure = plot_run(model, shapes[1], tmp_path / "run.png", num=2, calibration_images=8)
         assert figure.stat().st_size > 0 and result.final["test_error"] <= 100
-    finally:
-        _REGISTRY.pop(name)
 
 
 class _HeldNet(torch.nn.Module):
@@ -396,10 +404,7 @@ def test_a_user_model_without_a_transformers_list_gets_the_penalty_and_the_diagn
     """identity_reg found transformers in model.transformers only: for a model holding one as
     self.st it added nothing (the same weights as without it) and the θ diagnostics were empty,
     while loc_lr_mult (param_groups, over model.modules()) found it."""
-    from torchstn.models._registry import _REGISTRY
-
-    stn.register_model("test-held-net")(_HeldNet)
-    try:
+    with _registered("test-held-net", _HeldNet):
         def trained(reg, out=None):
             config = TrainConfig(model="test-held-net", optimizer="sgd", lr=0.5, batch_size=32, steps=3,
                                  schedule="constant", device="cpu", identity_reg=reg, loc_lr_mult=1.0)
@@ -410,15 +415,12 @@ def test_a_user_model_without_a_transformers_list_gets_the_penalty_and_the_diagn
         assert any(not torch.equal(a[k], b[k]) for k in a)  # (the same weights before: no penalty)
         record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
         assert [d["transform"] for d in record["theta"]] == ["Affine"]
-    finally:
-        _REGISTRY.pop("test-held-net")
 
 
 def test_a_dataset_of_dicts_and_a_run_of_an_unregistered_model_are_told_what_to_do(shapes, tmp_path):
     """Items that are dicts failed with a bare KeyError: 0; a run of a model registered by the
     user's code, loaded where that code was not imported, was said to be of another torchstn version."""
     from torchstn.engine import load_model
-    from torchstn.models._registry import _REGISTRY
 
     class Dicts(torch.utils.data.Dataset):
         num_classes, input_shape = 4, (1, 28, 28)
@@ -433,12 +435,8 @@ def test_a_dataset_of_dicts_and_a_run_of_an_unregistered_model_are_told_what_to_
     wanted = r"items must be \(input, label\) pairs, got dict with keys \['image', 'label'\]"
     with pytest.raises(TypeError, match=wanted):
         train(config, train_set=Dicts(), test_set=shapes[1], progress=False)
-    stn.register_model("test-held-net-2")(_HeldNet)
-    try:
-        train(config.replace(model="test-held-net-2"), tmp_path / "run", train_set=shapes[0], test_set=shapes[1],
-              progress=False)
-    finally:
-        _REGISTRY.pop("test-held-net-2")
+    with _registered("test-held-net-2", _HeldNet) as name:
+        train(config.replace(model=name), tmp_path / "run", train_set=shapes[0], test_set=shapes[1], progress=False)
     with pytest.raises(Exception, match="registered by your code with register_model: import the module"):
         load_model(tmp_path / "run")
 
