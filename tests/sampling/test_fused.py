@@ -189,6 +189,23 @@ def test_offsets_past_float32s_exact_integers_read_the_right_pixels():
     torch.testing.assert_close(out, expected, atol=2e-3, rtol=0)
 
 
+@pytest.mark.parametrize("backend", ["auto", "fused"])
+@pytest.mark.parametrize("tall", [True, False])
+def test_images_taller_or_wider_than_2_to_the_30_equal_f_grid_sample(backend, tall):
+    """The kernel takes a pixel coordinate beyond 2^30 for a point far outside: an image
+    that tall or wide (stride 0 along it: no memory) goes to F.grid_sample instead of
+    reading its far rows or columns as padding, through warp and through sample."""
+    n = 2**30 + 2**29
+    line = torch.linspace(0, 1, 3, dtype=torch.float64)
+    x = line.view(1, 1, 1, 3).expand(1, 1, n, 3) if tall else line.view(1, 1, 3, 1).expand(1, 1, 3, n)
+    theta = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
+    grid = F.affine_grid(theta.view(1, 2, 3), [1, 1, 3, 3], align_corners=False)
+    expected = F.grid_sample(x, grid, align_corners=False)
+    assert fused_applies(x, "bilinear") is False
+    torch.testing.assert_close(stn.warp(x, theta, stn.Affine(), size=(3, 3), backend=backend), expected)
+    torch.testing.assert_close(stn.sample(x, grid, backend=backend), expected)
+
+
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_neighbouring_pixels_read_whole_equal_the_two_passes_bit_for_bit(padding, align_corners):

@@ -295,6 +295,10 @@ def test_what_the_kernel_covers():
     assert not _fused3d.fused3d_applies(torch.rand(1, 1, 2, 3, 4, dtype=torch.float16), "bilinear")
     assert not _fused3d.fused3d_applies(torch.rand(1, 1, 0, 3, 4), "bilinear")  # F.grid_sample's error
     assert not _fused3d.fused3d_applies(torch.rand(1, 1, 3, 4), "bilinear")
+    # a side longer than 2^30 (whose far voxels the kernel would take for points far outside),
+    # even where the volume has fewer than 2^31 voxels
+    for shape in [(1, 1, 1, 1, 2**30 + 5), (1, 1, 1, 2**30 + 5, 1), (1, 1, 2**30 + 5, 1, 1)]:
+        assert not _fused3d.fused3d_applies(torch.rand(1, 1, 1, 1, 1).expand(shape), "bilinear")
     # empty batches and channels
     for shape, size in [((0, 1, 3, 4, 5), (3, 4, 5)), ((2, 0, 3, 4, 5), (3, 4, 5))]:
         x = torch.rand(shape, requires_grad=True)

@@ -494,15 +494,15 @@ def fused_status(ndim: int = 2) -> FusedStatus:
 def fused_applies(x: torch.Tensor, mode: str) -> bool:
     """Whether the fused kernel covers this input: bilinear or nearest, a float32/float64 CPU image
     (B, C, H, W), any strides (NCHW and channels_last are read in place), with non-empty H
-    and W (F.grid_sample reports empty ones) and int32 pixel offsets, outside
-    ``torch.jit.trace`` (which cannot record the operator, and whose sizes are traced
-    tensors this test would read). Where it does not, ``backend="fused"`` falls back to
-    ``F.grid_sample``."""
+    and W (F.grid_sample reports empty ones) of at most 2^30 pixels (the kernel takes a point
+    beyond 2^30 for one far outside) and int32 pixel offsets, outside ``torch.jit.trace``
+    (which cannot record the operator, and whose sizes are traced tensors this test would
+    read). Where it does not, ``backend="fused"`` falls back to ``F.grid_sample``."""
     if mode not in _MODES or x.dtype not in _DTYPES or x.dim() != 4 or not x.is_cpu or torch.jit.is_tracing():
         return False
     _, _, h, w = x.shape
     _, _, sh, sw = x.stride()
-    return h > 0 and w > 0 and (h + 1) * sh + (w + 1) * sw < 2**31
+    return 0 < h <= 2**30 and 0 < w <= 2**30 and (h + 1) * sh + (w + 1) * sw < 2**31
 
 
 _DTYPES = (torch.float32, torch.float64)

@@ -95,7 +95,7 @@ def fused3d_available() -> bool:
 def fused3d_applies(x: torch.Tensor, mode: str) -> bool:
     """Whether the fused 3-D kernel covers this input: ``"bilinear"`` or ``"nearest"``, a
     float32/float64 CPU volume (B, C, D, H, W) with non-empty D, H and W (F.grid_sample
-    reports empty ones) and int32 voxel offsets, outside ``torch.jit.trace``.
+    reports empty ones) of at most 2^30 voxels and int32 voxel offsets, outside ``torch.jit.trace``.
 
     Example:
         >>> fused3d_applies(torch.rand(1, 1, 4, 4, 4), "nearest")
@@ -106,7 +106,9 @@ def fused3d_applies(x: torch.Tensor, mode: str) -> bool:
     if torch.jit.is_tracing() or mode not in _MODES or x.dim() != 5:
         return False
     d, h, w = x.shape[2:]
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and 0 < d * h * w < 2**31 - h * w - w
+    # (every side at most 2^30: the kernel takes a point beyond 2^30 for one far outside)
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and max(d, h, w) <= 2**30
+            and 0 < d * h * w < 2**31 - h * w - w)
 
 
 # ---------------------------------------------------------------------------------------------

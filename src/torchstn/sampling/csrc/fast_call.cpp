@@ -335,7 +335,7 @@ int takes_kernel(PyObject* backend) {
 
 // Whether the kernel covers image x (B, C, H, W) and its location tensor loc (parameters or a
 // grid: its batch) in this call: plain CPU tensors of one floating dtype (float32 or float64),
-// no CPU autocast, non-empty H and W with int32 pixel
+// no CPU autocast, non-empty H and W of at most 2^30 pixels with int32 pixel
 // offsets (_fused.fused_applies), x not empty, loc of x's batch
 bool kernel_covers(const at::Tensor& x, const at::Tensor& loc) {
   if (!plain_cpu(x) || !plain_cpu(loc) || x.dim() != 4 || loc.scalar_type() != x.scalar_type() ||
@@ -344,7 +344,9 @@ bool kernel_covers(const at::Tensor& x, const at::Tensor& loc) {
   // autocast on the CPU: its key not excluded (at::autocast::is_autocast_enabled's own test)
   if (!c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU)) return false;
   const int64_t h = x.size(2), w = x.size(3);
-  return h > 0 && w > 0 && (h + 1) * x.stride(2) + (w + 1) * x.stride(3) < (int64_t(1) << 31) && x.numel() > 0 &&
+  const int64_t side = int64_t(1) << 30;  // (the kernel takes a point beyond 2^30 for one far outside)
+  return h > 0 && w > 0 && h <= side && w <= side &&
+         (h + 1) * x.stride(2) + (w + 1) * x.stride(3) < (int64_t(1) << 31) && x.numel() > 0 &&
          loc.dim() >= 1 && loc.size(0) == x.size(0);
 }
 
