@@ -3,7 +3,8 @@
 Volumes are ``(B, C, D, H, W)``; the 12 parameters are the rows of the 3x4 matrix that
 maps output points ``(x, y, z)`` (x along W, y along H, z along D, normalised to
 [-1, 1]) to input points, as ``F.affine_grid`` takes it. A quarter turn about the z
-axis moves voxel centres onto voxel centres, so it equals ``torch.rot90`` exactly.
+axis moves voxel centres onto voxel centres, so it equals ``torch.rot90`` up to float32's
+rounding of those centres (about 5e-7).
 """
 
 import math
