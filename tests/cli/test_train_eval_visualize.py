@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -395,3 +396,56 @@ def test_eval_of_the_whole_split_says_the_run_measured_fewer_images(cli, mnist_d
     assert note in cli("eval", out).out
     assert "the run's record" not in cli("eval", out, "--limit", 16).out
     assert "the run's record" not in cli("eval", out, "--split", "train", "--limit", 100).out
+
+
+_MY_MODELS = '''
+import torch.nn as nn
+import torchstn as stn
+
+
+@stn.register_model("test-my-net")
+def my_net(*, in_channels=1, input_size=(42, 42), num_classes=10):
+    st = stn.SpatialTransformer("affine", stn.conv_localization(in_channels, input_size), output_size=(28, 28))
+    return nn.Sequential(st, nn.Flatten(), nn.Linear(in_channels * 28 * 28, num_classes))
+'''
+
+
+def test_your_own_model_trains_evaluates_visualizes_and_exports_with_import(cli, tiny, tmp_path, monkeypatch):
+    """A model registered by the user's code: ``--import`` (a dotted name found from the
+    working directory, as with python -m, or a .py file) registers it before train, eval,
+    visualize and export build it; without it, train and eval say what to pass."""
+    from torchstn.models._registry import _REGISTRY
+
+    (tmp_path / "my_models.py").write_text(_MY_MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+
+    def forget():  # (a fresh process: the model not registered, the module not imported)
+        _REGISTRY.pop("test-my-net", None)
+        sys.modules.pop("my_models", None)
+
+    out = tmp_path / "run"
+    try:
+        train = ["train", "--model", "test-my-net", "--steps", 2, "--out", out, *tiny]
+        assert "--import the module that registers it" in cli(*train).error_line()
+        run = cli(train[0], "--import", "my_models", *train[1:])
+        assert run.status == 0, run.err
+        assert "done: test-my-net on mnist-rts" in run.out
+        forget()
+        assert "--import MODULE" in cli("eval", out, "--limit", 16).error_line()
+        for module in ("my_models.py", str(tmp_path / "my_models.py"), "my_models"):
+            forget()
+            run = cli("eval", out, "--limit", 16, "--json", "--import", module)
+            assert run.status == 0, run.err
+            assert 0 <= json.loads(run.out)["error"] <= 100
+        run = cli("eval", out, "--limit", 16, "--import", "my_models.py")  # (imported already: not again)
+        assert run.status == 0, run.err
+        run = cli("visualize", out, "--import", "my_models", "--num", 2, "--out", tmp_path / "v.png")
+        assert run.status == 0 and (tmp_path / "v.png").is_file(), run.err
+        forget()
+        run = cli("export", out, "--import", "my_models", "--format", "torchscript", "--out", tmp_path / "m.pt")
+        assert run.status == 0 and (tmp_path / "m.pt").is_file(), run.err
+        assert "no module named 'not_mine'" in cli("eval", out, "--import", "not_mine").error_line()
+        assert "--import missing.py: no such file" in cli("eval", out, "--import", "missing.py").error_line()
+    finally:
+        forget()

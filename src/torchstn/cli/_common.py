@@ -1,7 +1,7 @@
 """The one dialect of every ``torchstn`` subcommand: shared options, their checks, errors, help, recorded commands.
 
 An option that more than one subcommand takes (``--data-dir``, ``--device``,
-``--threads``, ``--data``, ``--which``) is declared here once, with one help text, and
+``--threads``, ``--data``, ``--which``, ``--import``) is declared here once, with one help text, and
 :func:`apply_shared_args` gives it its meaning before any subcommand runs; :func:`main
 <torchstn.cli.main>` turns the errors a user can fix into one line through
 :func:`user_errors`.
@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import importlib
+import importlib.util
 import json
 import os
 import shlex
+import sys
 import tempfile
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +32,7 @@ __all__ = [
     "add_data_args",
     "add_data_dir_arg",
     "add_device_arg",
+    "add_import_arg",
     "add_threads_arg",
     "apply_shared_args",
     "check_at_least_one",
@@ -38,6 +42,8 @@ __all__ = [
     "check_model",
     "command_line",
     "formatter",
+    "import_user_modules",
+    "input_shape_of",
     "load_checkpoint_and_data",
     "parse_key_values",
     "parse_data_options",
@@ -90,6 +96,42 @@ def add_device_arg(parser: argparse.ArgumentParser, default: str | None = None) 
     """``--device``; ``None`` (the default) means ``auto``."""
     help = "cpu, cuda, cuda:N or auto" + (" (default: auto)" if default is None else "")
     parser.add_argument("--device", metavar="DEV", default=default, help=help)
+
+
+def add_import_arg(parser: argparse.ArgumentParser) -> None:
+    """``--import MODULE`` (repeatable): the user's code that registers their own models."""
+    parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                        help="import this Python module first: a dotted name (found from the working directory, as "
+                             "with python -m) or a .py file; the code that registers your own models with "
+                             "torchstn.register_model (repeatable)")
+
+
+def import_user_modules(names: Sequence[str]) -> None:
+    """Import each of ``names`` (``--import``): a ``.py`` file by its path, else a dotted module
+    name with the working directory on ``sys.path`` (as ``python -m`` has it, which the
+    console script does not). A module that cannot be found is a one-line :class:`CLIError`;
+    an error raised by the module's own code keeps its traceback (it is the user's to read)."""
+    for name in names:
+        if name.endswith(".py"):
+            path = Path(name).expanduser().resolve()
+            spec = importlib.util.spec_from_file_location(path.stem, path) if path.is_file() else None
+            if spec is None or spec.loader is None:
+                raise CLIError(f"--import {name}: no such file")
+            if getattr(sys.modules.get(spec.name), "__file__", None) == str(path):
+                continue  # (imported already, as an import statement would find it)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # (as an import would: dataclasses and pickling look it up)
+            spec.loader.exec_module(module)
+            continue
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name and not name.startswith(f"{err.name}."):  # (one it imports: the traceback)
+                raise
+            raise CLIError(f"--import {name}: no module named {err.name!r} (from {os.getcwd()} or sys.path); "
+                           "give a dotted module name or a .py file") from None
 
 
 def add_threads_arg(parser: argparse.ArgumentParser, default: str = "torch's") -> None:
@@ -177,10 +219,12 @@ def _what_to_put(data: str | None) -> str:
 def apply_shared_args(args: argparse.Namespace) -> None:
     """Give the shared options their meaning before a subcommand runs.
 
-    ``--threads`` sets torch's CPU threads; ``--data`` and ``--data-dir`` are checked
+    ``--import`` imports the user's modules first (their models registered before any
+    name is checked); ``--threads`` sets torch's CPU threads; ``--data`` and ``--data-dir`` are checked
     (cheaply: nothing is loaded) so that a typo is a one-line error before any work (a run
     records ``--data-dir`` absolute: :func:`~torchstn.engine.train` makes it so).
     """
+    import_user_modules(getattr(args, "imports", None) or ())
     check_at_least_one(args, "threads")
     if getattr(args, "threads", None) is not None:
         import torch
@@ -195,14 +239,15 @@ def check_model(name: str | None, model_args: dict[str, Any] | None = None) -> N
     Cheap (:func:`torchstn.models.check_model_args` reads the builder's signature), so
     commands call it before loading any data.
     """
-    from torchstn.models import check_model_args
+    from torchstn.models import check_model_args, list_models
 
     if name is None:
         return
     try:
         check_model_args(name, model_args or {})
     except (TypeError, ValueError) as err:
-        raise CLIError(str(err)) from None
+        your_own = "" if name in list_models() else " (your own model: --import the module that registers it)"
+        raise CLIError(f"{err}{your_own}") from None
 
 
 def check_data_options(name: str, options: dict[str, Any]) -> None:
@@ -258,12 +303,26 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
     # the fixed set, also of an online run (its test split is fixed, its epoch 0 is the fixed set): another
     # --data may have nothing to redraw, and mnist refuses online=True
     dataset = load_split(config.replace(train_limit=limit, test_limit=limit, online=False), split)
-    if tuple(dataset.input_shape) != tuple(model.input_shape):
+    built_for = input_shape_of(model, config)
+    if built_for is not None and tuple(dataset.input_shape) != built_for:
         raise ValueError(
             f"{config.data} images are {tuple(dataset.input_shape)} but the model was built for "
-            f"{tuple(model.input_shape)}; use a dataset of the same size"
+            f"{built_for}; use a dataset of the same size"
         )
     return model, config, info, device, dataset
+
+
+def input_shape_of(model: Any, config: Any) -> tuple[int, ...] | None:
+    """The ``(C, *size)`` a run's model was built for: its ``input_shape`` (the library's
+    models declare it), else the ``in_channels`` and ``input_size`` its builder was given
+    (a user's model: the engine fills them in from the data), else ``None``."""
+    shape = getattr(model, "input_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    args = config.model_args
+    if isinstance(args.get("in_channels"), int) and isinstance(args.get("input_size"), (list, tuple)):
+        return (args["in_channels"], *args["input_size"])
+    return None
 
 
 # --- values, errors, recorded commands --------------------------------------------------------------

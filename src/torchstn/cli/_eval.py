@@ -9,6 +9,7 @@ from torchstn.cli._common import (
     add_checkpoint_args,
     add_data_args,
     add_device_arg,
+    add_import_arg,
     add_threads_arg,
     check_at_least_one,
     formatter,
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_args(p, data_default="the checkpoint's")
     add_device_arg(p)
     add_threads_arg(p)
+    add_import_arg(p)
     p.add_argument("--split", choices=("test", "train"), default="test", help="split to evaluate")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
     p.add_argument("--batch-size", type=int, metavar="N",

@@ -14,10 +14,12 @@ from torchstn._validation import first_line
 from torchstn.cli._common import (
     CLIError,
     add_checkpoint_args,
+    add_import_arg,
     add_threads_arg,
     check_at_least_one,
     check_writable,
     formatter,
+    input_shape_of,
     user_errors,
 )
 
@@ -75,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted |exported - eager|")
     parser.add_argument("--no-check", action="store_true", help="do not run the exported file against eager")
     add_threads_arg(parser)
+    add_import_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -98,9 +101,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--opset must be in [7, {_newest_opset()}] (the opsets of the installed onnx), "
                        f"got {args.opset}")
     model, config, info = load_model(args.checkpoint, which=args.which)
-    shape = getattr(model, "input_shape", None)
+    shape = input_shape_of(model, config)
     if shape is None:
-        raise CLIError(f"model {config.model!r} does not say its input shape (no input_shape attribute)")
+        raise CLIError(f"model {config.model!r} does not say its input shape (no input_shape attribute, and its "
+                       "builder takes no in_channels and input_size)")
     out = args.out if args.out is not None else _default_out(Path(args.checkpoint), Path(info["path"]), fmt)
     check_writable(out, "--out")
     generator = torch.Generator().manual_seed(0)

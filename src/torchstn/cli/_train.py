@@ -12,6 +12,7 @@ from torchstn.cli._common import (
     CLIError,
     add_data_args,
     add_device_arg,
+    add_import_arg,
     add_threads_arg,
     check_data_options,
     check_data_seed,
@@ -78,6 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_optimisation_args(p)
     add_device_arg(p)
     add_threads_arg(p)
+    add_import_arg(p)
     p.add_argument("--channels-last", action="store_const", const=True,
                    help="channels-last memory format for images and convolutions (faster on CPU, same values)")
     p.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast the network's matmuls and convolutions (faster only on a CPU with native bfloat16, AVX-512 BF16 or AMX; elsewhere a warning says it is slower)")

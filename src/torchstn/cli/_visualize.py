@@ -10,6 +10,7 @@ from torchstn.cli._common import (
     add_checkpoint_args,
     add_data_args,
     add_device_arg,
+    add_import_arg,
     add_threads_arg,
     check_at_least_one,
     formatter,
@@ -49,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_args(p, data_default="the checkpoint's")
     add_device_arg(p)
     add_threads_arg(p)
+    add_import_arg(p)
     p.add_argument("--out", default="visualize.png", metavar="PNG", help="figure to write")
     p.add_argument("--num", type=int, default=8, metavar="N", help=f"examples shown (at most {MAX_NUM}: one row of panels)")
     p.add_argument("--start", type=int, metavar="I",

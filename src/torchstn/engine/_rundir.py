@@ -348,7 +348,7 @@ def load_model(run_or_ckpt: str | Path, which: str = "best", map_location: str |
     except (TypeError, ValueError) as err:  # (an argument the builder does not take: a TypeError out of `eval`)
         if config.model not in list_models():  # (a user's model: its builder is registered by their code)
             hint = (f"a model registered by your code with register_model: import the module that registers "
-                    f"{config.model!r} before loading the run")
+                    f"{config.model!r} before loading the run (the torchstn command: --import MODULE)")
         else:
             hint = "a checkpoint of another torchstn version?"
         raise CheckpointError(f"{path} cannot rebuild model {config.model!r}: {first_line(err)} ({hint})") from None
