@@ -261,6 +261,32 @@ def test_rgb_side_by_side_equals_the_planes_bit_for_bit(padding):
     torch.testing.assert_close(planes, expected, atol=1e-4, rtol=1e-3)
 
 
+def test_rgb_side_by_side_along_the_edges_equals_the_planes_bit_for_bit():
+    """Sixteen channels_last RGB points of which some lie outside the image (zeros padding):
+    the AVX-512 build reads them as windows too, the corners outside set to 0 and the windows
+    of the first and last rows read only the sample's own floats. The same bits as the planes'
+    warp, with inf and NaN pixels along the image's edges and in its corners, for warps moved
+    partly off every side (rows that cross the top or bottom edge at a shallow angle, points
+    far outside) and rotated, and the same non-finite points as F.grid_sample."""
+    generator = torch.Generator().manual_seed(12)
+    x = torch.rand(6, 3, 40, 70, generator=generator)
+    x[:, :, 0, 5], x[:, 1, -1, 9], x[:, 2, 17, 0], x[:, 0, 21, -1] = float("inf"), float("nan"), -float("inf"), 7.0
+    x[:, :, 0, 0], x[:, :, -1, -1] = float("nan"), float("inf")  # (the sample's first and last floats)
+    theta = stn.Affine().identity(6)
+    theta[0, 5], theta[1, 5], theta[2, 2], theta[3, 2] = -0.9, 0.95, -0.7, 1.2  # up, down, left, right
+    theta[4, [0, 1, 3, 4]] = torch.tensor([1.05, -0.3, 0.3, 1.05])  # rotated and a little zoomed out
+    theta[5, [1, 3, 5]] = torch.tensor([0.01, 0.02, -0.98])  # rows along the top edge
+    options = {"size": (37, 96), "padding": "zeros", "backend": "fused"}
+    planes = stn.warp(x, theta, stn.Affine(), **options)
+    got = stn.warp(x.contiguous(memory_format=torch.channels_last), theta, stn.Affine(), **options)
+    torch.testing.assert_close(got, planes, atol=0, rtol=0, equal_nan=True)
+    expected = F.grid_sample(x, F.affine_grid(theta.view(6, 2, 3), [6, 3, 37, 96], align_corners=False),
+                             align_corners=False)
+    assert torch.equal(planes.isnan(), expected.isnan()) and torch.equal(planes.isinf(), expected.isinf())
+    finite = planes.isfinite()
+    torch.testing.assert_close(planes[finite], expected[finite], atol=1e-4, rtol=1e-3)
+
+
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("location", ["affine", "grid"])
