@@ -1257,7 +1257,13 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // 1x3x224x224, 0.97x at 32x3x224x224, not kept; their edge vectors' window path and gathers
 // (edge8) cost less. Tried and not kept on the same machine: these vectors' corners by
 // masked gathers instead (0.94x at 1x3x224x224: Zen 4's gathers are slow), and the block's
-// masked corner loads as AVX-512 ones instead of AVX's (1.00x).
+// masked corner loads as AVX-512 ones instead of AVX's (1.00x). What the side-by-side layout
+// still costs over planes is the picks and the interleave: with them replaced by plain
+// arithmetic (wrong values, a probe) the kernel ran as fast as the planes' (0.081 against
+// 0.109 ms; NCHW 0.080). Not kept either: each of the three output vectors located in its
+// own lanes (from xs permuted to its points) and picked from its own 32-float windows, one
+// permute per corner and no interleave (half the shuffles, the same bits): 0.77x, the
+// location computed three times costing more than the shuffles it saved.
 template <bool EDGE = false>
 __attribute__((always_inline)) inline bool inside16_rgb(const Locations8<ROW, AFFINE>& where, int64_t t0,
                                                         const Constants<float>& k, const float* xb, float* o,
