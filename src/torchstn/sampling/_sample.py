@@ -365,7 +365,8 @@ def warp(
     """Warp ``x`` by ``params`` of ``transform``: grid generation and sampling in one call.
 
     Args:
-        x: input ``(B, C, H, W)`` (``(B, C, D, H, W)`` for 3-D transforms).
+        x: input ``(B, C, H, W)`` (``(B, C, D, H, W)`` for 3-D transforms, a signal ``(B, C, L)``
+            for 1-D ones: ``Affine1D``, ``CPAB1D``).
         params: ``(B, P)`` parameters of ``transform``, or the matrix of a family whose
             matrix is its parameters (see *Matrix form*); cast to the dtype of ``x`` (so a
             localisation net under autocast can drive a float32 sampler).
