@@ -366,6 +366,29 @@ def test_a_float64_pstn_takes_its_prior_in_float64():
     torch.testing.assert_close(st.last_kl, expected.mean(), rtol=1e-9, atol=0)
 
 
+def test_a_float64_kl_passes_gradients_to_its_prior_buffers():
+    """A float64 pass took the float64 prior kept from construction in place of buffers that
+    still held its values, and so cut the buffers out of the KL's graph: their gradients were
+    None (float32 passes gave them). Buffers that require grad (a prior learned, or
+    differentiated through functional_call) are the prior the pass takes: gradcheck of the KL
+    with respect to them, as a function of the buffers."""
+    cov = torch.eye(6, dtype=torch.float64) * 0.01 + 0.002
+    st = stn.ProbabilisticSpatialTransformer("affine", stn.conv_localization(1, (8, 8)), distribution="gaussian",
+                                             prior_covariance=cov, samples=2).double()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    params = dict(st.named_parameters())
+
+    def kl(precision: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(0)
+        functional_call(st, {**params, "prior_precision": precision, "prior_logdet": logdet}, (x,))
+        return st.last_kl
+
+    buffers = [st.prior_precision.detach().clone().requires_grad_(), st.prior_logdet.detach().clone().requires_grad_()]
+    grads = torch.autograd.grad(kl(*buffers), buffers)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert torch.autograd.gradcheck(kl, buffers)
+
+
 def test_a_loaded_or_substituted_prior_is_the_one_a_float64_pass_uses():
     """A float64 pass took the float64 prior kept from construction, not the buffers' values: a
     module given another prior by load_state_dict (or by functional_call's buffers) computed the

@@ -157,7 +157,8 @@ class Conv2d(_DirectConv, nn.Conv2d):
     :data:`DIRECT_INPUT_GRAD_MAX_CHANNELS` channels: the first convolution of a
     classifier behind a :class:`SpatialTransformer`, through which θ learns.
     ``torch.jit.script`` compiles torch's convolution in its place. ``torch.ao``'s
-    quantization and fusion match module classes exactly and pass it by: swap it for a
+    quantization and fusion match module classes exactly: quantization passes it by, and
+    ``fuse_modules`` refuses it (no fuser for it and a batch norm): swap it for a
     ``torch.nn.Conv2d`` first (its state dict loads as is).
 
     Example:

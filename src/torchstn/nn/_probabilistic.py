@@ -313,9 +313,11 @@ class ProbabilisticSpatialTransformer(SpatialTransformer):
         with ``load_state_dict``, or given to ``torch.func.functional_call``: a float64 pass
         computed the KL to the prior the module was built with), and where anything records or
         transforms the pass (a tracer, a compiler, an exporter's fake tensors: a data-dependent
-        test), which takes the buffers."""
+        test), and where a buffer requires grad (a prior learned or differentiated: the KL is a
+        function of the buffers, which the kept copy would cut out of its graph), which take the buffers."""
         held = self.prior_precision
-        if self._prior is None or like.dtype != torch.float64 or held.is_meta or not eager_tensors(held):
+        if (self._prior is None or like.dtype != torch.float64 or held.is_meta or not eager_tensors(held)
+                or held.requires_grad or self.prior_logdet.requires_grad):
             return None
         precision, logdet = self._prior
         same = held.shape == precision.shape and torch.allclose(held.detach().to("cpu", torch.float64), precision,
