@@ -72,7 +72,12 @@ def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         return constant(lambda: cached(key, build))
     if hit is not None and hit[0]._version == hit[1]:
         return hit[0]
-    with torch.inference_mode(False) if torch.is_inference_mode_enabled() else _NOTHING:
+    # a dispatch mode that is not a tracer's (selective checkpointing's, a flop counter's) does not
+    # see the entry built: it saved the builder's output in a forward and in the recompute, where the
+    # cache hit, gave it to the next operation (silently wrong TPS gradients)
+    aside = _dispatch_stack_length() > 0 and not _tracer_mode()
+    with outside_modes() if aside else _NOTHING, (
+            torch.inference_mode(False) if torch.is_inference_mode_enabled() else _NOTHING):
         value = build()
         if isinstance(value, torch.Tensor) and value.is_inference():  # (a .to() that returned its input)
             value = value.clone()
@@ -103,6 +108,13 @@ def _strict_fake_mode() -> Any:
 def _fake_mode() -> Any:
     """The ``FakeTensorMode`` active here, or ``None``."""
     return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE)
+
+
+def _tracer_mode() -> bool:
+    """Whether a tracer's dispatch mode is active here (fake tensors, ``make_fx``'s proxies,
+    functionalisation: ``torch.export``, AOT autograd), which records what is built."""
+    keys = torch._C._TorchDispatchModeKey
+    return any(torch._C._get_dispatch_mode(k) is not None for k in (keys.FAKE, keys.PROXY, keys.FUNCTIONAL))
 
 
 def constant(build: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -208,7 +220,8 @@ def eager_tensors(*tensors: torch.Tensor) -> bool:
     ``torch.jit.trace`` (which the TorchScript ONNX exporter runs), ``torch.compile`` or
     ``torch.export`` (whose fake tensors are subclasses; the dynamo ONNX exporter runs it),
     nor inside ``torch.func`` transforms, a forward-mode AD level (plain operations have
-    forward derivatives) or a torch function or dispatch mode (which see the dispatcher's calls).
+    forward derivatives), a torch function or dispatch mode (which see the dispatcher's calls)
+    or ``torch.profiler`` (which records the dispatcher's).
 
     The hand-written fast paths (custom autograd Functions, the fused operator called without
     the dispatcher) are taken only then; everywhere else the plain expression or the
@@ -226,6 +239,7 @@ def eager_tensors(*tensors: torch.Tensor) -> bool:
         or _dispatch_stack_length() > 0
         or _functorch_transforms_active()
         or _FORWARD_AD._current_level >= 0
+        or _profiler_enabled()
     )
 
 
@@ -252,6 +266,7 @@ def constant_result(fn: Callable[..., Any]) -> Callable[..., Any]:
 _is_compiling, _is_tracing = torch.compiler.is_compiling, torch._C._is_tracing
 _function_mode_enabled, _dispatch_stack_length = torch._C._is_torch_function_mode_enabled, torch._C._len_torch_dispatch_stack
 _functorch_transforms_active, _FORWARD_AD = torch._C._are_functorch_transforms_active, torch.autograd.forward_ad
+_profiler_enabled = torch._C._autograd._profiler_enabled
 
 
 def _recording_function_mode() -> bool:
@@ -277,7 +292,7 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 #: transform a call (the second asked only when the first, a function mode, is on); and the
 #: forward AD module, whose ``_current_level`` is -1 outside a dual level.
 EAGER_QUESTIONS = (*_PLAIN, _is_tracing, _function_mode_enabled, _recording_function_mode, _dispatch_stack_length,
-                   _functorch_transforms_active, _FORWARD_AD)
+                   _functorch_transforms_active, _FORWARD_AD, _profiler_enabled)
 
 
 def exporting() -> bool:

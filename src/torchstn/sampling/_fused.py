@@ -841,17 +841,17 @@ def eager_operator(
     3-D operators."""
     operator = getattr(torch.ops.torchstn, name)
 
-    class Eager(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, loc, *options):  # noqa: ANN001, ANN205, D102
-            _setup_context(ctx, (x, loc, *options), None)
-            return cpu(x, loc, *options)
+    def forward(ctx, x, loc, *options):  # noqa: ANN001, ANN202
+        _setup_context(ctx, (x, loc, *options), None)
+        return cpu(x, loc, *options)
 
-        @staticmethod
-        def backward(ctx, grad_out):  # noqa: ANN001, ANN205, D102
-            return backward(ctx, grad_out, direct=True)
+    def backward_of(ctx, grad_out):  # noqa: ANN001, ANN202
+        return backward(ctx, grad_out, direct=True)
 
-    Eager.__name__ = Eager.__qualname__ = f"Eager_{name}"
+    # (named when made: torch names the backward node after the class then, e.g. TorchstnWarp3dBackward,
+    # which anomaly mode's messages and grad_fn.name() show)
+    Eager = type(f"Torchstn{name[0].upper()}{name[1:]}", (torch.autograd.Function,),
+                 {"forward": staticmethod(forward), "backward": staticmethod(backward_of)})
 
     def direct(x: torch.Tensor, loc: torch.Tensor, *options: object) -> torch.Tensor:
         if (x.requires_grad or loc.requires_grad) and torch.is_grad_enabled():

@@ -13,7 +13,7 @@
 // parameters, or Projective ones with no gradient to record), or None for any other call, which the
 // Python path then checks, explains or runs. It takes warp's own arguments and makes every
 // test the Python path makes (_sample._eager_fused_warp), _tracing.eager_tensors' questions
-// included (tracing, torch.func, forward AD, torch function and dispatch modes, the tensors'
+// included (tracing, torch.func, forward AD, torch function and dispatch modes, the profiler, the tensors'
 // Python types: the functions of _tracing.EAGER_QUESTIONS, handed once by set_python); only
 // whether torch.compile traces is asked in Python first. Asked in Python, as until
 // 2026-12-02, the same tests took 1.9 us of a 4.5 us call on a 4x4 image (timeit). The
@@ -267,7 +267,7 @@ int64_t positive_int(PyObject* value) {
 // in (the families by exact type, the transforms by name, the mode and padding codes).
 struct Python {
   PyObject* plain[2] = {nullptr, nullptr};
-  PyObject *tracing, *function_mode, *recording_function_mode, *dispatch_modes, *functorch, *forward_ad;
+  PyObject *tracing, *function_mode, *recording_function_mode, *dispatch_modes, *functorch, *forward_ad, *profiler;
   PyObject *families, *named, *name_lookup, *modes, *paddings, *backends, *auto_grid_modes;
   PyObject *level, *eps;  // interned strings
 } py_state;
@@ -305,7 +305,9 @@ int eager(PyObject* x, PyObject* params) {
   const long v = PyLong_AsLong(level);
   Py_DECREF(level);
   if (v == -1 && PyErr_Occurred()) return -1;
-  return v < 0;
+  if (v >= 0) return 0;
+  answer = asks(p.profiler);  // (torch.profiler records the dispatcher's calls)
+  return answer < 0 ? -1 : answer == 0;
 }
 
 // d[key] (borrowed), or nullptr for a key it lacks or cannot hash (no error left set)
@@ -476,16 +478,17 @@ PyMethodDef fast_sample_def = {
     "torchstn.sample's common call, or None (csrc/fast_call.cpp)"};
 
 // eager: (Tensor, Parameter, is_tracing, function mode on, a recording function mode on, the
-// dispatch modes' count, functorch transforms active, torch.autograd.forward_ad); lookups:
+// dispatch modes' count, functorch transforms active, torch.autograd.forward_ad, the profiler
+// on); lookups:
 // (the families {type: code}, the named transforms {name: transform}, the function that adds
 // a name to them, the mode codes, the padding codes, the backends that may take the kernel,
 // the modes "auto" samples a given grid with the kernel in)
 void set_python(py::tuple eager_questions, py::tuple lookups) {
-  TORCH_CHECK(eager_questions.size() == 8 && lookups.size() == 7, "torchstn fast_call: set_python's arguments");
+  TORCH_CHECK(eager_questions.size() == 9 && lookups.size() == 7, "torchstn fast_call: set_python's arguments");
   Python p;
   PyObject** e[] = {&p.plain[0], &p.plain[1], &p.tracing, &p.function_mode, &p.recording_function_mode,
-                    &p.dispatch_modes, &p.functorch, &p.forward_ad};
-  for (size_t i = 0; i < 8; ++i) *e[i] = py::object(eager_questions[i]).release().ptr();
+                    &p.dispatch_modes, &p.functorch, &p.forward_ad, &p.profiler};
+  for (size_t i = 0; i < 9; ++i) *e[i] = py::object(eager_questions[i]).release().ptr();
   PyObject** l[] = {&p.families, &p.named, &p.name_lookup, &p.modes, &p.paddings, &p.backends, &p.auto_grid_modes};
   for (size_t i = 0; i < 7; ++i) *l[i] = py::object(lookups[i]).release().ptr();
   TORCH_CHECK(PyDict_Check(p.families) && PyDict_Check(p.named) && PyDict_Check(p.modes) && PyDict_Check(p.paddings),
