@@ -195,6 +195,82 @@ def test_malformed_tsv_files_raise_naming_file_and_line(tmp_path, text, match):
         load_ucr("X", "train", root=tmp_path)
 
 
+def test_a_constant_series_becomes_exact_zeros(tmp_path):
+    """A constant series whose mean was off by one rounding (0.1 seven times) had a spread of
+    1e-17, which passed the std > 0 test and was divided up to +-0.93."""
+    _write(tmp_path, "C", "train", "1\t0.1\t0.1\t0.1\t0.1\t0.1\t0.1\t0.1\n2\t0.7\t0.7\t0.7\tNaN\n3\t1\t2\t3\t4\n")
+    x = load_ucr("C", "train", root=tmp_path, pad="nan").x
+    assert x[0, 0].tolist() == [0.0] * 7 and x[1, 0, :3].tolist() == [0.0] * 3 and x[1, 0, 3:].isnan().all()
+    torch.testing.assert_close(x[2, 0, :4], torch.from_numpy(_zscore([1, 2, 3, 4])).float())
+
+
+@pytest.mark.parametrize("separator", ["\t", ","])
+def test_an_empty_field_is_a_missing_value_in_its_place(tmp_path, separator):
+    """An empty field (pandas writes NaN so) was dropped, and every later value moved one place left."""
+    _write(tmp_path, "E", "train", separator.join(["1", "1", "", "3", "4"]) + "\n" + separator.join("25678") + "\n")
+    x = load_ucr("E", "train", root=tmp_path, znormalize=False, pad="nan").x
+    assert x[0, 0, 0] == 1 and x[0, 0, 1].isnan() and x[0, 0, 2:].tolist() == [3, 4]
+    assert x[1, 0].tolist() == [5, 6, 7, 8]
+
+
+def test_ts_splits_share_one_label_map_where_their_headers_differ(tmp_path):
+    """Each .ts split was mapped by its own @classLabel: sktime writes a split's own labels there,
+    so a test file declaring 'a c' mapped c to 1 where training had 2."""
+    head = "@problemName H\n@univariate true\n@classLabel true "
+    _write(tmp_path, "H", "train", head + "a b c\n@data\n1,2,3:a\n3,2,1:b\n1,3,2:c\n", ".ts")
+    _write(tmp_path, "H", "test", head + "a c\n@data\n1,3,2:c\n", ".ts")
+    train, test = load_ucr("H", "train", root=tmp_path), load_ucr("H", "test", root=tmp_path)
+    assert train.classes == test.classes == ("a", "b", "c")
+    assert train.y.tolist() == [0, 1, 2] and test.y.tolist() == [2]
+
+
+def test_a_missing_value_at_the_end_of_a_ts_series_stays_in_its_place(tmp_path):
+    """A trailing '?' was taken for the .tsv format's padding: an error against @seriesLength, or
+    (unequal lengths) the series one value shorter, its missing value then padded by the edge."""
+    _write(tmp_path, "Q", "train", "@equalLength true\n@seriesLength 4\n@classLabel true 1 2\n@data\n"
+           "1,2,3,?:1\n4,5,6,7:2\n", ".ts")
+    data = load_ucr("Q", "train", root=tmp_path, znormalize=False)
+    assert data.lengths.tolist() == [4, 4] and data.x[0, 0, :3].tolist() == [1, 2, 3] and data.x[0, 0, 3].isnan()
+
+
+def test_a_byte_order_mark_and_text_that_is_not_utf8(tmp_path, monkeypatch):
+    """A UTF-8 byte-order mark (Windows editors write one) became part of the first label (a
+    third class '\\ufeff1'); a .ts file that is not UTF-8 text raised UnicodeDecodeError out of
+    every command that lists the data sets."""
+    folder = tmp_path / "B"
+    folder.mkdir()
+    (folder / "B_TRAIN.tsv").write_bytes("\ufeff1\t1\t2\t3\r\n2\t5\t6\t8\r\n1\t3\t2\t1\r\n".encode())
+    (folder / "B_TEST.ts").write_bytes("\ufeff@classLabel true 1 2\n@data\n1,2,3:1\n".encode())
+    data = load_ucr("B", "train", root=tmp_path)
+    assert data.classes == (1, 2) and data.y.tolist() == [0, 1, 0]
+    assert load_ucr("B", "test", root=tmp_path).y.tolist() == [0]
+    latin = tmp_path / "L"
+    latin.mkdir()
+    (latin / "L_TRAIN.ts").write_bytes(b"@problemName Caf\xe9\n@classLabel true 1\n@data\n1,2,3:1\n")
+    assert "L" not in ucr_datasets(tmp_path) and "B" in ucr_datasets(tmp_path)
+    with pytest.raises(ValueError, match=r"L_TRAIN\.ts: not UTF-8 text"):
+        load_ucr("L", "train", root=tmp_path)
+
+
+@pytest.mark.parametrize(("key", "value"), [("dimensions", "two"), ("seriesLength", "3.0")])
+def test_a_ts_header_number_that_is_not_an_integer_names_the_file_and_key(tmp_path, key, value):
+    header = f"@equalLength true\n@{key} {value}\n@classLabel true 1\n@data\n1,2,3:1\n"
+    _write(tmp_path, "D", "train", header, ".ts")
+    with pytest.raises(ValueError, match=rf"D_TRAIN\.ts: @{key.lower()} must be a whole number, got '{value}'"):
+        load_ucr("D", "train", root=tmp_path)
+
+
+@pytest.mark.parametrize("ext", [".txt", ""])
+def test_the_2015_archive_files_are_read(tmp_path, ext):
+    """The 2015 archive's files (comma separated, no extension or .txt) were said to be read but
+    were never found."""
+    _write(tmp_path, "Old", "train", "1,1.0,2.0,3.0\n2,3.0,2.0,1.0\n", ext)
+    _write(tmp_path, "Old", "test", "2,1.0,2.0,1.0\n", ext)
+    assert "Old" in ucr_datasets(tmp_path)
+    data = load_ucr("Old", "train", root=tmp_path, znormalize=False)
+    assert data.x[:, 0].tolist() == [[1, 2, 3], [3, 2, 1]] and data.y.tolist() == [0, 1]
+
+
 def test_result_pickles_and_reads_as_a_dataset(tsv_root):
     data = load_ucr("Tiny", "train", root=tsv_root)
     again = pickle.loads(pickle.dumps(data))

@@ -4,8 +4,9 @@ Two file formats hold the same data sets:
 
 * **UCR 2018 archive** (``<Name>/<Name>_TRAIN.tsv``, ``_TEST.tsv``): one series a line,
   the class label first, then the values, tab separated; a series shorter than the
-  longest is padded with ``NaN`` at its end. Commas and spaces are accepted as
-  separators too (the 2015 archive's ``.txt`` files).
+  longest is padded with ``NaN`` at its end; an empty field is a missing value. Commas
+  and spaces are accepted as separators too, and the 2015 archive's files
+  (``<Name>_TRAIN``, comma separated, without an extension, or ``.txt``) are read alike.
 * **``.ts``** (timeseriesclassification.com, sktime, aeon): a header of ``@key value``
   lines (``@problemName``, ``@univariate``, ``@dimensions``, ``@equalLength``,
   ``@seriesLength``, ``@classLabel true <labels>``, ...) closed by ``@data``, then one
@@ -25,9 +26,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -50,7 +52,7 @@ UCR_PADDINGS: tuple[str, ...] = ("edge", "nan", "resample")
 SHIPPED_PACKAGE = "aeon"
 _SHIPPED_SUBDIR = ("datasets", "data")
 _SPLIT_SUFFIX = {"train": "TRAIN", "test": "TEST"}
-_EXTENSIONS = (".ts", ".tsv")
+_EXTENSIONS = (".ts", ".tsv", ".txt", "")  # (the last two: the 2015 archive's files)
 
 Padding = Literal["edge", "nan", "resample"]
 Label = int | float | str
@@ -111,13 +113,13 @@ class _Parsed:
 
 
 def _floats(path: Path, number: int, tokens: Sequence[str]) -> np.ndarray:
-    """``tokens`` as float64 (``?`` and ``NaN`` are missing); a ``ValueError`` naming the line otherwise."""
+    """``tokens`` as float64 (``?``, ``NaN`` and empty fields are missing); a ``ValueError`` naming the line otherwise."""
     try:
-        return np.array(["nan" if t.strip() == "?" else t for t in tokens], dtype=np.float64)
+        return np.array(["nan" if t.strip() in ("?", "") else t for t in tokens], dtype=np.float64)
     except ValueError:
         for t in tokens:
             try:
-                float("nan" if t.strip() == "?" else t)
+                float("nan" if t.strip() in ("?", "") else t)
             except ValueError:
                 raise ValueError(f"{path}:{number}: {t.strip()!r} is not a number") from None
         raise  # pragma: no cover - numpy and float() agree on what a number is
@@ -131,14 +133,27 @@ def _trim(path: Path, number: int, values: np.ndarray) -> np.ndarray:
     return values[:, : present[-1] + 1]
 
 
+def _fields(line: str) -> list[str]:
+    """A ``.tsv`` line's fields: split at tabs, else at commas, else at spaces; an empty field
+    between two separators is kept (a missing value), the line's own end is not a field."""
+    text = line.rstrip("\r\n")
+    for separator in ("\t", ","):
+        if separator in text:
+            fields = [f.strip() for f in text.split(separator)]
+            while fields and not fields[-1]:  # (a separator ending the line)
+                fields.pop()
+            return fields
+    return text.split()
+
+
 def _read_tsv(path: Path) -> _Parsed:
     series, labels = [], []
-    with open(path, encoding="utf-8") as f:
+    with _open_text(path) as f:
         for number, line in enumerate(f, 1):
-            fields = line.replace(",", " ").split()
-            if not fields:
+            fields = _fields(line)
+            if not any(fields):
                 continue
-            if len(fields) < 2:
+            if len(fields) < 2 or not fields[0]:
                 raise ValueError(f"{path}:{number}: a line must hold a label and at least one value, got {line.strip()!r}")
             labels.append(fields[0])
             series.append(_trim(path, number, _floats(path, number, fields[1:])[None]))
@@ -157,6 +172,11 @@ def _header_flag(path: Path, header: dict[str, str], key: str) -> bool | None:
     return word == "true"
 
 
+def _open_text(path: Path) -> Any:
+    """``path`` opened as UTF-8 text, a byte-order mark dropped (Windows editors write one)."""
+    return open(path, encoding="utf-8-sig")
+
+
 def _read_ts(path: Path) -> _Parsed:
     header: dict[str, str] = {}
     series, labels = [], []
@@ -164,7 +184,7 @@ def _read_ts(path: Path) -> _Parsed:
     length: int | None = None
     declared: list[str] = []
     in_data = False
-    with open(path, encoding="utf-8") as f:
+    with _open_text(path) as f:
         for number, raw in enumerate(f, 1):
             line = raw.strip()
             if not line or line[0] in "#%":
@@ -187,7 +207,9 @@ def _read_ts(path: Path) -> _Parsed:
             parts = [_floats(path, number, field.split(",")) for field in fields]
             if len({len(p) for p in parts}) != 1:
                 raise ValueError(f"{path}:{number}: the dimensions have different lengths {[len(p) for p in parts]}")
-            values = _trim(path, number, np.stack(parts))
+            values = np.stack(parts)  # (a '?' at the end is a missing value: .ts pads nothing)
+            if np.isnan(values).all():
+                raise ValueError(f"{path}:{number}: the series has no values (all missing)")
             if length is not None and values.shape[1] != length:
                 raise ValueError(f"{path}:{number}: {values.shape[1]} values, the header says @seriesLength {length}")
             label = label.strip()
@@ -216,14 +238,23 @@ def _check_header(path: Path, header: dict[str, str]) -> tuple[int | None, int |
     declared = header["classlabel"].split()[1:]
     if not declared:
         raise ValueError(f"{path}: @classLabel true lists no labels")
-    dims = int(header["dimensions"]) if "dimensions" in header else (1 if _header_flag(path, header, "univariate") else None)
+    def whole(key: str) -> int:
+        try:
+            return int(header[key])
+        except ValueError:
+            raise ValueError(f"{path}: @{key} must be a whole number, got {header[key]!r}") from None
+
+    dims = whole("dimensions") if "dimensions" in header else (1 if _header_flag(path, header, "univariate") else None)
     equal = _header_flag(path, header, "equallength")
-    length = int(header["serieslength"]) if equal and "serieslength" in header else None
+    length = whole("serieslength") if equal and "serieslength" in header else None
     return dims, length, declared
 
 
 def _read(path: Path) -> _Parsed:
-    return _read_ts(path) if path.suffix == ".ts" else _read_tsv(path)
+    try:
+        return _read_ts(path) if path.suffix == ".ts" else _read_tsv(path)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 def _canonical(labels: Sequence[str]) -> tuple[list[Label], dict[str, int]]:
@@ -245,12 +276,17 @@ def _canonical(labels: Sequence[str]) -> tuple[list[Label], dict[str, int]]:
 
 
 def _znormalise(values: np.ndarray) -> np.ndarray:
-    """Each dimension to mean 0 and sample standard deviation 1 over its present values."""
-    count = (~np.isnan(values)).sum(1, keepdims=True)
-    mean = np.nanmean(values, 1, keepdims=True)
-    var = np.nansum((values - mean) ** 2, 1, keepdims=True) / np.maximum(count - 1, 1)
-    std = np.sqrt(var)
-    return (values - mean) / np.where(std > 0, std, 1.0)
+    """Each dimension to mean 0 and sample standard deviation 1 over its present values; a
+    constant one to zeros (its mean may be off by a rounding, and its spread then not 0: it
+    is told by its values, all equal); one with no values stays NaN."""
+    with warnings.catch_warnings():  # (a dimension with no values: numpy's empty-slice warnings)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        count = (~np.isnan(values)).sum(1, keepdims=True)
+        mean = np.nanmean(values, 1, keepdims=True)
+        var = np.nansum((values - mean) ** 2, 1, keepdims=True) / np.maximum(count - 1, 1)
+        constant = ~(np.nanmax(values, 1, keepdims=True) > np.nanmin(values, 1, keepdims=True))
+    out = (values - mean) / np.where(constant, 1.0, np.sqrt(var))
+    return np.where(constant & ~np.isnan(values), 0.0, out)
 
 
 def _to_length(values: np.ndarray, length: int, pad: str) -> np.ndarray:
@@ -380,7 +416,7 @@ def ucr_datasets(root: str | os.PathLike | None = None, *, shipped_only: bool = 
             continue
         for child in children:
             hit = _split_file(child, child.name, "train") if child.is_dir() else None
-            if hit is not None and (hit.suffix == ".tsv" or _is_classification(hit)):
+            if hit is not None and (hit.suffix != ".ts" or _is_classification(hit)):
                 names.add(child.name)
     return sorted(names)
 
@@ -388,17 +424,17 @@ def ucr_datasets(root: str | os.PathLike | None = None, *, shipped_only: bool = 
 def _is_classification(path: Path) -> bool:
     """Whether a ``.ts`` header says ``@classLabel true`` (reads the header only)."""
     header: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for raw in f:
-            line = raw.strip()
-            if line.lower().startswith("@data"):
-                break
-            if line.startswith("@"):
-                key, _, rest = line[1:].replace("\t", " ").partition(" ")
-                header[key.lower()] = rest.strip()
     try:
+        with _open_text(path) as f:
+            for raw in f:
+                line = raw.strip()
+                if line.lower().startswith("@data"):
+                    break
+                if line.startswith("@"):
+                    key, _, rest = line[1:].replace("\t", " ").partition(" ")
+                    header[key.lower()] = rest.strip()
         _check_header(path, header)
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):  # (not a classification set, or not text: not listed)
         return False
     return True
 
@@ -435,9 +471,9 @@ def load_ucr(
 
     Labels are mapped to ``0..C-1`` in the sorted order of the original labels (numbers
     compared as numbers); ``result.classes`` gives the original label of each index.
-    The classes are those the ``.ts`` header declares, or for ``.tsv`` the labels of both
-    splits' files (of this split alone where the other file is absent), so train and
-    test share one mapping.
+    The classes are those both splits' ``.ts`` headers declare, or for ``.tsv`` the labels
+    of both splits' files (of this split alone where the other file is absent), so train
+    and test share one mapping.
 
     Variable lengths (the archive pads them with ``NaN``; ``.ts`` lines simply differ):
     the series are normalised at their own length, then brought to one length, the
@@ -486,9 +522,10 @@ def load_ucr(
     parsed = _read(path)
     other_path = _split_file(path.parent, name, "test" if split == "train" else "train")
     other = None if other_path is None else _read(other_path)
-    declared = parsed.declared
-    if declared is None:  # .tsv: the classes of both splits
-        declared = parsed.labels + ([] if other is None else other.labels)
+    # the classes of both splits: the .ts headers' (sktime writes a split's own labels there), the .tsv labels
+    declared = list(parsed.labels if parsed.declared is None else parsed.declared)
+    if other is not None:
+        declared += other.labels if other.declared is None else other.declared
     classes, index = _canonical(declared)
     dims = {s.shape[0] for s in parsed.series}
     if len(dims) != 1:
