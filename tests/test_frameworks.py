@@ -577,6 +577,19 @@ def test_the_profiler_records_the_fused_kernels(ndim: int, requires_grad: bool) 
     torch.testing.assert_close(out, stn.warp(x, theta, t, backend="torch"))
 
 
+def test_profiling_changes_no_value_check() -> None:
+    """Profiling took the paths that run under a tracer (the value checks off): a homography whose
+    H[2, 2] is 0 gave NaN where it raises unprofiled, and Affine.inverse raised torch's error."""
+    from torch.profiler import profile
+
+    flat = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]]).view(1, 3, 3)
+    with profile():
+        with pytest.raises(ValueError, match=r"params\[0, 2, 2\] is 0"):
+            stn.warp(torch.rand(1, 1, 5, 5), flat, "projective")
+        with pytest.raises(ValueError, match="singular"):
+            stn.Affine().inverse(torch.zeros(1, 6))
+
+
 def test_the_python_backward_nodes_are_named_after_their_operator() -> None:
     """The fused operators' Python autograd nodes were all named EagerBackward (anomaly mode's
     messages named neither torchstn nor the operator)."""

@@ -32,6 +32,7 @@ __all__ = [
     "constant_result",
     "device_type_of",
     "differentiable_vjp",
+    "direct_call",
     "eager_tensors",
     "exporting",
     "forward_ad_active",
@@ -39,6 +40,7 @@ __all__ = [
     "in_functorch",
     "nested_forward_ad",
     "outside_modes",
+    "profiling",
     "tracing_or_faking",
 ]
 
@@ -220,8 +222,7 @@ def eager_tensors(*tensors: torch.Tensor) -> bool:
     ``torch.jit.trace`` (which the TorchScript ONNX exporter runs), ``torch.compile`` or
     ``torch.export`` (whose fake tensors are subclasses; the dynamo ONNX exporter runs it),
     nor inside ``torch.func`` transforms, a forward-mode AD level (plain operations have
-    forward derivatives), a torch function or dispatch mode (which see the dispatcher's calls)
-    or ``torch.profiler`` (which records the dispatcher's).
+    forward derivatives) or a torch function or dispatch mode (which see the dispatcher's calls).
 
     The hand-written fast paths (custom autograd Functions, the fused operator called without
     the dispatcher) are taken only then; everywhere else the plain expression or the
@@ -239,8 +240,20 @@ def eager_tensors(*tensors: torch.Tensor) -> bool:
         or _dispatch_stack_length() > 0
         or _functorch_transforms_active()
         or _FORWARD_AD._current_level >= 0
-        or _profiler_enabled()
     )
+
+
+def profiling() -> bool:
+    """Whether ``torch.profiler`` records operators here."""
+    return _profiler_enabled()
+
+
+def direct_call(*tensors: torch.Tensor) -> bool:
+    """Whether a fused kernel may be called without the dispatcher: :func:`eager_tensors`, and
+    ``torch.profiler`` off (it records the dispatcher's calls: a direct one is missing from the
+    profile). Only the choice between the direct call and the operator asks it; the other eager
+    fast paths (value checks, hand-written autograd Functions) stay as they run unprofiled."""
+    return eager_tensors(*tensors) and not profiling()
 
 
 def constant_result(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -75,9 +75,11 @@ from torchstn._tracing import (
     batched_gradient,
     constant_result,
     differentiable_vjp,
+    direct_call,
     eager_tensors,
     forward_ad_active,
     functorch_active,
+    profiling,
 )
 from torchstn._validation import caller_stacklevel
 from torchstn.sampling._grid_sample import torch_sample
@@ -860,7 +862,7 @@ def eager_operator(
         return cpu(x, loc, *options)
 
     def call(x: torch.Tensor, loc: torch.Tensor, *options: object) -> torch.Tensor:
-        return direct(x, loc, *options) if eager_tensors(x, loc) else operator(x, loc, *options)
+        return direct(x, loc, *options) if direct_call(x, loc) else operator(x, loc, *options)
 
     return EagerOperator(call, direct)
 
@@ -918,9 +920,10 @@ def fused_warp(
     ``matrix``: the rows ``(B, 2, 3)`` of an affine map, or with ``projective`` the
     homography ``(B, 3, 3)`` whose ``w`` is guarded by ``eps`` as :class:`~torchstn.Projective` does.
     ``eager``: the caller has found ``x`` and ``matrix`` plain eager tensors
-    (:func:`~torchstn._tracing.eager_tensors`), so the operator is called directly without asking again.
+    (:func:`~torchstn._tracing.eager_tensors`), so the operator is called directly without asking
+    again (through the dispatcher where ``torch.profiler`` records it).
     """
     location = "projective" if projective else "affine"
-    if eager:
+    if eager and not profiling():
         return eager_warp2d(x, matrix, location, size, mode, padding, align_corners, eps)
     return _warp2d(x, matrix, location, list(size), mode, padding, align_corners, eps)
