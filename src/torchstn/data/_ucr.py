@@ -113,7 +113,8 @@ class _Parsed:
 
 
 def _floats(path: Path, number: int, tokens: Sequence[str]) -> np.ndarray:
-    """``tokens`` as float64 (``?``, ``NaN`` and empty fields are missing); a ``ValueError`` naming the line otherwise."""
+    """``tokens`` as float64 (``?``, ``NaN`` and empty fields are missing); a ``ValueError``
+    naming the line otherwise."""
     try:
         return np.array(["nan" if t.strip() in ("?", "") else t for t in tokens], dtype=np.float64)
     except ValueError:
