@@ -204,6 +204,8 @@ def test_images_taller_or_wider_than_2_to_the_30_equal_f_grid_sample(backend, ta
     assert fused_applies(x, "bilinear") is False
     torch.testing.assert_close(stn.warp(x, theta, stn.Affine(), size=(3, 3), backend=backend), expected)
     torch.testing.assert_close(stn.sample(x, grid, backend=backend), expected)
+    with pytest.raises(ValueError, match="too large for the fused kernel"):  # (the operator itself, called directly)
+        torch.ops.torchstn.warp2d(x, theta.view(1, 2, 3), "affine", [3, 3], "bilinear", "zeros", False, 0.0)
 
 
 @pytest.mark.parametrize("padding", PADDINGS)

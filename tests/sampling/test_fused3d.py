@@ -295,10 +295,16 @@ def test_what_the_kernel_covers():
     assert not _fused3d.fused3d_applies(torch.rand(1, 1, 2, 3, 4, dtype=torch.float16), "bilinear")
     assert not _fused3d.fused3d_applies(torch.rand(1, 1, 0, 3, 4), "bilinear")  # F.grid_sample's error
     assert not _fused3d.fused3d_applies(torch.rand(1, 1, 3, 4), "bilinear")
-    # a side longer than 2^30 (whose far voxels the kernel would take for points far outside),
-    # even where the volume has fewer than 2^31 voxels
-    for shape in [(1, 1, 1, 1, 2**30 + 5), (1, 1, 1, 2**30 + 5, 1), (1, 1, 2**30 + 5, 1, 1)]:
-        assert not _fused3d.fused3d_applies(torch.rand(1, 1, 1, 1, 1).expand(shape), "bilinear")
+    # a depth longer than 2^30 (whose far voxels the kernel would take for points far outside),
+    # though the volume has fewer than 2^31 voxels: F.grid_sample's values, the operator refuses it
+    deep = torch.linspace(0, 1, 3, dtype=torch.float64).view(1, 1, 1, 1, 3).expand(1, 1, 2**30 + 2**29, 1, 3)
+    assert not _fused3d.fused3d_applies(deep, "bilinear")
+    theta = AFFINE3D.identity(1, dtype=torch.float64)
+    expected = F.grid_sample(deep, F.affine_grid(theta.view(1, 3, 4), [1, 1, 3, 1, 3], align_corners=False),
+                             align_corners=False)
+    torch.testing.assert_close(stn.warp(deep, theta, AFFINE3D, (3, 1, 3)), expected)
+    with pytest.raises(ValueError, match="too large for the fused kernel"):
+        torch.ops.torchstn.warp3d(deep, theta.view(1, 3, 4), "affine", [3, 1, 3], "bilinear", "zeros", False)
     # empty batches and channels
     for shape, size in [((0, 1, 3, 4, 5), (3, 4, 5)), ((2, 0, 3, 4, 5), (3, 4, 5))]:
         x = torch.rand(shape, requires_grad=True)

@@ -315,13 +315,16 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
 def input_shape_of(model: Any, config: Any) -> tuple[int, ...] | None:
     """The ``(C, *size)`` a run's model was built for: its ``input_shape`` (the library's
     models declare it), else the ``in_channels`` and ``input_size`` its builder was given
-    (a user's model: the engine fills them in from the data), else ``None``."""
+    (a user's model: the engine fills them in from the data, unless given as model
+    arguments; an int ``input_size`` does not say its rank), else ``None``."""
     shape = getattr(model, "input_shape", None)
     if shape is not None:
         return tuple(shape)
     args = config.model_args
-    if isinstance(args.get("in_channels"), int) and isinstance(args.get("input_size"), (list, tuple)):
-        return (args["in_channels"], *args["input_size"])
+    channels, size = args.get("in_channels"), args.get("input_size")
+    # (an int input_size, given by the user, does not say its rank: a signal's (L,) or an image's (L, L))
+    if isinstance(channels, int) and isinstance(size, (list, tuple)):
+        return (channels, *size)
     return None
 
 

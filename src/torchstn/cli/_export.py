@@ -103,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
     model, config, info = load_model(args.checkpoint, which=args.which)
     shape = input_shape_of(model, config)
     if shape is None:
-        raise CLIError(f"model {config.model!r} does not say its input shape (no input_shape attribute, and its "
-                       "builder takes no in_channels and input_size)")
+        raise CLIError(f"model {config.model!r} does not say its input shape (no input_shape attribute, and the "
+                       "run's model_args hold no in_channels and input_size list): give the model an input_shape "
+                       "attribute, (C, H, W)")
     out = args.out if args.out is not None else _default_out(Path(args.checkpoint), Path(info["path"]), fmt)
     check_writable(out, "--out")
     generator = torch.Generator().manual_seed(0)

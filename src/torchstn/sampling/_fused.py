@@ -572,6 +572,9 @@ def _call(
         status = fn(geometry, x.data_ptr(), loc.data_ptr(), eps, buffer.data_ptr(), _ptr_of(grad_x), _ptr_of(grad_loc))
     else:
         status = fn(geometry, x.data_ptr(), loc.data_ptr(), eps, buffer.data_ptr())
+    if status == 3:
+        raise ValueError("the image is too large for the fused kernel (a side longer than 2^30 or offsets past "
+                         "int32): backend='torch' samples it")
     if status != 0:
         raise RuntimeError(f"fused warp kernel failed with status {status}")
 

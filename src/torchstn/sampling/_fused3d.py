@@ -143,6 +143,8 @@ def _call(
     if backward:
         args += [_ptr_of(grad_x), _ptr_of(grad_loc)]
     status = fn(*args, *x.shape, *size, _PADDING[padding], int(align_corners), torch.get_num_threads())
+    if status == 3:
+        raise ValueError(_TOO_LARGE)
     if status != 0:
         raise RuntimeError(f"fused 3-D warp kernel failed with status {status}")
 
@@ -170,10 +172,22 @@ def _warp3d_checked(
     return _warp3d_cpu(x, loc, location, size, mode, padding, align_corners)
 
 
+_TOO_LARGE = ("the volume is too large for the fused kernel (a side longer than 2^30 or offsets past int32): "
+              "backend='torch' samples it")
+
+
+def _contiguous_within_bounds(x: torch.Tensor) -> torch.Tensor:
+    """``x`` contiguous, refused first where the kernel would refuse it (a stride-0 volume of 2^30
+    voxels a side would be copied to gigabytes before)."""
+    if max(x.shape[2:]) > 2**30 or x.shape[2:].numel() >= 2**31:
+        raise ValueError(_TOO_LARGE)
+    return x.contiguous()
+
+
 def _warp3d_cpu(
     x: torch.Tensor, loc: torch.Tensor, location: str, size: Sequence[int], mode: str, padding: str, align_corners: bool
 ) -> torch.Tensor:
-    x, loc, size = resolved(x).contiguous(), resolved(loc).contiguous(), tuple(int(s) for s in size)
+    x, loc, size = _contiguous_within_bounds(resolved(x)), resolved(loc).contiguous(), tuple(int(s) for s in size)
     out = x.new_empty(x.shape[0], x.shape[1], *size)
     _call(False, location, x, loc, out, None, None, size, mode, padding, align_corners)
     return out
@@ -184,7 +198,8 @@ def _warp3d_backward_cpu(
     align_corners: bool, output_mask: Sequence[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_operator_args("warp3d_backward", x, loc, location, grad_out.shape[2:], mode, padding, grad_out)
-    x, loc, grad_out = resolved(x).contiguous(), resolved(loc).contiguous(), resolved(grad_out).contiguous()
+    x, loc = _contiguous_within_bounds(resolved(x)), resolved(loc).contiguous()
+    grad_out = resolved(grad_out).contiguous()
     grad_x = torch.empty_like(x) if output_mask[0] else x.new_empty(0)  # zeroed by the kernel
     grad_loc = torch.empty_like(loc) if output_mask[1] else loc.new_empty(0)
     if output_mask[0] or output_mask[1]:

@@ -66,6 +66,10 @@ Backward<double> backward_f64 = nullptr;
 constexpr int64_t kKernelAbi = 6;  // csrc/fused_warp2d.cpp's torchstn_warp2d_abi_version()
 constexpr int64_t kGrid = 0, kAffine = 1, kProjective = 2;  // the kernel's location codes (_fused.LOCATIONS)
 constexpr int64_t kReleaseGil = 1 << 14;  // output values from which the kernel runs without the GIL
+// the kernel's status 3 (its own bound, also where a caller called the operator on any image)
+constexpr const char* kTooLarge =
+    "the image is too large for the fused kernel (a side longer than 2^30 or offsets past int32): "
+    "backend='torch' samples it";
 
 // The output of warp2d: (B, C, oh, ow), channels_last where x is channels_last and not also
 // contiguous (as _fused._new_output).
@@ -107,6 +111,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& loc, int64_t location, int
                  : k64(g, x.const_data_ptr<double>(), loc.const_data_ptr<double>(), eps,
                        out.mutable_data_ptr<double>());
   }
+  TORCH_CHECK_VALUE(status != 3, kTooLarge);
   TORCH_CHECK(status == 0, "fused warp kernel failed with status ", status);
   return out;
 }
@@ -206,6 +211,7 @@ struct Warp2d : public torch::autograd::Function<Warp2d> {
                               grad_out.const_data_ptr<double>(), need_x ? grad_x.mutable_data_ptr<double>() : nullptr,
                               need_loc ? grad_loc.mutable_data_ptr<double>() : nullptr);
       }
+      TORCH_CHECK_VALUE(status != 3, kTooLarge);
       TORCH_CHECK(status == 0, "fused warp kernel failed with status ", status);
     }
     return {grad_x, grad_loc, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),

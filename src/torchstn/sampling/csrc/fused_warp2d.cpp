@@ -2458,8 +2458,10 @@ int run(bool backward, int location, int mode, const T* x, const int64_t* stride
         int64_t Wo, int padding, int align_corners, int threads) {
   const Strides xs{strides[0], strides[1], strides[2], strides[3]};
   const Strides os{strides[4], strides[5], strides[6], strides[7]};
-  // corner offsets are int32: (x0, y0) in [-1, W] x [-1, H], plus a corner's step
+  // corner offsets are int32: (x0, y0) in [-1, W] x [-1, H], plus a corner's step; a point beyond
+  // 2^30 is taken for one far outside (locate), so no side may be longer
   if (xs.h < 0 || xs.w < 0 || (H + 1) * xs.h + (W + 1) * xs.w >= (int64_t(1) << 31)) return 3;
+  if (H > (int64_t(1) << 30) || W > (int64_t(1) << 30)) return 3;
   T* buffer = const_cast<T*>(out_or_grad_out);
   if (B * C * Ho * Wo < kSerialBelow) threads = 1;
   const Constants<T> k(H, W, Ho, Wo, align_corners != 0, static_cast<T>(eps), xs);

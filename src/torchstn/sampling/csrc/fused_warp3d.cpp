@@ -36,6 +36,7 @@
 // backward's dθ is summed per (sample, output slice) in double, in a fixed order, and the
 // slices are added in order: the result does not depend on the number of threads.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -567,6 +568,7 @@ int run(bool backward, int location, int mode, const T* x, const T* grid_or_thet
         const T* out_or_grad_out, T* grad_x, T* grad_loc, int64_t B, int64_t C, int64_t D, int64_t H,
         int64_t W, int64_t Do, int64_t Ho, int64_t Wo, int padding, int align_corners, int threads) {
   if (D * H * W + H * W + W >= (int64_t(1) << 31)) return 3;  // corner offsets are int32
+  if (std::max({D, H, W}) > (int64_t(1) << 30)) return 3;  // (a point beyond 2^30 is taken for one far outside)
   // below ATen's grain size on the calling thread, as csrc/fused_warp2d.cpp says why (its kSerialBelow,
   // the same value): GNU OpenMP's thread team does not survive fork(), and a forked child waited forever
   constexpr int64_t kSerialBelow = 32768;
