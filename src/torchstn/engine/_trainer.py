@@ -101,6 +101,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _rank_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank``'s own random draws in a run of ``seed`` (rank 0 keeps the run's stream)."""
+    return (seed * 1_000_003 + rank * 7_919) % 2**63
+
+
 def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -227,6 +232,14 @@ class _Distributed:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def gather(self, value: Any) -> list[Any]:
+        """``value`` of every process, in rank order (``[value]`` in one process)."""
+        if self.world == 1:
+            return [value]
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
 
     def sum(self, values: list[float]) -> list[float]:
         if self.world == 1:
@@ -385,6 +398,8 @@ def _train(
     train_set, test_set = _load_data(config, ddp, train_set, test_set)
     _seed_everything(config.seed, config.deterministic)  # after the data: its loading draws nothing here
     session = _set_up(config, ddp, run_dir, train_set, test_set)
+    if ddp.rank > 0:  # its own draws (a P-STN's θ noise, dropout), the weights built alike: the same stream in
+        torch.manual_seed(_rank_seed(config.seed, ddp.rank))  # every process correlated images i and i + 1 in pairs
     if resume:
         _resume(session)
     elif run_dir is not None and ddp.main:
@@ -499,7 +514,8 @@ def _resume(session: _Session) -> None:
     scheduler = session.scheduler
     for group, base, rate in zip(session.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * rate(scheduler.last_epoch)
-    restore_rng(state["rng"])
+    ranks = state.get("rng_of_ranks")  # (a run of as many processes; else, as until 2026-12-05, rank 0's for all)
+    restore_rng(ranks[session.ddp.rank] if ranks is not None and len(ranks) == session.ddp.world else state["rng"])
     session.start_epoch, session.step, session.best_error = info["epoch"], info["step"], state["best_error"]
     # steps beyond a last epoch that was cut short (a run in steps) train in one more, itself cut at total_steps
     remaining = math.ceil((session.total_steps - session.step) / session.per_epoch)
@@ -642,30 +658,35 @@ def _epoch_record(session: _Session, epoch: int, sums: _EpochSums) -> dict[str, 
 
 
 def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple[Any, Any, Any]) -> None:
-    """Add the θ diagnostics to the record, print it, and (main process) write it and the checkpoints."""
+    """Add the θ diagnostics to the record, print it, and (main process) write it and the checkpoints,
+    with every process's RNG state (their draws differ, and so do their positions in them where
+    the batch splits unevenly), taken after the main process's diagnostics drew theirs."""
     session.history.append(record)
-    if not session.ddp.main:
+    if session.ddp.main:
+        model = session.product  # (the average of the weights with ema)
+        x, _, inputs = diagnostics_batch
+        diagnostics = []
+        transformers = transformers_of(model)
+        if transformers and len(x):  # (with the predicted classes: does the warp encode them?)
+            diagnostics = theta_diagnostics(transformers, x, classes=predicted_classes(model, x, **inputs), **inputs)
+        record["theta"] = diagnostics
+        record["warnings"] = collapse_warnings(diagnostics)
+        _print(_epoch_line(record, session.epochs), main=True)
+        for warning in record["warnings"]:
+            _print(f"warning: {warning}", main=True, file=sys.stderr)
+    rng = session.ddp.gather(capture_rng()) if session.run_dir is not None else []
+    if not session.ddp.main or session.run_dir is None:
         return
-    model = session.product  # (the average of the weights with ema)
-    x, _, inputs = diagnostics_batch
-    diagnostics = []
-    transformers = transformers_of(model)
-    if transformers and len(x):  # (with the predicted classes: does the warp encode them?)
-        diagnostics = theta_diagnostics(transformers, x, classes=predicted_classes(model, x, **inputs), **inputs)
-    record["theta"] = diagnostics
-    record["warnings"] = collapse_warnings(diagnostics)
-    _print(_epoch_line(record, session.epochs), main=True)
-    for warning in record["warnings"]:
-        _print(f"warning: {warning}", main=True, file=sys.stderr)
-    if session.run_dir is None:
-        return
+    model = session.product
     session.run_dir.append(record)
     improved = record["test_error"] < session.best_error
     session.best_error = min(session.best_error, record["test_error"])
     summary = {k: record[k] for k in ("train_loss", "train_error", "test_loss", "test_error", "test_ece", "test_nll")
                if k in record}
     state = {"optimizer": session.optimizer.state_dict(), "scheduler": session.scheduler.state_dict(),
-             "rng": capture_rng(), "best_error": session.best_error}
+             "rng": rng[0], "best_error": session.best_error}
+    if len(rng) > 1:
+        state["rng_of_ranks"] = rng
     if session.average is not None:
         state.update(raw_weights=session.core.state_dict(), averaged=session.average.n_averaged)
     session.run_dir.save(model, session.config, epoch=record["epoch"], step=record["step"], metrics=summary,
