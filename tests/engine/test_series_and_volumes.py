@@ -70,3 +70,17 @@ def test_a_series_model_trains_and_reports_calibration(tmp_path):
     assert result.config.model_args["input_size"] == [48]
     assert {"test_ece", "test_nll", "train_kl"} <= set(result.final)
     assert result.final["train_kl"] > 0
+
+
+def test_inputs_holding_nan_are_named_before_training(tmp_path, capsys):
+    """A series with a missing value (load_ucr keeps them NaN) made every loss NaN from the first
+    step, and the epoch's warning blamed the transformer (θ not finite, a smaller loc_lr_mult)."""
+    torch.manual_seed(0)
+    x, labels = torch.randn(16, 1, 64), torch.arange(16) % 2
+    x[3, 0, 5] = x[9, 0, 0] = float("nan")
+    config = TrainConfig(model="cnn1d", data="series", steps=1, batch_size=8, device="cpu", diagnostics_samples=4)
+    train(config, tmp_path / "run", train_set=_dataset(x, labels, 2), test_set=_dataset(x[:4], labels[:4], 2),
+          progress=False)
+    err = capsys.readouterr().err
+    assert "warning: 2 of the 16 train inputs of series hold NaN" in err
+    assert "warning: 1 of the 4 test inputs of series hold NaN" in err

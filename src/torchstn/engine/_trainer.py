@@ -438,7 +438,25 @@ def _load_data(config: TrainConfig, ddp: _Distributed, train_set: Any, test_set:
     test_set = test_set if test_set is not None else load_split(config, "test")
     if ddp.main:
         ddp.barrier()
+    for split, data in (("train", train_set), ("test", test_set)):
+        _warn_of_nan(data, split, config.data, ddp.main)
     return train_set, test_set
+
+
+def _warn_of_nan(data: Any, split: str, name: str, main: bool) -> None:
+    """Say which inputs hold NaN where a set keeps its inputs as one tensor (series, TensorDatasets;
+    ``load_ucr`` keeps missing values NaN): a model reads them as NaN, and its loss, and a
+    transformer's θ, become NaN from the first step, which the epoch's warnings had blamed on
+    the transformer."""
+    tensors = getattr(data, "tensors", None)
+    x = tensors[0] if isinstance(tensors, (tuple, list)) and tensors else None
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() >= 2):
+        return
+    holding = int(x.isnan().flatten(1).any(1).sum())
+    if holding:
+        _print(f"warning: {holding} of the {len(x)} {split} inputs of {name} hold NaN (missing values): a model reads "
+               "them as NaN, and the loss and a transformer's θ become NaN; fill them before training",
+               main=main, file=sys.stderr)
 
 
 def _set_up(config: TrainConfig, ddp: _Distributed, run_dir: RunDir | None, train_set: Any, test_set: Any) -> _Session:
