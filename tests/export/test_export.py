@@ -342,3 +342,24 @@ def test_a_nan_pixel_through_a_whole_model_gives_eager_s_nan_in_every_export(tmp
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, atol=ATOL, rtol=0, equal_nan=True)
+
+
+def test_an_onnx_file_whose_weights_hold_a_zip_signature_is_read_as_onnx(tmp_path: Path) -> None:
+    """zipfile.is_zipfile looks for an end-of-archive record anywhere in a file's last 64 KB: an
+    ONNX file whose weights held its 4 bytes counted as TorchScript, and load_exported failed in
+    torch.jit.load (so did `torchstn export`'s own check). A TorchScript file starts with a zip
+    archive's first local header; the formats are told apart by that."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import struct
+
+    lin = nn.Linear(3, 8)
+    with torch.no_grad():
+        lin.bias[3] = struct.unpack("<f", b"PK\x05\x06")[0]
+    path = export_onnx(lin, torch.rand(2, 3), tmp_path / "pk.onnx")
+    x = torch.rand(4, 3)
+    session = load_exported(path)
+    torch.testing.assert_close(torch.as_tensor(run_exported(session, (x,))[0]), lin(x).detach(), atol=1e-6, rtol=1e-5)
+    assert exported_files(path) == [path]
+    script = export_torchscript(lin, torch.rand(2, 3), tmp_path / "pk.onnx.pt")
+    assert isinstance(load_exported(script), torch.jit.ScriptModule) and exported_files(script) == [script]

@@ -6,7 +6,6 @@ import contextlib
 import importlib.util
 import logging
 import warnings
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -315,7 +314,7 @@ def exported_files(path: str | Path) -> list[Path]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no exported model at {path}")
-    if zipfile.is_zipfile(path):  # TorchScript (by content, as load_exported tells them apart)
+    if _is_torchscript(path):  # (by content, as load_exported tells them apart)
         return [path]
     _needs(("onnx",), "Reading an ONNX file")
     import onnx
@@ -355,13 +354,22 @@ def _needs(modules: Sequence[str], what: str) -> None:
                           "installed; install the extra: pip install 'torchstn[export]'")
 
 
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript file: a zip archive, which starts with a local file
+    header. (``zipfile.is_zipfile`` looks for an end-of-archive record anywhere in the last
+    64 KB, which an ONNX file's raw weights can hold: one counted as TorchScript.)"""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def load_exported(path: str | Path) -> object:
     """Load a file written by :func:`export_onnx` (an onnxruntime session) or :func:`export_torchscript`,
-    told apart by content (a TorchScript file is a zip archive), whatever its suffix."""
+    told apart by content (a TorchScript file is a zip archive: it starts with ``PK\\x03\\x04``),
+    whatever its suffix."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no exported model at {path}")
-    if not zipfile.is_zipfile(path):  # (by suffix, an ONNX file named .pt was read as TorchScript: a traceback)
+    if not _is_torchscript(path):  # (by suffix, an ONNX file named .pt was read as TorchScript: a traceback)
         _needs(("onnxruntime",), "Running an ONNX file")
         import onnxruntime
 
