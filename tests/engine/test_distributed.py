@@ -97,3 +97,19 @@ def test_processes_draw_their_own_noise_and_resume_bit_exactly_with_uneven_slice
     (a, _, _), (b, _, _) = (load_model(tmp_path / name, "last") for name in ("full", "part"))
     wa, wb = a.state_dict(), b.state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@needs_mnist
+def test_a_run_resumed_by_more_processes_than_started_it_draws_a_stream_per_process(tmp_path):
+    """Its checkpoint holds one process's RNG state: every process restored it, and all drew the
+    same noise again; the processes beyond the first now draw their own."""
+    script = tmp_path / "draws.py"
+    script.write_text(_DRAWS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for mode, processes in (("stop", 1), ("resume", 2)):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               f"--nproc_per_node={processes}", str(script), mode, str(tmp_path / "run"),
+                               str(MNIST_DIR), "16"], capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    first, second = (torch.load(tmp_path / f"run.draws{r}.pt") for r in (0, 1))
+    assert len(first) == len(second) >= 2 and not any(torch.equal(a, b) for a, b in zip(first, second))

@@ -532,8 +532,13 @@ def _resume(session: _Session) -> None:
     scheduler = session.scheduler
     for group, base, rate in zip(session.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * rate(scheduler.last_epoch)
-    ranks = state.get("rng_of_ranks")  # (a run of as many processes; else, as until 2026-12-05, rank 0's for all)
-    restore_rng(ranks[session.ddp.rank] if ranks is not None and len(ranks) == session.ddp.world else state["rng"])
+    ranks = state.get("rng_of_ranks")  # (a run of as many processes; else rank 0's, each other process reseeded)
+    if ranks is not None and len(ranks) == session.ddp.world:
+        restore_rng(ranks[session.ddp.rank])
+    else:
+        restore_rng(state["rng"])
+        if session.ddp.rank > 0:  # (its own stream, as in a run started with this many processes)
+            torch.manual_seed(_rank_seed(session.config.seed + info["step"], session.ddp.rank))
     session.start_epoch, session.step, session.best_error = info["epoch"], info["step"], state["best_error"]
     # steps beyond a last epoch that was cut short (a run in steps) train in one more, itself cut at total_steps
     remaining = math.ceil((session.total_steps - session.step) / session.per_epoch)
