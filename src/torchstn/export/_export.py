@@ -207,7 +207,10 @@ def export_onnx(
 
     Args:
         model: any module, e.g. a :class:`~torchstn.SpatialTransformer` or a registry
-            model; exported in eval mode (its mode is restored afterwards).
+            model; exported in eval mode (its mode is restored afterwards). A
+            :class:`~torchstn.ProbabilisticSpatialTransformer` that samples θ at test time
+            from a Student-t does not export (its draws need a Gamma sampler, which ONNX
+            lacks); with ``test_samples="mean"`` it warps by the mean and does.
         example: the positional input(s) to trace with, e.g. ``torch.rand(2, 1, 28, 28)``.
             A batch of 1 is repeated to 2 when ``dynamic_batch`` (exporters treat size-1
             axes as constants).
