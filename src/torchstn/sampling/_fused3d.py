@@ -105,10 +105,16 @@ def fused3d_applies(x: torch.Tensor, mode: str) -> bool:
     """
     if torch.jit.is_tracing() or mode not in _MODES or x.dim() != 5:
         return False
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.shape[2:].numel() > 0
+            and _within_kernel_bounds(x))
+
+
+def _within_kernel_bounds(x: torch.Tensor) -> bool:
+    """Whether the kernel takes volume ``x`` (``csrc/fused_warp3d.cpp``'s ``run``, which returns 3
+    otherwise): int32 voxel offsets, and every side at most 2^30 (it takes a point beyond 2^30 for
+    one far outside)."""
     d, h, w = x.shape[2:]
-    # (every side at most 2^30: the kernel takes a point beyond 2^30 for one far outside)
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and max(d, h, w) <= 2**30
-            and 0 < d * h * w < 2**31 - h * w - w)
+    return max(d, h, w) <= 2**30 and d * h * w + h * w + w < 2**31
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +185,7 @@ _TOO_LARGE = ("the volume is too large for the fused kernel (a side longer than 
 def _contiguous_within_bounds(x: torch.Tensor) -> torch.Tensor:
     """``x`` contiguous, refused first where the kernel would refuse it (a stride-0 volume of 2^30
     voxels a side would be copied to gigabytes before)."""
-    if max(x.shape[2:]) > 2**30 or x.shape[2:].numel() >= 2**31:
+    if not _within_kernel_bounds(x):
         raise ValueError(_TOO_LARGE)
     return x.contiguous()
 
