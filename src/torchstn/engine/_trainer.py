@@ -438,12 +438,13 @@ def _load_data(config: TrainConfig, ddp: _Distributed, train_set: Any, test_set:
     test_set = test_set if test_set is not None else load_split(config, "test")
     if ddp.main:
         ddp.barrier()
-    for split, data in (("train", train_set), ("test", test_set)):
-        _warn_of_nan(data, split, config.data, ddp.main)
+    if ddp.main:  # (the one process that prints: the others need not read their sets for it)
+        for split, data in (("train", train_set), ("test", test_set)):
+            _warn_of_nan(data, split, config.data)
     return train_set, test_set
 
 
-def _warn_of_nan(data: Any, split: str, name: str, main: bool) -> None:
+def _warn_of_nan(data: Any, split: str, name: str) -> None:
     """Say which inputs hold NaN where a set keeps its inputs as one tensor (series, TensorDatasets;
     ``load_ucr`` keeps missing values NaN): a model reads them as NaN, and its loss, and a
     transformer's θ, become NaN from the first step, which the epoch's warnings had blamed on
@@ -456,7 +457,7 @@ def _warn_of_nan(data: Any, split: str, name: str, main: bool) -> None:
     if holding:
         _print(f"warning: {holding} of the {len(x)} {split} inputs of {name} hold NaN (missing values): a model reads "
                "them as NaN, and the loss and a transformer's θ become NaN; fill them before training",
-               main=main, file=sys.stderr)
+               main=True, file=sys.stderr)
 
 
 def _set_up(config: TrainConfig, ddp: _Distributed, run_dir: RunDir | None, train_set: Any, test_set: Any) -> _Session:
@@ -685,8 +686,8 @@ def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple
     with every process's RNG state (their draws differ, and so do their positions in them where
     the batch splits unevenly), taken after the main process's diagnostics drew theirs."""
     session.history.append(record)
+    model = session.product  # (the average of the weights with ema)
     if session.ddp.main:
-        model = session.product  # (the average of the weights with ema)
         x, _, inputs = diagnostics_batch
         diagnostics = []
         transformers = transformers_of(model)
@@ -700,7 +701,6 @@ def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple
     rng = session.ddp.gather(capture_rng()) if session.run_dir is not None else []
     if not session.ddp.main or session.run_dir is None:
         return
-    model = session.product
     session.run_dir.append(record)
     improved = record["test_error"] < session.best_error
     session.best_error = min(session.best_error, record["test_error"])
