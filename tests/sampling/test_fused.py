@@ -236,6 +236,42 @@ def test_neighbouring_pixels_read_whole_equal_the_two_passes_bit_for_bit(padding
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rotated_rows_and_edges_read_as_windows_equal_the_two_passes_bit_for_bit(padding, channels_last):
+    """Sixteen points of a rotated row step down one or two input rows, and near the image's
+    edges some of them lie outside it: the AVX-512 build reads such vectors as windows of up
+    to four input rows (zeros padding: the corners outside set to 0, the windows of a
+    channel's first and last rows read only its own floats). The values of 1 to 4 planes, and
+    of 2 to 4 channels side by side, must be the two passes' (5 channels) bit for bit, for
+    slopes of 0.05 to 0.2 pixels per point, warps moved off every side, inf and NaN pixels
+    along the edges; and F.grid_sample's."""
+    generator = torch.Generator().manual_seed(13)
+    x = torch.rand(8, 5, 64, 64, generator=generator)
+    x[:, :, 0, 7], x[:, 1, -1, 30], x[:, 2, 20, 0], x[:, 3, 40, -1] = float("inf"), float("nan"), -float("inf"), 9.0
+    x[:, :, 0, 0], x[:, :, -1, -1] = float("nan"), float("inf")  # (each plane's first and last floats)
+    theta = stn.Affine().identity(8)
+    for i, slope in enumerate((0.05, -0.09, 0.12, -0.14, 0.2)):  # rows stepping down (or up) 0.75 to 3 rows per 16 points
+        theta[i, [1, 3]] = torch.tensor([-slope, slope])
+    theta[1, 5], theta[2, 2], theta[3, 5], theta[4, 2] = -0.3, 0.4, 0.25, -0.35  # partly off each side
+    theta[5, [0, 3, 4, 5]] = torch.tensor([1.3, 0.1, 1.2, -0.05])  # zoomed out: every edge crossed
+    theta[6, [3, 5]] = torch.tensor([0.11, -0.95])  # rows across the top edge
+    theta[7, [0, 3, 4]] = torch.tensor([0.5, 0.08, 0.5])  # zoomed in: all inside
+    options = {"size": (64, 80), "padding": padding, "backend": "fused"}
+    five = stn.warp(x, theta, stn.Affine(), **options)
+    for c in (1, 2, 3, 4):
+        xc = x[:, :c].contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        if channels_last and c == 1:
+            continue
+        torch.testing.assert_close(stn.warp(xc, theta, stn.Affine(), **options), five[:, :c], atol=0, rtol=0,
+                                   equal_nan=True)
+    # (at θ's own locations: affine_grid's round a point onto a row holding -inf otherwise)
+    expected = F.grid_sample(x, stn.Affine().grid(theta, (64, 80), False), padding_mode=padding, align_corners=False)
+    assert torch.equal(five.isnan(), expected.isnan()) and torch.equal(five.isinf(), expected.isinf())
+    finite = five.isfinite()
+    torch.testing.assert_close(five[finite], expected[finite], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
 def test_rgb_side_by_side_equals_the_planes_bit_for_bit(padding):
     """Three channels side by side (channels_last RGB), whose AVX-512 build reads sixteen
     points' corners as 64-float windows of each corner row: the same bits as the planes'

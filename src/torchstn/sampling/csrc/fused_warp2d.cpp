@@ -1069,10 +1069,14 @@ struct Locations8 {
 
 #ifdef __AVX512F__
 // sixteen points of a wide affine row (Locations8's ROW arithmetic, inside8_at's after it)
+constexpr int32_t kRows16 = 2;
+
 struct Row16 {
   __m512 ix, iy, fx, fy;
   __m512i dx;        // each point's corner-0 column minus the leftmost's
-  __mmask16 lower;   // the points whose corner-0 row is one below the topmost's
+  __m512i dy;        // each point's corner-0 row minus the topmost's
+  __mmask16 lower;   // the points whose corner-0 row is below the topmost's
+  int32_t span;      // the largest dy
   __mmask16 valid[4];  // (EDGE) the points whose corner 0-3 lies inside the image
   int32_t x0, y0;    // the leftmost corner-0 column, the topmost row
 
@@ -1088,15 +1092,21 @@ struct Row16 {
   }
 };
 
-// whether the sixteen points from t0 lie strictly inside [0, W - 1) x [0, H - 1) with their
-// corner-0 pixels in two neighbouring rows, at most `columns` columns right of the leftmost.
-// EDGE: points anywhere within 2^30 of the image instead (finite), each corner's validity as
-// corners8 has it (zeros padding), the corner-0 pixels clamped to [-1, W - 1] x [-1, H - 1]
-// (the clamp moves only points whose corners all lie outside) before the columns and rows are
-// counted
+// what row16_at and the sixteen-point paths found: the points fit, or some lie outside the
+// image (zeros padding then tries the EDGE path), or they spread over too many rows or columns
+enum Fit16 { FITS, OUTSIDE, SPREAD };
+
+// whether the sixteen points from t0 lie strictly inside [0, W - 1) x [0, H - 1) (else OUTSIDE)
+// with their corner-0 pixels at most `columns` columns right of the leftmost and `rows` rows
+// below the topmost (else SPREAD).
+// EDGE: points anywhere within 2^30 of the image instead (finite; else SPREAD), each corner's
+// validity as corners8 has it (zeros padding), the corner-0 pixels clamped to [-1, W - 1] x
+// [-1, H - 1] (the clamp moves only points whose corners all lie outside) before the columns
+// and rows are counted
 template <bool EDGE = false>
-__attribute__((always_inline)) inline bool row16_at(const Locations8<ROW, AFFINE>& where, int64_t t0,
-                                                    const Constants<float>& k, int32_t columns, Row16* r) {
+__attribute__((always_inline)) inline Fit16 row16_at(const Locations8<ROW, AFFINE>& where, int64_t t0,
+                                                    const Constants<float>& k, int32_t columns, int32_t rows,
+                                                    Row16* r) {
   const __m512 one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
   const __m512 xv = _mm512_loadu_ps(where.xs + t0);
   const __m512 gx = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m0), xv), _mm512_set1_ps(where.cx));
@@ -1109,7 +1119,7 @@ __attribute__((always_inline)) inline bool row16_at(const Locations8<ROW, AFFINE
     const __m512 limit = _mm512_set1_ps(static_cast<float>(1 << 30)), minus_one = _mm512_set1_ps(-1.f);
     const __mmask16 near = _mm512_cmp_ps_mask(_mm512_abs_ps(r->ix), limit, _CMP_LT_OQ) &
                            _mm512_cmp_ps_mask(_mm512_abs_ps(r->iy), limit, _CMP_LT_OQ);
-    if (near != 0xffff) return false;
+    if (near != 0xffff) return SPREAD;
     r->fx = _mm512_floor_ps(r->ix);
     r->fy = _mm512_floor_ps(r->iy);
     const __m512 W = _mm512_set1_ps(static_cast<float>(k.W)), H = _mm512_set1_ps(static_cast<float>(k.H));
@@ -1126,7 +1136,7 @@ __attribute__((always_inline)) inline bool row16_at(const Locations8<ROW, AFFINE
   } else {
     const __mmask16 inside = _mm512_cmp_ps_mask(r->ix, zero, _CMP_GE_OQ) & _mm512_cmp_ps_mask(r->ix, W1, _CMP_LT_OQ) &
                              _mm512_cmp_ps_mask(r->iy, zero, _CMP_GE_OQ) & _mm512_cmp_ps_mask(r->iy, H1, _CMP_LT_OQ);
-    if (inside != 0xffff) return false;
+    if (inside != 0xffff) return OUTSIDE;
     r->fx = _mm512_floor_ps(r->ix);
     r->fy = _mm512_floor_ps(r->iy);
     cx = _mm512_cvttps_epi32(r->fx);
@@ -1135,12 +1145,24 @@ __attribute__((always_inline)) inline bool row16_at(const Locations8<ROW, AFFINE
   // the row's points move monotonically: the first and last lanes hold the extremes
   const auto last = [](__m512i v) { return _mm_extract_epi32(_mm512_extracti32x4_epi32(v, 3), 3); };
   r->x0 = std::min(_mm_cvtsi128_si32(_mm512_castsi512_si128(cx)), last(cx));
-  r->y0 = std::min(_mm_cvtsi128_si32(_mm512_castsi512_si128(cy)), last(cy));
+  const int32_t first_y = _mm_cvtsi128_si32(_mm512_castsi512_si128(cy)), last_y = last(cy);
+  r->y0 = std::min(first_y, last_y);
+  r->span = std::max(first_y, last_y) - r->y0;
   r->dx = _mm512_sub_epi32(cx, _mm512_set1_epi32(r->x0));
-  const __m512i dy = _mm512_sub_epi32(cy, _mm512_set1_epi32(r->y0));
-  r->lower = _mm512_cmp_epi32_mask(dy, _mm512_setzero_si512(), _MM_CMPINT_NE);
-  return _mm512_cmp_epu32_mask(r->dx, _mm512_set1_epi32(columns), _MM_CMPINT_GT) == 0 &&
-         _mm512_cmp_epu32_mask(dy, _mm512_set1_epi32(1), _MM_CMPINT_GT) == 0;
+  r->dy = _mm512_sub_epi32(cy, _mm512_set1_epi32(r->y0));
+  r->lower = _mm512_cmp_epi32_mask(r->dy, _mm512_setzero_si512(), _MM_CMPINT_NE);
+  const bool fits = _mm512_cmp_epu32_mask(r->dx, _mm512_set1_epi32(columns), _MM_CMPINT_GT) == 0 && r->span <= rows;
+  return fits ? FITS : SPREAD;
+}
+
+// whether sixteen neighbouring points of the row may fit row16_at's `columns` and `rows`: not
+// where the row's step between points (in input pixels) spreads any sixteen of them wider, which
+// row16_at would find for every vector of the row after locating it (twice, with the EDGE path)
+inline bool row16_may_fit(const Locations8<ROW, AFFINE>& where, const Constants<float>& k, int32_t columns,
+                          int32_t rows, int64_t n) {
+  if (n < 16) return false;
+  const float step = where.xs[1] - where.xs[0];
+  return 15 * std::fabs(where.m0 * step * k.ax) < columns + 1 && 15 * std::fabs(where.m3 * step * k.ay) < rows + 1;
 }
 
 // Sixteen floats from xb + from, those outside [xb, xb + end) 0 and not read (the masked-off
@@ -1152,62 +1174,114 @@ __attribute__((always_inline)) inline __m512 load16_within(const float* xb, int6
   return _mm512_maskz_loadu_ps(static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1)), xb + from);
 }
 
+// the corner rows of sixteen points whose corner-0 rows lie 0 to SPAN below the topmost (dy):
+// each of the SPAN + 2 input rows from it read as a 32-pixel window (`row`: two 16-wide loads),
+// each corner picked from each row by a two-source permute, each lane's row taken by blends
+// (the rows rise along the lanes, so "dy >= s" picks row s over the rows above it)
+template <int SPAN, typename Row>
+__attribute__((always_inline)) inline void corners16(const Row& row, __m512i dx, __m512i dx1, const __mmask16* below,
+                                                     __m512* v) {
+  __m512 p[SPAN + 2], q[SPAN + 2];
+  for (int s = 0; s < SPAN + 2; ++s) {
+    __m512 a, b;  // the row's pixels 0-15 and 16-31 from the leftmost corner 0
+    row(s, &a, &b);
+    p[s] = _mm512_permutex2var_ps(a, dx, b);
+    q[s] = _mm512_permutex2var_ps(a, dx1, b);
+  }
+  v[0] = p[0], v[1] = q[0], v[2] = p[1], v[3] = q[1];
+  for (int s = 1; s <= SPAN; ++s) {
+    v[0] = _mm512_mask_blend_ps(below[s], v[0], p[s]);
+    v[1] = _mm512_mask_blend_ps(below[s], v[1], q[s]);
+    v[2] = _mm512_mask_blend_ps(below[s], v[2], p[s + 1]);
+    v[3] = _mm512_mask_blend_ps(below[s], v[3], q[s + 1]);
+  }
+}
+
 // Sixteen points of a wide affine row at once (the AVX-512 build, zeros or border padding, unit
 // width stride): where all sixteen lie strictly inside [0, W - 1) x [0, H - 1) (as inside8_at
-// tests eight) and their corner-0 pixels lie in two neighbouring input rows, within 30 columns
-// of the leftmost, each corner row of each channel is read as a 32-pixel window (two 16-wide
-// loads and a two-source permute per corner; a vector whose points step down to the next row
-// reads three rows' windows and takes each lane's row by a blend). The same operations in the
-// same order as inside8_at and inside8 for each point, so the same values. Returns false,
-// having written nothing, for any other vector (which then goes eight points at a time).
-// Forward 1.07-1.09x at 1x3x224x224 (84% of its 16-point vectors take this path), 1.00x at
-// 64x3x64x64 (69%, 39% of them crossing a row), the others unchanged (A/B of the bare
-// kernel, θ the identity + 0.05 N(0, 1), Intel Xeon with AVX-512, 2026-12-03): the sixteen
-// points' arithmetic is not where the time goes. Tried and not kept: every window read from
-// the 32-byte boundary before it, no load crossing a cache line (8-wide, 0.81-0.93x); the edge
-// vectors' corners read as 16-pixel windows instead of gathers (no change).
-__attribute__((always_inline)) inline bool inside16(const Locations8<ROW, AFFINE>& where, int64_t t0,
+// tests eight) and their corner-0 pixels lie within 30 columns of the leftmost and kRows16
+// rows of the topmost, each channel's corners are read from windows of its rows (corners16).
+// The same operations in the same order as inside8_at and inside8 for each point, so the same
+// values. Returns what row16_at found, having written nothing, for any other vector (which then
+// goes eight points at a time, or with zeros padding tries EDGE). Forward 1.07-1.09x at
+// 1x3x224x224 (84% of its 16-point vectors take this path), 1.00x at 64x3x64x64 (69%, 39% of
+// them crossing a row), the others unchanged (A/B of the bare kernel, θ the identity + 0.05
+// N(0, 1), Intel Xeon with AVX-512, 2026-12-03): the sixteen points' arithmetic is not where
+// the time goes. Tried and not kept: every window read from the 32-byte boundary before it, no
+// load crossing a cache line (8-wide, 0.81-0.93x); the edge vectors' corners read as 16-pixel
+// windows instead of gathers (no change).
+// Since 2026-12-05 (AMD EPYC Zen 4; A/B of the bare kernel against the code before, the bench's
+// θ, the identity + 0.1 N(0, 1), 15 rounds, the same bits), three changes for the vectors that
+// went eight points at a time (at 64x3x64x64, 21% of the 16-point vectors spanned three input
+// rows and 26% crossed the image's edge):
+// - vectors spanning three input rows (kRows16 = 2: a rotation's rows falling 1/15 to 2/15 of
+//   a pixel per point) read four rows' windows: 1.07x at 64x3x64x64, 1.00x at 1x3x224x224 and
+//   32x3x224x224 (where rows span more or fewer), against the rows up to two;
+// - EDGE (zeros padding, tried where the vector is not inside): the sixteen points anywhere
+//   near the image (row16_at<true>), their corners outside set to 0 after the picks (as edge8's
+//   selects and masked gathers give them), the windows of a channel's first and last rows read
+//   only its own floats (load16_within), a vector with no corner inside written as 0: 1.16-1.19x
+//   at 1x3x224x224 (26% of its vectors cross the edge or lie outside), 1.03x at 64x3x64x64,
+//   0.985x at 32x3x224x224 (16%, more of them too steep for sixteen at once), against those
+//   vectors going eight points at a time;
+// - and rows whose step between points spreads sixteen of them over more than kRows16 + 1 rows
+//   or 31 columns (row16_may_fit) skip these paths, which would have located each vector in
+//   vain (twice with EDGE).
+// Together (all affine cases, 15 rounds): 1.10x at 64x3x64x64, 1.09x at 1x3x224x224, 1.07x at
+// 32x3x224x224 (0.98x in a run of the three), 1.00-1.01x at 64x8x32x32, 256x1x28x28 and
+// 1x1x28x28; channels_last (row16_may_fit alone) 1.10x at 64x3x64x64, 1.06x at 1x3x224x224,
+// 1.00-1.01x at 32x3x224x224, 8x2x64x64 and 4x4x64x64.
+template <bool EDGE = false>
+__attribute__((always_inline)) inline Fit16 inside16(const Locations8<ROW, AFFINE>& where, int64_t t0,
                                                     const Constants<float>& k, const float* xb, int64_t xc_step,
                                                     float* o, int64_t oc_step, int64_t C, int64_t end) {
   Row16 r;
-  if (!row16_at(where, t0, k, 30, &r)) return false;
-  const __m512i dx = r.dx;
-  const __mmask16 lower = r.lower;  // the lanes a row down
-  const int64_t sh = k.sh, base = r.y0 * sh + r.x0, rows = lower ? 3 : 2;
-  if (base + (rows - 1) * sh + 32 > end) return false;
+  if (const Fit16 fit = row16_at<EDGE>(where, t0, k, 30, kRows16, &r); fit != FITS) return fit;
+  if (EDGE && (r.valid[0] | r.valid[1] | r.valid[2] | r.valid[3]) == 0) {  // no corner inside: 0
+    for (int64_t ch = 0; ch < C; ++ch) _mm512_storeu_ps(o + ch * oc_step, _mm512_setzero_ps());
+    return FITS;
+  }
+  const int64_t sh = k.sh, base = r.y0 * sh + r.x0;
+  const bool bounded = base < 0 || base + (r.span + 1) * sh + 32 > end;
+  if (!EDGE && bounded) return OUTSIDE;  // (the EDGE path's loads keep to the image)
   __m512 w[4];
   r.weights(w);
-  const __m512 w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
-  const __m512i dx1 = _mm512_add_epi32(dx, _mm512_set1_epi32(1));
-  const auto weigh = [&](__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
-    __m512 r = _mm512_mul_ps(v0, w0);
-    r = _mm512_add_ps(r, _mm512_mul_ps(v1, w1));
-    r = _mm512_add_ps(r, _mm512_mul_ps(v2, w2));
-    return _mm512_add_ps(r, _mm512_mul_ps(v3, w3));
-  };
-  if (!lower) {
+  const __m512i dx = r.dx, dx1 = _mm512_add_epi32(dx, _mm512_set1_epi32(1));
+  const auto channels = [&](auto span) __attribute__((always_inline)) {
+    constexpr int SPAN = decltype(span)::value;
+    __mmask16 below[SPAN + 1];
+    for (int s = 1; s <= SPAN; ++s) below[s] = _mm512_cmp_epi32_mask(r.dy, _mm512_set1_epi32(s), _MM_CMPINT_NLT);
     for (int64_t ch = 0; ch < C; ++ch) {
-      const float* r = xb + ch * xc_step + base;
-      const __m512 a0 = _mm512_loadu_ps(r), b0 = _mm512_loadu_ps(r + 16);
-      const __m512 a1 = _mm512_loadu_ps(r + sh), b1 = _mm512_loadu_ps(r + sh + 16);
-      _mm512_storeu_ps(o + ch * oc_step, weigh(_mm512_permutex2var_ps(a0, dx, b0), _mm512_permutex2var_ps(a0, dx1, b0),
-                                               _mm512_permutex2var_ps(a1, dx, b1), _mm512_permutex2var_ps(a1, dx1, b1)));
+      const float* xc = xb + ch * xc_step;
+      const auto row = [&](int s, __m512* a, __m512* b) __attribute__((always_inline)) {
+        const int64_t from = base + s * sh;
+        if (EDGE && bounded) {  // (the channel's own floats only)
+          *a = load16_within(xc, from, end);
+          *b = load16_within(xc, from + 16, end);
+        } else {
+          *a = _mm512_loadu_ps(xc + from);
+          *b = _mm512_loadu_ps(xc + from + 16);
+        }
+      };
+      __m512 v[4];
+      corners16<SPAN>(row, dx, dx1, below, v);
+      if constexpr (EDGE) {  // corners outside: 0, as edge8's selects and masked gathers give them
+        for (int q = 0; q < 4; ++q) v[q] = _mm512_maskz_mov_ps(r.valid[q], v[q]);
+      }
+      __m512 acc = _mm512_mul_ps(v[0], w[0]);
+      acc = _mm512_add_ps(acc, _mm512_mul_ps(v[1], w[1]));
+      acc = _mm512_add_ps(acc, _mm512_mul_ps(v[2], w[2]));
+      _mm512_storeu_ps(o + ch * oc_step, _mm512_add_ps(acc, _mm512_mul_ps(v[3], w[3])));
     }
-    return true;
+  };
+  if (r.span == 0) {
+    channels(std::integral_constant<int, 0>());
+  } else if (r.span == 1) {
+    channels(std::integral_constant<int, 1>());
+  } else {
+    channels(std::integral_constant<int, 2>());
   }
-  for (int64_t ch = 0; ch < C; ++ch) {
-    const float* r = xb + ch * xc_step + base;
-    const __m512 a0 = _mm512_loadu_ps(r), b0 = _mm512_loadu_ps(r + 16);
-    const __m512 a1 = _mm512_loadu_ps(r + sh), b1 = _mm512_loadu_ps(r + sh + 16);
-    const __m512 a2 = _mm512_loadu_ps(r + 2 * sh), b2 = _mm512_loadu_ps(r + 2 * sh + 16);
-    const __m512 p1 = _mm512_permutex2var_ps(a1, dx, b1), q1 = _mm512_permutex2var_ps(a1, dx1, b1);
-    const __m512 v0 = _mm512_mask_blend_ps(lower, _mm512_permutex2var_ps(a0, dx, b0), p1);
-    const __m512 v1 = _mm512_mask_blend_ps(lower, _mm512_permutex2var_ps(a0, dx1, b0), q1);
-    const __m512 v2 = _mm512_mask_blend_ps(lower, p1, _mm512_permutex2var_ps(a2, dx, b2));
-    const __m512 v3 = _mm512_mask_blend_ps(lower, q1, _mm512_permutex2var_ps(a2, dx1, b2));
-    _mm512_storeu_ps(o + ch * oc_step, weigh(v0, v1, v2, v3));
-  }
-  return true;
+  return FITS;
 }
 #endif
 
@@ -1238,8 +1312,8 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // picked by two two-source permutes and a blend (float 3 dx + c of the window), the sixteen
 // points' values blended channel by channel in registers and written side by side (two
 // permutes per 16-float output vector). The same operations in the same order as
-// single_pass_interleaved's pairs, so the same values. Returns false, having written nothing,
-// for any other vector. Forward 1.09-1.11x at channels_last 1x3x224x224 with θ the identity +
+// single_pass_interleaved's pairs, so the same values. Returns what row16_at found, having
+// written nothing, for any other vector. Forward 1.09-1.11x at channels_last 1x3x224x224 with θ the identity +
 // 0.05 N(0, 1) (A/B of the bare kernel, 7 and 9 rounds), 0.975x at the identity itself (where
 // run8_interleaved's whole loads took every vector); `torchstn bench --cases affine-b1-224-cl`
 // (θ noise 0.1, fewer vectors within the window), alternating builds twice: 0.121 / 0.120 ms
@@ -1253,11 +1327,12 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // 16-point vectors of channels_last 1x3x224x224 cross the image's edge, and skipping them
 // saved a third of the kernel's time. Forward 1.075-1.09x there, 1.02x at channels_last
 // 64x3x64x64, the other channels_last cases 1.00x (A/B of the bare kernel, 7 rounds, the same
-// bits; AMD EPYC Zen 4, 2026-12-05). The same for planes (inside16<true>): 1.01x at
-// 1x3x224x224, 0.97x at 32x3x224x224, not kept; their edge vectors' window path and gathers
-// (edge8) cost less. Tried and not kept on the same machine: these vectors' corners by
-// masked gathers instead (0.94x at 1x3x224x224: Zen 4's gathers are slow), and the block's
-// masked corner loads as AVX-512 ones instead of AVX's (1.00x). What the side-by-side layout
+// bits; AMD EPYC Zen 4, 2026-12-05). The same for planes (inside16<true>) was first tried
+// alone and not kept (1.01x at 1x3x224x224, 0.97x at 32x3x224x224); with rows too steep for
+// sixteen points skipped (row16_may_fit) it is kept (see inside16). Tried and not kept on the
+// same machine: these vectors' corners by masked gathers instead (0.94x at 1x3x224x224: Zen
+// 4's gathers are slow), and the block's masked corner loads as AVX-512 ones instead of AVX's
+// (1.00x). What the side-by-side layout
 // still costs over planes is the picks and the interleave: with them replaced by plain
 // arithmetic (wrong values, a probe) the kernel ran as fast as the planes' (0.081 against
 // 0.109 ms; NCHW 0.080). Not kept either: each of the three output vectors located in its
@@ -1265,16 +1340,16 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // permute per corner and no interleave (half the shuffles, the same bits): 0.77x, the
 // location computed three times costing more than the shuffles it saved.
 template <bool EDGE = false>
-__attribute__((always_inline)) inline bool inside16_rgb(const Locations8<ROW, AFFINE>& where, int64_t t0,
+__attribute__((always_inline)) inline Fit16 inside16_rgb(const Locations8<ROW, AFFINE>& where, int64_t t0,
                                                         const Constants<float>& k, const float* xb, float* o,
                                                         int64_t end) {
   Row16 r;
-  if (!row16_at<EDGE>(where, t0, k, 19, &r)) return false;
+  if (const Fit16 fit = row16_at<EDGE>(where, t0, k, 19, 1, &r); fit != FITS) return fit;
   const __m512i dx = r.dx;
   const __mmask16 lower = r.lower;
   const int64_t sh = k.sh, base = r.y0 * sh + 3 * int64_t{r.x0}, rows = lower ? 3 : 2;
   const bool bounded = base < 0 || base + (rows - 1) * sh + 64 > end;
-  if (!EDGE && bounded) return false;
+  if (!EDGE && bounded) return OUTSIDE;  // (the EDGE path's loads keep to the image)
   __m512 w[4];
   r.weights(w);
   const __m512 w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
@@ -1326,7 +1401,7 @@ __attribute__((always_inline)) inline bool inside16_rgb(const Locations8<ROW, AF
     const __m512 rg = _mm512_permutex2var_ps(out[0], _mm512_load_si512(kRgbLanes.first[v]), out[1]);
     _mm512_storeu_ps(ot + 16 * v, _mm512_permutex2var_ps(rg, _mm512_load_si512(kRgbLanes.second[v]), out[2]));
   }
-  return true;
+  return FITS;
 }
 #endif
 
@@ -1456,8 +1531,10 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
   int64_t t0 = 0;
 #ifdef __AVX512F__
   if constexpr (SOURCE == ROW && LOC == AFFINE && PAD != REFLECTION && BORDER == 0) {
-    for (; t0 + 16 <= n; t0 += 16) {
-      if (!inside16(where, t0, k, xb, xc_step, ob + t0, oc_step, C, end)) {
+    for (const bool may_fit = row16_may_fit(where, k, 30, kRows16, n); may_fit && t0 + 16 <= n; t0 += 16) {
+      Fit16 fit = inside16(where, t0, k, xb, xc_step, ob + t0, oc_step, C, end);
+      if (PAD == ZEROS && fit == OUTSIDE) fit = inside16<true>(where, t0, k, xb, xc_step, ob + t0, oc_step, C, end);
+      if (fit != FITS) {
         step8(t0);
         step8(t0 + 8);
       }
@@ -1851,9 +1928,10 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
   if constexpr (SOURCE == ROW && LOC == AFFINE && PAD != REFLECTION) {
     if (C == 3 && step == 3 && k.sw == 3) {  // RGB side by side in the input and the output
       const int64_t end = (k.H - 1) * k.sh + 3 * k.W;
-      for (; t0 + 16 <= n; t0 += 16) {
-        if (!inside16_rgb(where, t0, k, xb, o, end) &&
-            !(PAD == ZEROS && inside16_rgb<true>(where, t0, k, xb, o, end))) {
+      for (const bool may_fit = row16_may_fit(where, k, 19, 1, n); may_fit && t0 + 16 <= n; t0 += 16) {
+        Fit16 fit = inside16_rgb(where, t0, k, xb, o, end);
+        if (PAD == ZEROS && fit == OUTSIDE) fit = inside16_rgb<true>(where, t0, k, xb, o, end);
+        if (fit != FITS) {
           step8(t0);
           step8(t0 + 8);
         }
