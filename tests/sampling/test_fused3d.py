@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import torchstn as stn
 from tests._helpers import random_grid, random_input, random_theta
-from tests.sampling.conftest import record_calls
+from tests.sampling.conftest import record_calls, skip_unless_built
 from torchstn.sampling import _fused3d, _sample
 
 PADDINGS = ["zeros", "border", "reflection"]
@@ -23,7 +23,7 @@ def kernel():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if not _fused3d.fused3d_available():
-            pytest.skip(f"the fused 3-D kernel could not be built here: {_fused3d._library.state.get('error')}")
+            skip_unless_built("the fused 3-D kernel", _fused3d._library.state.get("error"))
 
 
 @pytest.fixture

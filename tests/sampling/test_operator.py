@@ -11,6 +11,7 @@ import torch
 
 import torchstn as stn
 from tests._helpers import random_theta
+from tests.sampling.conftest import skip_unless_built
 from torchstn.sampling import _fused, fused_status
 
 PADDINGS = ["zeros", "border", "reflection"]
@@ -24,7 +25,7 @@ FAMILIES_2D = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(
 def _kernel():
     status = fused_status()
     if not status.available:
-        pytest.skip(f"the fused kernel could not be built here: {status.error}")
+        skip_unless_built("the fused kernel", status.error)
 
 
 def _location(name: str, batch: int, dtype: torch.dtype) -> torch.Tensor:
