@@ -361,7 +361,8 @@ def test_a_call_it_cannot_serve_does_not_build_it(monkeypatch):
     assert not _taken(torch.rand(2, 1, 4, 4, 4), stn.Affine3D().identity(2), stn.Affine3D())
     grid = random_grid((2, 3, 4, 2), torch.float32)
     assert not _sampled(x, grid, "bicubic", backend="fused")
-    assert not _sampled(x, grid, "nearest")  # ("auto": F.grid_sample's nearest is faster)
+    many = random_grid((2, 100, 100, 2), torch.float32)  # ("auto": F.grid_sample's nearest is faster there)
+    assert not _sampled(x, many, "nearest")
     assert not _sampled(x, grid, backend="torch")
     assert not _sampled(x, grid, ["bilinear"])
     assert not _sampled(x.half(), grid.half(), backend="fused")
@@ -446,7 +447,8 @@ def test_what_the_compiled_sample_leaves_to_the_python_path(without_fast_call):
     declined = {
         "torch backend": (x, grid, "bilinear", "zeros", False, "torch"),
         "reference backend": (x, grid, "bilinear", "zeros", False, "reference"),
-        "auto nearest (ATen's is faster)": (x, grid, "nearest", "zeros", False, None),
+        "auto nearest on many points (ATen's is faster)": (x, random_grid((2, 100, 100, 2), torch.float32), "nearest",
+                                                            "zeros", False, None),
         "bicubic": (x, grid, "bicubic", "zeros", False, "fused"),
         "unknown mode": (x, grid, "cubic", "zeros", False, None),
         "unknown padding": (x, grid, "bilinear", "wrap", False, None),

@@ -571,11 +571,31 @@ def test_default_backend_takes_the_fused_kernel_where_it_was_measured_faster(cal
     stn.sample(x3, grid)
     stn.warp(x3, tps.identity(2), tps)
     stn.sample(x3, grid.detach(), mode="bicubic")
-    stn.sample(x3, grid.detach(), mode="nearest")  # F.grid_sample's is faster
+    stn.sample(x3, stn.Affine().grid(stn.Affine().identity(2), (100, 100)), mode="nearest")  # F.grid_sample's is faster
     assert calls == ["fused_sample"] * 2
+    calls.clear()
+    stn.sample(x3, grid.detach(), mode="nearest")  # a few points: the kernel's compiled call (else F.grid_sample)
+    assert calls == (["fused_sample"] if _fused.fast_call() is not None else [])
     calls.clear()
     stn.warp(x, stn.Affine().identity(2), stn.Affine(), mode="nearest")  # nearest from θ: the kernel too
     assert calls == ["fused_warp"]
+
+
+def test_auto_nearest_on_a_few_points_equals_the_torch_backend():
+    """"auto" samples a nearest grid of a few points with the fused kernel (its checks for
+    non-finite points cost F.grid_sample's path more than the sampling): the same values and
+    gradients as the torch backend, NaN and inf points included (NaN in every channel)."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 8, 8, generator=generator).requires_grad_()
+    grid = torch.rand(2, 5, 5, 2, generator=generator) * 2.4 - 1.2
+    grid[0, 1, 1, 0], grid[1, 2, 2, 1] = float("nan"), float("inf")
+    grid.requires_grad_()
+    g = torch.rand(2, 3, 5, 5, generator=generator)
+    got, expected = stn.sample(x, grid, "nearest"), stn.sample(x, grid, "nearest", backend="torch")
+    torch.testing.assert_close(got, expected, atol=0, rtol=0, equal_nan=True)
+    assert got[0, :, 1, 1].isnan().all() and got[1, :, 2, 2].isnan().all()
+    for a, b in zip(torch.autograd.grad(got, (x, grid), g), torch.autograd.grad(expected, (x, grid), g)):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
 
 
 def test_non_contiguous_input_and_empty_batch():

@@ -111,10 +111,14 @@ _PADDING = {"zeros": 0, "border": 1, "reflection": 2}
 _MODES = {"bilinear": 0, "nearest": 1}
 #: the ``backend`` values under which a warp may take the fused kernels (the compiled call reads this tuple too)
 _FUSED_BACKENDS = (None, "auto", "fused")
-#: the modes in which ``backend="auto"`` samples a given 2-D grid with the fused kernel: on a
-#: nearest grid ATen's vectorised sampler is faster (the compiled call reads this tuple too; see
-#: ``_sample._backend_name``)
-AUTO_GRID_MODES = ("bilinear",)
+#: the modes in which ``backend="auto"`` samples a given 2-D grid with the fused kernel, each with
+#: the most grid points (batch times output pixels) it takes there (``None``: any number). On a
+#: nearest grid of more points ATen's vectorised sampler is mostly faster (0.66-0.97x at 50,000 to
+#: 260,000 points); on fewer the fused kernel's compiled call is, where the torch backend's
+#: checks for non-finite points cost more than the sampling (1.09x at 12,544 points, 2.97x at
+#: 1,024: ``python benchmarks/bench_auto.py --mode nearest``, docs/benchmarks.md). The compiled
+#: call reads this dict too; see ``_sample._backend_name``.
+AUTO_GRID_MODES = {"bilinear": None, "nearest": 16384}
 #: what the kernel reads to locate a point: a grid (B, Ho, Wo, 2), affine rows (B, 2, 3)
 #: or a homography (B, 3, 3)
 LOCATIONS = {"grid": 0, "affine": 1, "projective": 2}

@@ -96,9 +96,21 @@ def _few_channels_worth_it(x: torch.Tensor, grid: torch.Tensor) -> bool:
     return _fused.fast_call() is not None or (x.dtype == torch.float32 and grid.numel() >= 2 * FUSED_MIN_POINTS)
 
 
+def _auto_grid_fused(x: object, grid: object, mode: object) -> bool:
+    """Whether ``"auto"`` may sample this given grid with the fused kernel by its mode and its
+    number of points (:data:`~torchstn.sampling._fused.AUTO_GRID_MODES`, which the compiled call
+    reads too); a limited mode on eager tensors only, whose count is not symbolic (see
+    :func:`_few_channels_worth_it`)."""
+    if type(mode) is not str or mode not in _fused.AUTO_GRID_MODES:
+        return False
+    most = _fused.AUTO_GRID_MODES[mode]
+    return most is None or (isinstance(x, torch.Tensor) and isinstance(grid, torch.Tensor) and grid.dim() > 0
+                            and eager_tensors(x, grid) and grid.numel() // max(1, grid.shape[-1]) <= most)
+
+
 def _backend_name(backend: str | None, x: torch.Tensor, grid: torch.Tensor, mode: str) -> str:
     if backend is None or backend == "auto":  # (nearest on a given grid: F.grid_sample's is faster)
-        if mode in _fused.AUTO_GRID_MODES and _fused.fused_applies(x, mode) and (
+        if _auto_grid_fused(x, grid, mode) and _fused.fused_applies(x, mode) and (
             x.shape[1] >= FUSED_MIN_CHANNELS or _few_channels_worth_it(x, grid)
         ):
             return "fused"
@@ -227,8 +239,8 @@ def sample(
         backend: ``None``/``"auto"`` (the fastest correct kernel measured: ``"fused"``
             for bilinear float CPU images (eager calls, where the fused kernel's compiled
             call is built: at any size; else with 3 or more channels or on a float32 grid of
-            32,768 points or more) and for bilinear or nearest float CPU volumes; else
-            ``"torch"``),
+            32,768 points or more), for nearest ones on grids of at most 16,384 points (eager
+            calls), and for bilinear or nearest float CPU volumes; else ``"torch"``),
             ``"torch"`` (``F.grid_sample``), ``"fused"`` (the C++/OpenMP CPU kernels,
             bilinear and nearest; other modes and devices use
             ``F.grid_sample``; see :mod:`torchstn.sampling._fused` and
@@ -304,13 +316,14 @@ def _compiled_sample(
     explains or runs. Common here: a grid the fused kernel samples (an image it covers, bilinear
     or nearest, eager tensors; a gradient is recorded through the call's C++ autograd node)
     under ``backend="fused"``, or under
-    ``"auto"`` in the modes of :data:`~torchstn.sampling._fused.AUTO_GRID_MODES`: with this
+    ``"auto"`` in the modes of :data:`~torchstn.sampling._fused.AUTO_GRID_MODES` (up to the
+    number of points it gives the mode): with this
     call's cost, the kernel is faster than ``F.grid_sample`` on bilinear grids of every size
     measured, 1.22-1.67x from 1x1x8x8 to 64x1x28x28 (``timeit`` of both, 2026-12-02), where the
     Python path's checks had made a batch-1 ``sample`` 1.5-3x slower than ``F.grid_sample``."""
     fast = _fused._library.state.get("fast") or _first_fast_call(
         backend, x, grid, type(mode) is str and mode in _fused._MODES and (backend is None or type(backend) is str)
-        and (backend == "fused" or mode in _fused.AUTO_GRID_MODES)
+        and (backend == "fused" or _auto_grid_fused(x, grid, mode))
     )
     if fast is None or _is_compiling():
         return None

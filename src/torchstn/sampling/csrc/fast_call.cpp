@@ -442,7 +442,8 @@ PyMethodDef fast_warp_def = {"fast_warp", reinterpret_cast<PyCFunction>(reinterp
 // arguments: x, grid, mode, padding, align_corners, backend), or None for any other call:
 // an image (B, C, H, W) and a grid (B, Ho, Wo, 2) the kernel covers (see kernel_covers; eager
 // tensors, see eager), a known mode and padding, and a backend that takes the fused kernel for
-// them: "fused", or "auto" (None) for the modes of _fused._AUTO_GRID_MODES.
+// them: "fused", or "auto" (None) for the modes of _fused.AUTO_GRID_MODES, up to the number of
+// grid points it gives the mode.
 PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 6) {
     PyErr_SetString(PyExc_TypeError, "fast_sample takes 6 arguments");
@@ -459,15 +460,18 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     PyObject* dicts[2] = {p.modes, p.paddings};
     const int found = look_up_codes(2, dicts, keys, codes);
     if (found <= 0) return found < 0 ? nullptr : Py_NewRef(Py_None);
+    PyObject* most = nullptr;  // "auto": the mode's choice, its most points (None: any number)
     if (backend == Py_None || PyUnicode_CompareWithASCIIString(backend, "fused") != 0) {
-      const int auto_fused = PySequence_Contains(p.auto_grid_modes, args[2]);  // "auto": the mode's choice
-      if (auto_fused <= 0) return auto_fused < 0 ? nullptr : Py_NewRef(Py_None);
+      most = PyDict_GetItemWithError(p.auto_grid_modes, args[2]);  // (borrowed)
+      if (most == nullptr) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
     }
     const int is_eager = eager(xo, go);
     if (is_eager <= 0) return is_eager < 0 ? nullptr : Py_NewRef(Py_None);
     const at::Tensor& x = THPVariable_Unpack(xo);
     const at::Tensor& grid = THPVariable_Unpack(go);
     if (!kernel_covers(x, grid) || grid.dim() != 4 || grid.size(3) != 2 || grid.size(1) <= 0 || grid.size(2) <= 0)
+      Py_RETURN_NONE;
+    if (most != nullptr && most != Py_None && grid.size(0) * grid.size(1) * grid.size(2) > PyLong_AsLongLong(most))
       Py_RETURN_NONE;
     if (!PyBool_Check(args[4])) Py_RETURN_NONE;  // (align_corners: the Python path says what it must be)
     const bool aligned = args[4] == Py_True;
@@ -488,7 +492,7 @@ PyMethodDef fast_sample_def = {
 // on); lookups:
 // (the families {type: code}, the named transforms {name: transform}, the function that adds
 // a name to them, the mode codes, the padding codes, the backends that may take the kernel,
-// the modes "auto" samples a given grid with the kernel in)
+// the modes "auto" samples a given grid with the kernel in, each with its most points)
 void set_python(py::tuple eager_questions, py::tuple lookups) {
   TORCH_CHECK(eager_questions.size() == 9 && lookups.size() == 7, "torchstn fast_call: set_python's arguments");
   Python p;
@@ -497,7 +501,8 @@ void set_python(py::tuple eager_questions, py::tuple lookups) {
   for (size_t i = 0; i < 9; ++i) *e[i] = py::object(eager_questions[i]).release().ptr();
   PyObject** l[] = {&p.families, &p.named, &p.name_lookup, &p.modes, &p.paddings, &p.backends, &p.auto_grid_modes};
   for (size_t i = 0; i < 7; ++i) *l[i] = py::object(lookups[i]).release().ptr();
-  TORCH_CHECK(PyDict_Check(p.families) && PyDict_Check(p.named) && PyDict_Check(p.modes) && PyDict_Check(p.paddings),
+  TORCH_CHECK(PyDict_Check(p.families) && PyDict_Check(p.named) && PyDict_Check(p.modes) && PyDict_Check(p.paddings) &&
+                  PyDict_Check(p.auto_grid_modes),
               "torchstn fast_call: set_python's lookups must be dicts");
   p.level = PyUnicode_InternFromString("_current_level");
   p.eps = PyUnicode_InternFromString("eps");
