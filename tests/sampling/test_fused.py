@@ -579,6 +579,11 @@ def test_default_backend_takes_the_fused_kernel_where_it_was_measured_faster(cal
     calls.clear()
     stn.warp(x, stn.Affine().identity(2), stn.Affine(), mode="nearest")  # nearest from θ: the kernel too
     assert calls == ["fused_warp"]
+    calls.clear()
+    signal = torch.rand(2, 3, 9)
+    stn.warp(signal, stn.Affine1D().identity(2), "affine1d")  # a signal: an image of height 1
+    stn.warp(signal, stn.Affine1D().identity(2).requires_grad_(), stn.Affine1D(), size=(5,))
+    assert calls == ["fused_warp"] * 2
 
 
 def test_auto_nearest_on_a_few_points_equals_the_torch_backend():
@@ -596,6 +601,40 @@ def test_auto_nearest_on_a_few_points_equals_the_torch_backend():
     assert got[0, :, 1, 1].isnan().all() and got[1, :, 2, 2].isnan().all()
     for a, b in zip(torch.autograd.grad(got, (x, grid), g), torch.autograd.grad(expected, (x, grid), g)):
         torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_signals_warped_by_the_fused_kernel_equal_the_grid_path(padding, align_corners, mode):
+    """An Affine1D warp of signals (B, C, L) runs the fused 2-D kernel on an image of height 1
+    (its compiled call, and the general path alike, bit for bit): the values and gradients of
+    the grid path (F.grid_sample), a NaN θ giving NaN, an inf sample read where it is read, a
+    resampled length, float64 gradchecks of the first and second order."""
+    generator = torch.Generator().manual_seed(21)
+    x = torch.rand(3, 2, 40, dtype=torch.float64, generator=generator)
+    x[1, 0, 17] = float("inf")
+    theta = torch.tensor([[0.93, 0.031], [1.21, -0.17], [0.7, 0.4]], dtype=torch.float64)
+    options = {"size": (53,), "mode": mode, "padding": padding, "align_corners": align_corners}
+    expected = stn.warp(x, theta, "affine1d", backend="torch", **options)
+    for backend in ("auto", "fused"):
+        got = stn.warp(x, theta, stn.Affine1D(), backend=backend, **options)
+        torch.testing.assert_close(got, expected, equal_nan=True)
+        general = _sample._warp_general(x, theta, stn.Affine1D(), (53,), mode, padding, align_corners, backend)
+        torch.testing.assert_close(general, got, atol=0, rtol=0, equal_nan=True)
+    nan = theta.clone()
+    nan[2, 1] = float("nan")
+    assert stn.warp(x, nan, "affine1d", **options)[2].isnan().all()
+    xs, ts = x[:, :, :12].clone().requires_grad_(), theta.clone().requires_grad_()
+    xs.data[1, 0, 5] = 0.3  # (finite for the gradchecks)
+    fn = lambda a, t: stn.warp(a, t, "affine1d", size=(9,), mode=mode, padding=padding, align_corners=align_corners)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (xs, ts), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradgradcheck(fn, (xs, ts), eps=1e-6, atol=1e-5)
+    reference = lambda a, t: stn.warp(a, t, "affine1d", size=(9,), mode=mode, padding=padding,  # noqa: E731
+                                      align_corners=align_corners, backend="torch")
+    g = torch.rand(3, 2, 9, dtype=torch.float64, generator=generator)
+    for a, b in zip(torch.autograd.grad(fn(xs, ts), (xs, ts), g), torch.autograd.grad(reference(xs, ts), (xs, ts), g)):
+        torch.testing.assert_close(a, b)
 
 
 def test_non_contiguous_input_and_empty_batch():

@@ -138,22 +138,23 @@ def check_options(mode: object, padding: object, backend: object, align_corners:
 
 def _fused_warp_applies(backend: str | None, transform: Transform, x: torch.Tensor, params: torch.Tensor, mode: str) -> bool:
     """Whether :func:`warp` runs the fused kernel from θ: asked for (``"fused"``) or ``"auto"``,
-    a 2-D matrix family, bilinear or nearest, a float32/float64 CPU input, and a built kernel.
+    a 2-D matrix family (or a 1-D one: its signal warped as an image of height 1), bilinear or
+    nearest, a float32/float64 CPU input, and a built kernel.
 
     ``"auto"`` takes it for every such case: measured faster than grid + ``F.grid_sample``
     from 1x1x28x28 to 8x3x224x224, bilinear 1.20-2.34x forward and 1.35-1.85x
     forward+backward, nearest 1.11-3.38x and 1.07-2.06x (``python
     benchmarks/bench_auto.py [--mode nearest]``).
     """
-    if backend not in _fused._FUSED_BACKENDS:
+    if backend not in _fused._FUSED_BACKENDS or not isinstance(transform, MatrixTransform):
         return False
-    return (
-        isinstance(transform, MatrixTransform)
-        and transform.ndim == 2
-        and _fused.fused_applies(x, mode)
-        and _fused.operator_applies(x, params)
-        and _fused.fused_available()
-    )
+    if transform.ndim == 1:  # a signal (B, C, L): an image of height 1 (see _lift_rows_1d)
+        image = x.unsqueeze(2) if x.dim() == 3 else x
+    elif transform.ndim == 2:
+        image = x
+    else:
+        return False
+    return _fused.fused_applies(image, mode) and _fused.operator_applies(x, params) and _fused.fused_available()
 
 
 def _fused3d_warp_applies(
@@ -391,8 +392,9 @@ def warp(
             2-D matrix family (translation ... projective) on the CPU with the fused
             kernel, bilinear or nearest, which computes each source point from θ and
             never writes the grid (:mod:`torchstn.sampling._fused`), and so ``Affine3D``
-            volumes (:mod:`torchstn.sampling._fused3d`); everything else makes the grid
-            and samples it with the backend :func:`sample` would choose.
+            volumes (:mod:`torchstn.sampling._fused3d`) and ``Affine1D`` signals (warped as
+            images of height 1); everything else makes the grid and samples it with the
+            backend :func:`sample` would choose.
 
     Returns:
         The warped tensor ``(B, C, *size)``.
@@ -497,7 +499,10 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
         xd = x if x.dtype is dtype else x.to(dtype)
         params = params if params.dtype is dtype else params.to(dtype)
         if not tangents and _fused_warp_applies(backend, transform, xd, params, mode):  # no grid in memory
-            if transform.projective:
+            if transform.ndim == 1:
+                rows = _lift_rows_1d(_kernel_matrix(transform, transform.affine_rows(params, check=False), xd))
+                out = _fused.fused_warp(xd.unsqueeze(2), rows, (1, *size), mode, padding, align_corners).squeeze(2)
+            elif transform.projective:
                 matrix, eps = _kernel_matrix(transform, transform.matrix(params, check=False), xd), transform.eps
                 out = _fused.fused_warp(xd, matrix, size, mode, padding, align_corners, True, eps)
             else:
@@ -510,6 +515,20 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
             grid = transform.grid(params, size, align_corners, check=False)
             out = _run_kernel(xd, grid, mode, padding, align_corners, backend)
     return out if out.dtype is x.dtype else out.to(x.dtype)
+
+
+def _lift_rows_1d(rows: torch.Tensor) -> torch.Tensor:
+    """A 1-D family's rows ``(B, 1, 2)``, ``x_s = a x_t + b``, as the rows ``[[a, 0, b], [0, 1, 0]]``
+    of an image of height 1 (its only row read at its centre: a signal sampled as :func:`sample`
+    reads one), which the fused 2-D kernel warps: against a grid made by hand and
+    ``F.grid_sample``, 1.45-2.96x forward and 1.08-1.54x forward+backward from 1x1x64 to
+    32x1x1000, where the grid path had taken 2-3x as long as that (one thread, interleaved
+    rounds, 2026-12-05). Made by a cat, so that a gradient reaches ``a`` and ``b`` by slicing alone (a product
+    with 0 would turn an infinite one into NaN); the compiled call makes them so too
+    (``csrc/fast_call.cpp``'s ``fast_warp1d``)."""
+    zero = rows.new_zeros(rows.shape[0], 1)
+    a, b = rows[:, 0, :1], rows[:, 0, 1:]
+    return torch.cat([a, zero, b, zero, rows.new_ones(rows.shape[0], 1), zero], 1).view(-1, 2, 3)
 
 
 def _kernel_matrix(transform: Transform, matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -548,21 +567,22 @@ def _compiled_warp(
     if _is_compiling():  # (first: dynamo guarded on the state read below, which the first run then changed)
         return None
     fast = _fused._library.state.get("fast") or _first_fast_call(
-        backend, x, params, type(transform) is str or type(transform) in _fused._COMPILED_FAMILIES
+        backend, x, params, type(transform) is str or type(transform) in _fused._COMPILED_FAMILIES, (3, 4)
     )
     if fast is None:
         return None
     return fast.fast_warp(x, params, transform, size, mode, padding, align_corners, backend)
 
 
-def _first_fast_call(backend: object, x: object, loc: object, served: bool) -> object | None:
+def _first_fast_call(backend: object, x: object, loc: object, served: bool, dims: tuple[int, ...] = (4,)) -> object | None:
     """The compiled call's module where it is not loaded yet (``_fused._library.state["fast"]``
     is ``None``): built now, for a call it could serve only (``served``: its transform or mode
-    is one it takes; a backend that may take the kernel, eager tensors, a CPU float image), else
+    is one it takes; a backend that may take the kernel, eager tensors, a CPU float input of
+    ``dims`` dimensions), else
     ``None``; also ``None`` where it is unavailable (that state is ``False``)."""
     if _fused._library.state.get("fast") is False or not (
         served and (backend is None or type(backend) is str) and backend in _fused._FUSED_BACKENDS
-        and eager_tensors(x, loc) and x.is_cpu and x.dtype in _fused._DTYPES and x.dim() == 4
+        and eager_tensors(x, loc) and x.is_cpu and x.dtype in _fused._DTYPES and x.dim() in dims
     ):
         return None
     return _fused.fast_call()

@@ -358,9 +358,37 @@ bool kernel_covers(const at::Tensor& x, const at::Tensor& loc) {
          loc.dim() >= 1 && loc.size(0) == x.size(0);
 }
 
+// fast_warp's Affine1D call: a signal x (B, C, L) warped as an image of height 1 by the rows
+// [[a, 0, b], [0, 1, 0]] of its parameters (a, b) ((B, 2), or the (B, 1, 2) rows), as
+// _sample._warp_general warps it (_lift_rows_1d): the rows made by a cat, so that a gradient
+// reaches a and b by slicing alone; or None where the kernel does not cover the call.
+PyObject* fast_warp1d(const at::Tensor& x, const at::Tensor& params, PyObject* size, long mode, long padding,
+                      PyObject* align_corners) {
+  if (x.dim() != 3) Py_RETURN_NONE;
+  const at::Tensor image = x.unsqueeze(2);
+  if (!kernel_covers(image, params)) Py_RETURN_NONE;
+  const bool flat = params.dim() == 2 && params.size(1) == 2;
+  if (!flat && !(params.dim() == 3 && params.size(1) == 1 && params.size(2) == 2)) Py_RETURN_NONE;
+  int64_t length = x.size(2);
+  if (size != Py_None) {
+    if (!PyTuple_CheckExact(size) || PyTuple_GET_SIZE(size) != 1) Py_RETURN_NONE;
+    length = positive_int(PyTuple_GET_ITEM(size, 0));
+    if (length < 0) Py_RETURN_NONE;
+  }
+  if (!PyBool_Check(align_corners)) Py_RETURN_NONE;  // (the Python path says what it must be)
+  const int64_t b = params.size(0);
+  const at::Tensor ab = params.reshape({b, 2});
+  const at::Tensor zero = at::zeros({b, 1}, ab.options());
+  const at::Tensor rows = at::cat({ab.narrow(1, 0, 1), zero, ab.narrow(1, 1, 1), zero, at::ones({b, 1}, ab.options()),
+                                   zero}, 1).view({b, 2, 3});
+  return THPVariable_Wrap(
+      warp2d_any(image, rows, kAffine, 1, length, mode, padding, align_corners == Py_True, 0.0).squeeze(2));
+}
+
 // The whole of torchstn.warp's common call (_sample._compiled_warp passes warp's arguments:
 // x, params, transform, size, mode, padding, align_corners, backend), or None for any other
-// call. Common: Affine ((B, 6) parameters or (B, 2, 3) rows) or Projective ((B, 8)), by exact
+// call. Common: Affine ((B, 6) parameters or (B, 2, 3) rows), Projective ((B, 8)) or Affine1D
+// ((B, 2) or (B, 1, 2), a signal: fast_warp1d), by exact
 // type or by a name _fused._named knows, a backend in _fused._FUSED_BACKENDS, a known mode and
 // padding, size None or a tuple of two positive ints; eager tensors (see eager); no CPU
 // autocast; a CPU float32/float64 image the kernel covers, and parameters of its dtype; for
@@ -399,8 +427,9 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const long family = codes[0], mode = codes[1], padding = codes[2];
     const int is_eager = eager(xo, po);
     if (is_eager <= 0) return is_eager < 0 ? nullptr : Py_NewRef(Py_None);
-    const at::Tensor& x = THPVariable_Unpack(xo);
     const at::Tensor& params = THPVariable_Unpack(po);
+    if (family == 2) return fast_warp1d(THPVariable_Unpack(xo), params, size, mode, padding, args[6]);
+    const at::Tensor& x = THPVariable_Unpack(xo);
     if (!kernel_covers(x, params) || params.dim() < 2) Py_RETURN_NONE;
     int64_t oh = x.size(2), ow = x.size(3);
     if (size != Py_None) {
