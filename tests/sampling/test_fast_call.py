@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchstn as stn
 from tests._helpers import random_grid, random_input, random_theta
+from tests.sampling.conftest import skip_unless_built
 from torchstn.sampling import SamplerOptions, _fused, _sample
 
 pytestmark = pytest.mark.usefixtures("fused_kernel")
@@ -24,7 +25,7 @@ def compiled():
         warnings.simplefilter("ignore", RuntimeWarning)
         fast = _fused.fast_call()
     if fast is None:
-        pytest.skip("the fast call could not be built here")
+        skip_unless_built("the fast call", _fused._fast_call_module.state.get("error"))
     return fast
 
 
@@ -441,6 +442,34 @@ def test_the_compiled_sample_gives_the_python_paths_bits(dtype, case, layout, wi
           without_fast_call(lambda: stn.sample(x, grid, padding="border", backend="fused")))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_compiled_sample_of_a_signal_gives_the_python_paths_bits(dtype, without_fast_call):
+    """A signal (B, C, L) and its grid (B, Lo, 1): the compiled call lifts them to an image of
+    height 1 and its grid (y = 0 * x) as the Python path does, so the same bits and gradients,
+    NaN and inf points and a non-contiguous signal included; and F.grid_sample's values."""
+    x = random_input((3, 2, 11), dtype, seed=5)
+    grid = random_grid((3, 7, 1), dtype, spread=1.3, seed=6)
+    grid[1, 2, 0], grid[2, 4, 0] = float("nan"), float("inf")
+    for signal in (x, random_input((3, 11, 2), dtype, seed=7).transpose(1, 2)):
+        cases = [("bilinear", "zeros", False, None), ("nearest", "border", True, None),
+                 ("bilinear", "reflection", True, "fused")]
+        for mode, padding, align_corners, backend in cases:
+            assert _sampled(signal, grid, mode, padding, align_corners, backend)
+            xs, gs = signal.clone().requires_grad_(), grid.clone().requires_grad_()
+            out = stn.sample(xs, gs, mode, padding, align_corners, backend=backend)
+            expected = without_fast_call(lambda: stn.sample(xs, gs, mode, padding, align_corners, backend="fused"))
+            _same(out, expected)
+            g = torch.rand_like(out)
+            for a, b in zip(torch.autograd.grad(out, (xs, gs), g), torch.autograd.grad(expected, (xs, gs), g)):
+                _same(a, b)
+            finite = grid.isfinite().all(-1, keepdim=True).expand_as(grid)
+            reference = torch.nn.functional.grid_sample(signal[:, :, None], torch.where(finite, grid, 0).mul(
+                torch.tensor([1.0, 0.0], dtype=dtype)).unsqueeze(1), mode, padding, align_corners)[:, :, 0]
+            ok = finite[:, None, :, 0].expand_as(out)
+            torch.testing.assert_close(out.detach()[ok], reference[ok])
+            assert out.detach()[~ok].isnan().all()
+
+
 def test_what_the_compiled_sample_leaves_to_the_python_path(without_fast_call):
     """Each declined call: None from the compiled call, and sample's answer (or error) is the Python path's."""
     x, grid = torch.rand(2, 3, 8, 8), random_grid((2, 4, 5, 2), torch.float32)
@@ -462,7 +491,10 @@ def test_what_the_compiled_sample_leaves_to_the_python_path(without_fast_call):
         "empty batch": (x[:0], grid[:0], "bilinear", "zeros", False, None),
         "empty grid": (x, grid[:, :0], "bilinear", "zeros", False, None),
         "empty image": (x[:, :, :0], grid, "bilinear", "zeros", False, None),
-        "a signal": (torch.rand(2, 3, 8), random_grid((2, 5, 1), torch.float32), "bilinear", "zeros", False, None),
+        "a signal with an image's grid": (torch.rand(2, 3, 8), random_grid((2, 5, 4, 2), torch.float32), "bilinear",
+                                          "zeros", False, None),
+        "a signal's grid of another dtype": (torch.rand(2, 3, 8), random_grid((2, 5, 1), torch.float64), "bilinear",
+                                             "zeros", False, None),
         "a volume": (torch.rand(2, 1, 4, 4, 4), random_grid((2, 3, 3, 3, 3), torch.float32), "bilinear", "zeros",
                      False, None),
         "a subclass tensor": (x, grid.as_subclass(_Subclass), "bilinear", "zeros", False, None),

@@ -324,7 +324,7 @@ def _compiled_sample(
     Python path's checks had made a batch-1 ``sample`` 1.5-3x slower than ``F.grid_sample``."""
     fast = _fused._library.state.get("fast") or _first_fast_call(
         backend, x, grid, type(mode) is str and mode in _fused._MODES and (backend is None or type(backend) is str)
-        and (backend == "fused" or _auto_grid_fused(x, grid, mode))
+        and (backend == "fused" or _auto_grid_fused(x, grid, mode)), (3, 4)
     )
     if fast is None or _is_compiling():
         return None
@@ -346,6 +346,13 @@ def _run_kernel(
         # under autocast it runs in float32, its output float32, as torch's own call returns it)
         dtype = torch.float64 if torch.float64 in (x.dtype, grid.dtype) else torch.float32  # (no export node)
         return _run_kernel(x.to(dtype), grid.to(dtype), mode, padding, align_corners, backend).to(x.dtype)
+    if x.dim() == 3:  # a signal is an image of height 1 read on its centre row (by that image's kernel)
+        # y = 0 * x rather than zeros: a NaN x keeps its NaN gradient through either component (and
+        # autocast off: its cat of a float16 grid under bfloat16 autocast failed inside torch);
+        # the compiled call lifts a signal so too (csrc/fast_call.cpp's fast_sample)
+        with autocast_off(device_type_of(x)):
+            grid2d = torch.cat([grid, grid * 0], -1)[:, None]
+        return _run_kernel(x[:, :, None], grid2d, mode, padding, align_corners, backend)[:, :, 0]
     if forward_ad_active():
         if mode == "bicubic":
             raise NotImplementedError(
@@ -356,12 +363,6 @@ def _run_kernel(
         kernel = reference_kernel
     else:
         kernel = _KERNELS[_backend_name(backend, x, grid, mode)]
-    if x.dim() == 3:  # a signal is an image of height 1 read on its centre row
-        # y = 0 * x rather than zeros: a NaN x keeps its NaN gradient through either component (and
-        # autocast off: its cat of a float16 grid under bfloat16 autocast failed inside torch)
-        with autocast_off(device_type_of(x)):
-            grid2d = torch.cat([grid, grid * 0], -1)[:, None]
-        return kernel(x[:, :, None], grid2d, mode, padding, align_corners)[:, :, 0]
     return kernel(x, grid, mode, padding, align_corners)
 
 

@@ -364,7 +364,7 @@ bool kernel_covers(const at::Tensor& x, const at::Tensor& loc) {
 // reaches a and b by slicing alone; or None where the kernel does not cover the call.
 PyObject* fast_warp1d(const at::Tensor& x, const at::Tensor& params, PyObject* size, long mode, long padding,
                       PyObject* align_corners) {
-  if (x.dim() != 3) Py_RETURN_NONE;
+  if (x.dim() != 3 || !plain_cpu(x)) Py_RETURN_NONE;
   const at::Tensor image = x.unsqueeze(2);
   if (!kernel_covers(image, params)) Py_RETURN_NONE;
   const bool flat = params.dim() == 2 && params.size(1) == 2;
@@ -469,7 +469,8 @@ PyMethodDef fast_warp_def = {"fast_warp", reinterpret_cast<PyCFunction>(reinterp
 
 // The whole of torchstn.sample's common call (_sample._compiled_sample passes sample's
 // arguments: x, grid, mode, padding, align_corners, backend), or None for any other call:
-// an image (B, C, H, W) and a grid (B, Ho, Wo, 2) the kernel covers (see kernel_covers; eager
+// an image (B, C, H, W) and a grid (B, Ho, Wo, 2) the kernel covers, or a signal (B, C, L) and
+// its grid (B, Lo, 1) (see kernel_covers; eager
 // tensors, see eager), a known mode and padding, and a backend that takes the fused kernel for
 // them: "fused", or "auto" (None) for the modes of _fused.AUTO_GRID_MODES, up to the number of
 // grid points it gives the mode.
@@ -496,16 +497,23 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     }
     const int is_eager = eager(xo, go);
     if (is_eager <= 0) return is_eager < 0 ? nullptr : Py_NewRef(Py_None);
-    const at::Tensor& x = THPVariable_Unpack(xo);
-    const at::Tensor& grid = THPVariable_Unpack(go);
+    at::Tensor x = THPVariable_Unpack(xo), grid = THPVariable_Unpack(go);
+    const bool signal = x.dim() == 3;
+    if (signal) {  // an image of height 1 read on its centre row, as _sample._run_kernel lifts it (y = 0 * x)
+      if (!plain_cpu(x) || !plain_cpu(grid) || grid.dim() != 3 || grid.size(2) != 1 ||
+          grid.scalar_type() != x.scalar_type())
+        Py_RETURN_NONE;
+      x = x.unsqueeze(2);
+      grid = at::cat({grid, grid.mul(0)}, -1).unsqueeze(1);
+    }
     if (!kernel_covers(x, grid) || grid.dim() != 4 || grid.size(3) != 2 || grid.size(1) <= 0 || grid.size(2) <= 0)
       Py_RETURN_NONE;
     if (most != nullptr && most != Py_None && grid.size(0) * grid.size(1) * grid.size(2) > PyLong_AsLongLong(most))
       Py_RETURN_NONE;
     if (!PyBool_Check(args[4])) Py_RETURN_NONE;  // (align_corners: the Python path says what it must be)
     const bool aligned = args[4] == Py_True;
-    return THPVariable_Wrap(
-        warp2d_any(x, grid, kGrid, grid.size(1), grid.size(2), codes[0], codes[1], aligned, 0.0));
+    const at::Tensor out = warp2d_any(x, grid, kGrid, grid.size(1), grid.size(2), codes[0], codes[1], aligned, 0.0);
+    return THPVariable_Wrap(signal ? out.squeeze(2) : out);
   } catch (...) {  // as fast_warp
     torch::translate_exception_to_python(std::current_exception());
     return nullptr;
