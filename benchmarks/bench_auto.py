@@ -8,8 +8,9 @@ in the kernel, no grid) against ``backend="torch"`` (torchstn's grid, then
 and θ), and ``sample`` of a ready grid with each backend. One thread, interleaved rounds
 (``torchstn.bench.interleaved``: who goes first rotates, each measurement repeated to
 about 20 ms); prints median times and the median of the per-round ratios (torch time /
-fused time, > 1: the kernel is faster). The thresholds of ``torchstn.sampling._sample`` (``FUSED_MIN_CHANNELS``, ``FUSED_MIN_POINTS``,
-``FUSED_NEAREST_MAX_PIXELS``, ``FUSED_FORWARD_MAX_PIXELS``) are set from it; with
+fused time, > 1: the kernel is faster). The thresholds of ``torchstn.sampling._sample``
+(``FUSED_MIN_CHANNELS``, ``FUSED_MIN_POINTS``) and ``torchstn.sampling._fused.AUTO_GRID_MODES``
+(the most points of a nearest grid) are set from it; with
 ``--volumes``, the same for ``Affine3D`` on volumes (where ``"auto"`` takes the kernel for every
 volume: it measured faster from 4x4x4 on).
 """

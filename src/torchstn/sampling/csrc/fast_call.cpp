@@ -500,10 +500,9 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     at::Tensor x = THPVariable_Unpack(xo), grid = THPVariable_Unpack(go);
     const bool signal = x.dim() == 3;
     if (signal) {  // an image of height 1 read on its centre row, as _sample._run_kernel lifts it (y = 0 * x)
-      if (!plain_cpu(x) || !plain_cpu(grid) || grid.dim() != 3 || grid.size(2) != 1 ||
-          grid.scalar_type() != x.scalar_type())
-        Py_RETURN_NONE;
+      if (!plain_cpu(x) || grid.dim() != 3 || grid.size(2) != 1) Py_RETURN_NONE;
       x = x.unsqueeze(2);
+      if (!kernel_covers(x, grid)) Py_RETURN_NONE;  // (first: no cat of a float16 grid under autocast)
       grid = at::cat({grid, grid.mul(0)}, -1).unsqueeze(1);
     }
     if (!kernel_covers(x, grid) || grid.dim() != 4 || grid.size(3) != 2 || grid.size(1) <= 0 || grid.size(2) <= 0)
