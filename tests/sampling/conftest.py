@@ -1,5 +1,6 @@
 """Fixtures of the sampler tests."""
 
+import re
 import warnings
 from types import ModuleType
 
@@ -9,10 +10,12 @@ from torchstn.sampling import fused_status
 
 
 def skip_unless_built(what: str, error: object) -> None:
-    """Skip a kernel's tests where it could not be built (no compiler, no ninja), but fail where
-    the compiler ran and rejected its source: a kernel that stops compiling must not turn its
-    tests into skips and the suite green."""
-    if "Error building extension" in str(error):
+    """Skip a kernel's tests where it could not be built (no compiler, no ninja, no Python
+    headers), but fail where the compiler ran and rejected the kernel's own source (a
+    diagnostic "<file>.cpp:<line>:<column>: error:"): a kernel that stops compiling must not
+    turn its tests into skips and the suite green. (torch says "Error building extension" for
+    a missing compiler too, so that alone does not tell them apart.)"""
+    if re.search(r"\.cpp:\d+:\d+: error:", str(error)):
         pytest.fail(f"{what} did not compile: {error}")
     pytest.skip(f"{what} could not be built here: {error}")
 

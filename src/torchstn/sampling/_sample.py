@@ -109,7 +109,7 @@ def _auto_grid_fused(x: object, grid: object, mode: object) -> bool:
 
 
 def _backend_name(backend: str | None, x: torch.Tensor, grid: torch.Tensor, mode: str) -> str:
-    if backend is None or backend == "auto":  # (nearest on a given grid: F.grid_sample's is faster)
+    if backend is None or backend == "auto":  # (nearest on a grid of many points: F.grid_sample's is faster)
         if _auto_grid_fused(x, grid, mode) and _fused.fused_applies(x, mode) and (
             x.shape[1] >= FUSED_MIN_CHANNELS or _few_channels_worth_it(x, grid)
         ):

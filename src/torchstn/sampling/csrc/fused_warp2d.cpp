@@ -1338,7 +1338,10 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // 0.109 ms; NCHW 0.080). Not kept either: each of the three output vectors located in its
 // own lanes (from xs permuted to its points) and picked from its own 32-float windows, one
 // permute per corner and no interleave (half the shuffles, the same bits): 0.77x, the
-// location computed three times costing more than the shuffles it saved.
+// location computed three times costing more than the shuffles it saved. Nor, with the location
+// computed once and permuted to each output vector's lanes (its column, tx and ty; the weights'
+// products in those lanes; windows of 32 floats from the vector's own first column): 0.84x,
+// 0.87x with the column times 3 by adds (A/B of the bare kernel, 2026-12-05, Zen 4).
 template <bool EDGE = false>
 __attribute__((always_inline)) inline Fit16 inside16_rgb(const Locations8<ROW, AFFINE>& where, int64_t t0,
                                                         const Constants<float>& k, const float* xb, float* o,
