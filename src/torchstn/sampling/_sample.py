@@ -514,7 +514,10 @@ def _warp_general(x: torch.Tensor, params: torch.Tensor, transform: Transform | 
             out = _fused3d.fused_warp3d(xd, rows, size, mode, padding, align_corners)
         else:
             grid = transform.grid(params, size, align_corners, check=False)
-            out = _run_kernel(xd, grid, mode, padding, align_corners, backend)
+            # (the compiled call first, as sample asks it: the same choice of kernel and the same bits)
+            out = None if tangents else _compiled_sample(xd, grid, mode, padding, align_corners, backend)
+            if out is None:
+                out = _run_kernel(xd, grid, mode, padding, align_corners, backend)
     return out if out.dtype is x.dtype else out.to(x.dtype)
 
 
