@@ -411,7 +411,11 @@ def warp(
         or above, where the right-sided one is (:func:`sample`); which centres depends on
         the size and the dtype. Where two backends round a centre differently their
         θ-gradients at the exact identity differ in that point (each a valid
-        sub-gradient); anywhere off a tie they agree to rounding.
+        sub-gradient); anywhere off a tie they agree to rounding. Other θ put points on ties
+        too: short decimal entries in float64 (θ = [0.9, 0.1, 0.05, -0.1, 0.8, -0.05] on a 32x32
+        image) land many exactly on pixel edges, where the fused kernel's and ``F.grid_sample``'s
+        θ-gradients of the sum of a random image's warp differed by up to 27; with θ moved by
+        1e-7 they agreed to 3e-13.
 
     Matrix form:
         :class:`~torchstn.Affine` also takes the ``(B, 2, 3)`` ``theta`` of
