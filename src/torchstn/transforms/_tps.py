@@ -10,7 +10,7 @@ import torch
 
 from torchstn._tracing import cached, outside_modes
 from torchstn._validation import _type_name, check_number
-from torchstn.transforms._base import Transform, base_grid, interleaved_operator, linear_grid
+from torchstn.transforms._base import Transform, base_grid
 
 __all__ = ["ThinPlateSpline"]
 
@@ -130,15 +130,21 @@ def _grid_operator(
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """The interleaved operator of ``G`` (N, K), ``grid = G @ targets``: everything that does not depend on θ.
+    """``G`` (N, K), ``grid = G @ targets``, as the ``(2 K, 2 N)`` operator that takes the parameters
+    as they are (``x0, y0, x1, ...``) to the interleaved grid: everything that does not depend on θ.
 
     ``control``: the (K, 2) float64 points; ``key``, ``regularization`` and ``solution`` as in :func:`_solution`.
+    Its rows in the parameters' order spare each call a transposed copy of them: a batch-1 28x28
+    grid 13.2 -> 7.2 us, the same bits (timeit, 2026-12-05).
     """
 
     def build() -> torch.Tensor:
         base = base_grid(size, align_corners, device="cpu", dtype=torch.float64)
-        g = _basis(base, control) @ solution
-        return interleaved_operator(g, 2).to(device=device, dtype=dtype)
+        g = _basis(base, control) @ solution  # (N, K)
+        operator = g.new_zeros(g.shape[1], 2, g.shape[0], 2)  # [k, j, n, j] = G[n, k]
+        for j in range(2):
+            operator[:, j, :, j] = g.T
+        return operator.reshape(2 * g.shape[1], 2 * g.shape[0]).to(device=device, dtype=dtype)
 
     return cached(("tps-grid", key, regularization, size, align_corners, device, dtype), build)
 
@@ -258,9 +264,8 @@ class ThinPlateSpline(Transform):
             self._key, self.regularization, self.control_points, self._solution64, size, bool(align_corners),
             params.device, params.dtype,
         )
-        # params (B, 2K) viewed as (B, K, 2); the grid is G @ params[b] for each b, as one matmul
-        coefficients = params.reshape(params.shape[0], self.num_control_points, 2).transpose(1, 2)
-        return linear_grid(coefficients, g, 2)
+        # the grid is G @ params[b].view(K, 2) for each b, as one matmul of the parameters as they are
+        return torch.mm(params, g).view(params.shape[0], g.shape[1] // 2, 2)
 
     def _traced_grid_points(self, params: torch.Tensor, size: tuple[torch.Tensor, ...], align_corners: bool) -> torch.Tensor:
         # G in float64, as the cached operator is built, so that the trace gives the eager grid
