@@ -30,6 +30,17 @@ def fused_kernel() -> None:
             skip_unless_built("the fused kernel", status.error)
 
 
+@pytest.fixture(scope="module")
+def fused3d_kernel() -> None:
+    """The same for the fused 3-D kernel (which hands itself to the compiled call once both are loaded)."""
+    from torchstn.sampling import _fused3d
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if not _fused3d.fused3d_available():
+            skip_unless_built("the fused 3-D kernel", _fused3d._library.state.get("error"))
+
+
 def record_calls(monkeypatch: pytest.MonkeyPatch, module: ModuleType, *names: str) -> list[str]:
     """Wrap ``module``'s functions ``names`` so that each call appends its name to the returned
     list, then runs the function: which kernel entry point a call took."""

@@ -495,8 +495,16 @@ def test_what_the_compiled_sample_leaves_to_the_python_path(without_fast_call):
                                           "zeros", False, None),
         "a signal's grid of another dtype": (torch.rand(2, 3, 8), random_grid((2, 5, 1), torch.float64), "bilinear",
                                              "zeros", False, None),
-        "a volume": (torch.rand(2, 1, 4, 4, 4), random_grid((2, 3, 3, 3, 3), torch.float32), "bilinear", "zeros",
-                     False, None),
+        "a volume's grid of 2-D points": (torch.rand(2, 1, 4, 4, 4), random_grid((2, 3, 3, 3, 2), torch.float32),
+                                          "bilinear", "zeros", False, None),
+        "a volume in float16": (torch.rand(2, 1, 4, 4, 4).half(), random_grid((2, 3, 3, 3, 3), torch.float16),
+                                "bilinear", "fused", False, None),
+        "an empty volume": (torch.rand(2, 1, 0, 4, 4), random_grid((2, 3, 3, 3, 3), torch.float32), "bilinear",
+                            "zeros", False, None),
+        "a volume's empty grid": (torch.rand(2, 1, 4, 4, 4), random_grid((2, 0, 3, 3, 3), torch.float32), "bilinear",
+                                  "zeros", False, None),
+        "a volume, bicubic": (torch.rand(2, 1, 4, 4, 4), random_grid((2, 3, 3, 3, 3), torch.float32), "bicubic",
+                              "zeros", False, None),
         "a subclass tensor": (x, grid.as_subclass(_Subclass), "bilinear", "zeros", False, None),
         "a list grid": (x, grid.tolist(), "bilinear", "zeros", False, None),
         "meta": (x.to("meta"), grid.to("meta"), "bilinear", "zeros", False, None),
@@ -572,8 +580,11 @@ def test_the_compiled_call_is_published_only_once_set_up(monkeypatch):
     module = Module()
     monkeypatch.setitem(_fused._library.state, "fast", None)
     monkeypatch.setattr(_fused, "_fast_call_module", lambda: module)
+    monkeypatch.setattr(_fused, "FAST_CALL_LOADED", [lambda fast: seen.append(("3-D kernel", _fused._library.state
+                                                                                 .get("fast")))])
     assert _fused.fast_call() is module
-    assert seen == [("python", None), ("fallback", None), ("kernels", None)]  # nothing published while set up
+    # nothing published while set up
+    assert seen == [("python", None), ("fallback", None), ("kernels", None), ("3-D kernel", None)]
     assert _fused._library.state["fast"] is module
 
 
@@ -647,3 +658,126 @@ def test_an_efficient_zero_output_gradient_gives_zero_gradients(transform):
     out = stn.warp(x, theta, transform)
     for grad in torch.autograd.grad(out, (x, theta), torch._efficientzerotensor(out.shape, dtype=out.dtype)):
         assert torch.equal(grad, torch.zeros_like(grad))
+
+
+# ---------------------------------------------------------------------------------------------
+# sample of a volume: the compiled call of the 3-D kernel (fast_sample, torchstn::Warp3d)
+
+
+def _volumes(dtype):
+    x = random_input((2, 3, 5, 6, 7), dtype)
+    return {
+        "contiguous": x,
+        "view": x.transpose(2, 4),  # non-contiguous: the kernel reads a contiguous copy
+        "one-channel": x[:, 1:2],
+        "inf-voxel": x.index_put((torch.tensor([1]), torch.tensor([0]), torch.tensor([2]), torch.tensor([3]),
+                                  torch.tensor([1])), torch.tensor(float("inf"), dtype=dtype)),
+    }
+
+
+def _volume_grids(dtype):
+    grid = random_grid((2, 4, 3, 5, 3), dtype, spread=1.3, seed=2)
+    return {
+        "grid": grid,
+        "view": random_grid((2, 5, 3, 4, 3), dtype, seed=3).transpose(1, 3),
+        "nan": grid.index_put((torch.tensor([1]), torch.tensor([2]), torch.tensor([1]), torch.tensor([3]),
+                               torch.tensor([2])), torch.tensor(float("nan"), dtype=dtype)),
+        "inf": grid.index_put((torch.tensor([0]), torch.tensor([3]), torch.tensor([0]), torch.tensor([1]),
+                               torch.tensor([0])), torch.tensor(float("-inf"), dtype=dtype)),
+    }
+
+
+@pytest.fixture
+def volume_call(fused3d_kernel, compiled):
+    """The compiled call with the 3-D kernel, handed to it again here: the kernel hands itself to
+    the compiled call loaded when it is built, and a test of this module that built it while
+    without_fast_call had switched the call off kept it from the call."""
+    from torchstn.sampling import _fused3d
+
+    _fused3d._hand_to_fast_call(compiled)
+
+
+@pytest.mark.usefixtures("volume_call")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["grid", "view", "nan", "inf"])
+@pytest.mark.parametrize("layout", ["contiguous", "view", "one-channel", "inf-voxel"])
+def test_the_compiled_sample_of_a_volume_gives_the_python_paths_bits(dtype, case, layout, without_fast_call):
+    """Values and both gradients, bit for bit, as the 3-D operator's Python path (ctypes and its
+    autograd formula) gives them, non-finite points and voxels included; and F.grid_sample's values."""
+    x, grid = _volumes(dtype)[layout], _volume_grids(dtype)[case]
+    options = [("bilinear", "zeros", False, None), ("bilinear", "border", True, "auto"),
+               ("nearest", "reflection", False, "fused"), ("nearest", "zeros", True, None)]
+    for mode, padding, align_corners, backend in options:
+        assert _sampled(x, grid, mode, padding, align_corners, backend)
+        xs, gs = x.clone().requires_grad_(), grid.clone().requires_grad_()
+        out = stn.sample(xs, gs, mode, padding, align_corners, backend=backend)
+        assert "CppNode<torchstn::Warp3d>" in out.grad_fn.name()
+        expected = without_fast_call(lambda: stn.sample(xs, gs, mode, padding, align_corners, backend="fused"))
+        _same(out, expected)
+        g = random_input(out.shape, dtype, seed=8)
+        for a, b in zip(torch.autograd.grad(out, (xs, gs), g), torch.autograd.grad(expected, (xs, gs), g)):
+            _same(a, b)
+        with torch.no_grad():
+            _same(stn.sample(x, grid, mode, padding, align_corners, backend=backend), expected.detach())
+        if case == "grid" and layout != "inf-voxel":  # the independent reference
+            reference = torch.nn.functional.grid_sample(x, grid, mode, padding, align_corners)
+            torch.testing.assert_close(out.detach(), reference, atol=1e-5 if dtype == torch.float32 else 1e-12,
+                                       rtol=0)
+
+
+@pytest.mark.usefixtures("volume_call")
+def test_the_volume_node_hands_create_graph_and_batched_gradients_to_the_grid_path():
+    x = random_input((2, 2, 4, 5, 3), torch.float64).requires_grad_()
+    grid = random_grid((2, 3, 2, 4, 3), torch.float64, spread=1.2).requires_grad_()
+    assert "CppNode<torchstn::Warp3d>" in stn.sample(x, grid).grad_fn.name()
+    assert torch.autograd.gradcheck(lambda a, b: stn.sample(a, b), (x, grid), check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b: stn.sample(a, b), (x, grid))
+    penalties = {}
+    for backend in (None, "torch"):  # a gradient penalty: the gradient's graph reaches the grid
+        (gx,) = torch.autograd.grad(stn.sample(x, grid, backend=backend).square().sum(), x, create_graph=True)
+        (penalties[backend],) = torch.autograd.grad(gx.square().sum(), grid)
+    torch.testing.assert_close(penalties[None], penalties["torch"])
+
+
+@pytest.mark.usefixtures("volume_call")
+def test_the_volume_node_saves_inference_tensors_and_reads_what_hooks_hand_back():
+    x = torch.rand(2, 1, 5, 5, 5, dtype=torch.float64, requires_grad=True)
+    with torch.inference_mode():
+        grid = random_grid((2, 3, 3, 3, 3), torch.float64)
+    out = stn.sample(x, grid)
+    assert "CppNode<torchstn::Warp3d>" in out.grad_fn.name()
+    out.sum().backward()
+    expected = torch.autograd.grad(stn.sample(x, grid.clone(), backend="torch").sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected)
+    grid = random_grid((2, 3, 3, 3, 3), torch.float64).requires_grad_()
+    grads = {}
+    for backend in (None, "torch"):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: torch._neg_view(-t)):
+            out = stn.sample(x, grid, backend=backend)
+        grads[backend] = torch.autograd.grad(out, (x, grid), torch.linspace(-1, 1, out.numel()).double().view_as(out))
+    for a, b in zip(grads[None], grads["torch"]):
+        torch.testing.assert_close(a, b)
+    zero = torch._efficientzerotensor(out.shape, dtype=out.dtype)
+    for grad in torch.autograd.grad(stn.sample(x, grid), (x, grid), zero):
+        assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.usefixtures("fused3d_kernel")
+def test_the_3d_kernel_reaches_the_compiled_call_whichever_is_loaded_first(monkeypatch):
+    """The compiled call and the 3-D kernel are built on first use, in either order: whichever
+    comes second hands the kernel over (the module loaded first by a 2-D call, or by a volume's)."""
+    from torchstn.sampling import _fused3d
+
+    calls = []
+    monkeypatch.setattr(_fused3d, "_hand_to_fast_call", lambda fast: calls.append(fast))
+    monkeypatch.setattr(_fused, "FAST_CALL_LOADED", [_fused3d._hand_to_fast_call])
+    with monkeypatch.context() as m:  # the compiled call loaded second: fast_call hands the kernel over
+        m.setitem(_fused._library.state, "fast", None)
+        fast = _fused.fast_call()
+    assert calls == [fast]
+    with monkeypatch.context() as m:  # the 3-D kernel built second: its build hands itself over
+        m.setattr(_fused3d, "_build", _fused3d._build)
+        m.setattr(_fused3d, "load_kernel", lambda *args: _fused3d._library())
+        m.setattr(_fused3d, "bind_entries", lambda lib, *args: lib)
+        _fused3d._build()
+    assert calls == [fast, _fused._library.state["fast"]]

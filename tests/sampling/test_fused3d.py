@@ -10,26 +10,31 @@ import torch.nn.functional as F
 import torchstn as stn
 from tests._helpers import random_grid, random_input, random_theta
 from tests.sampling.conftest import record_calls, skip_unless_built
-from torchstn.sampling import _fused3d, _sample
+from torchstn.sampling import _fused, _fused3d, _sample
 
 PADDINGS = ["zeros", "border", "reflection"]
 MODES = ["bilinear", "nearest"]
 AFFINE3D = stn.Affine3D()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kernel():
-    """Build (or load from torch's extension cache) the kernel once for this module."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if not _fused3d.fused3d_available():
-            skip_unless_built("the fused 3-D kernel", _fused3d._library.state.get("error"))
+pytestmark = pytest.mark.usefixtures("fused3d_kernel")
 
 
 @pytest.fixture
 def calls(monkeypatch):
-    """The fused 3-D operator's calls ("fused_warp3d" from θ, "fused_sample3d" of a grid), recorded."""
-    return record_calls(monkeypatch, _fused3d, "fused_warp3d", "fused_sample3d")
+    """The fused 3-D operator's calls ("fused_warp3d" from θ, "fused_sample3d" of a grid), recorded;
+    a volume sampled by the compiled call (csrc/fast_call.cpp, the same kernel) is a "fused_sample3d"."""
+    record = record_calls(monkeypatch, _fused3d, "fused_warp3d", "fused_sample3d")
+    compiled = _sample._compiled_sample
+
+    def recorded(x, *args):
+        out = compiled(x, *args)
+        if out is not None and x.dim() == 5:
+            record.append("fused_sample3d")
+        return out
+
+    monkeypatch.setattr(_sample, "_compiled_sample", recorded)
+    return record
 
 
 def _theta(batch, dtype, seed=0, scale=0.4):
@@ -321,12 +326,19 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch, calls):
 
     monkeypatch.setattr(_fused3d._library, "state", {})
     monkeypatch.setattr(_fused3d, "_build", broken)
+    fast = _fused.fast_call()  # the compiled call as where the build failed: no 3-D kernel handed to it
+    if fast is not None:
+        fast.set_kernels3d(0, 0, 0, 0, _fused3d._ABI, _fused3d._node_backward)
     x, theta = random_input((2, 1, 4, 5, 6), torch.float32), _theta(2, torch.float32, scale=0.1)
-    with pytest.warns(RuntimeWarning, match="3-D CPU sampler could not be built.*RuntimeError: no compiler here"):
-        out = stn.warp(x, theta, AFFINE3D, backend="fused")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # once: no second warning
-        out2 = stn.sample(x, AFFINE3D.grid(theta.flatten(1), (4, 5, 6)), backend="fused")
+    try:
+        with pytest.warns(RuntimeWarning, match="3-D CPU sampler could not be built.*RuntimeError: no compiler here"):
+            out = stn.warp(x, theta, AFFINE3D, backend="fused")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once: no second warning
+            out2 = stn.sample(x, AFFINE3D.grid(theta.flatten(1), (4, 5, 6)), backend="fused")
+    finally:
+        if fast is not None:
+            _fused3d._hand_to_fast_call(fast)
     assert calls == []
     torch.testing.assert_close(out, stn.warp(x, theta, AFFINE3D, backend="torch"))
     torch.testing.assert_close(out2, out)

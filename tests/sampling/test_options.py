@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import torchstn as stn
-from torchstn.sampling import _fused
+from torchstn.sampling import _fused, _fused3d, _sample
 from torchstn.sampling import BACKEND_CHOICES, BACKENDS, MODES, PADDINGS, Backend, Mode, Padding, SamplerOptions
 from torchstn.sampling._sample import _KERNELS
 
@@ -132,8 +132,12 @@ def test_warp_checks_params_and_each_option_once(transform, backend, monkeypatch
     seen.clear()
     options.sample(x, grid)
     assert seen == []
-    stn.sample(x, grid, backend=backend)  # (the compiled call samples a 2-D grid, checking the options inline)
-    sampled_fast = backend != "torch" and transform.ndim == 2 and _fused.fast_call() is not None
+    # (the compiled call samples a grid of the fused kernels, checking the options inline)
+    sampled_fast = _sample._compiled_sample(x, grid, "bilinear", "zeros", False, backend) is not None
+    assert sampled_fast == (backend != "torch" and _fused.fast_call() is not None and (
+        transform.ndim == 2 or _fused3d.fused3d_available()))
+    seen.clear()
+    stn.sample(x, grid, backend=backend)
     assert sorted(seen) == ([] if sampled_fast else ["backend", "mode", "padding"])
 
 

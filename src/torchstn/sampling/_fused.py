@@ -343,7 +343,7 @@ _library = LazyKernel(
 
 
 _FAST_SOURCE = Path(__file__).with_name("csrc") / "fast_call.cpp"
-_FAST_ABI = 4
+_FAST_ABI = 5
 
 
 def _build_fast_call() -> object:
@@ -411,8 +411,15 @@ def fast_call() -> object | None:
                                                       _FUSED_BACKENDS, AUTO_GRID_MODES))
                     fast.set_backward_fallback(_node_backward)
                     _set_kernels(fast)
+                    for hand_over in FAST_CALL_LOADED:
+                        hand_over(fast)
                 _library.state["fast"] = fast
     return fast or None
+
+
+#: what gives the compiled call, once it is loaded, a kernel of its own (``_fused3d``'s 3-D one: each
+#: called with the module when it loads, and by that kernel's own build where the module was first)
+FAST_CALL_LOADED: list[Callable[[object], None]] = []
 
 
 _FAST_CALL_LOCK = threading.Lock()

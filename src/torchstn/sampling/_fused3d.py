@@ -14,7 +14,8 @@ The kernel is two registered operators, ``torchstn::warp3d`` and
 ``torchstn::warp3d_backward`` (:mod:`torch.library`), with fake implementations and an
 autograd formula, so ``torch.compile(fullgraph=True)`` and ``torch.export`` keep it;
 plain eager calls run the same implementation and formula without the dispatcher
-(:func:`~torchstn.sampling._fused.eager_operator`). As for the 2-D kernel (:mod:`torchstn.sampling._fused`), the backward is the closed-form
+(:func:`~torchstn.sampling._fused.eager_operator`), and :func:`torchstn.sample`'s common call of a
+volume the same kernel from compiled code (``csrc/fast_call.cpp``, :func:`_hand_to_fast_call`). As for the 2-D kernel (:mod:`torchstn.sampling._fused`), the backward is the closed-form
 kernel, and when the gradient's own graph is asked for (``create_graph=True``) it is
 recomputed through the grid path (:func:`~torchstn.transforms.matrix_grid` and
 ``F.grid_sample``), so higher-order gradients are exact. The θ gradient is summed per
@@ -42,7 +43,8 @@ from pathlib import Path
 
 import torch
 
-from torchstn._tracing import cached, constant_result
+from torchstn._tracing import cached, constant_result, differentiable_vjp
+from torchstn.sampling import _fused
 from torchstn.sampling._fused import (
     LazyKernel,
     _ptr_of,
@@ -76,8 +78,27 @@ _BACKWARD_ARGS = [_int, _int] + [_ptr] * 6 + [_i64] * 8 + [_int] * 3
 
 
 def _build() -> ctypes.CDLL:
-    return bind_entries(load_kernel(_SOURCE, _ABI, "the fused 3-D CPU sampler"), "warp3d", _FORWARD_ARGS,
-                        _BACKWARD_ARGS, _ENTRY)
+    lib = bind_entries(load_kernel(_SOURCE, _ABI, "the fused 3-D CPU sampler"), "warp3d", _FORWARD_ARGS,
+                       _BACKWARD_ARGS, _ENTRY)
+    fast = _fused._library.state.get("fast")  # (the compiled call, where it was loaded first)
+    if fast:
+        _hand_to_fast_call(fast)
+    return lib
+
+
+def _hand_to_fast_call(fast: object) -> None:
+    """Give the compiled call (``csrc/fast_call.cpp``) this kernel's entry points and
+    :func:`_node_backward`, once both are loaded, so that it samples the volumes of
+    :func:`torchstn.sample`'s common call itself: a batch-1 8x8x8 sample took 24 us through
+    this module's ctypes call and Python autograd formula, where ``F.grid_sample`` takes 13,
+    and 136 us forward+backward, where it takes 67 (timeit, 2026-12-05)."""
+    if len(_ENTRY) == 4:  # (a build that failed half way gave it fewer)
+        fast.set_kernels3d(*(ctypes.cast(_ENTRY[backward, dtype], ctypes.c_void_p).value
+                             for backward in (False, True) for dtype in (torch.float32, torch.float64)),
+                           _ABI, _node_backward)
+
+
+_fused.FAST_CALL_LOADED.append(_hand_to_fast_call)
 
 
 _library = LazyKernel(lambda: _build(), "the fused 3-D CPU sampler", "volumes are warped with F.grid_sample")
@@ -256,6 +277,21 @@ def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN00
 
 
 torch.library.register_autograd("torchstn::warp3d", _backward, setup_context=_setup_context, lib=_LIB)
+
+def _node_backward(
+    x: torch.Tensor, grid: torch.Tensor, grad_out: torch.Tensor, mode: int, padding: int, align_corners: bool,
+    need_x: bool, need_grid: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients the compiled call's ``torchstn::Warp3d`` node leaves to Python (its options as
+    the kernel's codes): under ``create_graph`` and for a batched ``grad_out``, the gradient of the
+    grid path, as :func:`~torchstn.sampling._fused.fused_backward` takes it."""
+    options = (_MODE_NAMES[mode], _PADDING_NAMES[padding], align_corners)
+    return differentiable_vjp(lambda x_, grid_: torch_sample(x_, grid_, *options), (x, grid), grad_out,
+                              (need_x, need_grid))
+
+
+_MODE_NAMES, _PADDING_NAMES = ({code: name for name, code in codes.items()} for codes in (_MODES, _PADDING))
+
 
 #: ``torchstn::warp3d(x, loc, location, size, mode, padding, align_corners)``, eager calls direct
 _warp3d = eager_operator("warp3d", _warp3d_cpu, _backward).call

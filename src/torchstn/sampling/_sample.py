@@ -314,8 +314,9 @@ def _compiled_sample(
 ) -> torch.Tensor | None:
     """The common call of :func:`sample` in one call of compiled code (``csrc/fast_call.cpp``'s
     ``fast_sample``), or ``None`` for any other call, which the Python path then checks,
-    explains or runs. Common here: a grid the fused kernel samples (an image it covers, bilinear
-    or nearest, eager tensors; a gradient is recorded through the call's C++ autograd node)
+    explains or runs. Common here: a grid the fused kernels sample (an image, signal or volume
+    they cover, bilinear or nearest, eager tensors; a gradient is recorded through the call's C++
+    autograd node)
     under ``backend="fused"``, or under
     ``"auto"`` in the modes of :data:`~torchstn.sampling._fused.AUTO_GRID_MODES` (up to the
     number of points it gives the mode): with this
@@ -324,7 +325,7 @@ def _compiled_sample(
     Python path's checks had made a batch-1 ``sample`` 1.5-3x slower than ``F.grid_sample``."""
     fast = _fused._library.state.get("fast") or _first_fast_call(
         backend, x, grid, type(mode) is str and mode in _fused._MODES and (backend is None or type(backend) is str)
-        and (backend == "fused" or _auto_grid_fused(x, grid, mode)), (3, 4)
+        and (backend == "fused" or _auto_grid_fused(x, grid, mode)), (3, 4, 5)
     )
     if fast is None or _is_compiling():
         return None

@@ -21,7 +21,12 @@
 // ABI kKernelAbi: set_kernels refuses another.
 // fast_sample: the same for torchstn.sample's common call (a grid the kernel samples), which
 // took 12-39 us where F.grid_sample takes 7-20 (batch 1 and 4, 28x28, one channel: timeit,
-// 2026-12-02), nearly all of it the Python path's checks and choice of kernel.
+// 2026-12-02), nearly all of it the Python path's checks and choice of kernel; and of a volume's
+// grid, which it samples with the 3-D kernel of csrc/fused_warp3d.cpp (handed over by
+// _fused3d._hand_to_fast_call once both are loaded; until then the Python path samples volumes)
+// through torchstn::Warp3d, as torchstn::warp2d's calls go through Warp2d: a batch-1 8x8x8 sample
+// 0.51x -> 1.82x F.grid_sample forward, 0.47x -> 1.03x forward+backward (interleaved, one thread,
+// 2026-12-05), where the ctypes call and the Python autograd formula had cost more than the kernel.
 // A call that records a gradient (fast_warp's and fast_sample's, and warp2d_recorded for the
 // Python path's) goes through torchstn::Warp2d: torchstn::warp2d's autograd formula
 // (_fused._backward) as a C++ autograd node, whose backward runs the kernel without Python.
@@ -45,6 +50,7 @@
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 
@@ -63,7 +69,22 @@ Forward<double> forward_f64 = nullptr;
 Backward<float> backward_f32 = nullptr;
 Backward<double> backward_f64 = nullptr;
 
+// the 3-D kernel's (csrc/fused_warp3d.cpp): location, mode, x, grid or rows, xyz, out (grad_out, grad_x,
+// grad_loc), B, C, D, H, W, Do, Ho, Wo, padding, align_corners, threads
+template <typename T>
+using Forward3d = int (*)(int, int, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                          int64_t, int64_t, int64_t, int, int, int);
+template <typename T>
+using Backward3d = int (*)(int, int, const T*, const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t,
+                           int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int);
+
+Forward3d<float> forward3d_f32 = nullptr;
+Forward3d<double> forward3d_f64 = nullptr;
+Backward3d<float> backward3d_f32 = nullptr;
+Backward3d<double> backward3d_f64 = nullptr;
+
 constexpr int64_t kKernelAbi = 6;  // csrc/fused_warp2d.cpp's torchstn_warp2d_abi_version()
+constexpr int64_t kKernel3dAbi = 2;  // csrc/fused_warp3d.cpp's torchstn_warp3d_abi_version()
 constexpr int64_t kGrid = 0, kAffine = 1, kProjective = 2;  // the kernel's location codes (_fused.LOCATIONS)
 constexpr int64_t kReleaseGil = 1 << 14;  // output values from which the kernel runs without the GIL
 // the kernel's status 3 (its own bound, also where a caller called the operator on any image)
@@ -121,6 +142,50 @@ at::Tensor warp2d(const at::Tensor& x, const at::Tensor& loc, int64_t location, 
   return run(x, loc.contiguous(), location, oh, ow, mode, padding, align_corners, eps);
 }
 
+constexpr const char* kTooLarge3d =
+    "the volume is too large for the fused kernel (a side longer than 2^30 or offsets past int32): "
+    "backend='torch' samples it";
+
+// Whether the 3-D kernel takes volume x (B, C, D, H, W): its run()'s bound (int32 voxel offsets,
+// sides of at most 2^30), as _fused3d._within_kernel_bounds asks it
+bool within_bounds3d(const at::Tensor& x) {
+  const int64_t d = x.size(2), h = x.size(3), w = x.size(4);
+  return std::max({d, h, w}) <= (int64_t(1) << 30) && d * h * w + h * w + w < (int64_t(1) << 31);
+}
+
+// The 3-D kernel's status: 0, or an error as _fused3d._call raises it
+void check_status3d(int status) {
+  TORCH_CHECK_VALUE(status != 3, kTooLarge3d);
+  TORCH_CHECK(status == 0, "fused 3-D warp kernel failed with status ", status);
+}
+
+// Runs the 3-D kernel's forward on a grid (B, Do, Ho, Wo, 3) (csrc/fused_warp3d.cpp reads x and
+// loc contiguous, as _fused3d._warp3d_cpu hands them); returns out (B, C, Do, Ho, Wo)
+at::Tensor run3d(const at::Tensor& x_, const at::Tensor& loc_, int64_t od, int64_t oh, int64_t ow, int64_t mode,
+                 int64_t padding, bool align_corners) {
+  TORCH_CHECK_VALUE(within_bounds3d(x_), kTooLarge3d);  // (before a copy of a stride-0 volume)
+  const at::Tensor x = x_.contiguous(), loc = loc_.contiguous();
+  at::Tensor out = at::detail::empty_cpu({x.size(0), x.size(1), od, oh, ow}, x.scalar_type(), false, std::nullopt);
+  const bool f32 = x.scalar_type() == at::kFloat;
+  const Forward3d<float> k32 = forward3d_f32;
+  const Forward3d<double> k64 = forward3d_f64;
+  TORCH_CHECK(f32 ? k32 != nullptr : k64 != nullptr, "torchstn fast_call: the 3-D kernel is not set");
+  const int threads = at::get_num_threads();
+  int status;
+  {
+    std::optional<py::gil_scoped_release> unlocked;  // (as run)
+    if (out.numel() >= kReleaseGil) unlocked.emplace();
+    status = f32 ? k32(kGrid, mode, x.const_data_ptr<float>(), loc.const_data_ptr<float>(), nullptr,
+                       out.mutable_data_ptr<float>(), x.size(0), x.size(1), x.size(2), x.size(3), x.size(4), od, oh,
+                       ow, padding, align_corners, threads)
+                 : k64(kGrid, mode, x.const_data_ptr<double>(), loc.const_data_ptr<double>(), nullptr,
+                       out.mutable_data_ptr<double>(), x.size(0), x.size(1), x.size(2), x.size(3), x.size(4), od, oh,
+                       ow, padding, align_corners, threads);
+  }
+  check_status3d(status);
+  return out;
+}
+
 bool plain_cpu(const at::Tensor& t) {
   return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided &&
          !t.key_set().has(c10::DispatchKey::Python) && !t.is_neg() && !t.is_conj();
@@ -129,6 +194,8 @@ bool plain_cpu(const at::Tensor& t) {
 // _fused._node_backward: the gradients of a call the node's backward leaves to Python (set by
 // set_backward_fallback)
 PyObject* python_backward = nullptr;
+// _fused3d._node_backward: the same for torchstn::Warp3d (set by set_kernels3d)
+PyObject* python_backward3d = nullptr;
 
 // t with its negative bit applied (_fused.resolved)
 at::Tensor resolved(const at::Tensor& t) { return t.is_neg() ? t.resolve_neg() : t; }
@@ -142,6 +209,20 @@ bool kernel_takes_gradient(const at::Tensor& grad_out, const at::Tensor& x) {
   return grad_out.defined() && grad_out.has_storage() && grad_out.device().is_cpu() &&
          grad_out.layout() == at::kStrided && grad_out.scalar_type() == x.scalar_type() &&
          !grad_out.key_set().has(c10::DispatchKey::Python) && !grad_out.key_set().has_any(wrapped);
+}
+
+// Zeros of the saved x's and loc's shapes for the gradients asked for (an efficient zero output gradient)
+void zero_gradients(const torch::autograd::variable_list& saved, bool need_x, bool need_loc, at::Tensor& grad_x,
+                    at::Tensor& grad_loc) {
+  if (need_x) grad_x = at::detail::empty_cpu(saved[0].sizes(), saved[0].scalar_type(), false, std::nullopt).zero_();
+  if (need_loc) grad_loc = at::detail::empty_cpu(saved[1].sizes(), saved[1].scalar_type(), false, std::nullopt).zero_();
+}
+
+// The gradients (x's, loc's; None for one not asked for) a Python fallback returned
+void take_gradients(const py::object& result, at::Tensor& grad_x, at::Tensor& grad_loc) {
+  const py::tuple both = result;
+  if (!both[0].is_none()) grad_x = both[0].cast<at::Tensor>();
+  if (!both[1].is_none()) grad_loc = both[1].cast<at::Tensor>();
 }
 
 }  // namespace
@@ -178,15 +259,12 @@ struct Warp2d : public torch::autograd::Function<Warp2d> {
     const bool align_corners = o[5] != 0;
     at::Tensor grad_x, grad_loc;
     if (grads[0]._is_zerotensor()) {  // an efficient zero (no memory to read): zeros, as F.grid_sample gives
-      if (need_x) grad_x = at::detail::empty_cpu(saved[0].sizes(), saved[0].scalar_type(), false, std::nullopt).zero_();
-      if (need_loc)
-        grad_loc = at::detail::empty_cpu(saved[1].sizes(), saved[1].scalar_type(), false, std::nullopt).zero_();
+      zero_gradients(saved, need_x, need_loc, grad_x, grad_loc);
     } else if (c10::GradMode::is_enabled() || !kernel_takes_gradient(grads[0], saved[0])) {
       py::gil_scoped_acquire gil;
-      py::tuple both = py::reinterpret_borrow<py::object>(python_backward)(
-          saved[0], saved[1], grads[0], location, o[1], o[2], mode, padding, align_corners, eps, need_x, need_loc);
-      if (!both[0].is_none()) grad_x = both[0].cast<at::Tensor>();
-      if (!both[1].is_none()) grad_loc = both[1].cast<at::Tensor>();
+      take_gradients(py::reinterpret_borrow<py::object>(python_backward)(
+          saved[0], saved[1], grads[0], location, o[1], o[2], mode, padding, align_corners, eps, need_x, need_loc),
+                     grad_x, grad_loc);
     } else if (need_x || need_loc) {
       // a dense gradient (NCHW or channels_last), else an NCHW copy (_fused._dense)
       at::Tensor grad_out = resolved(grads[0]);
@@ -219,9 +297,71 @@ struct Warp2d : public torch::autograd::Function<Warp2d> {
   }
 };
 
+// The 3-D kernel's backward on a grid: into grad_x and grad_grid, each where defined (contiguous tensors)
+template <typename T>
+int backward3d(Backward3d<T> kernel, const at::Tensor& x, const at::Tensor& grid, const at::Tensor& grad_out,
+               at::Tensor& grad_x, at::Tensor& grad_grid, int64_t mode, int64_t padding, bool align_corners) {
+  TORCH_CHECK(kernel != nullptr, "torchstn fast_call: the 3-D kernel is not set");
+  return kernel(kGrid, mode, x.const_data_ptr<T>(), grid.const_data_ptr<T>(), nullptr, grad_out.const_data_ptr<T>(),
+                grad_x.defined() ? grad_x.mutable_data_ptr<T>() : nullptr,
+                grad_grid.defined() ? grad_grid.mutable_data_ptr<T>() : nullptr, x.size(0), x.size(1), x.size(2),
+                x.size(3), x.size(4), grad_out.size(2), grad_out.size(3), grad_out.size(4), padding, align_corners,
+                at::get_num_threads());
+}
+
+// torchstn::warp3d's autograd formula on a grid (_fused3d._backward) as a C++ node, as Warp2d is
+// torchstn::warp2d's: the kernel's gradients, or (create_graph, a gradient the kernel cannot read)
+// _fused3d._node_backward's differentiable expression
+struct Warp3d : public torch::autograd::Function<Warp3d> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& grid,
+                            int64_t mode, int64_t padding, bool align_corners) {
+    ctx->save_for_backward({x.is_inference() ? x.clone() : x, grid.is_inference() ? grid.clone() : grid});
+    ctx->saved_data["options"] = std::vector<int64_t>{mode, padding, align_corners};
+    return run3d(resolved(x), resolved(grid), grid.size(1), grid.size(2), grid.size(3), mode, padding, align_corners);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const std::vector<int64_t> o = ctx->saved_data["options"].toIntVector();
+    const bool need_x = ctx->needs_input_grad(0), need_grid = ctx->needs_input_grad(1);
+    const int64_t mode = o[0], padding = o[1];
+    const bool align_corners = o[2] != 0;
+    at::Tensor grad_x, grad_grid;
+    if (grads[0]._is_zerotensor()) {  // (as Warp2d)
+      zero_gradients(saved, need_x, need_grid, grad_x, grad_grid);
+    } else if (c10::GradMode::is_enabled() || !kernel_takes_gradient(grads[0], saved[0])) {
+      py::gil_scoped_acquire gil;
+      take_gradients(py::reinterpret_borrow<py::object>(python_backward3d)(
+          saved[0], saved[1], grads[0], mode, padding, align_corners, need_x, need_grid),
+                     grad_x, grad_grid);
+    } else if (need_x || need_grid) {
+      const at::Tensor x = resolved(saved[0]).contiguous(), grid = resolved(saved[1]).contiguous();
+      const at::Tensor grad_out = resolved(grads[0]).contiguous();
+      // (zeroed by the kernel, as _fused3d._warp3d_backward_cpu's)
+      if (need_x) grad_x = at::detail::empty_cpu(x.sizes(), x.scalar_type(), false, std::nullopt);
+      if (need_grid) grad_grid = at::detail::empty_cpu(grid.sizes(), grid.scalar_type(), false, std::nullopt);
+      const int64_t m = mode, p = padding;
+      check_status3d(x.scalar_type() == at::kFloat
+                         ? backward3d(backward3d_f32, x, grid, grad_out, grad_x, grad_grid, m, p, align_corners)
+                         : backward3d(backward3d_f64, x, grid, grad_out, grad_x, grad_grid, m, p, align_corners));
+    }
+    return {grad_x, grad_grid, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace torchstn
 
 namespace {
+
+// fast_sample's call of a volume: through the node where a gradient is recorded
+at::Tensor warp3d_any(const at::Tensor& x, const at::Tensor& grid, int64_t mode, int64_t padding, bool align_corners) {
+  if (c10::GradMode::is_enabled() && (x.requires_grad() || grid.requires_grad())) {
+    TORCH_CHECK(python_backward3d != nullptr, "torchstn fast_call: the 3-D backward fallback is not set");
+    return torchstn::Warp3d::apply(x, grid, mode, padding, align_corners);
+  }
+  return run3d(resolved(x), resolved(grid), grid.size(1), grid.size(2), grid.size(3), mode, padding, align_corners);
+}
 
 // A call that records a gradient (the caller asked): the node's output
 at::Tensor warp2d_recorded(const at::Tensor& x, const at::Tensor& loc, int64_t location, int64_t oh, int64_t ow,
@@ -358,6 +498,21 @@ bool kernel_covers(const at::Tensor& x, const at::Tensor& loc) {
          loc.dim() >= 1 && loc.size(0) == x.size(0);
 }
 
+// kernel_covers for a volume x (B, C, D, H, W) and its grid: the same tensors and autocast, non-empty
+// D, H and W within the 3-D kernel's bound (_fused3d.fused3d_applies), x not empty, the grid
+// (B, Do, Ho, Wo, 3) of x's batch with no empty side; and the 3-D kernel loaded (set_kernels3d)
+bool kernel_covers3d(const at::Tensor& x, const at::Tensor& grid) {
+  if (!plain_cpu(x) || !plain_cpu(grid) || x.dim() != 5 || grid.dim() != 5 || grid.size(4) != 3 ||
+      grid.scalar_type() != x.scalar_type() || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
+    return false;
+  if (!c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU)) return false;
+  if (forward3d_f32 == nullptr || python_backward3d == nullptr) return false;  // (the Python path builds it)
+  for (int64_t i = 1; i < 4; ++i) {
+    if (x.size(i + 1) <= 0 || grid.size(i) <= 0) return false;
+  }
+  return within_bounds3d(x) && x.numel() > 0 && grid.size(0) == x.size(0);
+}
+
 // fast_warp's Affine1D call: a signal x (B, C, L) warped as an image of height 1 by the rows
 // [[a, 0, b], [0, 1, 0]] of its parameters (a, b) ((B, 2), or the (B, 1, 2) rows), as
 // _sample._warp_general warps it (_lift_rows_1d): the rows made by a cat, so that a gradient
@@ -469,11 +624,11 @@ PyMethodDef fast_warp_def = {"fast_warp", reinterpret_cast<PyCFunction>(reinterp
 
 // The whole of torchstn.sample's common call (_sample._compiled_sample passes sample's
 // arguments: x, grid, mode, padding, align_corners, backend), or None for any other call:
-// an image (B, C, H, W) and a grid (B, Ho, Wo, 2) the kernel covers, or a signal (B, C, L) and
-// its grid (B, Lo, 1) (see kernel_covers; eager
+// an image (B, C, H, W) and a grid (B, Ho, Wo, 2) the kernel covers, a signal (B, C, L) and
+// its grid (B, Lo, 1), or a volume and its grid (B, Do, Ho, Wo, 3) (kernel_covers3d; eager
 // tensors, see eager), a known mode and padding, and a backend that takes the fused kernel for
 // them: "fused", or "auto" (None) for the modes of _fused.AUTO_GRID_MODES, up to the number of
-// grid points it gives the mode.
+// grid points it gives the mode (an image's or a signal's: "auto" samples every volume with the kernel).
 PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 6) {
     PyErr_SetString(PyExc_TypeError, "fast_sample takes 6 arguments");
@@ -498,6 +653,10 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const int is_eager = eager(xo, go);
     if (is_eager <= 0) return is_eager < 0 ? nullptr : Py_NewRef(Py_None);
     at::Tensor x = THPVariable_Unpack(xo), grid = THPVariable_Unpack(go);
+    if (x.dim() == 5) {  // a volume: "auto" takes the 3-D kernel for every grid (_sample._backend_name)
+      if (!kernel_covers3d(x, grid) || !PyBool_Check(args[4])) Py_RETURN_NONE;
+      return THPVariable_Wrap(warp3d_any(x, grid, codes[0], codes[1], args[4] == Py_True));
+    }
     const bool signal = x.dim() == 3;
     if (signal) {  // an image of height 1 read on its centre row, as _sample._run_kernel lifts it (y = 0 * x)
       if (!plain_cpu(x) || grid.dim() != 3 || grid.size(2) != 1) Py_RETURN_NONE;
@@ -561,12 +720,25 @@ void set_backward_fallback(py::object f) {
   python_backward = f.release().ptr();
 }
 
+// the 3-D kernel's entry points (forward float32, float64, backward float32, float64) and
+// _fused3d._node_backward, handed once both it and this module are loaded
+void set_kernels3d(uintptr_t f32, uintptr_t f64, uintptr_t b32, uintptr_t b64, int64_t abi, py::object fallback) {
+  TORCH_CHECK(abi == kKernel3dAbi, "torchstn fast_call: built for 3-D kernel ABI ", kKernel3dAbi, ", given ABI ", abi);
+  Py_XDECREF(python_backward3d);
+  python_backward3d = fallback.release().ptr();
+  forward3d_f64 = reinterpret_cast<Forward3d<double>>(f64);
+  backward3d_f32 = reinterpret_cast<Backward3d<float>>(b32);
+  backward3d_f64 = reinterpret_cast<Backward3d<double>>(b64);
+  forward3d_f32 = reinterpret_cast<Forward3d<float>>(f32);  // (last: kernel_covers3d asks it)
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("abi_version", [] { return 4; });
+  m.def("abi_version", [] { return 5; });
   m.def("set_kernels", &set_kernels);
   m.def("set_backward_fallback", &set_backward_fallback);
+  m.def("set_kernels3d", &set_kernels3d);
   m.def("warp2d", &warp2d);
   m.def("warp2d_recorded", &warp2d_recorded);
   m.def("set_python", &set_python);
