@@ -359,7 +359,8 @@ def test_a_call_it_cannot_serve_does_not_build_it(monkeypatch):
     tps = stn.ThinPlateSpline()
     assert not _taken(x, theta, stn.Affine(), backend="torch")
     assert not _taken(x, tps.identity(2), tps)
-    assert not _taken(torch.rand(2, 1, 4, 4, 4), stn.Affine3D().identity(2), stn.Affine3D())
+    assert not _taken(torch.rand(2, 1, 4, 4, 4).half(), stn.Affine3D().identity(2).half(), stn.Affine3D())
+    assert not _sampled(torch.rand(2, 1, 4, 4, 4), random_grid((2, 3, 3, 3, 3), torch.float32), backend="torch")
     grid = random_grid((2, 3, 4, 2), torch.float32)
     assert not _sampled(x, grid, "bicubic", backend="fused")
     many = random_grid((2, 100, 100, 2), torch.float32)  # ("auto": F.grid_sample's nearest is faster there)
@@ -726,12 +727,61 @@ def test_the_compiled_sample_of_a_volume_gives_the_python_paths_bits(dtype, case
 
 
 @pytest.mark.usefixtures("volume_call")
+def _affine3d_cases(dtype):
+    affine = stn.Affine3D()
+    theta = random_theta(affine, 2, dtype, scale=0.3, seed=4)
+    return {
+        "params": (theta, affine),
+        "rows": (theta.view(2, 3, 4), affine),
+        "rows-view": (torch.cat([theta, theta], 1)[:, ::2], affine),  # non-contiguous parameters
+        "name": (theta, "affine3d"),
+        "nan": (torch.where(torch.arange(12) == 5, float("nan"), theta), affine),
+    }
+
+
+@pytest.mark.usefixtures("volume_call")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["params", "rows", "rows-view", "name", "nan"])
+@pytest.mark.parametrize("layout", ["contiguous", "view", "inf-voxel"])
+def test_the_compiled_affine3d_warp_gives_the_python_paths_bits(dtype, case, layout, without_fast_call):
+    """Affine3D's warp by the compiled call (the voxels' coordinates made in C++, as the base grid
+    makes them): values and gradients bit for bit as the 3-D operator's Python path; and
+    F.affine_grid + F.grid_sample's values."""
+    x = _volumes(dtype)[layout]
+    theta, transform = _affine3d_cases(dtype)[case]
+    options = [(None, "bilinear", "zeros", False, None), ((4, 3, 5), "bilinear", "border", True, "auto"),
+               ((2, 6, 1), "nearest", "reflection", False, "fused"), ((5, 6, 7), "nearest", "zeros", True, None)]
+    for size, mode, padding, align_corners, backend in options:
+        assert _taken(x, theta, transform, size, mode, padding, align_corners, backend)
+        xs, ts = x.clone().requires_grad_(), theta.clone().requires_grad_()
+        out = stn.warp(xs, ts, transform, size, mode, padding, align_corners, backend=backend)
+        assert "CppNode<torchstn::Warp3d>" in out.grad_fn.name()
+        expected = without_fast_call(lambda: stn.warp(xs, ts, transform, size, mode, padding, align_corners,
+                                                      backend="fused"))
+        _same(out, expected)
+        g = random_input(out.shape, dtype, seed=8)
+        for a, b in zip(torch.autograd.grad(out, (xs, ts), g), torch.autograd.grad(expected, (xs, ts), g)):
+            _same(a, b)
+        if case in ("params", "rows") and layout != "inf-voxel":  # the independent reference
+            grid = torch.nn.functional.affine_grid(theta.reshape(2, 3, 4), (2, 3, *(size or x.shape[2:])),
+                                                   align_corners)
+            reference = torch.nn.functional.grid_sample(x, grid, mode, padding, align_corners)
+            torch.testing.assert_close(out.detach(), reference, atol=1e-5 if dtype == torch.float32 else 1e-12,
+                                       rtol=0)
+
+
 def test_the_volume_node_hands_create_graph_and_batched_gradients_to_the_grid_path():
     x = random_input((2, 2, 4, 5, 3), torch.float64).requires_grad_()
     grid = random_grid((2, 3, 2, 4, 3), torch.float64, spread=1.2).requires_grad_()
     assert "CppNode<torchstn::Warp3d>" in stn.sample(x, grid).grad_fn.name()
     assert torch.autograd.gradcheck(lambda a, b: stn.sample(a, b), (x, grid), check_batched_grad=True)
     assert torch.autograd.gradgradcheck(lambda a, b: stn.sample(a, b), (x, grid))
+    theta = random_theta(stn.Affine3D(), 2, torch.float64, scale=0.3).requires_grad_()
+    assert "CppNode<torchstn::Warp3d>" in stn.warp(x, theta, "affine3d").grad_fn.name()
+    for loc in (theta, theta.view(2, 3, 4)):
+        assert torch.autograd.gradcheck(lambda a, b: stn.warp(a, b, "affine3d", (3, 2, 4)), (x, loc),
+                                        check_batched_grad=True)
+        assert torch.autograd.gradgradcheck(lambda a, b: stn.warp(a, b, "affine3d", (3, 2, 4)), (x, loc))
     penalties = {}
     for backend in (None, "torch"):  # a gradient penalty: the gradient's graph reaches the grid
         (gx,) = torch.autograd.grad(stn.sample(x, grid, backend=backend).square().sum(), x, create_graph=True)

@@ -23,17 +23,16 @@ pytestmark = pytest.mark.usefixtures("fused3d_kernel")
 @pytest.fixture
 def calls(monkeypatch):
     """The fused 3-D operator's calls ("fused_warp3d" from θ, "fused_sample3d" of a grid), recorded;
-    a volume sampled by the compiled call (csrc/fast_call.cpp, the same kernel) is a "fused_sample3d"."""
+    a volume warped or sampled by the compiled call (csrc/fast_call.cpp, the same kernel) counts as one."""
     record = record_calls(monkeypatch, _fused3d, "fused_warp3d", "fused_sample3d")
-    compiled = _sample._compiled_sample
+    for name, call in (("_compiled_warp", "fused_warp3d"), ("_compiled_sample", "fused_sample3d")):
+        def recorded(x, *args, _compiled=getattr(_sample, name), _call=call):
+            out = _compiled(x, *args)
+            if out is not None and x.dim() == 5:
+                record.append(_call)
+            return out
 
-    def recorded(x, *args):
-        out = compiled(x, *args)
-        if out is not None and x.dim() == 5:
-            record.append("fused_sample3d")
-        return out
-
-    monkeypatch.setattr(_sample, "_compiled_sample", recorded)
+        monkeypatch.setattr(_sample, name, recorded)
     return record
 
 

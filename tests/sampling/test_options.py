@@ -121,9 +121,16 @@ def test_warp_checks_params_and_each_option_once(transform, backend, monkeypatch
     seen = _count_checks(monkeypatch)
     # the fused kernel's common call checks θ's shape and dtype inline (warp's eager fast path), and
     # the compiled call the options too (each one's code looked up: an unknown one takes the general path)
-    fast = backend != "torch" and isinstance(transform, (stn.Affine, stn.Projective)) and _fused.fused_available()
+    # (Affine3D's volumes too, once the 3-D kernel is built: a first volume's call builds it)
+    if transform.ndim == 3:
+        _fused3d.fused3d_available()
+    served = _sample._compiled_warp(x, theta, transform, None, "bilinear", "zeros", False, backend) is not None
+    planar = isinstance(transform, (stn.Affine, stn.Projective))
+    assert served == (backend != "torch" and _fused.fast_call() is not None and (
+        planar or (transform.ndim == 3 and _fused3d.fused3d_available())))
+    fast = served or backend != "torch" and planar and _fused.fused_available()
     checked = [] if fast else ["params"]
-    options_checked = [] if fast and _fused.fast_call() is not None else ["backend", "mode", "padding"]
+    options_checked = [] if served else ["backend", "mode", "padding"]
     stn.warp(x, theta, transform, backend=backend)
     assert sorted(seen) == sorted([*options_checked, *checked])
     seen.clear()

@@ -10,7 +10,8 @@
 // warp2d: the CPU implementation of the operator torchstn::warp2d (its arguments checked by
 // the caller), the output in the input's memory format.
 // fast_warp: the whole of torchstn.warp's common call (a CPU image the kernel covers, Affine
-// parameters, or Projective ones with no gradient to record), or None for any other call, which the
+// parameters, or Projective ones with no gradient to record; an Affine1D signal; an Affine3D
+// volume, by the 3-D kernel as fast_sample's volumes), or None for any other call, which the
 // Python path then checks, explains or runs. It takes warp's own arguments and makes every
 // test the Python path makes (_sample._eager_fused_warp), _tracing.eager_tensors' questions
 // included (tracing, torch.func, forward AD, torch function and dispatch modes, the profiler, the tensors'
@@ -159,30 +160,44 @@ void check_status3d(int status) {
   TORCH_CHECK(status == 0, "fused 3-D warp kernel failed with status ", status);
 }
 
-// Runs the 3-D kernel's forward on a grid (B, Do, Ho, Wo, 3) (csrc/fused_warp3d.cpp reads x and
-// loc contiguous, as _fused3d._warp3d_cpu hands them); returns out (B, C, Do, Ho, Wo)
-at::Tensor run3d(const at::Tensor& x_, const at::Tensor& loc_, int64_t od, int64_t oh, int64_t ow, int64_t mode,
-                 int64_t padding, bool align_corners) {
+// The output voxels' normalised x (Wo values), then y (Ho), then z (Do), as _fused3d._coordinates takes
+// them from torchstn's base grid (transforms._base._linspace: (2 i + 1 - n) / n, or / max(n - 1, 1) with
+// align_corners, in double, rounded once): what the 3-D kernel reads to locate a voxel from affine rows
+template <typename T>
+std::vector<T> coordinates3d(int64_t od, int64_t oh, int64_t ow, bool align_corners) {
+  std::vector<T> xyz;
+  xyz.reserve(ow + oh + od);
+  for (const int64_t n : {ow, oh, od}) {
+    const double span = align_corners ? double(std::max<int64_t>(n - 1, 1)) : double(n);
+    for (int64_t i = 0; i < n; ++i) xyz.push_back(static_cast<T>((2.0 * double(i) + 1.0 - double(n)) / span));
+  }
+  return xyz;
+}
+
+// Runs the 3-D kernel's forward (csrc/fused_warp3d.cpp reads x and loc contiguous, as
+// _fused3d._warp3d_cpu hands them): loc a grid (B, Do, Ho, Wo, 3) (kGrid) or affine rows, (B, 3, 4)
+// or Affine3D's (B, 12) (kAffine); returns out (B, C, Do, Ho, Wo)
+template <typename T>
+int forward3d(Forward3d<T> kernel, const at::Tensor& x, const at::Tensor& loc, int64_t location, at::Tensor& out,
+              int64_t mode, int64_t padding, bool align_corners) {
+  TORCH_CHECK(kernel != nullptr, "torchstn fast_call: the 3-D kernel is not set");
+  const int64_t od = out.size(2), oh = out.size(3), ow = out.size(4);
+  const std::vector<T> xyz = location == kAffine ? coordinates3d<T>(od, oh, ow, align_corners) : std::vector<T>();
+  std::optional<py::gil_scoped_release> unlocked;  // (as run)
+  if (out.numel() >= kReleaseGil) unlocked.emplace();
+  return kernel(location, mode, x.const_data_ptr<T>(), loc.const_data_ptr<T>(), xyz.empty() ? nullptr : xyz.data(),
+                out.mutable_data_ptr<T>(), x.size(0), x.size(1), x.size(2), x.size(3), x.size(4), od, oh, ow, padding,
+                align_corners, at::get_num_threads());
+}
+
+at::Tensor run3d(const at::Tensor& x_, const at::Tensor& loc_, int64_t location, int64_t od, int64_t oh, int64_t ow,
+                 int64_t mode, int64_t padding, bool align_corners) {
   TORCH_CHECK_VALUE(within_bounds3d(x_), kTooLarge3d);  // (before a copy of a stride-0 volume)
   const at::Tensor x = x_.contiguous(), loc = loc_.contiguous();
   at::Tensor out = at::detail::empty_cpu({x.size(0), x.size(1), od, oh, ow}, x.scalar_type(), false, std::nullopt);
-  const bool f32 = x.scalar_type() == at::kFloat;
-  const Forward3d<float> k32 = forward3d_f32;
-  const Forward3d<double> k64 = forward3d_f64;
-  TORCH_CHECK(f32 ? k32 != nullptr : k64 != nullptr, "torchstn fast_call: the 3-D kernel is not set");
-  const int threads = at::get_num_threads();
-  int status;
-  {
-    std::optional<py::gil_scoped_release> unlocked;  // (as run)
-    if (out.numel() >= kReleaseGil) unlocked.emplace();
-    status = f32 ? k32(kGrid, mode, x.const_data_ptr<float>(), loc.const_data_ptr<float>(), nullptr,
-                       out.mutable_data_ptr<float>(), x.size(0), x.size(1), x.size(2), x.size(3), x.size(4), od, oh,
-                       ow, padding, align_corners, threads)
-                 : k64(kGrid, mode, x.const_data_ptr<double>(), loc.const_data_ptr<double>(), nullptr,
-                       out.mutable_data_ptr<double>(), x.size(0), x.size(1), x.size(2), x.size(3), x.size(4), od, oh,
-                       ow, padding, align_corners, threads);
-  }
-  check_status3d(status);
+  check_status3d(x.scalar_type() == at::kFloat
+                     ? forward3d(forward3d_f32, x, loc, location, out, mode, padding, align_corners)
+                     : forward3d(forward3d_f64, x, loc, location, out, mode, padding, align_corners));
   return out;
 }
 
@@ -297,56 +312,61 @@ struct Warp2d : public torch::autograd::Function<Warp2d> {
   }
 };
 
-// The 3-D kernel's backward on a grid: into grad_x and grad_grid, each where defined (contiguous tensors)
+// The 3-D kernel's backward (loc as forward3d's): into grad_x and grad_loc, each where defined (contiguous tensors)
 template <typename T>
-int backward3d(Backward3d<T> kernel, const at::Tensor& x, const at::Tensor& grid, const at::Tensor& grad_out,
-               at::Tensor& grad_x, at::Tensor& grad_grid, int64_t mode, int64_t padding, bool align_corners) {
+int backward3d(Backward3d<T> kernel, const at::Tensor& x, const at::Tensor& loc, int64_t location,
+               const at::Tensor& grad_out, at::Tensor& grad_x, at::Tensor& grad_loc, int64_t mode, int64_t padding,
+               bool align_corners) {
   TORCH_CHECK(kernel != nullptr, "torchstn fast_call: the 3-D kernel is not set");
-  return kernel(kGrid, mode, x.const_data_ptr<T>(), grid.const_data_ptr<T>(), nullptr, grad_out.const_data_ptr<T>(),
-                grad_x.defined() ? grad_x.mutable_data_ptr<T>() : nullptr,
-                grad_grid.defined() ? grad_grid.mutable_data_ptr<T>() : nullptr, x.size(0), x.size(1), x.size(2),
-                x.size(3), x.size(4), grad_out.size(2), grad_out.size(3), grad_out.size(4), padding, align_corners,
-                at::get_num_threads());
+  const int64_t od = grad_out.size(2), oh = grad_out.size(3), ow = grad_out.size(4);
+  const std::vector<T> xyz = location == kAffine ? coordinates3d<T>(od, oh, ow, align_corners) : std::vector<T>();
+  return kernel(location, mode, x.const_data_ptr<T>(), loc.const_data_ptr<T>(), xyz.empty() ? nullptr : xyz.data(),
+                grad_out.const_data_ptr<T>(), grad_x.defined() ? grad_x.mutable_data_ptr<T>() : nullptr,
+                grad_loc.defined() ? grad_loc.mutable_data_ptr<T>() : nullptr, x.size(0), x.size(1), x.size(2),
+                x.size(3), x.size(4), od, oh, ow, padding, align_corners, at::get_num_threads());
 }
 
-// torchstn::warp3d's autograd formula on a grid (_fused3d._backward) as a C++ node, as Warp2d is
+// torchstn::warp3d's autograd formula (_fused3d._backward) as a C++ node, as Warp2d is
 // torchstn::warp2d's: the kernel's gradients, or (create_graph, a gradient the kernel cannot read)
 // _fused3d._node_backward's differentiable expression
 struct Warp3d : public torch::autograd::Function<Warp3d> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& grid,
-                            int64_t mode, int64_t padding, bool align_corners) {
-    ctx->save_for_backward({x.is_inference() ? x.clone() : x, grid.is_inference() ? grid.clone() : grid});
-    ctx->saved_data["options"] = std::vector<int64_t>{mode, padding, align_corners};
-    return run3d(resolved(x), resolved(grid), grid.size(1), grid.size(2), grid.size(3), mode, padding, align_corners);
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& loc,
+                            int64_t location, int64_t od, int64_t oh, int64_t ow, int64_t mode, int64_t padding,
+                            bool align_corners) {
+    ctx->save_for_backward({x.is_inference() ? x.clone() : x, loc.is_inference() ? loc.clone() : loc});
+    ctx->saved_data["options"] = std::vector<int64_t>{location, od, oh, ow, mode, padding, align_corners};
+    return run3d(resolved(x), resolved(loc), location, od, oh, ow, mode, padding, align_corners);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const std::vector<int64_t> o = ctx->saved_data["options"].toIntVector();
-    const bool need_x = ctx->needs_input_grad(0), need_grid = ctx->needs_input_grad(1);
-    const int64_t mode = o[0], padding = o[1];
-    const bool align_corners = o[2] != 0;
-    at::Tensor grad_x, grad_grid;
+    const bool need_x = ctx->needs_input_grad(0), need_loc = ctx->needs_input_grad(1);
+    const int64_t location = o[0], mode = o[4], padding = o[5];
+    const bool align_corners = o[6] != 0;
+    at::Tensor grad_x, grad_loc;
     if (grads[0]._is_zerotensor()) {  // (as Warp2d)
-      zero_gradients(saved, need_x, need_grid, grad_x, grad_grid);
+      zero_gradients(saved, need_x, need_loc, grad_x, grad_loc);
     } else if (c10::GradMode::is_enabled() || !kernel_takes_gradient(grads[0], saved[0])) {
       py::gil_scoped_acquire gil;
       take_gradients(py::reinterpret_borrow<py::object>(python_backward3d)(
-          saved[0], saved[1], grads[0], mode, padding, align_corners, need_x, need_grid),
-                     grad_x, grad_grid);
-    } else if (need_x || need_grid) {
-      const at::Tensor x = resolved(saved[0]).contiguous(), grid = resolved(saved[1]).contiguous();
+          saved[0], saved[1], grads[0], location, o[1], o[2], o[3], mode, padding, align_corners, need_x, need_loc),
+                     grad_x, grad_loc);
+    } else if (need_x || need_loc) {
+      const at::Tensor x = resolved(saved[0]).contiguous(), loc = resolved(saved[1]).contiguous();
       const at::Tensor grad_out = resolved(grads[0]).contiguous();
       // (zeroed by the kernel, as _fused3d._warp3d_backward_cpu's)
       if (need_x) grad_x = at::detail::empty_cpu(x.sizes(), x.scalar_type(), false, std::nullopt);
-      if (need_grid) grad_grid = at::detail::empty_cpu(grid.sizes(), grid.scalar_type(), false, std::nullopt);
-      const int64_t m = mode, p = padding;
+      if (need_loc) grad_loc = at::detail::empty_cpu(loc.sizes(), loc.scalar_type(), false, std::nullopt);
+      const int64_t l = location, m = mode, p = padding;
+      const bool ac = align_corners;
       check_status3d(x.scalar_type() == at::kFloat
-                         ? backward3d(backward3d_f32, x, grid, grad_out, grad_x, grad_grid, m, p, align_corners)
-                         : backward3d(backward3d_f64, x, grid, grad_out, grad_x, grad_grid, m, p, align_corners));
+                         ? backward3d(backward3d_f32, x, loc, l, grad_out, grad_x, grad_loc, m, p, ac)
+                         : backward3d(backward3d_f64, x, loc, l, grad_out, grad_x, grad_loc, m, p, ac));
     }
-    return {grad_x, grad_grid, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_x, grad_loc, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -354,13 +374,12 @@ struct Warp3d : public torch::autograd::Function<Warp3d> {
 
 namespace {
 
-// fast_sample's call of a volume: through the node where a gradient is recorded
-at::Tensor warp3d_any(const at::Tensor& x, const at::Tensor& grid, int64_t mode, int64_t padding, bool align_corners) {
-  if (c10::GradMode::is_enabled() && (x.requires_grad() || grid.requires_grad())) {
-    TORCH_CHECK(python_backward3d != nullptr, "torchstn fast_call: the 3-D backward fallback is not set");
-    return torchstn::Warp3d::apply(x, grid, mode, padding, align_corners);
-  }
-  return run3d(resolved(x), resolved(grid), grid.size(1), grid.size(2), grid.size(3), mode, padding, align_corners);
+// fast_sample's and fast_warp's call of a volume: through the node where a gradient is recorded
+at::Tensor warp3d_any(const at::Tensor& x, const at::Tensor& loc, int64_t location, int64_t od, int64_t oh,
+                      int64_t ow, int64_t mode, int64_t padding, bool align_corners) {
+  if (c10::GradMode::is_enabled() && (x.requires_grad() || loc.requires_grad()))
+    return torchstn::Warp3d::apply(x, loc, location, od, oh, ow, mode, padding, align_corners);
+  return run3d(resolved(x), resolved(loc), location, od, oh, ow, mode, padding, align_corners);
 }
 
 // A call that records a gradient (the caller asked): the node's output
@@ -498,19 +517,38 @@ bool kernel_covers(const at::Tensor& x, const at::Tensor& loc) {
          loc.dim() >= 1 && loc.size(0) == x.size(0);
 }
 
-// kernel_covers for a volume x (B, C, D, H, W) and its grid: the same tensors and autocast, non-empty
-// D, H and W within the 3-D kernel's bound (_fused3d.fused3d_applies), x not empty, the grid
-// (B, Do, Ho, Wo, 3) of x's batch with no empty side; and the 3-D kernel loaded (set_kernels3d)
-bool kernel_covers3d(const at::Tensor& x, const at::Tensor& grid) {
-  if (!plain_cpu(x) || !plain_cpu(grid) || x.dim() != 5 || grid.dim() != 5 || grid.size(4) != 3 ||
-      grid.scalar_type() != x.scalar_type() || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
+// kernel_covers for a volume x (B, C, D, H, W) and its location tensor loc (a grid or affine rows): the
+// same tensors and autocast, non-empty D, H and W within the 3-D kernel's bound (_fused3d.fused3d_applies),
+// x not empty, loc of x's batch; and the 3-D kernel handed over (set_kernels3d)
+bool kernel_covers3d(const at::Tensor& x, const at::Tensor& loc) {
+  if (!plain_cpu(x) || !plain_cpu(loc) || x.dim() != 5 || loc.scalar_type() != x.scalar_type() ||
+      (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
     return false;
   if (!c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU)) return false;
   if (forward3d_f32 == nullptr || python_backward3d == nullptr) return false;  // (the Python path builds it)
-  for (int64_t i = 1; i < 4; ++i) {
-    if (x.size(i + 1) <= 0 || grid.size(i) <= 0) return false;
+  return x.size(2) > 0 && x.size(3) > 0 && x.size(4) > 0 && within_bounds3d(x) && x.numel() > 0 && loc.dim() >= 1 &&
+         loc.size(0) == x.size(0);
+}
+
+// fast_warp's Affine3D call: a volume x (B, C, D, H, W) warped by its parameters ((B, 12), or the
+// (B, 3, 4) rows), as _sample._warp_general warps it (_fused3d.fused_warp3d), or None where the kernel
+// does not cover the call
+PyObject* fast_warp3d(const at::Tensor& x, const at::Tensor& params, PyObject* size, long mode, long padding,
+                      PyObject* align_corners) {
+  if (!kernel_covers3d(x, params)) Py_RETURN_NONE;
+  const bool flat = params.dim() == 2 && params.size(1) == 12;
+  if (!flat && !(params.dim() == 3 && params.size(1) == 3 && params.size(2) == 4)) Py_RETURN_NONE;
+  int64_t sides[3] = {x.size(2), x.size(3), x.size(4)};
+  if (size != Py_None) {
+    if (!PyTuple_CheckExact(size) || PyTuple_GET_SIZE(size) != 3) Py_RETURN_NONE;
+    for (int i = 0; i < 3; ++i) {
+      sides[i] = positive_int(PyTuple_GET_ITEM(size, i));
+      if (sides[i] < 0) Py_RETURN_NONE;
+    }
   }
-  return within_bounds3d(x) && x.numel() > 0 && grid.size(0) == x.size(0);
+  if (!PyBool_Check(align_corners)) Py_RETURN_NONE;  // (the Python path says what it must be)
+  return THPVariable_Wrap(
+      warp3d_any(x, params, kAffine, sides[0], sides[1], sides[2], mode, padding, align_corners == Py_True));
 }
 
 // fast_warp's Affine1D call: a signal x (B, C, L) warped as an image of height 1 by the rows
@@ -542,8 +580,8 @@ PyObject* fast_warp1d(const at::Tensor& x, const at::Tensor& params, PyObject* s
 
 // The whole of torchstn.warp's common call (_sample._compiled_warp passes warp's arguments:
 // x, params, transform, size, mode, padding, align_corners, backend), or None for any other
-// call. Common: Affine ((B, 6) parameters or (B, 2, 3) rows), Projective ((B, 8)) or Affine1D
-// ((B, 2) or (B, 1, 2), a signal: fast_warp1d), by exact
+// call. Common: Affine ((B, 6) parameters or (B, 2, 3) rows), Projective ((B, 8)), Affine1D
+// ((B, 2) or (B, 1, 2), a signal: fast_warp1d) or Affine3D ((B, 12) or (B, 3, 4), a volume: fast_warp3d), by exact
 // type or by a name _fused._named knows, a backend in _fused._FUSED_BACKENDS, a known mode and
 // padding, size None or a tuple of two positive ints; eager tensors (see eager); no CPU
 // autocast; a CPU float32/float64 image the kernel covers, and parameters of its dtype; for
@@ -584,6 +622,7 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (is_eager <= 0) return is_eager < 0 ? nullptr : Py_NewRef(Py_None);
     const at::Tensor& params = THPVariable_Unpack(po);
     if (family == 2) return fast_warp1d(THPVariable_Unpack(xo), params, size, mode, padding, args[6]);
+    if (family == 3) return fast_warp3d(THPVariable_Unpack(xo), params, size, mode, padding, args[6]);
     const at::Tensor& x = THPVariable_Unpack(xo);
     if (!kernel_covers(x, params) || params.dim() < 2) Py_RETURN_NONE;
     int64_t oh = x.size(2), ow = x.size(3);
@@ -654,8 +693,11 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (is_eager <= 0) return is_eager < 0 ? nullptr : Py_NewRef(Py_None);
     at::Tensor x = THPVariable_Unpack(xo), grid = THPVariable_Unpack(go);
     if (x.dim() == 5) {  // a volume: "auto" takes the 3-D kernel for every grid (_sample._backend_name)
-      if (!kernel_covers3d(x, grid) || !PyBool_Check(args[4])) Py_RETURN_NONE;
-      return THPVariable_Wrap(warp3d_any(x, grid, codes[0], codes[1], args[4] == Py_True));
+      if (!kernel_covers3d(x, grid) || grid.dim() != 5 || grid.size(4) != 3 || grid.size(1) <= 0 ||
+          grid.size(2) <= 0 || grid.size(3) <= 0 || !PyBool_Check(args[4]))
+        Py_RETURN_NONE;
+      const int64_t od = grid.size(1), oh = grid.size(2), ow = grid.size(3);
+      return THPVariable_Wrap(warp3d_any(x, grid, kGrid, od, oh, ow, codes[0], codes[1], args[4] == Py_True));
     }
     const bool signal = x.dim() == 3;
     if (signal) {  // an image of height 1 read on its centre row, as _sample._run_kernel lifts it (y = 0 * x)
