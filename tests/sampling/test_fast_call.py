@@ -831,3 +831,36 @@ def test_the_3d_kernel_reaches_the_compiled_call_whichever_is_loaded_first(monke
         m.setattr(_fused3d, "bind_entries", lambda lib, *args: lib)
         _fused3d._build()
     assert calls == [fast, _fused._library.state["fast"]]
+
+
+@pytest.mark.usefixtures("volume_call")
+@pytest.mark.parametrize("compiled_call", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize("case", ["warp", "sample", "warp3d", "sample3d"])
+def test_an_output_gradient_of_a_tensor_subclass_takes_the_differentiable_path(case, compiled_call, without_fast_call):
+    """A wrapper subclass (TwoTensor) has no storage of its own: the fused operators' Python
+    backward handed its null pointer to the kernel and the process crashed (a helper found it);
+    the compiled call's nodes send it to the differentiable expression, the Python formula now to
+    the registered operator (the dispatcher hands the subclass its components): the subclass's
+    gradients on both paths, each component the torch backend's."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    volume = case.endswith("3d")
+    x = random_input((2, 2, 4, 5, 3) if volume else (2, 2, 5, 6), torch.float64).requires_grad_()
+    transform = stn.Affine3D() if volume else stn.Affine()
+    loc = (random_grid((2, 3, 2, 4, 3) if volume else (2, 3, 4, 2), torch.float64) if case.startswith("sample")
+           else random_theta(transform, 2, torch.float64, scale=0.3)).requires_grad_()
+
+    def run(backend=None):
+        if case.startswith("sample"):
+            return stn.sample(x, loc, backend=backend)
+        return stn.warp(x, loc, transform, backend=backend)
+
+    out = run() if compiled_call else without_fast_call(run)
+    g, h = random_input(out.shape, torch.float64, seed=3), random_input(out.shape, torch.float64, seed=4)
+    grads = torch.autograd.grad(out, (x, loc), TwoTensor(g, h))
+    reference = run("torch")
+    for grad, expected_a, expected_b in zip(grads, torch.autograd.grad(reference, (x, loc), g, retain_graph=True),
+                                             torch.autograd.grad(reference, (x, loc), h)):
+        assert type(grad) is TwoTensor
+        torch.testing.assert_close(grad.a, expected_a)
+        torch.testing.assert_close(grad.b, expected_b)

@@ -821,9 +821,19 @@ def fused_backward(  # noqa: ANN001 - ctx is autograd's
     return *grads, *(None for _ in ctx.options)
 
 
+def backward_entry(direct: bool, grad_out: torch.Tensor, cpu: Callable[..., tuple], operator: object) -> object:
+    """A fused operator's backward for its autograd formula to call: its CPU implementation where
+    the call was direct (:func:`eager_operator`) and ``grad_out`` a plain tensor, else the registered
+    operator, whose dispatcher hands a tensor subclass (``TwoTensor``) its own components: the CPU
+    implementation had handed such a wrapper, with no storage of its own, to the kernel as a null
+    pointer and crashed the process (2-D and 3-D alike; the compiled call's C++ nodes had sent it
+    to the differentiable expression)."""
+    return cpu if direct and type(grad_out) is torch.Tensor else operator
+
+
 def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN001, ANN202
     location, size, mode, padding, align_corners, eps = ctx.options
-    backward = _warp2d_backward_cpu if direct else torch.ops.torchstn.warp2d_backward
+    backward = backward_entry(direct, grad_out, _warp2d_backward_cpu, torch.ops.torchstn.warp2d_backward)
     return fused_backward(
         ctx, grad_out,
         lambda x, loc: grid_path(x, loc, location, size, mode, padding, align_corners, eps),

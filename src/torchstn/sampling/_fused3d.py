@@ -49,6 +49,7 @@ from torchstn.sampling._fused import (
     LazyKernel,
     _ptr_of,
     _setup_context,
+    backward_entry,
     bind_entries,
     check_operator_args,
     eager_operator,
@@ -267,7 +268,7 @@ def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN00
     """The kernel's gradients; the grid path's, differentiable, under ``create_graph``
     (:func:`~torchstn.sampling._fused.fused_backward`)."""
     location, size, mode, padding, align_corners = ctx.options
-    backward = _warp3d_backward_cpu if direct else torch.ops.torchstn.warp3d_backward
+    backward = backward_entry(direct, grad_out, _warp3d_backward_cpu, torch.ops.torchstn.warp3d_backward)
     return fused_backward(
         ctx, grad_out,
         lambda x, loc: grid_path3d(x, loc, location, size, mode, padding, align_corners),
