@@ -4,13 +4,14 @@
 
 The calls the bench's cases leave out, where per-call work outside the kernel decides who is
 faster: ``sample`` of a given volume, ``warp`` of ``Affine3D`` volumes and of a
-``ThinPlateSpline`` on one to four small images, bicubic ``sample`` and ``warp``, and a given
-grid's gradient alone. Each against the plain call (``F.grid_sample``, ``F.affine_grid``, a
+``ThinPlateSpline`` on one to four small images, bicubic ``sample`` and ``warp``, nearest
+``sample`` of more points than ``"auto"`` gives the fused kernel, and a given grid's gradient
+alone. Each against the plain call (``F.grid_sample``, ``F.affine_grid``, a
 thin-plate spline's ``G @ θ`` with ``G`` made once, as a user caches it), forward under
 ``torch.no_grad()`` and forward+backward (``.sum().backward()``). One thread, interleaved rounds
 (``torchstn.bench.interleaved``); prints median times and the median of per-round ratios (plain
 time / torchstn time, > 1: torchstn is faster). ``NAME``: run only the cases whose name
-contains one of them (``sample3d``, ``affine3d``, ``tps``, ``bicubic``, ``grid-grad``).
+contains one of them (``sample3d``, ``affine3d``, ``tps``, ``bicubic``, ``nearest``, ``grid-grad``).
 ``TORCHSTN_FAST_CALL=0`` gives the calls without the compiled call, for a before/after.
 """
 
@@ -88,6 +89,13 @@ def _cases() -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
             _no_grad(lambda x=x, t=theta: stn.warp(x, t, affine, mode="bicubic")),
             _no_grad(lambda x=x, t=theta, s=shape: F.grid_sample(
                 x, F.affine_grid(t.view(-1, 2, 3), s, align_corners=False), "bicubic", align_corners=False)))
+    for shape in [(16, 1, 64, 64), (64, 1, 28, 28), (8, 3, 64, 64)]:  # more points than "auto" gives the kernel
+        b = shape[0]
+        x = torch.rand(shape)
+        grid = affine.grid(affine.identity(b) + 0.1 * torch.randn(b, 6), shape[2:])
+        cases[f"nearest sample fwd {shape}"] = (
+            _no_grad(lambda x=x, g=grid: stn.sample(x, g, "nearest")),
+            _no_grad(lambda x=x, g=grid: F.grid_sample(x, g, "nearest", align_corners=False)))
     for shape in [(1, 1, 28, 28), (2, 1, 17, 23)]:
         b = shape[0]
         x = torch.rand(shape)

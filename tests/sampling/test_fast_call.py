@@ -2,6 +2,7 @@
 call it replaces, and the general path wherever it does not apply."""
 
 import errno
+import math
 import warnings
 
 import numpy as np
@@ -362,9 +363,8 @@ def test_a_call_it_cannot_serve_does_not_build_it(monkeypatch):
     assert not _taken(torch.rand(2, 1, 4, 4, 4).half(), stn.Affine3D().identity(2).half(), stn.Affine3D())
     assert not _sampled(torch.rand(2, 1, 4, 4, 4), random_grid((2, 3, 3, 3, 3), torch.float32), backend="torch")
     grid = random_grid((2, 3, 4, 2), torch.float32)
-    assert not _sampled(x, grid, "bicubic", backend="fused")
-    many = random_grid((2, 100, 100, 2), torch.float32)  # ("auto": F.grid_sample's nearest is faster there)
-    assert not _sampled(x, many, "nearest")
+    assert not _sampled(x, grid, "bicubic", backend="torch")
+    assert not _sampled(x, grid, "cubic")
     assert not _sampled(x, grid, backend="torch")
     assert not _sampled(x, grid, ["bilinear"])
     assert not _sampled(x.half(), grid.half(), backend="fused")
@@ -471,15 +471,24 @@ def test_the_compiled_sample_of_a_signal_gives_the_python_paths_bits(dtype, with
             assert out.detach()[~ok].isnan().all()
 
 
+def _with_nan(grid: torch.Tensor) -> torch.Tensor:
+    return grid.index_put((torch.tensor([1]), torch.tensor([2]), torch.tensor([3]), torch.tensor([0])),
+                          torch.tensor(float("nan"), dtype=grid.dtype))
+
+
 def test_what_the_compiled_sample_leaves_to_the_python_path(without_fast_call):
     """Each declined call: None from the compiled call, and sample's answer (or error) is the Python path's."""
     x, grid = torch.rand(2, 3, 8, 8), random_grid((2, 4, 5, 2), torch.float32)
     declined = {
         "torch backend": (x, grid, "bilinear", "zeros", False, "torch"),
         "reference backend": (x, grid, "bilinear", "zeros", False, "reference"),
-        "auto nearest on many points (ATen's is faster)": (x, random_grid((2, 100, 100, 2), torch.float32), "nearest",
-                                                            "zeros", False, None),
-        "bicubic": (x, grid, "bicubic", "zeros", False, "fused"),
+        "bicubic, a NaN point, border padding (the careful path)": (x, _with_nan(grid), "bicubic", "border", False,
+                                                                      None),
+        "bicubic, a NaN point, its gradient recorded": (x, _with_nan(grid).requires_grad_(), "bicubic", "zeros", False,
+                                                        "fused"),
+        "auto nearest on many points, a NaN point": (x, _with_nan(random_grid((2, 100, 100, 2), torch.float32)),
+                                                     "nearest", "zeros", False, None),
+        "bicubic, a point past 1.8e19": (x, grid * 1e20, "bicubic", "reflection", False, None),
         "unknown mode": (x, grid, "cubic", "zeros", False, None),
         "unknown padding": (x, grid, "bilinear", "wrap", False, None),
         "unhashable padding": (x, grid, "bilinear", ["zeros"], False, None),
@@ -864,3 +873,38 @@ def test_an_output_gradient_of_a_tensor_subclass_takes_the_differentiable_path(c
         assert type(grad) is TwoTensor
         torch.testing.assert_close(grad.a, expected_a)
         torch.testing.assert_close(grad.b, expected_b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["grid", "view", "nan", "inf"])
+@pytest.mark.parametrize("layout", ["nchw", "channels-last", "view"])
+def test_the_compiled_sample_gives_atens_calls_the_python_paths_bits(dtype, case, layout, without_fast_call):
+    """Bicubic, and nearest beyond the points "auto" gives the kernel, are F.grid_sample's: the
+    compiled call calls ATen's sampler itself where torch_sample would call it directly (its NaN at
+    a non-finite point is torchstn's there, or the grid has none), the same bits and gradients as
+    the Python path; a grid it would sample carefully is left to it."""
+    x = _inputs(dtype)[layout]
+    many = random_grid((3, 130, 130, 2), dtype, spread=1.3, seed=2)
+    grids = {"grid": (_grids(dtype)["grid"], many), "view": (_grids(dtype)["view"], many.transpose(1, 2)),
+             "nan": (_grids(dtype)["nan"], _with_nan(many)), "inf": (_grids(dtype)["inf"], many * 0 - math.inf)}
+    few, many = grids[case]
+    finite = case in ("grid", "view")
+    for grid, mode, padding, align_corners, backend in [(few, "bicubic", "zeros", False, None),
+                                                        (few, "bicubic", "border", True, "fused"),
+                                                        (few, "bicubic", "reflection", False, "auto"),
+                                                        (many, "nearest", "zeros", True, None),
+                                                        (many, "nearest", "reflection", False, "auto")]:
+        for with_gradient in (False, True):
+            careful = not finite and (with_gradient or padding != "zeros" or mode == "nearest")
+            xs, gs = x.clone().requires_grad_(with_gradient), grid.clone().requires_grad_(with_gradient)
+            assert _sampled(xs, gs, mode, padding, align_corners, backend) != careful
+            out = stn.sample(xs, gs, mode, padding, align_corners, backend=backend)
+            expected = without_fast_call(lambda: stn.sample(xs, gs, mode, padding, align_corners, backend=backend))
+            _same(out, expected)
+            if with_gradient:
+                g = torch.rand_like(out)
+                for a, b in zip(torch.autograd.grad(out, (xs, gs), g), torch.autograd.grad(expected, (xs, gs), g)):
+                    _same(a, b)
+            if finite:  # the independent reference
+                reference = torch.nn.functional.grid_sample(x, grid, mode, padding, align_corners)
+                torch.testing.assert_close(out.detach(), reference, rtol=0, atol=0)

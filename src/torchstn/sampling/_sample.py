@@ -323,10 +323,12 @@ def _compiled_sample(
     number of points it gives the mode): with this
     call's cost, the kernel is faster than ``F.grid_sample`` on bilinear grids of every size
     measured, 1.22-1.67x from 1x1x8x8 to 64x1x28x28 (``timeit`` of both, 2026-12-02), where the
-    Python path's checks had made a batch-1 ``sample`` 1.5-3x slower than ``F.grid_sample``."""
+    Python path's checks had made a batch-1 ``sample`` 1.5-3x slower than ``F.grid_sample``. So too
+    the images those backends leave to ``F.grid_sample`` (bicubic, and nearest beyond its most
+    points), sampled by ATen's sampler there as :func:`~torchstn.sampling._grid_sample.torch_sample`
+    would (its answer at non-finite points taken only where it is torchstn's, else the Python path)."""
     fast = _fused._library.state.get("fast") or _first_fast_call(
-        backend, x, grid, type(mode) is str and mode in _fused._MODES and (backend is None or type(backend) is str)
-        and (backend == "fused" or _auto_grid_fused(x, grid, mode)), (3, 4, 5)
+        backend, x, grid, type(mode) is str and mode in MODES and (backend is None or type(backend) is str), (3, 4, 5)
     )
     if fast is None or _is_compiling():
         return None

@@ -45,6 +45,8 @@
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/dot.h>
+#include <ATen/ops/grid_sampler.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -52,6 +54,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 
@@ -87,6 +90,7 @@ Backward3d<double> backward3d_f64 = nullptr;
 constexpr int64_t kKernelAbi = 6;  // csrc/fused_warp2d.cpp's torchstn_warp2d_abi_version()
 constexpr int64_t kKernel3dAbi = 2;  // csrc/fused_warp3d.cpp's torchstn_warp3d_abi_version()
 constexpr int64_t kGrid = 0, kAffine = 1, kProjective = 2;  // the kernel's location codes (_fused.LOCATIONS)
+constexpr long kAtenBicubic = 2;  // torch.grid_sampler's code of bicubic (F.grid_sample's)
 constexpr int64_t kReleaseGil = 1 << 14;  // output values from which the kernel runs without the GIL
 // the kernel's status 3 (its own bound, also where a caller called the operator on any image)
 constexpr const char* kTooLarge =
@@ -551,6 +555,23 @@ PyObject* fast_warp3d(const at::Tensor& x, const at::Tensor& params, PyObject* s
       warp3d_any(x, params, kAffine, sides[0], sides[1], sides[2], mode, padding, align_corners == Py_True));
 }
 
+// _grid_sample.torch_sample's call on the CPU, eager: F.grid_sample's own sampler (torch.grid_sampler,
+// ATen's codes: bilinear 0, nearest 1, bicubic 2; zeros 0, border 1, reflection 2, as torchstn's),
+// where its answer at a non-finite grid point is torchstn's: bilinear or bicubic with zeros padding
+// and no gradient of the grid to record, or any call whose grid's sum of squares is finite (_moderate:
+// no such point, none far enough out to overflow); else an undefined tensor, for torch_sample's
+// careful path
+at::Tensor aten_sample(const at::Tensor& x, const at::Tensor& grid, int64_t mode, int64_t padding,
+                       bool align_corners) {
+  const bool direct = padding == 0 && mode != 1;
+  if (!direct || (c10::GradMode::is_enabled() && grid.requires_grad())) {
+    const c10::AutoGradMode off(false);
+    const at::Tensor flat = grid.reshape({-1});
+    if (!std::isfinite(at::dot(flat, flat).item<double>())) return at::Tensor();
+  }
+  return at::grid_sampler(x, grid, mode, padding, align_corners);
+}
+
 // fast_warp's Affine1D call: a signal x (B, C, L) warped as an image of height 1 by the rows
 // [[a, 0, b], [0, 1, 0]] of its parameters (a, b) ((B, 2), or the (B, 1, 2) rows), as
 // _sample._warp_general warps it (_lift_rows_1d): the rows made by a cat, so that a gradient
@@ -679,13 +700,15 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   try {
     const int fused_backend = takes_kernel(backend);
     if (fused_backend <= 0) return fused_backend < 0 ? nullptr : Py_NewRef(Py_None);
-    long codes[2];
+    // bicubic: no fused kernel reads it, and "auto" and "fused" sample it with ATen's (_sample._fused_sample)
+    const bool bicubic = PyUnicode_CheckExact(args[2]) && PyUnicode_CompareWithASCIIString(args[2], "bicubic") == 0;
+    long codes[2] = {kAtenBicubic, 0};
     PyObject* keys[2] = {args[2], args[3]};
     PyObject* dicts[2] = {p.modes, p.paddings};
-    const int found = look_up_codes(2, dicts, keys, codes);
+    const int found = bicubic ? look_up_codes(1, dicts + 1, keys + 1, codes + 1) : look_up_codes(2, dicts, keys, codes);
     if (found <= 0) return found < 0 ? nullptr : Py_NewRef(Py_None);
     PyObject* most = nullptr;  // "auto": the mode's choice, its most points (None: any number)
-    if (backend == Py_None || PyUnicode_CompareWithASCIIString(backend, "fused") != 0) {
+    if (!bicubic && (backend == Py_None || PyUnicode_CompareWithASCIIString(backend, "fused") != 0)) {
       most = PyDict_GetItemWithError(p.auto_grid_modes, args[2]);  // (borrowed)
       if (most == nullptr) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
     }
@@ -693,7 +716,7 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (is_eager <= 0) return is_eager < 0 ? nullptr : Py_NewRef(Py_None);
     at::Tensor x = THPVariable_Unpack(xo), grid = THPVariable_Unpack(go);
     if (x.dim() == 5) {  // a volume: "auto" takes the 3-D kernel for every grid (_sample._backend_name)
-      if (!kernel_covers3d(x, grid) || grid.dim() != 5 || grid.size(4) != 3 || grid.size(1) <= 0 ||
+      if (bicubic || !kernel_covers3d(x, grid) || grid.dim() != 5 || grid.size(4) != 3 || grid.size(1) <= 0 ||
           grid.size(2) <= 0 || grid.size(3) <= 0 || !PyBool_Check(args[4]))
         Py_RETURN_NONE;
       const int64_t od = grid.size(1), oh = grid.size(2), ow = grid.size(3);
@@ -708,10 +731,15 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     }
     if (!kernel_covers(x, grid) || grid.dim() != 4 || grid.size(3) != 2 || grid.size(1) <= 0 || grid.size(2) <= 0)
       Py_RETURN_NONE;
-    if (most != nullptr && most != Py_None && grid.size(0) * grid.size(1) * grid.size(2) > PyLong_AsLongLong(most))
-      Py_RETURN_NONE;
     if (!PyBool_Check(args[4])) Py_RETURN_NONE;  // (align_corners: the Python path says what it must be)
     const bool aligned = args[4] == Py_True;
+    // ATen's sampler where "auto" chooses it: bicubic, and nearest beyond the mode's most points
+    if (bicubic ||
+        (most != nullptr && most != Py_None && grid.size(0) * grid.size(1) * grid.size(2) > PyLong_AsLongLong(most))) {
+      const at::Tensor out = aten_sample(x, grid, codes[0], codes[1], aligned);
+      if (!out.defined()) Py_RETURN_NONE;
+      return THPVariable_Wrap(signal ? out.squeeze(2) : out);
+    }
     const at::Tensor out = warp2d_any(x, grid, kGrid, grid.size(1), grid.size(2), codes[0], codes[1], aligned, 0.0);
     return THPVariable_Wrap(signal ? out.squeeze(2) : out);
   } catch (...) {  // as fast_warp
