@@ -499,8 +499,12 @@ class MatrixTransform(Transform):
         return torch.matmul(points, m[:, :n, :n].transpose(1, 2)) + m[:, None, :n, n]
 
     def _grid_points(self, params: torch.Tensor, size: tuple[int, ...], align_corners: bool) -> torch.Tensor:
-        eps = self.eps if self.projective else None
-        return matrix_grid(self._matrix(params), size, align_corners, eps=eps).flatten(1, -2)
+        if self.projective:
+            return matrix_grid(self._matrix(params), size, align_corners, eps=self.eps).flatten(1, -2)
+        # an affine grid reads the rows alone: no homogeneous matrix built around them (a cat per
+        # call), the same values: a batch-1 28x28 grid of Affine 26-28 -> 17 us, Similarity 45 -> 31 us, an
+        # 8x8x8 one of Affine3D 27-28 -> 17-18 us (timeit, 2026-12-05)
+        return matrix_grid(self._rows(params), size, align_corners).flatten(1, -2)
 
 
 def _operator(size: tuple[int, ...], align_corners: bool, like: torch.Tensor, repeat: bool = False) -> torch.Tensor:
