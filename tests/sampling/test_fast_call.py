@@ -908,3 +908,19 @@ def test_the_compiled_sample_gives_atens_calls_the_python_paths_bits(dtype, case
             if finite:  # the independent reference
                 reference = torch.nn.functional.grid_sample(x, grid, mode, padding, align_corners)
                 torch.testing.assert_close(out.detach(), reference, rtol=0, atol=0)
+
+
+def test_the_compiled_bicubic_sample_of_a_signal_gives_the_python_paths_bits(without_fast_call):
+    """A signal's bicubic sample is lifted to an image of height 1 before ATen's sampler reads it,
+    as the Python path lifts it: the same bits and gradients, with every padding."""
+    x = random_input((3, 2, 11), torch.float64, seed=5).requires_grad_()
+    grid = random_grid((3, 7, 1), torch.float64, spread=1.3, seed=6).requires_grad_()
+    for padding in ("zeros", "border", "reflection"):
+        for loc in (grid, grid.detach()):
+            assert _sampled(x, loc, "bicubic", padding)
+            out = stn.sample(x, loc, "bicubic", padding)
+            expected = without_fast_call(lambda: stn.sample(x, loc, "bicubic", padding))
+            _same(out, expected)
+            wrt = [t for t in (x, loc) if t.requires_grad]
+            for a, b in zip(torch.autograd.grad(out.sum(), wrt), torch.autograd.grad(expected.sum(), wrt)):
+                _same(a, b)
