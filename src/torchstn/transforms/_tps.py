@@ -10,7 +10,7 @@ import torch
 
 from torchstn._tracing import cached, outside_modes
 from torchstn._validation import _type_name, check_number
-from torchstn.transforms._base import Transform, base_grid
+from torchstn.transforms._base import Transform, base_grid, interleaved_operator
 
 __all__ = ["ThinPlateSpline"]
 
@@ -141,10 +141,9 @@ def _grid_operator(
     def build() -> torch.Tensor:
         base = base_grid(size, align_corners, device="cpu", dtype=torch.float64)
         g = _basis(base, control) @ solution  # (N, K)
-        operator = g.new_zeros(g.shape[1], 2, g.shape[0], 2)  # [k, j, n, j] = G[n, k]
-        for j in range(2):
-            operator[:, j, :, j] = g.T
-        return operator.reshape(2 * g.shape[1], 2 * g.shape[0]).to(device=device, dtype=dtype)
+        k = g.shape[1]  # interleaved_operator's rows (x0..xK-1, y0..yK-1) in the parameters' order
+        operator = interleaved_operator(g, 2).view(2, k, -1).transpose(0, 1).reshape(2 * k, -1)
+        return operator.to(device=device, dtype=dtype)
 
     return cached(("tps-grid", key, regularization, size, align_corners, device, dtype), build)
 
