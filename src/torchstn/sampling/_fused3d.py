@@ -46,6 +46,10 @@ import torch
 from torchstn._tracing import cached, constant_result, differentiable_vjp
 from torchstn.sampling import _fused
 from torchstn.sampling._fused import (
+    _MODE_NAMES,
+    _MODES,
+    _PADDING,
+    _PADDING_NAMES,
     LazyKernel,
     _ptr_of,
     _setup_context,
@@ -65,8 +69,8 @@ __all__ = ["fused3d_applies", "fused3d_available", "fused_sample3d", "fused_warp
 
 _SOURCE = Path(__file__).with_name("csrc") / "fused_warp3d.cpp"
 _ABI = 2
-_PADDING = {"zeros": 0, "border": 1, "reflection": 2}
-_MODES = {"bilinear": 0, "nearest": 1}
+# the mode and padding codes are the 2-D kernel's (_fused._MODES, _PADDING): the operators' checks and
+# the compiled call, which hands a volume's codes to this kernel, read those
 #: what the kernel reads to locate a point: a grid (B, Do, Ho, Wo, 3) or affine rows (B, 3, 4)
 _LOCATIONS = {"grid": 0, "affine": 1}
 
@@ -296,8 +300,7 @@ def _node_backward(
     return differentiable_vjp(reference, (x, loc), grad_out, (need_x, need_loc))
 
 
-_LOCATION_NAMES, _MODE_NAMES, _PADDING_NAMES = ({code: name for name, code in codes.items()}
-                                                for codes in (_LOCATIONS, _MODES, _PADDING))
+_LOCATION_NAMES = {code: name for name, code in _LOCATIONS.items()}
 
 
 #: ``torchstn::warp3d(x, loc, location, size, mode, padding, align_corners)``, eager calls direct
