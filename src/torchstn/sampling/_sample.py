@@ -328,7 +328,7 @@ def _compiled_sample(
     points), sampled by ATen's sampler there as :func:`~torchstn.sampling._grid_sample.torch_sample`
     would (its answer at non-finite points taken only where it is torchstn's, else the Python path)."""
     fast = _fused._library.state.get("fast") or _first_fast_call(
-        backend, x, grid, type(mode) is str and mode in MODES and (backend is None or type(backend) is str), (3, 4, 5)
+        backend, x, grid, type(mode) is str and mode in MODES and (backend is None or type(backend) is str)
     )
     if fast is None or _is_compiling():
         return None
@@ -583,22 +583,22 @@ def _compiled_warp(
     if _is_compiling():  # (first: dynamo guarded on the state read below, which the first run then changed)
         return None
     fast = _fused._library.state.get("fast") or _first_fast_call(
-        backend, x, params, type(transform) is str or type(transform) in _fused._COMPILED_FAMILIES, (3, 4, 5)
+        backend, x, params, type(transform) is str or type(transform) in _fused._COMPILED_FAMILIES
     )
     if fast is None:
         return None
     return fast.fast_warp(x, params, transform, size, mode, padding, align_corners, backend)
 
 
-def _first_fast_call(backend: object, x: object, loc: object, served: bool, dims: tuple[int, ...] = (4,)) -> object | None:
+def _first_fast_call(backend: object, x: object, loc: object, served: bool) -> object | None:
     """The compiled call's module where it is not loaded yet (``_fused._library.state["fast"]``
     is ``None``): built now, for a call it could serve only (``served``: its transform or mode
-    is one it takes; a backend that may take the kernel, eager tensors, a CPU float input of
-    ``dims`` dimensions), else
+    is one it takes; a backend that may take the kernel, eager tensors, a CPU float signal, image
+    or volume), else
     ``None``; also ``None`` where it is unavailable (that state is ``False``)."""
     if _fused._library.state.get("fast") is False or not (
         served and (backend is None or type(backend) is str) and backend in _fused._FUSED_BACKENDS
-        and eager_tensors(x, loc) and x.is_cpu and x.dtype in _fused._DTYPES and x.dim() in dims
+        and eager_tensors(x, loc) and x.is_cpu and x.dtype in _fused._DTYPES and x.dim() in (3, 4, 5)
     ):
         return None
     return _fused.fast_call()
