@@ -504,16 +504,22 @@ int takes_kernel(PyObject* backend) {
   return PySequence_Contains(py_state.backends, backend);
 }
 
+// Plain CPU tensors x of `dims` dimensions and loc, of one dtype the kernels take (float32 or float64),
+// no CPU autocast: what kernel_covers and kernel_covers3d ask first
+bool plain_float_pair(const at::Tensor& x, const at::Tensor& loc, int64_t dims) {
+  if (!plain_cpu(x) || !plain_cpu(loc) || x.dim() != dims || loc.scalar_type() != x.scalar_type() ||
+      (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
+    return false;
+  // autocast on the CPU: its key not excluded (at::autocast::is_autocast_enabled's own test)
+  return c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU);
+}
+
 // Whether the kernel covers image x (B, C, H, W) and its location tensor loc (parameters or a
 // grid: its batch) in this call: plain CPU tensors of one floating dtype (float32 or float64),
 // no CPU autocast, non-empty H and W of at most 2^30 pixels with int32 pixel
 // offsets (_fused.fused_applies), x not empty, loc of x's batch
 bool kernel_covers(const at::Tensor& x, const at::Tensor& loc) {
-  if (!plain_cpu(x) || !plain_cpu(loc) || x.dim() != 4 || loc.scalar_type() != x.scalar_type() ||
-      (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
-    return false;
-  // autocast on the CPU: its key not excluded (at::autocast::is_autocast_enabled's own test)
-  if (!c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU)) return false;
+  if (!plain_float_pair(x, loc, 4)) return false;
   const int64_t h = x.size(2), w = x.size(3);
   const int64_t side = int64_t(1) << 30;  // (the kernel takes a point beyond 2^30 for one far outside)
   return h > 0 && w > 0 && h <= side && w <= side &&
@@ -525,10 +531,7 @@ bool kernel_covers(const at::Tensor& x, const at::Tensor& loc) {
 // same tensors and autocast, non-empty D, H and W within the 3-D kernel's bound (_fused3d.fused3d_applies),
 // x not empty, loc of x's batch; and the 3-D kernel handed over (set_kernels3d)
 bool kernel_covers3d(const at::Tensor& x, const at::Tensor& loc) {
-  if (!plain_cpu(x) || !plain_cpu(loc) || x.dim() != 5 || loc.scalar_type() != x.scalar_type() ||
-      (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
-    return false;
-  if (!c10::impl::tls_is_dispatch_key_excluded(c10::DispatchKey::AutocastCPU)) return false;
+  if (!plain_float_pair(x, loc, 5)) return false;
   if (forward3d_f32 == nullptr || python_backward3d == nullptr) return false;  // (the Python path builds it)
   return x.size(2) > 0 && x.size(3) > 0 && x.size(4) > 0 && within_bounds3d(x) && x.numel() > 0 && loc.dim() >= 1 &&
          loc.size(0) == x.size(0);
