@@ -100,7 +100,7 @@ INT_ARGUMENTS = [
     ("st-fcn-tps", "num_transformers"), ("st-cnn-aff", "num_transformers"),
     ("st-cnn-aff", "loc_hidden"), ("st-fcn-proj", "loc_hidden"), ("st-cnn-addition", "loc_hidden"),
     ("st-cnn-tps", "loc_channels"), ("st-cnn-proj", "loc_pool"), ("st-cnn-addition", "loc_pool"),
-    ("c-stn-1", "steps"), ("p-stn", "samples"), ("p-stn", "test_samples"),
+    ("c-stn-1", "steps"), ("st-cnn-aff", "steps"), ("st-cnn-proj", "steps"), ("p-stn", "samples"), ("p-stn", "test_samples"),
 ]
 
 
@@ -151,6 +151,28 @@ def test_st_cnn_localisation_resolution_and_width():
     for m in (paper, full, wide):
         assert m(x).shape == (3, 10)
     torch.testing.assert_close(loc(paper)[0](x), torch.nn.functional.avg_pool2d(x, 2))
+
+
+def test_st_cnn_cascade_composes_its_one_net():
+    """``steps=N`` makes the ST-CNN's transformer a recurrent cascade of its one localisation
+    net: as many parameters as one step, and N equal translation updates move the input by
+    N times the translation (against ``F.affine_grid + F.grid_sample``)."""
+    one, three = create_model("st-cnn-aff"), create_model("st-cnn-aff", steps=3)
+    assert sum(p.numel() for p in one.parameters()) == sum(p.numel() for p in three.parameters())
+    cascade = three.transformers[0]
+    assert cascade.num_steps == 3 and cascade.compositional and cascade.share
+    with torch.no_grad():
+        cascade.regressor.weight.zero_()
+        cascade.regressor.bias.copy_(torch.tensor([1.0, 0.0, 0.1, 0.0, 1.0, -0.05]))
+    x = torch.rand(2, 1, 28, 28)
+    theta = torch.tensor([[1.0, 0.0, 0.3], [0.0, 1.0, -0.15]]).expand(2, 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, (2, 1, 28, 28), align_corners=False)
+    expected = torch.nn.functional.grid_sample(x, grid, align_corners=False)
+    torch.testing.assert_close(three.transform_input(x), expected, atol=1e-5, rtol=0)
+    assert three(x).shape == (2, 10)
+    assert create_model("st-cnn-proj", steps=2).transformers[0].num_steps == 2
+    with pytest.raises(ValueError, match="a cascade .* takes no zoom"):
+        create_model("st-cnn-aff", steps=2, zoom=0.5)
 
 
 def test_st_classifier_pool():

@@ -38,7 +38,9 @@ from torch import nn
 from torchstn._validation import check_input, check_int, check_number, check_positive
 from torchstn.models._base import STClassifier, as_size, feature_width
 from torchstn.models._registry import forwards_kwargs, register_model
-from torchstn.nn import Conv2d, ParallelSpatialTransformers, SpatialTransformer, conv_localization, declare_input
+from torchstn.nn import (
+    CascadedSpatialTransformer, Conv2d, ParallelSpatialTransformers, SpatialTransformer, conv_localization, declare_input,
+)
 from torchstn.sampling import Mode, Padding, SamplerOptions
 from torchstn.transforms import Affine, Attention, Projective, ThinPlateSpline, Transform
 
@@ -233,18 +235,28 @@ def _st_classifier(
     sampler: SamplerOptions,
     classifier_kwargs: dict[str, Any],
     start: Sequence[float] | None = None,
+    steps: int = 1,
 ) -> STClassifier:
     """What every ST-FCN and ST-CNN is: ``num_transformers`` transformers of the family
     ``transform``, each with its own ``localization(in_channels, input_size)``, their outputs
     concatenated, average-pooled by ``pool``, then ``classifier``; each starts at θ ``start``
-    (default: the identity)."""
+    (default: the identity). ``steps > 1`` makes each transformer a recurrent
+    inverse-compositional cascade of that many steps (one localisation net, shared)."""
     size = as_size("input_size", input_size)
     out_size = size if output_size is None else as_size("output_size", output_size)
     check_int("num_transformers", num_transformers, 1)
-    transformers = [
-        SpatialTransformer(transform(), localization(in_channels, size), out_size, start=start, sampler=sampler)
-        for _ in range(num_transformers)
-    ]
+    steps = check_int("steps", steps, 1)
+    if steps > 1 and start is not None:
+        raise ValueError("a cascade (steps > 1) starts at the identity; it takes no zoom")
+
+    def transformer() -> SpatialTransformer:
+        if steps == 1:
+            return SpatialTransformer(transform(), localization(in_channels, size), out_size, start=start,
+                                      sampler=sampler)
+        return CascadedSpatialTransformer(transform(), localization(in_channels, out_size), steps, output_size=out_size,
+                                          sampler=sampler)
+
+    transformers = [transformer() for _ in range(num_transformers)]
     head = classifier(in_channels * num_transformers, _pooled(out_size, pool), num_classes, **classifier_kwargs)
     return STClassifier(head, transformers, pool=pool, input_shape=(in_channels, *size), num_classes=num_classes)
 
@@ -297,6 +309,10 @@ def st_fcn_aff(
         loc_hidden: width(s) of the localisation net's hidden FC layers.
         zoom: the transformer starts at this zoom about the centre (θ ``(zoom, 0, 0,
             0, zoom, 0)``): below 1 it starts on a central crop of the input.
+        steps: ``> 1`` makes the transformer a recurrent inverse-compositional cascade
+            (:class:`~torchstn.nn.CascadedSpatialTransformer`, IC-STN): its one
+            localisation net looks ``steps`` times, at the input warped by the estimate
+            so far, and the classifier sees one resampling of the input. Not in the paper.
         mode, padding, align_corners: sampling options of the transformer
             (:class:`~torchstn.sampling.SamplerOptions`).
         **classifier_kwargs: passed to :func:`fcn_classifier` (``hidden``).
@@ -368,7 +384,7 @@ def st_cnn_aff(
     pool: int = 1, output_size: int | Sequence[int] | None = None, loc_hidden: int | None = None,
     loc_channels: int = 20, loc_pool: int = 2,
     mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, zoom: float = 1.0,
-    **classifier_kwargs: Any,
+    steps: int = 1, **classifier_kwargs: Any,
 ) -> STClassifier:
     """ST-CNN Aff (STN paper, section 4.1, Table 1; appendix A.1): an affine transformer before the CNN.
 
@@ -390,6 +406,10 @@ def st_cnn_aff(
             input at full resolution).
         zoom: the transformer starts at this zoom about the centre (θ ``(zoom, 0, 0,
             0, zoom, 0)``): below 1 it starts on a central crop of the input.
+        steps: ``> 1`` makes the transformer a recurrent inverse-compositional cascade
+            (:class:`~torchstn.nn.CascadedSpatialTransformer`, IC-STN): its one
+            localisation net looks ``steps`` times, at the input warped by the estimate
+            so far, and the classifier sees one resampling of the input. Not in the paper.
         mode, padding, align_corners: sampling options of the transformer
             (:class:`~torchstn.sampling.SamplerOptions`).
         **classifier_kwargs: passed to :func:`cnn_classifier` (``channels``,
@@ -405,7 +425,7 @@ def st_cnn_aff(
         input_size=input_size, num_classes=num_classes, num_transformers=num_transformers, pool=pool,
         output_size=output_size, sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
         classifier_kwargs=classifier_kwargs,
-        start=_zoomed(zoom),
+        start=_zoomed(zoom), steps=steps,
     )
 
 
@@ -415,7 +435,8 @@ def st_cnn_proj(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10, num_transformers: int = 1,
     pool: int = 1, output_size: int | Sequence[int] | None = None, loc_hidden: int | None = None,
     loc_channels: int = 20, loc_pool: int = 2,
-    mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, **classifier_kwargs: Any,
+    mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, steps: int = 1,
+    **classifier_kwargs: Any,
 ) -> STClassifier:
     """ST-CNN Proj (STN paper, section 4.1, Table 1): :func:`st_cnn_aff` with a projective transformer.
 
@@ -430,7 +451,7 @@ def st_cnn_proj(
         Projective, _cnn_localization(loc_hidden, loc_channels, loc_pool), cnn_classifier, in_channels=in_channels,
         input_size=input_size, num_classes=num_classes, num_transformers=num_transformers, pool=pool,
         output_size=output_size, sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
-        classifier_kwargs=classifier_kwargs,
+        classifier_kwargs=classifier_kwargs, steps=steps,
     )
 
 
