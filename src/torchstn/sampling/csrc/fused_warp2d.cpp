@@ -2075,7 +2075,10 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // every channel of a vector of points before the next vector; that order was 1.13x faster
   // at 32x3x224x224 until rows were fetched ahead (rows_ahead), and since then the channel
   // order ties or wins everywhere measured: 1.00-1.18x from 1x3x224x224 and 8x32x64x64 to
-  // 2x8x256x256 (A/B of the bare kernel, one thread)
+  // 2x8x256x256 (A/B of the bare kernel, one thread). Tried and not kept (2026-12-05, Zen 4, the
+  // bench's θ): affine rows that fetch ahead taking single_pass instead of these two passes, the
+  // rows ahead fetched for each 16 points' first one: 0.84x forward at 32x3x224x224 with every
+  // channel per vector, 0.47x a channel at a time (A/B of the bare kernel, 11 rounds)
   const bool beyond_l2 = exceeds_l2(B, C, k);
 #ifdef TORCHSTN_AVX2
   const bool bordered = std::is_same_v<T, float> && MODE == LINEAR && PAD == ZEROS && loc.packed &&
