@@ -100,7 +100,8 @@ INT_ARGUMENTS = [
     ("st-fcn-tps", "num_transformers"), ("st-cnn-aff", "num_transformers"),
     ("st-cnn-aff", "loc_hidden"), ("st-fcn-proj", "loc_hidden"), ("st-cnn-addition", "loc_hidden"),
     ("st-cnn-tps", "loc_channels"), ("st-cnn-proj", "loc_pool"), ("st-cnn-addition", "loc_pool"),
-    ("c-stn-1", "steps"), ("st-cnn-aff", "steps"), ("st-cnn-proj", "steps"), ("p-stn", "samples"), ("p-stn", "test_samples"),
+    ("c-stn-1", "steps"), ("st-cnn-aff", "steps"), ("st-cnn-proj", "steps"),
+    ("p-stn", "samples"), ("p-stn", "test_samples"),
 ]
 
 

@@ -309,10 +309,6 @@ def st_fcn_aff(
         loc_hidden: width(s) of the localisation net's hidden FC layers.
         zoom: the transformer starts at this zoom about the centre (θ ``(zoom, 0, 0,
             0, zoom, 0)``): below 1 it starts on a central crop of the input.
-        steps: ``> 1`` makes the transformer a recurrent inverse-compositional cascade
-            (:class:`~torchstn.nn.CascadedSpatialTransformer`, IC-STN): its one
-            localisation net looks ``steps`` times, at the input warped by the estimate
-            so far, and the classifier sees one resampling of the input. Not in the paper.
         mode, padding, align_corners: sampling options of the transformer
             (:class:`~torchstn.sampling.SamplerOptions`).
         **classifier_kwargs: passed to :func:`fcn_classifier` (``hidden``).
