@@ -233,6 +233,29 @@ def test_noise_laws_without_rejection(mnist_dir):
     assert abs(moved.std().item() - 0.25 * math.sqrt(2)) < 0.006
 
 
+def test_p_moves_the_corners_in_the_frame_it_is_told(mnist_dir):
+    # the sum of two opposite corners' positions is their two N(0, σ) moves (the scale and the
+    # corners cancel), so its std is σ √2 in the frame whose corners moved: the digit's points the
+    # canvas's corners sample ("source", the default), or the canvas's points the digit's corners
+    # land on ("target"); σ = 5 px, 2/28 of a normalised unit per pixel on the 28x28 canvas
+    n, sigma = 8192, 5 * 2 / 28
+    corners = torch.tensor([[-1.0, -1], [1, -1], [1, 1], [-1, 1]], dtype=torch.float64).expand(n, 4, 2)
+
+    def opposite_sums(points):
+        return torch.cat([points[:, 0] + points[:, 2], points[:, 1] + points[:, 3]])
+
+    source = distorted_mnist("p", "test", mnist_dir, limit=n, cache=False, keep_inside=False)
+    target = distorted_mnist("p", "test", mnist_dir, limit=n, cache=False, keep_inside=False, moved="target")
+    t = source.transform
+    sampled = t.transform_points(source.params.double(), corners)  # canvas corners -> digit
+    landed = t.transform_points(t.inverse(target.params.double()), corners)  # digit corners -> canvas
+    assert abs(opposite_sums(sampled).std().item() / (sigma * math.sqrt(2)) - 1) < 0.03
+    assert abs(opposite_sums(landed).std().item() / (sigma * math.sqrt(2)) - 1) < 0.03
+    # and each law scales by U(0.75, 1): the digit's frame seen from the canvas spans 1/s, the canvas's from the digit s
+    assert 1.0 < (sampled[:, 1, 0] - sampled[:, 0, 0]).median().item() / 2 < 1 / 0.75
+    assert 0.75 < (landed[:, 1, 0] - landed[:, 0, 0]).median().item() / 2 < 1.0
+
+
 def test_same_seed_same_bytes_and_first_samples_do_not_depend_on_limit(mnist_dir, generated):
     for kind in ("rts", "e", "cluttered"):
         again = distorted_mnist(kind, "test", mnist_dir, seed=0, limit=N, cache=False)

@@ -18,10 +18,10 @@ def _turned(points: torch.Tensor) -> torch.Tensor:
     return torch.stack([-points[..., 1], points[..., 0]], -1)
 
 
-def _homography(digit_corners_on_canvas: torch.Tensor) -> torch.Tensor:
-    """Canvas -> digit parameters that put the digit's corners at the given canvas points."""
-    n = len(digit_corners_on_canvas)
-    return homography_from_points(digit_corners_on_canvas, CORNERS.expand(n, -1, -1)).reshape(n, 9)[:, :8]
+def _homography(sampled: torch.Tensor) -> torch.Tensor:
+    """Canvas -> digit parameters whose canvas corners sample the given points of the digit."""
+    n = len(sampled)
+    return homography_from_points(CORNERS.expand(n, -1, -1), sampled).reshape(n, 9)[:, :8]
 
 
 def test_a_uniform_scale_is_no_shift_and_an_orthogonal_move_is_its_length():

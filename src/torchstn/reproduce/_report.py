@@ -251,9 +251,11 @@ def distortion_shift(transform: Transform, params: torch.Tensor, size: int) -> t
     beyond the uniform scale about the centre that fits them best.
 
     The points: for a homography (canvas -> digit, as :mod:`torchstn.data` draws them) the
-    digit's four corners as they land on the canvas; for a thin-plate spline its control
-    points' targets against the control grid. A pure scale gives 0; for ``mnist-p`` the
-    shift is the corner noise, N(0, 5 px) per axis (median 6.0 px over its test set).
+    points of the digit that the canvas's four corners sample; for a thin-plate spline its
+    control points' targets against the control grid (both in the frame where ``p`` and ``e``
+    move them; until 2026-12-05 a homography's were the digit's corners as they land on the
+    canvas, where ``p`` moved them then). A pure scale gives 0; for ``mnist-p`` the shift is
+    the corner noise, N(0, 5 px) per axis (median 6.0 px over its test set).
 
     Args:
         transform: the data's :class:`~torchstn.Projective` or :class:`~torchstn.ThinPlateSpline`.
@@ -270,7 +272,7 @@ def distortion_shift(transform: Transform, params: torch.Tensor, size: int) -> t
     params = params.double()
     if isinstance(transform, Projective):
         reference = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
-        moved = transform.transform_points(transform.inverse(params), reference.expand(len(params), -1, -1))
+        moved = transform.transform_points(params, reference.expand(len(params), -1, -1))
     else:
         reference = transform.identity(device="cpu", dtype=torch.float64).view(-1, 2)
         moved = params.view(len(params), -1, 2)
