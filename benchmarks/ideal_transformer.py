@@ -58,9 +58,8 @@ def undone(images: torch.Tensor, params: torch.Tensor, kind: str, size: int) -> 
 class Undistorted(torch.utils.data.TensorDataset):
     """The images of a distorted MNIST split warped back by their ground truth, with their labels."""
 
-    def __init__(self, kind: str, split: str, root: str, size: int, supersample: int = 1) -> None:
-        options = {"supersample": supersample} if supersample > 1 else {}
-        ds = distorted_mnist(kind, split=split, root=root, **options)
+    def __init__(self, kind: str, split: str, root: str, size: int, options: dict | None = None) -> None:
+        ds = distorted_mnist(kind, split=split, root=root, **(options or {}))
         chunks = [undone(ds.images[i : i + 4096].float().div(255), ds.params[i : i + 4096], kind, size)
                   for i in range(0, len(ds.images), 4096)]
         super().__init__(torch.cat(chunks), ds.labels)
@@ -70,9 +69,8 @@ class Undistorted(torch.utils.data.TensorDataset):
 class OnlineUndistorted(torch.utils.data.Dataset):
     """Fresh distortions every epoch (an online distorted set), each warped back by its own ground truth."""
 
-    def __init__(self, kind: str, root: str, size: int, supersample: int = 1) -> None:
-        options = {"supersample": supersample} if supersample > 1 else {}
-        self.online = stn.data.get_dataset(f"mnist-{kind}", "train", root=root, online=True, **options)
+    def __init__(self, kind: str, root: str, size: int, options: dict | None = None) -> None:
+        self.online = stn.data.get_dataset(f"mnist-{kind}", "train", root=root, online=True, **(options or {}))
         self.kind, self.size = kind, size
         channels = 4 if kind == "addition" else 1
         self.input_shape, self.num_classes = (channels, size, size), self.online.num_classes
@@ -106,19 +104,27 @@ def main() -> None:
                         help="as torchstn train's (0.1: the stn-table1 long recipe)")
     parser.add_argument("--supersample", type=int, default=1,
                         help="the distorted images rendered with area antialiasing (4: stn-table1's RTS and P)")
+    parser.add_argument("--moved", choices=("source", "target"), default=None,
+                        help="with --kind p: the frame its corners move in (default: the recipe's, source; "
+                             "target: its law until 2026-12-05)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.moved is not None and args.kind != "p":
+        parser.error("--moved is P's law; the other distortions have none")
+    options = {"supersample": args.supersample} if args.supersample > 1 else {}
+    if args.moved is not None:
+        options["moved"] = args.moved
     if args.online:
-        train_set = OnlineUndistorted(args.kind, args.data_dir, args.size, args.supersample)
+        train_set = OnlineUndistorted(args.kind, args.data_dir, args.size, options)
     else:
-        train_set = Undistorted(args.kind, "train", args.data_dir, args.size, args.supersample)
-    test_set = Undistorted(args.kind, "test", args.data_dir, args.size, args.supersample)
+        train_set = Undistorted(args.kind, "train", args.data_dir, args.size, options)
+    test_set = Undistorted(args.kind, "test", args.data_dir, args.size, options)
     config = TrainConfig(
         model=args.model, model_args={"pool": args.pool}, data=f"mnist-{args.kind}", optimizer="adam", lr=2e-3,
         batch_size=64,
         warmup=0.05, schedule="cosine", steps=args.steps, channels_last=True, online=args.online,
-        label_smoothing=args.label_smoothing, data_options={"supersample": args.supersample} if args.supersample > 1 else {},
+        label_smoothing=args.label_smoothing, data_options=options,
     )
     train(config, args.out, train_set=train_set, test_set=test_set, progress=False)
 

@@ -44,11 +44,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-limit", type=int, default=None, help="train on the first N digits (a smoke test)")
+    parser.add_argument("--moved", choices=("source", "target"), default="source",
+                        help="the frame P's corners move in (target: the recipe's law until 2026-12-05)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    train = stn.data.get_dataset("mnist-p", "train", root=args.data_dir, online=True, supersample=4)
-    test = stn.data.get_dataset("mnist-p", "test", root=args.data_dir, supersample=4)
+    law = {"supersample": 4, "moved": args.moved}
+    train = stn.data.get_dataset("mnist-p", "train", root=args.data_dir, online=True, **law)
+    test = stn.data.get_dataset("mnist-p", "test", root=args.data_dir, **law)
     model = stn.create_model(args.model).to(memory_format=torch.channels_last)
     st = model.transformers[0]
     axis = torch.linspace(-0.75, 0.75, 4)

@@ -84,8 +84,7 @@ def main() -> None:
         from ideal_transformer import Undistorted
 
         model, config, _ = load_model(args.ideal, "last")
-        supersample = config.data_options.get("supersample", 1)
-        test = Undistorted("p", "test", args.data_dir, model.input_shape[-1], supersample)
+        test = Undistorted("p", "test", args.data_dir, model.input_shape[-1], config.data_options)  # its own law
         model.eval()
         with torch.no_grad():
             logits = torch.cat([model(test.images[i : i + 1000]) for i in range(0, len(test), 1000)])
