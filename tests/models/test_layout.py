@@ -136,6 +136,22 @@ def test_st_fcn_localisation_widths_one_or_per_layer():
         create_model("st-cnn-aff", loc_hidden=[8])  # the ST-CNN net has one FC layer
 
 
+def test_st_fcn_takes_the_st_cnn_localisation_net_and_keeps_its_fcn():
+    conv = create_model("st-fcn-aff", loc="cnn", in_channels=2, input_size=42, num_classes=19, num_transformers=2)
+    plain = create_model("st-fcn-aff", in_channels=2, input_size=42, num_classes=19, num_transformers=2)
+    for st in conv.transformers:  # the ST-CNN's net (two 5x5 convolutions, FC 20) on each transformer
+        convs = [m for m in st.localization.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(2, 20, (5, 5)), (20, 20, (5, 5))]
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in plain.modules())
+    # the classifier is the FCN's, the same layers, and the model runs and starts at the identity
+    assert str(conv.classifier) == str(plain.classifier)
+    x = torch.rand(3, 2, 42, 42)
+    torch.testing.assert_close(conv.transform_input(x), plain.transform_input(x))
+    assert conv(x).shape == (3, 19)
+    with pytest.raises(ValueError, match="loc must be one of"):
+        create_model("st-fcn-aff", loc="rnn")
+
+
 def test_st_cnn_localisation_resolution_and_width():
     """``loc_pool`` and ``loc_channels`` change only the localisation net's input resolution and
     filters: the default is the paper's net, ``loc_pool=1`` sees the input at full resolution."""

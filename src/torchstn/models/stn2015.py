@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchstn._validation import check_input, check_int, check_number, check_positive
+from torchstn._validation import check_choice, check_input, check_int, check_number, check_positive
 from torchstn.models._base import STClassifier, as_size, feature_width
 from torchstn.models._registry import forwards_kwargs, register_model
 from torchstn.nn import (
@@ -291,7 +291,7 @@ def st_fcn_aff(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10, num_transformers: int = 1,
     pool: int = 1, output_size: int | Sequence[int] | None = None, loc_hidden: int | Sequence[int] | None = None,
     mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, zoom: float = 1.0,
-    **classifier_kwargs: Any,
+    loc: str = "fcn", **classifier_kwargs: Any,
 ) -> STClassifier:
     """ST-FCN Aff (STN paper, section 4.1, Table 1; appendix A.1): an affine transformer before the FCN.
 
@@ -300,13 +300,18 @@ def st_fcn_aff(
     (the paper's ``pool=2`` on RTS and cluttered MNIST), goes to the ``fcn`` baseline's
     classifier. ``num_transformers=2`` runs two transformers in parallel on the input and
     concatenates their outputs along channels (the paper's 2xST-FCN for MNIST addition).
+    ``loc="cnn"`` gives each transformer the ST-CNN's localisation net instead
+    (:func:`st_cnn_localization`), as tensorpack's reproduction of MNIST addition builds
+    its 2xST-FCN; the classifier stays the FCN.
 
     Args:
         in_channels, input_size, num_classes: the data (``input_size``: ``S`` or ``(H, W)``).
         num_transformers: transformers in parallel.
         pool: average-pooling factor after the transformer(s).
         output_size: size the transformer samples (default: ``input_size``).
-        loc_hidden: width(s) of the localisation net's hidden FC layers.
+        loc: ``"fcn"`` (the default) or ``"cnn"``: the localisation net.
+        loc_hidden: width(s) of the localisation net's hidden FC layers (with ``loc="cnn"``
+            the one FC layer's, default 20).
         zoom: the transformer starts at this zoom about the centre (θ ``(zoom, 0, 0,
             0, zoom, 0)``): below 1 it starts on a central crop of the input.
         mode, padding, align_corners: sampling options of the transformer
@@ -318,11 +323,12 @@ def st_fcn_aff(
         >>> m(torch.rand(2, 1, 42, 42)).shape, m.transform_input(torch.rand(2, 1, 42, 42)).shape
         (torch.Size([2, 10]), torch.Size([2, 1, 21, 21]))
     """
+    cnn_loc = check_choice("loc", loc, ("fcn", "cnn")) == "cnn"
     return _st_classifier(
-        Affine, _fcn_localization(loc_hidden), fcn_classifier, in_channels=in_channels, input_size=input_size,
-        num_classes=num_classes, num_transformers=num_transformers, pool=pool, output_size=output_size,
-        sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners), classifier_kwargs=classifier_kwargs,
-        start=_zoomed(zoom),
+        Affine, _cnn_localization(loc_hidden) if cnn_loc else _fcn_localization(loc_hidden), fcn_classifier,
+        in_channels=in_channels, input_size=input_size, num_classes=num_classes, num_transformers=num_transformers,
+        pool=pool, output_size=output_size, sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
+        classifier_kwargs=classifier_kwargs, start=_zoomed(zoom),
     )
 
 
