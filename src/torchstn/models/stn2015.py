@@ -327,7 +327,8 @@ def st_fcn_aff(
     return _st_classifier(
         Affine, _cnn_localization(loc_hidden) if cnn_loc else _fcn_localization(loc_hidden), fcn_classifier,
         in_channels=in_channels, input_size=input_size, num_classes=num_classes, num_transformers=num_transformers,
-        pool=pool, output_size=output_size, sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
+        pool=pool, output_size=output_size,
+        sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
         classifier_kwargs=classifier_kwargs, start=_zoomed(zoom),
     )
 

@@ -276,7 +276,11 @@ STN_TABLE1 = Experiment(
         "The target frame squeezes 3.40% of the test digits below 0.3 of their extent across the other axis (a "
         "line or a few specks), the source frame 0.02% (docs/data.md). On the source frame the `long` CNN errs on "
         "0.93% (the paper's CNN 1.5%; 2.71% on the target frame), so on P, as on R and E, our CNN beats the "
-        "paper's; the ST-CNNs at `long` err on 0.51% and 0.54% (Aff, seeds 0 and 1), 0.50% (Proj) and 0.59% (TPS), below the paper's 0.8% (1.91-2.02%, 1.89% and 1.95% on the target frame), and at `standard` every transformer beats its baseline (ST-CNN Aff, Proj, TPS 1.62%, 1.59%, 1.67% against the CNN's 3.08%; the ST-FCNs 4.11-4.34% against the FCN's 14.84%). The cells drawn on the target frame are listed as an earlier recipe. "
+        "paper's; the ST-CNNs at `long` err on 0.51% and 0.54% (Aff, seeds 0 and 1), 0.50% (Proj) and 0.59% "
+        "(TPS), below the paper's 0.8% (1.91-2.02%, 1.89% and 1.95% on the target frame), and at `standard` "
+        "every transformer beats its baseline (ST-CNN Aff, Proj, TPS 1.62%, 1.59%, 1.67% against the CNN's "
+        "3.08%; the ST-FCNs 4.11-4.34% against the FCN's 14.84%). The cells drawn on the target frame are "
+        "listed as an earlier recipe. "
         "The P notes below dated 2026-12-01 to 2026-12-05 were measured on the target frame: to repeat them add "
         "`--data-option moved=target` to their `torchstn train` commands and `--moved target` to "
         "`benchmarks/p_law.py`, `ideal_transformer.py` and `p_guided.py` (`p_squeeze.py` reads each run's law).",
