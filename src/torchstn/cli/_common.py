@@ -285,9 +285,10 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
     ``--data-option`` changes that option and keeps the others; another ``--data`` takes only
     the ``--data-option`` given. ``config`` is the run's with those data options: its
     ``test_limit`` still says which images the run's metrics were measured on; ``info["run_config"]``
-    is the run's own, as recorded.
+    is the run's own, as recorded. Without ``--data-option`` the run is measured on the law its data
+    were drawn by (:func:`~torchstn.engine.run_data`: a note where a recipe has changed since).
     """
-    from torchstn.engine import load_model, load_split, resolve_device
+    from torchstn.engine import load_model, load_split, resolve_device, run_data
 
     device = resolve_device(args.device or "auto")
     model, config, info = load_model(args.checkpoint, args.which, map_location=device)
@@ -300,6 +301,10 @@ def load_checkpoint_and_data(args: argparse.Namespace, split: str, limit: int | 
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
     check_data_options(config.data, config.data_options)
     check_data_seed(args.data_seed is not None, config.data)
+    # the law the run was trained on, where this torchstn draws another for its config (a recipe changed since)
+    config, note = run_data(config, info, chosen="data_options" in changes)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     # the fixed set, also of an online run (its test split is fixed, its epoch 0 is the fixed set): another
     # --data may have nothing to redraw, and mnist refuses online=True
     dataset = load_split(config.replace(train_limit=limit, test_limit=limit, online=False), split)

@@ -576,6 +576,22 @@ def check_dataset_options(name: str, options: dict[str, Any]) -> None:
     _named(name, options)
 
 
+def data_law(name: str, options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The law by which this torchstn draws the set ``name`` with ``options``: its recipe's
+    :meth:`~torchstn.data.Recipe.describe` (kind, version, every option), or ``None`` for a set drawn
+    by no recipe (``mnist``, ``cifar10``, ``ucr:`` sets). A run records it, so that a later version
+    of a recipe is not taken for the one its data were drawn by. Loads no data.
+
+    Example:
+        >>> stn.data.data_law("mnist-p", {"sigma": 3.0})["options"]["sigma"]
+        3.0
+        >>> stn.data.data_law("mnist") is None
+        True
+    """
+    recipe = _named(name, dict(options or {}))[1]
+    return None if recipe is None else recipe.describe()
+
+
 def _named(name: str, options: dict[str, Any]) -> tuple[str, Recipe | None]:
     """``name`` in canonical case and its recipe built from ``options`` (None for a set without one)."""
     ucr = isinstance(name, str) and name.lower().startswith(UCR_PREFIX)

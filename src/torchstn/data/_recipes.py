@@ -233,6 +233,10 @@ class Recipe:
     #: one-line description of the law, with the options' values (see :class:`_Summary`)
     summary: ClassVar[_Summary] = _Summary("")
     defaults: ClassVar[dict[str, Any]] = {}
+    #: ``{version: options}``: an earlier :attr:`version`'s samples are drawn by this one with these
+    #: options over that version's own (``p``'s version 1 by ``moved="target"``); a version not named
+    #: is drawn no more (see :meth:`options_for`)
+    earlier: ClassVar[dict[int, dict[str, Any]]] = {}
     num_classes: ClassVar[int] = 10
     channels: ClassVar[int] = 1
 
@@ -283,6 +287,23 @@ class Recipe:
         if self.reach != 1:
             described["reach"] = self.reach
         return described
+
+    @classmethod
+    def options_for(cls, law: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The options under which this torchstn draws the samples of ``law`` (a :meth:`describe` of
+        this kind, as a run recorded it, perhaps of an earlier version), or ``None`` where it draws
+        them no more (a version not in :attr:`earlier`, a newer one).
+
+        Example:
+            >>> stn.data.KINDS["p"].options_for({"kind": "p", "version": 1, "options": {"sigma": 5.0}})
+            {'sigma': 5.0, 'moved': 'target'}
+        """
+        version, options = law.get("version"), dict(law.get("options", {}))
+        if law.get("kind") != cls.kind:
+            raise ValueError(f"a law of {law.get('kind')!r} is not one of {cls.kind!r}")
+        if version == cls.version:
+            return options
+        return {**options, **cls.earlier[version]} if version in cls.earlier else None
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
@@ -516,6 +537,7 @@ class ProjectiveMNIST(Recipe):
 
     kind = "p"
     version = 2
+    earlier = {1: {"moved": "target"}}
     summary = _Summary("scale {scale[0]:g}-{scale[1]:g}, corners moved by N(0, {sigma:g} px) in the {moved} frame, "
                        "projective, {canvas}x{canvas}")
     defaults = {"scale": (0.75, 1.0), "sigma": 5.0, "moved": "source", **_WHOLE_28}
@@ -569,6 +591,7 @@ class PerturbedICSTN(ProjectiveMNIST):
 
     kind = "perturbed"
     version = 2
+    earlier = {1: {"units": "edges"}}
     summary = _Summary("IC-STN: corners N(0, {sigma:g}) + translation N(0, {translation:g}), projective, "
                        "{canvas}x{canvas}")
     defaults = {"sigma": 0.25, "translation": 0.25, **_WHOLE_28, "keep_inside": False, "units": "centres"}

@@ -16,7 +16,7 @@ from torchstn.engine._checkpoint import (
     save_checkpoint,
 )
 from torchstn.engine._config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
-from torchstn.engine._data import load_split
+from torchstn.engine._data import load_split, run_data
 from torchstn.engine._demo import DemoResult, demo_configs, run_demo
 from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
 from torchstn.engine._evaluate import evaluate, predict
@@ -52,6 +52,7 @@ __all__ = [
     "resolve_checkpoint",
     "resolve_device",
     "resume_config",
+    "run_data",
     "run_demo",
     "save_checkpoint",
     "theta_diagnostics",

@@ -29,6 +29,7 @@ from torchstn._validation import first_line
 from torchstn.engine._config import TrainConfig
 
 __all__ = [
+    "UNRECORDED",
     "CheckpointError",
     "atomic_write",
     "capture_rng",
@@ -41,6 +42,16 @@ __all__ = [
 ]
 
 FORMAT = "torchstn-checkpoint-1"
+
+
+class _Unrecorded:
+    def __repr__(self) -> str:
+        return "UNRECORDED"
+
+
+#: ``save_checkpoint(data_law=UNRECORDED)``: the law of the run's data is not known (sets given to
+#: the trainer), so none is stored
+UNRECORDED = _Unrecorded()
 
 
 class CheckpointError(ValueError):
@@ -158,6 +169,7 @@ def save_checkpoint(
     step: int,
     metrics: dict[str, Any] | None = None,
     training_state: dict[str, Any] | None = None,
+    data_law: dict[str, Any] | None | _Unrecorded = UNRECORDED,
 ) -> Path:
     """Write ``path`` (``.safetensors``) and, with ``training_state``, ``<stem>.state.pt`` beside it.
 
@@ -170,6 +182,9 @@ def save_checkpoint(
         training_state: optimiser/scheduler/RNG state (anything ``torch.save`` takes);
             it is stored with ``epoch``, ``step`` and a random ``write_id`` that the
             weights' metadata repeats, so that the pair can be checked on resume.
+        data_law: the law the training data were drawn by (:func:`torchstn.data.data_law`; ``None``:
+            a set drawn by no recipe), stored in the metadata; :data:`UNRECORDED` (a run trained on
+            sets given to it) stores nothing.
     """
     from safetensors.torch import save_file
 
@@ -183,6 +198,8 @@ def save_checkpoint(
         "step": str(step),
         "metrics": json.dumps(metrics or {}, sort_keys=True),
     }
+    if data_law is not UNRECORDED:
+        metadata["data_law"] = json.dumps(data_law, sort_keys=True)
     if training_state is not None:
         # from os.urandom: the id draws nothing from the generators a resumed run restores
         stamp = {"epoch": epoch, "step": step, "write_id": uuid.uuid4().hex}
@@ -200,7 +217,8 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], TrainConfig, dict[str, Any]]:
-    """Weights, config and ``{"epoch", "step", "metrics"}`` of a checkpoint file.
+    """Weights, config and ``{"epoch", "step", "metrics"}`` of a checkpoint file, and ``"data_law"``
+    where the file records it (runs trained since 2026-12-05 on sets they loaded themselves).
 
     Raises:
         CheckpointError: the file is not a readable torchstn checkpoint.
@@ -210,6 +228,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], TrainCon
     config = _metadata_field(path, metadata, "config", lambda text: TrainConfig.from_dict(_json_object(text)))
     info = {key: _metadata_field(path, metadata, key, int) for key in ("epoch", "step")}
     info["metrics"] = _metadata_field(path, metadata, "metrics", _json_object)
+    if "data_law" in metadata:
+        info["data_law"] = _metadata_field(path, metadata, "data_law", _json_law)
     return tensors, config, info
 
 
@@ -229,6 +249,11 @@ def _metadata_field(path: Path, metadata: dict[str, str], key: str, parse: Calla
         raise CheckpointError(
             f"{path} is not a readable torchstn checkpoint: its metadata {key!r} does not parse ({first_line(err)})"
         ) from None
+
+
+def _json_law(text: str) -> dict[str, Any] | None:
+    """The law ``text`` holds: a JSON object, or ``null``."""
+    return None if text == "null" else _json_object(text)
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from torchstn.data import MNISTDataset
 from torchstn.engine._config import TrainConfig
 
 __all__ = [
-    "dataset_model_args", "epoch_batches", "fetch", "fetch_inputs", "iterate", "load_split", "shard", "to_channels_last",
+    "dataset_model_args", "epoch_batches", "fetch", "fetch_inputs", "iterate", "law_text", "load_split", "run_data",
+    "shard", "to_channels_last",
 ]
 
 
@@ -37,6 +38,73 @@ def load_split(config: TrainConfig, split: str) -> Dataset:
     return get_dataset(
         config.data, split, root=config.data_dir, seed=config.data_seed, online=config.online, limit=limit,
         **config.data_options,
+    )
+
+
+def law_text(law: dict[str, Any] | None) -> str:
+    """A recorded data law (:func:`torchstn.data.data_law`) in words, for messages."""
+    if law is None:
+        return "a set drawn by no recipe"
+    options = ", ".join(f"{k}={v}" for k, v in law.get("options", {}).items())
+    return f"mnist-{law.get('kind')} as recipe version {law.get('version')} draws it ({options})"
+
+
+def run_data(config: TrainConfig, info: dict[str, Any], *, chosen: bool = False) -> tuple[TrainConfig, str | None]:
+    """The config that measures a run on the data it was trained on, and a note to print (``None``:
+    nothing to say).
+
+    ``config`` is the run's (:func:`~torchstn.engine.load_model`'s), its ``data`` and
+    ``data_options`` perhaps changed by the caller; ``info`` is :func:`~torchstn.engine.load_model`'s
+    (``data_law`` where the checkpoint records the law its data were drawn by, as runs do since
+    2026-12-05; ``path``). Where this torchstn draws another law for ``config`` (a recipe has
+    changed since the run was trained), the run's own law is taken if an option of the recipe still
+    draws it (:attr:`torchstn.data.Recipe.earlier`), with a note; where none does, a ``ValueError``
+    says so. Data the user ``chosen`` (``--data``, ``--data-option``) are measured as given, with a
+    note where they are drawn by another version of the run's recipe. A run that records no law
+    (trained before, or on sets given to the trainer) is measured on its config's law as drawn now,
+    with a note where its recipe has changed since its first version (naming the options that draw
+    the earlier ones).
+
+    Example:
+        >>> config = TrainConfig(data="mnist-p")
+        >>> law = {"kind": "p", "version": 1, "options": {"sigma": 5.0}}
+        >>> run_data(config, {"data_law": law})[0].data_options
+        {'sigma': 5.0, 'moved': 'target'}
+    """
+    from torchstn.data import KINDS, data_law
+
+    law = data_law(config.data, config.data_options)
+    where = str(info.get("path", "the run"))
+    if "data_law" not in info:
+        if chosen or law is None or law["version"] == 1:
+            return config, None
+        earlier = KINDS[law["kind"]].earlier
+        hints = "; ".join(f"version {v} with --data-option " + " ".join(f"{k}={x}" for k, x in o.items())
+                          for v, o in sorted(earlier.items()))
+        return config, (
+            f"{where} does not record the law its data were drawn by (trained before 2026-12-05, or on "
+            f"sets given to the trainer): measured on {law_text(law)}"
+            + (f"; a run trained on an earlier version is measured on its own by {hints}" if hints else "")
+        )
+    recorded = info["data_law"]
+    if recorded == law:
+        return config, None
+    same_kind = recorded is not None and law is not None and recorded.get("kind") == law["kind"]
+    if chosen:  # (a note where the recipe has changed since: the options given may not mean what they meant)
+        changed = same_kind and recorded.get("version") != law["version"]
+        return config, f"{where} was trained on {law_text(recorded)}; measured, as asked, on {law_text(law)}" \
+            if changed else None
+    options = KINDS[law["kind"]].options_for(recorded) if same_kind else None
+    if options is None:
+        raise ValueError(
+            f"{where} was trained on {law_text(recorded)}, which this torchstn draws no more; its config now draws "
+            f"{law_text(law)}. To measure it on that, say so (--data {config.data} with --data-option, or "
+            "run_data(..., chosen=True)); to measure it on its own data, train it again"
+        )
+    changed = " ".join(f"{k}={v}" for k, v in options.items() if law["options"].get(k) != v)
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}  # (as the recipe takes them)
+    return config.replace(data_options=options), (
+        f"{where} was trained on {law_text(recorded)}, which this torchstn draws with {changed}: measured on it"
     )
 
 

@@ -32,7 +32,9 @@ from torch import nn
 from torchstn._locks import LockBusy, PidLock
 from torchstn._validation import check_choice, first_line, parse_json
 from torchstn.engine._checkpoint import (
+    UNRECORDED,
     CheckpointError,
+    _Unrecorded,
     _previous_state_path,
     atomic_write,
     read_checkpoint,
@@ -285,17 +287,17 @@ class RunDir:
     # --- checkpoints --------------------------------------------------------------------
     def save(
         self, model: nn.Module, config: TrainConfig, *, epoch: int, step: int, metrics: dict[str, Any],
-        training_state: dict[str, Any], best: bool,
+        training_state: dict[str, Any], best: bool, data_law: dict[str, Any] | None | _Unrecorded = UNRECORDED,
     ) -> None:
         """Write the ``last`` checkpoint with its training state, and ``best`` too when ``best``, with
         the state's ``rng`` alone: the generators the epoch's evaluation drew from, which
         :func:`~torchstn.engine.evaluation_draws` restores (``eval --which best`` of a P-STN drew
-        other θ than the run's and missed the best epoch's recorded error)."""
+        other θ than the run's and missed the best epoch's recorded error). Both record ``data_law``."""
         if best:
             save_checkpoint(self.checkpoint("best"), model, config, epoch=epoch, step=step, metrics=metrics,
-                            training_state={"rng": training_state["rng"]})
+                            training_state={"rng": training_state["rng"]}, data_law=data_law)
         save_checkpoint(self.checkpoint("last"), model, config, epoch=epoch, step=step, metrics=metrics,
-                        training_state=training_state)
+                        training_state=training_state, data_law=data_law)
 
 
 def resolve_checkpoint(run_or_ckpt: str | Path, which: str = "best") -> Path:

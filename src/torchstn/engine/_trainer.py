@@ -36,15 +36,26 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from torchstn._validation import check_bool, check_int
+from torchstn.data import data_law
 from torchstn.engine._checkpoint import (
+    UNRECORDED,
     CheckpointError,
+    _Unrecorded,
     capture_rng,
     read_checkpoint,
     read_training_state,
     restore_rng,
 )
 from torchstn.engine._config import TrainConfig
-from torchstn.engine._data import dataset_model_args, epoch_batches, fetch_inputs, load_split, shard, to_channels_last
+from torchstn.engine._data import (
+    dataset_model_args,
+    epoch_batches,
+    fetch_inputs,
+    law_text,
+    load_split,
+    shard,
+    to_channels_last,
+)
 from torchstn.engine._diagnostics import (
     collapse_warnings,
     predicted_classes,
@@ -365,6 +376,7 @@ class _Session:
     history: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     average: AveragedModel | None = None  # the weights' moving average (``ema``)
+    data_law: dict[str, Any] | None | _Unrecorded = UNRECORDED  # what the checkpoints record of the data
 
     @property
     def product(self) -> nn.Module:
@@ -395,9 +407,12 @@ def _train(
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run directory (out)")
     check_model_args(config.model, config.model_args)  # a misspelt argument fails now, not after the data
+    # the law the sets are drawn by, recorded in the checkpoints (not known of sets given here)
+    law = data_law(config.data, config.data_options) if train_set is None and test_set is None else UNRECORDED
     train_set, test_set = _load_data(config, ddp, train_set, test_set)
     _seed_everything(config.seed, config.deterministic)  # after the data: its loading draws nothing here
     session = _set_up(config, ddp, run_dir, train_set, test_set)
+    session.data_law = law
     if ddp.rank > 0:  # its own draws (a P-STN's θ noise, dropout), the weights built alike: the same stream in
         torch.manual_seed(_rank_seed(config.seed, ddp.rank))  # every process correlated images i and i + 1 in pairs
     if resume:
@@ -517,6 +532,14 @@ def _resume(session: _Session) -> None:
     different = RunDir.config_differences(saved, session.config)
     if different:
         raise ValueError(f"cannot resume {run_dir.path}: the config differs in {', '.join(different)}")
+    if "data_law" not in info:  # (trained before runs recorded it: not known, and not recorded now either)
+        session.data_law = UNRECORDED
+    elif session.data_law is not UNRECORDED and info["data_law"] != session.data_law:
+        raise ValueError(
+            f"cannot resume {run_dir.path}: it was trained on {law_text(info['data_law'])}, but this torchstn "
+            f"draws {law_text(session.data_law)} for its config (the recipe has changed since): the rest of the "
+            "run would train on other data; train it again in another directory"
+        )
     if info["step"] > session.total_steps or info["epoch"] > session.epochs:  # (config.json must not say less)
         length = f"{session.total_steps} steps" if session.config.steps else f"{session.epochs} epochs"
         raise ValueError(f"cannot resume {run_dir.path} for {length}: it has trained {info['step']} steps "
@@ -713,7 +736,7 @@ def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple
     if session.average is not None:
         state.update(raw_weights=session.core.state_dict(), averaged=session.average.n_averaged)
     session.run_dir.save(model, session.config, epoch=record["epoch"], step=record["step"], metrics=summary,
-                         training_state=state, best=improved)
+                         training_state=state, best=improved, data_law=session.data_law)
 
 
 def _summary(session: _Session) -> None:

@@ -10,6 +10,7 @@ import calendar
 import shlex
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,13 +79,12 @@ def write_figure(cell: Cell, record: dict[str, Any], results_dir: str | Path, *,
     Returns:
         the PNG path, or ``None`` for a model without transformers or a run that is gone.
     """
-    from torchstn.engine import RunDir, evaluation_draws, load_model, load_split, plot_run
+    from torchstn.engine import RunDir, evaluation_draws, load_split, plot_run
 
     run_dir = RunDir(record["run"])
     if not cell.row.transformer or not run_dir.holds_run():
         return None
-    model, config, info = load_model(run_dir.path, "last")
-    config = _with_data_dir(config, data_dir)
+    model, config, info = _last_model(run_dir, data_dir)
     test_set = load_split(config, "test")
     history = run_dir.history()
     paper = f", paper {cell.paper:.1f}%" if cell.paper is not None else ""
@@ -281,11 +281,18 @@ def distortion_shift(transform: Transform, params: torch.Tensor, size: int) -> t
     return residual.pow(2).sum(-1).mean(1).sqrt() * (size / 2)
 
 
-def _with_data_dir(config: Any, data_dir: str | None) -> Any:
-    """A run's config reading its data from ``data_dir`` where one is given, else from the
-    directory the run recorded (as ``torchstn eval`` and ``visualize`` do; ``--refresh`` without
-    ``--data-dir`` looked for a download instead)."""
-    return config if data_dir is None else config.replace(data_dir=data_dir)
+def _last_model(run_dir: Any, data_dir: str | None) -> tuple[Any, Any, dict[str, Any]]:
+    """``load_model`` of a cell's ``last`` checkpoint, its config measuring it on the law its data were
+    drawn by (:func:`~torchstn.engine.run_data`, whose note is a warning) and reading the data from
+    ``data_dir`` where one is given, else from the directory the run recorded (as ``torchstn eval``
+    and ``visualize`` do; ``--refresh`` without ``--data-dir`` looked for a download instead)."""
+    from torchstn.engine import load_model, run_data
+
+    model, config, info = load_model(run_dir.path, "last")
+    config, note = run_data(config, info)
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return model, (config if data_dir is None else config.replace(data_dir=data_dir)), info
 
 
 def _test_predictions(
@@ -293,14 +300,14 @@ def _test_predictions(
 ) -> tuple[Any, torch.Tensor] | None:
     """``(test set, wrong)`` of a finished cell's last model (``wrong``: 1.0 where it errs),
     or ``None`` when its run is gone or its test set was not drawn with one of ``families``."""
-    from torchstn.engine import RunDir, evaluation_draws, load_model, load_split, predict
+    from torchstn.engine import RunDir, evaluation_draws, load_split, predict
     from torchstn.engine.metrics import misclassified
 
     run_dir = RunDir(record["run"])
     if not run_dir.holds_run():
         return None
-    model, config, _ = load_model(run_dir.path, "last")
-    test_set = load_split(_with_data_dir(config, data_dir), "test")
+    model, config, _ = _last_model(run_dir, data_dir)
+    test_set = load_split(config, "test")
     if getattr(test_set, "params", None) is None or not isinstance(getattr(test_set, "transform", None), families):
         return None
     with evaluation_draws(run_dir.checkpoint("last"), config.seed):  # (a P-STN: the θ behind its recorded error)
