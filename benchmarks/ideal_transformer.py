@@ -24,6 +24,8 @@ eval`` on it would read the distorted images, not these::
         --data-dir ../shared/data/mnist --out runs/x/p-ideal-online-ls01-ss4   # stn-table1's P column since 2026-12-03
     python benchmarks/ideal_transformer.py --kind addition --model fcn --online --steps 93700 \
         --data-dir ../shared/data/mnist --out runs/x/addition-ideal-fcn   # an ideal 2xST-FCN, stn-addition's long
+    python benchmarks/ideal_transformer.py --kind addition --model fcn --online --steps 93700 --only-shift \
+        --data-dir ../shared/data/mnist --out runs/x/addition-centred-fcn   # transformers that only centre
 
 ``--kind addition`` is MNIST addition's two RTS digits: transformer ``k`` of an ideal 2xST-FCN
 warps both channels by the inverse of digit ``k``'s similarity to 28x28, the two outputs side
@@ -41,15 +43,22 @@ from torchstn.data import distorted_mnist
 from torchstn.engine import TrainConfig, train
 
 
-def undone(images: torch.Tensor, params: torch.Tensor, kind: str, size: int) -> torch.Tensor:
+def undone(images: torch.Tensor, params: torch.Tensor, kind: str, size: int, only_shift: bool = False) -> torch.Tensor:
     """``images`` warped back by the inverse of the maps ``params`` that rendered them, to ``size`` x ``size``.
 
     For ``addition`` (``params``: each channel's similarity, ``(N, 8)``) an ideal 2xST-FCN's
     output: transformer ``k`` warps both channels by the inverse of digit ``k``'s map, the
-    two outputs side by side, ``(N, 4, size, size)``.
+    two outputs side by side, ``(N, 4, size, size)``. ``only_shift`` (``addition``): transformer
+    ``k`` only centres digit ``k``, a ``size``-pixel window of the canvas at its resolution around
+    the digit's centre, its rotation and scale left as drawn.
     """
     if kind == "addition":
-        return torch.cat([undone(images, params[:, 4 * k : 4 * k + 4], "rts", size) for k in (0, 1)], 1)
+        return torch.cat([undone(images, params[:, 4 * k : 4 * k + 4], "rts", size, only_shift) for k in (0, 1)], 1)
+    if only_shift:  # the canvas point the digit's centre is drawn at: the map sends it to the digit's (0, 0)
+        m = stn.Similarity().matrix(params.double())[:, :2]
+        centre = -torch.linalg.solve(m[:, :, :2], m[:, :, 2:])
+        zoom = torch.eye(2, dtype=torch.float64).expand(len(params), -1, -1) * size / images.shape[-1]
+        return stn.warp(images, torch.cat([zoom, centre], 2).float(), stn.Affine(), size=(size, size))
     transform = stn.Similarity() if kind in ("r", "rts") else stn.Projective()
     inverse = transform.inverse(params.double()).float()
     return stn.warp(images, inverse, transform, size=(size, size))
@@ -58,9 +67,10 @@ def undone(images: torch.Tensor, params: torch.Tensor, kind: str, size: int) -> 
 class Undistorted(torch.utils.data.TensorDataset):
     """The images of a distorted MNIST split warped back by their ground truth, with their labels."""
 
-    def __init__(self, kind: str, split: str, root: str, size: int, options: dict | None = None) -> None:
+    def __init__(self, kind: str, split: str, root: str, size: int, options: dict | None = None,
+                 only_shift: bool = False) -> None:
         ds = distorted_mnist(kind, split=split, root=root, **(options or {}))
-        chunks = [undone(ds.images[i : i + 4096].float().div(255), ds.params[i : i + 4096], kind, size)
+        chunks = [undone(ds.images[i : i + 4096].float().div(255), ds.params[i : i + 4096], kind, size, only_shift)
                   for i in range(0, len(ds.images), 4096)]
         super().__init__(torch.cat(chunks), ds.labels)
         self.input_shape, self.num_classes = tuple(self.tensors[0].shape[1:]), 19 if kind == "addition" else 10
@@ -69,9 +79,9 @@ class Undistorted(torch.utils.data.TensorDataset):
 class OnlineUndistorted(torch.utils.data.Dataset):
     """Fresh distortions every epoch (an online distorted set), each warped back by its own ground truth."""
 
-    def __init__(self, kind: str, root: str, size: int, options: dict | None = None) -> None:
+    def __init__(self, kind: str, root: str, size: int, options: dict | None = None, only_shift: bool = False) -> None:
         self.online = stn.data.get_dataset(f"mnist-{kind}", "train", root=root, online=True, **(options or {}))
-        self.kind, self.size = kind, size
+        self.kind, self.size, self.only_shift = kind, size, only_shift
         channels = 4 if kind == "addition" else 1
         self.input_shape, self.num_classes = (channels, size, size), self.online.num_classes
         self.params = self.online.params
@@ -86,7 +96,7 @@ class OnlineUndistorted(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
         items = self.online.__getitems__(indices)
         images, labels = torch.stack([image for image, _ in items]), [label for _, label in items]
-        back = undone(images, self.params[torch.as_tensor(indices)], self.kind, self.size)
+        back = undone(images, self.params[torch.as_tensor(indices)], self.kind, self.size, self.only_shift)
         return list(zip(back.unbind(0), labels))
 
 
@@ -107,19 +117,24 @@ def main() -> None:
     parser.add_argument("--moved", choices=("source", "target"), default=None,
                         help="with --kind p: the frame its corners move in (default: the recipe's, source; "
                              "target: its law until 2026-12-05)")
+    parser.add_argument("--only-shift", action="store_true",
+                        help="with --kind addition: each transformer only centres its digit (a window of the canvas "
+                             "at its resolution), the rotation and scale left as drawn")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.moved is not None and args.kind != "p":
         parser.error("--moved is P's law; the other distortions have none")
+    if args.only_shift and args.kind != "addition":
+        parser.error("--only-shift is an ideal 2xST-FCN's (--kind addition)")
     options = {"supersample": args.supersample} if args.supersample > 1 else {}
     if args.moved is not None:
         options["moved"] = args.moved
     if args.online:
-        train_set = OnlineUndistorted(args.kind, args.data_dir, args.size, options)
+        train_set = OnlineUndistorted(args.kind, args.data_dir, args.size, options, args.only_shift)
     else:
-        train_set = Undistorted(args.kind, "train", args.data_dir, args.size, options)
-    test_set = Undistorted(args.kind, "test", args.data_dir, args.size, options)
+        train_set = Undistorted(args.kind, "train", args.data_dir, args.size, options, args.only_shift)
+    test_set = Undistorted(args.kind, "test", args.data_dir, args.size, options, args.only_shift)
     config = TrainConfig(
         model=args.model, model_args={"pool": args.pool}, data=f"mnist-{args.kind}", optimizer="adam", lr=2e-3,
         batch_size=64,
