@@ -752,3 +752,63 @@ def test_no_recipe_asks_for_a_batch_larger_than_its_training_set():
             for cell in plan(experiment, budget):
                 limit = cell.config.get("train_limit")
                 assert limit is None or cell.config["batch_size"] <= limit, (cell.key, cell.config["batch_size"], limit)
+
+
+def _law_of_version(cell, version):
+    from torchstn.data import data_law
+
+    law = data_law(cell.config["data"], cell.config.get("data_options") or {})
+    return {**law, "version": version}
+
+
+def test_a_record_of_another_data_law_is_an_earlier_recipe_and_not_finished(tmp_path):
+    """A cell recorded with the law of an earlier recipe version (its config unchanged: a recipe's
+    default changed under it, as p's on 2026-12-05) is listed apart and trained again."""
+    from torchstn.reproduce import recipe_changes, render_report
+
+    experiment = get_experiment("stn-table1")
+    results = Results(tmp_path, "stn-table1")
+    cell = plan(experiment, "standard", only=["st-cnn-aff"], datasets=["p"])[0]
+    today = {**_record(cell, 0.9), "data_law": _law_of_version(cell, 2)}
+    assert today["data_law"]["kind"] == "p" and today["data_law"]["version"] == 2  # (the version of this test)
+    results.add(cell, today)
+    assert recipe_changes(experiment, today) == {} and results.finished(cell) is not None
+    older = {**_record(cell, 1.9), "data_law": _law_of_version(cell, 1)}
+    results.add(cell, older)
+    assert recipe_changes(experiment, older) == {"data law": ("mnist-p recipe version 1", "mnist-p recipe version 2")}
+    assert results.finished(cell) is None
+    assert recipe_changes(experiment, _record(cell, 1.9)) == {}  # a record from before laws were kept: as it was
+    text = render_report(experiment, results, tmp_path, "standard")
+    assert ("ST-CNN Aff on P, seed 0: 1.90% (undated); since changed: `data law` 'mnist-p recipe version 1' → "
+            "'mnist-p recipe version 2'") in text
+    assert "1.90" not in text[: text.index("### Runs")]
+
+
+@needs_mnist
+def test_a_cell_whose_run_has_another_law_is_trained_again_beside_it(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from torchstn.engine import read_checkpoint
+
+    cell = plan(get_experiment("stn-table1"), "quick", only=["cnn"], datasets=["p"], limit=64)[0]
+    runs, lines = tmp_path / "runs", []
+    results = Results(tmp_path / "results", "stn-table1")
+    (record,) = run_experiment([cell], results, runs, data_dir=str(MNIST), progress=False, log=lines.append)
+    assert record["data_law"] == _law_of_version(cell, 2)
+    run = cell.run_dir(runs).path
+    for path in (run / "checkpoints").glob("*.safetensors"):  # as if trained on version 1
+        with safe_open(str(path), "pt") as f:
+            metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+        metadata["data_law"] = json.dumps(_law_of_version(cell, 1))
+        save_file(tensors, str(path), metadata=metadata)
+    results.add(cell, {**record, "data_law": _law_of_version(cell, 1)})
+    (again,) = run_experiment([cell], results, runs, data_dir=str(MNIST), progress=False, log=lines.append)
+    assert any("was trained on mnist-p recipe version 1" in line and ".law-1, the cell starts again" in line
+               for line in lines)
+    assert read_checkpoint(run.with_name(run.name + ".law-1") / "checkpoints" / "last.safetensors")[2]["data_law"] == \
+        _law_of_version(cell, 1)
+    assert read_checkpoint(run / "checkpoints" / "last.safetensors")[2]["data_law"] == _law_of_version(cell, 2)
+    assert again["data_law"] == _law_of_version(cell, 2) and again["error"] == pytest.approx(record["error"])

@@ -119,17 +119,38 @@ def _gone(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any
     return gone
 
 
+def _law_of(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The law by which this torchstn draws a cell's data (:func:`torchstn.data.data_law` of its
+    ``data`` and ``data_options``): a record keeps it, so that a recipe's later version is not
+    taken for the one its cell was trained on."""
+    from torchstn.data import data_law
+
+    return data_law(config["data"], config.get("data_options") or {})
+
+
+def _law_label(law: dict[str, Any] | None) -> str:
+    return "drawn by no recipe" if law is None else f"mnist-{law.get('kind')} recipe version {law.get('version')}"
+
+
 def config_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Every field in which a recorded cell's config differs from its budget's recipe today,
     subset sizes included: ``{field: (then, now)}``; a budget, row, column or cell the experiment
-    no longer has is such a field (:func:`_gone`); else empty for a record without its config."""
+    no longer has is such a field (:func:`_gone`); so is the law of its data (``"data law"``), where
+    the record keeps one (since 2026-12-05) and this torchstn draws another for the same config; else
+    empty for a record without its config."""
     gone = _gone(experiment, record)
     if gone or "config" not in record:
         return gone
     row, column = experiment.row(record["row"]), experiment.column(record["column"])
     now = {**experiment.recipe(record["budget"], row, column), "seed": record["seed"]}
     then = record["config"]
-    return {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)}
+    changes = {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)}
+    if "data_law" in record:
+        law = _law_of(now)
+        if record["data_law"] != law:
+            before, after = _law_label(record["data_law"]), _law_label(law)
+            changes["data law"] = (before, after if after != before else f"{after} (other options)")
+    return changes
 
 
 def limit_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -270,11 +291,14 @@ class Results:
         return dict(cells)
 
     def finished(self, cell: Cell) -> dict[str, Any] | None:
-        """The record of ``cell`` if it finished with the same config, else ``None``."""
+        """The record of ``cell`` if it finished with the same config and, where the record keeps it,
+        on the law this torchstn draws for that config (:func:`_law_of`), else ``None``."""
         record = self.cells.get(cell.key)
-        if record is not None and record.get("digest") == cell.digest:
-            return record
-        return None
+        if record is None or record.get("digest") != cell.digest:
+            return None
+        if "data_law" in record and record["data_law"] != _law_of(cell.config):
+            return None
+        return record
 
     def add(self, cell: Cell, record: dict[str, Any]) -> None:
         """Record a finished cell and write the file (atomically).
@@ -359,6 +383,26 @@ def _wall_seconds(history: Sequence[dict[str, Any]]) -> float:
     return total
 
 
+def _set_aside_another_law(cell: Cell, run_dir: RunDir, log: Callable[[str], None]) -> None:
+    """Move the cell's run directory aside (``<name>.law-<n>``) where its checkpoint records a law other
+    than the one this torchstn draws for the cell (a recipe changed since): the cell starts again beside
+    it, where resuming would be refused (the engine's check)."""
+    from torchstn.engine import read_checkpoint
+
+    last = run_dir.checkpoint("last")
+    if not last.is_file():
+        return
+    info = read_checkpoint(last)[2]
+    if "data_law" not in info or info["data_law"] == _law_of(cell.config):
+        return
+    n = 1
+    while run_dir.path.with_name(f"{run_dir.path.name}.law-{n}").exists():
+        n += 1
+    aside = run_dir.path.rename(run_dir.path.with_name(f"{run_dir.path.name}.law-{n}"))
+    log(f"  {run_dir.path} was trained on {_law_label(info['data_law'])}; this torchstn draws "
+        f"{_law_label(_law_of(cell.config))} for the cell: moved to {aside}, the cell starts again")
+
+
 def run_cell(
     cell: Cell,
     runs: str | Path,
@@ -388,6 +432,7 @@ def run_cell(
 
     run_dir = cell.run_dir(runs)
     config = TrainConfig(**cell.config, data_dir=data_dir, device=device)
+    _set_aside_another_law(cell, run_dir, log)
     resume = run_dir.can_resume()
     if resume:
         log(f"  resuming {run_dir.path} from its last checkpoint")
@@ -422,6 +467,7 @@ def _record(cell: Cell, run_dir: RunDir, history: list[dict[str, Any]]) -> dict[
         "run": str(run_dir.path),
         "digest": cell.digest,
         "config": cell.config,
+        "data_law": _law_of(cell.config),
         **({} if cell.limit is None else {"limit": cell.limit}),
     }
 
