@@ -136,9 +136,10 @@ def test_st_fcn_localisation_widths_one_or_per_layer():
         create_model("st-cnn-aff", loc_hidden=[8])  # the ST-CNN net has one FC layer
 
 
-def test_st_fcn_takes_the_st_cnn_localisation_net_and_keeps_its_fcn():
-    conv = create_model("st-fcn-aff", loc="cnn", in_channels=2, input_size=42, num_classes=19, num_transformers=2)
-    plain = create_model("st-fcn-aff", in_channels=2, input_size=42, num_classes=19, num_transformers=2)
+@pytest.mark.parametrize("name", ["st-fcn-aff", "st-fcn-proj", "st-fcn-tps"])
+def test_st_fcn_takes_the_st_cnn_localisation_net_and_keeps_its_fcn(name):
+    conv = create_model(name, loc="cnn", in_channels=2, input_size=42, num_classes=19, num_transformers=2)
+    plain = create_model(name, in_channels=2, input_size=42, num_classes=19, num_transformers=2)
     for st in conv.transformers:  # the ST-CNN's net (two 5x5 convolutions, FC 20) on each transformer
         convs = [m for m in st.localization.modules() if isinstance(m, torch.nn.Conv2d)]
         assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(2, 20, (5, 5)), (20, 20, (5, 5))]
@@ -149,7 +150,7 @@ def test_st_fcn_takes_the_st_cnn_localisation_net_and_keeps_its_fcn():
     torch.testing.assert_close(conv.transform_input(x), plain.transform_input(x))
     assert conv(x).shape == (3, 19)
     with pytest.raises(ValueError, match="loc must be one of"):
-        create_model("st-fcn-aff", loc="rnn")
+        create_model(name, loc="rnn")
 
 
 def test_st_cnn_localisation_resolution_and_width():

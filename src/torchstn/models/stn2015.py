@@ -277,6 +277,16 @@ def _cnn_localization(
     return lambda in_channels, size: st_cnn_localization(in_channels, size, channels=channels, hidden=hidden, pool=pool)
 
 
+def _st_fcn_localization(
+    loc: str, loc_hidden: int | Sequence[int] | None
+) -> Callable[[int, tuple[int, int]], nn.Module]:
+    """An ST-FCN's localisation net: ``loc="fcn"`` (:func:`_fcn_localization`) or ``"cnn"``
+    (:func:`_cnn_localization`)."""
+    if check_choice("loc", loc, ("fcn", "cnn")) == "cnn":
+        return _cnn_localization(loc_hidden)  # type: ignore[arg-type]
+    return _fcn_localization(loc_hidden)
+
+
 def _zoomed(zoom: float) -> list[float] | None:
     """The affine start θ at ``zoom`` about the centre (``None``: the identity, the default start)."""
     zoom = check_number("zoom", zoom)
@@ -323,9 +333,8 @@ def st_fcn_aff(
         >>> m(torch.rand(2, 1, 42, 42)).shape, m.transform_input(torch.rand(2, 1, 42, 42)).shape
         (torch.Size([2, 10]), torch.Size([2, 1, 21, 21]))
     """
-    cnn_loc = check_choice("loc", loc, ("fcn", "cnn")) == "cnn"
     return _st_classifier(
-        Affine, _cnn_localization(loc_hidden) if cnn_loc else _fcn_localization(loc_hidden), fcn_classifier,
+        Affine, _st_fcn_localization(loc, loc_hidden), fcn_classifier,
         in_channels=in_channels, input_size=input_size, num_classes=num_classes, num_transformers=num_transformers,
         pool=pool, output_size=output_size,
         sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
@@ -338,21 +347,23 @@ def st_fcn_aff(
 def st_fcn_proj(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10, num_transformers: int = 1,
     pool: int = 1, output_size: int | Sequence[int] | None = None, loc_hidden: int | Sequence[int] | None = None,
-    mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, **classifier_kwargs: Any,
+    mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, loc: str = "fcn",
+    **classifier_kwargs: Any,
 ) -> STClassifier:
     """ST-FCN Proj (STN paper, section 4.1, Table 1): :func:`st_fcn_aff` with a projective transformer.
 
     The homography has 8 parameters; everything else, arguments included, is as in
-    :func:`st_fcn_aff`.
+    :func:`st_fcn_aff`, but for ``zoom`` (the transformer starts at the identity).
 
     Example:
         >>> stn.create_model("st-fcn-proj").transformers[0].transform.num_params
         8
     """
     return _st_classifier(
-        Projective, _fcn_localization(loc_hidden), fcn_classifier, in_channels=in_channels, input_size=input_size,
-        num_classes=num_classes, num_transformers=num_transformers, pool=pool, output_size=output_size,
-        sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners), classifier_kwargs=classifier_kwargs,
+        Projective, _st_fcn_localization(loc, loc_hidden), fcn_classifier, in_channels=in_channels,
+        input_size=input_size, num_classes=num_classes, num_transformers=num_transformers, pool=pool,
+        output_size=output_size, sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
+        classifier_kwargs=classifier_kwargs,
     )
 
 
@@ -361,19 +372,20 @@ def st_fcn_proj(
 def st_fcn_tps(
     *, in_channels: int = 1, input_size: int | Sequence[int] = 28, num_classes: int = 10, num_transformers: int = 1,
     pool: int = 1, output_size: int | Sequence[int] | None = None, loc_hidden: int | Sequence[int] | None = None,
-    mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, **classifier_kwargs: Any,
+    mode: Mode = "bilinear", padding: Padding = "zeros", align_corners: bool = False, loc: str = "fcn",
+    **classifier_kwargs: Any,
 ) -> STClassifier:
     """ST-FCN TPS (STN paper, section 4.1, Table 1): :func:`st_fcn_aff` with a thin-plate spline.
 
     The spline has 16 control points on a 4x4 grid (32 parameters); everything else,
-    arguments included, is as in :func:`st_fcn_aff`.
+    arguments included, is as in :func:`st_fcn_aff`, but for ``zoom`` (the transformer starts at the identity).
 
     Example:
         >>> stn.create_model("st-fcn-tps").transformers[0].transform.num_params
         32
     """
     return _st_classifier(
-        ThinPlateSpline, _fcn_localization(loc_hidden), fcn_classifier, in_channels=in_channels,
+        ThinPlateSpline, _st_fcn_localization(loc, loc_hidden), fcn_classifier, in_channels=in_channels,
         input_size=input_size, num_classes=num_classes, num_transformers=num_transformers, pool=pool,
         output_size=output_size, sampler=SamplerOptions(mode=mode, padding=padding, align_corners=align_corners),
         classifier_kwargs=classifier_kwargs,
