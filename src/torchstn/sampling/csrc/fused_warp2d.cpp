@@ -1804,6 +1804,74 @@ __attribute__((always_inline)) inline void run8_interleaved(const float* xb, int
   }
 }
 
+// `single_pass` for nearest (float, the points of a grid, input and output rows of unit stride):
+// eight points located in registers (locate8's coordinates; under zeros padding without its
+// far-point and padding stages, which the clamp below makes needless) and rounded half to even,
+// as keep8 rounds them, each channel's pixels gathered straight into the output (a masked
+// gather: 0 where the pixel lies outside, NaN where the point is not finite), not through the
+// block, whose four corners' offsets, weights and validity keep8 writes for nearest's one; its
+// spans are rows or runs of 4,096 points (forward_impl). The same pixels, so the same values.
+// Forward of a uniform random grid, `stn.sample(..., mode="nearest", backend="fused")`: see
+// docs/benchmarks.md (2026-12-05, "nearest"). Tried and not kept: sixteen points a gather
+// (AVX-512, two locate8 halves): 0.93x of eight on one channel (Zen 4's 16-lane gather is not
+// faster than two 8-lane ones); the gathers are 64% of this pass's samples (perf), as
+// vgatherdps is of ATen's nearest, which stays ahead (0.74-0.89x).
+template <int PAD>
+inline void nearest_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C,
+                         const float* pairs, int64_t n, const Constants<float>& kref) {
+  const Constants<float> k = kref;  // (in registers, as single_pass's)
+  const Locations8<GRID_PAIRS> where(nullptr, pairs, nullptr, 0.f, n, k.eps);
+  const __m256 zero = _mm256_setzero_ps(), one = avx::set1(1.f), minus_one = avx::set1(-1.f);
+  const __m256 W = avx::set1(static_cast<float>(k.W)), H = avx::set1(static_cast<float>(k.H));
+  const __m256 ax = avx::set1(k.ax), bx = avx::set1(k.bx), ay = avx::set1(k.ay), by = avx::set1(k.by);
+  const __m256i sh = _mm256_set1_epi32(k.sh), sw = _mm256_set1_epi32(k.sw);
+  // eight points from t0 (none past n): the offsets of their pixels, where they are read (v) and not finite (bad)
+  const auto eight = [&](int64_t t0, __m256i* off, __m256* v, __m256* bad) __attribute__((always_inline)) {
+    __m256 gx, gy;
+    where.at(t0, &gx, &gy);
+    __m256 ix, iy, use;
+    if constexpr (PAD == ZEROS) {  // locate8's pixel coordinates, without the stages zeros padding does not need
+      // here (a non-finite or far point is outside, and min/max below bound what the offset reads)
+      const __m256 live = _mm256_cmp_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7),
+                                        avx::set1(static_cast<float>(n - t0)), _CMP_LT_OQ);
+      ix = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gx, one), ax), bx);
+      iy = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gy, one), ay), by);
+      // (x - x) + (y - y): NaN where either is not finite
+      const __m256 nonfinite = _mm256_cmp_ps(_mm256_add_ps(_mm256_sub_ps(gx, gx), _mm256_sub_ps(gy, gy)), zero,
+                                             _CMP_UNORD_Q);
+      *bad = _mm256_and_ps(nonfinite, live);
+      use = _mm256_andnot_ps(nonfinite, live);
+    } else {
+      const avx::Located8 p = avx::locate8<PAD>(gx, gy, t0, n, k);
+      ix = p.ix;
+      iy = p.iy;
+      *bad = p.bad;
+      use = _mm256_and_ps(p.live, p.finite);
+    }
+    const __m256 rx = _mm256_round_ps(ix, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 ry = _mm256_round_ps(iy, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 vx = _mm256_and_ps(_mm256_cmp_ps(rx, zero, _CMP_GE_OQ), _mm256_cmp_ps(rx, W, _CMP_LT_OQ));
+    const __m256 vy = _mm256_and_ps(_mm256_cmp_ps(ry, zero, _CMP_GE_OQ), _mm256_cmp_ps(ry, H, _CMP_LT_OQ));
+    *v = _mm256_and_ps(_mm256_and_ps(vx, vy), use);
+    const __m256i cx = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(rx, minus_one), W));
+    const __m256i cy = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(ry, minus_one), H));
+    *off = _mm256_and_si256(_mm256_add_epi32(_mm256_mullo_epi32(cy, sh), _mm256_mullo_epi32(cx, sw)),
+                            _mm256_castps_si256(*v));
+  };
+  for (int64_t t0 = 0; t0 < n; t0 += 8) {
+    __m256i off;
+    __m256 v, bad;
+    eight(t0, &off, &v, &bad);
+    const bool any_bad = _mm256_movemask_ps(bad) != 0;
+    const int64_t live = n - t0 < 8 ? n - t0 : 8;
+    for (int64_t c = 0; c < C; ++c) {
+      __m256 r = _mm256_mask_i32gather_ps(zero, xb + c * xc_step, off, v, 4);
+      if (any_bad) r = avx::select(bad, avx::set1(NAN), r);
+      Simd<float>::store_upto(ob + c * oc_step + t0, r, live);
+    }
+  }
+}
+
 // `single_pass` for channels side by side (C = 2 to 4, input and output channels_last; the
 // points of a row, or of a grid: ROW or GRID_PAIRS): a vector of eight points strictly
 // inside [0, W - 1) x [0, H - 1) (zeros and border padding) whose corners' whole-vector
@@ -2138,6 +2206,13 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
         return;
       }
     }
+    if constexpr (std::is_same_v<T, float> && MODE == NEAREST && LOC == GRID) {
+      if (xs.w == 1 && os.w == 1 && ahead == 0) {  // (as the bilinear single pass: rows of unit stride)
+        float* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
+        nearest_pass<PAD>(x + b * xs.b, xs.c, ob, os.c, C, loc.grid + (b * k.Ho * k.Wo + span.p0) * 2, n, k);
+        return;
+      }
+    }
 #endif
     locate<T, LOC, PAD, MODE>(loc, k, b, span, blk);
     if (os.w == 1) {  // written where computed (a copy through a buffer stalls the loads);
@@ -2189,11 +2264,28 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   row_spans = std::is_same_v<T, float> && MODE == LINEAR && !loc.packed && !may_fetch_ahead(k, loc.packed, beyond_l2) &&
               ((xs.w == 1 && os.w == 1 && C <= 4) || (xs.c == 1 && os.c == 1 && C >= 2 && C <= 4));
 #endif
+  // The nearest pass of a grid (nearest_pass) reads no block either: its spans are rows, or where
+  // rows are packed runs of kNearestRun points (the per-span cost paid once per 4,096 points
+  // instead of once per 64).
+  constexpr int64_t kNearestRun = 4096;
+  bool nearest_rows = false;
+#ifdef TORCHSTN_AVX2
+  nearest_rows = std::is_same_v<T, float> && MODE == NEAREST && LOC == GRID && xs.w == 1 && os.w == 1 &&
+                 !may_fetch_ahead(k, loc.packed, beyond_l2);
+#endif
+  const int64_t points = Ho * Wo;
   // per sample; the spans are split over threads
-  const int64_t spans = row_spans ? Ho : block_count(Ho, Wo, loc.packed);
+  const int64_t spans = nearest_rows ? (loc.packed ? (points + kNearestRun - 1) / kNearestRun : Ho)
+                        : row_spans  ? Ho
+                                     : block_count(Ho, Wo, loc.packed);
   parallel_for(B * spans, threads, [&](int64_t index) {
     const int64_t b = index / spans, s = index % spans;
-    block(b, row_spans ? Span{s * Wo, Wo, s, 0} : block_span(s, Ho, Wo, loc.packed));
+    if (nearest_rows && loc.packed) {
+      block(b, Span{s * kNearestRun, points - s * kNearestRun < kNearestRun ? points - s * kNearestRun : kNearestRun,
+                    -1, -1});
+    } else {
+      block(b, nearest_rows || row_spans ? Span{s * Wo, Wo, s, 0} : block_span(s, Ho, Wo, loc.packed));
+    }
   });
 }
 
