@@ -1810,12 +1810,13 @@ __attribute__((always_inline)) inline void run8_interleaved(const float* xb, int
 // as keep8 rounds them, each channel's pixels gathered straight into the output (a masked
 // gather: 0 where the pixel lies outside, NaN where the point is not finite), not through the
 // block, whose four corners' offsets, weights and validity keep8 writes for nearest's one; its
-// spans are rows or runs of 4,096 points (forward_impl). The same pixels, so the same values.
-// Forward of a uniform random grid, `stn.sample(..., mode="nearest", backend="fused")`: see
-// docs/benchmarks.md (2026-12-05, "nearest"). Tried and not kept: sixteen points a gather
-// (AVX-512, two locate8 halves): 0.93x of eight on one channel (Zen 4's 16-lane gather is not
-// faster than two 8-lane ones); the gathers are 64% of this pass's samples (perf), as
-// vgatherdps is of ATen's nearest, which stays ahead (0.74-0.89x).
+// spans are runs of 4,096 points across rows, or rows (forward_impl). The same pixels, so the
+// same values. Forward of a uniform random grid, `stn.sample(..., mode="nearest",
+// backend="fused")`, 1.30-1.59x (docs/benchmarks.md, 2026-12-05 17:20). Tried and not kept:
+// sixteen points a gather (AVX-512, two locate8 halves): 0.93x of eight on one channel (Zen 4's
+// 16-lane gather is not faster than two 8-lane ones); unmasked gathers, the lanes outside zeroed
+// after: 1.00x. The gathers are 64% of this pass's samples (perf), as vgatherdps is of ATen's
+// nearest, which stays ahead (0.81-0.94x).
 template <int PAD>
 inline void nearest_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C,
                          const float* pairs, int64_t n, const Constants<float>& kref) {
@@ -2265,8 +2266,8 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
               ((xs.w == 1 && os.w == 1 && C <= 4) || (xs.c == 1 && os.c == 1 && C >= 2 && C <= 4));
 #endif
   // The nearest pass of a grid (nearest_pass) reads no block either: its spans are rows, or where
-  // rows are packed runs of kNearestRun points (the per-span cost paid once per 4,096 points
-  // instead of once per 64).
+  // the output's rows follow each other runs of kNearestRun points across them (the per-span cost
+  // paid once per 4,096 points instead of once per 64).
   constexpr int64_t kNearestRun = 4096;
   bool nearest_rows = false;
 #ifdef TORCHSTN_AVX2
@@ -2274,15 +2275,18 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
                  !may_fetch_ahead(k, loc.packed, beyond_l2);
 #endif
   const int64_t points = Ho * Wo;
+  // runs across rows where the output's rows follow each other (its row at i * os.h + j0 = p0)
+  const bool nearest_runs = nearest_rows && os.h == Wo;
   // per sample; the spans are split over threads
-  const int64_t spans = nearest_rows ? (loc.packed ? (points + kNearestRun - 1) / kNearestRun : Ho)
-                        : row_spans  ? Ho
-                                     : block_count(Ho, Wo, loc.packed);
+  const int64_t spans = nearest_runs   ? (points + kNearestRun - 1) / kNearestRun
+                        : nearest_rows ? Ho
+                        : row_spans    ? Ho
+                                       : block_count(Ho, Wo, loc.packed);
   parallel_for(B * spans, threads, [&](int64_t index) {
     const int64_t b = index / spans, s = index % spans;
-    if (nearest_rows && loc.packed) {
-      block(b, Span{s * kNearestRun, points - s * kNearestRun < kNearestRun ? points - s * kNearestRun : kNearestRun,
-                    -1, -1});
+    if (nearest_runs) {
+      const int64_t p0 = s * kNearestRun;
+      block(b, Span{p0, points - p0 < kNearestRun ? points - p0 : kNearestRun, p0 / Wo, p0 % Wo});
     } else {
       block(b, nearest_rows || row_spans ? Span{s * Wo, Wo, s, 0} : block_span(s, Ho, Wo, loc.packed));
     }
