@@ -563,31 +563,42 @@ __attribute__((always_inline)) inline Located8 locate8(__m256 gx, __m256 gy, int
   return p;
 }
 
+// the pixel nearest reads for 8 points at pixel coordinates (ix, iy), rounded half to even as
+// ATen's std::nearbyint: its offset (0 where it is not read) and, in *v, the lanes that read it
+// (inside the image and in `use`); the rounded coordinates are clamped to [-1, W] x [-1, H]
+// first, so that the offset cannot overflow (unchanged where valid)
+__attribute__((always_inline)) inline __m256i nearest8(__m256 ix, __m256 iy, __m256 use, const Constants<float>& k,
+                                                       __m256* v) {
+  const __m256 zero = _mm256_setzero_ps(), minus_one = set1(-1.f);
+  const __m256 W = set1(static_cast<float>(k.W)), H = set1(static_cast<float>(k.H));
+  const __m256 rx = _mm256_round_ps(ix, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 ry = _mm256_round_ps(iy, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 vx = _mm256_and_ps(_mm256_cmp_ps(rx, zero, _CMP_GE_OQ), _mm256_cmp_ps(rx, W, _CMP_LT_OQ));
+  const __m256 vy = _mm256_and_ps(_mm256_cmp_ps(ry, zero, _CMP_GE_OQ), _mm256_cmp_ps(ry, H, _CMP_LT_OQ));
+  *v = _mm256_and_ps(_mm256_and_ps(vx, vy), use);
+  const __m256i cx = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(rx, minus_one), W));
+  const __m256i cy = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(ry, minus_one), H));
+  const __m256i o = _mm256_add_epi32(_mm256_mullo_epi32(cy, _mm256_set1_epi32(k.sh)),
+                                     _mm256_mullo_epi32(cx, _mm256_set1_epi32(k.sw)));
+  return _mm256_and_si256(o, _mm256_castps_si256(*v));
+}
+
 // the located points (and, bilinear, their corners c) written into the block at t0;
 // returns whether a live point's location is not finite
 template <int MODE>
 __attribute__((always_inline)) inline bool keep8(const Located8& p, const Corners8& c, int64_t t0,
                                                  const Constants<float>& k, Block<float>& blk) {
-  const __m256 zero = _mm256_setzero_ps(), one = set1(1.f), minus_one = set1(-1.f);
+  const __m256 zero = _mm256_setzero_ps(), one = set1(1.f);
   _mm256_storeu_ps(blk.bad + t0, _mm256_and_ps(p.bad, one));
   _mm256_storeu_ps(blk.dix + t0, MODE == NEAREST ? zero : p.dx);
   _mm256_storeu_ps(blk.diy + t0, MODE == NEAREST ? zero : p.dy);
   const __m256 use = _mm256_and_ps(p.live, p.finite);
-  if (MODE == NEAREST) {  // rounding half to even, as ATen's std::nearbyint
-    const __m256 W = set1(static_cast<float>(k.W)), H = set1(static_cast<float>(k.H));
-    const __m256i sh = _mm256_set1_epi32(k.sh), sw = _mm256_set1_epi32(k.sw);
-    const __m256 rx = _mm256_round_ps(p.ix, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256 ry = _mm256_round_ps(p.iy, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256 vx = _mm256_and_ps(_mm256_cmp_ps(rx, zero, _CMP_GE_OQ), _mm256_cmp_ps(rx, W, _CMP_LT_OQ));
-    const __m256 vy = _mm256_and_ps(_mm256_cmp_ps(ry, zero, _CMP_GE_OQ), _mm256_cmp_ps(ry, H, _CMP_LT_OQ));
-    const __m256 v = _mm256_and_ps(_mm256_and_ps(vx, vy), use);
-    // clamped to [-1, W] x [-1, H] so that the offset cannot overflow (unchanged where valid)
-    const __m256i cx0 = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(rx, minus_one), W));
-    const __m256i cy0 = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(ry, minus_one), H));
-    const __m256i o = _mm256_add_epi32(_mm256_mullo_epi32(cy0, sh), _mm256_mullo_epi32(cx0, sw));
+  if (MODE == NEAREST) {
+    __m256 v;
+    const __m256i o = nearest8(p.ix, p.iy, use, k, &v);
     _mm256_storeu_ps(blk.w[0] + t0, _mm256_and_ps(p.live, one));
     _mm256_storeu_ps(blk.valid[0] + t0, _mm256_and_ps(v, one));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk.off[0] + t0), _mm256_and_si256(o, _mm256_castps_si256(v)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk.off[0] + t0), o);
     for (int q = 1; q < 4; ++q) {
       _mm256_storeu_ps(blk.w[q] + t0, zero);
       _mm256_storeu_ps(blk.valid[q] + t0, zero);
@@ -1806,8 +1817,8 @@ __attribute__((always_inline)) inline void run8_interleaved(const float* xb, int
 
 // `single_pass` for nearest (float, the points of a grid, input and output rows of unit stride):
 // eight points located in registers (locate8's coordinates; under zeros padding without its
-// far-point and padding stages, which the clamp below makes needless) and rounded half to even,
-// as keep8 rounds them, each channel's pixels gathered straight into the output (a masked
+// far-point and padding stages, which nearest8's clamp makes needless) and rounded half to even
+// by nearest8, as keep8 rounds them, each channel's pixels gathered straight into the output (a masked
 // gather: 0 where the pixel lies outside, NaN where the point is not finite), not through the
 // block, whose four corners' offsets, weights and validity keep8 writes for nearest's one; its
 // spans are runs of 4,096 points across rows, or rows (forward_impl). The same pixels, so the
@@ -1822,17 +1833,15 @@ inline void nearest_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc
                          const float* pairs, int64_t n, const Constants<float>& kref) {
   const Constants<float> k = kref;  // (in registers, as single_pass's)
   const Locations8<GRID_PAIRS> where(nullptr, pairs, nullptr, 0.f, n, k.eps);
-  const __m256 zero = _mm256_setzero_ps(), one = avx::set1(1.f), minus_one = avx::set1(-1.f);
-  const __m256 W = avx::set1(static_cast<float>(k.W)), H = avx::set1(static_cast<float>(k.H));
+  const __m256 zero = _mm256_setzero_ps(), one = avx::set1(1.f);
   const __m256 ax = avx::set1(k.ax), bx = avx::set1(k.bx), ay = avx::set1(k.ay), by = avx::set1(k.by);
-  const __m256i sh = _mm256_set1_epi32(k.sh), sw = _mm256_set1_epi32(k.sw);
   // eight points from t0 (none past n): the offsets of their pixels, where they are read (v) and not finite (bad)
   const auto eight = [&](int64_t t0, __m256i* off, __m256* v, __m256* bad) __attribute__((always_inline)) {
     __m256 gx, gy;
     where.at(t0, &gx, &gy);
     __m256 ix, iy, use;
     if constexpr (PAD == ZEROS) {  // locate8's pixel coordinates, without the stages zeros padding does not need
-      // here (a non-finite or far point is outside, and min/max below bound what the offset reads)
+      // here (a non-finite or far point is outside, and nearest8's clamp bounds what the offset reads)
       const __m256 live = _mm256_cmp_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7),
                                         avx::set1(static_cast<float>(n - t0)), _CMP_LT_OQ);
       ix = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gx, one), ax), bx);
@@ -1849,15 +1858,7 @@ inline void nearest_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc
       *bad = p.bad;
       use = _mm256_and_ps(p.live, p.finite);
     }
-    const __m256 rx = _mm256_round_ps(ix, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256 ry = _mm256_round_ps(iy, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256 vx = _mm256_and_ps(_mm256_cmp_ps(rx, zero, _CMP_GE_OQ), _mm256_cmp_ps(rx, W, _CMP_LT_OQ));
-    const __m256 vy = _mm256_and_ps(_mm256_cmp_ps(ry, zero, _CMP_GE_OQ), _mm256_cmp_ps(ry, H, _CMP_LT_OQ));
-    *v = _mm256_and_ps(_mm256_and_ps(vx, vy), use);
-    const __m256i cx = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(rx, minus_one), W));
-    const __m256i cy = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(ry, minus_one), H));
-    *off = _mm256_and_si256(_mm256_add_epi32(_mm256_mullo_epi32(cy, sh), _mm256_mullo_epi32(cx, sw)),
-                            _mm256_castps_si256(*v));
+    *off = avx::nearest8(ix, iy, use, k, v);
   };
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
     __m256i off;
@@ -2278,10 +2279,9 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // runs across rows where the output's rows follow each other (its row at i * os.h + j0 = p0)
   const bool nearest_runs = nearest_rows && os.h == Wo;
   // per sample; the spans are split over threads
-  const int64_t spans = nearest_runs   ? (points + kNearestRun - 1) / kNearestRun
-                        : nearest_rows ? Ho
-                        : row_spans    ? Ho
-                                       : block_count(Ho, Wo, loc.packed);
+  const int64_t spans = nearest_runs                ? (points + kNearestRun - 1) / kNearestRun
+                        : nearest_rows || row_spans ? Ho
+                                                    : block_count(Ho, Wo, loc.packed);
   parallel_for(B * spans, threads, [&](int64_t index) {
     const int64_t b = index / spans, s = index % spans;
     if (nearest_runs) {
