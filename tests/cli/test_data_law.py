@@ -54,6 +54,7 @@ def test_a_run_records_its_law_and_is_measured_on_it_without_a_note(cli, p_run, 
     for which in ("best", "last"):
         _, _, info = read_checkpoint(p_run / "checkpoints" / f"{which}.safetensors")
         assert info["data_law"] == stn.data.data_law("mnist-p")
+        assert read_checkpoint(p_run / "checkpoints" / f"{which}.safetensors", tensors=False)[::2] == ({}, info)
     assert info["data_law"]["version"] == 2 and info["data_law"]["options"]["moved"] == "source"
     loss, err = _loss(cli, p_run, mnist_dir)
     logged = json.loads((p_run / "metrics.jsonl").read_text().splitlines()[-1])["test_loss"]

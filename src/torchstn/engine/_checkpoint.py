@@ -216,21 +216,24 @@ def save_checkpoint(
     return path
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], TrainConfig, dict[str, Any]]:
+def read_checkpoint(
+    path: str | Path, *, tensors: bool = True
+) -> tuple[dict[str, torch.Tensor], TrainConfig, dict[str, Any]]:
     """Weights, config and ``{"epoch", "step", "metrics"}`` of a checkpoint file, and ``"data_law"``
-    where the file records it (runs trained since 2026-12-05 on sets they loaded themselves).
+    where the file records it (runs trained since 2026-12-05 on sets they loaded themselves);
+    ``tensors=False`` reads the metadata alone (the weights ``{}``).
 
     Raises:
         CheckpointError: the file is not a readable torchstn checkpoint.
     """
     path = Path(path)
-    metadata, tensors = _read_safetensors(path)
+    metadata, weights = _read_safetensors(path, tensors=tensors)
     config = _metadata_field(path, metadata, "config", lambda text: TrainConfig.from_dict(_json_object(text)))
     info = {key: _metadata_field(path, metadata, key, int) for key in ("epoch", "step")}
     info["metrics"] = _metadata_field(path, metadata, "metrics", _json_object)
     if "data_law" in metadata:
         info["data_law"] = _metadata_field(path, metadata, "data_law", _json_law)
-    return tensors, config, info
+    return weights, config, info
 
 
 def _metadata_field(path: Path, metadata: dict[str, str], key: str, parse: Callable[[str], Any]) -> Any:

@@ -91,9 +91,9 @@ def run_data(config: TrainConfig, info: dict[str, Any], *, chosen: bool = False)
         return config, None
     same_kind = recorded is not None and law is not None and recorded.get("kind") == law["kind"]
     if chosen:  # (a note where the recipe has changed since: the options given may not mean what they meant)
-        changed = same_kind and recorded.get("version") != law["version"]
+        other_version = same_kind and recorded.get("version") != law["version"]
         return config, f"{where} was trained on {law_text(recorded)}; measured, as asked, on {law_text(law)}" \
-            if changed else None
+            if other_version else None
     options = KINDS[law["kind"]].options_for(recorded) if same_kind else None
     if options is None:
         raise ValueError(

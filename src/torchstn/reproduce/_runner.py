@@ -392,15 +392,15 @@ def _set_aside_another_law(cell: Cell, run_dir: RunDir, log: Callable[[str], Non
     last = run_dir.checkpoint("last")
     if not last.is_file():
         return
-    info = read_checkpoint(last)[2]
-    if "data_law" not in info or info["data_law"] == _law_of(cell.config):
+    info, law = read_checkpoint(last, tensors=False)[2], _law_of(cell.config)
+    if "data_law" not in info or info["data_law"] == law:
         return
     n = 1
     while run_dir.path.with_name(f"{run_dir.path.name}.law-{n}").exists():
         n += 1
     aside = run_dir.path.rename(run_dir.path.with_name(f"{run_dir.path.name}.law-{n}"))
     log(f"  {run_dir.path} was trained on {_law_label(info['data_law'])}; this torchstn draws "
-        f"{_law_label(_law_of(cell.config))} for the cell: moved to {aside}, the cell starts again")
+        f"{_law_label(law)} for the cell: moved to {aside}, the cell starts again")
 
 
 def run_cell(
