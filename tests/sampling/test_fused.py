@@ -511,6 +511,43 @@ def test_fused_nearest_gradcheck_wrt_the_input(padding, align_corners, calls):
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("gradient", ["nchw", "channels-last"])
+def test_nearest_on_a_float32_grid_equals_f_grid_sample_bit_for_bit(padding, align_corners, gradient, calls):
+    """Nearest on a float32 grid takes one pass forward and one backward (no block): the same
+    pixels as F.grid_sample, points on half pixels (rounded half to even) included, and the same
+    input gradient bit for bit (each point's gradient added to its pixel in the points' order;
+    a channels_last output gradient takes the block path, compared the same way). A
+    point that is not finite gives NaN values and a NaN grid gradient and adds nothing to the
+    input's (F.grid_sample answers it with a pixel: compared on the finite points, its gradient
+    given 0 there); the finite points' grid gradient is 0."""
+    B, C, H, W, Ho, Wo = 2, 3, 9, 11, 13, 70
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.stack([torch.randint(-3, W + 3, (B, Ho, Wo), generator=generator),
+                          torch.randint(-3, H + 3, (B, Ho, Wo), generator=generator)], -1).float() + 0.5
+    size = torch.tensor([W, H], dtype=torch.float32)
+    grid = pixels / (size - 1) * 2 - 1 if align_corners else (2 * pixels + 1) / size - 1
+    grid[:, 1::2] = random_grid((B, Ho // 2, Wo, 2), torch.float32)  # every other row anywhere
+    grid[0, 0, 0, 0], grid[1, -1, -1, 1], grid[1, 5, 3, 0] = float("nan"), float("inf"), -float("inf")
+    finite = grid.isfinite().all(-1)
+    grad_out = random_input((B, C, Ho, Wo), torch.float32, seed=3)
+    if gradient == "channels-last":
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    x, g = random_input((B, C, H, W), torch.float32).requires_grad_(), grid.clone().requires_grad_()
+    out = stn.sample(x, g, "nearest", padding, align_corners, backend="fused")
+    grad_x, grad_grid = torch.autograd.grad(out, (x, g), grad_out)
+    assert set(calls) == {"fused_sample"}
+    xr = x.detach().clone().requires_grad_()
+    expected = F.grid_sample(xr, grid.nan_to_num(0.0, 0.0, 0.0), mode="nearest", padding_mode=padding,
+                             align_corners=align_corners)
+    (expected_grad_x,) = torch.autograd.grad(expected, xr, grad_out * finite[:, None])
+    at = finite[:, None].expand_as(out)
+    assert torch.equal(out[at], expected[at]) and out[~at].isnan().all()
+    assert torch.equal(grad_x, expected_grad_x)
+    assert torch.equal(grad_grid[finite], torch.zeros_like(grad_grid[finite])) and grad_grid[~finite].isnan().all()
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
 def test_fused_sample_gradcheck(padding):
     x = random_input((2, 2, 4, 5), torch.float64).requires_grad_()
     grid = random_grid((2, 3, 4, 2), torch.float64, spread=1.2).requires_grad_()

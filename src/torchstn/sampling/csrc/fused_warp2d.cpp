@@ -1828,48 +1828,107 @@ __attribute__((always_inline)) inline void run8_interleaved(const float* xb, int
 // 16-lane gather is not faster than two 8-lane ones); unmasked gathers, the lanes outside zeroed
 // after: 1.00x. The gathers are 64% of this pass's samples (perf), as vgatherdps is of ATen's
 // nearest, which stays ahead (0.81-0.94x).
+// Eight points of a grid from t0 (none past n) for nearest's one pixel: its offset (0 where it
+// is not read), the lanes that read it (*v) and the lanes whose point is not finite (*bad);
+// locate8's coordinates, under zeros padding without its far-point and padding stages (a
+// non-finite or far point is outside, and nearest8's clamp bounds what the offset reads). The
+// forward's and the backward's nearest passes both locate through it.
+template <int PAD>
+__attribute__((always_inline)) inline __m256i nearest_points8(const Locations8<GRID_PAIRS>& where, int64_t t0,
+                                                              int64_t n, const Constants<float>& k, __m256* v,
+                                                              __m256* bad) {
+  __m256 gx, gy;
+  where.at(t0, &gx, &gy);
+  __m256 ix, iy, use;
+  if constexpr (PAD == ZEROS) {
+    const __m256 one = avx::set1(1.f);
+    const __m256 live = _mm256_cmp_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7),
+                                      avx::set1(static_cast<float>(n - t0)), _CMP_LT_OQ);
+    ix = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gx, one), avx::set1(k.ax)), avx::set1(k.bx));
+    iy = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gy, one), avx::set1(k.ay)), avx::set1(k.by));
+    // (x - x) + (y - y): NaN where either is not finite
+    const __m256 nonfinite = _mm256_cmp_ps(_mm256_add_ps(_mm256_sub_ps(gx, gx), _mm256_sub_ps(gy, gy)),
+                                           _mm256_setzero_ps(), _CMP_UNORD_Q);
+    *bad = _mm256_and_ps(nonfinite, live);
+    use = _mm256_andnot_ps(nonfinite, live);
+  } else {
+    const avx::Located8 p = avx::locate8<PAD>(gx, gy, t0, n, k);
+    ix = p.ix;
+    iy = p.iy;
+    *bad = p.bad;
+    use = _mm256_and_ps(p.live, p.finite);
+  }
+  return avx::nearest8(ix, iy, use, k, v);
+}
+
+// The forward of nearest on a grid (float32, rows of unit stride), in one pass: eight points
+// located in registers (nearest_points8) and rounded half to even by nearest8, as keep8 rounds
+// them, each channel's pixels gathered straight into the output (a masked gather: 0 where the
+// pixel lies outside, NaN where the point is not finite), not through the block, whose four
+// corners' offsets, weights and validity keep8 writes for nearest's one; its spans are runs of
+// 4,096 points across rows, or rows (forward_impl). The same pixels, so the same values.
+// Forward of a uniform random grid, `stn.sample(..., mode="nearest", backend="fused")`,
+// 1.30-1.59x (docs/benchmarks.md, 2026-12-05 17:20). Tried and not kept: sixteen points a
+// gather (AVX-512, two halves): 0.93x of eight on one channel (Zen 4's 16-lane gather is not
+// faster than two 8-lane ones); unmasked gathers, the lanes outside zeroed after: 1.00x. The
+// gathers are 64% of this pass's samples (perf), as vgatherdps is of ATen's nearest, which
+// stays ahead (0.81-0.94x).
 template <int PAD>
 inline void nearest_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C,
                          const float* pairs, int64_t n, const Constants<float>& kref) {
   const Constants<float> k = kref;  // (in registers, as single_pass's)
   const Locations8<GRID_PAIRS> where(nullptr, pairs, nullptr, 0.f, n, k.eps);
-  const __m256 zero = _mm256_setzero_ps(), one = avx::set1(1.f);
-  const __m256 ax = avx::set1(k.ax), bx = avx::set1(k.bx), ay = avx::set1(k.ay), by = avx::set1(k.by);
-  // eight points from t0 (none past n): the offsets of their pixels, where they are read (v) and not finite (bad)
-  const auto eight = [&](int64_t t0, __m256i* off, __m256* v, __m256* bad) __attribute__((always_inline)) {
-    __m256 gx, gy;
-    where.at(t0, &gx, &gy);
-    __m256 ix, iy, use;
-    if constexpr (PAD == ZEROS) {  // locate8's pixel coordinates, without the stages zeros padding does not need
-      // here (a non-finite or far point is outside, and nearest8's clamp bounds what the offset reads)
-      const __m256 live = _mm256_cmp_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7),
-                                        avx::set1(static_cast<float>(n - t0)), _CMP_LT_OQ);
-      ix = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gx, one), ax), bx);
-      iy = _mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(gy, one), ay), by);
-      // (x - x) + (y - y): NaN where either is not finite
-      const __m256 nonfinite = _mm256_cmp_ps(_mm256_add_ps(_mm256_sub_ps(gx, gx), _mm256_sub_ps(gy, gy)), zero,
-                                             _CMP_UNORD_Q);
-      *bad = _mm256_and_ps(nonfinite, live);
-      use = _mm256_andnot_ps(nonfinite, live);
-    } else {
-      const avx::Located8 p = avx::locate8<PAD>(gx, gy, t0, n, k);
-      ix = p.ix;
-      iy = p.iy;
-      *bad = p.bad;
-      use = _mm256_and_ps(p.live, p.finite);
-    }
-    *off = avx::nearest8(ix, iy, use, k, v);
-  };
+  const __m256 zero = _mm256_setzero_ps();
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
-    __m256i off;
     __m256 v, bad;
-    eight(t0, &off, &v, &bad);
+    const __m256i off = nearest_points8<PAD>(where, t0, n, k, &v, &bad);
     const bool any_bad = _mm256_movemask_ps(bad) != 0;
     const int64_t live = n - t0 < 8 ? n - t0 : 8;
     for (int64_t c = 0; c < C; ++c) {
       __m256 r = _mm256_mask_i32gather_ps(zero, xb + c * xc_step, off, v, 4);
       if (any_bad) r = avx::select(bad, avx::set1(NAN), r);
       Simd<float>::store_upto(ob + c * oc_step + t0, r, live);
+    }
+  }
+}
+
+// The backward of nearest on a grid (float32, rows of unit stride), in one pass as its
+// forward: each point's output gradient added to its pixel's (grad_x, zeroed before; one
+// point at a time, in the points' order, as the block's scatter adds them: the same bits) and
+// its location's gradient written (grad_pairs: 0, NaN where the point is not finite), where
+// the block path wrote nearest's one pixel as four corners and read them back per channel.
+template <int PAD>
+inline void nearest_backward_pass(float* gxb, int64_t xc_step, const float* gb, int64_t gc_step, int64_t C,
+                                  const float* pairs, float* grad_pairs, int64_t n, const Constants<float>& kref) {
+  const Constants<float> k = kref;
+  const Locations8<GRID_PAIRS> where(nullptr, pairs, nullptr, 0.f, n, k.eps);
+  alignas(32) int32_t at[8];
+  for (int64_t t0 = 0; t0 < n; t0 += 8) {
+    __m256 v, bad;
+    const __m256i off = nearest_points8<PAD>(where, t0, n, k, &v, &bad);
+    const int64_t live = n - t0 < 8 ? n - t0 : 8;
+    if (grad_pairs != nullptr) {  // x y x y ...: 0, or NaN where the point is not finite
+      float* q = grad_pairs + 2 * t0;
+      for (int64_t i = 0; i < 2 * live; ++i) q[i] = 0.f;
+      for (unsigned m = static_cast<unsigned>(_mm256_movemask_ps(bad)); m != 0; m &= m - 1) {
+        const int l = __builtin_ctz(m);
+        q[2 * l] = q[2 * l + 1] = NAN;
+      }
+    }
+    const unsigned reads = static_cast<unsigned>(_mm256_movemask_ps(v));
+    if (gxb == nullptr || reads == 0) continue;
+    _mm256_store_si256(reinterpret_cast<__m256i*>(at), off);
+    for (int64_t c = 0; c < C; ++c) {
+      const float* g = gb + c * gc_step + t0;  // (only lanes that are points read it)
+      float* gxc = gxb + c * xc_step;
+      if (reads == 0xff) {  // every point reads a pixel (the common vector): a loop of fixed length
+        for (int l = 0; l < 8; ++l) gxc[at[l]] += g[l];
+      } else {
+        for (unsigned m = reads; m != 0; m &= m - 1) {
+          const int l = __builtin_ctz(m);
+          gxc[at[l]] += g[l];
+        }
+      }
     }
   }
 }
@@ -2359,6 +2418,18 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
     }
 #endif
     if (grad_x && !bordered) zero_sample(grad_x + b * xs.b, xs, C, k.H, k.W);
+#ifdef TORCHSTN_AVX2
+    if constexpr (std::is_same_v<T, float> && MODE == NEAREST && LOC == GRID) {
+      // x's rows of unit stride, the output gradient's rows following each other (an NCHW gradient: the
+      // operator hands the kernel a dense one): the sample's points in one run
+      if (xs.w == 1 && gs.w == 1 && gs.h == Wo) {
+        nearest_backward_pass<PAD>(grad_x ? grad_x + b * xs.b : nullptr, xs.c, grad_out + b * gs.b, gs.c, C,
+                                   loc.grid + b * Ho * Wo * 2, grad_loc ? grad_loc + b * Ho * Wo * 2 : nullptr,
+                                   Ho * Wo, k);
+        return;
+      }
+    }
+#endif
     double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     Block<T> blk;
     alignas(32) T gix[BLOCK], giy[BLOCK], go[LANES<T>], part[4][LANES<T>];
