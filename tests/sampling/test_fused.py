@@ -548,6 +548,29 @@ def test_nearest_on_a_float32_grid_equals_f_grid_sample_bit_for_bit(padding, ali
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_nearest_affine_rows_in_one_pass_equal_the_block_bit_for_bit(padding, align_corners):
+    """A float32 nearest warp of affine rows takes the nearest pass (NCHW: rows, or runs of
+    packed rows across them); a channels_last input takes the block. The same pixels, so the
+    same bits: near the identity, rotated, flipped, entirely outside, a NaN θ (NaN
+    everywhere), on wide rows and on narrow ones packed across rows."""
+    n = 6
+    x = random_input((n, 3, 30, 41), torch.float32, seed=3)
+    p = random_theta(stn.Affine(), n, torch.float32, scale=0.02, seed=4)
+    p[1] += random_theta(stn.Affine(), 1, torch.float32, scale=0.3, seed=5)[0] - stn.Affine().identity(1)[0]
+    p[2] = torch.tensor([-1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # flipped
+    p[3] = torch.tensor([0.7, 0.7, 0.1, -0.7, 0.7, 0.0])  # rotated by 45 degrees
+    p[4] = torch.tensor([1.0, 0.0, 3.0, 0.0, 1.0, 0.0])  # entirely outside
+    p[5, 2] = float("nan")
+    for size in [(20, 90), (13, 27)]:  # rows of a vector and more; narrow rows packed across rows
+        one_pass, block = (stn.warp(image, p, stn.Affine(), size=size, mode="nearest", padding=padding,
+                                    align_corners=align_corners, backend="fused")
+                           for image in (x, x.contiguous(memory_format=torch.channels_last)))
+        torch.testing.assert_close(one_pass, block, atol=0, rtol=0, equal_nan=True)
+        assert one_pass[5].isnan().all() and not one_pass[:5].isnan().any()
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
 def test_fused_sample_gradcheck(padding):
     x = random_input((2, 2, 4, 5), torch.float64).requires_grad_()
     grid = random_grid((2, 3, 4, 2), torch.float64, spread=1.2).requires_grad_()

@@ -1828,15 +1828,15 @@ __attribute__((always_inline)) inline void run8_interleaved(const float* xb, int
 // 16-lane gather is not faster than two 8-lane ones); unmasked gathers, the lanes outside zeroed
 // after: 1.00x. The gathers are 64% of this pass's samples (perf), as vgatherdps is of ATen's
 // nearest, which stays ahead (0.81-0.94x).
-// Eight points of a grid from t0 (none past n) for nearest's one pixel: its offset (0 where it
-// is not read), the lanes that read it (*v) and the lanes whose point is not finite (*bad);
-// locate8's coordinates, under zeros padding without its far-point and padding stages (a
-// non-finite or far point is outside, and nearest8's clamp bounds what the offset reads). The
-// forward's and the backward's nearest passes both locate through it.
-template <int PAD>
-__attribute__((always_inline)) inline __m256i nearest_points8(const Locations8<GRID_PAIRS>& where, int64_t t0,
-                                                              int64_t n, const Constants<float>& k, __m256* v,
-                                                              __m256* bad) {
+// Eight points from t0 (none past n; where: a Locations8 of a grid, affine rows or a homography)
+// for nearest's one pixel: its offset (0 where it is not read), the lanes that read it (*v) and
+// the lanes whose point is not finite (*bad); locate8's coordinates, under zeros padding without
+// its far-point and padding stages (a non-finite or far point is outside, and nearest8's clamp
+// bounds what the offset reads). The forward's and the backward's nearest passes both locate
+// through it.
+template <int PAD, typename Where>
+__attribute__((always_inline)) inline __m256i nearest_points8(const Where& where, int64_t t0, int64_t n,
+                                                              const Constants<float>& k, __m256* v, __m256* bad) {
   __m256 gx, gy;
   where.at(t0, &gx, &gy);
   __m256 ix, iy, use;
@@ -1861,7 +1861,8 @@ __attribute__((always_inline)) inline __m256i nearest_points8(const Locations8<G
   return avx::nearest8(ix, iy, use, k, v);
 }
 
-// The forward of nearest on a grid (float32, rows of unit stride), in one pass: eight points
+// The forward of nearest (float32, rows of unit stride) on a grid or affine rows (SOURCE as
+// single_pass's; homographies stay on the block, see forward_impl), in one pass: eight points
 // located in registers (nearest_points8) and rounded half to even by nearest8, as keep8 rounds
 // them, each channel's pixels gathered straight into the output (a masked gather: 0 where the
 // pixel lies outside, NaN where the point is not finite), not through the block, whose four
@@ -1873,11 +1874,11 @@ __attribute__((always_inline)) inline __m256i nearest_points8(const Locations8<G
 // faster than two 8-lane ones); unmasked gathers, the lanes outside zeroed after: 1.00x. The
 // gathers are 64% of this pass's samples (perf), as vgatherdps is of ATen's nearest, which
 // stays ahead (0.81-0.94x).
-template <int PAD>
-inline void nearest_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C,
-                         const float* pairs, int64_t n, const Constants<float>& kref) {
+template <int PAD, int SOURCE, int LOC = AFFINE>
+inline void nearest_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C, const float* m,
+                         const float* xs, const float* ys, float y, int64_t n, const Constants<float>& kref) {
   const Constants<float> k = kref;  // (in registers, as single_pass's)
-  const Locations8<GRID_PAIRS> where(nullptr, pairs, nullptr, 0.f, n, k.eps);
+  const Locations8<SOURCE, LOC> where(m, xs, ys, y, n, k.eps);  // (as single_pass's arguments)
   const __m256 zero = _mm256_setzero_ps();
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
     __m256 v, bad;
@@ -2267,10 +2268,18 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
         return;
       }
     }
-    if constexpr (std::is_same_v<T, float> && MODE == NEAREST && LOC == GRID) {
+    if constexpr (std::is_same_v<T, float> && MODE == NEAREST && LOC != PROJECTIVE) {  // (nearest_rows)
       if (xs.w == 1 && os.w == 1 && ahead == 0) {  // (as the bilinear single pass: rows of unit stride)
+        const float* xb = x + b * xs.b;
         float* ob = out + b * os.b + (loc.packed ? span.p0 : span.i * os.h + span.j0);
-        nearest_pass<PAD>(x + b * xs.b, xs.c, ob, os.c, C, loc.grid + (b * k.Ho * k.Wo + span.p0) * 2, n, k);
+        if constexpr (LOC == GRID) {
+          nearest_pass<PAD, GRID_PAIRS>(xb, xs.c, ob, os.c, C, nullptr, loc.grid + (b * k.Ho * k.Wo + span.p0) * 2,
+                                        nullptr, 0.f, n, k);
+        } else if (loc.packed) {
+          nearest_pass<PAD, PACKED>(xb, xs.c, ob, os.c, C, loc.matrix(b), loc.px + span.p0, loc.py + span.p0, 0.f, n, k);
+        } else {
+          nearest_pass<PAD, ROW>(xb, xs.c, ob, os.c, C, loc.matrix(b), loc.xs + span.j0, nullptr, loc.ys[span.i], n, k);
+        }
         return;
       }
     }
@@ -2325,18 +2334,20 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   row_spans = std::is_same_v<T, float> && MODE == LINEAR && !loc.packed && !may_fetch_ahead(k, loc.packed, beyond_l2) &&
               ((xs.w == 1 && os.w == 1 && C <= 4) || (xs.c == 1 && os.c == 1 && C >= 2 && C <= 4));
 #endif
-  // The nearest pass of a grid (nearest_pass) reads no block either: its spans are rows, or where
-  // the output's rows follow each other runs of kNearestRun points across them (the per-span cost
-  // paid once per 4,096 points instead of once per 64).
+  // The nearest pass (nearest_pass) reads no block either: its spans are rows, or where the
+  // output's rows follow each other and its points are located one by one, runs of kNearestRun
+  // points across them (the per-span cost paid once per 4,096 points instead of once per 64).
   constexpr int64_t kNearestRun = 4096;
   bool nearest_rows = false;
 #ifdef TORCHSTN_AVX2
-  nearest_rows = std::is_same_v<T, float> && MODE == NEAREST && LOC == GRID && xs.w == 1 && os.w == 1 &&
+  // (not homographies: their nearest pass measured 0.92x of the block at 64x3x64x64, A/B of the bare kernel)
+  nearest_rows = std::is_same_v<T, float> && MODE == NEAREST && LOC != PROJECTIVE && xs.w == 1 && os.w == 1 &&
                  !may_fetch_ahead(k, loc.packed, beyond_l2);
 #endif
   const int64_t points = Ho * Wo;
-  // runs across rows where the output's rows follow each other (its row at i * os.h + j0 = p0)
-  const bool nearest_runs = nearest_rows && os.h == Wo;
+  // runs across rows where the output's rows follow each other (its row at i * os.h + j0 = p0) and
+  // the points are located one by one (a grid, or the packed x and y of affine rows and homographies)
+  const bool nearest_runs = nearest_rows && os.h == Wo && (LOC == GRID || loc.packed);
   // per sample; the spans are split over threads
   const int64_t spans = nearest_runs                ? (points + kNearestRun - 1) / kNearestRun
                         : nearest_rows || row_spans ? Ho
