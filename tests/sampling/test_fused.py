@@ -550,10 +550,11 @@ def test_nearest_on_a_float32_grid_equals_f_grid_sample_bit_for_bit(padding, ali
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_nearest_affine_rows_in_one_pass_equal_the_block_bit_for_bit(padding, align_corners):
-    """A float32 nearest warp of affine rows takes the nearest pass (NCHW: rows, or runs of
-    packed rows across them); a channels_last input takes the block. The same pixels, so the
-    same bits: near the identity, rotated, flipped, entirely outside, a NaN θ (NaN
-    everywhere), on wide rows and on narrow ones packed across rows."""
+    """A float32 nearest warp of affine rows takes the nearest passes forward and backward
+    (NCHW: rows, or runs of packed rows across them); a channels_last input takes the block.
+    The same pixels and each pixel's gradient added in the same order, so the same bits: near
+    the identity, rotated, flipped, entirely outside, a NaN θ (NaN everywhere, and a NaN θ
+    gradient; the others 0), on wide rows and on narrow ones packed across rows."""
     n = 6
     x = random_input((n, 3, 30, 41), torch.float32, seed=3)
     p = random_theta(stn.Affine(), n, torch.float32, scale=0.02, seed=4)
@@ -563,11 +564,19 @@ def test_nearest_affine_rows_in_one_pass_equal_the_block_bit_for_bit(padding, al
     p[4] = torch.tensor([1.0, 0.0, 3.0, 0.0, 1.0, 0.0])  # entirely outside
     p[5, 2] = float("nan")
     for size in [(20, 90), (13, 27)]:  # rows of a vector and more; narrow rows packed across rows
-        one_pass, block = (stn.warp(image, p, stn.Affine(), size=size, mode="nearest", padding=padding,
-                                    align_corners=align_corners, backend="fused")
-                           for image in (x, x.contiguous(memory_format=torch.channels_last)))
-        torch.testing.assert_close(one_pass, block, atol=0, rtol=0, equal_nan=True)
-        assert one_pass[5].isnan().all() and not one_pass[:5].isnan().any()
+        grad_out = random_input((n, 3, *size), torch.float32, seed=6)
+        results = []
+        for image in (x, x.contiguous(memory_format=torch.channels_last)):
+            xg, pg = image.clone().requires_grad_(), p.clone().requires_grad_()
+            out = stn.warp(xg, pg, stn.Affine(), size=size, mode="nearest", padding=padding,
+                           align_corners=align_corners, backend="fused")
+            results.append((out, *torch.autograd.grad(out, (xg, pg), grad_out)))
+        for one_pass, block in zip(*results):
+            torch.testing.assert_close(one_pass, block, atol=0, rtol=0, equal_nan=True)
+        out, grad_x, grad_p = results[0]
+        assert out[5].isnan().all() and not out[:5].isnan().any()
+        assert grad_p[5].isnan().all() and torch.equal(grad_p[:5], torch.zeros_like(grad_p[:5]))
+        assert grad_x[:5].abs().sum() > 0
 
 
 @pytest.mark.parametrize("padding", PADDINGS)

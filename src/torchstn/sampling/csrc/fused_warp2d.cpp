@@ -1893,26 +1893,32 @@ inline void nearest_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc
   }
 }
 
-// The backward of nearest on a grid (float32, rows of unit stride), in one pass as its
-// forward: each point's output gradient added to its pixel's (grad_x, zeroed before; one
-// point at a time, in the points' order, as the block's scatter adds them: the same bits) and
-// its location's gradient written (grad_pairs: 0, NaN where the point is not finite), where
-// the block path wrote nearest's one pixel as four corners and read them back per channel.
-template <int PAD>
-inline void nearest_backward_pass(float* gxb, int64_t xc_step, const float* gb, int64_t gc_step, int64_t C,
-                                  const float* pairs, float* grad_pairs, int64_t n, const Constants<float>& kref) {
+// The backward of nearest (float32, rows of unit stride) on a grid or affine rows (SOURCE as
+// nearest_pass's), in one pass as its forward: each point's output gradient added to its
+// pixel's (grad_x, zeroed before; one point at a time, in the points' order, as the block's
+// scatter adds them: the same bits) and, for a grid, its location's gradient written
+// (grad_pairs: 0, NaN where the point is not finite), where the block path wrote nearest's one
+// pixel as four corners and read them back per channel. Returns whether a point is not finite
+// (affine rows: their θ's gradient is NaN then, else 0).
+template <int PAD, int SOURCE>
+inline bool nearest_backward_pass(float* gxb, int64_t xc_step, const float* gb, int64_t gc_step, int64_t C,
+                                  const float* m, const float* xs, const float* ys, float y, float* grad_pairs,
+                                  int64_t n, const Constants<float>& kref) {
   const Constants<float> k = kref;
-  const Locations8<GRID_PAIRS> where(nullptr, pairs, nullptr, 0.f, n, k.eps);
+  const Locations8<SOURCE> where(m, xs, ys, y, n, k.eps);
   alignas(32) int32_t at[8];
+  bool any_bad = false;
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
     __m256 v, bad;
     const __m256i off = nearest_points8<PAD>(where, t0, n, k, &v, &bad);
     const int64_t live = n - t0 < 8 ? n - t0 : 8;
+    const unsigned bad_lanes = static_cast<unsigned>(_mm256_movemask_ps(bad));
+    any_bad |= bad_lanes != 0;
     if (grad_pairs != nullptr) {  // x y x y ...: 0, or NaN where the point is not finite
       float* q = grad_pairs + 2 * t0;
       for (int64_t i = 0; i < 2 * live; ++i) q[i] = 0.f;
-      for (unsigned m = static_cast<unsigned>(_mm256_movemask_ps(bad)); m != 0; m &= m - 1) {
-        const int l = __builtin_ctz(m);
+      for (unsigned lanes = bad_lanes; lanes != 0; lanes &= lanes - 1) {
+        const int l = __builtin_ctz(lanes);
         q[2 * l] = q[2 * l + 1] = NAN;
       }
     }
@@ -1925,13 +1931,14 @@ inline void nearest_backward_pass(float* gxb, int64_t xc_step, const float* gb, 
       if (reads == 0xff) {  // every point reads a pixel (the common vector): a loop of fixed length
         for (int l = 0; l < 8; ++l) gxc[at[l]] += g[l];
       } else {
-        for (unsigned m = reads; m != 0; m &= m - 1) {
-          const int l = __builtin_ctz(m);
+        for (unsigned lanes = reads; lanes != 0; lanes &= lanes - 1) {
+          const int l = __builtin_ctz(lanes);
           gxc[at[l]] += g[l];
         }
       }
     }
   }
+  return any_bad;
 }
 
 // `single_pass` for channels side by side (C = 2 to 4, input and output channels_last; the
@@ -2430,13 +2437,28 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
 #endif
     if (grad_x && !bordered) zero_sample(grad_x + b * xs.b, xs, C, k.H, k.W);
 #ifdef TORCHSTN_AVX2
-    if constexpr (std::is_same_v<T, float> && MODE == NEAREST && LOC == GRID) {
+    if constexpr (std::is_same_v<T, float> && MODE == NEAREST && LOC != PROJECTIVE) {  // (as the forward)
       // x's rows of unit stride, the output gradient's rows following each other (an NCHW gradient: the
-      // operator hands the kernel a dense one): the sample's points in one run
+      // operator hands the kernel a dense one): the sample's points in one run, or affine rows one by one
       if (xs.w == 1 && gs.w == 1 && gs.h == Wo) {
-        nearest_backward_pass<PAD>(grad_x ? grad_x + b * xs.b : nullptr, xs.c, grad_out + b * gs.b, gs.c, C,
-                                   loc.grid + b * Ho * Wo * 2, grad_loc ? grad_loc + b * Ho * Wo * 2 : nullptr,
-                                   Ho * Wo, k);
+        float* gxb = grad_x ? grad_x + b * xs.b : nullptr;
+        const float* gb = grad_out + b * gs.b;
+        bool bad = false;
+        if constexpr (LOC == GRID) {
+          nearest_backward_pass<PAD, GRID_PAIRS>(gxb, xs.c, gb, gs.c, C, nullptr, loc.grid + b * Ho * Wo * 2, nullptr,
+                                                 0.f, grad_loc ? grad_loc + b * Ho * Wo * 2 : nullptr, Ho * Wo, k);
+        } else if (loc.packed) {
+          bad = nearest_backward_pass<PAD, PACKED>(gxb, xs.c, gb, gs.c, C, loc.matrix(b), loc.px, loc.py, 0.f, nullptr,
+                                                   Ho * Wo, k);
+        } else {
+          for (int64_t i = 0; i < Ho; ++i) {
+            bad |= nearest_backward_pass<PAD, ROW>(gxb, xs.c, gb + i * gs.h, gs.c, C, loc.matrix(b), loc.xs, nullptr,
+                                                   loc.ys[i], nullptr, Wo, k);
+          }
+        }
+        if (LOC == AFFINE && grad_loc != nullptr) {  // θ: 0, NaN where a point is not finite (as the block's sums)
+          for (int r = 0; r < 6; ++r) grad_loc[b * 6 + r] = bad ? nan : 0.f;
+        }
         return;
       }
     }
