@@ -1815,20 +1815,7 @@ __attribute__((always_inline)) inline void run8_interleaved(const float* xb, int
   }
 }
 
-// `single_pass` for nearest (float, the points of a grid, input and output rows of unit stride):
-// eight points located in registers (locate8's coordinates; under zeros padding without its
-// far-point and padding stages, which nearest8's clamp makes needless) and rounded half to even
-// by nearest8, as keep8 rounds them, each channel's pixels gathered straight into the output (a masked
-// gather: 0 where the pixel lies outside, NaN where the point is not finite), not through the
-// block, whose four corners' offsets, weights and validity keep8 writes for nearest's one; its
-// spans are runs of 4,096 points across rows, or rows (forward_impl). The same pixels, so the
-// same values. Forward of a uniform random grid, `stn.sample(..., mode="nearest",
-// backend="fused")`, 1.30-1.59x (docs/benchmarks.md, 2026-12-05 17:20). Tried and not kept:
-// sixteen points a gather (AVX-512, two locate8 halves): 0.93x of eight on one channel (Zen 4's
-// 16-lane gather is not faster than two 8-lane ones); unmasked gathers, the lanes outside zeroed
-// after: 1.00x. The gathers are 64% of this pass's samples (perf), as vgatherdps is of ATen's
-// nearest, which stays ahead (0.81-0.94x).
-// Eight points from t0 (none past n; where: a Locations8 of a grid, affine rows or a homography)
+// Eight points from t0 (none past n; where: the Locations8 of a grid or of affine rows)
 // for nearest's one pixel: its offset (0 where it is not read), the lanes that read it (*v) and
 // the lanes whose point is not finite (*bad); locate8's coordinates, under zeros padding without
 // its far-point and padding stages (a non-finite or far point is outside, and nearest8's clamp
@@ -2353,7 +2340,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
 #endif
   const int64_t points = Ho * Wo;
   // runs across rows where the output's rows follow each other (its row at i * os.h + j0 = p0) and
-  // the points are located one by one (a grid, or the packed x and y of affine rows and homographies)
+  // the points are located one by one (a grid, or the packed x and y of affine rows)
   const bool nearest_runs = nearest_rows && os.h == Wo && (LOC == GRID || loc.packed);
   // per sample; the spans are split over threads
   const int64_t spans = nearest_runs                ? (points + kNearestRun - 1) / kNearestRun
