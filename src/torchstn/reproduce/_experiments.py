@@ -554,7 +554,8 @@ STN_ADDITION = Experiment(
     paper={("fcn", "addition"): 47.7, ("cnn", "addition"): 14.7, ("st-fcn-aff", "addition"): 18.5,
            ("2x-st-fcn-aff", "addition"): 5.8},
     extra=(("st-cnn-addition", "addition"),),
-    recipes=_budgets(_STN_QUICK, {**_STN_LONG, "steps": 18_740}, _STN_PAPER, long={**_STN_LONG, "steps": 281_100}),
+    recipes=_budgets(_STN_QUICK, {**_STN_STANDARD, "steps": 18_740, "online": True}, _STN_PAPER,
+                     long={**_STN_LONG, "steps": 281_100}),
     seeds={"quick": 1, "standard": 1, "long": 1, "paper": 3},
     headline=("2x-st-fcn-aff", "addition"),
     notes=(

@@ -1861,11 +1861,11 @@ __attribute__((always_inline)) inline __m256i nearest_points8(const Where& where
 // faster than two 8-lane ones); unmasked gathers, the lanes outside zeroed after: 1.00x. The
 // gathers are 64% of this pass's samples (perf), as vgatherdps is of ATen's nearest, which
 // stays ahead (0.81-0.94x).
-template <int PAD, int SOURCE, int LOC = AFFINE>
+template <int PAD, int SOURCE>
 inline void nearest_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_step, int64_t C, const float* m,
                          const float* xs, const float* ys, float y, int64_t n, const Constants<float>& kref) {
   const Constants<float> k = kref;  // (in registers, as single_pass's)
-  const Locations8<SOURCE, LOC> where(m, xs, ys, y, n, k.eps);  // (as single_pass's arguments)
+  const Locations8<SOURCE> where(m, xs, ys, y, n, k.eps);  // (as single_pass's arguments)
   const __m256 zero = _mm256_setzero_ps();
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
     __m256 v, bad;
