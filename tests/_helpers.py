@@ -81,7 +81,7 @@ def float32_forwards() -> list[torch.Tensor]:
     rows, homographies (w crossing 0 in one sample) and grids; 1, 3 and 5 channels (one pass
     up to 4), NCHW and channels_last, wide and narrow (packed) rows, bilinear and nearest,
     the three paddings, both ``align_corners``, a NaN θ and an Inf pixel; and an input beyond
-    a 1 MB L2 whose rows are fetched ahead. The same in every process: θ and the images are
+    the 5 MiB from which the bilinear forward fetches rows ahead. The same in every process: θ and the images are
     uniform draws (torch.randn's bits differ between torch's own CPU capabilities,
     torch.rand's do not)."""
     outputs = []
@@ -103,8 +103,8 @@ def float32_forwards() -> list[torch.Tensor]:
                     outputs.append(stn.warp(xl, theta, transform, size=size, **kwargs))
                     if transform.num_params == 6:  # the same points as a grid
                         outputs.append(stn.sample(xl, transform.grid(theta, size, align_corners), **kwargs))
-        # 1.15 MB of 192 KB planes, rotated: the forward fetches rows ahead
-        x = torch.rand(6, 1, 200, 240, generator=g)
+        # 5.5 MB of 922 KB planes, rotated: the forward fetches rows ahead
+        x = torch.rand(6, 1, 480, 480, generator=g)
         rotated = transform.identity(6) + 0.3 * (torch.rand(6, transform.num_params, generator=g) - 0.5)
         outputs.append(stn.warp(x, rotated, transform, size=(150, 190), backend="fused"))
     return outputs

@@ -413,13 +413,15 @@ def test_small_images_warped_from_a_bordered_copy_equal_the_two_passes_bit_for_b
 
 @pytest.mark.parametrize("location", ["affine", "projective", "grid"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_an_input_beyond_l2_fetches_rows_ahead_with_the_same_values_and_gradients(location, dtype):
-    """Where the whole input exceeds 1 MB, its planes 64 KiB and an output row crosses input
-    rows, forward and backward prefetch the pixels four output rows ahead: values and
-    gradients are still the grid path's, for a rotated map, a non-finite one and one that
-    reads far outside (whose rows ahead are not fetched)."""
+@pytest.mark.parametrize("size", [(200, 240), (480, 480)], ids=["1.2MB", "5.5MB"])
+def test_an_input_beyond_l2_fetches_rows_ahead_with_the_same_values_and_gradients(location, dtype, size):
+    """Where the whole input exceeds 1 MB (the float32 bilinear forward: 5 MiB), its planes 64
+    KiB and an output row crosses input rows, forward and backward prefetch the pixels four
+    output rows ahead (between the two, the float32 forward takes its single passes instead):
+    values and gradients are still the grid path's, for a rotated map, a non-finite one and one
+    that reads far outside (whose rows ahead are not fetched)."""
     transform = stn.Projective() if location == "projective" else stn.Affine()
-    x = random_input((3, 2, 200, 240), dtype, seed=4)  # 1.5 MB in float32
+    x = random_input((3, 2, *size), dtype, seed=4)  # float32: 1.15 MB / 5.5 MB
     p = random_theta(transform, 3, torch.float64, scale=0.3 if location != "projective" else 0.05, seed=3)
     p[1, 3] = float("nan")
     p[2, :6] = p[2, :6] * 1e4

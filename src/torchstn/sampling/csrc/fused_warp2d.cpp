@@ -384,8 +384,8 @@ void pixel_at(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, int6
 // 32x3x224x224; 1.9x forward, 1.16x / 1.28x backward for the same points as a grid / a
 // homography). 0 where nothing is fetched ahead: packed rows, the last rows, an output row
 // that crosses less than one input row (there the prefetches only cost: 0.93x at the
-// identity), an input that fits in a 1 MB L2 (`beyond_l2` false: see exceeds_l2), where it
-// can stay between calls (0.93x at 1x3x224x224 called again and again), or planes of 64 KiB
+// identity), an input small enough (`large` false: see kAheadFrom) to stay in
+// the caches between calls (0.93x at 1x3x224x224 called again and again), or planes of 64 KiB
 // or less, where the three locations per block cost more than the prefetches save (0.93x
 // for a homography at 64x3x64x64). A trap for the next edit: the passes' speed depends on
 // whether GCC inlines this function into each instance. Deciding the two size conditions
@@ -393,14 +393,14 @@ void pixel_at(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, int6
 // 32x3x224x224; marking it noinline gave the grid backward 0.96x (A/B of the bare kernel,
 // bit-identical). Measure every instance after touching it.
 template <typename T>
-inline bool may_fetch_ahead(const Constants<T>& k, bool packed, bool beyond_l2) {
-  return !packed && beyond_l2 && k.H * k.W * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 16);
+inline bool may_fetch_ahead(const Constants<T>& k, bool packed, bool large) {
+  return !packed && large && k.H * k.W * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 16);
 }
 
 template <typename T, int LOC>
-int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, const Span& span, bool beyond_l2) {
+int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, const Span& span, bool large) {
   constexpr int64_t AHEAD = 4;
-  if (!may_fetch_ahead(k, loc.packed, beyond_l2) || span.i + AHEAD >= k.Ho) return 0;
+  if (!may_fetch_ahead(k, loc.packed, large) || span.i + AHEAD >= k.Ho) return 0;
   T x0, y0, x1, y1, xa, ya;
   pixel_at(loc, k, b, span.i, span.j0, &x0, &y0);
   pixel_at(loc, k, b, span.i, span.j0 + span.n - 1, &x1, &y1);
@@ -412,10 +412,24 @@ int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
   return static_cast<int64_t>(std::floor(diy + T(0.5))) * k.sh + static_cast<int64_t>(std::floor(dix + T(0.5))) * k.sw;
 }
 
-// whether a batch of B (C, H, W) inputs is larger than a 1 MB L2 (see rows_ahead)
+// The inputs (a batch's bytes) beyond which rows are fetched ahead (see rows_ahead): a 1 MB
+// L2, but 5 MiB for the float32 bilinear forward, which takes its single passes where no rows
+// are fetched ahead (the two passes of the block where they are). Up to a few megabytes, which
+// the machine's 32 MB L3 holds between calls, the single passes without prefetches ran faster
+// than the block with them: forward 1.3-2.3x at 2x3x224x224, 1.5-4.1x at 8x3x224x224, 2.0-3.9x
+// at 4x1x512x512, NCHW and channels_last (min times 0.39 -> 0.19, 1.74 -> 1.01, 2.54 -> 1.21 ms
+// NCHW), grids 1.7-1.9x at 2x3x224x224 and 0.4-2.6x at the other two (min times 1.71 -> 1.14,
+// 2.56 -> 1.90 ms); AMD EPYC Zen 4, one thread, alternating processes four times, a training on
+// the other core, 2026-12-05. Beyond 6 MiB the two were level or the block ahead (12x3x224x224
+// 0.81-1.35x, 2x3x512x512 0.55-2.58x, 32x3x224x224 0.46-1.43x). The nearest forward (its pass
+// without the prefetches 0.20-0.87x at 8x3x224x224), the float64 one (no single pass) and every
+// backward (16x3x224x224 forward+backward 0.55-0.78x without them) keep fetching from 1 MB on.
+constexpr int64_t kAheadFrom = int64_t(1) << 20, kBilinearAheadFrom = int64_t(5) << 20;
+
+// whether a batch of B (C, H, W) inputs is larger than `bytes`
 template <typename T>
-inline bool exceeds_l2(int64_t B, int64_t C, const Constants<T>& k) {
-  return B * C * k.H * k.W * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 20);
+inline bool exceeds(int64_t B, int64_t C, const Constants<T>& k, int64_t bytes) {
+  return B * C * k.H * k.W * static_cast<int64_t>(sizeof(T)) > bytes;
 }
 
 // both rows of the corners of point t of the block, `ahead` elements on, in channel xc (to
@@ -2203,7 +2217,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // bench's θ): affine rows that fetch ahead taking single_pass instead of these two passes, the
   // rows ahead fetched for each 16 points' first one: 0.84x forward at 32x3x224x224 with every
   // channel per vector, 0.47x a channel at a time (A/B of the bare kernel, 11 rounds)
-  const bool beyond_l2 = exceeds_l2(B, C, k);
+  const bool large = exceeds(B, C, k, std::is_same_v<T, float> && MODE == LINEAR ? kBilinearAheadFrom : kAheadFrom);
 #ifdef TORCHSTN_AVX2
   const bool bordered = std::is_same_v<T, float> && MODE == LINEAR && PAD == ZEROS && loc.packed &&
                         bordered_pays(C, k.H, k.W, Ho, Wo);
@@ -2213,7 +2227,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
     Block<T> blk;
     alignas(32) T acc[BLOCK];
     const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
-    const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
+    const int64_t ahead = rows_ahead(loc, k, b, span, large);
 #ifdef TORCHSTN_AVX2
     if constexpr (std::is_same_v<T, float> && MODE == LINEAR) {
       // (row_spans below repeats this test and the two of the passes that follow)
@@ -2325,7 +2339,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // the channels_last pass 0.87-0.96x slower: A/B of the bare kernel, the same bits.)
   bool row_spans = false;
 #ifdef TORCHSTN_AVX2
-  row_spans = std::is_same_v<T, float> && MODE == LINEAR && !loc.packed && !may_fetch_ahead(k, loc.packed, beyond_l2) &&
+  row_spans = std::is_same_v<T, float> && MODE == LINEAR && !loc.packed && !may_fetch_ahead(k, loc.packed, large) &&
               ((xs.w == 1 && os.w == 1 && C <= 4) || (xs.c == 1 && os.c == 1 && C >= 2 && C <= 4));
 #endif
   // The nearest pass (nearest_pass) reads no block either: its spans are rows, or where the
@@ -2336,7 +2350,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
 #ifdef TORCHSTN_AVX2
   // (not homographies: their nearest pass measured 0.92x of the block at 64x3x64x64, A/B of the bare kernel)
   nearest_rows = std::is_same_v<T, float> && MODE == NEAREST && LOC != PROJECTIVE && xs.w == 1 && os.w == 1 &&
-                 !may_fetch_ahead(k, loc.packed, beyond_l2);
+                 !may_fetch_ahead(k, loc.packed, large);
 #endif
   const int64_t points = Ho * Wo;
   // runs across rows where the output's rows follow each other (its row at i * os.h + j0 = p0) and
@@ -2388,7 +2402,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
   using V = typename S::V;
   const int64_t Ho = k.Ho, Wo = k.Wo;
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  const bool beyond_l2 = exceeds_l2(B, C, k);
+  const bool large = exceeds(B, C, k, kAheadFrom);
 #ifdef TORCHSTN_AVX2
   // Packed rows under zeros padding with dL/dx wanted: x read from the bordered copy, as the
   // forward does, and dL/dx added into a zeroed buffer of the same layout whose image is then
@@ -2462,7 +2476,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
       if constexpr (std::is_same_v<T, float> && MODE == LINEAR) {
         if (xs.w == 1 && gs.w == 1) {  // (packed rows: a contiguous block, gs.h == Wo)
           one_pass = true;
-          const int64_t ahead = rows_ahead(loc, k, b, span, beyond_l2);
+          const int64_t ahead = rows_ahead(loc, k, b, span, large);
           const float* xb = x + b * xs.b;
           float* gxb = grad_x ? grad_x + b * xs.b : nullptr;
           const float* gb = grad_out + b * gs.b + (loc.packed ? span.p0 : span.i * gs.h + span.j0);
@@ -2513,7 +2527,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
         // every channel of a vector of points before the next vector (weights, fractions and
         // offsets stay in registers)
         const V one = S::set1(T(1));
-        const int64_t ahead = side_by_side ? 0 : rows_ahead(loc, k, b, span, beyond_l2);
+        const int64_t ahead = side_by_side ? 0 : rows_ahead(loc, k, b, span, large);
         for (int64_t t = 0; !side_by_side && t < nn; t += S::N) {  // (side by side: done above)
           const int64_t live = n - t;  // lanes that are points (the rest is padding)
           for (int64_t c = 0; ahead != 0 && c < C; ++c) {
