@@ -421,7 +421,9 @@ int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
 // NCHW), grids 1.7-1.9x at 2x3x224x224 and 0.4-2.6x at the other two (min times 1.71 -> 1.14,
 // 2.56 -> 1.90 ms); AMD EPYC Zen 4, one thread, alternating processes four times, a training on
 // the other core, 2026-12-05. Beyond 6 MiB the two were level or the block ahead (12x3x224x224
-// 0.81-1.35x, 2x3x512x512 0.55-2.58x, 32x3x224x224 0.46-1.43x). The nearest forward (its pass
+// 0.81-1.35x, 2x3x512x512 0.55-2.58x, 32x3x224x224 0.46-1.43x; with the training paused,
+// 8x3x224x224 1.45-1.72x, 16x3x224x224 0.73-1.04x, 24x3x224x224 1.01-1.39x, 32x3x224x224
+// 0.95-1.06x). The nearest forward (its pass
 // without the prefetches 0.20-0.87x at 8x3x224x224), the float64 one (no single pass) and every
 // backward (16x3x224x224 forward+backward 0.55-0.78x without them) keep fetching from 1 MB on.
 constexpr int64_t kAheadFrom = int64_t(1) << 20, kBilinearAheadFrom = int64_t(5) << 20;
