@@ -81,9 +81,9 @@ def float32_forwards() -> list[torch.Tensor]:
     rows, homographies (w crossing 0 in one sample) and grids; 1, 3 and 5 channels (one pass
     up to 4), NCHW and channels_last, wide and narrow (packed) rows, bilinear and nearest,
     the three paddings, both ``align_corners``, a NaN θ and an Inf pixel; and an input beyond
-    the 5 MiB from which the bilinear forward fetches rows ahead. The same in every process: θ and the images are
-    uniform draws (torch.randn's bits differ between torch's own CPU capabilities,
-    torch.rand's do not)."""
+    the 5 MiB from which the bilinear forward fetches rows ahead. The same in every process:
+    θ and the images are uniform draws (torch.randn's bits differ between torch's own CPU
+    capabilities, torch.rand's do not)."""
     outputs = []
     g = torch.Generator().manual_seed(0)
     options = list(itertools.product(((20, 85), (13, 27)), ("zeros", "border", "reflection"), ("bilinear", "nearest"),

@@ -384,8 +384,8 @@ void pixel_at(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, int6
 // 32x3x224x224; 1.9x forward, 1.16x / 1.28x backward for the same points as a grid / a
 // homography). 0 where nothing is fetched ahead: packed rows, the last rows, an output row
 // that crosses less than one input row (there the prefetches only cost: 0.93x at the
-// identity), an input small enough (`large` false: see kAheadFrom) to stay in
-// the caches between calls (0.93x at 1x3x224x224 called again and again), or planes of 64 KiB
+// identity), an input small enough to stay in the caches between calls (`large` false: see
+// kAheadFrom; 0.93x at 1x3x224x224 called again and again), or planes of 64 KiB
 // or less, where the three locations per block cost more than the prefetches save (0.93x
 // for a homography at 64x3x64x64). A trap for the next edit: the passes' speed depends on
 // whether GCC inlines this function into each instance. Deciding the two size conditions
@@ -419,13 +419,13 @@ int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
 // than the block with them: forward 1.3-2.3x at 2x3x224x224, 1.5-4.1x at 8x3x224x224, 2.0-3.9x
 // at 4x1x512x512, NCHW and channels_last (min times 0.39 -> 0.19, 1.74 -> 1.01, 2.54 -> 1.21 ms
 // NCHW), grids 1.7-1.9x at 2x3x224x224 and 0.4-2.6x at the other two (min times 1.71 -> 1.14,
-// 2.56 -> 1.90 ms); AMD EPYC Zen 4, one thread, alternating processes four times, a training on
-// the other core, 2026-12-05. Beyond 6 MiB the two were level or the block ahead (12x3x224x224
-// 0.81-1.35x, 2x3x512x512 0.55-2.58x, 32x3x224x224 0.46-1.43x; with the training paused,
-// 8x3x224x224 1.45-1.72x, 16x3x224x224 0.73-1.04x, 24x3x224x224 1.01-1.39x, 32x3x224x224
-// 0.95-1.06x). The nearest forward (its pass
-// without the prefetches 0.20-0.87x at 8x3x224x224), the float64 one (no single pass) and every
-// backward (16x3x224x224 forward+backward 0.55-0.78x without them) keep fetching from 1 MB on.
+// 2.56 -> 1.90 ms); beyond 6 MiB the two were level or the block ahead (12x3x224x224
+// 0.81-1.35x, 2x3x512x512 0.55-2.58x, 32x3x224x224 0.46-1.43x). AMD EPYC Zen 4, one thread,
+// alternating processes, a training on the other core, 2026-12-05; with it paused: 8x3x224x224
+// 1.45-1.72x, 16x3x224x224 0.73-1.04x, 24x3x224x224 1.01-1.39x, 32x3x224x224 0.95-1.06x. The
+// nearest forward (its pass without the prefetches 0.20-0.87x at 8x3x224x224), the float64 one
+// (no single pass) and every backward (16x3x224x224 forward+backward 0.55-0.78x without them)
+// keep fetching from 1 MB on.
 constexpr int64_t kAheadFrom = int64_t(1) << 20, kBilinearAheadFrom = int64_t(5) << 20;
 
 // whether a batch of B (C, H, W) inputs is larger than `bytes`
