@@ -413,7 +413,7 @@ int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
 }
 
 // The inputs (a batch's bytes) beyond which rows are fetched ahead (see rows_ahead): a 1 MB
-// L2, but 5 MiB for the float32 bilinear forward, which takes its single passes where no rows
+// L2, but 5 MiB for a float32 bilinear forward whose rows a single pass takes where no rows
 // are fetched ahead (the two passes of the block where they are). Up to a few megabytes, which
 // the machine's 32 MB L3 holds between calls, the single passes without prefetches ran faster
 // than the block with them: forward 1.3-2.3x at 2x3x224x224, 1.5-4.1x at 8x3x224x224, 2.0-3.9x
@@ -2219,7 +2219,15 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // bench's θ): affine rows that fetch ahead taking single_pass instead of these two passes, the
   // rows ahead fetched for each 16 points' first one: 0.84x forward at 32x3x224x224 with every
   // channel per vector, 0.47x a channel at a time (A/B of the bare kernel, 11 rounds)
-  const bool large = exceeds(B, C, k, std::is_same_v<T, float> && MODE == LINEAR ? kBilinearAheadFrom : kAheadFrom);
+  // whether block() below can take this call's rows in a single pass (its layout tests; then rows
+  // are fetched ahead only from kBilinearAheadFrom on: the block without the prefetches, for 5
+  // or 8 channels, read 0.88-0.98x at 4x5x224x224 and 3x8x160x160)
+  bool single = false;
+#ifdef TORCHSTN_AVX2
+  single = std::is_same_v<T, float> && MODE == LINEAR &&
+           ((xs.w == 1 && os.w == 1 && C <= 4) || (!loc.packed && xs.c == 1 && os.c == 1 && C >= 2 && C <= 4));
+#endif
+  const bool large = exceeds(B, C, k, single ? kBilinearAheadFrom : kAheadFrom);
 #ifdef TORCHSTN_AVX2
   const bool bordered = std::is_same_v<T, float> && MODE == LINEAR && PAD == ZEROS && loc.packed &&
                         bordered_pays(C, k.H, k.W, Ho, Wo);
@@ -2336,13 +2344,12 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // cost (the locations' constants, the block's setup) paid once per row instead of once per
   // 64 points: 1.08-1.17x forward at 1x1x224x224 and 1x3x224x224 (A/B of the bare kernel, one
   // thread, AVX2 build, Zen 3; the single passes index the block at a vector's place in it).
-  // The layout tests below repeat block()'s and must stay equal to them: a whole row taken by
-  // the two passes would overrun the block. (As functions shared by both, they made GCC compile
-  // the channels_last pass 0.87-0.96x slower: A/B of the bare kernel, the same bits.)
+  // The layout tests of `single` (above) repeat block()'s and must stay equal to them: a whole
+  // row taken by the two passes would overrun the block. (As functions shared by both, they made
+  // GCC compile the channels_last pass 0.87-0.96x slower: A/B of the bare kernel, the same bits.)
   bool row_spans = false;
 #ifdef TORCHSTN_AVX2
-  row_spans = std::is_same_v<T, float> && MODE == LINEAR && !loc.packed && !may_fetch_ahead(k, loc.packed, large) &&
-              ((xs.w == 1 && os.w == 1 && C <= 4) || (xs.c == 1 && os.c == 1 && C >= 2 && C <= 4));
+  row_spans = single && !loc.packed && !may_fetch_ahead(k, loc.packed, large);
 #endif
   // The nearest pass (nearest_pass) reads no block either: its spans are rows, or where the
   // output's rows follow each other and its points are located one by one, runs of kNearestRun
