@@ -4,7 +4,7 @@
 
 The same ``torchstn bench`` workloads (default: the 2-D affine cases), forward+backward as the
 bench times it (``torch.autograd.grad`` of the warp for a dense output gradient), alternately
-through the compiled call's C++ autograd node (``csrc/fast_call.cpp``'s ``torchstn::Warp2d``,
+through the compiled call's C++ autograd node (``csrc/fast_call.cpp``'s ``torchstn::Warp2dBackward``,
 what a call that records a gradient takes) and through the Python ``autograd.Function`` it
 replaced (the compiled call made to decline such calls, as before 2026-12-04). Both give the
 same bits (checked first). Prints each side's median time and the median of the per-round

@@ -1119,7 +1119,7 @@ def test_a_negative_view_is_read_with_its_sign(shape):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_an_expanded_or_strided_output_gradient_gives_the_dense_ones_gradients(channels_last):
     """``warp(x).sum()`` hands the backward an expanded gradient (stride 0), which the kernel
-    read through its two passes (1.3-1.5x the time of forward+backward); it is copied first.
+    read through its two passes (1.3-1.5x the time of forward+backward); it is made dense first.
     The gradients are those of a dense gradient of the same values, bit for bit, as are
     those of a gradient whose rows lie a slice apart."""
     generator = torch.Generator().manual_seed(3)
@@ -1131,6 +1131,10 @@ def test_an_expanded_or_strided_output_gradient_gives_the_dense_ones_gradients(c
     out = stn.warp(x, theta, stn.Affine(), backend="fused")
     dense = torch.autograd.grad(out, (x, theta), torch.ones(4, 3, 20, 30), retain_graph=True)
     expanded = torch.autograd.grad(out.sum(), (x, theta), retain_graph=True)
+    torch.testing.assert_close(expanded, dense, atol=0, rtol=0)
+    # (an expanded value other than 1, which the compiled call's node writes out itself)
+    dense = torch.autograd.grad(out, (x, theta), torch.full((4, 3, 20, 30), 0.375), retain_graph=True)
+    expanded = torch.autograd.grad(out.sum() * 0.375, (x, theta), retain_graph=True)
     torch.testing.assert_close(expanded, dense, atol=0, rtol=0)
     sliced = torch.rand(4, 3, 20, 31, generator=generator)[..., :30]
     reference = torch.autograd.grad(out, (x, theta), sliced.contiguous(), retain_graph=True)

@@ -898,7 +898,7 @@ def _warp2d_recorded(
     align_corners: bool, eps: float,
 ) -> torch.Tensor | None:
     """A call of ``torchstn::warp2d`` that records a gradient, through the compiled call's C++
-    autograd node (``csrc/fast_call.cpp``'s ``torchstn::Warp2d``: this operator's formula,
+    autograd node (``csrc/fast_call.cpp``'s ``torchstn::Warp2dBackward``: this operator's formula,
     :func:`_backward`, without Python in its backward), or ``None`` where it is not built."""
     fast = fast_call()
     if fast is None:
@@ -908,15 +908,14 @@ def _warp2d_recorded(
 
 
 def _node_backward(
-    x: torch.Tensor, loc: torch.Tensor, grad_out: torch.Tensor, location: int, height: int, width: int, mode: int,
+    x: torch.Tensor, loc: torch.Tensor, grad_out: torch.Tensor, location: int, size: tuple[int, int], mode: int,
     padding: int, align_corners: bool, eps: float, need_x: bool, need_loc: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The gradients the C++ node's backward leaves to Python (its options as the kernel's
     codes): under ``create_graph`` and for a batched ``grad_out``, the gradient of the
     operator's plain differentiable expression, as :func:`fused_backward` takes it. An affine
     ``loc`` may be Affine's ``(B, 6)`` parameters, which the kernel reads as the rows."""
-    options = (_LOCATION_NAMES[location], (height, width), _MODE_NAMES[mode], _PADDING_NAMES[padding], align_corners,
-               eps)
+    options = (_LOCATION_NAMES[location], size, _MODE_NAMES[mode], _PADDING_NAMES[padding], align_corners, eps)
 
     def reference(x_: torch.Tensor, loc_: torch.Tensor) -> torch.Tensor:
         return grid_path(x_, loc_.reshape(-1, 2, 3) if loc_.dim() == 2 else loc_, *options)

@@ -284,15 +284,16 @@ def _backward(ctx, grad_out: torch.Tensor, direct: bool = False):  # noqa: ANN00
 torch.library.register_autograd("torchstn::warp3d", _backward, setup_context=_setup_context, lib=_LIB)
 
 def _node_backward(
-    x: torch.Tensor, loc: torch.Tensor, grad_out: torch.Tensor, location: int, depth: int, height: int, width: int,
-    mode: int, padding: int, align_corners: bool, need_x: bool, need_loc: bool,
+    x: torch.Tensor, loc: torch.Tensor, grad_out: torch.Tensor, location: int, size: tuple[int, int, int], mode: int,
+    padding: int, align_corners: bool, eps: float, need_x: bool, need_loc: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The gradients the compiled call's ``torchstn::Warp3d`` node leaves to Python (its options as
-    the kernel's codes): under ``create_graph`` and for a batched ``grad_out``, the gradient of the
-    grid path, as :func:`~torchstn.sampling._fused.fused_backward` takes it. Affine ``loc`` may be
-    Affine3D's ``(B, 12)`` parameters, which the kernel reads as the rows."""
+    """The gradients the compiled call's ``torchstn::Warp3dBackward`` node leaves to Python (its
+    options as the kernel's codes, as the 2-D node's: ``eps`` unused): under ``create_graph`` and
+    for a batched ``grad_out``, the gradient of the grid path, as
+    :func:`~torchstn.sampling._fused.fused_backward` takes it. Affine ``loc`` may be Affine3D's
+    ``(B, 12)`` parameters, which the kernel reads as the rows."""
     name = _LOCATION_NAMES[location]
-    options = (name, (depth, height, width), _MODE_NAMES[mode], _PADDING_NAMES[padding], align_corners)
+    options = (name, size, _MODE_NAMES[mode], _PADDING_NAMES[padding], align_corners)
 
     def reference(x_: torch.Tensor, loc_: torch.Tensor) -> torch.Tensor:
         return grid_path3d(x_, loc_.reshape(-1, 3, 4) if name == "affine" else loc_, *options)

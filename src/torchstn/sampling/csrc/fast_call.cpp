@@ -25,11 +25,11 @@
 // 2026-12-02), nearly all of it the Python path's checks and choice of kernel; and of a volume's
 // grid, which it samples with the 3-D kernel of csrc/fused_warp3d.cpp (handed over by
 // _fused3d._hand_to_fast_call once both are loaded; until then the Python path samples volumes)
-// through torchstn::Warp3d, as torchstn::warp2d's calls go through Warp2d: a batch-1 8x8x8 sample
-// 0.51x -> 1.82x F.grid_sample forward, 0.47x -> 1.03x forward+backward (interleaved, one thread,
+// through torchstn::Warp3dBackward, as torchstn::warp2d's calls go through Warp2dBackward: a
+// batch-1 8x8x8 sample 0.51x -> 1.82x F.grid_sample forward, 0.47x -> 1.03x forward+backward (interleaved, one thread,
 // 2026-12-05), where the ctypes call and the Python autograd formula had cost more than the kernel.
 // A call that records a gradient (fast_warp's and fast_sample's, and warp2d_recorded for the
-// Python path's) goes through torchstn::Warp2d: torchstn::warp2d's autograd formula
+// Python path's) goes through torchstn::Warp2dBackward: torchstn::warp2d's autograd formula
 // (_fused._backward) as a C++ autograd node, whose backward runs the kernel without Python.
 // Against the Python autograd.Function it replaced, forward+backward of the bench's affine
 // cases (python benchmarks/ab_autograd_node.py, interleaved, one thread, helpers running,
@@ -49,14 +49,23 @@
 #include <ATen/ops/grid_sampler.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/dynamo/compiled_autograd.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <array>
+#include <mutex>
 #include <optional>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 namespace py = pybind11;
 
@@ -213,7 +222,7 @@ bool plain_cpu(const at::Tensor& t) {
 // _fused._node_backward: the gradients of a call the node's backward leaves to Python (set by
 // set_backward_fallback)
 PyObject* python_backward = nullptr;
-// _fused3d._node_backward: the same for torchstn::Warp3d (set by set_kernels3d)
+// _fused3d._node_backward: the same for torchstn::Warp3dBackward (set by set_kernels3d)
 PyObject* python_backward3d = nullptr;
 
 // t with its negative bit applied (_fused.resolved)
@@ -231,10 +240,10 @@ bool kernel_takes_gradient(const at::Tensor& grad_out, const at::Tensor& x) {
 }
 
 // Zeros of the saved x's and loc's shapes for the gradients asked for (an efficient zero output gradient)
-void zero_gradients(const torch::autograd::variable_list& saved, bool need_x, bool need_loc, at::Tensor& grad_x,
+void zero_gradients(const at::Tensor& x, const at::Tensor& loc, bool need_x, bool need_loc, at::Tensor& grad_x,
                     at::Tensor& grad_loc) {
-  if (need_x) grad_x = at::detail::empty_cpu(saved[0].sizes(), saved[0].scalar_type(), false, std::nullopt).zero_();
-  if (need_loc) grad_loc = at::detail::empty_cpu(saved[1].sizes(), saved[1].scalar_type(), false, std::nullopt).zero_();
+  if (need_x) grad_x = at::detail::empty_cpu(x.sizes(), x.scalar_type(), false, std::nullopt).zero_();
+  if (need_loc) grad_loc = at::detail::empty_cpu(loc.sizes(), loc.scalar_type(), false, std::nullopt).zero_();
 }
 
 // The gradients (x's, loc's; None for one not asked for) a Python fallback returned
@@ -243,78 +252,6 @@ void take_gradients(const py::object& result, at::Tensor& grad_x, at::Tensor& gr
   if (!both[0].is_none()) grad_x = both[0].cast<at::Tensor>();
   if (!both[1].is_none()) grad_loc = both[1].cast<at::Tensor>();
 }
-
-}  // namespace
-
-// (in a named namespace: a gradient's grad_fn.name() is "torch::autograd::CppNode<torchstn::Warp2d>",
-// not "...<(anonymous namespace)::Warp2dFunction>")
-namespace torchstn {
-
-// torchstn::warp2d's autograd formula (_fused._backward) as a C++ node: the output in the
-// kernel's forward, the gradients of x and loc in its backward, or (create_graph, a gradient
-// the kernel cannot read) in _fused._node_backward's differentiable expression, as the Python
-// formula does. x and loc are saved as _fused._setup_context saves them (as given: with their
-// graph, for create_graph) and made what the kernel reads when it reads them, in either pass (a
-// saved-tensor hook may hand them back with other strides or a negative bit; the first version
-// read them as saved and gave gradients 24-79 off where one did).
-struct Warp2d : public torch::autograd::Function<Warp2d> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& loc,
-                            int64_t location, int64_t oh, int64_t ow, int64_t mode, int64_t padding,
-                            bool align_corners, double eps) {
-    // an inference tensor (θ of a localisation net run under inference_mode) cannot be saved
-    ctx->save_for_backward({x.is_inference() ? x.clone() : x, loc.is_inference() ? loc.clone() : loc});
-    ctx->saved_data["options"] = std::vector<int64_t>{location, oh, ow, mode, padding, align_corners};
-    ctx->saved_data["eps"] = eps;
-    return run(resolved(x), resolved(loc).contiguous(), location, oh, ow, mode, padding, align_corners, eps);
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const std::vector<int64_t> o = ctx->saved_data["options"].toIntVector();
-    const double eps = ctx->saved_data["eps"].toDouble();
-    const bool need_x = ctx->needs_input_grad(0), need_loc = ctx->needs_input_grad(1);
-    const int64_t location = o[0], mode = o[3], padding = o[4];
-    const bool align_corners = o[5] != 0;
-    at::Tensor grad_x, grad_loc;
-    if (grads[0]._is_zerotensor()) {  // an efficient zero (no memory to read): zeros, as F.grid_sample gives
-      zero_gradients(saved, need_x, need_loc, grad_x, grad_loc);
-    } else if (c10::GradMode::is_enabled() || !kernel_takes_gradient(grads[0], saved[0])) {
-      py::gil_scoped_acquire gil;
-      take_gradients(py::reinterpret_borrow<py::object>(python_backward)(
-          saved[0], saved[1], grads[0], location, o[1], o[2], mode, padding, align_corners, eps, need_x, need_loc),
-                     grad_x, grad_loc);
-    } else if (need_x || need_loc) {
-      // a dense gradient (NCHW or channels_last), else an NCHW copy (_fused._dense)
-      at::Tensor grad_out = resolved(grads[0]);
-      if (!grad_out.is_contiguous() && !grad_out.is_contiguous(at::MemoryFormat::ChannelsLast))
-        grad_out = grad_out.contiguous();
-      // grad_x has the strides of x, which a dense x keeps (_fused._gradient_buffer)
-      at::Tensor x = resolved(saved[0]);
-      if (need_x && !x.is_non_overlapping_and_dense()) x = x.contiguous();
-      const at::Tensor loc = resolved(saved[1]).contiguous();
-      if (need_x) grad_x = at::detail::empty_strided_cpu(x.sizes(), x.strides(), x.scalar_type());
-      if (need_loc) grad_loc = at::detail::empty_cpu(loc.sizes(), loc.scalar_type(), false, std::nullopt);
-      const Geometry geo = geometry(x, grad_out, location, mode, padding, align_corners);
-      int status;
-      if (x.scalar_type() == at::kFloat) {
-        TORCH_CHECK(backward_f32 != nullptr, "torchstn fast_call: the kernel is not set");
-        status = backward_f32(geo.g, x.const_data_ptr<float>(), loc.const_data_ptr<float>(), eps,
-                              grad_out.const_data_ptr<float>(), need_x ? grad_x.mutable_data_ptr<float>() : nullptr,
-                              need_loc ? grad_loc.mutable_data_ptr<float>() : nullptr);
-      } else {
-        TORCH_CHECK(backward_f64 != nullptr, "torchstn fast_call: the kernel is not set");
-        status = backward_f64(geo.g, x.const_data_ptr<double>(), loc.const_data_ptr<double>(), eps,
-                              grad_out.const_data_ptr<double>(), need_x ? grad_x.mutable_data_ptr<double>() : nullptr,
-                              need_loc ? grad_loc.mutable_data_ptr<double>() : nullptr);
-      }
-      TORCH_CHECK_VALUE(status != 3, kTooLarge);
-      TORCH_CHECK(status == 0, "fused warp kernel failed with status ", status);
-    }
-    return {grad_x, grad_loc, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
-  }
-};
 
 // The 3-D kernel's backward (loc as forward3d's): into grad_x and grad_loc, each where defined (contiguous tensors)
 template <typename T>
@@ -330,67 +267,221 @@ int backward3d(Backward3d<T> kernel, const at::Tensor& x, const at::Tensor& loc,
                 x.size(3), x.size(4), od, oh, ow, padding, align_corners, at::get_num_threads());
 }
 
-// torchstn::warp3d's autograd formula (_fused3d._backward) as a C++ node, as Warp2d is
-// torchstn::warp2d's: the kernel's gradients, or (create_graph, a gradient the kernel cannot read)
-// _fused3d._node_backward's differentiable expression
-struct Warp3d : public torch::autograd::Function<Warp3d> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& loc,
-                            int64_t location, int64_t od, int64_t oh, int64_t ow, int64_t mode, int64_t padding,
-                            bool align_corners) {
-    ctx->save_for_backward({x.is_inference() ? x.clone() : x, loc.is_inference() ? loc.clone() : loc});
-    ctx->saved_data["options"] = std::vector<int64_t>{location, od, oh, ow, mode, padding, align_corners};
-    return run3d(resolved(x), resolved(loc), location, od, oh, ow, mode, padding, align_corners);
+// The options of a fused warp's call as the kernel's codes, its output's size ((Ho, Wo) or (Do, Ho, Wo))
+struct Options {
+  int64_t location = 0, mode = 0, padding = 0;
+  bool align_corners = false;
+  std::vector<int64_t> size;
+  double eps = 0.0;
+};
+
+// An output gradient as the kernel reads it: itself where dense (NCHW or channels_last), else an
+// NCHW copy (_fused._dense); `.sum()`'s gradient (one value, every stride 0) written out by
+// std::fill_n, where contiguous()'s copy took 1.7 of a batch-1 28x28 call's 40 us (timeit)
+template <typename T>
+at::Tensor dense(const at::Tensor& grad_out) {
+  if (grad_out.is_contiguous() || grad_out.is_contiguous(at::MemoryFormat::ChannelsLast)) return grad_out;
+  const at::IntArrayRef strides = grad_out.strides();
+  if (grad_out.numel() == 0 || std::any_of(strides.begin(), strides.end(), [](int64_t s) { return s != 0; }))
+    return grad_out.contiguous();
+  at::Tensor out = at::detail::empty_cpu(grad_out.sizes(), grad_out.scalar_type(), false, std::nullopt);
+  std::fill_n(out.mutable_data_ptr<T>(), out.numel(), *grad_out.const_data_ptr<T>());
+  return out;
+}
+
+// The kernel's gradients of a 2-D warp (x, loc and grad_out resolved; each gradient where asked)
+void kernel_gradients2d(const at::Tensor& x_, const at::Tensor& loc_, const at::Tensor& grad_out_, const Options& o,
+                        bool need_x, bool need_loc, at::Tensor& grad_x, at::Tensor& grad_loc) {
+  const at::Tensor grad_out = x_.scalar_type() == at::kFloat ? dense<float>(grad_out_) : dense<double>(grad_out_);
+  // grad_x has the strides of x, which a dense x keeps (_fused._gradient_buffer)
+  const at::Tensor x = need_x && !x_.is_non_overlapping_and_dense() ? x_.contiguous() : x_;
+  const at::Tensor loc = loc_.contiguous();
+  if (need_x) grad_x = at::detail::empty_strided_cpu(x.sizes(), x.strides(), x.scalar_type());
+  if (need_loc) grad_loc = at::detail::empty_cpu(loc.sizes(), loc.scalar_type(), false, std::nullopt);
+  const Geometry geo = geometry(x, grad_out, o.location, o.mode, o.padding, o.align_corners);
+  int status;
+  if (x.scalar_type() == at::kFloat) {
+    TORCH_CHECK(backward_f32 != nullptr, "torchstn fast_call: the kernel is not set");
+    status = backward_f32(geo.g, x.const_data_ptr<float>(), loc.const_data_ptr<float>(), o.eps,
+                          grad_out.const_data_ptr<float>(), need_x ? grad_x.mutable_data_ptr<float>() : nullptr,
+                          need_loc ? grad_loc.mutable_data_ptr<float>() : nullptr);
+  } else {
+    TORCH_CHECK(backward_f64 != nullptr, "torchstn fast_call: the kernel is not set");
+    status = backward_f64(geo.g, x.const_data_ptr<double>(), loc.const_data_ptr<double>(), o.eps,
+                          grad_out.const_data_ptr<double>(), need_x ? grad_x.mutable_data_ptr<double>() : nullptr,
+                          need_loc ? grad_loc.mutable_data_ptr<double>() : nullptr);
+  }
+  TORCH_CHECK_VALUE(status != 3, kTooLarge);
+  TORCH_CHECK(status == 0, "fused warp kernel failed with status ", status);
+}
+
+// The same for a volume
+void kernel_gradients3d(const at::Tensor& x_, const at::Tensor& loc_, const at::Tensor& grad_out_, const Options& o,
+                        bool need_x, bool need_loc, at::Tensor& grad_x, at::Tensor& grad_loc) {
+  const at::Tensor x = x_.contiguous(), loc = loc_.contiguous(), grad_out = grad_out_.contiguous();
+  // (zeroed by the kernel, as _fused3d._warp3d_backward_cpu's)
+  if (need_x) grad_x = at::detail::empty_cpu(x.sizes(), x.scalar_type(), false, std::nullopt);
+  if (need_loc) grad_loc = at::detail::empty_cpu(loc.sizes(), loc.scalar_type(), false, std::nullopt);
+  const int64_t l = o.location, m = o.mode, p = o.padding;
+  const bool ac = o.align_corners;
+  check_status3d(x.scalar_type() == at::kFloat
+                     ? backward3d(backward3d_f32, x, loc, l, grad_out, grad_x, grad_loc, m, p, ac)
+                     : backward3d(backward3d_f64, x, loc, l, grad_out, grad_x, grad_loc, m, p, ac));
+}
+
+// The gradients of x and loc (each where asked) of a warp with options o, of 2 or 3 dimensions:
+// the kernel's, or (create_graph, a gradient the kernel cannot read) those of the Python
+// fallback's differentiable expression (_fused._node_backward, _fused3d._node_backward), as
+// the operators' Python formula (_fused.fused_backward) takes them.
+template <int Dims>
+torch::autograd::variable_list gradients(const at::Tensor& x, const at::Tensor& loc, const at::Tensor& grad_out,
+                                         const Options& o, bool need_x, bool need_loc) {
+  at::Tensor grad_x, grad_loc;
+  if (!grad_out.defined() || grad_out._is_zerotensor()) {  // no memory to read: zeros, as F.grid_sample gives
+    zero_gradients(x, loc, need_x, need_loc, grad_x, grad_loc);
+  } else if (c10::GradMode::is_enabled() || !kernel_takes_gradient(grad_out, x)) {
+    py::gil_scoped_acquire gil;
+    const py::object fallback = py::reinterpret_borrow<py::object>(Dims == 2 ? python_backward : python_backward3d);
+    take_gradients(fallback(x, loc, grad_out, o.location, py::tuple(py::cast(o.size)), o.mode, o.padding,
+                            o.align_corners, o.eps, need_x, need_loc),
+                   grad_x, grad_loc);
+  } else if (need_x || need_loc) {
+    (Dims == 2 ? kernel_gradients2d : kernel_gradients3d)(resolved(x), resolved(loc), resolved(grad_out), o, need_x,
+                                                          need_loc, grad_x, grad_loc);
+  }
+  return {grad_x, grad_loc};
+}
+
+}  // namespace
+
+// (in a named namespace, as the names the nodes give themselves)
+namespace torchstn {
+
+// The autograd node of a fused warp of x at loc (Dims 2: torchstn::Warp2dBackward, the formula
+// of torchstn::warp2d, _fused._backward; 3: torchstn::Warp3dBackward, torchstn::warp3d's):
+// its backward gives the gradients above. x and loc are saved as _fused._setup_context saves
+// them (as given: with their graph, for create_graph) and made what the kernel reads when it
+// reads them (a saved-tensor hook may hand them back with other strides or a negative bit; a
+// first version read them as saved and gave gradients 24-79 off where one did).
+//
+// A plain torch::autograd::Node, as torch's generated nodes are, and not a
+// torch::autograd::Function: the Function's node (CppNode: its context's map of IValues, the
+// inputs' and outputs' records and checks) cost about 10 us of a batch-1 28x28 call, whose
+// kernels take 6-7. A given grid's gradient alone against F.grid_sample (python
+// benchmarks/bench_small_calls.py grid-grad, one thread, three alternations of the builds,
+// trainings paused, 2026-12-06): 0.76-0.78x before, 0.97-1.00x with this node, 1.05-1.08x with
+// `dense`'s fill as well; forward+backward of a warp (timeit, the same way) 55-56 -> 45-46 us
+// at 1x1x28x28, 63-65 -> 54-55 us at 4x3x16x16.
+template <int Dims>
+struct WarpBackward final : public torch::autograd::Node {
+  torch::autograd::SavedVariable x_, loc_;
+  Options options_;
+
+  std::string name() const override { return Dims == 2 ? "torchstn::Warp2dBackward" : "torchstn::Warp3dBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    x_.reset_data();
+    loc_.reset_data();
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const torch::autograd::variable_list saved = ctx->get_saved_variables();
-    const std::vector<int64_t> o = ctx->saved_data["options"].toIntVector();
-    const bool need_x = ctx->needs_input_grad(0), need_loc = ctx->needs_input_grad(1);
-    const int64_t location = o[0], mode = o[4], padding = o[5];
-    const bool align_corners = o[6] != 0;
-    at::Tensor grad_x, grad_loc;
-    if (grads[0]._is_zerotensor()) {  // (as Warp2d)
-      zero_gradients(saved, need_x, need_loc, grad_x, grad_loc);
-    } else if (c10::GradMode::is_enabled() || !kernel_takes_gradient(grads[0], saved[0])) {
-      py::gil_scoped_acquire gil;
-      take_gradients(py::reinterpret_borrow<py::object>(python_backward3d)(
-          saved[0], saved[1], grads[0], location, o[1], o[2], o[3], mode, padding, align_corners, need_x, need_loc),
-                     grad_x, grad_loc);
-    } else if (need_x || need_loc) {
-      const at::Tensor x = resolved(saved[0]).contiguous(), loc = resolved(saved[1]).contiguous();
-      const at::Tensor grad_out = resolved(grads[0]).contiguous();
-      // (zeroed by the kernel, as _fused3d._warp3d_backward_cpu's)
-      if (need_x) grad_x = at::detail::empty_cpu(x.sizes(), x.scalar_type(), false, std::nullopt);
-      if (need_loc) grad_loc = at::detail::empty_cpu(loc.sizes(), loc.scalar_type(), false, std::nullopt);
-      const int64_t l = location, m = mode, p = padding;
-      const bool ac = align_corners;
-      check_status3d(x.scalar_type() == at::kFloat
-                         ? backward3d(backward3d_f32, x, loc, l, grad_out, grad_x, grad_loc, m, p, ac)
-                         : backward3d(backward3d_f64, x, loc, l, grad_out, grad_x, grad_loc, m, p, ac));
-    }
-    return {grad_x, grad_loc, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return gradients<Dims>(x_.unpack(), loc_.unpack(), grads[0], options_, task_should_compute_output(0),
+                           task_should_compute_output(1));
   }
+
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 13)
+  // Compiled autograd: the node is one opaque call in its graph (as a torch::autograd::Function's
+  // node is, not traced: the kernel reads memory), of `functional` with the saved tensors and
+  // the options. (The interface of torch 2.13; with older headers compiled autograd refuses the node.)
+  void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& args) const override {
+    args.collect(x_, false), args.collect(loc_, false);
+    args.collect(options_.location), args.collect(options_.mode), args.collect(options_.padding);
+    args.collect(options_.align_corners), args.collect(options_.size), args.collect(options_.eps);
+  }
+
+  torch::autograd::variable_list apply_with_saved(const torch::autograd::variable_list& grads,
+                                                  torch::dynamo::autograd::SwapSavedVariables& saved) override {
+    namespace ca = torch::dynamo::autograd;
+    saved.before(x_), saved.before(loc_);
+    const Options& o = options_;
+    const std::vector<c10::IValue> args{x_.unpack(), loc_.unpack(), o.location, o.mode, o.padding, o.align_corners,
+                                        o.size, o.eps, task_should_compute_output(0), task_should_compute_output(1)};
+    std::vector<at::TypePtr> schema;
+    for (const c10::IValue& arg : args) schema.push_back(arg.isTensor() ? at::TensorType::get() : arg.type());
+    const auto& compiler = ca::getPyCompilerInterface();
+    // (bound per trace under a numbered name, as a Function's node is: a name binds once)
+    const std::string fn = compiler->bind_function(saved.get_py_compiler(), name(), functional, schema,
+                                                   /*is_custom_function=*/true, /*is_traceable=*/false);
+    const auto metadata = ca::IValuePacker<std::vector<std::optional<torch::autograd::InputMetadata>>>::pack(
+        ca::get_input_metadata(next_edges()));
+    torch::autograd::variable_list out =
+        compiler->call_function(saved.get_py_compiler(), "apply_functional", fn, grads, args, metadata);
+    saved.after(x_), saved.after(loc_);
+    return out;
+  }
+
+  static torch::autograd::variable_list functional(const torch::autograd::variable_list& grads,
+                                                   const std::vector<c10::IValue>& args) {
+    const Options o{args[2].toInt(), args[3].toInt(), args[4].toInt(), args[5].toBool(), args[6].toIntVector(),
+                    args[7].toDouble()};
+    return gradients<Dims>(args[0].toTensor(), args[1].toTensor(), grads[0], o, args[8].toBool(), args[9].toBool());
+  }
+#endif
 };
 
 }  // namespace torchstn
 
 namespace {
 
+// A new node of type N (torch 2.13 holds nodes by c10::intrusive_ptr, earlier ones by std::shared_ptr)
+template <typename N>
+auto make_node() {
+  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, N>) {
+    return c10::make_intrusive<N>();
+  } else {
+    return std::make_shared<N>();
+  }
+}
+
+// out = the kernel's output at x and loc, recorded by a node of type N with the call's options
+template <typename N>
+at::Tensor recorded(const at::Tensor& out, const at::Tensor& x, const at::Tensor& loc, Options options) {
+  auto node = make_node<N>();
+  node->set_next_edges(torch::autograd::collect_next_edges(x, loc));
+  // an inference tensor (θ of a localisation net run under inference_mode) cannot be saved
+  node->x_ = torch::autograd::SavedVariable(x.is_inference() ? x.clone() : x, false);
+  node->loc_ = torch::autograd::SavedVariable(loc.is_inference() ? loc.clone() : loc, false);
+  node->options_ = std::move(options);
+  torch::autograd::set_history(out, node);
+  return out;
+}
+
 // fast_sample's and fast_warp's call of a volume: through the node where a gradient is recorded
 at::Tensor warp3d_any(const at::Tensor& x, const at::Tensor& loc, int64_t location, int64_t od, int64_t oh,
                       int64_t ow, int64_t mode, int64_t padding, bool align_corners) {
-  if (c10::GradMode::is_enabled() && (x.requires_grad() || loc.requires_grad()))
-    return torchstn::Warp3d::apply(x, loc, location, od, oh, ow, mode, padding, align_corners);
-  return run3d(resolved(x), resolved(loc), location, od, oh, ow, mode, padding, align_corners);
+  if (!c10::GradMode::is_enabled() || !(x.requires_grad() || loc.requires_grad()))
+    return run3d(resolved(x), resolved(loc), location, od, oh, ow, mode, padding, align_corners);
+  TORCH_CHECK(python_backward3d != nullptr, "torchstn fast_call: the 3-D backward fallback is not set");
+  at::Tensor out;
+  {
+    const c10::AutoGradMode off(false);
+    out = run3d(resolved(x), resolved(loc), location, od, oh, ow, mode, padding, align_corners);
+  }
+  return recorded<torchstn::WarpBackward<3>>(out, x, loc, {location, mode, padding, align_corners, {od, oh, ow}, 0.0});
 }
 
 // A call that records a gradient (the caller asked): the node's output
 at::Tensor warp2d_recorded(const at::Tensor& x, const at::Tensor& loc, int64_t location, int64_t oh, int64_t ow,
                            int64_t mode, int64_t padding, bool align_corners, double eps) {
   TORCH_CHECK(python_backward != nullptr, "torchstn fast_call: the backward fallback is not set");
-  return torchstn::Warp2d::apply(x, loc, location, oh, ow, mode, padding, align_corners, eps);
+  at::Tensor out;
+  {
+    const c10::AutoGradMode off(false);
+    out = run(resolved(x), resolved(loc).contiguous(), location, oh, ow, mode, padding, align_corners, eps);
+  }
+  return recorded<torchstn::WarpBackward<2>>(out, x, loc, {location, mode, padding, align_corners, {oh, ow}, eps});
 }
 
 // fast_warp's and fast_sample's call: through the node where a gradient is recorded
@@ -610,8 +701,8 @@ PyObject* fast_warp1d(const at::Tensor& x, const at::Tensor& params, PyObject* s
 // padding, size None or a tuple of two positive ints; eager tensors (see eager); no CPU
 // autocast; a CPU float32/float64 image the kernel covers, and parameters of its dtype; for
 // Projective, nothing to record a gradient for (its matrix is made here, not differentiably).
-// A gradient is recorded through torchstn::Warp2d. A raw METH_FASTCALL function: pybind11's own call of the same
-// arguments cost about 0.3 us more.
+// A gradient is recorded through torchstn::Warp2dBackward. A raw METH_FASTCALL function:
+// pybind11's own call of the same arguments cost about 0.3 us more.
 PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 8) {
     PyErr_SetString(PyExc_TypeError, "fast_warp takes 8 arguments");
