@@ -106,7 +106,11 @@ def main() -> None:
     parser.add_argument("--grads", choices=("both", "x", "theta"), default="both",
                         help="--bare's backward: the gradients it computes")
     parser.add_argument("--grid", action="store_true", help="--bare: the points given as a grid (torchstn.sample)")
+    parser.add_argument("--shapes", nargs="+", metavar="BxCxHxW[cl]",
+                        help="these inputs instead of the default cases (a trailing cl: channels_last)")
     args = parser.parse_args()
+    shapes = SHAPES if args.shapes is None else [
+        (tuple(int(d) for d in s.removesuffix("cl").split("x")), s.endswith("cl")) for s in args.shapes]
     torch.set_num_threads(args.threads)
     # torchstn's own loading of its kernel binds _ENTRY (and the compiled call) on the first
     # warp: done first, so that the swaps below are what the calls run
@@ -115,7 +119,7 @@ def main() -> None:
     libraries = {"base": entry_points(args.base / "torchstn/sampling/csrc/fused_warp2d.cpp"),
                  "this": entry_points(_fused._SOURCE)}
     for transform in (stn.Affine(), stn.Projective()):
-        for shape, channels_last in SHAPES:
+        for shape, channels_last in shapes:
             label = f"{transform.name.lower()} {'x'.join(map(str, shape))}{' channels_last' if channels_last else ''}"
             if args.cases not in label:
                 continue

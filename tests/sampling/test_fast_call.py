@@ -942,6 +942,7 @@ def _node_calls():
 
 
 @pytest.mark.usefixtures("volume_call")
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
 @pytest.mark.parametrize("name", ["warp", "sample", "warp3d", "sample3d"])
 def test_the_autograd_nodes_keep_autograds_rules(name):
     """The nodes are plain autograd nodes (torch::autograd::Node, not a Function's CppNode): a

@@ -415,11 +415,11 @@ def test_small_images_warped_from_a_bordered_copy_equal_the_two_passes_bit_for_b
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("size", [(200, 240), (480, 480)], ids=["1.2MB", "5.5MB"])
 def test_an_input_beyond_l2_fetches_rows_ahead_with_the_same_values_and_gradients(location, dtype, size):
-    """Where the whole input exceeds 1 MB (the float32 bilinear forward: 5 MiB), its planes 64
-    KiB and an output row crosses input rows, forward and backward prefetch the pixels four
-    output rows ahead (between the two, the float32 forward takes its single passes instead):
-    values and gradients are still the grid path's, for a rotated map, a non-finite one and one
-    that reads far outside (whose rows ahead are not fetched)."""
+    """Where the whole input exceeds 1 MB, its planes 64 KiB and an output row crosses input
+    rows, forward and backward prefetch the pixels four output rows ahead (the float32 bilinear
+    forward takes its single passes instead, fetching nothing ahead up to 5 MiB and the next
+    sample's input beyond): values and gradients are still the grid path's, for a rotated map, a
+    non-finite one and one that reads far outside (whose rows ahead are not fetched)."""
     transform = stn.Projective() if location == "projective" else stn.Affine()
     x = random_input((3, 2, *size), dtype, seed=4)  # float32: 1.15 MB / 5.5 MB
     p = random_theta(transform, 3, torch.float64, scale=0.3 if location != "projective" else 0.05, seed=3)
@@ -439,6 +439,34 @@ def test_an_input_beyond_l2_fetches_rows_ahead_with_the_same_values_and_gradient
     for fused, grid_path in zip(*results):
         torch.testing.assert_close(fused, grid_path, atol=tol, rtol=tol, equal_nan=True)
     assert results[0][0][1].isnan().all() and not results[0][0][0].isnan().any()
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+@pytest.mark.parametrize("location", ["affine", "grid"])
+def test_a_batch_beyond_5_mib_warps_each_sample_as_alone(location, channels_last):
+    """Beyond 5 MiB the float32 forward fetches the next sample's input ahead as it warps a
+    sample (its single passes, where they take the rows): each sample's output is the bits of
+    the same sample warped alone (1.7 MB: no prefetch), the rotated and the NaN map alike."""
+    x = random_input((4, 3, 300, 500), torch.float32, seed=8)  # 7.2 MB
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    theta = random_theta(stn.Affine(), 4, torch.float32, scale=0.3, seed=9)
+    theta[2, 4] = float("nan")
+    grid = stn.Affine().grid(theta, (280, 510))  # (made once: a batch's matmul rounds apart from one sample's)
+
+    def warp(b):
+        if location == "grid":
+            return stn.sample(x[b], grid[b], backend="fused")
+        return stn.warp(x[b], theta[b], stn.Affine(), size=(280, 510), backend="fused")
+
+    batch = warp(slice(None))
+    for b in range(4):
+        torch.testing.assert_close(batch[b:b + 1], warp(slice(b, b + 1)), atol=0, rtol=0, equal_nan=True)
+    assert batch[2].isnan().all() and not batch[3].isnan().any()
+    # (from θ the kernel locates the points itself: 500 pixels wide, they round 1e-4 pixels apart)
+    tol = 1e-4 if location == "grid" else 1e-3  # (a grid: its coordinates unnormalised in another order)
+    reference = torch.nn.functional.grid_sample(x, grid, align_corners=False)
+    torch.testing.assert_close(batch, reference, atol=tol, rtol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("size", [(40, 80), (13, 27)], ids=["wide-rows", "packed-rows"])

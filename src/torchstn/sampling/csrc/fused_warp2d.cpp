@@ -425,7 +425,8 @@ int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
 // 1.45-1.72x, 16x3x224x224 0.73-1.04x, 24x3x224x224 1.01-1.39x, 32x3x224x224 0.95-1.06x. The
 // nearest forward (its pass without the prefetches 0.20-0.87x at 8x3x224x224), the float64 one
 // (no single pass) and every backward (16x3x224x224 forward+backward 0.55-0.78x without them)
-// keep fetching from 1 MB on.
+// keep fetching from 1 MB on. Beyond 5 MiB the single passes take a batch's rows again, with
+// the next sample's input fetched ahead instead (fetch_next in forward_impl).
 constexpr int64_t kAheadFrom = int64_t(1) << 20, kBilinearAheadFrom = int64_t(5) << 20;
 
 // whether a batch of B (C, H, W) inputs is larger than `bytes`
@@ -2206,6 +2207,24 @@ inline bool bordered_pays(int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t W
 inline std::atomic<uint64_t> bordered_calls{1};
 #endif
 
+// whether a sample's (C, H, W) elements fill C * H * W consecutive ones (NCHW or channels_last)
+inline bool dense_sample(const Strides& s, int64_t C, int64_t H, int64_t W) {
+  return (s.w == 1 && s.h == W && s.c == H * W) || (s.c == 1 && s.w == C && s.h == W * C);
+}
+
+// Fetches ahead (into L2) the share of the `elems` elements at p that output points
+// [p0, p0 + n) of `points` stand for: called for each span of a sample with the next sample's
+// input, it fetches all of it once, in order, as the sample is warped. (prefetcht1 and
+// prefetcht2 measured alike; the address is an integer, as fetch_ahead's.)
+template <typename T>
+inline void fetch_share(const T* p, int64_t elems, int64_t p0, int64_t n, int64_t points) {
+  const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(p);
+  const int64_t bytes = elems * static_cast<int64_t>(sizeof(T));
+  const int64_t from = bytes * p0 / points, to = bytes * (p0 + n) / points;
+  for (int64_t o = from & ~int64_t(63); o < to; o += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(base + static_cast<std::uintptr_t>(o)), 0, 1);
+}
+
 template <typename T, int LOC, int PAD, int MODE>
 void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* out, const Strides& os, int64_t B,
                   int64_t C, const Constants<T>& k, int threads) {
@@ -2227,7 +2246,21 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   single = std::is_same_v<T, float> && MODE == LINEAR &&
            ((xs.w == 1 && os.w == 1 && C <= 4) || (!loc.packed && xs.c == 1 && os.c == 1 && C >= 2 && C <= 4));
 #endif
-  const bool large = exceeds(B, C, k, single ? kBilinearAheadFrom : kAheadFrom);
+  const bool beyond = exceeds(B, C, k, single ? kBilinearAheadFrom : kAheadFrom);
+  // Beyond that, the single passes still take the rows where each sample's input is a dense slab
+  // of 64 KiB or more, with the next sample's input fetched ahead as one stream (fetch_share):
+  // a rotated row reads a few pixels from each of many input rows, which the hardware
+  // prefetcher does not follow, but a sample's input read in order it does, and the sample is
+  // then read from the caches. Forward against the block with its rows fetched ahead (A/B of
+  // the bare kernel, the same bits, the bench's θ, one thread, nothing else running, 2026-12-06):
+  // 32x3x224x224 1.65x NCHW, 1.90x channels_last; 16x3x224x224 1.88x; 2x3x512x512 1.77x;
+  // 16x1x512x512 2.02x; 8x4x256x256 1.53x; 96x3x96x96 1.05x, 1.42x channels_last. Samples of
+  // 48 KiB and less lost 2-5% (128x3x64x64, 512x1x64x64, 2048x1x28x28: the hardware follows
+  // their inputs already); below kBilinearAheadFrom (the batch in L3) it was level (0.96-1.02x).
+  const int64_t sample = C * k.H * k.W;
+  const bool fetch_next = single && beyond && B > 1 && dense_sample(xs, C, k.H, k.W) &&
+                          sample * static_cast<int64_t>(sizeof(T)) >= (int64_t(1) << 16);
+  const bool large = beyond && !fetch_next;
 #ifdef TORCHSTN_AVX2
   const bool bordered = std::is_same_v<T, float> && MODE == LINEAR && PAD == ZEROS && loc.packed &&
                         bordered_pays(C, k.H, k.W, Ho, Wo);
@@ -2238,6 +2271,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
     alignas(32) T acc[BLOCK];
     const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
     const int64_t ahead = rows_ahead(loc, k, b, span, large);
+    if (fetch_next && b + 1 < B) fetch_share(x + (b + 1) * xs.b, sample, span.p0, span.n, Ho * Wo);
 #ifdef TORCHSTN_AVX2
     if constexpr (std::is_same_v<T, float> && MODE == LINEAR) {
       // (row_spans below repeats this test and the two of the passes that follow)
