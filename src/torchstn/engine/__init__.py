@@ -16,7 +16,7 @@ from torchstn.engine._checkpoint import (
     save_checkpoint,
 )
 from torchstn.engine._config import OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
-from torchstn.engine._data import load_split, run_data
+from torchstn.engine._data import law_label, load_split, run_data
 from torchstn.engine._demo import DemoResult, demo_configs, run_demo
 from torchstn.engine._diagnostics import collapse_warnings, theta_diagnostics
 from torchstn.engine._evaluate import evaluate, predict
@@ -44,6 +44,7 @@ __all__ = [
     "evaluate",
     "evaluation_draws",
     "identity_penalty",
+    "law_label",
     "load_model",
     "load_split",
     "plot_run",

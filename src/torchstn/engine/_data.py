@@ -19,8 +19,8 @@ from torchstn.data import MNISTDataset
 from torchstn.engine._config import TrainConfig
 
 __all__ = [
-    "dataset_model_args", "epoch_batches", "fetch", "fetch_inputs", "iterate", "law_text", "load_split", "run_data",
-    "shard", "to_channels_last",
+    "dataset_model_args", "epoch_batches", "fetch", "fetch_inputs", "iterate", "law_label", "law_text", "load_split",
+    "run_data", "shard", "to_channels_last",
 ]
 
 
@@ -47,6 +47,11 @@ def law_text(law: dict[str, Any] | None) -> str:
         return "a set drawn by no recipe"
     options = ", ".join(f"{k}={v}" for k, v in law.get("options", {}).items())
     return f"mnist-{law.get('kind')} as recipe version {law.get('version')} draws it ({options})"
+
+
+def law_label(law: dict[str, Any] | None) -> str:
+    """The same law named short, without its options, for tables (a report's changed fields)."""
+    return "drawn by no recipe" if law is None else f"mnist-{law.get('kind')} recipe version {law.get('version')}"
 
 
 def run_data(config: TrainConfig, info: dict[str, Any], *, chosen: bool = False) -> tuple[TrainConfig, str | None]:

@@ -32,7 +32,7 @@ from typing import Any
 
 from torchstn._locks import LockBusy, PidLock, exclusive
 from torchstn._validation import check_int, check_names, parse_json
-from torchstn.engine import RunDir, atomic_write
+from torchstn.engine import RunDir, atomic_write, law_label
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 
 __all__ = [
@@ -128,10 +128,6 @@ def _law_of(config: dict[str, Any]) -> dict[str, Any] | None:
     return data_law(config["data"], config.get("data_options") or {})
 
 
-def _law_label(law: dict[str, Any] | None) -> str:
-    return "drawn by no recipe" if law is None else f"mnist-{law.get('kind')} recipe version {law.get('version')}"
-
-
 def config_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Every field in which a recorded cell's config differs from its budget's recipe today,
     subset sizes included: ``{field: (then, now)}``; a budget, row, column or cell the experiment
@@ -148,7 +144,7 @@ def config_changes(experiment: Experiment, record: dict[str, Any]) -> dict[str, 
     if "data_law" in record:
         law = _law_of(now)
         if record["data_law"] != law:
-            before, after = _law_label(record["data_law"]), _law_label(law)
+            before, after = law_label(record["data_law"]), law_label(law)
             changes["data law"] = (before, after if after != before else f"{after} (other options)")
     return changes
 
@@ -399,8 +395,8 @@ def _set_aside_another_law(cell: Cell, run_dir: RunDir, log: Callable[[str], Non
     while run_dir.path.with_name(f"{run_dir.path.name}.law-{n}").exists():
         n += 1
     aside = run_dir.path.rename(run_dir.path.with_name(f"{run_dir.path.name}.law-{n}"))
-    log(f"  {run_dir.path} was trained on {_law_label(info['data_law'])}; this torchstn draws "
-        f"{_law_label(law)} for the cell: moved to {aside}, the cell starts again")
+    log(f"  {run_dir.path} was trained on {law_label(info['data_law'])}; this torchstn draws "
+        f"{law_label(law)} for the cell: moved to {aside}, the cell starts again")
 
 
 def run_cell(
