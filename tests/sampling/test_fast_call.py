@@ -993,3 +993,22 @@ def test_compiled_autograd_runs_the_nodes_with_the_eager_gradients(name):
     torch._dynamo.reset()
     for leaf, want in zip(leaves, expected):
         torch.testing.assert_close(leaf.grad, want, rtol=0, atol=0)
+
+
+@pytest.mark.usefixtures("volume_call")
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("name", ["warp", "sample", "warp3d", "sample3d"])
+def test_activation_checkpointing_through_the_nodes_gives_the_eager_gradients(name, reentrant):
+    """torch.utils.checkpoint (its saved-tensor hooks, or the reentrant forward run again) through
+    each node: the gradients of the eager backward, bit for bit."""
+    from torch.utils.checkpoint import checkpoint
+
+    call, inputs, node = _node_calls()[name]
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = call(*leaves)
+    assert out.grad_fn.name() == node
+    expected = torch.autograd.grad(out.sin().sum(), leaves)
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    checkpoint(lambda a, b: call(a, b).sin(), *leaves, use_reentrant=reentrant).sum().backward()
+    for leaf, want in zip(leaves, expected):
+        torch.testing.assert_close(leaf.grad, want, rtol=0, atol=0)
