@@ -54,9 +54,9 @@ def use(entries: dict) -> None:
 
 
 def bare_call(x: torch.Tensor, theta: torch.Tensor, transform: stn.Transform, libraries: dict,
-              backward: bool = False, grads: str = "both", grid: bool = False):
+              backward: bool = False, grads: str = "both", grid: bool = False, mode: str = "bilinear"):
     """A call of the forward (or backward) entry point that ``_fused._ENTRY`` holds now
-    (swapped by ``use``), on ``x`` warped by ``theta`` to its own size (bilinear, zeros
+    (swapped by ``use``), on ``x`` warped by ``theta`` to its own size (``mode``, zeros
     padding), into outputs allocated once; the backward for a fixed random output gradient,
     ``grads`` ``"both"``, ``"x"`` or ``"theta"`` (with ``grid``, the grid's). With ``grid``,
     the points are given as ``transform``'s grid (the sampling of a grid, ``torchstn.sample``).
@@ -69,7 +69,7 @@ def bare_call(x: torch.Tensor, theta: torch.Tensor, transform: stn.Transform, li
         matrix = (transform.matrix(theta) if projective else transform.affine_rows(theta)).contiguous()
         location = "projective" if projective else "affine"
     out = torch.empty_like(x)  # (the kernel writes the input's layout; the backward reads grad_out so)
-    geometry = _fused._geometry(location, "bilinear", x, out, size, "zeros", False)
+    geometry = _fused._geometry(location, mode, x, out, size, "zeros", False)
     eps = float(transform.eps) if projective else 0.0
     grad_x = torch.empty_like(x) if backward and grads != "theta" else None
     grad_matrix = torch.empty_like(matrix) if backward and grads != "x" else None
@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--grads", choices=("both", "x", "theta"), default="both",
                         help="--bare's backward: the gradients it computes")
     parser.add_argument("--grid", action="store_true", help="--bare: the points given as a grid (torchstn.sample)")
+    parser.add_argument("--mode", choices=("bilinear", "nearest"), default="bilinear",
+                        help="--bare: the forward's interpolation (the backward's stays bilinear)")
     parser.add_argument("--shapes", nargs="+", metavar="BxCxHxW[cl]",
                         help="these inputs instead of the default cases (a trailing cl: channels_last)")
     args = parser.parse_args()
@@ -139,7 +141,7 @@ def main() -> None:
                 torch.autograd.grad(stn.warp(xg, tg, transform, size=shape[-2:], backend="fused").sum(), (xg, tg))
 
             if args.bare:
-                forward = bare_call(x, theta, transform, libraries, grid=args.grid)
+                forward = bare_call(x, theta, transform, libraries, grid=args.grid, mode=args.mode)
                 if not args.forward_only:
                     forward_backward = bare_call(x, theta, transform, libraries, backward=True, grads=args.grads,
                                                  grid=args.grid)
