@@ -1012,3 +1012,28 @@ def test_activation_checkpointing_through_the_nodes_gives_the_eager_gradients(na
     checkpoint(lambda a, b: call(a, b).sin(), *leaves, use_reentrant=reentrant).sum().backward()
     for leaf, want in zip(leaves, expected):
         torch.testing.assert_close(leaf.grad, want, rtol=0, atol=0)
+
+
+@pytest.mark.usefixtures("volume_call")
+@pytest.mark.parametrize("name", ["warp", "sample", "warp3d", "sample3d"])
+def test_an_undefined_output_gradient_gives_no_gradient_as_torchs_own_node(name):
+    """A function after the warp that hands back no gradient for it (None): the node adds none,
+    as F.grid_sample's node does, even where x holds an inf (zeros run through the kernel gave
+    0 * inf = NaN in the location's gradient)."""
+
+    class Drop(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):  # noqa: ANN001, ANN205
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx, grad):  # noqa: ANN001, ANN205
+            return None
+
+    call, inputs, node = _node_calls()[name]
+    x, loc = inputs[0].clone(), inputs[1].clone().requires_grad_()
+    x.view(-1)[::7] = float("inf")
+    out = call(x, loc)
+    assert out.grad_fn.name() == node
+    (Drop.apply(out).sum() + loc.sum()).backward()
+    torch.testing.assert_close(loc.grad, torch.ones_like(loc), rtol=0, atol=0)

@@ -469,6 +469,16 @@ def test_a_batch_beyond_5_mib_warps_each_sample_as_alone(location, channels_last
     torch.testing.assert_close(batch, reference, atol=tol, rtol=0, equal_nan=True)
 
 
+def test_one_image_beyond_5_mib_fetches_its_rows_ahead():
+    """One float32 image beyond 5 MiB has no next sample to fetch: its forward keeps the block
+    with the rows of its points fetched ahead, and gives the grid path's values."""
+    x = random_input((1, 2, 1100, 1300), torch.float32, seed=10)  # 11.4 MB
+    theta = random_theta(stn.Affine(), 1, torch.float32, scale=0.3, seed=11)
+    out = stn.warp(x, theta, stn.Affine(), size=(900, 1000), backend="fused")
+    reference = stn.warp(x, theta, stn.Affine(), size=(900, 1000), backend="torch")
+    torch.testing.assert_close(out, reference, atol=2e-3, rtol=0)  # (locations rounded apart at 1300 px)
+
+
 @pytest.mark.parametrize("size", [(40, 80), (13, 27)], ids=["wide-rows", "packed-rows"])
 def test_a_homographys_w_of_zero_or_nan_in_one_pass(size):
     """The one-pass forward's guard on the homography's w, against the two passes (5

@@ -351,9 +351,9 @@ _FAST_ABI = 5
 def _build_fast_call() -> object:
     """The fast call's extension module (``csrc/fast_call.cpp``; :func:`fast_call` gives it the kernel).
 
-    It includes torch's tensor and pybind11 headers (not libtorch's C++ API: 12.5 s to build
-    here, where ``torch/extension.h`` alone takes 30-45 s), so it needs Python's headers too,
-    which the kernel does not."""
+    It includes torch's tensor, autograd-node and pybind11 headers (not ``torch/extension.h``,
+    which alone takes 30-45 s to build here), so it needs Python's headers too, which the
+    kernel does not."""
     import importlib.util
 
     flags = ["-O2"]

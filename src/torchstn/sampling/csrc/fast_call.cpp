@@ -1,5 +1,5 @@
 // The fused 2-D kernel's call from Python without ctypes: a small extension module (torch's
-// tensor and pybind11 headers, none of libtorch's C++ API) that checks the tensors, allocates
+// tensor, autograd-node and pybind11 headers, not torch/extension.h) that checks the tensors, allocates
 // the output and calls the kernel of csrc/fused_warp2d.cpp through the entry points
 // torchstn/sampling/_fused.py hands it once (set_kernels).
 //
@@ -337,9 +337,11 @@ template <int Dims>
 torch::autograd::variable_list gradients(const at::Tensor& x, const at::Tensor& loc, const at::Tensor& grad_out,
                                          const Options& o, bool need_x, bool need_loc) {
   at::Tensor grad_x, grad_loc;
-  if (!grad_out.defined() || grad_out._is_zerotensor()) {  // no memory to read: zeros, as F.grid_sample gives
+  if (!grad_out.defined()) return {grad_x, grad_loc};  // no gradient: none, as torch's own nodes give
+  if (grad_out._is_zerotensor()) {  // an efficient zero (no memory to read): zeros, as F.grid_sample gives
     zero_gradients(x, loc, need_x, need_loc, grad_x, grad_loc);
-  } else if (c10::GradMode::is_enabled() || !kernel_takes_gradient(grad_out, x)) {
+  } else if (c10::GradMode::is_enabled() || !kernel_takes_gradient(grad_out, x) || !x.device().is_cpu() ||
+             !loc.device().is_cpu()) {  // (a saved-tensor hook may hand x or loc back elsewhere)
     py::gil_scoped_acquire gil;
     const py::object fallback = py::reinterpret_borrow<py::object>(Dims == 2 ? python_backward : python_backward3d);
     take_gradients(fallback(x, loc, grad_out, o.location, py::tuple(py::cast(o.size)), o.mode, o.padding,
@@ -394,7 +396,8 @@ struct WarpBackward final : public torch::autograd::Node {
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 13)
   // Compiled autograd: the node is one opaque call in its graph (as a torch::autograd::Function's
   // node is, not traced: the kernel reads memory), of `functional` with the saved tensors and
-  // the options. (The interface of torch 2.13; with older headers compiled autograd refuses the node.)
+  // the options. (The interface of torch 2.13; built against older headers, the node has none of
+  // it, and compiled autograd refuses it with an error, where the Function's node ran since 2.7.)
   void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& args) const override {
     args.collect(x_, false), args.collect(loc_, false);
     args.collect(options_.location), args.collect(options_.mode), args.collect(options_.padding);
@@ -472,9 +475,11 @@ at::Tensor warp3d_any(const at::Tensor& x, const at::Tensor& loc, int64_t locati
   return recorded<torchstn::WarpBackward<3>>(out, x, loc, {location, mode, padding, align_corners, {od, oh, ow}, 0.0});
 }
 
-// A call that records a gradient (the caller asked): the node's output
+// A call that records a gradient (the caller asked; with nothing to record, the plain call's output)
 at::Tensor warp2d_recorded(const at::Tensor& x, const at::Tensor& loc, int64_t location, int64_t oh, int64_t ow,
                            int64_t mode, int64_t padding, bool align_corners, double eps) {
+  if (!c10::GradMode::is_enabled() || !(x.requires_grad() || loc.requires_grad()))
+    return warp2d(x, loc, location, oh, ow, mode, padding, align_corners, eps);
   TORCH_CHECK(python_backward != nullptr, "torchstn fast_call: the backward fallback is not set");
   at::Tensor out;
   {

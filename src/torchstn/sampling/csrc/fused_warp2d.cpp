@@ -385,7 +385,8 @@ void pixel_at(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b, int6
 // homography). 0 where nothing is fetched ahead: packed rows, the last rows, an output row
 // that crosses less than one input row (there the prefetches only cost: 0.93x at the
 // identity), an input small enough to stay in the caches between calls (`large` false: see
-// kAheadFrom; 0.93x at 1x3x224x224 called again and again), or planes of 64 KiB
+// kAheadFrom; 0.93x at 1x3x224x224 called again and again; false too where forward_impl fetches
+// the next sample's input instead, fetch_next), or planes of 64 KiB
 // or less, where the three locations per block cost more than the prefetches save (0.93x
 // for a homography at 64x3x64x64). A trap for the next edit: the passes' speed depends on
 // whether GCC inlines this function into each instance. Deciding the two size conditions
@@ -425,8 +426,10 @@ int64_t rows_ahead(const Locator<T, LOC>& loc, const Constants<T>& k, int64_t b,
 // 1.45-1.72x, 16x3x224x224 0.73-1.04x, 24x3x224x224 1.01-1.39x, 32x3x224x224 0.95-1.06x. The
 // nearest forward (its pass without the prefetches 0.20-0.87x at 8x3x224x224), the float64 one
 // (no single pass) and every backward (16x3x224x224 forward+backward 0.55-0.78x without them)
-// keep fetching from 1 MB on. Beyond 5 MiB the single passes take a batch's rows again, with
-// the next sample's input fetched ahead instead (fetch_next in forward_impl).
+// keep fetching from 1 MB on. Beyond 5 MiB the single passes take the rows of a batch of
+// dense samples of 64 KiB or more again, with the next sample's input fetched ahead instead
+// (fetch_next in forward_impl); one such image alone, smaller samples and other layouts keep
+// the block with its rows fetched ahead.
 constexpr int64_t kAheadFrom = int64_t(1) << 20, kBilinearAheadFrom = int64_t(5) << 20;
 
 // whether a batch of B (C, H, W) inputs is larger than `bytes`
@@ -2220,7 +2223,10 @@ template <typename T>
 inline void fetch_share(const T* p, int64_t elems, int64_t p0, int64_t n, int64_t points) {
   const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(p);
   const int64_t bytes = elems * static_cast<int64_t>(sizeof(T));
-  const int64_t from = bytes * p0 / points, to = bytes * (p0 + n) / points;
+  // (in double: bytes * p0 overflows int64 for samples of gigabytes warped to a billion points)
+  const double share = static_cast<double>(bytes) / static_cast<double>(points);
+  const int64_t from = static_cast<int64_t>(share * static_cast<double>(p0));
+  const int64_t to = std::min(bytes, static_cast<int64_t>(share * static_cast<double>(p0 + n)));
   for (int64_t o = from & ~int64_t(63); o < to; o += 64)
     __builtin_prefetch(reinterpret_cast<const void*>(base + static_cast<std::uintptr_t>(o)), 0, 1);
 }
@@ -2239,8 +2245,9 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // rows ahead fetched for each 16 points' first one: 0.84x forward at 32x3x224x224 with every
   // channel per vector, 0.47x a channel at a time (A/B of the bare kernel, 11 rounds)
   // whether block() below can take this call's rows in a single pass (its layout tests; then rows
-  // are fetched ahead only from kBilinearAheadFrom on: the block without the prefetches, for 5
-  // or 8 channels, read 0.88-0.98x at 4x5x224x224 and 3x8x160x160)
+  // are fetched ahead only from kBilinearAheadFrom on, and not at all where fetch_next fetches the
+  // next sample instead: the block without the prefetches, for 5 or 8 channels, read
+  // 0.88-0.98x at 4x5x224x224 and 3x8x160x160)
   bool single = false;
 #ifdef TORCHSTN_AVX2
   single = std::is_same_v<T, float> && MODE == LINEAR &&
