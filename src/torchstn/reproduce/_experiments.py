@@ -744,7 +744,7 @@ STN_ADDITION = Experiment(
         "localisation nets the same 300 epochs gave 6.03%.",
         "Seeds and the test set's noise (2026-12-06): the 2xST-FCN's three seeds at `long` err on 4.57%, "
         "4.85% and 4.55% (4.66 ± 0.17%, `--seeds 3`; training errors 4.16%, 4.55%, 4.24%), the CNN's two "
-        "seeds on 4.81% and 5.02% (4.92 ± 0.15%, `--seeds 2`; training errors 5.07%, 5.05%): below it on "
+        "seeds on 4.81% and 5.02% (4.91 ± 0.15%, `--seeds 2`; training errors 5.07%, 5.05%): below it on "
         "the means, and in five of the six pairs of seeds. On the same 10,000 test pairs (`python "
         "benchmarks/paired_runs.py CNN_RUN 2XST_RUN ... --data-dir ../shared/data/mnist`, the runs' last "
         "checkpoints) the 2xST-FCN's seeds against the CNN's seed 0 are right on 310, 281 and 298 pairs it "
