@@ -475,7 +475,8 @@ at::Tensor warp3d_any(const at::Tensor& x, const at::Tensor& loc, int64_t locati
   return recorded<torchstn::WarpBackward<3>>(out, x, loc, {location, mode, padding, align_corners, {od, oh, ow}, 0.0});
 }
 
-// A call that records a gradient (the caller asked; with nothing to record, the plain call's output)
+// fast_warp's and fast_sample's call, and the Python path's where it records a gradient: through
+// the node where a gradient is recorded, else the plain call's output
 at::Tensor warp2d_recorded(const at::Tensor& x, const at::Tensor& loc, int64_t location, int64_t oh, int64_t ow,
                            int64_t mode, int64_t padding, bool align_corners, double eps) {
   if (!c10::GradMode::is_enabled() || !(x.requires_grad() || loc.requires_grad()))
@@ -487,14 +488,6 @@ at::Tensor warp2d_recorded(const at::Tensor& x, const at::Tensor& loc, int64_t l
     out = run(resolved(x), resolved(loc).contiguous(), location, oh, ow, mode, padding, align_corners, eps);
   }
   return recorded<torchstn::WarpBackward<2>>(out, x, loc, {location, mode, padding, align_corners, {oh, ow}, eps});
-}
-
-// fast_warp's and fast_sample's call: through the node where a gradient is recorded
-at::Tensor warp2d_any(const at::Tensor& x, const at::Tensor& loc, int64_t location, int64_t oh, int64_t ow,
-                      int64_t mode, int64_t padding, bool align_corners, double eps) {
-  if (c10::GradMode::is_enabled() && (x.requires_grad() || loc.requires_grad()))
-    return warp2d_recorded(x, loc, location, oh, ow, mode, padding, align_corners, eps);
-  return warp2d(x, loc, location, oh, ow, mode, padding, align_corners, eps);
 }
 
 // The homographies (B, 3, 3) of Projective's parameters (B, 8), contiguous: H[2, 2] = 1, and
@@ -695,7 +688,7 @@ PyObject* fast_warp1d(const at::Tensor& x, const at::Tensor& params, PyObject* s
   const at::Tensor rows = at::cat({ab.narrow(1, 0, 1), zero, ab.narrow(1, 1, 1), zero, at::ones({b, 1}, ab.options()),
                                    zero}, 1).view({b, 2, 3});
   return THPVariable_Wrap(
-      warp2d_any(image, rows, kAffine, 1, length, mode, padding, align_corners == Py_True, 0.0).squeeze(2));
+      warp2d_recorded(image, rows, kAffine, 1, length, mode, padding, align_corners == Py_True, 0.0).squeeze(2));
 }
 
 // The whole of torchstn.warp's common call (_sample._compiled_warp passes warp's arguments:
@@ -758,7 +751,7 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       const bool flat = params.dim() == 2 && params.size(1) == 6;
       const bool rows = params.dim() == 3 && params.size(1) == 2 && params.size(2) == 3;
       if (!flat && !rows) Py_RETURN_NONE;
-      return THPVariable_Wrap(warp2d_any(x, params, kAffine, oh, ow, mode, padding, aligned, 0.0));
+      return THPVariable_Wrap(warp2d_recorded(x, params, kAffine, oh, ow, mode, padding, aligned, 0.0));
     }
     if (family == 1 && params.dim() == 2 && params.size(1) == 8 &&
         !(c10::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad()))) {
@@ -839,7 +832,8 @@ PyObject* fast_sample(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       if (!out.defined()) Py_RETURN_NONE;
       return THPVariable_Wrap(signal ? out.squeeze(2) : out);
     }
-    const at::Tensor out = warp2d_any(x, grid, kGrid, grid.size(1), grid.size(2), codes[0], codes[1], aligned, 0.0);
+    const at::Tensor out =
+        warp2d_recorded(x, grid, kGrid, grid.size(1), grid.size(2), codes[0], codes[1], aligned, 0.0);
     return THPVariable_Wrap(signal ? out.squeeze(2) : out);
   } catch (...) {  // as fast_warp
     torch::translate_exception_to_python(std::current_exception());
