@@ -1967,7 +1967,14 @@ inline bool nearest_backward_pass(float* gxb, int64_t xc_step, const float* gb, 
 // each output lane's value and weight picked by permutes, the 8C outputs as 16-wide stores:
 // 0.92x (2026-12-03, Intel Xeon); the AVX-512 build taking an inside vector's points one at a
 // time, each corner's 4 lanes times its weight broadcast from memory (no shuffles but the
-// offsets' extracts): 0.95x (the same machine, affine and homography alike).
+// offsets' extracts): 0.95x (the same machine, affine and homography alike). Nor, on Zen 4
+// (2026-12-06, A/B of the bare kernel, the same bits), inside16_rgb's vectors that way: each
+// 16-point vector's offsets and weights stored by 16-wide stores and its points then read one
+// at a time (three channels and a spare lane per corner load, the weights broadcast from the
+// stores, one overlapping store per point): 0.77x at channels_last 1x3x224x224; with four
+// vectors stored ahead of their points (the loads no longer waiting on the stores) and any
+// vector strictly inside taken (no 19-column window): 0.87x there, 1.01x at 64x3x64x64 and
+// 32x3x224x224 channels_last.
 template <int PAD, int SOURCE, int LOC = AFFINE>
 inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int64_t C, const float* m,
                                     const float* xs, const float* ys, float y, int64_t n,
