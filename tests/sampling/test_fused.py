@@ -272,6 +272,48 @@ def test_rotated_rows_and_edges_read_as_windows_equal_the_two_passes_bit_for_bit
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("eps", [1e-6, 0.3])
+def test_homography_rows_read_as_windows_equal_the_two_passes_bit_for_bit(padding, eps):
+    """A homography's rows of sixteen points are read as windows too (the AVX-512 build),
+    where its w keeps one sign over them, outside the guard: a row whose w crosses 0 (a pole
+    between two points, which may both lie inside the image) or comes within eps of it must
+    not be. The values of 1 to 4 planes, and of 2 and 3 channels side by side, are the two
+    passes' (5 channels) bit for bit, for near-identity homographies, rows curving over the
+    image's edges, a pole inside the output and inf and NaN pixels along the edges; the
+    non-finite points are F.grid_sample's at the same locations."""
+    generator = torch.Generator().manual_seed(14)
+    x = torch.rand(7, 5, 48, 72, generator=generator)
+    x[:, :, 0, 7], x[:, 1, -1, 30], x[:, 2, 20, 0], x[:, 3, 40, -1] = float("inf"), float("nan"), -float("inf"), 9.0
+    transform = stn.Projective(eps=eps)
+    h = transform.identity(7)
+    h[0, 6:] = torch.tensor([0.02, -0.03])  # near the identity: every inside vector as windows
+    h[1, [1, 3, 6, 7]] = torch.tensor([-0.1, 0.1, 0.15, 0.05])  # rotated rows that curve
+    h[2, [2, 5, 6]] = torch.tensor([0.4, -0.3, 0.3])  # partly off two sides
+    h[3, 6:] = torch.tensor([1.4, 0.0])  # w = 1.4 x + 1 crosses 0 at x = -0.71: a pole inside each row
+    h[4, [0, 4, 6, 7]] = torch.tensor([0.2, 0.2, -1.1, 0.2])  # the pole at x = 0.73 to 1.09, zoomed in around it
+    h[5, [6, 7]] = torch.tensor([0.5, -0.5])  # w from 0 to 2 across the image: the guard's band on a diagonal
+    # g = (0.2, -0.1) w + (0, 0.0015): every point in column 0.2 and near row -0.1, above it left
+    # of the pole at x = -0.5 and below it right of it, so a vector across the pole lies inside
+    # with its rows out of order
+    h[6] = torch.tensor([0.4, 0.0, 0.2, -0.2, 0.0, -0.0985, 2.0, 0.0])
+    options = {"size": (40, 96), "padding": padding, "backend": "fused"}
+    five = stn.warp(x, h, transform, **options)
+    for c in (1, 2, 3, 4):
+        torch.testing.assert_close(stn.warp(x[:, :c].contiguous(), h, transform, **options), five[:, :c],
+                                   atol=0, rtol=0, equal_nan=True)
+        if c in (2, 3):
+            side_by_side = x[:, :c].contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(stn.warp(side_by_side, h, transform, **options), five[:, :c],
+                                       atol=0, rtol=0, equal_nan=True)
+    expected = F.grid_sample(x, transform.grid(h, (40, 96), False), padding_mode=padding, align_corners=False)
+    assert torch.equal(five.isnan(), expected.isnan()) and torch.equal(five.isinf(), expected.isinf())
+    # values away from the poles (near one a float32 location is far from the image's scale, and
+    # two computations of it round apart)
+    finite = five[:3].isfinite()
+    torch.testing.assert_close(five[:3][finite], expected[:3][finite], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
 def test_rgb_side_by_side_equals_the_planes_bit_for_bit(padding):
     """Three channels side by side (channels_last RGB), whose AVX-512 build reads sixteen
     points' corners as 64-float windows of each corner row: the same bits as the planes'

@@ -1099,7 +1099,7 @@ struct Locations8 {
 };
 
 #ifdef __AVX512F__
-// sixteen points of a wide affine row (Locations8's ROW arithmetic, inside8_at's after it)
+// sixteen points of a wide affine or homography row (Locations8's ROW arithmetic, inside8_at's after it)
 constexpr int32_t kRows16 = 2;
 
 struct Row16 {
@@ -1134,14 +1134,53 @@ enum Fit16 { FITS, OUTSIDE, SPREAD };
 // validity as corners8 has it (zeros padding), the corner-0 pixels clamped to [-1, W - 1] x
 // [-1, H - 1] (the clamp moves only points whose corners all lie outside) before the columns
 // and rows are counted
-template <bool EDGE = false>
-__attribute__((always_inline)) inline Fit16 row16_at(const Locations8<ROW, AFFINE>& where, int64_t t0,
+// a homography's coordinate g of the row's points at xv divided by their guarded w
+// (Locations8's division, sixteen wide); an affine row's g itself
+template <int LOC>
+__attribute__((always_inline)) inline __m512 row16_divided(const Locations8<ROW, LOC>& where, __m512 xv, __m512 g) {
+  if constexpr (LOC != PROJECTIVE) {
+    return g;
+  } else {
+    const __m512 raw = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m6), xv), _mm512_set1_ps(where.cw));
+    const __m512 eps = _mm512_set1_ps(where.eps);
+    const __mmask16 guard = _mm512_cmp_ps_mask(_mm512_abs_ps(raw), eps, _CMP_LT_OQ);
+    const __mmask16 negative = _mm512_cmp_ps_mask(raw, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 sign = _mm512_mask_blend_ps(negative, eps, _mm512_set1_ps(-where.eps));
+    return _mm512_div_ps(g, _mm512_mask_blend_ps(guard, raw, sign));
+  }
+}
+
+// whether the row's sixteen points at xv move monotonically, so that row16_at finds their
+// extremes in the first and last lanes: an affine row's always do; a homography's where its
+// w keeps one sign over them, outside the guard (no pole between them). Homographies' rows
+// through row16_at (inside16, inside16_rgb): forward 1.23x at 1x3x224x224, 1.28x channels_last,
+// 1.30x at 32x3x224x224 (1.10x channels_last), 1.07-1.09x at 64x3x64x64, the affine cases
+// level (0.99-1.01x; A/B of the bare kernel, the same bits, Zen 4, 2026-12-06). Their extremes
+// found by reductions instead of this test ran 1.10x / 1.15x at 1x3x224x224; and the first
+// version of this change, which rewrote row16_at's affine arithmetic in place, compiled the
+// affine channels_last pass 0.94-0.96x slower (the same instructions, allocated otherwise).
+template <int LOC>
+__attribute__((always_inline)) inline bool row16_monotonic(const Locations8<ROW, LOC>& where, __m512 xv) {
+  if constexpr (LOC != PROJECTIVE) {
+    return true;
+  } else {
+    const __m512 raw = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m6), xv), _mm512_set1_ps(where.cw));
+    return _mm512_cmp_ps_mask(raw, _mm512_set1_ps(where.eps), _CMP_GE_OQ) == 0xffff ||
+           _mm512_cmp_ps_mask(raw, _mm512_set1_ps(-where.eps), _CMP_LE_OQ) == 0xffff;
+  }
+}
+
+template <bool EDGE = false, int LOC = AFFINE>
+__attribute__((always_inline)) inline Fit16 row16_at(const Locations8<ROW, LOC>& where, int64_t t0,
                                                     const Constants<float>& k, int32_t columns, int32_t rows,
                                                     Row16* r) {
   const __m512 one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
   const __m512 xv = _mm512_loadu_ps(where.xs + t0);
-  const __m512 gx = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m0), xv), _mm512_set1_ps(where.cx));
-  const __m512 gy = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m3), xv), _mm512_set1_ps(where.cy));
+  const __m512 gx = row16_divided(
+      where, xv, _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m0), xv), _mm512_set1_ps(where.cx)));
+  const __m512 gy = row16_divided(
+      where, xv, _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m3), xv), _mm512_set1_ps(where.cy)));
+  if (!row16_monotonic(where, xv)) return SPREAD;
   r->ix = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(gx, one), _mm512_set1_ps(k.ax)), _mm512_set1_ps(k.bx));
   r->iy = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(gy, one), _mm512_set1_ps(k.ay)), _mm512_set1_ps(k.by));
   const __m512 W1 = _mm512_set1_ps(static_cast<float>(k.W - 1)), H1 = _mm512_set1_ps(static_cast<float>(k.H - 1));
@@ -1196,6 +1235,23 @@ inline bool row16_may_fit(const Locations8<ROW, AFFINE>& where, const Constants<
   return 15 * std::fabs(where.m0 * step * k.ax) < columns + 1 && 15 * std::fabs(where.m3 * step * k.ay) < rows + 1;
 }
 
+// the same for a homography's row: the mean step between its first and last points (a hint;
+// false where they are not finite)
+inline bool row16_may_fit(const Locations8<ROW, PROJECTIVE>& where, const Constants<float>& k, int32_t columns,
+                          int32_t rows, int64_t n) {
+  if (n < 16) return false;
+  const auto at = [&](float x, float* px, float* py) {
+    const float w = where.m6 * x + where.cw;
+    *px = (where.m0 * x + where.cx) / w * k.ax;
+    *py = (where.m3 * x + where.cy) / w * k.ay;
+  };
+  float x0, y0, x1, y1;
+  at(where.xs[0], &x0, &y0);
+  at(where.xs[n - 1], &x1, &y1);
+  const float per = 15.f / static_cast<float>(n - 1);
+  return per * std::fabs(x1 - x0) < columns + 1 && per * std::fabs(y1 - y0) < rows + 1;
+}
+
 // Sixteen floats from xb + from, those outside [xb, xb + end) 0 and not read (the masked-off
 // lanes of an AVX-512 load do not fault): the windows of an EDGE vector along the first and
 // last rows of a sample
@@ -1228,8 +1284,8 @@ __attribute__((always_inline)) inline void corners16(const Row& row, __m512i dx,
   }
 }
 
-// Sixteen points of a wide affine row at once (the AVX-512 build, zeros or border padding, unit
-// width stride): where all sixteen lie strictly inside [0, W - 1) x [0, H - 1) (as inside8_at
+// Sixteen points of a wide affine or homography row at once (the AVX-512 build, zeros or border
+// padding, unit width stride): where all sixteen lie strictly inside [0, W - 1) x [0, H - 1) (as inside8_at
 // tests eight) and their corner-0 pixels lie within 30 columns of the leftmost and kRows16
 // rows of the topmost, each channel's corners are read from windows of its rows (corners16).
 // The same operations in the same order as inside8_at and inside8 for each point, so the same
@@ -1262,8 +1318,8 @@ __attribute__((always_inline)) inline void corners16(const Row& row, __m512i dx,
 // 32x3x224x224 (0.98x in a run of the three), 1.00-1.01x at 64x8x32x32, 256x1x28x28 and
 // 1x1x28x28; channels_last (row16_may_fit alone) 1.10x at 64x3x64x64, 1.06x at 1x3x224x224,
 // 1.00-1.01x at 32x3x224x224, 8x2x64x64 and 4x4x64x64.
-template <bool EDGE = false>
-__attribute__((always_inline)) inline Fit16 inside16(const Locations8<ROW, AFFINE>& where, int64_t t0,
+template <bool EDGE = false, int LOC = AFFINE>
+__attribute__((always_inline)) inline Fit16 inside16(const Locations8<ROW, LOC>& where, int64_t t0,
                                                     const Constants<float>& k, const float* xb, int64_t xc_step,
                                                     float* o, int64_t oc_step, int64_t C, int64_t end) {
   Row16 r;
@@ -1373,8 +1429,8 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // computed once and permuted to each output vector's lanes (its column, tx and ty; the weights'
 // products in those lanes; windows of 32 floats from the vector's own first column): 0.84x,
 // 0.87x with the column times 3 by adds (A/B of the bare kernel, 2026-12-05, Zen 4).
-template <bool EDGE = false>
-__attribute__((always_inline)) inline Fit16 inside16_rgb(const Locations8<ROW, AFFINE>& where, int64_t t0,
+template <bool EDGE = false, int LOC = AFFINE>
+__attribute__((always_inline)) inline Fit16 inside16_rgb(const Locations8<ROW, LOC>& where, int64_t t0,
                                                         const Constants<float>& k, const float* xb, float* o,
                                                         int64_t end) {
   Row16 r;
@@ -1564,7 +1620,7 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
   };
   int64_t t0 = 0;
 #ifdef __AVX512F__
-  if constexpr (SOURCE == ROW && LOC == AFFINE && PAD != REFLECTION && BORDER == 0) {
+  if constexpr (SOURCE == ROW && LOC != GRID && PAD != REFLECTION && BORDER == 0) {
     for (const bool may_fit = row16_may_fit(where, k, 30, kRows16, n); may_fit && t0 + 16 <= n; t0 += 16) {
       Fit16 fit = inside16(where, t0, k, xb, xc_step, ob + t0, oc_step, C, end);
       if (PAD == ZEROS && fit == OUTSIDE) fit = inside16<true>(where, t0, k, xb, xc_step, ob + t0, oc_step, C, end);
@@ -2079,7 +2135,7 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
   };
   int64_t t0 = 0;
 #ifdef __AVX512F__
-  if constexpr (SOURCE == ROW && LOC == AFFINE && PAD != REFLECTION) {
+  if constexpr (SOURCE == ROW && LOC != GRID && PAD != REFLECTION) {
     if (C == 3 && step == 3 && k.sw == 3) {  // RGB side by side in the input and the output
       const int64_t end = (k.H - 1) * k.sh + 3 * k.W;
       for (const bool may_fit = row16_may_fit(where, k, 19, 1, n); may_fit && t0 + 16 <= n; t0 += 16) {
