@@ -21,6 +21,31 @@ def test_transform_properties(transform, device, dtype):
     check_transform(transform, params, gradcheck=dtype == torch.float64)
 
 
+MATRIX_FAMILIES = [stn.Translation(), stn.Attention(), stn.Similarity(), stn.Affine(), stn.Projective(), stn.Affine3D()]
+
+
+@pytest.mark.parametrize("transform", MATRIX_FAMILIES, ids=lambda t: t.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_a_matrix_grid_has_the_same_bits_in_any_batch(transform, dtype):
+    """As F.affine_grid's: a sample's grid, and so its warp on the grid backends, is the same
+    in a batch of 1 to 17 as alone (one matmul over the batch rounded batches of 1 to 3 other
+    than larger ones in float32, and nearest sampling then read another pixel at ties)."""
+    generator = torch.Generator().manual_seed(3)
+    params = transform.identity(17, dtype=dtype) + 0.1 * torch.randn(17, transform.num_params, generator=generator,
+                                                                      dtype=dtype)
+    size = (5, 6, 7) if transform.ndim == 3 else (28, 30)
+    alone = [transform.grid(params[i:i + 1], size) for i in range(17)]
+    for batch in (2, 3, 4, 17):
+        grid = transform.grid(params[:batch], size)
+        assert all(torch.equal(grid[i:i + 1], alone[i]) for i in range(batch))
+    if transform.ndim == 2:  # (the reviewer's case: a quarter-size warp whose points fall on ties)
+        x = torch.arange(28 * 28, dtype=dtype).view(1, 1, 28, 28).repeat(5, 1, 1, 1)
+        theta = torch.tensor([[3 / 28, 3 / 28, 0.25, 0.5, 0.25, -0.5]], dtype=dtype).repeat(5, 1)
+        for backend in ("torch", "reference"):
+            batched = stn.warp(x, theta, "affine", (14, 14), "nearest", backend=backend)
+            assert torch.equal(batched[:1], stn.warp(x[:1], theta[:1], "affine", (14, 14), "nearest", backend=backend))
+
+
 class _DoubledGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p):  # noqa: ANN001, ANN205, D102
