@@ -100,6 +100,9 @@ def check_strided(name: str, value: torch.Tensor) -> torch.Tensor:
         raise TypeError(
             f"{name} must be a strided (dense) tensor, got {value.layout}; convert it with .to_dense() first"
         )
+    if value.is_nested:  # (torch.nested.nested_tensor's layout is torch.strided, its sizes ragged)
+        raise TypeError(f"{name} must be a dense tensor, got a nested tensor; stack its samples with "
+                        ".to_padded_tensor(0.0) or warp each one alone")
     return value
 
 

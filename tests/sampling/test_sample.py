@@ -284,6 +284,21 @@ def test_a_tensor_without_strides_is_refused_by_name(layout, backend):
             function(*args, backend=backend)
 
 
+@pytest.mark.parametrize("backend", ["auto", "fused", "torch", "reference"])
+def test_nested_tensors_are_refused_by_name(backend):
+    """A nested tensor has torch.strided's layout but ragged sizes: refused with a TypeError that
+    names the argument (it reached the kernels' own "Internal error ... doesn't support strides")."""
+    x, grid, theta = torch.rand(2, 3, 8, 8), torch.zeros(2, 4, 4, 2), stn.Affine().identity(2)
+    nested = torch.nested.nested_tensor  # (a warning: the prototype's API)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        calls = [("x", stn.sample, (nested(list(x)), grid)), ("x", stn.warp, (nested(list(x)), theta, "affine")),
+                 ("grid", stn.sample, (x, nested(list(grid)))), ("params", stn.warp, (x, nested(list(theta)), "affine"))]
+        for name, function, args in calls:
+            with pytest.raises(TypeError, match=rf"^{name} must be a dense tensor, got a nested tensor"):
+                function(*args, backend=backend)
+
+
 def test_mismatched_grid_dtype():
     with pytest.raises(TypeError, match=r"grid must have the dtype of x \(torch.float32\), got torch.float64"):
         stn.sample(torch.rand(1, 1, 4, 4), torch.zeros(1, 2, 2, 2, dtype=torch.float64))

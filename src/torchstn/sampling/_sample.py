@@ -252,7 +252,10 @@ def sample(
 
     Returns:
         ``(B, C, *grid.shape[1:-1])``: the output has the grid's spatial size, so the
-        sampler down- or over-samples as the grid says.
+        sampler down- or over-samples as the grid says. A channels_last image gives a
+        channels_last output on the fused backend (``"auto"`` on the CPU), as torch's
+        convolutions keep that layout; ``"torch"`` and ``"reference"`` return it contiguous,
+        as ``F.grid_sample`` does (flatten either with ``.reshape``/``.flatten``, not ``.view``).
 
     Convention:
         ``grid[..., 0]`` is x (along the width), ``grid[..., 1]`` is y (along the
@@ -402,7 +405,8 @@ def warp(
             backend :func:`sample` would choose.
 
     Returns:
-        The warped tensor ``(B, C, *size)``.
+        The warped tensor ``(B, C, *size)``, channels_last where ``x`` is and the fused
+        backend warps it (as :func:`sample`'s).
 
     Convention:
         ``params`` map output points to input points (``src_from_dst``); the same
@@ -629,7 +633,7 @@ def _eager_fused_warp(
     if not (type(transform) in _FUSED_FAMILIES and eager_tensors(x, params)):  # (types first: eager_tensors
         return None  # accepts tensors only)
     if not (params.dtype is x.dtype and params.is_cpu and x.layout is _STRIDED and params.layout is _STRIDED
-            and _fused.fused_applies(x, mode) and _fused.fused_available()):
+            and not (x.is_nested or params.is_nested) and _fused.fused_applies(x, mode) and _fused.fused_available()):
         return None
     b, _, h, w = x.shape
     if size is None:

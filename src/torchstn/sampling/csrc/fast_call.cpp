@@ -215,7 +215,7 @@ at::Tensor run3d(const at::Tensor& x_, const at::Tensor& loc_, int64_t location,
 }
 
 bool plain_cpu(const at::Tensor& t) {
-  return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided &&
+  return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided && !t.is_nested() &&
          !t.key_set().has(c10::DispatchKey::Python) && !t.is_neg() && !t.is_conj();
 }
 
