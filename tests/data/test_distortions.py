@@ -7,9 +7,10 @@ import warnings
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import torchstn as stn
-from torchstn.data import KINDS, DistortedMNIST, distorted_mnist, get_recipe
+from torchstn.data import KINDS, DistortedMNIST, MNISTDataset, distorted_mnist, get_recipe
 
 
 N = 48  # samples per kind: enough for the properties, small enough to be fast
@@ -36,6 +37,19 @@ def _rewarp(data: DistortedMNIST, size: tuple[int, int] | None = None, params: t
     size = size or tuple(data.images.shape[2:])
     return stn.warp(x, data.params if params is None else params, transform or data.transform, size=size,
                     mode=data.recipe.options.get("mode", "bilinear")).clamp(0, 1)  # (bicubic over- and undershoots)
+
+
+def test_the_record_is_a_map_style_dataset(generated):
+    """``d[i]`` and a DataLoader over the record give what MNISTDataset gives for the same
+    images: ``(float32 (C, H, W) in [0, 1], int label)``, batched whole."""
+    data = generated("rts")
+    image, label = data[5]
+    assert image.dtype == torch.float32 and type(label) is int and label == int(data.labels[5])
+    assert torch.equal(image * 255, data.images[5].float())
+    same = MNISTDataset(data.images, data.labels)
+    for ours, theirs in zip(DataLoader(data, batch_size=20), DataLoader(same, batch_size=20)):
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    assert sum(len(batch[1]) for batch in DataLoader(data, batch_size=20)) == N
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from torchstn._validation import check_bool, check_choice, check_int, check_tensor
 from torchstn.data._cifar import load_cifar10
-from torchstn.data._generate import BLOCK, distorted_mnist, draw_blocks, load_sources
+from torchstn.data._generate import BLOCK, distorted_mnist, draw_blocks, image_items, load_sources
 from torchstn.data._geometry import make_generator
 from torchstn.data._mnist import SPLITS, load_mnist
 from torchstn.data._recipes import KINDS, Draw, Recipe, Sources, get_recipe
@@ -181,9 +181,7 @@ class MNISTDataset(Dataset):
         return self.images[index].float().div_(255), int(self.labels[index])
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
-        index = torch.as_tensor(indices, dtype=torch.long, device="cpu")
-        images = self.images[index].float().div_(255)
-        return list(zip(images.unbind(0), self.labels[index].tolist()))
+        return image_items(self.images, self.labels, indices)
 
     def _take(self, index: torch.Tensor, name: str | None = None) -> MNISTDataset:
         return MNISTDataset(

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,12 @@ MAX_BYTES = 1 << 31
 BLOCK = 1024
 
 
+def image_items(images: torch.Tensor, labels: torch.Tensor, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+    """Items ``indices`` of uint8 ``images`` with their ``labels``: ``(image float32 (C, H, W) in [0, 1], label int)``."""
+    index = torch.as_tensor(indices, dtype=torch.long, device="cpu")
+    return list(zip(images[index].float().div_(255).unbind(0), labels[index].tolist()))
+
+
 @dataclass
 class DistortedMNIST:
     """A generated split with the ground truth of every sample.
@@ -66,6 +72,9 @@ class DistortedMNIST:
         sources: the undistorted split (``sources.images`` ``(M, 28, 28)`` uint8).
         path: the cache directory the arrays came from or went to (``None`` if not cached).
         manifest: the cache manifest (``None`` if not cached).
+
+    Indexing gives :class:`~torchstn.data.MNISTDataset`'s items, ``(image float32 (C, H, W)
+    in [0, 1], label int)``: the record is also a map-style dataset for a ``DataLoader``.
     """
 
     images: torch.Tensor
@@ -83,6 +92,14 @@ class DistortedMNIST:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Sample ``index`` as :class:`~torchstn.data.MNISTDataset` gives it: ``(image float32
+        (C, H, W) in [0, 1], label int)``, so the record also serves as a map-style dataset."""
+        return image_items(self.images, self.labels, [index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        return image_items(self.images, self.labels, indices)
 
     @property
     def kind(self) -> str:
