@@ -185,7 +185,9 @@ class SpatialTransformer(nn.Module):
             such as the engine's ``identity_reg``) and for diagnostics; ``None`` before
             the first call; not set by the passes of ``torch.export``. Copies of the
             module (``copy.deepcopy``, pickle) hold it detached, or ``None`` where the
-            pass ran inside a ``torch.func`` transform (its θ cannot outlive it). Its
+            pass ran inside a ``torch.func`` transform (its θ cannot outlive it): the
+            module's own record of such a pass is the transform's tensor, to be read inside
+            the transformed function (after ``vmap`` it raises torch's "escaped" error). Its
             graph (the localisation net's activations) lives until the next pass: evaluate
             under ``torch.no_grad()``, or set it to ``None`` to free it. Under
             ``torch.utils.checkpoint(..., use_reentrant=True)`` the pass runs without grad
@@ -193,7 +195,9 @@ class SpatialTransformer(nn.Module):
             ``use_reentrant=False``, which keeps it.
 
     The module is a plain ``nn.Module``: ``copy.deepcopy`` (EMA and SWA copies),
-    pickle and ``state_dict`` work at any point of training, and the localisation
+    pickle and ``state_dict`` work at any point of training (``AveragedModel`` and
+    ``torch.export`` of a lazy regressor, whose width is inferred at the first pass: from
+    that pass on, as for any torch lazy module), and the localisation
     net's input is checked against the shape it was built for (see
     :func:`~torchstn.nn.declare_input`).
 
