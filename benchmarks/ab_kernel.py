@@ -54,21 +54,24 @@ def use(entries: dict) -> None:
 
 
 def bare_call(x: torch.Tensor, theta: torch.Tensor, transform: stn.Transform, libraries: dict,
-              backward: bool = False, grads: str = "both", grid: bool = False, mode: str = "bilinear"):
+              backward: bool = False, grads: str = "both", grid: bool = False, mode: str = "bilinear",
+              size: tuple[int, int] | None = None):
     """A call of the forward (or backward) entry point that ``_fused._ENTRY`` holds now
-    (swapped by ``use``), on ``x`` warped by ``theta`` to its own size (``mode``, zeros
+    (swapped by ``use``), on ``x`` warped by ``theta`` to ``size`` (default: its own; ``mode``, zeros
     padding), into outputs allocated once; the backward for a fixed random output gradient,
     ``grads`` ``"both"``, ``"x"`` or ``"theta"`` (with ``grid``, the grid's). With ``grid``,
     the points are given as ``transform``'s grid (the sampling of a grid, ``torchstn.sample``).
     Raises unless every library in ``libraries`` gives the same bits."""
     projective = transform.num_params == 8
-    size = tuple(x.shape[-2:])
+    size = tuple(x.shape[-2:]) if size is None else tuple(size)
     if grid:
         matrix, location = transform.grid(theta, size).contiguous(), "grid"
     else:
         matrix = (transform.matrix(theta) if projective else transform.affine_rows(theta)).contiguous()
         location = "projective" if projective else "affine"
-    out = torch.empty_like(x)  # (the kernel writes the input's layout; the backward reads grad_out so)
+    # (the kernel writes the input's layout; the backward reads grad_out so)
+    layout = torch.contiguous_format if x.is_contiguous() else torch.channels_last
+    out = x.new_empty(x.shape[:2] + size).contiguous(memory_format=layout)
     geometry = _fused._geometry(location, mode, x, out, size, "zeros", False)
     eps = float(transform.eps) if projective else 0.0
     grad_x = torch.empty_like(x) if backward and grads != "theta" else None

@@ -39,8 +39,9 @@ def main() -> None:
         "bench call, forward+backward": lambda: ours.forward_backward(grad_out),
         "bench call, forward": ours.forward,
         "torch, forward+backward": lambda: torch_peer.forward_backward(grad_out),
-        "kernel alone, forward": bare_call(x, params, work.transform, libraries),
-        "kernel alone, backward": bare_call(x, params, work.transform, libraries, backward=True),
+        "kernel alone, forward": bare_call(x, params, work.transform, libraries, size=work.case.out_size),
+        "kernel alone, backward": bare_call(x, params, work.transform, libraries, backward=True,
+                                            size=work.case.out_size),
     }
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.rounds):
