@@ -3,10 +3,10 @@
     python benchmarks/call_parts.py [--case affine-28] [--rounds 15]
 
 Times, interleaved in one process at one thread: the bench case's forward+backward through
-``torch.autograd.grad`` (as ``torchstn bench`` times it), its forward under ``no_grad``,
-torch's ``affine_grid + grid_sample`` forward+backward, and the fused kernel's forward and
-backward entry points alone (``benchmarks/ab_kernel.py``'s bare calls: outputs allocated
-once, both gradients). The difference between the first and the sum of the last two is
+``torch.autograd.grad`` (as ``torchstn bench`` times it; also for x's or θ's gradient
+alone), its forward under ``no_grad``, torch's ``affine_grid + grid_sample`` forward+backward,
+and the fused kernel's forward and backward entry points alone (``benchmarks/ab_kernel.py``'s
+bare calls: outputs allocated once, both gradients). The difference between the first and the sum of the last two is
 what lies outside the kernels: new output and gradient tensors, autograd and Python, and
 the cache misses of a step's tensors.
 """
@@ -31,6 +31,7 @@ def main() -> None:
     work = build_workload(select_cases([args.case])[0], peers=("torch",))
     ours, torch_peer, grad_out = work.contenders["torchstn"], work.contenders["torch"], work.grad_out
     x, params = work.x.detach(), ours.leaves[1].detach()
+    x_leaf, theta_leaf = x.clone().requires_grad_(True), params.clone().requires_grad_(True)
     _fused.fused_status()
     _fused.fast_call()
     libraries = {"this": entry_points(_fused._SOURCE)}
@@ -38,6 +39,8 @@ def main() -> None:
     calls = {
         "bench call, forward+backward": lambda: ours.forward_backward(grad_out),
         "bench call, forward": ours.forward,
+        "bench call, x's gradient alone": lambda: torch.autograd.grad(ours.run(x_leaf, params), x_leaf, grad_out),
+        "bench call, θ's gradient alone": lambda: torch.autograd.grad(ours.run(x, theta_leaf), theta_leaf, grad_out),
         "torch, forward+backward": lambda: torch_peer.forward_backward(grad_out),
         "kernel alone, forward": bare_call(x, params, work.transform, libraries, size=work.case.out_size),
         "kernel alone, backward": bare_call(x, params, work.transform, libraries, backward=True,
