@@ -1056,11 +1056,22 @@ struct Locations8 {
         m6(LOC == PROJECTIVE ? m[6] : 0.f), m7(LOC == PROJECTIVE ? m[7] : 0.f), m8(LOC == PROJECTIVE ? m[8] : 1.f),
         cx(m1 * y + m2), cy(m4 * y + m5), cw(m7 * y + m8), eps(eps_), xs(xs_), ys(ys_), n(n_) {}
 
-  // (KEEP, for the backward of a homography: also its guarded w and 1 where the guard is off)
-  template <bool KEEP = false>
+  // (KEEP, for the backward of a homography: also its guarded w and 1 where the guard is off;
+  // AHEAD, for the forward's single passes and nearest_pass: a grid's pairs 512 points (4 KB)
+  // past t0 fetched into L1, where the hardware prefetcher alone fell behind that stream once
+  // the batch left L2: float32 256x1x28x28 on a grid (3.2 MB read and written) bilinear forward
+  // 1.09-1.11x on an Intel Xeon with 2 MB of L2, 1.03-1.04x at 1024x1x28x28 (2 KB or 8 KB ahead
+  // 1.08-1.10x at 256x1x28x28), 1.00-1.02x at the other sizes; nearest 1.24x at 256x1x28x28,
+  // 1.14x at 1024x1x28x28, 1.02-1.03x at 64x1x28x28 and 64x3x64x64 (A/B of the bare kernel,
+  // --grid, 2026-12-06, one training on the other core). In the backward 0.965x at
+  // 256x1x28x28, so not there. The same prefetch issued by the single pass before this call
+  // instead of here measured 1.01-1.03x (not understood); each next sample's input fetched
+  // ahead at its first span did not help the packed rows (1.02x))
+  template <bool KEEP = false, bool AHEAD = false>
   inline void at(int64_t t0, __m256* gx, __m256* gy, __m256* w_out = nullptr, __m256* keep_out = nullptr) const {
     using S = Simd<float>;
     if (SOURCE == GRID_PAIRS) {  // x0 y0 x1 y1 ... x7 y7
+      if constexpr (AHEAD) _mm_prefetch(reinterpret_cast<const char*>(xs + 2 * t0 + 1024), _MM_HINT_T0);
       const __m256 a = S::load_upto(xs + 2 * t0, 2 * (n - t0)), b = S::load_upto(xs + 2 * t0 + 8, 2 * (n - t0) - 8);
 #ifdef __AVX512VL__  // one two-source permute each: grids 1.00-1.04x (A/B of the bare kernel, --grid, 2026-12-03)
       *gx = _mm256_permutex2var_ps(a, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), b);
@@ -1610,7 +1621,7 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
   const Locations8<SOURCE, LOC> where(m, xs, ys, y, n, k.eps);
   const auto step8 = [&](int64_t t0) __attribute__((always_inline)) {
     __m256 gx, gy;
-    where.at(t0, &gx, &gy);
+    where.template at<false, true>(t0, &gx, &gy);
     avx::Inside8 in;
     if (PAD != REFLECTION && t0 + 8 <= n && avx::inside8_at<BORDER, true>(gx, gy, k, &in)) {  // (reflection: not exact)
       inside8_of<SOURCE>(xb, xc_step, ob + t0, oc_step, C, in.off0, in.w, sh, end);
@@ -1897,11 +1908,11 @@ __attribute__((always_inline)) inline void run8_interleaved(const float* xb, int
 // its far-point and padding stages (a non-finite or far point is outside, and nearest8's clamp
 // bounds what the offset reads). The forward's and the backward's nearest passes both locate
 // through it.
-template <int PAD, typename Where>
+template <int PAD, bool AHEAD = false, typename Where>
 __attribute__((always_inline)) inline __m256i nearest_points8(const Where& where, int64_t t0, int64_t n,
                                                               const Constants<float>& k, __m256* v, __m256* bad) {
   __m256 gx, gy;
-  where.at(t0, &gx, &gy);
+  where.template at<false, AHEAD>(t0, &gx, &gy);
   __m256 ix, iy, use;
   if constexpr (PAD == ZEROS) {
     const __m256 one = avx::set1(1.f);
@@ -1945,7 +1956,7 @@ inline void nearest_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc
   const __m256 zero = _mm256_setzero_ps();
   for (int64_t t0 = 0; t0 < n; t0 += 8) {
     __m256 v, bad;
-    const __m256i off = nearest_points8<PAD>(where, t0, n, k, &v, &bad);
+    const __m256i off = nearest_points8<PAD, true>(where, t0, n, k, &v, &bad);
     const bool any_bad = _mm256_movemask_ps(bad) != 0;
     const int64_t live = n - t0 < 8 ? n - t0 : 8;
     for (int64_t c = 0; c < C; ++c) {
@@ -2049,7 +2060,7 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
 #endif
   const auto step8 = [&](int64_t t0) __attribute__((always_inline)) {
     __m256 gx, gy;
-    where.at(t0, &gx, &gy);
+    where.template at<false, true>(t0, &gx, &gy);
     avx::Inside8 in;
     if (PAD != REFLECTION && t0 + 8 <= n && avx::inside8_at(gx, gy, k, &in) &&
         _mm256_testz_si256(_mm256_cmpgt_epi32(in.off0, last0), _mm256_set1_epi32(-1))) {
