@@ -1065,8 +1065,10 @@ struct Locations8 {
   // 1.14x at 1024x1x28x28, 1.02-1.03x at 64x1x28x28 and 64x3x64x64 (A/B of the bare kernel,
   // --grid, 2026-12-06, one training on the other core). In the backward 0.965x at
   // 256x1x28x28, so not there. The same prefetch issued by the single pass before this call
-  // instead of here measured 1.01-1.03x (not understood); each next sample's input fetched
-  // ahead at its first span did not help the packed rows (1.02x))
+  // instead of here measured 1.01-1.03x (not understood). Other streams fetched ahead did not
+  // pay: each next sample's input at its first span in the packed rows' pass (1.02x), their
+  // output lines for writing 2 KB ahead (prefetchw, 0.96-0.97x at 64-256x1x28x28), the
+  // backward's grad_out 4 KB ahead (0.96-0.98x at 256x1x28x28, 64x3x64x64, 1x3x224x224))
   template <bool KEEP = false, bool AHEAD = false>
   inline void at(int64_t t0, __m256* gx, __m256* gy, __m256* w_out = nullptr, __m256* keep_out = nullptr) const {
     using S = Simd<float>;
