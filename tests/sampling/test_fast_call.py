@@ -66,6 +66,12 @@ def _cases(dtype):
         "projective-name": (h, "proj"),
         "affine-name": (theta, "affine"),
         "nan": (torch.where(torch.arange(6) == 2, float("nan"), theta), affine),
+        # (their rows made by the compiled call: fast_call.cpp's family_rows)
+        "translation": (theta[:, [2, 5]].contiguous(), stn.Translation()),
+        "attention": (theta[:, [0, 2, 5]].contiguous(), stn.Attention()),
+        "similarity": (torch.stack([theta[:, 0], 3 * theta[:, 1], theta[:, 2], theta[:, 5]], 1), stn.Similarity()),
+        "similarity-name": (torch.stack([theta[:, 0], theta[:, 1], theta[:, 2], theta[:, 5]], 1), "similarity"),
+        "similarity-nan": (torch.where(torch.arange(4) == 1, float("nan"), theta[:, :4]), stn.Similarity()),
     }
 
 
@@ -83,7 +89,8 @@ def _inputs(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", ["affine", "rows", "rows-view", "projective", "projective-eps", "projective-name",
-                                  "affine-name", "nan"])
+                                  "affine-name", "nan", "translation", "attention", "similarity", "similarity-name",
+                                  "similarity-nan"])
 @pytest.mark.parametrize("layout", ["nchw", "channels-last", "one-channel", "view", "inf-pixel"])
 def test_the_compiled_call_gives_the_ctypes_calls_bits(dtype, case, layout, without_fast_call):
     params, transform = _cases(dtype)[case]
@@ -110,11 +117,17 @@ def test_the_operators_cpu_implementation_gives_the_ctypes_calls_bits(dtype, wit
             _same(out, without_fast_call(lambda: op(x, loc, location, size, "bilinear", "zeros", False, 1e-6)))
 
 
-def test_a_gradient_to_record_takes_the_compiled_calls_autograd_node_for_affine_only():
+def test_a_gradient_to_record_takes_the_compiled_calls_autograd_node_for_the_affine_families():
     x, theta = torch.rand(2, 1, 8, 8), stn.Affine().identity(2).requires_grad_()
     assert _taken(x, theta, stn.Affine())
     out = stn.warp(x, theta, stn.Affine())
     assert out.grad_fn.name() == "torchstn::Warp2dBackward"
+    for family in (stn.Translation(), stn.Attention(), stn.Similarity()):  # (their rows recorded before the node)
+        params = family.identity(2).requires_grad_()
+        assert _taken(x, params, family)
+        out = stn.warp(x, params, family)
+        assert out.grad_fn.name() == "torchstn::Warp2dBackward"
+        assert out.grad_fn.next_functions[1][0] is not None  # the rows' own node, leading back to params
     h = stn.Projective().identity(2).requires_grad_()  # (its matrix is made in Python, differentiably)
     assert not _taken(x, h, stn.Projective())
     with torch.no_grad():
@@ -130,7 +143,8 @@ def _gradients(fn, inputs, grad_out, create_graph=False):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", ["affine", "rows", "rows-view", "projective", "nan", "grid"])
+@pytest.mark.parametrize("case", ["affine", "rows", "rows-view", "projective", "nan", "grid", "translation",
+                                  "attention", "similarity", "similarity-nan"])
 @pytest.mark.parametrize("layout", ["nchw", "channels-last", "view", "inf-pixel"])
 def test_the_recorded_call_gives_the_python_formulas_bits(dtype, case, layout, without_fast_call):
     """The C++ autograd node (fast_warp, fast_sample and the operator's eager call) against
@@ -199,7 +213,12 @@ def test_what_the_compiled_call_leaves_to_the_general_path(without_fast_call):
     declined = {
         "torch backend": (x, theta, affine, None, "bilinear", "zeros", False, "torch"),
         "a name it does not know": (x, theta, "affine2", None, "bilinear", "zeros", False, None),
-        "another family": (x, stn.Similarity().identity(2), stn.Similarity(), None, "bilinear", "zeros", False, None),
+        "another family": (x, stn.ThinPlateSpline((3, 3)).identity(2), stn.ThinPlateSpline((3, 3)), None, "bilinear",
+                           "zeros", False, None),
+        "similarity's rows as matrix": (x, stn.Similarity().matrix(stn.Similarity().identity(2))[:, :2],
+                                        stn.Similarity(), None, "bilinear", "zeros", False, None),
+        "translation of three parameters": (x, torch.zeros(2, 3), stn.Translation(), None, "bilinear", "zeros", False,
+                                            None),
         "a subclass of the family": (x, theta, _AffineVariant(), None, "bilinear", "zeros", False, None),
         "bicubic": (x, theta, affine, None, "bicubic", "zeros", False, None),
         "unknown mode": (x, theta, affine, None, "cubic", "zeros", False, None),

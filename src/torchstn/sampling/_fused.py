@@ -84,7 +84,8 @@ from torchstn._tracing import (
 from torchstn._validation import caller_stacklevel
 from torchstn.sampling._grid_sample import torch_sample
 from torchstn.transforms import (
-    Affine, Affine1D, Affine3D, Projective, Transform, get_transform, matrix_grid, named_transforms,
+    Affine, Affine1D, Affine3D, Attention, Projective, Similarity, Transform, Translation, get_transform, matrix_grid,
+    named_transforms,
 )
 
 __all__ = [
@@ -428,7 +429,8 @@ _FAST_CALL_LOCK = threading.Lock()
 
 
 #: the families whose parameters the compiled call reads itself (exactly these types), and its code for each
-_COMPILED_FAMILIES = {Affine: 0, Projective: 1, Affine1D: 2, Affine3D: 3}
+#: (translation, attention and similarity: their rows made there, csrc/fast_call.cpp's family_rows)
+_COMPILED_FAMILIES = {Affine: 0, Projective: 1, Affine1D: 2, Affine3D: 3, Translation: 4, Attention: 5, Similarity: 6}
 #: name -> its transform (default options), which a call that names its transform warps with:
 #: every name :func:`~torchstn.transforms.get_transform` knows, made at import
 #: (:func:`~torchstn.transforms.named_transforms`: before any torch.compile trace), and other

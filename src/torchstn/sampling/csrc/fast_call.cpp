@@ -691,9 +691,30 @@ PyObject* fast_warp1d(const at::Tensor& x, const at::Tensor& params, PyObject* s
       warp2d_recorded(image, rows, kAffine, 1, length, mode, padding, align_corners == Py_True, 0.0).squeeze(2));
 }
 
+// The affine rows (B, 2, 3) of Translation's (B, 2), Attention's (B, 3) or Similarity's (B, 4)
+// parameters (family 4, 5 or 6 of _fused._COMPILED_FAMILIES), made by the operations of their
+// _rows in transforms/_matrix.py in the same order, so the same bits, and recorded by autograd
+// as those are: the warp's own node then takes the rows. Through Python those few operations and
+// the operator's Python autograd formula cost 1.10-1.17x the warp of the same rows given to
+// Affine, forward+backward at 256x1x28x28 (2026-12-06, Intel Xeon).
+at::Tensor family_rows(long family, const at::Tensor& params) {
+  const int64_t b = params.size(0);
+  if (family == 4) {  // Translation: [I | t]
+    return at::cat({at::eye(2, params.options()).expand({b, 2, 2}), params.unsqueeze(2)}, 2);
+  }
+  if (family == 5) {  // Attention: [s I | t]
+    return at::cat({at::mul(params.narrow(1, 0, 1).unsqueeze(2), at::eye(2, params.options())),
+                    params.narrow(1, 1, 2).unsqueeze(2)}, 2);
+  }
+  const std::vector<at::Tensor> p = params.unbind(1);  // Similarity: s (cos a, -sin a; sin a, cos a) | t
+  const at::Tensor c = at::mul(p[0], at::cos(p[1])), n = at::mul(p[0], at::sin(p[1]));
+  return at::stack({c, at::neg(n), p[2], n, c, p[3]}, 1).view({-1, 2, 3});
+}
+
 // The whole of torchstn.warp's common call (_sample._compiled_warp passes warp's arguments:
 // x, params, transform, size, mode, padding, align_corners, backend), or None for any other
-// call. Common: Affine ((B, 6) parameters or (B, 2, 3) rows), Projective ((B, 8)), Affine1D
+// call. Common: Affine ((B, 6) parameters or (B, 2, 3) rows), Translation, Attention or
+// Similarity ((B, 2), (B, 3), (B, 4): family_rows), Projective ((B, 8)), Affine1D
 // ((B, 2) or (B, 1, 2), a signal: fast_warp1d) or Affine3D ((B, 12) or (B, 3, 4), a volume: fast_warp3d), by exact
 // type or by a name _fused._named knows, a backend in _fused._FUSED_BACKENDS, a known mode and
 // padding, size None or a tuple of two positive ints; eager tensors (see eager); no CPU
@@ -752,6 +773,11 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       const bool rows = params.dim() == 3 && params.size(1) == 2 && params.size(2) == 3;
       if (!flat && !rows) Py_RETURN_NONE;
       return THPVariable_Wrap(warp2d_recorded(x, params, kAffine, oh, ow, mode, padding, aligned, 0.0));
+    }
+    if (family >= 4 && family <= 6) {
+      if (params.dim() != 2 || params.size(1) != family - 2) Py_RETURN_NONE;  // (2, 3 or 4 parameters)
+      return THPVariable_Wrap(warp2d_recorded(x, family_rows(family, params), kAffine, oh, ow, mode, padding, aligned,
+                                              0.0));
     }
     if (family == 1 && params.dim() == 2 && params.size(1) == 8 &&
         !(c10::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad()))) {
