@@ -9,6 +9,13 @@ what a call that records a gradient takes) and through the Python ``autograd.Fun
 replaced (the compiled call made to decline such calls, as before 2026-12-04). Both give the
 same bits (checked first). Prints each side's median time and the median of the per-round
 speed-ups (Python formula's time / the node's, > 1 = the node is faster). One thread.
+
+``--family-rows`` compares instead, on the translation, attention and similarity cases, the
+compiled call making those families' rows itself (``csrc/fast_call.cpp``'s ``family_rows``,
+since 2026-12-06) against the same families left to the Python path (their rows made there,
+then the same C++ node through the operator's eager call), as before::
+
+    python benchmarks/ab_autograd_node.py translation-28 attention-28 similarity-28 --family-rows
 """
 
 from __future__ import annotations
@@ -45,6 +52,19 @@ def _declined(*args: object) -> None:
     return None
 
 
+_FAMILY_CODES = {family: code for family, code in _fused._COMPILED_FAMILIES.items() if code >= 4}
+
+
+def _use_family_rows(compiled: bool) -> None:
+    """Let the compiled call make translation, attention and similarity rows (``compiled``), or
+    leave those families to the Python path (the dict it reads, changed in place)."""
+    for family, code in _FAMILY_CODES.items():
+        if compiled:
+            _fused._COMPILED_FAMILIES[family] = code
+        else:
+            _fused._COMPILED_FAMILIES.pop(family, None)
+
+
 def _per_call(fn: Callable[[], object], calls: int) -> float:
     start = time.perf_counter()
     for _ in range(calls):
@@ -56,10 +76,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cases", nargs="*", default=["affine-*"], help="bench case names or patterns")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--family-rows", action="store_true",
+                        help="translation, attention and similarity rows made by the compiled call or in Python")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    switch, names = (_use_family_rows, ("Python rows", "C++ rows")) if args.family_rows else (
+        _use_node, ("python formula", "C++ node"))
     for case in select_cases(args.cases):
-        if case.family != "affine" or len(case.shape) != 4:
+        wanted = ("translation", "attention", "similarity") if args.family_rows else ("affine",)
+        if case.family not in wanted or len(case.shape) != 4:
             continue
         work = build_workload(case, peers=())
         contender = work.contenders["torchstn"]
@@ -69,22 +94,22 @@ def main() -> None:
 
         results = {}
         for node in (True, False):
-            _use_node(node)
+            switch(node)
             results[node] = forward_backward()
         if not all(torch.equal(a, b) for a, b in zip(results[True], results[False])):
-            raise AssertionError(f"{case.name}: the two formulas give different gradients")
+            raise AssertionError(f"{case.name}: the two paths give different gradients")
         calls = max(5, int(0.02 / _per_call(forward_backward, 3)))  # about 20 ms per measurement
         times: dict[bool, list[float]] = {True: [], False: []}
         speedups = []
         for r in range(args.rounds):
             for node in (True, False) if r % 2 else (False, True):
-                _use_node(node)
+                switch(node)
                 _per_call(forward_backward, 2)
                 times[node].append(_per_call(forward_backward, calls) * 1e3)
             speedups.append(times[False][-1] / times[True][-1])
-        _use_node(True)
-        print(f"{case.label:30s} python formula {statistics.median(times[False]):8.4f} ms   "
-              f"C++ node {statistics.median(times[True]):8.4f} ms   speed-up {statistics.median(speedups):.3f}x")
+        switch(True)
+        print(f"{case.label:30s} {names[0]} {statistics.median(times[False]):8.4f} ms   "
+              f"{names[1]} {statistics.median(times[True]):8.4f} ms   speed-up {statistics.median(speedups):.3f}x")
 
 
 if __name__ == "__main__":
