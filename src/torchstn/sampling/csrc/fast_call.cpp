@@ -694,9 +694,11 @@ PyObject* fast_warp1d(const at::Tensor& x, const at::Tensor& params, PyObject* s
 // The affine rows (B, 2, 3) of Translation's (B, 2), Attention's (B, 3) or Similarity's (B, 4)
 // parameters (family 4, 5 or 6 of _fused._COMPILED_FAMILIES), made by the operations of their
 // _rows in transforms/_matrix.py in the same order, so the same bits, and recorded by autograd
-// as those are: the warp's own node then takes the rows. Through Python those few operations and
-// the operator's Python autograd formula cost 1.10-1.17x the warp of the same rows given to
-// Affine, forward+backward at 256x1x28x28 (2026-12-06, Intel Xeon).
+// as those are: the warp's own node then takes the rows. Forward+backward at 256x1x28x28 1.03-1.04x
+// against the rows made in Python (`python benchmarks/ab_autograd_node.py translation-28
+// attention-28 similarity-28 --family-rows`, 2026-12-06, Intel Xeon); these families' warps still
+// cost 1.06-1.10x that of the same rows given to Affine (their few operations and nodes; 1.10-1.17x
+// before).
 at::Tensor family_rows(long family, const at::Tensor& params) {
   const int64_t b = params.size(0);
   if (family == 4) {  // Translation: [I | t]
