@@ -1140,6 +1140,29 @@ struct Row16 {
 // image (zeros padding then tries the EDGE path), or they spread over too many rows or columns
 enum Fit16 { FITS, OUTSIDE, SPREAD };
 
+// a homography row's guarded w at its points xv (Locations8's guard, sixteen wide: |w| >= eps,
+// the sign kept, 0 counting as positive), from raw = m6 x + cw
+__attribute__((always_inline)) inline __m512 row16_guarded(const Locations8<ROW, PROJECTIVE>& where, __m512 raw) {
+  const __m512 eps = _mm512_set1_ps(where.eps);
+  const __mmask16 guard = _mm512_cmp_ps_mask(_mm512_abs_ps(raw), eps, _CMP_LT_OQ);
+  const __mmask16 negative = _mm512_cmp_ps_mask(raw, _mm512_setzero_ps(), _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(guard, raw, _mm512_mask_blend_ps(negative, eps, _mm512_set1_ps(-where.eps)));
+}
+
+// whether a homography row's sixteen points move monotonically, so that row16_at finds their
+// extremes in the first and last lanes (an affine row's always do): where its raw w keeps one
+// sign over them, outside the guard (no pole between them). Homographies' rows through
+// row16_at (inside16, inside16_rgb): forward 1.23x at 1x3x224x224, 1.28x channels_last, 1.30x
+// at 32x3x224x224 (1.10x channels_last), 1.07-1.09x at 64x3x64x64, the affine cases level
+// (0.99-1.01x; A/B of the bare kernel, the same bits, Zen 4, 2026-12-06). Their extremes found
+// by reductions instead of this test ran 1.10x / 1.15x at 1x3x224x224; and the first version
+// of this change, which rewrote row16_at's affine arithmetic in place, compiled the affine
+// channels_last pass 0.94-0.96x slower (the same instructions, allocated otherwise).
+__attribute__((always_inline)) inline bool row16_monotonic(const Locations8<ROW, PROJECTIVE>& where, __m512 raw) {
+  return _mm512_cmp_ps_mask(raw, _mm512_set1_ps(where.eps), _CMP_GE_OQ) == 0xffff ||
+         _mm512_cmp_ps_mask(raw, _mm512_set1_ps(-where.eps), _CMP_LE_OQ) == 0xffff;
+}
+
 // whether the sixteen points from t0 lie strictly inside [0, W - 1) x [0, H - 1) (else OUTSIDE)
 // with their corner-0 pixels at most `columns` columns right of the leftmost and `rows` rows
 // below the topmost (else SPREAD).
@@ -1147,53 +1170,21 @@ enum Fit16 { FITS, OUTSIDE, SPREAD };
 // validity as corners8 has it (zeros padding), the corner-0 pixels clamped to [-1, W - 1] x
 // [-1, H - 1] (the clamp moves only points whose corners all lie outside) before the columns
 // and rows are counted
-// a homography's coordinate g of the row's points at xv divided by their guarded w
-// (Locations8's division, sixteen wide); an affine row's g itself
-template <int LOC>
-__attribute__((always_inline)) inline __m512 row16_divided(const Locations8<ROW, LOC>& where, __m512 xv, __m512 g) {
-  if constexpr (LOC != PROJECTIVE) {
-    return g;
-  } else {
-    const __m512 raw = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m6), xv), _mm512_set1_ps(where.cw));
-    const __m512 eps = _mm512_set1_ps(where.eps);
-    const __mmask16 guard = _mm512_cmp_ps_mask(_mm512_abs_ps(raw), eps, _CMP_LT_OQ);
-    const __mmask16 negative = _mm512_cmp_ps_mask(raw, _mm512_setzero_ps(), _CMP_LT_OQ);
-    const __m512 sign = _mm512_mask_blend_ps(negative, eps, _mm512_set1_ps(-where.eps));
-    return _mm512_div_ps(g, _mm512_mask_blend_ps(guard, raw, sign));
-  }
-}
-
-// whether the row's sixteen points at xv move monotonically, so that row16_at finds their
-// extremes in the first and last lanes: an affine row's always do; a homography's where its
-// w keeps one sign over them, outside the guard (no pole between them). Homographies' rows
-// through row16_at (inside16, inside16_rgb): forward 1.23x at 1x3x224x224, 1.28x channels_last,
-// 1.30x at 32x3x224x224 (1.10x channels_last), 1.07-1.09x at 64x3x64x64, the affine cases
-// level (0.99-1.01x; A/B of the bare kernel, the same bits, Zen 4, 2026-12-06). Their extremes
-// found by reductions instead of this test ran 1.10x / 1.15x at 1x3x224x224; and the first
-// version of this change, which rewrote row16_at's affine arithmetic in place, compiled the
-// affine channels_last pass 0.94-0.96x slower (the same instructions, allocated otherwise).
-template <int LOC>
-__attribute__((always_inline)) inline bool row16_monotonic(const Locations8<ROW, LOC>& where, __m512 xv) {
-  if constexpr (LOC != PROJECTIVE) {
-    return true;
-  } else {
-    const __m512 raw = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m6), xv), _mm512_set1_ps(where.cw));
-    return _mm512_cmp_ps_mask(raw, _mm512_set1_ps(where.eps), _CMP_GE_OQ) == 0xffff ||
-           _mm512_cmp_ps_mask(raw, _mm512_set1_ps(-where.eps), _CMP_LE_OQ) == 0xffff;
-  }
-}
-
 template <bool EDGE = false, int LOC = AFFINE>
 __attribute__((always_inline)) inline Fit16 row16_at(const Locations8<ROW, LOC>& where, int64_t t0,
                                                     const Constants<float>& k, int32_t columns, int32_t rows,
                                                     Row16* r) {
   const __m512 one = _mm512_set1_ps(1.f), zero = _mm512_setzero_ps();
   const __m512 xv = _mm512_loadu_ps(where.xs + t0);
-  const __m512 gx = row16_divided(
-      where, xv, _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m0), xv), _mm512_set1_ps(where.cx)));
-  const __m512 gy = row16_divided(
-      where, xv, _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m3), xv), _mm512_set1_ps(where.cy)));
-  if (!row16_monotonic(where, xv)) return SPREAD;
+  __m512 gx = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m0), xv), _mm512_set1_ps(where.cx));
+  __m512 gy = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m3), xv), _mm512_set1_ps(where.cy));
+  if constexpr (LOC == PROJECTIVE) {  // (divided by the guarded w, as Locations8 divides)
+    const __m512 raw = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(where.m6), xv), _mm512_set1_ps(where.cw));
+    if (!row16_monotonic(where, raw)) return SPREAD;
+    const __m512 w = row16_guarded(where, raw);
+    gx = _mm512_div_ps(gx, w);
+    gy = _mm512_div_ps(gy, w);
+  }
   r->ix = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(gx, one), _mm512_set1_ps(k.ax)), _mm512_set1_ps(k.bx));
   r->iy = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(gy, one), _mm512_set1_ps(k.ay)), _mm512_set1_ps(k.by));
   const __m512 W1 = _mm512_set1_ps(static_cast<float>(k.W - 1)), H1 = _mm512_set1_ps(static_cast<float>(k.H - 1));
