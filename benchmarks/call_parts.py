@@ -6,9 +6,9 @@ Times, interleaved in one process at one thread: the bench case's forward+backwa
 ``torch.autograd.grad`` (as ``torchstn bench`` times it; also for x's or θ's gradient
 alone), its forward under ``no_grad``, torch's ``affine_grid + grid_sample`` forward+backward,
 and the fused kernel's forward and backward entry points alone (``benchmarks/ab_kernel.py``'s
-bare calls: outputs allocated once, both gradients). The difference between the first and the sum of the last two is
-what lies outside the kernels: new output and gradient tensors, autograd and Python, and
-the cache misses of a step's tensors.
+bare calls: outputs allocated once, both gradients). The difference between the first and the
+sum of the last two is what lies outside the kernels: new output and gradient tensors, autograd
+and Python, and the cache misses of a step's tensors.
 """
 
 import argparse
