@@ -2,6 +2,7 @@
 builders that are plain functions of the module of their paper, options checked in one
 vocabulary and sampling options passed through as one SamplerOptions."""
 
+import copy
 import inspect
 import sys
 
@@ -10,6 +11,7 @@ import torch
 
 import torchstn as stn
 from torchstn.models import STClassifier, create_model, get_model_builder, list_models, model_arguments
+from torchstn.models.stn2015 import st_cnn_localization
 from torchstn.sampling import SamplerOptions
 
 MODELS = [
@@ -160,7 +162,7 @@ def test_st_cnn_localisation_resolution_and_width():
         return m.transformers[0].localization
 
     paper, full, wide = (create_model("st-cnn-aff", **kw) for kw in ({}, {"loc_pool": 1}, {"loc_channels": 32}))
-    assert isinstance(loc(paper)[0], torch.nn.AvgPool2d) and isinstance(loc(full)[0], torch.nn.Identity)
+    assert loc(paper)[0].kernel_size == 2 and loc(full)[0].kernel_size == 1
     assert [k for k in loc(paper).state_dict()] == [k for k in loc(full).state_dict()]  # same layer names
     x = torch.rand(3, 1, 28, 28)
     # without the pooling, the convolutions see 28x28: 24 -> 12 -> 8, so the FC layer reads 20 * 8 * 8 features
@@ -199,3 +201,26 @@ def test_st_classifier_pool():
             STClassifier(torch.nn.Identity(), pool=wrong_type, input_shape=(1, 4, 4), num_classes=2)
     with pytest.raises(ValueError, match="pool must be >= 1, got 0"):
         STClassifier(torch.nn.Identity(), pool=0, input_shape=(1, 4, 4), num_classes=2)
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_st_cnn_localisation_runs_channels_last_with_the_values_of_nchw(pool, channels):
+    """The ST-CNN localisation net hands its convolutions a channels_last tensor on the CPU
+    (one channel too, whose NCHW strides torch also calls channels_last), and computes what
+    the same layers compute in NCHW: the plain ``nn.AvgPool2d`` / ``nn.Identity`` in front,
+    values and parameter gradients to float rounding."""
+    net = st_cnn_localization(channels, (28, 28), pool=pool)
+    plain = copy.deepcopy(net)
+    plain[0] = torch.nn.AvgPool2d(pool) if pool > 1 else torch.nn.Identity()
+    x = torch.rand(5, channels, 28, 28)
+    first = net[:2](x)
+    assert first.is_contiguous(memory_format=torch.channels_last) and first.stride(1) == 1
+    assert plain[:2](x).stride(1) != 1  # (the reference runs in NCHW)
+    out, ref = net(x), plain(x)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(plain.parameters()))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+    assert net[0](x[0]).shape == plain[0](x[0]).shape  # an unbatched (C, H, W) input passes as it is
