@@ -16,6 +16,12 @@ since 2026-12-06) against the same families left to the Python path (their rows 
 then the same C++ node through the operator's eager call), as before::
 
     python benchmarks/ab_autograd_node.py translation-28 attention-28 similarity-28 --family-rows
+
+``--same-rows`` compares, on the same cases, the family's warp (the bench's call) with a warp
+of the same rows given to ``Affine`` as ``(B, 2, 3)`` parameters (the same output, checked
+first; speed-up = the rows' time / the family's, 1 = the family's parameters cost nothing)::
+
+    python benchmarks/ab_autograd_node.py translation-28 attention-28 similarity-28 --same-rows
 """
 
 from __future__ import annotations
@@ -65,6 +71,36 @@ def _use_family_rows(compiled: bool) -> None:
             _fused._COMPILED_FAMILIES.pop(family, None)
 
 
+def _against_same_rows(cases: list[str], rounds: int) -> None:
+    """``--same-rows``: each family case's forward+backward against ``Affine``'s of the same rows."""
+    import torchstn as stn
+
+    for case in select_cases(cases):
+        if case.family not in ("translation", "attention", "similarity") or len(case.shape) != 4:
+            continue
+        work = build_workload(case, peers=())
+        family = work.contenders["torchstn"]
+        x = work.x.detach().clone().requires_grad_(True)
+        rows = work.transform.affine_rows(family.leaves[1].detach()).clone().requires_grad_(True)
+
+        def with_rows() -> tuple[torch.Tensor, ...]:
+            return torch.autograd.grad(stn.warp(x, rows, stn.Affine(), case.out_size), (x, rows), work.grad_out)
+
+        if not torch.equal(family.forward(), stn.warp(x, rows, stn.Affine(), case.out_size)):
+            raise AssertionError(f"{case.name}: the family and its rows warp differently")
+        calls = max(5, int(0.02 / _per_call(with_rows, 3)))
+        times: dict[str, list[float]] = {"family": [], "rows": []}
+        speedups = []
+        for r in range(rounds):
+            for name in ("family", "rows") if r % 2 else ("rows", "family"):
+                fn = with_rows if name == "rows" else lambda: family.forward_backward(work.grad_out)
+                _per_call(fn, 2)
+                times[name].append(_per_call(fn, calls) * 1e3)
+            speedups.append(times["rows"][-1] / times["family"][-1])
+        print(f"{case.label:30s} Affine rows {statistics.median(times['rows']):8.4f} ms   "
+              f"{case.family} {statistics.median(times['family']):8.4f} ms   speed-up {statistics.median(speedups):.3f}x")
+
+
 def _per_call(fn: Callable[[], object], calls: int) -> float:
     start = time.perf_counter()
     for _ in range(calls):
@@ -78,8 +114,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--family-rows", action="store_true",
                         help="translation, attention and similarity rows made by the compiled call or in Python")
+    parser.add_argument("--same-rows", action="store_true",
+                        help="translation, attention and similarity warps against Affine given their rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.same_rows:
+        _against_same_rows(args.cases, args.rounds)
+        return
     switch, names = (_use_family_rows, ("Python rows", "C++ rows")) if args.family_rows else (
         _use_node, ("python formula", "C++ node"))
     for case in select_cases(args.cases):

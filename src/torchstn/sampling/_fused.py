@@ -431,6 +431,8 @@ _FAST_CALL_LOCK = threading.Lock()
 #: the families whose parameters the compiled call reads itself (exactly these types), and its code for each
 #: (translation, attention and similarity: their rows made there, csrc/fast_call.cpp's family_rows)
 _COMPILED_FAMILIES = {Affine: 0, Projective: 1, Affine1D: 2, Affine3D: 3, Translation: 4, Attention: 5, Similarity: 6}
+#: family code -> the rows of its parameters (the families whose rows the compiled call makes)
+_FAMILY_ROWS = {code: family()._rows for family, code in _COMPILED_FAMILIES.items() if code >= 4}
 #: name -> its transform (default options), which a call that names its transform warps with:
 #: every name :func:`~torchstn.transforms.get_transform` knows, made at import
 #: (:func:`~torchstn.transforms.named_transforms`: before any torch.compile trace), and other
@@ -911,15 +913,20 @@ def _warp2d_recorded(
 
 def _node_backward(
     x: torch.Tensor, loc: torch.Tensor, grad_out: torch.Tensor, location: int, size: tuple[int, int], mode: int,
-    padding: int, align_corners: bool, eps: float, need_x: bool, need_loc: bool,
+    padding: int, align_corners: bool, eps: float, need_x: bool, need_loc: bool, family: int = 0,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The gradients the C++ node's backward leaves to Python (its options as the kernel's
     codes): under ``create_graph`` and for a batched ``grad_out``, the gradient of the
     operator's plain differentiable expression, as :func:`fused_backward` takes it. An affine
-    ``loc`` may be Affine's ``(B, 6)`` parameters, which the kernel reads as the rows."""
+    ``loc`` may be Affine's ``(B, 6)`` parameters, which the kernel reads as the rows, or with
+    ``family`` (a code of :data:`_COMPILED_FAMILIES`) that family's parameters, whose rows its
+    ``_rows`` makes (as the compiled call's ``family_rows``)."""
     options = (_LOCATION_NAMES[location], size, _MODE_NAMES[mode], _PADDING_NAMES[padding], align_corners, eps)
+    rows = _FAMILY_ROWS[family] if family else None
 
     def reference(x_: torch.Tensor, loc_: torch.Tensor) -> torch.Tensor:
+        if rows is not None:
+            loc_ = rows(loc_)
         return grid_path(x_, loc_.reshape(-1, 2, 3) if loc_.dim() == 2 else loc_, *options)
 
     return differentiable_vjp(reference, (x, loc), grad_out, (need_x, need_loc))

@@ -273,6 +273,7 @@ struct Options {
   bool align_corners = false;
   std::vector<int64_t> size;
   double eps = 0.0;
+  int64_t family = 0;  // 4, 5, 6: loc holds a Translation's, Attention's or Similarity's parameters (family_rows)
 };
 
 // An output gradient as the kernel reads it: itself where dense (NCHW or channels_last), else an
@@ -329,6 +330,86 @@ void kernel_gradients3d(const at::Tensor& x_, const at::Tensor& loc_, const at::
                      : backward3d(backward3d_f64, x, loc, l, grad_out, grad_x, grad_loc, m, p, ac));
 }
 
+// A Translation's (B, 2), Attention's (B, 3) or Similarity's (B, 4) parameters (family 4, 5 or 6
+// of _fused._COMPILED_FAMILIES, `params`) as the warp's node reads them: the parameters themselves,
+// a contiguous copy, and for Similarity the cosine and sine of its angle, made by at::cos and
+// at::sin from the same view of the angle as its _rows in transforms/_matrix.py (whose bits can
+// depend on the layout: ATen's vectorised cosine is not std::cos)
+struct FamilyParams {
+  int64_t family;
+  at::Tensor p, cos_a, sin_a;
+
+  FamilyParams(int64_t family_, const at::Tensor& params) : family(family_), p(params.contiguous()) {
+    if (family == 6) {
+      const at::Tensor angle = params.select(1, 1);
+      cos_a = at::cos(angle).contiguous();
+      sin_a = at::sin(angle).contiguous();
+    }
+  }
+};
+
+// The affine rows (B, 2, 3) of a family's parameters: the values of its _rows (the same products,
+// s * 1 and s * 0 included, so the same bits: tests/sampling/test_fast_call.py), in one loop
+// instead of its operations (the node then takes the parameters' gradient itself:
+// family_rows_gradient)
+template <typename T>
+at::Tensor family_rows(const FamilyParams& f) {
+  const int64_t b = f.p.size(0), np = f.family - 2;
+  at::Tensor rows = at::detail::empty_cpu({b, 2, 3}, f.p.scalar_type(), false, std::nullopt);
+  const T* p = f.p.const_data_ptr<T>();
+  T* r = rows.mutable_data_ptr<T>();
+  const T* cp = f.family == 6 ? f.cos_a.const_data_ptr<T>() : nullptr;
+  const T* sp = f.family == 6 ? f.sin_a.const_data_ptr<T>() : nullptr;
+  for (int64_t i = 0; i < b; ++i, p += np, r += 6) {
+    if (f.family == 4) {  // Translation: [I | t]
+      r[0] = T(1), r[1] = T(0), r[3] = T(0), r[4] = T(1);
+    } else if (f.family == 5) {  // Attention: [s I | t]
+      r[0] = p[0] * T(1), r[1] = p[0] * T(0), r[3] = p[0] * T(0), r[4] = p[0] * T(1);
+    } else {  // Similarity: s (cos a, -sin a; sin a, cos a) | t
+      const T c = p[0] * cp[i], n = p[0] * sp[i];
+      r[0] = c, r[1] = -n, r[3] = n, r[4] = c;
+    }
+    r[2] = p[np - 2], r[5] = p[np - 1];
+  }
+  return rows;
+}
+
+at::Tensor family_rows(const FamilyParams& f) {
+  return f.p.scalar_type() == at::kFloat ? family_rows<float>(f) : family_rows<double>(f);
+}
+
+// The gradient of a family's parameters for its rows' gradient g (B, 2, 3): what autograd computes
+// through _rows' operations, in closed form (the same products, and sums of two terms, which no
+// order changes: the same bits as the Python path's; Attention's scale sums its four terms
+// g00 * 1 + g01 * 0 + g10 * 0 + g11 * 1, whose order changes at most a zero's sign). The rows
+// made as operations that autograd recorded (seven nodes) cost the translation, attention and
+// similarity warps 1.07x, 1.15x and 1.15x the time of the same rows given to Affine; these
+// loops: 0.99x, 1.01x and 1.02x (forward+backward at 256x1x28x28, 11 interleaved rounds, one
+// thread, Intel Xeon, 2026-12-06; the same operations outside autograd, the rows made again for
+// the backward: 1.03x, 1.11x and 1.07x).
+template <typename T>
+at::Tensor family_rows_gradient(const FamilyParams& f, const at::Tensor& grad_rows) {
+  const int64_t b = f.p.size(0), np = f.family - 2;
+  const at::Tensor g = grad_rows.contiguous();
+  at::Tensor out = at::detail::empty_cpu({b, np}, f.p.scalar_type(), false, std::nullopt);
+  const T* r = g.const_data_ptr<T>();
+  const T* p = f.p.const_data_ptr<T>();
+  T* o = out.mutable_data_ptr<T>();
+  const T* cp = f.family == 6 ? f.cos_a.const_data_ptr<T>() : nullptr;
+  const T* sp = f.family == 6 ? f.sin_a.const_data_ptr<T>() : nullptr;
+  for (int64_t i = 0; i < b; ++i, p += np, r += 6, o += np) {
+    if (f.family == 5) {
+      o[0] = ((r[0] * T(1) + r[1] * T(0)) + r[3] * T(0)) + r[4] * T(1);
+    } else if (f.family == 6) {  // c's two uses, n's (one negated), then s's and the angle's two terms
+      const T gc = r[0] + r[4], gn = r[3] + -r[1];
+      o[0] = gc * cp[i] + gn * sp[i];
+      o[1] = gc * p[0] * -sp[i] + gn * p[0] * cp[i];
+    }
+    o[np - 2] = r[2], o[np - 1] = r[5];
+  }
+  return out;
+}
+
 // The gradients of x and loc (each where asked) of a warp with options o, of 2 or 3 dimensions:
 // the kernel's, or (create_graph, a gradient the kernel cannot read) those of the Python
 // fallback's differentiable expression (_fused._node_backward, _fused3d._node_backward), as
@@ -344,9 +425,19 @@ torch::autograd::variable_list gradients(const at::Tensor& x, const at::Tensor& 
              !loc.device().is_cpu()) {  // (a saved-tensor hook may hand x or loc back elsewhere)
     py::gil_scoped_acquire gil;
     const py::object fallback = py::reinterpret_borrow<py::object>(Dims == 2 ? python_backward : python_backward3d);
-    take_gradients(fallback(x, loc, grad_out, o.location, py::tuple(py::cast(o.size)), o.mode, o.padding,
-                            o.align_corners, o.eps, need_x, need_loc),
+    const py::tuple size = py::cast(o.size);
+    take_gradients(o.family ? fallback(x, loc, grad_out, o.location, size, o.mode, o.padding, o.align_corners, o.eps,
+                                       need_x, need_loc, o.family)
+                            : fallback(x, loc, grad_out, o.location, size, o.mode, o.padding, o.align_corners, o.eps,
+                                       need_x, need_loc),
                    grad_x, grad_loc);
+  } else if (o.family && (need_x || need_loc)) {  // (loc: the family's parameters)
+    const FamilyParams f(o.family, resolved(loc));
+    kernel_gradients2d(resolved(x), family_rows(f), resolved(grad_out), o, need_x, need_loc, grad_x, grad_loc);
+    if (need_loc) {
+      grad_loc = f.p.scalar_type() == at::kFloat ? family_rows_gradient<float>(f, grad_loc)
+                                                 : family_rows_gradient<double>(f, grad_loc);
+    }
   } else if (need_x || need_loc) {
     (Dims == 2 ? kernel_gradients2d : kernel_gradients3d)(resolved(x), resolved(loc), resolved(grad_out), o, need_x,
                                                           need_loc, grad_x, grad_loc);
@@ -402,6 +493,7 @@ struct WarpBackward final : public torch::autograd::Node {
     args.collect(x_, false), args.collect(loc_, false);
     args.collect(options_.location), args.collect(options_.mode), args.collect(options_.padding);
     args.collect(options_.align_corners), args.collect(options_.size), args.collect(options_.eps);
+    args.collect(options_.family);
   }
 
   torch::autograd::variable_list apply_with_saved(const torch::autograd::variable_list& grads,
@@ -410,7 +502,8 @@ struct WarpBackward final : public torch::autograd::Node {
     saved.before(x_), saved.before(loc_);
     const Options& o = options_;
     const std::vector<c10::IValue> args{x_.unpack(), loc_.unpack(), o.location, o.mode, o.padding, o.align_corners,
-                                        o.size, o.eps, task_should_compute_output(0), task_should_compute_output(1)};
+                                        o.size, o.eps, task_should_compute_output(0), task_should_compute_output(1),
+                                        o.family};
     std::vector<at::TypePtr> schema;
     for (const c10::IValue& arg : args) schema.push_back(arg.isTensor() ? at::TensorType::get() : arg.type());
     const auto& compiler = ca::getPyCompilerInterface();
@@ -427,8 +520,8 @@ struct WarpBackward final : public torch::autograd::Node {
 
   static torch::autograd::variable_list functional(const torch::autograd::variable_list& grads,
                                                    const std::vector<c10::IValue>& args) {
-    const Options o{args[2].toInt(), args[3].toInt(), args[4].toInt(), args[5].toBool(), args[6].toIntVector(),
-                    args[7].toDouble()};
+    const Options o{args[2].toInt(),         args[3].toInt(),    args[4].toInt(),  args[5].toBool(),
+                    args[6].toIntVector(),   args[7].toDouble(), args[10].toInt()};
     return gradients<Dims>(args[0].toTensor(), args[1].toTensor(), grads[0], o, args[8].toBool(), args[9].toBool());
   }
 #endif
@@ -459,6 +552,24 @@ at::Tensor recorded(const at::Tensor& out, const at::Tensor& x, const at::Tensor
   node->options_ = std::move(options);
   torch::autograd::set_history(out, node);
   return out;
+}
+
+// A Translation's, Attention's or Similarity's warp of x (family 4, 5 or 6): its rows made by
+// family_rows without a record, and where a gradient is recorded, one node from the output to x
+// and the parameters (whose backward makes the rows again and takes their gradient to the
+// parameters: family_rows_gradient)
+at::Tensor warp2d_family(const at::Tensor& x, const at::Tensor& params, int64_t family, int64_t oh, int64_t ow,
+                         int64_t mode, int64_t padding, bool align_corners) {
+  at::Tensor out;
+  {
+    const c10::AutoGradMode off(false);
+    out = run(resolved(x), family_rows(FamilyParams(family, resolved(params))), kAffine, oh, ow, mode, padding,
+              align_corners, 0.0);
+  }
+  if (!c10::GradMode::is_enabled() || !(x.requires_grad() || params.requires_grad())) return out;
+  TORCH_CHECK(python_backward != nullptr, "torchstn fast_call: the backward fallback is not set");
+  return recorded<torchstn::WarpBackward<2>>(out, x, params,
+                                             {kAffine, mode, padding, align_corners, {oh, ow}, 0.0, family});
 }
 
 // fast_sample's and fast_warp's call of a volume: through the node where a gradient is recorded
@@ -691,28 +802,6 @@ PyObject* fast_warp1d(const at::Tensor& x, const at::Tensor& params, PyObject* s
       warp2d_recorded(image, rows, kAffine, 1, length, mode, padding, align_corners == Py_True, 0.0).squeeze(2));
 }
 
-// The affine rows (B, 2, 3) of Translation's (B, 2), Attention's (B, 3) or Similarity's (B, 4)
-// parameters (family 4, 5 or 6 of _fused._COMPILED_FAMILIES), made by the operations of their
-// _rows in transforms/_matrix.py in the same order, so the same bits, and recorded by autograd
-// as those are: the warp's own node then takes the rows. Forward+backward at 256x1x28x28 1.03-1.04x
-// against the rows made in Python (`python benchmarks/ab_autograd_node.py translation-28
-// attention-28 similarity-28 --family-rows`, 2026-12-06, Intel Xeon); these families' warps still
-// cost 1.06-1.10x that of the same rows given to Affine (their few operations and nodes; 1.10-1.17x
-// before).
-at::Tensor family_rows(long family, const at::Tensor& params) {
-  const int64_t b = params.size(0);
-  if (family == 4) {  // Translation: [I | t]
-    return at::cat({at::eye(2, params.options()).expand({b, 2, 2}), params.unsqueeze(2)}, 2);
-  }
-  if (family == 5) {  // Attention: [s I | t]
-    return at::cat({at::mul(params.narrow(1, 0, 1).unsqueeze(2), at::eye(2, params.options())),
-                    params.narrow(1, 1, 2).unsqueeze(2)}, 2);
-  }
-  const std::vector<at::Tensor> p = params.unbind(1);  // Similarity: s (cos a, -sin a; sin a, cos a) | t
-  const at::Tensor c = at::mul(p[0], at::cos(p[1])), n = at::mul(p[0], at::sin(p[1]));
-  return at::stack({c, at::neg(n), p[2], n, c, p[3]}, 1).view({-1, 2, 3});
-}
-
 // The whole of torchstn.warp's common call (_sample._compiled_warp passes warp's arguments:
 // x, params, transform, size, mode, padding, align_corners, backend), or None for any other
 // call. Common: Affine ((B, 6) parameters or (B, 2, 3) rows), Translation, Attention or
@@ -778,8 +867,7 @@ PyObject* fast_warp(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     }
     if (family >= 4 && family <= 6) {
       if (params.dim() != 2 || params.size(1) != family - 2) Py_RETURN_NONE;  // (2, 3 or 4 parameters)
-      return THPVariable_Wrap(warp2d_recorded(x, family_rows(family, params), kAffine, oh, ow, mode, padding, aligned,
-                                              0.0));
+      return THPVariable_Wrap(warp2d_family(x, params, family, oh, ow, mode, padding, aligned));
     }
     if (family == 1 && params.dim() == 2 && params.size(1) == 8 &&
         !(c10::GradMode::is_enabled() && (x.requires_grad() || params.requires_grad()))) {
