@@ -96,6 +96,13 @@ def bare_call(x: torch.Tensor, theta: torch.Tensor, transform: stn.Transform, li
     return call
 
 
+def _shape(text: str) -> tuple:
+    """``--shapes``' ``BxCxHxW[cl][->HoxWo]``: (shape, channels_last) or (shape, channels_last, (Ho, Wo))."""
+    given, _, out = text.partition("->")
+    shape = (tuple(int(d) for d in given.removesuffix("cl").split("x")), given.endswith("cl"))
+    return shape + ((tuple(int(d) for d in out.split("x")),) if out else ())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, required=True, help="the other checkout's src directory")
@@ -111,11 +118,11 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true", help="--bare: the points given as a grid (torchstn.sample)")
     parser.add_argument("--mode", choices=("bilinear", "nearest"), default="bilinear",
                         help="--bare: the forward's interpolation (the backward's stays bilinear)")
-    parser.add_argument("--shapes", nargs="+", metavar="BxCxHxW[cl]",
-                        help="these inputs instead of the default cases (a trailing cl: channels_last)")
+    parser.add_argument("--shapes", nargs="+", metavar="BxCxHxW[cl][->HoxWo]",
+                        help="these inputs instead of the default cases (cl: channels_last; ->HoxWo: warped to "
+                             "that size instead of their own, as 256x1x60x60->30x30)")
     args = parser.parse_args()
-    shapes = SHAPES if args.shapes is None else [
-        (tuple(int(d) for d in s.removesuffix("cl").split("x")), s.endswith("cl")) for s in args.shapes]
+    shapes = SHAPES if args.shapes is None else [_shape(s) for s in args.shapes]
     torch.set_num_threads(args.threads)
     # torchstn's own loading of its kernel binds _ENTRY (and the compiled call) on the first
     # warp: done first, so that the swaps below are what the calls run
@@ -124,8 +131,10 @@ def main() -> None:
     libraries = {"base": entry_points(args.base / "torchstn/sampling/csrc/fused_warp2d.cpp"),
                  "this": entry_points(_fused._SOURCE)}
     for transform in (stn.Affine(), stn.Projective()):
-        for shape, channels_last in shapes:
-            label = f"{transform.name.lower()} {'x'.join(map(str, shape))}{' channels_last' if channels_last else ''}"
+        for shape, channels_last, *out in shapes:
+            size = tuple(out[0]) if out else shape[-2:]
+            label = (f"{transform.name.lower()} {'x'.join(map(str, shape))}{' channels_last' if channels_last else ''}"
+                     + (f"->{'x'.join(map(str, size))}" if out else ""))
             if args.cases not in label:
                 continue
             g = torch.Generator().manual_seed(0)
@@ -138,16 +147,16 @@ def main() -> None:
             xg, tg = x.clone().requires_grad_(), theta.clone().requires_grad_()
 
             def forward() -> None:
-                stn.warp(x, theta, transform, size=shape[-2:], backend="fused")
+                stn.warp(x, theta, transform, size=size, backend="fused")
 
             def forward_backward() -> None:
-                torch.autograd.grad(stn.warp(xg, tg, transform, size=shape[-2:], backend="fused").sum(), (xg, tg))
+                torch.autograd.grad(stn.warp(xg, tg, transform, size=size, backend="fused").sum(), (xg, tg))
 
             if args.bare:
-                forward = bare_call(x, theta, transform, libraries, grid=args.grid, mode=args.mode)
+                forward = bare_call(x, theta, transform, libraries, grid=args.grid, mode=args.mode, size=size)
                 if not args.forward_only:
                     forward_backward = bare_call(x, theta, transform, libraries, backward=True, grads=args.grads,
-                                                 grid=args.grid)
+                                                 grid=args.grid, size=size)
             second = f"backward ({args.grads})" if args.bare else "forward+backward"
             passes = [("forward", forward)] + ([] if args.forward_only else [(second, forward_backward)])
             for name, run in passes:
