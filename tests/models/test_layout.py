@@ -224,3 +224,6 @@ def test_st_cnn_localisation_runs_channels_last_with_the_values_of_nchw(pool, ch
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r)
     assert net[0](x[0]).shape == plain[0](x[0]).shape  # an unbatched (C, H, W) input passes as it is
+    # inside torch.func.vmap (which cannot ask for a layout) the tensor is handed on as it is
+    per_image = torch.func.vmap(lambda image: net(image.unsqueeze(0)).squeeze(0))(x)
+    torch.testing.assert_close(per_image, ref)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchstn._tracing import eager_tensors
 from torchstn._validation import check_choice, check_input, check_int, check_number, check_positive
 from torchstn.models._base import STClassifier, as_size, feature_width
 from torchstn.models._registry import forwards_kwargs, register_model
@@ -168,12 +169,14 @@ class _ChannelsLastPool(nn.AvgPool2d):
     The net's convolutions and max-pool then run in that format: its training step (B = 256,
     28x28) 1.4-1.6x faster, torch's NCHW max-pool there alone 2.9 against 0.45 ms (one
     thread; the same values to float rounding). A one-channel tensor counts as channels_last
-    to torch with either strides, and oneDNN reads NCHW strides as NCHW: it is copied.
+    to torch with either strides, and oneDNN reads NCHW strides as NCHW: it is copied. Under a
+    tracer, compiler or ``torch.func`` transform (which cannot ask a layout inside ``vmap``)
+    the tensor is handed on as it is.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x) if self.kernel_size != 1 else x
-        if y.dim() != 4 or y.device.type != "cpu":
+        if y.dim() != 4 or y.device.type != "cpu" or not eager_tensors(y):
             return y
         out = y.contiguous(memory_format=torch.channels_last)
         return out if out.stride(1) == 1 else y.clone(memory_format=torch.channels_last)
