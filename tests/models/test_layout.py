@@ -227,3 +227,11 @@ def test_st_cnn_localisation_runs_channels_last_with_the_values_of_nchw(pool, ch
     # inside torch.func.vmap (which cannot ask for a layout) the tensor is handed on as it is
     per_image = torch.func.vmap(lambda image: net(image.unsqueeze(0)).squeeze(0))(x)
     torch.testing.assert_close(per_image, ref)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_st_cnn_localisation_net_compiles_with_torch_jit_script():
+    """The localisation net alone stays scriptable (as torch.nn's layers and stn.nn.Conv2d are)."""
+    net = st_cnn_localization(1, (28, 28))
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(torch.jit.script(net)(x), net(x))
