@@ -1433,6 +1433,10 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // computed once and permuted to each output vector's lanes (its column, tx and ty; the weights'
 // products in those lanes; windows of 32 floats from the vector's own first column): 0.84x,
 // 0.87x with the column times 3 by adds (A/B of the bare kernel, 2026-12-05, Zen 4).
+// Nor each sample taken apart into three planes first (AVX-512 permutes, a thread's buffer),
+// warped by the planes' passes and put side by side again (the same bits): 0.67x at
+// 1x3x224x224, 0.65-0.85x from 8x3x32x32 to 4x3x480x640; the two passes over the image
+// cost more than the planes' warp saves (2026-12-06, Intel Xeon, interleaved in one process).
 template <bool EDGE = false, int LOC = AFFINE>
 __attribute__((always_inline)) inline Fit16 inside16_rgb(const Locations8<ROW, LOC>& where, int64_t t0,
                                                         const Constants<float>& k, const float* xb, float* o,
