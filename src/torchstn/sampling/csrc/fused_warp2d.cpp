@@ -1672,7 +1672,9 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
 // one 8-byte read-add-write (half the reads and writes, the same adds), where no point's pair
 // overlaps the previous one's by a pixel (checked per vector: a failed store forwarding
 // otherwise): x's gradient alone 1.07x and both 1.03x at 256x1x60x60->30x30, both 0.92-0.96x
-// at 28-224 px (the check; 2026-12-06, Intel Xeon). Homographies: both
+// at 28-224 px (the check; 2026-12-06, Intel Xeon); with 2-4 channels, every channel of a point
+// before the next point (their shares kept for the vector; the same order per pixel): 0.86-0.89x
+// at 64x3x64x64, 1x3x224x224, 32x3x224x224, 8x2x64x64 and 4x4x64x64 (the same machine). Homographies: both
 // gradients 1.07-1.20x.
 template <int PAD, int SOURCE, int LOC = AFFINE, int MARGIN = 0>
 inline void backward_pass(const float* xb, int64_t xc_step, float* gxb, const float* gb, int64_t gc_step, int64_t C,
