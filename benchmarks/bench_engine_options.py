@@ -1,6 +1,7 @@
 """Training-step speed of the engine options: channels_last and bf16 autocast, alone and together.
 
     python benchmarks/bench_engine_options.py [--model st-cnn-aff] [--batch 64] [--rounds 11]
+        [--settings fp32 channels_last] [--no-evaluation]
 
 One thread, one process; the four settings are timed in interleaved rounds (each
 round times each setting once, rotating who goes first), on the model an
@@ -32,13 +33,14 @@ SETTINGS = {
 }
 
 
-def _contenders(model_name: str, batch: int, evaluation: bool) -> dict:
+def _contenders(model_name: str, batch: int, evaluation: bool, settings: list[str]) -> dict:
     torch.manual_seed(0)
     n = 512 if evaluation else batch
     data = TensorDataset(torch.rand(n, 1, 42, 42), torch.randint(0, 10, (n,)))
     indices = torch.arange(n)
     contenders = {}
-    for name, options in SETTINGS.items():
+    for name in settings:
+        options = SETTINGS[name]
         config = TrainConfig(model=model_name, optimizer="adam", lr=2e-3, **options)
         torch.manual_seed(0)
         model = stn.create_model(model_name, in_channels=1, input_size=42, num_classes=10, pool=2)
@@ -67,14 +69,18 @@ def main() -> None:
     parser.add_argument("--model", default="st-cnn-aff")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
+                        help="these settings only (fp32, the ratios' reference, is always timed)")
+    parser.add_argument("--no-evaluation", action="store_true", help="the training step only")
     args = parser.parse_args()
+    settings = ["fp32"] + [name for name in args.settings if name != "fp32"]
     torch.set_num_threads(1)
-    for evaluation in (False, True):
+    for evaluation in (False,) if args.no_evaluation else (False, True):
         what = "evaluation batch 512" if evaluation else f"training step, batch {args.batch}"
-        timings = interleaved(_contenders(args.model, args.batch, evaluation), rounds=args.rounds, min_time=0.2,
-                              max_calls=20)
+        timings = interleaved(_contenders(args.model, args.batch, evaluation, settings), rounds=args.rounds,
+                              min_time=0.2, max_calls=20)
         print(f"{args.model}, {what}, 1 thread, {args.rounds} interleaved rounds")
-        for name in SETTINGS:
+        for name in settings:
             low, high = timings.ratio_spread(name, "fp32")
             print(f"  {name:<20} {1000 * timings.median(name):8.1f} ms   {timings.ratio(name, 'fp32'):.2f}x fp32 "
                   f"(quartiles {low:.2f}-{high:.2f})")
