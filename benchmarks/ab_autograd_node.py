@@ -88,17 +88,34 @@ def _against_same_rows(cases: list[str], rounds: int) -> None:
 
         if not torch.equal(family.forward(), stn.warp(x, rows, stn.Affine(), case.out_size)):
             raise AssertionError(f"{case.name}: the family and its rows warp differently")
-        calls = max(5, int(0.02 / _per_call(with_rows, 3)))
-        times: dict[str, list[float]] = {"family": [], "rows": []}
-        speedups = []
-        for r in range(rounds):
-            for name in ("family", "rows") if r % 2 else ("rows", "family"):
-                fn = with_rows if name == "rows" else lambda: family.forward_backward(work.grad_out)
-                _per_call(fn, 2)
-                times[name].append(_per_call(fn, calls) * 1e3)
-            speedups.append(times["rows"][-1] / times["family"][-1])
-        print(f"{case.label:30s} Affine rows {statistics.median(times['rows']):8.4f} ms   "
-              f"{case.family} {statistics.median(times['family']):8.4f} ms   speed-up {statistics.median(speedups):.3f}x")
+        rows_ms, family_ms, speedup = _alternated(
+            {"rows": (_nothing, with_rows), "family": (_nothing, lambda: family.forward_backward(work.grad_out))},
+            rounds)
+        print(f"{case.label:30s} Affine rows {rows_ms:8.4f} ms   {case.family} {family_ms:8.4f} ms   "
+              f"speed-up {speedup:.3f}x")
+
+
+def _alternated(sides: dict, rounds: int) -> tuple[float, float, float]:
+    """Two sides, ``{name: (enter, call)}``, timed in alternating order for ``rounds`` rounds (about
+    20 ms per measurement, ``enter`` run before each side's): the median time of each (ms) and the
+    median of the per-round speed-ups (the first side's time / the second's)."""
+    (first, (enter_first, call_first)), (second, _) = sides.items()
+    enter_first()
+    calls = max(5, int(0.02 / _per_call(call_first, 3)))
+    times: dict = {first: [], second: []}
+    speedups = []
+    for r in range(rounds):
+        for name in (second, first) if r % 2 else (first, second):
+            enter, call = sides[name]
+            enter()
+            _per_call(call, 2)
+            times[name].append(_per_call(call, calls) * 1e3)
+        speedups.append(times[first][-1] / times[second][-1])
+    return statistics.median(times[first]), statistics.median(times[second]), statistics.median(speedups)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _per_call(fn: Callable[[], object], calls: int) -> float:
@@ -139,18 +156,11 @@ def main() -> None:
             results[node] = forward_backward()
         if not all(torch.equal(a, b) for a, b in zip(results[True], results[False])):
             raise AssertionError(f"{case.name}: the two paths give different gradients")
-        calls = max(5, int(0.02 / _per_call(forward_backward, 3)))  # about 20 ms per measurement
-        times: dict[bool, list[float]] = {True: [], False: []}
-        speedups = []
-        for r in range(args.rounds):
-            for node in (True, False) if r % 2 else (False, True):
-                switch(node)
-                _per_call(forward_backward, 2)
-                times[node].append(_per_call(forward_backward, calls) * 1e3)
-            speedups.append(times[False][-1] / times[True][-1])
+        sides = {False: (lambda: switch(False), forward_backward), True: (lambda: switch(True), forward_backward)}
+        before_ms, after_ms, speedup = _alternated(sides, args.rounds)
         switch(True)
-        print(f"{case.label:30s} {names[0]} {statistics.median(times[False]):8.4f} ms   "
-              f"{names[1]} {statistics.median(times[True]):8.4f} ms   speed-up {statistics.median(speedups):.3f}x")
+        print(f"{case.label:30s} {names[0]} {before_ms:8.4f} ms   {names[1]} {after_ms:8.4f} ms   "
+              f"speed-up {speedup:.3f}x")
 
 
 if __name__ == "__main__":
