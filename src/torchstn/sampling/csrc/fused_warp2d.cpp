@@ -1418,7 +1418,11 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // 16-point vectors of channels_last 1x3x224x224 cross the image's edge, and skipping them
 // saved a third of the kernel's time. Forward 1.075-1.09x there, 1.02x at channels_last
 // 64x3x64x64, the other channels_last cases 1.00x (A/B of the bare kernel, 7 rounds, the same
-// bits; AMD EPYC Zen 4, 2026-12-05). The same for planes (inside16<true>) was first tried
+// bits; AMD EPYC Zen 4, 2026-12-05). Such a vector with no corner inside is written as 0 at
+// once, as inside16's (before, it was picked and masked to 0 like any edge vector): 1.07x at
+// channels_last 1x3x224x224, 1.03-1.04x at 32x3x224x224 and 64x3x64x64 channels_last (A/B of
+// the bare kernel, 15 rounds, the same bits; Intel Xeon, 2026-12-06); on the bench's θ for
+// 1x3x224x224 (its rows' shift leaves some 15 output rows wholly outside) 0.094-0.095 -> 0.089-0.091 ms. The same for planes (inside16<true>) was first tried
 // alone and not kept (1.01x at 1x3x224x224, 0.97x at 32x3x224x224); with rows too steep for
 // sixteen points skipped (row16_may_fit) it is kept (see inside16). Tried and not kept on the
 // same machine: these vectors' corners by masked gathers instead (0.94x at 1x3x224x224: Zen
@@ -1443,6 +1447,10 @@ __attribute__((always_inline)) inline Fit16 inside16_rgb(const Locations8<ROW, L
                                                         int64_t end) {
   Row16 r;
   if (const Fit16 fit = row16_at<EDGE>(where, t0, k, 19, 1, &r); fit != FITS) return fit;
+  if (EDGE && (r.valid[0] | r.valid[1] | r.valid[2] | r.valid[3]) == 0) {  // no corner inside: 0
+    for (int v = 0; v < 3; ++v) _mm512_storeu_ps(o + 3 * t0 + 16 * v, _mm512_setzero_ps());
+    return FITS;
+  }
   const __m512i dx = r.dx;
   const __mmask16 lower = r.lower;
   const int64_t sh = k.sh, base = r.y0 * sh + 3 * int64_t{r.x0}, rows = lower ? 3 : 2;
@@ -1521,6 +1529,11 @@ __attribute__((always_inline)) inline void edge8(__m256 gx, __m256 gy, int64_t t
     return;
   }
   if (_mm256_movemask_ps(_mm256_and_ps(c.v[0], c.v[3])) != 0xff) {  // corners outside: 0 there
+    // (Tried and not kept for such vectors within a pixel of the image, all eight finite: each
+    // corner row read as pairs from a column and rows clamped into the image, the pair's halves
+    // swapped or zeroed where a corner lies outside, the same values as the masked gathers:
+    // 0.90x forward at 256x1x60x60->30x30, 0.97x with 3 channels, the rest level; the gathers
+    // are the faster here. Intel Xeon, A/B of the bare kernel, 2026-12-06.)
     if (PAD == ZEROS && SOURCE != PACKED && avx::reads_nothing(c)) {  // no corner inside (zeros padding): no gathers
       for (int64_t ch = 0; ch < C; ++ch) _mm256_storeu_ps(ob + ch * oc_step + t0, _mm256_setzero_ps());
       return;
@@ -1674,8 +1687,11 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
 // otherwise): x's gradient alone 1.07x and both 1.03x at 256x1x60x60->30x30, both 0.92-0.96x
 // at 28-224 px (the check; 2026-12-06, Intel Xeon); with 2-4 channels, every channel of a point
 // before the next point (their shares kept for the vector; the same order per pixel): 0.86-0.89x
-// at 64x3x64x64, 1x3x224x224, 32x3x224x224, 8x2x64x64 and 4x4x64x64 (the same machine). Homographies: both
-// gradients 1.07-1.20x.
+// at 64x3x64x64, 1x3x224x224, 32x3x224x224, 8x2x64x64 and 4x4x64x64 (the same machine); the
+// affine rows' six sums for θ's gradient added up here, in registers, instead of by
+// backward_impl's loop over gix and giy (the same operations): 0.94x at 256x1x28x28, 0.95-0.96x
+// at 64x3x64x64 and 224 px, 1.01x at 256x1x60x60->30x30 (2026-12-06, Intel Xeon). Homographies:
+// both gradients 1.07-1.20x.
 template <int PAD, int SOURCE, int LOC = AFFINE, int MARGIN = 0>
 inline void backward_pass(const float* xb, int64_t xc_step, float* gxb, const float* gb, int64_t gc_step, int64_t C,
                           const float* m, const float* xs, const float* ys, float y, int64_t n, bool want_loc,
