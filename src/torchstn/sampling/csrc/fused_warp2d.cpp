@@ -1422,7 +1422,12 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // once, as inside16's (before, it was picked and masked to 0 like any edge vector): 1.07x at
 // channels_last 1x3x224x224, 1.03-1.04x at 32x3x224x224 and 64x3x64x64 channels_last (A/B of
 // the bare kernel, 15 rounds, the same bits; Intel Xeon, 2026-12-06); on the bench's θ for
-// 1x3x224x224 (its rows' shift leaves some 15 output rows wholly outside) 0.094-0.095 -> 0.089-0.091 ms. The same for planes (inside16<true>) was first tried
+// 1x3x224x224 (its rows' shift leaves some 15 output rows wholly outside) 0.094-0.095 -> 0.089-0.091 ms.
+// The picks' halves of the window told by three compares of the columns (the same masks)
+// instead of six of the floats' indices, and 3 dx made by adds instead of vpmulld (10 cycles'
+// latency on Intel): 1.04-1.05x at channels_last 1x3x224x224 (θ noise 0.05 and 0.1),
+// 1.01-1.02x at 32x3x224x224 and 64x3x64x64 channels_last (the same A/B, 15 rounds); the
+// bench's θ 0.089-0.092 -> 0.083-0.086 ms. The same for planes (inside16<true>) was first tried
 // alone and not kept (1.01x at 1x3x224x224, 0.97x at 32x3x224x224); with rows too steep for
 // sixteen points skipped (row16_may_fit) it is kept (see inside16). Tried and not kept on the
 // same machine: these vectors' corners by masked gathers instead (0.94x at 1x3x224x224: Zen
@@ -1476,12 +1481,15 @@ __attribute__((always_inline)) inline Fit16 inside16_rgb(const Locations8<ROW, L
   };
   const Window row0 = window(0), row1 = window(1);
   const Window row2 = lower ? window(2) : row1;
-  const __m512i x3 = _mm512_mullo_epi32(dx, _mm512_set1_epi32(3));
+  const __m512i x3 = _mm512_add_epi32(_mm512_add_epi32(dx, dx), dx);
+  // the picks' float 3 dx + ch (+ 3) lies in the window's second half, 32-63, from column 11
+  // for channels 0 and 1 and 10 for channel 2 (+ 3: one column sooner)
+  const auto from = [&](int column) { return _mm512_cmp_epi32_mask(dx, _mm512_set1_epi32(column), _MM_CMPINT_NLT); };
+  const __mmask16 from9 = from(9), from10 = from(10), from11 = from(11);
   __m512 out[3];
   for (int ch = 0; ch < 3; ++ch) {
     const __m512i at0 = _mm512_add_epi32(x3, _mm512_set1_epi32(ch)), at1 = _mm512_add_epi32(at0, _mm512_set1_epi32(3));
-    const __mmask16 high0 = _mm512_cmp_epi32_mask(at0, _mm512_set1_epi32(32), _MM_CMPINT_NLT);
-    const __mmask16 high1 = _mm512_cmp_epi32_mask(at1, _mm512_set1_epi32(32), _MM_CMPINT_NLT);
+    const __mmask16 high0 = ch == 2 ? from10 : from11, high1 = ch == 2 ? from9 : from10;
     const __m512 p0 = pick(row0, at0, high0), q0 = pick(row0, at1, high1);
     const __m512 p1 = pick(row1, at0, high0), q1 = pick(row1, at1, high1);
     __m512 v0 = p0, v1 = q0, v2 = p1, v3 = q1;
