@@ -1698,7 +1698,11 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
 // at 64x3x64x64, 1x3x224x224, 32x3x224x224, 8x2x64x64 and 4x4x64x64 (the same machine); the
 // affine rows' six sums for θ's gradient added up here, in registers, instead of by
 // backward_impl's loop over gix and giy (the same operations): 0.94x at 256x1x28x28, 0.95-0.96x
-// at 64x3x64x64 and 224 px, 1.01x at 256x1x60x60->30x30 (2026-12-06, Intel Xeon). Homographies:
+// at 64x3x64x64 and 224 px, 1.01x at 256x1x60x60->30x30 (2026-12-06, Intel Xeon); in the
+// AVX-512 build, sixteen points of a wide row at a time where inside16 would take them, the
+// location gradient's corners picked from windows of their rows (corners16) and x's shares
+// added from 16-wide stores (the same bits): θ's gradient alone 0.94-1.00x, x's 0.77-0.88x,
+// both 0.83-0.91x at 64x3x64x64, 64x1x64x64 and 224 px (the same machine). Homographies:
 // both gradients 1.07-1.20x.
 template <int PAD, int SOURCE, int LOC = AFFINE, int MARGIN = 0>
 inline void backward_pass(const float* xb, int64_t xc_step, float* gxb, const float* gb, int64_t gc_step, int64_t C,
