@@ -947,7 +947,11 @@ inline typename Simd<T>::V interpolate(const T* xc, const Block<T>& blk, int64_t
 // Not in the AVX-512 build, whose two-source permute reads a window as fast: both paths there
 // ran 0.88x at 64x3x64x64 and 0.96x at 1x3x224x224 (2026-12-03, Intel Xeon, bare kernel). Nor
 // does a vector crossing one input row read three rows' windows there (two permutes and a
-// blend per corner, instead of pairs): 0.80x at 256x1x28x28, 0.91x at 1x3x224x224.
+// blend per corner, instead of pairs): 0.80x at 256x1x28x28, 0.91x at 1x3x224x224. Nor, where
+// the offsets span 16-31 elements (eight points two pixels apart, as at 60x60 -> 30x30), 32-float
+// windows (two 16-wide loads per row, one 16-wide two-source permute per corner) instead of
+// pairs: 0.90x / 0.94x at 256x1x60x60->30x30 / 256x3x60x60->30x30, 0.92x at 256x1x28x28 (the
+// test's cost), the rest level (2026-12-06, Intel Xeon, bare kernel).
 template <bool WIDE>
 __attribute__((always_inline)) inline void inside8(const float* xb, int64_t xc_step, float* o, int64_t oc_step,
                                                    int64_t C, __m256i off0, const __m256 w[4], int64_t sh,
