@@ -876,6 +876,86 @@ def _no_ninja():
     raise RuntimeError("Ninja is required to load C++ extensions")
 
 
+def test_a_build_only_call_builds_without_a_word_and_loads_nothing(monkeypatch, tmp_path, capsys):
+    """load_or_build without a loader (the fast call's build beside the kernel's): it compiles
+    into the cache, prints nothing, returns None, and does nothing once the library is there."""
+    from torch.utils import cpp_extension
+
+    built = []
+
+    def fake_load(**kwargs):
+        built.append(kwargs["name"])
+        (tmp_path / f"{kwargs['name']}.so").write_bytes(b"")
+        return str(tmp_path / f"{kwargs['name']}.so")
+
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    assert _fused.load_or_build("probe", [], lambda _: [], None, "a probe", python_module=True) is None
+    assert _fused.load_or_build("probe", [], lambda _: [], None, "a probe", python_module=True) is None
+    assert built == ["probe"] and capsys.readouterr().err == ""
+
+
+def test_a_failed_build_beside_the_kernel_is_left_to_the_build_that_loads(monkeypatch, tmp_path, capsys):
+    """A build-only call that fails raises to its caller without a word; the fast call's build
+    beside the kernel's swallows that, and the build that loads the module (which warns at
+    the user's line) says why."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: _no_ninja())
+    with pytest.raises(RuntimeError, match="Ninja is required"):
+        _fused.load_or_build("probe", [], lambda _: [], None, "a probe")
+    _fused._prebuild_fast_call()
+    assert capsys.readouterr().err == "" and not _fused._fast_call_built()
+
+
+def test_the_first_use_builds_the_fast_call_beside_the_kernel(monkeypatch, capsys):
+    """fast_call() on a machine where neither is built: the module's build starts in a thread
+    before the kernel's ends (the two ran 26.0 s together against 35.4 s one after the other
+    on 2 cores), the call waits for it, then loads the module from the cache."""
+    import threading
+    import time
+
+    spans = {}
+
+    class Kernel:  # (the kernel's LazyKernel, its build 0.3 s)
+        def __init__(self):
+            self.state = {}
+
+        def __call__(self):
+            start = time.perf_counter()
+            time.sleep(0.3)
+            spans["kernel"] = (start, time.perf_counter(), threading.current_thread().name)
+            self.state["lib"] = object()
+            return self.state["lib"]
+
+    def prebuild():
+        start = time.perf_counter()
+        time.sleep(1.0)  # (longer than the kernel's: the call then waits for it and says so)
+        spans["module"] = (start, time.perf_counter(), threading.current_thread().name)
+
+    class Module:  # (the module's LazyKernel: loads what the build left, here nothing)
+        def __init__(self):
+            self.state, self.loaded_after_build = {}, []
+
+        def __call__(self):
+            self.loaded_after_build.append("module" in spans)
+
+    module = Module()
+    monkeypatch.delenv("TORCHSTN_FAST_CALL", raising=False)
+    monkeypatch.setattr(_fused, "_library", Kernel())
+    monkeypatch.setattr(_fused, "_fast_call_built", lambda: False)
+    monkeypatch.setattr(_fused, "_prebuild_fast_call", prebuild)
+    monkeypatch.setattr(_fused, "_fast_call_module", module)
+    assert _fused.fast_call() is None  # (the fake module loads none)
+    (k0, k1, kernel_thread), (m0, m1, module_thread) = spans["kernel"], spans["module"]
+    assert module_thread == "torchstn-build" and kernel_thread != module_thread
+    assert m0 < k1 and k0 < m1  # at the same time
+    assert module.loaded_after_build == [True]
+    err = capsys.readouterr().err
+    assert err.startswith("torchstn: finishing the fused sampler's fast call, built beside it ... done in ")
+
+
 def test_a_failed_build_warns_at_the_callers_line(monkeypatch):
     """The warning names the user's line, not torchstn's, through warp and through a module."""
     x, p = torch.rand(2, 3, 8, 8), stn.Affine().identity(2)

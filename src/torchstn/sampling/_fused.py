@@ -25,8 +25,9 @@ headers, built on first use by :func:`torch.utils.cpp_extension.load` into torch
 extension cache under a name that holds the torch build, the flags and the source, and
 called through :mod:`ctypes`. The first build prints one line on stderr when it starts
 and ends it with its duration (10-12 s on an idle 2-core machine, see ``docs/benchmarks.md``).
-A second, small extension module built after it, ``csrc/fast_call.cpp`` (torch's tensor
-and pybind11 headers: 12.5 s more, once, where the kernel took 21.4 s), calls the same
+A second, small extension module built beside it, ``csrc/fast_call.cpp`` (torch's tensor
+and pybind11 headers: 12.5-18 s, once, where the kernel took 19-22 s; the two builds at once
+took 26.0 s against 35.4 s one after the other on 2 cores), calls the same
 kernel from Python without ctypes: :func:`fast_call`, the CPU implementation of
 ``warp2d`` and :func:`torchstn.warp`'s common call (checks, output and kernel call in one
 compiled call: a batch-1 28x28 warp from 38.0 to 6.9 µs, ``docs/benchmarks.md``). Where it cannot be built (no
@@ -190,8 +191,8 @@ def load_kernel(source: Path, abi: int, what: str) -> ctypes.CDLL:
 
 
 def load_or_build(
-    name: str, flags: list[str], sources: Callable[[Path], list[str]], load: Callable[[str], object], what: str,
-    *, python_module: bool = False,
+    name: str, flags: list[str], sources: Callable[[Path], list[str]], load: Callable[[str], object] | None,
+    what: str, *, python_module: bool = False,
 ) -> object:
     """Load the extension ``name`` from torch's extension cache, building it first if needed
     (:func:`load_kernel` says how and why; also the fast call's module).
@@ -199,22 +200,26 @@ def load_or_build(
     ``sources(directory)`` lists the files to compile, ``load(path)`` loads and checks the
     built library (an ``OSError`` means a library cut short by a killed build), ``what``
     names it in the line a build prints; ``python_module``: an extension module (pybind11)
-    instead of a plain library.
+    instead of a plain library. With ``load`` None it only builds, without a word, and returns
+    None (:func:`_prebuild_fast_call`).
     """
     from torch.utils import cpp_extension  # imports setuptools; only when the backend is first used
 
     directory = Path(cpp_extension._get_build_directory(name, verbose=False))
     built = directory / f"{name}.so"
-    lib = _load_built(built, load, remove_broken=False)  # (another process may be linking it)
-    if lib is not None:
+    quiet = load is None  # (only build: see _prebuild_fast_call)
+    lib = None if quiet else _load_built(built, load, remove_broken=False)  # (another process may be linking it)
+    if lib is not None or (quiet and built.exists()):
         return lib
-    with _build_lock(directory, what) as locked:
-        lib = _load_built(built, load, remove_broken=locked)  # built by another process meanwhile
-        if lib is not None:
+    with _build_lock(directory, what, quiet=quiet) as locked:
+        lib = None if quiet else _load_built(built, load, remove_broken=locked)  # built by another process meanwhile
+        if lib is not None or (quiet and built.exists()):
             return lib
         if locked:
             (directory / "lock").unlink(missing_ok=True)  # torch's: a killed build's (every build holds ours)
-        print(f"torchstn: building {what} (first use, cached in {directory}) ...", end="", file=sys.stderr, flush=True)
+        if not quiet:
+            print(f"torchstn: building {what} (first use, cached in {directory}) ...", end="", file=sys.stderr,
+                  flush=True)
         start = time.perf_counter()
         try:
             path = cpp_extension.load(
@@ -222,8 +227,11 @@ def load_or_build(
                 extra_ldflags=[] if python_module else ["-fopenmp"], is_python_module=python_module, verbose=False,
             )
         except Exception:
-            print(" failed", file=sys.stderr, flush=True)  # end the line; the warning that follows says why
+            if not quiet:
+                print(" failed", file=sys.stderr, flush=True)  # end the line; the warning that follows says why
             raise
+        if quiet:
+            return None
         print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         return load(str(built) if python_module else path)  # (a module: load returned it imported)
 
@@ -243,12 +251,13 @@ def _load_built(built: Path, load: Callable[[str], object], remove_broken: bool)
     return None
 
 
-def _build_lock(directory: Path, what: str = "the kernel") -> contextlib.AbstractContextManager[bool]:
+def _build_lock(directory: Path, what: str = "the kernel", quiet: bool = False) -> contextlib.AbstractContextManager[bool]:
     """Hold an exclusive ``flock`` on ``directory/torchstn-build.lock`` (waiting for another
-    process's build, which one line on stderr says: the wait took a minute and more without a
-    word, as if the process hung) and yield True; where ``fcntl`` is missing (Windows) nothing
-    is locked, and False says so."""
-    return exclusive(directory / "torchstn-build.lock", waiting=f"another process's build of {what} ({directory})")
+    process's build, which one line on stderr says unless ``quiet``: the wait took a minute and
+    more without a word, as if the process hung) and yield True; where ``fcntl`` is missing
+    (Windows) nothing is locked, and False says so."""
+    waiting = None if quiet else f"another process's build of {what} ({directory})"
+    return exclusive(directory / "torchstn-build.lock", waiting=waiting)
 
 
 def _checked(lib: ctypes.CDLL, source: Path, abi: int) -> ctypes.CDLL:
@@ -349,6 +358,14 @@ _FAST_SOURCE = Path(__file__).with_name("csrc") / "fast_call.cpp"
 _FAST_ABI = 5
 
 
+def _fast_call_options() -> tuple[str, list[str]]:
+    """The fast call's extension name and compiler flags."""
+    flags = ["-O2"]
+    identity = "\n".join([torch.__version__, str(torch.version.git_version), " ".join(flags), f"kernel ABI {_ABI}",
+                          _FAST_SOURCE.read_text()])
+    return f"torchstn_fast_call_v{_FAST_ABI}_{hashlib.sha256(identity.encode()).hexdigest()[:12]}", flags
+
+
 def _build_fast_call() -> object:
     """The fast call's extension module (``csrc/fast_call.cpp``; :func:`fast_call` gives it the kernel).
 
@@ -357,10 +374,7 @@ def _build_fast_call() -> object:
     kernel does not."""
     import importlib.util
 
-    flags = ["-O2"]
-    identity = "\n".join([torch.__version__, str(torch.version.git_version), " ".join(flags), f"kernel ABI {_ABI}",
-                          _FAST_SOURCE.read_text()])
-    name = f"torchstn_fast_call_v{_FAST_ABI}_{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+    name, flags = _fast_call_options()
 
     def load(path: str) -> object:
         spec = importlib.util.spec_from_file_location(name, path)
@@ -375,6 +389,24 @@ def _build_fast_call() -> object:
 
     return load_or_build(name, flags, lambda _: [str(_FAST_SOURCE)], load, "the fused sampler's fast call",
                          python_module=True)
+
+
+def _prebuild_fast_call() -> None:
+    """Build the fast call's module into the cache without loading it or a word on stderr
+    (:func:`fast_call` runs this beside the kernel's first build); a failure is left to the
+    build that loads it, which says so."""
+    with contextlib.suppress(Exception):
+        name, flags = _fast_call_options()
+        load_or_build(name, flags, lambda _: [str(_FAST_SOURCE)], None, "the fused sampler's fast call",
+                      python_module=True)
+
+
+def _fast_call_built() -> bool:
+    """Whether the fast call's module is in the extension cache already."""
+    from torch.utils import cpp_extension
+
+    name = _fast_call_options()[0]
+    return (Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so").exists()
 
 
 _fast_call_module = LazyKernel(
@@ -400,11 +432,26 @@ def _fast_call_wanted() -> bool:
 def fast_call() -> object | None:
     """The compiled call of the fused 2-D kernel (``csrc/fast_call.cpp``: its ``fast_warp`` and
     ``warp2d``), or ``None`` where the kernel or this module could not be built (or
-    ``TORCHSTN_FAST_CALL=0``, for comparisons). Built on first use, after the kernel; the
-    answer is kept in the kernel's state, so that it goes with the kernel it calls."""
+    ``TORCHSTN_FAST_CALL=0``, for comparisons). Built on first use, beside the kernel (in a
+    thread, while the kernel's build runs); the answer is kept in the kernel's state, so that
+    it goes with the kernel it calls."""
     fast = _library.state.get("fast")
     if fast is None:  # not asked yet
-        usable = _fast_call_wanted() and _library() is not None
+        wanted = _fast_call_wanted()
+        # On first use both are compiled: the module's build runs beside the kernel's (35 -> 26 s
+        # on 2 cores, docs/benchmarks.md), silently, and the line the kernel's build prints
+        # stands for both; the module is then loaded from the cache below.
+        beside = None
+        if wanted and "lib" not in _library.state and "lib" not in _fast_call_module.state and not _fast_call_built():
+            beside = threading.Thread(target=_prebuild_fast_call, name="torchstn-build", daemon=True)
+            beside.start()
+        usable = wanted and _library() is not None
+        if beside is not None and usable and beside.is_alive():
+            print("torchstn: finishing the fused sampler's fast call, built beside it ...", end="", file=sys.stderr,
+                  flush=True)
+            start = time.perf_counter()
+            beside.join()
+            print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
         with _FAST_CALL_LOCK:  # (published when ready: another thread's warp used it half set up)
             fast = _library.state.get("fast")
             if fast is None:
