@@ -906,28 +906,24 @@ def test_a_failed_build_beside_the_kernel_is_left_to_the_build_that_loads(monkey
     with pytest.raises(RuntimeError, match="Ninja is required"):
         _fused.load_or_build("probe", [], lambda _: [], None, "a probe")
     _fused._prebuild_fast_call()
-    assert capsys.readouterr().err == "" and not _fused._fast_call_built()
+    assert capsys.readouterr().err == "" and not _fused._cached(_fused._fast_call_options()[0])
 
 
 def test_the_first_use_builds_the_fast_call_beside_the_kernel(monkeypatch, capsys):
-    """fast_call() on a machine where neither is built: the module's build starts in a thread
-    before the kernel's ends (the two ran 26.0 s together against 35.4 s one after the other
-    on 2 cores), the call waits for it, then loads the module from the cache."""
+    """Where neither is built, the kernel's build starts the fast call's module's build in a
+    thread (the two ran 27.0 s together against 36.2 s one after the other on 2 cores), and
+    fast_call() waits for it (saying so) before it loads the module from the cache."""
     import threading
     import time
 
     spans = {}
 
-    class Kernel:  # (the kernel's LazyKernel, its build 0.3 s)
-        def __init__(self):
-            self.state = {}
-
-        def __call__(self):
-            start = time.perf_counter()
-            time.sleep(0.3)
-            spans["kernel"] = (start, time.perf_counter(), threading.current_thread().name)
-            self.state["lib"] = object()
-            return self.state["lib"]
+    def kernel_build():  # (the kernel's builder, its compilation 0.3 s)
+        _fused._start_fast_call_beside()
+        start = time.perf_counter()
+        time.sleep(0.3)
+        spans["kernel"] = (start, time.perf_counter(), threading.current_thread().name)
+        return object()
 
     def prebuild():
         start = time.perf_counter()
@@ -943,8 +939,9 @@ def test_the_first_use_builds_the_fast_call_beside_the_kernel(monkeypatch, capsy
 
     module = Module()
     monkeypatch.delenv("TORCHSTN_FAST_CALL", raising=False)
-    monkeypatch.setattr(_fused, "_library", Kernel())
-    monkeypatch.setattr(_fused, "_fast_call_built", lambda: False)
+    monkeypatch.setattr(_fused, "_library", _fused.LazyKernel(kernel_build, "a kernel", "nothing"))
+    monkeypatch.setattr(_fused, "_beside", [])
+    monkeypatch.setattr(_fused, "_cached", lambda name: False)
     monkeypatch.setattr(_fused, "_prebuild_fast_call", prebuild)
     monkeypatch.setattr(_fused, "_fast_call_module", module)
     assert _fused.fast_call() is None  # (the fake module loads none)
@@ -954,6 +951,29 @@ def test_the_first_use_builds_the_fast_call_beside_the_kernel(monkeypatch, capsy
     assert module.loaded_after_build == [True]
     err = capsys.readouterr().err
     assert err.startswith("torchstn: finishing the fused sampler's fast call, built beside it ... done in ")
+
+
+def test_the_kernels_builder_starts_the_build_beside_it(monkeypatch):
+    started = []
+    monkeypatch.setattr(_fused, "_start_fast_call_beside", lambda: started.append(True))
+    monkeypatch.setattr(_fused, "load_kernel", lambda *args: _no_ninja())
+    with pytest.raises(RuntimeError, match="Ninja is required"):
+        _fused._build()
+    assert started == [True]
+
+
+@pytest.mark.parametrize("why", ["turned off", "kernel cached", "module cached", "module loaded"])
+def test_nothing_is_built_beside_the_kernel_where_it_need_not_be(monkeypatch, why):
+    monkeypatch.setattr(_fused, "_beside", [])
+    monkeypatch.setattr(_fused, "_prebuild_fast_call", lambda: pytest.fail("built beside the kernel"))
+    kernel, module = _fused._build_options()[0], _fused._fast_call_options()[0]
+    monkeypatch.setattr(_fused, "_cached", lambda name: {"kernel cached": kernel, "module cached": module}.get(why) == name)
+    if why == "turned off":
+        monkeypatch.setenv("TORCHSTN_FAST_CALL", "off")
+    if why == "module loaded":
+        monkeypatch.setattr(_fused._fast_call_module, "state", {"lib": None})
+    _fused._start_fast_call_beside()
+    assert _fused._beside == []
 
 
 def test_a_failed_build_warns_at_the_callers_line(monkeypatch):

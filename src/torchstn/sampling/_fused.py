@@ -344,6 +344,7 @@ def bind_entries(
 
 
 def _build() -> ctypes.CDLL:
+    _start_fast_call_beside()
     return bind_entries(load_kernel(_SOURCE, _ABI, "the fused CPU sampler"), "warp2d", _FORWARD_ARGS, _BACKWARD_ARGS,
                         _ENTRY)
 
@@ -401,12 +402,39 @@ def _prebuild_fast_call() -> None:
                       python_module=True)
 
 
-def _fast_call_built() -> bool:
-    """Whether the fast call's module is in the extension cache already."""
+def _cached(name: str) -> bool:
+    """Whether the extension ``name`` is in torch's extension cache already."""
     from torch.utils import cpp_extension
 
-    name = _fast_call_options()[0]
     return (Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so").exists()
+
+
+#: the thread that builds the fast call's module beside the kernel's first build, once started
+_beside: list[threading.Thread] = []
+
+
+def _start_fast_call_beside() -> None:
+    """Where the kernel is about to be built and the fast call's module too (neither cached,
+    the compiled call not turned off), start the module's build in a thread, so that the two
+    compile at once: 36.2 -> 27.0 s for both on 2 cores (docs/benchmarks.md). Called by the
+    kernel's builder; :func:`fast_call` waits for the thread before it loads the module."""
+    if _beside or "lib" in _fast_call_module.state or os.environ.get("TORCHSTN_FAST_CALL", "").strip().lower() in (
+            "0", "false", "off", "no"):
+        return
+    if _cached(_build_options()[0]) or _cached(_fast_call_options()[0]):
+        return
+    _beside.append(threading.Thread(target=_prebuild_fast_call, name="torchstn-build", daemon=True))
+    _beside[0].start()
+
+
+def _wait_for_beside() -> None:
+    """Wait for the fast call's build beside the kernel's (a line on stderr says so)."""
+    if _beside and _beside[0].is_alive():
+        print("torchstn: finishing the fused sampler's fast call, built beside it ...", end="", file=sys.stderr,
+              flush=True)
+        start = time.perf_counter()
+        _beside[0].join()
+        print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
 _fast_call_module = LazyKernel(
@@ -433,25 +461,13 @@ def fast_call() -> object | None:
     """The compiled call of the fused 2-D kernel (``csrc/fast_call.cpp``: its ``fast_warp`` and
     ``warp2d``), or ``None`` where the kernel or this module could not be built (or
     ``TORCHSTN_FAST_CALL=0``, for comparisons). Built on first use, beside the kernel (in a
-    thread, while the kernel's build runs); the answer is kept in the kernel's state, so that
-    it goes with the kernel it calls."""
+    thread while the kernel's first build runs: :func:`_start_fast_call_beside`); the answer is
+    kept in the kernel's state, so that it goes with the kernel it calls."""
     fast = _library.state.get("fast")
     if fast is None:  # not asked yet
-        wanted = _fast_call_wanted()
-        # On first use both are compiled: the module's build runs beside the kernel's (35 -> 26 s
-        # on 2 cores, docs/benchmarks.md), silently, and the line the kernel's build prints
-        # stands for both; the module is then loaded from the cache below.
-        beside = None
-        if wanted and "lib" not in _library.state and "lib" not in _fast_call_module.state and not _fast_call_built():
-            beside = threading.Thread(target=_prebuild_fast_call, name="torchstn-build", daemon=True)
-            beside.start()
-        usable = wanted and _library() is not None
-        if beside is not None and usable and beside.is_alive():
-            print("torchstn: finishing the fused sampler's fast call, built beside it ...", end="", file=sys.stderr,
-                  flush=True)
-            start = time.perf_counter()
-            beside.join()
-            print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        usable = _fast_call_wanted() and _library() is not None
+        if usable:
+            _wait_for_beside()  # (the module's first build, beside the kernel's: then loaded from the cache)
         with _FAST_CALL_LOCK:  # (published when ready: another thread's warp used it half set up)
             fast = _library.state.get("fast")
             if fast is None:
