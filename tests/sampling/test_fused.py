@@ -911,19 +911,18 @@ def test_a_failed_build_beside_the_kernel_is_left_to_the_build_that_loads(monkey
 
 def test_the_first_use_builds_the_fast_call_beside_the_kernel(monkeypatch, capsys):
     """Where neither is built, the kernel's build starts the fast call's module's build in a
-    thread (the two ran 27.0 s together against 36.2 s one after the other on 2 cores), and
-    fast_call() waits for it (saying so) before it loads the module from the cache."""
+    thread (the two ran 27.0 s together against 36.2 s one after the other on 2 cores) and
+    waits for it (saying so) before it returns; fast_call() then loads the module from the cache."""
     import threading
     import time
 
     spans = {}
 
-    def kernel_build():  # (the kernel's builder, its compilation 0.3 s)
-        _fused._start_fast_call_beside()
+    def load_kernel(*args):  # (its compilation 0.3 s)
         start = time.perf_counter()
         time.sleep(0.3)
         spans["kernel"] = (start, time.perf_counter(), threading.current_thread().name)
-        return object()
+        return "kernel"
 
     def prebuild():
         start = time.perf_counter()
@@ -939,12 +938,15 @@ def test_the_first_use_builds_the_fast_call_beside_the_kernel(monkeypatch, capsy
 
     module = Module()
     monkeypatch.delenv("TORCHSTN_FAST_CALL", raising=False)
-    monkeypatch.setattr(_fused, "_library", _fused.LazyKernel(kernel_build, "a kernel", "nothing"))
+    monkeypatch.setattr(_fused, "_library", _fused.LazyKernel(_fused._build, "a kernel", "nothing"))
+    monkeypatch.setattr(_fused, "load_kernel", load_kernel)
+    monkeypatch.setattr(_fused, "bind_entries", lambda lib, *args: lib)
     monkeypatch.setattr(_fused, "_beside", [])
     monkeypatch.setattr(_fused, "_cached", lambda name: False)
     monkeypatch.setattr(_fused, "_prebuild_fast_call", prebuild)
     monkeypatch.setattr(_fused, "_fast_call_module", module)
     assert _fused.fast_call() is None  # (the fake module loads none)
+    assert not _fused._beside[0].is_alive()
     (k0, k1, kernel_thread), (m0, m1, module_thread) = spans["kernel"], spans["module"]
     assert module_thread == "torchstn-build" and kernel_thread != module_thread
     assert m0 < k1 and k0 < m1  # at the same time
@@ -953,13 +955,14 @@ def test_the_first_use_builds_the_fast_call_beside_the_kernel(monkeypatch, capsy
     assert err.startswith("torchstn: finishing the fused sampler's fast call, built beside it ... done in ")
 
 
-def test_the_kernels_builder_starts_the_build_beside_it(monkeypatch):
-    started = []
-    monkeypatch.setattr(_fused, "_start_fast_call_beside", lambda: started.append(True))
+def test_a_failed_kernel_build_still_waits_for_the_build_beside_it(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_fused, "_start_fast_call_beside", lambda: calls.append("start"))
+    monkeypatch.setattr(_fused, "_wait_for_beside", lambda: calls.append("wait"))
     monkeypatch.setattr(_fused, "load_kernel", lambda *args: _no_ninja())
     with pytest.raises(RuntimeError, match="Ninja is required"):
         _fused._build()
-    assert started == [True]
+    assert calls == ["start", "wait"]
 
 
 @pytest.mark.parametrize("why", ["turned off", "kernel cached", "module cached", "module loaded"])

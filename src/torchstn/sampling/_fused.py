@@ -345,8 +345,11 @@ def bind_entries(
 
 def _build() -> ctypes.CDLL:
     _start_fast_call_beside()
-    return bind_entries(load_kernel(_SOURCE, _ABI, "the fused CPU sampler"), "warp2d", _FORWARD_ARGS, _BACKWARD_ARGS,
-                        _ENTRY)
+    try:
+        return bind_entries(load_kernel(_SOURCE, _ABI, "the fused CPU sampler"), "warp2d", _FORWARD_ARGS,
+                            _BACKWARD_ARGS, _ENTRY)
+    finally:  # (no build outlives this call: a process forked meanwhile would keep its build lock held)
+        _wait_for_beside()
 
 
 _library = LazyKernel(
@@ -417,7 +420,9 @@ def _start_fast_call_beside() -> None:
     """Where the kernel is about to be built and the fast call's module too (neither cached,
     the compiled call not turned off), start the module's build in a thread, so that the two
     compile at once: 36.2 -> 27.0 s for both on 2 cores (docs/benchmarks.md). Called by the
-    kernel's builder; :func:`fast_call` waits for the thread before it loads the module."""
+    kernel's builder, which waits for the thread before it returns (a child forked while the
+    thread held the build's ``flock`` would keep it held: a later build there would wait for
+    ever); :func:`fast_call` then loads the module from the cache."""
     if _beside or "lib" in _fast_call_module.state or os.environ.get("TORCHSTN_FAST_CALL", "").strip().lower() in (
             "0", "false", "off", "no"):
         return
@@ -428,8 +433,11 @@ def _start_fast_call_beside() -> None:
 
 
 def _wait_for_beside() -> None:
-    """Wait for the fast call's build beside the kernel's (a line on stderr says so)."""
-    if _beside and _beside[0].is_alive():
+    """Wait for the fast call's build beside the kernel's (a line on stderr says so if it lasts)."""
+    if not _beside:
+        return
+    _beside[0].join(timeout=0.2)
+    if _beside[0].is_alive():
         print("torchstn: finishing the fused sampler's fast call, built beside it ...", end="", file=sys.stderr,
               flush=True)
         start = time.perf_counter()
@@ -465,9 +473,7 @@ def fast_call() -> object | None:
     kept in the kernel's state, so that it goes with the kernel it calls."""
     fast = _library.state.get("fast")
     if fast is None:  # not asked yet
-        usable = _fast_call_wanted() and _library() is not None
-        if usable:
-            _wait_for_beside()  # (the module's first build, beside the kernel's: then loaded from the cache)
+        usable = _fast_call_wanted() and _library() is not None  # (its first build builds the module too)
         with _FAST_CALL_LOCK:  # (published when ready: another thread's warp used it half set up)
             fast = _library.state.get("fast")
             if fast is None:
