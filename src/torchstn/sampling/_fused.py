@@ -397,8 +397,8 @@ def _build_fast_call() -> object:
 
 def _prebuild_fast_call() -> None:
     """Build the fast call's module into the cache without loading it or a word on stderr
-    (:func:`fast_call` runs this beside the kernel's first build); a failure is left to the
-    build that loads it, which says so."""
+    (the thread of :func:`_start_fast_call_beside`); a failure is left to the build that loads
+    it, which says so."""
     with contextlib.suppress(Exception):
         name, flags = _fast_call_options()
         load_or_build(name, flags, lambda _: [str(_FAST_SOURCE)], None, "the fused sampler's fast call",
@@ -423,8 +423,7 @@ def _start_fast_call_beside() -> None:
     kernel's builder, which waits for the thread before it returns (a child forked while the
     thread held the build's ``flock`` would keep it held: a later build there would wait for
     ever); :func:`fast_call` then loads the module from the cache."""
-    if _beside or "lib" in _fast_call_module.state or os.environ.get("TORCHSTN_FAST_CALL", "").strip().lower() in (
-            "0", "false", "off", "no"):
+    if _beside or "lib" in _fast_call_module.state or _fast_call_off():
         return
     if _cached(_build_options()[0]) or _cached(_fast_call_options()[0]):
         return
@@ -452,13 +451,18 @@ _fast_call_module = LazyKernel(
 )
 
 
+def _fast_call_off() -> bool:
+    """Whether ``TORCHSTN_FAST_CALL`` turns the compiled call off: 0, false, off or no (any case)."""
+    return os.environ.get("TORCHSTN_FAST_CALL", "").strip().lower() in ("0", "false", "off", "no")
+
+
 def _fast_call_wanted() -> bool:
     """``TORCHSTN_FAST_CALL``: off for 0, false, off or no (any case); on unset, empty or for 1,
     true, on or yes; anything else warns and leaves it on (only "0" turned it off, "off" silently
     not)."""
-    value = os.environ.get("TORCHSTN_FAST_CALL", "").strip().lower()
-    if value in ("0", "false", "off", "no"):
+    if _fast_call_off():
         return False
+    value = os.environ.get("TORCHSTN_FAST_CALL", "").strip().lower()
     if value not in ("", "1", "true", "on", "yes"):  # ("": set empty, as unset)
         warnings.warn(f"TORCHSTN_FAST_CALL={value!r} is neither 0/false/off/no nor 1/true/on/yes: the compiled call "
                       "stays on", RuntimeWarning, stacklevel=caller_stacklevel())
