@@ -60,6 +60,7 @@ import ctypes
 import errno
 import hashlib
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -200,8 +201,8 @@ def load_or_build(
     ``sources(directory)`` lists the files to compile, ``load(path)`` loads and checks the
     built library (an ``OSError`` means a library cut short by a killed build), ``what``
     names it in the line a build prints; ``python_module``: an extension module (pybind11)
-    instead of a plain library. With ``load`` None it only builds, without a word, and returns
-    None (:func:`_prebuild_fast_call`).
+    instead of a plain library. With ``load`` None it only builds (torch still imports a module it
+    built), without a word, and returns None (:func:`_prebuild_fast_call`).
     """
     from torch.utils import cpp_extension  # imports setuptools; only when the backend is first used
 
@@ -345,11 +346,8 @@ def bind_entries(
 
 def _build() -> ctypes.CDLL:
     _start_fast_call_beside()
-    try:
-        return bind_entries(load_kernel(_SOURCE, _ABI, "the fused CPU sampler"), "warp2d", _FORWARD_ARGS,
-                            _BACKWARD_ARGS, _ENTRY)
-    finally:  # (no build outlives this call: a process forked meanwhile would keep its build lock held)
-        _wait_for_beside()
+    return bind_entries(load_kernel(_SOURCE, _ABI, "the fused CPU sampler"), "warp2d", _FORWARD_ARGS, _BACKWARD_ARGS,
+                        _ENTRY)
 
 
 _library = LazyKernel(
@@ -391,18 +389,20 @@ def _build_fast_call() -> object:
             raise RuntimeError(f"{path} is a stale build (ABI {module.abi_version()}, expected {_FAST_ABI})")
         return module
 
-    return load_or_build(name, flags, lambda _: [str(_FAST_SOURCE)], load, "the fused sampler's fast call",
-                         python_module=True)
+    try:
+        return load_or_build(name, flags, lambda _: [str(_FAST_SOURCE)], load, "the fused sampler's fast call",
+                             python_module=True)
+    finally:
+        if _beside:
+            _beside[0].poll()  # (reaped, if it has ended)
 
 
 def _prebuild_fast_call() -> None:
-    """Build the fast call's module into the cache without loading it or a word on stderr
-    (the thread of :func:`_start_fast_call_beside`); a failure is left to the build that loads
-    it, which says so."""
-    with contextlib.suppress(Exception):
-        name, flags = _fast_call_options()
-        load_or_build(name, flags, lambda _: [str(_FAST_SOURCE)], None, "the fused sampler's fast call",
-                      python_module=True)
+    """Build the fast call's module into the cache, without a word on stderr (what the process
+    of :func:`_start_fast_call_beside` runs; torch imports the module there, not here)."""
+    name, flags = _fast_call_options()
+    load_or_build(name, flags, lambda _: [str(_FAST_SOURCE)], None, "the fused sampler's fast call",
+                  python_module=True)
 
 
 def _cached(name: str) -> bool:
@@ -412,36 +412,34 @@ def _cached(name: str) -> bool:
     return (Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so").exists()
 
 
-#: the thread that builds the fast call's module beside the kernel's first build, once started
-_beside: list[threading.Thread] = []
+#: the process that builds the fast call's module beside the kernel's first build, once started
+_beside: list[subprocess.Popen] = []
+
+
+def _beside_command() -> list[str]:
+    """The command of that process: this Python, this copy of torchstn (its directory first on
+    the path), :func:`_prebuild_fast_call`."""
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from torchstn.sampling import _fused; _fused._prebuild_fast_call()"
+    return [sys.executable, "-c", code, str(Path(__file__).resolve().parents[2])]
 
 
 def _start_fast_call_beside() -> None:
     """Where the kernel is about to be built and the fast call's module too (neither cached,
-    the compiled call not turned off), start the module's build in a thread, so that the two
-    compile at once: 36.2 -> 27.0 s for both on 2 cores (docs/benchmarks.md). Called by the
-    kernel's builder, which waits for the thread before it returns (a child forked while the
-    thread held the build's ``flock`` would keep it held: a later build there would wait for
-    ever); :func:`fast_call` then loads the module from the cache."""
-    if _beside or "lib" in _fast_call_module.state or _fast_call_off():
-        return
-    if _cached(_build_options()[0]) or _cached(_fast_call_options()[0]):
-        return
-    _beside.append(threading.Thread(target=_prebuild_fast_call, name="torchstn-build", daemon=True))
-    _beside[0].start()
-
-
-def _wait_for_beside() -> None:
-    """Wait for the fast call's build beside the kernel's (a line on stderr says so if it lasts)."""
-    if not _beside:
-        return
-    _beside[0].join(timeout=0.2)
-    if _beside[0].is_alive():
-        print("torchstn: finishing the fused sampler's fast call, built beside it ...", end="", file=sys.stderr,
-              flush=True)
-        start = time.perf_counter()
-        _beside[0].join()
-        print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    the compiled call not turned off), start the module's build in a process of its own, so
+    that the two compile at once: 36.2 -> 27.7 s for both on 2 cores (docs/benchmarks.md).
+    Called by the kernel's builder. :func:`fast_call` then loads the module from the cache,
+    waiting for that build under the cache's lock if it still runs (the line on stderr says
+    so), or builds it itself, with the error of its own build, where that process failed. A
+    process rather than a thread: the compiler's messages stay out of this one, which holds
+    no lock of that build (a child forked from it could not inherit one) and whose own build
+    of the module, if it comes to one, is not one that torch's extension loader already saw."""
+    with contextlib.suppress(Exception):  # (an optimisation: never the kernel's build's failure)
+        if _beside or "lib" in _fast_call_module.state or _fast_call_off():
+            return
+        if _cached(_build_options()[0]) or _cached(_fast_call_options()[0]):
+            return
+        _beside.append(subprocess.Popen(_beside_command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL))
 
 
 _fast_call_module = LazyKernel(
@@ -473,11 +471,11 @@ def fast_call() -> object | None:
     """The compiled call of the fused 2-D kernel (``csrc/fast_call.cpp``: its ``fast_warp`` and
     ``warp2d``), or ``None`` where the kernel or this module could not be built (or
     ``TORCHSTN_FAST_CALL=0``, for comparisons). Built on first use, beside the kernel (in a
-    thread while the kernel's first build runs: :func:`_start_fast_call_beside`); the answer is
-    kept in the kernel's state, so that it goes with the kernel it calls."""
+    process of its own while the kernel's first build runs: :func:`_start_fast_call_beside`);
+    the answer is kept in the kernel's state, so that it goes with the kernel it calls."""
     fast = _library.state.get("fast")
     if fast is None:  # not asked yet
-        usable = _fast_call_wanted() and _library() is not None  # (its first build builds the module too)
+        usable = _fast_call_wanted() and _library() is not None  # (its first build starts the module's)
         with _FAST_CALL_LOCK:  # (published when ready: another thread's warp used it half set up)
             fast = _library.state.get("fast")
             if fast is None:
