@@ -917,7 +917,7 @@ def test_a_failed_build_only_call_raises_without_a_word(monkeypatch, tmp_path, c
 
 def test_the_kernels_builder_starts_the_modules_build_in_a_process_beside_it(monkeypatch):
     """Where neither is cached, the kernel's build starts the fast call's module's build in a
-    process of its own (the two took 27.7 s together against 36.2 s one after the other on 2
+    process of its own (the two took 25.7 s together against 36.2 s one after the other on 2
     cores), once; fast_call() then loads the module from the cache (waiting for that build
     under its lock: test_a_build_that_waits_for_another_process_s_says_so)."""
     started = []

@@ -206,8 +206,8 @@ def load_or_build(
     """
     from torch.utils import cpp_extension  # imports setuptools; only when the backend is first used
 
-    directory = Path(cpp_extension._get_build_directory(name, verbose=False))
-    built = directory / f"{name}.so"
+    built = _built_path(name)
+    directory = built.parent
     quiet = load is None  # (only build: see _prebuild_fast_call)
     lib = None if quiet else _load_built(built, load, remove_broken=False)  # (another process may be linking it)
     if lib is not None or (quiet and built.exists()):
@@ -405,11 +405,16 @@ def _prebuild_fast_call() -> None:
                   python_module=True)
 
 
+def _built_path(name: str) -> Path:
+    """Where torch's extension cache holds the library of the extension ``name``."""
+    from torch.utils import cpp_extension  # imports setuptools; only when the backend is first used
+
+    return Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so"
+
+
 def _cached(name: str) -> bool:
     """Whether the extension ``name`` is in torch's extension cache already."""
-    from torch.utils import cpp_extension
-
-    return (Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so").exists()
+    return _built_path(name).exists()
 
 
 #: the process that builds the fast call's module beside the kernel's first build, once started
@@ -426,7 +431,7 @@ def _beside_command() -> list[str]:
 def _start_fast_call_beside() -> None:
     """Where the kernel is about to be built and the fast call's module too (neither cached,
     the compiled call not turned off), start the module's build in a process of its own, so
-    that the two compile at once: 36.2 -> 27.7 s for both on 2 cores (docs/benchmarks.md).
+    that the two compile at once: 36.2 -> 25.7 s for both on 2 cores (docs/benchmarks.md).
     Called by the kernel's builder. :func:`fast_call` then loads the module from the cache,
     waiting for that build under the cache's lock if it still runs (the line on stderr says
     so), or builds it itself, with the error of its own build, where that process failed. A
@@ -449,9 +454,14 @@ _fast_call_module = LazyKernel(
 )
 
 
+def _fast_call_setting() -> str:
+    """``TORCHSTN_FAST_CALL``, stripped and in lower case ("" where unset)."""
+    return os.environ.get("TORCHSTN_FAST_CALL", "").strip().lower()
+
+
 def _fast_call_off() -> bool:
     """Whether ``TORCHSTN_FAST_CALL`` turns the compiled call off: 0, false, off or no (any case)."""
-    return os.environ.get("TORCHSTN_FAST_CALL", "").strip().lower() in ("0", "false", "off", "no")
+    return _fast_call_setting() in ("0", "false", "off", "no")
 
 
 def _fast_call_wanted() -> bool:
@@ -460,7 +470,7 @@ def _fast_call_wanted() -> bool:
     not)."""
     if _fast_call_off():
         return False
-    value = os.environ.get("TORCHSTN_FAST_CALL", "").strip().lower()
+    value = _fast_call_setting()
     if value not in ("", "1", "true", "on", "yes"):  # ("": set empty, as unset)
         warnings.warn(f"TORCHSTN_FAST_CALL={value!r} is neither 0/false/off/no nor 1/true/on/yes: the compiled call "
                       "stays on", RuntimeWarning, stacklevel=caller_stacklevel())
