@@ -1,5 +1,6 @@
 """The fused C++ backend against F.grid_sample, the reference sampler and the grid path of warp."""
 
+import math
 import os
 import shutil
 import subprocess
@@ -572,6 +573,58 @@ def test_fused_projective_inside_the_guard(eps):
         results.append((out.detach(), x.grad, h.grad))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def _gathered_thetas() -> torch.Tensor:
+    """Affine θs, one per sample: near the identity, zoomed in and out, rotated by 10 degrees,
+    shifted half out of the image, flipped, rotated by 60 degrees (too steep for the gather:
+    the scatter), and near the identity again (with a NaN output gradient in the test)."""
+    p = random_theta(stn.Affine(), 8, torch.float64, scale=0.05, seed=7)
+    c, s = math.cos(math.radians(10)), math.sin(math.radians(10))
+    p[1] = torch.tensor([0.8, 0.0, 0.05, 0.0, 0.8, -0.1])
+    p[2] = torch.tensor([1.25, 0.05, 0.0, -0.03, 1.2, 0.1])
+    p[3] = torch.tensor([c, -s, 0.1, s, c, 0.0])
+    p[4] = torch.tensor([1.0, 0.02, 0.93, 0.0, 1.0, -0.6])
+    p[5] = torch.tensor([-1.0, 0.0, 0.013, 0.0, 1.0, 0.021])  # (off the pixels: θ's sub-gradient there differs)
+    c, s = math.cos(math.radians(60)), math.sin(math.radians(60))
+    p[6] = torch.tensor([c, -s, 0.0, s, c, 0.0])
+    return p
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("wanted", ["both", "x"])
+@pytest.mark.parametrize(("shape", "size"), [((8, 3, 37, 70), None), ((8, 5, 20, 9), None), ((8, 4, 33, 40), (40, 50)),
+                                             ((8, 3, 48, 48), (40, 36)), ((8, 2, 17, 66), None),
+                                             ((8, 1, 21, 80), (24, 64))],
+                         ids=["3x37x70", "5x20x9", "4x33x40-to-40x50", "3x48x48-to-40x36", "2x17x66", "1x21x80-to-24x64"])
+def test_an_x_gradient_gathered_per_pixel_equals_grid_samples(shape, size, wanted, align_corners):
+    """The float32 kernel gathers dL/dx per input pixel (fused_warp2d.cpp's gather_x_gradient)
+    for planes of unit width stride under zeros padding where a sample's θ allows it: with
+    three or more channels, or for dL/dx alone two channels or rows of 64 pixels or more.
+    Against F.grid_sample's gradients in float64, sample by sample (_gathered_thetas; rows
+    that end in a part-filled vector, sizes that grow and shrink the image, more channels
+    than four), with a NaN output gradient in one sample: NaN at that point's corners alone,
+    as F.grid_sample gives them (where a gather would spread it, the sample is scattered).
+    θ's gradient is the same bits as where dL/dx is not wanted."""
+    x = random_input(shape, torch.float64, seed=8)
+    p = _gathered_thetas()
+    size = shape[2:] if size is None else size
+    grad_out = random_input((shape[0], shape[1], *size), torch.float64, seed=9)
+    grad_out[7, -1, size[0] // 2, size[1] // 3] = float("nan")
+    x32, p32 = x.float().requires_grad_(), p.float().requires_grad_(wanted == "both")
+    out = stn.warp(x32, p32, stn.Affine(), size=size, align_corners=align_corners, backend="fused")
+    grads = torch.autograd.grad(out, (x32, p32) if wanted == "both" else (x32,), grad_out.float())
+    x64 = x.clone().requires_grad_()
+    grid = F.affine_grid(p.view(-1, 2, 3), [shape[0], shape[1], *size], align_corners=align_corners)
+    ref_x = torch.autograd.grad(F.grid_sample(x64, grid, padding_mode="zeros", align_corners=align_corners), x64,
+                                grad_out)[0]
+    assert ref_x[7].isnan().any() and not ref_x[7].isnan().all()
+    torch.testing.assert_close(grads[0].double(), ref_x, atol=1e-4, rtol=1e-4, equal_nan=True)
+    if wanted == "both":  # θ's gradient as where dL/dx is not wanted (the passes without their scatter)
+        p_alone = p.float().requires_grad_()
+        out = stn.warp(x.float(), p_alone, stn.Affine(), size=size, align_corners=align_corners, backend="fused")
+        torch.testing.assert_close(grads[1], torch.autograd.grad(out, p_alone, grad_out.float())[0], atol=0, rtol=0,
+                                   equal_nan=True)
 
 
 @pytest.mark.parametrize("padding", PADDINGS)

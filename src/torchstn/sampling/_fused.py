@@ -4,7 +4,9 @@ For a 2-D matrix transform (translation, attention, similarity, affine, projecti
 :func:`torchstn.warp` with this backend computes every output pixel's source point from
 the ``(B, 2, 3)`` rows or the ``(B, 3, 3)`` homography inside the kernel, so the grid is
 never written to memory, and its backward accumulates :math:`\partial L/\partial x` and
-:math:`\partial L/\partial θ` in one pass over the output (no grid gradient either).
+:math:`\partial L/\partial θ` in one pass over the output (no grid gradient either); for
+planes of three or more channels under zeros padding, :math:`\partial L/\partial x` is
+gathered per input pixel instead, where θ allows (float32, AVX-512).
 :func:`torchstn.sample` with this backend runs the same kernel on a given grid.
 
 The kernel is two registered PyTorch operators, ``torchstn::warp2d`` and
