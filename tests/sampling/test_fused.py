@@ -578,8 +578,9 @@ def test_fused_projective_inside_the_guard(eps):
 def _gathered_thetas() -> torch.Tensor:
     """Affine θs, one per sample: near the identity, zoomed in and out, rotated by 10 degrees,
     shifted half out of the image, flipped, rotated by 60 degrees (too steep for the gather:
-    the scatter), and near the identity again (with a NaN output gradient in the test)."""
-    p = random_theta(stn.Affine(), 8, torch.float64, scale=0.05, seed=7)
+    the scatter), near the identity again (with a NaN output gradient in the test), zoomed
+    out 20 times and sheared by 6."""
+    p = random_theta(stn.Affine(), 10, torch.float64, scale=0.05, seed=7)
     c, s = math.cos(math.radians(10)), math.sin(math.radians(10))
     p[1] = torch.tensor([0.8, 0.0, 0.05, 0.0, 0.8, -0.1])
     p[2] = torch.tensor([1.25, 0.05, 0.0, -0.03, 1.2, 0.1])
@@ -588,14 +589,16 @@ def _gathered_thetas() -> torch.Tensor:
     p[5] = torch.tensor([-1.0, 0.0, 0.013, 0.0, 1.0, 0.021])  # (off the pixels: θ's sub-gradient there differs)
     c, s = math.cos(math.radians(60)), math.sin(math.radians(60))
     p[6] = torch.tensor([c, -s, 0.0, s, c, 0.0])
+    p[8] = torch.tensor([20.0, 0.01, 0.3, 0.02, 20.0, -0.2])
+    p[9] = torch.tensor([1.0, -6.0, 0.1, 0.0, 1.0, 0.0])
     return p
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("wanted", ["both", "x"])
-@pytest.mark.parametrize(("shape", "size"), [((8, 3, 37, 70), None), ((8, 5, 20, 9), None), ((8, 4, 33, 40), (40, 50)),
-                                             ((8, 3, 48, 48), (40, 36)), ((8, 2, 17, 66), None),
-                                             ((8, 1, 21, 80), (24, 64))],
+@pytest.mark.parametrize(("shape", "size"), [((10, 3, 37, 70), None), ((10, 5, 20, 9), None), ((10, 4, 33, 40), (40, 50)),
+                                             ((10, 3, 48, 48), (40, 36)), ((10, 2, 17, 66), None),
+                                             ((10, 1, 21, 80), (24, 64))],
                          ids=["3x37x70", "5x20x9", "4x33x40-to-40x50", "3x48x48-to-40x36", "2x17x66", "1x21x80-to-24x64"])
 def test_an_x_gradient_gathered_per_pixel_equals_grid_samples(shape, size, wanted, align_corners):
     """The float32 kernel gathers dL/dx per input pixel (fused_warp2d.cpp's gather_x_gradient)
@@ -625,6 +628,25 @@ def test_an_x_gradient_gathered_per_pixel_equals_grid_samples(shape, size, wante
         out = stn.warp(x.float(), p_alone, stn.Affine(), size=size, align_corners=align_corners, backend="fused")
         torch.testing.assert_close(grads[1], torch.autograd.grad(out, p_alone, grad_out.float())[0], atol=0, rtol=0,
                                    equal_nan=True)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_a_zoomed_out_warps_x_gradient_keeps_float32s_precision(align_corners):
+    """Zoomed out 20 times, a warp's output points lie a thousand pixels apart in the input's
+    pixels: dL/dx stays within 2e-5 of float64's (the gather takes its distances relative to
+    a window nearby: 1.8e-6; the scatter 4.5e-6 and 1.1e-5; the gather's first version, from floats of
+    that size, 1.1e-4)."""
+    x = random_input((2, 3, 64, 64), torch.float64, seed=10)
+    p = torch.tensor([[20.0, 0.01, 0.3, 0.02, 20.0, -0.2]] * 2, dtype=torch.float64)
+    grad_out = random_input((2, 3, 64, 64), torch.float64, seed=11)
+    x32 = x.float().requires_grad_()
+    out = stn.warp(x32, p.float(), stn.Affine(), align_corners=align_corners, backend="fused")
+    grad_x = torch.autograd.grad(out, x32, grad_out.float())[0]
+    x64 = x.clone().requires_grad_()
+    grid = F.affine_grid(p.float().double().view(-1, 2, 3), [2, 3, 64, 64], align_corners=align_corners)
+    ref = torch.autograd.grad(F.grid_sample(x64, grid, align_corners=align_corners), x64, grad_out)[0]
+    assert ref.abs().max() > 1
+    torch.testing.assert_close(grad_x.double(), ref, atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("padding", PADDINGS)

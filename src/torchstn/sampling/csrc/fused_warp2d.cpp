@@ -2566,11 +2566,14 @@ void zero_sample(T* p, const Strides& s, int64_t C, int64_t H, int64_t W) {
 // each row of the output gradient read as a window of 32 floats from the vector's first
 // column and picked per pixel (one permute per channel and column), the weight computed from
 // the point's distance (1 - min(|u|, 1)), so that points outside the square add 0. The
-// weights serve up to four channels at a time. Not the scatter's bits: the weights come from
-// the pixel coordinates computed in one step from θ (in double, then float), and each pixel
-// sums its shares in another order; the gradient is closer to float64's than the scatter's
-// (max error against F.grid_sample in float64 1.9e-5 against 9.2e-5 at 4x3x224x224, 7.6e-6
-// against 1.8e-5 at 8x3x64x64; F.grid_sample in float32: 1.3e-4 and 2.3e-5).
+// weights serve up to four channels at a time. Not the scatter's bits: the distances come
+// from the warp's pixel coordinates taken relative to the window's first column and row in
+// double (so that the floats stay as small as the distances: a zoomed-out or sheared warp's
+// a00 j alone reaches thousands of pixels), and each pixel sums its shares in another order;
+// the gradient is closer to float64's than the scatter's (max error against F.grid_sample in
+// float64, θ the identity + 0.05 N(0, 1): 1.8e-5 against 9.2e-5 at 4x3x224x224, 8.6e-6 against
+// 1.8e-5 at 8x3x64x64, F.grid_sample in float32 1.3e-4 and 2.3e-5; zoomed out 20 times
+// 1.8e-6 against 4.0e-6, sheared by 100 9.0e-6 against 1.4e-4).
 // Both gradients (A/B of the bare kernel, 15 rounds, θ the identity + 0.05 N(0, 1); Intel Xeon
 // with AVX-512, 2026-12-06): 1.07x at 64x3x64x64, 1.19x at 32x3x224x224 and 1.22x at
 // 1x3x224x224, 1.09x at 256x3x28x28 (which took the bordered copy before), 1.41x at
@@ -2583,6 +2586,7 @@ void zero_sample(T* p, const Strides& s, int64_t C, int64_t H, int64_t W) {
 // homographies and grids.
 struct Gathered {
   float a00, a01, c0, a10, a11, c1;  // pixel coordinates of output point (j, i)
+  double a00d, a01d, c0d, a10d, a11d, c1d;  // the same in double
   float i00, i01, i10, i11;          // the inverse of (a00, a01; a10, a11)
   float ej, ei;                      // the parallelogram's half-widths, plus a margin for rounding
   int nj;                            // columns per pixel and row
@@ -2614,7 +2618,7 @@ inline bool gathered_geometry(const float* m, const Constants<float>& k, Gathere
   const int nj = static_cast<int>(std::ceil(2 * ej));
   // window: the vector's columns spread by 15 |i00|, one column of slack each side
   if (nj > 4 || 15 * std::fabs(i00) + nj + 2 > 31 || 2 * ei + 15 * std::fabs(i10) > 5) return false;
-  *q = Gathered{float(a00), float(a01), float(c0), float(a10), float(a11), float(c1),
+  *q = Gathered{float(a00), float(a01), float(c0), float(a10), float(a11), float(c1), a00, a01, c0, a10, a11, c1,
                 float(i00), float(i01), float(i10), float(i11), float(ej), float(ei), nj};
   return true;
 }
@@ -2662,14 +2666,19 @@ bool gather_x_gradient(float* gx, int64_t xc, int64_t xh, const float* g, int64_
       };
       const __mmask16 low = within(0), high = within(16);
       const __m512i at0 = _mm512_sub_epi32(first, _mm512_set1_epi32(static_cast<int32_t>(base)));
-      // per candidate column n: a00 j - px and a10 j, and its float in the window
+      // u = ix - px and v = iy - py of candidate column n in row imin, taken from the window's
+      // first column and row imin in double, so that the floats stay as small as the distances
+      // (a zoomed-out or sheared warp's a00 j alone reaches thousands of pixels)
+      const __m512 u0 = _mm512_sub_ps(
+          _mm512_set1_ps(static_cast<float>(q.a00d * base + q.a01d * imin + q.c0d - static_cast<double>(px0))), lane);
+      const __m512 v0 = _mm512_set1_ps(static_cast<float>(q.a10d * base + q.a11d * imin + q.c1d - static_cast<double>(py)));
       __m512 un[4], vn[4];
       __m512i atn[4];
       for (int n = 0; n < 4; ++n) {
-        const __m512 j = _mm512_cvtepi32_ps(_mm512_add_epi32(first, _mm512_set1_epi32(n)));
-        un[n] = _mm512_fmsub_ps(a00, j, P);
-        vn[n] = _mm512_mul_ps(a10, j);
-        atn[n] = _mm512_add_epi32(at0, _mm512_set1_epi32(n));
+        atn[n] = _mm512_add_epi32(at0, _mm512_set1_epi32(n));  // (the column's float in the window)
+        const __m512 j = _mm512_cvtepi32_ps(atn[n]);
+        un[n] = _mm512_fmadd_ps(a00, j, u0);
+        vn[n] = _mm512_fmadd_ps(a10, j, v0);
       }
       __m512 acc[NC];
       for (int c = 0; c < NC; ++c) acc[c] = _mm512_setzero_ps();
@@ -2680,9 +2689,8 @@ bool gather_x_gradient(float* gx, int64_t xc, int64_t xh, const float* g, int64_
           lo[c] = masked_at(low, row, base);
           hi[c] = masked_at(high, row, base + 16);
         }
-        // u = ix - px and v = iy - py of the pixel's column j: a00 j - px + (a01 r + c0), ...
-        const __m512 ru = _mm512_set1_ps(static_cast<float>(double(q.a01) * r + q.c0));
-        const __m512 rv = _mm512_set1_ps(static_cast<float>(double(q.a11) * r + q.c1 - py));
+        const __m512 ru = _mm512_set1_ps(static_cast<float>(q.a01d * static_cast<double>(r - imin)));
+        const __m512 rv = _mm512_set1_ps(static_cast<float>(q.a11d * static_cast<double>(r - imin)));
         for (int n = 0; n < q.nj; ++n) {
           const __m512 u = _mm512_add_ps(un[n], ru), v = _mm512_add_ps(vn[n], rv);
           const __m512 wx = _mm512_sub_ps(one, _mm512_min_ps(_mm512_abs_ps(u), one));
