@@ -2536,7 +2536,9 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
 // zero sample b of a (C, H, W) tensor with strides s (dense, any order of dimensions)
 template <typename T>
 void zero_sample(T* p, const Strides& s, int64_t C, int64_t H, int64_t W) {
-  if (s.w == 1 && s.h == W && s.c == H * W) {
+  // a dense sample, NCHW or channels_last, in one memset (channels_last element by element
+  // below was a tenth of its backward of dL/dx: 64x3x64x64)
+  if (dense_sample(s, C, H, W)) {
     std::memset(p, 0, sizeof(T) * C * H * W);
     return;
   }
@@ -2575,7 +2577,7 @@ void zero_sample(T* p, const Strides& s, int64_t C, int64_t H, int64_t W) {
 // 1.8e-5 at 8x3x64x64, F.grid_sample in float32 1.3e-4 and 2.3e-5; zoomed out 20 times
 // 1.8e-6 against 4.0e-6, sheared by 100 9.0e-6 against 1.4e-4).
 // Both gradients (A/B of the bare kernel, 15 rounds, θ the identity + 0.05 N(0, 1); Intel Xeon
-// with AVX-512, 2026-12-06): 1.07x at 64x3x64x64, 1.19x at 32x3x224x224 and 1.22x at
+// with AVX-512, 2026-12-06): 1.06-1.07x at 64x3x64x64, 1.14-1.19x at 32x3x224x224, 1.20-1.22x at
 // 1x3x224x224, 1.09x at 256x3x28x28 (which took the bordered copy before), 1.41x at
 // 8x16x32x32; with θ noise 0.1 1.05x and 1.10x. dL/dx alone: 2.12x at 64x3x64x64, 1.47x at
 // 64x1x64x64, 1.75x at 8x2x64x64. Where the scatter stays (backward_impl's `gather`): one
@@ -2739,12 +2741,14 @@ __attribute__((noinline)) bool gathered(float* gx, const Strides& xs, const floa
 // summed in vector lanes per block and in double across blocks, always in the same order.
 template <typename T, int LOC, int PAD, int MODE>
 void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, const T* grad_out, const Strides& gs,
-                   T* grad_x, T* grad_loc, int64_t B, int64_t C, const Constants<T>& k, int threads) {
+                   T* grad_x, T* grad_loc, int64_t B, int64_t C, const Constants<T>& k, int threads,
+                   bool large_batch = false) {
   using S = Simd<T>;
   using V = typename S::V;
   const int64_t Ho = k.Ho, Wo = k.Wo;
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  const bool large = exceeds(B, C, k, kAheadFrom);
+  // (large_batch: one sample of a batch beyond kAheadFrom, whose rows are fetched ahead as the batch's)
+  const bool large = large_batch || exceeds(B, C, k, kAheadFrom);
 #ifdef TORCHSTN_AVX2
   // Packed rows under zeros padding with dL/dx wanted: x read from the bordered copy, as the
   // forward does, and dL/dx added into a zeroed buffer of the same layout whose image is then
@@ -2771,19 +2775,15 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
 #else
   constexpr bool gather = false;
 #endif
-  // channels: C, or the constant 1 (below); scatter: false where dL/dx was gathered (the passes
-  // compute θ's gradient alone)
-  const auto body = [&](int64_t b, auto channels, auto scatter) {
+  const auto body = [&](int64_t b, auto channels) {  // channels: C, or the constant 1 (below)
     const int64_t C = channels;
-    T* const grad_x_scattered = decltype(scatter)::value ? grad_x : nullptr;
-    const bool bordered_here = bordered && decltype(scatter)::value;  // (a gathered sample's θ: read from x itself)
 #ifdef TORCHSTN_AVX2
     const float* xp = nullptr;  // bordered: the copy's pixel (0, 0), its gradient's, and the copy's strides
     float* gp = nullptr;
     int64_t plane = 0;
     Constants<T> kb = k;
     if constexpr (std::is_same_v<T, float> && MODE == LINEAR && PAD == ZEROS) {
-      if (bordered_here) {
+      if (bordered) {
         Bordered& copy = bordered_copy();
         xp = copy.of(x + b * xs.b, xs, C, k.H, k.W, call, b);
         std::vector<float>& gradient = bordered_gradient();
@@ -2794,13 +2794,13 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
       }
     }
 #endif
-    if (grad_x_scattered && !bordered_here) zero_sample(grad_x_scattered + b * xs.b, xs, C, k.H, k.W);
+    if (grad_x && !bordered) zero_sample(grad_x + b * xs.b, xs, C, k.H, k.W);
 #ifdef TORCHSTN_AVX2
     if constexpr (std::is_same_v<T, float> && MODE == NEAREST && LOC != PROJECTIVE) {  // (as the forward)
       // x's rows of unit stride, the output gradient's rows following each other (an NCHW gradient: the
       // operator hands the kernel a dense one): the sample's points in one run, or affine rows one by one
       if (xs.w == 1 && gs.w == 1 && gs.h == Wo) {
-        float* gxb = grad_x_scattered ? grad_x_scattered + b * xs.b : nullptr;
+        float* gxb = grad_x ? grad_x + b * xs.b : nullptr;
         const float* gb = grad_out + b * gs.b;
         bool bad = false;
         if constexpr (LOC == GRID) {
@@ -2836,10 +2836,10 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
           one_pass = true;
           const int64_t ahead = rows_ahead(loc, k, b, span, large);
           const float* xb = x + b * xs.b;
-          float* gxb = grad_x_scattered ? grad_x_scattered + b * xs.b : nullptr;
+          float* gxb = grad_x ? grad_x + b * xs.b : nullptr;
           const float* gb = grad_out + b * gs.b + (loc.packed ? span.p0 : span.i * gs.h + span.j0);
           const float* pairs = LOC == GRID ? loc.grid + (b * Ho * Wo + span.p0) * 2 : nullptr;
-          if (PAD == ZEROS && bordered_here) {  // (packed rows)
+          if (PAD == ZEROS && bordered) {  // (packed rows)
             if constexpr (PAD == ZEROS && LOC == GRID) {
               backward_pass<PAD, GRID_PAIRS, AFFINE, kBorder>(xp, plane, gp, gb, gs.c, C, nullptr, pairs, nullptr, 0.f,
                                                               n, grad_loc != nullptr, 0, kb, gix, giy, blk);
@@ -2871,7 +2871,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
             const int64_t last = (k.H - 1) * k.sh + (k.W - 1) * k.sw + C - 4;  // the last whole vector
             const int64_t at = loc.packed ? span.p0 : span.i * gs.h + span.j0 * gs.w;
             const float* xb = x + b * xs.b;
-            float* gxb = grad_x_scattered ? grad_x_scattered + b * xs.b : nullptr;
+            float* gxb = grad_x ? grad_x + b * xs.b : nullptr;
             const float* gb = grad_out + b * gs.b + at;
             const int64_t step = loc.packed ? 1 : gs.w;
             float* ix = grad_loc ? gix : nullptr;
@@ -2889,7 +2889,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
         for (int64_t t = 0; !side_by_side && t < nn; t += S::N) {  // (side by side: done above)
           const int64_t live = n - t;  // lanes that are points (the rest is padding)
           for (int64_t c = 0; ahead != 0 && c < C; ++c) {
-            if (grad_x_scattered) fetch_ahead<1>(grad_x_scattered + b * xs.b + c * xs.c, blk, t, ahead, k.sh);
+            if (grad_x) fetch_ahead<1>(grad_x + b * xs.b + c * xs.c, blk, t, ahead, k.sh);
             if (grad_loc && MODE == LINEAR) fetch_ahead(x + b * xs.b + c * xs.c, blk, t, ahead, k.sh);
           }
           const V w[4] = {S::load(blk.w[0] + t), S::load(blk.w[1] + t), S::load(blk.w[2] + t), S::load(blk.w[3] + t)};
@@ -2906,8 +2906,8 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
               for (int l = 0; l < S::N; ++l) go[l] = l < live ? goc[l * gs.w] : T(0);
               g = S::load(go);
             }
-            if (grad_x_scattered) {  // scatter: two points may share a pixel, so one point at a time
-              T* gxc = grad_x_scattered + b * xs.b + c * xs.c;
+            if (grad_x) {  // scatter: two points may share a pixel, so one point at a time
+              T* gxc = grad_x + b * xs.b + c * xs.c;
               for (int q = 0; q < 4; ++q) S::store(part[q], S::mul(w[q], g));
               const int64_t end = live < S::N ? live : S::N;
               if (inner) {  // all corners inside: no test per corner, the corners at fixed steps
@@ -3006,7 +3006,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
     if constexpr (std::is_same_v<T, float>) {
       for (int64_t c = 0; gp != nullptr && c < C; ++c) {  // the bordered gradient's image into grad_x
         for (int64_t h = 0; h < k.H; ++h) {
-          std::memcpy(grad_x_scattered + b * xs.b + c * xs.c + h * xs.h, gp + c * plane + h * kb.sh, sizeof(float) * k.W);
+          std::memcpy(grad_x + b * xs.b + c * xs.c + h * xs.h, gp + c * plane + h * kb.sh, sizeof(float) * k.W);
         }
       }
     }
@@ -3023,15 +3023,22 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
 #ifdef __AVX512F__
     if constexpr (std::is_same_v<T, float> && MODE == LINEAR && PAD == ZEROS && LOC == AFFINE) {
       if (gather && gathered(grad_x + b * xs.b, xs, grad_out + b * gs.b, gs, C, loc.matrix(b), k)) {
-        if (grad_loc) body(b, C, std::false_type{});
+        if (grad_loc) {  // θ's gradient: this sample alone, by the passes without their scatter
+          // (a call of its own rather than a second copy of the body, with which GCC compiled the
+          // channels_last backward of dL/dx 0.91x slower)
+          Locator<T, LOC> one = loc;
+          one.theta = loc.matrix(b);
+          backward_impl<T, LOC, PAD, MODE>(x + b * xs.b, xs, one, grad_out + b * gs.b, gs, nullptr, grad_loc + b * 6,
+                                           1, C, k, 1, large);
+        }
         return;
       }
     }
 #endif
     if (C == 1) {
-      body(b, std::integral_constant<int64_t, 1>{}, std::true_type{});
+      body(b, std::integral_constant<int64_t, 1>{});
     } else {
-      body(b, C, std::true_type{});
+      body(b, C);
     }
   });
 }
