@@ -2587,11 +2587,11 @@ void zero_sample(T* p, const Strides& s, int64_t C, int64_t H, int64_t W) {
 // gather's work grows with the input's pixels), channels side by side, other paddings,
 // homographies and grids.
 struct Gathered {
-  float a00, a01, c0, a10, a11, c1;  // pixel coordinates of output point (j, i)
-  double a00d, a01d, c0d, a10d, a11d, c1d;  // the same in double
-  float i00, i01, i10, i11;          // the inverse of (a00, a01; a10, a11)
-  float ej, ei;                      // the parallelogram's half-widths, plus a margin for rounding
-  int nj;                            // columns per pixel and row
+  double a00d, a01d, c0d, a10d, a11d, c1d;  // pixel coordinates of output point (j, i): a00 j + a01 i + c0, ...
+  float a00, a10, c0, c1;                   // the same in float, where a vector needs them
+  float i00, i01, i10, i11;                 // the inverse of (a00, a01; a10, a11)
+  float ej, ei;                             // the parallelogram's half-widths, plus a margin for rounding
+  int nj;                                   // columns per pixel and row
 };
 
 // Whether sample (matrix m) takes the gather, and its geometry: finite and moderate
@@ -2620,7 +2620,7 @@ inline bool gathered_geometry(const float* m, const Constants<float>& k, Gathere
   const int nj = static_cast<int>(std::ceil(2 * ej));
   // window: the vector's columns spread by 15 |i00|, one column of slack each side
   if (nj > 4 || 15 * std::fabs(i00) + nj + 2 > 31 || 2 * ei + 15 * std::fabs(i10) > 5) return false;
-  *q = Gathered{float(a00), float(a01), float(c0), float(a10), float(a11), float(c1), a00, a01, c0, a10, a11, c1,
+  *q = Gathered{a00, a01, c0, a10, a11, c1, float(a00), float(a10), float(c0), float(c1),
                 float(i00), float(i01), float(i10), float(i11), float(ej), float(ei), nj};
   return true;
 }
