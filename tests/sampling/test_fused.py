@@ -608,15 +608,26 @@ def test_an_x_gradient_gathered_per_pixel_equals_grid_samples(shape, size, wante
     that end in a part-filled vector, sizes that grow and shrink the image, more channels
     than four), with a NaN output gradient in one sample: NaN at that point's corners alone,
     as F.grid_sample gives them (where a gather would spread it, the sample is scattered).
-    θ's gradient is the same bits as where dL/dx is not wanted."""
+    θ's gradient is the same bits as where dL/dx is not wanted, and both are the same bits on
+    one thread and two."""
     x = random_input(shape, torch.float64, seed=8)
     p = _gathered_thetas()
     size = shape[2:] if size is None else size
     grad_out = random_input((shape[0], shape[1], *size), torch.float64, seed=9)
     grad_out[7, -1, size[0] // 2, size[1] // 3] = float("nan")
     x32, p32 = x.float().requires_grad_(), p.float().requires_grad_(wanted == "both")
-    out = stn.warp(x32, p32, stn.Affine(), size=size, align_corners=align_corners, backend="fused")
-    grads = torch.autograd.grad(out, (x32, p32) if wanted == "both" else (x32,), grad_out.float())
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2):  # the samples split over threads: the same bits
+            torch.set_num_threads(n)
+            out = stn.warp(x32, p32, stn.Affine(), size=size, align_corners=align_corners, backend="fused")
+            runs.append(torch.autograd.grad(out, (x32, p32) if wanted == "both" else (x32,), grad_out.float()))
+    finally:
+        torch.set_num_threads(threads)
+    grads = runs[0]
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
     x64 = x.clone().requires_grad_()
     grid = F.affine_grid(p.view(-1, 2, 3), [shape[0], shape[1], *size], align_corners=align_corners)
     ref_x = torch.autograd.grad(F.grid_sample(x64, grid, padding_mode="zeros", align_corners=align_corners), x64,
