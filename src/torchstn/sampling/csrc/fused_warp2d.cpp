@@ -3024,8 +3024,8 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
     if constexpr (std::is_same_v<T, float> && MODE == LINEAR && PAD == ZEROS && LOC == AFFINE) {
       if (gather && gathered(grad_x + b * xs.b, xs, grad_out + b * gs.b, gs, C, loc.matrix(b), k)) {
         if (grad_loc) {  // θ's gradient: this sample alone, by the passes without their scatter
-          // (a call of its own rather than a second copy of the body, with which GCC compiled the
-          // channels_last backward of dL/dx 0.91x slower)
+          // (a call of its own, so that the body stays the one every other sample runs; rows are
+          // fetched ahead where the batch's would be)
           Locator<T, LOC> one = loc;
           one.theta = loc.matrix(b);
           backward_impl<T, LOC, PAD, MODE>(x + b * xs.b, xs, one, grad_out + b * gs.b, gs, nullptr, grad_loc + b * 6,
