@@ -575,6 +575,13 @@ def test_fused_projective_inside_the_guard(eps):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
 
 
+def _grid_sample_x_gradient(x, p, size, align_corners, grad_out):
+    """dL/dx of ``F.grid_sample(x, F.affine_grid(p))`` (zeros padding) for ``grad_out``, in the dtype of ``x``."""
+    x = x.clone().requires_grad_()
+    grid = F.affine_grid(p.view(-1, 2, 3), [x.shape[0], x.shape[1], *size], align_corners=align_corners)
+    return torch.autograd.grad(F.grid_sample(x, grid, padding_mode="zeros", align_corners=align_corners), x, grad_out)[0]
+
+
 def _gathered_thetas() -> torch.Tensor:
     """Affine θs, one per sample: near the identity, zoomed in and out, rotated by 10 degrees,
     shifted half out of the image, flipped, rotated by 60 degrees (too steep for the gather:
@@ -628,10 +635,7 @@ def test_an_x_gradient_gathered_per_pixel_equals_grid_samples(shape, size, wante
     grads = runs[0]
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
-    x64 = x.clone().requires_grad_()
-    grid = F.affine_grid(p.view(-1, 2, 3), [shape[0], shape[1], *size], align_corners=align_corners)
-    ref_x = torch.autograd.grad(F.grid_sample(x64, grid, padding_mode="zeros", align_corners=align_corners), x64,
-                                grad_out)[0]
+    ref_x = _grid_sample_x_gradient(x, p, size, align_corners, grad_out)
     assert ref_x[7].isnan().any() and not ref_x[7].isnan().all()
     torch.testing.assert_close(grads[0].double(), ref_x, atol=1e-4, rtol=1e-4, equal_nan=True)
     if wanted == "both":  # θ's gradient as where dL/dx is not wanted (the passes without their scatter)
@@ -653,9 +657,7 @@ def test_a_zoomed_out_warps_x_gradient_keeps_float32s_precision(align_corners):
     x32 = x.float().requires_grad_()
     out = stn.warp(x32, p.float(), stn.Affine(), align_corners=align_corners, backend="fused")
     grad_x = torch.autograd.grad(out, x32, grad_out.float())[0]
-    x64 = x.clone().requires_grad_()
-    grid = F.affine_grid(p.float().double().view(-1, 2, 3), [2, 3, 64, 64], align_corners=align_corners)
-    ref = torch.autograd.grad(F.grid_sample(x64, grid, align_corners=align_corners), x64, grad_out)[0]
+    ref = _grid_sample_x_gradient(x, p.float().double(), (64, 64), align_corners, grad_out)
     assert ref.abs().max() > 1
     torch.testing.assert_close(grad_x.double(), ref, atol=2e-5, rtol=0)
 
