@@ -378,10 +378,8 @@ def _build_fast_call() -> object:
     kernel does not."""
     import importlib.util
 
-    name, flags = _fast_call_options()
-
     def load(path: str) -> object:
-        spec = importlib.util.spec_from_file_location(name, path)
+        spec = importlib.util.spec_from_file_location(Path(path).stem, path)  # (the extension's name)
         try:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
@@ -392,8 +390,7 @@ def _build_fast_call() -> object:
         return module
 
     try:
-        return load_or_build(name, flags, lambda _: [str(_FAST_SOURCE)], load, "the fused sampler's fast call",
-                             python_module=True)
+        return _load_or_build_fast_call(load)
     finally:
         if _beside:
             _beside[0].poll()  # (reaped, if it has ended)
@@ -402,9 +399,15 @@ def _build_fast_call() -> object:
 def _prebuild_fast_call() -> None:
     """Build the fast call's module into the cache, without a word on stderr (what the process
     of :func:`_start_fast_call_beside` runs; torch imports the module there, not here)."""
+    _load_or_build_fast_call(None)
+
+
+def _load_or_build_fast_call(load: Callable[[str], object] | None) -> object:
+    """The fast call's module from torch's extension cache, built there first if absent
+    (:func:`load_or_build`; ``load`` ``None``: only built)."""
     name, flags = _fast_call_options()
-    load_or_build(name, flags, lambda _: [str(_FAST_SOURCE)], None, "the fused sampler's fast call",
-                  python_module=True)
+    return load_or_build(name, flags, lambda _: [str(_FAST_SOURCE)], load, "the fused sampler's fast call",
+                         python_module=True)
 
 
 def _built_path(name: str) -> Path:
