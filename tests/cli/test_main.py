@@ -1,6 +1,9 @@
 """The one dialect of every subcommand: examples in each --help, the shared options and their checks, the entry points."""
 
+import contextlib
+import io
 import os
+import shlex
 import subprocess
 import sys
 import warnings
@@ -9,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from torchstn import __version__
-from torchstn.cli import SUBCOMMANDS
+from torchstn.cli import SUBCOMMANDS, build_parser
 
 #: the shared options, each with the one help text every subcommand shows (a command that reads a
 #: run names the run's recorded data directory first: RECORDED)
@@ -35,6 +38,23 @@ def _help(cli, *command: str) -> str:
 def test_help_shows_examples(cli, command):
     help = _help(cli, *command.split())
     assert "examples:" in help and f"torchstn {command.split()[0]}" in help
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_help_example_parses_as_written(cli, command):
+    """A help example copied as it stands (its note after `#`) is a command the parser takes: a note
+    without its `#` was read as arguments (`torchstn export RUN writes ...`: unrecognized arguments)."""
+    examples = [line.split("#")[0] for line in cli(command, "--help").out.splitlines()
+                if line.startswith("  torchstn ")]
+    assert examples
+    parser = build_parser()
+    for line in examples:
+        argv = shlex.split(line)[1:]
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            try:
+                parser.parse_args(argv)
+            except SystemExit as exit:
+                assert exit.code == 0, (line, err.getvalue())
 
 
 def test_the_top_level_help_shows_examples(cli):

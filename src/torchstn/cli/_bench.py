@@ -21,8 +21,8 @@ __all__ = ["register", "run"]
 
 _EXAMPLES = """\
 examples:
-  torchstn bench                         every case on the CPU (a few minutes)
-  torchstn bench --quick                 tiny sizes, 2 rounds: checks that everything runs
+  torchstn bench                         # every case on the CPU (a few minutes)
+  torchstn bench --quick                 # tiny sizes, 2 rounds: checks that everything runs
   torchstn bench --cases 'affine-*' tps-28 --json results/bench.json
   torchstn bench --device cuda --rounds 30
 

@@ -32,7 +32,7 @@ __all__ = ["register", "run"]
 _EXAMPLES = """\
 examples:
   torchstn demo --out runs/demo                      # trains runs/demo/st-cnn-aff and runs/demo/cnn
-  torchstn export runs/demo/st-cnn-aff               writes runs/demo/st-cnn-aff/export/best.onnx
+  torchstn export runs/demo/st-cnn-aff               # writes runs/demo/st-cnn-aff/export/best.onnx
   torchstn export runs/demo/st-cnn-aff --format torchscript --out st.pt
   torchstn export runs/demo/cnn/checkpoints/last.safetensors --out cnn.onnx
 
