@@ -278,6 +278,31 @@ def _synchronised_batch_norm(model: nn.Module, ddp: _Distributed) -> nn.Module:
     return model
 
 
+def _grads_in_bucket_layout(model: nn.Module) -> nn.Module:
+    """``model`` with each parameter that has a dimension of size 1 handed its gradient with the
+    parameter's own strides, where the two differ in such dimensions alone (the same elements
+    at the same places: a view). A one-channel convolution's weight ``(32, 1, 5, 5)`` computed on
+    a channels_last input gets a gradient of strides ``(25, 1, 5, 1)`` from oneDNN, which
+    autograd's layout contract accepts for the weight's ``(25, 25, 5, 1)``; DDP compares the
+    strides themselves and printed "Grad strides do not match bucket view strides ... may impair
+    performance" in every process of a run (torch's own spurious warning, pytorch/pytorch#47163)."""
+
+    def hook_for(param: nn.Parameter) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        def same_layout(grad: torch.Tensor) -> torch.Tensor | None:
+            if grad.shape != param.shape or grad.stride() == param.stride():
+                return None
+            if all(a == b or n == 1 for a, b, n in zip(grad.stride(), param.stride(), param.shape)):
+                return grad.as_strided(param.shape, param.stride())  # (an index of a size-1 dimension is 0)
+            return None
+
+        return same_layout
+
+    for param in model.parameters():
+        if param.requires_grad and param.dim() > 1 and 1 in param.shape:
+            param.register_hook(hook_for(param))
+    return model
+
+
 def _print(message: str, *, main: bool, file: Any = None) -> None:
     if main:
         from tqdm import tqdm
@@ -422,7 +447,7 @@ def _train(
     if ddp.world > 1:
         session.core = _synchronised_batch_norm(session.core, ddp)
         session.model = nn.parallel.DistributedDataParallel(
-            session.core, device_ids=[ddp.device] if ddp.device.type == "cuda" else None
+            _grads_in_bucket_layout(session.core), device_ids=[ddp.device] if ddp.device.type == "cuda" else None
         )
     last_epoch = session.epochs if stop_after is None else min(session.epochs, stop_after)
     _announce(session, last_epoch)
