@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
                        predicted=predicted,
                        title=_title(config, info, history), device=device, calibration_images=calibration_images,
                        warp_samples=args.warp_samples or WARP_SAMPLES, label_smoothing=config.label_smoothing,
-                       **config.call_options())
+                       eval_batch_size=config.eval_batch_size, **config.call_options())
     print(f"wrote {out}")
     return 0
 
@@ -142,11 +142,18 @@ def _draw_series_or_volumes(model: Any, config: TrainConfig, info: dict[str, Any
 def _misclassified(model: Any, config: TrainConfig, dataset: Any, device: Any, start: int,
                    num: int) -> tuple[list[int], list[int]]:
     """Indices of the first ``num`` examples of ``dataset`` from ``start`` that ``model`` gets wrong, and
-    the predictions that got them wrong (the figure shows these: a P-STN's next call draws anew)."""
+    the predictions that got them wrong (the figure shows these: a P-STN's next call draws anew).
+    The generators are forked: the figure's reliability diagram then draws what the run's
+    evaluation drew, as without ``--errors``."""
+    import torch
+
     from torchstn.engine import predict
     from torchstn.engine.metrics import misclassified
 
-    logits, labels = predict(model, dataset, batch_size=config.eval_batch_size, device=device, **config.call_options())
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        logits, labels = predict(model, dataset, batch_size=config.eval_batch_size, device=device,
+                                 **config.call_options())
     predictions = logits.argmax(1)
     wrong = misclassified(logits, labels).nonzero().flatten()
     wrong = wrong[wrong >= start][:num]

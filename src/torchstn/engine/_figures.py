@@ -92,13 +92,13 @@ def sampled_params(st: ProbabilisticSpatialTransformer, x: torch.Tensor, samples
 
 
 def _probabilities(
-    model: nn.Module, dataset: Any, n: int, device: str | torch.device, options: dict[str, Any]
+    model: nn.Module, dataset: Any, n: int, device: str | torch.device, options: dict[str, Any], batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities ``(n, K)`` and labels of the first ``n`` items (a P-STN model's
     log-probabilities and a classifier's logits both go through ``softmax``), the model
     called as ``options`` say (:meth:`TrainConfig.call_options`), as :func:`predict` calls it."""
     with as_evaluated([model], torch.device(device)):  # (a figure drawn mid-training leaves the run's draws)
-        logits, labels = predict(model, dataset, batch_size=500, device=device, limit=n, **options)
+        logits, labels = predict(model, dataset, batch_size=batch_size, device=device, limit=n, **options)
     return logits.softmax(1).cpu(), labels.cpu()
 
 
@@ -177,6 +177,7 @@ def plot_run(
     label_smoothing: float = 0.0,
     precision: str = "fp32",
     channels_last: bool = False,
+    eval_batch_size: int = 512,
 ) -> Path:
     """Write a PNG: inputs with the predicted warp drawn on them, the transformers' outputs, and curves.
 
@@ -220,6 +221,11 @@ def plot_run(
         precision, channels_last: call the model as the run's ``TrainConfig`` fields of
             those names say (``**config.call_options()`` passes these and
             ``ground_truth_init``), as its evaluation did.
+        eval_batch_size: the batches of the reliability diagram, the run's
+            ``TrainConfig.eval_batch_size``: a sampling model's (P-STN's) θ depend on them. Its
+            draws come first, before the examples': inside :func:`~torchstn.engine.evaluation_draws` of the
+            run's checkpoint, on the run's test images, the diagram is its recorded evaluation
+            (a P-STN's panel read ECE 0.067 where the title's record said 0.066).
 
     Returns:
         the path written.
@@ -233,12 +239,14 @@ def plot_run(
         examples = range(start, start + max(1, min(num, len(dataset) - start)))
     num = len(examples)
     options = {"ground_truth_init": ground_truth_init, "precision": precision, "channels_last": channels_last}
+    # (first: the generators as the caller handed them over; _probabilities forks them, the examples draw the same)
+    probs, labels = _probabilities(model, dataset, min(calibration_images, len(dataset)), device, options,
+                                   eval_batch_size)
     shown = _run_examples(model, dataset, torch.as_tensor(examples), device, warp_samples, options)
     if predicted is not None:
         if len(predicted) != num:
             raise ValueError(f"predicted gives {len(predicted)} labels for the {num} examples shown")
         shown = replace(shown, pred=torch.as_tensor(predicted, dtype=torch.int64))
-    probs, labels = _probabilities(model, dataset, min(calibration_images, len(dataset)), device, options)
     image_rows = 1 + len(shown.samples) + len(shown.transformers)
     curve_panels = (3 if shown.transformers and history else 2 if history else 0) + 1  # + the reliability diagram
     width = max(1.45 * num, 3.4 * curve_panels)
