@@ -22,6 +22,10 @@ pass is the backward entry point alone (both gradients, ``--grads x`` or ``theta
     python benchmarks/ab_kernel.py --base /tmp/base/src --bare --noise 0.05 --cases 224
     python benchmarks/ab_kernel.py --base /tmp/base/src --bare --forward-only   # no backward
     python benchmarks/ab_kernel.py --base /tmp/base/src --bare --close           # rounds differently
+    python benchmarks/ab_kernel.py --base /tmp/base/src --bare --probe           # what a part costs
+
+``--probe`` compares nothing: for a change that breaks the values on purpose (a part of the
+kernel left out, or replaced by something cheaper) to see what that part costs.
 """
 
 import argparse
@@ -56,7 +60,7 @@ def use(entries: dict) -> None:
 
 def bare_call(x: torch.Tensor, theta: torch.Tensor, transform: stn.Transform, libraries: dict,
               backward: bool = False, grads: str = "both", grid: bool = False, mode: str = "bilinear",
-              size: tuple[int, int] | None = None, close: bool = False):
+              size: tuple[int, int] | None = None, close: bool = False, probe: bool = False):
     """A call of the forward (or backward) entry point that ``_fused._ENTRY`` holds now
     (swapped by ``use``), on ``x`` warped by ``theta`` to ``size`` (default: its own; ``mode``, zeros
     padding), into outputs allocated once; the backward for a fixed random output gradient,
@@ -64,7 +68,7 @@ def bare_call(x: torch.Tensor, theta: torch.Tensor, transform: stn.Transform, li
     the points are given as ``transform``'s grid (the sampling of a grid, ``torchstn.sample``).
     Raises unless every library in ``libraries`` gives the same bits (with ``close``, the same
     to 1e-4 relative to the largest value, NaN where the first gives NaN: for a change that
-    rounds differently; the largest difference is printed)."""
+    rounds differently; the largest difference is printed; with ``probe``, compares nothing)."""
     projective = transform.num_params == 8
     size = tuple(x.shape[-2:]) if size is None else tuple(size)
     if grid:
@@ -94,6 +98,8 @@ def bare_call(x: torch.Tensor, theta: torch.Tensor, transform: stn.Transform, li
         use(entries)
         call()
         results.append([t.clone() for t in (out, grad_x, grad_matrix) if t is not None])
+    if probe:
+        return call
     if close:
         worst = max(((a - b).abs().nan_to_num().max() / b.abs().nan_to_num().max().clamp_min(1)).item()
                     for r in results[1:] for a, b in zip(r, results[0]))
@@ -128,6 +134,8 @@ def main() -> None:
     parser.add_argument("--close", action="store_true",
                         help="--bare: both versions' results the same to 1e-4 of the largest value, not the same bits "
                              "(a change that rounds differently)")
+    parser.add_argument("--probe", action="store_true",
+                        help="--bare: compare nothing (a probe that breaks the values to time a part of the kernel)")
     parser.add_argument("--mode", choices=("bilinear", "nearest"), default="bilinear",
                         help="--bare: the forward's interpolation (the backward's stays bilinear)")
     parser.add_argument("--shapes", nargs="+", metavar="BxCxHxW[cl][->HoxWo]",
@@ -166,10 +174,10 @@ def main() -> None:
 
             if args.bare:
                 forward = bare_call(x, theta, transform, libraries, grid=args.grid, mode=args.mode, size=size,
-                                    close=args.close)
+                                    close=args.close, probe=args.probe)
                 if not args.forward_only:
                     forward_backward = bare_call(x, theta, transform, libraries, backward=True, grads=args.grads,
-                                                 grid=args.grid, size=size, close=args.close)
+                                                 grid=args.grid, size=size, close=args.close, probe=args.probe)
             second = f"backward ({args.grads})" if args.bare else "forward+backward"
             passes = [("forward", forward)] + ([] if args.forward_only else [(second, forward_backward)])
             for name, run in passes:
