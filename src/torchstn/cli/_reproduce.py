@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("experiment", metavar="EXPERIMENT", help=f"one of: {', '.join(list_experiments())}")
     p.add_argument("--budget", choices=BUDGETS, default="standard",
-                   help="quick: smoke test in minutes; standard: 3-11 CPU minutes per ST-CNN cell at one thread; "
+                   help="quick: smoke test in minutes; standard: 3-7 CPU minutes per ST-CNN cell at one thread; "
                    "long: 10x standard (15x for stn-addition; stn-table1, stn-cluttered, stn-addition and "
                    "icstn-perturbed have it); paper: the paper's iterations")
     p.add_argument("--seeds", type=int, metavar="N",

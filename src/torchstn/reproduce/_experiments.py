@@ -7,7 +7,7 @@ budget (:data:`BUDGETS`):
 
 * ``quick``: a few dozen iterations on a few hundred images; a smoke test of the
   machinery (CI), not of the numbers;
-* ``standard``: 3-11 CPU minutes per ST-CNN cell at one thread (README); far fewer
+* ``standard``: 3-7 CPU minutes per ST-CNN cell at one thread (README); far fewer
   iterations than the paper's, with a recipe measured to learn faster where the
   experiment says so (``stn-table1``: Adam, warm-up and cosine decay; see each
   experiment's ``notes``);
@@ -669,7 +669,7 @@ STN_ADDITION = Experiment(
         "--channels-last --loc-lr-mult 0.1 --threads 1`, resumed twice): 4.81% test error (training "
         "error 5.07%), ahead of the 2xST-FCN at every point of the schedule (5.56% at epoch 210 against the "
         "2xST-FCN's 7.07% at 200, 4.81% against 6.03% at 300). At equal budgets our CNN stays ahead of the "
-        "2xST-FCN; the paper's order (2xST-FCN 5.8% below CNN 14.7%) rests on a CNN 9 points worse than "
+        "2xST-FCN; the paper's order (2xST-FCN 5.8% below CNN 14.7%) rests on a CNN 9.9 points worse than "
         "ours, while our 2xST-FCN comes within 0.23 points of the paper's.",
         "The 2xST-CNN (ours) at `long` (the row's recipe, 100 epochs, resumed once, 134 min of training "
         "with one to three other processes on the machine): 5.27% test error (training error 5.35%), below "
