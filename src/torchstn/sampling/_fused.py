@@ -50,8 +50,14 @@ the batch (each sample's input gradient and θ gradient belong to one thread).
 Layouts: the input is read with its own strides (NCHW, channels_last or a view, no copy);
 the output is channels_last when the input is. A channels_last float32 input of 2 to 4
 channels (an RGB image from NumPy or OpenCV) has a path of its own, forward and backward:
-a pixel's channels read, written and accumulated together, with the values and gradients
-of the same image in NCHW bit for bit.
+a pixel's channels read, written and accumulated together, with the values of the same
+image in NCHW bit for bit and its gradients to float32 rounding. They are the same bits
+too where the NCHW image's :math:`\partial L/\partial x` is scattered as this path's is
+(not where it is gathered) and its output gradient has the same layout: the sums of
+:math:`\partial L/\partial θ` follow the output gradient's strides (2xCx9x11 for C = 2 to
+4, zeros padding: up to 1.3e-6 apart in :math:`\partial L/\partial x` for three or four
+channels, up to 1.9e-6 in :math:`\partial L/\partial θ` with the output gradient in the other
+layout).
 Non-finite locations (NaN, ±Inf) give NaN outputs and NaN location gradients.
 """
 
