@@ -331,3 +331,13 @@ def test_shipped_variable_length_set_shares_one_length():
     assert a.x.shape[2] == b.x.shape[2] == int(max(a.lengths.max(), b.lengths.max()))
     assert int(a.lengths.min()) < a.x.shape[2] and not torch.isnan(a.x).any()
     assert a.num_classes == 10
+
+
+def test_numeric_labels_keep_whole_numbers_as_ints_and_others_as_floats(tmp_path):
+    """What ``UCRSplit.classes``' docstring says: the type is the label's own where every label is
+    a number (it read as one type for the whole set); a set with a word among them keeps strings."""
+    for name, rows, classes in (("N", "1.0\t1\t2\n2.5\t3\t2\n1\t0\t1\n", (1, 2.5)), ("W", "a\t1\t2\n2\t3\t2\n", ("2", "a"))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}_TRAIN.tsv").write_text(rows)
+        data = load_ucr(name, root=tmp_path)
+        assert data.classes == classes and [type(c) for c in data.classes] == [type(c) for c in classes]

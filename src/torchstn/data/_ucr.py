@@ -67,8 +67,9 @@ class UCRSplit(tuple):
         x: ``(N, D, L)`` float32 series (``D = 1`` for the univariate archive).
         y: ``(N,)`` int64 labels in ``0..C-1``.
         classes: the original label of each class index: ``classes[y[i]]`` is the label
-            written in the file (an ``int`` where every label is an integer, a ``float``
-            where they are numbers, else the ``str``).
+            written in the file. Where every label is a number, each is an ``int`` if it is
+            a whole number and a ``float`` otherwise (labels ``1`` and ``2.5`` give
+            ``(1, 2.5)``); else every label is the ``str``.
         lengths: ``(N,)`` int64 length of each series before padding (``L`` for all of an
             equal-length set).
         name, split: as requested.
