@@ -2588,8 +2588,10 @@ void zero_sample(T* p, const Strides& s, int64_t C, int64_t H, int64_t W) {
 // 64x1x64x64, 1.75x at 8x2x64x64. Where the scatter stays (backward_impl's `gather`): one
 // or two channels when θ's gradient is wanted too (the passes have located the points
 // already: 0.93x at 32x1x224x224, 0.90x at 8x2x64x64), rows under 64 pixels of one channel
-// (256x1x28x28: level), images shrunk to less than half their pixels (60x60 -> 30x30: the
-// gather's work grows with the input's pixels), channels side by side, other paddings,
+// (256x1x28x28: level), images shrunk to less than half their pixels (the gather's work
+// grows with the input's pixels, the scatter's with the output's points: gathered anyway,
+// 256x1x60x60 -> 30x30 ran 0.49x with both gradients and 0.58x with x's alone, 64x1x64x64 ->
+// 32x32 0.49x, 32x3x224x224 -> 112x112 0.81x; 2026-12-06), channels side by side, other paddings,
 // homographies and grids.
 struct Gathered {
   double a00d, a01d, c0d, a10d, a11d, c1d;  // pixel coordinates of output point (j, i): a00 j + a01 i + c0, ...
