@@ -7,6 +7,7 @@ the input's dtype, so the result matches eager float32 to the rounding of θ.
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import torchstn as stn
 from tests._helpers import perturb
@@ -84,7 +85,8 @@ def test_grids_and_points_made_under_autocast_keep_the_parameters_dtype(transfor
     """A grid made under autocast was bfloat16 (up to 0.8 px off at 224 px for Affine), and the
     README's grid-then-sample snippet then failed with a dtype error: grids and points are
     computed in the parameters' dtype, as outside autocast, and sample takes a grid of another
-    dtype there (as F.grid_sample does), sampling in float32."""
+    dtype there (as F.grid_sample does), sampling in float32; the output is then float32, as
+    F.grid_sample's (it was x's bfloat16)."""
     noise = torch.randn(2, transform.num_params, generator=torch.Generator().manual_seed(0))
     theta = transform.identity(2) + 0.02 * noise
     points = torch.rand(2, 7, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -96,8 +98,9 @@ def test_grids_and_points_made_under_autocast_keep_the_parameters_dtype(transfor
         assert torch.equal(transform.transform_points(theta, points), expected_points)
         torch.testing.assert_close(stn.sample(x, grid.bfloat16()), stn.sample(x, grid.bfloat16().float()))
         low = stn.sample(x.bfloat16(), grid)
-        assert low.dtype == torch.bfloat16
-        torch.testing.assert_close(low, stn.sample(x.bfloat16().float(), grid).bfloat16())
+        assert low.dtype == F.grid_sample(x.bfloat16(), grid, align_corners=False).dtype == torch.float32
+        torch.testing.assert_close(low, stn.sample(x.bfloat16().float(), grid))
+        assert stn.sample(x.bfloat16(), grid.double()).dtype == torch.float64
     with pytest.raises(TypeError, match="grid must have the dtype of x"):  # outside autocast: refused as before
         stn.sample(x, grid.double())
 

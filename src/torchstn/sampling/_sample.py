@@ -275,7 +275,8 @@ def sample(
         ``torch.autocast``, as ``F.grid_sample`` returns it there); under ``torch.autocast``
         the grid may have another dtype than ``x`` (a float32 grid for a bfloat16 input,
         as ``F.grid_sample`` takes it there): both are then sampled in float32 (float64
-        where either is), the output in the dtype of ``x``.
+        where either is), the output in that dtype (float32 with a bfloat16 ``x``, as
+        ``F.grid_sample`` gives it).
 
     Example:
         >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
@@ -345,14 +346,17 @@ def _run_kernel(
     level (:func:`~torchstn._tracing.forward_ad_active`), the one kernel with a forward
     derivative; every argument is valid. A grid whose dtype is not the input's (allowed under
     autocast only, as ``F.grid_sample`` takes it there), and float16/bfloat16 on the CPU, are
-    sampled in float32 (float64 where either is), the output returned in the input's dtype (as
-    :func:`warp` returns it)."""
+    sampled in float32 (float64 where either is): the output in that dtype under autocast (as
+    ``F.grid_sample`` returns it there, its inputs cast to float32), else in the input's dtype
+    (as :func:`warp` returns it)."""
     if grid.dtype is not x.dtype or (x.dtype in HALF_DTYPES and x.is_cpu and not autocast_enabled("cpu")):
         # (torch 2.13's CPU grid_sample in float16/bfloat16 reads wrong pixels once a plane holds more
         # than about 32,768 of them: NaN or garbage at 256x256, and its backward corrupted memory;
         # under autocast it runs in float32, its output float32, as torch's own call returns it)
         dtype = torch.float64 if torch.float64 in (x.dtype, grid.dtype) else torch.float32  # (no export node)
-        return _run_kernel(x.to(dtype), grid.to(dtype), mode, padding, align_corners, backend).to(x.dtype)
+        out = _run_kernel(x.to(dtype), grid.to(dtype), mode, padding, align_corners, backend)
+        # (dtypes differ under autocast only: a bfloat16 x with a float32 grid gave bfloat16 there)
+        return out if autocast_enabled(device_type_of(x)) else out.to(x.dtype)
     if x.dim() == 3:  # a signal is an image of height 1 read on its centre row (by that image's kernel)
         # y = 0 * x rather than zeros: a NaN x keeps its NaN gradient through either component (and
         # autocast off: its cat of a float16 grid under bfloat16 autocast failed inside torch);
