@@ -472,3 +472,19 @@ def test_your_own_model_trains_evaluates_visualizes_and_exports_with_import(cli,
         assert "--import missing.py: no such file" in cli("eval", out, "--import", "missing.py").error_line()
     finally:
         forget()
+
+
+def test_a_diverged_run_is_said_so_and_its_json_stays_json(cli, tiny, tmp_path):
+    """--lr 1e30 trained to NaN with "done" and no warning, and eval --json printed NaN, which strict
+    JSON readers (jq, JavaScript) refuse: now a warning per epoch, and null for a value not finite."""
+    out = tmp_path / "nan"
+    run = cli("train", "--model", "cnn", "--epochs", 1, "--lr", 1e30, "--out", out, *tiny)
+    assert run.status == 0 and "warning: the training loss is nan" in run.err and "diverged" in run.err
+    shown = cli("eval", out, "--data-dir", tiny[tiny.index("--data-dir") + 1], "--limit", 64, "--json")
+    assert shown.status == 0, shown.err
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    metrics = json.loads(shown.out, parse_constant=refuse)
+    assert metrics["loss"] is None and metrics["error"] > 0.5

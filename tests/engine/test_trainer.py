@@ -447,3 +447,33 @@ def test_a_config_keeps_numbers_of_other_types_as_pythons_own(tmp_path):
     assert (config.lr, config.epochs, config.momentum) == (0.5, 3, 0.5)
     config.save(tmp_path / "config.json")
     assert TrainConfig.load(tmp_path / "config.json") == config
+
+
+def test_a_training_whose_loss_is_no_longer_finite_says_so(tmp_path, shapes, capsys):
+    """A learning rate of 1e30 trained to a NaN loss and ended with "done" and no word of it
+    (the θ diagnostics speak of the transformer alone): each such epoch now warns."""
+    result = train(_config(model="cnn", epochs=1, lr=1e30), tmp_path / "r", train_set=shapes[0], test_set=shapes[1],
+                   progress=False)
+    assert not math.isfinite(result.final["train_loss"])
+    assert "warning: the training loss is nan" in capsys.readouterr().err
+    assert any("diverged" in w for w in result.final["warnings"])
+    healthy = train(_config(model="cnn", epochs=1), tmp_path / "h", train_set=shapes[0], test_set=shapes[1],
+                    progress=False)
+    assert not any("diverged" in w for w in healthy.final["warnings"])
+
+
+def test_the_done_line_of_a_resumed_run_counts_every_session(tmp_path, shapes, capsys):
+    """elapsed restarts at each session: the done line of a resumed run gave the last session's
+    time (1.7 s for a run of 15 s), and an already finished run's "nothing to do" the same."""
+    config = _config(epochs=2)
+    train(config, tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False, stop_after=1)
+    history = tmp_path / "r" / "metrics.jsonl"  # (a first session of 100 s: told apart from the second's)
+    history.write_text(json.dumps({**json.loads(history.read_text()), "elapsed": 100.0}) + "\n")
+    capsys.readouterr()
+    resumed = train(config, tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False, resume=True)
+    first, second = (h["elapsed"] for h in resumed.history)
+    assert first == 100.0 and resumed.history[1]["session"] == 1 and second < 50
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done:")]
+    assert len(done) == 1 and f"in {first + second:.1f} s:" in done[0]
+    train(config, tmp_path / "r", train_set=shapes[0], test_set=shapes[1], progress=False, resume=True)
+    assert f"in {first + second:.1f} s:" in capsys.readouterr().out  # (nothing to do: the same run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 from torchstn.cli._common import (
     add_checkpoint_args,
@@ -41,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help="evaluation batch size (default: the run's; a P-STN's draws depend on it)")
-    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object (null where a value is not finite)")
     p.set_defaults(func=run)
 
 
@@ -56,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
         metrics = evaluate(model, dataset, batch_size=batch_size, device=device, **config.call_options())
     metrics = {"checkpoint": str(info["path"]), "epoch": info["epoch"], "model": config.model,
                "data": config.data, "split": args.split, **metrics}
-    if args.json:
-        print(json.dumps(metrics))
+    if args.json:  # strict JSON: a value that is not finite (a diverged run's loss) is null, not NaN
+        print(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()},
+                         allow_nan=False))
         return 0
     n = metrics["n"]
     line = (f"{config.model} ({info['path']}, epoch {info['epoch']}) on {config.data} {args.split}: "

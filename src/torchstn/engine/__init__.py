@@ -24,6 +24,7 @@ from torchstn.engine._figures import plot_run
 from torchstn.engine._rundir import RESUMABLE_CHANGES, RunDir, load_model, resolve_checkpoint
 from torchstn.engine._trainer import (
     TrainResult, build_optimizer, data_loss, identity_penalty, resolve_device, resume_config, train,
+    wall_seconds,
 )
 
 __all__ = [
@@ -58,4 +59,5 @@ __all__ = [
     "save_checkpoint",
     "theta_diagnostics",
     "train",
+    "wall_seconds",
 ]

@@ -23,7 +23,7 @@ import sys
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -742,7 +742,7 @@ def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple
         if transformers and len(x):  # (with the predicted classes: does the warp encode them?)
             diagnostics = theta_diagnostics(transformers, x, classes=predicted_classes(model, x, **inputs), **inputs)
         record["theta"] = diagnostics
-        record["warnings"] = collapse_warnings(diagnostics)
+        record["warnings"] = _divergence_warnings(record) + collapse_warnings(diagnostics)
         _print(_epoch_line(record, session.epochs), main=True)
         for warning in record["warnings"]:
             _print(f"warning: {warning}", main=True, file=sys.stderr)
@@ -764,15 +764,53 @@ def _publish(session: _Session, record: dict[str, Any], diagnostics_batch: tuple
                          training_state=state, best=improved, data_law=session.data_law)
 
 
+def _divergence_warnings(record: dict[str, Any]) -> list[str]:
+    """A warning where the epoch's training or test loss is not finite: the training diverged, and
+    every later number is NaN (a learning rate of 1e30 trained to NaN and ended with "done" and
+    no word of it, the θ diagnostics being about the transformer alone).
+
+    Example:
+        >>> _divergence_warnings({"train_loss": float("nan"), "test_loss": 0.5})
+        ['the training loss is nan: the training diverged (try a smaller lr, or grad_clip)']
+        >>> _divergence_warnings({"train_loss": 0.3, "test_loss": 0.5})
+        []
+    """
+    bad = [f"the {name} loss is {record[key]}" for key, name in (("train_loss", "training"), ("test_loss", "test"))
+           if key in record and not math.isfinite(record[key])]
+    return [f"{' and '.join(bad)}: the training diverged (try a smaller lr, or grad_clip)"] if bad else []
+
+
+def wall_seconds(history: Sequence[dict[str, Any]]) -> float:
+    """A run's training wall time (evaluation included) summed over its epochs, across resumed sessions.
+
+    ``elapsed`` restarts at each session of the engine, whose records say where it started
+    (``session``): the last ``elapsed`` of each session, summed. In records written before
+    that field an epoch whose ``elapsed`` is not above the previous one starts a new session
+    (which missed a resumed session whose first epoch outlasted the whole killed one).
+
+    Example:
+        >>> wall_seconds([{"elapsed": 2.0, "session": 0}, {"elapsed": 5.0, "session": 1}])  # resumed at epoch 1
+        7.0
+    """
+    total, previous, previous_session = 0.0, None, None
+    for record in history:
+        elapsed = float(record.get("elapsed", record.get("seconds", 0.0)))
+        session = record.get("session")
+        new = previous is None or (session != previous_session if session is not None else elapsed <= previous)
+        total += elapsed if new else elapsed - previous
+        previous, previous_session = elapsed, session
+    return total
+
+
 def _summary(session: _Session) -> None:
     if not (session.ddp.main and session.history):
         return
     config, final = session.config, session.history[-1]
     best = min(h["test_error"] for h in session.history)
-    _print(
+    _print(  # (the time of every session of a resumed run: elapsed restarts at each)
         f"done: {config.model} on {config.data}, {final['epoch']} epoch{'s' * (final['epoch'] != 1)} / "
         f"{final['step']} step{'s' * (final['step'] != 1)} in "
-        f"{final['elapsed']:.1f} s: test error {final['test_error']:.2%} (best {best:.2%}), "
+        f"{wall_seconds(session.history):.1f} s: test error {final['test_error']:.2%} (best {best:.2%}), "
         f"test loss {final['test_loss']:.4f}" + _calibration_text(final)
         + (f"; run in {session.run_dir.path}" if session.run_dir is not None else ""),
         main=True,

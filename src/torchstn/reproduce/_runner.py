@@ -32,7 +32,7 @@ from typing import Any
 
 from torchstn._locks import LockBusy, PidLock, exclusive
 from torchstn._validation import check_int, check_names, parse_json
-from torchstn.engine import RunDir, atomic_write, law_label
+from torchstn.engine import RunDir, atomic_write, law_label, wall_seconds
 from torchstn.reproduce._experiments import BUDGETS, Column, Experiment, Row
 
 __all__ = [
@@ -361,24 +361,6 @@ class CellLock(PidLock):
         super().__init__(run_dir.lock_path, busy=CellBusy)
 
 
-def _wall_seconds(history: Sequence[dict[str, Any]]) -> float:
-    """Training wall time (evaluation included) summed over epochs, across resumed sessions.
-
-    ``elapsed`` restarts at each session of the engine, whose records say where it started
-    (``session``): the last ``elapsed`` of each session, summed. In records written before
-    that field an epoch whose ``elapsed`` is not above the previous one starts a new session
-    (which missed a resumed session whose first epoch outlasted the whole killed one).
-    """
-    total, previous, previous_session = 0.0, None, None
-    for record in history:
-        elapsed = float(record.get("elapsed", record.get("seconds", 0.0)))
-        session = record.get("session")
-        new = previous is None or (session != previous_session if session is not None else elapsed <= previous)
-        total += elapsed if new else elapsed - previous
-        previous, previous_session = elapsed, session
-    return total
-
-
 def _set_aside_another_law(cell: Cell, run_dir: RunDir, log: Callable[[str], None]) -> None:
     """Move the cell's run directory aside (``<name>.law-<n>``) where its checkpoint records a law other
     than the one this torchstn draws for the cell (a recipe changed since): the cell starts again beside
@@ -455,7 +437,7 @@ def _record(cell: Cell, run_dir: RunDir, history: list[dict[str, Any]]) -> dict[
         "train_error": 100.0 * float(final["train_error"]),
         "steps": int(final["step"]),
         "epochs": int(final["epoch"]),
-        "wall_seconds": round(_wall_seconds(history), 1),
+        "wall_seconds": round(wall_seconds(history), 1),
         "images_per_s": round(sum(float(h["images_per_s"]) for h in history) / len(history), 1),
         "theta": final.get("theta", []),
         "warnings": final.get("warnings", []),
