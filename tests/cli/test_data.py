@@ -75,7 +75,9 @@ def test_cli_errors_are_one_line(cli, mnist_dir, tmp_path):
                ).error_line()
     assert "unknown option" in line
     line = cli("data", "preview", "r", "--data-dir", mnist_dir, "-n", 100000, "--out", tmp_path / "x.png").error_line()
-    assert "-n must be at most 256" in line  # (once drew for minutes)
+    assert "-n must be 1 to 256" in line  # (once drew for minutes)
+    line = cli("data", "preview", "r", "--data-dir", mnist_dir, "-n", 0, "--out", tmp_path / "x.png").error_line()
+    assert line.endswith("-n must be 1 to 256 (one figure of samples), got 0")  # (the same flag's other end was "n must be >= 1")
     line = cli("data", "preview", "r", "--data-dir", mnist_dir, "--columns", -1, "--out", tmp_path / "x.png").error_line()
     assert "columns must be >= 1, got -1" in line  # (once matplotlib's "figure size must be positive")
     line = cli("data", "preview", "r", "--data-dir", mnist_dir, "-n", 2, "--out", tmp_path).error_line()

@@ -110,6 +110,17 @@ def test_python_m_and_the_console_script_run_main():
         assert proc.returncode == 0 and proc.stdout.strip() == f"torchstn {__version__}", proc.stderr
 
 
+def test_a_reader_that_leaves_ends_the_command_quietly():
+    """``torchstn export RUN | head -1`` ended with "torchstn: error: [Errno 32] Broken pipe": a closed
+    stdout ends the command with status 1 and nothing on stderr, as other commands end."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torchstn", "data", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # (before the command prints: it imports torch first)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1 and err == ""
+
+
 @pytest.mark.parametrize("command", [["train"], ["reproduce", "stn-table1"], ["eval", "run"]], ids=" ".join)
 def test_a_misspelt_option_is_reported_with_its_commands_usage(cli, command):
     run = cli(*command, "--stepz", 5)

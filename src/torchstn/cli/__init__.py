@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -70,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("torchstn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout's reader left (`torchstn export RUN | head -1`): ended quietly, as other commands
+        # end, not with "error: [Errno 32] Broken pipe"; stdout pointed at devnull so that the flush at
+        # exit fails no more (Python's advice, in the signal module's notes on SIGPIPE)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

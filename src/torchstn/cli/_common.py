@@ -389,7 +389,7 @@ def user_errors(*also: type[Exception], extra: str = "cli") -> Iterator[None]:
     """
     try:
         yield
-    except CLIError:
+    except (CLIError, BrokenPipeError):  # (the reader of stdout left: main's, not the user's, to end quietly)
         raise
     except ImportError as err:
         message = first_line(err)  # (the library's own messages may name the extra already)

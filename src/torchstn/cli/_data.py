@@ -47,8 +47,8 @@ def _run_list(args: argparse.Namespace) -> int:
 def _run_preview(args: argparse.Namespace) -> int:
     from torchstn.data import preview
 
-    if args.n > MAX_PREVIEW:  # one figure: 100,000 samples drew for minutes
-        raise CLIError(f"-n must be at most {MAX_PREVIEW} (one figure of samples), got {args.n}")
+    if not 1 <= args.n <= MAX_PREVIEW:  # one figure: 100,000 samples drew for minutes
+        raise CLIError(f"-n must be 1 to {MAX_PREVIEW} (one figure of samples), got {args.n}")
 
     with user_errors(TypeError):  # a misspelt --option reaches the recipe's signature
         path = preview(
