@@ -476,7 +476,8 @@ def test_your_own_model_trains_evaluates_visualizes_and_exports_with_import(cli,
 
 def test_a_diverged_run_is_said_so_and_its_json_stays_json(cli, tiny, tmp_path):
     """--lr 1e30 trained to NaN with "done" and no warning, and eval --json printed NaN, which strict
-    JSON readers (jq, JavaScript) refuse: now a warning per epoch, and null for a value not finite."""
+    JSON readers (jq, JavaScript) refuse: now a warning per epoch, null for a value not finite, and
+    an export refused for its weights."""
     out = tmp_path / "nan"
     run = cli("train", "--model", "cnn", "--epochs", 1, "--lr", 1e30, "--out", out, *tiny)
     assert run.status == 0 and "warning: the training loss is nan" in run.err and "diverged" in run.err
@@ -488,3 +489,7 @@ def test_a_diverged_run_is_said_so_and_its_json_stays_json(cli, tiny, tmp_path):
 
     metrics = json.loads(shown.out, parse_constant=refuse)
     assert metrics["loss"] is None and metrics["error"] > 0.5
+    # its export: refused before anything is written (it wrote the file, then "differs from eager by nan")
+    exported = cli("export", out, "--out", tmp_path / "nan.pt")
+    assert "weights that are not finite" in exported.error_line() and "diverged" in exported.error_line()
+    assert not (tmp_path / "nan.pt").exists()

@@ -101,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--opset must be in [7, {_newest_opset()}] (the opsets of the installed onnx), "
                        f"got {args.opset}")
     model, config, info = load_model(args.checkpoint, which=args.which)
+    # (a diverged run's weights: its export was written, then its check said "differs from eager by nan",
+    # which read as the exporter's fault)
+    broken = [name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    if broken:
+        raise CLIError(f"{info['path']} holds weights that are not finite ({len(broken)} tensors, e.g. {broken[0]}): "
+                       "the run diverged, so there is nothing to export")
     shape = input_shape_of(model, config)
     if shape is None:
         raise CLIError(f"model {config.model!r} does not say its input shape (no input_shape attribute, and the "
