@@ -101,6 +101,17 @@ def test_missing_archive_names_the_files_the_folder_and_the_url(tmp_path):
         assert part in message
 
 
+def test_a_missing_archive_given_as_root_is_named_as_the_file_to_download(tmp_path):
+    """root= the .tar.gz itself, not there yet: the message said to put the archive into a folder
+    named after the archive, and listed <archive>/cifar10 among the folders it looked in."""
+    missing = tmp_path / "cifar-10-python.tar.gz"
+    with pytest.raises(FileNotFoundError) as err:
+        load_cifar10(missing, "test")
+    message = str(err.value)
+    assert f"{missing} does not exist; download {CIFAR10_URL} to that path" in message
+    assert f"{missing}/" not in message and f"into {missing}" not in message
+
+
 def test_a_folder_missing_some_batches_says_which(archive):
     root, _ = archive
     (root / "extracted" / "cifar-10-batches-py" / "data_batch_4").unlink()

@@ -131,6 +131,14 @@ def _batches(root: str | os.PathLike | None, split: str) -> list[tuple[bytes, st
             warn_if_not_in_root(root, d, "cifar10", "CIFAR-10", read=d / _ARCHIVE)
             return _from_archive(d / _ARCHIVE, split)
     files = ", ".join(_BATCHES[split])
+    archive = Path(root).expanduser() if root is not None and str(root).endswith(".tar.gz") else None
+    if archive is not None:  # root names the archive, which is not there: no folder is looked in below it
+        dirs = [d for d in dirs if d != archive and archive not in d.parents]
+        raise FileNotFoundError(
+            f"CIFAR-10 not found: {archive} does not exist; download {CIFAR10_URL} to that path (or point "
+            f"root= / --data-dir / TORCHSTN_DATA at a folder holding {_ARCHIVE} or the {_FOLDER}/ folder it "
+            f"extracts to). Looked in: {', '.join(str(d) for d in [archive, *dirs])}"
+        )
     raise FileNotFoundError(
         f"CIFAR-10 not found: download {CIFAR10_URL} and put {_ARCHIVE} (or the {_FOLDER}/ folder it "
         f"extracts to, holding {files}) into {dirs[0]} (or point root= / --data-dir / TORCHSTN_DATA at "
