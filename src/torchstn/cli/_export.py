@@ -160,8 +160,8 @@ def _export(fmt: str, model: nn.Module, name: str, example: torch.Tensor, out: P
 
     dynamic = not args.fixed_batch
     # (onnxscript logs the traceback of a failed conversion before it raises: the error below says it in one line)
-    with user_errors(extra="export"), _silenced("onnxscript"):  # onnx, onnxscript: the export extra
-        try:
+    with user_errors(extra="export"), _silenced("onnxscript"), _noticing_interrupts() as interrupted:
+        try:  # (onnx, onnxscript: the export extra)
             if fmt == "onnx":
                 export_onnx(model, example, out, dynamic_batch=dynamic, opset=args.opset, dynamo=not args.legacy_onnx)
             else:
@@ -169,6 +169,9 @@ def _export(fmt: str, model: nn.Module, name: str, example: torch.Tensor, out: P
         except (ImportError, OSError, ValueError):  # (the extra missing, the file, our own checks: said as they are)
             raise
         except Exception as err:  # the exporter cannot express the model (an op, a 3-D GridSample, ...): one line
+            if interrupted:  # (Ctrl-C inside torch's imports was swallowed there, and a half-imported module then
+                # failed: "cannot be exported with onnx: module 'torch._dynamo' has no attribute 'exc'")
+                raise KeyboardInterrupt from None
             how = "the legacy ONNX exporter" if fmt == "onnx" and args.legacy_onnx else fmt
             raise CLIError(f"{name} cannot be exported with {how}: {_reason(err)} "
                            f"(torchstn.export in Python shows the exporter's traceback)") from None
@@ -181,6 +184,34 @@ def _reason(err: BaseException) -> str:
     while err.__cause__ is not None:
         err = err.__cause__
     return re.sub(r"\x1b\[[0-9;]*m", "", first_line(err))
+
+
+@contextlib.contextmanager
+def _noticing_interrupts() -> Iterator[list[int]]:
+    """A list that holds the signal number once SIGINT arrived inside (the handler before it still
+    runs: KeyboardInterrupt, as always), so that an interrupt a library swallowed is still known.
+    Where signals cannot be handled (not the main thread), an empty list that stays so."""
+    import signal
+    import threading
+
+    noticed: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noticed
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def notice(signum: int, frame: Any) -> None:
+        noticed.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, notice)
+    try:
+        yield noticed
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
