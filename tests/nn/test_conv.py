@@ -192,6 +192,10 @@ def test_torch_fx_traces_the_convolutions_as_it_traces_torch_s():
         torch.testing.assert_close(traced(x), net(x), atol=0, rtol=0)
         x = x.requires_grad_()
         torch.testing.assert_close(torch.autograd.grad(traced(x).sum(), x)[0], torch.autograd.grad(net(x).sum(), x)[0])
+    # a spatial transformer checks its input's shape, which a Proxy does not have: refused, as the README says
+    st = stn.SpatialTransformer("affine", stn.conv_localization(1, (28, 28)), output_size=(14, 14))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got torch.fx.proxy.Proxy"):
+        torch.fx.symbolic_trace(st)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
