@@ -266,8 +266,9 @@ STN_TABLE1 = Experiment(
         "seeds) where the same recipe on antialiased RTS erred on 0.57 ± 0.07% (three seeds, `python "
         "benchmarks/p_law.py --dataset rts --model st-cnn-aff --supersample 4 --seed S`), and on 2.50 ± "
         "0.06% of P (two seeds) against 1.91% antialiased (seed 0, `python benchmarks/p_law.py --model "
-        "st-cnn-aff --sigma 5 --supersample 4`); the CNN on P 3.22% against 2.71%. RTS and P records from "
-        "before are reported apart as an earlier recipe.",
+        "st-cnn-aff --sigma 5 --supersample 4`); the CNN on P 3.22% against 2.71%. Of the records from "
+        "before, the `long` ST-CNN Aff's one-sample RTS seeds 2 and 3 are listed apart as an earlier recipe; "
+        "the antialiased cells replaced the others.",
         "P's law (since 2026-12-05): the paper scales the digit by U(0.75, 1) and moves each corner by N(0, 5 px) "
         "without saying in which frame. Until 2026-12-05 `p` moved where the scaled digit's corners land on the "
         "canvas (`moved=\"target\"`); it now moves the points of the digit that the canvas's corners sample "
@@ -279,8 +280,8 @@ STN_TABLE1 = Experiment(
         "paper's; the ST-CNNs at `long` err on 0.51% and 0.54% (Aff, seeds 0 and 1), 0.50% (Proj) and 0.59% "
         "(TPS), below the paper's 0.8% (1.91-2.02%, 1.89% and 1.95% on the target frame), and at `standard` "
         "every transformer beats its baseline (ST-CNN Aff, Proj, TPS 1.62%, 1.59%, 1.67% against the CNN's "
-        "3.08%; the ST-FCNs 4.11-4.34% against the FCN's 14.84%). The cells drawn on the target frame are "
-        "listed as an earlier recipe. "
+        "3.08%; the ST-FCNs 4.11-4.34% against the FCN's 14.84%). The cells drawn on the target frame were "
+        "replaced in the record by the source frame's; these notes give their numbers and commands. "
         "The P notes below dated 2026-12-01 to 2026-12-05 were measured on the target frame: to repeat them add "
         "`--data-option moved=target` to their `torchstn train` commands and `--moved target` to "
         "`benchmarks/p_law.py`, `ideal_transformer.py` and `p_guided.py` (`p_squeeze.py` reads each run's law).",
@@ -484,7 +485,7 @@ STN_TABLE1 = Experiment(
         "the localisation net at a tenth of the rate left the transformer predicting one θ for every "
         "image within 4-7 epochs (stopped). Since 2026-12-01 this experiment's `long` budget smooths the "
         "training labels by 0.1 (the other experiments' `long` budgets do not); the cells trained before "
-        "are listed as an earlier recipe.",
+        "it were replaced (their numbers are above).",
         "With the smoothing, RTS's ST-CNN Aff sits at its classifier's ceiling (measured 2026-12-02, one "
         "thread, two other trainings on the machine). The ideal transformer of the notes above trained with "
         "the same smoothing (`python benchmarks/ideal_transformer.py --size 42 --pool 2 --online --steps "
