@@ -128,6 +128,13 @@ def test_a_misspelt_option_is_reported_with_its_commands_usage(cli, command):
     assert f"usage: torchstn {command[0]}" in run.err and "unrecognized arguments: --stepz 5" in run.err
 
 
+@pytest.mark.parametrize("action", [["list"], ["preview", "r"], ["generate", "r"]], ids=" ".join)
+def test_a_misspelt_option_of_a_data_action_shows_the_action_s_usage(cli, action):
+    """``torchstn data list --bogus`` printed the usage of ``torchstn data``."""
+    run = cli("data", *action, "--bogus")
+    assert run.status == 2 and f"usage: torchstn data {action[0]}" in run.err and "--bogus" in run.err
+
+
 def _print_to_stderr(message, category, filename, lineno, file=None, line=None):
     """Python's own showwarning outside pytest: ``warnings.formatwarning`` of the warning, written to stderr
     (pytest records warnings instead of printing them)."""

@@ -107,7 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = actions.add_parser("list", help="the data set names and what each one is", epilog=_EXAMPLES,
                            formatter_class=formatter)
-    p.set_defaults(func=_run_list)
+    p.set_defaults(func=_run_list, command_parser=p)  # (a misspelt option: this usage, not data's)
 
     p = actions.add_parser("preview", help="a figure of samples with labels and their originals", epilog=_EXAMPLES,
                            formatter_class=formatter)
@@ -117,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=int, default=16, help=f"number of samples (at most {MAX_PREVIEW})")
     p.add_argument("--columns", type=int, default=None, help="samples per row (default: about square)")
     p.add_argument("--no-originals", dest="originals", action="store_false", help="do not show the undistorted digits")
-    p.set_defaults(func=_run_preview)
+    p.set_defaults(func=_run_preview, command_parser=p)
 
     p = actions.add_parser("generate", help="generate a split (or both) into the cache and print where",
                            epilog=_EXAMPLES, formatter_class=formatter)
@@ -126,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="cache root (default: $TORCHSTN_CACHE or ~/.cache/torchstn)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_generate)
+    p.set_defaults(func=_run_generate, command_parser=p)
 
     parser.set_defaults(func=lambda args: parser.print_help() or 0)
 
