@@ -182,7 +182,8 @@ def test_a_cell_interrupted_before_its_figure_has_it_and_its_analyses_made_by_th
 
 
 def test_the_recorded_command_has_no_absolute_paths(tmp_path, monkeypatch):
-    """A results file records a command another user can run from the same place in a checkout."""
+    """A results file records a command another user can run from the same place in a checkout (a path
+    given relative stays relative; an absolute one outside the current directory stays absolute)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     args = argparse.Namespace(experiment="stn-table1", budget="standard", seeds=None, only=None, datasets="rts",
@@ -190,6 +191,10 @@ def test_the_recorded_command_has_no_absolute_paths(tmp_path, monkeypatch):
                               runs=str(tmp_path / "elsewhere"), device=None, jobs=2, threads=None, limit=None)
     assert recorded_command(args) == ("torchstn reproduce stn-table1 --budget standard --datasets rts "
                                       "--data-dir data --out results --runs elsewhere --jobs 2")
+    # an absolute path outside the current directory stays so: "../../x" ran from this directory only
+    args.data_dir, args.runs = str(tmp_path.parent / "mnist"), "../runs"
+    assert recorded_command(args) == ("torchstn reproduce stn-table1 --budget standard --datasets rts "
+                                      f"--data-dir {tmp_path.parent / 'mnist'} --out results --runs ../runs --jobs 2")
 
 
 def test_list_and_refresh_cover_every_recorded_seed_without_seeds(cli, tmp_path):

@@ -430,7 +430,9 @@ def command_line(
     An option is written when its value is not ``None``, ``False`` or its entry in
     ``defaults``: a flag (``True``) alone, a list as its items. The values of the options
     in ``paths`` are written relative to the current directory, so the command runs on
-    another machine from the same place in a checkout (``--data-dir ../shared/data/mnist``).
+    another machine from the same place in a checkout (``--data-dir ../shared/data/mnist``),
+    except an absolute path outside it, which stays absolute (``../../data/mnist`` from
+    ``/tmp/me`` runs from ``/tmp/me`` only; the path as given runs from anywhere).
 
     Example:
         >>> args = argparse.Namespace(experiment="tutorial", budget="quick", seeds=None, quick=True, cases=["t*"])
@@ -441,7 +443,8 @@ def command_line(
     for flag in options:
         value = getattr(args, flag.removeprefix("--").replace("-", "_"))
         if value is not None and flag in paths:
-            value = os.path.relpath(value)
+            relative = os.path.relpath(value)
+            value = str(value) if os.path.isabs(value) and relative.split(os.sep)[0] == os.pardir else relative
         if value is None or value is False or value == (defaults or {}).get(flag):
             continue
         parts += [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]

@@ -66,7 +66,8 @@ def recorded_command(args: argparse.Namespace) -> str:
 
     Paths are written relative to the current directory, so the recorded command runs on
     another machine from the same place in a checkout (``--data-dir ../shared/data/mnist``),
-    not only on the one that ran it.
+    not only on the one that ran it; an absolute path outside that directory stays absolute
+    (:func:`~torchstn.cli._common.command_line`).
     """
     from torchstn.reproduce import DEFAULT_OUT, DEFAULT_RUNS
 
