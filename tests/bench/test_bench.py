@@ -103,12 +103,12 @@ def test_quick_run_reports_every_part() -> None:
     assert set(step) == {"torchstn", "cnn", "cnn+dx"}
 
     text = format_report(report)
-    for expected in ("affine 4x1x8x8 (quick 256x1x28x28)", "forward+backward", "memcpy", "ST overhead",
+    for expected in ("affine 4x1x8x8 (quick stand-in for 256x1x28x28)", "forward+backward", "memcpy", "ST overhead",
                      "speed targets:", "QUICK"):
         assert expected in text
     # (two cases shrink to one shape: each label names the case it shrinks)
     assert {c.quick().label for c in select_cases(["affine-28", "affine-b4-8"])} == {
-        "affine 4x1x8x8 (quick 256x1x28x28)", "affine 4x1x8x8 (quick 4x1x8x8)"}
+        "affine 4x1x8x8 (quick stand-in for 256x1x28x28)", "affine 4x1x8x8 (quick stand-in for 4x1x8x8)"}
     # tiny cases under the full cases' names: the targets are not judged on them
     assert "not judged in a quick run" in text and "[MISS]" not in text and "[met ]" not in text
     assert f"cores ({torch.backends.cpu.get_cpu_capability()})," in text.splitlines()[0]  # the ISA the ratios depend on

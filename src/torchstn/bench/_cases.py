@@ -101,7 +101,7 @@ class Case:
         if self.size is not None:
             text += "->" + "x".join(str(s) for s in self.size)
         text += " CL" if self.channels_last else ""
-        return text + (f" (quick {self.quick_of})" if self.quick_of else "")
+        return text + (f" (quick stand-in for {self.quick_of})" if self.quick_of else "")
 
     def quick(self) -> Case:
         """A tiny version of the case (batch <= 4, sides / 4, at least 8) for smoke tests."""
