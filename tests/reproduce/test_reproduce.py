@@ -475,7 +475,29 @@ def test_a_difference_within_the_seeds_spread_is_called_so(tmp_path):
     clear = report({("cnn-3d", 0): 21.0, ("cnn-3d", 1): 22.0, ("st-cnn-3d-aff", 0): 9.0, ("st-cnn-3d-aff", 1): 9.5})
     assert "9.25% beats CNN on the projection (21.50%)." in clear and "not a clear difference" not in clear
     one_seed = report({("cnn-3d", 0): 20.0, ("st-cnn-3d-aff", 0): 19.9})
-    assert "not a clear difference" not in one_seed  # no spread to compare with
+    assert "within the spread between seeds" not in one_seed  # no spread to compare with (the test set's noise: below)
+
+
+def test_a_one_seed_difference_within_the_test_sets_noise_is_called_so(tmp_path):
+    """A quick report said "ST-CNN Aff on RTS: 91.00% beats CNN (91.40%)": two of 500 test images, one
+    seed each. Where the records give their test set's size, twice its sampling noise is the bar."""
+    from torchstn.reproduce import render_report
+
+    experiment = get_experiment("stn-3d")
+    cells = {(c.row.key, c.seed): c for c in plan(experiment, "standard")}
+
+    def report(errors, limit):
+        results = Results(tmp_path / f"{errors}-{limit}", "stn-3d")
+        for (row, seed), error in errors.items():
+            cell = cells[row, seed]
+            results.add(cell, {**_record(cell, error), "config": {**cell.config, "test_limit": limit}})
+        return render_report(experiment, results, tmp_path, "standard")
+
+    noisy = report({("cnn-3d", 0): 91.4, ("st-cnn-3d-aff", 0): 91.0}, 500)
+    assert ("91.00% beats CNN on the projection (91.40%). The difference is within twice the sampling noise "
+            "of 500 test images (3.58 points): not a clear difference." in noisy)
+    clear = report({("cnn-3d", 0): 20.0, ("st-cnn-3d-aff", 0): 9.0}, 500)
+    assert "9.00% beats CNN on the projection (20.00%)." in clear and "not a clear difference" not in clear
 
 
 def test_a_cell_0_3_points_above_the_paper_as_printed_is_not_a_miss(tmp_path):

@@ -523,7 +523,8 @@ def run_experiment(
         results.add(cell, record if after_cell is None else {**record, _AFTER_CELL_DUE: True})
         done[cell.key] = record
         log(f"{_cell_name(cell, cells.index(cell) + 1, len(cells))}: {record['error']:.2f}% test error{_paper_text(cell)} in "
-            f"{record['wall_seconds'] / 60:.1f} min (total {(time.perf_counter() - started) / 60:.1f} min)")
+            f"{record['wall_seconds'] / 60:.1f} min of training (this command so far: "
+            f"{(time.perf_counter() - started) / 60:.1f} min)")  # (a resumed cell's training spans its sessions)
         analyse(cell, record)
 
     for i, cell in enumerate(cells, 1):
