@@ -542,14 +542,15 @@ def _comparisons(view: _BudgetView, means: dict[tuple[str, str], float], cells: 
             base = means[(row.baseline, col_key)]
             verdict = "beats" if mean < base else "does **not** beat"
             spread = _seed_spread(view, (row_key, col_key), (row.baseline, col_key))
-            within = (f" The difference is within the spread between seeds (standard deviation up to {spread:.2f}): "
-                      "not a clear difference." if spread is not None and abs(mean - base) <= spread else "")
-            # (one seed: "91.00% beats CNN (91.40%)" on 500 images, two of them, said no more)
-            both = [*view.by_pair.get((row_key, col_key), []), *view.by_pair.get((row.baseline, col_key), [])]
-            noise = None if spread is not None else _test_noise(both, mean, base)
-            if noise is not None and abs(mean - base) <= noise[0]:
+            if spread is not None:
+                within = (f" The difference is within the spread between seeds (standard deviation up to "
+                          f"{spread:.2f}): not a clear difference." if abs(mean - base) <= spread else "")
+            else:  # (one seed: "91.00% beats CNN (91.40%)" on 500 images, two of them, said no more)
+                both = [*view.by_pair.get((row_key, col_key), []), *view.by_pair.get((row.baseline, col_key), [])]
+                noise = _test_noise(both, mean, base)
                 within = (f" The difference is within twice the sampling noise of {noise[1]:,} test images "
-                          f"({noise[0]:.2f} points): not a clear difference.")
+                          f"({noise[0]:.2f} points): not a clear difference."
+                          if noise is not None and abs(mean - base) <= noise[0] else "")
             checks.append(f"- {row.label} on {col.label}: {mean:.2f}% {verdict} {experiment.row(row.baseline).label} "
                           f"({base:.2f}%).{within}")
         paper = experiment.paper.get((row_key, col_key))
