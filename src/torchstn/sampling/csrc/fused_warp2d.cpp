@@ -1332,12 +1332,12 @@ __attribute__((always_inline)) inline void corners16(const Row& row, __m512i dx,
 // 32x3x224x224 (0.98x in a run of the three), 1.00-1.01x at 64x8x32x32, 256x1x28x28 and
 // 1x1x28x28; channels_last (row16_may_fit alone) 1.10x at 64x3x64x64, 1.06x at 1x3x224x224,
 // 1.00-1.01x at 32x3x224x224, 8x2x64x64 and 4x4x64x64.
-template <bool EDGE = false, int LOC = AFFINE>
-__attribute__((always_inline)) inline Fit16 inside16(const Locations8<ROW, LOC>& where, int64_t t0,
-                                                    const Constants<float>& k, const float* xb, int64_t xc_step,
-                                                    float* o, int64_t oc_step, int64_t C, int64_t end) {
-  Row16 r;
-  if (const Fit16 fit = row16_at<EDGE>(where, t0, k, 30, kRows16, &r); fit != FITS) return fit;
+// planes16_of is the part after row16_at, so that single_pass locates the next vector before it
+// samples this one (see there).
+template <bool EDGE = false>
+__attribute__((always_inline)) inline Fit16 planes16_of(const Row16& r, const Constants<float>& k, const float* xb,
+                                                       int64_t xc_step, float* o, int64_t oc_step, int64_t C,
+                                                       int64_t end) {
   if (EDGE && (r.valid[0] | r.valid[1] | r.valid[2] | r.valid[3]) == 0) {  // no corner inside: 0
     for (int64_t ch = 0; ch < C; ++ch) _mm512_storeu_ps(o + ch * oc_step, _mm512_setzero_ps());
     return FITS;
@@ -1383,6 +1383,15 @@ __attribute__((always_inline)) inline Fit16 inside16(const Locations8<ROW, LOC>&
     channels(std::integral_constant<int, 2>());
   }
   return FITS;
+}
+
+template <bool EDGE = false, int LOC = AFFINE>
+__attribute__((always_inline)) inline Fit16 inside16(const Locations8<ROW, LOC>& where, int64_t t0,
+                                                    const Constants<float>& k, const float* xb, int64_t xc_step,
+                                                    float* o, int64_t oc_step, int64_t C, int64_t end) {
+  Row16 r;
+  if (const Fit16 fit = row16_at<EDGE>(where, t0, k, 30, kRows16, &r); fit != FITS) return fit;
+  return planes16_of<EDGE>(r, k, xb, xc_step, o, oc_step, C, end);
 }
 #endif
 
@@ -1456,12 +1465,13 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // warped by the planes' passes and put side by side again (the same bits): 0.67x at
 // 1x3x224x224, 0.65-0.85x from 8x3x32x32 to 4x3x480x640; the two passes over the image
 // cost more than the planes' warp saves (2026-12-06, Intel Xeon, interleaved in one process).
-template <bool EDGE = false, int LOC = AFFINE>
-__attribute__((always_inline)) inline Fit16 inside16_rgb(const Locations8<ROW, LOC>& where, int64_t t0,
-                                                        const Constants<float>& k, const float* xb, float* o,
-                                                        int64_t end) {
-  Row16 r;
-  if (const Fit16 fit = row16_at<EDGE>(where, t0, k, 19, 1, &r); fit != FITS) return fit;
+// rgb16_of is the part after row16_at, so that single_pass_interleaved locates the next vector
+// before it samples this one (see there). Not kept either: the constants 0-5 and 9-11 read as
+// memory operands instead of broadcast from a general register (vpbroadcastd r32, a
+// shuffle-port uop, nine per vector): 0.98-1.01x (A/B of the bare kernel, Intel Xeon, 2026-12-06).
+template <bool EDGE = false>
+__attribute__((always_inline)) inline Fit16 rgb16_of(const Row16& r, int64_t t0, const Constants<float>& k,
+                                                    const float* xb, float* o, int64_t end) {
   if (EDGE && (r.valid[0] | r.valid[1] | r.valid[2] | r.valid[3]) == 0) {  // no corner inside: 0
     for (int v = 0; v < 3; ++v) _mm512_storeu_ps(o + 3 * t0 + 16 * v, _mm512_setzero_ps());
     return FITS;
@@ -1526,6 +1536,15 @@ __attribute__((always_inline)) inline Fit16 inside16_rgb(const Locations8<ROW, L
     _mm512_storeu_ps(ot + 16 * v, _mm512_permutex2var_ps(rg, _mm512_load_si512(kRgbLanes.second[v]), out[2]));
   }
   return FITS;
+}
+
+template <bool EDGE = false, int LOC = AFFINE>
+__attribute__((always_inline)) inline Fit16 inside16_rgb(const Locations8<ROW, LOC>& where, int64_t t0,
+                                                        const Constants<float>& k, const float* xb, float* o,
+                                                        int64_t end) {
+  Row16 r;
+  if (const Fit16 fit = row16_at<EDGE>(where, t0, k, 19, 1, &r); fit != FITS) return fit;
+  return rgb16_of<EDGE>(r, t0, k, xb, o, end);
 }
 #endif
 
@@ -1599,6 +1618,14 @@ __attribute__((noinline)) void edge8_call(__m256 gx, __m256 gy, int64_t t0, int6
   edge8<PAD, SOURCE>(gx, gy, t0, n, xb, xc_step, ob, oc_step, C, k, end, blk);
 }
 
+// a vector of eight points located and tested by inside8_at ahead of its turn: single_pass and
+// backward_pass locate each vector before they sample (or scatter) the one before it
+struct Next8 {
+  __m256 gx, gy;
+  avx::Inside8 in;
+  bool inside;
+};
+
 // The forward of a span of n points (float, affine or projective, bilinear, unit width
 // strides; a wide output row's, or with PACKED a block of narrow rows, each point with its
 // own y) in one pass, a vector of 8 points at a time, its location and corners in
@@ -1647,21 +1674,38 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
   // one past the last pixel of a channel (with a BORDER, of its border)
   const int64_t sh = k.sh, end = (k.H - 1 + BORDER) * sh + k.W + BORDER;
   const Locations8<SOURCE, LOC> where(m, xs, ys, y, n, k.eps);
-  const auto step8 = [&](int64_t t0) __attribute__((always_inline)) {
-    __m256 gx, gy;
-    where.template at<false, true>(t0, &gx, &gy);
-    avx::Inside8 in;
-    if (PAD != REFLECTION && t0 + 8 <= n && avx::inside8_at<BORDER, true>(gx, gy, k, &in)) {  // (reflection: not exact)
-      inside8_of<SOURCE>(xb, xc_step, ob + t0, oc_step, C, in.off0, in.w, sh, end);
+  const auto locate = [&](int64_t t0, Next8* a) __attribute__((always_inline)) {
+    where.template at<false, true>(t0, &a->gx, &a->gy);
+    // (reflection: not exact)
+    a->inside = PAD != REFLECTION && t0 + 8 <= n && avx::inside8_at<BORDER, true>(a->gx, a->gy, k, &a->in);
+  };
+  const auto sample = [&](int64_t t0, const Next8& a) __attribute__((always_inline)) {
+    if (a.inside) {
+      inside8_of<SOURCE>(xb, xc_step, ob + t0, oc_step, C, a.in.off0, a.in.w, sh, end);
     } else {
-      edge8_call<PAD, SOURCE>(gx, gy, t0, n, xb, xc_step, ob, oc_step, C, k, end, blk);
+      edge8_call<PAD, SOURCE>(a.gx, a.gy, t0, n, xb, xc_step, ob, oc_step, C, k, end, blk);
     }
+  };
+  const auto step8 = [&](int64_t t0) __attribute__((always_inline)) {
+    Next8 a;
+    locate(t0, &a);
+    sample(t0, a);
   };
   int64_t t0 = 0;
 #ifdef __AVX512F__
   if constexpr (SOURCE == ROW && LOC != GRID && PAD != REFLECTION && BORDER == 0) {
-    for (const bool may_fit = row16_may_fit(where, k, 30, kRows16, n); may_fit && t0 + 16 <= n; t0 += 16) {
-      Fit16 fit = inside16(where, t0, k, xb, xc_step, ob + t0, oc_step, C, end);
+    // each vector located before the one before it is sampled (as single_pass_interleaved's):
+    // forward 1.02-1.05x at 224 px, 0.99-1.01x at 64x3x64x64 and 64x8x32x32 (A/B of the bare
+    // kernel, 15 rounds; three runs: 0.96-1.01x at 1x3x224x224); without it, with the eight-point
+    // vectors below located ahead, 1x1x224x224 ran 0.92-0.96x (the same bits; Intel Xeon, 2026-12-06)
+    const bool may_fit = row16_may_fit(where, k, 30, kRows16, n);
+    Row16 next;
+    Fit16 next_fit = may_fit && t0 + 16 <= n ? row16_at(where, t0, k, 30, kRows16, &next) : SPREAD;
+    for (; may_fit && t0 + 16 <= n; t0 += 16) {
+      const Row16 r = next;
+      Fit16 fit = next_fit;
+      if (t0 + 32 <= n) next_fit = row16_at(where, t0 + 16, k, 30, kRows16, &next);
+      if (fit == FITS) fit = planes16_of(r, k, xb, xc_step, ob + t0, oc_step, C, end);
       if (PAD == ZEROS && fit == OUTSIDE) fit = inside16<true>(where, t0, k, xb, xc_step, ob + t0, oc_step, C, end);
       if (fit != FITS) {
         step8(t0);
@@ -1670,7 +1714,17 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
     }
   }
 #endif
-  for (; t0 < n; t0 += 8) step8(t0);
+  // the rest eight points at a time, each vector located and tested before the one before it
+  // is sampled (as the sixteen above): forward 1.07-1.09x at 256x1x28x28 and 256x1x60x60->30x30
+  // (A/B of the bare kernel, 15 rounds, the same bits; Intel Xeon, 2026-12-06)
+  if (t0 >= n) return;
+  Next8 next;
+  locate(t0, &next);
+  for (; t0 < n; t0 += 8) {
+    const Next8 now = next;
+    if (t0 + 8 < n) locate(t0 + 8, &next);
+    sample(t0, now);
+  }
 }
 
 // The backward of a block of n points (float, affine rows, a homography (LOC = PROJECTIVE: its
@@ -1726,23 +1780,37 @@ inline void backward_pass(const float* xb, int64_t xc_step, float* gxb, const fl
   const __m256 zero = _mm256_setzero_ps(), one = avx::set1(1.f);
   alignas(32) float part[4][8];
   alignas(32) int32_t off[4][8], valid[4][8];
-  for (int64_t t0 = 0; t0 < n; t0 += 8) {
-    __m256 gx, gy;
+  // the next vector's location and inside test, made before this one's shares are added (as
+  // single_pass's): both gradients 1.23x at 256x1x28x28 and 1x1x224x224, 1.17x at
+  // 256x1x60x60->30x30, 1.05-1.09x at 64x3x64x64, 64x8x32x32 and 3-channel 224 px, channels_last
+  // (few of whose vectors come here) 1.00-1.04x; x's alone 1.23-1.24x and θ's alone 1.07x at
+  // 256x1x28x28 and 60x60->30x30 (A/B of the bare kernel, 11-15 rounds, the same bits; Intel
+  // Xeon, 2026-12-06)
+  const auto locate = [&](int64_t t0, Next8* a) __attribute__((always_inline)) {
     if constexpr (LOC == PROJECTIVE) {  // (w, the guard and the location for θ's gradient, as locate keeps them)
       __m256 wv, keep;
-      where.template at<true>(t0, &gx, &gy, &wv, &keep);
+      where.template at<true>(t0, &a->gx, &a->gy, &wv, &keep);
       _mm256_store_ps(blk.g + t0, wv);
       _mm256_store_ps(blk.keep + t0, keep);
-      _mm256_store_ps(blk.gx + t0, gx);
-      _mm256_store_ps(blk.gy + t0, gy);
+      _mm256_store_ps(blk.gx + t0, a->gx);
+      _mm256_store_ps(blk.gy + t0, a->gy);
     } else {
-      where.at(t0, &gx, &gy);
+      where.at(t0, &a->gx, &a->gy);
     }
+    // (reflection: not exact)
+    a->inside = PAD != REFLECTION && t0 + 8 <= n && avx::inside8_at<MARGIN, true>(a->gx, a->gy, k, &a->in);
+  };
+  Next8 next;
+  if (n > 0) locate(0, &next);
+  for (int64_t t0 = 0; t0 < n; t0 += 8) {
+    const Next8 now = next;
+    if (t0 + 8 < n) locate(t0 + 8, &next);
+    const __m256 gx = now.gx, gy = now.gy;
     __m256 w[4], v[4] = {}, tx, ty, dix, diy, bad = zero;
     __m256i o[4] = {};  // (o[1-3] and v: read only by vectors not inner)
     bool inner = true;
-    avx::Inside8 in;
-    if (PAD != REFLECTION && t0 + 8 <= n && avx::inside8_at<MARGIN, true>(gx, gy, k, &in)) {  // (reflection: not exact)
+    const avx::Inside8& in = now.in;
+    if (now.inside) {
       for (int q = 0; q < 4; ++q) w[q] = in.w[q];
       o[0] = in.off0;
       tx = in.tx;
@@ -2190,8 +2258,20 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
   if constexpr (SOURCE == ROW && LOC != GRID && PAD != REFLECTION) {
     if (C == 3 && step == 3 && k.sw == 3) {  // RGB side by side in the input and the output
       const int64_t end = (k.H - 1) * k.sh + 3 * k.W;
-      for (const bool may_fit = row16_may_fit(where, k, 19, 1, n); may_fit && t0 + 16 <= n; t0 += 16) {
-        Fit16 fit = inside16_rgb(where, t0, k, xb, o, end);
+      // Each vector located (row16_at) before the one before it is sampled, so that its
+      // windows' addresses are known when its turn comes: forward 1.13-1.16x at channels_last
+      // 1x3x224x224, 1.08-1.11x at 32x3x224x224, 1.05x at 64x3x64x64, the others level (A/B of
+      // the bare kernel, 15 rounds, the same bits; Intel Xeon, 2026-12-06): a vector's ~200
+      // instructions, its location's latency first, left the next vector's location beyond
+      // what the core looks ahead. Two vectors ahead: 0.99-1.03x.
+      const bool may_fit = row16_may_fit(where, k, 19, 1, n);
+      Row16 next;
+      Fit16 next_fit = may_fit && t0 + 16 <= n ? row16_at(where, t0, k, 19, 1, &next) : SPREAD;
+      for (; may_fit && t0 + 16 <= n; t0 += 16) {
+        const Row16 r = next;
+        Fit16 fit = next_fit;
+        if (t0 + 32 <= n) next_fit = row16_at(where, t0 + 16, k, 19, 1, &next);
+        if (fit == FITS) fit = rgb16_of(r, t0, k, xb, o, end);
         if (PAD == ZEROS && fit == OUTSIDE) fit = inside16_rgb<true>(where, t0, k, xb, o, end);
         if (fit != FITS) {
           step8(t0);
