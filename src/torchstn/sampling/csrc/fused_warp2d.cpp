@@ -1419,6 +1419,29 @@ __attribute__((always_inline)) inline Fit16 inside16(const Locations8<ROW, LOC>&
 #endif
 
 #ifdef __AVX512F__
+// a vector of sixteen points located by row16_at ahead of its turn (the sixteen-point loops
+// locate each vector before they sample the one before it); under zeros padding, a vector not
+// inside located again for the EDGE path (`edge`), as inside16 and inside16_rgb would
+struct Next16 {
+  Row16 r;
+  Fit16 fit;
+  bool edge;
+};
+
+template <int PAD, int LOC>
+__attribute__((always_inline)) inline void locate16(const Locations8<ROW, LOC>& where, int64_t t0,
+                                                   const Constants<float>& k, int32_t columns, int32_t rows,
+                                                   Next16* a) {
+  a->edge = false;
+  a->fit = row16_at(where, t0, k, columns, rows, &a->r);
+  if (PAD == ZEROS && a->fit == OUTSIDE) {
+    a->edge = true;
+    a->fit = row16_at<true>(where, t0, k, columns, rows, &a->r);
+  }
+}
+#endif
+
+#ifdef __AVX512F__
 // output lane j of the v-th of three vectors holding sixteen points' 3 channels side by side:
 // point (16 v + j) / 3, channel (16 v + j) % 3. kRgbFirst picks channels 0 and 1 from two planar
 // vectors (R, G: index p, or 16 + p), kRgbSecond keeps those lanes and takes channel 2 from B.
@@ -1720,16 +1743,21 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
     // each vector located before the one before it is sampled (as single_pass_interleaved's):
     // forward 1.02-1.05x at 224 px, 0.99-1.01x at 64x3x64x64 and 64x8x32x32 (A/B of the bare
     // kernel, 15 rounds; three runs: 0.96-1.01x at 1x3x224x224); without it, with the eight-point
-    // vectors below located ahead, 1x1x224x224 ran 0.92-0.96x (the same bits; Intel Xeon, 2026-12-06)
+    // vectors below located ahead, 1x1x224x224 ran 0.92-0.96x (the same bits; Intel Xeon, 2026-12-06).
+    // A vector not inside located ahead for the EDGE path too (locate16): a further 1.07x at
+    // 64x3x64x64, 1.03-1.05x at 224 px (two runs of 15 rounds).
     const bool may_fit = row16_may_fit(where, k, 30, kRows16, n);
-    Row16 next;
-    Fit16 next_fit = may_fit && t0 + 16 <= n ? row16_at(where, t0, k, 30, kRows16, &next) : SPREAD;
+    Next16 next;
+    if (may_fit && t0 + 16 <= n) locate16<PAD>(where, t0, k, 30, kRows16, &next);
     for (; may_fit && t0 + 16 <= n; t0 += 16) {
-      const Row16 r = next;
-      Fit16 fit = next_fit;
-      if (t0 + 32 <= n) next_fit = row16_at(where, t0 + 16, k, 30, kRows16, &next);
-      if (fit == FITS) fit = planes16_of(r, k, xb, xc_step, ob + t0, oc_step, C, end);
-      if (PAD == ZEROS && fit == OUTSIDE) fit = inside16<true>(where, t0, k, xb, xc_step, ob + t0, oc_step, C, end);
+      const Next16 now = next;
+      if (t0 + 32 <= n) locate16<PAD>(where, t0 + 16, k, 30, kRows16, &next);
+      Fit16 fit = now.fit;
+      if (fit == FITS && now.edge) fit = planes16_of<true>(now.r, k, xb, xc_step, ob + t0, oc_step, C, end);
+      if (fit == FITS && !now.edge) fit = planes16_of(now.r, k, xb, xc_step, ob + t0, oc_step, C, end);
+      if (PAD == ZEROS && fit == OUTSIDE && !now.edge) {  // (windows past the image's end)
+        fit = inside16<true>(where, t0, k, xb, xc_step, ob + t0, oc_step, C, end);
+      }
       if (fit != FITS) {
         step8(t0);
         step8(t0 + 8);
@@ -2286,16 +2314,20 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
       // 1x3x224x224, 1.08-1.11x at 32x3x224x224, 1.05x at 64x3x64x64, the others level (A/B of
       // the bare kernel, 15 rounds, the same bits; Intel Xeon, 2026-12-06): a vector's ~200
       // instructions, its location's latency first, left the next vector's location beyond
-      // what the core looks ahead. Two vectors ahead: 0.99-1.03x.
+      // what the core looks ahead. Two vectors ahead: 0.99-1.03x. A vector not inside located
+      // ahead for the EDGE path too (locate16): a further 1.02-1.04x at 1x3x224x224.
       const bool may_fit = row16_may_fit(where, k, 19, 1, n);
-      Row16 next;
-      Fit16 next_fit = may_fit && t0 + 16 <= n ? row16_at(where, t0, k, 19, 1, &next) : SPREAD;
+      Next16 next;
+      if (may_fit && t0 + 16 <= n) locate16<PAD>(where, t0, k, 19, 1, &next);
       for (; may_fit && t0 + 16 <= n; t0 += 16) {
-        const Row16 r = next;
-        Fit16 fit = next_fit;
-        if (t0 + 32 <= n) next_fit = row16_at(where, t0 + 16, k, 19, 1, &next);
-        if (fit == FITS) fit = rgb16_of(r, t0, k, xb, o, end);
-        if (PAD == ZEROS && fit == OUTSIDE) fit = inside16_rgb<true>(where, t0, k, xb, o, end);
+        const Next16 now = next;
+        if (t0 + 32 <= n) locate16<PAD>(where, t0 + 16, k, 19, 1, &next);
+        Fit16 fit = now.fit;
+        if (fit == FITS && now.edge) fit = rgb16_of<true>(now.r, t0, k, xb, o, end);
+        if (fit == FITS && !now.edge) fit = rgb16_of(now.r, t0, k, xb, o, end);
+        if (PAD == ZEROS && fit == OUTSIDE && !now.edge) {  // (windows past the image's end)
+          fit = inside16_rgb<true>(where, t0, k, xb, o, end);
+        }
         if (fit != FITS) {
           step8(t0);
           step8(t0 + 8);
