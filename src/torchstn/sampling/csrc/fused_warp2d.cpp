@@ -1514,7 +1514,12 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // rgb16_of is the part after row16_at, so that single_pass_interleaved locates the next vector
 // before it samples this one (see there). Not kept either: the constants 0-5 and 9-11 read as
 // memory operands instead of broadcast from a general register (vpbroadcastd r32, a
-// shuffle-port uop, nine per vector): 0.98-1.01x (A/B of the bare kernel, Intel Xeon, 2026-12-06).
+// shuffle-port uop, nine per vector): 0.98-1.01x (A/B of the bare kernel, Intel Xeon, 2026-12-06);
+// the third row's windows and blends taken by every vector instead of a branch on `lower` (17%
+// of the bench θ's vectors cross a row, the branch changes 0.32 times per vector): 0.89x; the
+// windows read from 64-byte boundaries (a probe, wrong values): 1.01x, so the loads' split lines
+// cost nothing. What would pay is fused multiply-adds (a probe: 1.07x), which round otherwise
+// than every other path and F.grid_sample's own sums.
 template <bool EDGE = false>
 __attribute__((always_inline)) inline Fit16 rgb16_of(const Row16& r, int64_t t0, const Constants<float>& k,
                                                     const float* xb, float* o, int64_t end) {
@@ -1836,7 +1841,13 @@ inline void backward_pass(const float* xb, int64_t xc_step, float* gxb, const fl
   // 256x1x60x60->30x30, 1.05-1.09x at 64x3x64x64, 64x8x32x32 and 3-channel 224 px, channels_last
   // (few of whose vectors come here) 1.00-1.04x; x's alone 1.23-1.24x and θ's alone 1.07x at
   // 256x1x28x28 and 60x60->30x30 (A/B of the bare kernel, 11-15 rounds, the same bits; Intel
-  // Xeon, 2026-12-06)
+  // Xeon, 2026-12-06). Not kept (the same machine and bits): the edge vectors' locate8 and
+  // corners8 made ahead too, 0.88-0.96x (their registers held over the loop); vectors whose
+  // points each lie inside or a pixel or more outside taken as inside (the outside ones placed
+  // at the image's centre, not added, their corners 0: half the edge vectors at 60x60->30x30),
+  // 1.01x; θ's corner pairs read by two AVX-512 gathers (vgatherdpd) instead, 0.96x; dL/dx added
+  // in a thread's zeroed buffer and streamed out (grad_x written once, never read), 0.93x bare at
+  // 60x60->30x30 and no clear change in the bench's call (1.70-1.77 against 1.64-1.86 ms).
   const auto locate = [&](int64_t t0, Next8* a) __attribute__((always_inline)) {
     if constexpr (LOC == PROJECTIVE) {  // (w, the guard and the location for θ's gradient, as locate keeps them)
       __m256 wv, keep;
