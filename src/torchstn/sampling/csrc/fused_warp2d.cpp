@@ -306,6 +306,11 @@ struct Locator {
 };
 
 constexpr int64_t BLOCK = 64;  // a multiple of every LANES<T>
+#ifdef TORCHSTN_AVX2
+#define TORCHSTN_ONE_PASS true
+#else
+#define TORCHSTN_ONE_PASS false
+#endif
 
 // A block of n output points of one sample, starting at the point p0 of its rows read in
 // order (p0 = i * Wo + j): within row i from column j0 or, where the output is narrower than
@@ -321,14 +326,16 @@ struct Span {
 // the number of blocks of a sample's output points, and the block at index s of them (in
 // order); plain loops over these keep the passes' locals in registers (a loop body in a
 // lambda made the backward's scatter 0.78x: its buffers were reloaded after every store)
-inline int64_t block_count(int64_t Ho, int64_t Wo, bool packed) {
-  return packed ? (Ho * Wo + BLOCK - 1) / BLOCK : Ho * ((Wo + BLOCK - 1) / BLOCK);
+// (`packed_size`: the points of a packed block, BLOCK or, where no pass keeps them in the
+// Block, more)
+inline int64_t block_count(int64_t Ho, int64_t Wo, bool packed, int64_t packed_size = BLOCK) {
+  return packed ? (Ho * Wo + packed_size - 1) / packed_size : Ho * ((Wo + BLOCK - 1) / BLOCK);
 }
 
-inline Span block_span(int64_t s, int64_t Ho, int64_t Wo, bool packed) {
+inline Span block_span(int64_t s, int64_t Ho, int64_t Wo, bool packed, int64_t packed_size = BLOCK) {
   if (packed) {
-    const int64_t p0 = s * BLOCK;
-    return Span{p0, Ho * Wo - p0 < BLOCK ? Ho * Wo - p0 : BLOCK, -1, -1};
+    const int64_t p0 = s * packed_size;
+    return Span{p0, Ho * Wo - p0 < packed_size ? Ho * Wo - p0 : packed_size, -1, -1};
   }
   const int64_t per_row = (Wo + BLOCK - 1) / BLOCK, i = s / per_row, j0 = s % per_row * BLOCK;
   return Span{i * Wo + j0, Wo - j0 < BLOCK ? Wo - j0 : BLOCK, i, j0};
@@ -2651,10 +2658,17 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // The layout tests of `single` (above) repeat block()'s and must stay equal to them: a whole
   // row taken by the two passes would overrun the block. (As functions shared by both, they made
   // GCC compile the channels_last pass 0.87-0.96x slower: A/B of the bare kernel, the same bits.)
-  bool row_spans = false;
+  bool row_spans = false, packed_runs = false;
 #ifdef TORCHSTN_AVX2
   row_spans = single && !loc.packed && !may_fetch_ahead(k, loc.packed, large);
+  // Packed rows the same way, in runs of kPackedRun points (a whole 28x28 or 30x30 sample):
+  // forward 1.26x at 256x1x28x28, 1.15x at 256x3x28x28, 1.11-1.12x at 256x1x60x60->30x30 and
+  // 1x1x28x28, 1.07x at 64x3x32x32, grids 1.07-1.22x, homographies 1.29x at 256x1x28x28; runs of
+  // 4 BLOCK points: 1.08-1.16x (A/B of the bare kernel, 15 rounds, the same bits; Intel Xeon,
+  // 2026-12-06)
+  packed_runs = single && loc.packed && !may_fetch_ahead(k, loc.packed, large);
 #endif
+  constexpr int64_t kPackedRun = 16 * BLOCK;
   // The nearest pass (nearest_pass) reads no block either: its spans are rows, or where the
   // output's rows follow each other and its points are located one by one, runs of kNearestRun
   // points across them (the per-span cost paid once per 4,096 points instead of once per 64).
@@ -2672,6 +2686,7 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
   // per sample; the spans are split over threads
   const int64_t spans = nearest_runs                ? (points + kNearestRun - 1) / kNearestRun
                         : nearest_rows || row_spans ? Ho
+                        : packed_runs               ? block_count(Ho, Wo, true, kPackedRun)
                                                     : block_count(Ho, Wo, loc.packed);
   parallel_for(B * spans, threads, [&](int64_t index) {
     const int64_t b = index / spans, s = index % spans;
@@ -2679,7 +2694,9 @@ void forward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, T* 
       const int64_t p0 = s * kNearestRun;
       block(b, Span{p0, points - p0 < kNearestRun ? points - p0 : kNearestRun, p0 / Wo, p0 % Wo});
     } else {
-      block(b, nearest_rows || row_spans ? Span{s * Wo, Wo, s, 0} : block_span(s, Ho, Wo, loc.packed));
+      block(b, nearest_rows || row_spans ? Span{s * Wo, Wo, s, 0}
+               : packed_runs             ? block_span(s, Ho, Wo, true, kPackedRun)
+                                         : block_span(s, Ho, Wo, loc.packed));
     }
   });
 }
@@ -2978,10 +2995,20 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
 #endif
     LaneSums<T> acc[9];
     Block<T> blk;
-    alignas(32) T gix[BLOCK], giy[BLOCK], go[LANES<T>], part[4][LANES<T>];
-    const int64_t blocks = block_count(Ho, Wo, loc.packed);
+    constexpr int64_t kPacked = 16 * BLOCK;
+    alignas(32) T gix[kPacked], giy[kPacked], go[LANES<T>], part[4][LANES<T>];
+    // Packed rows through the one pass (affine rows or a grid: the Block unused) in blocks of
+    // kPacked points, a whole 28x28 or 30x30 sample, θ's sums still made BLOCK points at a time
+    // (below): the per-block cost (the pass's constants, the sums' setup) paid once per sample.
+    // Both gradients 1.09x at 256x1x60x60->30x30, 1.05-1.06x at 256x1x28x28 and 1x1x28x28,
+    // 1.02x at 64x3x32x32 and 256x3x28x28, grids 1.01-1.06x (0.97x at 64x3x32x32); 4 BLOCK
+    // points: 1.06-1.07x (A/B of the bare kernel, 15 rounds, the same bits; Intel Xeon, 2026-12-06)
+    const bool longer = std::is_same_v<T, float> && MODE == LINEAR && LOC != PROJECTIVE && TORCHSTN_ONE_PASS &&
+                        xs.w == 1 && gs.w == 1;
+    const int64_t packed_size = longer ? kPacked : BLOCK;
+    const int64_t blocks = block_count(Ho, Wo, loc.packed, packed_size);
     for (int64_t index = 0; index < blocks; ++index) {
-      const Span span = block_span(index, Ho, Wo, loc.packed);
+      const Span span = block_span(index, Ho, Wo, loc.packed, packed_size);
       const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
       bool one_pass = false;
 #ifdef TORCHSTN_AVX2
@@ -3118,42 +3145,47 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
       const T* xv = loc.packed ? loc.px + span.p0 : loc.xs + span.j0;
       const T* yv = loc.packed ? loc.py + span.p0 : nullptr;
       const T y = loc.packed ? T(0) : loc.ys[span.i];
-      V s0 = S::zero(), s2 = S::zero(), s3 = S::zero(), s5 = S::zero(), s6 = S::zero(), s8 = S::zero();
-      V s1 = S::zero(), s4 = S::zero(), s7 = S::zero();  // packed: the y terms
-      for (int64_t t = 0; t < nn; t += S::N) {
-        const V xt = S::load(xv + t);
-        const V yt = yv ? S::load(yv + t) : S::zero();
-        V px = S::load(gix + t), py = S::load(giy + t);
-        if (LOC == PROJECTIVE) {
-          const V w = S::load(blk.g + t);
-          px = S::div(px, w);
-          py = S::div(py, w);
-          // d(p / w) / dw = -(p / w) / w, with p / w the location itself; none inside the guard
-          const V dw = S::mul(S::sub(S::zero(), S::add(S::mul(px, S::load(blk.gx + t)), S::mul(py, S::load(blk.gy + t)))),
-                              S::load(blk.keep + t));
-          s6 = S::add(s6, S::mul(dw, xt));
-          s7 = S::add(s7, S::mul(dw, yt));
-          s8 = S::add(s8, dw);
+      // summed in parts of BLOCK points, as the blocks of every other path are (a longer span of
+      // packed rows gives the same sums)
+      for (int64_t t0 = 0; t0 < nn; t0 += BLOCK) {
+        const int64_t t1 = t0 + BLOCK < nn ? t0 + BLOCK : nn;
+        V s0 = S::zero(), s2 = S::zero(), s3 = S::zero(), s5 = S::zero(), s6 = S::zero(), s8 = S::zero();
+        V s1 = S::zero(), s4 = S::zero(), s7 = S::zero();  // packed: the y terms
+        for (int64_t t = t0; t < t1; t += S::N) {
+          const V xt = S::load(xv + t);
+          const V yt = yv ? S::load(yv + t) : S::zero();
+          V px = S::load(gix + t), py = S::load(giy + t);
+          if (LOC == PROJECTIVE) {
+            const V w = S::load(blk.g + t);
+            px = S::div(px, w);
+            py = S::div(py, w);
+            // d(p / w) / dw = -(p / w) / w, with p / w the location itself; none inside the guard
+            const V dw = S::mul(S::sub(S::zero(), S::add(S::mul(px, S::load(blk.gx + t)), S::mul(py, S::load(blk.gy + t)))),
+                                S::load(blk.keep + t));
+            s6 = S::add(s6, S::mul(dw, xt));
+            s7 = S::add(s7, S::mul(dw, yt));
+            s8 = S::add(s8, dw);
+          }
+          s0 = S::add(s0, S::mul(px, xt));
+          s2 = S::add(s2, px);
+          s3 = S::add(s3, S::mul(py, xt));
+          s5 = S::add(s5, py);
+          s1 = S::add(s1, S::mul(px, yt));
+          s4 = S::add(s4, S::mul(py, yt));
         }
-        s0 = S::add(s0, S::mul(px, xt));
-        s2 = S::add(s2, px);
-        s3 = S::add(s3, S::mul(py, xt));
-        s5 = S::add(s5, py);
-        s1 = S::add(s1, S::mul(px, yt));
-        s4 = S::add(s4, S::mul(py, yt));
-      }
-      const double row_y = y;  // (not packed: y along the row)
-      const double* by = yv ? nullptr : &row_y;
-      acc[0].add(s0);
-      acc[1].add(yv ? s1 : s2, by);
-      acc[2].add(s2);
-      acc[3].add(s3);
-      acc[4].add(yv ? s4 : s5, by);
-      acc[5].add(s5);
-      if (LOC == PROJECTIVE) {
-        acc[6].add(s6);
-        acc[7].add(yv ? s7 : s8, by);
-        acc[8].add(s8);
+        const double row_y = y;  // (not packed: y along the row)
+        const double* by = yv ? nullptr : &row_y;
+        acc[0].add(s0);
+        acc[1].add(yv ? s1 : s2, by);
+        acc[2].add(s2);
+        acc[3].add(s3);
+        acc[4].add(yv ? s4 : s5, by);
+        acc[5].add(s5);
+        if (LOC == PROJECTIVE) {
+          acc[6].add(s6);
+          acc[7].add(yv ? s7 : s8, by);
+          acc[8].add(s8);
+        }
       }
     }
 #ifdef TORCHSTN_AVX2
