@@ -326,19 +326,18 @@ struct Span {
 // the number of blocks of a sample's output points, and the block at index s of them (in
 // order); plain loops over these keep the passes' locals in registers (a loop body in a
 // lambda made the backward's scatter 0.78x: its buffers were reloaded after every store)
-// (`packed_size`: the points of a packed block, BLOCK or, where no pass keeps them in the
-// Block, more)
-inline int64_t block_count(int64_t Ho, int64_t Wo, bool packed, int64_t packed_size = BLOCK) {
-  return packed ? (Ho * Wo + packed_size - 1) / packed_size : Ho * ((Wo + BLOCK - 1) / BLOCK);
+// (`size`: the points of a block, BLOCK or, where no pass keeps them in the Block, more)
+inline int64_t block_count(int64_t Ho, int64_t Wo, bool packed, int64_t size = BLOCK) {
+  return packed ? (Ho * Wo + size - 1) / size : Ho * ((Wo + size - 1) / size);
 }
 
-inline Span block_span(int64_t s, int64_t Ho, int64_t Wo, bool packed, int64_t packed_size = BLOCK) {
+inline Span block_span(int64_t s, int64_t Ho, int64_t Wo, bool packed, int64_t size = BLOCK) {
   if (packed) {
-    const int64_t p0 = s * packed_size;
-    return Span{p0, Ho * Wo - p0 < packed_size ? Ho * Wo - p0 : packed_size, -1, -1};
+    const int64_t p0 = s * size;
+    return Span{p0, Ho * Wo - p0 < size ? Ho * Wo - p0 : size, -1, -1};
   }
-  const int64_t per_row = (Wo + BLOCK - 1) / BLOCK, i = s / per_row, j0 = s % per_row * BLOCK;
-  return Span{i * Wo + j0, Wo - j0 < BLOCK ? Wo - j0 : BLOCK, i, j0};
+  const int64_t per_row = (Wo + size - 1) / size, i = s / per_row, j0 = s % per_row * size;
+  return Span{i * Wo + j0, Wo - j0 < size ? Wo - j0 : size, i, j0};
 }
 
 // loop A runs over this many points at a time (32 bytes of T, a multiple of Simd<T>::N):
@@ -2997,18 +2996,20 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
     Block<T> blk;
     constexpr int64_t kPacked = 16 * BLOCK;
     alignas(32) T gix[kPacked], giy[kPacked], go[LANES<T>], part[4][LANES<T>];
-    // Packed rows through the one pass (affine rows or a grid: the Block unused) in blocks of
+    // Packed rows and rows through the one pass (affine rows or a grid: the Block unused) in blocks of
     // kPacked points, a whole 28x28 or 30x30 sample, θ's sums still made BLOCK points at a time
     // (below): the per-block cost (the pass's constants, the sums' setup) paid once per sample.
     // Both gradients 1.09x at 256x1x60x60->30x30, 1.05-1.06x at 256x1x28x28 and 1x1x28x28,
     // 1.02x at 64x3x32x32 and 256x3x28x28, grids 1.01-1.06x (0.97x at 64x3x32x32); 4 BLOCK
-    // points: 1.06-1.07x (A/B of the bare kernel, 15 rounds, the same bits; Intel Xeon, 2026-12-06)
+    // points: 1.06-1.07x (A/B of the bare kernel, 15 rounds, the same bits; Intel Xeon, 2026-12-06).
+    // Wider rows likewise a whole row per block (up to kPacked points): both gradients 1.03-1.08x
+    // at 224 px, 0.99x at 64x3x64x64 (two runs; the same bits, machine and day).
     const bool longer = std::is_same_v<T, float> && MODE == LINEAR && LOC != PROJECTIVE && TORCHSTN_ONE_PASS &&
                         xs.w == 1 && gs.w == 1;
-    const int64_t packed_size = longer ? kPacked : BLOCK;
-    const int64_t blocks = block_count(Ho, Wo, loc.packed, packed_size);
+    const int64_t size = longer ? kPacked : BLOCK;
+    const int64_t blocks = block_count(Ho, Wo, loc.packed, size);
     for (int64_t index = 0; index < blocks; ++index) {
-      const Span span = block_span(index, Ho, Wo, loc.packed, packed_size);
+      const Span span = block_span(index, Ho, Wo, loc.packed, size);
       const int64_t n = span.n, nn = whole_vectors(n, LANES<T>);
       bool one_pass = false;
 #ifdef TORCHSTN_AVX2
