@@ -307,9 +307,9 @@ struct Locator {
 
 constexpr int64_t BLOCK = 64;  // a multiple of every LANES<T>
 #ifdef TORCHSTN_AVX2
-#define TORCHSTN_ONE_PASS true
+constexpr bool kOnePass = true;  // the backward's one pass (backward_pass) is built
 #else
-#define TORCHSTN_ONE_PASS false
+constexpr bool kOnePass = false;
 #endif
 
 // A block of n output points of one sample, starting at the point p0 of its rows read in
@@ -3004,7 +3004,7 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
     // points: 1.06-1.07x (A/B of the bare kernel, 15 rounds, the same bits; Intel Xeon, 2026-12-06).
     // Wider rows likewise a whole row per block (up to kPacked points): both gradients 1.03-1.08x
     // at 224 px, 0.99x at 64x3x64x64 (two runs; the same bits, machine and day).
-    const bool longer = std::is_same_v<T, float> && MODE == LINEAR && LOC != PROJECTIVE && TORCHSTN_ONE_PASS &&
+    const bool longer = std::is_same_v<T, float> && MODE == LINEAR && LOC != PROJECTIVE && kOnePass &&
                         xs.w == 1 && gs.w == 1;
     const int64_t size = longer ? kPacked : BLOCK;
     const int64_t blocks = block_count(Ho, Wo, loc.packed, size);
