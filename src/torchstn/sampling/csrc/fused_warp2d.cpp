@@ -3002,11 +3002,12 @@ void backward_impl(const T* x, const Strides& xs, const Locator<T, LOC>& loc, co
     // Both gradients 1.09x at 256x1x60x60->30x30, 1.05-1.06x at 256x1x28x28 and 1x1x28x28,
     // 1.02x at 64x3x32x32 and 256x3x28x28, grids 1.01-1.06x (0.97x at 64x3x32x32); 4 BLOCK
     // points: 1.06-1.07x (A/B of the bare kernel, 15 rounds, the same bits; Intel Xeon, 2026-12-06).
-    // Wider rows likewise a whole row per block (up to kPacked points): both gradients 1.03-1.08x
-    // at 224 px, 0.99x at 64x3x64x64 (two runs; the same bits, machine and day).
+    // Wider rows of affine rows likewise a whole row per block (up to kPacked points): both
+    // gradients 1.03-1.08x at 224 px, 0.99x at 64x3x64x64 (two runs; the same bits, machine and
+    // day); a grid's wider rows so ran 0.92-0.95x at 32x3x224x224, so they keep BLOCK.
     const bool longer = std::is_same_v<T, float> && MODE == LINEAR && LOC != PROJECTIVE && kOnePass &&
                         xs.w == 1 && gs.w == 1;
-    const int64_t size = longer ? kPacked : BLOCK;
+    const int64_t size = longer && (loc.packed || LOC != GRID) ? kPacked : BLOCK;
     const int64_t blocks = block_count(Ho, Wo, loc.packed, size);
     for (int64_t index = 0; index < blocks; ++index) {
       const Span span = block_span(index, Ho, Wo, loc.packed, size);
