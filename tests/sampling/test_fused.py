@@ -945,6 +945,17 @@ def test_the_extension_name_separates_torch_builds_flags_and_sources(monkeypatch
     assert _fused._build_options()[0] != name
 
 
+def test_a_build_tuned_for_this_cpu_is_named_after_it(monkeypatch):
+    """x86 builds are tuned for the building CPU (-mtune=native): a machine with another CPU sharing
+    the extension cache builds its own instead of taking one tuned for another."""
+    name, flags = _fused._build_options()
+    if "-mtune=native" not in flags:
+        pytest.skip("the portable build is not tuned")
+    monkeypatch.setattr(_fused, "_cpu_model", lambda: "another CPU")
+    other, other_flags = _fused._build_options()
+    assert other != name and other_flags == flags
+
+
 def _built_library() -> tuple[str, Path]:
     """The 2-D kernel's extension name and the library the ``fused_kernel`` fixture built."""
     from torch.utils import cpp_extension
