@@ -168,6 +168,11 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def _isa() -> str:
+    """The kernels' build (a key of ``_ISA_FLAGS``): torch's CPU capability."""
+    return {"AVX2": "avx2", "AVX512": "avx512"}.get(torch.backends.cpu.get_cpu_capability(), "base")
+
+
 def _build_options(source: Path = _SOURCE, abi: int = _ABI) -> tuple[str, list[str]]:
     """The extension's cache name and compiler flags (for ``source``, by default the 2-D kernel's).
 
@@ -180,7 +185,7 @@ def _build_options(source: Path = _SOURCE, abi: int = _ABI) -> tuple[str, list[s
     1.11x at 64x3x64x64, 1.03-1.09x for volumes, the same bits; ``docs/benchmarks.md``), else
     the baseline ISA; x86 builds tuned for this machine's CPU, whose model the name then holds.
     """
-    isa = {"AVX2": "avx2", "AVX512": "avx512"}.get(torch.backends.cpu.get_cpu_capability(), "base")
+    isa = _isa()
     flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"] + _ISA_FLAGS[isa]
     tuned = [_cpu_model()] if "-mtune=native" in flags else []
     identity = "\n".join([torch.__version__, str(torch.version.git_version), " ".join(flags), *tuned, source.read_text()])
