@@ -2332,7 +2332,9 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
       // the bare kernel, 15 rounds, the same bits; Intel Xeon, 2026-12-06): a vector's ~200
       // instructions, its location's latency first, left the next vector's location beyond
       // what the core looks ahead. Two vectors ahead: 0.99-1.03x. A vector not inside located
-      // ahead for the EDGE path too (locate16): a further 1.02-1.04x at 1x3x224x224.
+      // ahead for the EDGE path too (locate16): a further 1.02-1.04x at 1x3x224x224. Not kept:
+      // the two Next16 used in turn instead of copied (0.97-1.00x); the build with
+      // -falign-loops=64 (0.98-1.02x, benchmarks/ab_flags.py --with=-falign-loops=64).
       const bool may_fit = row16_may_fit(where, k, 19, 1, n);
       Next16 next;
       if (may_fit && t0 + 16 <= n) locate16<PAD>(where, t0, k, 19, 1, &next);
