@@ -145,9 +145,11 @@ _GEOMETRY = _i64 * 19
 
 
 # x86 builds are tuned for the building machine's CPU (-mtune=native: scheduling and instruction
-# choices only, the instruction set stays the flags'; the same bits): 1.00-1.16x forward and
-# 1.01-1.07x backward over GCC's generic tuning on the bench's cases (Intel Xeon, 2026-12-06;
-# docs/benchmarks.md "2026-12-06 18:40"). The CPU's model is part of the build's name (_cpu_model).
+# choices only, the instruction set stays the flags'; the same bits): 1.01-1.11x forward and
+# 1.01-1.09x backward over GCC's generic tuning on eleven of the bench's cases, 0.92-0.94x for a
+# packed grid's bordered pass (`python benchmarks/ab_flags.py --without=-mtune=native`, Intel
+# Xeon, 2026-12-06; docs/benchmarks.md "2026-12-06 18:35"). The CPU's model is part of the
+# build's name (_cpu_model).
 _ISA_FLAGS = {
     "base": [],
     "avx2": ["-mavx2", "-mfma", "-mtune=native"],
@@ -188,7 +190,9 @@ def _build_options(source: Path = _SOURCE, abi: int = _ABI) -> tuple[str, list[s
     isa = _isa()
     flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"] + _ISA_FLAGS[isa]
     tuned = [_cpu_model()] if "-mtune=native" in flags else []
-    identity = "\n".join([torch.__version__, str(torch.version.git_version), " ".join(flags), *tuned, source.read_text()])
+    identity = "\n".join(
+        [torch.__version__, str(torch.version.git_version), " ".join(flags), *tuned, source.read_text()]
+    )
     return f"torchstn_{source.stem}_v{abi}_{isa}_{hashlib.sha256(identity.encode()).hexdigest()[:12]}", flags
 
 
