@@ -2334,7 +2334,9 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
       // what the core looks ahead. Two vectors ahead: 0.99-1.03x. A vector not inside located
       // ahead for the EDGE path too (locate16): a further 1.02-1.04x at 1x3x224x224. Not kept:
       // the two Next16 used in turn instead of copied (0.97-1.00x); the build with
-      // -falign-loops=64 (0.98-1.02x, benchmarks/ab_flags.py --with=-falign-loops=64).
+      // -falign-loops=64 (0.98-1.02x, benchmarks/ab_flags.py --with=-falign-loops=64); a row
+      // whose two ends lie more than a pixel beyond one edge written as 0 at once, here and in
+      // single_pass (1.01x channels_last, 0.92-0.98x elsewhere at 64-224 px).
       const bool may_fit = row16_may_fit(where, k, 19, 1, n);
       Next16 next;
       if (may_fit && t0 + 16 <= n) locate16<PAD>(where, t0, k, 19, 1, &next);
