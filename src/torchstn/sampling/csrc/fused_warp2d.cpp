@@ -1764,9 +1764,11 @@ inline void single_pass(const float* xb, int64_t xc_step, float* ob, int64_t oc_
       const Next16 now = next;
       if (t0 + 32 <= n) locate16<PAD>(where, t0 + 16, k, 30, kRows16, &next);
       Fit16 fit = now.fit;
-      if (fit == FITS && now.edge) fit = planes16_of<true>(now.r, k, xb, xc_step, ob + t0, oc_step, C, end);
-      if (fit == FITS && !now.edge) fit = planes16_of(now.r, k, xb, xc_step, ob + t0, oc_step, C, end);
-      if (PAD == ZEROS && fit == OUTSIDE && !now.edge) {  // (windows past the image's end)
+      if (fit == FITS) {
+        fit = now.edge ? planes16_of<true>(now.r, k, xb, xc_step, ob + t0, oc_step, C, end)
+                       : planes16_of(now.r, k, xb, xc_step, ob + t0, oc_step, C, end);
+      }
+      if (PAD == ZEROS && fit == OUTSIDE) {  // (windows past the image's end: the EDGE path is never OUTSIDE)
         fit = inside16<true>(where, t0, k, xb, xc_step, ob + t0, oc_step, C, end);
       }
       if (fit != FITS) {
@@ -2344,9 +2346,8 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
         const Next16 now = next;
         if (t0 + 32 <= n) locate16<PAD>(where, t0 + 16, k, 19, 1, &next);
         Fit16 fit = now.fit;
-        if (fit == FITS && now.edge) fit = rgb16_of<true>(now.r, t0, k, xb, o, end);
-        if (fit == FITS && !now.edge) fit = rgb16_of(now.r, t0, k, xb, o, end);
-        if (PAD == ZEROS && fit == OUTSIDE && !now.edge) {  // (windows past the image's end)
+        if (fit == FITS) fit = now.edge ? rgb16_of<true>(now.r, t0, k, xb, o, end) : rgb16_of(now.r, t0, k, xb, o, end);
+        if (PAD == ZEROS && fit == OUTSIDE) {  // (windows past the image's end: the EDGE path is never OUTSIDE)
           fit = inside16_rgb<true>(where, t0, k, xb, o, end);
         }
         if (fit != FITS) {
