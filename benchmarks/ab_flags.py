@@ -2,16 +2,14 @@
 
     python benchmarks/ab_flags.py --without=-mtune=native [--grid] [--cases affine-28 affine-64 ...]
 
-Builds this checkout's kernel twice, with torchstn's flags and with them changed by ``--without``
-(flags removed) or ``--with`` (flags added), checks that both give the same bits
-(``ab_kernel.bare_call``), and times their entry points alone (forward, and backward with both
-gradients) on the bench cases' workloads, alternating the two builds every round; prints the
-median times and the median per-round speed-up (the other build's time / torchstn's flags').
+Builds this checkout's kernel twice, with torchstn's flags ("this") and with them changed by
+``--without`` (flags removed) or ``--with`` (flags added; "base"), checks that both give the same
+bits (``ab_kernel.bare_call``), and times their entry points alone (forward, and backward with
+both gradients) on the bench cases' workloads as ``ab_kernel.py`` times two versions
+(``ab_kernel.timed``): the speed-up is the other flags' time / torchstn's flags'.
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 
@@ -34,30 +32,19 @@ def main() -> None:
     ours = list(_fused._ISA_FLAGS[isa])
     other = [f for f in ours if f not in args.without] + args.extra
     libraries = {}
-    for name, flags in (("torchstn's flags", ours), ("other flags", other)):
+    for name, flags in (("base", other), ("this", ours)):
         _fused._ISA_FLAGS[isa] = flags
         libraries[name] = ab_kernel.entry_points(_fused._SOURCE)
     _fused._ISA_FLAGS[isa] = ours
-    print(f"torchstn's flags: {' '.join(ours)}\nother flags: {' '.join(other)}")
+    print(f"this: torchstn's flags, {' '.join(ours)}\nbase: {' '.join(other)}")
     for case in args.cases:
         work = build_workload(select_cases([case])[0], peers=())
         x, params = work.x.detach(), work.contenders["torchstn"].leaves[1].detach()
         for backward in (False, True):
             call = ab_kernel.bare_call(x, params, work.transform, libraries, backward=backward,
                                        size=work.case.out_size, grid=args.grid)
-            times: dict[str, list[float]] = {name: [] for name in libraries}
-            for r in range(args.rounds):
-                for name in list(libraries)[:: 1 if r % 2 == 0 else -1]:
-                    ab_kernel.use(libraries[name])
-                    call()
-                    start = time.perf_counter()
-                    for _ in range(30):
-                        call()
-                    times[name].append((time.perf_counter() - start) / 30)
-            a, b = times["torchstn's flags"], times["other flags"]
-            print(f"{case:18s} {'backward' if backward else 'forward':8s} torchstn's {statistics.median(a) * 1e3:.3f} ms"
-                  f"  other {statistics.median(b) * 1e3:.3f} ms"
-                  f"  speed-up {statistics.median(y / x for x, y in zip(a, b)):.3f}x")
+            print(f"{case:18s} {'backward' if backward else 'forward':8s} {ab_kernel.timed(call, libraries, args.rounds)}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -181,28 +181,34 @@ def main() -> None:
             second = f"backward ({args.grads})" if args.bare else "forward+backward"
             passes = [("forward", forward)] + ([] if args.forward_only else [(second, forward_backward)])
             for name, run in passes:
-                for entries in libraries.values():  # warm both
-                    use(entries)
-                    run()
-                    run()
-                start = time.perf_counter()
-                run()
-                calls = max(1, int(0.01 / (time.perf_counter() - start)))  # ~10 ms per measurement
-                times: dict[str, list[float]] = {"base": [], "this": []}
-                speedups = []
-                for r in range(args.rounds):
-                    for version in ("base", "this") if r % 2 == 0 else ("this", "base"):
-                        use(libraries[version])
-                        start = time.perf_counter()
-                        for _ in range(calls):
-                            run()
-                        times[version].append((time.perf_counter() - start) / calls)
-                    speedups.append(times["base"][-1] / times["this"][-1])
-                q = statistics.quantiles(speedups, n=4)
-                print(f"{label:38s} {name:17s} base {statistics.median(times['base']) * 1e3:8.3f} ms  "
-                      f"this {statistics.median(times['this']) * 1e3:8.3f} ms  speed-up {statistics.median(speedups):.3f}x "
-                      f"(quartiles {q[0]:.3f}-{q[2]:.3f})", flush=True)
+                print(f"{label:38s} {name:17s} {timed(run, libraries, args.rounds)}", flush=True)
     use(libraries["this"])
+
+
+def timed(run, libraries: dict, rounds: int) -> str:
+    """``run`` timed with each of the two kernels in ``libraries`` (``"base"`` and ``"this"``, swapped
+    in by ``use``), alternating their order every round, ~10 ms per measurement: their median
+    times and the median and quartiles of the per-round speed-ups (base / this), as one line."""
+    for entries in libraries.values():  # warm both
+        use(entries)
+        run()
+        run()
+    start = time.perf_counter()
+    run()
+    calls = max(1, int(0.01 / (time.perf_counter() - start)))
+    times: dict[str, list[float]] = {"base": [], "this": []}
+    speedups = []
+    for r in range(rounds):
+        for version in ("base", "this") if r % 2 == 0 else ("this", "base"):
+            use(libraries[version])
+            start = time.perf_counter()
+            for _ in range(calls):
+                run()
+            times[version].append((time.perf_counter() - start) / calls)
+        speedups.append(times["base"][-1] / times["this"][-1])
+    q = statistics.quantiles(speedups, n=4)
+    return (f"base {statistics.median(times['base']) * 1e3:8.3f} ms  this {statistics.median(times['this']) * 1e3:8.3f} ms"
+            f"  speed-up {statistics.median(speedups):.3f}x (quartiles {q[0]:.3f}-{q[2]:.3f})")
 
 
 if __name__ == "__main__":
