@@ -1414,7 +1414,9 @@ __attribute__((always_inline)) inline Fit16 planes16_of(const Row16& r, const Co
   return FITS;
 }
 
-template <bool EDGE = false, int LOC = AFFINE>
+// row16_at and planes16_of in one call (the loop locates ahead and calls them apart; this, with EDGE,
+// where planes16_of found its windows past the image's end)
+template <bool EDGE, int LOC = AFFINE>
 __attribute__((always_inline)) inline Fit16 inside16(const Locations8<ROW, LOC>& where, int64_t t0,
                                                     const Constants<float>& k, const float* xb, int64_t xc_step,
                                                     float* o, int64_t oc_step, int64_t C, int64_t end) {
@@ -1595,7 +1597,8 @@ __attribute__((always_inline)) inline Fit16 rgb16_of(const Row16& r, int64_t t0,
   return FITS;
 }
 
-template <bool EDGE = false, int LOC = AFFINE>
+// row16_at and rgb16_of in one call (as inside16)
+template <bool EDGE, int LOC = AFFINE>
 __attribute__((always_inline)) inline Fit16 inside16_rgb(const Locations8<ROW, LOC>& where, int64_t t0,
                                                         const Constants<float>& k, const float* xb, float* o,
                                                         int64_t end) {
