@@ -280,6 +280,33 @@ def test_rotated_rows_and_edges_read_as_windows_equal_the_two_passes_bit_for_bit
     torch.testing.assert_close(five[finite], expected[finite], atol=1e-4, rtol=1e-3)
 
 
+def test_vectors_beside_the_image_by_about_a_pixel_equal_the_two_passes_bit_for_bit():
+    """Zeros padding: sixteen points with no corner inside the image are written as 0 at once
+    (the AVX-512 build), those a pixel or less outside still read their corners there (a
+    point at -1 reads column 0 with weight 0: NaN where the column holds inf). Rows moved
+    right, left, down and up by 15 to 17 pixels, so that a vector's points end just short
+    of, at, or just beyond -1 and W (H): planes and RGB side by side the same bits as the two
+    passes (5 channels), and F.grid_sample's non-finite points."""
+    x = torch.rand(4, 5, 24, 64, generator=torch.Generator().manual_seed(3)) + 1.0
+    x[:, :, :, 0], x[:, :, :, -1], x[:, :, 0, :], x[:, :, -1, :] = float("inf"), -float("inf"), float("nan"), 5.0
+    shifts = [16.0 + d for d in (-1.0, -1e-5, 0.0, 1e-5, 1.0)]
+    theta = stn.Affine().identity(4 * len(shifts))
+    for i, s in enumerate(shifts):  # (align_corners: a pixel is 2 / 63 of the width, 2 / 23 of the height)
+        theta[4 * i, 2], theta[4 * i + 1, 2] = s * 2 / 63, -s * 2 / 63
+        theta[4 * i + 2, 5], theta[4 * i + 3, 5] = (s - 8) * 2 / 23, -(s - 8) * 2 / 23
+    x = x.repeat(len(shifts), 1, 1, 1)
+    options = {"size": (24, 64), "padding": "zeros", "align_corners": True, "backend": "fused"}
+    five = stn.warp(x, theta, stn.Affine(), **options)
+    for c in (1, 3):
+        for layout in (torch.contiguous_format, torch.channels_last):
+            xc = x[:, :c].contiguous(memory_format=layout)
+            torch.testing.assert_close(stn.warp(xc, theta, stn.Affine(), **options), five[:, :c], atol=0, rtol=0,
+                                       equal_nan=True)
+    expected = F.grid_sample(x, stn.Affine().grid(theta, (24, 64), True), padding_mode="zeros", align_corners=True)
+    assert torch.equal(five.isnan(), expected.isnan()) and torch.equal(five.isinf(), expected.isinf())
+    assert (five == 0).any(dim=(1, 2, 3)).all()  # (every sample has points wholly outside)
+
+
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("eps", [1e-6, 0.3])
 def test_homography_rows_read_as_windows_equal_the_two_passes_bit_for_bit(padding, eps):
