@@ -307,6 +307,31 @@ def test_vectors_beside_the_image_by_about_a_pixel_equal_the_two_passes_bit_for_
     assert (five == 0).any(dim=(1, 2, 3)).all()  # (every sample has points wholly outside)
 
 
+def test_homography_rows_running_level_across_a_pixel_row_read_the_right_rows():
+    """A homography's row that runs almost level, at a pixel row's boundary: its points'
+    rounding (w's and the quotient's) may put a point between the row's ends a row above or
+    below both (49, 48, 49, ...), which the AVX-512 build's windows, reading the rows between
+    the first and last point's, took from the wrong row (values a row apart, no error). Rows
+    made level at a random output row, 400 samples, pixel rows 10 apart: every layout within
+    float rounding of F.grid_sample at torchstn's grid."""
+    projective, g = stn.Projective(), torch.Generator().manual_seed(0)
+    n = 400
+    c = (torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 6e-3
+    level_at = (2 * torch.randint(0, 64, (n,), generator=g) + 1) / 64 - 1  # an output row's y
+    boundary = (2 * torch.randint(5, 58, (n,), generator=g).double() + 1) / 64 - 1  # an input pixel's y
+    theta = projective.identity(n).double()
+    theta[:, 6] = c  # w = c x + 1 ...
+    theta[:, 3] = c * level_at  # ... and y (c y0 x + y + b) / w: level along row y0 ...
+    theta[:, 5] = boundary - level_at + (torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 2e-6  # ... there
+    theta = theta.float()
+    x = torch.rand(n, 3, 64, 64, generator=g) + torch.arange(64.0).view(1, 1, 64, 1) * 10
+    expected = F.grid_sample(x, projective.grid(theta, (64, 64), False), align_corners=False)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        for c in (1, 3):
+            got = stn.warp(x[:, :c].contiguous(memory_format=layout), theta, projective, backend="fused")
+            torch.testing.assert_close(got, expected[:, :c], atol=0.01, rtol=0)
+
+
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("eps", [1e-6, 0.3])
 def test_homography_rows_read_as_windows_equal_the_two_passes_bit_for_bit(padding, eps):
