@@ -432,9 +432,14 @@ def test_onnx_export_of_warp_warns_nothing_from_torchstn(family: str, tmp_path: 
 
 def test_torch_func_grad_of_a_functional_call_equals_autograd() -> None:
     """``torch.func`` runs the grid path (the operator's autograd formula does not support
-    functorch), autograd the fused kernel's backward: two implementations, one gradient."""
-    model = perturb(create_model("st-cnn-aff"), seed=5)
+    functorch), autograd the fused kernel's backward: two implementations, one gradient. In
+    float64: in float32 the two warps' last bits differ (their locations round otherwise), and
+    where two values a max-pool compares lie closer than that, its gradient goes to the other
+    one, which moved the first convolution's weight gradient by 1% (a fair difference, not a
+    wrong gradient)."""
+    model = perturb(create_model("st-cnn-aff"), seed=5).double()
     x, y = _batch(8, seed=6)
+    x = x.double()
     _assert_far_from_identity(model, x)
     params = {name: p.detach() for name, p in model.named_parameters()}
 
@@ -445,7 +450,7 @@ def test_torch_func_grad_of_a_functional_call_equals_autograd() -> None:
     autograd = _gradients(model, F.cross_entropy(model(x), y))
     assert functional.keys() == autograd.keys()
     for name, grad in autograd.items():
-        torch.testing.assert_close(functional[name], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(functional[name], grad, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
     assert all(bool(r.weight.grad.abs().max() > 1e-4) for r in _regressors(model))
 
 

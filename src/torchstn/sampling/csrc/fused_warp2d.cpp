@@ -78,6 +78,7 @@ struct Simd<float> {
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }  // a b + c, rounded once
   static V div(V a, V b) { return _mm256_div_ps(a, b); }
   // (AVX2's vgatherdps is slower than eight loads on the machines measured: AMD Zen 3)
   static V gather(const float* base, const int32_t* off, const float* valid) {
@@ -138,6 +139,7 @@ struct Simd<double> {
   static V add(V a, V b) { return _mm256_add_pd(a, b); }
   static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
   static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static V div(V a, V b) { return _mm256_div_pd(a, b); }
   static V gather(const double* base, const int32_t* off, const double* valid) {
     const __m256d mask = _mm256_cmp_pd(_mm256_loadu_pd(valid), _mm256_setzero_pd(), _CMP_NEQ_UQ);
@@ -181,6 +183,7 @@ struct Simd {  // the portable build: one point at a time (loop A still vectoris
   static V add(V a, V b) { return a + b; }
   static V sub(V a, V b) { return a - b; }
   static V mul(V a, V b) { return a * b; }
+  static V fmadd(V a, V b, V c) { return std::fma(a, b, c); }
   static V div(V a, V b) { return a / b; }
   static V gather(const T* base, const int32_t* off, const T* valid) { return *valid != 0 ? base[*off] : T(0); }
   static void pairs(const T* base, const int32_t* off, V* left, V* right) {
@@ -947,6 +950,13 @@ void parallel_for(int64_t n, int threads, const F& body) {
 
 // the values of the vector of points at t in channel xc: sum_q w_q v_q over the corners, in
 // this order (NEAREST: the pixel read); NaN where the location is not finite
+// Every path blends a point's four corners the same way: v0 w0, then v1 w1, v2 w2 and v3 w3
+// added in turn by fused multiply-adds (each product added with one rounding), so that every
+// path, build and layout gives the same bits. Against a product and a sum each rounded, as
+// F.grid_sample's CPU loops do (and this kernel did until 2026-12-06): outputs within 2e-7 of
+// the largest value, forward 1.02-1.06x at 28-224 px and channels_last 1x3x224x224, 1.11-1.15x
+// channels_last with 2 and 4 channels, the backward level (A/B of the bare kernel, 11-31
+// rounds; Intel Xeon with AVX-512, 2026-12-06).
 template <typename T, int MODE>
 inline typename Simd<T>::V interpolate(const T* xc, const Block<T>& blk, int64_t t, int32_t sh, bool unit_stride) {
   using S = Simd<T>;
@@ -957,7 +967,7 @@ inline typename Simd<T>::V interpolate(const T* xc, const Block<T>& blk, int64_t
     typename S::V v[4];
     corners(xc, blk, t, sh, unit_stride, v);
     r = S::mul(v[0], S::load(&blk.w[0][t]));
-    for (int q = 1; q < 4; ++q) r = S::add(r, S::mul(v[q], S::load(&blk.w[q][t])));
+    for (int q = 1; q < 4; ++q) r = S::fmadd(v[q], S::load(&blk.w[q][t]), r);
   }
   return blk.any_bad ? S::nan_where(r, blk.bad + t) : r;
 }
@@ -1007,9 +1017,9 @@ __attribute__((always_inline)) inline void inside8(const float* xb, int64_t xc_s
       const float* r = xb + ch * xc_step + base;
       const __m256 v0 = corner(r), v1 = corner(r + 1), v2 = corner(r + sh), v3 = corner(r + sh + 1);
       __m256 acc = _mm256_mul_ps(v0, w[0]);
-      acc = _mm256_add_ps(acc, _mm256_mul_ps(v1, w[1]));
-      acc = _mm256_add_ps(acc, _mm256_mul_ps(v2, w[2]));
-      acc = _mm256_add_ps(acc, _mm256_mul_ps(v3, w[3]));
+      acc = _mm256_fmadd_ps(v1, w[1], acc);
+      acc = _mm256_fmadd_ps(v2, w[2], acc);
+      acc = _mm256_fmadd_ps(v3, w[3], acc);
       _mm256_storeu_ps(o + ch * oc_step, acc);
     }
     return;
@@ -1049,7 +1059,7 @@ __attribute__((always_inline)) inline void inside8(const float* xb, int64_t xc_s
       S::pairs(xc + sh, off, &v[2], &v[3]);
     }
     __m256 r = _mm256_mul_ps(v[0], w[0]);
-    for (int q = 1; q < 4; ++q) r = _mm256_add_ps(r, _mm256_mul_ps(v[q], w[q]));
+    for (int q = 1; q < 4; ++q) r = _mm256_fmadd_ps(v[q], w[q], r);
     _mm256_storeu_ps(o + ch * oc_step, r);
   }
 }
@@ -1428,9 +1438,9 @@ __attribute__((always_inline)) inline Fit16 planes16_of(const Row16& r, const Co
         for (int q = 0; q < 4; ++q) v[q] = _mm512_maskz_mov_ps(r.valid[q], v[q]);
       }
       __m512 acc = _mm512_mul_ps(v[0], w[0]);
-      acc = _mm512_add_ps(acc, _mm512_mul_ps(v[1], w[1]));
-      acc = _mm512_add_ps(acc, _mm512_mul_ps(v[2], w[2]));
-      _mm512_storeu_ps(o + ch * oc_step, _mm512_add_ps(acc, _mm512_mul_ps(v[3], w[3])));
+      acc = _mm512_fmadd_ps(v[1], w[1], acc);
+      acc = _mm512_fmadd_ps(v[2], w[2], acc);
+      _mm512_storeu_ps(o + ch * oc_step, _mm512_fmadd_ps(v[3], w[3], acc));
     }
   };
   if (r.span == 0) {
@@ -1582,8 +1592,8 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // the third row's windows and blends taken by every vector instead of a branch on `lower` (17%
 // of the bench θ's vectors cross a row, the branch changes 0.32 times per vector): 0.89x; the
 // windows read from 64-byte boundaries (a probe, wrong values): 1.01x, so the loads' split lines
-// cost nothing. What would pay is fused multiply-adds (a probe: 1.07x), which round otherwise
-// than every other path and F.grid_sample's own sums.
+// cost nothing. Fused multiply-adds in the blend (a probe: 1.07x) are taken, by every path
+// (see interpolate).
 template <bool EDGE = false>
 __attribute__((always_inline)) inline Fit16 rgb16_of(const Row16& r, int64_t t0, const Constants<float>& k,
                                                     const float* xb, float* o, int64_t end) {
@@ -1641,9 +1651,9 @@ __attribute__((always_inline)) inline Fit16 rgb16_of(const Row16& r, int64_t t0,
       v3 = _mm512_maskz_mov_ps(r.valid[3], v3);
     }
     __m512 r = _mm512_mul_ps(v0, w0);
-    r = _mm512_add_ps(r, _mm512_mul_ps(v1, w1));
-    r = _mm512_add_ps(r, _mm512_mul_ps(v2, w2));
-    out[ch] = _mm512_add_ps(r, _mm512_mul_ps(v3, w3));
+    r = _mm512_fmadd_ps(v1, w1, r);
+    r = _mm512_fmadd_ps(v2, w2, r);
+    out[ch] = _mm512_fmadd_ps(v3, w3, r);
   }
   float* ot = o + 3 * t0;
   for (int v = 0; v < 3; ++v) {
@@ -1704,7 +1714,7 @@ __attribute__((always_inline)) inline void edge8(__m256 gx, __m256 gy, int64_t t
         __m256 acc = _mm256_mul_ps(_mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(r), d), c.v[0]), c.w[0]);
         for (int q = 1; q < 4; ++q) {
           const __m256 v = _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(r + step[q]), d), c.v[q]);
-          acc = _mm256_add_ps(acc, _mm256_mul_ps(v, c.w[q]));
+          acc = _mm256_fmadd_ps(v, c.w[q], acc);
         }
         _mm256_storeu_ps(ob + ch * oc_step + t0, acc);
       }
@@ -1715,7 +1725,7 @@ __attribute__((always_inline)) inline void edge8(__m256 gx, __m256 gy, int64_t t
       __m256 r = _mm256_mul_ps(_mm256_mask_i32gather_ps(_mm256_setzero_ps(), xc, c.off[0], c.v[0], 4), c.w[0]);
       for (int q = 1; q < 4; ++q) {
         const __m256 v = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), xc, c.off[q], c.v[q], 4);
-        r = _mm256_add_ps(r, _mm256_mul_ps(v, c.w[q]));
+        r = _mm256_fmadd_ps(v, c.w[q], r);
       }
       _mm256_storeu_ps(ob + ch * oc_step + t0, r);
     }
@@ -2077,7 +2087,7 @@ inline void interleaved_point(const float* xb, const Block<float>& blk, int64_t 
   if (MODE != NEAREST) {
     r = _mm_mul_ps(r, _mm_set1_ps(blk.w[0][t]));
     for (int q = 1; q < 4; ++q) {
-      r = _mm_add_ps(r, _mm_mul_ps(corner_channels(xb, blk, q, t, whole, lanes), _mm_set1_ps(blk.w[q][t])));
+      r = _mm_fmadd_ps(corner_channels(xb, blk, q, t, whole, lanes), _mm_set1_ps(blk.w[q][t]), r);
     }
   }
   if (blk.any_bad && blk.bad[t] != 0) r = _mm_set1_ps(std::numeric_limits<float>::quiet_NaN());
@@ -2138,7 +2148,7 @@ __attribute__((always_inline)) inline void run8_interleaved(const float* xb, int
     const float* r = xb + base + 8 * v;
     __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(r), _mm256_permutevar8x32_ps(w[0], point[v]));
     for (int q = 1; q < 4; ++q) {
-      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(r + corner[q]), _mm256_permutevar8x32_ps(w[q], point[v])));
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(r + corner[q]), _mm256_permutevar8x32_ps(w[q], point[v]), acc);
     }
     _mm256_storeu_ps(o + 8 * v, acc);
   }
@@ -2351,7 +2361,7 @@ inline void single_pass_interleaved(const float* xb, float* o, int64_t step, int
         __m256 r = _mm256_mul_ps(both(p0, p1), weights(0));
         for (int q = 1; q < 4; ++q) {
           const __m256 v = both(p0 + corner[q], p1 + corner[q]);
-          r = _mm256_add_ps(r, _mm256_mul_ps(v, weights(q)));
+          r = _mm256_fmadd_ps(v, weights(q), r);
         }
 #ifdef __AVX512VL__
         if (step == C) {  // the two points' 2C values compressed together, one masked store
