@@ -1593,7 +1593,17 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // of the bench θ's vectors cross a row, the branch changes 0.32 times per vector): 0.89x; the
 // windows read from 64-byte boundaries (a probe, wrong values): 1.01x, so the loads' split lines
 // cost nothing. Fused multiply-adds in the blend (a probe: 1.07x) are taken, by every path
-// (see interpolate).
+// (see interpolate). Tried on the bench's θ with them and not kept (A/B of the bare kernel,
+// 21-31 rounds, Intel Xeon, 2026-12-06): each channel's pixels 0-20 of a window gathered into
+// two vectors first (three permutes and a blend per channel and row), each corner then one
+// permute of the column (no index arithmetic or half masks: 17 fewer instructions): 0.99-1.00x;
+// each channel's and corner's window read from its own float (base + c, + 3: every pick by
+// 3 dx, 48 loads per vector): 0.74x; the first table of each pick read again instead of
+// copied (vpermt2ps overwrites it): 0.88x; the output's lines fetched for writing (prefetchw)
+// 4 or 24 vectors ahead, with two output tensors in turn as a caller's fresh outputs land
+// (0.0835 against 0.0786 ms for one): 0.99-1.00x; row16_fit's extremes broadcast and
+// compared in vector registers instead of through general ones: 0.99x (1.04-1.05x at
+// channels_last 32x3x224x224 and 8x2x64x64).
 template <bool EDGE = false>
 __attribute__((always_inline)) inline Fit16 rgb16_of(const Row16& r, int64_t t0, const Constants<float>& k,
                                                     const float* xb, float* o, int64_t end) {
