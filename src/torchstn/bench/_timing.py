@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import random
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -69,11 +70,15 @@ def interleaved(
     max_calls: int = 1000,
     device: torch.device | None = None,
 ) -> Timings:
-    """Time every contender once per round, rotating who goes first.
+    """Time every contender once per round, in an order shuffled each round.
 
     Each contender is warmed up, then calibrated: a measurement repeats it ``n`` times
     so that it lasts about ``min_time`` seconds (timer resolution and per-call jitter
-    average out). The garbage collector is paused during measurements.
+    average out). The garbage collector is paused during measurements. The order is
+    drawn anew each round (seeded: the same every run), so that no contender always
+    comes right after the same one: what one leaves behind can slow the next (the
+    measurement right after JAX's jitted warp ran 5-10% slower, docs/benchmarks.md
+    "2026-12-06 21:40"), which a fixed cyclic order charged to one contender alone.
 
     Args:
         contenders: name -> zero-argument callable doing one unit of work.
@@ -93,11 +98,12 @@ def interleaved(
     for name, fn in contenders.items():
         result.calls[name] = _calls_per_measurement(fn, sync, min_time, max_calls)
         result.seconds[name] = []
-    names: Sequence[str] = list(contenders)
+    order: list[str] = list(contenders)
+    shuffle = random.Random(0).shuffle
     with _gc_paused():
-        for r in range(rounds):
-            shift = r % len(names)
-            for name in [*names[shift:], *names[:shift]]:
+        for _ in range(rounds):
+            shuffle(order)
+            for name in order:
                 result.seconds[name].append(_seconds_per_call(contenders[name], result.calls[name], sync))
     return result
 
