@@ -1220,10 +1220,10 @@ __attribute__((always_inline)) inline bool row16_monotonic(const Locations8<ROW,
 // EDGE: points anywhere within 2^30 of the image instead (finite; else SPREAD), each corner's
 // validity as corners8 has it (zeros padding), the corner-0 pixels clamped to [-1, W - 1] x
 // [-1, H - 1] (the clamp moves only points whose corners all lie outside) before the columns
-// and rows are counted
-// row16_at in two steps: row16_located writes the points' ix and iy (false where a homography's
-// row is not monotonic there: SPREAD), row16_fit the rest (so that locate16 tests a vector with
-// and without EDGE from one location)
+// and rows are counted.
+// row16_at is made of two steps, so that locate16 tests one location with and without EDGE:
+// row16_located writes the points' ix and iy (false where a homography's row is not monotonic
+// there: SPREAD), row16_fit does the rest.
 template <int LOC>
 __attribute__((always_inline)) inline bool row16_located(const Locations8<ROW, LOC>& where, int64_t t0,
                                                         const Constants<float>& k, Row16* r) {
