@@ -1243,17 +1243,22 @@ __attribute__((always_inline)) inline bool row16_located(const Locations8<ROW, L
   return true;
 }
 
+// the points whose ix and iy are finite and within 2^30 of the image (NaN compares false: not near)
+__attribute__((always_inline)) inline __mmask16 row16_near(const Row16& r) {
+  const __m512 limit = _mm512_set1_ps(static_cast<float>(1 << 30));
+  return _mm512_cmp_ps_mask(_mm512_abs_ps(r.ix), limit, _CMP_LT_OQ) &
+         _mm512_cmp_ps_mask(_mm512_abs_ps(r.iy), limit, _CMP_LT_OQ);
+}
+
 template <bool EDGE, int LOC>
 __attribute__((always_inline)) inline Fit16 row16_fit(const Constants<float>& k, int32_t columns, int32_t rows,
                                                      Row16* r) {
   const __m512 zero = _mm512_setzero_ps();
   const __m512 W1 = _mm512_set1_ps(static_cast<float>(k.W - 1)), H1 = _mm512_set1_ps(static_cast<float>(k.H - 1));
   __m512i cx, cy;
-  if constexpr (EDGE) {  // (NaN compares false: not near)
-    const __m512 limit = _mm512_set1_ps(static_cast<float>(1 << 30)), minus_one = _mm512_set1_ps(-1.f);
-    const __mmask16 near = _mm512_cmp_ps_mask(_mm512_abs_ps(r->ix), limit, _CMP_LT_OQ) &
-                           _mm512_cmp_ps_mask(_mm512_abs_ps(r->iy), limit, _CMP_LT_OQ);
-    if (near != 0xffff) return SPREAD;
+  if constexpr (EDGE) {
+    const __m512 minus_one = _mm512_set1_ps(-1.f);
+    if (row16_near(*r) != 0xffff) return SPREAD;
     r->fx = _mm512_floor_ps(r->ix);
     r->fy = _mm512_floor_ps(r->iy);
     const __m512 W = _mm512_set1_ps(static_cast<float>(k.W)), H = _mm512_set1_ps(static_cast<float>(k.H));
@@ -1389,7 +1394,8 @@ __attribute__((always_inline)) inline void corners16(const Row& row, __m512i dx,
 // - EDGE (zeros padding, tried where the vector is not inside): the sixteen points anywhere
 //   near the image (row16_at<true>), their corners outside set to 0 after the picks (as edge8's
 //   selects and masked gathers give them), the windows of a channel's first and last rows read
-//   only its own floats (load16_within), a vector with no corner inside written as 0: 1.16-1.19x
+//   only its own floats (load16_within), a vector with no corner inside written as 0 (since
+//   2026-12-06 by locate16, blank16): 1.16-1.19x
 //   at 1x3x224x224 (26% of its vectors cross the edge or lie outside), 1.03x at 64x3x64x64,
 //   0.985x at 32x3x224x224 (16%, more of them too steep for sixteen at once), against those
 //   vectors going eight points at a time;
@@ -1406,6 +1412,10 @@ template <bool EDGE = false>
 __attribute__((always_inline)) inline Fit16 planes16_of(const Row16& r, const Constants<float>& k, const float* xb,
                                                        int64_t xc_step, float* o, int64_t oc_step, int64_t C,
                                                        int64_t end) {
+  // No vector reaches here without a corner inside any more (locate16's blank16 takes them
+  // first, and the fallback's vectors lie inside), but without this test GCC compiles the planes'
+  // pass 0.95-0.98x slower at 1x3x224x224 and 1x1x224x224 (two A/Bs of the bare kernel, 21
+  // rounds, the same bits; Intel Xeon, 2026-12-06); rgb16_of's twin went without a change.
   if (EDGE && (r.valid[0] | r.valid[1] | r.valid[2] | r.valid[3]) == 0) {  // no corner inside: 0
     for (int64_t ch = 0; ch < C; ++ch) _mm512_storeu_ps(o + ch * oc_step, _mm512_setzero_ps());
     return FITS;
@@ -1485,13 +1495,11 @@ struct Next16 {
 // rounds), 1.02-1.03x at 1x3x224x224, the others level (0.99-1.02x; Intel Xeon, 2026-12-06, the
 // same bits).
 __attribute__((always_inline)) inline bool blank16(const Row16& r, const Constants<float>& k) {
-  const __m512 limit = _mm512_set1_ps(static_cast<float>(1 << 30)), minus_one = _mm512_set1_ps(-1.f);
+  const __m512 minus_one = _mm512_set1_ps(-1.f);
   const __m512 W = _mm512_set1_ps(static_cast<float>(k.W)), H = _mm512_set1_ps(static_cast<float>(k.H));
-  const __mmask16 near = _mm512_cmp_ps_mask(_mm512_abs_ps(r.ix), limit, _CMP_LT_OQ) &
-                         _mm512_cmp_ps_mask(_mm512_abs_ps(r.iy), limit, _CMP_LT_OQ);
   const __mmask16 away = _mm512_cmp_ps_mask(r.ix, minus_one, _CMP_LT_OQ) | _mm512_cmp_ps_mask(r.ix, W, _CMP_GE_OQ) |
                          _mm512_cmp_ps_mask(r.iy, minus_one, _CMP_LT_OQ) | _mm512_cmp_ps_mask(r.iy, H, _CMP_GE_OQ);
-  return (near & away) == 0xffff;
+  return (row16_near(r) & away) == 0xffff;
 }
 
 template <int PAD, int LOC>
@@ -1558,7 +1566,8 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 // saved a third of the kernel's time. Forward 1.075-1.09x there, 1.02x at channels_last
 // 64x3x64x64, the other channels_last cases 1.00x (A/B of the bare kernel, 7 rounds, the same
 // bits; AMD EPYC Zen 4, 2026-12-05). Such a vector with no corner inside is written as 0 at
-// once, as inside16's (before, it was picked and masked to 0 like any edge vector): 1.07x at
+// once (here, until locate16's blank16 took such vectors before the EDGE path; before that
+// they were picked and masked to 0 like any edge vector): 1.07x at
 // channels_last 1x3x224x224, 1.03-1.04x at 32x3x224x224 and 64x3x64x64 channels_last (A/B of
 // the bare kernel, 15 rounds, the same bits; Intel Xeon, 2026-12-06); on the bench's θ for
 // 1x3x224x224 (its rows' shift leaves some 15 output rows wholly outside) 0.094-0.095 -> 0.089-0.091 ms.
@@ -1607,10 +1616,6 @@ alignas(64) constexpr RgbLanes kRgbLanes = rgb_lanes();
 template <bool EDGE = false>
 __attribute__((always_inline)) inline Fit16 rgb16_of(const Row16& r, int64_t t0, const Constants<float>& k,
                                                     const float* xb, float* o, int64_t end) {
-  if (EDGE && (r.valid[0] | r.valid[1] | r.valid[2] | r.valid[3]) == 0) {  // no corner inside: 0
-    for (int v = 0; v < 3; ++v) _mm512_storeu_ps(o + 3 * t0 + 16 * v, _mm512_setzero_ps());
-    return FITS;
-  }
   const __m512i dx = r.dx;
   const __mmask16 lower = r.lower;
   const int64_t sh = k.sh, base = r.y0 * sh + 3 * int64_t{r.x0}, rows = lower ? 3 : 2;
